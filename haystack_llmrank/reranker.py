@@ -1,0 +1,166 @@
+"""The engine: tokenizer + prompt + scorer + strategy -> :class:`Ranking`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from haystack_llmrank.prompt import FIRST_TEMPLATE, Prompt, PromptBuilder, PromptTemplate, get_template
+from haystack_llmrank.ranking import Ranking
+from haystack_llmrank.scorers.base import LabelScorer
+from haystack_llmrank.strategies import SlidingWindow, WindowedRun, run_windows
+
+logger = logging.getLogger(__name__)
+
+RerankRequest = tuple[str, Sequence[str]]
+
+
+def length_buckets(lengths: Sequence[int], max_batch_tokens: int) -> list[list[int]]:
+    """Group indices by length so each group's padded size stays within ``max_batch_tokens``.
+
+    Indices are visited longest first; a prompt longer than the budget gets a group alone.
+    """
+    groups: list[list[int]] = []
+    for index in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        if groups and lengths[groups[-1][0]] * (len(groups[-1]) + 1) <= max_batch_tokens:
+            groups[-1].append(index)
+        else:
+            groups.append([index])
+    return groups
+
+
+class Reranker:
+    """Ranks passages for a query with a single-token listwise LLM (FIRST).
+
+    Each window is one forward pass: the label logits of the first generated token order
+    the window. Windows follow ``strategy`` (FIRST's sliding window by default).
+    """
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        scorer: LabelScorer,
+        *,
+        max_prompt_tokens: int,
+        template: PromptTemplate = FIRST_TEMPLATE,
+        strategy: SlidingWindow | None = None,
+        max_passage_words: int | None = 300,
+        batch_size: int = 1,
+        max_batch_tokens: int = 16384,
+    ) -> None:
+        self.strategy = strategy or SlidingWindow()
+        if scorer.label_ids.labels[: len(template.labels)] != template.labels:
+            raise ValueError(
+                f"the scorer's labels {scorer.label_ids.labels} do not match the template's "
+                f"{template.labels}"
+            )
+        scorer.label_ids.check_window(self.strategy.window_size)
+        if batch_size < 1 or max_batch_tokens < 1:
+            raise ValueError("batch_size and max_batch_tokens must be positive")
+        self.tokenizer = tokenizer
+        self.scorer = scorer
+        self.prompts = PromptBuilder(
+            tokenizer,
+            template,
+            max_prompt_tokens=max_prompt_tokens,
+            max_passage_words=max_passage_words,
+        )
+        self.batch_size = batch_size
+        self.max_batch_tokens = max_batch_tokens
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str | None = None,
+        *,
+        backend: str = "torch",
+        device: str | None = None,
+        dtype: str | None = None,
+        template: str | PromptTemplate | dict[str, Any] = "first",
+        max_prompt_tokens: int | None = None,
+        **kwargs: Any,
+    ) -> Reranker:
+        """Load a reranker for ``model`` (see :func:`haystack_llmrank.models.resolve_model`).
+
+        ``backend`` is ``"torch"`` or ``"onnx"``; ``device`` is ``"cpu"``, ``"cuda"`` or
+        ``None`` (CUDA when available); ``dtype`` is a torch dtype name or ``None`` (float32
+        on CPU, float16 on CUDA). Other keyword arguments go to :class:`Reranker`.
+        """
+        from haystack_llmrank.backends import load_scorer
+
+        tokenizer, scorer, context = load_scorer(
+            model,
+            backend=backend,
+            device=device,
+            dtype=dtype,
+            labels=get_template(template).labels,
+        )
+        return cls(
+            tokenizer,
+            scorer,
+            max_prompt_tokens=max_prompt_tokens or context,
+            template=get_template(template),
+            **kwargs,
+        )
+
+    def count_windows(self, sizes: Sequence[int]) -> int:
+        """How many forward passes ranking lists of these sizes takes."""
+        return sum(len(self.strategy.windows(n)) for n in sizes)
+
+    def rerank(self, query: str, passages: Sequence[str]) -> Ranking:
+        """Rank ``passages`` for ``query``."""
+        return self.rerank_many([(query, passages)])[0]
+
+    def rerank_many(
+        self,
+        requests: Sequence[RerankRequest],
+        *,
+        on_window: Callable[[int], None] | None = None,
+    ) -> list[Ranking]:
+        """Rank many queries' passages, batching windows of different queries together.
+
+        ``on_window`` is called with the number of windows finished after each step.
+        """
+        for query, passages in requests:
+            _check_request(query, passages)
+        runs = [
+            WindowedRun(len(passages), self.strategy.windows(len(passages)))
+            for _, passages in requests
+        ]
+        index = {id(run): i for i, run in enumerate(runs)}
+
+        def score_next(step: Sequence[WindowedRun]) -> list[npt.NDArray[np.float32]]:
+            prompts = []
+            for run in step:
+                query, passages = requests[index[id(run)]]
+                prompts.append(self.prompts.build(query, [passages[i] for i in run.next_members()]))
+            return self.score_prompts(prompts)
+
+        run_windows(runs, score_next, batch_size=self.batch_size, on_window=on_window)
+        return [run.result() for run in runs]
+
+    def score_prompts(self, prompts: Sequence[Prompt]) -> list[npt.NDArray[np.float32]]:
+        """Label logits of each prompt, scored in length buckets within the token budget."""
+        rows: list[npt.NDArray[np.float32] | None] = [None] * len(prompts)
+        lengths = [len(p.token_ids) for p in prompts]
+        for group in length_buckets(lengths, self.max_batch_tokens):
+            logits = self.scorer.score([prompts[i].token_ids for i in group])
+            for i, row in zip(group, logits, strict=True):
+                rows[i] = row
+        return [row for row in rows if row is not None]
+
+
+def _check_request(query: str, passages: Sequence[str]) -> None:
+    if not isinstance(query, str):
+        raise TypeError(f"query must be a string, got {type(query).__name__}")
+    if not query.strip():
+        raise ValueError("query is empty")
+    if isinstance(passages, str):
+        raise TypeError("passages must be a sequence of strings, not one string")
+    for position, passage in enumerate(passages):
+        if not isinstance(passage, str):
+            raise TypeError(f"passage {position} is {type(passage).__name__}, not a string")

@@ -1,0 +1,29 @@
+"""The scorer interface: token ids of prompts in, exact label logits out."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+from haystack_llmrank.labels import LabelIds
+
+
+@runtime_checkable
+class LabelScorer(Protocol):
+    """Scores a batch of prompts: float32 logits ``[batch, len(label_ids)]``.
+
+    Each row holds the next-token logits, at the prompt's last token, of every label
+    (the maximum over the label's vocabulary ids). Exact, never a top-k.
+    """
+
+    @property
+    def label_ids(self) -> LabelIds:
+        """The labels whose logits :meth:`score` returns, in column order."""
+        ...
+
+    def score(self, prompts: Sequence[Sequence[int]]) -> npt.NDArray[np.float32]:
+        """Return the label logits of each prompt (token ids, no padding)."""
+        ...

@@ -1,0 +1,115 @@
+"""Shared fixtures: the real SmolLM2 tokenizer, tiny random Llama models, DL19 data."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from haystack_llmrank.labels import ALPHABETIC_LABELS, resolve_label_ids
+from haystack_llmrank.models import embedded_default, load_tokenizer
+from haystack_llmrank.reranker import Reranker
+from haystack_llmrank.scorers.torch_scorer import TorchLabelScorer
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DL19_DIR = Path(
+    os.environ.get("LLMRANK_DL19_DIR", PROJECT_ROOT.parent / "shared" / "data" / "trec-dl19")
+)
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer() -> Any:
+    """The real SmolLM2-135M-Instruct tokenizer (from the embedded GGUF)."""
+    return load_tokenizer(embedded_default())
+
+
+def make_tiny_llama(vocab_size: int, *, seed: int = 0, layers: int = 2) -> Any:
+    """A small random Llama with the given vocabulary, in eval mode."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        tie_word_embeddings=False,
+        pad_token_id=2,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    # Random init gives near-equal logits; widen them so orderings are decisive.
+    with torch.no_grad():
+        model.lm_head.weight.mul_(50)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(smollm2_tokenizer: Any) -> Any:
+    """A 2-layer random Llama over the SmolLM2 vocabulary."""
+    return make_tiny_llama(len(smollm2_tokenizer))
+
+
+@pytest.fixture(scope="session")
+def tiny_scorer(tiny_model: Any, smollm2_tokenizer: Any) -> TorchLabelScorer:
+    """Torch scorer for the tiny model with alphabetic labels."""
+    labels = resolve_label_ids(smollm2_tokenizer, ALPHABETIC_LABELS)
+    return TorchLabelScorer(tiny_model, labels, pad_token_id=smollm2_tokenizer.pad_token_id)
+
+
+@pytest.fixture(scope="session")
+def tiny_reranker(smollm2_tokenizer: Any, tiny_scorer: TorchLabelScorer) -> Reranker:
+    """Engine over the tiny model with FIRST defaults."""
+    return Reranker(smollm2_tokenizer, tiny_scorer, max_prompt_tokens=4096)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model: Any, smollm2_tokenizer: Any
+) -> Path:
+    """The tiny model and the real tokenizer saved as a Hugging Face folder."""
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tiny_model.save_pretrained(folder)
+    smollm2_tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def smollm2_reranker() -> Reranker:
+    """The real embedded SmolLM2 on the torch backend, CPU."""
+    return Reranker.from_pretrained(device="cpu")
+
+
+def _require_dl19() -> Path:
+    if not (DL19_DIR / "candidates.jsonl").is_file():
+        pytest.skip(f"DL19 data not found in {DL19_DIR} (set LLMRANK_DL19_DIR)")
+    return DL19_DIR
+
+
+@pytest.fixture(scope="session")
+def dl19_dir() -> Path:
+    """Folder with DL19 ``candidates.jsonl`` and ``qrels.txt``."""
+    return _require_dl19()
+
+
+@pytest.fixture(scope="session")
+def dl19_queries(dl19_dir: Path) -> list[dict[str, Any]]:
+    """The 43 DL19 queries with their BM25 top-100 candidates."""
+    with (dl19_dir / "candidates.jsonl").open(encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+@pytest.fixture
+def caplog_info(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    """``caplog`` at INFO level."""
+    with caplog.at_level("INFO"):
+        yield caplog
