@@ -52,6 +52,8 @@ def load_scorer(
     label_ids = resolve_label_ids(tokenizer, labels)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     logger.info("loaded %s on %s (%s)", source.name, torch_device, torch_dtype)
-    return tokenizer, TorchLabelScorer(lm, label_ids, pad_token_id=pad), context_length(
-        lm.config, tokenizer
+    return (
+        tokenizer,
+        TorchLabelScorer(lm, label_ids, pad_token_id=pad),
+        context_length(lm.config, tokenizer),
     )

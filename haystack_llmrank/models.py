@@ -110,6 +110,7 @@ def load_causal_lm(
     from transformers import AutoModelForCausalLM
 
     kwargs: dict[str, Any] = {"dtype": dtype} if dtype is not None else {}
+    model: Any
     cached = _gguf_cache_dir(source) if source.gguf_file else None
     if cached is not None and (cached / "config.json").is_file():
         model = AutoModelForCausalLM.from_pretrained(cached, **kwargs)
@@ -119,7 +120,9 @@ def load_causal_lm(
                 source.location, gguf_file=source.gguf_file, **kwargs
             )
         except (OSError, ValueError) as exc:
-            raise ModelResolutionError(f"cannot load a causal LM from {source.name}: {exc}") from exc
+            raise ModelResolutionError(
+                f"cannot load a causal LM from {source.name}: {exc}"
+            ) from exc
         if cached is not None:
             _write_cache(model, tokenizer or load_tokenizer(source), cached)
     return model.to(device).eval()

@@ -35,7 +35,7 @@ _SYSTEM_JOINER = "\n "
 
 @dataclass(frozen=True)
 class PromptTemplate:
-    """The wording of a listwise prompt; ``{n}``, ``{query}``, ``{label}``, ``{text}`` are filled in.
+    """The wording of a listwise prompt, with ``{n}``, ``{query}``, ``{label}``, ``{text}`` slots.
 
     The user turn is ``prefix`` + one ``passage`` line per passage + ``suffix``; the rendered
     chat prompt ends with ``answer_prefix``, after which the model's first token is a label.
@@ -110,11 +110,13 @@ def get_template(template: str | PromptTemplate | dict[str, Any]) -> PromptTempl
     try:
         return TEMPLATES[template]
     except KeyError:
-        raise ValueError(f"unknown prompt template {template!r}; known: {sorted(TEMPLATES)}") from None
+        raise ValueError(
+            f"unknown prompt template {template!r}; known: {sorted(TEMPLATES)}"
+        ) from None
 
 
 def normalize_passage(text: str, max_words: int | None = 300) -> str:
-    """Collapse whitespace, keep at most ``max_words`` words, and turn ``[word]`` into ``(word)``."""
+    """Collapse whitespace, keep ``max_words`` words at most, turn ``[word]`` into ``(word)``."""
     words = text.split()
     if max_words is not None:
         words = words[:max_words]
@@ -220,21 +222,25 @@ class PromptBuilder:
                 f"{self.max_prompt_tokens}; shorten the query or raise max_prompt_tokens"
             )
         encoded = [
-            self._tokenizer(t, add_special_tokens=False, return_offsets_mapping=True)
-            for t in texts
+            self._tokenizer(t, add_special_tokens=False, return_offsets_mapping=True) for t in texts
         ]
         offsets = [list(e["offset_mapping"]) for e in encoded]
         cap = _water_level([len(o) for o in offsets], budget)
         while True:
-            cut = [t if len(o) <= cap else t[: o[cap - 1][1]].rstrip() if cap else ""
-                   for t, o in zip(texts, offsets, strict=True)]
+            cut = [
+                t if len(o) <= cap else t[: o[cap - 1][1]].rstrip() if cap else ""
+                for t, o in zip(texts, offsets, strict=True)
+            ]
             text = self.render(query, cut)
             ids = self._encode(text)
             shortened = sum(len(o) > cap for o in offsets)
             if len(ids) <= self.max_prompt_tokens:
                 logger.debug(
                     "shortened %d passages to %d tokens each (%d -> %d prompt tokens)",
-                    shortened, cap, full_length, len(ids),
+                    shortened,
+                    cap,
+                    full_length,
+                    len(ids),
                 )
                 return Prompt(text, tuple(ids), shortened)
             if cap == 0:

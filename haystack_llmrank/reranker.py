@@ -9,7 +9,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from haystack_llmrank.prompt import FIRST_TEMPLATE, Prompt, PromptBuilder, PromptTemplate, get_template
+from haystack_llmrank.prompt import (
+    FIRST_TEMPLATE,
+    Prompt,
+    PromptBuilder,
+    PromptTemplate,
+    get_template,
+)
 from haystack_llmrank.ranking import Ranking
 from haystack_llmrank.scorers.base import LabelScorer
 from haystack_llmrank.strategies import SlidingWindow, WindowedRun, run_windows

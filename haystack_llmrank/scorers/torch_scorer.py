@@ -10,23 +10,7 @@ import numpy.typing as npt
 import torch
 
 from haystack_llmrank.labels import LabelIds
-
-
-def pad_right(
-    prompts: Sequence[Sequence[int]], pad_id: int
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-    """Right-pad token id lists into ``input_ids`` and ``attention_mask`` arrays."""
-    if not prompts:
-        raise ValueError("no prompts to score")
-    lengths = [len(p) for p in prompts]
-    if min(lengths) == 0:
-        raise ValueError("cannot score an empty prompt")
-    ids = np.full((len(prompts), max(lengths)), pad_id, dtype=np.int64)
-    mask = np.zeros_like(ids)
-    for row, prompt in enumerate(prompts):
-        ids[row, : len(prompt)] = prompt
-        mask[row, : len(prompt)] = 1
-    return ids, mask
+from haystack_llmrank.scorers.padding import pad_right
 
 
 class TorchLabelScorer:
@@ -61,7 +45,8 @@ class TorchLabelScorer:
     @property
     def device(self) -> torch.device:
         """Where the model's weights live."""
-        return self._head_weight.device
+        device: torch.device = self._head_weight.device
+        return device
 
     def score(self, prompts: Sequence[Sequence[int]]) -> npt.NDArray[np.float32]:
         """Return float32 label logits ``[len(prompts), len(label_ids)]``."""
@@ -69,7 +54,9 @@ class TorchLabelScorer:
         input_ids = torch.from_numpy(ids).to(self.device)
         attention_mask = torch.from_numpy(mask).to(self.device)
         with torch.inference_mode():
-            hidden = self._body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            hidden = self._body(
+                input_ids=input_ids, attention_mask=attention_mask
+            ).last_hidden_state
             last = attention_mask.sum(dim=1) - 1
             final = hidden[torch.arange(hidden.shape[0], device=self.device), last]
             logits = torch.nn.functional.linear(

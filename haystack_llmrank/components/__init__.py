@@ -1,0 +1,5 @@
+"""Haystack components."""
+
+from haystack_llmrank.components.ranker import FirstListwiseRanker
+
+__all__ = ["FirstListwiseRanker"]

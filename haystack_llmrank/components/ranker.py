@@ -1,0 +1,245 @@
+"""Haystack component: FIRST single-token listwise reranking of Documents."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import threading
+from dataclasses import replace
+from typing import Any
+
+from haystack import Document, component, default_from_dict, default_to_dict
+
+from haystack_llmrank.models import DEFAULT_MODEL
+from haystack_llmrank.ranking import Ranking
+from haystack_llmrank.reranker import Reranker
+from haystack_llmrank.strategies import SlidingWindow
+
+logger = logging.getLogger(__name__)
+
+
+def deduplicate(documents: list[Document]) -> list[Document]:
+    """Keep one Document per id, the highest-scored, at the place of the id's first occurrence."""
+    best: dict[str, Document] = {}
+    for doc in documents:
+        kept = best.get(doc.id)
+        score = -math.inf if doc.score is None else doc.score
+        if kept is None or score > (-math.inf if kept.score is None else kept.score):
+            best[doc.id] = doc
+    return list(best.values())
+
+
+@component
+class FirstListwiseRanker:
+    """Reranks Documents with a single-token listwise LLM (FIRST): one forward pass per window.
+
+    Usage:
+    ```python
+    from haystack import Document
+    from haystack_llmrank import FirstListwiseRanker
+
+    # the embedded SmolLM2; or model="castorini/first_mistral"
+    ranker = FirstListwiseRanker(top_k=3)
+    ranker.warm_up()
+    docs = [Document(content="Paris is in France."), Document(content="Berlin is in Germany.")]
+    ranker.run(query="Where is Berlin?", documents=docs)["documents"]
+    ```
+
+    Output Documents are copies with ``score`` set to the engine's score (see
+    :class:`haystack_llmrank.ranking.Ranking`): non-increasing down the list. Documents with the
+    same id are deduplicated first (the highest-scored copy is kept). Documents with no text
+    (no content and no embedded meta) cannot be judged: they follow the ranked ones in input
+    order with ``score=None``. An empty query returns the deduplicated input unranked.
+    """
+
+    def __init__(
+        self,
+        *,
+        model: str = DEFAULT_MODEL,
+        backend: str = "torch",
+        device: str | None = None,
+        dtype: str | None = None,
+        top_k: int | None = None,
+        score_threshold: float | None = None,
+        window_size: int = 20,
+        step: int = 10,
+        template: str | dict[str, Any] = "first",
+        max_passage_words: int | None = 300,
+        max_prompt_tokens: int | None = None,
+        batch_size: int = 1,
+        max_batch_tokens: int = 16384,
+        meta_fields_to_embed: list[str] | None = None,
+        embedding_separator: str = "\n",
+    ) -> None:
+        """Configure the ranker; the model is loaded by :meth:`warm_up`.
+
+        :param model: ``"default"`` (embedded SmolLM2-135M-Instruct), a Hugging Face id or
+            folder, a ``.gguf`` file, or (with ``backend="onnx"``) an ``llmrank export`` folder.
+        :param backend: ``"torch"`` or ``"onnx"``.
+        :param device: ``"cpu"``, ``"cuda"`` or ``None`` (CUDA when available).
+        :param dtype: torch dtype name (``"float16"``...) or ``None`` for the device's default.
+        :param top_k: keep at most this many Documents (``None``: all).
+        :param score_threshold: drop Documents scored below this (and unscored ones).
+        :param window_size: passages per window (at most the template's label count).
+        :param step: how far the window moves up each time.
+        :param template: prompt template name or its dict form.
+        :param max_passage_words: words kept per passage before prompting (``None``: all).
+        :param max_prompt_tokens: token budget of one prompt (``None``: the model's context).
+        :param batch_size: windows scored per forward pass.
+        :param max_batch_tokens: padded tokens per forward pass.
+        :param meta_fields_to_embed: meta fields prepended to the content.
+        :param embedding_separator: joins the embedded meta fields and the content.
+        """
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {top_k}")
+        SlidingWindow(window_size, step)  # validate early, before any model is loaded
+        self.model = model
+        self.backend = backend
+        self.device = device
+        self.dtype = dtype
+        self.top_k = top_k
+        self.score_threshold = score_threshold
+        self.window_size = window_size
+        self.step = step
+        self.template = template
+        self.max_passage_words = max_passage_words
+        self.max_prompt_tokens = max_prompt_tokens
+        self.batch_size = batch_size
+        self.max_batch_tokens = max_batch_tokens
+        self.meta_fields_to_embed = list(meta_fields_to_embed or [])
+        self.embedding_separator = embedding_separator
+        self._reranker: Reranker | None = None
+        self._lock = threading.Lock()
+        self._warm_lock = threading.Lock()
+
+    def warm_up(self) -> None:
+        """Load the model once; later calls do nothing."""
+        with self._warm_lock:
+            if self._reranker is None:
+                self._reranker = Reranker.from_pretrained(
+                    self.model,
+                    backend=self.backend,
+                    device=self.device,
+                    dtype=self.dtype,
+                    template=self.template,
+                    max_prompt_tokens=self.max_prompt_tokens,
+                    strategy=SlidingWindow(self.window_size, self.step),
+                    max_passage_words=self.max_passage_words,
+                    batch_size=self.batch_size,
+                    max_batch_tokens=self.max_batch_tokens,
+                )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Serialise the init parameters."""
+        return default_to_dict(
+            self,
+            model=self.model,
+            backend=self.backend,
+            device=self.device,
+            dtype=self.dtype,
+            top_k=self.top_k,
+            score_threshold=self.score_threshold,
+            window_size=self.window_size,
+            step=self.step,
+            template=self.template,
+            max_passage_words=self.max_passage_words,
+            max_prompt_tokens=self.max_prompt_tokens,
+            batch_size=self.batch_size,
+            max_batch_tokens=self.max_batch_tokens,
+            meta_fields_to_embed=self.meta_fields_to_embed,
+            embedding_separator=self.embedding_separator,
+        )
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FirstListwiseRanker:
+        """Build a ranker from :meth:`to_dict` output."""
+        return default_from_dict(cls, data)
+
+    def _text(self, doc: Document) -> str:
+        fields = [
+            str(doc.meta[k]) for k in self.meta_fields_to_embed if doc.meta.get(k) is not None
+        ]
+        return self.embedding_separator.join([*fields, doc.content or ""]).strip()
+
+    def _prepare(
+        self, query: str, documents: list[Document], top_k: int | None
+    ) -> tuple[list[Document], list[Document], list[str], int | None] | None:
+        """Split deduplicated Documents into rankable ones (with texts) and text-less ones.
+
+        Returns ``None`` when nothing is to be ranked (no Documents, or an empty query).
+        """
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {top_k}")
+        if not isinstance(query, str):
+            raise TypeError(f"query must be a string, got {type(query).__name__}")
+        if not documents or not query.strip():
+            if documents:
+                logger.warning("empty query: returning the deduplicated documents unranked")
+            return None
+        unique = deduplicate(documents)
+        texts = [self._text(d) for d in unique]
+        rankable = [d for d, t in zip(unique, texts, strict=True) if t]
+        textless = [d for d, t in zip(unique, texts, strict=True) if not t]
+        if textless:
+            logger.warning(
+                "%d document(s) have no text to rank; they follow the ranked ones unscored",
+                len(textless),
+            )
+        return rankable, textless, [t for t in texts if t], self.top_k if top_k is None else top_k
+
+    def _finish(
+        self,
+        rankable: list[Document],
+        textless: list[Document],
+        ranking: Ranking,
+        top_k: int | None,
+    ) -> list[Document]:
+        ranked = [
+            replace(rankable[i], score=score)
+            for i, score in zip(ranking.order, ranking.scores, strict=True)
+        ]
+        result = ranked + [replace(d, score=None) for d in textless]
+        if self.score_threshold is not None:
+            threshold = self.score_threshold
+            result = [d for d in result if d.score is not None and d.score >= threshold]
+        return result[:top_k] if top_k is not None else result
+
+    def _rank(self, query: str, texts: list[str]) -> Ranking:
+        if self._reranker is None:
+            raise RuntimeError("FirstListwiseRanker was not warmed up; call warm_up() first")
+        if not texts:
+            return Ranking((), (), ())
+        with self._lock:
+            return self._reranker.rerank(query, texts)
+
+    @component.output_types(documents=list[Document])
+    def run(
+        self, query: str, documents: list[Document], top_k: int | None = None
+    ) -> dict[str, list[Document]]:
+        """Rank ``documents`` for ``query``, best first.
+
+        :param query: the search query; if empty, the deduplicated documents come back unranked.
+        :param documents: candidate Documents (not modified).
+        :param top_k: overrides the init ``top_k``.
+        :returns: ``{"documents": [...]}`` as described in the class docstring.
+        """
+        prepared = self._prepare(query, documents, top_k)
+        if prepared is None:
+            return {"documents": deduplicate(documents) if documents else []}
+        rankable, textless, texts, limit = prepared
+        self.warm_up()
+        return {"documents": self._finish(rankable, textless, self._rank(query, texts), limit)}
+
+    @component.output_types(documents=list[Document])
+    async def run_async(
+        self, query: str, documents: list[Document], top_k: int | None = None
+    ) -> dict[str, list[Document]]:
+        """Like :meth:`run`, with loading and ranking in a worker thread off the event loop."""
+        prepared = self._prepare(query, documents, top_k)
+        if prepared is None:
+            return {"documents": deduplicate(documents) if documents else []}
+        rankable, textless, texts, limit = prepared
+        await asyncio.to_thread(self.warm_up)
+        ranking = await asyncio.to_thread(self._rank, query, texts)
+        return {"documents": self._finish(rankable, textless, ranking, limit)}

@@ -1,0 +1,158 @@
+"""The Haystack component: conventions, serialisation, pipelines, edge cases."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import itertools
+from pathlib import Path
+from typing import Any
+
+import pytest
+from haystack import Document, Pipeline
+from haystack.core.errors import DeserializationError
+
+from haystack_llmrank import FirstListwiseRanker
+from haystack_llmrank.reranker import Reranker
+
+QUERY = "which animals are mammals"
+
+
+def docs(n: int) -> list[Document]:
+    return [
+        Document(id=f"d{i}", content=f"passage number {i} about animal {i % 5}", score=float(i))
+        for i in range(n)
+    ]
+
+
+@pytest.fixture(scope="module")
+def ranker(tiny_model_dir: Path) -> FirstListwiseRanker:
+    component = FirstListwiseRanker(model=str(tiny_model_dir), device="cpu")
+    component.warm_up()
+    return component
+
+
+def test_run_ranks_all_documents_without_mutating_input(
+    ranker: FirstListwiseRanker, tiny_reranker: Reranker
+) -> None:
+    inputs = docs(25)
+    before = copy.deepcopy(inputs)
+    out = ranker.run(query=QUERY, documents=inputs)["documents"]
+    assert inputs == before
+    expected = tiny_reranker.rerank(QUERY, [d.content for d in inputs])
+    assert [d.id for d in out] == [f"d{i}" for i in expected.order]
+    assert [d.score for d in out] == list(expected.scores)
+    assert all(a.score >= b.score for a, b in itertools.pairwise(out))
+    assert all(o is not i for o in out for i in inputs)
+
+
+def test_top_k_and_threshold(ranker: FirstListwiseRanker) -> None:
+    full = ranker.run(query=QUERY, documents=docs(12))["documents"]
+    assert ranker.run(query=QUERY, documents=docs(12), top_k=3)["documents"] == full[:3]
+    threshold = full[4].score
+    thresholded = FirstListwiseRanker(model=ranker.model, score_threshold=threshold)
+    thresholded._reranker = ranker._reranker
+    kept = thresholded.run(query=QUERY, documents=docs(12))["documents"]
+    assert kept == [d for d in full if d.score >= threshold]
+    with pytest.raises(ValueError, match="top_k"):
+        ranker.run(query=QUERY, documents=docs(3), top_k=0)
+    with pytest.raises(ValueError, match="top_k"):
+        FirstListwiseRanker(top_k=0)
+
+
+def test_duplicates_keep_highest_scored_copy(ranker: FirstListwiseRanker) -> None:
+    inputs = [
+        Document(id="a", content="alpha", score=1.0),
+        Document(id="b", content="beta", score=0.5),
+        Document(id="a", content="alpha", score=3.0),
+    ]
+    out = ranker.run(query=QUERY, documents=inputs)["documents"]
+    assert sorted(d.id for d in out) == ["a", "b"]
+
+
+def test_documents_without_text_follow_unscored(ranker: FirstListwiseRanker) -> None:
+    inputs = [Document(id="x", content=None), *docs(3), Document(id="y", content="   ")]
+    out = ranker.run(query=QUERY, documents=inputs)["documents"]
+    assert [d.id for d in out[-2:]] == ["x", "y"]
+    assert out[-1].score is None
+    assert out[-2].score is None
+    assert sorted(d.id for d in out[:3]) == ["d0", "d1", "d2"]
+
+
+def test_empty_query_and_no_documents(ranker: FirstListwiseRanker) -> None:
+    assert ranker.run(query=QUERY, documents=[]) == {"documents": []}
+    inputs = docs(4)
+    assert ranker.run(query="  ", documents=inputs)["documents"] == inputs
+    with pytest.raises(TypeError):
+        ranker.run(query=None, documents=inputs)  # type: ignore[arg-type]
+
+
+def test_meta_fields_are_embedded(ranker: FirstListwiseRanker) -> None:
+    embedding = FirstListwiseRanker(
+        model=ranker.model, meta_fields_to_embed=["title"], embedding_separator=" | "
+    )
+    assert embedding._text(Document(content="body", meta={"title": "T"})) == "T | body"
+    assert embedding._text(Document(content=None, meta={"title": "T"})) == "T |"
+    assert embedding._text(Document(content="body", meta={})) == "body"
+
+
+def test_run_async_equals_run(ranker: FirstListwiseRanker) -> None:
+    inputs = docs(15)
+    assert asyncio.run(ranker.run_async(query=QUERY, documents=inputs)) == ranker.run(
+        query=QUERY, documents=inputs
+    )
+
+
+def test_warm_up_is_idempotent_and_lazy(
+    monkeypatch: pytest.MonkeyPatch, tiny_reranker: Reranker
+) -> None:
+    calls: list[str] = []
+
+    def fake_load(*args: Any, **kwargs: Any) -> Reranker:
+        calls.append(args[0])
+        return tiny_reranker
+
+    monkeypatch.setattr(Reranker, "from_pretrained", staticmethod(fake_load))
+    component = FirstListwiseRanker(model="some/model")
+    assert calls == []
+    component.warm_up()
+    component.warm_up()
+    component.run(query=QUERY, documents=docs(2))
+    assert calls == ["some/model"]
+
+
+def test_to_dict_from_dict_round_trip() -> None:
+    component = FirstListwiseRanker(
+        model="castorini/first_mistral",
+        top_k=5,
+        window_size=10,
+        step=5,
+        meta_fields_to_embed=["title"],
+    )
+    data = component.to_dict()
+    assert data["type"] == "haystack_llmrank.components.ranker.FirstListwiseRanker"
+    assert data["init_parameters"]["model"] == "castorini/first_mistral"
+    restored = FirstListwiseRanker.from_dict(data)
+    assert restored.to_dict() == data
+
+
+def test_bad_window_rejected_at_init() -> None:
+    with pytest.raises(ValueError, match="step"):
+        FirstListwiseRanker(window_size=5, step=9)
+
+
+def test_pipeline_yaml_round_trip_needs_the_allowlist(
+    tiny_model_dir: Path, tmp_path: Path, ranker: FirstListwiseRanker
+) -> None:
+    pipeline = Pipeline()
+    pipeline.add_component("ranker", FirstListwiseRanker(model=str(tiny_model_dir), top_k=4))
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(pipeline.dumps())
+    with pytest.raises(DeserializationError):
+        Pipeline.loads(path.read_text())
+    loaded = Pipeline.loads(path.read_text(), allowed_modules=["haystack_llmrank"])
+    result = loaded.run({"ranker": {"query": QUERY, "documents": docs(9)}})
+    assert (
+        result["ranker"]["documents"]
+        == ranker.run(query=QUERY, documents=docs(9), top_k=4)["documents"]
+    )

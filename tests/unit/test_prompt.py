@@ -1,0 +1,170 @@
+"""FIRST prompt rendering, passage normalisation and the token budget."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from haystack_llmrank.errors import PromptTooLongError
+from haystack_llmrank.prompt import (
+    FIRST_NUMERIC_TEMPLATE,
+    FIRST_TEMPLATE,
+    PromptBuilder,
+    PromptTemplate,
+    get_template,
+    normalize_passage,
+)
+
+GOLDEN_FIRST = (
+    "<|im_start|>system\n"
+    "You are RankLLM, an intelligent assistant that can rank passages based on their relevancy "
+    "to the query<|im_end|>\n"
+    "<|im_start|>user\n"
+    "I will provide you with 2 passages, each indicated by a alphabetical identifier []. Rank the "
+    "passages based on their relevance to the search query: what is a cat.\n\n"
+    "[A] A cat is a (small) animal.\n"
+    "[B] Dogs bark at night.\n"
+    "Search Query: what is a cat.\n"
+    "Rank the 2 passages above based on their relevance to the search query. All the passages "
+    "should be included and listed using identifiers, in descending order of relevance. The "
+    "output format should be [] > [], e.g., [B] > [A], Only respond with the ranking results, do "
+    "not say any word or explain.<|im_end|>\n"
+    "<|im_start|>assistant\n"
+    "["
+)
+
+SUFFIX_TAIL = (
+    "Only respond with the ranking results, do not say any word or explain.<|im_end|>\n"
+    "<|im_start|>assistant\n["
+)
+
+NO_SYSTEM_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'system' %}"
+    "{{ raise_exception('System role not supported') }}{% endif %}"
+    "[INST] {{ m['content'] }} [/INST]{% endfor %}"
+)
+
+
+def builder(tokenizer: Any, budget: int = 8192, **kwargs: Any) -> PromptBuilder:
+    return PromptBuilder(tokenizer, max_prompt_tokens=budget, **kwargs)
+
+
+def test_golden_first_prompt(smollm2_tokenizer: Any) -> None:
+    prompt = builder(smollm2_tokenizer).build(
+        "what is a cat", ["A cat is a [small]   animal.", "Dogs bark\n\n at night."]
+    )
+    assert prompt.text == GOLDEN_FIRST
+    assert (
+        list(prompt.token_ids)
+        == smollm2_tokenizer(GOLDEN_FIRST, add_special_tokens=False)["input_ids"]
+    )
+    assert prompt.truncated_passages == 0
+
+
+def test_numeric_template_labels_and_example(smollm2_tokenizer: Any) -> None:
+    text = builder(smollm2_tokenizer, template=FIRST_NUMERIC_TEMPLATE).build("q", ["x", "y"]).text
+    assert "[1] x\n[2] y\n" in text
+    assert "numerical identifier" in text
+    assert "e.g., [2] > [1]," in text
+
+
+def test_system_message_prepended_when_template_has_no_system_role(smollm2_tokenizer: Any) -> None:
+    no_system = copy.deepcopy(smollm2_tokenizer)
+    no_system.chat_template = NO_SYSTEM_TEMPLATE
+    text = builder(no_system).build("q", ["x"]).text
+    assert text.startswith(
+        "[INST] You are RankLLM, an intelligent assistant that can rank passages based on their "
+        "relevancy to the query\n I will provide you with 1 passages"
+    )
+    assert text.endswith(" [/INST][")
+
+
+def test_tokenizer_without_chat_template_is_refused(smollm2_tokenizer: Any) -> None:
+    plain = copy.deepcopy(smollm2_tokenizer)
+    plain.chat_template = None
+    with pytest.raises(ValueError, match="chat template"):
+        builder(plain)
+
+
+def test_rendered_prompt_is_fixed_by_ftfy(smollm2_tokenizer: Any) -> None:
+    text = builder(smollm2_tokenizer).build("q", ["it\u00e2\u20ac\u2122s broken"]).text
+    assert "[A] it's broken\n" in text
+
+
+@pytest.mark.parametrize(
+    ("raw", "words", "expected"),
+    [
+        ("  a\tb\n\nc  ", 300, "a b c"),
+        ("one two three four", 2, "one two"),
+        ("see [A] and [12] but not [two words]", None, "see (A) and (12) but not [two words]"),
+        ("", 300, ""),
+    ],
+)
+def test_normalize_passage(raw: str, words: int | None, expected: str) -> None:
+    assert normalize_passage(raw, words) == expected
+
+
+def test_passages_capped_at_300_words_by_default(smollm2_tokenizer: Any) -> None:
+    text = builder(smollm2_tokenizer).build("q", [" ".join(f"w{i}" for i in range(400))]).text
+    assert "w299 " in text or "w299\n" in text
+    assert "w300" not in text
+
+
+def test_template_dict_round_trip() -> None:
+    assert PromptTemplate.from_dict(FIRST_TEMPLATE.to_dict()) == FIRST_TEMPLATE
+    assert get_template(FIRST_TEMPLATE.to_dict()) == FIRST_TEMPLATE
+    assert get_template("first-numeric") is FIRST_NUMERIC_TEMPLATE
+    with pytest.raises(ValueError, match="unknown prompt template"):
+        get_template("nope")
+
+
+def test_too_many_passages_for_labels(smollm2_tokenizer: Any) -> None:
+    with pytest.raises(ValueError, match="labels"):
+        builder(smollm2_tokenizer, template=FIRST_NUMERIC_TEMPLATE).build("q", ["x"] * 10)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    budget_slack=st.integers(min_value=0, max_value=600),
+    lengths=st.lists(st.integers(min_value=0, max_value=120), min_size=1, max_size=20),
+)
+def test_budget_shrinks_passages_never_the_suffix(
+    smollm2_tokenizer: Any, budget_slack: int, lengths: list[int]
+) -> None:
+    passages = [" ".join(f"word{i}x{j}" for j in range(n)) for i, n in enumerate(lengths)]
+    query = "how long do cats live"
+    base = builder(smollm2_tokenizer)
+    bare = len(base.build(query, [""] * len(passages)).token_ids)
+    budget = bare + budget_slack
+    prompt = builder(smollm2_tokenizer, budget=budget).build(query, passages)
+    assert len(prompt.token_ids) <= budget
+    assert prompt.text.endswith(SUFFIX_TAIL)
+    assert f"Search Query: {query}.\nRank the {len(passages)} passages above" in prompt.text
+    assert f"relevance to the search query: {query}.\n\n[A] " in prompt.text
+    full = base.build(query, passages)
+    if len(full.token_ids) <= budget:
+        assert prompt == full
+    else:
+        assert prompt.truncated_passages > 0
+    for label, passage in zip("ABCDEFGHIJKLMNOPQRST", passages, strict=False):
+        line = prompt.text.split(f"[{label}] ", 1)[1].split("\n", 1)[0]
+        assert passage.startswith(line)
+
+
+def test_query_too_long_for_budget_raises(smollm2_tokenizer: Any) -> None:
+    with pytest.raises(PromptTooLongError, match="instruction and query alone"):
+        builder(smollm2_tokenizer, budget=50).build("cats " * 100, ["a", "b"])
+
+
+@pytest.mark.parametrize("bad", [0, -3])
+def test_bad_budgets_rejected(smollm2_tokenizer: Any, bad: int) -> None:
+    with pytest.raises(ValueError, match="positive"):
+        builder(smollm2_tokenizer, budget=bad)
+    with pytest.raises(ValueError, match="positive"):
+        builder(smollm2_tokenizer, max_passage_words=bad)

@@ -1,0 +1,173 @@
+"""The engine end to end on a tiny random Llama: FIRST semantics, batching, validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from haystack_llmrank.prompt import PromptBuilder
+from haystack_llmrank.reranker import Reranker, length_buckets
+from haystack_llmrank.strategies import SlidingWindow
+
+TOPICS = [
+    "cats sleep most of the day",
+    "the roman empire built roads",
+    "python is a language",
+    "volcanoes erupt lava",
+    "bread needs yeast",
+    "whales are mammals",
+    "the moon orbits earth",
+    "tea grows on hills",
+    "bees make honey",
+    "glaciers carve valleys",
+    "jazz began in new orleans",
+    "owls hunt at night",
+    "copper conducts electricity",
+    "maple syrup comes from sap",
+]
+
+
+def passages(n: int) -> list[str]:
+    return [f"{TOPICS[i % len(TOPICS)]} (note {i})" for i in range(n)]
+
+
+def plain_first(
+    model: Any, tokenizer: Any, query: str, texts: list[str], size: int, step: int
+) -> list[int]:
+    """FIRST written the plain way: full logits at the last token, one window at a time."""
+    build = PromptBuilder(tokenizer, max_prompt_tokens=4096)
+    letters = [tokenizer.convert_tokens_to_ids(c) for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ"]
+    spaced = [tokenizer.convert_tokens_to_ids("Ġ" + c) for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ"]
+    order = list(range(len(texts)))
+    end = len(texts)
+    while end > 0:
+        start = max(0, end - size)
+        members = order[start:end]
+        ids = build.build(query, [texts[i] for i in members]).token_ids
+        with torch.inference_mode():
+            logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
+        values = torch.maximum(logits[letters], logits[spaced])[: len(members)].tolist()
+        order[start:end] = [
+            members[i] for i in sorted(range(len(members)), key=lambda k: -values[k])
+        ]
+        if start == 0:
+            break
+        end -= step
+    return order
+
+
+@pytest.mark.parametrize(
+    ("n", "size", "step"), [(1, 20, 10), (7, 20, 10), (33, 20, 10), (30, 6, 3)]
+)
+def test_matches_plain_implementation(
+    tiny_model: Any, smollm2_tokenizer: Any, tiny_scorer: Any, n: int, size: int, step: int
+) -> None:
+    reranker = Reranker(
+        smollm2_tokenizer, tiny_scorer, max_prompt_tokens=4096, strategy=SlidingWindow(size, step)
+    )
+    texts = passages(n)
+    ranking = reranker.rerank("which animals are mammals", texts)
+    assert list(ranking.order) == plain_first(
+        tiny_model, smollm2_tokenizer, "which animals are mammals", texts, size, step
+    )
+    assert len(set(ranking.order)) == n
+
+
+def test_order_depends_on_the_model_not_on_position(tiny_reranker: Reranker) -> None:
+    texts = passages(12)
+    ranking = tiny_reranker.rerank("bees and honey", texts)
+    assert list(ranking.order) != list(range(12)), "a random model should reorder something"
+
+
+def test_batched_queries_equal_one_by_one(smollm2_tokenizer: Any, tiny_scorer: Any) -> None:
+    requests = [
+        ("bees and honey", passages(45)),
+        ("roman roads", passages(9)),
+        ("lava", passages(21)),
+    ]
+    single = Reranker(smollm2_tokenizer, tiny_scorer, max_prompt_tokens=4096)
+    alone = [single.rerank(q, p) for q, p in requests]
+    for batch_size, budget in [(2, 16384), (8, 100000), (8, 600)]:
+        batched = Reranker(
+            smollm2_tokenizer,
+            tiny_scorer,
+            max_prompt_tokens=4096,
+            batch_size=batch_size,
+            max_batch_tokens=budget,
+        ).rerank_many(requests)
+        for a, b in zip(alone, batched, strict=True):
+            assert a.order == b.order
+            np.testing.assert_allclose(a.logits, b.logits, rtol=1e-4, atol=1e-3)
+
+
+def test_progress_callback_counts_windows(tiny_reranker: Reranker) -> None:
+    seen: list[int] = []
+    tiny_reranker.rerank_many([("q", passages(45)), ("r", passages(3))], on_window=seen.append)
+    assert sum(seen) == tiny_reranker.count_windows([45, 3]) == 5
+
+
+def test_empty_candidate_list(tiny_reranker: Reranker) -> None:
+    ranking = tiny_reranker.rerank("q", [])
+    assert ranking.order == ()
+    assert ranking.scores == ()
+
+
+@pytest.mark.parametrize(
+    ("query", "texts", "error"),
+    [
+        ("", ["a"], ValueError),
+        ("   ", ["a"], ValueError),
+        (None, ["a"], TypeError),
+        ("q", "one string", TypeError),
+        ("q", ["a", None], TypeError),
+    ],
+)
+def test_bad_requests(
+    tiny_reranker: Reranker, query: Any, texts: Any, error: type[Exception]
+) -> None:
+    with pytest.raises(error):
+        tiny_reranker.rerank(query, texts)
+
+
+def test_window_larger_than_labels_is_refused(smollm2_tokenizer: Any, tiny_scorer: Any) -> None:
+    with pytest.raises(ValueError, match="27 passages"):
+        Reranker(
+            smollm2_tokenizer, tiny_scorer, max_prompt_tokens=4096, strategy=SlidingWindow(27, 10)
+        )
+
+
+def test_template_must_match_scorer_labels(smollm2_tokenizer: Any, tiny_scorer: Any) -> None:
+    from haystack_llmrank.prompt import FIRST_NUMERIC_TEMPLATE
+
+    with pytest.raises(ValueError, match="do not match"):
+        Reranker(
+            smollm2_tokenizer, tiny_scorer, max_prompt_tokens=4096, template=FIRST_NUMERIC_TEMPLATE
+        )
+
+
+def test_length_buckets_respect_budget() -> None:
+    lengths = [100, 900, 300, 300, 50, 1200]
+    groups = length_buckets(lengths, 1000)
+    assert sorted(i for g in groups for i in g) == list(range(6))
+    for group in groups:
+        assert len(group) == 1 or max(lengths[i] for i in group) * len(group) <= 1000
+
+
+def test_from_pretrained_folder(tiny_model_dir: Path, tiny_reranker: Reranker) -> None:
+    loaded = Reranker.from_pretrained(str(tiny_model_dir), device="cpu")
+    texts = passages(15)
+    assert loaded.rerank("owls", texts).order == tiny_reranker.rerank("owls", texts).order
+    assert loaded.prompts.max_prompt_tokens == 4096
+
+
+def test_unknown_backend_and_missing_model() -> None:
+    from haystack_llmrank.errors import ModelResolutionError
+
+    with pytest.raises(ValueError, match="unknown backend"):
+        Reranker.from_pretrained("x", backend="tensorflow")
+    with pytest.raises(ModelResolutionError):
+        Reranker.from_pretrained("/nonexistent/model.gguf")
