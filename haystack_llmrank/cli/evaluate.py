@@ -1,0 +1,95 @@
+"""``llmrank eval``: metrics of a TREC run, or of a candidates file's own order, against qrels."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from haystack_llmrank.data import FORMATS, first_stage_run, read_qrels, read_queries, read_run
+from haystack_llmrank.evaluation import DEFAULT_METRICS, RELEVANCE_LEVEL, Evaluation, evaluate
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``eval`` subcommand."""
+    parser = subparsers.add_parser(
+        "eval",
+        help="evaluate a TREC run (or a candidates file's order) against qrels",
+        description=(
+            "Evaluate with trec_eval (pytrec_eval): give RUN QRELS, or --candidates FILE QRELS "
+            "to evaluate the first-stage order of a candidates file. nDCG uses graded, linear "
+            "gains; map, mrr, recall and p count grades >= --relevance-level as relevant."
+        ),
+    )
+    parser.add_argument(
+        "files", nargs="+", type=Path, metavar="FILE", help="RUN QRELS, or QRELS with --candidates"
+    )
+    parser.add_argument(
+        "--candidates", type=Path, default=None, help="evaluate this candidates file's order"
+    )
+    parser.add_argument("--format", choices=FORMATS, default="auto", help="--candidates format")
+    parser.add_argument(
+        "--metrics",
+        nargs="+",
+        default=list(DEFAULT_METRICS),
+        help=f"family@k names, space or comma separated (default: {' '.join(DEFAULT_METRICS)})",
+    )
+    parser.add_argument("--relevance-level", type=int, default=RELEVANCE_LEVEL)
+    parser.add_argument(
+        "--missing-as-zero",
+        action="store_true",
+        help="count judged queries absent from the run as 0 (like trec_eval -c)",
+    )
+    parser.add_argument("--per-query", action="store_true", help="print one row per query too")
+    parser.add_argument("--json", type=Path, default=None, help="write all results as JSON")
+    parser.set_defaults(handler=run)
+
+
+def format_table(result: Evaluation, *, per_query: bool) -> str:
+    """A plain-text table: a header, optional per-query rows, the mean row and a footer."""
+    rows = [["qid", *result.metrics]]
+    if per_query:
+        rows += [
+            [qid, *(f"{v[m]:.4f}" for m in result.metrics)] for qid, v in result.per_query.items()
+        ]
+    rows.append(["mean", *(f"{result.mean[m]:.4f}" for m in result.metrics)])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [
+        "  ".join(
+            [
+                row[0].ljust(widths[0]),
+                *(c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)),
+            ]
+        )
+        for row in rows
+    ]
+    footer = f"{len(result.per_query)} queries; relevance level {result.relevance_level}"
+    if result.missing:
+        footer += f"; {len(result.missing)} judged queries missing from the run"
+    if result.unjudged:
+        footer += f"; {len(result.unjudged)} run queries without judgements"
+    return "\n".join([*lines, footer])
+
+
+def run(args: argparse.Namespace) -> int:
+    """Read the run (or candidates) and qrels, evaluate, print the table."""
+    expected = 1 if args.candidates is not None else 2
+    if len(args.files) != expected:
+        raise ValueError("give RUN QRELS, or --candidates FILE QRELS")
+    if args.candidates is not None:
+        ranked = first_stage_run(read_queries(args.candidates, args.format))
+    else:
+        ranked = read_run(args.files[0])
+    metrics = [name for item in args.metrics for name in item.split(",") if name]
+    result = evaluate(
+        ranked,
+        read_qrels(args.files[-1]),
+        metrics,
+        relevance_level=args.relevance_level,
+        missing_as_zero=args.missing_as_zero,
+    )
+    print(format_table(result, per_query=args.per_query))
+    if args.json is not None:
+        args.json.write_text(json.dumps(result.to_dict(), indent=1) + "\n", encoding="utf-8")
+    return 0

@@ -1,0 +1,145 @@
+"""``llmrank rerank``: rerank a candidates file and write a TREC run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from haystack_llmrank.backends import BACKENDS
+from haystack_llmrank.data import (
+    FORMATS,
+    QueryCandidates,
+    check_word,
+    read_queries,
+    run_from_rankings,
+    write_run,
+)
+from haystack_llmrank.ranking import Ranking
+
+
+def positive_int(text: str) -> int:
+    """An argparse type for integers of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``rerank`` subcommand."""
+    parser = subparsers.add_parser(
+        "rerank",
+        help="rerank first-stage candidates and write a TREC run",
+        description=(
+            "Rerank each query's candidates with a FIRST listwise reranker and write a TREC run "
+            "(qid Q0 docid rank score tag). The score column is the ranking's score rounded to "
+            "4 decimals and lowered where needed so it strictly decreases down each query."
+        ),
+    )
+    parser.add_argument(
+        "input", type=Path, help="candidates JSONL or rank_llm retrieve-results JSON"
+    )
+    parser.add_argument("--output", "-o", type=Path, required=True, help="TREC run file to write")
+    parser.add_argument("--format", choices=FORMATS, default="auto", help="input format")
+    parser.add_argument(
+        "--model",
+        default="default",
+        help="'default' (embedded SmolLM2), a HF id or folder, or a .gguf",
+    )
+    parser.add_argument("--backend", choices=BACKENDS, default="torch")
+    parser.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)"
+    )
+    parser.add_argument(
+        "--dtype", default=None, help="float32, float16, bfloat16 (default: by device)"
+    )
+    parser.add_argument(
+        "--top-k-candidates",
+        type=positive_int,
+        default=100,
+        help="rerank only the first K candidates",
+    )
+    parser.add_argument("--window-size", type=positive_int, default=20)
+    parser.add_argument("--step", type=positive_int, default=10)
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=1, help="windows per forward pass"
+    )
+    parser.add_argument("--max-passage-words", type=positive_int, default=300)
+    parser.add_argument(
+        "--queries", type=positive_int, default=None, help="only the first N queries"
+    )
+    parser.add_argument("--tag", default="llmrank", help="run tag (last column)")
+    parser.add_argument(
+        "--save-json", type=Path, default=None, help="also write the rankings as JSON"
+    )
+    parser.set_defaults(handler=run)
+
+
+def rankings_json(queries: list[QueryCandidates], rankings: list[Ranking]) -> list[dict[str, Any]]:
+    """Rankings as JSON: per query, each docid with its rank, score and uncapped logit."""
+    return [
+        {
+            "qid": query.qid,
+            "query": query.query,
+            "ranking": [
+                {"docid": query.candidates[i].docid, "rank": r + 1, "score": score, "logit": logit}
+                for r, (i, score, logit) in enumerate(
+                    zip(ranking.order, ranking.scores, ranking.logits, strict=True)
+                )
+            ],
+        }
+        for query, ranking in zip(queries, rankings, strict=True)
+    ]
+
+
+def _check_writable(*paths: Path | None) -> None:
+    for path in paths:
+        if path is not None and not path.parent.is_dir():
+            raise OSError(f"cannot write {path}: folder {path.parent} does not exist")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Rerank, write the run (and optionally the rankings as JSON), print a summary."""
+    from tqdm import tqdm
+
+    from haystack_llmrank.reranker import Reranker
+    from haystack_llmrank.strategies import SlidingWindow
+
+    check_word(args.tag, "the run tag")
+    _check_writable(args.output, args.save_json)
+    queries = read_queries(args.input, args.format)[: args.queries]
+    queries = [query.top(args.top_k_candidates) for query in queries]
+    started = time.perf_counter()
+    reranker = Reranker.from_pretrained(
+        args.model,
+        backend=args.backend,
+        device=args.device,
+        dtype=args.dtype,
+        strategy=SlidingWindow(args.window_size, args.step),
+        batch_size=args.batch_size,
+        max_passage_words=args.max_passage_words,
+    )
+    loaded = time.perf_counter()
+    requests = [(query.query, query.texts) for query in queries]
+    windows = reranker.count_windows([len(texts) for _, texts in requests])
+    with tqdm(total=windows, unit="window", desc="rerank") as bar:
+        rankings = reranker.rerank_many(requests, on_window=bar.update)
+    seconds = time.perf_counter() - loaded
+    write_run(args.output, run_from_rankings(queries, rankings), args.tag)
+    if args.save_json is not None:
+        args.save_json.write_text(
+            json.dumps(rankings_json(queries, rankings), indent=1) + "\n", encoding="utf-8"
+        )
+    passages = sum(len(query.candidates) for query in queries)
+    print(
+        f"reranked {len(queries)} queries ({passages} passages, {windows} windows) in "
+        f"{seconds:.1f} s, {seconds / len(queries):.2f} s/query "
+        f"(model load {loaded - started:.1f} s); run written to {args.output}"
+    )
+    return 0

@@ -1,0 +1,339 @@
+"""Evaluation files: query candidates (JSONL or rank_llm JSON), TREC runs and qrels.
+
+A run is ``{qid: {docid: score}}`` with each query's documents in rank order. trec_eval
+ranks a run by score (descending) and breaks ties by docid, so every run written here has
+scores that strictly decrease down each query's list (see :func:`strictly_decreasing`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+from haystack_llmrank.errors import LlmRankError
+from haystack_llmrank.ranking import Ranking
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("auto", "candidates", "rankllm")
+TEXT_FIELDS = ("text", "contents", "content", "segment", "body", "passage")
+"""Fields that may hold a candidate's text, in the order they are looked up."""
+RUN_DECIMALS = 4
+"""Decimals of the score column of written runs."""
+
+Run = dict[str, dict[str, float]]
+Qrels = dict[str, dict[str, int]]
+
+
+class DataFormatError(LlmRankError, ValueError):
+    """An input file does not have the expected format; the message names the record."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One first-stage hit: its id, its text and its first-stage score (if the file has one)."""
+
+    docid: str
+    text: str
+    score: float | None = None
+
+
+@dataclass(frozen=True)
+class QueryCandidates:
+    """A query and its first-stage candidates, in first-stage order."""
+
+    qid: str
+    query: str
+    candidates: tuple[Candidate, ...]
+
+    def __post_init__(self) -> None:
+        counts = Counter(c.docid for c in self.candidates)
+        duplicates = sorted(docid for docid, count in counts.items() if count > 1)
+        if duplicates:
+            raise DataFormatError(f"query {self.qid}: duplicate docids {duplicates}")
+
+    @property
+    def texts(self) -> list[str]:
+        """The candidates' texts, in order."""
+        return [c.text for c in self.candidates]
+
+    def top(self, k: int) -> QueryCandidates:
+        """The same query with only its first ``k`` candidates."""
+        return replace(self, candidates=self.candidates[:k])
+
+
+def _records(path: Path) -> Iterator[tuple[str, Any]]:
+    """Yield ``(where, record)``: the items of a JSON list, or the lines of a JSONL file."""
+    text = path.read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataFormatError(f"{path}: invalid JSON: {exc}") from exc
+        for i, item in enumerate(items):
+            yield f"{path} item {i}", item
+        return
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                yield f"{path}:{number}", json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataFormatError(f"{path}:{number}: invalid JSON: {exc}") from exc
+
+
+def _identifier(value: Any, what: str, where: str) -> str:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, str | int)
+        or str(value).split() != [str(value)]
+    ):
+        raise DataFormatError(
+            f"{where}: {what} must be a string without spaces or an integer, got {value!r}"
+        )
+    return str(value)
+
+
+def _query_text(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise DataFormatError(f"{where}: the query text must be a non-empty string, got {value!r}")
+    return value
+
+
+def _candidate(item: Any, position: int, where: str) -> Candidate:
+    """One candidate: ``text`` (or another of :data:`TEXT_FIELDS`) directly or under ``doc``.
+
+    A non-empty ``title`` is prepended as ``"Title: {title} Content: {text}"`` (rank_llm's
+    convention). A ``rank`` field, if present, must equal the 1-based list position.
+    """
+    where = f"{where} candidate {position}"
+    if not isinstance(item, dict):
+        raise DataFormatError(f"{where}: expected an object, got {type(item).__name__}")
+    docid = _identifier(item.get("docid"), "docid", where)
+    source = item.get("doc", item)
+    if not isinstance(source, dict):
+        raise DataFormatError(f"{where} ({docid}): 'doc' must be an object")
+    field = next((f for f in TEXT_FIELDS if f in source), None)
+    if field is None or not isinstance(source[field], str):
+        raise DataFormatError(
+            f"{where} ({docid}): no text; expected a string in one of {TEXT_FIELDS}"
+        )
+    text: str = source[field]
+    title = source.get("title")
+    if title:
+        text = f"Title: {title} Content: {text}"
+    score = item.get("score")
+    if score is not None and (isinstance(score, bool) or not isinstance(score, int | float)):
+        raise DataFormatError(f"{where} ({docid}): score must be a number, got {score!r}")
+    rank = item.get("rank")
+    if rank is not None and rank != position + 1:
+        raise DataFormatError(
+            f"{where} ({docid}): rank {rank!r} does not match its list position {position + 1}"
+        )
+    return Candidate(docid, text, None if score is None else float(score))
+
+
+QueryFields = tuple[str, str, tuple[Candidate, ...]]
+"""A parsed record: qid, query text, candidates."""
+
+
+def _candidate_list(value: Any, where: str) -> tuple[Candidate, ...]:
+    if not isinstance(value, list):
+        raise DataFormatError(f"{where}: 'candidates' must be a list")
+    return tuple(_candidate(item, i, where) for i, item in enumerate(value))
+
+
+def _from_candidates_record(record: dict[str, Any], where: str) -> QueryFields:
+    """``{"qid", "query", "candidates": [{"docid", "rank", "score", "text"}, ...]}``."""
+    return (
+        _identifier(record.get("qid"), "qid", where),
+        _query_text(record.get("query"), where),
+        _candidate_list(record.get("candidates"), where),
+    )
+
+
+def _from_rankllm_record(record: dict[str, Any], where: str) -> QueryFields:
+    """``{"query": {"text", "qid"}, "candidates": [{"docid", "score", "doc": {...}}, ...]}``."""
+    query = record.get("query")
+    if not isinstance(query, dict):
+        raise DataFormatError(f"{where}: 'query' must be an object with 'text' and 'qid'")
+    return (
+        _identifier(query.get("qid"), "qid", where),
+        _query_text(query.get("text"), where),
+        _candidate_list(record.get("candidates"), where),
+    )
+
+
+_PARSERS = {"candidates": _from_candidates_record, "rankllm": _from_rankllm_record}
+
+
+def _detect(record: dict[str, Any]) -> str:
+    return "rankllm" if isinstance(record.get("query"), dict) else "candidates"
+
+
+def read_queries(path: str | Path, format: str = "auto") -> list[QueryCandidates]:
+    """Read queries with candidates from a candidates JSONL or a rank_llm retrieve-results file.
+
+    Both formats may be a JSON list or one record a line. ``format="auto"`` takes the format
+    of the first record (``"query"`` an object: rank_llm) for the whole file. A record that
+    does not fit, a duplicate docid within a query or a repeated qid raises
+    :class:`DataFormatError` naming the record.
+    """
+    if format not in FORMATS:
+        raise ValueError(f"unknown format {format!r}; choose one of {FORMATS}")
+    path = Path(path)
+    queries: list[QueryCandidates] = []
+    where_of: dict[str, str] = {}
+    detected = ""
+    for where, record in _records(path):
+        if not isinstance(record, dict):
+            raise DataFormatError(f"{where}: expected an object, got {type(record).__name__}")
+        if format == "auto":
+            format, detected = _detect(record), " (detected from the first record)"
+            logger.info("%s: reading the %s format", path, format)
+        try:
+            fields = _PARSERS[format](record, where)
+        except DataFormatError as exc:
+            raise DataFormatError(f"{exc}; expected the {format} format{detected}") from None
+        try:
+            query = QueryCandidates(*fields)
+        except DataFormatError as exc:
+            raise DataFormatError(f"{where}: {exc}") from None
+        if query.qid in where_of:
+            raise DataFormatError(f"{where}: qid {query.qid} repeats {where_of[query.qid]}")
+        where_of[query.qid] = where
+        if not query.candidates:
+            logger.warning("%s: query %s has no candidates", where, query.qid)
+        queries.append(query)
+    if not queries:
+        raise DataFormatError(f"{path}: no queries")
+    return queries
+
+
+def strictly_decreasing(scores: Sequence[float], decimals: int = RUN_DECIMALS) -> list[float]:
+    """Scores rounded to ``decimals``, each lowered where needed to one unit below the one above.
+
+    The result strictly decreases, so trec_eval keeps the given order, and it equals the
+    rounded input wherever that already strictly decreases.
+    """
+    unit = 10**decimals
+    units: list[int] = []
+    for score in scores:
+        if not math.isfinite(score):
+            raise ValueError(f"cannot write a non-finite score ({score}) to a run")
+        value = round(score * unit)
+        units.append(value if not units else min(value, units[-1] - 1))
+    return [u / unit for u in units]
+
+
+def first_stage_run(queries: Sequence[QueryCandidates]) -> Run:
+    """The candidates' own order as a run.
+
+    Scores are the first-stage scores made strictly decreasing; a query with any candidate
+    lacking a score gets ``n, n-1, ..., 1`` instead.
+    """
+    run: Run = {}
+    for query in queries:
+        given = [c.score for c in query.candidates]
+        if any(s is None for s in given):
+            values = [float(len(given) - r) for r in range(len(given))]
+        else:
+            values = [s for s in given if s is not None]
+        docids = [c.docid for c in query.candidates]
+        run[query.qid] = dict(zip(docids, strictly_decreasing(values), strict=True))
+    return run
+
+
+def check_word(value: str, what: str) -> None:
+    """Raise ``ValueError`` unless ``value`` can be one column of a TREC file."""
+    if value.split() != [value]:
+        raise ValueError(f"{what} in a TREC file must be one word without spaces, got {value!r}")
+
+
+def write_run(path: str | Path, run: Mapping[str, Mapping[str, float]], tag: str) -> None:
+    """Write ``qid Q0 docid rank score tag`` lines, documents in the run's order.
+
+    Each query's scores must strictly decrease (use :func:`strictly_decreasing`), else
+    trec_eval would reorder them.
+    """
+    check_word(tag, "the run tag")
+    lines: list[str] = []
+    for qid, docs in run.items():
+        check_word(qid, "a qid")
+        for docid in docs:
+            check_word(docid, f"query {qid}: a docid")
+        if any(a <= b for a, b in pairwise(docs.values())):
+            raise ValueError(f"query {qid}: run scores must strictly decrease down the list")
+        for rank, (docid, score) in enumerate(docs.items(), start=1):
+            lines.append(f"{qid} Q0 {docid} {rank} {score:.{RUN_DECIMALS}f} {tag}\n")
+    Path(path).write_text("".join(lines), encoding="utf-8")
+
+
+def _rows(path: Path, columns: int, layout: str) -> Iterator[tuple[str, list[str]]]:
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) != columns:
+                raise DataFormatError(
+                    f"{path}:{number}: expected {columns} columns ({layout}), got {len(fields)}"
+                )
+            yield f"{path}:{number}", fields
+
+
+def read_run(path: str | Path) -> Run:
+    """Read a TREC run (``qid Q0 docid rank score tag``); the rank column is not used."""
+    path = Path(path)
+    run: Run = {}
+    for where, (qid, _, docid, _, score, _) in _rows(path, 6, "qid Q0 docid rank score tag"):
+        try:
+            value = float(score)
+        except ValueError:
+            raise DataFormatError(f"{where}: score {score!r} is not a number") from None
+        docs = run.setdefault(qid, {})
+        if docid in docs:
+            raise DataFormatError(f"{where}: docid {docid} appears twice for query {qid}")
+        docs[docid] = value
+    if not run:
+        raise DataFormatError(f"{path}: the run is empty")
+    return run
+
+
+def read_qrels(path: str | Path) -> Qrels:
+    """Read TREC qrels (``qid iteration docid grade``)."""
+    path = Path(path)
+    qrels: Qrels = {}
+    for where, (qid, _, docid, grade) in _rows(path, 4, "qid iteration docid grade"):
+        try:
+            value = int(grade)
+        except ValueError:
+            raise DataFormatError(f"{where}: grade {grade!r} is not an integer") from None
+        judged = qrels.setdefault(qid, {})
+        if docid in judged:
+            raise DataFormatError(f"{where}: docid {docid} is judged twice for query {qid}")
+        judged[docid] = value
+    if not qrels:
+        raise DataFormatError(f"{path}: the qrels file is empty")
+    return qrels
+
+
+def run_from_rankings(queries: Sequence[QueryCandidates], rankings: Sequence[Ranking]) -> Run:
+    """A run of reranked queries: each ranking's order, its scores made strictly decreasing."""
+    if len(queries) != len(rankings):
+        raise ValueError(f"{len(queries)} queries but {len(rankings)} rankings")
+    run: Run = {}
+    for query, ranking in zip(queries, rankings, strict=True):
+        if len(ranking) != len(query.candidates):
+            raise ValueError(
+                f"query {query.qid}: {len(ranking)} ranked for {len(query.candidates)} candidates"
+            )
+        docids = [query.candidates[i].docid for i in ranking.order]
+        run[query.qid] = dict(zip(docids, strictly_decreasing(ranking.scores), strict=True))
+    return run

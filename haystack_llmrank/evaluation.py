@@ -1,0 +1,172 @@
+"""Ranking metrics, computed by trec_eval through pytrec_eval.
+
+Metrics are named ``family@k``: ``ndcg@k`` (trec_eval's ``ndcg_cut``: graded, linear gain),
+``map@k`` (``map_cut``), ``recall@k``, ``p@k`` (``P``) and ``mrr@k`` (``recip_rank`` of the run
+cut to its top ``k``). The binary metrics (map, recall, p, mrr) count a document as relevant
+when its grade is at least ``relevance_level`` (2 by default, as TREC Deep Learning does).
+Documents are ranked as trec_eval ranks them: by score, ties by docid, both descending.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pytrec_eval
+
+from haystack_llmrank.data import Qrels
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_METRICS = ("ndcg@10", "ndcg@5", "ndcg@20", "map@100", "mrr@10", "recall@100")
+RELEVANCE_LEVEL = 2
+"""Lowest grade that counts as relevant for binary metrics (TREC Deep Learning convention)."""
+
+_MEASURES = {
+    "ndcg": "ndcg_cut",
+    "map": "map_cut",
+    "recall": "recall",
+    "p": "P",
+    "mrr": "recip_rank",
+}
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A metric family at a rank cutoff, e.g. ``ndcg@10``."""
+
+    family: str
+    cutoff: int
+
+    @classmethod
+    def parse(cls, name: str) -> Metric:
+        """Parse ``family@k``."""
+        family, at, cutoff = name.strip().lower().partition("@")
+        if family not in _MEASURES or not at or not cutoff.isdigit() or int(cutoff) < 1:
+            raise ValueError(
+                f"unknown metric {name!r}; use family@k with family in {sorted(_MEASURES)} "
+                "and k a positive integer, e.g. ndcg@10"
+            )
+        return cls(family, int(cutoff))
+
+    @property
+    def name(self) -> str:
+        """The canonical name, ``family@k``."""
+        return f"{self.family}@{self.cutoff}"
+
+    @property
+    def measure(self) -> str:
+        """The pytrec_eval measure to ask for (``mrr`` is cut by truncating the run)."""
+        base = _MEASURES[self.family]
+        return base if self.family == "mrr" else f"{base}.{self.cutoff}"
+
+    @property
+    def key(self) -> str:
+        """The key of this metric in pytrec_eval's results."""
+        return self.measure.replace(".", "_")
+
+
+def parse_metrics(names: Iterable[str]) -> list[Metric]:
+    """Parse metric names; a repeated metric is an error."""
+    metrics = [Metric.parse(name) for name in names]
+    repeated = sorted({m.name for m in metrics if metrics.count(m) > 1})
+    if repeated:
+        raise ValueError(f"metrics given more than once: {repeated}")
+    if not metrics:
+        raise ValueError("no metrics given")
+    return metrics
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Per-query and mean metric values of a run against qrels.
+
+    ``missing`` are judged queries absent from the run: left out of ``per_query`` and the
+    mean, or counted as zero when evaluated with ``missing_as_zero``. ``unjudged`` are run
+    queries without judgements; they are never evaluated.
+    """
+
+    metrics: tuple[str, ...]
+    per_query: dict[str, dict[str, float]]
+    mean: dict[str, float]
+    relevance_level: int
+    missing: tuple[str, ...]
+    unjudged: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form."""
+        return {
+            "metrics": list(self.metrics),
+            "mean": self.mean,
+            "per_query": self.per_query,
+            "queries": len(self.per_query),
+            "relevance_level": self.relevance_level,
+            "missing": list(self.missing),
+            "unjudged": list(self.unjudged),
+        }
+
+
+def trec_order(docs: Mapping[str, float]) -> list[str]:
+    """Docids in trec_eval's order: score descending, ties by docid descending."""
+    return [docid for docid, _ in sorted(docs.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)]
+
+
+def _scores(
+    run: Mapping[str, Mapping[str, float]], qrels: Qrels, measures: set[str], level: int
+) -> dict[str, dict[str, float]]:
+    evaluator = pytrec_eval.RelevanceEvaluator(qrels, measures, relevance_level=level)
+    result: dict[str, dict[str, float]] = evaluator.evaluate({q: dict(d) for q, d in run.items()})
+    return result
+
+
+def _warn(queries: tuple[str, ...], what: str) -> None:
+    if queries:
+        shown = ", ".join(queries[:10]) + (", ..." if len(queries) > 10 else "")
+        logger.warning("%d %s: %s", len(queries), what, shown)
+
+
+def evaluate(
+    run: Mapping[str, Mapping[str, float]],
+    qrels: Qrels,
+    metrics: Iterable[str] = DEFAULT_METRICS,
+    *,
+    relevance_level: int = RELEVANCE_LEVEL,
+    missing_as_zero: bool = False,
+) -> Evaluation:
+    """Evaluate ``run`` (``{qid: {docid: score}}``) against ``qrels``.
+
+    Queries in only one of the two are logged as warnings and reported in the result.
+    """
+    parsed = parse_metrics(metrics)
+    missing = tuple(sorted(set(qrels) - set(run)))
+    unjudged = tuple(sorted(set(run) - set(qrels)))
+    common = [qid for qid in run if qid in qrels]
+    if not common:
+        raise ValueError("the run and the qrels have no query in common")
+    treatment = "counted as 0" if missing_as_zero else "left out of the mean"
+    _warn(missing, f"judged queries are missing from the run ({treatment})")
+    _warn(unjudged, "run queries have no judgements and are not evaluated")
+    judged = {qid: qrels[qid] for qid in common}
+    ranked = {qid: run[qid] for qid in common}
+
+    results: dict[str, dict[str, float]] = {qid: {} for qid in common}
+    cut = [m for m in parsed if m.family != "mrr"]
+    if cut:
+        for qid, values in _scores(
+            ranked, judged, {m.measure for m in cut}, relevance_level
+        ).items():
+            results[qid].update({m.name: values[m.key] for m in cut})
+    for metric in (m for m in parsed if m.family == "mrr"):
+        top = {
+            qid: {d: docs[d] for d in trec_order(docs)[: metric.cutoff]}
+            for qid, docs in ranked.items()
+        }
+        for qid, values in _scores(top, judged, {metric.measure}, relevance_level).items():
+            results[qid][metric.name] = values[metric.key]
+    if missing_as_zero:
+        results.update({qid: {m.name: 0.0 for m in parsed} for qid in missing})
+    names = tuple(m.name for m in parsed)
+    mean = {name: sum(v[name] for v in results.values()) / len(results) for name in names}
+    return Evaluation(names, results, mean, relevance_level, missing, unjudged)

@@ -1,0 +1,267 @@
+"""``llmrank rerank`` and ``llmrank eval`` end to end, with a tiny random model."""
+
+from __future__ import annotations
+
+import json
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import haystack_llmrank.cli as cli
+from haystack_llmrank.data import read_queries, read_run
+from haystack_llmrank.reranker import Reranker
+from haystack_llmrank.strategies import SlidingWindow
+
+
+@pytest.fixture
+def llmrank(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Run ``llmrank`` with only the rerank and eval subcommands registered."""
+    monkeypatch.setattr(cli, "SUBCOMMANDS", ("rerank", "evaluate"))
+    return cli.main
+
+
+@pytest.fixture
+def candidates(tmp_path: Path) -> Path:
+    """Two queries with seven and four candidates."""
+    records = [
+        {
+            "qid": qid,
+            "query": query,
+            "candidates": [
+                {"docid": f"{qid}-{i}", "rank": i + 1, "score": 20.0 - i, "text": f"{query} {i}"}
+                for i in range(n)
+            ],
+        }
+        for qid, query, n in [("q1", "what do fleas eat", 7), ("q2", "capital of peru", 4)]
+    ]
+    path = tmp_path / "candidates.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def qrels(tmp_path: Path) -> Path:
+    """Judgements that make the first-stage order ideal for q1 and worst for q2."""
+    path = tmp_path / "qrels.txt"
+    path.write_text("q1 0 q1-0 3\nq1 0 q1-1 2\nq1 0 q1-5 0\nq2 0 q2-3 2\nq2 0 q2-0 0\n")
+    return path
+
+
+def rerank_args(candidates: Path, output: Path, model: Path, *extra: str) -> list[str]:
+    return [
+        "rerank",
+        str(candidates),
+        "--output",
+        str(output),
+        "--model",
+        str(model),
+        "--device",
+        "cpu",
+        "--window-size",
+        "3",
+        "--step",
+        "2",
+        *extra,
+    ]
+
+
+def test_rerank_writes_the_engine_ranking(
+    llmrank: Any,
+    candidates: Path,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    output, rankings = tmp_path / "run.txt", tmp_path / "rankings.json"
+    args = rerank_args(candidates, output, tiny_model_dir, "--save-json", str(rankings))
+    assert llmrank([*args, "--tag", "tiny"]) == 0
+
+    engine = Reranker.from_pretrained(
+        str(tiny_model_dir), device="cpu", strategy=SlidingWindow(3, 2)
+    )
+    lines = [line.split() for line in output.read_text().splitlines()]
+    assert {line[5] for line in lines} == {"tiny"}
+    for query in read_queries(candidates):
+        rows = [line for line in lines if line[0] == query.qid]
+        expected = engine.rerank(query.query, query.texts)
+        assert [row[2] for row in rows] == [query.candidates[i].docid for i in expected.order]
+        assert [row[3] for row in rows] == [str(r) for r in range(1, len(rows) + 1)]
+        scores = [float(row[4]) for row in rows]
+        assert all(a > b for a, b in pairwise(scores))
+
+    saved = json.loads(rankings.read_text())
+    assert [entry["qid"] for entry in saved] == ["q1", "q2"]
+    assert [e["docid"] for e in saved[1]["ranking"]] == [line[2] for line in lines[7:]]
+    assert {"docid", "rank", "score", "logit"} == set(saved[0]["ranking"][0])
+    summary = capsys.readouterr().out
+    assert "reranked 2 queries (11 passages, " in summary
+    assert " s/query " in summary
+
+
+def test_rerank_limits_queries_and_candidates(
+    llmrank: Any, candidates: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    output = tmp_path / "run.txt"
+    args = rerank_args(candidates, output, tiny_model_dir, "--queries", "1")
+    assert llmrank([*args, "--top-k-candidates", "3"]) == 0
+    assert {qid: sorted(docs) for qid, docs in read_run(output).items()} == {
+        "q1": ["q1-0", "q1-1", "q1-2"]
+    }
+
+
+def test_rerank_reads_rankllm_files(llmrank: Any, tiny_model_dir: Path, tmp_path: Path) -> None:
+    records = [
+        {
+            "query": {"text": "capital of peru", "qid": 5},
+            "candidates": [
+                {"docid": d, "score": 1.0, "doc": {"contents": f"text {d}", "title": "Peru"}}
+                for d in ["a", "b", "c"]
+            ],
+        }
+    ]
+    source = tmp_path / "retrieve.json"
+    source.write_text(json.dumps(records))
+    output = tmp_path / "run.txt"
+    assert llmrank(rerank_args(source, output, tiny_model_dir, "--format", "rankllm")) == 0
+    assert sorted(read_run(output)["5"]) == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--window-size", "30", "--step", "10"], "a window of 30 passages needs 30 labels"),
+        (["--window-size", "3", "--step", "5"], "step must be between 1 and window_size"),
+    ],
+)
+def test_rerank_rejects_bad_windows(
+    llmrank: Any,
+    candidates: Path,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    extra: list[str],
+    message: str,
+) -> None:
+    args = rerank_args(candidates, tmp_path / "run.txt", tiny_model_dir)[:-4]
+    assert llmrank([*args, *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run.txt").exists()
+
+
+def test_rerank_fails_on_bad_input_before_loading_the_model(
+    llmrank: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"qid": "q", "query": "x", "candidates": [{"docid": "d"}]}\n')
+    args = ["rerank", str(bad), "--output", str(tmp_path / "run.txt"), "--model", "no/such"]
+    assert llmrank(args) == 2
+    assert "bad.jsonl:1 candidate 0 (d): no text" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--output", "no/run.txt"], "folder no does not exist"),
+        (["--output", "run.txt", "--tag", "my run"], "the run tag in a TREC file must be one word"),
+    ],
+)
+def test_rerank_checks_output_settings_before_loading_the_model(
+    llmrank: Any,
+    candidates: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    extra: list[str],
+    message: str,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert llmrank(["rerank", str(candidates), "--model", "no/such", *extra]) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "many"])
+def test_rerank_rejects_non_positive_counts(
+    llmrank: Any, candidates: Path, tmp_path: Path, value: str
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        llmrank(["rerank", str(candidates), "-o", str(tmp_path / "r"), "--queries", value])
+    assert exit_info.value.code == 2
+
+
+def test_eval_of_a_run(
+    llmrank: Any, qrels: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run.txt"
+    run.write_text("q1 Q0 q1-5 1 2.0 t\nq1 Q0 q1-0 2 1.0 t\nq2 Q0 q2-3 1 1.0 t\n")
+    out = tmp_path / "metrics.json"
+    assert (
+        llmrank(["eval", str(run), str(qrels), "--metrics", "mrr@1,mrr@10", "--json", str(out)])
+        == 0
+    )
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["qid", "mrr@1", "mrr@10"]
+    assert table[1].split() == ["mean", "0.5000", "0.7500"]
+    assert table[2] == "2 queries; relevance level 2"
+    saved = json.loads(out.read_text())
+    assert saved["per_query"] == {
+        "q1": {"mrr@1": 0.0, "mrr@10": 0.5},
+        "q2": {"mrr@1": 1.0, "mrr@10": 1.0},
+    }
+    assert saved["relevance_level"] == 2
+
+
+def test_eval_of_a_candidates_file(
+    llmrank: Any, candidates: Path, qrels: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["eval", "--candidates", str(candidates), str(qrels), "--metrics", "ndcg@10"]
+    assert llmrank([*args, "--per-query"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert rows[1] == ["q1", "1.0000"]
+    assert rows[2][0] == "q2"
+    assert float(rows[2][1]) == pytest.approx(1 / 2.321928, abs=1e-4)  # grade 2 at rank 4
+
+
+def test_eval_reports_queries_on_one_side_only(
+    llmrank: Any,
+    qrels: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    run = tmp_path / "run.txt"
+    run.write_text("q1 Q0 q1-0 1 1.0 t\nq9 Q0 x 1 1.0 t\n")
+    assert llmrank(["eval", str(run), str(qrels), "--metrics", "p@1"]) == 0
+    footer = capsys.readouterr().out.splitlines()[-1]
+    assert footer == (
+        "1 queries; relevance level 2; 1 judged queries missing from the run; "
+        "1 run queries without judgements"
+    )
+    assert "missing from the run (left out of the mean): q2" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["RUN"], "give RUN QRELS, or --candidates FILE QRELS"),
+        (["--candidates", "RUN", "RUN", "QRELS"], "give RUN QRELS, or --candidates FILE QRELS"),
+        (["RUN", "QRELS", "--metrics", "ndcg@ten"], "unknown metric 'ndcg@ten'"),
+        (["RUN", "RUN"], "expected 4 columns (qid iteration docid grade), got 6"),
+        (["QRELS", "QRELS"], "expected 6 columns (qid Q0 docid rank score tag), got 4"),
+        (["missing.txt", "QRELS"], "No such file"),
+    ],
+)
+def test_eval_errors(
+    llmrank: Any,
+    qrels: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    message: str,
+) -> None:
+    run = tmp_path / "run.txt"
+    run.write_text("q1 Q0 q1-0 1 1.0 t\n")
+    paths = {"RUN": str(run), "QRELS": str(qrels)}
+    assert llmrank(["eval", *(paths.get(a, a) for a in args)]) == 2
+    assert message in capsys.readouterr().err

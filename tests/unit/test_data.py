@@ -1,0 +1,312 @@
+"""Readers and writers of candidates, rank_llm results, TREC runs and qrels."""
+
+from __future__ import annotations
+
+import json
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from haystack_llmrank.data import (
+    Candidate,
+    DataFormatError,
+    QueryCandidates,
+    first_stage_run,
+    read_qrels,
+    read_queries,
+    read_run,
+    run_from_rankings,
+    strictly_decreasing,
+    write_run,
+)
+from haystack_llmrank.ranking import Ranking
+
+
+def write_jsonl(path: Path, records: list[Any]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def candidates_record(qid: Any = "q1", n: int = 3) -> dict[str, Any]:
+    return {
+        "qid": qid,
+        "query": "what is a flea",
+        "candidates": [
+            {"docid": f"d{i}", "rank": i + 1, "score": 10.0 - i, "text": f"passage {i}"}
+            for i in range(n)
+        ],
+    }
+
+
+def rankllm_record(qid: Any = "q1", docs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    docs = docs or [{"contents": "first"}, {"contents": "second"}]
+    return {
+        "query": {"text": "what is a flea", "qid": qid},
+        "candidates": [
+            {"docid": f"d{i}", "score": 5.0 - i, "doc": doc} for i, doc in enumerate(docs)
+        ],
+    }
+
+
+def test_reads_candidates_jsonl(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "c.jsonl", [candidates_record(), candidates_record(7, n=2)])
+    queries = read_queries(path)
+    assert [q.qid for q in queries] == ["q1", "7"]
+    assert queries[0].query == "what is a flea"
+    assert queries[0].candidates[1] == Candidate("d1", "passage 1", 9.0)
+    assert queries[1].texts == ["passage 0", "passage 1"]
+
+
+def test_reads_rankllm_json_list_with_text_field_variants(tmp_path: Path) -> None:
+    docs = [
+        {"contents": "c"},
+        {"text": "t", "contents": "ignored"},
+        {"segment": "s", "title": "Fleas"},
+        {"body": "b", "title": ""},
+    ]
+    path = tmp_path / "retrieve.json"
+    path.write_text(json.dumps([rankllm_record(19335, docs)]), encoding="utf-8")
+    (query,) = read_queries(path)
+    assert query.qid == "19335"
+    assert query.texts == ["c", "t", "Title: Fleas Content: s", "b"]
+    assert [c.score for c in query.candidates] == [5.0, 4.0, 3.0, 2.0]
+
+
+def test_reads_rankllm_records_one_a_line(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "r.jsonl", [rankllm_record("a"), rankllm_record("b")])
+    assert [q.qid for q in read_queries(path, "rankllm")] == ["a", "b"]
+
+
+def test_candidate_without_score_is_kept_with_none(tmp_path: Path) -> None:
+    record = {"qid": "q", "query": "x", "candidates": [{"docid": "d", "text": "t"}]}
+    (query,) = read_queries(write_jsonl(tmp_path / "c.jsonl", [record]))
+    assert query.candidates == (Candidate("d", "t", None),)
+
+
+def test_top_keeps_the_first_k_candidates() -> None:
+    query = QueryCandidates("q", "x", tuple(Candidate(f"d{i}", "t") for i in range(5)))
+    assert [c.docid for c in query.top(2).candidates] == ["d0", "d1"]
+    assert query.top(9) == query
+
+
+def test_duplicate_docids_raise_naming_them() -> None:
+    candidates = tuple(Candidate(d, "t") for d in ["a", "b", "a", "c", "b"])
+    with pytest.raises(DataFormatError, match=r"query q: duplicate docids \['a', 'b'\]"):
+        QueryCandidates("q", "x", candidates)
+
+
+def _bad(record: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    """``record`` with the item at the dotted ``path`` replaced (or removed when ``...``)."""
+    record = json.loads(json.dumps(record))
+    *parents, last = path.split(".")
+    target: Any = record
+    for key in parents:
+        target = target[int(key)] if isinstance(target, list) else target[key]
+    if value is ...:
+        del target[last]
+    elif isinstance(target, list):
+        target[int(last)] = value
+    else:
+        target[last] = value
+    return record
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        ("qid", ..., r":1: qid must be a string without spaces or an integer"),
+        ("qid", True, r"qid must be a string without spaces or an integer, got True"),
+        ("qid", "q 1", r"qid must be a string without spaces or an integer, got 'q 1'"),
+        ("candidates.0.docid", "", r"candidate 0: docid must be"),
+        ("query", "  ", r"the query text must be a non-empty string"),
+        ("candidates", {"d": 1}, r"'candidates' must be a list"),
+        ("candidates.1", "d1", r"candidate 1: expected an object, got str"),
+        ("candidates.1.docid", ..., r"candidate 1: docid must be"),
+        ("candidates.1.text", ..., r"candidate 1 \(d1\): no text"),
+        ("candidates.1.text", 3, r"candidate 1 \(d1\): no text"),
+        ("candidates.1.score", "high", r"candidate 1 \(d1\): score must be a number"),
+        ("candidates.1.rank", 5, r"candidate 1 \(d1\): rank 5 does not match its list position 2"),
+        ("candidates.2.docid", "d0", r"c\.jsonl:1: query q1: duplicate docids \['d0'\]$"),
+    ],
+)
+def test_malformed_candidates_name_the_record(
+    tmp_path: Path, path: str, value: Any, message: str
+) -> None:
+    file = write_jsonl(tmp_path / "c.jsonl", [_bad(candidates_record(), path, value)])
+    with pytest.raises(DataFormatError, match=message):
+        read_queries(file)
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        ("query", "plain text", r"'query' must be an object"),
+        ("query.text", ..., r"the query text must be a non-empty string"),
+        ("query.qid", ..., r"qid must be"),
+        ("candidates.0.doc", "text", r"candidate 0 \(d0\): 'doc' must be an object"),
+        ("candidates.0.doc", {"title": "t"}, r"candidate 0 \(d0\): no text"),
+    ],
+)
+def test_malformed_rankllm_records_name_the_record(
+    tmp_path: Path, path: str, value: Any, message: str
+) -> None:
+    file = tmp_path / "r.json"
+    file.write_text(json.dumps([rankllm_record(), _bad(rankllm_record("q2"), path, value)]))
+    with pytest.raises(DataFormatError, match=rf"r\.json item 1.*{message}"):
+        read_queries(file, "rankllm")
+
+
+def test_file_level_errors(tmp_path: Path) -> None:
+    bad_line = tmp_path / "bad.jsonl"
+    bad_line.write_text(json.dumps(candidates_record()) + "\n{not json\n")
+    with pytest.raises(DataFormatError, match=r"bad\.jsonl:2: invalid JSON"):
+        read_queries(bad_line)
+    bad_list = tmp_path / "bad.json"
+    bad_list.write_text("[{]")
+    with pytest.raises(DataFormatError, match="invalid JSON"):
+        read_queries(bad_list)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n")
+    with pytest.raises(DataFormatError, match="no queries"):
+        read_queries(empty)
+    scalar = write_jsonl(tmp_path / "scalar.jsonl", [3])
+    with pytest.raises(DataFormatError, match=r"scalar\.jsonl:1: expected an object, got int"):
+        read_queries(scalar)
+    with pytest.raises(ValueError, match="unknown format 'trec'"):
+        read_queries(scalar, "trec")
+
+
+def test_repeated_qid_names_both_records(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "c.jsonl", [candidates_record("q"), candidates_record("q")])
+    with pytest.raises(DataFormatError, match=r"c\.jsonl:2: qid q repeats .*c\.jsonl:1"):
+        read_queries(path)
+
+
+def test_auto_format_holds_for_the_whole_file(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "mixed.jsonl", [candidates_record(), rankllm_record("q2")])
+    with pytest.raises(
+        DataFormatError,
+        match=r"mixed\.jsonl:2: qid must be .*; "
+        r"expected the candidates format \(detected from the first record\)$",
+    ):
+        read_queries(path)
+
+
+def test_forced_format_rejects_the_other_one(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "c.jsonl", [candidates_record()])
+    with pytest.raises(DataFormatError, match=r"'query' must be an object.*the rankllm format$"):
+        read_queries(path, "rankllm")
+
+
+def test_query_without_candidates_is_kept_and_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = write_jsonl(tmp_path / "c.jsonl", [{"qid": "q", "query": "x", "candidates": []}])
+    (query,) = read_queries(path)
+    assert query.candidates == ()
+    assert "query q has no candidates" in caplog.text
+
+
+def test_strictly_decreasing_breaks_ties_in_order() -> None:
+    assert strictly_decreasing([3.0, 2.5, 2.5, 2.5, 1.0]) == [3.0, 2.5, 2.4999, 2.4998, 1.0]
+    assert strictly_decreasing([1.23456789, 1.2345678, -7.0]) == [1.2346, 1.2345, -7.0]
+    assert strictly_decreasing([]) == []
+    with pytest.raises(ValueError, match="non-finite"):
+        strictly_decreasing([1.0, float("nan")])
+
+
+@given(st.lists(st.floats(min_value=-1e6, max_value=1e6), max_size=50))
+def test_strictly_decreasing_properties(scores: list[float]) -> None:
+    out = strictly_decreasing(scores)
+    assert len(out) == len(scores)
+    assert all(a > b for a, b in pairwise(out))
+    assert all(o <= s + 0.5e-4 + 1e-9 for o, s in zip(out, scores, strict=True))
+    assert all(f"{o:.4f}" != f"{p:.4f}" for o, p in pairwise(out))
+
+
+def test_run_round_trip(tmp_path: Path) -> None:
+    run = {"q1": {"d3": 2.5, "d1": 2.4999, "d2": -1.0}, "q2": {"x": 0.0}}
+    path = tmp_path / "run.txt"
+    write_run(path, run, "mytag")
+    assert path.read_text().splitlines() == [
+        "q1 Q0 d3 1 2.5000 mytag",
+        "q1 Q0 d1 2 2.4999 mytag",
+        "q1 Q0 d2 3 -1.0000 mytag",
+        "q2 Q0 x 1 0.0000 mytag",
+    ]
+    assert read_run(path) == run
+    assert list(read_run(path)["q1"]) == ["d3", "d1", "d2"]
+
+
+def test_write_run_refuses_ties_and_spaces(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="query q: run scores must strictly decrease"):
+        write_run(tmp_path / "r", {"q": {"a": 1.0, "b": 1.0}}, "t")
+    with pytest.raises(ValueError, match="the run tag in a TREC file must be one word"):
+        write_run(tmp_path / "r", {"q": {"a": 1.0}}, "two words")
+    with pytest.raises(ValueError, match=r"the run tag .* got ''$"):
+        write_run(tmp_path / "r", {"q": {"a": 1.0}}, "")
+    with pytest.raises(ValueError, match=r"query q: a docid .* got 'doc 1'$"):
+        write_run(tmp_path / "r", {"q": {"doc 1": 1.0}}, "t")
+    with pytest.raises(ValueError, match=r"a qid .* got 'q\\t'$"):
+        write_run(tmp_path / "r", {"q\t": {"a": 1.0}}, "t")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("q Q0 d 1 1.0\n", r"run\.txt:1: expected 6 columns"),
+        ("q Q0 d 1 1.0 t\nq Q0 e 2 high t\n", r"run\.txt:2: score 'high' is not a number"),
+        ("q Q0 d 1 1.0 t\n\nq Q0 d 2 0.5 t\n", r"run\.txt:3: docid d appears twice for query q"),
+        ("\n", "the run is empty"),
+    ],
+)
+def test_malformed_runs(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "run.txt"
+    path.write_text(text)
+    with pytest.raises(DataFormatError, match=message):
+        read_run(path)
+
+
+def test_reads_qrels(tmp_path: Path) -> None:
+    path = tmp_path / "qrels.txt"
+    path.write_text("1 0 a 2\n1 0 b 0\n\n2 Q0 c 3\n")
+    assert read_qrels(path) == {"1": {"a": 2, "b": 0}, "2": {"c": 3}}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("1 0 a\n", r"qrels\.txt:1: expected 4 columns"),
+        ("1 0 a 2\n1 0 b x\n", r"qrels\.txt:2: grade 'x' is not an integer"),
+        ("1 0 a 2\n1 0 a 1\n", r"qrels\.txt:2: docid a is judged twice for query 1"),
+        ("", "the qrels file is empty"),
+    ],
+)
+def test_malformed_qrels(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "qrels.txt"
+    path.write_text(text)
+    with pytest.raises(DataFormatError, match=message):
+        read_qrels(path)
+
+
+def test_first_stage_run_keeps_list_order() -> None:
+    scored = QueryCandidates(
+        "q", "x", (Candidate("b", "t", 9.0), Candidate("a", "t", 9.0), Candidate("c", "t", 1.0))
+    )
+    unscored = QueryCandidates("u", "x", (Candidate("z", "t"), Candidate("y", "t", 4.0)))
+    run = first_stage_run([scored, unscored])
+    assert run == {"q": {"b": 9.0, "a": 8.9999, "c": 1.0}, "u": {"z": 2.0, "y": 1.0}}
+
+
+def test_run_from_rankings_maps_order_to_docids() -> None:
+    query = QueryCandidates("q", "x", tuple(Candidate(d, "t") for d in ["a", "b", "c"]))
+    ranking = Ranking.from_logits([2, 0, 1], [5.0, 6.0, 1.0])
+    assert run_from_rankings([query], [ranking]) == {"q": {"c": 5.0, "a": 4.9999, "b": 1.0}}
+    with pytest.raises(ValueError, match="1 queries but 0 rankings"):
+        run_from_rankings([query], [])
+    with pytest.raises(ValueError, match="query q: 2 ranked for 3 candidates"):
+        run_from_rankings([query], [Ranking.from_logits([1, 0], [1.0, 0.0])])

@@ -1,0 +1,132 @@
+"""Metrics through pytrec_eval, checked against hand computations."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from haystack_llmrank.data import (
+    Candidate,
+    Qrels,
+    QueryCandidates,
+    read_run,
+    run_from_rankings,
+    write_run,
+)
+from haystack_llmrank.evaluation import (
+    DEFAULT_METRICS,
+    Metric,
+    evaluate,
+    parse_metrics,
+    trec_order,
+)
+from haystack_llmrank.ranking import Ranking
+
+QRELS: Qrels = {"q": {"d1": 3, "d2": 0, "d3": 2, "d4": 1, "d5": 2}}
+RUN = {"q": {"d2": 4.0, "d1": 3.0, "d4": 2.0, "d3": 1.0, "x": 0.5}}
+"""Ranks: d2 (0), d1 (3), d4 (1), d3 (2), x (unjudged); d5 (2) is not retrieved."""
+
+
+def ndcg(grades: list[int], judged: list[int], k: int) -> float:
+    """nDCG@k with linear gain, the ideal list from all judgements (trec_eval's ndcg_cut)."""
+
+    def dcg(values: list[int]) -> float:
+        return sum(g / math.log2(r + 2) for r, g in enumerate(values[:k]))
+
+    return dcg(grades) / dcg(sorted(judged, reverse=True))
+
+
+def test_metric_names() -> None:
+    assert Metric.parse(" NDCG@10 ") == Metric("ndcg", 10)
+    assert Metric("map", 100).measure == "map_cut.100"
+    assert Metric("map", 100).key == "map_cut_100"
+    assert Metric("mrr", 10).measure == "recip_rank"
+    assert Metric("p", 5).key == "P_5"
+    assert [m.name for m in parse_metrics(DEFAULT_METRICS)] == list(DEFAULT_METRICS)
+
+
+@pytest.mark.parametrize("name", ["ndcg", "ndcg@", "ndcg@0", "ndcg@x", "bleu@4", "mrr@-1"])
+def test_bad_metric_names(name: str) -> None:
+    with pytest.raises(ValueError, match=f"unknown metric {name!r}"):
+        Metric.parse(name)
+
+
+def test_repeated_or_no_metrics() -> None:
+    with pytest.raises(ValueError, match=r"more than once: \['ndcg@10'\]"):
+        parse_metrics(["ndcg@10", "NDCG@10"])
+    with pytest.raises(ValueError, match="no metrics"):
+        parse_metrics([])
+
+
+def test_values_match_hand_computation() -> None:
+    metrics = ["ndcg@3", "ndcg@10", "map@100", "map@2", "recall@2", "recall@100", "p@2"]
+    result = evaluate(RUN, QRELS, [*metrics, "mrr@1", "mrr@10"])
+    values = result.per_query["q"]
+    judged = list(QRELS["q"].values())
+    assert values["ndcg@3"] == pytest.approx(ndcg([0, 3, 1], judged, 3))
+    assert values["ndcg@10"] == pytest.approx(ndcg([0, 3, 1, 2, 0], judged, 10))
+    # Relevant at level 2: d1 (rank 2), d3 (rank 4), d5 (never retrieved).
+    assert values["map@100"] == pytest.approx((1 / 2 + 2 / 4) / 3)
+    assert values["map@2"] == pytest.approx((1 / 2) / 3)
+    assert values["recall@2"] == pytest.approx(1 / 3)
+    assert values["recall@100"] == pytest.approx(2 / 3)
+    assert values["p@2"] == pytest.approx(1 / 2)
+    assert values["mrr@1"] == 0.0
+    assert values["mrr@10"] == pytest.approx(1 / 2)
+    assert result.mean == values
+    assert result.metrics == (*metrics, "mrr@1", "mrr@10")
+
+
+def test_relevance_level_changes_binary_metrics_only() -> None:
+    strict = evaluate(RUN, QRELS, ["ndcg@10", "recall@3"]).per_query["q"]
+    loose = evaluate(RUN, QRELS, ["ndcg@10", "recall@3"], relevance_level=1).per_query["q"]
+    assert strict["ndcg@10"] == loose["ndcg@10"]
+    assert strict["recall@3"] == pytest.approx(1 / 3)
+    assert loose["recall@3"] == pytest.approx(2 / 4)
+
+
+def test_mrr_cut_follows_trec_order() -> None:
+    qrels: Qrels = {"q": {"a": 2}}
+    # Tied scores: trec_eval puts the larger docid first, so "a" is ranked second.
+    run = {"q": {"a": 1.0, "b": 1.0, "c": 0.0}}
+    assert trec_order(run["q"]) == ["b", "a", "c"]
+    result = evaluate(run, qrels, ["mrr@1", "mrr@2"]).per_query["q"]
+    assert result == {"mrr@1": 0.0, "mrr@2": 0.5}
+
+
+def test_written_runs_keep_tied_rankings_in_order(tmp_path: Path) -> None:
+    query = QueryCandidates("q", "x", (Candidate("a", "t"), Candidate("b", "t")))
+    tied = Ranking((0, 1), (2.0, 2.0), (2.0, 2.0))
+    path = tmp_path / "run.txt"
+    write_run(path, run_from_rankings([query], [tied]), "t")
+    assert evaluate(read_run(path), {"q": {"a": 2, "b": 0}}, ["mrr@10"]).mean["mrr@10"] == 1.0
+
+
+def test_missing_and_unjudged_queries_are_reported(caplog: pytest.LogCaptureFixture) -> None:
+    qrels: Qrels = {"q1": {"a": 2}, "q2": {"b": 2}, "q3": {"c": 3}}
+    run = {"q1": {"a": 1.0}, "q2": {"z": 1.0}, "extra": {"a": 1.0}}
+    result = evaluate(run, qrels, ["mrr@10"])
+    assert result.missing == ("q3",)
+    assert result.unjudged == ("extra",)
+    assert set(result.per_query) == {"q1", "q2"}
+    assert result.mean["mrr@10"] == pytest.approx(0.5)
+    assert "1 judged queries are missing from the run (left out of the mean): q3" in caplog.text
+    assert "1 run queries have no judgements and are not evaluated: extra" in caplog.text
+
+    zero = evaluate(run, qrels, ["mrr@10"], missing_as_zero=True)
+    assert zero.per_query["q3"] == {"mrr@10": 0.0}
+    assert zero.mean["mrr@10"] == pytest.approx(1 / 3)
+    assert zero.to_dict()["queries"] == 3
+
+
+def test_run_query_with_no_documents_scores_zero() -> None:
+    result = evaluate({"q1": {}, "q2": {"b": 1.0}}, {"q1": {"a": 2}, "q2": {"b": 2}}, ["ndcg@10"])
+    assert result.per_query == {"q1": {"ndcg@10": 0.0}, "q2": {"ndcg@10": 1.0}}
+    assert result.missing == ()
+
+
+def test_no_common_query_is_an_error() -> None:
+    with pytest.raises(ValueError, match="no query in common"):
+        evaluate({"a": {"d": 1.0}}, {"b": {"d": 1}})
