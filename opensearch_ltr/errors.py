@@ -1,0 +1,51 @@
+"""Exceptions raised by the OpenSearch rescoring adapter.
+
+``on_error="fail_open"`` turns :class:`RerankError` and a failed server-applied search
+(:class:`SearchFailedError` with ``stage="server_rescore"``) into a first-pass response;
+every other error is always raised.
+"""
+
+from __future__ import annotations
+
+from haystack_llmrank.errors import LlmRankError
+
+
+class RescoreError(LlmRankError):
+    """Base class of every error the OpenSearch adapter raises on purpose."""
+
+
+class RescoreRequestError(RescoreError, ValueError):
+    """The search cannot be rescored as asked (OpenSearch would refuse it, or it is ambiguous)."""
+
+
+class QueryTextNotFoundError(RescoreRequestError):
+    """No query text for the engine: none or several in the query body; pass ``query_text``."""
+
+
+class SearchFailedError(RescoreError):
+    """A search request to the cluster failed (unreachable, timed out, missing index, refused).
+
+    ``stage`` is ``"first_pass"`` (nothing to fall back to: always raised) or
+    ``"server_rescore"`` (the server-applied search after the engine ran).
+    """
+
+    def __init__(self, stage: str, message: str) -> None:
+        super().__init__(f"{stage} search failed: {message}")
+        self.stage = stage
+
+
+class RerankError(RescoreError):
+    """The engine could not rerank the window."""
+
+
+class MissingTextError(RerankError):
+    """Hits in the window have none of the text fields (with ``missing_text="raise"``)."""
+
+    def __init__(self, hits: list[tuple[str, str]], fields: list[str]) -> None:
+        shown = ", ".join(f"{index}/{doc_id}" for index, doc_id in hits[:5])
+        more = f" and {len(hits) - 5} more" if len(hits) > 5 else ""
+        super().__init__(
+            f"{len(hits)} hits have none of the fields {fields} in _source: {shown}{more} "
+            "(is _source filtered? missing_text='empty' ranks them on their title or nothing)"
+        )
+        self.hits = hits

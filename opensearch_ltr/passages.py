@@ -1,0 +1,66 @@
+"""The passage the engine reads for a hit, taken from its ``_source``.
+
+A passage is the title (if ``title_field`` is set and present) followed by every present text
+field, in ``text_fields`` order, joined by ``separator``. Fields are ``_source`` paths;
+``"a.b"`` reads ``{"a": {"b": ...}}`` when there is no literal ``"a.b"`` key. A field is
+present when it holds a non-blank string or a list with non-blank strings (joined by
+``separator``); other values count as absent. The engine collapses whitespace, so the
+separator only matters as a word boundary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+DEFAULT_SEPARATOR = "\n"
+
+
+def _lookup(source: Any, path: str) -> Any:
+    if not isinstance(source, Mapping):
+        return None
+    if path in source:
+        return source[path]
+    head, dot, rest = path.partition(".")
+    return _lookup(source.get(head), rest) if dot else None
+
+
+def _strings(value: Any) -> list[str]:
+    items = value if isinstance(value, list) else [value]
+    return [item for item in items if isinstance(item, str) and item.strip()]
+
+
+@dataclass(frozen=True)
+class PassageFields:
+    """Which ``_source`` fields make a hit's passage, and how they are joined."""
+
+    text_fields: tuple[str, ...] = ("text",)
+    title_field: str | None = None
+    separator: str = DEFAULT_SEPARATOR
+
+    def __post_init__(self) -> None:
+        if isinstance(self.text_fields, str) or not self.text_fields:
+            raise ValueError("text_fields must be a non-empty sequence of field names")
+        if not all(isinstance(f, str) and f for f in self.text_fields):
+            raise ValueError(f"text_fields must be non-empty strings, got {self.text_fields!r}")
+
+    @classmethod
+    def of(
+        cls, text_fields: Sequence[str], title_field: str | None, separator: str
+    ) -> PassageFields:
+        """Build from user arguments (``text_fields`` may be any sequence of names)."""
+        if isinstance(text_fields, str):
+            raise ValueError("text_fields must be a list of field names, not one string")
+        return cls(tuple(text_fields), title_field, separator)
+
+    def texts(self, hit: Mapping[str, Any]) -> list[str]:
+        """The present text fields of ``hit``, each joined (the title not included)."""
+        source = hit.get("_source")
+        values = (_strings(_lookup(source, field)) for field in self.text_fields)
+        return [self.separator.join(strings) for strings in values if strings]
+
+    def passage(self, hit: Mapping[str, Any]) -> str:
+        """The passage of ``hit``: its title and present text fields (empty when none)."""
+        parts = _strings(_lookup(hit.get("_source"), self.title_field)) if self.title_field else []
+        return self.separator.join([*parts, *self.texts(hit)])

@@ -1,0 +1,157 @@
+"""OpenSearch's query-rescorer arithmetic, and pages that never overlap or skip a hit.
+
+The arithmetic is that of ``org.opensearch.search.rescore.QueryRescorer``, in Java ``float``
+(IEEE single precision), so results equal the cluster's to the bit:
+
+- a hit in the window that the rescore query matches scores
+  ``mode(first * query_weight, second * rescore_query_weight)``, ``mode`` being ``total``
+  (sum), ``multiply``, ``avg``, ``max`` or ``min``;
+- a hit in the window that the rescore query does not match, and every hit past the window,
+  scores ``first * query_weight`` (whatever the mode);
+- all hits are sorted by final score, descending; equal scores keep first-pass order.
+
+The window here is the top ``window_size`` hits of the merged first pass. OpenSearch applies
+``window_size`` per shard instead (up to ``window_size`` x shards hits are rescored).
+
+Pages: a page ``[from_, from_ + size)`` is cut from the rescore of the first
+``window_size + from_ + size`` first-pass hits (:func:`fetch_size`). Hits deeper than that
+score at most ``first * query_weight`` of the ``from_ + size`` past-the-window hits fetched
+above them (``query_weight >= 0``), so they cannot reach the page: every page is a slice of
+one order over all hits, and no hit appears on two pages or on none. (OpenSearch fetches
+``max(window_size, from_ + size)`` per shard, which can break that when the rescore lowers
+window hits below hits past the window.)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from itertools import pairwise
+from typing import Literal, TypeVar, get_args
+
+import numpy as np
+
+ScoreMode = Literal["total", "multiply", "avg", "max", "min"]
+SCORE_MODES: tuple[str, ...] = get_args(ScoreMode)
+DEFAULT_WINDOW_SIZE = 10
+"""OpenSearch's default ``window_size``."""
+
+T = TypeVar("T")
+
+_COMBINE: dict[str, Callable[[np.float32, np.float32], np.float32]] = {
+    "total": lambda primary, secondary: primary + secondary,
+    "multiply": lambda primary, secondary: primary * secondary,
+    "avg": lambda primary, secondary: (primary + secondary) / np.float32(2),
+    "max": max,
+    "min": min,
+}
+
+
+def to_float32(value: float) -> float:
+    """``value`` rounded to the nearest Java ``float``, as OpenSearch parses it."""
+    return float(np.float32(value))
+
+
+def as_printed(value: float) -> float:
+    """A float score as a cluster's JSON shows it: the shortest decimal of its Java ``float``."""
+    return float(str(np.float32(value)))
+
+
+@dataclass(frozen=True)
+class RescoreSpec:
+    """The parameters of an OpenSearch query rescorer, with OpenSearch's defaults.
+
+    Weights must be finite and non-negative (Lucene scores are never negative).
+    """
+
+    window_size: int = DEFAULT_WINDOW_SIZE
+    query_weight: float = 1.0
+    rescore_query_weight: float = 1.0
+    score_mode: ScoreMode = "total"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.window_size, bool) or not isinstance(self.window_size, int):
+            raise TypeError(f"window_size must be an int, got {self.window_size!r}")
+        if self.window_size < 1:
+            raise ValueError(f"window_size must be at least 1, got {self.window_size}")
+        for name in ("query_weight", "rescore_query_weight"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be finite and non-negative, got {value}")
+        if self.score_mode not in SCORE_MODES:
+            raise ValueError(f"score_mode must be one of {SCORE_MODES}, got {self.score_mode!r}")
+
+    def combine(self, first: float, second: float | None) -> float:
+        """Final score of a hit: ``second`` is its rescore-query score, ``None`` if unmatched."""
+        primary = np.float32(first) * np.float32(self.query_weight)
+        if second is None:
+            return float(primary)
+        secondary = np.float32(second) * np.float32(self.rescore_query_weight)
+        return float(_COMBINE[self.score_mode](primary, secondary))
+
+
+@dataclass(frozen=True)
+class RescoredHit:
+    """One hit after rescoring; ``position`` is its index in the first-pass list."""
+
+    position: int
+    score: float
+    first_pass_score: float
+    second_score: float | None
+    in_window: bool
+
+
+def rescore(
+    first_pass: Sequence[float], second: Sequence[float | None], spec: RescoreSpec
+) -> list[RescoredHit]:
+    """Rescore hits given in first-pass order and sort them by final score.
+
+    ``second[i]`` is the rescore-query score of first-pass hit ``i`` for each hit of the
+    window (the first ``min(window_size, len(first_pass))`` hits), ``None`` where the rescore
+    query does not match it. Equal final scores keep first-pass order.
+    """
+    window = min(spec.window_size, len(first_pass))
+    if len(second) != window:
+        raise ValueError(
+            f"expected {window} rescore scores (one per window hit), got {len(second)}"
+        )
+    values = [float(v) for v in first_pass]
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError("first-pass scores must be finite")
+    if any(a < b for a, b in pairwise(values)):
+        raise ValueError("first-pass scores must not increase: pass hits in first-pass order")
+    if not all(s is None or math.isfinite(s) for s in second):
+        raise ValueError("rescore scores must be finite")
+    hits = [
+        RescoredHit(
+            position=i,
+            score=spec.combine(value, second[i] if i < window else None),
+            first_pass_score=value,
+            second_score=second[i] if i < window else None,
+            in_window=i < window,
+        )
+        for i, value in enumerate(values)
+    ]
+    return sorted(hits, key=lambda hit: (-hit.score, hit.position))
+
+
+def check_page(from_: int, size: int) -> None:
+    """Reject a page OpenSearch would reject: ``from_`` and ``size`` are ints >= 0."""
+    for name, value in (("from", from_), ("size", size)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"[{name}] must be an int, got {value!r}")
+        if value < 0:
+            raise ValueError(f"[{name}] parameter cannot be negative, got {value}")
+
+
+def fetch_size(window_size: int, from_: int, size: int) -> int:
+    """First-pass hits a page needs: ``window_size + from_ + size``, or 0 when ``size`` is 0."""
+    check_page(from_, size)
+    return window_size + from_ + size if size else 0
+
+
+def page(ranked: Sequence[T], from_: int, size: int) -> list[T]:
+    """The page ``[from_, from_ + size)`` of ``ranked``."""
+    check_page(from_, size)
+    return list(ranked[from_ : from_ + size])

@@ -1,0 +1,145 @@
+"""OpenSearch-shaped responses of a rescored search.
+
+Every response is the cluster's own response (first pass, or the server-applied search) with
+``hits.hits`` replaced by copies of the page's hits and an ``llmrank`` section added. Each
+returned hit carries:
+
+- ``_score``: the final score (the first-pass score when failing open);
+- ``_first_pass_score``: its first-pass score;
+- ``_rank``: ``{"final": r, "first_pass": r, "engine": r | None}``, 0-based positions in the
+  final order, the first pass, and the engine's ranking of the window (``None`` outside it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from opensearch_ltr.rescore import RescoredHit, as_printed
+
+HitKey = tuple[str, str]
+
+
+def hit_key(hit: Mapping[str, Any]) -> HitKey:
+    """A hit's identity across responses: ``(_index, _id)``."""
+    return (str(hit.get("_index")), str(hit.get("_id")))
+
+
+@dataclass
+class LlmrankInfo:
+    """What the rescoring stage did; rendered as the response's ``llmrank`` section."""
+
+    mode: str
+    query_text: str | None
+    window_size: int
+    score_transform: str
+    model: str | None
+    reranked: int = 0
+    fail_open: bool = False
+    reason: str | None = None
+    missing_text: list[HitKey] = field(default_factory=list)
+    took_ms: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``llmrank`` section."""
+        return {
+            "mode": self.mode,
+            "query_text": self.query_text,
+            "window_size": self.window_size,
+            "reranked": self.reranked,
+            "score_transform": self.score_transform,
+            "model": self.model,
+            "fail_open": self.fail_open,
+            "reason": self.reason,
+            "missing_text": [
+                {"_index": index, "_id": doc_id} for index, doc_id in self.missing_text
+            ],
+            "took_ms": self.took_ms,
+        }
+
+
+def annotate(
+    hit: Mapping[str, Any],
+    score: Any,
+    first_pass: tuple[int, Any] | None,
+    final: int,
+    engine: int | None,
+) -> dict[str, Any]:
+    """A copy of ``hit`` with its final score, first-pass score and ranks."""
+    position, first_score = first_pass if first_pass is not None else (None, None)
+    rank = {"final": final, "first_pass": position, "engine": engine}
+    return {**hit, "_score": score, "_first_pass_score": first_score, "_rank": rank}
+
+
+def respond(
+    base: Mapping[str, Any],
+    hits: list[dict[str, Any]],
+    max_score: Any,
+    took: int,
+    info: LlmrankInfo,
+) -> dict[str, Any]:
+    """``base`` with the page's hits, ``max_score``, ``took`` and the ``llmrank`` section."""
+    return {
+        **base,
+        "took": took,
+        "hits": {**base.get("hits", {}), "hits": hits, "max_score": max_score},
+        "llmrank": info.to_dict(),
+    }
+
+
+def first_pass_page(
+    first: Mapping[str, Any], from_: int, size: int, took: int, info: LlmrankInfo
+) -> dict[str, Any]:
+    """The first-pass order, untouched but annotated: the fail-open response."""
+    hits = first["hits"]["hits"]
+    page = [
+        annotate(hits[i], hits[i].get("_score"), (i, hits[i].get("_score")), i, None)
+        for i in range(from_, min(from_ + size, len(hits)))
+    ]
+    return respond(first, page, first["hits"].get("max_score"), took, info)
+
+
+def client_page(
+    first: Mapping[str, Any],
+    ranked: Sequence[RescoredHit],
+    engine_ranks: Mapping[int, int],
+    from_: int,
+    size: int,
+    took: int,
+    info: LlmrankInfo,
+) -> dict[str, Any]:
+    """The page ``[from_, from_ + size)`` of the client-side rescore."""
+    hits = first["hits"]["hits"]
+    page = [
+        annotate(
+            hits[r.position],
+            as_printed(r.score),
+            (r.position, r.first_pass_score),
+            final,
+            engine_ranks.get(r.position),
+        )
+        for final, r in enumerate(ranked[from_ : from_ + size], start=from_)
+    ]
+    return respond(first, page, as_printed(ranked[0].score) if ranked else None, took, info)
+
+
+def server_page(
+    second: Mapping[str, Any],
+    first: Mapping[str, Any],
+    engine_ranks: Mapping[int, int],
+    from_: int,
+    took: int,
+    info: LlmrankInfo,
+) -> dict[str, Any]:
+    """The server-applied search's response, its hits annotated from the first pass.
+
+    A hit absent from the first pass (the index changed in between) gets ``None`` ranks.
+    """
+    first_hits = {hit_key(h): (i, h.get("_score")) for i, h in enumerate(first["hits"]["hits"])}
+    page = []
+    for final, hit in enumerate(second["hits"]["hits"], start=from_):
+        found = first_hits.get(hit_key(hit))
+        engine = engine_ranks.get(found[0]) if found is not None else None
+        page.append(annotate(hit, hit.get("_score"), found, final, engine))
+    return respond(second, page, second["hits"].get("max_score"), took, info)

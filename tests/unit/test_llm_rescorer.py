@@ -1,0 +1,347 @@
+"""LlmRescorer and AsyncLlmRescorer over a scripted client: requests, responses and faults."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pytest
+from opensearchpy.exceptions import ConnectionError as OsConnectionError
+from opensearchpy.exceptions import ConnectionTimeout, NotFoundError
+
+from haystack_llmrank.ranking import Ranking
+from opensearch_ltr import AsyncLlmRescorer, LlmRescorer
+from opensearch_ltr.errors import (
+    MissingTextError,
+    QueryTextNotFoundError,
+    RerankError,
+    RescoreRequestError,
+    SearchFailedError,
+)
+from opensearch_ltr.rescore import RescoreSpec, rescore
+
+BODY = {"query": {"match": {"text": "cats"}}, "aggs": {"n": {"value_count": {"field": "x"}}}}
+TEXTS = ["cats purr", "a long passage about dogs", "cats", "birds sing", "fish swim", "cows moo"]
+SCORES = [6.0, 5.0, 4.0, 3.0, 2.0, 1.0]
+
+
+def make_hits(texts: Sequence[str | None] = TEXTS) -> list[dict[str, Any]]:
+    return [
+        {
+            "_index": "docs",
+            "_id": f"d{i}",
+            "_score": SCORES[i],
+            "_source": {} if text is None else {"text": text},
+        }
+        for i, text in enumerate(texts)
+    ]
+
+
+class ScriptedClient:
+    """Answers ``search`` from a fixed first-pass list; raises the queued errors in turn."""
+
+    def __init__(self, hits: list[dict[str, Any]], errors: Sequence[Exception | None] = ()) -> None:
+        self.hits = hits
+        self.errors = list(errors)
+        self.calls: list[dict[str, Any]] = []
+
+    def answer(self, **kwargs: Any) -> dict[str, Any]:
+        self.calls.append(copy.deepcopy(kwargs))
+        error = self.errors.pop(0) if self.errors else None
+        if error is not None:
+            raise error
+        body = kwargs["body"]
+        start, size = body.get("from", 0), body.get("size", 10)
+        return {
+            "took": 7,
+            "timed_out": False,
+            "hits": {
+                "total": {"value": len(self.hits), "relation": "eq"},
+                "max_score": self.hits[0]["_score"] if self.hits and size else None,
+                "hits": copy.deepcopy(self.hits[start : start + size]),
+            },
+            "aggregations": {"n": {"value": len(self.hits)}},
+        }
+
+    def search(self, **kwargs: Any) -> dict[str, Any]:
+        return self.answer(**kwargs)
+
+
+class AsyncScriptedClient(ScriptedClient):
+    async def search(self, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
+        return self.answer(**kwargs)
+
+
+class ShortestFirst:
+    """Ranks passages by length (shortest first); logits 10, 9, ..."""
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self.error = error
+        self.calls: list[tuple[str, list[str]]] = []
+
+    def rerank(self, query: str, passages: Sequence[str]) -> Ranking:
+        self.calls.append((query, list(passages)))
+        if self.error is not None:
+            raise self.error
+        order = sorted(range(len(passages)), key=lambda i: (len(passages[i]), i))
+        return Ranking.from_logits(order, [10.0 - r for r in range(len(order))])
+
+
+def rescorer(client: Any, engine: Any = None, **kwargs: Any) -> LlmRescorer:
+    return LlmRescorer(client, engine or ShortestFirst(), window_size=3, **kwargs)
+
+
+def ids(response: dict[str, Any]) -> list[str]:
+    return [hit["_id"] for hit in response["hits"]["hits"]]
+
+
+def test_client_side_rescore_end_to_end() -> None:
+    client, engine = ScriptedClient(make_hits()), ShortestFirst()
+    body = copy.deepcopy(BODY)
+    response = rescorer(client, engine, query_weight=0.5).search("docs", body, size=4)
+    assert body == BODY
+    # Window d0..d2 ranked d2 ("cats"), d0, d1 -> rank values 1, 2/3, 1/3.
+    assert engine.calls == [("cats", TEXTS[:3])]
+    # Final: d0 6 * 0.5 + 2/3, d2 4 * 0.5 + 1, d1 5 * 0.5 + 1/3, d3 3 * 0.5 (past the window).
+    assert ids(response) == ["d0", "d2", "d1", "d3"]
+    hits = response["hits"]["hits"]
+    assert [h["_score"] for h in hits] == [3.6666667, 3.0, 2.8333333, 1.5]
+    assert [h["_first_pass_score"] for h in hits] == [6.0, 4.0, 5.0, 3.0]
+    assert [h["_rank"] for h in hits] == [
+        {"final": 0, "first_pass": 0, "engine": 1},
+        {"final": 1, "first_pass": 2, "engine": 0},
+        {"final": 2, "first_pass": 1, "engine": 2},
+        {"final": 3, "first_pass": 3, "engine": None},
+    ]
+    assert hits[1]["_source"] == {"text": "cats"}
+    assert response["hits"]["max_score"] == hits[0]["_score"]
+    assert response["hits"]["total"] == {"value": 6, "relation": "eq"}
+    assert response["aggregations"] == {"n": {"value": 6}}
+    assert response["took"] == 7 + response["llmrank"]["took_ms"]
+    assert response["llmrank"] == {
+        "mode": "client",
+        "query_text": "cats",
+        "window_size": 3,
+        "reranked": 3,
+        "score_transform": "rank",
+        "model": None,
+        "fail_open": False,
+        "reason": None,
+        "missing_text": [],
+        "took_ms": response["llmrank"]["took_ms"],
+    }
+    (call,) = client.calls
+    assert call["index"] == "docs"
+    assert call["body"] == {**BODY, "from": 0, "size": 3 + 0 + 4}
+    assert call["preference"].startswith("llmrank-")
+
+
+def test_default_weights_rank_the_window_by_the_engine_then_first_pass() -> None:
+    response = rescorer(ScriptedClient(make_hits())).search("docs", BODY, size=6)
+    assert ids(response) == ["d2", "d0", "d1", "d3", "d4", "d5"]
+    assert [h["_score"] for h in response["hits"]["hits"]][3:] == [0.0, 0.0, 0.0]
+
+
+def test_pages_are_slices_of_one_order() -> None:
+    client = ScriptedClient(make_hits())
+    stage = rescorer(client, score_mode="multiply", query_weight=1.0)
+    full = ids(stage.search("docs", BODY, size=6))
+    pages = [ids(stage.search("docs", BODY, from_=start, size=2)) for start in (0, 2, 4)]
+    assert [docid for page in pages for docid in page] == full
+    assert [c["body"]["size"] for c in client.calls] == [9, 5, 7, 9]
+    assert len({c["preference"] for c in client.calls}) == 1
+
+
+def test_arguments_reach_the_client_and_users_preference_wins() -> None:
+    client = ScriptedClient(make_hits())
+    rescorer(client).search("docs", BODY, request_timeout=3, preference="_local", routing="r")
+    assert {k: client.calls[0][k] for k in ("request_timeout", "preference", "routing")} == {
+        "request_timeout": 3,
+        "preference": "_local",
+        "routing": "r",
+    }
+
+
+def test_explicit_query_text_and_page_from_body() -> None:
+    engine = ShortestFirst()
+    body = {"query": {"knn": {"v": {"vector": [0.1], "k": 5}}}, "from": 1, "size": 2}
+    response = rescorer(ScriptedClient(make_hits()), engine).search(
+        "docs", body, query_text="cats?"
+    )
+    assert engine.calls[0][0] == "cats?"
+    assert [h["_rank"]["final"] for h in response["hits"]["hits"]] == [1, 2]
+
+
+def test_bad_requests_fail_before_any_search() -> None:
+    client = ScriptedClient(make_hits())
+    stage = rescorer(client)
+    with pytest.raises(QueryTextNotFoundError):
+        stage.search("docs", {"query": {"match_all": {}}})
+    with pytest.raises(RescoreRequestError, match="query_text"):
+        stage.search("docs", BODY, query_text=" ")
+    with pytest.raises(RescoreRequestError, match="sort"):
+        stage.search("docs", {**BODY, "sort": [{"date": "desc"}]})
+    with pytest.raises(RescoreRequestError, match="Rescore window"):
+        stage.search("docs", BODY, from_=9990, size=10)
+    with pytest.raises(RescoreRequestError, match="can be negative"):
+        rescorer(client, score_transform="logit").search("docs", BODY, apply="server")
+    with pytest.raises(ValueError, match="apply"):
+        stage.search("docs", BODY, apply="cluster")  # type: ignore[arg-type]
+    assert client.calls == []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"on_error": "ignore"}, "on_error"),
+        ({"missing_text": "drop"}, "missing_text"),
+        ({"score_transform": "softmax"}, "score_transform"),
+        ({"score_mode": "sum"}, "score_mode"),
+        ({"text_fields": "text"}, "not one string"),
+    ],
+)
+def test_bad_configuration(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        rescorer(ScriptedClient([]), **kwargs)
+
+
+def test_size_zero_and_no_hits_skip_the_engine() -> None:
+    client, engine = ScriptedClient(make_hits()), ShortestFirst()
+    response = rescorer(client, engine).search("docs", BODY, size=0)
+    assert client.calls[0]["body"]["size"] == 0
+    assert response["hits"]["hits"] == []
+    assert response["aggregations"] == {"n": {"value": 6}}
+    empty = rescorer(ScriptedClient([]), engine).search("docs", BODY)
+    assert empty["hits"]["hits"] == []
+    assert empty["llmrank"]["reranked"] == 0
+    assert engine.calls == []
+
+
+def test_hits_without_score_are_refused() -> None:
+    hits = make_hits()
+    hits[1]["_score"] = None
+    with pytest.raises(RescoreRequestError, match="no _score"):
+        rescorer(ScriptedClient(hits)).search("docs", BODY)
+
+
+def test_first_pass_failure_always_raises() -> None:
+    for error in (
+        OsConnectionError("N/A", "refused", Exception("refused")),
+        ConnectionTimeout("TIMEOUT", "timed out", Exception("timed out")),
+        NotFoundError(404, "index_not_found_exception", {}),
+    ):
+        stage = rescorer(ScriptedClient(make_hits(), [error]), on_error="fail_open")
+        with pytest.raises(SearchFailedError, match="first_pass search failed") as caught:
+            stage.search("docs", BODY)
+        assert caught.value.stage == "first_pass"
+        assert caught.value.__cause__ is error
+
+
+def test_engine_failure_raises_or_fails_open() -> None:
+    boom = RuntimeError("out of memory")
+    with pytest.raises(RerankError, match="out of memory") as caught:
+        rescorer(ScriptedClient(make_hits()), ShortestFirst(boom)).search("docs", BODY)
+    assert caught.value.__cause__ is boom
+
+    stage = rescorer(ScriptedClient(make_hits()), ShortestFirst(boom), on_error="fail_open")
+    response = stage.search("docs", BODY, from_=1, size=3)
+    assert ids(response) == ["d1", "d2", "d3"]
+    assert [h["_score"] for h in response["hits"]["hits"]] == [5.0, 4.0, 3.0]
+    assert [h["_rank"]["final"] for h in response["hits"]["hits"]] == [1, 2, 3]
+    assert response["hits"]["max_score"] == 6.0
+    assert response["llmrank"]["fail_open"] is True
+    assert response["llmrank"]["reranked"] == 0
+    assert "RuntimeError: out of memory" in response["llmrank"]["reason"]
+
+
+def test_missing_text_raises_flags_or_fails_open() -> None:
+    texts = [TEXTS[0], None, TEXTS[2], None]
+    with pytest.raises(MissingTextError, match="docs/d1") as caught:
+        rescorer(ScriptedClient(make_hits(texts))).search("docs", BODY)
+    assert caught.value.hits == [("docs", "d1")]
+
+    engine = ShortestFirst()
+    response = rescorer(ScriptedClient(make_hits(texts)), engine, missing_text="empty").search(
+        "docs", BODY
+    )
+    assert engine.calls == [("cats", ["cats purr", "", "cats"])]
+    assert sorted(ids(response)) == ["d0", "d1", "d2", "d3"]
+    assert response["llmrank"]["missing_text"] == [{"_index": "docs", "_id": "d1"}]
+    assert response["llmrank"]["fail_open"] is False
+
+    failed = rescorer(ScriptedClient(make_hits(texts)), on_error="fail_open").search("docs", BODY)
+    assert ids(failed) == ["d0", "d1", "d2", "d3"]
+    assert failed["llmrank"]["fail_open"] is True
+    assert failed["llmrank"]["missing_text"] == [{"_index": "docs", "_id": "d1"}]
+
+
+def test_server_applied_sends_one_more_search() -> None:
+    client = ScriptedClient(make_hits())
+    spec = {"query_weight": 0.5, "score_mode": "avg"}
+    response = rescorer(client, **spec).search("docs", BODY, from_=1, size=2, apply="server")
+    first, second = client.calls
+    assert first["body"]["size"] == 6
+    assert second["preference"] == first["preference"]
+    assert second["body"]["from"] == 1
+    assert second["body"]["size"] == 2
+    (ours,) = second["body"]["rescore"]
+    assert ours["window_size"] == 3 + 1 + 2
+    assert ours["query"]["score_mode"] == "avg"
+    boosts = {
+        c["constant_score"]["filter"]["ids"]["values"][0]: c["constant_score"]["boost"]
+        for c in ours["query"]["rescore_query"]["bool"]["should"]
+    }
+    assert boosts == {"d2": 1.0, "d0": float(np.float32(2 / 3)), "d1": float(np.float32(1 / 3))}
+    # The scripted cluster ignores the rescore: the response is its page, annotated.
+    assert ids(response) == ["d1", "d2"]
+    assert [h["_rank"] for h in response["hits"]["hits"]] == [
+        {"final": 1, "first_pass": 1, "engine": 2},
+        {"final": 2, "first_pass": 2, "engine": 0},
+    ]
+    assert response["took"] == 14 + response["llmrank"]["took_ms"]
+    assert response["llmrank"]["mode"] == "server"
+
+
+def test_server_applied_failure_raises_or_fails_open() -> None:
+    down = OsConnectionError("N/A", "refused", Exception("refused"))
+    with pytest.raises(SearchFailedError, match="server_rescore") as caught:
+        rescorer(ScriptedClient(make_hits(), [None, down])).search("docs", BODY, apply="server")
+    assert caught.value.stage == "server_rescore"
+
+    client = ScriptedClient(make_hits(), [None, down])
+    response = rescorer(client, on_error="fail_open").search("docs", BODY, size=4, apply="server")
+    assert ids(response) == ["d0", "d1", "d2", "d3"]
+    assert response["llmrank"]["fail_open"] is True
+    assert response["llmrank"]["reason"].startswith("server_rescore search failed: ConnectionError")
+    assert len(client.calls) == 2
+
+
+def test_client_result_matches_the_arithmetic() -> None:
+    response = rescorer(ScriptedClient(make_hits()), query_weight=0.25, score_mode="min").search(
+        "docs", BODY, size=6
+    )
+    values = [float(np.float32(v)) for v in (2 / 3, 1 / 3, 1.0)]
+    expected = rescore(SCORES, values, RescoreSpec(3, 0.25, 1.0, "min"))
+    assert ids(response) == [f"d{h.position}" for h in expected]
+
+
+async def test_async_rescorer_matches_the_sync_one() -> None:
+    sync = rescorer(ScriptedClient(make_hits()), query_weight=0.5).search("docs", BODY, size=5)
+    stage = AsyncLlmRescorer(
+        AsyncScriptedClient(make_hits()), ShortestFirst(), window_size=3, query_weight=0.5
+    )
+    response = await stage.search("docs", BODY, size=5)
+    assert response["hits"] == sync["hits"]
+
+    down = OsConnectionError("N/A", "refused", Exception("refused"))
+    failing = AsyncLlmRescorer(
+        AsyncScriptedClient(make_hits(), [None, down]), ShortestFirst(), on_error="fail_open"
+    )
+    opened = await failing.search("docs", BODY, apply="server")
+    assert opened["llmrank"]["fail_open"] is True
+    with pytest.raises(SearchFailedError):
+        await AsyncLlmRescorer(AsyncScriptedClient(make_hits(), [down]), ShortestFirst()).search(
+            "docs", BODY
+        )
