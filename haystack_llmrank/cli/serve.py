@@ -1,0 +1,173 @@
+"""``llmrank serve``: the Cohere-compatible rerank endpoint for OpenSearch ML Commons."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+from concurrent.futures import Future
+from typing import Any
+
+from haystack_llmrank.backends import BACKENDS
+from haystack_llmrank.cli.rerank import positive_int
+
+
+def positive_float(text: str) -> float:
+    """An argparse type for numbers above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
+
+
+def port_number(text: str) -> int:
+    """An argparse type for TCP ports (0 picks a free one)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port between 0 and 65535, got {value}")
+    return value
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``serve`` subcommand."""
+    parser = subparsers.add_parser(
+        "serve",
+        help="serve POST /v1/rerank (Cohere-compatible) for OpenSearch ML Commons connectors",
+        description=(
+            "Serve a FIRST listwise reranker over HTTP: POST /v1/rerank (Cohere rerank format), "
+            "GET /health (liveness), GET /ready (model loaded and warmed up). One worker thread "
+            "owns the model and ranks requests that wait together in one batch. SIGINT/SIGTERM "
+            "stop accepting connections and let in-flight requests finish."
+        ),
+    )
+    model = parser.add_argument_group("model")
+    model.add_argument(
+        "--model",
+        default="default",
+        help="'default' (embedded SmolLM2), a HF id or folder, a .gguf",
+    )
+    model.add_argument("--backend", choices=BACKENDS, default="torch")
+    model.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if any)")
+    model.add_argument(
+        "--dtype", default=None, help="float32, float16, bfloat16 (default: by device)"
+    )
+    model.add_argument("--window-size", type=positive_int, default=20)
+    model.add_argument("--step", type=positive_int, default=10)
+    model.add_argument(
+        "--batch-size", type=positive_int, default=8, help="windows per forward pass (default 8)"
+    )
+    model.add_argument("--max-passage-words", type=positive_int, default=300)
+    model.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="torch CPU threads for the model (default: torch's choice)",
+    )
+    http = parser.add_argument_group("HTTP")
+    http.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    http.add_argument(
+        "--port", type=port_number, default=8080, help="port (default 8080; 0: any free)"
+    )
+    http.add_argument(
+        "--api-key-env",
+        default="LLMRANK_API_KEY",
+        help="env variable with the API key(s), comma-separated (default LLMRANK_API_KEY)",
+    )
+    http.add_argument(
+        "--no-auth", action="store_true", help="serve without API keys (trusted networks only)"
+    )
+    limits = parser.add_argument_group("limits")
+    limits.add_argument("--max-batch-requests", type=positive_int, default=16)
+    limits.add_argument("--max-pending-requests", type=positive_int, default=256)
+    limits.add_argument("--max-documents", type=positive_int, default=1000)
+    limits.add_argument("--max-document-chars", type=positive_int, default=20_000)
+    limits.add_argument("--max-query-chars", type=positive_int, default=4_000)
+    limits.add_argument("--max-body-bytes", type=positive_int, default=4 * 1024 * 1024)
+    limits.add_argument(
+        "--timeout-s", type=positive_float, default=30.0, help="per request, queueing included"
+    )
+    limits.add_argument(
+        "--shutdown-grace-s",
+        type=positive_float,
+        default=30.0,
+        help="how long in-flight requests may run on shutdown",
+    )
+    parser.set_defaults(handler=run)
+
+
+def api_keys(args: argparse.Namespace) -> tuple[str, ...]:
+    """The keys from ``--api-key-env``; empty only with ``--no-auth``."""
+    if args.no_auth:
+        return ()
+    keys = tuple(key.strip() for key in os.environ.get(args.api_key_env, "").split(","))
+    keys = tuple(key for key in keys if key)
+    if not keys:
+        raise ValueError(
+            f"no API key: set {args.api_key_env} (comma-separated for several keys) "
+            "or pass --no-auth"
+        )
+    return keys
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the model in the background, serve until SIGINT/SIGTERM, shut down gracefully."""
+    try:
+        from opensearch_ltr.service import ServiceConfig, create_app, run_service, stop_on_signals
+        from opensearch_ltr.service.app import BATCHER
+    except ImportError as exc:
+        raise RuntimeError(f"{exc}; install the serve extra: pip install 'llmrank[serve]'") from exc
+    from haystack_llmrank.reranker import Reranker
+    from haystack_llmrank.strategies import SlidingWindow
+
+    config = ServiceConfig(
+        api_keys=api_keys(args),
+        max_body_bytes=args.max_body_bytes,
+        max_documents=args.max_documents,
+        max_document_chars=args.max_document_chars,
+        max_query_chars=args.max_query_chars,
+        timeout_s=args.timeout_s,
+        max_batch_requests=args.max_batch_requests,
+        max_pending_requests=args.max_pending_requests,
+        shutdown_grace_s=args.shutdown_grace_s,
+        model_name=args.model,
+    )
+    strategy = SlidingWindow(args.window_size, args.step)
+
+    def load() -> Reranker:
+        if args.threads is not None:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        return Reranker.from_pretrained(
+            args.model,
+            backend=args.backend,
+            device=args.device,
+            dtype=args.dtype,
+            strategy=strategy,
+            batch_size=args.batch_size,
+            max_passage_words=args.max_passage_words,
+        )
+
+    def announce(urls: list[str]) -> None:
+        print(f"llmrank serve: listening on {', '.join(urls)} (POST /v1/rerank); loading the model")
+
+    def announce_ready(loaded: Future[None]) -> None:
+        if loaded.exception() is None:
+            print("llmrank serve: model ready", flush=True)
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        stop_on_signals(stop)
+        app = create_app(load, config)
+        app[BATCHER].loaded.add_done_callback(announce_ready)
+        await run_service(app, host=args.host, port=args.port, stop=stop, on_listening=announce)
+
+    asyncio.run(serve())
+    print("llmrank serve: stopped")
+    return 0

@@ -1,0 +1,33 @@
+"""Cohere-compatible HTTP rerank service for OpenSearch ML Commons remote connectors.
+
+Needs the ``serve`` extra (aiohttp). See :mod:`opensearch_ltr.service.protocol` for the wire
+format and :func:`create_app` / :func:`run_service` to run it.
+"""
+
+from opensearch_ltr.service.app import RERANK_PATH, create_app
+from opensearch_ltr.service.batcher import RerankBatcher, RerankEngine, ServiceUnavailableError
+from opensearch_ltr.service.config import ServiceConfig
+from opensearch_ltr.service.protocol import (
+    RequestError,
+    RerankQuery,
+    parse_rerank_request,
+    relevance_scores,
+    rerank_response,
+)
+from opensearch_ltr.service.server import run_service, stop_on_signals
+
+__all__ = [
+    "RERANK_PATH",
+    "RequestError",
+    "RerankBatcher",
+    "RerankEngine",
+    "RerankQuery",
+    "ServiceConfig",
+    "ServiceUnavailableError",
+    "create_app",
+    "parse_rerank_request",
+    "relevance_scores",
+    "rerank_response",
+    "run_service",
+    "stop_on_signals",
+]

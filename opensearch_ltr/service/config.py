@@ -1,0 +1,47 @@
+"""Limits and settings of the rerank service."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """What the rerank service accepts and how it batches.
+
+    ``api_keys`` empty turns authentication off. Size limits answer 413; a request that is
+    not answered within ``timeout_s`` (queueing included) answers 504.
+    """
+
+    api_keys: tuple[str, ...] = ()
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_documents: int = 1000
+    max_document_chars: int = 20_000
+    max_query_chars: int = 4_000
+    timeout_s: float = 30.0
+    max_batch_requests: int = 16
+    max_pending_requests: int = 256
+    shutdown_grace_s: float = 30.0
+    model_name: str = "llmrank"
+    """Reported by ``GET /ready``."""
+
+    def __post_init__(self) -> None:
+        for name in (
+            "max_body_bytes",
+            "max_documents",
+            "max_document_chars",
+            "max_query_chars",
+            "max_batch_requests",
+            "max_pending_requests",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not self.timeout_s > 0:
+            raise ValueError(f"timeout_s must be positive, got {self.timeout_s}")
+        if not self.shutdown_grace_s >= 0:
+            raise ValueError(f"shutdown_grace_s must not be negative, got {self.shutdown_grace_s}")
+        for key in self.api_keys:
+            if not key or key != key.strip() or not key.isprintable():
+                raise ValueError(
+                    "API keys must be non-empty printable strings without surrounding spaces"
+                )

@@ -1,0 +1,167 @@
+"""The Cohere-compatible rerank wire format: parse a request, build a response.
+
+Request (``POST /v1/rerank``)::
+
+    {"query": str, "documents": [str | {"text": str}], "top_n": int?, "model": str?,
+     "return_documents": bool?}
+
+Response::
+
+    {"id": str, "results": [{"index": int, "relevance_score": float}, ...],
+     "meta": {"api_version": {"version": "1"}}}
+
+``results`` are sorted by relevance, most relevant first; ``index`` is the document's position
+in the request. Without ``top_n`` there is exactly one result per document; with it, the first
+``min(top_n, len(documents))``. ``model`` is accepted for compatibility and ignored. Other
+fields are ignored. In a ``{"text": ...}`` object only ``text`` is ranked.
+
+``relevance_score`` is the engine's score (:class:`haystack_llmrank.ranking.Ranking`: the
+FIRST label logit, non-increasing down the ranking), stepped down where needed to the next
+representable float32 so that it strictly decreases in float32. Higher is better; the values
+are logits (any sign), not probabilities. Strictness matters: OpenSearch's ``rerank``
+processor re-sorts hits by these scores as float32, and ties would let it reorder them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from haystack_llmrank.ranking import Ranking
+from opensearch_ltr.service.config import ServiceConfig
+
+API_VERSION = "1"
+
+
+class RequestError(Exception):
+    """A request the service refuses: HTTP ``status``, a short ``kind``, a message, headers."""
+
+    def __init__(
+        self, status: int, kind: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.kind = kind
+        self.message = message
+        self.headers = headers
+
+    def body(self) -> dict[str, Any]:
+        """The JSON error body."""
+        return error_body(self.kind, self.message)
+
+
+def error_body(kind: str, message: str) -> dict[str, Any]:
+    """``{"error": {"type": kind, "message": message}}``."""
+    return {"error": {"type": kind, "message": message}}
+
+
+@dataclass(frozen=True)
+class RerankQuery:
+    """One validated rerank request."""
+
+    query: str
+    documents: tuple[str, ...]
+    top_n: int | None = None
+    return_documents: bool = False
+
+
+def _invalid(message: str) -> RequestError:
+    return RequestError(422, "invalid_request", message)
+
+
+def _too_large(message: str) -> RequestError:
+    return RequestError(413, "too_large", message)
+
+
+def _document_text(item: Any, position: int) -> str:
+    if isinstance(item, dict):
+        item = item.get("text")
+        if not isinstance(item, str):
+            raise _invalid(f"documents[{position}] is an object without a string 'text'")
+    if not isinstance(item, str):
+        raise _invalid(f"documents[{position}] must be a string or an object with 'text'")
+    return item
+
+
+def _optional(payload: dict[str, Any], name: str, kind: type, what: str) -> Any:
+    value = payload.get(name)
+    if value is not None and type(value) is not kind:  # JSON gives exact types; bool is no int
+        raise _invalid(f"'{name}' must be {what}")
+    return value
+
+
+def parse_rerank_request(body: bytes, config: ServiceConfig) -> RerankQuery:
+    """Validate a request body: 400 for malformed JSON, 422 for a wrong shape, 413 over a limit."""
+    try:
+        payload = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise RequestError(400, "malformed_json", f"the body is not valid JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise _invalid("the body must be a JSON object")
+    query = payload.get("query")
+    if not isinstance(query, str) or not query.strip():
+        raise _invalid("'query' must be a non-empty string")
+    if len(query) > config.max_query_chars:
+        raise _too_large(
+            f"'query' has {len(query)} characters; the limit is {config.max_query_chars}"
+        )
+    documents = payload.get("documents")
+    if not isinstance(documents, list):
+        raise _invalid("'documents' must be a list")
+    if len(documents) > config.max_documents:
+        raise _too_large(
+            f"{len(documents)} documents sent; the limit is {config.max_documents} per request"
+        )
+    texts = tuple(_document_text(item, i) for i, item in enumerate(documents))
+    for i, text in enumerate(texts):
+        if len(text) > config.max_document_chars:
+            raise _too_large(
+                f"documents[{i}] has {len(text)} characters; "
+                f"the limit is {config.max_document_chars}"
+            )
+    top_n = _optional(payload, "top_n", int, "a positive integer")
+    if top_n is not None and top_n < 1:
+        raise _invalid("'top_n' must be a positive integer")
+    _optional(payload, "model", str, "a string")
+    return_documents = _optional(payload, "return_documents", bool, "true or false")
+    return RerankQuery(query, texts, top_n, bool(return_documents))
+
+
+def relevance_scores(ranking: Ranking) -> list[float]:
+    """The ranking's scores, in ranked order, made strictly decreasing in float32.
+
+    Each score is the engine's score rounded to float32, or, if that is not below the previous
+    one, the next float32 below the previous one.
+    """
+    scores: list[float] = []
+    previous: np.float32 | None = None
+    for score in ranking.scores:
+        if not math.isfinite(score):
+            raise ValueError(f"the engine returned a non-finite score: {score}")
+        value = np.float32(score)
+        if previous is not None and value >= previous:
+            value = np.nextafter(previous, np.float32(-np.inf))
+        scores.append(float(value))
+        previous = value
+    return scores
+
+
+def rerank_response(request: RerankQuery, ranking: Ranking, request_id: str) -> dict[str, Any]:
+    """The response body for ``request`` ranked as ``ranking``."""
+    if len(ranking) != len(request.documents):
+        raise ValueError(
+            f"a ranking of {len(ranking)} passages for {len(request.documents)} documents"
+        )
+    results: list[dict[str, Any]] = []
+    for index, score in zip(ranking.order, relevance_scores(ranking), strict=True):
+        result: dict[str, Any] = {"index": index, "relevance_score": score}
+        if request.return_documents:
+            result["document"] = {"text": request.documents[index]}
+        results.append(result)
+    if request.top_n is not None:
+        results = results[: request.top_n]
+    return {"id": request_id, "results": results, "meta": {"api_version": {"version": API_VERSION}}}

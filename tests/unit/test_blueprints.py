@@ -1,0 +1,229 @@
+"""OpenSearch request bodies for the rerank service, and the ``llmrank blueprints`` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from typing import Any
+
+import pytest
+
+from haystack_llmrank.cli import blueprints as blueprints_cli
+from opensearch_ltr.blueprints import (
+    API_KEY_PLACEHOLDER,
+    MODEL_ID_PLACEHOLDER,
+    BlueprintRequest,
+    blueprint_requests,
+    cluster_settings,
+    connector,
+    parse_service_url,
+    parse_version,
+    predict_check,
+    register_model,
+    search_pipeline,
+    search_query,
+    trusted_endpoint_regex,
+)
+
+
+@pytest.mark.parametrize(
+    ("url", "base", "private"),
+    [
+        ("http://127.0.0.1:8080", "http://127.0.0.1:8080", True),
+        ("http://localhost:8080/", "http://localhost:8080", True),
+        ("https://rerank.example.com", "https://rerank.example.com", False),
+        ("https://rerank.example.com/llmrank/", "https://rerank.example.com/llmrank", False),
+        ("http://10.1.2.3:9000/v1/rerank", "http://10.1.2.3:9000", True),
+        ("http://[::1]:8080", "http://[::1]:8080", True),
+        ("http://[2001:db8::1]:8080", "http://[2001:db8::1]:8080", True),
+        ("http://93.184.216.34:80", "http://93.184.216.34:80", False),
+        ("  http://HOST.example:8080 ", "http://host.example:8080", False),
+    ],
+)
+def test_service_urls_are_normalised(url: str, base: str, private: bool) -> None:
+    endpoint = parse_service_url(url)
+    assert (endpoint.base_url, endpoint.private) == (base, private)
+    assert endpoint.rerank_url == base + "/v1/rerank"
+
+
+@pytest.mark.parametrize(
+    ("url", "needle"),
+    [
+        ("ftp://host/x", "http:// or https://"),
+        ("127.0.0.1:8080", "http:// or https://"),
+        ("http://", "no host"),
+        ("http://user:pw@host:8080", "credentials"),
+        ("http://host:8080/?a=1", "query or fragment"),
+        ("http://host:8080/#x", "query or fragment"),
+        ("http://host:99999", "invalid service URL"),
+        ("http://host:port", "invalid service URL"),
+        ("http://0.0.0.0:8080", "bind address"),
+    ],
+)
+def test_bad_service_urls_are_refused(url: str, needle: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(needle)):
+        parse_service_url(url)
+
+
+def test_privacy_can_be_forced() -> None:
+    assert parse_service_url("http://reranker.internal:8080", private=True).private
+    assert not parse_service_url("http://127.0.0.1:8080", private=False).private
+
+
+def test_trusted_regex_matches_only_the_service() -> None:
+    regex = re.compile(trusted_endpoint_regex(parse_service_url("http://10.0.0.5:8080")))
+    assert regex.fullmatch("http://10.0.0.5:8080/v1/rerank")
+    assert not regex.fullmatch("http://10.0.0.59:8080/v1/rerank")
+    assert not regex.fullmatch("http://10x0x0x5:8080/v1/rerank")
+    assert not regex.fullmatch("https://10.0.0.5:8080/v1/rerank")
+
+
+def test_cluster_settings_for_public_and_private_hosts() -> None:
+    public = cluster_settings(parse_service_url("https://rerank.example.com"))["persistent"]
+    assert public == {
+        "plugins.ml_commons.trusted_connector_endpoints_regex": [
+            r"^https://rerank\.example\.com/.*$"
+        ],
+        "plugins.ml_commons.only_run_on_ml_node": False,
+    }
+    endpoint = parse_service_url("http://127.0.0.1:8080")
+    private = cluster_settings(endpoint)["persistent"]
+    assert private["plugins.ml_commons.connector.private_ip_enabled"] is True
+    assert private["plugins.ml_commons.trusted_connector_private_endpoints_regex"] == [
+        trusted_endpoint_regex(endpoint)
+    ]
+    older = cluster_settings(endpoint, opensearch_version=(2, 19))["persistent"]
+    assert "plugins.ml_commons.trusted_connector_private_endpoints_regex" not in older
+    assert older["plugins.ml_commons.connector.private_ip_enabled"] is True
+
+
+def test_connector_is_a_cohere_rerank_connector_to_the_service() -> None:
+    body = connector(parse_service_url("http://10.0.0.5:8080"), api_key="k", timeout_s=12.5)
+    (action,) = body["actions"]
+    assert body["protocol"] == "http"
+    assert body["credential"] == {"api_key": "k"}
+    assert body["parameters"] == {"model": "llmrank-first"}
+    assert body["client_config"] == {"read_timeout": 18}
+    assert action["url"] == "http://10.0.0.5:8080/v1/rerank"
+    assert action["headers"]["Authorization"] == "Bearer ${credential.api_key}"
+    assert action["pre_process_function"] == "connector.pre_process.cohere.rerank"
+    assert action["post_process_function"] == "connector.post_process.cohere.rerank"
+
+
+def substitute(template: str, parameters: dict[str, str]) -> str:
+    """What ML Commons does with ``request_body``: replace ``${parameters.x}`` verbatim."""
+    return re.sub(r"\$\{parameters\.(\w+)\}", lambda m: parameters[m[1]], template)
+
+
+def test_request_body_becomes_the_service_request() -> None:
+    """The pre-process function yields query (escaped text), documents and top_n as JSON."""
+    body = connector(parse_service_url("http://10.0.0.5:8080"))
+    template = body["actions"][0]["request_body"]
+    query = 'say "hi"\n'
+    documents = ["a", 'b "quoted"']
+    parameters = {
+        **body["parameters"],
+        "query": json.dumps(query)[1:-1],
+        "documents": json.dumps(documents),
+        "top_n": str(len(documents)),
+    }
+    assert json.loads(substitute(template, parameters)) == {
+        "model": "llmrank-first",
+        "query": query,
+        "documents": documents,
+        "top_n": 2,
+    }
+
+
+def test_model_pipeline_and_query_bodies() -> None:
+    assert register_model(connector_id="c1") == {
+        "name": "llmrank-first",
+        "function_name": "remote",
+        "description": "FIRST listwise reranker (llmrank) behind an HTTP connector",
+        "connector_id": "c1",
+    }
+    assert predict_check("q", ["a", "b", "c"])["parameters"]["top_n"] == 3
+    (processor,) = search_pipeline(model_id="m1", document_fields=("body",))["response_processors"]
+    assert processor == {
+        "rerank": {"ml_opensearch": {"model_id": "m1"}, "context": {"document_fields": ["body"]}}
+    }
+    assert search_query("capital", text_field="body", size=7) == {
+        "query": {"match": {"body": "capital"}},
+        "size": 7,
+        "ext": {"rerank": {"query_context": {"query_text": "capital"}}},
+    }
+
+
+@pytest.mark.parametrize(
+    ("call", "needle"),
+    [
+        (lambda: search_pipeline(document_fields=()), "document_fields"),
+        (lambda: search_query(" "), "query text"),
+        (lambda: search_query("q", size=0), "size"),
+        (lambda: parse_version("three"), "OpenSearch version"),
+        (lambda: blueprint_requests("http://h:1", index="a b"), "index"),
+        (lambda: blueprint_requests("http://h:1", pipeline="p/q"), "pipeline"),
+    ],
+)
+def test_bad_options_are_refused(call: Any, needle: str) -> None:
+    with pytest.raises(ValueError, match=needle):
+        call()
+
+
+def test_versions() -> None:
+    assert parse_version("2.19") == (2, 19)
+    assert parse_version(" 3.7.1 ") == (3, 7)
+    assert parse_version("3.0.0-SNAPSHOT") == (3, 0)
+
+
+def test_requests_come_in_order_with_placeholders() -> None:
+    requests = blueprint_requests("http://127.0.0.1:8080", index="docs", pipeline="p", size=5)
+    assert [(r.method, r.path) for r in requests] == [
+        ("PUT", "/_cluster/settings"),
+        ("POST", "/_plugins/_ml/connectors/_create"),
+        ("POST", "/_plugins/_ml/models/_register"),
+        ("POST", f"/_plugins/_ml/models/{MODEL_ID_PLACEHOLDER}/_deploy"),
+        ("POST", f"/_plugins/_ml/models/{MODEL_ID_PLACEHOLDER}/_predict"),
+        ("PUT", "/_search/pipeline/p"),
+        ("POST", "/docs/_search?search_pipeline=p"),
+    ]
+    assert requests[1].body is not None
+    assert requests[1].body["credential"]["api_key"] == API_KEY_PLACEHOLDER
+    assert requests[3].body is None
+
+
+def test_render_is_console_form() -> None:
+    request = BlueprintRequest("Title", "PUT", "/x", {"a": "é"})
+    assert request.render() == '# Title\nPUT /x\n{\n  "a": "é"\n}'
+    assert BlueprintRequest("T", "POST", "/y", None).render() == "# T\nPOST /y"
+
+
+def run_cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    blueprints_cli.register(parser.add_subparsers())
+    args = parser.parse_args(["blueprints", *argv])
+    return int(args.handler(args))
+
+
+def test_cli_prints_every_request(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--service-url", "http://10.0.0.5:8080", "--api-key-secret", "k", "--index", "docs"]
+    assert run_cli(argv) == 0
+    out = capsys.readouterr().out
+    blocks = out.strip().split("\n\n# ")
+    assert len(blocks) == 7
+    assert "POST /docs/_search?search_pipeline=llmrank-rerank" in out
+    assert '"api_key": "k"' in out
+
+
+def test_cli_json_output_matches_the_functions(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--service-url", "https://r.example.com", "--public-network", "--json", "--size", "9"]
+    assert run_cli(argv) == 0
+    printed = json.loads(capsys.readouterr().out)
+    expected = blueprint_requests("https://r.example.com", private=False, size=9)
+    assert printed == [request.as_dict() for request in expected]
+
+
+def test_cli_refuses_a_bad_url() -> None:
+    with pytest.raises(ValueError, match="http:// or https://"):
+        run_cli(["--service-url", "10.0.0.5:8080"])

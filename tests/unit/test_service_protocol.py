@@ -1,0 +1,167 @@
+"""The rerank wire format: request validation, response shape, strictly decreasing scores."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from haystack_llmrank.ranking import Ranking
+from opensearch_ltr.service.config import ServiceConfig
+from opensearch_ltr.service.protocol import (
+    RequestError,
+    RerankQuery,
+    parse_rerank_request,
+    relevance_scores,
+    rerank_response,
+)
+
+LIMITS = ServiceConfig(max_documents=3, max_document_chars=10, max_query_chars=12)
+
+
+def parse(payload: Any) -> RerankQuery:
+    return parse_rerank_request(json.dumps(payload).encode(), LIMITS)
+
+
+def refusal(body: bytes) -> RequestError:
+    with pytest.raises(RequestError) as caught:
+        parse_rerank_request(body, LIMITS)
+    return caught.value
+
+
+def test_strings_and_text_objects_become_passages_in_order() -> None:
+    request = parse({"query": "q", "documents": ["a", {"text": "b", "title": "x"}, "c"]})
+    assert request == RerankQuery("q", ("a", "b", "c"), None, False)
+
+
+def test_optional_fields_are_read_and_model_is_ignored() -> None:
+    payload = {"query": "q", "documents": [], "top_n": 2, "model": "m", "return_documents": True}
+    assert parse(payload) == RerankQuery("q", (), 2, True)
+    assert parse({"query": "q", "documents": [], "top_n": None}).top_n is None
+
+
+@pytest.mark.parametrize(
+    "body", [b"{", b"", b"\xff\xfe", b'{"query": "q",}', b"[" * 100_000 + b"]" * 100_000]
+)
+def test_malformed_json_is_400(body: bytes) -> None:
+    error = refusal(body)
+    assert (error.status, error.kind) == (400, "malformed_json")
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        (["q", ["a"]], "object"),
+        ({"documents": ["a"]}, "'query'"),
+        ({"query": "  ", "documents": ["a"]}, "'query'"),
+        ({"query": 3, "documents": ["a"]}, "'query'"),
+        ({"query": "q"}, "'documents'"),
+        ({"query": "q", "documents": "a"}, "'documents'"),
+        ({"query": "q", "documents": ["a", 1]}, "documents[1]"),
+        ({"query": "q", "documents": [{"title": "a"}]}, "documents[0]"),
+        ({"query": "q", "documents": [{"text": None}]}, "documents[0]"),
+        ({"query": "q", "documents": ["a"], "top_n": 0}, "'top_n'"),
+        ({"query": "q", "documents": ["a"], "top_n": -2}, "'top_n'"),
+        ({"query": "q", "documents": ["a"], "top_n": "2"}, "'top_n'"),
+        ({"query": "q", "documents": ["a"], "top_n": 1.5}, "'top_n'"),
+        ({"query": "q", "documents": ["a"], "top_n": True}, "'top_n'"),
+        ({"query": "q", "documents": ["a"], "model": 5}, "'model'"),
+        ({"query": "q", "documents": ["a"], "return_documents": "yes"}, "'return_documents'"),
+    ],
+)
+def test_wrong_shapes_are_422_and_name_the_field(payload: Any, field: str) -> None:
+    error = refusal(json.dumps(payload).encode())
+    assert (error.status, error.kind) == (422, "invalid_request")
+    assert field in error.message
+
+
+@pytest.mark.parametrize(
+    ("payload", "needle"),
+    [
+        ({"query": "q", "documents": ["a", "b", "c", "d"]}, "4 documents"),
+        ({"query": "q", "documents": ["a", "x" * 11]}, "documents[1] has 11 characters"),
+        ({"query": "q", "documents": [{"text": "x" * 11}]}, "documents[0] has 11"),
+        ({"query": "q" * 13, "documents": ["a"]}, "'query' has 13 characters"),
+    ],
+)
+def test_limits_are_413(payload: Any, needle: str) -> None:
+    error = refusal(json.dumps(payload).encode())
+    assert (error.status, error.kind) == (413, "too_large")
+    assert needle in error.message
+
+
+def test_limits_are_inclusive() -> None:
+    assert len(parse({"query": "q" * 12, "documents": ["x" * 10] * 3}).documents) == 3
+
+
+def test_error_body_is_json_with_type_and_message() -> None:
+    assert RequestError(413, "too_large", "big").body() == {
+        "error": {"type": "too_large", "message": "big"}
+    }
+
+
+def strictly_decreasing_f32(values: list[float]) -> bool:
+    as32 = np.asarray(values, dtype=np.float32)
+    return bool(np.all(as32[1:] < as32[:-1])) and np.array_equal(as32, np.asarray(values))
+
+
+def test_ties_and_float32_collisions_are_stepped_down() -> None:
+    ranking = Ranking.from_logits([2, 0, 1, 3], [5.0, 5.0, 7.0, 5.00000001])
+    scores = relevance_scores(ranking)
+    assert scores[0] == 5.0
+    assert scores[1] == float(np.nextafter(np.float32(5.0), np.float32(-np.inf)))
+    assert strictly_decreasing_f32(scores)
+
+
+@given(st.lists(st.floats(-60, 60, allow_nan=False, width=32), min_size=1, max_size=40))
+def test_scores_strictly_decrease_and_stay_close(logits: list[float]) -> None:
+    ranking = Ranking.from_logits(range(len(logits)), logits)
+    scores = relevance_scores(ranking)
+    assert strictly_decreasing_f32(scores)
+    for given_score, score in zip(ranking.scores, scores, strict=True):
+        assert score <= np.float32(given_score)
+        assert abs(score - given_score) <= 1e-4 * max(1.0, abs(given_score))
+
+
+def test_strictly_decreasing_scores_are_kept_as_float32() -> None:
+    ranking = Ranking.from_logits([1, 0, 2], [3.25, 1.5, -2.0])
+    assert relevance_scores(ranking) == [3.25, 1.5, -2.0]
+
+
+def test_non_finite_scores_are_refused() -> None:
+    with pytest.raises(ValueError, match="non-finite"):
+        relevance_scores(Ranking.from_logits([0], [float("inf")]))
+
+
+def test_response_lists_every_document_in_ranked_order() -> None:
+    request = RerankQuery("q", ("a", "b", "c"))
+    ranking = Ranking.from_logits([2, 0, 1], [3.0, 2.0, 1.0])
+    body = rerank_response(request, ranking, "rid")
+    assert body == {
+        "id": "rid",
+        "results": [
+            {"index": 2, "relevance_score": 3.0},
+            {"index": 0, "relevance_score": 2.0},
+            {"index": 1, "relevance_score": 1.0},
+        ],
+        "meta": {"api_version": {"version": "1"}},
+    }
+
+
+def test_response_top_n_and_documents() -> None:
+    ranking = Ranking.from_logits([2, 0, 1], [3.0, 2.0, 1.0])
+    body = rerank_response(RerankQuery("q", ("a", "b", "c"), 2, True), ranking, "rid")
+    assert body["results"] == [
+        {"index": 2, "relevance_score": 3.0, "document": {"text": "c"}},
+        {"index": 0, "relevance_score": 2.0, "document": {"text": "a"}},
+    ]
+    assert len(rerank_response(RerankQuery("q", ("a", "b", "c"), 9), ranking, "r")["results"]) == 3
+
+
+def test_response_refuses_a_ranking_of_the_wrong_size() -> None:
+    with pytest.raises(ValueError, match="2 passages for 3 documents"):
+        rerank_response(RerankQuery("q", ("a", "b", "c")), Ranking.from_logits([1, 0], [1, 0]), "r")
