@@ -6,8 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from haystack_llmrank.cli.rerank import positive_int
-from haystack_llmrank.cli.serve import positive_float
+from haystack_llmrank.cli.options import positive_float, positive_int
 
 
 def register(subparsers: Any) -> None:

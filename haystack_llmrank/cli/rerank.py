@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from haystack_llmrank.backends import BACKENDS
+from haystack_llmrank.cli.options import add_model_options, load_reranker, positive_int
 from haystack_llmrank.data import (
     FORMATS,
     QueryCandidates,
@@ -18,17 +18,6 @@ from haystack_llmrank.data import (
     write_run,
 )
 from haystack_llmrank.ranking import Ranking
-
-
-def positive_int(text: str) -> int:
-    """An argparse type for integers of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def register(subparsers: Any) -> None:
@@ -48,29 +37,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--output", "-o", type=Path, required=True, help="TREC run file to write")
     parser.add_argument("--format", choices=FORMATS, default="auto", help="input format")
     parser.add_argument(
-        "--model",
-        default="default",
-        help="'default' (embedded SmolLM2), a HF id or folder, or a .gguf",
-    )
-    parser.add_argument("--backend", choices=BACKENDS, default="torch")
-    parser.add_argument(
-        "--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)"
-    )
-    parser.add_argument(
-        "--dtype", default=None, help="float32, float16, bfloat16 (default: by device)"
-    )
-    parser.add_argument(
         "--top-k-candidates",
         type=positive_int,
         default=100,
         help="rerank only the first K candidates",
     )
-    parser.add_argument("--window-size", type=positive_int, default=20)
-    parser.add_argument("--step", type=positive_int, default=10)
-    parser.add_argument(
-        "--batch-size", type=positive_int, default=1, help="windows per forward pass"
-    )
-    parser.add_argument("--max-passage-words", type=positive_int, default=300)
+    add_model_options(parser, batch_size=1)
     parser.add_argument(
         "--queries", type=positive_int, default=None, help="only the first N queries"
     )
@@ -108,23 +80,12 @@ def run(args: argparse.Namespace) -> int:
     """Rerank, write the run (and optionally the rankings as JSON), print a summary."""
     from tqdm import tqdm
 
-    from haystack_llmrank.reranker import Reranker
-    from haystack_llmrank.strategies import SlidingWindow
-
     check_word(args.tag, "the run tag")
     _check_writable(args.output, args.save_json)
     queries = read_queries(args.input, args.format)[: args.queries]
     queries = [query.top(args.top_k_candidates) for query in queries]
     started = time.perf_counter()
-    reranker = Reranker.from_pretrained(
-        args.model,
-        backend=args.backend,
-        device=args.device,
-        dtype=args.dtype,
-        strategy=SlidingWindow(args.window_size, args.step),
-        batch_size=args.batch_size,
-        max_passage_words=args.max_passage_words,
-    )
+    reranker = load_reranker(args)
     loaded = time.perf_counter()
     requests = [(query.query, query.texts) for query in queries]
     windows = reranker.count_windows([len(texts) for _, texts in requests])

@@ -8,19 +8,12 @@ import os
 from concurrent.futures import Future
 from typing import Any
 
-from haystack_llmrank.backends import BACKENDS
-from haystack_llmrank.cli.rerank import positive_int
-
-
-def positive_float(text: str) -> float:
-    """An argparse type for numbers above 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
-    return value
+from haystack_llmrank.cli.options import (
+    add_model_options,
+    load_reranker,
+    positive_float,
+    positive_int,
+)
 
 
 def port_number(text: str) -> int:
@@ -47,28 +40,7 @@ def register(subparsers: Any) -> None:
         ),
     )
     model = parser.add_argument_group("model")
-    model.add_argument(
-        "--model",
-        default="default",
-        help="'default' (embedded SmolLM2), a HF id or folder, a .gguf",
-    )
-    model.add_argument("--backend", choices=BACKENDS, default="torch")
-    model.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if any)")
-    model.add_argument(
-        "--dtype", default=None, help="float32, float16, bfloat16 (default: by device)"
-    )
-    model.add_argument("--window-size", type=positive_int, default=20)
-    model.add_argument("--step", type=positive_int, default=10)
-    model.add_argument(
-        "--batch-size", type=positive_int, default=8, help="windows per forward pass (default 8)"
-    )
-    model.add_argument("--max-passage-words", type=positive_int, default=300)
-    model.add_argument(
-        "--threads",
-        type=positive_int,
-        default=None,
-        help="torch CPU threads for the model (default: torch's choice)",
-    )
+    add_model_options(model, batch_size=8)
     http = parser.add_argument_group("HTTP")
     http.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     http.add_argument(
@@ -122,9 +94,6 @@ def run(args: argparse.Namespace) -> int:
         from opensearch_ltr.service.app import BATCHER
     except ImportError as exc:
         raise RuntimeError(f"{exc}; install the serve extra: pip install 'llmrank[serve]'") from exc
-    from haystack_llmrank.reranker import Reranker
-    from haystack_llmrank.strategies import SlidingWindow
-
     config = ServiceConfig(
         api_keys=api_keys(args),
         max_body_bytes=args.max_body_bytes,
@@ -137,22 +106,6 @@ def run(args: argparse.Namespace) -> int:
         shutdown_grace_s=args.shutdown_grace_s,
         model_name=args.model,
     )
-    strategy = SlidingWindow(args.window_size, args.step)
-
-    def load() -> Reranker:
-        if args.threads is not None:
-            import torch
-
-            torch.set_num_threads(args.threads)
-        return Reranker.from_pretrained(
-            args.model,
-            backend=args.backend,
-            device=args.device,
-            dtype=args.dtype,
-            strategy=strategy,
-            batch_size=args.batch_size,
-            max_passage_words=args.max_passage_words,
-        )
 
     def announce(urls: list[str]) -> None:
         print(f"llmrank serve: listening on {', '.join(urls)} (POST /v1/rerank); loading the model")
@@ -164,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     async def serve() -> None:
         stop = asyncio.Event()
         stop_on_signals(stop)
-        app = create_app(load, config)
+        app = create_app(lambda: load_reranker(args), config)
         app[BATCHER].loaded.add_done_callback(announce_ready)
         await run_service(app, host=args.host, port=args.port, stop=stop, on_listening=announce)
 
