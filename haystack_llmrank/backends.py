@@ -6,8 +6,15 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from haystack_llmrank.errors import ModelResolutionError
 from haystack_llmrank.labels import resolve_label_ids
-from haystack_llmrank.models import context_length, load_causal_lm, load_tokenizer, resolve_model
+from haystack_llmrank.models import (
+    DEFAULT_MODEL,
+    context_length,
+    load_causal_lm,
+    load_tokenizer,
+    resolve_model,
+)
 from haystack_llmrank.scorers.base import LabelScorer
 
 logger = logging.getLogger(__name__)
@@ -15,7 +22,8 @@ logger = logging.getLogger(__name__)
 BACKENDS = ("torch", "onnx")
 
 
-def _torch_device_and_dtype(device: str | None, dtype: str | None) -> tuple[str, Any]:
+def torch_device_and_dtype(device: str | None, dtype: str | None) -> tuple[str, Any]:
+    """Resolve a device (CUDA when available) and a torch dtype (float16 on CUDA, else float32)."""
     import torch
 
     if device is None:
@@ -42,11 +50,11 @@ def load_scorer(
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
     if backend == "onnx":
-        raise NotImplementedError("the onnx backend is not available in this build")
+        return _load_onnx(model, device=device, dtype=dtype, labels=labels)
     from haystack_llmrank.scorers.torch_scorer import TorchLabelScorer
 
     source = resolve_model(model)
-    torch_device, torch_dtype = _torch_device_and_dtype(device, dtype)
+    torch_device, torch_dtype = torch_device_and_dtype(device, dtype)
     tokenizer = load_tokenizer(source)
     lm = load_causal_lm(source, device=torch_device, dtype=torch_dtype, tokenizer=tokenizer)
     label_ids = resolve_label_ids(tokenizer, labels)
@@ -57,3 +65,24 @@ def load_scorer(
         TorchLabelScorer(lm, label_ids, pad_token_id=pad),
         context_length(lm.config, tokenizer),
     )
+
+
+def _load_onnx(
+    model: str | None, *, device: str | None, dtype: str | None, labels: Sequence[str]
+) -> tuple[Any, LabelScorer, int]:
+    """An export folder (see :func:`haystack_llmrank.export.export_onnx`) on ONNX Runtime."""
+    from haystack_llmrank.export.metadata import EXPORT_HINT
+
+    if dtype is not None:
+        raise ValueError(
+            "dtype does not apply to the onnx backend: the precision is chosen at export "
+            "(llmrank export --precision fp32|fp16|int8)"
+        )
+    if model is None or model == DEFAULT_MODEL:
+        raise ModelResolutionError(
+            f"the onnx backend loads an export folder by path; {EXPORT_HINT}"
+        )
+    from haystack_llmrank.export.loading import load_export
+
+    loaded = load_export(model, labels=labels, device=device)
+    return loaded.tokenizer, loaded.scorer, loaded.metadata.context_length

@@ -1,0 +1,267 @@
+"""Benchmark summaries: per-row figures, nDCG@10, agreement with ``plain``, a table and JSON."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from haystack_llmrank.bench.config import GENERATE, PLAIN
+from haystack_llmrank.bench.rows import Orders, RowOutcome, SweepPoint
+from haystack_llmrank.bench.runner import Plan, RowResult
+from haystack_llmrank.data import Qrels, QueryCandidates
+from haystack_llmrank.evaluation import evaluate
+
+METRIC = "ndcg@10"
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How often a row ordered a window exactly as ``plain`` did.
+
+    Only windows both rows saw with the same passages are compared (once two rows order a
+    window differently, their later windows of that query hold different passages).
+    """
+
+    windows_shared: int
+    windows_agreeing: int
+    queries: int
+    queries_identical: int
+
+    @property
+    def fraction(self) -> float | None:
+        """Share of shared windows ordered identically (None when none are shared)."""
+        return self.windows_agreeing / self.windows_shared if self.windows_shared else None
+
+
+@dataclass(frozen=True)
+class SweepSummary:
+    """Throughput of an engine row at one batch size (``mean_batch`` windows per scorer call)."""
+
+    batch_size: int
+    seconds: float
+    windows: int
+    mean_batch: float
+    queries_per_second: float
+    windows_per_second: float
+    peak_cuda_mb: float | None
+
+
+@dataclass(frozen=True)
+class RowSummary:
+    """One row of the results; figures are ``None`` for a row that did not run.
+
+    Times are seconds of the timed pass (no loading, warm-up or prompt building);
+    ``floor_seconds_per_window`` is ``2 x body parameters x tokens / measured matmul rate``.
+    """
+
+    row: str
+    status: str
+    reason: str | None = None
+    queries: int = 0
+    windows: int = 0
+    seconds: float | None = None
+    seconds_per_query: float | None = None
+    seconds_per_window: float | None = None
+    mean_prompt_tokens: float | None = None
+    mean_generated_tokens: float | None = None
+    load_seconds: float | None = None
+    prompt_build_seconds: float | None = None
+    export_seconds: float | None = None
+    peak_rss_mb: float | None = None
+    peak_cuda_mb: float | None = None
+    memory_isolated: bool | None = None
+    ndcg_at_10: float | None = None
+    agreement_with_plain: Agreement | None = None
+    speedup_vs_plain: float | None = None
+    speedup_vs_generate: float | None = None
+    floor_seconds_per_window: float | None = None
+    times_floor: float | None = None
+    sweep: tuple[SweepSummary, ...] = ()
+
+
+@dataclass(frozen=True)
+class BenchReport:
+    """Everything a benchmark run measured, as written to JSON."""
+
+    created: str
+    config: dict[str, Any]
+    environment: dict[str, Any]
+    data: dict[str, Any]
+    bm25_ndcg_at_10: float | None
+    calibration: dict[str, Any] | None
+    estimate_seconds: dict[str, float]
+    floor: dict[str, Any]
+    rows: tuple[RowSummary, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form (agreement fractions included)."""
+        data = asdict(self)
+        for row, summary in zip(data["rows"], self.rows, strict=True):
+            if summary.agreement_with_plain is not None:
+                row["agreement_with_plain"]["fraction"] = summary.agreement_with_plain.fraction
+        result: dict[str, Any] = _jsonable(data)
+        return result
+
+    @property
+    def failed(self) -> bool:
+        """True when a row failed (unavailable rows do not count)."""
+        return any(row.status == "failed" for row in self.rows)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def ndcg_at_10(queries: Sequence[QueryCandidates], orders: Orders, qrels: Qrels) -> float | None:
+    """Mean nDCG@10 of the ranked queries (None when none of them is judged)."""
+    run = {
+        q.qid: {
+            q.candidates[i].docid: float(len(orders[q.qid]) - r)
+            for r, i in enumerate(orders[q.qid])
+        }
+        for q in queries
+        if q.qid in orders and q.qid in qrels and orders[q.qid]
+    }
+    judged = {qid: qrels[qid] for qid in run}
+    return evaluate(run, judged, [METRIC]).mean[METRIC] if run else None
+
+
+def agreement(reference: RowOutcome, other: RowOutcome) -> Agreement:
+    """Compare ``other``'s window orderings and final orders with ``reference``'s."""
+    shared = reference.window_orders.keys() & other.window_orders.keys()
+    agreeing = sum(reference.window_orders[k] == other.window_orders[k] for k in shared)
+    queries = reference.orders.keys() & other.orders.keys()
+    identical = sum(reference.orders[q] == other.orders[q] for q in queries)
+    return Agreement(len(shared), agreeing, len(queries), identical)
+
+
+def _sweep(point: SweepPoint, queries: int) -> SweepSummary:
+    return SweepSummary(
+        batch_size=point.batch_size,
+        seconds=point.seconds,
+        windows=point.windows,
+        mean_batch=point.windows / point.steps if point.steps else 0.0,
+        queries_per_second=queries / point.seconds if point.seconds > 0 else 0.0,
+        windows_per_second=point.windows / point.seconds if point.seconds > 0 else 0.0,
+        peak_cuda_mb=point.peak_cuda_mb,
+    )
+
+
+def _ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if numerator is None or not denominator:
+        return None
+    return numerator / denominator
+
+
+def _summary(plan: Plan, result: RowResult, references: Mapping[str, RowOutcome]) -> RowSummary:
+    outcome = result.outcome
+    if outcome is None:
+        return RowSummary(result.row, result.status, result.reason)
+    queries = len(outcome.orders)
+    per_query = outcome.seconds / queries if queries else None
+    per_window = outcome.seconds / outcome.windows if outcome.windows else None
+    prompt_tokens = outcome.prompt_tokens / outcome.windows if outcome.windows else None
+    generated = outcome.generated_tokens / outcome.windows if outcome.windows else None
+    floor = None
+    if plan.calibration is not None and prompt_tokens is not None:
+        flops = 2 * plan.calibration.body_parameters * (prompt_tokens + (generated or 0.0))
+        floor = flops / (plan.throughput.tflops * 1e12)
+
+    def reference_seconds(row: str) -> float | None:
+        reference = references.get(row)
+        return reference.seconds / len(reference.orders) if reference and reference.orders else None
+
+    plain = references.get(PLAIN)
+    return RowSummary(
+        row=result.row,
+        status=result.status,
+        reason=result.reason,
+        queries=queries,
+        windows=outcome.windows,
+        seconds=outcome.seconds,
+        seconds_per_query=per_query,
+        seconds_per_window=per_window,
+        mean_prompt_tokens=prompt_tokens,
+        mean_generated_tokens=generated,
+        load_seconds=outcome.load_seconds,
+        prompt_build_seconds=outcome.prompt_seconds,
+        export_seconds=result.export_seconds,
+        peak_rss_mb=outcome.peak_rss_mb,
+        peak_cuda_mb=outcome.peak_cuda_mb,
+        memory_isolated=outcome.memory_isolated,
+        ndcg_at_10=ndcg_at_10(plan.queries, outcome.orders, plan.qrels),
+        agreement_with_plain=agreement(plain, outcome) if plain and result.row != PLAIN else None,
+        speedup_vs_plain=_ratio(reference_seconds(PLAIN), per_query),
+        speedup_vs_generate=_ratio(reference_seconds(GENERATE), per_query),
+        floor_seconds_per_window=floor,
+        times_floor=_ratio(per_window, floor),
+        sweep=tuple(_sweep(p, queries) for p in outcome.sweep),
+    )
+
+
+def environment(device: str) -> dict[str, Any]:
+    """Versions and hardware the numbers were taken on."""
+    import torch
+    import transformers
+
+    env: dict[str, Any] = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "transformers": transformers.__version__,
+        "device": torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu",
+    }
+    for package in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            env[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return env
+
+
+def build_report(plan: Plan, results: Sequence[RowResult]) -> BenchReport:
+    """Summarise the rows of a run against ``plain`` and ``generate``."""
+    config = plan.config
+    assert config.device is not None
+    references = {r.row: r.outcome for r in results if r.outcome is not None}
+    identity: Orders = {q.qid: tuple(range(len(q.candidates))) for q in plan.queries}
+    calibration = plan.calibration
+    return BenchReport(
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        config=asdict(config),
+        environment=environment(config.device),
+        data={
+            "dir": str(config.data_dir),
+            "queries": len(plan.queries),
+            "total_queries": plan.total_queries,
+            "qids": [q.qid for q in plan.queries],
+            "top_k": config.top_k,
+            "windows": plan.windows,
+            "max_prompt_tokens": plan.max_prompt_tokens,
+        },
+        bm25_ndcg_at_10=ndcg_at_10(plan.queries, identity, plan.qrels),
+        calibration=None if calibration is None else asdict(calibration),
+        estimate_seconds=plan.estimates(),
+        floor={
+            "matmul_tflops": plan.throughput.tflops,
+            "matmul_size": plan.throughput.size,
+            "dtype": plan.throughput.dtype,
+            "body_parameters": None if calibration is None else calibration.body_parameters,
+            "formula": "2 x body_parameters x (prompt + generated tokens) / matmul_tflops",
+        },
+        rows=tuple(_summary(plan, r, references) for r in results),
+    )

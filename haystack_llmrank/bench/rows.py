@@ -1,0 +1,373 @@
+"""One benchmark row: load it, warm it up, rank every query under the clock, read peak memory."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+from tqdm import tqdm
+
+from haystack_llmrank.bench.config import GENERATE, PLAIN, TORCH, BenchConfig, onnx_precision
+from haystack_llmrank.bench.measure import (
+    clock,
+    peak_cuda_mb,
+    peak_rss_mb,
+    reset_peak_cuda,
+    reset_peak_rss,
+)
+from haystack_llmrank.bench.models import (
+    LoadedModel,
+    engine_label_ids,
+    load_bench_model,
+    load_bench_tokenizer,
+    plain_label_ids,
+)
+from haystack_llmrank.bench.plain import FullLogitsWindow, GenerateWindow, slide
+from haystack_llmrank.bench.prompts import CachedPromptBuilder, WindowKey, window_key
+from haystack_llmrank.data import QueryCandidates
+from haystack_llmrank.errors import LlmRankError
+from haystack_llmrank.labels import LabelIds
+from haystack_llmrank.prompt import FIRST_TEMPLATE, Prompt
+from haystack_llmrank.reranker import Reranker
+from haystack_llmrank.scorers.base import LabelScorer
+from haystack_llmrank.strategies import SlidingWindow
+
+logger = logging.getLogger(__name__)
+
+TEMPLATE = FIRST_TEMPLATE
+Orders = dict[str, tuple[int, ...]]
+WindowOrders = dict[WindowKey, tuple[int, ...]]
+Tick = Callable[[int], None]
+
+
+class RowUnavailableError(LlmRankError):
+    """A row cannot run in this installation (an optional dependency or feature is missing)."""
+
+
+@dataclass(frozen=True)
+class RowJob:
+    """Everything a row needs, picklable so that it can run in a fresh process.
+
+    ``config`` has its device and dtype resolved; ``prompts`` are the windows built so far.
+    """
+
+    row: str
+    config: BenchConfig
+    queries: tuple[QueryCandidates, ...]
+    max_prompt_tokens: int
+    prompts: dict[WindowKey, Prompt]
+    onnx_dir: Path | None = None
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """One pass over every query at a batch size: ``steps`` scorer calls for ``windows``."""
+
+    batch_size: int
+    seconds: float
+    windows: int
+    steps: int
+    peak_cuda_mb: float | None
+
+
+@dataclass(frozen=True)
+class RowOutcome:
+    """What one row measured. ``seconds`` excludes loading, warm-up and prompt building.
+
+    ``orders`` maps a qid to the ranked candidate indices; ``window_orders`` maps each window
+    to the window positions from best to worst. Peak memory covers loading and the timed
+    pass (not the batch-size sweep); ``memory_isolated`` is True when the row ran in a fresh
+    process, False when memory still held from earlier rows of the process may count.
+    """
+
+    row: str
+    seconds: float
+    windows: int
+    prompt_tokens: int
+    generated_tokens: int
+    load_seconds: float
+    prompt_seconds: float
+    peak_rss_mb: float
+    peak_cuda_mb: float | None
+    memory_isolated: bool
+    orders: Orders
+    window_orders: WindowOrders
+    sweep: tuple[SweepPoint, ...]
+    prompts: dict[WindowKey, Prompt]
+
+
+class LoopRow:
+    """A plainly written sliding-window loop around one window function (rows plain, generate)."""
+
+    def __init__(
+        self,
+        builder: CachedPromptBuilder,
+        window: FullLogitsWindow | GenerateWindow,
+        strategy: SlidingWindow,
+    ) -> None:
+        self.builder = builder
+        self.window = window
+        self.strategy = strategy
+
+    @property
+    def generated_tokens(self) -> int:
+        """Tokens generated so far (0 for a row that does not generate)."""
+        return self.window.generated_tokens if isinstance(self.window, GenerateWindow) else 0
+
+    def warm(self, prompt: Prompt, n: int) -> None:
+        """Order one window, untimed."""
+        self.window(prompt.token_ids, n)
+
+    def rank(self, queries: Sequence[QueryCandidates], tick: Tick) -> tuple[Orders, WindowOrders]:
+        """Rank each query in turn."""
+        windows: WindowOrders = {}
+        orders = {q.qid: self._rank_query(q, windows, tick) for q in queries}
+        return orders, windows
+
+    def _rank_query(
+        self, query: QueryCandidates, windows: WindowOrders, tick: Tick
+    ) -> tuple[int, ...]:
+        texts = query.texts
+
+        def order_window(members: list[int]) -> list[int]:
+            passages = [texts[i] for i in members]
+            prompt = self.builder.build(query.query, passages)
+            ranked = self.window(prompt.token_ids, len(members))
+            windows[window_key(query.query, passages)] = tuple(ranked)
+            tick(1)
+            return ranked
+
+        size = self.strategy.window_size
+        return tuple(slide(len(texts), size, self.strategy.step, order_window))
+
+
+class RecordingScorer:
+    """Passes scoring through to another scorer and keeps each prompt's label logits."""
+
+    def __init__(self, inner: LabelScorer) -> None:
+        self.inner = inner
+        self.logits: dict[tuple[int, ...], npt.NDArray[np.float32]] = {}
+
+    @property
+    def label_ids(self) -> LabelIds:
+        """The inner scorer's labels."""
+        return self.inner.label_ids
+
+    def score(self, prompts: Sequence[Sequence[int]]) -> npt.NDArray[np.float32]:
+        """The inner scorer's logits, remembered per prompt."""
+        logits = self.inner.score(prompts)
+        for prompt, row in zip(prompts, logits, strict=True):
+            self.logits[tuple(prompt)] = row
+        return logits
+
+
+class EngineRow:
+    """The project's :class:`Reranker` (rows torch and onnx-*), fed the shared prompts."""
+
+    generated_tokens = 0
+
+    def __init__(self, reranker: Reranker, builder: CachedPromptBuilder) -> None:
+        self.recorder = RecordingScorer(reranker.scorer)
+        reranker.scorer = self.recorder
+        reranker.prompts = builder
+        self.reranker = reranker
+        self.builder = builder
+
+    def warm(self, prompt: Prompt, n: int) -> None:
+        """Score one window, untimed."""
+        self.reranker.score_prompts([prompt])
+
+    def rank(self, queries: Sequence[QueryCandidates], tick: Tick) -> tuple[Orders, WindowOrders]:
+        """Rank all queries in one :meth:`Reranker.rerank_many` call."""
+        first = len(self.builder.requested)
+        rankings = self.reranker.rerank_many([(q.query, q.texts) for q in queries], on_window=tick)
+        windows: WindowOrders = {}
+        for key in self.builder.requested[first:]:
+            logits = self.recorder.logits[self.builder.cache[key].token_ids][: len(key[1])]
+            windows[key] = tuple(int(i) for i in np.argsort(-logits, kind="stable"))
+        return {q.qid: r.order for q, r in zip(queries, rankings, strict=True)}, windows
+
+    def sweep(
+        self, queries: Sequence[QueryCandidates], sizes: Sequence[int], device: str
+    ) -> tuple[SweepPoint, ...]:
+        """Time a pass over all queries at each batch size, with room for full batches."""
+        longest = max(len(p.token_ids) for p in self.builder.cache.values())
+        requests = [(q.query, q.texts) for q in queries]
+        saved = self.reranker.batch_size, self.reranker.max_batch_tokens
+        points = []
+        for size in sizes:
+            self.reranker.batch_size = size
+            self.reranker.max_batch_tokens = max(saved[1], size * longest)
+            points.append(self._timed_pass(requests, size, device))
+        self.reranker.batch_size, self.reranker.max_batch_tokens = saved
+        return tuple(points)
+
+    def _timed_pass(
+        self, requests: Sequence[tuple[str, list[str]]], size: int, device: str
+    ) -> SweepPoint:
+        steps: list[int] = []
+        reset_peak_cuda(device)
+        built = self.builder.build_seconds
+        start = clock(device)
+        self.reranker.rerank_many(requests, on_window=steps.append)
+        seconds = clock(device) - start - (self.builder.build_seconds - built)
+        return SweepPoint(size, seconds, sum(steps), len(steps), peak_cuda_mb(device))
+
+
+def _builder(job: RowJob, tokenizer: object, vocab_size: int | None) -> CachedPromptBuilder:
+    return CachedPromptBuilder(
+        tokenizer,
+        TEMPLATE,
+        max_prompt_tokens=job.max_prompt_tokens,
+        cache=job.prompts,
+        vocab_size=vocab_size,
+    )
+
+
+def _strategy(config: BenchConfig) -> SlidingWindow:
+    return SlidingWindow(config.window_size, config.step)
+
+
+def _load_model(job: RowJob) -> LoadedModel:
+    config = job.config
+    assert config.device is not None
+    assert config.dtype is not None
+    return load_bench_model(
+        config.model, config.synthetic, device=config.device, dtype=config.dtype, seed=config.seed
+    )
+
+
+def _load_loop_row(job: RowJob) -> LoopRow:
+    loaded = _load_model(job)
+    labels = TEMPLATE.labels[: job.config.window_size]
+    window: FullLogitsWindow | GenerateWindow
+    if job.row == PLAIN:
+        window = FullLogitsWindow(loaded.model, plain_label_ids(loaded, labels))
+    else:
+        window = GenerateWindow(
+            loaded.model, loaded.tokenizer, labels, answer_prefix=TEMPLATE.answer_prefix
+        )
+    return LoopRow(
+        _builder(job, loaded.tokenizer, loaded.vocab_size), window, _strategy(job.config)
+    )
+
+
+def _load_torch_row(job: RowJob) -> EngineRow:
+    from haystack_llmrank.scorers.torch_scorer import TorchLabelScorer
+
+    config = job.config
+    loaded = _load_model(job)
+    pad = loaded.tokenizer.pad_token_id or 0
+    if loaded.vocab_size is not None:
+        pad %= loaded.vocab_size
+    scorer = TorchLabelScorer(
+        loaded.model, engine_label_ids(loaded, TEMPLATE.labels), pad_token_id=pad
+    )
+    reranker = Reranker(
+        loaded.tokenizer,
+        scorer,
+        max_prompt_tokens=job.max_prompt_tokens,
+        template=TEMPLATE,
+        strategy=_strategy(config),
+        batch_size=config.batch_size,
+        max_batch_tokens=config.max_batch_tokens,
+    )
+    return EngineRow(reranker, _builder(job, loaded.tokenizer, loaded.vocab_size))
+
+
+def _load_onnx_row(job: RowJob) -> EngineRow:
+    config = job.config
+    if job.onnx_dir is None:
+        raise RowUnavailableError(f"{job.row}: no ONNX export to load")
+    try:
+        reranker = Reranker.from_pretrained(
+            str(job.onnx_dir),
+            backend="onnx",
+            device=config.device,
+            max_prompt_tokens=job.max_prompt_tokens,
+            strategy=_strategy(config),
+            batch_size=config.batch_size,
+            max_batch_tokens=config.max_batch_tokens,
+        )
+    except (ImportError, NotImplementedError) as exc:
+        raise RowUnavailableError(f"the onnx backend cannot load: {exc}") from exc
+    tokenizer = load_bench_tokenizer(config.model, config.synthetic)
+    return EngineRow(reranker, _builder(job, tokenizer, None))
+
+
+def _load(job: RowJob) -> LoopRow | EngineRow:
+    if job.row in (PLAIN, GENERATE):
+        return _load_loop_row(job)
+    if job.row == TORCH:
+        return _load_torch_row(job)
+    if onnx_precision(job.row) is not None:
+        return _load_onnx_row(job)
+    raise ValueError(f"unknown row {job.row!r}")
+
+
+def first_window(
+    queries: Sequence[QueryCandidates], strategy: SlidingWindow
+) -> tuple[str, list[str]] | None:
+    """The query and passages of the first window run, or None when there is none."""
+    for query in queries:
+        plan = strategy.windows(len(query.candidates))
+        if plan:
+            start, end = plan[0]
+            return query.query, query.texts[start:end]
+    return None
+
+
+def run_row(job: RowJob, *, fresh_process: bool = False) -> RowOutcome:
+    """Load the row, warm it up, rank every query under the clock, and measure it."""
+    config = job.config
+    device = config.device or "cpu"
+    if config.threads is not None:
+        import torch
+
+        torch.set_num_threads(config.threads)
+    reset_peak_rss()
+    reset_peak_cuda(device)
+    start = time.perf_counter()
+    row = _load(job)
+    load_seconds = time.perf_counter() - start
+    builder = row.builder
+    warm = first_window(job.queries, _strategy(config))
+    if warm is not None and config.warmup:
+        prompt = builder.build(*warm)
+        for _ in range(config.warmup):
+            row.warm(prompt, len(warm[1]))
+    first, built, generated = len(builder.requested), builder.build_seconds, row.generated_tokens
+    total = sum(len(_strategy(config).windows(len(q.candidates))) for q in job.queries)
+    with tqdm(total=total, desc=job.row, unit="window", disable=not config.progress) as bar:
+        begin = clock(device)
+        orders, window_orders = row.rank(job.queries, bar.update)
+        seconds = clock(device) - begin - (builder.build_seconds - built)
+    keys = builder.requested[first:]
+    peak_rss, peak_cuda = peak_rss_mb(), peak_cuda_mb(device)
+    logger.info(
+        "%s: %d windows in %.2f s, peak RSS %.0f MiB", job.row, len(keys), seconds, peak_rss
+    )
+    sweep: tuple[SweepPoint, ...] = ()
+    if isinstance(row, EngineRow) and config.sweep_batch_sizes:
+        sweep = row.sweep(job.queries, config.sweep_batch_sizes, device)
+    return RowOutcome(
+        row=job.row,
+        seconds=seconds,
+        windows=len(keys),
+        prompt_tokens=sum(len(builder.cache[k].token_ids) for k in keys),
+        generated_tokens=row.generated_tokens - generated,
+        load_seconds=load_seconds,
+        prompt_seconds=builder.build_seconds,
+        peak_rss_mb=peak_rss,
+        peak_cuda_mb=peak_cuda,
+        memory_isolated=fresh_process,
+        orders=orders,
+        window_orders=window_orders,
+        sweep=sweep,
+        prompts=builder.cache,
+    )

@@ -1,0 +1,331 @@
+"""Plan a benchmark (data, one calibration window, estimates) and run its rows."""
+
+from __future__ import annotations
+
+import functools
+import gc
+import importlib.util
+import logging
+import multiprocessing
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+from haystack_llmrank.bench.config import GENERATE, PLAIN, BenchConfig, onnx_precision
+from haystack_llmrank.bench.measure import clock, matmul_tflops
+from haystack_llmrank.bench.models import (
+    body_parameters,
+    load_bench_model,
+    resolve_device,
+)
+from haystack_llmrank.bench.plain import answer_tokens
+from haystack_llmrank.bench.prompts import CachedPromptBuilder, WindowKey
+from haystack_llmrank.bench.rows import (
+    TEMPLATE,
+    RowJob,
+    RowOutcome,
+    RowUnavailableError,
+    first_window,
+    run_row,
+)
+from haystack_llmrank.data import Qrels, QueryCandidates, read_qrels, read_queries
+from haystack_llmrank.export import export_onnx, is_export
+from haystack_llmrank.export.metadata import Precision
+from haystack_llmrank.prompt import Prompt
+from haystack_llmrank.strategies import SlidingWindow
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+DECODE_PROBE_TOKENS = 8
+"""Tokens generated to time one decoding step."""
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """One window timed before the rows run: the basis of estimates and of the FLOP floor.
+
+    ``forward_seconds`` is one forward pass of the prompt, ``token_seconds`` one greedy
+    decoding step after it, ``body_parameters`` the parameters without embeddings and LM head.
+    """
+
+    load_seconds: float
+    forward_seconds: float
+    token_seconds: float
+    prompt_tokens: int
+    max_new_tokens: int
+    body_parameters: int
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """Best dense ``size x size`` matmul throughput of the device, in TFLOP/s."""
+
+    tflops: float
+    size: int
+    dtype: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The resolved settings, the queries (cut to ``top_k``) and what was measured up front.
+
+    ``unavailable`` names rows that cannot run here, with the reason.
+    """
+
+    config: BenchConfig
+    queries: tuple[QueryCandidates, ...]
+    total_queries: int
+    qrels: Qrels
+    windows: int
+    max_prompt_tokens: int
+    calibration: Calibration | None
+    throughput: Throughput
+    prompts: dict[WindowKey, Prompt]
+    unavailable: dict[str, str]
+
+    def estimates(self) -> dict[str, float]:
+        """Expected seconds of each runnable row: load, warm-up, the timed pass and the sweep.
+
+        ONNX exports and process start-up are not included.
+        """
+        c = self.calibration
+        if c is None:
+            return {row: 0.0 for row in self.config.ordered_rows if row not in self.unavailable}
+        passes = 1 + len(self.config.sweep_batch_sizes)
+        result = {}
+        for row in self.config.ordered_rows:
+            if row in self.unavailable:
+                continue
+            if row == GENERATE:
+                per_window = c.forward_seconds + c.max_new_tokens * c.token_seconds
+                scored = self.windows
+            else:
+                per_window = c.forward_seconds
+                scored = self.windows * (1 if row == PLAIN else passes)
+            result[row] = c.load_seconds + (scored + self.config.warmup) * per_window
+        return result
+
+
+@dataclass(frozen=True)
+class RowResult:
+    """A row's fate: ``status`` is ``ok`` (with ``outcome``), ``unavailable`` or ``failed``."""
+
+    row: str
+    status: str
+    outcome: RowOutcome | None = None
+    reason: str | None = None
+    export_seconds: float | None = None
+
+
+def read_data(config: BenchConfig) -> tuple[list[QueryCandidates], Qrels]:
+    """All queries of ``candidates.jsonl`` and the judgements of ``qrels.txt`` in the data dir."""
+    candidates, qrels = config.data_dir / "candidates.jsonl", config.data_dir / "qrels.txt"
+    for path in (candidates, qrels):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found; point --data-dir at the DL19 folder")
+    return read_queries(candidates), read_qrels(qrels)
+
+
+def select_queries(
+    queries: list[QueryCandidates], count: int | None, top_k: int
+) -> tuple[QueryCandidates, ...]:
+    """The first ``count`` queries (all for ``None``), each cut to its top ``top_k``."""
+    if count is not None and count > len(queries):
+        raise ValueError(f"{count} queries asked for; the data has {len(queries)}")
+    return tuple(q.top(top_k) for q in queries[:count])
+
+
+def onnx_unavailable(config: BenchConfig) -> str | None:
+    """Why the ONNX rows cannot run here, or None when they can be tried."""
+    if config.synthetic is not None:
+        return "synthetic models are measured on torch only (there are no weights to export)"
+    if importlib.util.find_spec("onnxruntime") is None:
+        return "onnxruntime is not installed (pip install 'llmrank[onnx]')"
+    return None
+
+
+def _prefill_and_decode_seconds(
+    model: Any, token_ids: tuple[int, ...], device: str
+) -> tuple[float, float]:
+    """Seconds of a prompt's forward pass (last logits only) and of one greedy decoding step.
+
+    The prompt runs twice (the first is a warm-up); then :data:`DECODE_PROBE_TOKENS` steps
+    run on its cache.
+    """
+    import torch
+
+    input_ids = torch.tensor([list(token_ids)], device=model.device)
+    with torch.inference_mode():
+        model(input_ids, logits_to_keep=1)
+        start = clock(device)
+        output = model(input_ids, use_cache=True, logits_to_keep=1)
+        prefill = clock(device) - start
+        start = clock(device)
+        for _ in range(DECODE_PROBE_TOKENS):
+            token = output.logits[:, -1:].argmax(dim=-1)
+            output = model(token, past_key_values=output.past_key_values, use_cache=True)
+        decode = (clock(device) - start) / DECODE_PROBE_TOKENS
+    return prefill, decode
+
+
+def calibrate(
+    config: BenchConfig, queries: tuple[QueryCandidates, ...]
+) -> tuple[Calibration | None, int, dict[WindowKey, Prompt]]:
+    """Time one window in this process; also return the prompt budget and the prompt built."""
+    assert config.device is not None
+    assert config.dtype is not None
+    start = time.perf_counter()
+    loaded = load_bench_model(
+        config.model, config.synthetic, device=config.device, dtype=config.dtype, seed=config.seed
+    )
+    load_seconds = time.perf_counter() - start
+    max_prompt_tokens = config.max_prompt_tokens or loaded.context
+    builder = CachedPromptBuilder(
+        loaded.tokenizer,
+        TEMPLATE,
+        max_prompt_tokens=max_prompt_tokens,
+        vocab_size=loaded.vocab_size,
+    )
+    warm = first_window(queries, SlidingWindow(config.window_size, config.step))
+    if warm is None:
+        return None, max_prompt_tokens, builder.cache
+    prompt = builder.build(*warm)
+    prefill, decode = _prefill_and_decode_seconds(loaded.model, prompt.token_ids, config.device)
+    labels = TEMPLATE.labels[: config.window_size]
+    calibration = Calibration(
+        load_seconds=load_seconds,
+        forward_seconds=prefill,
+        token_seconds=decode,
+        prompt_tokens=len(prompt.token_ids),
+        max_new_tokens=answer_tokens(loaded.tokenizer, labels, TEMPLATE.answer_prefix),
+        body_parameters=body_parameters(loaded.model),
+    )
+    return calibration, max_prompt_tokens, builder.cache
+
+
+def measure_throughput(device: str, dtype: str) -> Throughput:
+    """Dense matmul throughput: 8192^2 on CUDA (ten products per timing), 1024^2 on CPU."""
+    if device.startswith("cuda"):
+        return Throughput(matmul_tflops(device, dtype, 8192, repeats=10, inner=10), 8192, dtype)
+    return Throughput(matmul_tflops(device, dtype, 1024, repeats=5), 1024, dtype)
+
+
+def _release_memory(device: str) -> None:
+    gc.collect()
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.empty_cache()
+
+
+def prepare(config: BenchConfig) -> Plan:
+    """Resolve the settings, read the data, time one window and the device's matmul rate."""
+    device, dtype = resolve_device(config.device, config.dtype)
+    config = replace(config, device=device, dtype=dtype)
+    if config.threads is not None:
+        import torch
+
+        torch.set_num_threads(config.threads)
+    all_queries, qrels = read_data(config)
+    queries = select_queries(all_queries, config.queries, config.top_k)
+    strategy = SlidingWindow(config.window_size, config.step)
+    calibration, max_prompt_tokens, prompts = calibrate(config, queries)
+    _release_memory(device)
+    reason = onnx_unavailable(config)
+    unavailable = {
+        row: reason for row in config.rows if reason is not None and onnx_precision(row) is not None
+    }
+    return Plan(
+        config=config,
+        queries=queries,
+        total_queries=len(all_queries),
+        qrels=qrels,
+        windows=sum(len(strategy.windows(len(q.candidates))) for q in queries),
+        max_prompt_tokens=max_prompt_tokens,
+        calibration=calibration,
+        throughput=measure_throughput(device, dtype),
+        prompts=prompts,
+        unavailable=unavailable,
+    )
+
+
+def _init_child(level: int) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _call(isolate: bool, function: Callable[..., T], *args: Any) -> T:
+    """``function(*args)`` here, or in a fresh spawned process when ``isolate``."""
+    if not isolate:
+        return function(*args)
+    context = multiprocessing.get_context("spawn")
+    level = logging.getLogger().getEffectiveLevel()
+    with ProcessPoolExecutor(
+        1, mp_context=context, initializer=_init_child, initargs=(level,)
+    ) as pool:
+        return pool.submit(function, *args).result()
+
+
+def export_onnx_row(model: str, precision: Precision, root: Path) -> tuple[Path, float | None]:
+    """Export ``model`` to ``root/onnx-<precision>``, or reuse the export already there.
+
+    Returns the folder to load and the export's seconds (``None`` when reused). Missing
+    export tools make the row unavailable.
+    """
+    target = root / f"onnx-{precision}"
+    if is_export(target):
+        logger.info("reusing the ONNX export in %s", target)
+        return target, None
+    start = time.perf_counter()
+    try:
+        path = export_onnx(model, target, precision=precision)
+    except ImportError as exc:
+        raise RowUnavailableError(f"cannot export: {exc}") from exc
+    return path, time.perf_counter() - start
+
+
+def _run_one(plan: Plan, row: str, prompts: dict[WindowKey, Prompt], root: Path) -> RowResult:
+    config = plan.config
+    precision = onnx_precision(row)
+    onnx_dir, export_seconds = None, None
+    if precision is not None:
+        onnx_dir, export_seconds = _call(
+            config.isolate, export_onnx_row, config.model, precision, root
+        )
+    job = RowJob(row, config, plan.queries, plan.max_prompt_tokens, prompts, onnx_dir)
+    outcome = _call(config.isolate, functools.partial(run_row, fresh_process=config.isolate), job)
+    return RowResult(row, "ok", outcome, export_seconds=export_seconds)
+
+
+def run(plan: Plan, on_row: Callable[[RowResult], None] | None = None) -> list[RowResult]:
+    """Run every row in order; a row that cannot run or fails is recorded, not raised.
+
+    Every row gets the prompts built by the rows before it, so equal windows get equal
+    token ids. ``on_row`` is called as each row finishes.
+    """
+    config = plan.config
+    prompts = dict(plan.prompts)
+    results: list[RowResult] = []
+    with tempfile.TemporaryDirectory(prefix="llmrank-bench-") as scratch:
+        root = config.export_dir or Path(scratch)
+        for row in config.ordered_rows:
+            if row in plan.unavailable:
+                result = RowResult(row, "unavailable", reason=plan.unavailable[row])
+            else:
+                try:
+                    result = _run_one(plan, row, prompts, root)
+                except RowUnavailableError as exc:
+                    result = RowResult(row, "unavailable", reason=str(exc))
+                except Exception as exc:
+                    logger.exception("row %s failed", row)
+                    result = RowResult(row, "failed", reason=f"{type(exc).__name__}: {exc}")
+            if result.outcome is not None:
+                prompts = result.outcome.prompts
+            results.append(result)
+            if on_row is not None:
+                on_row(result)
+    return results

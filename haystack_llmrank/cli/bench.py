@@ -1,0 +1,174 @@
+"""``llmrank bench``: time FIRST reranking variants on DL19 and save the results as JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from haystack_llmrank.bench.config import (
+    DEFAULT_ROWS,
+    ROWS,
+    SYNTHETIC_CONFIGS,
+    BenchConfig,
+    default_data_dir,
+)
+from haystack_llmrank.bench.report import build_report
+from haystack_llmrank.bench.runner import prepare, run
+from haystack_llmrank.bench.table import plan_text, results_table, row_line, sweep_table
+from haystack_llmrank.cli.options import positive_int
+
+DEFAULT_JSON = Path("llmrank-bench.json")
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    return tuple(positive_int(size) for size in _names(text))
+
+
+def _query_count(text: str) -> int | None:
+    return None if text == "all" else positive_int(text)
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``bench`` subcommand."""
+    parser = subparsers.add_parser(
+        "bench",
+        help="time FIRST reranking variants on DL19 (seconds/query, peak memory, nDCG@10)",
+        description=(
+            "Rerank the first N DL19 queries with each row (plain transformers, the engine on "
+            "torch and ONNX, full-permutation generation), all from the same prompt token ids; "
+            "print a table and save JSON. Each row runs in a fresh process unless --in-process."
+        ),
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=default_data_dir(),
+        help="folder with candidates.jsonl and qrels.txt (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--model",
+        default="default",
+        help="HF folder, GGUF file or 'default' (the embedded SmolLM2)",
+    )
+    parser.add_argument(
+        "--synthetic-config",
+        choices=sorted(SYNTHETIC_CONFIGS),
+        default=None,
+        help="time a random-weight model of this shape instead of --model",
+    )
+    parser.add_argument(
+        "--rows",
+        type=_names,
+        default=DEFAULT_ROWS,
+        help=f"comma-separated rows out of {','.join(ROWS)} (default: {','.join(DEFAULT_ROWS)})",
+    )
+    parser.add_argument(
+        "--queries",
+        type=_query_count,
+        default=5,
+        help="rank the first N queries, or 'all' (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--top-k", type=positive_int, default=100, help="candidates per query (default: 100)"
+    )
+    parser.add_argument("--window-size", type=positive_int, default=20)
+    parser.add_argument("--step", type=positive_int, default=10)
+    parser.add_argument(
+        "--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)"
+    )
+    parser.add_argument(
+        "--dtype",
+        default=None,
+        help="torch dtype of the torch rows (default: float32 on CPU, float16 on CUDA)",
+    )
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=1, help="windows per step of the engine rows"
+    )
+    parser.add_argument(
+        "--max-batch-tokens",
+        type=positive_int,
+        default=16384,
+        help="padded tokens per scorer call of the engine rows",
+    )
+    parser.add_argument(
+        "--batch-sizes",
+        type=_sizes,
+        default=(),
+        help="also time the engine rows at each of these batch sizes, e.g. 1,4,16",
+    )
+    parser.add_argument(
+        "--max-prompt-tokens",
+        type=positive_int,
+        default=None,
+        help="prompt token budget (default: the model's context length)",
+    )
+    parser.add_argument(
+        "--export-dir",
+        type=Path,
+        default=None,
+        help="keep ONNX exports here and reuse those already there",
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=1, help="untimed windows per row (default: 1)"
+    )
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run all rows in this process (faster start; peak RSS not per row)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=DEFAULT_JSON,
+        help="where to save the results (default: %(default)s)",
+    )
+    parser.set_defaults(handler=handle)
+
+
+def config_from_args(args: argparse.Namespace) -> BenchConfig:
+    """The benchmark settings of parsed ``bench`` arguments."""
+    return BenchConfig(
+        data_dir=args.data_dir,
+        model=args.model,
+        synthetic=args.synthetic_config,
+        rows=args.rows,
+        queries=args.queries,
+        top_k=args.top_k,
+        window_size=args.window_size,
+        step=args.step,
+        device=args.device,
+        dtype=args.dtype,
+        threads=args.threads,
+        batch_size=args.batch_size,
+        max_batch_tokens=args.max_batch_tokens,
+        sweep_batch_sizes=args.batch_sizes,
+        max_prompt_tokens=args.max_prompt_tokens,
+        export_dir=args.export_dir,
+        warmup=args.warmup,
+        isolate=not args.in_process,
+        progress=not args.no_progress,
+    )
+
+
+def handle(args: argparse.Namespace) -> int:
+    """Plan, print the estimate, run every row, print the tables and save the JSON."""
+    plan = prepare(config_from_args(args))
+    print(plan_text(plan), flush=True)
+    results = run(plan, on_row=lambda result: print(row_line(result), flush=True))
+    report = build_report(plan, results)
+    print(results_table(report))
+    sweep = sweep_table(report)
+    if sweep is not None:
+        print(sweep)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+    print(f"saved {args.json}")
+    return 1 if report.failed else 0

@@ -1,0 +1,75 @@
+"""``llmrank export``: write a model's label-logit graph as a self-contained ONNX folder."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+from haystack_llmrank.cli.options import positive_int
+from haystack_llmrank.export.metadata import EXPORTERS, PRECISIONS
+from haystack_llmrank.prompt import TEMPLATES
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``export`` subcommand."""
+    parser = subparsers.add_parser(
+        "export",
+        help="export a model's label-logit graph to ONNX",
+        description=(
+            "Export MODEL ('default' for the embedded SmolLM2, a HF id or folder, or a .gguf) "
+            "as OUT_DIR: model.onnx (input_ids, attention_mask -> label_logits [batch, K]), "
+            "the tokenizer and llmrank.json. Load it with --backend onnx --model OUT_DIR."
+        ),
+    )
+    parser.add_argument("model", help="'default', a HF id or folder, or a .gguf file")
+    parser.add_argument("out_dir", type=Path, help="folder to write (must be new or empty)")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="fp32; fp16 for CUDA; int8 (8-bit weights) for a smaller CPU model",
+    )
+    parser.add_argument("--template", choices=sorted(TEMPLATES), default="first")
+    parser.add_argument("--opset", type=positive_int, default=None, help="ONNX opset")
+    parser.add_argument(
+        "--no-optimize",
+        dest="optimize",
+        action="store_false",
+        help="skip the saved ONNX Runtime graph optimisations",
+    )
+    parser.add_argument("--exporter", choices=EXPORTERS, default="torchscript")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing export in OUT_DIR"
+    )
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Export and print where the folder is and what it holds."""
+    from haystack_llmrank.export import DEFAULT_OPSET, export_onnx, read_metadata
+
+    started = time.perf_counter()
+    try:
+        folder = export_onnx(
+            args.model,
+            args.out_dir,
+            precision=args.precision,
+            template=args.template,
+            opset=args.opset or DEFAULT_OPSET,
+            optimize=args.optimize,
+            exporter=args.exporter,
+            overwrite=args.overwrite,
+        )
+    except ImportError as exc:
+        raise RuntimeError(str(exc)) from exc
+    metadata = read_metadata(folder, verify_hashes=False)
+    size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+    print(
+        f"exported {metadata.source_model} ({metadata.precision}, template "
+        f"{metadata.template['name']!r}, {len(metadata.label_ids)} labels) to {folder} "
+        f"in {time.perf_counter() - started:.1f} s ({size / 2**20:.0f} MiB)"
+    )
+    print(f"load it with --backend onnx --model {folder}")
+    return 0

@@ -1,0 +1,66 @@
+"""The exported computation: decoder body, last-position gather, label rows of the LM head."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from haystack_llmrank.export.metadata import EXPORTERS, INPUT_NAMES, OUTPUT_NAME, Exporter
+from haystack_llmrank.scorers.label_head import LabelLogitsModel
+
+logger = logging.getLogger(__name__)
+
+
+def example_inputs(pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A padded batch of two prompts for tracing.
+
+    One row is padded and both are longer than one token, so the traced graph takes the
+    general masked-attention path (never a shortcut only valid without padding).
+    """
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6], [7, 8, 9, pad_id, pad_id, pad_id]], dtype=torch.long)
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]], dtype=torch.long)
+    return ids, mask
+
+
+def export_graph(
+    module: LabelLogitsModel, path: Path, *, pad_id: int, opset: int, exporter: Exporter
+) -> None:
+    """Write ``module`` as an ONNX graph with dynamic batch and sequence axes to ``path``."""
+    if exporter not in EXPORTERS:
+        raise ValueError(f"unknown exporter {exporter!r}; choose one of {EXPORTERS}")
+    module = module.eval()
+    with torch.no_grad(), warnings.catch_warnings():
+        # Tracer warnings name Python-side branches; example_inputs() pins the general ones.
+        warnings.filterwarnings("ignore", message=".*might cause the trace to be incorrect.*")
+        # transformers indexes the padding mask with aranges, which are never negative.
+        warnings.filterwarnings("ignore", message=".*aten::index operator of advanced indexing.*")
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+        warnings.filterwarnings("ignore", message=".*feature will be removed.*")
+        warnings.filterwarnings("ignore", message=".*axis name.*will not be used.*")
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.onnx.export(
+            module,
+            example_inputs(pad_id),
+            str(path),
+            input_names=list(INPUT_NAMES),
+            output_names=[OUTPUT_NAME],
+            opset_version=opset,
+            dynamo=exporter == "dynamo",
+            external_data=True,
+            verbose=False,
+            **_dynamic_dimensions(exporter),
+        )
+    logger.info("exported the label-logit graph with the %s exporter (opset %d)", exporter, opset)
+
+
+def _dynamic_dimensions(exporter: Exporter) -> dict[str, Any]:
+    """Batch and sequence axes as each exporter takes them."""
+    if exporter == "dynamo":
+        batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
+        return {"dynamic_shapes": {name: {0: batch, 1: sequence} for name in INPUT_NAMES}}
+    axes: dict[str, dict[int, str]] = {name: {0: "batch", 1: "sequence"} for name in INPUT_NAMES}
+    return {"dynamic_axes": {**axes, OUTPUT_NAME: {0: "batch"}}}

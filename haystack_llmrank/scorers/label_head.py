@@ -1,0 +1,55 @@
+"""The label head as a torch module: decoder body, last-position gather, label rows of the LM head.
+
+The torch scorer runs it directly and the ONNX export traces it, so both backends compute
+exactly the same thing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from haystack_llmrank.labels import LabelIds
+
+
+class LabelLogitsModel(torch.nn.Module):
+    """``(input_ids, attention_mask) -> label_logits [batch, K]`` for right-padded prompts.
+
+    Runs the decoder body, gathers the hidden state at each prompt's last real token and
+    multiplies it by the label rows of the LM head only. The rows are laid out as
+    ``[K * width]`` (each label's ids, padded by repeating its first id), so the per-label
+    maximum is one reshape and one reduction.
+    """
+
+    head_weight: torch.Tensor
+    head_bias: torch.Tensor | None
+
+    def __init__(self, model: Any, label_ids: LabelIds) -> None:
+        super().__init__()
+        head = model.get_output_embeddings()
+        if head is None:
+            raise ValueError(f"{type(model).__name__} has no LM head")
+        self.body = model.base_model
+        flat = torch.tensor(label_ids.flat_ids, dtype=torch.long)
+        rows = flat[torch.tensor(label_ids.padded_index(), dtype=torch.long).reshape(-1)]
+        self.labels = len(label_ids)
+        self.register_buffer("head_weight", head.weight.detach().index_select(0, rows).clone())
+        bias = getattr(head, "bias", None)
+        self.register_buffer(
+            "head_bias", None if bias is None else bias.detach().index_select(0, rows).clone()
+        )
+        softcap = getattr(model.config, "final_logit_softcapping", None)
+        self.softcap = float(softcap) if softcap else None
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Label logits ``[batch, K]`` in float32."""
+        hidden = self.body(
+            input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+        ).last_hidden_state
+        last = (attention_mask.sum(dim=1) - 1).view(-1, 1, 1).expand(-1, 1, hidden.shape[-1])
+        final = torch.gather(hidden, 1, last).select(1, 0)
+        logits = torch.nn.functional.linear(final, self.head_weight, self.head_bias).float()
+        if self.softcap is not None:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits.view(logits.shape[0], self.labels, -1).amax(dim=-1)

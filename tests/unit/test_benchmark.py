@@ -1,0 +1,407 @@
+"""``llmrank bench``: every row measured from the same prompts, on a tiny random model."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import json
+import multiprocessing
+import random
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import haystack_llmrank.cli as cli
+from haystack_llmrank.bench.config import DEFAULT_ROWS, BenchConfig
+from haystack_llmrank.bench.measure import peak_rss_mb
+from haystack_llmrank.bench.plain import answer_text, parse_permutation, slide
+from haystack_llmrank.bench.prompts import CachedPromptBuilder
+from haystack_llmrank.bench.runner import (
+    export_onnx_row,
+    prepare,
+    read_data,
+    run,
+    select_queries,
+)
+from haystack_llmrank.labels import ALPHABETIC_LABELS, resolve_label_ids
+from haystack_llmrank.prompt import PromptBuilder
+from haystack_llmrank.strategies import SlidingWindow
+
+WORDS = "river bank loan coffee mountain tree city music flea peru capital rate".split()  # noqa: SIM905
+SLICE = ["--queries", "2", "--top-k", "8", "--window-size", "4", "--step", "2"]
+WINDOWS = 6
+"""Windows of the slice: 8 candidates in windows of 4 moving up by 2 is 3 per query."""
+
+
+@pytest.fixture(scope="module")
+def bench_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three queries of 15 random candidates each, with graded judgements."""
+    folder = tmp_path_factory.mktemp("bench-data")
+    rng = random.Random(7)
+    records, qrels = [], []
+    for q in range(3):
+        candidates = [
+            {
+                "docid": f"q{q}-{i}",
+                "rank": i + 1,
+                "score": 20.0 - i,
+                "text": " ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 30))),
+            }
+            for i in range(15)
+        ]
+        records.append({"qid": f"q{q}", "query": f"what is a {WORDS[q]}", "candidates": candidates})
+        qrels += [f"q{q} 0 q{q}-{i} {rng.randint(0, 3)}\n" for i in range(0, 15, 2)]
+    (folder / "candidates.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (folder / "qrels.txt").write_text("".join(qrels))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tied_model_dir(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, smollm2_tokenizer: Any
+) -> Path:
+    """The tiny model with every variant of a label ("A", " A") given the same LM-head row.
+
+    ``plain`` reads the single id of "A"; the engine takes the maximum over all ids of
+    the label. With tied rows both see the same logits, so their orderings must agree.
+    """
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    labels = resolve_label_ids(smollm2_tokenizer, ALPHABETIC_LABELS)
+    first = smollm2_tokenizer.convert_tokens_to_ids(list(ALPHABETIC_LABELS))
+    with torch.no_grad():
+        for primary, group in zip(first, labels.ids, strict=True):
+            for token in group:
+                model.lm_head.weight[token] = model.lm_head.weight[primary]
+    folder = tmp_path_factory.mktemp("tied-llama")
+    model.save_pretrained(folder)
+    smollm2_tokenizer.save_pretrained(folder)
+    return folder
+
+
+def llmrank_bench(*args: str) -> tuple[int, str]:
+    """Run ``llmrank bench`` with only that subcommand registered: exit code and stdout."""
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
+        patch.setattr(cli, "SUBCOMMANDS", ("bench",))
+        code = cli.main(["bench", *args])
+    return code, printed.getvalue()
+
+
+@pytest.fixture(scope="module")
+def bench_run(
+    bench_data: Path, tied_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[int, str, dict[str, Any]]:
+    """Every default row over two queries, in process: exit code, stdout and the JSON.
+
+    The ONNX exports are kept in ``exports`` next to the JSON.
+    """
+    output = tmp_path_factory.mktemp("bench-out") / "bench.json"
+    code, printed = llmrank_bench(
+        "--export-dir",
+        str(output.parent / "exports"),
+        "--data-dir",
+        str(bench_data),
+        "--model",
+        str(tied_model_dir),
+        *SLICE,
+        "--device",
+        "cpu",
+        "--in-process",
+        "--no-progress",
+        "--json",
+        str(output),
+    )
+    return code, printed, json.loads(output.read_text())
+
+
+def rows_of(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {row["row"]: row for row in report["rows"]}
+
+
+def test_every_row_is_in_the_table_and_the_json(bench_run: tuple[int, str, dict[str, Any]]) -> None:
+    code, printed, report = bench_run
+    assert code == 0
+    assert list(rows_of(report)) == list(DEFAULT_ROWS)
+    table = printed[printed.index("s/query") :]
+    for name in DEFAULT_ROWS:
+        assert f"\n{name}" in table
+    assert report["data"]["queries"] == 2
+    assert report["data"]["qids"] == ["q0", "q1"]
+    assert report["data"]["windows"] == WINDOWS
+
+
+RUN_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "seconds": float,
+    "seconds_per_query": float,
+    "seconds_per_window": float,
+    "mean_prompt_tokens": float,
+    "mean_generated_tokens": float,
+    "load_seconds": float,
+    "prompt_build_seconds": float,
+    "peak_rss_mb": float,
+    "ndcg_at_10": float,
+    "speedup_vs_plain": float,
+    "speedup_vs_generate": float,
+    "floor_seconds_per_window": float,
+    "times_floor": float,
+    "memory_isolated": bool,
+}
+
+
+def test_rows_that_ran_have_typed_fields(bench_run: tuple[int, str, dict[str, Any]]) -> None:
+    _, _, report = bench_run
+    ran = [row for row in report["rows"] if row["status"] == "ok"]
+    assert {"plain", "torch", "generate"} <= {row["row"] for row in ran}
+    for row in ran:
+        for field, kind in RUN_FIELDS.items():
+            assert isinstance(row[field], kind), (row["row"], field, row[field])
+        assert row["queries"] == 2
+        assert row["windows"] == WINDOWS
+        assert row["seconds"] > 0
+        assert row["peak_rss_mb"] > 0
+        assert row["peak_cuda_mb"] is None
+        assert 0.0 <= row["ndcg_at_10"] <= 1.0
+    for row in report["rows"]:
+        if row["status"] != "ok":
+            assert row["status"] == "unavailable"
+            assert isinstance(row["reason"], str)
+            assert row["reason"]
+    assert 0.0 <= report["bm25_ndcg_at_10"] <= 1.0
+    assert report["floor"]["matmul_tflops"] > 0
+    assert report["floor"]["body_parameters"] > 0
+
+
+def test_speedups_are_relative_to_plain_and_generate(
+    bench_run: tuple[int, str, dict[str, Any]],
+) -> None:
+    rows = rows_of(bench_run[2])
+    plain, generate = rows["plain"], rows["generate"]
+    assert plain["speedup_vs_plain"] == pytest.approx(1.0)
+    assert generate["speedup_vs_generate"] == pytest.approx(1.0)
+    torch_row = rows["torch"]
+    expected = plain["seconds_per_query"] / torch_row["seconds_per_query"]
+    assert torch_row["speedup_vs_plain"] == pytest.approx(expected)
+    assert generate["mean_generated_tokens"] > 0
+    assert plain["mean_generated_tokens"] == 0
+
+
+def assert_same_as_plain(row: dict[str, Any], plain: dict[str, Any]) -> None:
+    agreement = row["agreement_with_plain"]
+    assert agreement["windows_shared"] == WINDOWS
+    assert agreement["windows_agreeing"] == WINDOWS
+    assert agreement["fraction"] == 1.0
+    assert agreement["queries_identical"] == agreement["queries"] == 2
+    assert row["ndcg_at_10"] == plain["ndcg_at_10"]
+
+
+def test_plain_and_torch_order_every_window_alike(
+    bench_run: tuple[int, str, dict[str, Any]],
+) -> None:
+    rows = rows_of(bench_run[2])
+    assert_same_as_plain(rows["torch"], rows["plain"])
+    assert rows["plain"]["agreement_with_plain"] is None
+
+
+def test_onnx_fp32_orders_windows_like_plain_where_onnxruntime_is_installed(
+    bench_run: tuple[int, str, dict[str, Any]],
+) -> None:
+    rows = rows_of(bench_run[2])
+    onnx = rows["onnx-fp32"]
+    if importlib.util.find_spec("onnxruntime") is None:
+        assert onnx["status"] == "unavailable"
+        assert "onnxruntime" in onnx["reason"]
+    else:
+        assert onnx["status"] == "ok"
+        assert isinstance(onnx["export_seconds"], float)
+        assert_same_as_plain(onnx, rows["plain"])
+        assert 0 <= rows["onnx-int8"]["agreement_with_plain"]["windows_agreeing"] <= WINDOWS
+
+
+def test_an_existing_export_is_reused(
+    bench_run: tuple[int, str, dict[str, Any]], tied_model_dir: Path, tmp_path: Path
+) -> None:
+    pytest.importorskip("onnxruntime")
+    exports = Path(bench_run[2]["config"]["export_dir"])
+    assert export_onnx_row(str(tied_model_dir), "fp32", exports) == (exports / "onnx-fp32", None)
+    (tmp_path / "onnx-fp32").mkdir()
+    (tmp_path / "onnx-fp32" / "notes.txt").write_text("not an export")
+    with pytest.raises(FileExistsError, match="not an ONNX export"):
+        export_onnx_row(str(tied_model_dir), "fp32", tmp_path)
+
+
+def test_synthetic_config_runs_with_a_batch_size_sweep(bench_data: Path, tmp_path: Path) -> None:
+    output = tmp_path / "synthetic.json"
+    code, printed = llmrank_bench(
+        "--data-dir",
+        str(bench_data),
+        "--synthetic-config",
+        "tiny",
+        *SLICE,
+        "--rows",
+        "torch,onnx-fp32",
+        "--batch-sizes",
+        "1,2",
+        "--device",
+        "cpu",
+        "--in-process",
+        "--no-progress",
+        "--warmup",
+        "0",
+        "--json",
+        str(output),
+    )
+    assert code == 0
+    rows = rows_of(json.loads(output.read_text()))
+    assert rows["onnx-fp32"]["status"] == "unavailable"
+    assert "synthetic" in rows["onnx-fp32"]["reason"]
+    sweep = rows["torch"]["sweep"]
+    assert [point["batch_size"] for point in sweep] == [1, 2]
+    assert [point["windows"] for point in sweep] == [WINDOWS, WINDOWS]
+    assert sweep[0]["mean_batch"] == 1.0
+    assert sweep[1]["mean_batch"] == 2.0
+    assert all(point["queries_per_second"] > 0 for point in sweep)
+    assert rows["torch"]["floor_seconds_per_window"] > 0
+    assert "mean batch" in printed
+
+
+@given(n=st.integers(0, 60), size=st.integers(1, 25), data=st.data())
+def test_plain_loop_visits_the_engine_windows(n: int, size: int, data: st.DataObject) -> None:
+    step = data.draw(st.integers(1, size))
+    seen: list[tuple[int, int]] = []
+
+    def keep(members: list[int]) -> list[int]:
+        seen.append((members[0], members[-1] + 1))
+        return list(range(len(members)))
+
+    assert slide(n, size, step, keep) == list(range(n))
+    assert seen == SlidingWindow(size, step).windows(n)
+
+
+def test_plain_loop_applies_each_window_order() -> None:
+    assert slide(4, 2, 1, lambda members: [1, 0]) == [3, 0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        ("[B] > [A] > [C]", [1, 0, 2]),
+        ("[C] > [C] > [A]", [2, 0, 1]),
+        ("[B]", [1, 0, 2]),
+        ("[Z] > [B] > I think", [1, 0, 2]),
+        ("", [0, 1, 2]),
+    ],
+)
+def test_permutations_are_parsed_like_rank_llm(answer: str, expected: list[int]) -> None:
+    assert parse_permutation(answer, ["A", "B", "C"]) == expected
+
+
+def test_answer_text_follows_the_open_bracket() -> None:
+    assert answer_text(["A", "B", "C"]) == "A] > [B] > [C]"
+
+
+def test_cached_prompts_match_the_engine_and_are_built_once(smollm2_tokenizer: Any) -> None:
+    passages = ["a river bank", "a loan from a bank"]
+    engine = PromptBuilder(smollm2_tokenizer, max_prompt_tokens=512).build("bank", passages)
+    cached = CachedPromptBuilder(smollm2_tokenizer, max_prompt_tokens=512)
+    first = cached.build("bank", passages)
+    spent = cached.build_seconds
+    assert first.token_ids == engine.token_ids
+    assert cached.build("bank", passages) is first
+    assert cached.build_seconds == spent
+    assert len(cached.requested) == 2
+    folded = CachedPromptBuilder(smollm2_tokenizer, max_prompt_tokens=512, vocab_size=1000)
+    assert folded.build("bank", passages).token_ids == tuple(i % 1000 for i in engine.token_ids)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"rows": ("plain", "fast")}, "unknown rows"),
+        ({"rows": ("plain", "plain")}, "more than once"),
+        ({"rows": ()}, "no rows"),
+        ({"step": 30}, "must not exceed"),
+        ({"queries": 0}, "queries must be at least 1"),
+        ({"synthetic": "llama-70b"}, "unknown synthetic"),
+        ({"device": "tpu"}, "cpu or cuda"),
+        ({"sweep_batch_sizes": (4, 0)}, "batch sizes"),
+    ],
+)
+def test_bad_settings_are_refused(settings: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        BenchConfig(**settings)
+
+
+def test_unknown_rows_are_a_command_line_error(
+    bench_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, printed = llmrank_bench("--data-dir", str(bench_data), "--rows", "plain,fast")
+    assert code == 2
+    assert printed == ""
+    assert "unknown rows ['fast']" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option", [["--queries", "0"], ["--batch-sizes", "4,x"], ["--step", "-1"]])
+def test_malformed_numbers_are_refused_by_the_parser(option: list[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        llmrank_bench(*option)
+    assert exit_info.value.code == 2
+
+
+def test_more_queries_than_the_data_holds_is_an_error(bench_data: Path) -> None:
+    queries, _ = read_data(BenchConfig(data_dir=bench_data))
+    assert len(select_queries(queries, None, 5)) == 3
+    assert all(len(q.candidates) == 5 for q in select_queries(queries, 2, 5))
+    with pytest.raises(ValueError, match="4 queries asked for; the data has 3"):
+        select_queries(queries, 4, 5)
+
+
+def test_a_missing_data_folder_names_the_option(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="--data-dir"):
+        read_data(BenchConfig(data_dir=tmp_path))
+
+
+def test_a_spawned_process_reports_its_own_peak_memory() -> None:
+    held = np.ones(2**25)  # 256 MiB in this process
+    assert peak_rss_mb() > 256
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=context) as pool:
+        child_peak = pool.submit(peak_rss_mb).result()
+    assert child_peak < 200
+    del held
+
+
+@pytest.mark.integration
+def test_isolated_rows_report_their_own_process_memory(
+    bench_data: Path, tied_model_dir: Path
+) -> None:
+    config = BenchConfig(
+        data_dir=bench_data,
+        model=str(tied_model_dir),
+        rows=("plain", "torch"),
+        queries=1,
+        top_k=6,
+        window_size=6,
+        step=3,
+        device="cpu",
+        warmup=0,
+    )
+    plan = prepare(config)
+    results = run(plan)
+    assert [r.status for r in results] == ["ok", "ok"]
+    for result in results:
+        assert result.outcome is not None
+        assert result.outcome.memory_isolated
+        assert result.outcome.peak_rss_mb > 0
+    plain, torch_row = (r.outcome for r in results)
+    assert plain is not None
+    assert torch_row is not None
+    assert plain.window_orders == torch_row.window_orders
