@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from haystack_llmrank.errors import ModelResolutionError
@@ -20,6 +21,16 @@ from haystack_llmrank.scorers.base import LabelScorer
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("torch", "onnx")
+
+
+@dataclass(frozen=True)
+class LoadedScorer:
+    """What a backend loads: the tokenizer, the scorer, the context length and a model name."""
+
+    tokenizer: Any
+    scorer: LabelScorer
+    context_length: int
+    model_name: str
 
 
 def torch_device_and_dtype(device: str | None, dtype: str | None) -> tuple[str, Any]:
@@ -45,8 +56,8 @@ def load_scorer(
     device: str | None = None,
     dtype: str | None = None,
     labels: Sequence[str],
-) -> tuple[Any, LabelScorer, int]:
-    """Return ``(tokenizer, scorer, context_length)`` for ``model`` on ``backend``."""
+) -> LoadedScorer:
+    """Load ``model`` on ``backend``."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
     if backend == "onnx":
@@ -60,16 +71,17 @@ def load_scorer(
     label_ids = resolve_label_ids(tokenizer, labels)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     logger.info("loaded %s on %s (%s)", source.name, torch_device, torch_dtype)
-    return (
+    return LoadedScorer(
         tokenizer,
         TorchLabelScorer(lm, label_ids, pad_token_id=pad),
         context_length(lm.config, tokenizer),
+        source.name,
     )
 
 
 def _load_onnx(
     model: str | None, *, device: str | None, dtype: str | None, labels: Sequence[str]
-) -> tuple[Any, LabelScorer, int]:
+) -> LoadedScorer:
     """An export folder (see :func:`haystack_llmrank.export.export_onnx`) on ONNX Runtime."""
     from haystack_llmrank.export.metadata import EXPORT_HINT
 
@@ -85,4 +97,9 @@ def _load_onnx(
     from haystack_llmrank.export.loading import load_export
 
     loaded = load_export(model, labels=labels, device=device)
-    return loaded.tokenizer, loaded.scorer, loaded.metadata.context_length
+    return LoadedScorer(
+        loaded.tokenizer,
+        loaded.scorer,
+        loaded.metadata.context_length,
+        loaded.metadata.source_model,
+    )

@@ -57,6 +57,7 @@ class Reranker:
         max_passage_words: int | None = 300,
         batch_size: int = 1,
         max_batch_tokens: int = 16384,
+        model_name: str | None = None,
     ) -> None:
         self.strategy = strategy or SlidingWindow()
         if scorer.label_ids.labels[: len(template.labels)] != template.labels:
@@ -77,6 +78,7 @@ class Reranker:
         )
         self.batch_size = batch_size
         self.max_batch_tokens = max_batch_tokens
+        self.model_name = model_name
 
     @classmethod
     def from_pretrained(
@@ -98,7 +100,7 @@ class Reranker:
         """
         from haystack_llmrank.backends import load_scorer
 
-        tokenizer, scorer, context = load_scorer(
+        loaded = load_scorer(
             model,
             backend=backend,
             device=device,
@@ -106,10 +108,11 @@ class Reranker:
             labels=get_template(template).labels,
         )
         return cls(
-            tokenizer,
-            scorer,
-            max_prompt_tokens=max_prompt_tokens or context,
+            loaded.tokenizer,
+            loaded.scorer,
+            max_prompt_tokens=max_prompt_tokens or loaded.context_length,
             template=get_template(template),
+            model_name=loaded.model_name,
             **kwargs,
         )
 

@@ -179,7 +179,7 @@ class _RescorerBase:
         :param on_error: ``"raise"`` or ``"fail_open"`` (see the module docstring).
         :param max_result_window: the indices' ``index.max_result_window``.
         :param max_clause_count: the cluster's ``indices.query.bool.max_clause_count``.
-        :param model_name: reported in ``llmrank.model`` (default: the tokenizer's name).
+        :param model_name: reported in ``llmrank.model`` (default: the reranker's ``model_name``).
         """
         self.client = client
         self.reranker = reranker
@@ -195,8 +195,7 @@ class _RescorerBase:
         self.on_error = on_error
         self.max_result_window = max_result_window
         self.max_clause_count = max_clause_count
-        tokenizer_name = getattr(getattr(reranker, "tokenizer", None), "name_or_path", None)
-        self.model_name = model_name or (str(tokenizer_name) if tokenizer_name else None)
+        self.model_name = model_name or getattr(reranker, "model_name", None)
         self._lock = threading.Lock()
 
     def _prepare(
