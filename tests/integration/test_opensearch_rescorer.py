@@ -34,6 +34,7 @@ class RecordingEngine:
     def __init__(self, engine: Reranker, before: Any = None) -> None:
         self.engine = engine
         self.tokenizer = engine.tokenizer
+        self.model_name = engine.model_name
         self.before = before
         self.calls: list[tuple[str, list[str], Ranking]] = []
         self._memory: dict[tuple[str, tuple[str, ...]], Ranking] = {}
