@@ -76,27 +76,22 @@ class PromptTemplate:
         return cls(**{**data, "labels": tuple(data["labels"])})
 
 
-FIRST_TEMPLATE = PromptTemplate(
-    name="first",
-    prefix=(
-        "I will provide you with {n} passages, each indicated by a alphabetical identifier []. "
-        "Rank the passages based on their relevance to the search query: {query}.\n\n"
-    ),
-    passage="[{label}] {text}\n",
-    suffix="Search Query: {query}.\n" + _INSTRUCTION.replace("{example}", "[B] > [A]"),
-    labels=ALPHABETIC_LABELS,
-)
+def _first_template(name: str, kind: str, example: str, labels: tuple[str, ...]) -> PromptTemplate:
+    """The FIRST wording with ``kind`` identifiers (alphabetical, numerical)."""
+    return PromptTemplate(
+        name=name,
+        prefix=(
+            f"I will provide you with {{n}} passages, each indicated by a {kind} identifier []. "
+            "Rank the passages based on their relevance to the search query: {query}.\n\n"
+        ),
+        passage="[{label}] {text}\n",
+        suffix="Search Query: {query}.\n" + _INSTRUCTION.replace("{example}", example),
+        labels=labels,
+    )
 
-FIRST_NUMERIC_TEMPLATE = PromptTemplate(
-    name="first-numeric",
-    prefix=(
-        "I will provide you with {n} passages, each indicated by a numerical identifier []. "
-        "Rank the passages based on their relevance to the search query: {query}.\n\n"
-    ),
-    passage="[{label}] {text}\n",
-    suffix="Search Query: {query}.\n" + _INSTRUCTION.replace("{example}", "[2] > [1]"),
-    labels=NUMERIC_LABELS,
-)
+
+FIRST_TEMPLATE = _first_template("first", "alphabetical", "[B] > [A]", ALPHABETIC_LABELS)
+FIRST_NUMERIC_TEMPLATE = _first_template("first-numeric", "numerical", "[2] > [1]", NUMERIC_LABELS)
 
 TEMPLATES: dict[str, PromptTemplate] = {t.name: t for t in (FIRST_TEMPLATE, FIRST_NUMERIC_TEMPLATE)}
 
