@@ -14,7 +14,7 @@ from typing import Any
 
 from ftfy import fix_text
 
-from haystack_llmrank.errors import PromptTooLongError
+from haystack_llmrank.errors import PromptTooLongError, WindowTooLargeError
 from haystack_llmrank.labels import ALPHABETIC_LABELS, NUMERIC_LABELS
 
 logger = logging.getLogger(__name__)
@@ -197,7 +197,7 @@ class PromptBuilder:
     def build(self, query: str, passages: Sequence[str]) -> Prompt:
         """Render and tokenise one window, shrinking passages if it exceeds the budget."""
         if len(passages) > len(self.template.labels):
-            raise ValueError(
+            raise WindowTooLargeError(
                 f"{len(passages)} passages but template {self.template.name!r} has "
                 f"{len(self.template.labels)} labels"
             )

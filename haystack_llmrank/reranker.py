@@ -154,13 +154,12 @@ class Reranker:
 
     def score_prompts(self, prompts: Sequence[Prompt]) -> list[npt.NDArray[np.float32]]:
         """Label logits of each prompt, scored in length buckets within the token budget."""
-        rows: list[npt.NDArray[np.float32] | None] = [None] * len(prompts)
+        scored: dict[int, npt.NDArray[np.float32]] = {}
         lengths = [len(p.token_ids) for p in prompts]
         for group in length_buckets(lengths, self.max_batch_tokens):
             logits = self.scorer.score([prompts[i].token_ids for i in group])
-            for i, row in zip(group, logits, strict=True):
-                rows[i] = row
-        return [row for row in rows if row is not None]
+            scored.update(zip(group, logits, strict=True))
+        return [scored[i] for i in range(len(prompts))]
 
 
 def _check_request(query: str, passages: Sequence[str]) -> None:

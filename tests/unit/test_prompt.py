@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from haystack_llmrank.errors import PromptTooLongError
+from haystack_llmrank.errors import PromptTooLongError, WindowTooLargeError
 from haystack_llmrank.prompt import (
     FIRST_NUMERIC_TEMPLATE,
     FIRST_TEMPLATE,
@@ -123,7 +123,7 @@ def test_template_dict_round_trip() -> None:
 
 
 def test_too_many_passages_for_labels(smollm2_tokenizer: Any) -> None:
-    with pytest.raises(ValueError, match="labels"):
+    with pytest.raises(WindowTooLargeError, match="labels"):
         builder(smollm2_tokenizer, template=FIRST_NUMERIC_TEMPLATE).build("q", ["x"] * 10)
 
 
