@@ -17,6 +17,7 @@ from haystack_llmrank.models import (
     resolve_model,
 )
 from haystack_llmrank.scorers.base import LabelScorer
+from haystack_llmrank.scorers.onnx_scorer import ON_MISSING_GPU, OnMissingGpu
 
 logger = logging.getLogger(__name__)
 
@@ -33,14 +34,24 @@ class LoadedScorer:
     model_name: str
 
 
-def torch_device_and_dtype(device: str | None, dtype: str | None) -> tuple[str, Any]:
-    """Resolve a device (CUDA when available) and a torch dtype (float16 on CUDA, else float32)."""
+def torch_device_and_dtype(
+    device: str | None, dtype: str | None, on_missing_gpu: OnMissingGpu = "raise"
+) -> tuple[str, Any]:
+    """Resolve a device (CUDA when available) and a torch dtype (float16 on CUDA, else float32).
+
+    A CUDA device that torch cannot see raises, or with ``on_missing_gpu="warn"`` logs a
+    warning and resolves to the CPU.
+    """
     import torch
 
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} was asked for but torch sees no CUDA device")
+        message = f"device {device!r} was asked for but torch sees no CUDA device"
+        if on_missing_gpu == "raise":
+            raise RuntimeError(message)
+        logger.warning("%s; running on the CPU instead", message)
+        device = "cpu"
     if dtype is None:
         return device, torch.float16 if device.startswith("cuda") else torch.float32
     resolved = getattr(torch, dtype, None)
@@ -56,16 +67,37 @@ def load_scorer(
     device: str | None = None,
     dtype: str | None = None,
     labels: Sequence[str],
+    threads: int | None = None,
+    on_missing_gpu: OnMissingGpu = "raise",
 ) -> LoadedScorer:
-    """Load ``model`` on ``backend``."""
+    """Load ``model`` on ``backend``.
+
+    ``threads`` sets ONNX Runtime's intra-op threads (onnx backend only; torch's threads are
+    process-wide, see ``torch.set_num_threads``). ``on_missing_gpu`` is what an explicit CUDA
+    device that cannot be used does: ``"raise"``, or ``"warn"`` and run on the CPU.
+    """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+    if on_missing_gpu not in ON_MISSING_GPU:
+        raise ValueError(f"on_missing_gpu must be one of {ON_MISSING_GPU}, got {on_missing_gpu!r}")
     if backend == "onnx":
-        return _load_onnx(model, device=device, dtype=dtype, labels=labels)
+        return _load_onnx(
+            model,
+            device=device,
+            dtype=dtype,
+            labels=labels,
+            threads=threads,
+            on_missing_gpu=on_missing_gpu,
+        )
+    if threads is not None:
+        raise ValueError(
+            "threads applies to the onnx backend; the torch backend uses torch's process-wide "
+            "setting (torch.set_num_threads)"
+        )
     from haystack_llmrank.scorers.torch_scorer import TorchLabelScorer
 
     source = resolve_model(model)
-    torch_device, torch_dtype = torch_device_and_dtype(device, dtype)
+    torch_device, torch_dtype = torch_device_and_dtype(device, dtype, on_missing_gpu)
     tokenizer = load_tokenizer(source)
     lm = load_causal_lm(source, device=torch_device, dtype=torch_dtype, tokenizer=tokenizer)
     label_ids = resolve_label_ids(tokenizer, labels)
@@ -80,7 +112,13 @@ def load_scorer(
 
 
 def _load_onnx(
-    model: str | None, *, device: str | None, dtype: str | None, labels: Sequence[str]
+    model: str | None,
+    *,
+    device: str | None,
+    dtype: str | None,
+    labels: Sequence[str],
+    threads: int | None,
+    on_missing_gpu: OnMissingGpu,
 ) -> LoadedScorer:
     """An export folder (see :func:`haystack_llmrank.export.export_onnx`) on ONNX Runtime."""
     from haystack_llmrank.export.metadata import EXPORT_HINT
@@ -96,7 +134,13 @@ def _load_onnx(
         )
     from haystack_llmrank.export.loading import load_export
 
-    loaded = load_export(model, labels=labels, device=device)
+    loaded = load_export(
+        model,
+        labels=labels,
+        device=device,
+        on_missing_gpu=on_missing_gpu,
+        intra_op_num_threads=threads,
+    )
     return LoadedScorer(
         loaded.tokenizer,
         loaded.scorer,

@@ -18,6 +18,7 @@ from haystack_llmrank.prompt import (
 )
 from haystack_llmrank.ranking import Ranking
 from haystack_llmrank.scorers.base import LabelScorer
+from haystack_llmrank.scorers.onnx_scorer import OnMissingGpu
 from haystack_llmrank.strategies import SlidingWindow, WindowedRun, run_windows
 
 logger = logging.getLogger(__name__)
@@ -90,13 +91,18 @@ class Reranker:
         dtype: str | None = None,
         template: str | PromptTemplate | dict[str, Any] = "first",
         max_prompt_tokens: int | None = None,
+        threads: int | None = None,
+        on_missing_gpu: OnMissingGpu = "raise",
         **kwargs: Any,
     ) -> Reranker:
         """Load a reranker for ``model`` (see :func:`haystack_llmrank.models.resolve_model`).
 
         ``backend`` is ``"torch"`` or ``"onnx"``; ``device`` is ``"cpu"``, ``"cuda"`` or
         ``None`` (CUDA when available); ``dtype`` is a torch dtype name or ``None`` (float32
-        on CPU, float16 on CUDA). Other keyword arguments go to :class:`Reranker`.
+        on CPU, float16 on CUDA). ``threads`` is ONNX Runtime's intra-op thread count (onnx
+        backend only). ``on_missing_gpu`` is ``"raise"`` (default) or ``"warn"`` (log and
+        run on the CPU) for a CUDA device that cannot be used. Other keyword arguments go to
+        :class:`Reranker`.
         """
         from haystack_llmrank.backends import load_scorer
 
@@ -106,6 +112,8 @@ class Reranker:
             device=device,
             dtype=dtype,
             labels=get_template(template).labels,
+            threads=threads,
+            on_missing_gpu=on_missing_gpu,
         )
         return cls(
             loaded.tokenizer,

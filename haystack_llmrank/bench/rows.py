@@ -289,6 +289,7 @@ def _load_onnx_row(job: RowJob) -> EngineRow:
             str(job.onnx_dir),
             backend="onnx",
             device=config.device,
+            threads=config.threads,
             max_prompt_tokens=job.max_prompt_tokens,
             strategy=_strategy(config),
             batch_size=config.batch_size,

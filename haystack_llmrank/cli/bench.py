@@ -87,7 +87,12 @@ def register(subparsers: Any) -> None:
         default=None,
         help="torch dtype of the torch rows (default: float32 on CPU, float16 on CUDA)",
     )
-    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="CPU threads of every row (torch's, and ONNX Runtime's intra-op)",
+    )
     parser.add_argument(
         "--batch-size", type=positive_int, default=1, help="windows per step of the engine rows"
     )

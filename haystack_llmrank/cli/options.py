@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from haystack_llmrank.backends import BACKENDS
+from haystack_llmrank.scorers.onnx_scorer import ON_MISSING_GPU
 
 
 def positive_int(text: str) -> int:
@@ -55,7 +56,13 @@ def add_model_options(group: Any, *, batch_size: int) -> None:
         "--threads",
         type=positive_int,
         default=None,
-        help="torch CPU threads for the model (default: torch's choice)",
+        help="CPU threads: torch's with --backend torch, ONNX Runtime's intra-op with onnx",
+    )
+    group.add_argument(
+        "--on-missing-gpu",
+        choices=ON_MISSING_GPU,
+        default="raise",
+        help="when a CUDA --device cannot be used: raise (default) or warn and use the CPU",
     )
 
 
@@ -64,7 +71,8 @@ def load_reranker(args: argparse.Namespace) -> Any:
     from haystack_llmrank.reranker import Reranker
     from haystack_llmrank.strategies import SlidingWindow
 
-    if args.threads is not None:
+    onnx = args.backend == "onnx"
+    if args.threads is not None and not onnx:
         import torch
 
         torch.set_num_threads(args.threads)
@@ -73,6 +81,8 @@ def load_reranker(args: argparse.Namespace) -> Any:
         backend=args.backend,
         device=args.device,
         dtype=args.dtype,
+        threads=args.threads if onnx else None,
+        on_missing_gpu=args.on_missing_gpu,
         strategy=SlidingWindow(args.window_size, args.step),
         batch_size=args.batch_size,
         max_passage_words=args.max_passage_words,

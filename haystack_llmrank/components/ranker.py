@@ -14,6 +14,7 @@ from haystack import Document, component, default_from_dict, default_to_dict
 from haystack_llmrank.models import DEFAULT_MODEL
 from haystack_llmrank.ranking import Ranking
 from haystack_llmrank.reranker import Reranker
+from haystack_llmrank.scorers.onnx_scorer import ON_MISSING_GPU, OnMissingGpu
 from haystack_llmrank.strategies import SlidingWindow
 
 logger = logging.getLogger(__name__)
@@ -71,6 +72,8 @@ class FirstListwiseRanker:
         max_batch_tokens: int = 16384,
         meta_fields_to_embed: list[str] | None = None,
         embedding_separator: str = "\n",
+        threads: int | None = None,
+        on_missing_gpu: OnMissingGpu = "raise",
     ) -> None:
         """Configure the ranker; the model is loaded by :meth:`warm_up`.
 
@@ -90,10 +93,20 @@ class FirstListwiseRanker:
         :param max_batch_tokens: padded tokens per forward pass.
         :param meta_fields_to_embed: meta fields prepended to the content.
         :param embedding_separator: joins the embedded meta fields and the content.
+        :param threads: ONNX Runtime intra-op threads (``backend="onnx"`` only; ``None``:
+            ONNX Runtime's choice).
+        :param on_missing_gpu: ``"raise"``, or ``"warn"`` to log and run on the CPU, when a
+            CUDA ``device`` cannot be used.
         """
         if top_k is not None and top_k < 1:
             raise ValueError(f"top_k must be at least 1, got {top_k}")
         SlidingWindow(window_size, step)  # validate early, before any model is loaded
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads must be positive, got {threads}")
+        if on_missing_gpu not in ON_MISSING_GPU:
+            raise ValueError(
+                f"on_missing_gpu must be one of {ON_MISSING_GPU}, got {on_missing_gpu!r}"
+            )
         self.model = model
         self.backend = backend
         self.device = device
@@ -109,6 +122,8 @@ class FirstListwiseRanker:
         self.max_batch_tokens = max_batch_tokens
         self.meta_fields_to_embed = list(meta_fields_to_embed or [])
         self.embedding_separator = embedding_separator
+        self.threads = threads
+        self.on_missing_gpu = on_missing_gpu
         self._reranker: Reranker | None = None
         self._lock = threading.Lock()
         self._warm_lock = threading.Lock()
@@ -128,6 +143,8 @@ class FirstListwiseRanker:
                     max_passage_words=self.max_passage_words,
                     batch_size=self.batch_size,
                     max_batch_tokens=self.max_batch_tokens,
+                    threads=self.threads,
+                    on_missing_gpu=self.on_missing_gpu,
                 )
 
     def to_dict(self) -> dict[str, Any]:
@@ -148,6 +165,8 @@ class FirstListwiseRanker:
             batch_size=self.batch_size,
             max_batch_tokens=self.max_batch_tokens,
             meta_fields_to_embed=self.meta_fields_to_embed,
+            threads=self.threads,
+            on_missing_gpu=self.on_missing_gpu,
             embedding_separator=self.embedding_separator,
         )
 

@@ -128,10 +128,14 @@ def test_to_dict_from_dict_round_trip() -> None:
         window_size=10,
         step=5,
         meta_fields_to_embed=["title"],
+        threads=3,
+        on_missing_gpu="warn",
     )
     data = component.to_dict()
     assert data["type"] == "haystack_llmrank.components.ranker.FirstListwiseRanker"
     assert data["init_parameters"]["model"] == "castorini/first_mistral"
+    assert data["init_parameters"]["threads"] == 3
+    assert data["init_parameters"]["on_missing_gpu"] == "warn"
     restored = FirstListwiseRanker.from_dict(data)
     assert restored.to_dict() == data
 
@@ -139,6 +143,13 @@ def test_to_dict_from_dict_round_trip() -> None:
 def test_bad_window_rejected_at_init() -> None:
     with pytest.raises(ValueError, match="step"):
         FirstListwiseRanker(window_size=5, step=9)
+
+
+def test_bad_onnx_settings_rejected_at_init() -> None:
+    with pytest.raises(ValueError, match="threads must be positive"):
+        FirstListwiseRanker(backend="onnx", threads=0)
+    with pytest.raises(ValueError, match="on_missing_gpu must be one of"):
+        FirstListwiseRanker(on_missing_gpu="ignore")  # type: ignore[arg-type]
 
 
 def test_pipeline_yaml_round_trip_needs_the_allowlist(

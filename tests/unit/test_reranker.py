@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -171,3 +172,21 @@ def test_unknown_backend_and_missing_model() -> None:
         Reranker.from_pretrained("x", backend="tensorflow")
     with pytest.raises(ModelResolutionError):
         Reranker.from_pretrained("/nonexistent/model.gguf")
+
+
+def test_torch_backend_gpu_policy_and_threads(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match="torch sees no CUDA device"):
+        Reranker.from_pretrained(str(tiny_model_dir), device="cuda")
+    with caplog.at_level(logging.WARNING, logger="haystack_llmrank.backends"):
+        reranker = Reranker.from_pretrained(
+            str(tiny_model_dir), device="cuda", on_missing_gpu="warn"
+        )
+    assert str(reranker.scorer.device) == "cpu"  # type: ignore[attr-defined]
+    assert "running on the CPU instead" in caplog.text
+    with pytest.raises(ValueError, match="threads applies to the onnx backend"):
+        Reranker.from_pretrained(str(tiny_model_dir), threads=2)
+    with pytest.raises(ValueError, match="on_missing_gpu must be one of"):
+        Reranker.from_pretrained(str(tiny_model_dir), on_missing_gpu="skip")  # type: ignore[arg-type]
