@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from haystack_llmrank.cli.options import positive_int
-from haystack_llmrank.export.metadata import EXPORTERS, PRECISIONS
+from haystack_llmrank.export.metadata import ATTENTION_CHOICES, EXPORTERS, PRECISIONS
 from haystack_llmrank.prompt import TEMPLATES
 
 
@@ -41,6 +41,15 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--exporter", choices=EXPORTERS, default="torchscript")
     parser.add_argument(
+        "--attention",
+        choices=ATTENTION_CHOICES,
+        default="auto",
+        help=(
+            "fused: one ONNX Runtime attention node per layer (torchscript exporter); "
+            "auto: fused where the model allows it; plain: standard operators"
+        ),
+    )
+    parser.add_argument(
         "--overwrite", action="store_true", help="replace an existing export in OUT_DIR"
     )
     parser.set_defaults(handler=run)
@@ -60,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
             opset=args.opset or DEFAULT_OPSET,
             optimize=args.optimize,
             exporter=args.exporter,
+            attention=args.attention,
             overwrite=args.overwrite,
         )
     except ImportError as exc:
@@ -67,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
     metadata = read_metadata(folder, verify_hashes=False)
     size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
     print(
-        f"exported {metadata.source_model} ({metadata.precision}, template "
+        f"exported {metadata.source_model} ({metadata.precision}, {metadata.attention} "
+        f"attention, template "
         f"{metadata.template['name']!r}, {len(metadata.label_ids)} labels) to {folder} "
         f"in {time.perf_counter() - started:.1f} s ({size / 2**20:.0f} MiB)"
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 from pathlib import Path
@@ -9,7 +10,16 @@ from typing import Any
 
 import torch
 
-from haystack_llmrank.export.metadata import EXPORTERS, INPUT_NAMES, OUTPUT_NAME, Exporter
+from haystack_llmrank.export.attention import AttentionFusionError, fused_attention_in
+from haystack_llmrank.export.metadata import (
+    ATTENTION_CHOICES,
+    EXPORTERS,
+    INPUT_NAMES,
+    OUTPUT_NAME,
+    AttentionChoice,
+    AttentionKind,
+    Exporter,
+)
 from haystack_llmrank.scorers.label_head import LabelLogitsModel
 
 logger = logging.getLogger(__name__)
@@ -26,14 +36,54 @@ def example_inputs(pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, mask
 
 
+def choose_attention(
+    module: LabelLogitsModel, attention: AttentionChoice, *, pad_id: int, exporter: Exporter
+) -> AttentionKind:
+    """The attention the graph will have: ``fused`` where the model allows it.
+
+    ``auto`` fuses when the exporter is TorchScript and every layer is plain causal
+    attention, else falls back to ``plain`` (logged); ``fused`` raises instead of falling
+    back. Fusability is checked by running ``module`` once on the tracing example.
+    """
+    if attention not in ATTENTION_CHOICES:
+        raise ValueError(f"unknown attention {attention!r}; choose one of {ATTENTION_CHOICES}")
+    if attention == "plain":
+        return "plain"
+    if exporter != "torchscript":
+        if attention == "fused":
+            raise ValueError("fused attention is written by the torchscript exporter only")
+        logger.info("attention not fused: the %s exporter writes it as plain operators", exporter)
+        return "plain"
+    try:
+        with torch.no_grad(), fused_attention_in(module.body):
+            module(*example_inputs(pad_id))
+    except AttentionFusionError as exc:
+        if attention == "fused":
+            raise
+        logger.info("attention not fused: %s", exc)
+        return "plain"
+    return "fused"
+
+
 def export_graph(
-    module: LabelLogitsModel, path: Path, *, pad_id: int, opset: int, exporter: Exporter
+    module: LabelLogitsModel,
+    path: Path,
+    *,
+    pad_id: int,
+    opset: int,
+    exporter: Exporter,
+    attention: AttentionKind = "plain",
 ) -> None:
-    """Write ``module`` as an ONNX graph with dynamic batch and sequence axes to ``path``."""
+    """Write ``module`` as an ONNX graph with dynamic batch and sequence axes to ``path``.
+
+    ``attention="fused"`` writes each layer's attention as one ONNX Runtime node (see
+    :mod:`haystack_llmrank.export.attention`; TorchScript exporter only).
+    """
     if exporter not in EXPORTERS:
         raise ValueError(f"unknown exporter {exporter!r}; choose one of {EXPORTERS}")
     module = module.eval()
-    with torch.no_grad(), warnings.catch_warnings():
+    fused = fused_attention_in(module.body) if attention == "fused" else contextlib.nullcontext()
+    with torch.no_grad(), fused, warnings.catch_warnings():
         # Tracer warnings name Python-side branches; example_inputs() pins the general ones.
         warnings.filterwarnings("ignore", message=".*might cause the trace to be incorrect.*")
         # transformers indexes the padding mask with aranges, which are never negative.
@@ -54,7 +104,12 @@ def export_graph(
             verbose=False,
             **_dynamic_dimensions(exporter),
         )
-    logger.info("exported the label-logit graph with the %s exporter (opset %d)", exporter, opset)
+    logger.info(
+        "exported the label-logit graph with the %s exporter (opset %d, %s attention)",
+        exporter,
+        opset,
+        attention,
+    )
 
 
 def _dynamic_dimensions(exporter: Exporter) -> dict[str, Any]:

@@ -60,9 +60,23 @@ def load_export(
         intra_op_num_threads=intra_op_num_threads,
         inter_op_num_threads=inter_op_num_threads,
     )
-    if metadata.precision == "fp16" and scorer.device == "cpu":
-        logger.warning("%s is an fp16 export, meant for CUDA; on the CPU use fp32 or int8", path)
+    for problem in device_mismatches(metadata, scorer.device):
+        logger.warning("%s: %s", path, problem)
     return LoadedExport(tokenizer, scorer, metadata)
+
+
+def device_mismatches(metadata: ExportMetadata, device: str) -> list[str]:
+    """Why an export runs slowly on ``device`` (``cpu`` or ``cuda:N``), if it does."""
+    problems = []
+    if metadata.precision == "fp16" and device == "cpu":
+        problems.append("an fp16 export is meant for CUDA; on the CPU use fp32 or int8")
+    if metadata.attention == "fused" and metadata.precision != "fp16" and device != "cpu":
+        problems.append(
+            f"the CUDA provider runs fused attention in fp16 only, so this {metadata.precision} "
+            "export's attention runs on the CPU; on CUDA use an fp16 export (or export with "
+            "attention='plain')"
+        )
+    return problems
 
 
 def _load_tokenizer(folder: Path) -> Any:

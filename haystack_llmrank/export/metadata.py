@@ -23,6 +23,9 @@ Precision = Literal["fp32", "fp16", "int8"]
 PRECISIONS: tuple[Precision, ...] = ("fp32", "fp16", "int8")
 Exporter = Literal["torchscript", "dynamo"]
 EXPORTERS: tuple[Exporter, ...] = ("torchscript", "dynamo")
+AttentionKind = Literal["fused", "plain"]
+AttentionChoice = Literal["auto", "fused", "plain"]
+ATTENTION_CHOICES: tuple[AttentionChoice, ...] = ("auto", "fused", "plain")
 EXPORT_HINT = (
     "export it first: llmrank export MODEL OUT_DIR (or haystack_llmrank.export.export_onnx)"
 )
@@ -34,7 +37,9 @@ class ExportMetadata:
 
     ``files`` maps each file of the graph (``model.onnx`` and its external data, if any)
     to its SHA-256; ``template`` is :meth:`PromptTemplate.to_dict` of the template whose
-    labels the graph scores; ``exporter`` records the exporting method and library versions.
+    labels the graph scores; ``exporter`` records the exporting method and library versions;
+    ``attention`` is ``fused`` (one ONNX Runtime node per layer) or ``plain`` (exports
+    written before the field existed have plain attention).
     """
 
     label_ids: LabelIds
@@ -47,6 +52,7 @@ class ExportMetadata:
     optimized: bool
     files: dict[str, str]
     exporter: dict[str, str] = field(default_factory=dict)
+    attention: str = "plain"
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
 

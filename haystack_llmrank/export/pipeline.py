@@ -15,6 +15,8 @@ from haystack_llmrank.export.metadata import (
     EXPORTERS,
     GRAPH_FILE,
     PRECISIONS,
+    AttentionChoice,
+    AttentionKind,
     Exporter,
     ExportMetadata,
     Precision,
@@ -39,6 +41,7 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
     optimize: bool = True,
     exporter: Exporter = "torchscript",
+    attention: AttentionChoice = "auto",
     overwrite: bool = False,
 ) -> Path:
     """Export ``model``'s label-logit graph and everything needed to load it into ``out_dir``.
@@ -49,7 +52,10 @@ def export_onnx(
     too for graphs over 1 GiB), the tokenizer with its chat template, and ``llmrank.json``.
     ``precision`` is ``fp32``, ``fp16`` (for CUDA) or ``int8`` (weight-only, for CPU);
     ``optimize`` saves ONNX Runtime's basic graph optimisations; ``exporter`` is
-    ``torchscript`` or ``dynamo`` (needs ``onnxscript``). An existing export is replaced only
+    ``torchscript`` or ``dynamo`` (needs ``onnxscript``). ``attention`` is ``auto`` (one fused
+    ONNX Runtime node per layer where the model and exporter allow it, else plain
+    operators), ``fused`` (raise where not possible) or ``plain``; see
+    :mod:`haystack_llmrank.export.attention`. An existing export is replaced only
     with ``overwrite``; any other non-empty folder is refused. Returns the folder.
     """
     if precision not in PRECISIONS:
@@ -71,7 +77,7 @@ def export_onnx(
     try:
         lm = load_causal_lm(source, device="cpu", dtype=_float32(), tokenizer=tokenizer)
         context = context_length(lm.config, tokenizer)
-        _build_graph(
+        attention_kind = _build_graph(
             lm,
             label_ids,
             staging,
@@ -80,6 +86,7 @@ def export_onnx(
             optimize=optimize,
             precision=precision,
             exporter=exporter,
+            attention=attention,
         )
         tokenizer.save_pretrained(staging)
         ExportMetadata(
@@ -93,6 +100,7 @@ def export_onnx(
             optimized=optimize,
             files=graph_hashes(staging),
             exporter=_versions(exporter),
+            attention=attention_kind,
         ).write(staging)
         staging.chmod(0o755)
         if target.exists():
@@ -147,20 +155,32 @@ def _build_graph(
     optimize: bool,
     precision: Precision,
     exporter: Exporter,
-) -> None:
-    """Export, optimise, convert and save the graph into ``folder``, checking it runs."""
+    attention: AttentionChoice,
+) -> AttentionKind:
+    """Export, optimise, convert and save the graph into ``folder``, checking it runs.
+
+    Returns the attention the graph got.
+    """
     import onnx
 
-    from haystack_llmrank.export.graph import export_graph
+    from haystack_llmrank.export.graph import choose_attention, export_graph
     from haystack_llmrank.export.precision import convert_precision, optimize_graph, save_graph
     from haystack_llmrank.export.verify import check_graph
     from haystack_llmrank.scorers.label_head import LabelLogitsModel
 
     module = LabelLogitsModel(lm, label_ids)
+    kind = choose_attention(module, attention, pad_id=pad_id, exporter=exporter)
     with tempfile.TemporaryDirectory(dir=folder.parent, prefix=".onnx-scratch-") as scratch:
         raw = Path(scratch) / "raw"
         raw.mkdir()
-        export_graph(module, raw / GRAPH_FILE, pad_id=pad_id, opset=opset, exporter=exporter)
+        export_graph(
+            module,
+            raw / GRAPH_FILE,
+            pad_id=pad_id,
+            opset=opset,
+            exporter=exporter,
+            attention=kind,
+        )
         graph = raw / GRAPH_FILE
         if optimize:
             optimized = Path(scratch) / "optimized"
@@ -169,6 +189,7 @@ def _build_graph(
             graph = optimized / GRAPH_FILE
         save_graph(convert_precision(onnx.load(str(graph)), precision), folder)
     check_graph(module, folder / GRAPH_FILE, pad_id=pad_id, exact=precision == "fp32")
+    return kind
 
 
 def _versions(exporter: Exporter) -> dict[str, str]:

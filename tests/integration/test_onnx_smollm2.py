@@ -1,4 +1,4 @@
-"""The real embedded SmolLM2 exported to ONNX (fp32): parity with torch on DL19 windows."""
+"""The real embedded SmolLM2 exported to ONNX (fp32, fused attention): parity with torch on DL19."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ def test_metadata_matches_the_torch_engine(
     smollm2_export: Path, smollm2_reranker: Reranker, onnx_reranker: Reranker
 ) -> None:
     meta = read_metadata(smollm2_export)
+    assert meta.attention == "fused"
     assert meta.label_ids == smollm2_reranker.scorer.label_ids
     assert meta.context_length == smollm2_reranker.prompts.max_prompt_tokens
     assert meta.pad_token_id == smollm2_reranker.tokenizer.pad_token_id

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -13,11 +14,18 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import torch
 
 from haystack_llmrank.cli import main
 from haystack_llmrank.errors import ModelResolutionError
 from haystack_llmrank.export import export_onnx, read_metadata
-from haystack_llmrank.export.loading import load_export
+from haystack_llmrank.export.attention import (
+    FUSED_ATTENTION,
+    AttentionFusionError,
+    fused_attention_in,
+)
+from haystack_llmrank.export.graph import choose_attention
+from haystack_llmrank.export.loading import device_mismatches, load_export
 from haystack_llmrank.export.metadata import METADATA_FILE, file_sha256
 from haystack_llmrank.export.precision import QUANTIZER_MODULE as QUANTIZER
 from haystack_llmrank.export.precision import label_head_nodes, quiet_quantizer
@@ -36,6 +44,7 @@ from haystack_llmrank.scorers.onnx_scorer import (
     confirm_placement,
     parse_device,
 )
+from haystack_llmrank.scorers.padding import pad_right
 from haystack_llmrank.scorers.torch_scorer import TorchLabelScorer
 from haystack_llmrank.strategies import SlidingWindow
 
@@ -107,6 +116,7 @@ def test_export_folder_is_self_contained(
     assert meta.pad_token_id == smollm2_tokenizer.pad_token_id
     assert meta.files == {"model.onnx": file_sha256(fp32_dir / "model.onnx")}
     assert {"method", "torch", "transformers", "onnx", "onnxruntime"} <= set(meta.exporter)
+    assert meta.attention == "fused"
     tokenizer = load_export(fp32_dir, device="cpu").tokenizer
     assert tokenizer.chat_template == smollm2_tokenizer.chat_template
 
@@ -200,6 +210,15 @@ def test_refuses_folder_without_metadata(fp32_copy: Path) -> None:
     (fp32_copy / METADATA_FILE).unlink()
     with pytest.raises(ModelResolutionError, match=r"not an ONNX export.*llmrank export"):
         Reranker.from_pretrained(str(fp32_copy), backend="onnx", device="cpu")
+
+
+def test_metadata_without_attention_reads_as_plain(fp32_copy: Path) -> None:
+    """Folders written before the field existed have plain attention."""
+    path = fp32_copy / METADATA_FILE
+    data = json.loads(path.read_text())
+    del data["attention"]
+    path.write_text(json.dumps(data))
+    assert read_metadata(fp32_copy).attention == "plain"
 
 
 def test_refuses_other_format_version(fp32_copy: Path) -> None:
@@ -318,12 +337,87 @@ def test_cli_export(
     tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "cli"
-    assert main(["export", str(tiny_model_dir), str(out), "--no-optimize", "--opset", "17"]) == 0
+    args = ["--no-optimize", "--opset", "17", "--attention", "plain"]
+    assert main(["export", str(tiny_model_dir), str(out), *args]) == 0
     assert "exported" in capsys.readouterr().out
     meta = read_metadata(out)
     assert (meta.opset, meta.optimized, meta.precision) == (17, False, "fp32")
+    assert meta.attention == "plain"
     assert main(["export", str(tiny_model_dir), str(out)]) == 2
     assert "already holds an export" in capsys.readouterr().err
+
+
+# --- fused attention ------------------------------------------------------------------------
+
+
+def node_count(folder: Path, op_type: str) -> int:
+    return sum(n.op_type == op_type for n in onnx.load(str(folder / "model.onnx")).graph.node)
+
+
+def test_default_export_fuses_each_layers_attention(fp32_dir: Path, tiny_model: Any) -> None:
+    assert read_metadata(fp32_dir).attention == "fused"
+    layers = tiny_model.config.num_hidden_layers
+    assert node_count(fp32_dir, "GroupQueryAttention") == layers
+    assert node_count(fp32_dir, "Softmax") == 0
+
+
+def test_plain_attention_export_matches_torch(
+    tiny_model_dir: Path, tmp_path: Path, tiny_scorer: TorchLabelScorer
+) -> None:
+    folder = export_to(tmp_path / "plain", tiny_model_dir, attention="plain")
+    assert read_metadata(folder).attention == "plain"
+    assert node_count(folder, "GroupQueryAttention") == 0
+    assert node_count(folder, "Softmax") > 0
+    scorer = load_export(folder, device="cpu").scorer
+    for batch in BATCHES:
+        np.testing.assert_allclose(scorer.score(batch), tiny_scorer.score(batch), atol=1e-4, rtol=0)
+
+
+def test_fused_attention_without_mask_is_exact_for_right_padded_prompts(
+    tiny_model: Any, fp32_scorer: OnnxLabelScorer
+) -> None:
+    """Ignoring the padding mask changes nothing a real token sees, in torch as in ONNX."""
+    module = LabelLogitsModel(tiny_model, fp32_scorer.label_ids).eval()
+    implementation = tiny_model.config._attn_implementation
+    for batch in BATCHES:
+        ids, mask = (torch.from_numpy(a) for a in pad_right(batch, 2))
+        with torch.no_grad():
+            expected = module(ids, mask)
+            with fused_attention_in(module.body):
+                assert tiny_model.config._attn_implementation == FUSED_ATTENTION
+                got = module(ids, mask)
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    assert tiny_model.config._attn_implementation == implementation
+
+
+def tiny_mistral_head(label_ids: LabelIds, **config: Any) -> LabelLogitsModel:
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(0)
+    shape = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1)
+    heads = dict(num_attention_heads=4, num_key_value_heads=2)
+    model = MistralForCausalLM(MistralConfig(vocab_size=50000, **shape, **heads, **config))
+    return LabelLogitsModel(model.eval(), label_ids)
+
+
+def test_attention_that_cannot_be_fused_falls_back_or_raises(
+    fp32_scorer: OnnxLabelScorer, caplog: pytest.LogCaptureFixture
+) -> None:
+    windowed = tiny_mistral_head(fp32_scorer.label_ids, sliding_window=3)
+    caplog.set_level(logging.INFO, logger="haystack_llmrank.export.graph")
+    assert choose_attention(windowed, "auto", pad_id=2, exporter="torchscript") == "plain"
+    assert "uses ['sliding_window']" in caplog.text
+    with pytest.raises(AttentionFusionError, match="sliding_window"):
+        choose_attention(windowed, "fused", pad_id=2, exporter="torchscript")
+    assert windowed.body.config._attn_implementation != FUSED_ATTENTION
+    full = tiny_mistral_head(fp32_scorer.label_ids, sliding_window=None)
+    assert choose_attention(full, "auto", pad_id=2, exporter="torchscript") == "fused"
+    assert choose_attention(full, "plain", pad_id=2, exporter="torchscript") == "plain"
+    assert choose_attention(full, "auto", pad_id=2, exporter="dynamo") == "plain"
+    with pytest.raises(ValueError, match="torchscript exporter only"):
+        choose_attention(full, "fused", pad_id=2, exporter="dynamo")
+    with pytest.raises(ValueError, match="unknown attention"):
+        choose_attention(full, "flash", pad_id=2, exporter="torchscript")  # type: ignore[arg-type]
 
 
 # --- precisions -----------------------------------------------------------------------------
@@ -481,6 +575,36 @@ def test_thread_settings(fp32_dir: Path, fp32_scorer: OnnxLabelScorer) -> None:
     np.testing.assert_allclose(scorer.score(BATCHES[0]), fp32_scorer.score(BATCHES[0]), atol=1e-5)
     with pytest.raises(ValueError, match="intra_op_num_threads must be positive"):
         OnnxLabelScorer(graph, labels, device="cpu", intra_op_num_threads=0)
+
+
+def test_from_pretrained_passes_threads_and_the_gpu_policy(
+    fp32_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [CPU_PROVIDER])
+    with pytest.raises(RuntimeError, match="onnxruntime-gpu"):
+        Reranker.from_pretrained(str(fp32_dir), backend="onnx", device="cuda")
+    with caplog.at_level(logging.WARNING):
+        reranker = Reranker.from_pretrained(
+            str(fp32_dir), backend="onnx", device="cuda", threads=1, on_missing_gpu="warn"
+        )
+    assert "running on the CPU instead" in caplog.text
+    scorer = reranker.scorer
+    assert isinstance(scorer, OnnxLabelScorer)
+    assert scorer.device == "cpu"
+    assert scorer._session.get_session_options().intra_op_num_threads == 1
+
+
+def test_device_mismatches_name_slow_combinations(fp32_dir: Path) -> None:
+    fused = read_metadata(fp32_dir)
+    fp16 = dataclasses.replace(fused, precision="fp16")
+    plain = dataclasses.replace(fused, attention="plain")
+    assert device_mismatches(fused, "cpu") == []
+    assert device_mismatches(fp16, "cuda:0") == []
+    assert device_mismatches(plain, "cuda:0") == []
+    [fp16_on_cpu] = device_mismatches(fp16, "cpu")
+    assert "meant for CUDA" in fp16_on_cpu
+    [fused_on_cuda] = device_mismatches(fused, "cuda:1")
+    assert "fused attention in fp16 only" in fused_on_cuda
 
 
 def identity_model() -> onnx.ModelProto:
