@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -159,21 +160,48 @@ def fused_attention(
     return torch.unflatten(out, 2, (heads, head_dim)), None
 
 
+@dataclass
+class FusedCalls:
+    """How many attention calls went through :func:`fused_attention` in a block."""
+
+    count: int = 0
+
+
 @contextlib.contextmanager
-def fused_attention_in(model: Any) -> Iterator[None]:
-    """Run every attention layer of ``model`` through :func:`fused_attention` inside the block."""
+def fused_attention_in(model: Any) -> Iterator[FusedCalls]:
+    """Run every attention layer of ``model`` through :func:`fused_attention` inside the block.
+
+    Yields a :class:`FusedCalls` that counts the calls, so a caller can tell layers that
+    bypass transformers' attention interface (and so would not be fused).
+    """
     from transformers import AttentionInterface
 
-    AttentionInterface.register(FUSED_ATTENTION, fused_attention)
+    calls = FusedCalls()
+
+    def counted(*args: Any, **kwargs: Any) -> tuple[torch.Tensor, None]:
+        calls.count += 1
+        return fused_attention(*args, **kwargs)
+
+    AttentionInterface.register(FUSED_ATTENTION, counted)
     configs = {id(c): c for c in _configs(model)}.values()
     previous = [(config, config._attn_implementation) for config in configs]
     try:
         for config in configs:
             config._attn_implementation = FUSED_ATTENTION
-        yield
+        yield calls
     finally:
         for config, implementation in previous:
             config._attn_implementation = implementation
+
+
+def check_all_layers_fused(model: Any, calls: FusedCalls) -> None:
+    """Raise :class:`AttentionFusionError` unless one forward fused every layer of ``model``."""
+    layers = getattr(model.config, "num_hidden_layers", None)
+    if calls.count == 0 or (isinstance(layers, int) and calls.count != layers):
+        raise AttentionFusionError(
+            f"{calls.count} of {layers if isinstance(layers, int) else '?'} attention layers "
+            f"of {type(model).__name__} went through transformers' attention interface"
+        )
 
 
 def _configs(model: Any) -> Iterator[Any]:

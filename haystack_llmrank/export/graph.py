@@ -10,7 +10,11 @@ from typing import Any
 
 import torch
 
-from haystack_llmrank.export.attention import AttentionFusionError, fused_attention_in
+from haystack_llmrank.export.attention import (
+    AttentionFusionError,
+    check_all_layers_fused,
+    fused_attention_in,
+)
 from haystack_llmrank.export.metadata import (
     ATTENTION_CHOICES,
     EXPORTERS,
@@ -43,7 +47,8 @@ def choose_attention(
 
     ``auto`` fuses when the exporter is TorchScript and every layer is plain causal
     attention, else falls back to ``plain`` (logged); ``fused`` raises instead of falling
-    back. Fusability is checked by running ``module`` once on the tracing example.
+    back. Fusability is checked by running ``module`` once on the tracing example: every
+    layer must reach the fused function and accept it.
     """
     if attention not in ATTENTION_CHOICES:
         raise ValueError(f"unknown attention {attention!r}; choose one of {ATTENTION_CHOICES}")
@@ -55,8 +60,9 @@ def choose_attention(
         logger.info("attention not fused: the %s exporter writes it as plain operators", exporter)
         return "plain"
     try:
-        with torch.no_grad(), fused_attention_in(module.body):
+        with torch.no_grad(), fused_attention_in(module.body) as calls:
             module(*example_inputs(pad_id))
+        check_all_layers_fused(module.body, calls)
     except AttentionFusionError as exc:
         if attention == "fused":
             raise

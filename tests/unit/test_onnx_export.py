@@ -383,9 +383,10 @@ def test_fused_attention_without_mask_is_exact_for_right_padded_prompts(
         ids, mask = (torch.from_numpy(a) for a in pad_right(batch, 2))
         with torch.no_grad():
             expected = module(ids, mask)
-            with fused_attention_in(module.body):
+            with fused_attention_in(module.body) as calls:
                 assert tiny_model.config._attn_implementation == FUSED_ATTENTION
                 got = module(ids, mask)
+            assert calls.count == tiny_model.config.num_hidden_layers
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
     assert tiny_model.config._attn_implementation == implementation
 
@@ -394,9 +395,14 @@ def tiny_mistral_head(label_ids: LabelIds, **config: Any) -> LabelLogitsModel:
     from transformers import MistralConfig, MistralForCausalLM
 
     torch.manual_seed(0)
-    shape = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1)
-    heads = dict(num_attention_heads=4, num_key_value_heads=2)
-    model = MistralForCausalLM(MistralConfig(vocab_size=50000, **shape, **heads, **config))
+    shape: dict[str, Any] = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+    }
+    model = MistralForCausalLM(MistralConfig(vocab_size=50000, **{**shape, **config}))
     return LabelLogitsModel(model.eval(), label_ids)
 
 
@@ -418,6 +424,18 @@ def test_attention_that_cannot_be_fused_falls_back_or_raises(
         choose_attention(full, "fused", pad_id=2, exporter="dynamo")
     with pytest.raises(ValueError, match="unknown attention"):
         choose_attention(full, "flash", pad_id=2, exporter="torchscript")  # type: ignore[arg-type]
+
+
+def test_layers_that_bypass_the_attention_interface_are_not_called_fused(
+    fp32_scorer: OnnxLabelScorer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = tiny_mistral_head(fp32_scorer.label_ids, num_hidden_layers=2, sliding_window=None)
+    assert choose_attention(module, "auto", pad_id=2, exporter="torchscript") == "fused"
+    # Layers that never look up the attention implementation keep their own attention.
+    monkeypatch.setattr("haystack_llmrank.export.attention._configs", lambda model: iter(()))
+    assert choose_attention(module, "auto", pad_id=2, exporter="torchscript") == "plain"
+    with pytest.raises(AttentionFusionError, match="0 of 2 attention layers"):
+        choose_attention(module, "fused", pad_id=2, exporter="torchscript")
 
 
 # --- precisions -----------------------------------------------------------------------------
