@@ -73,6 +73,7 @@ class RowSummary:
     load_seconds: float | None = None
     prompt_build_seconds: float | None = None
     export_seconds: float | None = None
+    export_attention: str | None = None
     peak_rss_mb: float | None = None
     peak_cuda_mb: float | None = None
     memory_isolated: bool | None = None
@@ -198,6 +199,7 @@ def _summary(plan: Plan, result: RowResult, references: Mapping[str, RowOutcome]
         load_seconds=outcome.load_seconds,
         prompt_build_seconds=outcome.prompt_seconds,
         export_seconds=result.export_seconds,
+        export_attention=result.export_attention,
         peak_rss_mb=outcome.peak_rss_mb,
         peak_cuda_mb=outcome.peak_cuda_mb,
         memory_isolated=outcome.memory_isolated,

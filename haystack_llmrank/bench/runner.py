@@ -33,7 +33,7 @@ from haystack_llmrank.bench.rows import (
     run_row,
 )
 from haystack_llmrank.data import Qrels, QueryCandidates, read_qrels, read_queries
-from haystack_llmrank.export import export_onnx, is_export
+from haystack_llmrank.export import export_onnx, is_export, read_metadata
 from haystack_llmrank.export.metadata import Precision
 from haystack_llmrank.prompt import Prompt
 from haystack_llmrank.strategies import SlidingWindow
@@ -120,6 +120,7 @@ class RowResult:
     outcome: RowOutcome | None = None
     reason: str | None = None
     export_seconds: float | None = None
+    export_attention: str | None = None
 
 
 def read_data(config: BenchConfig) -> tuple[list[QueryCandidates], Qrels]:
@@ -298,7 +299,8 @@ def _run_one(plan: Plan, row: str, prompts: dict[WindowKey, Prompt], root: Path)
         )
     job = RowJob(row, config, plan.queries, plan.max_prompt_tokens, prompts, onnx_dir)
     outcome = _call(config.isolate, functools.partial(run_row, fresh_process=config.isolate), job)
-    return RowResult(row, "ok", outcome, export_seconds=export_seconds)
+    attention = None if onnx_dir is None else read_metadata(onnx_dir, verify_hashes=False).attention
+    return RowResult(row, "ok", outcome, export_seconds=export_seconds, export_attention=attention)
 
 
 def run(plan: Plan, on_row: Callable[[RowResult], None] | None = None) -> list[RowResult]:

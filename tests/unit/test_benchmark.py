@@ -222,6 +222,8 @@ def test_onnx_fp32_orders_windows_like_plain_where_onnxruntime_is_installed(
     else:
         assert onnx["status"] == "ok"
         assert isinstance(onnx["export_seconds"], float)
+        assert onnx["export_attention"] == "fused"
+        assert rows["torch"]["export_attention"] is None
         assert_same_as_plain(onnx, rows["plain"])
         assert 0 <= rows["onnx-int8"]["agreement_with_plain"]["windows_agreeing"] <= WINDOWS
 
