@@ -2,7 +2,7 @@
 
 The exporter otherwise writes attention as MatMul, mask arithmetic, Softmax and MatMul over
 the full ``[batch, heads, sequence, sequence]`` score matrix; on ONNX Runtime's CPU
-provider the mask arithmetic alone costs about as much as the matrix products. Here the
+provider the mask arithmetic and Softmax cost about as much as the weight matrix products. Here the
 attention function of every layer is swapped, for the duration of the export, for one that
 the TorchScript exporter writes as a single ``com.microsoft::GroupQueryAttention`` node,
 which computes causal attention without building a mask.
