@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 import haystack_llmrank.cli as cli
+from haystack_llmrank.cli.options import add_model_options, load_reranker
 from haystack_llmrank.data import read_queries, read_run
 from haystack_llmrank.reranker import Reranker
 from haystack_llmrank.strategies import SlidingWindow
@@ -265,3 +268,24 @@ def test_eval_errors(
     paths = {"RUN": str(run), "QRELS": str(qrels)}
     assert llmrank(["eval", *(paths.get(a, a) for a in args)]) == 2
     assert message in capsys.readouterr().err
+
+
+def model_args(*extra: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_model_options(parser, batch_size=1)
+    return parser.parse_args(list(extra))
+
+
+def test_threads_and_gpu_policy_reach_the_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(Reranker, "from_pretrained", lambda *a, **kw: calls.append(kw))
+    torch_threads: list[int] = []
+    monkeypatch.setattr(torch, "set_num_threads", torch_threads.append)
+    load_reranker(model_args("--backend", "onnx", "--threads", "3", "--on-missing-gpu", "warn"))
+    assert (calls[-1]["threads"], calls[-1]["on_missing_gpu"]) == (3, "warn")
+    assert torch_threads == []  # ONNX Runtime's threads, not torch's
+    load_reranker(model_args("--threads", "2"))
+    assert (calls[-1]["threads"], calls[-1]["on_missing_gpu"]) == (None, "raise")
+    assert torch_threads == [2]
+    with pytest.raises(SystemExit):
+        model_args("--on-missing-gpu", "ignore")
