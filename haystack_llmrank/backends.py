@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from haystack_llmrank.errors import ModelResolutionError
+from haystack_llmrank.gpu_policy import OnMissingGpu, check_on_missing_gpu, fall_back_to_cpu
 from haystack_llmrank.labels import resolve_label_ids
 from haystack_llmrank.models import (
     DEFAULT_MODEL,
@@ -17,11 +18,11 @@ from haystack_llmrank.models import (
     resolve_model,
 )
 from haystack_llmrank.scorers.base import LabelScorer
-from haystack_llmrank.scorers.onnx_scorer import ON_MISSING_GPU, OnMissingGpu
 
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("torch", "onnx")
+_TORCH_GPU_HINT = "install a CUDA build of torch on a machine with a CUDA GPU"
 
 
 @dataclass(frozen=True)
@@ -48,9 +49,7 @@ def torch_device_and_dtype(
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         message = f"device {device!r} was asked for but torch sees no CUDA device"
-        if on_missing_gpu == "raise":
-            raise RuntimeError(message)
-        logger.warning("%s; running on the CPU instead", message)
+        fall_back_to_cpu(message, on_missing_gpu, _TORCH_GPU_HINT)
         device = "cpu"
     if dtype is None:
         return device, torch.float16 if device.startswith("cuda") else torch.float32
@@ -78,8 +77,7 @@ def load_scorer(
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
-    if on_missing_gpu not in ON_MISSING_GPU:
-        raise ValueError(f"on_missing_gpu must be one of {ON_MISSING_GPU}, got {on_missing_gpu!r}")
+    check_on_missing_gpu(on_missing_gpu)
     if backend == "onnx":
         return _load_onnx(
             model,

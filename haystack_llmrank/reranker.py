@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from haystack_llmrank.gpu_policy import OnMissingGpu
 from haystack_llmrank.prompt import (
     FIRST_TEMPLATE,
     Prompt,
@@ -18,7 +19,6 @@ from haystack_llmrank.prompt import (
 )
 from haystack_llmrank.ranking import Ranking
 from haystack_llmrank.scorers.base import LabelScorer
-from haystack_llmrank.scorers.onnx_scorer import OnMissingGpu
 from haystack_llmrank.strategies import SlidingWindow, WindowedRun, run_windows
 
 logger = logging.getLogger(__name__)

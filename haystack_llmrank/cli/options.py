@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from haystack_llmrank.backends import BACKENDS
-from haystack_llmrank.scorers.onnx_scorer import ON_MISSING_GPU
+from haystack_llmrank.gpu_policy import ON_MISSING_GPU
 
 
 def positive_int(text: str) -> int:

@@ -11,10 +11,10 @@ from typing import Any
 
 from haystack import Document, component, default_from_dict, default_to_dict
 
+from haystack_llmrank.gpu_policy import OnMissingGpu, check_on_missing_gpu
 from haystack_llmrank.models import DEFAULT_MODEL
 from haystack_llmrank.ranking import Ranking
 from haystack_llmrank.reranker import Reranker
-from haystack_llmrank.scorers.onnx_scorer import ON_MISSING_GPU, OnMissingGpu
 from haystack_llmrank.strategies import SlidingWindow
 
 logger = logging.getLogger(__name__)
@@ -103,10 +103,7 @@ class FirstListwiseRanker:
         SlidingWindow(window_size, step)  # validate early, before any model is loaded
         if threads is not None and threads < 1:
             raise ValueError(f"threads must be positive, got {threads}")
-        if on_missing_gpu not in ON_MISSING_GPU:
-            raise ValueError(
-                f"on_missing_gpu must be one of {ON_MISSING_GPU}, got {on_missing_gpu!r}"
-            )
+        check_on_missing_gpu(on_missing_gpu)
         self.model = model
         self.backend = backend
         self.device = device

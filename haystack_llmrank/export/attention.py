@@ -2,10 +2,10 @@
 
 The exporter otherwise writes attention as MatMul, mask arithmetic, Softmax and MatMul over
 the full ``[batch, heads, sequence, sequence]`` score matrix; on ONNX Runtime's CPU
-provider the mask arithmetic and Softmax cost about as much as the weight matrix products. Here the
-attention function of every layer is swapped, for the duration of the export, for one that
-the TorchScript exporter writes as a single ``com.microsoft::GroupQueryAttention`` node,
-which computes causal attention without building a mask.
+provider the mask arithmetic and Softmax cost about as much as the weight matrix products.
+Here the attention function of every layer is swapped, for the duration of the export, for
+one that the TorchScript exporter writes as a single ``com.microsoft::GroupQueryAttention``
+node, which computes causal attention without building a mask.
 
 Causal attention without the padding mask is exact for the graph's prompts: they are
 right-padded, so every real token sees only real tokens before it, and only the last real

@@ -15,7 +15,8 @@ from haystack_llmrank.export.metadata import (
     check_labels,
     read_metadata,
 )
-from haystack_llmrank.scorers.onnx_scorer import OnMissingGpu, OnnxLabelScorer
+from haystack_llmrank.gpu_policy import OnMissingGpu
+from haystack_llmrank.scorers.onnx_scorer import OnnxLabelScorer
 
 logger = logging.getLogger(__name__)
 

@@ -12,6 +12,7 @@ import numpy as np
 import numpy.typing as npt
 
 from haystack_llmrank.export.metadata import INPUT_NAMES, OUTPUT_NAME
+from haystack_llmrank.gpu_policy import OnMissingGpu, check_on_missing_gpu, fall_back_to_cpu
 from haystack_llmrank.labels import LabelIds
 from haystack_llmrank.scorers.padding import pad_right
 
@@ -19,8 +20,6 @@ logger = logging.getLogger(__name__)
 
 CPU_PROVIDER = "CPUExecutionProvider"
 CUDA_PROVIDER = "CUDAExecutionProvider"
-OnMissingGpu = Literal["raise", "warn"]
-ON_MISSING_GPU: tuple[OnMissingGpu, ...] = ("raise", "warn")
 _GPU_HINT = "install onnxruntime-gpu (pip install 'llmrank[gpu]') on a machine with a CUDA GPU"
 
 
@@ -55,9 +54,7 @@ def parse_device(device: str) -> Placement:
 
 
 def _missing_gpu(message: str, on_missing_gpu: OnMissingGpu) -> Placement:
-    if on_missing_gpu == "raise":
-        raise RuntimeError(f"{message}; {_GPU_HINT}, or use device='cpu'")
-    logger.warning("%s; running on the CPU instead (%s)", message, _GPU_HINT)
+    fall_back_to_cpu(message, on_missing_gpu, _GPU_HINT)
     return Placement("cpu")
 
 
@@ -70,8 +67,7 @@ def choose_placement(
     device without the CUDA provider raises, or with ``on_missing_gpu="warn"`` logs a
     warning and returns the CPU.
     """
-    if on_missing_gpu not in ON_MISSING_GPU:
-        raise ValueError(f"on_missing_gpu must be one of {ON_MISSING_GPU}, got {on_missing_gpu!r}")
+    check_on_missing_gpu(on_missing_gpu)
     if device is None:
         return Placement("cuda") if CUDA_PROVIDER in available else Placement("cpu")
     placement = parse_device(device)

@@ -180,7 +180,7 @@ def test_torch_backend_gpu_policy_and_threads(
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(RuntimeError, match="torch sees no CUDA device"):
         Reranker.from_pretrained(str(tiny_model_dir), device="cuda")
-    with caplog.at_level(logging.WARNING, logger="haystack_llmrank.backends"):
+    with caplog.at_level(logging.WARNING, logger="haystack_llmrank.gpu_policy"):
         reranker = Reranker.from_pretrained(
             str(tiny_model_dir), device="cuda", on_missing_gpu="warn"
         )
