@@ -1,0 +1,130 @@
+"""Compare ONNX export variants on real DL19 windows: time per window and fidelity to torch.
+
+    python examples/onnx_variants.py --export-dir runs/onnx-variants --json runs/variants.json
+
+Exports the model three ways (fp32 with fused attention, fp32 with plain attention, int8 with
+fused attention), scores the same FIRST prompts one at a time with each, and prints, per
+variant: seconds per window, the largest label-logit difference from the torch scorer,
+Kendall's tau of the window's labels against torch, and how many windows are ordered exactly
+as torch orders them. Windows are the bottom, middle and top windows (positions 80, 40 and 0
+of the BM25 top-100) of the first queries, as the sliding window scores them first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from haystack_llmrank.backends import load_scorer
+from haystack_llmrank.bench.config import default_data_dir
+from haystack_llmrank.data import read_queries
+from haystack_llmrank.export import export_onnx, is_export
+from haystack_llmrank.export.loading import load_export
+from haystack_llmrank.prompt import FIRST_TEMPLATE, PromptBuilder
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "fp32-fused": {"precision": "fp32", "attention": "fused"},
+    "fp32-plain": {"precision": "fp32", "attention": "plain"},
+    "int8-fused": {"precision": "int8", "attention": "fused"},
+}
+WINDOW_STARTS = (80, 40, 0)
+WINDOW = 20
+
+
+def kendall_tau(a: np.ndarray, b: np.ndarray) -> float:
+    """Kendall's tau-a of two score vectors (ties count as discordant)."""
+    i, j = np.triu_indices(len(a), k=1)
+    agree = np.sign(a[i] - a[j]) * np.sign(b[i] - b[j])
+    return float(agree.mean())
+
+
+def window_prompts(tokenizer: Any, data: Path, count: int) -> list[tuple[int, ...]]:
+    """Token ids of ``count`` FIRST prompts, three windows per query."""
+    builder = PromptBuilder(tokenizer, FIRST_TEMPLATE, max_prompt_tokens=8192)
+    prompts: list[tuple[int, ...]] = []
+    for query in read_queries(data / "candidates.jsonl"):
+        texts = [c.text for c in query.candidates]
+        for start in WINDOW_STARTS:
+            passages = texts[start : start + WINDOW]
+            if len(passages) == WINDOW and len(prompts) < count:
+                prompts.append(builder.build(query.query, passages).token_ids)
+        if len(prompts) == count:
+            break
+    return prompts
+
+
+def score_each(scorer: Any, prompts: list[tuple[int, ...]]) -> tuple[np.ndarray, float]:
+    """Label logits of each prompt (batch 1) and the mean seconds per prompt."""
+    scorer.score([prompts[0][:64]])  # warm-up
+    logits: list[np.ndarray] = []
+    seconds: list[float] = []
+    for ids in prompts:
+        start = time.perf_counter()
+        logits.append(scorer.score([ids])[0][:WINDOW])
+        seconds.append(time.perf_counter() - start)
+    return np.array(logits), float(np.mean(seconds))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="default", help="'default', a HF folder or a .gguf")
+    parser.add_argument("--data", type=Path, default=default_data_dir())
+    parser.add_argument("--windows", type=int, default=6)
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads (torch and ONNX)")
+    parser.add_argument("--export-dir", type=Path, required=True, help="exports are kept here")
+    parser.add_argument("--json", type=Path, default=None, help="also save the results here")
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    reference = load_scorer(args.model, device="cpu", labels=FIRST_TEMPLATE.labels)
+    prompts = window_prompts(reference.tokenizer, args.data, args.windows)
+    expected, torch_seconds = score_each(reference.scorer, prompts)
+    order = np.argsort(-expected, axis=1, kind="stable")
+    lengths = [len(p) for p in prompts]
+    print(
+        f"{len(prompts)} windows of {min(lengths)}-{max(lengths)} tokens, batch 1, "
+        f"{args.threads} threads; torch: {torch_seconds:.2f} s/window"
+    )
+    results: dict[str, Any] = {
+        "windows": len(prompts),
+        "tokens": lengths,
+        "torch_seconds_per_window": torch_seconds,
+        "variants": {},
+    }
+    print(
+        f"{'variant':12s} {'s/window':>9s} {'x torch':>9s} {'max diff':>9s} "
+        f"{'tau':>6s} {'same order':>10s}"
+    )
+    for name, options in VARIANTS.items():
+        folder = args.export_dir / name
+        if not is_export(folder):
+            export_onnx(args.model, folder, **options)
+        scorer = load_export(folder, device="cpu", intra_op_num_threads=args.threads).scorer
+        got, seconds = score_each(scorer, prompts)
+        same = int((np.argsort(-got, axis=1, kind="stable") == order).all(axis=1).sum())
+        row = {
+            "seconds_per_window": seconds,
+            "max_abs_diff": float(np.abs(got - expected).max()),
+            "kendall_tau": float(
+                np.mean([kendall_tau(g, e) for g, e in zip(got, expected, strict=True)])
+            ),
+            "same_order": same,
+        }
+        results["variants"][name] = row
+        print(
+            f"{name:12s} {seconds:9.2f} {seconds / torch_seconds:8.2f}x "
+            f"{row['max_abs_diff']:9.2g} {row['kendall_tau']:6.3f} {same:>6d}/{len(prompts)}"
+        )
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
