@@ -115,3 +115,22 @@ def body_parameters(model: Any) -> int:
     if head is not None:
         skip.add(id(head.weight))
     return sum(p.numel() for p in model.parameters() if id(p) not in skip)
+
+
+def attention_width(model: Any) -> int | None:
+    """Layers x query heads x head size: the width of all attention scores and values.
+
+    None when the config does not name the layer count and query heads.
+    """
+    config = getattr(model, "config", None)
+    layers = getattr(config, "num_hidden_layers", None)
+    heads = getattr(config, "num_attention_heads", None)
+    if not isinstance(layers, int) or not isinstance(heads, int) or heads <= 0:
+        return None
+    head_dim = getattr(config, "head_dim", None)
+    if not isinstance(head_dim, int):
+        hidden = getattr(config, "hidden_size", None)
+        if not isinstance(hidden, int):
+            return None
+        head_dim = hidden // heads
+    return layers * heads * head_dim

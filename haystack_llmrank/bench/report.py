@@ -13,7 +13,7 @@ from typing import Any
 
 from haystack_llmrank.bench.config import GENERATE, PLAIN
 from haystack_llmrank.bench.rows import Orders, RowOutcome, SweepPoint
-from haystack_llmrank.bench.runner import Plan, RowResult
+from haystack_llmrank.bench.runner import Calibration, Plan, RowResult
 from haystack_llmrank.data import Qrels, QueryCandidates
 from haystack_llmrank.evaluation import evaluate
 
@@ -57,7 +57,8 @@ class RowSummary:
     """One row of the results; figures are ``None`` for a row that did not run.
 
     Times are seconds of the timed pass (no loading, warm-up or prompt building);
-    ``floor_seconds_per_window`` is ``2 x body parameters x tokens / measured matmul rate``.
+    ``floor_seconds_per_window`` is :func:`window_flops` at the mean tokens per window over
+    the measured matmul rate.
     """
 
     row: str
@@ -166,6 +167,17 @@ def _ratio(numerator: float | None, denominator: float | None) -> float | None:
     return numerator / denominator
 
 
+def window_flops(calibration: Calibration, tokens: float) -> float:
+    """FLOPs one window needs at least: its weight products plus causal attention.
+
+    ``2 x body_parameters x tokens`` for the weights, and ``2 x attention_width x tokens^2``
+    for the scores and the weighted values of the lower triangle (none when the width is
+    unknown). Fed the mean tokens of a row's windows, it stays a lower bound.
+    """
+    attention = 2 * (calibration.attention_width or 0) * tokens**2
+    return 2 * calibration.body_parameters * tokens + attention
+
+
 def _summary(plan: Plan, result: RowResult, references: Mapping[str, RowOutcome]) -> RowSummary:
     outcome = result.outcome
     if outcome is None:
@@ -177,8 +189,9 @@ def _summary(plan: Plan, result: RowResult, references: Mapping[str, RowOutcome]
     generated = outcome.generated_tokens / outcome.windows if outcome.windows else None
     floor = None
     if plan.calibration is not None and prompt_tokens is not None:
-        flops = 2 * plan.calibration.body_parameters * (prompt_tokens + (generated or 0.0))
-        floor = flops / (plan.throughput.tflops * 1e12)
+        floor = window_flops(plan.calibration, prompt_tokens + (generated or 0.0)) / (
+            plan.throughput.tflops * 1e12
+        )
 
     def reference_seconds(row: str) -> float | None:
         reference = references.get(row)
@@ -263,7 +276,11 @@ def build_report(plan: Plan, results: Sequence[RowResult]) -> BenchReport:
             "matmul_size": plan.throughput.size,
             "dtype": plan.throughput.dtype,
             "body_parameters": None if calibration is None else calibration.body_parameters,
-            "formula": "2 x body_parameters x (prompt + generated tokens) / matmul_tflops",
+            "attention_width": None if calibration is None else calibration.attention_width,
+            "formula": (
+                "(2 x body_parameters x tokens + 2 x attention_width x tokens^2) / matmul_tflops,"
+                " tokens = mean prompt + generated tokens per window"
+            ),
         },
         rows=tuple(_summary(plan, r, references) for r in results),
     )

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 import haystack_llmrank.cli as cli
 from haystack_llmrank.bench.config import DEFAULT_ROWS, BenchConfig
 from haystack_llmrank.bench.measure import peak_rss_mb
+from haystack_llmrank.bench.models import attention_width
 from haystack_llmrank.bench.plain import answer_text, parse_permutation, slide
 from haystack_llmrank.bench.prompts import CachedPromptBuilder
 from haystack_llmrank.bench.runner import (
@@ -178,6 +179,33 @@ def test_rows_that_ran_have_typed_fields(bench_run: tuple[int, str, dict[str, An
     assert 0.0 <= report["bm25_ndcg_at_10"] <= 1.0
     assert report["floor"]["matmul_tflops"] > 0
     assert report["floor"]["body_parameters"] > 0
+
+
+def test_floor_counts_weights_and_causal_attention(
+    bench_run: tuple[int, str, dict[str, Any]],
+) -> None:
+    _, _, report = bench_run
+    floor = report["floor"]
+    assert floor["attention_width"] == 2 * 4 * 16  # layers x query heads x head size
+    for row in report["rows"]:
+        if row["status"] != "ok":
+            continue
+        tokens = row["mean_prompt_tokens"] + (row["mean_generated_tokens"] or 0.0)
+        flops = 2 * floor["body_parameters"] * tokens + 2 * floor["attention_width"] * tokens**2
+        expected = flops / (floor["matmul_tflops"] * 1e12)
+        assert row["floor_seconds_per_window"] == pytest.approx(expected), row["row"]
+        assert row["times_floor"] == pytest.approx(row["seconds_per_window"] / expected)
+
+
+def test_attention_width_reads_head_dim_or_derives_it() -> None:
+    from types import SimpleNamespace
+
+    explicit = SimpleNamespace(num_hidden_layers=3, num_attention_heads=4, head_dim=8)
+    derived = SimpleNamespace(num_hidden_layers=3, num_attention_heads=4, hidden_size=64)
+    assert attention_width(SimpleNamespace(config=explicit)) == 3 * 4 * 8
+    assert attention_width(SimpleNamespace(config=derived)) == 3 * 4 * 16
+    assert attention_width(SimpleNamespace(config=SimpleNamespace(n_layer=3))) is None
+    assert attention_width(SimpleNamespace()) is None
 
 
 def test_speedups_are_relative_to_plain_and_generate(
