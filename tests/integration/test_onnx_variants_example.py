@@ -1,0 +1,48 @@
+"""``examples/onnx_variants.py``: every variant exported as named and compared on DL19 windows."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from haystack_llmrank.export import read_metadata
+
+pytestmark = pytest.mark.integration
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "onnx_variants.py"
+
+
+def test_variants_are_exported_as_named_and_fp32_matches_torch(
+    tiny_model_dir: Path, dl19_dir: Path, tmp_path: Path
+) -> None:
+    exports, output = tmp_path / "exports", tmp_path / "variants.json"
+    command = [sys.executable, str(EXAMPLE), "--model", str(tiny_model_dir)]
+    command += ["--data", str(dl19_dir), "--windows", "3", "--threads", "1"]
+    command += ["--export-dir", str(exports), "--json", str(output)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr
+
+    results = json.loads(output.read_text(encoding="utf-8"))
+    assert results["windows"] == 3
+    assert all(tokens > 1000 for tokens in results["tokens"])  # real 20-passage windows
+    variants = results["variants"]
+    assert set(variants) == {"fp32-fused", "fp32-plain", "int8-fused"}
+    for name, (precision, attention) in {
+        "fp32-fused": ("fp32", "fused"),
+        "fp32-plain": ("fp32", "plain"),
+        "int8-fused": ("int8", "fused"),
+    }.items():
+        metadata = read_metadata(exports / name)
+        assert (metadata.precision, metadata.attention) == (precision, attention)
+        assert variants[name]["seconds_per_window"] > 0
+        assert -1.0 <= variants[name]["kendall_tau"] <= 1.0
+        assert 0 <= variants[name]["same_order"] <= 3
+    for name in ("fp32-fused", "fp32-plain"):
+        assert variants[name]["max_abs_diff"] < 1e-3
+        assert variants[name]["kendall_tau"] == 1.0
+        assert variants[name]["same_order"] == 3
+    assert "fp32-plain" in done.stdout
