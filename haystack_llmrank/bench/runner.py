@@ -216,12 +216,13 @@ def calibrate(
 def measure_throughput(device: str, dtype: str) -> Throughput:
     """Dense matmul throughput: 8192^2 on CUDA (ten products per timing), 2048^2 on CPU.
 
-    On CPUs 1024^2 products run well below the rate the model's own products reach (131
-    against 155-171 GFLOP/s on a 2-core AVX2 machine); 2048^2 reaches it.
+    On CPUs, 1024^2 products run below the rate the model's own products reach, and the best
+    of 5 timings varied from 0.117 to 0.136 TFLOP/s on a 2-core VM, the best of 20 from 0.153
+    to 0.157: the CPU takes 20 (about 3 s).
     """
     if device.startswith("cuda"):
         return Throughput(matmul_tflops(device, dtype, 8192, repeats=10, inner=10), 8192, dtype)
-    return Throughput(matmul_tflops(device, dtype, 2048, repeats=5), 2048, dtype)
+    return Throughput(matmul_tflops(device, dtype, 2048, repeats=20), 2048, dtype)
 
 
 def _release_memory(device: str) -> None:
