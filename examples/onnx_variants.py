@@ -8,13 +8,18 @@ variant: seconds per window, the largest label-logit difference from the torch s
 Kendall's tau of the window's labels against torch, and how many windows are ordered exactly
 as torch orders them. Windows are the bottom, middle and top windows (positions 80, 40 and 0
 of the BM25 top-100) of the first queries, as the sliding window scores them first.
+
+With ``--profile``, each variant also scores the longest window once under ONNX Runtime's
+profiler, and the seconds its kernels spent per operator type are printed and saved.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +30,7 @@ from haystack_llmrank.bench.config import default_data_dir
 from haystack_llmrank.data import read_queries
 from haystack_llmrank.export import export_onnx, is_export
 from haystack_llmrank.export.loading import load_export
+from haystack_llmrank.export.metadata import GRAPH_FILE
 from haystack_llmrank.prompt import FIRST_TEMPLATE, PromptBuilder
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -70,6 +76,26 @@ def score_each(scorer: Any, prompts: list[tuple[int, ...]]) -> tuple[np.ndarray,
     return np.array(logits), float(np.mean(seconds))
 
 
+def operator_seconds(graph: Path, ids: tuple[int, ...], threads: int) -> dict[str, float]:
+    """Kernel seconds per operator type of one profiled CPU run of ``ids``, largest first."""
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as scratch:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(scratch) / "ort")
+        session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+        array = np.array([ids], dtype=np.int64)
+        session.run(None, {"input_ids": array, "attention_mask": np.ones_like(array)})
+        trace = json.loads(Path(session.end_profiling()).read_text(encoding="utf-8"))
+    seconds: Counter[str] = Counter()
+    for event in trace:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            seconds[event["args"]["op_name"]] += event["dur"] / 1e6
+    return dict(seconds.most_common())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="default", help="'default', a HF folder or a .gguf")
@@ -78,6 +104,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (torch and ONNX)")
     parser.add_argument("--export-dir", type=Path, required=True, help="exports are kept here")
     parser.add_argument("--json", type=Path, default=None, help="also save the results here")
+    parser.add_argument(
+        "--profile", action="store_true", help="profile the longest window per variant"
+    )
     args = parser.parse_args()
 
     import torch
@@ -109,7 +138,7 @@ def main() -> None:
         scorer = load_export(folder, device="cpu", intra_op_num_threads=args.threads).scorer
         got, seconds = score_each(scorer, prompts)
         same = int((np.argsort(-got, axis=1, kind="stable") == order).all(axis=1).sum())
-        row = {
+        row: dict[str, Any] = {
             "seconds_per_window": seconds,
             "max_abs_diff": float(np.abs(got - expected).max()),
             "kendall_tau": float(
@@ -122,6 +151,13 @@ def main() -> None:
             f"{name:12s} {seconds:9.2f} {seconds / torch_seconds:8.2f}x "
             f"{row['max_abs_diff']:9.2g} {row['kendall_tau']:6.3f} {same:>6d}/{len(prompts)}"
         )
+        if args.profile:
+            longest = max(prompts, key=len)
+            ops = operator_seconds(folder / GRAPH_FILE, longest, args.threads)
+            row["profile"] = {"tokens": len(longest), "operator_seconds": ops}
+            total = sum(ops.values())
+            shares = ", ".join(f"{op} {100 * t / total:.0f}%" for op, t in list(ops.items())[:4])
+            print(f"{'':12s} profile, {len(longest)} tokens, {total:.2f} s in kernels: {shares}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 

@@ -22,7 +22,7 @@ def test_variants_are_exported_as_named_and_fp32_matches_torch(
     exports, output = tmp_path / "exports", tmp_path / "variants.json"
     command = [sys.executable, str(EXAMPLE), "--model", str(tiny_model_dir)]
     command += ["--data", str(dl19_dir), "--windows", "3", "--threads", "1"]
-    command += ["--export-dir", str(exports), "--json", str(output)]
+    command += ["--export-dir", str(exports), "--json", str(output), "--profile"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr
 
@@ -41,6 +41,16 @@ def test_variants_are_exported_as_named_and_fp32_matches_torch(
         assert variants[name]["seconds_per_window"] > 0
         assert -1.0 <= variants[name]["kendall_tau"] <= 1.0
         assert 0 <= variants[name]["same_order"] <= 3
+    for name, attention_op in {
+        "fp32-fused": "GroupQueryAttention",
+        "fp32-plain": "Softmax",
+        "int8-fused": "GroupQueryAttention",
+    }.items():
+        profile = variants[name]["profile"]
+        assert profile["tokens"] == max(results["tokens"])
+        assert attention_op in profile["operator_seconds"]
+        assert all(seconds >= 0 for seconds in profile["operator_seconds"].values())
+    assert "GroupQueryAttention" not in variants["fp32-plain"]["profile"]["operator_seconds"]
     for name in ("fp32-fused", "fp32-plain"):
         assert variants[name]["max_abs_diff"] < 1e-3
         assert variants[name]["kendall_tau"] == 1.0
