@@ -30,8 +30,10 @@ from haystack_llmrank.bench.config import default_data_dir
 from haystack_llmrank.data import read_queries
 from haystack_llmrank.export import export_onnx, is_export
 from haystack_llmrank.export.loading import load_export
-from haystack_llmrank.export.metadata import GRAPH_FILE
+from haystack_llmrank.export.metadata import GRAPH_FILE, INPUT_NAMES
 from haystack_llmrank.prompt import FIRST_TEMPLATE, PromptBuilder
+from haystack_llmrank.scorers.onnx_scorer import CPU_PROVIDER
+from haystack_llmrank.scorers.padding import pad_right
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "fp32-fused": {"precision": "fp32", "attention": "fused"},
@@ -85,9 +87,8 @@ def operator_seconds(graph: Path, ids: tuple[int, ...], threads: int) -> dict[st
         options.intra_op_num_threads = threads
         options.enable_profiling = True
         options.profile_file_prefix = str(Path(scratch) / "ort")
-        session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
-        array = np.array([ids], dtype=np.int64)
-        session.run(None, {"input_ids": array, "attention_mask": np.ones_like(array)})
+        session = ort.InferenceSession(str(graph), options, providers=[CPU_PROVIDER])
+        session.run(None, dict(zip(INPUT_NAMES, pad_right([ids], pad_id=0), strict=True)))
         trace = json.loads(Path(session.end_profiling()).read_text(encoding="utf-8"))
     seconds: Counter[str] = Counter()
     for event in trace:
