@@ -12,6 +12,7 @@ from haystack_llmrank.gpu_policy import OnMissingGpu, check_on_missing_gpu, fall
 from haystack_llmrank.labels import resolve_label_ids
 from haystack_llmrank.models import (
     DEFAULT_MODEL,
+    ModelSource,
     context_length,
     load_causal_lm,
     load_tokenizer,
@@ -35,10 +36,8 @@ class LoadedScorer:
     model_name: str
 
 
-def torch_device_and_dtype(
-    device: str | None, dtype: str | None, on_missing_gpu: OnMissingGpu = "raise"
-) -> tuple[str, Any]:
-    """Resolve a device (CUDA when available) and a torch dtype (float16 on CUDA, else float32).
+def resolve_torch_device(device: str | None, on_missing_gpu: OnMissingGpu = "raise") -> str:
+    """``device``, or CUDA when torch sees it and ``None`` was given, else the CPU.
 
     A CUDA device that torch cannot see raises, or with ``on_missing_gpu="warn"`` logs a
     warning and resolves to the CPU.
@@ -46,17 +45,68 @@ def torch_device_and_dtype(
     import torch
 
     if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         message = f"device {device!r} was asked for but torch sees no CUDA device"
         fall_back_to_cpu(message, on_missing_gpu, _TORCH_GPU_HINT)
-        device = "cpu"
-    if dtype is None:
-        return device, torch.float16 if device.startswith("cuda") else torch.float32
-    resolved = getattr(torch, dtype, None)
-    if not isinstance(resolved, torch.dtype):
-        raise ValueError(f"unknown torch dtype {dtype!r}")
-    return device, resolved
+        return "cpu"
+    return device
+
+
+def resolve_torch_dtype(device: str, dtype: str | None, checkpoint: Any = None) -> Any:
+    """The torch dtype named ``dtype``, or the default for ``device``.
+
+    The default is float32 on the CPU. On CUDA it is ``checkpoint``, the checkpoint's own
+    dtype (float32 when unknown), except that bfloat16 becomes float32 on a device without
+    native bfloat16 (compute capability below 8.0): bfloat16-trained weights overflow in
+    float16.
+    """
+    import torch
+
+    if dtype is not None:
+        resolved = getattr(torch, dtype, None)
+        if not isinstance(resolved, torch.dtype):
+            raise ValueError(f"unknown torch dtype {dtype!r}")
+        return resolved
+    if not device.startswith("cuda") or not isinstance(checkpoint, torch.dtype):
+        return torch.float32
+    if checkpoint == torch.bfloat16 and torch.cuda.get_device_capability(device) < (8, 0):
+        logger.info("%s has no native bfloat16; running the bfloat16 checkpoint in float32", device)
+        return torch.float32
+    return checkpoint
+
+
+def torch_device_and_dtype(
+    device: str | None,
+    dtype: str | None,
+    on_missing_gpu: OnMissingGpu = "raise",
+    *,
+    checkpoint: Any = None,
+) -> tuple[str, Any]:
+    """:func:`resolve_torch_device`, then :func:`resolve_torch_dtype` on the device found."""
+    resolved = resolve_torch_device(device, on_missing_gpu)
+    return resolved, resolve_torch_dtype(resolved, dtype, checkpoint)
+
+
+def checkpoint_dtype(source: ModelSource) -> Any:
+    """The torch dtype that ``source``'s config records, or ``None``.
+
+    ``None`` for GGUF files (their weights are dequantised) and for configs that record no
+    floating dtype or cannot be read.
+    """
+    import torch
+    from transformers import AutoConfig
+
+    if source.gguf_file:
+        return None
+    try:
+        config = AutoConfig.from_pretrained(source.location)
+    except (OSError, ValueError):
+        return None
+    recorded = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if isinstance(recorded, str):
+        recorded = getattr(torch, recorded, None)
+    return recorded if isinstance(recorded, torch.dtype) and recorded.is_floating_point else None
 
 
 def load_scorer(
@@ -71,9 +121,11 @@ def load_scorer(
 ) -> LoadedScorer:
     """Load ``model`` on ``backend``.
 
-    ``threads`` sets ONNX Runtime's intra-op threads (onnx backend only; torch's threads are
-    process-wide, see ``torch.set_num_threads``). ``on_missing_gpu`` is what an explicit CUDA
-    device that cannot be used does: ``"raise"``, or ``"warn"`` and run on the CPU.
+    ``dtype`` (torch backend only) defaults to float32 on the CPU and to the checkpoint's
+    dtype on CUDA (see :func:`resolve_torch_dtype`). ``threads`` sets ONNX Runtime's
+    intra-op threads (onnx backend only; torch's threads are process-wide, see
+    ``torch.set_num_threads``). ``on_missing_gpu`` is what an explicit CUDA device that
+    cannot be used does: ``"raise"``, or ``"warn"`` and run on the CPU.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
@@ -95,7 +147,10 @@ def load_scorer(
     from haystack_llmrank.scorers.torch_scorer import TorchLabelScorer
 
     source = resolve_model(model)
-    torch_device, torch_dtype = torch_device_and_dtype(device, dtype, on_missing_gpu)
+    torch_device = resolve_torch_device(device, on_missing_gpu)
+    on_cuda = torch_device.startswith("cuda")
+    checkpoint = checkpoint_dtype(source) if dtype is None and on_cuda else None
+    torch_dtype = resolve_torch_dtype(torch_device, dtype, checkpoint)
     tokenizer = load_tokenizer(source)
     lm = load_causal_lm(source, device=torch_device, dtype=torch_dtype, tokenizer=tokenizer)
     label_ids = resolve_label_ids(tokenizer, labels)

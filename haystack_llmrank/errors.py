@@ -19,3 +19,7 @@ class LabelResolutionError(LlmRankError, ValueError):
 
 class ModelResolutionError(LlmRankError, ValueError):
     """A model reference cannot be resolved to weights and a tokenizer."""
+
+
+class NonFiniteLogitsError(LlmRankError, ValueError):
+    """A scorer computed NaN or infinite label logits (an overflow), which rank nothing."""

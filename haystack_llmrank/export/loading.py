@@ -45,39 +45,63 @@ def load_export(
     Refuses (:class:`~haystack_llmrank.errors.ModelResolutionError`) a folder that is not an
     export, is of another format version, whose graph does not match its recorded hash
     (checked unless ``verify_hashes`` is false), or, when ``labels`` are given, that scores
-    other labels. The other arguments go to :class:`OnnxLabelScorer`.
+    other labels; also a graph that this onnxruntime cannot load when it is older than the
+    one that exported it, naming both versions. The other arguments, and the metadata, go
+    to :class:`OnnxLabelScorer`.
     """
     path = Path(folder).expanduser()
     metadata = read_metadata(path, verify_hashes=verify_hashes)
     if labels is not None:
         check_labels(metadata, labels)
     tokenizer = _load_tokenizer(path)
-    scorer = OnnxLabelScorer(
-        path / GRAPH_FILE,
-        metadata.label_ids,
-        pad_token_id=metadata.pad_token_id,
-        device=device,
-        on_missing_gpu=on_missing_gpu,
-        intra_op_num_threads=intra_op_num_threads,
-        inter_op_num_threads=inter_op_num_threads,
-    )
-    for problem in device_mismatches(metadata, scorer.device):
-        logger.warning("%s: %s", path, problem)
+    try:
+        scorer = OnnxLabelScorer(
+            path / GRAPH_FILE,
+            metadata.label_ids,
+            pad_token_id=metadata.pad_token_id,
+            device=device,
+            on_missing_gpu=on_missing_gpu,
+            intra_op_num_threads=intra_op_num_threads,
+            inter_op_num_threads=inter_op_num_threads,
+            metadata=metadata,
+        )
+    except _onnxruntime_errors() as exc:
+        older = runtime_older_than_export(metadata)
+        if older is None:
+            raise
+        running, exporting = older
+        raise ModelResolutionError(
+            f"{path} was exported with onnxruntime {exporting}, and this onnxruntime "
+            f"{running} cannot load it ({exc}); upgrade onnxruntime to {exporting} or later, "
+            "or export the model again with this one"
+        ) from exc
     return LoadedExport(tokenizer, scorer, metadata)
 
 
-def device_mismatches(metadata: ExportMetadata, device: str) -> list[str]:
-    """Why an export runs slowly on ``device`` (``cpu`` or ``cuda:N``), if it does."""
-    problems = []
-    if metadata.precision == "fp16" and device == "cpu":
-        problems.append("an fp16 export is meant for CUDA; on the CPU use fp32 or int8")
-    if metadata.attention == "fused" and metadata.precision != "fp16" and device != "cpu":
-        problems.append(
-            f"the CUDA provider runs fused attention in fp16 only, so this {metadata.precision} "
-            "export's attention runs on the CPU; on CUDA use an fp16 export (or export with "
-            "attention='plain')"
-        )
-    return problems
+def runtime_older_than_export(metadata: ExportMetadata) -> tuple[str, str] | None:
+    """``(running, exporting)`` onnxruntime versions when the running one is older, else None.
+
+    None also when the export does not record its version.
+    """
+    import onnxruntime as ort
+    from packaging.version import InvalidVersion, Version
+
+    exporting = metadata.exporter.get("onnxruntime")
+    running = str(ort.__version__)
+    try:
+        if exporting is None or Version(running) >= Version(exporting):
+            return None
+    except InvalidVersion:
+        return None
+    return running, exporting
+
+
+def _onnxruntime_errors() -> tuple[type[Exception], ...]:
+    """The exceptions ONNX Runtime raises when it cannot create a session from a graph."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    names = ("Fail", "InvalidArgument", "InvalidGraph", "InvalidProtobuf", "NotImplemented")
+    return tuple(getattr(state, name) for name in names if hasattr(state, name))
 
 
 def _load_tokenizer(folder: Path) -> Any:

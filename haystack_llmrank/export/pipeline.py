@@ -118,7 +118,10 @@ def _require_export_tools(precision: Precision, exporter: Exporter) -> None:
     needed += ["onnxscript"] if exporter == "dynamo" else []
     missing = [name for name in needed if importlib.util.find_spec(name) is None]
     if missing:
-        raise ImportError(f"exporting needs {missing}; pip install 'llmrank[export]'")
+        raise ImportError(
+            f"exporting needs {missing}; pip install 'llmrank[onnx,export]' (or "
+            "'llmrank[gpu,export]' on a CUDA machine)"
+        )
 
 
 def _float32() -> Any:
@@ -161,8 +164,6 @@ def _build_graph(
 
     Returns the attention the graph got.
     """
-    import onnx
-
     from haystack_llmrank.export.graph import choose_attention, export_graph
     from haystack_llmrank.export.precision import convert_precision, optimize_graph, save_graph
     from haystack_llmrank.export.verify import check_graph
@@ -187,7 +188,7 @@ def _build_graph(
             optimized.mkdir()
             optimize_graph(graph, optimized / GRAPH_FILE)
             graph = optimized / GRAPH_FILE
-        save_graph(convert_precision(onnx.load(str(graph)), precision), folder)
+        save_graph(convert_precision(graph, precision), folder)
     check_graph(module, folder / GRAPH_FILE, pad_id=pad_id, exact=precision == "fp32")
     return kind
 

@@ -8,6 +8,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
+from haystack_llmrank.errors import NonFiniteLogitsError
 from haystack_llmrank.labels import LabelIds
 
 
@@ -27,3 +28,15 @@ class LabelScorer(Protocol):
     def score(self, prompts: Sequence[Sequence[int]]) -> npt.NDArray[np.float32]:
         """Return the label logits of each prompt (token ids, no padding)."""
         ...
+
+
+def check_finite(logits: npt.NDArray[np.float32], remedy: str) -> npt.NDArray[np.float32]:
+    """``logits``, or :class:`NonFiniteLogitsError` (with ``remedy``) if any is NaN or ±inf."""
+    bad = ~np.isfinite(logits)
+    if bad.any():
+        kinds = sorted({"NaN" if np.isnan(v) else f"{v:+}" for v in logits[bad].tolist()})
+        raise NonFiniteLogitsError(
+            f"{int(bad.sum())} of {logits.size} label logits are {'/'.join(kinds)}: the model "
+            f"overflowed, and such logits rank nothing; {remedy}"
+        )
+    return logits

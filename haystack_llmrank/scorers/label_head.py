@@ -32,7 +32,9 @@ class LabelLogitsModel(torch.nn.Module):
             raise ValueError(f"{type(model).__name__} has no LM head")
         self.body = model.base_model
         flat = torch.tensor(label_ids.flat_ids, dtype=torch.long)
-        rows = flat[torch.tensor(label_ids.padded_index(), dtype=torch.long).reshape(-1)]
+        index = flat[torch.tensor(label_ids.padded_index(), dtype=torch.long).reshape(-1)]
+        # index_select on CUDA takes its indices on the weight's device.
+        rows = index.to(head.weight.device)
         self.labels = len(label_ids)
         self.register_buffer("head_weight", head.weight.detach().index_select(0, rows).clone())
         bias = getattr(head, "bias", None)

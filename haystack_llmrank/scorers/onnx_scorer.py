@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,9 +13,10 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from haystack_llmrank.export.metadata import INPUT_NAMES, OUTPUT_NAME
+from haystack_llmrank.export.metadata import INPUT_NAMES, OUTPUT_NAME, ExportMetadata
 from haystack_llmrank.gpu_policy import OnMissingGpu, check_on_missing_gpu, fall_back_to_cpu
 from haystack_llmrank.labels import LabelIds
+from haystack_llmrank.scorers.base import check_finite
 from haystack_llmrank.scorers.padding import pad_right
 
 logger = logging.getLogger(__name__)
@@ -21,6 +24,21 @@ logger = logging.getLogger(__name__)
 CPU_PROVIDER = "CPUExecutionProvider"
 CUDA_PROVIDER = "CUDAExecutionProvider"
 _GPU_HINT = "install onnxruntime-gpu (pip install 'llmrank[gpu]') on a machine with a CUDA GPU"
+CUDA_EXPORT_HINT = "for CUDA, export an fp16 graph (llmrank export MODEL OUT_DIR --precision fp16)"
+HEAVY_OPS = frozenset(
+    {
+        "Attention",
+        "FusedMatMul",
+        "Gemm",
+        "GroupQueryAttention",
+        "MatMul",
+        "MatMulNBits",
+        "MultiHeadAttention",
+        "Softmax",
+    }
+)
+"""Operators that carry a window's arithmetic: on the CPU under CUDA, they cost device copies."""
+_ASSIGNMENT_ENTRY = "session.record_ep_graph_assignment_info"
 
 
 @dataclass(frozen=True)
@@ -53,31 +71,85 @@ def parse_device(device: str) -> Placement:
     raise ValueError(f"unknown device {device!r}; use 'cpu', 'cuda' or 'cuda:N'")
 
 
-def _missing_gpu(message: str, on_missing_gpu: OnMissingGpu) -> Placement:
-    fall_back_to_cpu(message, on_missing_gpu, _GPU_HINT)
+def onnxruntime_wheels() -> list[str]:
+    """The installed distributions that ship the ``onnxruntime`` package, by name."""
+    found = set()
+    for dist in importlib.metadata.distributions():
+        name = (dist.metadata["Name"] or "").lower().replace("_", "-")
+        if not name.startswith(("onnxruntime", "ort-")):
+            continue
+        if any(str(f).replace("\\", "/") == "onnxruntime/__init__.py" for f in dist.files or ()):
+            found.add(name)
+    return sorted(found)
+
+
+def wheel_collision(wheels: Sequence[str]) -> str | None:
+    """How to fix two ONNX Runtime wheels that share one package, or None if there is one."""
+    if "onnxruntime-gpu" not in wheels or len(wheels) < 2:
+        return None
+    return (
+        f"{' and '.join(wheels)} are installed together and write the same 'onnxruntime' "
+        "package: the last one installed wins, and CUDA is not offered; fix it with: pip "
+        f"uninstall -y {' '.join(wheels)} && pip install onnxruntime-gpu"
+    )
+
+
+def _missing_gpu(message: str, on_missing_gpu: OnMissingGpu, wheels: Sequence[str]) -> Placement:
+    collision = wheel_collision(wheels)
+    fall_back_to_cpu(f"{message}; {collision}" if collision else message, on_missing_gpu, _GPU_HINT)
     return Placement("cpu")
 
 
 def choose_placement(
-    device: str | None, available: Sequence[str], on_missing_gpu: OnMissingGpu = "raise"
+    device: str | None,
+    available: Sequence[str],
+    on_missing_gpu: OnMissingGpu = "raise",
+    wheels: Sequence[str] = (),
 ) -> Placement:
     """The placement to ask for, given ONNX Runtime's available providers.
 
-    ``None`` picks CUDA when its provider is available, else the CPU. An explicit CUDA
-    device without the CUDA provider raises, or with ``on_missing_gpu="warn"`` logs a
-    warning and returns the CPU.
+    ``None`` picks CUDA when its provider is available, else the CPU; when ``wheels`` (the
+    installed ONNX Runtime distributions) hold onnxruntime-gpu beside another, that CPU is
+    logged as a warning with the fix. An explicit CUDA device without the CUDA provider
+    raises, or with ``on_missing_gpu="warn"`` logs a warning and returns the CPU.
     """
     check_on_missing_gpu(on_missing_gpu)
     if device is None:
-        return Placement("cuda") if CUDA_PROVIDER in available else Placement("cpu")
+        if CUDA_PROVIDER in available:
+            return Placement("cuda")
+        if wheel_collision(wheels) is not None:
+            message = f"device=None found no {CUDA_PROVIDER} (available: {list(available)})"
+            return _missing_gpu(message, "warn", wheels)
+        return Placement("cpu")
     placement = parse_device(device)
     if placement.device_type == "cuda" and CUDA_PROVIDER not in available:
         return _missing_gpu(
             f"device {device!r} was asked for but onnxruntime offers no {CUDA_PROVIDER} "
             f"(available: {list(available)})",
             on_missing_gpu,
+            wheels,
         )
     return placement
+
+
+def cuda_obstacles(precision: str, attention: str) -> list[str]:
+    """Why an export of ``precision`` and ``attention`` would run partly on the CPU under CUDA.
+
+    ONNX Runtime's CUDA ``GroupQueryAttention`` takes fp16 and bf16 only, and its CUDA
+    ``MatMulNBits`` 4-bit weights only; such nodes fall back to the CPU, with device copies
+    in every layer.
+    """
+    problems = []
+    if attention == "fused" and precision != "fp16":
+        problems.append(
+            f"the {precision} export's fused attention has no CUDA kernel (CUDA runs "
+            "GroupQueryAttention in fp16 and bf16 only)"
+        )
+    if precision == "int8":
+        problems.append(
+            "its 8-bit MatMulNBits weight products have no CUDA kernel (CUDA takes 4-bit only)"
+        )
+    return problems
 
 
 def confirm_placement(
@@ -87,10 +159,84 @@ def confirm_placement(
     if wanted.device_type == "cuda" and CUDA_PROVIDER not in active:
         return _missing_gpu(
             f"onnxruntime could not start {CUDA_PROVIDER} on {wanted.name} "
-            f"(the session has {list(active)})",
+            f"(the session has {list(active)}; onnxruntime's log says why)",
             on_missing_gpu,
+            (),
         )
     return wanted
+
+
+def node_placement(session: Any) -> dict[str, Counter[str]]:
+    """``provider -> Counter(op_type)`` of a session's nodes; empty when it was not recorded.
+
+    Recording needs the session config entry ``session.record_ep_graph_assignment_info``
+    and an onnxruntime that offers ``get_provider_graph_assignment_info``.
+    """
+    placement: dict[str, Counter[str]] = {}
+    try:
+        subgraphs = session.get_provider_graph_assignment_info()
+    except Exception as exc:  # onnxruntime's errors derive from Exception only
+        logger.debug("onnxruntime does not report node placement: %s", exc)
+        return placement
+    for subgraph in subgraphs:
+        counts = placement.setdefault(subgraph.ep_name, Counter())
+        counts.update(node.op_type for node in subgraph.get_nodes())
+    return placement
+
+
+def report_node_placement(placement: dict[str, Counter[str]], device: str) -> None:
+    """Log where nodes run when a CUDA session runs some elsewhere.
+
+    ONNX Runtime places shape arithmetic on the CPU on purpose, which is logged at INFO;
+    :data:`HEAVY_OPS` off CUDA are logged as a warning.
+    """
+    elsewhere = {ep: ops for ep, ops in placement.items() if ep != CUDA_PROVIDER}
+    if not elsewhere:
+        return
+    total = sum(sum(ops.values()) for ops in placement.values())
+    text = "; ".join(
+        f"{ep}: " + ", ".join(f"{op} x{n}" for op, n in sorted(ops.items()))
+        for ep, ops in sorted(elsewhere.items())
+    )
+    off = sum(sum(ops.values()) for ops in elsewhere.values())
+    heavy = sorted({op for ops in elsewhere.values() for op in ops} & HEAVY_OPS)
+    if heavy:
+        logger.warning(
+            "%d of %d nodes of the %s session run off CUDA, %s among them (%s); %s",
+            off,
+            total,
+            device,
+            heavy,
+            text,
+            CUDA_EXPORT_HINT,
+        )
+    else:
+        logger.info("%d of %d nodes of the %s session run off CUDA (%s)", off, total, device, text)
+
+
+def _fit_export(
+    wanted: Placement, metadata: ExportMetadata | None, graph: str | Path, policy: OnMissingGpu
+) -> Placement:
+    """``wanted``, or the CPU when the export cannot run wholly on CUDA (see the scorer)."""
+    if metadata is None:
+        logger.warning(
+            "OnnxLabelScorer built directly on %s: the export's precision and attention are not "
+            "checked against %s; load the folder with load_export() or "
+            "Reranker.from_pretrained(folder, backend='onnx')",
+            graph,
+            wanted.name,
+        )
+        return wanted
+    if wanted.device_type == "cpu":
+        if metadata.precision == "fp16":
+            logger.warning("%s: fp16 is meant for CUDA; on the CPU use fp32 or int8", graph)
+        return wanted
+    obstacles = cuda_obstacles(metadata.precision, metadata.attention)
+    if not obstacles:
+        return wanted
+    message = f"{graph} cannot run wholly on {wanted.name}: {'; '.join(obstacles)}"
+    fall_back_to_cpu(message, policy, CUDA_EXPORT_HINT)
+    return Placement("cpu")
 
 
 def _positive_or_none(name: str, value: int | None) -> int | None:
@@ -110,6 +256,12 @@ class OnnxLabelScorer:
     offers it). A CUDA device that cannot be used raises, or with ``on_missing_gpu="warn"``
     logs a warning and runs on the CPU; with ``device=None`` it always warns.
     ``intra_op_num_threads``/``inter_op_num_threads`` default to ONNX Runtime's choice.
+
+    ``metadata`` is the export's ``llmrank.json`` (:func:`~haystack_llmrank.export.loading.
+    load_export` passes it). With it, an export that would run partly on the CPU under CUDA
+    (:func:`cuda_obstacles`) is refused on an explicit CUDA device (or, with
+    ``on_missing_gpu="warn"``, and always with ``device=None``, runs on the CPU with a
+    warning). Without it nothing is checked, which is logged as a warning.
     """
 
     def __init__(
@@ -122,10 +274,16 @@ class OnnxLabelScorer:
         on_missing_gpu: OnMissingGpu = "raise",
         intra_op_num_threads: int | None = None,
         inter_op_num_threads: int | None = None,
+        metadata: ExportMetadata | None = None,
     ) -> None:
         import onnxruntime as ort
 
-        wanted = choose_placement(device, ort.get_available_providers(), on_missing_gpu)
+        available = ort.get_available_providers()
+        asks_cuda = device is None or parse_device(device).device_type == "cuda"
+        wheels = onnxruntime_wheels() if asks_cuda and CUDA_PROVIDER not in available else ()
+        wanted = choose_placement(device, available, on_missing_gpu, wheels)
+        policy: OnMissingGpu = on_missing_gpu if device is not None else "warn"
+        wanted = _fit_export(wanted, metadata, graph, policy)
         options = ort.SessionOptions()
         intra = _positive_or_none("intra_op_num_threads", intra_op_num_threads)
         inter = _positive_or_none("inter_op_num_threads", inter_op_num_threads)
@@ -133,11 +291,15 @@ class OnnxLabelScorer:
             options.intra_op_num_threads = intra
         if inter is not None:
             options.inter_op_num_threads = inter
+        if wanted.device_type == "cuda":
+            options.add_session_config_entry(_ASSIGNMENT_ENTRY, "1")
         self._session = ort.InferenceSession(str(graph), options, providers=wanted.providers)
-        policy: OnMissingGpu = on_missing_gpu if device is not None else "warn"
         self._placement = confirm_placement(wanted, self._session.get_providers(), policy)
+        if self._placement.device_type == "cuda":
+            report_node_placement(node_placement(self._session), self._placement.name)
         self._label_ids = label_ids
         self._pad_id = pad_token_id
+        self._precision = metadata.precision if metadata is not None else None
         self._check_signature()
         logger.info("onnx scorer for %s on %s", graph, self._placement.name)
 
@@ -166,7 +328,10 @@ class OnnxLabelScorer:
         return list(self._session.get_providers())
 
     def score(self, prompts: Sequence[Sequence[int]]) -> npt.NDArray[np.float32]:
-        """Return float32 label logits ``[len(prompts), len(label_ids)]``."""
+        """Return float32 label logits ``[len(prompts), len(label_ids)]``.
+
+        Raises :class:`~haystack_llmrank.errors.NonFiniteLogitsError` on NaN or ±inf.
+        """
         import onnxruntime as ort
 
         ids, mask = pad_right(prompts, self._pad_id)
@@ -183,4 +348,5 @@ class OnnxLabelScorer:
             raise RuntimeError(
                 f"the graph returned {logits.dtype} {logits.shape}, expected float32 {expected}"
             )
-        return np.asarray(logits, dtype=np.float32)
+        remedy = f"this is a {self._precision or 'graph of unknown precision'}; use an fp32 export"
+        return check_finite(np.asarray(logits, dtype=np.float32), remedy)

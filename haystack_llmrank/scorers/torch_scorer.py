@@ -10,6 +10,7 @@ import numpy.typing as npt
 import torch
 
 from haystack_llmrank.labels import LabelIds
+from haystack_llmrank.scorers.base import check_finite
 from haystack_llmrank.scorers.label_head import LabelLogitsModel
 from haystack_llmrank.scorers.padding import pad_right
 
@@ -41,11 +42,22 @@ class TorchLabelScorer:
         return device
 
     def score(self, prompts: Sequence[Sequence[int]]) -> npt.NDArray[np.float32]:
-        """Return float32 label logits ``[len(prompts), len(label_ids)]``."""
+        """Return float32 label logits ``[len(prompts), len(label_ids)]``.
+
+        Raises :class:`~haystack_llmrank.errors.NonFiniteLogitsError` on NaN or ±inf.
+        """
         ids, mask = pad_right(prompts, self._pad_id)
         with torch.inference_mode():
             logits = self._head(
                 torch.from_numpy(ids).to(self.device), torch.from_numpy(mask).to(self.device)
             )
         result: npt.NDArray[np.float32] = logits.cpu().numpy().astype(np.float32, copy=False)
-        return result
+        if self.dtype == torch.float32:
+            return check_finite(result, "the model computes them in float32")
+        return check_finite(result, f"it runs in {self.dtype}: load it with dtype='float32'")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the model's weights."""
+        dtype: torch.dtype = self._head.head_weight.dtype
+        return dtype

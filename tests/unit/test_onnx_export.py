@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
+import re
 import shutil
 import sys
+import tomllib
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +17,10 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from conftest import PROJECT_ROOT, make_tiny_llama
 
 from haystack_llmrank.cli import main
-from haystack_llmrank.errors import ModelResolutionError
+from haystack_llmrank.errors import ModelResolutionError, NonFiniteLogitsError
 from haystack_llmrank.export import export_onnx, read_metadata
 from haystack_llmrank.export.attention import (
     FUSED_ATTENTION,
@@ -25,10 +28,15 @@ from haystack_llmrank.export.attention import (
     fused_attention_in,
 )
 from haystack_llmrank.export.graph import choose_attention
-from haystack_llmrank.export.loading import device_mismatches, load_export
+from haystack_llmrank.export.loading import load_export
 from haystack_llmrank.export.metadata import METADATA_FILE, file_sha256
 from haystack_llmrank.export.precision import QUANTIZER_MODULE as QUANTIZER
-from haystack_llmrank.export.precision import label_head_nodes, quiet_quantizer
+from haystack_llmrank.export.precision import (
+    convert_precision,
+    label_head_nodes,
+    quiet_quantizer,
+    save_graph,
+)
 from haystack_llmrank.export.verify import check_graph
 from haystack_llmrank.labels import ALPHABETIC_LABELS, LabelIds, resolve_label_ids
 from haystack_llmrank.prompt import FIRST_TEMPLATE
@@ -42,7 +50,12 @@ from haystack_llmrank.scorers.onnx_scorer import (
     Placement,
     choose_placement,
     confirm_placement,
+    cuda_obstacles,
+    node_placement,
+    onnxruntime_wheels,
     parse_device,
+    report_node_placement,
+    wheel_collision,
 )
 from haystack_llmrank.scorers.padding import pad_right
 from haystack_llmrank.scorers.torch_scorer import TorchLabelScorer
@@ -481,19 +494,112 @@ def test_quantizer_import_leaves_root_logger_alone(monkeypatch: pytest.MonkeyPat
 
 
 def test_fp16_export_is_valid_with_float32_output(
-    tiny_model_dir: Path, tmp_path: Path, tiny_scorer: TorchLabelScorer
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    tiny_scorer: TorchLabelScorer,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     folder = export_to(tmp_path / "fp16", tiny_model_dir, precision="fp16")
     model = onnx.load(str(folder / "model.onnx"))
     onnx.checker.check_model(model)
     assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     assert {i.type.tensor_type.elem_type for i in model.graph.input} == {onnx.TensorProto.INT64}
+    [head] = label_head_nodes(model)
+    head_weights = {n.input[1] for n in model.graph.node if n.name == head}
     weights = [t for t in model.graph.initializer if len(t.dims) == 2]
-    assert weights
-    assert all(t.data_type == onnx.TensorProto.FLOAT16 for t in weights)
-    got = load_export(folder, device="cpu").scorer.score(BATCHES[0])
+    assert len(weights) > 1
+    for weight in weights:
+        kept = weight.name in head_weights
+        assert weight.data_type == (onnx.TensorProto.FLOAT if kept else onnx.TensorProto.FLOAT16)
+    with caplog.at_level(logging.WARNING):
+        got = load_export(folder, device="cpu").scorer.score(BATCHES[0])
+    assert "fp16 is meant for CUDA" in caplog.text
     assert got.dtype == np.float32
     assert_decisive_pairs_kept(got, tiny_scorer.score(BATCHES[0]), margin=0.1)
+
+
+def position_sensitive_llama(vocab_size: int) -> Any:
+    """The tiny Llama with sharp attention, so its logits follow the rotary angles closely."""
+    model = make_tiny_llama(vocab_size, seed=1)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.weight.mul_(8)
+            layer.self_attn.k_proj.weight.mul_(8)
+    return model
+
+
+@pytest.fixture(scope="module")
+def sharp_model(smollm2_tokenizer: Any) -> Any:
+    return position_sensitive_llama(len(smollm2_tokenizer))
+
+
+@pytest.fixture(scope="module")
+def sharp_fp16_dir(
+    tmp_path_factory: pytest.TempPathFactory, sharp_model: Any, smollm2_tokenizer: Any
+) -> Path:
+    source = tmp_path_factory.mktemp("sharp-llama")
+    sharp_model.save_pretrained(source)
+    smollm2_tokenizer.save_pretrained(source)
+    return export_to(tmp_path_factory.mktemp("onnx") / "sharp-fp16", source, precision="fp16")
+
+
+def tensor_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Element type of every tensor that ONNX shape inference can type."""
+    graph = onnx.shape_inference.infer_shapes(model).graph
+    types = {v.name: v.type.tensor_type.elem_type for v in [*graph.input, *graph.value_info]}
+    types.update({v.name: v.type.tensor_type.elem_type for v in graph.output})
+    types.update({t.name: t.data_type for t in graph.initializer})
+    return types
+
+
+def test_fp16_export_keeps_rotary_angles_and_label_head_in_float32(sharp_fp16_dir: Path) -> None:
+    model = onnx.load(str(sharp_fp16_dir / "model.onnx"))
+    types = tensor_types(model)
+    producers = {out: node for node in model.graph.node for out in node.output}
+    float32, int64 = onnx.TensorProto.FLOAT, onnx.TensorProto.INT64
+    # From each Sin/Cos back to the integer positions, every tensor is float32.
+    trig = [n for n in model.graph.node if n.op_type in ("Sin", "Cos")]
+    assert len(trig) == 2
+    pending, angles = [t for n in trig for t in (*n.input, *n.output)], set()
+    while pending:
+        name = pending.pop()
+        if name in angles or types.get(name) == int64:
+            continue
+        angles.add(name)
+        node = producers.get(name)
+        pending.extend(node.input if node is not None else ())
+    assert len(angles) >= 4
+    assert {name: types.get(name) for name in angles} == dict.fromkeys(angles, float32)
+    # The label-head product, its weight and everything after it up to label_logits too.
+    [head] = label_head_nodes(model)
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    pending = [n for n in model.graph.node if n.name == head]
+    tail: set[str] = set(pending[0].input)
+    while pending:
+        node = pending.pop()
+        for name in node.output:
+            if types.get(name) != int64 and name not in tail:
+                tail.add(name)
+                pending.extend(consumers.get(name, []))
+    assert "label_logits" in tail
+    assert {name: types.get(name) for name in tail} == dict.fromkeys(tail, float32)
+
+
+def test_fp16_export_matches_float32_on_prompts_over_2000_tokens(
+    sharp_fp16_dir: Path, sharp_model: Any, smollm2_tokenizer: Any
+) -> None:
+    """Rotary angles rounded to fp16 are off by up to 1 rad past 2,048 tokens (0.2 in logits)."""
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(100, 40000, size=n).tolist() for n in (2000, 2300, 2600)]
+    reference = TorchLabelScorer(
+        sharp_model, resolve_label_ids(smollm2_tokenizer, ALPHABETIC_LABELS), pad_token_id=2
+    ).score(prompts)
+    got = load_export(sharp_fp16_dir, device="cpu").scorer.score(prompts)
+    assert np.abs(got - reference).max() < 0.05
+    assert_decisive_pairs_kept(got, reference, margin=0.1)
 
 
 def test_dynamo_exporter_matches_torch(
@@ -505,6 +611,80 @@ def test_dynamo_exporter_matches_torch(
     scorer = load_export(folder, device="cpu").scorer
     for batch in BATCHES:
         np.testing.assert_allclose(scorer.score(batch), tiny_scorer.score(batch), atol=1e-4, rtol=0)
+
+
+def graph_over_2_gib(folder: Path, table_mib: int = 1030, width: int = 64) -> Path:
+    """A graph shaped like a label-logit export whose weights exceed protobuf's 2 GiB.
+
+    Its two int8 tables lie in a sparse external data file, so they cost neither disk nor
+    memory until read, and fp16 conversion leaves int8 alone: only loading and saving touch
+    them. Only the small label head is float.
+    """
+    rows = (table_mib << 20) // width
+    folder.mkdir(parents=True)
+    with (folder / "model.onnx.data").open("wb") as handle:
+        handle.truncate(2 * rows * width)
+    tables = []
+    for i in range(2):
+        table = onnx.TensorProto(name=f"table{i}", data_type=onnx.TensorProto.INT8)
+        table.dims.extend([rows, width])
+        table.data_location = onnx.TensorProto.EXTERNAL
+        entries = {
+            "location": "model.onnx.data",
+            "offset": i * rows * width,
+            "length": rows * width,
+        }
+        for key, value in entries.items():
+            table.external_data.add(key=key, value=str(value))
+        tables.append(table)
+    make = onnx.helper.make_node
+    nodes = [
+        *(
+            make("Gather", [f"table{i}", "input_ids"], [f"rows{i}"], name=f"gather{i}")
+            for i in (0, 1)
+        ),
+        *(make("Cast", [f"rows{i}"], [f"float{i}"], to=1, name=f"cast{i}") for i in (0, 1)),
+        make("Add", ["float0", "float1"], ["sum"], name="add"),
+        make("ReduceMean", ["sum", "axes"], ["hidden"], keepdims=0, name="mean"),
+        make("MatMul", ["hidden", "head"], ["label_logits"], name="head"),
+    ]
+    ids = [
+        onnx.helper.make_tensor_value_info(name, onnx.TensorProto.INT64, ["batch", "sequence"])
+        for name in ("input_ids", "attention_mask")
+    ]
+    logits = onnx.helper.make_tensor_value_info(
+        "label_logits", onnx.TensorProto.FLOAT, ["batch", 4]
+    )
+    small = [
+        onnx.numpy_helper.from_array(np.ones((width, 4), np.float32), "head"),
+        onnx.numpy_helper.from_array(np.array([1], np.int64), "axes"),
+    ]
+    graph = onnx.helper.make_graph(nodes, "big", ids, [logits], initializer=[*tables, *small])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)])
+    onnx.save_model(model, str(folder / "model.onnx"))
+    return folder / "model.onnx"
+
+
+@pytest.mark.slow
+def test_fp16_conversion_of_a_graph_over_2_gib(tmp_path: Path) -> None:
+    """Shape inference on an in-memory proto over 2 GiB fails: 'Failed to serialize proto'."""
+    source = graph_over_2_gib(tmp_path / "big")
+    target = tmp_path / "fp16"
+    target.mkdir()
+    save_graph(convert_precision(source, "fp16"), target)
+    onnx.checker.check_model(str(target / "model.onnx"))
+    model = onnx.load(str(target / "model.onnx"), load_external_data=False)
+    casts = {n.name: n.attribute[0].i for n in model.graph.node if n.name in ("cast0", "cast1")}
+    assert casts == {"cast0": onnx.TensorProto.FLOAT16, "cast1": onnx.TensorProto.FLOAT16}
+    types = {t.name: t.data_type for t in model.graph.initializer}
+    assert types == {
+        "table0": onnx.TensorProto.INT8,
+        "table1": onnx.TensorProto.INT8,
+        "head": onnx.TensorProto.FLOAT,
+        "axes": onnx.TensorProto.INT64,
+    }
+    assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert (target / "model.onnx.data").stat().st_size > 2 << 30
 
 
 # --- providers and threads ------------------------------------------------------------------
@@ -612,17 +792,168 @@ def test_from_pretrained_passes_threads_and_the_gpu_policy(
     assert scorer._session.get_session_options().intra_op_num_threads == 1
 
 
-def test_device_mismatches_name_slow_combinations(fp32_dir: Path) -> None:
-    fused = read_metadata(fp32_dir)
-    fp16 = dataclasses.replace(fused, precision="fp16")
-    plain = dataclasses.replace(fused, attention="plain")
-    assert device_mismatches(fused, "cpu") == []
-    assert device_mismatches(fp16, "cuda:0") == []
-    assert device_mismatches(plain, "cuda:0") == []
-    [fp16_on_cpu] = device_mismatches(fp16, "cpu")
-    assert "meant for CUDA" in fp16_on_cpu
-    [fused_on_cuda] = device_mismatches(fused, "cuda:1")
-    assert "fused attention in fp16 only" in fused_on_cuda
+def test_cuda_obstacles_name_what_would_run_on_the_cpu() -> None:
+    assert cuda_obstacles("fp16", "fused") == []
+    assert cuda_obstacles("fp32", "plain") == []
+    assert cuda_obstacles("fp16", "plain") == []
+    [attention] = cuda_obstacles("fp32", "fused")
+    assert "GroupQueryAttention in fp16 and bf16 only" in attention
+    [weights] = cuda_obstacles("int8", "plain")
+    assert "MatMulNBits" in weights
+    assert len(cuda_obstacles("int8", "fused")) == 2
+
+
+@pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider':UserWarning")
+@pytest.mark.parametrize(
+    ("precision", "attention", "reason"),
+    [("fp32", "fused", "GroupQueryAttention"), ("int8", "plain", "MatMulNBits")],
+)
+def test_exports_that_cuda_cannot_run_whole_are_refused_or_rerouted(
+    fp32_copy: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    precision: str,
+    attention: str,
+    reason: str,
+) -> None:
+    """The checks read llmrank.json, so relabelling the fp32 export stands in for the others."""
+    rewrite_metadata(fp32_copy, precision=precision, attention=attention)
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [CUDA_PROVIDER, CPU_PROVIDER])
+    with pytest.raises(RuntimeError, match=rf"{reason}.*--precision fp16.*device='cpu'"):
+        load_export(fp32_copy, device="cuda")
+    with caplog.at_level(logging.WARNING):
+        scorer = load_export(fp32_copy, device=None).scorer
+    assert scorer.device == "cpu"
+    assert scorer.providers == [CPU_PROVIDER]
+    assert reason in caplog.text
+    assert "running on the CPU instead" in caplog.text
+
+
+def test_a_scorer_built_directly_warns_that_nothing_is_checked(
+    fp32_dir: Path, fp32_scorer: OnnxLabelScorer, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING):
+        load_export(fp32_dir, device="cpu")
+    assert "built directly" not in caplog.text
+    with caplog.at_level(logging.WARNING):
+        OnnxLabelScorer(fp32_dir / "model.onnx", fp32_scorer.label_ids, device="cpu")
+    assert "built directly" in caplog.text
+    assert "load_export()" in caplog.text
+
+
+def test_node_placement_is_read_from_the_session_and_reported(
+    fp32_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
+    session = ort.InferenceSession(str(fp32_dir / "model.onnx"), options, providers=[CPU_PROVIDER])
+    placement = node_placement(session)
+    assert list(placement) == [CPU_PROVIDER]
+    assert placement[CPU_PROVIDER]["GroupQueryAttention"] == 2
+    with caplog.at_level(logging.INFO, logger="haystack_llmrank.scorers.onnx_scorer"):
+        report_node_placement(placement, "cuda:0")
+    [record] = caplog.records
+    assert record.levelno == logging.WARNING
+    assert "GroupQueryAttention" in record.message
+    assert "--precision fp16" in record.message
+    caplog.clear()
+    shapes_only = {CUDA_PROVIDER: Counter(MatMul=4), CPU_PROVIDER: Counter(Shape=3, Gather=1)}
+    with caplog.at_level(logging.INFO, logger="haystack_llmrank.scorers.onnx_scorer"):
+        report_node_placement(shapes_only, "cuda:0")
+        report_node_placement({CUDA_PROVIDER: Counter(MatMul=4)}, "cuda:0")
+    [record] = caplog.records
+    assert record.levelno == logging.INFO
+    assert "4 of 8 nodes" in record.message
+    assert "Gather x1, Shape x3" in record.message
+
+
+def test_unrecorded_node_placement_is_empty(fp32_scorer: OnnxLabelScorer) -> None:
+    assert node_placement(fp32_scorer._session) == {}
+
+
+def test_both_onnxruntime_wheels_are_detected(
+    fp32_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``pip install 'llmrank[gpu,onnx]'``: the last wheel installed hides CUDA."""
+    both = ["onnxruntime", "onnxruntime-gpu"]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [CPU_PROVIDER])
+    monkeypatch.setattr("haystack_llmrank.scorers.onnx_scorer.onnxruntime_wheels", lambda: both)
+    fix = "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu"
+    with caplog.at_level(logging.WARNING):
+        scorer = load_export(fp32_dir, device=None).scorer
+    assert scorer.device == "cpu"
+    assert fix in caplog.text
+    with pytest.raises(RuntimeError, match=re.escape(fix)):
+        load_export(fp32_dir, device="cuda")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert load_export(fp32_dir, device="cpu").scorer.device == "cpu"
+    assert fix not in caplog.text
+
+
+def test_onnxruntime_wheels_lists_the_installed_runtime() -> None:
+    wheels = onnxruntime_wheels()
+    assert {"onnxruntime", "onnxruntime-gpu"} & set(wheels)
+    assert all(name.startswith("onnxruntime") for name in wheels)
+    assert wheel_collision(["onnxruntime"]) is None
+    assert wheel_collision(["onnxruntime-gpu"]) is None
+    assert wheel_collision(["onnxruntime", "onnxruntime-directml"]) is None
+
+
+def test_runtime_extras_do_not_collide() -> None:
+    """Each runtime extra brings one ONNX Runtime wheel; ``export`` brings none."""
+    extras = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+
+    def runtimes(*names: str) -> set[str]:
+        requirements = [r for name in names for r in extras[name]]
+        return {re.split(r"[<>=\[;]", r)[0].strip() for r in requirements} & {
+            "onnxruntime",
+            "onnxruntime-gpu",
+        }
+
+    assert runtimes("onnx") == {"onnxruntime"}
+    assert runtimes("gpu") == {"onnxruntime-gpu"}
+    assert runtimes("export") == set()
+    assert runtimes("gpu", "export") == {"onnxruntime-gpu"}
+    assert runtimes("onnx", "export") == {"onnxruntime"}
+
+
+def test_default_attributes_of_onnxruntime_operators_are_not_saved(fp32_dir: Path) -> None:
+    """An older runtime rejects attributes its schema lacks; the re-save writes all defaults."""
+    model = onnx.load(str(fp32_dir / "model.onnx"))
+    fused = [n for n in model.graph.node if n.op_type == "GroupQueryAttention"]
+    assert fused
+    for node in fused:
+        assert {a.name for a in node.attribute} == {"num_heads", "kv_num_heads", "scale"}
+
+
+def with_unknown_attribute(folder: Path, exporting_runtime: str) -> None:
+    """Give every fused node an attribute this runtime does not know, as a newer one might."""
+    graph = folder / "model.onnx"
+    model = onnx.load(str(graph))
+    for node in model.graph.node:
+        if node.op_type == "GroupQueryAttention":
+            node.attribute.append(onnx.helper.make_attribute("from_the_future", 1))
+    onnx.save(model, str(graph))
+    meta = read_metadata(folder, verify_hashes=False)
+    exporter = {**meta.exporter, "onnxruntime": exporting_runtime}
+    rewrite_metadata(folder, exporter=exporter, files={"model.onnx": file_sha256(graph)})
+
+
+def test_a_graph_from_a_newer_onnxruntime_names_both_versions(fp32_copy: Path) -> None:
+    with_unknown_attribute(fp32_copy, "99.1.0")
+    message = rf"exported with onnxruntime 99\.1\.0.*this onnxruntime {re.escape(ort.__version__)}"
+    with pytest.raises(ModelResolutionError, match=message):
+        load_export(fp32_copy, device="cpu")
+
+
+def test_a_graph_the_same_onnxruntime_rejects_keeps_its_error(fp32_copy: Path) -> None:
+    with_unknown_attribute(fp32_copy, ort.__version__)
+    with pytest.raises(Exception, match="from_the_future") as caught:
+        load_export(fp32_copy, device="cpu")
+    assert not isinstance(caught.value, ModelResolutionError)
 
 
 def identity_model() -> onnx.ModelProto:
@@ -644,3 +975,25 @@ def test_scorer_rejects_a_graph_of_another_signature(tmp_path: Path) -> None:
     onnx.save(identity_model(), path)
     with pytest.raises(ValueError, match="label-logit export"):
         OnnxLabelScorer(path, LabelIds(("A",), ((1,),)), device="cpu")
+
+
+def test_infinite_label_logits_are_an_error(tmp_path: Path) -> None:
+    """A graph with the label-logit signature that divides the ids by zero."""
+    ids, mask = (
+        onnx.helper.make_tensor_value_info(name, onnx.TensorProto.INT64, ["batch", "sequence"])
+        for name in ("input_ids", "attention_mask")
+    )
+    logits = onnx.helper.make_tensor_value_info("label_logits", onnx.TensorProto.FLOAT, None)
+    zero = onnx.numpy_helper.from_array(np.zeros(1, np.float32), "zero")
+    nodes = [
+        onnx.helper.make_node("Cast", ["input_ids"], ["ids"], to=onnx.TensorProto.FLOAT),
+        onnx.helper.make_node("Div", ["ids", "zero"], ["label_logits"]),
+    ]
+    graph = onnx.helper.make_graph(nodes, "g", [ids, mask], [logits], initializer=[zero])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.save(model, tmp_path / "inf.onnx")
+    labels = LabelIds(("A", "B"), ((1,), (2,)))
+    scorer = OnnxLabelScorer(tmp_path / "inf.onnx", labels, device="cpu")
+    with pytest.raises(NonFiniteLogitsError, match=r"2 of 2 label logits are \+inf"):
+        scorer.score([[3, 4]])

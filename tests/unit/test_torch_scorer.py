@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from conftest import make_tiny_llama
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten
 
-from haystack_llmrank.labels import ALPHABETIC_LABELS, resolve_label_ids
+from haystack_llmrank.backends import (
+    checkpoint_dtype,
+    load_scorer,
+    resolve_torch_dtype,
+    torch_device_and_dtype,
+)
+from haystack_llmrank.errors import NonFiniteLogitsError
+from haystack_llmrank.labels import ALPHABETIC_LABELS, LabelIds, resolve_label_ids
+from haystack_llmrank.models import ModelSource
+from haystack_llmrank.scorers.label_head import LabelLogitsModel
 from haystack_llmrank.scorers.padding import pad_right
 from haystack_llmrank.scorers.torch_scorer import TorchLabelScorer
 
@@ -87,3 +100,110 @@ def test_pad_right_and_empty_prompts() -> None:
         pad_right([[1], []], pad_id=0)
     with pytest.raises(ValueError, match="no prompts"):
         pad_right([], pad_id=0)
+
+
+# --- devices and dtypes ----------------------------------------------------------------------
+
+
+class MixedDevices(TorchFunctionMode):
+    """Records every torch call whose tensor arguments live on more than one device."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def __torch_function__(
+        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None
+    ) -> Any:
+        kwargs = kwargs or {}
+        leaves = tree_flatten((args, kwargs))[0]
+        devices = {t.device for t in leaves if isinstance(t, torch.Tensor) and t.dim() > 0}
+        if len(devices) > 1:
+            self.calls.append(f"{getattr(func, '__name__', func)} on {sorted(map(str, devices))}")
+        return func(*args, **kwargs)
+
+
+def test_label_head_builds_every_tensor_on_the_weights_device() -> None:
+    """CUDA's index_select takes its indices on the weight's device; "meta" stands in here."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=300,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config)
+    labels = LabelIds(("A", "B", "C"), ((10, 11), (12,), (13, 14, 15)))
+    with MixedDevices() as mixed:
+        head = LabelLogitsModel(model, labels)
+    assert mixed.calls == []
+    assert head.head_weight.device.type == "meta"
+    assert head.head_weight.shape == (3 * 3, 32)
+
+
+def overflowing_fp16_scorer(tokenizer: Any) -> TorchLabelScorer:
+    """A tiny model in float16 whose label logits exceed float16's range (65504)."""
+    model = make_tiny_llama(len(tokenizer), seed=3)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(20000)
+    return TorchLabelScorer(model.half(), resolve_label_ids(tokenizer, ALPHABETIC_LABELS))
+
+
+def test_infinite_logits_are_an_error_naming_the_dtype(smollm2_tokenizer: Any) -> None:
+    scorer = overflowing_fp16_scorer(smollm2_tokenizer)
+    with torch.inference_mode():
+        raw = scorer._head(*(torch.from_numpy(a) for a in pad_right([[5, 6, 7]], 0)))
+    assert torch.isinf(raw).any(), "the example must overflow float16"
+    with pytest.raises(NonFiniteLogitsError, match=r"inf.*torch\.float16.*dtype='float32'"):
+        scorer.score([[5, 6, 7]])
+
+
+def test_cuda_takes_the_checkpoints_dtype(fake_cuda: list[tuple[int, int]]) -> None:
+    assert torch_device_and_dtype(None, None, checkpoint=torch.bfloat16) == (
+        "cuda",
+        torch.bfloat16,
+    )
+    assert resolve_torch_dtype("cuda:1", None, torch.float16) == torch.float16
+    assert resolve_torch_dtype("cuda", None, None) == torch.float32
+    assert resolve_torch_dtype("cuda", "float16", torch.bfloat16) == torch.float16
+    assert resolve_torch_dtype("cpu", None, torch.bfloat16) == torch.float32
+    fake_cuda[0] = (7, 5)  # no native bfloat16: float16 would overflow where bfloat16 did not
+    assert resolve_torch_dtype("cuda", None, torch.bfloat16) == torch.float32
+    with pytest.raises(ValueError, match="unknown torch dtype"):
+        resolve_torch_dtype("cuda", "float17", None)
+
+
+def test_checkpoint_dtype_reads_the_config(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from transformers import LlamaConfig
+
+    assert checkpoint_dtype(ModelSource(str(tiny_model_dir))) == torch.float32
+    LlamaConfig(dtype="bfloat16").save_pretrained(tmp_path)
+    assert checkpoint_dtype(ModelSource(str(tmp_path))) == torch.bfloat16
+    assert checkpoint_dtype(ModelSource(str(tmp_path / "missing"))) is None
+    assert checkpoint_dtype(ModelSource(str(tmp_path), gguf_file="model.gguf")) is None
+
+
+def test_load_scorer_on_cuda_loads_a_bf16_checkpoint_in_bf16(
+    fake_cuda: list[tuple[int, int]],
+    tmp_path: Path,
+    smollm2_tokenizer: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    model = make_tiny_llama(len(smollm2_tokenizer)).to(torch.bfloat16)
+    model.save_pretrained(tmp_path)
+    smollm2_tokenizer.save_pretrained(tmp_path)
+    loads: list[dict[str, Any]] = []
+
+    def load_on_cpu(source: Any, **kwargs: Any) -> Any:
+        loads.append(kwargs)
+        return model
+
+    monkeypatch.setattr("haystack_llmrank.backends.load_causal_lm", load_on_cpu)
+    loaded = load_scorer(str(tmp_path), labels=ALPHABETIC_LABELS)
+    assert [(k["device"], k["dtype"]) for k in loads] == [("cuda", torch.bfloat16)]
+    assert isinstance(loaded.scorer, TorchLabelScorer)
+    assert loaded.scorer.dtype == torch.bfloat16
