@@ -1,7 +1,8 @@
 """OpenSearch requests that put the llmrank rerank service behind a search pipeline.
 
 Each request body is built by a function returning a plain dict; :func:`blueprint_requests`
-returns them in the order to apply:
+returns them in the order to apply, for an OpenSearch version from 2.12 (the first with the
+``rerank`` processor and the Cohere rerank functions):
 
 1. cluster settings: trust the service URL (and allow a private address when it is one);
 2. create an ML Commons HTTP connector in the Cohere rerank format, with ML Commons' built-in
@@ -22,11 +23,14 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import math
 import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
+
+logger = logging.getLogger(__name__)
 
 RERANK_PATH = "/v1/rerank"
 DEFAULT_MODEL_NAME = "llmrank-first"
@@ -34,8 +38,26 @@ DEFAULT_PIPELINE = "llmrank-rerank"
 API_KEY_PLACEHOLDER = "<LLMRANK_API_KEY>"
 CONNECTOR_ID_PLACEHOLDER = "<CONNECTOR_ID>"
 MODEL_ID_PLACEHOLDER = "<MODEL_ID>"
-PRIVATE_ENDPOINTS_SINCE = (3, 7)
-"""OpenSearch version from which private addresses also need their own allowlist setting."""
+Version = tuple[int, int]
+
+FIRST_SUPPORTED: Version = (2, 12)
+"""The first OpenSearch version with the ``rerank`` processor and the Cohere rerank functions."""
+PRIVATE_IP_SINCE: Version = (2, 15)
+"""From here ``plugins.ml_commons.connector.private_ip_enabled`` exists; before, ML Commons
+refuses every private, loopback or link-local address."""
+PRIVATE_ENDPOINTS_SINCE: Version = (3, 7)
+"""From here ``trusted_connector_private_endpoints_regex`` can narrow the private addresses
+allowed (an empty list allows all of them); patterns longer than 256 characters are refused."""
+CLIENT_CONFIG_SINCE: Version = (2, 13)
+"""From here a connector's ``client_config`` is read (2.12 ignores it and never times out)."""
+TIMEOUTS_IN_SECONDS_SINCE: Version = (2, 14)
+"""Before this (2.13), ``client_config`` timeouts are in milliseconds."""
+DEFAULT_VERSION: Version = (3, 7)
+MAX_REGEX_CHARS = 256
+MAX_CONNECTIONS = 30
+"""ML Commons' default connection pool size per connector and node."""
+CONNECT_TIMEOUT_S = 10
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
 REQUEST_BODY_TEMPLATE = (
     '{ "model": "${parameters.model}", "query": "${parameters.query}", '
@@ -70,9 +92,10 @@ def parse_service_url(url: str, *, private: bool | None = None) -> ServiceEndpoi
     """Validate the service's base URL as OpenSearch will call it.
 
     ``http`` or ``https``, a host, an optional port and path prefix; no credentials, query or
-    fragment. A URL that already ends in ``/v1/rerank`` is taken as its base. ``private``
-    says whether the host resolves to a private address; ``None`` decides from the host
-    (localhost, private, loopback or link-local IP literals); other host names count as public.
+    fragment. A URL that already ends in ``/v1/rerank`` is taken as its base, and the scheme's
+    default port is dropped. ``private`` says whether the host resolves to a private address;
+    ``None`` decides from the host (localhost, private, loopback or link-local IP literals);
+    other host names count as public.
     """
     try:
         parts = urlsplit(url.strip())
@@ -96,44 +119,94 @@ def parse_service_url(url: str, *, private: bool | None = None) -> ServiceEndpoi
     if path.endswith(RERANK_PATH):
         path = path[: -len(RERANK_PATH)]
     netloc = f"[{host}]" if ":" in host else host
-    if port is not None:
+    if port is not None and port != DEFAULT_PORTS[parts.scheme]:
         netloc += f":{port}"
     return ServiceEndpoint(
         f"{parts.scheme}://{netloc}{path}", _is_private_host(host) if private is None else private
     )
 
 
-def parse_version(text: str) -> tuple[int, int]:
-    """``"3.7"``, ``"2.19.1"`` or ``"3.0.0-SNAPSHOT"`` -> ``(major, minor)``."""
+def parse_version(text: str) -> Version:
+    """``"3.7"``, ``"2.19.1"`` or ``"3.0.0-SNAPSHOT"`` -> ``(major, minor)``, 2.12 or later."""
     match = re.fullmatch(r"(\d+)\.(\d+)(?:\.\d+)?(?:[-+][\w.-]*)?", text.strip())
     if match is None:
         raise ValueError(f"expected an OpenSearch version like 2.19 or 3.7, got {text!r}")
-    return int(match[1]), int(match[2])
+    version = int(match[1]), int(match[2])
+    if version < FIRST_SUPPORTED:
+        raise ValueError(
+            f"OpenSearch {text.strip()} has no rerank processor or Cohere rerank functions; "
+            "2.12 or later is needed"
+        )
+    return version
 
 
 def trusted_endpoint_regex(endpoint: ServiceEndpoint) -> str:
-    """A Java regex matching every URL under the service's base URL."""
-    return "^" + re.escape(endpoint.base_url) + "/.*$"
+    """A Java regex matching every URL under the service's base URL.
+
+    The scheme's default port may be present or not: ML Commons checks the URL as written in
+    the connector, and (3.7+, private addresses) as the HTTP client rebuilt it, without it.
+    """
+    parts = urlsplit(endpoint.base_url)
+    default_port = "" if parts.port is not None else f"(?::{DEFAULT_PORTS[parts.scheme]})?"
+    regex = f"^{parts.scheme}://{re.escape(parts.netloc)}{default_port}{re.escape(parts.path)}/.*$"
+    if len(regex) > MAX_REGEX_CHARS:
+        raise ValueError(
+            f"the service URL is too long: ML Commons refuses endpoint patterns over "
+            f"{MAX_REGEX_CHARS} characters, and this one has {len(regex)}"
+        )
+    return regex
 
 
 def cluster_settings(
-    endpoint: ServiceEndpoint, *, opensearch_version: tuple[int, int] = PRIVATE_ENDPOINTS_SINCE
+    endpoint: ServiceEndpoint, *, opensearch_version: Version = DEFAULT_VERSION
 ) -> dict[str, Any]:
-    """``PUT /_cluster/settings``: let ML Commons call the service from any node.
+    """``PUT /_cluster/settings``: let ML Commons call the service.
+
+    A private address needs ``connector.private_ip_enabled`` (2.15+; older versions cannot
+    call one at all, so this raises :class:`ValueError`). From 3.7 the same pattern also goes
+    to ``trusted_connector_private_endpoints_regex``, so that only the service's private
+    address is allowed rather than all of them. Remote models run on the nodes of
+    ``task_dispatcher.eligible_node_role.remote_model`` (data and ML nodes by default), so no
+    node-placement setting is changed.
 
     Note: ``trusted_connector_endpoints_regex`` replaces the cluster's list; add the patterns
     of other connectors you use.
     """
     regex = trusted_endpoint_regex(endpoint)
-    settings: dict[str, Any] = {
-        "plugins.ml_commons.trusted_connector_endpoints_regex": [regex],
-        "plugins.ml_commons.only_run_on_ml_node": False,
-    }
+    settings: dict[str, Any] = {"plugins.ml_commons.trusted_connector_endpoints_regex": [regex]}
     if endpoint.private:
+        if opensearch_version < PRIVATE_IP_SINCE:
+            raise ValueError(
+                f"OpenSearch before {_text(PRIVATE_IP_SINCE)} never calls a private, loopback or "
+                f"link-local address: use {_text(PRIVATE_IP_SINCE)} or later, or a service address "
+                "that is public (--public-network if the host name resolves to one)"
+            )
         settings["plugins.ml_commons.connector.private_ip_enabled"] = True
         if opensearch_version >= PRIVATE_ENDPOINTS_SINCE:
             settings["plugins.ml_commons.trusted_connector_private_endpoints_regex"] = [regex]
     return {"persistent": settings}
+
+
+def _text(version: Version) -> str:
+    return f"{version[0]}.{version[1]}"
+
+
+def client_config(
+    timeout_s: float, *, opensearch_version: Version = DEFAULT_VERSION
+) -> dict[str, int] | None:
+    """A connector's ``client_config``: every field set, read timeout ``timeout_s`` + 5 s.
+
+    2.13 and 2.14 leave unset fields null and fail on them, and 2.13 reads the timeouts in
+    milliseconds. ``None`` for 2.12, which ignores ``client_config``.
+    """
+    if opensearch_version < CLIENT_CONFIG_SINCE:
+        return None
+    unit = 1 if opensearch_version >= TIMEOUTS_IN_SECONDS_SINCE else 1000
+    return {
+        "max_connection": MAX_CONNECTIONS,
+        "connection_timeout": CONNECT_TIMEOUT_S * unit,
+        "read_timeout": (math.ceil(timeout_s) + 5) * unit,
+    }
 
 
 def connector(
@@ -142,20 +215,20 @@ def connector(
     api_key: str = API_KEY_PLACEHOLDER,
     model_name: str = DEFAULT_MODEL_NAME,
     timeout_s: float = 30.0,
+    opensearch_version: Version = DEFAULT_VERSION,
 ) -> dict[str, Any]:
     """``POST /_plugins/_ml/connectors/_create``: a Cohere-format rerank connector.
 
-    The connector's read timeout is ``timeout_s`` plus 5 s, so the service's own 504 arrives
-    before the connection gives up.
+    Its read timeout is ``timeout_s`` plus 5 s, so the service's own 504 arrives before the
+    connection gives up (see :func:`client_config`).
     """
-    return {
+    body: dict[str, Any] = {
         "name": f"{model_name} connector",
         "description": "FIRST single-token listwise reranker served by llmrank (Cohere format)",
         "version": "1",
         "protocol": "http",
         "parameters": {"model": model_name},
         "credential": {"api_key": api_key},
-        "client_config": {"read_timeout": math.ceil(timeout_s) + 5},
         "actions": [
             {
                 "action_type": "predict",
@@ -171,6 +244,10 @@ def connector(
             }
         ],
     }
+    config = client_config(timeout_s, opensearch_version=opensearch_version)
+    if config is not None:
+        body["client_config"] = config
+    return body
 
 
 def register_model(
@@ -197,9 +274,20 @@ def predict_check(query_text: str, documents: list[str]) -> dict[str, Any]:
 def search_pipeline(
     *, model_id: str = MODEL_ID_PLACEHOLDER, document_fields: tuple[str, ...] = ("text",)
 ) -> dict[str, Any]:
-    """``PUT /_search/pipeline/<name>``: a ``rerank`` response processor over the model."""
+    """``PUT /_search/pipeline/<name>``: a ``rerank`` response processor over the model.
+
+    The processor sends the values of ``document_fields`` of every hit of the page, joined with
+    no separator (a missing field is sent as ``""``), then sorts the hits stably by the float
+    value of their scores. Several fields are allowed but run into each other (a title straight
+    into its body); prefer one combined field, written at index time.
+    """
     if not document_fields:
         raise ValueError("document_fields must name at least one field")
+    if len(document_fields) > 1:
+        logger.warning(
+            "the rerank processor joins %s with no separator; prefer one combined field",
+            ", ".join(document_fields),
+        )
     return {
         "description": "Rerank each page of hits with the llmrank FIRST reranker",
         "response_processors": [
@@ -216,7 +304,8 @@ def search_pipeline(
 def search_query(query_text: str, *, text_field: str = "text", size: int = 20) -> dict[str, Any]:
     """``POST /<index>/_search?search_pipeline=<name>``: BM25 on ``text_field``, then rerank.
 
-    The processor reranks exactly the ``size`` hits of the page.
+    The processor reranks exactly the ``size`` hits of the page. A page with no hits while the
+    total is above zero (``from`` past the last hit) fails inside ML Commons.
     """
     if not query_text.strip():
         raise ValueError("the query text must not be empty")
@@ -266,6 +355,7 @@ def blueprint_requests(
 ) -> list[BlueprintRequest]:
     """Every request, in order, with ``<CONNECTOR_ID>`` and ``<MODEL_ID>`` placeholders."""
     endpoint = parse_service_url(service_url, private=private)
+    version = parse_version(opensearch_version)
     for name, value in (("pipeline", pipeline), ("index", index), ("text_field", text_field)):
         if not value or any(c in value for c in " /?#"):
             raise ValueError(f"{name} must be a non-empty name without spaces, '/', '?' or '#'")
@@ -276,13 +366,19 @@ def blueprint_requests(
             "Let ML Commons call the service (replaces the trusted endpoint list)",
             "PUT",
             "/_cluster/settings",
-            cluster_settings(endpoint, opensearch_version=parse_version(opensearch_version)),
+            cluster_settings(endpoint, opensearch_version=version),
         ),
         BlueprintRequest(
             "Create the connector; note connector_id",
             "POST",
             "/_plugins/_ml/connectors/_create",
-            connector(endpoint, api_key=api_key, model_name=model_name, timeout_s=timeout_s),
+            connector(
+                endpoint,
+                api_key=api_key,
+                model_name=model_name,
+                timeout_s=timeout_s,
+                opensearch_version=version,
+            ),
         ),
         BlueprintRequest(
             "Register the remote model; note model_id",

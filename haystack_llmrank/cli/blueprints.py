@@ -61,7 +61,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--opensearch-version",
         default="3.7",
-        help="cluster version; before 3.7 no private-endpoint allowlist is set (default 3.7)",
+        help=(
+            "cluster version, 2.12 or later: decides the private-address settings and the "
+            "connector's client_config (default 3.7)"
+        ),
     )
     parser.add_argument("--json", action="store_true", help="print a JSON list instead")
     parser.set_defaults(handler=run)

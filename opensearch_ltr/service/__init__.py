@@ -5,7 +5,12 @@ format and :func:`create_app` / :func:`run_service` to run it.
 """
 
 from opensearch_ltr.service.app import RERANK_PATH, create_app
-from opensearch_ltr.service.batcher import RerankBatcher, RerankEngine, ServiceUnavailableError
+from opensearch_ltr.service.batcher import (
+    RerankBatcher,
+    RerankEngine,
+    ServiceUnavailableError,
+    WorkerState,
+)
 from opensearch_ltr.service.config import ServiceConfig
 from opensearch_ltr.service.protocol import (
     RequestError,
@@ -13,6 +18,7 @@ from opensearch_ltr.service.protocol import (
     parse_rerank_request,
     relevance_scores,
     rerank_response,
+    score_literal,
 )
 from opensearch_ltr.service.server import run_service, stop_on_signals
 
@@ -24,10 +30,12 @@ __all__ = [
     "RerankQuery",
     "ServiceConfig",
     "ServiceUnavailableError",
+    "WorkerState",
     "create_app",
     "parse_rerank_request",
     "relevance_scores",
     "rerank_response",
     "run_service",
+    "score_literal",
     "stop_on_signals",
 ]

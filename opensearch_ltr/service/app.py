@@ -1,17 +1,16 @@
 """The aiohttp application: ``POST /v1/rerank``, ``GET /health``, ``GET /ready``.
 
 Every error is JSON: ``{"error": {"type": ..., "message": ...}}``. Status codes: 400 malformed
-JSON, 401 missing or wrong API key, 413 over a size limit, 422 a wrong request shape or value,
-503 not ready, overloaded or shutting down, 504 no answer within the timeout.
+JSON or an unreadable body, 401 missing or wrong API key, 413 over a size limit, 422 a wrong
+request shape or value, 503 not ready, overloaded or shutting down, 504 no answer within the
+timeout. Errors caused by the client are not logged above DEBUG.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import hmac
-import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -21,11 +20,17 @@ from typing import Any
 from aiohttp import web
 
 from haystack_llmrank.ranking import Ranking
-from opensearch_ltr.service.batcher import RerankBatcher, RerankEngine, ServiceUnavailableError
+from opensearch_ltr.service.batcher import (
+    RerankBatcher,
+    RerankEngine,
+    ServiceUnavailableError,
+    WorkerState,
+)
 from opensearch_ltr.service.config import ServiceConfig
 from opensearch_ltr.service.protocol import (
     RequestError,
     RerankQuery,
+    dumps,
     error_body,
     parse_rerank_request,
     rerank_response,
@@ -50,17 +55,12 @@ CONFIG = web.AppKey("config", ServiceConfig)
 STATE = web.AppKey("state", ServiceState)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-_dumps = functools.partial(json.dumps, allow_nan=False)
 
 
 def _json(
     body: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None
 ) -> web.Response:
-    return web.json_response(body, status=status, headers=headers, dumps=_dumps)
-
-
-def _unavailable(message: str) -> RequestError:
-    return RequestError(503, "unavailable", message, {"Retry-After": RETRY_AFTER_S})
+    return web.json_response(body, status=status, headers=headers, dumps=dumps)
 
 
 def presented_key(headers: Any) -> str | None:
@@ -73,8 +73,11 @@ def presented_key(headers: Any) -> str | None:
 
 
 def key_matches(given: str, keys: Sequence[str]) -> bool:
-    """Whether ``given`` is one of ``keys``, compared in constant time (fixed-size digests)."""
-    digest = hashlib.sha256(given.encode()).digest()
+    """Whether ``given`` is one of ``keys``, compared in constant time (fixed-size digests).
+
+    ``given`` may hold the surrogate escapes aiohttp decodes non-UTF-8 header bytes into.
+    """
+    digest = hashlib.sha256(given.encode("utf-8", "surrogateescape")).digest()
     matched = False
     for key in keys:
         matched |= hmac.compare_digest(digest, hashlib.sha256(key.encode()).digest())
@@ -86,7 +89,11 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     """Turn refusals, aiohttp's HTTP errors and crashes into JSON error responses."""
     try:
         return await handler(request)
+    except ServiceUnavailableError as exc:
+        logger.debug("%s %s: 503 %s", request.method, request.path, exc)
+        return _json(error_body("unavailable", str(exc)), 503, {"Retry-After": RETRY_AFTER_S})
     except RequestError as exc:
+        logger.debug("%s %s: %d %s", request.method, request.path, exc.status, exc.message)
         return _json(exc.body(), exc.status, exc.headers)
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -120,14 +127,23 @@ async def health(request: web.Request) -> web.Response:
     return _json({"status": "ok"})
 
 
+def _readiness(app: web.Application) -> str:
+    return "draining" if app[STATE].draining else str(app[BATCHER].state)
+
+
 async def ready(request: web.Request) -> web.Response:
-    """Readiness: 200 once the model is loaded and warmed up, else 503."""
-    batcher = request.app[BATCHER]
-    if batcher.ready:
-        return _json({"status": "ready", "model": request.app[CONFIG].model_name})
-    if batcher.loaded.done():
-        return _json({"status": "failed", "error": str(batcher.loaded.exception())}, 503)
-    return _json({"status": "loading"}, 503, {"Retry-After": RETRY_AFTER_S})
+    """Readiness: 200 ``{"status": "ready"}`` while a rerank request would be taken.
+
+    Otherwise 503 with the status ``loading``, ``saturated`` (the queue is full), ``stalled``
+    (the engine has made no progress for ``timeout_s``), ``failed`` (the model did not load),
+    ``stopped`` (the worker has ended) or ``draining`` (shutting down). Nothing else is told:
+    the endpoint needs no key.
+    """
+    status = _readiness(request.app)
+    if status == WorkerState.READY:
+        return _json({"status": status})
+    headers = None if status == WorkerState.FAILED else {"Retry-After": RETRY_AFTER_S}
+    return _json({"status": status}, 503, headers)
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:
@@ -138,15 +154,19 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
         return await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise too_large from None
+    except web.RequestPayloadError as exc:
+        message = str(exc).splitlines()[-1].strip()
+        raise RequestError(400, "unreadable_body", f"the body cannot be read: {message}") from None
+    except ConnectionError:
+        raise RequestError(
+            400, "incomplete_body", "the client left before the body ended"
+        ) from None
 
 
 async def _rank(batcher: RerankBatcher, query: RerankQuery) -> Ranking:
     if not query.documents:
         return Ranking((), (), ())
-    try:
-        future = batcher.submit(query.query, query.documents)
-    except ServiceUnavailableError as exc:
-        raise _unavailable(str(exc)) from None
+    future = batcher.submit(query.query, query.documents)
     try:
         return await asyncio.wrap_future(future)
     except (ValueError, TypeError) as exc:
@@ -154,12 +174,14 @@ async def _rank(batcher: RerankBatcher, query: RerankQuery) -> Ranking:
 
 
 async def rerank(request: web.Request) -> web.Response:
-    """Rank the request's documents for its query (see :mod:`opensearch_ltr.service.protocol`)."""
+    """Rank the request's documents for its query (see :mod:`opensearch_ltr.service.protocol`).
+
+    Leaving (a timeout, a client that disconnects) cancels the queued or running work.
+    """
     config = request.app[CONFIG]
     if request.app[STATE].draining:
-        raise _unavailable("the service is shutting down")
-    if not request.app[BATCHER].ready:
-        raise _unavailable("the model is not loaded yet")
+        raise ServiceUnavailableError("the service is shutting down")
+    request.app[BATCHER].check_ready()
     try:
         async with asyncio.timeout(config.timeout_s):
             query = parse_rerank_request(await _read_body(request, config.max_body_bytes), config)
@@ -178,6 +200,7 @@ def create_app(factory: Callable[[], RerankEngine], config: ServiceConfig) -> we
         factory,
         max_batch_requests=config.max_batch_requests,
         max_pending_requests=config.max_pending_requests,
+        stall_after_s=config.timeout_s,
     )
     app[BATCHER] = batcher
     app[CONFIG] = config
@@ -193,9 +216,11 @@ def create_app(factory: Callable[[], RerankEngine], config: ServiceConfig) -> we
         app[STATE].draining = True
 
     async def stop_worker(app: web.Application) -> None:
-        await asyncio.get_running_loop().run_in_executor(
+        stopped = await asyncio.get_running_loop().run_in_executor(
             None, batcher.close, config.shutdown_grace_s
         )
+        if not stopped:
+            logger.warning("the engine is still in a window; exit waits for it to end")
 
     app.on_startup.append(start_worker)
     app.on_shutdown.append(start_draining)

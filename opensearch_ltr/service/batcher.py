@@ -5,16 +5,22 @@ oldest waiting request plus every other one already waiting (up to ``max_batch_r
 and ranks them in a single ``rerank_many`` call, so the engine batches their windows
 together. The model only ever runs on this thread. Requests that waited for the model are
 batched naturally: nothing is delayed on purpose.
+
+A request whose future is cancelled (as ``asyncio.wrap_future`` does when the awaiting task
+is cancelled: a timeout, a client that left, shutdown) is abandoned: the worker drops it
+before it starts, and stops a batch between two windows once every request in it is
+abandoned. A batch that still holds a wanted request runs to its end.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -34,12 +40,31 @@ class RerankEngine(Protocol):
         *,
         on_window: Callable[[int], None] | None = None,
     ) -> list[Ranking]:
-        """Rank many queries' passages in one call."""
+        """Rank many queries' passages in one call; ``on_window`` runs after each step."""
         ...
 
 
 class ServiceUnavailableError(RuntimeError):
-    """The batcher takes no more requests now: it is full, closed, or has no model."""
+    """The batcher takes no more requests now: it is full, stalled, closed, or has no model."""
+
+
+class WorkerState(enum.StrEnum):
+    """What the worker can do for a new request now; only ``READY`` accepts one."""
+
+    LOADING = "loading"
+    READY = "ready"
+    SATURATED = "saturated"
+    """``max_pending_requests`` wanted requests are already waiting."""
+    STALLED = "stalled"
+    """The current batch has finished no window for longer than ``stall_after_s``."""
+    FAILED = "failed"
+    """The engine failed to load."""
+    STOPPED = "stopped"
+    """Closed, or the worker thread has ended."""
+
+
+class _BatchAbandonedError(Exception):
+    """Raised between windows to stop a batch whose requests are all abandoned."""
 
 
 @dataclass
@@ -48,12 +73,28 @@ class _Job:
     passages: tuple[str, ...]
     future: Future[Ranking] = field(default_factory=Future)
 
+    @property
+    def wanted(self) -> bool:
+        return not self.future.cancelled()
+
+    def resolve(self, outcome: Ranking | BaseException) -> None:
+        """Set the ranking or error, unless the caller has abandoned the job meanwhile."""
+        try:
+            if isinstance(outcome, BaseException):
+                self.future.set_exception(outcome)
+            else:
+                self.future.set_result(outcome)
+        except InvalidStateError:
+            pass  # cancelled by the caller in the meantime: nobody waits for it
+
 
 class RerankBatcher:
     """Queue in front of an engine that a single worker thread builds and runs.
 
     ``factory`` builds the engine on the worker thread. :attr:`loaded` resolves once the
-    engine answered a warm-up request (or holds the error that stopped it).
+    engine answered a warm-up request (or holds the error that stopped it). :attr:`state`
+    says whether a new request would be taken. The worker is not a daemon thread: the
+    process waits for it to finish its current window, never killing it inside the model.
     """
 
     def __init__(
@@ -62,27 +103,45 @@ class RerankBatcher:
         *,
         max_batch_requests: int = 16,
         max_pending_requests: int = 256,
+        stall_after_s: float = 30.0,
     ) -> None:
         if max_batch_requests < 1 or max_pending_requests < 1:
             raise ValueError("max_batch_requests and max_pending_requests must be positive")
+        if not stall_after_s > 0:
+            raise ValueError(f"stall_after_s must be positive, got {stall_after_s}")
         self._factory = factory
         self._max_batch = max_batch_requests
         self._max_pending = max_pending_requests
-        self._queue: queue.Queue[_Job | None] = queue.Queue()
-        self._lock = threading.Lock()
+        self._stall_after_s = stall_after_s
+        self._queue: deque[_Job] = deque()
+        self._changed = threading.Condition()
         self._closed = False
-        self._thread = threading.Thread(target=self._work, name="llmrank-engine", daemon=True)
+        self._progress_at: float | None = None
+        """When the running batch started or last finished a window; ``None`` when idle."""
+        self._thread = threading.Thread(target=self._work, name="llmrank-engine")
         self.loaded: Future[None] = Future()
 
     @property
-    def ready(self) -> bool:
-        """True once the engine is built and warmed up."""
-        return self.loaded.done() and self.loaded.exception() is None
+    def state(self) -> WorkerState:
+        """Whether a request submitted now would be taken, and if not, why."""
+        if not self.loaded.done():
+            return WorkerState.LOADING
+        if self.loaded.exception() is not None:
+            return WorkerState.FAILED
+        if self._closed or not self._thread.is_alive():
+            return WorkerState.STOPPED
+        progress = self._progress_at
+        if progress is not None and time.monotonic() - progress > self._stall_after_s:
+            return WorkerState.STALLED
+        if self.pending >= self._max_pending:
+            return WorkerState.SATURATED
+        return WorkerState.READY
 
     @property
     def pending(self) -> int:
-        """Requests waiting for the worker (not counting the batch it is ranking)."""
-        return self._queue.qsize()
+        """Wanted requests waiting for the worker (not counting the batch it is ranking)."""
+        with self._changed:
+            return sum(job.wanted for job in self._queue)
 
     def start(self) -> None:
         """Start the worker thread, which builds and warms up the engine."""
@@ -91,41 +150,57 @@ class RerankBatcher:
     def submit(self, query: str, passages: Sequence[str]) -> Future[Ranking]:
         """Queue one request; the future resolves with its ranking or the engine's error.
 
-        Raises :class:`ServiceUnavailableError` when closed, not ready, or
-        ``max_pending_requests`` are already waiting.
+        Cancel the future to abandon the request. Raises :class:`ServiceUnavailableError`
+        unless :attr:`state` is ``READY``.
         """
         job = _Job(query, tuple(passages))
-        with self._lock:
-            if self._closed:
-                raise ServiceUnavailableError("the service is shutting down")
-            if not self.ready:
-                raise ServiceUnavailableError("the model is not loaded")
-            if self._queue.qsize() >= self._max_pending:
-                raise ServiceUnavailableError(
-                    f"{self._max_pending} requests are already waiting; retry later"
-                )
-            self._queue.put(job)
+        with self._changed:
+            self._queue = deque(queued for queued in self._queue if queued.wanted)
+            self.check_ready()
+            self._queue.append(job)
+            self._changed.notify()
         return job.future
 
-    def close(self, timeout: float | None = None) -> None:
-        """Take no new requests, let the worker finish the queued ones, and wait for it."""
-        with self._lock:
-            if not self._closed:
-                self._closed = True
-                self._queue.put(None)
+    def check_ready(self) -> None:
+        """Raise :class:`ServiceUnavailableError`, saying why, unless :attr:`state` is ``READY``."""
+        refusals = {
+            WorkerState.LOADING: "the model is not loaded yet",
+            WorkerState.SATURATED: f"{self._max_pending} requests are already waiting",
+            WorkerState.STALLED: (
+                f"the engine has finished no window for over {self._stall_after_s:g} s"
+            ),
+            WorkerState.FAILED: "the model failed to load",
+            WorkerState.STOPPED: "the service is shutting down",
+        }
+        state = self.state
+        if state is not WorkerState.READY:
+            raise ServiceUnavailableError(refusals[state])
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Take no new requests, let the worker rank the wanted queued ones, and wait for it.
+
+        Returns whether the worker has stopped within ``timeout`` seconds.
+        """
+        with self._changed:
+            self._closed = True
+            self._changed.notify()
         if self._thread.is_alive():
             self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     def _work(self) -> None:
         engine = self._load()
         if engine is None:
             return
-        stop = False
-        while not stop:
-            batch, stop = self._next_batch()
-            live = [job for job in batch if job.future.set_running_or_notify_cancel()]
-            if live:
-                self._rank(engine, live)
+        try:
+            while (batch := self._next_batch()) is not None:
+                self._rank(engine, batch)
+        finally:
+            with self._changed:
+                self._closed = True
+                left, self._queue = list(self._queue), deque()
+            for job in left:
+                job.resolve(ServiceUnavailableError("the rerank worker stopped"))
 
     def _load(self) -> RerankEngine | None:
         started = time.perf_counter()
@@ -140,34 +215,50 @@ class RerankBatcher:
         self.loaded.set_result(None)
         return engine
 
-    def _next_batch(self) -> tuple[list[_Job], bool]:
-        first = self._queue.get()
-        if first is None:
-            return [], True
-        batch = [first]
-        while len(batch) < self._max_batch:
-            try:
-                job = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if job is None:
-                return batch, True
-            batch.append(job)
-        return batch, False
+    def _next_batch(self) -> list[_Job] | None:
+        """The wanted jobs to rank next, oldest first; ``None`` once closed and drained."""
+        with self._changed:
+            while True:
+                wanted = [job for job in self._queue if job.wanted]
+                if wanted:
+                    batch = wanted[: self._max_batch]
+                    self._queue = deque(wanted[self._max_batch :])
+                    return batch
+                self._queue.clear()
+                if self._closed:
+                    return None
+                self._changed.wait()
 
     def _rank(self, engine: RerankEngine, jobs: list[_Job]) -> None:
+        def between_windows(count: int) -> None:
+            self._progress_at = time.monotonic()
+            if not any(job.wanted for job in jobs):
+                raise _BatchAbandonedError
+
+        self._progress_at = time.monotonic()
         try:
-            rankings = engine.rerank_many([(job.query, job.passages) for job in jobs])
+            rankings = engine.rerank_many(
+                [(job.query, job.passages) for job in jobs], on_window=between_windows
+            )
             if len(rankings) != len(jobs):
                 raise RuntimeError(f"the engine answered {len(rankings)} of {len(jobs)} requests")
+        except _BatchAbandonedError:
+            logger.info("stopped a batch of %d abandoned requests between windows", len(jobs))
+            return
         except Exception as exc:
             if len(jobs) > 1:
-                logger.warning("a batch of %d requests failed; ranking them one by one", len(jobs))
+                logger.debug("a batch of %d failed (%s); ranking them one by one", len(jobs), exc)
                 for job in jobs:
-                    self._rank(engine, [job])
+                    if job.wanted:
+                        self._rank(engine, [job])
                 return
-            logger.warning("a rerank request failed: %s", exc, exc_info=True)
-            jobs[0].future.set_exception(exc)
+            jobs[0].resolve(exc)
             return
+        except BaseException:
+            for job in jobs:
+                job.resolve(ServiceUnavailableError("the rerank worker stopped"))
+            raise
+        finally:
+            self._progress_at = None
         for job, ranking in zip(jobs, rankings, strict=True):
-            job.future.set_result(ranking)
+            job.resolve(ranking)

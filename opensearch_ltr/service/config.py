@@ -10,7 +10,10 @@ class ServiceConfig:
     """What the rerank service accepts and how it batches.
 
     ``api_keys`` empty turns authentication off. Size limits answer 413; a request that is
-    not answered within ``timeout_s`` (queueing included) answers 504.
+    not answered within ``timeout_s`` (queueing included) answers 504, and its work is
+    dropped. A connection must send a complete request head within ``header_timeout_s`` of
+    opening or of the first byte of a later request; beyond ``max_connections`` open
+    connections, new ones are answered 503 and closed.
     """
 
     api_keys: tuple[str, ...] = ()
@@ -22,8 +25,8 @@ class ServiceConfig:
     max_batch_requests: int = 16
     max_pending_requests: int = 256
     shutdown_grace_s: float = 30.0
-    model_name: str = "llmrank"
-    """Reported by ``GET /ready``."""
+    header_timeout_s: float = 10.0
+    max_connections: int = 512
 
     def __post_init__(self) -> None:
         for name in (
@@ -33,11 +36,13 @@ class ServiceConfig:
             "max_query_chars",
             "max_batch_requests",
             "max_pending_requests",
+            "max_connections",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not self.timeout_s > 0:
-            raise ValueError(f"timeout_s must be positive, got {self.timeout_s}")
+        for name in ("timeout_s", "header_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if not self.shutdown_grace_s >= 0:
             raise ValueError(f"shutdown_grace_s must not be negative, got {self.shutdown_grace_s}")
         for key in self.api_keys:

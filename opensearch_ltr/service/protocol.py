@@ -20,6 +20,8 @@ FIRST label logit, non-increasing down the ranking), stepped down where needed t
 representable float32 so that it strictly decreases in float32. Higher is better; the values
 are logits (any sign), not probabilities. Strictness matters: OpenSearch's ``rerank``
 processor re-sorts hits by these scores as float32, and ties would let it reorder them.
+Each score is written as the shortest decimal that reads back as the same float32 (see
+:func:`score_literal`).
 """
 
 from __future__ import annotations
@@ -148,6 +150,34 @@ def relevance_scores(ranking: Ranking) -> list[float]:
         scores.append(float(value))
         previous = value
     return scores
+
+
+def score_literal(score: float) -> str:
+    """JSON number text for ``score`` as float32: the shortest decimal that reads back as it.
+
+    At most 15 characters, always with a ``.`` or an exponent. ML Commons reads the response
+    with json-smart, which turns a number literal over 18 characters into a BigDecimal and one
+    with neither into an integer; its Cohere post-process function then fails to cast either
+    to Double.
+    """
+    value = np.float32(score)
+    if not np.isfinite(value):
+        raise ValueError(f"a score must be finite, got {score}")
+    positional = np.format_float_positional(value, unique=True, trim="0")
+    scientific = np.format_float_scientific(value, unique=True, trim="-", exp_digits=1)
+    return positional if len(positional) <= len(scientific) else scientific
+
+
+def dumps(body: Any) -> str:
+    """Compact JSON for ``body`` in which every float is written by :func:`score_literal`."""
+    if isinstance(body, float):
+        return score_literal(body)
+    if isinstance(body, dict):
+        items = (f"{json.dumps(str(key))}:{dumps(value)}" for key, value in body.items())
+        return "{" + ",".join(items) + "}"
+    if isinstance(body, list | tuple):
+        return "[" + ",".join(dumps(item) for item in body) + "]"
+    return json.dumps(body, allow_nan=False)
 
 
 def rerank_response(request: RerankQuery, ranking: Ranking, request_id: str) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from opensearch_ltr.blueprints import (
     blueprint_requests,
     connector,
     parse_service_url,
+    parse_version,
     register_model,
     search_pipeline,
 )
@@ -95,7 +96,9 @@ def model_id(cluster_client: Any) -> Iterator[str]:
             cluster_client,
             "POST",
             "/_plugins/_ml/connectors/_create",
-            connector(endpoint, api_key=key, model_name=name),
+            connector(
+                endpoint, api_key=key, model_name=name, opensearch_version=parse_version(version)
+            ),
         )["connector_id"]
         undo.callback(send, cluster_client, "DELETE", f"/_plugins/_ml/connectors/{connector_id}")
         registered = send(

@@ -1,4 +1,5 @@
-"""``llmrank serve`` as a real process on loopback: a bounded load test, then SIGTERM.
+"""``llmrank serve`` as a real process on loopback: a bounded load test, then SIGTERM (within
+and past the grace period).
 
 32 clients each send 3 requests of 20 short documents at once. Every answer must be 200 and
 hold the contract (one result per document, integer indices, strictly decreasing float
@@ -9,6 +10,7 @@ nothing up. Latency percentiles and throughput are printed, not asserted.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import queue
 import random
@@ -46,9 +48,13 @@ TOPICS = ["rivers", "volcanoes", "bread", "chess", "trains", "tea", "bees", "gla
 class Server:
     """A ``llmrank serve`` subprocess and the lines it printed."""
 
-    def __init__(self, model_dir: Path) -> None:
+    def __init__(self, model_dir: Path, *options: str) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-u", "-c", LAUNCH, "serve", "--model", str(model_dir), *SERVE_ARGS],
+            [
+                *(sys.executable, "-u", "-c", LAUNCH, "serve", "--model", str(model_dir)),
+                *SERVE_ARGS,
+                *options,
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -203,3 +209,45 @@ def test_sigterm_finishes_in_flight_requests_then_exits(server: Server) -> None:
     assert "llmrank serve: stopped" in "".join(server.output)
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(f"{server.url}/health", timeout=2)
+
+
+def test_sigterm_past_the_grace_period_drops_the_request_and_exits_cleanly(
+    tiny_model_dir: Path,
+) -> None:
+    """A request still in the engine when the grace period ended used to abort the process:
+    "terminate called without an active exception", exit -6."""
+    served = Server(tiny_model_dir, "--shutdown-grace-s", "0.2")
+    try:
+        request = make_request(random.Random(7), 200, 0)
+        request["documents"] = [f"{text} " * 40 for text in texts(request)] * 50  # 99 windows
+        answers: list[BaseException | int] = []
+
+        def send() -> None:
+            message = urllib.request.Request(
+                f"{served.url}/v1/rerank",
+                data=json.dumps(request).encode(),
+                headers={**AUTH, "Content-Type": "application/json"},
+            )
+            try:
+                with urllib.request.urlopen(message, timeout=60) as response:
+                    answers.append(response.status)
+            except OSError as exc:
+                answers.append(exc)
+
+        client = threading.Thread(target=send)
+        client.start()
+        time.sleep(1.0)
+        served.process.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        assert served.process.wait(timeout=60) == 0
+        client.join(10)
+        output = "".join(served.output)
+        assert "terminate called" not in output
+        assert "llmrank serve: stopped" in output
+        (answer,) = answers
+        assert isinstance(answer, OSError), answer  # dropped, not answered
+        print(f"\nexited {time.monotonic() - signalled:.1f} s after SIGTERM")
+    finally:
+        if served.process.poll() is None:
+            served.process.kill()
+            served.process.wait()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import re
 from typing import Any
 
@@ -15,6 +16,7 @@ from opensearch_ltr.blueprints import (
     MODEL_ID_PLACEHOLDER,
     BlueprintRequest,
     blueprint_requests,
+    client_config,
     cluster_settings,
     connector,
     parse_service_url,
@@ -37,7 +39,10 @@ from opensearch_ltr.blueprints import (
         ("http://10.1.2.3:9000/v1/rerank", "http://10.1.2.3:9000", True),
         ("http://[::1]:8080", "http://[::1]:8080", True),
         ("http://[2001:db8::1]:8080", "http://[2001:db8::1]:8080", True),
-        ("http://93.184.216.34:80", "http://93.184.216.34:80", False),
+        ("http://93.184.216.34:80", "http://93.184.216.34", False),
+        ("https://rerank.example.com:443/x", "https://rerank.example.com/x", False),
+        ("http://rerank.example.com:443", "http://rerank.example.com:443", False),
+        ("https://rerank.example.com:80", "https://rerank.example.com:80", False),
         ("  http://HOST.example:8080 ", "http://host.example:8080", False),
     ],
 )
@@ -79,13 +84,59 @@ def test_trusted_regex_matches_only_the_service() -> None:
     assert not regex.fullmatch("https://10.0.0.5:8080/v1/rerank")
 
 
+@pytest.mark.parametrize(
+    ("url", "rebuilt"),
+    [
+        ("http://10.0.0.5:80", "http://10.0.0.5/v1/rerank"),
+        ("http://10.0.0.5", "http://10.0.0.5:80/v1/rerank"),
+        ("https://10.0.0.5:443/p", "https://10.0.0.5/p/v1/rerank"),
+        ("https://10.0.0.5/p", "https://10.0.0.5:443/p/v1/rerank"),
+    ],
+)
+def test_trusted_regex_matches_default_ports_written_or_dropped(url: str, rebuilt: str) -> None:
+    """ML Commons 3.7+ checks a private URL as its HTTP client rebuilt it, default port dropped;
+    the connector keeps the URL as written. The pattern must match both forms."""
+    endpoint = parse_service_url(url)
+    regex = re.compile(trusted_endpoint_regex(endpoint))
+    assert regex.fullmatch(endpoint.rerank_url)
+    assert regex.fullmatch(rebuilt)
+    assert not regex.fullmatch(endpoint.rerank_url.replace("10.0.0.5", "10.0.0.5:8081"))
+    assert not regex.fullmatch(endpoint.rerank_url.replace("10.0.0.5", "10.0.0.50"))
+
+
+def accepted_by_ml_commons(regex: str) -> bool:
+    """ML Commons 3.7+'s ``validateRegexSafety`` (Java ``String.matches`` is a full match)."""
+    nested = re.fullmatch(r".*\([^)]*[*+?]\)[*+?{].*", regex)
+    backreference = re.fullmatch(r".*\\[1-9].*", regex)
+    return nested is None and backreference is None and len(regex) <= 256
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://10.0.0.5:8080",
+        "http://10.0.0.5",
+        "https://rerank-1.example.com/a-b/c_d",
+        "http://[fd00::1]:9000",
+        "https://x" + "y" * 150 + ".example.com",
+    ],
+)
+def test_trusted_regex_passes_ml_commons_safety_checks(url: str) -> None:
+    assert accepted_by_ml_commons(trusted_endpoint_regex(parse_service_url(url)))
+
+
+def test_a_regex_ml_commons_would_refuse_is_refused_here() -> None:
+    assert not accepted_by_ml_commons("^http://(a+)+/.*$")
+    with pytest.raises(ValueError, match="256 characters"):
+        trusted_endpoint_regex(parse_service_url("https://" + "a" * 250 + ".example.com"))
+
+
 def test_cluster_settings_for_public_and_private_hosts() -> None:
     public = cluster_settings(parse_service_url("https://rerank.example.com"))["persistent"]
     assert public == {
         "plugins.ml_commons.trusted_connector_endpoints_regex": [
-            r"^https://rerank\.example\.com/.*$"
-        ],
-        "plugins.ml_commons.only_run_on_ml_node": False,
+            r"^https://rerank\.example\.com(?::443)?/.*$"
+        ]
     }
     endpoint = parse_service_url("http://127.0.0.1:8080")
     private = cluster_settings(endpoint)["persistent"]
@@ -98,13 +149,62 @@ def test_cluster_settings_for_public_and_private_hosts() -> None:
     assert older["plugins.ml_commons.connector.private_ip_enabled"] is True
 
 
+ALL_VERSIONS = [(2, minor) for minor in range(12, 20)] + [(3, minor) for minor in range(9)]
+SETTINGS_SINCE = {
+    "plugins.ml_commons.trusted_connector_endpoints_regex": (2, 12),
+    "plugins.ml_commons.connector.private_ip_enabled": (2, 15),
+    "plugins.ml_commons.trusted_connector_private_endpoints_regex": (3, 7),
+}
+"""The settings the blueprints may print, and the first ML Commons release that knows each
+(read from ml-commons' ``MLCommonsSettings`` at each release tag)."""
+
+
+@pytest.mark.parametrize("version", ALL_VERSIONS, ids=lambda v: f"{v[0]}.{v[1]}")
+@pytest.mark.parametrize("url", ["https://rerank.example.com", "http://10.0.0.5:8080"])
+def test_every_version_gets_only_settings_it_knows(version: tuple[int, int], url: str) -> None:
+    endpoint = parse_service_url(url)
+    if endpoint.private and version < (2, 15):
+        with pytest.raises(ValueError, match="never calls a private"):
+            cluster_settings(endpoint, opensearch_version=version)
+        return
+    settings = cluster_settings(endpoint, opensearch_version=version)["persistent"]
+    assert all(version >= SETTINGS_SINCE[name] for name in settings)
+    expected = {name for name, since in SETTINGS_SINCE.items() if version >= since}
+    if not endpoint.private:
+        expected = {"plugins.ml_commons.trusted_connector_endpoints_regex"}
+    assert set(settings) == expected
+
+
+@pytest.mark.parametrize("version", ALL_VERSIONS, ids=lambda v: f"{v[0]}.{v[1]}")
+def test_client_config_is_complete_in_the_version_s_unit(version: tuple[int, int]) -> None:
+    """2.12 ignores ``client_config``; 2.13 and 2.14 fail on any field left out; 2.13 reads
+    milliseconds, later versions seconds."""
+    config = client_config(12.5, opensearch_version=version)
+    body = connector(parse_service_url("http://10.0.0.5:8080"), opensearch_version=version)
+    if version == (2, 12):
+        assert config is None
+        assert "client_config" not in body
+        return
+    unit = 1000 if version == (2, 13) else 1
+    assert config == {
+        "max_connection": 30,
+        "connection_timeout": 10 * unit,
+        "read_timeout": 18 * unit,
+    }
+    assert body["client_config"] == client_config(30.0, opensearch_version=version)
+
+
 def test_connector_is_a_cohere_rerank_connector_to_the_service() -> None:
     body = connector(parse_service_url("http://10.0.0.5:8080"), api_key="k", timeout_s=12.5)
     (action,) = body["actions"]
     assert body["protocol"] == "http"
     assert body["credential"] == {"api_key": "k"}
     assert body["parameters"] == {"model": "llmrank-first"}
-    assert body["client_config"] == {"read_timeout": 18}
+    assert body["client_config"] == {
+        "max_connection": 30,
+        "connection_timeout": 10,
+        "read_timeout": 18,
+    }
     assert action["url"] == "http://10.0.0.5:8080/v1/rerank"
     assert action["headers"]["Authorization"] == "Bearer ${credential.api_key}"
     assert action["pre_process_function"] == "connector.pre_process.cohere.rerank"
@@ -162,6 +262,8 @@ def test_model_pipeline_and_query_bodies() -> None:
         (lambda: search_query(" "), "query text"),
         (lambda: search_query("q", size=0), "size"),
         (lambda: parse_version("three"), "OpenSearch version"),
+        (lambda: parse_version("2.11.1"), "2.12 or later"),
+        (lambda: blueprint_requests("http://10.0.0.5:1", opensearch_version="2.14"), "2.15"),
         (lambda: blueprint_requests("http://h:1", index="a b"), "index"),
         (lambda: blueprint_requests("http://h:1", pipeline="p/q"), "pipeline"),
     ],
@@ -172,6 +274,7 @@ def test_bad_options_are_refused(call: Any, needle: str) -> None:
 
 
 def test_versions() -> None:
+    assert parse_version("2.12.0") == (2, 12)
     assert parse_version("2.19") == (2, 19)
     assert parse_version(" 3.7.1 ") == (3, 7)
     assert parse_version("3.0.0-SNAPSHOT") == (3, 0)
@@ -191,6 +294,21 @@ def test_requests_come_in_order_with_placeholders() -> None:
     assert requests[1].body is not None
     assert requests[1].body["credential"]["api_key"] == API_KEY_PLACEHOLDER
     assert requests[3].body is None
+
+
+def test_several_document_fields_warn_that_they_run_together(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="opensearch_ltr.blueprints"):
+        search_pipeline(document_fields=("text",))
+        assert not caplog.records
+        body = search_pipeline(document_fields=("title", "text"))
+    assert body["response_processors"][0]["rerank"]["context"]["document_fields"] == [
+        "title",
+        "text",
+    ]
+    assert "no separator" in caplog.text
+    assert "title, text" in caplog.text
 
 
 def test_render_is_console_form() -> None:
@@ -222,6 +340,17 @@ def test_cli_json_output_matches_the_functions(capsys: pytest.CaptureFixture[str
     printed = json.loads(capsys.readouterr().out)
     expected = blueprint_requests("https://r.example.com", private=False, size=9)
     assert printed == [request.as_dict() for request in expected]
+
+
+def test_cli_prints_the_settings_of_the_version_asked(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--service-url", "https://r.example.com:443", "--json", "--opensearch-version"]
+    assert run_cli([*argv, "2.13.0"]) == 0
+    settings, created = json.loads(capsys.readouterr().out)[:2]
+    assert created["body"]["client_config"]["read_timeout"] == 35_000
+    assert created["body"]["actions"][0]["url"] == "https://r.example.com/v1/rerank"
+    assert "only_run_on_ml_node" not in json.dumps(settings)
+    with pytest.raises(ValueError, match="never calls a private"):
+        run_cli(["--service-url", "http://192.168.1.9:8080", "--opensearch-version", "2.14"])
 
 
 def test_cli_refuses_a_bad_url() -> None:

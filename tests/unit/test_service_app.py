@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
+import json
+import logging
 import re
 import signal
 import subprocess
@@ -24,7 +27,7 @@ from haystack_llmrank.ranking import Ranking
 from haystack_llmrank.reranker import Reranker
 from opensearch_ltr.service import ServiceConfig, create_app, run_service
 from opensearch_ltr.service.app import BATCHER, key_matches, presented_key
-from opensearch_ltr.service.batcher import RerankBatcher, RerankEngine
+from opensearch_ltr.service.batcher import RerankBatcher, RerankEngine, WorkerState
 
 KEY = "secret-key-1"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -84,6 +87,30 @@ class FakeEngine:
             logits = self.logits or [float(n - r) for r in range(n)]
             rankings.append(Ranking.from_logits(list(reversed(range(n))), logits[:n]))
         return rankings
+
+
+class SteppingEngine:
+    """Ranks like :class:`FakeEngine` after some windows of ``step_s`` each, calling
+    ``on_window`` after each as the real engine does. A query ``"windows:N ..."`` takes N
+    windows, any other one; a call takes as many windows as its longest query."""
+
+    def __init__(self, step_s: float = 0.02) -> None:
+        self.step_s = step_s
+        self.windows = 0
+
+    def rerank_many(
+        self,
+        requests: Sequence[tuple[str, Sequence[str]]],
+        *,
+        on_window: Callable[[int], None] | None = None,
+    ) -> list[Ranking]:
+        match = [re.match(r"windows:(\d+)", query) for query, _ in requests]
+        for _ in range(max(int(m[1]) if m else 1 for m in match)):
+            time.sleep(self.step_s)
+            self.windows += 1
+            if on_window is not None:
+                on_window(len(requests))
+        return FakeEngine().rerank_many(requests)
 
 
 @asynccontextmanager
@@ -158,9 +185,11 @@ async def test_top_n_return_documents_and_empty_list(tiny_reranker: Reranker) ->
 
 
 async def test_json_numbers_parse_as_ml_commons_expects() -> None:
-    """ML Commons reads ``index`` as Integer and ``relevance_score`` as Double (json-smart)."""
+    """ML Commons reads ``index`` as Integer and ``relevance_score`` as Double (json-smart),
+    which makes a BigDecimal of a literal over 18 characters: a tie at -1.0 was written
+    ``-1.0000001192092896``."""
     async with (
-        serving(FakeEngine([7.0, 2.0, 2.0, -1.0])) as client,
+        serving(FakeEngine([7.0, -1.0, -1.0, -1.0])) as client,
         client.post(
             "/v1/rerank", json={"query": "q", "documents": ["a", "b", "c", "d"]}, headers=AUTH
         ) as response,
@@ -171,7 +200,11 @@ async def test_json_numbers_parse_as_ml_commons_expects() -> None:
     scores = re.findall(r'"relevance_score": ?([^,}]+)', text)
     assert len(indices) == len(scores) == 4
     assert all(re.fullmatch(r"\d+", value) for value in indices)
-    assert all(re.fullmatch(r"-?\d+\.\d+(e-?\d+)?|-?\d+(\.\d+)?e-?\d+", v) for v in scores)
+    assert all(re.fullmatch(r"-?\d+\.\d+(e[-+]?\d+)?|-?\d+(\.\d+)?e[-+]?\d+", v) for v in scores)
+    assert all(len(value) <= 18 for value in scores)
+    as32 = np.asarray([float(value) for value in scores], dtype=np.float32)
+    assert np.all(as32[1:] < as32[:-1])
+    assert as32[1] == np.float32(-1.0)
 
 
 def ml_commons_rerank(response: dict[str, Any], hits: list[str]) -> list[str]:
@@ -335,24 +368,23 @@ async def test_not_ready_until_loaded_then_ready() -> None:
         status, body = await post(client, {"query": "q", "documents": ["a"]})
         assert_error(status, body, 503, "unavailable")
         release.set()
-        await until(lambda: app[BATCHER].ready)
+        await until(lambda: app[BATCHER].state is WorkerState.READY)
         async with client.get("/ready") as response:
             assert response.status == 200
-            assert await response.json() == {"status": "ready", "model": "llmrank"}
+            assert await response.text() == '{"status":"ready"}'
 
 
-async def test_a_failed_load_is_reported_and_stops_the_server() -> None:
+async def test_a_failed_load_is_reported_without_its_text_and_stops_the_server() -> None:
     def broken() -> RerankEngine:
-        raise OSError("weights not found")
+        raise OSError("weights not found in /srv/models/secret-model")
 
     app = create_app(broken, ServiceConfig(api_keys=(KEY,)))
     async with TestClient(TestServer(app)) as client:
         await until(lambda: app[BATCHER].loaded.done())
         async with client.get("/ready") as response:
-            body = await response.json()
+            text = await response.text()
     assert response.status == 503
-    assert body["status"] == "failed"
-    assert "weights not found" in body["error"]
+    assert text == '{"status":"failed"}'
     app = create_app(broken, ServiceConfig(api_keys=(KEY,)))
     with pytest.raises(RuntimeError, match="failed to load: weights not found"):
         await run_service(app, host="127.0.0.1", port=0, stop=asyncio.Event())
@@ -371,7 +403,8 @@ async def test_timeout_is_504_and_queued_timed_out_work_is_skipped() -> None:
         queued = asyncio.create_task(post(client, {"query": "b", "documents": ["b"]}))
         for status, body in await asyncio.gather(running, queued):
             assert_error(status, body, 504, "timeout")
-        engine.gate.set()
+        engine.gate.set()  # the stuck call outlasted the timeout: stalled until it returns
+        await until(lambda: batcher_of(client).state is WorkerState.READY)
         status, _ = await post(client, {"query": "c", "documents": ["c"]})
     assert status == 200
     assert engine.calls == [1, 1]
@@ -440,7 +473,7 @@ async def test_batches_are_capped() -> None:
 
 @asynccontextmanager
 async def running_service(
-    engine: RecordingEngine, **config: Any
+    engine: RerankEngine, **config: Any
 ) -> AsyncIterator[tuple[str, asyncio.Event, asyncio.Task[None], web.Application]]:
     """``run_service`` on a free loopback port: yields its URL, stop event, task and app."""
     app = create_app(lambda: engine, ServiceConfig(api_keys=(KEY,), **config))
@@ -449,11 +482,12 @@ async def running_service(
     task = asyncio.create_task(
         run_service(app, host="127.0.0.1", port=0, stop=stop, on_listening=urls.extend)
     )
-    await until(lambda: bool(urls) and app[BATCHER].ready)
+    await until(lambda: bool(urls) and app[BATCHER].state is WorkerState.READY)
     try:
         yield urls[0], stop, task, app
     finally:
-        engine.gate.set()
+        if isinstance(engine, RecordingEngine):
+            engine.gate.set()
         stop.set()
         await task
 
@@ -535,3 +569,306 @@ def test_first_signal_asks_for_shutdown_second_one_stops_at_once() -> None:
     finally:
         process.kill()
         process.wait()
+
+
+# --- abandoned work ---------------------------------------------------------------------
+
+
+async def test_a_timed_out_batch_stops_between_windows_and_the_service_recovers() -> None:
+    """Timed-out heavy requests kept the engine busy long after their 504s, so small requests
+    behind them timed out too while ``/ready`` said 200."""
+    engine = SteppingEngine(step_s=0.02)
+    async with serving(engine, timeout_s=0.5) as client:
+        heavy = {"query": "windows:500 heavy", "documents": ["a", "b"]}
+        started = time.monotonic()
+        answers = await asyncio.gather(*(post(client, heavy) for _ in range(4)))
+        for status, body in answers:
+            assert_error(status, body, 504, "timeout")
+        await asyncio.sleep(0.3)
+        windows = engine.windows
+        await asyncio.sleep(0.3)
+        assert engine.windows == windows  # idle: nothing of the 2,000 windows is left running
+        status, body = await post(client, {"query": "small", "documents": ["a", "b"]})
+        assert status == 200
+        assert [r["index"] for r in body["results"]] == [1, 0]
+        assert time.monotonic() - started < 5
+        assert engine.windows == windows + 1
+        async with client.get("/ready") as response:
+            assert response.status == 200
+
+
+def test_the_batcher_drops_abandoned_work_before_it_starts_and_between_windows() -> None:
+    engine = SteppingEngine(step_s=0.01)
+    batcher = RerankBatcher(lambda: engine, max_batch_requests=4)
+    batcher.start()
+    try:
+        assert batcher.loaded.result(10) is None
+        engine.windows = 0
+        running = batcher.submit("windows:300 first", ["a"])
+        time.sleep(0.1)
+        queued = [batcher.submit("windows:300 next", ["a"]) for _ in range(3)]
+        assert batcher.pending == 3
+        for future in queued:
+            assert future.cancel()
+        assert batcher.pending == 0
+        assert running.cancel()  # the caller leaves while its batch is running
+        time.sleep(0.1)
+        windows = engine.windows
+        time.sleep(0.2)
+        assert engine.windows == windows < 100
+        kept = batcher.submit("windows:3 kept", ["a", "b"])
+        assert list(kept.result(5).order) == [1, 0]
+        # One wanted request keeps its batch going to the end.
+        first = batcher.submit("windows:40 first", ["a"])
+        time.sleep(0.05)
+        both = [
+            batcher.submit("windows:30 wanted", ["a"]),
+            batcher.submit("windows:30 gone", ["a"]),
+        ]
+        both[1].cancel()
+        assert list(both[0].result(5).order) == [0]
+        assert first.result(5) is not None
+    finally:
+        assert batcher.close(10)
+
+
+async def test_a_client_that_leaves_cancels_its_work(caplog: pytest.LogCaptureFixture) -> None:
+    engine = SteppingEngine(step_s=0.02)
+    async with running_service(engine) as (url, _, _, _):
+        async with aiohttp.ClientSession() as session:
+            leaving = asyncio.create_task(
+                session.post(
+                    f"{url}/v1/rerank",
+                    json={"query": "windows:500 q", "documents": ["a"]},
+                    headers=AUTH,
+                )
+            )
+            await until(lambda: engine.windows > 3)
+            leaving.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await leaving
+        await asyncio.sleep(0.3)
+        windows = engine.windows
+        await asyncio.sleep(0.3)
+        assert engine.windows == windows < 100
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+# --- readiness under load ---------------------------------------------------------------
+
+
+async def ready_status(client: TestClient[Any, Any]) -> tuple[int, Any]:
+    async with client.get("/ready") as response:
+        return response.status, await response.json()
+
+
+async def test_ready_says_saturated_while_the_queue_is_full_then_recovers() -> None:
+    engine = RecordingEngine(FakeEngine())
+    async with serving(engine, max_pending_requests=1) as client:
+        engine.calls.clear()
+        engine.gate.clear()
+        tasks = [asyncio.create_task(post(client, {"query": "a", "documents": ["a"]}))]
+        await until(lambda: engine.calls == [1])
+        tasks.append(asyncio.create_task(post(client, {"query": "b", "documents": ["b"]})))
+        await until(lambda: batcher_of(client).pending == 1)
+        assert await ready_status(client) == (503, {"status": "saturated"})
+        engine.gate.set()
+        assert [status for status, _ in await asyncio.gather(*tasks)] == [200, 200]
+        assert await ready_status(client) == (200, {"status": "ready"})
+
+
+async def test_ready_says_stalled_while_a_window_outlasts_the_timeout_then_recovers() -> None:
+    engine = RecordingEngine(FakeEngine())
+    async with serving(engine, timeout_s=0.3) as client:
+        engine.gate.clear()
+        stuck = asyncio.create_task(post(client, {"query": "a", "documents": ["a"]}))
+        await until(lambda: batcher_of(client).state is WorkerState.STALLED)
+        assert await ready_status(client) == (503, {"status": "stalled"})
+        status, body = await post(client, {"query": "b", "documents": ["b"]})
+        assert_error(status, body, 503, "unavailable")
+        assert_error(*await stuck, 504, "timeout")
+        engine.gate.set()
+        await until(lambda: batcher_of(client).state is WorkerState.READY)
+        status, _ = await post(client, {"query": "c", "documents": ["c"]})
+        assert status == 200
+
+
+class DyingEngine(FakeEngine):
+    """Kills its worker thread on a query with "die" (an error no handler catches)."""
+
+    def rerank_many(
+        self,
+        requests: Sequence[tuple[str, Sequence[str]]],
+        *,
+        on_window: Callable[[int], None] | None = None,
+    ) -> list[Ranking]:
+        if any("die" in query for query, _ in requests):
+            raise SystemExit("worker gone")
+        return super().rerank_many(requests, on_window=on_window)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+async def test_a_dead_worker_is_not_ready_and_its_requests_are_503() -> None:
+    async with serving(DyingEngine()) as client:
+        status, body = await post(client, {"query": "die", "documents": ["a"]})
+        assert_error(status, body, 503, "unavailable")
+        await until(lambda: not batcher_of(client)._thread.is_alive())
+        assert await ready_status(client) == (503, {"status": "stopped"})
+        status, body = await post(client, {"query": "fine", "documents": ["a"]})
+        assert_error(status, body, 503, "unavailable")
+
+
+# --- client errors ----------------------------------------------------------------------
+
+
+async def raw_exchange(url: str, data: bytes, *, close_after: float | None = None) -> bytes:
+    """Send raw bytes to the service; return all it answers (or nothing, if we hang up)."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(data)
+        await writer.drain()
+        if close_after is not None:
+            await asyncio.sleep(close_after)
+            return b""
+        return await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+
+
+def json_answer(raw: bytes) -> tuple[int, Any]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert b"application/json" in head
+    return int(head.split()[1]), json.loads(body)
+
+
+def request_bytes(headers: bytes, body: bytes) -> bytes:
+    return (
+        b"POST /v1/rerank HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        + headers
+        + b"Content-Length: %d\r\n\r\n" % len(body)
+        + body
+    )
+
+
+def noisy(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    """Records a client's mistake must not cause: WARNING or above, or any traceback."""
+    return [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
+
+
+async def test_client_errors_are_4xx_json_and_log_no_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    payload = json.dumps({"query": "q", "documents": ["a"]}).encode()
+    auth = b"Authorization: Bearer " + KEY.encode() + b"\r\n"
+    with caplog.at_level(logging.DEBUG):
+        async with running_service(FakeEngine()) as (url, _, _, _):
+            bad_key = request_bytes(b"Authorization: Bearer \xff\xfe\r\n", payload)
+            status, body = json_answer(await raw_exchange(url, bad_key))
+            assert_error(status, body, 401, "unauthorized")
+            not_gzip = request_bytes(auth + b"Content-Encoding: gzip\r\n", payload)
+            status, body = json_answer(await raw_exchange(url, not_gzip))
+            assert_error(status, body, 400, "unreadable_body")
+            gzipped = request_bytes(auth + b"Content-Encoding: gzip\r\n", gzip.compress(payload))
+            assert json_answer(await raw_exchange(url, gzipped))[0] == 200
+            for broken in (b"GARBAGE\r\n\r\n", b"GET /ready HTTP/1.1\r\nBad Header: x\r\n\r\n"):
+                status, body = json_answer(await raw_exchange(url, broken))
+                assert_error(status, body, 400, "bad_request")
+            unknown = request_bytes(auth + b"Content-Encoding: br\r\n", payload)
+            status, body = json_answer(await raw_exchange(url, unknown))
+            assert status == 400
+            assert body["error"]["type"] in ("bad_request", "unreadable_body")
+            cut = request_bytes(auth, payload)[:-5]
+            await raw_exchange(url, cut, close_after=0.2)
+            status, body = json_answer(
+                await raw_exchange(
+                    url, request_bytes(auth, b'{"query": "too long", "documents": ["a"]}')
+                )
+            )
+            assert_error(status, body, 422, "invalid_request")
+            await asyncio.sleep(0.2)
+    assert noisy(caplog) == []
+
+
+# --- connections ------------------------------------------------------------------------
+
+
+async def closed_within(reader: asyncio.StreamReader, seconds: float) -> bool:
+    try:
+        return await asyncio.wait_for(reader.read(), seconds) == b""
+    except TimeoutError:
+        return False
+
+
+async def test_connections_without_a_complete_head_are_closed_in_time() -> None:
+    async with running_service(FakeEngine(), header_timeout_s=0.3) as (url, _, _, _):
+        host, port = url.removeprefix("http://").split(":")
+        silent = await asyncio.open_connection(host, int(port))
+        partial = await asyncio.open_connection(host, int(port))
+        partial[1].write(b"POST /v1/rerank HTTP/1.1\r\nHost: x\r\n")
+        started = time.monotonic()
+        assert await closed_within(silent[0], 3)
+        assert await closed_within(partial[0], 3)
+        assert time.monotonic() - started < 2
+        for _, writer in (silent, partial):
+            writer.close()
+        # A slow body and an idle keep-alive connection are not cut by the head timeout.
+        reader, writer = await asyncio.open_connection(host, int(port))
+        body = json.dumps({"query": "q", "documents": ["a", "b"]}).encode()
+        head = request_bytes(b"Authorization: Bearer " + KEY.encode() + b"\r\n", body)
+        head = head.replace(b"Connection: close", b"Connection: keep-alive")
+        writer.write(head[: -len(body)] + body[:5])
+        await asyncio.sleep(0.6)
+        writer.write(body[5:])
+        answer = await reader.readuntil(b'{"version":"1"}}}')
+        assert answer.startswith(b"HTTP/1.1 200")
+        await asyncio.sleep(0.6)
+        writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert (await asyncio.wait_for(reader.read(), 5)).startswith(b"HTTP/1.1 200")
+        writer.close()
+
+
+async def test_connections_over_the_cap_get_503_and_are_closed() -> None:
+    async with running_service(FakeEngine(), max_connections=3) as (url, _, _, _):
+        host, port = url.removeprefix("http://").split(":")
+        held = [await asyncio.open_connection(host, int(port)) for _ in range(3)]
+        reader, writer = await asyncio.open_connection(host, int(port))
+        status, body = json_answer(await asyncio.wait_for(reader.read(), 5))
+        assert_error(status, body, 503, "unavailable")
+        writer.close()
+        held.pop()[1].close()
+        await asyncio.sleep(0.2)
+        health = b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        assert (await raw_exchange(url, health)).startswith(b"HTTP/1.1 200")
+        for _, held_writer in held:
+            held_writer.close()
+
+
+# --- shutdown past the grace period -----------------------------------------------------
+
+
+async def test_shutdown_past_the_grace_period_stops_the_engine_at_its_next_window() -> None:
+    """The worker used to keep ranking the abandoned request after the server stopped; the
+    process then exited with the model still running ("terminate called", exit -6)."""
+    engine = SteppingEngine(step_s=0.02)
+    async with (
+        running_service(engine, shutdown_grace_s=0.2) as (url, stop, task, app),
+        aiohttp.ClientSession() as session,
+    ):
+        in_flight = asyncio.create_task(
+            session.post(
+                f"{url}/v1/rerank",
+                json={"query": "windows:1000 q", "documents": ["a"]},
+                headers=AUTH,
+            )
+        )
+        await until(lambda: engine.windows > 3)
+        started = time.monotonic()
+        stop.set()
+        await asyncio.wait_for(task, 5)
+        assert time.monotonic() - started < 2
+        assert not app[BATCHER]._thread.is_alive()
+        windows = engine.windows
+        assert windows < 200
+        with pytest.raises(aiohttp.ClientError):
+            await in_flight

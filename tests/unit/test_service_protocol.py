@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import numpy as np
@@ -15,9 +16,11 @@ from opensearch_ltr.service.config import ServiceConfig
 from opensearch_ltr.service.protocol import (
     RequestError,
     RerankQuery,
+    dumps,
     parse_rerank_request,
     relevance_scores,
     rerank_response,
+    score_literal,
 )
 
 LIMITS = ServiceConfig(max_documents=3, max_document_chars=10, max_query_chars=12)
@@ -165,3 +168,70 @@ def test_response_top_n_and_documents() -> None:
 def test_response_refuses_a_ranking_of_the_wrong_size() -> None:
     with pytest.raises(ValueError, match="2 passages for 3 documents"):
         rerank_response(RerankQuery("q", ("a", "b", "c")), Ranking.from_logits([1, 0], [1, 0]), "r")
+
+
+def read_as_ml_commons(literal: str) -> float:
+    """What ML Commons makes of a ``relevance_score`` literal: json-smart (permissive mode) reads
+    a literal with neither ``.`` nor an exponent as an integer and one over 18 characters as a
+    BigDecimal, and the Cohere post-process function casts the value to Double."""
+    if len(literal) > 18:
+        raise TypeError(f"BigDecimal cannot be cast to Double: {literal}")
+    if not any(mark in literal for mark in ".eE"):
+        raise TypeError(f"Integer cannot be cast to Double: {literal}")
+    return float(literal)
+
+
+def wire_scores(logits: list[float]) -> list[str]:
+    """The ``relevance_score`` literals the service writes for a ranking with these logits."""
+    ranking = Ranking.from_logits(range(len(logits)), logits)
+    text = dumps(rerank_response(RerankQuery("q", ("d",) * len(logits)), ranking, "r"))
+    return re.findall(r'"relevance_score":([^,}]+)', text)
+
+
+def assert_ml_commons_reads_the_ranking(logits: list[float]) -> None:
+    literals = wire_scores(logits)
+    expected = relevance_scores(Ranking.from_logits(range(len(logits)), logits))
+    read = np.asarray([read_as_ml_commons(literal) for literal in literals], dtype=np.float32)
+    assert np.array_equal(read, np.asarray(expected, dtype=np.float32))
+    assert np.all(read[1:] < read[:-1])
+
+
+def test_long_literals_and_ties_at_negative_scores_reach_ml_commons_as_doubles() -> None:
+    """``float(np.float32(x))`` printed ``-1.0000001192092896`` for a tie at -1.0."""
+    assert wire_scores([-1.0, -1.0, -1.0]) == ["-1.0", "-1.0000001", "-1.0000002"]
+    rng = np.random.default_rng(0)
+    for low, high in [(0, 1), (-1, 0), (-40, -20), (20, 40), (-1e-3, 1e-3), (-1e20, 1e20)]:
+        for _ in range(200):
+            logits = rng.uniform(low, high, size=rng.integers(1, 30)).astype(np.float32)
+            tied = rng.choice(logits, size=rng.integers(0, 10))  # ties, then capped ones
+            assert_ml_commons_reads_the_ranking([float(v) for v in (*logits, *tied)])
+
+
+@given(st.lists(st.floats(width=32, allow_nan=False, allow_infinity=False), min_size=1))
+def test_every_float32_score_is_a_short_literal_that_reads_back(logits: list[float]) -> None:
+    assert_ml_commons_reads_the_ranking(logits)
+
+
+@pytest.mark.parametrize(
+    ("score", "literal"),
+    [
+        (3.0, "3.0"),
+        (-1.0, "-1.0"),
+        (0.1, "0.1"),
+        (float(np.float32(30.123456)), "30.123455"),
+        (1e-5, "1e-5"),
+        (-1.2345678e15, "-1.2345678e+15"),
+        (float(np.float32(3.4e38)), "3.4e+38"),
+        (float(np.nextafter(np.float32(-1.0), np.float32(-2.0))), "-1.0000001"),
+    ],
+)
+def test_score_literals_are_the_shortest_float32_decimals(score: float, literal: str) -> None:
+    assert score_literal(score) == literal
+
+
+def test_dumps_writes_json_with_short_float_literals() -> None:
+    body = {"id": 'a"b', "n": [1, True, None], "s": {"x": 0.1, "é": -2.5}}
+    assert dumps(body) == '{"id":"a\\"b","n":[1,true,null],"s":{"x":0.1,"\\u00e9":-2.5}}'
+    assert json.loads(dumps(body)) == body
+    with pytest.raises(ValueError, match="finite"):
+        dumps({"x": float("nan")})
