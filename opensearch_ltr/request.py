@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from opensearch_ltr.errors import RescoreRequestError
 from opensearch_ltr.rescore import check_page
+from opensearch_ltr.response import HIT_FIELDS
 
 MAX_RESULT_WINDOW = 10_000
 """Default of OpenSearch's ``index.max_result_window`` (and so of ``index.max_rescore_window``)."""
@@ -54,6 +56,57 @@ def check_search_kwargs(search_kwargs: Mapping[str, Any]) -> None:
     for name in ("body", "from", "size"):
         if name in search_kwargs:
             raise RescoreRequestError(f"pass {name!r} as the rescorer's own argument")
+
+
+def _element_matches(pattern: str, key: str) -> bool:
+    return re.fullmatch(".*".join(map(re.escape, pattern.split("*"))), key) is not None
+
+
+def _covers(pattern: Sequence[str], path: Sequence[str]) -> bool:
+    """True if ``pattern`` (``*`` within a name, ``**`` for any depth) selects ``path`` or a
+    parent of it."""
+    if not pattern:
+        return True
+    if pattern[0] == "**":
+        return _covers(pattern[1:], path) or (bool(path) and _covers(pattern, path[1:]))
+    return bool(path) and _element_matches(pattern[0], path[0]) and _covers(pattern[1:], path[1:])
+
+
+def filter_path_keeps(filter_path: str | Sequence[str], path: str) -> bool:
+    """Whether OpenSearch's ``filter_path`` keeps the response field ``path`` (dotted).
+
+    Patterns are comma-separated; a leading ``-`` excludes. A field is kept unless an
+    exclusion selects it or a parent, and, when there are inclusions, one selects it or a parent.
+    """
+    items = [filter_path] if isinstance(filter_path, str) else filter_path
+    patterns = [p.strip() for item in items for p in item.split(",") if p.strip()]
+    keys = path.split(".")
+    includes = [p.split(".") for p in patterns if not p.startswith("-")]
+    excludes = [p[1:].split(".") for p in patterns if p.startswith("-")]
+    if any(_covers(pattern, keys) for pattern in excludes):
+        return False
+    return not includes or any(_covers(pattern, keys) for pattern in includes)
+
+
+def check_filter_path(search_kwargs: Mapping[str, Any], source_fields: Sequence[str]) -> None:
+    """Refuse a ``filter_path`` (argument or ``params``) that drops what rescoring reads from
+    the hits: ``_index``, ``_id``, ``_score`` and the ``_source`` fields of the passage."""
+    filter_path = search_kwargs.get("filter_path")
+    if filter_path is None:
+        filter_path = (search_kwargs.get("params") or {}).get("filter_path")
+    if filter_path is None:
+        return
+    items = [filter_path] if isinstance(filter_path, str) else filter_path
+    if not isinstance(items, Sequence) or not all(isinstance(p, str) for p in items):
+        raise RescoreRequestError(f"filter_path must be a string or strings, got {filter_path!r}")
+    needed = [f"hits.hits.{name}" for name in HIT_FIELDS]
+    needed += [f"hits.hits._source.{name}" for name in source_fields]
+    dropped = [path for path in needed if not filter_path_keeps(filter_path, path)]
+    if dropped:
+        raise RescoreRequestError(
+            f"filter_path {filter_path!r} drops {', '.join(dropped)}, which rescoring reads "
+            "from every hit; add them to it"
+        )
 
 
 def resolve_page(body: Mapping[str, Any], from_: int | None, size: int | None) -> tuple[int, int]:

@@ -13,6 +13,11 @@ The arithmetic is that of ``org.opensearch.search.rescore.QueryRescorer``, in Ja
 The window here is the top ``window_size`` hits of the merged first pass. OpenSearch applies
 ``window_size`` per shard instead (up to ``window_size`` x shards hits are rescored).
 
+A cluster orders equal final scores by shard and document, not by first-pass position, so it
+agrees with :func:`rescore` only where hits tie in their first-pass scores too.
+:func:`break_ties` removes the ties that the settings make systematic (``query_weight`` 0,
+equal engine values) before either one combines the scores.
+
 Pages: a page ``[from_, from_ + size)`` is cut from the rescore of the first
 ``window_size + from_ + size`` first-pass hits (:func:`fetch_size`). Hits deeper than that
 score at most ``first * query_weight`` of the ``from_ + size`` past-the-window hits fetched
@@ -26,7 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import pairwise
 from typing import Literal, TypeVar, get_args
 
@@ -36,6 +41,8 @@ ScoreMode = Literal["total", "multiply", "avg", "max", "min"]
 SCORE_MODES: tuple[str, ...] = get_args(ScoreMode)
 DEFAULT_WINDOW_SIZE = 10
 """OpenSearch's default ``window_size``."""
+MAX_VANISHING_EXPONENT = 100
+"""``query_weight`` 0 is replaced by ``2**-k`` with ``k`` at most this (see :func:`break_ties`)."""
 
 T = TypeVar("T")
 
@@ -77,8 +84,12 @@ class RescoreSpec:
             raise ValueError(f"window_size must be at least 1, got {self.window_size}")
         for name in ("query_weight", "rescore_query_weight"):
             value = getattr(self, name)
-            if not math.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be finite and non-negative, got {value}")
+            with np.errstate(over="ignore"):
+                as_float = np.float32(value)
+            if not math.isfinite(value) or value < 0 or not np.isfinite(as_float):
+                raise ValueError(
+                    f"{name} must be finite and non-negative (as a Java float), got {value}"
+                )
         if self.score_mode not in SCORE_MODES:
             raise ValueError(f"score_mode must be one of {SCORE_MODES}, got {self.score_mode!r}")
 
@@ -134,6 +145,78 @@ def rescore(
         for i, value in enumerate(values)
     ]
     return sorted(hits, key=lambda hit: (-hit.score, hit.position))
+
+
+def check_engine_counts(spec: RescoreSpec) -> None:
+    """Refuse weights under which the engine's values cannot change the ranking.
+
+    ``rescore_query_weight`` 0 multiplies them away; ``query_weight`` 0 with ``min`` or
+    ``multiply`` scores every hit 0.
+    """
+    if to_float32(spec.rescore_query_weight) == 0:
+        raise ValueError("rescore_query_weight must be positive: 0 throws the engine's values away")
+    if to_float32(spec.query_weight) == 0 and spec.score_mode in ("min", "multiply"):
+        raise ValueError(
+            f"score_mode {spec.score_mode!r} with query_weight 0 scores every hit 0; "
+            "set query_weight > 0, or use 'total', 'avg' or 'max'"
+        )
+
+
+def _distinct_values(values: Sequence[float], weight: np.float32) -> list[float]:
+    """``values`` with each positive tie of ``value * weight`` lowered below the one before."""
+    result = [float(np.float32(v)) for v in values]
+    if not weight > 0:
+        return result
+    zero = np.float32(0)
+    terms = [np.float32(v) * weight for v in values]
+    above: np.float32 | None = None
+    with np.errstate(over="ignore", under="ignore"):
+        for i in sorted(range(len(values)), key=lambda i: (-terms[i], i)):
+            value = np.float32(values[i])
+            while above is not None and value > 0 and value * weight >= above:
+                # Near the value whose term is the float below ``above``, then step by step.
+                below = np.float32(np.nextafter(above, zero) / weight)
+                value = min(np.nextafter(value, zero), below)
+            result[i] = float(value)
+            above = value * weight
+    return result
+
+
+def break_ties(
+    spec: RescoreSpec, first_pass: Sequence[float], values: Sequence[float]
+) -> tuple[RescoreSpec, list[float]]:
+    """The spec and window values to combine, so that a cluster orders hits as :func:`rescore`.
+
+    ``first_pass`` and ``values`` are the window hits' first-pass scores and rescore values.
+    Two settings would make hits tie whose first-pass scores do not (a cluster then orders
+    them by shard and document):
+
+    - equal positive terms ``value * rescore_query_weight``: each later one, in first-pass
+      order, is lowered by the fewest float steps that put its term below the one before;
+    - ``query_weight`` 0, which scores every hit past the window 0: it becomes ``2**-k``, the
+      largest power of two up to 1 (``k`` at most :data:`MAX_VANISHING_EXPONENT`) at which
+      the window's highest first-pass score times ``2**-k`` is below a quarter float step of
+      every nonzero term. Window hits with a nonzero term keep their ``query_weight`` 0
+      scores; hits past the window score ``first_pass * 2**-k``: in first-pass order and
+      below every positive term.
+
+    Values of 0 cannot be lowered: with ``min`` or ``multiply``, window hits of value 0 (the
+    bottom of a ``minmax`` window) all score 0, and a cluster may list them in another order.
+    """
+    if len(first_pass) != len(values):
+        raise ValueError(f"{len(first_pass)} first-pass scores but {len(values)} values")
+    weight = np.float32(spec.rescore_query_weight)
+    distinct = _distinct_values(values, weight)
+    if np.float32(spec.query_weight) > 0:
+        return spec, distinct
+    terms = [abs(np.float32(value) * weight) for value in distinct]
+    highest = max((to_float32(first) for first in first_pass), default=0.0)
+    exponent = 0
+    if highest > 0 and any(terms):
+        top = math.frexp(highest)[1]  # every first-pass score is below 2**top
+        step = min(math.frexp(float(np.spacing(t)))[1] - 1 for t in terms if t)  # 2**step
+        exponent = min(max(top - step + 2, 0), MAX_VANISHING_EXPONENT)
+    return replace(spec, query_weight=2.0**-exponent), distinct
 
 
 def check_page(from_: int, size: int) -> None:

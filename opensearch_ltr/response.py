@@ -16,14 +16,43 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from opensearch_ltr.errors import RescoreRequestError
 from opensearch_ltr.rescore import RescoredHit, as_printed
 
 HitKey = tuple[str, str]
+HIT_FIELDS = ("_index", "_id", "_score")
+"""What rescoring reads from every first-pass hit, besides the passage's ``_source`` fields."""
 
 
 def hit_key(hit: Mapping[str, Any]) -> HitKey:
     """A hit's identity across responses: ``(_index, _id)``."""
     return (str(hit.get("_index")), str(hit.get("_id")))
+
+
+def hits_of(response: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The response's ``hits.hits``; none when absent (a ``filter_path`` drops empty lists)."""
+    hits = response.get("hits")
+    found = hits.get("hits") if isinstance(hits, Mapping) else None
+    return found if isinstance(found, list) else []
+
+
+def check_hits(hits: Sequence[Mapping[str, Any]]) -> None:
+    """Refuse first-pass hits without the :data:`HIT_FIELDS` rescoring reads: ``_index`` and
+    ``_id`` strings, and a numeric ``_score``."""
+    for hit in hits:
+        score = hit.get("_score")
+        numeric = isinstance(score, int | float) and not isinstance(score, bool)
+        lacks = [
+            name
+            for name in HIT_FIELDS
+            if not (numeric if name == "_score" else isinstance(hit.get(name), str))
+        ]
+        if lacks:
+            index, doc_id = hit_key(hit)
+            raise RescoreRequestError(
+                f"first-pass hit {index}/{doc_id} has no {', '.join(lacks)}; rescoring needs "
+                "_index, _id and a numeric _score on every hit (does a filter_path drop them?)"
+            )
 
 
 @dataclass
@@ -92,12 +121,12 @@ def first_pass_page(
     first: Mapping[str, Any], from_: int, size: int, took: int, info: LlmrankInfo
 ) -> dict[str, Any]:
     """The first-pass order, untouched but annotated: the fail-open response."""
-    hits = first["hits"]["hits"]
+    hits = hits_of(first)
     page = [
         annotate(hits[i], hits[i].get("_score"), (i, hits[i].get("_score")), i, None)
         for i in range(from_, min(from_ + size, len(hits)))
     ]
-    return respond(first, page, first["hits"].get("max_score"), took, info)
+    return respond(first, page, first.get("hits", {}).get("max_score"), took, info)
 
 
 def client_page(
@@ -110,7 +139,7 @@ def client_page(
     info: LlmrankInfo,
 ) -> dict[str, Any]:
     """The page ``[from_, from_ + size)`` of the client-side rescore."""
-    hits = first["hits"]["hits"]
+    hits = hits_of(first)
     page = [
         annotate(
             hits[r.position],
@@ -136,10 +165,10 @@ def server_page(
 
     A hit absent from the first pass (the index changed in between) gets ``None`` ranks.
     """
-    first_hits = {hit_key(h): (i, h.get("_score")) for i, h in enumerate(first["hits"]["hits"])}
+    first_hits = {hit_key(h): (i, h.get("_score")) for i, h in enumerate(hits_of(first))}
     page = []
-    for final, hit in enumerate(second["hits"]["hits"], start=from_):
+    for final, hit in enumerate(hits_of(second), start=from_):
         found = first_hits.get(hit_key(hit))
         engine = engine_ranks.get(found[0]) if found is not None else None
         page.append(annotate(hit, hit.get("_score"), found, final, engine))
-    return respond(second, page, second["hits"].get("max_score"), took, info)
+    return respond(second, page, second.get("hits", {}).get("max_score"), took, info)

@@ -4,7 +4,9 @@ The engine's values ride in a ``rescore`` clause: a ``bool`` query whose ``shoul
 ``constant_score`` filters on each window hit's ``_id`` (grouped under an ``_index`` filter),
 boosted by the hit's value. A window hit matches exactly one clause and scores its value;
 every other hit does not match and scores ``first * query_weight``, exactly as hits past the
-window do, so the cluster's result equals :func:`opensearch_ltr.rescore.rescore`.
+window do. With the spec and values of :func:`opensearch_ltr.rescore.break_ties` (no ties
+that a cluster would order by shard and document), the cluster's result equals
+:func:`opensearch_ltr.rescore.rescore`.
 
 Per-shard window: OpenSearch rescores the top ``window_size`` hits *of each shard*. The clause
 uses ``window_size + from + size`` so that every shard's window holds all of its hits among the
@@ -24,6 +26,20 @@ from opensearch_ltr.rescore import RescoreSpec, check_page, to_float32
 
 MAX_CLAUSE_COUNT = 1024
 """Default of OpenSearch's ``indices.query.bool.max_clause_count``."""
+
+
+def clause_count(hits: Sequence[Mapping[str, Any]]) -> int:
+    """Boolean clauses :func:`window_query` needs for ``hits``: one per hit, one per index."""
+    return len(hits) + len({hit["_index"] for hit in hits})
+
+
+def check_clause_count(clauses: int, max_clause_count: int) -> None:
+    """Refuse a rescore query of more than ``max_clause_count`` boolean clauses."""
+    if clauses > max_clause_count:
+        raise RescoreRequestError(
+            f"the server-applied rescore query needs {clauses} clauses, more than "
+            f"indices.query.bool.max_clause_count [{max_clause_count}]; lower window_size"
+        )
 
 
 def window_query(hits: Sequence[Mapping[str, Any]], values: Sequence[float]) -> dict[str, Any]:
@@ -67,16 +83,13 @@ def server_rescore_body(
     """A copy of ``body`` for page ``[from_, from_ + size)`` with the engine's rescore appended.
 
     ``window_hits`` are the first-pass top ``spec.window_size`` hits (with ``_index`` and
-    ``_id``) and ``values`` their non-negative rescore values. A ``rescore`` already in the
-    body runs first, as it did in the first pass.
+    ``_id``) and ``values`` their non-negative rescore values; pass ``spec`` and ``values``
+    through :func:`opensearch_ltr.rescore.break_ties` for the cluster to order hits exactly as
+    :func:`opensearch_ltr.rescore.rescore`. A ``rescore`` already in the body runs first, as it
+    did in the first pass.
     """
     check_page(from_, size)
-    clauses = len(window_hits) + len({hit["_index"] for hit in window_hits})
-    if clauses > max_clause_count:
-        raise RescoreRequestError(
-            f"the server-applied rescore query needs {clauses} clauses, more than "
-            f"indices.query.bool.max_clause_count [{max_clause_count}]; lower window_size"
-        )
+    check_clause_count(clause_count(window_hits), max_clause_count)
     rescorer = {
         "window_size": spec.window_size + from_ + size,
         "query": {

@@ -15,13 +15,20 @@ from opensearch_ltr.query_text import extract_query_text
 from opensearch_ltr.request import (
     check_body,
     check_fetch,
+    check_filter_path,
     check_search_kwargs,
+    filter_path_keeps,
     first_pass_body,
     resolve_page,
     stable_preference,
 )
 from opensearch_ltr.rescore import RescoreSpec
-from opensearch_ltr.server_rescore import server_rescore_body, window_query
+from opensearch_ltr.server_rescore import (
+    check_clause_count,
+    clause_count,
+    server_rescore_body,
+    window_query,
+)
 from opensearch_ltr.transforms import rescore_values
 
 # Request checks --------------------------------------------------------------------------------
@@ -79,6 +86,43 @@ def test_first_pass_body_is_a_copy() -> None:
     before = copy.deepcopy(body)
     assert first_pass_body(body, 55) == {**before, "from": 0, "size": 55}
     assert body == before
+
+
+@pytest.mark.parametrize(
+    ("filter_path", "kept", "dropped"),
+    [
+        ("hits.hits", ["hits.hits._id", "hits.hits._source.text"], ["took"]),
+        ("hits.hits._id,took", ["hits.hits._id", "took"], ["hits.hits._score"]),
+        (["took", "hits.hits._id"], ["hits.hits._id"], ["hits.total"]),
+        ("hits.*._i*", ["hits.hits._id", "hits.hits._index"], ["hits.hits._score"]),
+        ("**._score", ["hits.hits._score", "hits.max_score.x._score"], ["hits.max_score"]),
+        ("hits.**", ["hits.hits._source.a.b"], ["took"]),
+        ("-hits.hits._source", ["hits.hits._id", "took"], ["hits.hits._source.text"]),
+        ("hits,-hits.hits._source.text", ["hits.hits._source.title"], ["hits.hits._source.text"]),
+        ("hits.hits._source.a", ["hits.hits._source.a.b"], ["hits.hits._source.ab"]),
+        (" took , hits.hits._id ", ["took", "hits.hits._id"], ["hits.hits._index"]),
+        ("", ["took", "hits.hits._id"], []),
+    ],
+)
+def test_filter_path_semantics(
+    filter_path: str | list[str], kept: list[str], dropped: list[str]
+) -> None:
+    assert [filter_path_keeps(filter_path, path) for path in kept] == [True] * len(kept)
+    assert [filter_path_keeps(filter_path, path) for path in dropped] == [False] * len(dropped)
+
+
+def test_filter_path_must_keep_what_rescoring_reads() -> None:
+    keep = "hits.hits._index,hits.hits._id,hits.hits._score,hits.hits._source.body"
+    check_filter_path({}, ["body"])
+    check_filter_path({"filter_path": keep}, ["body"])
+    check_filter_path({"params": {"filter_path": keep}}, ["body"])
+    check_filter_path({"filter_path": [keep, "took"]}, ["body"])
+    with pytest.raises(RescoreRequestError, match=r"drops hits\.hits\._source\.title, which"):
+        check_filter_path({"filter_path": keep}, ["title", "body"])
+    with pytest.raises(RescoreRequestError, match=r"drops hits\.hits\._score"):
+        check_filter_path({"filter_path": "-hits.hits._score", "params": {"filter_path": keep}}, [])
+    with pytest.raises(RescoreRequestError, match="string or strings"):
+        check_filter_path({"filter_path": 3}, [])
 
 
 def test_stable_preference_is_per_query_not_per_page() -> None:
@@ -254,6 +298,15 @@ def test_server_rescore_body_appends_to_the_users_rescore() -> None:
     assert len(listed["rescore"]) == 3
     plain = server_rescore_body({}, HITS[:1], [1.0], spec, from_=0, size=1)
     assert len(plain["rescore"]) == 1
+
+
+def test_clause_count_is_one_per_hit_and_one_per_index() -> None:
+    assert clause_count(HITS) == 3 + 2
+    assert clause_count(HITS[:2]) == 2 + 1
+    assert clause_count([]) == 0
+    check_clause_count(5, 5)
+    with pytest.raises(RescoreRequestError, match=r"needs 6 clauses, more than .*\[5\]"):
+        check_clause_count(6, 5)
 
 
 def test_server_rescore_body_respects_max_clause_count() -> None:

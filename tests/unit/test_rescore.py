@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from itertools import pairwise
+from random import Random
 
 import numpy as np
 import pytest
@@ -10,8 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from opensearch_ltr.rescore import (
+    MAX_VANISHING_EXPONENT,
     SCORE_MODES,
+    RescoredHit,
     RescoreSpec,
+    break_ties,
+    check_engine_counts,
     check_page,
     fetch_size,
     page,
@@ -88,6 +94,7 @@ def test_window_larger_than_the_hits() -> None:
         ({"query_weight": -1.0}, ValueError),
         ({"rescore_query_weight": float("nan")}, ValueError),
         ({"query_weight": float("inf")}, ValueError),
+        ({"rescore_query_weight": 1e39}, ValueError),  # infinite as a Java float
         ({"score_mode": "sum"}, ValueError),
     ],
 )
@@ -123,6 +130,76 @@ def test_pages_and_fetch_size() -> None:
 
 def test_to_float32() -> None:
     assert to_float32(0.1) == float(np.float32(0.1)) != 0.1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"query_weight": 0.0, "score_mode": "min"}, "'min' with query_weight 0"),
+        ({"query_weight": 0.0, "score_mode": "multiply"}, "'multiply' with query_weight 0"),
+        ({"query_weight": 1e-50, "score_mode": "multiply"}, "query_weight 0"),  # 0 as a float
+        ({"query_weight": 1.0, "rescore_query_weight": 0.0}, "rescore_query_weight"),
+    ],
+)
+def test_weights_that_throw_the_engine_away_are_refused(
+    kwargs: dict[str, object], message: str
+) -> None:
+    spec = RescoreSpec(window_size=2, **kwargs)  # type: ignore[arg-type]
+    # What it would do: the same result whatever the engine said.
+    one, other = (
+        [(h.position, h.score) for h in rescore([3.0, 2.0, 1.0], values, spec)]
+        for values in ([1.0, 0.5], [0.5, 1.0])
+    )
+    assert one == other
+    with pytest.raises(ValueError, match=message):
+        check_engine_counts(spec)
+    for mode in ("total", "avg", "max"):
+        check_engine_counts(RescoreSpec(query_weight=0.0, score_mode=mode))  # type: ignore[arg-type]
+    check_engine_counts(RescoreSpec(query_weight=0.5, score_mode="multiply"))
+
+
+def test_query_weight_zero_keeps_the_window_and_orders_the_rest_by_first_pass() -> None:
+    spec = RescoreSpec(window_size=3, query_weight=0.0)
+    first = [5.0, 4.0, 3.0, 2.0, 1.0]
+    values = [f32(0.2), f32(0.9), 0.0]
+    plain = rescore(first, values, spec)
+    # Unbroken, the last window hit and every hit past the window tie at 0.
+    assert [h.score for h in plain][2:] == [0.0, 0.0, 0.0]
+    tied_spec, tied_values = break_ties(spec, first[:3], values)
+    ranked = rescore(first, tied_values, tied_spec)
+    weight = tied_spec.query_weight
+    assert math.frexp(weight)[0] == 0.5  # a power of two
+    assert 0 < weight < 1
+    assert tied_values == values
+    assert [h.position for h in ranked] == [h.position for h in plain] == [1, 0, 2, 3, 4]
+    assert [h.score for h in ranked][:2] == [f32(0.9), f32(0.2)]  # as with query_weight 0
+    assert [h.score for h in ranked][2:] == [3.0 * weight, 2.0 * weight, 1.0 * weight]
+
+
+def test_break_ties_lowers_equal_terms_by_float_steps_in_first_pass_order() -> None:
+    spec = RescoreSpec(window_size=4, query_weight=0.5, rescore_query_weight=1.3, score_mode="min")
+    values = [0.5, 0.25, 0.5, 0.5]
+    tied_spec, tied_values = break_ties(spec, [9.0, 8.0, 7.0, 6.0], values)
+    assert tied_spec == spec
+    weight = np.float32(1.3)
+    terms = [np.float32(v) * weight for v in tied_values]
+    assert terms[0] == np.float32(0.5) * weight
+    assert terms[0] > terms[2] > terms[3] > terms[1]
+    assert tied_values[1] == 0.25
+    assert 0.5 - tied_values[3] < 1e-6
+    # Zero values cannot go lower: they stay tied.
+    assert break_ties(spec, [2.0, 1.0], [0.0, 0.0])[1] == [0.0, 0.0]
+    with pytest.raises(ValueError, match="2 first-pass scores but 1 values"):
+        break_ties(spec, [2.0, 1.0], [0.0])
+
+
+def test_vanishing_weight_is_bounded() -> None:
+    spec = RescoreSpec(window_size=2, query_weight=0.0)
+    assert (
+        break_ties(spec, [1e30, 1.0], [1e-30, 0.0])[0].query_weight == 2.0**-MAX_VANISHING_EXPONENT
+    )
+    assert break_ties(spec, [1e-30, 1e-31], [1.0, 0.5])[0].query_weight == 1.0
+    assert break_ties(spec, [0.0, 0.0], [1.0, 0.5])[0].query_weight == 1.0
 
 
 # Property tests ------------------------------------------------------------------------------
@@ -223,3 +300,82 @@ def test_fetching_only_max_window_from_size_would_repeat_hits() -> None:
     ]
     assert shallow == [0, 1, 0, 1]
     assert deep == [h.position for h in rescore(first, second, spec)] == [2, 3, 0, 1]
+
+
+def cluster_keys(first: list[float], shuffle: Random) -> list[int]:
+    """A cluster's tie-break keys (shard, then document): arbitrary, but in first-pass order
+    among equal first-pass scores, since the first pass was sorted by the same keys."""
+    keys = list(range(len(first)))
+    shuffle.shuffle(keys)
+    for value in set(first):
+        members = [i for i, score in enumerate(first) if score == value]
+        for i, key in zip(members, sorted(keys[i] for i in members), strict=True):
+            keys[i] = key
+    return keys
+
+
+def cluster_order(ranked: list[RescoredHit], keys: list[int]) -> list[int]:
+    return [h.position for h in sorted(ranked, key=lambda h: (-h.score, keys[h.position]))]
+
+
+first_pass_scores = st.sampled_from([0.0, 1.0, 2.0, 2.5]) | st.floats(2**-10, 50.0, width=32)
+window_values = st.sampled_from([0.0, 0.25, 0.5, 1.0]) | st.floats(2**-10, 1.0, width=32)
+
+
+@st.composite
+def pure_reranks(draw: st.DrawFn) -> tuple[list[float], list[float], RescoreSpec]:
+    """query_weight 0, engine values with ties, and a first pass with ties."""
+    spec = RescoreSpec(
+        window_size=draw(st.integers(1, 12)),
+        query_weight=0.0,
+        rescore_query_weight=draw(st.floats(2**-7, 4.0, width=32)),
+        score_mode=draw(st.sampled_from(["total", "max"])),
+    )
+    first = sorted(draw(st.lists(first_pass_scores, max_size=30)))[::-1]
+    window = min(spec.window_size, len(first))
+    values = draw(st.lists(window_values, min_size=window, max_size=window))
+    return first, values, spec
+
+
+@given(pure_reranks(), st.randoms(use_true_random=False))
+@settings(max_examples=300, deadline=None)
+def test_a_cluster_orders_a_pure_rerank_as_rescore_does(
+    search: tuple[list[float], list[float], RescoreSpec], shuffle: Random
+) -> None:
+    """Whatever the cluster's tie-break, its order is ours: window first, the rest in
+    first-pass order, and every page the same (no hit twice, none lost)."""
+    first, values, spec = search
+    window = len(values)
+    tied_spec, tied_values = break_ties(spec, first[:window], values)
+    ranked = rescore(first, tied_values, tied_spec)
+    assert cluster_order(ranked, cluster_keys(first, shuffle)) == [h.position for h in ranked]
+    positive = [h for h in ranked if h.in_window and h.second_score]
+    assert [h.position for h in ranked[: len(positive)]] == [h.position for h in positive]
+    for hit in positive:
+        assert hit.score == RescoreSpec(window, 0.0, spec.rescore_query_weight).combine(
+            hit.first_pass_score, hit.second_score
+        )
+    rest = [h.position for h in ranked[len(positive) :]]
+    assert rest == sorted(rest)
+
+
+@given(searches())
+@settings(max_examples=300, deadline=None)
+def test_break_ties_keeps_the_order_and_separates_positive_terms(
+    search: tuple[list[float], list[float | None], RescoreSpec],
+) -> None:
+    first, second, spec = search
+    values = [0.0 if v is None else v for v in second]
+    tied_spec, tied_values = break_ties(spec, first[: len(values)], values)
+    weight = np.float32(spec.rescore_query_weight)
+    terms = [np.float32(v) * weight for v in values]
+    tied_terms = [np.float32(v) * weight for v in tied_values]
+    by_term = sorted(range(len(values)), key=lambda i: (-terms[i], i))
+    assert sorted(range(len(values)), key=lambda i: (-tied_terms[i], i)) == by_term
+    positive = [tied_terms[i] for i in by_term if tied_terms[i] > 0]
+    assert all(a > b for a, b in pairwise(positive))
+    assert all(0 <= t <= v for t, v in zip(tied_values, values, strict=True))
+    if np.float32(spec.query_weight) > 0:
+        assert tied_spec == spec
+    else:
+        assert 0 < tied_spec.query_weight <= 1
