@@ -8,7 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-SUBCOMMANDS = ("rerank", "evaluate", "export", "bench", "serve", "blueprints")
+SUBCOMMANDS = ("rerank", "evaluate", "train", "export", "bench", "serve", "blueprints")
 
 
 def build_parser() -> argparse.ArgumentParser:

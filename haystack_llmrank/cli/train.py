@@ -1,0 +1,232 @@
+"""``llmrank train``: fine-tune a causal LM for FIRST on judged queries and/or teacher scores."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from haystack_llmrank.cli.options import positive_float, positive_int
+
+_SPLIT = "split.json"
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``train`` subcommand."""
+    parser = subparsers.add_parser(
+        "train",
+        help="fine-tune a FIRST reranker (LoRA by default)",
+        description=(
+            "Fine-tune a causal LM for single-token listwise reranking with FIRST's loss: LM "
+            "cross-entropy on the target ranking string plus a weighted RankNet on the label "
+            "logits of the first generated token. Targets come from graded qrels, ties broken "
+            "by teacher score, then first-stage order. The output folder loads wherever a "
+            "model is named (--model, Reranker.from_pretrained, FirstListwiseRanker)."
+        ),
+    )
+    parser.add_argument("input", type=Path, help="candidates JSONL or rank_llm JSON")
+    parser.add_argument("--format", default="auto", help="input format (default auto)")
+    parser.add_argument("--qrels", type=Path, default=None, help="TREC qrels with graded labels")
+    parser.add_argument(
+        "--teacher", type=Path, default=None, help="TREC run whose scores break ties / teach"
+    )
+    parser.add_argument("--output", "-o", type=Path, required=True, help="output folder")
+    parser.add_argument(
+        "--model",
+        default="smollm2-135m-instruct",
+        help="base model: a name, HF id or folder, or .gguf (default smollm2-135m-instruct)",
+    )
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument(
+        "--dtype", default=None, help="float32 on CPU (default); bfloat16/float16 on CUDA"
+    )
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
+    run = parser.add_argument_group("run")
+    run.add_argument("--steps", type=positive_int, default=200, help="optimizer updates (200)")
+    run.add_argument(
+        "--grad-accumulation", type=positive_int, default=4, help="windows per update (4)"
+    )
+    run.add_argument("--learning-rate", type=positive_float, default=3e-4, help="peak (3e-4)")
+    run.add_argument("--warmup-steps", type=int, default=10, help="linear warm-up updates (10)")
+    run.add_argument(
+        "--ranknet-weight", type=float, default=10.0, help="lambda on RankNet (10, as FIRST)"
+    )
+    run.add_argument("--seed", type=int, default=0, help="seed of sampling and init (0)")
+    run.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint")
+    run.add_argument(
+        "--gradient-checkpointing", action="store_true", help="recompute activations (less memory)"
+    )
+    windows = parser.add_argument_group("windows")
+    windows.add_argument("--min-window", type=positive_int, default=4, help="smallest (4)")
+    windows.add_argument("--max-window", type=positive_int, default=20, help="largest (20)")
+    windows.add_argument(
+        "--pool", type=positive_int, default=100, help="sample from the top N candidates (100)"
+    )
+    windows.add_argument(
+        "--max-passage-words", type=positive_int, default=64, help="words per passage (64)"
+    )
+    windows.add_argument(
+        "--max-prompt-tokens", type=positive_int, default=2048, help="prompt budget (2048)"
+    )
+    lora = parser.add_argument_group("adapter")
+    lora.add_argument("--full", action="store_true", help="train every weight instead of LoRA")
+    lora.add_argument("--lora-rank", type=positive_int, default=16, help="LoRA rank (16)")
+    lora.add_argument("--lora-alpha", type=positive_int, default=32, help="LoRA alpha (32)")
+    lora.add_argument(
+        "--lora-targets",
+        default=None,
+        help="comma-separated module names (default: every attention and MLP projection)",
+    )
+    lora.add_argument(
+        "--merge", action="store_true", help="also write merged full weights to OUTPUT/merged"
+    )
+    held = parser.add_argument_group("validation")
+    held.add_argument(
+        "--validation-fraction",
+        type=float,
+        default=0.3,
+        help="share of queries held out (by query) for validation; 0 turns it off (0.3)",
+    )
+    held.add_argument("--split-seed", type=int, default=0, help="seed of the query split (0)")
+    held.add_argument("--eval-every", type=positive_int, default=25, help="updates (25)")
+    held.add_argument(
+        "--checkpoint-every", type=positive_int, default=25, help="updates between checkpoints"
+    )
+    held.add_argument(
+        "--validation-depth", type=positive_int, default=20, help="rerank the top N (20)"
+    )
+    parser.set_defaults(handler=run_train)
+
+
+def split_queries(qids: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """``(train, validation)`` qids: a seeded shuffle, the last ``fraction`` held out."""
+    import numpy as np
+
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"--validation-fraction must be in [0, 1), got {fraction}")
+    order = [qids[i] for i in np.random.default_rng(seed).permutation(len(qids))]
+    held = round(len(order) * fraction)
+    if fraction > 0 and held == 0:
+        raise ValueError(f"{len(qids)} queries are too few to hold out {fraction:.0%}")
+    if held >= len(order):
+        raise ValueError("no training query would be left")
+    return sorted(order[: len(order) - held]), sorted(order[len(order) - held :])
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from haystack_llmrank.training import LoraSettings, TrainConfig, WindowSampling
+
+    lora = None
+    if not args.full:
+        lora = LoraSettings(rank=args.lora_rank, alpha=args.lora_alpha)
+        if args.lora_targets:
+            targets = tuple(t.strip() for t in args.lora_targets.split(",") if t.strip())
+            lora = LoraSettings(rank=args.lora_rank, alpha=args.lora_alpha, target_modules=targets)
+    return TrainConfig(
+        steps=args.steps,
+        grad_accumulation=args.grad_accumulation,
+        learning_rate=args.learning_rate,
+        warmup_steps=args.warmup_steps,
+        ranknet_weight=args.ranknet_weight,
+        seed=args.seed,
+        max_passage_words=args.max_passage_words,
+        max_prompt_tokens=args.max_prompt_tokens,
+        eval_every=args.eval_every,
+        checkpoint_every=args.checkpoint_every,
+        validation_depth=args.validation_depth,
+        sampling=WindowSampling(min_size=args.min_window, max_size=args.max_window, pool=args.pool),
+        lora=lora,
+        gradient_checkpointing=args.gradient_checkpointing,
+    )
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Validate everything, load the model, train with a progress bar, report where it went."""
+    from tqdm import tqdm
+
+    from haystack_llmrank.data import read_qrels, read_queries, read_run
+    from haystack_llmrank.training import training_queries
+
+    if args.qrels is None and args.teacher is None:
+        raise ValueError("give --qrels, --teacher, or both")
+    config = _config(args)
+    queries = read_queries(args.input, args.format)
+    qrels = read_qrels(args.qrels) if args.qrels else None
+    teacher = read_run(args.teacher) if args.teacher else None
+    train_ids, held_ids = split_queries(
+        [q.qid for q in queries], args.validation_fraction, args.split_seed
+    )
+    if held_ids and qrels is None:
+        raise ValueError("validation needs --qrels; pass --validation-fraction 0 to skip it")
+    by_id = {q.qid: q for q in queries}
+    train = training_queries([by_id[q] for q in train_ids], qrels=qrels, teacher=teacher)
+    args.output.mkdir(parents=True, exist_ok=True)
+    split_file = args.output / _SPLIT
+    split = {"train": train_ids, "validation": held_ids, "seed": args.split_seed}
+    if args.resume and split_file.is_file() and json.loads(split_file.read_text("utf-8")) != split:
+        raise ValueError(f"{split_file} holds another query split; resume with the same one")
+    split_file.write_text(json.dumps(split, indent=1) + "\n", "utf-8")
+
+    trainer = _trainer(args, config)
+    if args.resume and not trainer.resume():
+        print(f"no checkpoint in {args.output}; starting from step 0")
+    validation = None
+    if held_ids:
+        from haystack_llmrank.training import Validation
+
+        assert qrels is not None
+        validation = Validation([by_id[q] for q in held_ids], qrels)
+    started = time.perf_counter()
+    with tqdm(total=config.steps, initial=trainer.step, unit="update", desc="train") as bar:
+
+        def show(report: Any) -> None:
+            shown = {
+                "loss": f"{report.loss:.3f}",
+                "ranknet": f"{report.ranknet:.3f}",
+                "win/s": f"{report.windows_per_second:.2f}",
+            }
+            if report.validation is not None:
+                shown["val_ndcg@10"] = f"{report.validation:.4f}"
+            bar.set_postfix(shown)
+            bar.update(1)
+
+        record = trainer.fit(train, validation, on_step=show)
+    if args.merge:
+        _write_merged(args.output)
+    best = record["best_validation_ndcg@10"]
+    print(
+        f"trained {record['steps']} updates in {time.perf_counter() - started:.0f} s; "
+        + (f"best validation nDCG@10 {best:.4f} at update {record['best_step']}; " if best else "")
+        + f"model in {args.output}"
+    )
+    return 0
+
+
+def _trainer(args: argparse.Namespace, config: Any) -> Any:
+    from haystack_llmrank.backends import torch_device_and_dtype
+    from haystack_llmrank.models import load_causal_lm, load_tokenizer, resolve_model
+    from haystack_llmrank.training import FirstTrainer
+
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    source = resolve_model(args.model)
+    if source.adapter is not None:
+        raise ValueError(f"{args.model} is an adapter; train from its base model instead")
+    device, dtype = torch_device_and_dtype(args.device, args.dtype)
+    tokenizer = load_tokenizer(source)
+    model = load_causal_lm(source, device=device, dtype=dtype, tokenizer=tokenizer)
+    return FirstTrainer(model, tokenizer, config, base_model=args.model, output_dir=args.output)
+
+
+def _write_merged(output: Path) -> None:
+    from haystack_llmrank.models import load_causal_lm, load_tokenizer, resolve_model
+
+    source = resolve_model(str(output))
+    tokenizer = load_tokenizer(source)
+    model = load_causal_lm(source, tokenizer=tokenizer)
+    model.save_pretrained(output / "merged")
+    tokenizer.save_pretrained(output / "merged")

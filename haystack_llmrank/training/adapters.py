@@ -1,0 +1,90 @@
+"""Make a causal LM trainable (LoRA through peft, or all weights) and save what was trained."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+LORA_TARGETS: tuple[str, ...] = (
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+)
+"""The linear layers LoRA adapts by default (the attention and MLP projections)."""
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """LoRA rank, scaling, dropout and the module names it adapts."""
+
+    rank: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] = LORA_TARGETS
+
+    def __post_init__(self) -> None:
+        if self.rank < 1 or self.alpha < 1:
+            raise ValueError(f"LoRA rank and alpha must be positive, got {self.rank}, {self.alpha}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"LoRA dropout must be in [0, 1), got {self.dropout}")
+        if not self.target_modules:
+            raise ValueError("LoRA needs at least one target module")
+
+
+def make_trainable(model: Any, lora: LoraSettings | None, *, gradient_checkpointing: bool) -> Any:
+    """Wrap ``model`` with LoRA adapters (only they train), or unfreeze every weight."""
+    model.config.use_cache = False
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if lora is None:
+        for parameter in model.parameters():
+            parameter.requires_grad_(True)
+        return model.train()
+    from peft import LoraConfig, get_peft_model
+
+    if gradient_checkpointing:
+        model.enable_input_require_grads()
+    config = LoraConfig(
+        r=lora.rank,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config).train()
+
+
+def causal_lm(model: Any) -> Any:
+    """The transformers causal LM inside ``model`` (a peft wrapper's base, adapters injected)."""
+    unwrap = getattr(model, "get_base_model", None)
+    return unwrap() if callable(unwrap) else model
+
+
+def trainable_parameters(model: Any) -> int:
+    """How many parameters receive gradients."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def save_trained(model: Any, tokenizer: Any, folder: Path, *, base_model: str) -> None:
+    """Save an adapter folder that names ``base_model``, or full weights with the tokenizer.
+
+    An adapter's ``adapter_config.json`` records ``base_model`` as given (an llmrank model
+    reference such as ``smollm2-135m-instruct`` or a Hugging Face id), so that loading the
+    folder resolves its base the same way every other model is resolved.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    if hasattr(model, "peft_config"):
+        model.save_pretrained(folder)
+        config_path = folder / "adapter_config.json"
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        config["base_model_name_or_path"] = base_model
+        config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    else:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)

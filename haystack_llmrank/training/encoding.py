@@ -1,0 +1,55 @@
+"""Turn a training window into token ids: the FIRST prompt followed by its target ranking."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from haystack_llmrank.prompt import PromptBuilder
+from haystack_llmrank.training.targets import TrainingWindow
+
+
+@dataclass(frozen=True)
+class EncodedWindow:
+    """Token ids of prompt + target, where the prompt ends, and the window's target order.
+
+    The prompt ends with the answer prefix ``[``; the target continues it with the ranking
+    string (``B] > [A] > [C]``) and the end-of-turn token.
+    """
+
+    input_ids: tuple[int, ...]
+    prompt_length: int
+    target: tuple[int, ...]
+
+    @property
+    def target_length(self) -> int:
+        """How many target tokens follow the prompt."""
+        return len(self.input_ids) - self.prompt_length
+
+
+class WindowEncoder:
+    """Encodes :class:`TrainingWindow` objects with the same prompts the reranker builds."""
+
+    def __init__(self, tokenizer: Any, prompts: PromptBuilder) -> None:
+        self._tokenizer = tokenizer
+        self.prompts = prompts
+        end = tokenizer.eos_token_id
+        if end is None:
+            raise ValueError("the tokenizer has no end-of-sequence token to close the target")
+        self._end = int(end)
+
+    def target_text(self, window: TrainingWindow) -> str:
+        """The ranking string after the prompt's answer prefix, e.g. ``B] > [A] > [C]``."""
+        labels = self.prompts.template.labels
+        text = " > ".join(f"[{labels[p]}]" for p in window.target)
+        prefix = self.prompts.template.answer_prefix
+        if not text.startswith(prefix):
+            raise ValueError(f"the template's answer prefix {prefix!r} does not open a ranking")
+        return text[len(prefix) :]
+
+    def encode(self, window: TrainingWindow) -> EncodedWindow:
+        """Prompt ids (within the builder's token budget) plus target ids."""
+        prompt = self.prompts.build(window.query, window.passages)
+        target = self._tokenizer(self.target_text(window), add_special_tokens=False)["input_ids"]
+        ids = (*prompt.token_ids, *(int(i) for i in target), self._end)
+        return EncodedWindow(ids, len(prompt.token_ids), window.target)

@@ -1,0 +1,26 @@
+"""FIRST's ranking loss: weighted RankNet on the first generated token's label logits."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+def weighted_ranknet(logits: torch.Tensor, target: Sequence[int]) -> torch.Tensor:
+    """FIRST's weighted RankNet over one window's label logits.
+
+    ``logits[p]`` is the logit of the label at prompt position ``p``; ``target[r]`` is the
+    position that should be ranked ``r``. Every pair ranked ``i < j`` (1-based) adds
+    ``log(1 + exp(s_j - s_i)) / (i + j)``, so mistakes near the top weigh most. The result
+    is the sum over pairs.
+    """
+    n = len(target)
+    if n < 2:
+        return logits.sum() * 0.0
+    ordered = logits[torch.as_tensor(list(target), device=logits.device)]
+    ranks = torch.arange(1, n + 1, device=logits.device, dtype=logits.dtype)
+    upper = torch.triu(torch.ones(n, n, dtype=torch.bool, device=logits.device), diagonal=1)
+    weights = 1.0 / (ranks[:, None] + ranks[None, :])
+    margins = ordered[None, :] - ordered[:, None]  # [i, j] = s_j - s_i
+    return (torch.nn.functional.softplus(margins) * weights)[upper].sum()

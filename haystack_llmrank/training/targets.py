@@ -1,0 +1,159 @@
+"""Training windows: a query's candidates, their target order, and how windows are sampled.
+
+A window's target ranking comes from graded relevance judgements; ties are broken by a
+teacher's score, then by first-stage order. Windows vary in size and in input order, so
+that a model cannot learn to copy the position it is given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from haystack_llmrank.data import QueryCandidates
+
+INPUT_ORDERS = ("first-stage", "reversed", "shuffled")
+"""How a sampled window's passages may be laid out in the prompt."""
+
+
+@dataclass(frozen=True)
+class TrainingQuery:
+    """A query with its candidates in first-stage order, their grades and teacher scores.
+
+    ``grades[i]`` is the judged grade of candidate ``i`` (unjudged candidates take the grade
+    given to :func:`training_queries`); ``teacher[i]`` is a teacher's score or ``nan``.
+    """
+
+    qid: str
+    query: str
+    texts: tuple[str, ...]
+    grades: tuple[int, ...]
+    teacher: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        n = len(self.texts)
+        if len(self.grades) != n or len(self.teacher) != n:
+            raise ValueError(f"query {self.qid}: texts, grades and teacher differ in length")
+
+    def target_order(self, members: Sequence[int]) -> list[int]:
+        """``members`` (candidate indices) best first: grade, then teacher score, then rank."""
+
+        def key(i: int) -> tuple[int, float, int]:
+            teacher = self.teacher[i]
+            return (-self.grades[i], -teacher if teacher == teacher else 0.0, i)
+
+        return sorted(members, key=key)
+
+
+@dataclass(frozen=True)
+class TrainingWindow:
+    """One prompt's worth of training data.
+
+    ``passages`` are in prompt order; ``target[r]`` is the prompt position of the passage
+    that should be ranked ``r`` (0 = most relevant).
+    """
+
+    qid: str
+    query: str
+    passages: tuple[str, ...]
+    target: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if sorted(self.target) != list(range(len(self.passages))):
+            raise ValueError("target must be a permutation of the window's positions")
+
+
+def training_queries(
+    queries: Sequence[QueryCandidates],
+    *,
+    qrels: Mapping[str, Mapping[str, int]] | None = None,
+    teacher: Mapping[str, Mapping[str, float]] | None = None,
+    unjudged_grade: int = 0,
+) -> list[TrainingQuery]:
+    """Join candidates with qrels and/or teacher scores.
+
+    At least one of ``qrels`` and ``teacher`` is needed. A query with no judgement and no
+    teacher score is an error, not a silent skip.
+    """
+    if qrels is None and teacher is None:
+        raise ValueError("training needs qrels, teacher scores, or both")
+    joined: list[TrainingQuery] = []
+    for query in queries:
+        judged = (qrels or {}).get(query.qid, {})
+        scored = (teacher or {}).get(query.qid, {})
+        if not judged and not scored:
+            raise ValueError(
+                f"query {query.qid} has neither judgements nor teacher scores; "
+                "drop it from the candidates or supply them"
+            )
+        if len(query.candidates) < 2:
+            raise ValueError(f"query {query.qid}: at least 2 candidates are needed to train")
+        joined.append(
+            TrainingQuery(
+                query.qid,
+                query.query,
+                tuple(c.text for c in query.candidates),
+                tuple(int(judged.get(c.docid, unjudged_grade)) for c in query.candidates),
+                tuple(float(scored.get(c.docid, float("nan"))) for c in query.candidates),
+            )
+        )
+    return joined
+
+
+@dataclass(frozen=True)
+class WindowSampling:
+    """How windows are drawn.
+
+    Sizes are uniform in ``[min_size, max_size]``. With probability ``contiguous`` the
+    members are a run of neighbours in first-stage order (as a sliding window sees them),
+    otherwise a uniform sample of the query's first ``pool`` candidates. The input order is
+    drawn from ``orders`` with weights ``order_weights``.
+    """
+
+    min_size: int = 4
+    max_size: int = 20
+    pool: int = 100
+    contiguous: float = 0.5
+    orders: tuple[str, ...] = INPUT_ORDERS
+    order_weights: tuple[float, ...] = (0.25, 0.25, 0.5)
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.min_size <= self.max_size:
+            raise ValueError(
+                f"window sizes need 2 <= min_size <= max_size, got {self.min_size}, {self.max_size}"
+            )
+        if self.pool < 2:
+            raise ValueError(f"pool must be at least 2, got {self.pool}")
+        if not 0.0 <= self.contiguous <= 1.0:
+            raise ValueError(f"contiguous is a probability, got {self.contiguous}")
+        unknown = set(self.orders) - set(INPUT_ORDERS)
+        if unknown or not self.orders:
+            raise ValueError(f"orders must be among {INPUT_ORDERS}, got {self.orders}")
+        if len(self.order_weights) != len(self.orders) or min(self.order_weights) < 0:
+            raise ValueError("order_weights needs one non-negative weight per order")
+        if sum(self.order_weights) <= 0:
+            raise ValueError("order_weights must not all be zero")
+
+    def sample(self, query: TrainingQuery, rng: np.random.Generator) -> TrainingWindow:
+        """Draw one window of ``query``."""
+        available = min(self.pool, len(query.texts))
+        size = int(rng.integers(self.min_size, self.max_size + 1))
+        size = min(size, available)
+        if rng.random() < self.contiguous:
+            start = int(rng.integers(0, available - size + 1))
+            members = list(range(start, start + size))
+        else:
+            members = sorted(int(i) for i in rng.choice(available, size=size, replace=False))
+        weights = np.asarray(self.order_weights, dtype=float)
+        order = self.orders[int(rng.choice(len(self.orders), p=weights / weights.sum()))]
+        if order == "reversed":
+            members.reverse()
+        elif order == "shuffled":
+            members = [members[int(i)] for i in rng.permutation(len(members))]
+        position = {candidate: p for p, candidate in enumerate(members)}
+        target = tuple(position[c] for c in query.target_order(members))
+        return TrainingWindow(
+            query.qid, query.query, tuple(query.texts[i] for i in members), target
+        )

@@ -1,0 +1,377 @@
+"""FIRST fine-tuning: sample windows, optimise RankNet + LM loss, validate, checkpoint, resume."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from haystack_llmrank.data import Qrels, QueryCandidates
+from haystack_llmrank.labels import LabelIds, resolve_label_ids
+from haystack_llmrank.prompt import FIRST_TEMPLATE, PromptBuilder, PromptTemplate
+from haystack_llmrank.training.adapters import (
+    LoraSettings,
+    causal_lm,
+    make_trainable,
+    save_trained,
+    trainable_parameters,
+)
+from haystack_llmrank.training.encoding import EncodedWindow, WindowEncoder
+from haystack_llmrank.training.losses import weighted_ranknet
+from haystack_llmrank.training.targets import TrainingQuery, WindowSampling
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint"
+"""Sub-folder of the output folder that holds the latest resumable state."""
+RECORD = "training.json"
+"""File in the output folder with the settings, the history and the best validation."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of one training run. ``steps`` counts optimizer updates."""
+
+    steps: int = 200
+    grad_accumulation: int = 4
+    learning_rate: float = 3e-4
+    warmup_steps: int = 10
+    min_lr_ratio: float = 0.1
+    ranknet_weight: float = 10.0
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    max_passage_words: int = 64
+    max_prompt_tokens: int = 2048
+    eval_every: int = 25
+    checkpoint_every: int = 25
+    validation_depth: int = 20
+    validation_passage_words: int = 300
+    sampling: WindowSampling = field(default_factory=WindowSampling)
+    lora: LoraSettings | None = field(default_factory=LoraSettings)
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        positive = {
+            "steps": self.steps,
+            "grad_accumulation": self.grad_accumulation,
+            "max_passage_words": self.max_passage_words,
+            "max_prompt_tokens": self.max_prompt_tokens,
+            "eval_every": self.eval_every,
+            "checkpoint_every": self.checkpoint_every,
+            "validation_depth": self.validation_depth,
+            "validation_passage_words": self.validation_passage_words,
+        }
+        for name, value in positive.items():
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+        if self.ranknet_weight < 0 or self.warmup_steps < 0 or self.max_grad_norm <= 0:
+            raise ValueError("ranknet_weight and warmup_steps must be >= 0, max_grad_norm > 0")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class StepReport:
+    """What one optimizer update did."""
+
+    step: int
+    loss: float
+    ranknet: float
+    lm: float
+    windows: int
+    tokens: int
+    seconds: float
+    learning_rate: float
+    validation: float | None = None
+
+    @property
+    def windows_per_second(self) -> float:
+        """Training windows (forward + backward) per second in this update."""
+        return self.windows / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Validation:
+    """Held-out queries: their candidates and judgements."""
+
+    queries: Sequence[QueryCandidates]
+    qrels: Qrels
+
+
+def label_logits(logits: torch.Tensor, label_ids: LabelIds, size: int) -> torch.Tensor:
+    """Per-label maximum over each label's ids, for the first ``size`` labels."""
+    return torch.stack([logits[list(group)].max() for group in label_ids.ids[:size]])
+
+
+def window_losses(
+    model: Any, encoded: EncodedWindow, label_ids: LabelIds
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ranknet, lm)`` for one window, from a single forward pass.
+
+    Logits are computed only from the prompt's last position on: that position's label
+    logits feed RankNet, and every position predicts the next target token for the LM loss.
+    """
+    device = next(model.parameters()).device
+    ids = torch.tensor([encoded.input_ids], device=device)
+    keep = encoded.target_length + 1
+    logits = model(input_ids=ids, logits_to_keep=keep, use_cache=False).logits[0].float()
+    ranknet = weighted_ranknet(
+        label_logits(logits[0], label_ids, len(encoded.target)), encoded.target
+    )
+    lm = torch.nn.functional.cross_entropy(logits[:-1], ids[0, encoded.prompt_length :])
+    return ranknet, lm
+
+
+def _schedule(config: TrainConfig) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / (config.warmup_steps + 1)
+        span = max(1, config.steps - config.warmup_steps)
+        progress = min(1.0, (step - config.warmup_steps) / span)
+        cosine = 0.5 * (1 + math.cos(math.pi * progress))
+        return config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine
+
+    return factor
+
+
+class FirstTrainer:
+    """Fine-tunes a causal LM for FIRST reranking.
+
+    Each update accumulates ``grad_accumulation`` windows, each drawn from a random training
+    query by ``config.sampling``. The loss is FIRST's: LM cross-entropy on the target
+    ranking string plus ``ranknet_weight`` times the weighted RankNet over the label logits
+    of the first generated token.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        config: TrainConfig,
+        *,
+        base_model: str,
+        output_dir: str | Path,
+        template: PromptTemplate = FIRST_TEMPLATE,
+    ) -> None:
+        self.config = config
+        self.tokenizer = tokenizer
+        self.template = template
+        self.base_model = base_model
+        self.output_dir = Path(output_dir)
+        self.label_ids = resolve_label_ids(tokenizer, template.labels)
+        self.label_ids.check_window(config.sampling.max_size)
+        torch.manual_seed(config.seed)
+        self.model = make_trainable(
+            model, config.lora, gradient_checkpointing=config.gradient_checkpointing
+        )
+        self.encoder = WindowEncoder(
+            tokenizer,
+            PromptBuilder(
+                tokenizer,
+                template,
+                max_prompt_tokens=config.max_prompt_tokens,
+                max_passage_words=config.max_passage_words,
+            ),
+        )
+        parameters = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=0.0)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _schedule(config))
+        self.rng = np.random.default_rng(config.seed)
+        self.step = 0
+        self.best: float | None = None
+        self.best_step = 0
+        self.history: list[dict[str, Any]] = []
+        logger.info("training %d parameters", trainable_parameters(self.model))
+
+    def fit(
+        self,
+        train: Sequence[TrainingQuery],
+        validation: Validation | None = None,
+        *,
+        on_step: Callable[[StepReport], None] | None = None,
+    ) -> dict[str, Any]:
+        """Train to ``config.steps`` updates (continuing from :attr:`step`); return the record.
+
+        With ``validation``, nDCG@10 of reranking each held-out query's top
+        ``validation_depth`` candidates is measured every ``eval_every`` updates and at the
+        end, and the best model is what the output folder holds. Without it, the last one.
+        """
+        if not train:
+            raise ValueError("no training queries")
+        if validation is not None and self.step == 0 and self.best is None:
+            self._record_validation(self.validate(validation))
+        while self.step < self.config.steps:
+            report = self._update(train)
+            self.step += 1
+            entry = asdict(report)
+            last = self.step == self.config.steps
+            if validation is not None and (self.step % self.config.eval_every == 0 or last):
+                score = self.validate(validation)
+                report = StepReport(**{**entry, "validation": score})
+                self._record_validation(score)
+            self.history.append(asdict(report))
+            if self.step % self.config.checkpoint_every == 0 or last:
+                self.save_checkpoint()
+            if on_step is not None:
+                on_step(report)
+        if validation is None:
+            save_trained(self.model, self.tokenizer, self.output_dir, base_model=self.base_model)
+        record = self.record()
+        self._write_record(record)
+        return record
+
+    def _update(self, train: Sequence[TrainingQuery]) -> StepReport:
+        started = time.perf_counter()
+        totals = np.zeros(3)
+        tokens = 0
+        accumulation = self.config.grad_accumulation
+        for _ in range(accumulation):
+            query = train[int(self.rng.integers(len(train)))]
+            encoded = self.encoder.encode(self.config.sampling.sample(query, self.rng))
+            ranknet, lm = window_losses(self.model, encoded, self.label_ids)
+            loss = lm + self.config.ranknet_weight * ranknet
+            (loss / accumulation).backward()  # type: ignore[no-untyped-call]
+            totals += (loss.item(), ranknet.item(), lm.item())
+            tokens += len(encoded.input_ids)
+        parameters = [p for p in self.model.parameters() if p.requires_grad]
+        torch.nn.utils.clip_grad_norm_(parameters, self.config.max_grad_norm)
+        rate = float(self.scheduler.get_last_lr()[0])
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, ranknet, lm = (totals / accumulation).tolist()
+        seconds = time.perf_counter() - started
+        return StepReport(self.step + 1, loss, ranknet, lm, accumulation, tokens, seconds, rate)
+
+    def validate(self, validation: Validation) -> float:
+        """Mean nDCG@10 of reranking each held-out query's top ``validation_depth`` candidates."""
+        from haystack_llmrank.data import run_from_rankings
+        from haystack_llmrank.evaluation import evaluate
+        from haystack_llmrank.reranker import Reranker
+        from haystack_llmrank.scorers.torch_scorer import TorchLabelScorer
+
+        lm = causal_lm(self.model)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        reranker = Reranker(
+            self.tokenizer,
+            TorchLabelScorer(lm, self.label_ids, pad_token_id=pad),
+            max_prompt_tokens=self.config.max_prompt_tokens,
+            template=self.template,
+            max_passage_words=self.config.validation_passage_words,
+        )
+        queries = [q.top(self.config.validation_depth) for q in validation.queries]
+        try:
+            rankings = reranker.rerank_many([(q.query, q.texts) for q in queries])
+        finally:
+            self.model.train()
+        run = run_from_rankings(queries, rankings)
+        judged = {q.qid: validation.qrels[q.qid] for q in queries if q.qid in validation.qrels}
+        score = evaluate(run, judged, ["ndcg@10"]).mean["ndcg@10"]
+        logger.info("step %d: validation nDCG@10 %.4f", self.step, score)
+        return float(score)
+
+    def _record_validation(self, score: float) -> None:
+        """Keep the model in the output folder if ``score`` is the best so far."""
+        if self.best is None or score > self.best:
+            self.best = score
+            self.best_step = self.step
+            save_trained(self.model, self.tokenizer, self.output_dir, base_model=self.base_model)
+        if self.step == 0:
+            self.history.append({"step": 0, "validation": score})
+
+    def record(self) -> dict[str, Any]:
+        """Settings, base model, template, history and best validation score."""
+        return {
+            "base_model": self.base_model,
+            "template": self.template.name,
+            "config": self.config.to_dict(),
+            "steps": self.step,
+            "best_validation_ndcg@10": self.best,
+            "best_step": self.best_step,
+            "trainable_parameters": trainable_parameters(self.model),
+            "history": self.history,
+        }
+
+    def _write_record(self, record: dict[str, Any]) -> None:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        (self.output_dir / RECORD).write_text(json.dumps(record, indent=1) + "\n", "utf-8")
+
+    def save_checkpoint(self) -> Path:
+        """Write the resumable state to ``output_dir/checkpoint`` (replaced atomically)."""
+        target = self.output_dir / CHECKPOINT
+        staging = self.output_dir / f".{CHECKPOINT}-partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        weights = {n: p.detach().cpu() for n, p in self.model.named_parameters() if p.requires_grad}
+        torch.save(
+            {
+                "weights": weights,
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+            },
+            staging / "state.pt",
+        )
+        meta = {
+            "step": self.step,
+            "best": self.best,
+            "best_step": self.best_step,
+            "rng": self.rng.bit_generator.state,
+            "history": self.history,
+            "config": self.config.to_dict(),
+        }
+        (staging / "trainer.json").write_text(json.dumps(meta) + "\n", "utf-8")
+        if target.exists():
+            old = self.output_dir / f".{CHECKPOINT}-old"
+            shutil.rmtree(old, ignore_errors=True)
+            target.rename(old)
+            staging.rename(target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            staging.rename(target)
+        self._write_record(self.record())
+        return target
+
+    def resume(self) -> bool:
+        """Load ``output_dir/checkpoint`` if there is one; return whether it was loaded."""
+        folder = self.output_dir / CHECKPOINT
+        if not (folder / "trainer.json").is_file():
+            return False
+        meta = json.loads((folder / "trainer.json").read_text("utf-8"))
+        if meta["config"] != self.config.to_dict():
+            changed = sorted(k for k, v in self.config.to_dict().items() if meta["config"][k] != v)
+            logger.warning("resuming with changed settings: %s", ", ".join(changed))
+        state = torch.load(folder / "state.pt", weights_only=False)
+        missing = set(n for n, p in self.model.named_parameters() if p.requires_grad) - set(
+            state["weights"]
+        )
+        if missing:
+            raise ValueError(
+                f"{folder}: the checkpoint lacks trained weights: {sorted(missing)[:3]}"
+            )
+        self.model.load_state_dict(state["weights"], strict=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        self.rng.bit_generator.state = meta["rng"]
+        self.step = int(meta["step"])
+        self.best = meta["best"]
+        self.best_step = int(meta.get("best_step", 0))
+        self.history = list(meta["history"])
+        logger.info("resumed from %s at step %d", folder, self.step)
+        return True

@@ -1,0 +1,281 @@
+"""FIRST fine-tuning on tiny random models: targets, sampling, loss, LoRA, save/load, export."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_tiny_llama
+
+from haystack_llmrank.data import Candidate, QueryCandidates
+from haystack_llmrank.labels import ALPHABETIC_LABELS, resolve_label_ids
+from haystack_llmrank.models import load_causal_lm, resolve_model
+from haystack_llmrank.prompt import FIRST_TEMPLATE, PromptBuilder
+from haystack_llmrank.scorers.torch_scorer import TorchLabelScorer
+from haystack_llmrank.training import (
+    FirstTrainer,
+    LoraSettings,
+    TrainConfig,
+    TrainingQuery,
+    TrainingWindow,
+    WindowEncoder,
+    WindowSampling,
+    training_queries,
+    weighted_ranknet,
+    window_losses,
+)
+from haystack_llmrank.training.adapters import causal_lm, make_trainable
+
+TEXTS = (
+    "Fleas live on cats and dogs.",
+    "The flea life cycle has four stages: egg, larva, pupa and adult.",
+    "Roman roads connected the provinces.",
+    "Adult fleas live two to three months.",
+    "The stock market closed higher.",
+    "Flea eggs hatch within two weeks.",
+)
+
+
+def toy_query(qid: str = "q1") -> QueryCandidates:
+    return QueryCandidates(
+        qid,
+        "how long is the life cycle of a flea",
+        tuple(Candidate(f"d{i}", text, float(10 - i)) for i, text in enumerate(TEXTS)),
+    )
+
+
+TOY_QRELS = {"q1": {"d1": 3, "d3": 2, "d5": 2, "d0": 1, "d2": 0}}
+
+
+# --- targets and sampling --------------------------------------------------------------------
+
+
+def test_target_order_uses_grade_then_teacher_then_first_stage_rank() -> None:
+    query = TrainingQuery(
+        "q", "q", ("a", "b", "c", "d", "e"), (1, 2, 1, 1, 0), (0.1, 0.0, 0.5, float("nan"), 0.9)
+    )
+    # grade 2 first; among grade 1: teacher 0.5 > 0.1 > no teacher (0); grade 0 last.
+    assert query.target_order([0, 1, 2, 3, 4]) == [1, 2, 0, 3, 4]
+    tied = TrainingQuery("q", "q", ("a", "b", "c"), (1, 1, 1), (float("nan"),) * 3)
+    assert tied.target_order([2, 0, 1]) == [0, 1, 2]
+
+
+def test_training_queries_joins_qrels_and_teacher() -> None:
+    [joined] = training_queries(
+        [toy_query()], qrels=TOY_QRELS, teacher={"q1": {"d4": 0.7}}, unjudged_grade=0
+    )
+    assert joined.grades == (1, 3, 0, 2, 0, 2)
+    assert joined.teacher[4] == 0.7
+    assert all(math.isnan(t) for i, t in enumerate(joined.teacher) if i != 4)
+
+
+def test_training_queries_refuses_what_it_cannot_label() -> None:
+    with pytest.raises(ValueError, match="qrels, teacher"):
+        training_queries([toy_query()])
+    with pytest.raises(ValueError, match="neither judgements nor teacher"):
+        training_queries([toy_query("q9")], qrels=TOY_QRELS)
+
+
+def test_sampled_windows_vary_size_and_order_and_keep_targets_consistent() -> None:
+    [query] = training_queries([toy_query()], qrels=TOY_QRELS)
+    sampling = WindowSampling(min_size=2, max_size=6, pool=6)
+    rng = np.random.default_rng(0)
+    windows = [sampling.sample(query, rng) for _ in range(200)]
+    assert {len(w.passages) for w in windows} == {2, 3, 4, 5, 6}
+    first_positions = {w.passages.index(TEXTS[1]) for w in windows if TEXTS[1] in w.passages}
+    assert len(first_positions) == 6  # the best passage is seen at every position
+    for window in windows:
+        grades = [query.grades[TEXTS.index(window.passages[p])] for p in window.target]
+        assert grades == sorted(grades, reverse=True)
+
+
+def test_sampling_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="min_size"):
+        WindowSampling(min_size=1)
+    with pytest.raises(ValueError, match="orders"):
+        WindowSampling(orders=("sideways",), order_weights=(1.0,))
+    with pytest.raises(ValueError, match="permutation"):
+        TrainingWindow("q", "q", ("a", "b"), (0, 0))
+
+
+# --- the loss --------------------------------------------------------------------------------
+
+
+def test_weighted_ranknet_matches_a_hand_computed_value() -> None:
+    logits = torch.tensor([1.0, 3.0, 2.0])
+    target = [1, 2, 0]  # ranked: position 1 (s=3), position 2 (s=2), position 0 (s=1)
+    # pairs by 1-based rank (i, j): (1,2): log(1+e^(2-3))/3, (1,3): log(1+e^(1-3))/4,
+    # (2,3): log(1+e^(1-2))/5
+    expected = (
+        math.log1p(math.exp(-1)) / 3 + math.log1p(math.exp(-2)) / 4 + math.log1p(math.exp(-1)) / 5
+    )
+    assert weighted_ranknet(logits, target).item() == pytest.approx(expected, rel=1e-6)
+    reversed_loss = weighted_ranknet(logits, [0, 2, 1]).item()
+    assert reversed_loss > expected
+    assert weighted_ranknet(torch.tensor([5.0]), [0]).item() == 0.0
+
+
+def test_encoded_window_is_the_reranker_prompt_then_the_ranking(smollm2_tokenizer: Any) -> None:
+    builder = PromptBuilder(smollm2_tokenizer, FIRST_TEMPLATE, max_prompt_tokens=4096)
+    encoder = WindowEncoder(smollm2_tokenizer, builder)
+    window = TrainingWindow("q", "fleas", TEXTS[:3], (2, 0, 1))
+    assert encoder.target_text(window) == "C] > [A] > [B]"
+    encoded = encoder.encode(window)
+    prompt = builder.build("fleas", TEXTS[:3])
+    assert encoded.input_ids[: encoded.prompt_length] == prompt.token_ids
+    assert encoded.input_ids[-1] == smollm2_tokenizer.eos_token_id
+    tail = smollm2_tokenizer.decode(list(encoded.input_ids[encoded.prompt_length : -1]))
+    assert tail == "C] > [A] > [B]"
+
+
+# --- LoRA, steps, save and load --------------------------------------------------------------
+
+
+def small_config(**changes: Any) -> TrainConfig:
+    settings: dict[str, Any] = {
+        "steps": 4,
+        "grad_accumulation": 1,
+        "learning_rate": 1e-2,
+        "warmup_steps": 0,
+        "eval_every": 2,
+        "checkpoint_every": 2,
+        "sampling": WindowSampling(min_size=3, max_size=6, pool=6),
+        "lora": LoraSettings(rank=4, alpha=8, dropout=0.0),
+    }
+    settings.update(changes)
+    return TrainConfig(**settings)
+
+
+def test_lora_gradients_reach_only_the_adapter(smollm2_tokenizer: Any) -> None:
+    model = make_trainable(
+        make_tiny_llama(len(smollm2_tokenizer), seed=3),
+        LoraSettings(rank=4, alpha=8),
+        gradient_checkpointing=False,
+    )
+    builder = PromptBuilder(smollm2_tokenizer, FIRST_TEMPLATE, max_prompt_tokens=4096)
+    encoded = WindowEncoder(smollm2_tokenizer, builder).encode(
+        TrainingWindow("q", "fleas", TEXTS[:4], (1, 3, 0, 2))
+    )
+    labels = resolve_label_ids(smollm2_tokenizer, ALPHABETIC_LABELS)
+    ranknet, lm = window_losses(model, encoded, labels)
+    (lm + 10 * ranknet).backward()
+    with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
+    assert with_grad
+    assert all("lora_" in n for n in with_grad)
+    assert all(p.grad is None for n, p in model.named_parameters() if "lora_" not in n)
+    assert any(p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "lora_B" in n)
+
+
+def test_a_few_steps_lower_the_loss_on_a_toy_set(smollm2_tokenizer: Any, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = make_tiny_llama(len(smollm2_tokenizer), seed=4)
+    with torch.no_grad():
+        model.lm_head.weight.div_(50)  # back to a trainable scale
+    queries = training_queries([toy_query()], qrels=TOY_QRELS)
+    fixed = WindowSampling(
+        min_size=6,
+        max_size=6,
+        pool=6,
+        contiguous=1.0,
+        orders=("first-stage",),
+        order_weights=(1.0,),
+    )
+    trainer = FirstTrainer(
+        model,
+        smollm2_tokenizer,
+        small_config(steps=12, sampling=fixed, learning_rate=5e-3),
+        base_model="unused",
+        output_dir=tmp_path,
+    )
+    losses: list[float] = []
+    trainer.fit(queries, on_step=lambda report: losses.append(report.loss))
+    assert len(losses) == 12
+    assert np.mean(losses[-3:]) < 0.9 * np.mean(losses[:3])
+
+
+def train_adapter(tokenizer: Any, base_dir: Path, output: Path, steps: int = 2) -> FirstTrainer:
+    model = load_causal_lm(resolve_model(str(base_dir)))
+    trainer = FirstTrainer(
+        model, tokenizer, small_config(steps=steps), base_model=str(base_dir), output_dir=output
+    )
+    trainer.fit(training_queries([toy_query()], qrels=TOY_QRELS))
+    return trainer
+
+
+def test_saved_adapter_loads_with_identical_label_logits(
+    smollm2_tokenizer: Any, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    trainer = train_adapter(smollm2_tokenizer, tiny_model_dir, tmp_path / "adapter")
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(tiny_model_dir)
+    labels = resolve_label_ids(smollm2_tokenizer, ALPHABETIC_LABELS)
+    builder = PromptBuilder(smollm2_tokenizer, FIRST_TEMPLATE, max_prompt_tokens=4096)
+    prompts = [builder.build("fleas", TEXTS).token_ids, builder.build("roads", TEXTS[:3]).token_ids]
+    pad = smollm2_tokenizer.pad_token_id
+    trained = TorchLabelScorer(causal_lm(trainer.model), labels, pad_token_id=pad).score(prompts)
+    source = resolve_model(str(tmp_path / "adapter"))
+    assert source.adapter is not None
+    loaded = TorchLabelScorer(load_causal_lm(source), labels, pad_token_id=pad).score(prompts)
+    base = TorchLabelScorer(
+        load_causal_lm(resolve_model(str(tiny_model_dir))), labels, pad_token_id=pad
+    ).score(prompts)
+    np.testing.assert_allclose(loaded, trained, atol=1e-4)
+    assert np.abs(loaded - base).max() > 1e-3  # the adapter changed something
+
+
+class StopTrainingError(Exception):
+    pass
+
+
+def test_checkpoint_resume_continues_the_same_run(
+    smollm2_tokenizer: Any, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    straight = train_adapter(smollm2_tokenizer, tiny_model_dir, tmp_path / "straight", steps=4)
+
+    def stop_after_two(report: Any) -> None:
+        if report.step == 2:
+            raise StopTrainingError
+
+    def trainer_for(output: Path) -> FirstTrainer:
+        model = load_causal_lm(resolve_model(str(tiny_model_dir)))
+        return FirstTrainer(
+            model,
+            smollm2_tokenizer,
+            small_config(steps=4),
+            base_model=str(tiny_model_dir),
+            output_dir=output,
+        )
+
+    queries = training_queries([toy_query()], qrels=TOY_QRELS)
+    with pytest.raises(StopTrainingError):
+        trainer_for(tmp_path / "resumed").fit(queries, on_step=stop_after_two)
+    assert (tmp_path / "resumed" / "checkpoint" / "state.pt").is_file()
+    again = trainer_for(tmp_path / "resumed")
+    assert again.resume()
+    assert again.step == 2
+    again.fit(queries)
+    losses = [h["loss"] for h in again.history]
+    assert losses == pytest.approx([h["loss"] for h in straight.history], rel=1e-4)
+
+
+def test_onnx_export_of_an_adapter_matches_torch(
+    smollm2_tokenizer: Any, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    pytest.importorskip("onnxruntime")
+    from haystack_llmrank.export import export_onnx
+    from haystack_llmrank.export.loading import load_export
+
+    trainer = train_adapter(smollm2_tokenizer, tiny_model_dir, tmp_path / "adapter")
+    folder = export_onnx(str(tmp_path / "adapter"), tmp_path / "onnx")
+    labels = resolve_label_ids(smollm2_tokenizer, ALPHABETIC_LABELS)
+    builder = PromptBuilder(smollm2_tokenizer, FIRST_TEMPLATE, max_prompt_tokens=4096)
+    prompts = [builder.build("fleas", TEXTS).token_ids]
+    pad = smollm2_tokenizer.pad_token_id
+    expected = TorchLabelScorer(causal_lm(trainer.model), labels, pad_token_id=pad).score(prompts)
+    exported = load_export(folder, device="cpu").scorer.score(prompts)
+    np.testing.assert_allclose(exported, expected, atol=1e-3)
