@@ -13,6 +13,7 @@ from haystack_llmrank.labels import resolve_label_ids
 from haystack_llmrank.models import (
     DEFAULT_MODEL,
     ModelSource,
+    check_available,
     context_length,
     load_causal_lm,
     load_tokenizer,
@@ -151,6 +152,7 @@ def load_scorer(
     on_cuda = torch_device.startswith("cuda")
     checkpoint = checkpoint_dtype(source) if dtype is None and on_cuda else None
     torch_dtype = resolve_torch_dtype(torch_device, dtype, checkpoint)
+    check_available(source)
     tokenizer = load_tokenizer(source)
     lm = load_causal_lm(source, device=torch_device, dtype=torch_dtype, tokenizer=tokenizer)
     label_ids = resolve_label_ids(tokenizer, labels)

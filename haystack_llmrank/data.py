@@ -69,9 +69,19 @@ class QueryCandidates:
         return replace(self, candidates=self.candidates[:k])
 
 
+def read_utf8(path: Path) -> str:
+    """The text of ``path``; a file that is not UTF-8 raises :class:`DataFormatError` naming it."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataFormatError(
+            f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})"
+        ) from None
+
+
 def _records(path: Path) -> Iterator[tuple[str, Any]]:
     """Yield ``(where, record)``: the items of a JSON list, or the lines of a JSONL file."""
-    text = path.read_text(encoding="utf-8")
+    text = read_utf8(path)
     if text.lstrip().startswith("["):
         try:
             items = json.loads(text)
@@ -276,16 +286,15 @@ def write_run(path: str | Path, run: Mapping[str, Mapping[str, float]], tag: str
 
 
 def _rows(path: Path, columns: int, layout: str) -> Iterator[tuple[str, list[str]]]:
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != columns:
-                raise DataFormatError(
-                    f"{path}:{number}: expected {columns} columns ({layout}), got {len(fields)}"
-                )
-            yield f"{path}:{number}", fields
+    for number, line in enumerate(read_utf8(path).splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != columns:
+            raise DataFormatError(
+                f"{path}:{number}: expected {columns} columns ({layout}), got {len(fields)}"
+            )
+        yield f"{path}:{number}", fields
 
 
 def read_run(path: str | Path) -> Run:

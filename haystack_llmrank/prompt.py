@@ -29,7 +29,9 @@ _INSTRUCTION = (
     "relevance. The output format should be [] > [], e.g., {example}, Only respond with the "
     "ranking results, do not say any word or explain."
 )
-_BRACKETED_WORD = re.compile(r"\[(\w+)\]")
+_FIRST_LETTERS = re.compile(r"\[([A-z]+)\]")
+"""FIRST's own rewrite of bracketed letters (its ``[A-z]`` range included)."""
+_DIGITS = re.compile(r"\[(\d+)\]")
 _SYSTEM_JOINER = "\n "
 
 
@@ -110,12 +112,28 @@ def get_template(template: str | PromptTemplate | dict[str, Any]) -> PromptTempl
         ) from None
 
 
-def normalize_passage(text: str, max_words: int | None = 300) -> str:
-    """Collapse whitespace, keep ``max_words`` words at most, turn ``[word]`` into ``(word)``."""
+def label_lookalike(labels: Sequence[str]) -> re.Pattern[str]:
+    """What in a passage could pass for one of ``labels`` in brackets.
+
+    Letters for alphabetical labels (FIRST's own pattern, so prompts stay token-identical
+    to FIRST's), digits for numerical ones, else the labels themselves.
+    """
+    if all(label.isascii() and label.isalpha() for label in labels):
+        return _FIRST_LETTERS
+    if all(label.isdigit() for label in labels):
+        return _DIGITS
+    return re.compile(r"\[(" + "|".join(re.escape(label) for label in labels) + r")\]")
+
+
+def normalize_passage(
+    text: str, max_words: int | None = 300, labels: Sequence[str] = ALPHABETIC_LABELS
+) -> str:
+    """Collapse whitespace, keep ``max_words`` words at most, and turn what could pass for a
+    bracketed label (see :func:`label_lookalike`) into parentheses: ``[A]`` -> ``(A)``."""
     words = text.split()
     if max_words is not None:
         words = words[:max_words]
-    return _BRACKETED_WORD.sub(r"(\1)", " ".join(words))
+    return label_lookalike(labels).sub(r"(\1)", " ".join(words))
 
 
 @dataclass(frozen=True)
@@ -201,7 +219,8 @@ class PromptBuilder:
                 f"{len(passages)} passages but template {self.template.name!r} has "
                 f"{len(self.template.labels)} labels"
             )
-        texts = [normalize_passage(p, self.max_passage_words) for p in passages]
+        labels = self.template.labels
+        texts = [normalize_passage(p, self.max_passage_words, labels) for p in passages]
         text = self.render(query, texts)
         ids = self._encode(text)
         if len(ids) <= self.max_prompt_tokens:

@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from haystack_llmrank.errors import PromptTooLongError, WindowTooLargeError
+from haystack_llmrank.labels import NUMERIC_LABELS
 from haystack_llmrank.prompt import (
     FIRST_NUMERIC_TEMPLATE,
     FIRST_TEMPLATE,
@@ -100,12 +101,28 @@ def test_rendered_prompt_is_fixed_by_ftfy(smollm2_tokenizer: Any) -> None:
     [
         ("  a\tb\n\nc  ", 300, "a b c"),
         ("one two three four", 2, "one two"),
-        ("see [A] and [12] but not [two words]", None, "see (A) and (12) but not [two words]"),
+        ("see [A] and [12] but not [two words]", None, "see (A) and [12] but not [two words]"),
+        ("[ab_c] [x1] [Z]", None, "(ab_c) [x1] (Z)"),
         ("", 300, ""),
     ],
 )
 def test_normalize_passage(raw: str, words: int | None, expected: str) -> None:
     assert normalize_passage(raw, words) == expected
+
+
+def test_numeric_labels_rewrite_only_bracketed_digits() -> None:
+    raw = "see [A] and [12] but not [two words]"
+    assert normalize_passage(raw, None, NUMERIC_LABELS) == "see [A] and (12) but not [two words]"
+    assert normalize_passage("[a1] [b2] [c3]", None, ("a1", "b2")) == "(a1) (b2) [c3]"
+
+
+def test_first_prompt_keeps_bracketed_digits_as_first_does(smollm2_tokenizer: Any) -> None:
+    passage = "Step [4] of the guide, see [B] and [note]."
+    prompt = builder(smollm2_tokenizer).build("guide", [passage])
+    # FIRST rewrites only bracketed letters (its pattern is \[([A-z]+)\]); digits stay.
+    assert "[A] Step [4] of the guide, see (B) and (note).\n" in prompt.text
+    numeric = builder(smollm2_tokenizer, template=FIRST_NUMERIC_TEMPLATE).build("guide", [passage])
+    assert "[1] Step (4) of the guide, see [B] and [note].\n" in numeric.text
 
 
 def test_passages_capped_at_300_words_by_default(smollm2_tokenizer: Any) -> None:
