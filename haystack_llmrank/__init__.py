@@ -15,12 +15,21 @@ from haystack_llmrank.errors import (
 )
 from haystack_llmrank.labels import LabelIds, resolve_label_ids
 from haystack_llmrank.prompt import FIRST_TEMPLATE, PromptBuilder, PromptTemplate
-from haystack_llmrank.ranking import Ranking
+from haystack_llmrank.ranking import Cost, Ranking
 from haystack_llmrank.reranker import Reranker
-from haystack_llmrank.strategies import SlidingWindow
+from haystack_llmrank.strategies import (
+    STRATEGIES,
+    SlidingWindow,
+    Strategy,
+    TopDownPartition,
+    Tournament,
+    make_strategy,
+)
 
 __all__ = [
     "FIRST_TEMPLATE",
+    "STRATEGIES",
+    "Cost",
     "FirstListwiseRanker",
     "LabelIds",
     "LabelResolutionError",
@@ -32,7 +41,11 @@ __all__ = [
     "Ranking",
     "Reranker",
     "SlidingWindow",
+    "Strategy",
+    "TopDownPartition",
+    "Tournament",
     "WindowTooLargeError",
+    "make_strategy",
     "resolve_label_ids",
 ]
 

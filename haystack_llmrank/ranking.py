@@ -2,8 +2,26 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from itertools import pairwise
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What a ranking took: forward passes, sequential steps and prompt tokens.
+
+    ``windows`` counts forward passes (one per window); ``steps`` counts the rounds of windows
+    that had to wait for an earlier round (windows of one step can run in one batch);
+    ``tokens`` sums the prompt tokens of every window.
+    """
+
+    windows: int = 0
+    steps: int = 0
+    tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -16,11 +34,16 @@ class Ranking:
     increase down the ranking. ``logits[r]`` is the uncapped label logit.
     Scores from one window are directly comparable; across windows and queries they
     are a heuristic (logits of a FIRST model, not probabilities).
+
+    ``unranked`` is how many positions at the bottom the strategy left in first-stage order
+    (their input indices ascend); the first :attr:`depth` positions are in the model's order.
     """
 
     order: tuple[int, ...]
     scores: tuple[float, ...]
     logits: tuple[float, ...]
+    unranked: int = 0
+    cost: Cost = field(default_factory=Cost)
 
     def __post_init__(self) -> None:
         n = len(self.order)
@@ -30,18 +53,60 @@ class Ranking:
             raise ValueError("order, scores and logits must have the same length")
         if any(a < b for a, b in zip(self.scores, self.scores[1:], strict=False)):
             raise ValueError("scores must not increase down the ranking")
+        if not 0 <= self.unranked <= n:
+            raise ValueError(f"unranked must be between 0 and {n}, got {self.unranked}")
+        tail = self.order[n - self.unranked :]
+        if any(a > b for a, b in pairwise(tail)):
+            raise ValueError("the unranked positions must keep first-stage (input) order")
 
     def __len__(self) -> int:
         return len(self.order)
 
+    @property
+    def depth(self) -> int:
+        """How many positions from the top the model ordered."""
+        return len(self.order) - self.unranked
+
     @classmethod
-    def from_logits(cls, order: Sequence[int], logits: Sequence[float]) -> Ranking:
+    def from_logits(
+        cls,
+        order: Sequence[int],
+        logits: Sequence[float],
+        *,
+        unranked: int = 0,
+        cost: Cost | None = None,
+    ) -> Ranking:
         """Build a ranking from a final order and each ranked passage's last logit."""
         scores: list[float] = []
         for value in logits:
             scores.append(value if not scores else min(value, scores[-1]))
-        return cls(tuple(order), tuple(scores), tuple(float(v) for v in logits))
+        return cls(
+            tuple(order),
+            tuple(scores),
+            tuple(float(v) for v in logits),
+            unranked,
+            cost or Cost(),
+        )
 
     def score_of(self) -> dict[int, float]:
         """Map each input index to its score."""
         return dict(zip(self.order, self.scores, strict=True))
+
+    def distinct_scores(self) -> list[float]:
+        """:attr:`scores` made strictly decreasing in float32, for consumers that sort by score.
+
+        Each score is rounded to float32, or, where that is not below the score above it,
+        set to the next float32 below that one; so a later sort or threshold keeps the
+        engine's order exactly, even after a round trip through float32.
+        """
+        distinct: list[float] = []
+        previous: np.float32 | None = None
+        for score in self.scores:
+            if not math.isfinite(score):
+                raise ValueError(f"the engine returned a non-finite score: {score}")
+            value = np.float32(score)
+            if previous is not None and value >= previous:
+                value = np.nextafter(previous, np.float32(-np.inf))
+            distinct.append(float(value))
+            previous = value
+        return distinct

@@ -19,7 +19,7 @@ from haystack_llmrank.prompt import (
 )
 from haystack_llmrank.ranking import Ranking
 from haystack_llmrank.scorers.base import LabelScorer
-from haystack_llmrank.strategies import SlidingWindow, WindowedRun, run_windows
+from haystack_llmrank.strategies import QueryRun, SlidingWindow, Strategy, run_windows
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,9 @@ class Reranker:
     """Ranks passages for a query with a single-token listwise LLM (FIRST).
 
     Each window is one forward pass: the label logits of the first generated token order
-    the window. Windows follow ``strategy`` (FIRST's sliding window by default).
+    the window. Windows follow ``strategy`` (FIRST's sliding window by default; see
+    :mod:`haystack_llmrank.strategies`). ``batch_size`` is how many windows of different
+    queries are scored together; the windows of one query's step always go together.
     """
 
     def __init__(
@@ -54,13 +56,13 @@ class Reranker:
         *,
         max_prompt_tokens: int,
         template: PromptTemplate = FIRST_TEMPLATE,
-        strategy: SlidingWindow | None = None,
+        strategy: Strategy | None = None,
         max_passage_words: int | None = 300,
         batch_size: int = 1,
         max_batch_tokens: int = 16384,
         model_name: str | None = None,
     ) -> None:
-        self.strategy = strategy or SlidingWindow()
+        self.strategy: Strategy = strategy or SlidingWindow()
         if scorer.label_ids.labels[: len(template.labels)] != template.labels:
             raise ValueError(
                 f"the scorer's labels {scorer.label_ids.labels} do not match the template's "
@@ -124,41 +126,44 @@ class Reranker:
             **kwargs,
         )
 
-    def count_windows(self, sizes: Sequence[int]) -> int:
-        """How many forward passes ranking lists of these sizes takes."""
-        return sum(len(self.strategy.windows(n)) for n in sizes)
+    def count_windows(self, sizes: Sequence[int], top_k: int | None = None) -> int:
+        """The most forward passes ranking lists of these sizes can take."""
+        return sum(self.strategy.max_windows(n, top_k) for n in sizes)
 
-    def rerank(self, query: str, passages: Sequence[str]) -> Ranking:
-        """Rank ``passages`` for ``query``."""
-        return self.rerank_many([(query, passages)])[0]
+    def rerank(self, query: str, passages: Sequence[str], *, top_k: int | None = None) -> Ranking:
+        """Rank ``passages`` for ``query``; with ``top_k``, only the first ``top_k`` matter."""
+        return self.rerank_many([(query, passages)], top_k=top_k)[0]
 
     def rerank_many(
         self,
         requests: Sequence[RerankRequest],
         *,
+        top_k: int | None = None,
         on_window: Callable[[int], None] | None = None,
     ) -> list[Ranking]:
         """Rank many queries' passages, batching windows of different queries together.
 
-        ``on_window`` is called with the number of windows finished after each step.
+        ``top_k`` tells the strategy that only the first ``top_k`` positions of each ranking
+        matter; it may then leave more positions in first-stage order
+        (:attr:`Ranking.unranked`). ``on_window`` is called with the number of windows
+        finished after each step. A query's ranking does not depend on the others.
         """
         for query, passages in requests:
             _check_request(query, passages)
-        runs = [
-            WindowedRun(len(passages), self.strategy.windows(len(passages)))
-            for _, passages in requests
-        ]
-        index = {id(run): i for i, run in enumerate(runs)}
+        runs = [QueryRun(self.strategy, len(passages), top_k) for _, passages in requests]
+        tokens = [0] * len(runs)
 
-        def score_next(step: Sequence[WindowedRun]) -> list[npt.NDArray[np.float32]]:
+        def score(windows: Sequence[tuple[int, Sequence[int]]]) -> list[npt.NDArray[np.float32]]:
             prompts = []
-            for run in step:
-                query, passages = requests[index[id(run)]]
-                prompts.append(self.prompts.build(query, [passages[i] for i in run.next_members()]))
+            for position, members in windows:
+                query, passages = requests[position]
+                prompt = self.prompts.build(query, [passages[i] for i in members])
+                tokens[position] += len(prompt.token_ids)
+                prompts.append(prompt)
             return self.score_prompts(prompts)
 
-        run_windows(runs, score_next, batch_size=self.batch_size, on_window=on_window)
-        return [run.result() for run in runs]
+        run_windows(runs, score, batch_size=self.batch_size, on_window=on_window)
+        return [run.result(count) for run, count in zip(runs, tokens, strict=True)]
 
     def score_prompts(self, prompts: Sequence[Prompt]) -> list[npt.NDArray[np.float32]]:
         """Label logits of each prompt, scored in length buckets within the token budget."""

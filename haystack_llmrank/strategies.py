@@ -1,18 +1,97 @@
-"""Which windows are scored, in what order, and how their logits reorder a query's list."""
+"""Which windows are scored, in what order, and how their logits reorder a query's list.
+
+A strategy plans one query as a generator (:data:`Plan`): it yields a *step*, the windows
+that can be scored together (each a list of input indices, in prompt order), is sent their
+label logits, and returns the final order and how many positions at the bottom it left in
+first-stage order. :class:`QueryRun` drives one query; :func:`run_windows` drives many,
+scoring whole steps of several queries in one call.
+
+- :class:`SlidingWindow` (``"sliding"``): FIRST's window moving up from the bottom; every
+  window waits for the one before it.
+- :class:`TopDownPartition` (``"tdpart"``): a pivot from the top window, every other passage
+  judged against it in parallel, then the passages above it ranked: at most 3 steps a round.
+- :class:`Tournament` (``"tournament"``): disjoint windows in one step, then windows over
+  their winners: 2 steps for up to ``window_size ** 2`` passages.
+"""
 
 from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
+from typing import ClassVar, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from haystack_llmrank.ranking import Ranking
+from haystack_llmrank.ranking import Cost, Ranking
 
 Window = tuple[int, int]
+"""A half-open range of positions in the current order (sliding window)."""
+Step = list[list[int]]
+"""Windows that can be scored together: each a list of input indices, in prompt order."""
+Verdicts = list[list[float]]
+"""The label logits of each window of a step, one per member, in prompt order."""
+Outcome = tuple[list[int], int]
+"""The final order (input indices) and how many bottom positions keep first-stage order."""
+Plan = Generator[Step, Verdicts, Outcome]
+"""A strategy's plan for one query."""
+WindowScorer = Callable[[Sequence[tuple[int, Sequence[int]]]], Sequence[npt.NDArray[np.float32]]]
+"""Label logits of windows given as (position of the run, input indices of the members)."""
+
+STRATEGIES = ("sliding", "tdpart", "tournament")
+"""The strategy names :func:`make_strategy` knows."""
+
+
+class Strategy(Protocol):
+    """Plans the windows that rank one query's passages."""
+
+    @property
+    def name(self) -> str:
+        """The strategy's name in :data:`STRATEGIES`."""
+        ...
+
+    @property
+    def window_size(self) -> int:
+        """The most passages in one window."""
+        ...
+
+    def plan(self, n: int, top_k: int | None = None) -> Plan:
+        """The plan that ranks ``n`` passages when only the first ``top_k`` matter."""
+        ...
+
+    def max_windows(self, n: int, top_k: int | None = None) -> int:
+        """The most windows :meth:`plan` can take for these arguments."""
+        ...
+
+
+def check_top_k(top_k: int | None) -> None:
+    """Raise ``ValueError`` unless ``top_k`` is ``None`` or a positive integer."""
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
+
+
+def rank_members(members: Sequence[int], values: Sequence[float]) -> list[int]:
+    """``members`` by descending value; equal values keep their order."""
+    ranked = sorted(range(len(members)), key=lambda i: -values[i])
+    return [members[i] for i in ranked]
+
+
+def split_evenly(items: Sequence[int], parts: int) -> list[list[int]]:
+    """``items`` cut into ``parts`` consecutive runs whose lengths differ by at most one."""
+    size, extra = divmod(len(items), parts)
+    runs, start = [], 0
+    for part in range(parts):
+        end = start + size + (part < extra)
+        runs.append(list(items[start:end]))
+        start = end
+    return runs
+
+
+def _check_window_size(window_size: int, least: int) -> None:
+    if window_size < least:
+        raise ValueError(f"window_size must be at least {least}, got {window_size}")
 
 
 @dataclass(frozen=True)
@@ -21,15 +100,16 @@ class SlidingWindow:
 
     Windows are half-open position ranges over the current order. The first covers the last
     ``window_size`` positions; each next one starts ``step`` higher; the last one starts at 0.
-    A list no longer than the window is ranked in one window.
+    A list no longer than the window is ranked in one window. Every window waits for the one
+    before it; ``top_k`` changes nothing (the single pass settles the top ``step`` anyway).
     """
 
+    name: ClassVar[str] = "sliding"
     window_size: int = 20
     step: int = 10
 
     def __post_init__(self) -> None:
-        if self.window_size < 1:
-            raise ValueError(f"window_size must be at least 1, got {self.window_size}")
+        _check_window_size(self.window_size, 1)
         if not 1 <= self.step <= self.window_size:
             raise ValueError(
                 f"step must be between 1 and window_size ({self.window_size}), got {self.step}"
@@ -49,66 +129,303 @@ class SlidingWindow:
             end -= self.step
         return plan
 
+    def plan(self, n: int, top_k: int | None = None) -> Plan:
+        """One window at a time, bottom up; the model orders every position."""
+        order = list(range(n))
+        for start, end in self.windows(n):
+            members = order[start:end]
+            (values,) = yield [members]
+            order[start:end] = rank_members(members, values)
+        return order, 0
 
-class WindowedRun:
-    """The state of one query while its windows run one after another."""
+    def max_windows(self, n: int, top_k: int | None = None) -> int:
+        """Exactly ``len(windows(n))``."""
+        return len(self.windows(n))
 
-    def __init__(self, size: int, windows: Sequence[Window]) -> None:
-        self.order = list(range(size))
+
+RoundPlan = Generator[Step, Verdicts, tuple[list[int], list[int]]]
+"""One round over a list: returns the positions it ranked and the rest in first-stage order."""
+
+
+def _rounds(n: int, top_k: int | None, play: Callable[[list[int]], RoundPlan]) -> Plan:
+    """Play rounds on what earlier rounds left, until ``top_k`` positions are ranked.
+
+    Without ``top_k`` one round is played.
+    """
+    ranked: list[int] = []
+    left = list(range(n))
+    while left:
+        prefix, left = yield from play(left)
+        ranked += prefix
+        if top_k is None or len(ranked) >= top_k:
+            break
+    return ranked + left, len(left)
+
+
+def _count_rounds(n: int, top_k: int | None, play: Callable[[int], tuple[int, int]]) -> int:
+    """Windows of :func:`_rounds` when ``play(size)`` gives (windows, fewest ranked)."""
+    windows, ranked, left = 0, 0, n
+    while left:
+        spent, settled = play(left)
+        windows, ranked, left = windows + spent, ranked + settled, left - settled
+        if top_k is None or ranked >= top_k:
+            break
+    return windows
+
+
+@dataclass(frozen=True)
+class TopDownPartition:
+    """Top-down partitioning with a pivot (TDPart; Parry, MacAvaney and Ganguly, SIGIR 2024).
+
+    A round over a list longer than the window takes at most three steps:
+
+    1. the top ``window_size`` passages are ranked; the one at the pivot rank (1-based)
+       becomes the pivot, those above it candidates, those below it are left behind;
+    2. every other passage is judged against the pivot, in windows of the pivot followed by
+       up to ``window_size - 1`` passages, all in one step; a passage ranked above the pivot
+       becomes a candidate (a tie keeps the pivot first);
+    3. if step 2 found candidates, one window ranks the candidates: those of step 1 in their
+       order, then the others by how far their logit rose above the pivot's in their window.
+       Candidates that do not fit follow the window in that order.
+
+    The round's order is the candidates, the pivot, then what was left behind in first-stage
+    order (unranked). The pivot rank is ``pivot_rank``, by default half the window rounded up
+    (10 of 20, as in the paper); with ``top_k`` it is ``top_k``, at most half the window, and
+    rounds go on over what was left behind until ``top_k`` positions are ranked. As the pivot
+    rank is at most half the window, a judge that gives each passage one fixed logit gets the
+    first pivot-rank positions exactly right. A list no longer than the window is ranked in
+    one window.
+    """
+
+    name: ClassVar[str] = "tdpart"
+    window_size: int = 20
+    pivot_rank: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_window_size(self.window_size, 2)
+        half = self._half
+        if self.pivot_rank is not None and not 1 <= self.pivot_rank <= half:
+            raise ValueError(f"pivot_rank must be between 1 and {half}, got {self.pivot_rank}")
+
+    @property
+    def _half(self) -> int:
+        return (self.window_size + 1) // 2
+
+    def _pivot_rank(self, top_k: int | None) -> int:
+        if top_k is None:
+            return self.pivot_rank or self._half
+        return min(top_k, self._half)
+
+    def plan(self, n: int, top_k: int | None = None) -> Plan:
+        """Rounds of top-down partitioning (see the class docstring)."""
+        rank = self._pivot_rank(top_k)
+        return _rounds(n, top_k, lambda items: self._round(items, rank))
+
+    def _round(self, items: list[int], pivot_rank: int) -> RoundPlan:
+        width = self.window_size
+        if len(items) <= width:
+            (values,) = yield [items]
+            return rank_members(items, values), []
+        head, rest = items[:width], items[width:]
+        (values,) = yield [head]
+        ranked = rank_members(head, values)
+        above, pivot, behind = ranked[: pivot_rank - 1], ranked[pivot_rank - 1], ranked[pivot_rank:]
+        parts = split_evenly(rest, math.ceil(len(rest) / (width - 1)))
+        verdicts = yield [[pivot, *part] for part in parts]
+        risers: list[tuple[float, int]] = []
+        for part, (bar, *judged) in zip(parts, verdicts, strict=True):
+            for item, value in zip(part, judged, strict=True):
+                if value > bar:
+                    risers.append((value - bar, item))
+                else:
+                    behind.append(item)
+        candidates = above + [item for _, item in sorted(risers, key=lambda r: (-r[0], r[1]))]
+        if risers:
+            window = candidates[:width]
+            (values,) = yield [window]
+            candidates = rank_members(window, values) + candidates[width:]
+        return [*candidates, pivot], sorted(behind)
+
+    def max_windows(self, n: int, top_k: int | None = None) -> int:
+        """Rounds of 1 + ``ceil((size - window_size) / (window_size - 1))`` + 1 windows."""
+        width, rank = self.window_size, self._pivot_rank(top_k)
+
+        def play(size: int) -> tuple[int, int]:
+            if size <= width:
+                return 1, size
+            return 2 + math.ceil((size - width) / (width - 1)), rank
+
+        return _count_rounds(n, top_k, play)
+
+
+@dataclass(frozen=True)
+class Tournament:
+    """Disjoint windows in one step, then windows over their winners.
+
+    A round deals the list into the fewest windows of at most ``window_size`` passages, like
+    cards (the first passage to the first window, the second to the second...), so that each
+    window gets its share of the first-stage top. All are scored in one step, and the top
+    ``window_size // windows`` (at least 1, at most ``top_k``) of each go on, in first-stage
+    order, until they fit in one window, which is ranked last. For 100 candidates and windows
+    of 20: 5 windows of 20, then one over their 20 winners. A judge that gives each passage
+    one fixed logit gets as many first positions exactly right as each window lets go on.
+
+    The order is the final window, then all the others in first-stage order (unranked).
+    With ``top_k``, rounds go on over the others until ``top_k`` positions are ranked.
+    """
+
+    name: ClassVar[str] = "tournament"
+    window_size: int = 20
+
+    def __post_init__(self) -> None:
+        _check_window_size(self.window_size, 2)
+
+    def _deal(self, size: int, top_k: int | None) -> tuple[int, int]:
+        """Windows and the winners kept from each, for a pool of ``size`` passages."""
+        count = math.ceil(size / self.window_size)
+        keep = self.window_size // count
+        return count, max(1, keep if top_k is None else min(keep, top_k))
+
+    def plan(self, n: int, top_k: int | None = None) -> Plan:
+        """Rounds of a tournament (see the class docstring)."""
+        return _rounds(n, top_k, lambda items: self._round(items, top_k))
+
+    def _round(self, items: list[int], top_k: int | None) -> RoundPlan:
+        pool, out = items, []
+        while len(pool) > self.window_size:
+            count, keep = self._deal(len(pool), top_k)
+            groups = [pool[i::count] for i in range(count)]
+            verdicts = yield groups
+            winners: list[int] = []
+            for group, values in zip(groups, verdicts, strict=True):
+                ranked = rank_members(group, values)
+                winners += ranked[:keep]
+                out += ranked[keep:]
+            pool = sorted(winners)
+        (values,) = yield [pool]
+        return rank_members(pool, values), sorted(out)
+
+    def max_windows(self, n: int, top_k: int | None = None) -> int:
+        """Exactly the windows :meth:`plan` takes (they do not depend on the logits)."""
+
+        def play(size: int) -> tuple[int, int]:
+            windows = 1
+            while size > self.window_size:
+                count, keep = self._deal(size, top_k)
+                windows += count
+                size = sum(min(keep, len(range(i, size, count))) for i in range(count))
+            return windows, size
+
+        return _count_rounds(n, top_k, play)
+
+
+def make_strategy(name: str, *, window_size: int = 20, step: int = 10) -> Strategy:
+    """The strategy called ``name`` (see :data:`STRATEGIES`); ``step`` is the sliding window's."""
+    if name == SlidingWindow.name:
+        return SlidingWindow(window_size, step)
+    if name == TopDownPartition.name:
+        return TopDownPartition(window_size)
+    if name == Tournament.name:
+        return Tournament(window_size)
+    raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
+
+
+class QueryRun:
+    """One query's plan, driven a step at a time."""
+
+    def __init__(self, strategy: Strategy, size: int, top_k: int | None = None) -> None:
+        check_top_k(top_k)
+        if size < 0:
+            raise ValueError(f"cannot rank {size} passages")
+        self._plan = strategy.plan(size, top_k)
         self._last_logit = [math.nan] * size
-        self._pending: deque[Window] = deque(windows)
+        self._windows = 0
+        self._steps = 0
+        self._outcome: Outcome | None = None
+        self.pending: Step = []
+        """The windows of the current step (empty once done)."""
+        self._advance(None)
+
+    def _advance(self, verdicts: Verdicts | None) -> None:
+        try:
+            step = next(self._plan) if verdicts is None else self._plan.send(verdicts)
+        except StopIteration as stop:
+            self._outcome = stop.value
+            self.pending = []
+            return
+        if not step or not all(step):
+            raise RuntimeError(f"the strategy planned an empty step or window: {step}")
+        self.pending = step
 
     @property
     def done(self) -> bool:
-        """True once every window has been applied."""
-        return not self._pending
+        """True once the plan has finished."""
+        return self._outcome is not None
 
-    def next_members(self) -> list[int]:
-        """Input indices of the passages in the next window, in current order."""
-        start, end = self._pending[0]
-        return self.order[start:end]
+    def apply(self, logits: Sequence[npt.NDArray[np.float32]]) -> None:
+        """Give the label logits of each pending window (in order) and plan the next step."""
+        if len(logits) != len(self.pending):
+            raise ValueError(f"expected logits of {len(self.pending)} windows, got {len(logits)}")
+        verdicts: Verdicts = []
+        for members, row in zip(self.pending, logits, strict=True):
+            values = [float(v) for v in row[: len(members)]]
+            if len(values) != len(members) or any(math.isnan(v) for v in values):
+                raise ValueError(f"expected {len(members)} finite label logits, got {values}")
+            for i, value in zip(members, values, strict=True):
+                self._last_logit[i] = value
+            verdicts.append(values)
+        self._windows += len(self.pending)
+        self._steps += 1
+        self._advance(verdicts)
 
-    def apply(self, logits: npt.NDArray[np.float32]) -> None:
-        """Reorder the next window by descending logit; equal logits keep their order."""
-        start, end = self._pending[0]
-        members = self.order[start:end]
-        values = [float(v) for v in logits[: len(members)]]
-        if len(values) != len(members) or any(math.isnan(v) for v in values):
-            raise ValueError(f"expected {len(members)} finite label logits, got {values}")
-        ranked = sorted(range(len(members)), key=lambda i: -values[i])
-        self.order[start:end] = [members[i] for i in ranked]
-        for i, value in zip(members, values, strict=True):
-            self._last_logit[i] = value
-        self._pending.popleft()
-
-    def result(self) -> Ranking:
-        """The final ranking (call once :attr:`done`)."""
-        if not self.done:
+    def result(self, tokens: int = 0) -> Ranking:
+        """The final ranking (call once :attr:`done`); ``tokens`` goes into its cost."""
+        if self._outcome is None:
             raise RuntimeError("windows are still pending")
-        return Ranking.from_logits(self.order, [self._last_logit[i] for i in self.order])
+        order, unranked = self._outcome
+        logits = [self._last_logit[i] for i in order]
+        if any(math.isnan(v) for v in logits):
+            raise RuntimeError("the strategy left passages that no window judged")
+        return Ranking.from_logits(
+            order, logits, unranked=unranked, cost=Cost(self._windows, self._steps, tokens)
+        )
 
 
 def run_windows(
-    runs: Sequence[WindowedRun],
-    score_next: Callable[[Sequence[WindowedRun]], Sequence[npt.NDArray[np.float32]]],
+    runs: Sequence[QueryRun],
+    score: WindowScorer,
     *,
     batch_size: int,
     on_window: Callable[[int], None] | None = None,
 ) -> None:
-    """Advance every run to completion, ``batch_size`` windows of different runs at a time.
+    """Advance every run to completion, scoring the steps of several runs in one call.
 
-    Runs wait in a queue; each step takes the next window of up to ``batch_size`` runs,
-    scores them together, and puts each run back at the end of the queue if it has more
-    windows, so a query's next window is scheduled as soon as its previous one is done.
+    Runs wait in a queue. A call takes the pending windows of the first run in the queue,
+    then of the runs after it while the call holds at most ``batch_size`` windows; a run's
+    step is never split, so one run alone may exceed ``batch_size``. ``score`` gets each
+    window as (position of its run in ``runs``, members) and returns their label logits.
+    A run with more steps goes back to the end of the queue, so a query's next step is
+    scheduled as soon as its previous one is done. ``on_window`` gets the windows of each call.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    queue = deque(run for run in runs if not run.done)
+    queue = deque((position, run) for position, run in enumerate(runs) if not run.done)
     while queue:
-        step = [queue.popleft() for _ in range(min(batch_size, len(queue)))]
-        for run, logits in zip(step, score_next(step), strict=True):
-            run.apply(logits)
+        taken = [queue.popleft()]
+        size = len(taken[0][1].pending)
+        while queue and size + len(queue[0][1].pending) <= batch_size:
+            taken.append(queue.popleft())
+            size += len(taken[-1][1].pending)
+        windows = [(position, members) for position, run in taken for members in run.pending]
+        logits = score(windows)
+        if len(logits) != len(windows):
+            raise ValueError(f"expected logits of {len(windows)} windows, got {len(logits)}")
+        offset = 0
+        for position, run in taken:
+            count = len(run.pending)
+            run.apply(logits[offset : offset + count])
+            offset += count
             if not run.done:
-                queue.append(run)
+                queue.append((position, run))
         if on_window is not None:
-            on_window(len(step))
+            on_window(size)

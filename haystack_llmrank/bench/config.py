@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import haystack_llmrank
 from haystack_llmrank.export.metadata import PRECISIONS, Precision
+from haystack_llmrank.strategies import STRATEGIES, SlidingWindow
 
+ORACLE = "oracle"
 PLAIN = "plain"
 TORCH = "torch"
 GENERATE = "generate"
 ONNX_PREFIX = "onnx-"
-ROWS = (PLAIN, TORCH, *(ONNX_PREFIX + p for p in PRECISIONS), GENERATE)
+SLIDING = SlidingWindow.name
+ROWS = (ORACLE, PLAIN, TORCH, *(ONNX_PREFIX + p for p in PRECISIONS), GENERATE)
 """Every row the benchmark knows, in the order rows run."""
+LOOP_ROWS = (PLAIN, GENERATE)
+"""Rows written as a plain sliding-window loop: they measure the sliding window only."""
 DEFAULT_ROWS = (PLAIN, TORCH, "onnx-fp32", "onnx-int8", GENERATE)
+"""The rows a CPU run measures unless told otherwise."""
+CUDA_DEFAULT_ROWS = (PLAIN, TORCH, "onnx-fp16", GENERATE)
+"""The rows a CUDA run measures unless told otherwise: fp16 is the export that runs on CUDA."""
 
 SYNTHETIC_CONFIGS: dict[str, dict[str, int]] = {
     "mistral-7b": {
@@ -49,26 +58,65 @@ def default_data_dir() -> Path:
     return project_root.parent / "shared" / "data" / "trec-dl19"
 
 
+def default_rows(device: str) -> tuple[str, ...]:
+    """:data:`CUDA_DEFAULT_ROWS` on a CUDA device, else :data:`DEFAULT_ROWS`."""
+    return CUDA_DEFAULT_ROWS if device.startswith("cuda") else DEFAULT_ROWS
+
+
 def onnx_precision(row: str) -> Precision | None:
     """The export precision of an ONNX row (``"onnx-int8"`` -> ``"int8"``), else ``None``."""
     return next((p for p in PRECISIONS if row == ONNX_PREFIX + p), None)
+
+
+def _check_choice(what: str, chosen: tuple[str, ...], known: tuple[str, ...]) -> None:
+    if not chosen:
+        raise ValueError(f"no {what} to run")
+    unknown = [name for name in chosen if name not in known]
+    if unknown:
+        raise ValueError(f"unknown {what} {unknown}; choose from {', '.join(known)}")
+    if len(set(chosen)) != len(chosen):
+        raise ValueError(f"{what} given more than once: {list(chosen)}")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One line of results: a row, the strategy it ranks with and, for the oracle, its noise."""
+
+    row: str
+    strategy: str = SLIDING
+    noise: float | None = None
+
+    @property
+    def label(self) -> str:
+        """The row's name, with the oracle's noise (``oracle@0.5``)."""
+        return self.row if self.noise is None else f"{self.row}@{self.noise:g}"
+
+    @property
+    def name(self) -> str:
+        """The label and the strategy (``oracle@0.5 tdpart``): unique within a run."""
+        return f"{self.label} {self.strategy}"
 
 
 @dataclass(frozen=True)
 class BenchConfig:
     """What to measure and how; ``queries=None`` means every query in the data.
 
-    ``device`` and ``dtype`` ``None`` mean the engine's defaults (CUDA when available;
-    float32 on CPU, float16 on CUDA). ``batch_size`` and ``max_batch_tokens`` apply to the
+    ``rows=None`` means the device's :func:`default_rows`. ``device`` and ``dtype`` ``None``
+    mean the engine's defaults (CUDA when available; float32 on CPU, the checkpoint's dtype
+    on CUDA, bfloat16 for synthetic models). ``batch_size`` and ``max_batch_tokens`` apply to the
     engine rows; ``sweep_batch_sizes`` re-runs those rows at each batch size for throughput.
     ``isolate`` runs every row (and every ONNX export) in a fresh process so that its peak
-    memory is its own.
+    memory is its own (the oracle rows, which hold no model, run in this process).
+
+    ``strategies`` are the strategies the engine and oracle rows rank with, one line each
+    (``plain`` and ``generate`` always slide); the oracle rows run once per strategy and
+    ``oracle_noise`` level, with the noise drawn from ``seed``.
     """
 
     data_dir: Path = field(default_factory=default_data_dir)
     model: str = "default"
     synthetic: str | None = None
-    rows: tuple[str, ...] = DEFAULT_ROWS
+    rows: tuple[str, ...] | None = None
     queries: int | None = 5
     top_k: int = 100
     window_size: int = 20
@@ -85,15 +133,19 @@ class BenchConfig:
     isolate: bool = True
     progress: bool = False
     seed: int = 0
+    strategies: tuple[str, ...] = (SLIDING,)
+    oracle_noise: tuple[float, ...] = (0.0,)
 
     def __post_init__(self) -> None:
-        if not self.rows:
-            raise ValueError("no rows to run")
-        unknown = [row for row in self.rows if row not in ROWS]
-        if unknown:
-            raise ValueError(f"unknown rows {unknown}; choose from {', '.join(ROWS)}")
-        if len(set(self.rows)) != len(self.rows):
-            raise ValueError(f"rows given more than once: {list(self.rows)}")
+        _check_choice("strategies", self.strategies, STRATEGIES)
+        if not self.oracle_noise:
+            raise ValueError("no oracle noise levels to run")
+        if len(set(self.oracle_noise)) != len(self.oracle_noise):
+            raise ValueError(f"oracle noise given more than once: {list(self.oracle_noise)}")
+        if any(not math.isfinite(level) or level < 0 for level in self.oracle_noise):
+            raise ValueError(f"oracle noise must be at least 0, got {list(self.oracle_noise)}")
+        if self.rows is not None:
+            _check_choice("rows", self.rows, ROWS)
         if self.synthetic is not None and self.synthetic not in SYNTHETIC_CONFIGS:
             raise ValueError(
                 f"unknown synthetic config {self.synthetic!r}; "
@@ -123,5 +175,27 @@ class BenchConfig:
 
     @property
     def ordered_rows(self) -> tuple[str, ...]:
-        """The chosen rows in run order (plain first, generate last)."""
-        return tuple(row for row in ROWS if row in self.rows)
+        """The chosen rows in run order (oracle first, generate last).
+
+        Unset rows are the defaults of ``device`` (of the CPU while it is unresolved).
+        """
+        chosen = self.rows if self.rows is not None else default_rows(self.device or "cpu")
+        return tuple(row for row in ROWS if row in chosen)
+
+    @property
+    def variants(self) -> tuple[Variant, ...]:
+        """Every line to measure, in run order: each row with each of its strategies."""
+        lines: list[Variant] = []
+        for row in self.ordered_rows:
+            if row in LOOP_ROWS:
+                lines.append(Variant(row))
+            elif row == ORACLE:
+                lines += [Variant(row, s, n) for s in self.strategies for n in self.oracle_noise]
+            else:
+                lines += [Variant(row, s) for s in self.strategies]
+        return tuple(lines)
+
+    @property
+    def needs_model(self) -> bool:
+        """True when a chosen row runs the model (every row but the oracle)."""
+        return any(row != ORACLE for row in self.ordered_rows)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from haystack_llmrank.backends import torch_device_and_dtype
+from haystack_llmrank.backends import checkpoint_dtype, resolve_torch_device, resolve_torch_dtype
 from haystack_llmrank.bench.config import SYNTHETIC_CONFIGS
 from haystack_llmrank.errors import LabelResolutionError
 from haystack_llmrank.labels import LabelIds, resolve_label_ids
@@ -34,9 +34,22 @@ class LoadedModel:
     vocab_size: int | None
 
 
-def resolve_device(device: str | None, dtype: str | None) -> tuple[str, str]:
-    """The device and torch dtype name the engine would pick for these settings."""
-    torch_device, torch_dtype = torch_device_and_dtype(device, dtype)
+def resolve_device(
+    device: str | None, dtype: str | None, model: str, synthetic: str | None
+) -> tuple[str, str]:
+    """The device and torch dtype name the engine would pick for these settings.
+
+    On CUDA without a ``dtype``, a real model takes its checkpoint's dtype and a synthetic
+    one bfloat16 (that of the 7B checkpoints it stands for), as
+    :func:`~haystack_llmrank.backends.resolve_torch_dtype` adjusts them to the device.
+    """
+    import torch
+
+    torch_device = resolve_torch_device(device)
+    checkpoint = None
+    if dtype is None and torch_device.startswith("cuda"):
+        checkpoint = torch.bfloat16 if synthetic else checkpoint_dtype(resolve_model(model))
+    torch_dtype = resolve_torch_dtype(torch_device, dtype, checkpoint)
     return torch_device, str(torch_dtype).removeprefix("torch.")
 
 

@@ -6,12 +6,12 @@ import importlib.metadata
 import os
 import platform
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from haystack_llmrank.bench.config import GENERATE, PLAIN
+from haystack_llmrank.bench.config import GENERATE, ORACLE, PLAIN, SLIDING
 from haystack_llmrank.bench.rows import Orders, RowOutcome, SweepPoint
 from haystack_llmrank.bench.runner import Calibration, Plan, RowResult
 from haystack_llmrank.data import Qrels, QueryCandidates
@@ -58,14 +58,24 @@ class RowSummary:
 
     Times are seconds of the timed pass (no loading, warm-up or prompt building);
     ``floor_seconds_per_window`` is :func:`window_flops` at the mean tokens per window over
-    the measured matmul rate.
+    the measured matmul rate. ``label`` is the row with the oracle's noise (``oracle@0.5``).
+    Per query: ``windows_per_query`` forward passes, ``steps_per_query`` sequential steps
+    (``max_steps`` at most), ``tokens_per_query`` prompt tokens. The oracle rows have no
+    floor, no agreement and no speedups: they run no model.
     """
 
     row: str
     status: str
     reason: str | None = None
+    strategy: str = SLIDING
+    noise: float | None = None
+    label: str = ""
     queries: int = 0
     windows: int = 0
+    windows_per_query: float | None = None
+    steps_per_query: float | None = None
+    max_steps: int | None = None
+    tokens_per_query: float | None = None
     seconds: float | None = None
     seconds_per_query: float | None = None
     seconds_per_window: float | None = None
@@ -180,15 +190,24 @@ def window_flops(calibration: Calibration, tokens: float) -> float:
 
 def _summary(plan: Plan, result: RowResult, references: Mapping[str, RowOutcome]) -> RowSummary:
     outcome = result.outcome
+    line = RowSummary(
+        result.row,
+        result.status,
+        result.reason,
+        strategy=result.strategy,
+        noise=result.noise,
+        label=result.variant.label,
+    )
     if outcome is None:
-        return RowSummary(result.row, result.status, result.reason)
+        return line
+    model = result.row != ORACLE
     queries = len(outcome.orders)
     per_query = outcome.seconds / queries if queries else None
     per_window = outcome.seconds / outcome.windows if outcome.windows else None
     prompt_tokens = outcome.prompt_tokens / outcome.windows if outcome.windows else None
     generated = outcome.generated_tokens / outcome.windows if outcome.windows else None
     floor = None
-    if plan.calibration is not None and prompt_tokens is not None:
+    if model and plan.calibration is not None and prompt_tokens is not None:
         floor = window_flops(plan.calibration, prompt_tokens + (generated or 0.0)) / (
             plan.throughput.tflops * 1e12
         )
@@ -197,13 +216,15 @@ def _summary(plan: Plan, result: RowResult, references: Mapping[str, RowOutcome]
         reference = references.get(row)
         return reference.seconds / len(reference.orders) if reference and reference.orders else None
 
-    plain = references.get(PLAIN)
-    return RowSummary(
-        row=result.row,
-        status=result.status,
-        reason=result.reason,
+    plain = references.get(PLAIN) if model else None
+    return replace(
+        line,
         queries=queries,
         windows=outcome.windows,
+        windows_per_query=outcome.windows / queries if queries else None,
+        steps_per_query=sum(outcome.steps.values()) / queries if queries else None,
+        max_steps=max(outcome.steps.values(), default=None),
+        tokens_per_query=outcome.prompt_tokens / queries if queries else None,
         seconds=outcome.seconds,
         seconds_per_query=per_query,
         seconds_per_window=per_window,
@@ -218,8 +239,8 @@ def _summary(plan: Plan, result: RowResult, references: Mapping[str, RowOutcome]
         memory_isolated=outcome.memory_isolated,
         ndcg_at_10=ndcg_at_10(plan.queries, outcome.orders, plan.qrels),
         agreement_with_plain=agreement(plain, outcome) if plain and result.row != PLAIN else None,
-        speedup_vs_plain=_ratio(reference_seconds(PLAIN), per_query),
-        speedup_vs_generate=_ratio(reference_seconds(GENERATE), per_query),
+        speedup_vs_plain=_ratio(reference_seconds(PLAIN), per_query) if model else None,
+        speedup_vs_generate=_ratio(reference_seconds(GENERATE), per_query) if model else None,
         floor_seconds_per_window=floor,
         times_floor=_ratio(per_window, floor),
         sweep=tuple(_sweep(p, queries) for p in outcome.sweep),

@@ -12,7 +12,15 @@ import numpy as np
 import numpy.typing as npt
 from tqdm import tqdm
 
-from haystack_llmrank.bench.config import GENERATE, PLAIN, TORCH, BenchConfig, onnx_precision
+from haystack_llmrank.bench.config import (
+    GENERATE,
+    ORACLE,
+    PLAIN,
+    SLIDING,
+    TORCH,
+    BenchConfig,
+    onnx_precision,
+)
 from haystack_llmrank.bench.measure import (
     clock,
     peak_cuda_mb,
@@ -27,21 +35,23 @@ from haystack_llmrank.bench.models import (
     load_bench_tokenizer,
     plain_label_ids,
 )
+from haystack_llmrank.bench.oracle import OraclePromptBuilder, oracle_reranker, qrels_judge
 from haystack_llmrank.bench.plain import FullLogitsWindow, GenerateWindow, slide
 from haystack_llmrank.bench.prompts import CachedPromptBuilder, WindowKey, window_key
-from haystack_llmrank.data import QueryCandidates
+from haystack_llmrank.data import Qrels, QueryCandidates
 from haystack_llmrank.errors import LlmRankError
 from haystack_llmrank.labels import LabelIds
 from haystack_llmrank.prompt import FIRST_TEMPLATE, Prompt
 from haystack_llmrank.reranker import Reranker
 from haystack_llmrank.scorers.base import LabelScorer
-from haystack_llmrank.strategies import SlidingWindow
+from haystack_llmrank.strategies import SlidingWindow, Strategy, make_strategy
 
 logger = logging.getLogger(__name__)
 
 TEMPLATE = FIRST_TEMPLATE
 Orders = dict[str, tuple[int, ...]]
 WindowOrders = dict[WindowKey, tuple[int, ...]]
+Steps = dict[str, int]
 Tick = Callable[[int], None]
 
 
@@ -54,6 +64,8 @@ class RowJob:
     """Everything a row needs, picklable so that it can run in a fresh process.
 
     ``config`` has its device and dtype resolved; ``prompts`` are the windows built so far.
+    ``strategy`` is what the engine and oracle rows rank with; ``noise`` and ``qrels`` are
+    the oracle's.
     """
 
     row: str
@@ -62,6 +74,9 @@ class RowJob:
     max_prompt_tokens: int
     prompts: dict[WindowKey, Prompt]
     onnx_dir: Path | None = None
+    strategy: str = SLIDING
+    noise: float = 0.0
+    qrels: Qrels | None = None
 
 
 @dataclass(frozen=True)
@@ -80,9 +95,10 @@ class RowOutcome:
     """What one row measured. ``seconds`` excludes loading, warm-up and prompt building.
 
     ``orders`` maps a qid to the ranked candidate indices; ``window_orders`` maps each window
-    to the window positions from best to worst. Peak memory covers loading and the timed
-    pass (not the batch-size sweep); ``memory_isolated`` is True when the row ran in a fresh
-    process, False when memory still held from earlier rows of the process may count.
+    to the window positions from best to worst; ``steps`` maps a qid to the sequential steps
+    its windows took (a step's windows can run as one batch). Peak memory covers loading and
+    the timed pass (not the batch-size sweep); ``memory_isolated`` is True when the row ran in
+    a fresh process, False when memory still held from earlier rows of the process may count.
     """
 
     row: str
@@ -97,6 +113,7 @@ class RowOutcome:
     memory_isolated: bool
     orders: Orders
     window_orders: WindowOrders
+    steps: Steps
     sweep: tuple[SweepPoint, ...]
     prompts: dict[WindowKey, Prompt]
 
@@ -123,11 +140,14 @@ class LoopRow:
         """Order one window, untimed."""
         self.window(prompt.token_ids, n)
 
-    def rank(self, queries: Sequence[QueryCandidates], tick: Tick) -> tuple[Orders, WindowOrders]:
-        """Rank each query in turn."""
+    def rank(
+        self, queries: Sequence[QueryCandidates], tick: Tick
+    ) -> tuple[Orders, WindowOrders, Steps]:
+        """Rank each query in turn; every window is a step of its own."""
         windows: WindowOrders = {}
         orders = {q.qid: self._rank_query(q, windows, tick) for q in queries}
-        return orders, windows
+        steps = {q.qid: len(self.strategy.windows(len(q.candidates))) for q in queries}
+        return orders, windows, steps
 
     def _rank_query(
         self, query: QueryCandidates, windows: WindowOrders, tick: Tick
@@ -182,7 +202,9 @@ class EngineRow:
         """Score one window, untimed."""
         self.reranker.score_prompts([prompt])
 
-    def rank(self, queries: Sequence[QueryCandidates], tick: Tick) -> tuple[Orders, WindowOrders]:
+    def rank(
+        self, queries: Sequence[QueryCandidates], tick: Tick
+    ) -> tuple[Orders, WindowOrders, Steps]:
         """Rank all queries in one :meth:`Reranker.rerank_many` call."""
         first = len(self.builder.requested)
         rankings = self.reranker.rerank_many([(q.query, q.texts) for q in queries], on_window=tick)
@@ -190,7 +212,9 @@ class EngineRow:
         for key in self.builder.requested[first:]:
             logits = self.recorder.logits[self.builder.cache[key].token_ids][: len(key[1])]
             windows[key] = tuple(int(i) for i in np.argsort(-logits, kind="stable"))
-        return {q.qid: r.order for q, r in zip(queries, rankings, strict=True)}, windows
+        orders = {q.qid: r.order for q, r in zip(queries, rankings, strict=True)}
+        steps = {q.qid: r.cost.steps for q, r in zip(queries, rankings, strict=True)}
+        return orders, windows, steps
 
     def sweep(
         self, queries: Sequence[QueryCandidates], sizes: Sequence[int], device: str
@@ -233,6 +257,12 @@ def _strategy(config: BenchConfig) -> SlidingWindow:
     return SlidingWindow(config.window_size, config.step)
 
 
+def job_strategy(job: RowJob) -> Strategy:
+    """The strategy the row ranks with."""
+    config = job.config
+    return make_strategy(job.strategy, window_size=config.window_size, step=config.step)
+
+
 def _load_model(job: RowJob) -> LoadedModel:
     config = job.config
     assert config.device is not None
@@ -273,11 +303,31 @@ def _load_torch_row(job: RowJob) -> EngineRow:
         scorer,
         max_prompt_tokens=job.max_prompt_tokens,
         template=TEMPLATE,
-        strategy=_strategy(config),
+        strategy=job_strategy(job),
         batch_size=config.batch_size,
         max_batch_tokens=config.max_batch_tokens,
     )
     return EngineRow(reranker, _builder(job, loaded.tokenizer, loaded.vocab_size))
+
+
+def _load_oracle_row(job: RowJob) -> EngineRow:
+    config = job.config
+    if job.qrels is None:
+        raise ValueError("the oracle row needs the qrels")
+    reranker = oracle_reranker(
+        load_bench_tokenizer(config.model, config.synthetic),
+        qrels_judge(job.queries, job.qrels),
+        max_prompt_tokens=job.max_prompt_tokens,
+        noise=job.noise,
+        seed=config.seed,
+        strategy=job_strategy(job),
+        template=TEMPLATE,
+        batch_size=config.batch_size,
+        cache=job.prompts,
+    )
+    builder = reranker.prompts
+    assert isinstance(builder, OraclePromptBuilder)
+    return EngineRow(reranker, builder)
 
 
 def _load_onnx_row(job: RowJob) -> EngineRow:
@@ -291,7 +341,7 @@ def _load_onnx_row(job: RowJob) -> EngineRow:
             device=config.device,
             threads=config.threads,
             max_prompt_tokens=job.max_prompt_tokens,
-            strategy=_strategy(config),
+            strategy=job_strategy(job),
             batch_size=config.batch_size,
             max_batch_tokens=config.max_batch_tokens,
         )
@@ -306,6 +356,8 @@ def _load(job: RowJob) -> LoopRow | EngineRow:
         return _load_loop_row(job)
     if job.row == TORCH:
         return _load_torch_row(job)
+    if job.row == ORACLE:
+        return _load_oracle_row(job)
     if onnx_precision(job.row) is not None:
         return _load_onnx_row(job)
     raise ValueError(f"unknown row {job.row!r}")
@@ -343,10 +395,10 @@ def run_row(job: RowJob, *, fresh_process: bool = False) -> RowOutcome:
         for _ in range(config.warmup):
             row.warm(prompt, len(warm[1]))
     first, built, generated = len(builder.requested), builder.build_seconds, row.generated_tokens
-    total = sum(len(_strategy(config).windows(len(q.candidates))) for q in job.queries)
+    total = sum(job_strategy(job).max_windows(len(q.candidates)) for q in job.queries)
     with tqdm(total=total, desc=job.row, unit="window", disable=not config.progress) as bar:
         begin = clock(device)
-        orders, window_orders = row.rank(job.queries, bar.update)
+        orders, window_orders, steps = row.rank(job.queries, bar.update)
         seconds = clock(device) - begin - (builder.build_seconds - built)
     keys = builder.requested[first:]
     peak_rss, peak_cuda = peak_rss_mb(), peak_cuda_mb(device)
@@ -369,6 +421,7 @@ def run_row(job: RowJob, *, fresh_process: bool = False) -> RowOutcome:
         memory_isolated=fresh_process,
         orders=orders,
         window_orders=window_orders,
+        steps=steps,
         sweep=sweep,
         prompts=builder.cache,
     )

@@ -15,12 +15,23 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from haystack_llmrank.bench.config import GENERATE, PLAIN, BenchConfig, onnx_precision
+from haystack_llmrank.bench.config import (
+    GENERATE,
+    ORACLE,
+    PLAIN,
+    SLIDING,
+    SYNTHETIC_CONFIGS,
+    BenchConfig,
+    Variant,
+    default_rows,
+    onnx_precision,
+)
 from haystack_llmrank.bench.measure import clock, matmul_tflops
 from haystack_llmrank.bench.models import (
     attention_width,
     body_parameters,
     load_bench_model,
+    load_bench_tokenizer,
     resolve_device,
 )
 from haystack_llmrank.bench.plain import answer_tokens
@@ -36,8 +47,9 @@ from haystack_llmrank.bench.rows import (
 from haystack_llmrank.data import Qrels, QueryCandidates, read_qrels, read_queries
 from haystack_llmrank.export import export_onnx, is_export, read_metadata
 from haystack_llmrank.export.metadata import Precision
+from haystack_llmrank.models import context_length, resolve_model
 from haystack_llmrank.prompt import Prompt
-from haystack_llmrank.strategies import SlidingWindow
+from haystack_llmrank.strategies import SlidingWindow, make_strategy
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +89,8 @@ class Throughput:
 class Plan:
     """The resolved settings, the queries (cut to ``top_k``) and what was measured up front.
 
-    ``unavailable`` names rows that cannot run here, with the reason.
+    ``unavailable`` names rows that cannot run here, with the reason. ``windows`` counts the
+    sliding windows over all queries; ``calibration`` is ``None`` when no row runs the model.
     """
 
     config: BenchConfig
@@ -92,31 +105,41 @@ class Plan:
     unavailable: dict[str, str]
 
     def estimates(self) -> dict[str, float]:
-        """Expected seconds of each runnable row: load, warm-up, the timed pass and the sweep.
+        """Expected seconds of each runnable line, by :attr:`Variant.name`.
 
-        ONNX exports and process start-up are not included.
+        Loading, warm-up, the timed pass and the sweep, at the most windows its strategy can
+        take. ONNX exports, process start-up and the oracle rows (no model) are not included.
         """
         c = self.calibration
-        if c is None:
-            return {row: 0.0 for row in self.config.ordered_rows if row not in self.unavailable}
         passes = 1 + len(self.config.sweep_batch_sizes)
         result = {}
-        for row in self.config.ordered_rows:
+        for variant in self.config.variants:
+            row = variant.row
             if row in self.unavailable:
                 continue
+            if c is None or row == ORACLE:
+                result[variant.name] = 0.0
+                continue
+            windows = self.windows_of(variant.strategy)
             if row == GENERATE:
                 per_window = c.forward_seconds + c.max_new_tokens * c.token_seconds
-                scored = self.windows
+                scored = windows
             else:
                 per_window = c.forward_seconds
-                scored = self.windows * (1 if row == PLAIN else passes)
-            result[row] = c.load_seconds + (scored + self.config.warmup) * per_window
+                scored = windows * (1 if row == PLAIN else passes)
+            result[variant.name] = c.load_seconds + (scored + self.config.warmup) * per_window
         return result
+
+    def windows_of(self, strategy: str) -> int:
+        """The most windows ``strategy`` takes over all queries."""
+        config = self.config
+        chosen = make_strategy(strategy, window_size=config.window_size, step=config.step)
+        return sum(chosen.max_windows(len(q.candidates)) for q in self.queries)
 
 
 @dataclass(frozen=True)
 class RowResult:
-    """A row's fate: ``status`` is ``ok`` (with ``outcome``), ``unavailable`` or ``failed``."""
+    """A line's fate: ``status`` is ``ok`` (with ``outcome``), ``unavailable`` or ``failed``."""
 
     row: str
     status: str
@@ -124,6 +147,13 @@ class RowResult:
     reason: str | None = None
     export_seconds: float | None = None
     export_attention: str | None = None
+    strategy: str = SLIDING
+    noise: float | None = None
+
+    @property
+    def variant(self) -> Variant:
+        """The row, strategy and noise this result measured."""
+        return Variant(self.row, self.strategy, self.noise)
 
 
 def read_data(config: BenchConfig) -> tuple[list[QueryCandidates], Qrels]:
@@ -151,6 +181,29 @@ def onnx_unavailable(config: BenchConfig) -> str | None:
     if importlib.util.find_spec("onnxruntime") is None:
         return "onnxruntime is not installed (pip install 'llmrank[onnx]')"
     return None
+
+
+def unavailable_rows(config: BenchConfig) -> dict[str, str]:
+    """The chosen ONNX rows that cannot run here, with the reason.
+
+    On CUDA, that includes the precisions whose (fused-attention) export would run partly on
+    the CPU: their timings would measure CPU kernels and device copies.
+    """
+    from haystack_llmrank.scorers.onnx_scorer import CUDA_EXPORT_HINT, cuda_obstacles
+
+    reason = onnx_unavailable(config)
+    unavailable = {}
+    for row in config.ordered_rows:
+        precision = onnx_precision(row)
+        if precision is None:
+            continue
+        on_cuda = (config.device or "cpu").startswith("cuda")
+        obstacles = cuda_obstacles(precision, "fused") if on_cuda else []
+        if reason is not None:
+            unavailable[row] = reason
+        elif obstacles:
+            unavailable[row] = f"on {config.device}, {'; '.join(obstacles)}; {CUDA_EXPORT_HINT}"
+    return unavailable
 
 
 def _prefill_and_decode_seconds(
@@ -233,10 +286,23 @@ def _release_memory(device: str) -> None:
         torch.cuda.empty_cache()
 
 
+def prompt_budget(config: BenchConfig) -> int:
+    """``max_prompt_tokens``, else the model's context length, read without its weights."""
+    if config.max_prompt_tokens is not None:
+        return config.max_prompt_tokens
+    if config.synthetic is not None:
+        return SYNTHETIC_CONFIGS[config.synthetic]["max_position_embeddings"]
+    from transformers import AutoConfig
+
+    source = resolve_model(config.model)
+    model_config = AutoConfig.from_pretrained(source.location, gguf_file=source.gguf_file)
+    return context_length(model_config, load_bench_tokenizer(config.model, config.synthetic))
+
+
 def prepare(config: BenchConfig) -> Plan:
     """Resolve the settings, read the data, time one window and the device's matmul rate."""
-    device, dtype = resolve_device(config.device, config.dtype)
-    config = replace(config, device=device, dtype=dtype)
+    device, dtype = resolve_device(config.device, config.dtype, config.model, config.synthetic)
+    config = replace(config, device=device, dtype=dtype, rows=config.rows or default_rows(device))
     if config.threads is not None:
         import torch
 
@@ -244,12 +310,11 @@ def prepare(config: BenchConfig) -> Plan:
     all_queries, qrels = read_data(config)
     queries = select_queries(all_queries, config.queries, config.top_k)
     strategy = SlidingWindow(config.window_size, config.step)
-    calibration, max_prompt_tokens, prompts = calibrate(config, queries)
-    _release_memory(device)
-    reason = onnx_unavailable(config)
-    unavailable = {
-        row: reason for row in config.rows if reason is not None and onnx_precision(row) is not None
-    }
+    if config.needs_model:
+        calibration, max_prompt_tokens, prompts = calibrate(config, queries)
+        _release_memory(device)
+    else:
+        calibration, max_prompt_tokens, prompts = None, prompt_budget(config), {}
     return Plan(
         config=config,
         queries=queries,
@@ -260,7 +325,7 @@ def prepare(config: BenchConfig) -> Plan:
         calibration=calibration,
         throughput=measure_throughput(device, dtype),
         prompts=prompts,
-        unavailable=unavailable,
+        unavailable=unavailable_rows(config),
     )
 
 
@@ -298,42 +363,69 @@ def export_onnx_row(model: str, precision: Precision, root: Path) -> tuple[Path,
     return path, time.perf_counter() - start
 
 
-def _run_one(plan: Plan, row: str, prompts: dict[WindowKey, Prompt], root: Path) -> RowResult:
-    config = plan.config
+def _run_one(
+    plan: Plan, variant: Variant, prompts: dict[WindowKey, Prompt], root: Path
+) -> RowResult:
+    config, row = plan.config, variant.row
     precision = onnx_precision(row)
     onnx_dir, export_seconds = None, None
     if precision is not None:
         onnx_dir, export_seconds = _call(
             config.isolate, export_onnx_row, config.model, precision, root
         )
-    job = RowJob(row, config, plan.queries, plan.max_prompt_tokens, prompts, onnx_dir)
-    outcome = _call(config.isolate, functools.partial(run_row, fresh_process=config.isolate), job)
+    job = RowJob(
+        row,
+        config,
+        plan.queries,
+        plan.max_prompt_tokens,
+        prompts,
+        onnx_dir,
+        strategy=variant.strategy,
+        noise=variant.noise or 0.0,
+        qrels=plan.qrels if row == ORACLE else None,
+    )
+    isolate = config.isolate and row != ORACLE
+    outcome = _call(isolate, functools.partial(run_row, fresh_process=isolate), job)
     attention = None if onnx_dir is None else read_metadata(onnx_dir, verify_hashes=False).attention
-    return RowResult(row, "ok", outcome, export_seconds=export_seconds, export_attention=attention)
+    return RowResult(
+        row,
+        "ok",
+        outcome,
+        export_seconds=export_seconds,
+        export_attention=attention,
+        strategy=variant.strategy,
+        noise=variant.noise,
+    )
 
 
 def run(plan: Plan, on_row: Callable[[RowResult], None] | None = None) -> list[RowResult]:
-    """Run every row in order; a row that cannot run or fails is recorded, not raised.
+    """Run every line of :attr:`BenchConfig.variants`; one that cannot run or fails is recorded.
 
-    Every row gets the prompts built by the rows before it, so equal windows get equal
-    token ids. ``on_row`` is called as each row finishes.
+    Every line gets the prompts built by the lines before it, so equal windows get equal
+    token ids. ``on_row`` is called as each line finishes.
     """
     config = plan.config
     prompts = dict(plan.prompts)
     results: list[RowResult] = []
     with tempfile.TemporaryDirectory(prefix="llmrank-bench-") as scratch:
         root = config.export_dir or Path(scratch)
-        for row in config.ordered_rows:
+        for variant in config.variants:
+            row, strategy, noise = variant.row, variant.strategy, variant.noise
             if row in plan.unavailable:
-                result = RowResult(row, "unavailable", reason=plan.unavailable[row])
+                result = RowResult(
+                    row, "unavailable", reason=plan.unavailable[row], strategy=strategy, noise=noise
+                )
             else:
                 try:
-                    result = _run_one(plan, row, prompts, root)
+                    result = _run_one(plan, variant, prompts, root)
                 except RowUnavailableError as exc:
-                    result = RowResult(row, "unavailable", reason=str(exc))
+                    result = RowResult(
+                        row, "unavailable", reason=str(exc), strategy=strategy, noise=noise
+                    )
                 except Exception as exc:
-                    logger.exception("row %s failed", row)
-                    result = RowResult(row, "failed", reason=f"{type(exc).__name__}: {exc}")
+                    logger.exception("%s failed", variant.name)
+                    reason = f"{type(exc).__name__}: {exc}"
+                    result = RowResult(row, "failed", reason=reason, strategy=strategy, noise=noise)
             if result.outcome is not None:
                 prompts = result.outcome.prompts
             results.append(result)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from haystack_llmrank.bench.config import onnx_precision
+from haystack_llmrank.bench.config import ORACLE, onnx_precision
 from haystack_llmrank.bench.report import BenchReport, RowSummary
 from haystack_llmrank.bench.runner import Plan, RowResult
 
@@ -31,7 +31,11 @@ def _agreement(row: RowSummary) -> str:
 
 
 _COLUMNS: tuple[tuple[str, Callable[[RowSummary], str]], ...] = (
-    ("row", lambda r: r.row),
+    ("row", lambda r: r.label),
+    ("strategy", lambda r: r.strategy),
+    ("windows/q", lambda r: _number(r.windows_per_query)),
+    ("steps/q", lambda r: _number(r.steps_per_query)),
+    ("tokens/q", lambda r: _number(r.tokens_per_query)),
     ("s/query", lambda r: _number(r.seconds_per_query)),
     ("s/window", lambda r: _number(r.seconds_per_window)),
     ("floor s/window", lambda r: _number(r.floor_seconds_per_window)),
@@ -64,16 +68,18 @@ def results_table(report: BenchReport) -> str:
     lines = _render(
         [[name for name, _ in _COLUMNS], *([cell(r) for _, cell in _COLUMNS] for r in ran)]
     )
-    lines += [f"{r.row}: {r.status}: {r.reason}" for r in report.rows if r.status != "ok"]
+    lines += [
+        f"{r.label} {r.strategy}: {r.status}: {r.reason}" for r in report.rows if r.status != "ok"
+    ]
     data = report.data
     bm25 = report.bm25_ndcg_at_10
     lines.append(
         f"{data['queries']} of {data['total_queries']} queries, top {data['top_k']}, "
-        f"{data['windows']} windows per row; BM25 nDCG@10 "
+        f"{data['windows']} sliding windows; BM25 nDCG@10 "
         + ("-" if bm25 is None else f"{bm25:.4f}")
         + f"; matmul {report.floor['matmul_tflops']:.3g} TFLOP/s ({report.floor['dtype']})"
     )
-    if any(r.memory_isolated is False for r in ran):
+    if any(r.memory_isolated is False for r in ran if r.row != ORACLE):
         lines.append("rows ran in one process: peak RSS may include memory held from earlier rows")
     return "\n".join(lines)
 
@@ -82,7 +88,7 @@ def sweep_table(report: BenchReport) -> str | None:
     """Throughput per batch size of the engine rows, or None without a sweep."""
     rows = [
         [
-            r.row,
+            f"{r.label} {r.strategy}",
             str(p.batch_size),
             f"{p.mean_batch:.1f}",
             _number(p.queries_per_second),
@@ -106,7 +112,7 @@ def plan_text(plan: Plan) -> str:
         f"model {model} on "
         f"{config.device} ({config.dtype}); {len(plan.queries)} of {plan.total_queries} queries, "
         f"top {config.top_k}, window {config.window_size} step {config.step}: "
-        f"{plan.windows} windows per row"
+        f"{plan.windows} sliding windows; strategies {', '.join(config.strategies)}"
     ]
     if calibration is not None:
         lines.append(
@@ -114,10 +120,11 @@ def plan_text(plan: Plan) -> str:
             f"{calibration.forward_seconds:.3g} s, decoding {calibration.token_seconds:.3g} s/token"
         )
     estimates = plan.estimates()
-    lines += [f"  {row}: expected {seconds:.0f} s" for row, seconds in estimates.items()]
+    lines += [f"  {name}: expected {seconds:.0f} s" for name, seconds in estimates.items()]
     lines += [f"  {row}: unavailable: {reason}" for row, reason in plan.unavailable.items()]
     extras = ["process start-up"] if config.isolate else []
-    if any(onnx_precision(row) is not None for row in estimates):
+    runnable = [row for row in config.ordered_rows if row not in plan.unavailable]
+    if any(onnx_precision(row) is not None for row in runnable):
         extras.append("ONNX exports")
     note = f" plus {' and '.join(extras)}" if extras else ""
     lines.append(f"expected total: {sum(estimates.values()) / 60:.1f} min{note}")
@@ -126,10 +133,10 @@ def plan_text(plan: Plan) -> str:
 
 def row_line(result: RowResult) -> str:
     """A one-line progress note for a finished row."""
-    outcome = result.outcome
+    outcome, name = result.outcome, result.variant.name
     if outcome is None:
-        return f"{result.row}: {result.status}: {result.reason}"
+        return f"{name}: {result.status}: {result.reason}"
     return (
-        f"{result.row}: {outcome.seconds:.1f} s for {outcome.windows} windows "
+        f"{name}: {outcome.seconds:.1f} s for {outcome.windows} windows "
         f"(loaded in {outcome.load_seconds:.1f} s)"
     )

@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from haystack_llmrank.bench.config import (
+    CUDA_DEFAULT_ROWS,
     DEFAULT_ROWS,
     ROWS,
+    SLIDING,
     SYNTHETIC_CONFIGS,
     BenchConfig,
     default_data_dir,
@@ -18,6 +20,7 @@ from haystack_llmrank.bench.report import build_report
 from haystack_llmrank.bench.runner import prepare, run
 from haystack_llmrank.bench.table import plan_text, results_table, row_line, sweep_table
 from haystack_llmrank.cli.options import positive_int
+from haystack_llmrank.strategies import STRATEGIES
 
 DEFAULT_JSON = Path("llmrank-bench.json")
 
@@ -28,6 +31,13 @@ def _names(text: str) -> tuple[str, ...]:
 
 def _sizes(text: str) -> tuple[int, ...]:
     return tuple(positive_int(size) for size in _names(text))
+
+
+def _noise_levels(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(level) for level in _names(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers like 0,0.5,1, got {text!r}") from None
 
 
 def _query_count(text: str) -> int | None:
@@ -41,8 +51,10 @@ def register(subparsers: Any) -> None:
         help="time FIRST reranking variants on DL19 (seconds/query, peak memory, nDCG@10)",
         description=(
             "Rerank the first N DL19 queries with each row (plain transformers, the engine on "
-            "torch and ONNX, full-permutation generation), all from the same prompt token ids; "
-            "print a table and save JSON. Each row runs in a fresh process unless --in-process."
+            "torch and ONNX, full-permutation generation, an oracle that reads the qrels "
+            "instead of running a model), all from the same prompt token ids; the engine and "
+            "oracle rows once per --strategies. Print a table and save JSON. Each row runs in "
+            "a fresh process unless --in-process."
         ),
     )
     parser.add_argument(
@@ -65,8 +77,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--rows",
         type=_names,
-        default=DEFAULT_ROWS,
-        help=f"comma-separated rows out of {','.join(ROWS)} (default: {','.join(DEFAULT_ROWS)})",
+        default=None,
+        help=f"comma-separated rows out of {','.join(ROWS)} (default: {','.join(DEFAULT_ROWS)}"
+        f" on CPU, {','.join(CUDA_DEFAULT_ROWS)} on CUDA)",
     )
     parser.add_argument(
         "--queries",
@@ -78,14 +91,35 @@ def register(subparsers: Any) -> None:
         "--top-k", type=positive_int, default=100, help="candidates per query (default: 100)"
     )
     parser.add_argument("--window-size", type=positive_int, default=20)
-    parser.add_argument("--step", type=positive_int, default=10)
+    parser.add_argument("--step", type=positive_int, default=10, help="sliding window step")
+    parser.add_argument(
+        "--strategies",
+        type=_names,
+        default=(SLIDING,),
+        help=f"comma-separated strategies of the engine and oracle rows, out of "
+        f"{','.join(STRATEGIES)} (default: {SLIDING})",
+    )
+    parser.add_argument(
+        "--oracle-noise",
+        type=_noise_levels,
+        default=(0.0,),
+        help="comma-separated noise levels of the oracle rows: the standard deviation added to "
+        "the qrels grade of every judged passage (default: 0)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the oracle's noise and of synthetic weights (default: 0)",
+    )
     parser.add_argument(
         "--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)"
     )
     parser.add_argument(
         "--dtype",
         default=None,
-        help="torch dtype of the torch rows (default: float32 on CPU, float16 on CUDA)",
+        help="torch dtype of the torch rows (default: float32 on CPU; on CUDA the checkpoint's, "
+        "bfloat16 for synthetic models)",
     )
     parser.add_argument(
         "--threads",
@@ -160,6 +194,9 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         warmup=args.warmup,
         isolate=not args.in_process,
         progress=not args.no_progress,
+        seed=args.seed,
+        strategies=args.strategies,
+        oracle_noise=args.oracle_noise,
     )
 
 

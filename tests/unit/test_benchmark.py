@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 import io
 import json
 import multiprocessing
 import random
+import re
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -18,10 +20,12 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+import haystack_llmrank.bench.rows as bench_rows
+import haystack_llmrank.bench.runner as bench_runner
 import haystack_llmrank.cli as cli
-from haystack_llmrank.bench.config import DEFAULT_ROWS, BenchConfig
+from haystack_llmrank.bench.config import CUDA_DEFAULT_ROWS, DEFAULT_ROWS, BenchConfig
 from haystack_llmrank.bench.measure import peak_rss_mb
-from haystack_llmrank.bench.models import attention_width
+from haystack_llmrank.bench.models import attention_width, resolve_device
 from haystack_llmrank.bench.plain import answer_text, parse_permutation, slide
 from haystack_llmrank.bench.prompts import CachedPromptBuilder
 from haystack_llmrank.bench.runner import (
@@ -30,10 +34,11 @@ from haystack_llmrank.bench.runner import (
     read_data,
     run,
     select_queries,
+    unavailable_rows,
 )
 from haystack_llmrank.labels import ALPHABETIC_LABELS, resolve_label_ids
 from haystack_llmrank.prompt import PromptBuilder
-from haystack_llmrank.strategies import SlidingWindow
+from haystack_llmrank.strategies import STRATEGIES, SlidingWindow, make_strategy
 
 WORDS = "river bank loan coffee mountain tree city music flea peru capital rate".split()  # noqa: SIM905
 SLICE = ["--queries", "2", "--top-k", "8", "--window-size", "4", "--step", "2"]
@@ -363,11 +368,122 @@ def test_cached_prompts_match_the_engine_and_are_built_once(smollm2_tokenizer: A
         ({"synthetic": "llama-70b"}, "unknown synthetic"),
         ({"device": "tpu"}, "cpu or cuda"),
         ({"sweep_batch_sizes": (4, 0)}, "batch sizes"),
+        ({"strategies": ("sliding", "bubble")}, "unknown strategies"),
+        ({"strategies": ()}, "no strategies"),
+        ({"oracle_noise": (0.5, 0.5)}, "more than once"),
+        ({"oracle_noise": (-1.0,)}, "at least 0"),
     ],
 )
 def test_bad_settings_are_refused(settings: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         BenchConfig(**settings)
+
+
+ORACLE_SLICE = ["--queries", "2", "--top-k", "15", "--window-size", "4", "--step", "2"]
+
+
+@pytest.fixture(scope="module")
+def strategy_run(
+    bench_data: Path, tied_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[int, str, dict[str, Any]]:
+    """The oracle and torch rows with every strategy, in process."""
+    output = tmp_path_factory.mktemp("bench-strategies") / "bench.json"
+    code, printed = llmrank_bench(
+        "--data-dir",
+        str(bench_data),
+        "--model",
+        str(tied_model_dir),
+        "--rows",
+        "torch,oracle",
+        "--strategies",
+        ",".join(STRATEGIES),
+        "--oracle-noise",
+        "0,1.5",
+        *ORACLE_SLICE,
+        "--device",
+        "cpu",
+        "--in-process",
+        "--no-progress",
+        "--json",
+        str(output),
+    )
+    return code, printed, json.loads(output.read_text())
+
+
+def test_every_strategy_gets_a_line_of_its_own(
+    strategy_run: tuple[int, str, dict[str, Any]],
+) -> None:
+    code, printed, report = strategy_run
+    assert code == 0
+    lines = [(row["label"], row["strategy"]) for row in report["rows"]]
+    assert lines == [
+        *((f"oracle@{noise}", s) for s in STRATEGIES for noise in ("0", "1.5")),
+        *(("torch", s) for s in STRATEGIES),
+    ]
+    assert all(row["status"] == "ok" for row in report["rows"])
+    table = printed[printed.index("s/query") :]
+    assert re.search(r"\noracle@1\.5 +tdpart ", table)
+    assert re.search(r"\ntorch +tournament ", table)
+
+
+def test_lines_count_windows_steps_and_tokens_per_query(
+    strategy_run: tuple[int, str, dict[str, Any]],
+) -> None:
+    report = strategy_run[2]
+    for row in report["rows"]:
+        strategy = make_strategy(row["strategy"], window_size=4, step=2)
+        most = strategy.max_windows(15)
+        assert 1 <= row["windows_per_query"] <= most
+        assert row["windows"] == row["windows_per_query"] * 2
+        assert 1 <= row["steps_per_query"] <= row["max_steps"]
+        assert row["steps_per_query"] <= row["windows_per_query"]
+        assert row["tokens_per_query"] > 100 * row["windows_per_query"]
+        assert row["mean_prompt_tokens"] == pytest.approx(
+            row["tokens_per_query"] / row["windows_per_query"]
+        )
+        if row["strategy"] == "sliding":
+            assert row["steps_per_query"] == row["windows_per_query"] == most
+        if row["strategy"] == "tdpart":
+            assert row["max_steps"] <= 3
+        if row["strategy"] == "tournament":
+            assert (row["windows_per_query"], row["max_steps"]) == (most, 2)
+        oracle = row["row"] == "oracle"
+        assert (row["floor_seconds_per_window"] is None) == oracle
+        assert (row["speedup_vs_plain"], row["agreement_with_plain"]) == (None, None)
+
+
+def test_oracle_rows_alone_load_no_model(
+    bench_data: Path, tied_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the oracle loaded a model")
+
+    monkeypatch.setattr(bench_runner, "load_bench_model", refuse)
+    monkeypatch.setattr(bench_rows, "load_bench_model", refuse)
+    output = tmp_path / "bench.json"
+    code, _ = llmrank_bench(
+        "--data-dir",
+        str(bench_data),
+        "--model",
+        str(tied_model_dir),
+        "--rows",
+        "oracle",
+        "--strategies",
+        "tdpart",
+        *ORACLE_SLICE,
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--json",
+        str(output),
+    )
+    report = json.loads(output.read_text())
+    assert code == 0
+    assert report["calibration"] is None
+    assert report["data"]["max_prompt_tokens"] == 4096, "the tiny Llama's context, from its config"
+    assert [(r["label"], r["strategy"], r["status"]) for r in report["rows"]] == [
+        ("oracle@0", "tdpart", "ok")
+    ]
 
 
 def test_unknown_rows_are_a_command_line_error(
@@ -435,3 +551,29 @@ def test_isolated_rows_report_their_own_process_memory(
     assert plain is not None
     assert torch_row is not None
     assert plain.window_orders == torch_row.window_orders
+
+
+def test_cuda_runs_measure_the_fp16_export(bench_data: Path) -> None:
+    """On CUDA, fp32 and int8 exports run their attention or weight products on the CPU."""
+    assert BenchConfig(data_dir=bench_data, device="cuda").ordered_rows == CUDA_DEFAULT_ROWS
+    assert "onnx-fp16" in CUDA_DEFAULT_ROWS
+    assert not {"onnx-fp32", "onnx-int8"} & set(CUDA_DEFAULT_ROWS)
+    assert BenchConfig(data_dir=bench_data, device="cpu").ordered_rows == DEFAULT_ROWS
+    rows = ("torch", "onnx-fp32", "onnx-int8", "onnx-fp16")
+    explicit = BenchConfig(data_dir=bench_data, device="cuda:0", rows=rows)
+    unavailable = unavailable_rows(explicit)
+    assert set(unavailable) == {"onnx-fp32", "onnx-int8"}
+    assert "GroupQueryAttention" in unavailable["onnx-fp32"]
+    assert "MatMulNBits" in unavailable["onnx-int8"]
+    assert all("--precision fp16" in reason for reason in unavailable.values())
+    assert unavailable_rows(dataclasses.replace(explicit, device="cpu")) == {}
+
+
+def test_bench_dtype_on_cuda_follows_the_checkpoint(
+    fake_cuda: list[tuple[int, int]], tiny_model_dir: Path
+) -> None:
+    assert resolve_device(None, None, "default", "mistral-7b") == ("cuda", "bfloat16")
+    assert resolve_device("cuda", None, str(tiny_model_dir), None) == ("cuda", "float32")
+    assert resolve_device("cuda", "float16", "default", "tiny") == ("cuda", "float16")
+    fake_cuda[0] = (7, 5)
+    assert resolve_device("cuda", None, "default", "mistral-7b") == ("cuda", "float32")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 from typing import Any
+from unittest.mock import Mock
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ import torch
 
 from haystack_llmrank.prompt import PromptBuilder
 from haystack_llmrank.reranker import Reranker, length_buckets
-from haystack_llmrank.strategies import SlidingWindow
+from haystack_llmrank.strategies import STRATEGIES, SlidingWindow, make_strategy
 
 TOPICS = [
     "cats sleep most of the day",
@@ -84,25 +85,54 @@ def test_order_depends_on_the_model_not_on_position(tiny_reranker: Reranker) -> 
     assert list(ranking.order) != list(range(12)), "a random model should reorder something"
 
 
-def test_batched_queries_equal_one_by_one(smollm2_tokenizer: Any, tiny_scorer: Any) -> None:
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_batched_queries_equal_one_by_one(
+    smollm2_tokenizer: Any, tiny_scorer: Any, name: str
+) -> None:
     requests = [
         ("bees and honey", passages(45)),
         ("roman roads", passages(9)),
         ("lava", passages(21)),
     ]
-    single = Reranker(smollm2_tokenizer, tiny_scorer, max_prompt_tokens=4096)
+    strategy = make_strategy(name)
+    single = Reranker(smollm2_tokenizer, tiny_scorer, max_prompt_tokens=4096, strategy=strategy)
     alone = [single.rerank(q, p) for q, p in requests]
     for batch_size, budget in [(2, 16384), (8, 100000), (8, 600)]:
         batched = Reranker(
             smollm2_tokenizer,
             tiny_scorer,
             max_prompt_tokens=4096,
+            strategy=strategy,
             batch_size=batch_size,
             max_batch_tokens=budget,
         ).rerank_many(requests)
         for a, b in zip(alone, batched, strict=True):
-            assert a.order == b.order
+            assert (a.order, a.unranked, a.cost) == (b.order, b.unranked, b.cost)
             np.testing.assert_allclose(a.logits, b.logits, rtol=1e-4, atol=1e-3)
+
+
+def test_cost_counts_the_prompts_scored(smollm2_tokenizer: Any, tiny_scorer: Any) -> None:
+    reranker = Reranker(
+        smollm2_tokenizer, tiny_scorer, max_prompt_tokens=4096, strategy=make_strategy("tdpart")
+    )
+    scored: list[int] = []
+    score = tiny_scorer.score
+
+    def counting(prompts: Any) -> Any:
+        scored.extend(len(p) for p in prompts)
+        return score(prompts)
+
+    reranker.scorer = Mock(wraps=tiny_scorer, label_ids=tiny_scorer.label_ids, score=counting)
+    steps: list[int] = []
+    rankings = reranker.rerank_many(
+        [("bees", passages(45)), ("owls", passages(30))], on_window=steps.append
+    )
+    assert sum(r.cost.tokens for r in rankings) == sum(scored)
+    assert sum(r.cost.windows for r in rankings) == len(scored) == sum(steps)
+    assert sum(steps) <= reranker.count_windows([45, 30])
+    # batch_size 1: each call holds one query's step, all its windows at once
+    assert len(steps) == sum(r.cost.steps for r in rankings)
+    assert all(2 <= r.cost.steps <= 3 for r in rankings)
 
 
 def test_progress_callback_counts_windows(tiny_reranker: Reranker) -> None:

@@ -1,16 +1,27 @@
-"""Sliding-window plans and how window logits reorder a list (property tests)."""
+"""Strategies: their plans, what they guarantee, and how many windows and steps they take."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from haystack_llmrank.ranking import Ranking
-from haystack_llmrank.strategies import SlidingWindow, WindowedRun, run_windows
+from haystack_llmrank.ranking import Cost, Ranking
+from haystack_llmrank.strategies import (
+    STRATEGIES,
+    QueryRun,
+    SlidingWindow,
+    Strategy,
+    TopDownPartition,
+    Tournament,
+    make_strategy,
+    run_windows,
+    split_evenly,
+)
 
 
 def test_first_plan_for_top_100() -> None:
@@ -47,6 +58,60 @@ def test_bad_window_settings(size: int, step: int) -> None:
         SlidingWindow(size, step)
 
 
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: TopDownPartition(1), "window_size"),
+        (lambda: TopDownPartition(20, pivot_rank=11), "pivot_rank"),
+        (lambda: TopDownPartition(20, pivot_rank=0), "pivot_rank"),
+        (lambda: Tournament(1), "window_size"),
+        (lambda: make_strategy("bubble"), "unknown strategy"),
+    ],
+)
+def test_bad_strategy_settings(make: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        make()  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("top_k", [0, -1, 2.5, True])
+def test_bad_top_k(top_k: object) -> None:
+    with pytest.raises(ValueError, match="top_k"):
+        QueryRun(SlidingWindow(), 5, top_k)  # type: ignore[arg-type]
+
+
+def test_make_strategy_knows_every_name() -> None:
+    made = [make_strategy(name, window_size=8, step=3) for name in STRATEGIES]
+    assert [s.name for s in made] == list(STRATEGIES)
+    assert all(s.window_size == 8 for s in made)
+    assert made[0] == SlidingWindow(8, 3)
+
+
+def test_split_evenly() -> None:
+    assert split_evenly(list(range(7)), 3) == [[0, 1, 2], [3, 4], [5, 6]]
+    assert split_evenly([], 1) == [[]]
+
+
+def drive(
+    strategy: Strategy,
+    values: Sequence[float],
+    top_k: int | None = None,
+    windows: list[list[int]] | None = None,
+) -> Ranking:
+    """Rank items whose label logit is always ``values[i]``; record every window seen."""
+    run = QueryRun(strategy, len(values), top_k)
+
+    def score(batch: Sequence[tuple[int, Sequence[int]]]) -> list[np.ndarray]:
+        for _, members in batch:
+            assert 1 <= len(members) <= strategy.window_size
+            assert len(set(members)) == len(members)
+            if windows is not None:
+                windows.append(list(members))
+        return [np.array([values[i] for i in m], dtype=np.float32) for _, m in batch]
+
+    run_windows([run], score, batch_size=1)
+    return run.result()
+
+
 def reference_rank(values: Sequence[float], size: int, step: int) -> list[int]:
     """Plain FIRST sliding window over fixed per-passage logits, written independently."""
     order = list(range(len(values)))
@@ -60,16 +125,9 @@ def reference_rank(values: Sequence[float], size: int, step: int) -> list[int]:
     return order
 
 
-def run_with(values: Sequence[float], size: int, step: int, batch: int = 1) -> Ranking:
-    run = WindowedRun(len(values), SlidingWindow(size, step).windows(len(values)))
-
-    def score(step_runs: Sequence[WindowedRun]) -> list[np.ndarray]:
-        return [
-            np.array([values[i] for i in r.next_members()], dtype=np.float32) for r in step_runs
-        ]
-
-    run_windows([run], score, batch_size=batch)
-    return run.result()
+def truth(values: Sequence[float]) -> list[int]:
+    """Every item by descending value; ties in input order."""
+    return sorted(range(len(values)), key=lambda i: -values[i])
 
 
 window_settings = st.integers(min_value=1, max_value=26).flatmap(
@@ -82,23 +140,192 @@ window_settings = st.integers(min_value=1, max_value=26).flatmap(
     values=st.lists(st.integers(min_value=-3, max_value=3).map(float), min_size=0, max_size=250),
     window=window_settings,
 )
-def test_ranking_is_a_permutation_matching_the_reference(
-    values: list[float], window: tuple[int, int]
-) -> None:
+def test_sliding_matches_the_reference(values: list[float], window: tuple[int, int]) -> None:
     size, step = window
-    ranking = run_with(values, size, step)
-    assert sorted(ranking.order) == list(range(len(values)))
+    ranking = drive(SlidingWindow(size, step), values)
     assert list(ranking.order) == reference_rank(values, size, step)
-    assert all(a >= b for a, b in zip(ranking.scores, ranking.scores[1:], strict=False))
+    assert ranking.unranked == 0
     assert list(ranking.logits) == [values[i] for i in ranking.order]
     if values and step < size:
         assert values[ranking.order[0]] == max(values)
 
 
-@settings(max_examples=50, deadline=None)
-@given(n=st.integers(min_value=0, max_value=120), window=window_settings)
-def test_equal_logits_keep_input_order(n: int, window: tuple[int, int]) -> None:
-    assert list(run_with([1.0] * n, *window).order) == list(range(n))
+def any_strategy(min_window: int = 2) -> st.SearchStrategy[Strategy]:
+    sizes = st.integers(min_value=min_window, max_value=26)
+    return st.one_of(
+        window_settings.filter(lambda w: w[0] >= min_window).map(lambda w: SlidingWindow(*w)),
+        sizes.map(TopDownPartition),
+        sizes.map(Tournament),
+    )
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    n=st.integers(min_value=0, max_value=1000),
+    strategy=any_strategy(),
+    top_k=st.none() | st.integers(min_value=1, max_value=60),
+    data=st.data(),
+)
+@example(n=1000, strategy=SlidingWindow(), top_k=None, data=None)
+@example(n=1000, strategy=TopDownPartition(), top_k=None, data=None)
+@example(n=1000, strategy=Tournament(), top_k=10, data=None)
+@example(n=1000, strategy=TopDownPartition(), top_k=45, data=None)
+def test_every_strategy_returns_a_permutation(
+    n: int, strategy: Strategy, top_k: int | None, data: st.DataObject | None
+) -> None:
+    scale = st.integers(min_value=-4, max_value=4).map(float)
+    values = data.draw(st.lists(scale, min_size=n, max_size=n)) if data else [0.0] * n
+    seen: list[list[int]] = []
+    ranking = drive(strategy, values, top_k, seen)
+    assert sorted(ranking.order) == list(range(n))
+    assert all(a >= b for a, b in zip(ranking.scores, ranking.scores[1:], strict=False))
+    assert list(ranking.logits) == [values[i] for i in ranking.order]
+    assert set().union(*map(set, seen)) == set(range(n)), "every passage is judged"
+    assert ranking.depth >= min(top_k or 1, n)
+    assert ranking.cost.windows == len(seen) <= strategy.max_windows(n, top_k)
+    assert ranking.cost.steps <= ranking.cost.windows
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    n=st.integers(min_value=0, max_value=300),
+    strategy=any_strategy(),
+    top_k=st.none() | st.integers(min_value=1, max_value=40),
+)
+def test_a_list_of_ties_keeps_its_order(n: int, strategy: Strategy, top_k: int | None) -> None:
+    assert list(drive(strategy, [1.0] * n, top_k).order) == list(range(n))
+
+
+def tied_pairs_in_order(order: Sequence[int], values: Sequence[float]) -> bool:
+    """True when every two items of equal value keep their input order in ``order``."""
+    seen: dict[float, int] = {}
+    for item in order:
+        if seen.get(values[item], -1) > item:
+            return False
+        seen[values[item]] = item
+    return True
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    values=st.lists(st.integers(min_value=0, max_value=3).map(float), max_size=300),
+    strategy=any_strategy(),
+    top_k=st.none() | st.integers(min_value=1, max_value=40),
+)
+def test_equal_logits_keep_input_order(
+    values: list[float], strategy: Strategy, top_k: int | None
+) -> None:
+    ranking = drive(strategy, values, top_k)
+    ranked, rest = ranking.order[: ranking.depth], ranking.order[ranking.depth :]
+    assert list(rest) == sorted(rest)
+    if not isinstance(strategy, Tournament):
+        assert tied_pairs_in_order(ranking.order, values)
+    elif top_k is None:
+        # a tournament may let one of two equals go on and drop the other, and a second
+        # tournament over the dropped ones may rank it; its last window keeps their order
+        assert tied_pairs_in_order(ranked, values)
+
+
+distinct_values = st.integers(min_value=0, max_value=600).flatmap(
+    lambda n: st.permutations(list(range(n))).map(lambda p: [float(v) for v in p])
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    values=distinct_values,
+    window=st.integers(min_value=2, max_value=26),
+    data=st.data(),
+)
+def test_tdpart_gets_its_top_exactly_right(
+    values: list[float], window: int, data: st.DataObject
+) -> None:
+    half = (window + 1) // 2
+    top_k = data.draw(st.none() | st.integers(min_value=1, max_value=half))
+    ranking = drive(TopDownPartition(window), values, top_k)
+    exact = min(top_k or half, len(values))
+    assert list(ranking.order[:exact]) == truth(values)[:exact]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    values=distinct_values.filter(lambda v: len(v) <= 400),
+    window=st.integers(min_value=20, max_value=26),
+)
+def test_a_tournament_gets_as_many_right_as_go_on(values: list[float], window: int) -> None:
+    n = len(values)
+    kept = window // math.ceil(n / window) if n > window else n
+    ranking = drive(Tournament(window), values)
+    assert list(ranking.order[:kept]) == truth(values)[:kept]
+    assert ranking.cost.steps == (0 if n == 0 else 1 if n <= window else 2)
+
+
+def test_sliding_over_100_takes_9_windows_one_after_another() -> None:
+    ranking = drive(SlidingWindow(), [float(i % 7) for i in range(100)])
+    assert ranking.cost == Cost(windows=9, steps=9)
+    assert ranking.depth == 100
+
+
+def test_tdpart_over_100_takes_at_most_3_steps() -> None:
+    # pivot first in 19-wide partitions of the 80 below the top 20: ceil(80 / 19) = 5 windows
+    seen: list[list[int]] = []
+    ties = drive(TopDownPartition(), [0.0] * 100, windows=seen)
+    assert ties.cost == Cost(windows=6, steps=2), "nobody beats the pivot: no third step"
+    assert ties.depth == 10
+    assert [len(w) for w in seen] == [20] + [17] * 5
+    pivot = seen[0][9]
+    assert all(w[0] == pivot for w in seen[1:])
+
+    rising = drive(TopDownPartition(), [float(i) for i in range(100)])
+    assert rising.cost == Cost(windows=7, steps=3)
+    assert rising.depth == 9 + 80 + 1, "9 above the pivot, 80 risers and the pivot itself"
+    # the last window holds the 9 and the 11 risers that rose most: 99..89 come first
+    assert list(rising.order[:11]) == list(range(99, 88, -1))
+    assert list(rising.order[-10:]) == list(range(10)), "left behind in first-stage order"
+
+
+def test_tdpart_leaves_the_passages_below_the_pivot_in_first_stage_order() -> None:
+    values = [5.0, 9.0, 1.0, 7.0, 3.0, 8.0, 0.0, 2.0, 6.0, 4.0]
+    ranking = drive(TopDownPartition(4, pivot_rank=2), values)
+    # items 0-3 (5 9 1 7) rank 1 3 0 2: item 3 is the pivot, item 1 above it;
+    # items 4-6 (3 8 0) and 7-9 (2 6 4) meet the pivot (7): only item 5 (8) rises
+    assert list(ranking.order) == [1, 5, 3, 0, 2, 4, 6, 7, 8, 9]
+    assert ranking.unranked == 7
+    assert ranking.cost == Cost(windows=4, steps=3)
+
+
+def test_top_k_makes_tdpart_and_tournaments_cheaper_or_deeper() -> None:
+    values = [float((i * 37) % 101) for i in range(100)]
+    judged = {}
+    for top_k in (None, 3):
+        seen: list[list[int]] = []
+        ranking = drive(TopDownPartition(), values, top_k, seen)
+        if top_k is None:
+            assert list(ranking.order[:10]) == truth(values)[:10]
+        assert list(ranking.order[:3]) == truth(values)[:3]
+        judged[top_k] = sum(len(w) for w in seen)
+    assert judged[3] < judged[None], "a lower pivot lets fewer rise into the last window"
+    small = drive(Tournament(), values, top_k=2)
+    assert small.cost.windows == 6
+    assert small.depth == 10, "5 windows let 2 each go on"
+    deep = drive(Tournament(), values, top_k=30)
+    assert deep.depth >= 30
+    assert list(deep.order[:2]) == truth(values)[:2]
+
+
+def test_nan_logits_are_an_error() -> None:
+    with pytest.raises(ValueError, match="finite"):
+        drive(SlidingWindow(20, 10), [1.0, float("nan"), 0.5])
+
+
+def test_ranking_checks_its_unranked_tail() -> None:
+    with pytest.raises(ValueError, match="first-stage"):
+        Ranking.from_logits([0, 2, 1], [3.0, 2.0, 1.0], unranked=2)
+    with pytest.raises(ValueError, match="unranked"):
+        Ranking.from_logits([0, 1], [3.0, 2.0], unranked=3)
+    ranking = Ranking.from_logits([1, 0, 2], [3.0, 4.0, 1.0], unranked=2)
+    assert ranking.depth == 1
+    assert ranking.scores == (3.0, 3.0, 1.0)
 
 
 def test_scores_are_capped_to_stay_monotone() -> None:
@@ -115,24 +342,48 @@ def test_ranking_rejects_broken_results() -> None:
         Ranking((0, 1), (1.0, 2.0), (1.0, 2.0))
 
 
-def test_nan_logits_are_an_error() -> None:
-    with pytest.raises(ValueError, match="finite"):
-        run_with([1.0, float("nan"), 0.5], 20, 10)
-
-
 def test_batches_interleave_queries_and_report_progress() -> None:
     sizes = [45, 5, 100]
-    runs = [WindowedRun(n, SlidingWindow().windows(n)) for n in sizes]
-    steps: list[list[int]] = []
+    runs = [QueryRun(SlidingWindow(), n) for n in sizes]
+    calls: list[list[int]] = []
 
-    def score(step_runs: Sequence[WindowedRun]) -> list[np.ndarray]:
-        steps.append([runs.index(r) for r in step_runs])
-        return [np.zeros(len(r.next_members()), dtype=np.float32) for r in step_runs]
+    def score(batch: Sequence[tuple[int, Sequence[int]]]) -> list[np.ndarray]:
+        calls.append([position for position, _ in batch])
+        return [np.zeros(len(members), dtype=np.float32) for _, members in batch]
 
     done: list[int] = []
     run_windows(runs, score, batch_size=2, on_window=done.append)
     assert sum(done) == sum(len(SlidingWindow().windows(n)) for n in sizes)
-    assert all(len(s) <= 2 for s in steps)
-    assert steps[0] == [0, 1]
-    assert steps[1] == [2, 0]
+    assert all(len(c) <= 2 for c in calls)
+    assert calls[0] == [0, 1]
+    assert calls[1] == [2, 0]
     assert all(r.done for r in runs)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sizes=st.lists(st.integers(min_value=0, max_value=150), min_size=1, max_size=6),
+    strategy=any_strategy(),
+    batch_size=st.integers(min_value=1, max_value=12),
+    top_k=st.none() | st.integers(min_value=1, max_value=30),
+)
+def test_steps_go_whole_and_queries_do_not_affect_each_other(
+    sizes: list[int], strategy: Strategy, batch_size: int, top_k: int | None
+) -> None:
+    def value(query: int, item: int) -> float:
+        return float((item * 7919 + query * 104729) % 13)
+
+    alone = [drive(strategy, [value(q, i) for i in range(n)], top_k) for q, n in enumerate(sizes)]
+    runs = [QueryRun(strategy, n, top_k) for n in sizes]
+    calls: list[list[tuple[int, list[int]]]] = []
+
+    def score(batch: Sequence[tuple[int, Sequence[int]]]) -> list[np.ndarray]:
+        calls.append([(q, list(m)) for q, m in batch])
+        for q, run in enumerate(runs):
+            taken = [m for p, m in calls[-1] if p == q]
+            assert taken in ([], run.pending), "a query's step goes whole into one call"
+        assert len(batch) <= batch_size or len({q for q, _ in batch}) == 1
+        return [np.array([value(q, i) for i in m], dtype=np.float32) for q, m in batch]
+
+    run_windows(runs, score, batch_size=batch_size)
+    assert [r.result() for r in runs] == alone
