@@ -8,12 +8,18 @@ driven by :class:`LlmRescorer` (``OpenSearch``) or :class:`AsyncLlmRescorer`
 2. the engine ranks the passages of the top ``window_size`` hits;
 3. ``apply="client"``: the scores are combined here (:mod:`opensearch_ltr.rescore`);
    ``apply="server"``: one more search carries them in a ``rescore`` clause and the cluster
-   combines them (:mod:`opensearch_ltr.server_rescore`).
+   combines them (:mod:`opensearch_ltr.server_rescore`). Both combine the spec and values of
+   :func:`~opensearch_ltr.rescore.break_ties`, so both give the same hits and scores.
+
+Requests: everything that can be checked is checked before the engine runs: the body, page
+and limits before any search (:class:`RescoreRequestError`); the first-pass hits and the
+server-applied clause count right after the first pass.
 
 Faults: a failed first pass always raises :class:`SearchFailedError`. A failed rerank
 (:class:`RerankError`: engine error, or hits without text under ``missing_text="raise"``) or a
 failed server-applied search raises with ``on_error="raise"``; with ``on_error="fail_open"``
-the first-pass page is returned with ``llmrank.fail_open = true`` and the reason.
+the first-pass page is returned with ``llmrank.fail_open = true`` and the reason. Request
+errors are always raised.
 """
 
 from __future__ import annotations
@@ -42,20 +48,35 @@ from opensearch_ltr.request import (
     MAX_RESULT_WINDOW,
     check_body,
     check_fetch,
+    check_filter_path,
     check_search_kwargs,
     first_pass_body,
     resolve_page,
     stable_preference,
 )
-from opensearch_ltr.rescore import RescoreSpec, ScoreMode, fetch_size, rescore
+from opensearch_ltr.rescore import (
+    RescoreSpec,
+    ScoreMode,
+    break_ties,
+    check_engine_counts,
+    fetch_size,
+    rescore,
+)
 from opensearch_ltr.response import (
     LlmrankInfo,
+    check_hits,
     client_page,
     first_pass_page,
     hit_key,
+    hits_of,
     server_page,
 )
-from opensearch_ltr.server_rescore import MAX_CLAUSE_COUNT, server_rescore_body
+from opensearch_ltr.server_rescore import (
+    MAX_CLAUSE_COUNT,
+    check_clause_count,
+    clause_count,
+    server_rescore_body,
+)
 from opensearch_ltr.transforms import (
     NON_NEGATIVE_TRANSFORMS,
     ScoreTransform,
@@ -73,8 +94,8 @@ Apply = Literal["client", "server"]
 class PassageReranker(Protocol):
     """What the rescorer needs from the engine (:class:`haystack_llmrank.Reranker`)."""
 
-    def rerank(self, query: str, passages: Sequence[str]) -> Ranking:
-        """Rank ``passages`` for ``query``."""
+    def rerank(self, query: str, passages: Sequence[str], *, top_k: int | None = None) -> Ranking:
+        """Rank ``passages`` for ``query``; only the first ``top_k`` positions matter."""
         ...
 
 
@@ -168,9 +189,12 @@ class _RescorerBase:
         :param window_size: first-pass hits reranked (over the merged result, not per shard).
         :param query_weight: weight of the first-pass score (OpenSearch's ``query_weight``).
             The default 0 ranks the window purely by the engine, then the rest in first-pass
-            order (every hit past the window scores 0).
-        :param rescore_query_weight: weight of the engine's value.
-        :param score_mode: ``total``, ``multiply``, ``avg``, ``max`` or ``min``.
+            order: it is applied as a vanishing ``2**-k`` (see
+            :func:`~opensearch_ltr.rescore.break_ties`), so window hits keep their scores and
+            the rest score ``first_pass * 2**-k``, tiny, positive and in first-pass order.
+        :param rescore_query_weight: weight of the engine's value; positive.
+        :param score_mode: ``total``, ``multiply``, ``avg``, ``max`` or ``min``; ``multiply``
+            and ``min`` need ``query_weight > 0`` (with 0, every hit would score 0).
         :param score_transform: ``rank``, ``minmax`` or ``logit`` (see
             :mod:`opensearch_ltr.transforms`).
         :param missing_text: a window hit without any text field: ``"raise"``
@@ -178,13 +202,15 @@ class _RescorerBase:
             passage, and listed in ``llmrank.missing_text``).
         :param on_error: ``"raise"`` or ``"fail_open"`` (see the module docstring).
         :param max_result_window: the indices' ``index.max_result_window``.
-        :param max_clause_count: the cluster's ``indices.query.bool.max_clause_count``.
+        :param max_clause_count: the cluster's ``indices.query.bool.max_clause_count``:
+            server-applied rescoring needs ``window_size`` clauses plus one per index.
         :param model_name: reported in ``llmrank.model`` (default: the reranker's ``model_name``).
         """
         self.client = client
         self.reranker = reranker
         self.fields = PassageFields.of(text_fields, title_field, separator)
         self.spec = RescoreSpec(window_size, query_weight, rescore_query_weight, score_mode)
+        check_engine_counts(self.spec)
         check_transform(score_transform)
         if missing_text not in ("raise", "empty"):
             raise ValueError(f"missing_text must be 'raise' or 'empty', got {missing_text!r}")
@@ -210,13 +236,17 @@ class _RescorerBase:
     ) -> _Search:
         check_body(body)
         check_search_kwargs(search_kwargs)
+        title = [self.fields.title_field] if self.fields.title_field else []
+        check_filter_path(search_kwargs, [*title, *self.fields.text_fields])
         if apply not in ("client", "server"):
             raise ValueError(f"apply must be 'client' or 'server', got {apply!r}")
-        if apply == "server" and self.score_transform not in NON_NEGATIVE_TRANSFORMS:
-            raise RescoreRequestError(
-                f"score_transform {self.score_transform!r} can be negative; server-applied "
-                f"rescoring needs one of {NON_NEGATIVE_TRANSFORMS}"
-            )
+        if apply == "server":
+            if self.score_transform not in NON_NEGATIVE_TRANSFORMS:
+                raise RescoreRequestError(
+                    f"score_transform {self.score_transform!r} can be negative; server-applied "
+                    f"rescoring needs one of {NON_NEGATIVE_TRANSFORMS}"
+                )
+            check_clause_count(self.spec.window_size + 1, self.max_clause_count)
         start, count = resolve_page(body, from_, size)
         fetch = fetch_size(self.spec.window_size, start, count)
         check_fetch(fetch, self.max_result_window)
@@ -246,6 +276,7 @@ class _RescorerBase:
         started = time.perf_counter()
         try:
             with self._lock:
+                # The whole window: every page reruns it and must get the same order.
                 ranking = self.reranker.rerank(search.query_text or "", passages)
         except Exception as error:
             raise RerankError(f"the engine failed: {_describe(error)}") from error
@@ -279,26 +310,28 @@ class _RescorerBase:
         )
         info = self._info(search)
         took = int(first.get("took", 0))
-        hits = first["hits"]["hits"]
+        hits = hits_of(first)
         if not hits:
             return first_pass_page(first, search.from_, search.size, took, info)
-        scores = [hit.get("_score") for hit in hits]
-        if not all(isinstance(s, int | float) for s in scores):
-            raise RescoreRequestError("first-pass hits have no _score; is the search sorted?")
+        check_hits(hits)
+        scores = [float(hit["_score"]) for hit in hits]
         window_hits = hits[: self.spec.window_size]
+        if search.apply == "server":
+            check_clause_count(clause_count(window_hits), self.max_clause_count)
         try:
             window: _Window = yield _Compute(lambda: self._rerank(search, window_hits, info))
         except RerankError as error:
             return self._fail_open(error, search, first, took + info.took_ms, info)
         took += info.took_ms
+        spec, values = break_ties(self.spec, scores[: len(window_hits)], window.values)
         if search.apply == "client":
-            ranked = rescore(scores, window.values, self.spec)
+            ranked = rescore(scores, values, spec)
             return client_page(first, ranked, window.ranks, search.from_, search.size, took, info)
         body = server_rescore_body(
             search.body,
             window_hits,
-            window.values,
-            self.spec,
+            values,
+            spec,
             from_=search.from_,
             size=search.size,
             max_clause_count=self.max_clause_count,
@@ -344,7 +377,8 @@ class LlmRescorer(_RescorerBase):
         :param query_text: the text the engine ranks for (default: found in the body).
         :param search_kwargs: passed to ``client.search`` (``request_timeout``,
             ``routing``, ``preference``...). Without ``preference``, a fixed string per query
-            keeps every request of the query on the same shard copies.
+            keeps every request of the query on the same shard copies. A ``filter_path`` must
+            keep ``hits.hits._index``, ``_id``, ``_score`` and the passage's ``_source`` fields.
         """
         steps = self._steps(
             self._prepare(index, body, from_, size, apply, query_text, search_kwargs)

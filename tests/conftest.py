@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 import torch
+from support import PROJECT_ROOT, make_tiny_llama
 
 from haystack_llmrank.labels import ALPHABETIC_LABELS, resolve_label_ids
 from haystack_llmrank.models import embedded_default, load_tokenizer
 from haystack_llmrank.reranker import Reranker
 from haystack_llmrank.scorers.torch_scorer import TorchLabelScorer
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DL19_DIR = Path(
     os.environ.get("LLMRANK_DL19_DIR", PROJECT_ROOT.parent / "shared" / "data" / "trec-dl19")
 )
@@ -26,31 +26,6 @@ DL19_DIR = Path(
 def smollm2_tokenizer() -> Any:
     """The real SmolLM2-135M-Instruct tokenizer (from the embedded GGUF)."""
     return load_tokenizer(embedded_default())
-
-
-def make_tiny_llama(vocab_size: int, *, seed: int = 0, layers: int = 2) -> Any:
-    """A small random Llama with the given vocabulary, in eval mode."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        tie_word_embeddings=False,
-        pad_token_id=2,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
-    # Random init gives near-equal logits; widen them so orderings are decisive.
-    with torch.no_grad():
-        model.lm_head.weight.mul_(50)
-    return model.eval()
 
 
 @pytest.fixture(scope="session")
@@ -106,6 +81,15 @@ def dl19_queries(dl19_dir: Path) -> list[dict[str, Any]]:
     """The 43 DL19 queries with their BM25 top-100 candidates."""
     with (dl19_dir / "candidates.jsonl").open(encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """torch sees a CUDA device of the compute capability held in the returned list."""
+    capability = [(9, 0)]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability[0])
+    return capability
 
 
 @pytest.fixture

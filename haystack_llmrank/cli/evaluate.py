@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from haystack_llmrank.cli.options import plural, positive_int
 from haystack_llmrank.data import FORMATS, first_stage_run, read_qrels, read_queries, read_run
 from haystack_llmrank.evaluation import DEFAULT_METRICS, RELEVANCE_LEVEL, Evaluation, evaluate
 
@@ -28,14 +29,34 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--candidates", type=Path, default=None, help="evaluate this candidates file's order"
     )
-    parser.add_argument("--format", choices=FORMATS, default="auto", help="--candidates format")
+    parser.add_argument(
+        "--format", choices=FORMATS, default="auto", help="--candidates format (default auto)"
+    )
+    parser.add_argument(
+        "--queries",
+        type=positive_int,
+        default=None,
+        help="with --candidates: only its first N queries, as `llmrank rerank --queries`",
+    )
+    parser.add_argument(
+        "--top-k-candidates",
+        type=positive_int,
+        default=None,
+        help="with --candidates: only each query's first K, as `llmrank rerank` (default all)",
+    )
     parser.add_argument(
         "--metrics",
         nargs="+",
         default=list(DEFAULT_METRICS),
         help=f"family@k names, space or comma separated (default: {' '.join(DEFAULT_METRICS)})",
     )
-    parser.add_argument("--relevance-level", type=int, default=RELEVANCE_LEVEL)
+    parser.add_argument(
+        "--relevance-level",
+        type=int,
+        default=RELEVANCE_LEVEL,
+        help=f"lowest grade counted relevant by binary metrics (default {RELEVANCE_LEVEL}, as "
+        "TREC Deep Learning)",
+    )
     parser.add_argument(
         "--missing-as-zero",
         action="store_true",
@@ -64,11 +85,13 @@ def format_table(result: Evaluation, *, per_query: bool) -> str:
         )
         for row in rows
     ]
-    footer = f"{len(result.per_query)} queries; relevance level {result.relevance_level}"
+    counted = plural(len(result.per_query), "query", "queries")
+    footer = f"{counted}; relevance level {result.relevance_level}"
     if result.missing:
-        footer += f"; {len(result.missing)} judged queries missing from the run"
+        missing = plural(len(result.missing), "judged query", "judged queries")
+        footer += f"; {missing} not in the run (left out of the mean; --missing-as-zero counts 0)"
     if result.unjudged:
-        footer += f"; {len(result.unjudged)} run queries without judgements"
+        footer += f"; {plural(len(result.unjudged), 'run query', 'run queries')} without judgements"
     return "\n".join([*lines, footer])
 
 
@@ -77,8 +100,17 @@ def run(args: argparse.Namespace) -> int:
     expected = 1 if args.candidates is not None else 2
     if len(args.files) != expected:
         raise ValueError("give RUN QRELS, or --candidates FILE QRELS")
+    if args.candidates is None and (args.queries or args.top_k_candidates):
+        raise ValueError("--queries and --top-k-candidates apply to --candidates only")
     if args.candidates is not None:
-        ranked = first_stage_run(read_queries(args.candidates, args.format))
+        queries = read_queries(args.candidates, args.format)
+        if args.queries is not None and args.queries > len(queries):
+            held = plural(len(queries), "query", "queries")
+            raise ValueError(f"--queries {args.queries} but {args.candidates} holds {held}")
+        queries = queries[: args.queries]
+        if args.top_k_candidates is not None:
+            queries = [query.top(args.top_k_candidates) for query in queries]
+        ranked = first_stage_run(queries)
     else:
         ranked = read_run(args.files[0])
     metrics = [name for item in args.metrics for name in item.split(",") if name]

@@ -31,7 +31,13 @@ def register(subparsers: Any) -> None:
         default="fp32",
         help="fp32; fp16 for CUDA; int8 (8-bit weights) for a smaller CPU model",
     )
-    parser.add_argument("--template", choices=sorted(TEMPLATES), default="first")
+    parser.add_argument(
+        "--template",
+        choices=sorted(TEMPLATES),
+        default="first",
+        help="prompt template whose labels the graph scores: first ([A]..), first-numeric "
+        "([1]..) (default first)",
+    )
     parser.add_argument("--opset", type=positive_int, default=None, help="ONNX opset")
     parser.add_argument(
         "--no-optimize",
@@ -39,7 +45,12 @@ def register(subparsers: Any) -> None:
         action="store_false",
         help="skip the saved ONNX Runtime graph optimisations",
     )
-    parser.add_argument("--exporter", choices=EXPORTERS, default="torchscript")
+    parser.add_argument(
+        "--exporter",
+        choices=EXPORTERS,
+        default="torchscript",
+        help="torch.onnx exporter: torchscript (default; fused attention) or dynamo",
+    )
     parser.add_argument(
         "--attention",
         choices=ATTENTION_CHOICES,

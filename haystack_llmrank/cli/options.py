@@ -7,6 +7,7 @@ from typing import Any
 
 from haystack_llmrank.backends import BACKENDS
 from haystack_llmrank.gpu_policy import ON_MISSING_GPU
+from haystack_llmrank.strategies import STRATEGIES
 
 
 def positive_int(text: str) -> int:
@@ -32,26 +33,51 @@ def positive_float(text: str) -> float:
 
 
 def add_model_options(group: Any, *, batch_size: int) -> None:
-    """Add ``--model``, ``--backend``, ``--device``, ``--dtype``, window and batch options."""
+    """Add ``--model``, ``--backend``, ``--device``, ``--dtype``, strategy, window and batch
+    options."""
     group.add_argument(
         "--model",
         default="default",
         help="'default' (embedded SmolLM2), a HF id or folder, a .gguf, or an export folder",
     )
-    group.add_argument("--backend", choices=BACKENDS, default="torch")
+    group.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="torch",
+        help="torch (default; any model) or onnx (an `llmrank export` folder)",
+    )
     group.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if any)")
     group.add_argument(
         "--dtype", default=None, help="float32, float16, bfloat16 (default: by device)"
     )
-    group.add_argument("--window-size", type=positive_int, default=20)
-    group.add_argument("--step", type=positive_int, default=10)
+    group.add_argument(
+        "--strategy",
+        choices=STRATEGIES,
+        default="sliding",
+        help="which windows rank a list: sliding (FIRST's, default), tdpart (top-down "
+        "partitioning, at most 3 steps) or tournament (parallel windows, then their winners)",
+    )
+    group.add_argument(
+        "--window-size",
+        type=positive_int,
+        default=20,
+        help="passages per forward pass, at most the template's labels (default 20)",
+    )
+    group.add_argument(
+        "--step", type=positive_int, default=10, help="sliding window step (default 10)"
+    )
     group.add_argument(
         "--batch-size",
         type=positive_int,
         default=batch_size,
         help=f"windows per forward pass (default {batch_size})",
     )
-    group.add_argument("--max-passage-words", type=positive_int, default=300)
+    group.add_argument(
+        "--max-passage-words",
+        type=positive_int,
+        default=300,
+        help="words kept per passage before prompting (default 300)",
+    )
     group.add_argument(
         "--threads",
         type=positive_int,
@@ -66,11 +92,39 @@ def add_model_options(group: Any, *, batch_size: int) -> None:
     )
 
 
+def check_model_options(args: argparse.Namespace) -> Any:
+    """Check what :func:`add_model_options` parsed before any model loads; return the strategy.
+
+    A window wider than the template's labels, a step wider than the window, or a model
+    that is neither local nor reachable fails here in well under a second.
+    """
+    from haystack_llmrank.models import check_available, resolve_model
+    from haystack_llmrank.prompt import FIRST_TEMPLATE
+    from haystack_llmrank.strategies import make_strategy
+
+    labels = len(FIRST_TEMPLATE.labels)
+    if args.window_size > labels:
+        raise ValueError(
+            f"--window-size {args.window_size} is over the {labels} labels of the prompt"
+        )
+    strategy = make_strategy(args.strategy, window_size=args.window_size, step=args.step)
+    if args.backend == "torch":
+        check_available(resolve_model(args.model))
+    return strategy
+
+
+def plural(count: int, singular: str, plural_form: str | None = None) -> str:
+    """``"1 query"``, ``"2 queries"``: ``count`` with the right form of the noun."""
+    if count == 1:
+        return f"{count} {singular}"
+    return f"{count} {plural_form or singular + 's'}"
+
+
 def load_reranker(args: argparse.Namespace) -> Any:
     """The :class:`~haystack_llmrank.reranker.Reranker` that :func:`add_model_options` describes."""
     from haystack_llmrank.reranker import Reranker
-    from haystack_llmrank.strategies import SlidingWindow
 
+    strategy = check_model_options(args)
     onnx = args.backend == "onnx"
     if args.threads is not None and not onnx:
         import torch
@@ -83,7 +137,7 @@ def load_reranker(args: argparse.Namespace) -> Any:
         dtype=args.dtype,
         threads=args.threads if onnx else None,
         on_missing_gpu=args.on_missing_gpu,
-        strategy=SlidingWindow(args.window_size, args.step),
+        strategy=strategy,
         batch_size=args.batch_size,
         max_passage_words=args.max_passage_words,
     )

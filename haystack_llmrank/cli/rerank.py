@@ -8,7 +8,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from haystack_llmrank.cli.options import add_model_options, load_reranker, positive_int
+from haystack_llmrank.cli.options import (
+    add_model_options,
+    check_model_options,
+    load_reranker,
+    plural,
+    positive_int,
+)
 from haystack_llmrank.data import (
     FORMATS,
     QueryCandidates,
@@ -35,16 +41,21 @@ def register(subparsers: Any) -> None:
         "input", type=Path, help="candidates JSONL or rank_llm retrieve-results JSON"
     )
     parser.add_argument("--output", "-o", type=Path, required=True, help="TREC run file to write")
-    parser.add_argument("--format", choices=FORMATS, default="auto", help="input format")
+    parser.add_argument(
+        "--format", choices=FORMATS, default="auto", help="input format (default auto)"
+    )
     parser.add_argument(
         "--top-k-candidates",
         type=positive_int,
         default=100,
-        help="rerank only the first K candidates",
+        help="rerank only the first K candidates of each query (default 100)",
     )
     add_model_options(parser, batch_size=1)
     parser.add_argument(
-        "--queries", type=positive_int, default=None, help="only the first N queries"
+        "--queries",
+        type=positive_int,
+        default=None,
+        help="only the first N queries; more than the file holds is an error (default: all)",
     )
     parser.add_argument("--tag", default="llmrank", help="run tag (last column)")
     parser.add_argument(
@@ -82,16 +93,21 @@ def run(args: argparse.Namespace) -> int:
 
     check_word(args.tag, "the run tag")
     _check_writable(args.output, args.save_json)
-    queries = read_queries(args.input, args.format)[: args.queries]
-    queries = [query.top(args.top_k_candidates) for query in queries]
+    queries = read_queries(args.input, args.format)
+    check_model_options(args)
+    if args.queries is not None and args.queries > len(queries):
+        held = plural(len(queries), "query", "queries")
+        raise ValueError(f"--queries {args.queries} but {args.input} holds {held}")
+    queries = [query.top(args.top_k_candidates) for query in queries[: args.queries]]
     started = time.perf_counter()
     reranker = load_reranker(args)
     loaded = time.perf_counter()
     requests = [(query.query, query.texts) for query in queries]
-    windows = reranker.count_windows([len(texts) for _, texts in requests])
-    with tqdm(total=windows, unit="window", desc="rerank") as bar:
+    most = reranker.count_windows([len(texts) for _, texts in requests])
+    with tqdm(total=most, unit="window", desc="rerank") as bar:
         rankings = reranker.rerank_many(requests, on_window=bar.update)
     seconds = time.perf_counter() - loaded
+    windows = sum(ranking.cost.windows for ranking in rankings)
     write_run(args.output, run_from_rankings(queries, rankings), args.tag)
     if args.save_json is not None:
         args.save_json.write_text(
@@ -99,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
         )
     passages = sum(len(query.candidates) for query in queries)
     print(
-        f"reranked {len(queries)} queries ({passages} passages, {windows} windows) in "
+        f"reranked {plural(len(queries), 'query', 'queries')} ({plural(passages, 'passage')}, "
+        f"{plural(windows, 'window')}) in "
         f"{seconds:.1f} s, {seconds / len(queries):.2f} s/query "
         f"(model load {loaded - started:.1f} s); run written to {args.output}"
     )

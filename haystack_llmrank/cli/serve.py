@@ -34,9 +34,10 @@ def register(subparsers: Any) -> None:
         help="serve POST /v1/rerank (Cohere-compatible) for OpenSearch ML Commons connectors",
         description=(
             "Serve a FIRST listwise reranker over HTTP: POST /v1/rerank (Cohere rerank format), "
-            "GET /health (liveness), GET /ready (model loaded and warmed up). One worker thread "
+            "GET /health (liveness), GET /ready (a request would be taken). One worker thread "
             "owns the model and ranks requests that wait together in one batch. SIGINT/SIGTERM "
-            "stop accepting connections and let in-flight requests finish."
+            "stop accepting connections and let in-flight requests finish for the grace period; "
+            "work still running then stops at the engine's next window."
         ),
     )
     model = parser.add_argument_group("model")
@@ -55,20 +56,65 @@ def register(subparsers: Any) -> None:
         "--no-auth", action="store_true", help="serve without API keys (trusted networks only)"
     )
     limits = parser.add_argument_group("limits")
-    limits.add_argument("--max-batch-requests", type=positive_int, default=16)
-    limits.add_argument("--max-pending-requests", type=positive_int, default=256)
-    limits.add_argument("--max-documents", type=positive_int, default=1000)
-    limits.add_argument("--max-document-chars", type=positive_int, default=20_000)
-    limits.add_argument("--max-query-chars", type=positive_int, default=4_000)
-    limits.add_argument("--max-body-bytes", type=positive_int, default=4 * 1024 * 1024)
     limits.add_argument(
-        "--timeout-s", type=positive_float, default=30.0, help="per request, queueing included"
+        "--max-batch-requests",
+        type=positive_int,
+        default=16,
+        help="requests ranked together in one engine call (default 16)",
+    )
+    limits.add_argument(
+        "--max-pending-requests",
+        type=positive_int,
+        default=256,
+        help="requests waiting at most; more are answered 503 (default 256)",
+    )
+    limits.add_argument(
+        "--max-documents",
+        type=positive_int,
+        default=1000,
+        help="documents per request at most; more are answered 413 (default 1000)",
+    )
+    limits.add_argument(
+        "--max-document-chars",
+        type=positive_int,
+        default=20_000,
+        help="characters per document at most (default 20000)",
+    )
+    limits.add_argument(
+        "--max-query-chars",
+        type=positive_int,
+        default=4_000,
+        help="characters of the query at most (default 4000)",
+    )
+    limits.add_argument(
+        "--max-body-bytes",
+        type=positive_int,
+        default=4 * 1024 * 1024,
+        help="request body bytes at most, after gzip (default 4194304)",
+    )
+    limits.add_argument(
+        "--timeout-s",
+        type=positive_float,
+        default=30.0,
+        help="per request, queueing included; later work is dropped (default 30)",
     )
     limits.add_argument(
         "--shutdown-grace-s",
         type=positive_float,
         default=30.0,
-        help="how long in-flight requests may run on shutdown",
+        help="how long in-flight requests may run on shutdown (default 30)",
+    )
+    limits.add_argument(
+        "--header-timeout-s",
+        type=positive_float,
+        default=10.0,
+        help="seconds a client has to send a complete request head (default 10)",
+    )
+    limits.add_argument(
+        "--max-connections",
+        type=positive_int,
+        default=512,
+        help="open connections at most; more are answered 503 and closed (default 512)",
     )
     parser.set_defaults(handler=run)
 
@@ -104,7 +150,8 @@ def run(args: argparse.Namespace) -> int:
         max_batch_requests=args.max_batch_requests,
         max_pending_requests=args.max_pending_requests,
         shutdown_grace_s=args.shutdown_grace_s,
-        model_name=args.model,
+        header_timeout_s=args.header_timeout_s,
+        max_connections=args.max_connections,
     )
 
     def announce(urls: list[str]) -> None:

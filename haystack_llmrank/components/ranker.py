@@ -15,7 +15,7 @@ from haystack_llmrank.gpu_policy import OnMissingGpu, check_on_missing_gpu
 from haystack_llmrank.models import DEFAULT_MODEL
 from haystack_llmrank.ranking import Ranking
 from haystack_llmrank.reranker import Reranker
-from haystack_llmrank.strategies import SlidingWindow
+from haystack_llmrank.strategies import make_strategy
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,11 @@ class FirstListwiseRanker:
     :class:`haystack_llmrank.ranking.Ranking`): non-increasing down the list. Documents with the
     same id are deduplicated first (the highest-scored copy is kept). Documents with no text
     (no content and no embedded meta) cannot be judged: they follow the ranked ones in input
-    order with ``score=None``. An empty query returns the deduplicated input unranked.
+    order with ``score=None``. Scores strictly decrease down the ranked Documents (ties from
+    the engine's capping are set apart by one float32 step), so a later sort by score or a
+    threshold keeps the engine's order. An empty query ranks nothing: the deduplicated
+    Documents come back as copies in input order with ``score=None``, so ``top_k`` applies and
+    a ``score_threshold`` drops them all.
     """
 
     def __init__(
@@ -65,6 +69,7 @@ class FirstListwiseRanker:
         score_threshold: float | None = None,
         window_size: int = 20,
         step: int = 10,
+        strategy: str = "sliding",
         template: str | dict[str, Any] = "first",
         max_passage_words: int | None = 300,
         max_prompt_tokens: int | None = None,
@@ -85,7 +90,11 @@ class FirstListwiseRanker:
         :param top_k: keep at most this many Documents (``None``: all).
         :param score_threshold: drop Documents scored below this (and unscored ones).
         :param window_size: passages per window (at most the template's label count).
-        :param step: how far the window moves up each time.
+        :param step: how far the sliding window moves up each time (``strategy="sliding"``).
+        :param strategy: ``"sliding"`` (FIRST's sliding window), ``"tdpart"`` (top-down
+            partitioning) or ``"tournament"``; see :mod:`haystack_llmrank.strategies`. The
+            last two rank fewer positions (the rest keep their input order) and use
+            ``top_k`` to rank just enough.
         :param template: prompt template name or its dict form.
         :param max_passage_words: words kept per passage before prompting (``None``: all).
         :param max_prompt_tokens: token budget of one prompt (``None``: the model's context).
@@ -100,7 +109,7 @@ class FirstListwiseRanker:
         """
         if top_k is not None and top_k < 1:
             raise ValueError(f"top_k must be at least 1, got {top_k}")
-        SlidingWindow(window_size, step)  # validate early, before any model is loaded
+        make_strategy(strategy, window_size=window_size, step=step)  # validate before loading
         if threads is not None and threads < 1:
             raise ValueError(f"threads must be positive, got {threads}")
         check_on_missing_gpu(on_missing_gpu)
@@ -112,6 +121,7 @@ class FirstListwiseRanker:
         self.score_threshold = score_threshold
         self.window_size = window_size
         self.step = step
+        self.strategy = strategy
         self.template = template
         self.max_passage_words = max_passage_words
         self.max_prompt_tokens = max_prompt_tokens
@@ -136,7 +146,9 @@ class FirstListwiseRanker:
                     dtype=self.dtype,
                     template=self.template,
                     max_prompt_tokens=self.max_prompt_tokens,
-                    strategy=SlidingWindow(self.window_size, self.step),
+                    strategy=make_strategy(
+                        self.strategy, window_size=self.window_size, step=self.step
+                    ),
                     max_passage_words=self.max_passage_words,
                     batch_size=self.batch_size,
                     max_batch_tokens=self.max_batch_tokens,
@@ -156,6 +168,7 @@ class FirstListwiseRanker:
             score_threshold=self.score_threshold,
             window_size=self.window_size,
             step=self.step,
+            strategy=self.strategy,
             template=self.template,
             max_passage_words=self.max_passage_words,
             max_prompt_tokens=self.max_prompt_tokens,
@@ -183,7 +196,7 @@ class FirstListwiseRanker:
     ) -> tuple[list[Document], list[Document], list[str], int | None] | None:
         """Split deduplicated Documents into rankable ones (with texts) and text-less ones.
 
-        Returns ``None`` when nothing is to be ranked (no Documents, or an empty query).
+        Returns ``None`` when there are no Documents or the query is empty.
         """
         if top_k is not None and top_k < 1:
             raise ValueError(f"top_k must be at least 1, got {top_k}")
@@ -204,6 +217,17 @@ class FirstListwiseRanker:
             )
         return rankable, textless, [t for t in texts if t], self.top_k if top_k is None else top_k
 
+    def _unranked(self, documents: list[Document], top_k: int | None) -> list[Document]:
+        """Copies of the deduplicated Documents, unscored, through ``top_k`` and the threshold."""
+        unscored = [replace(d, score=None) for d in deduplicate(documents)]
+        return self._limit(unscored, self.top_k if top_k is None else top_k)
+
+    def _limit(self, result: list[Document], top_k: int | None) -> list[Document]:
+        if self.score_threshold is not None:
+            threshold = self.score_threshold
+            result = [d for d in result if d.score is not None and d.score >= threshold]
+        return result[:top_k] if top_k is not None else result
+
     def _finish(
         self,
         rankable: list[Document],
@@ -213,21 +237,17 @@ class FirstListwiseRanker:
     ) -> list[Document]:
         ranked = [
             replace(rankable[i], score=score)
-            for i, score in zip(ranking.order, ranking.scores, strict=True)
+            for i, score in zip(ranking.order, ranking.distinct_scores(), strict=True)
         ]
-        result = ranked + [replace(d, score=None) for d in textless]
-        if self.score_threshold is not None:
-            threshold = self.score_threshold
-            result = [d for d in result if d.score is not None and d.score >= threshold]
-        return result[:top_k] if top_k is not None else result
+        return self._limit(ranked + [replace(d, score=None) for d in textless], top_k)
 
-    def _rank(self, query: str, texts: list[str]) -> Ranking:
+    def _rank(self, query: str, texts: list[str], top_k: int | None) -> Ranking:
         if self._reranker is None:
             raise RuntimeError("FirstListwiseRanker was not warmed up; call warm_up() first")
         if not texts:
             return Ranking((), (), ())
         with self._lock:
-            return self._reranker.rerank(query, texts)
+            return self._reranker.rerank(query, texts, top_k=top_k)
 
     @component.output_types(documents=list[Document])
     def run(
@@ -235,17 +255,18 @@ class FirstListwiseRanker:
     ) -> dict[str, list[Document]]:
         """Rank ``documents`` for ``query``, best first.
 
-        :param query: the search query; if empty, the deduplicated documents come back unranked.
+        :param query: the search query; if empty, nothing is ranked (see the class docstring).
         :param documents: candidate Documents (not modified).
         :param top_k: overrides the init ``top_k``.
         :returns: ``{"documents": [...]}`` as described in the class docstring.
         """
         prepared = self._prepare(query, documents, top_k)
         if prepared is None:
-            return {"documents": deduplicate(documents) if documents else []}
+            return {"documents": self._unranked(documents, top_k)}
         rankable, textless, texts, limit = prepared
         self.warm_up()
-        return {"documents": self._finish(rankable, textless, self._rank(query, texts), limit)}
+        ranking = self._rank(query, texts, limit)
+        return {"documents": self._finish(rankable, textless, ranking, limit)}
 
     @component.output_types(documents=list[Document])
     async def run_async(
@@ -254,8 +275,8 @@ class FirstListwiseRanker:
         """Like :meth:`run`, with loading and ranking in a worker thread off the event loop."""
         prepared = self._prepare(query, documents, top_k)
         if prepared is None:
-            return {"documents": deduplicate(documents) if documents else []}
+            return {"documents": self._unranked(documents, top_k)}
         rankable, textless, texts, limit = prepared
         await asyncio.to_thread(self.warm_up)
-        ranking = await asyncio.to_thread(self._rank, query, texts)
+        ranking = await asyncio.to_thread(self._rank, query, texts, limit)
         return {"documents": self._finish(rankable, textless, ranking, limit)}

@@ -19,7 +19,7 @@ from haystack_llmrank.evaluation import evaluate
 from haystack_llmrank.ranking import Ranking
 from haystack_llmrank.reranker import Reranker
 from opensearch_ltr import AsyncLlmRescorer, LlmRescorer
-from opensearch_ltr.errors import MissingTextError, SearchFailedError
+from opensearch_ltr.errors import MissingTextError, RescoreRequestError, SearchFailedError
 from opensearch_ltr.rescore import SCORE_MODES
 
 pytestmark = pytest.mark.integration
@@ -39,12 +39,12 @@ class RecordingEngine:
         self.calls: list[tuple[str, list[str], Ranking]] = []
         self._memory: dict[tuple[str, tuple[str, ...]], Ranking] = {}
 
-    def rerank(self, query: str, passages: Sequence[str]) -> Ranking:
+    def rerank(self, query: str, passages: Sequence[str], *, top_k: int | None = None) -> Ranking:
         if self.before is not None:
             self.before()
         key = (query, tuple(passages))
         if key not in self._memory:
-            self._memory[key] = self.engine.rerank(query, passages)
+            self._memory[key] = self.engine.rerank(query, passages, top_k=top_k)
         self.calls.append((query, list(passages), self._memory[key]))
         return self._memory[key]
 
@@ -163,16 +163,23 @@ def test_dl19_real_model_on_two_queries(
 # Client-side arithmetic against the cluster's own rescore ---------------------------------------
 
 PAGES = ((0, 10), (0, 35), (5, 10), (12, 9), (30, 10))
-MODES = [(mode, "rank") for mode in SCORE_MODES] + [("total", "minmax"), ("multiply", "minmax")]
+MODES = [
+    (mode, transform, weight)
+    for mode, transform in [(mode, "rank") for mode in SCORE_MODES]
+    + [("total", "minmax"), ("max", "minmax"), ("multiply", "minmax")]
+    for weight in (0.0, 0.7)
+    if weight or mode not in ("min", "multiply")  # refused: every hit would score 0
+]
 
 
-@pytest.mark.parametrize(("mode", "transform"), MODES)
+@pytest.mark.parametrize(("mode", "transform", "query_weight"), MODES)
 def test_client_side_equals_server_applied(
     backend: tuple[OpenSearch, str],
     queries: dict[str, str],
     tiny_engine: RecordingEngine,
     mode: str,
     transform: str,
+    query_weight: float,
 ) -> None:
     """Same hits, same scores to the bit, on every page, in every score mode, on 3 shards."""
     client, index = backend
@@ -180,7 +187,7 @@ def test_client_side_equals_server_applied(
         client,
         tiny_engine,
         window_size=10,
-        query_weight=0.7,
+        query_weight=query_weight,
         rescore_query_weight=1.3,
         score_mode=mode,  # type: ignore[arg-type]
         score_transform=transform,  # type: ignore[arg-type]
@@ -194,6 +201,51 @@ def test_client_side_equals_server_applied(
             server_side = stage.search(index, body, from_=start, size=size, apply="server")
             assert scored(client_side) == scored(server_side) == scored(full)[start : start + size]
             assert server_side["llmrank"]["mode"] == "server"
+
+
+def test_defaults_page_alike_in_both_modes(
+    backend: tuple[OpenSearch, str],
+    queries: dict[str, str],
+    tiny_engine: RecordingEngine,
+) -> None:
+    """Default settings (query_weight 0, window 20), 40 hits 10 at a time, 4 queries: no hit
+    twice or lost, the same scores in both modes, and the rest in first-pass order."""
+    client, index = backend
+    stage = LlmRescorer(client, tiny_engine)
+    for qid in list(queries)[:4]:
+        body = match(queries[qid])
+        first = ids(client.search(index=index, body={**body, "size": 120}))
+        full = stage.search(index, body, size=120)
+        assert [docid for docid in ids(full) if docid not in first[:20]] == first[20:]
+        for apply in ("client", "server"):
+            pages = [
+                scored(stage.search(index, body, from_=start, size=10, apply=apply))
+                for start in range(0, 40, 10)
+            ]
+            assert [hit for page in pages for hit in page] == scored(full)[:40]
+
+
+def test_filter_path(
+    opensearch_client: OpenSearch,
+    dl19_index: str,
+    queries: dict[str, str],
+    tiny_engine: RecordingEngine,
+) -> None:
+    """One that keeps what rescoring reads works in both modes, even with no hits (the
+    cluster then drops ``hits.hits``); one that drops it is refused before any search."""
+    keep = "took,hits.hits._index,hits.hits._id,hits.hits._score,hits.hits._source.text"
+    stage = LlmRescorer(opensearch_client, tiny_engine, window_size=10, on_error="fail_open")
+    body = match(queries[QUERY_IDS[0]])
+    plain = stage.search(dl19_index, body, size=15)
+    for apply in ("client", "server"):
+        filtered = stage.search(dl19_index, body, size=15, apply=apply, filter_path=keep)
+        assert scored(filtered) == scored(plain)
+        assert "total" not in filtered["hits"]
+        nothing = stage.search(dl19_index, match("zzzzqqqq"), apply=apply, filter_path=keep)
+        assert nothing["hits"]["hits"] == []
+        for dropping in ("took", "hits.hits._id"):
+            with pytest.raises(RescoreRequestError, match=f"filter_path '{dropping}' drops"):
+                stage.search(dl19_index, body, apply=apply, filter_path=dropping)
 
 
 def test_window_hits_can_fall_below_hits_past_the_window(

@@ -12,10 +12,11 @@ import pytest
 import torch
 
 import haystack_llmrank.cli as cli
+from haystack_llmrank import models
 from haystack_llmrank.cli.options import add_model_options, load_reranker
-from haystack_llmrank.data import read_queries, read_run
+from haystack_llmrank.data import DataFormatError, read_qrels, read_queries, read_run
 from haystack_llmrank.reranker import Reranker
-from haystack_llmrank.strategies import SlidingWindow
+from haystack_llmrank.strategies import SlidingWindow, make_strategy
 
 
 @pytest.fixture
@@ -134,7 +135,7 @@ def test_rerank_reads_rankllm_files(llmrank: Any, tiny_model_dir: Path, tmp_path
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--window-size", "30", "--step", "10"], "a window of 30 passages needs 30 labels"),
+        (["--window-size", "30", "--step", "10"], "--window-size 30 is over the 26 labels"),
         (["--window-size", "3", "--step", "5"], "step must be between 1 and window_size"),
     ],
 )
@@ -151,6 +152,57 @@ def test_rerank_rejects_bad_windows(
     assert llmrank([*args, *extra]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "run.txt").exists()
+
+
+def test_rerank_refuses_more_queries_than_the_file_holds(
+    llmrank: Any,
+    candidates: Path,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    output = tmp_path / "run.txt"
+    assert llmrank(rerank_args(candidates, output, tiny_model_dir, "--queries", "3")) == 2
+    assert "--queries 3 but" in capsys.readouterr().err
+    assert not output.exists()
+    assert llmrank(rerank_args(candidates, output, tiny_model_dir, "--queries", "1")) == 0
+    assert "reranked 1 query (7 passages, " in capsys.readouterr().out
+
+
+def test_argument_errors_come_before_any_model_load(
+    llmrank: Any,
+    candidates: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def never(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(Reranker, "from_pretrained", never)
+    base = ["rerank", str(candidates), "-o", str(tmp_path / "run.txt")]
+    assert llmrank([*base, "--window-size", "30"]) == 2
+    assert "--window-size 30 is over the 26 labels" in capsys.readouterr().err
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert llmrank([*base, "--model", "nosuchmodel"]) == 2
+    assert "'nosuchmodel' is not a local folder" in capsys.readouterr().err
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(models, "_hub_reachable", lambda timeout=3.0: False)
+    assert llmrank([*base, "--model", "nosuchmodel"]) == 2
+    assert "the Hugging Face hub cannot be reached" in capsys.readouterr().err
+
+
+def test_a_file_that_is_not_utf8_is_named(
+    llmrank: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "latin1.jsonl"
+    bad.write_bytes(b'{"qid": "q", "query": "caf\xe9"}\n')
+    assert llmrank(["rerank", str(bad), "-o", str(tmp_path / "run.txt")]) == 2
+    assert f"{bad}: not UTF-8 text (byte 0xe9" in capsys.readouterr().err
+    qrels = tmp_path / "qrels.txt"
+    qrels.write_bytes(b"q 0 d\xff 1\n")
+    with pytest.raises(DataFormatError, match=r"qrels\.txt: not UTF-8"):
+        read_qrels(qrels)
 
 
 def test_rerank_fails_on_bad_input_before_loading_the_model(
@@ -238,10 +290,23 @@ def test_eval_reports_queries_on_one_side_only(
     assert llmrank(["eval", str(run), str(qrels), "--metrics", "p@1"]) == 0
     footer = capsys.readouterr().out.splitlines()[-1]
     assert footer == (
-        "1 queries; relevance level 2; 1 judged queries missing from the run; "
-        "1 run queries without judgements"
+        "1 query; relevance level 2; 1 judged query not in the run (left out of the mean; "
+        "--missing-as-zero counts 0); 1 run query without judgements"
     )
     assert "missing from the run (left out of the mean): q2" in caplog.text
+
+
+def test_eval_of_a_candidates_file_cut_as_rerank_cuts_it(
+    llmrank: Any, candidates: Path, qrels: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "eval.json"
+    args = ["eval", "--candidates", str(candidates), str(qrels), "--metrics", "recall@100"]
+    assert llmrank([*args, "--queries", "1", "--top-k-candidates", "1", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert list(result["per_query"]) == ["q1"]
+    assert result["per_query"]["q1"]["recall@100"] == 0.5  # q1-0 of the two relevant
+    assert llmrank([*args, "--queries", "3"]) == 2
+    assert llmrank(["eval", str(out), str(qrels), "--queries", "1"]) == 2
 
 
 @pytest.mark.parametrize(
@@ -289,3 +354,46 @@ def test_threads_and_gpu_policy_reach_the_backend(monkeypatch: pytest.MonkeyPatc
     assert torch_threads == [2]
     with pytest.raises(SystemExit):
         model_args("--on-missing-gpu", "ignore")
+
+
+def test_the_strategy_reaches_the_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(Reranker, "from_pretrained", lambda *a, **kw: calls.append(kw))
+    load_reranker(model_args())
+    assert calls[-1]["strategy"] == SlidingWindow(20, 10)
+    load_reranker(model_args("--strategy", "tdpart", "--window-size", "8"))
+    assert calls[-1]["strategy"] == make_strategy("tdpart", window_size=8)
+    with pytest.raises(SystemExit):
+        model_args("--strategy", "bubble")
+
+
+@pytest.mark.parametrize("strategy", ["tdpart", "tournament"])
+def test_rerank_ranks_with_the_chosen_strategy(
+    llmrank: Any, candidates: Path, tiny_model_dir: Path, tmp_path: Path, strategy: str
+) -> None:
+    output = tmp_path / "run.txt"
+    assert llmrank(rerank_args(candidates, output, tiny_model_dir, "--strategy", strategy)) == 0
+    engine = Reranker.from_pretrained(
+        str(tiny_model_dir), device="cpu", strategy=make_strategy(strategy, window_size=3)
+    )
+    run = read_run(output)
+    for query in read_queries(candidates):
+        expected = engine.rerank(query.query, query.texts)
+        assert list(run[query.qid]) == [query.candidates[i].docid for i in expected.order]
+
+
+def test_gguf_cache_is_keyed_by_content(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLMRANK_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("LLMRANK_NO_CACHE", raising=False)
+    folders = []
+    for name, payload in [
+        ("venv1", b"GGUF same"),
+        ("venv2", b"GGUF same"),
+        ("venv3", b"GGUF other"),
+    ]:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "m.gguf").write_bytes(payload)
+        folders.append(models._gguf_cache_dir(models.ModelSource(str(tmp_path / name), "m.gguf")))
+    assert folders[0] == folders[1] != folders[2]
+    index = json.loads((tmp_path / "cache" / "gguf" / "index.json").read_text())
+    assert len(index) == 3

@@ -8,11 +8,13 @@ import itertools
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from haystack import Document, Pipeline
 from haystack.core.errors import DeserializationError
 
 from haystack_llmrank import FirstListwiseRanker
+from haystack_llmrank.ranking import Ranking
 from haystack_llmrank.reranker import Reranker
 
 QUERY = "which animals are mammals"
@@ -41,8 +43,8 @@ def test_run_ranks_all_documents_without_mutating_input(
     assert inputs == before
     expected = tiny_reranker.rerank(QUERY, [d.content for d in inputs])
     assert [d.id for d in out] == [f"d{i}" for i in expected.order]
-    assert [d.score for d in out] == list(expected.scores)
-    assert all(a.score >= b.score for a, b in itertools.pairwise(out))
+    assert [d.score for d in out] == expected.distinct_scores()
+    assert all(a.score > b.score for a, b in itertools.pairwise(out))
     assert all(o is not i for o in out for i in inputs)
 
 
@@ -62,12 +64,13 @@ def test_top_k_and_threshold(ranker: FirstListwiseRanker) -> None:
 
 def test_duplicates_keep_highest_scored_copy(ranker: FirstListwiseRanker) -> None:
     inputs = [
-        Document(id="a", content="alpha", score=1.0),
+        Document(id="a", content="alpha", score=1.0, meta={"copy": "low"}),
         Document(id="b", content="beta", score=0.5),
-        Document(id="a", content="alpha", score=3.0),
+        Document(id="a", content="alpha", score=3.0, meta={"copy": "high"}),
     ]
     out = ranker.run(query=QUERY, documents=inputs)["documents"]
     assert sorted(d.id for d in out) == ["a", "b"]
+    assert [d.meta for d in out if d.id == "a"] == [{"copy": "high"}]
 
 
 def test_documents_without_text_follow_unscored(ranker: FirstListwiseRanker) -> None:
@@ -82,9 +85,31 @@ def test_documents_without_text_follow_unscored(ranker: FirstListwiseRanker) -> 
 def test_empty_query_and_no_documents(ranker: FirstListwiseRanker) -> None:
     assert ranker.run(query=QUERY, documents=[]) == {"documents": []}
     inputs = docs(4)
-    assert ranker.run(query="  ", documents=inputs)["documents"] == inputs
+    out = ranker.run(query="  ", documents=inputs)["documents"]
+    assert [d.id for d in out] == [d.id for d in inputs]
+    assert all(d.score is None for d in out)
+    assert all(o is not i for o, i in zip(out, inputs, strict=True))
+    assert [d.score for d in inputs] == [0.0, 1.0, 2.0, 3.0]
+    assert [d.id for d in ranker.run(query="", documents=inputs, top_k=2)["documents"]] == [
+        "d0",
+        "d1",
+    ]
+    thresholded = FirstListwiseRanker(model=ranker.model, score_threshold=-1e9)
+    assert thresholded.run(query="", documents=inputs)["documents"] == []
     with pytest.raises(TypeError):
         ranker.run(query=None, documents=inputs)  # type: ignore[arg-type]
+
+
+def test_tied_engine_scores_come_out_strictly_decreasing(ranker: FirstListwiseRanker) -> None:
+    capped = Ranking.from_logits([2, 0, 1, 3], [5.0, 7.0, 5.0, -1.0])
+    assert capped.scores == (5.0, 5.0, 5.0, -1.0)
+    distinct = capped.distinct_scores()
+    assert distinct[0] == 5.0
+    assert distinct[3] == -1.0
+    assert all(a > b for a, b in itertools.pairwise(distinct))
+    assert all(np.float32(v) == v for v in distinct)  # steps survive float32
+    out = ranker.run(query=QUERY, documents=docs(25))["documents"]
+    assert all(a.score > b.score for a, b in itertools.pairwise(out))
 
 
 def test_meta_fields_are_embedded(ranker: FirstListwiseRanker) -> None:
@@ -143,6 +168,28 @@ def test_to_dict_from_dict_round_trip() -> None:
 def test_bad_window_rejected_at_init() -> None:
     with pytest.raises(ValueError, match="step"):
         FirstListwiseRanker(window_size=5, step=9)
+    with pytest.raises(ValueError, match="unknown strategy"):
+        FirstListwiseRanker(strategy="bubble")
+    with pytest.raises(ValueError, match="window_size"):
+        FirstListwiseRanker(strategy="tdpart", window_size=1)
+
+
+def test_strategy_is_serialised_and_top_k_reaches_it(tiny_model_dir: Path) -> None:
+    component = FirstListwiseRanker(model=str(tiny_model_dir), device="cpu", strategy="tdpart")
+    data = component.to_dict()
+    assert data["init_parameters"]["strategy"] == "tdpart"
+    assert FirstListwiseRanker.from_dict(data).to_dict() == data
+    assert FirstListwiseRanker().to_dict()["init_parameters"]["strategy"] == "sliding"
+
+    component.warm_up()
+    engine = component._reranker
+    assert engine is not None
+    texts = [d.content or "" for d in docs(30)]
+    for top_k in (None, 3):
+        out = component.run(query=QUERY, documents=docs(30), top_k=top_k)["documents"]
+        expected = engine.rerank(QUERY, texts, top_k=top_k)
+        assert [d.id for d in out] == [f"d{i}" for i in expected.order][:top_k]
+        assert expected.unranked > 0, "tdpart leaves the bottom in first-stage order"
 
 
 def test_bad_onnx_settings_rejected_at_init() -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_llama
+from support import make_tiny_llama
 
 from haystack_llmrank.backends import load_scorer
 from haystack_llmrank.export import export_onnx

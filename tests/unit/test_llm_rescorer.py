@@ -21,6 +21,7 @@ from opensearch_ltr.errors import (
     SearchFailedError,
 )
 from opensearch_ltr.rescore import RescoreSpec, rescore
+from opensearch_ltr.response import hit_key
 
 BODY = {"query": {"match": {"text": "cats"}}, "aggs": {"n": {"value_count": {"field": "x"}}}}
 TEXTS = ["cats purr", "a long passage about dogs", "cats", "birds sing", "fish swim", "cows moo"]
@@ -75,18 +76,22 @@ class AsyncScriptedClient(ScriptedClient):
 
 
 class ShortestFirst:
-    """Ranks passages by length (shortest first); logits 10, 9, ..."""
+    """Ranks passages by length (shortest first); logits 10, 9, ... (``tied``: 10, 10, 9, 9,
+    ..., as capping across windows makes them)."""
 
-    def __init__(self, error: Exception | None = None) -> None:
+    def __init__(self, error: Exception | None = None, *, tied: bool = False) -> None:
         self.error = error
+        self.step = 2 if tied else 1
         self.calls: list[tuple[str, list[str]]] = []
+        self.top_ks: list[int | None] = []
 
-    def rerank(self, query: str, passages: Sequence[str]) -> Ranking:
+    def rerank(self, query: str, passages: Sequence[str], *, top_k: int | None = None) -> Ranking:
         self.calls.append((query, list(passages)))
+        self.top_ks.append(top_k)
         if self.error is not None:
             raise self.error
         order = sorted(range(len(passages)), key=lambda i: (len(passages[i]), i))
-        return Ranking.from_logits(order, [10.0 - r for r in range(len(order))])
+        return Ranking.from_logits(order, [10.0 - r // self.step for r in range(len(order))])
 
 
 def rescorer(client: Any, engine: Any = None, **kwargs: Any) -> LlmRescorer:
@@ -141,7 +146,13 @@ def test_client_side_rescore_end_to_end() -> None:
 def test_default_weights_rank_the_window_by_the_engine_then_first_pass() -> None:
     response = rescorer(ScriptedClient(make_hits())).search("docs", BODY, size=6)
     assert ids(response) == ["d2", "d0", "d1", "d3", "d4", "d5"]
-    assert [h["_score"] for h in response["hits"]["hits"]][3:] == [0.0, 0.0, 0.0]
+    hits = response["hits"]["hits"]
+    assert [h["_score"] for h in hits][:3] == [1.0, 0.6666667, 0.33333334]
+    # Past the window: first-pass scores times one vanishing power of two, never a tie at 0.
+    weights = {np.float32(h["_score"]) / np.float32(h["_first_pass_score"]) for h in hits[3:]}
+    (weight,) = weights
+    assert 0 < weight < 1e-6
+    assert np.frexp(weight)[0] == 0.5  # a power of two
 
 
 def test_pages_are_slices_of_one_order() -> None:
@@ -152,6 +163,16 @@ def test_pages_are_slices_of_one_order() -> None:
     assert [docid for page in pages for docid in page] == full
     assert [c["body"]["size"] for c in client.calls] == [9, 5, 7, 9]
     assert len({c["preference"] for c in client.calls}) == 1
+
+
+def test_the_engine_ranks_the_whole_window_whatever_the_page() -> None:
+    # A top-k aware strategy orders positions past k differently for each k, so a page-
+    # dependent depth would let pages disagree about the window's order.
+    engine = ShortestFirst()
+    stage = rescorer(ScriptedClient(make_hits()), engine)
+    for start, size in [(0, 6), (2, 2), (3, 4)]:
+        stage.search("docs", BODY, from_=start, size=size)
+    assert engine.top_ks == [None, None, None]
 
 
 def test_arguments_reach_the_client_and_users_preference_wins() -> None:
@@ -200,6 +221,9 @@ def test_bad_requests_fail_before_any_search() -> None:
         ({"score_transform": "softmax"}, "score_transform"),
         ({"score_mode": "sum"}, "score_mode"),
         ({"text_fields": "text"}, "not one string"),
+        ({"score_mode": "min"}, "'min' with query_weight 0 scores every hit 0"),
+        ({"score_mode": "multiply"}, "'multiply' with query_weight 0 scores every hit 0"),
+        ({"query_weight": 1.0, "rescore_query_weight": 0.0}, "rescore_query_weight"),
     ],
 )
 def test_bad_configuration(kwargs: dict[str, Any], message: str) -> None:
@@ -222,8 +246,69 @@ def test_size_zero_and_no_hits_skip_the_engine() -> None:
 def test_hits_without_score_are_refused() -> None:
     hits = make_hits()
     hits[1]["_score"] = None
-    with pytest.raises(RescoreRequestError, match="no _score"):
+    with pytest.raises(RescoreRequestError, match="docs/d1 has no _score"):
         rescorer(ScriptedClient(hits)).search("docs", BODY)
+
+
+@pytest.mark.parametrize(
+    ("filter_path", "dropped"),
+    [
+        ("took", "hits.hits._index, hits.hits._id, hits.hits._score, hits.hits._source.text"),
+        ("hits.hits._id", "hits.hits._index, hits.hits._score, hits.hits._source.text"),
+        (["took", "hits.hits._index,hits.hits._id,hits.hits._score"], "hits.hits._source.text"),
+        ("-hits.hits._score", "hits.hits._score"),
+    ],
+)
+def test_a_filter_path_that_drops_what_rescoring_reads_is_refused(
+    filter_path: str | list[str], dropped: str
+) -> None:
+    """Refused before any search, whatever on_error (it is the request that is wrong)."""
+    client, engine = ScriptedClient(make_hits()), ShortestFirst()
+    for on_error in ("raise", "fail_open"):
+        stage = rescorer(client, engine, on_error=on_error)
+        for kwargs in ({"filter_path": filter_path}, {"params": {"filter_path": filter_path}}):
+            with pytest.raises(RescoreRequestError, match=f"drops {dropped}, which rescoring"):
+                stage.search("docs", BODY, apply="server", **kwargs)
+    assert client.calls == []
+    assert engine.calls == []
+
+
+class FilteredClient(ScriptedClient):
+    """Drops an empty ``hits.hits``, as a cluster applying a ``filter_path`` does."""
+
+    def answer(self, **kwargs: Any) -> dict[str, Any]:
+        response = super().answer(**kwargs)
+        return {} if not response["hits"]["hits"] else {"hits": response["hits"]}
+
+
+def test_a_filter_path_that_keeps_what_rescoring_reads() -> None:
+    keep = "hits.hits._index,hits.hits._id,hits.hits._score,hits.hits._source"
+    stage = rescorer(FilteredClient(make_hits()), query_weight=0.5)
+    response = stage.search("docs", BODY, size=4, filter_path=keep)
+    assert ids(response) == ["d0", "d2", "d1", "d3"]
+    for apply in ("client", "server"):
+        empty = rescorer(FilteredClient([])).search("docs", BODY, filter_path=keep, apply=apply)
+        assert empty["hits"]["hits"] == []
+        assert empty["llmrank"]["reranked"] == 0
+
+
+def test_server_applied_limits_are_checked_before_the_engine() -> None:
+    client, engine = ScriptedClient(make_hits()), ShortestFirst()
+    for on_error in ("raise", "fail_open"):
+        # A window of 3 hits in one index needs 4 clauses.
+        stage = rescorer(client, engine, max_clause_count=3, on_error=on_error)
+        with pytest.raises(RescoreRequestError, match="needs 4 clauses"):
+            stage.search("docs", BODY, apply="server")
+    assert client.calls == []
+    assert rescorer(client, engine, max_clause_count=3).search("docs", BODY)["hits"]["hits"]
+    # Each index adds a clause: known once the first pass is back, still before the engine.
+    hits = make_hits()
+    hits[1]["_index"] = "other"
+    client, engine = ScriptedClient(hits), ShortestFirst()
+    with pytest.raises(RescoreRequestError, match="needs 5 clauses"):
+        rescorer(client, engine, max_clause_count=4).search("docs", BODY, apply="server")
+    assert len(client.calls) == 1
+    assert engine.calls == []
 
 
 def test_first_pass_failure_always_raises() -> None:
@@ -302,6 +387,101 @@ def test_server_applied_sends_one_more_search() -> None:
     ]
     assert response["took"] == 14 + response["llmrank"]["took_ms"]
     assert response["llmrank"]["mode"] == "server"
+
+
+class ShardedCluster(ScriptedClient):
+    """Searches as an OpenSearch cluster of 3 shards does, rescore included.
+
+    Hit ``i`` (``hits`` in first-pass order) lives on shard ``i % 3`` as document ``n - i``.
+    Each shard takes its top ``max(from + size, window sizes)`` hits, applies each rescore to
+    its own top ``window_size`` (the query as :func:`window_query` builds it) and orders equal
+    scores by document; the merge orders them by shard, then document.
+    """
+
+    def answer(self, **kwargs: Any) -> dict[str, Any]:
+        self.calls.append(copy.deepcopy(kwargs))
+        body = kwargs["body"]
+        start, size = body.get("from", 0), body.get("size", 10)
+        rescorers = body.get("rescore", [])
+        depth = max([start + size, *(r["window_size"] for r in rescorers)])
+        located = [(hit["_score"], len(self.hits) - i, hit) for i, hit in enumerate(self.hits)]
+        merged = []
+        for shard in range(3):
+            scored = sorted(located[shard::3], key=lambda x: (-x[0], x[1]))[:depth]
+            for rescorer_ in rescorers:
+                scored = self._rescore(scored, rescorer_)
+            merged += [(score, shard, doc, hit) for score, doc, hit in scored]
+        page = sorted(merged, key=lambda x: (-x[0], x[1], x[2]))[start : start + size]
+        hits = [{**copy.deepcopy(hit), "_score": score} for score, _, _, hit in page]
+        return {"took": 1, "hits": {"hits": hits}}
+
+    @staticmethod
+    def _rescore(
+        scored: list[tuple[float, int, dict[str, Any]]], rescorer_: dict[str, Any]
+    ) -> list[tuple[float, int, dict[str, Any]]]:
+        query = rescorer_["query"]
+        spec = RescoreSpec(
+            rescorer_["window_size"],
+            query["query_weight"],
+            query["rescore_query_weight"],
+            query["score_mode"],
+        )
+        top = query["rescore_query"]["bool"]
+        groups = [top] if "filter" in top else [group["bool"] for group in top["should"]]
+        boosts = {
+            (group["filter"][0]["term"]["_index"], clause["filter"]["ids"]["values"][0]): clause[
+                "boost"
+            ]
+            for group in groups
+            for clause in (should["constant_score"] for should in group["should"])
+        }
+        matched = [boosts.get(hit_key(hit)) for _, _, hit in scored[: spec.window_size]]
+        rescored = [
+            (spec.combine(score, matched[rank] if rank < len(matched) else None), doc, hit)
+            for rank, (score, doc, hit) in enumerate(scored)
+        ]
+        return sorted(rescored, key=lambda x: (-x[0], x[1]))
+
+
+def scored(response: dict[str, Any]) -> list[tuple[str, np.float32]]:
+    """``(_id, _score)`` of each hit, the score as a Java float."""
+    return [(hit["_id"], np.float32(hit["_score"])) for hit in response["hits"]["hits"]]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"score_mode": "avg"},
+        {"score_mode": "max", "score_transform": "minmax"},
+        {"score_transform": "minmax"},
+        {"query_weight": 0.5, "score_mode": "min"},
+        {"query_weight": 0.5, "score_mode": "min", "score_transform": "minmax"},
+        {"query_weight": 0.5, "score_mode": "max", "score_transform": "minmax"},
+        {"query_weight": 0.5, "rescore_query_weight": 3.0, "score_mode": "multiply"},
+    ],
+)
+def test_server_applied_equals_client_side_on_every_page(kwargs: dict[str, Any]) -> None:
+    """Both modes page through one order, whatever the cluster does with equal scores."""
+    hits = [
+        {
+            "_index": "docs",
+            "_id": f"d{i}",
+            "_score": 12.0 - i,
+            "_source": {"text": "x" * (1 + i * 7 % 12)},
+        }
+        for i in range(12)
+    ]
+    stage = LlmRescorer(ShardedCluster(hits), ShortestFirst(tied=True), window_size=5, **kwargs)
+    full = scored(stage.search("docs", BODY, size=12))
+    assert sorted(docid for docid, _ in full) == sorted(hit["_id"] for hit in hits)
+    for start in range(0, 12, 3):
+        client_side = scored(stage.search("docs", BODY, from_=start, size=3))
+        server_side = scored(stage.search("docs", BODY, from_=start, size=3, apply="server"))
+        assert server_side == client_side == full[start : start + 3]
+    if not kwargs.get("query_weight"):
+        past = [docid for docid, _ in full if int(docid[1:]) >= 5]
+        assert past == [f"d{i}" for i in range(5, 12)]
 
 
 def test_server_applied_failure_raises_or_fails_open() -> None:

@@ -17,7 +17,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import PROJECT_ROOT, make_tiny_llama
+from support import PROJECT_ROOT, make_tiny_llama
 
 from haystack_llmrank.cli import main
 from haystack_llmrank.errors import ModelResolutionError, NonFiniteLogitsError

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 import pytest
 
 from haystack_llmrank.cli import serve
+from opensearch_ltr.service import ServiceConfig
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -29,6 +31,9 @@ def test_defaults_bind_loopback_and_read_the_key_from_the_environment() -> None:
         30.0,
         16,
     )
+    assert (args.header_timeout_s, args.max_connections) == (10.0, 512)
+    assert parse("--strategy", "tdpart").strategy == "tdpart"
+    assert args.strategy == "sliding"
 
 
 @pytest.mark.parametrize(
@@ -39,7 +44,10 @@ def test_defaults_bind_loopback_and_read_the_key_from_the_environment() -> None:
         ("--timeout-s", "0"),
         ("--timeout-s", "soon"),
         ("--max-documents", "0"),
+        ("--header-timeout-s", "0"),
+        ("--max-connections", "0"),
         ("--backend", "tpu"),
+        ("--strategy", "bubble"),
     ],
 )
 def test_bad_values_are_refused(argv: tuple[str, ...], capsys: pytest.CaptureFixture[str]) -> None:
@@ -61,3 +69,24 @@ def test_a_missing_key_is_an_error_unless_auth_is_off(monkeypatch: pytest.Monkey
     with pytest.raises(ValueError, match="--no-auth"):
         serve.api_keys(parse())
     assert serve.api_keys(parse("--no-auth")) == ()
+
+
+def test_run_passes_the_limits_to_the_service(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import opensearch_ltr.service as service
+    from opensearch_ltr.service.app import CONFIG
+
+    served: list[ServiceConfig] = []
+
+    async def fake_run_service(app: Any, **kwargs: Any) -> None:
+        served.append(app[CONFIG])
+
+    monkeypatch.setattr(service, "run_service", fake_run_service)
+    monkeypatch.setattr(service, "stop_on_signals", lambda stop: None)
+    argv = ("--no-auth", "--header-timeout-s", "2.5", "--max-connections", "7", "--timeout-s", "9")
+    assert serve.run(parse(*argv)) == 0
+    (config,) = served
+    assert (config.header_timeout_s, config.max_connections, config.timeout_s) == (2.5, 7, 9.0)
+    assert config.api_keys == ()
+    assert "stopped" in capsys.readouterr().out

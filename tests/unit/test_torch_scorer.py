@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_llama
+from support import make_tiny_llama
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
