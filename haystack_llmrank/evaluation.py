@@ -5,6 +5,7 @@ Metrics are named ``family@k``: ``ndcg@k`` (trec_eval's ``ndcg_cut``: graded, li
 cut to its top ``k``). The binary metrics (map, recall, p, mrr) count a document as relevant
 when its grade is at least ``relevance_level`` (2 by default, as TREC Deep Learning does).
 Documents are ranked as trec_eval ranks them: by score, ties by docid, both descending.
+pytrec_eval (the ``eval`` extra) is imported only when metrics are computed.
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
-
-import pytrec_eval
 
 from haystack_llmrank.data import Qrels
 
@@ -113,10 +112,19 @@ def trec_order(docs: Mapping[str, float]) -> list[str]:
     return [docid for docid, _ in sorted(docs.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)]
 
 
+def require_pytrec_eval() -> Any:
+    """The ``pytrec_eval`` module, or RuntimeError naming the ``eval`` extra that installs it."""
+    try:
+        import pytrec_eval
+    except ImportError as exc:
+        raise RuntimeError(f"{exc}; install the eval extra: pip install 'llmrank[eval]'") from exc
+    return pytrec_eval
+
+
 def _scores(
     run: Mapping[str, Mapping[str, float]], qrels: Qrels, measures: set[str], level: int
 ) -> dict[str, dict[str, float]]:
-    evaluator = pytrec_eval.RelevanceEvaluator(qrels, measures, relevance_level=level)
+    evaluator = require_pytrec_eval().RelevanceEvaluator(qrels, measures, relevance_level=level)
     result: dict[str, dict[str, float]] = evaluator.evaluate({q: dict(d) for q, d in run.items()})
     return result
 

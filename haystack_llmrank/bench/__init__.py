@@ -5,19 +5,26 @@ Rows: ``plain`` (full-vocabulary logits with plain transformers), ``torch`` (the
 (generating the whole permutation). Every row gets the same prompt token ids.
 """
 
-from haystack_llmrank.bench.config import DEFAULT_ROWS, ROWS, SYNTHETIC_CONFIGS, BenchConfig
-from haystack_llmrank.bench.report import BenchReport, build_report
-from haystack_llmrank.bench.runner import Plan, RowResult, prepare, run
+from importlib import import_module
+from typing import Any
 
-__all__ = [
-    "DEFAULT_ROWS",
-    "ROWS",
-    "SYNTHETIC_CONFIGS",
-    "BenchConfig",
-    "BenchReport",
-    "Plan",
-    "RowResult",
-    "build_report",
-    "prepare",
-    "run",
-]
+_LAZY = {
+    "DEFAULT_ROWS": "config",
+    "ROWS": "config",
+    "SYNTHETIC_CONFIGS": "config",
+    "BenchConfig": "config",
+    "BenchReport": "report",
+    "build_report": "report",
+    "Plan": "runner",
+    "RowResult": "runner",
+    "prepare": "runner",
+    "run": "runner",
+}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, so that `llmrank bench --help` reads the settings without loading the runner.
+    if name in _LAZY:
+        return getattr(import_module(f"haystack_llmrank.bench.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,4 +1,8 @@
-"""The ``llmrank`` command line: one module per subcommand, each with ``register(subparsers)``."""
+"""The ``llmrank`` command line: one module per subcommand, each with ``register(parser)``.
+
+Only the subcommand that runs is imported: ``llmrank --help`` lists the others from
+:data:`SUBCOMMANDS` without loading them.
+"""
 
 from __future__ import annotations
 
@@ -8,24 +12,47 @@ import logging
 import sys
 from collections.abc import Sequence
 
-SUBCOMMANDS = ("rerank", "evaluate", "train", "export", "bench", "serve", "blueprints")
+#: Subcommand name -> (module under ``haystack_llmrank.cli``, one-line help).
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "rerank": ("rerank", "rerank first-stage candidates and write a TREC run"),
+    "eval": ("evaluate", "evaluate a TREC run (or a candidates file's order) against qrels"),
+    "train": ("train", "fine-tune a FIRST reranker (LoRA by default)"),
+    "export": ("export", "export a model's label-logit graph to ONNX"),
+    "bench": (
+        "bench",
+        "time FIRST reranking variants on DL19 (seconds/query, peak memory, nDCG@10)",
+    ),
+    "serve": (
+        "serve",
+        "serve POST /v1/rerank (Cohere-compatible) for OpenSearch ML Commons connectors",
+    ),
+    "blueprints": (
+        "blueprints",
+        "print the OpenSearch requests (connector, model, search pipeline) for llmrank serve",
+    ),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with every subcommand registered."""
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser listing every subcommand; ``command``'s options (all when None)."""
     parser = argparse.ArgumentParser(
         prog="llmrank", description="Single-token listwise LLM reranking (FIRST)."
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for name in SUBCOMMANDS:
-        importlib.import_module(f"haystack_llmrank.cli.{name}").register(subparsers)
+    for name, (module, help_text) in SUBCOMMANDS.items():
+        subparser = subparsers.add_parser(name, help=help_text)
+        if command in (None, name):
+            importlib.import_module(f"haystack_llmrank.cli.{module}").register(subparser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``llmrank`` script."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # The first word that is not an option names the subcommand (global options take no value).
+    command = next((word for word in argv if not word.startswith("-")), "")
+    args = build_parser(command).parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING - 10 * min(args.verbose, 2),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

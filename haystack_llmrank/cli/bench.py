@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
 
 from haystack_llmrank.bench.config import (
     CUDA_DEFAULT_ROWS,
@@ -16,11 +15,9 @@ from haystack_llmrank.bench.config import (
     BenchConfig,
     default_data_dir,
 )
-from haystack_llmrank.bench.report import build_report
-from haystack_llmrank.bench.runner import prepare, run
-from haystack_llmrank.bench.table import plan_text, results_table, row_line, sweep_table
 from haystack_llmrank.cli.options import positive_int
-from haystack_llmrank.strategies import STRATEGIES
+from haystack_llmrank.reranker import DEFAULT_MAX_BATCH_TOKENS
+from haystack_llmrank.strategies import DEFAULT_STEP, DEFAULT_WINDOW_SIZE, STRATEGIES
 
 DEFAULT_JSON = Path("llmrank-bench.json")
 
@@ -44,18 +41,14 @@ def _query_count(text: str) -> int | None:
     return None if text == "all" else positive_int(text)
 
 
-def register(subparsers: Any) -> None:
-    """Add the ``bench`` subcommand."""
-    parser = subparsers.add_parser(
-        "bench",
-        help="time FIRST reranking variants on DL19 (seconds/query, peak memory, nDCG@10)",
-        description=(
-            "Rerank the first N DL19 queries with each row (plain transformers, the engine on "
-            "torch and ONNX, full-permutation generation, an oracle that reads the qrels "
-            "instead of running a model), all from the same prompt token ids; the engine and "
-            "oracle rows once per --strategies. Print a table and save JSON. Each row runs in "
-            "a fresh process unless --in-process."
-        ),
+def register(parser: argparse.ArgumentParser) -> None:
+    """Add the ``bench`` options and handler to ``parser``."""
+    parser.description = (
+        "Rerank the first N DL19 queries with each row (plain transformers, the engine on "
+        "torch and ONNX, full-permutation generation, an oracle that reads the qrels "
+        "instead of running a model), all from the same prompt token ids; the engine and "
+        "oracle rows once per --strategies. Print a table and save JSON. Each row runs in "
+        "a fresh process unless --in-process."
     )
     parser.add_argument(
         "--data-dir",
@@ -90,8 +83,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--top-k", type=positive_int, default=100, help="candidates per query (default: 100)"
     )
-    parser.add_argument("--window-size", type=positive_int, default=20)
-    parser.add_argument("--step", type=positive_int, default=10, help="sliding window step")
+    parser.add_argument("--window-size", type=positive_int, default=DEFAULT_WINDOW_SIZE)
+    parser.add_argument(
+        "--step", type=positive_int, default=DEFAULT_STEP, help="sliding window step"
+    )
     parser.add_argument(
         "--strategies",
         type=_names,
@@ -133,7 +128,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--max-batch-tokens",
         type=positive_int,
-        default=16384,
+        default=DEFAULT_MAX_BATCH_TOKENS,
         help="padded tokens per scorer call of the engine rows",
     )
     parser.add_argument(
@@ -202,6 +197,12 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
 
 def handle(args: argparse.Namespace) -> int:
     """Plan, print the estimate, run every row, print the tables and save the JSON."""
+    from haystack_llmrank.bench.report import build_report
+    from haystack_llmrank.bench.runner import prepare, run
+    from haystack_llmrank.bench.table import plan_text, results_table, row_line, sweep_table
+    from haystack_llmrank.evaluation import require_pytrec_eval
+
+    require_pytrec_eval()  # nDCG@10 of every row: fail before hours of timing, not after
     plan = prepare(config_from_args(args))
     print(plan_text(plan), flush=True)
     results = run(plan, on_row=lambda result: print(row_line(result), flush=True))

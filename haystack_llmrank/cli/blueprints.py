@@ -9,18 +9,14 @@ from typing import Any
 from haystack_llmrank.cli.options import positive_float, positive_int
 
 
-def register(subparsers: Any) -> None:
-    """Add the ``blueprints`` subcommand."""
-    parser = subparsers.add_parser(
-        "blueprints",
-        help="print the OpenSearch requests (connector, model, search pipeline) for llmrank serve",
-        description=(
-            "Print, in order and in Dev Tools console form (METHOD path, then the JSON body), the "
-            "requests that let an OpenSearch cluster rerank search results with `llmrank serve`: "
-            "cluster settings, ML Commons connector, model registration and deployment, a Predict "
-            "check, a search pipeline with a rerank processor, and a search using it. Replace "
-            "<CONNECTOR_ID> and <MODEL_ID> with the ids the cluster returns."
-        ),
+def register(parser: argparse.ArgumentParser) -> None:
+    """Add the ``blueprints`` options and handler to ``parser``."""
+    parser.description = (
+        "Print, in order and in Dev Tools console form (METHOD path, then the JSON body), the "
+        "requests that let an OpenSearch cluster rerank search results with `llmrank serve`: "
+        "cluster settings, ML Commons connector, model registration and deployment, a Predict "
+        "check, a search pipeline with a rerank processor, and a search using it. Replace "
+        "<CONNECTOR_ID> and <MODEL_ID> with the ids the cluster returns."
     )
     parser.add_argument(
         "--service-url",
@@ -72,7 +68,7 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Build and print the requests."""
-    from opensearch_ltr.blueprints import blueprint_requests
+    from opensearch_ltr.ml_commons_blueprints import blueprint_requests
 
     options: dict[str, Any] = {
         "api_key": args.api_key_secret,

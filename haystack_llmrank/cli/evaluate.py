@@ -5,23 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
 
 from haystack_llmrank.cli.options import plural, positive_int
 from haystack_llmrank.data import FORMATS, first_stage_run, read_qrels, read_queries, read_run
 from haystack_llmrank.evaluation import DEFAULT_METRICS, RELEVANCE_LEVEL, Evaluation, evaluate
 
 
-def register(subparsers: Any) -> None:
-    """Add the ``eval`` subcommand."""
-    parser = subparsers.add_parser(
-        "eval",
-        help="evaluate a TREC run (or a candidates file's order) against qrels",
-        description=(
-            "Evaluate with trec_eval (pytrec_eval): give RUN QRELS, or --candidates FILE QRELS "
-            "to evaluate the first-stage order of a candidates file. nDCG uses graded, linear "
-            "gains; map, mrr, recall and p count grades >= --relevance-level as relevant."
-        ),
+def register(parser: argparse.ArgumentParser) -> None:
+    """Add the ``eval`` options and handler to ``parser``."""
+    parser.description = (
+        "Evaluate with trec_eval (pytrec_eval): give RUN QRELS, or --candidates FILE QRELS "
+        "to evaluate the first-stage order of a candidates file. nDCG uses graded, linear "
+        "gains; map, mrr, recall and p count grades >= --relevance-level as relevant."
     )
     parser.add_argument(
         "files", nargs="+", type=Path, metavar="FILE", help="RUN QRELS, or QRELS with --candidates"

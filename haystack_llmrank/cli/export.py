@@ -5,23 +5,18 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import Any
 
 from haystack_llmrank.cli.options import positive_int
-from haystack_llmrank.export.metadata import ATTENTION_CHOICES, EXPORTERS, PRECISIONS
 from haystack_llmrank.prompt import TEMPLATES
+from haystack_llmrank.scorers.onnx_metadata import ATTENTION_CHOICES, EXPORTERS, PRECISIONS
 
 
-def register(subparsers: Any) -> None:
-    """Add the ``export`` subcommand."""
-    parser = subparsers.add_parser(
-        "export",
-        help="export a model's label-logit graph to ONNX",
-        description=(
-            "Export MODEL ('default' for the embedded SmolLM2, a HF id or folder, or a .gguf) "
-            "as OUT_DIR: model.onnx (input_ids, attention_mask -> label_logits [batch, K]), "
-            "the tokenizer and llmrank.json. Load it with --backend onnx --model OUT_DIR."
-        ),
+def register(parser: argparse.ArgumentParser) -> None:
+    """Add the ``export`` options and handler to ``parser``."""
+    parser.description = (
+        "Export MODEL ('default' for the embedded SmolLM2, a HF id or folder, or a .gguf) "
+        "as OUT_DIR: model.onnx (input_ids, attention_mask -> label_logits [batch, K]), "
+        "the tokenizer and llmrank.json. Load it with --backend onnx --model OUT_DIR."
     )
     parser.add_argument("model", help="'default', a HF id or folder, or a .gguf file")
     parser.add_argument("out_dir", type=Path, help="folder to write (must be new or empty)")

@@ -7,7 +7,8 @@ from typing import Any
 
 from haystack_llmrank.backends import BACKENDS
 from haystack_llmrank.gpu_policy import ON_MISSING_GPU
-from haystack_llmrank.strategies import STRATEGIES
+from haystack_llmrank.prompt import DEFAULT_MAX_PASSAGE_WORDS
+from haystack_llmrank.strategies import DEFAULT_STEP, DEFAULT_WINDOW_SIZE, STRATEGIES
 
 
 def positive_int(text: str) -> int:
@@ -60,11 +61,14 @@ def add_model_options(group: Any, *, batch_size: int) -> None:
     group.add_argument(
         "--window-size",
         type=positive_int,
-        default=20,
-        help="passages per forward pass, at most the template's labels (default 20)",
+        default=DEFAULT_WINDOW_SIZE,
+        help="passages per forward pass, at most the template's labels (default %(default)s)",
     )
     group.add_argument(
-        "--step", type=positive_int, default=10, help="sliding window step (default 10)"
+        "--step",
+        type=positive_int,
+        default=DEFAULT_STEP,
+        help="sliding window step (default %(default)s)",
     )
     group.add_argument(
         "--batch-size",
@@ -75,8 +79,8 @@ def add_model_options(group: Any, *, batch_size: int) -> None:
     group.add_argument(
         "--max-passage-words",
         type=positive_int,
-        default=300,
-        help="words kept per passage before prompting (default 300)",
+        default=DEFAULT_MAX_PASSAGE_WORDS,
+        help="words kept per passage before prompting (default %(default)s)",
     )
     group.add_argument(
         "--threads",

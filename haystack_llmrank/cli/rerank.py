@@ -26,16 +26,12 @@ from haystack_llmrank.data import (
 from haystack_llmrank.ranking import Ranking
 
 
-def register(subparsers: Any) -> None:
-    """Add the ``rerank`` subcommand."""
-    parser = subparsers.add_parser(
-        "rerank",
-        help="rerank first-stage candidates and write a TREC run",
-        description=(
-            "Rerank each query's candidates with a FIRST listwise reranker and write a TREC run "
-            "(qid Q0 docid rank score tag). The score column is the ranking's score rounded to "
-            "4 decimals and lowered where needed so it strictly decreases down each query."
-        ),
+def register(parser: argparse.ArgumentParser) -> None:
+    """Add the ``rerank`` options and handler to ``parser``."""
+    parser.description = (
+        "Rerank each query's candidates with a FIRST listwise reranker and write a TREC run "
+        "(qid Q0 docid rank score tag). The score column is the ranking's score rounded to "
+        "4 decimals and lowered where needed so it strictly decreases down each query."
     )
     parser.add_argument(
         "input", type=Path, help="candidates JSONL or rank_llm retrieve-results JSON"

@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import os
 from concurrent.futures import Future
-from typing import Any
 
 from haystack_llmrank.cli.options import (
     add_model_options,
@@ -27,18 +26,14 @@ def port_number(text: str) -> int:
     return value
 
 
-def register(subparsers: Any) -> None:
-    """Add the ``serve`` subcommand."""
-    parser = subparsers.add_parser(
-        "serve",
-        help="serve POST /v1/rerank (Cohere-compatible) for OpenSearch ML Commons connectors",
-        description=(
-            "Serve a FIRST listwise reranker over HTTP: POST /v1/rerank (Cohere rerank format), "
-            "GET /health (liveness), GET /ready (a request would be taken). One worker thread "
-            "owns the model and ranks requests that wait together in one batch. SIGINT/SIGTERM "
-            "stop accepting connections and let in-flight requests finish for the grace period; "
-            "work still running then stops at the engine's next window."
-        ),
+def register(parser: argparse.ArgumentParser) -> None:
+    """Add the ``serve`` options and handler to ``parser``."""
+    parser.description = (
+        "Serve a FIRST listwise reranker over HTTP: POST /v1/rerank (Cohere rerank format), "
+        "GET /health (liveness), GET /ready (a request would be taken). One worker thread "
+        "owns the model and ranks requests that wait together in one batch. SIGINT/SIGTERM "
+        "stop accepting connections and let in-flight requests finish for the grace period; "
+        "work still running then stops at the engine's next window."
     )
     model = parser.add_argument_group("model")
     add_model_options(model, batch_size=8)
@@ -136,8 +131,13 @@ def api_keys(args: argparse.Namespace) -> tuple[str, ...]:
 def run(args: argparse.Namespace) -> int:
     """Load the model in the background, serve until SIGINT/SIGTERM, shut down gracefully."""
     try:
-        from opensearch_ltr.service import ServiceConfig, create_app, run_service, stop_on_signals
-        from opensearch_ltr.service.app import BATCHER
+        from opensearch_ltr.service import (
+            BATCHER,
+            ServiceConfig,
+            create_app,
+            run_service,
+            stop_on_signals,
+        )
     except ImportError as exc:
         raise RuntimeError(f"{exc}; install the serve extra: pip install 'llmrank[serve]'") from exc
     config = ServiceConfig(

@@ -13,18 +13,14 @@ from haystack_llmrank.cli.options import positive_float, positive_int
 _SPLIT = "split.json"
 
 
-def register(subparsers: Any) -> None:
-    """Add the ``train`` subcommand."""
-    parser = subparsers.add_parser(
-        "train",
-        help="fine-tune a FIRST reranker (LoRA by default)",
-        description=(
-            "Fine-tune a causal LM for single-token listwise reranking with FIRST's loss: LM "
-            "cross-entropy on the target ranking string plus a weighted RankNet on the label "
-            "logits of the first generated token. Targets come from graded qrels, ties broken "
-            "by teacher score, then first-stage order. The output folder loads wherever a "
-            "model is named (--model, Reranker.from_pretrained, FirstListwiseRanker)."
-        ),
+def register(parser: argparse.ArgumentParser) -> None:
+    """Add the ``train`` options and handler to ``parser``."""
+    parser.description = (
+        "Fine-tune a causal LM for single-token listwise reranking with FIRST's loss: LM "
+        "cross-entropy on the target ranking string plus a weighted RankNet on the label "
+        "logits of the first generated token. Targets come from graded qrels, ties broken "
+        "by teacher score, then first-stage order. The output folder loads wherever a "
+        "model is named (--model, Reranker.from_pretrained, FirstListwiseRanker)."
     )
     parser.add_argument("input", type=Path, help="candidates JSONL or rank_llm JSON")
     parser.add_argument("--format", default="auto", help="input format (default auto)")
@@ -147,6 +143,7 @@ def run_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from haystack_llmrank.data import read_qrels, read_queries, read_run
+    from haystack_llmrank.evaluation import require_pytrec_eval
     from haystack_llmrank.training import training_queries
 
     if args.qrels is None and args.teacher is None:
@@ -160,6 +157,8 @@ def run_train(args: argparse.Namespace) -> int:
     )
     if held_ids and qrels is None:
         raise ValueError("validation needs --qrels; pass --validation-fraction 0 to skip it")
+    if held_ids:
+        require_pytrec_eval()
     by_id = {q.qid: q for q in queries}
     train = training_queries([by_id[q] for q in train_ids], qrels=qrels, teacher=teacher)
     args.output.mkdir(parents=True, exist_ok=True)

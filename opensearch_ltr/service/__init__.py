@@ -4,7 +4,8 @@ Needs the ``serve`` extra (aiohttp). See :mod:`opensearch_ltr.service.protocol` 
 format and :func:`create_app` / :func:`run_service` to run it.
 """
 
-from opensearch_ltr.service.app import RERANK_PATH, create_app
+from opensearch_ltr.ml_commons_blueprints import RERANK_PATH
+from opensearch_ltr.service.app import BATCHER, create_app
 from opensearch_ltr.service.batcher import (
     RerankBatcher,
     RerankEngine,
@@ -23,6 +24,7 @@ from opensearch_ltr.service.protocol import (
 from opensearch_ltr.service.server import run_service, stop_on_signals
 
 __all__ = [
+    "BATCHER",
     "RERANK_PATH",
     "RequestError",
     "RerankBatcher",
