@@ -29,9 +29,9 @@ from haystack_llmrank.backends import load_scorer
 from haystack_llmrank.bench.config import default_data_dir
 from haystack_llmrank.data import read_queries
 from haystack_llmrank.export import export_onnx, is_export
-from haystack_llmrank.export.loading import load_export
-from haystack_llmrank.export.metadata import GRAPH_FILE, INPUT_NAMES
 from haystack_llmrank.prompt import FIRST_TEMPLATE, PromptBuilder
+from haystack_llmrank.scorers.onnx_loading import load_export
+from haystack_llmrank.scorers.onnx_metadata import GRAPH_FILE, INPUT_NAMES
 from haystack_llmrank.scorers.onnx_scorer import CPU_PROVIDER
 from haystack_llmrank.scorers.padding import pad_right
 

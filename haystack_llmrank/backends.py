@@ -176,7 +176,7 @@ def _load_onnx(
     on_missing_gpu: OnMissingGpu,
 ) -> LoadedScorer:
     """An export folder (see :func:`haystack_llmrank.export.export_onnx`) on ONNX Runtime."""
-    from haystack_llmrank.export.metadata import EXPORT_HINT
+    from haystack_llmrank.scorers.onnx_metadata import EXPORT_HINT
 
     if dtype is not None:
         raise ValueError(
@@ -187,7 +187,7 @@ def _load_onnx(
         raise ModelResolutionError(
             f"the onnx backend loads an export folder by path; {EXPORT_HINT}"
         )
-    from haystack_llmrank.export.loading import load_export
+    from haystack_llmrank.scorers.onnx_loading import load_export
 
     loaded = load_export(
         model,

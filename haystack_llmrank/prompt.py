@@ -19,6 +19,9 @@ from haystack_llmrank.labels import ALPHABETIC_LABELS, NUMERIC_LABELS
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_MAX_PASSAGE_WORDS = 300
+"""Words kept per passage before prompting."""
+
 RANKLLM_SYSTEM_MESSAGE = (
     "You are RankLLM, an intelligent assistant that can rank passages based on their "
     "relevancy to the query"
@@ -126,7 +129,9 @@ def label_lookalike(labels: Sequence[str]) -> re.Pattern[str]:
 
 
 def normalize_passage(
-    text: str, max_words: int | None = 300, labels: Sequence[str] = ALPHABETIC_LABELS
+    text: str,
+    max_words: int | None = DEFAULT_MAX_PASSAGE_WORDS,
+    labels: Sequence[str] = ALPHABETIC_LABELS,
 ) -> str:
     """Collapse whitespace, keep ``max_words`` words at most, and turn what could pass for a
     bracketed label (see :func:`label_lookalike`) into parentheses: ``[A]`` -> ``(A)``."""
@@ -166,7 +171,7 @@ class PromptBuilder:
         template: PromptTemplate = FIRST_TEMPLATE,
         *,
         max_prompt_tokens: int,
-        max_passage_words: int | None = 300,
+        max_passage_words: int | None = DEFAULT_MAX_PASSAGE_WORDS,
     ) -> None:
         if max_prompt_tokens < 1:
             raise ValueError(f"max_prompt_tokens must be positive, got {max_prompt_tokens}")

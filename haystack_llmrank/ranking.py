@@ -9,6 +9,8 @@ from itertools import pairwise
 
 import numpy as np
 
+_LOWEST_SCORE = np.float32(-(2.0**127))
+
 
 @dataclass(frozen=True)
 class Cost:
@@ -97,14 +99,16 @@ class Ranking:
 
         Each score is rounded to float32, or, where that is not below the score above it,
         set to the next float32 below that one; so a later sort or threshold keeps the
-        engine's order exactly, even after a round trip through float32.
+        engine's order exactly, even after a round trip through float32. Scores below
+        ``-2**127`` (far below any logit) are raised to it first, so that the float32 steps
+        below never run out.
         """
         distinct: list[float] = []
         previous: np.float32 | None = None
         for score in self.scores:
             if not math.isfinite(score):
                 raise ValueError(f"the engine returned a non-finite score: {score}")
-            value = np.float32(score)
+            value = max(np.float32(score), _LOWEST_SCORE)
             if previous is not None and value >= previous:
                 value = np.nextafter(previous, np.float32(-np.inf))
             distinct.append(float(value))

@@ -11,6 +11,7 @@ import numpy.typing as npt
 
 from haystack_llmrank.gpu_policy import OnMissingGpu
 from haystack_llmrank.prompt import (
+    DEFAULT_MAX_PASSAGE_WORDS,
     FIRST_TEMPLATE,
     Prompt,
     PromptBuilder,
@@ -24,6 +25,9 @@ from haystack_llmrank.strategies import QueryRun, SlidingWindow, Strategy, run_w
 logger = logging.getLogger(__name__)
 
 RerankRequest = tuple[str, Sequence[str]]
+
+DEFAULT_MAX_BATCH_TOKENS = 16384
+"""Padded tokens per forward pass at most (batch rows x longest prompt)."""
 
 
 def length_buckets(lengths: Sequence[int], max_batch_tokens: int) -> list[list[int]]:
@@ -57,9 +61,9 @@ class Reranker:
         max_prompt_tokens: int,
         template: PromptTemplate = FIRST_TEMPLATE,
         strategy: Strategy | None = None,
-        max_passage_words: int | None = 300,
+        max_passage_words: int | None = DEFAULT_MAX_PASSAGE_WORDS,
         batch_size: int = 1,
-        max_batch_tokens: int = 16384,
+        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
         model_name: str | None = None,
     ) -> None:
         self.strategy: Strategy = strategy or SlidingWindow()

@@ -41,6 +41,10 @@ WindowScorer = Callable[[Sequence[tuple[int, Sequence[int]]]], Sequence[npt.NDAr
 """Label logits of windows given as (position of the run, input indices of the members)."""
 
 STRATEGIES = ("sliding", "tdpart", "tournament")
+DEFAULT_WINDOW_SIZE = 20
+"""Passages per window, FIRST's: the default of every strategy, the CLI and the adapters."""
+DEFAULT_STEP = 10
+"""How far the sliding window moves, FIRST's."""
 """The strategy names :func:`make_strategy` knows."""
 
 
@@ -105,8 +109,8 @@ class SlidingWindow:
     """
 
     name: ClassVar[str] = "sliding"
-    window_size: int = 20
-    step: int = 10
+    window_size: int = DEFAULT_WINDOW_SIZE
+    step: int = DEFAULT_STEP
 
     def __post_init__(self) -> None:
         _check_window_size(self.window_size, 1)
@@ -198,7 +202,7 @@ class TopDownPartition:
     """
 
     name: ClassVar[str] = "tdpart"
-    window_size: int = 20
+    window_size: int = DEFAULT_WINDOW_SIZE
     pivot_rank: int | None = None
 
     def __post_init__(self) -> None:
@@ -275,7 +279,7 @@ class Tournament:
     """
 
     name: ClassVar[str] = "tournament"
-    window_size: int = 20
+    window_size: int = DEFAULT_WINDOW_SIZE
 
     def __post_init__(self) -> None:
         _check_window_size(self.window_size, 2)
@@ -319,7 +323,9 @@ class Tournament:
         return _count_rounds(n, top_k, play)
 
 
-def make_strategy(name: str, *, window_size: int = 20, step: int = 10) -> Strategy:
+def make_strategy(
+    name: str, *, window_size: int = DEFAULT_WINDOW_SIZE, step: int = DEFAULT_STEP
+) -> Strategy:
     """The strategy called ``name`` (see :data:`STRATEGIES`); ``step`` is the sliding window's."""
     if name == SlidingWindow.name:
         return SlidingWindow(window_size, step)

@@ -17,11 +17,11 @@ from opensearch_ltr.errors import (
 )
 from opensearch_ltr.query_text import extract_query_text
 from opensearch_ltr.rescore import SCORE_MODES, RescoredHit, RescoreSpec, rescore
-from opensearch_ltr.server_rescore import server_rescore_body, window_query
+from opensearch_ltr.server_applied_rescore import server_rescore_body, window_query
 from opensearch_ltr.transforms import SCORE_TRANSFORMS, rescore_values
 
 if TYPE_CHECKING:
-    from opensearch_ltr.rescorer import AsyncLlmRescorer, LlmRescorer
+    from opensearch_ltr.client_rescorer import AsyncLlmRescorer, LlmRescorer
 
 __all__ = [
     "SCORE_MODES",
@@ -44,8 +44,8 @@ __all__ = [
 ]
 
 _LAZY = {
-    "LlmRescorer": "opensearch_ltr.rescorer",
-    "AsyncLlmRescorer": "opensearch_ltr.rescorer",
+    "LlmRescorer": "opensearch_ltr.client_rescorer",
+    "AsyncLlmRescorer": "opensearch_ltr.client_rescorer",
 }
 
 

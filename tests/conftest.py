@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 import torch
-from support import PROJECT_ROOT, make_tiny_llama
+from support import PROJECT_ROOT, SMOLLM2_TOKENIZER_DIR, make_tiny_llama
 
 from haystack_llmrank.labels import ALPHABETIC_LABELS, resolve_label_ids
-from haystack_llmrank.models import embedded_default, load_tokenizer
+from haystack_llmrank.models import load_tokenizer, resolve_model
 from haystack_llmrank.reranker import Reranker
 from haystack_llmrank.scorers.torch_scorer import TorchLabelScorer
 
@@ -24,8 +24,8 @@ DL19_DIR = Path(
 
 @pytest.fixture(scope="session")
 def smollm2_tokenizer() -> Any:
-    """The real SmolLM2-135M-Instruct tokenizer (from the embedded GGUF)."""
-    return load_tokenizer(embedded_default())
+    """The real SmolLM2-135M-Instruct tokenizer, from the files under ``tests/data``."""
+    return load_tokenizer(resolve_model(str(SMOLLM2_TOKENIZER_DIR)))
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,8 @@ from typing import Any
 import torch
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SMOLLM2_TOKENIZER_DIR = Path(__file__).parent / "data" / "smollm2-tokenizer"
+"""The SmolLM2-135M-Instruct tokenizer files, so that unit tests need no GGUF."""
 
 
 def make_tiny_llama(vocab_size: int, *, seed: int = 0, layers: int = 2) -> Any:

@@ -8,8 +8,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import haystack_llmrank
-from haystack_llmrank.export.metadata import PRECISIONS, Precision
-from haystack_llmrank.strategies import STRATEGIES, SlidingWindow
+from haystack_llmrank.reranker import DEFAULT_MAX_BATCH_TOKENS
+from haystack_llmrank.scorers.onnx_metadata import PRECISIONS, Precision
+from haystack_llmrank.strategies import (
+    DEFAULT_STEP,
+    DEFAULT_WINDOW_SIZE,
+    STRATEGIES,
+    SlidingWindow,
+    make_strategy,
+)
 
 ORACLE = "oracle"
 PLAIN = "plain"
@@ -119,13 +126,13 @@ class BenchConfig:
     rows: tuple[str, ...] | None = None
     queries: int | None = 5
     top_k: int = 100
-    window_size: int = 20
-    step: int = 10
+    window_size: int = DEFAULT_WINDOW_SIZE
+    step: int = DEFAULT_STEP
     device: str | None = None
     dtype: str | None = None
     threads: int | None = None
     batch_size: int = 1
-    max_batch_tokens: int = 16384
+    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS
     sweep_batch_sizes: tuple[int, ...] = ()
     max_prompt_tokens: int | None = None
     export_dir: Path | None = None
@@ -164,8 +171,8 @@ class BenchConfig:
         for name, value in positive.items():
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
-        if self.step > self.window_size:
-            raise ValueError(f"step ({self.step}) must not exceed window_size ({self.window_size})")
+        for strategy in self.strategies:
+            make_strategy(strategy, window_size=self.window_size, step=self.step)
         if any(size < 1 for size in self.sweep_batch_sizes):
             raise ValueError(f"batch sizes must be at least 1, got {list(self.sweep_batch_sizes)}")
         if self.warmup < 0:

@@ -28,7 +28,7 @@ from haystack_llmrank.bench.measure import (
     reset_peak_cuda,
     reset_peak_rss,
 )
-from haystack_llmrank.bench.models import (
+from haystack_llmrank.bench.model_loading import (
     LoadedModel,
     engine_label_ids,
     load_bench_model,

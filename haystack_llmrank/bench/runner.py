@@ -27,7 +27,7 @@ from haystack_llmrank.bench.config import (
     onnx_precision,
 )
 from haystack_llmrank.bench.measure import clock, matmul_tflops
-from haystack_llmrank.bench.models import (
+from haystack_llmrank.bench.model_loading import (
     attention_width,
     body_parameters,
     load_bench_model,
@@ -46,9 +46,9 @@ from haystack_llmrank.bench.rows import (
 )
 from haystack_llmrank.data import Qrels, QueryCandidates, read_qrels, read_queries
 from haystack_llmrank.export import export_onnx, is_export, read_metadata
-from haystack_llmrank.export.metadata import Precision
 from haystack_llmrank.models import context_length, resolve_model
 from haystack_llmrank.prompt import Prompt
+from haystack_llmrank.scorers.onnx_metadata import Precision
 from haystack_llmrank.strategies import SlidingWindow, make_strategy
 
 logger = logging.getLogger(__name__)

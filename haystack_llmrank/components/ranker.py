@@ -13,9 +13,10 @@ from haystack import Document, component, default_from_dict, default_to_dict
 
 from haystack_llmrank.gpu_policy import OnMissingGpu, check_on_missing_gpu
 from haystack_llmrank.models import DEFAULT_MODEL
+from haystack_llmrank.prompt import DEFAULT_MAX_PASSAGE_WORDS
 from haystack_llmrank.ranking import Ranking
-from haystack_llmrank.reranker import Reranker
-from haystack_llmrank.strategies import make_strategy
+from haystack_llmrank.reranker import DEFAULT_MAX_BATCH_TOKENS, Reranker
+from haystack_llmrank.strategies import DEFAULT_STEP, DEFAULT_WINDOW_SIZE, make_strategy
 
 logger = logging.getLogger(__name__)
 
@@ -67,14 +68,14 @@ class FirstListwiseRanker:
         dtype: str | None = None,
         top_k: int | None = None,
         score_threshold: float | None = None,
-        window_size: int = 20,
-        step: int = 10,
+        window_size: int = DEFAULT_WINDOW_SIZE,
+        step: int = DEFAULT_STEP,
         strategy: str = "sliding",
         template: str | dict[str, Any] = "first",
-        max_passage_words: int | None = 300,
+        max_passage_words: int | None = DEFAULT_MAX_PASSAGE_WORDS,
         max_prompt_tokens: int | None = None,
         batch_size: int = 1,
-        max_batch_tokens: int = 16384,
+        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
         meta_fields_to_embed: list[str] | None = None,
         embedding_separator: str = "\n",
         threads: int | None = None,

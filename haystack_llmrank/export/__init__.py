@@ -1,6 +1,7 @@
 """ONNX export of the label-logit graph, and the metadata that makes a folder loadable."""
 
-from haystack_llmrank.export.metadata import (
+from haystack_llmrank.export.onnx_folder import DEFAULT_OPSET, export_onnx
+from haystack_llmrank.scorers.onnx_metadata import (
     EXPORT_HINT,
     PRECISIONS,
     ExportMetadata,
@@ -8,7 +9,6 @@ from haystack_llmrank.export.metadata import (
     is_export,
     read_metadata,
 )
-from haystack_llmrank.export.pipeline import DEFAULT_OPSET, export_onnx
 
 __all__ = [
     "DEFAULT_OPSET",

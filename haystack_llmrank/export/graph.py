@@ -15,7 +15,8 @@ from haystack_llmrank.export.attention import (
     check_all_layers_fused,
     fused_attention_in,
 )
-from haystack_llmrank.export.metadata import (
+from haystack_llmrank.scorers.label_head import LabelLogitsModel
+from haystack_llmrank.scorers.onnx_metadata import (
     ATTENTION_CHOICES,
     EXPORTERS,
     INPUT_NAMES,
@@ -24,7 +25,6 @@ from haystack_llmrank.export.metadata import (
     AttentionKind,
     Exporter,
 )
-from haystack_llmrank.scorers.label_head import LabelLogitsModel
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from haystack_llmrank.export.metadata import DATA_FILE, GRAPH_FILE, OUTPUT_NAME
+from haystack_llmrank.scorers.onnx_metadata import DATA_FILE, GRAPH_FILE, OUTPUT_NAME
 
 logger = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from haystack_llmrank.export.metadata import INPUT_NAMES, OUTPUT_NAME
 from haystack_llmrank.scorers.label_head import LabelLogitsModel
+from haystack_llmrank.scorers.onnx_metadata import INPUT_NAMES, OUTPUT_NAME
 from haystack_llmrank.scorers.padding import pad_right
 
 _PROMPTS = ([1, 2, 3, 4, 5, 6, 7, 8, 9], [9, 8, 7, 6], [5])

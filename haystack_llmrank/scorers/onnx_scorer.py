@@ -13,10 +13,10 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from haystack_llmrank.export.metadata import INPUT_NAMES, OUTPUT_NAME, ExportMetadata
 from haystack_llmrank.gpu_policy import OnMissingGpu, check_on_missing_gpu, fall_back_to_cpu
 from haystack_llmrank.labels import LabelIds
 from haystack_llmrank.scorers.base import check_finite
+from haystack_llmrank.scorers.onnx_metadata import INPUT_NAMES, OUTPUT_NAME, ExportMetadata
 from haystack_llmrank.scorers.padding import pad_right
 
 logger = logging.getLogger(__name__)
@@ -257,7 +257,7 @@ class OnnxLabelScorer:
     logs a warning and runs on the CPU; with ``device=None`` it always warns.
     ``intra_op_num_threads``/``inter_op_num_threads`` default to ONNX Runtime's choice.
 
-    ``metadata`` is the export's ``llmrank.json`` (:func:`~haystack_llmrank.export.loading.
+    ``metadata`` is the export's ``llmrank.json`` (:func:`~haystack_llmrank.scorers.onnx_loading.
     load_export` passes it). With it, an export that would run partly on the CPU under CUDA
     (:func:`cuda_obstacles`) is refused on an explicit CUDA device (or, with
     ``on_missing_gpu="warn"``, and always with ``device=None``, runs on the CPU with a

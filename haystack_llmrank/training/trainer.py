@@ -17,7 +17,12 @@ import torch
 
 from haystack_llmrank.data import Qrels, QueryCandidates
 from haystack_llmrank.labels import LabelIds, resolve_label_ids
-from haystack_llmrank.prompt import FIRST_TEMPLATE, PromptBuilder, PromptTemplate
+from haystack_llmrank.prompt import (
+    DEFAULT_MAX_PASSAGE_WORDS,
+    FIRST_TEMPLATE,
+    PromptBuilder,
+    PromptTemplate,
+)
 from haystack_llmrank.training.adapters import (
     LoraSettings,
     causal_lm,
@@ -54,7 +59,7 @@ class TrainConfig:
     eval_every: int = 25
     checkpoint_every: int = 25
     validation_depth: int = 20
-    validation_passage_words: int = 300
+    validation_passage_words: int = DEFAULT_MAX_PASSAGE_WORDS
     sampling: WindowSampling = field(default_factory=WindowSampling)
     lora: LoraSettings | None = field(default_factory=LoraSettings)
     gradient_checkpointing: bool = False
@@ -312,7 +317,8 @@ class FirstTrainer:
         (self.output_dir / RECORD).write_text(json.dumps(record, indent=1) + "\n", "utf-8")
 
     def save_checkpoint(self) -> Path:
-        """Write the resumable state to ``output_dir/checkpoint`` (replaced atomically)."""
+        """Write the resumable state, and the last model as a loadable folder (``model/``), to
+        ``output_dir/checkpoint`` (replaced atomically)."""
         target = self.output_dir / CHECKPOINT
         staging = self.output_dir / f".{CHECKPOINT}-partial"
         shutil.rmtree(staging, ignore_errors=True)
@@ -336,6 +342,7 @@ class FirstTrainer:
             "config": self.config.to_dict(),
         }
         (staging / "trainer.json").write_text(json.dumps(meta) + "\n", "utf-8")
+        save_trained(self.model, self.tokenizer, staging / "model", base_model=self.base_model)
         if target.exists():
             old = self.output_dir / f".{CHECKPOINT}-old"
             shutil.rmtree(old, ignore_errors=True)

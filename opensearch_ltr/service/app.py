@@ -20,6 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from haystack_llmrank.ranking import Ranking
+from opensearch_ltr.ml_commons_blueprints import RERANK_PATH
 from opensearch_ltr.service.batcher import (
     RerankBatcher,
     RerankEngine,
@@ -38,7 +39,6 @@ from opensearch_ltr.service.protocol import (
 
 logger = logging.getLogger(__name__)
 
-RERANK_PATH = "/v1/rerank"
 PUBLIC_PATHS = frozenset({"/health", "/ready"})
 RETRY_AFTER_S = "1"
 

@@ -27,7 +27,6 @@ Each score is written as the shortest decimal that reads back as the same float3
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -136,20 +135,10 @@ def parse_rerank_request(body: bytes, config: ServiceConfig) -> RerankQuery:
 def relevance_scores(ranking: Ranking) -> list[float]:
     """The ranking's scores, in ranked order, made strictly decreasing in float32.
 
-    Each score is the engine's score rounded to float32, or, if that is not below the previous
-    one, the next float32 below the previous one.
+    :meth:`Ranking.distinct_scores`: each score rounded to float32, or, if that is not below
+    the previous one, the next float32 below the previous one.
     """
-    scores: list[float] = []
-    previous: np.float32 | None = None
-    for score in ranking.scores:
-        if not math.isfinite(score):
-            raise ValueError(f"the engine returned a non-finite score: {score}")
-        value = np.float32(score)
-        if previous is not None and value >= previous:
-            value = np.nextafter(previous, np.float32(-np.inf))
-        scores.append(float(value))
-        previous = value
-    return scores
+    return ranking.distinct_scores()
 
 
 def score_literal(score: float) -> str:

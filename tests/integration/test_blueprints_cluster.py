@@ -21,7 +21,7 @@ from urllib.parse import parse_qsl
 
 import pytest
 
-from opensearch_ltr.blueprints import (
+from opensearch_ltr.ml_commons_blueprints import (
     blueprint_requests,
     connector,
     parse_service_url,

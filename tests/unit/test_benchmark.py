@@ -19,13 +19,14 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from support import SMOLLM2_TOKENIZER_DIR
 
 import haystack_llmrank.bench.rows as bench_rows
 import haystack_llmrank.bench.runner as bench_runner
 import haystack_llmrank.cli as cli
 from haystack_llmrank.bench.config import CUDA_DEFAULT_ROWS, DEFAULT_ROWS, BenchConfig
 from haystack_llmrank.bench.measure import peak_rss_mb
-from haystack_llmrank.bench.models import attention_width, resolve_device
+from haystack_llmrank.bench.model_loading import attention_width, resolve_device
 from haystack_llmrank.bench.plain import answer_text, parse_permutation, slide
 from haystack_llmrank.bench.prompts import CachedPromptBuilder
 from haystack_llmrank.bench.runner import (
@@ -37,6 +38,7 @@ from haystack_llmrank.bench.runner import (
     unavailable_rows,
 )
 from haystack_llmrank.labels import ALPHABETIC_LABELS, resolve_label_ids
+from haystack_llmrank.models import resolve_model
 from haystack_llmrank.prompt import PromptBuilder
 from haystack_llmrank.strategies import STRATEGIES, SlidingWindow, make_strategy
 
@@ -94,10 +96,9 @@ def tied_model_dir(
 
 
 def llmrank_bench(*args: str) -> tuple[int, str]:
-    """Run ``llmrank bench`` with only that subcommand registered: exit code and stdout."""
+    """Run ``llmrank bench``: exit code and stdout."""
     printed = io.StringIO()
-    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
-        patch.setattr(cli, "SUBCOMMANDS", ("bench",))
+    with contextlib.redirect_stdout(printed):
         code = cli.main(["bench", *args])
     return code, printed.getvalue()
 
@@ -273,7 +274,14 @@ def test_an_existing_export_is_reused(
         export_onnx_row(str(tied_model_dir), "fp32", tmp_path)
 
 
-def test_synthetic_config_runs_with_a_batch_size_sweep(bench_data: Path, tmp_path: Path) -> None:
+def test_synthetic_config_runs_with_a_batch_size_sweep(
+    bench_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Synthetic models use the embedded SmolLM2's tokenizer: the same files, without the GGUF.
+    monkeypatch.setattr(
+        "haystack_llmrank.bench.model_loading.embedded_default",
+        lambda: resolve_model(str(SMOLLM2_TOKENIZER_DIR)),
+    )
     output = tmp_path / "synthetic.json"
     code, printed = llmrank_bench(
         "--data-dir",
@@ -363,7 +371,7 @@ def test_cached_prompts_match_the_engine_and_are_built_once(smollm2_tokenizer: A
         ({"rows": ("plain", "fast")}, "unknown rows"),
         ({"rows": ("plain", "plain")}, "more than once"),
         ({"rows": ()}, "no rows"),
-        ({"step": 30}, "must not exceed"),
+        ({"step": 30}, "step must be between 1 and window_size"),
         ({"queries": 0}, "queries must be at least 1"),
         ({"synthetic": "llama-70b"}, "unknown synthetic"),
         ({"device": "tpu"}, "cpu or cuda"),
@@ -525,7 +533,7 @@ def test_a_spawned_process_reports_its_own_peak_memory() -> None:
     del held
 
 
-@pytest.mark.integration
+@pytest.mark.slow
 def test_isolated_rows_report_their_own_process_memory(
     bench_data: Path, tied_model_dir: Path
 ) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from haystack_llmrank.cli import blueprints as blueprints_cli
-from opensearch_ltr.blueprints import (
+from opensearch_ltr.ml_commons_blueprints import (
     API_KEY_PLACEHOLDER,
     MODEL_ID_PLACEHOLDER,
     BlueprintRequest,
@@ -299,7 +299,7 @@ def test_requests_come_in_order_with_placeholders() -> None:
 def test_several_document_fields_warn_that_they_run_together(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="opensearch_ltr.blueprints"):
+    with caplog.at_level(logging.WARNING, logger="opensearch_ltr.ml_commons_blueprints"):
         search_pipeline(document_fields=("text",))
         assert not caplog.records
         body = search_pipeline(document_fields=("title", "text"))
@@ -319,8 +319,8 @@ def test_render_is_console_form() -> None:
 
 def run_cli(argv: list[str]) -> int:
     parser = argparse.ArgumentParser()
-    blueprints_cli.register(parser.add_subparsers())
-    args = parser.parse_args(["blueprints", *argv])
+    blueprints_cli.register(parser)
+    args = parser.parse_args(argv)
     return int(args.handler(args))
 
 

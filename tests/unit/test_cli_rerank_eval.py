@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import torch
+from support import PROJECT_ROOT
 
 import haystack_llmrank.cli as cli
 from haystack_llmrank import models
@@ -20,9 +21,8 @@ from haystack_llmrank.strategies import SlidingWindow, make_strategy
 
 
 @pytest.fixture
-def llmrank(monkeypatch: pytest.MonkeyPatch) -> Any:
-    """Run ``llmrank`` with only the rerank and eval subcommands registered."""
-    monkeypatch.setattr(cli, "SUBCOMMANDS", ("rerank", "evaluate"))
+def llmrank() -> Any:
+    """Run ``llmrank``."""
     return cli.main
 
 
@@ -336,9 +336,10 @@ def test_eval_errors(
 
 
 def model_args(*extra: str) -> argparse.Namespace:
+    """Model options naming a local folder (the backend is mocked; only the path must exist)."""
     parser = argparse.ArgumentParser()
     add_model_options(parser, batch_size=1)
-    return parser.parse_args(list(extra))
+    return parser.parse_args(["--model", str(PROJECT_ROOT), *extra])
 
 
 def test_threads_and_gpu_policy_reach_the_backend(monkeypatch: pytest.MonkeyPatch) -> None:

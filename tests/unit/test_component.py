@@ -146,23 +146,78 @@ def test_warm_up_is_idempotent_and_lazy(
     assert calls == ["some/model"]
 
 
+def test_to_dict_of_the_defaults() -> None:
+    assert FirstListwiseRanker().to_dict() == {
+        "type": "haystack_llmrank.components.ranker.FirstListwiseRanker",
+        "init_parameters": {
+            "model": "default",
+            "backend": "torch",
+            "device": None,
+            "dtype": None,
+            "top_k": None,
+            "score_threshold": None,
+            "window_size": 20,
+            "step": 10,
+            "strategy": "sliding",
+            "template": "first",
+            "max_passage_words": 300,
+            "max_prompt_tokens": None,
+            "batch_size": 1,
+            "max_batch_tokens": 16384,
+            "meta_fields_to_embed": [],
+            "embedding_separator": "\n",
+            "threads": None,
+            "on_missing_gpu": "raise",
+        },
+    }
+
+
 def test_to_dict_from_dict_round_trip() -> None:
     component = FirstListwiseRanker(
         model="castorini/first_mistral",
+        backend="onnx",
+        device="cuda:1",
+        dtype="float16",
         top_k=5,
+        score_threshold=0.5,
         window_size=10,
         step=5,
+        strategy="tdpart",
+        template="first-numeric",
+        max_passage_words=None,
+        max_prompt_tokens=2048,
+        batch_size=4,
+        max_batch_tokens=8192,
         meta_fields_to_embed=["title"],
+        embedding_separator=" | ",
         threads=3,
         on_missing_gpu="warn",
     )
     data = component.to_dict()
-    assert data["type"] == "haystack_llmrank.components.ranker.FirstListwiseRanker"
-    assert data["init_parameters"]["model"] == "castorini/first_mistral"
-    assert data["init_parameters"]["threads"] == 3
-    assert data["init_parameters"]["on_missing_gpu"] == "warn"
-    restored = FirstListwiseRanker.from_dict(data)
-    assert restored.to_dict() == data
+    assert data == {
+        "type": "haystack_llmrank.components.ranker.FirstListwiseRanker",
+        "init_parameters": {
+            "model": "castorini/first_mistral",
+            "backend": "onnx",
+            "device": "cuda:1",
+            "dtype": "float16",
+            "top_k": 5,
+            "score_threshold": 0.5,
+            "window_size": 10,
+            "step": 5,
+            "strategy": "tdpart",
+            "template": "first-numeric",
+            "max_passage_words": None,
+            "max_prompt_tokens": 2048,
+            "batch_size": 4,
+            "max_batch_tokens": 8192,
+            "meta_fields_to_embed": ["title"],
+            "embedding_separator": " | ",
+            "threads": 3,
+            "on_missing_gpu": "warn",
+        },
+    }
+    assert FirstListwiseRanker.from_dict(data).to_dict() == data
 
 
 def test_bad_window_rejected_at_init() -> None:
@@ -214,3 +269,32 @@ def test_pipeline_yaml_round_trip_needs_the_allowlist(
         result["ranker"]["documents"]
         == ranker.run(query=QUERY, documents=docs(9), top_k=4)["documents"]
     )
+
+
+# A pipeline as Haystack saved it; the `type:` string must keep resolving after any move.
+SAVED_PIPELINE = """\
+components:
+  ranker:
+    init_parameters:
+      model: castorini/first_mistral
+      top_k: 4
+    type: haystack_llmrank.components.ranker.FirstListwiseRanker
+connections: []
+max_runs_per_component: 100
+metadata: {}
+"""
+
+
+@pytest.mark.parametrize("allow", ["env", "argument"])
+def test_saved_type_string_loads_with_the_readme_allowlist(
+    allow: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    allowed_modules = None
+    if allow == "env":
+        monkeypatch.setenv("HAYSTACK_DESERIALIZATION_ALLOWLIST", "haystack_llmrank.*")
+    else:
+        allowed_modules = ["haystack_llmrank"]
+    loaded = Pipeline.loads(SAVED_PIPELINE, allowed_modules=allowed_modules)
+    ranker = loaded.get_component("ranker")
+    assert type(ranker) is FirstListwiseRanker
+    assert (ranker.model, ranker.top_k) == ("castorini/first_mistral", 4)

@@ -17,9 +17,9 @@ from support import make_tiny_llama
 
 from haystack_llmrank.backends import load_scorer
 from haystack_llmrank.export import export_onnx
-from haystack_llmrank.export.loading import load_export
-from haystack_llmrank.export.metadata import Precision
 from haystack_llmrank.labels import ALPHABETIC_LABELS
+from haystack_llmrank.scorers.onnx_loading import load_export
+from haystack_llmrank.scorers.onnx_metadata import Precision
 from haystack_llmrank.scorers.onnx_scorer import CUDA_PROVIDER, HEAVY_OPS, node_placement
 from haystack_llmrank.scorers.torch_scorer import TorchLabelScorer
 

@@ -28,8 +28,6 @@ from haystack_llmrank.export.attention import (
     fused_attention_in,
 )
 from haystack_llmrank.export.graph import choose_attention
-from haystack_llmrank.export.loading import load_export
-from haystack_llmrank.export.metadata import METADATA_FILE, file_sha256
 from haystack_llmrank.export.precision import QUANTIZER_MODULE as QUANTIZER
 from haystack_llmrank.export.precision import (
     convert_precision,
@@ -43,6 +41,8 @@ from haystack_llmrank.prompt import FIRST_TEMPLATE
 from haystack_llmrank.reranker import Reranker
 from haystack_llmrank.scorers.base import LabelScorer
 from haystack_llmrank.scorers.label_head import LabelLogitsModel
+from haystack_llmrank.scorers.onnx_loading import load_export
+from haystack_llmrank.scorers.onnx_metadata import METADATA_FILE, file_sha256
 from haystack_llmrank.scorers.onnx_scorer import (
     CPU_PROVIDER,
     CUDA_PROVIDER,

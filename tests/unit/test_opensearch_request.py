@@ -23,7 +23,7 @@ from opensearch_ltr.request import (
     stable_preference,
 )
 from opensearch_ltr.rescore import RescoreSpec
-from opensearch_ltr.server_rescore import (
+from opensearch_ltr.server_applied_rescore import (
     check_clause_count,
     clause_count,
     server_rescore_body,

@@ -13,6 +13,7 @@ import torch
 
 from haystack_llmrank.prompt import PromptBuilder
 from haystack_llmrank.reranker import Reranker, length_buckets
+from haystack_llmrank.scorers.base import LabelScorer
 from haystack_llmrank.strategies import STRATEGIES, SlidingWindow, make_strategy
 
 TOPICS = [
@@ -79,10 +80,19 @@ def test_matches_plain_implementation(
     assert len(set(ranking.order)) == n
 
 
-def test_order_depends_on_the_model_not_on_position(tiny_reranker: Reranker) -> None:
-    texts = passages(12)
-    ranking = tiny_reranker.rerank("bees and honey", texts)
-    assert list(ranking.order) != list(range(12)), "a random model should reorder something"
+@pytest.mark.parametrize("preference", [[5, 1, 4, 0, 3, 2], [0, 1, 2, 3, 4, 5]])
+def test_one_window_is_ordered_by_the_scorers_label_logits(
+    smollm2_tokenizer: Any, tiny_scorer: Any, preference: list[int]
+) -> None:
+    """Whatever the passages say, one window's order is the scorer's logits, highest first."""
+    logits = np.zeros(len(tiny_scorer.label_ids.labels), dtype=np.float32)
+    logits[preference] = np.arange(len(preference), 0, -1)
+    scorer = Mock(spec=LabelScorer, label_ids=tiny_scorer.label_ids)
+    scorer.score.side_effect = lambda prompts: np.tile(logits, (len(prompts), 1))
+    reranker = Reranker(smollm2_tokenizer, scorer, max_prompt_tokens=4096)
+    ranking = reranker.rerank("bees and honey", passages(6))
+    assert list(ranking.order) == preference
+    assert scorer.score.call_count == 1
 
 
 @pytest.mark.parametrize("name", STRATEGIES)

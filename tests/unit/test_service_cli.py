@@ -13,8 +13,8 @@ from opensearch_ltr.service import ServiceConfig
 
 def parse(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    serve.register(parser.add_subparsers())
-    return parser.parse_args(["serve", *argv])
+    serve.register(parser)
+    return parser.parse_args(list(argv))
 
 
 def test_defaults_bind_loopback_and_read_the_key_from_the_environment() -> None:

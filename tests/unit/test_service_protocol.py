@@ -207,6 +207,14 @@ def test_long_literals_and_ties_at_negative_scores_reach_ml_commons_as_doubles()
             assert_ml_commons_reads_the_ranking([float(v) for v in (*logits, *tied)])
 
 
+def test_ties_at_the_lowest_float32_stay_finite_and_strictly_decreasing() -> None:
+    lowest = float(np.finfo(np.float32).min)
+    scores = relevance_scores(Ranking.from_logits(range(3), [lowest, lowest, lowest]))
+    assert scores[0] == -(2.0**127)
+    assert all(np.isfinite(scores))
+    assert scores[0] > scores[1] > scores[2]
+
+
 @given(st.lists(st.floats(width=32, allow_nan=False, allow_infinity=False), min_size=1))
 def test_every_float32_score_is_a_short_literal_that_reads_back(logits: list[float]) -> None:
     assert_ml_commons_reads_the_ranking(logits)

@@ -255,6 +255,7 @@ def test_checkpoint_resume_continues_the_same_run(
     with pytest.raises(StopTrainingError):
         trainer_for(tmp_path / "resumed").fit(queries, on_step=stop_after_two)
     assert (tmp_path / "resumed" / "checkpoint" / "state.pt").is_file()
+    assert resolve_model(str(tmp_path / "resumed" / "checkpoint" / "model")).adapter is not None
     again = trainer_for(tmp_path / "resumed")
     assert again.resume()
     assert again.step == 2
@@ -268,7 +269,7 @@ def test_onnx_export_of_an_adapter_matches_torch(
 ) -> None:
     pytest.importorskip("onnxruntime")
     from haystack_llmrank.export import export_onnx
-    from haystack_llmrank.export.loading import load_export
+    from haystack_llmrank.scorers.onnx_loading import load_export
 
     trainer = train_adapter(smollm2_tokenizer, tiny_model_dir, tmp_path / "adapter")
     folder = export_onnx(str(tmp_path / "adapter"), tmp_path / "onnx")
@@ -279,3 +280,42 @@ def test_onnx_export_of_an_adapter_matches_torch(
     expected = TorchLabelScorer(causal_lm(trainer.model), labels, pad_token_id=pad).score(prompts)
     exported = load_export(folder, device="cpu").scorer.score(prompts)
     np.testing.assert_allclose(exported, expected, atol=1e-3)
+
+
+def test_cli_trains_validates_and_writes_adapter_and_merged_weights(
+    smollm2_tokenizer: Any, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from haystack_llmrank.cli import main
+
+    candidates = tmp_path / "candidates.jsonl"
+    qrels = tmp_path / "qrels.txt"
+    lines, judged = [], []
+    for q in range(4):
+        docs = [{"docid": f"q{q}d{i}", "text": TEXTS[i], "score": 9.0 - i} for i in range(6)]
+        lines.append(json.dumps({"qid": f"q{q}", "query": "flea life", "candidates": docs}))
+        judged += [f"q{q} 0 q{q}d1 3", f"q{q} 0 q{q}d3 2", f"q{q} 0 q{q}d2 0"]
+    candidates.write_text("\n".join(lines) + "\n")
+    qrels.write_text("\n".join(judged) + "\n")
+    output = tmp_path / "trained"
+    args = [
+        "train", str(candidates), "--qrels", str(qrels), "--output", str(output),
+        "--model", str(tiny_model_dir), "--steps", "2", "--grad-accumulation", "1",
+        "--min-window", "3", "--max-window", "6", "--eval-every", "1",
+        "--validation-fraction", "0.5", "--merge",
+    ]  # fmt: skip
+    assert main(args) == 0
+    record = json.loads((output / "training.json").read_text())
+    split = json.loads((output / "split.json").read_text())
+    assert len(split["train"]) == len(split["validation"]) == 2
+    assert not set(split["train"]) & set(split["validation"])
+    assert [h["step"] for h in record["history"] if h.get("validation") is not None] == [0, 1, 2]
+    labels = resolve_label_ids(smollm2_tokenizer, ALPHABETIC_LABELS)
+    prompt = PromptBuilder(smollm2_tokenizer, FIRST_TEMPLATE, max_prompt_tokens=4096)
+    ids = [prompt.build("flea life", TEXTS).token_ids]
+    pad = smollm2_tokenizer.pad_token_id
+    adapter = TorchLabelScorer(load_causal_lm(resolve_model(str(output))), labels, pad_token_id=pad)
+    merged = TorchLabelScorer(
+        load_causal_lm(resolve_model(str(output / "merged"))), labels, pad_token_id=pad
+    )
+    np.testing.assert_allclose(adapter.score(ids), merged.score(ids), atol=1e-4)
+    assert main([*args[:-1], "--qrels", str(qrels), "--validation-fraction", "0.99"]) == 2

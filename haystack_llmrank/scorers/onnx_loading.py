@@ -1,0 +1,115 @@
+"""Load an export folder: its tokenizer, an :class:`OnnxLabelScorer`, and its metadata."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from haystack_llmrank.errors import ModelResolutionError
+from haystack_llmrank.gpu_policy import OnMissingGpu
+from haystack_llmrank.scorers.onnx_metadata import (
+    GRAPH_FILE,
+    ExportMetadata,
+    check_labels,
+    read_metadata,
+)
+from haystack_llmrank.scorers.onnx_scorer import OnnxLabelScorer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoadedExport:
+    """What :func:`load_export` returns."""
+
+    tokenizer: Any
+    scorer: OnnxLabelScorer
+    metadata: ExportMetadata
+
+
+def load_export(
+    folder: str | Path,
+    *,
+    labels: Sequence[str] | None = None,
+    device: str | None = None,
+    on_missing_gpu: OnMissingGpu = "raise",
+    intra_op_num_threads: int | None = None,
+    inter_op_num_threads: int | None = None,
+    verify_hashes: bool = True,
+) -> LoadedExport:
+    """Load an export written by :func:`~haystack_llmrank.export.export_onnx`.
+
+    Refuses (:class:`~haystack_llmrank.errors.ModelResolutionError`) a folder that is not an
+    export, is of another format version, whose graph does not match its recorded hash
+    (checked unless ``verify_hashes`` is false), or, when ``labels`` are given, that scores
+    other labels; also a graph that this onnxruntime cannot load when it is older than the
+    one that exported it, naming both versions. The other arguments, and the metadata, go
+    to :class:`OnnxLabelScorer`.
+    """
+    path = Path(folder).expanduser()
+    metadata = read_metadata(path, verify_hashes=verify_hashes)
+    if labels is not None:
+        check_labels(metadata, labels)
+    tokenizer = _load_tokenizer(path)
+    try:
+        scorer = OnnxLabelScorer(
+            path / GRAPH_FILE,
+            metadata.label_ids,
+            pad_token_id=metadata.pad_token_id,
+            device=device,
+            on_missing_gpu=on_missing_gpu,
+            intra_op_num_threads=intra_op_num_threads,
+            inter_op_num_threads=inter_op_num_threads,
+            metadata=metadata,
+        )
+    except _onnxruntime_errors() as exc:
+        older = runtime_older_than_export(metadata)
+        if older is None:
+            raise
+        running, exporting = older
+        raise ModelResolutionError(
+            f"{path} was exported with onnxruntime {exporting}, and this onnxruntime "
+            f"{running} cannot load it ({exc}); upgrade onnxruntime to {exporting} or later, "
+            "or export the model again with this one"
+        ) from exc
+    return LoadedExport(tokenizer, scorer, metadata)
+
+
+def runtime_older_than_export(metadata: ExportMetadata) -> tuple[str, str] | None:
+    """``(running, exporting)`` onnxruntime versions when the running one is older, else None.
+
+    None also when the export does not record its version.
+    """
+    import onnxruntime as ort
+    from packaging.version import InvalidVersion, Version
+
+    exporting = metadata.exporter.get("onnxruntime")
+    running = str(ort.__version__)
+    try:
+        if exporting is None or Version(running) >= Version(exporting):
+            return None
+    except InvalidVersion:
+        return None
+    return running, exporting
+
+
+def _onnxruntime_errors() -> tuple[type[Exception], ...]:
+    """The exceptions ONNX Runtime raises when it cannot create a session from a graph."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    names = ("Fail", "InvalidArgument", "InvalidGraph", "InvalidProtobuf", "NotImplemented")
+    return tuple(getattr(state, name) for name in names if hasattr(state, name))
+
+
+def _load_tokenizer(folder: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError) as exc:
+        raise ModelResolutionError(
+            f"cannot load the tokenizer of the export {folder}: {exc}"
+        ) from exc

@@ -1,0 +1,158 @@
+"""``llmrank.json``, the export format the ONNX scorer reads: a folder's contents and checks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from haystack_llmrank.errors import ModelResolutionError
+from haystack_llmrank.labels import LabelIds
+
+METADATA_FILE = "llmrank.json"
+GRAPH_FILE = "model.onnx"
+DATA_FILE = "model.onnx.data"
+FORMAT = "llmrank-onnx"
+FORMAT_VERSION = 1
+INPUT_NAMES = ("input_ids", "attention_mask")
+OUTPUT_NAME = "label_logits"
+Precision = Literal["fp32", "fp16", "int8"]
+PRECISIONS: tuple[Precision, ...] = ("fp32", "fp16", "int8")
+Exporter = Literal["torchscript", "dynamo"]
+EXPORTERS: tuple[Exporter, ...] = ("torchscript", "dynamo")
+AttentionKind = Literal["fused", "plain"]
+AttentionChoice = Literal["auto", "fused", "plain"]
+ATTENTION_CHOICES: tuple[AttentionChoice, ...] = ("auto", "fused", "plain")
+EXPORT_HINT = (
+    "export it first: llmrank export MODEL OUT_DIR (or haystack_llmrank.export.export_onnx)"
+)
+
+
+@dataclass(frozen=True)
+class ExportMetadata:
+    """The contents of ``llmrank.json``.
+
+    ``files`` maps each file of the graph (``model.onnx`` and its external data, if any)
+    to its SHA-256; ``template`` is :meth:`PromptTemplate.to_dict` of the template whose
+    labels the graph scores; ``exporter`` records the exporting method and library versions;
+    ``attention`` is ``fused`` (one ONNX Runtime node per layer) or ``plain`` (exports
+    written before the field existed have plain attention).
+    """
+
+    label_ids: LabelIds
+    template: dict[str, Any]
+    precision: str
+    source_model: str
+    context_length: int
+    pad_token_id: int
+    opset: int
+    optimized: bool
+    files: dict[str, str]
+    exporter: dict[str, str] = field(default_factory=dict)
+    attention: str = "plain"
+    format: str = FORMAT
+    format_version: int = FORMAT_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form."""
+        data = asdict(self)
+        data["label_ids"] = self.label_ids.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ExportMetadata:
+        """Inverse of :meth:`to_dict`."""
+        return cls(**{**data, "label_ids": LabelIds.from_dict(data["label_ids"])})
+
+    def write(self, folder: Path) -> None:
+        """Write ``llmrank.json`` into ``folder``."""
+        text = json.dumps(self.to_dict(), indent=2, sort_keys=True)
+        (folder / METADATA_FILE).write_text(text + "\n", encoding="utf-8")
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def graph_hashes(folder: Path) -> dict[str, str]:
+    """SHA-256 of ``model.onnx`` and, when present, its external data file."""
+    names = [GRAPH_FILE] + ([DATA_FILE] if (folder / DATA_FILE).is_file() else [])
+    return {name: file_sha256(folder / name) for name in names}
+
+
+def is_export(folder: str | Path) -> bool:
+    """Whether ``folder`` looks like an ONNX export (it holds ``llmrank.json``)."""
+    return (Path(folder) / METADATA_FILE).is_file()
+
+
+def read_metadata(folder: str | Path, *, verify_hashes: bool = True) -> ExportMetadata:
+    """Read and check the metadata of an export folder.
+
+    Raises :class:`ModelResolutionError` if ``folder`` is not an export, has no or
+    unreadable metadata, is of another format version, or (with ``verify_hashes``) its
+    graph files do not match the recorded hashes.
+    """
+    path = Path(folder).expanduser()
+    meta_path = path / METADATA_FILE
+    if not path.is_dir():
+        raise ModelResolutionError(
+            f"{path} is not a folder; the onnx backend loads an export "
+            f"folder by path; {EXPORT_HINT}"
+        )
+    if not meta_path.is_file():
+        raise ModelResolutionError(
+            f"{path} holds no {METADATA_FILE}, so it is not an ONNX export; {EXPORT_HINT}"
+        )
+    try:
+        data = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelResolutionError(f"cannot read {meta_path}: {exc}") from exc
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ModelResolutionError(f"{meta_path} is not {FORMAT} metadata")
+    if data.get("format_version") != FORMAT_VERSION:
+        raise ModelResolutionError(
+            f"{path} is export format version {data.get('format_version')!r}; this llmrank "
+            f"reads version {FORMAT_VERSION}; export the model again with this version"
+        )
+    try:
+        metadata = ExportMetadata.from_dict(data)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelResolutionError(f"{meta_path} is incomplete or malformed: {exc}") from exc
+    if verify_hashes:
+        _check_hashes(path, metadata.files)
+    return metadata
+
+
+def _check_hashes(folder: Path, recorded: dict[str, str]) -> None:
+    missing = [name for name in sorted({GRAPH_FILE, *recorded}) if not (folder / name).is_file()]
+    if missing:
+        raise ModelResolutionError(f"{folder} lacks {missing}; {EXPORT_HINT}")
+    actual = graph_hashes(folder)
+    changed = sorted(
+        name for name in {*actual, *recorded} if actual.get(name) != recorded.get(name)
+    )
+    if changed:
+        raise ModelResolutionError(
+            f"{changed} in {folder} do not match the hashes in {METADATA_FILE} (changed or "
+            "corrupt); export the model again"
+        )
+
+
+def check_labels(metadata: ExportMetadata, labels: Sequence[str]) -> None:
+    """Raise :class:`ModelResolutionError` unless the export scores exactly ``labels``."""
+    exported = metadata.label_ids.labels
+    if tuple(labels) != exported:
+        name = metadata.template.get("name", "?")
+        raise ModelResolutionError(
+            f"this export scores the labels {list(exported)} of template {name!r}, not the "
+            f"requested {list(labels)}; load it with template={name!r} (or that template's "
+            "dict) or export again with the template you want"
+        )
