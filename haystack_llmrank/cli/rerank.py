@@ -10,7 +10,6 @@ from typing import Any
 
 from haystack_llmrank.cli.options import (
     add_model_options,
-    check_model_options,
     load_reranker,
     plural,
     positive_int,
@@ -90,7 +89,6 @@ def run(args: argparse.Namespace) -> int:
     check_word(args.tag, "the run tag")
     _check_writable(args.output, args.save_json)
     queries = read_queries(args.input, args.format)
-    check_model_options(args)
     if args.queries is not None and args.queries > len(queries):
         held = plural(len(queries), "query", "queries")
         raise ValueError(f"--queries {args.queries} but {args.input} holds {held}")
