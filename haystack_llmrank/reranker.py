@@ -51,6 +51,9 @@ class Reranker:
     the window. Windows follow ``strategy`` (FIRST's sliding window by default; see
     :mod:`haystack_llmrank.strategies`). ``batch_size`` is how many windows of different
     queries are scored together; the windows of one query's step always go together.
+    ``prompts`` replaces the :class:`PromptBuilder` made from ``template``,
+    ``max_prompt_tokens`` and ``max_passage_words`` (for instance one that caches prompts);
+    it must use ``template``.
     """
 
     def __init__(
@@ -65,6 +68,7 @@ class Reranker:
         batch_size: int = 1,
         max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
         model_name: str | None = None,
+        prompts: PromptBuilder | None = None,
     ) -> None:
         self.strategy: Strategy = strategy or SlidingWindow()
         if scorer.label_ids.labels[: len(template.labels)] != template.labels:
@@ -75,9 +79,11 @@ class Reranker:
         scorer.label_ids.check_window(self.strategy.window_size)
         if batch_size < 1 or max_batch_tokens < 1:
             raise ValueError("batch_size and max_batch_tokens must be positive")
+        if prompts is not None and prompts.template != template:
+            raise ValueError("the prompt builder's template is not the reranker's template")
         self.tokenizer = tokenizer
         self.scorer = scorer
-        self.prompts = PromptBuilder(
+        self.prompts = prompts or PromptBuilder(
             tokenizer,
             template,
             max_prompt_tokens=max_prompt_tokens,
@@ -129,6 +135,31 @@ class Reranker:
             model_name=loaded.model_name,
             **kwargs,
         )
+
+    def replace(self, **changes: Any) -> Reranker:
+        """A new reranker with the same parts except ``changes`` (constructor arguments),
+        checked as the constructor checks them."""
+        parts: dict[str, Any] = {
+            "tokenizer": self.tokenizer,
+            "scorer": self.scorer,
+            "max_prompt_tokens": self.prompts.max_prompt_tokens,
+            "template": self.prompts.template,
+            "strategy": self.strategy,
+            "max_passage_words": self.prompts.max_passage_words,
+            "batch_size": self.batch_size,
+            "max_batch_tokens": self.max_batch_tokens,
+            "model_name": self.model_name,
+            "prompts": self.prompts,
+        }
+        unknown = set(changes) - set(parts)
+        if unknown:
+            raise TypeError(f"Reranker has no argument {', '.join(sorted(unknown))}")
+        parts.update(changes)
+        rebuilt = {"tokenizer", "template", "max_prompt_tokens", "max_passage_words"}
+        if "prompts" not in changes and rebuilt & set(changes):
+            parts["prompts"] = None
+        tokenizer, scorer = parts.pop("tokenizer"), parts.pop("scorer")
+        return Reranker(tokenizer, scorer, **parts)
 
     def count_windows(self, sizes: Sequence[int], top_k: int | None = None) -> int:
         """The most forward passes ranking lists of these sizes can take."""

@@ -7,7 +7,6 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import haystack_llmrank
 from haystack_llmrank.reranker import DEFAULT_MAX_BATCH_TOKENS
 from haystack_llmrank.scorers.onnx_metadata import PRECISIONS, Precision
 from haystack_llmrank.strategies import (
@@ -56,13 +55,20 @@ SYNTHETIC_CONFIGS: dict[str, dict[str, int]] = {
 """Random-weight Mistral configurations: shapes only, for timing without downloaded weights."""
 
 
+DATA_DIR_VARIABLE = "LLMRANK_DL19_DIR"
+"""Environment variable naming the DL19 folder (``candidates.jsonl``, ``qrels.txt``)."""
+RELATIVE_DATA_DIR = Path("..") / "shared" / "data" / "trec-dl19"
+"""Where the DL19 folder is looked for, from the working directory, without the variable."""
+
+
 def default_data_dir() -> Path:
-    """``$LLMRANK_DL19_DIR``, else ``../shared/data/trec-dl19`` next to the project root."""
-    configured = os.environ.get("LLMRANK_DL19_DIR")
-    if configured:
-        return Path(configured)
-    project_root = Path(haystack_llmrank.__file__).resolve().parents[1]
-    return project_root.parent / "shared" / "data" / "trec-dl19"
+    """``$LLMRANK_DL19_DIR``, else ``../shared/data/trec-dl19`` from the working directory.
+
+    Neither depends on where the package is installed, so an installed wheel finds the same
+    data as a checkout run from its root.
+    """
+    configured = os.environ.get(DATA_DIR_VARIABLE)
+    return Path(configured) if configured else RELATIVE_DATA_DIR
 
 
 def default_rows(device: str) -> tuple[str, ...]:

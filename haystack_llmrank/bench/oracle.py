@@ -137,16 +137,7 @@ def oracle_reranker(
     ``cache`` holds prompts built before.
     """
     oracle = OracleScorer(resolve_label_ids(tokenizer, template.labels), noise=noise, seed=seed)
-    reranker = Reranker(
-        tokenizer,
-        oracle,
-        max_prompt_tokens=max_prompt_tokens,
-        template=template,
-        strategy=strategy,
-        batch_size=batch_size,
-        model_name="oracle",
-    )
-    reranker.prompts = OraclePromptBuilder(
+    prompts = OraclePromptBuilder(
         tokenizer,
         template,
         max_prompt_tokens=max_prompt_tokens,
@@ -154,4 +145,13 @@ def oracle_reranker(
         judge=judge,
         cache=cache,
     )
-    return reranker
+    return Reranker(
+        tokenizer,
+        oracle,
+        max_prompt_tokens=max_prompt_tokens,
+        template=template,
+        strategy=strategy,
+        batch_size=batch_size,
+        model_name="oracle",
+        prompts=prompts,
+    )

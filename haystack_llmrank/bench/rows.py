@@ -193,9 +193,7 @@ class EngineRow:
 
     def __init__(self, reranker: Reranker, builder: CachedPromptBuilder) -> None:
         self.recorder = RecordingScorer(reranker.scorer)
-        reranker.scorer = self.recorder
-        reranker.prompts = builder
-        self.reranker = reranker
+        self.reranker = reranker.replace(scorer=self.recorder, prompts=builder)
         self.builder = builder
 
     def warm(self, prompt: Prompt, n: int) -> None:
@@ -222,23 +220,27 @@ class EngineRow:
         """Time a pass over all queries at each batch size, with room for full batches."""
         longest = max(len(p.token_ids) for p in self.builder.cache.values())
         requests = [(q.query, q.texts) for q in queries]
-        saved = self.reranker.batch_size, self.reranker.max_batch_tokens
+        budget = self.reranker.max_batch_tokens
         points = []
         for size in sizes:
-            self.reranker.batch_size = size
-            self.reranker.max_batch_tokens = max(saved[1], size * longest)
-            points.append(self._timed_pass(requests, size, device))
-        self.reranker.batch_size, self.reranker.max_batch_tokens = saved
+            sized = self.reranker.replace(
+                batch_size=size, max_batch_tokens=max(budget, size * longest)
+            )
+            points.append(self._timed_pass(sized, requests, size, device))
         return tuple(points)
 
     def _timed_pass(
-        self, requests: Sequence[tuple[str, list[str]]], size: int, device: str
+        self,
+        reranker: Reranker,
+        requests: Sequence[tuple[str, list[str]]],
+        size: int,
+        device: str,
     ) -> SweepPoint:
         steps: list[int] = []
         reset_peak_cuda(device)
         built = self.builder.build_seconds
         start = clock(device)
-        self.reranker.rerank_many(requests, on_window=steps.append)
+        reranker.rerank_many(requests, on_window=steps.append)
         seconds = clock(device) - start - (self.builder.build_seconds - built)
         return SweepPoint(size, seconds, sum(steps), len(steps), peak_cuda_mb(device))
 

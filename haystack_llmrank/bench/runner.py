@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from haystack_llmrank.bench.config import (
+    DATA_DIR_VARIABLE,
     GENERATE,
     ORACLE,
     PLAIN,
@@ -161,7 +162,9 @@ def read_data(config: BenchConfig) -> tuple[list[QueryCandidates], Qrels]:
     candidates, qrels = config.data_dir / "candidates.jsonl", config.data_dir / "qrels.txt"
     for path in (candidates, qrels):
         if not path.is_file():
-            raise FileNotFoundError(f"{path} not found; point --data-dir at the DL19 folder")
+            raise FileNotFoundError(
+                f"{path} not found; point --data-dir (or ${DATA_DIR_VARIABLE}) at the DL19 folder"
+            )
     return read_queries(candidates), read_qrels(qrels)
 
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import PROJECT_ROOT
+
 ENGINE = (
     "haystack_llmrank",
     "haystack_llmrank.reranker",
@@ -146,3 +148,32 @@ def test_old_import_paths_give_the_moved_objects(old: str, new: str) -> None:
         assert getattr(alias, name) is getattr(moved, name)
     with pytest.raises(AttributeError):
         alias.no_such_name  # noqa: B018
+
+
+def test_bench_finds_its_data_without_the_package_location(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from haystack_llmrank.bench.config import DATA_DIR_VARIABLE, default_data_dir
+
+    monkeypatch.delenv(DATA_DIR_VARIABLE, raising=False)
+    assert default_data_dir() == Path("..", "shared", "data", "trec-dl19")
+    monkeypatch.setenv(DATA_DIR_VARIABLE, "/data/dl19")
+    assert default_data_dir() == Path("/data/dl19")
+
+
+def test_bench_sets_no_attribute_of_an_engine_object() -> None:
+    """The bench varies the engine through its constructor, never by assignment."""
+
+    def foreign(target: str) -> bool:
+        target = target.strip()
+        own = target.startswith("self.") and target.count(".") == 1
+        return "." in target and "[" not in target and not own
+
+    found = []
+    for path in (PROJECT_ROOT / "haystack_llmrank" / "bench").glob("*.py"):
+        for line in path.read_text().splitlines():
+            left, equals, _ = line.partition(" = ")
+            targets = left.split(":")[0].split(",")
+            if equals and "(" not in left and any(foreign(t) for t in targets):
+                found.append(f"{path.name}: {line.strip()}")
+    assert not found

@@ -122,9 +122,6 @@ def test_batched_queries_equal_one_by_one(
 
 
 def test_cost_counts_the_prompts_scored(smollm2_tokenizer: Any, tiny_scorer: Any) -> None:
-    reranker = Reranker(
-        smollm2_tokenizer, tiny_scorer, max_prompt_tokens=4096, strategy=make_strategy("tdpart")
-    )
     scored: list[int] = []
     score = tiny_scorer.score
 
@@ -132,7 +129,12 @@ def test_cost_counts_the_prompts_scored(smollm2_tokenizer: Any, tiny_scorer: Any
         scored.extend(len(p) for p in prompts)
         return score(prompts)
 
-    reranker.scorer = Mock(wraps=tiny_scorer, label_ids=tiny_scorer.label_ids, score=counting)
+    reranker = Reranker(
+        smollm2_tokenizer,
+        Mock(wraps=tiny_scorer, label_ids=tiny_scorer.label_ids, score=counting),
+        max_prompt_tokens=4096,
+        strategy=make_strategy("tdpart"),
+    )
     steps: list[int] = []
     rankings = reranker.rerank_many(
         [("bees", passages(45)), ("owls", passages(30))], on_window=steps.append
@@ -188,6 +190,52 @@ def test_template_must_match_scorer_labels(smollm2_tokenizer: Any, tiny_scorer: 
         Reranker(
             smollm2_tokenizer, tiny_scorer, max_prompt_tokens=4096, template=FIRST_NUMERIC_TEMPLATE
         )
+
+
+class CountingBuilder(PromptBuilder):
+    """Counts the prompts it builds."""
+
+    built = 0
+
+    def build(self, query: str, texts: Any) -> Any:
+        self.built += 1
+        return super().build(query, texts)
+
+
+def test_an_injected_prompt_builder_builds_every_prompt(
+    smollm2_tokenizer: Any, tiny_scorer: Any
+) -> None:
+    from haystack_llmrank.prompt import FIRST_NUMERIC_TEMPLATE, FIRST_TEMPLATE
+
+    builder = CountingBuilder(smollm2_tokenizer, FIRST_TEMPLATE, max_prompt_tokens=4096)
+    reranker = Reranker(smollm2_tokenizer, tiny_scorer, max_prompt_tokens=4096, prompts=builder)
+    ranking = reranker.rerank("bees", passages(45))
+    assert reranker.prompts is builder
+    assert builder.built == ranking.cost.windows == 4
+    other = CountingBuilder(smollm2_tokenizer, FIRST_NUMERIC_TEMPLATE, max_prompt_tokens=4096)
+    with pytest.raises(ValueError, match="template"):
+        Reranker(smollm2_tokenizer, tiny_scorer, max_prompt_tokens=4096, prompts=other)
+
+
+def test_replace_changes_only_what_it_names(tiny_reranker: Reranker) -> None:
+    sized = tiny_reranker.replace(batch_size=3, max_batch_tokens=999)
+    assert (sized.batch_size, sized.max_batch_tokens) == (3, 999)
+    assert sized.scorer is tiny_reranker.scorer
+    assert sized.prompts is tiny_reranker.prompts
+    assert sized.strategy is tiny_reranker.strategy
+    assert (
+        sized.rerank("bees", passages(12)).order == tiny_reranker.rerank("bees", passages(12)).order
+    )
+    shorter = tiny_reranker.replace(max_passage_words=3)
+    assert shorter.prompts is not tiny_reranker.prompts
+    assert shorter.prompts.max_passage_words == 3
+    assert shorter.prompts.max_prompt_tokens == tiny_reranker.prompts.max_prompt_tokens
+    with pytest.raises(ValueError, match="27 passages"):
+        tiny_reranker.replace(strategy=SlidingWindow(27, 10))
+    with pytest.raises(ValueError, match="positive"):
+        tiny_reranker.replace(batch_size=0)
+    with pytest.raises(TypeError, match="no argument colour"):
+        tiny_reranker.replace(colour="red")
 
 
 def test_length_buckets_respect_budget() -> None:
