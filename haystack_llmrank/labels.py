@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import string
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -67,12 +68,30 @@ class LabelIds:
         return cls(tuple(data["labels"]), tuple(tuple(int(i) for i in g) for g in data["ids"]))
 
 
+_RESOLVED: weakref.WeakKeyDictionary[Any, dict[tuple[tuple[str, ...], int], LabelIds]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 def resolve_label_ids(tokenizer: Any, labels: Sequence[str]) -> LabelIds:
     """Find, for each label, every id that decodes to it alone or after one space.
 
     Decoding (not the raw token string) makes this independent of the tokenizer's
-    space marker (``Ġ``, ``▁``) and catches byte-fallback tokens such as ``<0x41>``.
+    space marker (``Ġ``, ``▁``) and catches byte-fallback tokens such as ``<0x41>``. The
+    result is remembered per tokenizer object, labels and vocabulary size (decoding the
+    whole vocabulary takes about half a second).
     """
+    try:
+        remembered = _RESOLVED.setdefault(tokenizer, {})
+    except TypeError:  # not weakly referenceable: resolve every time
+        remembered = {}
+    key = (tuple(labels), len(tokenizer))
+    if key not in remembered:
+        remembered[key] = _resolve(tokenizer, labels)
+    return remembered[key]
+
+
+def _resolve(tokenizer: Any, labels: Sequence[str]) -> LabelIds:
     wanted = {label: i for i, label in enumerate(labels)}
     if len(wanted) != len(labels):
         raise ValueError(f"labels must be distinct: {list(labels)}")

@@ -14,7 +14,12 @@ _SPLIT = "split.json"
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    """Add the ``train`` options and handler to ``parser``."""
+    """Add the ``train`` options and handler to ``parser``; defaults come from TrainConfig."""
+    from haystack_llmrank.training.config import TrainConfig
+
+    config = TrainConfig()
+    sampling, lora_defaults = config.sampling, config.lora
+    assert lora_defaults is not None
     parser.description = (
         "Fine-tune a causal LM for single-token listwise reranking with FIRST's loss: LM "
         "cross-entropy on the target ranking string plus a weighted RankNet on the label "
@@ -40,36 +45,76 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     run = parser.add_argument_group("run")
-    run.add_argument("--steps", type=positive_int, default=200, help="optimizer updates (200)")
     run.add_argument(
-        "--grad-accumulation", type=positive_int, default=4, help="windows per update (4)"
+        "--steps", type=positive_int, default=config.steps, help="optimizer updates (%(default)s)"
     )
-    run.add_argument("--learning-rate", type=positive_float, default=3e-4, help="peak (3e-4)")
-    run.add_argument("--warmup-steps", type=int, default=10, help="linear warm-up updates (10)")
     run.add_argument(
-        "--ranknet-weight", type=float, default=10.0, help="lambda on RankNet (10, as FIRST)"
+        "--grad-accumulation",
+        type=positive_int,
+        default=config.grad_accumulation,
+        help="windows per update (%(default)s)",
     )
-    run.add_argument("--seed", type=int, default=0, help="seed of sampling and init (0)")
+    run.add_argument(
+        "--learning-rate",
+        type=positive_float,
+        default=config.learning_rate,
+        help="peak (%(default)s)",
+    )
+    run.add_argument(
+        "--warmup-steps",
+        type=int,
+        default=config.warmup_steps,
+        help="linear warm-up updates (%(default)s)",
+    )
+    run.add_argument(
+        "--ranknet-weight",
+        type=float,
+        default=config.ranknet_weight,
+        help="lambda on RankNet (%(default)s; FIRST used 10)",
+    )
+    run.add_argument(
+        "--seed", type=int, default=config.seed, help="seed of sampling and init (%(default)s)"
+    )
     run.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint")
     run.add_argument(
         "--gradient-checkpointing", action="store_true", help="recompute activations (less memory)"
     )
     windows = parser.add_argument_group("windows")
-    windows.add_argument("--min-window", type=positive_int, default=4, help="smallest (4)")
-    windows.add_argument("--max-window", type=positive_int, default=20, help="largest (20)")
     windows.add_argument(
-        "--pool", type=positive_int, default=100, help="sample from the top N candidates (100)"
+        "--min-window", type=positive_int, default=sampling.min_size, help="smallest (%(default)s)"
     )
     windows.add_argument(
-        "--max-passage-words", type=positive_int, default=64, help="words per passage (64)"
+        "--max-window", type=positive_int, default=sampling.max_size, help="largest (%(default)s)"
     )
     windows.add_argument(
-        "--max-prompt-tokens", type=positive_int, default=2048, help="prompt budget (2048)"
+        "--pool",
+        type=positive_int,
+        default=sampling.pool,
+        help="sample from the top N candidates (%(default)s)",
+    )
+    windows.add_argument(
+        "--max-passage-words",
+        type=positive_int,
+        default=config.max_passage_words,
+        help="words per passage (%(default)s)",
+    )
+    windows.add_argument(
+        "--max-prompt-tokens",
+        type=positive_int,
+        default=config.max_prompt_tokens,
+        help="prompt budget (%(default)s)",
     )
     lora = parser.add_argument_group("adapter")
     lora.add_argument("--full", action="store_true", help="train every weight instead of LoRA")
-    lora.add_argument("--lora-rank", type=positive_int, default=16, help="LoRA rank (16)")
-    lora.add_argument("--lora-alpha", type=positive_int, default=32, help="LoRA alpha (32)")
+    lora.add_argument(
+        "--lora-rank", type=positive_int, default=lora_defaults.rank, help="LoRA rank (%(default)s)"
+    )
+    lora.add_argument(
+        "--lora-alpha",
+        type=positive_int,
+        default=lora_defaults.alpha,
+        help="LoRA alpha (%(default)s)",
+    )
     lora.add_argument(
         "--lora-targets",
         default=None,
@@ -86,12 +131,20 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="share of queries held out (by query) for validation; 0 turns it off (0.3)",
     )
     held.add_argument("--split-seed", type=int, default=0, help="seed of the query split (0)")
-    held.add_argument("--eval-every", type=positive_int, default=25, help="updates (25)")
     held.add_argument(
-        "--checkpoint-every", type=positive_int, default=25, help="updates between checkpoints"
+        "--eval-every", type=positive_int, default=config.eval_every, help="updates (%(default)s)"
     )
     held.add_argument(
-        "--validation-depth", type=positive_int, default=20, help="rerank the top N (20)"
+        "--checkpoint-every",
+        type=positive_int,
+        default=config.checkpoint_every,
+        help="updates between checkpoints (%(default)s)",
+    )
+    held.add_argument(
+        "--validation-depth",
+        type=positive_int,
+        default=config.validation_depth,
+        help="rerank the top N (%(default)s)",
     )
     parser.set_defaults(handler=run_train)
 

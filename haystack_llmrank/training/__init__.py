@@ -1,21 +1,48 @@
-"""FIRST fine-tuning: windows with target rankings, the loss, and a resumable trainer."""
+"""FIRST fine-tuning: windows with target rankings, the loss, and a resumable trainer.
 
-from haystack_llmrank.training.adapters import LoraSettings, save_trained
-from haystack_llmrank.training.encoding import EncodedWindow, WindowEncoder
-from haystack_llmrank.training.losses import weighted_ranknet
-from haystack_llmrank.training.targets import (
-    TrainingQuery,
-    TrainingWindow,
-    WindowSampling,
-    training_queries,
-)
-from haystack_llmrank.training.trainer import (
-    FirstTrainer,
-    StepReport,
-    TrainConfig,
-    Validation,
-    window_losses,
-)
+Names are imported from their modules on first use, so reading the settings
+(:class:`TrainConfig`, :class:`WindowSampling`, :class:`LoraSettings`) loads no torch.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from haystack_llmrank.training.adapters import LoraSettings, save_trained
+    from haystack_llmrank.training.config import TrainConfig
+    from haystack_llmrank.training.encoding import EncodedWindow, WindowEncoder
+    from haystack_llmrank.training.losses import weighted_ranknet
+    from haystack_llmrank.training.targets import (
+        TrainingQuery,
+        TrainingWindow,
+        WindowSampling,
+        training_queries,
+    )
+    from haystack_llmrank.training.trainer import (
+        FirstTrainer,
+        StepReport,
+        Validation,
+        window_losses,
+    )
+
+_MODULES = {
+    "LoraSettings": "adapters",
+    "save_trained": "adapters",
+    "TrainConfig": "config",
+    "EncodedWindow": "encoding",
+    "WindowEncoder": "encoding",
+    "weighted_ranknet": "losses",
+    "TrainingQuery": "targets",
+    "TrainingWindow": "targets",
+    "WindowSampling": "targets",
+    "training_queries": "targets",
+    "FirstTrainer": "trainer",
+    "StepReport": "trainer",
+    "Validation": "trainer",
+    "window_losses": "trainer",
+}
 
 __all__ = [
     "EncodedWindow",
@@ -33,3 +60,10 @@ __all__ = [
     "weighted_ranknet",
     "window_losses",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULES.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f"{__name__}.{module}"), name)

@@ -8,7 +8,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,22 +17,17 @@ import torch
 
 from haystack_llmrank.data import Qrels, QueryCandidates
 from haystack_llmrank.labels import LabelIds, resolve_label_ids
-from haystack_llmrank.prompt import (
-    DEFAULT_MAX_PASSAGE_WORDS,
-    FIRST_TEMPLATE,
-    PromptBuilder,
-    PromptTemplate,
-)
+from haystack_llmrank.prompt import FIRST_TEMPLATE, PromptBuilder, PromptTemplate
 from haystack_llmrank.training.adapters import (
-    LoraSettings,
     causal_lm,
     make_trainable,
     save_trained,
     trainable_parameters,
 )
+from haystack_llmrank.training.config import TrainConfig
 from haystack_llmrank.training.encoding import EncodedWindow, WindowEncoder
 from haystack_llmrank.training.losses import weighted_ranknet
-from haystack_llmrank.training.targets import TrainingQuery, WindowSampling
+from haystack_llmrank.training.targets import TrainingQuery
 
 logger = logging.getLogger(__name__)
 
@@ -40,54 +35,6 @@ CHECKPOINT = "checkpoint"
 """Sub-folder of the output folder that holds the latest resumable state."""
 RECORD = "training.json"
 """File in the output folder with the settings, the history and the best validation."""
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Settings of one training run. ``steps`` counts optimizer updates."""
-
-    steps: int = 200
-    grad_accumulation: int = 4
-    learning_rate: float = 3e-4
-    warmup_steps: int = 10
-    min_lr_ratio: float = 0.1
-    ranknet_weight: float = 10.0
-    max_grad_norm: float = 1.0
-    seed: int = 0
-    max_passage_words: int = 64
-    max_prompt_tokens: int = 2048
-    eval_every: int = 25
-    checkpoint_every: int = 25
-    validation_depth: int = 20
-    validation_passage_words: int = DEFAULT_MAX_PASSAGE_WORDS
-    sampling: WindowSampling = field(default_factory=WindowSampling)
-    lora: LoraSettings | None = field(default_factory=LoraSettings)
-    gradient_checkpointing: bool = False
-
-    def __post_init__(self) -> None:
-        positive = {
-            "steps": self.steps,
-            "grad_accumulation": self.grad_accumulation,
-            "max_passage_words": self.max_passage_words,
-            "max_prompt_tokens": self.max_prompt_tokens,
-            "eval_every": self.eval_every,
-            "checkpoint_every": self.checkpoint_every,
-            "validation_depth": self.validation_depth,
-            "validation_passage_words": self.validation_passage_words,
-        }
-        for name, value in positive.items():
-            if value < 1:
-                raise ValueError(f"{name} must be at least 1, got {value}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
-        if self.ranknet_weight < 0 or self.warmup_steps < 0 or self.max_grad_norm <= 0:
-            raise ValueError("ranknet_weight and warmup_steps must be >= 0, max_grad_norm > 0")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable form."""
-        return asdict(self)
 
 
 @dataclass(frozen=True)

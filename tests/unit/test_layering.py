@@ -9,8 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from tests.support import PROJECT_ROOT
+from support import PROJECT_ROOT
 
 ENGINE = (
     "haystack_llmrank",
@@ -104,7 +103,12 @@ HEAVY = {"torch", "transformers", "pytrec_eval", "tqdm", "haystack", "opensearch
 
 @pytest.mark.parametrize(
     ("argv", "subcommand"),
-    [(["serve", "--help"], "serve"), (["-v", "bench", "--help"], "bench"), (["--help"], None)],
+    [
+        (["serve", "--help"], "serve"),
+        (["-v", "bench", "--help"], "bench"),
+        (["train", "--help"], "train"),
+        (["--help"], None),
+    ],
 )
 def test_help_loads_only_the_registration_of_its_subcommand(
     argv: list[str], subcommand: str | None

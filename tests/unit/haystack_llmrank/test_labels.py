@@ -73,3 +73,26 @@ def test_padded_index_and_round_trip() -> None:
 def test_duplicate_labels_rejected() -> None:
     with pytest.raises(ValueError, match="distinct"):
         resolve_label_ids(FakeTokenizer(["A"]), ["A", "A"])
+
+
+class CountingTokenizer(FakeTokenizer):
+    """Counts how often the vocabulary is decoded."""
+
+    decodes = 0
+
+    def batch_decode(self, batch: list[list[int]]) -> list[str]:
+        self.decodes += 1
+        return super().batch_decode(batch)
+
+
+def test_resolution_is_remembered_per_tokenizer_labels_and_vocabulary() -> None:
+    tokenizer = CountingTokenizer(["A", " B", "x", "C"])
+    first = resolve_label_ids(tokenizer, ("A", "B"))
+    assert resolve_label_ids(tokenizer, ("A", "B")) is first
+    assert tokenizer.decodes == 1
+    assert resolve_label_ids(tokenizer, ("A", "C")).ids == ((0,), (3,))
+    assert tokenizer.decodes == 2
+    tokenizer.vocab.append(" A")
+    assert resolve_label_ids(tokenizer, ("A", "B")).ids == ((0, 4), (1,))
+    other = CountingTokenizer(["B", "A"])
+    assert resolve_label_ids(other, ("A", "B")).ids == ((1,), (0,))

@@ -602,6 +602,7 @@ def test_fp16_export_matches_float32_on_prompts_over_2000_tokens(
     assert_decisive_pairs_kept(got, reference, margin=0.1)
 
 
+@pytest.mark.slow
 def test_dynamo_exporter_matches_torch(
     tiny_model_dir: Path, tmp_path: Path, tiny_scorer: TorchLabelScorer
 ) -> None:

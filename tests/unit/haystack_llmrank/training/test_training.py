@@ -319,3 +319,12 @@ def test_cli_trains_validates_and_writes_adapter_and_merged_weights(
     )
     np.testing.assert_allclose(adapter.score(ids), merged.score(ids), atol=1e-4)
     assert main([*args[:-1], "--qrels", str(qrels), "--validation-fraction", "0.99"]) == 2
+
+
+def test_every_public_training_name_resolves() -> None:
+    import haystack_llmrank.training as training
+
+    for name in training.__all__:
+        assert getattr(training, name).__name__ == name
+    with pytest.raises(AttributeError, match="no attribute 'Trainer'"):
+        _ = training.Trainer  # type: ignore[attr-defined]

@@ -134,6 +134,7 @@ def rows_of(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {row["row"]: row for row in report["rows"]}
 
 
+@pytest.mark.slow
 def test_every_row_is_in_the_table_and_the_json(bench_run: tuple[int, str, dict[str, Any]]) -> None:
     code, printed, report = bench_run
     assert code == 0
@@ -164,6 +165,7 @@ RUN_FIELDS: dict[str, type | tuple[type, ...]] = {
 }
 
 
+@pytest.mark.slow
 def test_rows_that_ran_have_typed_fields(bench_run: tuple[int, str, dict[str, Any]]) -> None:
     _, _, report = bench_run
     ran = [row for row in report["rows"] if row["status"] == "ok"]
@@ -187,6 +189,7 @@ def test_rows_that_ran_have_typed_fields(bench_run: tuple[int, str, dict[str, An
     assert report["floor"]["body_parameters"] > 0
 
 
+@pytest.mark.slow
 def test_floor_counts_weights_and_causal_attention(
     bench_run: tuple[int, str, dict[str, Any]],
 ) -> None:
@@ -214,6 +217,7 @@ def test_attention_width_reads_head_dim_or_derives_it() -> None:
     assert attention_width(SimpleNamespace()) is None
 
 
+@pytest.mark.slow
 def test_speedups_are_relative_to_plain_and_generate(
     bench_run: tuple[int, str, dict[str, Any]],
 ) -> None:
@@ -237,6 +241,7 @@ def assert_same_as_plain(row: dict[str, Any], plain: dict[str, Any]) -> None:
     assert row["ndcg_at_10"] == plain["ndcg_at_10"]
 
 
+@pytest.mark.slow
 def test_plain_and_torch_order_every_window_alike(
     bench_run: tuple[int, str, dict[str, Any]],
 ) -> None:
@@ -245,6 +250,7 @@ def test_plain_and_torch_order_every_window_alike(
     assert rows["plain"]["agreement_with_plain"] is None
 
 
+@pytest.mark.slow
 def test_onnx_fp32_orders_windows_like_plain_where_onnxruntime_is_installed(
     bench_run: tuple[int, str, dict[str, Any]],
 ) -> None:
@@ -262,6 +268,7 @@ def test_onnx_fp32_orders_windows_like_plain_where_onnxruntime_is_installed(
         assert 0 <= rows["onnx-int8"]["agreement_with_plain"]["windows_agreeing"] <= WINDOWS
 
 
+@pytest.mark.slow
 def test_an_existing_export_is_reused(
     bench_run: tuple[int, str, dict[str, Any]], tied_model_dir: Path, tmp_path: Path
 ) -> None:
@@ -274,6 +281,7 @@ def test_an_existing_export_is_reused(
         export_onnx_row(str(tied_model_dir), "fp32", tmp_path)
 
 
+@pytest.mark.slow
 def test_synthetic_config_runs_with_a_batch_size_sweep(
     bench_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -418,6 +426,7 @@ def strategy_run(
     return code, printed, json.loads(output.read_text())
 
 
+@pytest.mark.slow
 def test_every_strategy_gets_a_line_of_its_own(
     strategy_run: tuple[int, str, dict[str, Any]],
 ) -> None:
@@ -434,6 +443,7 @@ def test_every_strategy_gets_a_line_of_its_own(
     assert re.search(r"\ntorch +tournament ", table)
 
 
+@pytest.mark.slow
 def test_lines_count_windows_steps_and_tokens_per_query(
     strategy_run: tuple[int, str, dict[str, Any]],
 ) -> None:
