@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,75 +46,33 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     run = parser.add_argument_group("run")
-    run.add_argument(
-        "--steps", type=positive_int, default=config.steps, help="optimizer updates (%(default)s)"
-    )
-    run.add_argument(
-        "--grad-accumulation",
-        type=positive_int,
-        default=config.grad_accumulation,
-        help="windows per update (%(default)s)",
-    )
-    run.add_argument(
-        "--learning-rate",
-        type=positive_float,
-        default=config.learning_rate,
-        help="peak (%(default)s)",
-    )
-    run.add_argument(
-        "--warmup-steps",
-        type=int,
-        default=config.warmup_steps,
-        help="linear warm-up updates (%(default)s)",
-    )
-    run.add_argument(
-        "--ranknet-weight",
-        type=float,
-        default=config.ranknet_weight,
-        help="lambda on RankNet (%(default)s; FIRST used 10)",
-    )
-    run.add_argument(
-        "--seed", type=int, default=config.seed, help="seed of sampling and init (%(default)s)"
+    _numbers(
+        run,
+        ("--steps", positive_int, config.steps, "optimizer updates"),
+        ("--grad-accumulation", positive_int, config.grad_accumulation, "windows per update"),
+        ("--learning-rate", positive_float, config.learning_rate, "peak learning rate"),
+        ("--warmup-steps", int, config.warmup_steps, "linear warm-up updates"),
+        ("--ranknet-weight", float, config.ranknet_weight, "lambda on RankNet; FIRST used 10"),
+        ("--seed", int, config.seed, "seed of sampling and init"),
     )
     run.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint")
     run.add_argument(
         "--gradient-checkpointing", action="store_true", help="recompute activations (less memory)"
     )
-    windows = parser.add_argument_group("windows")
-    windows.add_argument(
-        "--min-window", type=positive_int, default=sampling.min_size, help="smallest (%(default)s)"
-    )
-    windows.add_argument(
-        "--max-window", type=positive_int, default=sampling.max_size, help="largest (%(default)s)"
-    )
-    windows.add_argument(
-        "--pool",
-        type=positive_int,
-        default=sampling.pool,
-        help="sample from the top N candidates (%(default)s)",
-    )
-    windows.add_argument(
-        "--max-passage-words",
-        type=positive_int,
-        default=config.max_passage_words,
-        help="words per passage (%(default)s)",
-    )
-    windows.add_argument(
-        "--max-prompt-tokens",
-        type=positive_int,
-        default=config.max_prompt_tokens,
-        help="prompt budget (%(default)s)",
+    _numbers(
+        parser.add_argument_group("windows"),
+        ("--min-window", positive_int, sampling.min_size, "smallest window"),
+        ("--max-window", positive_int, sampling.max_size, "largest window"),
+        ("--pool", positive_int, sampling.pool, "sample from the top N candidates"),
+        ("--max-passage-words", positive_int, config.max_passage_words, "words per passage"),
+        ("--max-prompt-tokens", positive_int, config.max_prompt_tokens, "prompt budget"),
     )
     lora = parser.add_argument_group("adapter")
     lora.add_argument("--full", action="store_true", help="train every weight instead of LoRA")
-    lora.add_argument(
-        "--lora-rank", type=positive_int, default=lora_defaults.rank, help="LoRA rank (%(default)s)"
-    )
-    lora.add_argument(
-        "--lora-alpha",
-        type=positive_int,
-        default=lora_defaults.alpha,
-        help="LoRA alpha (%(default)s)",
+    _numbers(
+        lora,
+        ("--lora-rank", positive_int, lora_defaults.rank, "LoRA rank"),
+        ("--lora-alpha", positive_int, lora_defaults.alpha, "LoRA alpha"),
     )
     lora.add_argument(
         "--lora-targets",
@@ -124,29 +83,26 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--merge", action="store_true", help="also write merged full weights to OUTPUT/merged"
     )
     held = parser.add_argument_group("validation")
-    held.add_argument(
-        "--validation-fraction",
-        type=float,
-        default=0.3,
-        help="share of queries held out (by query) for validation; 0 turns it off (0.3)",
-    )
-    held.add_argument("--split-seed", type=int, default=0, help="seed of the query split (0)")
-    held.add_argument(
-        "--eval-every", type=positive_int, default=config.eval_every, help="updates (%(default)s)"
-    )
-    held.add_argument(
-        "--checkpoint-every",
-        type=positive_int,
-        default=config.checkpoint_every,
-        help="updates between checkpoints (%(default)s)",
-    )
-    held.add_argument(
-        "--validation-depth",
-        type=positive_int,
-        default=config.validation_depth,
-        help="rerank the top N (%(default)s)",
+    _numbers(
+        held,
+        (
+            "--validation-fraction",
+            float,
+            0.3,
+            "share of queries held out (by query) for validation; 0 turns it off",
+        ),
+        ("--split-seed", int, 0, "seed of the query split"),
+        ("--eval-every", positive_int, config.eval_every, "updates between validations"),
+        ("--checkpoint-every", positive_int, config.checkpoint_every, "updates per checkpoint"),
+        ("--validation-depth", positive_int, config.validation_depth, "rerank the top N"),
     )
     parser.set_defaults(handler=run_train)
+
+
+def _numbers(group: Any, *options: tuple[str, Callable[[str], Any], Any, str]) -> None:
+    """Add numeric options whose help ends with their default."""
+    for flag, kind, default, text in options:
+        group.add_argument(flag, type=kind, default=default, help=f"{text} (%(default)s)")
 
 
 def split_queries(qids: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
