@@ -173,19 +173,24 @@ class Reranker:
         self,
         requests: Sequence[RerankRequest],
         *,
-        top_k: int | None = None,
+        top_k: int | Sequence[int | None] | None = None,
         on_window: Callable[[int], None] | None = None,
     ) -> list[Ranking]:
         """Rank many queries' passages, batching windows of different queries together.
 
-        ``top_k`` tells the strategy that only the first ``top_k`` positions of each ranking
-        matter; it may then leave more positions in first-stage order
-        (:attr:`Ranking.unranked`). ``on_window`` is called with the number of windows
-        finished after each step. A query's ranking does not depend on the others.
+        ``top_k`` (one value, or one per request) tells the strategy that only the first
+        ``top_k`` positions of a ranking matter; it may then leave more positions in
+        first-stage order (:attr:`Ranking.unranked`). ``on_window`` is called with the
+        number of windows finished after each step. A query's ranking does not depend on
+        the others.
         """
         for query, passages in requests:
             _check_request(query, passages)
-        runs = [QueryRun(self.strategy, len(passages), top_k) for _, passages in requests]
+        depths = _per_request(top_k, len(requests))
+        runs = [
+            QueryRun(self.strategy, len(passages), depth)
+            for (_, passages), depth in zip(requests, depths, strict=True)
+        ]
         tokens = [0] * len(runs)
 
         def score(windows: Sequence[tuple[int, Sequence[int]]]) -> list[npt.NDArray[np.float32]]:
@@ -208,6 +213,15 @@ class Reranker:
             logits = self.scorer.score([prompts[i].token_ids for i in group])
             scored.update(zip(group, logits, strict=True))
         return [scored[i] for i in range(len(prompts))]
+
+
+def _per_request(top_k: int | Sequence[int | None] | None, count: int) -> list[int | None]:
+    if top_k is None or isinstance(top_k, int):
+        return [top_k] * count
+    depths = list(top_k)
+    if len(depths) != count:
+        raise ValueError(f"top_k has {len(depths)} values for {count} requests")
+    return depths
 
 
 def _check_request(query: str, passages: Sequence[str]) -> None:

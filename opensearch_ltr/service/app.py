@@ -166,7 +166,7 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
 async def _rank(batcher: RerankBatcher, query: RerankQuery) -> Ranking:
     if not query.documents:
         return Ranking((), (), ())
-    future = batcher.submit(query.query, query.documents)
+    future = batcher.submit(query.query, query.documents, query.top_n)
     try:
         return await asyncio.wrap_future(future)
     except (ValueError, TypeError) as exc:

@@ -38,9 +38,11 @@ class RerankEngine(Protocol):
         self,
         requests: Sequence[tuple[str, Sequence[str]]],
         *,
+        top_k: Sequence[int | None] | None = None,
         on_window: Callable[[int], None] | None = None,
     ) -> list[Ranking]:
-        """Rank many queries' passages in one call; ``on_window`` runs after each step."""
+        """Rank many queries' passages in one call; only each request's first ``top_k``
+        positions need ranking; ``on_window`` runs after each step."""
         ...
 
 
@@ -71,6 +73,7 @@ class _BatchAbandonedError(Exception):
 class _Job:
     query: str
     passages: tuple[str, ...]
+    top_k: int | None = None
     future: Future[Ranking] = field(default_factory=Future)
 
     @property
@@ -147,13 +150,18 @@ class RerankBatcher:
         """Start the worker thread, which builds and warms up the engine."""
         self._thread.start()
 
-    def submit(self, query: str, passages: Sequence[str]) -> Future[Ranking]:
+    def submit(
+        self, query: str, passages: Sequence[str], top_k: int | None = None
+    ) -> Future[Ranking]:
         """Queue one request; the future resolves with its ranking or the engine's error.
+
+        With ``top_k``, only the first ``top_k`` positions need to be ranked (the strategy
+        may leave the rest in input order).
 
         Cancel the future to abandon the request. Raises :class:`ServiceUnavailableError`
         unless :attr:`state` is ``READY``.
         """
-        job = _Job(query, tuple(passages))
+        job = _Job(query, tuple(passages), top_k)
         with self._changed:
             self._queue = deque(queued for queued in self._queue if queued.wanted)
             self.check_ready()
@@ -238,7 +246,9 @@ class RerankBatcher:
         self._progress_at = time.monotonic()
         try:
             rankings = engine.rerank_many(
-                [(job.query, job.passages) for job in jobs], on_window=between_windows
+                [(job.query, job.passages) for job in jobs],
+                top_k=[job.top_k for job in jobs],
+                on_window=between_windows,
             )
             if len(rankings) != len(jobs):
                 raise RuntimeError(f"the engine answered {len(rankings)} of {len(jobs)} requests")

@@ -50,6 +50,7 @@ class RecordingEngine:
     def __init__(self, inner: RerankEngine) -> None:
         self.inner = inner
         self.calls: list[int] = []
+        self.depths: list[list[int | None]] = []
         self.gate = threading.Event()
         self.gate.set()
 
@@ -57,12 +58,14 @@ class RecordingEngine:
         self,
         requests: Sequence[tuple[str, Sequence[str]]],
         *,
+        top_k: Sequence[int | None] | None = None,
         on_window: Callable[[int], None] | None = None,
     ) -> list[Ranking]:
         self.calls.append(len(requests))
+        self.depths.append(list(top_k or [None] * len(requests)))
         if not self.gate.wait(10):
             raise RuntimeError("gate never opened")
-        return self.inner.rerank_many(requests, on_window=on_window)
+        return self.inner.rerank_many(requests, top_k=top_k, on_window=on_window)
 
 
 class FakeEngine:
@@ -75,6 +78,7 @@ class FakeEngine:
         self,
         requests: Sequence[tuple[str, Sequence[str]]],
         *,
+        top_k: Sequence[int | None] | None = None,
         on_window: Callable[[int], None] | None = None,
     ) -> list[Ranking]:
         rankings = []
@@ -102,6 +106,7 @@ class SteppingEngine:
         self,
         requests: Sequence[tuple[str, Sequence[str]]],
         *,
+        top_k: Sequence[int | None] | None = None,
         on_window: Callable[[int], None] | None = None,
     ) -> list[Ranking]:
         match = [re.match(r"windows:(\d+)", query) for query, _ in requests]
@@ -429,6 +434,38 @@ async def test_too_many_waiting_requests_are_503_with_retry_after() -> None:
         assert [status for status, _ in await asyncio.gather(*tasks)] == [200, 200, 200]
 
 
+async def test_top_n_reaches_the_strategy_as_each_requests_top_k(
+    tiny_reranker: Reranker,
+) -> None:
+    from haystack_llmrank.strategies import make_strategy
+
+    tdpart = tiny_reranker.replace(strategy=make_strategy("tdpart"))
+    engine = RecordingEngine(tdpart)
+    texts = [f"{TEXTS[i % len(TEXTS)]} (copy {i})" for i in range(45)]
+    asked = [("Paris", 3), ("Spain", None), ("mountain", 12)]
+    async with serving(engine, max_batch_requests=8) as client:
+        engine.depths.clear()
+        engine.gate.clear()
+        first = asyncio.create_task(post(client, {"query": "warm", "documents": texts[:2]}))
+        await until(lambda: len(engine.depths) == 1)
+        tasks = [
+            asyncio.create_task(
+                post(client, {"query": q, "documents": texts} | ({"top_n": n} if n else {}))
+            )
+            for q, n in asked
+        ]
+        await until(lambda: batcher_of(client).pending == 3)
+        engine.gate.set()
+        responses = await asyncio.gather(first, *tasks)
+    assert engine.depths == [[None], [3, None, 12]]
+    for (query, top_n), (status, body) in zip(asked, responses[1:], strict=True):
+        assert status == 200
+        expected = tdpart.rerank(query, texts, top_k=top_n)
+        assert [r["index"] for r in body["results"]] == list(expected.order[:top_n])
+    settled = tdpart.rerank("Paris", texts, top_k=3).unranked
+    assert settled > tdpart.rerank("Paris", texts).unranked  # top_n lets tdpart stop sooner
+
+
 # --- batching ---------------------------------------------------------------------------
 
 
@@ -700,6 +737,7 @@ class DyingEngine(FakeEngine):
         self,
         requests: Sequence[tuple[str, Sequence[str]]],
         *,
+        top_k: Sequence[int | None] | None = None,
         on_window: Callable[[int], None] | None = None,
     ) -> list[Ranking]:
         if any("die" in query for query, _ in requests):
