@@ -211,9 +211,15 @@ class FirstTrainer:
         return StepReport(self.step + 1, loss, ranknet, lm, accumulation, tokens, seconds, rate)
 
     def validate(self, validation: Validation) -> float:
-        """Mean nDCG@10 of reranking each held-out query's top ``validation_depth`` candidates."""
+        """Mean nDCG@10 of reranking each held-out query's top ``validation_depth`` candidates.
+
+        Held-out queries are ranked as a loaded reranker ranks them: within the model's
+        context length (not the training budget ``max_prompt_tokens``) and with passages cut
+        at ``validation_passage_words``.
+        """
         from haystack_llmrank.data import run_from_rankings
         from haystack_llmrank.evaluation import evaluate
+        from haystack_llmrank.models import context_length
         from haystack_llmrank.reranker import Reranker
         from haystack_llmrank.scorers.torch_scorer import TorchLabelScorer
 
@@ -222,7 +228,7 @@ class FirstTrainer:
         reranker = Reranker(
             self.tokenizer,
             TorchLabelScorer(lm, self.label_ids, pad_token_id=pad),
-            max_prompt_tokens=self.config.max_prompt_tokens,
+            max_prompt_tokens=context_length(lm.config, self.tokenizer),
             template=self.template,
             max_passage_words=self.config.validation_passage_words,
         )

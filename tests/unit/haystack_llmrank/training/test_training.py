@@ -228,6 +228,35 @@ def test_saved_adapter_loads_with_identical_label_logits(
     assert np.abs(loaded - base).max() > 1e-3  # the adapter changed something
 
 
+def test_validation_ranks_within_the_models_context_not_the_training_budget(
+    smollm2_tokenizer: Any, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from haystack_llmrank.training import Validation
+
+    long_texts = tuple(f"{text} " + " ".join(["detail"] * 120) for text in TEXTS)
+    query = QueryCandidates(
+        "q1",
+        "how long is the life cycle of a flea",
+        tuple(Candidate(f"d{i}", text, float(10 - i)) for i, text in enumerate(long_texts)),
+    )
+    lengths: list[int] = []
+    build = PromptBuilder.build
+
+    def measured(self: PromptBuilder, query: str, passages: Any) -> Any:
+        prompt = build(self, query, passages)
+        lengths.append(len(prompt.token_ids))
+        return prompt
+
+    monkeypatch.setattr(PromptBuilder, "build", measured)
+    model = load_causal_lm(resolve_model(str(tiny_model_dir)))
+    config = small_config(steps=1, max_prompt_tokens=300, validation_depth=6)
+    trainer = FirstTrainer(model, smollm2_tokenizer, config, base_model="x", output_dir=tmp_path)
+    score = trainer.validate(Validation([query], TOY_QRELS))
+    assert 0.0 <= score <= 1.0
+    assert lengths
+    assert max(lengths) > 6 * 120  # whole passages, not cut to the 300-token budget
+
+
 class StopTrainingError(Exception):
     pass
 
