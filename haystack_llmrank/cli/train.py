@@ -66,6 +66,18 @@ def register(parser: argparse.ArgumentParser) -> None:
         ("--pool", positive_int, sampling.pool, "sample from the top N candidates"),
         ("--max-passage-words", positive_int, config.max_passage_words, "words per passage"),
         ("--max-prompt-tokens", positive_int, config.max_prompt_tokens, "prompt budget"),
+        (
+            "--contiguous",
+            float,
+            sampling.contiguous,
+            "share of windows that are neighbours in first-stage order",
+        ),
+        (
+            "--orders",
+            parse_orders,
+            format_orders(sampling.orders, sampling.order_weights),
+            "input orders with their weights",
+        ),
     )
     lora = parser.add_argument_group("adapter")
     lora.add_argument("--full", action="store_true", help="train every weight instead of LoRA")
@@ -105,6 +117,23 @@ def _numbers(group: Any, *options: tuple[str, Callable[[str], Any], Any, str]) -
         group.add_argument(flag, type=kind, default=default, help=f"{text} (%(default)s)")
 
 
+def format_orders(orders: tuple[str, ...], weights: tuple[float, ...]) -> str:
+    """``first-stage:0.25,reversed:0.25,...``: the form ``--orders`` takes."""
+    return ",".join(f"{order}:{weight:g}" for order, weight in zip(orders, weights, strict=True))
+
+
+def parse_orders(text: str) -> dict[str, float]:
+    """``--orders``: comma-separated ``order:weight`` pairs (``order`` alone weighs 1)."""
+    weights: dict[str, float] = {}
+    for part in text.split(","):
+        name, _, weight = part.strip().partition(":")
+        try:
+            weights[name] = float(weight) if weight else 1.0
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"bad weight in {part!r}") from None
+    return weights
+
+
 def split_queries(qids: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
     """``(train, validation)`` qids: a seeded shuffle, the last ``fraction`` held out."""
     import numpy as np
@@ -141,7 +170,14 @@ def _config(args: argparse.Namespace) -> Any:
         eval_every=args.eval_every,
         checkpoint_every=args.checkpoint_every,
         validation_depth=args.validation_depth,
-        sampling=WindowSampling(min_size=args.min_window, max_size=args.max_window, pool=args.pool),
+        sampling=WindowSampling(
+            min_size=args.min_window,
+            max_size=args.max_window,
+            pool=args.pool,
+            contiguous=args.contiguous,
+            orders=tuple(args.orders),
+            order_weights=tuple(args.orders.values()),
+        ),
         lora=lora,
         gradient_checkpointing=args.gradient_checkpointing,
     )

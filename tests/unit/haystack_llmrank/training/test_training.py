@@ -357,3 +357,24 @@ def test_every_public_training_name_resolves() -> None:
         assert getattr(training, name).__name__ == name
     with pytest.raises(AttributeError, match="no attribute 'Trainer'"):
         _ = training.Trainer  # type: ignore[attr-defined]
+
+
+def test_the_train_command_line_sets_window_orders_and_their_weights() -> None:
+    from haystack_llmrank.cli import build_parser
+    from haystack_llmrank.cli.train import _config
+
+    parser = build_parser("train")
+    base = ["train", "c.jsonl", "--qrels", "q.txt", "-o", "out"]
+    default = _config(parser.parse_args(base)).sampling
+    assert default == WindowSampling()
+    args = parser.parse_args(
+        [*base, "--orders", "first-stage:0.8,shuffled:0.2", "--contiguous", "1"]
+    )
+    sampling = _config(args).sampling
+    assert sampling.orders == ("first-stage", "shuffled")
+    assert sampling.order_weights == (0.8, 0.2)
+    assert sampling.contiguous == 1.0
+    with pytest.raises(ValueError, match="orders must be among"):
+        _config(parser.parse_args([*base, "--orders", "sideways:1"]))
+    with pytest.raises(SystemExit):
+        parser.parse_args([*base, "--orders", "shuffled:lots"])
