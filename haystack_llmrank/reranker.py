@@ -19,15 +19,18 @@ from haystack_llmrank.prompt import (
     get_template,
 )
 from haystack_llmrank.ranking import Ranking
-from haystack_llmrank.scorers.base import LabelScorer
+from haystack_llmrank.scorers.base import (
+    DEFAULT_MAX_BATCH_TOKENS as DEFAULT_MAX_BATCH_TOKENS,
+)
+from haystack_llmrank.scorers.base import (
+    LabelScorer,
+    preferred_max_batch_tokens,
+)
 from haystack_llmrank.strategies import QueryRun, SlidingWindow, Strategy, run_windows
 
 logger = logging.getLogger(__name__)
 
 RerankRequest = tuple[str, Sequence[str]]
-
-DEFAULT_MAX_BATCH_TOKENS = 16384
-"""Padded tokens per forward pass at most (batch rows x longest prompt)."""
 
 
 def length_buckets(lengths: Sequence[int], max_batch_tokens: int) -> list[list[int]]:
@@ -49,8 +52,10 @@ class Reranker:
 
     Each window is one forward pass: the label logits of the first generated token order
     the window. Windows follow ``strategy`` (FIRST's sliding window by default; see
-    :mod:`haystack_llmrank.strategies`). ``batch_size`` is how many windows of different
-    queries are scored together; the windows of one query's step always go together.
+    :mod:`haystack_llmrank.strategies`). ``batch_size`` is how many queries' steps are
+    scored together; each scorer call holds at most ``max_batch_tokens`` padded tokens
+    (``None``: the scorer's preference, one prompt per call for torch on a CPU and
+    ``DEFAULT_MAX_BATCH_TOKENS`` elsewhere).
     ``prompts`` replaces the :class:`PromptBuilder` made from ``template``,
     ``max_prompt_tokens`` and ``max_passage_words`` (for instance one that caches prompts);
     it must use ``template``.
@@ -66,7 +71,7 @@ class Reranker:
         strategy: Strategy | None = None,
         max_passage_words: int | None = DEFAULT_MAX_PASSAGE_WORDS,
         batch_size: int = 1,
-        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+        max_batch_tokens: int | None = None,
         model_name: str | None = None,
         prompts: PromptBuilder | None = None,
     ) -> None:
@@ -77,7 +82,7 @@ class Reranker:
                 f"{template.labels}"
             )
         scorer.label_ids.check_window(self.strategy.window_size)
-        if batch_size < 1 or max_batch_tokens < 1:
+        if batch_size < 1 or (max_batch_tokens is not None and max_batch_tokens < 1):
             raise ValueError("batch_size and max_batch_tokens must be positive")
         if prompts is not None and prompts.template != template:
             raise ValueError("the prompt builder's template is not the reranker's template")
@@ -90,7 +95,8 @@ class Reranker:
             max_passage_words=max_passage_words,
         )
         self.batch_size = batch_size
-        self.max_batch_tokens = max_batch_tokens
+        self._requested_max_batch_tokens = max_batch_tokens
+        self.max_batch_tokens = max_batch_tokens or preferred_max_batch_tokens(scorer)
         self.model_name = model_name
 
     @classmethod
@@ -147,7 +153,7 @@ class Reranker:
             "strategy": self.strategy,
             "max_passage_words": self.prompts.max_passage_words,
             "batch_size": self.batch_size,
-            "max_batch_tokens": self.max_batch_tokens,
+            "max_batch_tokens": self._requested_max_batch_tokens,
             "model_name": self.model_name,
             "prompts": self.prompts,
         }

@@ -7,7 +7,6 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from haystack_llmrank.reranker import DEFAULT_MAX_BATCH_TOKENS
 from haystack_llmrank.scorers.onnx_metadata import PRECISIONS, Precision
 from haystack_llmrank.strategies import (
     DEFAULT_STEP,
@@ -138,7 +137,7 @@ class BenchConfig:
     dtype: str | None = None
     threads: int | None = None
     batch_size: int = 1
-    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS
+    max_batch_tokens: int | None = None
     sweep_batch_sizes: tuple[int, ...] = ()
     max_prompt_tokens: int | None = None
     export_dir: Path | None = None
@@ -171,7 +170,7 @@ class BenchConfig:
             "step": self.step,
             "threads": self.threads if self.threads is not None else 1,
             "batch_size": self.batch_size,
-            "max_batch_tokens": self.max_batch_tokens,
+            "max_batch_tokens": self.max_batch_tokens or 1,
             "max_prompt_tokens": self.max_prompt_tokens or 1,
         }
         for name, value in positive.items():

@@ -16,7 +16,7 @@ from haystack_llmrank.bench.config import (
     default_data_dir,
 )
 from haystack_llmrank.cli.options import positive_int
-from haystack_llmrank.reranker import DEFAULT_MAX_BATCH_TOKENS
+from haystack_llmrank.scorers.base import DEFAULT_MAX_BATCH_TOKENS
 from haystack_llmrank.strategies import DEFAULT_STEP, DEFAULT_WINDOW_SIZE, STRATEGIES
 
 DEFAULT_JSON = Path("llmrank-bench.json")
@@ -128,8 +128,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-batch-tokens",
         type=positive_int,
-        default=DEFAULT_MAX_BATCH_TOKENS,
-        help="padded tokens per scorer call of the engine rows",
+        default=None,
+        help="padded tokens per scorer call of the engine rows (default: the scorer's "
+        f"choice, one window per call for torch on a CPU, else {DEFAULT_MAX_BATCH_TOKENS})",
     )
     parser.add_argument(
         "--batch-sizes",

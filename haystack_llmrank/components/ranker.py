@@ -15,7 +15,7 @@ from haystack_llmrank.gpu_policy import OnMissingGpu, check_on_missing_gpu
 from haystack_llmrank.models import DEFAULT_MODEL
 from haystack_llmrank.prompt import DEFAULT_MAX_PASSAGE_WORDS
 from haystack_llmrank.ranking import Ranking
-from haystack_llmrank.reranker import DEFAULT_MAX_BATCH_TOKENS, Reranker
+from haystack_llmrank.reranker import Reranker
 from haystack_llmrank.strategies import DEFAULT_STEP, DEFAULT_WINDOW_SIZE, make_strategy
 
 logger = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ class FirstListwiseRanker:
         max_passage_words: int | None = DEFAULT_MAX_PASSAGE_WORDS,
         max_prompt_tokens: int | None = None,
         batch_size: int = 1,
-        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+        max_batch_tokens: int | None = None,
         meta_fields_to_embed: list[str] | None = None,
         embedding_separator: str = "\n",
         threads: int | None = None,
@@ -100,7 +100,8 @@ class FirstListwiseRanker:
         :param max_passage_words: words kept per passage before prompting (``None``: all).
         :param max_prompt_tokens: token budget of one prompt (``None``: the model's context).
         :param batch_size: windows scored per forward pass.
-        :param max_batch_tokens: padded tokens per forward pass.
+        :param max_batch_tokens: padded tokens per forward pass (``None``: the scorer's
+            choice, one window per pass for torch on a CPU, 16384 elsewhere).
         :param meta_fields_to_embed: meta fields prepended to the content.
         :param embedding_separator: joins the embedded meta fields and the content.
         :param threads: ONNX Runtime intra-op threads (``backend="onnx"`` only; ``None``:

@@ -11,6 +11,9 @@ import numpy.typing as npt
 from haystack_llmrank.errors import NonFiniteLogitsError
 from haystack_llmrank.labels import LabelIds
 
+DEFAULT_MAX_BATCH_TOKENS = 16384
+"""Padded tokens per forward pass at most (batch rows x longest prompt) where batches pay."""
+
 
 @runtime_checkable
 class LabelScorer(Protocol):
@@ -40,3 +43,13 @@ def check_finite(logits: npt.NDArray[np.float32], remedy: str) -> npt.NDArray[np
             f"overflowed, and such logits rank nothing; {remedy}"
         )
     return logits
+
+
+def preferred_max_batch_tokens(scorer: LabelScorer) -> int:
+    """The padded-token budget per call that suits ``scorer``.
+
+    A scorer may say so with a ``preferred_max_batch_tokens`` attribute (the torch scorer
+    asks for one prompt per call on a CPU); otherwise :data:`DEFAULT_MAX_BATCH_TOKENS`.
+    """
+    preferred = getattr(scorer, "preferred_max_batch_tokens", None)
+    return preferred if isinstance(preferred, int) and preferred > 0 else DEFAULT_MAX_BATCH_TOKENS

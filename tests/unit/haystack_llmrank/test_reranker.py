@@ -278,3 +278,31 @@ def test_torch_backend_gpu_policy_and_threads(
         Reranker.from_pretrained(str(tiny_model_dir), threads=2)
     with pytest.raises(ValueError, match="on_missing_gpu must be one of"):
         Reranker.from_pretrained(str(tiny_model_dir), on_missing_gpu="skip")  # type: ignore[arg-type]
+
+
+def test_batching_follows_the_scorer_unless_given(smollm2_tokenizer: Any, tiny_scorer: Any) -> None:
+    from haystack_llmrank.scorers.base import DEFAULT_MAX_BATCH_TOKENS
+
+    assert tiny_scorer.device.type == "cpu"
+    assert tiny_scorer.preferred_max_batch_tokens == 1
+    cpu = Reranker(smollm2_tokenizer, tiny_scorer, max_prompt_tokens=4096)
+    assert cpu.max_batch_tokens == 1
+    assert (
+        Reranker(
+            smollm2_tokenizer, tiny_scorer, max_prompt_tokens=4096, max_batch_tokens=5000
+        ).max_batch_tokens
+        == 5000
+    )
+    plain = Mock(
+        label_ids=tiny_scorer.label_ids, score=tiny_scorer.score, spec=["label_ids", "score"]
+    )
+    assert cpu.replace(scorer=plain).max_batch_tokens == DEFAULT_MAX_BATCH_TOKENS
+    calls: list[int] = []
+
+    def counting(prompts: Any) -> Any:
+        calls.append(len(prompts))
+        return tiny_scorer.score(prompts)
+
+    spy = Mock(label_ids=tiny_scorer.label_ids, score=counting, preferred_max_batch_tokens=1)
+    ranking = cpu.replace(scorer=spy, strategy=make_strategy("tdpart")).rerank("bees", passages(45))
+    assert calls == [1] * ranking.cost.windows  # a step's windows, one call each

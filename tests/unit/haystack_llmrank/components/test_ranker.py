@@ -163,7 +163,7 @@ def test_to_dict_of_the_defaults() -> None:
             "max_passage_words": 300,
             "max_prompt_tokens": None,
             "batch_size": 1,
-            "max_batch_tokens": 16384,
+            "max_batch_tokens": None,
             "meta_fields_to_embed": [],
             "embedding_separator": "\n",
             "threads": None,
