@@ -43,7 +43,7 @@ from haystack_llmrank.errors import LlmRankError
 from haystack_llmrank.labels import LabelIds
 from haystack_llmrank.prompt import FIRST_TEMPLATE, Prompt
 from haystack_llmrank.reranker import Reranker
-from haystack_llmrank.scorers.base import LabelScorer
+from haystack_llmrank.scorers.base import LabelScorer, preferred_max_batch_tokens
 from haystack_llmrank.strategies import SlidingWindow, Strategy, make_strategy
 
 logger = logging.getLogger(__name__)
@@ -177,6 +177,11 @@ class RecordingScorer:
     def label_ids(self) -> LabelIds:
         """The inner scorer's labels."""
         return self.inner.label_ids
+
+    @property
+    def preferred_max_batch_tokens(self) -> int:
+        """The inner scorer's batching preference, so that recording changes no timing."""
+        return preferred_max_batch_tokens(self.inner)
 
     def score(self, prompts: Sequence[Sequence[int]]) -> npt.NDArray[np.float32]:
         """The inner scorer's logits, remembered per prompt."""

@@ -595,3 +595,9 @@ def test_bench_dtype_on_cuda_follows_the_checkpoint(
     assert resolve_device("cuda", "float16", "default", "tiny") == ("cuda", "float16")
     fake_cuda[0] = (7, 5)
     assert resolve_device("cuda", None, "default", "mistral-7b") == ("cuda", "float32")
+
+
+def test_recording_keeps_the_scorers_batching(tiny_scorer: Any) -> None:
+    from haystack_llmrank.bench.rows import RecordingScorer
+
+    assert RecordingScorer(tiny_scorer).preferred_max_batch_tokens == 1  # torch on the CPU
