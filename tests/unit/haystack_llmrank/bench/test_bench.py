@@ -533,6 +533,7 @@ def test_a_missing_data_folder_names_the_option(tmp_path: Path) -> None:
         read_data(BenchConfig(data_dir=tmp_path))
 
 
+@pytest.mark.slow
 def test_a_spawned_process_reports_its_own_peak_memory() -> None:
     held = np.ones(2**25)  # 256 MiB in this process
     assert peak_rss_mb() > 256

@@ -312,6 +312,7 @@ def test_export_rejects_bad_arguments(tiny_model_dir: Path, tmp_path: Path) -> N
     assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
 
 
+@pytest.mark.slow
 def test_existing_export_is_replaced_only_with_overwrite(
     fp32_copy: Path, tiny_model_dir: Path
 ) -> None:
@@ -327,6 +328,7 @@ def test_existing_export_is_replaced_only_with_overwrite(
     assert [p.name for p in fp32_copy.parent.iterdir()] == [fp32_copy.name]
 
 
+@pytest.mark.slow
 def test_export_into_an_existing_empty_folder(
     tiny_model_dir: Path, tmp_path: Path, smollm2_tokenizer: Any
 ) -> None:
@@ -346,6 +348,7 @@ def test_export_check_fails_for_a_graph_of_another_model(
     check_graph(other, fp32_dir / "model.onnx", pad_id=2, exact=False)
 
 
+@pytest.mark.slow
 def test_cli_export(
     tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -374,6 +377,7 @@ def test_default_export_fuses_each_layers_attention(fp32_dir: Path, tiny_model: 
     assert node_count(fp32_dir, "Softmax") == 0
 
 
+@pytest.mark.slow
 def test_plain_attention_export_matches_torch(
     tiny_model_dir: Path, tmp_path: Path, tiny_scorer: TorchLabelScorer
 ) -> None:
@@ -468,6 +472,7 @@ def op_types(folder: Path) -> set[str]:
     return {node.op_type for node in onnx.load(str(folder / "model.onnx")).graph.node}
 
 
+@pytest.mark.slow
 def test_int8_export_keeps_ordering_on_decisive_example(
     tiny_model_dir: Path, tmp_path: Path, tiny_scorer: TorchLabelScorer
 ) -> None:
@@ -493,6 +498,7 @@ def test_quantizer_import_leaves_root_logger_alone(monkeypatch: pytest.MonkeyPat
     assert (root.handlers, root.level) == ([], logging.WARNING)
 
 
+@pytest.mark.slow
 def test_fp16_export_is_valid_with_float32_output(
     tiny_model_dir: Path,
     tmp_path: Path,
@@ -588,6 +594,7 @@ def test_fp16_export_keeps_rotary_angles_and_label_head_in_float32(sharp_fp16_di
     assert {name: types.get(name) for name in tail} == dict.fromkeys(tail, float32)
 
 
+@pytest.mark.slow
 def test_fp16_export_matches_float32_on_prompts_over_2000_tokens(
     sharp_fp16_dir: Path, sharp_model: Any, smollm2_tokenizer: Any
 ) -> None:

@@ -293,6 +293,7 @@ def test_checkpoint_resume_continues_the_same_run(
     assert losses == pytest.approx([h["loss"] for h in straight.history], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_onnx_export_of_an_adapter_matches_torch(
     smollm2_tokenizer: Any, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
