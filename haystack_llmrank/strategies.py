@@ -41,11 +41,11 @@ WindowScorer = Callable[[Sequence[tuple[int, Sequence[int]]]], Sequence[npt.NDAr
 """Label logits of windows given as (position of the run, input indices of the members)."""
 
 STRATEGIES = ("sliding", "tdpart", "tournament")
+"""The strategy names :func:`make_strategy` knows."""
 DEFAULT_WINDOW_SIZE = 20
 """Passages per window, FIRST's: the default of every strategy, the CLI and the adapters."""
 DEFAULT_STEP = 10
 """How far the sliding window moves, FIRST's."""
-"""The strategy names :func:`make_strategy` knows."""
 
 
 class Strategy(Protocol):

@@ -112,7 +112,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def _numbers(group: Any, *options: tuple[str, Callable[[str], Any], Any, str]) -> None:
-    """Add numeric options whose help ends with their default."""
+    """Add options that take one parsed value, each help ending with its default."""
     for flag, kind, default, text in options:
         group.add_argument(flag, type=kind, default=default, help=f"{text} (%(default)s)")
 
@@ -127,6 +127,8 @@ def parse_orders(text: str) -> dict[str, float]:
     weights: dict[str, float] = {}
     for part in text.split(","):
         name, _, weight = part.strip().partition(":")
+        if name in weights:
+            raise argparse.ArgumentTypeError(f"order {name!r} is given twice")
         try:
             weights[name] = float(weight) if weight else 1.0
         except ValueError:

@@ -379,3 +379,5 @@ def test_the_train_command_line_sets_window_orders_and_their_weights() -> None:
         _config(parser.parse_args([*base, "--orders", "sideways:1"]))
     with pytest.raises(SystemExit):
         parser.parse_args([*base, "--orders", "shuffled:lots"])
+    with pytest.raises(SystemExit):
+        parser.parse_args([*base, "--orders", "shuffled:0.5,shuffled:0.5"])
