@@ -103,6 +103,15 @@ def llmrank_bench(*args: str) -> tuple[int, str]:
     return code, printed.getvalue()
 
 
+def bench_json(output: Path, *args: str) -> tuple[int, str, dict[str, Any]]:
+    """Run ``llmrank bench`` in process on the CPU without progress bars, writing ``output``:
+    exit code, stdout and the JSON."""
+    code, printed = llmrank_bench(
+        *args, "--device", "cpu", "--in-process", "--no-progress", "--json", str(output)
+    )
+    return code, printed, json.loads(output.read_text())
+
+
 @pytest.fixture(scope="module")
 def bench_run(
     bench_data: Path, tied_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
@@ -112,7 +121,8 @@ def bench_run(
     The ONNX exports are kept in ``exports`` next to the JSON.
     """
     output = tmp_path_factory.mktemp("bench-out") / "bench.json"
-    code, printed = llmrank_bench(
+    return bench_json(
+        output,
         "--export-dir",
         str(output.parent / "exports"),
         "--data-dir",
@@ -120,14 +130,7 @@ def bench_run(
         "--model",
         str(tied_model_dir),
         *SLICE,
-        "--device",
-        "cpu",
-        "--in-process",
-        "--no-progress",
-        "--json",
-        str(output),
     )
-    return code, printed, json.loads(output.read_text())
 
 
 def rows_of(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -290,8 +293,8 @@ def test_synthetic_config_runs_with_a_batch_size_sweep(
         "haystack_llmrank.bench.model_loading.embedded_default",
         lambda: resolve_model(str(SMOLLM2_TOKENIZER_DIR)),
     )
-    output = tmp_path / "synthetic.json"
-    code, printed = llmrank_bench(
+    code, printed, report = bench_json(
+        tmp_path / "synthetic.json",
         "--data-dir",
         str(bench_data),
         "--synthetic-config",
@@ -301,17 +304,11 @@ def test_synthetic_config_runs_with_a_batch_size_sweep(
         "torch,onnx-fp32",
         "--batch-sizes",
         "1,2",
-        "--device",
-        "cpu",
-        "--in-process",
-        "--no-progress",
         "--warmup",
         "0",
-        "--json",
-        str(output),
     )
     assert code == 0
-    rows = rows_of(json.loads(output.read_text()))
+    rows = rows_of(report)
     assert rows["onnx-fp32"]["status"] == "unavailable"
     assert "synthetic" in rows["onnx-fp32"]["reason"]
     sweep = rows["torch"]["sweep"]
@@ -403,8 +400,8 @@ def strategy_run(
     bench_data: Path, tied_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[int, str, dict[str, Any]]:
     """The oracle and torch rows with every strategy, in process."""
-    output = tmp_path_factory.mktemp("bench-strategies") / "bench.json"
-    code, printed = llmrank_bench(
+    return bench_json(
+        tmp_path_factory.mktemp("bench-strategies") / "bench.json",
         "--data-dir",
         str(bench_data),
         "--model",
@@ -416,14 +413,7 @@ def strategy_run(
         "--oracle-noise",
         "0,1.5",
         *ORACLE_SLICE,
-        "--device",
-        "cpu",
-        "--in-process",
-        "--no-progress",
-        "--json",
-        str(output),
     )
-    return code, printed, json.loads(output.read_text())
 
 
 @pytest.mark.slow
