@@ -92,6 +92,13 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="comma-separated module names (default: every attention and MLP projection)",
     )
     lora.add_argument(
+        "--lora-top-layers",
+        type=positive_int,
+        default=lora_defaults.top_layers,
+        help="adapt only the last N decoder layers; a step then costs about a forward pass "
+        "plus N layers of backward (default: every layer)",
+    )
+    lora.add_argument(
         "--merge", action="store_true", help="also write merged full weights to OUTPUT/merged"
     )
     held = parser.add_argument_group("validation")
@@ -156,10 +163,17 @@ def _config(args: argparse.Namespace) -> Any:
 
     lora = None
     if not args.full:
-        lora = LoraSettings(rank=args.lora_rank, alpha=args.lora_alpha)
+        targets = LoraSettings.target_modules
         if args.lora_targets:
             targets = tuple(t.strip() for t in args.lora_targets.split(",") if t.strip())
-            lora = LoraSettings(rank=args.lora_rank, alpha=args.lora_alpha, target_modules=targets)
+        lora = LoraSettings(
+            rank=args.lora_rank,
+            alpha=args.lora_alpha,
+            target_modules=targets,
+            top_layers=args.lora_top_layers,
+        )
+    elif args.lora_top_layers is not None:
+        raise ValueError("--lora-top-layers applies to LoRA, not to --full")
     return TrainConfig(
         steps=args.steps,
         grad_accumulation=args.grad_accumulation,

@@ -21,12 +21,18 @@ LORA_TARGETS: tuple[str, ...] = (
 
 @dataclass(frozen=True)
 class LoraSettings:
-    """LoRA rank, scaling, dropout and the module names it adapts."""
+    """LoRA rank, scaling, dropout, the module names it adapts, and in how many layers.
+
+    ``top_layers`` limits the adapters to the last N decoder layers (``None``: every layer).
+    Backpropagation then stops at the lowest adapted layer and the layers below keep no
+    activations, so a step costs little more than a forward pass.
+    """
 
     rank: int = 16
     alpha: int = 32
     dropout: float = 0.05
     target_modules: tuple[str, ...] = LORA_TARGETS
+    top_layers: int | None = None
 
     def __post_init__(self) -> None:
         if self.rank < 1 or self.alpha < 1:
@@ -35,6 +41,8 @@ class LoraSettings:
             raise ValueError(f"LoRA dropout must be in [0, 1), got {self.dropout}")
         if not self.target_modules:
             raise ValueError("LoRA needs at least one target module")
+        if self.top_layers is not None and self.top_layers < 1:
+            raise ValueError(f"LoRA top_layers must be at least 1, got {self.top_layers}")
 
 
 def make_trainable(model: Any, lora: LoraSettings | None, *, gradient_checkpointing: bool) -> Any:
@@ -55,9 +63,20 @@ def make_trainable(model: Any, lora: LoraSettings | None, *, gradient_checkpoint
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
         target_modules=list(lora.target_modules),
+        layers_to_transform=_top_layers(model, lora.top_layers),
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, config).train()
+
+
+def _top_layers(model: Any, top: int | None) -> list[int] | None:
+    """Indices of the last ``top`` decoder layers of ``model`` (``None``: all of them)."""
+    if top is None:
+        return None
+    total = int(model.config.num_hidden_layers)
+    if top > total:
+        raise ValueError(f"LoRA top_layers is {top}, but the model has {total} layers")
+    return list(range(total - top, total))
 
 
 def causal_lm(model: Any) -> Any:

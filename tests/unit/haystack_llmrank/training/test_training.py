@@ -171,6 +171,35 @@ def test_lora_gradients_reach_only_the_adapter(smollm2_tokenizer: Any) -> None:
     assert any(p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "lora_B" in n)
 
 
+def test_top_layer_lora_adapts_and_trains_only_the_last_layers(smollm2_tokenizer: Any) -> None:
+    model = make_trainable(
+        make_tiny_llama(len(smollm2_tokenizer), seed=3, layers=4),
+        LoraSettings(rank=4, alpha=8, top_layers=1),
+        gradient_checkpointing=False,
+    )
+    adapted = {n for n, _ in model.named_parameters() if "lora_" in n}
+    assert adapted
+    assert all(".layers.3." in n for n in adapted)
+    builder = PromptBuilder(smollm2_tokenizer, FIRST_TEMPLATE, max_prompt_tokens=4096)
+    encoded = WindowEncoder(smollm2_tokenizer, builder).encode(
+        TrainingWindow("q", "fleas", TEXTS[:4], (1, 3, 0, 2))
+    )
+    ranknet, lm = window_losses(
+        model, encoded, resolve_label_ids(smollm2_tokenizer, ALPHABETIC_LABELS)
+    )
+    (lm + 10 * ranknet).backward()
+    with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
+    assert with_grad == adapted
+    with pytest.raises(ValueError, match="has 4 layers"):
+        make_trainable(
+            make_tiny_llama(len(smollm2_tokenizer), layers=4),
+            LoraSettings(top_layers=5),
+            gradient_checkpointing=False,
+        )
+    with pytest.raises(ValueError, match="top_layers must be at least 1"):
+        LoraSettings(top_layers=0)
+
+
 def test_a_few_steps_lower_the_loss_on_a_toy_set(smollm2_tokenizer: Any, tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = make_tiny_llama(len(smollm2_tokenizer), seed=4)
@@ -381,3 +410,7 @@ def test_the_train_command_line_sets_window_orders_and_their_weights() -> None:
         parser.parse_args([*base, "--orders", "shuffled:lots"])
     with pytest.raises(SystemExit):
         parser.parse_args([*base, "--orders", "shuffled:0.5,shuffled:0.5"])
+    top = _config(parser.parse_args([*base, "--lora-top-layers", "8"])).lora
+    assert top == LoraSettings(top_layers=8)
+    with pytest.raises(ValueError, match="not to --full"):
+        _config(parser.parse_args([*base, "--full", "--lora-top-layers", "8"]))
