@@ -245,6 +245,7 @@ def run_train(args: argparse.Namespace) -> int:
             shown = {
                 "loss": f"{report.loss:.3f}",
                 "ranknet": f"{report.ranknet:.3f}",
+                "chance": f"{report.ranknet_chance:.3f}",
                 "win/s": f"{report.windows_per_second:.2f}",
             }
             if report.validation is not None:

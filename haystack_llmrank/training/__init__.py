@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from haystack_llmrank.training.adapters import LoraSettings, save_trained
     from haystack_llmrank.training.config import TrainConfig
     from haystack_llmrank.training.encoding import EncodedWindow, WindowEncoder
-    from haystack_llmrank.training.losses import weighted_ranknet
+    from haystack_llmrank.training.losses import chance_ranknet, weighted_ranknet
     from haystack_llmrank.training.targets import (
         TrainingQuery,
         TrainingWindow,
@@ -33,6 +33,7 @@ _MODULES = {
     "TrainConfig": "config",
     "EncodedWindow": "encoding",
     "WindowEncoder": "encoding",
+    "chance_ranknet": "losses",
     "weighted_ranknet": "losses",
     "TrainingQuery": "targets",
     "TrainingWindow": "targets",
@@ -55,6 +56,7 @@ __all__ = [
     "Validation",
     "WindowEncoder",
     "WindowSampling",
+    "chance_ranknet",
     "save_trained",
     "training_queries",
     "weighted_ranknet",

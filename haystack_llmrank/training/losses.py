@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -24,3 +25,13 @@ def weighted_ranknet(logits: torch.Tensor, target: Sequence[int]) -> torch.Tenso
     weights = 1.0 / (ranks[:, None] + ranks[None, :])
     margins = ordered[None, :] - ordered[:, None]  # [i, j] = s_j - s_i
     return (torch.nn.functional.softplus(margins) * weights)[upper].sum()
+
+
+def chance_ranknet(size: int) -> float:
+    """:func:`weighted_ranknet` of ``size`` equal logits: ``log 2`` times the pair weights.
+
+    A model whose loss is not below this has not learned to order the window; it has at
+    most stopped preferring some positions.
+    """
+    ranks = range(1, size + 1)
+    return math.log(2) * sum(1.0 / (i + j) for i in ranks for j in ranks if i < j)

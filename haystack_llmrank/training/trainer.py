@@ -26,7 +26,7 @@ from haystack_llmrank.training.adapters import (
 )
 from haystack_llmrank.training.config import TrainConfig
 from haystack_llmrank.training.encoding import EncodedWindow, WindowEncoder
-from haystack_llmrank.training.losses import weighted_ranknet
+from haystack_llmrank.training.losses import chance_ranknet, weighted_ranknet
 from haystack_llmrank.training.targets import TrainingQuery
 
 logger = logging.getLogger(__name__)
@@ -39,12 +39,17 @@ RECORD = "training.json"
 
 @dataclass(frozen=True)
 class StepReport:
-    """What one optimizer update did."""
+    """What one optimizer update did.
+
+    Losses are means over the update's windows; ``ranknet_chance`` is the mean RankNet the
+    same windows would have with equal label logits, the level a model must get below.
+    """
 
     step: int
     loss: float
     ranknet: float
     lm: float
+    ranknet_chance: float
     windows: int
     tokens: int
     seconds: float
@@ -189,7 +194,7 @@ class FirstTrainer:
 
     def _update(self, train: Sequence[TrainingQuery]) -> StepReport:
         started = time.perf_counter()
-        totals = np.zeros(3)
+        totals = np.zeros(4)
         tokens = 0
         accumulation = self.config.grad_accumulation
         for _ in range(accumulation):
@@ -198,7 +203,7 @@ class FirstTrainer:
             ranknet, lm = window_losses(self.model, encoded, self.label_ids)
             loss = lm + self.config.ranknet_weight * ranknet
             (loss / accumulation).backward()  # type: ignore[no-untyped-call]
-            totals += (loss.item(), ranknet.item(), lm.item())
+            totals += (loss.item(), ranknet.item(), lm.item(), chance_ranknet(len(encoded.target)))
             tokens += len(encoded.input_ids)
         parameters = [p for p in self.model.parameters() if p.requires_grad]
         torch.nn.utils.clip_grad_norm_(parameters, self.config.max_grad_norm)
@@ -206,9 +211,11 @@ class FirstTrainer:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        loss, ranknet, lm = (totals / accumulation).tolist()
+        loss, ranknet, lm, chance = (totals / accumulation).tolist()
         seconds = time.perf_counter() - started
-        return StepReport(self.step + 1, loss, ranknet, lm, accumulation, tokens, seconds, rate)
+        return StepReport(
+            self.step + 1, loss, ranknet, lm, chance, accumulation, tokens, seconds, rate
+        )
 
     def validate(self, validation: Validation) -> float:
         """Mean nDCG@10 of reranking each held-out query's top ``validation_depth`` candidates.

@@ -20,11 +20,13 @@ from haystack_llmrank.scorers.torch_scorer import TorchLabelScorer
 from haystack_llmrank.training import (
     FirstTrainer,
     LoraSettings,
+    StepReport,
     TrainConfig,
     TrainingQuery,
     TrainingWindow,
     WindowEncoder,
     WindowSampling,
+    chance_ranknet,
     training_queries,
     weighted_ranknet,
     window_losses,
@@ -118,6 +120,15 @@ def test_weighted_ranknet_matches_a_hand_computed_value() -> None:
     reversed_loss = weighted_ranknet(logits, [0, 2, 1]).item()
     assert reversed_loss > expected
     assert weighted_ranknet(torch.tensor([5.0]), [0]).item() == 0.0
+
+
+def test_chance_ranknet_is_the_loss_of_equal_logits() -> None:
+    assert chance_ranknet(3) == pytest.approx(math.log(2) * (1 / 3 + 1 / 4 + 1 / 5), rel=1e-12)
+    assert chance_ranknet(1) == 0.0
+    target = list(np.random.default_rng(0).permutation(20))
+    assert weighted_ranknet(torch.zeros(20), target).item() == pytest.approx(
+        chance_ranknet(20), rel=1e-6
+    )
 
 
 def test_encoded_window_is_the_reranker_prompt_then_the_ranking(smollm2_tokenizer: Any) -> None:
@@ -221,10 +232,12 @@ def test_a_few_steps_lower_the_loss_on_a_toy_set(smollm2_tokenizer: Any, tmp_pat
         base_model="unused",
         output_dir=tmp_path,
     )
-    losses: list[float] = []
-    trainer.fit(queries, on_step=lambda report: losses.append(report.loss))
+    reports: list[StepReport] = []
+    trainer.fit(queries, on_step=reports.append)
+    losses = [report.loss for report in reports]
     assert len(losses) == 12
     assert np.mean(losses[-3:]) < 0.9 * np.mean(losses[:3])
+    assert all(r.ranknet_chance == pytest.approx(chance_ranknet(6)) for r in reports)
 
 
 def train_adapter(tokenizer: Any, base_dir: Path, output: Path, steps: int = 2) -> FirstTrainer:
