@@ -95,8 +95,8 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--lora-top-layers",
         type=positive_int,
         default=lora_defaults.top_layers,
-        help="adapt only the last N decoder layers; a step then costs about a forward pass "
-        "plus N layers of backward (default: every layer)",
+        help="adapt only the last N decoder layers; without --gradient-checkpointing a step "
+        "then costs about a forward pass plus N layers of backward (default: every layer)",
     )
     lora.add_argument(
         "--merge", action="store_true", help="also write merged full weights to OUTPUT/merged"

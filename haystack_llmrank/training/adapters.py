@@ -24,8 +24,9 @@ class LoraSettings:
     """LoRA rank, scaling, dropout, the module names it adapts, and in how many layers.
 
     ``top_layers`` limits the adapters to the last N decoder layers (``None``: every layer).
-    Backpropagation then stops at the lowest adapted layer and the layers below keep no
-    activations, so a step costs little more than a forward pass.
+    Without gradient checkpointing, backpropagation then stops at the lowest adapted layer
+    and the layers below keep no activations, so a step costs little more than a forward
+    pass (checkpointing makes the inputs require gradients, which carries it to the bottom).
     """
 
     rank: int = 16

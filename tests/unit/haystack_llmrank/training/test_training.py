@@ -162,20 +162,24 @@ def small_config(**changes: Any) -> TrainConfig:
     return TrainConfig(**settings)
 
 
+def backpropagate_one_window(tokenizer: Any, model: Any) -> set[str]:
+    """Backpropagate FIRST's loss of one toy window; the names of parameters given a gradient."""
+    builder = PromptBuilder(tokenizer, FIRST_TEMPLATE, max_prompt_tokens=4096)
+    encoded = WindowEncoder(tokenizer, builder).encode(
+        TrainingWindow("q", "fleas", TEXTS[:4], (1, 3, 0, 2))
+    )
+    ranknet, lm = window_losses(model, encoded, resolve_label_ids(tokenizer, ALPHABETIC_LABELS))
+    (lm + 10 * ranknet).backward()
+    return {n for n, p in model.named_parameters() if p.grad is not None}
+
+
 def test_lora_gradients_reach_only_the_adapter(smollm2_tokenizer: Any) -> None:
     model = make_trainable(
         make_tiny_llama(len(smollm2_tokenizer), seed=3),
         LoraSettings(rank=4, alpha=8),
         gradient_checkpointing=False,
     )
-    builder = PromptBuilder(smollm2_tokenizer, FIRST_TEMPLATE, max_prompt_tokens=4096)
-    encoded = WindowEncoder(smollm2_tokenizer, builder).encode(
-        TrainingWindow("q", "fleas", TEXTS[:4], (1, 3, 0, 2))
-    )
-    labels = resolve_label_ids(smollm2_tokenizer, ALPHABETIC_LABELS)
-    ranknet, lm = window_losses(model, encoded, labels)
-    (lm + 10 * ranknet).backward()
-    with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
+    with_grad = backpropagate_one_window(smollm2_tokenizer, model)
     assert with_grad
     assert all("lora_" in n for n in with_grad)
     assert all(p.grad is None for n, p in model.named_parameters() if "lora_" not in n)
@@ -191,16 +195,7 @@ def test_top_layer_lora_adapts_and_trains_only_the_last_layers(smollm2_tokenizer
     adapted = {n for n, _ in model.named_parameters() if "lora_" in n}
     assert adapted
     assert all(".layers.3." in n for n in adapted)
-    builder = PromptBuilder(smollm2_tokenizer, FIRST_TEMPLATE, max_prompt_tokens=4096)
-    encoded = WindowEncoder(smollm2_tokenizer, builder).encode(
-        TrainingWindow("q", "fleas", TEXTS[:4], (1, 3, 0, 2))
-    )
-    ranknet, lm = window_losses(
-        model, encoded, resolve_label_ids(smollm2_tokenizer, ALPHABETIC_LABELS)
-    )
-    (lm + 10 * ranknet).backward()
-    with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
-    assert with_grad == adapted
+    assert backpropagate_one_window(smollm2_tokenizer, model) == adapted
     with pytest.raises(ValueError, match="has 4 layers"):
         make_trainable(
             make_tiny_llama(len(smollm2_tokenizer), layers=4),
