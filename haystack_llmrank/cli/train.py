@@ -59,8 +59,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--gradient-checkpointing", action="store_true", help="recompute activations (less memory)"
     )
+    windows = parser.add_argument_group("windows")
     _numbers(
-        parser.add_argument_group("windows"),
+        windows,
         ("--min-window", positive_int, sampling.min_size, "smallest window"),
         ("--max-window", positive_int, sampling.max_size, "largest window"),
         ("--pool", positive_int, sampling.pool, "sample from the top N candidates"),
@@ -78,6 +79,12 @@ def register(parser: argparse.ArgumentParser) -> None:
             format_orders(sampling.orders, sampling.order_weights),
             "input orders with their weights",
         ),
+    )
+    windows.add_argument(
+        "--mirrored",
+        action="store_true",
+        help="train every drawn window also in reversed order, in the same update, so that "
+        "position preferences cancel (--grad-accumulation must be even)",
     )
     lora = parser.add_argument_group("adapter")
     lora.add_argument("--full", action="store_true", help="train every weight instead of LoRA")
@@ -193,6 +200,7 @@ def _config(args: argparse.Namespace) -> Any:
             contiguous=args.contiguous,
             orders=tuple(args.orders),
             order_weights=tuple(args.orders.values()),
+            mirrored=args.mirrored,
         ),
         lora=lora,
         gradient_checkpointing=args.gradient_checkpointing,

@@ -50,6 +50,11 @@ class TrainConfig:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
         if self.ranknet_weight < 0 or self.warmup_steps < 0 or self.max_grad_norm <= 0:
             raise ValueError("ranknet_weight and warmup_steps must be >= 0, max_grad_norm > 0")
+        if self.grad_accumulation % self.sampling.group_size:
+            raise ValueError(
+                "mirrored windows come in pairs: grad_accumulation must be even, "
+                f"got {self.grad_accumulation}"
+            )
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
 

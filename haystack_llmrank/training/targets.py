@@ -64,6 +64,16 @@ class TrainingWindow:
         if sorted(self.target) != list(range(len(self.passages))):
             raise ValueError("target must be a permutation of the window's positions")
 
+    def reversed(self) -> TrainingWindow:
+        """The same passages and target ranking with the prompt order reversed."""
+        last = len(self.passages) - 1
+        return TrainingWindow(
+            self.qid,
+            self.query,
+            self.passages[::-1],
+            tuple(last - p for p in self.target),
+        )
+
 
 def training_queries(
     queries: Sequence[QueryCandidates],
@@ -109,7 +119,10 @@ class WindowSampling:
     Sizes are uniform in ``[min_size, max_size]``. With probability ``contiguous`` the
     members are a run of neighbours in first-stage order (as a sliding window sees them),
     otherwise a uniform sample of the query's first ``pool`` candidates. The input order is
-    drawn from ``orders`` with weights ``order_weights``.
+    drawn from ``orders`` with weights ``order_weights``. With ``mirrored``, every drawn
+    window also comes in reversed prompt order (:meth:`sample_group`), so that in one update
+    a preference for early (or late) positions gains as much as it loses and the gradient
+    left is the one that ties labels to content.
     """
 
     min_size: int = 4
@@ -118,6 +131,7 @@ class WindowSampling:
     contiguous: float = 0.5
     orders: tuple[str, ...] = INPUT_ORDERS
     order_weights: tuple[float, ...] = (0.25, 0.25, 0.5)
+    mirrored: bool = False
 
     def __post_init__(self) -> None:
         if not 2 <= self.min_size <= self.max_size:
@@ -135,6 +149,16 @@ class WindowSampling:
             raise ValueError("order_weights needs one non-negative weight per order")
         if sum(self.order_weights) <= 0:
             raise ValueError("order_weights must not all be zero")
+
+    @property
+    def group_size(self) -> int:
+        """Windows per draw: 2 when ``mirrored``, else 1."""
+        return 2 if self.mirrored else 1
+
+    def sample_group(self, query: TrainingQuery, rng: np.random.Generator) -> list[TrainingWindow]:
+        """One drawn window of ``query``, followed by its reverse when ``mirrored``."""
+        window = self.sample(query, rng)
+        return [window, window.reversed()] if self.mirrored else [window]
 
     def sample(self, query: TrainingQuery, rng: np.random.Generator) -> TrainingWindow:
         """Draw one window of ``query``."""

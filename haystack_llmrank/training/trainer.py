@@ -27,7 +27,7 @@ from haystack_llmrank.training.adapters import (
 from haystack_llmrank.training.config import TrainConfig
 from haystack_llmrank.training.encoding import EncodedWindow, WindowEncoder
 from haystack_llmrank.training.losses import chance_ranknet, weighted_ranknet
-from haystack_llmrank.training.targets import TrainingQuery
+from haystack_llmrank.training.targets import TrainingQuery, TrainingWindow
 
 logger = logging.getLogger(__name__)
 
@@ -197,9 +197,12 @@ class FirstTrainer:
         totals = np.zeros(4)
         tokens = 0
         accumulation = self.config.grad_accumulation
-        for _ in range(accumulation):
+        windows: list[TrainingWindow] = []
+        while len(windows) < accumulation:
             query = train[int(self.rng.integers(len(train)))]
-            encoded = self.encoder.encode(self.config.sampling.sample(query, self.rng))
+            windows.extend(self.config.sampling.sample_group(query, self.rng))
+        for window in windows:
+            encoded = self.encoder.encode(window)
             ranknet, lm = window_losses(self.model, encoded, self.label_ids)
             loss = lm + self.config.ranknet_weight * ranknet
             (loss / accumulation).backward()  # type: ignore[no-untyped-call]

@@ -96,6 +96,22 @@ def test_sampled_windows_vary_size_and_order_and_keep_targets_consistent() -> No
         assert grades == sorted(grades, reverse=True)
 
 
+def test_mirrored_sampling_adds_the_reversed_window_with_the_same_ranking() -> None:
+    [query] = training_queries([toy_query()], qrels=TOY_QRELS)
+    sampling = WindowSampling(min_size=3, max_size=6, pool=6, mirrored=True)
+    rng = np.random.default_rng(1)
+    for _ in range(50):
+        window, mirror = sampling.sample_group(query, rng)
+        assert mirror.passages == window.passages[::-1]
+        assert [mirror.passages[p] for p in mirror.target] == [
+            window.passages[p] for p in window.target
+        ]
+    assert sampling.group_size == 2
+    assert len(WindowSampling().sample_group(query, rng)) == 1
+    with pytest.raises(ValueError, match="must be even"):
+        TrainConfig(grad_accumulation=3, sampling=sampling)
+
+
 def test_sampling_settings_are_checked() -> None:
     with pytest.raises(ValueError, match="min_size"):
         WindowSampling(min_size=1)
@@ -233,6 +249,33 @@ def test_a_few_steps_lower_the_loss_on_a_toy_set(smollm2_tokenizer: Any, tmp_pat
     assert len(losses) == 12
     assert np.mean(losses[-3:]) < 0.9 * np.mean(losses[:3])
     assert all(r.ranknet_chance == pytest.approx(chance_ranknet(6)) for r in reports)
+
+
+def test_a_mirrored_update_trains_each_drawn_window_in_both_orders(
+    smollm2_tokenizer: Any, tmp_path: Path
+) -> None:
+    model = make_tiny_llama(len(smollm2_tokenizer), seed=4)
+    queries = training_queries([toy_query()], qrels=TOY_QRELS)
+    sampling = WindowSampling(min_size=3, max_size=6, pool=6, mirrored=True)
+    trainer = FirstTrainer(
+        model,
+        smollm2_tokenizer,
+        small_config(steps=1, grad_accumulation=4, sampling=sampling),
+        base_model="unused",
+        output_dir=tmp_path,
+    )
+    seen: list[TrainingWindow] = []
+    encode = trainer.encoder.encode
+
+    def recording(window: TrainingWindow) -> Any:
+        seen.append(window)
+        return encode(window)
+
+    trainer.encoder.encode = recording  # type: ignore[method-assign]
+    [report] = trainer.fit(queries)["history"]
+    assert report["windows"] == len(seen) == 4
+    assert seen[1] == seen[0].reversed()
+    assert seen[3] == seen[2].reversed()
 
 
 def train_adapter(tokenizer: Any, base_dir: Path, output: Path, steps: int = 2) -> FirstTrainer:
@@ -418,6 +461,7 @@ def test_the_train_command_line_sets_window_orders_and_their_weights() -> None:
         parser.parse_args([*base, "--orders", "shuffled:lots"])
     with pytest.raises(SystemExit):
         parser.parse_args([*base, "--orders", "shuffled:0.5,shuffled:0.5"])
+    assert _config(parser.parse_args([*base, "--mirrored"])).sampling.mirrored
     top = _config(parser.parse_args([*base, "--lora-top-layers", "8"])).lora
     assert top == LoraSettings(top_layers=8)
     with pytest.raises(ValueError, match="not to --full"):
