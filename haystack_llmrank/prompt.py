@@ -81,7 +81,13 @@ class PromptTemplate:
         return cls(**{**data, "labels": tuple(data["labels"])})
 
 
-def _first_template(name: str, kind: str, example: str, labels: tuple[str, ...]) -> PromptTemplate:
+def _first_template(
+    name: str,
+    kind: str,
+    example: str,
+    labels: tuple[str, ...],
+    passage: str = "[{label}] {text}\n",
+) -> PromptTemplate:
     """The FIRST wording with ``kind`` identifiers (alphabetical, numerical)."""
     return PromptTemplate(
         name=name,
@@ -89,7 +95,7 @@ def _first_template(name: str, kind: str, example: str, labels: tuple[str, ...])
             f"I will provide you with {{n}} passages, each indicated by a {kind} identifier []. "
             "Rank the passages based on their relevance to the search query: {query}.\n\n"
         ),
-        passage="[{label}] {text}\n",
+        passage=passage,
         suffix="Search Query: {query}.\n" + _INSTRUCTION.replace("{example}", example),
         labels=labels,
     )
@@ -97,8 +103,20 @@ def _first_template(name: str, kind: str, example: str, labels: tuple[str, ...])
 
 FIRST_TEMPLATE = _first_template("first", "alphabetical", "[B] > [A]", ALPHABETIC_LABELS)
 FIRST_NUMERIC_TEMPLATE = _first_template("first-numeric", "numerical", "[2] > [1]", NUMERIC_LABELS)
+FIRST_ECHO_TEMPLATE = _first_template(
+    "first-echo", "alphabetical", "[B] > [A]", ALPHABETIC_LABELS, "[{label}] {text} [{label}]\n"
+)
+"""FIRST's wording with each label repeated after its passage (``[A] text [A]``).
 
-TEMPLATES: dict[str, PromptTemplate] = {t.name: t for t in (FIRST_TEMPLATE, FIRST_NUMERIC_TEMPLATE)}
+The label then sits right after the text it names, where the model has read the whole
+passage, so choosing a label needs one attention step instead of two (find the relevant
+text, then the label printed before it). For models trained with it (``llmrank train
+--template first-echo``); untrained models and FIRST's own checkpoints expect ``first``.
+"""
+
+TEMPLATES: dict[str, PromptTemplate] = {
+    t.name: t for t in (FIRST_TEMPLATE, FIRST_NUMERIC_TEMPLATE, FIRST_ECHO_TEMPLATE)
+}
 
 
 def get_template(template: str | PromptTemplate | dict[str, Any]) -> PromptTemplate:

@@ -10,13 +10,13 @@ import numpy as np
 import numpy.typing as npt
 
 from haystack_llmrank.gpu_policy import OnMissingGpu
+from haystack_llmrank.model_templates import TemplateChoice, model_template
 from haystack_llmrank.prompt import (
     DEFAULT_MAX_PASSAGE_WORDS,
     FIRST_TEMPLATE,
     Prompt,
     PromptBuilder,
     PromptTemplate,
-    get_template,
 )
 from haystack_llmrank.ranking import Ranking
 from haystack_llmrank.scorers.base import (
@@ -107,7 +107,7 @@ class Reranker:
         backend: str = "torch",
         device: str | None = None,
         dtype: str | None = None,
-        template: str | PromptTemplate | dict[str, Any] = "first",
+        template: TemplateChoice = None,
         max_prompt_tokens: int | None = None,
         threads: int | None = None,
         on_missing_gpu: OnMissingGpu = "raise",
@@ -119,17 +119,20 @@ class Reranker:
         ``None`` (CUDA when available); ``dtype`` is a torch dtype name or ``None`` (float32
         on CPU, float16 on CUDA). ``threads`` is ONNX Runtime's intra-op thread count (onnx
         backend only). ``on_missing_gpu`` is ``"raise"`` (default) or ``"warn"`` (log and
-        run on the CPU) for a CUDA device that cannot be used. Other keyword arguments go to
-        :class:`Reranker`.
+        run on the CPU) for a CUDA device that cannot be used. ``template`` is a template
+        name, dict or object, or ``None``: the one the model was trained or exported with,
+        else ``"first"`` (see :mod:`haystack_llmrank.model_templates`). Other keyword
+        arguments go to :class:`Reranker`.
         """
         from haystack_llmrank.backends import load_scorer
 
+        chosen = model_template(template, model)
         loaded = load_scorer(
             model,
             backend=backend,
             device=device,
             dtype=dtype,
-            labels=get_template(template).labels,
+            labels=chosen.labels,
             threads=threads,
             on_missing_gpu=on_missing_gpu,
         )
@@ -137,7 +140,7 @@ class Reranker:
             loaded.tokenizer,
             loaded.scorer,
             max_prompt_tokens=max_prompt_tokens or loaded.context_length,
-            template=get_template(template),
+            template=chosen,
             model_name=loaded.model_name,
             **kwargs,
         )

@@ -41,17 +41,27 @@ from haystack_llmrank.bench.prompts import CachedPromptBuilder, WindowKey, windo
 from haystack_llmrank.data import Qrels, QueryCandidates
 from haystack_llmrank.errors import LlmRankError
 from haystack_llmrank.labels import LabelIds
-from haystack_llmrank.prompt import FIRST_TEMPLATE, Prompt
+from haystack_llmrank.model_templates import model_template
+from haystack_llmrank.prompt import FIRST_TEMPLATE, Prompt, PromptTemplate
 from haystack_llmrank.reranker import Reranker
 from haystack_llmrank.scorers.base import LabelScorer, preferred_max_batch_tokens
 from haystack_llmrank.strategies import SlidingWindow, Strategy, make_strategy
 
 logger = logging.getLogger(__name__)
 
-TEMPLATE = FIRST_TEMPLATE
 Orders = dict[str, tuple[int, ...]]
 WindowOrders = dict[WindowKey, tuple[int, ...]]
 Steps = dict[str, int]
+
+
+def bench_template(config: BenchConfig) -> PromptTemplate:
+    """The prompt template of the bench's model: the one it was trained with, else FIRST's.
+
+    Synthetic models (random weights) take FIRST's.
+    """
+    return FIRST_TEMPLATE if config.synthetic else model_template(None, config.model)
+
+
 Tick = Callable[[int], None]
 
 
@@ -253,7 +263,7 @@ class EngineRow:
 def _builder(job: RowJob, tokenizer: object, vocab_size: int | None) -> CachedPromptBuilder:
     return CachedPromptBuilder(
         tokenizer,
-        TEMPLATE,
+        bench_template(job.config),
         max_prompt_tokens=job.max_prompt_tokens,
         cache=job.prompts,
         vocab_size=vocab_size,
@@ -281,13 +291,14 @@ def _load_model(job: RowJob) -> LoadedModel:
 
 def _load_loop_row(job: RowJob) -> LoopRow:
     loaded = _load_model(job)
-    labels = TEMPLATE.labels[: job.config.window_size]
+    template = bench_template(job.config)
+    labels = template.labels[: job.config.window_size]
     window: FullLogitsWindow | GenerateWindow
     if job.row == PLAIN:
         window = FullLogitsWindow(loaded.model, plain_label_ids(loaded, labels))
     else:
         window = GenerateWindow(
-            loaded.model, loaded.tokenizer, labels, answer_prefix=TEMPLATE.answer_prefix
+            loaded.model, loaded.tokenizer, labels, answer_prefix=template.answer_prefix
         )
     return LoopRow(
         _builder(job, loaded.tokenizer, loaded.vocab_size), window, _strategy(job.config)
@@ -302,14 +313,15 @@ def _load_torch_row(job: RowJob) -> EngineRow:
     pad = loaded.tokenizer.pad_token_id or 0
     if loaded.vocab_size is not None:
         pad %= loaded.vocab_size
+    template = bench_template(config)
     scorer = TorchLabelScorer(
-        loaded.model, engine_label_ids(loaded, TEMPLATE.labels), pad_token_id=pad
+        loaded.model, engine_label_ids(loaded, template.labels), pad_token_id=pad
     )
     reranker = Reranker(
         loaded.tokenizer,
         scorer,
         max_prompt_tokens=job.max_prompt_tokens,
-        template=TEMPLATE,
+        template=template,
         strategy=job_strategy(job),
         batch_size=config.batch_size,
         max_batch_tokens=config.max_batch_tokens,
@@ -328,7 +340,7 @@ def _load_oracle_row(job: RowJob) -> EngineRow:
         noise=job.noise,
         seed=config.seed,
         strategy=job_strategy(job),
-        template=TEMPLATE,
+        template=bench_template(config),
         batch_size=config.batch_size,
         cache=job.prompts,
     )

@@ -38,10 +38,10 @@ from haystack_llmrank.bench.model_loading import (
 from haystack_llmrank.bench.plain import answer_tokens
 from haystack_llmrank.bench.prompts import CachedPromptBuilder, WindowKey
 from haystack_llmrank.bench.rows import (
-    TEMPLATE,
     RowJob,
     RowOutcome,
     RowUnavailableError,
+    bench_template,
     first_window,
     run_row,
 )
@@ -245,9 +245,10 @@ def calibrate(
     )
     load_seconds = time.perf_counter() - start
     max_prompt_tokens = config.max_prompt_tokens or loaded.context
+    template = bench_template(config)
     builder = CachedPromptBuilder(
         loaded.tokenizer,
-        TEMPLATE,
+        template,
         max_prompt_tokens=max_prompt_tokens,
         vocab_size=loaded.vocab_size,
     )
@@ -256,13 +257,13 @@ def calibrate(
         return None, max_prompt_tokens, builder.cache
     prompt = builder.build(*warm)
     prefill, decode = _prefill_and_decode_seconds(loaded.model, prompt.token_ids, config.device)
-    labels = TEMPLATE.labels[: config.window_size]
+    labels = template.labels[: config.window_size]
     calibration = Calibration(
         load_seconds=load_seconds,
         forward_seconds=prefill,
         token_seconds=decode,
         prompt_tokens=len(prompt.token_ids),
-        max_new_tokens=answer_tokens(loaded.tokenizer, labels, TEMPLATE.answer_prefix),
+        max_new_tokens=answer_tokens(loaded.tokenizer, labels, template.answer_prefix),
         body_parameters=body_parameters(loaded.model),
         attention_width=attention_width(loaded.model),
     )

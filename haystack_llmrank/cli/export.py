@@ -29,9 +29,10 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--template",
         choices=sorted(TEMPLATES),
-        default="first",
-        help="prompt template whose labels the graph scores: first ([A]..), first-numeric "
-        "([1]..) (default first)",
+        default=None,
+        help="prompt template whose labels the graph scores and that loading it uses: first "
+        "([A]..), first-numeric ([1]..), first-echo (default: the one MODEL was trained "
+        "with, else first)",
     )
     parser.add_argument("--opset", type=positive_int, default=None, help="ONNX opset")
     parser.add_argument(

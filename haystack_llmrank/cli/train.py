@@ -16,6 +16,7 @@ _SPLIT = "split.json"
 
 def register(parser: argparse.ArgumentParser) -> None:
     """Add the ``train`` options and handler to ``parser``; defaults come from TrainConfig."""
+    from haystack_llmrank.prompt import TEMPLATES
     from haystack_llmrank.training.config import TrainConfig
 
     config = TrainConfig()
@@ -39,6 +40,14 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--model",
         default="smollm2-135m-instruct",
         help="base model: a name, HF id or folder, or .gguf (default smollm2-135m-instruct)",
+    )
+    parser.add_argument(
+        "--template",
+        choices=sorted(TEMPLATES),
+        default="first",
+        help="prompt template to train with, recorded in OUTPUT so that loading uses it: "
+        "first ([A] text); first-echo ([A] text [A]: the label also after its passage, easier "
+        "for small models to learn); first-numeric (default %(default)s)",
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument(
@@ -276,6 +285,7 @@ def run_train(args: argparse.Namespace) -> int:
 def _trainer(args: argparse.Namespace, config: Any) -> Any:
     from haystack_llmrank.backends import torch_device_and_dtype
     from haystack_llmrank.models import load_causal_lm, load_tokenizer, resolve_model
+    from haystack_llmrank.prompt import get_template
     from haystack_llmrank.training import FirstTrainer
 
     if args.threads is not None:
@@ -288,10 +298,18 @@ def _trainer(args: argparse.Namespace, config: Any) -> Any:
     device, dtype = torch_device_and_dtype(args.device, args.dtype)
     tokenizer = load_tokenizer(source)
     model = load_causal_lm(source, device=device, dtype=dtype, tokenizer=tokenizer)
-    return FirstTrainer(model, tokenizer, config, base_model=args.model, output_dir=args.output)
+    return FirstTrainer(
+        model,
+        tokenizer,
+        config,
+        base_model=args.model,
+        output_dir=args.output,
+        template=get_template(args.template),
+    )
 
 
 def _write_merged(output: Path) -> None:
+    from haystack_llmrank.model_templates import recorded_template, write_template
     from haystack_llmrank.models import load_causal_lm, load_tokenizer, resolve_model
 
     source = resolve_model(str(output))
@@ -299,3 +317,6 @@ def _write_merged(output: Path) -> None:
     model = load_causal_lm(source, tokenizer=tokenizer)
     model.save_pretrained(output / "merged")
     tokenizer.save_pretrained(output / "merged")
+    template = recorded_template(str(output))
+    if template is not None:
+        write_template(output / "merged", template)

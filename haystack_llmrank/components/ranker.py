@@ -71,7 +71,7 @@ class FirstListwiseRanker:
         window_size: int = DEFAULT_WINDOW_SIZE,
         step: int = DEFAULT_STEP,
         strategy: str = "sliding",
-        template: str | dict[str, Any] = "first",
+        template: str | dict[str, Any] | None = None,
         max_passage_words: int | None = DEFAULT_MAX_PASSAGE_WORDS,
         max_prompt_tokens: int | None = None,
         batch_size: int = 1,
@@ -96,7 +96,8 @@ class FirstListwiseRanker:
             partitioning) or ``"tournament"``; see :mod:`haystack_llmrank.strategies`. The
             last two rank fewer positions (the rest keep their input order) and use
             ``top_k`` to rank just enough.
-        :param template: prompt template name or its dict form.
+        :param template: prompt template name or its dict form; ``None``: the one the model
+            was trained or exported with, else ``"first"``.
         :param max_passage_words: words kept per passage before prompting (``None``: all).
         :param max_prompt_tokens: token budget of one prompt (``None``: the model's context).
         :param batch_size: windows scored per forward pass.

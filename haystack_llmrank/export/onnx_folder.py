@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from haystack_llmrank.labels import LabelIds, resolve_label_ids
+from haystack_llmrank.model_templates import TemplateChoice, model_template
 from haystack_llmrank.models import context_length, load_causal_lm, load_tokenizer, resolve_model
-from haystack_llmrank.prompt import PromptTemplate, get_template
 from haystack_llmrank.scorers.onnx_metadata import (
     EXPORTERS,
     GRAPH_FILE,
@@ -37,7 +37,7 @@ def export_onnx(
     out_dir: str | Path,
     *,
     precision: Precision = "fp32",
-    template: str | PromptTemplate | dict[str, Any] = "first",
+    template: TemplateChoice = None,
     opset: int = DEFAULT_OPSET,
     optimize: bool = True,
     exporter: Exporter = "torchscript",
@@ -48,7 +48,8 @@ def export_onnx(
 
     ``model`` is anything :func:`~haystack_llmrank.models.resolve_model` accepts. The folder
     gets ``model.onnx`` (inputs ``input_ids``/``attention_mask`` int64 ``[batch, sequence]``,
-    output float32 ``label_logits [batch, K]`` for ``template``'s labels; ``model.onnx.data``
+    output float32 ``label_logits [batch, K]`` for ``template``'s labels (``None``: the
+    template ``model`` was trained with, else ``first``); ``model.onnx.data``
     too for graphs over 1 GiB), the tokenizer with its chat template, and ``llmrank.json``.
     ``precision`` is ``fp32``, ``fp16`` (for CUDA) or ``int8`` (weight-only, for CPU);
     ``optimize`` saves ONNX Runtime's basic graph optimisations; ``exporter`` is
@@ -63,7 +64,7 @@ def export_onnx(
     if exporter not in EXPORTERS:
         raise ValueError(f"unknown exporter {exporter!r}; choose one of {EXPORTERS}")
     _require_export_tools(precision, exporter)
-    chosen = get_template(template)
+    chosen = model_template(template, model)
     target = Path(out_dir).expanduser().resolve()
     _check_target(target, overwrite=overwrite)
     source = resolve_model(model)

@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from haystack_llmrank.model_templates import write_template
+from haystack_llmrank.prompt import PromptTemplate
+
 LORA_TARGETS: tuple[str, ...] = (
     "q_proj",
     "k_proj",
@@ -91,14 +94,18 @@ def trainable_parameters(model: Any) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def save_trained(model: Any, tokenizer: Any, folder: Path, *, base_model: str) -> None:
-    """Save an adapter folder that names ``base_model``, or full weights with the tokenizer.
+def save_trained(
+    model: Any, tokenizer: Any, folder: Path, *, base_model: str, template: PromptTemplate
+) -> None:
+    """Save an adapter folder that names ``base_model``, or full weights with the tokenizer,
+    and the prompt ``template`` the model was trained with (``llmrank_template.json``).
 
     An adapter's ``adapter_config.json`` records ``base_model`` as given (an llmrank model
     reference such as ``smollm2-135m-instruct`` or a Hugging Face id), so that loading the
     folder resolves its base the same way every other model is resolved.
     """
     folder.mkdir(parents=True, exist_ok=True)
+    write_template(folder, template)
     if hasattr(model, "peft_config"):
         model.save_pretrained(folder)
         config_path = folder / "adapter_config.json"

@@ -17,6 +17,7 @@ import torch
 
 from haystack_llmrank.data import Qrels, QueryCandidates
 from haystack_llmrank.labels import LabelIds, resolve_label_ids
+from haystack_llmrank.model_templates import recorded_template
 from haystack_llmrank.prompt import FIRST_TEMPLATE, PromptBuilder, PromptTemplate
 from haystack_llmrank.training.adapters import (
     causal_lm,
@@ -187,7 +188,13 @@ class FirstTrainer:
             if on_step is not None:
                 on_step(report)
         if validation is None:
-            save_trained(self.model, self.tokenizer, self.output_dir, base_model=self.base_model)
+            save_trained(
+                self.model,
+                self.tokenizer,
+                self.output_dir,
+                base_model=self.base_model,
+                template=self.template,
+            )
         record = self.record()
         self._write_record(record)
         return record
@@ -258,7 +265,13 @@ class FirstTrainer:
         if self.best is None or score > self.best:
             self.best = score
             self.best_step = self.step
-            save_trained(self.model, self.tokenizer, self.output_dir, base_model=self.base_model)
+            save_trained(
+                self.model,
+                self.tokenizer,
+                self.output_dir,
+                base_model=self.base_model,
+                template=self.template,
+            )
         if self.step == 0:
             self.history.append({"step": 0, "validation": score})
 
@@ -305,7 +318,13 @@ class FirstTrainer:
             "config": self.config.to_dict(),
         }
         (staging / "trainer.json").write_text(json.dumps(meta) + "\n", "utf-8")
-        save_trained(self.model, self.tokenizer, staging / "model", base_model=self.base_model)
+        save_trained(
+            self.model,
+            self.tokenizer,
+            staging / "model",
+            base_model=self.base_model,
+            template=self.template,
+        )
         if target.exists():
             old = self.output_dir / f".{CHECKPOINT}-old"
             shutil.rmtree(old, ignore_errors=True)
@@ -323,6 +342,12 @@ class FirstTrainer:
         if not (folder / "trainer.json").is_file():
             return False
         meta = json.loads((folder / "trainer.json").read_text("utf-8"))
+        trained_with = recorded_template(str(folder / "model"))
+        if trained_with is not None and trained_with != self.template:
+            raise ValueError(
+                f"{folder} was trained with template {trained_with.name!r}, not "
+                f"{self.template.name!r}; resume with the same template"
+            )
         if meta["config"] != self.config.to_dict():
             changed = sorted(k for k, v in self.config.to_dict().items() if meta["config"][k] != v)
             logger.warning("resuming with changed settings: %s", ", ".join(changed))

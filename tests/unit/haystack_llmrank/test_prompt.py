@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from haystack_llmrank.errors import PromptTooLongError, WindowTooLargeError
 from haystack_llmrank.labels import NUMERIC_LABELS
 from haystack_llmrank.prompt import (
+    FIRST_ECHO_TEMPLATE,
     FIRST_NUMERIC_TEMPLATE,
     FIRST_TEMPLATE,
     PromptBuilder,
@@ -71,6 +72,14 @@ def test_numeric_template_labels_and_example(smollm2_tokenizer: Any) -> None:
     assert "[1] x\n[2] y\n" in text
     assert "numerical identifier" in text
     assert "e.g., [2] > [1]," in text
+
+
+def test_echo_template_repeats_each_label_after_its_passage(smollm2_tokenizer: Any) -> None:
+    echo = builder(smollm2_tokenizer, template=FIRST_ECHO_TEMPLATE)
+    text = echo.build("q", ["x [B] y", "z"]).text
+    assert "[A] x (B) y [A]\n[B] z [B]\n" in text
+    first = builder(smollm2_tokenizer).build("q", ["x [B] y", "z"]).text
+    assert text.replace(" [A]\n", "\n").replace(" [B]\n", "\n") == first  # wording unchanged
 
 
 def test_system_message_prepended_when_template_has_no_system_role(smollm2_tokenizer: Any) -> None:

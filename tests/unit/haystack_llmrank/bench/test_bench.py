@@ -10,6 +10,7 @@ import json
 import multiprocessing
 import random
 import re
+import shutil
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -38,8 +39,9 @@ from haystack_llmrank.bench.runner import (
     unavailable_rows,
 )
 from haystack_llmrank.labels import ALPHABETIC_LABELS, resolve_label_ids
+from haystack_llmrank.model_templates import write_template
 from haystack_llmrank.models import resolve_model
-from haystack_llmrank.prompt import PromptBuilder
+from haystack_llmrank.prompt import FIRST_ECHO_TEMPLATE, PromptBuilder
 from haystack_llmrank.strategies import STRATEGIES, SlidingWindow, make_strategy
 
 WORDS = "river bank loan coffee mountain tree city music flea peru capital rate".split()  # noqa: SIM905
@@ -557,6 +559,34 @@ def test_isolated_rows_report_their_own_process_memory(
         assert result.outcome.memory_isolated
         assert result.outcome.peak_rss_mb > 0
     plain, torch_row = (r.outcome for r in results)
+    assert plain is not None
+    assert torch_row is not None
+    assert plain.window_orders == torch_row.window_orders
+
+
+@pytest.mark.slow
+def test_a_trained_models_own_template_is_benched(
+    bench_data: Path, tied_model_dir: Path, tmp_path: Path
+) -> None:
+    model = tmp_path / "echo-model"
+    shutil.copytree(tied_model_dir, model)
+    write_template(model, FIRST_ECHO_TEMPLATE)
+    config = BenchConfig(
+        data_dir=bench_data,
+        model=str(model),
+        rows=("plain", "torch"),
+        queries=1,
+        top_k=6,
+        window_size=6,
+        step=3,
+        device="cpu",
+        warmup=0,
+        isolate=False,
+    )
+    plan = prepare(config)
+    assert plan.prompts
+    assert all("[A] " in p.text and " [A]\n" in p.text for p in plan.prompts.values())
+    plain, torch_row = (r.outcome for r in run(plan))
     assert plain is not None
     assert torch_row is not None
     assert plain.window_orders == torch_row.window_orders

@@ -159,7 +159,7 @@ def test_to_dict_of_the_defaults() -> None:
             "window_size": 20,
             "step": 10,
             "strategy": "sliding",
-            "template": "first",
+            "template": None,
             "max_passage_words": 300,
             "max_prompt_tokens": None,
             "batch_size": 1,

@@ -14,8 +14,14 @@ from support import make_tiny_llama
 
 from haystack_llmrank.data import Candidate, QueryCandidates
 from haystack_llmrank.labels import ALPHABETIC_LABELS, resolve_label_ids
+from haystack_llmrank.model_templates import recorded_template
 from haystack_llmrank.models import load_causal_lm, resolve_model
-from haystack_llmrank.prompt import FIRST_TEMPLATE, PromptBuilder
+from haystack_llmrank.prompt import (
+    FIRST_ECHO_TEMPLATE,
+    FIRST_TEMPLATE,
+    PromptBuilder,
+    PromptTemplate,
+)
 from haystack_llmrank.scorers.torch_scorer import TorchLabelScorer
 from haystack_llmrank.training import (
     FirstTrainer,
@@ -278,10 +284,21 @@ def test_a_mirrored_update_trains_each_drawn_window_in_both_orders(
     assert seen[3] == seen[2].reversed()
 
 
-def train_adapter(tokenizer: Any, base_dir: Path, output: Path, steps: int = 2) -> FirstTrainer:
+def train_adapter(
+    tokenizer: Any,
+    base_dir: Path,
+    output: Path,
+    steps: int = 2,
+    template: PromptTemplate = FIRST_TEMPLATE,
+) -> FirstTrainer:
     model = load_causal_lm(resolve_model(str(base_dir)))
     trainer = FirstTrainer(
-        model, tokenizer, small_config(steps=steps), base_model=str(base_dir), output_dir=output
+        model,
+        tokenizer,
+        small_config(steps=steps),
+        base_model=str(base_dir),
+        output_dir=output,
+        template=template,
     )
     trainer.fit(training_queries([toy_query()], qrels=TOY_QRELS))
     return trainer
@@ -373,6 +390,23 @@ def test_checkpoint_resume_continues_the_same_run(
     assert losses == pytest.approx([h["loss"] for h in straight.history], rel=1e-4)
 
 
+def test_resume_refuses_another_template(
+    smollm2_tokenizer: Any, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    train_adapter(smollm2_tokenizer, tiny_model_dir, tmp_path / "run", steps=2)
+    model = load_causal_lm(resolve_model(str(tiny_model_dir)))
+    other = FirstTrainer(
+        model,
+        smollm2_tokenizer,
+        small_config(steps=2),
+        base_model=str(tiny_model_dir),
+        output_dir=tmp_path / "run",
+        template=FIRST_ECHO_TEMPLATE,
+    )
+    with pytest.raises(ValueError, match="trained with template 'first'"):
+        other.resume()
+
+
 @pytest.mark.slow
 def test_onnx_export_of_an_adapter_matches_torch(
     smollm2_tokenizer: Any, tiny_model_dir: Path, tmp_path: Path
@@ -381,10 +415,13 @@ def test_onnx_export_of_an_adapter_matches_torch(
     from haystack_llmrank.export import export_onnx
     from haystack_llmrank.scorers.onnx_loading import load_export
 
-    trainer = train_adapter(smollm2_tokenizer, tiny_model_dir, tmp_path / "adapter")
+    trainer = train_adapter(
+        smollm2_tokenizer, tiny_model_dir, tmp_path / "adapter", template=FIRST_ECHO_TEMPLATE
+    )
     folder = export_onnx(str(tmp_path / "adapter"), tmp_path / "onnx")
+    assert recorded_template(str(folder)) == FIRST_ECHO_TEMPLATE  # the export keeps it
     labels = resolve_label_ids(smollm2_tokenizer, ALPHABETIC_LABELS)
-    builder = PromptBuilder(smollm2_tokenizer, FIRST_TEMPLATE, max_prompt_tokens=4096)
+    builder = PromptBuilder(smollm2_tokenizer, FIRST_ECHO_TEMPLATE, max_prompt_tokens=4096)
     prompts = [builder.build("fleas", TEXTS).token_ids]
     pad = smollm2_tokenizer.pad_token_id
     expected = TorchLabelScorer(causal_lm(trainer.model), labels, pad_token_id=pad).score(prompts)
@@ -411,9 +448,11 @@ def test_cli_trains_validates_and_writes_adapter_and_merged_weights(
         "train", str(candidates), "--qrels", str(qrels), "--output", str(output),
         "--model", str(tiny_model_dir), "--steps", "2", "--grad-accumulation", "1",
         "--min-window", "3", "--max-window", "6", "--eval-every", "1",
-        "--validation-fraction", "0.5", "--merge",
+        "--validation-fraction", "0.5", "--template", "first-echo", "--merge",
     ]  # fmt: skip
     assert main(args) == 0
+    assert recorded_template(str(output)) == FIRST_ECHO_TEMPLATE
+    assert recorded_template(str(output / "merged")) == FIRST_ECHO_TEMPLATE
     record = json.loads((output / "training.json").read_text())
     split = json.loads((output / "split.json").read_text())
     assert len(split["train"]) == len(split["validation"]) == 2

@@ -1,0 +1,82 @@
+"""The prompt template a model folder was trained or exported with, and picking the one to use.
+
+A model ranks well only with the prompt it learned. ``llmrank train`` writes its template to
+``llmrank_template.json`` in the output folder (adapter or full weights) and ``llmrank
+export`` to ``llmrank.json``; loading a model with no template named uses the recorded one,
+and FIRST's otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from haystack_llmrank.errors import ModelResolutionError
+from haystack_llmrank.models import resolve_model
+from haystack_llmrank.prompt import FIRST_TEMPLATE, PromptTemplate, get_template
+from haystack_llmrank.scorers.onnx_metadata import METADATA_FILE
+
+logger = logging.getLogger(__name__)
+
+TEMPLATE_FILE = "llmrank_template.json"
+"""File in a trained model folder with :meth:`PromptTemplate.to_dict` of its template."""
+
+TemplateChoice = str | PromptTemplate | dict[str, Any] | None
+
+
+def write_template(folder: Path, template: PromptTemplate) -> None:
+    """Record ``template`` as the one the model in ``folder`` was trained with."""
+    (folder / TEMPLATE_FILE).write_text(json.dumps(template.to_dict(), indent=1) + "\n", "utf-8")
+
+
+def _read(file: Path, key: str | None = None) -> PromptTemplate | None:
+    if not file.is_file():
+        return None
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+        return get_template(data[key] if key else data)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelResolutionError(f"cannot read the prompt template in {file}: {exc}") from exc
+
+
+def recorded_template(model: str | None) -> PromptTemplate | None:
+    """The template recorded with ``model``, or ``None`` where it records none.
+
+    Read from a trained folder (or the adapter a folder or the default resolves to) and from
+    an ONNX export folder. Hub ids and GGUF files record none; neither does a reference
+    that cannot be resolved (loading it reports why).
+    """
+    try:
+        source = resolve_model(model)
+    except ModelResolutionError:
+        return None
+    folders = [Path(f) for f in (source.adapter, source.location) if f is not None]
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        found = _read(folder / TEMPLATE_FILE) or _read(folder / METADATA_FILE, "template")
+        if found is not None:
+            return found
+    return None
+
+
+def model_template(template: TemplateChoice, model: str | None) -> PromptTemplate:
+    """``template`` when given, else the one recorded with ``model``, else FIRST's.
+
+    A given template that differs from the recorded one is used, with a warning: the model
+    was trained on other prompts.
+    """
+    recorded = recorded_template(model)
+    if template is None:
+        return recorded or FIRST_TEMPLATE
+    chosen = get_template(template)
+    if recorded is not None and recorded != chosen:
+        logger.warning(
+            "%s was trained with template %r; ranking with %r as asked",
+            model,
+            recorded.name,
+            chosen.name,
+        )
+    return chosen

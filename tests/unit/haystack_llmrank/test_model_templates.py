@@ -1,0 +1,69 @@
+"""A model folder's recorded prompt template is what loading it uses, unless one is named."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from haystack_llmrank.components import FirstListwiseRanker
+from haystack_llmrank.errors import ModelResolutionError
+from haystack_llmrank.model_templates import (
+    TEMPLATE_FILE,
+    model_template,
+    recorded_template,
+    write_template,
+)
+from haystack_llmrank.prompt import FIRST_ECHO_TEMPLATE, FIRST_NUMERIC_TEMPLATE, FIRST_TEMPLATE
+from haystack_llmrank.reranker import Reranker
+from haystack_llmrank.scorers.onnx_metadata import METADATA_FILE
+
+
+@pytest.fixture
+def echo_model_dir(tiny_model: Any, smollm2_tokenizer: Any, tmp_path: Path) -> Path:
+    """The tiny model saved as full weights, recorded as trained with ``first-echo``."""
+    folder = tmp_path / "echo-model"
+    tiny_model.save_pretrained(folder)
+    smollm2_tokenizer.save_pretrained(folder)
+    write_template(folder, FIRST_ECHO_TEMPLATE)
+    return folder
+
+
+def test_untrained_models_record_no_template(tiny_model_dir: Path) -> None:
+    assert recorded_template(str(tiny_model_dir)) is None
+    assert recorded_template("some-org/not-a-local-model") is None
+    assert model_template(None, str(tiny_model_dir)) == FIRST_TEMPLATE
+
+
+def test_an_onnx_export_records_its_template(tmp_path: Path) -> None:
+    metadata = {"template": FIRST_NUMERIC_TEMPLATE.to_dict()}
+    (tmp_path / METADATA_FILE).write_text(json.dumps(metadata))
+    assert recorded_template(str(tmp_path)) == FIRST_NUMERIC_TEMPLATE
+
+
+def test_an_unreadable_record_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / TEMPLATE_FILE).write_text('{"name": "first"')
+    with pytest.raises(ModelResolutionError, match="cannot read the prompt template"):
+        recorded_template(str(tmp_path))
+
+
+def test_loading_uses_the_recorded_template(echo_model_dir: Path) -> None:
+    reranker = Reranker.from_pretrained(str(echo_model_dir), device="cpu")
+    assert reranker.prompts.template == FIRST_ECHO_TEMPLATE
+    ranker = FirstListwiseRanker(model=str(echo_model_dir), device="cpu")
+    ranker.warm_up()
+    assert ranker._reranker is not None
+    assert ranker._reranker.prompts.template == FIRST_ECHO_TEMPLATE
+    assert FirstListwiseRanker.from_dict(ranker.to_dict()).template is None
+
+
+def test_a_named_template_wins_with_a_warning(
+    echo_model_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="haystack_llmrank.model_templates"):
+        reranker = Reranker.from_pretrained(str(echo_model_dir), device="cpu", template="first")
+    assert reranker.prompts.template == FIRST_TEMPLATE
+    assert "trained with template 'first-echo'; ranking with 'first'" in caplog.text
