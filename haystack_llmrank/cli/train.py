@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from haystack_llmrank.cli.options import positive_float, positive_int
+
+logger = logging.getLogger(__name__)
 
 _SPLIT = "split.json"
 
@@ -127,6 +130,16 @@ def register(parser: argparse.ArgumentParser) -> None:
             "share of queries held out (by query) for validation; 0 turns it off",
         ),
         ("--split-seed", int, 0, "seed of the query split"),
+    )
+    held.add_argument(
+        "--split",
+        type=Path,
+        default=None,
+        help="a split.json to train and validate on (its 'train' and 'validation' qids) "
+        "instead of drawing one; e.g. the held-out queries of an earlier run",
+    )
+    _numbers(
+        held,
         ("--eval-every", positive_int, config.eval_every, "updates between validations"),
         ("--checkpoint-every", positive_int, config.checkpoint_every, "updates per checkpoint"),
         ("--validation-depth", positive_int, config.validation_depth, "rerank the top N"),
@@ -172,6 +185,31 @@ def split_queries(qids: list[str], fraction: float, seed: int) -> tuple[list[str
     if held >= len(order):
         raise ValueError("no training query would be left")
     return sorted(order[: len(order) - held]), sorted(order[len(order) - held :])
+
+
+def read_split(file: Path, qids: list[str]) -> tuple[list[str], list[str]]:
+    """``(train, validation)`` qids from a ``split.json``, checked against the input's qids."""
+    try:
+        data = json.loads(file.read_text("utf-8"))
+        train, held = data["train"], data["validation"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{file} is no split.json with 'train' and 'validation': {exc}") from exc
+    if not all(isinstance(q, str) for q in [*train, *held]):
+        raise ValueError(f"{file}: qids must be strings")
+    if not train:
+        raise ValueError(f"{file}: no training query")
+    both = set(train) & set(held)
+    if both:
+        raise ValueError(f"{file}: {len(both)} qids are in both lists, e.g. {sorted(both)[0]!r}")
+    missing = (set(train) | set(held)) - set(qids)
+    if missing:
+        raise ValueError(
+            f"{file}: {len(missing)} qids are not in the input, e.g. {sorted(missing)[0]!r}"
+        )
+    left_out = len(set(qids) - set(train) - set(held))
+    if left_out:
+        logger.warning("%d input queries are in neither list of %s: not used", left_out, file)
+    return sorted(train), sorted(held)
 
 
 def _config(args: argparse.Namespace) -> Any:
@@ -230,9 +268,11 @@ def run_train(args: argparse.Namespace) -> int:
     queries = read_queries(args.input, args.format)
     qrels = read_qrels(args.qrels) if args.qrels else None
     teacher = read_run(args.teacher) if args.teacher else None
-    train_ids, held_ids = split_queries(
-        [q.qid for q in queries], args.validation_fraction, args.split_seed
-    )
+    qids = [q.qid for q in queries]
+    if args.split is not None:
+        train_ids, held_ids = read_split(args.split, qids)
+    else:
+        train_ids, held_ids = split_queries(qids, args.validation_fraction, args.split_seed)
     if held_ids and qrels is None:
         raise ValueError("validation needs --qrels; pass --validation-fraction 0 to skip it")
     if held_ids:
@@ -241,7 +281,8 @@ def run_train(args: argparse.Namespace) -> int:
     train = training_queries([by_id[q] for q in train_ids], qrels=qrels, teacher=teacher)
     args.output.mkdir(parents=True, exist_ok=True)
     split_file = args.output / _SPLIT
-    split = {"train": train_ids, "validation": held_ids, "seed": args.split_seed}
+    seed = None if args.split is not None else args.split_seed
+    split = {"train": train_ids, "validation": held_ids, "seed": seed}
     if args.resume and split_file.is_file() and json.loads(split_file.read_text("utf-8")) != split:
         raise ValueError(f"{split_file} holds another query split; resume with the same one")
     split_file.write_text(json.dumps(split, indent=1) + "\n", "utf-8")

@@ -429,20 +429,49 @@ def test_onnx_export_of_an_adapter_matches_torch(
     np.testing.assert_allclose(exported, expected, atol=1e-3)
 
 
-def test_cli_trains_validates_and_writes_adapter_and_merged_weights(
-    smollm2_tokenizer: Any, tiny_model_dir: Path, tmp_path: Path
-) -> None:
-    from haystack_llmrank.cli import main
-
-    candidates = tmp_path / "candidates.jsonl"
-    qrels = tmp_path / "qrels.txt"
+def write_toy_files(folder: Path, queries: int = 4) -> tuple[Path, Path]:
+    """A candidates JSONL of ``queries`` toy queries (q0, q1...) and their qrels."""
+    candidates = folder / "candidates.jsonl"
+    qrels = folder / "qrels.txt"
     lines, judged = [], []
-    for q in range(4):
+    for q in range(queries):
         docs = [{"docid": f"q{q}d{i}", "text": TEXTS[i], "score": 9.0 - i} for i in range(6)]
         lines.append(json.dumps({"qid": f"q{q}", "query": "flea life", "candidates": docs}))
         judged += [f"q{q} 0 q{q}d1 3", f"q{q} 0 q{q}d3 2", f"q{q} 0 q{q}d2 0"]
     candidates.write_text("\n".join(lines) + "\n")
     qrels.write_text("\n".join(judged) + "\n")
+    return candidates, qrels
+
+
+def test_cli_trains_on_a_given_split_and_checks_it(
+    tiny_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from haystack_llmrank.cli import main
+
+    candidates, qrels = write_toy_files(tmp_path)
+    split = tmp_path / "split.json"
+    args = [
+        "train", str(candidates), "--qrels", str(qrels), "--model", str(tiny_model_dir),
+        "--steps", "1", "--grad-accumulation", "1", "--min-window", "3", "--max-window", "6",
+        "--split", str(split),
+    ]  # fmt: skip
+    split.write_text(json.dumps({"train": ["q2", "q0"], "validation": ["q3"]}))
+    with caplog.at_level("WARNING", logger="haystack_llmrank.cli.train"):
+        assert main([*args, "--output", str(tmp_path / "run")]) == 0
+    written = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert (written["train"], written["validation"]) == (["q0", "q2"], ["q3"])
+    assert "1 input queries are in neither list" in caplog.text  # q1 is said to be left out
+    for bad in ({"train": ["q0"], "validation": ["q0"]}, {"train": ["q9"], "validation": []}):
+        split.write_text(json.dumps(bad))
+        assert main([*args, "--output", str(tmp_path / "bad")]) == 2
+
+
+def test_cli_trains_validates_and_writes_adapter_and_merged_weights(
+    smollm2_tokenizer: Any, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from haystack_llmrank.cli import main
+
+    candidates, qrels = write_toy_files(tmp_path)
     output = tmp_path / "trained"
     args = [
         "train", str(candidates), "--qrels", str(qrels), "--output", str(output),
