@@ -188,13 +188,7 @@ class FirstTrainer:
             if on_step is not None:
                 on_step(report)
         if validation is None:
-            save_trained(
-                self.model,
-                self.tokenizer,
-                self.output_dir,
-                base_model=self.base_model,
-                template=self.template,
-            )
+            self._save_model(self.output_dir)
         record = self.record()
         self._write_record(record)
         return record
@@ -265,13 +259,7 @@ class FirstTrainer:
         if self.best is None or score > self.best:
             self.best = score
             self.best_step = self.step
-            save_trained(
-                self.model,
-                self.tokenizer,
-                self.output_dir,
-                base_model=self.base_model,
-                template=self.template,
-            )
+            self._save_model(self.output_dir)
         if self.step == 0:
             self.history.append({"step": 0, "validation": score})
 
@@ -287,6 +275,16 @@ class FirstTrainer:
             "trainable_parameters": trainable_parameters(self.model),
             "history": self.history,
         }
+
+    def _save_model(self, folder: Path) -> None:
+        """Save the model as a folder that loads wherever a model is named."""
+        save_trained(
+            self.model,
+            self.tokenizer,
+            folder,
+            base_model=self.base_model,
+            template=self.template,
+        )
 
     def _write_record(self, record: dict[str, Any]) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -318,13 +316,7 @@ class FirstTrainer:
             "config": self.config.to_dict(),
         }
         (staging / "trainer.json").write_text(json.dumps(meta) + "\n", "utf-8")
-        save_trained(
-            self.model,
-            self.tokenizer,
-            staging / "model",
-            base_model=self.base_model,
-            template=self.template,
-        )
+        self._save_model(staging / "model")
         if target.exists():
             old = self.output_dir / f".{CHECKPOINT}-old"
             shutil.rmtree(old, ignore_errors=True)

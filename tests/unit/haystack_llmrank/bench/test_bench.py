@@ -536,32 +536,41 @@ def test_a_spawned_process_reports_its_own_peak_memory() -> None:
     del held
 
 
+def plain_and_torch(data: Path, model: Path, **changes: Any) -> BenchConfig:
+    """The plain and torch rows on one query's top 6, windows of 6, on the CPU."""
+    settings: dict[str, Any] = {
+        "data_dir": data,
+        "model": str(model),
+        "rows": ("plain", "torch"),
+        "queries": 1,
+        "top_k": 6,
+        "window_size": 6,
+        "step": 3,
+        "device": "cpu",
+        "warmup": 0,
+    }
+    return BenchConfig(**{**settings, **changes})
+
+
+def assert_rows_order_alike(results: Any) -> None:
+    """Both rows ran and ordered every window alike."""
+    plain, torch_row = (r.outcome for r in results)
+    assert plain is not None
+    assert torch_row is not None
+    assert plain.window_orders == torch_row.window_orders
+
+
 @pytest.mark.slow
 def test_isolated_rows_report_their_own_process_memory(
     bench_data: Path, tied_model_dir: Path
 ) -> None:
-    config = BenchConfig(
-        data_dir=bench_data,
-        model=str(tied_model_dir),
-        rows=("plain", "torch"),
-        queries=1,
-        top_k=6,
-        window_size=6,
-        step=3,
-        device="cpu",
-        warmup=0,
-    )
-    plan = prepare(config)
-    results = run(plan)
+    results = run(prepare(plain_and_torch(bench_data, tied_model_dir)))
     assert [r.status for r in results] == ["ok", "ok"]
     for result in results:
         assert result.outcome is not None
         assert result.outcome.memory_isolated
         assert result.outcome.peak_rss_mb > 0
-    plain, torch_row = (r.outcome for r in results)
-    assert plain is not None
-    assert torch_row is not None
-    assert plain.window_orders == torch_row.window_orders
+    assert_rows_order_alike(results)
 
 
 @pytest.mark.slow
@@ -571,25 +580,10 @@ def test_a_trained_models_own_template_is_benched(
     model = tmp_path / "echo-model"
     shutil.copytree(tied_model_dir, model)
     write_template(model, FIRST_ECHO_TEMPLATE)
-    config = BenchConfig(
-        data_dir=bench_data,
-        model=str(model),
-        rows=("plain", "torch"),
-        queries=1,
-        top_k=6,
-        window_size=6,
-        step=3,
-        device="cpu",
-        warmup=0,
-        isolate=False,
-    )
-    plan = prepare(config)
+    plan = prepare(plain_and_torch(bench_data, model, isolate=False))
     assert plan.prompts
     assert all("[A] " in p.text and " [A]\n" in p.text for p in plan.prompts.values())
-    plain, torch_row = (r.outcome for r in run(plan))
-    assert plain is not None
-    assert torch_row is not None
-    assert plain.window_orders == torch_row.window_orders
+    assert_rows_order_alike(run(plan))
 
 
 def test_cuda_runs_measure_the_fp16_export(bench_data: Path) -> None:
