@@ -194,6 +194,8 @@ def read_split(file: Path, qids: list[str]) -> tuple[list[str], list[str]]:
         train, held = data["train"], data["validation"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{file} is no split.json with 'train' and 'validation': {exc}") from exc
+    if not isinstance(train, list) or not isinstance(held, list):
+        raise ValueError(f"{file}: 'train' and 'validation' must be lists of qids")
     if not all(isinstance(q, str) for q in [*train, *held]):
         raise ValueError(f"{file}: qids must be strings")
     if not train:

@@ -461,7 +461,11 @@ def test_cli_trains_on_a_given_split_and_checks_it(
     written = json.loads((tmp_path / "run" / "split.json").read_text())
     assert (written["train"], written["validation"]) == (["q0", "q2"], ["q3"])
     assert "1 input queries are in neither list" in caplog.text  # q1 is said to be left out
-    for bad in ({"train": ["q0"], "validation": ["q0"]}, {"train": ["q9"], "validation": []}):
+    for bad in (
+        {"train": ["q0"], "validation": ["q0"]},
+        {"train": ["q9"], "validation": []},
+        {"train": "q0", "validation": []},
+    ):
         split.write_text(json.dumps(bad))
         assert main([*args, "--output", str(tmp_path / "bad")]) == 2
 
