@@ -24,14 +24,13 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
-from teacher_run import minilm_folder
+from teacher_run import minilm_folder, teacher_scores
 
 from haystack_llmrank.data import (
     QueryCandidates,
     read_qrels,
     read_queries,
     read_run,
-    strictly_decreasing,
     write_run,
 )
 
@@ -81,13 +80,7 @@ def main() -> None:
             query, text = pseudo_query(source.text, rng, args.drop)
             candidates = tuple(c if c is not source else replace(c, text=text) for c in pool)
             pseudo = QueryCandidates(f"ict-{qid}-{n}", query, candidates)
-            vectors = encoder.encode([query, *pseudo.texts], normalize_embeddings=True)
-            scores = (vectors[1:] @ vectors[0]).tolist()
-            ranked = sorted(range(len(scores)), key=lambda i: -scores[i])
-            values = strictly_decreasing([scores[i] for i in ranked])
-            teacher[pseudo.qid] = {
-                candidates[i].docid: v for i, v in zip(ranked, values, strict=True)
-            }
+            teacher[pseudo.qid] = teacher_scores(encoder, pseudo)
             qrels[pseudo.qid] = {source.docid: 1}
             made.append(pseudo)
     args.output.mkdir(parents=True, exist_ok=True)

