@@ -41,8 +41,7 @@ from haystack_llmrank.bench.prompts import CachedPromptBuilder, WindowKey, windo
 from haystack_llmrank.data import Qrels, QueryCandidates
 from haystack_llmrank.errors import LlmRankError
 from haystack_llmrank.labels import LabelIds
-from haystack_llmrank.model_templates import model_template
-from haystack_llmrank.prompt import FIRST_TEMPLATE, Prompt, PromptTemplate
+from haystack_llmrank.prompt import Prompt, PromptTemplate
 from haystack_llmrank.reranker import Reranker
 from haystack_llmrank.scorers.base import LabelScorer, preferred_max_batch_tokens
 from haystack_llmrank.strategies import SlidingWindow, Strategy, make_strategy
@@ -52,14 +51,6 @@ logger = logging.getLogger(__name__)
 Orders = dict[str, tuple[int, ...]]
 WindowOrders = dict[WindowKey, tuple[int, ...]]
 Steps = dict[str, int]
-
-
-def bench_template(config: BenchConfig) -> PromptTemplate:
-    """The prompt template of the bench's model: the one it was trained with, else FIRST's.
-
-    Synthetic models (random weights) take FIRST's.
-    """
-    return FIRST_TEMPLATE if config.synthetic else model_template(None, config.model)
 
 
 Tick = Callable[[int], None]
@@ -73,7 +64,8 @@ class RowUnavailableError(LlmRankError):
 class RowJob:
     """Everything a row needs, picklable so that it can run in a fresh process.
 
-    ``config`` has its device and dtype resolved; ``prompts`` are the windows built so far.
+    ``config`` has its device and dtype resolved; ``prompts`` are the windows built so far,
+    with ``template``, the prompt template of the bench's model.
     ``strategy`` is what the engine and oracle rows rank with; ``noise`` and ``qrels`` are
     the oracle's.
     """
@@ -83,6 +75,7 @@ class RowJob:
     queries: tuple[QueryCandidates, ...]
     max_prompt_tokens: int
     prompts: dict[WindowKey, Prompt]
+    template: PromptTemplate
     onnx_dir: Path | None = None
     strategy: str = SLIDING
     noise: float = 0.0
@@ -263,7 +256,7 @@ class EngineRow:
 def _builder(job: RowJob, tokenizer: object, vocab_size: int | None) -> CachedPromptBuilder:
     return CachedPromptBuilder(
         tokenizer,
-        bench_template(job.config),
+        job.template,
         max_prompt_tokens=job.max_prompt_tokens,
         cache=job.prompts,
         vocab_size=vocab_size,
@@ -291,14 +284,13 @@ def _load_model(job: RowJob) -> LoadedModel:
 
 def _load_loop_row(job: RowJob) -> LoopRow:
     loaded = _load_model(job)
-    template = bench_template(job.config)
-    labels = template.labels[: job.config.window_size]
+    labels = job.template.labels[: job.config.window_size]
     window: FullLogitsWindow | GenerateWindow
     if job.row == PLAIN:
         window = FullLogitsWindow(loaded.model, plain_label_ids(loaded, labels))
     else:
         window = GenerateWindow(
-            loaded.model, loaded.tokenizer, labels, answer_prefix=template.answer_prefix
+            loaded.model, loaded.tokenizer, labels, answer_prefix=job.template.answer_prefix
         )
     return LoopRow(
         _builder(job, loaded.tokenizer, loaded.vocab_size), window, _strategy(job.config)
@@ -313,15 +305,14 @@ def _load_torch_row(job: RowJob) -> EngineRow:
     pad = loaded.tokenizer.pad_token_id or 0
     if loaded.vocab_size is not None:
         pad %= loaded.vocab_size
-    template = bench_template(config)
     scorer = TorchLabelScorer(
-        loaded.model, engine_label_ids(loaded, template.labels), pad_token_id=pad
+        loaded.model, engine_label_ids(loaded, job.template.labels), pad_token_id=pad
     )
     reranker = Reranker(
         loaded.tokenizer,
         scorer,
         max_prompt_tokens=job.max_prompt_tokens,
-        template=template,
+        template=job.template,
         strategy=job_strategy(job),
         batch_size=config.batch_size,
         max_batch_tokens=config.max_batch_tokens,
@@ -340,7 +331,7 @@ def _load_oracle_row(job: RowJob) -> EngineRow:
         noise=job.noise,
         seed=config.seed,
         strategy=job_strategy(job),
-        template=bench_template(config),
+        template=job.template,
         batch_size=config.batch_size,
         cache=job.prompts,
     )

@@ -41,14 +41,14 @@ from haystack_llmrank.bench.rows import (
     RowJob,
     RowOutcome,
     RowUnavailableError,
-    bench_template,
     first_window,
     run_row,
 )
 from haystack_llmrank.data import Qrels, QueryCandidates, read_qrels, read_queries
 from haystack_llmrank.export import export_onnx, is_export, read_metadata
+from haystack_llmrank.model_templates import model_template
 from haystack_llmrank.models import context_length, resolve_model
-from haystack_llmrank.prompt import Prompt
+from haystack_llmrank.prompt import FIRST_TEMPLATE, Prompt, PromptTemplate
 from haystack_llmrank.scorers.onnx_metadata import Precision
 from haystack_llmrank.strategies import SlidingWindow, make_strategy
 
@@ -91,7 +91,8 @@ class Plan:
     """The resolved settings, the queries (cut to ``top_k``) and what was measured up front.
 
     ``unavailable`` names rows that cannot run here, with the reason. ``windows`` counts the
-    sliding windows over all queries; ``calibration`` is ``None`` when no row runs the model.
+    sliding windows over all queries; ``calibration`` is ``None`` when no row runs the model;
+    ``template`` is the model's prompt template, which every row's prompts use.
     """
 
     config: BenchConfig
@@ -104,6 +105,7 @@ class Plan:
     throughput: Throughput
     prompts: dict[WindowKey, Prompt]
     unavailable: dict[str, str]
+    template: PromptTemplate
 
     def estimates(self) -> dict[str, float]:
         """Expected seconds of each runnable line, by :attr:`Variant.name`.
@@ -233,10 +235,19 @@ def _prefill_and_decode_seconds(
     return prefill, decode
 
 
+def bench_template(config: BenchConfig) -> PromptTemplate:
+    """The prompt template of the bench's model: the one it was trained with, else FIRST's.
+
+    Synthetic models (random weights) take FIRST's.
+    """
+    return FIRST_TEMPLATE if config.synthetic else model_template(None, config.model)
+
+
 def calibrate(
-    config: BenchConfig, queries: tuple[QueryCandidates, ...]
+    config: BenchConfig, queries: tuple[QueryCandidates, ...], template: PromptTemplate
 ) -> tuple[Calibration | None, int, dict[WindowKey, Prompt]]:
-    """Time one window in this process; also return the prompt budget and the prompt built."""
+    """Time one window in this process; also return the prompt budget and the prompt built
+    with ``template``."""
     assert config.device is not None
     assert config.dtype is not None
     start = time.perf_counter()
@@ -245,7 +256,6 @@ def calibrate(
     )
     load_seconds = time.perf_counter() - start
     max_prompt_tokens = config.max_prompt_tokens or loaded.context
-    template = bench_template(config)
     builder = CachedPromptBuilder(
         loaded.tokenizer,
         template,
@@ -314,8 +324,9 @@ def prepare(config: BenchConfig) -> Plan:
     all_queries, qrels = read_data(config)
     queries = select_queries(all_queries, config.queries, config.top_k)
     strategy = SlidingWindow(config.window_size, config.step)
+    template = bench_template(config)
     if config.needs_model:
-        calibration, max_prompt_tokens, prompts = calibrate(config, queries)
+        calibration, max_prompt_tokens, prompts = calibrate(config, queries, template)
         _release_memory(device)
     else:
         calibration, max_prompt_tokens, prompts = None, prompt_budget(config), {}
@@ -330,6 +341,7 @@ def prepare(config: BenchConfig) -> Plan:
         throughput=measure_throughput(device, dtype),
         prompts=prompts,
         unavailable=unavailable_rows(config),
+        template=template,
     )
 
 
@@ -383,6 +395,7 @@ def _run_one(
         plan.queries,
         plan.max_prompt_tokens,
         prompts,
+        plan.template,
         onnx_dir,
         strategy=variant.strategy,
         noise=variant.noise or 0.0,
