@@ -39,3 +39,15 @@ def make_tiny_llama(vocab_size: int, *, seed: int = 0, layers: int = 2) -> Any:
     with torch.no_grad():
         model.lm_head.weight.mul_(50)
     return model.eval()
+
+
+def import_example(name: str) -> Any:
+    """The module ``examples/<name>.py``, imported by name."""
+    import importlib
+    import sys
+
+    sys.path.insert(0, str(PROJECT_ROOT / "examples"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(PROJECT_ROOT / "examples"))

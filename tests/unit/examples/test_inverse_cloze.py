@@ -3,24 +3,17 @@
 from __future__ import annotations
 
 import random
-import sys
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from support import PROJECT_ROOT
+from support import import_example
 
 
 @pytest.fixture(scope="module")
 def inverse_cloze() -> Any:
-    sys.path.insert(0, str(PROJECT_ROOT / "examples"))
-    try:
-        import inverse_cloze
-
-        return inverse_cloze
-    finally:
-        sys.path.remove(str(PROJECT_ROOT / "examples"))
+    return import_example("inverse_cloze")
 
 
 TEXT = (
