@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ import torch
 from tqdm import tqdm
 
 from haystack_llmrank.data import (
+    Qrels,
     QueryCandidates,
     first_stage_run,
     read_qrels,
@@ -49,6 +51,18 @@ def arrange(query: QueryCandidates, order: str, seed: int) -> QueryCandidates:
     return QueryCandidates(query.qid, query.query, tuple(candidates))
 
 
+def baselines(
+    queries: Sequence[QueryCandidates], qrels: Qrels, teacher: Path | None
+) -> dict[str, float]:
+    """nDCG@10 of the first stage's order and, given a TREC run, of the teacher's."""
+    scores = {"first_stage": evaluate(first_stage_run(queries), qrels, ["ndcg@10"]).mean["ndcg@10"]}
+    if teacher is not None:
+        run = read_run(teacher)
+        ranked = {q.qid: {c.docid: run[q.qid][c.docid] for c in q.candidates} for q in queries}
+        scores["teacher"] = evaluate(ranked, qrels, ["ndcg@10"]).mean["ndcg@10"]
+    return scores
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="default")
@@ -69,12 +83,7 @@ def main() -> None:
     queries = [q.top(args.depth) for q in read_queries(args.candidates) if q.qid in held]
     qrels = {qid: judged for qid, judged in read_qrels(args.qrels).items() if qid in held}
     report: dict[str, object] = {"model": args.model, "queries": sorted(held)}
-    first_stage = evaluate(first_stage_run(queries), qrels, ["ndcg@10"])
-    report["first_stage"] = first_stage.mean["ndcg@10"]
-    if args.teacher:
-        teacher = read_run(args.teacher)
-        ranked = {q.qid: {c.docid: teacher[q.qid][c.docid] for c in q.candidates} for q in queries}
-        report["teacher"] = evaluate(ranked, qrels, ["ndcg@10"]).mean["ndcg@10"]
+    report.update(baselines(queries, qrels, args.teacher))
     reranker = Reranker.from_pretrained(args.model, device="cpu")
     for order in args.orders:
         arranged = [arrange(q, order, args.seed) for q in queries]

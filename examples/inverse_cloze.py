@@ -86,9 +86,9 @@ def main() -> None:
     args.output.mkdir(parents=True, exist_ok=True)
     kept = [queries[q] for q in (*split["train"], *split["validation"])]
     with (args.output / "candidates.jsonl").open("w", encoding="utf-8") as out:
-        for query in (*kept, *made):
-            docs = [{"docid": c.docid, "score": c.score, "text": c.text} for c in query.candidates]
-            record = {"qid": query.qid, "query": query.query, "candidates": docs}
+        for entry in (*kept, *made):
+            docs = [{"docid": c.docid, "score": c.score, "text": c.text} for c in entry.candidates]
+            record = {"qid": entry.qid, "query": entry.query, "candidates": docs}
             out.write(json.dumps(record) + "\n")
     with (args.output / "qrels.txt").open("w", encoding="utf-8") as out:
         for qid, judged in qrels.items():

@@ -30,22 +30,16 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import torch
+from heldout_eval import DL19, baselines
+from teacher_run import embed, minilm_folder
 from tqdm import tqdm
 
-from haystack_llmrank.data import (
-    Qrels,
-    QueryCandidates,
-    first_stage_run,
-    read_qrels,
-    read_queries,
-    read_run,
-)
+from haystack_llmrank.data import Qrels, QueryCandidates, read_qrels, read_queries
 from haystack_llmrank.evaluation import evaluate
 from haystack_llmrank.model_templates import model_template
 from haystack_llmrank.models import context_length, load_causal_lm, load_tokenizer, resolve_model
 from haystack_llmrank.prompt import PromptBuilder
 
-DL19 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "trec-dl19"
 WINDOW = 20
 Features = dict[str, npt.NDArray[np.float32]]
 """Per query: ``[passages, layers + 1, hidden]`` hidden states."""
@@ -193,14 +187,12 @@ def minilm_features(queries: Mapping[str, QueryCandidates]) -> Features:
     cosine the bi-encoder ranks by): a control that shows what the read-out recovers from
     features that do carry relevance."""
     from sentence_transformers import SentenceTransformer
-    from teacher_run import minilm_folder
 
     encoder = SentenceTransformer(minilm_folder(), device="cpu")
     features = {}
     for qid, query in queries.items():
-        q = encoder.encode([query.query], normalize_embeddings=True)
-        products = encoder.encode(query.texts, normalize_embeddings=True) * q
-        features[qid] = products[:, None, :]
+        vectors = embed(encoder, query)
+        features[qid] = (vectors[1:] * vectors[0])[:, None, :]
     return features
 
 
@@ -232,7 +224,6 @@ def main() -> None:
         q.qid: q.top(args.depth) for q in read_queries(args.candidates) if q.qid in {*train, *held}
     }
     qrels = read_qrels(args.qrels)
-    held_qrels = {q: qrels[q] for q in held}
     source = resolve_model(args.model)
     tokenizer = load_tokenizer(source)
     model = load_causal_lm(source, tokenizer=tokenizer)
@@ -253,14 +244,8 @@ def main() -> None:
         "depth": args.depth,
         "train_queries": len(train),
         "held_out_queries": len(held),
-        "first_stage": evaluate(
-            first_stage_run([queries[q] for q in held]), held_qrels, ["ndcg@10"]
-        ).mean["ndcg@10"],
+        **baselines([queries[q] for q in held], {q: qrels[q] for q in held}, args.teacher),
     }
-    if args.teacher:
-        teacher = read_run(args.teacher)
-        ranked = {q: {c.docid: teacher[q][c.docid] for c in queries[q].candidates} for q in held}
-        report["teacher"] = evaluate(ranked, held_qrels, ["ndcg@10"]).mean["ndcg@10"]
     layers = range(args.layer_step, next(iter(features.values())).shape[1], args.layer_step)
     grid = read_out_grid(features, queries, qrels, (train, held), layers, args.alphas, args.folds)
     report["chosen_by_cross_validation"] = max(grid, key=lambda row: row["cross_validated"])

