@@ -45,44 +45,12 @@ Features = dict[str, npt.NDArray[np.float32]]
 """Per query: ``[passages, layers + 1, hidden]`` hidden states."""
 
 
-def passage_ends(builder: PromptBuilder, prompt_text: str, count: int) -> list[int]:
-    """Character index of the last character of each of ``count`` passage lines.
-
-    A line is found by the template's text around ``{text}`` (``[A] `` and `` [A]``), which
-    passages cannot contain: their bracketed labels are rewritten when they are normalised.
-    """
-    ends, cursor = [], 0
-    for label in builder.template.labels[:count]:
-        before, after = builder.template.passage.format(label=label, text="\0").split("\0")
-        start = prompt_text.find(before, cursor)
-        close = prompt_text.find(after, start + len(before)) if start >= 0 else -1
-        if close < 0:
-            raise ValueError(f"passage [{label}] is not in the prompt as rendered")
-        cursor = close + len(after.rstrip("\n"))
-        ends.append(cursor - 1)
-    return ends
-
-
-def token_at(offsets: Sequence[tuple[int, int]], char: int) -> int:
-    """Index of the token whose character span holds ``char``."""
-    for index, (start, end) in enumerate(offsets):
-        if start <= char < end:
-            return index
-    raise ValueError(f"no token covers character {char}")
-
-
 def window_features(
     model: Any, tokenizer: Any, builder: PromptBuilder, query: str, passages: Sequence[str]
 ) -> Any:
     """``[len(passages), layers + 1, hidden]`` states at the end of each passage line."""
     prompt = builder.build(query, passages)
-    encoded = tokenizer(prompt.text, add_special_tokens=False, return_offsets_mapping=True)
-    if list(encoded["input_ids"]) != list(prompt.token_ids):
-        raise ValueError("the prompt does not re-tokenise to its own ids")
-    positions = [
-        token_at(encoded["offset_mapping"], c)
-        for c in passage_ends(builder, prompt.text, len(passages))
-    ]
+    positions = builder.passage_end_tokens(prompt, query, len(passages))
     with torch.no_grad():
         states = model(torch.tensor([prompt.token_ids]), output_hidden_states=True).hidden_states
     return torch.stack([s[0, positions] for s in states], dim=1).float().numpy()

@@ -250,6 +250,30 @@ class PromptBuilder:
             return Prompt(text, tuple(ids))
         return self._fit(query, texts, len(ids))
 
+    def passage_end_tokens(self, prompt: Prompt, query: str, count: int) -> list[int]:
+        """Index in ``prompt.token_ids`` of the last token of each of the first ``count``
+        passage lines of ``prompt``, built for ``query`` (with ``first-echo``: the ``]`` of
+        the label repeated after the text).
+
+        Lines are searched after the query, by the template's text around ``{text}``, which
+        passages cannot contain: :func:`normalize_passage` rewrites bracketed labels.
+        """
+        encoded = self._tokenizer(
+            prompt.text, add_special_tokens=False, return_offsets_mapping=True
+        )
+        if list(encoded["input_ids"]) != list(prompt.token_ids):
+            raise ValueError("the prompt does not re-tokenise to its own ids")
+        after_query = prompt.text.find(query)
+        start = after_query + len(query) if after_query >= 0 else 0
+        ends = _line_ends(self.template, prompt.text, count, start)
+        token_of: list[int] = []
+        for char in ends:
+            found = [i for i, (a, b) in enumerate(encoded["offset_mapping"]) if a <= char < b]
+            if not found:
+                raise ValueError(f"no token covers character {char} of the prompt")
+            token_of.append(found[0])
+        return token_of
+
     def _fit(self, query: str, texts: list[str], full_length: int) -> Prompt:
         bare = self._encode(self.render(query, [""] * len(texts)))
         budget = self.max_prompt_tokens - len(bare)
@@ -287,3 +311,18 @@ class PromptBuilder:
                 )
             excess = len(ids) - self.max_prompt_tokens
             cap = max(0, cap - max(1, -(-excess // max(shortened, 1))))
+
+
+def _line_ends(template: PromptTemplate, text: str, count: int, start: int) -> list[int]:
+    """Character index of the last character (newline aside) of each of ``count`` passage
+    lines of ``text``, a prompt rendered with ``template``, searched from ``start`` on."""
+    ends, cursor = [], start
+    for label in template.labels[:count]:
+        before, after = template.passage.format(label=label, text="\0").split("\0")
+        start = text.find(before, cursor)
+        close = text.find(after, start + len(before)) if start >= 0 else -1
+        if close < 0:
+            raise ValueError(f"passage [{label}] is not in the prompt as rendered")
+        cursor = close + len(after.rstrip("\n"))
+        ends.append(cursor - 1)
+    return ends

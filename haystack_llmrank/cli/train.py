@@ -65,6 +65,13 @@ def register(parser: argparse.ArgumentParser) -> None:
         ("--learning-rate", positive_float, config.learning_rate, "peak learning rate"),
         ("--warmup-steps", int, config.warmup_steps, "linear warm-up updates"),
         ("--ranknet-weight", float, config.ranknet_weight, "lambda on RankNet; FIRST used 10"),
+        (
+            "--passage-ranknet-weight",
+            float,
+            config.passage_ranknet_weight,
+            "weight of a RankNet on each passage's own-label logit at the end of its line "
+            "(needs --template first-echo)",
+        ),
         ("--seed", int, config.seed, "seed of sampling and init"),
     )
     run.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint")
@@ -236,6 +243,7 @@ def _config(args: argparse.Namespace) -> Any:
         learning_rate=args.learning_rate,
         warmup_steps=args.warmup_steps,
         ranknet_weight=args.ranknet_weight,
+        passage_ranknet_weight=args.passage_ranknet_weight,
         seed=args.seed,
         max_passage_words=args.max_passage_words,
         max_prompt_tokens=args.max_prompt_tokens,
@@ -308,6 +316,8 @@ def run_train(args: argparse.Namespace) -> int:
                 "chance": f"{report.ranknet_chance:.3f}",
                 "win/s": f"{report.windows_per_second:.2f}",
             }
+            if config.passage_ranknet_weight > 0:
+                shown["passage"] = f"{report.passage_ranknet:.3f}"
             if report.validation is not None:
                 shown["val_ndcg@10"] = f"{report.validation:.4f}"
             bar.set_postfix(shown)

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
         FirstTrainer,
         StepReport,
         Validation,
+        WindowLosses,
         window_losses,
     )
 
@@ -42,6 +43,7 @@ _MODULES = {
     "FirstTrainer": "trainer",
     "StepReport": "trainer",
     "Validation": "trainer",
+    "WindowLosses": "trainer",
     "window_losses": "trainer",
 }
 
@@ -55,6 +57,7 @@ __all__ = [
     "TrainingWindow",
     "Validation",
     "WindowEncoder",
+    "WindowLosses",
     "WindowSampling",
     "chance_ranknet",
     "save_trained",

@@ -20,6 +20,7 @@ class TrainConfig:
     warmup_steps: int = 10
     min_lr_ratio: float = 0.1
     ranknet_weight: float = 10.0
+    passage_ranknet_weight: float = 0.0
     max_grad_norm: float = 1.0
     seed: int = 0
     max_passage_words: int = 64
@@ -48,8 +49,10 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 1, got {value}")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
-        if self.ranknet_weight < 0 or self.warmup_steps < 0 or self.max_grad_norm <= 0:
-            raise ValueError("ranknet_weight and warmup_steps must be >= 0, max_grad_norm > 0")
+        if min(self.ranknet_weight, self.passage_ranknet_weight, self.warmup_steps) < 0:
+            raise ValueError("ranknet weights and warmup_steps must be >= 0")
+        if self.max_grad_norm <= 0:
+            raise ValueError(f"max_grad_norm must be positive, got {self.max_grad_norm}")
         if self.grad_accumulation % self.sampling.group_size:
             raise ValueError(
                 "mirrored windows come in pairs: grad_accumulation must be even, "

@@ -20,6 +20,8 @@ class EncodedWindow:
     input_ids: tuple[int, ...]
     prompt_length: int
     target: tuple[int, ...]
+    passage_ends: tuple[int, ...] = ()
+    """Position of the last token of each passage line (empty unless the encoder finds them)."""
 
     @property
     def target_length(self) -> int:
@@ -28,11 +30,17 @@ class EncodedWindow:
 
 
 class WindowEncoder:
-    """Encodes :class:`TrainingWindow` objects with the same prompts the reranker builds."""
+    """Encodes :class:`TrainingWindow` objects with the same prompts the reranker builds.
 
-    def __init__(self, tokenizer: Any, prompts: PromptBuilder) -> None:
+    With ``passage_ends``, each encoded window also records where every passage line ends.
+    """
+
+    def __init__(
+        self, tokenizer: Any, prompts: PromptBuilder, *, passage_ends: bool = False
+    ) -> None:
         self._tokenizer = tokenizer
         self.prompts = prompts
+        self._passage_ends = passage_ends
         end = tokenizer.eos_token_id
         if end is None:
             raise ValueError("the tokenizer has no end-of-sequence token to close the target")
@@ -52,4 +60,9 @@ class WindowEncoder:
         prompt = self.prompts.build(window.query, window.passages)
         target = self._tokenizer(self.target_text(window), add_special_tokens=False)["input_ids"]
         ids = (*prompt.token_ids, *(int(i) for i in target), self._end)
-        return EncodedWindow(ids, len(prompt.token_ids), window.target)
+        ends = (
+            self.prompts.passage_end_tokens(prompt, window.query, len(window.passages))
+            if self._passage_ends
+            else ()
+        )
+        return EncodedWindow(ids, len(prompt.token_ids), window.target, tuple(ends))

@@ -43,7 +43,8 @@ class StepReport:
     """What one optimizer update did.
 
     Losses are means over the update's windows; ``ranknet_chance`` is the mean RankNet the
-    same windows would have with equal label logits, the level a model must get below.
+    same windows would have with equal label logits, the level a model must get below (and
+    ``passage_ranknet`` must get below too; 0 when it is not trained).
     """
 
     step: int
@@ -55,6 +56,7 @@ class StepReport:
     tokens: int
     seconds: float
     learning_rate: float
+    passage_ranknet: float = 0.0
     validation: float | None = None
 
     @property
@@ -76,23 +78,41 @@ def label_logits(logits: torch.Tensor, label_ids: LabelIds, size: int) -> torch.
     return torch.stack([logits[list(group)].max() for group in label_ids.ids[:size]])
 
 
-def window_losses(
-    model: Any, encoded: EncodedWindow, label_ids: LabelIds
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(ranknet, lm)`` for one window, from a single forward pass.
+@dataclass(frozen=True)
+class WindowLosses:
+    """The loss terms of one window.
 
-    Logits are computed only from the prompt's last position on: that position's label
-    logits feed RankNet, and every position predicts the next target token for the LM loss.
+    ``passage_ranknet`` is the weighted RankNet over each passage's own-label logit at the
+    end of its line (``None`` unless the window records where its lines end).
+    """
+
+    ranknet: torch.Tensor
+    lm: torch.Tensor
+    passage_ranknet: torch.Tensor | None = None
+
+
+def window_losses(model: Any, encoded: EncodedWindow, label_ids: LabelIds) -> WindowLosses:
+    """The loss terms of one window, from a single forward pass.
+
+    Logits are computed only from the prompt's last position on, and at the passage line
+    ends the window records: the last position's label logits feed RankNet, every later
+    position predicts the next target token for the LM loss, and at the end of passage
+    ``p``'s line the logit of ``p``'s own label is that passage's score.
     """
     device = next(model.parameters()).device
     ids = torch.tensor([encoded.input_ids], device=device)
-    keep = encoded.target_length + 1
-    logits = model(input_ids=ids, logits_to_keep=keep, use_cache=False).logits[0].float()
-    ranknet = weighted_ranknet(
-        label_logits(logits[0], label_ids, len(encoded.target)), encoded.target
-    )
-    lm = torch.nn.functional.cross_entropy(logits[:-1], ids[0, encoded.prompt_length :])
-    return ranknet, lm
+    ends = list(encoded.passage_ends)
+    tail = range(len(encoded.input_ids) - encoded.target_length - 1, len(encoded.input_ids))
+    rows = torch.tensor([*ends, *tail], device=device)
+    logits = model(input_ids=ids, logits_to_keep=rows, use_cache=False).logits[0].float()
+    answer = logits[len(ends) :]
+    size = len(encoded.target)
+    ranknet = weighted_ranknet(label_logits(answer[0], label_ids, size), encoded.target)
+    lm = torch.nn.functional.cross_entropy(answer[:-1], ids[0, encoded.prompt_length :])
+    if not ends:
+        return WindowLosses(ranknet, lm)
+    own = torch.stack([label_logits(logits[p], label_ids, size)[p] for p in range(len(ends))])
+    return WindowLosses(ranknet, lm, weighted_ranknet(own, encoded.target))
 
 
 def _schedule(config: TrainConfig) -> Callable[[int], float]:
@@ -113,7 +133,10 @@ class FirstTrainer:
     Each update accumulates ``grad_accumulation`` windows, each drawn from a random training
     query by ``config.sampling``. The loss is FIRST's: LM cross-entropy on the target
     ranking string plus ``ranknet_weight`` times the weighted RankNet over the label logits
-    of the first generated token.
+    of the first generated token. With ``passage_ranknet_weight`` (and an echo template),
+    plus that weight times a weighted RankNet over each passage's own-label logit at the end
+    of its line: every passage learns to vote for its label in proportion to its relevance,
+    a signal per passage rather than one per window.
     """
 
     def __init__(
@@ -133,6 +156,13 @@ class FirstTrainer:
         self.output_dir = Path(output_dir)
         self.label_ids = resolve_label_ids(tokenizer, template.labels)
         self.label_ids.check_window(config.sampling.max_size)
+        if config.passage_ranknet_weight > 0 and not template.passage.rstrip().endswith(
+            "[{label}]"
+        ):
+            raise ValueError(
+                f"passage_ranknet_weight needs a template that repeats each label after its "
+                f"passage (first-echo); {template.name!r} does not"
+            )
         torch.manual_seed(config.seed)
         self.model = make_trainable(
             model, config.lora, gradient_checkpointing=config.gradient_checkpointing
@@ -145,6 +175,7 @@ class FirstTrainer:
                 max_prompt_tokens=config.max_prompt_tokens,
                 max_passage_words=config.max_passage_words,
             ),
+            passage_ends=config.passage_ranknet_weight > 0,
         )
         parameters = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=0.0)
@@ -195,7 +226,7 @@ class FirstTrainer:
 
     def _update(self, train: Sequence[TrainingQuery]) -> StepReport:
         started = time.perf_counter()
-        totals = np.zeros(4)
+        totals = np.zeros(5)
         tokens = 0
         accumulation = self.config.grad_accumulation
         windows: list[TrainingWindow] = []
@@ -204,10 +235,15 @@ class FirstTrainer:
             windows.extend(self.config.sampling.sample_group(query, self.rng))
         for window in windows:
             encoded = self.encoder.encode(window)
-            ranknet, lm = window_losses(self.model, encoded, self.label_ids)
-            loss = lm + self.config.ranknet_weight * ranknet
+            terms = window_losses(self.model, encoded, self.label_ids)
+            loss = terms.lm + self.config.ranknet_weight * terms.ranknet
+            passage = 0.0
+            if terms.passage_ranknet is not None:
+                loss = loss + self.config.passage_ranknet_weight * terms.passage_ranknet
+                passage = terms.passage_ranknet.item()
             (loss / accumulation).backward()  # type: ignore[no-untyped-call]
-            totals += (loss.item(), ranknet.item(), lm.item(), chance_ranknet(len(encoded.target)))
+            chance = chance_ranknet(len(encoded.target))
+            totals += (loss.item(), terms.ranknet.item(), terms.lm.item(), chance, passage)
             tokens += len(encoded.input_ids)
         parameters = [p for p in self.model.parameters() if p.requires_grad]
         torch.nn.utils.clip_grad_norm_(parameters, self.config.max_grad_norm)
@@ -215,10 +251,10 @@ class FirstTrainer:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        loss, ranknet, lm, chance = (totals / accumulation).tolist()
+        loss, ranknet, lm, chance, passage = (totals / accumulation).tolist()
         seconds = time.perf_counter() - started
         return StepReport(
-            self.step + 1, loss, ranknet, lm, chance, accumulation, tokens, seconds, rate
+            self.step + 1, loss, ranknet, lm, chance, accumulation, tokens, seconds, rate, passage
         )
 
     def validate(self, validation: Validation) -> float:
@@ -341,7 +377,9 @@ class FirstTrainer:
                 f"{self.template.name!r}; resume with the same template"
             )
         if meta["config"] != self.config.to_dict():
-            changed = sorted(k for k, v in self.config.to_dict().items() if meta["config"][k] != v)
+            changed = sorted(
+                k for k, v in self.config.to_dict().items() if meta["config"].get(k) != v
+            )
             logger.warning("resuming with changed settings: %s", ", ".join(changed))
         state = torch.load(folder / "state.pt", weights_only=False)
         missing = set(n for n, p in self.model.named_parameters() if p.requires_grad) - set(

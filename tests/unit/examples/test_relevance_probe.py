@@ -9,7 +9,7 @@ import pytest
 from support import import_example
 
 from haystack_llmrank.data import Candidate, QueryCandidates
-from haystack_llmrank.prompt import FIRST_ECHO_TEMPLATE, FIRST_TEMPLATE, PromptBuilder
+from haystack_llmrank.prompt import FIRST_ECHO_TEMPLATE, PromptBuilder
 
 
 @pytest.fixture(scope="module")
@@ -22,30 +22,6 @@ PASSAGES = [
     "A passage that cites [B] and [4] and\nspans two lines.",
     "Paris is in France.",
 ]
-
-
-@pytest.mark.parametrize("template", [FIRST_TEMPLATE, FIRST_ECHO_TEMPLATE])
-def test_each_passage_line_ends_where_its_text_or_echoed_label_ends(
-    probe: Any, smollm2_tokenizer: Any, template: Any
-) -> None:
-    builder = PromptBuilder(smollm2_tokenizer, template, max_prompt_tokens=4096)
-    prompt = builder.build("where is berlin", PASSAGES)
-    ends = probe.passage_ends(builder, prompt.text, len(PASSAGES))
-    assert ends == sorted(ends)
-    for label, end in zip("ABC", ends, strict=True):
-        if template is FIRST_ECHO_TEMPLATE:
-            assert prompt.text[end - 3 : end + 2] == f" [{label}]\n"
-        else:
-            assert prompt.text[end + 1] == "\n"
-            assert prompt.text[: end + 1].endswith(("Germany.", "lines.", "France."))
-    encoded = smollm2_tokenizer(prompt.text, add_special_tokens=False, return_offsets_mapping=True)
-    tokens = [probe.token_at(encoded["offset_mapping"], end) for end in ends]
-    assert all(
-        start <= end < stop
-        for (start, stop), end in zip(
-            [encoded["offset_mapping"][t] for t in tokens], ends, strict=True
-        )
-    )
 
 
 def test_a_passage_state_depends_on_its_own_text_and_not_on_later_ones(

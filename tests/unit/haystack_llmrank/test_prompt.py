@@ -82,6 +82,27 @@ def test_echo_template_repeats_each_label_after_its_passage(smollm2_tokenizer: A
     assert text.replace(" [A]\n", "\n").replace(" [B]\n", "\n") == first  # wording unchanged
 
 
+@pytest.mark.parametrize("template", [FIRST_TEMPLATE, FIRST_ECHO_TEMPLATE])
+def test_passage_end_tokens_are_the_last_token_of_each_passage_line(
+    smollm2_tokenizer: Any, template: PromptTemplate
+) -> None:
+    built = builder(smollm2_tokenizer, template=template)
+    query = "what is [A] or [B] here"  # the query's markers are not passage lines
+    prompt = built.build(query, ["x [B] and [4]\nover two lines", "zebra crossing", "z"])
+    ends = built.passage_end_tokens(prompt, query, 3)
+    assert ends == sorted(ends)
+    assert len(set(ends)) == 3
+    lines = [line for line in prompt.text.split("\n") if line[:3] in ("[A]", "[B]", "[C]")]
+    assert len(lines) == 3
+    for end, line in zip(ends, lines, strict=True):
+        through = smollm2_tokenizer.decode(list(prompt.token_ids[: end + 1]))
+        before = smollm2_tokenizer.decode(list(prompt.token_ids[:end]))
+        assert through.rstrip("\n").endswith(line)  # the token completes the line
+        assert not before.endswith(line)
+    with pytest.raises(ValueError, match=r"passage \[D\] is not in the prompt"):
+        built.passage_end_tokens(prompt, query, 4)
+
+
 def test_system_message_prepended_when_template_has_no_system_role(smollm2_tokenizer: Any) -> None:
     no_system = copy.deepcopy(smollm2_tokenizer)
     no_system.chat_template = NO_SYSTEM_TEMPLATE

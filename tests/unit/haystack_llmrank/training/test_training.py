@@ -190,9 +190,68 @@ def backpropagate_one_window(tokenizer: Any, model: Any) -> set[str]:
     encoded = WindowEncoder(tokenizer, builder).encode(
         TrainingWindow("q", "fleas", TEXTS[:4], (1, 3, 0, 2))
     )
-    ranknet, lm = window_losses(model, encoded, resolve_label_ids(tokenizer, ALPHABETIC_LABELS))
-    (lm + 10 * ranknet).backward()
+    terms = window_losses(model, encoded, resolve_label_ids(tokenizer, ALPHABETIC_LABELS))
+    (terms.lm + 10 * terms.ranknet).backward()
     return {n for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_passage_ranknet_is_ranknet_over_each_passage_own_label_at_its_line_end(
+    smollm2_tokenizer: Any,
+) -> None:
+    model = make_tiny_llama(len(smollm2_tokenizer), seed=5)
+    labels = resolve_label_ids(smollm2_tokenizer, ALPHABETIC_LABELS)
+    builder = PromptBuilder(smollm2_tokenizer, FIRST_ECHO_TEMPLATE, max_prompt_tokens=4096)
+    window = TrainingWindow("q", "fleas", TEXTS[:4], (1, 3, 0, 2))
+    plain = window_losses(model, WindowEncoder(smollm2_tokenizer, builder).encode(window), labels)
+    encoded = WindowEncoder(smollm2_tokenizer, builder, passage_ends=True).encode(window)
+    terms = window_losses(model, encoded, labels)
+    assert plain.passage_ranknet is None
+    assert terms.ranknet.item() == pytest.approx(plain.ranknet.item(), rel=1e-5)
+    assert terms.lm.item() == pytest.approx(plain.lm.item(), rel=1e-5)
+    with torch.no_grad():
+        full = model(input_ids=torch.tensor([encoded.input_ids])).logits[0]
+    own = [
+        max(full[end, i].item() for i in labels.ids[p])
+        for p, end in enumerate(encoded.passage_ends)
+    ]
+    ordered = [own[p] for p in window.target]  # best first
+    expected = sum(
+        math.log1p(math.exp(ordered[j] - ordered[i])) / (i + j + 2)
+        for i in range(4)
+        for j in range(i + 1, 4)
+    )
+    assert terms.passage_ranknet is not None
+    assert terms.passage_ranknet.item() == pytest.approx(expected, rel=1e-4)
+
+
+def test_passage_ranknet_needs_a_template_that_repeats_labels(
+    smollm2_tokenizer: Any, tmp_path: Path
+) -> None:
+    with pytest.raises(ValueError, match="repeats each label after its passage"):
+        FirstTrainer(
+            make_tiny_llama(len(smollm2_tokenizer)),
+            smollm2_tokenizer,
+            small_config(passage_ranknet_weight=1.0),
+            base_model="unused",
+            output_dir=tmp_path,
+        )
+    with pytest.raises(ValueError, match="must be >= 0"):
+        small_config(passage_ranknet_weight=-1.0)
+
+
+def test_passage_ranknet_is_trained_and_reported(smollm2_tokenizer: Any, tmp_path: Path) -> None:
+    queries = training_queries([toy_query()], qrels=TOY_QRELS)
+    trainer = FirstTrainer(
+        make_tiny_llama(len(smollm2_tokenizer), seed=4),
+        smollm2_tokenizer,
+        small_config(steps=2, passage_ranknet_weight=1.0),
+        base_model="unused",
+        output_dir=tmp_path,
+        template=FIRST_ECHO_TEMPLATE,
+    )
+    history = trainer.fit(queries)["history"]
+    assert all(entry["passage_ranknet"] > 0 for entry in history)
+    assert all(entry["loss"] > entry["lm"] + 10 * entry["ranknet"] for entry in history)
 
 
 def test_lora_gradients_reach_only_the_adapter(smollm2_tokenizer: Any) -> None:
