@@ -19,11 +19,14 @@ from haystack_llmrank.strategies import (
 ORACLE = "oracle"
 PLAIN = "plain"
 TORCH = "torch"
+TORCH_BF16 = "torch-bf16"
 GENERATE = "generate"
 ONNX_PREFIX = "onnx-"
 SLIDING = SlidingWindow.name
-ROWS = (ORACLE, PLAIN, TORCH, *(ONNX_PREFIX + p for p in PRECISIONS), GENERATE)
+ROWS = (ORACLE, PLAIN, TORCH, TORCH_BF16, *(ONNX_PREFIX + p for p in PRECISIONS), GENERATE)
 """Every row the benchmark knows, in the order rows run."""
+ROW_DTYPES: dict[str, str] = {TORCH_BF16: "bfloat16"}
+"""Rows that run in their own torch dtype, whatever the run's ``dtype`` is."""
 LOOP_ROWS = (PLAIN, GENERATE)
 """Rows written as a plain sliding-window loop: they measure the sliding window only."""
 DEFAULT_ROWS = (PLAIN, TORCH, "onnx-fp32", "onnx-int8", GENERATE)
@@ -73,6 +76,11 @@ def default_data_dir() -> Path:
 def default_rows(device: str) -> tuple[str, ...]:
     """:data:`CUDA_DEFAULT_ROWS` on a CUDA device, else :data:`DEFAULT_ROWS`."""
     return CUDA_DEFAULT_ROWS if device.startswith("cuda") else DEFAULT_ROWS
+
+
+def row_dtype(row: str, dtype: str) -> str:
+    """The torch dtype ``row`` runs in, in a run whose dtype is ``dtype``."""
+    return ROW_DTYPES.get(row, dtype)
 
 
 def onnx_precision(row: str) -> Precision | None:

@@ -209,7 +209,7 @@ def _summary(plan: Plan, result: RowResult, references: Mapping[str, RowOutcome]
     floor = None
     if model and plan.calibration is not None and prompt_tokens is not None:
         floor = window_flops(plan.calibration, prompt_tokens + (generated or 0.0)) / (
-            plan.throughput.tflops * 1e12
+            plan.throughput_of(result.row).tflops * 1e12
         )
 
     def reference_seconds(row: str) -> float | None:
@@ -296,6 +296,10 @@ def build_report(plan: Plan, results: Sequence[RowResult]) -> BenchReport:
             "matmul_tflops": plan.throughput.tflops,
             "matmul_size": plan.throughput.size,
             "dtype": plan.throughput.dtype,
+            "other_dtypes": {
+                name: {"matmul_tflops": t.tflops, "matmul_size": t.size}
+                for name, t in plan.row_throughputs.items()
+            },
             "body_parameters": None if calibration is None else calibration.body_parameters,
             "attention_width": None if calibration is None else calibration.attention_width,
             "formula": (

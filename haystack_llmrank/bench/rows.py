@@ -18,8 +18,10 @@ from haystack_llmrank.bench.config import (
     PLAIN,
     SLIDING,
     TORCH,
+    TORCH_BF16,
     BenchConfig,
     onnx_precision,
+    row_dtype,
 )
 from haystack_llmrank.bench.measure import (
     clock,
@@ -278,7 +280,11 @@ def _load_model(job: RowJob) -> LoadedModel:
     assert config.device is not None
     assert config.dtype is not None
     return load_bench_model(
-        config.model, config.synthetic, device=config.device, dtype=config.dtype, seed=config.seed
+        config.model,
+        config.synthetic,
+        device=config.device,
+        dtype=row_dtype(job.row, config.dtype),
+        seed=config.seed,
     )
 
 
@@ -364,7 +370,7 @@ def _load_onnx_row(job: RowJob) -> EngineRow:
 def _load(job: RowJob) -> LoopRow | EngineRow:
     if job.row in (PLAIN, GENERATE):
         return _load_loop_row(job)
-    if job.row == TORCH:
+    if job.row in (TORCH, TORCH_BF16):
         return _load_torch_row(job)
     if job.row == ORACLE:
         return _load_oracle_row(job)

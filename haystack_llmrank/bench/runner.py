@@ -11,7 +11,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,10 +22,12 @@ from haystack_llmrank.bench.config import (
     PLAIN,
     SLIDING,
     SYNTHETIC_CONFIGS,
+    TORCH_BF16,
     BenchConfig,
     Variant,
     default_rows,
     onnx_precision,
+    row_dtype,
 )
 from haystack_llmrank.bench.measure import clock, matmul_tflops
 from haystack_llmrank.bench.model_loading import (
@@ -106,6 +108,12 @@ class Plan:
     prompts: dict[WindowKey, Prompt]
     unavailable: dict[str, str]
     template: PromptTemplate
+    row_throughputs: dict[str, Throughput] = field(default_factory=dict)
+
+    def throughput_of(self, row: str) -> Throughput:
+        """The matmul rate of the dtype ``row`` runs in: its FLOP floor's denominator."""
+        assert self.config.dtype is not None
+        return self.row_throughputs.get(row_dtype(row, self.config.dtype), self.throughput)
 
     def estimates(self) -> dict[str, float]:
         """Expected seconds of each runnable line, by :attr:`Variant.name`.
@@ -189,7 +197,8 @@ def onnx_unavailable(config: BenchConfig) -> str | None:
 
 
 def unavailable_rows(config: BenchConfig) -> dict[str, str]:
-    """The chosen ONNX rows that cannot run here, with the reason.
+    """The chosen rows that cannot run here, with the reason: ONNX rows, and ``torch-bf16``
+    on a GPU without native bfloat16.
 
     On CUDA, that includes the precisions whose (fused-attention) export would run partly on
     the CPU: their timings would measure CPU kernels and device copies.
@@ -198,17 +207,25 @@ def unavailable_rows(config: BenchConfig) -> dict[str, str]:
 
     reason = onnx_unavailable(config)
     unavailable = {}
+    on_cuda = (config.device or "cpu").startswith("cuda")
+    if TORCH_BF16 in config.ordered_rows and on_cuda and not _cuda_has_bf16(config.device):
+        unavailable[TORCH_BF16] = f"{config.device} has no native bfloat16"
     for row in config.ordered_rows:
         precision = onnx_precision(row)
         if precision is None:
             continue
-        on_cuda = (config.device or "cpu").startswith("cuda")
         obstacles = cuda_obstacles(precision, "fused") if on_cuda else []
         if reason is not None:
             unavailable[row] = reason
         elif obstacles:
             unavailable[row] = f"on {config.device}, {'; '.join(obstacles)}; {CUDA_EXPORT_HINT}"
     return unavailable
+
+
+def _cuda_has_bf16(device: str | None) -> bool:
+    import torch
+
+    return bool(torch.cuda.get_device_capability(device) >= (8, 0))
 
 
 def _prefill_and_decode_seconds(
@@ -342,6 +359,10 @@ def prepare(config: BenchConfig) -> Plan:
         prompts=prompts,
         unavailable=unavailable_rows(config),
         template=template,
+        row_throughputs={
+            other: measure_throughput(device, other)
+            for other in {row_dtype(row, dtype) for row in config.ordered_rows} - {dtype}
+        },
     )
 
 

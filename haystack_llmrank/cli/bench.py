@@ -114,7 +114,7 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--dtype",
         default=None,
         help="torch dtype of the torch rows (default: float32 on CPU; on CUDA the checkpoint's, "
-        "bfloat16 for synthetic models)",
+        "bfloat16 for synthetic models); torch-bf16 always runs the engine in bfloat16",
     )
     parser.add_argument(
         "--threads",

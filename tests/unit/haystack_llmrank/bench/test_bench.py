@@ -462,6 +462,42 @@ def test_lines_count_windows_steps_and_tokens_per_query(
         assert (row["speedup_vs_plain"], row["agreement_with_plain"]) == (None, None)
 
 
+@pytest.mark.slow
+def test_the_bf16_row_loads_bfloat16_and_measures_its_floor_at_the_bfloat16_rate(
+    bench_data: Path, tied_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loaded: list[str] = []
+    load = bench_rows.load_bench_model
+
+    def recording(*args: Any, dtype: str, **kwargs: Any) -> Any:
+        loaded.append(dtype)
+        return load(*args, dtype=dtype, **kwargs)
+
+    monkeypatch.setattr(bench_rows, "load_bench_model", recording)
+    code, _, report = bench_json(
+        tmp_path / "bench.json",
+        "--rows",
+        "plain,torch-bf16",
+        "--data-dir",
+        str(bench_data),
+        "--model",
+        str(tied_model_dir),
+        *SLICE,
+    )
+    assert code == 0
+    assert loaded == ["float32", "bfloat16"]
+    floor = report["floor"]
+    assert floor["dtype"] == "float32"
+    rate = floor["other_dtypes"]["bfloat16"]["matmul_tflops"]
+    assert rate > 0
+    row = rows_of(report)["torch-bf16"]
+    assert row["status"] == "ok"
+    tokens = row["mean_prompt_tokens"]
+    flops = 2 * floor["body_parameters"] * tokens + 2 * floor["attention_width"] * tokens**2
+    assert row["floor_seconds_per_window"] == pytest.approx(flops / (rate * 1e12))
+    assert row["agreement_with_plain"]["windows_shared"] == WINDOWS
+
+
 def test_oracle_rows_alone_load_no_model(
     bench_data: Path, tied_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
