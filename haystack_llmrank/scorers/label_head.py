@@ -17,7 +17,8 @@ class LabelLogitsModel(torch.nn.Module):
     """``(input_ids, attention_mask) -> label_logits [batch, K]`` for right-padded prompts.
 
     Runs the decoder body, gathers the hidden state at each prompt's last real token and
-    multiplies it by the label rows of the LM head only. The rows are laid out as
+    multiplies it by the label rows of the LM head only, in float32 whatever the model's
+    dtype. The rows are laid out as
     ``[K * width]`` (each label's ids, padded by repeating its first id), so the per-label
     maximum is one reshape and one reduction.
     """
@@ -51,7 +52,13 @@ class LabelLogitsModel(torch.nn.Module):
         ).last_hidden_state
         last = (attention_mask.sum(dim=1) - 1).view(-1, 1, 1).expand(-1, 1, hidden.shape[-1])
         final = torch.gather(hidden, 1, last).select(1, 0)
-        logits = torch.nn.functional.linear(final, self.head_weight, self.head_bias).float()
+        weight, bias = self.head_weight, self.head_bias
+        if final.dtype != torch.float32:
+            # Label logits often lie within 0.03 of each other near 30, where bfloat16 steps
+            # by 0.125 (float16 by 0.016): a head in the model's dtype rounds them into ties.
+            final, weight = final.float(), weight.float()
+            bias = None if bias is None else bias.float()
+        logits = torch.nn.functional.linear(final, weight, bias)
         if self.softcap is not None:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits.view(logits.shape[0], self.labels, -1).amax(dim=-1)

@@ -146,10 +146,10 @@ def test_label_head_builds_every_tensor_on_the_weights_device() -> None:
 
 
 def overflowing_fp16_scorer(tokenizer: Any) -> TorchLabelScorer:
-    """A tiny model in float16 whose label logits exceed float16's range (65504)."""
+    """A tiny model in float16 whose embeddings exceed float16's range (65504)."""
     model = make_tiny_llama(len(tokenizer), seed=3)
     with torch.no_grad():
-        model.lm_head.weight.mul_(20000)
+        model.model.embed_tokens.weight.mul_(1e6)
     return TorchLabelScorer(model.half(), resolve_label_ids(tokenizer, ALPHABETIC_LABELS))
 
 
@@ -157,9 +157,28 @@ def test_infinite_logits_are_an_error_naming_the_dtype(smollm2_tokenizer: Any) -
     scorer = overflowing_fp16_scorer(smollm2_tokenizer)
     with torch.inference_mode():
         raw = scorer._head(*(torch.from_numpy(a) for a in pad_right([[5, 6, 7]], 0)))
-    assert torch.isinf(raw).any(), "the example must overflow float16"
-    with pytest.raises(NonFiniteLogitsError, match=r"inf.*torch\.float16.*dtype='float32'"):
+    assert not torch.isfinite(raw).all(), "the example must overflow float16"
+    with pytest.raises(NonFiniteLogitsError, match=r"torch\.float16.*dtype='float32'"):
         scorer.score([[5, 6, 7]])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_half_precision_model_gets_its_label_logits_in_float32(
+    smollm2_tokenizer: Any, dtype: torch.dtype
+) -> None:
+    model = make_tiny_llama(len(smollm2_tokenizer), seed=3).to(dtype)
+    labels = resolve_label_ids(smollm2_tokenizer, ALPHABETIC_LABELS)
+    ids = prompts_of(smollm2_tokenizer, TEXTS[:1])[0]
+    with torch.inference_mode():
+        hidden = model.model(input_ids=torch.tensor([ids])).last_hidden_state[0, -1]
+        weight = model.lm_head.weight
+        in_float32 = [float((hidden.float() @ weight[list(g)].float().T).max()) for g in labels.ids]
+        in_dtype = [float((hidden @ weight[list(g)].T).max()) for g in labels.ids]
+    scorer = TorchLabelScorer(model, labels)
+    got = scorer.score([ids])[0]
+    assert scorer.dtype == dtype  # the weights stay as loaded
+    np.testing.assert_allclose(got, in_float32, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(got, in_dtype, rtol=1e-5, atol=1e-5)
 
 
 def test_cuda_takes_the_checkpoints_dtype(fake_cuda: list[tuple[int, int]]) -> None:
