@@ -319,8 +319,8 @@ def _line_ends(template: PromptTemplate, text: str, count: int, start: int) -> l
     ends, cursor = [], start
     for label in template.labels[:count]:
         before, after = template.passage.format(label=label, text="\0").split("\0")
-        start = text.find(before, cursor)
-        close = text.find(after, start + len(before)) if start >= 0 else -1
+        opened = text.find(before, cursor)
+        close = text.find(after, opened + len(before)) if opened >= 0 else -1
         if close < 0:
             raise ValueError(f"passage [{label}] is not in the prompt as rendered")
         cursor = close + len(after.rstrip("\n"))

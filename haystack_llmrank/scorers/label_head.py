@@ -54,8 +54,8 @@ class LabelLogitsModel(torch.nn.Module):
         final = torch.gather(hidden, 1, last).select(1, 0)
         weight, bias = self.head_weight, self.head_bias
         if final.dtype != torch.float32:
-            # Label logits often lie within 0.03 of each other near 30, where bfloat16 steps
-            # by 0.125 (float16 by 0.016): a head in the model's dtype rounds them into ties.
+            # Near 30, bfloat16 steps by 0.125 (float16 by 0.016), coarser than the gaps
+            # between label logits: a head in the model's dtype rounds them into ties.
             final, weight = final.float(), weight.float()
             bias = None if bias is None else bias.float()
         logits = torch.nn.functional.linear(final, weight, bias)
