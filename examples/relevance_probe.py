@@ -45,9 +45,7 @@ Features = dict[str, npt.NDArray[np.float32]]
 """Per query: ``[passages, layers + 1, hidden]`` hidden states."""
 
 
-def window_features(
-    model: Any, tokenizer: Any, builder: PromptBuilder, query: str, passages: Sequence[str]
-) -> Any:
+def window_features(model: Any, builder: PromptBuilder, query: str, passages: Sequence[str]) -> Any:
     """``[len(passages), layers + 1, hidden]`` states at the end of each passage line."""
     prompt = builder.build(query, passages)
     positions = builder.passage_end_tokens(prompt, query, len(passages))
@@ -56,14 +54,12 @@ def window_features(
     return torch.stack([s[0, positions] for s in states], dim=1).float().numpy()
 
 
-def query_features(
-    model: Any, tokenizer: Any, builder: PromptBuilder, query: QueryCandidates
-) -> Any:
+def query_features(model: Any, builder: PromptBuilder, query: QueryCandidates) -> Any:
     """Features of every candidate, read in first-stage windows of :data:`WINDOW`."""
     texts = query.texts
     return np.concatenate(
         [
-            window_features(model, tokenizer, builder, query.query, texts[start : start + WINDOW])
+            window_features(model, builder, query.query, texts[start : start + WINDOW])
             for start in range(0, len(texts), WINDOW)
         ]
     )
@@ -202,7 +198,7 @@ def main() -> None:
         max_passage_words=args.max_passage_words,
     )
     features = {
-        qid: query_features(model, tokenizer, builder, queries[qid])
+        qid: query_features(model, builder, queries[qid])
         for qid in tqdm([*train, *held], desc="hidden states")
     }
     report: dict[str, Any] = {

@@ -71,10 +71,17 @@ def resolve_torch_dtype(device: str, dtype: str | None, checkpoint: Any = None) 
         return resolved
     if not device.startswith("cuda") or not isinstance(checkpoint, torch.dtype):
         return torch.float32
-    if checkpoint == torch.bfloat16 and torch.cuda.get_device_capability(device) < (8, 0):
+    if checkpoint == torch.bfloat16 and not cuda_has_native_bf16(device):
         logger.info("%s has no native bfloat16; running the bfloat16 checkpoint in float32", device)
         return torch.float32
     return checkpoint
+
+
+def cuda_has_native_bf16(device: str | None) -> bool:
+    """Whether the CUDA ``device`` computes in bfloat16 natively (compute capability 8.0+)."""
+    import torch
+
+    return bool(torch.cuda.get_device_capability(device) >= (8, 0))
 
 
 def torch_device_and_dtype(

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+from haystack_llmrank.backends import cuda_has_native_bf16
 from haystack_llmrank.bench.config import (
     DATA_DIR_VARIABLE,
     GENERATE,
@@ -208,7 +209,7 @@ def unavailable_rows(config: BenchConfig) -> dict[str, str]:
     reason = onnx_unavailable(config)
     unavailable = {}
     on_cuda = (config.device or "cpu").startswith("cuda")
-    if TORCH_BF16 in config.ordered_rows and on_cuda and not _cuda_has_bf16(config.device):
+    if TORCH_BF16 in config.ordered_rows and on_cuda and not cuda_has_native_bf16(config.device):
         unavailable[TORCH_BF16] = f"{config.device} has no native bfloat16"
     for row in config.ordered_rows:
         precision = onnx_precision(row)
@@ -220,12 +221,6 @@ def unavailable_rows(config: BenchConfig) -> dict[str, str]:
         elif obstacles:
             unavailable[row] = f"on {config.device}, {'; '.join(obstacles)}; {CUDA_EXPORT_HINT}"
     return unavailable
-
-
-def _cuda_has_bf16(device: str | None) -> bool:
-    import torch
-
-    return bool(torch.cuda.get_device_capability(device) >= (8, 0))
 
 
 def _prefill_and_decode_seconds(

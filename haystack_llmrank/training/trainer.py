@@ -111,7 +111,7 @@ def window_losses(model: Any, encoded: EncodedWindow, label_ids: LabelIds) -> Wi
     lm = torch.nn.functional.cross_entropy(answer[:-1], ids[0, encoded.prompt_length :])
     if not ends:
         return WindowLosses(ranknet, lm)
-    own = torch.stack([label_logits(logits[p], label_ids, size)[p] for p in range(len(ends))])
+    own = torch.stack([logits[p, list(label_ids.ids[p])].max() for p in range(len(ends))])
     return WindowLosses(ranknet, lm, weighted_ranknet(own, encoded.target))
 
 

@@ -28,12 +28,10 @@ def test_a_passage_state_depends_on_its_own_text_and_not_on_later_ones(
     probe: Any, tiny_model: Any, smollm2_tokenizer: Any
 ) -> None:
     builder = PromptBuilder(smollm2_tokenizer, FIRST_ECHO_TEMPLATE, max_prompt_tokens=4096)
-    states = probe.window_features(tiny_model, smollm2_tokenizer, builder, "q", PASSAGES)
+    states = probe.window_features(tiny_model, builder, "q", PASSAGES)
     layers = tiny_model.config.num_hidden_layers + 1
     assert states.shape == (3, layers, tiny_model.config.hidden_size)
-    changed = probe.window_features(
-        tiny_model, smollm2_tokenizer, builder, "q", [*PASSAGES[:2], "Rome is in Italy."]
-    )
+    changed = probe.window_features(tiny_model, builder, "q", [*PASSAGES[:2], "Rome is in Italy."])
     np.testing.assert_allclose(changed[:2], states[:2], atol=1e-5)
     assert not np.allclose(changed[2, -1], states[2, -1], atol=1e-3)
 
