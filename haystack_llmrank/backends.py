@@ -157,9 +157,9 @@ def load_scorer(
     source = resolve_model(model)
     torch_device = resolve_torch_device(device, on_missing_gpu)
     on_cuda = torch_device.startswith("cuda")
+    check_available(source)
     checkpoint = checkpoint_dtype(source) if dtype is None and on_cuda else None
     torch_dtype = resolve_torch_dtype(torch_device, dtype, checkpoint)
-    check_available(source)
     tokenizer = load_tokenizer(source)
     lm = load_causal_lm(source, device=torch_device, dtype=torch_dtype, tokenizer=tokenizer)
     label_ids = resolve_label_ids(tokenizer, labels)

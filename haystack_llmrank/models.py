@@ -195,6 +195,7 @@ def load_causal_lm(
     under ``$LLMRANK_CACHE_DIR`` (default ``~/.cache/llmrank``); ``LLMRANK_NO_CACHE=1``
     turns the cache off.
     """
+    import torch
     from transformers import AutoModelForCausalLM
 
     kwargs: dict[str, Any] = {"dtype": dtype} if dtype is not None else {}
@@ -203,9 +204,11 @@ def load_causal_lm(
     if cached is not None and (cached / "config.json").is_file():
         model = AutoModelForCausalLM.from_pretrained(cached, **kwargs)
     else:
+        # the cache holds the float32 dequantisation, whatever dtype this load asks for
+        load_kwargs = {"dtype": torch.float32} if cached is not None else kwargs
         try:
             model = AutoModelForCausalLM.from_pretrained(
-                source.location, gguf_file=source.gguf_file, **kwargs
+                source.location, gguf_file=source.gguf_file, **load_kwargs
             )
         except (OSError, ValueError) as exc:
             raise ModelResolutionError(
@@ -213,6 +216,8 @@ def load_causal_lm(
             ) from exc
         if cached is not None:
             _write_cache(model, tokenizer or load_tokenizer(source), cached)
+            if dtype is not None:
+                model = model.to(dtype)
     if source.adapter is not None:
         model = _merge_adapter(model, source.adapter)
     return model.to(device).eval()

@@ -151,9 +151,11 @@ def normalize_passage(
     max_words: int | None = DEFAULT_MAX_PASSAGE_WORDS,
     labels: Sequence[str] = ALPHABETIC_LABELS,
 ) -> str:
-    """Collapse whitespace, keep ``max_words`` words at most, and turn what could pass for a
-    bracketed label (see :func:`label_lookalike`) into parentheses: ``[A]`` -> ``(A)``."""
-    words = text.split()
+    """Repair the text as the rendered prompt will (``ftfy``: mojibake, full-width forms, so
+    full-width brackets become ASCII first), collapse whitespace, keep ``max_words`` words at
+    most, and turn what could pass for a bracketed label (see :func:`label_lookalike`) into
+    parentheses: ``[A]`` -> ``(A)``."""
+    words = str(fix_text(text)).split()
     if max_words is not None:
         words = words[:max_words]
     return label_lookalike(labels).sub(r"(\1)", " ".join(words))

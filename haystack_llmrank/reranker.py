@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from haystack_llmrank.errors import WindowTooLargeError
 from haystack_llmrank.gpu_policy import OnMissingGpu
 from haystack_llmrank.model_templates import TemplateChoice, model_template
 from haystack_llmrank.prompt import (
@@ -52,9 +53,10 @@ class Reranker:
 
     Each window is one forward pass: the label logits of the first generated token order
     the window. Windows follow ``strategy`` (FIRST's sliding window by default; see
-    :mod:`haystack_llmrank.strategies`). ``batch_size`` is how many queries' steps are
-    scored together; each scorer call holds at most ``max_batch_tokens`` padded tokens
-    (``None``: the scorer's preference, one prompt per call for torch on a CPU and
+    :mod:`haystack_llmrank.strategies`). ``batch_size`` caps the windows that go to the
+    scorer together, drawn from the steps of several queries (one query's step is never
+    split, so it may exceed the cap); each forward pass holds at most ``max_batch_tokens``
+    padded tokens (``None``: the scorer's preference, one prompt per call for torch on a CPU and
     ``DEFAULT_MAX_BATCH_TOKENS`` elsewhere).
     ``prompts`` replaces the :class:`PromptBuilder` made from ``template``,
     ``max_prompt_tokens`` and ``max_passage_words`` (for instance one that caches prompts);
@@ -81,7 +83,11 @@ class Reranker:
                 f"the scorer's labels {scorer.label_ids.labels} do not match the template's "
                 f"{template.labels}"
             )
-        scorer.label_ids.check_window(self.strategy.window_size)
+        if self.strategy.window_size > len(template.labels):
+            raise WindowTooLargeError(
+                f"a window of {self.strategy.window_size} passages needs as many labels; "
+                f"template {template.name!r} has {len(template.labels)}"
+            )
         if batch_size < 1 or (max_batch_tokens is not None and max_batch_tokens < 1):
             raise ValueError("batch_size and max_batch_tokens must be positive")
         if prompts is not None and prompts.template != template:
@@ -117,12 +123,14 @@ class Reranker:
 
         ``backend`` is ``"torch"`` or ``"onnx"``; ``device`` is ``"cpu"``, ``"cuda"`` or
         ``None`` (CUDA when available); ``dtype`` is a torch dtype name or ``None`` (float32
-        on CPU, float16 on CUDA). ``threads`` is ONNX Runtime's intra-op thread count (onnx
-        backend only). ``on_missing_gpu`` is ``"raise"`` (default) or ``"warn"`` (log and
-        run on the CPU) for a CUDA device that cannot be used. ``template`` is a template
-        name, dict or object, or ``None``: the one the model was trained or exported with,
-        else ``"first"`` (see :mod:`haystack_llmrank.model_templates`). Other keyword
-        arguments go to :class:`Reranker`.
+        on the CPU; on CUDA the checkpoint's recorded dtype, float32 when it records none,
+        as for GGUF files, and float32 for bfloat16 below compute capability 8.0).
+        ``threads`` is ONNX Runtime's intra-op thread count (onnx backend only).
+        ``on_missing_gpu`` is ``"raise"`` (default) or ``"warn"`` (log and run on the CPU) for
+        a CUDA device that cannot be used. ``template`` is a template name, dict or object, or
+        ``None``: the one the model was trained or exported with, else ``"first"`` (see
+        :mod:`haystack_llmrank.model_templates`). Other keyword arguments go to
+        :class:`Reranker`.
         """
         from haystack_llmrank.backends import load_scorer
 
@@ -225,7 +233,7 @@ class Reranker:
 
 
 def _per_request(top_k: int | Sequence[int | None] | None, count: int) -> list[int | None]:
-    if top_k is None or isinstance(top_k, int):
+    if not isinstance(top_k, Sequence) or isinstance(top_k, str):
         return [top_k] * count
     depths = list(top_k)
     if len(depths) != count:

@@ -17,6 +17,7 @@ scoring whole steps of several queries in one call.
 from __future__ import annotations
 
 import math
+import numbers
 from collections import deque
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
@@ -70,10 +71,14 @@ class Strategy(Protocol):
         ...
 
 
-def check_top_k(top_k: int | None) -> None:
-    """Raise ``ValueError`` unless ``top_k`` is ``None`` or a positive integer."""
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+def check_top_k(top_k: int | None) -> int | None:
+    """``top_k`` as an ``int`` (numpy integers too), or ``ValueError`` unless it is ``None``
+    or a positive integer."""
+    if top_k is None:
+        return None
+    if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1:
         raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
+    return int(top_k)
 
 
 def rank_members(members: Sequence[int], values: Sequence[float]) -> list[int]:
@@ -105,7 +110,8 @@ class SlidingWindow:
     Windows are half-open position ranges over the current order. The first covers the last
     ``window_size`` positions; each next one starts ``step`` higher; the last one starts at 0.
     A list no longer than the window is ranked in one window. Every window waits for the one
-    before it; ``top_k`` changes nothing (the single pass settles the top ``step`` anyway).
+    before it; ``top_k`` changes nothing. A judge that gives each passage one fixed logit gets
+    the top ``window_size - step`` positions exactly right.
     """
 
     name: ClassVar[str] = "sliding"
@@ -340,7 +346,7 @@ class QueryRun:
     """One query's plan, driven a step at a time."""
 
     def __init__(self, strategy: Strategy, size: int, top_k: int | None = None) -> None:
-        check_top_k(top_k)
+        top_k = check_top_k(top_k)
         if size < 0:
             raise ValueError(f"cannot rank {size} passages")
         self._plan = strategy.plan(size, top_k)
@@ -375,7 +381,7 @@ class QueryRun:
         verdicts: Verdicts = []
         for members, row in zip(self.pending, logits, strict=True):
             values = [float(v) for v in row[: len(members)]]
-            if len(values) != len(members) or any(math.isnan(v) for v in values):
+            if len(values) != len(members) or not all(math.isfinite(v) for v in values):
                 raise ValueError(f"expected {len(members)} finite label logits, got {values}")
             for i, value in zip(members, values, strict=True):
                 self._last_logit[i] = value

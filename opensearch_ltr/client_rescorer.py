@@ -61,6 +61,7 @@ from opensearch_ltr.rescore import (
     check_engine_counts,
     fetch_size,
     rescore,
+    to_float32,
 )
 from opensearch_ltr.response import (
     LlmrankInfo,
@@ -212,6 +213,12 @@ class _RescorerBase:
         self.spec = RescoreSpec(window_size, query_weight, rescore_query_weight, score_mode)
         check_engine_counts(self.spec)
         check_transform(score_transform)
+        if score_transform == "logit" and to_float32(query_weight) == 0:
+            raise ValueError(
+                "score_transform 'logit' with query_weight 0 would put window hits with a "
+                "negative logit below the hits past the window; set query_weight > 0, or "
+                "use 'rank' or 'minmax'"
+            )
         if missing_text not in ("raise", "empty"):
             raise ValueError(f"missing_text must be 'raise' or 'empty', got {missing_text!r}")
         if on_error not in ("raise", "fail_open"):

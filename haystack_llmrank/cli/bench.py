@@ -123,7 +123,10 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="CPU threads of every row (torch's, and ONNX Runtime's intra-op)",
     )
     parser.add_argument(
-        "--batch-size", type=positive_int, default=1, help="windows per step of the engine rows"
+        "--batch-size",
+        type=positive_int,
+        default=1,
+        help="windows per scorer call of the engine rows (one query's step is never split)",
     )
     parser.add_argument(
         "--max-batch-tokens",

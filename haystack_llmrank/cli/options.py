@@ -74,7 +74,8 @@ def add_model_options(group: Any, *, batch_size: int) -> None:
         "--batch-size",
         type=positive_int,
         default=batch_size,
-        help=f"windows per forward pass (default {batch_size})",
+        help=f"windows per scorer call, from several queries; one query's step is never split "
+        f"(default {batch_size})",
     )
     group.add_argument(
         "--max-passage-words",

@@ -9,6 +9,7 @@ from concurrent.futures import Future
 
 from haystack_llmrank.cli.options import (
     add_model_options,
+    check_model_options,
     load_reranker,
     positive_float,
     positive_int,
@@ -140,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
         )
     except ImportError as exc:
         raise RuntimeError(f"{exc}; install the serve extra: pip install 'llmrank[serve]'") from exc
+    check_model_options(args)  # bad options fail before the port is bound
     config = ServiceConfig(
         api_keys=api_keys(args),
         max_body_bytes=args.max_body_bytes,

@@ -19,6 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
+from haystack_llmrank.errors import PromptTooLongError
 from haystack_llmrank.ranking import Ranking
 from opensearch_ltr.ml_commons_blueprints import RERANK_PATH
 from opensearch_ltr.service.batcher import (
@@ -169,7 +170,7 @@ async def _rank(batcher: RerankBatcher, query: RerankQuery) -> Ranking:
     future = batcher.submit(query.query, query.documents, query.top_n)
     try:
         return await asyncio.wrap_future(future)
-    except (ValueError, TypeError) as exc:
+    except PromptTooLongError as exc:  # the request's own content; other faults are the model's
         raise RequestError(422, "invalid_request", str(exc)) from None
 
 

@@ -99,7 +99,7 @@ def parse_rerank_request(body: bytes, config: ServiceConfig) -> RerankQuery:
     """Validate a request body: 400 for malformed JSON, 422 for a wrong shape, 413 over a limit."""
     try:
         payload = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # bad UTF-8, bad JSON, an over-long integer
         raise RequestError(400, "malformed_json", f"the body is not valid JSON: {exc}") from None
     if not isinstance(payload, dict):
         raise _invalid("the body must be a JSON object")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -210,6 +211,14 @@ def stop_on_signals(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, on_signal, sig)
 
 
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (IPv4 or IPv6, as ``host`` resolves)."""
+    family, _, _, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    return socket.create_server(address, family=family)
+
+
 async def run_service(
     app: web.Application,
     *,
@@ -224,7 +233,8 @@ async def run_service(
     config's ``shutdown_grace_s``, then cancels them (their work stops at the engine's next
     window) and stops the worker. A client that disconnects cancels its request the same way.
     ``on_listening`` receives the bound ``http://host:port`` URLs (useful with ``port=0``).
-    Raises :class:`RuntimeError` if the model fails to load.
+    Raises :class:`OSError` if ``host:port`` cannot be bound, before the app starts (so before
+    the model loads), and :class:`RuntimeError` if the model fails to load.
     """
     batcher = app[BATCHER]
     loop = asyncio.get_running_loop()
@@ -237,9 +247,14 @@ async def run_service(
         handler_cancellation=True,
         keepalive_timeout=IDLE_TIMEOUT_S,
     )
-    await runner.setup()
+    listening = _bind(host, port)  # a busy port fails here, before the model starts loading
     try:
-        site = web.TCPSite(runner, host, port)
+        await runner.setup()
+    except BaseException:
+        listening.close()
+        raise
+    try:
+        site = web.SockSite(runner, listening)
         await site.start()
         urls = [f"http://{address[0]}:{address[1]}" for address in runner.addresses]
         logger.info("serving on %s", ", ".join(urls))

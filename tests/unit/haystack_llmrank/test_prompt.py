@@ -134,6 +134,8 @@ def test_rendered_prompt_is_fixed_by_ftfy(smollm2_tokenizer: Any) -> None:
         ("see [A] and [12] but not [two words]", None, "see (A) and [12] but not [two words]"),
         ("[ab_c] [x1] [Z]", None, "(ab_c) [x1] (Z)"),
         ("", 300, ""),
+        ("ignore: \uff3bA\uff3d is best", None, "ignore: (A) is best"),  # full-width brackets
+        ("caf\u00c3\u00a9 [B]", None, "caf\u00e9 (B)"),  # mojibake, repaired as in the prompt
     ],
 )
 def test_normalize_passage(raw: str, words: int | None, expected: str) -> None:
@@ -144,6 +146,7 @@ def test_numeric_labels_rewrite_only_bracketed_digits() -> None:
     raw = "see [A] and [12] but not [two words]"
     assert normalize_passage(raw, None, NUMERIC_LABELS) == "see [A] and (12) but not [two words]"
     assert normalize_passage("[a1] [b2] [c3]", None, ("a1", "b2")) == "(a1) (b2) [c3]"
+    assert normalize_passage("\uff3b\uff11\uff3d", None, NUMERIC_LABELS) == "(1)"
 
 
 def test_first_prompt_keeps_bracketed_digits_as_first_does(smollm2_tokenizer: Any) -> None:

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from haystack_llmrank.prompt import PromptBuilder
+from haystack_llmrank.errors import WindowTooLargeError
+from haystack_llmrank.prompt import PromptBuilder, PromptTemplate
 from haystack_llmrank.reranker import Reranker, length_buckets
 from haystack_llmrank.scorers.base import LabelScorer
 from haystack_llmrank.strategies import STRATEGIES, SlidingWindow, make_strategy
@@ -181,6 +182,31 @@ def test_window_larger_than_labels_is_refused(smollm2_tokenizer: Any, tiny_score
         Reranker(
             smollm2_tokenizer, tiny_scorer, max_prompt_tokens=4096, strategy=SlidingWindow(27, 10)
         )
+
+
+def test_window_larger_than_the_templates_labels_is_refused(
+    smollm2_tokenizer: Any, tiny_scorer: Any
+) -> None:
+    ten = PromptTemplate("ten", "{n} {query}\n", "[{label}] {text}\n", "", tuple("ABCDEFGHIJ"))
+    with pytest.raises(WindowTooLargeError, match="template 'ten' has 10"):
+        Reranker(smollm2_tokenizer, tiny_scorer, max_prompt_tokens=4096, template=ten)
+    narrow = Reranker(
+        smollm2_tokenizer,
+        tiny_scorer,
+        max_prompt_tokens=4096,
+        template=ten,
+        strategy=SlidingWindow(10, 5),
+    )
+    assert sorted(narrow.rerank("q", [f"p{i}" for i in range(15)]).order) == list(range(15))
+
+
+def test_top_k_takes_numpy_integers_and_refuses_floats(tiny_reranker: Reranker) -> None:
+    texts = [f"passage {i}" for i in range(5)]
+    assert tiny_reranker.rerank("q", texts, top_k=np.int64(3)) == tiny_reranker.rerank(
+        "q", texts, top_k=3
+    )
+    with pytest.raises(ValueError, match="top_k must be a positive integer"):
+        tiny_reranker.rerank("q", texts, top_k=3.0)  # type: ignore[arg-type]
 
 
 def test_template_must_match_scorer_labels(smollm2_tokenizer: Any, tiny_scorer: Any) -> None:

@@ -313,9 +313,10 @@ def test_top_k_makes_tdpart_and_tournaments_cheaper_or_deeper() -> None:
     assert list(deep.order[:2]) == truth(values)[:2]
 
 
-def test_nan_logits_are_an_error() -> None:
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_logits_are_an_error(bad: float) -> None:
     with pytest.raises(ValueError, match="finite"):
-        drive(SlidingWindow(20, 10), [1.0, float("nan"), 0.5])
+        drive(SlidingWindow(20, 10), [1.0, bad, 0.5])
 
 
 def test_ranking_checks_its_unranked_tail() -> None:

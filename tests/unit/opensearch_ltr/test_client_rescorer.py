@@ -206,8 +206,9 @@ def test_bad_requests_fail_before_any_search() -> None:
         stage.search("docs", {**BODY, "sort": [{"date": "desc"}]})
     with pytest.raises(RescoreRequestError, match="Rescore window"):
         stage.search("docs", BODY, from_=9990, size=10)
+    logits = rescorer(client, score_transform="logit", query_weight=1.0)
     with pytest.raises(RescoreRequestError, match="can be negative"):
-        rescorer(client, score_transform="logit").search("docs", BODY, apply="server")
+        logits.search("docs", BODY, apply="server")
     with pytest.raises(ValueError, match="apply"):
         stage.search("docs", BODY, apply="cluster")  # type: ignore[arg-type]
     assert client.calls == []
@@ -224,6 +225,7 @@ def test_bad_requests_fail_before_any_search() -> None:
         ({"score_mode": "min"}, "'min' with query_weight 0 scores every hit 0"),
         ({"score_mode": "multiply"}, "'multiply' with query_weight 0 scores every hit 0"),
         ({"query_weight": 1.0, "rescore_query_weight": 0.0}, "rescore_query_weight"),
+        ({"score_transform": "logit"}, "'logit' with query_weight 0"),
     ],
 )
 def test_bad_configuration(kwargs: dict[str, Any], message: str) -> None:

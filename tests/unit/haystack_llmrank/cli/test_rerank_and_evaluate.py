@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import torch
-from support import PROJECT_ROOT
+from support import PROJECT_ROOT, make_tiny_llama
 
 import haystack_llmrank.cli as cli
 from haystack_llmrank import models
@@ -381,6 +381,32 @@ def test_rerank_ranks_with_the_chosen_strategy(
     for query in read_queries(candidates):
         expected = engine.rerank(query.query, query.texts)
         assert list(run[query.qid]) == [query.candidates[i].docid for i in expected.order]
+
+
+def test_gguf_cache_holds_float32_whatever_dtype_the_load_asks_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, smollm2_tokenizer: Any
+) -> None:
+    import transformers
+    from safetensors import safe_open
+
+    monkeypatch.setenv("LLMRANK_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("LLMRANK_NO_CACHE", raising=False)
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    asked: list[Any] = []
+
+    def dequantise(location: str, **kwargs: Any) -> Any:
+        asked.append(kwargs.get("dtype"))
+        return make_tiny_llama(len(smollm2_tokenizer)).to(kwargs.get("dtype", torch.float32))
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", dequantise)
+    source = models.ModelSource(str(tmp_path), "m.gguf")
+    model = models.load_causal_lm(source, dtype=torch.bfloat16, tokenizer=smollm2_tokenizer)
+    assert asked == [torch.float32]
+    assert model.dtype == torch.bfloat16
+    cached = models._gguf_cache_dir(source)
+    assert cached is not None
+    with safe_open(str(cached / "model.safetensors"), "pt") as saved:
+        assert {saved.get_tensor(name).dtype for name in saved.keys()} == {torch.float32}  # noqa: SIM118
 
 
 def test_gguf_cache_is_keyed_by_content(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

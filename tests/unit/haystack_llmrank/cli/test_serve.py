@@ -90,3 +90,17 @@ def test_run_passes_the_limits_to_the_service(
     assert (config.header_timeout_s, config.max_connections, config.timeout_s) == (2.5, 7, 9.0)
     assert config.api_keys == ()
     assert "stopped" in capsys.readouterr().out
+
+
+def test_run_checks_the_model_options_before_serving(monkeypatch: pytest.MonkeyPatch) -> None:
+    import opensearch_ltr.service as service
+
+    served: list[Any] = []
+
+    async def fake_run_service(app: Any, **kwargs: Any) -> None:
+        served.append(app)
+
+    monkeypatch.setattr(service, "run_service", fake_run_service)
+    with pytest.raises(ValueError, match="--window-size 30 is over the 26 labels"):
+        serve.run(parse("--no-auth", "--window-size", "30"))
+    assert served == []

@@ -18,7 +18,7 @@ from haystack_llmrank.backends import (
     resolve_torch_dtype,
     torch_device_and_dtype,
 )
-from haystack_llmrank.errors import NonFiniteLogitsError
+from haystack_llmrank.errors import ModelResolutionError, NonFiniteLogitsError
 from haystack_llmrank.labels import ALPHABETIC_LABELS, LabelIds, resolve_label_ids
 from haystack_llmrank.models import ModelSource
 from haystack_llmrank.scorers.label_head import LabelLogitsModel
@@ -226,3 +226,14 @@ def test_load_scorer_on_cuda_loads_a_bf16_checkpoint_in_bf16(
     assert [(k["device"], k["dtype"]) for k in loads] == [("cuda", torch.bfloat16)]
     assert isinstance(loaded.scorer, TorchLabelScorer)
     assert loaded.scorer.dtype == torch.bfloat16
+
+
+def test_an_unavailable_model_fails_before_its_config_is_read_on_cuda(
+    fake_cuda: list[tuple[int, int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    read: list[Any] = []
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("haystack_llmrank.backends.checkpoint_dtype", read.append)
+    with pytest.raises(ModelResolutionError, match="HF_HUB_OFFLINE is set"):
+        load_scorer("nonexistent-org/nonexistent-model", device="cuda", labels=ALPHABETIC_LABELS)
+    assert read == []

@@ -8,6 +8,7 @@ import json
 import logging
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -22,7 +23,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from haystack_llmrank.errors import PromptTooLongError
+from haystack_llmrank.errors import NonFiniteLogitsError, PromptTooLongError
 from haystack_llmrank.ranking import Ranking
 from haystack_llmrank.reranker import Reranker
 from opensearch_ltr.service import ServiceConfig, create_app, run_service
@@ -87,6 +88,8 @@ class FakeEngine:
                 raise PromptTooLongError("the query alone exceeds the prompt budget")
             if "crash" in query:
                 raise RuntimeError("device lost")
+            if "overflow" in query:
+                raise NonFiniteLogitsError("label logits are NaN (fp16 overflow)")
             n = len(passages)
             logits = self.logits or [float(n - r) for r in range(n)]
             rankings.append(Ranking.from_logits(list(reversed(range(n))), logits[:n]))
@@ -328,12 +331,14 @@ async def test_unknown_routes_and_methods_answer_json() -> None:
 # --- engine errors ----------------------------------------------------------------------
 
 
-async def test_engine_input_errors_are_422_and_crashes_500() -> None:
+async def test_engine_input_errors_are_422_and_model_faults_500() -> None:
     async with serving(FakeEngine()) as client:
         status, body = await post(client, {"query": "too long", "documents": ["a"]})
         assert_error(status, body, 422, "invalid_request")
         assert "prompt budget" in body["error"]["message"]
         status, body = await post(client, {"query": "crash", "documents": ["a"]})
+        assert_error(status, body, 500, "internal_error")
+        status, body = await post(client, {"query": "overflow", "documents": ["a"]})
         assert_error(status, body, 500, "internal_error")
         status, _ = await post(client, {"query": "fine", "documents": ["a"]})
         assert status == 200
@@ -393,6 +398,22 @@ async def test_a_failed_load_is_reported_without_its_text_and_stops_the_server()
     app = create_app(broken, ServiceConfig(api_keys=(KEY,)))
     with pytest.raises(RuntimeError, match="failed to load: weights not found"):
         await run_service(app, host="127.0.0.1", port=0, stop=asyncio.Event())
+
+
+async def test_a_busy_port_fails_before_the_model_starts_loading() -> None:
+    loads: list[int] = []
+
+    def factory() -> RerankEngine:
+        loads.append(1)
+        return FakeEngine()
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        app = create_app(factory, ServiceConfig(api_keys=(KEY,)))
+        with pytest.raises(OSError, match="in use"):
+            await run_service(app, host="127.0.0.1", port=port, stop=asyncio.Event())
+    assert loads == []
+    assert not app[BATCHER].loaded.done()
 
 
 # --- timeouts and overload --------------------------------------------------------------

@@ -48,7 +48,15 @@ def test_optional_fields_are_read_and_model_is_ignored() -> None:
 
 
 @pytest.mark.parametrize(
-    "body", [b"{", b"", b"\xff\xfe", b'{"query": "q",}', b"[" * 100_000 + b"]" * 100_000]
+    "body",
+    [
+        b"{",
+        b"",
+        b"\xff\xfe",
+        b'{"query": "q",}',
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"query": "q", "documents": ["a"], "top_n": ' + b"1" * 5000 + b"}",
+    ],
 )
 def test_malformed_json_is_400(body: bytes) -> None:
     error = refusal(body)
