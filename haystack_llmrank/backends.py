@@ -84,15 +84,21 @@ def cuda_has_native_bf16(device: str | None) -> bool:
     return bool(torch.cuda.get_device_capability(device) >= (8, 0))
 
 
-def torch_device_and_dtype(
+def source_device_and_dtype(
+    source: ModelSource,
     device: str | None,
     dtype: str | None,
     on_missing_gpu: OnMissingGpu = "raise",
-    *,
-    checkpoint: Any = None,
 ) -> tuple[str, Any]:
-    """:func:`resolve_torch_device`, then :func:`resolve_torch_dtype` on the device found."""
+    """Where and in what dtype to load ``source``, after :func:`check_available` passed.
+
+    :func:`resolve_torch_device`, then :func:`resolve_torch_dtype` with the checkpoint's own
+    dtype on CUDA (read only there, and only when ``dtype`` is not given).
+    """
+    check_available(source)
     resolved = resolve_torch_device(device, on_missing_gpu)
+    on_cuda = resolved.startswith("cuda")
+    checkpoint = checkpoint_dtype(source) if dtype is None and on_cuda else None
     return resolved, resolve_torch_dtype(resolved, dtype, checkpoint)
 
 
@@ -155,11 +161,7 @@ def load_scorer(
     from haystack_llmrank.scorers.torch_scorer import TorchLabelScorer
 
     source = resolve_model(model)
-    torch_device = resolve_torch_device(device, on_missing_gpu)
-    on_cuda = torch_device.startswith("cuda")
-    check_available(source)
-    checkpoint = checkpoint_dtype(source) if dtype is None and on_cuda else None
-    torch_dtype = resolve_torch_dtype(torch_device, dtype, checkpoint)
+    torch_device, torch_dtype = source_device_and_dtype(source, device, dtype, on_missing_gpu)
     tokenizer = load_tokenizer(source)
     lm = load_causal_lm(source, device=torch_device, dtype=torch_dtype, tokenizer=tokenizer)
     label_ids = resolve_label_ids(tokenizer, labels)

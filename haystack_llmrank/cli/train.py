@@ -288,6 +288,14 @@ def run_train(args: argparse.Namespace) -> int:
         train_ids, held_ids = split_queries(qids, args.validation_fraction, args.split_seed)
     if held_ids and qrels is None:
         raise ValueError("validation needs --qrels; pass --validation-fraction 0 to skip it")
+    unjudged = [q for q in held_ids if qrels is not None and not qrels.get(q)]
+    if unjudged:
+        raise ValueError(
+            f"held-out queries without qrels: {', '.join(unjudged[:5])}"
+            + (f" and {len(unjudged) - 5} more" if len(unjudged) > 5 else "")
+            + "; validation needs judged queries: give their qrels, or put them on the "
+            "training side with --split"
+        )
     if held_ids:
         require_pytrec_eval()
     by_id = {q.qid: q for q in queries}
@@ -339,7 +347,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def _trainer(args: argparse.Namespace, config: Any) -> Any:
-    from haystack_llmrank.backends import torch_device_and_dtype
+    from haystack_llmrank.backends import source_device_and_dtype
     from haystack_llmrank.models import load_causal_lm, load_tokenizer, resolve_model
     from haystack_llmrank.prompt import get_template
     from haystack_llmrank.training import FirstTrainer
@@ -351,14 +359,16 @@ def _trainer(args: argparse.Namespace, config: Any) -> Any:
     source = resolve_model(args.model)
     if source.adapter is not None:
         raise ValueError(f"{args.model} is an adapter; train from its base model instead")
-    device, dtype = torch_device_and_dtype(args.device, args.dtype)
+    device, dtype = source_device_and_dtype(source, args.device, args.dtype)
     tokenizer = load_tokenizer(source)
     model = load_causal_lm(source, device=device, dtype=dtype, tokenizer=tokenizer)
+    local = Path(args.model)
     return FirstTrainer(
         model,
         tokenizer,
         config,
-        base_model=args.model,
+        # a local base is recorded by absolute path, so the output loads from anywhere
+        base_model=str(local.resolve()) if local.exists() else args.model,
         output_dir=args.output,
         template=get_template(args.template),
     )

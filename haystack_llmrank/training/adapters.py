@@ -55,6 +55,13 @@ def make_trainable(model: Any, lora: LoraSettings | None, *, gradient_checkpoint
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if lora is None:
+        narrow = sorted({str(p.dtype) for p in model.parameters() if p.dtype.itemsize < 4})
+        if narrow:
+            raise ValueError(
+                f"full fine-tuning updates the weights in place, and these are "
+                f"{', '.join(narrow)}: small updates would round away; load the model in "
+                "float32 (--dtype float32), or train LoRA adapters, which stay float32"
+            )
         for parameter in model.parameters():
             parameter.requires_grad_(True)
         return model.train()

@@ -7,6 +7,7 @@ that a model cannot learn to copy the position it is given.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -38,11 +39,15 @@ class TrainingQuery:
             raise ValueError(f"query {self.qid}: texts, grades and teacher differ in length")
 
     def target_order(self, members: Sequence[int]) -> list[int]:
-        """``members`` (candidate indices) best first: grade, then teacher score, then rank."""
+        """``members`` (candidate indices) best first: grade, then teacher score, then rank.
 
-        def key(i: int) -> tuple[int, float, int]:
+        Within a grade, passages the teacher did not score (NaN) follow the scored ones.
+        """
+
+        def key(i: int) -> tuple[int, bool, float, int]:
             teacher = self.teacher[i]
-            return (-self.grades[i], -teacher if teacher == teacher else 0.0, i)
+            unscored = math.isnan(teacher)
+            return (-self.grades[i], unscored, 0.0 if unscored else -teacher, i)
 
         return sorted(members, key=key)
 

@@ -247,7 +247,7 @@ class FirstTrainer:
             tokens += len(encoded.input_ids)
         parameters = [p for p in self.model.parameters() if p.requires_grad]
         torch.nn.utils.clip_grad_norm_(parameters, self.config.max_grad_norm)
-        rate = float(self.scheduler.get_last_lr()[0])
+        rate = float(self.optimizer.param_groups[0]["lr"])
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -340,6 +340,7 @@ class FirstTrainer:
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if self._on_cuda else None,
             },
             staging / "state.pt",
         )
@@ -364,6 +365,19 @@ class FirstTrainer:
         self._write_record(self.record())
         return target
 
+    @property
+    def _on_cuda(self) -> bool:
+        return bool(next(self.model.parameters()).device.type == "cuda")
+
+    def _apply_schedule(self) -> None:
+        """Use this config's learning rate and schedule from the step reached (the loaded
+        scheduler state holds the rate the checkpoint was trained with)."""
+        rate = _schedule(self.config)(self.scheduler.last_epoch)
+        self.scheduler.base_lrs = [self.config.learning_rate] * len(self.optimizer.param_groups)
+        for group in self.optimizer.param_groups:
+            group["initial_lr"] = self.config.learning_rate
+            group["lr"] = self.config.learning_rate * rate
+
     def resume(self) -> bool:
         """Load ``output_dir/checkpoint`` if there is one; return whether it was loaded."""
         folder = self.output_dir / CHECKPOINT
@@ -376,10 +390,9 @@ class FirstTrainer:
                 f"{folder} was trained with template {trained_with.name!r}, not "
                 f"{self.template.name!r}; resume with the same template"
             )
-        if meta["config"] != self.config.to_dict():
-            changed = sorted(
-                k for k, v in self.config.to_dict().items() if meta["config"].get(k) != v
-            )
+        current = json.loads(json.dumps(self.config.to_dict()))  # tuples as the JSON's lists
+        changed = sorted(k for k, v in current.items() if meta["config"].get(k) != v)
+        if changed:
             logger.warning("resuming with changed settings: %s", ", ".join(changed))
         state = torch.load(folder / "state.pt", weights_only=False)
         missing = set(n for n, p in self.model.named_parameters() if p.requires_grad) - set(
@@ -392,7 +405,10 @@ class FirstTrainer:
         self.model.load_state_dict(state["weights"], strict=False)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        self._apply_schedule()
         torch.set_rng_state(state["torch_rng"])
+        if self._on_cuda and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.rng.bit_generator.state = meta["rng"]
         self.step = int(meta["step"])
         self.best = meta["best"]

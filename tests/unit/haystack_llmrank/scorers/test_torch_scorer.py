@@ -16,7 +16,7 @@ from haystack_llmrank.backends import (
     checkpoint_dtype,
     load_scorer,
     resolve_torch_dtype,
-    torch_device_and_dtype,
+    source_device_and_dtype,
 )
 from haystack_llmrank.errors import ModelResolutionError, NonFiniteLogitsError
 from haystack_llmrank.labels import ALPHABETIC_LABELS, LabelIds, resolve_label_ids
@@ -181,11 +181,13 @@ def test_a_half_precision_model_gets_its_label_logits_in_float32(
     assert not np.allclose(got, in_dtype, rtol=1e-5, atol=1e-5)
 
 
-def test_cuda_takes_the_checkpoints_dtype(fake_cuda: list[tuple[int, int]]) -> None:
-    assert torch_device_and_dtype(None, None, checkpoint=torch.bfloat16) == (
-        "cuda",
-        torch.bfloat16,
-    )
+def test_cuda_takes_the_checkpoints_dtype(
+    fake_cuda: list[tuple[int, int]], tmp_path: Path, smollm2_tokenizer: Any
+) -> None:
+    make_tiny_llama(len(smollm2_tokenizer)).to(torch.bfloat16).save_pretrained(tmp_path)
+    source = ModelSource(str(tmp_path))
+    assert source_device_and_dtype(source, None, None) == ("cuda", torch.bfloat16)
+    assert source_device_and_dtype(source, "cpu", None) == ("cpu", torch.float32)
     assert resolve_torch_dtype("cuda:1", None, torch.float16) == torch.float16
     assert resolve_torch_dtype("cuda", None, None) == torch.float32
     assert resolve_torch_dtype("cuda", "float16", torch.bfloat16) == torch.float16

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from haystack_llmrank.training import (
     window_losses,
 )
 from haystack_llmrank.training.adapters import causal_lm, make_trainable
+from haystack_llmrank.training.trainer import _schedule
 
 TEXTS = (
     "Fleas live on cats and dogs.",
@@ -67,10 +69,13 @@ def test_target_order_uses_grade_then_teacher_then_first_stage_rank() -> None:
     query = TrainingQuery(
         "q", "q", ("a", "b", "c", "d", "e"), (1, 2, 1, 1, 0), (0.1, 0.0, 0.5, float("nan"), 0.9)
     )
-    # grade 2 first; among grade 1: teacher 0.5 > 0.1 > no teacher (0); grade 0 last.
+    # grade 2 first; among grade 1: teacher 0.5 > 0.1 > no teacher score; grade 0 last.
     assert query.target_order([0, 1, 2, 3, 4]) == [1, 2, 0, 3, 4]
     tied = TrainingQuery("q", "q", ("a", "b", "c"), (1, 1, 1), (float("nan"),) * 3)
     assert tied.target_order([2, 0, 1]) == [0, 1, 2]
+    # negative scores (a cross-encoder's logits): the unscored passage still comes last
+    logits = TrainingQuery("q", "q", ("a", "b", "c", "d"), (0,) * 4, (-1, -3, -2, float("nan")))
+    assert logits.target_order([3, 2, 1, 0]) == [0, 2, 1, 3]
 
 
 def test_training_queries_joins_qrels_and_teacher() -> None:
@@ -287,6 +292,16 @@ def test_top_layer_lora_adapts_and_trains_only_the_last_layers(smollm2_tokenizer
         LoraSettings(top_layers=0)
 
 
+def test_full_fine_tuning_refuses_half_precision_weights(smollm2_tokenizer: Any) -> None:
+    model = make_tiny_llama(len(smollm2_tokenizer)).to(torch.bfloat16)
+    with pytest.raises(ValueError, match="bfloat16: small updates would round away"):
+        make_trainable(model, None, gradient_checkpointing=False)
+    full = make_trainable(
+        make_tiny_llama(len(smollm2_tokenizer)), None, gradient_checkpointing=False
+    )
+    assert all(p.requires_grad for p in full.parameters())
+
+
 def test_a_few_steps_lower_the_loss_on_a_toy_set(smollm2_tokenizer: Any, tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = make_tiny_llama(len(smollm2_tokenizer), seed=4)
@@ -349,12 +364,14 @@ def train_adapter(
     output: Path,
     steps: int = 2,
     template: PromptTemplate = FIRST_TEMPLATE,
+    device: str = "cpu",
+    **changes: Any,
 ) -> FirstTrainer:
-    model = load_causal_lm(resolve_model(str(base_dir)))
+    model = load_causal_lm(resolve_model(str(base_dir)), device=device)
     trainer = FirstTrainer(
         model,
         tokenizer,
-        small_config(steps=steps),
+        small_config(steps=steps, **changes),
         base_model=str(base_dir),
         output_dir=output,
         template=template,
@@ -417,21 +434,39 @@ class StopTrainingError(Exception):
     pass
 
 
-def test_checkpoint_resume_continues_the_same_run(
-    smollm2_tokenizer: Any, tiny_model_dir: Path, tmp_path: Path
-) -> None:
-    straight = train_adapter(smollm2_tokenizer, tiny_model_dir, tmp_path / "straight", steps=4)
+def stop_after_two(report: Any) -> None:
+    if report.step == 2:
+        raise StopTrainingError
 
-    def stop_after_two(report: Any) -> None:
-        if report.step == 2:
-            raise StopTrainingError
+
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "cuda",
+            marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+        ),
+    ],
+)
+def test_checkpoint_resume_continues_the_same_run(
+    smollm2_tokenizer: Any,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    device: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    lora = LoraSettings(rank=4, alpha=8, dropout=0.2)  # dropout draws from the device's RNG
+    straight = train_adapter(
+        smollm2_tokenizer, tiny_model_dir, tmp_path / "straight", 4, device=device, lora=lora
+    )
 
     def trainer_for(output: Path) -> FirstTrainer:
-        model = load_causal_lm(resolve_model(str(tiny_model_dir)))
+        model = load_causal_lm(resolve_model(str(tiny_model_dir)), device=device)
         return FirstTrainer(
             model,
             smollm2_tokenizer,
-            small_config(steps=4),
+            small_config(steps=4, lora=lora),
             base_model=str(tiny_model_dir),
             output_dir=output,
         )
@@ -442,11 +477,36 @@ def test_checkpoint_resume_continues_the_same_run(
     assert (tmp_path / "resumed" / "checkpoint" / "state.pt").is_file()
     assert resolve_model(str(tmp_path / "resumed" / "checkpoint" / "model")).adapter is not None
     again = trainer_for(tmp_path / "resumed")
-    assert again.resume()
+    with caplog.at_level("WARNING", logger="haystack_llmrank.training.trainer"):
+        assert again.resume()
+    assert "changed settings" not in caplog.text
     assert again.step == 2
     again.fit(queries)
     losses = [h["loss"] for h in again.history]
     assert losses == pytest.approx([h["loss"] for h in straight.history], rel=1e-4)
+
+
+def test_resume_applies_a_changed_learning_rate_and_schedule(
+    smollm2_tokenizer: Any, tiny_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    queries = training_queries([toy_query()], qrels=TOY_QRELS)
+
+    def trainer_for(config: TrainConfig) -> FirstTrainer:
+        model = load_causal_lm(resolve_model(str(tiny_model_dir)))
+        return FirstTrainer(
+            model, smollm2_tokenizer, config, base_model="x", output_dir=tmp_path / "run"
+        )
+
+    with pytest.raises(StopTrainingError):
+        trainer_for(small_config(steps=4, warmup_steps=1)).fit(queries, on_step=stop_after_two)
+    changed = small_config(steps=8, warmup_steps=1, learning_rate=1e-3)
+    again = trainer_for(changed)
+    with caplog.at_level("WARNING", logger="haystack_llmrank.training.trainer"):
+        assert again.resume()
+    assert "changed settings: learning_rate, steps" in caplog.text
+    again.fit(queries)
+    expected = [1e-3 * factor for factor in map(_schedule(changed), range(2, 8))]
+    assert [h["learning_rate"] for h in again.history[2:]] == pytest.approx(expected)
 
 
 def test_resume_refuses_another_template(
@@ -527,6 +587,33 @@ def test_cli_trains_on_a_given_split_and_checks_it(
     ):
         split.write_text(json.dumps(bad))
         assert main([*args, "--output", str(tmp_path / "bad")]) == 2
+
+
+def test_cli_records_a_local_base_by_absolute_path_and_refuses_unjudged_held_out_queries(
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from haystack_llmrank.cli import main
+
+    candidates, qrels = write_toy_files(tmp_path)
+    qrels.write_text("\n".join(line for line in qrels.read_text().splitlines() if "q3" not in line))
+    monkeypatch.chdir(tmp_path)
+    args = [
+        "train", candidates.name, "--qrels", qrels.name, "--steps", "1",
+        "--model", os.path.relpath(tiny_model_dir, tmp_path), "--grad-accumulation", "1",
+        "--min-window", "3", "--max-window", "6",
+    ]  # fmt: skip
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": ["q0", "q1", "q2"], "validation": []}))
+    assert main([*args, "--split", str(split), "--output", "run"]) == 0
+    adapter = json.loads((tmp_path / "run" / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == str(tiny_model_dir.resolve())
+    split.write_text(json.dumps({"train": ["q0", "q1"], "validation": ["q2", "q3"]}))
+    assert main([*args, "--split", str(split), "--output", "held"]) == 2
+    assert "held-out queries without qrels: q3;" in capsys.readouterr().err
+    assert not (tmp_path / "held" / "split.json").exists()
 
 
 def test_cli_trains_validates_and_writes_adapter_and_merged_weights(
