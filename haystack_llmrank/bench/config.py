@@ -27,6 +27,13 @@ ROWS = (ORACLE, PLAIN, TORCH, TORCH_BF16, *(ONNX_PREFIX + p for p in PRECISIONS)
 """Every row the benchmark knows, in the order rows run."""
 ROW_DTYPES: dict[str, str] = {TORCH_BF16: "bfloat16"}
 """Rows that run in their own torch dtype, whatever the run's ``dtype`` is."""
+FLOOR_DTYPES: dict[str, str] = {
+    **ROW_DTYPES,
+    ONNX_PREFIX + "fp32": "float32",
+    ONNX_PREFIX + "fp16": "float16",
+    ONNX_PREFIX + "int8": "float32",  # no torch int8 matmul rate to measure: float32's
+}
+"""Rows whose FLOP floor takes the matmul rate of a dtype other than the run's."""
 LOOP_ROWS = (PLAIN, GENERATE)
 """Rows written as a plain sliding-window loop: they measure the sliding window only."""
 DEFAULT_ROWS = (PLAIN, TORCH, "onnx-fp32", "onnx-int8", GENERATE)
@@ -81,6 +88,11 @@ def default_rows(device: str) -> tuple[str, ...]:
 def row_dtype(row: str, dtype: str) -> str:
     """The torch dtype ``row`` runs in, in a run whose dtype is ``dtype``."""
     return ROW_DTYPES.get(row, dtype)
+
+
+def floor_dtype(row: str, dtype: str) -> str:
+    """The dtype whose matmul rate gives ``row``'s FLOP floor, in a run of ``dtype``."""
+    return FLOOR_DTYPES.get(row, dtype)
 
 
 def onnx_precision(row: str) -> Precision | None:

@@ -27,7 +27,10 @@ def slide(
     while n:
         start = max(0, end - window_size)
         members = order[start:end]
-        order[start:end] = [members[i] for i in order_window(members)]
+        ranked = order_window(members)
+        if sorted(ranked) != list(range(len(members))):
+            raise ValueError(f"a window of {len(members)} was ranked as {ranked}")
+        order[start:end] = [members[i] for i in ranked]
         if start == 0:
             break
         end -= step

@@ -27,8 +27,8 @@ from haystack_llmrank.bench.config import (
     BenchConfig,
     Variant,
     default_rows,
+    floor_dtype,
     onnx_precision,
-    row_dtype,
 )
 from haystack_llmrank.bench.measure import clock, matmul_tflops
 from haystack_llmrank.bench.model_loading import (
@@ -48,6 +48,7 @@ from haystack_llmrank.bench.rows import (
     run_row,
 )
 from haystack_llmrank.data import Qrels, QueryCandidates, read_qrels, read_queries
+from haystack_llmrank.errors import WindowTooLargeError
 from haystack_llmrank.export import export_onnx, is_export, read_metadata
 from haystack_llmrank.model_templates import model_template
 from haystack_llmrank.models import context_length, resolve_model
@@ -114,7 +115,7 @@ class Plan:
     def throughput_of(self, row: str) -> Throughput:
         """The matmul rate of the dtype ``row`` runs in: its FLOP floor's denominator."""
         assert self.config.dtype is not None
-        return self.row_throughputs.get(row_dtype(row, self.config.dtype), self.throughput)
+        return self.row_throughputs.get(floor_dtype(row, self.config.dtype), self.throughput)
 
     def estimates(self) -> dict[str, float]:
         """Expected seconds of each runnable line, by :attr:`Variant.name`.
@@ -337,6 +338,11 @@ def prepare(config: BenchConfig) -> Plan:
     queries = select_queries(all_queries, config.queries, config.top_k)
     strategy = SlidingWindow(config.window_size, config.step)
     template = bench_template(config)
+    if config.window_size > len(template.labels):
+        raise WindowTooLargeError(
+            f"a window of {config.window_size} passages needs as many labels; template "
+            f"{template.name!r} has {len(template.labels)} (pass --window-size)"
+        )
     if config.needs_model:
         calibration, max_prompt_tokens, prompts = calibrate(config, queries, template)
         _release_memory(device)
@@ -356,7 +362,7 @@ def prepare(config: BenchConfig) -> Plan:
         template=template,
         row_throughputs={
             other: measure_throughput(device, other)
-            for other in {row_dtype(row, dtype) for row in config.ordered_rows} - {dtype}
+            for other in {floor_dtype(row, dtype) for row in config.ordered_rows} - {dtype}
         },
     )
 

@@ -110,12 +110,26 @@ def export_graph(
             verbose=False,
             **_dynamic_dimensions(exporter),
         )
+    written = graph_opset(path)
+    if written != opset:  # the dynamo exporter logs a failed conversion and keeps its own
+        raise ValueError(
+            f"the {exporter} exporter wrote opset {written}, not the requested {opset}; "
+            "use --exporter torchscript for that opset"
+        )
     logger.info(
         "exported the label-logit graph with the %s exporter (opset %d, %s attention)",
         exporter,
         opset,
         attention,
     )
+
+
+def graph_opset(path: Path) -> int:
+    """The default-domain opset an ONNX file imports."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next(int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
 def _dynamic_dimensions(exporter: Exporter) -> dict[str, Any]:

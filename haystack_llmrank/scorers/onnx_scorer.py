@@ -289,7 +289,8 @@ class OnnxLabelScorer:
         inter = _positive_or_none("inter_op_num_threads", inter_op_num_threads)
         if intra is not None:
             options.intra_op_num_threads = intra
-        if inter is not None:
+        if inter is not None:  # ONNX Runtime uses an inter-op pool in parallel mode only
+            options.execution_mode = ort.ExecutionMode.ORT_PARALLEL
             options.inter_op_num_threads = inter
         if wanted.device_type == "cuda":
             options.add_session_config_entry(_ASSIGNMENT_ENTRY, "1")

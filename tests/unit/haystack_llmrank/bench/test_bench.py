@@ -31,6 +31,8 @@ from haystack_llmrank.bench.model_loading import attention_width, resolve_device
 from haystack_llmrank.bench.plain import answer_text, parse_permutation, slide
 from haystack_llmrank.bench.prompts import CachedPromptBuilder
 from haystack_llmrank.bench.runner import (
+    Plan,
+    Throughput,
     export_onnx_row,
     prepare,
     read_data,
@@ -38,10 +40,16 @@ from haystack_llmrank.bench.runner import (
     select_queries,
     unavailable_rows,
 )
+from haystack_llmrank.errors import WindowTooLargeError
 from haystack_llmrank.labels import ALPHABETIC_LABELS, resolve_label_ids
 from haystack_llmrank.model_templates import write_template
 from haystack_llmrank.models import resolve_model
-from haystack_llmrank.prompt import FIRST_ECHO_TEMPLATE, PromptBuilder
+from haystack_llmrank.prompt import (
+    FIRST_ECHO_TEMPLATE,
+    FIRST_NUMERIC_TEMPLATE,
+    FIRST_TEMPLATE,
+    PromptBuilder,
+)
 from haystack_llmrank.strategies import STRATEGIES, SlidingWindow, make_strategy
 
 WORDS = "river bank loan coffee mountain tree city music flea peru capital rate".split()  # noqa: SIM905
@@ -620,6 +628,40 @@ def test_a_trained_models_own_template_is_benched(
     assert plan.prompts
     assert all("[A] " in p.text and " [A]\n" in p.text for p in plan.prompts.values())
     assert_rows_order_alike(run(plan))
+
+
+def test_a_window_wider_than_the_templates_labels_is_refused_before_any_row(
+    bench_data: Path, tied_model_dir: Path, tmp_path: Path
+) -> None:
+    model = tmp_path / "numeric-model"
+    shutil.copytree(tied_model_dir, model)
+    write_template(model, FIRST_NUMERIC_TEMPLATE)  # 9 labels
+    with pytest.raises(WindowTooLargeError, match="template 'first-numeric' has 9"):
+        prepare(plain_and_torch(bench_data, model, window_size=10, step=5))
+    with pytest.raises(ValueError, match="a window of 3 was ranked as"):
+        slide(5, 3, 2, lambda members: [0, 1])
+
+
+def test_each_row_takes_the_floor_of_the_dtype_it_computes_in(bench_data: Path) -> None:
+    rates = {d: Throughput(rate, 2048, d) for d, rate in [("float32", 0.2), ("float16", 0.5)]}
+    run_rate = Throughput(1.3, 2048, "bfloat16")
+    plan = Plan(
+        config=BenchConfig(data_dir=bench_data, device="cpu", dtype="bfloat16"),
+        queries=(),
+        total_queries=0,
+        qrels={},
+        windows=0,
+        max_prompt_tokens=0,
+        calibration=None,
+        throughput=run_rate,
+        prompts={},
+        unavailable={},
+        template=FIRST_TEMPLATE,
+        row_throughputs=rates,
+    )
+    assert plan.throughput_of("torch") == plan.throughput_of("plain") == run_rate
+    assert plan.throughput_of("onnx-fp32") == plan.throughput_of("onnx-int8") == rates["float32"]
+    assert plan.throughput_of("onnx-fp16") == rates["float16"]
 
 
 def test_cuda_runs_measure_the_fp16_export(bench_data: Path) -> None:

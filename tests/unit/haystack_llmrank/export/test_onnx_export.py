@@ -388,6 +388,9 @@ def test_plain_attention_export_matches_torch(
     scorer = load_export(folder, device="cpu").scorer
     for batch in BATCHES:
         np.testing.assert_allclose(scorer.score(batch), tiny_scorer.score(batch), atol=1e-4, rtol=0)
+    # below 18 its version converter fails, logs it, and keeps opset 18: refused, not recorded
+    with pytest.raises(ValueError, match="wrote opset 18, not the requested 17"):
+        export_to(tmp_path / "opset17", tiny_model_dir, exporter="dynamo", opset=17)
 
 
 def test_fused_attention_without_mask_is_exact_for_right_padded_prompts(
@@ -619,6 +622,9 @@ def test_dynamo_exporter_matches_torch(
     scorer = load_export(folder, device="cpu").scorer
     for batch in BATCHES:
         np.testing.assert_allclose(scorer.score(batch), tiny_scorer.score(batch), atol=1e-4, rtol=0)
+    # below 18 its version converter fails, logs it, and keeps opset 18: refused, not recorded
+    with pytest.raises(ValueError, match="wrote opset 18, not the requested 17"):
+        export_to(tmp_path / "opset17", tiny_model_dir, exporter="dynamo", opset=17)
 
 
 def graph_over_2_gib(folder: Path, table_mib: int = 1030, width: int = 64) -> Path:
@@ -776,9 +782,16 @@ def test_cuda_provider_listed_but_unusable(
 def test_thread_settings(fp32_dir: Path, fp32_scorer: OnnxLabelScorer) -> None:
     graph, labels = fp32_dir / "model.onnx", fp32_scorer.label_ids
     scorer = OnnxLabelScorer(
-        graph, labels, device="cpu", intra_op_num_threads=1, inter_op_num_threads=1
+        graph, labels, device="cpu", intra_op_num_threads=1, inter_op_num_threads=2
     )
     np.testing.assert_allclose(scorer.score(BATCHES[0]), fp32_scorer.score(BATCHES[0]), atol=1e-5)
+    options = scorer._session.get_session_options()  # an inter-op pool runs in parallel mode
+    assert (options.execution_mode, options.inter_op_num_threads) == (
+        ort.ExecutionMode.ORT_PARALLEL,
+        2,
+    )
+    default = fp32_scorer._session.get_session_options()
+    assert default.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
     with pytest.raises(ValueError, match="intra_op_num_threads must be positive"):
         OnnxLabelScorer(graph, labels, device="cpu", intra_op_num_threads=0)
 
