@@ -6,6 +6,7 @@ import asyncio
 import logging
 import math
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
@@ -137,6 +138,8 @@ class FirstListwiseRanker:
         self._reranker: Reranker | None = None
         self._lock = threading.Lock()
         self._warm_lock = threading.Lock()
+        # run_async queues here, one call at a time, instead of parking shared executor threads
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmrank-ranker")
 
     def warm_up(self) -> None:
         """Load the model once; later calls do nothing."""
@@ -275,11 +278,13 @@ class FirstListwiseRanker:
     async def run_async(
         self, query: str, documents: list[Document], top_k: int | None = None
     ) -> dict[str, list[Document]]:
-        """Like :meth:`run`, with loading and ranking in a worker thread off the event loop."""
+        """Like :meth:`run`, with loading and ranking off the event loop, in the component's
+        own worker thread (concurrent calls wait their turn there)."""
         prepared = self._prepare(query, documents, top_k)
         if prepared is None:
             return {"documents": self._unranked(documents, top_k)}
         rankable, textless, texts, limit = prepared
-        await asyncio.to_thread(self.warm_up)
-        ranking = await asyncio.to_thread(self._rank, query, texts, limit)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._worker, self.warm_up)
+        ranking = await loop.run_in_executor(self._worker, self._rank, query, texts, limit)
         return {"documents": self._finish(rankable, textless, ranking, limit)}

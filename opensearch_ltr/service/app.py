@@ -14,7 +14,7 @@ import hmac
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -46,9 +46,11 @@ RETRY_AFTER_S = "1"
 
 @dataclass
 class ServiceState:
-    """Mutable state of a running service."""
+    """Mutable state of a running service: whether it is shutting down, and the rerank
+    requests it is answering (so that shutdown can wait for them, then cancel them)."""
 
     draining: bool = False
+    in_flight: set[asyncio.Task[Any]] = field(default_factory=set)
 
 
 BATCHER = web.AppKey("batcher", RerankBatcher)
@@ -179,16 +181,21 @@ async def rerank(request: web.Request) -> web.Response:
 
     Leaving (a timeout, a client that disconnects) cancels the queued or running work.
     """
-    config = request.app[CONFIG]
-    if request.app[STATE].draining:
+    config, state = request.app[CONFIG], request.app[STATE]
+    if state.draining:
         raise ServiceUnavailableError("the service is shutting down")
     request.app[BATCHER].check_ready()
+    task = asyncio.current_task()
+    assert task is not None
+    state.in_flight.add(task)
     try:
         async with asyncio.timeout(config.timeout_s):
             query = parse_rerank_request(await _read_body(request, config.max_body_bytes), config)
             ranking = await _rank(request.app[BATCHER], query)
     except TimeoutError:
         raise RequestError(504, "timeout", f"no answer within {config.timeout_s:g} s") from None
+    finally:
+        state.in_flight.discard(task)
     return _json(rerank_response(query, ranking, uuid.uuid4().hex))
 
 
@@ -221,7 +228,7 @@ def create_app(factory: Callable[[], RerankEngine], config: ServiceConfig) -> we
             None, batcher.close, config.shutdown_grace_s
         )
         if not stopped:
-            logger.warning("the engine is still in a window; exit waits for it to end")
+            logger.warning("the engine is still loading or in a window; exit waits for it to end")
 
     app.on_startup.append(start_worker)
     app.on_shutdown.append(start_draining)

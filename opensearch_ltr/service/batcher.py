@@ -214,7 +214,8 @@ class RerankBatcher:
         started = time.perf_counter()
         try:
             engine = self._factory()
-            engine.rerank_many([WARM_UP_REQUEST])
+            if not self._closed:  # closed while loading: no warm-up to wait for
+                engine.rerank_many([WARM_UP_REQUEST])
         except Exception as exc:
             logger.exception("the rerank engine failed to load")
             self.loaded.set_exception(exc)

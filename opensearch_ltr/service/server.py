@@ -8,6 +8,7 @@ is answered in the service's JSON error format. Errors a client causes are logge
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import socket
@@ -17,7 +18,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError
 
-from opensearch_ltr.service.app import BATCHER, CONFIG, RETRY_AFTER_S
+from opensearch_ltr.service.app import BATCHER, CONFIG, RETRY_AFTER_S, STATE, ServiceState
 from opensearch_ltr.service.protocol import dumps, error_body
 
 logger = logging.getLogger(__name__)
@@ -44,7 +45,8 @@ class _Connection(web.RequestHandler):
     """One client connection: aiohttp's handler with a head timeout and the connection cap.
 
     The head timer runs from the connection's opening, and again from the first byte of each
-    later request, until the request head is complete.
+    later request that arrives while the connection is idle, until the request head is
+    complete (bytes pipelined behind a running request are left to the idle timeout).
     """
 
     def __init__(self, manager: _Server, **kwargs: Any) -> None:
@@ -229,9 +231,10 @@ async def run_service(
 ) -> None:
     """Serve ``app`` on ``host:port`` until ``stop`` is set.
 
-    Shutdown stops accepting connections, lets in-flight requests finish for up to the
-    config's ``shutdown_grace_s``, then cancels them (their work stops at the engine's next
-    window) and stops the worker. A client that disconnects cancels its request the same way.
+    Shutdown stops accepting connections, answers new requests on open ones 503 (``/ready``:
+    ``draining``), lets in-flight rerank requests finish for up to the config's
+    ``shutdown_grace_s``, then cancels them (their work stops at the engine's next window)
+    and stops the worker. A client that disconnects cancels its request the same way.
     ``on_listening`` receives the bound ``http://host:port`` URLs (useful with ``port=0``).
     Raises :class:`OSError` if ``host:port`` cannot be bound, before the app starts (so before
     the model loads), and :class:`RuntimeError` if the model fails to load.
@@ -239,7 +242,12 @@ async def run_service(
     batcher = app[BATCHER]
     loop = asyncio.get_running_loop()
     settled = asyncio.Event()
-    batcher.loaded.add_done_callback(lambda _: loop.call_soon_threadsafe(settled.set))
+
+    def settle(_: object) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop closed while the model loaded
+            loop.call_soon_threadsafe(settled.set)
+
+    batcher.loaded.add_done_callback(settle)
     runner = _Runner(
         app,
         handle_signals=False,
@@ -269,5 +277,19 @@ async def run_service(
             raise RuntimeError(f"the model failed to load: {error}") from error
         await stop.wait()
         logger.info("shutting down: finishing in-flight requests")
+        await site.stop()  # new connections are refused; open ones are answered "draining"
+        await _drain(app[STATE], app[CONFIG].shutdown_grace_s)
     finally:
         await runner.cleanup()
+
+
+async def _drain(state: ServiceState, grace_s: float) -> None:
+    """Refuse new rerank requests, wait up to ``grace_s`` for those in flight, cancel the rest."""
+    state.draining = True
+    if not state.in_flight:
+        return
+    _, late = await asyncio.wait(set(state.in_flight), timeout=grace_s)
+    for task in late:
+        task.cancel()
+    if late:
+        logger.warning("cancelled %d requests still running after %g s", len(late), grace_s)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import itertools
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +127,35 @@ def test_run_async_equals_run(ranker: FirstListwiseRanker) -> None:
     assert asyncio.run(ranker.run_async(query=QUERY, documents=inputs)) == ranker.run(
         query=QUERY, documents=inputs
     )
+
+
+def test_concurrent_run_async_calls_leave_the_default_executor_free(
+    ranker: FirstListwiseRanker,
+) -> None:
+    release = threading.Event()
+    threads: set[str] = set()
+
+    class Held:
+        def rerank(self, query: str, texts: list[str], top_k: int | None = None) -> Ranking:
+            threads.add(threading.current_thread().name)
+            release.wait(10)
+            return Ranking.from_logits(list(range(len(texts))), [0.0] * len(texts))
+
+    held = FirstListwiseRanker(model=ranker.model)
+    held._reranker = Held()  # type: ignore[assignment]
+
+    async def main() -> None:
+        calls = [
+            asyncio.create_task(held.run_async(query=QUERY, documents=docs(3))) for _ in range(40)
+        ]
+        await asyncio.sleep(0.1)
+        # more calls than the default executor has threads, and it still answers
+        assert await asyncio.wait_for(asyncio.to_thread(lambda: "free"), 5) == "free"
+        release.set()
+        assert all(len(out["documents"]) == 3 for out in await asyncio.gather(*calls))
+
+    asyncio.run(main())
+    assert len(threads) == 1
 
 
 def test_warm_up_is_idempotent_and_lazy(

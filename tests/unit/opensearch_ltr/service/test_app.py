@@ -576,8 +576,37 @@ async def test_shutdown_refuses_new_connections_and_finishes_in_flight_requests(
     assert not app[BATCHER]._thread.is_alive()
 
 
-async def test_shutdown_gives_up_on_requests_that_outlast_the_grace_period() -> None:
+async def test_shutdown_answers_open_connections_draining() -> None:
     engine = RecordingEngine(FakeEngine())
+    async with running_service(engine, shutdown_grace_s=10) as (url, stop, task, _):
+        engine.calls.clear()
+        engine.gate.clear()
+        async with aiohttp.ClientSession() as kept, aiohttp.ClientSession() as session:
+            async with kept.get(f"{url}/ready") as response:
+                assert response.status == 200  # its connection stays open (keep-alive)
+            in_flight = asyncio.create_task(
+                session.post(
+                    f"{url}/v1/rerank", json={"query": "q", "documents": ["a"]}, headers=AUTH
+                )
+            )
+            await until(lambda: engine.calls == [1])
+            stop.set()
+            await asyncio.sleep(0.3)
+            async with kept.get(f"{url}/ready") as response:
+                assert (response.status, await response.json()) == (503, {"status": "draining"})
+            payload = {"query": "q", "documents": ["a"]}
+            async with kept.post(f"{url}/v1/rerank", json=payload, headers=AUTH) as response:
+                assert response.status == 503
+            engine.gate.set()
+            assert (await in_flight).status == 200
+        await asyncio.wait_for(task, 10)
+
+
+async def test_shutdown_gives_up_on_requests_that_outlast_the_grace_period(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    engine = RecordingEngine(FakeEngine())
+    caplog.set_level("WARNING", logger="opensearch_ltr.service.server")
     async with running_service(engine, shutdown_grace_s=0.3) as (url, stop, task, _):
         engine.calls.clear()
         engine.gate.clear()
@@ -594,6 +623,7 @@ async def test_shutdown_gives_up_on_requests_that_outlast_the_grace_period() -> 
                 await in_flight
             await asyncio.wait_for(task, 5)
             assert time.monotonic() - started < 3
+    assert "cancelled 1 requests still running after 0.3 s" in caplog.text
 
 
 SIGNAL_SCRIPT = """
@@ -610,6 +640,45 @@ async def main():
 
 asyncio.run(main())
 """
+
+
+STOP_WHILE_LOADING_SCRIPT = """
+import asyncio, logging, time
+from opensearch_ltr.service import ServiceConfig, create_app, run_service
+
+logging.basicConfig(level=logging.WARNING)
+
+class Engine:
+    def rerank_many(self, requests, *, top_k=None, on_window=None):
+        raise AssertionError("no warm-up once closed")
+
+def slow_factory():
+    time.sleep(1.0)
+    return Engine()
+
+app = create_app(slow_factory, ServiceConfig(api_keys=(), shutdown_grace_s=0.1))
+
+async def main():
+    stop = asyncio.Event()
+    stop.set()
+    await run_service(app, host="127.0.0.1", port=0, stop=stop)
+
+asyncio.run(main())
+print("stopped", flush=True)
+"""
+
+
+def test_stopping_while_the_model_loads_ends_quietly_without_a_warm_up() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", STOP_WHILE_LOADING_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "stopped\n"
+    assert "ERROR" not in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_first_signal_asks_for_shutdown_second_one_stops_at_once() -> None:
