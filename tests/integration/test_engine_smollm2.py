@@ -103,9 +103,10 @@ def test_dl19_queries_through_a_haystack_pipeline(
         docs = [Document(id=c["docid"], content=c["text"]) for c in record["candidates"][:20]]
         out = pipeline.run({"ranker": {"query": record["query"], "documents": docs}})["ranker"]
         ranked = out["documents"]
-        assert sorted(d.id for d in ranked) == sorted(d.id for d in docs)
-        assert all(a.score >= b.score for a, b in itertools.pairwise(ranked))
+        expected = smollm2_reranker.rerank(record["query"], [d.content for d in docs]).order
+        assert [d.id for d in ranked] == [docs[i].id for i in expected]
+        assert all(a.score > b.score for a, b in itertools.pairwise(ranked))
         run[record["qid"]] = {d.id: float(len(ranked) - r) for r, d in enumerate(ranked)}
     result = evaluate(run, read_qrels(dl19_dir / "qrels.txt"), ["ndcg@10"])
     assert set(result.per_query) == set(run)
-    assert 0.0 <= result.mean["ndcg@10"] <= 1.0
+    assert result.mean["ndcg@10"] > 0.0

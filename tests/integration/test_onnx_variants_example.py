@@ -39,8 +39,7 @@ def test_variants_are_exported_as_named_and_fp32_matches_torch(
         metadata = read_metadata(exports / name)
         assert (metadata.precision, metadata.attention) == (precision, attention)
         assert variants[name]["seconds_per_window"] > 0
-        assert -1.0 <= variants[name]["kendall_tau"] <= 1.0
-        assert 0 <= variants[name]["same_order"] <= 3
+        assert variants[name]["kendall_tau"] > 0.8  # int8 measured 0.975 (README)
     for name, attention_op in {
         "fp32-fused": "GroupQueryAttention",
         "fp32-plain": "Softmax",

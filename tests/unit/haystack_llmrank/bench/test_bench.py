@@ -209,6 +209,7 @@ def test_floor_counts_weights_and_causal_attention(
     _, _, report = bench_run
     floor = report["floor"]
     assert floor["attention_width"] == 2 * 4 * 16  # layers x query heads x head size
+    assert any(row["status"] == "ok" for row in report["rows"])
     for row in report["rows"]:
         if row["status"] != "ok":
             continue
@@ -278,7 +279,7 @@ def test_onnx_fp32_orders_windows_like_plain_where_onnxruntime_is_installed(
         assert onnx["export_attention"] == "fused"
         assert rows["torch"]["export_attention"] is None
         assert_same_as_plain(onnx, rows["plain"])
-        assert 0 <= rows["onnx-int8"]["agreement_with_plain"]["windows_agreeing"] <= WINDOWS
+        assert rows["onnx-int8"]["agreement_with_plain"]["windows_shared"] == WINDOWS
 
 
 @pytest.mark.slow

@@ -486,6 +486,15 @@ def test_checkpoint_resume_continues_the_same_run(
     assert losses == pytest.approx([h["loss"] for h in straight.history], rel=1e-4)
 
 
+def test_the_schedule_warms_up_linearly_then_decays_by_a_cosine_to_the_floor() -> None:
+    factor = _schedule(small_config(steps=9, warmup_steps=1, min_lr_ratio=0.1))
+    assert factor(0) == pytest.approx(0.5)  # (0 + 1) / (1 + 1)
+    assert factor(1) == pytest.approx(1.0)
+    assert factor(5) == pytest.approx(0.1 + 0.9 * 0.5)  # half way through the 8 decay steps
+    assert factor(9) == pytest.approx(0.1)
+    assert factor(20) == pytest.approx(0.1)
+
+
 def test_resume_applies_a_changed_learning_rate_and_schedule(
     smollm2_tokenizer: Any, tiny_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
