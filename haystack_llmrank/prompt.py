@@ -60,6 +60,13 @@ class PromptTemplate:
         if len(set(self.labels)) != len(self.labels):
             raise ValueError(f"template labels must be distinct: {self.labels}")
 
+    def check_window(self, size: int) -> None:
+        """Raise :class:`WindowTooLargeError` if ``size`` passages need more than its labels."""
+        if size > len(self.labels):
+            raise WindowTooLargeError(
+                f"{size} passages but template {self.name!r} has {len(self.labels)} labels"
+            )
+
     def user_turn(self, query: str, texts: Sequence[str]) -> str:
         """The user message for ``texts`` in this order."""
         n = len(texts)
@@ -239,11 +246,7 @@ class PromptBuilder:
 
     def build(self, query: str, passages: Sequence[str]) -> Prompt:
         """Render and tokenise one window, shrinking passages if it exceeds the budget."""
-        if len(passages) > len(self.template.labels):
-            raise WindowTooLargeError(
-                f"{len(passages)} passages but template {self.template.name!r} has "
-                f"{len(self.template.labels)} labels"
-            )
+        self.template.check_window(len(passages))
         labels = self.template.labels
         texts = [normalize_passage(p, self.max_passage_words, labels) for p in passages]
         text = self.render(query, texts)

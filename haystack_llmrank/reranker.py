@@ -9,7 +9,6 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from haystack_llmrank.errors import WindowTooLargeError
 from haystack_llmrank.gpu_policy import OnMissingGpu
 from haystack_llmrank.model_templates import TemplateChoice, model_template
 from haystack_llmrank.prompt import (
@@ -83,11 +82,7 @@ class Reranker:
                 f"the scorer's labels {scorer.label_ids.labels} do not match the template's "
                 f"{template.labels}"
             )
-        if self.strategy.window_size > len(template.labels):
-            raise WindowTooLargeError(
-                f"a window of {self.strategy.window_size} passages needs as many labels; "
-                f"template {template.name!r} has {len(template.labels)}"
-            )
+        template.check_window(self.strategy.window_size)
         if batch_size < 1 or (max_batch_tokens is not None and max_batch_tokens < 1):
             raise ValueError("batch_size and max_batch_tokens must be positive")
         if prompts is not None and prompts.template != template:

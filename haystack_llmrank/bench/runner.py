@@ -48,7 +48,6 @@ from haystack_llmrank.bench.rows import (
     run_row,
 )
 from haystack_llmrank.data import Qrels, QueryCandidates, read_qrels, read_queries
-from haystack_llmrank.errors import WindowTooLargeError
 from haystack_llmrank.export import export_onnx, is_export, read_metadata
 from haystack_llmrank.model_templates import model_template
 from haystack_llmrank.models import context_length, resolve_model
@@ -338,11 +337,7 @@ def prepare(config: BenchConfig) -> Plan:
     queries = select_queries(all_queries, config.queries, config.top_k)
     strategy = SlidingWindow(config.window_size, config.step)
     template = bench_template(config)
-    if config.window_size > len(template.labels):
-        raise WindowTooLargeError(
-            f"a window of {config.window_size} passages needs as many labels; template "
-            f"{template.name!r} has {len(template.labels)} (pass --window-size)"
-        )
+    template.check_window(config.window_size)
     if config.needs_model:
         calibration, max_prompt_tokens, prompts = calibrate(config, queries, template)
         _release_memory(device)
