@@ -65,6 +65,12 @@ def register(parser: argparse.ArgumentParser) -> None:
         run,
         ("--steps", positive_int, config.steps, "optimizer updates"),
         ("--grad-accumulation", positive_int, config.grad_accumulation, "windows per update"),
+        (
+            "--batch-windows",
+            positive_int,
+            config.batch_windows,
+            "windows per forward pass, padded to the longest (speed and memory only)",
+        ),
         ("--learning-rate", positive_float, config.learning_rate, "peak learning rate"),
         ("--warmup-steps", int, config.warmup_steps, "linear warm-up updates"),
         ("--ranknet-weight", float, config.ranknet_weight, "lambda on RankNet; FIRST used 10"),
@@ -243,6 +249,7 @@ def _config(args: argparse.Namespace) -> Any:
     return TrainConfig(
         steps=args.steps,
         grad_accumulation=args.grad_accumulation,
+        batch_windows=args.batch_windows,
         learning_rate=args.learning_rate,
         warmup_steps=args.warmup_steps,
         ranknet_weight=args.ranknet_weight,

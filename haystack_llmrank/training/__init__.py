@@ -25,6 +25,7 @@ if TYPE_CHECKING:
         StepReport,
         Validation,
         WindowLosses,
+        batch_losses,
         window_losses,
     )
 
@@ -44,6 +45,7 @@ _MODULES = {
     "StepReport": "trainer",
     "Validation": "trainer",
     "WindowLosses": "trainer",
+    "batch_losses": "trainer",
     "window_losses": "trainer",
 }
 
@@ -59,6 +61,7 @@ __all__ = [
     "WindowEncoder",
     "WindowLosses",
     "WindowSampling",
+    "batch_losses",
     "chance_ranknet",
     "save_trained",
     "training_queries",

@@ -16,6 +16,9 @@ class TrainConfig:
 
     steps: int = 200
     grad_accumulation: int = 4
+    batch_windows: int = 1
+    """Windows per forward pass (padded to the longest); an update still has
+    ``grad_accumulation`` windows, so this changes speed and memory, not the result."""
     learning_rate: float = 3e-4
     warmup_steps: int = 10
     min_lr_ratio: float = 0.1
@@ -37,6 +40,7 @@ class TrainConfig:
         positive = {
             "steps": self.steps,
             "grad_accumulation": self.grad_accumulation,
+            "batch_windows": self.batch_windows,
             "max_passage_words": self.max_passage_words,
             "max_prompt_tokens": self.max_prompt_tokens,
             "eval_every": self.eval_every,

@@ -92,27 +92,80 @@ class WindowLosses:
 
 
 def window_losses(model: Any, encoded: EncodedWindow, label_ids: LabelIds) -> WindowLosses:
-    """The loss terms of one window, from a single forward pass.
+    """The loss terms of one window, from a single forward pass (see :func:`batch_losses`)."""
+    return batch_losses(model, [encoded], label_ids)[0]
 
-    Logits are computed only from the prompt's last position on, and at the passage line
-    ends the window records: the last position's label logits feed RankNet, every later
-    position predicts the next target token for the LM loss, and at the end of passage
-    ``p``'s line the logit of ``p``'s own label is that passage's score.
+
+def batch_losses(
+    model: Any, batch: Sequence[EncodedWindow], label_ids: LabelIds
+) -> list[WindowLosses]:
+    """The loss terms of each window in ``batch``, from one forward pass over all of them.
+
+    Windows are right-padded to the longest: padding only ever follows a window's real
+    tokens, which causal attention never lets them see, so no attention mask is needed and
+    the fused causal kernel runs (a padding mask would make it materialise every window's
+    attention matrix). Logits
+    are computed only from each prompt's last position on, and at the passage line ends
+    the window records: the last position's label logits feed RankNet, every later position
+    predicts the next target token for the LM loss, and at the end of passage ``p``'s line
+    the logit of ``p``'s own label is that passage's score.
     """
+    if not batch:
+        raise ValueError("batch_losses needs at least one window")
+    lm = causal_lm(model)
+    head = _plain_output_head(lm)
     device = next(model.parameters()).device
-    ids = torch.tensor([encoded.input_ids], device=device)
-    ends = list(encoded.passage_ends)
-    tail = range(len(encoded.input_ids) - encoded.target_length - 1, len(encoded.input_ids))
-    rows = torch.tensor([*ends, *tail], device=device)
-    logits = model(input_ids=ids, logits_to_keep=rows, use_cache=False).logits[0].float()
-    answer = logits[len(ends) :]
-    size = len(encoded.target)
-    ranknet = weighted_ranknet(label_logits(answer[0], label_ids, size), encoded.target)
-    lm = torch.nn.functional.cross_entropy(answer[:-1], ids[0, encoded.prompt_length :])
-    if not ends:
-        return WindowLosses(ranknet, lm)
-    own = torch.stack([logits[p, list(label_ids.ids[p])].max() for p in range(len(ends))])
-    return WindowLosses(ranknet, lm, weighted_ranknet(own, encoded.target))
+    longest = max(len(encoded.input_ids) for encoded in batch)
+    ids = torch.zeros((len(batch), longest), dtype=torch.long)
+    rows: list[int] = []
+    columns: list[int] = []
+    for row, encoded in enumerate(batch):
+        length = len(encoded.input_ids)
+        ids[row, :length] = torch.tensor(encoded.input_ids)
+        tail = range(length - encoded.target_length - 1, length)
+        picked = [*encoded.passage_ends, *tail]
+        rows.extend([row] * len(picked))
+        columns.extend(picked)
+    ids = ids.to(device)
+    hidden = lm.get_decoder()(input_ids=ids, use_cache=False)
+    logits = head(hidden.last_hidden_state[rows, columns]).float()
+    losses: list[WindowLosses] = []
+    start = 0
+    for row, encoded in enumerate(batch):
+        ends = len(encoded.passage_ends)
+        window = logits[start : start + ends + encoded.target_length + 1]
+        start += len(window)
+        answer = window[ends:]
+        size = len(encoded.target)
+        ranknet = weighted_ranknet(label_logits(answer[0], label_ids, size), encoded.target)
+        lm_loss = torch.nn.functional.cross_entropy(
+            answer[:-1], ids[row, encoded.prompt_length : len(encoded.input_ids)]
+        )
+        if not ends:
+            losses.append(WindowLosses(ranknet, lm_loss))
+            continue
+        own = torch.stack([window[p, list(label_ids.ids[p])].max() for p in range(ends)])
+        losses.append(WindowLosses(ranknet, lm_loss, weighted_ranknet(own, encoded.target)))
+    return losses
+
+
+def _plain_output_head(lm: Any) -> Any:
+    """``lm``'s output projection, refusing models whose forward rescales the logits.
+
+    :func:`batch_losses` applies the head to chosen hidden states itself, so a softcap or
+    logit scale applied inside the model's forward would be skipped.
+    """
+    config = lm.config
+    for name in ("final_logit_softcapping", "logit_scale"):
+        if getattr(config, name, None) not in (None, 1, 1.0):
+            raise ValueError(
+                f"training reads logits from the output head directly, and this model's "
+                f"forward also applies {name}={getattr(config, name)}; it is not supported"
+            )
+    head = lm.get_output_embeddings()
+    if head is None:
+        raise ValueError(f"{type(lm).__name__} has no output head to read label logits from")
+    return head
 
 
 def _schedule(config: TrainConfig) -> Callable[[int], float]:
@@ -233,18 +286,24 @@ class FirstTrainer:
         while len(windows) < accumulation:
             query = train[int(self.rng.integers(len(train)))]
             windows.extend(self.config.sampling.sample_group(query, self.rng))
-        for window in windows:
-            encoded = self.encoder.encode(window)
-            terms = window_losses(self.model, encoded, self.label_ids)
-            loss = terms.lm + self.config.ranknet_weight * terms.ranknet
-            passage = 0.0
-            if terms.passage_ranknet is not None:
-                loss = loss + self.config.passage_ranknet_weight * terms.passage_ranknet
-                passage = terms.passage_ranknet.item()
-            (loss / accumulation).backward()  # type: ignore[no-untyped-call]
-            chance = chance_ranknet(len(encoded.target))
-            totals += (loss.item(), terms.ranknet.item(), terms.lm.item(), chance, passage)
-            tokens += len(encoded.input_ids)
+        # by length, so that each forward pass pads as little as it can
+        encoded = sorted((self.encoder.encode(w) for w in windows), key=lambda e: len(e.input_ids))
+        size = self.config.batch_windows
+        for chunk in (encoded[i : i + size] for i in range(0, len(encoded), size)):
+            total: torch.Tensor | None = None
+            terms_of = batch_losses(self.model, chunk, self.label_ids)
+            for window, terms in zip(chunk, terms_of, strict=True):
+                loss = terms.lm + self.config.ranknet_weight * terms.ranknet
+                passage = 0.0
+                if terms.passage_ranknet is not None:
+                    loss = loss + self.config.passage_ranknet_weight * terms.passage_ranknet
+                    passage = terms.passage_ranknet.item()
+                total = loss if total is None else total + loss
+                chance = chance_ranknet(len(window.target))
+                totals += (loss.item(), terms.ranknet.item(), terms.lm.item(), chance, passage)
+                tokens += len(window.input_ids)
+            assert total is not None
+            (total / accumulation).backward()  # type: ignore[no-untyped-call]
         parameters = [p for p in self.model.parameters() if p.requires_grad]
         torch.nn.utils.clip_grad_norm_(parameters, self.config.max_grad_norm)
         rate = float(self.optimizer.param_groups[0]["lr"])

@@ -32,7 +32,9 @@ from haystack_llmrank.training import (
     TrainingQuery,
     TrainingWindow,
     WindowEncoder,
+    WindowLosses,
     WindowSampling,
+    batch_losses,
     chance_ranknet,
     training_queries,
     weighted_ranknet,
@@ -227,6 +229,79 @@ def test_passage_ranknet_is_ranknet_over_each_passage_own_label_at_its_line_end(
     )
     assert terms.passage_ranknet is not None
     assert terms.passage_ranknet.item() == pytest.approx(expected, rel=1e-4)
+
+
+def test_a_padded_batch_gives_each_window_its_own_losses_and_gradients(
+    smollm2_tokenizer: Any,
+) -> None:
+    model = make_tiny_llama(len(smollm2_tokenizer), seed=6)
+    labels = resolve_label_ids(smollm2_tokenizer, ALPHABETIC_LABELS)
+    builder = PromptBuilder(smollm2_tokenizer, FIRST_ECHO_TEMPLATE, max_prompt_tokens=4096)
+    encoder = WindowEncoder(smollm2_tokenizer, builder, passage_ends=True)
+    windows = [  # three lengths, so two of them are padded
+        encoder.encode(TrainingWindow("q", "fleas", TEXTS[:4], (1, 3, 0, 2))),
+        encoder.encode(TrainingWindow("q", "roman roads", TEXTS[2:4], (0, 1))),
+        encoder.encode(TrainingWindow("q", "flea eggs", TEXTS, (5, 1, 3, 0, 2, 4))),
+    ]
+    assert len({len(w.input_ids) for w in windows}) == 3
+
+    def total(terms: list[WindowLosses]) -> torch.Tensor:
+        return sum(
+            (t.lm + 10 * t.ranknet + 2 * t.passage_ranknet for t in terms if t.passage_ranknet),
+            torch.tensor(0.0),
+        )
+
+    alone = [window_losses(model, w, labels) for w in windows]
+    total(alone).backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    batched = batch_losses(model, windows, labels)
+    total(batched).backward()
+    for one, many in zip(alone, batched, strict=True):
+        assert many.lm.item() == pytest.approx(one.lm.item(), rel=1e-4)
+        assert many.ranknet.item() == pytest.approx(one.ranknet.item(), rel=1e-4)
+        assert one.passage_ranknet is not None
+        assert many.passage_ranknet is not None
+        assert many.passage_ranknet.item() == pytest.approx(one.passage_ranknet.item(), rel=1e-4)
+    assert expected.keys() == {n for n, p in model.named_parameters() if p.grad is not None}
+    for name, parameter in model.named_parameters():
+        if parameter.grad is not None:
+            torch.testing.assert_close(parameter.grad, expected[name], rtol=1e-3, atol=1e-5)
+    with pytest.raises(ValueError, match="at least one window"):
+        batch_losses(model, [], labels)
+
+
+def test_batch_losses_refuses_a_model_that_rescales_its_logits(smollm2_tokenizer: Any) -> None:
+    model = make_tiny_llama(len(smollm2_tokenizer))
+    model.config.final_logit_softcapping = 30.0
+    builder = PromptBuilder(smollm2_tokenizer, FIRST_TEMPLATE, max_prompt_tokens=4096)
+    encoded = WindowEncoder(smollm2_tokenizer, builder).encode(
+        TrainingWindow("q", "fleas", TEXTS[:2], (1, 0))
+    )
+    labels = resolve_label_ids(smollm2_tokenizer, ALPHABETIC_LABELS)
+    with pytest.raises(ValueError, match=r"final_logit_softcapping=30\.0"):
+        window_losses(model, encoded, labels)
+
+
+def test_windows_per_forward_pass_change_nothing_but_speed(
+    smollm2_tokenizer: Any, tmp_path: Path
+) -> None:
+    queries = training_queries([toy_query()], qrels=TOY_QRELS)
+    histories = []
+    for batch in (1, 3):
+        trainer = FirstTrainer(
+            make_tiny_llama(len(smollm2_tokenizer), seed=4),
+            smollm2_tokenizer,
+            small_config(steps=3, grad_accumulation=4, batch_windows=batch),
+            base_model="unused",
+            output_dir=tmp_path / str(batch),
+        )
+        histories.append(trainer.fit(queries)["history"])
+    for one, batched in zip(*histories, strict=True):
+        for key in ("loss", "ranknet", "lm", "ranknet_chance", "tokens", "windows"):
+            assert batched[key] == pytest.approx(one[key], rel=1e-3), key
+    with pytest.raises(ValueError, match="batch_windows must be at least 1"):
+        small_config(batch_windows=0)
 
 
 def test_passage_ranknet_needs_a_template_that_repeats_labels(
