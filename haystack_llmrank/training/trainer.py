@@ -104,11 +104,10 @@ def batch_losses(
     Windows are right-padded to the longest: padding only ever follows a window's real
     tokens, which causal attention never lets them see, so no attention mask is needed and
     the fused causal kernel runs (a padding mask would make it materialise every window's
-    attention matrix). Logits
-    are computed only from each prompt's last position on, and at the passage line ends
-    the window records: the last position's label logits feed RankNet, every later position
-    predicts the next target token for the LM loss, and at the end of passage ``p``'s line
-    the logit of ``p``'s own label is that passage's score.
+    attention matrix). Logits are computed only from each prompt's last position on, and
+    at the passage line ends the window records: the last position's label logits feed
+    RankNet, every later position predicts the next target token for the LM loss, and at
+    the end of passage ``p``'s line the logit of ``p``'s own label is that passage's score.
     """
     if not batch:
         raise ValueError("batch_losses needs at least one window")
