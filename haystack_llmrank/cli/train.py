@@ -134,6 +134,13 @@ def register(parser: argparse.ArgumentParser) -> None:
         "then costs about a forward pass plus N layers of backward (default: every layer)",
     )
     lora.add_argument(
+        "--init-adapter",
+        type=Path,
+        default=None,
+        help="start from the weights of a saved LoRA adapter of the same rank and targets "
+        "(e.g. one trained on another task) instead of a fresh initialisation",
+    )
+    lora.add_argument(
         "--merge", action="store_true", help="also write merged full weights to OUTPUT/merged"
     )
     held = parser.add_argument_group("validation")
@@ -243,9 +250,10 @@ def _config(args: argparse.Namespace) -> Any:
             alpha=args.lora_alpha,
             target_modules=targets,
             top_layers=args.lora_top_layers,
+            init_from=str(args.init_adapter) if args.init_adapter else None,
         )
-    elif args.lora_top_layers is not None:
-        raise ValueError("--lora-top-layers applies to LoRA, not to --full")
+    elif args.lora_top_layers is not None or args.init_adapter is not None:
+        raise ValueError("--lora-top-layers and --init-adapter apply to LoRA, not to --full")
     return TrainConfig(
         steps=args.steps,
         grad_accumulation=args.grad_accumulation,

@@ -27,6 +27,8 @@ class LoraSettings:
     """LoRA rank, scaling, dropout, the module names it adapts, and in how many layers.
 
     ``top_layers`` limits the adapters to the last N decoder layers (``None``: every layer).
+    ``init_from`` names a saved adapter folder of the same shape to start from instead of
+    LoRA's initialisation (a fresh ``B = 0``).
     Without gradient checkpointing, backpropagation then stops at the lowest adapted layer
     and the layers below keep no activations, so a step costs little more than a forward
     pass (checkpointing makes the inputs require gradients, which carries it to the bottom).
@@ -37,6 +39,7 @@ class LoraSettings:
     dropout: float = 0.05
     target_modules: tuple[str, ...] = LORA_TARGETS
     top_layers: int | None = None
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         if self.rank < 1 or self.alpha < 1:
@@ -77,7 +80,35 @@ def make_trainable(model: Any, lora: LoraSettings | None, *, gradient_checkpoint
         layers_to_transform=_top_layers(model, lora.top_layers),
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, config).train()
+    wrapped = get_peft_model(model, config)
+    if lora.init_from is not None:
+        _load_adapter_weights(wrapped, Path(lora.init_from))
+    return wrapped.train()
+
+
+def _load_adapter_weights(model: Any, folder: Path) -> None:
+    """Set ``model``'s LoRA weights to those saved in ``folder``; every one must be there."""
+    from peft.utils import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    file = folder / "adapter_model.safetensors"
+    if not file.is_file():
+        raise ValueError(f"{folder} holds no adapter_model.safetensors to start from")
+    weights = load_file(str(file))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    try:
+        result: Any = set_peft_model_state_dict(model, weights)
+    except RuntimeError as exc:  # shape mismatch: another rank or base model
+        raise ValueError(
+            f"the adapter in {folder} does not fit these LoRA settings: {exc}"
+        ) from exc
+    missing = sorted(trainable & set(result.missing_keys))
+    unexpected = sorted(result.unexpected_keys)
+    if missing or unexpected:
+        raise ValueError(
+            f"the adapter in {folder} does not fit these LoRA settings: {len(missing)} "
+            f"adapted weights missing {missing[:1]}, {len(unexpected)} unexpected {unexpected[:1]}"
+        )
 
 
 def _top_layers(model: Any, top: int | None) -> list[int] | None:

@@ -455,6 +455,40 @@ def train_adapter(
     return trainer
 
 
+def test_training_can_start_from_a_saved_adapter_of_the_same_shape(
+    smollm2_tokenizer: Any, tmp_path: Path
+) -> None:
+    first = make_tiny_llama(len(smollm2_tokenizer), seed=7)
+    trained = make_trainable(first, LoraSettings(rank=4, alpha=8), gradient_checkpointing=False)
+    with torch.no_grad():  # a non-trivial adapter: LoRA starts with B = 0
+        for name, parameter in trained.named_parameters():
+            if parameter.requires_grad:
+                parameter.normal_(generator=torch.Generator().manual_seed(len(name)))
+    trained.save_pretrained(tmp_path / "adapter")
+    saved = {n: p.detach().clone() for n, p in trained.named_parameters() if p.requires_grad}
+
+    def start(**lora: Any) -> Any:
+        settings = LoraSettings(init_from=str(tmp_path / "adapter"), **lora)
+        model = make_tiny_llama(len(smollm2_tokenizer), seed=7)
+        return make_trainable(model, settings, gradient_checkpointing=False)
+
+    resumed = start(rank=4, alpha=8)
+    loaded = {n: p for n, p in resumed.named_parameters() if p.requires_grad}
+    assert loaded.keys() == saved.keys()
+    for name, weight in saved.items():
+        torch.testing.assert_close(loaded[name], weight)
+    with pytest.raises(ValueError, match="does not fit these LoRA settings"):
+        start(rank=8, alpha=16)
+    with pytest.raises(ValueError, match="does not fit these LoRA settings"):
+        start(rank=4, alpha=8, target_modules=("q_proj", "v_proj", "gate_proj"))
+    with pytest.raises(ValueError, match=r"no adapter_model\.safetensors"):
+        make_trainable(
+            make_tiny_llama(len(smollm2_tokenizer)),
+            LoraSettings(init_from=str(tmp_path)),
+            gradient_checkpointing=False,
+        )
+
+
 def test_saved_adapter_loads_with_identical_label_logits(
     smollm2_tokenizer: Any, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
@@ -768,3 +802,10 @@ def test_the_train_command_line_sets_window_orders_and_their_weights() -> None:
     assert top == LoraSettings(top_layers=8)
     with pytest.raises(ValueError, match="not to --full"):
         _config(parser.parse_args([*base, "--full", "--lora-top-layers", "8"]))
+    started = _config(
+        parser.parse_args([*base, "--init-adapter", "runs/a", "--batch-windows", "4"])
+    )
+    assert started.lora == LoraSettings(init_from="runs/a")
+    assert started.batch_windows == 4
+    with pytest.raises(ValueError, match="not to --full"):
+        _config(parser.parse_args([*base, "--full", "--init-adapter", "runs/a"]))
