@@ -202,12 +202,17 @@ def backpropagate_one_window(tokenizer: Any, model: Any) -> set[str]:
     return {n for n, p in model.named_parameters() if p.grad is not None}
 
 
+def echo_setup(tokenizer: Any, seed: int) -> tuple[Any, Any, PromptBuilder]:
+    """A tiny model, the label ids and a ``first-echo`` prompt builder."""
+    model = make_tiny_llama(len(tokenizer), seed=seed)
+    labels = resolve_label_ids(tokenizer, ALPHABETIC_LABELS)
+    return model, labels, PromptBuilder(tokenizer, FIRST_ECHO_TEMPLATE, max_prompt_tokens=4096)
+
+
 def test_passage_ranknet_is_ranknet_over_each_passage_own_label_at_its_line_end(
     smollm2_tokenizer: Any,
 ) -> None:
-    model = make_tiny_llama(len(smollm2_tokenizer), seed=5)
-    labels = resolve_label_ids(smollm2_tokenizer, ALPHABETIC_LABELS)
-    builder = PromptBuilder(smollm2_tokenizer, FIRST_ECHO_TEMPLATE, max_prompt_tokens=4096)
+    model, labels, builder = echo_setup(smollm2_tokenizer, seed=5)
     window = TrainingWindow("q", "fleas", TEXTS[:4], (1, 3, 0, 2))
     plain = window_losses(model, WindowEncoder(smollm2_tokenizer, builder).encode(window), labels)
     encoded = WindowEncoder(smollm2_tokenizer, builder, passage_ends=True).encode(window)
@@ -234,9 +239,7 @@ def test_passage_ranknet_is_ranknet_over_each_passage_own_label_at_its_line_end(
 def test_a_padded_batch_gives_each_window_its_own_losses_and_gradients(
     smollm2_tokenizer: Any,
 ) -> None:
-    model = make_tiny_llama(len(smollm2_tokenizer), seed=6)
-    labels = resolve_label_ids(smollm2_tokenizer, ALPHABETIC_LABELS)
-    builder = PromptBuilder(smollm2_tokenizer, FIRST_ECHO_TEMPLATE, max_prompt_tokens=4096)
+    model, labels, builder = echo_setup(smollm2_tokenizer, seed=6)
     encoder = WindowEncoder(smollm2_tokenizer, builder, passage_ends=True)
     windows = [  # three lengths, so two of them are padded
         encoder.encode(TrainingWindow("q", "fleas", TEXTS[:4], (1, 3, 0, 2))),
