@@ -27,11 +27,11 @@ class LoraSettings:
     """LoRA rank, scaling, dropout, the module names it adapts, and in how many layers.
 
     ``top_layers`` limits the adapters to the last N decoder layers (``None``: every layer).
-    ``init_from`` names a saved adapter folder of the same shape to start from instead of
-    LoRA's initialisation (a fresh ``B = 0``).
     Without gradient checkpointing, backpropagation then stops at the lowest adapted layer
     and the layers below keep no activations, so a step costs little more than a forward
     pass (checkpointing makes the inputs require gradients, which carries it to the bottom).
+    ``init_from`` names a saved adapter folder of the same shape to start from instead of
+    LoRA's initialisation (a fresh ``B = 0``).
     """
 
     rank: int = 16
