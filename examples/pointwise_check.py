@@ -9,11 +9,14 @@ this way within a budget, FIRST training on the same budget has no relevance to 
 
     python examples/pointwise_check.py runs/ict6/candidates.jsonl \
         --qrels runs/ict6/qrels.txt --teacher runs/ict6/teacher.run \
-        --split runs/ict6/split.json --minutes 40 --json runs/pointwise-check.json
+        --split runs/ict6/split.json --minutes 20 --eval-minutes 10 \
+        --save runs/pointwise-adapter --json runs/pointwise-check.json
 
 The input's ``train`` queries (a ``split.json``, e.g. the one ``examples/inverse_cloze.py``
 writes, which adds pseudo-queries) are trained on; every ``--eval-minutes`` the model
 ranks each ``validation`` query's top ``--depth`` candidates, and at the end its top 100.
+``--save`` keeps the adapter (the same rank and targets as ``llmrank train``'s default), so
+that ``llmrank train --init-adapter`` can start FIRST training from it.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import torch
 from haystack_llmrank.data import Qrels, QueryCandidates, Run, read_qrels, read_queries, read_run
 from haystack_llmrank.evaluation import evaluate
 from haystack_llmrank.models import load_causal_lm, load_tokenizer, resolve_model
+from haystack_llmrank.training.adapters import LORA_TARGETS
 
 Group = tuple[str, list[tuple[str, tuple[int, float]]]]
 """A training query and its candidates, each with its (grade, teacher score) sort key."""
@@ -55,8 +59,7 @@ class PointwiseScorer:
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         base = load_causal_lm(source, dtype=torch.bfloat16, tokenizer=self.tokenizer)
-        targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-        lora = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets)
+        lora = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=list(LORA_TARGETS))
         self.model = get_peft_model(base, lora)
         self.yes = self.tokenizer(" yes", add_special_tokens=False)["input_ids"][-1]
         self.words = words
