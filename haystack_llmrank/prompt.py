@@ -6,10 +6,13 @@ The budget shrinks passages only: the instruction, the query and the answer pref
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+import string
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from ftfy import fix_text
@@ -44,6 +47,8 @@ class PromptTemplate:
 
     The user turn is ``prefix`` + one ``passage`` line per passage + ``suffix``; the rendered
     chat prompt ends with ``answer_prefix``, after which the model's first token is a label.
+    ``prefix`` and ``suffix`` may name ``{n}`` and ``{query}``; ``passage`` must name
+    ``{label}`` and ``{text}`` and may name ``{query}``.
     """
 
     name: str
@@ -59,6 +64,14 @@ class PromptTemplate:
             raise ValueError("a template needs at least one label")
         if len(set(self.labels)) != len(self.labels):
             raise ValueError(f"template labels must be distinct: {self.labels}")
+        _check_slots("prefix", self.prefix, allowed={"n", "query"})
+        _check_slots("suffix", self.suffix, allowed={"n", "query"})
+        _check_slots("passage", self.passage, allowed={"label", "text", "query"})
+        slots = _slots(self.passage)
+        if "label" not in slots or slots.count("text") != 1:
+            raise ValueError(
+                f"the passage line must name {{label}}, and {{text}} once: {self.passage!r}"
+            )
 
     def check_window(self, size: int) -> None:
         """Raise :class:`WindowTooLargeError` if ``size`` passages need more than its labels."""
@@ -71,7 +84,7 @@ class PromptTemplate:
         """The user message for ``texts`` in this order."""
         n = len(texts)
         lines = "".join(
-            self.passage.format(label=label, text=text)
+            self.passage.format(label=label, text=text, query=query)
             for label, text in zip(self.labels, texts, strict=False)
         )
         return self.prefix.format(n=n, query=query) + lines + self.suffix.format(n=n, query=query)
@@ -86,6 +99,22 @@ class PromptTemplate:
     def from_dict(cls, data: dict[str, Any]) -> PromptTemplate:
         """Inverse of :meth:`to_dict`."""
         return cls(**{**data, "labels": tuple(data["labels"])})
+
+
+def _slots(text: str) -> list[str]:
+    return [name for _, name, _, _ in string.Formatter().parse(text) if name is not None]
+
+
+def _check_slots(part: str, text: str, allowed: set[str]) -> None:
+    try:
+        unknown = set(_slots(text)) - allowed
+    except ValueError as exc:  # unbalanced braces
+        raise ValueError(f"template {part} is not a valid format string: {exc}") from None
+    if unknown:
+        raise ValueError(
+            f"template {part} names unknown slots {sorted(unknown)}; it may use "
+            f"{sorted(allowed)} (write literal braces as {{{{ and }}}})"
+        )
 
 
 def _first_template(
@@ -127,17 +156,28 @@ TEMPLATES: dict[str, PromptTemplate] = {
 
 
 def get_template(template: str | PromptTemplate | dict[str, Any]) -> PromptTemplate:
-    """A template by name, from its dict form, or as given."""
+    """A template by name, from a JSON file of its dict form (a path ending in ``.json``),
+    from its dict form, or as given."""
     if isinstance(template, PromptTemplate):
         return template
     if isinstance(template, dict):
         return PromptTemplate.from_dict(template)
-    try:
+    if template in TEMPLATES:
         return TEMPLATES[template]
-    except KeyError:
-        raise ValueError(
-            f"unknown prompt template {template!r}; known: {sorted(TEMPLATES)}"
-        ) from None
+    if template.endswith(".json"):
+        return _template_file(Path(template))
+    raise ValueError(
+        f"unknown prompt template {template!r}; known: {sorted(TEMPLATES)}, or a .json file "
+        "of a template's fields"
+    )
+
+
+def _template_file(file: Path) -> PromptTemplate:
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+        return PromptTemplate.from_dict(data)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"cannot read a prompt template from {file}: {exc}") from exc
 
 
 def label_lookalike(labels: Sequence[str]) -> re.Pattern[str]:
@@ -260,16 +300,21 @@ class PromptBuilder:
         passage lines of ``prompt``, built for ``query`` (with ``first-echo``: the ``]`` of
         the label repeated after the text).
 
-        Lines are searched after the query, by the template's text around ``{text}``, which
-        passages cannot contain: :func:`normalize_passage` rewrites bracketed labels.
+        Lines are searched after the query (as given or as the prompt repairs it), by the
+        template's wording around its slots, which passages cannot contain:
+        :func:`normalize_passage` rewrites bracketed labels.
         """
         encoded = self._tokenizer(
             prompt.text, add_special_tokens=False, return_offsets_mapping=True
         )
         if list(encoded["input_ids"]) != list(prompt.token_ids):
             raise ValueError("the prompt does not re-tokenise to its own ids")
-        after_query = prompt.text.find(query)
-        start = after_query + len(query) if after_query >= 0 else 0
+        start = 0
+        for shown in (query, str(fix_text(query))):
+            at = prompt.text.find(shown)
+            if at >= 0:
+                start = at + len(shown)
+                break
         ends = _line_ends(self.template, prompt.text, count, start)
         token_of: list[int] = []
         for char in ends:
@@ -320,14 +365,32 @@ class PromptBuilder:
 
 def _line_ends(template: PromptTemplate, text: str, count: int, start: int) -> list[int]:
     """Character index of the last character (newline aside) of each of ``count`` passage
-    lines of ``text``, a prompt rendered with ``template``, searched from ``start`` on."""
+    lines of ``text``, a prompt rendered with ``template``, searched from ``start`` on.
+
+    A line is found by its fixed wording (labels included) in order, skipping what fills
+    its ``{text}`` and ``{query}`` slots, so the query need not appear as given (the
+    rendered prompt repairs mojibake).
+    """
     ends, cursor = [], start
     for label in template.labels[:count]:
-        before, after = template.passage.format(label=label, text="\0").split("\0")
-        opened = text.find(before, cursor)
-        close = text.find(after, opened + len(before)) if opened >= 0 else -1
-        if close < 0:
-            raise ValueError(f"passage [{label}] is not in the prompt as rendered")
-        cursor = close + len(after.rstrip("\n"))
+        runs = [run for run in _fixed_runs(template.passage, label) if run]
+        for run in runs:
+            found = text.find(run, cursor)
+            if found < 0:
+                raise ValueError(f"passage [{label}] is not in the prompt as rendered")
+            cursor = found + len(run)
+        cursor -= len(runs[-1]) - len(runs[-1].rstrip("\n"))
         ends.append(cursor - 1)
     return ends
+
+
+def _fixed_runs(passage: str, label: str) -> list[str]:
+    """The wording of a ``passage`` line for ``label``, cut where text or query go."""
+    runs = [""]
+    for literal, name, _, _ in string.Formatter().parse(passage):
+        runs[-1] += literal
+        if name == "label":
+            runs[-1] += label
+        elif name is not None:
+            runs.append("")
+    return runs

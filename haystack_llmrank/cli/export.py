@@ -6,8 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from haystack_llmrank.cli.options import positive_int
-from haystack_llmrank.prompt import TEMPLATES
+from haystack_llmrank.cli.options import positive_int, template_option
 from haystack_llmrank.scorers.onnx_metadata import ATTENTION_CHOICES, EXPORTERS, PRECISIONS
 
 
@@ -28,11 +27,11 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--template",
-        choices=sorted(TEMPLATES),
+        type=template_option,
         default=None,
         help="prompt template whose labels the graph scores and that loading it uses: first "
-        "([A]..), first-numeric ([1]..), first-echo (default: the one MODEL was trained "
-        "with, else first)",
+        "([A]..), first-numeric ([1]..), first-echo, or a .json file of a template's fields "
+        "(default: the one MODEL was trained with, else first)",
     )
     parser.add_argument("--opset", type=positive_int, default=None, help="ONNX opset")
     parser.add_argument(

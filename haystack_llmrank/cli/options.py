@@ -7,7 +7,7 @@ from typing import Any
 
 from haystack_llmrank.backends import BACKENDS
 from haystack_llmrank.gpu_policy import ON_MISSING_GPU
-from haystack_llmrank.prompt import DEFAULT_MAX_PASSAGE_WORDS
+from haystack_llmrank.prompt import DEFAULT_MAX_PASSAGE_WORDS, get_template
 from haystack_llmrank.strategies import DEFAULT_STEP, DEFAULT_WINDOW_SIZE, STRATEGIES
 
 
@@ -31,6 +31,15 @@ def positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
     return value
+
+
+def template_option(text: str) -> str:
+    """An argparse type for a template name or a ``.json`` file of one, checked on parsing."""
+    try:
+        get_template(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def add_model_options(group: Any, *, batch_size: int) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from haystack_llmrank.cli.options import positive_float, positive_int
+from haystack_llmrank.cli.options import positive_float, positive_int, template_option
 
 logger = logging.getLogger(__name__)
 
@@ -19,7 +19,6 @@ _SPLIT = "split.json"
 
 def register(parser: argparse.ArgumentParser) -> None:
     """Add the ``train`` options and handler to ``parser``; defaults come from TrainConfig."""
-    from haystack_llmrank.prompt import TEMPLATES
     from haystack_llmrank.training.config import TrainConfig
 
     config = TrainConfig()
@@ -46,11 +45,12 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--template",
-        choices=sorted(TEMPLATES),
+        type=template_option,
         default="first",
         help="prompt template to train with, recorded in OUTPUT so that loading uses it: "
         "first ([A] text); first-echo ([A] text [A]: the label also after its passage, easier "
-        "for small models to learn); first-numeric (default %(default)s)",
+        "for small models to learn); first-numeric; or a .json file of a template's fields "
+        "(default %(default)s)",
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument(

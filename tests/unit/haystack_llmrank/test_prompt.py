@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import json
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -82,18 +85,55 @@ def test_echo_template_repeats_each_label_after_its_passage(smollm2_tokenizer: A
     assert text.replace(" [A]\n", "\n").replace(" [B]\n", "\n") == first  # wording unchanged
 
 
-@pytest.mark.parametrize("template", [FIRST_TEMPLATE, FIRST_ECHO_TEMPLATE])
+ASK_TEMPLATE = replace(
+    FIRST_ECHO_TEMPLATE,
+    name="ask",
+    passage="[{label}] Query: {query}\nPassage: {text}\nRelevant? [{label}]\n",
+)
+
+
+def test_passage_lines_may_name_the_query(smollm2_tokenizer: Any) -> None:
+    text = builder(smollm2_tokenizer, template=ASK_TEMPLATE).build("q?", ["x", "y"]).text
+    assert "[A] Query: q?\nPassage: x\nRelevant? [A]\n[B] Query: q?\nPassage: y\n" in text
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "he didn\u00e2\u0080\u0099t [A] go",  # mojibake, repaired in the prompt
+        "Russian: \u00d1\u0081\u00d0\u00be\u00d0\u00b4, \u00d1\u0081\u00d0\u00bd\u00d0\u00b3",
+    ],
+)
+@pytest.mark.parametrize("template", [FIRST_ECHO_TEMPLATE, ASK_TEMPLATE])
+def test_passage_end_tokens_found_when_the_prompt_repairs_the_query(
+    smollm2_tokenizer: Any, template: PromptTemplate, query: str
+) -> None:
+    built = builder(smollm2_tokenizer, template=template)
+    prompt = built.build(query, ["one", "two"])
+    assert query not in prompt.text
+    ends = built.passage_end_tokens(prompt, query, 2)
+    for end, label in zip(ends, "AB", strict=True):
+        through = smollm2_tokenizer.decode(list(prompt.token_ids[: end + 1]))
+        assert through.endswith(f"[{label}]")
+
+
+@pytest.mark.parametrize("template", [FIRST_TEMPLATE, FIRST_ECHO_TEMPLATE, ASK_TEMPLATE])
 def test_passage_end_tokens_are_the_last_token_of_each_passage_line(
     smollm2_tokenizer: Any, template: PromptTemplate
 ) -> None:
     built = builder(smollm2_tokenizer, template=template)
     query = "what is [A] or [B] here"  # the query's markers are not passage lines
-    prompt = built.build(query, ["x [B] and [4]\nover two lines", "zebra crossing", "z"])
+    passages = ["x [B] and [4]\nover two lines", "zebra crossing", "z"]
+    prompt = built.build(query, passages)
     ends = built.passage_end_tokens(prompt, query, 3)
     assert ends == sorted(ends)
     assert len(set(ends)) == 3
-    lines = [line for line in prompt.text.split("\n") if line[:3] in ("[A]", "[B]", "[C]")]
-    assert len(lines) == 3
+    texts = [normalize_passage(t) for t in passages]
+    lines = [
+        template.passage.format(label=label, text=text, query=query).rstrip("\n")
+        for label, text in zip("ABC", texts, strict=True)
+    ]
+    assert all(line in prompt.text for line in lines)
     for end, line in zip(ends, lines, strict=True):
         through = smollm2_tokenizer.decode(list(prompt.token_ids[: end + 1]))
         before = smollm2_tokenizer.decode(list(prompt.token_ids[:end]))
@@ -170,6 +210,37 @@ def test_template_dict_round_trip() -> None:
     assert get_template("first-numeric") is FIRST_NUMERIC_TEMPLATE
     with pytest.raises(ValueError, match="unknown prompt template"):
         get_template("nope")
+
+
+def test_template_read_from_a_json_file(tmp_path: Path) -> None:
+    file = tmp_path / "ask.json"
+    file.write_text(json.dumps(ASK_TEMPLATE.to_dict()))
+    assert get_template(str(file)) == ASK_TEMPLATE
+    with pytest.raises(ValueError, match=r"cannot read a prompt template from .*missing\.json"):
+        get_template(str(tmp_path / "missing.json"))
+    file.write_text(json.dumps({**ASK_TEMPLATE.to_dict(), "passage": "{label} {txt}"}))
+    with pytest.raises(ValueError, match=r"cannot read .*unknown slots \['txt'\]"):
+        get_template(str(file))
+
+
+@pytest.mark.parametrize(
+    ("part", "value", "error"),
+    [
+        (
+            "prefix",
+            "{n} passages for {query} by {label}",
+            r"prefix names unknown slots \['label'\]",
+        ),
+        ("suffix", "Query: {query", "suffix is not a valid format string"),
+        ("passage", "[{label}]\n", r"must name \{label\}, and \{text\} once"),
+        ("passage", "{text} [{label}] {text}\n", r"and \{text\} once"),
+        ("passage", "[A] {text}\n", r"must name \{label\}"),
+        ("passage", "[{label}] {0}\n", r"unknown slots \['0'\]"),
+    ],
+)
+def test_templates_with_unusable_slots_are_refused(part: str, value: str, error: str) -> None:
+    with pytest.raises(ValueError, match=error):
+        replace(FIRST_TEMPLATE, **{part: value})
 
 
 def test_too_many_passages_for_labels(smollm2_tokenizer: Any) -> None:

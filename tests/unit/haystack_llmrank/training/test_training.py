@@ -812,3 +812,22 @@ def test_the_train_command_line_sets_window_orders_and_their_weights() -> None:
     assert started.batch_windows == 4
     with pytest.raises(ValueError, match="not to --full"):
         _config(parser.parse_args([*base, "--full", "--init-adapter", "runs/a"]))
+
+
+def test_train_and_export_take_a_template_file_and_refuse_a_bad_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from haystack_llmrank.cli import build_parser
+
+    good, bad = tmp_path / "echo.json", tmp_path / "bad.json"
+    good.write_text(json.dumps(FIRST_ECHO_TEMPLATE.to_dict()))
+    bad.write_text(json.dumps({**FIRST_ECHO_TEMPLATE.to_dict(), "passage": "[{label}]\n"}))
+    base = ["train", "c.jsonl", "--qrels", "q.txt", "-o", "out", "--template"]
+    assert build_parser("train").parse_args([*base, str(good)]).template == str(good)
+    for command in ([*base, str(bad)], ["export", "m", "out", "--template", str(bad)]):
+        with pytest.raises(SystemExit):
+            build_parser(command[0]).parse_args(command)
+        assert "and {text} once" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        build_parser("train").parse_args([*base, "fist-echo"])
+    assert "unknown prompt template 'fist-echo'" in capsys.readouterr().err
