@@ -79,9 +79,16 @@ def register(parser: argparse.ArgumentParser) -> None:
             float,
             config.passage_ranknet_weight,
             "weight of a RankNet on each passage's own-label logit at the end of its line "
-            "(needs --template first-echo)",
+            "(needs --template first-echo, or --passage-vote)",
         ),
         ("--seed", int, config.seed, "seed of sampling and init"),
+    )
+    run.add_argument(
+        "--passage-vote",
+        default=None,
+        metavar="TOKEN",
+        help="score passages for --passage-ranknet-weight by this one token's logit at the end "
+        "of each line (e.g. ' yes'), shared by all, instead of each passage's own label",
     )
     run.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint")
     run.add_argument(
@@ -262,6 +269,7 @@ def _config(args: argparse.Namespace) -> Any:
         warmup_steps=args.warmup_steps,
         ranknet_weight=args.ranknet_weight,
         passage_ranknet_weight=args.passage_ranknet_weight,
+        passage_vote=args.passage_vote,
         seed=args.seed,
         max_passage_words=args.max_passage_words,
         max_prompt_tokens=args.max_prompt_tokens,

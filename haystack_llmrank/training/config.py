@@ -24,6 +24,10 @@ class TrainConfig:
     min_lr_ratio: float = 0.1
     ranknet_weight: float = 10.0
     passage_ranknet_weight: float = 0.0
+    passage_vote: str | None = None
+    """With ``passage_ranknet_weight``: the token whose logit at the end of each passage line
+    scores that passage (one token shared by all, e.g. ``" yes"``); ``None`` scores each
+    passage by its own label's logit there."""
     max_grad_norm: float = 1.0
     seed: int = 0
     max_passage_words: int = 64
@@ -62,6 +66,8 @@ class TrainConfig:
                 "mirrored windows come in pairs: grad_accumulation must be even, "
                 f"got {self.grad_accumulation}"
             )
+        if self.passage_vote is not None and not self.passage_ranknet_weight > 0:
+            raise ValueError("passage_vote is used only with a positive passage_ranknet_weight")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
 

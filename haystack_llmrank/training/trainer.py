@@ -91,13 +91,15 @@ class WindowLosses:
     passage_ranknet: torch.Tensor | None = None
 
 
-def window_losses(model: Any, encoded: EncodedWindow, label_ids: LabelIds) -> WindowLosses:
+def window_losses(
+    model: Any, encoded: EncodedWindow, label_ids: LabelIds, vote_id: int | None = None
+) -> WindowLosses:
     """The loss terms of one window, from a single forward pass (see :func:`batch_losses`)."""
-    return batch_losses(model, [encoded], label_ids)[0]
+    return batch_losses(model, [encoded], label_ids, vote_id)[0]
 
 
 def batch_losses(
-    model: Any, batch: Sequence[EncodedWindow], label_ids: LabelIds
+    model: Any, batch: Sequence[EncodedWindow], label_ids: LabelIds, vote_id: int | None = None
 ) -> list[WindowLosses]:
     """The loss terms of each window in ``batch``, from one forward pass over all of them.
 
@@ -143,7 +145,10 @@ def batch_losses(
         if not ends:
             losses.append(WindowLosses(ranknet, lm_loss))
             continue
-        own = torch.stack([window[p, list(label_ids.ids[p])].max() for p in range(ends)])
+        if vote_id is None:
+            own = torch.stack([window[p, list(label_ids.ids[p])].max() for p in range(ends)])
+        else:
+            own = window[:ends, vote_id]
         losses.append(WindowLosses(ranknet, lm_loss, weighted_ranknet(own, encoded.target)))
     return losses
 
@@ -167,6 +172,16 @@ def _plain_output_head(lm: Any) -> Any:
     return head
 
 
+def _vote_id(tokenizer: Any, vote: str | None) -> int | None:
+    """The id of the single token ``vote`` (``None`` for none)."""
+    if vote is None:
+        return None
+    ids = tokenizer(vote, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        raise ValueError(f"passage_vote must be one token; {vote!r} is {len(ids)}: {ids}")
+    return int(ids[0])
+
+
 def _schedule(config: TrainConfig) -> Callable[[int], float]:
     def factor(step: int) -> float:
         if step < config.warmup_steps:
@@ -187,8 +202,8 @@ class FirstTrainer:
     ranking string plus ``ranknet_weight`` times the weighted RankNet over the label logits
     of the first generated token. With ``passage_ranknet_weight`` (and an echo template),
     plus that weight times a weighted RankNet over each passage's own-label logit at the end
-    of its line: every passage learns to vote for its label in proportion to its relevance,
-    a signal per passage rather than one per window.
+    of its line (or its ``passage_vote`` token's): every passage learns to vote in proportion
+    to its relevance, a signal per passage rather than one per window.
     """
 
     def __init__(
@@ -208,12 +223,15 @@ class FirstTrainer:
         self.output_dir = Path(output_dir)
         self.label_ids = resolve_label_ids(tokenizer, template.labels)
         self.label_ids.check_window(config.sampling.max_size)
-        if config.passage_ranknet_weight > 0 and not template.passage.rstrip().endswith(
-            "[{label}]"
+        self.vote_id = _vote_id(tokenizer, config.passage_vote)
+        if (
+            config.passage_ranknet_weight > 0
+            and self.vote_id is None
+            and not template.passage.rstrip().endswith("[{label}]")
         ):
             raise ValueError(
                 f"passage_ranknet_weight needs a template that repeats each label after its "
-                f"passage (first-echo); {template.name!r} does not"
+                f"passage (first-echo), or a passage_vote token; {template.name!r} does not"
             )
         torch.manual_seed(config.seed)
         self.model = make_trainable(
@@ -290,7 +308,7 @@ class FirstTrainer:
         size = self.config.batch_windows
         for chunk in (encoded[i : i + size] for i in range(0, len(encoded), size)):
             total: torch.Tensor | None = None
-            terms_of = batch_losses(self.model, chunk, self.label_ids)
+            terms_of = batch_losses(self.model, chunk, self.label_ids, self.vote_id)
             for window, terms in zip(chunk, terms_of, strict=True):
                 loss = terms.lm + self.config.ranknet_weight * terms.ranknet
                 passage = 0.0

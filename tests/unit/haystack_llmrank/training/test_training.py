@@ -202,6 +202,16 @@ def backpropagate_one_window(tokenizer: Any, model: Any) -> set[str]:
     return {n for n, p in model.named_parameters() if p.grad is not None}
 
 
+def hand_ranknet(ordered: list[float]) -> float:
+    """FIRST's weighted RankNet, pair by pair, of scores listed best first."""
+    n = len(ordered)
+    return sum(
+        math.log1p(math.exp(ordered[j] - ordered[i])) / (i + j + 2)
+        for i in range(n)
+        for j in range(i + 1, n)
+    )
+
+
 def echo_setup(tokenizer: Any, seed: int) -> tuple[Any, Any, PromptBuilder]:
     """A tiny model, the label ids and a ``first-echo`` prompt builder."""
     model = make_tiny_llama(len(tokenizer), seed=seed)
@@ -227,13 +237,29 @@ def test_passage_ranknet_is_ranknet_over_each_passage_own_label_at_its_line_end(
         for p, end in enumerate(encoded.passage_ends)
     ]
     ordered = [own[p] for p in window.target]  # best first
-    expected = sum(
-        math.log1p(math.exp(ordered[j] - ordered[i])) / (i + j + 2)
-        for i in range(4)
-        for j in range(i + 1, 4)
-    )
+    expected = hand_ranknet(ordered)
     assert terms.passage_ranknet is not None
     assert terms.passage_ranknet.item() == pytest.approx(expected, rel=1e-4)
+
+
+def test_a_passage_vote_scores_every_passage_by_one_token_at_its_line_end(
+    smollm2_tokenizer: Any,
+) -> None:
+    model, labels, _ = echo_setup(smollm2_tokenizer, seed=6)
+    builder = PromptBuilder(smollm2_tokenizer, FIRST_TEMPLATE, max_prompt_tokens=4096)
+    window = TrainingWindow("q", "fleas", TEXTS[:4], (2, 0, 3, 1))
+    encoded = WindowEncoder(smollm2_tokenizer, builder, passage_ends=True).encode(window)
+    yes = smollm2_tokenizer(" yes", add_special_tokens=False)["input_ids"][0]
+    terms = window_losses(model, encoded, labels, yes)
+    with torch.no_grad():
+        full = model(input_ids=torch.tensor([encoded.input_ids])).logits[0]
+    ordered = [full[encoded.passage_ends[p], yes].item() for p in window.target]
+    expected = hand_ranknet(ordered)
+    assert terms.passage_ranknet is not None
+    assert terms.passage_ranknet.item() == pytest.approx(expected, rel=1e-4)
+    own = window_losses(model, encoded, labels).passage_ranknet
+    assert own is not None
+    assert own.item() != pytest.approx(expected, rel=1e-3)
 
 
 def test_a_padded_batch_gives_each_window_its_own_losses_and_gradients(
@@ -320,17 +346,32 @@ def test_passage_ranknet_needs_a_template_that_repeats_labels(
         )
     with pytest.raises(ValueError, match="must be >= 0"):
         small_config(passage_ranknet_weight=-1.0)
+    with pytest.raises(ValueError, match="only with a positive passage_ranknet_weight"):
+        small_config(passage_vote=" yes")
+    with pytest.raises(ValueError, match="passage_vote must be one token; ' yes please' is 2"):
+        FirstTrainer(
+            make_tiny_llama(len(smollm2_tokenizer)),
+            smollm2_tokenizer,
+            small_config(passage_ranknet_weight=1.0, passage_vote=" yes please"),
+            base_model="unused",
+            output_dir=tmp_path,
+        )
 
 
-def test_passage_ranknet_is_trained_and_reported(smollm2_tokenizer: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("template", "vote"), [(FIRST_ECHO_TEMPLATE, None), (FIRST_TEMPLATE, " yes")]
+)
+def test_passage_ranknet_is_trained_and_reported(
+    smollm2_tokenizer: Any, tmp_path: Path, template: PromptTemplate, vote: str | None
+) -> None:
     queries = training_queries([toy_query()], qrels=TOY_QRELS)
     trainer = FirstTrainer(
         make_tiny_llama(len(smollm2_tokenizer), seed=4),
         smollm2_tokenizer,
-        small_config(steps=2, passage_ranknet_weight=1.0),
+        small_config(steps=2, passage_ranknet_weight=1.0, passage_vote=vote),
         base_model="unused",
         output_dir=tmp_path,
-        template=FIRST_ECHO_TEMPLATE,
+        template=template,
     )
     history = trainer.fit(queries)["history"]
     assert all(entry["passage_ranknet"] > 0 for entry in history)
@@ -808,6 +849,10 @@ def test_the_train_command_line_sets_window_orders_and_their_weights() -> None:
     started = _config(
         parser.parse_args([*base, "--init-adapter", "runs/a", "--batch-windows", "4"])
     )
+    voted = _config(
+        parser.parse_args([*base, "--passage-ranknet-weight", "2", "--passage-vote", " yes"])
+    )
+    assert (voted.passage_ranknet_weight, voted.passage_vote) == (2.0, " yes")
     assert started.lora == LoraSettings(init_from="runs/a")
     assert started.batch_windows == 4
     with pytest.raises(ValueError, match="not to --full"):
