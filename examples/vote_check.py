@@ -1,0 +1,109 @@
+"""Where a listwise model's relevance is: its passage votes against its FIRST readout.
+
+A model trained with ``llmrank train --passage-ranknet-weight W --passage-vote TOKEN``
+learns two things in one prompt: a vote per passage (``TOKEN``'s logit at the end of the
+passage's line) and the FIRST readout (the label logits of the first generated token),
+which must find the passages with the strongest votes. This check ranks each held-out
+query's top ``--depth`` candidates (BM25 order, one window) both ways, in the same forward
+pass, next to BM25, and reports nDCG@10 of each:
+
+    python examples/vote_check.py runs/judge-vote/checkpoint/model \
+        runs/ict6/candidates.jsonl --qrels runs/ict6/qrels.txt --split runs/ict6/split.json \
+        --json runs/vote-check.json
+
+Votes above BM25 with a readout below it mean that the relevance is there and the readout
+has not learned to read it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from haystack_llmrank.data import Qrels, read_qrels, read_queries
+from haystack_llmrank.evaluation import evaluate
+from haystack_llmrank.labels import LabelIds, resolve_label_ids
+from haystack_llmrank.model_templates import model_template
+from haystack_llmrank.models import load_causal_lm, load_tokenizer, resolve_model
+from haystack_llmrank.prompt import PromptBuilder
+
+
+def window_scores(
+    model: Any,
+    builder: PromptBuilder,
+    labels: LabelIds,
+    vote_id: int,
+    query: str,
+    texts: Sequence[str],
+) -> tuple[list[float], list[float]]:
+    """For ``texts`` in this order, one window: each passage's FIRST readout (its label's
+    logit at the first generated position) and its vote (``vote_id``'s logit at its line
+    end)."""
+    prompt = builder.build(query, texts)
+    ends = builder.passage_end_tokens(prompt, query, len(texts))
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([prompt.token_ids])).logits[0].float()
+    first = [max(logits[-1, i].item() for i in labels.ids[k]) for k in range(len(texts))]
+    votes = [logits[end, vote_id].item() for end in ends]
+    return first, votes
+
+
+def ndcg(run: dict[str, dict[str, float]], qrels: Qrels) -> float:
+    """Mean nDCG@10 of ``run`` over its queries."""
+    return float(evaluate(run, {q: qrels[q] for q in run}, ["ndcg@10"]).mean["ndcg@10"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("model", help="a trained folder (its template is used)")
+    parser.add_argument("candidates", type=Path)
+    parser.add_argument("--qrels", type=Path, required=True)
+    parser.add_argument("--split", type=Path, required=True, help="its validation qids")
+    parser.add_argument("--vote", default=" yes", help="the vote token")
+    parser.add_argument("--depth", type=int, default=20)
+    parser.add_argument("--words", type=int, default=48, help="words per passage")
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", type=Path, required=True)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    source = resolve_model(args.model)
+    tokenizer = load_tokenizer(source)
+    model = load_causal_lm(source, dtype=getattr(torch, args.dtype), tokenizer=tokenizer)
+    template = model_template(None, args.model)
+    builder = PromptBuilder(
+        tokenizer, template, max_prompt_tokens=32768, max_passage_words=args.words
+    )
+    labels = resolve_label_ids(tokenizer, template.labels)
+    [vote_id] = tokenizer(args.vote, add_special_tokens=False)["input_ids"]
+    held = set(json.loads(args.split.read_text("utf-8"))["validation"])
+    qrels = read_qrels(args.qrels)
+    runs: dict[str, dict[str, dict[str, float]]] = {"bm25": {}, "first": {}, "votes": {}}
+    for query in read_queries(args.candidates):
+        if query.qid not in held:
+            continue
+        top = query.candidates[: args.depth]
+        first, votes = window_scores(
+            model, builder, labels, vote_id, query.query, [c.text for c in top]
+        )
+        docids = [c.docid for c in top]
+        runs["bm25"][query.qid] = {d: -float(r) for r, d in enumerate(docids)}
+        runs["first"][query.qid] = dict(zip(docids, first, strict=True))
+        runs["votes"][query.qid] = dict(zip(docids, votes, strict=True))
+    record = {
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "template": template.name,
+        "queries": len(runs["bm25"]),
+        **{f"{name}_ndcg@10": ndcg(run, qrels) for name, run in runs.items()},
+    }
+    print(json.dumps(record, indent=1))
+    args.json.write_text(json.dumps(record, indent=1) + "\n", "utf-8")
+
+
+if __name__ == "__main__":
+    main()

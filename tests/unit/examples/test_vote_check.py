@@ -1,0 +1,36 @@
+"""``examples/vote_check.py``: one window's FIRST readout and passage votes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from support import PROJECT_ROOT, import_example, make_tiny_llama
+
+from haystack_llmrank.labels import resolve_label_ids
+from haystack_llmrank.prompt import FIRST_ECHO_TEMPLATE, PromptBuilder, get_template
+from haystack_llmrank.scorers.torch_scorer import TorchLabelScorer
+
+
+@pytest.mark.parametrize(
+    "template", ["first-echo", str(PROJECT_ROOT / "examples" / "templates" / "first-judge.json")]
+)
+def test_window_scores_are_the_label_readout_and_the_vote_at_each_line_end(
+    smollm2_tokenizer: Any, template: str
+) -> None:
+    check = import_example("vote_check")
+    model = make_tiny_llama(len(smollm2_tokenizer), seed=3)
+    builder = PromptBuilder(smollm2_tokenizer, get_template(template), max_prompt_tokens=4096)
+    labels = resolve_label_ids(smollm2_tokenizer, FIRST_ECHO_TEMPLATE.labels)
+    yes = smollm2_tokenizer(" yes", add_special_tokens=False)["input_ids"][0]
+    texts = ["fleas bite", "cats purr", "dogs bark"]
+    first, votes = check.window_scores(model, builder, labels, yes, "fleas", texts)
+    prompt = builder.build("fleas", texts)
+    scorer = TorchLabelScorer(model, labels, pad_token_id=smollm2_tokenizer.pad_token_id)
+    assert first == pytest.approx(scorer.score([prompt.token_ids])[0][:3].tolist(), abs=1e-4)
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([prompt.token_ids])).logits[0]
+    ends = builder.passage_end_tokens(prompt, "fleas", 3)
+    assert votes == pytest.approx([logits[e, yes].item() for e in ends], abs=1e-4)
+    assert len(set(votes)) == 3
