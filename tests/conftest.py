@@ -13,7 +13,7 @@ import torch
 from support import PROJECT_ROOT, SMOLLM2_TOKENIZER_DIR, make_tiny_llama
 
 from haystack_llmrank.labels import ALPHABETIC_LABELS, resolve_label_ids
-from haystack_llmrank.models import load_tokenizer, resolve_model
+from haystack_llmrank.models import EMBEDDED_BASE, load_tokenizer, resolve_model
 from haystack_llmrank.reranker import Reranker
 from haystack_llmrank.scorers.torch_scorer import TorchLabelScorer
 
@@ -60,8 +60,8 @@ def tiny_model_dir(
 
 @pytest.fixture(scope="session")
 def smollm2_reranker() -> Reranker:
-    """The real embedded SmolLM2 on the torch backend, CPU."""
-    return Reranker.from_pretrained(device="cpu")
+    """The real embedded SmolLM2, untrained, on the torch backend, CPU."""
+    return Reranker.from_pretrained(EMBEDDED_BASE, device="cpu")
 
 
 def _require_dl19() -> Path:

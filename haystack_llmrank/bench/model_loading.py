@@ -13,7 +13,7 @@ from haystack_llmrank.errors import LabelResolutionError
 from haystack_llmrank.labels import LabelIds, resolve_label_ids
 from haystack_llmrank.models import (
     context_length,
-    embedded_default,
+    embedded_base,
     load_causal_lm,
     load_tokenizer,
     resolve_model,
@@ -59,7 +59,7 @@ def load_bench_tokenizer(model: str, synthetic: str | None) -> Any:
 
     Loaded once per process: rows that run in one process share it.
     """
-    return load_tokenizer(embedded_default() if synthetic else resolve_model(model))
+    return load_tokenizer(embedded_base() if synthetic else resolve_model(model))
 
 
 def build_synthetic(name: str, *, device: str, dtype: str, seed: int) -> Any:

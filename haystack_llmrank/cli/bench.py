@@ -59,7 +59,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         default="default",
-        help="HF folder, GGUF file or 'default' (the embedded SmolLM2)",
+        help="HF folder, GGUF file or 'default' (the embedded FIRST-trained SmolLM2)",
     )
     parser.add_argument(
         "--synthetic-config",

@@ -13,7 +13,8 @@ from haystack_llmrank.scorers.onnx_metadata import ATTENTION_CHOICES, EXPORTERS,
 def register(parser: argparse.ArgumentParser) -> None:
     """Add the ``export`` options and handler to ``parser``."""
     parser.description = (
-        "Export MODEL ('default' for the embedded SmolLM2, a HF id or folder, or a .gguf) "
+        "Export MODEL ('default' for the embedded FIRST-trained SmolLM2, a HF id or folder, "
+        "an adapter folder or a .gguf) "
         "as OUT_DIR: model.onnx (input_ids, attention_mask -> label_logits [batch, K]), "
         "the tokenizer and llmrank.json. Load it with --backend onnx --model OUT_DIR."
     )

@@ -48,7 +48,10 @@ def add_model_options(group: Any, *, batch_size: int) -> None:
     group.add_argument(
         "--model",
         default="default",
-        help="'default' (embedded SmolLM2), a HF id or folder, a .gguf, or an export folder",
+        help=(
+            "'default' (embedded FIRST-trained SmolLM2), 'smollm2-135m-instruct' (untrained), "
+            "a HF id or folder, a .gguf, or an export folder"
+        ),
     )
     group.add_argument(
         "--backend",

@@ -381,7 +381,12 @@ def _trainer(args: argparse.Namespace, config: Any) -> Any:
         torch.set_num_threads(args.threads)
     source = resolve_model(args.model)
     if source.adapter is not None:
-        raise ValueError(f"{args.model} is an adapter; train from its base model instead")
+        base = json.loads((Path(source.adapter) / "adapter_config.json").read_text("utf-8"))
+        raise ValueError(
+            f"{args.model} is an adapter; train from its base model "
+            f"(--model {base['base_model_name_or_path']}) with --init-adapter {source.adapter} "
+            "to start from its weights"
+        )
     device, dtype = source_device_and_dtype(source, args.device, args.dtype)
     tokenizer = load_tokenizer(source)
     model = load_causal_lm(source, device=device, dtype=dtype, tokenizer=tokenizer)

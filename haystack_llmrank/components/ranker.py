@@ -42,7 +42,7 @@ class FirstListwiseRanker:
     from haystack import Document
     from haystack_llmrank import FirstListwiseRanker
 
-    # the embedded SmolLM2; or model="castorini/first_mistral"
+    # the embedded FIRST-trained SmolLM2; or model="castorini/first_mistral"
     ranker = FirstListwiseRanker(top_k=3)
     ranker.warm_up()
     docs = [Document(content="Paris is in France."), Document(content="Berlin is in Germany.")]
@@ -84,7 +84,8 @@ class FirstListwiseRanker:
     ) -> None:
         """Configure the ranker; the model is loaded by :meth:`warm_up`.
 
-        :param model: ``"default"`` (embedded SmolLM2-135M-Instruct), a Hugging Face id or
+        :param model: ``"default"`` (embedded SmolLM2-135M-Instruct, FIRST-trained),
+            ``"smollm2-135m-instruct"`` (untrained), a Hugging Face id or
             folder, a ``.gguf`` file, or (with ``backend="onnx"``) an ``llmrank export`` folder.
         :param backend: ``"torch"`` or ``"onnx"``.
         :param device: ``"cpu"``, ``"cuda"`` or ``None`` (CUDA when available).

@@ -14,6 +14,7 @@ from haystack import Document, Pipeline
 from haystack_llmrank import FirstListwiseRanker
 from haystack_llmrank.data import read_qrels
 from haystack_llmrank.evaluation import evaluate
+from haystack_llmrank.models import EMBEDDED_BASE
 from haystack_llmrank.reranker import Reranker
 
 pytestmark = pytest.mark.integration
@@ -81,10 +82,10 @@ def test_label_logits_equal_the_full_vocabulary_distribution(
 def test_cached_tokenizer_equals_the_gguf_one(
     smollm2_reranker: Reranker, flea: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from haystack_llmrank.models import embedded_default, load_tokenizer
+    from haystack_llmrank.models import embedded_base, load_tokenizer
 
     monkeypatch.setenv("LLMRANK_NO_CACHE", "1")
-    direct = load_tokenizer(embedded_default())
+    direct = load_tokenizer(embedded_base())
     text = smollm2_reranker.prompts.build(flea["query"], [flea["candidates"][0]["text"]]).text
     assert direct(text, add_special_tokens=False)["input_ids"] == list(
         smollm2_reranker.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -94,7 +95,7 @@ def test_cached_tokenizer_equals_the_gguf_one(
 def test_dl19_queries_through_a_haystack_pipeline(
     smollm2_reranker: Reranker, dl19_queries: list[dict[str, Any]], dl19_dir: Path
 ) -> None:
-    ranker = FirstListwiseRanker(device="cpu")
+    ranker = FirstListwiseRanker(model=EMBEDDED_BASE, device="cpu")
     ranker._reranker = smollm2_reranker  # reuse the session's loaded model
     pipeline = Pipeline()
     pipeline.add_component("ranker", ranker)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from haystack_llmrank.export import export_onnx, read_metadata
+from haystack_llmrank.models import EMBEDDED_BASE
 from haystack_llmrank.reranker import Reranker
 from haystack_llmrank.strategies import SlidingWindow
 
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def smollm2_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return export_onnx(None, tmp_path_factory.mktemp("smollm2") / "fp32")
+    return export_onnx(EMBEDDED_BASE, tmp_path_factory.mktemp("smollm2") / "fp32")
 
 
 @pytest.fixture(scope="module")

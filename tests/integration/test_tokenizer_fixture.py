@@ -7,14 +7,14 @@ from typing import Any
 import pytest
 
 from haystack_llmrank.labels import ALPHABETIC_LABELS, resolve_label_ids
-from haystack_llmrank.models import embedded_default, load_tokenizer
+from haystack_llmrank.models import embedded_base, load_tokenizer
 from haystack_llmrank.prompt import PromptBuilder
 
 pytestmark = pytest.mark.integration
 
 
 def test_fixture_tokenizer_is_the_embedded_one(smollm2_tokenizer: Any) -> None:
-    embedded = load_tokenizer(embedded_default())
+    embedded = load_tokenizer(embedded_base())
     assert len(smollm2_tokenizer) == len(embedded)
     assert smollm2_tokenizer.special_tokens_map == embedded.special_tokens_map
     assert smollm2_tokenizer.pad_token_id == embedded.pad_token_id

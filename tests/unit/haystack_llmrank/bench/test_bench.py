@@ -301,7 +301,7 @@ def test_synthetic_config_runs_with_a_batch_size_sweep(
 ) -> None:
     # Synthetic models use the embedded SmolLM2's tokenizer: the same files, without the GGUF.
     monkeypatch.setattr(
-        "haystack_llmrank.bench.model_loading.embedded_default",
+        "haystack_llmrank.bench.model_loading.embedded_base",
         lambda: resolve_model(str(SMOLLM2_TOKENIZER_DIR)),
     )
     code, printed, report = bench_json(

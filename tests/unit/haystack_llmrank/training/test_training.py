@@ -876,3 +876,20 @@ def test_train_and_export_take_a_template_file_and_refuse_a_bad_one(
     with pytest.raises(SystemExit):
         build_parser("train").parse_args([*base, "fist-echo"])
     assert "unknown prompt template 'fist-echo'" in capsys.readouterr().err
+
+
+def test_training_from_an_adapter_names_its_base_and_init_adapter(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from haystack_llmrank.cli import main
+
+    candidates, qrels = write_toy_files(tmp_path)
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    config = {"base_model_name_or_path": str(tiny_model_dir), "peft_type": "LORA"}
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    args = ["train", str(candidates), "--qrels", str(qrels), "--output", str(tmp_path / "out")]
+    assert main([*args, "--model", str(adapter)]) == 2
+    error = capsys.readouterr().err
+    assert f"--model {tiny_model_dir}" in error
+    assert f"--init-adapter {adapter.resolve()}" in error

@@ -1,0 +1,40 @@
+"""The default model (embedded SmolLM2 plus the packaged FIRST adapter) on the README example."""
+
+from __future__ import annotations
+
+import pytest
+from haystack import Document
+
+from haystack_llmrank import FirstListwiseRanker
+from haystack_llmrank.models import DEFAULT_ADAPTER
+
+pytestmark = pytest.mark.integration
+
+PASSAGES = ["Paris is in France.", "Berlin is in Germany."]
+
+
+@pytest.fixture(scope="module")
+def default_ranker() -> FirstListwiseRanker:
+    ranker = FirstListwiseRanker(device="cpu")
+    ranker.warm_up()
+    return ranker
+
+
+def test_the_default_loads_the_packaged_adapter_and_its_template(
+    default_ranker: FirstListwiseRanker,
+) -> None:
+    reranker = default_ranker._reranker
+    assert reranker is not None
+    assert reranker.model_name is not None
+    assert reranker.model_name.endswith(f"+{DEFAULT_ADAPTER.resolve()}")
+    assert reranker.prompts.template.name == "first-judge"
+
+
+@pytest.mark.parametrize("order", [PASSAGES, PASSAGES[::-1]], ids=["paris-first", "berlin-first"])
+def test_the_readme_example_puts_berlin_first_in_either_order(
+    default_ranker: FirstListwiseRanker, order: list[str]
+) -> None:
+    documents = [Document(content=text) for text in order]
+    ranked = default_ranker.run(query="where is berlin", documents=documents)["documents"]
+    assert [d.content for d in ranked] == ["Berlin is in Germany.", "Paris is in France."]
+    assert ranked[0].score > ranked[1].score

