@@ -66,6 +66,9 @@ def baselines(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="default")
+    parser.add_argument(
+        "--backend", default="torch", choices=["torch", "onnx"], help="onnx: an export folder"
+    )
     parser.add_argument("--split", type=Path, required=True, help="split.json of llmrank train")
     parser.add_argument("--candidates", type=Path, default=DL19 / "candidates.jsonl")
     parser.add_argument("--qrels", type=Path, default=DL19 / "qrels.txt")
@@ -82,9 +85,13 @@ def main() -> None:
     held = set(json.loads(args.split.read_text())["validation"])
     queries = [q.top(args.depth) for q in read_queries(args.candidates) if q.qid in held]
     qrels = {qid: judged for qid, judged in read_qrels(args.qrels).items() if qid in held}
-    report: dict[str, object] = {"model": args.model, "queries": sorted(held)}
+    report: dict[str, object] = {
+        "model": args.model,
+        "backend": args.backend,
+        "queries": sorted(held),
+    }
     report.update(baselines(queries, qrels, args.teacher))
-    reranker = Reranker.from_pretrained(args.model, device="cpu")
+    reranker = Reranker.from_pretrained(args.model, backend=args.backend, device="cpu")
     for order in args.orders:
         arranged = [arrange(q, order, args.seed) for q in queries]
         started = time.perf_counter()

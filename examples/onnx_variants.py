@@ -3,7 +3,8 @@
     python examples/onnx_variants.py --export-dir runs/onnx-variants --json runs/variants.json
 
 Exports the model three ways (fp32 with fused attention, fp32 with plain attention, int8 with
-fused attention), scores the same FIRST prompts one at a time with each, and prints, per
+fused attention; ``--variants`` picks some), scores the same prompts (in the template the
+model was trained with, else FIRST's) one at a time with each, and prints, per
 variant: seconds per window, the largest label-logit difference from the torch scorer,
 Kendall's tau of the window's labels against torch, and how many windows are ordered exactly
 as torch orders them. Windows are the bottom, middle and top windows (positions 80, 40 and 0
@@ -29,7 +30,8 @@ from haystack_llmrank.backends import load_scorer
 from haystack_llmrank.bench.config import default_data_dir
 from haystack_llmrank.data import read_queries
 from haystack_llmrank.export import export_onnx, is_export
-from haystack_llmrank.prompt import FIRST_TEMPLATE, PromptBuilder
+from haystack_llmrank.model_templates import model_template
+from haystack_llmrank.prompt import PromptBuilder, PromptTemplate
 from haystack_llmrank.scorers.onnx_loading import load_export
 from haystack_llmrank.scorers.onnx_metadata import GRAPH_FILE, INPUT_NAMES
 from haystack_llmrank.scorers.onnx_scorer import CPU_PROVIDER
@@ -51,9 +53,11 @@ def kendall_tau(a: np.ndarray, b: np.ndarray) -> float:
     return float(agree.mean())
 
 
-def window_prompts(tokenizer: Any, data: Path, count: int) -> list[tuple[int, ...]]:
-    """Token ids of ``count`` FIRST prompts, three windows per query."""
-    builder = PromptBuilder(tokenizer, FIRST_TEMPLATE, max_prompt_tokens=8192)
+def window_prompts(
+    tokenizer: Any, template: PromptTemplate, data: Path, count: int
+) -> list[tuple[int, ...]]:
+    """Token ids of ``count`` prompts in ``template``, three windows per query."""
+    builder = PromptBuilder(tokenizer, template, max_prompt_tokens=8192)
     prompts: list[tuple[int, ...]] = []
     for query in read_queries(data / "candidates.jsonl"):
         texts = [c.text for c in query.candidates]
@@ -106,15 +110,25 @@ def main() -> None:
     parser.add_argument("--export-dir", type=Path, required=True, help="exports are kept here")
     parser.add_argument("--json", type=Path, default=None, help="also save the results here")
     parser.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help=f"comma-separated, of {', '.join(VARIANTS)} (default: all)",
+    )
+    parser.add_argument(
         "--profile", action="store_true", help="profile the longest window per variant"
     )
     args = parser.parse_args()
+    names = [name.strip() for name in args.variants.split(",") if name.strip()]
+    unknown = sorted(set(names) - set(VARIANTS))
+    if unknown or not names:
+        parser.error(f"--variants: unknown {', '.join(unknown) or '(none given)'}")
 
     import torch
 
     torch.set_num_threads(args.threads)
-    reference = load_scorer(args.model, device="cpu", labels=FIRST_TEMPLATE.labels)
-    prompts = window_prompts(reference.tokenizer, args.data, args.windows)
+    template = model_template(None, args.model)  # the one the model was trained with
+    reference = load_scorer(args.model, device="cpu", labels=template.labels)
+    prompts = window_prompts(reference.tokenizer, template, args.data, args.windows)
     expected, torch_seconds = score_each(reference.scorer, prompts)
     order = np.argsort(-expected, axis=1, kind="stable")
     lengths = [len(p) for p in prompts]
@@ -123,6 +137,8 @@ def main() -> None:
         f"{args.threads} threads; torch: {torch_seconds:.2f} s/window"
     )
     results: dict[str, Any] = {
+        "model": args.model,
+        "template": template.name,
         "windows": len(prompts),
         "tokens": lengths,
         "torch_seconds_per_window": torch_seconds,
@@ -132,7 +148,8 @@ def main() -> None:
         f"{'variant':12s} {'s/window':>9s} {'x torch':>9s} {'max diff':>9s} "
         f"{'tau':>6s} {'same order':>10s}"
     )
-    for name, options in VARIANTS.items():
+    for name in names:
+        options = VARIANTS[name]
         folder = args.export_dir / name
         if not is_export(folder):
             export_onnx(args.model, folder, **options)
