@@ -31,6 +31,7 @@ from haystack_llmrank.labels import LabelIds, resolve_label_ids
 from haystack_llmrank.model_templates import model_template
 from haystack_llmrank.models import load_causal_lm, load_tokenizer, resolve_model
 from haystack_llmrank.prompt import PromptBuilder
+from haystack_llmrank.training.trainer import label_logits, vote_token_id
 
 
 def window_scores(
@@ -48,7 +49,7 @@ def window_scores(
     ends = builder.passage_end_tokens(prompt, query, len(texts))
     with torch.no_grad():
         logits = model(input_ids=torch.tensor([prompt.token_ids])).logits[0].float()
-    first = [max(logits[-1, i].item() for i in labels.ids[k]) for k in range(len(texts))]
+    first = label_logits(logits[-1], labels, len(texts)).tolist()
     votes = [logits[end, vote_id].item() for end in ends]
     return first, votes
 
@@ -80,7 +81,8 @@ def main() -> None:
         tokenizer, template, max_prompt_tokens=32768, max_passage_words=args.words
     )
     labels = resolve_label_ids(tokenizer, template.labels)
-    [vote_id] = tokenizer(args.vote, add_special_tokens=False)["input_ids"]
+    vote_id = vote_token_id(tokenizer, args.vote)
+    assert vote_id is not None
     held = set(json.loads(args.split.read_text("utf-8"))["validation"])
     qrels = read_qrels(args.qrels)
     runs: dict[str, dict[str, dict[str, float]]] = {"bm25": {}, "first": {}, "votes": {}}

@@ -172,7 +172,7 @@ def _plain_output_head(lm: Any) -> Any:
     return head
 
 
-def _vote_id(tokenizer: Any, vote: str | None) -> int | None:
+def vote_token_id(tokenizer: Any, vote: str | None) -> int | None:
     """The id of the single token ``vote`` (``None`` for none)."""
     if vote is None:
         return None
@@ -223,7 +223,7 @@ class FirstTrainer:
         self.output_dir = Path(output_dir)
         self.label_ids = resolve_label_ids(tokenizer, template.labels)
         self.label_ids.check_window(config.sampling.max_size)
-        self.vote_id = _vote_id(tokenizer, config.passage_vote)
+        self.vote_id = vote_token_id(tokenizer, config.passage_vote)
         if (
             config.passage_ranknet_weight > 0
             and self.vote_id is None
