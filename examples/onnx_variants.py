@@ -2,8 +2,9 @@
 
     python examples/onnx_variants.py --export-dir runs/onnx-variants --json runs/variants.json
 
-Exports the model three ways (fp32 with fused attention, fp32 with plain attention, int8 with
-fused attention; ``--variants`` picks some), scores the same prompts (in the template the
+Exports the model four ways (fp32 with fused attention, fp32 with plain attention, int8 with
+fused attention, and, for measurement only, the fused fp32 graph with dynamic int8 activations;
+``--variants`` picks some), scores the same prompts (in the template the
 model was trained with, else FIRST's) one at a time with each, and prints, per
 variant: seconds per window, the largest label-logit difference from the torch scorer,
 Kendall's tau of the window's labels against torch, and how many windows are ordered exactly
@@ -17,7 +18,9 @@ profiler, and the seconds its kernels spent per operator type are printed and sa
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import shutil
 import tempfile
 import time
 from collections import Counter
@@ -30,10 +33,17 @@ from haystack_llmrank.backends import load_scorer
 from haystack_llmrank.bench.config import default_data_dir
 from haystack_llmrank.data import read_queries
 from haystack_llmrank.export import export_onnx, is_export
+from haystack_llmrank.export.precision import label_head_nodes
 from haystack_llmrank.model_templates import model_template
 from haystack_llmrank.prompt import PromptBuilder, PromptTemplate
 from haystack_llmrank.scorers.onnx_loading import load_export
-from haystack_llmrank.scorers.onnx_metadata import GRAPH_FILE, INPUT_NAMES
+from haystack_llmrank.scorers.onnx_metadata import (
+    GRAPH_FILE,
+    INPUT_NAMES,
+    METADATA_FILE,
+    graph_hashes,
+    read_metadata,
+)
 from haystack_llmrank.scorers.onnx_scorer import CPU_PROVIDER
 from haystack_llmrank.scorers.padding import pad_right
 
@@ -42,6 +52,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "fp32-plain": {"precision": "fp32", "attention": "plain"},
     "int8-fused": {"precision": "int8", "attention": "fused"},
 }
+DYNAMIC = "int8-dynamic"
+"""Not an export precision: made here from ``fp32-fused`` with ``quantize_dynamic``."""
 WINDOW_STARTS = (80, 40, 0)
 WINDOW = 20
 
@@ -68,6 +80,25 @@ def window_prompts(
         if len(prompts) == count:
             break
     return prompts
+
+
+def dynamic_int8(fp32: Path, folder: Path) -> None:
+    """A copy of the ``fp32`` export whose weight MatMuls take int8 weights and int8
+    activations quantized per tensor at run time; the label head stays float32."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    excluded = label_head_nodes(onnx.load(str(fp32 / GRAPH_FILE), load_external_data=False))
+    shutil.copytree(fp32, folder, ignore=shutil.ignore_patterns(GRAPH_FILE, METADATA_FILE))
+    quantize_dynamic(
+        fp32 / GRAPH_FILE,
+        folder / GRAPH_FILE,
+        op_types_to_quantize=["MatMul"],
+        weight_type=QuantType.QInt8,
+        nodes_to_exclude=excluded,
+    )
+    metadata = read_metadata(fp32)
+    dataclasses.replace(metadata, precision=DYNAMIC, files=graph_hashes(folder)).write(folder)
 
 
 def score_each(scorer: Any, prompts: list[tuple[int, ...]]) -> tuple[np.ndarray, float]:
@@ -111,15 +142,15 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also save the results here")
     parser.add_argument(
         "--variants",
-        default=",".join(VARIANTS),
-        help=f"comma-separated, of {', '.join(VARIANTS)} (default: all)",
+        default=",".join([*VARIANTS, DYNAMIC]),
+        help=f"comma-separated, of {', '.join([*VARIANTS, DYNAMIC])} (default: all)",
     )
     parser.add_argument(
         "--profile", action="store_true", help="profile the longest window per variant"
     )
     args = parser.parse_args()
     names = [name.strip() for name in args.variants.split(",") if name.strip()]
-    unknown = sorted(set(names) - set(VARIANTS))
+    unknown = sorted(set(names) - {*VARIANTS, DYNAMIC})
     if unknown or not names:
         parser.error(f"--variants: unknown {', '.join(unknown) or '(none given)'}")
 
@@ -149,10 +180,14 @@ def main() -> None:
         f"{'tau':>6s} {'same order':>10s}"
     )
     for name in names:
-        options = VARIANTS[name]
         folder = args.export_dir / name
-        if not is_export(folder):
-            export_onnx(args.model, folder, **options)
+        if name == DYNAMIC and not is_export(folder):
+            fp32 = args.export_dir / "fp32-fused"
+            if not is_export(fp32):
+                export_onnx(args.model, fp32, **VARIANTS["fp32-fused"])
+            dynamic_int8(fp32, folder)
+        elif not is_export(folder):
+            export_onnx(args.model, folder, **VARIANTS[name])
         scorer = load_export(folder, device="cpu", intra_op_num_threads=args.threads).scorer
         got, seconds = score_each(scorer, prompts)
         same = int((np.argsort(-got, axis=1, kind="stable") == order).all(axis=1).sum())
