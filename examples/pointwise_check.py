@@ -15,8 +15,10 @@ this way within a budget, FIRST training on the same budget has no relevance to 
 The input's ``train`` queries (a ``split.json``, e.g. the one ``examples/inverse_cloze.py``
 writes, which adds pseudo-queries) are trained on; every ``--eval-minutes`` the model
 ranks each ``validation`` query's top ``--depth`` candidates, and at the end its top 100.
-``--save`` keeps the adapter (the same rank and targets as ``llmrank train``'s default), so
-that ``llmrank train --init-adapter`` can start FIRST training from it.
+``--groups N`` trains on N groups instead of for ``--minutes``, so that a rerun does not
+depend on the CPU's speed. ``--save`` keeps the adapter (the same rank and targets as
+``llmrank train``'s default), so that ``llmrank train --init-adapter`` can start FIRST
+training from it.
 """
 
 from __future__ import annotations
@@ -135,6 +137,9 @@ def main() -> None:
     parser.add_argument("--split", type=Path, required=True)
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--minutes", type=float, default=40.0, help="training time")
+    parser.add_argument(
+        "--groups", type=int, default=None, help="train on this many groups instead of --minutes"
+    )
     parser.add_argument("--eval-minutes", type=float, default=20.0)
     parser.add_argument("--learning-rate", type=float, default=5e-4)
     parser.add_argument("--lora-rank", type=int, default=16)
@@ -187,12 +192,17 @@ def main() -> None:
         )
         args.json.write_text(json.dumps(record, indent=1) + "\n", "utf-8")
 
+    def done(step: int, elapsed: float) -> bool:
+        if args.groups is not None:
+            return step >= args.groups
+        return elapsed >= args.minutes * 60
+
     validate(0, 0, [], 0.0)
     parameters = [p for p in scorer.model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=args.learning_rate, weight_decay=0.0)
     started, step, passages, losses = time.perf_counter(), 0, 0, []
     next_eval = args.eval_minutes * 60
-    while (elapsed := time.perf_counter() - started) < args.minutes * 60:
+    while not done(step, elapsed := time.perf_counter() - started):
         query, pool = rng.choice(train)
         group = rng.sample(pool, min(args.group, len(pool)))
         loss = ranknet(scorer.scores(query, [text for text, _ in group]), [k for _, k in group])

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -39,3 +42,39 @@ def test_ranknet_is_the_mean_logistic_loss_over_ordered_pairs(check: Any) -> Non
 def test_prompt_cuts_the_passage_to_its_first_words(check: Any) -> None:
     text = check.prompt("q", "one two  three\nfour", 3)
     assert text == "Query: q\nPassage: one two three\nIs the passage relevant to the query? Answer:"
+
+
+def test_groups_fix_the_training_budget_whatever_the_clock(
+    check: Any, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = [
+        {
+            "qid": qid,
+            "query": f"query {qid}",
+            "candidates": [
+                {"docid": f"{qid}-{i}", "score": 10.0 - i, "text": f"passage {i} of {qid}"}
+                for i in range(4)
+            ],
+        }
+        for qid in ("a", "b", "c")
+    ]
+    candidates = tmp_path / "candidates.jsonl"
+    candidates.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    qrels = tmp_path / "qrels.txt"
+    qrels.write_text("".join(f"{q} 0 {q}-2 2\n{q} 0 {q}-0 1\n" for q in "abc"), encoding="utf-8")
+    teacher = tmp_path / "teacher.run"
+    teacher.write_text(
+        "".join(f"{q} Q0 {q}-{i} {i + 1} {1 - i / 10} t\n" for q in "abc" for i in range(4)),
+        encoding="utf-8",
+    )
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": ["a", "b"], "validation": ["c"]}), encoding="utf-8")
+    record = tmp_path / "record.json"
+    command = [str(candidates), "--qrels", str(qrels), "--teacher", str(teacher)]
+    command += ["--split", str(split), "--model", str(tiny_model_dir), "--group", "3"]
+    command += ["--groups", "5", "--minutes", "0", "--threads", "1", "--json", str(record)]
+    monkeypatch.setattr(sys, "argv", ["pointwise_check.py", *command])
+    check.main()
+    history = json.loads(record.read_text(encoding="utf-8"))["history"]
+    assert [entry["groups"] for entry in history] == [0, 5]  # --minutes 0 did not stop it
+    assert history[-1]["passages"] == 15
