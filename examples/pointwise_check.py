@@ -192,10 +192,11 @@ def main() -> None:
         )
         args.json.write_text(json.dumps(record, indent=1) + "\n", "utf-8")
 
+    groups: int | None = args.groups
+    minutes: float = args.minutes
+
     def done(step: int, elapsed: float) -> bool:
-        if args.groups is not None:
-            return step >= args.groups
-        return elapsed >= args.minutes * 60
+        return step >= groups if groups is not None else elapsed >= minutes * 60
 
     validate(0, 0, [], 0.0)
     parameters = [p for p in scorer.model.parameters() if p.requires_grad]
