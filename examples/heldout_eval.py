@@ -77,6 +77,9 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=100, help="rerank the top N")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--both-orders", action="store_true", help="score each window as given and reversed"
+    )
     parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args()
     if args.threads:
@@ -88,10 +91,13 @@ def main() -> None:
     report: dict[str, object] = {
         "model": args.model,
         "backend": args.backend,
+        "both_orders": args.both_orders,
         "queries": sorted(held),
     }
     report.update(baselines(queries, qrels, args.teacher))
-    reranker = Reranker.from_pretrained(args.model, backend=args.backend, device="cpu")
+    reranker = Reranker.from_pretrained(
+        args.model, backend=args.backend, device="cpu", both_orders=args.both_orders
+    )
     for order in args.orders:
         arranged = [arrange(q, order, args.seed) for q in queries]
         started = time.perf_counter()

@@ -16,9 +16,10 @@ _LOWEST_SCORE = np.float32(-(2.0**127))
 class Cost:
     """What a ranking took: forward passes, sequential steps and prompt tokens.
 
-    ``windows`` counts forward passes (one per window); ``steps`` counts the rounds of windows
-    that had to wait for an earlier round (windows of one step can run in one batch);
-    ``tokens`` sums the prompt tokens of every window.
+    ``windows`` counts the windows judged (one forward pass each, two when the reranker scores
+    both orders); ``steps`` counts the rounds of windows that had to wait for an earlier round
+    (windows of one step can run in one batch); ``tokens`` sums the tokens of every prompt
+    scored.
     """
 
     windows: int = 0

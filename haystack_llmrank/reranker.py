@@ -60,6 +60,11 @@ class Reranker:
     ``prompts`` replaces the :class:`PromptBuilder` made from ``template``,
     ``max_prompt_tokens`` and ``max_passage_words`` (for instance one that caches prompts);
     it must use ``template``.
+
+    ``both_orders`` scores every window twice, as given and reversed, and orders it by the
+    mean of the two label log-probabilities (log-softmax over the window's labels): a
+    window's verdict then no longer depends on the order of its members, at twice the
+    forward passes. Scores are then those mean log-probabilities, not raw logits.
     """
 
     def __init__(
@@ -75,6 +80,7 @@ class Reranker:
         max_batch_tokens: int | None = None,
         model_name: str | None = None,
         prompts: PromptBuilder | None = None,
+        both_orders: bool = False,
     ) -> None:
         self.strategy: Strategy = strategy or SlidingWindow()
         if scorer.label_ids.labels[: len(template.labels)] != template.labels:
@@ -99,6 +105,7 @@ class Reranker:
         self._requested_max_batch_tokens = max_batch_tokens
         self.max_batch_tokens = max_batch_tokens or preferred_max_batch_tokens(scorer)
         self.model_name = model_name
+        self.both_orders = both_orders
 
     @classmethod
     def from_pretrained(
@@ -162,6 +169,7 @@ class Reranker:
             "max_batch_tokens": self._requested_max_batch_tokens,
             "model_name": self.model_name,
             "prompts": self.prompts,
+            "both_orders": self.both_orders,
         }
         unknown = set(changes) - set(parts)
         if unknown:
@@ -174,7 +182,8 @@ class Reranker:
         return Reranker(tokenizer, scorer, **parts)
 
     def count_windows(self, sizes: Sequence[int], top_k: int | None = None) -> int:
-        """The most forward passes ranking lists of these sizes can take."""
+        """The most windows ranking lists of these sizes can take (each is one forward pass,
+        two with ``both_orders``)."""
         return sum(self.strategy.max_windows(n, top_k) for n in sizes)
 
     def rerank(self, query: str, passages: Sequence[str], *, top_k: int | None = None) -> Ranking:
@@ -205,14 +214,23 @@ class Reranker:
         ]
         tokens = [0] * len(runs)
 
+        orders = 2 if self.both_orders else 1
+
         def score(windows: Sequence[tuple[int, Sequence[int]]]) -> list[npt.NDArray[np.float32]]:
             prompts = []
             for position, members in windows:
                 query, passages = requests[position]
-                prompt = self.prompts.build(query, [passages[i] for i in members])
-                tokens[position] += len(prompt.token_ids)
-                prompts.append(prompt)
-            return self.score_prompts(prompts)
+                for arranged in (members, members[::-1])[:orders]:
+                    prompt = self.prompts.build(query, [passages[i] for i in arranged])
+                    tokens[position] += len(prompt.token_ids)
+                    prompts.append(prompt)
+            logits = self.score_prompts(prompts)
+            if orders == 1:
+                return logits
+            return [
+                both_orders_logits(logits[2 * k], logits[2 * k + 1], len(members))
+                for k, (_, members) in enumerate(windows)
+            ]
 
         run_windows(runs, score, batch_size=self.batch_size, on_window=on_window)
         return [run.result(count) for run, count in zip(runs, tokens, strict=True)]
@@ -225,6 +243,22 @@ class Reranker:
             logits = self.scorer.score([prompts[i].token_ids for i in group])
             scored.update(zip(group, logits, strict=True))
         return [scored[i] for i in range(len(prompts))]
+
+
+def both_orders_logits(
+    given: npt.NDArray[np.float32], reversed_: npt.NDArray[np.float32], size: int
+) -> npt.NDArray[np.float32]:
+    """The mean label log-probability of each of a window's ``size`` members (in the given
+    order) from its label logits as given and as reversed."""
+    forward = _log_softmax(given[:size])
+    backward = _log_softmax(reversed_[:size])[::-1]
+    return ((forward + backward) / 2).astype(np.float32)
+
+
+def _log_softmax(logits: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+    shifted: npt.NDArray[np.float64] = logits.astype(np.float64) - logits.max()
+    log_probabilities: npt.NDArray[np.float64] = shifted - np.log(np.exp(shifted).sum())
+    return log_probabilities
 
 
 def _per_request(top_k: int | Sequence[int | None] | None, count: int) -> list[int | None]:

@@ -96,6 +96,12 @@ def add_model_options(group: Any, *, batch_size: int) -> None:
         help="words kept per passage before prompting (default %(default)s)",
     )
     group.add_argument(
+        "--both-orders",
+        action="store_true",
+        help="score every window as given and reversed, so its verdict does not depend on "
+        "the input order (twice the forward passes)",
+    )
+    group.add_argument(
         "--threads",
         type=positive_int,
         default=None,
@@ -157,4 +163,5 @@ def load_reranker(args: argparse.Namespace) -> Any:
         strategy=strategy,
         batch_size=args.batch_size,
         max_passage_words=args.max_passage_words,
+        both_orders=args.both_orders,
     )

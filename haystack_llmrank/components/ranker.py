@@ -81,6 +81,7 @@ class FirstListwiseRanker:
         embedding_separator: str = "\n",
         threads: int | None = None,
         on_missing_gpu: OnMissingGpu = "raise",
+        both_orders: bool = False,
     ) -> None:
         """Configure the ranker; the model is loaded by :meth:`warm_up`.
 
@@ -111,6 +112,9 @@ class FirstListwiseRanker:
             ONNX Runtime's choice).
         :param on_missing_gpu: ``"raise"``, or ``"warn"`` to log and run on the CPU, when a
             CUDA ``device`` cannot be used.
+        :param both_orders: score every window as given and reversed (twice the forward
+            passes), so that a window's verdict does not depend on its input order; scores
+            are then mean label log-probabilities.
         """
         if top_k is not None and top_k < 1:
             raise ValueError(f"top_k must be at least 1, got {top_k}")
@@ -136,6 +140,7 @@ class FirstListwiseRanker:
         self.embedding_separator = embedding_separator
         self.threads = threads
         self.on_missing_gpu = on_missing_gpu
+        self.both_orders = both_orders
         self._reranker: Reranker | None = None
         self._lock = threading.Lock()
         self._warm_lock = threading.Lock()
@@ -161,6 +166,7 @@ class FirstListwiseRanker:
                     max_batch_tokens=self.max_batch_tokens,
                     threads=self.threads,
                     on_missing_gpu=self.on_missing_gpu,
+                    both_orders=self.both_orders,
                 )
 
     def to_dict(self) -> dict[str, Any]:
@@ -185,6 +191,7 @@ class FirstListwiseRanker:
             threads=self.threads,
             on_missing_gpu=self.on_missing_gpu,
             embedding_separator=self.embedding_separator,
+            both_orders=self.both_orders,
         )
 
     @classmethod

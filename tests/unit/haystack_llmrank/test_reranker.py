@@ -13,7 +13,7 @@ import torch
 
 from haystack_llmrank.errors import WindowTooLargeError
 from haystack_llmrank.prompt import PromptBuilder, PromptTemplate
-from haystack_llmrank.reranker import Reranker, length_buckets
+from haystack_llmrank.reranker import Reranker, both_orders_logits, length_buckets
 from haystack_llmrank.scorers.base import LabelScorer
 from haystack_llmrank.strategies import STRATEGIES, SlidingWindow, make_strategy
 
@@ -262,6 +262,57 @@ def test_replace_changes_only_what_it_names(tiny_reranker: Reranker) -> None:
         tiny_reranker.replace(batch_size=0)
     with pytest.raises(TypeError, match="no argument colour"):
         tiny_reranker.replace(colour="red")
+
+
+def test_both_orders_logits_average_the_two_log_softmaxes() -> None:
+    given = np.array([2.0, 0.0, 0.0, 9.0], dtype=np.float32)  # the 4th label is not a member
+    reversed_ = np.array([1.0, 0.0, 0.0, 9.0], dtype=np.float32)  # member 2 came first
+    log_z = np.log(np.exp(2.0) + 2.0)
+    log_z_reversed = np.log(np.exp(1.0) + 2.0)
+    expected = [
+        (2.0 - log_z + 0.0 - log_z_reversed) / 2,
+        (0.0 - log_z + 0.0 - log_z_reversed) / 2,
+        (0.0 - log_z + 1.0 - log_z_reversed) / 2,
+    ]
+    got = both_orders_logits(given, reversed_, 3)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def test_both_orders_ranks_a_window_alike_whichever_way_it_comes(
+    smollm2_tokenizer: Any, tiny_scorer: Any
+) -> None:
+    reranker = Reranker(smollm2_tokenizer, tiny_scorer, max_prompt_tokens=4096, both_orders=True)
+    texts = passages(9)
+    given = reranker.rerank("whales and bees", texts)
+    backwards = reranker.rerank("whales and bees", texts[::-1])
+    assert [texts[i] for i in given.order] == [texts[::-1][i] for i in backwards.order]
+    assert given.scores == backwards.scores
+    one_way = Reranker(smollm2_tokenizer, tiny_scorer, max_prompt_tokens=4096)
+    assert (
+        one_way.rerank("whales and bees", texts).order
+        != one_way.rerank("whales and bees", texts[::-1]).order[::-1]
+    ), "the tiny model should depend on order, or this test shows nothing"
+
+
+def test_both_orders_scores_each_window_twice_and_counts_it(
+    smollm2_tokenizer: Any, tiny_scorer: Any
+) -> None:
+    scored: list[tuple[int, ...]] = []
+    score = tiny_scorer.score
+
+    def counting(prompts: Any) -> Any:
+        scored.extend(tuple(p) for p in prompts)
+        return score(prompts)
+
+    scorer = Mock(wraps=tiny_scorer, label_ids=tiny_scorer.label_ids, score=counting)
+    reranker = Reranker(smollm2_tokenizer, scorer, max_prompt_tokens=4096, both_orders=True)
+    assert reranker.replace(batch_size=2).both_orders
+    ranking = reranker.rerank("bees", passages(25))
+    single = Reranker(smollm2_tokenizer, tiny_scorer, max_prompt_tokens=4096)
+    assert 2 * ranking.cost.windows == len(scored) == 2 * single.count_windows([25]) == 4
+    assert ranking.cost.tokens == sum(len(p) for p in scored)
+    assert sorted(ranking.order) == list(range(25))
 
 
 def test_length_buckets_respect_budget() -> None:

@@ -357,11 +357,14 @@ def test_threads_and_gpu_policy_reach_the_backend(monkeypatch: pytest.MonkeyPatc
         model_args("--on-missing-gpu", "ignore")
 
 
-def test_the_strategy_reaches_the_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_strategy_and_both_orders_reach_the_engine(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[dict[str, Any]] = []
     monkeypatch.setattr(Reranker, "from_pretrained", lambda *a, **kw: calls.append(kw))
     load_reranker(model_args())
     assert calls[-1]["strategy"] == SlidingWindow(20, 10)
+    assert calls[-1]["both_orders"] is False
+    load_reranker(model_args("--both-orders"))
+    assert calls[-1]["both_orders"] is True
     load_reranker(model_args("--strategy", "tdpart", "--window-size", "8"))
     assert calls[-1]["strategy"] == make_strategy("tdpart", window_size=8)
     with pytest.raises(SystemExit):

@@ -198,6 +198,7 @@ def test_to_dict_of_the_defaults() -> None:
             "embedding_separator": "\n",
             "threads": None,
             "on_missing_gpu": "raise",
+            "both_orders": False,
         },
     }
 
@@ -222,6 +223,7 @@ def test_to_dict_from_dict_round_trip() -> None:
         embedding_separator=" | ",
         threads=3,
         on_missing_gpu="warn",
+        both_orders=True,
     )
     data = component.to_dict()
     assert data == {
@@ -245,6 +247,7 @@ def test_to_dict_from_dict_round_trip() -> None:
             "embedding_separator": " | ",
             "threads": 3,
             "on_missing_gpu": "warn",
+            "both_orders": True,
         },
     }
     assert FirstListwiseRanker.from_dict(data).to_dict() == data
