@@ -38,3 +38,17 @@ def test_the_readme_example_puts_berlin_first_in_either_order(
     ranked = default_ranker.run(query="where is berlin", documents=documents)["documents"]
     assert [d.content for d in ranked] == ["Berlin is in Germany.", "Paris is in France."]
     assert ranked[0].score > ranked[1].score
+
+
+def test_both_orders_gives_the_same_scores_whichever_way_the_documents_come(
+    default_ranker: FirstListwiseRanker,
+) -> None:
+    reranker = default_ranker._reranker
+    assert reranker is not None
+    both = reranker.replace(both_orders=True)
+    given = both.rerank("where is berlin", PASSAGES)
+    backwards = both.rerank("where is berlin", PASSAGES[::-1])
+    assert [PASSAGES[i] for i in given.order] == ["Berlin is in Germany.", "Paris is in France."]
+    assert [PASSAGES[::-1][i] for i in backwards.order] == [PASSAGES[i] for i in given.order]
+    assert given.scores == backwards.scores
+    assert all(score <= 0 for score in given.scores)  # mean log-probabilities
