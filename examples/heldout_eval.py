@@ -10,6 +10,8 @@ the same queries:
 
 The reranker sees the candidates in the given order; the run is scored against the same
 qrels whatever the order, so the three figures differ only by position sensitivity.
+``--both-orders`` ranks with ``Reranker(both_orders=True)``: each window scored as given and
+reversed.
 """
 
 from __future__ import annotations
