@@ -78,6 +78,7 @@ def main() -> None:
     parser.add_argument("--orders", nargs="+", choices=ORDERS, default=list(ORDERS))
     parser.add_argument("--depth", type=int, default=100, help="rerank the top N")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--dtype", default=None, help="torch dtype (default float32)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--both-orders", action="store_true", help="score each window as given and reversed"
@@ -93,12 +94,17 @@ def main() -> None:
     report: dict[str, object] = {
         "model": args.model,
         "backend": args.backend,
+        "dtype": args.dtype or "float32",
         "both_orders": args.both_orders,
         "queries": sorted(held),
     }
     report.update(baselines(queries, qrels, args.teacher))
     reranker = Reranker.from_pretrained(
-        args.model, backend=args.backend, device="cpu", both_orders=args.both_orders
+        args.model,
+        backend=args.backend,
+        device="cpu",
+        dtype=args.dtype,
+        both_orders=args.both_orders,
     )
     for order in args.orders:
         arranged = [arrange(q, order, args.seed) for q in queries]
