@@ -11,16 +11,19 @@ the same queries:
 The reranker sees the candidates in the given order; the run is scored against the same
 qrels whatever the order, so the three figures differ only by position sensitivity.
 ``--both-orders`` ranks with ``Reranker(both_orders=True)``: each window scored as given and
-reversed.
+reversed. ``--strategy`` picks how windows cover the candidates (sliding by default).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,6 +32,7 @@ from tqdm import tqdm
 from haystack_llmrank.data import (
     Qrels,
     QueryCandidates,
+    Run,
     first_stage_run,
     read_qrels,
     read_queries,
@@ -37,6 +41,7 @@ from haystack_llmrank.data import (
 )
 from haystack_llmrank.evaluation import evaluate
 from haystack_llmrank.reranker import Reranker
+from haystack_llmrank.strategies import STRATEGIES, make_strategy
 
 DL19 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "trec-dl19"
 ORDERS = ("bm25", "reversed", "shuffled")
@@ -53,16 +58,24 @@ def arrange(query: QueryCandidates, order: str, seed: int) -> QueryCandidates:
     return QueryCandidates(query.qid, query.query, tuple(candidates))
 
 
+def ndcg10(run: Run, qrels: Qrels, report: dict[str, Any], key: str) -> None:
+    """Put ``run``'s mean nDCG@10 under ``key`` and its per-query values under ``per_query``."""
+    scored = evaluate(run, qrels, ["ndcg@10"])
+    report[key] = scored.mean["ndcg@10"]
+    report.setdefault("per_query", {})[key] = {
+        qid: values["ndcg@10"] for qid, values in sorted(scored.per_query.items())
+    }
+
+
 def baselines(
-    queries: Sequence[QueryCandidates], qrels: Qrels, teacher: Path | None
-) -> dict[str, float]:
+    queries: Sequence[QueryCandidates], qrels: Qrels, teacher: Path | None, report: dict[str, Any]
+) -> None:
     """nDCG@10 of the first stage's order and, given a TREC run, of the teacher's."""
-    scores = {"first_stage": evaluate(first_stage_run(queries), qrels, ["ndcg@10"]).mean["ndcg@10"]}
+    ndcg10(first_stage_run(queries), qrels, report, "first_stage")
     if teacher is not None:
         run = read_run(teacher)
         ranked = {q.qid: {c.docid: run[q.qid][c.docid] for c in q.candidates} for q in queries}
-        scores["teacher"] = evaluate(ranked, qrels, ["ndcg@10"]).mean["ndcg@10"]
-    return scores
+        ndcg10(ranked, qrels, report, "teacher")
 
 
 def main() -> None:
@@ -83,6 +96,7 @@ def main() -> None:
     parser.add_argument(
         "--both-orders", action="store_true", help="score each window as given and reversed"
     )
+    parser.add_argument("--strategy", choices=STRATEGIES, default="sliding")
     parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args()
     if args.threads:
@@ -91,20 +105,23 @@ def main() -> None:
     held = set(json.loads(args.split.read_text())["validation"])
     queries = [q.top(args.depth) for q in read_queries(args.candidates) if q.qid in held]
     qrels = {qid: judged for qid, judged in read_qrels(args.qrels).items() if qid in held}
-    report: dict[str, object] = {
+    report: dict[str, Any] = {
+        "command": shlex.join(["python", *sys.argv]),
         "model": args.model,
         "backend": args.backend,
         "dtype": args.dtype or "float32",
         "both_orders": args.both_orders,
+        "strategy": args.strategy,
         "queries": sorted(held),
     }
-    report.update(baselines(queries, qrels, args.teacher))
+    baselines(queries, qrels, args.teacher, report)
     reranker = Reranker.from_pretrained(
         args.model,
         backend=args.backend,
         device="cpu",
         dtype=args.dtype,
         both_orders=args.both_orders,
+        strategy=make_strategy(args.strategy),
     )
     for order in args.orders:
         arranged = [arrange(q, order, args.seed) for q in queries]
@@ -114,7 +131,7 @@ def main() -> None:
                 [(q.query, q.texts) for q in arranged], on_window=bar.update
             )
         run = run_from_rankings(arranged, rankings)
-        report[f"reranked_{order}"] = evaluate(run, qrels, ["ndcg@10"]).mean["ndcg@10"]
+        ndcg10(run, qrels, report, f"reranked_{order}")
         report[f"{order}_seconds_per_query"] = (time.perf_counter() - started) / len(queries)
         args.json.write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report, indent=1))

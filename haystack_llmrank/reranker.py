@@ -63,8 +63,9 @@ class Reranker:
 
     ``both_orders`` scores every window twice, as given and reversed, and orders it by the
     mean of the two label log-probabilities (log-softmax over the window's labels): a
-    window's verdict then no longer depends on the order of its members, at twice the
-    forward passes. Scores are then those mean log-probabilities, not raw logits.
+    window and its reverse then get the same verdict, and a pull that grows steadily with
+    position cancels out, at twice the forward passes. Scores are then those mean
+    log-probabilities, not raw logits.
     """
 
     def __init__(

@@ -98,8 +98,8 @@ def add_model_options(group: Any, *, batch_size: int) -> None:
     group.add_argument(
         "--both-orders",
         action="store_true",
-        help="score every window as given and reversed, so its verdict does not depend on "
-        "the input order (twice the forward passes)",
+        help="score every window as given and reversed, so a window and its reverse get "
+        "the same verdict (twice the forward passes)",
     )
     group.add_argument(
         "--threads",

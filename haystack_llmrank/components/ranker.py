@@ -113,8 +113,8 @@ class FirstListwiseRanker:
         :param on_missing_gpu: ``"raise"``, or ``"warn"`` to log and run on the CPU, when a
             CUDA ``device`` cannot be used.
         :param both_orders: score every window as given and reversed (twice the forward
-            passes), so that a window's verdict does not depend on its input order; scores
-            are then mean label log-probabilities.
+            passes), so that a window and its reverse get the same verdict; scores are then
+            mean label log-probabilities.
         """
         if top_k is not None and top_k < 1:
             raise ValueError(f"top_k must be at least 1, got {top_k}")

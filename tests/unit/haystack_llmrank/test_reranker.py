@@ -15,7 +15,7 @@ from haystack_llmrank.errors import WindowTooLargeError
 from haystack_llmrank.prompt import PromptBuilder, PromptTemplate
 from haystack_llmrank.reranker import Reranker, both_orders_logits, length_buckets
 from haystack_llmrank.scorers.base import LabelScorer
-from haystack_llmrank.strategies import STRATEGIES, SlidingWindow, make_strategy
+from haystack_llmrank.strategies import STRATEGIES, SlidingWindow, Tournament, make_strategy
 
 TOPICS = [
     "cats sleep most of the day",
@@ -293,6 +293,27 @@ def test_both_orders_ranks_a_window_alike_whichever_way_it_comes(
         one_way.rerank("whales and bees", texts).order
         != one_way.rerank("whales and bees", texts[::-1]).order[::-1]
     ), "the tiny model should depend on order, or this test shows nothing"
+
+
+@pytest.mark.parametrize("both_orders", [True, False])
+def test_tournament_with_both_orders_ranks_reversed_input_alike(
+    smollm2_tokenizer: Any, tiny_scorer: Any, both_orders: bool
+) -> None:
+    # 16 passages deal into 4 windows of 4; reversed, each window holds the same passages
+    # in reverse, so with both orders the winners and the final window are the same.
+    reranker = Reranker(
+        smollm2_tokenizer,
+        tiny_scorer,
+        max_prompt_tokens=4096,
+        strategy=Tournament(4),
+        both_orders=both_orders,
+    )
+    texts = passages(16)
+    given = reranker.rerank("whales and bees", texts)
+    backwards = reranker.rerank("whales and bees", texts[::-1])
+    head = [texts[i] for i in given.order[:4]]
+    head_backwards = [texts[::-1][i] for i in backwards.order[:4]]
+    assert (head == head_backwards) is both_orders
 
 
 def test_both_orders_scores_each_window_twice_and_counts_it(
