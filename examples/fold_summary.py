@@ -2,8 +2,8 @@
 
 Each record is a ``heldout_eval.py --json`` file with per-query nDCG@10. Their query sets
 must not overlap (each split holds out its own queries). For every figure present in all
-records, the summary gives its mean over the pooled queries; for each reranked figure it
-also gives, against the first stage, the queries won, tied and lost and a paired bootstrap
+records, the summary gives its mean over the pooled queries; for each other than the first
+stage it also gives, against the first stage, the queries won, tied and lost and a paired bootstrap
 95% interval of the mean difference:
 
     python examples/fold_summary.py examples/results/heldout-default-pq.json \
@@ -81,7 +81,7 @@ def main() -> None:
         "against_first_stage": {
             name: compare(values, pooled[BASELINE], args.resamples, args.seed)
             for name, values in pooled.items()
-            if name.startswith("reranked_")
+            if name != BASELINE
         },
     }
     args.json.write_text(json.dumps(summary, indent=1) + "\n")
