@@ -2,11 +2,11 @@
 
 Each record is a ``heldout_eval.py --json`` file with per-query nDCG@10. Their query sets
 must not overlap (each split holds out its own queries). For every figure present in all
-records, the summary gives its mean over the pooled queries; for each other than the first
-stage it also gives, against the first stage, the queries won, tied and lost and a paired bootstrap
-95% interval of the mean difference:
+records, the summary gives its mean over the pooled queries, and for each but the first
+stage, against the first stage: the queries won, tied and lost and a paired bootstrap 95%
+interval of the mean difference:
 
-    python examples/fold_summary.py examples/results/heldout-default-pq.json \
+    python examples/fold_summary.py examples/results/heldout-default-per-query.json \
         examples/results/heldout-fold1-last.json --json runs/out-of-fold.json
 """
 

@@ -283,9 +283,9 @@ class Tournament:
     The order is the final window, then all the others in first-stage order (unranked).
     With ``top_k``, rounds go on over the others until ``top_k`` positions are ranked.
 
-    Reversed input deals each window the same passages in reverse when the window count
-    divides the list (100 into 5), so with ``Reranker(both_orders=True)`` the ranked
-    positions do not depend on whether the list comes first to last or last to first.
+    Reversed input deals each window the same passages in reverse, so with
+    ``Reranker(both_orders=True)`` the ranked positions do not depend on whether the list
+    comes first to last or last to first.
     """
 
     name: ClassVar[str] = "tournament"

@@ -299,8 +299,9 @@ def test_both_orders_ranks_a_window_alike_whichever_way_it_comes(
 def test_tournament_with_both_orders_ranks_reversed_input_alike(
     smollm2_tokenizer: Any, tiny_scorer: Any, both_orders: bool
 ) -> None:
-    # 16 passages deal into 4 windows of 4; reversed, each window holds the same passages
-    # in reverse, so with both orders the winners and the final window are the same.
+    # 18 passages deal into 5 windows, their 5 winners into 2, then a final window of 4;
+    # reversed, every window holds the same passages in reverse, so with both orders the
+    # winners and the final window are the same.
     reranker = Reranker(
         smollm2_tokenizer,
         tiny_scorer,
@@ -308,7 +309,7 @@ def test_tournament_with_both_orders_ranks_reversed_input_alike(
         strategy=Tournament(4),
         both_orders=both_orders,
     )
-    texts = passages(16)
+    texts = passages(18)
     given = reranker.rerank("whales and bees", texts)
     backwards = reranker.rerank("whales and bees", texts[::-1])
     head = [texts[i] for i in given.order[:4]]
