@@ -208,8 +208,8 @@ def main() -> None:
         "depth": args.depth,
         "train_queries": len(train),
         "held_out_queries": len(held),
-        **baselines([queries[q] for q in held], {q: qrels[q] for q in held}, args.teacher),
     }
+    baselines([queries[q] for q in held], {q: qrels[q] for q in held}, args.teacher, report)
     layers = range(args.layer_step, next(iter(features.values())).shape[1], args.layer_step)
     grid = read_out_grid(features, queries, qrels, (train, held), layers, args.alphas, args.folds)
     report["chosen_by_cross_validation"] = max(grid, key=lambda row: row["cross_validated"])
