@@ -285,7 +285,8 @@ class Tournament:
 
     Reversed input deals each window the same passages in reverse, so with
     ``Reranker(both_orders=True)`` the ranked positions do not depend on whether the list
-    comes first to last or last to first.
+    comes first to last or last to first, except where equal scores tie (ties keep input
+    order).
     """
 
     name: ClassVar[str] = "tournament"
