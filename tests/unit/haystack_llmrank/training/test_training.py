@@ -295,7 +295,12 @@ def test_a_padded_batch_gives_each_window_its_own_losses_and_gradients(
     assert expected.keys() == {n for n, p in model.named_parameters() if p.grad is not None}
     for name, parameter in model.named_parameters():
         if parameter.grad is not None:
-            torch.testing.assert_close(parameter.grad, expected[name], rtol=1e-3, atol=1e-5)
+            # float32 rounding of the padded matmuls is relative to each gradient's scale
+            # (measured up to 1e-6 of it); a window seeing another's tokens moves it by far more
+            scale = float(expected[name].abs().max())
+            torch.testing.assert_close(
+                parameter.grad, expected[name], rtol=1e-3, atol=max(1e-5, 1e-5 * scale)
+            )
     with pytest.raises(ValueError, match="at least one window"):
         batch_losses(model, [], labels)
 
