@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 
 BASELINE = "first_stage"
+TIE = 1e-9
+"""Per-query differences at most this large count as ties."""
 
 
 def pool(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
@@ -56,9 +58,9 @@ def compare(
     return {
         "mean_difference": float(diff.mean()),
         "interval_95": [float(low), float(high)],
-        "wins": int((diff > 1e-9).sum()),
-        "ties": int((np.abs(diff) <= 1e-9).sum()),
-        "losses": int((diff < -1e-9).sum()),
+        "wins": int((diff > TIE).sum()),
+        "ties": int((np.abs(diff) <= TIE).sum()),
+        "losses": int((diff < -TIE).sum()),
     }
 
 
