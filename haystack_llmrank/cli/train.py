@@ -1,4 +1,5 @@
-"""``llmrank train``: fine-tune a causal LM for FIRST on judged queries and/or teacher scores."""
+"""``llmrank train``: fine-tune a causal LM for FIRST, or its pointwise warm start, on judged
+queries and/or teacher scores."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ _SPLIT = "split.json"
 
 def register(parser: argparse.ArgumentParser) -> None:
     """Add the ``train`` options and handler to ``parser``; defaults come from TrainConfig."""
-    from haystack_llmrank.training.config import TrainConfig
+    from haystack_llmrank.training.config import OBJECTIVES, TrainConfig
 
     config = TrainConfig()
     sampling, lora_defaults = config.sampling, config.lora
@@ -29,7 +30,8 @@ def register(parser: argparse.ArgumentParser) -> None:
         "cross-entropy on the target ranking string plus a weighted RankNet on the label "
         "logits of the first generated token. Targets come from graded qrels, ties broken "
         "by teacher score, then first-stage order. The output folder loads wherever a "
-        "model is named (--model, Reranker.from_pretrained, FirstListwiseRanker)."
+        "model is named (--model, Reranker.from_pretrained, FirstListwiseRanker). "
+        "--objective pointwise trains per-passage relevance scores instead, as a warm start."
     )
     parser.add_argument("input", type=Path, help="candidates JSONL or rank_llm JSON")
     parser.add_argument("--format", default="auto", help="input format (default auto)")
@@ -73,6 +75,13 @@ def register(parser: argparse.ArgumentParser) -> None:
         ),
         ("--learning-rate", positive_float, config.learning_rate, "peak learning rate"),
         ("--warmup-steps", int, config.warmup_steps, "linear warm-up updates"),
+        (
+            "--min-lr-ratio",
+            float,
+            config.min_lr_ratio,
+            "where the cosine decay ends, as a share of the peak rate; 1 keeps it constant",
+        ),
+        ("--max-grad-norm", positive_float, config.max_grad_norm, "gradient clipping norm"),
         ("--ranknet-weight", float, config.ranknet_weight, "lambda on RankNet; FIRST used 10"),
         (
             "--passage-ranknet-weight",
@@ -84,11 +93,28 @@ def register(parser: argparse.ArgumentParser) -> None:
         ("--seed", int, config.seed, "seed of sampling and init"),
     )
     run.add_argument(
+        "--objective",
+        choices=OBJECTIVES,
+        default=config.objective,
+        help="first: FIRST's loss on listwise windows; pointwise: score each passage of a "
+        "window in a prompt of its own by --passage-vote's logit after a relevance question, "
+        "trained with a pairwise RankNet, as a warm start for FIRST training (--init-adapter) "
+        "(default %(default)s)",
+    )
+    run.add_argument(
+        "--stop-after",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="end after update N of the --steps schedule, checkpointed; --resume goes on",
+    )
+    run.add_argument(
         "--passage-vote",
         default=None,
         metavar="TOKEN",
         help="score passages for --passage-ranknet-weight by this one token's logit at the end "
-        "of each line (e.g. ' yes'), shared by all, instead of each passage's own label",
+        "of each line (e.g. ' yes'), shared by all, instead of each passage's own label; with "
+        "--objective pointwise, the token that scores each passage",
     )
     run.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint")
     run.add_argument(
@@ -173,6 +199,12 @@ def register(parser: argparse.ArgumentParser) -> None:
         ("--eval-every", positive_int, config.eval_every, "updates between validations"),
         ("--checkpoint-every", positive_int, config.checkpoint_every, "updates per checkpoint"),
         ("--validation-depth", positive_int, config.validation_depth, "rerank the top N"),
+        (
+            "--validation-passage-words",
+            positive_int,
+            config.validation_passage_words,
+            "words per passage when validating",
+        ),
     )
     parser.set_defaults(handler=run_train)
 
@@ -263,10 +295,14 @@ def _config(args: argparse.Namespace) -> Any:
         raise ValueError("--lora-top-layers and --init-adapter apply to LoRA, not to --full")
     return TrainConfig(
         steps=args.steps,
+        stop_after=args.stop_after,
+        objective=args.objective,
         grad_accumulation=args.grad_accumulation,
         batch_windows=args.batch_windows,
         learning_rate=args.learning_rate,
         warmup_steps=args.warmup_steps,
+        min_lr_ratio=args.min_lr_ratio,
+        max_grad_norm=args.max_grad_norm,
         ranknet_weight=args.ranknet_weight,
         passage_ranknet_weight=args.passage_ranknet_weight,
         passage_vote=args.passage_vote,
@@ -276,6 +312,7 @@ def _config(args: argparse.Namespace) -> Any:
         eval_every=args.eval_every,
         checkpoint_every=args.checkpoint_every,
         validation_depth=args.validation_depth,
+        validation_passage_words=args.validation_passage_words,
         sampling=WindowSampling(
             min_size=args.min_window,
             max_size=args.max_window,
@@ -341,7 +378,7 @@ def run_train(args: argparse.Namespace) -> int:
         assert qrels is not None
         validation = Validation([by_id[q] for q in held_ids], qrels)
     started = time.perf_counter()
-    with tqdm(total=config.steps, initial=trainer.step, unit="update", desc="train") as bar:
+    with tqdm(total=config.last_step, initial=trainer.step, unit="update", desc="train") as bar:
 
         def show(report: Any) -> None:
             shown = {

@@ -1,4 +1,4 @@
-"""FIRST fine-tuning: windows with target rankings, the loss, and a resumable trainer.
+"""FIRST fine-tuning: windows with target rankings, the losses, and a resumable trainer.
 
 Names are imported from their modules on first use, so reading the settings
 (:class:`TrainConfig`, :class:`WindowSampling`, :class:`LoraSettings`) loads no torch.
@@ -13,7 +13,12 @@ if TYPE_CHECKING:
     from haystack_llmrank.training.adapters import LoraSettings, save_trained
     from haystack_llmrank.training.config import TrainConfig
     from haystack_llmrank.training.encoding import EncodedWindow, WindowEncoder
-    from haystack_llmrank.training.losses import chance_ranknet, weighted_ranknet
+    from haystack_llmrank.training.losses import (
+        chance_ranknet,
+        pairwise_ranknet,
+        weighted_ranknet,
+    )
+    from haystack_llmrank.training.pointwise import PointwiseScorer
     from haystack_llmrank.training.targets import (
         TrainingQuery,
         TrainingWindow,
@@ -36,6 +41,8 @@ _MODULES = {
     "EncodedWindow": "encoding",
     "WindowEncoder": "encoding",
     "chance_ranknet": "losses",
+    "pairwise_ranknet": "losses",
+    "PointwiseScorer": "pointwise",
     "weighted_ranknet": "losses",
     "TrainingQuery": "targets",
     "TrainingWindow": "targets",
@@ -53,6 +60,7 @@ __all__ = [
     "EncodedWindow",
     "FirstTrainer",
     "LoraSettings",
+    "PointwiseScorer",
     "StepReport",
     "TrainConfig",
     "TrainingQuery",
@@ -63,6 +71,7 @@ __all__ = [
     "WindowSampling",
     "batch_losses",
     "chance_ranknet",
+    "pairwise_ranknet",
     "save_trained",
     "training_queries",
     "weighted_ranknet",

@@ -127,6 +127,25 @@ def causal_lm(model: Any) -> Any:
     return unwrap() if callable(unwrap) else model
 
 
+def plain_output_head(lm: Any) -> Any:
+    """``lm``'s output projection, refusing models whose forward rescales the logits.
+
+    Training applies the head to chosen hidden states itself, so a softcap or
+    logit scale applied inside the model's forward would be skipped.
+    """
+    config = lm.config
+    for name in ("final_logit_softcapping", "logit_scale"):
+        if getattr(config, name, None) not in (None, 1, 1.0):
+            raise ValueError(
+                f"training reads logits from the output head directly, and this model's "
+                f"forward also applies {name}={getattr(config, name)}; it is not supported"
+            )
+    head = lm.get_output_embeddings()
+    if head is None:
+        raise ValueError(f"{type(lm).__name__} has no output head to read label logits from")
+    return head
+
+
 def trainable_parameters(model: Any) -> int:
     """How many parameters receive gradients."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -9,12 +9,27 @@ from haystack_llmrank.prompt import DEFAULT_MAX_PASSAGE_WORDS
 from haystack_llmrank.training.adapters import LoraSettings
 from haystack_llmrank.training.targets import WindowSampling
 
+OBJECTIVES = ("first", "pointwise")
+"""What a run trains: FIRST's listwise readout, or pointwise scores to warm up on."""
+
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Settings of one training run. ``steps`` counts optimizer updates."""
+    """Settings of one training run. ``steps`` counts optimizer updates.
+
+    ``objective`` ``"first"`` trains FIRST's loss on listwise windows. ``"pointwise"``
+    scores each passage of a sampled window in a prompt of its own, by ``passage_vote``'s
+    logit after a relevance question (:mod:`haystack_llmrank.training.pointwise`), and
+    trains a pairwise RankNet over the window's target order: a warm start for FIRST
+    training (``LoraSettings.init_from``). The window's input order, ``ranknet_weight``
+    and the LM loss do not apply to it.
+    """
 
     steps: int = 200
+    stop_after: int | None = None
+    """End this run after this update of the ``steps``-long schedule (checkpointed, so that
+    ``resume`` with a later ``stop_after``, or none, goes on)."""
+    objective: str = "first"
     grad_accumulation: int = 4
     batch_windows: int = 1
     """Windows per forward pass (padded to the longest); an update still has
@@ -55,6 +70,10 @@ class TrainConfig:
         for name, value in positive.items():
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
+        if self.stop_after is not None and not 1 <= self.stop_after <= self.steps:
+            raise ValueError(
+                f"stop_after must be in [1, steps={self.steps}], got {self.stop_after}"
+            )
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
         if min(self.ranknet_weight, self.passage_ranknet_weight, self.warmup_steps) < 0:
@@ -66,10 +85,31 @@ class TrainConfig:
                 "mirrored windows come in pairs: grad_accumulation must be even, "
                 f"got {self.grad_accumulation}"
             )
-        if self.passage_vote is not None and not self.passage_ranknet_weight > 0:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.objective == "pointwise":
+            self._check_pointwise()
+        elif self.passage_vote is not None and not self.passage_ranknet_weight > 0:
             raise ValueError("passage_vote is used only with a positive passage_ranknet_weight")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+
+    def _check_pointwise(self) -> None:
+        if self.passage_vote is None:
+            raise ValueError("the pointwise objective scores passages by passage_vote; set it")
+        refused = {
+            "passage_ranknet_weight": self.passage_ranknet_weight > 0,
+            "mirrored sampling": self.sampling.mirrored,
+            "batch_windows > 1": self.batch_windows > 1,
+        }
+        for name, given in refused.items():
+            if given:
+                raise ValueError(f"{name} applies to FIRST windows, not to the pointwise objective")
+
+    @property
+    def last_step(self) -> int:
+        """The update this run ends at: ``stop_after``, else ``steps``."""
+        return self.steps if self.stop_after is None else self.stop_after
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form."""

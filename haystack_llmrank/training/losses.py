@@ -35,3 +35,19 @@ def chance_ranknet(size: int) -> float:
     """
     ranks = range(1, size + 1)
     return math.log(2) * sum(1.0 / (i + j) for i in ranks for j in ranks if i < j)
+
+
+def pairwise_ranknet(scores: torch.Tensor, target: Sequence[int]) -> torch.Tensor:
+    """Mean pairwise logistic loss over independent passage scores.
+
+    ``scores[p]`` scores the passage at position ``p``; ``target[r]`` is the position that
+    should be ranked ``r``. Every pair ranked ``i < j`` adds ``log(1 + exp(s_j - s_i))``,
+    all pairs weighing the same; equal scores give ``log 2``.
+    """
+    n = len(target)
+    if n < 2:
+        return scores.sum() * 0.0
+    ordered = scores[torch.as_tensor(list(target), device=scores.device)]
+    upper = torch.triu(torch.ones(n, n, dtype=torch.bool, device=scores.device), diagonal=1)
+    margins = ordered[None, :] - ordered[:, None]  # [i, j] = s_j - s_i
+    return torch.nn.functional.softplus(margins)[upper].mean()

@@ -22,12 +22,14 @@ from haystack_llmrank.prompt import FIRST_TEMPLATE, PromptBuilder, PromptTemplat
 from haystack_llmrank.training.adapters import (
     causal_lm,
     make_trainable,
+    plain_output_head,
     save_trained,
     trainable_parameters,
 )
 from haystack_llmrank.training.config import TrainConfig
 from haystack_llmrank.training.encoding import EncodedWindow, WindowEncoder
-from haystack_llmrank.training.losses import chance_ranknet, weighted_ranknet
+from haystack_llmrank.training.losses import chance_ranknet, pairwise_ranknet, weighted_ranknet
+from haystack_llmrank.training.pointwise import PointwiseScorer
 from haystack_llmrank.training.targets import TrainingQuery, TrainingWindow
 
 logger = logging.getLogger(__name__)
@@ -44,7 +46,9 @@ class StepReport:
 
     Losses are means over the update's windows; ``ranknet_chance`` is the mean RankNet the
     same windows would have with equal label logits, the level a model must get below (and
-    ``passage_ranknet`` must get below too; 0 when it is not trained).
+    ``passage_ranknet`` must get below too; 0 when it is not trained). With the pointwise
+    objective, ``ranknet`` is the pairwise RankNet of the windows' passage scores, its
+    chance level ``log 2``, and ``lm`` is 0.
     """
 
     step: int
@@ -114,7 +118,7 @@ def batch_losses(
     if not batch:
         raise ValueError("batch_losses needs at least one window")
     lm = causal_lm(model)
-    head = _plain_output_head(lm)
+    head = plain_output_head(lm)
     device = next(model.parameters()).device
     longest = max(len(encoded.input_ids) for encoded in batch)
     ids = torch.zeros((len(batch), longest), dtype=torch.long)
@@ -153,25 +157,6 @@ def batch_losses(
     return losses
 
 
-def _plain_output_head(lm: Any) -> Any:
-    """``lm``'s output projection, refusing models whose forward rescales the logits.
-
-    :func:`batch_losses` applies the head to chosen hidden states itself, so a softcap or
-    logit scale applied inside the model's forward would be skipped.
-    """
-    config = lm.config
-    for name in ("final_logit_softcapping", "logit_scale"):
-        if getattr(config, name, None) not in (None, 1, 1.0):
-            raise ValueError(
-                f"training reads logits from the output head directly, and this model's "
-                f"forward also applies {name}={getattr(config, name)}; it is not supported"
-            )
-    head = lm.get_output_embeddings()
-    if head is None:
-        raise ValueError(f"{type(lm).__name__} has no output head to read label logits from")
-    return head
-
-
 def vote_token_id(tokenizer: Any, vote: str | None) -> int | None:
     """The id of the single token ``vote`` (``None`` for none)."""
     if vote is None:
@@ -204,6 +189,10 @@ class FirstTrainer:
     plus that weight times a weighted RankNet over each passage's own-label logit at the end
     of its line (or its ``passage_vote`` token's): every passage learns to vote in proportion
     to its relevance, a signal per passage rather than one per window.
+
+    With ``config.objective == "pointwise"``, each drawn window's passages are instead
+    scored one per prompt (:class:`PointwiseScorer`) and trained with a pairwise RankNet,
+    and validation ranks held-out candidates by those scores.
     """
 
     def __init__(
@@ -232,6 +221,15 @@ class FirstTrainer:
             raise ValueError(
                 f"passage_ranknet_weight needs a template that repeats each label after its "
                 f"passage (first-echo), or a passage_vote token; {template.name!r} does not"
+            )
+        self.pointwise: PointwiseScorer | None = None
+        if config.objective == "pointwise":
+            assert self.vote_id is not None  # TrainConfig requires passage_vote
+            self.pointwise = PointwiseScorer(
+                tokenizer,
+                self.vote_id,
+                max_passage_words=config.max_passage_words,
+                max_prompt_tokens=config.max_prompt_tokens,
             )
         torch.manual_seed(config.seed)
         self.model = make_trainable(
@@ -264,7 +262,7 @@ class FirstTrainer:
         *,
         on_step: Callable[[StepReport], None] | None = None,
     ) -> dict[str, Any]:
-        """Train to ``config.steps`` updates (continuing from :attr:`step`); return the record.
+        """Train to update ``config.last_step`` (continuing from :attr:`step`); return the record.
 
         With ``validation``, nDCG@10 of reranking each held-out query's top
         ``validation_depth`` candidates is measured every ``eval_every`` updates and at the
@@ -274,11 +272,11 @@ class FirstTrainer:
             raise ValueError("no training queries")
         if validation is not None and self.step == 0 and self.best is None:
             self._record_validation(self.validate(validation))
-        while self.step < self.config.steps:
+        while self.step < self.config.last_step:
             report = self._update(train)
             self.step += 1
             entry = asdict(report)
-            last = self.step == self.config.steps
+            last = self.step == self.config.last_step
             if validation is not None and (self.step % self.config.eval_every == 0 or last):
                 score = self.validate(validation)
                 report = StepReport(**{**entry, "validation": score})
@@ -296,13 +294,30 @@ class FirstTrainer:
 
     def _update(self, train: Sequence[TrainingQuery]) -> StepReport:
         started = time.perf_counter()
-        totals = np.zeros(5)
-        tokens = 0
         accumulation = self.config.grad_accumulation
         windows: list[TrainingWindow] = []
         while len(windows) < accumulation:
             query = train[int(self.rng.integers(len(train)))]
             windows.extend(self.config.sampling.sample_group(query, self.rng))
+        backward = self._pointwise_backward if self.pointwise else self._first_backward
+        totals, tokens = backward(windows)
+        parameters = [p for p in self.model.parameters() if p.requires_grad]
+        torch.nn.utils.clip_grad_norm_(parameters, self.config.max_grad_norm)
+        rate = float(self.optimizer.param_groups[0]["lr"])
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, ranknet, lm, chance, passage = (totals / accumulation).tolist()
+        seconds = time.perf_counter() - started
+        return StepReport(
+            self.step + 1, loss, ranknet, lm, chance, accumulation, tokens, seconds, rate, passage
+        )
+
+    def _first_backward(self, windows: Sequence[TrainingWindow]) -> tuple[np.ndarray, int]:
+        """Backpropagate FIRST's loss over ``windows``, ``batch_windows`` per forward pass;
+        return the summed (loss, ranknet, lm, chance, passage ranknet) and the tokens."""
+        totals = np.zeros(5)
+        tokens = 0
         # by length, so that each forward pass pads as little as it can
         encoded = sorted((self.encoder.encode(w) for w in windows), key=lambda e: len(e.input_ids))
         size = self.config.batch_windows
@@ -320,28 +335,49 @@ class FirstTrainer:
                 totals += (loss.item(), terms.ranknet.item(), terms.lm.item(), chance, passage)
                 tokens += len(window.input_ids)
             assert total is not None
-            (total / accumulation).backward()  # type: ignore[no-untyped-call]
-        parameters = [p for p in self.model.parameters() if p.requires_grad]
-        torch.nn.utils.clip_grad_norm_(parameters, self.config.max_grad_norm)
-        rate = float(self.optimizer.param_groups[0]["lr"])
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss, ranknet, lm, chance, passage = (totals / accumulation).tolist()
-        seconds = time.perf_counter() - started
-        return StepReport(
-            self.step + 1, loss, ranknet, lm, chance, accumulation, tokens, seconds, rate, passage
-        )
+            (total / len(windows)).backward()  # type: ignore[no-untyped-call]
+        return totals, tokens
+
+    def _pointwise_backward(self, windows: Sequence[TrainingWindow]) -> tuple[np.ndarray, int]:
+        """Backpropagate the pairwise RankNet of each window's pointwise passage scores, one
+        forward pass per window; return the summed terms as :meth:`_first_backward` does."""
+        assert self.pointwise is not None
+        totals = np.zeros(5)
+        tokens = 0
+        for window in windows:
+            prompts = self.pointwise.encode(window.query, window.passages)
+            loss = pairwise_ranknet(self.pointwise.score_ids(self.model, prompts), window.target)
+            (loss / len(windows)).backward()  # type: ignore[no-untyped-call]
+            totals += (loss.item(), loss.item(), 0.0, math.log(2), 0.0)
+            tokens += sum(len(p) for p in prompts)
+        return totals, tokens
 
     def validate(self, validation: Validation) -> float:
         """Mean nDCG@10 of reranking each held-out query's top ``validation_depth`` candidates.
 
         Held-out queries are ranked as a loaded reranker ranks them: within the model's
         context length (not the training budget ``max_prompt_tokens``) and with passages cut
-        at ``validation_passage_words``.
+        at ``validation_passage_words``. With the pointwise objective, by pointwise scores of
+        passages cut at that length.
         """
         from haystack_llmrank.data import run_from_rankings
         from haystack_llmrank.evaluation import evaluate
+
+        queries = [q.top(self.config.validation_depth) for q in validation.queries]
+        self.model.eval()
+        try:
+            if self.pointwise is not None:
+                run = self._pointwise_run(queries)
+            else:
+                run = run_from_rankings(queries, self._listwise_rankings(queries))
+        finally:
+            self.model.train()
+        judged = {q.qid: validation.qrels[q.qid] for q in queries if q.qid in validation.qrels}
+        score = evaluate(run, judged, ["ndcg@10"]).mean["ndcg@10"]
+        logger.info("step %d: validation nDCG@10 %.4f", self.step, score)
+        return float(score)
+
+    def _listwise_rankings(self, queries: Sequence[QueryCandidates]) -> list[Any]:
         from haystack_llmrank.models import context_length
         from haystack_llmrank.reranker import Reranker
         from haystack_llmrank.scorers.torch_scorer import TorchLabelScorer
@@ -355,16 +391,28 @@ class FirstTrainer:
             template=self.template,
             max_passage_words=self.config.validation_passage_words,
         )
-        queries = [q.top(self.config.validation_depth) for q in validation.queries]
-        try:
-            rankings = reranker.rerank_many([(q.query, q.texts) for q in queries])
-        finally:
-            self.model.train()
-        run = run_from_rankings(queries, rankings)
-        judged = {q.qid: validation.qrels[q.qid] for q in queries if q.qid in validation.qrels}
-        score = evaluate(run, judged, ["ndcg@10"]).mean["ndcg@10"]
-        logger.info("step %d: validation nDCG@10 %.4f", self.step, score)
-        return float(score)
+        return reranker.rerank_many([(q.query, q.texts) for q in queries])
+
+    def _pointwise_run(self, queries: Sequence[QueryCandidates]) -> dict[str, dict[str, float]]:
+        from haystack_llmrank.models import context_length
+
+        assert self.pointwise is not None
+        scorer = PointwiseScorer(
+            self.tokenizer,
+            self.pointwise.vote_id,
+            max_passage_words=self.config.validation_passage_words,
+            max_prompt_tokens=context_length(causal_lm(self.model).config, self.tokenizer),
+        )
+        return {
+            q.qid: dict(
+                zip(
+                    [c.docid for c in q.candidates],
+                    scorer.scores(self.model, q.query, q.texts),
+                    strict=True,
+                )
+            )
+            for q in queries
+        }
 
     def _record_validation(self, score: float) -> None:
         """Keep the model in the output folder if ``score`` is the best so far."""
@@ -467,7 +515,9 @@ class FirstTrainer:
                 f"{self.template.name!r}; resume with the same template"
             )
         current = json.loads(json.dumps(self.config.to_dict()))  # tuples as the JSON's lists
-        changed = sorted(k for k, v in current.items() if meta["config"].get(k) != v)
+        changed = sorted(
+            k for k, v in current.items() if meta["config"].get(k) != v and k != "stop_after"
+        )
         if changed:
             logger.warning("resuming with changed settings: %s", ", ".join(changed))
         state = torch.load(folder / "state.pt", weights_only=False)

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from support import make_tiny_llama
+from support import fit_toy, make_tiny_llama, small_config
 
 from haystack_llmrank.data import Candidate, QueryCandidates
 from haystack_llmrank.labels import ALPHABETIC_LABELS, resolve_label_ids
@@ -27,7 +27,6 @@ from haystack_llmrank.scorers.torch_scorer import TorchLabelScorer
 from haystack_llmrank.training import (
     FirstTrainer,
     LoraSettings,
-    StepReport,
     TrainConfig,
     TrainingQuery,
     TrainingWindow,
@@ -174,21 +173,6 @@ def test_encoded_window_is_the_reranker_prompt_then_the_ranking(smollm2_tokenize
 
 
 # --- LoRA, steps, save and load --------------------------------------------------------------
-
-
-def small_config(**changes: Any) -> TrainConfig:
-    settings: dict[str, Any] = {
-        "steps": 4,
-        "grad_accumulation": 1,
-        "learning_rate": 1e-2,
-        "warmup_steps": 0,
-        "eval_every": 2,
-        "checkpoint_every": 2,
-        "sampling": WindowSampling(min_size=3, max_size=6, pool=6),
-        "lora": LoraSettings(rank=4, alpha=8, dropout=0.0),
-    }
-    settings.update(changes)
-    return TrainConfig(**settings)
 
 
 def backpropagate_one_window(tokenizer: Any, model: Any) -> set[str]:
@@ -425,28 +409,8 @@ def test_full_fine_tuning_refuses_half_precision_weights(smollm2_tokenizer: Any)
 
 
 def test_a_few_steps_lower_the_loss_on_a_toy_set(smollm2_tokenizer: Any, tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    model = make_tiny_llama(len(smollm2_tokenizer), seed=4)
-    with torch.no_grad():
-        model.lm_head.weight.div_(50)  # back to a trainable scale
     queries = training_queries([toy_query()], qrels=TOY_QRELS)
-    fixed = WindowSampling(
-        min_size=6,
-        max_size=6,
-        pool=6,
-        contiguous=1.0,
-        orders=("first-stage",),
-        order_weights=(1.0,),
-    )
-    trainer = FirstTrainer(
-        model,
-        smollm2_tokenizer,
-        small_config(steps=12, sampling=fixed, learning_rate=5e-3),
-        base_model="unused",
-        output_dir=tmp_path,
-    )
-    reports: list[StepReport] = []
-    trainer.fit(queries, on_step=reports.append)
+    _, reports = fit_toy(smollm2_tokenizer, queries, tmp_path)
     losses = [report.loss for report in reports]
     assert len(losses) == 12
     assert np.mean(losses[-3:]) < 0.9 * np.mean(losses[:3])

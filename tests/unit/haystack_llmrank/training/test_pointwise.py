@@ -1,0 +1,219 @@
+"""The pointwise warm-up objective and ``stop_after``, on tiny random models."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from support import fit_toy, make_tiny_llama, small_config
+
+from haystack_llmrank.data import Candidate, QueryCandidates
+from haystack_llmrank.models import load_causal_lm, resolve_model
+from haystack_llmrank.training import (
+    FirstTrainer,
+    LoraSettings,
+    PointwiseScorer,
+    TrainConfig,
+    Validation,
+    WindowSampling,
+    pairwise_ranknet,
+    training_queries,
+)
+from haystack_llmrank.training.adapters import make_trainable
+from haystack_llmrank.training.pointwise import POINTWISE_PROMPT
+
+PASSAGES = (
+    "Fleas live on cats and dogs.",
+    "The flea life cycle has four stages: egg, larva, pupa and adult.",
+    "Roman roads connected the provinces.",
+    "Adult fleas live two to three months.",
+    "The stock market closed higher.",
+)
+QUERY = QueryCandidates(
+    "q1",
+    "how long do fleas live",
+    tuple(Candidate(f"d{i}", text, float(9 - i)) for i, text in enumerate(PASSAGES)),
+)
+QRELS = {"q1": {"d1": 3, "d3": 2, "d0": 1, "d2": 0}}
+
+
+def yes_id(tokenizer: Any) -> int:
+    [token] = tokenizer(" yes", add_special_tokens=False)["input_ids"]
+    return int(token)
+
+
+def pointwise_config(**changes: Any) -> TrainConfig:
+    config: TrainConfig = small_config(
+        **{"objective": "pointwise", "passage_vote": " yes", **changes}
+    )
+    return config
+
+
+def test_pairwise_ranknet_matches_a_hand_computed_value() -> None:
+    scores = torch.tensor([0.5, -1.0, 2.0])
+    target = (2, 0, 1)  # position 2 best, then 0, then 1
+    pairs = [(2, 0), (2, 1), (0, 1)]  # (better, worse)
+    expected = np.mean([math.log1p(math.exp(scores[w] - scores[b])) for b, w in pairs])
+    assert pairwise_ranknet(scores, target).item() == pytest.approx(expected)
+    assert pairwise_ranknet(torch.zeros(4), (3, 1, 0, 2)).item() == pytest.approx(math.log(2))
+    assert pairwise_ranknet(torch.tensor([1.0]), (0,)).item() == 0.0
+
+
+def test_each_passage_is_scored_as_its_own_prompt_alone(smollm2_tokenizer: Any) -> None:
+    # float64, so that the padded and the one-prompt passes cannot round apart (scores come
+    # back as float32, hence rel=1e-6)
+    model = make_tiny_llama(len(smollm2_tokenizer), seed=3).double()
+    scorer = PointwiseScorer(
+        smollm2_tokenizer, yes_id(smollm2_tokenizer), max_passage_words=4, max_prompt_tokens=64
+    )
+    prompts = scorer.encode(QUERY.query, PASSAGES[:3])
+    cut = POINTWISE_PROMPT.format(query=QUERY.query, text="The flea life cycle")
+    assert prompts[1] == tuple(smollm2_tokenizer(cut)["input_ids"])
+    assert len({len(p) for p in prompts}) > 1  # so the shorter ones are padded
+    batched = scorer.score_ids(model, prompts)
+    for prompt, score in zip(prompts, batched, strict=True):
+        logits = model(input_ids=torch.tensor([prompt])).logits[0, -1]
+        assert score.item() == pytest.approx(logits[scorer.vote_id].item(), rel=1e-6)
+    assert scorer.scores(model, QUERY.query, PASSAGES[:3], batch_size=2) == pytest.approx(
+        batched.tolist(), rel=1e-6
+    )
+    short = PointwiseScorer(
+        smollm2_tokenizer, scorer.vote_id, max_passage_words=300, max_prompt_tokens=10
+    )
+    with pytest.raises(ValueError, match="exceeds max_prompt_tokens=10"):
+        short.encode(QUERY.query, PASSAGES[:1])
+    with pytest.raises(ValueError, match="at least one prompt"):
+        scorer.score_ids(model, [])
+
+
+def test_the_pointwise_objective_learns_the_target_order(
+    smollm2_tokenizer: Any, tmp_path: Path
+) -> None:
+    queries = training_queries([QUERY], qrels=QRELS)
+    trainer, reports = fit_toy(
+        smollm2_tokenizer, queries, tmp_path, objective="pointwise", passage_vote=" yes"
+    )
+    assert np.mean([r.ranknet for r in reports[-3:]]) < 0.7 * reports[0].ranknet
+    assert all(r.ranknet_chance == pytest.approx(math.log(2)) and r.lm == 0 for r in reports)
+    assert all(r.loss == r.ranknet and r.tokens > 5 * 15 for r in reports)
+    scores = trainer.pointwise.scores(trainer.model, QUERY.query, PASSAGES)  # type: ignore[union-attr]
+    assert int(np.argmax(scores)) == 1  # the grade-3 passage
+
+
+def test_a_pointwise_run_validates_by_its_scores_and_starts_first_training(
+    smollm2_tokenizer: Any, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    model = load_causal_lm(resolve_model(str(tiny_model_dir)))
+    trainer = FirstTrainer(
+        model,
+        smollm2_tokenizer,
+        pointwise_config(),
+        base_model=str(tiny_model_dir),
+        output_dir=tmp_path / "pointwise",
+    )
+    record = trainer.fit(training_queries([QUERY], qrels=QRELS), Validation([QUERY], QRELS))
+    validated = [h["validation"] for h in record["history"] if h.get("validation") is not None]
+    assert len(validated) == 3  # steps 0, 2 and 4
+    assert trainer.validate(Validation([QUERY], QRELS)) == pytest.approx(validated[-1])
+    # the score validation ranks by: each top candidate's pointwise score
+    run = trainer._pointwise_run([QUERY.top(3)])
+    assert list(run["q1"]) == ["d0", "d1", "d2"]
+    expected = trainer.pointwise.scores(trainer.model, QUERY.query, PASSAGES[:3])  # type: ignore[union-attr]
+    assert list(run["q1"].values()) == pytest.approx(expected, rel=1e-5)
+    # its adapter starts FIRST training with the same weights
+    saved = trainer.output_dir / "checkpoint" / "model"
+    follow = make_trainable(
+        load_causal_lm(resolve_model(str(tiny_model_dir))),
+        LoraSettings(rank=4, alpha=8, dropout=0.0, init_from=str(saved)),
+        gradient_checkpointing=False,
+    )
+    trained = {n: p for n, p in trainer.model.named_parameters() if p.requires_grad}
+    for name, weight in follow.named_parameters():
+        if weight.requires_grad:
+            torch.testing.assert_close(weight, trained[name])
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"passage_vote": None}, "scores passages by passage_vote"),
+        ({"passage_ranknet_weight": 1.0}, "passage_ranknet_weight applies to FIRST windows"),
+        (
+            {"sampling": WindowSampling(mirrored=True), "grad_accumulation": 2},
+            "mirrored sampling applies to FIRST windows",
+        ),
+        ({"batch_windows": 2}, "batch_windows > 1 applies to FIRST windows"),
+        ({"objective": "listwise"}, "objective must be one of"),
+        ({"stop_after": 5}, r"stop_after must be in \[1, steps=4\]"),
+        ({"stop_after": 0}, r"stop_after must be in \[1, steps=4\]"),
+    ],
+)
+def test_pointwise_settings_are_checked(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        pointwise_config(**changes)
+
+
+def test_stop_after_ends_a_run_that_resume_continues_unchanged(
+    smollm2_tokenizer: Any, tiny_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    queries = training_queries([QUERY], qrels=QRELS)
+
+    def trainer_for(output: Path, **changes: Any) -> FirstTrainer:
+        model = load_causal_lm(resolve_model(str(tiny_model_dir)))
+        config = pointwise_config(**changes)
+        return FirstTrainer(
+            model, smollm2_tokenizer, config, base_model="unused", output_dir=output
+        )
+
+    straight = trainer_for(tmp_path / "straight")
+    straight.fit(queries)
+    stopped = trainer_for(tmp_path / "stopped", stop_after=2)
+    assert stopped.fit(queries)["steps"] == 2
+    meta = json.loads((tmp_path / "stopped" / "checkpoint" / "trainer.json").read_text())
+    assert meta["step"] == 2
+    again = trainer_for(tmp_path / "stopped")
+    with caplog.at_level("WARNING", logger="haystack_llmrank.training.trainer"):
+        assert again.resume()
+    assert "changed settings" not in caplog.text
+    again.fit(queries)
+    assert again.step == 4
+    losses = [h["loss"] for h in again.history]
+    assert losses == pytest.approx([h["loss"] for h in straight.history], rel=1e-5)
+
+
+def test_the_train_command_line_runs_the_pointwise_objective_and_stops_early(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from haystack_llmrank.cli import main
+
+    candidates = tmp_path / "candidates.jsonl"
+    docs = [{"docid": c.docid, "text": c.text, "score": c.score} for c in QUERY.candidates]
+    lines = [{"qid": f"q{q}", "query": QUERY.query, "candidates": docs} for q in range(2)]
+    candidates.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    qrels = tmp_path / "qrels.txt"
+    qrels.write_text("".join(f"q{q} 0 {d} {g}\n" for q in range(2) for d, g in QRELS["q1"].items()))
+    args = [
+        "train", str(candidates), "--qrels", str(qrels), "--model", str(tiny_model_dir),
+        "--output", str(tmp_path / "run"), "--objective", "pointwise", "--passage-vote", " yes",
+        "--steps", "3", "--stop-after", "1", "--grad-accumulation", "1", "--min-window", "3",
+        "--max-window", "5", "--validation-passage-words", "4", "--validation-fraction", "0.5",
+        "--min-lr-ratio", "1", "--max-grad-norm", "3",
+    ]  # fmt: skip
+    assert main(args) == 0
+    record = json.loads((tmp_path / "run" / "training.json").read_text())
+    assert record["steps"] == 1
+    config = record["config"]
+    assert (config["objective"], config["steps"], config["validation_passage_words"]) == (
+        "pointwise",
+        3,
+        4,
+    )
+    assert (config["min_lr_ratio"], config["max_grad_norm"]) == (1.0, 3.0)
+    assert [h["step"] for h in record["history"]] == [0, 1]
+    assert main([*args, "--batch-windows", "2"]) == 2
+    assert "batch_windows > 1 applies to FIRST windows" in capsys.readouterr().err
