@@ -19,12 +19,10 @@ def weighted_ranknet(logits: torch.Tensor, target: Sequence[int]) -> torch.Tenso
     n = len(target)
     if n < 2:
         return logits.sum() * 0.0
-    ordered = logits[torch.as_tensor(list(target), device=logits.device)]
     ranks = torch.arange(1, n + 1, device=logits.device, dtype=logits.dtype)
-    upper = torch.triu(torch.ones(n, n, dtype=torch.bool, device=logits.device), diagonal=1)
     weights = 1.0 / (ranks[:, None] + ranks[None, :])
-    margins = ordered[None, :] - ordered[:, None]  # [i, j] = s_j - s_i
-    return (torch.nn.functional.softplus(margins) * weights)[upper].sum()
+    upper = torch.triu(torch.ones(n, n, dtype=torch.bool, device=logits.device), diagonal=1)
+    return (_pair_losses(logits, target) * weights[upper]).sum()
 
 
 def chance_ranknet(size: int) -> float:
@@ -44,10 +42,15 @@ def pairwise_ranknet(scores: torch.Tensor, target: Sequence[int]) -> torch.Tenso
     should be ranked ``r``. Every pair ranked ``i < j`` adds ``log(1 + exp(s_j - s_i))``,
     all pairs weighing the same; equal scores give ``log 2``.
     """
-    n = len(target)
-    if n < 2:
+    if len(target) < 2:
         return scores.sum() * 0.0
+    return _pair_losses(scores, target).mean()
+
+
+def _pair_losses(scores: torch.Tensor, target: Sequence[int]) -> torch.Tensor:
+    """``log(1 + exp(s_j - s_i))`` of every pair ranked ``i < j`` by ``target``, row by row."""
+    n = len(target)
     ordered = scores[torch.as_tensor(list(target), device=scores.device)]
     upper = torch.triu(torch.ones(n, n, dtype=torch.bool, device=scores.device), diagonal=1)
     margins = ordered[None, :] - ordered[:, None]  # [i, j] = s_j - s_i
-    return torch.nn.functional.softplus(margins)[upper].mean()
+    return torch.nn.functional.softplus(margins)[upper]
