@@ -22,7 +22,8 @@ class TrainConfig:
     logit after a relevance question (:mod:`haystack_llmrank.training.pointwise`), and
     trains a pairwise RankNet over the window's target order: a warm start for FIRST
     training (``LoraSettings.init_from``). The window's input order, ``ranknet_weight``
-    and the LM loss do not apply to it.
+    and the LM loss do not apply to it: changing the first two from their defaults is an
+    error.
     """
 
     steps: int = 200
@@ -105,6 +106,18 @@ class TrainConfig:
         for name, given in refused.items():
             if given:
                 raise ValueError(f"{name} applies to FIRST windows, not to the pointwise objective")
+        # each passage is scored alone and the pairwise RankNet is the whole loss
+        unused = {
+            "ranknet_weight": self.ranknet_weight != TrainConfig.ranknet_weight,
+            "the input order": (self.sampling.orders, self.sampling.order_weights)
+            != (WindowSampling.orders, WindowSampling.order_weights),
+        }
+        for name, changed in unused.items():
+            if changed:
+                raise ValueError(
+                    f"{name} has no effect with the pointwise objective, which scores each "
+                    "passage in a prompt of its own with one loss; leave it at its default"
+                )
 
     @property
     def last_step(self) -> int:

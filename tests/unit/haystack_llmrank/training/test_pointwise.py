@@ -148,6 +148,11 @@ def test_a_pointwise_run_validates_by_its_scores_and_starts_first_training(
             "mirrored sampling applies to FIRST windows",
         ),
         ({"batch_windows": 2}, "batch_windows > 1 applies to FIRST windows"),
+        ({"ranknet_weight": 30.0}, "ranknet_weight has no effect with the pointwise"),
+        (
+            {"sampling": WindowSampling(orders=("shuffled",), order_weights=(1.0,))},
+            "the input order has no effect",
+        ),
         ({"objective": "listwise"}, "objective must be one of"),
         ({"stop_after": 5}, r"stop_after must be in \[1, steps=4\]"),
         ({"stop_after": 0}, r"stop_after must be in \[1, steps=4\]"),
