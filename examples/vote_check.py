@@ -31,7 +31,7 @@ from haystack_llmrank.labels import LabelIds, resolve_label_ids
 from haystack_llmrank.model_templates import model_template
 from haystack_llmrank.models import load_causal_lm, load_tokenizer, resolve_model
 from haystack_llmrank.prompt import PromptBuilder
-from haystack_llmrank.training.trainer import label_logits, vote_token_id
+from haystack_llmrank.training.listwise import label_logits, vote_token_id
 
 
 def window_scores(

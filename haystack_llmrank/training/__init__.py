@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from haystack_llmrank.training.adapters import LoraSettings, save_trained
     from haystack_llmrank.training.config import TrainConfig
     from haystack_llmrank.training.encoding import EncodedWindow, WindowEncoder
+    from haystack_llmrank.training.listwise import WindowLosses, batch_losses, window_losses
     from haystack_llmrank.training.losses import (
         chance_ranknet,
         pairwise_ranknet,
@@ -25,14 +26,7 @@ if TYPE_CHECKING:
         WindowSampling,
         training_queries,
     )
-    from haystack_llmrank.training.trainer import (
-        FirstTrainer,
-        StepReport,
-        Validation,
-        WindowLosses,
-        batch_losses,
-        window_losses,
-    )
+    from haystack_llmrank.training.trainer import FirstTrainer, StepReport, Validation
 
 _MODULES = {
     "LoraSettings": "adapters",
@@ -51,9 +45,9 @@ _MODULES = {
     "FirstTrainer": "trainer",
     "StepReport": "trainer",
     "Validation": "trainer",
-    "WindowLosses": "trainer",
-    "batch_losses": "trainer",
-    "window_losses": "trainer",
+    "WindowLosses": "listwise",
+    "batch_losses": "listwise",
+    "window_losses": "listwise",
 }
 
 __all__ = [
