@@ -74,8 +74,8 @@ def small_config(**changes: Any) -> Any:
 def fit_toy(
     tokenizer: Any, queries: Any, output_dir: Path, **changes: Any
 ) -> tuple[Any, list[Any]]:
-    """Train a tiny Llama at a trainable logit scale for 12 updates of every toy candidate in
-    first-stage order; return the trainer and its step reports."""
+    """Train a tiny Llama at a trainable logit scale for 12 updates of every toy candidate
+    (in first-stage order, for FIRST windows); return the trainer and its step reports."""
     from haystack_llmrank.training import FirstTrainer, WindowSampling
 
     torch.manual_seed(0)
@@ -83,14 +83,10 @@ def fit_toy(
     with torch.no_grad():
         model.lm_head.weight.div_(50)  # back to a trainable scale
     size = len(queries[0].texts)
-    in_order = WindowSampling(
-        min_size=size,
-        max_size=size,
-        pool=size,
-        contiguous=1.0,
-        orders=("first-stage",),
-        order_weights=(1.0,),
-    )
+    # the pointwise objective refuses input orders: it scores each passage alone
+    pointwise = changes.get("objective") == "pointwise"
+    orders = {} if pointwise else {"orders": ("first-stage",), "order_weights": (1.0,)}
+    in_order = WindowSampling(min_size=size, max_size=size, pool=size, contiguous=1.0, **orders)
     config = small_config(steps=12, sampling=in_order, learning_rate=5e-3, **changes)
     trainer = FirstTrainer(model, tokenizer, config, base_model="unused", output_dir=output_dir)
     reports: list[Any] = []
