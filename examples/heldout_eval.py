@@ -11,7 +11,8 @@ the same queries:
 The reranker sees the candidates in the given order; the run is scored against the same
 qrels whatever the order, so the three figures differ only by position sensitivity.
 ``--both-orders`` ranks with ``Reranker(both_orders=True)``: each window scored as given and
-reversed. ``--strategy`` picks how windows cover the candidates (sliding by default).
+reversed. ``--strategy`` picks how windows cover the candidates (sliding by default), with
+``--window-size`` passages a window (and ``--step`` for the sliding window).
 """
 
 from __future__ import annotations
@@ -41,7 +42,12 @@ from haystack_llmrank.data import (
 )
 from haystack_llmrank.evaluation import evaluate
 from haystack_llmrank.reranker import Reranker
-from haystack_llmrank.strategies import STRATEGIES, make_strategy
+from haystack_llmrank.strategies import (
+    DEFAULT_STEP,
+    DEFAULT_WINDOW_SIZE,
+    STRATEGIES,
+    make_strategy,
+)
 
 DL19 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "trec-dl19"
 ORDERS = ("bm25", "reversed", "shuffled")
@@ -97,6 +103,8 @@ def main() -> None:
         "--both-orders", action="store_true", help="score each window as given and reversed"
     )
     parser.add_argument("--strategy", choices=STRATEGIES, default="sliding")
+    parser.add_argument("--window-size", type=int, default=DEFAULT_WINDOW_SIZE)
+    parser.add_argument("--step", type=int, default=DEFAULT_STEP, help="sliding window's step")
     parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args()
     if args.threads:
@@ -112,6 +120,8 @@ def main() -> None:
         "dtype": args.dtype or "float32",
         "both_orders": args.both_orders,
         "strategy": args.strategy,
+        "window_size": args.window_size,
+        "step": args.step,
         "queries": sorted(held),
     }
     baselines(queries, qrels, args.teacher, report)
@@ -121,7 +131,7 @@ def main() -> None:
         device="cpu",
         dtype=args.dtype,
         both_orders=args.both_orders,
-        strategy=make_strategy(args.strategy),
+        strategy=make_strategy(args.strategy, window_size=args.window_size, step=args.step),
     )
     for order in args.orders:
         arranged = [arrange(q, order, args.seed) for q in queries]
