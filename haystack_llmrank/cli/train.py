@@ -90,6 +90,14 @@ def register(parser: argparse.ArgumentParser) -> None:
             "weight of a RankNet on each passage's own-label logit at the end of its line "
             "(needs --template first-echo, or --passage-vote)",
         ),
+        (
+            "--pointwise-weight",
+            float,
+            config.pointwise_weight,
+            "weight of the pointwise objective's loss over each window's passages, added to "
+            "FIRST's (needs --passage-vote): trains the readout while keeping a pointwise "
+            "warm start's relevance",
+        ),
         ("--seed", int, config.seed, "seed of sampling and init"),
     )
     run.add_argument(
@@ -114,7 +122,7 @@ def register(parser: argparse.ArgumentParser) -> None:
         metavar="TOKEN",
         help="score passages for --passage-ranknet-weight by this one token's logit at the end "
         "of each line (e.g. ' yes'), shared by all, instead of each passage's own label; with "
-        "--objective pointwise, the token that scores each passage",
+        "--objective pointwise or --pointwise-weight, the token that scores each passage",
     )
     run.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint")
     run.add_argument(
@@ -306,6 +314,7 @@ def _config(args: argparse.Namespace) -> Any:
         ranknet_weight=args.ranknet_weight,
         passage_ranknet_weight=args.passage_ranknet_weight,
         passage_vote=args.passage_vote,
+        pointwise_weight=args.pointwise_weight,
         seed=args.seed,
         max_passage_words=args.max_passage_words,
         max_prompt_tokens=args.max_prompt_tokens,
@@ -389,6 +398,8 @@ def run_train(args: argparse.Namespace) -> int:
             }
             if config.passage_ranknet_weight > 0:
                 shown["passage"] = f"{report.passage_ranknet:.3f}"
+            if config.pointwise_weight > 0:
+                shown["pointwise"] = f"{report.pointwise:.3f}"
             if report.validation is not None:
                 shown["val_ndcg@10"] = f"{report.validation:.4f}"
             bar.set_postfix(shown)

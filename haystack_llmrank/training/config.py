@@ -23,7 +23,9 @@ class TrainConfig:
     trains a pairwise RankNet over the window's target order: a warm start for FIRST
     training (``LoraSettings.init_from``). The window's input order, ``ranknet_weight``
     and the LM loss do not apply to it: changing the first two from their defaults is an
-    error.
+    error. With ``"first"``, ``pointwise_weight`` adds that pointwise loss, over each
+    window's passages, to FIRST's: the listwise readout then trains while the relevance a
+    pointwise warm start taught is still trained too.
     """
 
     steps: int = 200
@@ -43,7 +45,11 @@ class TrainConfig:
     passage_vote: str | None = None
     """With ``passage_ranknet_weight``: the token whose logit at the end of each passage line
     scores that passage (one token shared by all, e.g. ``" yes"``); ``None`` scores each
-    passage by its own label's logit there."""
+    passage by its own label's logit there. The pointwise objective and ``pointwise_weight``
+    score by it too."""
+    pointwise_weight: float = 0.0
+    """With the ``"first"`` objective: the weight of the pointwise loss (the ``"pointwise"``
+    objective's, over each window's passages) added to FIRST's loss; needs ``passage_vote``."""
     max_grad_norm: float = 1.0
     seed: int = 0
     max_passage_words: int = 64
@@ -77,8 +83,9 @@ class TrainConfig:
             )
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
-        if min(self.ranknet_weight, self.passage_ranknet_weight, self.warmup_steps) < 0:
-            raise ValueError("ranknet weights and warmup_steps must be >= 0")
+        weights = (self.ranknet_weight, self.passage_ranknet_weight, self.pointwise_weight)
+        if min(*weights, self.warmup_steps) < 0:
+            raise ValueError("ranknet weights, pointwise_weight and warmup_steps must be >= 0")
         if self.max_grad_norm <= 0:
             raise ValueError(f"max_grad_norm must be positive, got {self.max_grad_norm}")
         if self.grad_accumulation % self.sampling.group_size:
@@ -90,8 +97,15 @@ class TrainConfig:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         if self.objective == "pointwise":
             self._check_pointwise()
-        elif self.passage_vote is not None and not self.passage_ranknet_weight > 0:
-            raise ValueError("passage_vote is used only with a positive passage_ranknet_weight")
+        elif self.passage_vote is None and self.pointwise_weight > 0:
+            raise ValueError("pointwise_weight scores passages by passage_vote; set it")
+        elif self.passage_vote is not None and not (
+            self.passage_ranknet_weight > 0 or self.pointwise_weight > 0
+        ):
+            raise ValueError(
+                "passage_vote is used only with a positive passage_ranknet_weight or "
+                "pointwise_weight"
+            )
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
 
@@ -100,6 +114,7 @@ class TrainConfig:
             raise ValueError("the pointwise objective scores passages by passage_vote; set it")
         refused = {
             "passage_ranknet_weight": self.passage_ranknet_weight > 0,
+            "pointwise_weight": self.pointwise_weight > 0,
             "mirrored sampling": self.sampling.mirrored,
             "batch_windows > 1": self.batch_windows > 1,
         }

@@ -48,7 +48,9 @@ class StepReport:
     same windows would have with equal label logits, the level a model must get below (and
     ``passage_ranknet`` must get below too; 0 when it is not trained). With the pointwise
     objective, ``ranknet`` is the pairwise RankNet of the windows' passage scores, its
-    chance level ``log 2``, and ``lm`` is 0.
+    chance level ``log 2``, and ``lm`` is 0. With FIRST's objective and a
+    ``pointwise_weight``, ``pointwise`` is that pairwise RankNet (else 0), and ``loss``
+    includes it times the weight.
     """
 
     step: int
@@ -61,6 +63,7 @@ class StepReport:
     seconds: float
     learning_rate: float
     passage_ranknet: float = 0.0
+    pointwise: float = 0.0
     validation: float | None = None
 
     @property
@@ -102,7 +105,9 @@ class FirstTrainer:
 
     With ``config.objective == "pointwise"``, each drawn window's passages are instead
     scored one per prompt (:class:`PointwiseScorer`) and trained with a pairwise RankNet,
-    and validation ranks held-out candidates by those scores.
+    and validation ranks held-out candidates by those scores. With FIRST's objective and a
+    ``pointwise_weight``, that pairwise RankNet over each window's passages is added to
+    FIRST's loss, and validation ranks by the FIRST readout.
     """
 
     def __init__(
@@ -133,7 +138,8 @@ class FirstTrainer:
                 f"passage (first-echo), or a passage_vote token; {template.name!r} does not"
             )
         self.pointwise: PointwiseScorer | None = None
-        if config.objective == "pointwise":
+        self.pointwise_objective = config.objective == "pointwise"
+        if self.pointwise_objective or config.pointwise_weight > 0:
             assert self.vote_id is not None  # TrainConfig requires passage_vote
             self.pointwise = PointwiseScorer(
                 tokenizer,
@@ -209,7 +215,7 @@ class FirstTrainer:
         while len(windows) < accumulation:
             query = train[int(self.rng.integers(len(train)))]
             windows.extend(self.config.sampling.sample_group(query, self.rng))
-        backward = self._pointwise_backward if self.pointwise else self._first_backward
+        backward = self._pointwise_backward if self.pointwise_objective else self._first_backward
         totals, tokens = backward(windows)
         parameters = [p for p in self.model.parameters() if p.requires_grad]
         torch.nn.utils.clip_grad_norm_(parameters, self.config.max_grad_norm)
@@ -217,16 +223,27 @@ class FirstTrainer:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        loss, ranknet, lm, chance, passage = (totals / accumulation).tolist()
+        loss, ranknet, lm, chance, passage, pointwise = (totals / accumulation).tolist()
         seconds = time.perf_counter() - started
         return StepReport(
-            self.step + 1, loss, ranknet, lm, chance, accumulation, tokens, seconds, rate, passage
+            self.step + 1,
+            loss,
+            ranknet,
+            lm,
+            chance,
+            accumulation,
+            tokens,
+            seconds,
+            rate,
+            passage,
+            pointwise,
         )
 
     def _first_backward(self, windows: Sequence[TrainingWindow]) -> tuple[np.ndarray, int]:
-        """Backpropagate FIRST's loss over ``windows``, ``batch_windows`` per forward pass;
-        return the summed (loss, ranknet, lm, chance, passage ranknet) and the tokens."""
-        totals = np.zeros(5)
+        """Backpropagate FIRST's loss over ``windows``, ``batch_windows`` per forward pass,
+        and ``pointwise_weight`` times the pointwise loss of their passages; return the
+        summed (loss, ranknet, lm, chance, passage ranknet, pointwise) and the tokens."""
+        totals = np.zeros(6)
         tokens = 0
         # by length, so that each forward pass pads as little as it can
         encoded = sorted((self.encoder.encode(w) for w in windows), key=lambda e: len(e.input_ids))
@@ -242,25 +259,44 @@ class FirstTrainer:
                     passage = terms.passage_ranknet.item()
                 total = loss if total is None else total + loss
                 chance = chance_ranknet(len(window.target))
-                totals += (loss.item(), terms.ranknet.item(), terms.lm.item(), chance, passage)
+                totals += (loss.item(), terms.ranknet.item(), terms.lm.item(), chance, passage, 0)
                 tokens += len(window.input_ids)
             assert total is not None
             (total / len(windows)).backward()  # type: ignore[no-untyped-call]
+        if self.config.pointwise_weight > 0:
+            # scored one passage per prompt, a mirrored window is its drawn one again
+            drawn = windows[:: self.config.sampling.group_size]
+            mean, scored = self._pointwise_losses(drawn, self.config.pointwise_weight)
+            totals[[0, 5]] += (
+                self.config.pointwise_weight * mean * len(windows),
+                mean * len(windows),
+            )
+            tokens += scored
         return totals, tokens
 
     def _pointwise_backward(self, windows: Sequence[TrainingWindow]) -> tuple[np.ndarray, int]:
-        """Backpropagate the pairwise RankNet of each window's pointwise passage scores, one
-        forward pass per window; return the summed terms as :meth:`_first_backward` does."""
+        """Backpropagate the pointwise objective's loss over ``windows``; return the summed
+        terms as :meth:`_first_backward` does (the pairwise RankNet as ``ranknet``)."""
+        mean, tokens = self._pointwise_losses(windows, 1.0)
+        count = len(windows)
+        return np.array([mean, mean, 0.0, math.log(2), 0.0, 0.0]) * count, tokens
+
+    def _pointwise_losses(
+        self, windows: Sequence[TrainingWindow], weight: float
+    ) -> tuple[float, int]:
+        """Backpropagate ``weight`` times the mean over ``windows`` of the pairwise RankNet of
+        each one's pointwise passage scores (a forward pass per window); return that mean
+        RankNet and the tokens scored."""
         assert self.pointwise is not None
-        totals = np.zeros(5)
+        summed = 0.0
         tokens = 0
         for window in windows:
             prompts = self.pointwise.encode(window.query, window.passages)
             loss = pairwise_ranknet(self.pointwise.score_ids(self.model, prompts), window.target)
-            (loss / len(windows)).backward()  # type: ignore[no-untyped-call]
-            totals += (loss.item(), loss.item(), 0.0, math.log(2), 0.0)
+            (weight * loss / len(windows)).backward()  # type: ignore[no-untyped-call]
+            summed += loss.item()
             tokens += sum(len(p) for p in prompts)
-        return totals, tokens
+        return summed / len(windows), tokens
 
     def validate(self, validation: Validation) -> float:
         """Mean nDCG@10 of reranking each held-out query's top ``validation_depth`` candidates.
@@ -276,7 +312,7 @@ class FirstTrainer:
         queries = [q.top(self.config.validation_depth) for q in validation.queries]
         self.model.eval()
         try:
-            if self.pointwise is not None:
+            if self.pointwise_objective:
                 run = self._pointwise_run(queries)
             else:
                 run = run_from_rankings(queries, self._listwise_rankings(queries))

@@ -1,4 +1,5 @@
-"""The pointwise warm-up objective and ``stop_after``, on tiny random models."""
+"""The pointwise warm-up objective, its weight beside FIRST's loss, and ``stop_after``, on tiny
+random models."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import pytest
 import torch
 from support import fit_toy, make_tiny_llama, small_config
 
-from haystack_llmrank.data import Candidate, QueryCandidates
+from haystack_llmrank.data import Candidate, QueryCandidates, run_from_rankings
+from haystack_llmrank.evaluation import evaluate
 from haystack_llmrank.models import load_causal_lm, resolve_model
 from haystack_llmrank.training import (
     FirstTrainer,
@@ -138,10 +140,112 @@ def test_a_pointwise_run_validates_by_its_scores_and_starts_first_training(
             torch.testing.assert_close(weight, trained[name])
 
 
+def mixed_trainer(tokenizer: Any, output: Path, weight: float, **changes: Any) -> FirstTrainer:
+    config = small_config(pointwise_weight=weight, passage_vote=" yes", **changes)
+    return FirstTrainer(
+        make_tiny_llama(len(tokenizer), seed=4),
+        tokenizer,
+        config,
+        base_model="unused",
+        output_dir=output,
+    )
+
+
+def lora_gradients(trainer: FirstTrainer) -> dict[str, torch.Tensor]:
+    grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+    trainer.optimizer.zero_grad(set_to_none=True)
+    return grads
+
+
+def test_the_pointwise_weight_adds_the_pointwise_loss_to_firsts(
+    smollm2_tokenizer: Any, tmp_path: Path
+) -> None:
+    queries = training_queries([QUERY], qrels=QRELS)
+    rng = np.random.default_rng(0)
+    sampling = WindowSampling(min_size=3, max_size=5, pool=5)
+    windows = [sampling.sample(queries[0], rng) for _ in range(3)]
+    mixed = mixed_trainer(smollm2_tokenizer, tmp_path / "mixed", 0.5)
+    plain = FirstTrainer(
+        make_tiny_llama(len(smollm2_tokenizer), seed=4),
+        smollm2_tokenizer,
+        small_config(),
+        base_model="unused",
+        output_dir=tmp_path / "plain",
+    )
+    mixed_totals, mixed_tokens = mixed._first_backward(windows)
+    with_both = lora_gradients(mixed)
+    first_totals, first_tokens = plain._first_backward(windows)
+    first_only = lora_gradients(plain)
+    pointwise_mean, scored = mixed._pointwise_losses(windows, 1.0)
+    pointwise_only = lora_gradients(mixed)
+    assert pointwise_mean > 0
+    assert scored > 0
+    assert mixed_tokens == first_tokens + scored
+    # summed over the 3 windows: FIRST's terms unchanged, plus 0.5 x the pointwise RankNet
+    assert mixed_totals[1:5] == pytest.approx(first_totals[1:5], rel=1e-5)
+    assert mixed_totals[5] == pytest.approx(3 * pointwise_mean, rel=1e-5)
+    assert mixed_totals[0] == pytest.approx(first_totals[0] + 1.5 * pointwise_mean, rel=1e-5)
+    assert set(with_both) == set(first_only) == set(pointwise_only)
+    for name, grad in with_both.items():
+        torch.testing.assert_close(grad, first_only[name] + 0.5 * pointwise_only[name])
+
+
+def test_a_mirrored_window_is_scored_pointwise_once(smollm2_tokenizer: Any, tmp_path: Path) -> None:
+    queries = training_queries([QUERY], qrels=QRELS)
+    window = WindowSampling(min_size=4, max_size=4, pool=5).sample(
+        queries[0], np.random.default_rng(1)
+    )
+    mirrored = mixed_trainer(
+        smollm2_tokenizer,
+        tmp_path / "mirrored",
+        1.0,
+        sampling=WindowSampling(min_size=4, max_size=4, pool=5, mirrored=True),
+        grad_accumulation=2,
+    )
+    totals, tokens = mirrored._first_backward([window, window.reversed()])
+    alone, scored = mirrored._pointwise_losses([window], 1.0)
+    lora_gradients(mirrored)
+    listwise = sum(len(mirrored.encoder.encode(w).input_ids) for w in (window, window.reversed()))
+    assert tokens == listwise + scored
+    assert totals[5] == pytest.approx(2 * alone, rel=1e-5)
+
+
+def test_a_mixed_run_reports_the_pointwise_term_and_validates_listwise(
+    smollm2_tokenizer: Any, tmp_path: Path
+) -> None:
+    trainer = mixed_trainer(smollm2_tokenizer, tmp_path, 2.0, steps=2)
+    queries = training_queries([QUERY], qrels=QRELS)
+    history = trainer.fit(queries, Validation([QUERY], QRELS))["history"]
+    updates = [h for h in history if h["step"] > 0]
+    assert len(updates) == 2
+    for entry in updates:
+        assert entry["pointwise"] > 0
+        expected = entry["lm"] + 10 * entry["ranknet"] + 2.0 * entry["pointwise"]
+        assert entry["loss"] == pytest.approx(expected, rel=1e-5)
+    listwise = trainer._listwise_rankings([QUERY.top(20)])
+    assert trainer.validate(Validation([QUERY], QRELS)) == pytest.approx(
+        evaluate(run_from_rankings([QUERY.top(20)], listwise), QRELS, ["ndcg@10"]).mean["ndcg@10"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"pointwise_weight": -1.0}, "pointwise_weight and warmup_steps must be >= 0"),
+        ({"pointwise_weight": 1.0, "passage_vote": None}, "pointwise_weight scores passages"),
+        ({"passage_vote": " yes"}, "passage_vote is used only with a positive"),
+    ],
+)
+def test_mixed_settings_are_checked(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        small_config(**changes)
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
         ({"passage_vote": None}, "scores passages by passage_vote"),
+        ({"pointwise_weight": 1.0}, "pointwise_weight applies to FIRST windows"),
         ({"passage_ranknet_weight": 1.0}, "passage_ranknet_weight applies to FIRST windows"),
         (
             {"sampling": WindowSampling(mirrored=True), "grad_accumulation": 2},

@@ -820,6 +820,10 @@ def test_the_train_command_line_sets_window_orders_and_their_weights() -> None:
         parser.parse_args([*base, "--passage-ranknet-weight", "2", "--passage-vote", " yes"])
     )
     assert (voted.passage_ranknet_weight, voted.passage_vote) == (2.0, " yes")
+    mixed = _config(
+        parser.parse_args([*base, "--pointwise-weight", "1.5", "--passage-vote", " yes"])
+    )
+    assert (mixed.pointwise_weight, mixed.objective) == (1.5, "first")
     assert started.lora == LoraSettings(init_from="runs/a")
     assert started.batch_windows == 4
     with pytest.raises(ValueError, match="not to --full"):
