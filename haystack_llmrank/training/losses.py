@@ -21,8 +21,7 @@ def weighted_ranknet(logits: torch.Tensor, target: Sequence[int]) -> torch.Tenso
         return logits.sum() * 0.0
     ranks = torch.arange(1, n + 1, device=logits.device, dtype=logits.dtype)
     weights = 1.0 / (ranks[:, None] + ranks[None, :])
-    upper = torch.triu(torch.ones(n, n, dtype=torch.bool, device=logits.device), diagonal=1)
-    return (_pair_losses(logits, target) * weights[upper]).sum()
+    return (_pair_losses(logits, target) * weights)[_upper(n, logits.device)].sum()
 
 
 def chance_ranknet(size: int) -> float:
@@ -44,13 +43,16 @@ def pairwise_ranknet(scores: torch.Tensor, target: Sequence[int]) -> torch.Tenso
     """
     if len(target) < 2:
         return scores.sum() * 0.0
-    return _pair_losses(scores, target).mean()
+    return _pair_losses(scores, target)[_upper(len(target), scores.device)].mean()
 
 
 def _pair_losses(scores: torch.Tensor, target: Sequence[int]) -> torch.Tensor:
-    """``log(1 + exp(s_j - s_i))`` of every pair ranked ``i < j`` by ``target``, row by row."""
-    n = len(target)
+    """``[i, j] = log(1 + exp(s_j - s_i))``, ``s_i`` the score of the passage ``target`` ranks
+    ``i``; the pairs ranked ``i < j`` are the upper triangle (:func:`_upper`)."""
     ordered = scores[torch.as_tensor(list(target), device=scores.device)]
-    upper = torch.triu(torch.ones(n, n, dtype=torch.bool, device=scores.device), diagonal=1)
-    margins = ordered[None, :] - ordered[:, None]  # [i, j] = s_j - s_i
-    return torch.nn.functional.softplus(margins)[upper]
+    return torch.nn.functional.softplus(ordered[None, :] - ordered[:, None])
+
+
+def _upper(n: int, device: torch.device) -> torch.Tensor:
+    """The ``n`` x ``n`` mask of pairs ``i < j``."""
+    return torch.triu(torch.ones(n, n, dtype=torch.bool, device=device), diagonal=1)
