@@ -12,7 +12,10 @@ pass, next to BM25, and reports nDCG@10 of each:
         --json runs/vote-check.json
 
 Votes above BM25 with a readout below it mean that the relevance is there and the readout
-has not learned to read it.
+has not learned to read it. ``--vote-windows 1 5`` also ranks by the votes cast in
+consecutive windows of 1 and 5 passages (of the same top ``--depth``), and ``--pointwise``
+by each passage's score in a prompt of its own (the ``--objective pointwise`` prompt): how
+much of a passage's vote the other passages in its window change.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from haystack_llmrank.model_templates import model_template
 from haystack_llmrank.models import load_causal_lm, load_tokenizer, resolve_model
 from haystack_llmrank.prompt import PromptBuilder
 from haystack_llmrank.training.listwise import label_logits, vote_token_id
+from haystack_llmrank.training.pointwise import PointwiseScorer
 
 
 def window_scores(
@@ -54,6 +58,24 @@ def window_scores(
     return first, votes
 
 
+def windowed_votes(
+    model: Any,
+    builder: PromptBuilder,
+    labels: LabelIds,
+    vote_id: int,
+    query: str,
+    texts: Sequence[str],
+    size: int,
+) -> list[float]:
+    """Each passage's vote, cast in consecutive windows of ``size`` passages of ``texts``."""
+    votes: list[float] = []
+    for start in range(0, len(texts), size):
+        votes.extend(
+            window_scores(model, builder, labels, vote_id, query, texts[start : start + size])[1]
+        )
+    return votes
+
+
 def ndcg(run: dict[str, dict[str, float]], qrels: Qrels) -> float:
     """Mean nDCG@10 of ``run`` over its queries."""
     return float(evaluate(run, {q: qrels[q] for q in run}, ["ndcg@10"]).mean["ndcg@10"])
@@ -70,6 +92,19 @@ def main() -> None:
     parser.add_argument("--words", type=int, default=48, help="words per passage")
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--vote-windows",
+        type=int,
+        nargs="*",
+        default=[],
+        metavar="N",
+        help="also rank by the votes cast in consecutive windows of N passages",
+    )
+    parser.add_argument(
+        "--pointwise",
+        action="store_true",
+        help="also rank by each passage's score in a prompt of its own",
+    )
     parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -85,18 +120,32 @@ def main() -> None:
     assert vote_id is not None
     held = set(json.loads(args.split.read_text("utf-8"))["validation"])
     qrels = read_qrels(args.qrels)
-    runs: dict[str, dict[str, dict[str, float]]] = {"bm25": {}, "first": {}, "votes": {}}
+    if any(n < 1 for n in args.vote_windows):
+        parser.error("--vote-windows takes sizes of at least 1")
+    pointwise = PointwiseScorer(
+        tokenizer, vote_id, max_passage_words=args.words, max_prompt_tokens=32768
+    )
+    names = ["bm25", "first", "votes", *(f"votes_w{n}" for n in args.vote_windows)]
+    runs: dict[str, dict[str, dict[str, float]]] = {
+        name: {} for name in [*names, *(["pointwise"] if args.pointwise else [])]
+    }
     for query in read_queries(args.candidates):
         if query.qid not in held:
             continue
         top = query.candidates[: args.depth]
-        first, votes = window_scores(
-            model, builder, labels, vote_id, query.query, [c.text for c in top]
-        )
+        texts = [c.text for c in top]
+        first, votes = window_scores(model, builder, labels, vote_id, query.query, texts)
         docids = [c.docid for c in top]
-        runs["bm25"][query.qid] = {d: -float(r) for r, d in enumerate(docids)}
-        runs["first"][query.qid] = dict(zip(docids, first, strict=True))
-        runs["votes"][query.qid] = dict(zip(docids, votes, strict=True))
+        scores = {"bm25": [-float(r) for r in range(len(docids))], "first": first, "votes": votes}
+        for n in args.vote_windows:
+            scores[f"votes_w{n}"] = windowed_votes(
+                model, builder, labels, vote_id, query.query, texts, n
+            )
+        if args.pointwise:
+            with torch.no_grad():
+                scores["pointwise"] = pointwise.scores(model, query.query, texts)
+        for name, values in scores.items():
+            runs[name][query.qid] = dict(zip(docids, values, strict=True))
     record = {
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "template": template.name,

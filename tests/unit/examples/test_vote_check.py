@@ -34,3 +34,23 @@ def test_window_scores_are_the_label_readout_and_the_vote_at_each_line_end(
     ends = builder.passage_end_tokens(prompt, "fleas", 3)
     assert votes == pytest.approx([logits[e, yes].item() for e in ends], abs=1e-4)
     assert len(set(votes)) == 3
+
+
+def test_windowed_votes_are_each_windows_own_votes(smollm2_tokenizer: Any) -> None:
+    check = import_example("vote_check")
+    model = make_tiny_llama(len(smollm2_tokenizer), seed=3)
+    builder = PromptBuilder(smollm2_tokenizer, FIRST_ECHO_TEMPLATE, max_prompt_tokens=4096)
+    labels = resolve_label_ids(smollm2_tokenizer, FIRST_ECHO_TEMPLATE.labels)
+    yes = smollm2_tokenizer(" yes", add_special_tokens=False)["input_ids"][0]
+    texts = ["fleas bite", "cats purr", "dogs bark", "fleas jump", "birds sing"]
+
+    def votes(window: list[str]) -> list[float]:
+        return list(check.window_scores(model, builder, labels, yes, "fleas", window)[1])
+
+    whole = check.windowed_votes(model, builder, labels, yes, "fleas", texts, 5)
+    assert whole == pytest.approx(votes(texts), abs=1e-5)
+    pairs = check.windowed_votes(model, builder, labels, yes, "fleas", texts, 2)
+    assert pairs == pytest.approx(votes(texts[:2]) + votes(texts[2:4]) + votes(texts[4:]), abs=1e-5)
+    alone = check.windowed_votes(model, builder, labels, yes, "fleas", texts, 1)
+    assert alone == pytest.approx([v for t in texts for v in votes([t])], abs=1e-5)
+    assert alone != pytest.approx(whole, abs=1e-3)  # the other passages change a vote
