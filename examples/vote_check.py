@@ -15,12 +15,18 @@ Votes above BM25 with a readout below it mean that the relevance is there and th
 has not learned to read it. ``--vote-windows 1 5`` also ranks by the votes cast in
 consecutive windows of 1 and 5 passages (of the same top ``--depth``), and ``--pointwise``
 by each passage's score in a prompt of its own (the ``--objective pointwise`` prompt): how
-much of a passage's vote the other passages in its window change.
+much of a passage's vote the other passages in its window change. ``--isolated`` ranks the
+window once more, in BM25 order and reversed, with passages that cannot see each other:
+each passage line attends only to the instructions before the first line and to itself,
+every line starts at the same position, and the rest of the prompt sees everything (a
+measurement of what such a prompt would give the model as trained, not something the
+engine runs).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -58,6 +64,61 @@ def window_scores(
     return first, votes
 
 
+def isolation(length: int, lines: Sequence[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """An additive attention mask (1, 1, ``length``, ``length``) and position ids (1,
+    ``length``) that isolate the passage ``lines`` (first and last token of each) of a
+    prompt: a line's tokens, up to the next line's first, see the tokens before the first
+    line and their own line only, and each line's positions start where the first line's
+    do; tokens after the last line see everything, placed after the longest line."""
+    firsts = [first for first, _ in lines]
+    if min(firsts) < 0 or any(b <= a for a, b in itertools.pairwise(firsts)):
+        raise ValueError("isolation needs each passage line's first token, in order")
+    bounds = [*firsts[1:], lines[-1][1] + 1]
+    block = torch.full((length,), -1)
+    positions = torch.arange(length)
+    for index, (start, stop) in enumerate(zip(firsts, bounds, strict=True)):
+        block[start:stop] = index
+        positions[start:stop] = firsts[0] + torch.arange(stop - start)
+    tail = bounds[-1]
+    block[tail:] = len(lines)
+    positions[tail:] = firsts[0] + max(b - a for a, b in zip(firsts, bounds, strict=True))
+    positions[tail:] += torch.arange(length - tail)
+    in_line = (block >= 0) & (block < len(lines))
+    sees = (block[None, :] == -1) | (block[None, :] == block[:, None]) | ~in_line[:, None]
+    order = torch.arange(length)
+    allowed = sees & (order[None, :] <= order[:, None])
+    mask = torch.zeros(1, 1, length, length)
+    mask[0, 0][~allowed] = torch.finfo(mask.dtype).min
+    return mask, positions[None, :]
+
+
+def isolated_scores(
+    model: Any,
+    builder: PromptBuilder,
+    labels: LabelIds,
+    vote_id: int,
+    query: str,
+    texts: Sequence[str],
+) -> tuple[list[float], list[float]]:
+    """:func:`window_scores` of one window whose passages cannot see each other
+    (:func:`isolation`)."""
+    prompt = builder.build(query, texts)
+    lines = builder.passage_line_tokens(prompt, query, len(texts))
+    mask, positions = isolation(len(prompt.token_ids), lines)
+    with torch.no_grad():
+        logits = (
+            model(
+                input_ids=torch.tensor([prompt.token_ids]),
+                attention_mask=mask.to(model.dtype),
+                position_ids=positions,
+            )
+            .logits[0]
+            .float()
+        )
+    first = label_logits(logits[-1], labels, len(texts)).tolist()
+    return first, [logits[last, vote_id].item() for _, last in lines]
+
+
 def windowed_votes(
     model: Any,
     builder: PromptBuilder,
@@ -81,6 +142,15 @@ def ndcg(run: dict[str, dict[str, float]], qrels: Qrels) -> float:
     return float(evaluate(run, {q: qrels[q] for q in run}, ["ndcg@10"]).mean["ndcg@10"])
 
 
+ISOLATED = (
+    "first_isolated",
+    "votes_isolated",
+    "first_isolated_reversed",
+    "votes_isolated_reversed",
+)
+"""The runs ``--isolated`` adds: readout and votes, BM25 order and reversed."""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model", help="a trained folder (its template is used)")
@@ -99,6 +169,11 @@ def main() -> None:
         default=[],
         metavar="N",
         help="also rank by the votes cast in consecutive windows of N passages",
+    )
+    parser.add_argument(
+        "--isolated",
+        action="store_true",
+        help="also rank the window, in BM25 order and reversed, with passages isolated",
     )
     parser.add_argument(
         "--pointwise",
@@ -127,7 +202,12 @@ def main() -> None:
     )
     names = ["bm25", "first", "votes", *(f"votes_w{n}" for n in args.vote_windows)]
     runs: dict[str, dict[str, dict[str, float]]] = {
-        name: {} for name in [*names, *(["pointwise"] if args.pointwise else [])]
+        name: {}
+        for name in [
+            *names,
+            *(["pointwise"] if args.pointwise else []),
+            *(ISOLATED if args.isolated else []),
+        ]
     }
     for query in read_queries(args.candidates):
         if query.qid not in held:
@@ -140,6 +220,14 @@ def main() -> None:
         for n in args.vote_windows:
             scores[f"votes_w{n}"] = windowed_votes(
                 model, builder, labels, vote_id, query.query, texts, n
+            )
+        if args.isolated:
+            first_i, votes_i = isolated_scores(model, builder, labels, vote_id, query.query, texts)
+            first_r, votes_r = isolated_scores(
+                model, builder, labels, vote_id, query.query, texts[::-1]
+            )
+            scores.update(
+                zip(ISOLATED, [first_i, votes_i, first_r[::-1], votes_r[::-1]], strict=True)
             )
         if args.pointwise:
             with torch.no_grad():

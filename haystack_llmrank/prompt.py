@@ -298,7 +298,15 @@ class PromptBuilder:
     def passage_end_tokens(self, prompt: Prompt, query: str, count: int) -> list[int]:
         """Index in ``prompt.token_ids`` of the last token of each of the first ``count``
         passage lines of ``prompt``, built for ``query`` (with ``first-echo``: the ``]`` of
-        the label repeated after the text).
+        the label repeated after the text)."""
+        return [last for _, last in self.passage_line_tokens(prompt, query, count)]
+
+    def passage_line_tokens(self, prompt: Prompt, query: str, count: int) -> list[tuple[int, int]]:
+        """Index in ``prompt.token_ids`` of the first and the last token of each of the first
+        ``count`` passage lines of ``prompt``, built for ``query``. The first is the token
+        that holds the line's first character, which it may share with what precedes; it is
+        -1 where the template's line starts with a slot (``{text}``), which has no wording to
+        find it by.
 
         Lines are searched after the query (as given or as the prompt repairs it), by the
         template's wording around its slots, which passages cannot contain:
@@ -315,14 +323,16 @@ class PromptBuilder:
             if at >= 0:
                 start = at + len(shown)
                 break
-        ends = _line_ends(self.template, prompt.text, count, start)
-        token_of: list[int] = []
-        for char in ends:
-            found = [i for i, (a, b) in enumerate(encoded["offset_mapping"]) if a <= char < b]
+        offsets = encoded["offset_mapping"]
+
+        def token_of(char: int) -> int:
+            found = [i for i, (a, b) in enumerate(offsets) if a <= char < b]
             if not found:
                 raise ValueError(f"no token covers character {char} of the prompt")
-            token_of.append(found[0])
-        return token_of
+            return found[0]
+
+        spans = _line_spans(self.template, prompt.text, count, start)
+        return [(token_of(first) if first >= 0 else -1, token_of(last)) for first, last in spans]
 
     def _fit(self, query: str, texts: list[str], full_length: int) -> Prompt:
         bare = self._encode(self.render(query, [""] * len(texts)))
@@ -363,25 +373,33 @@ class PromptBuilder:
             cap = max(0, cap - max(1, -(-excess // max(shortened, 1))))
 
 
-def _line_ends(template: PromptTemplate, text: str, count: int, start: int) -> list[int]:
-    """Character index of the last character (newline aside) of each of ``count`` passage
-    lines of ``text``, a prompt rendered with ``template``, searched from ``start`` on.
+def _line_spans(
+    template: PromptTemplate, text: str, count: int, start: int
+) -> list[tuple[int, int]]:
+    """Character index of the first and the last character (newline aside) of each of
+    ``count`` passage lines of ``text``, a prompt rendered with ``template``, searched from
+    ``start`` on; the first is -1 where a line starts with a slot, which has no wording to
+    find it by.
 
     A line is found by its fixed wording (labels included) in order, skipping what fills
     its ``{text}`` and ``{query}`` slots, so the query need not appear as given (the
     rendered prompt repairs mojibake).
     """
-    ends, cursor = [], start
+    spans, cursor = [], start
     for label in template.labels[:count]:
         runs = [run for run in _fixed_runs(template.passage, label) if run]
+        first = None
         for run in runs:
             found = text.find(run, cursor)
             if found < 0:
                 raise ValueError(f"passage [{label}] is not in the prompt as rendered")
+            first = found if first is None else first
             cursor = found + len(run)
+        if not _fixed_runs(template.passage, label)[0]:
+            first = -1
         cursor -= len(runs[-1]) - len(runs[-1].rstrip("\n"))
-        ends.append(cursor - 1)
-    return ends
+        spans.append((first, cursor - 1))
+    return spans
 
 
 def _fixed_runs(passage: str, label: str) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -141,6 +142,33 @@ def test_passage_end_tokens_are_the_last_token_of_each_passage_line(
         assert not before.endswith(line)
     with pytest.raises(ValueError, match=r"passage \[D\] is not in the prompt"):
         built.passage_end_tokens(prompt, query, 4)
+
+
+@pytest.mark.parametrize("template", [FIRST_TEMPLATE, FIRST_ECHO_TEMPLATE, ASK_TEMPLATE])
+def test_passage_line_tokens_span_each_passage_line(
+    smollm2_tokenizer: Any, template: PromptTemplate
+) -> None:
+    built = builder(smollm2_tokenizer, template=template)
+    query = "what is [A] here"
+    passages = ["x [B] and [4]\nover two lines", "zebra crossing", "z"]
+    prompt = built.build(query, passages)
+    spans = built.passage_line_tokens(prompt, query, 3)
+    assert [last for _, last in spans] == built.passage_end_tokens(prompt, query, 3)
+    ids = list(prompt.token_ids)
+    for (first, last), label in zip(spans, "ABC", strict=True):
+        line_start = template.passage.split("{label}")[0] + label
+        assert (
+            smollm2_tokenizer.decode(ids[first : last + 1]).lstrip().startswith(line_start.lstrip())
+        )
+        assert f"[{label}]" not in smollm2_tokenizer.decode(ids[first - 1 : first])
+    assert all(a[1] < b[0] for a, b in itertools.pairwise(spans))  # lines do not overlap
+    text_first = replace(FIRST_TEMPLATE, name="text-first", passage="{text} [{label}]\n")
+    late = builder(smollm2_tokenizer, template=text_first)
+    prompt = late.build(query, passages)
+    assert [first for first, _ in late.passage_line_tokens(prompt, query, 2)] == [-1, -1]
+    assert late.passage_end_tokens(prompt, query, 2) == [
+        last for _, last in late.passage_line_tokens(prompt, query, 2)
+    ]
 
 
 def test_system_message_prepended_when_template_has_no_system_role(smollm2_tokenizer: Any) -> None:
