@@ -385,20 +385,20 @@ def _line_spans(
     its ``{text}`` and ``{query}`` slots, so the query need not appear as given (the
     rendered prompt repairs mojibake).
     """
-    spans, cursor = [], start
+    spans: list[tuple[int, int]] = []
+    cursor = start
     for label in template.labels[:count]:
-        runs = [run for run in _fixed_runs(template.passage, label) if run]
-        first = None
+        wording = _fixed_runs(template.passage, label)
+        runs = [run for run in wording if run]
+        found_at = []
         for run in runs:
             found = text.find(run, cursor)
             if found < 0:
                 raise ValueError(f"passage [{label}] is not in the prompt as rendered")
-            first = found if first is None else first
+            found_at.append(found)
             cursor = found + len(run)
-        if not _fixed_runs(template.passage, label)[0]:
-            first = -1
         cursor -= len(runs[-1]) - len(runs[-1].rstrip("\n"))
-        spans.append((first, cursor - 1))
+        spans.append((found_at[0] if wording[0] else -1, cursor - 1))
     return spans
 
 
