@@ -26,9 +26,10 @@ engine runs).
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,17 +52,22 @@ def window_scores(
     vote_id: int,
     query: str,
     texts: Sequence[str],
+    *,
+    isolated: bool = False,
 ) -> tuple[list[float], list[float]]:
     """For ``texts`` in this order, one window: each passage's FIRST readout (its label's
     logit at the first generated position) and its vote (``vote_id``'s logit at its line
-    end)."""
+    end); with ``isolated``, from passages that cannot see each other (:func:`isolation`)."""
     prompt = builder.build(query, texts)
-    ends = builder.passage_end_tokens(prompt, query, len(texts))
+    lines = builder.passage_line_tokens(prompt, query, len(texts))
+    inputs: dict[str, torch.Tensor] = {"input_ids": torch.tensor([prompt.token_ids])}
+    if isolated:
+        mask, positions = isolation(len(prompt.token_ids), lines)
+        inputs.update(attention_mask=mask.to(model.dtype), position_ids=positions)
     with torch.no_grad():
-        logits = model(input_ids=torch.tensor([prompt.token_ids])).logits[0].float()
+        logits = model(**inputs).logits[0].float()
     first = label_logits(logits[-1], labels, len(texts)).tolist()
-    votes = [logits[end, vote_id].item() for end in ends]
-    return first, votes
+    return first, [logits[last, vote_id].item() for _, last in lines]
 
 
 def isolation(length: int, lines: Sequence[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,48 +98,16 @@ def isolation(length: int, lines: Sequence[tuple[int, int]]) -> tuple[torch.Tens
     return mask, positions[None, :]
 
 
-def isolated_scores(
-    model: Any,
-    builder: PromptBuilder,
-    labels: LabelIds,
-    vote_id: int,
-    query: str,
-    texts: Sequence[str],
-) -> tuple[list[float], list[float]]:
-    """:func:`window_scores` of one window whose passages cannot see each other
-    (:func:`isolation`)."""
-    prompt = builder.build(query, texts)
-    lines = builder.passage_line_tokens(prompt, query, len(texts))
-    mask, positions = isolation(len(prompt.token_ids), lines)
-    with torch.no_grad():
-        logits = (
-            model(
-                input_ids=torch.tensor([prompt.token_ids]),
-                attention_mask=mask.to(model.dtype),
-                position_ids=positions,
-            )
-            .logits[0]
-            .float()
-        )
-    first = label_logits(logits[-1], labels, len(texts)).tolist()
-    return first, [logits[last, vote_id].item() for _, last in lines]
-
-
 def windowed_votes(
-    model: Any,
-    builder: PromptBuilder,
-    labels: LabelIds,
-    vote_id: int,
-    query: str,
+    scores_of: Callable[[Sequence[str]], tuple[list[float], list[float]]],
     texts: Sequence[str],
     size: int,
 ) -> list[float]:
-    """Each passage's vote, cast in consecutive windows of ``size`` passages of ``texts``."""
+    """Each passage's vote, cast in consecutive windows of ``size`` passages of ``texts``;
+    ``scores_of`` scores one window as :func:`window_scores` does."""
     votes: list[float] = []
     for start in range(0, len(texts), size):
-        votes.extend(
-            window_scores(model, builder, labels, vote_id, query, texts[start : start + size])[1]
-        )
+        votes.extend(scores_of(texts[start : start + size])[1])
     return votes
 
 
@@ -214,17 +188,18 @@ def main() -> None:
             continue
         top = query.candidates[: args.depth]
         texts = [c.text for c in top]
-        first, votes = window_scores(model, builder, labels, vote_id, query.query, texts)
+        window = functools.partial(window_scores, model, builder, labels, vote_id, query.query)
+        first, votes = window(texts)
         docids = [c.docid for c in top]
         scores = {"bm25": [-float(r) for r in range(len(docids))], "first": first, "votes": votes}
         for n in args.vote_windows:
-            scores[f"votes_w{n}"] = windowed_votes(
-                model, builder, labels, vote_id, query.query, texts, n
-            )
+            scores[f"votes_w{n}"] = windowed_votes(window, texts, n)
         if args.isolated:
-            first_i, votes_i = isolated_scores(model, builder, labels, vote_id, query.query, texts)
-            first_r, votes_r = isolated_scores(
-                model, builder, labels, vote_id, query.query, texts[::-1]
+            first_i, votes_i = window_scores(
+                model, builder, labels, vote_id, query.query, texts, isolated=True
+            )
+            first_r, votes_r = window_scores(
+                model, builder, labels, vote_id, query.query, texts[::-1], isolated=True
             )
             scores.update(
                 zip(ISOLATED, [first_i, votes_i, first_r[::-1], votes_r[::-1]], strict=True)

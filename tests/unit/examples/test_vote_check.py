@@ -44,14 +44,20 @@ def test_windowed_votes_are_each_windows_own_votes(smollm2_tokenizer: Any) -> No
     yes = smollm2_tokenizer(" yes", add_special_tokens=False)["input_ids"][0]
     texts = ["fleas bite", "cats purr", "dogs bark", "fleas jump", "birds sing"]
 
-    def votes(window: list[str]) -> list[float]:
-        return list(check.window_scores(model, builder, labels, yes, "fleas", window)[1])
+    def votes_of(window: list[str]) -> tuple[list[float], list[float]]:
+        result: tuple[list[float], list[float]] = check.window_scores(
+            model, builder, labels, yes, "fleas", window
+        )
+        return result
 
-    whole = check.windowed_votes(model, builder, labels, yes, "fleas", texts, 5)
+    def votes(window: list[str]) -> list[float]:
+        return votes_of(window)[1]
+
+    whole = check.windowed_votes(votes_of, texts, 5)
     assert whole == pytest.approx(votes(texts), abs=1e-5)
-    pairs = check.windowed_votes(model, builder, labels, yes, "fleas", texts, 2)
+    pairs = check.windowed_votes(votes_of, texts, 2)
     assert pairs == pytest.approx(votes(texts[:2]) + votes(texts[2:4]) + votes(texts[4:]), abs=1e-5)
-    alone = check.windowed_votes(model, builder, labels, yes, "fleas", texts, 1)
+    alone = check.windowed_votes(votes_of, texts, 1)
     assert alone == pytest.approx([v for t in texts for v in votes([t])], abs=1e-5)
     assert alone != pytest.approx(whole, abs=1e-3)  # the other passages change a vote
 
@@ -79,8 +85,10 @@ def test_isolated_votes_do_not_depend_on_the_other_passages(smollm2_tokenizer: A
     yes = smollm2_tokenizer(" yes", add_special_tokens=False)["input_ids"][0]
     texts = ["fleas bite", "cats purr", "dogs bark"]
     other = [texts[0], "an unrelated and much longer line about the weather", texts[2]]
-    first, votes = check.isolated_scores(model, builder, labels, yes, "fleas", texts)
-    first_b, votes_b = check.isolated_scores(model, builder, labels, yes, "fleas", other)
+    first, votes = check.window_scores(model, builder, labels, yes, "fleas", texts, isolated=True)
+    first_b, votes_b = check.window_scores(
+        model, builder, labels, yes, "fleas", other, isolated=True
+    )
     assert [votes[0], votes[2]] == pytest.approx([votes_b[0], votes_b[2]], abs=1e-5)
     assert votes[1] != pytest.approx(votes_b[1], abs=1e-3)
     assert first != pytest.approx(first_b, abs=1e-3)  # the readout sees every passage
