@@ -195,12 +195,8 @@ def main() -> None:
         for n in args.vote_windows:
             scores[f"votes_w{n}"] = windowed_votes(window, texts, n)
         if args.isolated:
-            first_i, votes_i = window_scores(
-                model, builder, labels, vote_id, query.query, texts, isolated=True
-            )
-            first_r, votes_r = window_scores(
-                model, builder, labels, vote_id, query.query, texts[::-1], isolated=True
-            )
+            first_i, votes_i = window(texts, isolated=True)
+            first_r, votes_r = window(texts[::-1], isolated=True)
             scores.update(
                 zip(ISOLATED, [first_i, votes_i, first_r[::-1], votes_r[::-1]], strict=True)
             )
