@@ -29,6 +29,7 @@ import argparse
 import functools
 import itertools
 import json
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -171,18 +172,12 @@ def main() -> None:
     qrels = read_qrels(args.qrels)
     if any(n < 1 for n in args.vote_windows):
         parser.error("--vote-windows takes sizes of at least 1")
-    pointwise = PointwiseScorer(
-        tokenizer, vote_id, max_passage_words=args.words, max_prompt_tokens=32768
+    pointwise = (
+        PointwiseScorer(tokenizer, vote_id, max_passage_words=args.words, max_prompt_tokens=32768)
+        if args.pointwise
+        else None
     )
-    names = ["bm25", "first", "votes", *(f"votes_w{n}" for n in args.vote_windows)]
-    runs: dict[str, dict[str, dict[str, float]]] = {
-        name: {}
-        for name in [
-            *names,
-            *(["pointwise"] if args.pointwise else []),
-            *(ISOLATED if args.isolated else []),
-        ]
-    }
+    runs: dict[str, dict[str, dict[str, float]]] = defaultdict(dict)
     for query in read_queries(args.candidates):
         if query.qid not in held:
             continue
@@ -200,9 +195,8 @@ def main() -> None:
             scores.update(
                 zip(ISOLATED, [first_i, votes_i, first_r[::-1], votes_r[::-1]], strict=True)
             )
-        if args.pointwise:
-            with torch.no_grad():
-                scores["pointwise"] = pointwise.scores(model, query.query, texts)
+        if pointwise is not None:
+            scores["pointwise"] = pointwise.scores(model, query.query, texts)
         for name, values in scores.items():
             runs[name][query.qid] = dict(zip(docids, values, strict=True))
     record = {

@@ -390,15 +390,16 @@ def _line_spans(
     for label in template.labels[:count]:
         wording = _fixed_runs(template.passage, label)
         runs = [run for run in wording if run]
-        found_at = []
-        for run in runs:
+        first = -1
+        for index, run in enumerate(runs):
             found = text.find(run, cursor)
             if found < 0:
                 raise ValueError(f"passage [{label}] is not in the prompt as rendered")
-            found_at.append(found)
+            if index == 0 and wording[0]:  # the line starts with this wording
+                first = found
             cursor = found + len(run)
         cursor -= len(runs[-1]) - len(runs[-1].rstrip("\n"))
-        spans.append((found_at[0] if wording[0] else -1, cursor - 1))
+        spans.append((first, cursor - 1))
     return spans
 
 

@@ -138,8 +138,7 @@ class FirstTrainer:
                 f"passage (first-echo), or a passage_vote token; {template.name!r} does not"
             )
         self.pointwise: PointwiseScorer | None = None
-        self.pointwise_objective = config.objective == "pointwise"
-        if self.pointwise_objective or config.pointwise_weight > 0:
+        if config.objective == "pointwise" or config.pointwise_weight > 0:
             assert self.vote_id is not None  # TrainConfig requires passage_vote
             self.pointwise = PointwiseScorer(
                 tokenizer,
@@ -215,7 +214,8 @@ class FirstTrainer:
         while len(windows) < accumulation:
             query = train[int(self.rng.integers(len(train)))]
             windows.extend(self.config.sampling.sample_group(query, self.rng))
-        backward = self._pointwise_backward if self.pointwise_objective else self._first_backward
+        pointwise = self.config.objective == "pointwise"
+        backward = self._pointwise_backward if pointwise else self._first_backward
         totals, tokens = backward(windows)
         parameters = [p for p in self.model.parameters() if p.requires_grad]
         torch.nn.utils.clip_grad_norm_(parameters, self.config.max_grad_norm)
@@ -312,7 +312,7 @@ class FirstTrainer:
         queries = [q.top(self.config.validation_depth) for q in validation.queries]
         self.model.eval()
         try:
-            if self.pointwise_objective:
+            if self.config.objective == "pointwise":
                 run = self._pointwise_run(queries)
             else:
                 run = run_from_rankings(queries, self._listwise_rankings(queries))
