@@ -9,7 +9,7 @@ from typing import Any
 
 from haystack_llmrank.errors import ModelResolutionError
 from haystack_llmrank.gpu_policy import OnMissingGpu, check_on_missing_gpu, fall_back_to_cpu
-from haystack_llmrank.labels import resolve_label_ids
+from haystack_llmrank.labels import resolve_label_ids, vote_label_ids
 from haystack_llmrank.models import (
     DEFAULT_MODEL,
     ModelSource,
@@ -130,10 +130,12 @@ def load_scorer(
     device: str | None = None,
     dtype: str | None = None,
     labels: Sequence[str],
+    vote: str | None = None,
     threads: int | None = None,
     on_missing_gpu: OnMissingGpu = "raise",
 ) -> LoadedScorer:
-    """Load ``model`` on ``backend``.
+    """Load ``model`` on ``backend``, scoring ``labels``, or the one token ``vote`` where
+    given (see :attr:`~haystack_llmrank.prompt.PromptTemplate.vote`).
 
     ``dtype`` (torch backend only) defaults to float32 on the CPU and to the checkpoint's
     dtype on CUDA (see :func:`resolve_torch_dtype`). ``threads`` sets ONNX Runtime's
@@ -150,6 +152,7 @@ def load_scorer(
             device=device,
             dtype=dtype,
             labels=labels,
+            vote=vote,
             threads=threads,
             on_missing_gpu=on_missing_gpu,
         )
@@ -164,7 +167,10 @@ def load_scorer(
     torch_device, torch_dtype = source_device_and_dtype(source, device, dtype, on_missing_gpu)
     tokenizer = load_tokenizer(source)
     lm = load_causal_lm(source, device=torch_device, dtype=torch_dtype, tokenizer=tokenizer)
-    label_ids = resolve_label_ids(tokenizer, labels)
+    if vote is None:
+        label_ids = resolve_label_ids(tokenizer, labels)
+    else:
+        label_ids = vote_label_ids(tokenizer, vote)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     logger.info("loaded %s on %s (%s)", source.name, torch_device, torch_dtype)
     return LoadedScorer(
@@ -181,6 +187,7 @@ def _load_onnx(
     device: str | None,
     dtype: str | None,
     labels: Sequence[str],
+    vote: str | None,
     threads: int | None,
     on_missing_gpu: OnMissingGpu,
 ) -> LoadedScorer:
@@ -200,7 +207,7 @@ def _load_onnx(
 
     loaded = load_export(
         model,
-        labels=labels,
+        labels=labels if vote is None else (vote,),
         device=device,
         on_missing_gpu=on_missing_gpu,
         intra_op_num_threads=threads,

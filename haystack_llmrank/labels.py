@@ -73,6 +73,16 @@ _RESOLVED: weakref.WeakKeyDictionary[Any, dict[tuple[tuple[str, ...], int], Labe
 )
 
 
+def vote_label_ids(tokenizer: Any, vote: str) -> LabelIds:
+    """``vote`` as the one label of a :class:`LabelIds`: the id of the single token it
+    encodes to, without the variants :func:`resolve_label_ids` adds (a vote readout is
+    trained on that one id)."""
+    ids = tokenizer(vote, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        raise LabelResolutionError(f"a vote must be one token; {vote!r} is {len(ids)}: {ids}")
+    return LabelIds((vote,), ((int(ids[0]),),))
+
+
 def resolve_label_ids(tokenizer: Any, labels: Sequence[str]) -> LabelIds:
     """Find, for each label, every id that decodes to it alone or after one space.
 

@@ -11,7 +11,7 @@ import logging
 import re
 import string
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,11 @@ class PromptTemplate:
     chat prompt ends with ``answer_prefix``, after which the model's first token is a label.
     ``prefix`` and ``suffix`` may name ``{n}`` and ``{query}``; ``passage`` must name
     ``{label}`` and ``{text}`` and may name ``{query}``.
+
+    ``vote`` switches the readout: with it, a window is ordered by the logit of the single
+    token ``vote`` (for instance ``" yes"``) at the last token of each passage line, read
+    in the same forward pass, instead of by the label logits after ``answer_prefix``. For
+    models trained with ``llmrank train --passage-vote`` on this template.
     """
 
     name: str
@@ -58,8 +63,11 @@ class PromptTemplate:
     labels: tuple[str, ...]
     system: str | None = RANKLLM_SYSTEM_MESSAGE
     answer_prefix: str = "["
+    vote: str | None = None
 
     def __post_init__(self) -> None:
+        if self.vote is not None and not self.vote.strip():
+            raise ValueError(f"a template's vote must be a visible token, got {self.vote!r}")
         if not self.labels:
             raise ValueError("a template needs at least one label")
         if len(set(self.labels)) != len(self.labels):
@@ -94,6 +102,10 @@ class PromptTemplate:
         data = asdict(self)
         data["labels"] = list(self.labels)
         return data
+
+    def with_vote(self, vote: str | None) -> PromptTemplate:
+        """This template read by ``vote`` at each passage line's end (``None``: by labels)."""
+        return replace(self, vote=vote)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PromptTemplate:
@@ -210,11 +222,17 @@ def normalize_passage(
 
 @dataclass(frozen=True)
 class Prompt:
-    """One rendered window: its text, its token ids, and how many passages were shortened."""
+    """One rendered window: its text, its token ids, and how many passages were shortened.
+
+    ``score_positions`` holds, for a template with a ``vote``, the index of the last token
+    of each passage line, where the scores are read; it is empty otherwise (the scores are
+    read at the last token).
+    """
 
     text: str
     token_ids: tuple[int, ...]
     truncated_passages: int = 0
+    score_positions: tuple[int, ...] = ()
 
 
 def _water_level(lengths: Sequence[int], budget: int) -> int:
@@ -292,8 +310,13 @@ class PromptBuilder:
         text = self.render(query, texts)
         ids = self._encode(text)
         if len(ids) <= self.max_prompt_tokens:
-            return Prompt(text, tuple(ids))
-        return self._fit(query, texts, len(ids))
+            prompt = Prompt(text, tuple(ids))
+        else:
+            prompt = self._fit(query, texts, len(ids))
+        if self.template.vote is None:
+            return prompt
+        ends = self.passage_end_tokens(prompt, query, len(passages))
+        return replace(prompt, score_positions=tuple(ends))
 
     def passage_end_tokens(self, prompt: Prompt, query: str, count: int) -> list[int]:
         """Index in ``prompt.token_ids`` of the last token of each of the first ``count``

@@ -24,6 +24,7 @@ from haystack_llmrank.scorers.base import (
 )
 from haystack_llmrank.scorers.base import (
     LabelScorer,
+    PositionScorer,
     preferred_max_batch_tokens,
 )
 from haystack_llmrank.strategies import QueryRun, SlidingWindow, Strategy, run_windows
@@ -51,7 +52,8 @@ class Reranker:
     """Ranks passages for a query with a single-token listwise LLM (FIRST).
 
     Each window is one forward pass: the label logits of the first generated token order
-    the window. Windows follow ``strategy`` (FIRST's sliding window by default; see
+    the window (or, for a template with a ``vote``, the vote's logit at the end of each
+    passage line). Windows follow ``strategy`` (FIRST's sliding window by default; see
     :mod:`haystack_llmrank.strategies`). ``batch_size`` caps the windows that go to the
     scorer together, drawn from the steps of several queries (one query's step is never
     split, so it may exceed the cap); each forward pass holds at most ``max_batch_tokens``
@@ -84,10 +86,16 @@ class Reranker:
         both_orders: bool = False,
     ) -> None:
         self.strategy: Strategy = strategy or SlidingWindow()
-        if scorer.label_ids.labels[: len(template.labels)] != template.labels:
+        read = template.labels if template.vote is None else (template.vote,)
+        if scorer.label_ids.labels[: len(read)] != read:
             raise ValueError(
                 f"the scorer's labels {scorer.label_ids.labels} do not match the template's "
-                f"{template.labels}"
+                f"{'vote' if template.vote is not None else 'labels'} {read}"
+            )
+        if template.vote is not None and not isinstance(scorer, PositionScorer):
+            raise ValueError(
+                f"template {template.name!r} reads a vote at each passage line's end, which "
+                f"{type(scorer).__name__} cannot score (it reads the last token only)"
             )
         template.check_window(self.strategy.window_size)
         if batch_size < 1 or (max_batch_tokens is not None and max_batch_tokens < 1):
@@ -144,6 +152,7 @@ class Reranker:
             device=device,
             dtype=dtype,
             labels=chosen.labels,
+            vote=chosen.vote,
             threads=threads,
             on_missing_gpu=on_missing_gpu,
         )
@@ -237,12 +246,19 @@ class Reranker:
         return [run.result(count) for run, count in zip(runs, tokens, strict=True)]
 
     def score_prompts(self, prompts: Sequence[Prompt]) -> list[npt.NDArray[np.float32]]:
-        """Label logits of each prompt, scored in length buckets within the token budget."""
+        """Each prompt's scores, one per passage in prompt order (label logits, or vote
+        logits at the line ends), scored in length buckets within the token budget."""
         scored: dict[int, npt.NDArray[np.float32]] = {}
         lengths = [len(p.token_ids) for p in prompts]
         for group in length_buckets(lengths, self.max_batch_tokens):
-            logits = self.scorer.score([prompts[i].token_ids for i in group])
-            scored.update(zip(group, logits, strict=True))
+            ids = [prompts[i].token_ids for i in group]
+            if self.prompts.template.vote is None:
+                scored.update(zip(group, self.scorer.score(ids), strict=True))
+                continue
+            assert isinstance(self.scorer, PositionScorer)  # checked in __init__
+            at = [prompts[i].score_positions for i in group]
+            votes = self.scorer.score_at(ids, at)[:, :, 0]
+            scored.update((i, row[: len(a)]) for i, row, a in zip(group, votes, at, strict=True))
         return [scored[i] for i in range(len(prompts))]
 
 

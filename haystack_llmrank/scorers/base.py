@@ -33,6 +33,19 @@ class LabelScorer(Protocol):
         ...
 
 
+@runtime_checkable
+class PositionScorer(LabelScorer, Protocol):
+    """A :class:`LabelScorer` that can also read the label logits at given positions."""
+
+    def score_at(
+        self, prompts: Sequence[Sequence[int]], positions: Sequence[Sequence[int]]
+    ) -> npt.NDArray[np.float32]:
+        """Float32 label logits ``[batch, P, K]`` of each prompt at each of its
+        ``positions`` (token indices); P is the most positions of any prompt, and a row
+        with fewer is padded with values that mean nothing."""
+        ...
+
+
 def check_finite(logits: npt.NDArray[np.float32], remedy: str) -> npt.NDArray[np.float32]:
     """``logits``, or :class:`NonFiniteLogitsError` (with ``remedy``) if any is NaN or ±inf."""
     bad = ~np.isfinite(logits)

@@ -1,4 +1,4 @@
-"""The label head as a torch module: decoder body, last-position gather, label rows of the LM head.
+"""The label head as a torch module: decoder body, position gather, label rows of the LM head.
 
 The torch scorer runs it directly and the ONNX export traces it, so both backends compute
 exactly the same thing.
@@ -14,11 +14,12 @@ from haystack_llmrank.labels import LabelIds
 
 
 class LabelLogitsModel(torch.nn.Module):
-    """``(input_ids, attention_mask) -> label_logits [batch, K]`` for right-padded prompts.
+    """``(input_ids, attention_mask) -> label_logits [batch, K]`` for right-padded prompts,
+    or with ``positions [batch, P]``, ``label_logits [batch, P, K]`` at those positions.
 
-    Runs the decoder body, gathers the hidden state at each prompt's last real token and
-    multiplies it by the label rows of the LM head only, in float32 whatever the model's
-    dtype. The rows are laid out as
+    Runs the decoder body, gathers the hidden state at each prompt's last real token (or at
+    ``positions``) and multiplies it by the label rows of the LM head only, in float32
+    whatever the model's dtype. The rows are laid out as
     ``[K * width]`` (each label's ids, padded by repeating its first id), so the per-label
     maximum is one reshape and one reduction.
     """
@@ -45,13 +46,23 @@ class LabelLogitsModel(torch.nn.Module):
         softcap = getattr(model.config, "final_logit_softcapping", None)
         self.softcap = float(softcap) if softcap else None
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Label logits ``[batch, K]`` in float32."""
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Label logits in float32: ``[batch, K]`` at each last real token, or
+        ``[batch, P, K]`` at ``positions``."""
         hidden = self.body(
             input_ids=input_ids, attention_mask=attention_mask, use_cache=False
         ).last_hidden_state
-        last = (attention_mask.sum(dim=1) - 1).view(-1, 1, 1).expand(-1, 1, hidden.shape[-1])
-        final = torch.gather(hidden, 1, last).select(1, 0)
+        if positions is None:
+            last = (attention_mask.sum(dim=1) - 1).view(-1, 1, 1).expand(-1, 1, hidden.shape[-1])
+            final = torch.gather(hidden, 1, last).select(1, 0)
+        else:
+            index = positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
+            final = torch.gather(hidden, 1, index)
         weight, bias = self.head_weight, self.head_bias
         if final.dtype != torch.float32:
             # Near 30, bfloat16 steps by 0.125 (float16 by 0.016), coarser than the gaps
@@ -61,4 +72,4 @@ class LabelLogitsModel(torch.nn.Module):
         logits = torch.nn.functional.linear(final, weight, bias)
         if self.softcap is not None:
             logits = torch.tanh(logits / self.softcap) * self.softcap
-        return logits.view(logits.shape[0], self.labels, -1).amax(dim=-1)
+        return logits.view(*logits.shape[:-1], self.labels, -1).amax(dim=-1)

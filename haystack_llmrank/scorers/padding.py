@@ -23,3 +23,20 @@ def pad_right(
         ids[row, : len(prompt)] = prompt
         mask[row, : len(prompt)] = 1
     return ids, mask
+
+
+def pad_positions(
+    positions: Sequence[Sequence[int]], lengths: Sequence[int]
+) -> npt.NDArray[np.int64]:
+    """Right-pad per-prompt token positions into one ``[batch, P]`` array (padding reads
+    position 0), after checking each lies within its prompt of ``lengths[row]`` tokens."""
+    if len(positions) != len(lengths):
+        raise ValueError(f"{len(positions)} position lists for {len(lengths)} prompts")
+    if not positions or min(len(p) for p in positions) == 0:
+        raise ValueError("every prompt needs at least one position to score at")
+    table = np.zeros((len(positions), max(len(p) for p in positions)), dtype=np.int64)
+    for row, (at, length) in enumerate(zip(positions, lengths, strict=True)):
+        if min(at) < 0 or max(at) >= length:
+            raise ValueError(f"positions {list(at)} fall outside a prompt of {length} tokens")
+        table[row, : len(at)] = at
+    return table

@@ -12,7 +12,7 @@ import torch
 from haystack_llmrank.labels import LabelIds
 from haystack_llmrank.scorers.base import DEFAULT_MAX_BATCH_TOKENS, check_finite
 from haystack_llmrank.scorers.label_head import LabelLogitsModel
-from haystack_llmrank.scorers.padding import pad_right
+from haystack_llmrank.scorers.padding import pad_positions, pad_right
 
 
 class TorchLabelScorer:
@@ -56,10 +56,26 @@ class TorchLabelScorer:
 
         Raises :class:`~haystack_llmrank.errors.NonFiniteLogitsError` on NaN or ±inf.
         """
+        return self._run(prompts, None)
+
+    def score_at(
+        self, prompts: Sequence[Sequence[int]], positions: Sequence[Sequence[int]]
+    ) -> npt.NDArray[np.float32]:
+        """Return float32 label logits ``[len(prompts), P, len(label_ids)]`` at each
+        prompt's ``positions`` (P: the most of any prompt; shorter rows are padded).
+
+        Raises :class:`~haystack_llmrank.errors.NonFiniteLogitsError` on NaN or ±inf.
+        """
+        return self._run(prompts, pad_positions(positions, [len(p) for p in prompts]))
+
+    def _run(
+        self, prompts: Sequence[Sequence[int]], positions: npt.NDArray[np.int64] | None
+    ) -> npt.NDArray[np.float32]:
         ids, mask = pad_right(prompts, self._pad_id)
+        at = None if positions is None else torch.from_numpy(positions).to(self.device)
         with torch.inference_mode():
             logits = self._head(
-                torch.from_numpy(ids).to(self.device), torch.from_numpy(mask).to(self.device)
+                torch.from_numpy(ids).to(self.device), torch.from_numpy(mask).to(self.device), at
             )
         result: npt.NDArray[np.float32] = logits.cpu().numpy().astype(np.float32, copy=False)
         if self.dtype == torch.float32:

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from haystack_llmrank.labels import LabelIds
+from haystack_llmrank.labels import LabelIds, vote_label_ids
 from haystack_llmrank.training.adapters import causal_lm, plain_output_head
 from haystack_llmrank.training.encoding import EncodedWindow
 from haystack_llmrank.training.losses import weighted_ranknet
@@ -100,9 +100,4 @@ def batch_losses(
 
 def vote_token_id(tokenizer: Any, vote: str | None) -> int | None:
     """The id of the single token ``vote`` (``None`` for none)."""
-    if vote is None:
-        return None
-    ids = tokenizer(vote, add_special_tokens=False)["input_ids"]
-    if len(ids) != 1:
-        raise ValueError(f"passage_vote must be one token; {vote!r} is {len(ids)}: {ids}")
-    return int(ids[0])
+    return None if vote is None else vote_label_ids(tokenizer, vote).ids[0][0]

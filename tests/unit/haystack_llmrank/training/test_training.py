@@ -335,7 +335,7 @@ def test_passage_ranknet_needs_a_template_that_repeats_labels(
         small_config(passage_ranknet_weight=-1.0)
     with pytest.raises(ValueError, match="only with a positive passage_ranknet_weight"):
         small_config(passage_vote=" yes")
-    with pytest.raises(ValueError, match="passage_vote must be one token; ' yes please' is 2"):
+    with pytest.raises(ValueError, match="a vote must be one token; ' yes please' is 2"):
         FirstTrainer(
             make_tiny_llama(len(smollm2_tokenizer)),
             smollm2_tokenizer,

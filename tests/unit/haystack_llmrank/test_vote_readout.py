@@ -1,0 +1,98 @@
+"""The vote readout: a window ordered by one token's logit at the end of each passage line."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from haystack_llmrank.errors import LabelResolutionError
+from haystack_llmrank.labels import vote_label_ids
+from haystack_llmrank.prompt import FIRST_TEMPLATE, PromptBuilder, PromptTemplate
+from haystack_llmrank.reranker import Reranker
+from haystack_llmrank.scorers.torch_scorer import TorchLabelScorer
+
+VOTED = FIRST_TEMPLATE.with_vote(" yes")
+QUERY = "where is berlin"
+PASSAGES = ["Paris is in France.", "Berlin is in Germany.", "Pasta cooks in water.", "Bonn too."]
+
+
+@pytest.fixture(scope="module")
+def vote_scorer(tiny_model: Any, smollm2_tokenizer: Any) -> TorchLabelScorer:
+    labels = vote_label_ids(smollm2_tokenizer, " yes")
+    return TorchLabelScorer(tiny_model, labels, pad_token_id=smollm2_tokenizer.pad_token_id)
+
+
+def test_the_vote_is_kept_with_the_template_and_checked() -> None:
+    assert PromptTemplate.from_dict(VOTED.to_dict()) == VOTED
+    assert VOTED.vote == " yes"
+    assert FIRST_TEMPLATE.vote is None
+    with pytest.raises(ValueError, match="visible token"):
+        FIRST_TEMPLATE.with_vote(" ")
+
+
+def test_a_vote_must_be_one_token(smollm2_tokenizer: Any) -> None:
+    assert vote_label_ids(smollm2_tokenizer, " yes").ids[0] == (
+        smollm2_tokenizer(" yes", add_special_tokens=False)["input_ids"][0],
+    )
+    with pytest.raises(LabelResolutionError, match="one token"):
+        vote_label_ids(smollm2_tokenizer, " yes please")
+
+
+def test_prompts_record_where_their_lines_end(smollm2_tokenizer: Any) -> None:
+    voted = PromptBuilder(smollm2_tokenizer, VOTED, max_prompt_tokens=4096)
+    plain = PromptBuilder(smollm2_tokenizer, FIRST_TEMPLATE, max_prompt_tokens=4096)
+    prompt = voted.build(QUERY, PASSAGES)
+    assert plain.build(QUERY, PASSAGES).score_positions == ()
+    assert prompt.token_ids == plain.build(QUERY, PASSAGES).token_ids
+    assert prompt.score_positions == tuple(voted.passage_end_tokens(prompt, QUERY, 4))
+    for position, passage in zip(prompt.score_positions, PASSAGES, strict=True):
+        line = smollm2_tokenizer.decode(prompt.token_ids[position - 3 : position + 1])
+        assert passage.split()[-1] in line
+
+
+def test_score_at_equals_the_full_logits_at_those_positions(
+    tiny_model: Any, vote_scorer: TorchLabelScorer, smollm2_tokenizer: Any
+) -> None:
+    builder = PromptBuilder(smollm2_tokenizer, VOTED, max_prompt_tokens=4096)
+    prompts = [builder.build(QUERY, PASSAGES), builder.build(QUERY, PASSAGES[:2])]
+    ids = [p.token_ids for p in prompts]
+    got = vote_scorer.score_at(ids, [p.score_positions for p in prompts])
+    assert got.shape == (2, 4, 1)
+    assert got.dtype == np.float32
+    vote = vote_scorer.label_ids.ids[0][0]
+    for row, prompt in enumerate(prompts):
+        with torch.inference_mode():
+            logits = tiny_model(input_ids=torch.tensor([prompt.token_ids])).logits[0]
+        expected = [float(logits[p, vote]) for p in prompt.score_positions]
+        np.testing.assert_allclose(got[row, : len(expected), 0], expected, rtol=1e-5, atol=1e-4)
+    with pytest.raises(ValueError, match="outside a prompt"):
+        vote_scorer.score_at([ids[1]], [[len(ids[1])]])
+
+
+def test_the_reranker_orders_a_window_by_its_votes(
+    vote_scorer: TorchLabelScorer, smollm2_tokenizer: Any
+) -> None:
+    reranker = Reranker(smollm2_tokenizer, vote_scorer, max_prompt_tokens=4096, template=VOTED)
+    prompt = reranker.prompts.build(QUERY, PASSAGES)
+    votes = vote_scorer.score_at([prompt.token_ids], [prompt.score_positions])[0, :, 0]
+    ranking = reranker.rerank(QUERY, PASSAGES)
+    assert list(ranking.order) == sorted(range(4), key=lambda i: -votes[i])
+
+
+def test_a_vote_needs_a_scorer_that_reads_positions_and_scores_the_vote(
+    smollm2_tokenizer: Any, tiny_scorer: TorchLabelScorer, vote_scorer: TorchLabelScorer
+) -> None:
+    with pytest.raises(ValueError, match="do not match the template's vote"):
+        Reranker(smollm2_tokenizer, tiny_scorer, max_prompt_tokens=4096, template=VOTED)
+
+    class LastTokenOnly:
+        label_ids = vote_scorer.label_ids
+
+        def score(self, prompts: Any) -> Any:
+            raise AssertionError("never called")
+
+    with pytest.raises(ValueError, match="cannot score"):
+        Reranker(smollm2_tokenizer, LastTokenOnly(), max_prompt_tokens=4096, template=VOTED)
