@@ -65,6 +65,12 @@ def export_onnx(
         raise ValueError(f"unknown exporter {exporter!r}; choose one of {EXPORTERS}")
     _require_export_tools(precision, exporter)
     chosen = model_template(template, model)
+    if chosen.vote is not None:
+        raise ValueError(
+            f"template {chosen.name!r} reads a vote at each passage line's end, which the ONNX "
+            "graph does not carry yet; rank with the torch backend, or export with a template "
+            "that has no vote"
+        )
     target = Path(out_dir).expanduser().resolve()
     _check_target(target, overwrite=overwrite)
     source = resolve_model(model)
