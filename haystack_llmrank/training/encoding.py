@@ -60,9 +60,9 @@ class WindowEncoder:
         prompt = self.prompts.build(window.query, window.passages)
         target = self._tokenizer(self.target_text(window), add_special_tokens=False)["input_ids"]
         ids = (*prompt.token_ids, *(int(i) for i in target), self._end)
-        ends = (
-            self.prompts.passage_end_tokens(prompt, window.query, len(window.passages))
-            if self._passage_ends
-            else ()
-        )
+        ends: tuple[int, ...] | list[int] = ()
+        if self._passage_ends:  # a vote template's prompt has found them already
+            ends = prompt.score_positions or self.prompts.passage_end_tokens(
+                prompt, window.query, len(window.passages)
+            )
         return EncodedWindow(ids, len(prompt.token_ids), window.target, tuple(ends))
