@@ -92,7 +92,9 @@ class Reranker:
                 f"the scorer's labels {scorer.label_ids.labels} do not match the template's "
                 f"{'vote' if template.vote is not None else 'labels'} {read}"
             )
-        if template.vote is not None and not isinstance(scorer, PositionScorer):
+        if template.vote is not None and not (
+            isinstance(scorer, PositionScorer) and getattr(scorer, "reads_positions", True)
+        ):
             raise ValueError(
                 f"template {template.name!r} reads a vote at each passage line's end, which "
                 f"{type(scorer).__name__} cannot score (it reads the last token only)"

@@ -124,6 +124,12 @@ def register(parser: argparse.ArgumentParser) -> None:
         "of each line (e.g. ' yes'), shared by all, instead of each passage's own label; with "
         "--objective pointwise or --pointwise-weight, the token that scores each passage",
     )
+    run.add_argument(
+        "--rank-by-vote",
+        action="store_true",
+        help="record --passage-vote in the saved template, so that the model ranks (and "
+        "validation ranks) by each passage's vote instead of the FIRST readout",
+    )
     run.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint")
     run.add_argument(
         "--gradient-checkpointing", action="store_true", help="recompute activations (less memory)"
@@ -420,7 +426,6 @@ def run_train(args: argparse.Namespace) -> int:
 def _trainer(args: argparse.Namespace, config: Any) -> Any:
     from haystack_llmrank.backends import source_device_and_dtype
     from haystack_llmrank.models import load_causal_lm, load_tokenizer, resolve_model
-    from haystack_llmrank.prompt import get_template
     from haystack_llmrank.training import FirstTrainer
 
     if args.threads is not None:
@@ -446,8 +451,21 @@ def _trainer(args: argparse.Namespace, config: Any) -> Any:
         # a local base is recorded by absolute path, so the output loads from anywhere
         base_model=str(local.resolve()) if local.exists() else args.model,
         output_dir=args.output,
-        template=get_template(args.template),
+        template=_template(args),
     )
+
+
+def _template(args: argparse.Namespace) -> Any:
+    """The template to train with: ``--template``, with ``--passage-vote`` as its vote when
+    ``--rank-by-vote`` is given."""
+    from haystack_llmrank.prompt import get_template
+
+    template = get_template(args.template)
+    if not args.rank_by_vote:
+        return template
+    if args.passage_vote is None:
+        raise ValueError("--rank-by-vote ranks by --passage-vote's token; give it")
+    return template.with_vote(args.passage_vote)
 
 
 def _write_merged(output: Path) -> None:

@@ -1,4 +1,4 @@
-"""The exported computation: decoder body, last-position gather, label rows of the LM head."""
+"""The exported computation: decoder body, position gather, label rows of the LM head."""
 
 from __future__ import annotations
 
@@ -19,11 +19,12 @@ from haystack_llmrank.scorers.label_head import LabelLogitsModel
 from haystack_llmrank.scorers.onnx_metadata import (
     ATTENTION_CHOICES,
     EXPORTERS,
-    INPUT_NAMES,
     OUTPUT_NAME,
+    POSITIONS_NAME,
     AttentionChoice,
     AttentionKind,
     Exporter,
+    graph_inputs,
 )
 
 logger = logging.getLogger(__name__)
@@ -38,6 +39,11 @@ def example_inputs(pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     ids = torch.tensor([[1, 2, 3, 4, 5, 6], [7, 8, 9, pad_id, pad_id, pad_id]], dtype=torch.long)
     mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]], dtype=torch.long)
     return ids, mask
+
+
+def example_positions() -> torch.Tensor:
+    """Positions to read in :func:`example_inputs`: three per row, within each row's tokens."""
+    return torch.tensor([[1, 3, 5], [0, 2, 2]], dtype=torch.long)
 
 
 def choose_attention(
@@ -79,11 +85,14 @@ def export_graph(
     opset: int,
     exporter: Exporter,
     attention: AttentionKind = "plain",
+    positions: bool = False,
 ) -> None:
     """Write ``module`` as an ONNX graph with dynamic batch and sequence axes to ``path``.
 
     ``attention="fused"`` writes each layer's attention as one ONNX Runtime node (see
-    :mod:`haystack_llmrank.export.attention`; TorchScript exporter only).
+    :mod:`haystack_llmrank.export.attention`; TorchScript exporter only). ``positions``
+    adds the :data:`~haystack_llmrank.scorers.onnx_metadata.POSITIONS_NAME` input (int64
+    ``[batch, P]``, dynamic ``P``), and the output becomes ``[batch, P, K]``.
     """
     if exporter not in EXPORTERS:
         raise ValueError(f"unknown exporter {exporter!r}; choose one of {EXPORTERS}")
@@ -98,17 +107,18 @@ def export_graph(
         warnings.filterwarnings("ignore", message=".*feature will be removed.*")
         warnings.filterwarnings("ignore", message=".*axis name.*will not be used.*")
         warnings.simplefilter("ignore", FutureWarning)
+        inputs = (*example_inputs(pad_id), *([example_positions()] if positions else []))
         torch.onnx.export(
             module,
-            example_inputs(pad_id),
+            inputs,
             str(path),
-            input_names=list(INPUT_NAMES),
+            input_names=list(graph_inputs(positions)),
             output_names=[OUTPUT_NAME],
             opset_version=opset,
             dynamo=exporter == "dynamo",
             external_data=True,
             verbose=False,
-            **_dynamic_dimensions(exporter),
+            **_dynamic_dimensions(exporter, positions),
         )
     written = graph_opset(path)
     if written != opset:  # the dynamo exporter logs a failed conversion and keeps its own
@@ -132,10 +142,15 @@ def graph_opset(path: Path) -> int:
     return next(int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
-def _dynamic_dimensions(exporter: Exporter) -> dict[str, Any]:
-    """Batch and sequence axes as each exporter takes them."""
+def _dynamic_dimensions(exporter: Exporter, positions: bool) -> dict[str, Any]:
+    """Batch, sequence (and positions) axes as each exporter takes them."""
+    second = {name: "sequence" for name in graph_inputs(positions)}
+    output: dict[int, str] = {0: "batch"}
+    if positions:
+        second[POSITIONS_NAME] = output[1] = "positions"
     if exporter == "dynamo":
-        batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
-        return {"dynamic_shapes": {name: {0: batch, 1: sequence} for name in INPUT_NAMES}}
-    axes: dict[str, dict[int, str]] = {name: {0: "batch", 1: "sequence"} for name in INPUT_NAMES}
-    return {"dynamic_axes": {**axes, OUTPUT_NAME: {0: "batch"}}}
+        dims = {name: torch.export.Dim(name) for name in ("batch", *set(second.values()))}
+        shapes = {name: {0: dims["batch"], 1: dims[axis]} for name, axis in second.items()}
+        return {"dynamic_shapes": shapes}
+    axes: dict[str, dict[int, str]] = {name: {0: "batch", 1: axis} for name, axis in second.items()}
+    return {"dynamic_axes": {**axes, OUTPUT_NAME: output}}

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from haystack_llmrank.labels import LabelIds, resolve_label_ids
+from haystack_llmrank.labels import LabelIds, resolve_label_ids, vote_label_ids
 from haystack_llmrank.model_templates import TemplateChoice, model_template
 from haystack_llmrank.models import context_length, load_causal_lm, load_tokenizer, resolve_model
 from haystack_llmrank.scorers.onnx_metadata import (
@@ -49,7 +49,9 @@ def export_onnx(
     ``model`` is anything :func:`~haystack_llmrank.models.resolve_model` accepts. The folder
     gets ``model.onnx`` (inputs ``input_ids``/``attention_mask`` int64 ``[batch, sequence]``,
     output float32 ``label_logits [batch, K]`` for ``template``'s labels (``None``: the
-    template ``model`` was trained with, else ``first``); ``model.onnx.data``
+    template ``model`` was trained with, else ``first``); for a template with a ``vote``,
+    also ``positions`` int64 ``[batch, P]`` and ``label_logits [batch, P, 1]``, the vote's
+    logit at each position; ``model.onnx.data``
     too for graphs over 1 GiB), the tokenizer with its chat template, and ``llmrank.json``.
     ``precision`` is ``fp32``, ``fp16`` (for CUDA) or ``int8`` (weight-only, for CPU);
     ``optimize`` saves ONNX Runtime's basic graph optimisations; ``exporter`` is
@@ -65,19 +67,16 @@ def export_onnx(
         raise ValueError(f"unknown exporter {exporter!r}; choose one of {EXPORTERS}")
     _require_export_tools(precision, exporter)
     chosen = model_template(template, model)
-    if chosen.vote is not None:
-        raise ValueError(
-            f"template {chosen.name!r} reads a vote at each passage line's end, which the ONNX "
-            "graph does not carry yet; rank with the torch backend, or export with a template "
-            "that has no vote"
-        )
     target = Path(out_dir).expanduser().resolve()
     _check_target(target, overwrite=overwrite)
     source = resolve_model(model)
     tokenizer = load_tokenizer(source)
     if getattr(tokenizer, "chat_template", None) is None:
         raise ValueError(f"{source.name} has no chat template; FIRST prompts are chat prompts")
-    label_ids = resolve_label_ids(tokenizer, chosen.labels)
+    if chosen.vote is None:
+        label_ids = resolve_label_ids(tokenizer, chosen.labels)
+    else:
+        label_ids = vote_label_ids(tokenizer, chosen.vote)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.partial-"))
@@ -94,6 +93,7 @@ def export_onnx(
             precision=precision,
             exporter=exporter,
             attention=attention,
+            positions=chosen.vote is not None,
         )
         tokenizer.save_pretrained(staging)
         ExportMetadata(
@@ -166,9 +166,11 @@ def _build_graph(
     precision: Precision,
     exporter: Exporter,
     attention: AttentionChoice,
+    positions: bool,
 ) -> AttentionKind:
     """Export, optimise, convert and save the graph into ``folder``, checking it runs.
 
+    ``positions``: the graph reads label logits at given positions (a vote template).
     Returns the attention the graph got.
     """
     from haystack_llmrank.export.graph import choose_attention, export_graph
@@ -188,6 +190,7 @@ def _build_graph(
             opset=opset,
             exporter=exporter,
             attention=kind,
+            positions=positions,
         )
         graph = raw / GRAPH_FILE
         if optimize:
@@ -196,7 +199,8 @@ def _build_graph(
             optimize_graph(graph, optimized / GRAPH_FILE)
             graph = optimized / GRAPH_FILE
         save_graph(convert_precision(graph, precision), folder)
-    check_graph(module, folder / GRAPH_FILE, pad_id=pad_id, exact=precision == "fp32")
+    exact = precision == "fp32"
+    check_graph(module, folder / GRAPH_FILE, pad_id=pad_id, exact=exact, positions=positions)
     return kind
 
 

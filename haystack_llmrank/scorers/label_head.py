@@ -61,7 +61,10 @@ class LabelLogitsModel(torch.nn.Module):
             last = (attention_mask.sum(dim=1) - 1).view(-1, 1, 1).expand(-1, 1, hidden.shape[-1])
             final = torch.gather(hidden, 1, last).select(1, 0)
         else:
-            index = positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
+            # Within each prompt's real tokens; this also keeps the mask an input of a graph
+            # whose fused attention does not read it.
+            within = torch.minimum(positions, attention_mask.sum(dim=1, keepdim=True) - 1)
+            index = within.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
             final = torch.gather(hidden, 1, index)
         weight, bias = self.head_weight, self.head_bias
         if final.dtype != torch.float32:

@@ -75,6 +75,13 @@ def load_export(
             f"{running} cannot load it ({exc}); upgrade onnxruntime to {exporting} or later, "
             "or export the model again with this one"
         ) from exc
+    if scorer.reads_positions != metadata.reads_positions:
+        vote = metadata.template.get("vote")
+        raise ModelResolutionError(
+            f"{path}'s template has {'no vote' if vote is None else f'the vote {vote!r}'}, but "
+            f"its graph {'takes' if scorer.reads_positions else 'lacks'} the positions input; "
+            "export the model again"
+        )
     return LoadedExport(tokenizer, scorer, metadata)
 
 

@@ -18,6 +18,8 @@ DATA_FILE = "model.onnx.data"
 FORMAT = "llmrank-onnx"
 FORMAT_VERSION = 1
 INPUT_NAMES = ("input_ids", "attention_mask")
+POSITIONS_NAME = "positions"
+"""The third input of a vote export: int64 ``[batch, P]`` token positions to read at."""
 OUTPUT_NAME = "label_logits"
 Precision = Literal["fp32", "fp16", "int8"]
 PRECISIONS: tuple[Precision, ...] = ("fp32", "fp16", "int8")
@@ -34,6 +36,9 @@ EXPORT_HINT = (
 @dataclass(frozen=True)
 class ExportMetadata:
     """The contents of ``llmrank.json``.
+
+    A template with a ``vote`` was exported with a :data:`POSITIONS_NAME` input
+    (:attr:`reads_positions`).
 
     ``files`` maps each file of the graph (``model.onnx`` and its external data, if any)
     to its SHA-256; ``template`` is :meth:`PromptTemplate.to_dict` of the template whose
@@ -56,6 +61,11 @@ class ExportMetadata:
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
 
+    @property
+    def reads_positions(self) -> bool:
+        """Whether the graph takes :data:`POSITIONS_NAME` (the template has a vote)."""
+        return self.template.get("vote") is not None
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form."""
         data = asdict(self)
@@ -71,6 +81,11 @@ class ExportMetadata:
         """Write ``llmrank.json`` into ``folder``."""
         text = json.dumps(self.to_dict(), indent=2, sort_keys=True)
         (folder / METADATA_FILE).write_text(text + "\n", encoding="utf-8")
+
+
+def graph_inputs(positions: bool) -> tuple[str, ...]:
+    """The input names of a graph that reads the last token, or ``positions`` too."""
+    return (*INPUT_NAMES, POSITIONS_NAME) if positions else INPUT_NAMES
 
 
 def file_sha256(path: Path) -> str:

@@ -16,8 +16,13 @@ import numpy.typing as npt
 from haystack_llmrank.gpu_policy import OnMissingGpu, check_on_missing_gpu, fall_back_to_cpu
 from haystack_llmrank.labels import LabelIds
 from haystack_llmrank.scorers.base import check_finite
-from haystack_llmrank.scorers.onnx_metadata import INPUT_NAMES, OUTPUT_NAME, ExportMetadata
-from haystack_llmrank.scorers.padding import pad_right
+from haystack_llmrank.scorers.onnx_metadata import (
+    OUTPUT_NAME,
+    POSITIONS_NAME,
+    ExportMetadata,
+    graph_inputs,
+)
+from haystack_llmrank.scorers.padding import pad_positions, pad_right
 
 logger = logging.getLogger(__name__)
 
@@ -249,8 +254,10 @@ class OnnxLabelScorer:
     """Label logits from an exported ``model.onnx`` (see :mod:`haystack_llmrank.export`).
 
     The graph maps right-padded ``input_ids``/``attention_mask`` to float32
-    ``label_logits [batch, K]``. Inputs are copied to the session's device once and the
-    output is allocated there (IOBinding); only the ``[batch, K]`` result comes back.
+    ``label_logits [batch, K]``; the export of a vote template also takes ``positions``
+    and returns ``[batch, P, K]`` (:meth:`score_at`; :meth:`score` then reads each
+    prompt's last token). Inputs are copied to the session's device once and the output
+    is allocated there (IOBinding); only the label logits come back.
 
     ``device`` is ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``None`` (CUDA when onnxruntime
     offers it). A CUDA device that cannot be used raises, or with ``on_missing_gpu="warn"``
@@ -301,17 +308,27 @@ class OnnxLabelScorer:
         self._label_ids = label_ids
         self._pad_id = pad_token_id
         self._precision = metadata.precision if metadata is not None else None
-        self._check_signature()
+        self._positions = self._check_signature()
         logger.info("onnx scorer for %s on %s", graph, self._placement.name)
 
-    def _check_signature(self) -> None:
+    def _check_signature(self) -> bool:
+        """Whether the graph takes positions; ``ValueError`` for a graph of another kind."""
         inputs = sorted(i.name for i in self._session.get_inputs())
         outputs = [o.name for o in self._session.get_outputs()]
-        if inputs != sorted(INPUT_NAMES) or outputs != [OUTPUT_NAME]:
-            raise ValueError(
-                f"the graph takes {inputs} and returns {outputs}; a label-logit export takes "
-                f"{list(INPUT_NAMES)} and returns only [{OUTPUT_NAME!r}]"
-            )
+        if outputs == [OUTPUT_NAME]:
+            for positions in (False, True):
+                if inputs == sorted(graph_inputs(positions)):
+                    return positions
+        raise ValueError(
+            f"the graph takes {inputs} and returns {outputs}; a label-logit export takes "
+            f"{list(graph_inputs(False))} (and {POSITIONS_NAME!r} for a vote) and returns "
+            f"only [{OUTPUT_NAME!r}]"
+        )
+
+    @property
+    def reads_positions(self) -> bool:
+        """Whether the graph takes positions (:meth:`score_at`): an export of a vote."""
+        return self._positions
 
     @property
     def label_ids(self) -> LabelIds:
@@ -329,22 +346,48 @@ class OnnxLabelScorer:
         return list(self._session.get_providers())
 
     def score(self, prompts: Sequence[Sequence[int]]) -> npt.NDArray[np.float32]:
-        """Return float32 label logits ``[len(prompts), len(label_ids)]``.
+        """Return float32 label logits ``[len(prompts), len(label_ids)]`` at each last token.
 
         Raises :class:`~haystack_llmrank.errors.NonFiniteLogitsError` on NaN or ±inf.
         """
+        if self._positions:
+            return self._run(prompts, [[len(p) - 1] for p in prompts])[:, 0]
+        return self._run(prompts, None)
+
+    def score_at(
+        self, prompts: Sequence[Sequence[int]], positions: Sequence[Sequence[int]]
+    ) -> npt.NDArray[np.float32]:
+        """Return float32 label logits ``[len(prompts), P, len(label_ids)]`` at each
+        prompt's ``positions`` (P: the most of any prompt; shorter rows are padded).
+
+        Only an export of a vote template takes positions; others raise ``ValueError``.
+        Raises :class:`~haystack_llmrank.errors.NonFiniteLogitsError` on NaN or ±inf.
+        """
+        if not self._positions:
+            raise ValueError(
+                "this export reads the last token only; export a template with a vote "
+                "to read label logits at given positions"
+            )
+        return self._run(prompts, positions)
+
+    def _run(
+        self, prompts: Sequence[Sequence[int]], at: Sequence[Sequence[int]] | None
+    ) -> npt.NDArray[np.float32]:
         import onnxruntime as ort
 
         ids, mask = pad_right(prompts, self._pad_id)
+        positions = None if at is None else pad_positions(at, [len(p) for p in prompts])
+        arrays = [ids, mask] + ([] if positions is None else [positions])
         where = (self._placement.device_type, self._placement.device_id)
         binding = self._session.io_binding()
-        values = [ort.OrtValue.ortvalue_from_numpy(array, *where) for array in (ids, mask)]
-        for name, value in zip(INPUT_NAMES, values, strict=True):
-            binding.bind_ortvalue_input(name, value)
+        for name, array in zip(graph_inputs(positions is not None), arrays, strict=True):
+            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array, *where))
         binding.bind_output(OUTPUT_NAME, *where)
         self._session.run_with_iobinding(binding)
         logits = binding.copy_outputs_to_cpu()[0]
-        expected = (len(prompts), len(self._label_ids))
+        expected: tuple[int, ...] = (len(prompts), len(self._label_ids))
+        if positions is not None:
+            expected = (len(prompts), positions.shape[1], len(self._label_ids))
         if logits.shape != expected or logits.dtype != np.float32:
             raise RuntimeError(
                 f"the graph returned {logits.dtype} {logits.shape}, expected float32 {expected}"

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from haystack_llmrank.data import Qrels, QueryCandidates
-from haystack_llmrank.labels import resolve_label_ids
+from haystack_llmrank.labels import resolve_label_ids, vote_label_ids
 from haystack_llmrank.model_templates import recorded_template
 from haystack_llmrank.prompt import FIRST_TEMPLATE, PromptBuilder, PromptTemplate
 from haystack_llmrank.training.adapters import (
@@ -107,7 +107,9 @@ class FirstTrainer:
     scored one per prompt (:class:`PointwiseScorer`) and trained with a pairwise RankNet,
     and validation ranks held-out candidates by those scores. With FIRST's objective and a
     ``pointwise_weight``, that pairwise RankNet over each window's passages is added to
-    FIRST's loss, and validation ranks by the FIRST readout.
+    FIRST's loss, and validation ranks by the FIRST readout, or by the votes where
+    ``template`` has a ``vote`` (which must be ``passage_vote``: the token trained is the
+    token read, and the saved template records it).
     """
 
     def __init__(
@@ -127,6 +129,11 @@ class FirstTrainer:
         self.output_dir = Path(output_dir)
         self.label_ids = resolve_label_ids(tokenizer, template.labels)
         self.label_ids.check_window(config.sampling.max_size)
+        if template.vote is not None and template.vote != config.passage_vote:
+            raise ValueError(
+                f"template {template.name!r} ranks by the vote {template.vote!r}; train that "
+                f"token: passage_vote={template.vote!r}, not {config.passage_vote!r}"
+            )
         self.vote_id = vote_token_id(tokenizer, config.passage_vote)
         if (
             config.passage_ranknet_weight > 0
@@ -330,9 +337,11 @@ class FirstTrainer:
 
         lm = causal_lm(self.model)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        vote = self.template.vote
+        read = self.label_ids if vote is None else vote_label_ids(self.tokenizer, vote)
         reranker = Reranker(
             self.tokenizer,
-            TorchLabelScorer(lm, self.label_ids, pad_token_id=pad),
+            TorchLabelScorer(lm, read, pad_token_id=pad),
             max_prompt_tokens=context_length(lm.config, self.tokenizer),
             template=self.template,
             max_passage_words=self.config.validation_passage_words,

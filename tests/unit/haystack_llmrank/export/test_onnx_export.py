@@ -1018,13 +1018,3 @@ def test_infinite_label_logits_are_an_error(tmp_path: Path) -> None:
     scorer = OnnxLabelScorer(tmp_path / "inf.onnx", labels, device="cpu")
     with pytest.raises(NonFiniteLogitsError, match=r"2 of 2 label logits are \+inf"):
         scorer.score([[3, 4]])
-
-
-def test_a_vote_template_is_refused_before_anything_is_written(
-    tiny_model_dir: Path, tmp_path: Path
-) -> None:
-    with pytest.raises(ValueError, match="does not carry yet"):
-        export_onnx(
-            str(tiny_model_dir), tmp_path / "out", template=FIRST_TEMPLATE.with_vote(" yes")
-        )
-    assert not (tmp_path / "out").exists()

@@ -778,6 +778,42 @@ def test_cli_trains_validates_and_writes_adapter_and_merged_weights(
     assert main([*args[:-1], "--qrels", str(qrels), "--validation-fraction", "0.99"]) == 2
 
 
+def test_cli_rank_by_vote_records_the_vote_and_validates_by_it(
+    smollm2_tokenizer: Any, tiny_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from haystack_llmrank.cli import main
+    from haystack_llmrank.reranker import Reranker
+
+    candidates, qrels = write_toy_files(tmp_path)
+    output = tmp_path / "voted"
+    args = [
+        "train", str(candidates), "--qrels", str(qrels), "--output", str(output),
+        "--model", str(tiny_model_dir), "--steps", "1", "--grad-accumulation", "1",
+        "--min-window", "3", "--max-window", "6", "--eval-every", "1",
+        "--validation-fraction", "0.5", "--passage-ranknet-weight", "1",
+    ]  # fmt: skip
+    assert main([*args, "--rank-by-vote"]) == 2, "--rank-by-vote needs --passage-vote"
+    with caplog.at_level("INFO", logger="haystack_llmrank.training.trainer"):
+        assert main([*args, "--passage-vote", " yes", "--rank-by-vote"]) == 0
+    assert recorded_template(str(output)) == FIRST_TEMPLATE.with_vote(" yes")
+    record = json.loads((output / "training.json").read_text())
+    validated = [h["validation"] for h in record["history"] if h.get("validation") is not None]
+    assert len(validated) == 2
+    assert "validation nDCG@10" in caplog.text
+    reranker = Reranker.from_pretrained(str(output), device="cpu")
+    assert reranker.prompts.template.vote == " yes"
+    assert reranker.scorer.label_ids.labels == (" yes",)
+    with pytest.raises(ValueError, match="train that token"):
+        FirstTrainer(
+            make_tiny_llama(len(smollm2_tokenizer)),
+            smollm2_tokenizer,
+            small_config(passage_ranknet_weight=1.0, passage_vote=" no"),
+            base_model="unused",
+            output_dir=tmp_path / "other",
+            template=FIRST_TEMPLATE.with_vote(" yes"),
+        )
+
+
 def test_every_public_training_name_resolves() -> None:
     import haystack_llmrank.training as training
 

@@ -1,0 +1,122 @@
+"""ONNX export of a vote template: a positions input, parity with torch, and refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+
+from haystack_llmrank.errors import ModelResolutionError
+from haystack_llmrank.export import export_onnx, read_metadata
+from haystack_llmrank.labels import vote_label_ids
+from haystack_llmrank.prompt import FIRST_TEMPLATE, PromptBuilder
+from haystack_llmrank.reranker import Reranker
+from haystack_llmrank.scorers.base import PositionScorer
+from haystack_llmrank.scorers.onnx_loading import load_export
+from haystack_llmrank.scorers.onnx_scorer import OnnxLabelScorer
+from haystack_llmrank.scorers.torch_scorer import TorchLabelScorer
+
+VOTED = FIRST_TEMPLATE.with_vote(" yes")
+QUERY = "how long do fleas live"
+PASSAGES = [
+    "Adult fleas live for two to three months on a host.",
+    "Roman roads connected the provinces of the empire.",
+    "Flea eggs hatch within two weeks in warm, humid places.",
+    "The stock market closed higher on Tuesday.",
+    "Cats and dogs are the usual hosts of the cat flea.",
+]
+
+
+@pytest.fixture(scope="module")
+def vote_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    return export_onnx(str(tiny_model_dir), tmp_path_factory.mktemp("vote") / "out", template=VOTED)
+
+
+@pytest.fixture(scope="module")
+def torch_votes(tiny_model: Any, smollm2_tokenizer: Any) -> TorchLabelScorer:
+    labels = vote_label_ids(smollm2_tokenizer, " yes")
+    return TorchLabelScorer(tiny_model, labels, pad_token_id=smollm2_tokenizer.pad_token_id)
+
+
+def test_the_graph_takes_positions_and_the_metadata_records_the_vote(vote_dir: Path) -> None:
+    graph = onnx.load(str(vote_dir / "model.onnx"), load_external_data=False)
+    assert [i.name for i in graph.graph.input] == ["input_ids", "attention_mask", "positions"]
+    metadata = read_metadata(vote_dir)
+    assert metadata.template["vote"] == " yes"
+    assert metadata.reads_positions
+    assert metadata.label_ids.labels == (" yes",)
+
+
+def test_votes_match_torch_at_the_line_ends_of_a_padded_batch(
+    vote_dir: Path, torch_votes: TorchLabelScorer, smollm2_tokenizer: Any
+) -> None:
+    scorer = load_export(vote_dir, labels=(" yes",), device="cpu").scorer
+    assert isinstance(scorer, PositionScorer)
+    assert scorer.reads_positions
+    builder = PromptBuilder(smollm2_tokenizer, VOTED, max_prompt_tokens=4096)
+    prompts = [builder.build(QUERY, PASSAGES), builder.build(QUERY, PASSAGES[:2])]
+    ids = [p.token_ids for p in prompts]
+    at = [p.score_positions for p in prompts]
+    got = scorer.score_at(ids, at)
+    assert got.shape == (2, 5, 1)
+    np.testing.assert_allclose(got, torch_votes.score_at(ids, at), rtol=1e-3, atol=1e-3)
+    last = scorer.score(ids)
+    assert last.shape == (2, 1)
+    np.testing.assert_allclose(last, torch_votes.score(ids), rtol=1e-3, atol=1e-3)
+    with pytest.raises(ValueError, match="outside a prompt"):
+        scorer.score_at([ids[1]], [[len(ids[1])]])
+
+
+def test_the_onnx_reranker_orders_by_votes_as_torch_does(
+    vote_dir: Path, tiny_model_dir: Path
+) -> None:
+    onnx_reranker = Reranker.from_pretrained(str(vote_dir), backend="onnx", device="cpu")
+    torch_reranker = Reranker.from_pretrained(str(tiny_model_dir), template=VOTED, device="cpu")
+    assert onnx_reranker.prompts.template == VOTED
+    passages = PASSAGES * 5
+    got = onnx_reranker.rerank(QUERY, passages)
+    expected = torch_reranker.rerank(QUERY, passages)
+    assert got.order == expected.order
+    np.testing.assert_allclose(got.logits, expected.logits, rtol=1e-3, atol=1e-3)
+
+
+def test_an_int8_vote_export_keeps_its_positions(
+    tmp_path: Path, tiny_model_dir: Path, torch_votes: TorchLabelScorer, smollm2_tokenizer: Any
+) -> None:
+    folder = export_onnx(str(tiny_model_dir), tmp_path / "int8", template=VOTED, precision="int8")
+    scorer = load_export(folder, labels=(" yes",), device="cpu").scorer
+    prompt = PromptBuilder(smollm2_tokenizer, VOTED, max_prompt_tokens=4096).build(QUERY, PASSAGES)
+    got = scorer.score_at([prompt.token_ids], [prompt.score_positions])
+    expected = torch_votes.score_at([prompt.token_ids], [prompt.score_positions])
+    assert got.shape == expected.shape
+    assert np.isfinite(got).all()
+
+
+def test_a_last_token_export_cannot_read_votes(
+    tmp_path: Path, tiny_model_dir: Path, smollm2_tokenizer: Any
+) -> None:
+    folder = export_onnx(str(tiny_model_dir), tmp_path / "first", attention="plain")
+    first = load_export(folder, device="cpu").scorer
+    assert not first.reads_positions
+    with pytest.raises(ValueError, match="last token only"):
+        first.score_at([[1, 2, 3]], [[1]])
+    votes = vote_label_ids(smollm2_tokenizer, " yes")
+    scorer = OnnxLabelScorer(folder / "model.onnx", votes, device="cpu")
+    with pytest.raises(ValueError, match="cannot score"):
+        Reranker(smollm2_tokenizer, scorer, max_prompt_tokens=4096, template=VOTED)
+
+
+def test_metadata_that_disagrees_with_the_graph_is_refused(vote_dir: Path, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    copy = Path(shutil.copytree(vote_dir, tmp_path / "copy"))
+    path = copy / "llmrank.json"
+    data = json.loads(path.read_text())
+    data["template"].pop("vote")
+    path.write_text(json.dumps(data))
+    with pytest.raises(ModelResolutionError, match="positions input"):
+        load_export(copy, device="cpu")
