@@ -12,7 +12,9 @@ The reranker sees the candidates in the given order; the run is scored against t
 qrels whatever the order, so the three figures differ only by position sensitivity.
 ``--both-orders`` ranks with ``Reranker(both_orders=True)``: each window scored as given and
 reversed. ``--strategy`` picks how windows cover the candidates (sliding by default), with
-``--window-size`` passages a window (and ``--step`` for the sliding window).
+``--window-size`` passages a window (and ``--step`` for the sliding window). ``--fusion-k K``
+also scores each ranking fused with the order it was given by reciprocal rank fusion
+(:func:`~haystack_llmrank.fusion.fuse_with_input_order`), from the same forward passes.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from haystack_llmrank.data import (
     run_from_rankings,
 )
 from haystack_llmrank.evaluation import evaluate
+from haystack_llmrank.fusion import fuse_with_input_order
 from haystack_llmrank.reranker import Reranker
 from haystack_llmrank.strategies import (
     DEFAULT_STEP,
@@ -105,6 +108,9 @@ def main() -> None:
     parser.add_argument("--strategy", choices=STRATEGIES, default="sliding")
     parser.add_argument("--window-size", type=int, default=DEFAULT_WINDOW_SIZE)
     parser.add_argument("--step", type=int, default=DEFAULT_STEP, help="sliding window's step")
+    parser.add_argument(
+        "--fusion-k", type=int, nargs="*", default=[], help="also score RRF with the input order"
+    )
     parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args()
     if args.threads:
@@ -122,6 +128,7 @@ def main() -> None:
         "strategy": args.strategy,
         "window_size": args.window_size,
         "step": args.step,
+        "fusion_k": args.fusion_k,
         "queries": sorted(held),
     }
     baselines(queries, qrels, args.teacher, report)
@@ -140,9 +147,12 @@ def main() -> None:
             rankings = reranker.rerank_many(
                 [(q.query, q.texts) for q in arranged], on_window=bar.update
             )
-        run = run_from_rankings(arranged, rankings)
-        ndcg10(run, qrels, report, f"reranked_{order}")
-        report[f"{order}_seconds_per_query"] = (time.perf_counter() - started) / len(queries)
+        seconds = (time.perf_counter() - started) / len(queries)
+        ndcg10(run_from_rankings(arranged, rankings), qrels, report, f"reranked_{order}")
+        for k in args.fusion_k:
+            fused = [fuse_with_input_order(ranking, k) for ranking in rankings]
+            ndcg10(run_from_rankings(arranged, fused), qrels, report, f"fused_{order}_k{k}")
+        report[f"{order}_seconds_per_query"] = seconds
         args.json.write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report, indent=1))
 

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from haystack_llmrank.fusion import check_fusion_k, fuse_with_input_order
 from haystack_llmrank.gpu_policy import OnMissingGpu
 from haystack_llmrank.model_templates import TemplateChoice, model_template
 from haystack_llmrank.prompt import (
@@ -67,7 +68,14 @@ class Reranker:
     mean of the two label log-probabilities (log-softmax over the window's labels): a
     window and its reverse then get the same verdict, and a pull that grows steadily with
     position cancels out, at twice the forward passes. Scores are then those mean
-    log-probabilities, not raw logits.
+    log-probabilities, not raw logits. With a vote readout, where each passage's vote is a
+    logit of its own (not a share of the window), the mean of its two votes.
+
+    ``fusion_k`` fuses each final ranking with the input order, taken as the first stage's,
+    by reciprocal rank fusion with that constant (60 is the usual one; see
+    :func:`~haystack_llmrank.fusion.fuse_with_input_order`): scores are then the fused ones.
+    It is for input in first-stage order, best first; ``None`` (the default) ranks by the
+    model alone.
     """
 
     def __init__(
@@ -84,8 +92,10 @@ class Reranker:
         model_name: str | None = None,
         prompts: PromptBuilder | None = None,
         both_orders: bool = False,
+        fusion_k: int | None = None,
     ) -> None:
         self.strategy: Strategy = strategy or SlidingWindow()
+        self.fusion_k = check_fusion_k(fusion_k)
         read = template.labels if template.vote is None else (template.vote,)
         if scorer.label_ids.labels[: len(read)] != read:
             raise ValueError(
@@ -182,6 +192,7 @@ class Reranker:
             "model_name": self.model_name,
             "prompts": self.prompts,
             "both_orders": self.both_orders,
+            "fusion_k": self.fusion_k,
         }
         unknown = set(changes) - set(parts)
         if unknown:
@@ -239,13 +250,19 @@ class Reranker:
             logits = self.score_prompts(prompts)
             if orders == 1:
                 return logits
+            combine = (
+                both_orders_logits if self.prompts.template.vote is None else both_orders_votes
+            )
             return [
-                both_orders_logits(logits[2 * k], logits[2 * k + 1], len(members))
+                combine(logits[2 * k], logits[2 * k + 1], len(members))
                 for k, (_, members) in enumerate(windows)
             ]
 
         run_windows(runs, score, batch_size=self.batch_size, on_window=on_window)
-        return [run.result(count) for run, count in zip(runs, tokens, strict=True)]
+        rankings = [run.result(count) for run, count in zip(runs, tokens, strict=True)]
+        if self.fusion_k is None:
+            return rankings
+        return [fuse_with_input_order(ranking, self.fusion_k) for ranking in rankings]
 
     def score_prompts(self, prompts: Sequence[Prompt]) -> list[npt.NDArray[np.float32]]:
         """Each prompt's scores, one per passage in prompt order (label logits, or vote
@@ -272,6 +289,14 @@ def both_orders_logits(
     forward = _log_softmax(given[:size])
     backward = _log_softmax(reversed_[:size])[::-1]
     return ((forward + backward) / 2).astype(np.float32)
+
+
+def both_orders_votes(
+    given: npt.NDArray[np.float32], reversed_: npt.NDArray[np.float32], size: int
+) -> npt.NDArray[np.float32]:
+    """The mean vote of each of a window's ``size`` members (in the given order) from its
+    votes as given and as reversed."""
+    return ((given[:size] + reversed_[:size][::-1]) / 2).astype(np.float32)
 
 
 def _log_softmax(logits: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:

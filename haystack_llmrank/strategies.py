@@ -12,6 +12,8 @@ scoring whole steps of several queries in one call.
   judged against it in parallel, then the passages above it ranked: at most 3 steps a round.
 - :class:`Tournament` (``"tournament"``): disjoint windows in one step, then windows over
   their winners: 2 steps for up to ``window_size ** 2`` passages.
+- :class:`Disjoint` (``"disjoint"``): disjoint windows in one step, every passage ranked by
+  its own logit; for readouts whose logits compare across windows (a template's vote).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ Plan = Generator[Step, Verdicts, Outcome]
 WindowScorer = Callable[[Sequence[tuple[int, Sequence[int]]]], Sequence[npt.NDArray[np.float32]]]
 """Label logits of windows given as (position of the run, input indices of the members)."""
 
-STRATEGIES = ("sliding", "tdpart", "tournament")
+STRATEGIES = ("sliding", "tdpart", "tournament", "disjoint")
 """The strategy names :func:`make_strategy` knows."""
 DEFAULT_WINDOW_SIZE = 20
 """Passages per window, FIRST's: the default of every strategy, the CLI and the adapters."""
@@ -334,6 +336,46 @@ class Tournament:
         return _count_rounds(n, top_k, play)
 
 
+@dataclass(frozen=True)
+class Disjoint:
+    """Disjoint windows in one step, then one order of all passages by their logits.
+
+    The list is dealt like a tournament's first round (the first passage to the first
+    window, the second to the second...) into the fewest windows of at most ``window_size``
+    passages, all scored in one step, and every passage is ranked by the logit its window
+    gave it; equal logits keep input order. That is ``ceil(n / window_size)`` windows, the
+    fewest that judge every passage, and no window waits for another. It is only as good as
+    logits of different windows are comparable: a vote readout (a template's ``vote``)
+    scores each passage by the same token at its own line, whereas the FIRST readout's label
+    logits compete within one window. A judge that gives each passage one fixed logit gets
+    every position right; ``top_k`` changes nothing. Reversed input deals each window the
+    same passages in reverse, as in :class:`Tournament`.
+    """
+
+    name: ClassVar[str] = "disjoint"
+    window_size: int = DEFAULT_WINDOW_SIZE
+
+    def __post_init__(self) -> None:
+        _check_window_size(self.window_size, 1)
+
+    def plan(self, n: int, top_k: int | None = None) -> Plan:
+        """One step of disjoint windows, then every passage by its logit."""
+        if n == 0:
+            return [], 0
+        count = math.ceil(n / self.window_size)
+        groups = [list(range(i, n, count)) for i in range(count)]
+        verdicts = yield groups
+        value = [0.0] * n
+        for group, values in zip(groups, verdicts, strict=True):
+            for item, logit in zip(group, values, strict=True):
+                value[item] = logit
+        return rank_members(list(range(n)), value), 0
+
+    def max_windows(self, n: int, top_k: int | None = None) -> int:
+        """Exactly ``ceil(n / window_size)``."""
+        return math.ceil(n / self.window_size)
+
+
 def make_strategy(
     name: str, *, window_size: int = DEFAULT_WINDOW_SIZE, step: int = DEFAULT_STEP
 ) -> Strategy:
@@ -344,6 +386,8 @@ def make_strategy(
         return TopDownPartition(window_size)
     if name == Tournament.name:
         return Tournament(window_size)
+    if name == Disjoint.name:
+        return Disjoint(window_size)
     raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
 
 

@@ -68,7 +68,8 @@ def add_model_options(group: Any, *, batch_size: int) -> None:
         choices=STRATEGIES,
         default="sliding",
         help="which windows rank a list: sliding (FIRST's, default), tdpart (top-down "
-        "partitioning, at most 3 steps) or tournament (parallel windows, then their winners)",
+        "partitioning, at most 3 steps), tournament (parallel windows, then their winners) or "
+        "disjoint (parallel windows, every passage by its own logit; for a vote readout)",
     )
     group.add_argument(
         "--window-size",
@@ -102,6 +103,14 @@ def add_model_options(group: Any, *, batch_size: int) -> None:
         "the same verdict (twice the forward passes)",
     )
     group.add_argument(
+        "--fusion-k",
+        type=int,
+        default=None,
+        metavar="K",
+        help="fuse the model's order with the input (first-stage) order by reciprocal rank "
+        "fusion with constant K (60 is usual); scores are then the fused ones",
+    )
+    group.add_argument(
         "--threads",
         type=positive_int,
         default=None,
@@ -121,6 +130,7 @@ def check_model_options(args: argparse.Namespace) -> Any:
     A window wider than the template's labels, a step wider than the window, or a model
     that is neither local nor reachable fails here in well under a second.
     """
+    from haystack_llmrank.fusion import check_fusion_k
     from haystack_llmrank.models import check_available, resolve_model
     from haystack_llmrank.prompt import FIRST_TEMPLATE
     from haystack_llmrank.strategies import make_strategy
@@ -131,6 +141,7 @@ def check_model_options(args: argparse.Namespace) -> Any:
             f"--window-size {args.window_size} is over the {labels} labels of the prompt"
         )
     strategy = make_strategy(args.strategy, window_size=args.window_size, step=args.step)
+    check_fusion_k(args.fusion_k)
     if args.backend == "torch":
         check_available(resolve_model(args.model))
     return strategy
@@ -164,4 +175,5 @@ def load_reranker(args: argparse.Namespace) -> Any:
         batch_size=args.batch_size,
         max_passage_words=args.max_passage_words,
         both_orders=args.both_orders,
+        fusion_k=args.fusion_k,
     )

@@ -12,6 +12,7 @@ from typing import Any
 
 from haystack import Document, component, default_from_dict, default_to_dict
 
+from haystack_llmrank.fusion import check_fusion_k
 from haystack_llmrank.gpu_policy import OnMissingGpu, check_on_missing_gpu
 from haystack_llmrank.models import DEFAULT_MODEL
 from haystack_llmrank.prompt import DEFAULT_MAX_PASSAGE_WORDS
@@ -82,6 +83,7 @@ class FirstListwiseRanker:
         threads: int | None = None,
         on_missing_gpu: OnMissingGpu = "raise",
         both_orders: bool = False,
+        fusion_k: int | None = None,
     ) -> None:
         """Configure the ranker; the model is loaded by :meth:`warm_up`.
 
@@ -96,9 +98,9 @@ class FirstListwiseRanker:
         :param window_size: passages per window (at most the template's label count).
         :param step: how far the sliding window moves up each time (``strategy="sliding"``).
         :param strategy: ``"sliding"`` (FIRST's sliding window), ``"tdpart"`` (top-down
-            partitioning) or ``"tournament"``; see :mod:`haystack_llmrank.strategies`. The
-            last two rank fewer positions (the rest keep their input order) and use
-            ``top_k`` to rank just enough.
+            partitioning), ``"tournament"`` or ``"disjoint"`` (for a vote readout); see
+            :mod:`haystack_llmrank.strategies`. ``tdpart`` and ``tournament`` rank fewer
+            positions (the rest keep their input order) and use ``top_k`` to rank just enough.
         :param template: prompt template name or its dict form; ``None``: the one the model
             was trained or exported with, else ``"first"``.
         :param max_passage_words: words kept per passage before prompting (``None``: all).
@@ -115,6 +117,9 @@ class FirstListwiseRanker:
         :param both_orders: score every window as given and reversed (twice the forward
             passes), so that a window and its reverse get the same verdict; scores are then
             mean label log-probabilities.
+        :param fusion_k: fuse the model's order with the input order (the retriever's, best
+            first) by reciprocal rank fusion with this constant (60 is the usual one);
+            scores are then the fused ones. ``None``: the model's order alone.
         """
         if top_k is not None and top_k < 1:
             raise ValueError(f"top_k must be at least 1, got {top_k}")
@@ -122,6 +127,7 @@ class FirstListwiseRanker:
         if threads is not None and threads < 1:
             raise ValueError(f"threads must be positive, got {threads}")
         check_on_missing_gpu(on_missing_gpu)
+        check_fusion_k(fusion_k)
         self.model = model
         self.backend = backend
         self.device = device
@@ -141,6 +147,7 @@ class FirstListwiseRanker:
         self.threads = threads
         self.on_missing_gpu = on_missing_gpu
         self.both_orders = both_orders
+        self.fusion_k = fusion_k
         self._reranker: Reranker | None = None
         self._lock = threading.Lock()
         self._warm_lock = threading.Lock()
@@ -167,6 +174,7 @@ class FirstListwiseRanker:
                     threads=self.threads,
                     on_missing_gpu=self.on_missing_gpu,
                     both_orders=self.both_orders,
+                    fusion_k=self.fusion_k,
                 )
 
     def to_dict(self) -> dict[str, Any]:
@@ -192,6 +200,7 @@ class FirstListwiseRanker:
             on_missing_gpu=self.on_missing_gpu,
             embedding_separator=self.embedding_separator,
             both_orders=self.both_orders,
+            fusion_k=self.fusion_k,
         )
 
     @classmethod

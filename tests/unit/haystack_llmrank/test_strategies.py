@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from haystack_llmrank.ranking import Cost, Ranking
 from haystack_llmrank.strategies import (
     STRATEGIES,
+    Disjoint,
     QueryRun,
     SlidingWindow,
     Strategy,
@@ -65,6 +66,7 @@ def test_bad_window_settings(size: int, step: int) -> None:
         (lambda: TopDownPartition(20, pivot_rank=11), "pivot_rank"),
         (lambda: TopDownPartition(20, pivot_rank=0), "pivot_rank"),
         (lambda: Tournament(1), "window_size"),
+        (lambda: Disjoint(0), "window_size"),
         (lambda: make_strategy("bubble"), "unknown strategy"),
     ],
 )
@@ -156,6 +158,7 @@ def any_strategy(min_window: int = 2) -> st.SearchStrategy[Strategy]:
         window_settings.filter(lambda w: w[0] >= min_window).map(lambda w: SlidingWindow(*w)),
         sizes.map(TopDownPartition),
         sizes.map(Tournament),
+        sizes.map(Disjoint),
     )
 
 
@@ -258,6 +261,25 @@ def test_a_tournament_gets_as_many_right_as_go_on(values: list[float], window: i
     ranking = drive(Tournament(window), values)
     assert list(ranking.order[:kept]) == truth(values)[:kept]
     assert ranking.cost.steps == (0 if n == 0 else 1 if n <= window else 2)
+
+
+@settings(max_examples=150, deadline=None)
+@given(values=distinct_values, window=st.integers(min_value=1, max_value=26))
+def test_disjoint_windows_get_every_position_right_in_one_step(
+    values: list[float], window: int
+) -> None:
+    seen: list[list[int]] = []
+    ranking = drive(Disjoint(window), values, windows=seen)
+    n = len(values)
+    assert list(ranking.order) == truth(values)
+    assert ranking.cost == Cost(windows=math.ceil(n / window), steps=min(n, 1))
+    evenly = split_evenly(range(n), len(seen)) if n else []
+    assert sorted(len(w) for w in seen) == sorted(len(p) for p in evenly)
+    reversed_values = values[::-1]
+    reversed_seen: list[list[int]] = []
+    drive(Disjoint(window), reversed_values, windows=reversed_seen)
+    as_given = [[n - 1 - i for i in reversed(w)] for w in reversed_seen]
+    assert sorted(map(sorted, as_given)) == sorted(map(sorted, seen)), "same windows reversed"
 
 
 def test_sliding_over_100_takes_9_windows_one_after_another() -> None:

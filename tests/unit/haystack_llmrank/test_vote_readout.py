@@ -96,3 +96,19 @@ def test_a_vote_needs_a_scorer_that_reads_positions_and_scores_the_vote(
 
     with pytest.raises(ValueError, match="cannot score"):
         Reranker(smollm2_tokenizer, LastTokenOnly(), max_prompt_tokens=4096, template=VOTED)
+
+
+def test_both_orders_average_each_passages_two_votes(
+    vote_scorer: TorchLabelScorer, smollm2_tokenizer: Any
+) -> None:
+    reranker = Reranker(
+        smollm2_tokenizer, vote_scorer, max_prompt_tokens=4096, template=VOTED, both_orders=True
+    )
+    given = reranker.prompts.build(QUERY, PASSAGES)
+    backward = reranker.prompts.build(QUERY, PASSAGES[::-1])
+    forward_votes = vote_scorer.score_at([given.token_ids], [given.score_positions])[0, :, 0]
+    backward_votes = vote_scorer.score_at([backward.token_ids], [backward.score_positions])[0, :, 0]
+    mean = (forward_votes + backward_votes[::-1]) / 2
+    ranking = reranker.rerank(QUERY, PASSAGES)
+    assert list(ranking.order) == sorted(range(4), key=lambda i: -mean[i])
+    np.testing.assert_allclose(ranking.logits, mean[list(ranking.order)], rtol=1e-5, atol=1e-5)

@@ -199,6 +199,7 @@ def test_to_dict_of_the_defaults() -> None:
             "threads": None,
             "on_missing_gpu": "raise",
             "both_orders": False,
+            "fusion_k": None,
         },
     }
 
@@ -224,6 +225,7 @@ def test_to_dict_from_dict_round_trip() -> None:
         threads=3,
         on_missing_gpu="warn",
         both_orders=True,
+        fusion_k=60,
     )
     data = component.to_dict()
     assert data == {
@@ -248,6 +250,7 @@ def test_to_dict_from_dict_round_trip() -> None:
             "threads": 3,
             "on_missing_gpu": "warn",
             "both_orders": True,
+            "fusion_k": 60,
         },
     }
     assert FirstListwiseRanker.from_dict(data).to_dict() == data
@@ -260,6 +263,8 @@ def test_bad_window_rejected_at_init() -> None:
         FirstListwiseRanker(strategy="bubble")
     with pytest.raises(ValueError, match="window_size"):
         FirstListwiseRanker(strategy="tdpart", window_size=1)
+    with pytest.raises(ValueError, match="fusion_k"):
+        FirstListwiseRanker(fusion_k=-1)
 
 
 def test_strategy_is_serialised_and_top_k_reaches_it(tiny_model_dir: Path) -> None:
