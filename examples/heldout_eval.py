@@ -108,6 +108,7 @@ def main() -> None:
     parser.add_argument("--strategy", choices=STRATEGIES, default="sliding")
     parser.add_argument("--window-size", type=int, default=DEFAULT_WINDOW_SIZE)
     parser.add_argument("--step", type=int, default=DEFAULT_STEP, help="sliding window's step")
+    parser.add_argument("--vote", default=None, help="rank by this token's votes (e.g. ' yes')")
     parser.add_argument(
         "--fusion-k", type=int, nargs="*", default=[], help="also score RRF with the input order"
     )
@@ -129,6 +130,7 @@ def main() -> None:
         "window_size": args.window_size,
         "step": args.step,
         "fusion_k": args.fusion_k,
+        "vote": args.vote,
         "queries": sorted(held),
     }
     baselines(queries, qrels, args.teacher, report)
@@ -138,6 +140,7 @@ def main() -> None:
         device="cpu",
         dtype=args.dtype,
         both_orders=args.both_orders,
+        vote=args.vote,
         strategy=make_strategy(args.strategy, window_size=args.window_size, step=args.step),
     )
     for order in args.orders:

@@ -137,6 +137,7 @@ class Reranker:
         device: str | None = None,
         dtype: str | None = None,
         template: TemplateChoice = None,
+        vote: str | None = None,
         max_prompt_tokens: int | None = None,
         threads: int | None = None,
         on_missing_gpu: OnMissingGpu = "raise",
@@ -152,12 +153,16 @@ class Reranker:
         ``on_missing_gpu`` is ``"raise"`` (default) or ``"warn"`` (log and run on the CPU) for
         a CUDA device that cannot be used. ``template`` is a template name, dict or object, or
         ``None``: the one the model was trained or exported with, else ``"first"`` (see
-        :mod:`haystack_llmrank.model_templates`). Other keyword arguments go to
-        :class:`Reranker`.
+        :mod:`haystack_llmrank.model_templates`). ``vote`` reads that template by the
+        logit of this one token at each passage line's end instead of its labels (see
+        :attr:`~haystack_llmrank.prompt.PromptTemplate.vote`); ``None`` keeps the template's
+        readout. Other keyword arguments go to :class:`Reranker`.
         """
         from haystack_llmrank.backends import load_scorer
 
         chosen = model_template(template, model)
+        if vote is not None:
+            chosen = chosen.with_vote(vote)
         loaded = load_scorer(
             model,
             backend=backend,

@@ -103,6 +103,13 @@ def add_model_options(group: Any, *, batch_size: int) -> None:
         "the same verdict (twice the forward passes)",
     )
     group.add_argument(
+        "--vote",
+        default=None,
+        metavar="TOKEN",
+        help="rank by this one token's logit at the end of each passage's line (e.g. ' yes', "
+        "for a model whose votes were trained) instead of the template's labels",
+    )
+    group.add_argument(
         "--fusion-k",
         type=int,
         default=None,
@@ -142,6 +149,8 @@ def check_model_options(args: argparse.Namespace) -> Any:
         )
     strategy = make_strategy(args.strategy, window_size=args.window_size, step=args.step)
     check_fusion_k(args.fusion_k)
+    if args.vote is not None:
+        FIRST_TEMPLATE.with_vote(args.vote)
     if args.backend == "torch":
         check_available(resolve_model(args.model))
     return strategy
@@ -176,4 +185,5 @@ def load_reranker(args: argparse.Namespace) -> Any:
         max_passage_words=args.max_passage_words,
         both_orders=args.both_orders,
         fusion_k=args.fusion_k,
+        vote=args.vote,
     )

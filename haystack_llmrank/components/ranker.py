@@ -15,7 +15,7 @@ from haystack import Document, component, default_from_dict, default_to_dict
 from haystack_llmrank.fusion import check_fusion_k
 from haystack_llmrank.gpu_policy import OnMissingGpu, check_on_missing_gpu
 from haystack_llmrank.models import DEFAULT_MODEL
-from haystack_llmrank.prompt import DEFAULT_MAX_PASSAGE_WORDS
+from haystack_llmrank.prompt import DEFAULT_MAX_PASSAGE_WORDS, FIRST_TEMPLATE
 from haystack_llmrank.ranking import Ranking
 from haystack_llmrank.reranker import Reranker
 from haystack_llmrank.strategies import DEFAULT_STEP, DEFAULT_WINDOW_SIZE, make_strategy
@@ -74,6 +74,7 @@ class FirstListwiseRanker:
         step: int = DEFAULT_STEP,
         strategy: str = "sliding",
         template: str | dict[str, Any] | None = None,
+        vote: str | None = None,
         max_passage_words: int | None = DEFAULT_MAX_PASSAGE_WORDS,
         max_prompt_tokens: int | None = None,
         batch_size: int = 1,
@@ -103,6 +104,9 @@ class FirstListwiseRanker:
             positions (the rest keep their input order) and use ``top_k`` to rank just enough.
         :param template: prompt template name or its dict form; ``None``: the one the model
             was trained or exported with, else ``"first"``.
+        :param vote: rank by this one token's logit at the end of each passage's line
+            (e.g. ``" yes"``, for a model whose votes were trained) instead of the
+            template's labels; ``None``: the template's readout.
         :param max_passage_words: words kept per passage before prompting (``None``: all).
         :param max_prompt_tokens: token budget of one prompt (``None``: the model's context).
         :param batch_size: windows scored per forward pass.
@@ -128,6 +132,8 @@ class FirstListwiseRanker:
             raise ValueError(f"threads must be positive, got {threads}")
         check_on_missing_gpu(on_missing_gpu)
         check_fusion_k(fusion_k)
+        if vote is not None:
+            FIRST_TEMPLATE.with_vote(vote)  # a blank vote fails here, before loading
         self.model = model
         self.backend = backend
         self.device = device
@@ -138,6 +144,7 @@ class FirstListwiseRanker:
         self.step = step
         self.strategy = strategy
         self.template = template
+        self.vote = vote
         self.max_passage_words = max_passage_words
         self.max_prompt_tokens = max_prompt_tokens
         self.batch_size = batch_size
@@ -164,6 +171,7 @@ class FirstListwiseRanker:
                     device=self.device,
                     dtype=self.dtype,
                     template=self.template,
+                    vote=self.vote,
                     max_prompt_tokens=self.max_prompt_tokens,
                     strategy=make_strategy(
                         self.strategy, window_size=self.window_size, step=self.step
@@ -191,6 +199,7 @@ class FirstListwiseRanker:
             step=self.step,
             strategy=self.strategy,
             template=self.template,
+            vote=self.vote,
             max_passage_words=self.max_passage_words,
             max_prompt_tokens=self.max_prompt_tokens,
             batch_size=self.batch_size,

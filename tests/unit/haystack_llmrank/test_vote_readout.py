@@ -13,6 +13,7 @@ from haystack_llmrank.labels import vote_label_ids
 from haystack_llmrank.prompt import FIRST_TEMPLATE, PromptBuilder, PromptTemplate
 from haystack_llmrank.reranker import Reranker
 from haystack_llmrank.scorers.torch_scorer import TorchLabelScorer
+from haystack_llmrank.strategies import Disjoint
 
 VOTED = FIRST_TEMPLATE.with_vote(" yes")
 QUERY = "where is berlin"
@@ -112,3 +113,33 @@ def test_both_orders_average_each_passages_two_votes(
     ranking = reranker.rerank(QUERY, PASSAGES)
     assert list(ranking.order) == sorted(range(4), key=lambda i: -mean[i])
     np.testing.assert_allclose(ranking.logits, mean[list(ranking.order)], rtol=1e-5, atol=1e-5)
+
+
+def test_from_pretrained_reads_the_chosen_template_by_a_vote(tiny_model_dir: Any) -> None:
+    voted = Reranker.from_pretrained(str(tiny_model_dir), device="cpu", vote=" yes")
+    assert voted.prompts.template == VOTED
+    assert voted.scorer.label_ids.labels == (" yes",)
+    explicit = Reranker.from_pretrained(str(tiny_model_dir), device="cpu", template=VOTED)
+    assert voted.rerank(QUERY, PASSAGES) == explicit.rerank(QUERY, PASSAGES)
+
+
+@pytest.mark.parametrize("both_orders", [True, False])
+def test_disjoint_votes_in_both_orders_rank_reversed_input_alike(
+    vote_scorer: TorchLabelScorer, smollm2_tokenizer: Any, both_orders: bool
+) -> None:
+    # 10 passages deal into 3 windows; reversed, each holds the same passages in reverse,
+    # so with both orders every passage gets the same mean vote
+    reranker = Reranker(
+        smollm2_tokenizer,
+        vote_scorer,
+        max_prompt_tokens=4096,
+        template=VOTED,
+        strategy=Disjoint(4),
+        both_orders=both_orders,
+    )
+    texts = [f"{word} {passage}" for word in ("one", "two", "six") for passage in PASSAGES][:10]
+    given = reranker.rerank(QUERY, texts)
+    backwards = reranker.rerank(QUERY, texts[::-1])
+    assert given.cost.windows == 3
+    same = [texts[i] for i in given.order] == [texts[::-1][i] for i in backwards.order]
+    assert same is both_orders

@@ -368,8 +368,12 @@ def test_the_strategy_and_both_orders_reach_the_engine(monkeypatch: pytest.Monke
     load_reranker(model_args("--strategy", "tdpart", "--window-size", "8"))
     assert calls[-1]["strategy"] == make_strategy("tdpart", window_size=8)
     assert calls[-1]["fusion_k"] is None
-    load_reranker(model_args("--strategy", "disjoint", "--fusion-k", "60"))
+    assert calls[-1]["vote"] is None
+    load_reranker(model_args("--strategy", "disjoint", "--fusion-k", "60", "--vote", " yes"))
     assert (calls[-1]["strategy"], calls[-1]["fusion_k"]) == (make_strategy("disjoint"), 60)
+    assert calls[-1]["vote"] == " yes"
+    with pytest.raises(ValueError, match="visible token"):
+        load_reranker(model_args("--vote", " "))
     with pytest.raises(ValueError, match="fusion_k"):
         load_reranker(model_args("--fusion-k", "-1"))
     with pytest.raises(SystemExit):

@@ -190,6 +190,7 @@ def test_to_dict_of_the_defaults() -> None:
             "step": 10,
             "strategy": "sliding",
             "template": None,
+            "vote": None,
             "max_passage_words": 300,
             "max_prompt_tokens": None,
             "batch_size": 1,
@@ -216,6 +217,7 @@ def test_to_dict_from_dict_round_trip() -> None:
         step=5,
         strategy="tdpart",
         template="first-numeric",
+        vote=" yes",
         max_passage_words=None,
         max_prompt_tokens=2048,
         batch_size=4,
@@ -241,6 +243,7 @@ def test_to_dict_from_dict_round_trip() -> None:
             "step": 5,
             "strategy": "tdpart",
             "template": "first-numeric",
+            "vote": " yes",
             "max_passage_words": None,
             "max_prompt_tokens": 2048,
             "batch_size": 4,
@@ -265,6 +268,8 @@ def test_bad_window_rejected_at_init() -> None:
         FirstListwiseRanker(strategy="tdpart", window_size=1)
     with pytest.raises(ValueError, match="fusion_k"):
         FirstListwiseRanker(fusion_k=-1)
+    with pytest.raises(ValueError, match="visible token"):
+        FirstListwiseRanker(vote=" ")
 
 
 def test_strategy_is_serialised_and_top_k_reaches_it(tiny_model_dir: Path) -> None:

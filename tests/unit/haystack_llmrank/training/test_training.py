@@ -335,14 +335,19 @@ def test_passage_ranknet_needs_a_template_that_repeats_labels(
         small_config(passage_ranknet_weight=-1.0)
     with pytest.raises(ValueError, match="only with a positive passage_ranknet_weight"):
         small_config(passage_vote=" yes")
-    with pytest.raises(ValueError, match="a vote must be one token; ' yes please' is 2"):
-        FirstTrainer(
-            make_tiny_llama(len(smollm2_tokenizer)),
-            smollm2_tokenizer,
-            small_config(passage_ranknet_weight=1.0, passage_vote=" yes please"),
-            base_model="unused",
-            output_dir=tmp_path,
-        )
+    for vote, template, message in (
+        (" yes please", FIRST_TEMPLATE, "a vote must be one token; ' yes please' is 2"),
+        (" no", FIRST_TEMPLATE.with_vote(" yes"), "train that token"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            FirstTrainer(
+                make_tiny_llama(len(smollm2_tokenizer)),
+                smollm2_tokenizer,
+                small_config(passage_ranknet_weight=1.0, passage_vote=vote),
+                base_model="unused",
+                output_dir=tmp_path,
+                template=template,
+            )
 
 
 @pytest.mark.parametrize(
@@ -691,6 +696,18 @@ def write_toy_files(folder: Path, queries: int = 4) -> tuple[Path, Path]:
     return candidates, qrels
 
 
+def validated_train_args(
+    candidates: Path, qrels: Path, output: Path, model: Path, *, steps: int
+) -> list[str]:
+    """``llmrank train`` on the toy files, validating at every update on half the queries."""
+    return [
+        "train", str(candidates), "--qrels", str(qrels), "--output", str(output),
+        "--model", str(model), "--steps", str(steps), "--grad-accumulation", "1",
+        "--min-window", "3", "--max-window", "6", "--eval-every", "1",
+        "--validation-fraction", "0.5",
+    ]  # fmt: skip
+
+
 def test_cli_trains_on_a_given_split_and_checks_it(
     tiny_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -752,12 +769,8 @@ def test_cli_trains_validates_and_writes_adapter_and_merged_weights(
 
     candidates, qrels = write_toy_files(tmp_path)
     output = tmp_path / "trained"
-    args = [
-        "train", str(candidates), "--qrels", str(qrels), "--output", str(output),
-        "--model", str(tiny_model_dir), "--steps", "2", "--grad-accumulation", "1",
-        "--min-window", "3", "--max-window", "6", "--eval-every", "1",
-        "--validation-fraction", "0.5", "--template", "first-echo", "--merge",
-    ]  # fmt: skip
+    args = validated_train_args(candidates, qrels, output, tiny_model_dir, steps=2)
+    args += ["--template", "first-echo", "--merge"]
     assert main(args) == 0
     assert recorded_template(str(output)) == FIRST_ECHO_TEMPLATE
     assert recorded_template(str(output / "merged")) == FIRST_ECHO_TEMPLATE
@@ -786,12 +799,8 @@ def test_cli_rank_by_vote_records_the_vote_and_validates_by_it(
 
     candidates, qrels = write_toy_files(tmp_path)
     output = tmp_path / "voted"
-    args = [
-        "train", str(candidates), "--qrels", str(qrels), "--output", str(output),
-        "--model", str(tiny_model_dir), "--steps", "1", "--grad-accumulation", "1",
-        "--min-window", "3", "--max-window", "6", "--eval-every", "1",
-        "--validation-fraction", "0.5", "--passage-ranknet-weight", "1",
-    ]  # fmt: skip
+    args = validated_train_args(candidates, qrels, output, tiny_model_dir, steps=1)
+    args += ["--passage-ranknet-weight", "1"]
     assert main([*args, "--rank-by-vote"]) == 2, "--rank-by-vote needs --passage-vote"
     with caplog.at_level("INFO", logger="haystack_llmrank.training.trainer"):
         assert main([*args, "--passage-vote", " yes", "--rank-by-vote"]) == 0
@@ -803,15 +812,6 @@ def test_cli_rank_by_vote_records_the_vote_and_validates_by_it(
     reranker = Reranker.from_pretrained(str(output), device="cpu")
     assert reranker.prompts.template.vote == " yes"
     assert reranker.scorer.label_ids.labels == (" yes",)
-    with pytest.raises(ValueError, match="train that token"):
-        FirstTrainer(
-            make_tiny_llama(len(smollm2_tokenizer)),
-            smollm2_tokenizer,
-            small_config(passage_ranknet_weight=1.0, passage_vote=" no"),
-            base_model="unused",
-            output_dir=tmp_path / "other",
-            template=FIRST_TEMPLATE.with_vote(" yes"),
-        )
 
 
 def test_every_public_training_name_resolves() -> None:
