@@ -34,6 +34,13 @@ def register(parser: argparse.ArgumentParser) -> None:
         "([A]..), first-numeric ([1]..), first-echo, or a .json file of a template's fields "
         "(default: the one MODEL was trained with, else first)",
     )
+    parser.add_argument(
+        "--vote",
+        default=None,
+        metavar="TOKEN",
+        help="read the template by this one token's logit at the end of each passage's line "
+        "(e.g. ' yes'): the graph then takes the positions to read at",
+    )
     parser.add_argument("--opset", type=positive_int, default=None, help="ONNX opset")
     parser.add_argument(
         "--no-optimize",
@@ -73,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
             args.out_dir,
             precision=args.precision,
             template=args.template,
+            vote=args.vote,
             opset=args.opset or DEFAULT_OPSET,
             optimize=args.optimize,
             exporter=args.exporter,

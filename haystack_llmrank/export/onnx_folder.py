@@ -38,6 +38,7 @@ def export_onnx(
     *,
     precision: Precision = "fp32",
     template: TemplateChoice = None,
+    vote: str | None = None,
     opset: int = DEFAULT_OPSET,
     optimize: bool = True,
     exporter: Exporter = "torchscript",
@@ -51,7 +52,7 @@ def export_onnx(
     output float32 ``label_logits [batch, K]`` for ``template``'s labels (``None``: the
     template ``model`` was trained with, else ``first``); for a template with a ``vote``,
     also ``positions`` int64 ``[batch, P]`` and ``label_logits [batch, P, 1]``, the vote's
-    logit at each position; ``model.onnx.data``
+    logit at each position (``vote`` sets one on the chosen template); ``model.onnx.data``
     too for graphs over 1 GiB), the tokenizer with its chat template, and ``llmrank.json``.
     ``precision`` is ``fp32``, ``fp16`` (for CUDA) or ``int8`` (weight-only, for CPU);
     ``optimize`` saves ONNX Runtime's basic graph optimisations; ``exporter`` is
@@ -67,6 +68,8 @@ def export_onnx(
         raise ValueError(f"unknown exporter {exporter!r}; choose one of {EXPORTERS}")
     _require_export_tools(precision, exporter)
     chosen = model_template(template, model)
+    if vote is not None:
+        chosen = chosen.with_vote(vote)
     target = Path(out_dir).expanduser().resolve()
     _check_target(target, overwrite=overwrite)
     source = resolve_model(model)

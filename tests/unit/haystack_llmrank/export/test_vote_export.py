@@ -95,6 +95,18 @@ def test_an_int8_vote_export_keeps_its_positions(
     assert np.isfinite(got).all()
 
 
+def test_the_export_command_sets_a_vote_on_the_recorded_template(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from haystack_llmrank.cli import main
+
+    out = tmp_path / "cli"
+    assert main(["export", str(tiny_model_dir), str(out), "--vote", " yes"]) == 0
+    assert read_metadata(out).template == VOTED.to_dict()
+    assert main(["export", str(tiny_model_dir), str(tmp_path / "bad"), "--vote", " "]) == 2
+    assert not (tmp_path / "bad").exists()
+
+
 def test_a_last_token_export_cannot_read_votes(
     tmp_path: Path, tiny_model_dir: Path, smollm2_tokenizer: Any
 ) -> None:
