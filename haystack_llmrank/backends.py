@@ -9,7 +9,7 @@ from typing import Any
 
 from haystack_llmrank.errors import ModelResolutionError
 from haystack_llmrank.gpu_policy import OnMissingGpu, check_on_missing_gpu, fall_back_to_cpu
-from haystack_llmrank.labels import resolve_label_ids, vote_label_ids
+from haystack_llmrank.labels import readout_label_ids
 from haystack_llmrank.models import (
     DEFAULT_MODEL,
     ModelSource,
@@ -167,10 +167,7 @@ def load_scorer(
     torch_device, torch_dtype = source_device_and_dtype(source, device, dtype, on_missing_gpu)
     tokenizer = load_tokenizer(source)
     lm = load_causal_lm(source, device=torch_device, dtype=torch_dtype, tokenizer=tokenizer)
-    if vote is None:
-        label_ids = resolve_label_ids(tokenizer, labels)
-    else:
-        label_ids = vote_label_ids(tokenizer, vote)
+    label_ids = readout_label_ids(tokenizer, labels, vote)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     logger.info("loaded %s on %s (%s)", source.name, torch_device, torch_dtype)
     return LoadedScorer(

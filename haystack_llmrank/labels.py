@@ -83,6 +83,12 @@ def vote_label_ids(tokenizer: Any, vote: str) -> LabelIds:
     return LabelIds((vote,), ((int(ids[0]),),))
 
 
+def readout_label_ids(tokenizer: Any, labels: Sequence[str], vote: str | None) -> LabelIds:
+    """The ids a template's readout scores: ``vote``'s one token (:func:`vote_label_ids`)
+    where it has a vote, else every id of each of its ``labels`` (:func:`resolve_label_ids`)."""
+    return resolve_label_ids(tokenizer, labels) if vote is None else vote_label_ids(tokenizer, vote)
+
+
 def resolve_label_ids(tokenizer: Any, labels: Sequence[str]) -> LabelIds:
     """Find, for each label, every id that decodes to it alone or after one space.
 

@@ -66,8 +66,7 @@ class PromptTemplate:
     vote: str | None = None
 
     def __post_init__(self) -> None:
-        if self.vote is not None and not self.vote.strip():
-            raise ValueError(f"a template's vote must be a visible token, got {self.vote!r}")
+        check_vote(self.vote)
         if not self.labels:
             raise ValueError("a template needs at least one label")
         if len(set(self.labels)) != len(self.labels):
@@ -111,6 +110,12 @@ class PromptTemplate:
     def from_dict(cls, data: dict[str, Any]) -> PromptTemplate:
         """Inverse of :meth:`to_dict`."""
         return cls(**{**data, "labels": tuple(data["labels"])})
+
+
+def check_vote(vote: str | None) -> None:
+    """``ValueError`` unless ``vote`` is ``None`` or holds a visible character."""
+    if vote is not None and not vote.strip():
+        raise ValueError(f"a template's vote must be a visible token, got {vote!r}")
 
 
 def _slots(text: str) -> list[str]:

@@ -7,7 +7,7 @@ from typing import Any
 
 from haystack_llmrank.backends import BACKENDS
 from haystack_llmrank.gpu_policy import ON_MISSING_GPU
-from haystack_llmrank.prompt import DEFAULT_MAX_PASSAGE_WORDS, get_template
+from haystack_llmrank.prompt import DEFAULT_MAX_PASSAGE_WORDS, check_vote, get_template
 from haystack_llmrank.strategies import DEFAULT_STEP, DEFAULT_WINDOW_SIZE, STRATEGIES
 
 
@@ -149,8 +149,7 @@ def check_model_options(args: argparse.Namespace) -> Any:
         )
     strategy = make_strategy(args.strategy, window_size=args.window_size, step=args.step)
     check_fusion_k(args.fusion_k)
-    if args.vote is not None:
-        FIRST_TEMPLATE.with_vote(args.vote)
+    check_vote(args.vote)
     if args.backend == "torch":
         check_available(resolve_model(args.model))
     return strategy

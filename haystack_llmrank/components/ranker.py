@@ -15,7 +15,7 @@ from haystack import Document, component, default_from_dict, default_to_dict
 from haystack_llmrank.fusion import check_fusion_k
 from haystack_llmrank.gpu_policy import OnMissingGpu, check_on_missing_gpu
 from haystack_llmrank.models import DEFAULT_MODEL
-from haystack_llmrank.prompt import DEFAULT_MAX_PASSAGE_WORDS, FIRST_TEMPLATE
+from haystack_llmrank.prompt import DEFAULT_MAX_PASSAGE_WORDS, check_vote
 from haystack_llmrank.ranking import Ranking
 from haystack_llmrank.reranker import Reranker
 from haystack_llmrank.strategies import DEFAULT_STEP, DEFAULT_WINDOW_SIZE, make_strategy
@@ -132,8 +132,7 @@ class FirstListwiseRanker:
             raise ValueError(f"threads must be positive, got {threads}")
         check_on_missing_gpu(on_missing_gpu)
         check_fusion_k(fusion_k)
-        if vote is not None:
-            FIRST_TEMPLATE.with_vote(vote)  # a blank vote fails here, before loading
+        check_vote(vote)
         self.model = model
         self.backend = backend
         self.device = device

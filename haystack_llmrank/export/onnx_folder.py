@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from haystack_llmrank.labels import LabelIds, resolve_label_ids, vote_label_ids
+from haystack_llmrank.labels import LabelIds, readout_label_ids
 from haystack_llmrank.model_templates import TemplateChoice, model_template
 from haystack_llmrank.models import context_length, load_causal_lm, load_tokenizer, resolve_model
 from haystack_llmrank.scorers.onnx_metadata import (
@@ -76,10 +76,7 @@ def export_onnx(
     tokenizer = load_tokenizer(source)
     if getattr(tokenizer, "chat_template", None) is None:
         raise ValueError(f"{source.name} has no chat template; FIRST prompts are chat prompts")
-    if chosen.vote is None:
-        label_ids = resolve_label_ids(tokenizer, chosen.labels)
-    else:
-        label_ids = vote_label_ids(tokenizer, chosen.vote)
+    label_ids = readout_label_ids(tokenizer, chosen.labels, chosen.vote)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.partial-"))

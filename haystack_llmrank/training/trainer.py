@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from haystack_llmrank.data import Qrels, QueryCandidates
-from haystack_llmrank.labels import resolve_label_ids, vote_label_ids
+from haystack_llmrank.labels import readout_label_ids, resolve_label_ids
 from haystack_llmrank.model_templates import recorded_template
 from haystack_llmrank.prompt import FIRST_TEMPLATE, PromptBuilder, PromptTemplate
 from haystack_llmrank.training.adapters import (
@@ -337,8 +337,8 @@ class FirstTrainer:
 
         lm = causal_lm(self.model)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        vote = self.template.vote
-        read = self.label_ids if vote is None else vote_label_ids(self.tokenizer, vote)
+        template = self.template
+        read = readout_label_ids(self.tokenizer, template.labels, template.vote)
         reranker = Reranker(
             self.tokenizer,
             TorchLabelScorer(lm, read, pad_token_id=pad),
