@@ -19,6 +19,7 @@ from haystack_llmrank.ranking import Cost, Ranking
 from haystack_llmrank.reranker import Reranker
 from haystack_llmrank.strategies import (
     STRATEGIES,
+    Disjoint,
     SlidingWindow,
     Strategy,
     TopDownPartition,
@@ -30,6 +31,7 @@ __all__ = [
     "FIRST_TEMPLATE",
     "STRATEGIES",
     "Cost",
+    "Disjoint",
     "FirstListwiseRanker",
     "LabelIds",
     "LabelResolutionError",

@@ -100,6 +100,14 @@ def split_evenly(items: Sequence[int], parts: int) -> list[list[int]]:
     return runs
 
 
+def deal(items: Sequence[int], window_size: int) -> list[list[int]]:
+    """``items`` dealt like cards into the fewest windows of at most ``window_size``: the
+    first to the first window, the second to the second... Reversed ``items`` deal each
+    window the same items in reverse."""
+    count = math.ceil(len(items) / window_size)
+    return [list(items[i::count]) for i in range(count)]
+
+
 def _check_window_size(window_size: int, least: int) -> None:
     if window_size < least:
         raise ValueError(f"window_size must be at least {least}, got {window_size}")
@@ -310,8 +318,8 @@ class Tournament:
     def _round(self, items: list[int], top_k: int | None) -> RoundPlan:
         pool, out = items, []
         while len(pool) > self.window_size:
-            count, keep = self._deal(len(pool), top_k)
-            groups = [pool[i::count] for i in range(count)]
+            _, keep = self._deal(len(pool), top_k)
+            groups = deal(pool, self.window_size)
             verdicts = yield groups
             winners: list[int] = []
             for group, values in zip(groups, verdicts, strict=True):
@@ -362,8 +370,7 @@ class Disjoint:
         """One step of disjoint windows, then every passage by its logit."""
         if n == 0:
             return [], 0
-        count = math.ceil(n / self.window_size)
-        groups = [list(range(i, n, count)) for i in range(count)]
+        groups = deal(range(n), self.window_size)
         verdicts = yield groups
         value = [0.0] * n
         for group, values in zip(groups, verdicts, strict=True):
