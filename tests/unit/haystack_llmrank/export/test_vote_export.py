@@ -11,6 +11,7 @@ import pytest
 
 from haystack_llmrank.errors import ModelResolutionError
 from haystack_llmrank.export import export_onnx, read_metadata
+from haystack_llmrank.export.precision import label_head_nodes
 from haystack_llmrank.labels import vote_label_ids
 from haystack_llmrank.prompt import FIRST_TEMPLATE, PromptBuilder
 from haystack_llmrank.reranker import Reranker
@@ -93,6 +94,39 @@ def test_an_int8_vote_export_keeps_its_positions(
     expected = torch_votes.score_at([prompt.token_ids], [prompt.score_positions])
     assert got.shape == expected.shape
     assert np.isfinite(got).all()
+
+
+@pytest.mark.slow
+def test_an_fp16_vote_export_keeps_its_head_in_float32_and_the_order_of_clear_votes(
+    tmp_path: Path, tiny_model_dir: Path, torch_votes: TorchLabelScorer, smollm2_tokenizer: Any
+) -> None:
+    folder = export_onnx(str(tiny_model_dir), tmp_path / "fp16", template=VOTED, precision="fp16")
+    graph = onnx.load(str(folder / "model.onnx"))
+    assert [i.name for i in graph.graph.input] == ["input_ids", "attention_mask", "positions"]
+    [head] = label_head_nodes(graph)
+    head_weights = {n.input[1] for n in graph.graph.node if n.name == head}
+    assert {t.data_type for t in graph.graph.initializer if t.name in head_weights} == {
+        onnx.TensorProto.FLOAT
+    }
+    assert graph.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    scorer = load_export(folder, labels=(" yes",), device="cpu").scorer
+    builder = PromptBuilder(smollm2_tokenizer, VOTED, max_prompt_tokens=4096)
+    prompts = [builder.build(QUERY, PASSAGES * 3), builder.build(QUERY, PASSAGES[:2])]
+    ids = [p.token_ids for p in prompts]
+    at = [p.score_positions for p in prompts]
+    got, expected = scorer.score_at(ids, at), torch_votes.score_at(ids, at)
+    assert got.shape == expected.shape == (2, 15, 1)
+    assert got.dtype == np.float32
+    real = [(row, column) for row, p in enumerate(at) for column in range(len(p))]
+    have = np.array([got[r, c, 0] for r, c in real])
+    want = np.array([expected[r, c, 0] for r, c in real])
+    assert np.abs(have - want).max() < 0.05
+    decisive = np.abs(want[:, None] - want[None, :]) > 0.1
+    assert decisive.any()
+    np.testing.assert_array_equal(
+        np.sign((have[:, None] - have[None, :])[decisive]),
+        np.sign((want[:, None] - want[None, :])[decisive]),
+    )
 
 
 def test_the_export_command_sets_a_vote_on_the_recorded_template(
