@@ -305,11 +305,10 @@ class Tournament:
     def __post_init__(self) -> None:
         _check_window_size(self.window_size, 2)
 
-    def _deal(self, size: int, top_k: int | None) -> tuple[int, int]:
-        """Windows and the winners kept from each, for a pool of ``size`` passages."""
-        count = math.ceil(size / self.window_size)
-        keep = self.window_size // count
-        return count, max(1, keep if top_k is None else min(keep, top_k))
+    def _keep(self, windows: int, top_k: int | None) -> int:
+        """The winners kept from each of a round's ``windows`` windows."""
+        keep = self.window_size // windows
+        return max(1, keep if top_k is None else min(keep, top_k))
 
     def plan(self, n: int, top_k: int | None = None) -> Plan:
         """Rounds of a tournament (see the class docstring)."""
@@ -318,8 +317,8 @@ class Tournament:
     def _round(self, items: list[int], top_k: int | None) -> RoundPlan:
         pool, out = items, []
         while len(pool) > self.window_size:
-            _, keep = self._deal(len(pool), top_k)
             groups = deal(pool, self.window_size)
+            keep = self._keep(len(groups), top_k)
             verdicts = yield groups
             winners: list[int] = []
             for group, values in zip(groups, verdicts, strict=True):
@@ -336,9 +335,10 @@ class Tournament:
         def play(size: int) -> tuple[int, int]:
             windows = 1
             while size > self.window_size:
-                count, keep = self._deal(size, top_k)
-                windows += count
-                size = sum(min(keep, len(range(i, size, count))) for i in range(count))
+                groups = deal(range(size), self.window_size)
+                keep = self._keep(len(groups), top_k)
+                windows += len(groups)
+                size = sum(min(keep, len(group)) for group in groups)
             return windows, size
 
         return _count_rounds(n, top_k, play)
