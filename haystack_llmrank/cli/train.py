@@ -117,6 +117,13 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="end after update N of the --steps schedule, checkpointed; --resume goes on",
     )
     run.add_argument(
+        "--max-minutes",
+        type=positive_float,
+        default=None,
+        metavar="M",
+        help="end at the first update after M minutes of updates, checkpointed; --resume goes on",
+    )
+    run.add_argument(
         "--passage-vote",
         default=None,
         metavar="TOKEN",
@@ -310,6 +317,7 @@ def _config(args: argparse.Namespace) -> Any:
     return TrainConfig(
         steps=args.steps,
         stop_after=args.stop_after,
+        max_minutes=args.max_minutes,
         objective=args.objective,
         grad_accumulation=args.grad_accumulation,
         batch_windows=args.batch_windows,

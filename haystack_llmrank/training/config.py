@@ -32,6 +32,9 @@ class TrainConfig:
     stop_after: int | None = None
     """End this run after this update of the ``steps``-long schedule (checkpointed, so that
     ``resume`` with a later ``stop_after``, or none, goes on)."""
+    max_minutes: float | None = None
+    """End this run at the first update that finishes after this many minutes of updates,
+    validated and checkpointed as a last update is (``resume`` goes on): a time budget."""
     objective: str = "first"
     grad_accumulation: int = 4
     batch_windows: int = 1
@@ -81,6 +84,8 @@ class TrainConfig:
             raise ValueError(
                 f"stop_after must be in [1, steps={self.steps}], got {self.stop_after}"
             )
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ValueError(f"max_minutes must be positive, got {self.max_minutes}")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
         weights = (self.ranknet_weight, self.passage_ranknet_weight, self.pointwise_weight)

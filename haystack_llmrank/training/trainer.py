@@ -35,6 +35,8 @@ from haystack_llmrank.training.targets import TrainingQuery, TrainingWindow
 logger = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint"
+_RUN_LENGTH = ("stop_after", "max_minutes")
+"""Settings that may change between a run and its resumption without a warning."""
 """Sub-folder of the output folder that holds the latest resumable state."""
 RECORD = "training.json"
 """File in the output folder with the settings, the history and the best validation."""
@@ -184,7 +186,8 @@ class FirstTrainer:
         *,
         on_step: Callable[[StepReport], None] | None = None,
     ) -> dict[str, Any]:
-        """Train to update ``config.last_step`` (continuing from :attr:`step`); return the record.
+        """Train to update ``config.last_step`` (continuing from :attr:`step`), or until
+        ``config.max_minutes`` of updates have passed; return the record.
 
         With ``validation``, nDCG@10 of reranking each held-out query's top
         ``validation_depth`` candidates is measured every ``eval_every`` updates and at the
@@ -194,11 +197,17 @@ class FirstTrainer:
             raise ValueError("no training queries")
         if validation is not None and self.step == 0 and self.best is None:
             self._record_validation(self.validate(validation))
-        while self.step < self.config.last_step:
+        started = time.monotonic()
+        budget = math.inf if self.config.max_minutes is None else 60 * self.config.max_minutes
+        last = False
+        while not last and self.step < self.config.last_step:
             report = self._update(train)
             self.step += 1
             entry = asdict(report)
-            last = self.step == self.config.last_step
+            out_of_time = time.monotonic() - started >= budget
+            if out_of_time and self.step < self.config.last_step:
+                logger.info("max_minutes reached: ending this run at update %d", self.step)
+            last = self.step == self.config.last_step or out_of_time
             if validation is not None and (self.step % self.config.eval_every == 0 or last):
                 score = self.validate(validation)
                 report = StepReport(**{**entry, "validation": score})
@@ -471,7 +480,7 @@ class FirstTrainer:
             )
         current = json.loads(json.dumps(self.config.to_dict()))  # tuples as the JSON's lists
         changed = sorted(
-            k for k, v in current.items() if meta["config"].get(k) != v and k != "stop_after"
+            k for k, v in current.items() if meta["config"].get(k) != v and k not in _RUN_LENGTH
         )
         if changed:
             logger.warning("resuming with changed settings: %s", ", ".join(changed))

@@ -1,4 +1,5 @@
-"""The pointwise warm-up objective, its weight beside FIRST's loss, and ``stop_after``, on tiny
+"""The pointwise warm-up objective, its weight beside FIRST's loss, ``stop_after`` and
+``max_minutes``, on tiny
 random models."""
 
 from __future__ import annotations
@@ -260,6 +261,7 @@ def test_mixed_settings_are_checked(changes: dict[str, Any], message: str) -> No
         ({"objective": "listwise"}, "objective must be one of"),
         ({"stop_after": 5}, r"stop_after must be in \[1, steps=4\]"),
         ({"stop_after": 0}, r"stop_after must be in \[1, steps=4\]"),
+        ({"max_minutes": 0.0}, "max_minutes must be positive"),
     ],
 )
 def test_pointwise_settings_are_checked(changes: dict[str, Any], message: str) -> None:
@@ -293,6 +295,33 @@ def test_stop_after_ends_a_run_that_resume_continues_unchanged(
     assert again.step == 4
     losses = [h["loss"] for h in again.history]
     assert losses == pytest.approx([h["loss"] for h in straight.history], rel=1e-5)
+
+
+def test_max_minutes_ends_a_run_at_the_first_update_past_it_and_resume_goes_on(
+    smollm2_tokenizer: Any, tiny_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    queries = training_queries([QUERY], qrels=QRELS)
+
+    def trainer_for(**changes: Any) -> FirstTrainer:
+        model = load_causal_lm(resolve_model(str(tiny_model_dir)))
+        config = pointwise_config(**changes)
+        return FirstTrainer(
+            model, smollm2_tokenizer, config, base_model="unused", output_dir=tmp_path
+        )
+
+    timed = trainer_for(max_minutes=1e-9)
+    with caplog.at_level("INFO", logger="haystack_llmrank.training.trainer"):
+        assert timed.fit(queries)["steps"] == 1
+    assert "max_minutes reached: ending this run at update 1" in caplog.text
+    meta = json.loads((tmp_path / "checkpoint" / "trainer.json").read_text())
+    assert meta["step"] == 1
+    caplog.clear()
+    again = trainer_for()
+    with caplog.at_level("WARNING", logger="haystack_llmrank.training.trainer"):
+        assert again.resume()
+    assert "changed settings" not in caplog.text
+    again.fit(queries)
+    assert again.step == 4
 
 
 def test_the_train_command_line_runs_the_pointwise_objective_and_stops_early(
