@@ -24,7 +24,8 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
-from teacher_run import minilm_folder, teacher_scores
+import numpy as np
+from teacher_run import cosine_scores, minilm_folder
 
 from haystack_llmrank.data import (
     QueryCandidates,
@@ -72,15 +73,22 @@ def main() -> None:
     qrels = read_qrels(args.qrels)
     teacher = read_run(args.teacher)
     encoder = SentenceTransformer(minilm_folder(), device="cpu")
+
+    def encode(texts: list[str]) -> np.ndarray:
+        return np.asarray(encoder.encode(texts, normalize_embeddings=True, batch_size=64))
+
     rng = random.Random(args.seed)
     made: list[QueryCandidates] = []
     for qid in split["train"]:
         pool = [c for c in queries[qid].candidates[: args.depth] if c.docid not in held_out]
+        passages = encode([c.text for c in pool])  # shared by the query's pseudo-queries
         for n, source in enumerate(rng.sample(pool, min(args.per_query, len(pool)))):
             query, text = pseudo_query(source.text, rng, args.drop)
             candidates = tuple(c if c is not source else replace(c, text=text) for c in pool)
             pseudo = QueryCandidates(f"ict-{qid}-{n}", query, candidates)
-            teacher[pseudo.qid] = teacher_scores(encoder, pseudo)
+            vectors = np.vstack([encode([query]), passages])
+            vectors[1 + pool.index(source)] = encode([text])[0]
+            teacher[pseudo.qid] = cosine_scores(pseudo, vectors)
             qrels[pseudo.qid] = {source.docid: 1}
             made.append(pseudo)
     args.output.mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,12 @@ def embed(encoder: Any, query: QueryCandidates) -> Any:
 
 def teacher_scores(encoder: Any, query: QueryCandidates) -> dict[str, float]:
     """``{docid: cosine}`` of ``query``'s candidates, made strictly decreasing for a TREC run."""
-    vectors = embed(encoder, query)
+    return cosine_scores(query, embed(encoder, query))
+
+
+def cosine_scores(query: QueryCandidates, vectors: Any) -> dict[str, float]:
+    """``{docid: cosine}`` from unit vectors of the query (row 0) and of its candidates (rows
+    1..n), made strictly decreasing for a TREC run."""
     scores = (vectors[1:] @ vectors[0]).tolist()
     ranked = sorted(range(len(scores)), key=lambda i: -scores[i])
     values = strictly_decreasing([scores[i] for i in ranked])
