@@ -13,8 +13,9 @@ qrels whatever the order, so the three figures differ only by position sensitivi
 ``--both-orders`` ranks with ``Reranker(both_orders=True)``: each window scored as given and
 reversed. ``--strategy`` picks how windows cover the candidates (sliding by default), with
 ``--window-size`` passages a window (and ``--step`` for the sliding window). ``--fusion-k K``
-also scores each ranking fused with the order it was given by reciprocal rank fusion
-(:func:`~haystack_llmrank.fusion.fuse_with_input_order`), from the same forward passes.
+also scores the BM25-order ranking fused with that order by reciprocal rank fusion
+(:func:`~haystack_llmrank.fusion.fuse_with_input_order`), from the same forward passes; the
+reversed and shuffled orders are not the first stage's, so they are not fused.
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ def main() -> None:
     parser.add_argument("--teacher", type=Path, default=None, help="a baseline run to score")
     parser.add_argument("--orders", nargs="+", choices=ORDERS, default=list(ORDERS))
     parser.add_argument("--depth", type=int, default=100, help="rerank the top N")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--dtype", default=None, help="torch dtype (default float32)")
     parser.add_argument("--seed", type=int, default=0)
@@ -110,7 +112,7 @@ def main() -> None:
     parser.add_argument("--step", type=int, default=DEFAULT_STEP, help="sliding window's step")
     parser.add_argument("--vote", default=None, help="rank by this token's votes (e.g. ' yes')")
     parser.add_argument(
-        "--fusion-k", type=int, nargs="*", default=[], help="also score RRF with the input order"
+        "--fusion-k", type=int, nargs="*", default=[], help="also score RRF with the BM25 order"
     )
     parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args()
@@ -124,6 +126,7 @@ def main() -> None:
         "command": shlex.join(["python", *sys.argv]),
         "model": args.model,
         "backend": args.backend,
+        "device": args.device,
         "dtype": args.dtype or "float32",
         "both_orders": args.both_orders,
         "strategy": args.strategy,
@@ -137,7 +140,7 @@ def main() -> None:
     reranker = Reranker.from_pretrained(
         args.model,
         backend=args.backend,
-        device="cpu",
+        device=args.device,
         dtype=args.dtype,
         both_orders=args.both_orders,
         vote=args.vote,
@@ -152,7 +155,7 @@ def main() -> None:
             )
         seconds = (time.perf_counter() - started) / len(queries)
         ndcg10(run_from_rankings(arranged, rankings), qrels, report, f"reranked_{order}")
-        for k in args.fusion_k:
+        for k in args.fusion_k if order == "bm25" else ():
             fused = [fuse_with_input_order(ranking, k) for ranking in rankings]
             ndcg10(run_from_rankings(arranged, fused), qrels, report, f"fused_{order}_k{k}")
         report[f"{order}_seconds_per_query"] = seconds
