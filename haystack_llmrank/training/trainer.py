@@ -35,9 +35,9 @@ from haystack_llmrank.training.targets import TrainingQuery, TrainingWindow
 logger = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint"
+"""Sub-folder of the output folder that holds the latest resumable state."""
 _RUN_LENGTH = ("stop_after", "max_minutes")
 """Settings that may change between a run and its resumption without a warning."""
-"""Sub-folder of the output folder that holds the latest resumable state."""
 RECORD = "training.json"
 """File in the output folder with the settings, the history and the best validation."""
 
