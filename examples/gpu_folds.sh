@@ -101,7 +101,8 @@ evaluate_split() {
         --vote ' yes' --strategy disjoint --json "$records/$split-vote-votes.json" \
         >"$WORK/logs/$split-eval-vote-votes.log" 2>&1 &
     wants first && heldout "${common[@]}" --model "$WORK/$split/first/checkpoint/model" \
-        --json "$records/$split-first-sliding.json" >"$WORK/logs/$split-eval-first.log" 2>&1 &
+        --strategy sliding --json "$records/$split-first-sliding.json" \
+        >"$WORK/logs/$split-eval-first.log" 2>&1 &
     wants first && heldout "${common[@]}" --model "$WORK/$split/first/checkpoint/model" \
         --vote ' yes' --strategy disjoint --json "$records/$split-first-votes.json" \
         >"$WORK/logs/$split-eval-first-votes.log" 2>&1 &

@@ -50,7 +50,6 @@ from haystack_llmrank.strategies import (
     DEFAULT_STEP,
     DEFAULT_WINDOW_SIZE,
     STRATEGIES,
-    make_strategy,
 )
 
 DL19 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "trec-dl19"
@@ -107,7 +106,9 @@ def main() -> None:
     parser.add_argument(
         "--both-orders", action="store_true", help="score each window as given and reversed"
     )
-    parser.add_argument("--strategy", choices=STRATEGIES, default="sliding")
+    parser.add_argument(
+        "--strategy", choices=STRATEGIES, default=None, help="default: the readout's own"
+    )
     parser.add_argument("--window-size", type=int, default=DEFAULT_WINDOW_SIZE)
     parser.add_argument("--step", type=int, default=DEFAULT_STEP, help="sliding window's step")
     parser.add_argument("--vote", default=None, help="rank by this token's votes (e.g. ' yes')")
@@ -129,11 +130,9 @@ def main() -> None:
         "device": args.device,
         "dtype": args.dtype or "float32",
         "both_orders": args.both_orders,
-        "strategy": args.strategy,
         "window_size": args.window_size,
         "step": args.step,
         "fusion_k": args.fusion_k,
-        "vote": args.vote,
         "queries": sorted(held),
     }
     baselines(queries, qrels, args.teacher, report)
@@ -144,8 +143,12 @@ def main() -> None:
         dtype=args.dtype,
         both_orders=args.both_orders,
         vote=args.vote,
-        strategy=make_strategy(args.strategy, window_size=args.window_size, step=args.step),
+        strategy=args.strategy,
+        window_size=args.window_size,
+        step=args.step,
     )
+    report["strategy"] = reranker.strategy.name
+    report["vote"] = reranker.prompts.template.vote
     for order in args.orders:
         arranged = [arrange(q, order, args.seed) for q in queries]
         started = time.perf_counter()

@@ -25,6 +25,7 @@ from haystack_llmrank.strategies import (
     TopDownPartition,
     Tournament,
     make_strategy,
+    readout_strategy,
 )
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "Tournament",
     "WindowTooLargeError",
     "make_strategy",
+    "readout_strategy",
     "resolve_label_ids",
 ]
 

@@ -28,7 +28,14 @@ from haystack_llmrank.scorers.base import (
     PositionScorer,
     preferred_max_batch_tokens,
 )
-from haystack_llmrank.strategies import QueryRun, SlidingWindow, Strategy, run_windows
+from haystack_llmrank.strategies import (
+    DEFAULT_STEP,
+    DEFAULT_WINDOW_SIZE,
+    QueryRun,
+    Strategy,
+    make_strategy,
+    run_windows,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +61,9 @@ class Reranker:
 
     Each window is one forward pass: the label logits of the first generated token order
     the window (or, for a template with a ``vote``, the vote's logit at the end of each
-    passage line). Windows follow ``strategy`` (FIRST's sliding window by default; see
-    :mod:`haystack_llmrank.strategies`). ``batch_size`` caps the windows that go to the
+    passage line). Windows follow ``strategy``; ``None`` is the readout's own (see
+    :func:`~haystack_llmrank.strategies.readout_strategy`): FIRST's sliding window for label
+    logits, one step of disjoint windows for a vote. ``batch_size`` caps the windows that go to the
     scorer together, drawn from the steps of several queries (one query's step is never
     split, so it may exceed the cap); each forward pass holds at most ``max_batch_tokens``
     padded tokens (``None``: the scorer's preference, one prompt per call for torch on a CPU and
@@ -94,7 +102,7 @@ class Reranker:
         both_orders: bool = False,
         fusion_k: int | None = None,
     ) -> None:
-        self.strategy: Strategy = strategy or SlidingWindow()
+        self.strategy: Strategy = strategy or make_strategy(None, vote=template.vote)
         self.fusion_k = check_fusion_k(fusion_k)
         read = template.labels if template.vote is None else (template.vote,)
         if scorer.label_ids.labels[: len(read)] != read:
@@ -141,6 +149,9 @@ class Reranker:
         max_prompt_tokens: int | None = None,
         threads: int | None = None,
         on_missing_gpu: OnMissingGpu = "raise",
+        strategy: Strategy | str | None = None,
+        window_size: int = DEFAULT_WINDOW_SIZE,
+        step: int = DEFAULT_STEP,
         **kwargs: Any,
     ) -> Reranker:
         """Load a reranker for ``model`` (see :func:`haystack_llmrank.models.resolve_model`).
@@ -156,13 +167,20 @@ class Reranker:
         :mod:`haystack_llmrank.model_templates`). ``vote`` reads that template by the
         logit of this one token at each passage line's end instead of its labels (see
         :attr:`~haystack_llmrank.prompt.PromptTemplate.vote`); ``None`` keeps the template's
-        readout. Other keyword arguments go to :class:`Reranker`.
+        readout. ``strategy`` is a :class:`~haystack_llmrank.strategies.Strategy`, or a
+        name (see :func:`~haystack_llmrank.strategies.make_strategy`) built with
+        ``window_size`` and ``step``; ``None`` is the readout's own, chosen once the template
+        is known. Other keyword arguments go to :class:`Reranker`.
         """
         from haystack_llmrank.backends import load_scorer
 
         chosen = model_template(template, model)
         if vote is not None:
             chosen = chosen.with_vote(vote)
+        if strategy is None or isinstance(strategy, str):
+            strategy = make_strategy(strategy, window_size=window_size, step=step, vote=chosen.vote)
+        elif (window_size, step) != (DEFAULT_WINDOW_SIZE, DEFAULT_STEP):
+            raise ValueError("window_size and step apply to a strategy given by name or None")
         loaded = load_scorer(
             model,
             backend=backend,
@@ -178,6 +196,7 @@ class Reranker:
             loaded.scorer,
             max_prompt_tokens=max_prompt_tokens or loaded.context_length,
             template=chosen,
+            strategy=strategy,
             model_name=loaded.model_name,
             **kwargs,
         )

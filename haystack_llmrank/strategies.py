@@ -383,10 +383,35 @@ class Disjoint:
         return math.ceil(n / self.window_size)
 
 
+def readout_strategy(vote: str | None) -> str:
+    """The strategy a readout ranks with when none is named: ``"disjoint"`` for a vote
+    readout (each passage's vote compares across windows, so one step of disjoint windows
+    judges every passage once), FIRST's ``"sliding"`` for label logits (``vote`` is None)."""
+    return Disjoint.name if vote is not None else SlidingWindow.name
+
+
+def check_strategy_options(name: str | None, *, window_size: int, step: int) -> None:
+    """Check a strategy's options before the readout, and so a ``None`` strategy, is known:
+    a named one fully, ``None`` as far as any strategy needs (positive sizes)."""
+    if name is not None:
+        make_strategy(name, window_size=window_size, step=step)
+        return
+    _check_window_size(window_size, 1)
+    if step < 1:
+        raise ValueError(f"step must be positive, got {step}")
+
+
 def make_strategy(
-    name: str, *, window_size: int = DEFAULT_WINDOW_SIZE, step: int = DEFAULT_STEP
+    name: str | None,
+    *,
+    window_size: int = DEFAULT_WINDOW_SIZE,
+    step: int = DEFAULT_STEP,
+    vote: str | None = None,
 ) -> Strategy:
-    """The strategy called ``name`` (see :data:`STRATEGIES`); ``step`` is the sliding window's."""
+    """The strategy called ``name`` (see :data:`STRATEGIES`); ``step`` is the sliding window's.
+    ``None`` is the readout's own (:func:`readout_strategy` of ``vote``)."""
+    if name is None:
+        name = readout_strategy(vote)
     if name == SlidingWindow.name:
         return SlidingWindow(window_size, step)
     if name == TopDownPartition.name:

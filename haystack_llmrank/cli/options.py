@@ -66,10 +66,11 @@ def add_model_options(group: Any, *, batch_size: int) -> None:
     group.add_argument(
         "--strategy",
         choices=STRATEGIES,
-        default="sliding",
-        help="which windows rank a list: sliding (FIRST's, default), tdpart (top-down "
-        "partitioning, at most 3 steps), tournament (parallel windows, then their winners) or "
-        "disjoint (parallel windows, every passage by its own logit; for a vote readout)",
+        default=None,
+        help="which windows rank a list: sliding (FIRST's), tdpart (top-down partitioning, at "
+        "most 3 steps), tournament (parallel windows, then their winners) or disjoint "
+        "(parallel windows, every passage by its own logit; for a vote readout). Default: "
+        "the readout's, disjoint for a vote (the default model's), else sliding",
     )
     group.add_argument(
         "--window-size",
@@ -131,8 +132,8 @@ def add_model_options(group: Any, *, batch_size: int) -> None:
     )
 
 
-def check_model_options(args: argparse.Namespace) -> Any:
-    """Check what :func:`add_model_options` parsed before any model loads; return the strategy.
+def check_model_options(args: argparse.Namespace) -> None:
+    """Check what :func:`add_model_options` parsed before any model loads.
 
     A window wider than the template's labels, a step wider than the window, or a model
     that is neither local nor reachable fails here in well under a second.
@@ -140,19 +141,18 @@ def check_model_options(args: argparse.Namespace) -> Any:
     from haystack_llmrank.fusion import check_fusion_k
     from haystack_llmrank.models import check_available, resolve_model
     from haystack_llmrank.prompt import FIRST_TEMPLATE
-    from haystack_llmrank.strategies import make_strategy
+    from haystack_llmrank.strategies import check_strategy_options
 
     labels = len(FIRST_TEMPLATE.labels)
     if args.window_size > labels:
         raise ValueError(
             f"--window-size {args.window_size} is over the {labels} labels of the prompt"
         )
-    strategy = make_strategy(args.strategy, window_size=args.window_size, step=args.step)
+    check_strategy_options(args.strategy, window_size=args.window_size, step=args.step)
     check_fusion_k(args.fusion_k)
     check_vote(args.vote)
     if args.backend == "torch":
         check_available(resolve_model(args.model))
-    return strategy
 
 
 def plural(count: int, singular: str, plural_form: str | None = None) -> str:
@@ -166,7 +166,7 @@ def load_reranker(args: argparse.Namespace) -> Any:
     """The :class:`~haystack_llmrank.reranker.Reranker` that :func:`add_model_options` describes."""
     from haystack_llmrank.reranker import Reranker
 
-    strategy = check_model_options(args)
+    check_model_options(args)
     onnx = args.backend == "onnx"
     if args.threads is not None and not onnx:
         import torch
@@ -179,7 +179,9 @@ def load_reranker(args: argparse.Namespace) -> Any:
         dtype=args.dtype,
         threads=args.threads if onnx else None,
         on_missing_gpu=args.on_missing_gpu,
-        strategy=strategy,
+        strategy=args.strategy,
+        window_size=args.window_size,
+        step=args.step,
         batch_size=args.batch_size,
         max_passage_words=args.max_passage_words,
         both_orders=args.both_orders,

@@ -18,7 +18,7 @@ from haystack_llmrank.models import DEFAULT_MODEL
 from haystack_llmrank.prompt import DEFAULT_MAX_PASSAGE_WORDS, check_vote
 from haystack_llmrank.ranking import Ranking
 from haystack_llmrank.reranker import Reranker
-from haystack_llmrank.strategies import DEFAULT_STEP, DEFAULT_WINDOW_SIZE, make_strategy
+from haystack_llmrank.strategies import DEFAULT_STEP, DEFAULT_WINDOW_SIZE, check_strategy_options
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class FirstListwiseRanker:
         score_threshold: float | None = None,
         window_size: int = DEFAULT_WINDOW_SIZE,
         step: int = DEFAULT_STEP,
-        strategy: str = "sliding",
+        strategy: str | None = None,
         template: str | dict[str, Any] | None = None,
         vote: str | None = None,
         max_passage_words: int | None = DEFAULT_MAX_PASSAGE_WORDS,
@@ -100,8 +100,10 @@ class FirstListwiseRanker:
         :param step: how far the sliding window moves up each time (``strategy="sliding"``).
         :param strategy: ``"sliding"`` (FIRST's sliding window), ``"tdpart"`` (top-down
             partitioning), ``"tournament"`` or ``"disjoint"`` (for a vote readout); see
-            :mod:`haystack_llmrank.strategies`. ``tdpart`` and ``tournament`` rank fewer
-            positions (the rest keep their input order) and use ``top_k`` to rank just enough.
+            :mod:`haystack_llmrank.strategies`. ``None``: the readout's, ``"disjoint"`` for a
+            vote (the default model's) and ``"sliding"`` for label logits. ``tdpart`` and
+            ``tournament`` rank fewer positions (the rest keep their input order) and use
+            ``top_k`` to rank just enough.
         :param template: prompt template name or its dict form; ``None``: the one the model
             was trained or exported with, else ``"first"``.
         :param vote: rank by this one token's logit at the end of each passage's line
@@ -127,7 +129,7 @@ class FirstListwiseRanker:
         """
         if top_k is not None and top_k < 1:
             raise ValueError(f"top_k must be at least 1, got {top_k}")
-        make_strategy(strategy, window_size=window_size, step=step)  # validate before loading
+        check_strategy_options(strategy, window_size=window_size, step=step)  # before loading
         if threads is not None and threads < 1:
             raise ValueError(f"threads must be positive, got {threads}")
         check_on_missing_gpu(on_missing_gpu)
@@ -172,9 +174,9 @@ class FirstListwiseRanker:
                     template=self.template,
                     vote=self.vote,
                     max_prompt_tokens=self.max_prompt_tokens,
-                    strategy=make_strategy(
-                        self.strategy, window_size=self.window_size, step=self.step
-                    ),
+                    strategy=self.strategy,
+                    window_size=self.window_size,
+                    step=self.step,
                     max_passage_words=self.max_passage_words,
                     batch_size=self.batch_size,
                     max_batch_tokens=self.max_batch_tokens,

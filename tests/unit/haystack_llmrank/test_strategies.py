@@ -19,7 +19,9 @@ from haystack_llmrank.strategies import (
     Strategy,
     TopDownPartition,
     Tournament,
+    check_strategy_options,
     make_strategy,
+    readout_strategy,
     run_windows,
     split_evenly,
 )
@@ -86,6 +88,28 @@ def test_make_strategy_knows_every_name() -> None:
     assert [s.name for s in made] == list(STRATEGIES)
     assert all(s.window_size == 8 for s in made)
     assert made[0] == SlidingWindow(8, 3)
+
+
+def test_no_name_is_the_readouts_own_strategy() -> None:
+    assert readout_strategy(None) == "sliding"
+    assert readout_strategy(" yes") == "disjoint"
+    assert make_strategy(None, window_size=8, step=3) == SlidingWindow(8, 3)
+    assert make_strategy(None, window_size=8, step=3, vote=" yes") == Disjoint(8)
+    # a name wins over the readout
+    assert make_strategy("tdpart", vote=" yes") == TopDownPartition()
+
+
+def test_options_are_checked_before_the_readout_is_known() -> None:
+    # None may turn out disjoint, which has no step: only what every strategy needs is checked
+    check_strategy_options(None, window_size=8, step=10)
+    with pytest.raises(ValueError, match="step must be between"):
+        check_strategy_options("sliding", window_size=8, step=10)
+    with pytest.raises(ValueError, match="window_size"):
+        check_strategy_options(None, window_size=0, step=1)
+    with pytest.raises(ValueError, match="step must be positive"):
+        check_strategy_options(None, window_size=8, step=0)
+    with pytest.raises(ValueError, match="unknown strategy"):
+        check_strategy_options("bubble", window_size=8, step=1)
 
 
 def test_split_evenly() -> None:

@@ -13,7 +13,7 @@ from haystack_llmrank.labels import vote_label_ids
 from haystack_llmrank.prompt import FIRST_TEMPLATE, PromptBuilder, PromptTemplate
 from haystack_llmrank.reranker import Reranker
 from haystack_llmrank.scorers.torch_scorer import TorchLabelScorer
-from haystack_llmrank.strategies import Disjoint
+from haystack_llmrank.strategies import Disjoint, SlidingWindow, Tournament
 
 VOTED = FIRST_TEMPLATE.with_vote(" yes")
 QUERY = "where is berlin"
@@ -121,6 +121,26 @@ def test_from_pretrained_reads_the_chosen_template_by_a_vote(tiny_model_dir: Any
     assert voted.scorer.label_ids.labels == (" yes",)
     explicit = Reranker.from_pretrained(str(tiny_model_dir), device="cpu", template=VOTED)
     assert voted.rerank(QUERY, PASSAGES) == explicit.rerank(QUERY, PASSAGES)
+
+
+def test_a_vote_ranks_in_disjoint_windows_unless_a_strategy_is_named(
+    tiny_model_dir: Any, vote_scorer: TorchLabelScorer, smollm2_tokenizer: Any
+) -> None:
+    assert (
+        Reranker(smollm2_tokenizer, vote_scorer, max_prompt_tokens=4096, template=VOTED).strategy
+        == Disjoint()
+    )
+    assert Reranker.from_pretrained(str(tiny_model_dir), device="cpu").strategy == SlidingWindow()
+    voted = Reranker.from_pretrained(str(tiny_model_dir), device="cpu", vote=" yes", window_size=6)
+    assert voted.strategy == Disjoint(6)
+    named = Reranker.from_pretrained(
+        str(tiny_model_dir), device="cpu", vote=" yes", strategy="tournament", window_size=6
+    )
+    assert named.strategy == Tournament(6)
+    given = Reranker.from_pretrained(str(tiny_model_dir), device="cpu", strategy=Tournament(6))
+    assert given.strategy == Tournament(6)
+    with pytest.raises(ValueError, match="given by name or None"):
+        Reranker.from_pretrained(str(tiny_model_dir), strategy=Tournament(6), window_size=6)
 
 
 @pytest.mark.parametrize("both_orders", [True, False])

@@ -188,7 +188,7 @@ def test_to_dict_of_the_defaults() -> None:
             "score_threshold": None,
             "window_size": 20,
             "step": 10,
-            "strategy": "sliding",
+            "strategy": None,
             "template": None,
             "vote": None,
             "max_passage_words": 300,
@@ -261,7 +261,9 @@ def test_to_dict_from_dict_round_trip() -> None:
 
 def test_bad_window_rejected_at_init() -> None:
     with pytest.raises(ValueError, match="step"):
-        FirstListwiseRanker(window_size=5, step=9)
+        FirstListwiseRanker(window_size=5, step=9, strategy="sliding")
+    # with no strategy the readout picks one at warm_up; a vote's disjoint windows have no step
+    assert FirstListwiseRanker(window_size=5, step=9).strategy is None
     with pytest.raises(ValueError, match="unknown strategy"):
         FirstListwiseRanker(strategy="bubble")
     with pytest.raises(ValueError, match="window_size"):
@@ -277,7 +279,7 @@ def test_strategy_is_serialised_and_top_k_reaches_it(tiny_model_dir: Path) -> No
     data = component.to_dict()
     assert data["init_parameters"]["strategy"] == "tdpart"
     assert FirstListwiseRanker.from_dict(data).to_dict() == data
-    assert FirstListwiseRanker().to_dict()["init_parameters"]["strategy"] == "sliding"
+    assert FirstListwiseRanker().to_dict()["init_parameters"]["strategy"] is None
 
     component.warm_up()
     engine = component._reranker
