@@ -248,11 +248,23 @@ def _prefill_and_decode_seconds(
 
 
 def bench_template(config: BenchConfig) -> PromptTemplate:
-    """The prompt template of the bench's model: the one it was trained with, else FIRST's.
+    """The prompt template of the bench's model: the one it was trained with, else FIRST's,
+    read by its labels.
 
-    Synthetic models (random weights) take FIRST's.
+    Synthetic models (random weights) take FIRST's. Every row times FIRST's label readout, so
+    a template's vote (the default model's) is dropped: the forward passes are the same, but
+    the rows rank by labels, not by the model's votes.
     """
-    return FIRST_TEMPLATE if config.synthetic else model_template(None, config.model)
+    if config.synthetic:
+        return FIRST_TEMPLATE
+    template = model_template(None, config.model)
+    if template.vote is not None:
+        logger.warning(
+            "%s ranks by its vote %r; the bench times and ranks by its label readout instead",
+            config.model,
+            template.vote,
+        )
+    return template.with_vote(None)
 
 
 def calibrate(
@@ -378,8 +390,11 @@ def _call(isolate: bool, function: Callable[..., T], *args: Any) -> T:
         return pool.submit(function, *args).result()
 
 
-def export_onnx_row(model: str, precision: Precision, root: Path) -> tuple[Path, float | None]:
-    """Export ``model`` to ``root/onnx-<precision>``, or reuse the export already there.
+def export_onnx_row(
+    model: str, precision: Precision, root: Path, template: PromptTemplate
+) -> tuple[Path, float | None]:
+    """Export ``model`` for ``template`` to ``root/onnx-<precision>``, or reuse the export
+    already there.
 
     Returns the folder to load and the export's seconds (``None`` when reused). Missing
     export tools make the row unavailable.
@@ -390,7 +405,7 @@ def export_onnx_row(model: str, precision: Precision, root: Path) -> tuple[Path,
         return target, None
     start = time.perf_counter()
     try:
-        path = export_onnx(model, target, precision=precision)
+        path = export_onnx(model, target, precision=precision, template=template)
     except ImportError as exc:
         raise RowUnavailableError(f"cannot export: {exc}") from exc
     return path, time.perf_counter() - start
@@ -404,7 +419,7 @@ def _run_one(
     onnx_dir, export_seconds = None, None
     if precision is not None:
         onnx_dir, export_seconds = _call(
-            config.isolate, export_onnx_row, config.model, precision, root
+            config.isolate, export_onnx_row, config.model, precision, root, plan.template
         )
     job = RowJob(
         row,

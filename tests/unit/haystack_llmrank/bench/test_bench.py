@@ -288,11 +288,12 @@ def test_an_existing_export_is_reused(
 ) -> None:
     pytest.importorskip("onnxruntime")
     exports = Path(bench_run[2]["config"]["export_dir"])
-    assert export_onnx_row(str(tied_model_dir), "fp32", exports) == (exports / "onnx-fp32", None)
+    reused = export_onnx_row(str(tied_model_dir), "fp32", exports, FIRST_TEMPLATE)
+    assert reused == (exports / "onnx-fp32", None)
     (tmp_path / "onnx-fp32").mkdir()
     (tmp_path / "onnx-fp32" / "notes.txt").write_text("not an export")
     with pytest.raises(FileExistsError, match="not an ONNX export"):
-        export_onnx_row(str(tied_model_dir), "fp32", tmp_path)
+        export_onnx_row(str(tied_model_dir), "fp32", tmp_path, FIRST_TEMPLATE)
 
 
 @pytest.mark.slow
@@ -628,6 +629,19 @@ def test_a_trained_models_own_template_is_benched(
     plan = prepare(plain_and_torch(bench_data, model, isolate=False))
     assert plan.prompts
     assert all("[A] " in p.text and " [A]\n" in p.text for p in plan.prompts.values())
+    assert_rows_order_alike(run(plan))
+
+
+def test_a_model_read_by_its_vote_is_benched_by_its_labels(
+    bench_data: Path, tied_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    model = tmp_path / "voted-model"
+    shutil.copytree(tied_model_dir, model)
+    write_template(model, FIRST_TEMPLATE.with_vote(" yes"))
+    with caplog.at_level("WARNING", logger="haystack_llmrank.bench.runner"):
+        plan = prepare(plain_and_torch(bench_data, model, isolate=False))
+    assert plan.template == FIRST_TEMPLATE
+    assert "ranks by its vote ' yes'" in caplog.text
     assert_rows_order_alike(run(plan))
 
 
