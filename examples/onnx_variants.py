@@ -8,8 +8,10 @@ fused attention, and, for measurement only, the fused fp32 graph with dynamic in
 model was trained with, else FIRST's) one at a time with each, and prints, per
 variant: seconds per window, the largest label-logit difference from the torch scorer,
 Kendall's tau of the window's labels against torch, and how many windows are ordered exactly
-as torch orders them. Windows are the bottom, middle and top windows (positions 80, 40 and 0
-of the BM25 top-100) of the first queries, as the sliding window scores them first.
+as torch orders them. A template with a vote is read by its votes: the vote's logit at each
+passage line's end stands in for the label logits. Windows are the bottom, middle and top
+windows (positions 80, 40 and 0 of the BM25 top-100) of the first queries, as the sliding
+window scores them first.
 
 With ``--profile``, each variant also scores the longest window once under ONNX Runtime's
 profiler, and the seconds its kernels spent per operator type are printed and saved.
@@ -35,17 +37,17 @@ from haystack_llmrank.data import read_queries
 from haystack_llmrank.export import export_onnx, is_export
 from haystack_llmrank.export.precision import label_head_nodes
 from haystack_llmrank.model_templates import model_template
-from haystack_llmrank.prompt import PromptBuilder, PromptTemplate
+from haystack_llmrank.prompt import Prompt, PromptBuilder, PromptTemplate
 from haystack_llmrank.scorers.onnx_loading import load_export
 from haystack_llmrank.scorers.onnx_metadata import (
     GRAPH_FILE,
-    INPUT_NAMES,
     METADATA_FILE,
     graph_hashes,
+    graph_inputs,
     read_metadata,
 )
 from haystack_llmrank.scorers.onnx_scorer import CPU_PROVIDER
-from haystack_llmrank.scorers.padding import pad_right
+from haystack_llmrank.scorers.padding import pad_positions, pad_right
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "fp32-fused": {"precision": "fp32", "attention": "fused"},
@@ -67,16 +69,16 @@ def kendall_tau(a: np.ndarray, b: np.ndarray) -> float:
 
 def window_prompts(
     tokenizer: Any, template: PromptTemplate, data: Path, count: int
-) -> list[tuple[int, ...]]:
-    """Token ids of ``count`` prompts in ``template``, three windows per query."""
+) -> list[Prompt]:
+    """``count`` prompts in ``template``, three windows per query."""
     builder = PromptBuilder(tokenizer, template, max_prompt_tokens=8192)
-    prompts: list[tuple[int, ...]] = []
+    prompts: list[Prompt] = []
     for query in read_queries(data / "candidates.jsonl"):
         texts = [c.text for c in query.candidates]
         for start in WINDOW_STARTS:
             passages = texts[start : start + WINDOW]
             if len(passages) == WINDOW and len(prompts) < count:
-                prompts.append(builder.build(query.query, passages).token_ids)
+                prompts.append(builder.build(query.query, passages))
         if len(prompts) == count:
             break
     return prompts
@@ -101,20 +103,28 @@ def dynamic_int8(fp32: Path, folder: Path) -> None:
     dataclasses.replace(metadata, precision=DYNAMIC, files=graph_hashes(folder)).write(folder)
 
 
-def score_each(scorer: Any, prompts: list[tuple[int, ...]]) -> tuple[np.ndarray, float]:
-    """Label logits of each prompt (batch 1) and the mean seconds per prompt."""
-    scorer.score([prompts[0][:64]])  # warm-up
+def score_one(scorer: Any, prompt: Prompt) -> np.ndarray:
+    """The window's label logits, or its votes where the prompt records vote positions."""
+    if prompt.score_positions:
+        return np.asarray(scorer.score_at([prompt.token_ids], [prompt.score_positions])[0, :, 0])
+    return np.asarray(scorer.score([prompt.token_ids])[0][:WINDOW])
+
+
+def score_each(scorer: Any, prompts: list[Prompt]) -> tuple[np.ndarray, float]:
+    """Label logits (or votes) of each prompt (batch 1) and the mean seconds per prompt."""
+    score_one(scorer, prompts[0])  # warm-up
     logits: list[np.ndarray] = []
     seconds: list[float] = []
-    for ids in prompts:
+    for prompt in prompts:
         start = time.perf_counter()
-        logits.append(scorer.score([ids])[0][:WINDOW])
+        logits.append(score_one(scorer, prompt))
         seconds.append(time.perf_counter() - start)
     return np.array(logits), float(np.mean(seconds))
 
 
-def operator_seconds(graph: Path, ids: tuple[int, ...], threads: int) -> dict[str, float]:
-    """Kernel seconds per operator type of one profiled CPU run of ``ids``, largest first."""
+def operator_seconds(graph: Path, prompt: Prompt, threads: int) -> dict[str, float]:
+    """Kernel seconds per operator type of one profiled CPU run of ``prompt``, largest
+    first."""
     import onnxruntime as ort
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -123,7 +133,12 @@ def operator_seconds(graph: Path, ids: tuple[int, ...], threads: int) -> dict[st
         options.enable_profiling = True
         options.profile_file_prefix = str(Path(scratch) / "ort")
         session = ort.InferenceSession(str(graph), options, providers=[CPU_PROVIDER])
-        session.run(None, dict(zip(INPUT_NAMES, pad_right([ids], pad_id=0), strict=True)))
+        ids = prompt.token_ids
+        arrays = list(pad_right([ids], pad_id=0))
+        if prompt.score_positions:
+            arrays.append(pad_positions([prompt.score_positions], [len(ids)]))
+        names = graph_inputs(bool(prompt.score_positions))
+        session.run(None, dict(zip(names, arrays, strict=True)))
         trace = json.loads(Path(session.end_profiling()).read_text(encoding="utf-8"))
     seconds: Counter[str] = Counter()
     for event in trace:
@@ -158,11 +173,11 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     template = model_template(None, args.model)  # the one the model was trained with
-    reference = load_scorer(args.model, device="cpu", labels=template.labels)
+    reference = load_scorer(args.model, device="cpu", labels=template.labels, vote=template.vote)
     prompts = window_prompts(reference.tokenizer, template, args.data, args.windows)
     expected, torch_seconds = score_each(reference.scorer, prompts)
     order = np.argsort(-expected, axis=1, kind="stable")
-    lengths = [len(p) for p in prompts]
+    lengths = [len(p.token_ids) for p in prompts]
     print(
         f"{len(prompts)} windows of {min(lengths)}-{max(lengths)} tokens, batch 1, "
         f"{args.threads} threads; torch: {torch_seconds:.2f} s/window"
@@ -170,6 +185,7 @@ def main() -> None:
     results: dict[str, Any] = {
         "model": args.model,
         "template": template.name,
+        "vote": template.vote,
         "windows": len(prompts),
         "tokens": lengths,
         "torch_seconds_per_window": torch_seconds,
@@ -205,12 +221,13 @@ def main() -> None:
             f"{row['max_abs_diff']:9.2g} {row['kendall_tau']:6.3f} {same:>6d}/{len(prompts)}"
         )
         if args.profile:
-            longest = max(prompts, key=len)
+            longest = max(prompts, key=lambda p: len(p.token_ids))
             ops = operator_seconds(folder / GRAPH_FILE, longest, args.threads)
-            row["profile"] = {"tokens": len(longest), "operator_seconds": ops}
+            row["profile"] = {"tokens": len(longest.token_ids), "operator_seconds": ops}
             total = sum(ops.values())
             shares = ", ".join(f"{op} {100 * t / total:.0f}%" for op, t in list(ops.items())[:4])
-            print(f"{'':12s} profile, {len(longest)} tokens, {total:.2f} s in kernels: {shares}")
+            tokens = len(longest.token_ids)
+            print(f"{'':12s} profile, {tokens} tokens, {total:.2f} s in kernels: {shares}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 

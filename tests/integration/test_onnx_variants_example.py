@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -12,6 +13,8 @@ import onnx
 import pytest
 
 from haystack_llmrank.export import read_metadata
+from haystack_llmrank.model_templates import TEMPLATE_FILE
+from haystack_llmrank.prompt import FIRST_TEMPLATE
 
 pytestmark = pytest.mark.integration
 
@@ -66,3 +69,26 @@ def test_variants_are_exported_as_named_and_fp32_matches_torch(
         assert variants[name]["kendall_tau"] == 1.0
         assert variants[name]["same_order"] == 3
     assert "fp32-plain" in done.stdout
+
+
+def test_a_vote_template_is_compared_by_its_votes(
+    tiny_model_dir: Path, dl19_dir: Path, tmp_path: Path
+) -> None:
+    voted = tmp_path / "voted"
+    shutil.copytree(tiny_model_dir, voted)
+    template = FIRST_TEMPLATE.with_vote(" yes").to_dict()
+    (voted / TEMPLATE_FILE).write_text(json.dumps(template), encoding="utf-8")
+    exports, output = tmp_path / "exports", tmp_path / "variants.json"
+    command = [sys.executable, str(EXAMPLE), "--model", str(voted), "--data", str(dl19_dir)]
+    command += ["--windows", "2", "--threads", "1", "--variants", "fp32-fused", "--profile"]
+    command += ["--export-dir", str(exports), "--json", str(output)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr
+
+    results = json.loads(output.read_text(encoding="utf-8"))
+    assert results["vote"] == " yes"
+    assert read_metadata(exports / "fp32-fused").reads_positions  # the graph reads votes
+    row = results["variants"]["fp32-fused"]
+    # 20 votes a window, one per passage line, as torch reads them
+    assert (row["max_abs_diff"] < 1e-3, row["kendall_tau"], row["same_order"]) == (True, 1.0, 2)
+    assert "GroupQueryAttention" in row["profile"]["operator_seconds"]
