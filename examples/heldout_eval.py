@@ -11,7 +11,7 @@ the same queries:
 The reranker sees the candidates in the given order; the run is scored against the same
 qrels whatever the order, so the three figures differ only by position sensitivity.
 ``--both-orders`` ranks with ``Reranker(both_orders=True)``: each window scored as given and
-reversed. ``--strategy`` picks how windows cover the candidates (sliding by default), with
+reversed. ``--strategy`` picks how windows cover the candidates (by default the readout's own), with
 ``--window-size`` passages a window (and ``--step`` for the sliding window). ``--fusion-k K``
 also scores the BM25-order ranking fused with that order by reciprocal rank fusion
 (:func:`~haystack_llmrank.fusion.fuse_with_input_order`), from the same forward passes; the

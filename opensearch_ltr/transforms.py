@@ -1,8 +1,9 @@
 """Turn the engine's ranking of a window into the rescore-query scores that get combined.
 
-The engine's scores are FIRST label logits (see :class:`haystack_llmrank.ranking.Ranking`):
-capped so they never increase down the ranking, comparable within one window but only a
-heuristic across windows, and of any sign. What is combined with the first-pass score:
+The engine's scores are logits, FIRST label logits or a template's votes (see
+:class:`haystack_llmrank.ranking.Ranking`): capped so they never increase down the ranking,
+comparable within one window (votes across windows too) but only a heuristic across
+queries, and of any sign. What is combined with the first-pass score:
 
 - ``"rank"`` (default): ``(n - r) / n`` for the passage ranked ``r`` of ``n``; in ``(0, 1]``,
   strictly decreasing, so the engine's order is kept exactly (capped logits can tie).

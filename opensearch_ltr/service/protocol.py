@@ -16,7 +16,7 @@ in the request. Without ``top_n`` there is exactly one result per document; with
 fields are ignored. In a ``{"text": ...}`` object only ``text`` is ranked.
 
 ``relevance_score`` is the engine's score (:class:`haystack_llmrank.ranking.Ranking`: the
-FIRST label logit, non-increasing down the ranking), stepped down where needed to the next
+label or vote logit, non-increasing down the ranking), stepped down where needed to the next
 representable float32 so that it strictly decreases in float32. Higher is better; the values
 are logits (any sign), not probabilities. Strictness matters: OpenSearch's ``rerank``
 processor re-sorts hits by these scores as float32, and ties would let it reorder them.

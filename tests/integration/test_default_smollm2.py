@@ -7,6 +7,7 @@ from haystack import Document
 
 from haystack_llmrank import FirstListwiseRanker
 from haystack_llmrank.models import DEFAULT_ADAPTER
+from haystack_llmrank.strategies import Disjoint
 
 pytestmark = pytest.mark.integration
 
@@ -28,6 +29,9 @@ def test_the_default_loads_the_packaged_adapter_and_its_template(
     assert reranker.model_name is not None
     assert reranker.model_name.endswith(f"+{DEFAULT_ADAPTER.resolve()}")
     assert reranker.prompts.template.name == "first-judge"
+    # read by its votes, which compare across windows: one step of disjoint windows
+    assert reranker.prompts.template.vote == " yes"
+    assert reranker.strategy == Disjoint()
 
 
 @pytest.mark.parametrize("order", [PASSAGES, PASSAGES[::-1]], ids=["paris-first", "berlin-first"])
@@ -50,5 +54,33 @@ def test_both_orders_gives_the_same_scores_whichever_way_the_documents_come(
     backwards = both.rerank("where is berlin", PASSAGES[::-1])
     assert [PASSAGES[i] for i in given.order] == ["Berlin is in Germany.", "Paris is in France."]
     assert [PASSAGES[::-1][i] for i in backwards.order] == [PASSAGES[i] for i in given.order]
-    assert given.scores == backwards.scores
-    assert all(score <= 0 for score in given.scores)  # mean log-probabilities
+    assert given.scores == backwards.scores  # each the mean of a passage's two votes
+
+
+CAPITALS = [
+    f"{city} is in {country}."
+    for city, country in [
+        ("Paris", "France"), ("Madrid", "Spain"), ("Rome", "Italy"), ("Vienna", "Austria"),
+        ("Lisbon", "Portugal"), ("Warsaw", "Poland"), ("Prague", "the Czech Republic"),
+        ("Oslo", "Norway"), ("Dublin", "Ireland"), ("Athens", "Greece"), ("Bern", "Switzerland"),
+        ("Brussels", "Belgium"), ("Amsterdam", "the Netherlands"), ("Copenhagen", "Denmark"),
+        ("Stockholm", "Sweden"), ("Helsinki", "Finland"), ("Budapest", "Hungary"),
+        ("Bucharest", "Romania"), ("Sofia", "Bulgaria"), ("Zagreb", "Croatia"),
+        ("Riga", "Latvia"), ("Vilnius", "Lithuania"), ("Tallinn", "Estonia"),
+    ]
+]  # fmt: skip
+PASTA = "Cook the pasta in plenty of salted boiling water for ten minutes, then drain it."
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["pasta-first", "pasta-last"])
+def test_an_unrelated_passage_given_first_of_25_does_not_lead(
+    default_ranker: FirstListwiseRanker, reverse: bool
+) -> None:
+    # the untrained base ranks the pasta passage first when it is given first
+    texts = [PASTA, *CAPITALS[:12], "Berlin is in Germany.", *CAPITALS[12:]]
+    documents = [Document(content=text) for text in (texts[::-1] if reverse else texts)]
+    ranked = default_ranker.run(query="where is berlin", documents=documents)["documents"]
+    order = [d.content for d in ranked]
+    assert len(order) == 25
+    assert order[0] == "Berlin is in Germany."
+    assert order.index(PASTA) >= 12  # in the bottom half
