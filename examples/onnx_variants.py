@@ -47,7 +47,7 @@ from haystack_llmrank.scorers.onnx_metadata import (
     read_metadata,
 )
 from haystack_llmrank.scorers.onnx_scorer import CPU_PROVIDER
-from haystack_llmrank.scorers.padding import pad_positions, pad_right
+from haystack_llmrank.scorers.padding import pad_inputs
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "fp32-fused": {"precision": "fp32", "attention": "fused"},
@@ -133,12 +133,9 @@ def operator_seconds(graph: Path, prompt: Prompt, threads: int) -> dict[str, flo
         options.enable_profiling = True
         options.profile_file_prefix = str(Path(scratch) / "ort")
         session = ort.InferenceSession(str(graph), options, providers=[CPU_PROVIDER])
-        ids = prompt.token_ids
-        arrays = list(pad_right([ids], pad_id=0))
-        if prompt.score_positions:
-            arrays.append(pad_positions([prompt.score_positions], [len(ids)]))
-        names = graph_inputs(bool(prompt.score_positions))
-        session.run(None, dict(zip(names, arrays, strict=True)))
+        at = [prompt.score_positions] if prompt.score_positions else None
+        arrays = pad_inputs([prompt.token_ids], 0, at)
+        session.run(None, dict(zip(graph_inputs(at is not None), arrays, strict=True)))
         trace = json.loads(Path(session.end_profiling()).read_text(encoding="utf-8"))
     seconds: Counter[str] = Counter()
     for event in trace:

@@ -9,7 +9,7 @@ import torch
 
 from haystack_llmrank.scorers.label_head import LabelLogitsModel
 from haystack_llmrank.scorers.onnx_metadata import OUTPUT_NAME, graph_inputs
-from haystack_llmrank.scorers.padding import pad_positions, pad_right
+from haystack_llmrank.scorers.padding import pad_inputs
 
 _PROMPTS = ([1, 2, 3, 4, 5, 6, 7, 8, 9], [9, 8, 7, 6], [5])
 """Three lengths, none equal to the tracing example's, one of a single token."""
@@ -29,10 +29,7 @@ def check_graph(
     """
     import onnxruntime as ort
 
-    ids, mask = pad_right(_PROMPTS, pad_id)
-    inputs = [ids, mask]
-    if positions:
-        inputs.append(pad_positions(_POSITIONS, [len(p) for p in _PROMPTS]))
+    inputs = pad_inputs(_PROMPTS, pad_id, _POSITIONS if positions else None)
     with torch.no_grad():
         expected = module(*map(torch.from_numpy, inputs)).numpy()
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

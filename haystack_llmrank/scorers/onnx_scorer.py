@@ -22,7 +22,7 @@ from haystack_llmrank.scorers.onnx_metadata import (
     ExportMetadata,
     graph_inputs,
 )
-from haystack_llmrank.scorers.padding import pad_positions, pad_right
+from haystack_llmrank.scorers.padding import pad_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -375,19 +375,17 @@ class OnnxLabelScorer:
     ) -> npt.NDArray[np.float32]:
         import onnxruntime as ort
 
-        ids, mask = pad_right(prompts, self._pad_id)
-        positions = None if at is None else pad_positions(at, [len(p) for p in prompts])
-        arrays = [ids, mask] + ([] if positions is None else [positions])
+        arrays = pad_inputs(prompts, self._pad_id, at)
         where = (self._placement.device_type, self._placement.device_id)
         binding = self._session.io_binding()
-        for name, array in zip(graph_inputs(positions is not None), arrays, strict=True):
+        for name, array in zip(graph_inputs(at is not None), arrays, strict=True):
             binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array, *where))
         binding.bind_output(OUTPUT_NAME, *where)
         self._session.run_with_iobinding(binding)
         logits = binding.copy_outputs_to_cpu()[0]
         expected: tuple[int, ...] = (len(prompts), len(self._label_ids))
-        if positions is not None:
-            expected = (len(prompts), positions.shape[1], len(self._label_ids))
+        if at is not None:
+            expected = (len(prompts), arrays[2].shape[1], len(self._label_ids))
         if logits.shape != expected or logits.dtype != np.float32:
             raise RuntimeError(
                 f"the graph returned {logits.dtype} {logits.shape}, expected float32 {expected}"

@@ -40,3 +40,14 @@ def pad_positions(
             raise ValueError(f"positions {list(at)} fall outside a prompt of {length} tokens")
         table[row, : len(at)] = at
     return table
+
+
+def pad_inputs(
+    prompts: Sequence[Sequence[int]], pad_id: int, at: Sequence[Sequence[int]] | None = None
+) -> list[npt.NDArray[np.int64]]:
+    """A label-logit graph's inputs in order: ``input_ids`` and ``attention_mask``
+    (:func:`pad_right`), then, with ``at``, each prompt's positions (:func:`pad_positions`)."""
+    ids, mask = pad_right(prompts, pad_id)
+    if at is None:
+        return [ids, mask]
+    return [ids, mask, pad_positions(at, [len(p) for p in prompts])]

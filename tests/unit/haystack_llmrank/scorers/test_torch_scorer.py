@@ -22,7 +22,7 @@ from haystack_llmrank.errors import ModelResolutionError, NonFiniteLogitsError
 from haystack_llmrank.labels import ALPHABETIC_LABELS, LabelIds, resolve_label_ids
 from haystack_llmrank.models import ModelSource
 from haystack_llmrank.scorers.label_head import LabelLogitsModel
-from haystack_llmrank.scorers.padding import pad_right
+from haystack_llmrank.scorers.padding import pad_inputs, pad_right
 from haystack_llmrank.scorers.torch_scorer import TorchLabelScorer
 
 
@@ -100,6 +100,15 @@ def test_pad_right_and_empty_prompts() -> None:
         pad_right([[1], []], pad_id=0)
     with pytest.raises(ValueError, match="no prompts"):
         pad_right([], pad_id=0)
+
+
+def test_pad_inputs_adds_the_positions_of_a_vote_graph() -> None:
+    ids, mask = pad_inputs([[5, 6, 7], [8]], 0)
+    assert (ids.tolist(), mask.tolist()) == ([[5, 6, 7], [8, 0, 0]], [[1, 1, 1], [1, 0, 0]])
+    *_, positions = pad_inputs([[5, 6, 7], [8]], 0, [[0, 2], [0]])
+    assert positions.tolist() == [[0, 2], [0, 0]]  # padding reads position 0
+    with pytest.raises(ValueError, match="outside a prompt"):
+        pad_inputs([[5, 6, 7], [8]], 0, [[0, 2], [1]])
 
 
 # --- devices and dtypes ----------------------------------------------------------------------
