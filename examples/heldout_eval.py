@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from haystack_llmrank.cli.options import passage_words
 from haystack_llmrank.data import (
     Qrels,
     QueryCandidates,
@@ -45,6 +46,7 @@ from haystack_llmrank.data import (
 )
 from haystack_llmrank.evaluation import evaluate
 from haystack_llmrank.fusion import fuse_with_input_order
+from haystack_llmrank.prompt import AUTO_PASSAGE_WORDS
 from haystack_llmrank.reranker import Reranker
 from haystack_llmrank.strategies import (
     DEFAULT_STEP,
@@ -113,6 +115,12 @@ def main() -> None:
     parser.add_argument("--step", type=int, default=DEFAULT_STEP, help="sliding window's step")
     parser.add_argument("--vote", default=None, help="rank by this token's votes (e.g. ' yes')")
     parser.add_argument(
+        "--max-passage-words",
+        type=passage_words,
+        default=AUTO_PASSAGE_WORDS,
+        help="words kept per passage: a number, all, or auto (the model's recorded length)",
+    )
+    parser.add_argument(
         "--fusion-k", type=int, nargs="*", default=[], help="also score RRF with the BM25 order"
     )
     parser.add_argument("--json", type=Path, required=True)
@@ -146,7 +154,9 @@ def main() -> None:
         strategy=args.strategy,
         window_size=args.window_size,
         step=args.step,
+        max_passage_words=args.max_passage_words,
     )
+    report["max_passage_words"] = reranker.prompts.max_passage_words
     report["strategy"] = reranker.strategy.name
     report["vote"] = reranker.prompts.template.vote
     for order in args.orders:

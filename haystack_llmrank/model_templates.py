@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -66,12 +67,15 @@ def model_template(template: TemplateChoice, model: str | None) -> PromptTemplat
     """``template`` when given, else the one recorded with ``model``, else FIRST's.
 
     A given template that differs from the recorded one is used, with a warning: the model
-    was trained on other prompts.
+    was trained on other prompts. A given template that records no passage length takes
+    the recorded one's (:attr:`~haystack_llmrank.prompt.PromptTemplate.max_passage_words`).
     """
     recorded = recorded_template(model)
     if template is None:
         return recorded or FIRST_TEMPLATE
     chosen = get_template(template)
+    if recorded is not None and chosen.max_passage_words is None:
+        chosen = replace(chosen, max_passage_words=recorded.max_passage_words)
     if recorded is not None and recorded != chosen:
         logger.warning(
             "%s was trained with template %r; ranking with %r as asked",

@@ -13,7 +13,7 @@ import string
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, Literal
 
 from ftfy import fix_text
 
@@ -23,7 +23,15 @@ from haystack_llmrank.labels import ALPHABETIC_LABELS, NUMERIC_LABELS
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_PASSAGE_WORDS = 300
-"""Words kept per passage before prompting."""
+"""Words kept per passage before prompting, for a template that records no training length."""
+
+AUTO_PASSAGE_WORDS: Final = "auto"
+"""``max_passage_words`` that keeps the template's recorded training length, else
+:data:`DEFAULT_MAX_PASSAGE_WORDS`."""
+
+PassageWords = int | Literal["auto"] | None
+"""Words kept per passage: a positive number, ``"auto"`` (see :data:`AUTO_PASSAGE_WORDS`),
+or ``None`` for all."""
 
 RANKLLM_SYSTEM_MESSAGE = (
     "You are RankLLM, an intelligent assistant that can rank passages based on their "
@@ -54,6 +62,10 @@ class PromptTemplate:
     token ``vote`` (for instance ``" yes"``) at the last token of each passage line, read
     in the same forward pass, instead of by the label logits after ``answer_prefix``. For
     models trained with ``llmrank train --passage-vote`` on this template.
+
+    ``max_passage_words`` is the words per passage the model was trained on (``llmrank
+    train`` records it): a prompt builder left at ``"auto"`` keeps that many. ``None``
+    records no length.
     """
 
     name: str
@@ -64,9 +76,15 @@ class PromptTemplate:
     system: str | None = RANKLLM_SYSTEM_MESSAGE
     answer_prefix: str = "["
     vote: str | None = None
+    max_passage_words: int | None = None
 
     def __post_init__(self) -> None:
         check_vote(self.vote)
+        if self.max_passage_words is not None and not _positive_int(self.max_passage_words):
+            raise ValueError(
+                "a template's max_passage_words must be a positive integer or None, "
+                f"got {self.max_passage_words!r}"
+            )
         if not self.labels:
             raise ValueError("a template needs at least one label")
         if len(set(self.labels)) != len(self.labels):
@@ -110,6 +128,28 @@ class PromptTemplate:
     def from_dict(cls, data: dict[str, Any]) -> PromptTemplate:
         """Inverse of :meth:`to_dict`."""
         return cls(**{**data, "labels": tuple(data["labels"])})
+
+
+def check_passage_words(words: PassageWords) -> None:
+    """``ValueError`` unless ``words`` is a positive integer, ``"auto"`` or ``None``."""
+    if words is not None and words != AUTO_PASSAGE_WORDS and not _positive_int(words):
+        raise ValueError(
+            f"max_passage_words must be a positive integer, {AUTO_PASSAGE_WORDS!r} or None, "
+            f"got {words!r}"
+        )
+
+
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def resolve_passage_words(words: PassageWords, template: PromptTemplate) -> int | None:
+    """The words kept per passage for ``words`` with ``template``: ``"auto"`` is the
+    template's recorded training length, else :data:`DEFAULT_MAX_PASSAGE_WORDS`."""
+    check_passage_words(words)
+    if words == AUTO_PASSAGE_WORDS:
+        return template.max_passage_words or DEFAULT_MAX_PASSAGE_WORDS
+    return words
 
 
 def check_vote(vote: str | None) -> None:
@@ -253,7 +293,12 @@ def _water_level(lengths: Sequence[int], budget: int) -> int:
 
 
 class PromptBuilder:
-    """Renders FIRST prompts for a tokenizer and keeps them within a token budget."""
+    """Renders FIRST prompts for a tokenizer and keeps them within a token budget.
+
+    Passages keep ``max_passage_words`` words (``"auto"``: the template's recorded training
+    length, else :data:`DEFAULT_MAX_PASSAGE_WORDS`; ``None``: all), resolved in
+    :attr:`max_passage_words`.
+    """
 
     def __init__(
         self,
@@ -261,12 +306,11 @@ class PromptBuilder:
         template: PromptTemplate = FIRST_TEMPLATE,
         *,
         max_prompt_tokens: int,
-        max_passage_words: int | None = DEFAULT_MAX_PASSAGE_WORDS,
+        max_passage_words: PassageWords = AUTO_PASSAGE_WORDS,
     ) -> None:
         if max_prompt_tokens < 1:
             raise ValueError(f"max_prompt_tokens must be positive, got {max_prompt_tokens}")
-        if max_passage_words is not None and max_passage_words < 1:
-            raise ValueError(f"max_passage_words must be positive, got {max_passage_words}")
+        resolved = resolve_passage_words(max_passage_words, template)
         if getattr(tokenizer, "chat_template", None) is None:
             raise ValueError(
                 "the tokenizer has no chat template; FIRST prompts are chat prompts "
@@ -275,7 +319,7 @@ class PromptBuilder:
         self._tokenizer = tokenizer
         self.template = template
         self.max_prompt_tokens = max_prompt_tokens
-        self.max_passage_words = max_passage_words
+        self.max_passage_words = resolved
         self._system_role = template.system is not None and self._has_system_role()
 
     def _has_system_role(self) -> bool:

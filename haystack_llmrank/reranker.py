@@ -13,11 +13,13 @@ from haystack_llmrank.fusion import check_fusion_k, fuse_with_input_order
 from haystack_llmrank.gpu_policy import OnMissingGpu
 from haystack_llmrank.model_templates import TemplateChoice, model_template
 from haystack_llmrank.prompt import (
-    DEFAULT_MAX_PASSAGE_WORDS,
+    AUTO_PASSAGE_WORDS,
     FIRST_TEMPLATE,
+    PassageWords,
     Prompt,
     PromptBuilder,
     PromptTemplate,
+    check_passage_words,
 )
 from haystack_llmrank.ranking import Ranking
 from haystack_llmrank.scorers.base import (
@@ -68,6 +70,8 @@ class Reranker:
     split, so it may exceed the cap); each forward pass holds at most ``max_batch_tokens``
     padded tokens (``None``: the scorer's preference, one prompt per call for torch on a CPU and
     ``DEFAULT_MAX_BATCH_TOKENS`` elsewhere).
+    Passages keep ``max_passage_words`` words: ``"auto"`` (the default) keeps as many as
+    the model was trained on, recorded in its template, else 300; ``None`` keeps all.
     ``prompts`` replaces the :class:`PromptBuilder` made from ``template``,
     ``max_prompt_tokens`` and ``max_passage_words`` (for instance one that caches prompts);
     it must use ``template``.
@@ -94,7 +98,7 @@ class Reranker:
         max_prompt_tokens: int,
         template: PromptTemplate = FIRST_TEMPLATE,
         strategy: Strategy | None = None,
-        max_passage_words: int | None = DEFAULT_MAX_PASSAGE_WORDS,
+        max_passage_words: PassageWords = AUTO_PASSAGE_WORDS,
         batch_size: int = 1,
         max_batch_tokens: int | None = None,
         model_name: str | None = None,
@@ -129,6 +133,9 @@ class Reranker:
             template,
             max_prompt_tokens=max_prompt_tokens,
             max_passage_words=max_passage_words,
+        )
+        self._requested_max_passage_words = (
+            max_passage_words if prompts is None else self.prompts.max_passage_words
         )
         self.batch_size = batch_size
         self._requested_max_batch_tokens = max_batch_tokens
@@ -174,6 +181,7 @@ class Reranker:
         """
         from haystack_llmrank.backends import load_scorer
 
+        check_passage_words(kwargs.get("max_passage_words", AUTO_PASSAGE_WORDS))
         chosen = model_template(template, model)
         if vote is not None:
             chosen = chosen.with_vote(vote)
@@ -210,7 +218,7 @@ class Reranker:
             "max_prompt_tokens": self.prompts.max_prompt_tokens,
             "template": self.prompts.template,
             "strategy": self.strategy,
-            "max_passage_words": self.prompts.max_passage_words,
+            "max_passage_words": self._requested_max_passage_words,
             "batch_size": self.batch_size,
             "max_batch_tokens": self._requested_max_batch_tokens,
             "model_name": self.model_name,

@@ -7,7 +7,13 @@ from typing import Any
 
 from haystack_llmrank.backends import BACKENDS
 from haystack_llmrank.gpu_policy import ON_MISSING_GPU
-from haystack_llmrank.prompt import DEFAULT_MAX_PASSAGE_WORDS, check_vote, get_template
+from haystack_llmrank.prompt import (
+    AUTO_PASSAGE_WORDS,
+    DEFAULT_MAX_PASSAGE_WORDS,
+    PassageWords,
+    check_vote,
+    get_template,
+)
 from haystack_llmrank.strategies import DEFAULT_STEP, DEFAULT_WINDOW_SIZE, STRATEGIES
 
 
@@ -20,6 +26,21 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
     return value
+
+
+def passage_words(text: str) -> PassageWords:
+    """An argparse type for ``--max-passage-words``: a positive integer, ``auto`` or ``all``
+    (``None``)."""
+    if text == AUTO_PASSAGE_WORDS:
+        return AUTO_PASSAGE_WORDS
+    if text == "all":
+        return None
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive integer, {AUTO_PASSAGE_WORDS} or all, got {text!r}"
+        ) from None
 
 
 def positive_float(text: str) -> float:
@@ -93,9 +114,11 @@ def add_model_options(group: Any, *, batch_size: int) -> None:
     )
     group.add_argument(
         "--max-passage-words",
-        type=positive_int,
-        default=DEFAULT_MAX_PASSAGE_WORDS,
-        help="words kept per passage before prompting (default %(default)s)",
+        type=passage_words,
+        default=AUTO_PASSAGE_WORDS,
+        help="words kept per passage before prompting: a number, all, or auto, as many as "
+        f"the model was trained on (recorded in its folder), else {DEFAULT_MAX_PASSAGE_WORDS} "
+        "(default %(default)s)",
     )
     group.add_argument(
         "--both-orders",

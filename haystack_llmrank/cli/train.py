@@ -147,7 +147,12 @@ def register(parser: argparse.ArgumentParser) -> None:
         ("--min-window", positive_int, sampling.min_size, "smallest window"),
         ("--max-window", positive_int, sampling.max_size, "largest window"),
         ("--pool", positive_int, sampling.pool, "sample from the top N candidates"),
-        ("--max-passage-words", positive_int, config.max_passage_words, "words per passage"),
+        (
+            "--max-passage-words",
+            positive_int,
+            config.max_passage_words,
+            "words per passage (recorded in the saved template: rankers read it at this length)",
+        ),
         ("--max-prompt-tokens", positive_int, config.max_prompt_tokens, "prompt budget"),
         (
             "--contiguous",
@@ -224,7 +229,8 @@ def register(parser: argparse.ArgumentParser) -> None:
             "--validation-passage-words",
             positive_int,
             config.validation_passage_words,
-            "words per passage when validating",
+            "words per passage when validating; unset: --max-passage-words, the length the "
+            "saved model is read at",
         ),
     )
     parser.set_defaults(handler=run_train)

@@ -15,7 +15,12 @@ from haystack import Document, component, default_from_dict, default_to_dict
 from haystack_llmrank.fusion import check_fusion_k
 from haystack_llmrank.gpu_policy import OnMissingGpu, check_on_missing_gpu
 from haystack_llmrank.models import DEFAULT_MODEL
-from haystack_llmrank.prompt import DEFAULT_MAX_PASSAGE_WORDS, check_vote
+from haystack_llmrank.prompt import (
+    AUTO_PASSAGE_WORDS,
+    PassageWords,
+    check_passage_words,
+    check_vote,
+)
 from haystack_llmrank.ranking import Ranking
 from haystack_llmrank.reranker import Reranker
 from haystack_llmrank.strategies import DEFAULT_STEP, DEFAULT_WINDOW_SIZE, check_strategy_options
@@ -75,7 +80,7 @@ class FirstListwiseRanker:
         strategy: str | None = None,
         template: str | dict[str, Any] | None = None,
         vote: str | None = None,
-        max_passage_words: int | None = DEFAULT_MAX_PASSAGE_WORDS,
+        max_passage_words: PassageWords = AUTO_PASSAGE_WORDS,
         max_prompt_tokens: int | None = None,
         batch_size: int = 1,
         max_batch_tokens: int | None = None,
@@ -109,7 +114,8 @@ class FirstListwiseRanker:
         :param vote: rank by this one token's logit at the end of each passage's line
             (e.g. ``" yes"``, for a model whose votes were trained) instead of the
             template's labels; ``None``: the template's readout.
-        :param max_passage_words: words kept per passage before prompting (``None``: all).
+        :param max_passage_words: words kept per passage before prompting: ``"auto"``, as
+            many as the model was trained on (recorded in its folder), else 300; ``None``: all.
         :param max_prompt_tokens: token budget of one prompt (``None``: the model's context).
         :param batch_size: windows scored per forward pass.
         :param max_batch_tokens: padded tokens per forward pass (``None``: the scorer's
@@ -135,6 +141,7 @@ class FirstListwiseRanker:
         check_on_missing_gpu(on_missing_gpu)
         check_fusion_k(fusion_k)
         check_vote(vote)
+        check_passage_words(max_passage_words)
         self.model = model
         self.backend = backend
         self.device = device

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from haystack_llmrank.prompt import DEFAULT_MAX_PASSAGE_WORDS
 from haystack_llmrank.training.adapters import LoraSettings
 from haystack_llmrank.training.targets import WindowSampling
 
@@ -60,7 +59,9 @@ class TrainConfig:
     eval_every: int = 25
     checkpoint_every: int = 25
     validation_depth: int = 20
-    validation_passage_words: int = DEFAULT_MAX_PASSAGE_WORDS
+    validation_passage_words: int | None = None
+    """Words per passage when validating; ``None``: ``max_passage_words``, the length the
+    saved model is read at (its template records it)."""
     sampling: WindowSampling = field(default_factory=WindowSampling)
     lora: LoraSettings | None = field(default_factory=LoraSettings)
     gradient_checkpointing: bool = False
@@ -75,7 +76,7 @@ class TrainConfig:
             "eval_every": self.eval_every,
             "checkpoint_every": self.checkpoint_every,
             "validation_depth": self.validation_depth,
-            "validation_passage_words": self.validation_passage_words,
+            "validation_passage_words": self.validation_words,
         }
         for name, value in positive.items():
             if value < 1:
@@ -143,6 +144,12 @@ class TrainConfig:
     def last_step(self) -> int:
         """The update this run ends at: ``stop_after``, else ``steps``."""
         return self.steps if self.stop_after is None else self.stop_after
+
+    @property
+    def validation_words(self) -> int:
+        """Words per passage when validating: ``validation_passage_words``, else
+        ``max_passage_words``."""
+        return self.validation_passage_words or self.max_passage_words
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form."""

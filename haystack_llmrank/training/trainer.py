@@ -8,7 +8,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -353,7 +353,7 @@ class FirstTrainer:
             TorchLabelScorer(lm, read, pad_token_id=pad),
             max_prompt_tokens=context_length(lm.config, self.tokenizer),
             template=self.template,
-            max_passage_words=self.config.validation_passage_words,
+            max_passage_words=self.config.validation_words,
         )
         return reranker.rerank_many([(q.query, q.texts) for q in queries])
 
@@ -364,7 +364,7 @@ class FirstTrainer:
         scorer = PointwiseScorer(
             self.tokenizer,
             self.pointwise.vote_id,
-            max_passage_words=self.config.validation_passage_words,
+            max_passage_words=self.config.validation_words,
             max_prompt_tokens=context_length(causal_lm(self.model).config, self.tokenizer),
         )
         return {
@@ -400,6 +400,12 @@ class FirstTrainer:
             "history": self.history,
         }
 
+    @property
+    def saved_template(self) -> PromptTemplate:
+        """The template the saved model records: the one trained, with the words per
+        passage it was trained on."""
+        return replace(self.template, max_passage_words=self.config.max_passage_words)
+
     def _save_model(self, folder: Path) -> None:
         """Save the model as a folder that loads wherever a model is named."""
         save_trained(
@@ -407,7 +413,7 @@ class FirstTrainer:
             self.tokenizer,
             folder,
             base_model=self.base_model,
-            template=self.template,
+            template=self.saved_template,
         )
 
     def _write_record(self, record: dict[str, Any]) -> None:
@@ -473,7 +479,7 @@ class FirstTrainer:
             return False
         meta = json.loads((folder / "trainer.json").read_text("utf-8"))
         trained_with = recorded_template(str(folder / "model"))
-        if trained_with is not None and trained_with != self.template:
+        if trained_with is not None and trained_with != self.saved_template:
             raise ValueError(
                 f"{folder} was trained with template {trained_with.name!r}, not "
                 f"{self.template.name!r}; resume with the same template"

@@ -68,4 +68,5 @@ def test_the_default_ranks_with_the_template_it_was_trained_with(embedded: Model
     assert recorded is not None
     assert recorded.name == "first-judge"
     assert recorded.vote == " yes"  # read by its votes, so in disjoint windows by default
+    assert recorded.max_passage_words == 48  # the words per passage it was trained on
     assert recorded_template(EMBEDDED_BASE) is None

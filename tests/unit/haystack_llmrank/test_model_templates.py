@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -67,3 +68,21 @@ def test_a_named_template_wins_with_a_warning(
         reranker = Reranker.from_pretrained(str(echo_model_dir), device="cpu", template="first")
     assert reranker.prompts.template == FIRST_TEMPLATE
     assert "trained with template 'first-echo'; ranking with 'first'" in caplog.text
+
+
+def test_a_recorded_passage_length_is_read_and_kept_by_a_named_template(
+    echo_model_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_template(echo_model_dir, replace(FIRST_ECHO_TEMPLATE, max_passage_words=5))
+    reranker = Reranker.from_pretrained(str(echo_model_dir), device="cpu")
+    assert reranker.prompts.max_passage_words == 5
+    assert reranker.replace(both_orders=True).prompts.max_passage_words == 5
+    assert reranker.replace(max_passage_words=None).prompts.max_passage_words is None
+    with caplog.at_level(logging.WARNING, logger="haystack_llmrank.model_templates"):
+        named = model_template("first-echo", str(echo_model_dir))
+    assert named.max_passage_words == 5
+    assert not caplog.text  # the same wording: no warning
+    asked = Reranker.from_pretrained(str(echo_model_dir), device="cpu", max_passage_words=9)
+    assert asked.prompts.max_passage_words == 9
+    with pytest.raises(ValueError, match="max_passage_words must be"):
+        Reranker.from_pretrained("not/loaded-before-the-check", max_passage_words=0)

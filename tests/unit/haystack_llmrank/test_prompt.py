@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from haystack_llmrank.errors import PromptTooLongError, WindowTooLargeError
 from haystack_llmrank.labels import NUMERIC_LABELS
 from haystack_llmrank.prompt import (
+    DEFAULT_MAX_PASSAGE_WORDS,
     FIRST_ECHO_TEMPLATE,
     FIRST_NUMERIC_TEMPLATE,
     FIRST_TEMPLATE,
@@ -317,3 +318,28 @@ def test_bad_budgets_rejected(smollm2_tokenizer: Any, bad: int) -> None:
         builder(smollm2_tokenizer, budget=bad)
     with pytest.raises(ValueError, match="positive"):
         builder(smollm2_tokenizer, max_passage_words=bad)
+
+
+def test_auto_keeps_the_templates_recorded_passage_length(smollm2_tokenizer: Any) -> None:
+    recorded = replace(FIRST_TEMPLATE, max_passage_words=3)
+    text = "one two three four five"
+    assert builder(smollm2_tokenizer, template=recorded).max_passage_words == 3
+    assert (
+        "[A] one two three\n"
+        in builder(smollm2_tokenizer, template=recorded).build("q", [text]).text
+    )
+    unrecorded = builder(smollm2_tokenizer)  # a template that records no length
+    assert unrecorded.max_passage_words == DEFAULT_MAX_PASSAGE_WORDS
+    assert builder(smollm2_tokenizer, template=recorded, max_passage_words=4).max_passage_words == 4
+    every = builder(smollm2_tokenizer, template=recorded, max_passage_words=None)
+    assert f"[A] {text}\n" in every.build("q", [text]).text
+    assert PromptTemplate.from_dict(recorded.to_dict()) == recorded
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True, "all", "48"])
+def test_bad_passage_lengths_are_refused(smollm2_tokenizer: Any, bad: Any) -> None:
+    with pytest.raises(ValueError, match="max_passage_words must be"):
+        builder(smollm2_tokenizer, max_passage_words=bad)
+    for recorded in (bad, "auto"):  # a template records a number of words, or none
+        with pytest.raises(ValueError, match="max_passage_words must be"):
+            replace(FIRST_TEMPLATE, max_passage_words=recorded)

@@ -383,6 +383,17 @@ def test_the_strategy_and_both_orders_reach_the_engine(monkeypatch: pytest.Monke
         load_reranker(model_args("--strategy", "sliding", "--window-size", "4", "--step", "5"))
 
 
+def test_passage_words_reach_the_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(Reranker, "from_pretrained", lambda *a, **kw: calls.append(kw))
+    for given, expected in ((None, "auto"), ("auto", "auto"), ("all", None), ("48", 48)):
+        load_reranker(model_args(*(() if given is None else ("--max-passage-words", given))))
+        assert calls[-1]["max_passage_words"] == expected
+    for bad in ("0", "-3", "most", "4.5"):
+        with pytest.raises(SystemExit):
+            model_args("--max-passage-words", bad)
+
+
 @pytest.mark.parametrize("strategy", ["tdpart", "tournament"])
 def test_rerank_ranks_with_the_chosen_strategy(
     llmrank: Any, candidates: Path, tiny_model_dir: Path, tmp_path: Path, strategy: str

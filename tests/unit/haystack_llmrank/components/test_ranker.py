@@ -191,7 +191,7 @@ def test_to_dict_of_the_defaults() -> None:
             "strategy": None,
             "template": None,
             "vote": None,
-            "max_passage_words": 300,
+            "max_passage_words": "auto",
             "max_prompt_tokens": None,
             "batch_size": 1,
             "max_batch_tokens": None,
@@ -272,6 +272,8 @@ def test_bad_window_rejected_at_init() -> None:
         FirstListwiseRanker(fusion_k=-1)
     with pytest.raises(ValueError, match="visible token"):
         FirstListwiseRanker(vote=" ")
+    with pytest.raises(ValueError, match="max_passage_words must be"):
+        FirstListwiseRanker(max_passage_words=0)
 
 
 def test_strategy_is_serialised_and_top_k_reaches_it(tiny_model_dir: Path) -> None:

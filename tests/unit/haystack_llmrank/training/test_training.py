@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -547,12 +548,48 @@ def test_validation_ranks_within_the_models_context_not_the_training_budget(
 
     monkeypatch.setattr(PromptBuilder, "build", measured)
     model = load_causal_lm(resolve_model(str(tiny_model_dir)))
-    config = small_config(steps=1, max_prompt_tokens=300, validation_depth=6)
+    config = small_config(
+        steps=1, max_prompt_tokens=300, validation_depth=6, validation_passage_words=300
+    )
     trainer = FirstTrainer(model, smollm2_tokenizer, config, base_model="x", output_dir=tmp_path)
     score = trainer.validate(Validation([query], TOY_QRELS))
     assert 0.0 <= score <= 1.0
     assert lengths
     assert max(lengths) > 6 * 120  # whole passages, not cut to the 300-token budget
+
+
+def test_validation_and_the_saved_template_use_the_training_passage_length(
+    smollm2_tokenizer: Any, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from haystack_llmrank.reranker import Reranker
+    from haystack_llmrank.training import Validation
+
+    seen: list[int | None] = []
+    build = PromptBuilder.build
+
+    def recorded(self: PromptBuilder, query: str, passages: Any) -> Any:
+        seen.append(self.max_passage_words)
+        return build(self, query, passages)
+
+    monkeypatch.setattr(PromptBuilder, "build", recorded)
+    trainer = train_adapter(
+        smollm2_tokenizer, tiny_model_dir, tmp_path / "run", steps=2, max_passage_words=7
+    )
+    seen.clear()
+    trainer.validate(Validation([toy_query()], TOY_QRELS))
+    assert seen
+    assert set(seen) == {7}  # validated as the saved model will be read
+    recorded_with = recorded_template(str(tmp_path / "run"))
+    assert recorded_with == replace(FIRST_TEMPLATE, max_passage_words=7)
+    assert Reranker.from_pretrained(str(tmp_path / "run")).prompts.max_passage_words == 7
+    again = FirstTrainer(
+        load_causal_lm(resolve_model(str(tiny_model_dir))),
+        smollm2_tokenizer,
+        small_config(steps=2, max_passage_words=7),
+        base_model=str(tiny_model_dir),
+        output_dir=tmp_path / "run",
+    )
+    assert again.resume()  # the recorded length is not another template
 
 
 class StopTrainingError(Exception):
@@ -672,7 +709,9 @@ def test_onnx_export_of_an_adapter_matches_torch(
         smollm2_tokenizer, tiny_model_dir, tmp_path / "adapter", template=FIRST_ECHO_TEMPLATE
     )
     folder = export_onnx(str(tmp_path / "adapter"), tmp_path / "onnx")
-    assert recorded_template(str(folder)) == FIRST_ECHO_TEMPLATE  # the export keeps it
+    exported_with = recorded_template(str(folder))  # the export keeps the saved template
+    assert exported_with == trainer.saved_template
+    assert exported_with.max_passage_words == trainer.config.max_passage_words
     labels = resolve_label_ids(smollm2_tokenizer, ALPHABETIC_LABELS)
     builder = PromptBuilder(smollm2_tokenizer, FIRST_ECHO_TEMPLATE, max_prompt_tokens=4096)
     prompts = [builder.build("fleas", TEXTS).token_ids]
@@ -772,8 +811,9 @@ def test_cli_trains_validates_and_writes_adapter_and_merged_weights(
     args = validated_train_args(candidates, qrels, output, tiny_model_dir, steps=2)
     args += ["--template", "first-echo", "--merge"]
     assert main(args) == 0
-    assert recorded_template(str(output)) == FIRST_ECHO_TEMPLATE
-    assert recorded_template(str(output / "merged")) == FIRST_ECHO_TEMPLATE
+    trained_with = replace(FIRST_ECHO_TEMPLATE, max_passage_words=TrainConfig().max_passage_words)
+    assert recorded_template(str(output)) == trained_with
+    assert recorded_template(str(output / "merged")) == trained_with
     record = json.loads((output / "training.json").read_text())
     split = json.loads((output / "split.json").read_text())
     assert len(split["train"]) == len(split["validation"]) == 2
@@ -804,7 +844,9 @@ def test_cli_rank_by_vote_records_the_vote_and_validates_by_it(
     assert main([*args, "--rank-by-vote"]) == 2, "--rank-by-vote needs --passage-vote"
     with caplog.at_level("INFO", logger="haystack_llmrank.training.trainer"):
         assert main([*args, "--passage-vote", " yes", "--rank-by-vote"]) == 0
-    assert recorded_template(str(output)) == FIRST_TEMPLATE.with_vote(" yes")
+    assert recorded_template(str(output)) == replace(
+        FIRST_TEMPLATE.with_vote(" yes"), max_passage_words=TrainConfig().max_passage_words
+    )
     record = json.loads((output / "training.json").read_text())
     validated = [h["validation"] for h in record["history"] if h.get("validation") is not None]
     assert len(validated) == 2
