@@ -14,6 +14,7 @@ from haystack_llmrank.strategies import (
     STRATEGIES,
     SlidingWindow,
     make_strategy,
+    readout_strategy,
 )
 
 ORACLE = "oracle"
@@ -34,8 +35,6 @@ FLOOR_DTYPES: dict[str, str] = {
     ONNX_PREFIX + "int8": "float32",  # no torch int8 matmul rate to measure: float32's
 }
 """Rows whose FLOP floor takes the matmul rate of a dtype other than the run's."""
-LOOP_ROWS = (PLAIN, GENERATE)
-"""Rows written as a plain sliding-window loop: they measure the sliding window only."""
 DEFAULT_ROWS = (PLAIN, TORCH, "onnx-fp32", "onnx-int8", GENERATE)
 """The rows a CPU run measures unless told otherwise."""
 CUDA_DEFAULT_ROWS = (PLAIN, TORCH, "onnx-fp16", GENERATE)
@@ -140,9 +139,12 @@ class BenchConfig:
     ``isolate`` runs every row (and every ONNX export) in a fresh process so that its peak
     memory is its own (the oracle rows, which hold no model, run in this process).
 
-    ``strategies`` are the strategies the engine and oracle rows rank with, one line each
-    (``plain`` and ``generate`` always slide); the oracle rows run once per strategy and
-    ``oracle_noise`` level, with the noise drawn from ``seed``.
+    ``strategies`` are the strategies the engine and oracle rows rank with, one line each;
+    ``None`` is the readout's own (:func:`~haystack_llmrank.strategies.readout_strategy`).
+    ``plain`` ranks with the readout's own strategy and ``generate`` slides. The oracle rows
+    run once per strategy and ``oracle_noise`` level, with the noise drawn from ``seed``.
+    ``vote`` is the readout: the vote token of the model's template, else ``None`` (FIRST's
+    label logits); :func:`~haystack_llmrank.bench.runner.prepare` sets it from the model.
     """
 
     data_dir: Path = field(default_factory=default_data_dir)
@@ -165,11 +167,13 @@ class BenchConfig:
     isolate: bool = True
     progress: bool = False
     seed: int = 0
-    strategies: tuple[str, ...] = (SLIDING,)
+    strategies: tuple[str, ...] | None = None
     oracle_noise: tuple[float, ...] = (0.0,)
+    vote: str | None = None
 
     def __post_init__(self) -> None:
-        _check_choice("strategies", self.strategies, STRATEGIES)
+        if self.strategies is not None:
+            _check_choice("strategies", self.strategies, STRATEGIES)
         if not self.oracle_noise:
             raise ValueError("no oracle noise levels to run")
         if len(set(self.oracle_noise)) != len(self.oracle_noise):
@@ -196,7 +200,7 @@ class BenchConfig:
         for name, value in positive.items():
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
-        for strategy in self.strategies:
+        for strategy in self.ranking_strategies:
             make_strategy(strategy, window_size=self.window_size, step=self.step)
         if any(size < 1 for size in self.sweep_batch_sizes):
             raise ValueError(f"batch sizes must be at least 1, got {list(self.sweep_batch_sizes)}")
@@ -215,16 +219,29 @@ class BenchConfig:
         return tuple(row for row in ROWS if row in chosen)
 
     @property
+    def readout_strategy(self) -> str:
+        """The readout's own strategy: ``disjoint`` for a vote, ``sliding`` for labels."""
+        return readout_strategy(self.vote)
+
+    @property
+    def ranking_strategies(self) -> tuple[str, ...]:
+        """``strategies``, else the readout's own."""
+        return self.strategies or (self.readout_strategy,)
+
+    @property
     def variants(self) -> tuple[Variant, ...]:
         """Every line to measure, in run order: each row with each of its strategies."""
+        strategies = self.ranking_strategies
         lines: list[Variant] = []
         for row in self.ordered_rows:
-            if row in LOOP_ROWS:
+            if row == PLAIN:
+                lines.append(Variant(row, self.readout_strategy))
+            elif row == GENERATE:
                 lines.append(Variant(row))
             elif row == ORACLE:
-                lines += [Variant(row, s, n) for s in self.strategies for n in self.oracle_noise]
+                lines += [Variant(row, s, n) for s in strategies for n in self.oracle_noise]
             else:
-                lines += [Variant(row, s) for s in self.strategies]
+                lines += [Variant(row, s) for s in strategies]
         return tuple(lines)
 
     @property

@@ -10,7 +10,7 @@ from typing import Any
 from haystack_llmrank.backends import checkpoint_dtype, resolve_torch_device, resolve_torch_dtype
 from haystack_llmrank.bench.config import SYNTHETIC_CONFIGS
 from haystack_llmrank.errors import LabelResolutionError
-from haystack_llmrank.labels import LabelIds, resolve_label_ids
+from haystack_llmrank.labels import LabelIds, readout_label_ids
 from haystack_llmrank.models import (
     context_length,
     embedded_base,
@@ -100,9 +100,12 @@ def load_bench_model(
     return LoadedModel(tokenizer, lm, context_length(lm.config, tokenizer), None)
 
 
-def engine_label_ids(loaded: LoadedModel, labels: Sequence[str]) -> LabelIds:
-    """The engine's label ids (every variant of each label), folded for synthetic models."""
-    resolved = resolve_label_ids(loaded.tokenizer, labels)
+def engine_label_ids(
+    loaded: LoadedModel, labels: Sequence[str], vote: str | None = None
+) -> LabelIds:
+    """The ids the engine reads (every variant of each label, or the vote's one token),
+    folded for synthetic models."""
+    resolved = readout_label_ids(loaded.tokenizer, labels, vote)
     if loaded.vocab_size is None:
         return resolved
     size = loaded.vocab_size
@@ -119,6 +122,14 @@ def plain_label_ids(loaded: LoadedModel, labels: Sequence[str]) -> list[int]:
         raise LabelResolutionError(f"the labels {missing} are not single tokens of this tokenizer")
     ids = [int(i) for i in found]
     return ids if loaded.vocab_size is None else [i % loaded.vocab_size for i in ids]
+
+
+def plain_vote_id(loaded: LoadedModel, vote: str) -> int:
+    """The vote's id, as a plain implementation finds it: its text must encode to one token."""
+    ids = loaded.tokenizer.encode(vote, add_special_tokens=False)
+    if len(ids) != 1:
+        raise LabelResolutionError(f"the vote {vote!r} is not one token of this tokenizer: {ids}")
+    return int(ids[0]) if loaded.vocab_size is None else int(ids[0]) % loaded.vocab_size
 
 
 def body_parameters(model: Any) -> int:

@@ -20,7 +20,7 @@ import numpy.typing as npt
 from haystack_llmrank.bench.prompts import CachedPromptBuilder, WindowKey
 from haystack_llmrank.data import Qrels, QueryCandidates
 from haystack_llmrank.errors import LlmRankError
-from haystack_llmrank.labels import LabelIds, resolve_label_ids
+from haystack_llmrank.labels import LabelIds, readout_label_ids
 from haystack_llmrank.prompt import FIRST_TEMPLATE, Prompt, PromptTemplate
 from haystack_llmrank.reranker import Reranker
 from haystack_llmrank.strategies import Strategy
@@ -36,13 +36,24 @@ class OracleScorer:
     """A :class:`~haystack_llmrank.scorers.base.LabelScorer` that reads grades, not a model.
 
     It knows which passages a prompt holds only from :meth:`register`;
-    :class:`OraclePromptBuilder` registers every prompt it builds.
+    :class:`OraclePromptBuilder` registers every prompt it builds. It reads a window by its
+    labels (:meth:`score`) or, for a template with a vote, by one vote per passage
+    (:meth:`score_at`); ``window_size`` caps the passages a prompt may hold (default: one per
+    label).
     """
 
-    def __init__(self, label_ids: LabelIds, *, noise: float = 0.0, seed: int = 0) -> None:
+    def __init__(
+        self,
+        label_ids: LabelIds,
+        *,
+        noise: float = 0.0,
+        seed: int = 0,
+        window_size: int | None = None,
+    ) -> None:
         if not math.isfinite(noise) or noise < 0:
             raise ValueError(f"noise must be a finite number of at least 0, got {noise}")
         self._label_ids = label_ids
+        self.window_size = len(label_ids) if window_size is None else window_size
         self.noise = noise
         self.seed = seed
         self._grades: dict[tuple[int, ...], tuple[float, ...]] = {}
@@ -54,23 +65,42 @@ class OracleScorer:
 
     def register(self, token_ids: Sequence[int], grades: Sequence[float]) -> None:
         """Say that the prompt ``token_ids`` holds passages of these grades, in label order."""
-        if len(grades) > len(self._label_ids):
-            raise ValueError(f"{len(grades)} grades for {len(self._label_ids)} labels")
+        if len(grades) > self.window_size:
+            raise ValueError(f"{len(grades)} grades for windows of {self.window_size}")
         self._grades[tuple(token_ids)] = tuple(float(g) for g in grades)
 
     def score(self, prompts: Sequence[Sequence[int]]) -> npt.NDArray[np.float32]:
         """Each registered prompt's grades plus its noise; other labels get a low logit."""
         logits = np.full((len(prompts), len(self._label_ids)), UNUSED_LABEL_LOGIT, np.float32)
         for row, prompt in enumerate(prompts):
-            key = tuple(prompt)
-            grades = self._grades.get(key)
-            if grades is None:
-                raise LlmRankError(
-                    "the oracle was asked about a prompt nobody registered; build prompts "
-                    "with OraclePromptBuilder"
-                )
-            logits[row, : len(grades)] = np.asarray(grades) + self._noise(key, len(grades))
+            judged = self._judged(prompt)
+            logits[row, : len(judged)] = judged
         return logits
+
+    def score_at(
+        self, prompts: Sequence[Sequence[int]], positions: Sequence[Sequence[int]]
+    ) -> npt.NDArray[np.float32]:
+        """Each registered prompt's grades plus its noise as one vote per passage,
+        ``[batch, P, 1]``; a prompt's ``positions`` count its passages."""
+        width = max((len(at) for at in positions), default=0)
+        votes = np.full((len(prompts), width, 1), UNUSED_LABEL_LOGIT, np.float32)
+        for row, (prompt, at) in enumerate(zip(prompts, positions, strict=True)):
+            judged = self._judged(prompt)
+            if len(judged) != len(at):
+                raise LlmRankError(f"{len(at)} positions for a prompt of {len(judged)} passages")
+            votes[row, : len(judged), 0] = judged
+        return votes
+
+    def _judged(self, prompt: Sequence[int]) -> npt.NDArray[np.float64]:
+        """The registered grades of ``prompt`` plus its noise."""
+        key = tuple(prompt)
+        grades = self._grades.get(key)
+        if grades is None:
+            raise LlmRankError(
+                "the oracle was asked about a prompt nobody registered; build prompts "
+                "with OraclePromptBuilder"
+            )
+        return np.asarray(grades) + self._noise(key, len(grades))
 
     def _noise(self, key: tuple[int, ...], count: int) -> npt.NDArray[np.float64]:
         if self.noise == 0:
@@ -136,7 +166,12 @@ def oracle_reranker(
     Prompts are real (``tokenizer``'s), so windows and tokens count as with a model;
     ``cache`` holds prompts built before.
     """
-    oracle = OracleScorer(resolve_label_ids(tokenizer, template.labels), noise=noise, seed=seed)
+    oracle = OracleScorer(
+        readout_label_ids(tokenizer, template.labels, template.vote),
+        noise=noise,
+        seed=seed,
+        window_size=len(template.labels),
+    )
     prompts = OraclePromptBuilder(
         tokenizer,
         template,

@@ -3,10 +3,13 @@
 :func:`slide` is FIRST's sliding window as a plain loop; a window is ordered either by the
 full-vocabulary logits of the next token (:class:`FullLogitsWindow`, FIRST) or by generating
 the whole permutation and parsing it (:class:`GenerateWindow`, RankGPT / rank_llm).
+:func:`deal_and_sort` is one round of disjoint windows for a vote readout, each window scored
+by :class:`VoteWindow`: the vote token's logit at the end of every passage line.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -37,6 +40,27 @@ def slide(
     return order
 
 
+def deal_and_sort(
+    n: int, window_size: int, score_window: Callable[[list[int]], list[float]]
+) -> list[int]:
+    """Rank ``n`` items by one score each, from one round of disjoint windows.
+
+    Item ``i`` goes to window ``i % k``, ``k = ceil(n / window_size)`` windows;
+    ``score_window(members)`` scores one window's items (in window order). All items are
+    then sorted by score, best first; equal scores keep input order.
+    """
+    count = math.ceil(n / window_size)
+    scores = [0.0] * n
+    for first in range(count):
+        members = list(range(first, n, count))
+        values = score_window(members)
+        if len(values) != len(members):
+            raise ValueError(f"a window of {len(members)} got {len(values)} scores")
+        for item, value in zip(members, values, strict=True):
+            scores[item] = value
+    return sorted(range(n), key=lambda item: -scores[item])
+
+
 class FullLogitsWindow:
     """FIRST with plain transformers: ``model(input_ids).logits[0, -1]``, sort the label logits."""
 
@@ -55,6 +79,27 @@ class FullLogitsWindow:
         label_logits = logits[torch.tensor(self.label_ids[:n], device=device)]
         ranked: list[int] = torch.argsort(label_logits, descending=True, stable=True).tolist()
         return ranked
+
+
+class VoteWindow:
+    """A vote readout with plain transformers: the logit of the vote token at the last token of
+    each passage line (``logits_to_keep`` keeps only those positions)."""
+
+    def __init__(self, model: Any, vote_id: int) -> None:
+        self.model = model
+        self.vote_id = vote_id
+
+    def __call__(self, token_ids: Sequence[int], positions: Sequence[int]) -> list[float]:
+        """The vote of each passage whose line ends at ``positions``, in that order."""
+        import torch
+
+        device = self.model.device
+        input_ids = torch.tensor([list(token_ids)], device=device)
+        keep = torch.tensor(list(positions), device=device)
+        with torch.inference_mode():
+            logits = self.model(input_ids, logits_to_keep=keep).logits[0]
+        votes: list[float] = logits[:, self.vote_id].float().tolist()
+        return votes
 
 
 def parse_permutation(text: str, labels: Sequence[str]) -> list[int]:

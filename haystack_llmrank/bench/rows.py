@@ -36,17 +36,24 @@ from haystack_llmrank.bench.model_loading import (
     load_bench_model,
     load_bench_tokenizer,
     plain_label_ids,
+    plain_vote_id,
 )
 from haystack_llmrank.bench.oracle import OraclePromptBuilder, oracle_reranker, qrels_judge
-from haystack_llmrank.bench.plain import FullLogitsWindow, GenerateWindow, slide
+from haystack_llmrank.bench.plain import (
+    FullLogitsWindow,
+    GenerateWindow,
+    VoteWindow,
+    deal_and_sort,
+    slide,
+)
 from haystack_llmrank.bench.prompts import CachedPromptBuilder, WindowKey, window_key
 from haystack_llmrank.data import Qrels, QueryCandidates
 from haystack_llmrank.errors import LlmRankError
 from haystack_llmrank.labels import LabelIds
 from haystack_llmrank.prompt import Prompt, PromptTemplate
 from haystack_llmrank.reranker import Reranker
-from haystack_llmrank.scorers.base import LabelScorer, preferred_max_batch_tokens
-from haystack_llmrank.strategies import SlidingWindow, Strategy, make_strategy
+from haystack_llmrank.scorers.base import LabelScorer, PositionScorer, preferred_max_batch_tokens
+from haystack_llmrank.strategies import Disjoint, SlidingWindow, Strategy, make_strategy
 
 logger = logging.getLogger(__name__)
 
@@ -171,8 +178,52 @@ class LoopRow:
         return tuple(slide(len(texts), size, self.strategy.step, order_window))
 
 
+class VoteLoopRow:
+    """A plainly written loop of disjoint windows around :class:`VoteWindow` (row plain, for
+    a model read by its votes)."""
+
+    generated_tokens = 0
+
+    def __init__(
+        self, builder: CachedPromptBuilder, window: VoteWindow, strategy: Disjoint
+    ) -> None:
+        self.builder = builder
+        self.window = window
+        self.strategy = strategy
+
+    def warm(self, prompt: Prompt, n: int) -> None:
+        """Score one window, untimed."""
+        self.window(prompt.token_ids, prompt.score_positions)
+
+    def rank(
+        self, queries: Sequence[QueryCandidates], tick: Tick
+    ) -> tuple[Orders, WindowOrders, Steps]:
+        """Rank each query in turn; a query's windows make one step."""
+        windows: WindowOrders = {}
+        orders = {q.qid: self._rank_query(q, windows, tick) for q in queries}
+        steps = {q.qid: int(bool(q.candidates)) for q in queries}
+        return orders, windows, steps
+
+    def _rank_query(
+        self, query: QueryCandidates, windows: WindowOrders, tick: Tick
+    ) -> tuple[int, ...]:
+        texts = query.texts
+
+        def score_window(members: list[int]) -> list[float]:
+            passages = [texts[i] for i in members]
+            prompt = self.builder.build(query.query, passages)
+            votes = self.window(prompt.token_ids, prompt.score_positions)
+            ranked = sorted(range(len(votes)), key=lambda i: -votes[i])
+            windows[window_key(query.query, passages)] = tuple(ranked)
+            tick(1)
+            return votes
+
+        return tuple(deal_and_sort(len(texts), self.strategy.window_size, score_window))
+
+
 class RecordingScorer:
-    """Passes scoring through to another scorer and keeps each prompt's label logits."""
+    """Passes scoring through to another scorer and keeps each prompt's scores (its label
+    logits, or its votes at the positions read)."""
 
     def __init__(self, inner: LabelScorer) -> None:
         self.inner = inner
@@ -188,11 +239,30 @@ class RecordingScorer:
         """The inner scorer's batching preference, so that recording changes no timing."""
         return preferred_max_batch_tokens(self.inner)
 
+    @property
+    def reads_positions(self) -> bool:
+        """Whether the inner scorer reads logits at positions (a vote readout needs it)."""
+        return isinstance(self.inner, PositionScorer) and getattr(
+            self.inner, "reads_positions", True
+        )
+
     def score(self, prompts: Sequence[Sequence[int]]) -> npt.NDArray[np.float32]:
         """The inner scorer's logits, remembered per prompt."""
         logits = self.inner.score(prompts)
         for prompt, row in zip(prompts, logits, strict=True):
             self.logits[tuple(prompt)] = row
+        return logits
+
+    def score_at(
+        self, prompts: Sequence[Sequence[int]], positions: Sequence[Sequence[int]]
+    ) -> npt.NDArray[np.float32]:
+        """The inner scorer's logits at ``positions``; the first label's (a vote's) are
+        remembered per prompt."""
+        if not isinstance(self.inner, PositionScorer):
+            raise TypeError(f"{type(self.inner).__name__} cannot read logits at positions")
+        logits = self.inner.score_at(prompts, positions)
+        for prompt, row in zip(prompts, logits, strict=True):
+            self.logits[tuple(prompt)] = row[:, 0]
         return logits
 
 
@@ -288,8 +358,15 @@ def _load_model(job: RowJob) -> LoadedModel:
     )
 
 
-def _load_loop_row(job: RowJob) -> LoopRow:
+def _load_loop_row(job: RowJob) -> LoopRow | VoteLoopRow:
     loaded = _load_model(job)
+    builder = _builder(job, loaded.tokenizer, loaded.vocab_size)
+    vote = job.template.vote
+    if job.row == PLAIN and vote is not None:
+        window_size = job.config.window_size
+        return VoteLoopRow(
+            builder, VoteWindow(loaded.model, plain_vote_id(loaded, vote)), Disjoint(window_size)
+        )
     labels = job.template.labels[: job.config.window_size]
     window: FullLogitsWindow | GenerateWindow
     if job.row == PLAIN:
@@ -298,9 +375,7 @@ def _load_loop_row(job: RowJob) -> LoopRow:
         window = GenerateWindow(
             loaded.model, loaded.tokenizer, labels, answer_prefix=job.template.answer_prefix
         )
-    return LoopRow(
-        _builder(job, loaded.tokenizer, loaded.vocab_size), window, _strategy(job.config)
-    )
+    return LoopRow(builder, window, _strategy(job.config))
 
 
 def _load_torch_row(job: RowJob) -> EngineRow:
@@ -311,8 +386,9 @@ def _load_torch_row(job: RowJob) -> EngineRow:
     pad = loaded.tokenizer.pad_token_id or 0
     if loaded.vocab_size is not None:
         pad %= loaded.vocab_size
+    template = job.template
     scorer = TorchLabelScorer(
-        loaded.model, engine_label_ids(loaded, job.template.labels), pad_token_id=pad
+        loaded.model, engine_label_ids(loaded, template.labels, template.vote), pad_token_id=pad
     )
     reranker = Reranker(
         loaded.tokenizer,
@@ -367,7 +443,7 @@ def _load_onnx_row(job: RowJob) -> EngineRow:
     return EngineRow(reranker, _builder(job, tokenizer, None))
 
 
-def _load(job: RowJob) -> LoopRow | EngineRow:
+def _load(job: RowJob) -> LoopRow | VoteLoopRow | EngineRow:
     if job.row in (PLAIN, GENERATE):
         return _load_loop_row(job)
     if job.row in (TORCH, TORCH_BF16):

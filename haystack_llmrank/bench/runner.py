@@ -53,7 +53,7 @@ from haystack_llmrank.model_templates import model_template
 from haystack_llmrank.models import context_length, resolve_model
 from haystack_llmrank.prompt import FIRST_TEMPLATE, Prompt, PromptTemplate
 from haystack_llmrank.scorers.onnx_metadata import Precision
-from haystack_llmrank.strategies import SlidingWindow, make_strategy
+from haystack_llmrank.strategies import SlidingWindow, make_strategy, readout_strategy
 
 logger = logging.getLogger(__name__)
 
@@ -248,23 +248,11 @@ def _prefill_and_decode_seconds(
 
 
 def bench_template(config: BenchConfig) -> PromptTemplate:
-    """The prompt template of the bench's model: the one it was trained with, else FIRST's,
-    read by its labels.
-
-    Synthetic models (random weights) take FIRST's. Every row times FIRST's label readout, so
-    a template's vote (the default model's) is dropped: the forward passes are the same, but
-    the rows rank by labels, not by the model's votes.
-    """
+    """The prompt template of the bench's model: the one it was trained with, readout
+    included, else FIRST's (always for synthetic models, which have random weights)."""
     if config.synthetic:
         return FIRST_TEMPLATE
-    template = model_template(None, config.model)
-    if template.vote is not None:
-        logger.warning(
-            "%s ranks by its vote %r; the bench times and ranks by its label readout instead",
-            config.model,
-            template.vote,
-        )
-    return template.with_vote(None)
+    return model_template(None, config.model)
 
 
 def calibrate(
@@ -340,7 +328,15 @@ def prompt_budget(config: BenchConfig) -> int:
 def prepare(config: BenchConfig) -> Plan:
     """Resolve the settings, read the data, time one window and the device's matmul rate."""
     device, dtype = resolve_device(config.device, config.dtype, config.model, config.synthetic)
-    config = replace(config, device=device, dtype=dtype, rows=config.rows or default_rows(device))
+    template = bench_template(config)
+    config = replace(
+        config,
+        device=device,
+        dtype=dtype,
+        rows=config.rows or default_rows(device),
+        strategies=config.strategies or (readout_strategy(template.vote),),
+        vote=template.vote,
+    )
     if config.threads is not None:
         import torch
 
@@ -348,7 +344,6 @@ def prepare(config: BenchConfig) -> Plan:
     all_queries, qrels = read_data(config)
     queries = select_queries(all_queries, config.queries, config.top_k)
     strategy = SlidingWindow(config.window_size, config.step)
-    template = bench_template(config)
     template.check_window(config.window_size)
     if config.needs_model:
         calibration, max_prompt_tokens, prompts = calibrate(config, queries, template)

@@ -112,7 +112,7 @@ def plan_text(plan: Plan) -> str:
         f"model {model} on "
         f"{config.device} ({config.dtype}); {len(plan.queries)} of {plan.total_queries} queries, "
         f"top {config.top_k}, window {config.window_size} step {config.step}: "
-        f"{plan.windows} sliding windows; strategies {', '.join(config.strategies)}"
+        f"{plan.windows} sliding windows; strategies {', '.join(config.ranking_strategies)}"
     ]
     if calibration is not None:
         lines.append(

@@ -10,7 +10,6 @@ from haystack_llmrank.bench.config import (
     CUDA_DEFAULT_ROWS,
     DEFAULT_ROWS,
     ROWS,
-    SLIDING,
     SYNTHETIC_CONFIGS,
     BenchConfig,
     default_data_dir,
@@ -90,9 +89,10 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--strategies",
         type=_names,
-        default=(SLIDING,),
+        default=None,
         help=f"comma-separated strategies of the engine and oracle rows, out of "
-        f"{','.join(STRATEGIES)} (default: {SLIDING})",
+        f"{','.join(STRATEGIES)} (default: the readout's, sliding for label logits and "
+        "disjoint for a vote; the plain row always ranks with the readout's)",
     )
     parser.add_argument(
         "--oracle-noise",

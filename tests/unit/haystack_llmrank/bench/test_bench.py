@@ -28,7 +28,8 @@ import haystack_llmrank.cli as cli
 from haystack_llmrank.bench.config import CUDA_DEFAULT_ROWS, DEFAULT_ROWS, BenchConfig
 from haystack_llmrank.bench.measure import peak_rss_mb
 from haystack_llmrank.bench.model_loading import attention_width, resolve_device
-from haystack_llmrank.bench.plain import answer_text, parse_permutation, slide
+from haystack_llmrank.bench.oracle import qrels_judge
+from haystack_llmrank.bench.plain import answer_text, deal_and_sort, parse_permutation, slide
 from haystack_llmrank.bench.prompts import CachedPromptBuilder
 from haystack_llmrank.bench.runner import (
     Plan,
@@ -40,6 +41,7 @@ from haystack_llmrank.bench.runner import (
     select_queries,
     unavailable_rows,
 )
+from haystack_llmrank.data import read_qrels, read_queries
 from haystack_llmrank.errors import WindowTooLargeError
 from haystack_llmrank.labels import ALPHABETIC_LABELS, resolve_label_ids
 from haystack_llmrank.model_templates import write_template
@@ -50,7 +52,8 @@ from haystack_llmrank.prompt import (
     FIRST_TEMPLATE,
     PromptBuilder,
 )
-from haystack_llmrank.strategies import STRATEGIES, SlidingWindow, make_strategy
+from haystack_llmrank.reranker import Reranker
+from haystack_llmrank.strategies import STRATEGIES, SlidingWindow, deal, make_strategy
 
 WORDS = "river bank loan coffee mountain tree city music flea peru capital rate".split()  # noqa: SIM905
 SLICE = ["--queries", "2", "--top-k", "8", "--window-size", "4", "--step", "2"]
@@ -632,17 +635,56 @@ def test_a_trained_models_own_template_is_benched(
     assert_rows_order_alike(run(plan))
 
 
-def test_a_model_read_by_its_vote_is_benched_by_its_labels(
-    bench_data: Path, tied_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+@pytest.mark.slow
+def test_a_model_read_by_its_vote_is_benched_by_its_votes(
+    bench_data: Path, tied_model_dir: Path, tmp_path: Path
 ) -> None:
     model = tmp_path / "voted-model"
     shutil.copytree(tied_model_dir, model)
-    write_template(model, FIRST_TEMPLATE.with_vote(" yes"))
-    with caplog.at_level("WARNING", logger="haystack_llmrank.bench.runner"):
-        plan = prepare(plain_and_torch(bench_data, model, isolate=False))
-    assert plan.template == FIRST_TEMPLATE
-    assert "ranks by its vote ' yes'" in caplog.text
-    assert_rows_order_alike(run(plan))
+    voted = FIRST_TEMPLATE.with_vote(" yes")
+    write_template(model, voted)
+    pytest.importorskip("onnxruntime")
+    config = plain_and_torch(bench_data, model, isolate=False, top_k=12, window_size=4)
+    rows = ("oracle", "plain", "torch", "onnx-fp32")
+    plan = prepare(dataclasses.replace(config, rows=rows, export_dir=tmp_path / "exports"))
+    assert plan.template == voted
+    assert (plan.config.vote, plan.config.strategies) == (" yes", ("disjoint",))
+    assert [v.name for v in plan.config.variants] == [
+        "oracle@0 disjoint", "plain disjoint", "torch disjoint", "onnx-fp32 disjoint"
+    ]  # fmt: skip
+    assert all(len(p.score_positions) == len(key[1]) for key, p in plan.prompts.items())
+    results = run(plan)
+    assert [r.status for r in results] == ["ok"] * 4
+    assert_rows_order_alike(results[1:3])
+    assert_rows_order_alike(results[2:])  # the export reads the same votes
+    query = read_queries(bench_data / "candidates.jsonl")[0].top(12)
+    engine = Reranker.from_pretrained(str(model), device="cpu", window_size=4)
+    expected = engine.rerank(query.query, query.texts)
+    for result in results[1:]:
+        assert result.outcome is not None
+        assert result.outcome.orders[query.qid] == expected.order  # the engine's own ranking
+        assert result.outcome.windows == 3  # 12 passages dealt into 3 windows of 4
+        assert result.outcome.steps[query.qid] == 1
+    oracle = results[0].outcome
+    assert oracle is not None
+    grades = qrels_judge([query], read_qrels(bench_data / "qrels.txt"))
+    ranked = [grades(query.query, query.texts[i]) for i in oracle.orders[query.qid]]
+    assert ranked == sorted(ranked, reverse=True)  # the oracle's votes are the grades
+
+
+def test_plain_disjoint_windows_deal_like_the_engine() -> None:
+    dealt: list[list[int]] = []
+
+    def score(members: list[int]) -> list[float]:
+        dealt.append(members)
+        return [float(-(m % 3)) for m in members]
+
+    assert deal_and_sort(7, 3, score) == [0, 3, 6, 1, 4, 2, 5]
+    assert dealt == [[0, 3, 6], [1, 4], [2, 5]]
+    assert [list(w) for w in deal(range(7), 3)] == dealt
+    assert deal_and_sort(0, 3, score) == []
+    with pytest.raises(ValueError, match="a window of 3 got 2 scores"):
+        deal_and_sort(3, 3, lambda members: [0.0, 1.0])
 
 
 def test_a_window_wider_than_the_templates_labels_is_refused_before_any_row(

@@ -72,7 +72,7 @@ def test_the_oracle_refuses_what_it_was_not_told() -> None:
     oracle = OracleScorer(LABELS)
     with pytest.raises(LlmRankError, match="nobody registered"):
         oracle.score([(1, 2, 3)])
-    with pytest.raises(ValueError, match="5 grades for 4 labels"):
+    with pytest.raises(ValueError, match="5 grades for windows of 4"):
         oracle.register((1,), [0.0] * 5)
     with pytest.raises(ValueError, match="noise"):
         OracleScorer(LABELS, noise=-1.0)
