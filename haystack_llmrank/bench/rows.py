@@ -130,7 +130,35 @@ class RowOutcome:
     prompts: dict[WindowKey, Prompt]
 
 
-class LoopRow:
+class PlainLoop:
+    """A row written as a plain loop, one query after another: subclasses rank one query."""
+
+    builder: CachedPromptBuilder
+
+    def rank(
+        self, queries: Sequence[QueryCandidates], tick: Tick
+    ) -> tuple[Orders, WindowOrders, Steps]:
+        """Rank each query in turn, recording every window's order."""
+        windows: WindowOrders = {}
+        orders = {q.qid: self._rank_query(q, windows, tick) for q in queries}
+        steps = {q.qid: self._steps(len(q.candidates)) for q in queries}
+        return orders, windows, steps
+
+    def _rank_query(
+        self, query: QueryCandidates, windows: WindowOrders, tick: Tick
+    ) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def _steps(self, n: int) -> int:
+        raise NotImplementedError
+
+    def _prompt(self, query: QueryCandidates, members: list[int]) -> tuple[Prompt, WindowKey]:
+        """The prompt of the window of ``query``'s candidates ``members``, and its key."""
+        passages = [query.texts[i] for i in members]
+        return self.builder.build(query.query, passages), window_key(query.query, passages)
+
+
+class LoopRow(PlainLoop):
     """A plainly written sliding-window loop around one window function (rows plain, generate)."""
 
     def __init__(
@@ -152,33 +180,24 @@ class LoopRow:
         """Order one window, untimed."""
         self.window(prompt.token_ids, n)
 
-    def rank(
-        self, queries: Sequence[QueryCandidates], tick: Tick
-    ) -> tuple[Orders, WindowOrders, Steps]:
-        """Rank each query in turn; every window is a step of its own."""
-        windows: WindowOrders = {}
-        orders = {q.qid: self._rank_query(q, windows, tick) for q in queries}
-        steps = {q.qid: len(self.strategy.windows(len(q.candidates))) for q in queries}
-        return orders, windows, steps
+    def _steps(self, n: int) -> int:
+        """Every window is a step of its own."""
+        return len(self.strategy.windows(n))
 
     def _rank_query(
         self, query: QueryCandidates, windows: WindowOrders, tick: Tick
     ) -> tuple[int, ...]:
-        texts = query.texts
-
         def order_window(members: list[int]) -> list[int]:
-            passages = [texts[i] for i in members]
-            prompt = self.builder.build(query.query, passages)
-            ranked = self.window(prompt.token_ids, len(members))
-            windows[window_key(query.query, passages)] = tuple(ranked)
+            prompt, key = self._prompt(query, members)
+            windows[key] = tuple(self.window(prompt.token_ids, len(members)))
             tick(1)
-            return ranked
+            return list(windows[key])
 
-        size = self.strategy.window_size
-        return tuple(slide(len(texts), size, self.strategy.step, order_window))
+        size, step = self.strategy.window_size, self.strategy.step
+        return tuple(slide(len(query.candidates), size, step, order_window))
 
 
-class VoteLoopRow:
+class VoteLoopRow(PlainLoop):
     """A plainly written loop of disjoint windows around :class:`VoteWindow` (row plain, for
     a model read by its votes)."""
 
@@ -195,30 +214,22 @@ class VoteLoopRow:
         """Score one window, untimed."""
         self.window(prompt.token_ids, prompt.score_positions)
 
-    def rank(
-        self, queries: Sequence[QueryCandidates], tick: Tick
-    ) -> tuple[Orders, WindowOrders, Steps]:
-        """Rank each query in turn; a query's windows make one step."""
-        windows: WindowOrders = {}
-        orders = {q.qid: self._rank_query(q, windows, tick) for q in queries}
-        steps = {q.qid: int(bool(q.candidates)) for q in queries}
-        return orders, windows, steps
+    def _steps(self, n: int) -> int:
+        """A query's windows make one step."""
+        return int(n > 0)
 
     def _rank_query(
         self, query: QueryCandidates, windows: WindowOrders, tick: Tick
     ) -> tuple[int, ...]:
-        texts = query.texts
-
         def score_window(members: list[int]) -> list[float]:
-            passages = [texts[i] for i in members]
-            prompt = self.builder.build(query.query, passages)
+            prompt, key = self._prompt(query, members)
             votes = self.window(prompt.token_ids, prompt.score_positions)
-            ranked = sorted(range(len(votes)), key=lambda i: -votes[i])
-            windows[window_key(query.query, passages)] = tuple(ranked)
+            windows[key] = tuple(sorted(range(len(votes)), key=lambda i: -votes[i]))
             tick(1)
             return votes
 
-        return tuple(deal_and_sort(len(texts), self.strategy.window_size, score_window))
+        size = self.strategy.window_size
+        return tuple(deal_and_sort(len(query.candidates), size, score_window))
 
 
 class RecordingScorer:
