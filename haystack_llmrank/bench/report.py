@@ -287,6 +287,7 @@ def build_report(plan: Plan, results: Sequence[RowResult]) -> BenchReport:
             "qids": [q.qid for q in plan.queries],
             "top_k": config.top_k,
             "windows": plan.windows,
+            "windows_strategy": config.readout_strategy,
             "max_prompt_tokens": plan.max_prompt_tokens,
         },
         bm25_ndcg_at_10=ndcg_at_10(plan.queries, identity, plan.qrels),

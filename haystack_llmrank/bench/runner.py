@@ -93,9 +93,10 @@ class Throughput:
 class Plan:
     """The resolved settings, the queries (cut to ``top_k``) and what was measured up front.
 
-    ``unavailable`` names rows that cannot run here, with the reason. ``windows`` counts the
-    sliding windows over all queries; ``calibration`` is ``None`` when no row runs the model;
-    ``template`` is the model's prompt template, which every row's prompts use.
+    ``unavailable`` names rows that cannot run here, with the reason. ``windows`` counts
+    the windows of the readout's own strategy (``config.readout_strategy``) over all
+    queries; ``calibration`` is ``None`` when no row runs the model; ``template`` is the
+    model's prompt template, which every row's prompts use.
     """
 
     config: BenchConfig
@@ -343,7 +344,9 @@ def prepare(config: BenchConfig) -> Plan:
         torch.set_num_threads(config.threads)
     all_queries, qrels = read_data(config)
     queries = select_queries(all_queries, config.queries, config.top_k)
-    strategy = SlidingWindow(config.window_size, config.step)
+    readout = make_strategy(
+        config.readout_strategy, window_size=config.window_size, step=config.step
+    )
     template.check_window(config.window_size)
     if config.needs_model:
         calibration, max_prompt_tokens, prompts = calibrate(config, queries, template)
@@ -355,7 +358,7 @@ def prepare(config: BenchConfig) -> Plan:
         queries=queries,
         total_queries=len(all_queries),
         qrels=qrels,
-        windows=sum(len(strategy.windows(len(q.candidates))) for q in queries),
+        windows=sum(readout.max_windows(len(q.candidates)) for q in queries),
         max_prompt_tokens=max_prompt_tokens,
         calibration=calibration,
         throughput=measure_throughput(device, dtype),

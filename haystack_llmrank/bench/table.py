@@ -75,7 +75,7 @@ def results_table(report: BenchReport) -> str:
     bm25 = report.bm25_ndcg_at_10
     lines.append(
         f"{data['queries']} of {data['total_queries']} queries, top {data['top_k']}, "
-        f"{data['windows']} sliding windows; BM25 nDCG@10 "
+        f"{data['windows']} {data['windows_strategy']} windows; BM25 nDCG@10 "
         + ("-" if bm25 is None else f"{bm25:.4f}")
         + f"; matmul {report.floor['matmul_tflops']:.3g} TFLOP/s ({report.floor['dtype']})"
     )
@@ -112,7 +112,8 @@ def plan_text(plan: Plan) -> str:
         f"model {model} on "
         f"{config.device} ({config.dtype}); {len(plan.queries)} of {plan.total_queries} queries, "
         f"top {config.top_k}, window {config.window_size} step {config.step}: "
-        f"{plan.windows} sliding windows; strategies {', '.join(config.ranking_strategies)}"
+        f"{plan.windows} {config.readout_strategy} windows; "
+        f"strategies {', '.join(config.ranking_strategies)}"
     ]
     if calibration is not None:
         lines.append(

@@ -161,6 +161,8 @@ def test_every_row_is_in_the_table_and_the_json(bench_run: tuple[int, str, dict[
     assert report["data"]["queries"] == 2
     assert report["data"]["qids"] == ["q0", "q1"]
     assert report["data"]["windows"] == WINDOWS
+    assert report["data"]["windows_strategy"] == "sliding"
+    assert f"{WINDOWS} sliding windows" in printed
 
 
 RUN_FIELDS: dict[str, type | tuple[type, ...]] = {
@@ -649,6 +651,7 @@ def test_a_model_read_by_its_vote_is_benched_by_its_votes(
     plan = prepare(dataclasses.replace(config, rows=rows, export_dir=tmp_path / "exports"))
     assert plan.template == voted
     assert (plan.config.vote, plan.config.strategies) == (" yes", ("disjoint",))
+    assert plan.windows == 3  # 12 passages dealt into 3 disjoint windows
     assert [v.name for v in plan.config.variants] == [
         "oracle@0 disjoint", "plain disjoint", "torch disjoint", "onnx-fp32 disjoint"
     ]  # fmt: skip
