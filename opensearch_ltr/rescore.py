@@ -163,7 +163,8 @@ def check_engine_counts(spec: RescoreSpec) -> None:
 
 
 def _distinct_values(values: Sequence[float], weight: np.float32) -> list[float]:
-    """``values`` with each positive tie of ``value * weight`` lowered below the one before."""
+    """``values`` with each positive tie of ``value * weight`` lowered below the one before,
+    or level with it where that one is the smallest positive float32 (none is below it)."""
     result = [float(np.float32(v)) for v in values]
     if not weight > 0:
         return result
@@ -173,10 +174,11 @@ def _distinct_values(values: Sequence[float], weight: np.float32) -> list[float]
     with np.errstate(over="ignore", under="ignore"):
         for i in sorted(range(len(values)), key=lambda i: (-terms[i], i)):
             value = np.float32(values[i])
-            while above is not None and value > 0 and value * weight >= above:
-                # Near the value whose term is the float below ``above``, then step by step.
-                below = np.float32(np.nextafter(above, zero) / weight)
-                value = min(np.nextafter(value, zero), below)
+            # the highest term this one may have: the float below ``above``, else ``above``
+            limit = None if above is None else np.nextafter(above, zero) or above
+            while limit is not None and value > 0 and value * weight > limit:
+                # Near the value whose term is ``limit``, then step by step.
+                value = min(np.nextafter(value, zero), np.float32(limit / weight))
             result[i] = float(value)
             above = value * weight
     return result
@@ -192,7 +194,8 @@ def break_ties(
     them by shard and document):
 
     - equal positive terms ``value * rescore_query_weight``: each later one, in first-pass
-      order, is lowered by the fewest float steps that put its term below the one before;
+      order, is lowered by the fewest float steps that put its term below the one before
+      (a term at the smallest positive float32 has none below it: those stay tied);
     - ``query_weight`` 0, which scores every hit past the window 0: it becomes ``2**-k``, the
       largest power of two up to 1 (``k`` at most :data:`MAX_VANISHING_EXPONENT`) at which
       the window's highest first-pass score times ``2**-k`` is below a quarter float step of

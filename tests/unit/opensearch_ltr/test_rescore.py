@@ -8,7 +8,7 @@ from random import Random
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from opensearch_ltr.rescore import (
@@ -365,6 +365,7 @@ def test_a_cluster_orders_a_pure_rerank_as_rescore_does(
 
 
 @given(searches())
+@example(([0.0, 0.0, 0.0], [None, 1.0, 1.0], RescoreSpec(3, 0.0, 1.401298464324817e-45, "total")))
 @settings(max_examples=300, deadline=None)
 def test_break_ties_keeps_the_order_and_separates_positive_terms(
     search: tuple[list[float], list[float | None], RescoreSpec],
@@ -378,7 +379,8 @@ def test_break_ties_keeps_the_order_and_separates_positive_terms(
     by_term = sorted(range(len(values)), key=lambda i: (-terms[i], i))
     assert sorted(range(len(values)), key=lambda i: (-tied_terms[i], i)) == by_term
     positive = [tied_terms[i] for i in by_term if tied_terms[i] > 0]
-    assert all(a > b for a, b in pairwise(positive))
+    smallest = np.nextafter(np.float32(0), np.float32(1))  # no positive term is below it
+    assert all(a > b or a == b == smallest for a, b in pairwise(positive))
     assert all(0 <= t <= v for t, v in zip(tied_values, values, strict=True))
     if np.float32(spec.query_weight) > 0:
         assert tied_spec == spec
