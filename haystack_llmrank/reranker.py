@@ -29,6 +29,7 @@ from haystack_llmrank.scorers.base import (
     LabelScorer,
     PositionScorer,
     preferred_max_batch_tokens,
+    reads_positions,
 )
 from haystack_llmrank.strategies import (
     DEFAULT_STEP,
@@ -114,9 +115,7 @@ class Reranker:
                 f"the scorer's labels {scorer.label_ids.labels} do not match the template's "
                 f"{'vote' if template.vote is not None else 'labels'} {read}"
             )
-        if template.vote is not None and not (
-            isinstance(scorer, PositionScorer) and getattr(scorer, "reads_positions", True)
-        ):
+        if template.vote is not None and not reads_positions(scorer):
             raise ValueError(
                 f"template {template.name!r} reads a vote at each passage line's end, which "
                 f"{type(scorer).__name__} cannot score (it reads the last token only)"

@@ -52,7 +52,12 @@ from haystack_llmrank.errors import LlmRankError
 from haystack_llmrank.labels import LabelIds
 from haystack_llmrank.prompt import Prompt, PromptTemplate
 from haystack_llmrank.reranker import Reranker
-from haystack_llmrank.scorers.base import LabelScorer, PositionScorer, preferred_max_batch_tokens
+from haystack_llmrank.scorers.base import (
+    LabelScorer,
+    PositionScorer,
+    preferred_max_batch_tokens,
+    reads_positions,
+)
 from haystack_llmrank.strategies import Disjoint, SlidingWindow, Strategy, make_strategy
 
 logger = logging.getLogger(__name__)
@@ -253,9 +258,7 @@ class RecordingScorer:
     @property
     def reads_positions(self) -> bool:
         """Whether the inner scorer reads logits at positions (a vote readout needs it)."""
-        return isinstance(self.inner, PositionScorer) and getattr(
-            self.inner, "reads_positions", True
-        )
+        return reads_positions(self.inner)
 
     def score(self, prompts: Sequence[Sequence[int]]) -> npt.NDArray[np.float32]:
         """The inner scorer's logits, remembered per prompt."""

@@ -53,7 +53,7 @@ from haystack_llmrank.model_templates import model_template
 from haystack_llmrank.models import context_length, resolve_model
 from haystack_llmrank.prompt import FIRST_TEMPLATE, Prompt, PromptTemplate
 from haystack_llmrank.scorers.onnx_metadata import Precision
-from haystack_llmrank.strategies import SlidingWindow, make_strategy, readout_strategy
+from haystack_llmrank.strategies import SlidingWindow, make_strategy
 
 logger = logging.getLogger(__name__)
 
@@ -335,9 +335,9 @@ def prepare(config: BenchConfig) -> Plan:
         device=device,
         dtype=dtype,
         rows=config.rows or default_rows(device),
-        strategies=config.strategies or (readout_strategy(template.vote),),
         vote=template.vote,
     )
+    config = replace(config, strategies=config.ranking_strategies)
     if config.threads is not None:
         import torch
 

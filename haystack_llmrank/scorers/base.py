@@ -58,6 +58,13 @@ def check_finite(logits: npt.NDArray[np.float32], remedy: str) -> npt.NDArray[np
     return logits
 
 
+def reads_positions(scorer: LabelScorer) -> bool:
+    """Whether ``scorer`` reads logits at given positions, as a vote readout needs: a
+    :class:`PositionScorer`, unless it says otherwise with a ``reads_positions`` attribute
+    (an ONNX graph exported without the positions input)."""
+    return isinstance(scorer, PositionScorer) and bool(getattr(scorer, "reads_positions", True))
+
+
 def preferred_max_batch_tokens(scorer: LabelScorer) -> int:
     """The padded-token budget per call that suits ``scorer``.
 
