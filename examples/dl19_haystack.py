@@ -36,13 +36,23 @@ def main() -> None:
     parser.add_argument(
         "--timings", type=Path, default=None, help="JSON file for per-query seconds"
     )
+    parser.add_argument(
+        "--order-invariant",
+        action="store_true",
+        help="rank in an order fixed by the passages' texts (FirstListwiseRanker option)",
+    )
     args = parser.parse_args()
 
     with (args.data / "candidates.jsonl").open(encoding="utf-8") as handle:
         queries = [json.loads(line) for line in handle if line.strip()][: args.queries]
 
     pipeline = Pipeline()
-    pipeline.add_component("ranker", FirstListwiseRanker(model=args.model, backend=args.backend))
+    pipeline.add_component(
+        "ranker",
+        FirstListwiseRanker(
+            model=args.model, backend=args.backend, order_invariant=args.order_invariant
+        ),
+    )
     pipeline.warm_up()
 
     seconds: dict[str, float] = {}

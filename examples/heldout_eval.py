@@ -11,7 +11,10 @@ the same queries:
 The reranker sees the candidates in the given order; the run is scored against the same
 qrels whatever the order, so the three figures differ only by position sensitivity.
 ``--both-orders`` ranks with ``Reranker(both_orders=True)``: each window scored as given and
-reversed. ``--strategy`` picks how windows cover the candidates (by default the readout's own), with
+reversed. ``--order-invariant`` ranks with ``Reranker(order_invariant=True)``: each query's
+candidates in an order fixed by their texts, whatever order they come in, so the BM25,
+reversed and shuffled figures are the same. ``--strategy``
+picks how windows cover the candidates (by default the readout's own), with
 ``--window-size`` passages a window (and ``--step`` for the sliding window). ``--fusion-k K``
 also scores the BM25-order ranking fused with that order by reciprocal rank fusion
 (:func:`~haystack_llmrank.fusion.fuse_with_input_order`), from the same forward passes; the
@@ -109,6 +112,11 @@ def main() -> None:
         "--both-orders", action="store_true", help="score each window as given and reversed"
     )
     parser.add_argument(
+        "--order-invariant",
+        action="store_true",
+        help="rank in an order fixed by the candidates' texts (disjoint strategy only)",
+    )
+    parser.add_argument(
         "--strategy", choices=STRATEGIES, default=None, help="default: the readout's own"
     )
     parser.add_argument("--window-size", type=int, default=DEFAULT_WINDOW_SIZE)
@@ -150,6 +158,7 @@ def main() -> None:
         device=args.device,
         dtype=args.dtype,
         both_orders=args.both_orders,
+        order_invariant=args.order_invariant,
         vote=args.vote,
         strategy=args.strategy,
         window_size=args.window_size,
@@ -158,6 +167,7 @@ def main() -> None:
     )
     report["max_passage_words"] = reranker.prompts.max_passage_words
     report["strategy"] = reranker.strategy.name
+    report["order_invariant"] = reranker.order_invariant
     report["vote"] = reranker.prompts.template.vote
     for order in args.orders:
         arranged = [arrange(q, order, args.seed) for q in queries]

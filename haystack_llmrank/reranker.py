@@ -9,6 +9,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from haystack_llmrank.arrangement import (
+    check_order_invariant,
+    content_order,
+    in_input_indices,
+)
 from haystack_llmrank.fusion import check_fusion_k, fuse_with_input_order
 from haystack_llmrank.gpu_policy import OnMissingGpu
 from haystack_llmrank.model_templates import TemplateChoice, model_template
@@ -89,6 +94,13 @@ class Reranker:
     :func:`~haystack_llmrank.fusion.fuse_with_input_order`): scores are then the fused ones.
     It is for input in first-stage order, best first; ``None`` (the default) ranks by the
     model alone.
+
+    ``order_invariant`` ranks each query's passages in an order fixed by their texts
+    (:func:`~haystack_llmrank.arrangement.content_order`) instead of the order given, so
+    the windows, and the ranking, are the same whatever order the passages arrive in; only
+    ``fusion_k`` still reads the input order. Equal scores then keep that content order.
+    It needs the ``disjoint`` strategy, which judges every passage once and ranks them all
+    by their own scores: the other strategies take the input order as the first stage's.
     """
 
     def __init__(
@@ -106,9 +118,11 @@ class Reranker:
         prompts: PromptBuilder | None = None,
         both_orders: bool = False,
         fusion_k: int | None = None,
+        order_invariant: bool = False,
     ) -> None:
         self.strategy: Strategy = strategy or make_strategy(None, vote=template.vote)
         self.fusion_k = check_fusion_k(fusion_k)
+        check_order_invariant(order_invariant, self.strategy.name)
         read = template.labels if template.vote is None else (template.vote,)
         if scorer.label_ids.labels[: len(read)] != read:
             raise ValueError(
@@ -141,6 +155,7 @@ class Reranker:
         self.max_batch_tokens = max_batch_tokens or preferred_max_batch_tokens(scorer)
         self.model_name = model_name
         self.both_orders = both_orders
+        self.order_invariant = order_invariant
 
     @classmethod
     def from_pretrained(
@@ -224,6 +239,7 @@ class Reranker:
             "prompts": self.prompts,
             "both_orders": self.both_orders,
             "fusion_k": self.fusion_k,
+            "order_invariant": self.order_invariant,
         }
         unknown = set(changes) - set(parts)
         if unknown:
@@ -261,6 +277,14 @@ class Reranker:
         """
         for query, passages in requests:
             _check_request(query, passages)
+        arrangements = [
+            content_order(query, passages) if self.order_invariant else None
+            for query, passages in requests
+        ]
+        requests = [
+            (query, passages if order is None else [passages[i] for i in order])
+            for (query, passages), order in zip(requests, arrangements, strict=True)
+        ]
         depths = _per_request(top_k, len(requests))
         runs = [
             QueryRun(self.strategy, len(passages), depth)
@@ -290,7 +314,10 @@ class Reranker:
             ]
 
         run_windows(runs, score, batch_size=self.batch_size, on_window=on_window)
-        rankings = [run.result(count) for run, count in zip(runs, tokens, strict=True)]
+        rankings = [
+            run.result(count) if order is None else in_input_indices(run.result(count), order)
+            for run, count, order in zip(runs, tokens, arrangements, strict=True)
+        ]
         if self.fusion_k is None:
             return rankings
         return [fuse_with_input_order(ranking, self.fusion_k) for ranking in rankings]

@@ -127,6 +127,13 @@ def add_model_options(group: Any, *, batch_size: int) -> None:
         "the same verdict (twice the forward passes)",
     )
     group.add_argument(
+        "--order-invariant",
+        action="store_true",
+        help="rank each query's passages in an order fixed by their texts, so that any "
+        "order of the same candidates ranks alike (the disjoint strategy only, the default "
+        "model's)",
+    )
+    group.add_argument(
         "--vote",
         default=None,
         metavar="TOKEN",
@@ -161,6 +168,7 @@ def check_model_options(args: argparse.Namespace) -> None:
     A window wider than the template's labels, a step wider than the window, or a model
     that is neither local nor reachable fails here in well under a second.
     """
+    from haystack_llmrank.arrangement import check_order_invariant
     from haystack_llmrank.fusion import check_fusion_k
     from haystack_llmrank.models import check_available, resolve_model
     from haystack_llmrank.prompt import FIRST_TEMPLATE
@@ -173,6 +181,7 @@ def check_model_options(args: argparse.Namespace) -> None:
         )
     check_strategy_options(args.strategy, window_size=args.window_size, step=args.step)
     check_fusion_k(args.fusion_k)
+    check_order_invariant(args.order_invariant, args.strategy)
     check_vote(args.vote)
     if args.backend == "torch":
         check_available(resolve_model(args.model))
@@ -209,5 +218,6 @@ def load_reranker(args: argparse.Namespace) -> Any:
         max_passage_words=args.max_passage_words,
         both_orders=args.both_orders,
         fusion_k=args.fusion_k,
+        order_invariant=args.order_invariant,
         vote=args.vote,
     )

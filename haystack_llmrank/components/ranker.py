@@ -12,6 +12,7 @@ from typing import Any
 
 from haystack import Document, component, default_from_dict, default_to_dict
 
+from haystack_llmrank.arrangement import check_order_invariant
 from haystack_llmrank.fusion import check_fusion_k
 from haystack_llmrank.gpu_policy import OnMissingGpu, check_on_missing_gpu
 from haystack_llmrank.models import DEFAULT_MODEL
@@ -90,6 +91,7 @@ class FirstListwiseRanker:
         on_missing_gpu: OnMissingGpu = "raise",
         both_orders: bool = False,
         fusion_k: int | None = None,
+        order_invariant: bool = False,
     ) -> None:
         """Configure the ranker; the model is loaded by :meth:`warm_up`.
 
@@ -132,6 +134,9 @@ class FirstListwiseRanker:
         :param fusion_k: fuse the model's order with the input order (the retriever's, best
             first) by reciprocal rank fusion with this constant (60 is the usual one);
             scores are then the fused ones. ``None``: the model's order alone.
+        :param order_invariant: rank the Documents in an order fixed by their texts instead
+            of the order they come in, so that any order of the same Documents ranks alike
+            (the ``"disjoint"`` strategy only, the default model's).
         """
         if top_k is not None and top_k < 1:
             raise ValueError(f"top_k must be at least 1, got {top_k}")
@@ -140,6 +145,7 @@ class FirstListwiseRanker:
             raise ValueError(f"threads must be positive, got {threads}")
         check_on_missing_gpu(on_missing_gpu)
         check_fusion_k(fusion_k)
+        check_order_invariant(order_invariant, strategy)
         check_vote(vote)
         check_passage_words(max_passage_words)
         self.model = model
@@ -163,6 +169,7 @@ class FirstListwiseRanker:
         self.on_missing_gpu = on_missing_gpu
         self.both_orders = both_orders
         self.fusion_k = fusion_k
+        self.order_invariant = order_invariant
         self._reranker: Reranker | None = None
         self._lock = threading.Lock()
         self._warm_lock = threading.Lock()
@@ -191,6 +198,7 @@ class FirstListwiseRanker:
                     on_missing_gpu=self.on_missing_gpu,
                     both_orders=self.both_orders,
                     fusion_k=self.fusion_k,
+                    order_invariant=self.order_invariant,
                 )
 
     def to_dict(self) -> dict[str, Any]:
@@ -218,6 +226,7 @@ class FirstListwiseRanker:
             embedding_separator=self.embedding_separator,
             both_orders=self.both_orders,
             fusion_k=self.fusion_k,
+            order_invariant=self.order_invariant,
         )
 
     @classmethod

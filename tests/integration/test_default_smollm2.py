@@ -84,3 +84,18 @@ def test_an_unrelated_passage_given_first_of_25_does_not_lead(
     assert len(order) == 25
     assert order[0] == "Berlin is in Germany."
     assert order.index(PASTA) >= 12  # in the bottom half
+
+
+def test_order_invariant_ranks_25_documents_alike_in_any_order(
+    default_ranker: FirstListwiseRanker,
+) -> None:
+    reranker = default_ranker._reranker
+    assert reranker is not None
+    invariant = reranker.replace(order_invariant=True)
+    texts = [PASTA, *PASSAGES, *CAPITALS[1:]]
+    given = invariant.rerank("where is berlin", texts)
+    assert texts[given.order[0]] == "Berlin is in Germany."
+    for shuffled in (texts[::-1], [texts[(7 * i) % 25] for i in range(25)]):
+        other = invariant.rerank("where is berlin", shuffled)
+        assert [shuffled[i] for i in other.order] == [texts[i] for i in given.order]
+        assert other.scores == given.scores

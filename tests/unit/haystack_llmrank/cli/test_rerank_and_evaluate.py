@@ -373,6 +373,11 @@ def test_the_strategy_and_both_orders_reach_the_engine(monkeypatch: pytest.Monke
     load_reranker(model_args("--strategy", "disjoint", "--fusion-k", "60", "--vote", " yes"))
     assert (calls[-1]["strategy"], calls[-1]["fusion_k"]) == ("disjoint", 60)
     assert calls[-1]["vote"] == " yes"
+    assert calls[-1]["order_invariant"] is False
+    load_reranker(model_args("--order-invariant"))
+    assert calls[-1]["order_invariant"] is True
+    with pytest.raises(ValueError, match="order_invariant needs the 'disjoint' strategy"):
+        load_reranker(model_args("--order-invariant", "--strategy", "sliding"))
     with pytest.raises(ValueError, match="visible token"):
         load_reranker(model_args("--vote", " "))
     with pytest.raises(ValueError, match="fusion_k"):

@@ -201,6 +201,7 @@ def test_to_dict_of_the_defaults() -> None:
             "on_missing_gpu": "raise",
             "both_orders": False,
             "fusion_k": None,
+            "order_invariant": False,
         },
     }
 
@@ -215,7 +216,7 @@ def test_to_dict_from_dict_round_trip() -> None:
         score_threshold=0.5,
         window_size=10,
         step=5,
-        strategy="tdpart",
+        strategy="disjoint",
         template="first-numeric",
         vote=" yes",
         max_passage_words=None,
@@ -228,6 +229,7 @@ def test_to_dict_from_dict_round_trip() -> None:
         on_missing_gpu="warn",
         both_orders=True,
         fusion_k=60,
+        order_invariant=True,
     )
     data = component.to_dict()
     assert data == {
@@ -241,7 +243,7 @@ def test_to_dict_from_dict_round_trip() -> None:
             "score_threshold": 0.5,
             "window_size": 10,
             "step": 5,
-            "strategy": "tdpart",
+            "strategy": "disjoint",
             "template": "first-numeric",
             "vote": " yes",
             "max_passage_words": None,
@@ -254,6 +256,7 @@ def test_to_dict_from_dict_round_trip() -> None:
             "on_missing_gpu": "warn",
             "both_orders": True,
             "fusion_k": 60,
+            "order_invariant": True,
         },
     }
     assert FirstListwiseRanker.from_dict(data).to_dict() == data
@@ -270,6 +273,8 @@ def test_bad_window_rejected_at_init() -> None:
         FirstListwiseRanker(strategy="tdpart", window_size=1)
     with pytest.raises(ValueError, match="fusion_k"):
         FirstListwiseRanker(fusion_k=-1)
+    with pytest.raises(ValueError, match="order_invariant needs the 'disjoint' strategy"):
+        FirstListwiseRanker(strategy="tdpart", order_invariant=True)
     with pytest.raises(ValueError, match="visible token"):
         FirstListwiseRanker(vote=" ")
     with pytest.raises(ValueError, match="max_passage_words must be"):
