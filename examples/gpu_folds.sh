@@ -28,8 +28,9 @@
 # BATCH_WINDOWS (listwise windows a forward pass, default 4) let the same script run a short
 # check on a CPU.
 #
-# Into $OUT (default runs/gpu-folds): results.tgz (records, training.json files, logs) and the
-# seed0 models as tar parts of at most 15 MiB (adapter-<recipe>.tar.part-*).
+# Into $OUT (default runs/gpu-folds): results.tgz (records, training.json files, logs) and
+# every split's models as tar parts of at most 15 MiB (adapter-<split>-<recipe>.tar.part-*),
+# so that each can be scored again later under other reading settings.
 cd "$(dirname "$0")/.."
 # shellcheck source=examples/gpu_check.sh
 source examples/gpu_check.sh
@@ -140,10 +141,12 @@ folds() {
         done
     done
     tar -czf "$out/results.tgz" -C "$WORK" records logs
-    for name in vote first; do
-        [[ -d "$WORK/seed0/$name/checkpoint/model" ]] || continue
-        tar -cf - -C "$WORK/seed0/$name/checkpoint" model \
-            | split -b 15m -d -a 1 - "$out/adapter-$name.tar.part-"
+    for split in "${SPLITS[@]}"; do
+        for name in vote first; do
+            [[ -d "$WORK/$split/$name/checkpoint/model" ]] || continue
+            tar -cf - -C "$WORK/$split/$name/checkpoint" model \
+                | split -b 15m -d -a 1 - "$out/adapter-$split-$name.tar.part-"
+        done
     done
     ls -l "$out"
 }
