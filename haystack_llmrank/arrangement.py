@@ -35,10 +35,8 @@ def content_order(query: str, passages: Sequence[str]) -> list[int]:
     query and its passages, differs between queries, and looks random with respect to any
     first-stage order. Identical passages keep their input order among themselves.
     """
-    key = hashlib.blake2b(query.encode(), digest_size=32).digest()
-    digests = [
-        hashlib.blake2b(passage.encode(), digest_size=16, key=key).digest() for passage in passages
-    ]
+    key = hashlib.blake2b(_utf8(query), digest_size=32).digest()
+    digests = [hashlib.blake2b(_utf8(text), digest_size=16, key=key).digest() for text in passages]
     return sorted(range(len(passages)), key=lambda i: digests[i])
 
 
@@ -58,3 +56,8 @@ def in_input_indices(ranking: Ranking, order: Sequence[int]) -> Ranking:
         0,
         ranking.cost,
     )
+
+
+def _utf8(text: str) -> bytes:
+    # surrogatepass: a lone surrogate (from JSON, say) still has bytes to hash
+    return text.encode("utf-8", "surrogatepass")

@@ -49,6 +49,7 @@ def test_content_order_follows_the_texts_not_their_order() -> None:
     assert [shuffled[i] for i in content_order(QUERY, shuffled)] == [TEXTS[i] for i in order]
     assert content_order("where is bonn", TEXTS) != order
     assert content_order(QUERY, []) == []
+    assert sorted(content_order("q \ud800", ["a \udfff", "b"])) == [0, 1]  # lone surrogates
 
 
 def test_identical_passages_keep_their_input_order() -> None:
