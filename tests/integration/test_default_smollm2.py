@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from haystack import Document
 
 from haystack_llmrank import FirstListwiseRanker
 from haystack_llmrank.models import DEFAULT_ADAPTER
+from haystack_llmrank.reranker import Reranker
 from haystack_llmrank.strategies import Disjoint
 
 pytestmark = pytest.mark.integration
@@ -19,6 +22,12 @@ def default_ranker() -> FirstListwiseRanker:
     ranker = FirstListwiseRanker(device="cpu")
     ranker.warm_up()
     return ranker
+
+
+def engine(ranker: FirstListwiseRanker, **changes: Any) -> Reranker:
+    """The warmed-up component's engine with ``changes``."""
+    assert ranker._reranker is not None
+    return ranker._reranker.replace(**changes)
 
 
 def test_the_default_loads_the_packaged_adapter_and_its_template(
@@ -47,9 +56,7 @@ def test_the_readme_example_puts_berlin_first_in_either_order(
 def test_both_orders_gives_the_same_scores_whichever_way_the_documents_come(
     default_ranker: FirstListwiseRanker,
 ) -> None:
-    reranker = default_ranker._reranker
-    assert reranker is not None
-    both = reranker.replace(both_orders=True)
+    both = engine(default_ranker, both_orders=True)
     given = both.rerank("where is berlin", PASSAGES)
     backwards = both.rerank("where is berlin", PASSAGES[::-1])
     assert [PASSAGES[i] for i in given.order] == ["Berlin is in Germany.", "Paris is in France."]
@@ -89,9 +96,7 @@ def test_an_unrelated_passage_given_first_of_25_does_not_lead(
 def test_order_invariant_ranks_25_documents_alike_in_any_order(
     default_ranker: FirstListwiseRanker,
 ) -> None:
-    reranker = default_ranker._reranker
-    assert reranker is not None
-    invariant = reranker.replace(order_invariant=True)
+    invariant = engine(default_ranker, order_invariant=True)
     texts = [PASTA, *PASSAGES, *CAPITALS[1:]]
     given = invariant.rerank("where is berlin", texts)
     assert texts[given.order[0]] == "Berlin is in Germany."
