@@ -21,7 +21,8 @@
 # used to choose. heldout_eval.py then scores each on its split's held-out queries (BM25 and
 # reversed order, EVAL_DEPTH candidates, default 100; fused with BM25 at K=60): the vote
 # models by votes in disjoint windows, the first models by FIRST's readout in sliding windows
-# and by votes. fold_summary.py pools each configuration's three splits.
+# and by votes, as given and with --order-invariant. fold_summary.py pools each
+# configuration's three splits.
 #
 # RECIPES (default "vote first") picks the recipes; FIRST_UPDATES also ends each first run at
 # that update (--stop-after). DEVICE (default cuda), DTYPE (default bfloat16) and
@@ -107,6 +108,10 @@ evaluate_split() {
     wants first && heldout "${common[@]}" --model "$WORK/$split/first/checkpoint/model" \
         --vote ' yes' --strategy disjoint --json "$records/$split-first-votes.json" \
         >"$WORK/logs/$split-eval-first-votes.log" 2>&1 &
+    wants first && heldout "${common[@]}" --model "$WORK/$split/first/checkpoint/model" \
+        --vote ' yes' --strategy disjoint --order-invariant \
+        --json "$records/$split-first-votes-order-invariant.json" \
+        >"$WORK/logs/$split-eval-first-votes-order-invariant.log" 2>&1 &
 }
 
 folds() {
@@ -128,7 +133,7 @@ folds() {
     for split in "${SPLITS[@]}"; do evaluate_split "$split"; done
     wait
     echo "evaluation: $(($(date +%s) - started)) s"
-    for name in vote-votes first-sliding first-votes; do
+    for name in vote-votes first-sliding first-votes first-votes-order-invariant; do
         compgen -G "$WORK/records/*-$name.json" >/dev/null || continue
         "$PYTHON" examples/fold_summary.py "$WORK"/records/*-"$name".json \
             --json "$WORK/records/out-of-fold-$name.json" >/dev/null \
