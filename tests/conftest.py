@@ -12,7 +12,7 @@ import pytest
 import torch
 from support import PROJECT_ROOT, SMOLLM2_TOKENIZER_DIR, make_tiny_llama
 
-from haystack_llmrank.labels import ALPHABETIC_LABELS, resolve_label_ids
+from haystack_llmrank.labels import ALPHABETIC_LABELS, resolve_label_ids, vote_label_ids
 from haystack_llmrank.models import EMBEDDED_BASE, load_tokenizer, resolve_model
 from haystack_llmrank.reranker import Reranker
 from haystack_llmrank.scorers.torch_scorer import TorchLabelScorer
@@ -38,6 +38,13 @@ def tiny_model(smollm2_tokenizer: Any) -> Any:
 def tiny_scorer(tiny_model: Any, smollm2_tokenizer: Any) -> TorchLabelScorer:
     """Torch scorer for the tiny model with alphabetic labels."""
     labels = resolve_label_ids(smollm2_tokenizer, ALPHABETIC_LABELS)
+    return TorchLabelScorer(tiny_model, labels, pad_token_id=smollm2_tokenizer.pad_token_id)
+
+
+@pytest.fixture(scope="session")
+def vote_scorer(tiny_model: Any, smollm2_tokenizer: Any) -> TorchLabelScorer:
+    """Torch scorer for the tiny model that reads the vote ``" yes"``."""
+    labels = vote_label_ids(smollm2_tokenizer, " yes")
     return TorchLabelScorer(tiny_model, labels, pad_token_id=smollm2_tokenizer.pad_token_id)
 
 

@@ -9,7 +9,6 @@ import pytest
 
 from haystack_llmrank.arrangement import content_order, in_input_indices
 from haystack_llmrank.fusion import fuse_with_input_order
-from haystack_llmrank.labels import vote_label_ids
 from haystack_llmrank.prompt import FIRST_TEMPLATE
 from haystack_llmrank.ranking import Ranking
 from haystack_llmrank.reranker import Reranker
@@ -23,12 +22,6 @@ TEXTS = [
     for word in ("one", "two", "six")
     for fact in ("Paris is in France.", "Berlin is in Germany.", "Pasta cooks in water.", "Bonn.")
 ][:11]
-
-
-@pytest.fixture(scope="module")
-def vote_scorer(tiny_model: Any, smollm2_tokenizer: Any) -> TorchLabelScorer:
-    labels = vote_label_ids(smollm2_tokenizer, " yes")
-    return TorchLabelScorer(tiny_model, labels, pad_token_id=smollm2_tokenizer.pad_token_id)
 
 
 def make(scorer: TorchLabelScorer, tokenizer: Any, **options: Any) -> Reranker:

@@ -20,12 +20,6 @@ QUERY = "where is berlin"
 PASSAGES = ["Paris is in France.", "Berlin is in Germany.", "Pasta cooks in water.", "Bonn too."]
 
 
-@pytest.fixture(scope="module")
-def vote_scorer(tiny_model: Any, smollm2_tokenizer: Any) -> TorchLabelScorer:
-    labels = vote_label_ids(smollm2_tokenizer, " yes")
-    return TorchLabelScorer(tiny_model, labels, pad_token_id=smollm2_tokenizer.pad_token_id)
-
-
 def test_the_vote_is_kept_with_the_template_and_checked() -> None:
     assert PromptTemplate.from_dict(VOTED.to_dict()) == VOTED
     assert VOTED.vote == " yes"

@@ -36,12 +36,6 @@ def vote_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> 
     return export_onnx(str(tiny_model_dir), tmp_path_factory.mktemp("vote") / "out", template=VOTED)
 
 
-@pytest.fixture(scope="module")
-def torch_votes(tiny_model: Any, smollm2_tokenizer: Any) -> TorchLabelScorer:
-    labels = vote_label_ids(smollm2_tokenizer, " yes")
-    return TorchLabelScorer(tiny_model, labels, pad_token_id=smollm2_tokenizer.pad_token_id)
-
-
 def test_the_graph_takes_positions_and_the_metadata_records_the_vote(vote_dir: Path) -> None:
     graph = onnx.load(str(vote_dir / "model.onnx"), load_external_data=False)
     assert [i.name for i in graph.graph.input] == ["input_ids", "attention_mask", "positions"]
@@ -52,7 +46,7 @@ def test_the_graph_takes_positions_and_the_metadata_records_the_vote(vote_dir: P
 
 
 def test_votes_match_torch_at_the_line_ends_of_a_padded_batch(
-    vote_dir: Path, torch_votes: TorchLabelScorer, smollm2_tokenizer: Any
+    vote_dir: Path, vote_scorer: TorchLabelScorer, smollm2_tokenizer: Any
 ) -> None:
     scorer = load_export(vote_dir, labels=(" yes",), device="cpu").scorer
     assert isinstance(scorer, PositionScorer)
@@ -63,10 +57,10 @@ def test_votes_match_torch_at_the_line_ends_of_a_padded_batch(
     at = [p.score_positions for p in prompts]
     got = scorer.score_at(ids, at)
     assert got.shape == (2, 5, 1)
-    np.testing.assert_allclose(got, torch_votes.score_at(ids, at), rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(got, vote_scorer.score_at(ids, at), rtol=1e-3, atol=1e-3)
     last = scorer.score(ids)
     assert last.shape == (2, 1)
-    np.testing.assert_allclose(last, torch_votes.score(ids), rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(last, vote_scorer.score(ids), rtol=1e-3, atol=1e-3)
     with pytest.raises(ValueError, match="outside a prompt"):
         scorer.score_at([ids[1]], [[len(ids[1])]])
 
@@ -85,20 +79,20 @@ def test_the_onnx_reranker_orders_by_votes_as_torch_does(
 
 
 def test_an_int8_vote_export_keeps_its_positions(
-    tmp_path: Path, tiny_model_dir: Path, torch_votes: TorchLabelScorer, smollm2_tokenizer: Any
+    tmp_path: Path, tiny_model_dir: Path, vote_scorer: TorchLabelScorer, smollm2_tokenizer: Any
 ) -> None:
     folder = export_onnx(str(tiny_model_dir), tmp_path / "int8", template=VOTED, precision="int8")
     scorer = load_export(folder, labels=(" yes",), device="cpu").scorer
     prompt = PromptBuilder(smollm2_tokenizer, VOTED, max_prompt_tokens=4096).build(QUERY, PASSAGES)
     got = scorer.score_at([prompt.token_ids], [prompt.score_positions])
-    expected = torch_votes.score_at([prompt.token_ids], [prompt.score_positions])
+    expected = vote_scorer.score_at([prompt.token_ids], [prompt.score_positions])
     assert got.shape == expected.shape
     assert np.isfinite(got).all()
 
 
 @pytest.mark.slow
 def test_an_fp16_vote_export_keeps_its_head_in_float32_and_the_order_of_clear_votes(
-    tmp_path: Path, tiny_model_dir: Path, torch_votes: TorchLabelScorer, smollm2_tokenizer: Any
+    tmp_path: Path, tiny_model_dir: Path, vote_scorer: TorchLabelScorer, smollm2_tokenizer: Any
 ) -> None:
     folder = export_onnx(str(tiny_model_dir), tmp_path / "fp16", template=VOTED, precision="fp16")
     graph = onnx.load(str(folder / "model.onnx"))
@@ -114,7 +108,7 @@ def test_an_fp16_vote_export_keeps_its_head_in_float32_and_the_order_of_clear_vo
     prompts = [builder.build(QUERY, PASSAGES * 3), builder.build(QUERY, PASSAGES[:2])]
     ids = [p.token_ids for p in prompts]
     at = [p.score_positions for p in prompts]
-    got, expected = scorer.score_at(ids, at), torch_votes.score_at(ids, at)
+    got, expected = scorer.score_at(ids, at), vote_scorer.score_at(ids, at)
     assert got.shape == expected.shape == (2, 15, 1)
     assert got.dtype == np.float32
     real = [(row, column) for row, p in enumerate(at) for column in range(len(p))]
