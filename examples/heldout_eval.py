@@ -8,17 +8,18 @@ the same queries:
         --split runs/train-smollm2/split.json --teacher runs/dl19-minilm.run \
         --json runs/heldout-trained.json
 
-The reranker sees the candidates in the given order; the run is scored against the same
-qrels whatever the order, so the three figures differ only by position sensitivity.
-``--both-orders`` ranks with ``Reranker(both_orders=True)``: each window scored as given and
-reversed. ``--order-invariant`` ranks with ``Reranker(order_invariant=True)``: each query's
-candidates in an order fixed by their texts, whatever order they come in, so the BM25,
-reversed and shuffled figures are the same. ``--strategy``
-picks how windows cover the candidates (by default the readout's own), with
-``--window-size`` passages a window (and ``--step`` for the sliding window). ``--fusion-k K``
-also scores the BM25-order ranking fused with that order by reciprocal rank fusion
-(:func:`~haystack_llmrank.fusion.fuse_with_input_order`), from the same forward passes; the
-reversed and shuffled orders are not the first stage's, so they are not fused.
+The reranker sees the candidates in the given order (unless ``--order-invariant``); the run
+is scored against the same qrels whatever the order, so the three figures differ only by
+position sensitivity. ``--both-orders`` ranks with ``Reranker(both_orders=True)``: each
+window scored as given and reversed. ``--order-invariant`` ranks with
+``Reranker(order_invariant=True)``: each query's candidates in an order fixed by their
+texts, whatever order they come in, so the BM25, reversed and shuffled figures are the
+same. ``--strategy`` picks how windows cover the candidates (by default the readout's
+own), with ``--window-size`` passages a window (and ``--step`` for the sliding window).
+``--fusion-k K`` also scores the BM25-order ranking fused with that order by reciprocal
+rank fusion (:func:`~haystack_llmrank.fusion.fuse_with_input_order`), from the same
+forward passes; the reversed and shuffled orders are not the first stage's, so they are
+not fused.
 """
 
 from __future__ import annotations
