@@ -406,12 +406,18 @@ class PromptBuilder:
         spans = _line_spans(self.template, prompt.text, count, start)
         return [(token_of(first) if first >= 0 else -1, token_of(last)) for first, last in spans]
 
+    def instruction_tokens(self, query: str, count: int) -> int:
+        """Tokens of a window of ``count`` empty passages for ``query``: what no cut of the
+        passages can shorten (a template that restates the query per passage grows with
+        ``count``)."""
+        return len(self._encode(self.render(query, [""] * count)))
+
     def _fit(self, query: str, texts: list[str], full_length: int) -> Prompt:
-        bare = self._encode(self.render(query, [""] * len(texts)))
-        budget = self.max_prompt_tokens - len(bare)
+        bare = self.instruction_tokens(query, len(texts))
+        budget = self.max_prompt_tokens - bare
         if budget < 0:
             raise PromptTooLongError(
-                f"the instruction and query alone take {len(bare)} tokens, over the budget of "
+                f"the instruction and query alone take {bare} tokens, over the budget of "
                 f"{self.max_prompt_tokens}; shorten the query or raise max_prompt_tokens"
             )
         encoded = [

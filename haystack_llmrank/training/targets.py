@@ -160,16 +160,21 @@ class WindowSampling:
         """Windows per draw: 2 when ``mirrored``, else 1."""
         return 2 if self.mirrored else 1
 
-    def sample_group(self, query: TrainingQuery, rng: np.random.Generator) -> list[TrainingWindow]:
+    def sample_group(
+        self, query: TrainingQuery, rng: np.random.Generator, largest: int | None = None
+    ) -> list[TrainingWindow]:
         """One drawn window of ``query``, followed by its reverse when ``mirrored``."""
-        window = self.sample(query, rng)
+        window = self.sample(query, rng, largest)
         return [window, window.reversed()] if self.mirrored else [window]
 
-    def sample(self, query: TrainingQuery, rng: np.random.Generator) -> TrainingWindow:
-        """Draw one window of ``query``."""
+    def sample(
+        self, query: TrainingQuery, rng: np.random.Generator, largest: int | None = None
+    ) -> TrainingWindow:
+        """Draw one window of ``query``, of at most ``largest`` passages where given (the
+        size is drawn as without it, then capped, so other queries' draws do not change)."""
         available = min(self.pool, len(query.texts))
         size = int(rng.integers(self.min_size, self.max_size + 1))
-        size = min(size, available)
+        size = min(size, available, largest or available)
         if rng.random() < self.contiguous:
             start = int(rng.integers(0, available - size + 1))
             members = list(range(start, start + size))

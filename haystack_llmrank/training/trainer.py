@@ -7,7 +7,7 @@ import logging
 import math
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -195,13 +195,14 @@ class FirstTrainer:
         """
         if not train:
             raise ValueError("no training queries")
+        caps = self._window_caps(train)
         if validation is not None and self.step == 0 and self.best is None:
             self._record_validation(self.validate(validation))
         started = time.monotonic()
         budget = math.inf if self.config.max_minutes is None else 60 * self.config.max_minutes
         last = False
         while not last and self.step < self.config.last_step:
-            report = self._update(train)
+            report = self._update(train, caps)
             self.step += 1
             entry = asdict(report)
             out_of_time = time.monotonic() - started >= budget
@@ -223,13 +224,55 @@ class FirstTrainer:
         self._write_record(record)
         return record
 
-    def _update(self, train: Sequence[TrainingQuery]) -> StepReport:
+    def _window_caps(self, train: Sequence[TrainingQuery]) -> dict[str, int]:
+        """The largest window of each query whose prompt, with every passage empty, exceeds
+        ``max_prompt_tokens`` at the sampler's largest size (a template that restates the
+        query per passage, a long query): such queries are drawn in windows only as large
+        as fit, with a warning. A query that cannot fit ``min_size`` passages is refused
+        before any update, rather than stopping the run at the update that first draws it.
+        """
+        if self.config.objective != "first":
+            return {}
+        sampling = self.config.sampling
+        limit = self.config.max_prompt_tokens
+        caps: dict[str, int] = {}
+        refused: list[str] = []
+        tokens = self.encoder.prompts.instruction_tokens
+        for query in train:
+            largest = min(sampling.max_size, sampling.pool, len(query.texts))
+            smallest = min(sampling.min_size, largest)
+            count = largest
+            while count >= smallest and tokens(query.query, count) > limit:
+                count -= 1
+            if count < smallest:
+                refused.append(query.qid)
+            elif count < largest:
+                caps[query.qid] = count
+        if refused:
+            raise ValueError(
+                f"{len(refused)} training queries do not fit max_prompt_tokens={limit} in "
+                f"windows of min_size={sampling.min_size} even with every passage empty: "
+                f"{_listed(refused)}; shorten or leave out those queries, lower min_size or "
+                "raise max_prompt_tokens"
+            )
+        if caps:
+            logger.warning(
+                "%d training queries are too long for windows of %d within "
+                "max_prompt_tokens=%d; they are drawn in windows of at most: %s",
+                len(caps),
+                sampling.max_size,
+                limit,
+                _listed([f"{qid} ({count})" for qid, count in caps.items()]),
+            )
+        return caps
+
+    def _update(self, train: Sequence[TrainingQuery], caps: Mapping[str, int]) -> StepReport:
         started = time.perf_counter()
         accumulation = self.config.grad_accumulation
         windows: list[TrainingWindow] = []
         while len(windows) < accumulation:
             query = train[int(self.rng.integers(len(train)))]
-            windows.extend(self.config.sampling.sample_group(query, self.rng))
+            windows.extend(self.config.sampling.sample_group(query, self.rng, caps.get(query.qid)))
         pointwise = self.config.objective == "pointwise"
         backward = self._pointwise_backward if pointwise else self._first_backward
         totals, tokens = backward(windows)
@@ -512,3 +555,9 @@ class FirstTrainer:
         self.history = list(meta["history"])
         logger.info("resumed from %s at step %d", folder, self.step)
         return True
+
+
+def _listed(items: Sequence[str], shown: int = 10) -> str:
+    """The first ``shown`` of ``items``, comma-separated, and how many more."""
+    text = ", ".join(items[:shown])
+    return text + (f" and {len(items) - shown} more" if len(items) > shown else "")

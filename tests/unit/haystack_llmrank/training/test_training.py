@@ -942,3 +942,59 @@ def test_training_from_an_adapter_names_its_base_and_init_adapter(
     error = capsys.readouterr().err
     assert f"--model {tiny_model_dir}" in error
     assert f"--init-adapter {adapter.resolve()}" in error
+
+
+def long_query_setup(
+    tokenizer: Any, tmp_path: Path, window_limit: int
+) -> tuple[Any, list[TrainingQuery], int]:
+    """A trainer whose budget fits ``window_limit`` but not 6 empty passages of a long
+    query, in a template that restates the query per passage, and its training queries."""
+    judge = PromptTemplate.from_dict(
+        {**FIRST_TEMPLATE.to_dict(), "name": "judge", "passage": "[{label}] {query}: {text}\n"}
+    )
+    long_query = QueryCandidates("long", " ".join(["flea"] * 60), toy_query().candidates)
+    queries = training_queries([toy_query(), long_query], qrels={**TOY_QRELS, "long": {"d1": 1}})
+    builder = PromptBuilder(tokenizer, judge, max_prompt_tokens=4096)
+    limit = builder.instruction_tokens(long_query.query, window_limit)
+    assert builder.instruction_tokens(long_query.query, window_limit + 1) > limit
+    assert builder.instruction_tokens(toy_query().query, 6) < limit
+    model = make_tiny_llama(len(tokenizer), seed=4)
+    config = small_config(steps=6, eval_every=100, max_prompt_tokens=limit)
+    trainer = FirstTrainer(
+        model, tokenizer, config, base_model="x", output_dir=tmp_path, template=judge
+    )
+    return trainer, queries, limit
+
+
+def test_a_query_too_long_for_the_largest_windows_is_drawn_in_windows_that_fit(
+    smollm2_tokenizer: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    trainer, queries, _ = long_query_setup(smollm2_tokenizer, tmp_path, window_limit=4)
+    drawn: list[TrainingWindow] = []
+    backward = trainer._first_backward
+
+    def recorded(windows: Any) -> Any:
+        drawn.extend(windows)
+        return backward(windows)
+
+    trainer._first_backward = recorded  # type: ignore[method-assign]
+    with caplog.at_level("WARNING", logger="haystack_llmrank.training.trainer"):
+        trainer.fit(queries)
+    assert "1 training queries are too long for windows of 6" in caplog.text
+    assert "long (4)" in caplog.text
+    sizes = {q: {len(w.passages) for w in drawn if w.qid == q} for q in ("q1", "long")}
+    assert sizes["long"]
+    assert max(sizes["long"]) <= 4
+    assert max(sizes["q1"]) > 4  # the other query keeps its larger windows
+
+
+def test_training_refuses_a_query_too_long_for_its_smallest_windows_before_any_update(
+    smollm2_tokenizer: Any, tmp_path: Path
+) -> None:
+    trainer, queries, limit = long_query_setup(smollm2_tokenizer, tmp_path, window_limit=2)
+    with pytest.raises(
+        ValueError, match=rf"1 training queries do not fit max_prompt_tokens={limit} .*: long;"
+    ):
+        trainer.fit(queries)
+    assert trainer.step == 0
+    assert not (tmp_path / "checkpoint").exists()
