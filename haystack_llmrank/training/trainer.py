@@ -252,8 +252,8 @@ class FirstTrainer:
             raise ValueError(
                 f"{len(refused)} training queries do not fit max_prompt_tokens={limit} in "
                 f"windows of min_size={sampling.min_size} even with every passage empty: "
-                f"{_listed(refused)}; shorten or leave out those queries, lower min_size or "
-                "raise max_prompt_tokens"
+                f"{_listed(refused)}; shorten or leave out those queries, lower min_size "
+                "(--min-window) or raise max_prompt_tokens (--max-prompt-tokens)"
             )
         if caps:
             logger.warning(
