@@ -1,4 +1,14 @@
-"""Exceptions raised by the llmrank engine."""
+"""Exceptions raised by the llmrank engine, and how their messages list what they name."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def listed(items: Sequence[str], shown: int) -> str:
+    """The first ``shown`` of ``items``, comma-separated, and how many more."""
+    text = ", ".join(items[:shown])
+    return text + (f" and {len(items) - shown} more" if len(items) > shown else "")
 
 
 class LlmRankError(Exception):

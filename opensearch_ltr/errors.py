@@ -7,7 +7,7 @@ every other error is always raised.
 
 from __future__ import annotations
 
-from haystack_llmrank.errors import LlmRankError
+from haystack_llmrank.errors import LlmRankError, listed
 
 
 class RescoreError(LlmRankError):
@@ -42,10 +42,9 @@ class MissingTextError(RerankError):
     """Hits in the window have none of the text fields (with ``missing_text="raise"``)."""
 
     def __init__(self, hits: list[tuple[str, str]], fields: list[str]) -> None:
-        shown = ", ".join(f"{index}/{doc_id}" for index, doc_id in hits[:5])
-        more = f" and {len(hits) - 5} more" if len(hits) > 5 else ""
+        shown = listed([f"{index}/{doc_id}" for index, doc_id in hits], 5)
         super().__init__(
-            f"{len(hits)} hits have none of the fields {fields} in _source: {shown}{more} "
+            f"{len(hits)} hits have none of the fields {fields} in _source: {shown} "
             "(is _source filtered? missing_text='empty' ranks them on their title or nothing)"
         )
         self.hits = hits

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from haystack_llmrank.cli.options import positive_float, positive_int, template_option
+from haystack_llmrank.errors import listed
 
 logger = logging.getLogger(__name__)
 
@@ -380,9 +381,8 @@ def run_train(args: argparse.Namespace) -> int:
     unjudged = [q for q in held_ids if qrels is not None and not qrels.get(q)]
     if unjudged:
         raise ValueError(
-            f"held-out queries without qrels: {', '.join(unjudged[:5])}"
-            + (f" and {len(unjudged) - 5} more" if len(unjudged) > 5 else "")
-            + "; validation needs judged queries: give their qrels, or put them on the "
+            f"held-out queries without qrels: {listed(unjudged, 5)}"
+            "; validation needs judged queries: give their qrels, or put them on the "
             "training side with --split"
         )
     if held_ids:

@@ -160,6 +160,11 @@ class WindowSampling:
         """Windows per draw: 2 when ``mirrored``, else 1."""
         return 2 if self.mirrored else 1
 
+    def size_range(self, query: TrainingQuery) -> tuple[int, int]:
+        """The fewest and the most passages a window :meth:`sample` draws of ``query`` has."""
+        available = min(self.pool, len(query.texts))
+        return min(self.min_size, available), min(self.max_size, available)
+
     def sample_group(
         self, query: TrainingQuery, rng: np.random.Generator, largest: int | None = None
     ) -> list[TrainingWindow]:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from haystack_llmrank.data import Qrels, QueryCandidates
+from haystack_llmrank.errors import listed
 from haystack_llmrank.labels import readout_label_ids, resolve_label_ids
 from haystack_llmrank.model_templates import recorded_template
 from haystack_llmrank.prompt import FIRST_TEMPLATE, PromptBuilder, PromptTemplate
@@ -239,8 +240,7 @@ class FirstTrainer:
         refused: list[str] = []
         tokens = self.encoder.prompts.instruction_tokens
         for query in train:
-            largest = min(sampling.max_size, sampling.pool, len(query.texts))
-            smallest = min(sampling.min_size, largest)
+            smallest, largest = sampling.size_range(query)
             count = largest
             while count >= smallest and tokens(query.query, count) > limit:
                 count -= 1
@@ -252,7 +252,7 @@ class FirstTrainer:
             raise ValueError(
                 f"{len(refused)} training queries do not fit max_prompt_tokens={limit} in "
                 f"windows of min_size={sampling.min_size} even with every passage empty: "
-                f"{_listed(refused)}; shorten or leave out those queries, lower min_size "
+                f"{listed(refused, 10)}; shorten or leave out those queries, lower min_size "
                 "(--min-window) or raise max_prompt_tokens (--max-prompt-tokens)"
             )
         if caps:
@@ -262,7 +262,7 @@ class FirstTrainer:
                 len(caps),
                 sampling.max_size,
                 limit,
-                _listed([f"{qid} ({count})" for qid, count in caps.items()]),
+                listed([f"{qid} ({count})" for qid, count in caps.items()], 10),
             )
         return caps
 
@@ -555,9 +555,3 @@ class FirstTrainer:
         self.history = list(meta["history"])
         logger.info("resumed from %s at step %d", folder, self.step)
         return True
-
-
-def _listed(items: Sequence[str], shown: int = 10) -> str:
-    """The first ``shown`` of ``items``, comma-separated, and how many more."""
-    text = ", ".join(items[:shown])
-    return text + (f" and {len(items) - shown} more" if len(items) > shown else "")
