@@ -2,9 +2,11 @@
 
 A passage is the title (if ``title_field`` is set and present) followed by every present text
 field, in ``text_fields`` order, joined by ``separator``. Fields are ``_source`` paths;
-``"a.b"`` reads ``{"a": {"b": ...}}`` when there is no literal ``"a.b"`` key. A field is
-present when it holds a non-blank string or a list with non-blank strings (joined by
-``separator``); other values count as absent. The engine collapses whitespace, so the
+``"a.b"`` reads ``{"a": {"b": ...}}`` when there is no literal ``"a.b"`` key and, as
+OpenSearch resolves a path, every ``b`` of a list of objects ``{"a": [{"b": ...}, ...]}`` (a
+``nested`` or object-array field), in order. A field is present when it holds a non-blank
+string or a list with non-blank strings (joined by ``separator``); other values count as
+absent. The engine collapses whitespace, so the
 separator only matters as a word boundary.
 """
 
@@ -17,18 +19,26 @@ from typing import Any
 DEFAULT_SEPARATOR = "\n"
 
 
-def _lookup(source: Any, path: str) -> Any:
+def _lookup(source: Any, path: str) -> list[Any]:
+    """The values at ``path`` in ``source``, lists flattened, in document order."""
+    if isinstance(source, list):
+        return [value for item in source for value in _lookup(item, path)]
     if not isinstance(source, Mapping):
-        return None
+        return []
     if path in source:
-        return source[path]
+        return _leaves(source[path])
     head, dot, rest = path.partition(".")
-    return _lookup(source.get(head), rest) if dot else None
+    return _lookup(source.get(head), rest) if dot else []
 
 
-def _strings(value: Any) -> list[str]:
-    items = value if isinstance(value, list) else [value]
-    return [item for item in items if isinstance(item, str) and item.strip()]
+def _leaves(value: Any) -> list[Any]:
+    if not isinstance(value, list):
+        return [value]
+    return [leaf for item in value for leaf in _leaves(item)]
+
+
+def _strings(values: list[Any]) -> list[str]:
+    return [item for item in values if isinstance(item, str) and item.strip()]
 
 
 @dataclass(frozen=True)

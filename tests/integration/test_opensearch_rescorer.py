@@ -374,6 +374,30 @@ def test_hit_without_text_field(
     assert "title-only" in opened["llmrank"]["reason"]
 
 
+def test_text_of_a_nested_field(
+    opensearch_client: OpenSearch, tiny_engine: RecordingEngine
+) -> None:
+    index = "llmrank-nested"
+    opensearch_client.indices.create(
+        index=index,
+        body={"mappings": {"properties": {"paragraphs": {"type": "nested"}}}},
+    )
+    docs = {
+        "two": [{"text": "cats purr"}, {"text": "when they are content"}],
+        "one": [{"text": "a cat sleeps sixteen hours a day, cats do"}],
+    }
+    for docid, paragraphs in docs.items():
+        body = {"title": "cats", "paragraphs": paragraphs}
+        opensearch_client.index(index=index, id=docid, body=body, refresh=True)
+    response = LlmRescorer(opensearch_client, tiny_engine, text_fields=["paragraphs.text"]).search(
+        index, {"query": {"match": {"title": "cats"}}}
+    )
+    assert sorted(ids(response)) == sorted(docs)
+    assert sorted(tiny_engine.calls[-1][1]) == sorted(
+        ["cats purr\nwhen they are content", "a cat sleeps sixteen hours a day, cats do"]
+    )
+
+
 @pytest.fixture
 def small_server(
     disposable_server: OsmemServer,

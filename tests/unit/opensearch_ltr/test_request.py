@@ -208,6 +208,26 @@ def test_passages_join_title_and_present_fields() -> None:
     assert fields.texts(dotted) == ["literal key wins"]
 
 
+def test_passages_read_dotted_paths_through_lists_of_objects() -> None:
+    # A nested or object-array field: OpenSearch resolves "paragraphs.text" over every element.
+    fields = PassageFields(("paragraphs.text", "tags"), title_field="meta.title", separator=" ")
+    hit = {
+        "_source": {
+            "meta": [{"title": "Paris"}, {"lang": "en"}],
+            "paragraphs": [
+                {"text": "Paris is in France."},
+                {"text": ["It is big.", ["It is old."]]},
+                {"note": "no text here"},
+                "a bare string is not an object",
+            ],
+            "tags": [["city"], "capital"],
+        }
+    }
+    assert fields.texts(hit) == ["Paris is in France. It is big. It is old.", "city capital"]
+    assert fields.passage(hit) == "Paris Paris is in France. It is big. It is old. city capital"
+    assert fields.texts({"_source": {"paragraphs": [{"note": "x"}]}}) == []
+
+
 def test_passages_with_missing_text() -> None:
     fields = PassageFields(("text",), title_field="title")
     assert fields.texts({"_source": {"title": "Only a title", "text": 42}}) == []
