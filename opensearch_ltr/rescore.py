@@ -37,6 +37,8 @@ from typing import Literal, TypeVar, get_args
 
 import numpy as np
 
+from opensearch_ltr.errors import RescoreRequestError
+
 ScoreMode = Literal["total", "multiply", "avg", "max", "min"]
 SCORE_MODES: tuple[str, ...] = get_args(ScoreMode)
 DEFAULT_WINDOW_SIZE = 10
@@ -197,14 +199,20 @@ def break_ties(
       order, is lowered by the fewest float steps that put its term below the one before
       (a term at the smallest positive float32 has none below it: those stay tied);
     - ``query_weight`` 0, which scores every hit past the window 0: it becomes ``2**-k``, the
-      largest power of two up to 1 (``k`` at most :data:`MAX_VANISHING_EXPONENT`) at which
-      the window's highest first-pass score times ``2**-k`` is below a quarter float step of
-      every nonzero term. Window hits with a nonzero term keep their ``query_weight`` 0
-      scores; hits past the window score ``first_pass * 2**-k``: in first-pass order and
-      below every positive term.
+      largest power of two up to 1 at which the window's highest first-pass score times
+      ``2**-k`` is below a quarter float step of every nonzero term. Window hits with a
+      nonzero term keep their ``query_weight`` 0 scores; hits past the window score
+      ``first_pass * 2**-k``: in first-pass order and below every positive term. Under
+      ``avg``, which halves a window hit's ``first_pass * 2**-k`` but not a past hit's, a
+      window value of 0 is raised to the least value whose term is the highest first-pass
+      score times ``2**-k``, so that it stays above every hit past the window (and below
+      every positive term).
 
     Values of 0 cannot be lowered: with ``min`` or ``multiply``, window hits of value 0 (the
     bottom of a ``minmax`` window) all score 0, and a cluster may list them in another order.
+
+    :raises RescoreRequestError: ``query_weight`` is 0 and first-pass scores are so large that
+        ``k`` would exceed :data:`MAX_VANISHING_EXPONENT`.
     """
     if len(first_pass) != len(values):
         raise ValueError(f"{len(first_pass)} first-pass scores but {len(values)} values")
@@ -218,8 +226,26 @@ def break_ties(
     if highest > 0 and any(terms):
         top = math.frexp(highest)[1]  # every first-pass score is below 2**top
         step = min(math.frexp(float(np.spacing(t)))[1] - 1 for t in terms if t)  # 2**step
-        exponent = min(max(top - step + 2, 0), MAX_VANISHING_EXPONENT)
-    return replace(spec, query_weight=2.0**-exponent), distinct
+        exponent = max(top - step + 2, 0)
+        if exponent > MAX_VANISHING_EXPONENT:
+            raise RescoreRequestError(
+                f"query_weight 0 cannot keep first-pass scores up to {highest:g} below the "
+                "engine's values; set query_weight > 0"
+            )
+    vanishing = replace(spec, query_weight=2.0**-exponent)
+    if spec.score_mode == "avg" and highest > 0 and weight > 0:
+        distinct = _raise_zeros(distinct, np.float32(highest) * np.float32(2.0**-exponent), weight)
+    return vanishing, distinct
+
+
+def _raise_zeros(values: Sequence[float], floor: np.float32, weight: np.float32) -> list[float]:
+    """``values`` with each 0 raised to the least float32 whose term ``value * weight`` is at
+    least ``floor``."""
+    with np.errstate(over="ignore", under="ignore"):
+        least = np.float32(floor / weight)
+        while least * weight < floor:
+            least = np.nextafter(least, np.float32(np.inf))
+    return [float(least) if value == 0 else value for value in values]
 
 
 def check_page(from_: int, size: int) -> None:

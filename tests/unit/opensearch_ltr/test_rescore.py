@@ -11,6 +11,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from opensearch_ltr.errors import RescoreRequestError
 from opensearch_ltr.rescore import (
     MAX_VANISHING_EXPONENT,
     SCORE_MODES,
@@ -179,6 +180,27 @@ def test_query_weight_zero_keeps_the_window_and_orders_the_rest_by_first_pass() 
     assert [h.score for h in ranked][2:] == [3.0 * weight, 2.0 * weight, 1.0 * weight]
 
 
+@pytest.mark.parametrize("weight", [1.0, 0.3, 3.0])
+def test_avg_with_query_weight_zero_keeps_a_zero_valued_window_hit_above_the_rest(
+    weight: float,
+) -> None:
+    # The bottom of a minmax window has value 0; avg halves its first-pass term, not the
+    # terms of hits past the window, which would all pass it.
+    spec = RescoreSpec(
+        window_size=3, query_weight=0.0, rescore_query_weight=weight, score_mode="avg"
+    )
+    first = [10.0, 9.9, 9.8, 9.7, 9.6]
+    values = [1.0, 0.5, 0.0]
+    exact = [h.position for h in rescore(first, values, spec)]
+    assert exact == [0, 1, 2, 3, 4]
+    tied_spec, tied_values = break_ties(spec, first[:3], values)
+    assert tied_values[:2] == values[:2]
+    assert 0 < tied_values[2] * weight < 0.5 * weight
+    ranked = rescore(first, tied_values, tied_spec)
+    assert [h.position for h in ranked] == exact
+    assert all(h.score > 0 for h in ranked)
+
+
 def test_break_ties_lowers_equal_terms_by_float_steps_in_first_pass_order() -> None:
     spec = RescoreSpec(window_size=4, query_weight=0.5, rescore_query_weight=1.3, score_mode="min")
     values = [0.5, 0.25, 0.5, 0.5]
@@ -198,9 +220,16 @@ def test_break_ties_lowers_equal_terms_by_float_steps_in_first_pass_order() -> N
 
 def test_vanishing_weight_is_bounded() -> None:
     spec = RescoreSpec(window_size=2, query_weight=0.0)
-    assert (
-        break_ties(spec, [1e30, 1.0], [1e-30, 0.0])[0].query_weight == 2.0**-MAX_VANISHING_EXPONENT
-    )
+    large = break_ties(spec, [2.0**70, 1.0], [0.0, 1 / 3])[0]
+    assert 2.0**-MAX_VANISHING_EXPONENT <= large.query_weight < 2.0**-90
+    assert [h.position for h in rescore([2.0**70, 1.0], [0.0, 1 / 3], large)] == [1, 0]
+    # Scores too large for 2**-100 to take them below the engine's values: not silently
+    # ranked by the first pass, refused.
+    with pytest.raises(RescoreRequestError, match="set query_weight > 0"):
+        break_ties(spec, [1e30, 1.0], [1e-30, 0.0])
+    with pytest.raises(RescoreRequestError, match="query_weight 0"):
+        break_ties(spec, [3e30, 2e30], [1 / 3, 2 / 3])
+    assert MAX_VANISHING_EXPONENT == 100
     assert break_ties(spec, [1e-30, 1e-31], [1.0, 0.5])[0].query_weight == 1.0
     assert break_ties(spec, [0.0, 0.0], [1.0, 0.5])[0].query_weight == 1.0
 
@@ -334,7 +363,7 @@ def pure_reranks(draw: st.DrawFn) -> tuple[list[float], list[float], RescoreSpec
         window_size=draw(st.integers(1, 12)),
         query_weight=0.0,
         rescore_query_weight=draw(st.floats(2**-7, 4.0, width=32)),
-        score_mode=draw(st.sampled_from(["total", "max"])),
+        score_mode=draw(st.sampled_from(["total", "max", "avg"])),
     )
     first = sorted(draw(st.lists(first_pass_scores, max_size=30)))[::-1]
     window = min(spec.window_size, len(first))
@@ -354,12 +383,11 @@ def test_a_cluster_orders_a_pure_rerank_as_rescore_does(
     tied_spec, tied_values = break_ties(spec, first[:window], values)
     ranked = rescore(first, tied_values, tied_spec)
     assert cluster_order(ranked, cluster_keys(first, shuffle)) == [h.position for h in ranked]
-    positive = [h for h in ranked if h.in_window and h.second_score]
+    positive = [h for h in ranked if h.in_window and values[h.position]]
     assert [h.position for h in ranked[: len(positive)]] == [h.position for h in positive]
     for hit in positive:
-        assert hit.score == RescoreSpec(window, 0.0, spec.rescore_query_weight).combine(
-            hit.first_pass_score, hit.second_score
-        )
+        exact = RescoreSpec(window, 0.0, spec.rescore_query_weight, spec.score_mode)
+        assert hit.score == exact.combine(hit.first_pass_score, hit.second_score)
     rest = [h.position for h in ranked[len(positive) :]]
     assert rest == sorted(rest)
 
@@ -372,16 +400,25 @@ def test_break_ties_keeps_the_order_and_separates_positive_terms(
 ) -> None:
     first, second, spec = search
     values = [0.0 if v is None else v for v in second]
-    tied_spec, tied_values = break_ties(spec, first[: len(values)], values)
     weight = np.float32(spec.rescore_query_weight)
     terms = [np.float32(v) * weight for v in values]
+    try:
+        tied_spec, tied_values = break_ties(spec, first[: len(values)], values)
+    except RescoreRequestError:
+        # Refused only where query_weight 0 would need 2**-k below 2**-100: first-pass
+        # scores over 2**60 times the smallest positive term.
+        assert np.float32(spec.query_weight) == 0
+        assert max(first) > 2.0**60 * min(float(t) for t in terms if t > 0)
+        return
     tied_terms = [np.float32(v) * weight for v in tied_values]
     by_term = sorted(range(len(values)), key=lambda i: (-terms[i], i))
     assert sorted(range(len(values)), key=lambda i: (-tied_terms[i], i)) == by_term
-    positive = [tied_terms[i] for i in by_term if tied_terms[i] > 0]
+    positive = [tied_terms[i] for i in by_term if terms[i] > 0]
     smallest = np.nextafter(np.float32(0), np.float32(1))  # no positive term is below it
     assert all(a > b or a == b == smallest for a, b in pairwise(positive))
-    assert all(0 <= t <= v for t, v in zip(tied_values, values, strict=True))
+    raised = np.float32(spec.query_weight) == 0 and spec.score_mode == "avg"
+    for tied, value in zip(tied_values, values, strict=True):
+        assert 0 <= tied <= value or (raised and value == 0 < tied)
     if np.float32(spec.query_weight) > 0:
         assert tied_spec == spec
     else:
