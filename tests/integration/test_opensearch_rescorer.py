@@ -166,7 +166,7 @@ PAGES = ((0, 10), (0, 35), (5, 10), (12, 9), (30, 10))
 MODES = [
     (mode, transform, weight)
     for mode, transform in [(mode, "rank") for mode in SCORE_MODES]
-    + [("total", "minmax"), ("max", "minmax"), ("multiply", "minmax")]
+    + [("total", "minmax"), ("avg", "minmax"), ("max", "minmax"), ("multiply", "minmax")]
     for weight in (0.0, 0.7)
     if weight or mode not in ("min", "multiply")  # refused: every hit would score 0
 ]
