@@ -63,24 +63,37 @@ def recorded_template(model: str | None) -> PromptTemplate | None:
     return None
 
 
-def model_template(template: TemplateChoice, model: str | None) -> PromptTemplate:
-    """``template`` when given, else the one recorded with ``model``, else FIRST's.
+def model_template(
+    template: TemplateChoice, model: str | None, *, vote: str | None = None
+) -> PromptTemplate:
+    """``template`` when given, else the one recorded with ``model``, else FIRST's; read by
+    ``vote`` where given (see :meth:`~haystack_llmrank.prompt.PromptTemplate.with_vote`).
 
-    A given template that differs from the recorded one is used, with a warning: the model
-    was trained on other prompts. A given template that records no passage length takes
-    the recorded one's (:attr:`~haystack_llmrank.prompt.PromptTemplate.max_passage_words`).
+    A given template (or vote) that differs from the recorded one is used, with a warning:
+    the model was trained on other prompts or another readout. A given template that
+    records no passage length takes the recorded one's
+    (:attr:`~haystack_llmrank.prompt.PromptTemplate.max_passage_words`).
     """
     recorded = recorded_template(model)
-    if template is None:
-        return recorded or FIRST_TEMPLATE
-    chosen = get_template(template)
+    chosen = (recorded or FIRST_TEMPLATE) if template is None else get_template(template)
+    if vote is not None:
+        chosen = chosen.with_vote(vote)
     if recorded is not None and chosen.max_passage_words is None:
         chosen = replace(chosen, max_passage_words=recorded.max_passage_words)
     if recorded is not None and recorded != chosen:
+        readouts = recorded.vote != chosen.vote
         logger.warning(
-            "%s was trained with template %r; ranking with %r as asked",
+            "%s was trained with template %s; ranking with %s as asked",
             model,
-            recorded.name,
-            chosen.name,
+            _described(recorded, readouts),
+            _described(chosen, readouts),
         )
     return chosen
+
+
+def _described(template: PromptTemplate, readout: bool) -> str:
+    """``template``'s name for a message, and with ``readout``, how it is read."""
+    if not readout:
+        return repr(template.name)
+    how = "its labels" if template.vote is None else f"the vote {template.vote!r}"
+    return f"{template.name!r} read by {how}"

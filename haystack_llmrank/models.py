@@ -10,6 +10,7 @@ import os
 import shutil
 import socket
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,39 +64,74 @@ def resolve_model(model: str | None = None, *, gguf_file: str | None = None) -> 
 
     ``None`` or ``"default"``: the embedded SmolLM2 with the adapter in
     :data:`DEFAULT_ADAPTER`. ``"smollm2-135m-instruct"``: the embedded SmolLM2 alone.
-    A path to a ``.gguf`` file: that file. A folder with ``adapter_config.json`` (what
-    ``llmrank train`` writes): its base model, resolved the same way, plus the adapter.
-    Anything else is a Hugging Face id or folder, optionally with ``gguf_file`` inside it.
+    A path ending in ``.gguf`` (in any case): that file. A folder with
+    ``adapter_config.json`` (what ``llmrank train`` writes): its base model, resolved the
+    same way, plus the adapter. Anything else is a Hugging Face id or folder, optionally
+    with ``gguf_file`` inside it; an empty reference is refused.
     """
     if model is None or model == DEFAULT_MODEL:
         return adapted(DEFAULT_ADAPTER)
+    if model.strip() == "":
+        raise ModelResolutionError("empty model reference")
     if model == EMBEDDED_BASE:
         return embedded_base()
     path = Path(model).expanduser()
     if (path / ADAPTER_CONFIG).is_file():
         return adapted(path)
-    if path.suffix == ".gguf":
+    if path.suffix.lower() == ".gguf":
         if not path.is_file():
             raise ModelResolutionError(f"GGUF file not found: {path}")
         return ModelSource(str(path.parent.resolve()), path.name)
-    if model.strip() == "":
-        raise ModelResolutionError("empty model reference")
     return ModelSource(str(path) if path.exists() else model, gguf_file)
 
 
 def adapted(folder: Path) -> ModelSource:
     """The base model an adapter folder names, with the adapter attached."""
-    try:
-        config = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelResolutionError(f"cannot read the adapter in {folder}: {exc}") from exc
-    base = config.get("base_model_name_or_path")
-    if not isinstance(base, str) or not base:
-        raise ModelResolutionError(f"{folder / ADAPTER_CONFIG} names no base model")
+    base = recorded_base(folder)
     source = resolve_model(base)
     if source.adapter is not None:
         raise ModelResolutionError(f"{folder}: its base {base!r} is itself an adapter")
     return ModelSource(source.location, source.gguf_file, str(folder.resolve()))
+
+
+def recorded_base(folder: Path) -> str:
+    """The base model reference that the ``adapter_config.json`` in ``folder`` records."""
+    try:
+        config = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelResolutionError(f"cannot read the adapter in {folder}: {exc}") from exc
+    base = config.get("base_model_name_or_path") if isinstance(config, dict) else None
+    if not isinstance(base, str) or not base:
+        raise ModelResolutionError(f"{folder / ADAPTER_CONFIG} names no base model")
+    return base
+
+
+def load_adapter_weights(model: Any, weights: Mapping[str, Any]) -> None:
+    """Set the adapter weights of the peft ``model`` to ``weights`` (a saved adapter's
+    tensors), or raise ``ValueError`` unless these hold each of them, in its shape, and
+    nothing else."""
+    from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+
+    expected = get_peft_model_state_dict(model, save_embedding_layers=False)
+    missing = sorted(expected.keys() - weights.keys())
+    unexpected = sorted(weights.keys() - expected.keys())
+    reshaped = [
+        f"{name} is {tuple(weights[name].shape)} saved, {tuple(expected[name].shape)} here"
+        for name in sorted(expected.keys() & weights.keys())
+        if tuple(weights[name].shape) != tuple(expected[name].shape)
+    ]
+    problems = [
+        f"{len(found)} {what}, such as {found[0]}"
+        for what, found in (
+            ("adapter weights of the model missing", missing),
+            ("weights the model has no place for", unexpected),
+            ("weights of another shape", reshaped),
+        )
+        if found
+    ]
+    if problems:
+        raise ValueError("; ".join(problems))
+    set_peft_model_state_dict(model, weights)
 
 
 def _cache_root() -> Path:
@@ -224,20 +260,36 @@ def load_causal_lm(
             if dtype is not None:
                 model = model.to(dtype)
     if source.adapter is not None:
-        model = _merge_adapter(model, source.adapter)
+        model = _merge_adapter(model, source)
     return model.to(device).eval()
 
 
-def _merge_adapter(model: Any, folder: str) -> Any:
-    """Apply a peft adapter and fold it into the weights, so scoring runs a plain model."""
+def _merge_adapter(model: Any, source: ModelSource) -> Any:
+    """Apply the peft adapter of ``source`` to ``model`` (its base) and fold it into the
+    weights, so scoring runs a plain model.
+
+    The adapter must fit the model exactly (:func:`load_adapter_weights`): one trained on
+    another base is refused, never partly applied.
+    """
+    assert source.adapter is not None
+    folder = source.adapter
     try:
-        from peft import PeftModel
+        from peft import PeftConfig, PeftModel
+        from peft.utils import load_peft_weights
     except ImportError as exc:  # pragma: no cover - peft is a core dependency
         raise ModelResolutionError(f"loading the adapter in {folder} needs peft: {exc}") from exc
     try:
-        return PeftModel.from_pretrained(model, folder).merge_and_unload()
-    except (OSError, ValueError, KeyError) as exc:
-        raise ModelResolutionError(f"cannot apply the adapter in {folder}: {exc}") from exc
+        config = PeftConfig.from_pretrained(folder)
+        config.inference_mode = True
+        wrapped = PeftModel(model, config)
+        load_adapter_weights(wrapped, load_peft_weights(folder, device="cpu"))
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        base = ModelSource(source.location, source.gguf_file).name
+        raise ModelResolutionError(
+            f"cannot apply the adapter in {folder} (its recorded base model: "
+            f"{recorded_base(Path(folder))!r}) to {base}: {exc}"
+        ) from exc
+    return wrapped.merge_and_unload()
 
 
 def _write_cache(model: Any, tokenizer: Any, target: Path) -> None:

@@ -67,9 +67,7 @@ def export_onnx(
     if exporter not in EXPORTERS:
         raise ValueError(f"unknown exporter {exporter!r}; choose one of {EXPORTERS}")
     _require_export_tools(precision, exporter)
-    chosen = model_template(template, model)
-    if vote is not None:
-        chosen = chosen.with_vote(vote)
+    chosen = model_template(template, model, vote=vote)
     target = Path(out_dir).expanduser().resolve()
     _check_target(target, overwrite=overwrite)
     source = resolve_model(model)

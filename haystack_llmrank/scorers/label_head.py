@@ -6,11 +6,42 @@ exactly the same thing.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 
 from haystack_llmrank.labels import LabelIds
+
+
+def logit_scales(config: Any) -> dict[str, float]:
+    """The factors by which the forward of ``config``'s model multiplies its LM head's
+    output (before any softcap), keyed by the config field each comes from; factors of 1
+    are left out.
+
+    Cohere multiplies by ``logit_scale``, Falcon-H1 by ``lm_head_multiplier`` and
+    HyperCLOVAX by ``logits_scaling``; Granite and MiniCPM3 divide by ``logits_scaling``.
+    MPT records a ``logit_scale`` that its forward does not apply.
+    """
+    kind = getattr(config, "model_type", None)
+    scaling = _number(config, "logits_scaling")
+    factors = {
+        "logit_scale": 1.0 if kind == "mpt" else _number(config, "logit_scale"),
+        "lm_head_multiplier": _number(config, "lm_head_multiplier"),
+        "logits_scaling": scaling if kind == "hyperclovax" else 1.0 / scaling,
+    }
+    return {name: factor for name, factor in factors.items() if factor != 1.0}
+
+
+def final_softcap(config: Any) -> float | None:
+    """The ``final_logit_softcapping`` the forward of ``config``'s model applies, if any."""
+    softcap = getattr(config, "final_logit_softcapping", None)
+    return float(softcap) if softcap else None
+
+
+def _number(config: Any, name: str) -> float:
+    value = getattr(config, name, None)
+    return 1.0 if value is None else float(value)
 
 
 class LabelLogitsModel(torch.nn.Module):
@@ -19,7 +50,8 @@ class LabelLogitsModel(torch.nn.Module):
 
     Runs the decoder body, gathers the hidden state at each prompt's last real token (or at
     ``positions``) and multiplies it by the label rows of the LM head only, in float32
-    whatever the model's dtype. The rows are laid out as
+    whatever the model's dtype, then applies the model's own logit scale
+    (:func:`logit_scales`) and softcap. The rows are laid out as
     ``[K * width]`` (each label's ids, padded by repeating its first id), so the per-label
     maximum is one reshape and one reduction.
     """
@@ -43,8 +75,8 @@ class LabelLogitsModel(torch.nn.Module):
         self.register_buffer(
             "head_bias", None if bias is None else bias.detach().index_select(0, rows).clone()
         )
-        softcap = getattr(model.config, "final_logit_softcapping", None)
-        self.softcap = float(softcap) if softcap else None
+        self.scale = math.prod(logit_scales(model.config).values())
+        self.softcap = final_softcap(model.config)
 
     def forward(
         self,
@@ -73,6 +105,8 @@ class LabelLogitsModel(torch.nn.Module):
             final, weight = final.float(), weight.float()
             bias = None if bias is None else bias.float()
         logits = torch.nn.functional.linear(final, weight, bias)
+        if self.scale != 1.0:
+            logits = logits * self.scale
         if self.softcap is not None:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits.view(*logits.shape[:-1], self.labels, -1).amax(dim=-1)

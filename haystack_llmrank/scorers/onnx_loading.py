@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from haystack_llmrank.errors import ModelResolutionError
+from haystack_llmrank.errors import LabelResolutionError, ModelResolutionError
 from haystack_llmrank.gpu_policy import OnMissingGpu
+from haystack_llmrank.labels import readout_label_ids
 from haystack_llmrank.scorers.onnx_metadata import (
     GRAPH_FILE,
     ExportMetadata,
@@ -44,7 +45,8 @@ def load_export(
 
     Refuses (:class:`~haystack_llmrank.errors.ModelResolutionError`) a folder that is not an
     export, is of another format version, whose graph does not match its recorded hash
-    (checked unless ``verify_hashes`` is false), or, when ``labels`` are given, that scores
+    (checked unless ``verify_hashes`` is false), whose tokenizer does not give the recorded
+    labels (or vote) the ids the graph scores, or, when ``labels`` are given, that scores
     other labels; also a graph that this onnxruntime cannot load when it is older than the
     one that exported it, naming both versions. The other arguments, and the metadata, go
     to :class:`OnnxLabelScorer`.
@@ -82,6 +84,7 @@ def load_export(
             f"its graph {'takes' if scorer.reads_positions else 'lacks'} the positions input; "
             "export the model again"
         )
+    _check_tokenizer(path, tokenizer, metadata)
     return LoadedExport(tokenizer, scorer, metadata)
 
 
@@ -109,6 +112,29 @@ def _onnxruntime_errors() -> tuple[type[Exception], ...]:
 
     names = ("Fail", "InvalidArgument", "InvalidGraph", "InvalidProtobuf", "NotImplemented")
     return tuple(getattr(state, name) for name in names if hasattr(state, name))
+
+
+def _check_tokenizer(folder: Path, tokenizer: Any, metadata: ExportMetadata) -> None:
+    """Raise :class:`ModelResolutionError` unless ``tokenizer`` gives the recorded labels (or
+    vote) the ids that the graph scores, as it did at export."""
+    recorded = metadata.label_ids
+    try:
+        found = readout_label_ids(tokenizer, recorded.labels, metadata.template.get("vote"))
+    except LabelResolutionError as exc:
+        problem = str(exc)
+    else:
+        if found == recorded:
+            return
+        label, theirs, ours = next(
+            (label, list(theirs), list(ours))
+            for label, theirs, ours in zip(recorded.labels, found.ids, recorded.ids, strict=True)
+            if theirs != ours
+        )
+        problem = f"it gives {label!r} the ids {theirs}, the graph scores {ours}"
+    raise ModelResolutionError(
+        f"the tokenizer in {folder} does not encode the labels the graph scores ({problem}); "
+        "export again"
+    )
 
 
 def _load_tokenizer(folder: Path) -> Any:

@@ -162,12 +162,20 @@ def _check_hashes(folder: Path, recorded: dict[str, str]) -> None:
 
 
 def check_labels(metadata: ExportMetadata, labels: Sequence[str]) -> None:
-    """Raise :class:`ModelResolutionError` unless the export scores exactly ``labels``."""
+    """Raise :class:`ModelResolutionError` unless the export scores exactly ``labels`` (for
+    an export that reads a vote, that one token)."""
     exported = metadata.label_ids.labels
-    if tuple(labels) != exported:
-        name = metadata.template.get("name", "?")
-        raise ModelResolutionError(
-            f"this export scores the labels {list(exported)} of template {name!r}, not the "
-            f"requested {list(labels)}; load it with template={name!r} (or that template's "
-            "dict) or export again with the template you want"
-        )
+    if tuple(labels) == exported:
+        return
+    name = metadata.template.get("name", "?")
+    vote = metadata.template.get("vote")
+    if vote is None:
+        reads = f"scores the labels {list(exported)} of template {name!r}, without a vote"
+        advice = "template=None (the template it records) and no vote"
+    else:
+        reads = f"reads template {name!r} by the vote {vote!r}"
+        advice = f"template=None (the template it records) or vote={vote!r}"
+    raise ModelResolutionError(
+        f"this export {reads}, not the requested {list(labels)}; load it with {advice}, "
+        "or export again with the template you want"
+    )

@@ -82,33 +82,50 @@ def make_trainable(model: Any, lora: LoraSettings | None, *, gradient_checkpoint
     )
     wrapped = get_peft_model(model, config)
     if lora.init_from is not None:
-        _load_adapter_weights(wrapped, Path(lora.init_from))
+        _load_adapter_weights(wrapped, config, Path(lora.init_from))
     return wrapped.train()
 
 
-def _load_adapter_weights(model: Any, folder: Path) -> None:
-    """Set ``model``'s LoRA weights to those saved in ``folder``; every one must be there."""
-    from peft.utils import set_peft_model_state_dict
+_SHAPING_FIELDS = (
+    "r",
+    "lora_alpha",
+    "use_rslora",
+    "target_modules",
+    "rank_pattern",
+    "alpha_pattern",
+)
+"""The LoRA settings that shape or scale an adapter's output, so a saved one must share them."""
+
+
+def _load_adapter_weights(model: Any, config: Any, folder: Path) -> None:
+    """Set ``model``'s LoRA weights to those saved in ``folder``: the saved adapter's
+    :data:`_SHAPING_FIELDS` must equal ``config``'s, and it must hold every weight."""
+    from peft import LoraConfig
     from safetensors.torch import load_file
+
+    from haystack_llmrank.models import load_adapter_weights
 
     file = folder / "adapter_model.safetensors"
     if not file.is_file():
         raise ValueError(f"{folder} holds no adapter_model.safetensors to start from")
-    weights = load_file(str(file))
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    unfit = f"the adapter in {folder} does not fit these LoRA settings"
+    saved = LoraConfig.from_pretrained(str(folder))
+    differing = [
+        f"{name} is {_shown(getattr(saved, name))} saved, {_shown(getattr(config, name))} given"
+        for name in _SHAPING_FIELDS
+        if getattr(saved, name) != getattr(config, name)
+    ]
+    if differing:
+        raise ValueError(f"{unfit}: {'; '.join(differing)}")
     try:
-        result: Any = set_peft_model_state_dict(model, weights)
-    except RuntimeError as exc:  # shape mismatch: another rank or base model
-        raise ValueError(
-            f"the adapter in {folder} does not fit these LoRA settings: {exc}"
-        ) from exc
-    missing = sorted(trainable & set(result.missing_keys))
-    unexpected = sorted(result.unexpected_keys)
-    if missing or unexpected:
-        raise ValueError(
-            f"the adapter in {folder} does not fit these LoRA settings: {len(missing)} "
-            f"adapted weights missing {missing[:1]}, {len(unexpected)} unexpected {unexpected[:1]}"
-        )
+        load_adapter_weights(model, load_file(str(file)))
+    except ValueError as exc:
+        raise ValueError(f"{unfit}: {exc}") from exc
+
+
+def _shown(value: Any) -> Any:
+    """``value`` as an error message shows it: a set sorted into a list."""
+    return sorted(value) if isinstance(value, set | frozenset) else value
 
 
 def _top_layers(model: Any, top: int | None) -> list[int] | None:
@@ -130,16 +147,22 @@ def causal_lm(model: Any) -> Any:
 def plain_output_head(lm: Any) -> Any:
     """``lm``'s output projection, refusing models whose forward rescales the logits.
 
-    Training applies the head to chosen hidden states itself, so a softcap or
-    logit scale applied inside the model's forward would be skipped.
+    Training applies the head to chosen hidden states itself, so a softcap or logit
+    scale (:func:`~haystack_llmrank.scorers.label_head.logit_scales`) applied inside the
+    model's forward would be skipped.
     """
+    from haystack_llmrank.scorers.label_head import final_softcap, logit_scales
+
     config = lm.config
-    for name in ("final_logit_softcapping", "logit_scale"):
-        if getattr(config, name, None) not in (None, 1, 1.0):
-            raise ValueError(
-                f"training reads logits from the output head directly, and this model's "
-                f"forward also applies {name}={getattr(config, name)}; it is not supported"
-            )
+    rescaled = list(logit_scales(config))
+    if final_softcap(config) is not None:
+        rescaled.append("final_logit_softcapping")
+    if rescaled:
+        applied = ", ".join(f"{name}={getattr(config, name)}" for name in rescaled)
+        raise ValueError(
+            f"training reads logits from the output head directly, and this model's "
+            f"forward also applies {applied}; it is not supported"
+        )
     head = lm.get_output_embeddings()
     if head is None:
         raise ValueError(f"{type(lm).__name__} has no output head to read label logits from")

@@ -1,13 +1,16 @@
-"""``model="default"``: the embedded SmolLM2 with the FIRST adapter packaged here."""
+"""Resolving model references: ``model="default"`` (the embedded SmolLM2 with the FIRST
+adapter packaged here), the untrained base, GGUF paths and empty references."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from safetensors import safe_open
 
 import haystack_llmrank.models as models
+from haystack_llmrank.errors import ModelResolutionError
 from haystack_llmrank.model_templates import recorded_template
 from haystack_llmrank.models import (
     DEFAULT_ADAPTER,
@@ -46,6 +49,25 @@ def test_the_default_is_the_embedded_base_with_the_packaged_adapter(
 
 def test_the_untrained_base_keeps_its_name(embedded: ModelSource) -> None:
     assert resolve_model(EMBEDDED_BASE) == embedded
+
+
+def test_a_gguf_path_is_a_gguf_file_whatever_the_case_of_its_suffix(tmp_path: Path) -> None:
+    (tmp_path / "Model.Q4.GGUF").write_bytes(b"GGUF")
+    source = resolve_model(str(tmp_path / "Model.Q4.GGUF"))
+    assert source == ModelSource(str(tmp_path.resolve()), "Model.Q4.GGUF")
+    with pytest.raises(ModelResolutionError, match="GGUF file not found"):
+        resolve_model(str(tmp_path / "missing.Gguf"))
+
+
+def test_an_empty_reference_is_refused_even_in_an_adapter_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = {"base_model_name_or_path": "some-org/some-model"}
+    (tmp_path / "adapter_config.json").write_text(json.dumps(config), encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    for empty in ("", "  "):
+        with pytest.raises(ModelResolutionError, match="empty model reference"):
+            resolve_model(empty)
 
 
 def test_the_packaged_adapter_names_the_untrained_base_and_fits_the_budget() -> None:

@@ -70,6 +70,24 @@ def test_a_named_template_wins_with_a_warning(
     assert "trained with template 'first-echo'; ranking with 'first'" in caplog.text
 
 
+def test_the_warning_names_the_readout_where_the_votes_differ(
+    echo_model_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    voted = FIRST_TEMPLATE.with_vote(" yes")
+    write_template(echo_model_dir, voted)
+    with caplog.at_level(logging.WARNING, logger="haystack_llmrank.model_templates"):
+        assert model_template("first", str(echo_model_dir)) == FIRST_TEMPLATE
+    assert (
+        "trained with template 'first' read by the vote ' yes'; ranking with 'first' read by "
+        "its labels as asked" in caplog.text
+    )
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="haystack_llmrank.model_templates"):
+        assert model_template("first", str(echo_model_dir), vote=" yes") == voted
+        assert model_template(None, str(echo_model_dir), vote=" yes") == voted
+    assert not caplog.text
+
+
 def test_a_recorded_passage_length_is_read_and_kept_by_a_named_template(
     echo_model_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -27,7 +27,7 @@ from haystack_llmrank.export.attention import (
     AttentionFusionError,
     fused_attention_in,
 )
-from haystack_llmrank.export.graph import choose_attention
+from haystack_llmrank.export.graph import choose_attention, export_graph
 from haystack_llmrank.export.precision import QUANTIZER_MODULE as QUANTIZER
 from haystack_llmrank.export.precision import (
     convert_precision,
@@ -274,6 +274,21 @@ def test_refuses_unrecorded_external_data(fp32_copy: Path) -> None:
         load_export(fp32_copy, device="cpu")
 
 
+def test_refuses_a_tokenizer_that_gives_the_labels_other_ids(fp32_copy: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(fp32_copy)
+    tokenizer.add_tokens([" A"])  # one more id that decodes to the label A
+    tokenizer.save_pretrained(fp32_copy)
+    refused = (
+        rf"the tokenizer in {re.escape(str(fp32_copy))} does not encode the labels the graph "
+        r"scores \(it gives 'A' the ids \[49, 330, 49152\], the graph scores \[49, 330\]\); "
+        "export again"
+    )
+    with pytest.raises(ModelResolutionError, match=refused):
+        load_export(fp32_copy, device="cpu")
+
+
 def test_refuses_labels_of_another_template(fp32_dir: Path) -> None:
     with pytest.raises(ModelResolutionError, match="template 'first'"):
         Reranker.from_pretrained(
@@ -424,6 +439,35 @@ def tiny_mistral_head(label_ids: LabelIds, **config: Any) -> LabelLogitsModel:
     }
     model = MistralForCausalLM(MistralConfig(vocab_size=50000, **{**shape, **config}))
     return LabelLogitsModel(model.eval(), label_ids)
+
+
+def test_the_graph_divides_granites_logits_as_its_forward_does(tmp_path: Path) -> None:
+    from transformers import GraniteConfig, GraniteForCausalLM
+
+    torch.manual_seed(0)
+    config = GraniteConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        logits_scaling=8.0,
+    )
+    model = GraniteForCausalLM(config).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(50)
+    labels = LabelIds(("A", "B", "C"), ((10, 20), (11,), (12, 30)))
+    path = tmp_path / "model.onnx"
+    export_graph(LabelLogitsModel(model, labels), path, pad_id=0, opset=18, exporter="torchscript")
+    ids, mask = pad_right([[5, 6, 7, 8, 9], [3, 4]], 0)
+    session = ort.InferenceSession(str(path), providers=[CPU_PROVIDER])
+    got = session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+    with torch.no_grad():
+        logits = model(torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).logits
+    last = logits[[0, 1], [4, 1]]
+    expected = [[float(row[list(group)].max()) for group in labels.ids] for row in last]
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_attention_that_cannot_be_fused_falls_back_or_raises(

@@ -123,6 +123,40 @@ def test_an_fp16_vote_export_keeps_its_head_in_float32_and_the_order_of_clear_vo
     )
 
 
+def test_loading_with_the_labels_names_the_vote_the_export_reads(vote_dir: Path) -> None:
+    refused = (
+        "this export reads template 'first' by the vote ' yes', not the requested ['A', "
+        "'B', 'C', 'D', 'E', 'F', 'G', 'H', 'I', 'J', 'K', 'L', 'M', 'N', 'O', 'P', 'Q', "
+        "'R', 'S', 'T', 'U', 'V', 'W', 'X', 'Y', 'Z']; load it with template=None (the "
+        "template it records) or vote=' yes', or export again with the template you want"
+    )
+    with pytest.raises(ModelResolutionError) as raised:
+        Reranker.from_pretrained(str(vote_dir), backend="onnx", device="cpu", template="first")
+    assert str(raised.value) == refused
+    for advised in ({"template": None}, {"template": "first", "vote": " yes"}):
+        loaded = Reranker.from_pretrained(str(vote_dir), backend="onnx", device="cpu", **advised)
+        assert loaded.prompts.template.vote == " yes"
+
+
+def test_a_tokenizer_that_encodes_the_vote_otherwise_is_refused(
+    vote_dir: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    copy = Path(shutil.copytree(vote_dir, tmp_path / "copy"))
+    tokenizer = AutoTokenizer.from_pretrained(copy)
+    tokenizer.add_tokens([" yes"])  # " yes" is now one new token
+    tokenizer.save_pretrained(copy)
+    with pytest.raises(ModelResolutionError) as raised:
+        load_export(copy, device="cpu")
+    assert str(raised.value) == (
+        f"the tokenizer in {copy} does not encode the labels the graph scores (it gives "
+        "' yes' the ids [49152], the graph scores [9805]); export again"
+    )
+
+
 def test_the_export_command_sets_a_vote_on_the_recorded_template(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
@@ -141,6 +175,14 @@ def test_a_last_token_export_cannot_read_votes(
     folder = export_onnx(str(tiny_model_dir), tmp_path / "first", attention="plain")
     first = load_export(folder, device="cpu").scorer
     assert not first.reads_positions
+    with pytest.raises(ModelResolutionError) as refused:
+        load_export(folder, labels=(" yes",), device="cpu")
+    assert str(refused.value).startswith(
+        "this export scores the labels ['A', 'B', 'C', 'D', 'E', 'F', 'G', 'H', 'I', 'J', "
+        "'K', 'L', 'M', 'N', 'O', 'P', 'Q', 'R', 'S', 'T', 'U', 'V', 'W', 'X', 'Y', 'Z'] of "
+        "template 'first', without a vote, not the requested [' yes']; load it with "
+        "template=None (the template it records) and no vote, or export again"
+    )
     with pytest.raises(ValueError, match="last token only"):
         first.score_at([[1, 2, 3]], [[1]])
     votes = vote_label_ids(smollm2_tokenizer, " yes")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -21,7 +22,7 @@ from haystack_llmrank.backends import (
 from haystack_llmrank.errors import ModelResolutionError, NonFiniteLogitsError
 from haystack_llmrank.labels import ALPHABETIC_LABELS, LabelIds, resolve_label_ids
 from haystack_llmrank.models import ModelSource
-from haystack_llmrank.scorers.label_head import LabelLogitsModel
+from haystack_llmrank.scorers.label_head import LabelLogitsModel, logit_scales
 from haystack_llmrank.scorers.padding import pad_inputs, pad_right
 from haystack_llmrank.scorers.torch_scorer import TorchLabelScorer
 
@@ -90,6 +91,52 @@ def test_label_logit_is_max_over_variants(tiny_model: Any, smollm2_tokenizer: An
     expected = torch.maximum(logits[bare], logits[spaced]).numpy()
     np.testing.assert_allclose(scorer.score([ids])[0], expected, rtol=1e-5, atol=1e-4)
     assert (logits[spaced] > logits[bare]).any(), "the test needs some spaced variant to win"
+
+
+def tiny_scaled_model(kind: str) -> Any:
+    """A one-layer random model whose forward scales its logits: Cohere multiplies them by
+    ``logit_scale``, Granite divides them by ``logits_scaling``."""
+    import transformers
+
+    shape: dict[str, Any] = {
+        "vocab_size": 64,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "pad_token_id": 0,
+    }
+    scale = {"Cohere": {"logit_scale": 0.25}, "Granite": {"logits_scaling": 8.0}}[kind]
+    config = getattr(transformers, f"{kind}Config")(**shape, **scale)
+    torch.manual_seed(0)
+    model = getattr(transformers, f"{kind}ForCausalLM")(config).eval()
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(50)
+    return model
+
+
+@pytest.mark.parametrize("kind", ["Cohere", "Granite"])
+def test_label_logits_carry_the_models_own_logit_scale(kind: str) -> None:
+    model = tiny_scaled_model(kind)
+    labels = LabelIds(("A", "B", "C"), ((10, 20), (11,), (12, 30)))
+    ids = [5, 6, 7, 8, 9]
+    expected = full_vocab_label_logits(model, ids, labels.ids)
+    got = TorchLabelScorer(model, labels, pad_token_id=0).score([ids])[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_logit_scales_follow_each_models_forward() -> None:
+    def config(model_type: str, **fields: Any) -> SimpleNamespace:
+        return SimpleNamespace(model_type=model_type, **fields)
+
+    assert logit_scales(config("granite", logits_scaling=4.0)) == {"logits_scaling": 0.25}
+    assert logit_scales(config("hyperclovax", logits_scaling=4.0)) == {"logits_scaling": 4.0}
+    assert logit_scales(config("cohere", logit_scale=0.5)) == {"logit_scale": 0.5}
+    assert logit_scales(config("falcon_h1", lm_head_multiplier=2.0)) == {"lm_head_multiplier": 2}
+    assert logit_scales(config("mpt", logit_scale="inv_sqrt_d_model")) == {}
+    assert logit_scales(config("granite", logits_scaling=1.0)) == {}
+    assert logit_scales(config("llama")) == {}
 
 
 def test_pad_right_and_empty_prompts() -> None:

@@ -1,0 +1,141 @@
+"""Saved adapters load only onto what they fit: their base model, and the LoRA settings given."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+from support import make_tiny_llama
+
+from haystack_llmrank.errors import ModelResolutionError
+from haystack_llmrank.models import load_causal_lm, resolve_model
+from haystack_llmrank.prompt import FIRST_TEMPLATE
+from haystack_llmrank.training.adapters import (
+    LoraSettings,
+    make_trainable,
+    plain_output_head,
+    save_trained,
+)
+
+IDS = torch.tensor([[5, 6, 7, 8, 9]])
+
+
+def exactly(message: str) -> str:
+    """A pattern that matches ``message`` and nothing more."""
+    return f"^{re.escape(message)}$"
+
+
+def save_adapter(model: Any, folder: Path, *, base: Path, **lora: Any) -> Any:
+    """Save a LoRA adapter of ``model`` with random weights (LoRA starts as a no-op) that
+    records ``base`` as its base model; return the adapted model."""
+    settings = LoraSettings(**{"rank": 4, "alpha": 8, "dropout": 0.0, **lora})
+    wrapped = make_trainable(model, settings, gradient_checkpointing=False)
+    with torch.no_grad():
+        for name, parameter in wrapped.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(generator=torch.Generator().manual_seed(len(name)))
+    save_trained(wrapped, None, folder, base_model=str(base), template=FIRST_TEMPLATE)
+    return wrapped.eval()
+
+
+def test_an_adapter_of_the_top_layers_loads_as_trained(
+    smollm2_tokenizer: Any, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    model = make_tiny_llama(len(smollm2_tokenizer))
+    trained = save_adapter(model, tmp_path / "adapter", base=tiny_model_dir, top_layers=1)
+    loaded = load_causal_lm(resolve_model(str(tmp_path / "adapter")))
+    base = load_causal_lm(resolve_model(str(tiny_model_dir)))
+    with torch.no_grad():
+        merged, expected = loaded(IDS).logits, trained(IDS).logits
+        assert (merged - base(IDS).logits).abs().max() > 1e-2  # the adapter changed something
+    torch.testing.assert_close(merged, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_an_adapter_is_refused_by_a_base_with_fewer_layers(
+    smollm2_tokenizer: Any, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    save_adapter(make_tiny_llama(len(smollm2_tokenizer), layers=4), tmp_path, base=tiny_model_dir)
+    with pytest.raises(ModelResolutionError) as refused:
+        load_causal_lm(resolve_model(str(tmp_path)))
+    message = str(refused.value)
+    assert f"the adapter in {tmp_path.resolve()} (its recorded base model: " in message
+    assert f"{str(tiny_model_dir)!r}) to {tiny_model_dir}: 28 weights the model has no " in message
+    assert "such as base_model.model.model.layers.2." in message
+
+
+def test_an_adapter_is_refused_by_a_base_with_more_layers(
+    smollm2_tokenizer: Any, tmp_path: Path
+) -> None:
+    deeper = tmp_path / "deeper"
+    make_tiny_llama(len(smollm2_tokenizer), layers=4).save_pretrained(deeper)
+    save_adapter(make_tiny_llama(len(smollm2_tokenizer)), tmp_path / "adapter", base=deeper)
+    with pytest.raises(ModelResolutionError, match="28 adapter weights of the model missing"):
+        load_causal_lm(resolve_model(str(tmp_path / "adapter")))
+
+
+def test_an_adapter_is_refused_by_a_base_of_another_width(
+    smollm2_tokenizer: Any, tmp_path: Path
+) -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    narrow = tmp_path / "narrow"
+    shape: dict[str, Any] = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4}
+    config = LlamaConfig(vocab_size=64, num_hidden_layers=2, num_key_value_heads=2, **shape)
+    LlamaForCausalLM(config).save_pretrained(narrow)
+    save_adapter(make_tiny_llama(len(smollm2_tokenizer)), tmp_path / "adapter", base=narrow)
+    with pytest.raises(ModelResolutionError) as refused:
+        load_causal_lm(resolve_model(str(tmp_path / "adapter")))
+    assert f"its recorded base model: {str(narrow)!r}" in str(refused.value)
+    assert "weights of another shape, such as " in str(refused.value)
+    assert "is (4, 128) saved, (4, 64) here" in str(refused.value)
+
+
+def test_starting_from_an_adapter_takes_its_scaling_and_targets_as_they_were_saved(
+    smollm2_tokenizer: Any, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    model = make_tiny_llama(len(smollm2_tokenizer))
+    saved = save_adapter(model, tmp_path, base=tiny_model_dir, alpha=32)
+
+    def start(**lora: Any) -> Any:
+        given = {"rank": 4, "alpha": 32, "dropout": 0.0, "init_from": str(tmp_path), **lora}
+        return make_trainable(
+            make_tiny_llama(len(smollm2_tokenizer)),
+            LoraSettings(**given),
+            gradient_checkpointing=False,
+        )
+
+    with torch.no_grad():
+        torch.testing.assert_close(start().eval()(IDS).logits, saved(IDS).logits)
+    unfit = f"the adapter in {tmp_path} does not fit these LoRA settings: "
+    with pytest.raises(ValueError, match=exactly(unfit + "lora_alpha is 32 saved, 8 given")):
+        start(alpha=8)
+    differing = (
+        "r is 4 saved, 8 given; lora_alpha is 32 saved, 16 given; target_modules is "
+        "['down_proj', 'gate_proj', 'k_proj', 'o_proj', 'q_proj', 'up_proj', 'v_proj'] "
+        "saved, ['q_proj', 'v_proj'] given"
+    )
+    with pytest.raises(ValueError, match=exactly(unfit + differing)):
+        start(rank=8, alpha=16, target_modules=("v_proj", "q_proj"))
+    with pytest.raises(ValueError, match="14 weights the model has no place for"):
+        start(top_layers=1)
+
+
+@pytest.mark.parametrize(
+    ("kind", "fields", "applied"),
+    [
+        ("GraniteConfig", {"logits_scaling": 8.0}, "logits_scaling=8.0"),
+        ("CohereConfig", {"logit_scale": 0.25}, "logit_scale=0.25"),
+    ],
+)
+def test_training_refuses_a_model_that_scales_its_logits(
+    kind: str, fields: dict[str, float], applied: str
+) -> None:
+    import transformers
+
+    lm = SimpleNamespace(config=getattr(transformers, kind)(**fields))
+    with pytest.raises(ValueError, match=f"forward also applies {applied}; it is not supported"):
+        plain_output_head(lm)
