@@ -70,13 +70,28 @@ class QueryCandidates:
 
 
 def read_utf8(path: Path) -> str:
-    """The text of ``path``; a file that is not UTF-8 raises :class:`DataFormatError` naming it."""
+    """The text of ``path``, a byte order mark left out; a file that is not UTF-8 raises
+    :class:`DataFormatError` naming it."""
+    data = path.read_bytes()
     try:
-        return path.read_text(encoding="utf-8")
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
+        offset = len(data) - len(exc.object) + exc.start  # the codec saw no byte order mark
         raise DataFormatError(
-            f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})"
+            f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {offset})"
         ) from None
+
+
+def _finite_score(value: str | float, where: str) -> float:
+    """``value`` as a float; :class:`DataFormatError` naming ``where`` unless it is a finite
+    number."""
+    try:
+        score = float(value)
+    except (ValueError, OverflowError):
+        score = math.nan
+    if not math.isfinite(score):
+        raise DataFormatError(f"{where}: score {value!r} is not a finite number")
+    return score
 
 
 def _records(path: Path) -> Iterator[tuple[str, Any]]:
@@ -120,7 +135,8 @@ def _candidate(item: Any, position: int, where: str) -> Candidate:
     """One candidate: ``text`` (or another of :data:`TEXT_FIELDS`) directly or under ``doc``.
 
     A non-empty ``title`` is prepended as ``"Title: {title} Content: {text}"`` (rank_llm's
-    convention). A ``rank`` field, if present, must equal the 1-based list position.
+    convention). A ``score``, if present, must be a finite number, and a ``rank`` the 1-based
+    list position.
     """
     where = f"{where} candidate {position}"
     if not isinstance(item, dict):
@@ -141,12 +157,13 @@ def _candidate(item: Any, position: int, where: str) -> Candidate:
     score = item.get("score")
     if score is not None and (isinstance(score, bool) or not isinstance(score, int | float)):
         raise DataFormatError(f"{where} ({docid}): score must be a number, got {score!r}")
+    value = None if score is None else _finite_score(score, f"{where} ({docid})")
     rank = item.get("rank")
     if rank is not None and rank != position + 1:
         raise DataFormatError(
             f"{where} ({docid}): rank {rank!r} does not match its list position {position + 1}"
         )
-    return Candidate(docid, text, None if score is None else float(score))
+    return Candidate(docid, text, value)
 
 
 QueryFields = tuple[str, str, tuple[Candidate, ...]]
@@ -298,14 +315,12 @@ def _rows(path: Path, columns: int, layout: str) -> Iterator[tuple[str, list[str
 
 
 def read_run(path: str | Path) -> Run:
-    """Read a TREC run (``qid Q0 docid rank score tag``); the rank column is not used."""
+    """Read a TREC run (``qid Q0 docid rank score tag``); the rank column is not used, and
+    every score must be a finite number."""
     path = Path(path)
     run: Run = {}
     for where, (qid, _, docid, _, score, _) in _rows(path, 6, "qid Q0 docid rank score tag"):
-        try:
-            value = float(score)
-        except ValueError:
-            raise DataFormatError(f"{where}: score {score!r} is not a number") from None
+        value = _finite_score(score, where)
         docs = run.setdefault(qid, {})
         if docid in docs:
             raise DataFormatError(f"{where}: docid {docid} appears twice for query {qid}")

@@ -11,6 +11,7 @@ pytrec_eval (the ``eval`` extra) is imported only when metrics are computed.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -129,6 +130,21 @@ def _scores(
     return result
 
 
+def _float_scores(qid: str, docs: Mapping[str, float]) -> dict[str, float]:
+    """``docs`` with Python float scores (numpy's fail in pytrec_eval); ``ValueError`` naming
+    a score that is not a finite number."""
+    scores: dict[str, float] = {}
+    for docid, score in docs.items():
+        try:
+            value = float(score)
+        except (TypeError, ValueError):
+            value = math.nan
+        if not math.isfinite(value):
+            raise ValueError(f"query {qid}: the score of {docid} is not a finite number: {score!r}")
+        scores[docid] = value
+    return scores
+
+
 def _warn(queries: tuple[str, ...], what: str) -> None:
     if queries:
         shown = ", ".join(queries[:10]) + (", ..." if len(queries) > 10 else "")
@@ -145,7 +161,8 @@ def evaluate(
 ) -> Evaluation:
     """Evaluate ``run`` (``{qid: {docid: score}}``) against ``qrels``.
 
-    Queries in only one of the two are logged as warnings and reported in the result.
+    Scores may be any real numbers (numpy's too) but must be finite. Queries in only one of
+    the two are logged as warnings and reported in the result.
     """
     parsed = parse_metrics(metrics)
     missing = tuple(sorted(set(qrels) - set(run)))
@@ -157,7 +174,7 @@ def evaluate(
     _warn(missing, f"judged queries are missing from the run ({treatment})")
     _warn(unjudged, "run queries have no judgements and are not evaluated")
     judged = {qid: qrels[qid] for qid in common}
-    ranked = {qid: run[qid] for qid in common}
+    ranked = {qid: _float_scores(qid, run[qid]) for qid in common}
 
     results: dict[str, dict[str, float]] = {qid: {} for qid in common}
     cut = [m for m in parsed if m.family != "mrr"]

@@ -11,7 +11,7 @@ import logging
 import re
 import string
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -61,7 +61,9 @@ class PromptTemplate:
     ``vote`` switches the readout: with it, a window is ordered by the logit of the single
     token ``vote`` (for instance ``" yes"``) at the last token of each passage line, read
     in the same forward pass, instead of by the label logits after ``answer_prefix``. For
-    models trained with ``llmrank train --passage-vote`` on this template.
+    models trained with ``llmrank train --passage-vote`` on this template. Its passage line
+    must then close with wording that holds a line break after its last slot (as
+    ``"[{label}] {text}\n"`` does), so that the line's end cannot be found inside a passage.
 
     ``max_passage_words`` is the words per passage the model was trained on (``llmrank
     train`` records it): a prompt builder left at ``"auto"`` keeps that many. ``None``
@@ -97,6 +99,8 @@ class PromptTemplate:
             raise ValueError(
                 f"the passage line must name {{label}}, and {{text}} once: {self.passage!r}"
             )
+        if self.vote is not None:
+            check_line_end(self.passage)
 
     def check_window(self, size: int) -> None:
         """Raise :class:`WindowTooLargeError` if ``size`` passages need more than its labels."""
@@ -126,8 +130,27 @@ class PromptTemplate:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PromptTemplate:
-        """Inverse of :meth:`to_dict`."""
-        return cls(**{**data, "labels": tuple(data["labels"])})
+        """Inverse of :meth:`to_dict`; ``ValueError`` names missing and unknown fields."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a template is an object of its fields, got {type(data).__name__}")
+        known = [f.name for f in fields(cls)]
+        required = {f.name for f in fields(cls) if f.default is MISSING}
+        problems = [
+            f"{what} fields {names}"
+            for what, names in (
+                ("missing", sorted(required - data.keys())),
+                ("unknown", sorted(data.keys() - set(known))),
+            )
+            if names
+        ]
+        if problems:
+            raise ValueError(
+                f"a template has {' and '.join(problems)}; its fields are {', '.join(known)}"
+            )
+        labels = data["labels"]
+        if not isinstance(labels, list | tuple) or not all(isinstance(x, str) for x in labels):
+            raise ValueError(f"a template's labels must be a list of strings, got {labels!r}")
+        return cls(**{**data, "labels": tuple(labels)})
 
 
 def check_passage_words(words: PassageWords) -> None:
@@ -233,7 +256,7 @@ def _template_file(file: Path) -> PromptTemplate:
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
         return PromptTemplate.from_dict(data)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, TypeError) as exc:
         raise ValueError(f"cannot read a prompt template from {file}: {exc}") from exc
 
 
@@ -382,19 +405,17 @@ class PromptBuilder:
 
         Lines are searched after the query (as given or as the prompt repairs it), by the
         template's wording around its slots, which passages cannot contain:
-        :func:`normalize_passage` rewrites bracketed labels.
+        :func:`normalize_passage` rewrites bracketed labels and line breaks. A template whose
+        line does not close with a line break raises ``ValueError`` (see
+        :func:`check_line_end`).
         """
         encoded = self._tokenizer(
             prompt.text, add_special_tokens=False, return_offsets_mapping=True
         )
         if list(encoded["input_ids"]) != list(prompt.token_ids):
             raise ValueError("the prompt does not re-tokenise to its own ids")
-        start = 0
-        for shown in (query, str(fix_text(query))):
-            at = prompt.text.find(shown)
-            if at >= 0:
-                start = at + len(shown)
-                break
+        shown = next((q for q in (query, str(fix_text(query))) if q in prompt.text), None)
+        start = 0 if shown is None else prompt.text.index(shown) + len(shown)
         offsets = encoded["offset_mapping"]
 
         def token_of(char: int) -> int:
@@ -403,7 +424,7 @@ class PromptBuilder:
                 raise ValueError(f"no token covers character {char} of the prompt")
             return found[0]
 
-        spans = _line_spans(self.template, prompt.text, count, start)
+        spans = _line_spans(self.template, prompt.text, count, start, shown)
         return [(token_of(first) if first >= 0 else -1, token_of(last)) for first, last in spans]
 
     def instruction_tokens(self, query: str, count: int) -> int:
@@ -451,43 +472,64 @@ class PromptBuilder:
             cap = max(0, cap - max(1, -(-excess // max(shortened, 1))))
 
 
+def check_line_end(passage: str) -> None:
+    """``ValueError`` unless the ``passage`` line closes, after its last slot, with wording that
+    holds a line break: no passage text holds one, so the line's end, where a vote is read,
+    cannot be found inside a passage."""
+    if "\n" not in _line_wording(passage, "")[-1][1]:
+        raise ValueError(
+            f"the passage line {passage!r} must close with wording that holds a line break "
+            "after its last slot (as '[{label}] {text}\\n' does): a vote is read at the "
+            "line's end, which could otherwise be found inside a passage"
+        )
+
+
 def _line_spans(
-    template: PromptTemplate, text: str, count: int, start: int
+    template: PromptTemplate, text: str, count: int, start: int, query: str | None
 ) -> list[tuple[int, int]]:
     """Character index of the first and the last character (newline aside) of each of
     ``count`` passage lines of ``text``, a prompt rendered with ``template``, searched from
     ``start`` on; the first is -1 where a line starts with a slot, which has no wording to
     find it by.
 
-    A line is found by its fixed wording (labels included) in order, skipping what fills
-    its ``{text}`` and ``{query}`` slots, so the query need not appear as given (the
-    rendered prompt repairs mojibake).
+    A line is found by its fixed wording (labels included) in order. What fills a
+    ``{query}`` slot is skipped as ``query``, the query as the prompt shows it (where
+    ``None``, by the wording after it); what fills ``{text}``, by the wording after it. The
+    line's closing wording holds a line break (:func:`check_line_end`), which no passage
+    text holds, so its end is never found inside one.
     """
+    check_line_end(template.passage)
     spans: list[tuple[int, int]] = []
     cursor = start
     for label in template.labels[:count]:
-        wording = _fixed_runs(template.passage, label)
-        runs = [run for run in wording if run]
         first = -1
-        for index, run in enumerate(runs):
-            found = text.find(run, cursor)
-            if found < 0:
-                raise ValueError(f"passage [{label}] is not in the prompt as rendered")
-            if index == 0 and wording[0]:  # the line starts with this wording
-                first = found
-            cursor = found + len(run)
-        cursor -= len(runs[-1]) - len(runs[-1].rstrip("\n"))
-        spans.append((first, cursor - 1))
+        wording = ""
+        for slot, wording in _line_wording(template.passage, label):
+            if slot == "query" and query is not None:
+                cursor = _find(text, query, cursor, label) + len(query)
+            if wording:
+                found = _find(text, wording, cursor, label)
+                if slot is None:  # the line starts with this wording
+                    first = found
+                cursor = found + len(wording)
+        spans.append((first, cursor - 1 - (len(wording) - len(wording.rstrip("\n")))))
     return spans
 
 
-def _fixed_runs(passage: str, label: str) -> list[str]:
-    """The wording of a ``passage`` line for ``label``, cut where text or query go."""
-    runs = [""]
+def _find(text: str, wording: str, cursor: int, label: str) -> int:
+    found = text.find(wording, cursor)
+    if found < 0:
+        raise ValueError(f"passage [{label}] is not in the prompt as rendered")
+    return found
+
+
+def _line_wording(passage: str, label: str) -> list[tuple[str | None, str]]:
+    """The wording of a ``passage`` line for ``label``, cut where text or query go: each
+    piece with the slot before it (``None`` for the first)."""
+    pieces: list[tuple[str | None, str]] = [(None, "")]
     for literal, name, _, _ in string.Formatter().parse(passage):
-        runs[-1] += literal
-        if name == "label":
-            runs[-1] += label
-        elif name is not None:
-            runs.append("")
-    return runs
+        slot, wording = pieces[-1]
+        pieces[-1] = (slot, wording + literal + (label if name == "label" else ""))
+        if name is not None and name != "label":
+            pieces.append((name, ""))
+    return pieces

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -50,6 +50,28 @@ logger = logging.getLogger(__name__)
 RerankRequest = tuple[str, Sequence[str]]
 
 
+def template_strategy(
+    template: PromptTemplate,
+    name: str | None = None,
+    *,
+    window_size: int | None = None,
+    step: int | None = None,
+) -> Strategy:
+    """The strategy ``name`` (``None``: the readout's own, see
+    :func:`~haystack_llmrank.strategies.readout_strategy`) for ``template``, its window
+    checked against the template's labels.
+
+    ``window_size`` ``None`` is FIRST's 20 passages, or the template's labels where fewer;
+    ``step`` ``None`` is as far as FIRST's 10 for 20 passages: half the window, at least 1.
+    """
+    if window_size is None:
+        window_size = min(DEFAULT_WINDOW_SIZE, len(template.labels))
+    template.check_window(window_size)
+    if step is None:
+        step = max(1, window_size * DEFAULT_STEP // DEFAULT_WINDOW_SIZE)
+    return make_strategy(name, window_size=window_size, step=step, vote=template.vote)
+
+
 def length_buckets(lengths: Sequence[int], max_batch_tokens: int) -> list[list[int]]:
     """Group indices by length so each group's padded size stays within ``max_batch_tokens``.
 
@@ -70,8 +92,8 @@ class Reranker:
     Each window is one forward pass: the label logits of the first generated token order
     the window (or, for a template with a ``vote``, the vote's logit at the end of each
     passage line). Windows follow ``strategy``; ``None`` is the readout's own (see
-    :func:`~haystack_llmrank.strategies.readout_strategy`): FIRST's sliding window for label
-    logits, one step of disjoint windows for a vote. ``batch_size`` caps the windows that go to the
+    :func:`template_strategy`): FIRST's sliding window for label logits, one step of
+    disjoint windows for a vote. ``batch_size`` caps the windows that go to the
     scorer together, drawn from the steps of several queries (one query's step is never
     split, so it may exceed the cap); each forward pass holds at most ``max_batch_tokens``
     padded tokens (``None``: the scorer's preference, one prompt per call for torch on a CPU and
@@ -120,7 +142,7 @@ class Reranker:
         fusion_k: int | None = None,
         order_invariant: bool = False,
     ) -> None:
-        self.strategy: Strategy = strategy or make_strategy(None, vote=template.vote)
+        self.strategy: Strategy = strategy or template_strategy(template)
         self.fusion_k = check_fusion_k(fusion_k)
         check_order_invariant(order_invariant, self.strategy.name)
         read = template.labels if template.vote is None else (template.vote,)
@@ -171,8 +193,8 @@ class Reranker:
         threads: int | None = None,
         on_missing_gpu: OnMissingGpu = "raise",
         strategy: Strategy | str | None = None,
-        window_size: int = DEFAULT_WINDOW_SIZE,
-        step: int = DEFAULT_STEP,
+        window_size: int | None = None,
+        step: int | None = None,
         **kwargs: Any,
     ) -> Reranker:
         """Load a reranker for ``model`` (see :func:`haystack_llmrank.models.resolve_model`).
@@ -190,19 +212,21 @@ class Reranker:
         :attr:`~haystack_llmrank.prompt.PromptTemplate.vote`); ``None`` keeps the template's
         readout. ``strategy`` is a :class:`~haystack_llmrank.strategies.Strategy`, or a
         name (see :func:`~haystack_llmrank.strategies.make_strategy`) built with
-        ``window_size`` and ``step``; ``None`` is the readout's own, chosen once the template
-        is known. Other keyword arguments go to :class:`Reranker`.
+        ``window_size`` and ``step`` (``None``: see :func:`template_strategy`); ``None`` is
+        the readout's own, chosen once the template is known. A window wider than the
+        template's labels fails before the model loads. Other keyword arguments go to
+        :class:`Reranker`.
         """
         from haystack_llmrank.backends import load_scorer
 
         check_passage_words(kwargs.get("max_passage_words", AUTO_PASSAGE_WORDS))
-        chosen = model_template(template, model)
-        if vote is not None:
-            chosen = chosen.with_vote(vote)
+        chosen = model_template(template, model, vote=vote)
         if strategy is None or isinstance(strategy, str):
-            strategy = make_strategy(strategy, window_size=window_size, step=step, vote=chosen.vote)
-        elif (window_size, step) != (DEFAULT_WINDOW_SIZE, DEFAULT_STEP):
+            strategy = template_strategy(chosen, strategy, window_size=window_size, step=step)
+        elif window_size is not None or step is not None:
             raise ValueError("window_size and step apply to a strategy given by name or None")
+        else:
+            chosen.check_window(strategy.window_size)
         loaded = load_scorer(
             model,
             backend=backend,
@@ -262,7 +286,7 @@ class Reranker:
 
     def rerank_many(
         self,
-        requests: Sequence[RerankRequest],
+        requests: Iterable[RerankRequest],
         *,
         top_k: int | Sequence[int | None] | None = None,
         on_window: Callable[[int], None] | None = None,
@@ -273,22 +297,23 @@ class Reranker:
         ``top_k`` positions of a ranking matter; it may then leave more positions in
         first-stage order (:attr:`Ranking.unranked`). ``on_window`` is called with the
         number of windows finished after each step. A query's ranking does not depend on
-        the others.
+        the others. ``requests`` may be any iterable; it is read once.
         """
-        for query, passages in requests:
+        given = list(requests)
+        for query, passages in given:
             _check_request(query, passages)
         arrangements = [
             content_order(query, passages) if self.order_invariant else None
-            for query, passages in requests
+            for query, passages in given
         ]
-        requests = [
+        laid_out = [
             (query, passages if order is None else [passages[i] for i in order])
-            for (query, passages), order in zip(requests, arrangements, strict=True)
+            for (query, passages), order in zip(given, arrangements, strict=True)
         ]
-        depths = _per_request(top_k, len(requests))
+        depths = _per_request(top_k, len(laid_out))
         runs = [
             QueryRun(self.strategy, len(passages), depth)
-            for (_, passages), depth in zip(requests, depths, strict=True)
+            for (_, passages), depth in zip(laid_out, depths, strict=True)
         ]
         tokens = [0] * len(runs)
 
@@ -297,7 +322,7 @@ class Reranker:
         def score(windows: Sequence[tuple[int, Sequence[int]]]) -> list[npt.NDArray[np.float32]]:
             prompts = []
             for position, members in windows:
-                query, passages = requests[position]
+                query, passages = laid_out[position]
                 for arranged in (members, members[::-1])[:orders]:
                     prompt = self.prompts.build(query, [passages[i] for i in arranged])
                     tokens[position] += len(prompt.token_ids)

@@ -11,7 +11,6 @@ from haystack_llmrank.prompt import (
     AUTO_PASSAGE_WORDS,
     DEFAULT_MAX_PASSAGE_WORDS,
     PassageWords,
-    check_vote,
     get_template,
 )
 from haystack_llmrank.strategies import DEFAULT_STEP, DEFAULT_WINDOW_SIZE, STRATEGIES
@@ -96,14 +95,16 @@ def add_model_options(group: Any, *, batch_size: int) -> None:
     group.add_argument(
         "--window-size",
         type=positive_int,
-        default=DEFAULT_WINDOW_SIZE,
-        help="passages per forward pass, at most the template's labels (default %(default)s)",
+        default=None,
+        help="passages per forward pass, at most the template's labels (default "
+        f"{DEFAULT_WINDOW_SIZE}, or the template's labels where fewer)",
     )
     group.add_argument(
         "--step",
         type=positive_int,
-        default=DEFAULT_STEP,
-        help="sliding window step (default %(default)s)",
+        default=None,
+        help=f"sliding window step (default half the window: {DEFAULT_STEP} for "
+        f"{DEFAULT_WINDOW_SIZE} passages)",
     )
     group.add_argument(
         "--batch-size",
@@ -165,24 +166,28 @@ def add_model_options(group: Any, *, batch_size: int) -> None:
 def check_model_options(args: argparse.Namespace) -> None:
     """Check what :func:`add_model_options` parsed before any model loads.
 
-    A window wider than the template's labels, a step wider than the window, or a model
-    that is neither local nor reachable fails here in well under a second.
+    A window wider than the labels of the model's template (the one recorded with it, else
+    FIRST's), a step wider than the window, or a model that is neither local nor reachable
+    fails here in well under a second.
     """
     from haystack_llmrank.arrangement import check_order_invariant
     from haystack_llmrank.fusion import check_fusion_k
+    from haystack_llmrank.model_templates import model_template
     from haystack_llmrank.models import check_available, resolve_model
-    from haystack_llmrank.prompt import FIRST_TEMPLATE
-    from haystack_llmrank.strategies import check_strategy_options
+    from haystack_llmrank.reranker import template_strategy
 
-    labels = len(FIRST_TEMPLATE.labels)
-    if args.window_size > labels:
+    template = model_template(None, args.model)
+    if args.vote is not None:
+        template = template.with_vote(args.vote)
+    labels = len(template.labels)
+    if args.window_size is not None and args.window_size > labels:
         raise ValueError(
-            f"--window-size {args.window_size} is over the {labels} labels of the prompt"
+            f"--window-size {args.window_size} is over the {labels} labels of the model's "
+            f"prompt template {template.name!r}"
         )
-    check_strategy_options(args.strategy, window_size=args.window_size, step=args.step)
+    template_strategy(template, args.strategy, window_size=args.window_size, step=args.step)
     check_fusion_k(args.fusion_k)
     check_order_invariant(args.order_invariant, args.strategy)
-    check_vote(args.vote)
     if args.backend == "torch":
         check_available(resolve_model(args.model))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from haystack_llmrank.prompt import PromptBuilder
+from haystack_llmrank.prompt import PromptBuilder, check_line_end
 from haystack_llmrank.training.targets import TrainingWindow
 
 
@@ -32,7 +32,9 @@ class EncodedWindow:
 class WindowEncoder:
     """Encodes :class:`TrainingWindow` objects with the same prompts the reranker builds.
 
-    With ``passage_ends``, each encoded window also records where every passage line ends.
+    With ``passage_ends``, each encoded window also records where every passage line ends,
+    and a template whose lines do not close with a line break is refused at once
+    (:func:`~haystack_llmrank.prompt.check_line_end`).
     """
 
     def __init__(
@@ -41,6 +43,8 @@ class WindowEncoder:
         self._tokenizer = tokenizer
         self.prompts = prompts
         self._passage_ends = passage_ends
+        if passage_ends:
+            check_line_end(prompts.template.passage)
         end = tokenizer.eos_token_id
         if end is None:
             raise ValueError("the tokenizer has no end-of-sequence token to close the target")

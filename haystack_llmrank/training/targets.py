@@ -7,6 +7,7 @@ that a model cannot learn to copy the position it is given.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -14,6 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from haystack_llmrank.data import QueryCandidates
+from haystack_llmrank.errors import listed
+
+logger = logging.getLogger(__name__)
 
 INPUT_ORDERS = ("first-stage", "reversed", "shuffled")
 """How a sampled window's passages may be laid out in the prompt."""
@@ -90,11 +94,16 @@ def training_queries(
     """Join candidates with qrels and/or teacher scores.
 
     At least one of ``qrels`` and ``teacher`` is needed. A query with no judgement and no
-    teacher score is an error, not a silent skip.
+    teacher score is an error, not a silent skip; so is one whose judgements and teacher
+    scores name none of its candidates (its target would be first-stage order), and qrels
+    that name no candidate at all. Judged documents that are not among their query's
+    candidates (judged, not retrieved) are logged.
     """
     if qrels is None and teacher is None:
         raise ValueError("training needs qrels, teacher scores, or both")
     joined: list[TrainingQuery] = []
+    unmatched: list[str] = []
+    judged_count = absent = 0
     for query in queries:
         judged = (qrels or {}).get(query.qid, {})
         scored = (teacher or {}).get(query.qid, {})
@@ -105,6 +114,11 @@ def training_queries(
             )
         if len(query.candidates) < 2:
             raise ValueError(f"query {query.qid}: at least 2 candidates are needed to train")
+        docids = {c.docid for c in query.candidates}
+        judged_count += len(judged)
+        absent += len(judged.keys() - docids)
+        if docids.isdisjoint(judged) and docids.isdisjoint(scored):
+            unmatched.append(query.qid)
         joined.append(
             TrainingQuery(
                 query.qid,
@@ -113,6 +127,26 @@ def training_queries(
                 tuple(int(judged.get(c.docid, unjudged_grade)) for c in query.candidates),
                 tuple(float(scored.get(c.docid, float("nan"))) for c in query.candidates),
             )
+        )
+    if judged_count and absent == judged_count:
+        raise ValueError(
+            f"none of the {judged_count} judged documents is among its query's candidates: "
+            "check that the docids of the qrels and the candidates agree (e.g. 'D123' "
+            "against '123')"
+        )
+    if unmatched:
+        raise ValueError(
+            "queries whose judgements and teacher scores name none of their candidates, so "
+            f"that their targets would be first-stage order: {listed(unmatched, 5)}; check "
+            "that the docids of the qrels, the teacher run and the candidates agree (e.g. "
+            "'D123' against '123'), or drop these queries"
+        )
+    if absent:
+        logger.warning(
+            "%d of %d judged documents are not among their query's candidates (judged but "
+            "not retrieved); they are not trained on",
+            absent,
+            judged_count,
         )
     return joined
 

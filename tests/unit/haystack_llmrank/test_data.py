@@ -129,6 +129,11 @@ def _bad(record: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
         ("candidates.1.text", ..., r"candidate 1 \(d1\): no text"),
         ("candidates.1.text", 3, r"candidate 1 \(d1\): no text"),
         ("candidates.1.score", "high", r"candidate 1 \(d1\): score must be a number"),
+        ("candidates.1.score", float("nan"), r":1 candidate 1 \(d1\): score nan is not a finite"),
+        ("candidates.0.score", float("-inf"), r"candidate 0 \(d0\): score -inf is not a finite"),
+        pytest.param(
+            "candidates.0.score", 10**400, r"\(d0\): score 1000.* is not a finite", id="huge"
+        ),
         ("candidates.1.rank", 5, r"candidate 1 \(d1\): rank 5 does not match its list position 2"),
         ("candidates.2.docid", "d0", r"c\.jsonl:1: query q1: duplicate docids \['d0'\]$"),
     ],
@@ -211,6 +216,25 @@ def test_query_without_candidates_is_kept_and_logged(
     assert "query q has no candidates" in caplog.text
 
 
+def test_a_byte_order_mark_is_not_part_of_the_first_field(tmp_path: Path) -> None:
+    bom = "\ufeff"
+    qrels = tmp_path / "qrels.txt"
+    qrels.write_text(bom + "1 0 a 2\n1 0 b 0\n", encoding="utf-8")
+    assert read_qrels(qrels) == {"1": {"a": 2, "b": 0}}
+    run = tmp_path / "run.txt"
+    run.write_text(bom + "1 Q0 a 1 2.0 t\n1 Q0 b 2 1.0 t\n", encoding="utf-8")
+    assert read_run(run) == {"1": {"a": 2.0, "b": 1.0}}
+    lines = tmp_path / "c.jsonl"
+    lines.write_text(bom + json.dumps(candidates_record()) + "\n", encoding="utf-8")
+    listed = tmp_path / "c.json"
+    listed.write_text(bom + json.dumps([candidates_record()]), encoding="utf-8")
+    assert read_queries(lines) == read_queries(listed) != []
+    broken = tmp_path / "broken.txt"
+    broken.write_bytes(bom.encode() + b"1 0 \xff 2\n")
+    with pytest.raises(DataFormatError, match=r"not UTF-8 text \(byte 0xff at offset 7\)"):
+        read_qrels(broken)
+
+
 def test_strictly_decreasing_breaks_ties_in_order() -> None:
     assert strictly_decreasing([3.0, 2.5, 2.5, 2.5, 1.0]) == [3.0, 2.5, 2.4999, 2.4998, 1.0]
     assert strictly_decreasing([1.23456789, 1.2345678, -7.0]) == [1.2346, 1.2345, -7.0]
@@ -259,7 +283,10 @@ def test_write_run_refuses_ties_and_spaces(tmp_path: Path) -> None:
     ("text", "message"),
     [
         ("q Q0 d 1 1.0\n", r"run\.txt:1: expected 6 columns"),
-        ("q Q0 d 1 1.0 t\nq Q0 e 2 high t\n", r"run\.txt:2: score 'high' is not a number"),
+        ("q Q0 d 1 1.0 t\nq Q0 e 2 high t\n", r"run\.txt:2: score 'high' is not a finite number"),
+        ("q Q0 d 1 1.0 t\nq Q0 e 2 nan t\n", r"run\.txt:2: score 'nan' is not a finite number"),
+        ("q Q0 d 1 inf t\n", r"run\.txt:1: score 'inf' is not a finite number"),
+        ("q Q0 d 1 -1e999 t\n", r"run\.txt:1: score '-1e999' is not a finite number"),
         ("q Q0 d 1 1.0 t\n\nq Q0 d 2 0.5 t\n", r"run\.txt:3: docid d appears twice for query q"),
         ("\n", "the run is empty"),
     ],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from haystack_llmrank.data import (
@@ -130,3 +131,17 @@ def test_run_query_with_no_documents_scores_zero() -> None:
 def test_no_common_query_is_an_error() -> None:
     with pytest.raises(ValueError, match="no query in common"):
         evaluate({"a": {"d": 1.0}}, {"b": {"d": 1}})
+
+
+def test_numpy_scores_evaluate_as_floats() -> None:
+    run = {"q": {d: np.float32(s) for d, s in RUN["q"].items()}}
+    assert evaluate(run, QRELS).per_query == evaluate(RUN, QRELS).per_query
+    mixed = {"q": {"d1": np.float64(2.0), "d2": np.int64(1), "d3": 0.5}}
+    assert evaluate(mixed, QRELS, ["mrr@10"]).mean == {"mrr@10": 1.0}
+
+
+@pytest.mark.parametrize("score", [math.nan, np.float32("inf"), -math.inf, "high", None])
+def test_a_score_that_is_not_a_finite_number_is_named(score: object) -> None:
+    run = {"q": {"d1": 1.0, "d2": score}}
+    with pytest.raises(ValueError, match=r"query q: the score of d2 is not a finite number"):
+        evaluate(run, QRELS)  # type: ignore[arg-type]

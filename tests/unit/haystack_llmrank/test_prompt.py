@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import PROJECT_ROOT
 
 from haystack_llmrank.errors import PromptTooLongError, WindowTooLargeError
 from haystack_llmrank.labels import NUMERIC_LABELS
@@ -20,6 +21,7 @@ from haystack_llmrank.prompt import (
     FIRST_ECHO_TEMPLATE,
     FIRST_NUMERIC_TEMPLATE,
     FIRST_TEMPLATE,
+    TEMPLATES,
     PromptBuilder,
     PromptTemplate,
     get_template,
@@ -172,6 +174,69 @@ def test_passage_line_tokens_span_each_passage_line(
     ]
 
 
+SHIPPED_VOTE_POSITIONS = [
+    ("first", 4096, (86, 91, 96, 108)),
+    ("first", 190, (77, 82, 87, 95)),
+    ("first-numeric", 4096, (86, 91, 96, 108)),
+    ("first-echo", 4096, (89, 97, 105, 120)),
+    ("first-echo", 200, (79, 87, 95, 105)),
+    ("examples/templates/first-judge.json", 4096, (116, 151, 186, 228)),
+    ("examples/templates/first-judge.json", 300, (105, 140, 175, 210)),
+    ("haystack_llmrank/default_adapter/llmrank_template.json", 4096, (116, 151, 186, 228)),
+]
+"""Where the shipped templates read a vote, pinned: a model trained on them learned to vote
+there. The smaller budgets shorten passages."""
+
+
+@pytest.mark.parametrize(("source", "budget", "positions"), SHIPPED_VOTE_POSITIONS)
+def test_shipped_templates_read_votes_where_they_always_have(
+    smollm2_tokenizer: Any, source: str, budget: int, positions: tuple[int, ...]
+) -> None:
+    template = get_template(source if source in TEMPLATES else str(PROJECT_ROOT / source))
+    built = builder(
+        smollm2_tokenizer, budget, template=template.with_vote(" yes"), max_passage_words=None
+    )
+    query = "what is [A] or a flea\nreally"
+    passages = ["Fleas; live on [B] cats.\nand dogs", "x", "", "Adult fleas live two months [C]"]
+    prompt = built.build(query, passages)
+    assert prompt.score_positions == positions
+    assert prompt.truncated_passages == (budget < 4096) * (2 + ("judge" in source))
+    assert built.passage_end_tokens(prompt, query, 4) == list(positions)  # what training reads
+
+
+@pytest.mark.parametrize(
+    "passage",
+    [
+        "\n[{label}] {text}",  # ends with its text: the end would be read after the first word
+        "[{label}] {text}; ",  # "; " may be inside a passage
+        "[{label}] {text} [{label}]",
+        "[{label}] {text}\nQuery: {query}",
+    ],
+)
+def test_a_vote_needs_passage_lines_that_end_in_a_line_break(
+    smollm2_tokenizer: Any, passage: str
+) -> None:
+    unvoted = replace(FIRST_TEMPLATE, name="open-ended", passage=passage)
+    with pytest.raises(ValueError, match="must close with wording that holds a line break"):
+        unvoted.with_vote(" yes")
+    built = builder(smollm2_tokenizer, template=unvoted)
+    prompt = built.build("q", ["alpha; beta gamma", "one two"])
+    with pytest.raises(ValueError, match="must close with wording that holds a line break"):
+        built.passage_end_tokens(prompt, "q", 2)
+
+
+def test_a_query_slot_before_the_line_end_is_skipped_whatever_it_holds(
+    smollm2_tokenizer: Any,
+) -> None:
+    template = replace(FIRST_TEMPLATE, name="asked", passage="[{label}] {text} ({query})\n")
+    built = builder(smollm2_tokenizer, template=template.with_vote(" yes"))
+    query = "fleas)\nor ticks"  # holds the closing wording ")\n"
+    prompt = built.build(query, ["one", "two"])
+    for end in prompt.score_positions:
+        through = smollm2_tokenizer.decode(list(prompt.token_ids[: end + 1]))
+        assert through.endswith(f"({query})")
+
+
 def test_system_message_prepended_when_template_has_no_system_role(smollm2_tokenizer: Any) -> None:
     no_system = copy.deepcopy(smollm2_tokenizer)
     no_system.chat_template = NO_SYSTEM_TEMPLATE
@@ -250,6 +315,40 @@ def test_template_read_from_a_json_file(tmp_path: Path) -> None:
     file.write_text(json.dumps({**ASK_TEMPLATE.to_dict(), "passage": "{label} {txt}"}))
     with pytest.raises(ValueError, match=r"cannot read .*unknown slots \['txt'\]"):
         get_template(str(file))
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        ({"labels": ...}, r"a template has missing fields \['labels'\]; its fields are name, "),
+        ({"label": ["A"]}, r"has unknown fields \['label'\];"),
+        (
+            {"labels": ..., "name": ..., "extra": 1},
+            r"has missing fields \['labels', 'name'\] and unknown fields \['extra'\];",
+        ),
+        ({"labels": "AB"}, r"labels must be a list of strings, got 'AB'"),
+        ({"labels": [1, 2]}, r"labels must be a list of strings"),
+    ],
+)
+def test_template_dicts_name_their_missing_and_unknown_fields(
+    tmp_path: Path, change: dict[str, Any], error: str
+) -> None:
+    data = FIRST_TEMPLATE.to_dict()
+    for key, value in change.items():
+        if value is ...:
+            del data[key]
+        else:
+            data[key] = value
+    with pytest.raises(ValueError, match=error):
+        PromptTemplate.from_dict(data)
+    file = tmp_path / "t.json"
+    file.write_text(json.dumps(data))
+    with pytest.raises(
+        ValueError, match=rf"cannot read a prompt template from .*t\.json: .*{error}"
+    ):
+        get_template(str(file))
+    with pytest.raises(ValueError, match="an object of its fields, got list"):
+        PromptTemplate.from_dict([data])  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

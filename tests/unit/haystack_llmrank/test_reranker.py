@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from unittest.mock import Mock
@@ -12,10 +13,27 @@ import pytest
 import torch
 
 from haystack_llmrank.errors import WindowTooLargeError
-from haystack_llmrank.prompt import PromptBuilder, PromptTemplate
-from haystack_llmrank.reranker import Reranker, both_orders_logits, length_buckets
+from haystack_llmrank.prompt import (
+    FIRST_NUMERIC_TEMPLATE,
+    FIRST_TEMPLATE,
+    PromptBuilder,
+    PromptTemplate,
+)
+from haystack_llmrank.reranker import (
+    Reranker,
+    both_orders_logits,
+    length_buckets,
+    template_strategy,
+)
 from haystack_llmrank.scorers.base import LabelScorer
-from haystack_llmrank.strategies import STRATEGIES, SlidingWindow, Tournament, make_strategy
+from haystack_llmrank.strategies import (
+    STRATEGIES,
+    Disjoint,
+    SlidingWindow,
+    TopDownPartition,
+    Tournament,
+    make_strategy,
+)
 
 TOPICS = [
     "cats sleep most of the day",
@@ -188,16 +206,60 @@ def test_window_larger_than_the_templates_labels_is_refused(
     smollm2_tokenizer: Any, tiny_scorer: Any
 ) -> None:
     ten = PromptTemplate("ten", "{n} {query}\n", "[{label}] {text}\n", "", tuple("ABCDEFGHIJ"))
-    with pytest.raises(WindowTooLargeError, match="template 'ten' has 10"):
-        Reranker(smollm2_tokenizer, tiny_scorer, max_prompt_tokens=4096, template=ten)
-    narrow = Reranker(
-        smollm2_tokenizer,
-        tiny_scorer,
-        max_prompt_tokens=4096,
-        template=ten,
-        strategy=SlidingWindow(10, 5),
-    )
+    with pytest.raises(WindowTooLargeError, match="11 passages but template 'ten' has 10"):
+        Reranker(
+            smollm2_tokenizer,
+            tiny_scorer,
+            max_prompt_tokens=4096,
+            template=ten,
+            strategy=SlidingWindow(11, 5),
+        )
+    narrow = Reranker(smollm2_tokenizer, tiny_scorer, max_prompt_tokens=4096, template=ten)
+    assert narrow.strategy == SlidingWindow(10, 5)  # FIRST's window narrowed to the labels
     assert sorted(narrow.rerank("q", [f"p{i}" for i in range(15)]).order) == list(range(15))
+
+
+def test_the_default_window_fits_the_templates_labels() -> None:
+    numeric = FIRST_NUMERIC_TEMPLATE
+    assert template_strategy(FIRST_TEMPLATE) == SlidingWindow(20, 10)
+    assert template_strategy(numeric) == SlidingWindow(9, 4)
+    assert template_strategy(replace(numeric, labels=("1",))) == SlidingWindow(1, 1)
+    assert template_strategy(numeric.with_vote(" yes")) == Disjoint(9)
+    assert template_strategy(numeric, "tdpart") == TopDownPartition(9)
+    assert template_strategy(FIRST_TEMPLATE, window_size=6) == SlidingWindow(6, 3)
+    assert template_strategy(FIRST_TEMPLATE, step=4) == SlidingWindow(20, 4)
+    with pytest.raises(WindowTooLargeError, match="10 passages but template 'first-numeric'"):
+        template_strategy(numeric, window_size=10)
+    with pytest.raises(ValueError, match="step must be between 1 and window_size"):
+        template_strategy(numeric, step=10)
+
+
+def test_from_pretrained_fits_the_window_to_the_template_before_loading(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loaded = Reranker.from_pretrained(str(tiny_model_dir), template="first-numeric", device="cpu")
+    assert loaded.strategy == SlidingWindow(9, 4)
+    assert sorted(loaded.rerank("q", passages(12)).order) == list(range(12))
+
+    def no_loading(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the weights were loaded")
+
+    monkeypatch.setattr("haystack_llmrank.backends.load_scorer", no_loading)
+    for wide in ({"window_size": 10}, {"strategy": SlidingWindow(10, 5)}):
+        with pytest.raises(WindowTooLargeError, match="10 passages but template 'first-numeric'"):
+            Reranker.from_pretrained(str(tiny_model_dir), template="first-numeric", **wide)
+    with pytest.raises(ValueError, match="window_size and step apply to a strategy given by name"):
+        Reranker.from_pretrained(str(tiny_model_dir), strategy=SlidingWindow(9, 4), step=4)
+
+
+def test_rerank_many_reads_any_iterable_of_requests(tiny_reranker: Reranker) -> None:
+    requests = [("bees", passages(5)), ("roman roads", passages(3))]
+    expected = tiny_reranker.rerank_many(requests)
+    assert len(expected) == 2
+    assert tiny_reranker.rerank_many(request for request in requests) == expected
+    assert tiny_reranker.rerank_many(iter(requests), top_k=[2, None]) == tiny_reranker.rerank_many(
+        requests, top_k=[2, None]
+    )
 
 
 def test_top_k_takes_numpy_integers_and_refuses_floats(tiny_reranker: Reranker) -> None:
@@ -210,8 +272,6 @@ def test_top_k_takes_numpy_integers_and_refuses_floats(tiny_reranker: Reranker) 
 
 
 def test_template_must_match_scorer_labels(smollm2_tokenizer: Any, tiny_scorer: Any) -> None:
-    from haystack_llmrank.prompt import FIRST_NUMERIC_TEMPLATE
-
     with pytest.raises(ValueError, match="do not match"):
         Reranker(
             smollm2_tokenizer, tiny_scorer, max_prompt_tokens=4096, template=FIRST_NUMERIC_TEMPLATE
@@ -231,8 +291,6 @@ class CountingBuilder(PromptBuilder):
 def test_an_injected_prompt_builder_builds_every_prompt(
     smollm2_tokenizer: Any, tiny_scorer: Any
 ) -> None:
-    from haystack_llmrank.prompt import FIRST_NUMERIC_TEMPLATE, FIRST_TEMPLATE
-
     builder = CountingBuilder(smollm2_tokenizer, FIRST_TEMPLATE, max_prompt_tokens=4096)
     reranker = Reranker(smollm2_tokenizer, tiny_scorer, max_prompt_tokens=4096, prompts=builder)
     ranking = reranker.rerank("bees", passages(45))

@@ -16,6 +16,8 @@ import haystack_llmrank.cli as cli
 from haystack_llmrank import models
 from haystack_llmrank.cli.options import add_model_options, load_reranker
 from haystack_llmrank.data import DataFormatError, read_qrels, read_queries, read_run
+from haystack_llmrank.model_templates import write_template
+from haystack_llmrank.prompt import FIRST_NUMERIC_TEMPLATE
 from haystack_llmrank.reranker import Reranker
 from haystack_llmrank.strategies import SlidingWindow, make_strategy
 
@@ -181,8 +183,11 @@ def test_argument_errors_come_before_any_model_load(
 
     monkeypatch.setattr(Reranker, "from_pretrained", never)
     base = ["rerank", str(candidates), "-o", str(tmp_path / "run.txt")]
-    assert llmrank([*base, "--window-size", "30"]) == 2
-    assert "--window-size 30 is over the 26 labels" in capsys.readouterr().err
+    assert llmrank([*base, "--window-size", "21"]) == 2  # the default model's template has 20
+    assert (
+        "--window-size 21 is over the 20 labels of the model's prompt template 'first-judge'"
+        in (capsys.readouterr().err)
+    )
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert llmrank([*base, "--model", "nosuchmodel"]) == 2
     assert "'nosuchmodel' is not a local folder" in capsys.readouterr().err
@@ -361,8 +366,8 @@ def test_the_strategy_and_both_orders_reach_the_engine(monkeypatch: pytest.Monke
     calls: list[dict[str, Any]] = []
     monkeypatch.setattr(Reranker, "from_pretrained", lambda *a, **kw: calls.append(kw))
     load_reranker(model_args())
-    # no name: the engine picks the readout's strategy once the template is known
-    assert (calls[-1]["strategy"], calls[-1]["window_size"], calls[-1]["step"]) == (None, 20, 10)
+    # none given: the engine picks the readout's strategy and window once the template is known
+    assert (calls[-1]["strategy"], calls[-1]["window_size"], calls[-1]["step"]) == (None,) * 3
     assert calls[-1]["both_orders"] is False
     load_reranker(model_args("--both-orders"))
     assert calls[-1]["both_orders"] is True
@@ -386,6 +391,28 @@ def test_the_strategy_and_both_orders_reach_the_engine(monkeypatch: pytest.Monke
         model_args("--strategy", "bubble")
     with pytest.raises(ValueError, match="step must be between"):
         load_reranker(model_args("--strategy", "sliding", "--window-size", "4", "--step", "5"))
+
+
+def test_windows_are_checked_against_the_models_template_before_loading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(Reranker, "from_pretrained", lambda *a, **kw: calls.append(kw))
+    write_template(tmp_path, FIRST_NUMERIC_TEMPLATE)
+    numeric = ("--model", str(tmp_path))
+    with pytest.raises(ValueError, match="--window-size 10 is over the 9 labels of the model's"):
+        load_reranker(model_args(*numeric, "--window-size", "10"))
+    with pytest.raises(ValueError, match=r"step must be between 1 and window_size \(9\)"):
+        load_reranker(model_args(*numeric, "--step", "10"))
+    assert calls == []
+    load_reranker(model_args(*numeric))  # the engine narrows its default window to 9
+    load_reranker(model_args(*numeric, "--window-size", "9", "--step", "3"))
+    assert [(c["window_size"], c["step"]) for c in calls] == [(None, None), (9, 3)]
+    load_reranker(model_args("--window-size", "26"))  # FIRST's own template has 26 labels
+    with pytest.raises(
+        ValueError, match="over the 26 labels of the model's prompt template 'first'"
+    ):
+        load_reranker(model_args("--window-size", "27"))
 
 
 def test_passage_words_reach_the_engine(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -101,6 +101,6 @@ def test_run_checks_the_model_options_before_serving(monkeypatch: pytest.MonkeyP
         served.append(app)
 
     monkeypatch.setattr(service, "run_service", fake_run_service)
-    with pytest.raises(ValueError, match="--window-size 30 is over the 26 labels"):
+    with pytest.raises(ValueError, match="--window-size 30 is over the 20 labels"):
         serve.run(parse("--no-auth", "--window-size", "30"))
     assert served == []
