@@ -48,10 +48,12 @@ from haystack_llmrank.data import (
     read_run,
     run_from_rankings,
 )
+from haystack_llmrank.errors import listed
 from haystack_llmrank.evaluation import evaluate
 from haystack_llmrank.fusion import fuse_with_input_order
 from haystack_llmrank.prompt import AUTO_PASSAGE_WORDS
 from haystack_llmrank.reranker import Reranker
+from haystack_llmrank.scorers.torch_scorer import TorchLabelScorer
 from haystack_llmrank.strategies import (
     DEFAULT_STEP,
     DEFAULT_WINDOW_SIZE,
@@ -82,15 +84,52 @@ def ndcg10(run: Run, qrels: Qrels, report: dict[str, Any], key: str) -> None:
     }
 
 
+def heldout_queries(candidates: Path, split: Path, depth: int) -> list[QueryCandidates]:
+    """The top ``depth`` candidates of each validation query of ``split``; every one must be
+    in ``candidates``."""
+    held = set(json.loads(split.read_text("utf-8"))["validation"])
+    queries = [q.top(depth) for q in read_queries(candidates) if q.qid in held]
+    missing = sorted(held - {q.qid for q in queries})
+    if missing:
+        raise ValueError(
+            f"{len(missing)} validation queries of {split} are not in {candidates}: "
+            f"{listed(missing, 10)}"
+        )
+    return queries
+
+
+def teacher_scores(queries: Sequence[QueryCandidates], teacher: Path) -> Run:
+    """The teacher run's score of every candidate of ``queries``; each must have one."""
+    run = read_run(teacher)
+    missing = [
+        f"{q.qid}/{c.docid}"
+        for q in queries
+        for c in q.candidates
+        if c.docid not in run.get(q.qid, {})
+    ]
+    if missing:
+        raise ValueError(
+            f"the teacher run {teacher} does not score {len(missing)} candidates "
+            f"(query/docid): {listed(missing, 10)}"
+        )
+    return {q.qid: {c.docid: run[q.qid][c.docid] for c in q.candidates} for q in queries}
+
+
 def baselines(
     queries: Sequence[QueryCandidates], qrels: Qrels, teacher: Path | None, report: dict[str, Any]
 ) -> None:
     """nDCG@10 of the first stage's order and, given a TREC run, of the teacher's."""
     ndcg10(first_stage_run(queries), qrels, report, "first_stage")
     if teacher is not None:
-        run = read_run(teacher)
-        ranked = {q.qid: {c.docid: run[q.qid][c.docid] for c in q.candidates} for q in queries}
-        ndcg10(ranked, qrels, report, "teacher")
+        ndcg10(teacher_scores(queries, teacher), qrels, report, "teacher")
+
+
+def used_dtype(reranker: Reranker) -> str | None:
+    """The torch dtype ``reranker`` runs in (``None`` for ONNX: its export fixes that)."""
+    scorer = reranker.scorer
+    return (
+        str(scorer.dtype).removeprefix("torch.") if isinstance(scorer, TorchLabelScorer) else None
+    )
 
 
 def main() -> None:
@@ -107,7 +146,9 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=100, help="rerank the top N")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--dtype", default=None, help="torch dtype (default float32)")
+    parser.add_argument(
+        "--dtype", default=None, help="torch dtype (default float32; on CUDA the checkpoint's)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--both-orders", action="store_true", help="score each window as given and reversed"
@@ -137,15 +178,14 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    held = set(json.loads(args.split.read_text())["validation"])
-    queries = [q.top(args.depth) for q in read_queries(args.candidates) if q.qid in held]
+    queries = heldout_queries(args.candidates, args.split, args.depth)
+    held = {q.qid for q in queries}
     qrels = {qid: judged for qid, judged in read_qrels(args.qrels).items() if qid in held}
     report: dict[str, Any] = {
         "command": shlex.join(["python", *sys.argv]),
         "model": args.model,
         "backend": args.backend,
         "device": args.device,
-        "dtype": args.dtype or "float32",
         "both_orders": args.both_orders,
         "window_size": args.window_size,
         "step": args.step,
@@ -166,6 +206,7 @@ def main() -> None:
         step=args.step,
         max_passage_words=args.max_passage_words,
     )
+    report["dtype"] = used_dtype(reranker)
     report["max_passage_words"] = reranker.prompts.max_passage_words
     report["strategy"] = reranker.strategy.name
     report["order_invariant"] = reranker.order_invariant

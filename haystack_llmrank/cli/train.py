@@ -21,7 +21,7 @@ _SPLIT = "split.json"
 
 def register(parser: argparse.ArgumentParser) -> None:
     """Add the ``train`` options and handler to ``parser``; defaults come from TrainConfig."""
-    from haystack_llmrank.training.config import OBJECTIVES, TrainConfig
+    from haystack_llmrank.training.config import OBJECTIVES, RANKNET_REDUCTIONS, TrainConfig
 
     config = TrainConfig()
     sampling, lora_defaults = config.sampling, config.lora
@@ -109,6 +109,15 @@ def register(parser: argparse.ArgumentParser) -> None:
         "window in a prompt of its own by --passage-vote's logit after a relevance question, "
         "trained with a pairwise RankNet, as a warm start for FIRST training (--init-adapter) "
         "(default %(default)s)",
+    )
+    run.add_argument(
+        "--ranknet-reduction",
+        choices=RANKNET_REDUCTIONS,
+        default=config.ranknet_reduction,
+        help="sum: each window's weighted RankNet (and --passage-ranknet-weight's) summed over "
+        "its pairs, as FIRST's paper writes it; mean: that sum over the n(n-1)/2 pairs of an "
+        "n-passage window, as FIRST's released code trains (with --ranknet-weight 10); "
+        "--resume refuses a change (default %(default)s)",
     )
     run.add_argument(
         "--stop-after",
@@ -333,6 +342,7 @@ def _config(args: argparse.Namespace) -> Any:
         min_lr_ratio=args.min_lr_ratio,
         max_grad_norm=args.max_grad_norm,
         ranknet_weight=args.ranknet_weight,
+        ranknet_reduction=args.ranknet_reduction,
         passage_ranknet_weight=args.passage_ranknet_weight,
         passage_vote=args.passage_vote,
         pointwise_weight=args.pointwise_weight,
@@ -400,6 +410,7 @@ def run_train(args: argparse.Namespace) -> int:
     trainer = _trainer(args, config)
     if args.resume and not trainer.resume():
         print(f"no checkpoint in {args.output}; starting from step 0")
+    resumed_at = trainer.step
     validation = None
     if held_ids:
         from haystack_llmrank.training import Validation
@@ -428,13 +439,22 @@ def run_train(args: argparse.Namespace) -> int:
         record = trainer.fit(train, validation, on_step=show)
     if args.merge:
         _write_merged(args.output)
-    best = record["best_validation_ndcg@10"]
-    print(
-        f"trained {record['steps']} updates in {time.perf_counter() - started:.0f} s; "
-        + (f"best validation nDCG@10 {best:.4f} at update {record['best_step']}; " if best else "")
-        + f"model in {args.output}"
-    )
+    print(summary(record, resumed_at, time.perf_counter() - started, args.output))
     return 0
+
+
+def summary(record: dict[str, Any], resumed_at: int, seconds: float, output: Path) -> str:
+    """The closing line: the updates this run trained (and in all, after a resume), the best
+    validation, where the model is."""
+    trained = record["steps"] - resumed_at
+    total = f" ({record['steps']} in all)" if resumed_at else ""
+    best = record["best_validation_ndcg@10"]
+    shown = (
+        f"best validation nDCG@10 {best:.4f} at update {record['best_step']}; "
+        if best is not None
+        else ""
+    )
+    return f"trained {trained} updates{total} in {seconds:.0f} s; {shown}model in {output}"
 
 
 def _trainer(args: argparse.Namespace, config: Any) -> Any:

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 from haystack_llmrank.training.adapters import LoraSettings
 from haystack_llmrank.training.targets import WindowSampling
 
 OBJECTIVES = ("first", "pointwise")
 """What a run trains: FIRST's listwise readout, or pointwise scores to warm up on."""
+
+RanknetReduction = Literal["sum", "mean"]
+"""How FIRST's weighted RankNet reduces a window's pairs: ``"sum"`` (FIRST's paper) or
+``"mean"`` (FIRST's released code; :func:`~haystack_llmrank.training.losses.ranknet_scale`)."""
+RANKNET_REDUCTIONS: tuple[RanknetReduction, ...] = get_args(RanknetReduction)
 
 
 @dataclass(frozen=True)
@@ -20,11 +25,11 @@ class TrainConfig:
     scores each passage of a sampled window in a prompt of its own, by ``passage_vote``'s
     logit after a relevance question (:mod:`haystack_llmrank.training.pointwise`), and
     trains a pairwise RankNet over the window's target order: a warm start for FIRST
-    training (``LoraSettings.init_from``). The window's input order, ``ranknet_weight``
-    and the LM loss do not apply to it: changing the first two from their defaults is an
-    error. With ``"first"``, ``pointwise_weight`` adds that pointwise loss, over each
-    window's passages, to FIRST's: the listwise readout then trains while the relevance a
-    pointwise warm start taught is still trained too.
+    training (``LoraSettings.init_from``). The window's input order, ``ranknet_weight``,
+    ``ranknet_reduction`` and the LM loss do not apply to it: changing the first three from
+    their defaults is an error. With ``"first"``, ``pointwise_weight`` adds that pointwise
+    loss, over each window's passages, to FIRST's: the listwise readout then trains while
+    the relevance a pointwise warm start taught is still trained too.
     """
 
     steps: int = 200
@@ -43,6 +48,10 @@ class TrainConfig:
     warmup_steps: int = 10
     min_lr_ratio: float = 0.1
     ranknet_weight: float = 10.0
+    ranknet_reduction: RanknetReduction = "sum"
+    """Reduction of the weighted RankNet over a window's pairs, for the label RankNet and
+    the passage RankNet alike: ``"sum"``, or ``"mean"`` (the sum over ``n (n - 1) / 2``
+    pairs, as FIRST's released code trains, there with ``ranknet_weight`` 10)."""
     passage_ranknet_weight: float = 0.0
     passage_vote: str | None = None
     """With ``passage_ranknet_weight``: the token whose logit at the end of each passage line
@@ -101,6 +110,11 @@ class TrainConfig:
             )
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.ranknet_reduction not in RANKNET_REDUCTIONS:
+            raise ValueError(
+                f"ranknet_reduction must be one of {RANKNET_REDUCTIONS}, "
+                f"got {self.ranknet_reduction!r}"
+            )
         if self.objective == "pointwise":
             self._check_pointwise()
         elif self.passage_vote is None and self.pointwise_weight > 0:
@@ -130,6 +144,7 @@ class TrainConfig:
         # each passage is scored alone and the pairwise RankNet is the whole loss
         unused = {
             "ranknet_weight": self.ranknet_weight != TrainConfig.ranknet_weight,
+            "ranknet_reduction": self.ranknet_reduction != TrainConfig.ranknet_reduction,
             "the input order": (self.sampling.orders, self.sampling.order_weights)
             != (WindowSampling.orders, WindowSampling.order_weights),
         }

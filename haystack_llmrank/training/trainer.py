@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import math
+import reprlib
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from haystack_llmrank.training.adapters import (
 from haystack_llmrank.training.config import TrainConfig
 from haystack_llmrank.training.encoding import WindowEncoder
 from haystack_llmrank.training.listwise import batch_losses, vote_token_id
-from haystack_llmrank.training.losses import chance_ranknet, pairwise_ranknet
+from haystack_llmrank.training.losses import chance_ranknet, pairwise_ranknet, ranknet_scale
 from haystack_llmrank.training.pointwise import PointwiseScorer
 from haystack_llmrank.training.targets import TrainingQuery, TrainingWindow
 
@@ -41,6 +42,10 @@ _RUN_LENGTH = ("stop_after", "max_minutes")
 """Settings that may change between a run and its resumption without a warning."""
 RECORD = "training.json"
 """File in the output folder with the settings, the history and the best validation."""
+FLOAT16_LOSS_SCALE = 2.0**10
+"""The first loss scale of a float16 model: scaled by it, float16 holds gradients from about
+6e-11 (its smallest subnormal) up to 64. An overflow halves it and skips its update; 2,000
+updates without one double it (``torch.amp.GradScaler``)."""
 
 
 @dataclass(frozen=True)
@@ -113,6 +118,10 @@ class FirstTrainer:
     FIRST's loss, and validation ranks by the FIRST readout, or by the votes where
     ``template`` has a ``vote`` (which must be ``passage_vote``: the token trained is the
     token read, and the saved template records it).
+
+    An update whose loss or gradient norm is not finite is skipped with a warning, the
+    weights left as they were (``skipped_updates`` counts them). A float16 model trains its
+    float32 adapters with a dynamic loss scale, from :data:`FLOAT16_LOSS_SCALE`.
     """
 
     def __init__(
@@ -173,10 +182,16 @@ class FirstTrainer:
         parameters = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=0.0)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _schedule(config))
+        # float16 activations underflow small gradients: scale the loss (the trained weights
+        # are float32: full fine-tuning refuses half-precision weights, LoRA keeps float32)
+        device = next(self.model.parameters()).device.type
+        half = any(p.dtype == torch.float16 for p in self.model.parameters())
+        self.scaler = torch.amp.GradScaler(device, init_scale=FLOAT16_LOSS_SCALE) if half else None
         self.rng = np.random.default_rng(config.seed)
         self.step = 0
         self.best: float | None = None
         self.best_step = 0
+        self.skipped_updates = 0
         self.history: list[dict[str, Any]] = []
         logger.info("training %d parameters", trainable_parameters(self.model))
 
@@ -193,12 +208,17 @@ class FirstTrainer:
         With ``validation``, nDCG@10 of reranking each held-out query's top
         ``validation_depth`` candidates is measured every ``eval_every`` updates and at the
         end, and the best model is what the output folder holds. Without it, the last one.
+        A new best after update 0 is checkpointed before the output folder takes it, so that
+        :meth:`resume` always finds the best model that its record names.
         """
         if not train:
             raise ValueError("no training queries")
         caps = self._window_caps(train)
         if validation is not None and self.step == 0 and self.best is None:
-            self._record_validation(self.validate(validation))
+            score = self.validate(validation)
+            self._improves(score)  # the first score is the best so far
+            self.history.append({"step": 0, "validation": score})
+            self._save_model(self.output_dir)
         started = time.monotonic()
         budget = math.inf if self.config.max_minutes is None else 60 * self.config.max_minutes
         last = False
@@ -210,13 +230,16 @@ class FirstTrainer:
             if out_of_time and self.step < self.config.last_step:
                 logger.info("max_minutes reached: ending this run at update %d", self.step)
             last = self.step == self.config.last_step or out_of_time
+            improved = False
             if validation is not None and (self.step % self.config.eval_every == 0 or last):
                 score = self.validate(validation)
                 report = StepReport(**{**entry, "validation": score})
-                self._record_validation(score)
+                improved = self._improves(score)
             self.history.append(asdict(report))
-            if self.step % self.config.checkpoint_every == 0 or last:
+            if improved or self.step % self.config.checkpoint_every == 0 or last:
                 self.save_checkpoint()
+            if improved:
+                self._save_model(self.output_dir)
             if on_step is not None:
                 on_step(report)
         if validation is None:
@@ -277,9 +300,19 @@ class FirstTrainer:
         backward = self._pointwise_backward if pointwise else self._first_backward
         totals, tokens = backward(windows)
         parameters = [p for p in self.model.parameters() if p.requires_grad]
-        torch.nn.utils.clip_grad_norm_(parameters, self.config.max_grad_norm)
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(parameters, self.config.max_grad_norm)
         rate = float(self.optimizer.param_groups[0]["lr"])
-        self.optimizer.step()
+        finite = math.isfinite(totals[0]) and bool(torch.isfinite(norm))
+        if finite and self.scaler is not None:
+            self.scaler.step(self.optimizer)
+        elif finite:
+            self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.update()  # halves the loss scale after an overflow
+        if not finite:
+            self._skip_update(totals[0], float(norm))
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         loss, ranknet, lm, chance, passage, pointwise = (totals / accumulation).tolist()
@@ -298,6 +331,27 @@ class FirstTrainer:
             pointwise,
         )
 
+    def _skip_update(self, loss: float, norm: float) -> None:
+        """Count and report an update left out for a non-finite loss or gradient norm."""
+        self.skipped_updates += 1
+        scale = (
+            "" if self.scaler is None else f"; float16 loss scale now {self.scaler.get_scale():g}"
+        )
+        logger.warning(
+            "update %d: loss %s, gradient norm %s, not finite: skipped, weights unchanged "
+            "(%d updates skipped in all%s)",
+            self.step + 1,
+            loss,
+            norm,
+            self.skipped_updates,
+            scale,
+        )
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        """Backpropagate ``loss``, scaled by the float16 loss scale if there is one."""
+        scaled = loss if self.scaler is None else self.scaler.scale(loss)
+        scaled.backward()  # type: ignore[no-untyped-call]
+
     def _first_backward(self, windows: Sequence[TrainingWindow]) -> tuple[np.ndarray, int]:
         """Backpropagate FIRST's loss over ``windows``, ``batch_windows`` per forward pass,
         and ``pointwise_weight`` times the pointwise loss of their passages; return the
@@ -311,17 +365,22 @@ class FirstTrainer:
             total: torch.Tensor | None = None
             terms_of = batch_losses(self.model, chunk, self.label_ids, self.vote_id)
             for window, terms in zip(chunk, terms_of, strict=True):
-                loss = terms.lm + self.config.ranknet_weight * terms.ranknet
+                passages = len(window.target)
+                # batch_losses sums each RankNet over its pairs
+                scale = ranknet_scale(passages, self.config.ranknet_reduction)
+                ranknet = terms.ranknet * scale
+                loss = terms.lm + self.config.ranknet_weight * ranknet
                 passage = 0.0
                 if terms.passage_ranknet is not None:
-                    loss = loss + self.config.passage_ranknet_weight * terms.passage_ranknet
-                    passage = terms.passage_ranknet.item()
+                    passage_ranknet = terms.passage_ranknet * scale
+                    loss = loss + self.config.passage_ranknet_weight * passage_ranknet
+                    passage = passage_ranknet.item()
                 total = loss if total is None else total + loss
-                chance = chance_ranknet(len(window.target))
-                totals += (loss.item(), terms.ranknet.item(), terms.lm.item(), chance, passage, 0)
+                chance = chance_ranknet(passages, self.config.ranknet_reduction)
+                totals += (loss.item(), ranknet.item(), terms.lm.item(), chance, passage, 0)
                 tokens += len(window.input_ids)
             assert total is not None
-            (total / len(windows)).backward()  # type: ignore[no-untyped-call]
+            self._backward(total / len(windows))
         if self.config.pointwise_weight > 0:
             # scored one passage per prompt, a mirrored window is its drawn one again
             drawn = windows[:: self.config.sampling.group_size]
@@ -352,7 +411,7 @@ class FirstTrainer:
         for window in windows:
             prompts = self.pointwise.encode(window.query, window.passages)
             loss = pairwise_ranknet(self.pointwise.score_ids(self.model, prompts), window.target)
-            (weight * loss / len(windows)).backward()  # type: ignore[no-untyped-call]
+            self._backward(weight * loss / len(windows))
             summed += loss.item()
             tokens += sum(len(p) for p in prompts)
         return summed / len(windows), tokens
@@ -421,14 +480,13 @@ class FirstTrainer:
             for q in queries
         }
 
-    def _record_validation(self, score: float) -> None:
-        """Keep the model in the output folder if ``score`` is the best so far."""
-        if self.best is None or score > self.best:
-            self.best = score
-            self.best_step = self.step
-            self._save_model(self.output_dir)
-        if self.step == 0:
-            self.history.append({"step": 0, "validation": score})
+    def _improves(self, score: float) -> bool:
+        """Whether ``score`` is the best validation so far; if it is, it becomes the best."""
+        if self.best is not None and score <= self.best:
+            return False
+        self.best = score
+        self.best_step = self.step
+        return True
 
     def record(self) -> dict[str, Any]:
         """Settings, base model, template, history and best validation score."""
@@ -439,6 +497,7 @@ class FirstTrainer:
             "steps": self.step,
             "best_validation_ndcg@10": self.best,
             "best_step": self.best_step,
+            "skipped_updates": self.skipped_updates,
             "trainable_parameters": trainable_parameters(self.model),
             "history": self.history,
         }
@@ -478,6 +537,7 @@ class FirstTrainer:
                 "scheduler": self.scheduler.state_dict(),
                 "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if self._on_cuda else None,
+                "scaler": None if self.scaler is None else self.scaler.state_dict(),
             },
             staging / "state.pt",
         )
@@ -485,6 +545,7 @@ class FirstTrainer:
             "step": self.step,
             "best": self.best,
             "best_step": self.best_step,
+            "skipped_updates": self.skipped_updates,
             "rng": self.rng.bit_generator.state,
             "history": self.history,
             "config": self.config.to_dict(),
@@ -524,8 +585,17 @@ class FirstTrainer:
         trained_with = recorded_template(str(folder / "model"))
         if trained_with is not None and trained_with != self.saved_template:
             raise ValueError(
-                f"{folder} was trained with template {trained_with.name!r}, not "
-                f"{self.template.name!r}; resume with the same template"
+                f"{folder} was trained with template {trained_with.name!r}, and this run's "
+                f"differs: {_differences(trained_with, self.saved_template)}; resume with the "
+                "same template and max_passage_words"
+            )
+        # checkpoints from before the setting were trained with the default
+        reduction = meta["config"].get("ranknet_reduction", TrainConfig.ranknet_reduction)
+        if reduction != self.config.ranknet_reduction:
+            raise ValueError(
+                f"{folder} was trained with ranknet_reduction {reduction!r}, not "
+                f"{self.config.ranknet_reduction!r}: it sets the RankNet's strength; resume "
+                "with the same one"
             )
         current = json.loads(json.dumps(self.config.to_dict()))  # tuples as the JSON's lists
         changed = sorted(
@@ -548,10 +618,28 @@ class FirstTrainer:
         torch.set_rng_state(state["torch_rng"])
         if self._on_cuda and state.get("cuda_rng") is not None:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
+        if self.scaler is not None and state.get("scaler") is not None:
+            self.scaler.load_state_dict(state["scaler"])
         self.rng.bit_generator.state = meta["rng"]
         self.step = int(meta["step"])
         self.best = meta["best"]
         self.best_step = int(meta.get("best_step", 0))
+        self.skipped_updates = int(meta.get("skipped_updates", 0))
         self.history = list(meta["history"])
+        if self.best is not None and self.best_step == self.step:
+            # a new best is checkpointed, then saved: finish a save that a crash cut short
+            self._save_model(self.output_dir)
         logger.info("resumed from %s at step %d", folder, self.step)
         return True
+
+
+def _differences(there: PromptTemplate, here: PromptTemplate) -> str:
+    """The fields in which two templates differ, each with its two values."""
+    short = reprlib.Repr()
+    short.maxstring, short.maxtuple = 40, 30  # long texts cut; label tuples whole
+    return "; ".join(
+        f"{f.name} {short.repr(getattr(there, f.name))} there, "
+        f"{short.repr(getattr(here, f.name))} here"
+        for f in fields(PromptTemplate)
+        if getattr(there, f.name) != getattr(here, f.name)
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from dataclasses import replace
@@ -20,6 +21,7 @@ from haystack_llmrank.model_templates import recorded_template
 from haystack_llmrank.models import load_causal_lm, resolve_model
 from haystack_llmrank.prompt import (
     FIRST_ECHO_TEMPLATE,
+    FIRST_NUMERIC_TEMPLATE,
     FIRST_TEMPLATE,
     PromptBuilder,
     PromptTemplate,
@@ -41,6 +43,7 @@ from haystack_llmrank.training import (
     window_losses,
 )
 from haystack_llmrank.training.adapters import causal_lm, make_trainable
+from haystack_llmrank.training.losses import ranknet_scale
 from haystack_llmrank.training.trainer import _schedule
 
 TEXTS = (
@@ -94,6 +97,36 @@ def test_training_queries_refuses_what_it_cannot_label() -> None:
         training_queries([toy_query()])
     with pytest.raises(ValueError, match="neither judgements nor teacher"):
         training_queries([toy_query("q9")], qrels=TOY_QRELS)
+
+
+def test_judgements_that_name_no_candidate_are_refused() -> None:
+    prefixed = {"q1": {f"D{docid[1:]}": grade for docid, grade in TOY_QRELS["q1"].items()}}
+    with pytest.raises(ValueError, match="none of the 5 judged documents is among its query's"):
+        training_queries([toy_query()], qrels=prefixed)  # "D1" is not "d1"
+    queries = [toy_query(f"q{i}") for i in range(1, 9)]
+    qrels = {q.qid: TOY_QRELS["q1"] if q.qid == "q1" else {"x": 1} for q in queries}
+    with pytest.raises(
+        ValueError, match=r"would be first-stage order: q2, q3, q4, q5, q6 and 2 more"
+    ):
+        training_queries(queries, qrels=qrels)
+    with pytest.raises(ValueError, match=r"first-stage order: q1; check that the docids"):
+        training_queries([toy_query()], teacher={"q1": {"D1": 0.5}})
+
+
+def test_judged_documents_that_were_not_retrieved_are_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    two = [toy_query(), toy_query("q2")]
+    qrels = {"q1": {**TOY_QRELS["q1"], "d9": 3}, "q2": {"x": 2}}
+    with caplog.at_level(logging.WARNING, logger="haystack_llmrank.training.targets"):
+        # q2's judgements name none of its candidates, but its teacher orders them
+        joined = training_queries(two, qrels=qrels, teacher={"q2": {"d4": 0.7}})
+    assert [q.grades for q in joined] == [(1, 3, 0, 2, 0, 2), (0,) * 6]
+    assert "2 of 7 judged documents are not among their query's candidates" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="haystack_llmrank.training.targets"):
+        training_queries([toy_query()], qrels=TOY_QRELS)
+    assert caplog.text == ""
 
 
 def test_sampled_windows_vary_size_and_order_and_keep_targets_consistent() -> None:
@@ -158,6 +191,30 @@ def test_chance_ranknet_is_the_loss_of_equal_logits() -> None:
     assert weighted_ranknet(torch.zeros(20), target).item() == pytest.approx(
         chance_ranknet(20), rel=1e-6
     )
+
+
+def test_the_mean_ranknet_divides_by_the_pairs_as_first_code_does() -> None:
+    logits = torch.tensor([1.0, 3.0, 2.0])
+    target = [1, 2, 0]
+    # FIRST's code: BCEWithLogitsLoss(weight=1 / (i + j)), mean over the 3 pairs
+    expected = (
+        math.log1p(math.exp(-1)) / 3 + math.log1p(math.exp(-2)) / 4 + math.log1p(math.exp(-1)) / 5
+    ) / 3
+    mean = weighted_ranknet(logits, target) * ranknet_scale(3, "mean")
+    assert mean.item() == pytest.approx(expected, rel=1e-6)
+    ordered = logits[target]
+    pairs = [(0, 1), (0, 2), (1, 2)]
+    first = torch.nn.BCEWithLogitsLoss(weight=torch.tensor([1 / (i + j + 2) for i, j in pairs]))
+    diffs = torch.stack([ordered[i] - ordered[j] for i, j in pairs])
+    assert first(diffs, torch.ones(3)).item() == pytest.approx(expected, rel=1e-6)
+    assert ranknet_scale(3, "sum") == ranknet_scale(1, "mean") == 1.0
+    assert chance_ranknet(3, "mean") == pytest.approx(chance_ranknet(3) / 3, rel=1e-12)
+    assert chance_ranknet(20, "mean") == pytest.approx(chance_ranknet(20) / 190, rel=1e-12)
+    assert chance_ranknet(1, "mean") == 0.0
+    with pytest.raises(ValueError, match="ranknet_reduction must be one of"):
+        small_config(ranknet_reduction="max")
+    with pytest.raises(ValueError, match="ranknet_reduction has no effect with the pointwise"):
+        small_config(objective="pointwise", passage_vote=" yes", ranknet_reduction="mean")
 
 
 def test_encoded_window_is_the_reranker_prompt_then_the_ranking(smollm2_tokenizer: Any) -> None:
@@ -339,6 +396,8 @@ def test_passage_ranknet_needs_a_template_that_repeats_labels(
     for vote, template, message in (
         (" yes please", FIRST_TEMPLATE, "a vote must be one token; ' yes please' is 2"),
         (" no", FIRST_TEMPLATE.with_vote(" yes"), "train that token"),
+        # a line ending in its passage's text: its end, where the vote is read, is ambiguous
+        (" yes", replace(FIRST_TEMPLATE, passage="\n[{label}] {text}"), "line break"),
     ):
         with pytest.raises(ValueError, match=message):
             FirstTrainer(
@@ -369,6 +428,35 @@ def test_passage_ranknet_is_trained_and_reported(
     history = trainer.fit(queries)["history"]
     assert all(entry["passage_ranknet"] > 0 for entry in history)
     assert all(entry["loss"] > entry["lm"] + 10 * entry["ranknet"] for entry in history)
+
+
+def test_the_mean_reduction_divides_both_ranknets_and_their_chance_by_the_pairs(
+    smollm2_tokenizer: Any, tmp_path: Path
+) -> None:
+    queries = training_queries([toy_query()], qrels=TOY_QRELS)
+    three = WindowSampling(min_size=3, max_size=3, pool=6)
+    reports: dict[str, Any] = {}
+    for reduction in ("sum", "mean"):
+        config = small_config(
+            steps=1, sampling=three, passage_ranknet_weight=2.0, ranknet_reduction=reduction
+        )
+        trainer = FirstTrainer(
+            make_tiny_llama(len(smollm2_tokenizer), seed=4),
+            smollm2_tokenizer,
+            config,
+            base_model="unused",
+            output_dir=tmp_path / reduction,
+            template=FIRST_ECHO_TEMPLATE,
+        )
+        [reports[reduction]] = trainer.fit(queries)["history"]
+        recorded = json.loads((tmp_path / reduction / "training.json").read_text())
+        assert recorded["config"]["ranknet_reduction"] == reduction
+    summed, mean = reports["sum"], reports["mean"]
+    for key in ("ranknet", "passage_ranknet", "ranknet_chance"):
+        assert mean[key] == pytest.approx(summed[key] / 3, rel=1e-5), key  # 3 pairs
+    assert mean["lm"] == pytest.approx(summed["lm"], rel=1e-5)
+    expected = mean["lm"] + 10 * mean["ranknet"] + 2 * mean["passage_ranknet"]
+    assert mean["loss"] == pytest.approx(expected, rel=1e-5)
 
 
 def test_lora_gradients_reach_only_the_adapter(smollm2_tokenizer: Any) -> None:
@@ -558,6 +646,37 @@ def test_validation_ranks_within_the_models_context_not_the_training_budget(
     assert max(lengths) > 6 * 120  # whole passages, not cut to the 300-token budget
 
 
+def test_validation_ranks_in_windows_that_the_templates_labels_fit(
+    smollm2_tokenizer: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from haystack_llmrank.training import Validation
+
+    sizes: list[int] = []
+    build = PromptBuilder.build
+
+    def counted(self: PromptBuilder, query: str, passages: Any) -> Any:
+        sizes.append(len(passages))
+        return build(self, query, passages)
+
+    monkeypatch.setattr(PromptBuilder, "build", counted)
+    texts = [f"{TEXTS[i % len(TEXTS)]} ({i})" for i in range(12)]
+    query = QueryCandidates(
+        "q1", toy_query().query, tuple(Candidate(f"d{i}", t) for i, t in enumerate(texts))
+    )
+    config = small_config(steps=1, sampling=WindowSampling(min_size=3, max_size=8, pool=8))
+    model = make_tiny_llama(len(smollm2_tokenizer), seed=4)
+    trainer = FirstTrainer(
+        model,
+        smollm2_tokenizer,
+        config,
+        base_model="x",
+        output_dir=tmp_path,
+        template=FIRST_NUMERIC_TEMPLATE,
+    )
+    assert 0.0 <= trainer.validate(Validation([query], TOY_QRELS)) <= 1.0
+    assert max(sizes) == len(FIRST_NUMERIC_TEMPLATE.labels)  # FIRST's window, narrowed to 9
+
+
 def test_validation_and_the_saved_template_use_the_training_passage_length(
     smollm2_tokenizer: Any, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -680,21 +799,200 @@ def test_resume_applies_a_changed_learning_rate_and_schedule(
     assert [h["learning_rate"] for h in again.history[2:]] == pytest.approx(expected)
 
 
-def test_resume_refuses_another_template(
+def scripted_validation(
+    monkeypatch: pytest.MonkeyPatch, scores: dict[int, float]
+) -> tuple[list[TrainingQuery], Any]:
+    """Training queries, and held-out ones that validate at ``scores[step]`` (0 if unlisted)."""
+    from haystack_llmrank.training import Validation
+
+    def scripted(self: FirstTrainer, validation: Any) -> float:
+        return scores.get(self.step, 0.0)
+
+    monkeypatch.setattr(FirstTrainer, "validate", scripted)
+    return training_queries([toy_query()], qrels=TOY_QRELS), Validation([toy_query()], TOY_QRELS)
+
+
+def adapter_weights(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "adapter_model.safetensors"))
+
+
+def test_a_resumed_run_records_the_best_model_its_output_holds(
+    smollm2_tokenizer: Any, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from peft.utils import get_peft_model_state_dict
+
+    scores = {0: 0.1, 1: 0.2, 2: 0.3, 3: 0.4, 4: 0.9, 5: 0.5}
+    queries, held = scripted_validation(monkeypatch, scores)
+    config = small_config(steps=6, eval_every=1, checkpoint_every=3)
+
+    def trainer() -> FirstTrainer:
+        model = load_causal_lm(resolve_model(str(tiny_model_dir)))
+        return FirstTrainer(
+            model, smollm2_tokenizer, config, base_model="x", output_dir=tmp_path / "run"
+        )
+
+    crashed = trainer()
+    models: dict[int, dict[str, torch.Tensor]] = {}
+
+    def crash_after_five(report: Any) -> None:
+        state = get_peft_model_state_dict(crashed.model)
+        models[report.step] = {name: weight.clone() for name, weight in state.items()}
+        if report.step == 5:  # after the best at 4, before the checkpoint at 6
+            raise StopTrainingError
+
+    with pytest.raises(StopTrainingError):
+        crashed.fit(queries, held, on_step=crash_after_five)
+    scores.clear()  # the resumed run validates lower: the best stays the crashed run's
+    again = trainer()
+    assert again.resume()
+    record = again.fit(queries, held)
+    assert (record["best_step"], record["best_validation_ndcg@10"]) == (4, 0.9)
+    output = adapter_weights(tmp_path / "run")
+    best = models[record["best_step"]]
+    assert output.keys() == best.keys()
+    assert all(torch.equal(output[name], best[name]) for name in best)
+
+
+def test_resume_finishes_saving_a_best_model_that_a_crash_cut_short(
+    smollm2_tokenizer: Any, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queries, held = scripted_validation(monkeypatch, {step: step / 10 for step in range(5)})
+    save = FirstTrainer._save_model
+
+    def crashing(self: FirstTrainer, folder: Path) -> None:
+        if folder == self.output_dir and self.step == 3:
+            raise StopTrainingError
+        save(self, folder)
+
+    def trainer() -> FirstTrainer:
+        model = load_causal_lm(resolve_model(str(tiny_model_dir)))
+        config = small_config(steps=4, eval_every=1, checkpoint_every=2)
+        return FirstTrainer(
+            model, smollm2_tokenizer, config, base_model="x", output_dir=tmp_path / "run"
+        )
+
+    monkeypatch.setattr(FirstTrainer, "_save_model", crashing)
+    with pytest.raises(StopTrainingError):
+        trainer().fit(queries, held)
+    monkeypatch.setattr(FirstTrainer, "_save_model", save)
+    again = trainer()
+    assert again.resume()
+    assert again.step == again.best_step == 3  # the new best was checkpointed first
+    output = adapter_weights(tmp_path / "run")
+    checkpointed = adapter_weights(tmp_path / "run" / "checkpoint" / "model")
+    assert all(torch.equal(output[name], checkpointed[name]) for name in checkpointed)
+
+
+def test_an_update_with_a_non_finite_loss_is_skipped_and_the_weights_stay_finite(
+    smollm2_tokenizer: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    calls: list[int] = []
+
+    def poisoned(*args: Any) -> list[WindowLosses]:
+        calls.append(1)
+        terms = batch_losses(*args)
+        if len(calls) == 2:  # the second update's one window
+            return [replace(t, ranknet=t.ranknet * float("nan")) for t in terms]
+        return terms
+
+    monkeypatch.setattr("haystack_llmrank.training.trainer.batch_losses", poisoned)
+    trainer = FirstTrainer(
+        make_tiny_llama(len(smollm2_tokenizer), seed=4),
+        smollm2_tokenizer,
+        small_config(steps=3),
+        base_model="unused",
+        output_dir=tmp_path,
+    )
+    weights: dict[int, dict[str, torch.Tensor]] = {}
+
+    def snapshot(report: Any) -> None:
+        trained = trainer.model.named_parameters()
+        weights[report.step] = {n: p.detach().clone() for n, p in trained if p.requires_grad}
+
+    with caplog.at_level("WARNING", logger="haystack_llmrank.training.trainer"):
+        record = trainer.fit(training_queries([toy_query()], qrels=TOY_QRELS), on_step=snapshot)
+    assert "update 2: loss nan, gradient norm nan, not finite: skipped" in caplog.text
+    assert "(1 updates skipped in all)" in caplog.text
+    assert record["skipped_updates"] == 1
+    assert all(torch.equal(weights[2][n], weights[1][n]) for n in weights[1])
+    assert all(bool(torch.isfinite(w).all()) for w in weights[3].values())
+    assert any(not torch.equal(weights[3][n], weights[2][n]) for n in weights[2])
+
+
+def test_float16_training_scales_the_loss_and_checkpoints_the_scaler(
+    smollm2_tokenizer: Any, tmp_path: Path
+) -> None:
+    from haystack_llmrank.training.trainer import FLOAT16_LOSS_SCALE
+
+    def trainer(**changes: Any) -> FirstTrainer:
+        model = make_tiny_llama(len(smollm2_tokenizer), seed=4)
+        with torch.no_grad():
+            model.lm_head.weight.div_(50)  # logits in float16's range
+        config = small_config(**{"steps": 4, "stop_after": 2, **changes})
+        return FirstTrainer(
+            model.half(), smollm2_tokenizer, config, base_model="x", output_dir=tmp_path
+        )
+
+    with pytest.raises(ValueError, match="float16: small updates would round away"):
+        trainer(lora=None)  # full fine-tuning: float16 weights would not take small updates
+    half = trainer()
+    assert half.scaler is not None
+    assert half.scaler.get_scale() == FLOAT16_LOSS_SCALE
+    scaled: list[torch.Tensor] = []
+    scale = half.scaler.scale
+
+    def recorded(loss: torch.Tensor) -> torch.Tensor:
+        scaled.append(loss)
+        return scale(loss)
+
+    half.scaler.scale = recorded  # type: ignore[method-assign, assignment]
+    before = {n: p.detach().clone() for n, p in half.model.named_parameters() if p.requires_grad}
+    record = half.fit(training_queries([toy_query()], qrels=TOY_QRELS))
+    assert len(scaled) == 2  # each update's one window
+    assert record["skipped_updates"] == 0
+    trained = {n: p for n, p in half.model.named_parameters() if p.requires_grad}
+    assert {p.dtype for p in trained.values()} == {torch.float32}
+    assert all(bool(torch.isfinite(p).all()) for p in trained.values())
+    assert any(not torch.equal(trained[n], before[n]) for n in before)
+    saved = torch.load(tmp_path / "checkpoint" / "state.pt", weights_only=False)["scaler"]
+    assert saved == half.scaler.state_dict()
+    again = trainer(stop_after=None)
+    assert again.resume()
+    assert again.scaler is not None
+    assert again.scaler.state_dict() == saved
+
+
+def test_resume_refuses_another_template_and_names_what_differs(
     smollm2_tokenizer: Any, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     train_adapter(smollm2_tokenizer, tiny_model_dir, tmp_path / "run", steps=2)
-    model = load_causal_lm(resolve_model(str(tiny_model_dir)))
-    other = FirstTrainer(
-        model,
-        smollm2_tokenizer,
-        small_config(steps=2),
-        base_model=str(tiny_model_dir),
-        output_dir=tmp_path / "run",
-        template=FIRST_ECHO_TEMPLATE,
-    )
-    with pytest.raises(ValueError, match="trained with template 'first'"):
-        other.resume()
+
+    def resumed(template: PromptTemplate = FIRST_TEMPLATE, **changes: Any) -> bool:
+        return FirstTrainer(
+            load_causal_lm(resolve_model(str(tiny_model_dir))),
+            smollm2_tokenizer,
+            small_config(steps=2, **changes),
+            base_model=str(tiny_model_dir),
+            output_dir=tmp_path / "run",
+            template=template,
+        ).resume()
+
+    with pytest.raises(
+        ValueError,
+        match="trained with template 'first', and this run's differs: name 'first' "
+        "there, 'first-echo' here; passage",
+    ):
+        resumed(FIRST_ECHO_TEMPLATE)
+    with pytest.raises(ValueError, match="differs: max_passage_words 64 there, 48 here; resume"):
+        resumed(max_passage_words=48)
+    with pytest.raises(ValueError, match="ranknet_reduction 'sum', not 'mean'"):
+        resumed(ranknet_reduction="mean")
+    assert resumed()
 
 
 @pytest.mark.slow
@@ -831,6 +1129,37 @@ def test_cli_trains_validates_and_writes_adapter_and_merged_weights(
     assert main([*args[:-1], "--qrels", str(qrels), "--validation-fraction", "0.99"]) == 2
 
 
+def test_cli_resumes_with_the_same_ranknet_reduction_and_counts_this_runs_updates(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from haystack_llmrank.cli import main
+
+    candidates, qrels = write_toy_files(tmp_path)
+    output = tmp_path / "run"
+    args = validated_train_args(candidates, qrels, output, tiny_model_dir, steps=3)
+    assert main([*args, "--ranknet-reduction", "mean", "--stop-after", "1"]) == 0
+    assert "trained 1 updates in " in capsys.readouterr().out
+    record = json.loads((output / "training.json").read_text())
+    assert record["config"]["ranknet_reduction"] == "mean"
+    assert main([*args, "--resume"]) == 2
+    assert "ranknet_reduction 'mean', not 'sum'" in capsys.readouterr().err
+    assert main([*args, "--ranknet-reduction", "mean", "--resume"]) == 0
+    assert "trained 2 updates (3 in all) in " in capsys.readouterr().out
+
+
+def test_the_closing_line_shows_a_best_validation_of_zero() -> None:
+    from haystack_llmrank.cli.train import summary
+
+    record = {"steps": 4, "best_validation_ndcg@10": 0.0, "best_step": 0}
+    assert summary(record, 0, 12.3, Path("out")) == (
+        "trained 4 updates in 12 s; best validation nDCG@10 0.0000 at update 0; model in out"
+    )
+    unvalidated = {**record, "best_validation_ndcg@10": None}
+    assert summary(unvalidated, 3, 2.0, Path("out")) == (
+        "trained 1 updates (4 in all) in 2 s; model in out"
+    )
+
+
 def test_cli_rank_by_vote_records_the_vote_and_validates_by_it(
     smollm2_tokenizer: Any, tiny_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -887,6 +1216,11 @@ def test_the_train_command_line_sets_window_orders_and_their_weights() -> None:
     with pytest.raises(SystemExit):
         parser.parse_args([*base, "--orders", "shuffled:0.5,shuffled:0.5"])
     assert _config(parser.parse_args([*base, "--mirrored"])).sampling.mirrored
+    assert _config(parser.parse_args(base)).ranknet_reduction == "sum"
+    mean = _config(parser.parse_args([*base, "--ranknet-reduction", "mean"]))
+    assert mean.ranknet_reduction == "mean"
+    with pytest.raises(SystemExit):
+        parser.parse_args([*base, "--ranknet-reduction", "max"])
     top = _config(parser.parse_args([*base, "--lora-top-layers", "8"])).lora
     assert top == LoraSettings(top_layers=8)
     with pytest.raises(ValueError, match="not to --full"):

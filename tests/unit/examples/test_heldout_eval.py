@@ -1,0 +1,80 @@
+"""``examples/heldout_eval.py``: held-out queries, teacher scores and the recorded dtype."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from support import import_example
+
+TEXTS = ("Fleas live on cats.", "Roman roads.", "Adult fleas live months.")
+
+
+def write_inputs(folder: Path, qids: list[str], validation: list[str]) -> dict[str, Path]:
+    """Candidates of ``qids`` (docids d0-d2), their qrels, a split holding out
+    ``validation``, and a teacher run that scores every candidate but q1's d2."""
+    lines, judged, scored = [], [], []
+    for qid in qids:
+        docs = [{"docid": f"d{i}", "text": text, "score": 3.0 - i} for i, text in enumerate(TEXTS)]
+        lines.append(json.dumps({"qid": qid, "query": "flea life", "candidates": docs}))
+        judged += [f"{qid} 0 d2 2", f"{qid} 0 d0 1"]
+        scored += [f"{qid} Q0 d{i} {i + 1} {1.0 + i} t" for i in range(3) if (qid, i) != ("q1", 2)]
+    files = {
+        "candidates": folder / "candidates.jsonl",
+        "qrels": folder / "qrels.txt",
+        "split": folder / "split.json",
+        "teacher": folder / "teacher.run",
+    }
+    files["candidates"].write_text("\n".join(lines) + "\n")
+    files["qrels"].write_text("\n".join(judged) + "\n")
+    files["split"].write_text(json.dumps({"train": [], "validation": validation}))
+    files["teacher"].write_text("\n".join(scored) + "\n")
+    return files
+
+
+def test_every_validation_query_must_be_in_the_candidates(tmp_path: Path) -> None:
+    heldout = import_example("heldout_eval")
+    files = write_inputs(tmp_path, ["q0", "q1"], ["q0", "q7", "q9"])
+    with pytest.raises(ValueError, match=r"2 validation queries of .* are not in .*: q7, q9$"):
+        heldout.heldout_queries(files["candidates"], files["split"], 100)
+    files["split"].write_text(json.dumps({"train": [], "validation": ["q1"]}))
+    [query] = heldout.heldout_queries(files["candidates"], files["split"], 2)
+    assert (query.qid, len(query.candidates)) == ("q1", 2)
+
+
+def test_the_teacher_must_score_every_candidate(tmp_path: Path) -> None:
+    heldout = import_example("heldout_eval")
+    files = write_inputs(tmp_path, ["q0", "q1", "q2"], ["q0", "q1", "q2"])
+    queries = heldout.heldout_queries(files["candidates"], files["split"], 100)
+    with pytest.raises(ValueError, match=r"does not score 1 candidates \(query/docid\): q1/d2$"):
+        heldout.teacher_scores(queries, files["teacher"])
+    scores = heldout.teacher_scores([queries[0], queries[2]], files["teacher"])
+    assert scores["q2"] == {"d0": 1.0, "d1": 2.0, "d2": 3.0}
+
+
+def test_the_report_records_the_dtype_the_model_ran_in(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import haystack_llmrank.backends as backends
+
+    heldout = import_example("heldout_eval")
+    files = write_inputs(tmp_path, ["q0", "q2"], ["q0", "q2"])
+
+    def checkpoint_dtype(*args: Any) -> tuple[str, Any]:
+        return "cpu", torch.bfloat16  # as CUDA picks a bfloat16 checkpoint's own dtype
+
+    monkeypatch.setattr(backends, "source_device_and_dtype", checkpoint_dtype)
+    report = tmp_path / "report.json"
+    argv = [
+        "heldout_eval.py", "--model", str(tiny_model_dir), "--split", str(files["split"]),
+        "--candidates", str(files["candidates"]), "--qrels", str(files["qrels"]),
+        "--orders", "bm25", "--json", str(report),
+    ]  # fmt: skip
+    monkeypatch.setattr("sys.argv", argv)
+    heldout.main()
+    written = json.loads(report.read_text())
+    assert written["dtype"] == "bfloat16"
+    assert written["queries"] == ["q0", "q2"]
