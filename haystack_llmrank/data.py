@@ -82,14 +82,20 @@ def read_utf8(path: Path) -> str:
         ) from None
 
 
+def finite_float(value: Any) -> float | None:
+    """``value`` as a float if it is a finite number, else ``None``."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if math.isfinite(number) else None
+
+
 def _finite_score(value: str | float, where: str) -> float:
     """``value`` as a float; :class:`DataFormatError` naming ``where`` unless it is a finite
     number."""
-    try:
-        score = float(value)
-    except (ValueError, OverflowError):
-        score = math.nan
-    if not math.isfinite(score):
+    score = finite_float(value)
+    if score is None:
         raise DataFormatError(f"{where}: score {value!r} is not a finite number")
     return score
 

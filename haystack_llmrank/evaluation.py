@@ -11,12 +11,11 @@ pytrec_eval (the ``eval`` extra) is imported only when metrics are computed.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from haystack_llmrank.data import Qrels
+from haystack_llmrank.data import Qrels, finite_float
 
 logger = logging.getLogger(__name__)
 
@@ -135,11 +134,8 @@ def _float_scores(qid: str, docs: Mapping[str, float]) -> dict[str, float]:
     a score that is not a finite number."""
     scores: dict[str, float] = {}
     for docid, score in docs.items():
-        try:
-            value = float(score)
-        except (TypeError, ValueError):
-            value = math.nan
-        if not math.isfinite(value):
+        value = finite_float(score)
+        if value is None:
             raise ValueError(f"query {qid}: the score of {docid} is not a finite number: {score!r}")
         scores[docid] = value
     return scores

@@ -41,6 +41,29 @@ def make_tiny_llama(vocab_size: int, *, seed: int = 0, layers: int = 2) -> Any:
     return model.eval()
 
 
+def tiny_scaled_model(kind: str) -> Any:
+    """A one-layer random model whose forward scales its logits: Cohere multiplies them by
+    ``logit_scale``, Granite divides them by ``logits_scaling``."""
+    import transformers
+
+    shape: dict[str, Any] = {
+        "vocab_size": 64,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "pad_token_id": 0,
+    }
+    scale = {"Cohere": {"logit_scale": 0.25}, "Granite": {"logits_scaling": 8.0}}[kind]
+    config = getattr(transformers, f"{kind}Config")(**shape, **scale)
+    torch.manual_seed(0)
+    model = getattr(transformers, f"{kind}ForCausalLM")(config).eval()
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(50)
+    return model
+
+
 def import_example(name: str) -> Any:
     """The module ``examples/<name>.py``, imported by name."""
     import importlib

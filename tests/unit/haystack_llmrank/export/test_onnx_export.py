@@ -17,7 +17,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from support import PROJECT_ROOT, make_tiny_llama
+from support import PROJECT_ROOT, make_tiny_llama, tiny_scaled_model
 
 from haystack_llmrank.cli import main
 from haystack_llmrank.errors import ModelResolutionError, NonFiniteLogitsError
@@ -442,21 +442,7 @@ def tiny_mistral_head(label_ids: LabelIds, **config: Any) -> LabelLogitsModel:
 
 
 def test_the_graph_divides_granites_logits_as_its_forward_does(tmp_path: Path) -> None:
-    from transformers import GraniteConfig, GraniteForCausalLM
-
-    torch.manual_seed(0)
-    config = GraniteConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        logits_scaling=8.0,
-    )
-    model = GraniteForCausalLM(config).eval()
-    with torch.no_grad():
-        model.lm_head.weight.mul_(50)
+    model = tiny_scaled_model("Granite")
     labels = LabelIds(("A", "B", "C"), ((10, 20), (11,), (12, 30)))
     path = tmp_path / "model.onnx"
     export_graph(LabelLogitsModel(model, labels), path, pad_id=0, opset=18, exporter="torchscript")

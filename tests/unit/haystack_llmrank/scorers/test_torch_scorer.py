@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from support import make_tiny_llama
+from support import make_tiny_llama, tiny_scaled_model
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
@@ -91,29 +91,6 @@ def test_label_logit_is_max_over_variants(tiny_model: Any, smollm2_tokenizer: An
     expected = torch.maximum(logits[bare], logits[spaced]).numpy()
     np.testing.assert_allclose(scorer.score([ids])[0], expected, rtol=1e-5, atol=1e-4)
     assert (logits[spaced] > logits[bare]).any(), "the test needs some spaced variant to win"
-
-
-def tiny_scaled_model(kind: str) -> Any:
-    """A one-layer random model whose forward scales its logits: Cohere multiplies them by
-    ``logit_scale``, Granite divides them by ``logits_scaling``."""
-    import transformers
-
-    shape: dict[str, Any] = {
-        "vocab_size": 64,
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 1,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "pad_token_id": 0,
-    }
-    scale = {"Cohere": {"logit_scale": 0.25}, "Granite": {"logits_scaling": 8.0}}[kind]
-    config = getattr(transformers, f"{kind}Config")(**shape, **scale)
-    torch.manual_seed(0)
-    model = getattr(transformers, f"{kind}ForCausalLM")(config).eval()
-    with torch.no_grad():
-        model.get_output_embeddings().weight.mul_(50)
-    return model
 
 
 @pytest.mark.parametrize("kind", ["Cohere", "Granite"])
