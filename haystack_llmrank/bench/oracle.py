@@ -122,8 +122,15 @@ class OraclePromptBuilder(CachedPromptBuilder):
         oracle: OracleScorer,
         judge: Judge,
         cache: Mapping[WindowKey, Prompt] | None = None,
+        vocab_size: int | None = None,
     ) -> None:
-        super().__init__(tokenizer, template, max_prompt_tokens=max_prompt_tokens, cache=cache)
+        super().__init__(
+            tokenizer,
+            template,
+            max_prompt_tokens=max_prompt_tokens,
+            cache=cache,
+            vocab_size=vocab_size,
+        )
         self.oracle = oracle
         self.judge = judge
 
@@ -160,11 +167,14 @@ def oracle_reranker(
     template: PromptTemplate = FIRST_TEMPLATE,
     batch_size: int = 1,
     cache: Mapping[WindowKey, Prompt] | None = None,
+    vocab_size: int | None = None,
 ) -> Reranker:
     """A :class:`Reranker` whose scorer is an :class:`OracleScorer` judging with ``judge``.
 
     Prompts are real (``tokenizer``'s), so windows and tokens count as with a model;
-    ``cache`` holds prompts built before.
+    ``cache`` holds prompts built before, and ``vocab_size`` folds their ids as the rows of
+    a synthetic model do (see :class:`~haystack_llmrank.bench.prompts.CachedPromptBuilder`),
+    so that the rows can share them.
     """
     oracle = OracleScorer(
         readout_label_ids(tokenizer, template.labels, template.vote),
@@ -179,6 +189,7 @@ def oracle_reranker(
         oracle=oracle,
         judge=judge,
         cache=cache,
+        vocab_size=vocab_size,
     )
     return Reranker(
         tokenizer,

@@ -17,6 +17,7 @@ from haystack_llmrank.bench.config import (
     ORACLE,
     PLAIN,
     SLIDING,
+    SYNTHETIC_CONFIGS,
     TORCH,
     TORCH_BF16,
     BenchConfig,
@@ -430,6 +431,7 @@ def _load_oracle_row(job: RowJob) -> EngineRow:
         template=job.template,
         batch_size=config.batch_size,
         cache=job.prompts,
+        vocab_size=SYNTHETIC_CONFIGS[config.synthetic]["vocab_size"] if config.synthetic else None,
     )
     builder = reranker.prompts
     assert isinstance(builder, OraclePromptBuilder)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from haystack_llmrank.bench.config import (
@@ -207,6 +208,7 @@ def handle(args: argparse.Namespace) -> int:
     from haystack_llmrank.evaluation import require_pytrec_eval
 
     require_pytrec_eval()  # nDCG@10 of every row: fail before hours of timing, not after
+    _check_output(args.json)  # likewise
     plan = prepare(config_from_args(args))
     print(plan_text(plan), flush=True)
     results = run(plan, on_row=lambda result: print(row_line(result), flush=True))
@@ -215,7 +217,15 @@ def handle(args: argparse.Namespace) -> int:
     sweep = sweep_table(report)
     if sweep is not None:
         print(sweep)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
     print(f"saved {args.json}")
     return 1 if report.failed else 0
+
+
+def _check_output(path: Path) -> None:
+    """Make ``path``'s folder, or raise ``ValueError`` where the JSON could not be written."""
+    if path.is_dir():
+        raise ValueError(f"--json {path} is a folder, not a file")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ValueError(f"--json {path} cannot be written")

@@ -318,7 +318,7 @@ def test_synthetic_config_runs_with_a_batch_size_sweep(
         "tiny",
         *SLICE,
         "--rows",
-        "torch,onnx-fp32",
+        "oracle,torch,onnx-fp32",
         "--batch-sizes",
         "1,2",
         "--warmup",
@@ -326,6 +326,8 @@ def test_synthetic_config_runs_with_a_batch_size_sweep(
     )
     assert code == 0
     rows = rows_of(report)
+    # the oracle runs first and shares its prompts: folded into the synthetic vocabulary
+    assert rows["oracle"]["status"] == rows["torch"]["status"] == "ok"
     assert rows["onnx-fp32"]["status"] == "unavailable"
     assert "synthetic" in rows["onnx-fp32"]["reason"]
     sweep = rows["torch"]["sweep"]
@@ -545,6 +547,19 @@ def test_oracle_rows_alone_load_no_model(
     assert [(r["label"], r["strategy"], r["status"]) for r in report["rows"]] == [
         ("oracle@0", "tdpart", "ok")
     ]
+
+
+def test_an_unwritable_json_path_fails_before_any_row(
+    bench_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ("--data-dir", str(bench_data), "--rows", "oracle", *ORACLE_SLICE, "--no-progress")
+    code, printed = llmrank_bench(*args, "--json", str(tmp_path))
+    assert (code, printed) == (2, "")
+    assert "is a folder, not a file" in capsys.readouterr().err
+    (tmp_path / "file").write_text("")
+    code, printed = llmrank_bench(*args, "--json", str(tmp_path / "file" / "bench.json"))
+    assert (code, printed) == (2, "")
+    assert "file" in capsys.readouterr().err
 
 
 def test_unknown_rows_are_a_command_line_error(
