@@ -28,7 +28,7 @@
 # Logs and the JSON go to $OUT (default runs/gpu-check). The exit code is 0 when the tests,
 # the bench and the training run passed.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "${BASH_SOURCE[0]}")/.."  # this file's, also when gpu_folds.sh sources it
 
 WHEELS=.whl
 PARTS="$WHEELS/parts"
@@ -66,7 +66,8 @@ prepare() {
 }
 
 join_wheels() {
-    # Joins every complete wheel into $1; returns 3 after listing any missing part.
+    # Joins every complete wheel into $1; returns 3 after listing any missing part, 4 on a
+    # checksum mismatch.
     local target="$1" sha name count missing=0 i part
     [[ -f "$MANIFEST" ]] || { echo "no $MANIFEST: run 'bash $0 prepare' first" >&2; return 3; }
     mkdir -p "$target"
@@ -77,7 +78,9 @@ join_wheels() {
         done
         ((missing)) && continue
         cat "$PARTS/$name".part-* >"$target/$name"
-        echo "$sha  $target/$name" | sha256sum --check --quiet -
+        # explicit returns: a caller's `|| return` switches set -e off in here
+        echo "$sha  $target/$name" | sha256sum --check --quiet - ||
+            { echo "checksum mismatch: $name (send its parts again)" >&2; return 4; }
     done <"$MANIFEST"
     ((missing)) && return 3
     return 0
@@ -88,7 +91,7 @@ install_wheels() {
     local site=/tmp/llmrank-site
     join_wheels /tmp/llmrank-wheels || return $?
     "$PYTHON" -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir \
-        --upgrade --target "$site" /tmp/llmrank-wheels/*.whl
+        --upgrade --target "$site" /tmp/llmrank-wheels/*.whl || return 5
     export PYTHONPATH="$site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 }
 
