@@ -54,11 +54,7 @@ from haystack_llmrank.fusion import fuse_with_input_order
 from haystack_llmrank.prompt import AUTO_PASSAGE_WORDS
 from haystack_llmrank.reranker import Reranker
 from haystack_llmrank.scorers.torch_scorer import TorchLabelScorer
-from haystack_llmrank.strategies import (
-    DEFAULT_STEP,
-    DEFAULT_WINDOW_SIZE,
-    STRATEGIES,
-)
+from haystack_llmrank.strategies import STRATEGIES
 
 DL19 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "trec-dl19"
 ORDERS = ("bm25", "reversed", "shuffled")
@@ -161,8 +157,12 @@ def main() -> None:
     parser.add_argument(
         "--strategy", choices=STRATEGIES, default=None, help="default: the readout's own"
     )
-    parser.add_argument("--window-size", type=int, default=DEFAULT_WINDOW_SIZE)
-    parser.add_argument("--step", type=int, default=DEFAULT_STEP, help="sliding window's step")
+    parser.add_argument(
+        "--window-size", type=int, default=None, help="default: 20, or the template's labels"
+    )
+    parser.add_argument(
+        "--step", type=int, default=None, help="sliding window's step (default: half the window)"
+    )
     parser.add_argument("--vote", default=None, help="rank by this token's votes (e.g. ' yes')")
     parser.add_argument(
         "--max-passage-words",
@@ -187,8 +187,6 @@ def main() -> None:
         "backend": args.backend,
         "device": args.device,
         "both_orders": args.both_orders,
-        "window_size": args.window_size,
-        "step": args.step,
         "fusion_k": args.fusion_k,
         "queries": sorted(held),
     }
@@ -209,6 +207,8 @@ def main() -> None:
     report["dtype"] = used_dtype(reranker)
     report["max_passage_words"] = reranker.prompts.max_passage_words
     report["strategy"] = reranker.strategy.name
+    report["window_size"] = reranker.strategy.window_size
+    report["step"] = getattr(reranker.strategy, "step", None)  # the sliding window's
     report["order_invariant"] = reranker.order_invariant
     report["vote"] = reranker.prompts.template.vote
     for order in args.orders:

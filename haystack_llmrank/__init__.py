@@ -7,6 +7,7 @@ imported lazily as :class:`FirstListwiseRanker`.
 from typing import Any
 
 from haystack_llmrank.errors import (
+    ClosedError,
     LabelResolutionError,
     LlmRankError,
     ModelResolutionError,
@@ -31,6 +32,7 @@ from haystack_llmrank.strategies import (
 __all__ = [
     "FIRST_TEMPLATE",
     "STRATEGIES",
+    "ClosedError",
     "Cost",
     "Disjoint",
     "FirstListwiseRanker",

@@ -33,3 +33,7 @@ class ModelResolutionError(LlmRankError, ValueError):
 
 class NonFiniteLogitsError(LlmRankError, ValueError):
     """A scorer computed NaN or infinite label logits (an overflow), which rank nothing."""
+
+
+class ClosedError(LlmRankError, RuntimeError):
+    """A scorer or reranker was used after its ``close()`` released the model."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import numpy.typing as npt
@@ -14,6 +14,7 @@ from haystack_llmrank.arrangement import (
     content_order,
     in_input_indices,
 )
+from haystack_llmrank.errors import ClosedError
 from haystack_llmrank.fusion import check_fusion_k, fuse_with_input_order
 from haystack_llmrank.gpu_policy import OnMissingGpu
 from haystack_llmrank.model_templates import TemplateChoice, model_template
@@ -37,10 +38,10 @@ from haystack_llmrank.scorers.base import (
     reads_positions,
 )
 from haystack_llmrank.strategies import (
-    DEFAULT_STEP,
     DEFAULT_WINDOW_SIZE,
     QueryRun,
     Strategy,
+    default_step,
     make_strategy,
     run_windows,
 )
@@ -63,12 +64,18 @@ def template_strategy(
 
     ``window_size`` ``None`` is FIRST's 20 passages, or the template's labels where fewer;
     ``step`` ``None`` is as far as FIRST's 10 for 20 passages: half the window, at least 1.
+    A label readout needs windows of two passages or more.
     """
     if window_size is None:
         window_size = min(DEFAULT_WINDOW_SIZE, len(template.labels))
     template.check_window(window_size)
+    if template.vote is None and window_size < 2:
+        raise ValueError(
+            f"template {template.name!r} is read by its labels, which order a window: one "
+            "passage a window orders nothing; give it two labels or more, or a vote"
+        )
     if step is None:
-        step = max(1, window_size * DEFAULT_STEP // DEFAULT_WINDOW_SIZE)
+        step = default_step(window_size)
     return make_strategy(name, window_size=window_size, step=step, vote=template.vote)
 
 
@@ -123,6 +130,8 @@ class Reranker:
     ``fusion_k`` still reads the input order. Equal scores then keep that content order.
     It needs the ``disjoint`` strategy, which judges every passage once and ranks them all
     by their own scores: the other strategies take the input order as the first stage's.
+
+    :meth:`close` (or leaving a ``with`` block) lets go of the model.
     """
 
     def __init__(
@@ -178,6 +187,23 @@ class Reranker:
         self.model_name = model_name
         self.both_orders = both_orders
         self.order_invariant = order_invariant
+        self._closed = False
+
+    def close(self) -> None:
+        """Let go of the model by closing the scorer (one with no ``close`` method is left
+        as it is). Rerankers made by :meth:`replace` share the scorer, so they are closed
+        too. Ranking afterwards raises :class:`~haystack_llmrank.errors.ClosedError`;
+        closing again does nothing."""
+        close = getattr(self.scorer, "close", None)
+        if callable(close):
+            close()
+        self._closed = True
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     @classmethod
     def from_pretrained(
@@ -299,6 +325,8 @@ class Reranker:
         number of windows finished after each step. A query's ranking does not depend on
         the others. ``requests`` may be any iterable; it is read once.
         """
+        if self._closed:
+            raise ClosedError("this Reranker was closed; load the model again to rank")
         given = list(requests)
         for query, passages in given:
             _check_request(query, passages)

@@ -390,15 +390,24 @@ def readout_strategy(vote: str | None) -> str:
     return Disjoint.name if vote is not None else SlidingWindow.name
 
 
-def check_strategy_options(name: str | None, *, window_size: int, step: int) -> None:
-    """Check a strategy's options before the readout, and so a ``None`` strategy, is known:
-    a named one fully, ``None`` as far as any strategy needs (positive sizes)."""
-    if name is not None:
-        make_strategy(name, window_size=window_size, step=step)
-        return
-    _check_window_size(window_size, 1)
-    if step < 1:
+def default_step(window_size: int) -> int:
+    """The sliding window's step for ``window_size``: as far as FIRST's 10 for 20 passages,
+    half the window, at least 1."""
+    return max(1, window_size * DEFAULT_STEP // DEFAULT_WINDOW_SIZE)
+
+
+def check_strategy_options(name: str | None, *, window_size: int | None, step: int | None) -> None:
+    """Check a strategy's options before the template, and so the readout, is known: a
+    named one fully (``window_size`` ``None`` taken as :data:`DEFAULT_WINDOW_SIZE` and
+    ``step`` ``None`` as :func:`default_step`), any as far as every strategy needs
+    (positive sizes)."""
+    if window_size is not None:
+        _check_window_size(window_size, 1)
+    if step is not None and step < 1:
         raise ValueError(f"step must be positive, got {step}")
+    if name is not None:
+        size = DEFAULT_WINDOW_SIZE if window_size is None else window_size
+        make_strategy(name, window_size=size, step=default_step(size) if step is None else step)
 
 
 def make_strategy(

@@ -24,9 +24,11 @@ from haystack_llmrank.prompt import (
 )
 from haystack_llmrank.ranking import Ranking
 from haystack_llmrank.reranker import Reranker
-from haystack_llmrank.strategies import DEFAULT_STEP, DEFAULT_WINDOW_SIZE, check_strategy_options
+from haystack_llmrank.strategies import check_strategy_options
 
 logger = logging.getLogger(__name__)
+
+_WORKER_NAME = "llmrank-ranker"
 
 
 def deduplicate(documents: list[Document]) -> list[Document]:
@@ -76,8 +78,8 @@ class FirstListwiseRanker:
         dtype: str | None = None,
         top_k: int | None = None,
         score_threshold: float | None = None,
-        window_size: int = DEFAULT_WINDOW_SIZE,
-        step: int = DEFAULT_STEP,
+        window_size: int | None = None,
+        step: int | None = None,
         strategy: str | None = None,
         template: str | dict[str, Any] | None = None,
         vote: str | None = None,
@@ -103,8 +105,10 @@ class FirstListwiseRanker:
         :param dtype: torch dtype name (``"float16"``...) or ``None`` for the device's default.
         :param top_k: keep at most this many Documents (``None``: all).
         :param score_threshold: drop Documents scored below this (and unscored ones).
-        :param window_size: passages per window (at most the template's label count).
-        :param step: how far the sliding window moves up each time (``strategy="sliding"``).
+        :param window_size: passages per window, at most the template's label count
+            (``None``: FIRST's 20, or the template's labels where fewer).
+        :param step: how far the sliding window moves up each time (``strategy="sliding"``;
+            ``None``: half the window).
         :param strategy: ``"sliding"`` (FIRST's sliding window), ``"tdpart"`` (top-down
             partitioning), ``"tournament"`` or ``"disjoint"`` (for a vote readout); see
             :mod:`haystack_llmrank.strategies`. ``None``: the readout's, ``"disjoint"`` for a
@@ -174,10 +178,10 @@ class FirstListwiseRanker:
         self._lock = threading.Lock()
         self._warm_lock = threading.Lock()
         # run_async queues here, one call at a time, instead of parking shared executor threads
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmrank-ranker")
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=_WORKER_NAME)
 
     def warm_up(self) -> None:
-        """Load the model once; later calls do nothing."""
+        """Load the model once; later calls do nothing until :meth:`close`."""
         with self._warm_lock:
             if self._reranker is None:
                 self._reranker = Reranker.from_pretrained(
@@ -200,6 +204,26 @@ class FirstListwiseRanker:
                     fusion_k=self.fusion_k,
                     order_invariant=self.order_invariant,
                 )
+
+    async def warm_up_async(self) -> None:
+        """Like :meth:`warm_up`, off the event loop, in the component's worker thread."""
+        await asyncio.get_running_loop().run_in_executor(self._worker, self.warm_up)
+
+    def close(self) -> None:
+        """Let go of the model (:meth:`Reranker.close`) once a ranking in progress ends;
+        a later :meth:`warm_up` or run loads it again. Closing a cold ranker does nothing."""
+        with self._warm_lock, self._lock:
+            reranker, self._reranker = self._reranker, None
+            worker = self._worker
+            self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=_WORKER_NAME)
+        worker.shutdown(wait=False)  # its thread ends once its queued calls have run
+        if reranker is not None:
+            reranker.close()
+
+    async def close_async(self) -> None:
+        """Like :meth:`close`, queued in the worker thread behind the calls of ``run_async``
+        already there, so the event loop never waits for a ranking to end."""
+        await asyncio.get_running_loop().run_in_executor(self._worker, self.close)
 
     def to_dict(self) -> dict[str, Any]:
         """Serialise the init parameters."""
@@ -292,7 +316,9 @@ class FirstListwiseRanker:
 
     def _rank(self, query: str, texts: list[str], top_k: int | None) -> Ranking:
         if self._reranker is None:
-            raise RuntimeError("FirstListwiseRanker was not warmed up; call warm_up() first")
+            raise RuntimeError(
+                "FirstListwiseRanker is not warmed up (or was closed); call warm_up() first"
+            )
         if not texts:
             return Ranking((), (), ())
         with self._lock:

@@ -13,6 +13,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from haystack_llmrank.errors import ClosedError
 from haystack_llmrank.gpu_policy import OnMissingGpu, check_on_missing_gpu, fall_back_to_cpu
 from haystack_llmrank.labels import LabelIds
 from haystack_llmrank.scorers.base import check_finite
@@ -301,15 +302,26 @@ class OnnxLabelScorer:
             options.inter_op_num_threads = inter
         if wanted.device_type == "cuda":
             options.add_session_config_entry(_ASSIGNMENT_ENTRY, "1")
-        self._session = ort.InferenceSession(str(graph), options, providers=wanted.providers)
-        self._placement = confirm_placement(wanted, self._session.get_providers(), policy)
+        session = ort.InferenceSession(str(graph), options, providers=wanted.providers)
+        self._session: Any = session
+        self._placement = confirm_placement(wanted, session.get_providers(), policy)
         if self._placement.device_type == "cuda":
-            report_node_placement(node_placement(self._session), self._placement.name)
+            report_node_placement(node_placement(session), self._placement.name)
         self._label_ids = label_ids
         self._pad_id = pad_token_id
         self._precision = metadata.precision if metadata is not None else None
         self._positions = self._check_signature()
         logger.info("onnx scorer for %s on %s", graph, self._placement.name)
+
+    def close(self) -> None:
+        """Let go of the inference session and the memory it holds. Scoring afterwards
+        raises :class:`~haystack_llmrank.errors.ClosedError`; closing again does nothing."""
+        self._session = None
+
+    def _live(self) -> Any:
+        if self._session is None:
+            raise ClosedError("this scorer was closed; load the export again to score")
+        return self._session
 
     def _check_signature(self) -> bool:
         """Whether the graph takes positions; ``ValueError`` for a graph of another kind."""
@@ -343,7 +355,7 @@ class OnnxLabelScorer:
     @property
     def providers(self) -> list[str]:
         """The execution providers of the session, in priority order."""
-        return list(self._session.get_providers())
+        return list(self._live().get_providers())
 
     def score(self, prompts: Sequence[Sequence[int]]) -> npt.NDArray[np.float32]:
         """Return float32 label logits ``[len(prompts), len(label_ids)]`` at each last token.
@@ -375,13 +387,14 @@ class OnnxLabelScorer:
     ) -> npt.NDArray[np.float32]:
         import onnxruntime as ort
 
+        session = self._live()
         arrays = pad_inputs(prompts, self._pad_id, at)
         where = (self._placement.device_type, self._placement.device_id)
-        binding = self._session.io_binding()
+        binding = session.io_binding()
         for name, array in zip(graph_inputs(at is not None), arrays, strict=True):
             binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array, *where))
         binding.bind_output(OUTPUT_NAME, *where)
-        self._session.run_with_iobinding(binding)
+        session.run_with_iobinding(binding)
         logits = binding.copy_outputs_to_cpu()[0]
         expected: tuple[int, ...] = (len(prompts), len(self._label_ids))
         if at is not None:

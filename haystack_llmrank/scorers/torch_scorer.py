@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Sequence
 from typing import Any
 
@@ -9,6 +10,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from haystack_llmrank.errors import ClosedError
 from haystack_llmrank.labels import LabelIds
 from haystack_llmrank.scorers.base import DEFAULT_MAX_BATCH_TOKENS, check_finite
 from haystack_llmrank.scorers.label_head import LabelLogitsModel
@@ -21,14 +23,31 @@ class TorchLabelScorer:
     Runs :class:`LabelLogitsModel` (the same module the ONNX export traces) on right-padded
     batches: the decoder body, the hidden state at each prompt's last real token, and the
     label rows of the LM head only. The ``[batch, seq, vocab]`` logits tensor is never built,
-    and padding never reaches a real token.
+    and padding never reaches a real token. :meth:`close` lets go of the model.
     """
 
     def __init__(self, model: Any, label_ids: LabelIds, *, pad_token_id: int = 0) -> None:
-        self._model = model.eval()
         self._label_ids = label_ids
         self._pad_id = pad_token_id
-        self._head = LabelLogitsModel(self._model, label_ids).eval()
+        self._model: Any = model.eval()
+        self._head: LabelLogitsModel | None = LabelLogitsModel(self._model, label_ids).eval()
+
+    def close(self) -> None:
+        """Let go of the model, so that its memory is freed once nothing else holds it (on
+        CUDA, the allocator's cache is emptied too). Scoring afterwards raises
+        :class:`~haystack_llmrank.errors.ClosedError`; closing again does nothing."""
+        if self._head is None:
+            return
+        on_cuda = self._head.head_weight.device.type == "cuda"
+        self._head = self._model = None
+        gc.collect()  # now, even where the model sits in a reference cycle
+        if on_cuda:
+            torch.cuda.empty_cache()
+
+    def _live(self) -> LabelLogitsModel:
+        if self._head is None:
+            raise ClosedError("this scorer was closed; load the model again to score")
+        return self._head
 
     @property
     def label_ids(self) -> LabelIds:
@@ -48,7 +67,7 @@ class TorchLabelScorer:
     @property
     def device(self) -> torch.device:
         """Where the model's weights live."""
-        device: torch.device = self._head.head_weight.device
+        device: torch.device = self._live().head_weight.device
         return device
 
     def score(self, prompts: Sequence[Sequence[int]]) -> npt.NDArray[np.float32]:
@@ -71,10 +90,11 @@ class TorchLabelScorer:
     def _run(
         self, prompts: Sequence[Sequence[int]], positions: npt.NDArray[np.int64] | None
     ) -> npt.NDArray[np.float32]:
+        head = self._live()
         ids, mask = pad_right(prompts, self._pad_id)
         at = None if positions is None else torch.from_numpy(positions).to(self.device)
         with torch.inference_mode():
-            logits = self._head(
+            logits = head(
                 torch.from_numpy(ids).to(self.device), torch.from_numpy(mask).to(self.device), at
             )
         result: npt.NDArray[np.float32] = logits.cpu().numpy().astype(np.float32, copy=False)
@@ -85,5 +105,5 @@ class TorchLabelScorer:
     @property
     def dtype(self) -> torch.dtype:
         """The dtype of the model's weights."""
-        dtype: torch.dtype = self._head.head_weight.dtype
+        dtype: torch.dtype = self._live().head_weight.dtype
         return dtype

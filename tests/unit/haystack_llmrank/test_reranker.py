@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import weakref
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from haystack_llmrank.errors import WindowTooLargeError
+from haystack_llmrank.errors import ClosedError, WindowTooLargeError
 from haystack_llmrank.prompt import (
     FIRST_NUMERIC_TEMPLATE,
     FIRST_TEMPLATE,
@@ -26,6 +27,7 @@ from haystack_llmrank.reranker import (
     template_strategy,
 )
 from haystack_llmrank.scorers.base import LabelScorer
+from haystack_llmrank.scorers.torch_scorer import TorchLabelScorer
 from haystack_llmrank.strategies import (
     STRATEGIES,
     Disjoint,
@@ -127,9 +129,10 @@ def test_batched_queries_equal_one_by_one(
     single = Reranker(smollm2_tokenizer, tiny_scorer, max_prompt_tokens=4096, strategy=strategy)
     alone = [single.rerank(q, p) for q, p in requests]
     for batch_size, budget in [(2, 16384), (8, 100000), (8, 600)]:
+        scorer = Mock(spec=LabelScorer, label_ids=tiny_scorer.label_ids, wraps=tiny_scorer)
         batched = Reranker(
             smollm2_tokenizer,
-            tiny_scorer,
+            scorer,
             max_prompt_tokens=4096,
             strategy=strategy,
             batch_size=batch_size,
@@ -138,6 +141,12 @@ def test_batched_queries_equal_one_by_one(
         for a, b in zip(alone, batched, strict=True):
             assert (a.order, a.unranked, a.cost) == (b.order, b.unranked, b.cost)
             np.testing.assert_allclose(a.logits, b.logits, rtol=1e-4, atol=1e-3)
+        calls = [call.args[0] for call in scorer.score.call_args_list]
+        assert sum(map(len, calls)) == sum(r.cost.windows for r in alone)
+        # the three queries' first steps are ready at once: within budget, one call holds them
+        assert max(map(len, calls)) > 1 or budget < 16384
+        for prompts in calls:
+            assert len(prompts) == 1 or len(prompts) * max(map(len, prompts)) <= budget
 
 
 def test_cost_counts_the_prompts_scored(smollm2_tokenizer: Any, tiny_scorer: Any) -> None:
@@ -223,7 +232,12 @@ def test_the_default_window_fits_the_templates_labels() -> None:
     numeric = FIRST_NUMERIC_TEMPLATE
     assert template_strategy(FIRST_TEMPLATE) == SlidingWindow(20, 10)
     assert template_strategy(numeric) == SlidingWindow(9, 4)
-    assert template_strategy(replace(numeric, labels=("1",))) == SlidingWindow(1, 1)
+    one = replace(numeric, labels=("1",))
+    with pytest.raises(ValueError, match="one passage a window orders nothing"):
+        template_strategy(one)
+    with pytest.raises(ValueError, match="one passage a window orders nothing"):
+        template_strategy(FIRST_TEMPLATE, window_size=1)
+    assert template_strategy(one.with_vote(" yes")) == Disjoint(1)  # a vote judges one alone
     assert template_strategy(numeric.with_vote(" yes")) == Disjoint(9)
     assert template_strategy(numeric, "tdpart") == TopDownPartition(9)
     assert template_strategy(FIRST_TEMPLATE, window_size=6) == SlidingWindow(6, 3)
@@ -397,10 +411,10 @@ def test_both_orders_scores_each_window_twice_and_counts_it(
 
 def test_length_buckets_respect_budget() -> None:
     lengths = [100, 900, 300, 300, 50, 1200]
-    groups = length_buckets(lengths, 1000)
-    assert sorted(i for g in groups for i in g) == list(range(6))
-    for group in groups:
-        assert len(group) == 1 or max(lengths[i] for i in group) * len(group) <= 1000
+    # longest first; a group takes the next prompt while its rows x its longest fit
+    assert length_buckets(lengths, 1000) == [[5], [1], [2, 3, 0], [4]]
+    assert length_buckets(lengths, 10**6) == [[5, 1, 2, 3, 0, 4]]
+    assert length_buckets(lengths, 1) == [[5], [1], [2], [3], [0], [4]]
 
 
 def test_from_pretrained_folder(tiny_model_dir: Path, tiny_reranker: Reranker) -> None:
@@ -408,6 +422,32 @@ def test_from_pretrained_folder(tiny_model_dir: Path, tiny_reranker: Reranker) -
     texts = passages(15)
     assert loaded.rerank("owls", texts).order == tiny_reranker.rerank("owls", texts).order
     assert loaded.prompts.max_prompt_tokens == 4096
+
+
+def test_close_lets_go_of_the_model(tiny_model_dir: Path) -> None:
+    loaded = Reranker.from_pretrained(str(tiny_model_dir), device="cpu")
+    model = weakref.ref(loaded.scorer._model)  # type: ignore[attr-defined]
+    copy = loaded.replace(batch_size=2)
+    assert len(loaded.rerank("owls", passages(3)).order) == 3
+    with loaded:
+        pass
+    assert model() is None, "the model is still held after close()"
+    with pytest.raises(ClosedError, match="Reranker was closed"):
+        loaded.rerank("owls", passages(3))
+    with pytest.raises(ClosedError, match="scorer was closed"):  # it shared the scorer
+        copy.rerank("owls", passages(3))
+    loaded.close()  # again: nothing to do
+
+
+def test_close_with_a_scorer_that_cannot_close(
+    smollm2_tokenizer: Any, tiny_scorer: TorchLabelScorer
+) -> None:
+    scorer = Mock(spec=LabelScorer, label_ids=tiny_scorer.label_ids, wraps=tiny_scorer)
+    reranker = Reranker(smollm2_tokenizer, scorer, max_prompt_tokens=4096)
+    reranker.close()
+    with pytest.raises(ClosedError):
+        reranker.rerank("owls", passages(3))
+    assert len(tiny_scorer.score([[5, 6, 7]])) == 1, "the shared scorer was left open"
 
 
 def test_unknown_backend_and_missing_model() -> None:

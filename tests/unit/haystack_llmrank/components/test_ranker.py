@@ -8,6 +8,7 @@ import itertools
 import threading
 from pathlib import Path
 from typing import Any
+from unittest.mock import Mock
 
 import numpy as np
 import pytest
@@ -15,8 +16,10 @@ from haystack import Document, Pipeline
 from haystack.core.errors import DeserializationError
 
 from haystack_llmrank import FirstListwiseRanker
+from haystack_llmrank.errors import ClosedError
 from haystack_llmrank.ranking import Ranking
 from haystack_llmrank.reranker import Reranker
+from haystack_llmrank.strategies import SlidingWindow
 
 QUERY = "which animals are mammals"
 
@@ -120,6 +123,18 @@ def test_meta_fields_are_embedded(ranker: FirstListwiseRanker) -> None:
     assert embedding._text(Document(content="body", meta={"title": "T"})) == "T | body"
     assert embedding._text(Document(content=None, meta={"title": "T"})) == "T |"
     assert embedding._text(Document(content="body", meta={})) == "body"
+    engine = Mock(spec=Reranker, wraps=ranker._reranker)
+    embedding._reranker = engine
+    documents = [
+        Document(id="a", content="body", meta={"title": "T"}),
+        Document(id="b", content="other", meta={}),
+    ]
+    out = embedding.run(query=QUERY, documents=documents)["documents"]
+    engine.rerank.assert_called_once_with(QUERY, ["T | body", "other"], top_k=None)
+    assert sorted((d.content, d.meta.get("title")) for d in out) == [
+        ("body", "T"),
+        ("other", None),
+    ], "the output keeps the content and meta apart, as given"
 
 
 def test_run_async_equals_run(ranker: FirstListwiseRanker) -> None:
@@ -176,6 +191,69 @@ def test_warm_up_is_idempotent_and_lazy(
     assert calls == ["some/model"]
 
 
+def test_close_lets_go_of_the_model_and_a_run_loads_it_again(
+    monkeypatch: pytest.MonkeyPatch, tiny_reranker: Reranker
+) -> None:
+    loaded: list[Reranker] = []
+
+    def fake_load(*args: Any, **kwargs: Any) -> Reranker:
+        loaded.append(tiny_reranker.replace())
+        return loaded[-1]
+
+    monkeypatch.setattr(Reranker, "from_pretrained", staticmethod(fake_load))
+    closed: list[Reranker] = []
+    monkeypatch.setattr(Reranker, "close", lambda self: closed.append(self))
+    component = FirstListwiseRanker(model="some/model")
+    component.close()  # cold: nothing to close
+    assert closed == []
+    component.warm_up()
+    component.close()
+    assert closed == loaded
+    assert component._reranker is None
+    assert len(component.run(query=QUERY, documents=docs(3))["documents"]) == 3
+    assert len(loaded) == 2
+
+    async def main() -> list[str]:
+        threads: list[str] = []
+        monkeypatch.setattr(
+            Reranker, "close", lambda self: threads.append(threading.current_thread().name)
+        )
+        await component.close_async()
+        await component.warm_up_async()
+        assert component._reranker is loaded[-1]
+        out = await component.run_async(query=QUERY, documents=docs(3))
+        assert len(out["documents"]) == 3
+        return threads
+
+    threads = asyncio.run(main())
+    assert len(loaded) == 3
+    assert len(threads) == 1
+    assert threads[0].startswith("llmrank-ranker")
+
+
+def test_a_pipeline_closes_its_ranker(tiny_model_dir: Path) -> None:
+    component = FirstListwiseRanker(model=str(tiny_model_dir), device="cpu")
+    pipeline = Pipeline()
+    pipeline.add_component("ranker", component)
+    pipeline.warm_up()
+    reranker = component._reranker
+    assert reranker is not None
+    pipeline.close()
+    assert component._reranker is None
+    with pytest.raises(ClosedError):
+        reranker.rerank(QUERY, ["a passage"])
+
+
+def test_default_windows_fit_the_template(tiny_model_dir: Path) -> None:
+    component = FirstListwiseRanker(
+        model=str(tiny_model_dir), device="cpu", template="first-numeric"
+    )
+    component.warm_up()
+    assert component._reranker is not None
+    assert component._reranker.strategy == SlidingWindow(9, 4)
+    assert len(component.run(query=QUERY, documents=docs(12))["documents"]) == 12
+
+
 def test_to_dict_of_the_defaults() -> None:
     assert FirstListwiseRanker().to_dict() == {
         "type": "haystack_llmrank.components.ranker.FirstListwiseRanker",
@@ -186,8 +264,8 @@ def test_to_dict_of_the_defaults() -> None:
             "dtype": None,
             "top_k": None,
             "score_threshold": None,
-            "window_size": 20,
-            "step": 10,
+            "window_size": None,
+            "step": None,
             "strategy": None,
             "template": None,
             "vote": None,

@@ -20,7 +20,7 @@ import torch
 from support import PROJECT_ROOT, make_tiny_llama, tiny_scaled_model
 
 from haystack_llmrank.cli import main
-from haystack_llmrank.errors import ModelResolutionError, NonFiniteLogitsError
+from haystack_llmrank.errors import ClosedError, ModelResolutionError, NonFiniteLogitsError
 from haystack_llmrank.export import export_onnx, read_metadata
 from haystack_llmrank.export.attention import (
     FUSED_ATTENTION,
@@ -188,6 +188,17 @@ def test_scorer_satisfies_protocol_and_rejects_empty_prompts(
         fp32_scorer.score([[1, 2], []])
     with pytest.raises(ValueError, match="no prompts"):
         fp32_scorer.score([])
+
+
+def test_close_lets_go_of_the_session(fp32_dir: Path) -> None:
+    scorer = load_export(fp32_dir, device="cpu").scorer
+    assert scorer.score(BATCHES[0]).shape[0] == len(BATCHES[0])
+    scorer.close()
+    with pytest.raises(ClosedError, match="scorer was closed"):
+        scorer.score(BATCHES[0])
+    with pytest.raises(ClosedError):
+        _ = scorer.providers
+    scorer.close()
 
 
 def test_reranker_orderings_identical_to_torch(fp32_dir: Path, tiny_reranker: Reranker) -> None:
