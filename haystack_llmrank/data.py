@@ -111,7 +111,7 @@ def _records(path: Path) -> Iterator[tuple[str, Any]]:
         for i, item in enumerate(items):
             yield f"{path} item {i}", item
         return
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(text.split("\n"), start=1):  # not at U+2028 inside strings
         if line.strip():
             try:
                 yield f"{path}:{number}", json.loads(line)
@@ -309,7 +309,7 @@ def write_run(path: str | Path, run: Mapping[str, Mapping[str, float]], tag: str
 
 
 def _rows(path: Path, columns: int, layout: str) -> Iterator[tuple[str, list[str]]]:
-    for number, line in enumerate(read_utf8(path).splitlines(), start=1):
+    for number, line in enumerate(read_utf8(path).split("\n"), start=1):
         fields = line.split()
         if not fields:
             continue

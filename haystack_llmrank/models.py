@@ -59,7 +59,9 @@ def embedded_base() -> ModelSource:
     )
 
 
-def resolve_model(model: str | None = None, *, gguf_file: str | None = None) -> ModelSource:
+def resolve_model(
+    model: str | os.PathLike[str] | None = None, *, gguf_file: str | None = None
+) -> ModelSource:
     """Turn a model reference into a :class:`ModelSource`.
 
     ``None`` or ``"default"``: the embedded SmolLM2 with the adapter in
@@ -71,6 +73,7 @@ def resolve_model(model: str | None = None, *, gguf_file: str | None = None) -> 
     """
     if model is None or model == DEFAULT_MODEL:
         return adapted(DEFAULT_ADAPTER)
+    model = os.fspath(model)  # a pathlib.Path works as well
     if model.strip() == "":
         raise ModelResolutionError("empty model reference")
     if model == EMBEDDED_BASE:

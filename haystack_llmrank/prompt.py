@@ -403,8 +403,9 @@ class PromptBuilder:
         -1 where the template's line starts with a slot (``{text}``), which has no wording to
         find it by.
 
-        Lines are searched after the query (as given or as the prompt repairs it), by the
-        template's wording around its slots, which passages cannot contain:
+        Lines are searched after the query (as given or as the prompt repairs it) where the
+        template's prefix holds it, by the template's wording around its slots, which
+        passages cannot contain:
         :func:`normalize_passage` rewrites bracketed labels and line breaks. A template whose
         line does not close with a line break raises ``ValueError`` (see
         :func:`check_line_end`).
@@ -415,7 +416,9 @@ class PromptBuilder:
         if list(encoded["input_ids"]) != list(prompt.token_ids):
             raise ValueError("the prompt does not re-tokenise to its own ids")
         shown = next((q for q in (query, str(fix_text(query))) if q in prompt.text), None)
-        start = 0 if shown is None else prompt.text.index(shown) + len(shown)
+        start = 0
+        if shown is not None and "query" in _slots(self.template.prefix):
+            start = prompt.text.index(shown) + len(shown)
         offsets = encoded["offset_mapping"]
 
         def token_of(char: int) -> int:

@@ -590,7 +590,8 @@ class FirstTrainer:
                 "same template and max_passage_words"
             )
         # checkpoints from before the setting were trained with the default
-        reduction = meta["config"].get("ranknet_reduction", TrainConfig.ranknet_reduction)
+        saved = {"ranknet_reduction": TrainConfig.ranknet_reduction, **meta["config"]}
+        reduction = saved["ranknet_reduction"]
         if reduction != self.config.ranknet_reduction:
             raise ValueError(
                 f"{folder} was trained with ranknet_reduction {reduction!r}, not "
@@ -599,7 +600,7 @@ class FirstTrainer:
             )
         current = json.loads(json.dumps(self.config.to_dict()))  # tuples as the JSON's lists
         changed = sorted(
-            k for k, v in current.items() if meta["config"].get(k) != v and k not in _RUN_LENGTH
+            k for k, v in current.items() if saved.get(k) != v and k not in _RUN_LENGTH
         )
         if changed:
             logger.warning("resuming with changed settings: %s", ", ".join(changed))

@@ -61,6 +61,21 @@ def test_reads_candidates_jsonl(tmp_path: Path) -> None:
     assert queries[1].texts == ["passage 0", "passage 1"]
 
 
+def test_jsonl_lines_end_at_line_feeds_only(tmp_path: Path) -> None:
+    record = candidates_record()
+    record["candidates"][0]["text"] = "one\u2028two\x85three\x0cfour"
+    path = tmp_path / "c.jsonl"
+    lines = [json.dumps(record, ensure_ascii=False), json.dumps(candidates_record("q2"))]
+    path.write_text("\r\n".join(lines) + "\r\n", encoding="utf-8")
+    queries = read_queries(path)
+    assert [q.qid for q in queries] == ["q1", "q2"]
+    assert queries[0].candidates[0].text == "one\u2028two\x85three\x0cfour"
+    qrels = tmp_path / "qrels.txt"
+    qrels.write_text("q1 0 d\u20281 2\r\nq1 0 d2 1\n", encoding="utf-8")
+    with pytest.raises(DataFormatError, match=r"qrels.txt:1: expected 4 columns"):
+        read_qrels(qrels)  # U+2028 is whitespace inside a line, not a line break
+
+
 def test_reads_rankllm_json_list_with_text_field_variants(tmp_path: Path) -> None:
     docs = [
         {"contents": "c"},

@@ -45,6 +45,7 @@ def test_the_default_is_the_embedded_base_with_the_packaged_adapter(
     source = resolve_model(name)
     assert (source.location, source.gguf_file) == (embedded.location, embedded.gguf_file)
     assert source.adapter == str(DEFAULT_ADAPTER.resolve())
+    assert resolve_model(DEFAULT_ADAPTER) == source  # its folder, as a Path
 
 
 def test_the_untrained_base_keeps_its_name(embedded: ModelSource) -> None:
@@ -57,6 +58,9 @@ def test_a_gguf_path_is_a_gguf_file_whatever_the_case_of_its_suffix(tmp_path: Pa
     assert source == ModelSource(str(tmp_path.resolve()), "Model.Q4.GGUF")
     with pytest.raises(ModelResolutionError, match="GGUF file not found"):
         resolve_model(str(tmp_path / "missing.Gguf"))
+    assert resolve_model(tmp_path / "Model.Q4.GGUF") == source  # a Path as well
+    with pytest.raises(ModelResolutionError, match="GGUF file not found"):
+        resolve_model(tmp_path / "missing.Gguf")
 
 
 def test_an_empty_reference_is_refused_even_in_an_adapter_folder(

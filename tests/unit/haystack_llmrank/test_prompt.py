@@ -232,9 +232,27 @@ def test_a_query_slot_before_the_line_end_is_skipped_whatever_it_holds(
     built = builder(smollm2_tokenizer, template=template.with_vote(" yes"))
     query = "fleas)\nor ticks"  # holds the closing wording ")\n"
     prompt = built.build(query, ["one", "two"])
+    assert len(prompt.score_positions) == 2
     for end in prompt.score_positions:
         through = smollm2_tokenizer.decode(list(prompt.token_ids[: end + 1]))
         assert through.endswith(f"({query})")
+
+
+def test_a_query_only_on_the_passage_lines_is_found_from_the_first_line(
+    smollm2_tokenizer: Any,
+) -> None:
+    template = replace(
+        FIRST_TEMPLATE,
+        name="per-line",
+        prefix="Judge each passage.\n",
+        passage="[{label}] Query: {query} Passage: {text} Relevant?\n",
+        suffix="Answer:",
+    ).with_vote(" yes")
+    prompt = builder(smollm2_tokenizer, template=template).build("fleas", ["one", "two"])
+    assert len(prompt.score_positions) == 2
+    for end, text in zip(prompt.score_positions, ["one", "two"], strict=True):
+        through = smollm2_tokenizer.decode(list(prompt.token_ids[: end + 1]))
+        assert through.endswith(f"Query: fleas Passage: {text} Relevant?")
 
 
 def test_system_message_prepended_when_template_has_no_system_role(smollm2_tokenizer: Any) -> None:

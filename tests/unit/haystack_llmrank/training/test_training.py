@@ -968,7 +968,10 @@ def test_float16_training_scales_the_loss_and_checkpoints_the_scaler(
 
 
 def test_resume_refuses_another_template_and_names_what_differs(
-    smollm2_tokenizer: Any, tiny_model_dir: Path, tmp_path: Path
+    smollm2_tokenizer: Any,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     train_adapter(smollm2_tokenizer, tiny_model_dir, tmp_path / "run", steps=2)
 
@@ -993,6 +996,18 @@ def test_resume_refuses_another_template_and_names_what_differs(
     with pytest.raises(ValueError, match="ranknet_reduction 'sum', not 'mean'"):
         resumed(ranknet_reduction="mean")
     assert resumed()
+    # a checkpoint from before the setting was trained with the default: nothing changed
+    record = tmp_path / "run" / "checkpoint" / "trainer.json"
+    meta = json.loads(record.read_text())
+    del meta["config"]["ranknet_reduction"]
+    record.write_text(json.dumps(meta))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert resumed()
+    assert not [r for r in caplog.records if "changed settings" in r.getMessage()]
+    with caplog.at_level(logging.WARNING):
+        assert resumed(learning_rate=1e-5)
+    assert "changed settings: learning_rate" in caplog.text
 
 
 @pytest.mark.slow
