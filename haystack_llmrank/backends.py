@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from haystack_llmrank.checks import check_positive
 from haystack_llmrank.errors import ModelResolutionError
 from haystack_llmrank.gpu_policy import OnMissingGpu, check_on_missing_gpu, fall_back_to_cpu
 from haystack_llmrank.labels import readout_label_ids
@@ -52,6 +53,19 @@ def resolve_torch_device(device: str | None, on_missing_gpu: OnMissingGpu = "rai
         fall_back_to_cpu(message, on_missing_gpu, _TORCH_GPU_HINT)
         return "cpu"
     return device
+
+
+def check_torch_placement(device: str | None, dtype: str | None) -> None:
+    """``ValueError`` for a ``device`` that torch cannot parse or a ``dtype`` it does not
+    have, with no model loaded."""
+    import torch
+
+    if device is not None:
+        try:
+            torch.device(device)
+        except RuntimeError as exc:
+            raise ValueError(f"unknown torch device {device!r}: {exc}") from None
+    resolve_torch_dtype("cpu", dtype)
 
 
 def resolve_torch_dtype(device: str, dtype: str | None, checkpoint: Any = None) -> Any:
@@ -123,6 +137,19 @@ def checkpoint_dtype(source: ModelSource) -> Any:
     return recorded if isinstance(recorded, torch.dtype) and recorded.is_floating_point else None
 
 
+def check_backend(backend: str, threads: int | None) -> None:
+    """``ValueError`` for an unknown ``backend``, or ``threads`` that it cannot take: a
+    positive count, for the onnx backend only."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+    check_positive("threads", threads)
+    if threads is not None and backend != "onnx":
+        raise ValueError(
+            "threads applies to the onnx backend; the torch backend uses torch's process-wide "
+            "setting (torch.set_num_threads)"
+        )
+
+
 def load_scorer(
     model: str | None,
     *,
@@ -143,8 +170,7 @@ def load_scorer(
     ``torch.set_num_threads``). ``on_missing_gpu`` is what an explicit CUDA device that
     cannot be used does: ``"raise"``, or ``"warn"`` and run on the CPU.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+    check_backend(backend, threads)
     check_on_missing_gpu(on_missing_gpu)
     if backend == "onnx":
         return _load_onnx(
@@ -155,11 +181,6 @@ def load_scorer(
             vote=vote,
             threads=threads,
             on_missing_gpu=on_missing_gpu,
-        )
-    if threads is not None:
-        raise ValueError(
-            "threads applies to the onnx backend; the torch backend uses torch's process-wide "
-            "setting (torch.set_num_threads)"
         )
     from haystack_llmrank.scorers.torch_scorer import TorchLabelScorer
 

@@ -69,7 +69,7 @@ def resolve_model(
     A path ending in ``.gguf`` (in any case): that file. A folder with
     ``adapter_config.json`` (what ``llmrank train`` writes): its base model, resolved the
     same way, plus the adapter. Anything else is a Hugging Face id or folder, optionally
-    with ``gguf_file`` inside it; an empty reference is refused.
+    with ``gguf_file`` inside it; an empty reference, or a path to nothing, is refused.
     """
     if model is None or model == DEFAULT_MODEL:
         return adapted(DEFAULT_ADAPTER)
@@ -85,7 +85,17 @@ def resolve_model(
         if not path.is_file():
             raise ModelResolutionError(f"GGUF file not found: {path}")
         return ModelSource(str(path.parent.resolve()), path.name)
-    return ModelSource(str(path) if path.exists() else model, gguf_file)
+    if path.exists():
+        return ModelSource(str(path), gguf_file)
+    if _is_path(model):
+        raise ModelResolutionError(f"no model folder at {path}: it does not exist")
+    return ModelSource(model, gguf_file)
+
+
+def _is_path(model: str) -> bool:
+    """Whether ``model`` can only be a path: no Hugging Face id (``name`` or ``org/name``)
+    starts with ``/``, ``.`` or ``~``, holds a backslash or has two slashes."""
+    return model.startswith(("/", ".", "~")) or "\\" in model or model.count("/") > 1
 
 
 def adapted(folder: Path) -> ModelSource:

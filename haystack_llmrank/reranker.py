@@ -14,6 +14,7 @@ from haystack_llmrank.arrangement import (
     content_order,
     in_input_indices,
 )
+from haystack_llmrank.checks import check_positive
 from haystack_llmrank.errors import ClosedError
 from haystack_llmrank.fusion import check_fusion_k, fuse_with_input_order
 from haystack_llmrank.gpu_policy import OnMissingGpu
@@ -26,6 +27,7 @@ from haystack_llmrank.prompt import (
     PromptBuilder,
     PromptTemplate,
     check_passage_words,
+    get_template,
 )
 from haystack_llmrank.ranking import Ranking
 from haystack_llmrank.scorers.base import (
@@ -41,6 +43,7 @@ from haystack_llmrank.strategies import (
     DEFAULT_WINDOW_SIZE,
     QueryRun,
     Strategy,
+    check_strategy_options,
     default_step,
     make_strategy,
     run_windows,
@@ -66,6 +69,7 @@ def template_strategy(
     ``step`` ``None`` is as far as FIRST's 10 for 20 passages: half the window, at least 1.
     A label readout needs windows of two passages or more.
     """
+    check_strategy_options(name, window_size=window_size, step=step)
     if window_size is None:
         window_size = min(DEFAULT_WINDOW_SIZE, len(template.labels))
     template.check_window(window_size)
@@ -77,6 +81,21 @@ def template_strategy(
     if step is None:
         step = default_step(window_size)
     return make_strategy(name, window_size=window_size, step=step, vote=template.vote)
+
+
+def check_options(
+    *,
+    max_prompt_tokens: int | None = None,
+    batch_size: int = 1,
+    max_batch_tokens: int | None = None,
+    fusion_k: int | None = None,
+) -> None:
+    """``ValueError`` for :class:`Reranker` options that are wrong whatever the model, so
+    that :meth:`Reranker.from_pretrained` and the adapters refuse them before loading one."""
+    check_positive("max_prompt_tokens", max_prompt_tokens)
+    check_positive("batch_size", batch_size, optional=False)
+    check_positive("max_batch_tokens", max_batch_tokens)
+    check_fusion_k(fusion_k)
 
 
 def length_buckets(lengths: Sequence[int], max_batch_tokens: int) -> list[list[int]]:
@@ -151,6 +170,12 @@ class Reranker:
         fusion_k: int | None = None,
         order_invariant: bool = False,
     ) -> None:
+        check_options(
+            max_prompt_tokens=max_prompt_tokens,
+            batch_size=batch_size,
+            max_batch_tokens=max_batch_tokens,
+            fusion_k=fusion_k,
+        )
         self.strategy: Strategy = strategy or template_strategy(template)
         self.fusion_k = check_fusion_k(fusion_k)
         check_order_invariant(order_invariant, self.strategy.name)
@@ -166,8 +191,6 @@ class Reranker:
                 f"{type(scorer).__name__} cannot score (it reads the last token only)"
             )
         template.check_window(self.strategy.window_size)
-        if batch_size < 1 or (max_batch_tokens is not None and max_batch_tokens < 1):
-            raise ValueError("batch_size and max_batch_tokens must be positive")
         if prompts is not None and prompts.template != template:
             raise ValueError("the prompt builder's template is not the reranker's template")
         self.tokenizer = tokenizer
@@ -246,6 +269,12 @@ class Reranker:
         from haystack_llmrank.backends import load_scorer
 
         check_passage_words(kwargs.get("max_passage_words", AUTO_PASSAGE_WORDS))
+        check_options(
+            max_prompt_tokens=max_prompt_tokens,
+            batch_size=kwargs.get("batch_size", 1),
+            max_batch_tokens=kwargs.get("max_batch_tokens"),
+            fusion_k=kwargs.get("fusion_k"),
+        )
         chosen = model_template(template, model, vote=vote)
         if strategy is None or isinstance(strategy, str):
             strategy = template_strategy(chosen, strategy, window_size=window_size, step=step)
@@ -253,6 +282,7 @@ class Reranker:
             raise ValueError("window_size and step apply to a strategy given by name or None")
         else:
             chosen.check_window(strategy.window_size)
+        check_order_invariant(kwargs.get("order_invariant", False), strategy.name)
         loaded = load_scorer(
             model,
             backend=backend,
@@ -266,7 +296,9 @@ class Reranker:
         return cls(
             loaded.tokenizer,
             loaded.scorer,
-            max_prompt_tokens=max_prompt_tokens or loaded.context_length,
+            max_prompt_tokens=(
+                loaded.context_length if max_prompt_tokens is None else max_prompt_tokens
+            ),
             template=chosen,
             strategy=strategy,
             model_name=loaded.model_name,
@@ -275,7 +307,13 @@ class Reranker:
 
     def replace(self, **changes: Any) -> Reranker:
         """A new reranker with the same parts except ``changes`` (constructor arguments),
-        checked as the constructor checks them."""
+        checked as the constructor checks them.
+
+        As in :meth:`from_pretrained`, ``template`` may be a name or a dict, and
+        ``strategy`` a name (or ``None``, the readout's own) built with ``window_size`` and
+        ``step``; ``window_size`` or ``step`` alone rebuild the current strategy.
+        """
+        sizes = {k: changes.pop(k) for k in ("window_size", "step") if k in changes}
         parts: dict[str, Any] = {
             "tokenizer": self.tokenizer,
             "scorer": self.scorer,
@@ -295,6 +333,15 @@ class Reranker:
         if unknown:
             raise TypeError(f"Reranker has no argument {', '.join(sorted(unknown))}")
         parts.update(changes)
+        if "template" in changes:
+            parts["template"] = get_template(changes["template"])
+        strategy = parts["strategy"]
+        named = strategy is None or isinstance(strategy, str)
+        if sizes and not named and "strategy" in changes:
+            raise ValueError("window_size and step apply to a strategy given by name or None")
+        if sizes or named:
+            name = strategy if named else strategy.name
+            parts["strategy"] = template_strategy(parts["template"], name, **sizes)
         rebuilt = {"tokenizer", "template", "max_prompt_tokens", "max_passage_words"}
         if "prompts" not in changes and rebuilt & set(changes):
             parts["prompts"] = None

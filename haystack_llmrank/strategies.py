@@ -19,7 +19,6 @@ scoring whole steps of several queries in one call.
 from __future__ import annotations
 
 import math
-import numbers
 from collections import deque
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from typing import ClassVar, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from haystack_llmrank.checks import check_positive
 from haystack_llmrank.ranking import Cost, Ranking
 
 Window = tuple[int, int]
@@ -76,11 +76,7 @@ class Strategy(Protocol):
 def check_top_k(top_k: int | None) -> int | None:
     """``top_k`` as an ``int`` (numpy integers too), or ``ValueError`` unless it is ``None``
     or a positive integer."""
-    if top_k is None:
-        return None
-    if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1:
-        raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
-    return int(top_k)
+    return check_positive("top_k", top_k)
 
 
 def rank_members(members: Sequence[int], values: Sequence[float]) -> list[int]:
@@ -400,11 +396,9 @@ def check_strategy_options(name: str | None, *, window_size: int | None, step: i
     """Check a strategy's options before the template, and so the readout, is known: a
     named one fully (``window_size`` ``None`` taken as :data:`DEFAULT_WINDOW_SIZE` and
     ``step`` ``None`` as :func:`default_step`), any as far as every strategy needs
-    (positive sizes)."""
-    if window_size is not None:
-        _check_window_size(window_size, 1)
-    if step is not None and step < 1:
-        raise ValueError(f"step must be positive, got {step}")
+    (positive integers)."""
+    check_positive("window_size", window_size)
+    check_positive("step", step)
     if name is not None:
         size = DEFAULT_WINDOW_SIZE if window_size is None else window_size
         make_strategy(name, window_size=size, step=default_step(size) if step is None else step)

@@ -63,6 +63,15 @@ def test_a_gguf_path_is_a_gguf_file_whatever_the_case_of_its_suffix(tmp_path: Pa
         resolve_model(tmp_path / "missing.Gguf")
 
 
+def test_a_path_to_nothing_is_refused_and_a_hub_id_is_kept(tmp_path: Path) -> None:
+    for missing in (str(tmp_path / "missing"), "./missing_dir", "~/no/such/model", "a/b/c"):
+        with pytest.raises(ModelResolutionError, match=r"no model folder at .*it does not exist"):
+            resolve_model(missing)
+    assert resolve_model("org/name") == ModelSource("org/name", None)
+    assert resolve_model("gpt2") == ModelSource("gpt2", None)
+    assert resolve_model(str(tmp_path)) == ModelSource(str(tmp_path), None)
+
+
 def test_an_empty_reference_is_refused_even_in_an_adapter_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

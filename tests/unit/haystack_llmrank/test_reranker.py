@@ -336,6 +336,48 @@ def test_replace_changes_only_what_it_names(tiny_reranker: Reranker) -> None:
         tiny_reranker.replace(colour="red")
 
 
+def test_replace_takes_names_as_from_pretrained_does(tiny_reranker: Reranker) -> None:
+    assert tiny_reranker.replace(strategy="tdpart").strategy == TopDownPartition(20)
+    assert tiny_reranker.replace(strategy="sliding", window_size=8).strategy == SlidingWindow(8, 4)
+    assert tiny_reranker.replace(step=5).strategy == SlidingWindow(20, 5)
+    assert tiny_reranker.replace(strategy=None).strategy == SlidingWindow(20, 10)
+    invariant = tiny_reranker.replace(strategy="disjoint", order_invariant=True)
+    assert (invariant.strategy, invariant.order_invariant) == (Disjoint(20), True)
+    echo = tiny_reranker.replace(template="first-echo")
+    assert echo.prompts.template.name == "first-echo"
+    assert echo.strategy is tiny_reranker.strategy
+    with pytest.raises(ValueError, match="apply to a strategy given by name"):
+        tiny_reranker.replace(strategy=SlidingWindow(8, 4), step=2)
+    with pytest.raises(ValueError, match="unknown strategy"):
+        tiny_reranker.replace(strategy="bubble")
+    with pytest.raises(ValueError, match="order_invariant needs the 'disjoint' strategy"):
+        tiny_reranker.replace(order_invariant=True)
+
+
+def test_options_wrong_for_any_model_fail_before_it_loads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_loading(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr("haystack_llmrank.backends.load_scorer", no_loading)
+    bad: list[tuple[dict[str, Any], str]] = [
+        ({"batch_size": 0}, "batch_size must be a positive integer, got 0"),
+        ({"batch_size": 2.5}, "batch_size must be a positive integer"),
+        ({"max_batch_tokens": 0}, "max_batch_tokens must be a positive integer or None"),
+        ({"max_prompt_tokens": 0}, "max_prompt_tokens must be a positive integer or None"),
+        ({"max_prompt_tokens": -5}, "max_prompt_tokens must be"),
+        ({"fusion_k": -1}, "fusion_k must be an integer >= 0"),
+        ({"fusion_k": True}, "fusion_k must be an integer >= 0"),
+        ({"strategy": "sliding", "order_invariant": True}, "order_invariant needs"),
+        ({"template": "first", "order_invariant": True}, "order_invariant needs"),
+        ({"window_size": 2.5}, "window_size must be a positive integer"),
+    ]
+    for options, message in bad:
+        with pytest.raises(ValueError, match=message):
+            Reranker.from_pretrained("some/model", **options)
+
+
 def test_both_orders_logits_average_the_two_log_softmaxes() -> None:
     given = np.array([2.0, 0.0, 0.0, 9.0], dtype=np.float32)  # the 4th label is not a member
     reversed_ = np.array([1.0, 0.0, 0.0, 9.0], dtype=np.float32)  # member 2 came first

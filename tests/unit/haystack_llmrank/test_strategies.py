@@ -106,10 +106,18 @@ def test_options_are_checked_before_the_readout_is_known() -> None:
         check_strategy_options("sliding", window_size=8, step=10)
     with pytest.raises(ValueError, match="window_size"):
         check_strategy_options(None, window_size=0, step=1)
-    with pytest.raises(ValueError, match="step must be positive"):
+    with pytest.raises(ValueError, match="step must be a positive integer or None, got 0"):
         check_strategy_options(None, window_size=8, step=0)
     with pytest.raises(ValueError, match="unknown strategy"):
         check_strategy_options("bubble", window_size=8, step=1)
+    with pytest.raises(
+        ValueError, match=r"window_size must be a positive integer or None, got 2\.5"
+    ):
+        check_strategy_options(None, window_size=2.5, step=1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="step must be a positive integer or None, got True"):
+        check_strategy_options("sliding", window_size=None, step=True)
+    check_strategy_options("sliding", window_size=None, step=None)  # 20, step 10
+    check_strategy_options(None, window_size=np.int64(8), step=None)  # type: ignore[arg-type]
 
 
 def test_split_evenly() -> None:
