@@ -13,18 +13,20 @@ from typing import Any
 from haystack import Document, component, default_from_dict, default_to_dict
 
 from haystack_llmrank.arrangement import check_order_invariant
-from haystack_llmrank.fusion import check_fusion_k
+from haystack_llmrank.backends import check_backend
 from haystack_llmrank.gpu_policy import OnMissingGpu, check_on_missing_gpu
 from haystack_llmrank.models import DEFAULT_MODEL
 from haystack_llmrank.prompt import (
     AUTO_PASSAGE_WORDS,
     PassageWords,
+    PromptTemplate,
     check_passage_words,
     check_vote,
+    get_template,
 )
 from haystack_llmrank.ranking import Ranking
-from haystack_llmrank.reranker import Reranker
-from haystack_llmrank.strategies import check_strategy_options
+from haystack_llmrank.reranker import Reranker, check_options
+from haystack_llmrank.strategies import check_strategy_options, check_top_k
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +83,7 @@ class FirstListwiseRanker:
         window_size: int | None = None,
         step: int | None = None,
         strategy: str | None = None,
-        template: str | dict[str, Any] | None = None,
+        template: str | dict[str, Any] | PromptTemplate | None = None,
         vote: str | None = None,
         max_passage_words: PassageWords = AUTO_PASSAGE_WORDS,
         max_prompt_tokens: int | None = None,
@@ -115,8 +117,8 @@ class FirstListwiseRanker:
             vote (the default model's) and ``"sliding"`` for label logits. ``tdpart`` and
             ``tournament`` rank fewer positions (the rest keep their input order) and use
             ``top_k`` to rank just enough.
-        :param template: prompt template name or its dict form; ``None``: the one the model
-            was trained or exported with, else ``"first"``.
+        :param template: prompt template: a name, a :class:`PromptTemplate` or its dict
+            form; ``None``: the one the model was trained or exported with, else ``"first"``.
         :param vote: rank by this one token's logit at the end of each passage's line
             (e.g. ``" yes"``, for a model whose votes were trained) instead of the
             template's labels; ``None``: the template's readout.
@@ -142,14 +144,20 @@ class FirstListwiseRanker:
             of the order they come in, so that any order of the same Documents ranks alike
             (the ``"disjoint"`` strategy only, the default model's).
         """
-        if top_k is not None and top_k < 1:
-            raise ValueError(f"top_k must be at least 1, got {top_k}")
-        check_strategy_options(strategy, window_size=window_size, step=step)  # before loading
-        if threads is not None and threads < 1:
-            raise ValueError(f"threads must be positive, got {threads}")
+        # what is wrong whatever the model fails here, before warm_up loads one
+        check_top_k(top_k)
+        check_strategy_options(strategy, window_size=window_size, step=step)
+        check_backend(backend, threads)
         check_on_missing_gpu(on_missing_gpu)
-        check_fusion_k(fusion_k)
+        check_options(
+            max_prompt_tokens=max_prompt_tokens,
+            batch_size=batch_size,
+            max_batch_tokens=max_batch_tokens,
+            fusion_k=fusion_k,
+        )
         check_order_invariant(order_invariant, strategy)
+        if template is not None:
+            get_template(template)
         check_vote(vote)
         check_passage_words(max_passage_words)
         self.model = model
@@ -161,7 +169,8 @@ class FirstListwiseRanker:
         self.window_size = window_size
         self.step = step
         self.strategy = strategy
-        self.template = template
+        # a PromptTemplate is kept as its dict form, which to_dict and YAML can write
+        self.template = template.to_dict() if isinstance(template, PromptTemplate) else template
         self.vote = vote
         self.max_passage_words = max_passage_words
         self.max_prompt_tokens = max_prompt_tokens
@@ -212,7 +221,7 @@ class FirstListwiseRanker:
     def close(self) -> None:
         """Let go of the model (:meth:`Reranker.close`) once a ranking in progress ends;
         a later :meth:`warm_up` or run loads it again. Closing a cold ranker does nothing."""
-        with self._warm_lock, self._lock:
+        with self._lock, self._warm_lock:  # the order _rank takes them in
             reranker, self._reranker = self._reranker, None
             worker = self._worker
             self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=_WORKER_NAME)
@@ -271,8 +280,7 @@ class FirstListwiseRanker:
 
         Returns ``None`` when there are no Documents or the query is empty.
         """
-        if top_k is not None and top_k < 1:
-            raise ValueError(f"top_k must be at least 1, got {top_k}")
+        check_top_k(top_k)
         if not isinstance(query, str):
             raise TypeError(f"query must be a string, got {type(query).__name__}")
         if not documents or not query.strip():
@@ -315,14 +323,15 @@ class FirstListwiseRanker:
         return self._limit(ranked + [replace(d, score=None) for d in textless], top_k)
 
     def _rank(self, query: str, texts: list[str], top_k: int | None) -> Ranking:
-        if self._reranker is None:
-            raise RuntimeError(
-                "FirstListwiseRanker is not warmed up (or was closed); call warm_up() first"
-            )
-        if not texts:
-            return Ranking((), (), ())
+        """Load the model if it is not, and rank, in one hold of the lock: a :meth:`close`
+        falls before or after a whole ranking, never inside one."""
         with self._lock:
-            return self._reranker.rerank(query, texts, top_k=top_k)
+            self.warm_up()
+            reranker = self._reranker
+            assert reranker is not None  # warm_up loaded it, and close waits for the lock
+            if not texts:
+                return Ranking((), (), ())
+            return reranker.rerank(query, texts, top_k=top_k)
 
     @component.output_types(documents=list[Document])
     def run(
@@ -339,7 +348,6 @@ class FirstListwiseRanker:
         if prepared is None:
             return {"documents": self._unranked(documents, top_k)}
         rankable, textless, texts, limit = prepared
-        self.warm_up()
         ranking = self._rank(query, texts, limit)
         return {"documents": self._finish(rankable, textless, ranking, limit)}
 
@@ -354,6 +362,5 @@ class FirstListwiseRanker:
             return {"documents": self._unranked(documents, top_k)}
         rankable, textless, texts, limit = prepared
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._worker, self.warm_up)
         ranking = await loop.run_in_executor(self._worker, self._rank, query, texts, limit)
         return {"documents": self._finish(rankable, textless, ranking, limit)}

@@ -17,6 +17,7 @@ from haystack.core.errors import DeserializationError
 
 from haystack_llmrank import FirstListwiseRanker
 from haystack_llmrank.errors import ClosedError
+from haystack_llmrank.prompt import FIRST_NUMERIC_TEMPLATE
 from haystack_llmrank.ranking import Ranking
 from haystack_llmrank.reranker import Reranker
 from haystack_llmrank.strategies import SlidingWindow
@@ -231,6 +232,49 @@ def test_close_lets_go_of_the_model_and_a_run_loads_it_again(
     assert threads[0].startswith("llmrank-ranker")
 
 
+def test_close_racing_with_runs_never_breaks_one(
+    monkeypatch: pytest.MonkeyPatch, tiny_reranker: Reranker
+) -> None:
+    monkeypatch.setattr(Reranker, "from_pretrained", lambda *a, **kw: tiny_reranker.replace())
+    monkeypatch.setattr(Reranker, "close", lambda self: None)  # the scorer is shared
+    component = FirstListwiseRanker(model="some/model")
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def runs() -> None:
+        for _ in range(40):
+            try:
+                assert len(component.run(query=QUERY, documents=docs(2))["documents"]) == 2
+            except BaseException as error:
+                errors.append(error)
+
+    def closes() -> None:
+        while not done.is_set():
+            component.close()
+
+    closer = threading.Thread(target=closes)
+    workers = [threading.Thread(target=runs) for _ in range(3)]
+    closer.start()
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    done.set()
+    closer.join()
+    assert errors == []
+
+    async def main(pause: bool) -> list[dict[str, list[Document]]]:
+        calls = [component.run_async(query=QUERY, documents=docs(3)) for _ in range(6)]
+        tasks = [asyncio.ensure_future(call) for call in calls]
+        if pause:
+            await asyncio.sleep(0)  # every run_async has queued its ranking
+        await component.close_async()
+        return await asyncio.gather(*tasks)
+
+    for pause in (True, False):
+        assert all(len(out["documents"]) == 3 for out in asyncio.run(main(pause)))
+
+
 def test_a_pipeline_closes_its_ranker(tiny_model_dir: Path) -> None:
     component = FirstListwiseRanker(model=str(tiny_model_dir), device="cpu")
     pipeline = Pipeline()
@@ -242,6 +286,22 @@ def test_a_pipeline_closes_its_ranker(tiny_model_dir: Path) -> None:
     assert component._reranker is None
     with pytest.raises(ClosedError):
         reranker.rerank(QUERY, ["a passage"])
+
+
+def test_a_template_object_is_kept_as_its_dict_and_a_bad_one_fails_at_init(
+    tiny_model_dir: Path,
+) -> None:
+    component = FirstListwiseRanker(model=str(tiny_model_dir), template=FIRST_NUMERIC_TEMPLATE)
+    data = component.to_dict()
+    assert data["init_parameters"]["template"] == FIRST_NUMERIC_TEMPLATE.to_dict()
+    pipeline = Pipeline()
+    pipeline.add_component("ranker", FirstListwiseRanker.from_dict(data))
+    assert "first-numeric" in pipeline.dumps()
+    component.warm_up()
+    assert component._reranker is not None
+    assert component._reranker.prompts.template == FIRST_NUMERIC_TEMPLATE
+    with pytest.raises(ValueError, match="nosuch"):
+        FirstListwiseRanker(template="nosuch")
 
 
 def test_default_windows_fit_the_template(tiny_model_dir: Path) -> None:
@@ -378,8 +438,27 @@ def test_strategy_is_serialised_and_top_k_reaches_it(tiny_model_dir: Path) -> No
 
 
 def test_bad_onnx_settings_rejected_at_init() -> None:
-    with pytest.raises(ValueError, match="threads must be positive"):
+    with pytest.raises(ValueError, match="threads must be a positive integer or None, got 0"):
         FirstListwiseRanker(backend="onnx", threads=0)
+    with pytest.raises(ValueError, match="threads applies to the onnx backend"):
+        FirstListwiseRanker(threads=2)
+    with pytest.raises(ValueError, match="unknown backend 'tensorrt'"):
+        FirstListwiseRanker(backend="tensorrt")
+
+
+def test_options_wrong_for_any_model_fail_at_init() -> None:
+    bad: list[tuple[dict[str, Any], str]] = [
+        ({"top_k": 2.5}, "top_k must be a positive integer or None, got 2.5"),
+        ({"top_k": True}, "top_k must be a positive integer or None, got True"),
+        ({"top_k": 0}, "top_k must be a positive integer or None, got 0"),
+        ({"batch_size": 0}, "batch_size must be a positive integer, got 0"),
+        ({"max_batch_tokens": 0}, "max_batch_tokens must be a positive integer or None"),
+        ({"max_prompt_tokens": -5}, "max_prompt_tokens must be a positive integer or None"),
+        ({"window_size": 2.5}, "window_size must be a positive integer or None"),
+    ]
+    for options, message in bad:
+        with pytest.raises(ValueError, match=message):
+            FirstListwiseRanker(**options)
     with pytest.raises(ValueError, match="on_missing_gpu must be one of"):
         FirstListwiseRanker(on_missing_gpu="ignore")  # type: ignore[arg-type]
 
