@@ -29,6 +29,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Generator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -230,6 +231,9 @@ class _RescorerBase:
         self.max_clause_count = max_clause_count
         self.model_name = model_name or getattr(reranker, "model_name", None)
         self._lock = threading.Lock()
+        # the async driver's engine thread: a search cancelled while it waits there (a
+        # timeout) is dropped before it reaches the engine; started on first use
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmrank-rescorer")
 
     def _prepare(
         self,
@@ -411,7 +415,9 @@ class LlmRescorer(_RescorerBase):
 class AsyncLlmRescorer(_RescorerBase):
     """:class:`LlmRescorer` for an ``opensearchpy.AsyncOpenSearch`` client.
 
-    The engine runs in a worker thread (``asyncio.to_thread``), one window at a time.
+    The engine runs in the rescorer's own worker thread, one window at a time, off the
+    event loop and off its default executor. Searches wait their turn there, and one
+    cancelled while it waits (a timeout) never reaches the engine.
     """
 
     async def search(
@@ -440,7 +446,7 @@ class AsyncLlmRescorer(_RescorerBase):
 
     async def _run(self, step: _Step) -> Any:
         if isinstance(step, _Compute):
-            return await asyncio.to_thread(step.run)
+            return await asyncio.get_running_loop().run_in_executor(self._worker, step.run)
         try:
             return await self.client.search(**step.kwargs)
         except OpenSearchException as error:

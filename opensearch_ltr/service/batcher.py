@@ -216,7 +216,7 @@ class RerankBatcher:
             engine = self._factory()
             if not self._closed:  # closed while loading: no warm-up to wait for
                 engine.rerank_many([WARM_UP_REQUEST])
-        except Exception as exc:
+        except BaseException as exc:  # SystemExit too: the worker ends, and says why
             logger.exception("the rerank engine failed to load")
             self.loaded.set_exception(exc)
             return None

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -530,3 +532,24 @@ async def test_async_rescorer_matches_the_sync_one() -> None:
         await AsyncLlmRescorer(AsyncScriptedClient(make_hits(), [down]), ShortestFirst()).search(
             "docs", BODY
         )
+
+
+async def test_async_searches_wait_in_the_rescorers_thread_and_timeouts_drop_them() -> None:
+    class Slow(ShortestFirst):
+        def rerank(self, query: str, passages: Sequence[str], **kwargs: Any) -> Ranking:
+            time.sleep(0.2)
+            return super().rerank(query, passages, **kwargs)
+
+    engine = Slow()
+    stage = AsyncLlmRescorer(AsyncScriptedClient(make_hits()), engine, window_size=3)
+    searches = [
+        asyncio.ensure_future(asyncio.wait_for(stage.search("docs", BODY), 0.3)) for _ in range(8)
+    ]
+    await asyncio.sleep(0.05)  # every search is waiting for the engine now
+    started = time.monotonic()
+    await asyncio.get_running_loop().run_in_executor(None, lambda: None)
+    assert time.monotonic() - started < 0.15, "the loop's default executor was held"
+    outcomes = await asyncio.gather(*searches, return_exceptions=True)
+    await asyncio.sleep(0.5)  # what still ran after the timeouts
+    assert sum(isinstance(o, TimeoutError) for o in outcomes) >= 6
+    assert len(engine.calls) <= 2, "searches that timed out still reached the engine"

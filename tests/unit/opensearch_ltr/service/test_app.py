@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import itertools
 import json
 import logging
 import re
@@ -190,6 +191,30 @@ async def test_top_n_return_documents_and_empty_list(tiny_reranker: Reranker) ->
     assert all(r["document"]["text"] == TEXTS[r["index"]] for r in top["results"])
     assert len(more["results"]) == len(DOCS)
     assert empty["results"] == []
+
+
+async def test_blank_documents_follow_the_ranked_ones_unseen_by_the_model() -> None:
+    seen: list[list[str]] = []
+
+    class SeeingEngine(FakeEngine):
+        def rerank_many(self, requests: Any, **kwargs: Any) -> list[Ranking]:
+            seen.extend(list(passages) for _, passages in requests)
+            return super().rerank_many(requests, **kwargs)
+
+    documents = ["", "alpha", " \n", "beta", {"text": ""}]
+    async with serving(SeeingEngine()) as client:
+        seen.clear()  # the warm-up request
+        status, body = await post(client, {"query": "q", "documents": documents})
+        _, blank = await post(client, {"query": "q", "documents": ["", " "]})
+        _, top = await post(client, {"query": "q", "documents": documents, "top_n": 3})
+    assert status == 200
+    assert seen == [["alpha", "beta"], ["alpha", "beta"]]
+    # FakeEngine reverses what it ranks: beta, alpha; then the blanks in request order
+    assert [r["index"] for r in body["results"]] == [3, 1, 0, 2, 4]
+    scores = [r["relevance_score"] for r in body["results"]]
+    assert all(a > b for a, b in itertools.pairwise(scores))
+    assert [r["index"] for r in blank["results"]] == [0, 1]
+    assert [r["index"] for r in top["results"]] == [3, 1, 0]
 
 
 async def test_json_numbers_parse_as_ml_commons_expects() -> None:
@@ -1000,3 +1025,15 @@ async def test_shutdown_past_the_grace_period_stops_the_engine_at_its_next_windo
         assert windows < 200
         with pytest.raises(aiohttp.ClientError):
             await in_flight
+
+
+def test_a_factory_that_exits_fails_the_load_instead_of_loading_forever() -> None:
+    def factory() -> RerankEngine:
+        raise SystemExit(3)
+
+    batcher = RerankBatcher(factory)
+    batcher.start()
+    with pytest.raises(SystemExit):
+        batcher.loaded.result(10)
+    assert batcher.state is WorkerState.FAILED
+    assert batcher.close(10)
