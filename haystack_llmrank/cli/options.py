@@ -114,6 +114,27 @@ def add_model_options(group: Any, *, batch_size: int) -> None:
         f"(default {batch_size})",
     )
     group.add_argument(
+        "--max-batch-tokens",
+        type=positive_int,
+        default=None,
+        help="padded tokens per forward pass (default: one window a pass for torch on a CPU, "
+        "else 16384)",
+    )
+    group.add_argument(
+        "--max-prompt-tokens",
+        type=positive_int,
+        default=None,
+        help="token budget of one prompt; longer passages are shortened (default: the "
+        "model's context)",
+    )
+    group.add_argument(
+        "--template",
+        type=template_option,
+        default=None,
+        help="prompt template: a name or a .json file of one (default: the one the model "
+        "was trained or exported with, else first)",
+    )
+    group.add_argument(
         "--max-passage-words",
         type=passage_words,
         default=AUTO_PASSAGE_WORDS,
@@ -171,14 +192,13 @@ def check_model_options(args: argparse.Namespace) -> None:
     fails here in well under a second.
     """
     from haystack_llmrank.arrangement import check_order_invariant
+    from haystack_llmrank.backends import check_torch_placement
     from haystack_llmrank.fusion import check_fusion_k
     from haystack_llmrank.model_templates import model_template
     from haystack_llmrank.models import check_available, resolve_model
     from haystack_llmrank.reranker import template_strategy
 
-    template = model_template(None, args.model)
-    if args.vote is not None:
-        template = template.with_vote(args.vote)
+    template = model_template(args.template, args.model, vote=args.vote)
     labels = len(template.labels)
     if args.window_size is not None and args.window_size > labels:
         raise ValueError(
@@ -189,6 +209,7 @@ def check_model_options(args: argparse.Namespace) -> None:
     check_fusion_k(args.fusion_k)
     check_order_invariant(args.order_invariant, args.strategy)
     if args.backend == "torch":
+        check_torch_placement(args.device, args.dtype)
         check_available(resolve_model(args.model))
 
 
@@ -224,5 +245,8 @@ def load_reranker(args: argparse.Namespace) -> Any:
         both_orders=args.both_orders,
         fusion_k=args.fusion_k,
         order_invariant=args.order_invariant,
+        template=args.template,
         vote=args.vote,
+        max_prompt_tokens=args.max_prompt_tokens,
+        max_batch_tokens=args.max_batch_tokens,
     )

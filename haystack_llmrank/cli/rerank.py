@@ -45,6 +45,15 @@ def register(parser: argparse.ArgumentParser) -> None:
         default=100,
         help="rerank only the first K candidates of each query (default 100)",
     )
+    parser.add_argument(
+        "--rank-depth",
+        type=positive_int,
+        default=None,
+        metavar="K",
+        help="only the first K positions of each ranking matter: tdpart and tournament rank "
+        "just enough and keep the rest in first-stage order; sliding and disjoint rank all "
+        "(default: all)",
+    )
     add_model_options(parser, batch_size=1)
     parser.add_argument(
         "--queries",
@@ -97,9 +106,9 @@ def run(args: argparse.Namespace) -> int:
     reranker = load_reranker(args)
     loaded = time.perf_counter()
     requests = [(query.query, query.texts) for query in queries]
-    most = reranker.count_windows([len(texts) for _, texts in requests])
+    most = reranker.count_windows([len(texts) for _, texts in requests], args.rank_depth)
     with tqdm(total=most, unit="window", desc="rerank") as bar:
-        rankings = reranker.rerank_many(requests, on_window=bar.update)
+        rankings = reranker.rerank_many(requests, top_k=args.rank_depth, on_window=bar.update)
     seconds = time.perf_counter() - loaded
     windows = sum(ranking.cost.windows for ranking in rankings)
     write_run(args.output, run_from_rankings(queries, rankings), args.tag)

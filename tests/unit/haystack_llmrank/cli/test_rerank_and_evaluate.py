@@ -415,6 +415,35 @@ def test_windows_are_checked_against_the_models_template_before_loading(
         load_reranker(model_args("--window-size", "27"))
 
 
+def test_template_budgets_and_placement_reach_the_engine_or_fail_before_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(Reranker, "from_pretrained", lambda *a, **kw: calls.append(kw))
+    load_reranker(
+        model_args(
+            "--template",
+            "first-numeric",
+            "--max-prompt-tokens",
+            "900",
+            "--max-batch-tokens",
+            "4096",
+        )
+    )
+    assert (calls[-1]["template"], calls[-1]["max_prompt_tokens"]) == ("first-numeric", 900)
+    assert calls[-1]["max_batch_tokens"] == 4096
+    with pytest.raises(ValueError, match="--window-size 10 is over the 9 labels"):
+        load_reranker(model_args("--template", "first-numeric", "--window-size", "10"))
+    with pytest.raises(ValueError, match="unknown torch dtype 'float17'"):
+        load_reranker(model_args("--dtype", "float17"))
+    with pytest.raises(ValueError, match="unknown torch device 'gpu'"):
+        load_reranker(model_args("--device", "gpu"))
+    assert len(calls) == 1
+    for bad in (("--template", "nosuch"), ("--max-prompt-tokens", "0")):
+        with pytest.raises(SystemExit):
+            model_args(*bad)
+
+
 def test_passage_words_reach_the_engine(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[dict[str, Any]] = []
     monkeypatch.setattr(Reranker, "from_pretrained", lambda *a, **kw: calls.append(kw))
@@ -438,6 +467,14 @@ def test_rerank_ranks_with_the_chosen_strategy(
     run = read_run(output)
     for query in read_queries(candidates):
         expected = engine.rerank(query.query, query.texts)
+        assert list(run[query.qid]) == [query.candidates[i].docid for i in expected.order]
+    shallow = tmp_path / "shallow.txt"
+    args = ("--strategy", strategy, "--rank-depth", "1")
+    assert llmrank(rerank_args(candidates, shallow, tiny_model_dir, *args)) == 0
+    run = read_run(shallow)
+    for query in read_queries(candidates):
+        expected = engine.rerank(query.query, query.texts, top_k=1)
+        assert expected.unranked > 0, "a depth of 1 should leave a first-stage tail"
         assert list(run[query.qid]) == [query.candidates[i].docid for i in expected.order]
 
 
