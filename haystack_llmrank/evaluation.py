@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from haystack_llmrank.data import Qrels, finite_float
+from haystack_llmrank.errors import listed
 
 logger = logging.getLogger(__name__)
 
@@ -143,8 +144,7 @@ def _float_scores(qid: str, docs: Mapping[str, float]) -> dict[str, float]:
 
 def _warn(queries: tuple[str, ...], what: str) -> None:
     if queries:
-        shown = ", ".join(queries[:10]) + (", ..." if len(queries) > 10 else "")
-        logger.warning("%d %s: %s", len(queries), what, shown)
+        logger.warning("%d %s: %s", len(queries), what, listed(queries, 10))
 
 
 def evaluate(

@@ -116,6 +116,14 @@ def test_missing_and_unjudged_queries_are_reported(caplog: pytest.LogCaptureFixt
     assert "1 judged queries are missing from the run (left out of the mean): q3" in caplog.text
     assert "1 run queries have no judgements and are not evaluated: extra" in caplog.text
 
+    many = {f"q{i}": {"a": 1} for i in range(13)}
+    evaluate({"q0": {"a": 1.0}}, many, ["mrr@10"])
+    shown = ", ".join(sorted(f"q{i}" for i in range(1, 13))[:10])  # sorted as text
+    assert (
+        f"12 judged queries are missing from the run (left out of the mean): {shown} and 2 more"
+        in caplog.text
+    )
+
     zero = evaluate(run, qrels, ["mrr@10"], missing_as_zero=True)
     assert zero.per_query["q3"] == {"mrr@10": 0.0}
     assert zero.mean["mrr@10"] == pytest.approx(1 / 3)
