@@ -250,7 +250,7 @@ class _RescorerBase:
         title = [self.fields.title_field] if self.fields.title_field else []
         check_filter_path(search_kwargs, [*title, *self.fields.text_fields])
         if apply not in ("client", "server"):
-            raise ValueError(f"apply must be 'client' or 'server', got {apply!r}")
+            raise RescoreRequestError(f"apply must be 'client' or 'server', got {apply!r}")
         if apply == "server":
             if self.score_transform not in NON_NEGATIVE_TRANSFORMS:
                 raise RescoreRequestError(

@@ -213,7 +213,7 @@ def test_bad_requests_fail_before_any_search() -> None:
     logits = rescorer(client, score_transform="logit", query_weight=1.0)
     with pytest.raises(RescoreRequestError, match="can be negative"):
         logits.search("docs", BODY, apply="server")
-    with pytest.raises(ValueError, match="apply"):
+    with pytest.raises(RescoreRequestError, match="apply must be 'client' or 'server'"):
         stage.search("docs", BODY, apply="cluster")  # type: ignore[arg-type]
     assert client.calls == []
 
