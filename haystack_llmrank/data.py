@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -27,6 +28,8 @@ TEXT_FIELDS = ("text", "contents", "content", "segment", "body", "passage")
 """Fields that may hold a candidate's text, in the order they are looked up."""
 RUN_DECIMALS = 4
 """Decimals of the score column of written runs."""
+
+_LINE_END = re.compile(r"\r\n|\r|\n")
 
 Run = dict[str, dict[str, float]]
 Qrels = dict[str, dict[str, int]]
@@ -100,6 +103,12 @@ def _finite_score(value: str | float, where: str) -> float:
     return score
 
 
+def _lines(text: str) -> list[str]:
+    """``text`` cut at line ends: ``\\r\\n``, ``\\n`` or ``\\r``, and not at the other
+    breaks that ``str.splitlines`` cuts at (U+2028, U+0085...), which JSON strings may hold."""
+    return _LINE_END.split(text)
+
+
 def _records(path: Path) -> Iterator[tuple[str, Any]]:
     """Yield ``(where, record)``: the items of a JSON list, or the lines of a JSONL file."""
     text = read_utf8(path)
@@ -111,7 +120,7 @@ def _records(path: Path) -> Iterator[tuple[str, Any]]:
         for i, item in enumerate(items):
             yield f"{path} item {i}", item
         return
-    for number, line in enumerate(text.split("\n"), start=1):  # not at U+2028 inside strings
+    for number, line in enumerate(_lines(text), start=1):
         if line.strip():
             try:
                 yield f"{path}:{number}", json.loads(line)
@@ -309,7 +318,7 @@ def write_run(path: str | Path, run: Mapping[str, Mapping[str, float]], tag: str
 
 
 def _rows(path: Path, columns: int, layout: str) -> Iterator[tuple[str, list[str]]]:
-    for number, line in enumerate(read_utf8(path).split("\n"), start=1):
+    for number, line in enumerate(_lines(read_utf8(path)), start=1):
         fields = line.split()
         if not fields:
             continue

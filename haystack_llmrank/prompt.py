@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import string
 from collections.abc import Sequence
@@ -235,13 +236,16 @@ TEMPLATES: dict[str, PromptTemplate] = {
 }
 
 
-def get_template(template: str | PromptTemplate | dict[str, Any]) -> PromptTemplate:
+def get_template(
+    template: str | os.PathLike[str] | PromptTemplate | dict[str, Any],
+) -> PromptTemplate:
     """A template by name, from a JSON file of its dict form (a path ending in ``.json``),
     from its dict form, or as given."""
     if isinstance(template, PromptTemplate):
         return template
     if isinstance(template, dict):
         return PromptTemplate.from_dict(template)
+    template = os.fspath(template)
     if template in TEMPLATES:
         return TEMPLATES[template]
     if template.endswith(".json"):

@@ -311,7 +311,8 @@ class Reranker:
 
         As in :meth:`from_pretrained`, ``template`` may be a name or a dict, and
         ``strategy`` a name (or ``None``, the readout's own) built with ``window_size`` and
-        ``step``; ``window_size`` or ``step`` alone rebuild the current strategy.
+        ``step``; ``window_size`` or ``step`` alone rebuild the current strategy, keeping
+        the other.
         """
         sizes = {k: changes.pop(k) for k in ("window_size", "step") if k in changes}
         parts: dict[str, Any] = {
@@ -339,9 +340,12 @@ class Reranker:
         named = strategy is None or isinstance(strategy, str)
         if sizes and not named and "strategy" in changes:
             raise ValueError("window_size and step apply to a strategy given by name or None")
-        if sizes or named:
-            name = strategy if named else strategy.name
-            parts["strategy"] = template_strategy(parts["template"], name, **sizes)
+        if named:
+            parts["strategy"] = template_strategy(parts["template"], strategy, **sizes)
+        elif sizes:  # the current strategy, rebuilt: what is not given stays as it is
+            sizes.setdefault("window_size", strategy.window_size)
+            sizes.setdefault("step", getattr(strategy, "step", None))
+            parts["strategy"] = template_strategy(parts["template"], strategy.name, **sizes)
         rebuilt = {"tokenizer", "template", "max_prompt_tokens", "max_passage_words"}
         if "prompts" not in changes and rebuilt & set(changes):
             parts["prompts"] = None

@@ -25,6 +25,7 @@ errors are always raised.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import threading
 import time
@@ -446,7 +447,9 @@ class AsyncLlmRescorer(_RescorerBase):
 
     async def _run(self, step: _Step) -> Any:
         if isinstance(step, _Compute):
-            return await asyncio.get_running_loop().run_in_executor(self._worker, step.run)
+            context = contextvars.copy_context()  # the caller's, as asyncio.to_thread passes
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._worker, context.run, step.run)
         try:
             return await self.client.search(**step.kwargs)
         except OpenSearchException as error:

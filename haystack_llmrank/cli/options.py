@@ -187,9 +187,9 @@ def add_model_options(group: Any, *, batch_size: int) -> None:
 def check_model_options(args: argparse.Namespace) -> None:
     """Check what :func:`add_model_options` parsed before any model loads.
 
-    A window wider than the labels of the model's template (the one recorded with it, else
-    FIRST's), a step wider than the window, or a model that is neither local nor reachable
-    fails here in well under a second.
+    A window wider than the labels of the template (``--template``, else the one recorded
+    with the model, else FIRST's), a step wider than the window, an unknown torch device or
+    dtype, or a model that is neither local nor reachable fails here in well under a second.
     """
     from haystack_llmrank.arrangement import check_order_invariant
     from haystack_llmrank.backends import check_torch_placement

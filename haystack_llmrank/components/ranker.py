@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -29,8 +30,6 @@ from haystack_llmrank.reranker import Reranker, check_options
 from haystack_llmrank.strategies import check_strategy_options, check_top_k
 
 logger = logging.getLogger(__name__)
-
-_WORKER_NAME = "llmrank-ranker"
 
 
 def deduplicate(documents: list[Document]) -> list[Document]:
@@ -83,7 +82,7 @@ class FirstListwiseRanker:
         window_size: int | None = None,
         step: int | None = None,
         strategy: str | None = None,
-        template: str | dict[str, Any] | PromptTemplate | None = None,
+        template: str | os.PathLike[str] | dict[str, Any] | PromptTemplate | None = None,
         vote: str | None = None,
         max_passage_words: PassageWords = AUTO_PASSAGE_WORDS,
         max_prompt_tokens: int | None = None,
@@ -117,8 +116,9 @@ class FirstListwiseRanker:
             vote (the default model's) and ``"sliding"`` for label logits. ``tdpart`` and
             ``tournament`` rank fewer positions (the rest keep their input order) and use
             ``top_k`` to rank just enough.
-        :param template: prompt template: a name, a :class:`PromptTemplate` or its dict
-            form; ``None``: the one the model was trained or exported with, else ``"first"``.
+        :param template: prompt template: a name, a ``.json`` file of one, a
+            :class:`PromptTemplate` or its dict form; ``None``: the one the model was
+            trained or exported with, else ``"first"``.
         :param vote: rank by this one token's logit at the end of each passage's line
             (e.g. ``" yes"``, for a model whose votes were trained) instead of the
             template's labels; ``None``: the template's readout.
@@ -169,8 +169,12 @@ class FirstListwiseRanker:
         self.window_size = window_size
         self.step = step
         self.strategy = strategy
-        # a PromptTemplate is kept as its dict form, which to_dict and YAML can write
-        self.template = template.to_dict() if isinstance(template, PromptTemplate) else template
+        # kept as a name, a file name or a dict, which to_dict and YAML can write
+        if isinstance(template, PromptTemplate):
+            template = template.to_dict()
+        elif isinstance(template, os.PathLike):
+            template = os.fspath(template)
+        self.template = template
         self.vote = vote
         self.max_passage_words = max_passage_words
         self.max_prompt_tokens = max_prompt_tokens
@@ -187,7 +191,7 @@ class FirstListwiseRanker:
         self._lock = threading.Lock()
         self._warm_lock = threading.Lock()
         # run_async queues here, one call at a time, instead of parking shared executor threads
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=_WORKER_NAME)
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmrank-ranker")
 
     def warm_up(self) -> None:
         """Load the model once; later calls do nothing until :meth:`close`."""
@@ -223,9 +227,6 @@ class FirstListwiseRanker:
         a later :meth:`warm_up` or run loads it again. Closing a cold ranker does nothing."""
         with self._lock, self._warm_lock:  # the order _rank takes them in
             reranker, self._reranker = self._reranker, None
-            worker = self._worker
-            self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=_WORKER_NAME)
-        worker.shutdown(wait=False)  # its thread ends once its queued calls have run
         if reranker is not None:
             reranker.close()
 

@@ -74,6 +74,10 @@ def test_jsonl_lines_end_at_line_feeds_only(tmp_path: Path) -> None:
     qrels.write_text("q1 0 d\u20281 2\r\nq1 0 d2 1\n", encoding="utf-8")
     with pytest.raises(DataFormatError, match=r"qrels.txt:1: expected 4 columns"):
         read_qrels(qrels)  # U+2028 is whitespace inside a line, not a line break
+    qrels.write_bytes(b"q1 0 d1 2\rq1 0 d2 1\r")  # old Mac line ends
+    assert read_qrels(qrels) == {"q1": {"d1": 2, "d2": 1}}
+    path.write_text("\r".join(lines), encoding="utf-8")
+    assert [q.qid for q in read_queries(path)] == ["q1", "q2"]
 
 
 def test_reads_rankllm_json_list_with_text_field_variants(tmp_path: Path) -> None:

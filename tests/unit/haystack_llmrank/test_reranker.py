@@ -340,6 +340,12 @@ def test_replace_takes_names_as_from_pretrained_does(tiny_reranker: Reranker) ->
     assert tiny_reranker.replace(strategy="tdpart").strategy == TopDownPartition(20)
     assert tiny_reranker.replace(strategy="sliding", window_size=8).strategy == SlidingWindow(8, 4)
     assert tiny_reranker.replace(step=5).strategy == SlidingWindow(20, 5)
+    narrow = tiny_reranker.replace(strategy="sliding", window_size=10, step=5)
+    assert narrow.replace(step=3).strategy == SlidingWindow(10, 3)
+    assert narrow.replace(window_size=8).strategy == SlidingWindow(8, 5)
+    assert narrow.replace(strategy="tdpart", window_size=10).replace(step=3).strategy == (
+        TopDownPartition(10)
+    )
     assert tiny_reranker.replace(strategy=None).strategy == SlidingWindow(20, 10)
     invariant = tiny_reranker.replace(strategy="disjoint", order_invariant=True)
     assert (invariant.strategy, invariant.order_invariant) == (Disjoint(20), True)

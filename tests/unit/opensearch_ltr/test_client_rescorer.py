@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import copy
 import time
 from collections.abc import Sequence
@@ -553,3 +554,20 @@ async def test_async_searches_wait_in_the_rescorers_thread_and_timeouts_drop_the
     await asyncio.sleep(0.5)  # what still ran after the timeouts
     assert sum(isinstance(o, TimeoutError) for o in outcomes) >= 6
     assert len(engine.calls) <= 2, "searches that timed out still reached the engine"
+
+
+REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("request", default=None)
+
+
+async def test_the_engine_sees_the_searching_tasks_context() -> None:
+    seen: list[str | None] = []
+
+    class Reading(ShortestFirst):
+        def rerank(self, query: str, passages: Sequence[str], **kwargs: Any) -> Ranking:
+            seen.append(REQUEST_ID.get())
+            return super().rerank(query, passages, **kwargs)
+
+    stage = AsyncLlmRescorer(AsyncScriptedClient(make_hits()), Reading(), window_size=3)
+    REQUEST_ID.set("req-42")
+    await stage.search("docs", BODY)
+    assert seen == ["req-42"]

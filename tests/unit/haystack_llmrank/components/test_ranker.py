@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import itertools
+import json
 import threading
 from pathlib import Path
 from typing import Any
@@ -274,6 +275,18 @@ def test_close_racing_with_runs_never_breaks_one(
     for pause in (True, False):
         assert all(len(out["documents"]) == 3 for out in asyncio.run(main(pause)))
 
+    async def async_runs() -> list[BaseException | dict[str, list[Document]]]:
+        calls = [component.run_async(query=QUERY, documents=docs(2)) for _ in range(60)]
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    done.clear()
+    closer = threading.Thread(target=closes)
+    closer.start()
+    outcomes = asyncio.run(async_runs())
+    done.set()
+    closer.join()
+    assert [o for o in outcomes if isinstance(o, BaseException)] == []
+
 
 def test_a_pipeline_closes_its_ranker(tiny_model_dir: Path) -> None:
     component = FirstListwiseRanker(model=str(tiny_model_dir), device="cpu")
@@ -289,7 +302,7 @@ def test_a_pipeline_closes_its_ranker(tiny_model_dir: Path) -> None:
 
 
 def test_a_template_object_is_kept_as_its_dict_and_a_bad_one_fails_at_init(
-    tiny_model_dir: Path,
+    tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     component = FirstListwiseRanker(model=str(tiny_model_dir), template=FIRST_NUMERIC_TEMPLATE)
     data = component.to_dict()
@@ -302,6 +315,10 @@ def test_a_template_object_is_kept_as_its_dict_and_a_bad_one_fails_at_init(
     assert component._reranker.prompts.template == FIRST_NUMERIC_TEMPLATE
     with pytest.raises(ValueError, match="nosuch"):
         FirstListwiseRanker(template="nosuch")
+    file = tmp_path / "numeric.json"
+    file.write_text(json.dumps(FIRST_NUMERIC_TEMPLATE.to_dict()), encoding="utf-8")
+    from_file = FirstListwiseRanker(model=str(tiny_model_dir), template=file)
+    assert from_file.to_dict()["init_parameters"]["template"] == str(file)
 
 
 def test_default_windows_fit_the_template(tiny_model_dir: Path) -> None:
