@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from haystack_llmrank.errors import ModelResolutionError
-from haystack_llmrank.models import resolve_model
+from haystack_llmrank.models import DEFAULT_MODEL, resolve_model
 from haystack_llmrank.prompt import FIRST_TEMPLATE, PromptTemplate, get_template
 from haystack_llmrank.scorers.onnx_metadata import METADATA_FILE
 
@@ -84,7 +84,7 @@ def model_template(
         readouts = recorded.vote != chosen.vote
         logger.warning(
             "%s was trained with template %s; ranking with %s as asked",
-            model,
+            DEFAULT_MODEL if model is None else model,
             _described(recorded, readouts),
             _described(chosen, readouts),
         )

@@ -86,6 +86,9 @@ def test_the_warning_names_the_readout_where_the_votes_differ(
         assert model_template("first", str(echo_model_dir), vote=" yes") == voted
         assert model_template(None, str(echo_model_dir), vote=" yes") == voted
     assert not caplog.text
+    with caplog.at_level(logging.WARNING, logger="haystack_llmrank.model_templates"):
+        model_template("first", None)  # the default model, which records first-judge
+    assert caplog.text.count("default was trained with template 'first-judge'") == 1
 
 
 def test_a_recorded_passage_length_is_read_and_kept_by_a_named_template(
