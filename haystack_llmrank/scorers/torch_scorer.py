@@ -90,17 +90,16 @@ class TorchLabelScorer:
     def _run(
         self, prompts: Sequence[Sequence[int]], positions: npt.NDArray[np.int64] | None
     ) -> npt.NDArray[np.float32]:
-        head = self._live()
+        head = self._live()  # held to the end, so a close() meanwhile cannot cut this call
+        device, dtype = head.head_weight.device, head.head_weight.dtype
         ids, mask = pad_right(prompts, self._pad_id)
-        at = None if positions is None else torch.from_numpy(positions).to(self.device)
+        at = None if positions is None else torch.from_numpy(positions).to(device)
         with torch.inference_mode():
-            logits = head(
-                torch.from_numpy(ids).to(self.device), torch.from_numpy(mask).to(self.device), at
-            )
+            logits = head(torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device), at)
         result: npt.NDArray[np.float32] = logits.cpu().numpy().astype(np.float32, copy=False)
-        if self.dtype == torch.float32:
+        if dtype == torch.float32:
             return check_finite(result, "the model computes them in float32")
-        return check_finite(result, f"it runs in {self.dtype}: load it with dtype='float32'")
+        return check_finite(result, f"it runs in {dtype}: load it with dtype='float32'")
 
     @property
     def dtype(self) -> torch.dtype:
