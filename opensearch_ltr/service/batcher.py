@@ -203,6 +203,8 @@ class RerankBatcher:
         try:
             while (batch := self._next_batch()) is not None:
                 self._rank(engine, batch)
+        except BaseException:  # SystemExit from the engine, say: every request is answered
+            logger.exception("the rerank worker stopped")
         finally:
             with self._changed:
                 self._closed = True
@@ -259,9 +261,14 @@ class RerankBatcher:
         except Exception as exc:
             if len(jobs) > 1:
                 logger.debug("a batch of %d failed (%s); ranking them one by one", len(jobs), exc)
-                for job in jobs:
-                    if job.wanted:
-                        self._rank(engine, [job])
+                try:
+                    for job in jobs:
+                        if job.wanted:
+                            self._rank(engine, [job])
+                except BaseException:  # the worker stops: answer those not yet retried too
+                    for job in jobs:
+                        job.resolve(ServiceUnavailableError("the rerank worker stopped"))
+                    raise
                 return
             jobs[0].resolve(exc)
             return

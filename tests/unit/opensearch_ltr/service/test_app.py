@@ -29,7 +29,12 @@ from haystack_llmrank.ranking import Ranking
 from haystack_llmrank.reranker import Reranker
 from opensearch_ltr.service import ServiceConfig, create_app, run_service
 from opensearch_ltr.service.app import BATCHER, key_matches, presented_key
-from opensearch_ltr.service.batcher import RerankBatcher, RerankEngine, WorkerState
+from opensearch_ltr.service.batcher import (
+    RerankBatcher,
+    RerankEngine,
+    ServiceUnavailableError,
+    WorkerState,
+)
 
 KEY = "secret-key-1"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -1036,4 +1041,27 @@ def test_a_factory_that_exits_fails_the_load_instead_of_loading_forever() -> Non
     with pytest.raises(SystemExit):
         batcher.loaded.result(10)
     assert batcher.state is WorkerState.FAILED
+    assert batcher.close(10)
+
+
+def test_a_worker_stopped_while_retrying_a_batch_answers_every_request() -> None:
+    gate = threading.Event()
+
+    class Stopping(FakeEngine):
+        def rerank_many(self, requests: Any, **kwargs: Any) -> list[Ranking]:
+            if len(requests) > 1:
+                raise RuntimeError("one of them is bad")
+            if gate.is_set():
+                raise SystemExit(1)  # stops the worker while it retries one by one
+            return super().rerank_many(requests, **kwargs)
+
+    batcher = RerankBatcher(lambda: Stopping(), max_batch_requests=4)
+    batcher.start()
+    assert batcher.loaded.result(10) is None
+    gate.set()
+    with batcher._changed:  # queue three at once, so that they form one batch
+        jobs = [batcher.submit(f"q{i}", ["a", "b"]) for i in range(3)]
+    for job in jobs:
+        with pytest.raises(ServiceUnavailableError, match="the rerank worker stopped"):
+            job.result(10)
     assert batcher.close(10)
