@@ -115,3 +115,10 @@ def fit_toy(
     reports: list[Any] = []
     trainer.fit(queries, on_step=reports.append)
     return trainer, reports
+
+
+def lora_gradients(trainer: Any) -> dict[str, Any]:
+    """The gradients a trainer's backward left on its parameters, cleared from them."""
+    grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+    trainer.optimizer.zero_grad(set_to_none=True)
+    return grads

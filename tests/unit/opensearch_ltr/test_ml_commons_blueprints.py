@@ -340,6 +340,15 @@ def test_cli_json_output_matches_the_functions(capsys: pytest.CaptureFixture[str
     printed = json.loads(capsys.readouterr().out)
     expected = blueprint_requests("https://r.example.com", private=False, size=9)
     assert printed == [request.as_dict() for request in expected]
+    # the flags override what the URL suggests, both ways
+    for url, flag, private in [
+        ("https://r.example.com", "--private-network", True),
+        ("http://10.0.0.5:8080", "--public-network", False),
+    ]:
+        assert run_cli(["--service-url", url, flag, "--json"]) == 0
+        printed = json.loads(capsys.readouterr().out)
+        assert printed == [r.as_dict() for r in blueprint_requests(url, private=private)]
+        assert printed != [r.as_dict() for r in blueprint_requests(url, private=not private)]
 
 
 def test_cli_prints_the_settings_of_the_version_asked(capsys: pytest.CaptureFixture[str]) -> None:

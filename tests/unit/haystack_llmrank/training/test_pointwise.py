@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from support import fit_toy, make_tiny_llama, small_config
+from support import fit_toy, lora_gradients, make_tiny_llama, small_config
 
 from haystack_llmrank.data import Candidate, QueryCandidates, run_from_rankings
 from haystack_llmrank.evaluation import evaluate
@@ -109,7 +109,7 @@ def test_the_pointwise_objective_learns_the_target_order(
 
 
 def test_a_pointwise_run_validates_by_its_scores_and_starts_first_training(
-    smollm2_tokenizer: Any, tiny_model_dir: Path, tmp_path: Path
+    smollm2_tokenizer: Any, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     model = load_causal_lm(resolve_model(str(tiny_model_dir)))
     trainer = FirstTrainer(
@@ -128,6 +128,15 @@ def test_a_pointwise_run_validates_by_its_scores_and_starts_first_training(
     assert list(run["q1"]) == ["d0", "d1", "d2"]
     expected = trainer.pointwise.scores(trainer.model, QUERY.query, PASSAGES[:3])  # type: ignore[union-attr]
     assert list(run["q1"].values()) == pytest.approx(expected, rel=1e-5)
+    depth = trainer.config.validation_depth
+    by_scores = evaluate(trainer._pointwise_run([QUERY.top(depth)]), QRELS, ["ndcg@10"])
+
+    def listwise(*args: Any) -> None:
+        raise AssertionError("a pointwise run validated listwise")
+
+    monkeypatch.setattr(trainer, "_listwise_rankings", listwise)
+    validated_now = trainer.validate(Validation([QUERY], QRELS))
+    assert validated_now == pytest.approx(by_scores.mean["ndcg@10"])
     # its adapter starts FIRST training with the same weights
     saved = trainer.output_dir / "checkpoint" / "model"
     follow = make_trainable(
@@ -150,12 +159,6 @@ def mixed_trainer(tokenizer: Any, output: Path, weight: float, **changes: Any) -
         base_model="unused",
         output_dir=output,
     )
-
-
-def lora_gradients(trainer: FirstTrainer) -> dict[str, torch.Tensor]:
-    grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
-    trainer.optimizer.zero_grad(set_to_none=True)
-    return grads
 
 
 def test_the_pointwise_weight_adds_the_pointwise_loss_to_firsts(

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from support import fit_toy, make_tiny_llama, small_config
+from support import fit_toy, lora_gradients, make_tiny_llama, small_config
 
 from haystack_llmrank.data import Candidate, QueryCandidates
 from haystack_llmrank.labels import ALPHABETIC_LABELS, resolve_label_ids
@@ -358,11 +358,20 @@ def test_batch_losses_refuses_a_model_that_rescales_its_logits(smollm2_tokenizer
 
 
 def test_windows_per_forward_pass_change_nothing_but_speed(
-    smollm2_tokenizer: Any, tmp_path: Path
+    smollm2_tokenizer: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from haystack_llmrank.training import trainer as trainer_module
+
     queries = training_queries([toy_query()], qrels=TOY_QRELS)
     histories = []
+    passes: dict[int, list[int]] = {1: [], 3: []}
     for batch in (1, 3):
+
+        def counted(model: Any, chunk: Any, *args: Any, batch: int = batch) -> Any:
+            passes[batch].append(len(chunk))
+            return batch_losses(model, chunk, *args)  # this module's, not the patched one
+
+        monkeypatch.setattr(trainer_module, "batch_losses", counted)
         trainer = FirstTrainer(
             make_tiny_llama(len(smollm2_tokenizer), seed=4),
             smollm2_tokenizer,
@@ -374,6 +383,10 @@ def test_windows_per_forward_pass_change_nothing_but_speed(
     for one, batched in zip(*histories, strict=True):
         for key in ("loss", "ranknet", "lm", "ranknet_chance", "tokens", "windows"):
             assert batched[key] == pytest.approx(one[key], rel=1e-3), key
+    # 4 windows an update: one a pass, or 3 then 1
+    assert set(passes[1]) == {1}
+    assert max(passes[3]) == 3
+    assert sum(passes[1]) == sum(passes[3])
     with pytest.raises(ValueError, match="batch_windows must be at least 1"):
         small_config(batch_windows=0)
 
@@ -428,6 +441,24 @@ def test_passage_ranknet_is_trained_and_reported(
     history = trainer.fit(queries)["history"]
     assert all(entry["passage_ranknet"] > 0 for entry in history)
     assert all(entry["loss"] > entry["lm"] + 10 * entry["ranknet"] for entry in history)
+    # and it reaches the adapter's gradients
+    rng = np.random.default_rng(0)
+    windows = [WindowSampling(min_size=3, max_size=6, pool=6).sample(queries[0], rng)]
+    grads = []
+    for weight in (0.0, 1.0):
+        config = small_config(passage_ranknet_weight=weight, passage_vote=vote if weight else None)
+        with_weight = FirstTrainer(
+            make_tiny_llama(len(smollm2_tokenizer), seed=4),
+            smollm2_tokenizer,
+            config,
+            base_model="unused",
+            output_dir=tmp_path / f"weight-{weight}",
+            template=template,
+        )
+        with_weight._first_backward(windows)
+        grads.append(lora_gradients(with_weight))
+    assert set(grads[0]) == set(grads[1])
+    assert any(not torch.allclose(grads[0][n], grads[1][n]) for n in grads[0])
 
 
 def test_the_mean_reduction_divides_both_ranknets_and_their_chance_by_the_pairs(
@@ -1032,6 +1063,9 @@ def test_onnx_export_of_an_adapter_matches_torch(
     expected = TorchLabelScorer(causal_lm(trainer.model), labels, pad_token_id=pad).score(prompts)
     exported = load_export(folder, device="cpu").scorer.score(prompts)
     np.testing.assert_allclose(exported, expected, atol=1e-3)
+    base_lm = load_causal_lm(resolve_model(str(tiny_model_dir)))
+    base = TorchLabelScorer(base_lm, labels, pad_token_id=pad).score(prompts)
+    assert np.abs(expected - base).max() > 1e-2, "the adapter changes nothing to export"
 
 
 def write_toy_files(folder: Path, queries: int = 4) -> tuple[Path, Path]:
@@ -1132,16 +1166,26 @@ def test_cli_trains_validates_and_writes_adapter_and_merged_weights(
     assert len(split["train"]) == len(split["validation"]) == 2
     assert not set(split["train"]) & set(split["validation"])
     assert [h["step"] for h in record["history"] if h.get("validation") is not None] == [0, 1, 2]
+    assert main([*args[:-1], "--qrels", str(qrels), "--validation-fraction", "0.99"]) == 2
+    # with no validation the output is the last update, which training changed
+    last = tmp_path / "last"
+    unvalidated = validated_train_args(candidates, qrels, last, tiny_model_dir, steps=2)
+    assert (
+        main([*unvalidated, "--validation-fraction", "0", "--learning-rate", "0.05", "--merge"])
+        == 0
+    )
     labels = resolve_label_ids(smollm2_tokenizer, ALPHABETIC_LABELS)
     prompt = PromptBuilder(smollm2_tokenizer, FIRST_TEMPLATE, max_prompt_tokens=4096)
     ids = [prompt.build("flea life", TEXTS).token_ids]
     pad = smollm2_tokenizer.pad_token_id
-    adapter = TorchLabelScorer(load_causal_lm(resolve_model(str(output))), labels, pad_token_id=pad)
-    merged = TorchLabelScorer(
-        load_causal_lm(resolve_model(str(output / "merged"))), labels, pad_token_id=pad
-    )
-    np.testing.assert_allclose(adapter.score(ids), merged.score(ids), atol=1e-4)
-    assert main([*args[:-1], "--qrels", str(qrels), "--validation-fraction", "0.99"]) == 2
+
+    def scores(model: Path) -> Any:
+        lm = load_causal_lm(resolve_model(str(model)))
+        return TorchLabelScorer(lm, labels, pad_token_id=pad).score(ids)
+
+    adapter = scores(last)
+    assert np.abs(adapter - scores(tiny_model_dir)).max() > 1e-3, "the adapter changes nothing"
+    np.testing.assert_allclose(adapter, scores(last / "merged"), atol=1e-4)
 
 
 def test_cli_resumes_with_the_same_ranknet_reduction_and_counts_this_runs_updates(
@@ -1176,11 +1220,23 @@ def test_the_closing_line_shows_a_best_validation_of_zero() -> None:
 
 
 def test_cli_rank_by_vote_records_the_vote_and_validates_by_it(
-    smollm2_tokenizer: Any, tiny_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    smollm2_tokenizer: Any,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from haystack_llmrank.cli import main
     from haystack_llmrank.reranker import Reranker
 
+    readouts: list[tuple[str | None, tuple[str, ...]]] = []  # what validation ranked by
+    building = Reranker.__init__
+
+    def recording(self: Reranker, tokenizer: Any, scorer: Any, **kwargs: Any) -> None:
+        readouts.append((kwargs["template"].vote, scorer.label_ids.labels))
+        building(self, tokenizer, scorer, **kwargs)
+
+    monkeypatch.setattr(Reranker, "__init__", recording)
     candidates, qrels = write_toy_files(tmp_path)
     output = tmp_path / "voted"
     args = validated_train_args(candidates, qrels, output, tiny_model_dir, steps=1)
@@ -1195,6 +1251,8 @@ def test_cli_rank_by_vote_records_the_vote_and_validates_by_it(
     validated = [h["validation"] for h in record["history"] if h.get("validation") is not None]
     assert len(validated) == 2
     assert "validation nDCG@10" in caplog.text
+    assert readouts == [(" yes", (" yes",))] * 2
+    monkeypatch.undo()
     reranker = Reranker.from_pretrained(str(output), device="cpu")
     assert reranker.prompts.template.vote == " yes"
     assert reranker.scorer.label_ids.labels == (" yes",)
