@@ -18,6 +18,7 @@ from typing import Any, Final, Literal
 
 from ftfy import fix_text
 
+from haystack_llmrank.checks import check_positive
 from haystack_llmrank.errors import PromptTooLongError, WindowTooLargeError
 from haystack_llmrank.labels import ALPHABETIC_LABELS, NUMERIC_LABELS
 
@@ -335,8 +336,7 @@ class PromptBuilder:
         max_prompt_tokens: int,
         max_passage_words: PassageWords = AUTO_PASSAGE_WORDS,
     ) -> None:
-        if max_prompt_tokens < 1:
-            raise ValueError(f"max_prompt_tokens must be positive, got {max_prompt_tokens}")
+        check_positive("max_prompt_tokens", max_prompt_tokens, optional=False)
         resolved = resolve_passage_words(max_passage_words, template)
         if getattr(tokenizer, "chat_template", None) is None:
             raise ValueError(

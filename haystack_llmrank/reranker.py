@@ -43,7 +43,6 @@ from haystack_llmrank.strategies import (
     DEFAULT_WINDOW_SIZE,
     QueryRun,
     Strategy,
-    check_strategy_options,
     default_step,
     make_strategy,
     run_windows,
@@ -69,7 +68,8 @@ def template_strategy(
     ``step`` ``None`` is as far as FIRST's 10 for 20 passages: half the window, at least 1.
     A label readout needs windows of two passages or more.
     """
-    check_strategy_options(name, window_size=window_size, step=step)
+    check_positive("window_size", window_size)
+    check_positive("step", step)
     if window_size is None:
         window_size = min(DEFAULT_WINDOW_SIZE, len(template.labels))
     template.check_window(window_size)

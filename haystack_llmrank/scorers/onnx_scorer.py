@@ -13,6 +13,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from haystack_llmrank.checks import check_positive
 from haystack_llmrank.errors import ClosedError
 from haystack_llmrank.gpu_policy import OnMissingGpu, check_on_missing_gpu, fall_back_to_cpu
 from haystack_llmrank.labels import LabelIds
@@ -245,12 +246,6 @@ def _fit_export(
     return Placement("cpu")
 
 
-def _positive_or_none(name: str, value: int | None) -> int | None:
-    if value is not None and value < 1:
-        raise ValueError(f"{name} must be positive, got {value}")
-    return value
-
-
 class OnnxLabelScorer:
     """Label logits from an exported ``model.onnx`` (see :mod:`haystack_llmrank.export`).
 
@@ -293,8 +288,8 @@ class OnnxLabelScorer:
         policy: OnMissingGpu = on_missing_gpu if device is not None else "warn"
         wanted = _fit_export(wanted, metadata, graph, policy)
         options = ort.SessionOptions()
-        intra = _positive_or_none("intra_op_num_threads", intra_op_num_threads)
-        inter = _positive_or_none("inter_op_num_threads", inter_op_num_threads)
+        intra = check_positive("intra_op_num_threads", intra_op_num_threads)
+        inter = check_positive("inter_op_num_threads", inter_op_num_threads)
         if intra is not None:
             options.intra_op_num_threads = intra
         if inter is not None:  # ONNX Runtime uses an inter-op pool in parallel mode only

@@ -833,7 +833,7 @@ def test_thread_settings(fp32_dir: Path, fp32_scorer: OnnxLabelScorer) -> None:
     )
     default = fp32_scorer._session.get_session_options()
     assert default.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
-    with pytest.raises(ValueError, match="intra_op_num_threads must be positive"):
+    with pytest.raises(ValueError, match="intra_op_num_threads must be a positive integer or None"):
         OnnxLabelScorer(graph, labels, device="cpu", intra_op_num_threads=0)
 
 
