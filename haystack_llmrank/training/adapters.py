@@ -27,9 +27,8 @@ class LoraSettings:
     """LoRA rank, scaling, dropout, the module names it adapts, and in how many layers.
 
     ``top_layers`` limits the adapters to the last N decoder layers (``None``: every layer).
-    Without gradient checkpointing, backpropagation then stops at the lowest adapted layer
-    and the layers below keep no activations, so a step costs little more than a forward
-    pass (checkpointing makes the inputs require gradients, which carries it to the bottom).
+    Backpropagation then stops at the lowest adapted layer, with or without gradient
+    checkpointing, and the layers below keep no activations.
     ``init_from`` names a saved adapter folder of the same shape to start from instead of
     LoRA's initialisation (a fresh ``B = 0``).
     """
@@ -55,8 +54,6 @@ class LoraSettings:
 def make_trainable(model: Any, lora: LoraSettings | None, *, gradient_checkpointing: bool) -> Any:
     """Wrap ``model`` with LoRA adapters (only they train), or unfreeze every weight."""
     model.config.use_cache = False
-    if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if lora is None:
         narrow = sorted({str(p.dtype) for p in model.parameters() if p.dtype.itemsize < 4})
         if narrow:
@@ -67,11 +64,18 @@ def make_trainable(model: Any, lora: LoraSettings | None, *, gradient_checkpoint
             )
         for parameter in model.parameters():
             parameter.requires_grad_(True)
-        return model.train()
+        trained = model
+    else:
+        trained = _with_lora(model, lora)
+    if gradient_checkpointing:
+        _checkpoint_activations(model)
+    return trained.train()
+
+
+def _with_lora(model: Any, lora: LoraSettings) -> Any:
+    """``model`` wrapped with fresh LoRA adapters, or those saved in ``lora.init_from``."""
     from peft import LoraConfig, get_peft_model
 
-    if gradient_checkpointing:
-        model.enable_input_require_grads()
     config = LoraConfig(
         r=lora.rank,
         lora_alpha=lora.alpha,
@@ -83,7 +87,19 @@ def make_trainable(model: Any, lora: LoraSettings | None, *, gradient_checkpoint
     wrapped = get_peft_model(model, config)
     if lora.init_from is not None:
         _load_adapter_weights(wrapped, config, Path(lora.init_from))
-    return wrapped.train()
+    return wrapped
+
+
+def _checkpoint_activations(model: Any) -> None:
+    """Recompute each decoder layer's activations in the backward pass instead of keeping
+    them, with torch's non-reentrant checkpointing.
+
+    transformers then makes the embeddings' output require gradients, which only reentrant
+    checkpointing needs; that hook is removed, so backpropagation still stops at the lowest
+    layer that trains instead of running through every layer below it.
+    """
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.disable_input_require_grads()
 
 
 _SHAPING_FIELDS = (

@@ -523,6 +523,41 @@ def test_top_layer_lora_adapts_and_trains_only_the_last_layers(smollm2_tokenizer
         LoraSettings(top_layers=0)
 
 
+def test_checkpointing_keeps_the_gradients_and_stops_below_the_adapted_layers(
+    smollm2_tokenizer: Any,
+) -> None:
+    settings = LoraSettings(rank=4, alpha=8, dropout=0.0, top_layers=1)
+    gradients = {}
+    tracked: dict[str, bool] = {}
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = make_trainable(
+            make_tiny_llama(len(smollm2_tokenizer), seed=3, layers=4),
+            settings,
+            gradient_checkpointing=checkpointing,
+        )
+        layers = model.get_base_model().model.layers
+        hooks = [
+            layers[k].register_forward_hook(
+                lambda _m, _i, out, key=f"{checkpointing}/{k}": tracked.__setitem__(
+                    key, out.requires_grad
+                )
+            )
+            for k in (2, 3)
+        ]
+        backpropagate_one_window(smollm2_tokenizer, model)
+        for hook in hooks:
+            hook.remove()
+        gradients[checkpointing] = {
+            n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None
+        }
+    assert gradients[True].keys() == gradients[False].keys()
+    for name, grad in gradients[False].items():
+        torch.testing.assert_close(gradients[True][name], grad, msg=name)
+    # layer 2's output needs no gradient: backpropagation stops at layer 3, the adapted one
+    assert tracked == {"False/2": False, "False/3": True, "True/2": False, "True/3": True}
+
+
 def test_full_fine_tuning_refuses_half_precision_weights(smollm2_tokenizer: Any) -> None:
     model = make_tiny_llama(len(smollm2_tokenizer)).to(torch.bfloat16)
     with pytest.raises(ValueError, match="bfloat16: small updates would round away"):
