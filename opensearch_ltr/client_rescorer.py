@@ -335,7 +335,7 @@ class _RescorerBase:
         except RerankError as error:
             return self._fail_open(error, search, first, took + info.took_ms, info)
         took += info.took_ms
-        spec, values = break_ties(self.spec, scores[: len(window_hits)], window.values)
+        spec, values = break_ties(self.spec, scores, window.values)
         if search.apply == "client":
             ranked = rescore(scores, values, spec)
             return client_page(first, ranked, window.ranks, search.from_, search.size, took, info)

@@ -15,8 +15,8 @@ The window here is the top ``window_size`` hits of the merged first pass. OpenSe
 
 A cluster orders equal final scores by shard and document, not by first-pass position, so it
 agrees with :func:`rescore` only where hits tie in their first-pass scores too.
-:func:`break_ties` removes the ties that the settings make systematic (``query_weight`` 0,
-equal engine values) before either one combines the scores.
+:func:`break_ties` removes such ties (those the settings make systematic, ``query_weight``
+0 and equal engine values, and any other) before either one combines the scores.
 
 Pages: a page ``[from_, from_ + size)`` is cut from the rescore of the first
 ``window_size + from_ + size`` first-pass hits (:func:`fetch_size`). Hits deeper than that
@@ -29,6 +29,7 @@ window hits below hits past the window.)
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -164,63 +165,57 @@ def check_engine_counts(spec: RescoreSpec) -> None:
         )
 
 
-def _distinct_values(values: Sequence[float], weight: np.float32) -> list[float]:
-    """``values`` with each positive tie of ``value * weight`` lowered below the one before,
-    or level with it where that one is the smallest positive float32 (none is below it)."""
-    result = [float(np.float32(v)) for v in values]
-    if not weight > 0:
-        return result
-    zero = np.float32(0)
-    terms = [np.float32(v) * weight for v in values]
-    above: np.float32 | None = None
-    with np.errstate(over="ignore", under="ignore"):
-        for i in sorted(range(len(values)), key=lambda i: (-terms[i], i)):
-            value = np.float32(values[i])
-            # the highest term this one may have: the float below ``above``, else ``above``
-            limit = None if above is None else np.nextafter(above, zero) or above
-            while limit is not None and value > 0 and value * weight > limit:
-                # Near the value whose term is ``limit``, then step by step.
-                value = min(np.nextafter(value, zero), np.float32(limit / weight))
-            result[i] = float(value)
-            above = value * weight
-    return result
-
-
 def break_ties(
     spec: RescoreSpec, first_pass: Sequence[float], values: Sequence[float]
 ) -> tuple[RescoreSpec, list[float]]:
     """The spec and window values to combine, so that a cluster orders hits as :func:`rescore`.
 
-    ``first_pass`` and ``values`` are the window hits' first-pass scores and rescore values.
-    Two settings would make hits tie whose first-pass scores do not (a cluster then orders
-    them by shard and document):
+    ``first_pass`` are the first-pass scores of the hits fetched, in first-pass order, and
+    ``values`` the rescore values of the first ``len(values)`` of them (the window). Hits
+    whose first-pass scores differ must not tie in their final scores, or a cluster orders
+    them by shard and document, where :func:`rescore` keeps first-pass order:
 
-    - equal positive terms ``value * rescore_query_weight``: each later one, in first-pass
-      order, is lowered by the fewest float steps that put its term below the one before
-      (a term at the smallest positive float32 has none below it: those stay tied);
-    - ``query_weight`` 0, which scores every hit past the window 0: it becomes ``2**-k``, the
+    - ``query_weight`` 0, which scores every hit past the window 0, becomes ``2**-k``, the
       largest power of two up to 1 at which the window's highest first-pass score times
-      ``2**-k`` is below a quarter float step of every nonzero term. Window hits with a
-      nonzero term keep their ``query_weight`` 0 scores; hits past the window score
-      ``first_pass * 2**-k``: in first-pass order and below every positive term. Under
-      ``avg``, which halves a window hit's ``first_pass * 2**-k`` but not a past hit's, a
-      window value of 0 is raised to the least value whose term is the highest first-pass
-      score times ``2**-k``, so that it stays above every hit past the window (and below
-      every positive term).
+      ``2**-k`` is below a quarter float step of every nonzero term ``value *
+      rescore_query_weight``. Window hits with a nonzero term keep their ``query_weight`` 0
+      scores; hits past the window score ``first_pass * 2**-k``: in first-pass order and
+      below every positive term. Under ``avg``, which halves a window hit's ``first_pass *
+      2**-k`` but not a past hit's, a window value of 0 is raised to the least value whose
+      term is the highest first-pass score times ``2**-k``, so that it stays above every hit
+      past the window (and below every positive term).
+    - Then every final score a window hit shares with a hit of another first-pass score
+      (equal values under ``query_weight`` 0, or ``2.0 + 0.5`` and ``1.5 + 1.0``) is undone
+      in :func:`rescore`'s order: from the bottom up, such a hit's value is raised to the
+      least one that scores it above the hit below it, short of the next higher score. Where
+      none does, it is lowered instead, to the largest value (not below 0) that scores it
+      below the hit above it.
 
-    Values of 0 cannot be lowered: with ``min`` or ``multiply``, window hits of value 0 (the
-    bottom of a ``minmax`` window) all score 0, and a cluster may list them in another order.
+    Hits that tie in the first pass too may still tie: a cluster lists them in first-pass
+    order as well. Other ties remain only where float32 has no score between two hits
+    (with a weight so small that scores reach the smallest positive float32, about
+    1.4e-45), or where a value cannot move its hit's score (``multiply`` with a first-pass
+    score of 0).
 
     :raises RescoreRequestError: ``query_weight`` is 0 and first-pass scores are so large that
         ``k`` would exceed :data:`MAX_VANISHING_EXPONENT`.
     """
-    if len(first_pass) != len(values):
+    if len(first_pass) < len(values):
         raise ValueError(f"{len(first_pass)} first-pass scores but {len(values)} values")
+    spec, window = _vanishing(spec, first_pass[: len(values)], values)
+    return spec, _apart(spec, first_pass, window)
+
+
+def _vanishing(
+    spec: RescoreSpec, first_pass: Sequence[float], values: Sequence[float]
+) -> tuple[RescoreSpec, list[float]]:
+    """``query_weight`` 0 as ``2**-k`` (see :func:`break_ties`), with the window's values;
+    ``first_pass`` are the window hits' first-pass scores."""
     weight = np.float32(spec.rescore_query_weight)
-    distinct = _distinct_values(values, weight)
+    window = [float(np.float32(value)) for value in values]
     if np.float32(spec.query_weight) > 0:
-        return spec, distinct
-    terms = [abs(np.float32(value) * weight) for value in distinct]
+        return spec, window
+    terms = [abs(np.float32(value) * weight) for value in window]
     highest = max((to_float32(first) for first in first_pass), default=0.0)
     exponent = 0
     if highest > 0 and any(terms):
@@ -234,8 +229,98 @@ def break_ties(
             )
     vanishing = replace(spec, query_weight=2.0**-exponent)
     if spec.score_mode == "avg" and highest > 0 and weight > 0:
-        distinct = _raise_zeros(distinct, np.float32(highest) * np.float32(2.0**-exponent), weight)
-    return vanishing, distinct
+        window = _raise_zeros(window, np.float32(highest) * np.float32(2.0**-exponent), weight)
+    return vanishing, window
+
+
+def _apart(spec: RescoreSpec, first_pass: Sequence[float], values: Sequence[float]) -> list[float]:
+    """``values`` with the ties of final scores that involve a window hit undone (see
+    :func:`break_ties`)."""
+    window = len(values)
+    result = list(values)
+
+    def final(i: int) -> float:
+        return spec.combine(first_pass[i], result[i] if i < window else None)
+
+    def apart(i: int, j: int | None) -> bool:
+        # hits tied in the first pass too are listed alike by a cluster and by rescore
+        return j is not None and final(i) == final(j) and first_pass[i] != first_pass[j]
+
+    # From the bottom of rescore's order up, raise each window hit that does not score
+    # above the hit below it, short of the first score above its own (hits tied with it
+    # higher up are raised in turn: window hits, since ties list them first).
+    order = sorted(range(len(first_pass)), key=lambda i: (final(i), -i))
+    given = [final(i) for i in order]
+    for k in range(1, len(order)):
+        below, i = order[k - 1], order[k]
+        if i >= window or final(i) > final(below):
+            continue
+        if final(i) == final(below) and first_pass[i] == first_pass[below]:
+            continue
+        raised = _moved_past(spec, first_pass[i], result[i], final(below), up=True)
+        ceiling = next((score for score in given[k + 1 :] if score > given[k]), math.inf)
+        if raised is not None and spec.combine(first_pass[i], raised) < ceiling:
+            result[i] = raised
+    # What is still tied (no value in reach above) is lowered, from the top down; equal
+    # scores pop hits past the window (fixed) first, then window hits by position.
+    queue = [(-final(i), i < window, i) for i in range(len(first_pass))]
+    heapq.heapify(queue)
+    above: int | None = None
+    while queue:
+        _, in_window, i = heapq.heappop(queue)
+        if in_window and apart(i, above):
+            assert above is not None
+            lowered = _moved_past(spec, first_pass[i], result[i], final(above), up=False)
+            if lowered is not None:
+                result[i] = lowered
+                heapq.heappush(queue, (-final(i), True, i))
+                continue
+        above = i
+    return result
+
+
+def _moved_past(
+    spec: RescoreSpec, first: float, value: float, bound: float, *, up: bool
+) -> float | None:
+    """The float32 nearest ``value`` with which a hit of first-pass score ``first`` scores
+    above ``bound`` (``up``) or below it, lowering no value past 0; ``None`` if none does.
+
+    Final scores do not decrease as values rise (weights and first-pass scores are
+    non-negative), so it is found by bisection over the float32s in order.
+    """
+    largest = float(np.finfo(np.float32).max)
+    # ordinals low and high bracket it: low's score is not past the bound, high's is
+    if up:
+        low, high = _ordinal(value), _ordinal(largest)
+    else:
+        low, high = _ordinal(0.0 if value >= 0 else -largest), _ordinal(value)
+
+    def past(ordinal: int) -> bool:
+        score = spec.combine(first, _from_ordinal(ordinal))
+        return score > bound if up else score >= bound
+
+    with np.errstate(over="ignore"):
+        if low >= high or past(low) or not past(high):
+            return None
+        while high - low > 1:
+            middle = (low + high) // 2
+            if past(middle):
+                high = middle
+            else:
+                low = middle
+    return _from_ordinal(high if up else low)
+
+
+def _ordinal(value: float) -> int:
+    """An integer for each float32, in the floats' order (``-0.0`` and ``0.0`` are both 0)."""
+    bits = int(np.array(value, dtype=np.float32).view(np.int32))
+    return bits if bits >= 0 else -(bits & 0x7FFFFFFF)
+
+
+def _from_ordinal(ordinal: int) -> float:
+    """The float32 of :func:`_ordinal` ``ordinal``."""
+    bits = ordinal if ordinal >= 0 else (-ordinal) | 0x80000000
+    return float(np.array(bits, dtype=np.uint32).view(np.float32))
 
 
 def _raise_zeros(values: Sequence[float], floor: np.float32, weight: np.float32) -> list[float]:

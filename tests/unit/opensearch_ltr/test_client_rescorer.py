@@ -385,7 +385,13 @@ def test_server_applied_sends_one_more_search() -> None:
         c["constant_score"]["filter"]["ids"]["values"][0]: c["constant_score"]["boost"]
         for c in ours["query"]["rescore_query"]["bool"]["should"]
     }
-    assert boosts == {"d2": 1.0, "d0": float(np.float32(2 / 3)), "d1": float(np.float32(1 / 3))}
+    assert boosts.keys() == {"d0", "d1", "d2"}
+    assert (boosts["d0"], boosts["d1"]) == (float(np.float32(2 / 3)), float(np.float32(1 / 3)))
+    # d2's value 1 scores (4 * 0.5 + 1) / 2 = 1.5, as d3 past the window does (3 * 0.5): it
+    # is raised the least that puts it above d3, where client-side rescore lists it
+    spec_ = RescoreSpec(window_size=3, **spec)  # type: ignore[arg-type]
+    below = float(np.nextafter(np.float32(boosts["d2"]), np.float32(0)))
+    assert spec_.combine(4.0, below) == 1.5 < spec_.combine(4.0, boosts["d2"])
     # The scripted cluster ignores the rescore: the response is its page, annotated.
     assert ids(response) == ["d1", "d2"]
     assert [h["_rank"] for h in response["hits"]["hits"]] == [
@@ -462,6 +468,7 @@ def scored(response: dict[str, Any]) -> list[tuple[str, np.float32]]:
         {"score_mode": "avg"},
         {"score_mode": "max", "score_transform": "minmax"},
         {"score_transform": "minmax"},
+        {"query_weight": 1.0, "score_transform": "minmax"},
         {"query_weight": 0.5, "score_mode": "min"},
         {"query_weight": 0.5, "score_mode": "min", "score_transform": "minmax"},
         {"query_weight": 0.5, "score_mode": "max", "score_transform": "minmax"},
@@ -489,6 +496,29 @@ def test_server_applied_equals_client_side_on_every_page(kwargs: dict[str, Any])
     if not kwargs.get("query_weight"):
         past = [docid for docid, _ in full if int(docid[1:]) >= 5]
         assert past == [f"d{i}" for i in range(5, 12)]
+
+
+def test_both_modes_keep_first_pass_order_where_final_scores_tie() -> None:
+    # d3 (9 + 1) ties d0 (10 + 0); on one shard, the cluster would list d3 first (its doc)
+    lengths, scores = [12, 2, 8, 1, 5], [10.0, 9.75, 9.5, 9.0, 8.0]
+    hits = [
+        {"_index": "docs", "_id": f"d{i}", "_score": score, "_source": {"text": "x" * length}}
+        for i, (length, score) in enumerate(zip(lengths, scores, strict=True))
+    ]
+    stage = LlmRescorer(
+        ShardedCluster(hits),
+        ShortestFirst(tied=True),
+        window_size=4,
+        query_weight=1.0,
+        score_transform="minmax",
+    )
+    for apply in ("client", "server"):
+        response = stage.search("docs", BODY, size=5, apply=apply)
+        assert ids(response) == ["d1", "d0", "d3", "d2", "d4"], apply
+    # d0's value is raised by float steps, so the cluster cannot list them the other way
+    (_, raised), (_, kept) = scored(response)[1:3]
+    assert 10.0 < raised < 10.00001
+    assert kept == 10.0
 
 
 def test_server_applied_failure_raises_or_fails_open() -> None:
