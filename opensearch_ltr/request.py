@@ -13,7 +13,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from opensearch_ltr.errors import RescoreRequestError
-from opensearch_ltr.rescore import check_page
 from opensearch_ltr.response import HIT_FIELDS
 
 MAX_RESULT_WINDOW = 10_000
@@ -50,12 +49,42 @@ def check_body(body: Any) -> None:
 
 
 def check_search_kwargs(search_kwargs: Mapping[str, Any]) -> None:
-    """Reject client arguments that conflict with rescoring."""
-    if search_kwargs.get("scroll") is not None:
-        raise RescoreRequestError("using [rescore] is not allowed in a scroll context")
-    for name in ("body", "from", "size"):
-        if name in search_kwargs:
-            raise RescoreRequestError(f"pass {name!r} as the rescorer's own argument")
+    """Reject client arguments that conflict with rescoring, given as keywords or in
+    ``params`` (the query string, which OpenSearch reads over the body)."""
+    if "body" in search_kwargs:
+        raise RescoreRequestError("pass 'body' as the rescorer's own argument")
+    params = search_kwargs.get("params")
+    if params is None:
+        params = {}
+    if not isinstance(params, Mapping):
+        raise RescoreRequestError(f"params must be a mapping, got {type(params).__name__}")
+    for where, given in (("an argument", search_kwargs), ("params", params)):
+        if given.get("scroll") is not None:
+            raise RescoreRequestError("using [rescore] is not allowed in a scroll context")
+        for name in ("from", "from_", "size"):
+            if name in given:
+                raise RescoreRequestError(
+                    f"pass {name.rstrip('_')!r} as the rescorer's own argument, not in {where}: "
+                    "the query string's would replace the page and the first pass's depth"
+                )
+        if given.get("q") is not None:
+            raise RescoreRequestError(
+                f"q (in {where}) replaces the body's query, which rescoring reads; "
+                "put the query in the body"
+            )
+        if given.get("sort") is not None and not _is_score_sort_param(given["sort"]):
+            raise RescoreRequestError("Cannot use [sort] option in conjunction with [rescore].")
+
+
+def _is_score_sort_param(sort: Any) -> bool:
+    """True for a query-string sort (``field:order``, comma-separated or listed) that sorts
+    by ``_score`` descending only."""
+    items = sort.split(",") if isinstance(sort, str) else sort
+    if not isinstance(items, Sequence) or isinstance(items, str | bytes):
+        return False
+    return all(
+        isinstance(item, str) and item.strip() in ("_score", "_score:desc") for item in items
+    )
 
 
 def _element_matches(pattern: str, key: str) -> bool:
@@ -110,17 +139,35 @@ def check_filter_path(search_kwargs: Mapping[str, Any], source_fields: Sequence[
 
 
 def resolve_page(body: Mapping[str, Any], from_: int | None, size: int | None) -> tuple[int, int]:
-    """The page asked for: the arguments, else the body's ``from``/``size``, else 0 and 10."""
+    """The page asked for: the arguments, else the body's ``from``/``size``, else 0 and 10.
+
+    Each is read as OpenSearch reads it: an integer, a float with no fraction, or a string
+    of digits; anything else, or a negative value, is a :class:`RescoreRequestError`.
+    """
     resolved = []
     for name, given, default in (("from", from_, 0), ("size", size, DEFAULT_SIZE)):
-        in_body = body.get(name)
-        if given is not None and in_body is not None and given != in_body:
+        argument = None if given is None else _page_number(name, given)
+        in_body = None if body.get(name) is None else _page_number(name, body[name])
+        if argument is not None and in_body is not None and argument != in_body:
             raise RescoreRequestError(
-                f"[{name}] is {given} as an argument but {in_body} in the body"
+                f"[{name}] is {argument} as an argument but {in_body} in the body"
             )
-        resolved.append(given if given is not None else in_body if in_body is not None else default)
-    check_page(resolved[0], resolved[1])
+        resolved.append(next(v for v in (argument, in_body, default) if v is not None))
     return resolved[0], resolved[1]
+
+
+def _page_number(name: str, value: Any) -> int:
+    """``value`` of ``from`` or ``size`` as a non-negative int (see :func:`resolve_page`)."""
+    whole = (isinstance(value, int) and not isinstance(value, bool)) or (
+        isinstance(value, float) and value.is_integer()
+    )
+    digits = isinstance(value, str) and re.fullmatch(r"\s*[+-]?[0-9]+\s*", value) is not None
+    if not (whole or digits):
+        raise RescoreRequestError(f"[{name}] must be an integer, got {value!r}")
+    number = int(value)
+    if number < 0:
+        raise RescoreRequestError(f"[{name}] parameter cannot be negative, got {number}")
+    return number
 
 
 def check_fetch(fetch: int, max_result_window: int) -> None:

@@ -61,7 +61,20 @@ def test_collapse_search_after_scroll_and_bad_bodies_are_refused() -> None:
         check_search_kwargs({"scroll": "1m"})
     with pytest.raises(RescoreRequestError, match="'size'"):
         check_search_kwargs({"size": 3})
-    check_search_kwargs({"request_timeout": 3, "routing": "a"})
+    # the query string's page, depth, query and sort would override the body's
+    for given in ({"from_": 2}, {"params": {"from": 25}}, {"params": {"size": "2"}}):
+        with pytest.raises(RescoreRequestError, match="rescorer's own argument"):
+            check_search_kwargs(given)
+    with pytest.raises(RescoreRequestError, match="scroll"):
+        check_search_kwargs({"params": {"scroll": "1m"}})
+    with pytest.raises(RescoreRequestError, match="q \\(in params\\) replaces"):
+        check_search_kwargs({"params": {"q": "cats"}})
+    with pytest.raises(RescoreRequestError, match=r"\[sort\]"):
+        check_search_kwargs({"sort": "date:desc"})
+    with pytest.raises(RescoreRequestError, match="params must be a mapping"):
+        check_search_kwargs({"params": "size=2"})
+    check_search_kwargs({"request_timeout": 3, "routing": "a", "params": {"routing": "a"}})
+    check_search_kwargs({"sort": "_score:desc", "params": {"sort": ["_score"]}})
 
 
 def test_resolve_page() -> None:
@@ -71,8 +84,15 @@ def test_resolve_page() -> None:
     assert resolve_page({}, 3, 0) == (3, 0)
     with pytest.raises(RescoreRequestError, match=r"\[size\] is 7 as an argument but 5"):
         resolve_page({"size": 5}, None, 7)
-    with pytest.raises(ValueError, match="negative"):
+    # as OpenSearch reads them: whole floats and strings of digits too
+    assert resolve_page({"from": "2", "size": 5.0}, None, " 5") == (2, 5)
+    for bad in ("5.5", 2.5, True, [3], "x"):
+        with pytest.raises(RescoreRequestError, match=r"\[size\] must be an integer"):
+            resolve_page({"size": bad}, None, None)
+    with pytest.raises(RescoreRequestError, match="negative"):
         resolve_page({}, -1, None)
+    with pytest.raises(RescoreRequestError, match="negative"):
+        resolve_page({"size": "-3"}, None, None)
 
 
 def test_fetch_limit_mirrors_max_result_window() -> None:
