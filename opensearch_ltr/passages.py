@@ -1,10 +1,11 @@
 """The passage the engine reads for a hit, taken from its ``_source``.
 
 A passage is the title (if ``title_field`` is set and present) followed by every present text
-field, in ``text_fields`` order, joined by ``separator``. Fields are ``_source`` paths;
-``"a.b"`` reads ``{"a": {"b": ...}}`` when there is no literal ``"a.b"`` key and, as
-OpenSearch resolves a path, every ``b`` of a list of objects ``{"a": [{"b": ...}, ...]}`` (a
-``nested`` or object-array field), in order. A field is present when it holds a non-blank
+field, in ``text_fields`` order, joined by ``separator``. Fields are ``_source`` paths,
+resolved as OpenSearch resolves them: ``"a.b.c"`` reads ``{"a": {"b": {"c": ...}}}``, a
+dotted key such as ``{"a.b": {"c": ...}}`` (at each object the shortest run of names that
+is one of its keys is taken), and every ``c`` of a list of objects (a ``nested`` or
+object-array field), in order. A field is present when it holds a non-blank
 string or a list with non-blank strings (joined by ``separator``); other values count as
 absent. The engine collapses whitespace, so the
 separator only matters as a word boundary.
@@ -21,20 +22,23 @@ DEFAULT_SEPARATOR = "\n"
 
 def _lookup(source: Any, path: str) -> list[Any]:
     """The values at ``path`` in ``source``, lists flattened, in document order."""
+    return _walk(source, [part for part in path.split(".") if part])
+
+
+def _walk(source: Any, parts: list[str]) -> list[Any]:
+    """The values at the path ``parts`` in ``source``: at each object, the shortest run of
+    parts that names one of its keys with a value is taken, as OpenSearch reads a path."""
     if isinstance(source, list):
-        return [value for item in source for value in _lookup(item, path)]
+        return [value for item in source for value in _walk(item, parts)]
+    if not parts:
+        return [source]
     if not isinstance(source, Mapping):
         return []
-    if path in source:
-        return _leaves(source[path])
-    head, dot, rest = path.partition(".")
-    return _lookup(source.get(head), rest) if dot else []
-
-
-def _leaves(value: Any) -> list[Any]:
-    if not isinstance(value, list):
-        return [value]
-    return [leaf for item in value for leaf in _leaves(item)]
+    for end in range(1, len(parts) + 1):
+        value = source.get(".".join(parts[:end]))
+        if value is not None:
+            return _walk(value, parts[end:])
+    return []
 
 
 def _strings(values: list[Any]) -> list[str]:

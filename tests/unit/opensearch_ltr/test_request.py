@@ -224,8 +224,14 @@ def test_passages_join_title_and_present_fields() -> None:
     }
     assert fields.texts(hit) == ["Cats sleep.", "About cats.", "pets | animals"]
     assert fields.passage(hit) == "Cats | Cats sleep. | About cats. | pets | animals"
-    dotted = {"_source": {"meta.summary": "literal key wins", "meta": {"summary": "nested"}}}
-    assert fields.texts(dotted) == ["literal key wins"]
+    # a dotted key is an object path too; at each object OpenSearch takes the shortest key
+    dotted = {"_source": {"meta.summary": "dotted key", "meta": {"summary": "nested"}}}
+    assert fields.texts(dotted) == ["nested"]
+    deep = PassageFields(("meta.body.text", "a.b.c.d"))
+    source = {"meta.body": {"text": "cats sleep"}, "a": {"b.c": {"d": "dotted inside"}}}
+    assert deep.texts({"_source": source}) == ["cats sleep", "dotted inside"]
+    assert deep.texts({"_source": {"meta": {"body.text": ["x", "y"]}}}) == ["x\ny"]
+    assert deep.texts({"_source": {"meta": "not an object", "meta.body": None}}) == []
 
 
 def test_passages_read_dotted_paths_through_lists_of_objects() -> None:
