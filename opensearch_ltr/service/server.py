@@ -264,7 +264,7 @@ async def run_service(
     try:
         site = web.SockSite(runner, listening)
         await site.start()
-        urls = [f"http://{address[0]}:{address[1]}" for address in runner.addresses]
+        urls = [_url(address[0], address[1]) for address in runner.addresses]
         logger.info("serving on %s", ", ".join(urls))
         if on_listening is not None:
             on_listening(urls)
@@ -293,3 +293,8 @@ async def _drain(state: ServiceState, grace_s: float) -> None:
         task.cancel()
     if late:
         logger.warning("cancelled %d requests still running after %g s", len(late), grace_s)
+
+
+def _url(host: str, port: int) -> str:
+    """The ``http://`` address of ``host`` and ``port``, an IPv6 host in brackets."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"

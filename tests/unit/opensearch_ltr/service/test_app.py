@@ -561,14 +561,14 @@ async def test_batches_are_capped() -> None:
 
 @asynccontextmanager
 async def running_service(
-    engine: RerankEngine, **config: Any
+    engine: RerankEngine, host: str = "127.0.0.1", **config: Any
 ) -> AsyncIterator[tuple[str, asyncio.Event, asyncio.Task[None], web.Application]]:
     """``run_service`` on a free loopback port: yields its URL, stop event, task and app."""
     app = create_app(lambda: engine, ServiceConfig(api_keys=(KEY,), **config))
     stop = asyncio.Event()
     urls: list[str] = []
     task = asyncio.create_task(
-        run_service(app, host="127.0.0.1", port=0, stop=stop, on_listening=urls.extend)
+        run_service(app, host=host, port=0, stop=stop, on_listening=urls.extend)
     )
     await until(lambda: bool(urls) and app[BATCHER].state is WorkerState.READY)
     try:
@@ -578,6 +578,14 @@ async def running_service(
             engine.gate.set()
         stop.set()
         await task
+
+
+@pytest.mark.skipif(not socket.has_ipv6, reason="no IPv6")
+async def test_an_ipv6_address_is_announced_as_a_url_in_brackets() -> None:
+    async with running_service(FakeEngine(), host="::1") as (url, _, _, _):
+        assert url.startswith("http://[::1]:")
+        async with aiohttp.ClientSession() as session, session.get(f"{url}/health") as reply:
+            assert reply.status == 200
 
 
 async def test_shutdown_refuses_new_connections_and_finishes_in_flight_requests() -> None:
