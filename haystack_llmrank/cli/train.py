@@ -6,7 +6,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -265,9 +267,12 @@ def parse_orders(text: str) -> dict[str, float]:
         if name in weights:
             raise argparse.ArgumentTypeError(f"order {name!r} is given twice")
         try:
-            weights[name] = float(weight) if weight else 1.0
+            value = float(weight) if weight else 1.0
         except ValueError:
             raise argparse.ArgumentTypeError(f"bad weight in {part!r}") from None
+        if not (math.isfinite(value) and value >= 0):
+            raise argparse.ArgumentTypeError(f"the weight in {part!r} must be a finite number >= 0")
+        weights[name] = value
     return weights
 
 
@@ -299,6 +304,10 @@ def read_split(file: Path, qids: list[str]) -> tuple[list[str], list[str]]:
         raise ValueError(f"{file}: qids must be strings")
     if not train:
         raise ValueError(f"{file}: no training query")
+    for side, side_qids in (("train", train), ("validation", held)):
+        repeated = sorted(q for q, count in Counter(side_qids).items() if count > 1)
+        if repeated:
+            raise ValueError(f"{file}: qids listed twice in '{side}': {listed(repeated, 5)}")
     both = set(train) & set(held)
     if both:
         raise ValueError(f"{file}: {len(both)} qids are in both lists, e.g. {sorted(both)[0]!r}")
@@ -395,28 +404,30 @@ def run_train(args: argparse.Namespace) -> int:
             "; validation needs judged queries: give their qrels, or put them on the "
             "training side with --split"
         )
-    if held_ids:
-        require_pytrec_eval()
     by_id = {q.qid: q for q in queries}
     train = training_queries([by_id[q] for q in train_ids], qrels=qrels, teacher=teacher)
-    args.output.mkdir(parents=True, exist_ok=True)
-    split_file = args.output / _SPLIT
-    seed = None if args.split is not None else args.split_seed
-    split = {"train": train_ids, "validation": held_ids, "seed": seed}
-    if args.resume and split_file.is_file() and json.loads(split_file.read_text("utf-8")) != split:
-        raise ValueError(f"{split_file} holds another query split; resume with the same one")
-    split_file.write_text(json.dumps(split, indent=1) + "\n", "utf-8")
-
-    trainer = _trainer(args, config)
-    if args.resume and not trainer.resume():
-        print(f"no checkpoint in {args.output}; starting from step 0")
-    resumed_at = trainer.step
     validation = None
     if held_ids:
         from haystack_llmrank.training import Validation
 
+        require_pytrec_eval()
         assert qrels is not None
         validation = Validation([by_id[q] for q in held_ids], qrels)
+    split_file = args.output / _SPLIT
+    seed = None if args.split is not None else args.split_seed
+    split = {"train": train_ids, "validation": held_ids, "seed": seed}
+    if args.resume:
+        _check_resumed_split(split_file, split)
+    else:
+        _check_fresh_output(args.output)
+
+    trainer = _trainer(args, config)
+    if args.resume and not trainer.resume():
+        print(f"no checkpoint in {args.output}; starting from step 0")
+    # written once the trainer stands, so that a run refused at setup leaves OUTPUT resumable
+    args.output.mkdir(parents=True, exist_ok=True)
+    split_file.write_text(json.dumps(split, indent=1) + "\n", "utf-8")
+    resumed_at = trainer.step
     started = time.perf_counter()
     with tqdm(total=config.last_step, initial=trainer.step, unit="update", desc="train") as bar:
 
@@ -441,6 +452,30 @@ def run_train(args: argparse.Namespace) -> int:
         _write_merged(args.output)
     print(summary(record, resumed_at, time.perf_counter() - started, args.output))
     return 0
+
+
+def _check_fresh_output(output: Path) -> None:
+    """Refuse to start a run (not ``--resume``) in a folder that holds an earlier run's
+    output (a model, ``merged/``, a checkpoint, a record), which this run's would mix with."""
+    from haystack_llmrank.training.trainer import CHECKPOINT, RECORD
+
+    previous = ("adapter_config.json", "config.json", "model.safetensors", "merged")
+    found = [name for name in (*previous, CHECKPOINT, RECORD) if (output / name).exists()]
+    if found:
+        raise ValueError(
+            f"{output} holds the output of an earlier training run ({', '.join(found)}); "
+            "continue that run with --resume, or train into another folder"
+        )
+
+
+def _check_resumed_split(split_file: Path, split: dict[str, Any]) -> None:
+    """Refuse to resume with other train or validation queries than ``split_file`` records
+    (its seed may differ: a given --split records none)."""
+    if not split_file.is_file():
+        return
+    saved = json.loads(split_file.read_text("utf-8"))
+    if any(saved.get(side) != split[side] for side in ("train", "validation")):
+        raise ValueError(f"{split_file} holds another query split; resume with the same one")
 
 
 def summary(record: dict[str, Any], resumed_at: int, seconds: float, output: Path) -> str:

@@ -76,6 +76,18 @@ def _with_lora(model: Any, lora: LoraSettings) -> Any:
     """``model`` wrapped with fresh LoRA adapters, or those saved in ``lora.init_from``."""
     from peft import LoraConfig, get_peft_model
 
+    names = [name for name, _ in model.named_modules()]
+    unmatched = [
+        target
+        for target in lora.target_modules
+        if not any(name == target or name.endswith(f".{target}") for name in names)
+    ]
+    if unmatched:
+        raise ValueError(
+            f"LoRA target modules that name no module of {type(model).__name__}: "
+            f"{', '.join(unmatched)}; its linear layers are named e.g. "
+            f"{', '.join(_linear_names(model)[:8])}"
+        )
     config = LoraConfig(
         r=lora.rank,
         lora_alpha=lora.alpha,
@@ -88,6 +100,16 @@ def _with_lora(model: Any, lora: LoraSettings) -> Any:
     if lora.init_from is not None:
         _load_adapter_weights(wrapped, config, Path(lora.init_from))
     return wrapped
+
+
+def _linear_names(model: Any) -> list[str]:
+    """The distinct last name parts of ``model``'s linear layers, in model order."""
+    import torch
+
+    found = (
+        n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
+    )
+    return list(dict.fromkeys(found))
 
 
 def _checkpoint_activations(model: Any) -> None:
@@ -190,6 +212,12 @@ def trainable_parameters(model: Any) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+_ADAPTER_WEIGHTS = ("adapter_config.json", "adapter_model.safetensors")
+"""What an adapter folder holds that a folder of full weights does not."""
+_FULL_WEIGHTS = ("config.json", "generation_config.json", "model*.safetensors*")
+"""What a folder of full weights holds that an adapter folder does not (shards, index)."""
+
+
 def save_trained(
     model: Any, tokenizer: Any, folder: Path, *, base_model: str, template: PromptTemplate
 ) -> None:
@@ -198,11 +226,16 @@ def save_trained(
 
     An adapter's ``adapter_config.json`` records ``base_model`` as given (an llmrank model
     reference such as ``smollm2-135m-instruct`` or a Hugging Face id), so that loading the
-    folder resolves its base the same way every other model is resolved.
+    folder resolves its base the same way every other model is resolved. The weights of the
+    other kind that the folder held are removed, so that it loads what was saved.
     """
     folder.mkdir(parents=True, exist_ok=True)
     write_template(folder, template)
-    if hasattr(model, "peft_config"):
+    adapter = hasattr(model, "peft_config")
+    for pattern in _FULL_WEIGHTS if adapter else _ADAPTER_WEIGHTS:
+        for stale in folder.glob(pattern):
+            stale.unlink()
+    if adapter:
         model.save_pretrained(folder)
         config_path = folder / "adapter_config.json"
         config = json.loads(config_path.read_text(encoding="utf-8"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, get_args
 
@@ -15,6 +17,14 @@ RanknetReduction = Literal["sum", "mean"]
 """How FIRST's weighted RankNet reduces a window's pairs: ``"sum"`` (FIRST's paper) or
 ``"mean"`` (FIRST's released code; :func:`~haystack_llmrank.training.losses.ranknet_scale`)."""
 RANKNET_REDUCTIONS: tuple[RanknetReduction, ...] = get_args(RanknetReduction)
+
+
+def _require_finite(values: Mapping[str, float | None], *, zero: bool) -> None:
+    """Refuse each value (``None``: unset) that is not finite, negative, or 0 unless ``zero``."""
+    bound = ">= 0" if zero else "above 0"
+    for name, value in values.items():
+        if value is not None and not (math.isfinite(value) and (value >= 0 if zero else value > 0)):
+            raise ValueError(f"{name} must be a finite number {bound}, got {value}")
 
 
 @dataclass(frozen=True)
@@ -94,15 +104,20 @@ class TrainConfig:
             raise ValueError(
                 f"stop_after must be in [1, steps={self.steps}], got {self.stop_after}"
             )
-        if self.max_minutes is not None and not self.max_minutes > 0:
-            raise ValueError(f"max_minutes must be positive, got {self.max_minutes}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
-        weights = (self.ranknet_weight, self.passage_ranknet_weight, self.pointwise_weight)
-        if min(*weights, self.warmup_steps) < 0:
-            raise ValueError("ranknet weights, pointwise_weight and warmup_steps must be >= 0")
-        if self.max_grad_norm <= 0:
-            raise ValueError(f"max_grad_norm must be positive, got {self.max_grad_norm}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        rates = {
+            "learning_rate": self.learning_rate,
+            "max_grad_norm": self.max_grad_norm,
+            "max_minutes": self.max_minutes,
+        }
+        _require_finite(rates, zero=False)
+        weights = {
+            "ranknet_weight": self.ranknet_weight,
+            "passage_ranknet_weight": self.passage_ranknet_weight,
+            "pointwise_weight": self.pointwise_weight,
+        }
+        _require_finite(weights, zero=True)
         if self.grad_accumulation % self.sampling.group_size:
             raise ValueError(
                 "mirrored windows come in pairs: grad_accumulation must be even, "

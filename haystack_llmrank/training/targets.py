@@ -47,13 +47,20 @@ class TrainingQuery:
 
         Within a grade, passages the teacher did not score (NaN) follow the scored ones.
         """
+        return sorted(members, key=self._key)
 
-        def key(i: int) -> tuple[int, bool, float, int]:
-            teacher = self.teacher[i]
-            unscored = math.isnan(teacher)
-            return (-self.grades[i], unscored, 0.0 if unscored else -teacher, i)
+    @property
+    def all_tied(self) -> bool:
+        """Whether grades and teacher scores tell no two candidates apart, so that the
+        target is first-stage order."""
+        return len({self._key(i)[:3] for i in range(len(self.texts))}) == 1
 
-        return sorted(members, key=key)
+    def _key(self, i: int) -> tuple[int, bool, float, int]:
+        """Candidate ``i``'s sort key: grade (best first), unscored after scored, teacher
+        score (best first), then first-stage rank."""
+        teacher = self.teacher[i]
+        unscored = math.isnan(teacher)
+        return (-self.grades[i], unscored, 0.0 if unscored else -teacher, i)
 
 
 @dataclass(frozen=True)
@@ -95,15 +102,19 @@ def training_queries(
 
     At least one of ``qrels`` and ``teacher`` is needed. A query with no judgement and no
     teacher score is an error, not a silent skip; so is one whose judgements and teacher
-    scores name none of its candidates (its target would be first-stage order), and qrels
-    that name no candidate at all. Judged documents that are not among their query's
-    candidates (judged, not retrieved) are logged.
+    scores name none of its candidates, or tell none of them apart (all one grade, no
+    teacher score to break the tie): its target would be first-stage order. Qrels, or a
+    teacher run, that name no candidate at all are refused too. Judged documents that are
+    not among their query's candidates (judged, not retrieved), and queries whose teacher
+    scores name none of their candidates, are logged.
     """
     if qrels is None and teacher is None:
         raise ValueError("training needs qrels, teacher scores, or both")
     joined: list[TrainingQuery] = []
     unmatched: list[str] = []
-    judged_count = absent = 0
+    tied: list[str] = []
+    untaught: list[str] = []
+    judged_count = absent = taught = 0
     for query in queries:
         judged = (qrels or {}).get(query.qid, {})
         scored = (teacher or {}).get(query.qid, {})
@@ -117,17 +128,22 @@ def training_queries(
         docids = {c.docid for c in query.candidates}
         judged_count += len(judged)
         absent += len(judged.keys() - docids)
-        if docids.isdisjoint(judged) and docids.isdisjoint(scored):
-            unmatched.append(query.qid)
-        joined.append(
-            TrainingQuery(
-                query.qid,
-                query.query,
-                tuple(c.text for c in query.candidates),
-                tuple(int(judged.get(c.docid, unjudged_grade)) for c in query.candidates),
-                tuple(float(scored.get(c.docid, float("nan"))) for c in query.candidates),
-            )
+        matched = not docids.isdisjoint(scored)
+        taught += matched
+        if scored and not matched:
+            untaught.append(query.qid)
+        training = TrainingQuery(
+            query.qid,
+            query.query,
+            tuple(c.text for c in query.candidates),
+            tuple(int(judged.get(c.docid, unjudged_grade)) for c in query.candidates),
+            tuple(float(scored.get(c.docid, float("nan"))) for c in query.candidates),
         )
+        if docids.isdisjoint(judged) and not matched:
+            unmatched.append(query.qid)
+        elif training.all_tied:
+            tied.append(query.qid)
+        joined.append(training)
     if judged_count and absent == judged_count:
         raise ValueError(
             f"none of the {judged_count} judged documents is among its query's candidates: "
@@ -141,12 +157,31 @@ def training_queries(
             "that the docids of the qrels, the teacher run and the candidates agree (e.g. "
             "'D123' against '123'), or drop these queries"
         )
+    if teacher is not None and not taught:
+        raise ValueError(
+            "the teacher run scores none of the training queries' candidates: check that "
+            "the qids and docids of the teacher run and the candidates agree (e.g. 'D123' "
+            "against '123')"
+        )
+    if tied:
+        raise ValueError(
+            "queries whose candidates are all of one grade, with no teacher score to tell "
+            f"them apart, so that their targets would be first-stage order: {listed(tied, 5)}; "
+            "judge a relevant candidate of each, give teacher scores, or drop these queries"
+        )
     if absent:
         logger.warning(
             "%d of %d judged documents are not among their query's candidates (judged but "
             "not retrieved); they are not trained on",
             absent,
             judged_count,
+        )
+    if untaught:
+        logger.warning(
+            "the teacher scores of %d queries name none of their candidates, so that their "
+            "ties fall back to first-stage order: %s",
+            len(untaught),
+            listed(untaught, 5),
         )
     return joined
 
@@ -184,8 +219,13 @@ class WindowSampling:
         unknown = set(self.orders) - set(INPUT_ORDERS)
         if unknown or not self.orders:
             raise ValueError(f"orders must be among {INPUT_ORDERS}, got {self.orders}")
-        if len(self.order_weights) != len(self.orders) or min(self.order_weights) < 0:
-            raise ValueError("order_weights needs one non-negative weight per order")
+        if len(self.order_weights) != len(self.orders) or not all(
+            math.isfinite(w) and w >= 0 for w in self.order_weights
+        ):
+            raise ValueError(
+                f"order_weights needs one finite, non-negative weight per order, got "
+                f"{self.order_weights}"
+            )
         if sum(self.order_weights) <= 0:
             raise ValueError("order_weights must not all be zero")
 

@@ -22,6 +22,7 @@ from haystack_llmrank.labels import readout_label_ids, resolve_label_ids
 from haystack_llmrank.model_templates import recorded_template
 from haystack_llmrank.prompt import FIRST_TEMPLATE, PromptBuilder, PromptTemplate
 from haystack_llmrank.training.adapters import (
+    LoraSettings,
     causal_lm,
     make_trainable,
     save_trained,
@@ -40,6 +41,8 @@ CHECKPOINT = "checkpoint"
 """Sub-folder of the output folder that holds the latest resumable state."""
 _RUN_LENGTH = ("stop_after", "max_minutes")
 """Settings that may change between a run and its resumption without a warning."""
+_LORA_SHAPE = ("rank", "alpha", "target_modules", "top_layers")
+"""LoRA settings that shape or scale the trained adapter, so that a resumed run keeps them."""
 RECORD = "training.json"
 """File in the output folder with the settings, the history and the best validation."""
 FLOAT16_LOSS_SCALE = 2.0**10
@@ -82,10 +85,19 @@ class StepReport:
 
 @dataclass(frozen=True)
 class Validation:
-    """Held-out queries: their candidates and judgements."""
+    """Held-out queries: their candidates and judgements. A query without candidates
+    would score 0 at every validation, so it is refused."""
 
     queries: Sequence[QueryCandidates]
     qrels: Qrels
+
+    def __post_init__(self) -> None:
+        empty = [q.qid for q in self.queries if not q.candidates]
+        if empty:
+            raise ValueError(
+                f"held-out queries without candidates: {listed(empty, 5)}; they would score "
+                "0 at every validation: drop them or give their candidates"
+            )
 
 
 def _schedule(config: TrainConfig) -> Callable[[int], float]:
@@ -246,6 +258,15 @@ class FirstTrainer:
             self._save_model(self.output_dir)
         record = self.record()
         self._write_record(record)
+        if self.config.objective == "pointwise":
+            logger.warning(
+                "%s holds a pointwise warm start: start FIRST training from it "
+                "(LoraSettings.init_from, --init-adapter). Loaded as a ranker it ranks by its "
+                "template's listwise readout, which the pointwise objective did not train; "
+                "its validation nDCG@10 scored each passage in a prompt of its own and does "
+                "not describe that ranker",
+                self.output_dir,
+            )
         return record
 
     def _window_caps(self, train: Sequence[TrainingQuery]) -> dict[str, int]:
@@ -549,6 +570,7 @@ class FirstTrainer:
             "rng": self.rng.bit_generator.state,
             "history": self.history,
             "config": self.config.to_dict(),
+            "base_model": self.base_model,
         }
         (staging / "trainer.json").write_text(json.dumps(meta) + "\n", "utf-8")
         self._save_model(staging / "model")
@@ -576,12 +598,14 @@ class FirstTrainer:
             group["initial_lr"] = self.config.learning_rate
             group["lr"] = self.config.learning_rate * rate
 
-    def resume(self) -> bool:
-        """Load ``output_dir/checkpoint`` if there is one; return whether it was loaded."""
-        folder = self.output_dir / CHECKPOINT
-        if not (folder / "trainer.json").is_file():
-            return False
-        meta = json.loads((folder / "trainer.json").read_text("utf-8"))
+    def _refuse_changes(self, folder: Path, meta: Mapping[str, Any]) -> None:
+        """Refuse to resume the checkpoint in ``folder`` (its ``trainer.json`` is ``meta``)
+        with another base model, template, RankNet reduction, or LoRA shape: what the
+        trained weights fit or what they were trained to mean.
+
+        A checkpoint from before a setting was recorded was trained with its default (the
+        base model: unknown, so accepted).
+        """
         trained_with = recorded_template(str(folder / "model"))
         if trained_with is not None and trained_with != self.saved_template:
             raise ValueError(
@@ -589,15 +613,41 @@ class FirstTrainer:
                 f"differs: {_differences(trained_with, self.saved_template)}; resume with the "
                 "same template and max_passage_words"
             )
+        saved_lora = meta["config"].get("lora")
+        if (saved_lora is None) != (self.config.lora is None):
+            kinds = {True: "every weight (full fine-tuning)", False: "LoRA adapters"}
+            raise ValueError(
+                f"{folder} trained {kinds[saved_lora is None]}, and this run trains "
+                f"{kinds[self.config.lora is None]}; resume the same way"
+            )
+        fixed = {
+            "base model": (meta.get("base_model", self.base_model), self.base_model),
+            "ranknet_reduction": (
+                meta["config"].get("ranknet_reduction", TrainConfig.ranknet_reduction),
+                self.config.ranknet_reduction,
+            ),
+        }
+        if saved_lora is not None and self.config.lora is not None:
+            given = json.loads(json.dumps(asdict(self.config.lora)))
+            defaults = json.loads(json.dumps(asdict(LoraSettings())))
+            for name in _LORA_SHAPE:
+                fixed[f"LoRA {name}"] = (saved_lora.get(name, defaults[name]), given[name])
+        for name, (there, here) in fixed.items():
+            if there != here:
+                raise ValueError(
+                    f"{folder} was trained with {name} {there!r}, not {here!r}; resume with "
+                    f"the same {name}"
+                )
+
+    def resume(self) -> bool:
+        """Load ``output_dir/checkpoint`` if there is one; return whether it was loaded."""
+        folder = self.output_dir / CHECKPOINT
+        if not (folder / "trainer.json").is_file():
+            return False
+        meta = json.loads((folder / "trainer.json").read_text("utf-8"))
+        self._refuse_changes(folder, meta)
         # checkpoints from before the setting were trained with the default
         saved = {"ranknet_reduction": TrainConfig.ranknet_reduction, **meta["config"]}
-        reduction = saved["ranknet_reduction"]
-        if reduction != self.config.ranknet_reduction:
-            raise ValueError(
-                f"{folder} was trained with ranknet_reduction {reduction!r}, not "
-                f"{self.config.ranknet_reduction!r}: it sets the RankNet's strength; resume "
-                "with the same one"
-            )
         current = json.loads(json.dumps(self.config.to_dict()))  # tuples as the JSON's lists
         changed = sorted(
             k for k, v in current.items() if saved.get(k) != v and k not in _RUN_LENGTH

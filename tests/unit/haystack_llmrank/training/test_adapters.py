@@ -139,3 +139,41 @@ def test_training_refuses_a_model_that_scales_its_logits(
     lm = SimpleNamespace(config=getattr(transformers, kind)(**fields))
     with pytest.raises(ValueError, match=f"forward also applies {applied}; it is not supported"):
         plain_output_head(lm)
+
+
+def test_lora_targets_that_name_no_module_are_refused_by_name(smollm2_tokenizer: Any) -> None:
+    def adapt(*targets: str) -> Any:
+        lora = LoraSettings(rank=4, alpha=8, dropout=0.0, target_modules=targets)
+        return make_trainable(
+            make_tiny_llama(len(smollm2_tokenizer)), lora, gradient_checkpointing=False
+        )
+
+    # peft would adapt q_proj and drop the misspelt name without a word
+    with pytest.raises(
+        ValueError,
+        match=exactly(
+            "LoRA target modules that name no module of LlamaForCausalLM: fooo_proj, mlp.q_proj; "
+            "its linear layers are named e.g. q_proj, k_proj, v_proj, o_proj, gate_proj, "
+            "up_proj, down_proj, lm_head"
+        ),
+    ):
+        adapt("q_proj", "fooo_proj", "mlp.q_proj")
+    adapted = adapt("self_attn.q_proj", "down_proj")  # a dotted suffix names modules too
+    trained = {n for n, p in adapted.named_parameters() if p.requires_grad}
+    assert {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in trained} == {"q_proj", "down_proj"}
+
+
+def test_saving_one_kind_of_weights_removes_the_other_kind(
+    smollm2_tokenizer: Any, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    model = make_tiny_llama(len(smollm2_tokenizer))
+    save_adapter(model, tmp_path, base=tiny_model_dir)
+    assert resolve_model(str(tmp_path)).adapter is not None
+    full = make_tiny_llama(len(smollm2_tokenizer))
+    save_trained(full, smollm2_tokenizer, tmp_path, base_model="x", template=FIRST_TEMPLATE)
+    assert not (tmp_path / "adapter_config.json").exists()
+    assert not (tmp_path / "adapter_model.safetensors").exists()
+    assert resolve_model(str(tmp_path)).adapter is None  # the folder loads the full weights
+    save_adapter(make_tiny_llama(len(smollm2_tokenizer)), tmp_path, base=tiny_model_dir)
+    assert not list(tmp_path.glob("model*.safetensors*"))
+    assert not (tmp_path / "config.json").exists()

@@ -109,7 +109,11 @@ def test_the_pointwise_objective_learns_the_target_order(
 
 
 def test_a_pointwise_run_validates_by_its_scores_and_starts_first_training(
-    smollm2_tokenizer: Any, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    smollm2_tokenizer: Any,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     model = load_causal_lm(resolve_model(str(tiny_model_dir)))
     trainer = FirstTrainer(
@@ -119,7 +123,14 @@ def test_a_pointwise_run_validates_by_its_scores_and_starts_first_training(
         base_model=str(tiny_model_dir),
         output_dir=tmp_path / "pointwise",
     )
-    record = trainer.fit(training_queries([QUERY], qrels=QRELS), Validation([QUERY], QRELS))
+    with caplog.at_level("WARNING", logger="haystack_llmrank.training.trainer"):
+        record = trainer.fit(training_queries([QUERY], qrels=QRELS), Validation([QUERY], QRELS))
+    # its output, loaded as a ranker, reads a listwise readout that it did not train
+    assert (
+        f"{tmp_path / 'pointwise'} holds a pointwise warm start: start FIRST training from it"
+        in caplog.text
+    )
+    assert "its validation nDCG@10 scored each passage in a prompt of its own" in caplog.text
     validated = [h["validation"] for h in record["history"] if h.get("validation") is not None]
     assert len(validated) == 3  # steps 0, 2 and 4
     assert trainer.validate(Validation([QUERY], QRELS)) == pytest.approx(validated[-1])
@@ -235,7 +246,7 @@ def test_a_mixed_run_reports_the_pointwise_term_and_validates_listwise(
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"pointwise_weight": -1.0}, "pointwise_weight and warmup_steps must be >= 0"),
+        ({"pointwise_weight": -1.0}, "pointwise_weight must be a finite number >= 0"),
         ({"pointwise_weight": 1.0, "passage_vote": None}, "pointwise_weight scores passages"),
         ({"passage_vote": " yes"}, "passage_vote is used only with a positive"),
     ],
@@ -264,7 +275,7 @@ def test_mixed_settings_are_checked(changes: dict[str, Any], message: str) -> No
         ({"objective": "listwise"}, "objective must be one of"),
         ({"stop_after": 5}, r"stop_after must be in \[1, steps=4\]"),
         ({"stop_after": 0}, r"stop_after must be in \[1, steps=4\]"),
-        ({"max_minutes": 0.0}, "max_minutes must be positive"),
+        ({"max_minutes": 0.0}, "max_minutes must be a finite number above 0"),
     ],
 )
 def test_pointwise_settings_are_checked(changes: dict[str, Any], message: str) -> None:

@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import os
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,39 @@ def test_judged_documents_that_were_not_retrieved_are_logged(
     assert caplog.text == ""
 
 
+def test_queries_whose_candidates_all_tie_are_refused() -> None:
+    judged_zero = {"q1": TOY_QRELS["q1"], "q2": {"d0": 0, "d3": 0}}
+    with pytest.raises(ValueError, match=r"all of one grade.*first-stage order: q2; judge"):
+        training_queries([toy_query(), toy_query("q2")], qrels=judged_zero)
+    every_one = {"q1": {f"d{i}": 1 for i in range(len(TEXTS))}}
+    with pytest.raises(ValueError, match="all of one grade"):
+        training_queries([toy_query()], qrels=every_one)
+    equal = {"q1": {f"d{i}": 0.5 for i in range(len(TEXTS))}}
+    with pytest.raises(ValueError, match="all of one grade"):
+        training_queries([toy_query()], qrels={"q1": {"d0": 0}}, teacher=equal)
+    # a teacher score breaks the tie: the scored candidate comes first
+    [taught] = training_queries([toy_query()], qrels={"q1": {"d0": 0}}, teacher={"q1": {"d4": 1}})
+    assert taught.target_order(range(len(TEXTS)))[0] == 4
+
+
+def test_a_teacher_run_that_names_no_candidate_is_refused_or_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    two = [toy_query(), toy_query("q2")]
+    qrels = {"q1": TOY_QRELS["q1"], "q2": TOY_QRELS["q1"]}
+    prefixed = {q.qid: {"D1": 0.9, "D3": 0.1} for q in two}  # "D1" is not "d1"
+    with pytest.raises(ValueError, match="the teacher run scores none of the training queries'"):
+        training_queries(two, qrels=qrels, teacher=prefixed)
+    with pytest.raises(ValueError, match="the teacher run scores none"):
+        training_queries(two, qrels=qrels, teacher={"q9": {"d1": 0.9}})
+    with caplog.at_level(logging.WARNING, logger="haystack_llmrank.training.targets"):
+        training_queries(two, qrels=qrels, teacher={**prefixed, "q1": {"d1": 0.9}})
+    assert (
+        "the teacher scores of 1 queries name none of their candidates, so that their ties "
+        "fall back to first-stage order: q2" in caplog.text
+    )
+
+
 def test_sampled_windows_vary_size_and_order_and_keep_targets_consistent() -> None:
     [query] = training_queries([toy_query()], qrels=TOY_QRELS)
     sampling = WindowSampling(min_size=2, max_size=6, pool=6)
@@ -156,6 +190,34 @@ def test_mirrored_sampling_adds_the_reversed_window_with_the_same_ranking() -> N
     assert len(WindowSampling().sample_group(query, rng)) == 1
     with pytest.raises(ValueError, match="must be even"):
         TrainConfig(grad_accumulation=3, sampling=sampling)
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("ranknet_weight", "finite number >= 0"),
+        ("passage_ranknet_weight", "finite number >= 0"),
+        ("pointwise_weight", "finite number >= 0"),
+        ("learning_rate", "finite number above 0"),
+        ("max_grad_norm", "finite number above 0"),
+        ("max_minutes", "finite number above 0"),
+        ("min_lr_ratio", "in \\[0, 1\\]"),
+    ],
+)
+def test_non_finite_settings_are_refused(name: str, message: str, value: float) -> None:
+    with pytest.raises(ValueError, match=f"{name} must be .*{message}"):
+        small_config(**{name: value})
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf])
+def test_non_finite_sampling_settings_are_refused(value: float) -> None:
+    with pytest.raises(ValueError, match="one finite, non-negative weight per order"):
+        WindowSampling(order_weights=(0.25, 0.25, value))
+    with pytest.raises(ValueError, match="contiguous is a probability"):
+        WindowSampling(contiguous=value)
+    with pytest.raises(ValueError, match="dropout must be in"):
+        LoraSettings(dropout=value)
 
 
 def test_sampling_settings_are_checked() -> None:
@@ -402,7 +464,7 @@ def test_passage_ranknet_needs_a_template_that_repeats_labels(
             base_model="unused",
             output_dir=tmp_path,
         )
-    with pytest.raises(ValueError, match="must be >= 0"):
+    with pytest.raises(ValueError, match="passage_ranknet_weight must be a finite number >= 0"):
         small_config(passage_ranknet_weight=-1.0)
     with pytest.raises(ValueError, match="only with a positive passage_ranknet_weight"):
         small_config(passage_vote=" yes")
@@ -1076,6 +1138,60 @@ def test_resume_refuses_another_template_and_names_what_differs(
     assert "changed settings: learning_rate" in caplog.text
 
 
+def test_resume_refuses_another_base_model_or_lora_shape(
+    smollm2_tokenizer: Any, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    lora = LoraSettings(rank=4, alpha=8, dropout=0.0)
+    train_adapter(smollm2_tokenizer, tiny_model_dir, tmp_path / "run", steps=2, lora=lora)
+    folder = tmp_path / "run" / "checkpoint"
+
+    def resumed(base: Path = tiny_model_dir, **changes: Any) -> bool:
+        return FirstTrainer(
+            load_causal_lm(resolve_model(str(tiny_model_dir))),
+            smollm2_tokenizer,
+            small_config(steps=2, **{"lora": lora, **changes}),
+            base_model=str(base),
+            output_dir=tmp_path / "run",
+        ).resume()
+
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            f"trained with base model {str(tiny_model_dir)!r}, not '/elsewhere'; resume with "
+            "the same base model"
+        ),
+    ):
+        resumed(Path("/elsewhere"))
+    for changed, message in (
+        ({"alpha": 16}, "LoRA alpha 8, not 16"),  # same shapes: it would load, scaled 2x
+        ({"rank": 8}, "LoRA rank 4, not 8"),
+        ({"top_layers": 1}, "LoRA top_layers None, not 1"),
+        ({"target_modules": ("q_proj", "v_proj")}, "LoRA target_modules \\['q_proj', "),
+    ):
+        with pytest.raises(
+            ValueError, match=f"{re.escape(str(folder))} was trained with {message}"
+        ):
+            resumed(lora=replace(lora, **changed))
+    with pytest.raises(ValueError, match="trained LoRA adapters, and this run trains every weight"):
+        resumed(lora=None)
+    assert resumed(lora=replace(lora, dropout=0.1))  # dropout shapes no weight
+    # a checkpoint from before the base model was recorded: not known, so not refused
+    record = folder / "trainer.json"
+    meta = json.loads(record.read_text())
+    assert meta["base_model"] == str(tiny_model_dir)
+    del meta["base_model"]
+    record.write_text(json.dumps(meta))
+    assert resumed(Path("/elsewhere"))
+
+
+def test_held_out_queries_without_candidates_are_refused() -> None:
+    from haystack_llmrank.training import Validation
+
+    empty = QueryCandidates("q0", "fleas", ())
+    with pytest.raises(ValueError, match="held-out queries without candidates: q0; they would"):
+        Validation([toy_query(), empty], TOY_QRELS)
+
+
 @pytest.mark.slow
 def test_onnx_export_of_an_adapter_matches_torch(
     smollm2_tokenizer: Any, tiny_model_dir: Path, tmp_path: Path
@@ -1241,6 +1357,67 @@ def test_cli_resumes_with_the_same_ranknet_reduction_and_counts_this_runs_update
     assert "trained 2 updates (3 in all) in " in capsys.readouterr().out
 
 
+def test_cli_refuses_an_earlier_runs_output_without_resume(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from haystack_llmrank.cli import main
+
+    candidates, qrels = write_toy_files(tmp_path)
+    output = tmp_path / "run"
+    args = validated_train_args(candidates, qrels, output, tiny_model_dir, steps=1)
+    args += ["--validation-fraction", "0"]
+    assert main(args) == 0
+    capsys.readouterr()
+    # a --full run here would leave the adapter that the folder loads
+    assert main([*args, "--full"]) == 2
+    assert (
+        f"{output} holds the output of an earlier training run (adapter_config.json, "
+        "checkpoint, training.json); continue that run with --resume, or train into another "
+        "folder" in capsys.readouterr().err
+    )
+    assert resolve_model(str(output)).adapter is not None
+    # a run refused at setup writes nothing, so the folder's split stays resumable
+    fresh = tmp_path / "fresh"
+    bad = validated_train_args(candidates, qrels, fresh, tiny_model_dir, steps=1)
+    assert main([*bad, "--lora-targets", "fooo_proj"]) == 2
+    assert "name no module of LlamaForCausalLM: fooo_proj" in capsys.readouterr().err
+    assert not (fresh / "split.json").exists()
+
+
+def test_cli_resumes_with_a_given_split_of_the_same_queries(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from haystack_llmrank.cli import main
+
+    candidates, qrels = write_toy_files(tmp_path)
+    output = tmp_path / "run"
+    args = validated_train_args(candidates, qrels, output, tiny_model_dir, steps=2)
+    assert main([*args, "--stop-after", "1"]) == 0
+    drawn = json.loads((output / "split.json").read_text())
+    assert drawn["seed"] == 0
+    given = tmp_path / "split.json"  # the same queries; a given split records no seed
+    given.write_text(json.dumps({"train": drawn["train"], "validation": drawn["validation"]}))
+    assert main([*args, "--resume", "--split", str(given)]) == 0
+    assert "trained 1 updates (2 in all)" in capsys.readouterr().out
+    swapped = {"train": drawn["validation"], "validation": drawn["train"]}
+    given.write_text(json.dumps(swapped))
+    assert main([*args, "--resume", "--split", str(given)]) == 2
+    assert "holds another query split; resume with the same one" in capsys.readouterr().err
+
+
+def test_a_split_that_lists_a_qid_twice_is_refused(tmp_path: Path) -> None:
+    from haystack_llmrank.cli.train import read_split
+
+    split = tmp_path / "split.json"
+    qids = ["q0", "q1", "q2", "q3"]
+    split.write_text(json.dumps({"train": ["q1", "q1", "q2", "q2", "q1"], "validation": ["q0"]}))
+    with pytest.raises(ValueError, match=r"qids listed twice in 'train': q1, q2$"):
+        read_split(split, qids)
+    split.write_text(json.dumps({"train": ["q1"], "validation": ["q0", "q3", "q0"]}))
+    with pytest.raises(ValueError, match=r"qids listed twice in 'validation': q0$"):
+        read_split(split, qids)
+
+
 def test_the_closing_line_shows_a_best_validation_of_zero() -> None:
     from haystack_llmrank.cli.train import summary
 
@@ -1302,7 +1479,9 @@ def test_every_public_training_name_resolves() -> None:
         _ = training.Trainer  # type: ignore[attr-defined]
 
 
-def test_the_train_command_line_sets_window_orders_and_their_weights() -> None:
+def test_the_train_command_line_sets_window_orders_and_their_weights(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     from haystack_llmrank.cli import build_parser
     from haystack_llmrank.cli.train import _config
 
@@ -1323,6 +1502,13 @@ def test_the_train_command_line_sets_window_orders_and_their_weights() -> None:
         parser.parse_args([*base, "--orders", "shuffled:lots"])
     with pytest.raises(SystemExit):
         parser.parse_args([*base, "--orders", "shuffled:0.5,shuffled:0.5"])
+    for weight in ("nan", "inf", "-1"):
+        with pytest.raises(SystemExit):
+            parser.parse_args([*base, "--orders", f"first-stage:1,shuffled:{weight}"])
+        assert (
+            f"argument --orders: the weight in 'shuffled:{weight}' must be a finite number >= 0"
+            in capsys.readouterr().err
+        )
     assert _config(parser.parse_args([*base, "--mirrored"])).sampling.mirrored
     assert _config(parser.parse_args(base)).ranknet_reduction == "sum"
     mean = _config(parser.parse_args([*base, "--ranknet-reduction", "mean"]))
