@@ -262,13 +262,20 @@ def strictly_decreasing(scores: Sequence[float], decimals: int = RUN_DECIMALS) -
     """Scores rounded to ``decimals``, each lowered where needed to one unit below the one above.
 
     The result strictly decreases, so trec_eval keeps the given order, and it equals the
-    rounded input wherever that already strictly decreases.
+    rounded input wherever that already strictly decreases. A score that is not finite, or
+    too large for a float to hold it to ``decimals`` decimals, raises ``ValueError``.
     """
     unit = 10**decimals
+    largest = 2.0 ** (53 - math.ceil(math.log2(unit)))  # below it floats are < 1 unit apart
     units: list[int] = []
     for score in scores:
         if not math.isfinite(score):
             raise ValueError(f"cannot write a non-finite score ({score}) to a run")
+        if abs(score) >= largest:
+            raise ValueError(
+                f"the score {score:g} is too large for a run: scores keep {decimals} decimals "
+                f"only below {largest:.4g} in magnitude"
+            )
         value = round(score * unit)
         units.append(value if not units else min(value, units[-1] - 1))
     return [u / unit for u in units]
@@ -278,7 +285,8 @@ def first_stage_run(queries: Sequence[QueryCandidates]) -> Run:
     """The candidates' own order as a run.
 
     Scores are the first-stage scores made strictly decreasing; a query with any candidate
-    lacking a score gets ``n, n-1, ..., 1`` instead.
+    lacking a score gets ``n, n-1, ..., 1`` instead. A score :func:`strictly_decreasing`
+    cannot write raises :class:`DataFormatError` naming the query.
     """
     run: Run = {}
     for query in queries:
@@ -287,8 +295,12 @@ def first_stage_run(queries: Sequence[QueryCandidates]) -> Run:
             values = [float(len(given) - r) for r in range(len(given))]
         else:
             values = [s for s in given if s is not None]
+        try:
+            scores = strictly_decreasing(values)
+        except ValueError as exc:
+            raise DataFormatError(f"query {query.qid}: {exc}") from None
         docids = [c.docid for c in query.candidates]
-        run[query.qid] = dict(zip(docids, strictly_decreasing(values), strict=True))
+        run[query.qid] = dict(zip(docids, scores, strict=True))
     return run
 
 

@@ -83,9 +83,10 @@ def parse_metrics(names: Iterable[str]) -> list[Metric]:
 class Evaluation:
     """Per-query and mean metric values of a run against qrels.
 
-    ``missing`` are judged queries absent from the run: left out of ``per_query`` and the
-    mean, or counted as zero when evaluated with ``missing_as_zero``. ``unjudged`` are run
-    queries without judgements; they are never evaluated.
+    ``missing`` are judged queries absent from the run (or present without documents):
+    left out of ``per_query`` and the mean, or counted as zero there when
+    ``missing_as_zero``. ``unjudged`` are run queries without judgements; they are never
+    evaluated.
     """
 
     metrics: tuple[str, ...]
@@ -94,6 +95,7 @@ class Evaluation:
     relevance_level: int
     missing: tuple[str, ...]
     unjudged: tuple[str, ...]
+    missing_as_zero: bool
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form."""
@@ -104,6 +106,7 @@ class Evaluation:
             "queries": len(self.per_query),
             "relevance_level": self.relevance_level,
             "missing": list(self.missing),
+            "missing_as_zero": self.missing_as_zero,
             "unjudged": list(self.unjudged),
         }
 
@@ -157,13 +160,15 @@ def evaluate(
 ) -> Evaluation:
     """Evaluate ``run`` (``{qid: {docid: score}}``) against ``qrels``.
 
-    Scores may be any real numbers (numpy's too) but must be finite. Queries in only one of
-    the two are logged as warnings and reported in the result.
+    Scores may be any real numbers (numpy's too) but must be finite. A query without
+    documents is absent from the run, as in a TREC run file. Queries in only one of the two
+    are logged as warnings and reported in the result.
     """
     parsed = parse_metrics(metrics)
-    missing = tuple(sorted(set(qrels) - set(run)))
-    unjudged = tuple(sorted(set(run) - set(qrels)))
-    common = [qid for qid in run if qid in qrels]
+    ranked_qids = [qid for qid, docs in run.items() if docs]
+    missing = tuple(sorted(set(qrels).difference(ranked_qids)))
+    unjudged = tuple(sorted(set(ranked_qids) - set(qrels)))
+    common = [qid for qid in ranked_qids if qid in qrels]
     if not common:
         raise ValueError("the run and the qrels have no query in common")
     treatment = "counted as 0" if missing_as_zero else "left out of the mean"
@@ -190,4 +195,4 @@ def evaluate(
         results.update({qid: {m.name: 0.0 for m in parsed} for qid in missing})
     names = tuple(m.name for m in parsed)
     mean = {name: sum(v[name] for v in results.values()) / len(results) for name in names}
-    return Evaluation(names, results, mean, relevance_level, missing, unjudged)
+    return Evaluation(names, results, mean, relevance_level, missing, unjudged, missing_as_zero)

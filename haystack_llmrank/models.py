@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from haystack_llmrank.errors import ModelResolutionError
+from haystack_llmrank.scorers.onnx_metadata import METADATA_FILE, is_export
 
 logger = logging.getLogger(__name__)
 
@@ -211,10 +212,14 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 def check_available(source: ModelSource) -> None:
     """Fail fast where loading ``source`` could only end in hub retries.
 
-    A local folder or file passes, and so does a hub id already in the Hugging Face cache.
-    Otherwise the hub must be allowed (``HF_HUB_OFFLINE`` unset) and reachable.
+    A local file passes, and so does a local folder that holds a model (see
+    :func:`check_model_folder`) and a hub id already in the Hugging Face cache. Otherwise
+    the hub must be allowed (``HF_HUB_OFFLINE`` unset) and reachable.
     """
-    if Path(source.location).exists():
+    location = Path(source.location)
+    if location.exists():
+        if location.is_dir() and source.gguf_file is None:
+            check_model_folder(location)
         return
     from huggingface_hub import try_to_load_from_cache
 
@@ -225,6 +230,27 @@ def check_available(source: ModelSource) -> None:
         raise ModelResolutionError(f"{where}, and HF_HUB_OFFLINE is set")
     if not _hub_reachable():
         raise ModelResolutionError(f"{where}, and the Hugging Face hub cannot be reached")
+
+
+def check_model_folder(folder: Path) -> None:
+    """Raise :class:`ModelResolutionError` unless ``folder`` holds a transformers model
+    (``config.json``), saying what it holds instead: an ONNX export, GGUF files or no
+    model."""
+    if (folder / "config.json").is_file():
+        return
+    if is_export(folder):
+        raise ModelResolutionError(
+            f"{folder} is an ONNX export (it holds {METADATA_FILE}), not a torch model; "
+            "load it with the onnx backend (--backend onnx)"
+        )
+    gguf = sorted(path.name for path in folder.iterdir() if path.suffix.lower() == ".gguf")
+    if gguf:
+        raise ModelResolutionError(
+            f"{folder} holds no config.json; name its GGUF file instead, e.g. {folder / gguf[0]}"
+        )
+    raise ModelResolutionError(
+        f"{folder} holds no model: no config.json, .gguf file or {ADAPTER_CONFIG}"
+    )
 
 
 def load_tokenizer(source: ModelSource) -> Any:

@@ -84,7 +84,12 @@ def format_table(result: Evaluation, *, per_query: bool) -> str:
     footer = f"{counted}; relevance level {result.relevance_level}"
     if result.missing:
         missing = plural(len(result.missing), "judged query", "judged queries")
-        footer += f"; {missing} not in the run (left out of the mean; --missing-as-zero counts 0)"
+        treatment = (
+            "counted as 0"
+            if result.missing_as_zero
+            else "left out of the mean; --missing-as-zero counts 0"
+        )
+        footer += f"; {missing} not in the run ({treatment})"
     if result.unjudged:
         footer += f"; {plural(len(result.unjudged), 'run query', 'run queries')} without judgements"
     return "\n".join([*lines, footer])
@@ -95,8 +100,9 @@ def run(args: argparse.Namespace) -> int:
     expected = 1 if args.candidates is not None else 2
     if len(args.files) != expected:
         raise ValueError("give RUN QRELS, or --candidates FILE QRELS")
-    if args.candidates is None and (args.queries or args.top_k_candidates):
-        raise ValueError("--queries and --top-k-candidates apply to --candidates only")
+    candidate_options = (args.queries, args.top_k_candidates, args.format != "auto")
+    if args.candidates is None and any(candidate_options):
+        raise ValueError("--format, --queries and --top-k-candidates apply to --candidates only")
     if args.candidates is not None:
         queries = read_queries(args.candidates, args.format)
         if args.queries is not None and args.queries > len(queries):

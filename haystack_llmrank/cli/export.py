@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from haystack_llmrank.cli.options import positive_int, template_option
+from haystack_llmrank.export.onnx_folder import DEFAULT_OPSET, OPSETS
 from haystack_llmrank.scorers.onnx_metadata import ATTENTION_CHOICES, EXPORTERS, PRECISIONS
 
 
@@ -41,7 +42,13 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="read the template by this one token's logit at the end of each passage's line "
         "(e.g. ' yes'): the graph then takes the positions to read at",
     )
-    parser.add_argument("--opset", type=positive_int, default=None, help="ONNX opset")
+    supported = ", ".join(f"{low}-{high} for {name}" for name, (low, high) in OPSETS.items())
+    parser.add_argument(
+        "--opset",
+        type=positive_int,
+        default=DEFAULT_OPSET,
+        help=f"ONNX opset: {supported} (default %(default)s)",
+    )
     parser.add_argument(
         "--no-optimize",
         dest="optimize",
@@ -71,7 +78,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Export and print where the folder is and what it holds."""
-    from haystack_llmrank.export import DEFAULT_OPSET, export_onnx, read_metadata
+    from haystack_llmrank.export import export_onnx, read_metadata
 
     started = time.perf_counter()
     try:
@@ -81,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
             precision=args.precision,
             template=args.template,
             vote=args.vote,
-            opset=args.opset or DEFAULT_OPSET,
+            opset=args.opset,
             optimize=args.optimize,
             exporter=args.exporter,
             attention=args.attention,

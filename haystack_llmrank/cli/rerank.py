@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +53,10 @@ def register(parser: argparse.ArgumentParser) -> None:
         type=positive_int,
         default=None,
         metavar="K",
-        help="only the first K positions of each ranking matter: tdpart and tournament rank "
-        "just enough and keep the rest in first-stage order; sliding and disjoint rank all "
-        "(default: all)",
+        help="only the first K positions of each ranking matter: tdpart and tournament play "
+        "rounds until K are ranked and keep the rest in first-stage order. Unset, they play "
+        "one round, which ranks tdpart's pivot and the passages above it (at least half the "
+        "window) and tournament's last window. sliding and disjoint always rank all",
     )
     add_model_options(parser, batch_size=1)
     parser.add_argument(
@@ -85,10 +89,40 @@ def rankings_json(queries: list[QueryCandidates], rankings: list[Ranking]) -> li
     ]
 
 
-def _check_writable(*paths: Path | None) -> None:
-    for path in paths:
-        if path is not None and not path.parent.is_dir():
-            raise OSError(f"cannot write {path}: folder {path.parent} does not exist")
+def _check_writable(path: Path) -> None:
+    """Raise ``OSError`` unless a file can be written at ``path``, new or replaced."""
+    if path.is_dir():
+        raise IsADirectoryError(f"cannot write {path}: it is a folder")
+    if not path.parent.is_dir():
+        raise OSError(f"cannot write {path}: folder {path.parent} does not exist")
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write {path}: folder {path.parent} is not writable")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise PermissionError(f"cannot write {path}: it is read-only")
+
+
+def _check_outputs(output: Path, save_json: Path | None) -> None:
+    """Refuse outputs that could not be written, before anything runs."""
+    _check_writable(output)
+    if save_json is not None:
+        _check_writable(save_json)
+        if save_json.resolve() == output.resolve():
+            raise ValueError(f"--save-json names the --output file {output}; give another path")
+
+
+@contextmanager
+def _staged(*paths: Path) -> Iterator[list[Path]]:
+    """Temporary files beside ``paths`` to write; once all are written each replaces its
+    path, and on a failure all are removed, so no path is left half-written."""
+    targets = [path.resolve() for path in paths]
+    staging = [path.with_name(f".{path.name}.{os.getpid()}.partial") for path in targets]
+    try:
+        yield staging
+        for temporary, target in zip(staging, targets, strict=True):
+            temporary.replace(target)
+    finally:
+        for temporary in staging:
+            temporary.unlink(missing_ok=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -96,12 +130,14 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     check_word(args.tag, "the run tag")
-    _check_writable(args.output, args.save_json)
+    _check_outputs(args.output, args.save_json)
     queries = read_queries(args.input, args.format)
     if args.queries is not None and args.queries > len(queries):
         held = plural(len(queries), "query", "queries")
         raise ValueError(f"--queries {args.queries} but {args.input} holds {held}")
     queries = [query.top(args.top_k_candidates) for query in queries[: args.queries]]
+    if not any(query.candidates for query in queries):
+        raise ValueError(f"no query of {args.input} has candidates: the run would be empty")
     started = time.perf_counter()
     reranker = load_reranker(args)
     loaded = time.perf_counter()
@@ -111,11 +147,13 @@ def run(args: argparse.Namespace) -> int:
         rankings = reranker.rerank_many(requests, top_k=args.rank_depth, on_window=bar.update)
     seconds = time.perf_counter() - loaded
     windows = sum(ranking.cost.windows for ranking in rankings)
-    write_run(args.output, run_from_rankings(queries, rankings), args.tag)
-    if args.save_json is not None:
-        args.save_json.write_text(
-            json.dumps(rankings_json(queries, rankings), indent=1) + "\n", encoding="utf-8"
-        )
+    outputs = [args.output] if args.save_json is None else [args.output, args.save_json]
+    with _staged(*outputs) as staged:
+        write_run(staged[0], run_from_rankings(queries, rankings), args.tag)
+        if args.save_json is not None:
+            staged[1].write_text(
+                json.dumps(rankings_json(queries, rankings), indent=1) + "\n", encoding="utf-8"
+            )
     passages = sum(len(query.candidates) for query in queries)
     print(
         f"reranked {plural(len(queries), 'query', 'queries')} ({plural(passages, 'passage')}, "

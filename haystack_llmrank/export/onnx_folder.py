@@ -13,7 +13,13 @@ from typing import Any
 
 from haystack_llmrank.labels import LabelIds, readout_label_ids
 from haystack_llmrank.model_templates import TemplateChoice, model_template
-from haystack_llmrank.models import context_length, load_causal_lm, load_tokenizer, resolve_model
+from haystack_llmrank.models import (
+    check_available,
+    context_length,
+    load_causal_lm,
+    load_tokenizer,
+    resolve_model,
+)
 from haystack_llmrank.scorers.onnx_metadata import (
     EXPORTERS,
     GRAPH_FILE,
@@ -30,6 +36,11 @@ from haystack_llmrank.scorers.onnx_metadata import (
 logger = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 18
+OPSETS: dict[Exporter, tuple[int, int]] = {"torchscript": (14, 20), "dynamo": (18, 22)}
+"""Lowest and highest opset each exporter writes a working graph in: plain attention needs
+14 (``scaled_dot_product_attention``), torch's TorchScript exporter supports up to 20, its
+dynamo exporter writes 18 for anything lower, and ONNX Runtime cannot run the dynamo
+graph's opset-23 ``RotaryEmbedding``."""
 
 
 def export_onnx(
@@ -56,9 +67,10 @@ def export_onnx(
     too for graphs over 1 GiB), the tokenizer with its chat template, and ``llmrank.json``.
     ``precision`` is ``fp32``, ``fp16`` (for CUDA) or ``int8`` (weight-only, for CPU);
     ``optimize`` saves ONNX Runtime's basic graph optimisations; ``exporter`` is
-    ``torchscript`` or ``dynamo`` (needs ``onnxscript``). ``attention`` is ``auto`` (one fused
-    ONNX Runtime node per layer where the model and exporter allow it, else plain
-    operators), ``fused`` (raise where not possible) or ``plain``; see
+    ``torchscript`` or ``dynamo`` (needs ``onnxscript``), and ``opset`` one it supports
+    (:data:`OPSETS`). ``attention`` is ``auto`` (one fused ONNX Runtime node per layer
+    where the model and exporter allow it, else plain operators), ``fused`` (raise where
+    not possible) or ``plain``; see
     :mod:`haystack_llmrank.export.attention`. An existing export is replaced only
     with ``overwrite``; any other non-empty folder is refused. Returns the folder.
     """
@@ -66,11 +78,13 @@ def export_onnx(
         raise ValueError(f"unknown precision {precision!r}; choose one of {PRECISIONS}")
     if exporter not in EXPORTERS:
         raise ValueError(f"unknown exporter {exporter!r}; choose one of {EXPORTERS}")
+    check_opset(opset, exporter)
     _require_export_tools(precision, exporter)
     chosen = model_template(template, model, vote=vote)
     target = Path(out_dir).expanduser().resolve()
     _check_target(target, overwrite=overwrite)
     source = resolve_model(model)
+    check_available(source)
     tokenizer = load_tokenizer(source)
     if getattr(tokenizer, "chat_template", None) is None:
         raise ValueError(f"{source.name} has no chat template; FIRST prompts are chat prompts")
@@ -150,6 +164,16 @@ def _check_target(target: Path, *, overwrite: bool) -> None:
         raise FileExistsError(
             f"{target} already holds an export; pass overwrite=True "
             "(llmrank export --overwrite) to replace it"
+        )
+
+
+def check_opset(opset: int, exporter: Exporter) -> None:
+    """Raise ``ValueError`` unless ``exporter`` writes a working graph in ``opset``
+    (see :data:`OPSETS`)."""
+    low, high = OPSETS[exporter]
+    if not low <= opset <= high:
+        raise ValueError(
+            f"opset {opset} is not supported by the {exporter} exporter: choose {low} to {high}"
         )
 
 

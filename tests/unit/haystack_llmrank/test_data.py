@@ -262,6 +262,18 @@ def test_strictly_decreasing_breaks_ties_in_order() -> None:
         strictly_decreasing([1.0, float("nan")])
 
 
+@pytest.mark.parametrize("score", [1e305, -1e305, 2.0**39])
+def test_strictly_decreasing_refuses_scores_too_large_for_four_decimals(score: float) -> None:
+    below = 2.0**39 - 2.0**-14  # the largest float allowed: floats 2**-14 apart, under 1e-4
+    tied = strictly_decreasing([below, below, below])
+    assert len({f"{value:.4f}" for value in tied}) == 3
+    with pytest.raises(ValueError, match=r"too large for a run: scores keep 4 decimals only "):
+        strictly_decreasing([1.0, score])
+    huge = QueryCandidates("q7", "x", (Candidate("a", "t", score),))
+    with pytest.raises(DataFormatError, match=r"^query q7: the score .* is too large"):
+        first_stage_run([huge])
+
+
 @given(st.lists(st.floats(min_value=-1e6, max_value=1e6), max_size=50))
 def test_strictly_decreasing_properties(scores: list[float]) -> None:
     out = strictly_decreasing(scores)

@@ -17,6 +17,7 @@ from haystack_llmrank.models import (
     DEFAULT_MODEL,
     EMBEDDED_BASE,
     ModelSource,
+    check_available,
     resolve_model,
 )
 
@@ -70,6 +71,28 @@ def test_a_path_to_nothing_is_refused_and_a_hub_id_is_kept(tmp_path: Path) -> No
     assert resolve_model("org/name") == ModelSource("org/name", None)
     assert resolve_model("gpt2") == ModelSource("gpt2", None)
     assert resolve_model(str(tmp_path)) == ModelSource(str(tmp_path), None)
+
+
+def test_a_folder_without_a_model_is_refused_for_what_it_holds(tmp_path: Path) -> None:
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "x.txt").write_text("hi")
+    with pytest.raises(
+        ModelResolutionError,
+        match=r"notes holds no model: no config\.json, \.gguf file or adapter_config\.json$",
+    ):
+        check_available(resolve_model(str(folder)))
+    (folder / "Model.Q4.GGUF").write_bytes(b"GGUF")
+    with pytest.raises(ModelResolutionError, match=r"name its GGUF file instead, e\.g\. .*GGUF$"):
+        check_available(resolve_model(str(folder)))
+    check_available(resolve_model(str(folder / "Model.Q4.GGUF")))
+    (folder / "llmrank.json").write_text("{}")
+    with pytest.raises(
+        ModelResolutionError, match=r"is an ONNX export .*load it with the onnx backend"
+    ):
+        check_available(resolve_model(str(folder)))
+    (folder / "config.json").write_text("{}")
+    check_available(resolve_model(str(folder)))
 
 
 def test_an_empty_reference_is_refused_even_in_an_adapter_folder(

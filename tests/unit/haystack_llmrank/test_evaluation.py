@@ -124,16 +124,27 @@ def test_missing_and_unjudged_queries_are_reported(caplog: pytest.LogCaptureFixt
         in caplog.text
     )
 
+    assert not result.missing_as_zero
+    assert result.to_dict()["missing_as_zero"] is False
     zero = evaluate(run, qrels, ["mrr@10"], missing_as_zero=True)
     assert zero.per_query["q3"] == {"mrr@10": 0.0}
     assert zero.mean["mrr@10"] == pytest.approx(1 / 3)
     assert zero.to_dict()["queries"] == 3
+    assert zero.missing_as_zero
+    assert zero.to_dict()["missing_as_zero"] is True
 
 
-def test_run_query_with_no_documents_scores_zero() -> None:
-    result = evaluate({"q1": {}, "q2": {"b": 1.0}}, {"q1": {"a": 2}, "q2": {"b": 2}}, ["ndcg@10"])
-    assert result.per_query == {"q1": {"ndcg@10": 0.0}, "q2": {"ndcg@10": 1.0}}
-    assert result.missing == ()
+def test_a_run_query_without_documents_is_missing_as_in_a_run_file(tmp_path: Path) -> None:
+    run = {"q1": {}, "q2": {"b": 1.0}, "q9": {}}
+    qrels: Qrels = {"q1": {"a": 2}, "q2": {"b": 2}}
+    result = evaluate(run, qrels, ["ndcg@10"])
+    assert result.per_query == {"q2": {"ndcg@10": 1.0}}
+    assert (result.missing, result.unjudged) == (("q1",), ())
+    path = tmp_path / "run.txt"
+    write_run(path, run, "t")  # the file cannot hold q1 or q9
+    assert evaluate(read_run(path), qrels, ["ndcg@10"]) == result
+    zero = evaluate(run, qrels, ["ndcg@10"], missing_as_zero=True)
+    assert zero.per_query == {"q2": {"ndcg@10": 1.0}, "q1": {"ndcg@10": 0.0}}
 
 
 def test_no_common_query_is_an_error() -> None:

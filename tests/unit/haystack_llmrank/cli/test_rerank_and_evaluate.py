@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from support import PROJECT_ROOT, make_tiny_llama
+from support import make_tiny_llama
 
 import haystack_llmrank.cli as cli
 from haystack_llmrank import models
@@ -197,6 +198,19 @@ def test_argument_errors_come_before_any_model_load(
     assert "the Hugging Face hub cannot be reached" in capsys.readouterr().err
 
 
+def test_rerank_on_torch_points_an_onnx_export_to_the_onnx_backend(
+    llmrank: Any, candidates: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "llmrank.json").write_text(json.dumps({"template": FIRST_NUMERIC_TEMPLATE.to_dict()}))
+    args = ["rerank", str(candidates), "-o", str(tmp_path / "run.txt"), "--model", str(export)]
+    assert llmrank(args) == 2
+    assert "is an ONNX export (it holds llmrank.json), not a torch model; load it with the " in (
+        capsys.readouterr().err
+    )
+
+
 def test_a_file_that_is_not_utf8_is_named(
     llmrank: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -225,6 +239,9 @@ def test_rerank_fails_on_bad_input_before_loading_the_model(
     [
         (["--output", "no/run.txt"], "folder no does not exist"),
         (["--output", "run.txt", "--tag", "my run"], "the run tag in a TREC file must be one word"),
+        (["--output", "."], "cannot write .: it is a folder"),
+        (["--output", "run.txt", "--save-json", "."], "cannot write .: it is a folder"),
+        (["--output", "run.txt", "--save-json", "./run.txt"], "--save-json names the --output"),
     ],
 )
 def test_rerank_checks_output_settings_before_loading_the_model(
@@ -239,6 +256,76 @@ def test_rerank_checks_output_settings_before_loading_the_model(
     monkeypatch.chdir(tmp_path)
     assert llmrank(["rerank", str(candidates), "--model", "no/such", *extra]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_rerank_writes_its_outputs_all_or_none(
+    llmrank: Any,
+    candidates: Path,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    output, rankings = tmp_path / "out" / "run.txt", tmp_path / "out" / "rankings.json"
+    output.parent.mkdir()
+    output.write_text("the old run\n")
+
+    def full_disk(*args: Any) -> Any:
+        raise OSError("no space left on device")
+
+    monkeypatch.setattr("haystack_llmrank.cli.rerank.rankings_json", full_disk)
+    args = rerank_args(candidates, output, tiny_model_dir, "--save-json", str(rankings))
+    assert llmrank(args) == 2
+    assert output.read_text() == "the old run\n"
+    assert [path.name for path in output.parent.iterdir()] == ["run.txt"]
+
+
+def test_rerank_refuses_to_write_an_empty_run(
+    llmrank: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    none = tmp_path / "none.jsonl"
+    none.write_text('{"qid": "q", "query": "x", "candidates": []}\n')
+    output = tmp_path / "run.txt"
+    assert llmrank(["rerank", str(none), "-o", str(output), "--model", "no/such"]) == 2
+    assert f"no query of {none} has candidates: the run would be empty" in capsys.readouterr().err
+    assert not output.exists()
+
+
+def test_a_query_without_candidates_is_missing_from_either_run(
+    llmrank: Any,
+    candidates: Path,
+    qrels: Path,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    records = [json.loads(line) for line in candidates.read_text().splitlines()]
+    records[1]["candidates"] = []
+    candidates.write_text("".join(json.dumps(r) + "\n" for r in records))
+    metrics = ["--metrics", "ndcg@10"]
+    assert llmrank(["eval", "--candidates", str(candidates), str(qrels), *metrics]) == 0
+    first_stage = capsys.readouterr().out.splitlines()[-1]
+    output = tmp_path / "run.txt"
+    assert llmrank(rerank_args(candidates, output, tiny_model_dir)) == 0
+    capsys.readouterr()
+    assert llmrank(["eval", str(output), str(qrels), *metrics]) == 0
+    reranked = capsys.readouterr().out.splitlines()[-1]
+    assert (
+        first_stage
+        == reranked
+        == (
+            "1 query; relevance level 2; 1 judged query not in the run (left out of the mean; "
+            "--missing-as-zero counts 0)"
+        )
+    )
+
+
+def test_rank_depth_help_says_what_unset_means(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["rerank", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    rank_depth = text[text.index("--rank-depth K only") : text.index("--model MODEL '")]
+    assert "Unset, they play one round, which ranks tdpart's pivot" in rank_depth
+    assert "default: all" not in rank_depth
 
 
 @pytest.mark.parametrize("value", ["0", "-3", "many"])
@@ -299,6 +386,15 @@ def test_eval_reports_queries_on_one_side_only(
         "--missing-as-zero counts 0); 1 run query without judgements"
     )
     assert "missing from the run (left out of the mean): q2" in caplog.text
+    out = tmp_path / "eval.json"
+    args = ["eval", str(run), str(qrels), "--metrics", "p@1", "--missing-as-zero"]
+    assert llmrank([*args, "--json", str(out)]) == 0
+    footer = capsys.readouterr().out.splitlines()[-1]
+    assert footer == (
+        "2 queries; relevance level 2; 1 judged query not in the run (counted as 0); "
+        "1 run query without judgements"
+    )
+    assert json.loads(out.read_text())["missing_as_zero"] is True
 
 
 def test_eval_of_a_candidates_file_cut_as_rerank_cuts_it(
@@ -323,6 +419,8 @@ def test_eval_of_a_candidates_file_cut_as_rerank_cuts_it(
         (["RUN", "RUN"], "expected 4 columns (qid iteration docid grade), got 6"),
         (["QRELS", "QRELS"], "expected 6 columns (qid Q0 docid rank score tag), got 4"),
         (["missing.txt", "QRELS"], "No such file"),
+        (["RUN", "QRELS", "--format", "rankllm"], "--format, --queries and --top-k-candidates"),
+        (["--candidates", "HUGE", "QRELS"], "query q1: the score 1e+305 is too large for a run"),
     ],
 )
 def test_eval_errors(
@@ -335,19 +433,37 @@ def test_eval_errors(
 ) -> None:
     run = tmp_path / "run.txt"
     run.write_text("q1 Q0 q1-0 1 1.0 t\n")
-    paths = {"RUN": str(run), "QRELS": str(qrels)}
+    huge = tmp_path / "huge.jsonl"
+    huge.write_text(
+        '{"qid": "q1", "query": "x", "candidates": [{"docid": "a", "score": 1e305, "text": "t"}]}'
+    )
+    paths = {"RUN": str(run), "QRELS": str(qrels), "HUGE": str(huge)}
     assert llmrank(["eval", *(paths.get(a, a) for a in args)]) == 2
     assert message in capsys.readouterr().err
 
 
-def model_args(*extra: str) -> argparse.Namespace:
-    """Model options naming a local folder (the backend is mocked; only the path must exist)."""
-    parser = argparse.ArgumentParser()
-    add_model_options(parser, batch_size=1)
-    return parser.parse_args(["--model", str(PROJECT_ROOT), *extra])
+ModelArgs = Callable[..., argparse.Namespace]
 
 
-def test_threads_and_gpu_policy_reach_the_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def model_args(tmp_path: Path) -> ModelArgs:
+    """Parse model options naming a local model folder (the backend is mocked; the folder
+    holds only a config.json)."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+
+    def parse(*extra: str) -> argparse.Namespace:
+        parser = argparse.ArgumentParser()
+        add_model_options(parser, batch_size=1)
+        return parser.parse_args(["--model", str(folder), *extra])
+
+    return parse
+
+
+def test_threads_and_gpu_policy_reach_the_backend(
+    monkeypatch: pytest.MonkeyPatch, model_args: ModelArgs
+) -> None:
     calls: list[dict[str, Any]] = []
     monkeypatch.setattr(Reranker, "from_pretrained", lambda *a, **kw: calls.append(kw))
     torch_threads: list[int] = []
@@ -362,7 +478,9 @@ def test_threads_and_gpu_policy_reach_the_backend(monkeypatch: pytest.MonkeyPatc
         model_args("--on-missing-gpu", "ignore")
 
 
-def test_the_strategy_and_both_orders_reach_the_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_strategy_and_both_orders_reach_the_engine(
+    monkeypatch: pytest.MonkeyPatch, model_args: ModelArgs
+) -> None:
     calls: list[dict[str, Any]] = []
     monkeypatch.setattr(Reranker, "from_pretrained", lambda *a, **kw: calls.append(kw))
     load_reranker(model_args())
@@ -394,10 +512,11 @@ def test_the_strategy_and_both_orders_reach_the_engine(monkeypatch: pytest.Monke
 
 
 def test_windows_are_checked_against_the_models_template_before_loading(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model_args: ModelArgs
 ) -> None:
     calls: list[dict[str, Any]] = []
     monkeypatch.setattr(Reranker, "from_pretrained", lambda *a, **kw: calls.append(kw))
+    (tmp_path / "config.json").write_text("{}")
     write_template(tmp_path, FIRST_NUMERIC_TEMPLATE)
     numeric = ("--model", str(tmp_path))
     with pytest.raises(ValueError, match="--window-size 10 is over the 9 labels of the model's"):
@@ -416,7 +535,7 @@ def test_windows_are_checked_against_the_models_template_before_loading(
 
 
 def test_template_budgets_and_placement_reach_the_engine_or_fail_before_it(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, model_args: ModelArgs
 ) -> None:
     calls: list[dict[str, Any]] = []
     monkeypatch.setattr(Reranker, "from_pretrained", lambda *a, **kw: calls.append(kw))
@@ -444,7 +563,9 @@ def test_template_budgets_and_placement_reach_the_engine_or_fail_before_it(
             model_args(*bad)
 
 
-def test_passage_words_reach_the_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_passage_words_reach_the_engine(
+    monkeypatch: pytest.MonkeyPatch, model_args: ModelArgs
+) -> None:
     calls: list[dict[str, Any]] = []
     monkeypatch.setattr(Reranker, "from_pretrained", lambda *a, **kw: calls.append(kw))
     for given, expected in ((None, "auto"), ("auto", "auto"), ("all", None), ("48", 48)):
