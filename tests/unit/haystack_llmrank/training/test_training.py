@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import re
+import zipfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -848,16 +849,20 @@ def stop_after_two(report: Any) -> None:
         raise StopTrainingError
 
 
-@pytest.mark.parametrize(
-    "device",
-    [
-        "cpu",
-        pytest.param(
-            "cuda",
-            marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
-        ),
-    ],
-)
+ON_DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda",
+        marks=[
+            pytest.mark.gpu,
+            pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+        ],
+    ),
+]
+"""The CPU, and CUDA where there is a GPU (``-m gpu`` selects it)."""
+
+
+@pytest.mark.parametrize("device", ON_DEVICES)
 def test_checkpoint_resume_continues_the_same_run(
     smollm2_tokenizer: Any,
     tiny_model_dir: Path,
@@ -893,6 +898,64 @@ def test_checkpoint_resume_continues_the_same_run(
     again.fit(queries)
     losses = [h["loss"] for h in again.history]
     assert losses == pytest.approx([h["loss"] for h in straight.history], rel=1e-4)
+
+
+def test_a_checkpoint_saved_on_a_gpu_resumes_without_one(
+    smollm2_tokenizer: Any, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    def trainer() -> FirstTrainer:
+        model = load_causal_lm(resolve_model(str(tiny_model_dir)))
+        return FirstTrainer(
+            model,
+            smollm2_tokenizer,
+            small_config(steps=4, stop_after=2),
+            base_model=str(tiny_model_dir),
+            output_dir=tmp_path,
+        )
+
+    trainer().fit(training_queries([toy_query()], qrels=TOY_QRELS))
+    # what a CUDA run writes: the optimizer's state stored on cuda:0
+    state = tmp_path / "checkpoint" / "state.pt"
+    with zipfile.ZipFile(state) as saved:
+        files = {name: saved.read(name) for name in saved.namelist()}
+    with zipfile.ZipFile(state, "w", zipfile.ZIP_STORED) as moved:
+        for name, data in files.items():
+            if name.endswith("data.pkl"):
+                data = data.replace(b"X\x03\x00\x00\x00cpu", b"X\x06\x00\x00\x00cuda:0")
+            moved.writestr(name, data)
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA"):
+            torch.load(state, weights_only=False)  # the file really names the GPU
+    again = trainer()
+    assert again.resume()
+    assert again.step == 2
+    moments = [v for s in again.optimizer.state.values() for v in s.values() if v.dim()]
+    assert moments
+    assert {v.device.type for v in moments} == {"cpu"}
+
+
+def test_a_checkpoint_keeps_the_random_state_of_the_models_gpu_only(
+    smollm2_tokenizer: Any, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[str, Any]] = []
+    device = torch.device("cuda", 1)
+    monkeypatch.setattr(FirstTrainer, "_device", property(lambda self: device))
+    monkeypatch.setattr(
+        torch.cuda, "get_rng_state", lambda at: calls.append(("get", at)) or torch.ones(3)
+    )
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda st, at: calls.append(("set", at)))
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", None)  # every GPU's: not kept
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", None)
+
+    def trainer() -> FirstTrainer:
+        model = load_causal_lm(resolve_model(str(tiny_model_dir)))
+        config = small_config(steps=4, stop_after=2)
+        return FirstTrainer(model, smollm2_tokenizer, config, base_model="x", output_dir=tmp_path)
+
+    trainer().fit(training_queries([toy_query()], qrels=TOY_QRELS))
+    assert calls == [("get", device)]
+    assert trainer().resume()
+    assert calls == [("get", device), ("set", device)]
 
 
 def test_the_schedule_warms_up_linearly_then_decays_by_a_cosine_to_the_floor() -> None:
@@ -1052,8 +1115,9 @@ def test_an_update_with_a_non_finite_loss_is_skipped_and_the_weights_stay_finite
     assert any(not torch.equal(weights[3][n], weights[2][n]) for n in weights[2])
 
 
+@pytest.mark.parametrize("device", ON_DEVICES)
 def test_float16_training_scales_the_loss_and_checkpoints_the_scaler(
-    smollm2_tokenizer: Any, tmp_path: Path
+    smollm2_tokenizer: Any, tmp_path: Path, device: str
 ) -> None:
     from haystack_llmrank.training.trainer import FLOAT16_LOSS_SCALE
 
@@ -1063,7 +1127,11 @@ def test_float16_training_scales_the_loss_and_checkpoints_the_scaler(
             model.lm_head.weight.div_(50)  # logits in float16's range
         config = small_config(**{"steps": 4, "stop_after": 2, **changes})
         return FirstTrainer(
-            model.half(), smollm2_tokenizer, config, base_model="x", output_dir=tmp_path
+            model.half().to(device),
+            smollm2_tokenizer,
+            config,
+            base_model="x",
+            output_dir=tmp_path,
         )
 
     with pytest.raises(ValueError, match="float16: small updates would round away"):
