@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import numbers
 import os
 import re
 import string
@@ -165,7 +166,7 @@ def check_passage_words(words: PassageWords) -> None:
 
 
 def _positive_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and int(value) >= 1
 
 
 def resolve_passage_words(words: PassageWords, template: PromptTemplate) -> int | None:

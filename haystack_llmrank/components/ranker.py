@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import numbers
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -12,6 +13,7 @@ from dataclasses import replace
 from typing import Any
 
 from haystack import Document, component, default_from_dict, default_to_dict
+from haystack.utils import ComponentDevice
 
 from haystack_llmrank.arrangement import check_order_invariant
 from haystack_llmrank.backends import check_backend
@@ -75,7 +77,7 @@ class FirstListwiseRanker:
         *,
         model: str = DEFAULT_MODEL,
         backend: str = "torch",
-        device: str | None = None,
+        device: str | ComponentDevice | None = None,
         dtype: str | None = None,
         top_k: int | None = None,
         score_threshold: float | None = None,
@@ -102,10 +104,12 @@ class FirstListwiseRanker:
             ``"smollm2-135m-instruct"`` (untrained), a Hugging Face id or
             folder, a ``.gguf`` file, or (with ``backend="onnx"``) an ``llmrank export`` folder.
         :param backend: ``"torch"`` or ``"onnx"``.
-        :param device: ``"cpu"``, ``"cuda"`` or ``None`` (CUDA when available).
+        :param device: ``"cpu"``, ``"cuda"`` (``"cuda:1"``...), a Haystack ``ComponentDevice``
+            of one device, or ``None`` (CUDA when available); kept as its torch name.
         :param dtype: torch dtype name (``"float16"``...) or ``None`` for the device's default.
         :param top_k: keep at most this many Documents (``None``: all).
-        :param score_threshold: drop Documents scored below this (and unscored ones).
+        :param score_threshold: drop Documents scored below this (and unscored ones); a
+            finite number or ``None``.
         :param window_size: passages per window, at most the template's label count
             (``None``: FIRST's 20, or the template's labels where fewer).
         :param step: how far the sliding window moves up each time (``strategy="sliding"``;
@@ -128,7 +132,8 @@ class FirstListwiseRanker:
         :param batch_size: windows scored per forward pass.
         :param max_batch_tokens: padded tokens per forward pass (``None``: the scorer's
             choice, one window per pass for torch on a CPU, 16384 elsewhere).
-        :param meta_fields_to_embed: meta fields prepended to the content.
+        :param meta_fields_to_embed: meta fields prepended to the content (a list of names;
+            a value that is ``None`` or blank is left out).
         :param embedding_separator: joins the embedded meta fields and the content.
         :param threads: ONNX Runtime intra-op threads (``backend="onnx"`` only; ``None``:
             ONNX Runtime's choice).
@@ -145,7 +150,6 @@ class FirstListwiseRanker:
             (the ``"disjoint"`` strategy only, the default model's).
         """
         # what is wrong whatever the model fails here, before warm_up loads one
-        check_top_k(top_k)
         check_strategy_options(strategy, window_size=window_size, step=step)
         check_backend(backend, threads)
         check_on_missing_gpu(on_missing_gpu)
@@ -160,14 +164,20 @@ class FirstListwiseRanker:
             get_template(template)
         check_vote(vote)
         check_passage_words(max_passage_words)
+        if isinstance(meta_fields_to_embed, str):
+            raise TypeError(
+                f"meta_fields_to_embed must be a list of field names, not one string: "
+                f"[{meta_fields_to_embed!r}]"
+            )
         self.model = model
         self.backend = backend
-        self.device = device
+        self.device = _device_name(device)
         self.dtype = dtype
-        self.top_k = top_k
-        self.score_threshold = score_threshold
-        self.window_size = window_size
-        self.step = step
+        # numbers as plain ints and floats (numpy's too), which to_dict and YAML can write
+        self.top_k = check_top_k(top_k)
+        self.score_threshold = check_threshold(score_threshold)
+        self.window_size = _plain_int(window_size)
+        self.step = _plain_int(step)
         self.strategy = strategy
         # kept as a name, a file name or a dict, which to_dict and YAML can write
         if isinstance(template, PromptTemplate):
@@ -176,16 +186,16 @@ class FirstListwiseRanker:
             template = os.fspath(template)
         self.template = template
         self.vote = vote
-        self.max_passage_words = max_passage_words
-        self.max_prompt_tokens = max_prompt_tokens
-        self.batch_size = batch_size
-        self.max_batch_tokens = max_batch_tokens
+        self.max_passage_words = _plain_int(max_passage_words)
+        self.max_prompt_tokens = _plain_int(max_prompt_tokens)
+        self.batch_size = int(batch_size)
+        self.max_batch_tokens = _plain_int(max_batch_tokens)
         self.meta_fields_to_embed = list(meta_fields_to_embed or [])
         self.embedding_separator = embedding_separator
-        self.threads = threads
+        self.threads = _plain_int(threads)
         self.on_missing_gpu = on_missing_gpu
         self.both_orders = both_orders
-        self.fusion_k = fusion_k
+        self.fusion_k = _plain_int(fusion_k)
         self.order_invariant = order_invariant
         self._reranker: Reranker | None = None
         self._lock = threading.Lock()
@@ -269,9 +279,8 @@ class FirstListwiseRanker:
         return default_from_dict(cls, data)
 
     def _text(self, doc: Document) -> str:
-        fields = [
-            str(doc.meta[k]) for k in self.meta_fields_to_embed if doc.meta.get(k) is not None
-        ]
+        """The embedded meta values that are not blank, then the content, joined."""
+        fields = [str(doc.meta[k]) for k in self.meta_fields_to_embed if _shown(doc, k)]
         return self.embedding_separator.join([*fields, doc.content or ""]).strip()
 
     def _prepare(
@@ -281,7 +290,6 @@ class FirstListwiseRanker:
 
         Returns ``None`` when there are no Documents or the query is empty.
         """
-        check_top_k(top_k)
         if not isinstance(query, str):
             raise TypeError(f"query must be a string, got {type(query).__name__}")
         if not documents or not query.strip():
@@ -299,29 +307,31 @@ class FirstListwiseRanker:
             )
         return rankable, textless, [t for t in texts if t], self.top_k if top_k is None else top_k
 
-    def _unranked(self, documents: list[Document], top_k: int | None) -> list[Document]:
+    def _unranked(
+        self, documents: list[Document], top_k: int | None, threshold: float | None
+    ) -> list[Document]:
         """Copies of the deduplicated Documents, unscored, through ``top_k`` and the threshold."""
         unscored = [replace(d, score=None) for d in deduplicate(documents)]
-        return self._limit(unscored, self.top_k if top_k is None else top_k)
+        return _limit(unscored, self.top_k if top_k is None else top_k, threshold)
 
-    def _limit(self, result: list[Document], top_k: int | None) -> list[Document]:
-        if self.score_threshold is not None:
-            threshold = self.score_threshold
-            result = [d for d in result if d.score is not None and d.score >= threshold]
-        return result[:top_k] if top_k is not None else result
+    def _threshold(self, score_threshold: float | None) -> float | None:
+        """The run's ``score_threshold``, else the init one."""
+        given = check_threshold(score_threshold)
+        return self.score_threshold if given is None else given
 
+    @staticmethod
     def _finish(
-        self,
         rankable: list[Document],
         textless: list[Document],
         ranking: Ranking,
         top_k: int | None,
+        threshold: float | None,
     ) -> list[Document]:
         ranked = [
             replace(rankable[i], score=score)
             for i, score in zip(ranking.order, ranking.distinct_scores(), strict=True)
         ]
-        return self._limit(ranked + [replace(d, score=None) for d in textless], top_k)
+        return _limit(ranked + [replace(d, score=None) for d in textless], top_k, threshold)
 
     def _rank(self, query: str, texts: list[str], top_k: int | None) -> Ranking:
         """Load the model if it is not, and rank, in one hold of the lock: a :meth:`close`
@@ -336,32 +346,93 @@ class FirstListwiseRanker:
 
     @component.output_types(documents=list[Document])
     def run(
-        self, query: str, documents: list[Document], top_k: int | None = None
+        self,
+        query: str,
+        documents: list[Document],
+        top_k: int | None = None,
+        score_threshold: float | None = None,
     ) -> dict[str, list[Document]]:
         """Rank ``documents`` for ``query``, best first.
 
         :param query: the search query; if empty, nothing is ranked (see the class docstring).
         :param documents: candidate Documents (not modified).
         :param top_k: overrides the init ``top_k``.
+        :param score_threshold: overrides the init ``score_threshold``.
         :returns: ``{"documents": [...]}`` as described in the class docstring.
         """
+        check_top_k(top_k)
+        threshold = self._threshold(score_threshold)
         prepared = self._prepare(query, documents, top_k)
         if prepared is None:
-            return {"documents": self._unranked(documents, top_k)}
+            return {"documents": self._unranked(documents, top_k, threshold)}
         rankable, textless, texts, limit = prepared
         ranking = self._rank(query, texts, limit)
-        return {"documents": self._finish(rankable, textless, ranking, limit)}
+        return {"documents": self._finish(rankable, textless, ranking, limit, threshold)}
 
     @component.output_types(documents=list[Document])
     async def run_async(
-        self, query: str, documents: list[Document], top_k: int | None = None
+        self,
+        query: str,
+        documents: list[Document],
+        top_k: int | None = None,
+        score_threshold: float | None = None,
     ) -> dict[str, list[Document]]:
         """Like :meth:`run`, with loading and ranking off the event loop, in the component's
         own worker thread (concurrent calls wait their turn there)."""
+        check_top_k(top_k)
+        threshold = self._threshold(score_threshold)
         prepared = self._prepare(query, documents, top_k)
         if prepared is None:
-            return {"documents": self._unranked(documents, top_k)}
+            return {"documents": self._unranked(documents, top_k, threshold)}
         rankable, textless, texts, limit = prepared
         loop = asyncio.get_running_loop()
         ranking = await loop.run_in_executor(self._worker, self._rank, query, texts, limit)
-        return {"documents": self._finish(rankable, textless, ranking, limit)}
+        return {"documents": self._finish(rankable, textless, ranking, limit, threshold)}
+
+
+def check_threshold(threshold: float | None) -> float | None:
+    """``threshold`` as a ``float`` (numpy's too), or ``ValueError`` unless it is ``None`` or
+    a finite real number."""
+    if threshold is None:
+        return None
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real):
+        raise ValueError(f"score_threshold must be a number or None, got {threshold!r}")
+    if not math.isfinite(threshold):
+        raise ValueError(f"score_threshold must be finite, got {threshold!r}")
+    return float(threshold)
+
+
+def _limit(result: list[Document], top_k: int | None, threshold: float | None) -> list[Document]:
+    """``result`` without Documents scored below ``threshold`` (or unscored, where there is
+    one), then its first ``top_k``."""
+    if threshold is not None:
+        result = [d for d in result if d.score is not None and d.score >= threshold]
+    return result[:top_k] if top_k is not None else result
+
+
+def _shown(doc: Document, field: str) -> bool:
+    """Whether ``doc``'s meta ``field`` holds something to embed: present, not ``None``, and
+    not blank once written."""
+    value = doc.meta.get(field)
+    return value is not None and bool(str(value).strip())
+
+
+def _plain_int(value: Any) -> Any:
+    """``value`` as a plain ``int`` where it is an integer (numpy's too), else as it is
+    (``None``, ``"auto"``)."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    return value
+
+
+def _device_name(device: Any) -> str | None:
+    """``device`` as a torch device string: a string or ``None`` as given, a Haystack
+    ``ComponentDevice`` of one device as its torch name."""
+    if isinstance(device, ComponentDevice):
+        try:
+            return str(device.to_torch_str())
+        except ValueError as exc:
+            raise ValueError(f"the ranker runs on one device: {exc}") from None
+    if device is not None and not isinstance(device, str):
+        raise ValueError(f"device must be a string such as 'cpu' or 'cuda:0', got {device!r}")
+    return device

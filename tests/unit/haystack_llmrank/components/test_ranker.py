@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from haystack import Document, Pipeline
 from haystack.core.errors import DeserializationError
+from haystack.utils import ComponentDevice
 
 from haystack_llmrank import FirstListwiseRanker
 from haystack_llmrank.errors import ClosedError
@@ -66,6 +67,22 @@ def test_top_k_and_threshold(ranker: FirstListwiseRanker) -> None:
         ranker.run(query=QUERY, documents=docs(3), top_k=0)
     with pytest.raises(ValueError, match="top_k"):
         FirstListwiseRanker(top_k=0)
+    # a run's score_threshold overrides the init one, as in Haystack's rankers
+    assert (
+        thresholded.run(query=QUERY, documents=docs(12), score_threshold=full[1].score)["documents"]
+        == full[:2]
+    )
+    assert (
+        ranker.run(query=QUERY, documents=docs(12), score_threshold=threshold)["documents"] == kept
+    )
+    assert asyncio.run(
+        ranker.run_async(query=QUERY, documents=docs(12), score_threshold=threshold)
+    ) == {"documents": kept}
+    for bad in ("0.5", float("nan"), True, [1.0]):
+        with pytest.raises(ValueError, match="score_threshold must be"):
+            FirstListwiseRanker(score_threshold=bad)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="score_threshold must be"):
+            ranker.run(query=QUERY, documents=docs(3), score_threshold=bad)  # type: ignore[arg-type]
 
 
 def test_duplicates_keep_highest_scored_copy(ranker: FirstListwiseRanker) -> None:
@@ -125,6 +142,12 @@ def test_meta_fields_are_embedded(ranker: FirstListwiseRanker) -> None:
     assert embedding._text(Document(content="body", meta={"title": "T"})) == "T | body"
     assert embedding._text(Document(content=None, meta={"title": "T"})) == "T |"
     assert embedding._text(Document(content="body", meta={})) == "body"
+    # blank values are left out, as Haystack's rankers leave out empty ones
+    for blank in ("", "  ", None):
+        assert embedding._text(Document(content="body", meta={"title": blank})) == "body"
+    assert embedding._text(Document(content="body", meta={"title": 0})) == "0 | body"
+    with pytest.raises(TypeError, match=r"not one string: \['title'\]"):
+        FirstListwiseRanker(meta_fields_to_embed="title")  # type: ignore[arg-type]
     engine = Mock(spec=Reranker, wraps=ranker._reranker)
     embedding._reranker = engine
     documents = [
@@ -478,6 +501,42 @@ def test_options_wrong_for_any_model_fail_at_init() -> None:
             FirstListwiseRanker(**options)
     with pytest.raises(ValueError, match="on_missing_gpu must be one of"):
         FirstListwiseRanker(on_missing_gpu="ignore")  # type: ignore[arg-type]
+
+
+def test_numpy_numbers_and_a_component_device_are_kept_as_yaml_can_write_them() -> None:
+    ranker = FirstListwiseRanker(
+        top_k=np.int64(3),
+        score_threshold=np.float32(0.5),
+        window_size=np.int64(10),
+        step=np.int32(5),
+        batch_size=np.int64(2),
+        max_batch_tokens=np.int64(4096),
+        max_prompt_tokens=np.int64(2048),
+        max_passage_words=np.int64(100),
+        fusion_k=np.int64(60),
+        device=ComponentDevice.from_str("cuda:1"),
+    )
+    init = ranker.to_dict()["init_parameters"]
+    assert json.loads(json.dumps(init)) == init
+    expected = {
+        "top_k": 3,
+        "score_threshold": 0.5,
+        "window_size": 10,
+        "step": 5,
+        "batch_size": 2,
+        "max_batch_tokens": 4096,
+        "max_prompt_tokens": 2048,
+        "max_passage_words": 100,
+        "fusion_k": 60,
+        "device": "cuda:1",
+    }
+    assert {name: init[name] for name in expected} == expected
+    assert all(type(init[name]) is type(value) for name, value in expected.items())
+    pipeline = Pipeline()
+    pipeline.add_component("ranker", ranker)
+    assert "device: cuda:1" in pipeline.dumps()
+    with pytest.raises(ValueError, match="device must be a string"):
+        FirstListwiseRanker(device=5)  # type: ignore[arg-type]
 
 
 def test_pipeline_yaml_round_trip_needs_the_allowlist(
