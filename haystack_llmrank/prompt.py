@@ -165,6 +165,18 @@ def check_passage_words(words: PassageWords) -> None:
         )
 
 
+def _control_strings(tokenizer: Any) -> re.Pattern[str] | None:
+    """A pattern of ``tokenizer``'s special-token strings (longest first), which its
+    tokenisation turns into one control token wherever they appear in text."""
+    strings = set(getattr(tokenizer, "all_special_tokens", ()))
+    decoder = getattr(tokenizer, "added_tokens_decoder", {})
+    strings.update(token.content for token in decoder.values() if getattr(token, "special", False))
+    strings = {s for s in strings if isinstance(s, str) and len(s) > 1}
+    if not strings:
+        return None
+    return re.compile("|".join(map(re.escape, sorted(strings, key=len, reverse=True))))
+
+
 def _positive_int(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool) and int(value) >= 1
 
@@ -348,6 +360,9 @@ class PromptBuilder:
         self.template = template
         self.max_prompt_tokens = max_prompt_tokens
         self.max_passage_words = resolved
+        self.requested_max_passage_words = max_passage_words
+        """As asked (``"auto"`` included), for a builder of another template to resolve."""
+        self._controls = _control_strings(tokenizer)
         self._system_role = template.system is not None and self._has_system_role()
 
     def _has_system_role(self) -> bool:
@@ -379,11 +394,28 @@ class PromptBuilder:
     def _encode(self, text: str) -> list[int]:
         return list(self._tokenizer(text, add_special_tokens=False)["input_ids"])
 
+    def defuse(self, text: str) -> str:
+        """``text`` with each of the tokenizer's special-token strings (``<|im_end|>``...)
+        broken by a space after its first character, so that text from a query or a
+        passage is tokenised as text and cannot end a turn or open one."""
+        if self._controls is None:
+            return text
+        while (found := self._controls.search(text)) is not None:
+            at = found.start() + 1
+            text = text[:at] + " " + text[at:]
+        return text
+
     def build(self, query: str, passages: Sequence[str]) -> Prompt:
-        """Render and tokenise one window, shrinking passages if it exceeds the budget."""
+        """Render and tokenise one window, shrinking passages if it exceeds the budget.
+
+        The query and the passages are defused first (:meth:`defuse`).
+        """
         self.template.check_window(len(passages))
         labels = self.template.labels
-        texts = [normalize_passage(p, self.max_passage_words, labels) for p in passages]
+        query = self.defuse(query)
+        texts = [
+            self.defuse(normalize_passage(p, self.max_passage_words, labels)) for p in passages
+        ]
         text = self.render(query, texts)
         ids = self._encode(text)
         if len(ids) <= self.max_prompt_tokens:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Self
@@ -202,7 +203,7 @@ class Reranker:
             max_passage_words=max_passage_words,
         )
         self._requested_max_passage_words = (
-            max_passage_words if prompts is None else self.prompts.max_passage_words
+            max_passage_words if prompts is None else self.prompts.requested_max_passage_words
         )
         self.batch_size = batch_size
         self._requested_max_batch_tokens = max_batch_tokens
@@ -210,6 +211,9 @@ class Reranker:
         self.model_name = model_name
         self.both_orders = both_orders
         self.order_invariant = order_invariant
+        # whether the strategy's step was chosen (a strategy object's is), which replace()
+        # keeps for a new window, where a default step follows the window
+        self._step_given = strategy is not None
         self._closed = False
 
     def close(self) -> None:
@@ -293,7 +297,7 @@ class Reranker:
             threads=threads,
             on_missing_gpu=on_missing_gpu,
         )
-        return cls(
+        reranker = cls(
             loaded.tokenizer,
             loaded.scorer,
             max_prompt_tokens=(
@@ -304,6 +308,8 @@ class Reranker:
             model_name=loaded.model_name,
             **kwargs,
         )
+        reranker._step_given = step is not None
+        return reranker
 
     def replace(self, **changes: Any) -> Reranker:
         """A new reranker with the same parts except ``changes`` (constructor arguments),
@@ -311,10 +317,13 @@ class Reranker:
 
         As in :meth:`from_pretrained`, ``template`` may be a name or a dict, and
         ``strategy`` a name (or ``None``, the readout's own) built with ``window_size`` and
-        ``step``; ``window_size`` or ``step`` alone rebuild the current strategy, keeping
-        the other.
+        ``step``; ``window_size`` or ``step`` alone rebuild the current strategy. What is not
+        given stays as it is: a strategy named without a ``window_size`` keeps the current
+        window (unless the template changes), a rebuilt one its other settings, and a
+        ``step`` that was chosen (or came with a strategy object) is kept, while a default
+        one (half the window) follows a new window.
         """
-        sizes = {k: changes.pop(k) for k in ("window_size", "step") if k in changes}
+        sizes: dict[str, Any] = {k: changes.pop(k) for k in ("window_size", "step") if k in changes}
         parts: dict[str, Any] = {
             "tokenizer": self.tokenizer,
             "scorer": self.scorer,
@@ -341,16 +350,38 @@ class Reranker:
         if sizes and not named and "strategy" in changes:
             raise ValueError("window_size and step apply to a strategy given by name or None")
         if named:
+            if strategy is not None and "template" not in changes:
+                sizes = {**self._kept_sizes(sizes.get("window_size")), **sizes}
             parts["strategy"] = template_strategy(parts["template"], strategy, **sizes)
         elif sizes:  # the current strategy, rebuilt: what is not given stays as it is
-            sizes.setdefault("window_size", strategy.window_size)
-            sizes.setdefault("step", getattr(strategy, "step", None))
-            parts["strategy"] = template_strategy(parts["template"], strategy.name, **sizes)
+            sizes = {**self._kept_sizes(sizes.get("window_size")), **sizes}
+            fresh = template_strategy(parts["template"], strategy.name, **sizes)
+            own = dataclasses.fields(strategy) if dataclasses.is_dataclass(strategy) else ()
+            kept = {
+                f.name: getattr(strategy, f.name)
+                for f in own
+                if f.name not in ("window_size", "step")
+            }
+            parts["strategy"] = dataclasses.replace(fresh, **kept)  # type: ignore[type-var]
         rebuilt = {"tokenizer", "template", "max_prompt_tokens", "max_passage_words"}
         if "prompts" not in changes and rebuilt & set(changes):
             parts["prompts"] = None
         tokenizer, scorer = parts.pop("tokenizer"), parts.pop("scorer")
-        return Reranker(tokenizer, scorer, **parts)
+        replaced = Reranker(tokenizer, scorer, **parts)
+        if named or sizes:
+            replaced._step_given = "step" in sizes
+        elif "strategy" not in changes:
+            replaced._step_given = self._step_given
+        return replaced
+
+    def _kept_sizes(self, window_size: int | None) -> dict[str, int]:
+        """The current strategy's sizes that a rebuild to ``window_size`` (``None``: the
+        current one) keeps: the window, and a step that was chosen."""
+        kept = {} if window_size is not None else {"window_size": self.strategy.window_size}
+        step = getattr(self.strategy, "step", None)
+        if step is not None and self._step_given:
+            kept["step"] = step
+        return kept
 
     def count_windows(self, sizes: Sequence[int], top_k: int | None = None) -> int:
         """The most windows ranking lists of these sizes can take (each is one forward pass,

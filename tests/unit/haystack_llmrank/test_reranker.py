@@ -347,8 +347,20 @@ def test_replace_takes_names_as_from_pretrained_does(tiny_reranker: Reranker) ->
         TopDownPartition(10)
     )
     assert tiny_reranker.replace(strategy=None).strategy == SlidingWindow(20, 10)
+    # a default step follows a new window, through any replace; a chosen one stays
+    for base in (tiny_reranker, tiny_reranker.replace(batch_size=2)):
+        assert base.replace(window_size=5).strategy == SlidingWindow(5, 2)
+        assert base.replace(window_size=10).strategy == SlidingWindow(10, 5)
+    assert narrow.replace(batch_size=2).replace(window_size=8).strategy == SlidingWindow(8, 5)
+    assert narrow.replace(strategy="tdpart").strategy == TopDownPartition(10)  # the window kept
+    pivoted = tiny_reranker.replace(strategy=TopDownPartition(20, pivot_rank=3))
+    assert pivoted.replace(window_size=10).strategy == TopDownPartition(10, pivot_rank=3)
     invariant = tiny_reranker.replace(strategy="disjoint", order_invariant=True)
     assert (invariant.strategy, invariant.order_invariant) == (Disjoint(20), True)
+    # "auto" passage words resolve anew for a new template after any replace
+    recorded = replace(FIRST_TEMPLATE, max_passage_words=48)
+    for base in (tiny_reranker, tiny_reranker.replace(batch_size=2)):
+        assert base.replace(template=recorded).prompts.max_passage_words == 48
     echo = tiny_reranker.replace(template="first-echo")
     assert echo.prompts.template.name == "first-echo"
     assert echo.strategy is tiny_reranker.strategy
