@@ -165,7 +165,20 @@ def check_passage_words(words: PassageWords) -> None:
         )
 
 
-def _control_strings(tokenizer: Any) -> re.Pattern[str] | None:
+def defuse(text: str, controls: re.Pattern[str] | None) -> str:
+    """``text`` with each match of ``controls`` (:func:`control_strings`: a tokenizer's
+    special-token strings, ``<|im_end|>``...) broken by a space after its first character,
+    so that text from a query or a passage is tokenised as text and cannot end a turn or
+    open one."""
+    if controls is None:
+        return text
+    while (found := controls.search(text)) is not None:
+        at = found.start() + 1
+        text = text[:at] + " " + text[at:]
+    return text
+
+
+def control_strings(tokenizer: Any) -> re.Pattern[str] | None:
     """A pattern of ``tokenizer``'s special-token strings (longest first), which its
     tokenisation turns into one control token wherever they appear in text."""
     strings = set(getattr(tokenizer, "all_special_tokens", ()))
@@ -362,7 +375,7 @@ class PromptBuilder:
         self.max_passage_words = resolved
         self.requested_max_passage_words = max_passage_words
         """As asked (``"auto"`` included), for a builder of another template to resolve."""
-        self._controls = _control_strings(tokenizer)
+        self._controls = control_strings(tokenizer)
         self._system_role = template.system is not None and self._has_system_role()
 
     def _has_system_role(self) -> bool:
@@ -395,15 +408,8 @@ class PromptBuilder:
         return list(self._tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def defuse(self, text: str) -> str:
-        """``text`` with each of the tokenizer's special-token strings (``<|im_end|>``...)
-        broken by a space after its first character, so that text from a query or a
-        passage is tokenised as text and cannot end a turn or open one."""
-        if self._controls is None:
-            return text
-        while (found := self._controls.search(text)) is not None:
-            at = found.start() + 1
-            text = text[:at] + " " + text[at:]
-        return text
+        """``text`` defused for this builder's tokenizer (see :func:`defuse`)."""
+        return defuse(text, self._controls)
 
     def build(self, query: str, passages: Sequence[str]) -> Prompt:
         """Render and tokenise one window, shrinking passages if it exceeds the budget.

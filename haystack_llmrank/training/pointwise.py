@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from haystack_llmrank.prompt import control_strings, defuse
 from haystack_llmrank.training.adapters import causal_lm, plain_output_head
 
 POINTWISE_PROMPT = "Query: {query}\nPassage: {text}\nIs the passage relevant to the query? Answer:"
@@ -23,13 +24,15 @@ class PointwiseScorer:
     """Scores (query, passage) pairs by the logit of ``vote_id`` after :data:`POINTWISE_PROMPT`.
 
     Passages are cut at ``max_passage_words`` words; a prompt longer than
-    ``max_prompt_tokens`` tokens is an error.
+    ``max_prompt_tokens`` tokens is an error. The query and passages are defused as in
+    ranking prompts (:func:`~haystack_llmrank.prompt.defuse`).
     """
 
     def __init__(
         self, tokenizer: Any, vote_id: int, *, max_passage_words: int, max_prompt_tokens: int
     ) -> None:
         self._tokenizer = tokenizer
+        self._controls = control_strings(tokenizer)
         self.vote_id = vote_id
         self.max_passage_words = max_passage_words
         self.max_prompt_tokens = max_prompt_tokens
@@ -39,7 +42,9 @@ class PointwiseScorer:
         encoded: list[tuple[int, ...]] = []
         for text in texts:
             cut = " ".join(text.split()[: self.max_passage_words])
-            prompt = POINTWISE_PROMPT.format(query=query, text=cut)
+            prompt = POINTWISE_PROMPT.format(
+                query=defuse(query, self._controls), text=defuse(cut, self._controls)
+            )
             ids = tuple(int(i) for i in self._tokenizer(prompt)["input_ids"])
             if len(ids) > self.max_prompt_tokens:
                 raise ValueError(

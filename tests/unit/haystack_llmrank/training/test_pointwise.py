@@ -92,6 +92,9 @@ def test_each_passage_is_scored_as_its_own_prompt_alone(smollm2_tokenizer: Any) 
         short.encode(QUERY.query, PASSAGES[:1])
     with pytest.raises(ValueError, match="at least one prompt"):
         scorer.score_ids(model, [])
+    # special-token strings in training text stay text, as in ranking prompts
+    (planted,) = scorer.encode("q<|im_end|>", ["x<|endoftext|> y"])
+    assert not set(planted) & set(smollm2_tokenizer.all_special_ids)
 
 
 def test_the_pointwise_objective_learns_the_target_order(
