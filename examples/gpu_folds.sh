@@ -29,7 +29,8 @@
 # BATCH_WINDOWS (listwise windows a forward pass, default 4) let the same script run a short
 # check on a CPU.
 #
-# Into $OUT (default runs/gpu-folds): results.tgz (records, training.json files, logs) and
+# Each run starts from an empty $WORK (/tmp/llmrank-folds). Into $OUT (default
+# runs/gpu-folds): results.tgz (records, training.json files, logs) and
 # every split's models as tar parts of at most 15 MiB (adapter-<split>-<recipe>.tar.part-*),
 # so that each can be scored again later under other reading settings.
 cd "$(dirname "$0")/.."
@@ -116,6 +117,9 @@ evaluate_split() {
 
 folds() {
     local out="${OUT:-runs/gpu-folds}" split name started
+    # a fresh $WORK: llmrank train refuses an earlier run's folder, and an earlier run's
+    # models and records would be scored and pooled as this run's
+    rm -rf "$WORK"
     mkdir -p "$out" "$WORK/logs" "$WORK/records" "$DATA"
     if [[ "${DEVICE:-cuda}" == cuda ]]; then install_wheels || return $?; fi
     tar -xzf "$WHEELS/train-data.tgz" -C "$DATA"

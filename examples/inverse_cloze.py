@@ -2,7 +2,9 @@
 
 A sentence drawn from a candidate passage becomes a query whose one relevant passage is the
 one it came from (with the sentence removed half of the time, so that matching it takes
-more than copying words), among the same query's other top candidates; the MiniLM
+more than copying words), among the same query's other top candidates (``--copies
+relevant`` grades the others that hold the sentence word for word relevant too: MS MARCO
+has near-duplicate passages, which are otherwise negatives that contain the query); the MiniLM
 bi-encoder of ``examples/teacher_run.py`` orders the rest. Passages of held-out queries are
 never used. Writes, into ``--output``: the real queries and the pseudo-queries as
 ``candidates.jsonl``, the qrels and the teacher run of both, and a ``split.json`` with the
@@ -52,6 +54,15 @@ def pseudo_query(text: str, rng: random.Random, drop: float) -> tuple[str, str]:
     return " ".join(words[start : start + 10]), text
 
 
+def judgements(pseudo: QueryCandidates, source: str, copies: str) -> dict[str, int]:
+    """The qrels of ``pseudo``: its ``source`` passage relevant and, with ``copies`` ``"relevant"``,
+    every candidate that holds the pseudo-query word for word."""
+    judged = {source: 1}
+    if copies == "relevant":
+        judged.update((c.docid, 1) for c in pseudo.candidates if pseudo.query in c.text)
+    return judged
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("candidates", type=Path)
@@ -63,6 +74,14 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=20, help="candidates per pseudo-query")
     parser.add_argument("--drop", type=float, default=0.5, help="share with the sentence removed")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--copies",
+        choices=("unjudged", "relevant"),
+        default="unjudged",
+        help="the pool's other passages that hold the pseudo-query word for word (MS MARCO's "
+        "near-duplicates): graded 0 like the rest (unjudged, the default, which the recorded "
+        "runs used), or relevant like the source",
+    )
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from sentence_transformers import SentenceTransformer
@@ -88,7 +107,7 @@ def main() -> None:
             vectors = np.vstack([query_vector, passages])
             vectors[1 + index] = text_vector
             teacher[pseudo.qid] = cosine_scores(pseudo, vectors)
-            qrels[pseudo.qid] = {source.docid: 1}
+            qrels[pseudo.qid] = judgements(pseudo, source.docid, args.copies)
             made.append(pseudo)
     args.output.mkdir(parents=True, exist_ok=True)
     kept = [queries[q] for q in (*split["train"], *split["validation"])]

@@ -184,6 +184,8 @@ def main() -> None:
 
     split = json.loads(args.split.read_text())
     train, held = list(split["train"]), list(split["validation"])
+    if not 2 <= args.folds <= len(train):
+        parser.error(f"--folds must be between 2 and the {len(train)} training queries")
     queries = {
         q.qid: q.top(args.depth) for q in read_queries(args.candidates) if q.qid in {*train, *held}
     }
@@ -191,6 +193,10 @@ def main() -> None:
     source = resolve_model(args.model)
     tokenizer = load_tokenizer(source)
     model = load_causal_lm(source, tokenizer=tokenizer)
+    depth = model.config.num_hidden_layers + 1  # hidden states: the embeddings, then each layer
+    layers = range(args.layer_step, depth, args.layer_step)
+    if not layers:
+        parser.error(f"--layer-step {args.layer_step} probes no layer of the model's {depth - 1}")
     builder = PromptBuilder(
         tokenizer,
         model_template(args.template, args.model),
@@ -210,7 +216,6 @@ def main() -> None:
         "held_out_queries": len(held),
     }
     baselines([queries[q] for q in held], {q: qrels[q] for q in held}, args.teacher, report)
-    layers = range(args.layer_step, next(iter(features.values())).shape[1], args.layer_step)
     grid = read_out_grid(features, queries, qrels, (train, held), layers, args.alphas, args.folds)
     report["chosen_by_cross_validation"] = max(grid, key=lambda row: row["cross_validated"])
     report["best_held_out_of_grid"] = max(grid, key=lambda row: row["held_out"])

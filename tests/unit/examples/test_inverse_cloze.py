@@ -46,3 +46,15 @@ def test_text_without_sentences_gives_a_span_it_keeps(inverse_cloze: Any, words:
     assert passage == text
     assert query in text
     assert 1 <= len(query.split()) <= 10
+
+
+def test_copies_of_the_pseudo_query_are_graded_relevant_only_when_asked(
+    inverse_cloze: Any,
+) -> None:
+    from haystack_llmrank.data import Candidate, QueryCandidates
+
+    sentence = "The flea life cycle has four stages: egg, larva, pupa and adult."
+    texts = {"src": "Fleas live on cats.", "dup": TEXT, "other": "Dogs bark at night."}
+    pseudo = QueryCandidates("ict-1", sentence, tuple(Candidate(d, t) for d, t in texts.items()))
+    assert inverse_cloze.judgements(pseudo, "src", "unjudged") == {"src": 1}
+    assert inverse_cloze.judgements(pseudo, "src", "relevant") == {"src": 1, "dup": 1}

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -52,3 +55,30 @@ def test_the_read_out_ranks_by_a_feature_that_carries_the_grade(probe: Any) -> N
     train, held = [f"q{q}" for q in range(6)], ["q6", "q7"]
     assert probe.probe_ndcg(features, queries, qrels, train, held, 1, 1.0) == pytest.approx(1.0)
     assert probe.probe_ndcg(features, queries, qrels, train, held, 0, 1.0) < 0.95
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--folds", "5"], "--folds must be between 2 and the 3 training queries"),
+        (["--folds", "1"], "--folds must be between 2"),
+        (["--folds", "2", "--layer-step", "3"], "--layer-step 3 probes no layer of the model's 2"),
+    ],
+)
+def test_settings_the_split_or_the_model_cannot_meet_are_refused(
+    probe: Any,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    options: list[str],
+    message: str,
+) -> None:
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": ["a", "b", "c"], "validation": ["d"]}))
+    argv = ["relevance_probe.py", "--model", str(tiny_model_dir), "--split", str(split)]
+    monkeypatch.setattr(sys, "argv", [*argv, *options, "--json", str(tmp_path / "out.json")])
+    with pytest.raises(SystemExit) as exited:
+        probe.main()
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
