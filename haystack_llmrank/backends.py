@@ -137,9 +137,9 @@ def checkpoint_dtype(source: ModelSource) -> Any:
     return recorded if isinstance(recorded, torch.dtype) and recorded.is_floating_point else None
 
 
-def check_backend(backend: str, threads: int | None) -> None:
-    """``ValueError`` for an unknown ``backend``, or ``threads`` that it cannot take: a
-    positive count, for the onnx backend only."""
+def check_backend(backend: str, threads: int | None, dtype: str | None = None) -> None:
+    """``ValueError`` for an unknown ``backend``, ``threads`` that it cannot take (a
+    positive count, for the onnx backend only), or a ``dtype`` with the onnx backend."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
     check_positive("threads", threads)
@@ -147,6 +147,11 @@ def check_backend(backend: str, threads: int | None) -> None:
         raise ValueError(
             "threads applies to the onnx backend; the torch backend uses torch's process-wide "
             "setting (torch.set_num_threads)"
+        )
+    if dtype is not None and backend == "onnx":
+        raise ValueError(
+            "dtype does not apply to the onnx backend: the precision is chosen at export "
+            "(llmrank export --precision fp32|fp16|int8)"
         )
 
 
@@ -170,7 +175,7 @@ def load_scorer(
     ``torch.set_num_threads``). ``on_missing_gpu`` is what an explicit CUDA device that
     cannot be used does: ``"raise"``, or ``"warn"`` and run on the CPU.
     """
-    check_backend(backend, threads)
+    check_backend(backend, threads, dtype)
     check_on_missing_gpu(on_missing_gpu)
     if backend == "onnx":
         return _load_onnx(
@@ -212,11 +217,6 @@ def _load_onnx(
     """An export folder (see :func:`haystack_llmrank.export.export_onnx`) on ONNX Runtime."""
     from haystack_llmrank.scorers.onnx_metadata import EXPORT_HINT
 
-    if dtype is not None:
-        raise ValueError(
-            "dtype does not apply to the onnx backend: the precision is chosen at export "
-            "(llmrank export --precision fp32|fp16|int8)"
-        )
     if model is None or model == DEFAULT_MODEL:
         raise ModelResolutionError(
             f"the onnx backend loads an export folder by path; {EXPORT_HINT}"

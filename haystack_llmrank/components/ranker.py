@@ -151,7 +151,7 @@ class FirstListwiseRanker:
         """
         # what is wrong whatever the model fails here, before warm_up loads one
         check_strategy_options(strategy, window_size=window_size, step=step)
-        check_backend(backend, threads)
+        check_backend(backend, threads, dtype)
         check_on_missing_gpu(on_missing_gpu)
         check_options(
             max_prompt_tokens=max_prompt_tokens,

@@ -12,6 +12,7 @@ from haystack_llmrank.errors import LabelResolutionError, ModelResolutionError
 from haystack_llmrank.gpu_policy import OnMissingGpu
 from haystack_llmrank.labels import readout_label_ids
 from haystack_llmrank.scorers.onnx_metadata import (
+    EXPORT_HINT,
     GRAPH_FILE,
     ExportMetadata,
     check_labels,
@@ -56,6 +57,11 @@ def load_export(
     if labels is not None:
         check_labels(metadata, labels)
     tokenizer = _load_tokenizer(path)
+    if metadata.pad_token_id >= len(tokenizer):
+        raise ModelResolutionError(
+            f"{path}: pad_token_id {metadata.pad_token_id} is not among the tokenizer's "
+            f"{len(tokenizer)} tokens; {EXPORT_HINT}"
+        )
     try:
         scorer = OnnxLabelScorer(
             path / GRAPH_FILE,

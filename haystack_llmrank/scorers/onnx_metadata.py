@@ -74,13 +74,45 @@ class ExportMetadata:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ExportMetadata:
-        """Inverse of :meth:`to_dict`."""
-        return cls(**{**data, "label_ids": LabelIds.from_dict(data["label_ids"])})
+        """Inverse of :meth:`to_dict`; ``ValueError`` for a field of the wrong type."""
+        metadata = cls(**{**data, "label_ids": LabelIds.from_dict(data["label_ids"])})
+        metadata._check_types()
+        return metadata
+
+    def _check_types(self) -> None:
+        wrong = [
+            name
+            for name, right in (
+                ("template", isinstance(self.template, dict)),
+                ("exporter", isinstance(self.exporter, dict)),
+                ("files", _str_map(self.files)),
+                ("context_length", _whole(self.context_length, 1)),
+                ("opset", _whole(self.opset, 1)),
+                ("pad_token_id", _whole(self.pad_token_id, 0)),
+                ("optimized", isinstance(self.optimized, bool)),
+                ("precision", isinstance(self.precision, str)),
+                ("attention", self.attention in ("fused", "plain")),
+            )
+            if not right
+        ]
+        if wrong:
+            shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in wrong)
+            raise ValueError(f"fields of the wrong type or value: {shown}")
 
     def write(self, folder: Path) -> None:
         """Write ``llmrank.json`` into ``folder``."""
         text = json.dumps(self.to_dict(), indent=2, sort_keys=True)
         (folder / METADATA_FILE).write_text(text + "\n", encoding="utf-8")
+
+
+def _whole(value: object, least: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def _str_map(value: object) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    )
 
 
 def graph_inputs(positions: bool) -> tuple[str, ...]:

@@ -323,6 +323,12 @@ class OnnxLabelScorer:
         inputs = sorted(i.name for i in self._session.get_inputs())
         outputs = [o.name for o in self._session.get_outputs()]
         if outputs == [OUTPUT_NAME]:
+            width = self._session.get_outputs()[0].shape[-1]
+            if isinstance(width, int) and width != len(self._label_ids):
+                raise ValueError(
+                    f"the graph returns {width} label logits, not one for each of the "
+                    f"{len(self._label_ids)} labels given; export the model again"
+                )
             for positions in (False, True):
                 if inputs == sorted(graph_inputs(positions)):
                     return positions

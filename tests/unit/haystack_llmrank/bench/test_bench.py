@@ -550,7 +550,7 @@ def test_oracle_rows_alone_load_no_model(
 
 
 def test_the_load_time_is_read_once_the_device_has_finished(
-    bench_data: Path, tied_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+    bench_data: Path, tied_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # a model built on CUDA queues its kernels: the clock must wait for them to count them
     events: list[str] = []
@@ -569,6 +569,8 @@ def test_the_load_time_is_read_once_the_device_has_finished(
         "cpu",
         "--no-progress",
         "--in-process",
+        "--json",
+        str(tmp_path / "bench.json"),
     )
     assert code == 0
     at = events.index("load")

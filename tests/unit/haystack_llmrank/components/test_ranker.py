@@ -389,7 +389,6 @@ def test_to_dict_from_dict_round_trip() -> None:
         model="castorini/first_mistral",
         backend="onnx",
         device="cuda:1",
-        dtype="float16",
         top_k=5,
         score_threshold=0.5,
         window_size=10,
@@ -416,7 +415,7 @@ def test_to_dict_from_dict_round_trip() -> None:
             "model": "castorini/first_mistral",
             "backend": "onnx",
             "device": "cuda:1",
-            "dtype": "float16",
+            "dtype": None,
             "top_k": 5,
             "score_threshold": 0.5,
             "window_size": 10,
@@ -484,6 +483,8 @@ def test_bad_onnx_settings_rejected_at_init() -> None:
         FirstListwiseRanker(threads=2)
     with pytest.raises(ValueError, match="unknown backend 'tensorrt'"):
         FirstListwiseRanker(backend="tensorrt")
+    with pytest.raises(ValueError, match="dtype does not apply to the onnx backend"):
+        FirstListwiseRanker(backend="onnx", dtype="float16")
 
 
 def test_options_wrong_for_any_model_fail_at_init() -> None:

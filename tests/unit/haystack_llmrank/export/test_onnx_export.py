@@ -264,6 +264,37 @@ def test_refuses_other_format_and_malformed_metadata(fp32_copy: Path) -> None:
         load_export(fp32_copy, device="cpu")
 
 
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"template": "first"}, "template='first'"),
+        ({"files": []}, "files=[]"),
+        ({"files": None}, "files=None"),
+        ({"context_length": "4096"}, "context_length='4096'"),
+        ({"pad_token_id": None}, "pad_token_id=None"),
+        ({"pad_token_id": 10**6}, "pad_token_id 1000000 is not among the tokenizer's"),
+    ],
+)
+def test_metadata_of_the_wrong_type_is_refused_at_load(
+    fp32_copy: Path, changes: dict[str, Any], message: str
+) -> None:
+    rewrite_metadata(fp32_copy, **changes)
+    with pytest.raises(ModelResolutionError, match=re.escape(message)):
+        load_export(fp32_copy, device="cpu", verify_hashes=False)
+
+
+def test_a_label_count_the_graph_does_not_return_is_refused_at_load(fp32_copy: Path) -> None:
+    data = json.loads((fp32_copy / METADATA_FILE).read_text())
+    labels = data["label_ids"]
+    labels["labels"], labels["ids"] = labels["labels"][:-1], labels["ids"][:-1]
+    data["template"]["labels"] = data["template"]["labels"][:-1]
+    (fp32_copy / METADATA_FILE).write_text(json.dumps(data))
+    with pytest.raises(
+        ValueError, match="returns 26 label logits, not one for each of the 25 labels given"
+    ):
+        load_export(fp32_copy, device="cpu")
+
+
 def test_refuses_graph_whose_hash_does_not_match(fp32_copy: Path) -> None:
     graph = fp32_copy / "model.onnx"
     model = onnx.load(str(graph))

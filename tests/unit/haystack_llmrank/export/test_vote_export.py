@@ -189,9 +189,8 @@ def test_a_last_token_export_cannot_read_votes(
     with pytest.raises(ValueError, match="last token only"):
         first.score_at([[1, 2, 3]], [[1]])
     votes = vote_label_ids(smollm2_tokenizer, " yes")
-    scorer = OnnxLabelScorer(folder / "model.onnx", votes, device="cpu")
-    with pytest.raises(ValueError, match="cannot score"):
-        Reranker(smollm2_tokenizer, scorer, max_prompt_tokens=4096, template=VOTED)
+    with pytest.raises(ValueError, match="returns 26 label logits, not one for each of the 1"):
+        OnnxLabelScorer(folder / "model.onnx", votes, device="cpu")
 
 
 def test_metadata_that_disagrees_with_the_graph_is_refused(vote_dir: Path, tmp_path: Path) -> None:
