@@ -29,7 +29,7 @@ from haystack_llmrank.scorers.onnx_metadata import (
     Exporter,
     ExportMetadata,
     Precision,
-    graph_hashes,
+    export_hashes,
     is_export,
 )
 
@@ -117,7 +117,7 @@ def export_onnx(
             pad_token_id=pad_id,
             opset=opset,
             optimized=optimize,
-            files=graph_hashes(staging),
+            files=export_hashes(staging),
             exporter=_versions(exporter),
             attention=attention_kind,
         ).write(staging)

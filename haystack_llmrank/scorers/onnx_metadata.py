@@ -41,8 +41,9 @@ class ExportMetadata:
     (:attr:`reads_positions`).
 
     ``files`` maps each file of the graph (``model.onnx`` and its external data, if any)
-    to its SHA-256; ``template`` is :meth:`PromptTemplate.to_dict` of the template whose
-    labels the graph scores; ``exporter`` records the exporting method and library versions;
+    and of the tokenizer (:data:`TOKENIZER_FILES`) to its SHA-256; ``template`` is
+    :meth:`PromptTemplate.to_dict` of the template whose labels the graph scores;
+    ``exporter`` records the exporting method and library versions;
     ``attention`` is ``fused`` (one ONNX Runtime node per layer) or ``plain`` (exports
     written before the field existed have plain attention).
     """
@@ -129,10 +130,21 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+"""Tokenizer files an export records the hashes of, where the tokenizer saved them: what
+turns a prompt into the ids the graph reads."""
+
+
 def graph_hashes(folder: Path) -> dict[str, str]:
     """SHA-256 of ``model.onnx`` and, when present, its external data file."""
     names = [GRAPH_FILE] + ([DATA_FILE] if (folder / DATA_FILE).is_file() else [])
     return {name: file_sha256(folder / name) for name in names}
+
+
+def export_hashes(folder: Path) -> dict[str, str]:
+    """:func:`graph_hashes`, and SHA-256 of each of :data:`TOKENIZER_FILES` present."""
+    tokenizer = [name for name in TOKENIZER_FILES if (folder / name).is_file()]
+    return {**graph_hashes(folder), **{name: file_sha256(folder / name) for name in tokenizer}}
 
 
 def is_export(folder: str | Path) -> bool:
@@ -145,7 +157,7 @@ def read_metadata(folder: str | Path, *, verify_hashes: bool = True) -> ExportMe
 
     Raises :class:`ModelResolutionError` if ``folder`` is not an export, has no or
     unreadable metadata, is of another format version, or (with ``verify_hashes``) its
-    graph files do not match the recorded hashes.
+    graph files, or the tokenizer files it recorded, do not match the recorded hashes.
     """
     path = Path(folder).expanduser()
     meta_path = path / METADATA_FILE
@@ -182,7 +194,12 @@ def _check_hashes(folder: Path, recorded: dict[str, str]) -> None:
     missing = [name for name in sorted({GRAPH_FILE, *recorded}) if not (folder / name).is_file()]
     if missing:
         raise ModelResolutionError(f"{folder} lacks {missing}; {EXPORT_HINT}")
-    actual = graph_hashes(folder)
+    # the graph's files always; tokenizer files where the export recorded them (exports
+    # written before they were recorded hold graph hashes only)
+    actual = {
+        **graph_hashes(folder),
+        **{name: file_sha256(folder / name) for name in recorded if name in TOKENIZER_FILES},
+    }
     changed = sorted(
         name for name in {*actual, *recorded} if actual.get(name) != recorded.get(name)
     )

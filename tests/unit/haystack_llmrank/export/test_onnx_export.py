@@ -128,7 +128,8 @@ def test_export_folder_is_self_contained(
     assert (meta.precision, meta.context_length, meta.opset) == ("fp32", 4096, 18)
     assert meta.source_model == str(tiny_model_dir)
     assert meta.pad_token_id == smollm2_tokenizer.pad_token_id
-    assert meta.files == {"model.onnx": file_sha256(fp32_dir / "model.onnx")}
+    recorded = ("model.onnx", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+    assert meta.files == {name: file_sha256(fp32_dir / name) for name in recorded}
     assert {"method", "torch", "transformers", "onnx", "onnxruntime"} <= set(meta.exporter)
     assert meta.attention == "fused"
     tokenizer = load_export(fp32_dir, device="cpu").tokenizer
@@ -295,6 +296,21 @@ def test_a_label_count_the_graph_does_not_return_is_refused_at_load(fp32_copy: P
         load_export(fp32_copy, device="cpu")
 
 
+def test_refuses_a_tokenizer_changed_after_export(fp32_copy: Path) -> None:
+    recorded = read_metadata(fp32_copy).files
+    assert {"tokenizer.json", "tokenizer_config.json"} <= recorded.keys()
+    tokenizer = fp32_copy / "tokenizer.json"
+    data = json.loads(tokenizer.read_text())
+    vocab = data["model"]["vocab"]
+    vocab["Ġflea"], vocab["Ġocean"] = vocab["Ġocean"], vocab["Ġflea"]  # loads, ranks wrong
+    tokenizer.write_text(json.dumps(data))
+    with pytest.raises(ModelResolutionError, match=r"\['tokenizer.json'\] in .* do not match"):
+        load_export(fp32_copy, device="cpu")
+    # an export that recorded the graph's hashes only (before tokenizers were) still loads
+    rewrite_metadata(fp32_copy, files={n: h for n, h in recorded.items() if "tokenizer" not in n})
+    assert load_export(fp32_copy, device="cpu").scorer.device == "cpu"
+
+
 def test_refuses_graph_whose_hash_does_not_match(fp32_copy: Path) -> None:
     graph = fp32_copy / "model.onnx"
     model = onnx.load(str(graph))
@@ -328,8 +344,11 @@ def test_refuses_a_tokenizer_that_gives_the_labels_other_ids(fp32_copy: Path) ->
         r"scores \(it gives 'A' the ids \[49, 330, 49152\], the graph scores \[49, 330\]\); "
         "export again"
     )
-    with pytest.raises(ModelResolutionError, match=refused):
+    with pytest.raises(ModelResolutionError, match=r"tokenizer\.json'.* do not match the hashes"):
         load_export(fp32_copy, device="cpu")
+    # where hashes are not checked (or an export recorded none for its tokenizer)
+    with pytest.raises(ModelResolutionError, match=refused):
+        load_export(fp32_copy, device="cpu", verify_hashes=False)
 
 
 def test_refuses_labels_of_another_template(fp32_dir: Path) -> None:

@@ -153,7 +153,7 @@ def test_a_tokenizer_that_encodes_the_vote_otherwise_is_refused(
     tokenizer.add_tokens([" yes"])  # " yes" is now one new token
     tokenizer.save_pretrained(copy)
     with pytest.raises(ModelResolutionError) as raised:
-        load_export(copy, device="cpu")
+        load_export(copy, device="cpu", verify_hashes=False)
     assert str(raised.value) == (
         f"the tokenizer in {copy} does not encode the labels the graph scores (it gives "
         "' yes' the ids [49152], the graph scores [9805]); export again"
