@@ -3,6 +3,14 @@
 from __future__ import annotations
 
 import numbers
+from typing import TypeGuard
+
+
+def is_whole(value: object, least: int = 1) -> TypeGuard[numbers.Integral]:
+    """Whether ``value`` is an integer (numpy's too, not a bool) of at least ``least``."""
+    return (
+        isinstance(value, numbers.Integral) and not isinstance(value, bool) and int(value) >= least
+    )
 
 
 def check_positive(name: str, value: object, *, optional: bool = True) -> int | None:
@@ -10,7 +18,7 @@ def check_positive(name: str, value: object, *, optional: bool = True) -> int | 
     positive integer, or ``None`` where ``optional``."""
     if value is None and optional:
         return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+    if not is_whole(value):
         allowed = "a positive integer or None" if optional else "a positive integer"
         raise ValueError(f"{name} must be {allowed}, got {value!r}")
     return int(value)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import numbers
 import os
 import re
 import string
@@ -19,7 +18,7 @@ from typing import Any, Final, Literal
 
 from ftfy import fix_text
 
-from haystack_llmrank.checks import check_positive
+from haystack_llmrank.checks import check_positive, is_whole
 from haystack_llmrank.errors import PromptTooLongError, WindowTooLargeError
 from haystack_llmrank.labels import ALPHABETIC_LABELS, NUMERIC_LABELS
 
@@ -85,7 +84,7 @@ class PromptTemplate:
 
     def __post_init__(self) -> None:
         check_vote(self.vote)
-        if self.max_passage_words is not None and not _positive_int(self.max_passage_words):
+        if self.max_passage_words is not None and not is_whole(self.max_passage_words):
             raise ValueError(
                 "a template's max_passage_words must be a positive integer or None, "
                 f"got {self.max_passage_words!r}"
@@ -158,7 +157,7 @@ class PromptTemplate:
 
 def check_passage_words(words: PassageWords) -> None:
     """``ValueError`` unless ``words`` is a positive integer, ``"auto"`` or ``None``."""
-    if words is not None and words != AUTO_PASSAGE_WORDS and not _positive_int(words):
+    if words is not None and words != AUTO_PASSAGE_WORDS and not is_whole(words):
         raise ValueError(
             f"max_passage_words must be a positive integer, {AUTO_PASSAGE_WORDS!r} or None, "
             f"got {words!r}"
@@ -188,10 +187,6 @@ def control_strings(tokenizer: Any) -> re.Pattern[str] | None:
     if not strings:
         return None
     return re.compile("|".join(map(re.escape, sorted(strings, key=len, reverse=True))))
-
-
-def _positive_int(value: object) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and int(value) >= 1
 
 
 def resolve_passage_words(words: PassageWords, template: PromptTemplate) -> int | None:

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from haystack_llmrank.checks import is_whole
 from haystack_llmrank.errors import ModelResolutionError
 from haystack_llmrank.labels import LabelIds
 
@@ -87,9 +88,9 @@ class ExportMetadata:
                 ("template", isinstance(self.template, dict)),
                 ("exporter", isinstance(self.exporter, dict)),
                 ("files", _str_map(self.files)),
-                ("context_length", _whole(self.context_length, 1)),
-                ("opset", _whole(self.opset, 1)),
-                ("pad_token_id", _whole(self.pad_token_id, 0)),
+                ("context_length", is_whole(self.context_length, 1)),
+                ("opset", is_whole(self.opset, 1)),
+                ("pad_token_id", is_whole(self.pad_token_id, 0)),
                 ("optimized", isinstance(self.optimized, bool)),
                 ("precision", isinstance(self.precision, str)),
                 ("attention", self.attention in ("fused", "plain")),
@@ -104,10 +105,6 @@ class ExportMetadata:
         """Write ``llmrank.json`` into ``folder``."""
         text = json.dumps(self.to_dict(), indent=2, sort_keys=True)
         (folder / METADATA_FILE).write_text(text + "\n", encoding="utf-8")
-
-
-def _whole(value: object, least: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= least
 
 
 def _str_map(value: object) -> bool:
