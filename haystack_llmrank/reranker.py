@@ -15,6 +15,7 @@ from haystack_llmrank.arrangement import (
     content_order,
     in_input_indices,
 )
+from haystack_llmrank.blank_passages import split_blank, with_blank_passages
 from haystack_llmrank.checks import check_positive
 from haystack_llmrank.errors import ClosedError
 from haystack_llmrank.fusion import check_fusion_k, fuse_with_input_order
@@ -405,20 +406,27 @@ class Reranker:
         ``top_k`` positions of a ranking matter; it may then leave more positions in
         first-stage order (:attr:`Ranking.unranked`). ``on_window`` is called with the
         number of windows finished after each step. A query's ranking does not depend on
-        the others. ``requests`` may be any iterable; it is read once.
+        the others. ``requests`` may be any iterable; it is read once. Blank passages (empty
+        or only whitespace) are shown to no window: they join the unranked tail, after
+        every passage a window judged (:mod:`haystack_llmrank.blank_passages`).
         """
         if self._closed:
             raise ClosedError("this Reranker was closed; load the model again to rank")
         given = list(requests)
         for query, passages in given:
             _check_request(query, passages)
+        splits = [split_blank(passages) for _, passages in given]
+        texted = [
+            (query, [passages[i] for i in kept])
+            for (query, passages), (kept, _) in zip(given, splits, strict=True)
+        ]
         arrangements = [
             content_order(query, passages) if self.order_invariant else None
-            for query, passages in given
+            for query, passages in texted
         ]
         laid_out = [
             (query, passages if order is None else [passages[i] for i in order])
-            for (query, passages), order in zip(given, arrangements, strict=True)
+            for (query, passages), order in zip(texted, arrangements, strict=True)
         ]
         depths = _per_request(top_k, len(laid_out))
         runs = [
@@ -453,9 +461,12 @@ class Reranker:
             run.result(count) if order is None else in_input_indices(run.result(count), order)
             for run, count, order in zip(runs, tokens, arrangements, strict=True)
         ]
-        if self.fusion_k is None:
-            return rankings
-        return [fuse_with_input_order(ranking, self.fusion_k) for ranking in rankings]
+        if self.fusion_k is not None:
+            rankings = [fuse_with_input_order(ranking, self.fusion_k) for ranking in rankings]
+        return [
+            with_blank_passages(ranking, kept, blank)
+            for ranking, (kept, blank) in zip(rankings, splits, strict=True)
+        ]
 
     def score_prompts(self, prompts: Sequence[Prompt]) -> list[npt.NDArray[np.float32]]:
         """Each prompt's scores, one per passage in prompt order (label logits, or vote

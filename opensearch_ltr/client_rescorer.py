@@ -201,8 +201,8 @@ class _RescorerBase:
         :param score_transform: ``rank``, ``minmax`` or ``logit`` (see
             :mod:`opensearch_ltr.transforms`).
         :param missing_text: a window hit without any text field: ``"raise"``
-            (:class:`MissingTextError`) or ``"empty"`` (ranked on its title or an empty
-            passage, and listed in ``llmrank.missing_text``).
+            (:class:`MissingTextError`) or ``"empty"`` (ranked on its title, or without
+            one after the hits the model judged, and listed in ``llmrank.missing_text``).
         :param on_error: ``"raise"`` or ``"fail_open"`` (see the module docstring).
         :param max_result_window: the indices' ``index.max_result_window``.
         :param max_clause_count: the cluster's ``indices.query.bool.max_clause_count``:

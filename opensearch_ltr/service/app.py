@@ -32,7 +32,6 @@ from opensearch_ltr.service.config import ServiceConfig
 from opensearch_ltr.service.protocol import (
     RequestError,
     RerankQuery,
-    blank_documents_last,
     dumps,
     error_body,
     parse_rerank_request,
@@ -168,19 +167,13 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
 
 
 async def _rank(batcher: RerankBatcher, query: RerankQuery) -> Ranking:
-    """The ranking of the request's documents: the model ranks those with text, and the
-    blank ones follow (:func:`~opensearch_ltr.service.protocol.blank_documents_last`)."""
-    ranked = [i for i, text in enumerate(query.documents) if text.strip()]
-    blank = [i for i, text in enumerate(query.documents) if not text.strip()]
-    ranking = Ranking((), (), ())
-    if ranked:
-        passages = [query.documents[i] for i in ranked]
-        future = batcher.submit(query.query, passages, query.top_n)
-        try:
-            ranking = await asyncio.wrap_future(future)
-        except PromptTooLongError as exc:  # the request's own content; others are the model's
-            raise RequestError(422, "invalid_request", str(exc)) from None
-    return blank_documents_last(ranking, ranked, blank)
+    """The ranking of the request's documents; blank ones follow the others
+    (:mod:`haystack_llmrank.blank_passages`)."""
+    future = batcher.submit(query.query, query.documents, query.top_n)
+    try:
+        return await asyncio.wrap_future(future)
+    except PromptTooLongError as exc:  # the request's own content; others are the model's
+        raise RequestError(422, "invalid_request", str(exc)) from None
 
 
 async def rerank(request: web.Request) -> web.Response:

@@ -15,7 +15,8 @@ in the request. Without ``top_n`` there is exactly one result per document; with
 ``min(top_n, len(documents))``. ``model`` is accepted for compatibility and ignored. Other
 fields are ignored. In a ``{"text": ...}`` object only ``text`` is ranked. A blank document
 (empty or only whitespace, as the ``rerank`` processor sends for a hit without its field) is
-not shown to the model: blank ones follow the others in request order, scored below them.
+not shown to the model: blank ones follow every document it judged, in request order, scored
+below them (:mod:`haystack_llmrank.blank_passages`).
 
 ``relevance_score`` is the engine's score (:class:`haystack_llmrank.ranking.Ranking`: the
 label or vote logit, non-increasing down the ranking), stepped down where needed to the next
@@ -29,7 +30,6 @@ Each score is written as the shortest decimal that reads back as the same float3
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,21 +133,6 @@ def parse_rerank_request(body: bytes, config: ServiceConfig) -> RerankQuery:
     _optional(payload, "model", str, "a string")
     return_documents = _optional(payload, "return_documents", bool, "true or false")
     return RerankQuery(query, texts, top_n, bool(return_documents))
-
-
-def blank_documents_last(ranking: Ranking, ranked: Sequence[int], blank: Sequence[int]) -> Ranking:
-    """``ranking`` of the request's documents at indices ``ranked``, followed by the
-    ``blank`` ones (empty or only whitespace, which the model cannot judge) in request
-    order, each scored as the lowest ranked one (0 if none); :func:`relevance_scores` then
-    sets them apart below it."""
-    floor = ranking.scores[-1] if ranking.scores else 0.0
-    return Ranking(
-        tuple(ranked[i] for i in ranking.order) + tuple(blank),
-        tuple(ranking.scores) + (floor,) * len(blank),
-        tuple(ranking.logits) + (floor,) * len(blank),
-        0 if blank else ranking.unranked,
-        ranking.cost,
-    )
 
 
 def relevance_scores(ranking: Ranking) -> list[float]:
