@@ -9,7 +9,7 @@ import numbers
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from haystack import Document, component, default_from_dict, default_to_dict
@@ -283,55 +283,41 @@ class FirstListwiseRanker:
         fields = [str(doc.meta[k]) for k in self.meta_fields_to_embed if _shown(doc, k)]
         return self.embedding_separator.join([*fields, doc.content or ""]).strip()
 
-    def _prepare(
-        self, query: str, documents: list[Document], top_k: int | None
-    ) -> tuple[list[Document], list[Document], list[str], int | None] | None:
-        """Split deduplicated Documents into rankable ones (with texts) and text-less ones.
-
-        Returns ``None`` when there are no Documents or the query is empty.
-        """
+    def _plan(
+        self,
+        query: str,
+        documents: list[Document],
+        top_k: int | None,
+        score_threshold: float | None,
+    ) -> _Plan | list[Document]:
+        """What a call ranks: a :class:`_Plan` of the deduplicated Documents, or, when there
+        are none or the query is empty, the Documents it returns unranked."""
+        check_top_k(top_k)
+        given = check_threshold(score_threshold)
+        threshold = self.score_threshold if given is None else given
+        limit = self.top_k if top_k is None else top_k
         if not isinstance(query, str):
             raise TypeError(f"query must be a string, got {type(query).__name__}")
         if not documents or not query.strip():
             if documents:
                 logger.warning("empty query: returning the deduplicated documents unranked")
-            return None
+            unscored = [replace(d, score=None) for d in deduplicate(documents)]
+            return _limit(unscored, limit, threshold)
         unique = deduplicate(documents)
         texts = [self._text(d) for d in unique]
-        rankable = [d for d, t in zip(unique, texts, strict=True) if t]
         textless = [d for d, t in zip(unique, texts, strict=True) if not t]
         if textless:
             logger.warning(
                 "%d document(s) have no text to rank; they follow the ranked ones unscored",
                 len(textless),
             )
-        return rankable, textless, [t for t in texts if t], self.top_k if top_k is None else top_k
-
-    def _unranked(
-        self, documents: list[Document], top_k: int | None, threshold: float | None
-    ) -> list[Document]:
-        """Copies of the deduplicated Documents, unscored, through ``top_k`` and the threshold."""
-        unscored = [replace(d, score=None) for d in deduplicate(documents)]
-        return _limit(unscored, self.top_k if top_k is None else top_k, threshold)
-
-    def _threshold(self, score_threshold: float | None) -> float | None:
-        """The run's ``score_threshold``, else the init one."""
-        given = check_threshold(score_threshold)
-        return self.score_threshold if given is None else given
-
-    @staticmethod
-    def _finish(
-        rankable: list[Document],
-        textless: list[Document],
-        ranking: Ranking,
-        top_k: int | None,
-        threshold: float | None,
-    ) -> list[Document]:
-        ranked = [
-            replace(rankable[i], score=score)
-            for i, score in zip(ranking.order, ranking.distinct_scores(), strict=True)
-        ]
-        return _limit(ranked + [replace(d, score=None) for d in textless], top_k, threshold)
+        return _Plan(
+            [d for d, t in zip(unique, texts, strict=True) if t],
+            textless,
+            [t for t in texts if t],
+            limit,
+            threshold,
+        )
 
     def _rank(self, query: str, texts: list[str], top_k: int | None) -> Ranking:
         """Load the model if it is not, and rank, in one hold of the lock: a :meth:`close`
@@ -360,14 +346,10 @@ class FirstListwiseRanker:
         :param score_threshold: overrides the init ``score_threshold``.
         :returns: ``{"documents": [...]}`` as described in the class docstring.
         """
-        check_top_k(top_k)
-        threshold = self._threshold(score_threshold)
-        prepared = self._prepare(query, documents, top_k)
-        if prepared is None:
-            return {"documents": self._unranked(documents, top_k, threshold)}
-        rankable, textless, texts, limit = prepared
-        ranking = self._rank(query, texts, limit)
-        return {"documents": self._finish(rankable, textless, ranking, limit, threshold)}
+        plan = self._plan(query, documents, top_k, score_threshold)
+        if isinstance(plan, list):
+            return {"documents": plan}
+        return {"documents": plan.finish(self._rank(query, plan.texts, plan.top_k))}
 
     @component.output_types(documents=list[Document])
     async def run_async(
@@ -379,15 +361,36 @@ class FirstListwiseRanker:
     ) -> dict[str, list[Document]]:
         """Like :meth:`run`, with loading and ranking off the event loop, in the component's
         own worker thread (concurrent calls wait their turn there)."""
-        check_top_k(top_k)
-        threshold = self._threshold(score_threshold)
-        prepared = self._prepare(query, documents, top_k)
-        if prepared is None:
-            return {"documents": self._unranked(documents, top_k, threshold)}
-        rankable, textless, texts, limit = prepared
+        plan = self._plan(query, documents, top_k, score_threshold)
+        if isinstance(plan, list):
+            return {"documents": plan}
         loop = asyncio.get_running_loop()
-        ranking = await loop.run_in_executor(self._worker, self._rank, query, texts, limit)
-        return {"documents": self._finish(rankable, textless, ranking, limit, threshold)}
+        ranking = await loop.run_in_executor(
+            self._worker, self._rank, query, plan.texts, plan.top_k
+        )
+        return {"documents": plan.finish(ranking)}
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A call's deduplicated Documents: those with text to rank (``texts``, in order) and
+    those without, with the call's ``top_k`` and score threshold."""
+
+    rankable: list[Document]
+    textless: list[Document]
+    texts: list[str]
+    top_k: int | None
+    threshold: float | None
+
+    def finish(self, ranking: Ranking) -> list[Document]:
+        """Copies of the Documents scored by ``ranking`` of ``texts``, the text-less ones
+        after them unscored, through ``top_k`` and the threshold."""
+        ranked = [
+            replace(self.rankable[i], score=score)
+            for i, score in zip(ranking.order, ranking.distinct_scores(), strict=True)
+        ]
+        unscored = [replace(d, score=None) for d in self.textless]
+        return _limit(ranked + unscored, self.top_k, self.threshold)
 
 
 def check_threshold(threshold: float | None) -> float | None:
