@@ -6,10 +6,13 @@ import numbers
 from typing import TypeGuard
 
 
-def is_whole(value: object, least: int = 1) -> TypeGuard[numbers.Integral]:
-    """Whether ``value`` is an integer (numpy's too, not a bool) of at least ``least``."""
+def is_whole(value: object, least: int | None = 1) -> TypeGuard[numbers.Integral]:
+    """Whether ``value`` is an integer (numpy's too, not a bool) of at least ``least``
+    (``None``: any integer)."""
     return (
-        isinstance(value, numbers.Integral) and not isinstance(value, bool) and int(value) >= least
+        isinstance(value, numbers.Integral)
+        and not isinstance(value, bool)
+        and (least is None or int(value) >= least)
     )
 
 

@@ -74,15 +74,22 @@ def template_strategy(
     check_positive("step", step)
     if window_size is None:
         window_size = min(DEFAULT_WINDOW_SIZE, len(template.labels))
+    check_readout_window(template, window_size)
+    if step is None:
+        step = default_step(window_size)
+    return make_strategy(name, window_size=window_size, step=step, vote=template.vote)
+
+
+def check_readout_window(template: PromptTemplate, window_size: int) -> None:
+    """:class:`~haystack_llmrank.errors.WindowTooLargeError` if windows of ``window_size``
+    passages need more than ``template``'s labels; ``ValueError`` if its labels are read
+    (not a vote) and a window holds one passage, which orders nothing."""
     template.check_window(window_size)
     if template.vote is None and window_size < 2:
         raise ValueError(
             f"template {template.name!r} is read by its labels, which order a window: one "
             "passage a window orders nothing; give it two labels or more, or a vote"
         )
-    if step is None:
-        step = default_step(window_size)
-    return make_strategy(name, window_size=window_size, step=step, vote=template.vote)
 
 
 def check_options(
@@ -192,7 +199,7 @@ class Reranker:
                 f"template {template.name!r} reads a vote at each passage line's end, which "
                 f"{type(scorer).__name__} cannot score (it reads the last token only)"
             )
-        template.check_window(self.strategy.window_size)
+        check_readout_window(template, self.strategy.window_size)
         if prompts is not None and prompts.template != template:
             raise ValueError("the prompt builder's template is not the reranker's template")
         self.tokenizer = tokenizer
@@ -281,12 +288,13 @@ class Reranker:
             fusion_k=kwargs.get("fusion_k"),
         )
         chosen = model_template(template, model, vote=vote)
+        named = strategy is None or isinstance(strategy, str)
         if strategy is None or isinstance(strategy, str):
             strategy = template_strategy(chosen, strategy, window_size=window_size, step=step)
         elif window_size is not None or step is not None:
             raise ValueError("window_size and step apply to a strategy given by name or None")
         else:
-            chosen.check_window(strategy.window_size)
+            check_readout_window(chosen, strategy.window_size)
         check_order_invariant(kwargs.get("order_invariant", False), strategy.name)
         loaded = load_scorer(
             model,
@@ -309,7 +317,9 @@ class Reranker:
             model_name=loaded.model_name,
             **kwargs,
         )
-        reranker._step_given = step is not None
+        # a strategy object's step was chosen (as the constructor records); a named one's
+        # only where ``step`` was given
+        reranker._step_given = not named or step is not None
         return reranker
 
     def replace(self, **changes: Any) -> Reranker:

@@ -27,7 +27,7 @@ from typing import ClassVar, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from haystack_llmrank.checks import check_positive
+from haystack_llmrank.checks import check_positive, is_whole
 from haystack_llmrank.ranking import Cost, Ranking
 
 Window = tuple[int, int]
@@ -104,7 +104,14 @@ def deal(items: Sequence[int], window_size: int) -> list[list[int]]:
     return [list(items[i::count]) for i in range(count)]
 
 
+def _check_integer(name: str, value: int) -> None:
+    """``ValueError`` unless ``value`` is an integer (numpy's too, not a bool)."""
+    if not is_whole(value, least=None):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+
+
 def _check_window_size(window_size: int, least: int) -> None:
+    _check_integer("window_size", window_size)
     if window_size < least:
         raise ValueError(f"window_size must be at least {least}, got {window_size}")
 
@@ -126,6 +133,7 @@ class SlidingWindow:
 
     def __post_init__(self) -> None:
         _check_window_size(self.window_size, 1)
+        _check_integer("step", self.step)
         if not 1 <= self.step <= self.window_size:
             raise ValueError(
                 f"step must be between 1 and window_size ({self.window_size}), got {self.step}"
@@ -220,8 +228,10 @@ class TopDownPartition:
     def __post_init__(self) -> None:
         _check_window_size(self.window_size, 2)
         half = self._half
-        if self.pivot_rank is not None and not 1 <= self.pivot_rank <= half:
-            raise ValueError(f"pivot_rank must be between 1 and {half}, got {self.pivot_rank}")
+        if self.pivot_rank is not None:
+            _check_integer("pivot_rank", self.pivot_rank)
+            if not 1 <= self.pivot_rank <= half:
+                raise ValueError(f"pivot_rank must be between 1 and {half}, got {self.pivot_rank}")
 
     @property
     def _half(self) -> int:
@@ -256,7 +266,7 @@ class TopDownPartition:
                 else:
                     behind.append(item)
         candidates = above + [item for _, item in sorted(risers, key=lambda r: (-r[0], r[1]))]
-        if risers:
+        if risers and len(candidates) > 1:  # one riser alone above the pivot is first
             window = candidates[:width]
             (values,) = yield [window]
             candidates = rank_members(window, values) + candidates[width:]

@@ -28,7 +28,7 @@ from haystack_llmrank.prompt import (
     get_template,
 )
 from haystack_llmrank.ranking import Ranking
-from haystack_llmrank.reranker import Reranker, check_options
+from haystack_llmrank.reranker import Reranker, check_options, template_strategy
 from haystack_llmrank.strategies import check_strategy_options, check_top_k
 
 logger = logging.getLogger(__name__)
@@ -150,7 +150,17 @@ class FirstListwiseRanker:
             (the ``"disjoint"`` strategy only, the default model's).
         """
         # what is wrong whatever the model fails here, before warm_up loads one
-        check_strategy_options(strategy, window_size=window_size, step=step)
+        check_vote(vote)
+        if template is None:
+            check_strategy_options(strategy, window_size=window_size, step=step)
+        else:  # the template, and so the labels and the readout, is known: check in full
+            given = get_template(template)
+            template_strategy(
+                given if vote is None else given.with_vote(vote),
+                strategy,
+                window_size=window_size,
+                step=step,
+            )
         check_backend(backend, threads, dtype)
         check_on_missing_gpu(on_missing_gpu)
         check_options(
@@ -160,9 +170,6 @@ class FirstListwiseRanker:
             fusion_k=fusion_k,
         )
         check_order_invariant(order_invariant, strategy)
-        if template is not None:
-            get_template(template)
-        check_vote(vote)
         check_passage_words(max_passage_words)
         if isinstance(meta_fields_to_embed, str):
             raise TypeError(

@@ -372,6 +372,32 @@ def test_replace_takes_names_as_from_pretrained_does(tiny_reranker: Reranker) ->
         tiny_reranker.replace(order_invariant=True)
 
 
+def test_a_strategy_objects_step_is_kept_however_the_reranker_was_made(
+    tiny_model_dir: Path, smollm2_tokenizer: Any, tiny_scorer: Any
+) -> None:
+    chosen = SlidingWindow(20, 5)
+    made = Reranker(smollm2_tokenizer, tiny_scorer, max_prompt_tokens=4096, strategy=chosen)
+    loaded = Reranker.from_pretrained(str(tiny_model_dir), strategy=chosen)
+    named = Reranker.from_pretrained(str(tiny_model_dir), strategy="sliding")
+    assert made.replace(window_size=16).strategy == SlidingWindow(16, 5)
+    assert loaded.replace(window_size=16).strategy == SlidingWindow(16, 5)
+    assert named.replace(window_size=16).strategy == SlidingWindow(16, 8)
+
+
+def test_a_label_readout_refuses_one_passage_windows_however_given(
+    tiny_model_dir: Path, smollm2_tokenizer: Any, tiny_scorer: Any
+) -> None:
+    message = "one passage a window orders nothing"
+    with pytest.raises(ValueError, match=message):
+        Reranker(
+            smollm2_tokenizer, tiny_scorer, max_prompt_tokens=4096, strategy=SlidingWindow(1, 1)
+        )
+    with pytest.raises(ValueError, match=message):
+        Reranker.from_pretrained(str(tiny_model_dir), strategy=Disjoint(1))
+    with pytest.raises(ValueError, match=message):
+        Reranker.from_pretrained(str(tiny_model_dir), strategy="sliding", window_size=1)
+
+
 def test_options_wrong_for_any_model_fail_before_it_loads(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

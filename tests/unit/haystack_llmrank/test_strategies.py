@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pytest
@@ -346,6 +347,35 @@ def test_tdpart_leaves_the_passages_below_the_pivot_in_first_stage_order() -> No
     assert list(ranking.order) == [1, 5, 3, 0, 2, 4, 6, 7, 8, 9]
     assert ranking.unranked == 7
     assert ranking.cost == Cost(windows=4, steps=3)
+
+
+def test_tdpart_plays_no_window_for_a_lone_riser() -> None:
+    # pivot rank 1: nothing stands above the pivot; passage 6 alone beats it, so it is first
+    # without a third window
+    values = [5.0, 4.0, 3.0, 2.0, 1.0, 0.5, 9.0, 0.0, 0.0]
+    seen: list[list[int]] = []
+    ranking = drive(TopDownPartition(6), values, 1, seen)
+    assert seen == [[0, 1, 2, 3, 4, 5], [0, 6, 7, 8]]
+    assert ranking.order[:2] == (6, 0)
+    assert ranking.cost == Cost(windows=2, steps=2)
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: make_strategy("sliding", window_size=4.0, step=2), "window_size must be an int"),
+        (lambda: make_strategy("tdpart", window_size=4.0), "window_size must be an integer"),
+        (lambda: make_strategy("tournament", window_size=4.0), "window_size must be an int"),
+        (lambda: make_strategy("disjoint", window_size=4.0), "window_size must be an integer"),
+        (lambda: make_strategy("sliding", window_size=4, step=2.5), "step must be an integer"),
+        (lambda: SlidingWindow(4, True), "step must be an integer"),
+        (lambda: TopDownPartition(6, pivot_rank=1.5), "pivot_rank must be an integer"),
+    ],
+)
+def test_strategies_refuse_sizes_that_are_not_integers(build: Any, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        build()
+    assert make_strategy("sliding", window_size=np.int64(4), step=np.int32(2)).window_size == 4
 
 
 def test_top_k_makes_tdpart_and_tournaments_cheaper_or_deeper() -> None:

@@ -18,7 +18,7 @@ from haystack.core.errors import DeserializationError
 from haystack.utils import ComponentDevice
 
 from haystack_llmrank import FirstListwiseRanker
-from haystack_llmrank.errors import ClosedError
+from haystack_llmrank.errors import ClosedError, WindowTooLargeError
 from haystack_llmrank.prompt import FIRST_NUMERIC_TEMPLATE
 from haystack_llmrank.ranking import Ranking
 from haystack_llmrank.reranker import Reranker
@@ -391,7 +391,7 @@ def test_to_dict_from_dict_round_trip() -> None:
         device="cuda:1",
         top_k=5,
         score_threshold=0.5,
-        window_size=10,
+        window_size=9,
         step=5,
         strategy="disjoint",
         template="first-numeric",
@@ -418,7 +418,7 @@ def test_to_dict_from_dict_round_trip() -> None:
             "dtype": None,
             "top_k": 5,
             "score_threshold": 0.5,
-            "window_size": 10,
+            "window_size": 9,
             "step": 5,
             "strategy": "disjoint",
             "template": "first-numeric",
@@ -456,6 +456,14 @@ def test_bad_window_rejected_at_init() -> None:
         FirstListwiseRanker(vote=" ")
     with pytest.raises(ValueError, match="max_passage_words must be"):
         FirstListwiseRanker(max_passage_words=0)
+    # a named template fixes the labels and the readout: its window is checked in full
+    with pytest.raises(ValueError, match="step must be between 1 and window_size \\(9\\)"):
+        FirstListwiseRanker(template="first-numeric", strategy="sliding", step=12)
+    with pytest.raises(WindowTooLargeError, match="template 'first-numeric' has 9 labels"):
+        FirstListwiseRanker(template="first-numeric", window_size=12)
+    with pytest.raises(ValueError, match="one passage a window orders nothing"):
+        FirstListwiseRanker(template="first", window_size=1)
+    assert FirstListwiseRanker(template="first", vote=" yes", window_size=1).window_size == 1
 
 
 def test_strategy_is_serialised_and_top_k_reaches_it(tiny_model_dir: Path) -> None:
