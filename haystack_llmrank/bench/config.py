@@ -206,6 +206,14 @@ class BenchConfig:
             raise ValueError(f"batch sizes must be at least 1, got {list(self.sweep_batch_sizes)}")
         if self.warmup < 0:
             raise ValueError(f"warmup must not be negative, got {self.warmup}")
+        if self.seed < 0:
+            raise ValueError(f"seed must not be negative, got {self.seed}")
+        if (
+            self.export_dir is not None
+            and self.export_dir.exists()
+            and not self.export_dir.is_dir()
+        ):
+            raise ValueError(f"export_dir {self.export_dir} is not a folder")
         if self.device is not None and self.device != "cpu" and not self.device.startswith("cuda"):
             raise ValueError(f"device must be cpu or cuda[:N], got {self.device!r}")
 

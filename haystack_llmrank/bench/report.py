@@ -18,6 +18,17 @@ from haystack_llmrank.data import Qrels, QueryCandidates
 from haystack_llmrank.evaluation import evaluate
 
 METRIC = "ndcg@10"
+CPU_EXTENSIONS = (
+    "avx2",
+    "avx512f",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "amx_bf16",
+    "amx_int8",
+)
+"""The /proc/cpuinfo flags that decide how fast the CPU rows run (int8 needs VNNI to pay,
+bfloat16 AVX512-BF16 or AMX), recorded with every run."""
 
 
 @dataclass(frozen=True)
@@ -101,6 +112,7 @@ class RowSummary:
 class BenchReport:
     """Everything a benchmark run measured, as written to JSON."""
 
+    command: str | None
     created: str
     config: dict[str, Any]
     environment: dict[str, Any]
@@ -260,6 +272,7 @@ def environment(device: str) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "transformers": transformers.__version__,
         "device": torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu",
+        "cpu": cpu_description(),
     }
     for package in ("onnxruntime", "onnxruntime-gpu"):
         try:
@@ -269,14 +282,39 @@ def environment(device: str) -> dict[str, Any]:
     return env
 
 
-def build_report(plan: Plan, results: Sequence[RowResult]) -> BenchReport:
-    """Summarise the rows of a run against ``plain`` and ``generate``."""
+def cpu_description(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, Any]:
+    """The CPU's model name and which of the vector extensions that CPU timings here depend
+    on it has (read from ``cpuinfo`` on Linux; elsewhere the model name only, as
+    :func:`platform.processor` gives it)."""
+    try:
+        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return {"model": platform.processor() or None, "extensions": None}
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            break  # the first processor's block describes them all
+        name, _, value = line.partition(":")
+        fields[name.strip()] = value.strip()
+    flags = set(fields.get("flags", "").split())
+    return {
+        "model": fields.get("model name") or platform.processor() or None,
+        "extensions": [name for name in CPU_EXTENSIONS if name in flags],
+    }
+
+
+def build_report(
+    plan: Plan, results: Sequence[RowResult], *, command: str | None = None
+) -> BenchReport:
+    """Summarise the rows of a run against ``plain`` and ``generate``; ``command`` is the
+    command line that ran it, where known."""
     config = plan.config
     assert config.device is not None
     references = {r.row: r.outcome for r in results if r.outcome is not None}
     identity: Orders = {q.qid: tuple(range(len(q.candidates))) for q in plan.queries}
     calibration = plan.calibration
     return BenchReport(
+        command=command,
         created=datetime.now(UTC).isoformat(timespec="seconds"),
         config=asdict(config),
         environment=environment(config.device),

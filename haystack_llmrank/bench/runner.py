@@ -52,6 +52,7 @@ from haystack_llmrank.export import export_onnx, is_export, read_metadata
 from haystack_llmrank.model_templates import model_template
 from haystack_llmrank.models import context_length, resolve_model
 from haystack_llmrank.prompt import FIRST_TEMPLATE, Prompt, PromptTemplate
+from haystack_llmrank.reranker import check_readout_window
 from haystack_llmrank.scorers.onnx_metadata import Precision
 from haystack_llmrank.strategies import SlidingWindow, make_strategy
 
@@ -347,7 +348,7 @@ def prepare(config: BenchConfig) -> Plan:
     readout = make_strategy(
         config.readout_strategy, window_size=config.window_size, step=config.step
     )
-    template.check_window(config.window_size)
+    check_readout_window(template, config.window_size)
     if config.needs_model:
         calibration, max_prompt_tokens, prompts = calibrate(config, queries, template)
         _release_memory(device)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import shlex
 import sys
 from collections.abc import Sequence
 
@@ -53,6 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The first word that is not an option names the subcommand (global options take no value).
     command = next((word for word in argv if not word.startswith("-")), "")
     args = build_parser(command).parse_args(argv)
+    args.command_line = shlex.join(["llmrank", *argv])  # what records of a run write
     logging.basicConfig(
         level=logging.WARNING - 10 * min(args.verbose, 2),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -208,11 +208,12 @@ def handle(args: argparse.Namespace) -> int:
     from haystack_llmrank.evaluation import require_pytrec_eval
 
     require_pytrec_eval()  # nDCG@10 of every row: fail before hours of timing, not after
+    config = config_from_args(args)  # checks every setting before any folder is made
     _check_output(args.json)  # likewise
-    plan = prepare(config_from_args(args))
+    plan = prepare(config)
     print(plan_text(plan), flush=True)
     results = run(plan, on_row=lambda result: print(row_line(result), flush=True))
-    report = build_report(plan, results)
+    report = build_report(plan, results, command=args.command_line)
     print(results_table(report))
     sweep = sweep_table(report)
     if sweep is not None:

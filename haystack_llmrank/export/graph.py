@@ -17,13 +17,13 @@ from haystack_llmrank.export.attention import (
 )
 from haystack_llmrank.scorers.label_head import LabelLogitsModel
 from haystack_llmrank.scorers.onnx_metadata import (
-    ATTENTION_CHOICES,
     EXPORTERS,
     OUTPUT_NAME,
     POSITIONS_NAME,
     AttentionChoice,
     AttentionKind,
     Exporter,
+    check_attention,
     graph_inputs,
 )
 
@@ -56,13 +56,10 @@ def choose_attention(
     back. Fusability is checked by running ``module`` once on the tracing example: every
     layer must reach the fused function and accept it.
     """
-    if attention not in ATTENTION_CHOICES:
-        raise ValueError(f"unknown attention {attention!r}; choose one of {ATTENTION_CHOICES}")
+    check_attention(attention, exporter)
     if attention == "plain":
         return "plain"
     if exporter != "torchscript":
-        if attention == "fused":
-            raise ValueError("fused attention is written by the torchscript exporter only")
         logger.info("attention not fused: the %s exporter writes it as plain operators", exporter)
         return "plain"
     try:

@@ -29,6 +29,7 @@ from haystack_llmrank.scorers.onnx_metadata import (
     Exporter,
     ExportMetadata,
     Precision,
+    check_attention,
     export_hashes,
     is_export,
 )
@@ -79,6 +80,7 @@ def export_onnx(
     if exporter not in EXPORTERS:
         raise ValueError(f"unknown exporter {exporter!r}; choose one of {EXPORTERS}")
     check_opset(opset, exporter)
+    check_attention(attention, exporter)
     _require_export_tools(precision, exporter)
     chosen = model_template(template, model, vote=vote)
     target = Path(out_dir).expanduser().resolve()

@@ -225,3 +225,12 @@ def check_labels(metadata: ExportMetadata, labels: Sequence[str]) -> None:
         f"this export {reads}, not the requested {list(labels)}; load it with {advice}, "
         "or export again with the template you want"
     )
+
+
+def check_attention(attention: str, exporter: str) -> None:
+    """``ValueError`` for an unknown ``attention``, or ``fused`` with an exporter that cannot
+    write it (only ``torchscript`` can), so that an export refuses it before the model loads."""
+    if attention not in ATTENTION_CHOICES:
+        raise ValueError(f"unknown attention {attention!r}; choose one of {ATTENTION_CHOICES}")
+    if attention == "fused" and exporter != "torchscript":
+        raise ValueError("fused attention is written by the torchscript exporter only")

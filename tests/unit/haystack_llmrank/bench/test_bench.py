@@ -10,6 +10,7 @@ import json
 import multiprocessing
 import random
 import re
+import shlex
 import shutil
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -31,6 +32,7 @@ from haystack_llmrank.bench.model_loading import attention_width, resolve_device
 from haystack_llmrank.bench.oracle import qrels_judge
 from haystack_llmrank.bench.plain import answer_text, deal_and_sort, parse_permutation, slide
 from haystack_llmrank.bench.prompts import CachedPromptBuilder
+from haystack_llmrank.bench.report import CPU_EXTENSIONS, cpu_description
 from haystack_llmrank.bench.runner import (
     Plan,
     Throughput,
@@ -404,6 +406,8 @@ def test_cached_prompts_match_the_engine_and_are_built_once(smollm2_tokenizer: A
         ({"strategies": ()}, "no strategies"),
         ({"oracle_noise": (0.5, 0.5)}, "more than once"),
         ({"oracle_noise": (-1.0,)}, "at least 0"),
+        ({"seed": -1}, "seed must not be negative"),
+        ({"export_dir": Path(__file__)}, "is not a folder"),
     ],
 )
 def test_bad_settings_are_refused(settings: dict[str, Any], message: str) -> None:
@@ -743,6 +747,58 @@ def test_a_window_wider_than_the_templates_labels_is_refused_before_any_row(
         prepare(plain_and_torch(bench_data, model, window_size=10, step=5))
     with pytest.raises(ValueError, match="a window of 3 was ranked as"):
         slide(5, 3, 2, lambda members: [0, 1])
+
+
+def test_one_passage_windows_of_a_label_readout_are_refused_before_any_row(
+    bench_data: Path, tied_model_dir: Path
+) -> None:
+    with pytest.raises(ValueError, match="one passage a window orders nothing"):
+        prepare(plain_and_torch(bench_data, tied_model_dir, window_size=1, step=1))
+
+
+def test_a_refused_command_leaves_no_json_folder_behind(
+    bench_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output = tmp_path / "new" / "deep" / "bench.json"
+    code, _ = llmrank_bench("--data-dir", str(bench_data), "--warmup", "-1", "--json", str(output))
+    assert code == 2
+    assert "warmup must not be negative" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+
+
+def test_the_record_names_its_command_and_cpu(bench_data: Path, tmp_path: Path) -> None:
+    args = ("--data-dir", str(bench_data), "--rows", "oracle", *ORACLE_SLICE)
+    code, _, report = bench_json(tmp_path / "bench.json", *args)
+    assert code == 0
+    assert report["command"] == shlex.join(
+        [
+            "llmrank",
+            "bench",
+            *args,
+            "--device",
+            "cpu",
+            "--in-process",
+            "--no-progress",
+            "--json",
+            str(tmp_path / "bench.json"),
+        ]
+    )
+    cpu = report["environment"]["cpu"]
+    assert set(cpu) == {"model", "extensions"}
+    assert set(cpu["extensions"] or ()) <= set(CPU_EXTENSIONS)
+
+
+def test_cpu_description_reads_the_first_processor(tmp_path: Path) -> None:
+    info = tmp_path / "cpuinfo"
+    info.write_text(
+        "processor\t: 0\nmodel name\t: Some CPU 9000\nflags\t\t: fpu avx2 avx512_bf16 sse\n\n"
+        "processor\t: 1\nmodel name\t: Other\nflags\t\t: amx_bf16\n"
+    )
+    assert cpu_description(info) == {
+        "model": "Some CPU 9000",
+        "extensions": ["avx2", "avx512_bf16"],
+    }
+    assert cpu_description(tmp_path / "missing")["extensions"] is None
 
 
 def test_each_row_takes_the_floor_of_the_dtype_it_computes_in(bench_data: Path) -> None:

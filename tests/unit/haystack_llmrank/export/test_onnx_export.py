@@ -409,6 +409,17 @@ def test_opsets_the_exporter_cannot_write_are_refused_before_the_model_loads(
     assert not (tmp_path / "out").exists()
 
 
+def test_fused_attention_with_dynamo_is_refused_before_the_model_loads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["export", "no/such", str(tmp_path / "out"), "--exporter", "dynamo"]
+    assert main([*args, "--attention", "fused"]) == 2
+    assert "fused attention is written by the torchscript exporter only" in (
+        capsys.readouterr().err
+    )
+    assert not (tmp_path / "out").exists()
+
+
 def test_export_names_a_folder_that_holds_no_model(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
