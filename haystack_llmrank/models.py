@@ -188,12 +188,17 @@ def content_digest(file: Path) -> str:
 
 
 def _gguf_cache_dir(source: ModelSource) -> Path | None:
-    """A cache folder for a local GGUF file's dequantised copy, keyed by the file's content."""
+    """A cache folder for a local GGUF file's dequantised copy, keyed by the file's content
+    and by transformers' major version, whose tokenizer files another major version may not
+    read (virtual environments with transformers 4 and 5 share the cache)."""
+    import transformers
+
     assert source.gguf_file is not None
     file = Path(source.location) / source.gguf_file
     if not file.is_file() or os.environ.get("LLMRANK_NO_CACHE"):
         return None
-    return _cache_root() / f"{file.stem}-{content_digest(file)[:16]}"
+    major = transformers.__version__.split(".", 1)[0]
+    return _cache_root() / f"{file.stem}-{content_digest(file)[:16]}-transformers{major}"
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
