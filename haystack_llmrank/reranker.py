@@ -55,6 +55,23 @@ logger = logging.getLogger(__name__)
 RerankRequest = tuple[str, Sequence[str]]
 
 
+def template_sizes(
+    template: PromptTemplate, window_size: int | None = None, step: int | None = None
+) -> tuple[int, int]:
+    """The window size and sliding step for ``template``, the window checked against its
+    labels and readout (:func:`check_readout_window`).
+
+    ``window_size`` ``None`` is FIRST's 20 passages, or the template's labels where fewer;
+    ``step`` ``None`` is as far as FIRST's 10 for 20 passages: half the window, at least 1.
+    """
+    check_positive("window_size", window_size)
+    check_positive("step", step)
+    if window_size is None:
+        window_size = min(DEFAULT_WINDOW_SIZE, len(template.labels))
+    check_readout_window(template, window_size)
+    return window_size, default_step(window_size) if step is None else step
+
+
 def template_strategy(
     template: PromptTemplate,
     name: str | None = None,
@@ -63,20 +80,9 @@ def template_strategy(
     step: int | None = None,
 ) -> Strategy:
     """The strategy ``name`` (``None``: the readout's own, see
-    :func:`~haystack_llmrank.strategies.readout_strategy`) for ``template``, its window
-    checked against the template's labels.
-
-    ``window_size`` ``None`` is FIRST's 20 passages, or the template's labels where fewer;
-    ``step`` ``None`` is as far as FIRST's 10 for 20 passages: half the window, at least 1.
-    A label readout needs windows of two passages or more.
-    """
-    check_positive("window_size", window_size)
-    check_positive("step", step)
-    if window_size is None:
-        window_size = min(DEFAULT_WINDOW_SIZE, len(template.labels))
-    check_readout_window(template, window_size)
-    if step is None:
-        step = default_step(window_size)
+    :func:`~haystack_llmrank.strategies.readout_strategy`) for ``template``, sized by
+    :func:`template_sizes`."""
+    window_size, step = template_sizes(template, window_size, step)
     return make_strategy(name, window_size=window_size, step=step, vote=template.vote)
 
 

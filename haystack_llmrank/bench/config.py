@@ -9,11 +9,9 @@ from pathlib import Path
 
 from haystack_llmrank.scorers.onnx_metadata import PRECISIONS, Precision
 from haystack_llmrank.strategies import (
-    DEFAULT_STEP,
-    DEFAULT_WINDOW_SIZE,
     STRATEGIES,
     SlidingWindow,
-    make_strategy,
+    check_strategy_options,
     readout_strategy,
 )
 
@@ -153,8 +151,8 @@ class BenchConfig:
     rows: tuple[str, ...] | None = None
     queries: int | None = 5
     top_k: int = 100
-    window_size: int = DEFAULT_WINDOW_SIZE
-    step: int = DEFAULT_STEP
+    window_size: int | None = None
+    step: int | None = None
     device: str | None = None
     dtype: str | None = None
     threads: int | None = None
@@ -190,8 +188,6 @@ class BenchConfig:
         positive = {
             "queries": self.queries if self.queries is not None else 1,
             "top_k": self.top_k,
-            "window_size": self.window_size,
-            "step": self.step,
             "threads": self.threads if self.threads is not None else 1,
             "batch_size": self.batch_size,
             "max_batch_tokens": self.max_batch_tokens or 1,
@@ -200,8 +196,9 @@ class BenchConfig:
         for name, value in positive.items():
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
+        check_strategy_options(None, window_size=self.window_size, step=self.step)
         for strategy in self.ranking_strategies:
-            make_strategy(strategy, window_size=self.window_size, step=self.step)
+            check_strategy_options(strategy, window_size=self.window_size, step=self.step)
         if any(size < 1 for size in self.sweep_batch_sizes):
             raise ValueError(f"batch sizes must be at least 1, got {list(self.sweep_batch_sizes)}")
         if self.warmup < 0:
@@ -216,6 +213,23 @@ class BenchConfig:
             raise ValueError(f"export_dir {self.export_dir} is not a folder")
         if self.device is not None and self.device != "cpu" and not self.device.startswith("cuda"):
             raise ValueError(f"device must be cpu or cuda[:N], got {self.device!r}")
+
+    @property
+    def window(self) -> int:
+        """:attr:`window_size` once :func:`~haystack_llmrank.bench.runner.prepare` has sized
+        it for the model's template (``None`` there: 20, or the template's labels where
+        fewer)."""
+        if self.window_size is None:
+            raise ValueError("the window is sized for the model's template by prepare()")
+        return self.window_size
+
+    @property
+    def sliding_step(self) -> int:
+        """:attr:`step` once :func:`~haystack_llmrank.bench.runner.prepare` has set it
+        (``None`` there: half the window)."""
+        if self.step is None:
+            raise ValueError("the step is set for the model's template by prepare()")
+        return self.step
 
     @property
     def ordered_rows(self) -> tuple[str, ...]:

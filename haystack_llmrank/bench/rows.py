@@ -350,13 +350,13 @@ def _builder(job: RowJob, tokenizer: object, vocab_size: int | None) -> CachedPr
 
 
 def _strategy(config: BenchConfig) -> SlidingWindow:
-    return SlidingWindow(config.window_size, config.step)
+    return SlidingWindow(config.window, config.sliding_step)
 
 
 def job_strategy(job: RowJob) -> Strategy:
     """The strategy the row ranks with."""
     config = job.config
-    return make_strategy(job.strategy, window_size=config.window_size, step=config.step)
+    return make_strategy(job.strategy, window_size=config.window, step=config.sliding_step)
 
 
 def _load_model(job: RowJob) -> LoadedModel:
@@ -377,11 +377,11 @@ def _load_loop_row(job: RowJob) -> LoopRow | VoteLoopRow:
     builder = _builder(job, loaded.tokenizer, loaded.vocab_size)
     vote = job.template.vote
     if job.row == PLAIN and vote is not None:
-        window_size = job.config.window_size
+        window_size = job.config.window
         return VoteLoopRow(
             builder, VoteWindow(loaded.model, plain_vote_id(loaded, vote)), Disjoint(window_size)
         )
-    labels = job.template.labels[: job.config.window_size]
+    labels = job.template.labels[: job.config.window]
     window: FullLogitsWindow | GenerateWindow
     if job.row == PLAIN:
         window = FullLogitsWindow(loaded.model, plain_label_ids(loaded, labels))

@@ -52,7 +52,7 @@ from haystack_llmrank.export import export_onnx, is_export, read_metadata
 from haystack_llmrank.model_templates import model_template
 from haystack_llmrank.models import context_length, resolve_model
 from haystack_llmrank.prompt import FIRST_TEMPLATE, Prompt, PromptTemplate
-from haystack_llmrank.reranker import check_readout_window
+from haystack_llmrank.reranker import template_sizes
 from haystack_llmrank.scorers.onnx_metadata import Precision
 from haystack_llmrank.strategies import SlidingWindow, make_strategy
 
@@ -147,7 +147,7 @@ class Plan:
     def windows_of(self, strategy: str) -> int:
         """The most windows ``strategy`` takes over all queries."""
         config = self.config
-        chosen = make_strategy(strategy, window_size=config.window_size, step=config.step)
+        chosen = make_strategy(strategy, window_size=config.window, step=config.sliding_step)
         return sum(chosen.max_windows(len(q.candidates)) for q in self.queries)
 
 
@@ -276,12 +276,12 @@ def calibrate(
         max_prompt_tokens=max_prompt_tokens,
         vocab_size=loaded.vocab_size,
     )
-    warm = first_window(queries, SlidingWindow(config.window_size, config.step))
+    warm = first_window(queries, SlidingWindow(config.window, config.sliding_step))
     if warm is None:
         return None, max_prompt_tokens, builder.cache
     prompt = builder.build(*warm)
     prefill, decode = _prefill_and_decode_seconds(loaded.model, prompt.token_ids, config.device)
-    labels = template.labels[: config.window_size]
+    labels = template.labels[: config.window]
     calibration = Calibration(
         load_seconds=load_seconds,
         forward_seconds=prefill,
@@ -331,12 +331,15 @@ def prepare(config: BenchConfig) -> Plan:
     """Resolve the settings, read the data, time one window and the device's matmul rate."""
     device, dtype = resolve_device(config.device, config.dtype, config.model, config.synthetic)
     template = bench_template(config)
+    window_size, step = template_sizes(template, config.window_size, config.step)
     config = replace(
         config,
         device=device,
         dtype=dtype,
         rows=config.rows or default_rows(device),
         vote=template.vote,
+        window_size=window_size,
+        step=step,
     )
     config = replace(config, strategies=config.ranking_strategies)
     if config.threads is not None:
@@ -346,9 +349,8 @@ def prepare(config: BenchConfig) -> Plan:
     all_queries, qrels = read_data(config)
     queries = select_queries(all_queries, config.queries, config.top_k)
     readout = make_strategy(
-        config.readout_strategy, window_size=config.window_size, step=config.step
+        config.readout_strategy, window_size=config.window, step=config.sliding_step
     )
-    check_readout_window(template, config.window_size)
     if config.needs_model:
         calibration, max_prompt_tokens, prompts = calibrate(config, queries, template)
         _release_memory(device)

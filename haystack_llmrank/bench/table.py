@@ -111,7 +111,7 @@ def plan_text(plan: Plan) -> str:
     lines = [
         f"model {model} on "
         f"{config.device} ({config.dtype}); {len(plan.queries)} of {plan.total_queries} queries, "
-        f"top {config.top_k}, window {config.window_size} step {config.step}: "
+        f"top {config.top_k}, window {config.window} step {config.sliding_step}: "
         f"{plan.windows} {config.readout_strategy} windows; "
         f"strategies {', '.join(config.ranking_strategies)}"
     ]

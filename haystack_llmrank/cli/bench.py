@@ -17,7 +17,7 @@ from haystack_llmrank.bench.config import (
 )
 from haystack_llmrank.cli.options import positive_int
 from haystack_llmrank.scorers.base import DEFAULT_MAX_BATCH_TOKENS
-from haystack_llmrank.strategies import DEFAULT_STEP, DEFAULT_WINDOW_SIZE, STRATEGIES
+from haystack_llmrank.strategies import DEFAULT_WINDOW_SIZE, STRATEGIES
 
 DEFAULT_JSON = Path("llmrank-bench.json")
 
@@ -83,9 +83,18 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--top-k", type=positive_int, default=100, help="candidates per query (default: 100)"
     )
-    parser.add_argument("--window-size", type=positive_int, default=DEFAULT_WINDOW_SIZE)
     parser.add_argument(
-        "--step", type=positive_int, default=DEFAULT_STEP, help="sliding window step"
+        "--window-size",
+        type=positive_int,
+        default=None,
+        help=f"passages per window (default: {DEFAULT_WINDOW_SIZE}, or the template's labels "
+        "where fewer)",
+    )
+    parser.add_argument(
+        "--step",
+        type=positive_int,
+        default=None,
+        help="sliding window step (default: half the window)",
     )
     parser.add_argument(
         "--strategies",

@@ -749,6 +749,21 @@ def test_a_window_wider_than_the_templates_labels_is_refused_before_any_row(
         slide(5, 3, 2, lambda members: [0, 1])
 
 
+def test_the_window_and_step_follow_the_models_template_unless_given(
+    bench_data: Path, tied_model_dir: Path, tmp_path: Path
+) -> None:
+    model = tmp_path / "numeric-model"
+    shutil.copytree(tied_model_dir, model)
+    write_template(model, FIRST_NUMERIC_TEMPLATE)  # 9 labels
+    sized = dict(rows=("oracle",), window_size=None, step=None)
+    plan = prepare(plain_and_torch(bench_data, model, **sized))
+    assert (plan.config.window_size, plan.config.step) == (9, 4)
+    plan = prepare(plain_and_torch(bench_data, tied_model_dir, **sized))
+    assert (plan.config.window_size, plan.config.step) == (20, 10)
+    plan = prepare(plain_and_torch(bench_data, model, rows=("oracle",), window_size=6, step=None))
+    assert (plan.config.window_size, plan.config.step) == (6, 3)
+
+
 def test_one_passage_windows_of_a_label_readout_are_refused_before_any_row(
     bench_data: Path, tied_model_dir: Path
 ) -> None:
