@@ -253,8 +253,22 @@ text, then the label printed before it). For models trained with it (``llmrank t
 --template first-echo``); untrained models and FIRST's own checkpoints expect ``first``.
 """
 
+FIRST_JUDGE_TEMPLATE = _first_template(
+    "first-judge",
+    "alphabetical",
+    "[B] > [A]",
+    ALPHABETIC_LABELS[:20],  # as the default model was trained
+    "[{label}] Query: {query}\nPassage: {text}\nIs the passage relevant to the query? "
+    "[{label}] Answer:\n",
+)
+"""FIRST's wording with each passage line restating the query and asking whether the
+passage is relevant, as a pointwise prompt would, so that a vote (``" yes"``) at the line's
+end judges that passage (the default model's template: ``llmrank train --template
+first-judge --passage-vote ' yes'``)."""
+
 TEMPLATES: dict[str, PromptTemplate] = {
-    t.name: t for t in (FIRST_TEMPLATE, FIRST_NUMERIC_TEMPLATE, FIRST_ECHO_TEMPLATE)
+    t.name: t
+    for t in (FIRST_TEMPLATE, FIRST_NUMERIC_TEMPLATE, FIRST_ECHO_TEMPLATE, FIRST_JUDGE_TEMPLATE)
 }
 
 

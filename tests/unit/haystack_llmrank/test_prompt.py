@@ -19,6 +19,7 @@ from haystack_llmrank.labels import NUMERIC_LABELS
 from haystack_llmrank.prompt import (
     DEFAULT_MAX_PASSAGE_WORDS,
     FIRST_ECHO_TEMPLATE,
+    FIRST_JUDGE_TEMPLATE,
     FIRST_NUMERIC_TEMPLATE,
     FIRST_TEMPLATE,
     TEMPLATES,
@@ -87,6 +88,16 @@ def test_echo_template_repeats_each_label_after_its_passage(smollm2_tokenizer: A
     assert "[A] x (B) y [A]\n[B] z [B]\n" in text
     first = builder(smollm2_tokenizer).build("q", ["x [B] y", "z"]).text
     assert text.replace(" [A]\n", "\n").replace(" [B]\n", "\n") == first  # wording unchanged
+
+
+def test_first_judge_is_the_default_models_template_and_the_examples_file() -> None:
+    assert get_template("first-judge") is FIRST_JUDGE_TEMPLATE
+    assert get_template(str(PROJECT_ROOT / "examples/templates/first-judge.json")) == (
+        FIRST_JUDGE_TEMPLATE
+    )
+    recorded = PROJECT_ROOT / "haystack_llmrank/default_adapter/llmrank_template.json"
+    default = get_template(json.loads(recorded.read_text()))
+    assert replace(default, vote=None, max_passage_words=None) == FIRST_JUDGE_TEMPLATE
 
 
 ASK_TEMPLATE = replace(
