@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from haystack_llmrank.bench.report import environment
 from haystack_llmrank.cli.options import passage_words
 from haystack_llmrank.data import (
     Qrels,
@@ -183,6 +184,7 @@ def main() -> None:
     qrels = {qid: judged for qid, judged in read_qrels(args.qrels).items() if qid in held}
     report: dict[str, Any] = {
         "command": shlex.join(["python", *sys.argv]),
+        "environment": environment(args.device or ("cuda" if torch.cuda.is_available() else "cpu")),
         "model": args.model,
         "backend": args.backend,
         "device": args.device,

@@ -22,7 +22,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shlex
 import shutil
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -33,6 +35,7 @@ import numpy as np
 
 from haystack_llmrank.backends import load_scorer
 from haystack_llmrank.bench.config import default_data_dir
+from haystack_llmrank.bench.report import environment
 from haystack_llmrank.data import read_queries
 from haystack_llmrank.export import export_onnx, is_export
 from haystack_llmrank.export.precision import label_head_nodes
@@ -180,6 +183,8 @@ def main() -> None:
         f"{args.threads} threads; torch: {torch_seconds:.2f} s/window"
     )
     results: dict[str, Any] = {
+        "command": shlex.join(["python", *sys.argv]),
+        "environment": environment("cpu"),  # every variant runs on ONNX Runtime's CPU provider
         "model": args.model,
         "template": template.name,
         "vote": template.vote,

@@ -78,3 +78,5 @@ def test_the_report_records_the_dtype_the_model_ran_in(
     written = json.loads(report.read_text())
     assert written["dtype"] == "bfloat16"
     assert written["queries"] == ["q0", "q2"]
+    assert written["command"].startswith("python heldout_eval.py --model")
+    assert set(written["environment"]["cpu"]) == {"model", "extensions"}
