@@ -737,25 +737,29 @@ def test_plain_disjoint_windows_deal_like_the_engine() -> None:
         deal_and_sort(3, 3, lambda members: [0.0, 1.0])
 
 
-def test_a_window_wider_than_the_templates_labels_is_refused_before_any_row(
-    bench_data: Path, tied_model_dir: Path, tmp_path: Path
-) -> None:
+@pytest.fixture
+def numeric_model(tied_model_dir: Path, tmp_path: Path) -> Path:
+    """The tied model recorded with ``first-numeric``'s 9 labels."""
     model = tmp_path / "numeric-model"
     shutil.copytree(tied_model_dir, model)
-    write_template(model, FIRST_NUMERIC_TEMPLATE)  # 9 labels
+    write_template(model, FIRST_NUMERIC_TEMPLATE)
+    return model
+
+
+def test_a_window_wider_than_the_templates_labels_is_refused_before_any_row(
+    bench_data: Path, numeric_model: Path
+) -> None:
     with pytest.raises(WindowTooLargeError, match="template 'first-numeric' has 9"):
-        prepare(plain_and_torch(bench_data, model, window_size=10, step=5))
+        prepare(plain_and_torch(bench_data, numeric_model, window_size=10, step=5))
     with pytest.raises(ValueError, match="a window of 3 was ranked as"):
         slide(5, 3, 2, lambda members: [0, 1])
 
 
 def test_the_window_and_step_follow_the_models_template_unless_given(
-    bench_data: Path, tied_model_dir: Path, tmp_path: Path
+    bench_data: Path, tied_model_dir: Path, numeric_model: Path
 ) -> None:
-    model = tmp_path / "numeric-model"
-    shutil.copytree(tied_model_dir, model)
-    write_template(model, FIRST_NUMERIC_TEMPLATE)  # 9 labels
-    sized = dict(rows=("oracle",), window_size=None, step=None)
+    model = numeric_model
+    sized = {"rows": ("oracle",), "window_size": None, "step": None}
     plan = prepare(plain_and_torch(bench_data, model, **sized))
     assert (plan.config.window_size, plan.config.step) == (9, 4)
     plan = prepare(plain_and_torch(bench_data, tied_model_dir, **sized))
