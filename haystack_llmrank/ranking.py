@@ -38,8 +38,9 @@ class Ranking:
     Scores from one window are directly comparable; across windows and queries they
     are a heuristic (logits of a FIRST model, not probabilities).
 
-    ``unranked`` is how many positions at the bottom the strategy left in first-stage order
-    (their input indices ascend); the first :attr:`depth` positions are in the model's order.
+    ``unranked`` is how many positions at the bottom the strategy left in first-stage order,
+    blank passages (which no window shows) among them (their input indices ascend); the
+    first :attr:`depth` positions are in the model's order.
     """
 
     order: tuple[int, ...]
