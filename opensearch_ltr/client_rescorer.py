@@ -19,7 +19,8 @@ Faults: a failed first pass always raises :class:`SearchFailedError`. A failed r
 (:class:`RerankError`: engine error, or hits without text under ``missing_text="raise"``) or a
 failed server-applied search raises with ``on_error="raise"``; with ``on_error="fail_open"``
 the first-pass page is returned with ``llmrank.fail_open = true`` and the reason. Request
-errors are always raised.
+errors are always raised, and so is a query too long for the engine's prompt budget
+(:class:`RescoreRequestError`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from typing import Any, Literal, Protocol
 
 from opensearchpy.exceptions import OpenSearchException
 
+from haystack_llmrank.errors import PromptTooLongError
 from haystack_llmrank.ranking import Ranking
 from opensearch_ltr.errors import (
     MissingTextError,
@@ -290,6 +292,8 @@ class _RescorerBase:
             with self._lock:
                 # The whole window: every page reruns it and must get the same order.
                 ranking = self.reranker.rerank(search.query_text or "", passages)
+        except PromptTooLongError as error:  # the request's own query: no page can show it
+            raise RescoreRequestError(f"the query cannot be ranked: {error}") from error
         except Exception as error:
             raise RerankError(f"the engine failed: {_describe(error)}") from error
         finally:

@@ -14,6 +14,7 @@ import pytest
 from opensearchpy.exceptions import ConnectionError as OsConnectionError
 from opensearchpy.exceptions import ConnectionTimeout, NotFoundError
 
+from haystack_llmrank.errors import PromptTooLongError
 from haystack_llmrank.ranking import Ranking
 from opensearch_ltr import AsyncLlmRescorer, LlmRescorer
 from opensearch_ltr.errors import (
@@ -346,6 +347,15 @@ def test_engine_failure_raises_or_fails_open() -> None:
     assert response["llmrank"]["fail_open"] is True
     assert response["llmrank"]["reranked"] == 0
     assert "RuntimeError: out of memory" in response["llmrank"]["reason"]
+
+
+def test_a_query_too_long_for_the_prompt_is_a_request_error_even_failing_open() -> None:
+    too_long = PromptTooLongError("the query alone exceeds the prompt budget")
+    for on_error in ("raise", "fail_open"):
+        stage = rescorer(ScriptedClient(make_hits()), ShortestFirst(too_long), on_error=on_error)
+        with pytest.raises(RescoreRequestError, match="the query cannot be ranked") as caught:
+            stage.search("docs", BODY)
+        assert caught.value.__cause__ is too_long
 
 
 def test_missing_text_raises_flags_or_fails_open() -> None:
