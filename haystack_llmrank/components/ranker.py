@@ -328,13 +328,13 @@ class FirstListwiseRanker:
 
     def _rank(self, query: str, texts: list[str], top_k: int | None) -> Ranking:
         """Load the model if it is not, and rank, in one hold of the lock: a :meth:`close`
-        falls before or after a whole ranking, never inside one."""
+        falls before or after a whole ranking, never inside one. No texts need no model."""
+        if not texts:
+            return Ranking((), (), ())
         with self._lock:
             self.warm_up()
             reranker = self._reranker
             assert reranker is not None  # warm_up loaded it, and close waits for the lock
-            if not texts:
-                return Ranking((), (), ())
             return reranker.rerank(query, texts, top_k=top_k)
 
     @component.output_types(documents=list[Document])

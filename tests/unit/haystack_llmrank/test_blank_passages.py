@@ -31,6 +31,7 @@ def test_blank_passages_join_a_full_ranking_at_the_bottom() -> None:
     joined = with_blank_passages(ranking, [1, 2], [0, 3, 4])
     assert joined.order == (2, 1, 0, 3, 4)
     assert joined.scores == (3.0, 2.0, 2.0, 2.0, 2.0)
+    assert joined.logits == (3.0, 2.0, 2.0, 2.0, 2.0)
     assert joined.unranked == 3
     assert joined.cost == Cost(1, 1, 10)
 
@@ -41,6 +42,7 @@ def test_blank_passages_take_their_input_place_in_an_unranked_tail() -> None:
     joined = with_blank_passages(ranking, [1, 3, 4], [0, 2])
     assert joined.order == (4, 0, 1, 2, 3)
     assert joined.scores == (5.0, 5.0, 1.0, 1.0, 0.5)
+    assert joined.logits == (5.0, 5.0, 1.0, 1.0, 0.5)
     assert joined.unranked == 4
 
 

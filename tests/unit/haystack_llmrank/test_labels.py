@@ -53,7 +53,13 @@ def test_missing_label_is_an_error() -> None:
 
 
 def test_numeric_labels_resolve_on_smollm2(smollm2_tokenizer: Any) -> None:
-    assert len(resolve_label_ids(smollm2_tokenizer, NUMERIC_LABELS)) == 9
+    label_ids = resolve_label_ids(smollm2_tokenizer, NUMERIC_LABELS)
+    assert label_ids.labels == NUMERIC_LABELS
+    for label, ids in zip(label_ids.labels, label_ids.ids, strict=True):
+        assert smollm2_tokenizer.convert_tokens_to_ids(label) in ids
+        assert {smollm2_tokenizer.decode([i]) for i in ids} <= {label, " " + label}
+    every = [i for ids in label_ids.ids for i in ids]
+    assert len(every) == len(set(every)), "no id stands for two labels"
 
 
 def test_window_larger_than_alphabet_is_refused() -> None:

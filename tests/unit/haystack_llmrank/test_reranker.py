@@ -188,19 +188,19 @@ def test_empty_candidate_list(tiny_reranker: Reranker) -> None:
 
 
 @pytest.mark.parametrize(
-    ("query", "texts", "error"),
+    ("query", "texts", "error", "message"),
     [
-        ("", ["a"], ValueError),
-        ("   ", ["a"], ValueError),
-        (None, ["a"], TypeError),
-        ("q", "one string", TypeError),
-        ("q", ["a", None], TypeError),
+        ("", ["a"], ValueError, "query is empty"),
+        ("   ", ["a"], ValueError, "query is empty"),
+        (None, ["a"], TypeError, "query must be a string, got NoneType"),
+        ("q", "one string", TypeError, "not one string"),
+        ("q", ["a", None], TypeError, "passage 1 is NoneType, not a string"),
     ],
 )
 def test_bad_requests(
-    tiny_reranker: Reranker, query: Any, texts: Any, error: type[Exception]
+    tiny_reranker: Reranker, query: Any, texts: Any, error: type[Exception], message: str
 ) -> None:
-    with pytest.raises(error):
+    with pytest.raises(error, match=message):
         tiny_reranker.rerank(query, texts)
 
 

@@ -379,6 +379,41 @@ def test_missing_text_raises_flags_or_fails_open() -> None:
     assert failed["llmrank"]["missing_text"] == [{"_index": "docs", "_id": "d1"}]
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "lacks"),
+    [
+        ("_id", None, "_id"),
+        ("_index", None, "_index"),
+        ("_id", 7, "_id"),
+        ("_score", None, "_score"),
+    ],
+)
+def test_first_pass_hits_without_their_keys_are_refused(field: str, value: Any, lacks: str) -> None:
+    hits = make_hits()
+    hits[1][field] = value
+    with pytest.raises(RescoreRequestError, match=f"has no {lacks}; rescoring needs"):
+        rescorer(ScriptedClient(hits)).search("docs", BODY)
+
+
+def test_a_server_applied_hit_the_first_pass_did_not_return_gets_no_ranks() -> None:
+    class ChangedIndex(ScriptedClient):
+        """The second search finds a document the first pass did not (the index changed)."""
+
+        def answer(self, **kwargs: Any) -> dict[str, Any]:
+            response = super().answer(**kwargs)
+            if "rescore" in kwargs["body"]:
+                new = {"_index": "docs", "_id": "new", "_score": 99.0, "_source": {"text": "x"}}
+                response["hits"]["hits"].insert(0, new)
+            return response
+
+    response = rescorer(ChangedIndex(make_hits())).search("docs", BODY, size=2, apply="server")
+    first = response["hits"]["hits"][0]
+    assert first["_id"] == "new"
+    assert first["_rank"] == {"final": 0, "first_pass": None, "engine": None}
+    assert first["_first_pass_score"] is None
+    assert response["hits"]["hits"][1]["_rank"]["first_pass"] is not None
+
+
 def test_server_applied_sends_one_more_search() -> None:
     client = ScriptedClient(make_hits())
     spec = {"query_weight": 0.5, "score_mode": "avg"}

@@ -125,8 +125,12 @@ def test_pages_and_fetch_size() -> None:
     for bad in ((-1, 10), (0, -1)):
         with pytest.raises(ValueError, match="cannot be negative"):
             check_page(*bad)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match=r"\[size\] must be an int, got 1.5"):
         page([1], 0, 1.5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"\[size\] must be an int, got True"):
+        page([1, 2], 0, True)
+    with pytest.raises(TypeError, match=r"\[from\] must be an int, got 2.0"):
+        fetch_size(10, 2.0, 5)  # type: ignore[arg-type]
 
 
 def test_to_float32_rounds_to_the_nearest_float32() -> None:

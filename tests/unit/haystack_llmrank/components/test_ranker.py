@@ -105,6 +105,13 @@ def test_documents_without_text_follow_unscored(ranker: FirstListwiseRanker) -> 
     assert sorted(d.id for d in out[:3]) == ["d0", "d1", "d2"]
 
 
+def test_documents_all_without_text_need_no_model() -> None:
+    ranker = FirstListwiseRanker(model="no/such-model")
+    inputs = [Document(id="x", content=None), Document(id="y", content="   ")]
+    out = ranker.run(query=QUERY, documents=inputs)["documents"]
+    assert [(d.id, d.score) for d in out] == [("x", None), ("y", None)]
+
+
 def test_empty_query_and_no_documents(ranker: FirstListwiseRanker) -> None:
     assert ranker.run(query=QUERY, documents=[]) == {"documents": []}
     inputs = docs(4)
