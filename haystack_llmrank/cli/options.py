@@ -188,11 +188,13 @@ def check_model_options(args: argparse.Namespace) -> None:
     """Check what :func:`add_model_options` parsed before any model loads.
 
     A window wider than the labels of the template (``--template``, else the one recorded
-    with the model, else FIRST's), a step wider than the window, an unknown torch device or
-    dtype, or a model that is neither local nor reachable fails here in well under a second.
+    with the model, else FIRST's), a step wider than the window, ``--order-invariant`` with
+    a strategy other than ``disjoint`` (as the template's readout resolves it), a dtype
+    with the onnx backend, an unknown torch device or dtype, or a model that is neither
+    local nor reachable fails here in well under a second.
     """
     from haystack_llmrank.arrangement import check_order_invariant
-    from haystack_llmrank.backends import check_torch_placement
+    from haystack_llmrank.backends import check_backend, check_torch_placement
     from haystack_llmrank.fusion import check_fusion_k
     from haystack_llmrank.model_templates import model_template
     from haystack_llmrank.models import check_available, resolve_model
@@ -205,9 +207,13 @@ def check_model_options(args: argparse.Namespace) -> None:
             f"--window-size {args.window_size} is over the {labels} labels of the model's "
             f"prompt template {template.name!r}"
         )
-    template_strategy(template, args.strategy, window_size=args.window_size, step=args.step)
+    strategy = template_strategy(
+        template, args.strategy, window_size=args.window_size, step=args.step
+    )
     check_fusion_k(args.fusion_k)
-    check_order_invariant(args.order_invariant, args.strategy)
+    check_order_invariant(args.order_invariant, strategy.name)
+    # --threads also sets torch's process-wide threads (load_reranker), which the API leaves
+    check_backend(args.backend, args.threads if args.backend == "onnx" else None, args.dtype)
     if args.backend == "torch":
         check_torch_placement(args.device, args.dtype)
         check_available(resolve_model(args.model))

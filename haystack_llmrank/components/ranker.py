@@ -151,16 +151,17 @@ class FirstListwiseRanker:
         """
         # what is wrong whatever the model fails here, before warm_up loads one
         check_vote(vote)
+        resolved = strategy
         if template is None:
             check_strategy_options(strategy, window_size=window_size, step=step)
         else:  # the template, and so the labels and the readout, is known: check in full
             given = get_template(template)
-            template_strategy(
+            resolved = template_strategy(
                 given if vote is None else given.with_vote(vote),
                 strategy,
                 window_size=window_size,
                 step=step,
-            )
+            ).name
         check_backend(backend, threads, dtype)
         check_on_missing_gpu(on_missing_gpu)
         check_options(
@@ -169,7 +170,7 @@ class FirstListwiseRanker:
             max_batch_tokens=max_batch_tokens,
             fusion_k=fusion_k,
         )
-        check_order_invariant(order_invariant, strategy)
+        check_order_invariant(order_invariant, resolved)
         check_passage_words(max_passage_words)
         if isinstance(meta_fields_to_embed, str):
             raise TypeError(

@@ -497,10 +497,13 @@ def test_the_strategy_and_both_orders_reach_the_engine(
     assert (calls[-1]["strategy"], calls[-1]["fusion_k"]) == ("disjoint", 60)
     assert calls[-1]["vote"] == " yes"
     assert calls[-1]["order_invariant"] is False
-    load_reranker(model_args("--order-invariant"))
+    load_reranker(model_args("--order-invariant", "--vote", " yes"))  # a vote: disjoint
     assert calls[-1]["order_invariant"] is True
     with pytest.raises(ValueError, match="order_invariant needs the 'disjoint' strategy"):
         load_reranker(model_args("--order-invariant", "--strategy", "sliding"))
+    # the folder records no template: FIRST's, read by its labels in sliding windows
+    with pytest.raises(ValueError, match="order_invariant needs the 'disjoint' strategy"):
+        load_reranker(model_args("--order-invariant"))
     with pytest.raises(ValueError, match="visible token"):
         load_reranker(model_args("--vote", " "))
     with pytest.raises(ValueError, match="fusion_k"):

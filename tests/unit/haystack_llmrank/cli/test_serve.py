@@ -103,4 +103,9 @@ def test_run_checks_the_model_options_before_serving(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(service, "run_service", fake_run_service)
     with pytest.raises(ValueError, match="--window-size 30 is over the 20 labels"):
         serve.run(parse("--no-auth", "--window-size", "30"))
+    # FIRST's template is read by its labels in sliding windows, which order_invariant refuses
+    with pytest.raises(ValueError, match="order_invariant needs the 'disjoint' strategy"):
+        serve.run(parse("--no-auth", "--template", "first", "--order-invariant"))
+    with pytest.raises(ValueError, match="dtype does not apply to the onnx backend"):
+        serve.run(parse("--no-auth", "--backend", "onnx", "--dtype", "float16"))
     assert served == []

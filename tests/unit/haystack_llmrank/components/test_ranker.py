@@ -471,6 +471,9 @@ def test_bad_window_rejected_at_init() -> None:
     with pytest.raises(ValueError, match="one passage a window orders nothing"):
         FirstListwiseRanker(template="first", window_size=1)
     assert FirstListwiseRanker(template="first", vote=" yes", window_size=1).window_size == 1
+    with pytest.raises(ValueError, match="order_invariant needs the 'disjoint' strategy"):
+        FirstListwiseRanker(template="first", order_invariant=True)  # resolves to sliding
+    assert FirstListwiseRanker(template="first", vote=" yes", order_invariant=True).vote
 
 
 def test_strategy_is_serialised_and_top_k_reaches_it(tiny_model_dir: Path) -> None:
