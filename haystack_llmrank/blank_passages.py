@@ -1,4 +1,5 @@
-"""Blank passages (empty, or only whitespace): kept out of the windows, put after the others.
+"""Blank passages (nothing left once the prompt repairs their text): kept out of the
+windows, put after the others.
 
 A model has nothing to judge in a blank passage, and its score for one is noise that can
 put it first. The engine ranks the other passages and adds the blank ones to the ranking's
@@ -9,14 +10,24 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from haystack_llmrank.prompt import normalize_passage
 from haystack_llmrank.ranking import Ranking
+
+
+def is_blank(text: str) -> bool:
+    """Whether ``text`` would show nothing in a prompt: empty once repaired and split into
+    words as :func:`~haystack_llmrank.prompt.normalize_passage` does (whitespace, a byte
+    order mark, control characters, ``&nbsp;``)."""
+    return not normalize_passage(text, None)
 
 
 def split_blank(passages: Sequence[str]) -> tuple[list[int], list[int]]:
     """The input indices of the passages with text, and those of the blank ones."""
-    kept = [i for i, text in enumerate(passages) if text.strip()]
-    blank = [i for i, text in enumerate(passages) if not text.strip()]
-    return kept, blank
+    blank = [is_blank(text) for text in passages]
+    return (
+        [i for i, empty in enumerate(blank) if not empty],
+        [i for i, empty in enumerate(blank) if empty],
+    )
 
 
 def with_blank_passages(ranking: Ranking, kept: Sequence[int], blank: Sequence[int]) -> Ranking:

@@ -313,6 +313,12 @@ def label_lookalike(labels: Sequence[str]) -> re.Pattern[str]:
     return re.compile(r"\[(" + "|".join(re.escape(label) for label in labels) + r")\]")
 
 
+def normalize_query(query: str) -> str:
+    """``query`` with its whitespace collapsed to single spaces and trimmed, as passages are
+    (so that ``"  where is berlin\n"`` and ``"where is berlin"`` give the same prompt)."""
+    return " ".join(query.split())
+
+
 def normalize_passage(
     text: str,
     max_words: int | None = DEFAULT_MAX_PASSAGE_WORDS,
@@ -423,11 +429,12 @@ class PromptBuilder:
     def build(self, query: str, passages: Sequence[str]) -> Prompt:
         """Render and tokenise one window, shrinking passages if it exceeds the budget.
 
-        The query and the passages are defused first (:meth:`defuse`).
+        The query (whitespace collapsed, :func:`normalize_query`) and the passages are
+        defused first (:meth:`defuse`).
         """
         self.template.check_window(len(passages))
         labels = self.template.labels
-        query = self.defuse(query)
+        query = self.defuse(normalize_query(query))
         texts = [
             self.defuse(normalize_passage(p, self.max_passage_words, labels)) for p in passages
         ]
@@ -455,7 +462,8 @@ class PromptBuilder:
         -1 where the template's line starts with a slot (``{text}``), which has no wording to
         find it by.
 
-        Lines are searched after the query (as given or as the prompt repairs it) where the
+        Lines are searched after the query (as :meth:`build` shows it, or as the prompt
+        repairs that) where the
         template's prefix holds it, by the template's wording around its slots, which
         passages cannot contain:
         :func:`normalize_passage` rewrites bracketed labels and line breaks. A template whose
@@ -467,6 +475,7 @@ class PromptBuilder:
         )
         if list(encoded["input_ids"]) != list(prompt.token_ids):
             raise ValueError("the prompt does not re-tokenise to its own ids")
+        query = self.defuse(normalize_query(query))  # as build shows it
         shown = next((q for q in (query, str(fix_text(query))) if q in prompt.text), None)
         start = 0
         if shown is not None and "query" in _slots(self.template.prefix):
@@ -486,7 +495,8 @@ class PromptBuilder:
         """Tokens of a window of ``count`` empty passages for ``query``: what no cut of the
         passages can shorten (a template that restates the query per passage grows with
         ``count``)."""
-        return len(self._encode(self.render(query, [""] * count)))
+        shown = self.defuse(normalize_query(query))  # as build shows it; twice changes nothing
+        return len(self._encode(self.render(shown, [""] * count)))
 
     def _fit(self, query: str, texts: list[str], full_length: int) -> Prompt:
         bare = self.instruction_tokens(query, len(texts))

@@ -17,6 +17,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from haystack_llmrank.blank_passages import is_blank
+
 DEFAULT_SEPARATOR = "\n"
 
 
@@ -42,7 +44,7 @@ def _walk(source: Any, parts: list[str]) -> list[Any]:
 
 
 def _strings(values: list[Any]) -> list[str]:
-    return [item for item in values if isinstance(item, str) and item.strip()]
+    return [item for item in values if isinstance(item, str) and not is_blank(item)]
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from haystack.utils import ComponentDevice
 
 from haystack_llmrank.arrangement import check_order_invariant
 from haystack_llmrank.backends import check_backend
+from haystack_llmrank.blank_passages import is_blank
 from haystack_llmrank.gpu_policy import OnMissingGpu, check_on_missing_gpu
 from haystack_llmrank.models import DEFAULT_MODEL
 from haystack_llmrank.prompt import (
@@ -313,16 +314,16 @@ class FirstListwiseRanker:
             return _limit(unscored, limit, threshold)
         unique = deduplicate(documents)
         texts = [self._text(d) for d in unique]
-        textless = [d for d, t in zip(unique, texts, strict=True) if not t]
+        textless = [d for d, t in zip(unique, texts, strict=True) if is_blank(t)]
         if textless:
             logger.warning(
                 "%d document(s) have no text to rank; they follow the ranked ones unscored",
                 len(textless),
             )
         return _Plan(
-            [d for d, t in zip(unique, texts, strict=True) if t],
+            [d for d, t in zip(unique, texts, strict=True) if not is_blank(t)],
             textless,
-            [t for t in texts if t],
+            [t for t in texts if not is_blank(t)],
             limit,
             threshold,
         )
@@ -425,7 +426,7 @@ def _shown(doc: Document, field: str) -> bool:
     """Whether ``doc``'s meta ``field`` holds something to embed: present, not ``None``, and
     not blank once written."""
     value = doc.meta.get(field)
-    return value is not None and bool(str(value).strip())
+    return value is not None and not is_blank(str(value))
 
 
 def _plain_int(value: Any) -> Any:

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from haystack_llmrank.prompt import control_strings, defuse
+from haystack_llmrank.prompt import control_strings, defuse, normalize_query
 from haystack_llmrank.training.adapters import causal_lm, plain_output_head
 
 POINTWISE_PROMPT = "Query: {query}\nPassage: {text}\nIs the passage relevant to the query? Answer:"
@@ -43,7 +43,8 @@ class PointwiseScorer:
         for text in texts:
             cut = " ".join(text.split()[: self.max_passage_words])
             prompt = POINTWISE_PROMPT.format(
-                query=defuse(query, self._controls), text=defuse(cut, self._controls)
+                query=defuse(normalize_query(query), self._controls),
+                text=defuse(cut, self._controls),
             )
             ids = tuple(int(i) for i in self._tokenizer(prompt)["input_ids"])
             if len(ids) > self.max_prompt_tokens:

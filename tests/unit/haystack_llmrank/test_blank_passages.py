@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from haystack_llmrank.blank_passages import split_blank, with_blank_passages
+from haystack_llmrank.blank_passages import is_blank, split_blank, with_blank_passages
+from haystack_llmrank.prompt import normalize_passage
 from haystack_llmrank.ranking import Cost, Ranking
 from haystack_llmrank.reranker import Reranker
 from haystack_llmrank.strategies import make_strategy
@@ -24,6 +25,17 @@ TEXTS = [
 
 def test_split_blank_names_empty_and_whitespace_only_passages() -> None:
     assert split_blank(["a", "", " \n\t", "b", "\u3000"]) == ([0, 3], [1, 2, 4])
+
+
+@pytest.mark.parametrize("text", ["", " \n", "\ufeff", "\x00", "\x1b", "&nbsp;"])
+def test_text_the_prompt_would_show_as_nothing_is_blank(text: str) -> None:
+    assert normalize_passage(text, None) == ""
+    assert is_blank(text)
+
+
+@pytest.mark.parametrize("text", ["a", " [A] ", "&amp;", "\ufeffx", "0"])
+def test_text_with_something_to_show_is_not_blank(text: str) -> None:
+    assert not is_blank(text)
 
 
 def test_blank_passages_join_a_full_ranking_at_the_bottom() -> None:
@@ -86,11 +98,11 @@ def test_the_model_never_sees_a_blank_passage(
         return build(query, texts)
 
     reranker.prompts.build = recording  # type: ignore[method-assign]
-    given = ["", TEXTS[0], "  ", TEXTS[1], TEXTS[2], "\n", TEXTS[3]]
+    given = ["", TEXTS[0], "  ", TEXTS[1], TEXTS[2], "\ufeff", TEXTS[3]]
     ranking = reranker.rerank("whales and bees", given)
-    alone = reranker.rerank("whales and bees", [t for t in given if t.strip()])
+    alone = reranker.rerank("whales and bees", [t for t in given if not is_blank(t)])
     assert seen
-    assert all(text.strip() for text in seen)
+    assert not any(is_blank(text) for text in seen)
     texted = [1, 3, 4, 6]
     assert ranking.order == (*tuple(texted[i] for i in alone.order), 0, 2, 5)
     assert ranking.scores[:4] == alone.scores

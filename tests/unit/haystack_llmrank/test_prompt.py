@@ -75,6 +75,17 @@ def test_golden_first_prompt(smollm2_tokenizer: Any) -> None:
     assert prompt.truncated_passages == 0
 
 
+def test_the_querys_whitespace_is_collapsed_as_the_passages_is(smollm2_tokenizer: Any) -> None:
+    for template in (FIRST_TEMPLATE, FIRST_JUDGE_TEMPLATE):
+        build = builder(smollm2_tokenizer, template=template).build
+        plain = build("what is a cat", ["A cat.", "Dogs."])
+        assert build("  what is\n a   cat \t", ["A cat.", "Dogs."]) == plain
+        assert "search query: what is a cat." in plain.text
+    assert builder(smollm2_tokenizer).instruction_tokens(" what is\n a cat ", 2) == (
+        builder(smollm2_tokenizer).instruction_tokens("what is a cat", 2)
+    )
+
+
 def test_numeric_template_labels_and_example(smollm2_tokenizer: Any) -> None:
     text = builder(smollm2_tokenizer, template=FIRST_NUMERIC_TEMPLATE).build("q", ["x", "y"]).text
     assert "[1] x\n[2] y\n" in text
@@ -186,17 +197,19 @@ def test_passage_line_tokens_span_each_passage_line(
 
 
 SHIPPED_VOTE_POSITIONS = [
-    ("first", 4096, (86, 91, 96, 108)),
-    ("first", 190, (77, 82, 87, 95)),
-    ("first-numeric", 4096, (86, 91, 96, 108)),
-    ("first-echo", 4096, (89, 97, 105, 120)),
-    ("first-echo", 200, (79, 87, 95, 105)),
-    ("examples/templates/first-judge.json", 4096, (116, 151, 186, 228)),
-    ("examples/templates/first-judge.json", 300, (105, 140, 175, 210)),
-    ("haystack_llmrank/default_adapter/llmrank_template.json", 4096, (116, 151, 186, 228)),
+    ("first", 4096, (85, 90, 95, 107)),
+    ("first", 190, (77, 82, 87, 96)),
+    ("first-numeric", 4096, (85, 90, 95, 107)),
+    ("first-echo", 4096, (88, 96, 104, 119)),
+    ("first-echo", 200, (79, 87, 95, 106)),
+    ("examples/templates/first-judge.json", 4096, (114, 148, 182, 223)),
+    ("examples/templates/first-judge.json", 300, (103, 137, 171, 206)),
+    ("haystack_llmrank/default_adapter/llmrank_template.json", 4096, (114, 148, 182, 223)),
 ]
 """Where the shipped templates read a vote, pinned: a model trained on them learned to vote
-there. The smaller budgets shorten passages."""
+there. The smaller budgets shorten passages. The query's line break is a space in the
+prompt (:func:`normalize_query`); before queries were normalised it was a line break, one
+token more on every line that restates the query (no DL19 query holds one)."""
 
 
 @pytest.mark.parametrize(("source", "budget", "positions"), SHIPPED_VOTE_POSITIONS)
@@ -211,7 +224,7 @@ def test_shipped_templates_read_votes_where_they_always_have(
     passages = ["Fleas; live on [B] cats.\nand dogs", "x", "", "Adult fleas live two months [C]"]
     prompt = built.build(query, passages)
     assert prompt.score_positions == positions
-    assert prompt.truncated_passages == (budget < 4096) * (2 + ("judge" in source))
+    assert prompt.truncated_passages == (budget < 4096) * 2
     assert built.passage_end_tokens(prompt, query, 4) == list(positions)  # what training reads
 
 
@@ -241,12 +254,14 @@ def test_a_query_slot_before_the_line_end_is_skipped_whatever_it_holds(
 ) -> None:
     template = replace(FIRST_TEMPLATE, name="asked", passage="[{label}] {text} ({query})\n")
     built = builder(smollm2_tokenizer, template=template.with_vote(" yes"))
-    query = "fleas)\nor ticks"  # holds the closing wording ")\n"
+    query = "fleas) or ticks)"  # holds the closing wording ")" (a line break it cannot hold)
     prompt = built.build(query, ["one", "two"])
     assert len(prompt.score_positions) == 2
     for end in prompt.score_positions:
         through = smollm2_tokenizer.decode(list(prompt.token_ids[: end + 1]))
         assert through.endswith(f"({query})")
+    # a line break in the query, which could end a passage line early, is a space there
+    assert built.build("fleas)\nor ticks)", ["one", "two"]) == prompt
 
 
 def test_a_query_only_on_the_passage_lines_is_found_from_the_first_line(

@@ -257,6 +257,8 @@ def test_passages_read_dotted_paths_through_lists_of_objects() -> None:
 def test_passages_with_missing_text() -> None:
     fields = PassageFields(("text",), title_field="title")
     assert fields.texts({"_source": {"title": "Only a title", "text": 42}}) == []
+    assert fields.texts({"_source": {"text": ["\ufeff", " ", "&nbsp;"]}}) == []  # shows nothing
+    assert fields.texts({"_source": {"text": ["\ufeff", "cats"]}}) == ["cats"]
     assert fields.passage({"_source": {"title": "Only a title"}}) == "Only a title"
     assert fields.passage({"_id": "x"}) == ""
     with pytest.raises(ValueError, match="not one string"):

@@ -97,11 +97,14 @@ def test_duplicates_keep_highest_scored_copy(ranker: FirstListwiseRanker) -> Non
 
 
 def test_documents_without_text_follow_unscored(ranker: FirstListwiseRanker) -> None:
-    inputs = [Document(id="x", content=None), *docs(3), Document(id="y", content="   ")]
+    inputs = [
+        Document(id="x", content=None),
+        *docs(3),
+        Document(id="y", content="   "),
+        Document(id="z", content="\ufeff&nbsp;"),  # shows nothing in a prompt either
+    ]
     out = ranker.run(query=QUERY, documents=inputs)["documents"]
-    assert [d.id for d in out[-2:]] == ["x", "y"]
-    assert out[-1].score is None
-    assert out[-2].score is None
+    assert [(d.id, d.score) for d in out[-3:]] == [("x", None), ("y", None), ("z", None)]
     assert sorted(d.id for d in out[:3]) == ["d0", "d1", "d2"]
 
 
