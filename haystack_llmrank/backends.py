@@ -181,7 +181,6 @@ def load_scorer(
         return _load_onnx(
             model,
             device=device,
-            dtype=dtype,
             labels=labels,
             vote=vote,
             threads=threads,
@@ -208,7 +207,6 @@ def _load_onnx(
     model: str | None,
     *,
     device: str | None,
-    dtype: str | None,
     labels: Sequence[str],
     vote: str | None,
     threads: int | None,

@@ -60,17 +60,15 @@ def embedded_base() -> ModelSource:
     )
 
 
-def resolve_model(
-    model: str | os.PathLike[str] | None = None, *, gguf_file: str | None = None
-) -> ModelSource:
+def resolve_model(model: str | os.PathLike[str] | None = None) -> ModelSource:
     """Turn a model reference into a :class:`ModelSource`.
 
     ``None`` or ``"default"``: the embedded SmolLM2 with the adapter in
     :data:`DEFAULT_ADAPTER`. ``"smollm2-135m-instruct"``: the embedded SmolLM2 alone.
     A path ending in ``.gguf`` (in any case): that file. A folder with
     ``adapter_config.json`` (what ``llmrank train`` writes): its base model, resolved the
-    same way, plus the adapter. Anything else is a Hugging Face id or folder, optionally
-    with ``gguf_file`` inside it; an empty reference, or a path to nothing, is refused.
+    same way, plus the adapter. Anything else is a Hugging Face id or folder; an empty
+    reference, or a path to nothing, is refused.
     """
     if model is None or model == DEFAULT_MODEL:
         return adapted(DEFAULT_ADAPTER)
@@ -87,10 +85,10 @@ def resolve_model(
             raise ModelResolutionError(f"GGUF file not found: {path}")
         return ModelSource(str(path.parent.resolve()), path.name)
     if path.exists():
-        return ModelSource(str(path), gguf_file)
+        return ModelSource(str(path))
     if _is_path(model):
         raise ModelResolutionError(f"no model folder at {path}: it does not exist")
-    return ModelSource(model, gguf_file)
+    return ModelSource(model)
 
 
 def _is_path(model: str) -> bool:

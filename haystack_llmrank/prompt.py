@@ -1,7 +1,7 @@
 """FIRST prompts: templates as data, passage normalisation, and a token budget.
 
-The budget shrinks passages only: the instruction, the query and the answer prefix
-``[`` are never cut.
+The budget shrinks passages only: the instruction, the query and the template's answer
+prefix (``[``) are never cut.
 """
 
 from __future__ import annotations

@@ -32,9 +32,12 @@ class Ranking:
     """A permutation of the input passages with one score per passage.
 
     ``order[r]`` is the input index of the passage ranked ``r`` (0 = most relevant).
-    ``scores[r]`` is that passage's score: the label logit it received in the last window
-    that placed it, capped at the score of the passage ranked above it, so scores never
-    increase down the ranking. ``logits[r]`` is the uncapped label logit.
+    ``scores[r]`` is that passage's score: the readout's value it received in the last window
+    that placed it (its label logit, or its vote logit with a vote template; with
+    ``both_orders`` the mean of its two label log-probabilities or votes), capped at the
+    score of the passage ranked above it, so scores never increase down the ranking.
+    ``logits[r]`` is that value uncapped. A blank passage, which no window showed, repeats
+    the values of the position above it (0.0 at the top).
     Scores from one window are directly comparable; across windows and queries they
     are a heuristic (logits of a FIRST model, not probabilities).
 

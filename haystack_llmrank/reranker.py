@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Self
 
@@ -49,8 +48,6 @@ from haystack_llmrank.strategies import (
     make_strategy,
     run_windows,
 )
-
-logger = logging.getLogger(__name__)
 
 RerankRequest = tuple[str, Sequence[str]]
 
@@ -421,10 +418,10 @@ class Reranker:
         ``top_k`` (one value, or one per request) tells the strategy that only the first
         ``top_k`` positions of a ranking matter; it may then leave more positions in
         first-stage order (:attr:`Ranking.unranked`). ``on_window`` is called with the
-        number of windows finished after each step. A query's ranking does not depend on
-        the others. ``requests`` may be any iterable; it is read once. Blank passages (empty
-        or only whitespace) are shown to no window: they join the unranked tail, after
-        every passage a window judged (:mod:`haystack_llmrank.blank_passages`).
+        number of windows each scorer call finished. A query's ranking does not depend on
+        the others. ``requests`` may be any iterable; it is read once. Blank passages
+        (:func:`~haystack_llmrank.blank_passages.is_blank`) are shown to no window: they
+        join the unranked tail, after every passage a window judged.
         """
         if self._closed:
             raise ClosedError("this Reranker was closed; load the model again to rank")

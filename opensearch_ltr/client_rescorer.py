@@ -54,6 +54,7 @@ from opensearch_ltr.request import (
     check_fetch,
     check_filter_path,
     check_search_kwargs,
+    fetch_size,
     first_pass_body,
     resolve_page,
     stable_preference,
@@ -63,7 +64,6 @@ from opensearch_ltr.rescore import (
     ScoreMode,
     break_ties,
     check_engine_counts,
-    fetch_size,
     rescore,
     to_float32,
 )

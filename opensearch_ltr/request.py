@@ -1,7 +1,7 @@
 """Check a search request for rescoring, as OpenSearch would, and build the first pass.
 
 The user's body is never mutated: the first pass is a shallow copy with ``from: 0`` and
-``size`` set to the fetch depth (see :func:`opensearch_ltr.rescore.fetch_size`).
+``size`` set to the fetch depth (see :func:`fetch_size`).
 """
 
 from __future__ import annotations
@@ -191,3 +191,18 @@ def stable_preference(index: Any, body: Mapping[str, Any]) -> str:
     query = {name: value for name, value in body.items() if name not in ("from", "size")}
     key = json.dumps([index, query], sort_keys=True, default=str).encode()
     return "llmrank-" + hashlib.sha256(key).hexdigest()[:16]
+
+
+def check_page(from_: int, size: int) -> None:
+    """Reject a page OpenSearch would reject: ``from_`` and ``size`` are ints >= 0."""
+    for name, value in (("from", from_), ("size", size)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"[{name}] must be an int, got {value!r}")
+        if value < 0:
+            raise ValueError(f"[{name}] parameter cannot be negative, got {value}")
+
+
+def fetch_size(window_size: int, from_: int, size: int) -> int:
+    """First-pass hits a page needs: ``window_size + from_ + size``, or 0 when ``size`` is 0."""
+    check_page(from_, size)
+    return window_size + from_ + size if size else 0

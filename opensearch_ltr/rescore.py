@@ -34,7 +34,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from itertools import pairwise
-from typing import Literal, TypeVar, get_args
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -47,7 +47,6 @@ DEFAULT_WINDOW_SIZE = 10
 MAX_VANISHING_EXPONENT = 100
 """``query_weight`` 0 is replaced by ``2**-k`` with ``k`` at most this (see :func:`break_ties`)."""
 
-T = TypeVar("T")
 
 _COMBINE: dict[str, Callable[[np.float32, np.float32], np.float32]] = {
     "total": lambda primary, secondary: primary + secondary,
@@ -331,24 +330,3 @@ def _raise_zeros(values: Sequence[float], floor: np.float32, weight: np.float32)
         while least * weight < floor:
             least = np.nextafter(least, np.float32(np.inf))
     return [float(least) if value == 0 else value for value in values]
-
-
-def check_page(from_: int, size: int) -> None:
-    """Reject a page OpenSearch would reject: ``from_`` and ``size`` are ints >= 0."""
-    for name, value in (("from", from_), ("size", size)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"[{name}] must be an int, got {value!r}")
-        if value < 0:
-            raise ValueError(f"[{name}] parameter cannot be negative, got {value}")
-
-
-def fetch_size(window_size: int, from_: int, size: int) -> int:
-    """First-pass hits a page needs: ``window_size + from_ + size``, or 0 when ``size`` is 0."""
-    check_page(from_, size)
-    return window_size + from_ + size if size else 0
-
-
-def page(ranked: Sequence[T], from_: int, size: int) -> list[T]:
-    """The page ``[from_, from_ + size)`` of ``ranked``."""
-    check_page(from_, size)
-    return list(ranked[from_ : from_ + size])

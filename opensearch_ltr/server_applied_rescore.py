@@ -22,7 +22,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from opensearch_ltr.errors import RescoreRequestError
-from opensearch_ltr.rescore import RescoreSpec, check_page, to_float32
+from opensearch_ltr.request import check_page
+from opensearch_ltr.rescore import RescoreSpec, to_float32
 
 MAX_CLAUSE_COUNT = 1024
 """Default of OpenSearch's ``indices.query.bool.max_clause_count``."""

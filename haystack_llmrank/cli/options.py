@@ -96,7 +96,7 @@ def add_model_options(group: Any, *, batch_size: int) -> None:
         "--window-size",
         type=positive_int,
         default=None,
-        help="passages per forward pass, at most the template's labels (default "
+        help="passages per window (one prompt), at most the template's labels (default "
         f"{DEFAULT_WINDOW_SIZE}, or the template's labels where fewer)",
     )
     group.add_argument(

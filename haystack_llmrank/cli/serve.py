@@ -92,7 +92,8 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--timeout-s",
         type=positive_float,
         default=30.0,
-        help="per request, queueing included; later work is dropped (default 30)",
+        help="per request, queueing included; later work is dropped; a worker that finishes "
+        "no window for this long counts as stalled (/ready 503) (default 30)",
     )
     limits.add_argument(
         "--shutdown-grace-s",

@@ -54,8 +54,9 @@ def register(parser: argparse.ArgumentParser) -> None:
         default="first",
         help="prompt template to train with, recorded in OUTPUT so that loading uses it: "
         "first ([A] text); first-echo ([A] text [A]: the label also after its passage, easier "
-        "for small models to learn); first-numeric; or a .json file of a template's fields "
-        "(default %(default)s)",
+        "for small models to learn); first-numeric; first-judge (each passage line restates "
+        "the query and asks whether it is relevant: the default model's, with --passage-vote "
+        "' yes'); or a .json file of a template's fields (default %(default)s)",
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument(

@@ -65,12 +65,13 @@ class FirstListwiseRanker:
     Output Documents are copies with ``score`` set to the engine's score (see
     :class:`haystack_llmrank.ranking.Ranking`): non-increasing down the list. Documents with the
     same id are deduplicated first (the highest-scored copy is kept). Documents with no text
-    (no content and no embedded meta) cannot be judged: they follow the ranked ones in input
-    order with ``score=None``. Scores strictly decrease down the ranked Documents (ties from
-    the engine's capping are set apart by one float32 step), so a later sort by score or a
-    threshold keeps the engine's order. An empty query ranks nothing: the deduplicated
-    Documents come back as copies in input order with ``score=None``, so ``top_k`` applies and
-    a ``score_threshold`` drops them all.
+    (no content and no embedded meta, or only what a prompt shows as nothing: see
+    :func:`~haystack_llmrank.blank_passages.is_blank`) cannot be judged: they follow the
+    ranked ones in input order with ``score=None``. Scores strictly decrease down the ranked
+    Documents (ties from the engine's capping are set apart by one float32 step), so a later
+    sort by score or a threshold keeps the engine's order. An empty query ranks nothing: the
+    deduplicated Documents come back as copies in input order with ``score=None``, so
+    ``top_k`` applies and a ``score_threshold`` drops them all.
     """
 
     def __init__(
@@ -130,7 +131,8 @@ class FirstListwiseRanker:
         :param max_passage_words: words kept per passage before prompting: ``"auto"``, as
             many as the model was trained on (recorded in its folder), else 300; ``None``: all.
         :param max_prompt_tokens: token budget of one prompt (``None``: the model's context).
-        :param batch_size: windows scored per forward pass.
+        :param batch_size: windows per scorer call (a query's step is never split, so a
+            call may hold more); forward passes are bounded by ``max_batch_tokens``.
         :param max_batch_tokens: padded tokens per forward pass (``None``: the scorer's
             choice, one window per pass for torch on a CPU, 16384 elsewhere).
         :param meta_fields_to_embed: meta fields prepended to the content (a list of names;

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +18,6 @@ from haystack_llmrank.scorers.onnx_metadata import (
     read_metadata,
 )
 from haystack_llmrank.scorers.onnx_scorer import OnnxLabelScorer
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

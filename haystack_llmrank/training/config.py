@@ -1,4 +1,5 @@
-"""Settings of a training run: the one source of every training default (the CLI reads them)."""
+"""Settings of a training run: the one source of every :class:`TrainConfig` default (the CLI
+reads them)."""
 
 from __future__ import annotations
 

@@ -11,9 +11,10 @@ class ServiceConfig:
 
     ``api_keys`` empty turns authentication off. Size limits answer 413; a request that is
     not answered within ``timeout_s`` (queueing included) answers 504, and its work is
-    dropped. A connection must send a complete request head within ``header_timeout_s`` of
-    opening or of the first byte of a later request; beyond ``max_connections`` open
-    connections, new ones are answered 503 and closed.
+    dropped; a worker that finishes no window for ``timeout_s`` counts as stalled (``/ready``
+    503, new requests 503). A connection must send a complete request head within
+    ``header_timeout_s`` of opening or of the first byte of a later request; beyond
+    ``max_connections`` open connections, new ones are answered 503 and closed.
     """
 
     api_keys: tuple[str, ...] = ()

@@ -14,7 +14,8 @@ Response::
 in the request. Without ``top_n`` there is exactly one result per document; with it, the first
 ``min(top_n, len(documents))``. ``model`` is accepted for compatibility and ignored. Other
 fields are ignored. In a ``{"text": ...}`` object only ``text`` is ranked. A blank document
-(empty or only whitespace, as the ``rerank`` processor sends for a hit without its field) is
+(empty or whitespace, as the ``rerank`` processor sends for a hit without its field, or what
+a prompt shows as nothing: :func:`haystack_llmrank.blank_passages.is_blank`) is
 not shown to the model: blank ones follow every document it judged, in request order, scored
 below them (:mod:`haystack_llmrank.blank_passages`).
 

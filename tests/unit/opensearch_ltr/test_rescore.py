@@ -12,6 +12,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from opensearch_ltr.errors import RescoreRequestError
+from opensearch_ltr.request import check_page, fetch_size
 from opensearch_ltr.rescore import (
     MAX_VANISHING_EXPONENT,
     SCORE_MODES,
@@ -19,9 +20,6 @@ from opensearch_ltr.rescore import (
     RescoreSpec,
     break_ties,
     check_engine_counts,
-    check_page,
-    fetch_size,
-    page,
     rescore,
     to_float32,
 )
@@ -120,15 +118,13 @@ def test_pages_and_fetch_size() -> None:
     assert fetch_size(10, 0, 10) == 20
     assert fetch_size(10, 30, 5) == 45
     assert fetch_size(10, 30, 0) == 0
-    assert page(list(range(10)), 8, 5) == [8, 9]
-    assert page(list(range(10)), 12, 5) == []
     for bad in ((-1, 10), (0, -1)):
         with pytest.raises(ValueError, match="cannot be negative"):
             check_page(*bad)
     with pytest.raises(TypeError, match=r"\[size\] must be an int, got 1.5"):
-        page([1], 0, 1.5)  # type: ignore[arg-type]
+        check_page(0, 1.5)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"\[size\] must be an int, got True"):
-        page([1, 2], 0, True)
+        check_page(0, True)
     with pytest.raises(TypeError, match=r"\[from\] must be an int, got 2.0"):
         fetch_size(10, 2.0, 5)  # type: ignore[arg-type]
 
@@ -331,7 +327,7 @@ def test_pages_cover_every_hit_exactly_once(
         fetched = first[:depth]
         window = min(spec.window_size, len(fetched))
         ranked = rescore(fetched, second[:window], spec)
-        shown += [h.position for h in page(ranked, start, size)]
+        shown += [h.position for h in ranked[start : start + size]]
     assert shown == full
 
 
@@ -356,12 +352,12 @@ def test_fetching_only_max_window_from_size_would_repeat_hits() -> None:
     shallow = [
         h.position
         for start in (0, 2)
-        for h in page(rescore(first[: max(2, start + 2)], second, spec), start, 2)
+        for h in rescore(first[: max(2, start + 2)], second, spec)[start : start + 2]
     ]
     deep = [
         h.position
         for start in (0, 2)
-        for h in page(rescore(first[: fetch_size(2, start, 2)], second, spec), start, 2)
+        for h in rescore(first[: fetch_size(2, start, 2)], second, spec)[start : start + 2]
     ]
     assert shallow == [0, 1, 0, 1]
     assert deep == [h.position for h in rescore(first, second, spec)] == [2, 3, 0, 1]
