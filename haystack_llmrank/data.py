@@ -258,13 +258,15 @@ def read_queries(path: str | Path, format: str = "auto") -> list[QueryCandidates
     return queries
 
 
-def strictly_decreasing(scores: Sequence[float], decimals: int = RUN_DECIMALS) -> list[float]:
-    """Scores rounded to ``decimals``, each lowered where needed to one unit below the one above.
+def strictly_decreasing(scores: Sequence[float]) -> list[float]:
+    """Scores rounded to :data:`RUN_DECIMALS` decimals (as :func:`write_run` writes them), each
+    lowered where needed to one unit below the one above.
 
     The result strictly decreases, so trec_eval keeps the given order, and it equals the
     rounded input wherever that already strictly decreases. A score that is not finite, or
-    too large for a float to hold it to ``decimals`` decimals, raises ``ValueError``.
+    too large for a float to hold it to those decimals, raises ``ValueError``.
     """
+    decimals = RUN_DECIMALS
     unit = 10**decimals
     largest = 2.0 ** (53 - math.ceil(math.log2(unit)))  # below it floats are < 1 unit apart
     units: list[int] = []

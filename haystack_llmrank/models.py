@@ -315,11 +315,9 @@ def _merge_adapter(model: Any, source: ModelSource) -> Any:
     """
     assert source.adapter is not None
     folder = source.adapter
-    try:
-        from peft import PeftConfig, PeftModel
-        from peft.utils import load_peft_weights
-    except ImportError as exc:  # pragma: no cover - peft is a core dependency
-        raise ModelResolutionError(f"loading the adapter in {folder} needs peft: {exc}") from exc
+    from peft import PeftConfig, PeftModel
+    from peft.utils import load_peft_weights
+
     try:
         config = PeftConfig.from_pretrained(folder)
         config.inference_mode = True

@@ -32,9 +32,6 @@ from haystack_llmrank.prompt import (
 )
 from haystack_llmrank.ranking import Ranking
 from haystack_llmrank.scorers.base import (
-    DEFAULT_MAX_BATCH_TOKENS as DEFAULT_MAX_BATCH_TOKENS,
-)
-from haystack_llmrank.scorers.base import (
     LabelScorer,
     PositionScorer,
     preferred_max_batch_tokens,
@@ -135,7 +132,7 @@ class Reranker:
     scorer together, drawn from the steps of several queries (one query's step is never
     split, so it may exceed the cap); each forward pass holds at most ``max_batch_tokens``
     padded tokens (``None``: the scorer's preference, one prompt per call for torch on a CPU and
-    ``DEFAULT_MAX_BATCH_TOKENS`` elsewhere).
+    ``scorers.base.DEFAULT_MAX_BATCH_TOKENS`` elsewhere).
     Passages keep ``max_passage_words`` words: ``"auto"`` (the default) keeps as many as
     the model was trained on, recorded in its template, else 300; ``None`` keeps all.
     ``prompts`` replaces the :class:`PromptBuilder` made from ``template``,

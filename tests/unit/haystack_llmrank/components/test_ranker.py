@@ -517,6 +517,8 @@ def test_options_wrong_for_any_model_fail_at_init() -> None:
         ({"max_batch_tokens": 0}, "max_batch_tokens must be a positive integer or None"),
         ({"max_prompt_tokens": -5}, "max_prompt_tokens must be a positive integer or None"),
         ({"window_size": 2.5}, "window_size must be a positive integer or None"),
+        ({"device": "gpu"}, "unknown torch device 'gpu'"),
+        ({"dtype": "float17"}, "float17"),
     ]
     for options, message in bad:
         with pytest.raises(ValueError, match=message):
