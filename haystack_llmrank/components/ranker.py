@@ -318,16 +318,17 @@ class FirstListwiseRanker:
             return _limit(unscored, limit, threshold)
         unique = deduplicate(documents)
         texts = [self._text(d) for d in unique]
-        textless = [d for d, t in zip(unique, texts, strict=True) if is_blank(t)]
+        blank = [is_blank(t) for t in texts]
+        textless = [d for d, empty in zip(unique, blank, strict=True) if empty]
         if textless:
             logger.warning(
                 "%d document(s) have no text to rank; they follow the ranked ones unscored",
                 len(textless),
             )
         return _Plan(
-            [d for d, t in zip(unique, texts, strict=True) if not is_blank(t)],
+            [d for d, empty in zip(unique, blank, strict=True) if not empty],
             textless,
-            [t for t in texts if not is_blank(t)],
+            [t for t, empty in zip(texts, blank, strict=True) if not empty],
             limit,
             threshold,
         )
