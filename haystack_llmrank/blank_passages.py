@@ -2,8 +2,8 @@
 windows, put after the others.
 
 A model has nothing to judge in a blank passage, and its score for one is noise that can
-put it first. The engine ranks the other passages and adds the blank ones to the ranking's
-unranked tail, in input order, where they follow every passage a window judged.
+put it first. The engine ranks the other passages and puts the blank ones after all of
+them, in input order, as unranked positions.
 """
 
 from __future__ import annotations
@@ -32,36 +32,19 @@ def split_blank(passages: Sequence[str]) -> tuple[list[int], list[int]]:
 
 def with_blank_passages(ranking: Ranking, kept: Sequence[int], blank: Sequence[int]) -> Ranking:
     """``ranking`` of the passages at input indices ``kept`` (ascending), in input indices,
-    with the ``blank`` ones (ascending) joined to its unranked tail.
+    with the ``blank`` ones (ascending) after all of them, in input order.
 
-    The tail, the passages the strategy left in first-stage order and the blank ones, keeps
-    input order. A blank passage takes the score of the position above it (0.0 at the top of
-    an empty ranking), so scores still never increase down the ranking.
+    They join the unranked positions (:attr:`Ranking.blank` counts them). Each takes the
+    lowest score and the lowest logit of ``ranking`` (0.0 where it holds none), so scores
+    still never increase down the ranking.
     """
-    depth = ranking.depth
-    head = [kept[j] for j in ranking.order[:depth]]
-    tail = sorted(
-        [
-            (kept[j], score, logit)
-            for j, score, logit in zip(
-                ranking.order[depth:],
-                ranking.scores[depth:],
-                ranking.logits[depth:],
-                strict=True,
-            )
-        ]
-        + [(i, None, None) for i in blank]
-    )
-    scores = list(ranking.scores[:depth])
-    logits = list(ranking.logits[:depth])
-    for _, score, logit in tail:
-        above = scores[-1] if scores else 0.0
-        scores.append(above if score is None else score)
-        logits.append(above if logit is None else logit)
+    score = ranking.scores[-1] if ranking.scores else 0.0
+    logit = min(ranking.logits) if ranking.logits else 0.0
     return Ranking(
-        tuple(head + [i for i, _, _ in tail]),
-        tuple(scores),
-        tuple(logits),
-        len(tail),
+        tuple(kept[j] for j in ranking.order) + tuple(blank),
+        ranking.scores + (score,) * len(blank),
+        ranking.logits + (logit,) * len(blank),
+        ranking.unranked + len(blank),
         ranking.cost,
+        len(blank),
     )

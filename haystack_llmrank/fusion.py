@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+from collections.abc import Sequence
 
 from haystack_llmrank.ranking import Ranking
 
@@ -18,19 +19,24 @@ def _integer_k(fusion_k: int) -> int:
     return int(fusion_k)
 
 
-def fuse_with_input_order(ranking: Ranking, fusion_k: int) -> Ranking:
+def fuse_with_input_order(
+    ranking: Ranking, fusion_k: int, positions: Sequence[int] | None = None
+) -> Ranking:
     """``ranking`` fused with the input order by reciprocal rank fusion (RRF).
 
     The input order is taken as the first stage's, best first. A passage at input index
-    ``i`` that the model ranked ``r`` (both from 0) scores
+    ``i`` (first-stage rank ``positions[i]`` where given: the passages ranked may be some of
+    the input) that the model ranked ``r`` (both from 0) scores
     ``1 / (fusion_k + 1 + r) + 1 / (fusion_k + 1 + i)``; passages are ordered by that score,
     equal scores in the model's order. Those scores become :attr:`Ranking.scores`, the
     model's logits stay in :attr:`Ranking.logits`, and every position counts as ranked
     (``unranked`` is 0). The cost is unchanged: fusion takes no forward pass.
     """
     k = _integer_k(fusion_k)
+    first = list(range(len(ranking))) if positions is None else list(positions)
     fused = {
-        item: 1.0 / (k + 1 + rank) + 1.0 / (k + 1 + item) for rank, item in enumerate(ranking.order)
+        item: 1.0 / (k + 1 + rank) + 1.0 / (k + 1 + first[item])
+        for rank, item in enumerate(ranking.order)
     }
     logit = dict(zip(ranking.order, ranking.logits, strict=True))
     order = sorted(ranking.order, key=lambda item: -fused[item])

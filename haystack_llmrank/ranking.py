@@ -41,9 +41,10 @@ class Ranking:
     Scores from one window are directly comparable; across windows and queries they
     are a heuristic (logits of a FIRST model, not probabilities).
 
-    ``unranked`` is how many positions at the bottom the strategy left in first-stage order,
-    blank passages (which no window shows) among them (their input indices ascend); the
-    first :attr:`depth` positions are in the model's order.
+    ``unranked`` is how many positions at the bottom no window ordered: those the strategy
+    left in first-stage order (their input indices ascend), then the ``blank`` passages, which
+    no window shows, at the very bottom (in input order too); the first :attr:`depth`
+    positions are in the model's order.
     """
 
     order: tuple[int, ...]
@@ -51,6 +52,7 @@ class Ranking:
     logits: tuple[float, ...]
     unranked: int = 0
     cost: Cost = field(default_factory=Cost)
+    blank: int = 0
 
     def __post_init__(self) -> None:
         n = len(self.order)
@@ -62,9 +64,13 @@ class Ranking:
             raise ValueError("scores must not increase down the ranking")
         if not 0 <= self.unranked <= n:
             raise ValueError(f"unranked must be between 0 and {n}, got {self.unranked}")
-        tail = self.order[n - self.unranked :]
-        if any(a > b for a, b in pairwise(tail)):
+        if not 0 <= self.blank <= self.unranked:
+            raise ValueError(f"blank must be between 0 and unranked, got {self.blank}")
+        kept = self.order[n - self.unranked : n - self.blank]
+        if any(a > b for a, b in pairwise(kept)):
             raise ValueError("the unranked positions must keep first-stage (input) order")
+        if any(a > b for a, b in pairwise(self.order[n - self.blank :])):
+            raise ValueError("the blank passages must keep input order")
 
     def __len__(self) -> int:
         return len(self.order)

@@ -14,7 +14,7 @@ from haystack_llmrank.arrangement import (
     content_order,
     in_input_indices,
 )
-from haystack_llmrank.blank_passages import split_blank, with_blank_passages
+from haystack_llmrank.blank_passages import is_blank, split_blank, with_blank_passages
 from haystack_llmrank.checks import check_positive
 from haystack_llmrank.errors import ClosedError
 from haystack_llmrank.fusion import check_fusion_k, fuse_with_input_order
@@ -31,6 +31,9 @@ from haystack_llmrank.prompt import (
     get_template,
 )
 from haystack_llmrank.ranking import Ranking
+from haystack_llmrank.scorers.base import (
+    DEFAULT_MAX_BATCH_TOKENS as DEFAULT_MAX_BATCH_TOKENS,  # kept importable from here
+)
 from haystack_llmrank.scorers.base import (
     LabelScorer,
     PositionScorer,
@@ -132,7 +135,7 @@ class Reranker:
     scorer together, drawn from the steps of several queries (one query's step is never
     split, so it may exceed the cap); each forward pass holds at most ``max_batch_tokens``
     padded tokens (``None``: the scorer's preference, one prompt per call for torch on a CPU and
-    ``scorers.base.DEFAULT_MAX_BATCH_TOKENS`` elsewhere).
+    ``DEFAULT_MAX_BATCH_TOKENS`` elsewhere).
     Passages keep ``max_passage_words`` words: ``"auto"`` (the default) keeps as many as
     the model was trained on, recorded in its template, else 300; ``None`` keeps all.
     ``prompts`` replaces the :class:`PromptBuilder` made from ``template``,
@@ -417,8 +420,8 @@ class Reranker:
         first-stage order (:attr:`Ranking.unranked`). ``on_window`` is called with the
         number of windows each scorer call finished. A query's ranking does not depend on
         the others. ``requests`` may be any iterable; it is read once. Blank passages
-        (:func:`~haystack_llmrank.blank_passages.is_blank`) are shown to no window: they
-        join the unranked tail, after every passage a window judged.
+        (:func:`~haystack_llmrank.blank_passages.is_blank`) are shown to no window: they come
+        last, in input order (:attr:`Ranking.blank`).
         """
         if self._closed:
             raise ClosedError("this Reranker was closed; load the model again to rank")
@@ -471,8 +474,11 @@ class Reranker:
             run.result(count) if order is None else in_input_indices(run.result(count), order)
             for run, count, order in zip(runs, tokens, arrangements, strict=True)
         ]
-        if self.fusion_k is not None:
-            rankings = [fuse_with_input_order(ranking, self.fusion_k) for ranking in rankings]
+        if self.fusion_k is not None:  # by input index, blank passages counted
+            rankings = [
+                fuse_with_input_order(ranking, self.fusion_k, positions=kept)
+                for ranking, (kept, _) in zip(rankings, splits, strict=True)
+            ]
         return [
             with_blank_passages(ranking, kept, blank)
             for ranking, (kept, blank) in zip(rankings, splits, strict=True)
@@ -531,7 +537,7 @@ def _per_request(top_k: int | Sequence[int | None] | None, count: int) -> list[i
 def _check_request(query: str, passages: Sequence[str]) -> None:
     if not isinstance(query, str):
         raise TypeError(f"query must be a string, got {type(query).__name__}")
-    if not query.strip():
+    if is_blank(query):
         raise ValueError("query is empty")
     if isinstance(passages, str):
         raise TypeError("passages must be a sequence of strings, not one string")

@@ -37,6 +37,7 @@ from typing import Any, Literal, Protocol
 
 from opensearchpy.exceptions import OpenSearchException
 
+from haystack_llmrank.blank_passages import is_blank
 from haystack_llmrank.errors import PromptTooLongError
 from haystack_llmrank.ranking import Ranking
 from opensearch_ltr.errors import (
@@ -267,7 +268,7 @@ class _RescorerBase:
         text = None
         if fetch:
             text = query_text if query_text is not None else extract_query_text(body)
-            if not isinstance(text, str) or not text.strip():
+            if not isinstance(text, str) or is_blank(text):
                 raise RescoreRequestError(f"query_text must be a non-empty string, got {text!r}")
         kwargs = {"preference": stable_preference(index, body), **search_kwargs}
         return _Search(index, body, start, count, fetch, apply, text, kwargs)

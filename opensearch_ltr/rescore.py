@@ -19,10 +19,11 @@ agrees with :func:`rescore` only where hits tie in their first-pass scores too.
 0 and equal engine values, and any other) before either one combines the scores.
 
 Pages: a page ``[from_, from_ + size)`` is cut from the rescore of the first
-``window_size + from_ + size`` first-pass hits (:func:`fetch_size`). Hits deeper than that
-score at most ``first * query_weight`` of the ``from_ + size`` past-the-window hits fetched
-above them (``query_weight >= 0``), so they cannot reach the page: every page is a slice of
-one order over all hits, and no hit appears on two pages or on none. (OpenSearch fetches
+``window_size + from_ + size`` first-pass hits (:func:`opensearch_ltr.request.fetch_size`).
+Hits deeper than that score at most ``first * query_weight`` of the ``from_ + size``
+past-the-window hits fetched above them (``query_weight >= 0``), so they cannot reach the
+page: every page is a slice of one order over all hits, and no hit appears on two pages or
+on none. (OpenSearch fetches
 ``max(window_size, from_ + size)`` per shard, which can break that when the rescore lowers
 window hits below hits past the window.)
 """

@@ -296,11 +296,11 @@ def cpu_description(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, Any]:
             break  # the first processor's block describes them all
         name, _, value = line.partition(":")
         fields[name.strip()] = value.strip()
-    flags = set(fields.get("flags", "").split())
-    return {
-        "model": fields.get("model name") or platform.processor() or None,
-        "extensions": [name for name in CPU_EXTENSIONS if name in flags],
-    }
+    model = fields.get("model name") or platform.processor() or None
+    if "flags" not in fields:  # not an x86 CPU (ARM lists "Features"): unknown, not none
+        return {"model": model, "extensions": None}
+    flags = set(fields["flags"].split())
+    return {"model": model, "extensions": [name for name in CPU_EXTENSIONS if name in flags]}
 
 
 def build_report(

@@ -47,6 +47,7 @@ from haystack_llmrank.bench.rows import (
     first_window,
     run_row,
 )
+from haystack_llmrank.blank_passages import is_blank
 from haystack_llmrank.data import Qrels, QueryCandidates, read_qrels, read_queries
 from haystack_llmrank.export import export_onnx, is_export, read_metadata
 from haystack_llmrank.model_templates import model_template
@@ -184,10 +185,22 @@ def read_data(config: BenchConfig) -> tuple[list[QueryCandidates], Qrels]:
 def select_queries(
     queries: list[QueryCandidates], count: int | None, top_k: int
 ) -> tuple[QueryCandidates, ...]:
-    """The first ``count`` queries (all for ``None``), each cut to its top ``top_k``."""
+    """The first ``count`` queries (all for ``None``), each cut to its top ``top_k``.
+
+    A blank candidate is refused: the engine rows would keep it out of their windows and the
+    plain rows, FIRST's loop as written, would show it, so the rows would not rank alike.
+    """
     if count is not None and count > len(queries):
         raise ValueError(f"{count} queries asked for; the data has {len(queries)}")
-    return tuple(q.top(top_k) for q in queries[:count])
+    chosen = tuple(q.top(top_k) for q in queries[:count])
+    for query in chosen:
+        blank = [c.docid for c in query.candidates if is_blank(c.text)]
+        if blank:
+            raise ValueError(
+                f"query {query.qid} has blank candidates {blank}; the bench compares rows on "
+                "passages with text (the engine keeps blank ones out of its windows)"
+            )
+    return chosen
 
 
 def onnx_unavailable(config: BenchConfig) -> str | None:

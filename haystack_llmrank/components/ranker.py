@@ -311,7 +311,7 @@ class FirstListwiseRanker:
         limit = self.top_k if top_k is None else top_k
         if not isinstance(query, str):
             raise TypeError(f"query must be a string, got {type(query).__name__}")
-        if not documents or not query.strip():
+        if not documents or is_blank(query):
             if documents:
                 logger.warning("empty query: returning the deduplicated documents unranked")
             unscored = [replace(d, score=None) for d in deduplicate(documents)]

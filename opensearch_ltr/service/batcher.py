@@ -42,7 +42,9 @@ class RerankEngine(Protocol):
         on_window: Callable[[int], None] | None = None,
     ) -> list[Ranking]:
         """Rank many queries' passages in one call; only each request's first ``top_k``
-        positions need ranking; ``on_window`` runs after each step."""
+        positions need ranking; ``on_window`` runs after each step. Requests may hold blank
+        documents, or only blank ones: the service passes every document on, and the
+        engine puts blank ones last (:mod:`haystack_llmrank.blank_passages`)."""
         ...
 
 

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from haystack_llmrank.blank_passages import is_blank
 from haystack_llmrank.ranking import Ranking
 from opensearch_ltr.service.config import ServiceConfig
 
@@ -108,7 +109,7 @@ def parse_rerank_request(body: bytes, config: ServiceConfig) -> RerankQuery:
     if not isinstance(payload, dict):
         raise _invalid("the body must be a JSON object")
     query = payload.get("query")
-    if not isinstance(query, str) or not query.strip():
+    if not isinstance(query, str) or is_blank(query):
         raise _invalid("'query' must be a non-empty string")
     if len(query) > config.max_query_chars:
         raise _too_large(

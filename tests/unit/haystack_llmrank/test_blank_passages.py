@@ -38,30 +38,39 @@ def test_text_with_something_to_show_is_not_blank(text: str) -> None:
     assert not is_blank(text)
 
 
-def test_blank_passages_join_a_full_ranking_at_the_bottom() -> None:
+def test_blank_passages_come_after_a_full_ranking() -> None:
     ranking = Ranking.from_logits([1, 0], [3.0, 2.0], cost=Cost(1, 1, 10))
     joined = with_blank_passages(ranking, [1, 2], [0, 3, 4])
     assert joined.order == (2, 1, 0, 3, 4)
     assert joined.scores == (3.0, 2.0, 2.0, 2.0, 2.0)
     assert joined.logits == (3.0, 2.0, 2.0, 2.0, 2.0)
-    assert joined.unranked == 3
+    assert (joined.unranked, joined.blank) == (3, 3)
     assert joined.cost == Cost(1, 1, 10)
 
 
-def test_blank_passages_take_their_input_place_in_an_unranked_tail() -> None:
-    # ranked: sub-index 2 first; sub-indices 0 and 1 left in first-stage order
-    ranking = Ranking.from_logits([2, 0, 1], [5.0, 1.0, 0.5], unranked=2)
+def test_blank_passages_come_after_an_unranked_tail_too() -> None:
+    # ranked: sub-index 2 first; sub-indices 0 and 1 left in first-stage order; capped logit
+    ranking = Ranking.from_logits([2, 0, 1], [5.0, 1.0, 7.0], unranked=2)
     joined = with_blank_passages(ranking, [1, 3, 4], [0, 2])
-    assert joined.order == (4, 0, 1, 2, 3)
-    assert joined.scores == (5.0, 5.0, 1.0, 1.0, 0.5)
-    assert joined.logits == (5.0, 5.0, 1.0, 1.0, 0.5)
-    assert joined.unranked == 4
+    assert joined.order == (4, 1, 3, 0, 2)
+    assert joined.scores == (5.0, 1.0, 1.0, 1.0, 1.0)
+    assert joined.logits == (5.0, 1.0, 7.0, 1.0, 1.0), "the lowest logit, not the capped score"
+    assert (joined.unranked, joined.blank, joined.depth) == (4, 2, 1)
 
 
 def test_only_blank_passages_keep_input_order() -> None:
     joined = with_blank_passages(Ranking((), (), ()), [], [0, 1, 2])
     assert joined.order == (0, 1, 2)
-    assert joined.scores == (0.0, 0.0, 0.0)
+    assert joined.scores == joined.logits == (0.0, 0.0, 0.0)
+
+
+def test_a_ranking_checks_its_blank_positions() -> None:
+    with pytest.raises(ValueError, match="blank must be between 0 and unranked"):
+        Ranking((0, 1), (1.0, 0.0), (1.0, 0.0), unranked=1, blank=2)
+    with pytest.raises(ValueError, match="the blank passages must keep input order"):
+        Ranking((0, 2, 1), (1.0, 0.0, 0.0), (1.0, 0.0, 0.0), unranked=2, blank=2)
+    # the strategy's tail and the blank passages each ascend; together they need not
+    assert Ranking((1, 3, 0, 2), (4.0, 3.0, 3.0, 3.0), (4.0, 3.0, 3.0, 3.0), 3, blank=2).depth == 1
 
 
 def _engines(smollm2_tokenizer: Any, scorer: Any) -> dict[str, Reranker]:
@@ -104,14 +113,17 @@ def test_the_model_never_sees_a_blank_passage(
     assert seen
     assert not any(is_blank(text) for text in seen)
     texted = [1, 3, 4, 6]
-    assert ranking.order == (*tuple(texted[i] for i in alone.order), 0, 2, 5)
-    assert ranking.scores[:4] == alone.scores
+    assert ranking.order[4:] == (0, 2, 5)
+    assert ranking.blank == 3
+    if setting == "fusion":  # fused by input index, which the blank passages move
+        assert sorted(ranking.order[:4]) == texted
+    else:
+        assert ranking.order[:4] == tuple(texted[i] for i in alone.order)
+        assert ranking.scores[:4] == alone.scores
     assert all(a >= b for a, b in itertools.pairwise(ranking.scores))
 
 
-def test_blank_passages_join_a_tdpart_tail_in_input_order(
-    smollm2_tokenizer: Any, tiny_scorer: Any
-) -> None:
+def test_blank_passages_come_after_a_tdpart_tail(smollm2_tokenizer: Any, tiny_scorer: Any) -> None:
     reranker = Reranker(
         smollm2_tokenizer,
         tiny_scorer,
@@ -119,16 +131,42 @@ def test_blank_passages_join_a_tdpart_tail_in_input_order(
         strategy=make_strategy("tdpart", window_size=4),
     )
     texts = [*TEXTS, *(f"{t} again" for t in TEXTS)]
-    given = [*texts[:5], "", *texts[5:], " "]
-    ranking = reranker.rerank("whales", given, top_k=2)
-    alone = reranker.rerank("whales", texts, top_k=2)
-    assert alone.unranked > 0, "tdpart should leave a tail, or this test shows nothing"
-    assert ranking.unranked == alone.unranked + 2
-    tail = ranking.order[ranking.depth :]
-    assert list(tail) == sorted(tail)
-    assert {5, 13} <= set(tail)
-    texted = [i for i, t in enumerate(given) if t.strip()]
-    assert ranking.order[: ranking.depth] == tuple(texted[i] for i in alone.order[: alone.depth])
+    given = ["", *texts[:5], "\ufeff", *texts[5:], " "]
+    for top_k in (None, 2):
+        ranking = reranker.rerank("whales", given, top_k=top_k)
+        alone = reranker.rerank("whales", texts, top_k=top_k)
+        assert alone.unranked > 0, "tdpart should leave a tail, or this test shows nothing"
+        texted = [i for i, t in enumerate(given) if not is_blank(t)]
+        assert ranking.order == (*(texted[i] for i in alone.order), 0, 6, 14)
+        assert (ranking.unranked, ranking.blank) == (alone.unranked + 3, 3)
+        assert ranking.scores[-3:] == (alone.scores[-1],) * 3
+
+
+def test_fusion_reads_input_indices_with_blank_passages_among_them(
+    smollm2_tokenizer: Any, tiny_scorer: Any
+) -> None:
+    # the blank passage before them moves every passage one place down the first stage
+    fused = _engines(smollm2_tokenizer, tiny_scorer)["fusion"]
+    plain = Reranker(
+        smollm2_tokenizer,
+        tiny_scorer,
+        max_prompt_tokens=4096,
+        strategy=make_strategy("sliding", window_size=4, step=2),
+    )
+    model = plain.rerank("whales and bees", TEXTS)
+    ranking = fused.rerank("whales and bees", ["", *TEXTS])
+    # fusion_k 60: the passage at input index i that the model ranked r scores
+    # 1 / (61 + r) + 1 / (61 + i); TEXTS[j] is at input index j + 1
+    score = {j + 1: 1 / (61 + r) + 1 / (61 + j + 1) for r, j in enumerate(model.order)}
+    expected = sorted(score, key=lambda item: -score[item])  # ties keep the model's order
+    assert ranking.order == (*expected, 0)
+    assert ranking.scores[: len(TEXTS)] == tuple(score[i] for i in expected)
+
+
+def test_a_query_the_prompt_shows_as_nothing_is_refused(tiny_reranker: Reranker) -> None:
+    for query in ("\ufeff", "\x00 ", "&nbsp;"):
+        with pytest.raises(ValueError, match="query is empty"):
+            tiny_reranker.rerank(query, TEXTS[:2])
 
 
 def test_a_request_of_only_blank_passages_needs_no_forward_pass(tiny_reranker: Reranker) -> None:
