@@ -12,7 +12,11 @@ Response::
 
 ``results`` are sorted by relevance, most relevant first; ``index`` is the document's position
 in the request. Without ``top_n`` there is exactly one result per document; with it, the first
-``min(top_n, len(documents))``. ``model`` is accepted for compatibility and ignored. Other
+``min(top_n, len(documents))``. A ``top_n`` below the number of documents also tells the
+engine that only those positions matter (``tdpart`` then ranks that deep and stops); one at
+or above it cuts nothing and asks what no ``top_n`` asks, so the two rank alike (OpenSearch's
+``rerank`` processor always sends the number of hits, where the rescorer sends none).
+``model`` is accepted for compatibility and ignored. Other
 fields are ignored. In a ``{"text": ...}`` object only ``text`` is ranked. A blank document
 (empty or whitespace, as the ``rerank`` processor sends for a hit without its field, or what
 a prompt shows as nothing: :func:`haystack_llmrank.blank_passages.is_blank`) is
@@ -73,6 +77,14 @@ class RerankQuery:
     documents: tuple[str, ...]
     top_n: int | None = None
     return_documents: bool = False
+
+    @property
+    def depth(self) -> int | None:
+        """The ``top_k`` the engine is told: ``top_n`` where it cuts the results, else
+        ``None``."""
+        if self.top_n is not None and self.top_n < len(self.documents):
+            return self.top_n
+        return None
 
 
 def _invalid(message: str) -> RequestError:

@@ -484,7 +484,7 @@ async def test_top_n_reaches_the_strategy_as_each_requests_top_k(
     tdpart = tiny_reranker.replace(strategy=make_strategy("tdpart"))
     engine = RecordingEngine(tdpart)
     texts = [f"{TEXTS[i % len(TEXTS)]} (copy {i})" for i in range(45)]
-    asked = [("Paris", 3), ("Spain", None), ("mountain", 12)]
+    asked = [("Paris", 3), ("Spain", None), ("mountain", 12), ("river", 45), ("lake", 60)]
     async with serving(engine, max_batch_requests=8) as client:
         engine.depths.clear()
         engine.gate.clear()
@@ -496,13 +496,15 @@ async def test_top_n_reaches_the_strategy_as_each_requests_top_k(
             )
             for q, n in asked
         ]
-        await until(lambda: batcher_of(client).pending == 3)
+        await until(lambda: batcher_of(client).pending == 5)
         engine.gate.set()
         responses = await asyncio.gather(first, *tasks)
-    assert engine.depths == [[None], [3, None, 12]]
+    # a top_n that cuts nothing (45 or 60 of 45 documents) asks what none asks
+    assert engine.depths == [[None], [3, None, 12, None, None]]
     for (query, top_n), (status, body) in zip(asked, responses[1:], strict=True):
         assert status == 200
-        expected = tdpart.rerank(query, texts, top_k=top_n)
+        depth = top_n if top_n is not None and top_n < len(texts) else None
+        expected = tdpart.rerank(query, texts, top_k=depth)
         assert [r["index"] for r in body["results"]] == list(expected.order[:top_n])
     settled = tdpart.rerank("Paris", texts, top_k=3).unranked
     assert settled > tdpart.rerank("Paris", texts).unranked  # top_n lets tdpart stop sooner
