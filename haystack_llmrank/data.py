@@ -18,6 +18,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+from haystack_llmrank.blank_passages import is_blank
 from haystack_llmrank.errors import LlmRankError
 from haystack_llmrank.ranking import Ranking
 
@@ -141,7 +142,7 @@ def _identifier(value: Any, what: str, where: str) -> str:
 
 
 def _query_text(value: Any, where: str) -> str:
-    if not isinstance(value, str) or not value.strip():
+    if not isinstance(value, str) or is_blank(value):
         raise DataFormatError(f"{where}: the query text must be a non-empty string, got {value!r}")
     return value
 

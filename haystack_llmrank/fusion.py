@@ -30,20 +30,26 @@ def fuse_with_input_order(
     ``1 / (fusion_k + 1 + r) + 1 / (fusion_k + 1 + i)``; passages are ordered by that score,
     equal scores in the model's order. Those scores become :attr:`Ranking.scores`, the
     model's logits stay in :attr:`Ranking.logits`, and every position counts as ranked
-    (``unranked`` is 0). The cost is unchanged: fusion takes no forward pass.
+    (``unranked`` is 0) except the blank passages (:attr:`Ranking.blank`), which no window
+    showed: they stay last, below the lowest fused score. The cost is unchanged: fusion takes
+    no forward pass.
     """
     k = _integer_k(fusion_k)
     first = list(range(len(ranking))) if positions is None else list(positions)
+    judged = ranking.order[: len(ranking) - ranking.blank]
+    blank = ranking.order[len(judged) :]
     fused = {
-        item: 1.0 / (k + 1 + rank) + 1.0 / (k + 1 + first[item])
-        for rank, item in enumerate(ranking.order)
+        item: 1.0 / (k + 1 + rank) + 1.0 / (k + 1 + first[item]) for rank, item in enumerate(judged)
     }
     logit = dict(zip(ranking.order, ranking.logits, strict=True))
-    order = sorted(ranking.order, key=lambda item: -fused[item])
+    order = [*sorted(judged, key=lambda item: -fused[item]), *blank]
+    scores = [fused[item] for item in order[: len(judged)]]
+    lowest = scores[-1] if scores else 0.0
     return Ranking(
         tuple(order),
-        tuple(fused[item] for item in order),
+        (*scores, *(lowest,) * len(blank)),
         tuple(logit[item] for item in order),
-        0,
+        len(blank),
         ranking.cost,
+        len(blank),
     )

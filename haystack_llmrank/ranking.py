@@ -36,8 +36,8 @@ class Ranking:
     that placed it (its label logit, or its vote logit with a vote template; with
     ``both_orders`` the mean of its two label log-probabilities or votes), capped at the
     score of the passage ranked above it, so scores never increase down the ranking.
-    ``logits[r]`` is that value uncapped. A blank passage, which no window showed, repeats
-    the values of the position above it (0.0 at the top).
+    ``logits[r]`` is that value uncapped. A blank passage, which no window showed, takes the
+    lowest score and the lowest logit of the others (0.0 where there are none).
     Scores from one window are directly comparable; across windows and queries they
     are a heuristic (logits of a FIRST model, not probabilities).
 

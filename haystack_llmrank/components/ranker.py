@@ -17,7 +17,7 @@ from haystack.utils import ComponentDevice
 
 from haystack_llmrank.arrangement import check_order_invariant
 from haystack_llmrank.backends import check_backend, check_torch_placement
-from haystack_llmrank.blank_passages import is_blank
+from haystack_llmrank.blank_passages import is_blank, with_blank_passages
 from haystack_llmrank.gpu_policy import OnMissingGpu, check_on_missing_gpu
 from haystack_llmrank.models import DEFAULT_MODEL
 from haystack_llmrank.prompt import (
@@ -318,26 +318,20 @@ class FirstListwiseRanker:
             return _limit(unscored, limit, threshold)
         unique = deduplicate(documents)
         texts = [self._text(d) for d in unique]
-        blank = [is_blank(t) for t in texts]
-        textless = [d for d, empty in zip(unique, blank, strict=True) if empty]
-        if textless:
+        blank = sum(map(is_blank, texts))
+        if blank:
             logger.warning(
                 "%d document(s) have no text to rank; they follow the ranked ones unscored",
-                len(textless),
+                blank,
             )
-        return _Plan(
-            [d for d, empty in zip(unique, blank, strict=True) if not empty],
-            textless,
-            [t for t, empty in zip(texts, blank, strict=True) if not empty],
-            limit,
-            threshold,
-        )
+        return _Plan(unique, texts, limit, threshold)
 
     def _rank(self, query: str, texts: list[str], top_k: int | None) -> Ranking:
         """Load the model if it is not, and rank, in one hold of the lock: a :meth:`close`
-        falls before or after a whole ranking, never inside one. No texts need no model."""
-        if not texts:
-            return Ranking((), (), ())
+        falls before or after a whole ranking, never inside one. Texts that are all blank
+        need no model: they keep their order (:func:`with_blank_passages`)."""
+        if all(map(is_blank, texts)):
+            return with_blank_passages(Ranking((), (), ()), [], range(len(texts)))
         with self._lock:
             self.warm_up()
             reranker = self._reranker
@@ -387,24 +381,25 @@ class FirstListwiseRanker:
 
 @dataclass(frozen=True)
 class _Plan:
-    """A call's deduplicated Documents: those with text to rank (``texts``, in order) and
-    those without, with the call's ``top_k`` and score threshold."""
+    """A call's deduplicated Documents and their texts (blank ones included: the engine puts
+    them last), with the call's ``top_k`` and score threshold."""
 
-    rankable: list[Document]
-    textless: list[Document]
+    documents: list[Document]
     texts: list[str]
     top_k: int | None
     threshold: float | None
 
     def finish(self, ranking: Ranking) -> list[Document]:
-        """Copies of the Documents scored by ``ranking`` of ``texts``, the text-less ones
-        after them unscored, through ``top_k`` and the threshold."""
+        """Copies of the Documents in ``ranking``'s order, scored by it, the blank ones
+        (:attr:`Ranking.blank`, last) unscored, through ``top_k`` and the threshold."""
+        judged = len(ranking) - ranking.blank
         ranked = [
-            replace(self.rankable[i], score=score)
-            for i, score in zip(ranking.order, ranking.distinct_scores(), strict=True)
+            replace(self.documents[i], score=score if rank < judged else None)
+            for rank, (i, score) in enumerate(
+                zip(ranking.order, ranking.distinct_scores(), strict=True)
+            )
         ]
-        unscored = [replace(d, score=None) for d in self.textless]
-        return _limit(ranked + unscored, self.top_k, self.threshold)
+        return _limit(ranked, self.top_k, self.threshold)
 
 
 def check_threshold(threshold: float | None) -> float | None:

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from haystack_llmrank.blank_passages import is_blank, split_blank, with_blank_passages
+from haystack_llmrank.fusion import fuse_with_input_order
 from haystack_llmrank.prompt import normalize_passage
 from haystack_llmrank.ranking import Cost, Ranking
 from haystack_llmrank.reranker import Reranker
@@ -161,6 +162,18 @@ def test_fusion_reads_input_indices_with_blank_passages_among_them(
     expected = sorted(score, key=lambda item: -score[item])  # ties keep the model's order
     assert ranking.order == (*expected, 0)
     assert ranking.scores[: len(TEXTS)] == tuple(score[i] for i in expected)
+
+
+def test_fusing_a_finished_ranking_keeps_its_blank_passages_last(
+    smollm2_tokenizer: Any, tiny_scorer: Any
+) -> None:
+    engines = _engines(smollm2_tokenizer, tiny_scorer)
+    given = ["", *TEXTS, " "]
+    finished = engines["sliding"].rerank("whales and bees", given)
+    fused = fuse_with_input_order(finished, 60)
+    assert fused == engines["fusion"].rerank("whales and bees", given)
+    assert fused.order[-2:] == (0, len(given) - 1)
+    assert (fused.unranked, fused.blank) == (2, 2)
 
 
 def test_a_query_the_prompt_shows_as_nothing_is_refused(tiny_reranker: Reranker) -> None:

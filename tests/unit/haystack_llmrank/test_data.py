@@ -142,6 +142,7 @@ def _bad(record: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
         ("qid", "q 1", r"qid must be a string without spaces or an integer, got 'q 1'"),
         ("candidates.0.docid", "", r"candidate 0: docid must be"),
         ("query", "  ", r"the query text must be a non-empty string"),
+        ("query", "\ufeff ", r"the query text must be a non-empty string"),
         ("candidates", {"d": 1}, r"'candidates' must be a list"),
         ("candidates.1", "d1", r"candidate 1: expected an object, got str"),
         ("candidates.1.docid", ..., r"candidate 1: docid must be"),

@@ -108,6 +108,20 @@ def test_documents_without_text_follow_unscored(ranker: FirstListwiseRanker) -> 
     assert sorted(d.id for d in out[:3]) == ["d0", "d1", "d2"]
 
 
+def test_fusion_counts_text_less_documents_in_the_input_order(tiny_model_dir: Path) -> None:
+    fused = FirstListwiseRanker(model=str(tiny_model_dir), device="cpu", fusion_k=60)
+    fused.warm_up()
+    engine = fused._reranker
+    assert engine is not None
+    inputs = [Document(id="x", content=None), *docs(6)]
+    out = fused.run(query=QUERY, documents=inputs)["documents"]
+    texts = ["", *(d.content or "" for d in docs(6))]
+    expected = engine.rerank(QUERY, texts)
+    assert [d.id for d in out] == [inputs[i].id for i in expected.order]
+    assert [d.score for d in out[:-1]] == expected.distinct_scores()[:-1]  # input index 1..6
+    assert (out[-1].id, out[-1].score) == ("x", None)
+
+
 def test_documents_all_without_text_need_no_model() -> None:
     ranker = FirstListwiseRanker(model="no/such-model")
     inputs = [Document(id="x", content=None), Document(id="y", content="   ")]
