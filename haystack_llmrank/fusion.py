@@ -31,7 +31,7 @@ def fuse_with_input_order(
     equal scores in the model's order. Those scores become :attr:`Ranking.scores`, the
     model's logits stay in :attr:`Ranking.logits`, and every position counts as ranked
     (``unranked`` is 0) except the blank passages (:attr:`Ranking.blank`), which no window
-    showed: they stay last, below the lowest fused score. The cost is unchanged: fusion takes
+    showed: they stay last, at the lowest fused score. The cost is unchanged: fusion takes
     no forward pass.
     """
     k = _integer_k(fusion_k)
