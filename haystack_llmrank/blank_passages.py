@@ -18,6 +18,14 @@ def is_blank(text: str) -> bool:
     """Whether ``text`` would show nothing in a prompt: empty once repaired and split into
     words as :func:`~haystack_llmrank.prompt.normalize_passage` does (whitespace, a byte
     order mark, control characters, ``&nbsp;``)."""
+    if "&" not in text and "\x1b" not in text:
+        # with no entity to unescape and no terminal escape to strip, the repair drops no
+        # printable ASCII character, so one shows; nearly every passage ends here, spared
+        # ftfy's pass (the prompt builder repairs it once more anyway)
+        if any(" " < char < "\x7f" for char in text):
+            return False
+        if text.isascii():  # only spaces and control characters, which the repair drops
+            return True
     return not normalize_passage(text, None)
 
 

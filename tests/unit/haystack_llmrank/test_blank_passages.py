@@ -6,6 +6,8 @@ import itertools
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from haystack_llmrank.blank_passages import is_blank, split_blank, with_blank_passages
 from haystack_llmrank.fusion import fuse_with_input_order
@@ -32,6 +34,17 @@ def test_split_blank_names_empty_and_whitespace_only_passages() -> None:
 def test_text_the_prompt_would_show_as_nothing_is_blank(text: str) -> None:
     assert normalize_passage(text, None) == ""
     assert is_blank(text)
+
+
+MOJIBAKE = "ÃÂâ€™©®\u00a0\ufeff\u200b\u2019\u2013é漢\uff41\u0301\x80\x9d\u0153\u201cï»¿"
+
+
+@given(
+    st.text(alphabet=st.characters(max_codepoint=127), max_size=12)
+    | st.text(alphabet=st.characters(max_codepoint=127) | st.sampled_from(MOJIBAKE), max_size=12)
+)
+def test_the_shortcut_agrees_with_the_prompts_repair(text: str) -> None:
+    assert is_blank(text) == (not normalize_passage(text, None))
 
 
 @pytest.mark.parametrize("text", ["a", " [A] ", "&amp;", "\ufeffx", "0"])
