@@ -83,6 +83,27 @@ def template_strategy(
     return make_strategy(name, window_size=window_size, step=step, vote=template.vote)
 
 
+def resolve_strategy(
+    template: PromptTemplate,
+    strategy: Strategy | str | None,
+    *,
+    window_size: int | None = None,
+    step: int | None = None,
+    order_invariant: bool = False,
+) -> Strategy:
+    """The strategy ``strategy`` names (see :func:`template_strategy`), or the one given,
+    checked against ``template`` and ``order_invariant`` before any model loads.
+    ``window_size`` and ``step`` apply to a strategy given by name or ``None`` only."""
+    if strategy is None or isinstance(strategy, str):
+        strategy = template_strategy(template, strategy, window_size=window_size, step=step)
+    elif window_size is not None or step is not None:
+        raise ValueError("window_size and step apply to a strategy given by name or None")
+    else:
+        check_readout_window(template, strategy.window_size)
+    check_order_invariant(order_invariant, strategy.name)
+    return strategy
+
+
 def check_readout_window(template: PromptTemplate, window_size: int) -> None:
     """:class:`~haystack_llmrank.errors.WindowTooLargeError` if windows of ``window_size``
     passages need more than ``template``'s labels; ``ValueError`` if its labels are read
@@ -292,13 +313,13 @@ class Reranker:
         )
         chosen = model_template(template, model, vote=vote)
         named = strategy is None or isinstance(strategy, str)
-        if strategy is None or isinstance(strategy, str):
-            strategy = template_strategy(chosen, strategy, window_size=window_size, step=step)
-        elif window_size is not None or step is not None:
-            raise ValueError("window_size and step apply to a strategy given by name or None")
-        else:
-            check_readout_window(chosen, strategy.window_size)
-        check_order_invariant(kwargs.get("order_invariant", False), strategy.name)
+        strategy = resolve_strategy(
+            chosen,
+            strategy,
+            window_size=window_size,
+            step=step,
+            order_invariant=kwargs.get("order_invariant", False),
+        )
         loaded = load_scorer(
             model,
             backend=backend,

@@ -193,12 +193,11 @@ def check_model_options(args: argparse.Namespace) -> None:
     with the onnx backend, an unknown torch device or dtype, or a model that is neither
     local nor reachable fails here in well under a second.
     """
-    from haystack_llmrank.arrangement import check_order_invariant
     from haystack_llmrank.backends import check_backend, check_torch_placement
     from haystack_llmrank.fusion import check_fusion_k
     from haystack_llmrank.model_templates import model_template
     from haystack_llmrank.models import check_available, resolve_model
-    from haystack_llmrank.reranker import template_strategy
+    from haystack_llmrank.reranker import resolve_strategy
 
     template = model_template(args.template, args.model, vote=args.vote)
     labels = len(template.labels)
@@ -207,11 +206,14 @@ def check_model_options(args: argparse.Namespace) -> None:
             f"--window-size {args.window_size} is over the {labels} labels of the model's "
             f"prompt template {template.name!r}"
         )
-    strategy = template_strategy(
-        template, args.strategy, window_size=args.window_size, step=args.step
+    resolve_strategy(
+        template,
+        args.strategy,
+        window_size=args.window_size,
+        step=args.step,
+        order_invariant=args.order_invariant,
     )
     check_fusion_k(args.fusion_k)
-    check_order_invariant(args.order_invariant, strategy.name)
     # --threads also sets torch's process-wide threads (load_reranker), which the API leaves
     check_backend(args.backend, args.threads if args.backend == "onnx" else None, args.dtype)
     if args.backend == "torch":

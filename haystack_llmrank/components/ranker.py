@@ -29,7 +29,7 @@ from haystack_llmrank.prompt import (
     get_template,
 )
 from haystack_llmrank.ranking import Ranking
-from haystack_llmrank.reranker import Reranker, check_options, template_strategy
+from haystack_llmrank.reranker import Reranker, check_options, resolve_strategy
 from haystack_llmrank.strategies import check_strategy_options, check_top_k
 
 logger = logging.getLogger(__name__)
@@ -154,17 +154,18 @@ class FirstListwiseRanker:
         """
         # what is wrong whatever the model fails here, before warm_up loads one
         check_vote(vote)
-        resolved = strategy
         if template is None:
             check_strategy_options(strategy, window_size=window_size, step=step)
+            check_order_invariant(order_invariant, strategy)
         else:  # the template, and so the labels and the readout, is known: check in full
             given = get_template(template)
-            resolved = template_strategy(
+            resolve_strategy(
                 given if vote is None else given.with_vote(vote),
                 strategy,
                 window_size=window_size,
                 step=step,
-            ).name
+                order_invariant=order_invariant,
+            )
         check_backend(backend, threads, dtype)
         check_on_missing_gpu(on_missing_gpu)
         check_options(
@@ -173,7 +174,6 @@ class FirstListwiseRanker:
             max_batch_tokens=max_batch_tokens,
             fusion_k=fusion_k,
         )
-        check_order_invariant(order_invariant, resolved)
         check_passage_words(max_passage_words)
         if isinstance(meta_fields_to_embed, str):
             raise TypeError(
