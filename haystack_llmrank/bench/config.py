@@ -196,7 +196,6 @@ class BenchConfig:
         for name, value in positive.items():
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
-        check_strategy_options(None, window_size=self.window_size, step=self.step)
         for strategy in self.ranking_strategies:
             check_strategy_options(strategy, window_size=self.window_size, step=self.step)
         if any(size < 1 for size in self.sweep_batch_sizes):

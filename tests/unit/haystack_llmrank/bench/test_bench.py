@@ -519,6 +519,14 @@ def test_the_bf16_row_loads_bfloat16_and_measures_its_floor_at_the_bfloat16_rate
     assert row["agreement_with_plain"]["windows_shared"] == WINDOWS
 
 
+def slice_bench(data: Path, model: Path, output: Path, *options: str) -> int:
+    """``llmrank bench`` of ``model`` on the CPU over :data:`ORACLE_SLICE`, writing
+    ``output``: its exit code."""
+    common = ("--data-dir", str(data), "--model", str(model), *ORACLE_SLICE, "--device", "cpu")
+    code, _ = llmrank_bench(*common, "--no-progress", "--json", str(output), *options)
+    return code
+
+
 def test_oracle_rows_alone_load_no_model(
     bench_data: Path, tied_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -528,21 +536,8 @@ def test_oracle_rows_alone_load_no_model(
     monkeypatch.setattr(bench_runner, "load_bench_model", refuse)
     monkeypatch.setattr(bench_rows, "load_bench_model", refuse)
     output = tmp_path / "bench.json"
-    code, _ = llmrank_bench(
-        "--data-dir",
-        str(bench_data),
-        "--model",
-        str(tied_model_dir),
-        "--rows",
-        "oracle",
-        "--strategies",
-        "tdpart",
-        *ORACLE_SLICE,
-        "--device",
-        "cpu",
-        "--no-progress",
-        "--json",
-        str(output),
+    code = slice_bench(
+        bench_data, tied_model_dir, output, "--rows", "oracle", "--strategies", "tdpart"
     )
     report = json.loads(output.read_text())
     assert code == 0
@@ -561,20 +556,8 @@ def test_the_load_time_is_read_once_the_device_has_finished(
     load, clock = bench_rows._load, bench_rows.clock
     monkeypatch.setattr(bench_rows, "clock", lambda device: events.append(device) or clock(device))
     monkeypatch.setattr(bench_rows, "_load", lambda job: events.append("load") or load(job))
-    code, _ = llmrank_bench(
-        "--data-dir",
-        str(bench_data),
-        "--model",
-        str(tied_model_dir),
-        "--rows",
-        "torch",
-        *ORACLE_SLICE,
-        "--device",
-        "cpu",
-        "--no-progress",
-        "--in-process",
-        "--json",
-        str(tmp_path / "bench.json"),
+    code = slice_bench(
+        bench_data, tied_model_dir, tmp_path / "bench.json", "--rows", "torch", "--in-process"
     )
     assert code == 0
     at = events.index("load")
