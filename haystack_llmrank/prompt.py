@@ -314,9 +314,10 @@ def label_lookalike(labels: Sequence[str]) -> re.Pattern[str]:
 
 
 def normalize_query(query: str) -> str:
-    """``query`` with its whitespace collapsed to single spaces and trimmed, as passages are
-    (so that ``"  where is berlin\n"`` and ``"where is berlin"`` give the same prompt)."""
-    return " ".join(query.split())
+    """``query`` repaired as a passage is (``ftfy``, which also unescapes HTML entities such as
+    ``&amp;``), with its whitespace collapsed to single spaces and trimmed (so that
+    ``"  where is berlin\n"`` and ``"where is berlin"`` give the same prompt)."""
+    return " ".join(str(fix_text(query)).split())
 
 
 def normalize_passage(
@@ -462,8 +463,7 @@ class PromptBuilder:
         -1 where the template's line starts with a slot (``{text}``), which has no wording to
         find it by.
 
-        Lines are searched after the query (as :meth:`build` shows it, or as the prompt
-        repairs that) where the
+        Lines are searched after the query (as :meth:`build` shows it) where the
         template's prefix holds it, by the template's wording around its slots, which
         passages cannot contain:
         :func:`normalize_passage` rewrites bracketed labels and line breaks. A template whose
@@ -475,8 +475,8 @@ class PromptBuilder:
         )
         if list(encoded["input_ids"]) != list(prompt.token_ids):
             raise ValueError("the prompt does not re-tokenise to its own ids")
-        query = self.defuse(normalize_query(query))  # as build shows it
-        shown = next((q for q in (query, str(fix_text(query))) if q in prompt.text), None)
+        query = self.defuse(normalize_query(query))  # as build shows it, repaired
+        shown = query if query in prompt.text else None
         start = 0
         if shown is not None and "query" in _slots(self.template.prefix):
             start = prompt.text.index(shown) + len(shown)

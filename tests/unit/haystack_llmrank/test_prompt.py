@@ -27,6 +27,7 @@ from haystack_llmrank.prompt import (
     PromptTemplate,
     get_template,
     normalize_passage,
+    normalize_query,
 )
 
 GOLDEN_FIRST = (
@@ -84,6 +85,20 @@ def test_the_querys_whitespace_is_collapsed_as_the_passages_is(smollm2_tokenizer
     assert builder(smollm2_tokenizer).instruction_tokens(" what is\n a cat ", 2) == (
         builder(smollm2_tokenizer).instruction_tokens("what is a cat", 2)
     )
+
+
+def test_the_query_is_repaired_as_a_passage_is(smollm2_tokenizer: Any) -> None:
+    # the chat holds "<", so the prompt's own repair leaves entities alone: the query's
+    # must be unescaped before, as a passage's are, or "&nbsp;" would show literally in a
+    # prompt while the engine refuses it as blank
+    for template in (FIRST_TEMPLATE, FIRST_JUDGE_TEMPLATE):
+        build = builder(smollm2_tokenizer, template=template).build
+        prompt = build("cats &amp; dogs&nbsp;", ["A cat &amp; a dog."])
+        assert "search query: cats & dogs." in prompt.text
+        assert "&amp;" not in prompt.text
+        assert "&nbsp;" not in prompt.text
+        assert prompt == build("cats & dogs", ["A cat & a dog."])
+    assert normalize_query("&nbsp;") == ""
 
 
 def test_numeric_template_labels_and_example(smollm2_tokenizer: Any) -> None:
