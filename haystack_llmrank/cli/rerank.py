@@ -72,16 +72,37 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(handler=run)
 
 
+def placed_by(ranking: Ranking) -> list[str]:
+    """What put each position of ``ranking`` where it is: ``"model"`` for the positions a
+    window ordered, ``"input order"`` for those the strategy left in first-stage order, and
+    ``"blank"`` for the blank passages after them (see :class:`Ranking`)."""
+    n, left = len(ranking), ranking.unranked - ranking.blank
+    return ["model"] * (n - ranking.unranked) + ["input order"] * left + ["blank"] * ranking.blank
+
+
 def rankings_json(queries: list[QueryCandidates], rankings: list[Ranking]) -> list[dict[str, Any]]:
-    """Rankings as JSON: per query, each docid with its rank, score and uncapped logit."""
+    """Rankings as JSON: per query, each docid with its rank, score, uncapped logit and what
+    placed it (:func:`placed_by`)."""
     return [
         {
             "qid": query.qid,
             "query": query.query,
             "ranking": [
-                {"docid": query.candidates[i].docid, "rank": r + 1, "score": score, "logit": logit}
-                for r, (i, score, logit) in enumerate(
-                    zip(ranking.order, ranking.scores, ranking.logits, strict=True)
+                {
+                    "docid": query.candidates[i].docid,
+                    "rank": r + 1,
+                    "score": score,
+                    "logit": logit,
+                    "placed_by": placed,
+                }
+                for r, (i, score, logit, placed) in enumerate(
+                    zip(
+                        ranking.order,
+                        ranking.scores,
+                        ranking.logits,
+                        placed_by(ranking),
+                        strict=True,
+                    )
                 )
             ],
         }

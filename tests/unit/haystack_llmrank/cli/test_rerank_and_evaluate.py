@@ -101,10 +101,40 @@ def test_rerank_writes_the_engine_ranking(
     saved = json.loads(rankings.read_text())
     assert [entry["qid"] for entry in saved] == ["q1", "q2"]
     assert [e["docid"] for e in saved[1]["ranking"]] == [line[2] for line in lines[7:]]
-    assert {"docid", "rank", "score", "logit"} == set(saved[0]["ranking"][0])
+    assert {"docid", "rank", "score", "logit", "placed_by"} == set(saved[0]["ranking"][0])
+    assert {e["placed_by"] for entry in saved for e in entry["ranking"]} == {"model"}
     summary = capsys.readouterr().out
     assert "reranked 2 queries (11 passages, " in summary
     assert " s/query " in summary
+
+
+def test_saved_json_says_what_placed_each_position(
+    llmrank: Any, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    texts = [f"fleas eat blood {i}" for i in range(8)]
+    texts[2] = "&nbsp;"  # shows nothing in a prompt
+    record = {
+        "qid": "q1",
+        "query": "what do fleas eat",
+        "candidates": [{"docid": f"d{i}", "text": text} for i, text in enumerate(texts)],
+    }
+    source, output, saved = tmp_path / "c.jsonl", tmp_path / "run.txt", tmp_path / "r.json"
+    source.write_text(json.dumps(record) + "\n", encoding="utf-8")
+    args = ["rerank", str(source), "--output", str(output), "--model", str(tiny_model_dir)]
+    options = ["--device", "cpu", "--strategy", "tdpart", "--window-size", "3"]
+    assert llmrank([*args, *options, "--rank-depth", "1", "--save-json", str(saved)]) == 0
+
+    engine = Reranker.from_pretrained(
+        str(tiny_model_dir), device="cpu", strategy=make_strategy("tdpart", window_size=3)
+    )
+    expected = engine.rerank(record["query"], texts, top_k=1)
+    assert expected.unranked - expected.blank > 0
+    ranking = json.loads(saved.read_text())[0]["ranking"]
+    placed = [entry["placed_by"] for entry in ranking]
+    depth, left = expected.depth, expected.unranked - 1
+    assert placed == ["model"] * depth + ["input order"] * left + ["blank"]
+    assert [entry["docid"] for entry in ranking] == [f"d{i}" for i in expected.order]
+    assert ranking[-1]["docid"] == "d2"
 
 
 def test_rerank_limits_queries_and_candidates(
