@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from haystack_llmrank.ranking import Ranking
+from opensearch_ltr.service.config import ServiceConfig
 
 logger = logging.getLogger(__name__)
 
@@ -106,9 +107,9 @@ class RerankBatcher:
         self,
         factory: Callable[[], RerankEngine],
         *,
-        max_batch_requests: int = 16,
-        max_pending_requests: int = 256,
-        stall_after_s: float = 30.0,
+        max_batch_requests: int = ServiceConfig.max_batch_requests,
+        max_pending_requests: int = ServiceConfig.max_pending_requests,
+        stall_after_s: float = ServiceConfig.timeout_s,
     ) -> None:
         if max_batch_requests < 1 or max_pending_requests < 1:
             raise ValueError("max_batch_requests and max_pending_requests must be positive")
