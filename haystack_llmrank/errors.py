@@ -16,7 +16,8 @@ class LlmRankError(Exception):
 
 
 class PromptTooLongError(LlmRankError, ValueError):
-    """The instruction, the query and the answer prefix alone exceed the token budget."""
+    """A prompt cannot be held to its token budget: the instruction, the query and the answer
+    prefix alone exceed it (or, in training, a pointwise prompt of one passage does)."""
 
 
 class WindowTooLargeError(LlmRankError, ValueError):

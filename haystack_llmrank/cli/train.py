@@ -392,6 +392,11 @@ def run_train(args: argparse.Namespace) -> int:
     qrels = read_qrels(args.qrels) if args.qrels else None
     teacher = read_run(args.teacher) if args.teacher else None
     qids = [q.qid for q in queries]
+    if qrels is not None and qrels.keys().isdisjoint(qids):
+        raise ValueError(
+            f"none of the {len(qrels)} queries of {args.qrels} is among the queries of "
+            f"{args.input}: check that their qids agree (e.g. 'Q1' against '1')"
+        )
     if args.split is not None:
         train_ids, held_ids = read_split(args.split, qids)
     else:
@@ -424,6 +429,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     trainer = _trainer(args, config)
     if args.resume and not trainer.resume():
+        _check_fresh_output(args.output, resuming=True)
         print(f"no checkpoint in {args.output}; starting from step 0")
     # written once the trainer stands, so that a run refused at setup leaves OUTPUT resumable
     args.output.mkdir(parents=True, exist_ok=True)
@@ -455,13 +461,20 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_fresh_output(output: Path) -> None:
-    """Refuse to start a run (not ``--resume``) in a folder that holds an earlier run's
-    output (a model, ``merged/``, a checkpoint, a record), which this run's would mix with."""
+def _check_fresh_output(output: Path, *, resuming: bool = False) -> None:
+    """Refuse to start a run from step 0 in a folder that holds an earlier run's output (a
+    model, ``merged/``, a checkpoint, a record), which this run's would replace or mix with:
+    a new run, or a ``--resume`` that found no checkpoint to continue."""
     from haystack_llmrank.training.trainer import CHECKPOINT, RECORD
 
     previous = ("adapter_config.json", "config.json", "model.safetensors", "merged")
     found = [name for name in (*previous, CHECKPOINT, RECORD) if (output / name).exists()]
+    if found and resuming:
+        raise ValueError(
+            f"{output} holds the output of an earlier training run ({', '.join(found)}) but "
+            "no checkpoint to resume it from; starting over would replace it: train into "
+            "another folder, or remove that output first"
+        )
     if found:
         raise ValueError(
             f"{output} holds the output of an earlier training run ({', '.join(found)}); "

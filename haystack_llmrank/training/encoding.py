@@ -59,6 +59,14 @@ class WindowEncoder:
             raise ValueError(f"the template's answer prefix {prefix!r} does not open a ranking")
         return text[len(prefix) :]
 
+    def target_tokens(self, size: int) -> int:
+        """Tokens the target of a window of ``size`` passages takes (its ranking string and
+        the end token), the most over the ranking best-first and worst-first."""
+        orders = (tuple(range(size)), tuple(reversed(range(size))))
+        texts = [self.target_text(TrainingWindow("", "", ("",) * size, order)) for order in orders]
+        lengths = [len(self._tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+        return 1 + max(lengths)
+
     def encode(self, window: TrainingWindow) -> EncodedWindow:
         """Prompt ids (within the builder's token budget) plus target ids."""
         prompt = self.prompts.build(window.query, window.passages)

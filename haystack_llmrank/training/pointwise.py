@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from haystack_llmrank.errors import PromptTooLongError
 from haystack_llmrank.prompt import control_strings, defuse, normalize_query
 from haystack_llmrank.training.adapters import causal_lm, plain_output_head
 
@@ -48,7 +49,7 @@ class PointwiseScorer:
             )
             ids = tuple(int(i) for i in self._tokenizer(prompt)["input_ids"])
             if len(ids) > self.max_prompt_tokens:
-                raise ValueError(
+                raise PromptTooLongError(
                     f"a pointwise prompt of {len(ids)} tokens exceeds max_prompt_tokens="
                     f"{self.max_prompt_tokens}; cut passages shorter or shorten the query"
                 )

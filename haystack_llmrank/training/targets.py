@@ -49,11 +49,11 @@ class TrainingQuery:
         """
         return sorted(members, key=self._key)
 
-    @property
-    def all_tied(self) -> bool:
-        """Whether grades and teacher scores tell no two candidates apart, so that the
-        target is first-stage order."""
-        return len({self._key(i)[:3] for i in range(len(self.texts))}) == 1
+    def tied(self, first: int | None = None) -> bool:
+        """Whether grades and teacher scores tell no two of the first ``first`` candidates
+        (all where ``None``) apart, so that a target among them is first-stage order."""
+        count = len(self.texts) if first is None else min(first, len(self.texts))
+        return len({self._key(i)[:3] for i in range(count)}) == 1
 
     def _key(self, i: int) -> tuple[int, bool, float, int]:
         """Candidate ``i``'s sort key: grade (best first), unscored after scored, teacher
@@ -114,6 +114,7 @@ def training_queries(
     unmatched: list[str] = []
     tied: list[str] = []
     untaught: list[str] = []
+    unjudged: list[str] = []
     judged_count = absent = taught = 0
     for query in queries:
         judged = (qrels or {}).get(query.qid, {})
@@ -132,6 +133,8 @@ def training_queries(
         taught += matched
         if scored and not matched:
             untaught.append(query.qid)
+        if qrels is not None and not judged:
+            unjudged.append(query.qid)
         training = TrainingQuery(
             query.qid,
             query.query,
@@ -141,7 +144,7 @@ def training_queries(
         )
         if docids.isdisjoint(judged) and not matched:
             unmatched.append(query.qid)
-        elif training.all_tied:
+        elif training.tied():
             tied.append(query.qid)
         joined.append(training)
     if judged_count and absent == judged_count:
@@ -175,6 +178,14 @@ def training_queries(
             "not retrieved); they are not trained on",
             absent,
             judged_count,
+        )
+    if unjudged:
+        logger.warning(
+            "%d of %d queries have no judgements in the qrels and are trained on teacher "
+            "scores alone (check that the qids of the qrels and the candidates agree): %s",
+            len(unjudged),
+            len(joined),
+            listed(unjudged, 5),
         )
     if untaught:
         logger.warning(
@@ -212,8 +223,12 @@ class WindowSampling:
             raise ValueError(
                 f"window sizes need 2 <= min_size <= max_size, got {self.min_size}, {self.max_size}"
             )
-        if self.pool < 2:
-            raise ValueError(f"pool must be at least 2, got {self.pool}")
+        if self.pool < self.max_size:
+            raise ValueError(
+                f"pool ({self.pool}) is smaller than max_size ({self.max_size}): windows are "
+                "drawn from the first pool candidates and could never be that large; raise "
+                "pool or lower max_size"
+            )
         if not 0.0 <= self.contiguous <= 1.0:
             raise ValueError(f"contiguous is a probability, got {self.contiguous}")
         unknown = set(self.orders) - set(INPUT_ORDERS)
@@ -228,6 +243,19 @@ class WindowSampling:
             )
         if sum(self.order_weights) <= 0:
             raise ValueError("order_weights must not all be zero")
+
+    def check_targets(self, queries: Sequence[TrainingQuery]) -> None:
+        """Refuse queries whose first ``pool`` candidates, the only ones drawn, are all of
+        one grade with no teacher score to tell them apart: every window's target would be
+        first-stage order (their judged or scored candidates lie beyond the pool)."""
+        tied = [query.qid for query in queries if query.tied(self.pool)]
+        if tied:
+            raise ValueError(
+                f"queries whose first pool={self.pool} candidates, from which windows are "
+                "drawn, are all of one grade with no teacher score to tell them apart, so "
+                f"that their targets would be first-stage order: {listed(tied, 5)}; raise "
+                "pool (--pool), give teacher scores, or drop these queries"
+            )
 
     @property
     def group_size(self) -> int:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from haystack_llmrank.data import Qrels, QueryCandidates
-from haystack_llmrank.errors import listed
+from haystack_llmrank.errors import PromptTooLongError, listed
 from haystack_llmrank.labels import readout_label_ids, resolve_label_ids
 from haystack_llmrank.model_templates import recorded_template
 from haystack_llmrank.prompt import FIRST_TEMPLATE, PromptBuilder, PromptTemplate
@@ -191,6 +191,7 @@ class FirstTrainer:
             ),
             passage_ends=config.passage_ranknet_weight > 0,
         )
+        self._check_context(tokenizer)
         parameters = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=0.0)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _schedule(config))
@@ -206,6 +207,24 @@ class FirstTrainer:
         self.skipped_updates = 0
         self.history: list[dict[str, Any]] = []
         logger.info("training %d parameters", trainable_parameters(self.model))
+
+    def _check_context(self, tokenizer: Any) -> None:
+        """Refuse a prompt budget that, with the target ranking after it, exceeds the
+        model's context length: the model would train on positions it never saw."""
+        from haystack_llmrank.models import context_length
+
+        context = context_length(causal_lm(self.model).config, tokenizer)
+        budget = self.config.max_prompt_tokens
+        target = 0
+        if self.config.objective == "first":
+            target = self.encoder.target_tokens(self.config.sampling.max_size)
+        if budget + target > context:
+            raise ValueError(
+                f"max_prompt_tokens={budget} plus the {target} tokens of the target ranking "
+                f"of {self.config.sampling.max_size} passages exceed the model's context of "
+                f"{context} tokens; lower max_prompt_tokens (--max-prompt-tokens) to "
+                f"{context - target} or less"
+            )
 
     def fit(
         self,
@@ -225,7 +244,9 @@ class FirstTrainer:
         """
         if not train:
             raise ValueError("no training queries")
+        self.config.sampling.check_targets(train)
         caps = self._window_caps(train)
+        self._check_pointwise_prompts(train)
         if validation is not None and self.step == 0 and self.best is None:
             score = self.validate(validation)
             self._improves(score)  # the first score is the best so far
@@ -309,6 +330,29 @@ class FirstTrainer:
                 listed([f"{qid} ({count})" for qid, count in caps.items()], 10),
             )
         return caps
+
+    def _check_pointwise_prompts(self, train: Sequence[TrainingQuery]) -> None:
+        """Refuse, before any update, training queries with a pointwise prompt (of one of
+        the first ``pool`` candidates, which windows are drawn from) over
+        ``max_prompt_tokens``: the update that drew it would stop the run, and a resumed run
+        would draw it again."""
+        if self.pointwise is None:
+            return
+        pool = self.config.sampling.pool
+        over: list[str] = []
+        for query in train:
+            try:
+                self.pointwise.encode(query.query, query.texts[:pool])
+            except PromptTooLongError:
+                over.append(query.qid)
+        if over:
+            raise ValueError(
+                f"{len(over)} training queries have a pointwise prompt (query and one passage "
+                f"of their first pool={pool}) over max_prompt_tokens="
+                f"{self.config.max_prompt_tokens}: {listed(over, 10)}; raise "
+                "max_prompt_tokens (--max-prompt-tokens), cut passages shorter "
+                "(--max-passage-words) or leave out those queries"
+            )
 
     def _update(self, train: Sequence[TrainingQuery], caps: Mapping[str, int]) -> StepReport:
         started = time.perf_counter()
@@ -575,7 +619,7 @@ class FirstTrainer:
         (staging / "trainer.json").write_text(json.dumps(meta) + "\n", "utf-8")
         self._save_model(staging / "model")
         if target.exists():
-            old = self.output_dir / f".{CHECKPOINT}-old"
+            old = self.output_dir / f".{CHECKPOINT}-old"  # resume() puts it back if need be
             shutil.rmtree(old, ignore_errors=True)
             target.rename(old)
             staging.rename(target)
@@ -645,8 +689,16 @@ class FirstTrainer:
                 )
 
     def resume(self) -> bool:
-        """Load ``output_dir/checkpoint`` if there is one; return whether it was loaded."""
+        """Load ``output_dir/checkpoint`` if there is one; return whether it was loaded.
+
+        A save stopped between moving the old checkpoint aside and putting the new one in
+        its place leaves only the old one: it is put back and loaded.
+        """
         folder = self.output_dir / CHECKPOINT
+        old = self.output_dir / f".{CHECKPOINT}-old"
+        if not folder.exists() and (old / "trainer.json").is_file():
+            logger.warning("%s: restoring the checkpoint a stopped save moved aside", old)
+            old.rename(folder)
         if not (folder / "trainer.json").is_file():
             return False
         meta = json.loads((folder / "trainer.json").read_text("utf-8"))

@@ -372,3 +372,30 @@ def test_the_train_command_line_runs_the_pointwise_objective_and_stops_early(
     assert [h["step"] for h in record["history"]] == [0, 1]
     assert main([*args, "--batch-windows", "2"]) == 2
     assert "batch_windows > 1 applies to FIRST windows" in capsys.readouterr().err
+
+
+def test_a_pointwise_prompt_over_the_budget_is_refused_before_any_update(
+    smollm2_tokenizer: Any, tmp_path: Path
+) -> None:
+    long = QueryCandidates("long", " ".join(["flea"] * 40), QUERY.candidates)
+    queries = training_queries([QUERY, long], qrels={**QRELS, "long": QRELS["q1"]})
+    scorer = PointwiseScorer(
+        smollm2_tokenizer, yes_id(smollm2_tokenizer), max_passage_words=64, max_prompt_tokens=4096
+    )
+    longest = max(len(ids) for ids in scorer.encode(QUERY.query, PASSAGES))
+    config = pointwise_config(max_prompt_tokens=longest, sampling=WindowSampling(3, 5, pool=5))
+    trainer = FirstTrainer(
+        make_tiny_llama(len(smollm2_tokenizer), seed=4),
+        smollm2_tokenizer,
+        config,
+        base_model="unused",
+        output_dir=tmp_path,
+    )
+    with pytest.raises(
+        ValueError,
+        match=rf"1 training queries have a pointwise prompt .* "
+        rf"over max_prompt_tokens={longest}: long; raise",
+    ):
+        trainer.fit(queries)
+    assert trainer.step == 0
+    trainer.fit(queries[:1])  # the short query alone trains

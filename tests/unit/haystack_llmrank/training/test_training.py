@@ -164,6 +164,54 @@ def test_a_teacher_run_that_names_no_candidate_is_refused_or_logged(
     )
 
 
+def test_queries_the_qrels_do_not_judge_are_named_when_a_teacher_trains_them(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    two = [toy_query(), toy_query("q2")]
+    teacher = {q.qid: {"d4": 0.7, "d2": 0.1} for q in two}
+    with caplog.at_level(logging.WARNING, logger="haystack_llmrank.training.targets"):
+        joined = training_queries(two, qrels={"Q1": TOY_QRELS["q1"]}, teacher=teacher)
+    assert [q.grades for q in joined] == [(0,) * 6] * 2  # "Q1" is not "q1"
+    assert "2 of 2 queries have no judgements in the qrels and are trained on teacher" in (
+        caplog.text
+    )
+    assert "q1 and q2" in caplog.text or "q1, q2" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="haystack_llmrank.training.targets"):
+        training_queries(two, qrels={"q1": TOY_QRELS["q1"], "q2": TOY_QRELS["q1"]}, teacher=teacher)
+        training_queries(two, teacher=teacher)  # no qrels given: nothing to say
+    assert caplog.text == ""
+
+
+def test_queries_tied_within_the_pool_are_refused_before_any_update(
+    smollm2_tokenizer: Any, tmp_path: Path
+) -> None:
+    # q2's one relevant candidate is the last: a pool of the first 5 holds only zeros
+    queries = training_queries(
+        [toy_query(), toy_query("q2")], qrels={**TOY_QRELS, "q2": {"d5": 2, "d0": 0}}
+    )
+    WindowSampling(min_size=3, max_size=5, pool=6).check_targets(queries)
+    narrow = WindowSampling(min_size=3, max_size=5, pool=5)
+    with pytest.raises(ValueError, match=r"first pool=5 candidates.*first-stage order: q2; raise"):
+        narrow.check_targets(queries)
+    trainer = FirstTrainer(
+        make_tiny_llama(len(smollm2_tokenizer), seed=4),
+        smollm2_tokenizer,
+        small_config(sampling=narrow),
+        base_model="x",
+        output_dir=tmp_path,
+    )
+    with pytest.raises(ValueError, match="first-stage order: q2"):
+        trainer.fit(queries)
+    assert trainer.step == 0
+
+
+def test_a_pool_smaller_than_the_largest_window_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"pool \(10\) is smaller than max_size \(20\)"):
+        WindowSampling(pool=10)
+    WindowSampling(pool=20)
+
+
 def test_sampled_windows_vary_size_and_order_and_keep_targets_consistent() -> None:
     [query] = training_queries([toy_query()], qrels=TOY_QRELS)
     sampling = WindowSampling(min_size=2, max_size=6, pool=6)
@@ -1452,6 +1500,69 @@ def test_cli_refuses_an_earlier_runs_output_without_resume(
     assert not (fresh / "split.json").exists()
 
 
+def test_cli_resume_without_a_checkpoint_keeps_a_finished_runs_model(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    from haystack_llmrank.cli import main
+
+    candidates, qrels = write_toy_files(tmp_path)
+    output = tmp_path / "run"
+    args = validated_train_args(candidates, qrels, output, tiny_model_dir, steps=2)
+    args += ["--validation-fraction", "0"]
+    assert main(args) == 0
+    adapter = (output / "adapter_model.safetensors").read_bytes()
+    shutil.rmtree(output / "checkpoint")
+    capsys.readouterr()
+    assert main([*args, "--resume", "--steps", "3"]) == 2
+    assert "but no checkpoint to resume it from; starting over would replace it" in (
+        capsys.readouterr().err
+    )
+    assert (output / "adapter_model.safetensors").read_bytes() == adapter
+    assert json.loads((output / "training.json").read_text())["steps"] == 2
+
+
+def test_resume_puts_back_a_checkpoint_that_a_stopped_save_moved_aside(
+    smollm2_tokenizer: Any, tmp_path: Path
+) -> None:
+    [query] = training_queries([toy_query()], qrels=TOY_QRELS)
+
+    def trainer() -> FirstTrainer:
+        model = make_tiny_llama(len(smollm2_tokenizer), seed=4)
+        return FirstTrainer(
+            model, smollm2_tokenizer, small_config(steps=2), base_model="x", output_dir=tmp_path
+        )
+
+    first = trainer()
+    first.fit([query])
+    (tmp_path / "checkpoint").rename(tmp_path / ".checkpoint-old")  # stopped mid-swap
+    resumed = trainer()
+    assert resumed.resume()
+    assert resumed.step == 2
+    assert (tmp_path / "checkpoint" / "trainer.json").is_file()
+    assert not (tmp_path / ".checkpoint-old").exists()
+
+
+def test_cli_refuses_qrels_that_judge_none_of_the_input_queries(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from haystack_llmrank.cli import main
+
+    candidates, qrels = write_toy_files(tmp_path)
+    prefixed = tmp_path / "prefixed.txt"
+    prefixed.write_text(qrels.read_text().replace("q", "Q"))  # "Q0" is not "q0"
+    teacher = tmp_path / "teacher.run"  # scores every candidate: nothing else would stop it
+    teacher.write_text(
+        "".join(f"q{q} Q0 q{q}d{i} {i + 1} {9.0 - i} t\n" for q in range(4) for i in range(6))
+    )
+    args = validated_train_args(candidates, prefixed, tmp_path / "run", tiny_model_dir, steps=1)
+    assert main([*args, "--validation-fraction", "0", "--teacher", str(teacher)]) == 2
+    assert f"none of the 4 queries of {prefixed} is among the queries of {candidates}" in (
+        capsys.readouterr().err
+    )
+
+
 def test_cli_resumes_with_a_given_split_of_the_same_queries(
     tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -1682,6 +1793,25 @@ def test_a_query_too_long_for_the_largest_windows_is_drawn_in_windows_that_fit(
     assert sizes["long"]
     assert max(sizes["long"]) <= 4
     assert max(sizes["q1"]) > 4  # the other query keeps its larger windows
+
+
+def test_a_prompt_budget_beyond_the_models_context_is_refused(smollm2_tokenizer: Any) -> None:
+    model = make_tiny_llama(len(smollm2_tokenizer), seed=4)  # 4096 positions
+    encoder = WindowEncoder(
+        smollm2_tokenizer, PromptBuilder(smollm2_tokenizer, FIRST_TEMPLATE, max_prompt_tokens=4096)
+    )
+    target = encoder.target_tokens(6)
+    window = TrainingWindow("q", "q", ("a",) * 6, (5, 4, 3, 2, 1, 0))
+    assert target == len(encoder.encode(window).input_ids) - encoder.encode(window).prompt_length
+    fits = small_config(max_prompt_tokens=4096 - target)
+    FirstTrainer(model, smollm2_tokenizer, fits, base_model="x", output_dir="unused")
+    over = small_config(max_prompt_tokens=4097 - target)
+    with pytest.raises(
+        ValueError,
+        match=rf"exceed the model's context of 4096 tokens; lower "
+        rf"max_prompt_tokens \(--max-prompt-tokens\) to {4096 - target} or less",
+    ):
+        FirstTrainer(model, smollm2_tokenizer, over, base_model="x", output_dir="unused")
 
 
 def test_training_refuses_a_query_too_long_for_its_smallest_windows_before_any_update(
