@@ -430,8 +430,8 @@ class PromptBuilder:
     def build(self, query: str, passages: Sequence[str]) -> Prompt:
         """Render and tokenise one window, shrinking passages if it exceeds the budget.
 
-        The query (whitespace collapsed, :func:`normalize_query`) and the passages are
-        defused first (:meth:`defuse`).
+        The query (repaired and its whitespace collapsed, :func:`normalize_query`) and the
+        passages are defused first (:meth:`defuse`).
         """
         self.template.check_window(len(passages))
         labels = self.template.labels
