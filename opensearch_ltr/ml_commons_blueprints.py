@@ -14,9 +14,10 @@ returns them in the order to apply, for an OpenSearch version from 2.12 (the fir
 6. a search pipeline whose ``rerank`` response processor (``ml_opensearch``) rescores the hits
    of a page and sorts them by score; 7. a search that uses the pipeline.
 
-An ``ml_inference`` response processor is not offered: its documented rerank use sends one
-request per hit (``one_to_one``), which a listwise reranker cannot score meaningfully, and
-its many-to-one mode has no documented way to pass the query alongside the hit texts.
+An ``ml_inference`` response processor is not offered: its ``one_to_one`` mode sends one
+request per hit, which a listwise reranker cannot score meaningfully; its many-to-one mode
+can pass the query (from 2.18, by a ``_request.`` path) but needs a ``rerank`` processor
+``by_field`` after it to sort the hits, where the ``rerank`` processor alone does both.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ FIRST_SUPPORTED: Version = (2, 12)
 """The first OpenSearch version with the ``rerank`` processor and the Cohere rerank functions."""
 PRIVATE_IP_SINCE: Version = (2, 15)
 """From here ``plugins.ml_commons.connector.private_ip_enabled`` exists; before, ML Commons
-refuses every private, loopback or link-local address."""
+refuses every private address (:func:`_is_private_host`)."""
 PRIVATE_ENDPOINTS_SINCE: Version = (3, 7)
 """From here ``trusted_connector_private_endpoints_regex`` can narrow the private addresses
 allowed (an empty list allows all of them); patterns longer than 256 characters are refused."""
@@ -53,7 +54,6 @@ CLIENT_CONFIG_SINCE: Version = (2, 13)
 """From here a connector's ``client_config`` is read (2.12 ignores it and never times out)."""
 TIMEOUTS_IN_SECONDS_SINCE: Version = (2, 14)
 """Before this (2.13), ``client_config`` timeouts are in milliseconds."""
-DEFAULT_VERSION: Version = (3, 7)
 MAX_REGEX_CHARS = 256
 MAX_CONNECTIONS = 30
 """ML Commons' default connection pool size per connector and node."""
@@ -79,14 +79,30 @@ class ServiceEndpoint:
         return self.base_url + RERANK_PATH
 
 
+ML_COMMONS_PRIVATE_V4 = tuple(
+    ipaddress.IPv4Network(net)
+    for net in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "127.0.0.0/8", "169.254.0.0/16")
+)
+"""The IPv4 ranges ML Commons refuses as private (``MLHttpClientFactory``): site-local,
+loopback and link-local (link-local only from 2.19.4 and 3.3; before, it passes as public)."""
+
+
 def _is_private_host(host: str) -> bool:
+    """Whether ML Commons counts ``host`` as a private address: localhost, the IPv4 ranges of
+    :data:`ML_COMMONS_PRIVATE_V4` and ``0.0.0.0``, and of IPv6 only the loopback, ``::`` and
+    site-local ``fec0::/10`` (Java's test: unique-local ``fd00::/8`` and link-local
+    ``fe80::/10`` pass as public). Other host names count as public."""
     if host == "localhost" or host.endswith(".localhost"):
         return True
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
         return False
-    return address.is_private or address.is_loopback or address.is_link_local
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is None:
+            return address.is_loopback or address.is_unspecified or address.is_site_local
+        address = address.ipv4_mapped
+    return address.is_unspecified or any(address in net for net in ML_COMMONS_PRIVATE_V4)
 
 
 def parse_service_url(url: str, *, private: bool | None = None) -> ServiceEndpoint:
@@ -95,8 +111,7 @@ def parse_service_url(url: str, *, private: bool | None = None) -> ServiceEndpoi
     ``http`` or ``https``, a host, an optional port and path prefix; no credentials, query or
     fragment. A URL that already ends in ``/v1/rerank`` is taken as its base, and the scheme's
     default port is dropped. ``private`` says whether the host resolves to a private address;
-    ``None`` decides from the host (localhost, private, loopback or link-local IP literals);
-    other host names count as public.
+    ``None`` decides from the host as ML Commons does (:func:`_is_private_host`).
     """
     try:
         parts = urlsplit(url.strip())
@@ -158,9 +173,7 @@ def trusted_endpoint_regex(endpoint: ServiceEndpoint) -> str:
     return regex
 
 
-def cluster_settings(
-    endpoint: ServiceEndpoint, *, opensearch_version: Version = DEFAULT_VERSION
-) -> dict[str, Any]:
+def cluster_settings(endpoint: ServiceEndpoint, *, opensearch_version: Version) -> dict[str, Any]:
     """``PUT /_cluster/settings``: let ML Commons call the service.
 
     A private address needs ``connector.private_ip_enabled`` (2.15+; older versions cannot
@@ -178,9 +191,9 @@ def cluster_settings(
     if endpoint.private:
         if opensearch_version < PRIVATE_IP_SINCE:
             raise ValueError(
-                f"OpenSearch before {_text(PRIVATE_IP_SINCE)} never calls a private, loopback or "
-                f"link-local address: use {_text(PRIVATE_IP_SINCE)} or later, or a service address "
-                "that is public (--public-network if the host name resolves to one)"
+                f"OpenSearch before {_text(PRIVATE_IP_SINCE)} never calls a private address: "
+                f"use {_text(PRIVATE_IP_SINCE)} or later, or a service address that is public "
+                "(--public-network if the host name resolves to one)"
             )
         settings["plugins.ml_commons.connector.private_ip_enabled"] = True
         if opensearch_version >= PRIVATE_ENDPOINTS_SINCE:
@@ -192,9 +205,7 @@ def _text(version: Version) -> str:
     return f"{version[0]}.{version[1]}"
 
 
-def client_config(
-    timeout_s: float, *, opensearch_version: Version = DEFAULT_VERSION
-) -> dict[str, int] | None:
+def client_config(timeout_s: float, *, opensearch_version: Version) -> dict[str, int] | None:
     """A connector's ``client_config``: every field set, read timeout ``timeout_s`` + 5 s.
 
     2.13 and 2.14 leave unset fields null and fail on them, and 2.13 reads the timeouts in
@@ -216,7 +227,7 @@ def connector(
     api_key: str = API_KEY_PLACEHOLDER,
     model_name: str = DEFAULT_MODEL_NAME,
     timeout_s: float = 30.0,
-    opensearch_version: Version = DEFAULT_VERSION,
+    opensearch_version: Version,
 ) -> dict[str, Any]:
     """``POST /_plugins/_ml/connectors/_create``: a Cohere-format rerank connector.
 
@@ -235,10 +246,9 @@ def connector(
                 "action_type": "predict",
                 "method": "POST",
                 "url": endpoint.rerank_url,
-                "headers": {
-                    "Authorization": "Bearer ${credential.api_key}",
-                    "Content-Type": "application/json",
-                },
+                # no Content-Type: every version sends application/json itself, and 2.12
+                # and 2.13 add it beside the connector's own, a duplicate the service refuses
+                "headers": {"Authorization": "Bearer ${credential.api_key}"},
                 "request_body": REQUEST_BODY_TEMPLATE,
                 "pre_process_function": "connector.pre_process.cohere.rerank",
                 "post_process_function": "connector.post_process.cohere.rerank",
@@ -249,6 +259,16 @@ def connector(
     if config is not None:
         body["client_config"] = config
     return body
+
+
+def check_model_name(name: str) -> None:
+    """Refuse a model name ML Commons would put into the request body unescaped: with a
+    ``"``, a backslash or a control character, every call's body would be invalid JSON."""
+    if not name.strip() or any(c in name for c in '"\\') or any(ord(c) < 32 for c in name):
+        raise ValueError(
+            f"the model name must be visible text without quotes, backslashes or control "
+            f"characters (ML Commons puts it into the request body unescaped), got {name!r}"
+        )
 
 
 def register_model(
@@ -352,11 +372,16 @@ def blueprint_requests(
     size: int = 20,
     timeout_s: float = 30.0,
     private: bool | None = None,
-    opensearch_version: str = "3.7",
+    opensearch_version: str,
 ) -> list[BlueprintRequest]:
-    """Every request, in order, with ``<CONNECTOR_ID>`` and ``<MODEL_ID>`` placeholders."""
+    """Every request, in order, with ``<CONNECTOR_ID>`` and ``<MODEL_ID>`` placeholders.
+
+    ``opensearch_version`` has no default: the settings and the connector that one version
+    needs are refused (or misread) by others.
+    """
     endpoint = parse_service_url(service_url, private=private)
     version = parse_version(opensearch_version)
+    check_model_name(model_name)
     for name, value in (("pipeline", pipeline), ("index", index), ("text_field", text_field)):
         if not value or any(c in value for c in " /?#"):
             raise ValueError(f"{name} must be a non-empty name without spaces, '/', '?' or '#'")

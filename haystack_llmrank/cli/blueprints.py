@@ -56,10 +56,10 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--opensearch-version",
-        default="3.7",
+        required=True,
         help=(
-            "cluster version, 2.12 or later: decides the private-address settings and the "
-            "connector's client_config (default 3.7)"
+            "the cluster's version, 2.12 or later (e.g. 2.19, 3.7): decides the "
+            "private-address settings and the connector's client_config"
         ),
     )
     parser.add_argument("--json", action="store_true", help="print a JSON list instead")

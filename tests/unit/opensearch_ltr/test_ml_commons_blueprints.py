@@ -28,6 +28,33 @@ from opensearch_ltr.ml_commons_blueprints import (
     trusted_endpoint_regex,
 )
 
+V = (3, 7)
+"""An OpenSearch version for the tests that do not depend on it."""
+
+
+@pytest.mark.parametrize(
+    ("host", "private"),
+    [
+        ("10.1.2.3", True),
+        ("172.31.0.1", True),
+        ("192.168.0.9", True),
+        ("127.0.0.2", True),
+        ("169.254.10.1", True),  # ML Commons 3.3+ (2.19.4+); before, --public-network
+        ("[::1]", True),
+        ("[fec0::1]", True),  # site-local: Java's only private IPv6 range
+        ("[::ffff:10.0.0.5]", True),  # an IPv4-mapped address is judged as IPv4
+        ("[fd00::5]", False),  # unique-local and link-local IPv6 pass ML Commons as public
+        ("[fe80::1]", False),
+        ("198.18.0.1", False),  # benchmarking and documentation ranges are not refused
+        ("192.0.2.1", False),
+        ("100.64.0.1", False),
+        ("localhost", True),
+        ("rerank.internal", False),
+    ],
+)
+def test_addresses_are_private_as_ml_commons_counts_them(host: str, private: bool) -> None:
+    assert parse_service_url(f"http://{host}:8080").private is private
+
 
 @pytest.mark.parametrize(
     ("url", "base", "private"),
@@ -38,7 +65,7 @@ from opensearch_ltr.ml_commons_blueprints import (
         ("https://rerank.example.com/llmrank/", "https://rerank.example.com/llmrank", False),
         ("http://10.1.2.3:9000/v1/rerank", "http://10.1.2.3:9000", True),
         ("http://[::1]:8080", "http://[::1]:8080", True),
-        ("http://[2001:db8::1]:8080", "http://[2001:db8::1]:8080", True),
+        ("http://[2001:db8::1]:8080", "http://[2001:db8::1]:8080", False),
         ("http://93.184.216.34:80", "http://93.184.216.34", False),
         ("https://rerank.example.com:443/x", "https://rerank.example.com/x", False),
         ("http://rerank.example.com:443", "http://rerank.example.com:443", False),
@@ -132,14 +159,16 @@ def test_a_regex_ml_commons_would_refuse_is_refused_here() -> None:
 
 
 def test_cluster_settings_for_public_and_private_hosts() -> None:
-    public = cluster_settings(parse_service_url("https://rerank.example.com"))["persistent"]
+    public = cluster_settings(
+        parse_service_url("https://rerank.example.com"), opensearch_version=V
+    )["persistent"]
     assert public == {
         "plugins.ml_commons.trusted_connector_endpoints_regex": [
             r"^https://rerank\.example\.com(?::443)?/.*$"
         ]
     }
     endpoint = parse_service_url("http://127.0.0.1:8080")
-    private = cluster_settings(endpoint)["persistent"]
+    private = cluster_settings(endpoint, opensearch_version=V)["persistent"]
     assert private["plugins.ml_commons.connector.private_ip_enabled"] is True
     assert private["plugins.ml_commons.trusted_connector_private_endpoints_regex"] == [
         trusted_endpoint_regex(endpoint)
@@ -195,7 +224,9 @@ def test_client_config_is_complete_in_the_version_s_unit(version: tuple[int, int
 
 
 def test_connector_is_a_cohere_rerank_connector_to_the_service() -> None:
-    body = connector(parse_service_url("http://10.0.0.5:8080"), api_key="k", timeout_s=12.5)
+    body = connector(
+        parse_service_url("http://10.0.0.5:8080"), api_key="k", timeout_s=12.5, opensearch_version=V
+    )
     (action,) = body["actions"]
     assert body["protocol"] == "http"
     assert body["credential"] == {"api_key": "k"}
@@ -206,7 +237,8 @@ def test_connector_is_a_cohere_rerank_connector_to_the_service() -> None:
         "read_timeout": 18,
     }
     assert action["url"] == "http://10.0.0.5:8080/v1/rerank"
-    assert action["headers"]["Authorization"] == "Bearer ${credential.api_key}"
+    # 2.12 and 2.13 add their own Content-Type beside a connector's: the service refuses two
+    assert action["headers"] == {"Authorization": "Bearer ${credential.api_key}"}
     assert action["pre_process_function"] == "connector.pre_process.cohere.rerank"
     assert action["post_process_function"] == "connector.post_process.cohere.rerank"
 
@@ -218,7 +250,7 @@ def substitute(template: str, parameters: dict[str, str]) -> str:
 
 def test_request_body_becomes_the_service_request() -> None:
     """The pre-process function yields query (escaped text), documents and top_n as JSON."""
-    body = connector(parse_service_url("http://10.0.0.5:8080"))
+    body = connector(parse_service_url("http://10.0.0.5:8080"), opensearch_version=V)
     template = body["actions"][0]["request_body"]
     query = 'say "hi"\n'
     documents = ["a", 'b "quoted"']
@@ -264,8 +296,23 @@ def test_model_pipeline_and_query_bodies() -> None:
         (lambda: parse_version("three"), "OpenSearch version"),
         (lambda: parse_version("2.11.1"), "2.12 or later"),
         (lambda: blueprint_requests("http://10.0.0.5:1", opensearch_version="2.14"), "2.15"),
-        (lambda: blueprint_requests("http://h:1", index="a b"), "index"),
-        (lambda: blueprint_requests("http://h:1", pipeline="p/q"), "pipeline"),
+        (lambda: blueprint_requests("http://h:1", index="a b", opensearch_version="3.7"), "index"),
+        (
+            lambda: blueprint_requests("http://h:1", pipeline="p/q", opensearch_version="3.7"),
+            "pipeline",
+        ),
+        (
+            lambda: blueprint_requests("http://h:1", model_name='a "b"', opensearch_version="3.7"),
+            "quotes",
+        ),
+        (
+            lambda: blueprint_requests("http://h:1", model_name="a\\b", opensearch_version="3.7"),
+            "backslash",
+        ),
+        (
+            lambda: blueprint_requests("http://h:1", model_name="a\nb", opensearch_version="3.7"),
+            "control",
+        ),
     ],
 )
 def test_bad_options_are_refused(call: Any, needle: str) -> None:
@@ -281,7 +328,9 @@ def test_versions() -> None:
 
 
 def test_requests_come_in_order_with_placeholders() -> None:
-    requests = blueprint_requests("http://127.0.0.1:8080", index="docs", pipeline="p", size=5)
+    requests = blueprint_requests(
+        "http://127.0.0.1:8080", index="docs", pipeline="p", size=5, opensearch_version="3.7"
+    )
     assert [(r.method, r.path) for r in requests] == [
         ("PUT", "/_cluster/settings"),
         ("POST", "/_plugins/_ml/connectors/_create"),
@@ -326,7 +375,9 @@ def run_cli(argv: list[str]) -> int:
 
 def test_cli_prints_every_request(capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["--service-url", "http://10.0.0.5:8080", "--api-key-secret", "k", "--index", "docs"]
-    assert run_cli(argv) == 0
+    with pytest.raises(SystemExit):  # which version decides what to print: no default
+        run_cli(argv)
+    assert run_cli([*argv, "--opensearch-version", "3.7"]) == 0
     out = capsys.readouterr().out
     blocks = out.strip().split("\n\n# ")
     assert len(blocks) == 7
@@ -336,19 +387,22 @@ def test_cli_prints_every_request(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_cli_json_output_matches_the_functions(capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["--service-url", "https://r.example.com", "--public-network", "--json", "--size", "9"]
-    assert run_cli(argv) == 0
+    assert run_cli([*argv, "--opensearch-version", "3.7"]) == 0
     printed = json.loads(capsys.readouterr().out)
-    expected = blueprint_requests("https://r.example.com", private=False, size=9)
+    expected = blueprint_requests(
+        "https://r.example.com", private=False, size=9, opensearch_version="3.7"
+    )
     assert printed == [request.as_dict() for request in expected]
     # the flags override what the URL suggests, both ways
     for url, flag, private in [
         ("https://r.example.com", "--private-network", True),
         ("http://10.0.0.5:8080", "--public-network", False),
     ]:
-        assert run_cli(["--service-url", url, flag, "--json"]) == 0
+        assert run_cli(["--service-url", url, flag, "--json", "--opensearch-version", "3.7"]) == 0
         printed = json.loads(capsys.readouterr().out)
-        assert printed == [r.as_dict() for r in blueprint_requests(url, private=private)]
-        assert printed != [r.as_dict() for r in blueprint_requests(url, private=not private)]
+        for given, equal in ((private, True), (not private, False)):
+            made = blueprint_requests(url, private=given, opensearch_version="3.7")
+            assert (printed == [r.as_dict() for r in made]) is equal
 
 
 def test_cli_prints_the_settings_of_the_version_asked(capsys: pytest.CaptureFixture[str]) -> None:
@@ -364,4 +418,4 @@ def test_cli_prints_the_settings_of_the_version_asked(capsys: pytest.CaptureFixt
 
 def test_cli_refuses_a_bad_url() -> None:
     with pytest.raises(ValueError, match="http:// or https://"):
-        run_cli(["--service-url", "10.0.0.5:8080"])
+        run_cli(["--service-url", "10.0.0.5:8080", "--opensearch-version", "3.7"])
