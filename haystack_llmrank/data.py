@@ -31,6 +31,11 @@ RUN_DECIMALS = 4
 """Decimals of the score column of written runs."""
 
 _LINE_END = re.compile(r"\r\n|\r|\n")
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+_NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+"""Numbers as trec_eval reads them: ASCII digits (no ``1_0``, no other scripts' digits)."""
+GRADE_RANGE = (-(2**31), 2**31 - 1)
+"""The grades (and relevance levels) trec_eval holds: a 32-bit C long."""
 
 Run = dict[str, dict[str, float]]
 Qrels = dict[str, dict[str, int]]
@@ -110,23 +115,60 @@ def _lines(text: str) -> list[str]:
     return _LINE_END.split(text)
 
 
+class _RepeatedKeyError(ValueError):
+    """An object of the JSON names one key twice."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object's pairs as a dict; :class:`_RepeatedKeyError` where a key repeats, which
+    ``json`` would resolve silently by keeping the last value."""
+    counts = Counter(key for key, _ in pairs)
+    repeated = sorted(key for key, count in counts.items() if count > 1)
+    if repeated:
+        raise _RepeatedKeyError(f"an object repeats the key {repeated[0]!r}")
+    return dict(pairs)
+
+
+def _json(text: str, where: str) -> Any:
+    """``text`` parsed; :class:`DataFormatError` naming ``where`` if it is not valid JSON or
+    an object repeats a key."""
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys)
+    except _RepeatedKeyError as exc:
+        raise DataFormatError(f"{where}: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise DataFormatError(f"{where}: invalid JSON: {exc}") from exc
+
+
 def _records(path: Path) -> Iterator[tuple[str, Any]]:
     """Yield ``(where, record)``: the items of a JSON list, or the lines of a JSONL file."""
     text = read_utf8(path)
     if text.lstrip().startswith("["):
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise DataFormatError(f"{path}: invalid JSON: {exc}") from exc
-        for i, item in enumerate(items):
+        for i, item in enumerate(_json(text, str(path))):
             yield f"{path} item {i}", item
         return
     for number, line in enumerate(_lines(text), start=1):
         if line.strip():
-            try:
-                yield f"{path}:{number}", json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataFormatError(f"{path}:{number}: invalid JSON: {exc}") from exc
+            yield f"{path}:{number}", _json(line, f"{path}:{number}")
+
+
+def unwritable(text: str) -> str | None:
+    """Why ``text`` cannot be an identifier in a TREC file or reach trec_eval intact (a control
+    character, at which pytrec_eval cuts it; a lone surrogate, which no file can hold), or
+    ``None``."""
+    if any(char < " " or char == "\x7f" for char in text):
+        return "holds a control character"
+    if not _encodes(text):
+        return "holds a lone surrogate (an unpaired \\ud800-\\udfff escape)"
+    return None
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _identifier(value: Any, what: str, where: str) -> str:
@@ -138,13 +180,23 @@ def _identifier(value: Any, what: str, where: str) -> str:
         raise DataFormatError(
             f"{where}: {what} must be a string without spaces or an integer, got {value!r}"
         )
+    problem = unwritable(str(value))
+    if problem is not None:
+        raise DataFormatError(f"{where}: {what} {value!r} {problem}")
     return str(value)
+
+
+def _text(value: str, what: str, where: str) -> str:
+    """``value``, unless it holds a lone surrogate, which no tokenizer or file takes."""
+    if not _encodes(value):
+        raise DataFormatError(f"{where}: {what} holds a lone surrogate (an unpaired escape)")
+    return value
 
 
 def _query_text(value: Any, where: str) -> str:
     if not isinstance(value, str) or is_blank(value):
         raise DataFormatError(f"{where}: the query text must be a non-empty string, got {value!r}")
-    return value
+    return _text(value, "the query text", where)
 
 
 def _candidate(item: Any, position: int, where: str) -> Candidate:
@@ -166,10 +218,10 @@ def _candidate(item: Any, position: int, where: str) -> Candidate:
         raise DataFormatError(
             f"{where} ({docid}): no text; expected a string in one of {TEXT_FIELDS}"
         )
-    text: str = source[field]
+    text = _text(source[field], "the text", f"{where} ({docid})")
     title = source.get("title")
     if title:
-        text = f"Title: {title} Content: {text}"
+        text = f"Title: {_text(str(title), 'the title', f'{where} ({docid})')} Content: {text}"
     score = item.get("score")
     if score is not None and (isinstance(score, bool) or not isinstance(score, int | float)):
         raise DataFormatError(f"{where} ({docid}): score must be a number, got {score!r}")
@@ -311,6 +363,9 @@ def check_word(value: str, what: str) -> None:
     """Raise ``ValueError`` unless ``value`` can be one column of a TREC file."""
     if value.split() != [value]:
         raise ValueError(f"{what} in a TREC file must be one word without spaces, got {value!r}")
+    problem = unwritable(value)
+    if problem is not None:
+        raise ValueError(f"{what} {value!r} {problem}")
 
 
 def write_run(path: str | Path, run: Mapping[str, Mapping[str, float]], tag: str) -> None:
@@ -325,10 +380,17 @@ def write_run(path: str | Path, run: Mapping[str, Mapping[str, float]], tag: str
         check_word(qid, "a qid")
         for docid in docs:
             check_word(docid, f"query {qid}: a docid")
-        if any(a <= b for a, b in pairwise(docs.values())):
-            raise ValueError(f"query {qid}: run scores must strictly decrease down the list")
-        for rank, (docid, score) in enumerate(docs.items(), start=1):
-            lines.append(f"{qid} Q0 {docid} {rank} {score:.{RUN_DECIMALS}f} {tag}\n")
+        written = [f"{score:.{RUN_DECIMALS}f}" for score in docs.values()]
+        values = [float(text) for text in written]
+        if not all(map(math.isfinite, values)):
+            raise ValueError(f"query {qid}: run scores must be finite numbers")
+        if any(a <= b for a, b in pairwise(values)):
+            raise ValueError(
+                f"query {qid}: run scores must strictly decrease down the list as written, "
+                f"to {RUN_DECIMALS} decimals (see strictly_decreasing)"
+            )
+        for rank, (docid, text) in enumerate(zip(docs, written, strict=True), start=1):
+            lines.append(f"{qid} Q0 {docid} {rank} {text} {tag}\n")
     Path(path).write_text("".join(lines), encoding="utf-8")
 
 
@@ -341,6 +403,10 @@ def _rows(path: Path, columns: int, layout: str) -> Iterator[tuple[str, list[str
             raise DataFormatError(
                 f"{path}:{number}: expected {columns} columns ({layout}), got {len(fields)}"
             )
+        for field in fields:
+            problem = unwritable(field)
+            if problem is not None:
+                raise DataFormatError(f"{path}:{number}: {field!r} {problem}")
         yield f"{path}:{number}", fields
 
 
@@ -350,6 +416,8 @@ def read_run(path: str | Path) -> Run:
     path = Path(path)
     run: Run = {}
     for where, (qid, _, docid, _, score, _) in _rows(path, 6, "qid Q0 docid rank score tag"):
+        if not _NUMBER.fullmatch(score):
+            raise DataFormatError(f"{where}: score {score!r} is not a finite number")
         value = _finite_score(score, where)
         docs = run.setdefault(qid, {})
         if docid in docs:
@@ -365,10 +433,13 @@ def read_qrels(path: str | Path) -> Qrels:
     path = Path(path)
     qrels: Qrels = {}
     for where, (qid, _, docid, grade) in _rows(path, 4, "qid iteration docid grade"):
-        try:
-            value = int(grade)
-        except ValueError:
-            raise DataFormatError(f"{where}: grade {grade!r} is not an integer") from None
+        if not _INTEGER.fullmatch(grade):
+            raise DataFormatError(f"{where}: grade {grade!r} is not an integer")
+        value = int(grade)
+        if not GRADE_RANGE[0] <= value <= GRADE_RANGE[1]:
+            raise DataFormatError(
+                f"{where}: grade {grade} is out of range ({GRADE_RANGE[0]} to {GRADE_RANGE[1]})"
+            )
         judged = qrels.setdefault(qid, {})
         if docid in judged:
             raise DataFormatError(f"{where}: docid {docid} is judged twice for query {qid}")

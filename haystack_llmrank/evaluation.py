@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from haystack_llmrank.data import Qrels, finite_float
+from haystack_llmrank.data import GRADE_RANGE, Qrels, finite_float
 from haystack_llmrank.errors import listed
 
 logger = logging.getLogger(__name__)
@@ -145,6 +145,30 @@ def _float_scores(qid: str, docs: Mapping[str, float]) -> dict[str, float]:
     return scores
 
 
+def _check_level(level: int) -> None:
+    """``ValueError`` unless ``level`` is an integer trec_eval holds."""
+    low, high = GRADE_RANGE
+    if isinstance(level, bool) or not isinstance(level, int) or not low <= level <= high:
+        raise ValueError(
+            f"the relevance level must be an integer from {low} to {high}, got {level!r}"
+        )
+
+
+def _int_grades(qid: str, judged: Mapping[str, int]) -> dict[str, int]:
+    """``judged`` with Python int grades (numpy's, or whole floats, fail in pytrec_eval);
+    ``ValueError`` naming a grade that is not a whole number trec_eval holds."""
+    grades: dict[str, int] = {}
+    low, high = GRADE_RANGE
+    for docid, grade in judged.items():
+        value = finite_float(grade)
+        if isinstance(grade, bool) or value is None or not value.is_integer():
+            raise ValueError(f"query {qid}: the grade of {docid} is not an integer: {grade!r}")
+        if not low <= value <= high:
+            raise ValueError(f"query {qid}: the grade of {docid} is out of range: {grade!r}")
+        grades[docid] = int(value)
+    return grades
+
+
 def _warn(queries: tuple[str, ...], what: str) -> None:
     if queries:
         logger.warning("%d %s: %s", len(queries), what, listed(queries, 10))
@@ -160,11 +184,14 @@ def evaluate(
 ) -> Evaluation:
     """Evaluate ``run`` (``{qid: {docid: score}}``) against ``qrels``.
 
-    Scores may be any real numbers (numpy's too) but must be finite. A query without
-    documents is absent from the run, as in a TREC run file. Queries in only one of the two
+    Scores may be any real numbers (numpy's too) but must be finite; grades whole numbers
+    (numpy's too). A query without documents is absent from the run, as in a TREC run file,
+    and one without judgements is absent from the qrels. Queries in only one of the two
     are logged as warnings and reported in the result.
     """
     parsed = parse_metrics(metrics)
+    _check_level(relevance_level)
+    qrels = {qid: _int_grades(qid, judged) for qid, judged in qrels.items() if judged}
     ranked_qids = [qid for qid, docs in run.items() if docs]
     missing = tuple(sorted(set(qrels).difference(ranked_qids)))
     unjudged = tuple(sorted(set(ranked_qids) - set(qrels)))

@@ -100,6 +100,10 @@ def run(args: argparse.Namespace) -> int:
     expected = 1 if args.candidates is not None else 2
     if len(args.files) != expected:
         raise ValueError("give RUN QRELS, or --candidates FILE QRELS")
+    if args.json is not None and any(
+        args.json.resolve() == Path(f).resolve() for f in (*args.files, args.candidates) if f
+    ):
+        raise ValueError(f"--json names an input file, {args.json}; give another path")
     candidate_options = (args.queries, args.top_k_candidates, args.format != "auto")
     if args.candidates is None and any(candidate_options):
         raise ValueError("--format, --queries and --top-k-candidates apply to --candidates only")

@@ -122,13 +122,18 @@ def _check_writable(path: Path) -> None:
         raise PermissionError(f"cannot write {path}: it is read-only")
 
 
-def _check_outputs(output: Path, save_json: Path | None) -> None:
-    """Refuse outputs that could not be written, before anything runs."""
+def _check_outputs(source: Path, output: Path, save_json: Path | None) -> None:
+    """Refuse outputs that could not be written, or would replace the candidates file
+    ``source`` or each other, before anything runs."""
     _check_writable(output)
+    if output.resolve() == source.resolve():
+        raise ValueError(f"--output names the candidates file {source}; give another path")
     if save_json is not None:
         _check_writable(save_json)
         if save_json.resolve() == output.resolve():
             raise ValueError(f"--save-json names the --output file {output}; give another path")
+        if save_json.resolve() == source.resolve():
+            raise ValueError(f"--save-json names the candidates file {source}; give another path")
 
 
 @contextmanager
@@ -151,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     check_word(args.tag, "the run tag")
-    _check_outputs(args.output, args.save_json)
+    _check_outputs(args.input, args.output, args.save_json)
     queries = read_queries(args.input, args.format)
     if args.queries is not None and args.queries > len(queries):
         held = plural(len(queries), "query", "queries")

@@ -205,6 +205,50 @@ def test_file_level_errors(tmp_path: Path) -> None:
         read_queries(scalar, "trec")
 
 
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"qid": "1", "qid": "2", "query": "q", "candidates": []}', "repeats the key 'qid'"),
+        (
+            '{"qid": "1", "query": "q", '
+            '"candidates": [{"docid": "d1", "docid": "d2", "text": "a"}]}',
+            "repeats the key 'docid'",
+        ),
+        (
+            '{"qid": "1", "query": "q", "candidates": [{"docid": "d\\ud800", "text": "a"}]}',
+            r"docid 'd\\ud800' holds a lone surrogate",
+        ),
+        (
+            '{"qid": "1", "query": "q", "candidates": [{"docid": "x\\u0000a", "text": "a"}]}',
+            r"docid 'x\\x00a' holds a control character",
+        ),
+        (
+            '{"qid": "1\\u0007", "query": "q", "candidates": []}',
+            r"qid '1\\x07' holds a control character",
+        ),
+        (
+            '{"qid": "1", "query": "q\\udc00", "candidates": []}',
+            "the query text holds a lone surrogate",
+        ),
+        (
+            '{"qid": "1", "query": "q", "candidates": [{"docid": "d", "text": "\\ud800"}]}',
+            r"candidate 0 \(d\): the text holds a lone surrogate",
+        ),
+    ],
+)
+def test_what_json_or_trec_eval_would_lose_is_refused_naming_the_line(
+    tmp_path: Path, line: str, message: str
+) -> None:
+    path = tmp_path / "c.jsonl"
+    path.write_text("\n" + line + "\n", encoding="utf-8")
+    with pytest.raises(DataFormatError, match=rf"c\.jsonl:2\b.*{message}"):
+        read_queries(path)
+    listed = tmp_path / "c.json"
+    listed.write_text(f"[{line}]", encoding="utf-8")
+    with pytest.raises(DataFormatError, match=message):
+        read_queries(listed)
+
+
 def test_repeated_qid_names_both_records(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "c.jsonl", [candidates_record("q"), candidates_record("q")])
     with pytest.raises(DataFormatError, match=r"c\.jsonl:2: qid q repeats .*c\.jsonl:1"):
@@ -301,6 +345,16 @@ def test_run_round_trip(tmp_path: Path) -> None:
 def test_write_run_refuses_ties_and_spaces(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="query q: run scores must strictly decrease"):
         write_run(tmp_path / "r", {"q": {"a": 1.0, "b": 1.0}}, "t")
+    # apart, but one score once written to 4 decimals: trec_eval would reorder them
+    with pytest.raises(ValueError, match=r"query q: run scores must strictly decrease .* written"):
+        write_run(tmp_path / "r", {"q": {"a": 1.00002, "b": 1.00001}}, "t")
+    with pytest.raises(ValueError, match="query q: run scores must be finite"):
+        write_run(tmp_path / "r", {"q": {"a": float("nan"), "b": float("nan")}}, "t")
+    with pytest.raises(ValueError, match=r"query q: a docid 'x\\x00a' holds a control character"):
+        write_run(tmp_path / "r", {"q": {"x\x00a": 1.0}}, "t")
+    with pytest.raises(ValueError, match=r"a qid 'q\\ud800' holds a lone surrogate"):
+        write_run(tmp_path / "r", {"q\ud800": {"a": 1.0}}, "t")
+    assert not (tmp_path / "r").exists()
     with pytest.raises(ValueError, match="the run tag in a TREC file must be one word"):
         write_run(tmp_path / "r", {"q": {"a": 1.0}}, "two words")
     with pytest.raises(ValueError, match=r"the run tag .* got ''$"):
@@ -319,6 +373,9 @@ def test_write_run_refuses_ties_and_spaces(tmp_path: Path) -> None:
         ("q Q0 d 1 1.0 t\nq Q0 e 2 nan t\n", r"run\.txt:2: score 'nan' is not a finite number"),
         ("q Q0 d 1 inf t\n", r"run\.txt:1: score 'inf' is not a finite number"),
         ("q Q0 d 1 -1e999 t\n", r"run\.txt:1: score '-1e999' is not a finite number"),
+        ("q Q0 d 1 1_0 t\n", r"run\.txt:1: score '1_0' is not a finite number"),  # not 10
+        ("q Q0 d 1 \uff11\uff12 t\n", r"run\.txt:1: score '\uff11\uff12' is not a finite"),
+        ("q Q0 x\x00a 1 1.0 t\n", r"run\.txt:1: 'x\\x00a' holds a control character"),
         ("q Q0 d 1 1.0 t\n\nq Q0 d 2 0.5 t\n", r"run\.txt:3: docid d appears twice for query q"),
         ("\n", "the run is empty"),
     ],
@@ -342,6 +399,10 @@ def test_reads_qrels(tmp_path: Path) -> None:
         ("1 0 a\n", r"qrels\.txt:1: expected 4 columns"),
         ("1 0 a 2\n1 0 b x\n", r"qrels\.txt:2: grade 'x' is not an integer"),
         ("1 0 a 2\n1 0 a 1\n", r"qrels\.txt:2: docid a is judged twice for query 1"),
+        ("1 0 a 1_0\n", r"qrels\.txt:1: grade '1_0' is not an integer"),
+        ("1 0 a \u0663\n", r"qrels\.txt:1: grade '\u0663' is not an integer"),
+        ("1 0 a 99999999999999999999\n", r"qrels\.txt:1: grade 9+ is out of range"),
+        ("1 0 a\x00b 1\n", r"qrels\.txt:1: 'a\\x00b' holds a control character"),
         ("", "the qrels file is empty"),
     ],
 )

@@ -152,6 +152,25 @@ def test_no_common_query_is_an_error() -> None:
         evaluate({"a": {"d": 1.0}}, {"b": {"d": 1}})
 
 
+def test_a_qrels_query_without_judgements_is_unjudged() -> None:
+    run = {"q": RUN["q"], "empty": {"d1": 1.0}}
+    result = evaluate(run, {**QRELS, "empty": {}})
+    assert result.unjudged == ("empty",)
+    assert result.per_query == evaluate(RUN, QRELS).per_query
+
+
+def test_grades_are_whole_numbers_trec_eval_holds() -> None:
+    numpy_grades = {"q": {d: np.int64(g) for d, g in QRELS["q"].items()}}
+    assert evaluate(RUN, numpy_grades).per_query == evaluate(RUN, QRELS).per_query
+    whole = {"q": {d: float(g) for d, g in QRELS["q"].items()}}
+    assert evaluate(RUN, whole).per_query == evaluate(RUN, QRELS).per_query
+    for grade, message in ((1.5, "not an integer"), (True, "not an integer"), (2**40, "range")):
+        with pytest.raises(ValueError, match=f"query q: the grade of d1 .*{message}"):
+            evaluate(RUN, {"q": {**QRELS["q"], "d1": grade}})  # type: ignore[dict-item]
+    with pytest.raises(ValueError, match="the relevance level must be an integer from"):
+        evaluate(RUN, QRELS, relevance_level=2**40)
+
+
 def test_numpy_scores_evaluate_as_floats() -> None:
     run = {"q": {d: np.float32(s) for d, s in RUN["q"].items()}}
     assert evaluate(run, QRELS).per_query == evaluate(RUN, QRELS).per_query

@@ -272,6 +272,8 @@ def test_rerank_fails_on_bad_input_before_loading_the_model(
         (["--output", "."], "cannot write .: it is a folder"),
         (["--output", "run.txt", "--save-json", "."], "cannot write .: it is a folder"),
         (["--output", "run.txt", "--save-json", "./run.txt"], "--save-json names the --output"),
+        (["--output", "candidates.jsonl"], "--output names the candidates file"),
+        (["--output", "r", "--save-json", "candidates.jsonl"], "--save-json names the candidates"),
     ],
 )
 def test_rerank_checks_output_settings_before_loading_the_model(
@@ -284,8 +286,19 @@ def test_rerank_checks_output_settings_before_loading_the_model(
     message: str,
 ) -> None:
     monkeypatch.chdir(tmp_path)
+    given = candidates.read_bytes()
     assert llmrank(["rerank", str(candidates), "--model", "no/such", *extra]) == 2
     assert message in capsys.readouterr().err
+    assert candidates.read_bytes() == given
+
+
+def test_eval_json_must_not_replace_an_input(
+    llmrank: Any, candidates: Path, qrels: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    given = qrels.read_bytes()
+    assert llmrank(["eval", "--candidates", str(candidates), str(qrels), "--json", str(qrels)]) == 2
+    assert "--json names an input file" in capsys.readouterr().err
+    assert qrels.read_bytes() == given
 
 
 def test_rerank_writes_its_outputs_all_or_none(
