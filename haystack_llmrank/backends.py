@@ -48,11 +48,27 @@ def resolve_torch_device(device: str | None, on_missing_gpu: OnMissingGpu = "rai
 
     if device is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        message = f"device {device!r} was asked for but torch sees no CUDA device"
-        fall_back_to_cpu(message, on_missing_gpu, _TORCH_GPU_HINT)
-        return "cpu"
+    parsed = torch.device(device)
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (parsed.index is not None and parsed.index >= count):
+            seen = "no CUDA device" if count == 0 else f"{count} CUDA device(s), from cuda:0"
+            message = f"device {device!r} was asked for but torch sees {seen}"
+            fall_back_to_cpu(message, on_missing_gpu, _TORCH_GPU_HINT)
+            return "cpu"
+    _check_device_type(device, parsed)
     return device
+
+
+def _check_device_type(device: str, parsed: Any) -> None:
+    """``ValueError`` for a device the torch backend does not run on, or an MPS device this
+    torch does not have."""
+    import torch
+
+    if parsed.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device {device!r}: the torch backend runs on cpu, cuda or mps only")
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r} was asked for but this torch has no MPS device")
 
 
 def check_torch_placement(device: str | None, dtype: str | None) -> None:
@@ -62,10 +78,28 @@ def check_torch_placement(device: str | None, dtype: str | None) -> None:
 
     if device is not None:
         try:
-            torch.device(device)
+            parsed = torch.device(device)
         except RuntimeError as exc:
             raise ValueError(f"unknown torch device {device!r}: {exc}") from None
-    resolve_torch_dtype("cpu", dtype)
+        _check_device_type(device, parsed)
+    if dtype is not None:
+        named_torch_dtype(dtype)
+
+
+def named_torch_dtype(dtype: str) -> Any:
+    """The torch dtype named ``dtype``; ``ValueError`` unless it is one a model's weights
+    are held in (float32, bfloat16, float16, float64)."""
+    import torch
+
+    resolved = getattr(torch, dtype, None)
+    if not isinstance(resolved, torch.dtype):
+        raise ValueError(f"unknown torch dtype {dtype!r}")
+    if str(resolved).removeprefix("torch.") not in _MODEL_DTYPES:
+        raise ValueError(
+            f"dtype {dtype!r} cannot hold a model's weights here; use float32, bfloat16, "
+            "float16 or float64"
+        )
+    return resolved
 
 
 def resolve_torch_dtype(device: str, dtype: str | None, checkpoint: Any = None) -> Any:
@@ -79,9 +113,11 @@ def resolve_torch_dtype(device: str, dtype: str | None, checkpoint: Any = None) 
     import torch
 
     if dtype is not None:
-        resolved = getattr(torch, dtype, None)
-        if not isinstance(resolved, torch.dtype):
-            raise ValueError(f"unknown torch dtype {dtype!r}")
+        resolved = named_torch_dtype(dtype)
+        if resolved == torch.float16 and not device.startswith("cuda"):
+            logger.warning(
+                "float16 on %s: most CPUs compute it far slower than float32 or bfloat16", device
+            )
         return resolved
     if not device.startswith("cuda") or not isinstance(checkpoint, torch.dtype):
         return torch.float32
@@ -89,6 +125,9 @@ def resolve_torch_dtype(device: str, dtype: str | None, checkpoint: Any = None) 
         logger.info("%s has no native bfloat16; running the bfloat16 checkpoint in float32", device)
         return torch.float32
     return checkpoint
+
+
+_MODEL_DTYPES = frozenset(("float32", "bfloat16", "float16", "float64"))
 
 
 def cuda_has_native_bf16(device: str | None) -> bool:

@@ -84,6 +84,10 @@ def resolve_model(model: str | os.PathLike[str] | None = None) -> ModelSource:
         if not path.is_file():
             raise ModelResolutionError(f"GGUF file not found: {path}")
         return ModelSource(str(path.parent.resolve()), path.name)
+    if path.is_file():
+        raise ModelResolutionError(
+            f"{path} is a file: name the folder that holds the model, or a .gguf file"
+        )
     if path.exists():
         return ModelSource(str(path))
     if _is_path(model):
@@ -100,7 +104,12 @@ def _is_path(model: str) -> bool:
 def adapted(folder: Path) -> ModelSource:
     """The base model an adapter folder names, with the adapter attached."""
     base = recorded_base(folder)
-    source = resolve_model(base)
+    try:
+        source = resolve_model(base)
+    except ModelResolutionError as exc:
+        raise ModelResolutionError(
+            f"the adapter in {folder} names the base model {base!r}, which cannot be used: {exc}"
+        ) from exc
     if source.adapter is not None:
         raise ModelResolutionError(f"{folder}: its base {base!r} is itself an adapter")
     return ModelSource(source.location, source.gguf_file, str(folder.resolve()))
@@ -146,9 +155,19 @@ def load_adapter_weights(model: Any, weights: Mapping[str, Any]) -> None:
     set_peft_model_state_dict(model, weights)
 
 
+_TRUE = frozenset(("1", "true", "yes", "on"))
+
+
+def _set(name: str) -> bool:
+    """Whether the environment variable ``name`` is set to a true value (1, true, yes, on)."""
+    return os.environ.get(name, "").strip().lower() in _TRUE
+
+
 def _cache_root() -> Path:
+    """``$LLMRANK_CACHE_DIR/gguf``, else ``$XDG_CACHE_HOME/llmrank/gguf`` (an empty variable
+    counts as unset), else ``~/.cache/llmrank/gguf``."""
     base = os.environ.get("LLMRANK_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "llmrank"
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "llmrank"
     )
     return Path(base) / "gguf"
 
@@ -193,17 +212,21 @@ def _gguf_cache_dir(source: ModelSource) -> Path | None:
 
     assert source.gguf_file is not None
     file = Path(source.location) / source.gguf_file
-    if not file.is_file() or os.environ.get("LLMRANK_NO_CACHE"):
+    if not file.is_file() or _set("LLMRANK_NO_CACHE"):
         return None
     major = transformers.__version__.split(".", 1)[0]
     return _cache_root() / f"{file.stem}-{content_digest(file)[:16]}-transformers{major}"
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether a TCP connection to the Hugging Face endpoint opens within ``timeout`` seconds."""
+    """Whether a TCP connection to the Hugging Face endpoint opens within ``timeout`` seconds;
+    behind a proxy (``HTTPS_PROXY`` and the like, which the hub client uses), assumed so."""
+    import urllib.request
     from urllib.parse import urlsplit
 
     endpoint = urlsplit(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    if endpoint.scheme in urllib.request.getproxies():
+        return True
     port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
     try:
         with socket.create_connection((endpoint.hostname or "", port), timeout=timeout):
@@ -226,11 +249,21 @@ def check_available(source: ModelSource) -> None:
         return
     from huggingface_hub import try_to_load_from_cache
 
-    if isinstance(try_to_load_from_cache(source.location, source.gguf_file or "config.json"), str):
+    named = f"{source.location!r}"
+    if source.adapter is not None:
+        named = f"the base model {named} of the adapter in {source.adapter}"
+    try:
+        cached = try_to_load_from_cache(source.location, source.gguf_file or "config.json")
+    except ValueError as exc:  # not a valid hub id either
+        raise ModelResolutionError(
+            f"{named} is neither a local folder or file nor a Hugging Face id: {exc}"
+        ) from exc
+    if isinstance(cached, str):
         return
-    where = f"{source.location!r} is not a local folder or file and not in the Hugging Face cache"
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}:
-        raise ModelResolutionError(f"{where}, and HF_HUB_OFFLINE is set")
+    where = f"{named} is not a local folder or file and not in the Hugging Face cache"
+    offline = [name for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE") if _set(name)]
+    if offline:
+        raise ModelResolutionError(f"{where}, and {offline[0]} is set")
     if not _hub_reachable():
         raise ModelResolutionError(f"{where}, and the Hugging Face hub cannot be reached")
 
@@ -260,9 +293,14 @@ def load_tokenizer(source: ModelSource) -> Any:
     """Load the tokenizer of ``source`` (from the GGUF cache when there is one)."""
     from transformers import AutoTokenizer
 
-    cached = _gguf_cache_dir(source) if source.gguf_file else None
-    if cached is not None and (cached / "config.json").is_file():
-        return AutoTokenizer.from_pretrained(cached)
+    cached = _usable_cache(source)
+    if cached is not None:
+        try:
+            return AutoTokenizer.from_pretrained(cached)
+        except MemoryError:
+            raise
+        except Exception as exc:  # a damaged copy: read the GGUF file again
+            _discard_cache(cached, exc)
     try:
         return AutoTokenizer.from_pretrained(source.location, gguf_file=source.gguf_file)
     except (OSError, ValueError) as exc:
@@ -276,17 +314,23 @@ def load_causal_lm(
 
     A local GGUF file is dequantised once and cached as safetensors (with its tokenizer)
     under ``$LLMRANK_CACHE_DIR`` (default ``~/.cache/llmrank``); ``LLMRANK_NO_CACHE=1``
-    turns the cache off.
+    turns the cache off. A cached copy that cannot be loaded is replaced from the file.
     """
     import torch
     from transformers import AutoModelForCausalLM
 
     kwargs: dict[str, Any] = {"dtype": dtype} if dtype is not None else {}
-    model: Any
-    cached = _gguf_cache_dir(source) if source.gguf_file else None
-    if cached is not None and (cached / "config.json").is_file():
-        model = AutoModelForCausalLM.from_pretrained(cached, **kwargs)
-    else:
+    model: Any = None
+    usable = _usable_cache(source)
+    if usable is not None:
+        try:
+            model = AutoModelForCausalLM.from_pretrained(usable, **kwargs)
+        except MemoryError:
+            raise
+        except Exception as exc:  # a damaged copy: dequantise the GGUF file again
+            _discard_cache(usable, exc)
+    if model is None:
+        cached = _gguf_cache_dir(source) if source.gguf_file else None
         # the cache holds the float32 dequantisation, whatever dtype this load asks for
         load_kwargs = {"dtype": torch.float32} if cached is not None else kwargs
         try:
@@ -332,8 +376,49 @@ def _merge_adapter(model: Any, source: ModelSource) -> Any:
     return wrapped.merge_and_unload()
 
 
+def _usable_cache(source: ModelSource) -> Path | None:
+    """The cache folder of ``source``'s GGUF file if it holds a copy this process can read."""
+    cached = _gguf_cache_dir(source) if source.gguf_file else None
+    try:
+        return cached if cached is not None and (cached / "config.json").is_file() else None
+    except OSError:  # another user's copy, unreadable here
+        return None
+
+
+def _discard_cache(cached: Path, error: Exception) -> None:
+    """Warn that the cached copy in ``cached`` failed to load, and remove it (where this
+    process may) so that the file's fresh copy replaces it."""
+    logger.warning(
+        "the cached copy in %s cannot be loaded (%s); loading the GGUF file again", cached, error
+    )
+    shutil.rmtree(cached, ignore_errors=True)
+
+
+def _umask() -> int:
+    """This process's file mode creation mask."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _share(folder: Path) -> None:
+    """Give ``folder`` and what it holds the modes the umask allows (``mkdtemp`` makes it
+    private, and safetensors writes its file owner-only), so a cache directory shared by
+    several users serves all of them."""
+    mask = _umask()
+    for path in (folder, *folder.rglob("*")):
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
+
+
 def _write_cache(model: Any, tokenizer: Any, target: Path) -> None:
-    """Save a dequantised GGUF model atomically; a failure only costs the next load's time."""
+    """Save a dequantised GGUF model atomically; a failure only costs the next load's time,
+    and leaves no partial copy."""
     staging: Path | None = None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -345,11 +430,16 @@ def _write_cache(model: Any, tokenizer: Any, target: Path) -> None:
         type(model.config).from_dict(config).save_pretrained(staging)
         save_model(model, str(staging / "model.safetensors"), metadata={"format": "pt"})
         tokenizer.save_pretrained(staging)
+        _share(staging)
         staging.rename(target)
         logger.info("cached the dequantised GGUF model in %s", target)
-    except OSError as exc:
-        logger.warning("could not cache the GGUF model in %s: %s", target, exc)
-        if staging is not None:
+    except Exception as exc:  # safetensors reports a full disk as its own error type
+        if (target / "config.json").is_file():
+            logger.info("%s was cached by another process meanwhile", target)
+        else:
+            logger.warning("could not cache the GGUF model in %s: %s", target, exc)
+    finally:
+        if staging is not None and staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Sequence
+import inspect
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Self
 
 import numpy as np
@@ -143,6 +144,26 @@ def length_buckets(lengths: Sequence[int], max_batch_tokens: int) -> list[list[i
         else:
             groups.append([index])
     return groups
+
+
+_SET_BY_FROM_PRETRAINED = frozenset(
+    ("tokenizer", "scorer", "max_prompt_tokens", "template", "strategy", "model_name")
+)
+
+
+def _check_constructor_options(options: Mapping[str, Any]) -> None:
+    """``TypeError`` for keyword arguments that :meth:`Reranker.from_pretrained` would pass
+    to :class:`Reranker` in vain (unknown, or ones it sets itself), before any model loads."""
+    accepted = set(inspect.signature(Reranker.__init__).parameters) - {"self"}
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise TypeError(f"from_pretrained() got unexpected keyword arguments: {', '.join(unknown)}")
+    taken = sorted(set(options) & _SET_BY_FROM_PRETRAINED)
+    if taken:
+        raise TypeError(
+            f"from_pretrained() sets {', '.join(taken)} itself; give the model and its "
+            "loading options instead"
+        )
 
 
 class Reranker:
@@ -304,6 +325,7 @@ class Reranker:
         """
         from haystack_llmrank.backends import load_scorer
 
+        _check_constructor_options(kwargs)
         check_passage_words(kwargs.get("max_passage_words", AUTO_PASSAGE_WORDS))
         check_options(
             max_prompt_tokens=max_prompt_tokens,

@@ -92,9 +92,10 @@ def dl19_queries(dl19_dir: Path) -> list[dict[str, Any]]:
 
 @pytest.fixture
 def fake_cuda(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
-    """torch sees a CUDA device of the compute capability held in the returned list."""
+    """torch sees one CUDA device, of the compute capability held in the returned list."""
     capability = [(9, 0)]
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability[0])
     return capability
 

@@ -1,0 +1,196 @@
+"""Finding and loading models: the GGUF cache's failures, references, devices and dtypes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import haystack_llmrank.models as models
+from haystack_llmrank.backends import check_torch_placement, resolve_torch_device
+from haystack_llmrank.errors import ModelResolutionError
+from haystack_llmrank.models import (
+    ModelSource,
+    check_available,
+    load_causal_lm,
+    resolve_model,
+)
+from haystack_llmrank.reranker import Reranker
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty GGUF cache for this test."""
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("LLMRANK_CACHE_DIR", str(folder))
+    monkeypatch.delenv("LLMRANK_NO_CACHE", raising=False)
+    return folder
+
+
+def test_a_failed_cache_write_leaves_no_partial_copy(
+    tiny_model: Any,
+    smollm2_tokenizer: Any,
+    cache_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import safetensors.torch
+
+    class DiskFullError(Exception):  # what safetensors raises is no OSError
+        pass
+
+    def full_disk(*args: Any, **kwargs: Any) -> None:
+        raise DiskFullError("I/O error: File too large (os error 27)")
+
+    monkeypatch.setattr(safetensors.torch, "save_model", full_disk)
+    target = cache_dir / "gguf" / "model-abc"
+    with caplog.at_level(logging.WARNING, logger="haystack_llmrank.models"):
+        models._write_cache(tiny_model, smollm2_tokenizer, target)  # no error: cached or not
+    assert "could not cache the GGUF model" in caplog.text
+    assert "File too large" in caplog.text
+    assert list((cache_dir / "gguf").iterdir()) == []
+
+
+def test_the_cache_is_readable_as_the_umask_allows(
+    tiny_model: Any, smollm2_tokenizer: Any, cache_dir: Path
+) -> None:
+    old = os.umask(0o022)
+    try:
+        target = cache_dir / "gguf" / "model-abc"
+        models._write_cache(tiny_model, smollm2_tokenizer, target)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o755
+    assert stat.S_IMODE((target / "model.safetensors").stat().st_mode) == 0o644
+
+
+def test_a_damaged_cached_copy_is_dropped_and_the_file_read_again(
+    tiny_model: Any,
+    smollm2_tokenizer: Any,
+    cache_dir: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"not really a GGUF file")
+    source = resolve_model(str(gguf))
+    target = models._gguf_cache_dir(source)
+    assert target is not None
+    models._write_cache(tiny_model, smollm2_tokenizer, target)
+    weights = target / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # cut short
+    # the file itself is no model either: reading it again fails, naming it
+    with (
+        caplog.at_level(logging.WARNING, logger="haystack_llmrank.models"),
+        pytest.raises(ModelResolutionError, match="cannot load a causal LM from"),
+    ):
+        load_causal_lm(source)
+    assert f"the cached copy in {target} cannot be loaded" in caplog.text
+    assert not target.exists()
+
+
+@pytest.mark.parametrize(("value", "cached"), [("0", True), ("", True), ("1", False)])
+def test_llmrank_no_cache_turns_the_cache_off_only_when_true(
+    tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch, value: str, cached: bool
+) -> None:
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"x")
+    monkeypatch.setenv("LLMRANK_NO_CACHE", value)
+    assert (models._gguf_cache_dir(resolve_model(str(gguf))) is not None) is cached
+
+
+def test_an_empty_xdg_cache_home_counts_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LLMRANK_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", "")
+    assert models._cache_root() == Path(os.path.expanduser("~/.cache/llmrank/gguf"))
+
+
+def test_behind_a_proxy_the_hub_is_not_called_unreachable(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_direct_route(*args: Any, **kwargs: Any) -> None:
+        raise OSError("direct connections are blocked")
+
+    monkeypatch.setattr(models.socket, "create_connection", no_direct_route)
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    assert not models._hub_reachable()
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    assert models._hub_reachable()
+
+
+@pytest.mark.parametrize("name", ["HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"])
+def test_either_offline_variable_refuses_a_hub_id_not_cached(
+    monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(models, "_hub_reachable", lambda: True)
+    monkeypatch.setenv(name, "1")
+    with pytest.raises(ModelResolutionError, match=f"and {name} is set"):
+        check_available(ModelSource("no-such-org/no-such-model"))
+
+
+def test_references_that_name_no_model_say_so(tmp_path: Path) -> None:
+    with pytest.raises(ModelResolutionError, match="neither a local folder or file nor a Hugging"):
+        check_available(resolve_model("foo bar"))
+    config = tmp_path / "config.json"
+    config.write_text("{}")
+    with pytest.raises(ModelResolutionError, match="is a file: name the folder that holds"):
+        resolve_model(str(config))
+
+
+def test_an_adapter_whose_base_is_missing_is_named(tmp_path: Path) -> None:
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    missing = tmp_path / "gone"
+    (adapter / "adapter_config.json").write_text(
+        json.dumps({"base_model_name_or_path": str(missing)})
+    )
+    with pytest.raises(ModelResolutionError, match=f"the adapter in {adapter} names the base"):
+        resolve_model(str(adapter))
+
+
+@pytest.mark.parametrize("dtype", ["int8", "bool", "complex64", "float8_e4m3fn"])
+def test_dtypes_that_cannot_hold_weights_are_refused_up_front(dtype: str) -> None:
+    with pytest.raises(ValueError, match=f"dtype '{dtype}' cannot hold a model's weights"):
+        check_torch_placement("cpu", dtype)
+
+
+def test_float16_on_the_cpu_warns(tiny_model_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="haystack_llmrank.backends"):
+        Reranker.from_pretrained(str(tiny_model_dir), device="cpu", dtype="float16")
+    assert "float16 on cpu: most CPUs compute it far slower" in caplog.text
+
+
+def test_devices_torch_cannot_use_here_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValueError, match="runs on cpu, cuda or mps only"):
+        check_torch_placement("meta", None)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="this torch has no MPS device"):
+        check_torch_placement("mps", None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_torch_device("cuda:0") == "cuda:0"
+    with pytest.raises(RuntimeError, match=r"'cuda:1' was asked for but torch sees 1 CUDA"):
+        resolve_torch_device("cuda:1")
+    assert resolve_torch_device("cuda:1", "warn") == "cpu"
+
+
+def test_from_pretrained_checks_its_options_before_loading(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import haystack_llmrank.backends as backends
+
+    def never(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(backends, "load_scorer", never)
+    with pytest.raises(TypeError, match="unexpected keyword arguments: batchsize"):
+        Reranker.from_pretrained(str(tiny_model_dir), batchsize=3)
+    with pytest.raises(TypeError, match="sets model_name itself"):
+        Reranker.from_pretrained(str(tiny_model_dir), model_name="x")
