@@ -338,8 +338,20 @@ def _config(args: argparse.Namespace) -> Any:
             top_layers=args.lora_top_layers,
             init_from=str(args.init_adapter) if args.init_adapter else None,
         )
-    elif args.lora_top_layers is not None or args.init_adapter is not None:
-        raise ValueError("--lora-top-layers and --init-adapter apply to LoRA, not to --full")
+    else:
+        given = [
+            option
+            for option, used in (
+                ("--lora-top-layers", args.lora_top_layers is not None),
+                ("--init-adapter", args.init_adapter is not None),
+                ("--lora-targets", args.lora_targets is not None),
+                ("--lora-rank", args.lora_rank != LoraSettings.rank),
+                ("--lora-alpha", args.lora_alpha != LoraSettings.alpha),
+            )
+            if used
+        ]
+        if given:
+            raise ValueError(f"{', '.join(given)}: LoRA options, which --full does not use")
     return TrainConfig(
         steps=args.steps,
         stop_after=args.stop_after,

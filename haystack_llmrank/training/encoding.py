@@ -14,7 +14,7 @@ class EncodedWindow:
     """Token ids of prompt + target, where the prompt ends, and the window's target order.
 
     The prompt ends with the answer prefix ``[``; the target continues it with the ranking
-    string (``B] > [A] > [C]``) and the end-of-turn token.
+    string (``B] > [A] > [C]``) and the tokenizer's end-of-sequence token.
     """
 
     input_ids: tuple[int, ...]

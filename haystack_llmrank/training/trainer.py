@@ -244,6 +244,13 @@ class FirstTrainer:
         """
         if not train:
             raise ValueError("no training queries")
+        if validation is not None:
+            seen = sorted({q.qid for q in train} & {q.qid for q in validation.queries})
+            if seen:
+                raise ValueError(
+                    f"validation queries that are also trained on: {listed(seen, 5)}; a "
+                    "validation score is only worth something on queries held out"
+                )
         self.config.sampling.check_targets(train)
         caps = self._window_caps(train)
         self._check_pointwise_prompts(train)

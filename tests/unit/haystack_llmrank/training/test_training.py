@@ -183,6 +183,26 @@ def test_queries_the_qrels_do_not_judge_are_named_when_a_teacher_trains_them(
     assert caplog.text == ""
 
 
+def test_fit_refuses_validation_queries_it_trains_on(
+    smollm2_tokenizer: Any, tmp_path: Path
+) -> None:
+    from haystack_llmrank.training import Validation
+
+    queries = training_queries(
+        [toy_query(), toy_query("q2")], qrels={**TOY_QRELS, "q2": TOY_QRELS["q1"]}
+    )
+    trainer = FirstTrainer(
+        make_tiny_llama(len(smollm2_tokenizer), seed=4),
+        smollm2_tokenizer,
+        small_config(),
+        base_model="x",
+        output_dir=tmp_path,
+    )
+    with pytest.raises(ValueError, match="validation queries that are also trained on: q2"):
+        trainer.fit(queries, Validation([toy_query("q2")], {"q2": TOY_QRELS["q1"]}))
+    assert trainer.step == 0
+
+
 def test_queries_tied_within_the_pool_are_refused_before_any_update(
     smollm2_tokenizer: Any, tmp_path: Path
 ) -> None:
@@ -1696,8 +1716,12 @@ def test_the_train_command_line_sets_window_orders_and_their_weights(
         parser.parse_args([*base, "--ranknet-reduction", "max"])
     top = _config(parser.parse_args([*base, "--lora-top-layers", "8"])).lora
     assert top == LoraSettings(top_layers=8)
-    with pytest.raises(ValueError, match="not to --full"):
+    with pytest.raises(ValueError, match="--lora-top-layers: LoRA options, which --full"):
         _config(parser.parse_args([*base, "--full", "--lora-top-layers", "8"]))
+    for option in (["--lora-rank", "8"], ["--lora-alpha", "8"], ["--lora-targets", "q_proj"]):
+        with pytest.raises(ValueError, match=f"{option[0]}: LoRA options, which --full"):
+            _config(parser.parse_args([*base, "--full", *option]))
+    assert _config(parser.parse_args([*base, "--full"])).lora is None
     started = _config(
         parser.parse_args([*base, "--init-adapter", "runs/a", "--batch-windows", "4"])
     )
@@ -1711,7 +1735,7 @@ def test_the_train_command_line_sets_window_orders_and_their_weights(
     assert (mixed.pointwise_weight, mixed.objective) == (1.5, "first")
     assert started.lora == LoraSettings(init_from="runs/a")
     assert started.batch_windows == 4
-    with pytest.raises(ValueError, match="not to --full"):
+    with pytest.raises(ValueError, match="--init-adapter: LoRA options, which --full"):
         _config(parser.parse_args([*base, "--full", "--init-adapter", "runs/a"]))
 
 
