@@ -74,7 +74,8 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--max-document-chars",
         type=positive_int,
         default=20_000,
-        help="characters per document at most (default 20000)",
+        help="characters of a document read; the rest is not (no prompt reads that far; "
+        "default 20000)",
     )
     limits.add_argument(
         "--max-query-chars",

@@ -169,7 +169,7 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
 async def _rank(batcher: RerankBatcher, query: RerankQuery) -> Ranking:
     """The ranking of the request's documents; blank ones follow the others
     (:mod:`haystack_llmrank.blank_passages`)."""
-    future = batcher.submit(query.query, query.documents, query.depth)
+    future = batcher.submit(query.query, query.texts, query.depth)
     try:
         return await asyncio.wrap_future(future)
     except PromptTooLongError as exc:  # the request's own content; others are the model's

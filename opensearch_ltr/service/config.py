@@ -9,7 +9,9 @@ from dataclasses import dataclass
 class ServiceConfig:
     """What the rerank service accepts and how it batches.
 
-    ``api_keys`` empty turns authentication off. Size limits answer 413; a request that is
+    ``api_keys`` empty turns authentication off. Size limits answer 413, but for
+    ``max_document_chars``: a longer document is read to that many characters (no prompt
+    reads further: passages keep their first words). A request that is
     not answered within ``timeout_s`` (queueing included) answers 504, and its work is
     dropped; a worker that finishes no window for ``timeout_s`` counts as stalled (``/ready``
     503, new requests 503). A connection must send a complete request head within

@@ -71,12 +71,20 @@ def error_body(kind: str, message: str) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class RerankQuery:
-    """One validated rerank request."""
+    """One validated rerank request: ``documents`` as sent, and ``texts``, what the engine
+    reads of them (each cut at ``max_document_chars``; the documents where not given)."""
 
     query: str
     documents: tuple[str, ...]
     top_n: int | None = None
     return_documents: bool = False
+    texts: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.texts:
+            object.__setattr__(self, "texts", self.documents)
+        elif len(self.texts) != len(self.documents):
+            raise ValueError("texts must hold one text per document")
 
     @property
     def depth(self) -> int | None:
@@ -134,19 +142,16 @@ def parse_rerank_request(body: bytes, config: ServiceConfig) -> RerankQuery:
         raise _too_large(
             f"{len(documents)} documents sent; the limit is {config.max_documents} per request"
         )
-    texts = tuple(_document_text(item, i) for i, item in enumerate(documents))
-    for i, text in enumerate(texts):
-        if len(text) > config.max_document_chars:
-            raise _too_large(
-                f"documents[{i}] has {len(text)} characters; "
-                f"the limit is {config.max_document_chars}"
-            )
+    sent = tuple(_document_text(item, i) for i, item in enumerate(documents))
+    # no prompt reads that far (passages keep their first words), and a 413 would fail the
+    # whole search of an OpenSearch rerank processor, which cannot cut fields itself
+    texts = tuple(text[: config.max_document_chars] for text in sent)
     top_n = _optional(payload, "top_n", int, "a positive integer")
     if top_n is not None and top_n < 1:
         raise _invalid("'top_n' must be a positive integer")
     _optional(payload, "model", str, "a string")
     return_documents = _optional(payload, "return_documents", bool, "true or false")
-    return RerankQuery(query, texts, top_n, bool(return_documents))
+    return RerankQuery(query, sent, top_n, bool(return_documents), texts)
 
 
 def relevance_scores(ranking: Ranking) -> list[float]:
