@@ -538,16 +538,26 @@ def _trainer(args: argparse.Namespace, config: Any) -> Any:
     device, dtype = source_device_and_dtype(source, args.device, args.dtype)
     tokenizer = load_tokenizer(source)
     model = load_causal_lm(source, device=device, dtype=dtype, tokenizer=tokenizer)
-    local = Path(args.model)
     return FirstTrainer(
         model,
         tokenizer,
         config,
-        # a local base is recorded by absolute path, so the output loads from anywhere
-        base_model=str(local.resolve()) if local.exists() else args.model,
+        base_model=_recorded_base(args.model),
         output_dir=args.output,
         template=_template(args),
     )
+
+
+def _recorded_base(model: str) -> str:
+    """How the output names its base: the names
+    :func:`~haystack_llmrank.models.resolve_model` reserves and hub ids as given, a local
+    base by absolute path (so the output loads from anywhere)."""
+    from haystack_llmrank.models import DEFAULT_MODEL, EMBEDDED_BASE
+
+    local = Path(model).expanduser()
+    if model in (DEFAULT_MODEL, EMBEDDED_BASE) or not local.exists():
+        return model
+    return str(local.resolve())
 
 
 def _template(args: argparse.Namespace) -> Any:

@@ -1408,6 +1408,21 @@ def test_cli_trains_on_a_given_split_and_checks_it(
         assert main([*args, "--output", str(tmp_path / "bad")]) == 2
 
 
+def test_the_recorded_base_is_what_the_name_resolves_to(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from haystack_llmrank.cli.train import _recorded_base
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "smollm2-135m-instruct").mkdir()  # a folder named as the embedded base
+    (tmp_path / "mine").mkdir()
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert _recorded_base("smollm2-135m-instruct") == "smollm2-135m-instruct"
+    assert _recorded_base("mine") == str(tmp_path / "mine")
+    assert _recorded_base("~/mine") == str(tmp_path / "mine")
+    assert _recorded_base("org/model") == "org/model"
+
+
 def test_cli_records_a_local_base_by_absolute_path_and_refuses_unjudged_held_out_queries(
     tiny_model_dir: Path,
     tmp_path: Path,
