@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import zipfile
 from dataclasses import replace
 from pathlib import Path
@@ -1527,35 +1528,21 @@ def test_cli_refuses_an_earlier_runs_output_without_resume(
         "folder" in capsys.readouterr().err
     )
     assert resolve_model(str(output)).adapter is not None
+    # nor may --resume start over where it finds no checkpoint: it would replace the model
+    adapter = (output / "adapter_model.safetensors").read_bytes()
+    shutil.rmtree(output / "checkpoint")
+    assert main([*args, "--resume", "--steps", "2"]) == 2
+    assert "but no checkpoint to resume it from; starting over would replace it" in (
+        capsys.readouterr().err
+    )
+    assert (output / "adapter_model.safetensors").read_bytes() == adapter
+    assert json.loads((output / "training.json").read_text())["steps"] == 1
     # a run refused at setup writes nothing, so the folder's split stays resumable
     fresh = tmp_path / "fresh"
     bad = validated_train_args(candidates, qrels, fresh, tiny_model_dir, steps=1)
     assert main([*bad, "--lora-targets", "fooo_proj"]) == 2
     assert "name no module of LlamaForCausalLM: fooo_proj" in capsys.readouterr().err
     assert not (fresh / "split.json").exists()
-
-
-def test_cli_resume_without_a_checkpoint_keeps_a_finished_runs_model(
-    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    import shutil
-
-    from haystack_llmrank.cli import main
-
-    candidates, qrels = write_toy_files(tmp_path)
-    output = tmp_path / "run"
-    args = validated_train_args(candidates, qrels, output, tiny_model_dir, steps=2)
-    args += ["--validation-fraction", "0"]
-    assert main(args) == 0
-    adapter = (output / "adapter_model.safetensors").read_bytes()
-    shutil.rmtree(output / "checkpoint")
-    capsys.readouterr()
-    assert main([*args, "--resume", "--steps", "3"]) == 2
-    assert "but no checkpoint to resume it from; starting over would replace it" in (
-        capsys.readouterr().err
-    )
-    assert (output / "adapter_model.safetensors").read_bytes() == adapter
-    assert json.loads((output / "training.json").read_text())["steps"] == 2
 
 
 def test_resume_puts_back_a_checkpoint_that_a_stopped_save_moved_aside(
