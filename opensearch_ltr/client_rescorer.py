@@ -35,7 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from opensearchpy.exceptions import OpenSearchException
+from opensearchpy.exceptions import OpenSearchException, RequestError
 
 from haystack_llmrank.blank_passages import is_blank
 from haystack_llmrank.errors import PromptTooLongError
@@ -159,7 +159,14 @@ def _advance(steps: _Steps, value: Any, error: RescoreError | None) -> _Step | d
         return response
 
 
-def _search_failed(step: _Request, error: OpenSearchException) -> SearchFailedError:
+def _search_failed(step: _Request, error: OpenSearchException) -> RescoreError:
+    """The error a failed search raises: a server-applied search the cluster refused as bad
+    (400) is the request's fault, raised whatever ``on_error``; anything else is the
+    cluster's (:class:`SearchFailedError`)."""
+    if step.stage == "server_rescore" and isinstance(error, RequestError):
+        return RescoreRequestError(
+            f"the cluster refused the server-applied search: {_describe(error)}"
+        )
     return SearchFailedError(step.stage, _describe(error))
 
 
@@ -270,7 +277,13 @@ class _RescorerBase:
             text = query_text if query_text is not None else extract_query_text(body)
             if not isinstance(text, str) or is_blank(text):
                 raise RescoreRequestError(f"query_text must be a non-empty string, got {text!r}")
-        kwargs = {"preference": stable_preference(index, body), **search_kwargs}
+        kwargs = dict(search_kwargs)
+        params = kwargs.get("params")
+        chosen = "preference" in kwargs or (isinstance(params, Mapping) and "preference" in params)
+        # a point in time pins the shard copies itself, and OpenSearch refuses a preference
+        # beside it
+        if not chosen and "pit" not in body:
+            kwargs["preference"] = stable_preference(index, body)
         return _Search(index, body, start, count, fetch, apply, text, kwargs)
 
     def _info(self, search: _Search) -> LlmrankInfo:

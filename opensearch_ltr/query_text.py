@@ -1,12 +1,15 @@
 """Find the user's query text in an OpenSearch query body.
 
-Full-text clauses are read where they score: the query itself, ``bool.must`` / ``should`` /
-``filter``, ``dis_max.queries``, ``constant_score.filter``, ``function_score.query``,
-``script_score.query``, ``boosting.positive`` and ``nested.query`` (never ``must_not``).
-Field-style clauses (``match``, ``match_phrase``, ``match_phrase_prefix``,
-``match_bool_prefix``) give ``{field: text}`` or ``{field: {"query": text}}``; ``multi_match``,
-``combined_fields``, ``query_string`` and ``simple_query_string`` give ``{"query": text}``
-(query-string syntax is passed on as written). Exactly one distinct text must be found.
+Full-text clauses are read where they score: the query itself, ``bool.must`` / ``should``,
+``dis_max.queries``, ``function_score.query``, ``boosting.positive``, ``nested.query`` and
+``hybrid.queries``; never in a filter (``bool.filter``, ``constant_score.filter``), in
+``must_not`` or in ``script_score.query`` (whose script makes the score), where a text
+selects documents rather than says what the user asked. Field-style clauses (``match``,
+``match_phrase``, ``match_phrase_prefix``, ``match_bool_prefix``) give ``{field: text}`` or
+``{field: {"query": text}}``; ``neural`` gives ``{field: {"query_text": text}}``;
+``multi_match``, ``combined_fields``, ``query_string`` and ``simple_query_string`` give
+``{"query": text}`` (query-string syntax is passed on as written). Exactly one distinct text
+must be found.
 """
 
 from __future__ import annotations
@@ -19,20 +22,19 @@ from opensearch_ltr.errors import QueryTextNotFoundError
 FIELD_QUERIES = ("match", "match_phrase", "match_phrase_prefix", "match_bool_prefix")
 TEXT_QUERIES = ("multi_match", "combined_fields", "query_string", "simple_query_string")
 _NESTED: dict[str, tuple[str, ...]] = {
-    "bool": ("must", "should", "filter"),
+    "bool": ("must", "should"),
     "dis_max": ("queries",),
-    "constant_score": ("filter",),
     "function_score": ("query",),
-    "script_score": ("query",),
     "boosting": ("positive",),
     "nested": ("query",),
+    "hybrid": ("queries",),
 }
 
 
-def _field_text(clause: Any) -> Iterator[str]:
+def _field_text(clause: Any, key: str = "query") -> Iterator[str]:
     if isinstance(clause, Mapping):
         for value in clause.values():
-            text = value.get("query") if isinstance(value, Mapping) else value
+            text = value.get(key) if isinstance(value, Mapping) else value
             if isinstance(text, str):
                 yield text
 
@@ -47,6 +49,8 @@ def _texts(query: Any) -> Iterator[str]:
     for kind, clause in query.items():
         if kind in FIELD_QUERIES:
             yield from _field_text(clause)
+        elif kind == "neural" and isinstance(clause, Mapping):
+            yield from _field_text(clause, "query_text")
         elif kind in TEXT_QUERIES and isinstance(clause, Mapping):
             text = clause.get("query")
             if isinstance(text, str):

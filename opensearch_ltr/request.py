@@ -21,17 +21,19 @@ DEFAULT_SIZE = 10
 
 
 def _is_score_sort(sort: Any) -> bool:
-    """True for a sort OpenSearch treats as no sort: ``_score`` descending only."""
-    for item in sort if isinstance(sort, list) else [sort]:
-        if item == "_score":
-            continue
-        if isinstance(item, Mapping) and list(item) == ["_score"]:
-            order = item["_score"]
-            order = order.get("order", "desc") if isinstance(order, Mapping) else order
-            if order == "desc":
-                continue
-        return False
-    return True
+    """True for a sort OpenSearch treats as no sort: none, or one ``_score`` descending (the
+    order in any case); a list of two entries or more is a sort, even of ``_score`` twice."""
+    items = sort if isinstance(sort, list) else [sort]
+    if len(items) != 1:
+        return not items
+    item = items[0]
+    if item == "_score":
+        return True
+    if isinstance(item, Mapping) and list(item) == ["_score"]:
+        order = item["_score"]
+        order = order.get("order", "desc") if isinstance(order, Mapping) else order
+        return isinstance(order, str) and order.lower() == "desc"
+    return False
 
 
 def check_body(body: Any) -> None:
@@ -77,14 +79,13 @@ def check_search_kwargs(search_kwargs: Mapping[str, Any]) -> None:
 
 
 def _is_score_sort_param(sort: Any) -> bool:
-    """True for a query-string sort (``field:order``, comma-separated or listed) that sorts
-    by ``_score`` descending only."""
+    """True for a query-string sort (``field:order``, comma-separated or listed) that is one
+    ``_score`` descending."""
     items = sort.split(",") if isinstance(sort, str) else sort
-    if not isinstance(items, Sequence) or isinstance(items, str | bytes):
+    if not isinstance(items, Sequence) or isinstance(items, str | bytes) or len(items) != 1:
         return False
-    return all(
-        isinstance(item, str) and item.strip() in ("_score", "_score:desc") for item in items
-    )
+    item = items[0]
+    return isinstance(item, str) and item.strip().lower() in ("_score", "_score:desc")
 
 
 def _element_matches(pattern: str, key: str) -> bool:

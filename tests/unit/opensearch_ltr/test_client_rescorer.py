@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from opensearchpy.exceptions import ConnectionError as OsConnectionError
 from opensearchpy.exceptions import ConnectionTimeout, NotFoundError
+from opensearchpy.exceptions import RequestError as OsRequestError
 
 from haystack_llmrank.errors import PromptTooLongError
 from haystack_llmrank.ranking import Ranking
@@ -189,6 +190,17 @@ def test_arguments_reach_the_client_and_users_preference_wins() -> None:
         "preference": "_local",
         "routing": "r",
     }
+
+
+def test_a_preference_in_params_or_a_point_in_time_gets_no_preference_of_ours() -> None:
+    client = ScriptedClient(make_hits())
+    rescorer(client).search("docs", BODY, params={"preference": "_shards:0"})
+    assert "preference" not in client.calls[0]  # opensearch-py would write ours over it
+    assert client.calls[0]["params"] == {"preference": "_shards:0"}
+    # OpenSearch refuses a preference beside a point in time, which pins shard copies itself
+    pit = {**BODY, "pit": {"id": "abc", "keep_alive": "1m"}}
+    rescorer(client).search(None, pit)
+    assert "preference" not in client.calls[1]
 
 
 def test_explicit_query_text_and_page_from_body() -> None:
@@ -578,6 +590,12 @@ def test_server_applied_failure_raises_or_fails_open() -> None:
     assert response["llmrank"]["fail_open"] is True
     assert response["llmrank"]["reason"].startswith("server_rescore search failed: ConnectionError")
     assert len(client.calls) == 2
+
+    # a 400 is the request's fault (index.max_rescore_window, say): raised even failing open
+    refused = OsRequestError(400, "search_phase_execution_exception", "Rescore window too large")
+    client = ScriptedClient(make_hits(), [None, refused])
+    with pytest.raises(RescoreRequestError, match="the cluster refused the server-applied"):
+        rescorer(client, on_error="fail_open").search("docs", BODY, size=4, apply="server")
 
 
 def test_client_result_matches_the_arithmetic() -> None:

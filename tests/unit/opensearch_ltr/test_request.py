@@ -35,7 +35,15 @@ from opensearch_ltr.transforms import rescore_values
 
 
 @pytest.mark.parametrize(
-    "sort", ["_score", ["_score"], [{"_score": "desc"}], [{"_score": {"order": "desc"}}], []]
+    "sort",
+    [
+        "_score",
+        ["_score"],
+        [{"_score": "desc"}],
+        [{"_score": {"order": "desc"}}],
+        [],
+        [{"_score": "DESC"}],  # OpenSearch reads the order in any case
+    ],
 )
 def test_a_score_sort_is_no_sort(sort: Any) -> None:
     check_body({"query": {"match_all": {}}, "sort": sort})
@@ -43,7 +51,13 @@ def test_a_score_sort_is_no_sort(sort: Any) -> None:
 
 @pytest.mark.parametrize(
     "sort",
-    ["date", [{"_score": "asc"}], ["_score", {"date": "desc"}], [{"_score": {"order": "asc"}}]],
+    [
+        "date",
+        [{"_score": "asc"}],
+        ["_score", {"date": "desc"}],
+        [{"_score": {"order": "asc"}}],
+        ["_score", "_score"],  # two entries make a sort, which OpenSearch refuses with rescore
+    ],
 )
 def test_a_field_sort_conflicts_with_rescore(sort: Any) -> None:
     with pytest.raises(RescoreRequestError, match=r"Cannot use \[sort\] option"):
@@ -184,7 +198,17 @@ def test_stable_preference_is_per_query_not_per_page() -> None:
             {"boosting": {"positive": {"match": {"a": "cats"}}, "negative": {"match": {"a": "x"}}}},
             "cats",
         ),
-        ({"constant_score": {"filter": {"match": {"a": "cats"}}}}, "cats"),
+        ({"hybrid": {"queries": [{"match": {"a": "cats"}}, {"neural": {"v": {"k": 5}}}]}}, "cats"),
+        ({"neural": {"vec": {"query_text": "cats", "model_id": "m", "k": 5}}}, "cats"),
+        (
+            {
+                "bool": {
+                    "must": {"knn": {"v": {"vector": [1.0]}}},
+                    "should": {"match": {"a": "cats"}},
+                }
+            },
+            "cats",
+        ),
     ],
 )
 def test_query_text_is_found(query: dict[str, Any], text: str) -> None:
@@ -198,6 +222,16 @@ def test_query_text_is_found(query: dict[str, Any], text: str) -> None:
         ({"query": {"term": {"match": {"value": "x"}}}}, "no full-text clause"),
         ({"query": {"knn": {"vec": {"vector": [1.0], "k": 3}}}}, "no full-text clause"),
         ({"query": {"match": {"text": "   "}}}, "no full-text clause"),
+        # a filter's text selects documents, it is not what was asked: kNN with a filter
+        (
+            {"query": {"bool": {"must": {"knn": {}}, "filter": {"match": {"lang": "en"}}}}},
+            "no full-text clause",
+        ),
+        ({"query": {"constant_score": {"filter": {"match": {"a": "cats"}}}}}, "no full-text"),
+        (
+            {"query": {"script_score": {"query": {"match": {"c": "shoes"}}, "script": {}}}},
+            "no full-text clause",
+        ),
         (
             {"query": {"bool": {"should": [{"match": {"a": "cats"}}, {"match": {"a": "dogs"}}]}}},
             r"several query texts in the query body \['cats', 'dogs'\]",
