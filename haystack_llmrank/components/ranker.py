@@ -180,12 +180,18 @@ class FirstListwiseRanker:
                 f"meta_fields_to_embed must be a list of field names, not one string: "
                 f"[{meta_fields_to_embed!r}]"
             )
-        self.model = model
+        for name, flag in (("both_orders", both_orders), ("order_invariant", order_invariant)):
+            if not isinstance(flag, bool):  # a YAML "false" is a string, and truthy
+                raise TypeError(f"{name} must be true or false, got {flag!r}")
+        if not isinstance(embedding_separator, str):
+            raise TypeError(f"embedding_separator must be a string, got {embedding_separator!r}")
+        # kept as a string, which to_dict and YAML can write
+        self.model = os.fspath(model) if isinstance(model, os.PathLike) else model
         self.backend = backend
         self.device = _device_name(device)
+        self.dtype = _dtype_name(dtype)
         if backend == "torch":  # as the CLI checks them: fail here, not at warm_up
-            check_torch_placement(self.device, dtype)
-        self.dtype = dtype
+            check_torch_placement(self.device, self.dtype)
         # numbers as plain ints and floats (numpy's too), which to_dict and YAML can write
         self.top_k = check_top_k(top_k)
         self.score_threshold = check_threshold(score_threshold)
@@ -214,7 +220,19 @@ class FirstListwiseRanker:
         self._lock = threading.Lock()
         self._warm_lock = threading.Lock()
         # run_async queues here, one call at a time, instead of parking shared executor threads
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmrank-ranker")
+        self._worker_pool: ThreadPoolExecutor | None = None
+        self._worker_pid = 0
+
+    @property
+    def _worker(self) -> ThreadPoolExecutor:
+        """The component's one worker thread, made anew in a forked child (whose copy of the
+        parent's pool has no thread, so work queued there would never run)."""
+        if self._worker_pool is None or self._worker_pid != os.getpid():
+            self._worker_pool = ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="llmrank-ranker"
+            )
+            self._worker_pid = os.getpid()
+        return self._worker_pool
 
     def warm_up(self) -> None:
         """Load the model once; later calls do nothing until :meth:`close`."""
@@ -311,10 +329,12 @@ class FirstListwiseRanker:
         limit = self.top_k if top_k is None else top_k
         if not isinstance(query, str):
             raise TypeError(f"query must be a string, got {type(query).__name__}")
+        if not isinstance(documents, list) or not all(isinstance(d, Document) for d in documents):
+            raise TypeError("documents must be a list of Documents")
         if not documents or is_blank(query):
             if documents:
                 logger.warning("empty query: returning the deduplicated documents unranked")
-            unscored = [replace(d, score=None) for d in deduplicate(documents)]
+            unscored = [_copy(d, None) for d in deduplicate(documents)]
             return _limit(unscored, limit, threshold)
         unique = deduplicate(documents)
         texts = [self._text(d) for d in unique]
@@ -394,12 +414,19 @@ class _Plan:
         (:attr:`Ranking.blank`, last) unscored, through ``top_k`` and the threshold."""
         judged = len(ranking) - ranking.blank
         ranked = [
-            replace(self.documents[i], score=score if rank < judged else None)
+            _copy(self.documents[i], score if rank < judged else None)
             for rank, (i, score) in enumerate(
                 zip(ranking.order, ranking.distinct_scores(), strict=True)
             )
         ]
         return _limit(ranked, self.top_k, self.threshold)
+
+
+def _copy(document: Document, score: float | None) -> Document:
+    """``document`` with ``score``, its ``meta`` and ``embedding`` copied: editing what a run
+    returns must not change what it was given."""
+    embedding = None if document.embedding is None else list(document.embedding)
+    return replace(document, score=score, meta=dict(document.meta), embedding=embedding)
 
 
 def check_threshold(threshold: float | None) -> float | None:
@@ -435,6 +462,17 @@ def _plain_int(value: Any) -> Any:
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         return int(value)
     return value
+
+
+def _dtype_name(dtype: Any) -> str | None:
+    """``dtype`` as a name (a ``torch.dtype``'s too, ``torch.float16`` as ``"float16"``), which
+    to_dict and YAML can write; ``TypeError`` for anything else but ``None``."""
+    if dtype is None or isinstance(dtype, str):
+        return dtype
+    name = str(dtype)
+    if type(dtype).__name__ == "dtype" and name.startswith("torch."):
+        return name.removeprefix("torch.")
+    raise TypeError(f"dtype must be a torch dtype or its name, such as 'bfloat16', got {dtype!r}")
 
 
 def _device_name(device: Any) -> str | None:

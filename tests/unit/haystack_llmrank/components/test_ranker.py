@@ -541,6 +541,73 @@ def test_options_wrong_for_any_model_fail_at_init() -> None:
         FirstListwiseRanker(on_missing_gpu="ignore")  # type: ignore[arg-type]
 
 
+def test_types_yaml_would_get_wrong_are_refused_or_kept_as_names(tiny_model_dir: Path) -> None:
+    for name in ("both_orders", "order_invariant"):  # a quoted YAML "false" is truthy
+        with pytest.raises(TypeError, match=f"{name} must be true or false, got 'false'"):
+            FirstListwiseRanker(**{name: "false"})
+    with pytest.raises(TypeError, match="embedding_separator must be a string"):
+        FirstListwiseRanker(embedding_separator=None)  # type: ignore[arg-type]
+    import torch
+
+    ranker = FirstListwiseRanker(model=tiny_model_dir, dtype=torch.bfloat16, device="cpu")
+    init = ranker.to_dict()["init_parameters"]
+    assert (init["model"], init["dtype"]) == (str(tiny_model_dir), "bfloat16")
+    pipeline = Pipeline()
+    pipeline.add_component("ranker", ranker)
+    assert f"model: {tiny_model_dir}" in pipeline.dumps()  # a Path used to fail here
+    with pytest.raises(TypeError, match="dtype must be a torch dtype or its name"):
+        FirstListwiseRanker(dtype=16)  # type: ignore[arg-type]
+
+
+def test_documents_that_are_not_a_list_of_documents_are_refused(
+    ranker: FirstListwiseRanker,
+) -> None:
+    for documents in (None, "abc", [None], [{"content": "x"}]):
+        with pytest.raises(TypeError, match="documents must be a list of Documents"):
+            ranker.run(query=QUERY, documents=documents)  # type: ignore[arg-type]
+
+
+def test_what_a_run_returns_shares_no_meta_or_embedding_with_its_input(
+    ranker: FirstListwiseRanker,
+) -> None:
+    given = [
+        Document(id=f"d{i}", content=f"animal {i}", meta={"n": i}, embedding=[float(i)])
+        for i in range(3)
+    ]
+    for query in (QUERY, ""):  # ranked, and returned unranked
+        for out in ranker.run(query=query, documents=given)["documents"]:
+            out.meta["n"] = -1
+            assert out.embedding is not None
+            out.embedding.append(9.0)
+    assert [d.meta for d in given] == [{"n": 0}, {"n": 1}, {"n": 2}]
+    assert [d.embedding for d in given] == [[0.0], [1.0], [2.0]]
+
+
+def test_run_async_works_in_a_forked_child(ranker: FirstListwiseRanker) -> None:
+    import os
+
+    asyncio.run(ranker.warm_up_async())  # the parent's worker thread exists now
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its copy of the pool has no thread
+        try:
+            out = asyncio.run(asyncio.wait_for(ranker.run_async(QUERY, docs(3)), 30))
+            os.write(write, str(len(out["documents"])).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    import select
+    import signal
+
+    ready, _, _ = select.select([read], [], [], 60)
+    if not ready:  # a child stuck anywhere must not hang the suite
+        os.kill(pid, signal.SIGKILL)
+    answer = os.read(read, 16).decode() if ready else "no answer in 60 s"
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert answer == "3"
+
+
 def test_numpy_numbers_and_a_component_device_are_kept_as_yaml_can_write_them() -> None:
     ranker = FirstListwiseRanker(
         top_k=np.int64(3),
