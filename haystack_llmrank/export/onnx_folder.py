@@ -66,7 +66,8 @@ def export_onnx(
     also ``positions`` int64 ``[batch, P]`` and ``label_logits [batch, P, 1]``, the vote's
     logit at each position (``vote`` sets one on the chosen template); ``model.onnx.data``
     too for graphs over 1 GiB), the tokenizer with its chat template, and ``llmrank.json``.
-    ``precision`` is ``fp32``, ``fp16`` (for CUDA) or ``int8`` (weight-only, for CPU);
+    ``precision`` is ``fp32``, ``fp16`` (for CUDA) or ``int8`` (weight-only; on CUDA with
+    ``attention="plain"``);
     ``optimize`` saves ONNX Runtime's basic graph optimisations; ``exporter`` is
     ``torchscript`` or ``dynamo`` (needs ``onnxscript``), and ``opset`` one it supports
     (:data:`OPSETS`). ``attention`` is ``auto`` (one fused ONNX Runtime node per layer

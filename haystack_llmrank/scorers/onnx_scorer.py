@@ -142,19 +142,15 @@ def choose_placement(
 def cuda_obstacles(precision: str, attention: str) -> list[str]:
     """Why an export of ``precision`` and ``attention`` would run partly on the CPU under CUDA.
 
-    ONNX Runtime's CUDA ``GroupQueryAttention`` takes fp16 and bf16 only, and its CUDA
-    ``MatMulNBits`` 4-bit weights only; such nodes fall back to the CPU, with device copies
-    in every layer.
+    ONNX Runtime's CUDA ``GroupQueryAttention`` takes fp16 and bf16 only: such nodes fall
+    back to the CPU, with device copies in every layer. (Its CUDA ``MatMulNBits`` takes the
+    int8 export's 8-bit weights from 1.22 on, the version this package requires.)
     """
     problems = []
     if attention == "fused" and precision != "fp16":
         problems.append(
             f"the {precision} export's fused attention has no CUDA kernel (CUDA runs "
             "GroupQueryAttention in fp16 and bf16 only)"
-        )
-    if precision == "int8":
-        problems.append(
-            "its 8-bit MatMulNBits weight products have no CUDA kernel (CUDA takes 4-bit only)"
         )
     return problems
 
@@ -195,8 +191,16 @@ def report_node_placement(placement: dict[str, Counter[str]], device: str) -> No
     """Log where nodes run when a CUDA session runs some elsewhere.
 
     ONNX Runtime places shape arithmetic on the CPU on purpose, which is logged at INFO;
-    :data:`HEAVY_OPS` off CUDA are logged as a warning.
+    :data:`HEAVY_OPS` off CUDA are logged as a warning, and so is a placement the session did
+    not report (onnxruntime before 1.24), which would hide them.
     """
+    if not placement:
+        logger.warning(
+            "this onnxruntime does not report where the %s session's nodes run (1.24 and "
+            "later do): matrix products or attention falling back to the CPU would go unseen",
+            device,
+        )
+        return
     elsewhere = {ep: ops for ep, ops in placement.items() if ep != CUDA_PROVIDER}
     if not elsewhere:
         return

@@ -139,8 +139,21 @@ def test_an_fp16_export_runs_wholly_on_cuda(
 
 
 @needs_onnxruntime_cuda
+def test_an_int8_export_with_plain_attention_runs_on_cuda(
+    model_dir: Path, cpu_scorer: Any, tmp_path: Path
+) -> None:
+    folder = export_onnx(str(model_dir), tmp_path / "int8", precision="int8", attention="plain")
+    scorer = load_export(folder, device="cuda").scorer
+    assert scorer.device == "cuda:0"
+    placement = node_placement(scorer._session)
+    assert "MatMulNBits" in placement.get(CUDA_PROVIDER, {})  # 8-bit weights, from 1.22
+    prompts = long_prompts()
+    assert np.abs(scorer.score(prompts) - cpu_scorer.score(prompts)).max() < 0.05
+
+
+@needs_onnxruntime_cuda
 @pytest.mark.parametrize(
-    ("precision", "reason"), [("fp32", "GroupQueryAttention"), ("int8", "MatMulNBits")]
+    ("precision", "reason"), [("fp32", "GroupQueryAttention"), ("int8", "GroupQueryAttention")]
 )
 def test_exports_that_fall_back_to_the_cpu_are_refused_on_cuda(
     model_dir: Path, tmp_path: Path, precision: Precision, reason: str

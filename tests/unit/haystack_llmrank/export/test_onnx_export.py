@@ -945,15 +945,15 @@ def test_cuda_obstacles_name_what_would_run_on_the_cpu() -> None:
     assert cuda_obstacles("fp16", "plain") == []
     [attention] = cuda_obstacles("fp32", "fused")
     assert "GroupQueryAttention in fp16 and bf16 only" in attention
-    [weights] = cuda_obstacles("int8", "plain")
-    assert "MatMulNBits" in weights
-    assert len(cuda_obstacles("int8", "fused")) == 2
+    assert cuda_obstacles("int8", "plain") == []  # 8-bit MatMulNBits runs on CUDA from 1.22
+    [attention] = cuda_obstacles("int8", "fused")
+    assert "the int8 export's fused attention" in attention
 
 
 @pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider':UserWarning")
 @pytest.mark.parametrize(
     ("precision", "attention", "reason"),
-    [("fp32", "fused", "GroupQueryAttention"), ("int8", "plain", "MatMulNBits")],
+    [("fp32", "fused", "GroupQueryAttention"), ("int8", "fused", "GroupQueryAttention")],
 )
 def test_exports_that_cuda_cannot_run_whole_are_refused_or_rerouted(
     fp32_copy: Path,
@@ -1014,8 +1014,15 @@ def test_node_placement_is_read_from_the_session_and_reported(
     assert "Gather x1, Shape x3" in record.message
 
 
-def test_unrecorded_node_placement_is_empty(fp32_scorer: OnnxLabelScorer) -> None:
+def test_unrecorded_node_placement_is_empty_and_warned_about_on_cuda(
+    fp32_scorer: OnnxLabelScorer, caplog: pytest.LogCaptureFixture
+) -> None:
     assert node_placement(fp32_scorer._session) == {}
+    with caplog.at_level(logging.INFO, logger="haystack_llmrank.scorers.onnx_scorer"):
+        report_node_placement({}, "cuda:0")  # an onnxruntime before 1.24 reports none
+    [record] = caplog.records
+    assert record.levelno == logging.WARNING
+    assert "does not report where the cuda:0 session's nodes run" in record.message
 
 
 def test_both_onnxruntime_wheels_are_detected(
