@@ -227,7 +227,7 @@ def _candidate(item: Any, position: int, where: str) -> Candidate:
         raise DataFormatError(f"{where} ({docid}): score must be a number, got {score!r}")
     value = None if score is None else _finite_score(score, f"{where} ({docid})")
     rank = item.get("rank")
-    if rank is not None and rank != position + 1:
+    if rank is not None and (isinstance(rank, bool) or rank != position + 1):
         raise DataFormatError(
             f"{where} ({docid}): rank {rank!r} does not match its list position {position + 1}"
         )

@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import inspect
 import logging
 import threading
 import time
 from collections.abc import Callable, Generator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 from opensearchpy.exceptions import OpenSearchException, RequestError
 
@@ -173,6 +174,9 @@ def _search_failed(step: _Request, error: OpenSearchException) -> RescoreError:
 class _RescorerBase:
     """Configuration and the steps of one rescored search, shared by both drivers."""
 
+    _awaits_client: ClassVar[bool] = False
+    """Whether the driver awaits the client's ``search`` (``AsyncOpenSearch``)."""
+
     def __init__(
         self,
         client: Any,
@@ -219,6 +223,16 @@ class _RescorerBase:
             server-applied rescoring needs ``window_size`` clauses plus one per index.
         :param model_name: reported in ``llmrank.model`` (default: the reranker's ``model_name``).
         """
+        search = getattr(client, "search", None)
+        # opensearch-py wraps its async methods in plain functions: look beneath the wrapper
+        awaited = callable(search) and inspect.iscoroutinefunction(inspect.unwrap(search))
+        if not callable(search) or awaited != self._awaits_client:
+            kind = "an AsyncOpenSearch" if self._awaits_client else "an OpenSearch"
+            other = "LlmRescorer" if self._awaits_client else "AsyncLlmRescorer"
+            raise TypeError(
+                f"{type(self).__name__} needs {kind} client (its search awaited or not); "
+                f"got {type(client).__name__}: use {other} for it"
+            )
         self.client = client
         self.reranker = reranker
         self.fields = PassageFields.of(text_fields, title_field, separator)
@@ -438,6 +452,8 @@ class AsyncLlmRescorer(_RescorerBase):
     event loop and off its default executor. Searches wait their turn there, and one
     cancelled while it waits (a timeout) never reaches the engine.
     """
+
+    _awaits_client = True
 
     async def search(
         self,

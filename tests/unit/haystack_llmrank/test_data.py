@@ -155,6 +155,7 @@ def _bad(record: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
             "candidates.0.score", 10**400, r"\(d0\): score 1000.* is not a finite", id="huge"
         ),
         ("candidates.1.rank", 5, r"candidate 1 \(d1\): rank 5 does not match its list position 2"),
+        ("candidates.0.rank", True, r"candidate 0 \(d0\): rank True does not match"),  # not 1
         ("candidates.2.docid", "d0", r"c\.jsonl:1: query q1: duplicate docids \['d0'\]$"),
     ],
 )

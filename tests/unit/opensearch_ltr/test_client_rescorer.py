@@ -203,6 +203,21 @@ def test_a_preference_in_params_or_a_point_in_time_gets_no_preference_of_ours() 
     assert "preference" not in client.calls[1]
 
 
+def test_a_client_of_the_other_kind_is_refused_at_once() -> None:
+    with pytest.raises(
+        TypeError, match=r"LlmRescorer needs an OpenSearch client .*AsyncLlmRescorer"
+    ):
+        LlmRescorer(AsyncScriptedClient(make_hits()), ShortestFirst())
+    with pytest.raises(TypeError, match="AsyncLlmRescorer needs an AsyncOpenSearch client"):
+        AsyncLlmRescorer(ScriptedClient(make_hits()), ShortestFirst())
+    from opensearchpy import AsyncOpenSearch, OpenSearch  # wraps its async methods in plain ones
+
+    LlmRescorer(OpenSearch(), ShortestFirst())
+    AsyncLlmRescorer(AsyncOpenSearch(), ShortestFirst())
+    with pytest.raises(TypeError, match="use AsyncLlmRescorer for it"):
+        LlmRescorer(AsyncOpenSearch(), ShortestFirst())
+
+
 def test_explicit_query_text_and_page_from_body() -> None:
     engine = ShortestFirst()
     body = {"query": {"knn": {"v": {"vector": [0.1], "k": 5}}}, "from": 1, "size": 2}
