@@ -247,9 +247,11 @@ class FirstTrainer:
         if validation is not None:
             seen = sorted({q.qid for q in train} & {q.qid for q in validation.queries})
             if seen:
-                raise ValueError(
-                    f"validation queries that are also trained on: {listed(seen, 5)}; a "
-                    "validation score is only worth something on queries held out"
+                logger.warning(
+                    "%d validation queries are also trained on (%s): the validation score, "
+                    "and so the best model, then says little of unseen queries",
+                    len(seen),
+                    listed(seen, 5),
                 )
         self.config.sampling.check_targets(train)
         caps = self._window_caps(train)
