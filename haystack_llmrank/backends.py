@@ -114,7 +114,7 @@ def resolve_torch_dtype(device: str, dtype: str | None, checkpoint: Any = None) 
 
     if dtype is not None:
         resolved = named_torch_dtype(dtype)
-        if resolved == torch.float16 and not device.startswith("cuda"):
+        if resolved == torch.float16 and device.startswith("cpu"):
             logger.warning(
                 "float16 on %s: most CPUs compute it far slower than float32 or bfloat16", device
             )

@@ -225,7 +225,8 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
     from urllib.parse import urlsplit
 
     endpoint = urlsplit(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    if endpoint.scheme in urllib.request.getproxies():
+    proxies = urllib.request.getproxies()
+    if endpoint.scheme in proxies or "all" in proxies:
         return True
     port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
     try:
@@ -434,7 +435,7 @@ def _write_cache(model: Any, tokenizer: Any, target: Path) -> None:
         staging.rename(target)
         logger.info("cached the dequantised GGUF model in %s", target)
     except Exception as exc:  # safetensors reports a full disk as its own error type
-        if (target / "config.json").is_file():
+        if os.path.isfile(target / "config.json"):  # False where it cannot be read, too
             logger.info("%s was cached by another process meanwhile", target)
         else:
             logger.warning("could not cache the GGUF model in %s: %s", target, exc)

@@ -1,10 +1,10 @@
 """Find the user's query text in an OpenSearch query body.
 
-Full-text clauses are read where they score: the query itself, ``bool.must`` / ``should``,
-``dis_max.queries``, ``function_score.query``, ``boosting.positive``, ``nested.query`` and
-``hybrid.queries``; never in a filter (``bool.filter``, ``constant_score.filter``), in
-``must_not`` or in ``script_score.query`` (whose script makes the score), where a text
-selects documents rather than says what the user asked. Field-style clauses (``match``,
+Full-text clauses are read where they are the query: the query itself, ``bool.must`` /
+``should``, ``dis_max.queries``, ``constant_score.filter``, ``function_score.query``,
+``script_score.query``, ``boosting.positive``, ``nested.query`` and ``hybrid.queries``;
+never in ``bool.filter`` or ``must_not``, which restrict what another clause asks (a kNN
+query filtered by ``match: {lang: "en"}`` asks no "en"). Field-style clauses (``match``,
 ``match_phrase``, ``match_phrase_prefix``, ``match_bool_prefix``) give ``{field: text}`` or
 ``{field: {"query": text}}``; ``neural`` gives ``{field: {"query_text": text}}``;
 ``multi_match``, ``combined_fields``, ``query_string`` and ``simple_query_string`` give
@@ -24,7 +24,9 @@ TEXT_QUERIES = ("multi_match", "combined_fields", "query_string", "simple_query_
 _NESTED: dict[str, tuple[str, ...]] = {
     "bool": ("must", "should"),
     "dis_max": ("queries",),
+    "constant_score": ("filter",),
     "function_score": ("query",),
+    "script_score": ("query",),
     "boosting": ("positive",),
     "nested": ("query",),
     "hybrid": ("queries",),

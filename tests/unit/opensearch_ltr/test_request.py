@@ -200,6 +200,8 @@ def test_stable_preference_is_per_query_not_per_page() -> None:
         ),
         ({"hybrid": {"queries": [{"match": {"a": "cats"}}, {"neural": {"v": {"k": 5}}}]}}, "cats"),
         ({"neural": {"vec": {"query_text": "cats", "model_id": "m", "k": 5}}}, "cats"),
+        ({"constant_score": {"filter": {"match": {"a": "cats"}}}}, "cats"),
+        ({"script_score": {"query": {"match": {"a": "cats"}}, "script": {}}}, "cats"),
         (
             {
                 "bool": {
@@ -225,11 +227,6 @@ def test_query_text_is_found(query: dict[str, Any], text: str) -> None:
         # a filter's text selects documents, it is not what was asked: kNN with a filter
         (
             {"query": {"bool": {"must": {"knn": {}}, "filter": {"match": {"lang": "en"}}}}},
-            "no full-text clause",
-        ),
-        ({"query": {"constant_score": {"filter": {"match": {"a": "cats"}}}}}, "no full-text"),
-        (
-            {"query": {"script_score": {"query": {"match": {"c": "shoes"}}, "script": {}}}},
             "no full-text clause",
         ),
         (

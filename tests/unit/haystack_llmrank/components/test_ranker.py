@@ -571,15 +571,15 @@ def test_what_a_run_returns_shares_no_meta_or_embedding_with_its_input(
     ranker: FirstListwiseRanker,
 ) -> None:
     given = [
-        Document(id=f"d{i}", content=f"animal {i}", meta={"n": i}, embedding=[float(i)])
+        Document(id=f"d{i}", content=f"animal {i}", meta={"n": [i]}, embedding=[float(i)])
         for i in range(3)
     ]
     for query in (QUERY, ""):  # ranked, and returned unranked
         for out in ranker.run(query=query, documents=given)["documents"]:
-            out.meta["n"] = -1
+            out.meta["n"].append(-1)  # nested values too
             assert out.embedding is not None
             out.embedding.append(9.0)
-    assert [d.meta for d in given] == [{"n": 0}, {"n": 1}, {"n": 2}]
+    assert [d.meta for d in given] == [{"n": [0]}, {"n": [1]}, {"n": [2]}]
     assert [d.embedding for d in given] == [[0.0], [1.0], [2.0]]
 
 

@@ -1535,6 +1535,11 @@ def test_cli_refuses_an_earlier_runs_output_without_resume(
     )
     assert (output / "adapter_model.safetensors").read_bytes() == adapter
     assert json.loads((output / "training.json").read_text())["steps"] == 1
+    # a run stopped before its first checkpoint leaves only its step-0 model: it starts over
+    (output / "training.json").unlink()
+    assert main([*args, "--resume", "--steps", "2"]) == 0
+    assert "no checkpoint in" in capsys.readouterr().out
+    assert json.loads((output / "training.json").read_text())["steps"] == 2
     # a run refused at setup writes nothing, so the folder's split stays resumable
     fresh = tmp_path / "fresh"
     bad = validated_train_args(candidates, qrels, fresh, tiny_model_dir, steps=1)
