@@ -48,7 +48,10 @@ def resolve_torch_device(device: str | None, on_missing_gpu: OnMissingGpu = "rai
 
     if device is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
-    parsed = torch.device(device)
+    try:
+        parsed = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"unknown torch device {device!r}: {exc}") from None
     if parsed.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0 or (parsed.index is not None and parsed.index >= count):

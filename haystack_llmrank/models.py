@@ -314,8 +314,8 @@ def load_causal_lm(
     """Load ``source`` as a transformers causal LM on ``device`` in eval mode.
 
     A local GGUF file is dequantised once and cached as safetensors (with its tokenizer)
-    under ``$LLMRANK_CACHE_DIR`` (default ``~/.cache/llmrank``); ``LLMRANK_NO_CACHE=1``
-    turns the cache off. A cached copy that cannot be loaded is replaced from the file.
+    under :func:`_cache_root`; ``LLMRANK_NO_CACHE=1`` turns the cache off. A cached copy that
+    cannot be loaded is replaced from the file.
     """
     import torch
     from transformers import AutoModelForCausalLM

@@ -147,7 +147,7 @@ def length_buckets(lengths: Sequence[int], max_batch_tokens: int) -> list[list[i
 
 
 _SET_BY_FROM_PRETRAINED = frozenset(
-    ("tokenizer", "scorer", "max_prompt_tokens", "template", "strategy", "model_name")
+    ("tokenizer", "scorer", "prompts", "max_prompt_tokens", "template", "strategy", "model_name")
 )
 
 

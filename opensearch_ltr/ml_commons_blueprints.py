@@ -234,6 +234,7 @@ def connector(
     Its read timeout is ``timeout_s`` plus 5 s, so the service's own 504 arrives before the
     connection gives up (see :func:`client_config`).
     """
+    check_model_name(model_name)
     body: dict[str, Any] = {
         "name": f"{model_name} connector",
         "description": "FIRST single-token listwise reranker served by llmrank (Cohere format)",
@@ -275,6 +276,7 @@ def register_model(
     *, connector_id: str = CONNECTOR_ID_PLACEHOLDER, model_name: str = DEFAULT_MODEL_NAME
 ) -> dict[str, Any]:
     """``POST /_plugins/_ml/models/_register``: the connector as a remote model."""
+    check_model_name(model_name)
     return {
         "name": model_name,
         "function_name": "remote",

@@ -553,13 +553,13 @@ def _trainer(args: argparse.Namespace, config: Any) -> Any:
 
 
 def _recorded_base(model: str) -> str:
-    """How the output names its base: the names
-    :func:`~haystack_llmrank.models.resolve_model` reserves and hub ids as given, a local
-    base by absolute path (so the output loads from anywhere)."""
-    from haystack_llmrank.models import DEFAULT_MODEL, EMBEDDED_BASE
+    """How the output names its base: the embedded base's name (which
+    :func:`~haystack_llmrank.models.resolve_model` reads before any folder of that name) and
+    hub ids as given, a local base by absolute path (so the output loads from anywhere)."""
+    from haystack_llmrank.models import EMBEDDED_BASE
 
     local = Path(model).expanduser()
-    if model in (DEFAULT_MODEL, EMBEDDED_BASE) or not local.exists():
+    if model == EMBEDDED_BASE or not local.exists():
         return model
     return str(local.resolve())
 

@@ -223,17 +223,19 @@ class FirstListwiseRanker:
         # run_async queues here, one call at a time, instead of parking shared executor threads
         self._worker_pool: ThreadPoolExecutor | None = None
         self._worker_pid = 0
+        self._pool_lock = threading.Lock()
 
     @property
     def _worker(self) -> ThreadPoolExecutor:
         """The component's one worker thread, made anew in a forked child (whose copy of the
         parent's pool has no thread, so work queued there would never run)."""
-        if self._worker_pool is None or self._worker_pid != os.getpid():
-            self._worker_pool = ThreadPoolExecutor(
-                max_workers=1, thread_name_prefix="llmrank-ranker"
-            )
-            self._worker_pid = os.getpid()
-        return self._worker_pool
+        with self._pool_lock:
+            if self._worker_pool is None or self._worker_pid != os.getpid():
+                self._worker_pool = ThreadPoolExecutor(
+                    max_workers=1, thread_name_prefix="llmrank-ranker"
+                )
+                self._worker_pid = os.getpid()
+            return self._worker_pool
 
     def warm_up(self) -> None:
         """Load the model once; later calls do nothing until :meth:`close`."""
@@ -426,7 +428,7 @@ class _Plan:
 def _copy(document: Document, score: float | None) -> Document:
     """``document`` with ``score``, its ``meta`` (deeply) and ``embedding`` copied: editing
     what a run returns must not change what it was given."""
-    embedding = None if document.embedding is None else list(document.embedding)
+    embedding = copy.copy(document.embedding)  # a list, or a caller's numpy array, as it is
     return replace(document, score=score, meta=copy.deepcopy(document.meta), embedding=embedding)
 
 
