@@ -70,6 +70,17 @@ def toy_query(qid: str = "q1") -> QueryCandidates:
 TOY_QRELS = {"q1": {"d1": 3, "d3": 2, "d5": 2, "d0": 1, "d2": 0}}
 
 
+def toy_trainer(tokenizer: Any, output_dir: Path, **changes: Any) -> FirstTrainer:
+    """A trainer of a tiny Llama with :func:`small_config` and ``changes``."""
+    return FirstTrainer(
+        make_tiny_llama(len(tokenizer), seed=4),
+        tokenizer,
+        small_config(**changes),
+        base_model="x",
+        output_dir=output_dir,
+    )
+
+
 # --- targets and sampling --------------------------------------------------------------------
 
 
@@ -190,13 +201,7 @@ def test_fit_warns_of_validation_queries_it_trains_on(
     from haystack_llmrank.training import Validation
 
     queries = training_queries([toy_query()], qrels=TOY_QRELS)
-    trainer = FirstTrainer(
-        make_tiny_llama(len(smollm2_tokenizer), seed=4),
-        smollm2_tokenizer,
-        small_config(steps=1),
-        base_model="x",
-        output_dir=tmp_path,
-    )
+    trainer = toy_trainer(smollm2_tokenizer, tmp_path, steps=1)
     with caplog.at_level(logging.WARNING, logger="haystack_llmrank.training.trainer"):
         trainer.fit(queries, Validation([toy_query()], TOY_QRELS))
     assert "1 validation queries are also trained on (q1)" in caplog.text
@@ -213,13 +218,7 @@ def test_queries_tied_within_the_pool_are_refused_before_any_update(
     narrow = WindowSampling(min_size=3, max_size=5, pool=5)
     with pytest.raises(ValueError, match=r"first pool=5 candidates.*first-stage order: q2; raise"):
         narrow.check_targets(queries)
-    trainer = FirstTrainer(
-        make_tiny_llama(len(smollm2_tokenizer), seed=4),
-        smollm2_tokenizer,
-        small_config(sampling=narrow),
-        base_model="x",
-        output_dir=tmp_path,
-    )
+    trainer = toy_trainer(smollm2_tokenizer, tmp_path, sampling=narrow)
     with pytest.raises(ValueError, match="first-stage order: q2"):
         trainer.fit(queries)
     assert trainer.step == 0
@@ -1159,13 +1158,7 @@ def test_an_update_with_a_non_finite_loss_is_skipped_and_the_weights_stay_finite
         return terms
 
     monkeypatch.setattr("haystack_llmrank.training.trainer.batch_losses", poisoned)
-    trainer = FirstTrainer(
-        make_tiny_llama(len(smollm2_tokenizer), seed=4),
-        smollm2_tokenizer,
-        small_config(steps=3),
-        base_model="unused",
-        output_dir=tmp_path,
-    )
+    trainer = toy_trainer(smollm2_tokenizer, tmp_path, steps=3)
     weights: dict[int, dict[str, torch.Tensor]] = {}
 
     def snapshot(report: Any) -> None:
