@@ -160,6 +160,20 @@ def _advance(steps: _Steps, value: Any, error: RescoreError | None) -> _Step | d
         return response
 
 
+def _warn_partial(response: Mapping[str, Any], stage: str) -> None:
+    """Log a warning when ``response`` misses shards or timed out: its window is then the top
+    of the hits that came back, as OpenSearch's own rescore would take it."""
+    shards = response.get("_shards")
+    failed = shards.get("failed", 0) if isinstance(shards, Mapping) else 0
+    if failed or response.get("timed_out"):
+        logger.warning(
+            "the %s search is partial (%s shard(s) failed%s): its hits are reranked as they are",
+            stage,
+            failed,
+            ", timed out" if response.get("timed_out") else "",
+        )
+
+
 def _search_failed(step: _Request, error: OpenSearchException) -> RescoreError:
     """The error a failed search raises: a server-applied search the cluster refused as bad
     (400) is the request's fault, raised whatever ``on_error``; anything else is the
@@ -353,6 +367,7 @@ class _RescorerBase:
             "first_pass", {**request, "body": first_pass_body(search.body, search.fetch)}
         )
         info = self._info(search)
+        _warn_partial(first, "first pass")
         took = int(first.get("took", 0))
         hits = hits_of(first)
         if not hits:
@@ -384,6 +399,7 @@ class _RescorerBase:
             second = yield _Request("server_rescore", {**request, "body": body})
         except SearchFailedError as error:
             return self._fail_open(error, search, first, took, info)
+        _warn_partial(second, "server-applied")
         took += int(second.get("took", 0))
         return server_page(second, first, window.ranks, search.from_, took, info)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import copy
+import logging
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -216,6 +217,24 @@ def test_a_client_of_the_other_kind_is_refused_at_once() -> None:
     AsyncLlmRescorer(AsyncOpenSearch(), ShortestFirst())
     with pytest.raises(TypeError, match="use AsyncLlmRescorer for it"):
         LlmRescorer(AsyncOpenSearch(), ShortestFirst())
+
+
+def test_a_partial_first_pass_is_reranked_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class PartialClient(ScriptedClient):
+        def search(self, **kwargs: Any) -> dict[str, Any]:
+            answer = self.answer(**kwargs)
+            return {**answer, "_shards": {"total": 3, "successful": 2, "failed": 1}}
+
+    with caplog.at_level(logging.WARNING, logger="opensearch_ltr.client_rescorer"):
+        response = rescorer(PartialClient(make_hits())).search("docs", BODY, size=4)
+    assert len(ids(response)) == 4
+    assert "the first pass search is partial (1 shard(s) failed)" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="opensearch_ltr.client_rescorer"):
+        rescorer(ScriptedClient(make_hits())).search("docs", BODY, size=4)
+    assert caplog.text == ""
 
 
 def test_explicit_query_text_and_page_from_body() -> None:
