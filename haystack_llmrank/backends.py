@@ -48,10 +48,7 @@ def resolve_torch_device(device: str | None, on_missing_gpu: OnMissingGpu = "rai
 
     if device is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        parsed = torch.device(device)
-    except RuntimeError as exc:
-        raise ValueError(f"unknown torch device {device!r}: {exc}") from None
+    parsed = _parse_device(device)
     if parsed.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0 or (parsed.index is not None and parsed.index >= count):
@@ -61,6 +58,16 @@ def resolve_torch_device(device: str | None, on_missing_gpu: OnMissingGpu = "rai
             return "cpu"
     _check_device_type(device, parsed)
     return device
+
+
+def _parse_device(device: str) -> Any:
+    """``device`` as a ``torch.device``; ``ValueError`` naming it where torch cannot parse it."""
+    import torch
+
+    try:
+        return torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"unknown torch device {device!r}: {exc}") from None
 
 
 def _check_device_type(device: str, parsed: Any) -> None:
@@ -77,14 +84,8 @@ def _check_device_type(device: str, parsed: Any) -> None:
 def check_torch_placement(device: str | None, dtype: str | None) -> None:
     """``ValueError`` for a ``device`` that torch cannot parse or a ``dtype`` it does not
     have, with no model loaded."""
-    import torch
-
     if device is not None:
-        try:
-            parsed = torch.device(device)
-        except RuntimeError as exc:
-            raise ValueError(f"unknown torch device {device!r}: {exc}") from None
-        _check_device_type(device, parsed)
+        _check_device_type(device, _parse_device(device))
     if dtype is not None:
         named_torch_dtype(dtype)
 

@@ -10,7 +10,7 @@ import os
 import shutil
 import socket
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -294,14 +294,10 @@ def load_tokenizer(source: ModelSource) -> Any:
     """Load the tokenizer of ``source`` (from the GGUF cache when there is one)."""
     from transformers import AutoTokenizer
 
-    cached = _usable_cache(source)
-    if cached is not None:
-        try:
-            return AutoTokenizer.from_pretrained(cached)
-        except MemoryError:
-            raise
-        except Exception as exc:  # a damaged copy: read the GGUF file again
-            _discard_cache(cached, exc)
+    cached = _gguf_cache_dir(source) if source.gguf_file else None
+    tokenizer = _from_cache(cached, AutoTokenizer.from_pretrained)
+    if tokenizer is not None:
+        return tokenizer
     try:
         return AutoTokenizer.from_pretrained(source.location, gguf_file=source.gguf_file)
     except (OSError, ValueError) as exc:
@@ -321,17 +317,11 @@ def load_causal_lm(
     from transformers import AutoModelForCausalLM
 
     kwargs: dict[str, Any] = {"dtype": dtype} if dtype is not None else {}
-    model: Any = None
-    usable = _usable_cache(source)
-    if usable is not None:
-        try:
-            model = AutoModelForCausalLM.from_pretrained(usable, **kwargs)
-        except MemoryError:
-            raise
-        except Exception as exc:  # a damaged copy: dequantise the GGUF file again
-            _discard_cache(usable, exc)
+    cached = _gguf_cache_dir(source) if source.gguf_file else None
+    model = _from_cache(
+        cached, lambda folder: AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+    )
     if model is None:
-        cached = _gguf_cache_dir(source) if source.gguf_file else None
         # the cache holds the float32 dequantisation, whatever dtype this load asks for
         load_kwargs = {"dtype": torch.float32} if cached is not None else kwargs
         try:
@@ -377,22 +367,22 @@ def _merge_adapter(model: Any, source: ModelSource) -> Any:
     return wrapped.merge_and_unload()
 
 
-def _usable_cache(source: ModelSource) -> Path | None:
-    """The cache folder of ``source``'s GGUF file if it holds a copy this process can read."""
-    cached = _gguf_cache_dir(source) if source.gguf_file else None
-    try:
-        return cached if cached is not None and (cached / "config.json").is_file() else None
-    except OSError:  # another user's copy, unreadable here
-        return None
-
-
-def _discard_cache(cached: Path, error: Exception) -> None:
-    """Warn that the cached copy in ``cached`` failed to load, and remove it (where this
+def _from_cache(cached: Path | None, load: Callable[[Path], Any]) -> Any:
+    """``load(cached)`` where the cache folder ``cached`` holds a copy this process can read;
+    ``None`` where it holds none, or one that fails to load, which is then removed (where this
     process may) so that the file's fresh copy replaces it."""
-    logger.warning(
-        "the cached copy in %s cannot be loaded (%s); loading the GGUF file again", cached, error
-    )
-    shutil.rmtree(cached, ignore_errors=True)
+    if cached is None or not os.path.isfile(cached / "config.json"):  # unreadable: none
+        return None
+    try:
+        return load(cached)
+    except MemoryError:
+        raise
+    except Exception as exc:  # a damaged copy: read the GGUF file again
+        logger.warning(
+            "the cached copy in %s cannot be loaded (%s); loading the GGUF file again", cached, exc
+        )
+        shutil.rmtree(cached, ignore_errors=True)
+        return None
 
 
 def _umask() -> int:

@@ -383,7 +383,6 @@ def blueprint_requests(
     """
     endpoint = parse_service_url(service_url, private=private)
     version = parse_version(opensearch_version)
-    check_model_name(model_name)
     for name, value in (("pipeline", pipeline), ("index", index), ("text_field", text_field)):
         if not value or any(c in value for c in " /?#"):
             raise ValueError(f"{name} must be a non-empty name without spaces, '/', '?' or '#'")
