@@ -81,15 +81,17 @@ def ndcg10(run: Run, qrels: Qrels, report: dict[str, Any], key: str) -> None:
     }
 
 
-def heldout_queries(candidates: Path, split: Path, depth: int) -> list[QueryCandidates]:
-    """The top ``depth`` candidates of each validation query of ``split``; every one must be
-    in ``candidates``."""
-    held = set(json.loads(split.read_text("utf-8"))["validation"])
+def heldout_queries(
+    candidates: Path, split: Path, depth: int, side: str = "validation"
+) -> list[QueryCandidates]:
+    """The top ``depth`` candidates of each query on ``side`` of ``split`` (its held-out
+    queries by default); every one must be in ``candidates``."""
+    held = set(json.loads(split.read_text("utf-8"))[side])
     queries = [q.top(depth) for q in read_queries(candidates) if q.qid in held]
     missing = sorted(held - {q.qid for q in queries})
     if missing:
         raise ValueError(
-            f"{len(missing)} validation queries of {split} are not in {candidates}: "
+            f"{len(missing)} {side} queries of {split} are not in {candidates}: "
             f"{listed(missing, 10)}"
         )
     return queries

@@ -33,11 +33,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from heldout_eval import DL19, ORDERS, arrange, ndcg10
+from heldout_eval import DL19, ORDERS, arrange, heldout_queries, ndcg10
 from tqdm import tqdm
 
 from haystack_llmrank.bench.report import environment
-from haystack_llmrank.data import Qrels, QueryCandidates, Run, read_qrels, read_queries
+from haystack_llmrank.data import Qrels, QueryCandidates, Run, read_qrels
 from haystack_llmrank.reranker import Reranker
 from haystack_llmrank.strategies import deal
 
@@ -105,13 +105,9 @@ def debiased_run(votes: Sequence[Vote], bias: Mapping[int, float]) -> Run:
 
 
 def split_queries(candidates: Path, split: Path, side: str, depth: int) -> list[QueryCandidates]:
-    """The top ``depth`` candidates of each query on ``side`` of ``split``; each must be
-    in ``candidates``."""
-    wanted = set(json.loads(split.read_text("utf-8"))[side])
-    queries = [q.top(depth) for q in read_queries(candidates) if q.qid in wanted]
-    missing = sorted(wanted - {q.qid for q in queries})
-    if missing:
-        raise ValueError(f"{len(missing)} {side} queries of {split} are not in {candidates}")
+    """The top ``depth`` candidates of each query on ``side`` of ``split``
+    (:func:`heldout_queries`), of which there must be some."""
+    queries = heldout_queries(candidates, split, depth, side)
     if not queries:
         raise ValueError(f"{split} lists no {side} queries")
     return queries
