@@ -859,7 +859,7 @@ def test_choose_placement() -> None:
     assert choose_placement("cpu", with_cuda) == Placement("cpu")
     cuda1 = choose_placement("cuda:1", with_cuda)
     assert cuda1.name == "cuda:1"
-    assert cuda1.providers == [(CUDA_PROVIDER, {"device_id": 1}), CPU_PROVIDER]
+    assert cuda1.providers == [(CUDA_PROVIDER, {"device_id": 1, "use_tf32": 0}), CPU_PROVIDER]
     with pytest.raises(ValueError, match="on_missing_gpu"):
         choose_placement("cpu", cpu_only, "ignore")  # type: ignore[arg-type]
 
