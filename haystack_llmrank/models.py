@@ -312,11 +312,15 @@ def load_causal_lm(
     A local GGUF file is dequantised once and cached as safetensors (with its tokenizer)
     under :func:`_cache_root`; ``LLMRANK_NO_CACHE=1`` turns the cache off. A cached copy that
     cannot be loaded is replaced from the file.
+
+    An adapter is merged in float32 and the result cast once to ``dtype`` (or the base's own
+    dtype): added in bfloat16, a LoRA delta under half a weight's last bit would be lost.
     """
     import torch
     from transformers import AutoModelForCausalLM
 
-    kwargs: dict[str, Any] = {"dtype": dtype} if dtype is not None else {}
+    load_dtype = torch.float32 if source.adapter is not None and dtype is not None else dtype
+    kwargs: dict[str, Any] = {"dtype": load_dtype} if load_dtype is not None else {}
     cached = _gguf_cache_dir(source) if source.gguf_file else None
     model = _from_cache(
         cached, lambda folder: AutoModelForCausalLM.from_pretrained(folder, **kwargs)
@@ -334,10 +338,11 @@ def load_causal_lm(
             ) from exc
         if cached is not None:
             _write_cache(model, tokenizer or load_tokenizer(source), cached)
-            if dtype is not None:
-                model = model.to(dtype)
+            if load_dtype is not None:
+                model = model.to(load_dtype)
     if source.adapter is not None:
-        model = _merge_adapter(model, source)
+        final = dtype if dtype is not None else model.dtype
+        model = _merge_adapter(model.float(), source).to(final)
     return model.to(device).eval()
 
 

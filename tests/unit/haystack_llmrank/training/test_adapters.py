@@ -55,6 +55,20 @@ def test_an_adapter_of_the_top_layers_loads_as_trained(
     torch.testing.assert_close(merged, expected, rtol=1e-4, atol=1e-4)
 
 
+def test_an_adapter_is_merged_in_float32_and_rounded_once_to_a_lower_dtype(
+    smollm2_tokenizer: Any, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    model = make_tiny_llama(len(smollm2_tokenizer))
+    save_adapter(model, tmp_path / "adapter", base=tiny_model_dir)
+    source = resolve_model(str(tmp_path / "adapter"))
+    merged = load_causal_lm(source).state_dict()
+    low = load_causal_lm(source, dtype=torch.bfloat16).state_dict()
+    assert merged.keys() == low.keys()
+    for name, weight in low.items():
+        assert weight.dtype == torch.bfloat16, name
+        assert torch.equal(weight, merged[name].to(torch.bfloat16)), name
+
+
 def test_an_adapter_is_refused_by_a_base_with_fewer_layers(
     smollm2_tokenizer: Any, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
