@@ -319,7 +319,7 @@ def load_causal_lm(
     import torch
     from transformers import AutoModelForCausalLM
 
-    load_dtype = torch.float32 if source.adapter is not None and dtype is not None else dtype
+    load_dtype: Any = torch.float32 if source.adapter is not None and dtype is not None else dtype
     kwargs: dict[str, Any] = {"dtype": load_dtype} if load_dtype is not None else {}
     cached = _gguf_cache_dir(source) if source.gguf_file else None
     model = _from_cache(
@@ -341,7 +341,7 @@ def load_causal_lm(
             if load_dtype is not None:
                 model = model.to(load_dtype)
     if source.adapter is not None:
-        final = dtype if dtype is not None else model.dtype
+        final: Any = dtype if dtype is not None else model.dtype
         model = _merge_adapter(model.float(), source).to(final)
     return model.to(device).eval()
 
