@@ -236,11 +236,10 @@ def load_scorer(
     tokenizer = load_tokenizer(source)
     lm = load_causal_lm(source, device=torch_device, dtype=torch_dtype, tokenizer=tokenizer)
     label_ids = readout_label_ids(tokenizer, labels, vote)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     logger.info("loaded %s on %s (%s)", source.name, torch_device, torch_dtype)
     return LoadedScorer(
         tokenizer,
-        TorchLabelScorer(lm, label_ids, pad_token_id=pad),
+        TorchLabelScorer(lm, label_ids, pad_token_id=tokenizer.pad_token_id),
         context_length(lm.config, tokenizer),
         source.name,
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 from typing import Any, Self
 
 import numpy as np
@@ -50,7 +50,7 @@ from haystack_llmrank.strategies import (
     run_windows,
 )
 
-RerankRequest = tuple[str, Sequence[str]]
+RerankRequest = tuple[str, Iterable[str]]
 
 
 def template_sizes(
@@ -171,13 +171,13 @@ class Reranker:
 
     Each window is one forward pass: the label logits of the first generated token order
     the window (or, for a template with a ``vote``, the vote's logit at the end of each
-    passage line). Windows follow ``strategy``; ``None`` is the readout's own (see
-    :func:`template_strategy`): FIRST's sliding window for label logits, one step of
-    disjoint windows for a vote. ``batch_size`` caps the windows that go to the
-    scorer together, drawn from the steps of several queries (one query's step is never
-    split, so it may exceed the cap); each forward pass holds at most ``max_batch_tokens``
-    padded tokens (``None``: the scorer's preference, one prompt per call for torch on a CPU and
-    ``DEFAULT_MAX_BATCH_TOKENS`` elsewhere).
+    passage line). Windows follow ``strategy``, a :class:`Strategy` or a name sized for the
+    template; ``None`` is the readout's own (see :func:`template_strategy`): FIRST's sliding
+    window for label logits, one step of disjoint windows for a vote. ``batch_size`` caps
+    the windows that go to the scorer together, drawn from the steps of several queries
+    (one query's step is never split, so it may exceed the cap); each forward pass holds at
+    most ``max_batch_tokens`` padded tokens (``None``: the scorer's preference, one prompt
+    per call for torch on a CPU and ``DEFAULT_MAX_BATCH_TOKENS`` elsewhere).
     Passages keep ``max_passage_words`` words: ``"auto"`` (the default) keeps as many as
     the model was trained on, recorded in its template, else 300; ``None`` keeps all.
     ``prompts`` replaces the :class:`PromptBuilder` made from ``template``,
@@ -214,7 +214,7 @@ class Reranker:
         *,
         max_prompt_tokens: int,
         template: PromptTemplate = FIRST_TEMPLATE,
-        strategy: Strategy | None = None,
+        strategy: Strategy | str | None = None,
         max_passage_words: PassageWords = AUTO_PASSAGE_WORDS,
         batch_size: int = 1,
         max_batch_tokens: int | None = None,
@@ -230,7 +230,11 @@ class Reranker:
             max_batch_tokens=max_batch_tokens,
             fusion_k=fusion_k,
         )
-        self.strategy: Strategy = strategy or template_strategy(template)
+        self.strategy: Strategy = (
+            template_strategy(template, strategy)
+            if strategy is None or isinstance(strategy, str)
+            else strategy
+        )
         self.fusion_k = check_fusion_k(fusion_k)
         check_order_invariant(order_invariant, self.strategy.name)
         read = template.labels if template.vote is None else (template.vote,)
@@ -445,7 +449,7 @@ class Reranker:
         two with ``both_orders``)."""
         return sum(self.strategy.max_windows(n, top_k) for n in sizes)
 
-    def rerank(self, query: str, passages: Sequence[str], *, top_k: int | None = None) -> Ranking:
+    def rerank(self, query: str, passages: Iterable[str], *, top_k: int | None = None) -> Ranking:
         """Rank ``passages`` for ``query``; with ``top_k``, only the first ``top_k`` matter."""
         return self.rerank_many([(query, passages)], top_k=top_k)[0]
 
@@ -462,15 +466,14 @@ class Reranker:
         ``top_k`` positions of a ranking matter; it may then leave more positions in
         first-stage order (:attr:`Ranking.unranked`). ``on_window`` is called with the
         number of windows each scorer call finished. A query's ranking does not depend on
-        the others. ``requests`` may be any iterable; it is read once. Blank passages
+        the others. ``requests``, and each request's passages, may be any iterable in a
+        definite order (a set or a mapping is refused); each is read once. Blank passages
         (:func:`~haystack_llmrank.blank_passages.is_blank`) are shown to no window: they come
         last, in input order (:attr:`Ranking.blank`).
         """
         if self._closed:
             raise ClosedError("this Reranker was closed; load the model again to rank")
-        given = list(requests)
-        for query, passages in given:
-            _check_request(query, passages)
+        given = [_checked_request(query, passages) for query, passages in requests]
         splits = [split_blank(passages) for _, passages in given]
         texted = [
             (query, [passages[i] for i in kept])
@@ -577,13 +580,21 @@ def _per_request(top_k: int | Sequence[int | None] | None, count: int) -> list[i
     return depths
 
 
-def _check_request(query: str, passages: Sequence[str]) -> None:
+def _checked_request(query: str, passages: Iterable[str]) -> tuple[str, list[str]]:
+    """``query`` and ``passages`` as a list, read once; the passages must come in an order."""
     if not isinstance(query, str):
         raise TypeError(f"query must be a string, got {type(query).__name__}")
     if is_blank(query):
         raise ValueError("query is empty")
     if isinstance(passages, str):
         raise TypeError("passages must be a sequence of strings, not one string")
-    for position, passage in enumerate(passages):
+    if isinstance(passages, Set | Mapping) or not isinstance(passages, Iterable):
+        raise TypeError(
+            f"passages must be a sequence of strings, in first-stage order; "
+            f"got {type(passages).__name__}"
+        )
+    listed = list(passages)
+    for position, passage in enumerate(listed):
         if not isinstance(passage, str):
             raise TypeError(f"passage {position} is {type(passage).__name__}, not a string")
+    return query, listed

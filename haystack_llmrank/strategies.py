@@ -116,7 +116,7 @@ def _check_window_size(window_size: int, least: int) -> None:
         raise ValueError(f"window_size must be at least {least}, got {window_size}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class SlidingWindow:
     """FIRST's sliding window: ``window_size`` wide, moving up by ``step`` from the bottom.
 
@@ -124,20 +124,25 @@ class SlidingWindow:
     ``window_size`` positions; each next one starts ``step`` higher; the last one starts at 0.
     A list no longer than the window is ranked in one window. Every window waits for the one
     before it; ``top_k`` changes nothing. A judge that gives each passage one fixed logit gets
-    the top ``window_size - step`` positions exactly right.
+    the top ``window_size - step`` positions exactly right. ``step`` defaults to
+    :func:`default_step`; it must be below ``window_size`` (windows that do not overlap
+    leave every passage in its block: that is :class:`Disjoint`'s job).
     """
 
     name: ClassVar[str] = "sliding"
-    window_size: int = DEFAULT_WINDOW_SIZE
-    step: int = DEFAULT_STEP
+    window_size: int
+    step: int
 
-    def __post_init__(self) -> None:
-        _check_window_size(self.window_size, 1)
-        _check_integer("step", self.step)
-        if not 1 <= self.step <= self.window_size:
+    def __init__(self, window_size: int = DEFAULT_WINDOW_SIZE, step: int | None = None) -> None:
+        _check_window_size(window_size, 1)
+        step = default_step(window_size) if step is None else step
+        _check_integer("step", step)
+        if not 1 <= step <= max(1, window_size - 1):
             raise ValueError(
-                f"step must be between 1 and window_size ({self.window_size}), got {self.step}"
+                f"step must be between 1 and window_size ({window_size}) less one, got {step}"
             )
+        object.__setattr__(self, "window_size", window_size)
+        object.__setattr__(self, "step", step)
 
     def windows(self, n: int) -> list[Window]:
         """The windows that rank ``n`` passages, in the order they run."""
@@ -411,18 +416,19 @@ def check_strategy_options(name: str | None, *, window_size: int | None, step: i
     check_positive("step", step)
     if name is not None:
         size = DEFAULT_WINDOW_SIZE if window_size is None else window_size
-        make_strategy(name, window_size=size, step=default_step(size) if step is None else step)
+        make_strategy(name, window_size=size, step=step)
 
 
 def make_strategy(
     name: str | None,
     *,
     window_size: int = DEFAULT_WINDOW_SIZE,
-    step: int = DEFAULT_STEP,
+    step: int | None = None,
     vote: str | None = None,
 ) -> Strategy:
-    """The strategy called ``name`` (see :data:`STRATEGIES`); ``step`` is the sliding window's.
-    ``None`` is the readout's own (:func:`readout_strategy` of ``vote``)."""
+    """The strategy called ``name`` (see :data:`STRATEGIES`); ``step`` is the sliding window's
+    (:func:`default_step` when ``None``). ``None`` is the readout's own
+    (:func:`readout_strategy` of ``vote``)."""
     if name is None:
         name = readout_strategy(vote)
     if name == SlidingWindow.name:

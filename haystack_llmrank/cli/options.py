@@ -103,8 +103,8 @@ def add_model_options(group: Any, *, batch_size: int) -> None:
         "--step",
         type=positive_int,
         default=None,
-        help=f"sliding window step (default half the window: {DEFAULT_STEP} for "
-        f"{DEFAULT_WINDOW_SIZE} passages)",
+        help=f"sliding window step, below the window (default half the window: "
+        f"{DEFAULT_STEP} for {DEFAULT_WINDOW_SIZE} passages)",
     )
     group.add_argument(
         "--batch-size",

@@ -23,12 +23,13 @@ class TorchLabelScorer:
     Runs :class:`LabelLogitsModel` (the same module the ONNX export traces) on right-padded
     batches: the decoder body, the hidden state at each prompt's last real token, and the
     label rows of the LM head only. The ``[batch, seq, vocab]`` logits tensor is never built,
-    and padding never reaches a real token. :meth:`close` lets go of the model.
+    and padding never reaches a real token, so any id pads: ``pad_token_id`` ``None`` (a
+    tokenizer without a pad token) pads with 0. :meth:`close` lets go of the model.
     """
 
-    def __init__(self, model: Any, label_ids: LabelIds, *, pad_token_id: int = 0) -> None:
+    def __init__(self, model: Any, label_ids: LabelIds, *, pad_token_id: int | None = 0) -> None:
         self._label_ids = label_ids
-        self._pad_id = pad_token_id
+        self._pad_id = 0 if pad_token_id is None else pad_token_id
         self._model: Any = model.eval()
         self._head: LabelLogitsModel | None = LabelLogitsModel(self._model, label_ids).eval()
 

@@ -181,6 +181,14 @@ def test_progress_callback_counts_windows(tiny_reranker: Reranker) -> None:
     assert sum(seen) == tiny_reranker.count_windows([45, 3]) == 5
 
 
+def test_passages_from_an_iterator_are_read_once_and_all_ranked(tiny_reranker: Reranker) -> None:
+    texts = passages(25)
+    expected = tiny_reranker.rerank("q", texts)
+    assert tiny_reranker.rerank("q", iter(texts)) == expected
+    assert tiny_reranker.rerank("q", (text for text in texts)) == expected
+    assert sorted(expected.order) == list(range(25))
+
+
 def test_empty_candidate_list(tiny_reranker: Reranker) -> None:
     ranking = tiny_reranker.rerank("q", [])
     assert ranking.order == ()
@@ -195,6 +203,10 @@ def test_empty_candidate_list(tiny_reranker: Reranker) -> None:
         (None, ["a"], TypeError, "query must be a string, got NoneType"),
         ("q", "one string", TypeError, "not one string"),
         ("q", ["a", None], TypeError, "passage 1 is NoneType, not a string"),
+        ("q", {"a", "b"}, TypeError, "in first-stage order; got set"),
+        ("q", {"a": 1}, TypeError, "in first-stage order; got dict"),
+        ("q", {"a": 1}.keys(), TypeError, "in first-stage order; got dict_keys"),
+        ("q", 7, TypeError, "in first-stage order; got int"),
     ],
 )
 def test_bad_requests(
@@ -202,6 +214,15 @@ def test_bad_requests(
 ) -> None:
     with pytest.raises(error, match=message):
         tiny_reranker.rerank(query, texts)
+
+
+def test_a_strategy_given_by_name_is_sized_for_the_template(
+    smollm2_tokenizer: Any, tiny_scorer: Any
+) -> None:
+    named = Reranker(smollm2_tokenizer, tiny_scorer, max_prompt_tokens=4096, strategy="tdpart")
+    assert named.strategy == TopDownPartition(20)
+    with pytest.raises(ValueError, match="unknown strategy 'bubble'"):
+        Reranker(smollm2_tokenizer, tiny_scorer, max_prompt_tokens=4096, strategy="bubble")
 
 
 def test_window_larger_than_labels_is_refused(smollm2_tokenizer: Any, tiny_scorer: Any) -> None:

@@ -68,6 +68,16 @@ def test_padding_invariance(tiny_scorer: TorchLabelScorer, smollm2_tokenizer: An
         np.testing.assert_allclose(row, tiny_scorer.score([ids])[0], rtol=1e-5, atol=1e-4)
 
 
+def test_a_tokenizer_without_a_pad_token_pads_with_any_id(
+    tiny_model: Any, tiny_scorer: TorchLabelScorer, smollm2_tokenizer: Any
+) -> None:
+    unpadded = TorchLabelScorer(
+        tiny_model, resolve_label_ids(smollm2_tokenizer, ALPHABETIC_LABELS), pad_token_id=None
+    )
+    prompts = prompts_of(smollm2_tokenizer, TEXTS)
+    np.testing.assert_array_equal(unpadded.score(prompts), tiny_scorer.score(prompts))
+
+
 def test_lm_head_module_is_never_run(tiny_model: Any, smollm2_tokenizer: Any) -> None:
     scorer = TorchLabelScorer(tiny_model, resolve_label_ids(smollm2_tokenizer, ALPHABETIC_LABELS))
 
