@@ -61,6 +61,9 @@ class RecordingEngine:
         self.gate = threading.Event()
         self.gate.set()
 
+    def check_request(self, query: str, passages: Sequence[str]) -> None:
+        self.inner.check_request(query, passages)
+
     def rerank_many(
         self,
         requests: Sequence[tuple[str, Sequence[str]]],
@@ -76,10 +79,15 @@ class RecordingEngine:
 
 
 class FakeEngine:
-    """Ranks by a fixed rule: reversed input order with given logits; raises on marked queries."""
+    """Ranks by a fixed rule: reversed input order with given logits; raises on marked queries
+    (its check refuses "too long" ones)."""
 
     def __init__(self, logits: Sequence[float] | None = None) -> None:
         self.logits = logits
+
+    def check_request(self, query: str, passages: Sequence[str]) -> None:
+        if "too long" in query:
+            raise PromptTooLongError("the query alone exceeds the prompt budget")
 
     def rerank_many(
         self,
@@ -90,8 +98,7 @@ class FakeEngine:
     ) -> list[Ranking]:
         rankings = []
         for query, passages in requests:
-            if "too long" in query:
-                raise PromptTooLongError("the query alone exceeds the prompt budget")
+            self.check_request(query, passages)
             if "crash" in query:
                 raise RuntimeError("device lost")
             if "overflow" in query:
@@ -102,12 +109,13 @@ class FakeEngine:
         return rankings
 
 
-class SteppingEngine:
+class SteppingEngine(FakeEngine):
     """Ranks like :class:`FakeEngine` after some windows of ``step_s`` each, calling
     ``on_window`` after each as the real engine does. A query ``"windows:N ..."`` takes N
     windows, any other one; a call takes as many windows as its longest query."""
 
     def __init__(self, step_s: float = 0.02) -> None:
+        super().__init__()
         self.step_s = step_s
         self.windows = 0
 
@@ -124,7 +132,7 @@ class SteppingEngine:
             self.windows += 1
             if on_window is not None:
                 on_window(len(requests))
-        return FakeEngine().rerank_many(requests)
+        return super().rerank_many(requests)
 
 
 @asynccontextmanager
@@ -365,7 +373,33 @@ async def test_engine_input_errors_are_422_and_model_faults_500() -> None:
         assert status == 200
 
 
-async def test_a_failing_request_does_not_fail_its_batch() -> None:
+async def test_a_query_too_long_for_any_prompt_is_refused_outside_its_batch(
+    tiny_reranker: Reranker,
+) -> None:
+    """Such a request failed its whole batch, whose other requests were then ranked again,
+    one engine call each."""
+    engine = RecordingEngine(tiny_reranker.replace(max_prompt_tokens=400))
+    async with serving(engine) as client:
+        engine.calls.clear()
+        engine.gate.clear()
+        first = asyncio.create_task(post(client, {"query": "first", "documents": DOCS}))
+        await until(lambda: engine.calls == [1])
+        queued = [
+            asyncio.create_task(post(client, {"query": query, "documents": DOCS}))
+            for query in ("Paris", "cats " * 300, "Berlin")
+        ]
+        await until(lambda: batcher_of(client).pending == 3)
+        engine.gate.set()
+        results = await asyncio.gather(first, *queued)
+    assert [status for status, _ in results] == [200, 200, 422, 200]
+    assert_error(*results[2], 422, "invalid_request")
+    assert "instruction and query alone" in results[2][1]["error"]["message"]
+    assert engine.calls == [1, 2]
+    expected = tiny_reranker.rerank("Berlin", TEXTS)
+    assert [r["index"] for r in results[3][1]["results"]] == list(expected.order)
+
+
+async def test_a_request_that_fails_in_the_engine_does_not_fail_its_batch() -> None:
     engine = RecordingEngine(FakeEngine())
     async with serving(engine) as client:
         engine.calls.clear()
@@ -373,13 +407,13 @@ async def test_a_failing_request_does_not_fail_its_batch() -> None:
         first = asyncio.create_task(post(client, {"query": "first", "documents": ["a"]}))
         await until(lambda: engine.calls == [1])
         good = asyncio.create_task(post(client, {"query": "good", "documents": ["a", "b"]}))
-        bad = asyncio.create_task(post(client, {"query": "too long", "documents": ["a"]}))
+        bad = asyncio.create_task(post(client, {"query": "crash", "documents": ["a"]}))
         await until(lambda: batcher_of(client).pending == 2)
         engine.gate.set()
         results = await asyncio.gather(first, good, bad)
-    assert [status for status, _ in results] == [200, 200, 422]
+    assert [status for status, _ in results] == [200, 200, 500]
     assert [r["index"] for r in results[1][1]["results"]] == [1, 0]
-    assert engine.calls[:2] == [1, 2]
+    assert engine.calls == [1, 2, 1, 1]
 
 
 # --- readiness --------------------------------------------------------------------------
