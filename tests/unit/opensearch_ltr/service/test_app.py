@@ -701,7 +701,7 @@ async def main():
     print("waiting", flush=True)
     await stop.wait()
     print("stopping", flush=True)
-    await asyncio.sleep(30)
+    await asyncio.to_thread(time.sleep, 30)  # as the worker's join: exit would wait for it
 
 asyncio.run(main())
 """
@@ -746,18 +746,25 @@ def test_stopping_while_the_model_loads_ends_quietly_without_a_warm_up() -> None
     assert "Traceback" not in done.stderr
 
 
-def test_first_signal_asks_for_shutdown_second_one_stops_at_once() -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_first_signal_asks_for_shutdown_second_one_stops_at_once(sig: signal.Signals) -> None:
+    """A second SIGINT raised KeyboardInterrupt, and exit still waited for the threads."""
     process = subprocess.Popen(
-        [sys.executable, "-u", "-c", SIGNAL_SCRIPT], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-u", "-c", SIGNAL_SCRIPT],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     assert process.stdout is not None
+    assert process.stderr is not None
     try:
         assert process.stdout.readline() == "waiting\n"
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(sig)
         assert process.stdout.readline() == "stopping\n"
         assert process.poll() is None
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=10) == -signal.SIGTERM
+        process.send_signal(sig)
+        assert process.wait(timeout=10) == 128 + sig
+        assert f"{sig.name} received again: stopping at once" in process.stderr.read()
     finally:
         process.kill()
         process.wait()
