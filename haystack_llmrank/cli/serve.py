@@ -11,6 +11,7 @@ from haystack_llmrank.cli.options import (
     add_model_options,
     check_model_options,
     load_reranker,
+    non_negative_float,
     positive_float,
     positive_int,
 )
@@ -99,9 +100,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     limits.add_argument(
         "--shutdown-grace-s",
-        type=positive_float,
+        type=non_negative_float,
         default=30.0,
-        help="how long in-flight requests may run on shutdown (default 30)",
+        help="how long in-flight requests may run on shutdown (default 30; 0: cancel them at once)",
     )
     limits.add_argument(
         "--header-timeout-s",

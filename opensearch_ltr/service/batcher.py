@@ -198,13 +198,14 @@ class RerankBatcher:
     def close(self, timeout: float | None = None) -> bool:
         """Take no new requests, let the worker rank the wanted queued ones, and wait for it.
 
-        Returns whether the worker has stopped within ``timeout`` seconds.
+        Returns whether the worker has stopped within ``timeout`` seconds (at most
+        :data:`threading.TIMEOUT_MAX`).
         """
         with self._changed:
             self._closed = True
             self._changed.notify()
         if self._thread.is_alive():
-            self._thread.join(timeout)
+            self._thread.join(None if timeout is None else min(timeout, threading.TIMEOUT_MAX))
         return not self._thread.is_alive()
 
     def _work(self) -> None:

@@ -45,6 +45,10 @@ def test_defaults_bind_loopback_and_read_the_key_from_the_environment() -> None:
         ("--timeout-s", "soon"),
         ("--max-documents", "0"),
         ("--header-timeout-s", "0"),
+        ("--timeout-s", "inf"),
+        ("--shutdown-grace-s", "inf"),
+        ("--shutdown-grace-s", "nan"),
+        ("--shutdown-grace-s", "-1"),
         ("--max-connections", "0"),
         ("--backend", "tpu"),
         ("--strategy", "bubble"),
@@ -85,9 +89,10 @@ def test_run_passes_the_limits_to_the_service(
     monkeypatch.setattr(service, "run_service", fake_run_service)
     monkeypatch.setattr(service, "stop_on_signals", lambda stop: None)
     argv = ("--no-auth", "--header-timeout-s", "2.5", "--max-connections", "7", "--timeout-s", "9")
-    assert serve.run(parse(*argv)) == 0
+    assert serve.run(parse(*argv, "--shutdown-grace-s", "0")) == 0
     (config,) = served
     assert (config.header_timeout_s, config.max_connections, config.timeout_s) == (2.5, 7, 9.0)
+    assert config.shutdown_grace_s == 0
     assert config.api_keys == ()
     assert "stopped" in capsys.readouterr().out
 

@@ -7,6 +7,7 @@ import gzip
 import itertools
 import json
 import logging
+import math
 import re
 import signal
 import socket
@@ -310,6 +311,15 @@ async def test_health_and_ready_need_no_key_and_auth_can_be_off() -> None:
     async with serving(FakeEngine(), api_keys=()) as client:
         status, _ = await post(client, {"query": "q", "documents": ["a"]}, headers={})
     assert status == 200
+
+
+def test_keys_must_be_a_sequence_of_strings() -> None:
+    """One string of keys made each of its characters a valid key."""
+    with pytest.raises(TypeError, match="not one string"):
+        ServiceConfig(api_keys="my-secret-key")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="must be strings, got bytes"):
+        ServiceConfig(api_keys=(b"key",))  # type: ignore[arg-type]
+    assert ServiceConfig(api_keys=["a", "b"]).api_keys == ("a", "b")  # type: ignore[arg-type]
 
 
 def test_key_helpers() -> None:
@@ -1072,6 +1082,30 @@ async def test_shutdown_past_the_grace_period_stops_the_engine_at_its_next_windo
         assert windows < 200
         with pytest.raises(aiohttp.ClientError):
             await in_flight
+
+
+@pytest.mark.parametrize("name", ["timeout_s", "header_timeout_s", "shutdown_grace_s"])
+@pytest.mark.parametrize("value", [math.inf, math.nan])
+def test_durations_must_be_finite(name: str, value: float) -> None:
+    with pytest.raises(ValueError, match=f"{name} must be a finite number"):
+        ServiceConfig(**{name: value})
+
+
+def test_close_waits_at_most_the_longest_timeout_threads_take() -> None:
+    """A grace period over threading.TIMEOUT_MAX crashed the shutdown with OverflowError."""
+    engine = RecordingEngine(FakeEngine())
+    batcher = RerankBatcher(lambda: engine)
+    batcher.start()
+    assert batcher.loaded.result(10) is None
+    engine.gate.clear()
+    job = batcher.submit("q", ["a", "b"])
+    deadline = time.monotonic() + 10
+    while engine.calls != [1, 1]:
+        assert time.monotonic() < deadline, "the job never reached the engine"
+        time.sleep(0.01)
+    threading.Timer(0.1, engine.gate.set).start()
+    assert batcher.close(1e10)
+    assert list(job.result(0).order) == [1, 0]
 
 
 def test_a_factory_that_exits_fails_the_load_instead_of_loading_forever() -> None:
