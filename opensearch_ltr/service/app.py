@@ -126,7 +126,12 @@ async def require_api_key(request: web.Request, handler: Handler) -> web.StreamR
 
 
 async def health(request: web.Request) -> web.Response:
-    """Liveness: 200 while the process serves HTTP."""
+    """Liveness: 200 ``{"status": "ok"}``, unless the engine can never answer again (it
+    failed to load, or its worker ended on an error): then 503 with the status ``failed`` or
+    ``stopped``, so that a liveness probe restarts the service."""
+    batcher = request.app[BATCHER]
+    if batcher.dead:
+        return _json({"status": str(batcher.state)}, 503)
     return _json({"status": "ok"})
 
 

@@ -73,7 +73,7 @@ class WorkerState(enum.StrEnum):
     FAILED = "failed"
     """The engine failed to load."""
     STOPPED = "stopped"
-    """Closed, or the worker thread has ended."""
+    """Closed, or the worker thread has ended (:attr:`RerankBatcher.dead` if not closed)."""
 
 
 class _BatchAbandonedError(Exception):
@@ -130,6 +130,7 @@ class RerankBatcher:
         self._queue: deque[_Job] = deque()
         self._changed = threading.Condition()
         self._closed = False
+        self._close_called = False
         self._progress_at: float | None = None
         """When the running batch started or last finished a window; ``None`` when idle."""
         self._thread = threading.Thread(target=self._work, name="llmrank-engine")
@@ -150,6 +151,15 @@ class RerankBatcher:
         if self.pending >= self._max_pending:
             return WorkerState.SATURATED
         return WorkerState.READY
+
+    @property
+    def dead(self) -> bool:
+        """Whether no request will ever be taken again though :meth:`close` was not called:
+        the engine failed to load, or the worker ended on an error (which it logged)."""
+        state = self.state
+        return state is WorkerState.FAILED or (
+            state is WorkerState.STOPPED and not self._close_called
+        )
 
     @property
     def pending(self) -> int:
@@ -189,7 +199,11 @@ class RerankBatcher:
                 f"the engine has finished no window for over {self._stall_after_s:g} s"
             ),
             WorkerState.FAILED: "the model failed to load",
-            WorkerState.STOPPED: "the service is shutting down",
+            WorkerState.STOPPED: (
+                "the service is shutting down"
+                if self._close_called
+                else "the rerank worker stopped on an error; restart the service"
+            ),
         }
         state = self.state
         if state is not WorkerState.READY:
@@ -202,7 +216,7 @@ class RerankBatcher:
         :data:`threading.TIMEOUT_MAX`).
         """
         with self._changed:
-            self._closed = True
+            self._closed = self._close_called = True
             self._changed.notify()
         if self._thread.is_alive():
             self._thread.join(None if timeout is None else min(timeout, threading.TIMEOUT_MAX))

@@ -458,6 +458,8 @@ async def test_a_failed_load_is_reported_without_its_text_and_stops_the_server()
         await until(lambda: app[BATCHER].loaded.done())
         async with client.get("/ready") as response:
             text = await response.text()
+        async with client.get("/health") as health:
+            assert (health.status, await health.json()) == (503, {"status": "failed"})
     assert response.status == 503
     assert text == '{"status":"failed"}'
     app = create_app(broken, ServiceConfig(api_keys=(KEY,)))
@@ -918,14 +920,24 @@ class DyingEngine(FakeEngine):
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
-async def test_a_dead_worker_is_not_ready_and_its_requests_are_503() -> None:
+async def test_a_dead_worker_fails_health_and_its_requests_are_503(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """/health said 200 for ever, and requests were told the service was shutting down."""
     async with serving(DyingEngine()) as client:
         status, body = await post(client, {"query": "die", "documents": ["a"]})
         assert_error(status, body, 503, "unavailable")
         await until(lambda: not batcher_of(client)._thread.is_alive())
         assert await ready_status(client) == (503, {"status": "stopped"})
+        async with client.get("/health") as response:
+            assert (response.status, await response.json()) == (503, {"status": "stopped"})
         status, body = await post(client, {"query": "fine", "documents": ["a"]})
         assert_error(status, body, 503, "unavailable")
+        assert "worker stopped on an error" in body["error"]["message"]
+    assert any(
+        r.levelno == logging.ERROR and r.exc_info and "worker stopped" in r.getMessage()
+        for r in caplog.records
+    )
 
 
 # --- client errors ----------------------------------------------------------------------
@@ -1106,6 +1118,8 @@ def test_close_waits_at_most_the_longest_timeout_threads_take() -> None:
     threading.Timer(0.1, engine.gate.set).start()
     assert batcher.close(1e10)
     assert list(job.result(0).order) == [1, 0]
+    assert batcher.state is WorkerState.STOPPED
+    assert not batcher.dead  # closed, not broken: /health stays 200 while shutting down
 
 
 def test_a_factory_that_exits_fails_the_load_instead_of_loading_forever() -> None:
