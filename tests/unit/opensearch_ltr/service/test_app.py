@@ -1012,6 +1012,44 @@ async def test_client_errors_are_4xx_json_and_log_no_traceback(
     assert noisy(caplog) == []
 
 
+async def test_expect_100_continue_waits_for_the_key_and_size_checks() -> None:
+    """The body was invited (100 Continue) before the key and the size were checked."""
+    body = json.dumps({"query": "q", "documents": ["a", "b"]}).encode()
+    auth = b"Authorization: Bearer " + KEY.encode() + b"\r\n"
+
+    async def exchange(headers: bytes, length: int) -> tuple[bool, int, Any]:
+        """Send a head declaring ``length`` bytes, and ``body`` only after 100 Continue:
+        whether it came, and the answer."""
+        reader, writer = await asyncio.open_connection(*url.removeprefix("http://").split(":"))
+        try:
+            writer.write(request_bytes(headers, b"x" * length)[:-length])
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            continued = head == b"HTTP/1.1 100 Continue\r\n\r\n"
+            if continued:
+                writer.write(body)
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            size = int(re.search(rb"Content-Length: (\d+)", head)[1])  # type: ignore[index]
+            answer = head + await asyncio.wait_for(reader.readexactly(size), 5)
+            return (continued, *json_answer(answer))
+        finally:
+            writer.close()
+
+    async with running_service(FakeEngine(), max_body_bytes=1000) as (url, _, _, _):
+        expect = b"Expect: 100-continue\r\n"
+        for headers, length, status, kind in (
+            (expect, len(body), 401, "unauthorized"),
+            (auth + expect, 5000, 413, "too_large"),
+            (auth + b"Expect: bogus\r\n", len(body), 417, "expectation_failed"),
+        ):
+            continued, *answer = await exchange(headers, length)
+            assert not continued
+            assert_error(*answer, status, kind)
+        continued, status, ranked = await exchange(auth + expect, len(body))
+        assert continued
+        assert status == 200
+        assert [r["index"] for r in ranked["results"]] == [1, 0]
+
+
 # --- connections ------------------------------------------------------------------------
 
 
