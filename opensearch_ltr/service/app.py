@@ -1,10 +1,12 @@
 """The aiohttp application: ``POST /v1/rerank``, ``GET /health``, ``GET /ready``.
 
 Every error is JSON: ``{"error": {"type": ..., "message": ...}}``. Status codes: 400 malformed
-JSON or an unreadable body, 401 missing or wrong API key, 413 over a size limit, 417 an
-``Expect`` other than ``100-continue`` (which is granted only once the key and the declared
-size pass), 422 a wrong request shape or value, 503 not ready, overloaded or shutting down, 504 no
-answer within the timeout. Errors caused by the client are not logged above DEBUG.
+JSON or an unreadable body, 401 missing or wrong API key, 413 over a size limit, 415 a
+``Content-Encoding`` other than gzip, deflate or identity, 417 an ``Expect`` other than
+``100-continue`` (which is granted only once the key and the declared size pass), 422 a wrong
+request shape or value, 503 not ready, overloaded or shutting down, 504 no answer within the
+timeout (an engine's own ``TimeoutError`` is a 500). Errors caused by the client are not
+logged above DEBUG.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ logger = logging.getLogger(__name__)
 
 PUBLIC_PATHS = frozenset({"/health", "/ready"})
 RETRY_AFTER_S = "1"
+CONTENT_ENCODINGS = ("gzip", "deflate", "identity")
+"""The request body encodings read."""
 
 
 @dataclass
@@ -198,6 +202,14 @@ async def expect_continue(request: web.Request) -> web.StreamResponse | None:
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in CONTENT_ENCODINGS:  # aiohttp reads an encoding it does not know as plain
+        raise RequestError(
+            415,
+            "unsupported_media_type",
+            f"Content-Encoding {encoding[:40]!r} is not supported; use "
+            + ", ".join(CONTENT_ENCODINGS),
+        )
     _check_declared_size(request, limit)
     try:
         return await request.read()
@@ -234,11 +246,14 @@ async def rerank(request: web.Request) -> web.Response:
     task = asyncio.current_task()
     assert task is not None
     state.in_flight.add(task)
+    deadline = asyncio.timeout(config.timeout_s)
     try:
-        async with asyncio.timeout(config.timeout_s):
+        async with deadline:
             query = parse_rerank_request(await _read_body(request, config.max_body_bytes), config)
             ranking = await _rank(request.app[BATCHER], query)
     except TimeoutError:
+        if not deadline.expired():
+            raise  # the engine's own: a fault, answered 500 and logged
         raise RequestError(504, "timeout", f"no answer within {config.timeout_s:g} s") from None
     finally:
         state.in_flight.discard(task)

@@ -102,6 +102,8 @@ class FakeEngine:
             self.check_request(query, passages)
             if "crash" in query:
                 raise RuntimeError("device lost")
+            if "stuck" in query:
+                raise TimeoutError("the device did not answer")
             if "overflow" in query:
                 raise NonFiniteLogitsError("label logits are NaN (fp16 overflow)")
             n = len(passages)
@@ -381,6 +383,35 @@ async def test_engine_input_errors_are_422_and_model_faults_500() -> None:
         assert_error(status, body, 500, "internal_error")
         status, _ = await post(client, {"query": "fine", "documents": ["a"]})
         assert status == 200
+
+
+async def test_a_timeout_inside_the_engine_is_a_logged_500_not_a_504(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An engine's TimeoutError was answered "no answer within 30 s" at once, unlogged."""
+    async with serving(FakeEngine()) as client:
+        status, body = await post(client, {"query": "stuck", "documents": ["a"]})
+    assert_error(status, body, 500, "internal_error")
+    assert any(
+        r.levelno == logging.ERROR and r.exc_info and r.exc_info[0] is TimeoutError
+        for r in caplog.records
+    )
+
+
+async def test_an_unknown_content_encoding_is_415() -> None:
+    """aiohttp reads an encoding it does not know as plain: the body was ranked (200)."""
+    payload = json.dumps({"query": "q", "documents": ["a"]}).encode()
+    async with serving(FakeEngine()) as client:
+        for encoding in ("foo", "gzip, gzip"):
+            headers = {**AUTH, "Content-Encoding": encoding}
+            async with client.post("/v1/rerank", data=payload, headers=headers) as response:
+                body = await response.json()
+            assert_error(response.status, body, 415, "unsupported_media_type")
+        for encoding in ("identity", "GZIP"):
+            data = gzip.compress(payload) if encoding == "GZIP" else payload
+            headers = {**AUTH, "Content-Encoding": encoding}
+            async with client.post("/v1/rerank", data=data, headers=headers) as response:
+                assert response.status == 200
 
 
 async def test_a_query_too_long_for_any_prompt_is_refused_outside_its_batch(
