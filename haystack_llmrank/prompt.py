@@ -498,14 +498,20 @@ class PromptBuilder:
         shown = self.defuse(normalize_query(query))  # as build shows it; twice changes nothing
         return len(self._encode(self.render(shown, [""] * count)))
 
-    def _fit(self, query: str, texts: list[str], full_length: int) -> Prompt:
-        bare = self.instruction_tokens(query, len(texts))
-        budget = self.max_prompt_tokens - bare
-        if budget < 0:
+    def check_query(self, query: str, count: int = 1) -> int:
+        """The :meth:`instruction_tokens` of ``query`` and ``count`` passages; raises
+        :class:`~haystack_llmrank.errors.PromptTooLongError` where they exceed the budget,
+        which no cut of the passages can fix (nor fewer passages, if ``count`` is 1)."""
+        bare = self.instruction_tokens(query, count)
+        if bare > self.max_prompt_tokens:
             raise PromptTooLongError(
                 f"the instruction and query alone take {bare} tokens, over the budget of "
                 f"{self.max_prompt_tokens}; shorten the query or raise max_prompt_tokens"
             )
+        return bare
+
+    def _fit(self, query: str, texts: list[str], full_length: int) -> Prompt:
+        budget = self.max_prompt_tokens - self.check_query(query, len(texts))
         encoded = [
             self._tokenizer(t, add_special_tokens=False, return_offsets_mapping=True) for t in texts
         ]

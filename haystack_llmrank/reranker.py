@@ -449,6 +449,15 @@ class Reranker:
         two with ``both_orders``)."""
         return sum(self.strategy.max_windows(n, top_k) for n in sizes)
 
+    def check_request(self, query: str, passages: Sequence[str]) -> None:
+        """Raise, without scoring, what :meth:`rerank_many` would raise for this request
+        whatever the others: ``TypeError`` or ``ValueError`` for a wrong one, and
+        :class:`~haystack_llmrank.errors.PromptTooLongError` where the query takes the whole
+        prompt budget even with one empty passage, as every window of it would."""
+        _, listed = _checked_request(query, passages)
+        if not all(is_blank(passage) for passage in listed):  # blank ones get no window
+            self.prompts.check_query(query)
+
     def rerank(self, query: str, passages: Iterable[str], *, top_k: int | None = None) -> Ranking:
         """Rank ``passages`` for ``query``; with ``top_k``, only the first ``top_k`` matter."""
         return self.rerank_many([(query, passages)], top_k=top_k)[0]

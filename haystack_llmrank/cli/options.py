@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Any
 
 from haystack_llmrank.backends import BACKENDS
@@ -42,14 +43,30 @@ def passage_words(text: str) -> PassageWords:
         ) from None
 
 
-def positive_float(text: str) -> float:
-    """An argparse type for numbers above 0."""
+def _finite_float(text: str, expected: str) -> float:
+    """``text`` as a finite number, else an argparse error saying ``expected``."""
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse type for finite numbers above 0."""
+    value = _finite_float(text, "a positive number")
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """An argparse type for finite numbers of at least 0."""
+    value = _finite_float(text, "a number of at least 0")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of at least 0, got {value}")
     return value
 
 

@@ -11,6 +11,7 @@ from haystack_llmrank.cli.options import (
     add_model_options,
     check_model_options,
     load_reranker,
+    non_negative_float,
     positive_float,
     positive_int,
 )
@@ -27,6 +28,15 @@ def port_number(text: str) -> int:
     return value
 
 
+def host_address(text: str) -> str:
+    """An argparse type for ``--host``: an address or host name, not empty."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            "expected an address or host name (0.0.0.0 or :: for all interfaces), got ''"
+        )
+    return text
+
+
 def register(parser: argparse.ArgumentParser) -> None:
     """Add the ``serve`` options and handler to ``parser``."""
     parser.description = (
@@ -34,12 +44,15 @@ def register(parser: argparse.ArgumentParser) -> None:
         "GET /health (liveness), GET /ready (a request would be taken). One worker thread "
         "owns the model and ranks requests that wait together in one batch. SIGINT/SIGTERM "
         "stop accepting connections and let in-flight requests finish for the grace period; "
-        "work still running then stops at the engine's next window."
+        "work still running then stops at the engine's next window. A second signal stops at "
+        "once."
     )
     model = parser.add_argument_group("model")
     add_model_options(model, batch_size=8)
     http = parser.add_argument_group("HTTP")
-    http.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    http.add_argument(
+        "--host", type=host_address, default="127.0.0.1", help="address to bind (default 127.0.0.1)"
+    )
     http.add_argument(
         "--port", type=port_number, default=8080, help="port (default 8080; 0: any free)"
     )
@@ -98,9 +111,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     limits.add_argument(
         "--shutdown-grace-s",
-        type=positive_float,
+        type=non_negative_float,
         default=30.0,
-        help="how long in-flight requests may run on shutdown (default 30)",
+        help="how long in-flight requests may run on shutdown (default 30; 0: cancel them at once)",
     )
     limits.add_argument(
         "--header-timeout-s",
@@ -161,14 +174,15 @@ def run(args: argparse.Namespace) -> int:
     def announce(urls: list[str]) -> None:
         print(f"llmrank serve: listening on {', '.join(urls)} (POST /v1/rerank); loading the model")
 
-    def announce_ready(loaded: Future[None]) -> None:
-        if loaded.exception() is None:
-            print("llmrank serve: model ready", flush=True)
-
     async def serve() -> None:
         stop = asyncio.Event()
         stop_on_signals(stop)
         app = create_app(lambda: load_reranker(args), config)
+
+        def announce_ready(loaded: Future[None]) -> None:
+            if loaded.exception() is None and not stop.is_set():  # a load that ends on exit
+                print("llmrank serve: model ready", flush=True)
+
         app[BATCHER].loaded.add_done_callback(announce_ready)
         await run_service(app, host=args.host, port=args.port, stop=stop, on_listening=announce)
 

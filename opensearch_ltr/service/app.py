@@ -1,9 +1,12 @@
 """The aiohttp application: ``POST /v1/rerank``, ``GET /health``, ``GET /ready``.
 
 Every error is JSON: ``{"error": {"type": ..., "message": ...}}``. Status codes: 400 malformed
-JSON or an unreadable body, 401 missing or wrong API key, 413 over a size limit, 422 a wrong
+JSON or an unreadable body, 401 missing or wrong API key, 413 over a size limit, 415 a
+``Content-Encoding`` other than gzip, deflate or identity, 417 an ``Expect`` other than
+``100-continue`` (which is granted only once the key and the declared size pass), 422 a wrong
 request shape or value, 503 not ready, overloaded or shutting down, 504 no answer within the
-timeout. Errors caused by the client are not logged above DEBUG.
+timeout (an engine's own ``TimeoutError`` is a 500). Errors caused by the client are not
+logged above DEBUG.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from haystack_llmrank.errors import PromptTooLongError
 from haystack_llmrank.ranking import Ranking
@@ -42,6 +45,8 @@ logger = logging.getLogger(__name__)
 
 PUBLIC_PATHS = frozenset({"/health", "/ready"})
 RETRY_AFTER_S = "1"
+CONTENT_ENCODINGS = ("gzip", "deflate", "identity")
+"""The request body encodings read."""
 
 
 @dataclass
@@ -87,6 +92,12 @@ def key_matches(given: str, keys: Sequence[str]) -> bool:
     return matched
 
 
+def _refusal(request: web.Request, exc: RequestError) -> web.Response:
+    """The JSON response for ``exc``, logged at DEBUG (the client's doing)."""
+    logger.debug("%s %s: %d %s", request.method, request.path, exc.status, exc.message)
+    return _json(exc.body(), exc.status, exc.headers)
+
+
 @web.middleware
 async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Turn refusals, aiohttp's HTTP errors and crashes into JSON error responses."""
@@ -96,8 +107,7 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         logger.debug("%s %s: 503 %s", request.method, request.path, exc)
         return _json(error_body("unavailable", str(exc)), 503, {"Retry-After": RETRY_AFTER_S})
     except RequestError as exc:
-        logger.debug("%s %s: %d %s", request.method, request.path, exc.status, exc.message)
-        return _json(exc.body(), exc.status, exc.headers)
+        return _refusal(request, exc)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -109,11 +119,11 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return _json(error_body("internal_error", "the request failed inside the service"), 500)
 
 
-@web.middleware
-async def require_api_key(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Refuse requests without a valid API key (health and readiness stay open)."""
+def check_api_key(request: web.Request) -> None:
+    """Raise a 401 :class:`RequestError` unless the request holds a valid API key (or the
+    service has none)."""
     keys = request.app[CONFIG].api_keys
-    if keys and request.path not in PUBLIC_PATHS:
+    if keys:
         given = presented_key(request.headers)
         if given is None or not key_matches(given, keys):
             raise RequestError(
@@ -122,11 +132,23 @@ async def require_api_key(request: web.Request, handler: Handler) -> web.StreamR
                 "missing or invalid API key; send 'Authorization: Bearer <key>' or 'x-api-key'",
                 {"WWW-Authenticate": "Bearer"},
             )
+
+
+@web.middleware
+async def require_api_key(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse requests without a valid API key (health and readiness stay open)."""
+    if request.path not in PUBLIC_PATHS:
+        check_api_key(request)
     return await handler(request)
 
 
 async def health(request: web.Request) -> web.Response:
-    """Liveness: 200 while the process serves HTTP."""
+    """Liveness: 200 ``{"status": "ok"}``, unless the engine can never answer again (it
+    failed to load, or its worker ended on an error): then 503 with the status ``failed`` or
+    ``stopped``, so that a liveness probe restarts the service."""
+    batcher = request.app[BATCHER]
+    if batcher.dead:
+        return _json({"status": str(batcher.state)}, 503)
     return _json({"status": "ok"})
 
 
@@ -149,14 +171,50 @@ async def ready(request: web.Request) -> web.Response:
     return _json({"status": status}, 503, headers)
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes:
-    too_large = RequestError(413, "too_large", f"the body is larger than {limit} bytes")
+def _too_large(limit: int) -> RequestError:
+    return RequestError(413, "too_large", f"the body is larger than {limit} bytes")
+
+
+def _check_declared_size(request: web.Request, limit: int) -> None:
+    """Raise 413 if the request's ``Content-Length`` is over ``limit``."""
     if request.content_length is not None and request.content_length > limit:
-        raise too_large
+        raise _too_large(limit)
+
+
+async def expect_continue(request: web.Request) -> web.StreamResponse | None:
+    """Answer ``Expect: 100-continue`` only once the API key and the declared size pass, so
+    that a refused client sends no body; refuse any other expectation (417)."""
+    if request.version != HttpVersion11:
+        return None
+    try:
+        check_api_key(request)
+        _check_declared_size(request, request.app[CONFIG].max_body_bytes)
+        expect = request.headers.get("Expect", "")
+        if expect.lower() != "100-continue":
+            raise RequestError(417, "expectation_failed", f"unsupported Expect: {expect[:40]}")
+    except RequestError as exc:
+        refusal = _refusal(request, exc)
+        refusal.force_close()  # the body, if the client sends it anyway, is not read
+        return refusal
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    request.writer.output_size = 0  # the response proper has not started
+    return None
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in CONTENT_ENCODINGS:  # aiohttp reads an encoding it does not know as plain
+        raise RequestError(
+            415,
+            "unsupported_media_type",
+            f"Content-Encoding {encoding[:40]!r} is not supported; use "
+            + ", ".join(CONTENT_ENCODINGS),
+        )
+    _check_declared_size(request, limit)
     try:
         return await request.read()
     except web.HTTPRequestEntityTooLarge:
-        raise too_large from None
+        raise _too_large(limit) from None
     except web.RequestPayloadError as exc:
         message = str(exc).splitlines()[-1].strip()
         raise RequestError(400, "unreadable_body", f"the body cannot be read: {message}") from None
@@ -188,11 +246,14 @@ async def rerank(request: web.Request) -> web.Response:
     task = asyncio.current_task()
     assert task is not None
     state.in_flight.add(task)
+    deadline = asyncio.timeout(config.timeout_s)
     try:
-        async with asyncio.timeout(config.timeout_s):
+        async with deadline:
             query = parse_rerank_request(await _read_body(request, config.max_body_bytes), config)
             ranking = await _rank(request.app[BATCHER], query)
     except TimeoutError:
+        if not deadline.expired():
+            raise  # the engine's own: a fault, answered 500 and logged
         raise RequestError(504, "timeout", f"no answer within {config.timeout_s:g} s") from None
     finally:
         state.in_flight.discard(task)
@@ -215,7 +276,7 @@ def create_app(factory: Callable[[], RerankEngine], config: ServiceConfig) -> we
     app[STATE] = ServiceState()
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
-    app.router.add_post(RERANK_PATH, rerank)
+    app.router.add_post(RERANK_PATH, rerank, expect_handler=expect_continue)
 
     async def start_worker(app: web.Application) -> None:
         batcher.start()

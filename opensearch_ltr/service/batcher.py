@@ -3,8 +3,10 @@
 The worker builds the engine, warms it up with one tiny request, then loops: it takes the
 oldest waiting request plus every other one already waiting (up to ``max_batch_requests``)
 and ranks them in a single ``rerank_many`` call, so the engine batches their windows
-together. The model only ever runs on this thread. Requests that waited for the model are
-batched naturally: nothing is delayed on purpose.
+together; a request the engine's ``check_request`` refuses (a query too long for any
+prompt) gets its error without joining the batch. The model only ever runs on this
+thread. Requests that waited for the model are batched naturally: nothing is delayed on
+purpose.
 
 A request whose future is cancelled (as ``asyncio.wrap_future`` does when the awaiting task
 is cancelled: a timeout, a client that left, shutdown) is abandoned: the worker drops it
@@ -48,6 +50,12 @@ class RerankEngine(Protocol):
         engine puts blank ones last (:mod:`haystack_llmrank.blank_passages`)."""
         ...
 
+    def check_request(self, query: str, passages: Sequence[str]) -> None:
+        """Raise, without scoring, an error ``rerank_many`` would surely raise for this
+        request (a query too long for any prompt:
+        :class:`~haystack_llmrank.errors.PromptTooLongError`)."""
+        ...
+
 
 class ServiceUnavailableError(RuntimeError):
     """The batcher takes no more requests now: it is full, stalled, closed, or has no model."""
@@ -65,7 +73,7 @@ class WorkerState(enum.StrEnum):
     FAILED = "failed"
     """The engine failed to load."""
     STOPPED = "stopped"
-    """Closed, or the worker thread has ended."""
+    """Closed, or the worker thread has ended (:attr:`RerankBatcher.dead` if not closed)."""
 
 
 class _BatchAbandonedError(Exception):
@@ -122,6 +130,7 @@ class RerankBatcher:
         self._queue: deque[_Job] = deque()
         self._changed = threading.Condition()
         self._closed = False
+        self._close_called = False
         self._progress_at: float | None = None
         """When the running batch started or last finished a window; ``None`` when idle."""
         self._thread = threading.Thread(target=self._work, name="llmrank-engine")
@@ -142,6 +151,15 @@ class RerankBatcher:
         if self.pending >= self._max_pending:
             return WorkerState.SATURATED
         return WorkerState.READY
+
+    @property
+    def dead(self) -> bool:
+        """Whether no request will ever be taken again though :meth:`close` was not called:
+        the engine failed to load, or the worker ended on an error (which it logged)."""
+        state = self.state
+        return state is WorkerState.FAILED or (
+            state is WorkerState.STOPPED and not self._close_called
+        )
 
     @property
     def pending(self) -> int:
@@ -181,7 +199,11 @@ class RerankBatcher:
                 f"the engine has finished no window for over {self._stall_after_s:g} s"
             ),
             WorkerState.FAILED: "the model failed to load",
-            WorkerState.STOPPED: "the service is shutting down",
+            WorkerState.STOPPED: (
+                "the service is shutting down"
+                if self._close_called
+                else "the rerank worker stopped on an error; restart the service"
+            ),
         }
         state = self.state
         if state is not WorkerState.READY:
@@ -190,13 +212,14 @@ class RerankBatcher:
     def close(self, timeout: float | None = None) -> bool:
         """Take no new requests, let the worker rank the wanted queued ones, and wait for it.
 
-        Returns whether the worker has stopped within ``timeout`` seconds.
+        Returns whether the worker has stopped within ``timeout`` seconds (at most
+        :data:`threading.TIMEOUT_MAX`).
         """
         with self._changed:
-            self._closed = True
+            self._closed = self._close_called = True
             self._changed.notify()
         if self._thread.is_alive():
-            self._thread.join(timeout)
+            self._thread.join(None if timeout is None else min(timeout, threading.TIMEOUT_MAX))
         return not self._thread.is_alive()
 
     def _work(self) -> None:
@@ -244,6 +267,34 @@ class RerankBatcher:
                 self._changed.wait()
 
     def _rank(self, engine: RerankEngine, jobs: list[_Job]) -> None:
+        """Rank a batch in one engine call, less the requests the engine's check refuses
+        (answered with its error at once). If the call fails anyway, each request still
+        waited for is ranked alone, so that only the faulty one gets the error."""
+        try:
+            checked = [job for job in jobs if self._passes_check(engine, job)]
+            if checked and not self._call(engine, checked):
+                for job in checked:
+                    if not job.future.done():
+                        self._call(engine, [job])
+        except BaseException:  # the worker stops: answer every request of the batch
+            for job in jobs:
+                job.resolve(ServiceUnavailableError("the rerank worker stopped"))
+            raise
+
+    @staticmethod
+    def _passes_check(engine: RerankEngine, job: _Job) -> bool:
+        """Whether the engine's check passes ``job``; if not, ``job`` gets its error."""
+        try:
+            engine.check_request(job.query, job.passages)
+        except Exception as exc:
+            job.resolve(exc)
+            return False
+        return True
+
+    def _call(self, engine: RerankEngine, jobs: list[_Job]) -> bool:
+        """Rank ``jobs`` in one engine call and answer them; ``False`` if the call failed
+        for several jobs, which are left unanswered (a lone job gets the error)."""
+
         def between_windows(count: int) -> None:
             self._progress_at = time.monotonic()
             if not any(job.wanted for job in jobs):
@@ -260,26 +311,15 @@ class RerankBatcher:
                 raise RuntimeError(f"the engine answered {len(rankings)} of {len(jobs)} requests")
         except _BatchAbandonedError:
             logger.info("stopped a batch of %d abandoned requests between windows", len(jobs))
-            return
+            return True
         except Exception as exc:
             if len(jobs) > 1:
                 logger.debug("a batch of %d failed (%s); ranking them one by one", len(jobs), exc)
-                try:
-                    for job in jobs:
-                        if job.wanted:
-                            self._rank(engine, [job])
-                except BaseException:  # the worker stops: answer those not yet retried too
-                    for job in jobs:
-                        job.resolve(ServiceUnavailableError("the rerank worker stopped"))
-                    raise
-                return
+                return False
             jobs[0].resolve(exc)
-            return
-        except BaseException:
-            for job in jobs:
-                job.resolve(ServiceUnavailableError("the rerank worker stopped"))
-            raise
+            return True
         finally:
             self._progress_at = None
         for job, ranking in zip(jobs, rankings, strict=True):
             job.resolve(ranking)
+        return True

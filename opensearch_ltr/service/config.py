@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -16,7 +17,9 @@ class ServiceConfig:
     dropped; a worker that finishes no window for ``timeout_s`` counts as stalled (``/ready``
     503, new requests 503). A connection must send a complete request head within
     ``header_timeout_s`` of opening or of the first byte of a later request; beyond
-    ``max_connections`` open connections, new ones are answered 503 and closed.
+    ``max_connections`` open connections, new ones are answered 503 and closed. On shutdown,
+    in-flight requests may run for ``shutdown_grace_s`` (0: they are cancelled at once).
+    Durations must be finite; ``api_keys`` is a sequence of strings, never one string.
     """
 
     api_keys: tuple[str, ...] = ()
@@ -43,12 +46,20 @@ class ServiceConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("timeout_s", "header_timeout_s", "shutdown_grace_s"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
         for name in ("timeout_s", "header_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if not self.shutdown_grace_s >= 0:
             raise ValueError(f"shutdown_grace_s must not be negative, got {self.shutdown_grace_s}")
+        if isinstance(self.api_keys, str | bytes):  # its characters would each be a key
+            raise TypeError("api_keys must be a sequence of keys, not one string")
+        object.__setattr__(self, "api_keys", tuple(self.api_keys))
         for key in self.api_keys:
+            if not isinstance(key, str):
+                raise TypeError(f"API keys must be strings, got {type(key).__name__}")
             if not key or key != key.strip() or not key.isprintable():
                 raise ValueError(
                     "API keys must be non-empty printable strings without surrounding spaces"

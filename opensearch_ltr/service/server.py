@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 from collections.abc import Callable
@@ -195,7 +196,8 @@ class _Runner(web.AppRunner):
 
 
 def stop_on_signals(stop: asyncio.Event) -> None:
-    """Set ``stop`` on SIGINT or SIGTERM; a second signal acts as if unhandled (stops at once).
+    """Set ``stop`` on SIGINT or SIGTERM; a second signal ends the process at once, with exit
+    status 128 + the signal's number, whatever threads are still running (the model's).
 
     Call from the running loop's thread.
     """
@@ -203,8 +205,8 @@ def stop_on_signals(stop: asyncio.Event) -> None:
 
     def on_signal(sig: signal.Signals) -> None:
         if stop.is_set():
-            loop.remove_signal_handler(sig)
-            signal.raise_signal(sig)
+            logger.warning("%s received again: stopping at once", sig.name)
+            os._exit(128 + sig)
         else:
             logger.info("%s received: shutting down (send it again to stop at once)", sig.name)
             stop.set()

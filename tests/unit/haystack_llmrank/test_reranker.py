@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from haystack_llmrank.errors import ClosedError, WindowTooLargeError
+from haystack_llmrank.errors import ClosedError, PromptTooLongError, WindowTooLargeError
 from haystack_llmrank.prompt import (
     FIRST_NUMERIC_TEMPLATE,
     FIRST_TEMPLATE,
@@ -610,3 +610,17 @@ def test_batching_follows_the_scorer_unless_given(smollm2_tokenizer: Any, tiny_s
     spy = Mock(label_ids=tiny_scorer.label_ids, score=counting, preferred_max_batch_tokens=1)
     ranking = cpu.replace(scorer=spy, strategy=make_strategy("tdpart")).rerank("bees", passages(45))
     assert calls == [1] * ranking.cost.windows  # a step's windows, one call each
+
+
+def test_check_request_refuses_what_every_window_would(tiny_reranker: Reranker) -> None:
+    short = tiny_reranker.replace(max_prompt_tokens=400)
+    long_query = "cats " * 300
+    with pytest.raises(PromptTooLongError, match="instruction and query alone"):
+        short.check_request(long_query, ["a", "b"])
+    with pytest.raises(PromptTooLongError, match="instruction and query alone"):
+        short.rerank(long_query, ["a", "b"])
+    short.check_request("cats", ["a", "b"])
+    short.check_request(long_query, ["", " "])  # blank passages get no window
+    assert list(short.rerank(long_query, ["", " "]).order) == [0, 1]
+    with pytest.raises(ValueError, match="query is empty"):
+        short.check_request(" ", ["a"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 from typing import Any
 
 import pytest
@@ -45,9 +46,15 @@ def test_defaults_bind_loopback_and_read_the_key_from_the_environment() -> None:
         ("--timeout-s", "soon"),
         ("--max-documents", "0"),
         ("--header-timeout-s", "0"),
+        ("--timeout-s", "inf"),
+        ("--shutdown-grace-s", "inf"),
+        ("--shutdown-grace-s", "nan"),
+        ("--shutdown-grace-s", "-1"),
         ("--max-connections", "0"),
         ("--backend", "tpu"),
         ("--strategy", "bubble"),
+        ("--host", ""),
+        ("--host", " "),
     ],
 )
 def test_bad_values_are_refused(argv: tuple[str, ...], capsys: pytest.CaptureFixture[str]) -> None:
@@ -85,9 +92,10 @@ def test_run_passes_the_limits_to_the_service(
     monkeypatch.setattr(service, "run_service", fake_run_service)
     monkeypatch.setattr(service, "stop_on_signals", lambda stop: None)
     argv = ("--no-auth", "--header-timeout-s", "2.5", "--max-connections", "7", "--timeout-s", "9")
-    assert serve.run(parse(*argv)) == 0
+    assert serve.run(parse(*argv, "--shutdown-grace-s", "0")) == 0
     (config,) = served
     assert (config.header_timeout_s, config.max_connections, config.timeout_s) == (2.5, 7, 9.0)
+    assert config.shutdown_grace_s == 0
     assert config.api_keys == ()
     assert "stopped" in capsys.readouterr().out
 
@@ -109,3 +117,39 @@ def test_run_checks_the_model_options_before_serving(monkeypatch: pytest.MonkeyP
     with pytest.raises(ValueError, match="dtype does not apply to the onnx backend"):
         serve.run(parse("--no-auth", "--backend", "onnx", "--dtype", "float16"))
     assert served == []
+
+
+def test_an_empty_host_is_refused_by_name(capsys: pytest.CaptureFixture[str]) -> None:
+    """It failed later with the resolver's "Name or service not known"."""
+    with pytest.raises(SystemExit) as exited:
+        parse("--host", "")
+    assert exited.value.code == 2
+    assert "argument --host: expected an address or host name" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("loaded_while_serving", [True, False])
+def test_model_ready_is_announced_only_while_serving(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    loaded_while_serving: bool,
+) -> None:
+    """A load that ended after a stop printed "model ready" after "stopped"."""
+    import opensearch_ltr.service as service
+    from opensearch_ltr.service.app import BATCHER
+
+    served: list[Any] = []
+
+    async def fake_run_service(app: Any, *, stop: asyncio.Event, **kwargs: Any) -> None:
+        served.append(app)
+        if loaded_while_serving:
+            app[BATCHER].loaded.set_result(None)
+        stop.set()  # as a signal does; run_service returns once it is set
+
+    monkeypatch.setattr(service, "run_service", fake_run_service)
+    monkeypatch.setattr(service, "stop_on_signals", lambda stop: None)
+    assert serve.run(parse("--no-auth")) == 0
+    if not loaded_while_serving:
+        served[0][BATCHER].loaded.set_result(None)  # the load ends after the stop
+    lines = capsys.readouterr().out.splitlines()
+    expected = ["llmrank serve: model ready"] if loaded_while_serving else []
+    assert lines == [*expected, "llmrank serve: stopped"]

@@ -7,6 +7,7 @@ import gzip
 import itertools
 import json
 import logging
+import math
 import re
 import signal
 import socket
@@ -61,6 +62,9 @@ class RecordingEngine:
         self.gate = threading.Event()
         self.gate.set()
 
+    def check_request(self, query: str, passages: Sequence[str]) -> None:
+        self.inner.check_request(query, passages)
+
     def rerank_many(
         self,
         requests: Sequence[tuple[str, Sequence[str]]],
@@ -76,10 +80,15 @@ class RecordingEngine:
 
 
 class FakeEngine:
-    """Ranks by a fixed rule: reversed input order with given logits; raises on marked queries."""
+    """Ranks by a fixed rule: reversed input order with given logits; raises on marked queries
+    (its check refuses "too long" ones)."""
 
     def __init__(self, logits: Sequence[float] | None = None) -> None:
         self.logits = logits
+
+    def check_request(self, query: str, passages: Sequence[str]) -> None:
+        if "too long" in query:
+            raise PromptTooLongError("the query alone exceeds the prompt budget")
 
     def rerank_many(
         self,
@@ -90,10 +99,11 @@ class FakeEngine:
     ) -> list[Ranking]:
         rankings = []
         for query, passages in requests:
-            if "too long" in query:
-                raise PromptTooLongError("the query alone exceeds the prompt budget")
+            self.check_request(query, passages)
             if "crash" in query:
                 raise RuntimeError("device lost")
+            if "stuck" in query:
+                raise TimeoutError("the device did not answer")
             if "overflow" in query:
                 raise NonFiniteLogitsError("label logits are NaN (fp16 overflow)")
             n = len(passages)
@@ -102,12 +112,13 @@ class FakeEngine:
         return rankings
 
 
-class SteppingEngine:
+class SteppingEngine(FakeEngine):
     """Ranks like :class:`FakeEngine` after some windows of ``step_s`` each, calling
     ``on_window`` after each as the real engine does. A query ``"windows:N ..."`` takes N
     windows, any other one; a call takes as many windows as its longest query."""
 
     def __init__(self, step_s: float = 0.02) -> None:
+        super().__init__()
         self.step_s = step_s
         self.windows = 0
 
@@ -124,7 +135,7 @@ class SteppingEngine:
             self.windows += 1
             if on_window is not None:
                 on_window(len(requests))
-        return FakeEngine().rerank_many(requests)
+        return super().rerank_many(requests)
 
 
 @asynccontextmanager
@@ -304,6 +315,15 @@ async def test_health_and_ready_need_no_key_and_auth_can_be_off() -> None:
     assert status == 200
 
 
+def test_keys_must_be_a_sequence_of_strings() -> None:
+    """One string of keys made each of its characters a valid key."""
+    with pytest.raises(TypeError, match="not one string"):
+        ServiceConfig(api_keys="my-secret-key")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="must be strings, got bytes"):
+        ServiceConfig(api_keys=(b"key",))  # type: ignore[arg-type]
+    assert ServiceConfig(api_keys=["a", "b"]).api_keys == ("a", "b")  # type: ignore[arg-type]
+
+
 def test_key_helpers() -> None:
     assert presented_key({"Authorization": "bearer  abc "}) == "abc"
     assert presented_key({"X-API-Key": "k"}) == "k"
@@ -365,7 +385,62 @@ async def test_engine_input_errors_are_422_and_model_faults_500() -> None:
         assert status == 200
 
 
-async def test_a_failing_request_does_not_fail_its_batch() -> None:
+async def test_a_timeout_inside_the_engine_is_a_logged_500_not_a_504(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An engine's TimeoutError was answered "no answer within 30 s" at once, unlogged."""
+    async with serving(FakeEngine()) as client:
+        status, body = await post(client, {"query": "stuck", "documents": ["a"]})
+    assert_error(status, body, 500, "internal_error")
+    assert any(
+        r.levelno == logging.ERROR and r.exc_info and r.exc_info[0] is TimeoutError
+        for r in caplog.records
+    )
+
+
+async def test_an_unknown_content_encoding_is_415() -> None:
+    """aiohttp reads an encoding it does not know as plain: the body was ranked (200)."""
+    payload = json.dumps({"query": "q", "documents": ["a"]}).encode()
+    async with serving(FakeEngine()) as client:
+        for encoding in ("foo", "gzip, gzip"):
+            headers = {**AUTH, "Content-Encoding": encoding}
+            async with client.post("/v1/rerank", data=payload, headers=headers) as response:
+                body = await response.json()
+            assert_error(response.status, body, 415, "unsupported_media_type")
+        for encoding in ("identity", "GZIP"):
+            data = gzip.compress(payload) if encoding == "GZIP" else payload
+            headers = {**AUTH, "Content-Encoding": encoding}
+            async with client.post("/v1/rerank", data=data, headers=headers) as response:
+                assert response.status == 200
+
+
+async def test_a_query_too_long_for_any_prompt_is_refused_outside_its_batch(
+    tiny_reranker: Reranker,
+) -> None:
+    """Such a request failed its whole batch, whose other requests were then ranked again,
+    one engine call each."""
+    engine = RecordingEngine(tiny_reranker.replace(max_prompt_tokens=400))
+    async with serving(engine) as client:
+        engine.calls.clear()
+        engine.gate.clear()
+        first = asyncio.create_task(post(client, {"query": "first", "documents": DOCS}))
+        await until(lambda: engine.calls == [1])
+        queued = [
+            asyncio.create_task(post(client, {"query": query, "documents": DOCS}))
+            for query in ("Paris", "cats " * 300, "Berlin")
+        ]
+        await until(lambda: batcher_of(client).pending == 3)
+        engine.gate.set()
+        results = await asyncio.gather(first, *queued)
+    assert [status for status, _ in results] == [200, 200, 422, 200]
+    assert_error(*results[2], 422, "invalid_request")
+    assert "instruction and query alone" in results[2][1]["error"]["message"]
+    assert engine.calls == [1, 2]
+    expected = tiny_reranker.rerank("Berlin", TEXTS)
+    assert [r["index"] for r in results[3][1]["results"]] == list(expected.order)
+
+
+async def test_a_request_that_fails_in_the_engine_does_not_fail_its_batch() -> None:
     engine = RecordingEngine(FakeEngine())
     async with serving(engine) as client:
         engine.calls.clear()
@@ -373,13 +448,13 @@ async def test_a_failing_request_does_not_fail_its_batch() -> None:
         first = asyncio.create_task(post(client, {"query": "first", "documents": ["a"]}))
         await until(lambda: engine.calls == [1])
         good = asyncio.create_task(post(client, {"query": "good", "documents": ["a", "b"]}))
-        bad = asyncio.create_task(post(client, {"query": "too long", "documents": ["a"]}))
+        bad = asyncio.create_task(post(client, {"query": "crash", "documents": ["a"]}))
         await until(lambda: batcher_of(client).pending == 2)
         engine.gate.set()
         results = await asyncio.gather(first, good, bad)
-    assert [status for status, _ in results] == [200, 200, 422]
+    assert [status for status, _ in results] == [200, 200, 500]
     assert [r["index"] for r in results[1][1]["results"]] == [1, 0]
-    assert engine.calls[:2] == [1, 2]
+    assert engine.calls == [1, 2, 1, 1]
 
 
 # --- readiness --------------------------------------------------------------------------
@@ -414,6 +489,8 @@ async def test_a_failed_load_is_reported_without_its_text_and_stops_the_server()
         await until(lambda: app[BATCHER].loaded.done())
         async with client.get("/ready") as response:
             text = await response.text()
+        async with client.get("/health") as health:
+            assert (health.status, await health.json()) == (503, {"status": "failed"})
     assert response.status == 503
     assert text == '{"status":"failed"}'
     app = create_app(broken, ServiceConfig(api_keys=(KEY,)))
@@ -667,7 +744,7 @@ async def main():
     print("waiting", flush=True)
     await stop.wait()
     print("stopping", flush=True)
-    await asyncio.sleep(30)
+    await asyncio.to_thread(time.sleep, 30)  # as the worker's join: exit would wait for it
 
 asyncio.run(main())
 """
@@ -712,18 +789,25 @@ def test_stopping_while_the_model_loads_ends_quietly_without_a_warm_up() -> None
     assert "Traceback" not in done.stderr
 
 
-def test_first_signal_asks_for_shutdown_second_one_stops_at_once() -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_first_signal_asks_for_shutdown_second_one_stops_at_once(sig: signal.Signals) -> None:
+    """A second SIGINT raised KeyboardInterrupt, and exit still waited for the threads."""
     process = subprocess.Popen(
-        [sys.executable, "-u", "-c", SIGNAL_SCRIPT], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-u", "-c", SIGNAL_SCRIPT],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     assert process.stdout is not None
+    assert process.stderr is not None
     try:
         assert process.stdout.readline() == "waiting\n"
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(sig)
         assert process.stdout.readline() == "stopping\n"
         assert process.poll() is None
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=10) == -signal.SIGTERM
+        process.send_signal(sig)
+        assert process.wait(timeout=10) == 128 + sig
+        assert f"{sig.name} received again: stopping at once" in process.stderr.read()
     finally:
         process.kill()
         process.wait()
@@ -867,14 +951,24 @@ class DyingEngine(FakeEngine):
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
-async def test_a_dead_worker_is_not_ready_and_its_requests_are_503() -> None:
+async def test_a_dead_worker_fails_health_and_its_requests_are_503(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """/health said 200 for ever, and requests were told the service was shutting down."""
     async with serving(DyingEngine()) as client:
         status, body = await post(client, {"query": "die", "documents": ["a"]})
         assert_error(status, body, 503, "unavailable")
         await until(lambda: not batcher_of(client)._thread.is_alive())
         assert await ready_status(client) == (503, {"status": "stopped"})
+        async with client.get("/health") as response:
+            assert (response.status, await response.json()) == (503, {"status": "stopped"})
         status, body = await post(client, {"query": "fine", "documents": ["a"]})
         assert_error(status, body, 503, "unavailable")
+        assert "worker stopped on an error" in body["error"]["message"]
+    assert any(
+        r.levelno == logging.ERROR and r.exc_info and "worker stopped" in r.getMessage()
+        for r in caplog.records
+    )
 
 
 # --- client errors ----------------------------------------------------------------------
@@ -947,6 +1041,44 @@ async def test_client_errors_are_4xx_json_and_log_no_traceback(
             assert_error(status, body, 422, "invalid_request")
             await asyncio.sleep(0.2)
     assert noisy(caplog) == []
+
+
+async def test_expect_100_continue_waits_for_the_key_and_size_checks() -> None:
+    """The body was invited (100 Continue) before the key and the size were checked."""
+    body = json.dumps({"query": "q", "documents": ["a", "b"]}).encode()
+    auth = b"Authorization: Bearer " + KEY.encode() + b"\r\n"
+
+    async def exchange(headers: bytes, length: int) -> tuple[bool, int, Any]:
+        """Send a head declaring ``length`` bytes, and ``body`` only after 100 Continue:
+        whether it came, and the answer."""
+        reader, writer = await asyncio.open_connection(*url.removeprefix("http://").split(":"))
+        try:
+            writer.write(request_bytes(headers, b"x" * length)[:-length])
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            continued = head == b"HTTP/1.1 100 Continue\r\n\r\n"
+            if continued:
+                writer.write(body)
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            size = int(re.search(rb"Content-Length: (\d+)", head)[1])  # type: ignore[index]
+            answer = head + await asyncio.wait_for(reader.readexactly(size), 5)
+            return (continued, *json_answer(answer))
+        finally:
+            writer.close()
+
+    async with running_service(FakeEngine(), max_body_bytes=1000) as (url, _, _, _):
+        expect = b"Expect: 100-continue\r\n"
+        for headers, length, status, kind in (
+            (expect, len(body), 401, "unauthorized"),
+            (auth + expect, 5000, 413, "too_large"),
+            (auth + b"Expect: bogus\r\n", len(body), 417, "expectation_failed"),
+        ):
+            continued, *answer = await exchange(headers, length)
+            assert not continued
+            assert_error(*answer, status, kind)
+        continued, status, ranked = await exchange(auth + expect, len(body))
+        assert continued
+        assert status == 200
+        assert [r["index"] for r in ranked["results"]] == [1, 0]
 
 
 # --- connections ------------------------------------------------------------------------
@@ -1031,6 +1163,32 @@ async def test_shutdown_past_the_grace_period_stops_the_engine_at_its_next_windo
         assert windows < 200
         with pytest.raises(aiohttp.ClientError):
             await in_flight
+
+
+@pytest.mark.parametrize("name", ["timeout_s", "header_timeout_s", "shutdown_grace_s"])
+@pytest.mark.parametrize("value", [math.inf, math.nan])
+def test_durations_must_be_finite(name: str, value: float) -> None:
+    with pytest.raises(ValueError, match=f"{name} must be a finite number"):
+        ServiceConfig(**{name: value})
+
+
+def test_close_waits_at_most_the_longest_timeout_threads_take() -> None:
+    """A grace period over threading.TIMEOUT_MAX crashed the shutdown with OverflowError."""
+    engine = RecordingEngine(FakeEngine())
+    batcher = RerankBatcher(lambda: engine)
+    batcher.start()
+    assert batcher.loaded.result(10) is None
+    engine.gate.clear()
+    job = batcher.submit("q", ["a", "b"])
+    deadline = time.monotonic() + 10
+    while engine.calls != [1, 1]:
+        assert time.monotonic() < deadline, "the job never reached the engine"
+        time.sleep(0.01)
+    threading.Timer(0.1, engine.gate.set).start()
+    assert batcher.close(1e10)
+    assert list(job.result(0).order) == [1, 0]
+    assert batcher.state is WorkerState.STOPPED
+    assert not batcher.dead  # closed, not broken: /health stays 200 while shutting down
 
 
 def test_a_factory_that_exits_fails_the_load_instead_of_loading_forever() -> None:
