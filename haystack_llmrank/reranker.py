@@ -44,7 +44,9 @@ from haystack_llmrank.scorers.base import (
 from haystack_llmrank.strategies import (
     DEFAULT_WINDOW_SIZE,
     QueryRun,
+    SlidingWindow,
     Strategy,
+    check_step_applies,
     default_step,
     make_strategy,
     run_windows,
@@ -79,9 +81,11 @@ def template_strategy(
 ) -> Strategy:
     """The strategy ``name`` (``None``: the readout's own, see
     :func:`~haystack_llmrank.strategies.readout_strategy`) for ``template``, sized by
-    :func:`template_sizes`."""
-    window_size, step = template_sizes(template, window_size, step)
-    return make_strategy(name, window_size=window_size, step=step, vote=template.vote)
+    :func:`template_sizes`. A ``step`` given to a strategy without one is refused."""
+    window_size, sliding_step = template_sizes(template, window_size, step)
+    strategy = make_strategy(name, window_size=window_size, step=sliding_step, vote=template.vote)
+    check_step_applies(strategy.name, step)
+    return strategy
 
 
 def resolve_strategy(
@@ -412,7 +416,10 @@ class Reranker:
             raise ValueError("window_size and step apply to a strategy given by name or None")
         if named:
             if strategy is not None and "template" not in changes:
-                sizes = {**self._kept_sizes(sizes.get("window_size")), **sizes}
+                kept = self._kept_sizes(sizes.get("window_size"))
+                if strategy != SlidingWindow.name:
+                    kept.pop("step", None)  # the new strategy has no step to keep
+                sizes = {**kept, **sizes}
             parts["strategy"] = template_strategy(parts["template"], strategy, **sizes)
         elif sizes:  # the current strategy, rebuilt: what is not given stays as it is
             sizes = {**self._kept_sizes(sizes.get("window_size")), **sizes}

@@ -407,6 +407,13 @@ def default_step(window_size: int) -> int:
     return max(1, window_size * DEFAULT_STEP // DEFAULT_WINDOW_SIZE)
 
 
+def check_step_applies(name: str, step: int | None) -> None:
+    """``ValueError`` for a ``step`` given to a strategy that has none (all but sliding),
+    which would otherwise be ignored."""
+    if step is not None and name != SlidingWindow.name:
+        raise ValueError(f"step applies to the sliding window only; strategy {name!r} has none")
+
+
 def check_strategy_options(name: str | None, *, window_size: int | None, step: int | None) -> None:
     """Check a strategy's options before the template, and so the readout, is known: a
     named one fully (``window_size`` ``None`` taken as :data:`DEFAULT_WINDOW_SIZE` and
@@ -417,6 +424,7 @@ def check_strategy_options(name: str | None, *, window_size: int | None, step: i
     if name is not None:
         size = DEFAULT_WINDOW_SIZE if window_size is None else window_size
         make_strategy(name, window_size=size, step=step)
+        check_step_applies(name, step)
 
 
 def make_strategy(

@@ -364,9 +364,13 @@ def test_replace_takes_names_as_from_pretrained_does(tiny_reranker: Reranker) ->
     narrow = tiny_reranker.replace(strategy="sliding", window_size=10, step=5)
     assert narrow.replace(step=3).strategy == SlidingWindow(10, 3)
     assert narrow.replace(window_size=8).strategy == SlidingWindow(8, 5)
-    assert narrow.replace(strategy="tdpart", window_size=10).replace(step=3).strategy == (
-        TopDownPartition(10)
-    )
+    # a step given to a strategy without one is refused, not ignored
+    with pytest.raises(
+        ValueError, match="step applies to the sliding window only; strategy 'tdpart'"
+    ):
+        narrow.replace(strategy="tdpart", window_size=10).replace(step=3)
+    with pytest.raises(ValueError, match="strategy 'tdpart' has none"):
+        tiny_reranker.replace(strategy="tdpart", step=3)
     assert tiny_reranker.replace(strategy=None).strategy == SlidingWindow(20, 10)
     # a default step follows a new window, through any replace; a chosen one stays
     for base in (tiny_reranker, tiny_reranker.replace(batch_size=2)):

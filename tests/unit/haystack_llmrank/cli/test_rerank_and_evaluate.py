@@ -56,7 +56,10 @@ def qrels(tmp_path: Path) -> Path:
     return path
 
 
-def rerank_args(candidates: Path, output: Path, model: Path, *extra: str) -> list[str]:
+def rerank_args(
+    candidates: Path, output: Path, model: Path, *extra: str, step: bool = True
+) -> list[str]:
+    """``llmrank rerank`` with windows of 3, sliding by 2 unless ``step`` is false."""
     return [
         "rerank",
         str(candidates),
@@ -68,8 +71,7 @@ def rerank_args(candidates: Path, output: Path, model: Path, *extra: str) -> lis
         "cpu",
         "--window-size",
         "3",
-        "--step",
-        "2",
+        *(("--step", "2") if step else ()),
         *extra,
     ]
 
@@ -627,7 +629,8 @@ def test_rerank_ranks_with_the_chosen_strategy(
     llmrank: Any, candidates: Path, tiny_model_dir: Path, tmp_path: Path, strategy: str
 ) -> None:
     output = tmp_path / "run.txt"
-    assert llmrank(rerank_args(candidates, output, tiny_model_dir, "--strategy", strategy)) == 0
+    chosen = ("--strategy", strategy)
+    assert llmrank(rerank_args(candidates, output, tiny_model_dir, *chosen, step=False)) == 0
     engine = Reranker.from_pretrained(
         str(tiny_model_dir), device="cpu", strategy=make_strategy(strategy, window_size=3)
     )
@@ -637,7 +640,9 @@ def test_rerank_ranks_with_the_chosen_strategy(
         assert list(run[query.qid]) == [query.candidates[i].docid for i in expected.order]
     shallow = tmp_path / "shallow.txt"
     args = ("--strategy", strategy, "--rank-depth", "1")
-    assert llmrank(rerank_args(candidates, shallow, tiny_model_dir, *args)) == 0
+    assert llmrank(rerank_args(candidates, shallow, tiny_model_dir, *args, step=False)) == 0
+    given = rerank_args(candidates, tmp_path / "stepped.txt", tiny_model_dir, *chosen)
+    assert llmrank(given) == 2  # a --step this strategy would ignore is refused
     run = read_run(shallow)
     for query in read_queries(candidates):
         expected = engine.rerank(query.query, query.texts, top_k=1)

@@ -416,7 +416,7 @@ def test_to_dict_from_dict_round_trip() -> None:
         top_k=5,
         score_threshold=0.5,
         window_size=9,
-        step=5,
+        step=None,
         strategy="disjoint",
         template="first-numeric",
         vote=" yes",
@@ -443,7 +443,7 @@ def test_to_dict_from_dict_round_trip() -> None:
             "top_k": 5,
             "score_threshold": 0.5,
             "window_size": 9,
-            "step": 5,
+            "step": None,
             "strategy": "disjoint",
             "template": "first-numeric",
             "vote": " yes",
@@ -461,6 +461,9 @@ def test_to_dict_from_dict_round_trip() -> None:
         },
     }
     assert FirstListwiseRanker.from_dict(data).to_dict() == data
+    stepped = FirstListwiseRanker(strategy="sliding", window_size=9, step=5).to_dict()
+    assert stepped["init_parameters"]["step"] == 5
+    assert FirstListwiseRanker.from_dict(stepped).to_dict() == stepped
 
 
 def test_bad_window_rejected_at_init() -> None:
@@ -472,6 +475,8 @@ def test_bad_window_rejected_at_init() -> None:
         FirstListwiseRanker(strategy="bubble")
     with pytest.raises(ValueError, match="window_size"):
         FirstListwiseRanker(strategy="tdpart", window_size=1)
+    with pytest.raises(ValueError, match="step applies to the sliding window only"):
+        FirstListwiseRanker(strategy="disjoint", step=5)
     with pytest.raises(ValueError, match="fusion_k"):
         FirstListwiseRanker(fusion_k=-1)
     with pytest.raises(ValueError, match="order_invariant needs the 'disjoint' strategy"):
