@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from haystack_llmrank.backends import cuda_has_native_bf16
 from haystack_llmrank.bench.config import (
     DATA_DIR_VARIABLE,
+    ENGINE_ROWS,
     GENERATE,
     ORACLE,
     PLAIN,
@@ -354,7 +355,8 @@ def prepare(config: BenchConfig) -> Plan:
         window_size=window_size,
         step=step,
     )
-    config = replace(config, strategies=config.ranking_strategies)
+    if set(ENGINE_ROWS) & set(config.ordered_rows):
+        config = replace(config, strategies=config.ranking_strategies)
     if config.threads is not None:
         import torch
 

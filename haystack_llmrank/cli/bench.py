@@ -108,8 +108,9 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--oracle-noise",
         type=_noise_levels,
         default=(0.0,),
-        help="comma-separated noise levels of the oracle rows: the standard deviation added to "
-        "the qrels grade of every judged passage (default: 0)",
+        help="comma-separated noise levels of the oracle rows: the standard deviation of the "
+        "Gaussian noise added to every passage's qrels grade (0 for unjudged passages) "
+        "(default: 0)",
     )
     parser.add_argument(
         "--seed",

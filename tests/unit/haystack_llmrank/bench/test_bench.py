@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import importlib.util
@@ -26,6 +27,7 @@ from support import SMOLLM2_TOKENIZER_DIR
 import haystack_llmrank.bench.rows as bench_rows
 import haystack_llmrank.bench.runner as bench_runner
 import haystack_llmrank.cli as cli
+import haystack_llmrank.cli.bench as bench_cli
 from haystack_llmrank.bench.config import CUDA_DEFAULT_ROWS, DEFAULT_ROWS, BenchConfig
 from haystack_llmrank.bench.measure import peak_rss_mb
 from haystack_llmrank.bench.model_loading import attention_width, resolve_device
@@ -408,6 +410,18 @@ def test_cached_prompts_match_the_engine_and_are_built_once(smollm2_tokenizer: A
         ({"oracle_noise": (-1.0,)}, "at least 0"),
         ({"seed": -1}, "seed must not be negative"),
         ({"export_dir": Path(__file__)}, "is not a folder"),
+        ({"max_prompt_tokens": 0}, "max_prompt_tokens must be at least 1, got 0"),
+        ({"max_batch_tokens": 0}, "max_batch_tokens must be at least 1, got 0"),
+        (
+            {"rows": ("plain", "generate"), "strategies": ("tdpart",)},
+            r"only the rows oracle, torch, .*onnx-int8 use strategies; none .*plain, generate",
+        ),
+        ({"rows": ("torch",), "oracle_noise": (0.5,)}, "only the rows oracle use oracle_noise"),
+        (
+            {"rows": ("plain",), "batch_size": 4, "max_batch_tokens": 99},
+            r"use batch_size, max_batch_tokens; none of them is chosen \(rows: plain\)",
+        ),
+        ({"rows": ("generate",), "sweep_batch_sizes": (1, 4)}, r"sweep_batch_sizes \(--batch-"),
     ],
 )
 def test_bad_settings_are_refused(settings: dict[str, Any], message: str) -> None:
@@ -586,6 +600,14 @@ def test_unknown_rows_are_a_command_line_error(
     assert "unknown rows ['fast']" in capsys.readouterr().err
 
 
+def test_the_oracle_noise_help_says_every_passage_gets_noise() -> None:
+    parser = argparse.ArgumentParser()
+    bench_cli.register(parser)
+    help_text = " ".join(parser.format_help().split())
+    assert "added to every passage's qrels grade (0 for unjudged passages)" in help_text
+    assert "every judged passage" not in help_text
+
+
 @pytest.mark.parametrize("option", [["--queries", "0"], ["--batch-sizes", "4,x"], ["--step", "-1"]])
 def test_malformed_numbers_are_refused_by_the_parser(option: list[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
@@ -760,6 +782,18 @@ def test_the_window_and_step_follow_the_models_template_unless_given(
     assert (plan.config.window_size, plan.config.step) == (20, 10)
     plan = prepare(plain_and_torch(bench_data, model, rows=("oracle",), window_size=6, step=None))
     assert (plan.config.window_size, plan.config.step) == (6, 3)
+
+
+def test_options_no_chosen_row_uses_are_refused_and_plain_loops_get_no_strategies(
+    bench_data: Path, tied_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ("--data-dir", str(bench_data), "--rows", "plain,generate", "--device", "cpu")
+    code, printed = llmrank_bench(*args, "--oracle-noise", "0.5")
+    assert (code, printed) == (2, "")
+    assert "only the rows oracle use oracle_noise" in capsys.readouterr().err
+    plan = prepare(plain_and_torch(bench_data, tied_model_dir, rows=("plain",)))
+    assert plan.config.strategies is None
+    assert [v.name for v in plan.config.variants] == ["plain sliding"]
 
 
 def test_one_passage_windows_of_a_label_readout_are_refused_before_any_row(
