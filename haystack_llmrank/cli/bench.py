@@ -221,6 +221,8 @@ def handle(args: argparse.Namespace) -> int:
     config = config_from_args(args)  # checks every setting before any folder is made
     _check_output(args.json)  # likewise
     plan = prepare(config)
+    if args.json.exists():
+        print(f"{args.json} exists: this run replaces it when it ends", flush=True)
     print(plan_text(plan), flush=True)
     results = run(plan, on_row=lambda result: print(row_line(result), flush=True))
     report = build_report(plan, results, command=args.command_line)
@@ -228,15 +230,32 @@ def handle(args: argparse.Namespace) -> int:
     sweep = sweep_table(report)
     if sweep is not None:
         print(sweep)
-    args.json.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
-    print(f"saved {args.json}")
+    replaced = args.json.exists()
+    _save(args.json, json.dumps(report.to_dict(), indent=2) + "\n")
+    print(f"saved {args.json}" + (" (replaced the earlier file)" if replaced else ""))
     return 1 if report.failed else 0
 
 
 def _check_output(path: Path) -> None:
-    """Make ``path``'s folder, or raise ``ValueError`` where the JSON could not be written."""
+    """Raise ``ValueError`` where the JSON could not be written to ``path``; makes no folder."""
     if path.is_dir():
         raise ValueError(f"--json {path} is a folder, not a file")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+    existing = next(folder for folder in (path.parent, *path.parent.parents) if folder.exists())
+    if not existing.is_dir():
+        raise ValueError(f"--json {path}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK) or (
+        path.exists() and not os.access(path, os.W_OK)
+    ):
         raise ValueError(f"--json {path} cannot be written")
+
+
+def _save(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` whole or not at all: into a file beside it, then renamed
+    over it, so that a failed write leaves any earlier file as it was."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        partial.write_text(text, encoding="utf-8")
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)

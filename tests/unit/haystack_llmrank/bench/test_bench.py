@@ -430,6 +430,8 @@ def test_bad_settings_are_refused(settings: dict[str, Any], message: str) -> Non
 
 
 ORACLE_SLICE = ["--queries", "2", "--top-k", "15", "--window-size", "4", "--step", "2"]
+FAST_MATMUL = Throughput(1.0, 2048, "float32")
+"""A matmul rate for runs that measure no floor (the oracle's), to skip timing products."""
 
 
 @pytest.fixture(scope="module")
@@ -803,14 +805,58 @@ def test_one_passage_windows_of_a_label_readout_are_refused_before_any_row(
         prepare(plain_and_torch(bench_data, tied_model_dir, window_size=1, step=1))
 
 
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--warmup", "-1"], "warmup must not be negative"),
+        (["--dtype", "banana"], "banana"),
+        (["--data-dir", "/nonexistent/trec-dl19"], "candidates.jsonl not found"),
+    ],
+)
 def test_a_refused_command_leaves_no_json_folder_behind(
-    bench_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    bench_data: Path,
+    tied_model_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    option: list[str],
+    message: str,
 ) -> None:
     output = tmp_path / "new" / "deep" / "bench.json"
-    code, _ = llmrank_bench("--data-dir", str(bench_data), "--warmup", "-1", "--json", str(output))
+    args = ("--data-dir", str(bench_data), "--model", str(tied_model_dir), "--rows", "oracle")
+    code, _ = llmrank_bench(*args, *option, "--device", "cpu", "--json", str(output))
     assert code == 2
-    assert "warmup must not be negative" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
     assert not (tmp_path / "new").exists()
+
+
+def test_the_json_replaces_an_earlier_one_whole_and_says_so(
+    bench_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bench_runner, "measure_throughput", lambda device, dtype: FAST_MATMUL)
+    output = tmp_path / "runs" / "bench.json"
+    args = ("--data-dir", str(bench_data), "--rows", "oracle", *ORACLE_SLICE)
+    code, printed, first = bench_json(output, *args, "--queries", "1")
+    assert code == 0
+    assert "exists:" not in printed
+    assert "(replaced" not in printed
+    earlier = output.read_text()
+    write_text = Path.write_text
+
+    def torn(path: Path, text: str, *more: Any, **options: Any) -> int:
+        write_text(path, text[: len(text) // 2], *more, **options)
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as torn_disk:
+        torn_disk.setattr(Path, "write_text", torn)
+        code, printed = llmrank_bench(*args, "--device", "cpu", "--json", str(output))
+    assert code == 2
+    assert f"{output} exists: this run replaces it when it ends" in printed
+    assert output.read_text() == earlier, "a failed write leaves the earlier record whole"
+    assert [p.name for p in output.parent.iterdir()] == ["bench.json"]
+    code, printed, second = bench_json(output, *args)
+    assert code == 0
+    assert f"saved {output} (replaced the earlier file)" in printed
+    assert (first["data"]["queries"], second["data"]["queries"]) == (1, 2)
 
 
 def test_the_record_names_its_command_and_cpu(bench_data: Path, tmp_path: Path) -> None:
