@@ -96,6 +96,7 @@ class RowSummary:
     prompt_build_seconds: float | None = None
     export_seconds: float | None = None
     export_attention: str | None = None
+    export_source_model: str | None = None
     peak_rss_mb: float | None = None
     peak_cuda_mb: float | None = None
     memory_isolated: bool | None = None
@@ -246,6 +247,7 @@ def _summary(plan: Plan, result: RowResult, references: Mapping[str, RowOutcome]
         prompt_build_seconds=outcome.prompt_seconds,
         export_seconds=result.export_seconds,
         export_attention=result.export_attention,
+        export_source_model=result.export_source_model,
         peak_rss_mb=outcome.peak_rss_mb,
         peak_cuda_mb=outcome.peak_cuda_mb,
         memory_isolated=outcome.memory_isolated,

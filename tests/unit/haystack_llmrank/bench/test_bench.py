@@ -9,6 +9,7 @@ import importlib.util
 import io
 import json
 import multiprocessing
+import os
 import random
 import re
 import shlex
@@ -55,8 +56,10 @@ from haystack_llmrank.prompt import (
     FIRST_NUMERIC_TEMPLATE,
     FIRST_TEMPLATE,
     PromptBuilder,
+    PromptTemplate,
 )
 from haystack_llmrank.reranker import Reranker
+from haystack_llmrank.scorers.onnx_metadata import ExportMetadata
 from haystack_llmrank.strategies import STRATEGIES, SlidingWindow, deal, make_strategy
 
 WORDS = "river bank loan coffee mountain tree city music flea peru capital rate".split()  # noqa: SIM905
@@ -286,7 +289,8 @@ def test_onnx_fp32_orders_windows_like_plain_where_onnxruntime_is_installed(
         assert onnx["status"] == "ok"
         assert isinstance(onnx["export_seconds"], float)
         assert onnx["export_attention"] == "fused"
-        assert rows["torch"]["export_attention"] is None
+        assert onnx["export_source_model"] == bench_run[2]["config"]["model"]
+        assert rows["torch"]["export_attention"] is rows["torch"]["export_source_model"] is None
         assert_same_as_plain(onnx, rows["plain"])
         assert rows["onnx-int8"]["agreement_with_plain"]["windows_shared"] == WINDOWS
 
@@ -303,6 +307,42 @@ def test_an_existing_export_is_reused(
     (tmp_path / "onnx-fp32" / "notes.txt").write_text("not an export")
     with pytest.raises(FileExistsError, match="not an ONNX export"):
         export_onnx_row(str(tied_model_dir), "fp32", tmp_path, FIRST_TEMPLATE)
+
+
+def test_an_export_of_another_model_or_template_is_refused_not_reused(
+    bench_data: Path,
+    tied_model_dir: Path,
+    tiny_model_dir: Path,
+    smollm2_tokenizer: Any,
+    tmp_path: Path,
+) -> None:
+    exports = tmp_path / "exports"
+    folder = exports / "onnx-fp32"
+    folder.mkdir(parents=True)
+
+    def record(source: Path, template: PromptTemplate = FIRST_TEMPLATE) -> None:
+        labels = resolve_label_ids(smollm2_tokenizer, template.labels)
+        ExportMetadata(
+            labels, template.to_dict(), "fp32", str(source), 4096, 0, 17, True, {}
+        ).write(folder)
+
+    record(tiny_model_dir)
+    other = f"is of '{tiny_model_dir}', not of --model '{tied_model_dir}'; delete it"
+    with pytest.raises(ValueError, match=re.escape(f"the ONNX export in {folder} {other}")):
+        export_onnx_row(str(tied_model_dir), "fp32", exports, FIRST_TEMPLATE)
+    if importlib.util.find_spec("onnxruntime") is not None:  # else the row is unavailable
+        config = plain_and_torch(bench_data, tied_model_dir, rows=("onnx-fp32",))
+        with pytest.raises(ValueError, match=re.escape(other)):  # before any model loads
+            prepare(dataclasses.replace(config, export_dir=exports))
+    record(tied_model_dir, FIRST_NUMERIC_TEMPLATE)
+    with pytest.raises(ValueError, match="for template 'first-numeric', not 'first'"):
+        export_onnx_row(str(tied_model_dir), "fp32", exports, FIRST_TEMPLATE)
+    record(tied_model_dir, FIRST_TEMPLATE.with_vote(" yes"))
+    with pytest.raises(ValueError, match="for another version of template 'first'"):
+        export_onnx_row(str(tied_model_dir), "fp32", exports, FIRST_TEMPLATE)
+    record(tied_model_dir)  # the same folder, however it is spelled, is reused
+    reused = export_onnx_row(os.path.relpath(tied_model_dir), "fp32", exports, FIRST_TEMPLATE)
+    assert reused == (folder, None)
 
 
 @pytest.mark.slow
