@@ -135,8 +135,11 @@ class BenchConfig:
 
     ``rows=None`` means the device's :func:`default_rows`. ``device`` and ``dtype`` ``None``
     mean the engine's defaults (CUDA when available; float32 on CPU, the checkpoint's dtype
-    on CUDA, bfloat16 for synthetic models). ``batch_size`` and ``max_batch_tokens`` apply to the
-    engine rows; ``sweep_batch_sizes`` re-runs those rows at each batch size for throughput.
+    on CUDA, bfloat16 for synthetic models). ``batch_size`` and ``max_batch_tokens`` apply to
+    the engine rows, all alike (``max_batch_tokens=None``: what suits a torch model on the
+    device, one window per forward pass on a CPU, which
+    :func:`~haystack_llmrank.bench.runner.prepare` sets); ``sweep_batch_sizes`` re-runs
+    those rows at each batch size for throughput.
     ``isolate`` runs every row (and every ONNX export) in a fresh process so that its peak
     memory is its own (the oracle rows, which hold no model, run in this process).
 

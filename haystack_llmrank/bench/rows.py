@@ -429,6 +429,7 @@ def _load_oracle_row(job: RowJob) -> EngineRow:
         strategy=job_strategy(job),
         template=job.template,
         batch_size=config.batch_size,
+        max_batch_tokens=config.max_batch_tokens,
         cache=job.prompts,
         vocab_size=SYNTHETIC_CONFIGS[config.synthetic]["vocab_size"] if config.synthetic else None,
     )

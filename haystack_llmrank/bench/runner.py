@@ -56,6 +56,7 @@ from haystack_llmrank.model_templates import model_template
 from haystack_llmrank.models import context_length, resolve_model
 from haystack_llmrank.prompt import FIRST_TEMPLATE, Prompt, PromptTemplate
 from haystack_llmrank.reranker import template_sizes
+from haystack_llmrank.scorers.base import device_max_batch_tokens
 from haystack_llmrank.scorers.onnx_metadata import Precision
 from haystack_llmrank.strategies import SlidingWindow, make_strategy
 
@@ -361,8 +362,12 @@ def prepare(config: BenchConfig) -> Plan:
         window_size=window_size,
         step=step,
     )
-    if set(ENGINE_ROWS) & set(config.ordered_rows):
-        config = replace(config, strategies=config.ranking_strategies)
+    if set(ENGINE_ROWS) & set(config.ordered_rows):  # one budget: torch and ONNX batch alike
+        config = replace(
+            config,
+            strategies=config.ranking_strategies,
+            max_batch_tokens=config.max_batch_tokens or device_max_batch_tokens(device),
+        )
     unavailable = unavailable_rows(config)
     check_exports(config, [r for r in config.ordered_rows if r not in unavailable], template)
     if config.threads is not None:

@@ -143,8 +143,8 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--max-batch-tokens",
         type=positive_int,
         default=None,
-        help="padded tokens per scorer call of the engine rows (default: the scorer's "
-        f"choice, one window per call for torch on a CPU, else {DEFAULT_MAX_BATCH_TOKENS})",
+        help="padded tokens per forward pass of every engine row alike (default: one window "
+        f"per pass on a CPU, else {DEFAULT_MAX_BATCH_TOKENS})",
     )
     parser.add_argument(
         "--batch-sizes",

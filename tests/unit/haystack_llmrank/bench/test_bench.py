@@ -346,6 +346,39 @@ def test_an_export_of_another_model_or_template_is_refused_not_reused(
 
 
 @pytest.mark.slow
+def test_torch_and_onnx_rows_batch_alike_on_the_cpu(
+    bench_run: tuple[int, str, dict[str, Any]],
+    bench_data: Path,
+    tied_model_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pytest.importorskip("onnxruntime")
+    assert bench_run[2]["config"]["max_batch_tokens"] == 1  # recorded: one window per pass
+    batches: dict[str, list[int]] = {}
+    score = bench_rows.RecordingScorer.score
+
+    def counting(recorder: Any, prompts: Any) -> Any:
+        batches.setdefault(type(recorder.inner).__name__, []).append(len(prompts))
+        return score(recorder, prompts)
+
+    monkeypatch.setattr(bench_rows.RecordingScorer, "score", counting)
+    exports = Path(bench_run[2]["config"]["export_dir"])  # the onnx-fp32 export is reused
+    config = plain_and_torch(
+        bench_data,
+        tied_model_dir,
+        rows=("torch", "onnx-fp32"),
+        strategies=("disjoint",),
+        top_k=12,
+        window_size=4,
+        isolate=False,
+        export_dir=exports,
+    )
+    results = run(prepare(config))
+    assert [r.status for r in results] == ["ok", "ok"]
+    assert batches == {"TorchLabelScorer": [1, 1, 1], "OnnxLabelScorer": [1, 1, 1]}
+
+
+@pytest.mark.slow
 def test_synthetic_config_runs_with_a_batch_size_sweep(
     bench_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
