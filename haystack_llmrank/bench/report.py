@@ -52,12 +52,14 @@ class Agreement:
 
 @dataclass(frozen=True)
 class SweepSummary:
-    """Throughput of an engine row at one batch size (``mean_batch`` windows per scorer call)."""
+    """Throughput of an engine row at one batch size: ``windows`` scored in
+    ``forward_passes`` of ``prompts_per_pass`` prompts on average."""
 
     batch_size: int
     seconds: float
     windows: int
-    mean_batch: float
+    forward_passes: int
+    prompts_per_pass: float
     queries_per_second: float
     windows_per_second: float
     peak_cuda_mb: float | None
@@ -177,7 +179,8 @@ def _sweep(point: SweepPoint, queries: int) -> SweepSummary:
         batch_size=point.batch_size,
         seconds=point.seconds,
         windows=point.windows,
-        mean_batch=point.windows / point.steps if point.steps else 0.0,
+        forward_passes=point.forward_passes,
+        prompts_per_pass=point.prompts / point.forward_passes if point.forward_passes else 0.0,
         queries_per_second=queries / point.seconds if point.seconds > 0 else 0.0,
         windows_per_second=point.windows / point.seconds if point.seconds > 0 else 0.0,
         peak_cuda_mb=point.peak_cuda_mb,

@@ -150,7 +150,9 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--batch-sizes",
         type=_sizes,
         default=(),
-        help="also time the engine rows at each of these batch sizes, e.g. 1,4,16",
+        help="also time the engine rows at each of these batch sizes, e.g. 1,4,16: up to that "
+        "many windows per scorer call (one query's step is never split) and, per forward "
+        "pass, up to that many times the longest prompt's tokens",
     )
     parser.add_argument(
         "--max-prompt-tokens",

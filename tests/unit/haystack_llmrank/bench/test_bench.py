@@ -410,11 +410,29 @@ def test_synthetic_config_runs_with_a_batch_size_sweep(
     sweep = rows["torch"]["sweep"]
     assert [point["batch_size"] for point in sweep] == [1, 2]
     assert [point["windows"] for point in sweep] == [WINDOWS, WINDOWS]
-    assert sweep[0]["mean_batch"] == 1.0
-    assert sweep[1]["mean_batch"] == 2.0
+    assert [point["prompts_per_pass"] for point in sweep] == [1.0, 2.0]
     assert all(point["queries_per_second"] > 0 for point in sweep)
     assert rows["torch"]["floor_seconds_per_window"] > 0
-    assert "mean batch" in printed
+    assert "prompts/pass" in printed
+
+
+def test_the_sweep_caps_and_counts_the_prompts_of_each_forward_pass(
+    bench_data: Path, tied_model_dir: Path, tmp_path: Path
+) -> None:
+    # disjoint: a query's 2 windows are one step, which one scheduling call never splits; a
+    # budget of 16384 tokens would score it in one forward pass at batch size 1
+    code, printed, report = bench_json(
+        tmp_path / "sweep.json",
+        *("--data-dir", str(bench_data), "--model", str(tied_model_dir), *SLICE),
+        *("--rows", "torch", "--strategies", "disjoint", "--warmup", "0"),
+        *("--max-batch-tokens", "16384", "--batch-sizes", "1,2"),
+    )
+    assert code == 0
+    sweep = rows_of(report)["torch"]["sweep"]
+    assert [p["windows"] for p in sweep] == [4, 4]  # 8 passages dealt into 2 windows, twice
+    assert [p["forward_passes"] for p in sweep] == [4, 2]
+    assert [p["prompts_per_pass"] for p in sweep] == [1.0, 2.0]
+    assert re.search(r"\ntorch disjoint +1 +1\.0 ", printed[printed.index("prompts/pass") :])
 
 
 @given(n=st.integers(0, 60), size=st.integers(1, 25), data=st.data())
