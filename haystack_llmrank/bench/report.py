@@ -265,14 +265,16 @@ def _summary(plan: Plan, result: RowResult, references: Mapping[str, RowOutcome]
 
 
 def environment(device: str) -> dict[str, Any]:
-    """Versions and hardware the numbers were taken on."""
+    """Versions and hardware the numbers were taken on; ``usable_cpus`` are those this
+    process may run on, ``host_cpus`` all the host has."""
     import torch
     import transformers
 
     env: dict[str, Any] = {
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
+        "usable_cpus": usable_cpus(),
+        "host_cpus": os.cpu_count(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "transformers": transformers.__version__,
@@ -285,6 +287,14 @@ def environment(device: str) -> dict[str, Any]:
         except importlib.metadata.PackageNotFoundError:
             continue
     return env
+
+
+def usable_cpus() -> int | None:
+    """The CPUs this process may run on: its affinity where the OS has one (a container or
+    ``taskset`` may allow fewer than the host has), else the host's count."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count()
 
 
 def cpu_description(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, Any]:

@@ -35,7 +35,7 @@ from haystack_llmrank.bench.model_loading import attention_width, resolve_device
 from haystack_llmrank.bench.oracle import qrels_judge
 from haystack_llmrank.bench.plain import answer_text, deal_and_sort, parse_permutation, slide
 from haystack_llmrank.bench.prompts import CachedPromptBuilder
-from haystack_llmrank.bench.report import cpu_description
+from haystack_llmrank.bench.report import cpu_description, environment
 from haystack_llmrank.bench.runner import (
     Plan,
     Throughput,
@@ -968,6 +968,16 @@ def test_the_record_names_its_command_and_cpu(bench_data: Path, tmp_path: Path) 
         ]
     )
     assert report["environment"]["cpu"] == cpu_description()
+
+
+def test_the_record_counts_the_cpus_the_process_may_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 3}, raising=False)
+    recorded = environment("cpu")
+    assert (recorded["usable_cpus"], recorded["host_cpus"]) == (2, 8)
+    assert "cpu_count" not in recorded  # the host's count under a name that did not say so
+    monkeypatch.delattr(os, "sched_getaffinity")
+    assert environment("cpu")["usable_cpus"] == 8
 
 
 def test_cpu_description_reads_the_first_processor(tmp_path: Path) -> None:
