@@ -24,6 +24,9 @@ ONNX_PREFIX = "onnx-"
 SLIDING = SlidingWindow.name
 ROWS = (ORACLE, PLAIN, TORCH, TORCH_BF16, *(ONNX_PREFIX + p for p in PRECISIONS), GENERATE)
 """Every row the benchmark knows, in the order rows run."""
+ENGINE_ROWS = tuple(row for row in ROWS if row not in (PLAIN, GENERATE))
+"""The rows that run the engine (the oracle with its own scorer): only they take strategies
+and batch settings; ``plain`` and ``generate`` are plain loops."""
 ROW_DTYPES: dict[str, str] = {TORCH_BF16: "bfloat16"}
 """Rows that run in their own torch dtype, whatever the run's ``dtype`` is."""
 FLOOR_DTYPES: dict[str, str] = {
@@ -132,8 +135,11 @@ class BenchConfig:
 
     ``rows=None`` means the device's :func:`default_rows`. ``device`` and ``dtype`` ``None``
     mean the engine's defaults (CUDA when available; float32 on CPU, the checkpoint's dtype
-    on CUDA, bfloat16 for synthetic models). ``batch_size`` and ``max_batch_tokens`` apply to the
-    engine rows; ``sweep_batch_sizes`` re-runs those rows at each batch size for throughput.
+    on CUDA, bfloat16 for synthetic models). ``batch_size`` and ``max_batch_tokens`` apply to
+    the engine rows, all alike (``max_batch_tokens=None``: what suits a torch model on the
+    device, one window per forward pass on a CPU, which
+    :func:`~haystack_llmrank.bench.runner.prepare` sets); ``sweep_batch_sizes`` re-runs
+    those rows at each batch size for throughput.
     ``isolate`` runs every row (and every ONNX export) in a fresh process so that its peak
     memory is its own (the oracle rows, which hold no model, run in this process).
 
@@ -143,6 +149,7 @@ class BenchConfig:
     run once per strategy and ``oracle_noise`` level, with the noise drawn from ``seed``.
     ``vote`` is the readout: the vote token of the model's template, else ``None`` (FIRST's
     label logits); :func:`~haystack_llmrank.bench.runner.prepare` sets it from the model.
+    An option given other than its default that no chosen row uses is refused.
     """
 
     data_dir: Path = field(default_factory=default_data_dir)
@@ -185,16 +192,16 @@ class BenchConfig:
                 f"unknown synthetic config {self.synthetic!r}; "
                 f"choose from {sorted(SYNTHETIC_CONFIGS)}"
             )
-        positive = {
-            "queries": self.queries if self.queries is not None else 1,
+        positive = {  # None: not given
+            "queries": self.queries,
             "top_k": self.top_k,
-            "threads": self.threads if self.threads is not None else 1,
+            "threads": self.threads,
             "batch_size": self.batch_size,
-            "max_batch_tokens": self.max_batch_tokens or 1,
-            "max_prompt_tokens": self.max_prompt_tokens or 1,
+            "max_batch_tokens": self.max_batch_tokens,
+            "max_prompt_tokens": self.max_prompt_tokens,
         }
         for name, value in positive.items():
-            if value < 1:
+            if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
         for strategy in self.ranking_strategies:
             check_strategy_options(strategy, window_size=self.window_size, step=self.step)
@@ -212,6 +219,27 @@ class BenchConfig:
             raise ValueError(f"export_dir {self.export_dir} is not a folder")
         if self.device is not None and self.device != "cpu" and not self.device.startswith("cuda"):
             raise ValueError(f"device must be cpu or cuda[:N], got {self.device!r}")
+        self._check_used()
+
+    def _check_used(self) -> None:
+        """Refuse options, given other than their defaults, that no chosen row uses."""
+        options = {
+            ENGINE_ROWS: {
+                "strategies": self.strategies is not None,
+                "batch_size": self.batch_size != 1,
+                "max_batch_tokens": self.max_batch_tokens is not None,
+                "sweep_batch_sizes (--batch-sizes)": bool(self.sweep_batch_sizes),
+            },
+            (ORACLE,): {"oracle_noise": self.oracle_noise != (0.0,)},
+        }
+        chosen = self.ordered_rows
+        for users, given in options.items():
+            unused = [name for name, set_ in given.items() if set_]
+            if unused and not set(users) & set(chosen):
+                raise ValueError(
+                    f"only the rows {', '.join(users)} use {', '.join(unused)}; "
+                    f"none of them is chosen (rows: {', '.join(chosen)})"
+                )
 
     @property
     def window(self) -> int:

@@ -166,6 +166,7 @@ def oracle_reranker(
     strategy: Strategy | None = None,
     template: PromptTemplate = FIRST_TEMPLATE,
     batch_size: int = 1,
+    max_batch_tokens: int | None = None,
     cache: Mapping[WindowKey, Prompt] | None = None,
     vocab_size: int | None = None,
 ) -> Reranker:
@@ -174,7 +175,8 @@ def oracle_reranker(
     Prompts are real (``tokenizer``'s), so windows and tokens count as with a model;
     ``cache`` holds prompts built before, and ``vocab_size`` folds their ids as the rows of
     a synthetic model do (see :class:`~haystack_llmrank.bench.prompts.CachedPromptBuilder`),
-    so that the rows can share them.
+    so that the rows can share them. ``batch_size`` and ``max_batch_tokens`` batch as in
+    :class:`Reranker`.
     """
     oracle = OracleScorer(
         readout_label_ids(tokenizer, template.labels, template.vote),
@@ -198,6 +200,7 @@ def oracle_reranker(
         template=template,
         strategy=strategy,
         batch_size=batch_size,
+        max_batch_tokens=max_batch_tokens,
         model_name="oracle",
         prompts=prompts,
     )

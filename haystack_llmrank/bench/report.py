@@ -52,12 +52,14 @@ class Agreement:
 
 @dataclass(frozen=True)
 class SweepSummary:
-    """Throughput of an engine row at one batch size (``mean_batch`` windows per scorer call)."""
+    """Throughput of an engine row at one batch size: ``windows`` scored in
+    ``forward_passes`` of ``prompts_per_pass`` prompts on average."""
 
     batch_size: int
     seconds: float
     windows: int
-    mean_batch: float
+    forward_passes: int
+    prompts_per_pass: float
     queries_per_second: float
     windows_per_second: float
     peak_cuda_mb: float | None
@@ -96,6 +98,7 @@ class RowSummary:
     prompt_build_seconds: float | None = None
     export_seconds: float | None = None
     export_attention: str | None = None
+    export_source_model: str | None = None
     peak_rss_mb: float | None = None
     peak_cuda_mb: float | None = None
     memory_isolated: bool | None = None
@@ -176,7 +179,8 @@ def _sweep(point: SweepPoint, queries: int) -> SweepSummary:
         batch_size=point.batch_size,
         seconds=point.seconds,
         windows=point.windows,
-        mean_batch=point.windows / point.steps if point.steps else 0.0,
+        forward_passes=point.forward_passes,
+        prompts_per_pass=point.prompts / point.forward_passes if point.forward_passes else 0.0,
         queries_per_second=queries / point.seconds if point.seconds > 0 else 0.0,
         windows_per_second=point.windows / point.seconds if point.seconds > 0 else 0.0,
         peak_cuda_mb=point.peak_cuda_mb,
@@ -246,6 +250,7 @@ def _summary(plan: Plan, result: RowResult, references: Mapping[str, RowOutcome]
         prompt_build_seconds=outcome.prompt_seconds,
         export_seconds=result.export_seconds,
         export_attention=result.export_attention,
+        export_source_model=result.export_source_model,
         peak_rss_mb=outcome.peak_rss_mb,
         peak_cuda_mb=outcome.peak_cuda_mb,
         memory_isolated=outcome.memory_isolated,
@@ -260,14 +265,16 @@ def _summary(plan: Plan, result: RowResult, references: Mapping[str, RowOutcome]
 
 
 def environment(device: str) -> dict[str, Any]:
-    """Versions and hardware the numbers were taken on."""
+    """Versions and hardware the numbers were taken on; ``usable_cpus`` are those this
+    process may run on, ``host_cpus`` all the host has."""
     import torch
     import transformers
 
     env: dict[str, Any] = {
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
+        "usable_cpus": usable_cpus(),
+        "host_cpus": os.cpu_count(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "transformers": transformers.__version__,
@@ -280,6 +287,14 @@ def environment(device: str) -> dict[str, Any]:
         except importlib.metadata.PackageNotFoundError:
             continue
     return env
+
+
+def usable_cpus() -> int | None:
+    """The CPUs this process may run on: its affinity where the OS has one (a container or
+    ``taskset`` may allow fewer than the host has), else the host's count."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count()
 
 
 def cpu_description(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, Any]:

@@ -98,12 +98,14 @@ class RowJob:
 
 @dataclass(frozen=True)
 class SweepPoint:
-    """One pass over every query at a batch size: ``steps`` scorer calls for ``windows``."""
+    """One pass over every query at a batch size: ``windows`` scored as ``prompts`` in
+    ``forward_passes`` (calls of the scorer)."""
 
     batch_size: int
     seconds: float
     windows: int
-    steps: int
+    prompts: int
+    forward_passes: int
     peak_cuda_mb: float | None
 
 
@@ -239,11 +241,13 @@ class VoteLoopRow(PlainLoop):
 
 class RecordingScorer:
     """Passes scoring through to another scorer and keeps each prompt's scores (its label
-    logits, or its votes at the positions read)."""
+    logits, or its votes at the positions read); ``batches`` holds the prompts of each call
+    (each forward pass)."""
 
     def __init__(self, inner: LabelScorer) -> None:
         self.inner = inner
         self.logits: dict[tuple[int, ...], npt.NDArray[np.float32]] = {}
+        self.batches: list[int] = []
 
     @property
     def label_ids(self) -> LabelIds:
@@ -262,6 +266,7 @@ class RecordingScorer:
 
     def score(self, prompts: Sequence[Sequence[int]]) -> npt.NDArray[np.float32]:
         """The inner scorer's logits, remembered per prompt."""
+        self.batches.append(len(prompts))
         logits = self.inner.score(prompts)
         for prompt, row in zip(prompts, logits, strict=True):
             self.logits[tuple(prompt)] = row
@@ -274,6 +279,7 @@ class RecordingScorer:
         remembered per prompt."""
         if not isinstance(self.inner, PositionScorer):
             raise TypeError(f"{type(self.inner).__name__} cannot read logits at positions")
+        self.batches.append(len(prompts))
         logits = self.inner.score_at(prompts, positions)
         for prompt, row in zip(prompts, logits, strict=True):
             self.logits[tuple(prompt)] = row[:, 0]
@@ -311,15 +317,15 @@ class EngineRow:
     def sweep(
         self, queries: Sequence[QueryCandidates], sizes: Sequence[int], device: str
     ) -> tuple[SweepPoint, ...]:
-        """Time a pass over all queries at each batch size, with room for full batches."""
+        """Time a pass over all queries at each batch size ``size``: calls of up to ``size``
+        windows, drawn from the steps of several queries (a query's step is never split), and
+        forward passes of up to ``size x`` the longest prompt's tokens (``size`` prompts of
+        that length, more of shorter ones)."""
         longest = max(len(p.token_ids) for p in self.builder.cache.values())
         requests = [(q.query, q.texts) for q in queries]
-        budget = self.reranker.max_batch_tokens
         points = []
         for size in sizes:
-            sized = self.reranker.replace(
-                batch_size=size, max_batch_tokens=max(budget, size * longest)
-            )
+            sized = self.reranker.replace(batch_size=size, max_batch_tokens=size * longest)
             points.append(self._timed_pass(sized, requests, size, device))
         return tuple(points)
 
@@ -330,13 +336,16 @@ class EngineRow:
         size: int,
         device: str,
     ) -> SweepPoint:
-        steps: list[int] = []
+        windows: list[int] = []
         reset_peak_cuda(device)
-        built = self.builder.build_seconds
+        built, first = self.builder.build_seconds, len(self.recorder.batches)
         start = clock(device)
-        reranker.rerank_many(requests, on_window=steps.append)
+        reranker.rerank_many(requests, on_window=windows.append)
         seconds = clock(device) - start - (self.builder.build_seconds - built)
-        return SweepPoint(size, seconds, sum(steps), len(steps), peak_cuda_mb(device))
+        batches = self.recorder.batches[first:]
+        return SweepPoint(
+            size, seconds, sum(windows), sum(batches), len(batches), peak_cuda_mb(device)
+        )
 
 
 def _builder(job: RowJob, tokenizer: object, vocab_size: int | None) -> CachedPromptBuilder:
@@ -429,6 +438,7 @@ def _load_oracle_row(job: RowJob) -> EngineRow:
         strategy=job_strategy(job),
         template=job.template,
         batch_size=config.batch_size,
+        max_batch_tokens=config.max_batch_tokens,
         cache=job.prompts,
         vocab_size=SYNTHETIC_CONFIGS[config.synthetic]["vocab_size"] if config.synthetic else None,
     )

@@ -7,9 +7,10 @@ import gc
 import importlib.util
 import logging
 import multiprocessing
+import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any, TypeVar
 from haystack_llmrank.backends import cuda_has_native_bf16
 from haystack_llmrank.bench.config import (
     DATA_DIR_VARIABLE,
+    ENGINE_ROWS,
     GENERATE,
     ORACLE,
     PLAIN,
@@ -54,6 +56,7 @@ from haystack_llmrank.model_templates import model_template
 from haystack_llmrank.models import context_length, resolve_model
 from haystack_llmrank.prompt import FIRST_TEMPLATE, Prompt, PromptTemplate
 from haystack_llmrank.reranker import template_sizes
+from haystack_llmrank.scorers.base import device_max_batch_tokens
 from haystack_llmrank.scorers.onnx_metadata import Precision
 from haystack_llmrank.strategies import SlidingWindow, make_strategy
 
@@ -154,7 +157,11 @@ class Plan:
 
 @dataclass(frozen=True)
 class RowResult:
-    """A line's fate: ``status`` is ``ok`` (with ``outcome``), ``unavailable`` or ``failed``."""
+    """A line's fate: ``status`` is ``ok`` (with ``outcome``), ``unavailable`` or ``failed``.
+
+    An ONNX row's ``export_*`` are the export's seconds (``None`` when reused), attention and
+    the source model its metadata records.
+    """
 
     row: str
     status: str
@@ -162,6 +169,7 @@ class RowResult:
     reason: str | None = None
     export_seconds: float | None = None
     export_attention: str | None = None
+    export_source_model: str | None = None
     strategy: str = SLIDING
     noise: float | None = None
 
@@ -354,7 +362,14 @@ def prepare(config: BenchConfig) -> Plan:
         window_size=window_size,
         step=step,
     )
-    config = replace(config, strategies=config.ranking_strategies)
+    if set(ENGINE_ROWS) & set(config.ordered_rows):  # one budget: torch and ONNX batch alike
+        config = replace(
+            config,
+            strategies=config.ranking_strategies,
+            max_batch_tokens=config.max_batch_tokens or device_max_batch_tokens(device),
+        )
+    unavailable = unavailable_rows(config)
+    check_exports(config, [r for r in config.ordered_rows if r not in unavailable], template)
     if config.threads is not None:
         import torch
 
@@ -379,7 +394,7 @@ def prepare(config: BenchConfig) -> Plan:
         calibration=calibration,
         throughput=measure_throughput(device, dtype),
         prompts=prompts,
-        unavailable=unavailable_rows(config),
+        unavailable=unavailable,
         template=template,
         row_throughputs={
             other: measure_throughput(device, other)
@@ -404,17 +419,70 @@ def _call(isolate: bool, function: Callable[..., T], *args: Any) -> T:
         return pool.submit(function, *args).result()
 
 
+def export_folder(root: Path, precision: Precision) -> Path:
+    """Where the export of ``precision`` is kept under ``root``: ``root/onnx-<precision>``."""
+    return root / f"onnx-{precision}"
+
+
+def check_reusable(
+    folder: Path, model: str, precision: Precision, template: PromptTemplate
+) -> None:
+    """Raise ``ValueError`` unless the export in ``folder`` is of ``model`` (the source its
+    metadata records: the same name, or the same folder) at ``precision``, for ``template``."""
+    metadata = read_metadata(folder, verify_hashes=False)
+    source = resolve_model(model).name
+    recorded = PromptTemplate.from_dict(metadata.template)
+    if not _same_model(metadata.source_model, source):
+        mismatch = f"of {metadata.source_model!r}, not of --model {source!r}"
+    elif metadata.precision != precision:
+        mismatch = f"at {metadata.precision}, not {precision}"
+    elif recorded.name != template.name:
+        mismatch = f"for template {recorded.name!r}, not {template.name!r}"
+    elif recorded != template:
+        mismatch = f"for another version of template {template.name!r}"
+    else:
+        return
+    raise ValueError(
+        f"the ONNX export in {folder} is {mismatch}; delete it, or choose another --export-dir"
+    )
+
+
+def _same_model(recorded: str, source: str) -> bool:
+    """Whether two model names (:attr:`ModelSource.name`) are equal or name one folder."""
+    if recorded == source:
+        return True
+    try:
+        return os.path.samefile(recorded, source)
+    except OSError:
+        return False
+
+
+def check_exports(config: BenchConfig, rows: Iterable[str], template: PromptTemplate) -> None:
+    """:func:`check_reusable` for each export in ``config.export_dir`` that an ONNX row of
+    ``rows`` would reuse."""
+    if config.export_dir is None:
+        return
+    for row in rows:
+        precision = onnx_precision(row)
+        if precision is None:
+            continue
+        folder = export_folder(config.export_dir, precision)
+        if is_export(folder):
+            check_reusable(folder, config.model, precision, template)
+
+
 def export_onnx_row(
     model: str, precision: Precision, root: Path, template: PromptTemplate
 ) -> tuple[Path, float | None]:
     """Export ``model`` for ``template`` to ``root/onnx-<precision>``, or reuse the export
-    already there.
+    already there when it was made from ``model`` for ``template`` (else ``ValueError``).
 
     Returns the folder to load and the export's seconds (``None`` when reused). Missing
     export tools make the row unavailable.
     """
-    target = root / f"onnx-{precision}"
+    target = export_folder(root, precision)
     if is_export(target):
+        check_reusable(target, model, precision, template)
         logger.info("reusing the ONNX export in %s", target)
         return target, None
     start = time.perf_counter()
@@ -449,13 +517,14 @@ def _run_one(
     )
     isolate = config.isolate and row != ORACLE
     outcome = _call(isolate, functools.partial(run_row, fresh_process=isolate), job)
-    attention = None if onnx_dir is None else read_metadata(onnx_dir, verify_hashes=False).attention
+    metadata = None if onnx_dir is None else read_metadata(onnx_dir, verify_hashes=False)
     return RowResult(
         row,
         "ok",
         outcome,
         export_seconds=export_seconds,
-        export_attention=attention,
+        export_attention=None if metadata is None else metadata.attention,
+        export_source_model=None if metadata is None else metadata.source_model,
         strategy=variant.strategy,
         noise=variant.noise,
     )

@@ -90,7 +90,7 @@ def sweep_table(report: BenchReport) -> str | None:
         [
             f"{r.label} {r.strategy}",
             str(p.batch_size),
-            f"{p.mean_batch:.1f}",
+            f"{p.prompts_per_pass:.1f}",
             _number(p.queries_per_second),
             _number(p.windows_per_second),
             _mib(p.peak_cuda_mb),
@@ -100,7 +100,7 @@ def sweep_table(report: BenchReport) -> str | None:
     ]
     if not rows:
         return None
-    header = ["row", "batch size", "mean batch", "queries/s", "windows/s", "peak CUDA MiB"]
+    header = ["row", "batch size", "prompts/pass", "queries/s", "windows/s", "peak CUDA MiB"]
     return "\n".join(_render([header, *rows]))
 
 

@@ -108,8 +108,9 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--oracle-noise",
         type=_noise_levels,
         default=(0.0,),
-        help="comma-separated noise levels of the oracle rows: the standard deviation added to "
-        "the qrels grade of every judged passage (default: 0)",
+        help="comma-separated noise levels of the oracle rows: the standard deviation of the "
+        "Gaussian noise added to every passage's qrels grade (0 for unjudged passages) "
+        "(default: 0)",
     )
     parser.add_argument(
         "--seed",
@@ -142,14 +143,16 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--max-batch-tokens",
         type=positive_int,
         default=None,
-        help="padded tokens per scorer call of the engine rows (default: the scorer's "
-        f"choice, one window per call for torch on a CPU, else {DEFAULT_MAX_BATCH_TOKENS})",
+        help="padded tokens per forward pass of every engine row alike (default: one window "
+        f"per pass on a CPU, else {DEFAULT_MAX_BATCH_TOKENS})",
     )
     parser.add_argument(
         "--batch-sizes",
         type=_sizes,
         default=(),
-        help="also time the engine rows at each of these batch sizes, e.g. 1,4,16",
+        help="also time the engine rows at each of these batch sizes, e.g. 1,4,16: up to that "
+        "many windows per scorer call (one query's step is never split) and, per forward "
+        "pass, up to that many times the longest prompt's tokens",
     )
     parser.add_argument(
         "--max-prompt-tokens",
@@ -220,6 +223,8 @@ def handle(args: argparse.Namespace) -> int:
     config = config_from_args(args)  # checks every setting before any folder is made
     _check_output(args.json)  # likewise
     plan = prepare(config)
+    if args.json.exists():
+        print(f"{args.json} exists: this run replaces it when it ends", flush=True)
     print(plan_text(plan), flush=True)
     results = run(plan, on_row=lambda result: print(row_line(result), flush=True))
     report = build_report(plan, results, command=args.command_line)
@@ -227,15 +232,32 @@ def handle(args: argparse.Namespace) -> int:
     sweep = sweep_table(report)
     if sweep is not None:
         print(sweep)
-    args.json.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
-    print(f"saved {args.json}")
+    replaced = args.json.exists()
+    _save(args.json, json.dumps(report.to_dict(), indent=2) + "\n")
+    print(f"saved {args.json}" + (" (replaced the earlier file)" if replaced else ""))
     return 1 if report.failed else 0
 
 
 def _check_output(path: Path) -> None:
-    """Make ``path``'s folder, or raise ``ValueError`` where the JSON could not be written."""
+    """Raise ``ValueError`` where the JSON could not be written to ``path``; makes no folder."""
     if path.is_dir():
         raise ValueError(f"--json {path} is a folder, not a file")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+    existing = next(folder for folder in (path.parent, *path.parent.parents) if folder.exists())
+    if not existing.is_dir():
+        raise ValueError(f"--json {path}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK) or (
+        path.exists() and not os.access(path, os.W_OK)
+    ):
         raise ValueError(f"--json {path} cannot be written")
+
+
+def _save(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` whole or not at all: into a file beside it, then renamed
+    over it, so that a failed write leaves any earlier file as it was."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        partial.write_text(text, encoding="utf-8")
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)

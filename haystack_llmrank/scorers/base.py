@@ -65,6 +65,18 @@ def reads_positions(scorer: LabelScorer) -> bool:
     return isinstance(scorer, PositionScorer) and bool(getattr(scorer, "reads_positions", True))
 
 
+def device_max_batch_tokens(device: str) -> int:
+    """The padded-token budget per forward pass that suits a torch model on ``device`` (a
+    device, ``cuda:0``, or its type): one prompt per pass on a CPU, else
+    :data:`DEFAULT_MAX_BATCH_TOKENS`.
+
+    On a CPU a padded batch needs an attention mask, which leaves the fast causal attention
+    path: one DL19 tdpart step scored as a batch took 1.67x the time of its windows scored
+    one by one (SmolLM2, one thread). On CUDA, batches pay.
+    """
+    return 1 if device == "cpu" else DEFAULT_MAX_BATCH_TOKENS
+
+
 def preferred_max_batch_tokens(scorer: LabelScorer) -> int:
     """The padded-token budget per call that suits ``scorer``.
 

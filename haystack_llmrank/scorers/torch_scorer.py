@@ -12,7 +12,7 @@ import torch
 
 from haystack_llmrank.errors import ClosedError
 from haystack_llmrank.labels import LabelIds
-from haystack_llmrank.scorers.base import DEFAULT_MAX_BATCH_TOKENS, check_finite
+from haystack_llmrank.scorers.base import check_finite, device_max_batch_tokens
 from haystack_llmrank.scorers.label_head import LabelLogitsModel
 from haystack_llmrank.scorers.padding import pad_positions, pad_right
 
@@ -57,13 +57,9 @@ class TorchLabelScorer:
 
     @property
     def preferred_max_batch_tokens(self) -> int:
-        """One prompt per call on a CPU, :data:`DEFAULT_MAX_BATCH_TOKENS` elsewhere.
-
-        On a CPU a padded batch needs an attention mask, which leaves the fast causal
-        attention path: one DL19 tdpart step scored as a batch took 1.67x the time of its
-        windows scored one by one (SmolLM2, one thread). On CUDA, batches pay.
-        """
-        return 1 if self.device.type == "cpu" else DEFAULT_MAX_BATCH_TOKENS
+        """The budget that suits this model's device: one prompt per call on a CPU
+        (:func:`~haystack_llmrank.scorers.base.device_max_batch_tokens`)."""
+        return device_max_batch_tokens(self.device.type)
 
     @property
     def device(self) -> torch.device:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import importlib.util
 import io
 import json
 import multiprocessing
+import os
 import random
 import re
 import shlex
@@ -26,13 +28,14 @@ from support import SMOLLM2_TOKENIZER_DIR
 import haystack_llmrank.bench.rows as bench_rows
 import haystack_llmrank.bench.runner as bench_runner
 import haystack_llmrank.cli as cli
+import haystack_llmrank.cli.bench as bench_cli
 from haystack_llmrank.bench.config import CUDA_DEFAULT_ROWS, DEFAULT_ROWS, BenchConfig
 from haystack_llmrank.bench.measure import peak_rss_mb
 from haystack_llmrank.bench.model_loading import attention_width, resolve_device
 from haystack_llmrank.bench.oracle import qrels_judge
 from haystack_llmrank.bench.plain import answer_text, deal_and_sort, parse_permutation, slide
 from haystack_llmrank.bench.prompts import CachedPromptBuilder
-from haystack_llmrank.bench.report import cpu_description
+from haystack_llmrank.bench.report import cpu_description, environment
 from haystack_llmrank.bench.runner import (
     Plan,
     Throughput,
@@ -53,8 +56,10 @@ from haystack_llmrank.prompt import (
     FIRST_NUMERIC_TEMPLATE,
     FIRST_TEMPLATE,
     PromptBuilder,
+    PromptTemplate,
 )
 from haystack_llmrank.reranker import Reranker
+from haystack_llmrank.scorers.onnx_metadata import ExportMetadata
 from haystack_llmrank.strategies import STRATEGIES, SlidingWindow, deal, make_strategy
 
 WORDS = "river bank loan coffee mountain tree city music flea peru capital rate".split()  # noqa: SIM905
@@ -284,7 +289,8 @@ def test_onnx_fp32_orders_windows_like_plain_where_onnxruntime_is_installed(
         assert onnx["status"] == "ok"
         assert isinstance(onnx["export_seconds"], float)
         assert onnx["export_attention"] == "fused"
-        assert rows["torch"]["export_attention"] is None
+        assert onnx["export_source_model"] == bench_run[2]["config"]["model"]
+        assert rows["torch"]["export_attention"] is rows["torch"]["export_source_model"] is None
         assert_same_as_plain(onnx, rows["plain"])
         assert rows["onnx-int8"]["agreement_with_plain"]["windows_shared"] == WINDOWS
 
@@ -301,6 +307,75 @@ def test_an_existing_export_is_reused(
     (tmp_path / "onnx-fp32" / "notes.txt").write_text("not an export")
     with pytest.raises(FileExistsError, match="not an ONNX export"):
         export_onnx_row(str(tied_model_dir), "fp32", tmp_path, FIRST_TEMPLATE)
+
+
+def test_an_export_of_another_model_or_template_is_refused_not_reused(
+    bench_data: Path,
+    tied_model_dir: Path,
+    tiny_model_dir: Path,
+    smollm2_tokenizer: Any,
+    tmp_path: Path,
+) -> None:
+    exports = tmp_path / "exports"
+    folder = exports / "onnx-fp32"
+    folder.mkdir(parents=True)
+
+    def record(source: Path, template: PromptTemplate = FIRST_TEMPLATE) -> None:
+        labels = resolve_label_ids(smollm2_tokenizer, template.labels)
+        ExportMetadata(
+            labels, template.to_dict(), "fp32", str(source), 4096, 0, 17, True, {}
+        ).write(folder)
+
+    record(tiny_model_dir)
+    other = f"is of '{tiny_model_dir}', not of --model '{tied_model_dir}'; delete it"
+    with pytest.raises(ValueError, match=re.escape(f"the ONNX export in {folder} {other}")):
+        export_onnx_row(str(tied_model_dir), "fp32", exports, FIRST_TEMPLATE)
+    if importlib.util.find_spec("onnxruntime") is not None:  # else the row is unavailable
+        config = plain_and_torch(bench_data, tied_model_dir, rows=("onnx-fp32",))
+        with pytest.raises(ValueError, match=re.escape(other)):  # before any model loads
+            prepare(dataclasses.replace(config, export_dir=exports))
+    record(tied_model_dir, FIRST_NUMERIC_TEMPLATE)
+    with pytest.raises(ValueError, match="for template 'first-numeric', not 'first'"):
+        export_onnx_row(str(tied_model_dir), "fp32", exports, FIRST_TEMPLATE)
+    record(tied_model_dir, FIRST_TEMPLATE.with_vote(" yes"))
+    with pytest.raises(ValueError, match="for another version of template 'first'"):
+        export_onnx_row(str(tied_model_dir), "fp32", exports, FIRST_TEMPLATE)
+    record(tied_model_dir)  # the same folder, however it is spelled, is reused
+    reused = export_onnx_row(os.path.relpath(tied_model_dir), "fp32", exports, FIRST_TEMPLATE)
+    assert reused == (folder, None)
+
+
+@pytest.mark.slow
+def test_torch_and_onnx_rows_batch_alike_on_the_cpu(
+    bench_run: tuple[int, str, dict[str, Any]],
+    bench_data: Path,
+    tied_model_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pytest.importorskip("onnxruntime")
+    assert bench_run[2]["config"]["max_batch_tokens"] == 1  # recorded: one window per pass
+    batches: dict[str, list[int]] = {}
+    score = bench_rows.RecordingScorer.score
+
+    def counting(recorder: Any, prompts: Any) -> Any:
+        batches.setdefault(type(recorder.inner).__name__, []).append(len(prompts))
+        return score(recorder, prompts)
+
+    monkeypatch.setattr(bench_rows.RecordingScorer, "score", counting)
+    exports = Path(bench_run[2]["config"]["export_dir"])  # the onnx-fp32 export is reused
+    config = plain_and_torch(
+        bench_data,
+        tied_model_dir,
+        rows=("torch", "onnx-fp32"),
+        strategies=("disjoint",),
+        top_k=12,
+        window_size=4,
+        isolate=False,
+        export_dir=exports,
+    )
+    results = run(prepare(config))
+    assert [r.status for r in results] == ["ok", "ok"]
+    assert batches == {"TorchLabelScorer": [1, 1, 1], "OnnxLabelScorer": [1, 1, 1]}
 
 
 @pytest.mark.slow
@@ -335,11 +410,29 @@ def test_synthetic_config_runs_with_a_batch_size_sweep(
     sweep = rows["torch"]["sweep"]
     assert [point["batch_size"] for point in sweep] == [1, 2]
     assert [point["windows"] for point in sweep] == [WINDOWS, WINDOWS]
-    assert sweep[0]["mean_batch"] == 1.0
-    assert sweep[1]["mean_batch"] == 2.0
+    assert [point["prompts_per_pass"] for point in sweep] == [1.0, 2.0]
     assert all(point["queries_per_second"] > 0 for point in sweep)
     assert rows["torch"]["floor_seconds_per_window"] > 0
-    assert "mean batch" in printed
+    assert "prompts/pass" in printed
+
+
+def test_the_sweep_caps_and_counts_the_prompts_of_each_forward_pass(
+    bench_data: Path, tied_model_dir: Path, tmp_path: Path
+) -> None:
+    # disjoint: a query's 2 windows are one step, which one scheduling call never splits; a
+    # budget of 16384 tokens would score it in one forward pass at batch size 1
+    code, printed, report = bench_json(
+        tmp_path / "sweep.json",
+        *("--data-dir", str(bench_data), "--model", str(tied_model_dir), *SLICE),
+        *("--rows", "torch", "--strategies", "disjoint", "--warmup", "0"),
+        *("--max-batch-tokens", "16384", "--batch-sizes", "1,2"),
+    )
+    assert code == 0
+    sweep = rows_of(report)["torch"]["sweep"]
+    assert [p["windows"] for p in sweep] == [4, 4]  # 8 passages dealt into 2 windows, twice
+    assert [p["forward_passes"] for p in sweep] == [4, 2]
+    assert [p["prompts_per_pass"] for p in sweep] == [1.0, 2.0]
+    assert re.search(r"\ntorch disjoint +1 +1\.0 ", printed[printed.index("prompts/pass") :])
 
 
 @given(n=st.integers(0, 60), size=st.integers(1, 25), data=st.data())
@@ -408,6 +501,18 @@ def test_cached_prompts_match_the_engine_and_are_built_once(smollm2_tokenizer: A
         ({"oracle_noise": (-1.0,)}, "at least 0"),
         ({"seed": -1}, "seed must not be negative"),
         ({"export_dir": Path(__file__)}, "is not a folder"),
+        ({"max_prompt_tokens": 0}, "max_prompt_tokens must be at least 1, got 0"),
+        ({"max_batch_tokens": 0}, "max_batch_tokens must be at least 1, got 0"),
+        (
+            {"rows": ("plain", "generate"), "strategies": ("tdpart",)},
+            r"only the rows oracle, torch, .*onnx-int8 use strategies; none .*plain, generate",
+        ),
+        ({"rows": ("torch",), "oracle_noise": (0.5,)}, "only the rows oracle use oracle_noise"),
+        (
+            {"rows": ("plain",), "batch_size": 4, "max_batch_tokens": 99},
+            r"use batch_size, max_batch_tokens; none of them is chosen \(rows: plain\)",
+        ),
+        ({"rows": ("generate",), "sweep_batch_sizes": (1, 4)}, r"sweep_batch_sizes \(--batch-"),
     ],
 )
 def test_bad_settings_are_refused(settings: dict[str, Any], message: str) -> None:
@@ -416,6 +521,8 @@ def test_bad_settings_are_refused(settings: dict[str, Any], message: str) -> Non
 
 
 ORACLE_SLICE = ["--queries", "2", "--top-k", "15", "--window-size", "4", "--step", "2"]
+FAST_MATMUL = Throughput(1.0, 2048, "float32")
+"""A matmul rate for runs that measure no floor (the oracle's), to skip timing products."""
 
 
 @pytest.fixture(scope="module")
@@ -584,6 +691,14 @@ def test_unknown_rows_are_a_command_line_error(
     assert code == 2
     assert printed == ""
     assert "unknown rows ['fast']" in capsys.readouterr().err
+
+
+def test_the_oracle_noise_help_says_every_passage_gets_noise() -> None:
+    parser = argparse.ArgumentParser()
+    bench_cli.register(parser)
+    help_text = " ".join(parser.format_help().split())
+    assert "added to every passage's qrels grade (0 for unjudged passages)" in help_text
+    assert "every judged passage" not in help_text
 
 
 @pytest.mark.parametrize("option", [["--queries", "0"], ["--batch-sizes", "4,x"], ["--step", "-1"]])
@@ -762,6 +877,18 @@ def test_the_window_and_step_follow_the_models_template_unless_given(
     assert (plan.config.window_size, plan.config.step) == (6, 3)
 
 
+def test_options_no_chosen_row_uses_are_refused_and_plain_loops_get_no_strategies(
+    bench_data: Path, tied_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ("--data-dir", str(bench_data), "--rows", "plain,generate", "--device", "cpu")
+    code, printed = llmrank_bench(*args, "--oracle-noise", "0.5")
+    assert (code, printed) == (2, "")
+    assert "only the rows oracle use oracle_noise" in capsys.readouterr().err
+    plan = prepare(plain_and_torch(bench_data, tied_model_dir, rows=("plain",)))
+    assert plan.config.strategies is None
+    assert [v.name for v in plan.config.variants] == ["plain sliding"]
+
+
 def test_one_passage_windows_of_a_label_readout_are_refused_before_any_row(
     bench_data: Path, tied_model_dir: Path
 ) -> None:
@@ -769,14 +896,58 @@ def test_one_passage_windows_of_a_label_readout_are_refused_before_any_row(
         prepare(plain_and_torch(bench_data, tied_model_dir, window_size=1, step=1))
 
 
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--warmup", "-1"], "warmup must not be negative"),
+        (["--dtype", "banana"], "banana"),
+        (["--data-dir", "/nonexistent/trec-dl19"], "candidates.jsonl not found"),
+    ],
+)
 def test_a_refused_command_leaves_no_json_folder_behind(
-    bench_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    bench_data: Path,
+    tied_model_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    option: list[str],
+    message: str,
 ) -> None:
     output = tmp_path / "new" / "deep" / "bench.json"
-    code, _ = llmrank_bench("--data-dir", str(bench_data), "--warmup", "-1", "--json", str(output))
+    args = ("--data-dir", str(bench_data), "--model", str(tied_model_dir), "--rows", "oracle")
+    code, _ = llmrank_bench(*args, *option, "--device", "cpu", "--json", str(output))
     assert code == 2
-    assert "warmup must not be negative" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
     assert not (tmp_path / "new").exists()
+
+
+def test_the_json_replaces_an_earlier_one_whole_and_says_so(
+    bench_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bench_runner, "measure_throughput", lambda device, dtype: FAST_MATMUL)
+    output = tmp_path / "runs" / "bench.json"
+    args = ("--data-dir", str(bench_data), "--rows", "oracle", *ORACLE_SLICE)
+    code, printed, first = bench_json(output, *args, "--queries", "1")
+    assert code == 0
+    assert "exists:" not in printed
+    assert "(replaced" not in printed
+    earlier = output.read_text()
+    write_text = Path.write_text
+
+    def torn(path: Path, text: str, *more: Any, **options: Any) -> int:
+        write_text(path, text[: len(text) // 2], *more, **options)
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as torn_disk:
+        torn_disk.setattr(Path, "write_text", torn)
+        code, printed = llmrank_bench(*args, "--device", "cpu", "--json", str(output))
+    assert code == 2
+    assert f"{output} exists: this run replaces it when it ends" in printed
+    assert output.read_text() == earlier, "a failed write leaves the earlier record whole"
+    assert [p.name for p in output.parent.iterdir()] == ["bench.json"]
+    code, printed, second = bench_json(output, *args)
+    assert code == 0
+    assert f"saved {output} (replaced the earlier file)" in printed
+    assert (first["data"]["queries"], second["data"]["queries"]) == (1, 2)
 
 
 def test_the_record_names_its_command_and_cpu(bench_data: Path, tmp_path: Path) -> None:
@@ -797,6 +968,16 @@ def test_the_record_names_its_command_and_cpu(bench_data: Path, tmp_path: Path) 
         ]
     )
     assert report["environment"]["cpu"] == cpu_description()
+
+
+def test_the_record_counts_the_cpus_the_process_may_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 3}, raising=False)
+    recorded = environment("cpu")
+    assert (recorded["usable_cpus"], recorded["host_cpus"]) == (2, 8)
+    assert "cpu_count" not in recorded  # the host's count under a name that did not say so
+    monkeypatch.delattr(os, "sched_getaffinity")
+    assert environment("cpu")["usable_cpus"] == 8
 
 
 def test_cpu_description_reads_the_first_processor(tmp_path: Path) -> None:
