@@ -204,7 +204,8 @@ class BenchConfig:
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
         for strategy in self.ranking_strategies:
-            check_strategy_options(strategy, window_size=self.window_size, step=self.step)
+            check_strategy_options(strategy, window_size=self.window_size, step=None)
+        check_strategy_options(SLIDING, window_size=self.window_size, step=self.step)
         if any(size < 1 for size in self.sweep_batch_sizes):
             raise ValueError(f"batch sizes must be at least 1, got {list(self.sweep_batch_sizes)}")
         if self.warmup < 0:
@@ -266,6 +267,18 @@ class BenchConfig:
         """
         chosen = self.rows if self.rows is not None else default_rows(self.device or "cpu")
         return tuple(row for row in ROWS if row in chosen)
+
+    def check_step_used(self) -> None:
+        """``ValueError`` for a ``step`` that no line would slide by (call it once the
+        template's readout is known, before :func:`prepare` sets the step)."""
+        if self.step is not None and SLIDING not in (
+            *self.ranking_strategies,
+            self.readout_strategy,
+        ):
+            raise ValueError(
+                f"step applies to the sliding window only; no line here slides (strategies "
+                f"{', '.join(self.ranking_strategies)})"
+            )
 
     @property
     def readout_strategy(self) -> str:

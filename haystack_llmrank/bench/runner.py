@@ -352,6 +352,7 @@ def prepare(config: BenchConfig) -> Plan:
     """Resolve the settings, read the data, time one window and the device's matmul rate."""
     device, dtype = resolve_device(config.device, config.dtype, config.model, config.synthetic)
     template = bench_template(config)
+    replace(config, vote=template.vote).check_step_used()
     window_size, step = template_sizes(template, config.window_size, config.step)
     config = replace(
         config,

@@ -437,7 +437,7 @@ def test_the_sweep_caps_and_counts_the_prompts_of_each_forward_pass(
 
 @given(n=st.integers(0, 60), size=st.integers(1, 25), data=st.data())
 def test_plain_loop_visits_the_engine_windows(n: int, size: int, data: st.DataObject) -> None:
-    step = data.draw(st.integers(1, size))
+    step = data.draw(st.integers(1, max(1, size - 1)))
     seen: list[tuple[int, int]] = []
 
     def keep(members: list[int]) -> list[int]:
@@ -520,7 +520,7 @@ def test_bad_settings_are_refused(settings: dict[str, Any], message: str) -> Non
         BenchConfig(**settings)
 
 
-ORACLE_SLICE = ["--queries", "2", "--top-k", "15", "--window-size", "4", "--step", "2"]
+ORACLE_SLICE = ["--queries", "2", "--top-k", "15", "--window-size", "4"]
 FAST_MATMUL = Throughput(1.0, 2048, "float32")
 """A matmul rate for runs that measure no floor (the oracle's), to skip timing products."""
 
@@ -802,8 +802,10 @@ def test_a_model_read_by_its_vote_is_benched_by_its_votes(
     voted = FIRST_TEMPLATE.with_vote(" yes")
     write_template(model, voted)
     pytest.importorskip("onnxruntime")
-    config = plain_and_torch(bench_data, model, isolate=False, top_k=12, window_size=4)
+    config = plain_and_torch(bench_data, model, isolate=False, top_k=12, window_size=4, step=None)
     rows = ("oracle", "plain", "torch", "onnx-fp32")
+    with pytest.raises(ValueError, match="step applies to the sliding window only"):
+        prepare(dataclasses.replace(config, step=2))  # votes are read in disjoint windows
     plan = prepare(dataclasses.replace(config, rows=rows, export_dir=tmp_path / "exports"))
     assert plan.template == voted
     assert (plan.config.vote, plan.config.strategies) == (" yes", ("disjoint",))
