@@ -10,6 +10,7 @@ import os
 import shutil
 import socket
 import tempfile
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -361,7 +362,9 @@ def _merge_adapter(model: Any, source: ModelSource) -> Any:
     try:
         config = PeftConfig.from_pretrained(folder)
         config.inference_mode = True
-        wrapped = PeftModel(model, config)
+        with warnings.catch_warnings():  # peft asks transformers 5 a deprecated question
+            warnings.filterwarnings("ignore", "`is_gradient_checkpointing`", FutureWarning)
+            wrapped = PeftModel(model, config)
         load_adapter_weights(wrapped, load_peft_weights(folder, device="cpu"))
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         base = ModelSource(source.location, source.gguf_file).name
