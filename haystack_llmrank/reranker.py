@@ -482,7 +482,7 @@ class Reranker:
         ``top_k`` positions of a ranking matter; it may then leave more positions in
         first-stage order (:attr:`Ranking.unranked`). ``on_window`` is called with the
         number of windows each scorer call finished. A query's ranking does not depend on
-        the others. ``requests``, and each request's passages, may be any iterable in a
+        the others, up to the float rounding of padded batches. ``requests``, and each request's passages, may be any iterable in a
         definite order (a set or a mapping is refused); each is read once. Blank passages
         (:func:`~haystack_llmrank.blank_passages.is_blank`) are shown to no window: they come
         last, in input order (:attr:`Ranking.blank`).
