@@ -314,21 +314,22 @@ def load_causal_lm(
     under :func:`_cache_root`; ``LLMRANK_NO_CACHE=1`` turns the cache off. A cached copy that
     cannot be loaded is replaced from the file.
 
-    An adapter is merged in float32 and the result cast once to ``dtype`` (or the base's own
-    dtype): added in bfloat16, a LoRA delta under half a weight's last bit would be lost.
+    With an adapter, the base loads as its checkpoint holds it (a GGUF file: as its float32
+    cache), the adapter is merged, and the result is cast once to ``dtype``: a base first
+    cast to bfloat16 would round each weight twice.
     """
     import torch
     from transformers import AutoModelForCausalLM
 
-    load_dtype: Any = torch.float32 if source.adapter is not None and dtype is not None else dtype
-    kwargs: dict[str, Any] = {"dtype": load_dtype} if load_dtype is not None else {}
+    kwargs: dict[str, Any] = {"dtype": dtype} if dtype is not None else {}
+    base_kwargs: dict[str, Any] = {"dtype": "auto"} if source.adapter is not None else kwargs
     cached = _gguf_cache_dir(source) if source.gguf_file else None
     model = _from_cache(
-        cached, lambda folder: AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+        cached, lambda folder: AutoModelForCausalLM.from_pretrained(folder, **base_kwargs)
     )
     if model is None:
         # the cache holds the float32 dequantisation, whatever dtype this load asks for
-        load_kwargs = {"dtype": torch.float32} if cached is not None else kwargs
+        load_kwargs = {"dtype": torch.float32} if cached is not None else base_kwargs
         try:
             model = AutoModelForCausalLM.from_pretrained(
                 source.location, gguf_file=source.gguf_file, **load_kwargs
@@ -339,11 +340,10 @@ def load_causal_lm(
             ) from exc
         if cached is not None:
             _write_cache(model, tokenizer or load_tokenizer(source), cached)
-            if load_dtype is not None:
-                model = model.to(load_dtype)
     if source.adapter is not None:
-        final: Any = dtype if dtype is not None else model.dtype
-        model = _merge_adapter(model.float(), source).to(final)
+        model = _merge_adapter(model, source)
+    if dtype is not None:
+        model = model.to(dtype)
     return model.to(device).eval()
 
 

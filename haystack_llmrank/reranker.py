@@ -84,7 +84,7 @@ def template_strategy(
     :func:`template_sizes`. A ``step`` given to a strategy without one is refused."""
     window_size, sliding_step = template_sizes(template, window_size, step)
     strategy = make_strategy(name, window_size=window_size, step=sliding_step, vote=template.vote)
-    check_step_applies(strategy.name, step)
+    check_step_applies(step, strategy.name)
     return strategy
 
 
@@ -272,9 +272,9 @@ class Reranker:
         self.model_name = model_name
         self.both_orders = both_orders
         self.order_invariant = order_invariant
-        # whether the strategy's step was chosen (a strategy object's is), which replace()
-        # keeps for a new window, where a default step follows the window
-        self._step_given = strategy is not None
+        # whether the strategy's step was chosen (a strategy object's is, a name's is not),
+        # which replace() keeps for a new window, where a default step follows the window
+        self._step_given = strategy is not None and not isinstance(strategy, str)
         self._closed = False
 
     def close(self) -> None:
@@ -482,8 +482,9 @@ class Reranker:
         ``top_k`` positions of a ranking matter; it may then leave more positions in
         first-stage order (:attr:`Ranking.unranked`). ``on_window`` is called with the
         number of windows each scorer call finished. A query's ranking does not depend on
-        the others, up to the float rounding of padded batches. ``requests``, and each request's passages, may be any iterable in a
-        definite order (a set or a mapping is refused); each is read once. Blank passages
+        the others, up to the float rounding of padded batches. ``requests``, and each
+        request's passages, may be any iterable in a definite order (a set or a mapping is
+        refused); each is read once. Blank passages
         (:func:`~haystack_llmrank.blank_passages.is_blank`) are shown to no window: they come
         last, in input order (:attr:`Ranking.blank`).
         """

@@ -137,9 +137,10 @@ class SlidingWindow:
         _check_window_size(window_size, 1)
         step = default_step(window_size) if step is None else step
         _check_integer("step", step)
-        if not 1 <= step <= max(1, window_size - 1):
+        most = max(1, window_size - 1)
+        if not 1 <= step <= most:
             raise ValueError(
-                f"step must be between 1 and window_size ({window_size}) less one, got {step}"
+                f"step must be between 1 and {most} for window_size ({window_size}), got {step}"
             )
         object.__setattr__(self, "window_size", window_size)
         object.__setattr__(self, "step", step)
@@ -407,11 +408,12 @@ def default_step(window_size: int) -> int:
     return max(1, window_size * DEFAULT_STEP // DEFAULT_WINDOW_SIZE)
 
 
-def check_step_applies(name: str, step: int | None) -> None:
-    """``ValueError`` for a ``step`` given to a strategy that has none (all but sliding),
-    which would otherwise be ignored."""
-    if step is not None and name != SlidingWindow.name:
-        raise ValueError(f"step applies to the sliding window only; strategy {name!r} has none")
+def check_step_applies(step: int | None, *names: str) -> None:
+    """``ValueError`` for a ``step`` given where none of the strategies ``names`` slides (only
+    the sliding window has a step), as it would be ignored."""
+    if step is not None and SlidingWindow.name not in names:
+        which = ", ".join(repr(name) for name in sorted(set(names)))
+        raise ValueError(f"step applies to the sliding window only; strategy {which} has none")
 
 
 def check_strategy_options(name: str | None, *, window_size: int | None, step: int | None) -> None:
@@ -424,7 +426,7 @@ def check_strategy_options(name: str | None, *, window_size: int | None, step: i
     if name is not None:
         size = DEFAULT_WINDOW_SIZE if window_size is None else window_size
         make_strategy(name, window_size=size, step=step)
-        check_step_applies(name, step)
+        check_step_applies(step, name)
 
 
 def make_strategy(

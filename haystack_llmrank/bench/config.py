@@ -268,18 +268,6 @@ class BenchConfig:
         chosen = self.rows if self.rows is not None else default_rows(self.device or "cpu")
         return tuple(row for row in ROWS if row in chosen)
 
-    def check_step_used(self) -> None:
-        """``ValueError`` for a ``step`` that no line would slide by (call it once the
-        template's readout is known, before :func:`prepare` sets the step)."""
-        if self.step is not None and SLIDING not in (
-            *self.ranking_strategies,
-            self.readout_strategy,
-        ):
-            raise ValueError(
-                f"step applies to the sliding window only; no line here slides (strategies "
-                f"{', '.join(self.ranking_strategies)})"
-            )
-
     @property
     def readout_strategy(self) -> str:
         """The readout's own strategy: ``disjoint`` for a vote, ``sliding`` for labels."""

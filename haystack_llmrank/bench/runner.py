@@ -58,7 +58,7 @@ from haystack_llmrank.prompt import FIRST_TEMPLATE, Prompt, PromptTemplate
 from haystack_llmrank.reranker import template_sizes
 from haystack_llmrank.scorers.base import device_max_batch_tokens
 from haystack_llmrank.scorers.onnx_metadata import Precision
-from haystack_llmrank.strategies import SlidingWindow, make_strategy
+from haystack_llmrank.strategies import SlidingWindow, check_step_applies, make_strategy
 
 logger = logging.getLogger(__name__)
 
@@ -352,7 +352,7 @@ def prepare(config: BenchConfig) -> Plan:
     """Resolve the settings, read the data, time one window and the device's matmul rate."""
     device, dtype = resolve_device(config.device, config.dtype, config.model, config.synthetic)
     template = bench_template(config)
-    replace(config, vote=template.vote).check_step_used()
+    given_step = config.step
     window_size, step = template_sizes(template, config.window_size, config.step)
     config = replace(
         config,
@@ -363,6 +363,7 @@ def prepare(config: BenchConfig) -> Plan:
         window_size=window_size,
         step=step,
     )
+    check_step_applies(given_step, *(variant.strategy for variant in config.variants))
     if set(ENGINE_ROWS) & set(config.ordered_rows):  # one budget: torch and ONNX batch alike
         config = replace(
             config,

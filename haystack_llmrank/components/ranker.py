@@ -116,7 +116,9 @@ class FirstListwiseRanker:
         :param window_size: passages per window, at most the template's label count
             (``None``: FIRST's 20, or the template's labels where fewer).
         :param step: how far the sliding window moves up each time (``strategy="sliding"``;
-            ``None``: half the window).
+            ``None``: half the window). A step for a strategy without one is refused: at
+            init for a named strategy, at :meth:`warm_up` when ``strategy`` is ``None`` and
+            the model's readout turns out not to slide (a vote's disjoint windows).
         :param strategy: ``"sliding"`` (FIRST's sliding window), ``"tdpart"`` (top-down
             partitioning), ``"tournament"`` or ``"disjoint"`` (for a vote readout); see
             :mod:`haystack_llmrank.strategies`. ``None``: the readout's, ``"disjoint"`` for a

@@ -47,13 +47,13 @@ class RerankEngine(Protocol):
         """Rank many queries' passages in one call; only each request's first ``top_k``
         positions need ranking; ``on_window`` runs after each step. Requests may hold blank
         documents, or only blank ones: the service passes every document on, and the
-        engine puts blank ones last (:mod:`haystack_llmrank.blank_passages`)."""
-        ...
+        engine puts blank ones last (:mod:`haystack_llmrank.blank_passages`).
 
-    def check_request(self, query: str, passages: Sequence[str]) -> None:
-        """Raise, without scoring, an error ``rerank_many`` would surely raise for this
-        request (a query too long for any prompt:
-        :class:`~haystack_llmrank.errors.PromptTooLongError`)."""
+        An engine may also offer ``check_request(query, passages)``, raising without
+        scoring an error ``rerank_many`` would surely raise for that request (a query too
+        long for any prompt: :class:`~haystack_llmrank.errors.PromptTooLongError`), as
+        :class:`~haystack_llmrank.reranker.Reranker` does: such a request is then answered
+        without holding up its batch."""
         ...
 
 
@@ -283,9 +283,13 @@ class RerankBatcher:
 
     @staticmethod
     def _passes_check(engine: RerankEngine, job: _Job) -> bool:
-        """Whether the engine's check passes ``job``; if not, ``job`` gets its error."""
+        """Whether the engine's ``check_request``, where it has one, passes ``job``; if not,
+        ``job`` gets its error."""
+        check = getattr(engine, "check_request", None)
+        if check is None:
+            return True
         try:
-            engine.check_request(job.query, job.passages)
+            check(job.query, job.passages)
         except Exception as exc:
             job.resolve(exc)
             return False

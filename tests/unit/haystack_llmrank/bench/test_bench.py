@@ -63,7 +63,7 @@ from haystack_llmrank.scorers.onnx_metadata import ExportMetadata
 from haystack_llmrank.strategies import STRATEGIES, SlidingWindow, deal, make_strategy
 
 WORDS = "river bank loan coffee mountain tree city music flea peru capital rate".split()  # noqa: SIM905
-SLICE = ["--queries", "2", "--top-k", "8", "--window-size", "4", "--step", "2"]
+SLICE = ["--queries", "2", "--top-k", "8", "--window-size", "4"]  # step 2: half the window
 WINDOWS = 6
 """Windows of the slice: 8 candidates in windows of 4 moving up by 2 is 3 per query."""
 
@@ -370,6 +370,7 @@ def test_torch_and_onnx_rows_batch_alike_on_the_cpu(
         strategies=("disjoint",),
         top_k=12,
         window_size=4,
+        step=None,
         isolate=False,
         export_dir=exports,
     )
@@ -490,7 +491,7 @@ def test_cached_prompts_match_the_engine_and_are_built_once(smollm2_tokenizer: A
         ({"rows": ("plain", "fast")}, "unknown rows"),
         ({"rows": ("plain", "plain")}, "more than once"),
         ({"rows": ()}, "no rows"),
-        ({"step": 30}, "step must be between 1 and window_size"),
+        ({"step": 30}, r"step must be between 1 and \d+ for window_size"),
         ({"queries": 0}, "queries must be at least 1"),
         ({"synthetic": "llama-70b"}, "unknown synthetic"),
         ({"device": "tpu"}, "cpu or cuda"),
@@ -806,6 +807,8 @@ def test_a_model_read_by_its_vote_is_benched_by_its_votes(
     rows = ("oracle", "plain", "torch", "onnx-fp32")
     with pytest.raises(ValueError, match="step applies to the sliding window only"):
         prepare(dataclasses.replace(config, step=2))  # votes are read in disjoint windows
+    generating = prepare(dataclasses.replace(config, rows=("generate",), step=2))
+    assert generating.config.step == 2  # generation slides
     plan = prepare(dataclasses.replace(config, rows=rows, export_dir=tmp_path / "exports"))
     assert plan.template == voted
     assert (plan.config.vote, plan.config.strategies) == (" yes", ("disjoint",))

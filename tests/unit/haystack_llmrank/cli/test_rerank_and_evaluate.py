@@ -171,7 +171,7 @@ def test_rerank_reads_rankllm_files(llmrank: Any, tiny_model_dir: Path, tmp_path
     ("extra", "message"),
     [
         (["--window-size", "30", "--step", "10"], "--window-size 30 is over the 26 labels"),
-        (["--window-size", "3", "--step", "5"], "step must be between 1 and window_size"),
+        (["--window-size", "3", "--step", "5"], "step must be between 1 and 2 for window_size (3)"),
     ],
 )
 def test_rerank_rejects_bad_windows(
@@ -569,7 +569,7 @@ def test_windows_are_checked_against_the_models_template_before_loading(
     numeric = ("--model", str(tmp_path))
     with pytest.raises(ValueError, match="--window-size 10 is over the 9 labels of the model's"):
         load_reranker(model_args(*numeric, "--window-size", "10"))
-    with pytest.raises(ValueError, match=r"step must be between 1 and window_size \(9\)"):
+    with pytest.raises(ValueError, match=r"step must be between 1 and 8 for window_size \(9\)"):
         load_reranker(model_args(*numeric, "--step", "10"))
     assert calls == []
     load_reranker(model_args(*numeric))  # the engine narrows its default window to 9

@@ -486,7 +486,7 @@ def test_bad_window_rejected_at_init() -> None:
     with pytest.raises(ValueError, match="max_passage_words must be"):
         FirstListwiseRanker(max_passage_words=0)
     # a named template fixes the labels and the readout: its window is checked in full
-    with pytest.raises(ValueError, match="step must be between 1 and window_size \\(9\\)"):
+    with pytest.raises(ValueError, match="step must be between 1 and 8 for window_size \\(9\\)"):
         FirstListwiseRanker(template="first-numeric", strategy="sliding", step=12)
     with pytest.raises(WindowTooLargeError, match="template 'first-numeric' has 9 labels"):
         FirstListwiseRanker(template="first-numeric", window_size=12)

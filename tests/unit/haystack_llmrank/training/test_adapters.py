@@ -55,13 +55,14 @@ def test_an_adapter_of_the_top_layers_loads_as_trained(
     torch.testing.assert_close(merged, expected, rtol=1e-4, atol=1e-4)
 
 
-def test_an_adapter_is_merged_in_float32_and_rounded_once_to_a_lower_dtype(
+def test_an_adapter_is_merged_into_the_base_as_saved_then_cast_once(
     smollm2_tokenizer: Any, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    model = make_tiny_llama(len(smollm2_tokenizer))
+    model = make_tiny_llama(len(smollm2_tokenizer))  # a float32 checkpoint
     save_adapter(model, tmp_path / "adapter", base=tiny_model_dir)
     source = resolve_model(str(tmp_path / "adapter"))
     merged = load_causal_lm(source).state_dict()
+    assert {weight.dtype for weight in merged.values()} == {torch.float32}
     low = load_causal_lm(source, dtype=torch.bfloat16).state_dict()
     assert merged.keys() == low.keys()
     for name, weight in low.items():

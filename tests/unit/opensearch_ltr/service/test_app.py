@@ -440,6 +440,25 @@ async def test_a_query_too_long_for_any_prompt_is_refused_outside_its_batch(
     assert [r["index"] for r in results[3][1]["results"]] == list(expected.order)
 
 
+class UncheckedEngine:
+    """An engine with ``rerank_many`` alone, as :class:`RerankEngine` asks."""
+
+    def __init__(self) -> None:
+        self.inner = FakeEngine()
+
+    def rerank_many(self, requests: Any, **options: Any) -> list[Ranking]:
+        return self.inner.rerank_many(requests, **options)
+
+
+async def test_an_engine_without_a_request_check_still_answers() -> None:
+    async with serving(UncheckedEngine()) as client:
+        status, body = await post(client, {"query": "fine", "documents": ["a", "b"]})
+        assert status == 200
+        assert [r["index"] for r in body["results"]] == [1, 0]
+        status, body = await post(client, {"query": "too long", "documents": ["a"]})
+        assert_error(status, body, 422, "invalid_request")
+
+
 async def test_a_request_that_fails_in_the_engine_does_not_fail_its_batch() -> None:
     engine = RecordingEngine(FakeEngine())
     async with serving(engine) as client:
