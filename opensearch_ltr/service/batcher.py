@@ -132,6 +132,8 @@ class RerankBatcher:
         self._closed = False
         self._close_called = False
         self._progress_at: float | None = None
+        self._parked = False
+        """Whether the worker waits for work (under ``_changed``), so a close ends it at once."""
         """When the running batch started or last finished a window; ``None`` when idle."""
         self._thread = threading.Thread(target=self._work, name="llmrank-engine")
         self.loaded: Future[None] = Future()
@@ -217,9 +219,13 @@ class RerankBatcher:
         """
         with self._changed:
             self._closed = self._close_called = True
+            # a parked worker with nothing to rank wakes only to end: wait for that, however
+            # short the timeout
+            ending = self._parked and not any(job.wanted for job in self._queue)
             self._changed.notify()
         if self._thread.is_alive():
-            self._thread.join(None if timeout is None else min(timeout, threading.TIMEOUT_MAX))
+            limit = None if timeout is None or ending else min(timeout, threading.TIMEOUT_MAX)
+            self._thread.join(limit)
         return not self._thread.is_alive()
 
     def _work(self) -> None:
@@ -264,7 +270,9 @@ class RerankBatcher:
                 self._queue.clear()
                 if self._closed:
                     return None
+                self._parked = True
                 self._changed.wait()
+                self._parked = False
 
     def _rank(self, engine: RerankEngine, jobs: list[_Job]) -> None:
         """Rank a batch in one engine call, less the requests the engine's check refuses

@@ -196,8 +196,8 @@ class _Runner(web.AppRunner):
 
 
 def stop_on_signals(stop: asyncio.Event) -> None:
-    """Set ``stop`` on SIGINT or SIGTERM; a second signal ends the process at once, with exit
-    status 128 + the signal's number, whatever threads are still running (the model's).
+    """Set ``stop`` on SIGINT or SIGTERM; a second signal ends the process at once, by that
+    signal, whatever threads are still running (the model's).
 
     Call from the running loop's thread.
     """
@@ -206,7 +206,11 @@ def stop_on_signals(stop: asyncio.Event) -> None:
     def on_signal(sig: signal.Signals) -> None:
         if stop.is_set():
             logger.warning("%s received again: stopping at once", sig.name)
-            os._exit(128 + sig)
+            # die by the signal, as supervisors expect of one they sent (systemd counts a
+            # SIGTERM death as clean, exit 143 as a failure), whatever threads still run
+            signal.signal(sig, signal.SIG_DFL)
+            os.kill(os.getpid(), sig)
+            os._exit(128 + sig)  # only if the signal did not end the process
         else:
             logger.info("%s received: shutting down (send it again to stop at once)", sig.name)
             stop.set()

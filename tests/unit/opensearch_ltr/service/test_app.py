@@ -825,7 +825,7 @@ def test_first_signal_asks_for_shutdown_second_one_stops_at_once(sig: signal.Sig
         assert process.stdout.readline() == "stopping\n"
         assert process.poll() is None
         process.send_signal(sig)
-        assert process.wait(timeout=10) == 128 + sig
+        assert process.wait(timeout=10) == -sig  # ended by the signal itself
         assert f"{sig.name} received again: stopping at once" in process.stderr.read()
     finally:
         process.kill()
@@ -1208,6 +1208,20 @@ def test_close_waits_at_most_the_longest_timeout_threads_take() -> None:
     assert list(job.result(0).order) == [1, 0]
     assert batcher.state is WorkerState.STOPPED
     assert not batcher.dead  # closed, not broken: /health stays 200 while shutting down
+
+
+def test_an_idle_worker_stops_within_a_grace_of_zero() -> None:
+    """close(0) on a worker parked for work returned before it woke, so every shutdown with
+    --shutdown-grace-s 0 warned that the engine was still in a window."""
+    for _ in range(20):
+        batcher = RerankBatcher(lambda: FakeEngine())
+        batcher.start()
+        assert batcher.loaded.result(10) is None
+        deadline = time.monotonic() + 10
+        while not batcher._parked:
+            assert time.monotonic() < deadline, "the worker never waited for work"
+            time.sleep(0.001)
+        assert batcher.close(0)
 
 
 def test_a_factory_that_exits_fails_the_load_instead_of_loading_forever() -> None:
