@@ -182,13 +182,15 @@ def _check_declared_size(request: web.Request, limit: int) -> None:
 
 
 async def expect_continue(request: web.Request) -> web.StreamResponse | None:
-    """Answer ``Expect: 100-continue`` only once the API key and the declared size pass, so
-    that a refused client sends no body; refuse any other expectation (417)."""
+    """Answer ``Expect: 100-continue`` only once the API key, the declared size and the
+    encoding pass, so that a refused client sends no body; refuse any other expectation
+    (417)."""
     if request.version != HttpVersion11:
         return None
     try:
         check_api_key(request)
         _check_declared_size(request, request.app[CONFIG].max_body_bytes)
+        _check_encoding(request)
         expect = request.headers.get("Expect", "")
         if expect.lower() != "100-continue":
             raise RequestError(417, "expectation_failed", f"unsupported Expect: {expect[:40]}")
@@ -201,15 +203,21 @@ async def expect_continue(request: web.Request) -> web.StreamResponse | None:
     return None
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes:
-    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
-    if encoding not in CONTENT_ENCODINGS:  # aiohttp reads an encoding it does not know as plain
+def _check_encoding(request: web.Request) -> None:
+    """Raise 415 for a ``Content-Encoding`` the service does not read (aiohttp would read an
+    unknown one as plain); an empty one is plain."""
+    encoding = request.headers.get("Content-Encoding", "").strip().lower() or "identity"
+    if encoding not in CONTENT_ENCODINGS:
         raise RequestError(
             415,
             "unsupported_media_type",
             f"Content-Encoding {encoding[:40]!r} is not supported; use "
             + ", ".join(CONTENT_ENCODINGS),
         )
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    _check_encoding(request)
     _check_declared_size(request, limit)
     try:
         return await request.read()

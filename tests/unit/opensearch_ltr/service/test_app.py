@@ -407,7 +407,7 @@ async def test_an_unknown_content_encoding_is_415() -> None:
             async with client.post("/v1/rerank", data=payload, headers=headers) as response:
                 body = await response.json()
             assert_error(response.status, body, 415, "unsupported_media_type")
-        for encoding in ("identity", "GZIP"):
+        for encoding in ("identity", "GZIP", ""):  # an empty one is plain
             data = gzip.compress(payload) if encoding == "GZIP" else payload
             headers = {**AUTH, "Content-Encoding": encoding}
             async with client.post("/v1/rerank", data=data, headers=headers) as response:
@@ -1090,6 +1090,12 @@ async def test_expect_100_continue_waits_for_the_key_and_size_checks() -> None:
             (expect, len(body), 401, "unauthorized"),
             (auth + expect, 5000, 413, "too_large"),
             (auth + b"Expect: bogus\r\n", len(body), 417, "expectation_failed"),
+            (
+                auth + b"Content-Encoding: foo\r\n" + expect,
+                len(body),
+                415,
+                "unsupported_media_type",
+            ),
         ):
             continued, *answer = await exchange(headers, length)
             assert not continued
