@@ -385,17 +385,23 @@ async def test_engine_input_errors_are_422_and_model_faults_500() -> None:
         assert status == 200
 
 
+def logged_error(
+    caplog: pytest.LogCaptureFixture, test: Callable[[logging.LogRecord], bool]
+) -> bool:
+    """Whether an ERROR record with its traceback passes ``test``."""
+    return any(
+        r.levelno == logging.ERROR and r.exc_info is not None and test(r) for r in caplog.records
+    )
+
+
 async def test_a_timeout_inside_the_engine_is_a_logged_500_not_a_504(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """An engine's TimeoutError was answered "no answer within 30 s" at once, unlogged."""
     async with serving(FakeEngine()) as client:
-        status, body = await post(client, {"query": "stuck", "documents": ["a"]})
-    assert_error(status, body, 500, "internal_error")
-    assert any(
-        r.levelno == logging.ERROR and r.exc_info and r.exc_info[0] is TimeoutError
-        for r in caplog.records
-    )
+        answer = await post(client, {"query": "stuck", "documents": ["a"]})
+    assert_error(*answer, 500, "internal_error")
+    assert logged_error(caplog, lambda r: r.exc_info is not None and r.exc_info[0] is TimeoutError)
 
 
 async def test_an_unknown_content_encoding_is_415() -> None:
@@ -984,10 +990,7 @@ async def test_a_dead_worker_fails_health_and_its_requests_are_503(
         status, body = await post(client, {"query": "fine", "documents": ["a"]})
         assert_error(status, body, 503, "unavailable")
         assert "worker stopped on an error" in body["error"]["message"]
-    assert any(
-        r.levelno == logging.ERROR and r.exc_info and "worker stopped" in r.getMessage()
-        for r in caplog.records
-    )
+    assert logged_error(caplog, lambda r: "worker stopped" in r.getMessage())
 
 
 # --- client errors ----------------------------------------------------------------------
