@@ -217,6 +217,7 @@ def handle(args: argparse.Namespace) -> int:
     from haystack_llmrank.bench.report import build_report
     from haystack_llmrank.bench.runner import prepare, run
     from haystack_llmrank.bench.table import plan_text, results_table, row_line, sweep_table
+    from haystack_llmrank.cli.staged_files import staged_outputs
     from haystack_llmrank.evaluation import require_pytrec_eval
 
     require_pytrec_eval()  # nDCG@10 of every row: fail before hours of timing, not after
@@ -233,7 +234,9 @@ def handle(args: argparse.Namespace) -> int:
     if sweep is not None:
         print(sweep)
     replaced = args.json.exists()
-    _save(args.json, json.dumps(report.to_dict(), indent=2) + "\n")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    with staged_outputs(args.json) as (staged,):
+        staged.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
     print(f"saved {args.json}" + (" (replaced the earlier file)" if replaced else ""))
     return 1 if report.failed else 0
 
@@ -249,15 +252,3 @@ def _check_output(path: Path) -> None:
         path.exists() and not os.access(path, os.W_OK)
     ):
         raise ValueError(f"--json {path} cannot be written")
-
-
-def _save(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` whole or not at all: into a file beside it, then renamed
-    over it, so that a failed write leaves any earlier file as it was."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        partial.write_text(text, encoding="utf-8")
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)

@@ -6,8 +6,6 @@ import argparse
 import json
 import os
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,7 @@ from haystack_llmrank.cli.options import (
     plural,
     positive_int,
 )
+from haystack_llmrank.cli.staged_files import staged_outputs
 from haystack_llmrank.data import (
     FORMATS,
     QueryCandidates,
@@ -136,21 +135,6 @@ def _check_outputs(source: Path, output: Path, save_json: Path | None) -> None:
             raise ValueError(f"--save-json names the candidates file {source}; give another path")
 
 
-@contextmanager
-def _staged(*paths: Path) -> Iterator[list[Path]]:
-    """Temporary files beside ``paths`` to write; once all are written each replaces its
-    path, and on a failure all are removed, so no path is left half-written."""
-    targets = [path.resolve() for path in paths]
-    staging = [path.with_name(f".{path.name}.{os.getpid()}.partial") for path in targets]
-    try:
-        yield staging
-        for temporary, target in zip(staging, targets, strict=True):
-            temporary.replace(target)
-    finally:
-        for temporary in staging:
-            temporary.unlink(missing_ok=True)
-
-
 def run(args: argparse.Namespace) -> int:
     """Rerank, write the run (and optionally the rankings as JSON), print a summary."""
     from tqdm import tqdm
@@ -174,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - loaded
     windows = sum(ranking.cost.windows for ranking in rankings)
     outputs = [args.output] if args.save_json is None else [args.output, args.save_json]
-    with _staged(*outputs) as staged:
+    with staged_outputs(*outputs) as staged:
         write_run(staged[0], run_from_rankings(queries, rankings), args.tag)
         if args.save_json is not None:
             staged[1].write_text(

@@ -132,9 +132,9 @@ class RerankBatcher:
         self._closed = False
         self._close_called = False
         self._progress_at: float | None = None
+        """When the running batch started or last finished a window; ``None`` when idle."""
         self._parked = False
         """Whether the worker waits for work (under ``_changed``), so a close ends it at once."""
-        """When the running batch started or last finished a window; ``None`` when idle."""
         self._thread = threading.Thread(target=self._work, name="llmrank-engine")
         self.loaded: Future[None] = Future()
 
