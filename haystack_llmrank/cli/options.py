@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import math
 from typing import Any
 
 from haystack_llmrank.backends import BACKENDS
+from haystack_llmrank.data import finite_float
 from haystack_llmrank.gpu_policy import ON_MISSING_GPU
 from haystack_llmrank.prompt import (
     AUTO_PASSAGE_WORDS,
@@ -45,11 +45,8 @@ def passage_words(text: str) -> PassageWords:
 
 def _finite_float(text: str, expected: str) -> float:
     """``text`` as a finite number, else an argparse error saying ``expected``."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value):
+    value = finite_float(text)
+    if value is None:
         raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
     return value
 
