@@ -125,10 +125,18 @@ class BenchReport:
     estimate_seconds: dict[str, float]
     floor: dict[str, Any]
     rows: tuple[RowSummary, ...]
+    planned_rows: int
+    """How many rows the run has in all; ``rows`` holds fewer while it runs."""
+
+    @property
+    def complete(self) -> bool:
+        """True once every planned row is in ``rows``."""
+        return len(self.rows) == self.planned_rows
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable form (agreement fractions included)."""
+        """JSON-serialisable form (agreement fractions and ``complete`` included)."""
         data = asdict(self)
+        data["complete"] = self.complete
         for row, summary in zip(data["rows"], self.rows, strict=True):
             if summary.agreement_with_plain is not None:
                 row["agreement_with_plain"]["fraction"] = summary.agreement_with_plain.fraction
@@ -322,7 +330,8 @@ def build_report(
     plan: Plan, results: Sequence[RowResult], *, command: str | None = None
 ) -> BenchReport:
     """Summarise the rows of a run against ``plain`` and ``generate``; ``command`` is the
-    command line that ran it, where known."""
+    command line that ran it, where known. ``results`` may be the first rows of a run that
+    is still going (the report is then not :attr:`~BenchReport.complete`)."""
     config = plan.config
     assert config.device is not None
     references = {r.row: r.outcome for r in results if r.outcome is not None}
@@ -362,4 +371,5 @@ def build_report(
             ),
         },
         rows=tuple(_summary(plan, r, references) for r in results),
+        planned_rows=len(config.variants),
     )

@@ -213,9 +213,10 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
 
 
 def handle(args: argparse.Namespace) -> int:
-    """Plan, print the estimate, run every row, print the tables and save the JSON."""
+    """Plan, print the estimate, run every row, print the tables and save the JSON (after
+    each row, so that an interrupted run keeps the rows it finished)."""
     from haystack_llmrank.bench.report import build_report
-    from haystack_llmrank.bench.runner import prepare, run
+    from haystack_llmrank.bench.runner import RowResult, prepare, run
     from haystack_llmrank.bench.table import plan_text, results_table, row_line, sweep_table
     from haystack_llmrank.cli.staged_files import staged_outputs
     from haystack_llmrank.evaluation import require_pytrec_eval
@@ -224,19 +225,32 @@ def handle(args: argparse.Namespace) -> int:
     config = config_from_args(args)  # checks every setting before any folder is made
     _check_output(args.json)  # likewise
     plan = prepare(config)
-    if args.json.exists():
-        print(f"{args.json} exists: this run replaces it when it ends", flush=True)
+    replaced = args.json.exists()
+    if replaced:
+        print(f"{args.json} exists: this run replaces it as its first row ends", flush=True)
     print(plan_text(plan), flush=True)
-    results = run(plan, on_row=lambda result: print(row_line(result), flush=True))
+
+    finished: list[RowResult] = []
+
+    def row_done(result: RowResult) -> None:
+        print(row_line(result), flush=True)
+        finished.append(result)
+        so_far = build_report(plan, finished, command=args.command_line)
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        with staged_outputs(args.json) as (staged,):
+            staged.write_text(json.dumps(so_far.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+    try:
+        results = run(plan, on_row=row_done)
+    except KeyboardInterrupt:
+        if finished:
+            print(f"interrupted: {args.json} holds the {len(finished)} rows that ended", flush=True)
+        raise
     report = build_report(plan, results, command=args.command_line)
     print(results_table(report))
     sweep = sweep_table(report)
     if sweep is not None:
         print(sweep)
-    replaced = args.json.exists()
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    with staged_outputs(args.json) as (staged,):
-        staged.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
     print(f"saved {args.json}" + (" (replaced the earlier file)" if replaced else ""))
     return 1 if report.failed else 0
 

@@ -946,13 +946,45 @@ def test_the_json_replaces_an_earlier_one_whole_and_says_so(
         torn_disk.setattr(Path, "write_text", torn)
         code, printed = llmrank_bench(*args, "--device", "cpu", "--json", str(output))
     assert code == 2
-    assert f"{output} exists: this run replaces it when it ends" in printed
+    assert f"{output} exists: this run replaces it as its first row ends" in printed
     assert output.read_text() == earlier, "a failed write leaves the earlier record whole"
     assert [p.name for p in output.parent.iterdir()] == ["bench.json"]
     code, printed, second = bench_json(output, *args)
     assert code == 0
     assert f"saved {output} (replaced the earlier file)" in printed
     assert (first["data"]["queries"], second["data"]["queries"]) == (1, 2)
+
+
+def test_an_interrupted_run_keeps_the_rows_it_finished(
+    bench_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bench_runner, "measure_throughput", lambda device, dtype: FAST_MATMUL)
+    run_one = bench_runner._run_one
+    ran: list[str] = []
+
+    def stopped_at_the_third(plan: Any, variant: Any, *rest: Any) -> Any:
+        ran.append(variant.name)
+        if len(ran) == 3:
+            raise KeyboardInterrupt
+        return run_one(plan, variant, *rest)
+
+    monkeypatch.setattr(bench_runner, "_run_one", stopped_at_the_third)
+    output = tmp_path / "bench.json"
+    args = ("--data-dir", str(bench_data), "--rows", "oracle", *ORACLE_SLICE)
+    code, printed = llmrank_bench(
+        *args, "--oracle-noise", "0,0.5,1", "--device", "cpu", "--json", str(output)
+    )
+    assert code == 130
+    assert f"interrupted: {output} holds the 2 rows that ended" in printed
+    kept = json.loads(output.read_text())
+    assert [row["status"] for row in kept["rows"]] == ["ok", "ok"]
+    assert [row["noise"] for row in kept["rows"]] == [0.0, 0.5]
+    assert (kept["complete"], kept["planned_rows"]) == (False, 3)
+    assert [p.name for p in tmp_path.iterdir()] == ["bench.json"], "no partial file left"
+    monkeypatch.setattr(bench_runner, "_run_one", run_one)
+    code, _, whole = bench_json(output, *args, "--oracle-noise", "0,0.5,1")
+    assert code == 0
+    assert (whole["complete"], whole["planned_rows"], len(whole["rows"])) == (True, 3, 3)
 
 
 def test_the_record_names_its_command_and_cpu(bench_data: Path, tmp_path: Path) -> None:
