@@ -70,6 +70,7 @@ from opensearch_ltr.rescore import (
     to_float32,
 )
 from opensearch_ltr.response import (
+    EngineWindow,
     LlmrankInfo,
     check_hits,
     client_page,
@@ -133,14 +134,6 @@ class _Search:
     apply: Apply
     query_text: str | None
     kwargs: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class _Window:
-    """The engine's verdict on the window: rank and rescore value per window position."""
-
-    ranks: dict[int, int]
-    values: list[float]
 
 
 def _describe(error: Exception) -> str:
@@ -323,7 +316,9 @@ class _RescorerBase:
             model=self.model_name,
         )
 
-    def _rerank(self, search: _Search, hits: list[dict[str, Any]], info: LlmrankInfo) -> _Window:
+    def _rerank(
+        self, search: _Search, hits: list[dict[str, Any]], info: LlmrankInfo
+    ) -> EngineWindow:
         """Rank the window's passages with the engine (raises :class:`RerankError`)."""
         info.missing_text = [hit_key(h) for h in hits if not self.fields.texts(h)]
         if info.missing_text and self.missing_text == "raise":
@@ -344,7 +339,7 @@ class _RescorerBase:
             raise RerankError(f"the engine ranked {len(ranking)} passages, not {len(passages)}")
         info.reranked = len(passages)
         ranks = {index: rank for rank, index in enumerate(ranking.order)}
-        return _Window(ranks, rescore_values(ranking, self.score_transform))
+        return EngineWindow(ranks, rescore_values(ranking, self.score_transform))
 
     def _fail_open(
         self,
@@ -378,14 +373,14 @@ class _RescorerBase:
         if search.apply == "server":
             check_clause_count(clause_count(window_hits), self.max_clause_count)
         try:
-            window: _Window = yield _Compute(lambda: self._rerank(search, window_hits, info))
+            window: EngineWindow = yield _Compute(lambda: self._rerank(search, window_hits, info))
         except RerankError as error:
             return self._fail_open(error, search, first, took + info.took_ms, info)
         took += info.took_ms
         spec, values = break_ties(self.spec, scores, window.values)
         if search.apply == "client":
             ranked = rescore(scores, values, spec)
-            return client_page(first, ranked, window.ranks, search.from_, search.size, took, info)
+            return client_page(first, ranked, spec, window, search.from_, search.size, took, info)
         body = server_rescore_body(
             search.body,
             window_hits,

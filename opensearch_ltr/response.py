@@ -8,6 +8,9 @@ returned hit carries:
 - ``_first_pass_score``: its first-pass score;
 - ``_rank``: ``{"final": r, "first_pass": r, "engine": r | None}``, 0-based positions in the
   final order, the first pass, and the engine's ranking of the window (``None`` outside it).
+
+A client-side hit that carries an ``_explanation`` (``explain: true``) gets one of its final
+score (:mod:`opensearch_ltr.explanation`); others keep the cluster's.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from opensearch_ltr.errors import RescoreRequestError
-from opensearch_ltr.rescore import RescoredHit, as_printed
+from opensearch_ltr.explanation import EngineVerdict, rescored_explanation
+from opensearch_ltr.rescore import RescoredHit, RescoreSpec, as_printed
 
 HitKey = tuple[str, str]
 HIT_FIELDS = ("_index", "_id", "_score")
@@ -53,6 +57,15 @@ def check_hits(hits: Sequence[Mapping[str, Any]]) -> None:
                 f"first-pass hit {index}/{doc_id} has no {', '.join(lacks)}; rescoring needs "
                 "_index, _id and a numeric _score on every hit (does a filter_path drop them?)"
             )
+
+
+@dataclass(frozen=True)
+class EngineWindow:
+    """The engine's verdict on the window, by first-pass position: its rank, and the score
+    transform's value before tie-breaking."""
+
+    ranks: dict[int, int]
+    values: list[float]
 
 
 @dataclass
@@ -132,25 +145,49 @@ def first_pass_page(
 def client_page(
     first: Mapping[str, Any],
     ranked: Sequence[RescoredHit],
-    engine_ranks: Mapping[int, int],
+    spec: RescoreSpec,
+    window: EngineWindow,
     from_: int,
     size: int,
     took: int,
     info: LlmrankInfo,
 ) -> dict[str, Any]:
-    """The page ``[from_, from_ + size)`` of the client-side rescore."""
+    """The page ``[from_, from_ + size)`` of the client-side rescore; ``spec`` is the one
+    combined (after :func:`~opensearch_ltr.rescore.break_ties`)."""
     hits = hits_of(first)
-    page = [
-        annotate(
-            hits[r.position],
-            as_printed(r.score),
-            (r.position, r.first_pass_score),
-            final,
-            engine_ranks.get(r.position),
+    page = []
+    for final, r in enumerate(ranked[from_ : from_ + size], start=from_):
+        rank = window.ranks.get(r.position)
+        hit = annotate(
+            hits[r.position], as_printed(r.score), (r.position, r.first_pass_score), final, rank
         )
-        for final, r in enumerate(ranked[from_ : from_ + size], start=from_)
-    ]
+        page.append(_explained(hit, r, spec, window, info))
     return respond(first, page, as_printed(ranked[0].score) if ranked else None, took, info)
+
+
+def _explained(
+    hit: dict[str, Any],
+    rescored: RescoredHit,
+    spec: RescoreSpec,
+    window: EngineWindow,
+    info: LlmrankInfo,
+) -> dict[str, Any]:
+    """``hit`` with its ``_explanation``, if it has one, explaining its final score."""
+    if "_explanation" not in hit:
+        return hit
+    rank = window.ranks.get(rescored.position)
+    verdict = None
+    if rank is not None:
+        verdict = EngineVerdict(
+            value=window.values[rescored.position],
+            rank=rank,
+            ranked=info.reranked,
+            transform=info.score_transform,
+            model=info.model,
+            missing_text=hit_key(hit) in info.missing_text,
+        )
+    explanation = rescored_explanation(hit["_explanation"], rescored, spec, verdict)
+    return {**hit, "_explanation": explanation}
 
 
 def server_page(

@@ -46,8 +46,18 @@ def make_hits(texts: Sequence[str | None] = TEXTS) -> list[dict[str, Any]]:
     ]
 
 
+def first_pass_explanation(hit: dict[str, Any]) -> dict[str, Any]:
+    """The ``_explanation`` a cluster gives a first-pass hit under ``explain: true``."""
+    return {
+        "value": hit["_score"],
+        "description": f"weight(text:cats in {hit['_id']})",
+        "details": [],
+    }
+
+
 class ScriptedClient:
-    """Answers ``search`` from a fixed first-pass list; raises the queued errors in turn."""
+    """Answers ``search`` from a fixed first-pass list, explained under ``explain: true``;
+    raises the queued errors in turn."""
 
     def __init__(self, hits: list[dict[str, Any]], errors: Sequence[Exception | None] = ()) -> None:
         self.hits = hits
@@ -61,13 +71,17 @@ class ScriptedClient:
             raise error
         body = kwargs["body"]
         start, size = body.get("from", 0), body.get("size", 10)
+        hits = copy.deepcopy(self.hits[start : start + size])
+        if body.get("explain"):
+            for hit in hits:
+                hit["_explanation"] = first_pass_explanation(hit)
         return {
             "took": 7,
             "timed_out": False,
             "hits": {
                 "total": {"value": len(self.hits), "relation": "eq"},
                 "max_score": self.hits[0]["_score"] if self.hits and size else None,
-                "hits": copy.deepcopy(self.hits[start : start + size]),
+                "hits": hits,
             },
             "aggregations": {"n": {"value": len(self.hits)}},
         }
@@ -552,23 +566,23 @@ def scored(response: dict[str, Any]) -> list[tuple[str, np.float32]]:
     return [(hit["_id"], np.float32(hit["_score"])) for hit in response["hits"]["hits"]]
 
 
-@pytest.mark.parametrize(
-    "kwargs",
-    [
-        {},
-        {"score_mode": "avg"},
-        {"score_mode": "max", "score_transform": "minmax"},
-        {"score_transform": "minmax"},
-        {"query_weight": 1.0, "score_transform": "minmax"},
-        {"query_weight": 0.5, "score_mode": "min"},
-        {"query_weight": 0.5, "score_mode": "min", "score_transform": "minmax"},
-        {"query_weight": 0.5, "score_mode": "max", "score_transform": "minmax"},
-        {"query_weight": 0.5, "rescore_query_weight": 3.0, "score_mode": "multiply"},
-    ],
-)
-def test_server_applied_equals_client_side_on_every_page(kwargs: dict[str, Any]) -> None:
-    """Both modes page through one order, whatever the cluster does with equal scores."""
-    hits = [
+SETTINGS = [
+    {},
+    {"score_mode": "avg"},
+    {"score_mode": "max", "score_transform": "minmax"},
+    {"score_transform": "minmax"},
+    {"query_weight": 1.0, "score_transform": "minmax"},
+    {"query_weight": 0.5, "score_mode": "min"},
+    {"query_weight": 0.5, "score_mode": "min", "score_transform": "minmax"},
+    {"query_weight": 0.5, "score_mode": "max", "score_transform": "minmax"},
+    {"query_weight": 0.5, "rescore_query_weight": 3.0, "score_mode": "multiply"},
+]
+"""Rescorer settings over :func:`twelve_hits`, a window of 5 and tied engine logits."""
+
+
+def twelve_hits() -> list[dict[str, Any]]:
+    """Twelve first-pass hits whose passage lengths make the engine reorder the window."""
+    return [
         {
             "_index": "docs",
             "_id": f"d{i}",
@@ -577,6 +591,12 @@ def test_server_applied_equals_client_side_on_every_page(kwargs: dict[str, Any])
         }
         for i in range(12)
     ]
+
+
+@pytest.mark.parametrize("kwargs", SETTINGS)
+def test_server_applied_equals_client_side_on_every_page(kwargs: dict[str, Any]) -> None:
+    """Both modes page through one order, whatever the cluster does with equal scores."""
+    hits = twelve_hits()
     stage = LlmRescorer(ShardedCluster(hits), ShortestFirst(tied=True), window_size=5, **kwargs)
     full = scored(stage.search("docs", BODY, size=12))
     assert sorted(docid for docid, _ in full) == sorted(hit["_id"] for hit in hits)
@@ -589,20 +609,25 @@ def test_server_applied_equals_client_side_on_every_page(kwargs: dict[str, Any])
         assert past == [f"d{i}" for i in range(5, 12)]
 
 
-def test_both_modes_keep_first_pass_order_where_final_scores_tie() -> None:
-    # d3 (9 + 1) ties d0 (10 + 0); on one shard, the cluster would list d3 first (its doc)
+def tying_stage(client_class: type[ScriptedClient]) -> LlmRescorer:
+    """A rescorer under which d3 (9 + 1) ties d0 (10 + 0); on one shard, a cluster would
+    list d3 first (its doc)."""
     lengths, scores = [12, 2, 8, 1, 5], [10.0, 9.75, 9.5, 9.0, 8.0]
     hits = [
         {"_index": "docs", "_id": f"d{i}", "_score": score, "_source": {"text": "x" * length}}
         for i, (length, score) in enumerate(zip(lengths, scores, strict=True))
     ]
-    stage = LlmRescorer(
-        ShardedCluster(hits),
+    return LlmRescorer(
+        client_class(hits),
         ShortestFirst(tied=True),
         window_size=4,
         query_weight=1.0,
         score_transform="minmax",
     )
+
+
+def test_both_modes_keep_first_pass_order_where_final_scores_tie() -> None:
+    stage = tying_stage(ShardedCluster)
     for apply in ("client", "server"):
         response = stage.search("docs", BODY, size=5, apply=apply)
         assert ids(response) == ["d1", "d0", "d3", "d2", "d4"], apply
@@ -640,6 +665,141 @@ def test_client_result_matches_the_arithmetic() -> None:
     expected = rescore(SCORES, values, RescoreSpec(3, 0.25, 1.0, "min"))
     assert ids(response) == [f"d{h.position}" for h in expected]
     assert ids(response) == ["d2", "d3", "d0", "d4", "d1", "d5"]  # worked out by hand
+
+
+# explain: true ------------------------------------------------------------------------------
+
+EXPLAIN = {**BODY, "explain": True}
+COMBINED = {
+    "sum of:": lambda a, b: a + b,
+    "product of:": lambda a, b: a * b,
+    "avg of:": lambda a, b: (a + b) / np.float32(2),
+    "max of:": max,
+    "min of:": min,
+}
+"""OpenSearch's descriptions of the nodes that combine their two details, and how."""
+
+
+def leaf(value: float, description: str) -> dict[str, Any]:
+    return {"value": value, "description": description, "details": []}
+
+
+def check_adds_up(node: dict[str, Any]) -> None:
+    """Every combining node's value is its details' combination, as Java floats."""
+    if node["description"] in COMBINED:
+        first, second = (np.float32(detail["value"]) for detail in node["details"])
+        assert np.float32(node["value"]) == COMBINED[node["description"]](first, second), node
+    for detail in node["details"]:
+        check_adds_up(detail)
+
+
+def test_explain_explains_each_final_score_as_opensearch_does() -> None:
+    stage = rescorer(ScriptedClient(make_hits()), query_weight=0.5, model_name="tiny")
+    hits = stage.search("docs", EXPLAIN, size=4)["hits"]["hits"]
+    assert ids({"hits": {"hits": hits}}) == ["d0", "d2", "d1", "d3"]
+    # d0: 6 * 0.5 + 2/3, the engine's second (rank 1) of 3
+    assert hits[0]["_explanation"] == {
+        "value": hits[0]["_score"],
+        "description": "sum of:",
+        "details": [
+            {
+                "value": 3.0,
+                "description": "product of:",
+                "details": [
+                    first_pass_explanation(make_hits()[0]),
+                    leaf(0.5, "primaryWeight"),
+                ],
+            },
+            {
+                "value": 0.6666667,
+                "description": "product of:",
+                "details": [
+                    leaf(
+                        0.6666667,
+                        "llmrank 'rank' value of engine rank 1 (0-based) of 3, model tiny",
+                    ),
+                    leaf(1.0, "secondaryWeight"),
+                ],
+            },
+        ],
+    }
+    assert hits[0]["_score"] == 3.6666667
+    # d3, past the window: its first-pass score weighted, as OpenSearch explains it
+    assert hits[3]["_explanation"] == {
+        "value": 1.5,
+        "description": "product of:",
+        "details": [first_pass_explanation(make_hits()[3]), leaf(0.5, "primaryWeight")],
+    }
+    assert hits[3]["_score"] == 1.5
+
+
+@pytest.mark.parametrize("kwargs", SETTINGS)
+def test_explanations_add_up_to_the_score_on_every_page(kwargs: dict[str, Any]) -> None:
+    """Whatever the mode, transform and tie-breaking: the explanation's value is ``_score``,
+    each combination adds up, and only the window's hits are explained by the engine."""
+    stage = LlmRescorer(
+        ScriptedClient(twelve_hits()), ShortestFirst(tied=True), window_size=5, **kwargs
+    )
+    mode = {"total": "sum", "multiply": "product"}.get(kwargs.get("score_mode", "total"))
+    for start in range(0, 12, 4):
+        for hit in stage.search("docs", EXPLAIN, from_=start, size=4)["hits"]["hits"]:
+            explanation = hit["_explanation"]
+            assert explanation["value"] == hit["_score"]
+            check_adds_up(explanation)
+            primary = (
+                explanation["details"][0] if hit["_rank"]["engine"] is not None else explanation
+            )
+            assert primary["description"] == "product of:"
+            first = {"_id": hit["_id"], "_score": hit["_first_pass_score"]}
+            assert primary["details"][0] == first_pass_explanation(first)
+            assert primary["details"][1]["description"] == "primaryWeight"
+            if hit["_rank"]["engine"] is not None:
+                expected = f"{mode or kwargs['score_mode']} of:"
+                assert explanation["description"] == expected
+                assert explanation["details"][1]["details"][1]["description"] == "secondaryWeight"
+
+
+def test_a_value_moved_by_tie_breaking_shows_the_move() -> None:
+    # d0's minmax value 0 is raised by float steps to keep it above d3 (see tying_stage)
+    stage = tying_stage(ScriptedClient)
+    response = stage.search("docs", EXPLAIN, size=5)
+    d0 = response["hits"]["hits"][1]
+    assert d0["_id"] == "d0"
+    explanation = d0["_explanation"]
+    check_adds_up(explanation)
+    assert explanation["value"] == d0["_score"] > 10.0
+    moved = explanation["details"][1]["details"][0]
+    assert 0.0 < moved["value"] < 1e-5
+    assert moved["description"].startswith("moved by tie-breaking")
+    assert moved["details"] == [leaf(0.0, "llmrank 'minmax' value of engine rank 3 (0-based) of 4")]
+    untouched = response["hits"]["hits"][2]["_explanation"]["details"][1]["details"][0]
+    assert untouched == leaf(1.0, "llmrank 'minmax' value of engine rank 0 (0-based) of 4")
+
+
+def test_a_hit_ranked_without_text_says_so() -> None:
+    texts = [TEXTS[0], None, TEXTS[2], None]
+    response = rescorer(ScriptedClient(make_hits(texts)), missing_text="empty").search(
+        "docs", EXPLAIN, size=4
+    )
+    (d1,) = (hit for hit in response["hits"]["hits"] if hit["_id"] == "d1")
+    engine = d1["_explanation"]["details"][1]["details"][0]
+    assert engine["description"].endswith("of 3, ranked without its text fields")
+    assert d1["_explanation"]["value"] == d1["_score"]
+
+
+def test_hits_nothing_rescored_keep_the_clusters_explanation() -> None:
+    """Failing open the page is the first pass's; server-applied, the cluster explains it."""
+    failing = rescorer(
+        ScriptedClient(make_hits()), ShortestFirst(RuntimeError("boom")), on_error="fail_open"
+    )
+    for response in (
+        failing.search("docs", EXPLAIN, size=4),
+        rescorer(ScriptedClient(make_hits())).search("docs", EXPLAIN, size=4, apply="server"),
+    ):
+        for hit in response["hits"]["hits"]:
+            assert hit["_explanation"] == first_pass_explanation(hit)
+    plain = rescorer(ScriptedClient(make_hits())).search("docs", BODY, size=4)
+    assert not any("_explanation" in hit for hit in plain["hits"]["hits"])
 
 
 async def test_async_rescorer_matches_the_sync_one() -> None:
