@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -40,13 +41,18 @@ DEFAULT_PIPELINE = "llmrank-rerank"
 API_KEY_PLACEHOLDER = "<LLMRANK_API_KEY>"
 CONNECTOR_ID_PLACEHOLDER = "<CONNECTOR_ID>"
 MODEL_ID_PLACEHOLDER = "<MODEL_ID>"
-Version = tuple[int, int]
+Version = tuple[int, int] | tuple[int, int, int]
+"""``(major, minor)``, or ``(major, minor, patch)`` where the patch is known."""
 
 FIRST_SUPPORTED: Version = (2, 12)
 """The first OpenSearch version with the ``rerank`` processor and the Cohere rerank functions."""
 PRIVATE_IP_SINCE: Version = (2, 15)
 """From here ``plugins.ml_commons.connector.private_ip_enabled`` exists; before, ML Commons
-refuses every private address (:func:`_is_private_host`)."""
+refuses every private address (:meth:`ServiceEndpoint.is_private`)."""
+MODERN_PRIVATE_RULE_SINCE: Version = (3, 3)
+MODERN_PRIVATE_RULE_2_19_SINCE: Version = (2, 19, 4)
+"""From these, ML Commons judges an IPv4 address by :func:`_modern_private_v4`; before, by
+:func:`_legacy_private_v4`."""
 PRIVATE_ENDPOINTS_SINCE: Version = (3, 7)
 """From here ``trusted_connector_private_endpoints_regex`` can narrow the private addresses
 allowed (an empty list allows all of them); patterns longer than 256 characters are refused."""
@@ -68,30 +74,94 @@ REQUEST_BODY_TEMPLATE = (
 
 @dataclass(frozen=True)
 class ServiceEndpoint:
-    """A validated service base URL (no trailing slash) and whether its host is private."""
+    """A validated service base URL (no trailing slash), its host (IPv6 without brackets), and
+    whether that host is private (``None``: as ML Commons counts it, see :meth:`is_private`)."""
 
     base_url: str
-    private: bool
+    host: str
+    private: bool | None = None
 
     @property
     def rerank_url(self) -> str:
         """The URL the connector posts to."""
         return self.base_url + RERANK_PATH
 
+    def is_private(self, opensearch_version: Version) -> bool:
+        """:attr:`private` where given, else whether the ML Commons of ``opensearch_version``
+        counts the host as private (:func:`_is_private_host`)."""
+        if self.private is not None:
+            return self.private
+        return _is_private_host(self.host, opensearch_version)
 
-ML_COMMONS_PRIVATE_V4 = tuple(
+
+JAVA_LOCAL_V4 = tuple(
     ipaddress.IPv4Network(net)
-    for net in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "127.0.0.0/8", "169.254.0.0/16")
+    for net in ("0.0.0.0/32", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "127.0.0.0/8")
 )
-"""The IPv4 ranges ML Commons refuses as private (``MLHttpClientFactory``): site-local,
-loopback and link-local (link-local only from 2.19.4 and 3.3; before, it passes as public)."""
+"""The IPv4 addresses Java counts as any-local, site-local or loopback: private to every
+ML Commons version."""
+LINK_LOCAL_V4 = ipaddress.IPv4Network("169.254.0.0/16")
 
 
-def _is_private_host(host: str) -> bool:
-    """Whether ML Commons counts ``host`` as a private address: localhost, the IPv4 ranges of
-    :data:`ML_COMMONS_PRIVATE_V4` and ``0.0.0.0``, and of IPv6 only the loopback, ``::`` and
-    site-local ``fec0::/10`` (Java's test: unique-local ``fd00::/8`` and link-local
-    ``fe80::/10`` pass as public). Other host names count as public."""
+def _modern_private_v4(address: ipaddress.IPv4Address) -> bool:
+    """ML Commons 3.3+ and 2.19.4+: :data:`JAVA_LOCAL_V4` and link-local ``169.254/16``."""
+    return address in LINK_LOCAL_V4 or any(address in net for net in JAVA_LOCAL_V4)
+
+
+def _java_readings(byte: int) -> tuple[int, int]:
+    """The decimal text of ``byte`` read again as octal (as decimal if it holds an 8 or 9)
+    and as hexadecimal."""
+    text = str(byte)
+    octal = int(text) if any(c in "89" for c in text) else int(text, 8)
+    return octal, int(text, 16)
+
+
+def _legacy_private_v4(address: ipaddress.IPv4Address) -> bool:
+    """ML Commons 2.12 to 3.2 except 2.19.4+: the first byte is re-read by
+    :func:`_java_readings`, so ``12`` reads as 10, ``177`` as 127, ``254`` as 172 and ``192``
+    as itself (``10``, ``127`` and ``172`` read as something else). For a first byte read as
+
+    - 127: private only as ``.0.0.1`` (``177.0.0.1``);
+    - 10: private (``12/8``);
+    - 172: private when a reading of the second byte is within 16..32 (``254.10`` to
+      ``254.37`` and ``254.40``);
+    - 192: private when a reading of the second byte is 168 (``192.168`` and ``192.250``).
+
+    Any other address is private when in :data:`JAVA_LOCAL_V4`; ``169.254/16`` is public."""
+    first, second, third, fourth = address.packed
+    firsts = _java_readings(first)
+    if 127 in firsts:
+        return (second, third, fourth) == (0, 0, 1)
+    if 10 in firsts:
+        return True
+    if 172 in firsts:
+        return any(16 <= reading <= 32 for reading in _java_readings(second))
+    if 192 in firsts:
+        return 168 in _java_readings(second)
+    return any(address in net for net in JAVA_LOCAL_V4)
+
+
+def _private_v4_rules(
+    opensearch_version: Version,
+) -> tuple[Callable[[ipaddress.IPv4Address], bool], ...]:
+    """The IPv4 rules the ML Commons of ``opensearch_version`` may apply. A ``2.19`` without
+    a patch gets both (2.19.4 changed the rule), so an address either counts as private is
+    private: allowing private addresses for a public one is harmless, while a private one
+    not allowed is refused."""
+    if opensearch_version == (2, 19):
+        return _legacy_private_v4, _modern_private_v4
+    if opensearch_version[:2] == (2, 19):
+        modern = opensearch_version >= MODERN_PRIVATE_RULE_2_19_SINCE
+    else:
+        modern = opensearch_version >= MODERN_PRIVATE_RULE_SINCE
+    return (_modern_private_v4,) if modern else (_legacy_private_v4,)
+
+
+def _is_private_host(host: str, opensearch_version: Version) -> bool:
+    """Whether the ML Commons of ``opensearch_version`` counts ``host`` as a private address:
+    localhost, IPv4 (IPv4-mapped IPv6 included) by :func:`_private_v4_rules`, and of other
+    IPv6 only the loopback, ``::`` and site-local ``fec0::/10`` (unique-local ``fd00::/8``
+    and link-local ``fe80::/10`` pass as public). Other host names count as public."""
     if host == "localhost" or host.endswith(".localhost"):
         return True
     try:
@@ -102,7 +172,7 @@ def _is_private_host(host: str) -> bool:
         if address.ipv4_mapped is None:
             return address.is_loopback or address.is_unspecified or address.is_site_local
         address = address.ipv4_mapped
-    return address.is_unspecified or any(address in net for net in ML_COMMONS_PRIVATE_V4)
+    return any(rule(address) for rule in _private_v4_rules(opensearch_version))
 
 
 def parse_service_url(url: str, *, private: bool | None = None) -> ServiceEndpoint:
@@ -111,7 +181,7 @@ def parse_service_url(url: str, *, private: bool | None = None) -> ServiceEndpoi
     ``http`` or ``https``, a host, an optional port and path prefix; no credentials, query or
     fragment. A URL that already ends in ``/v1/rerank`` is taken as its base, and the scheme's
     default port is dropped. ``private`` says whether the host resolves to a private address;
-    ``None`` decides from the host as ML Commons does (:func:`_is_private_host`).
+    ``None`` leaves it to the OpenSearch version (:meth:`ServiceEndpoint.is_private`).
     """
     try:
         parts = urlsplit(url.strip())
@@ -137,17 +207,19 @@ def parse_service_url(url: str, *, private: bool | None = None) -> ServiceEndpoi
     netloc = f"[{host}]" if ":" in host else host
     if port is not None and port != DEFAULT_PORTS[parts.scheme]:
         netloc += f":{port}"
-    return ServiceEndpoint(
-        f"{parts.scheme}://{netloc}{path}", _is_private_host(host) if private is None else private
-    )
+    return ServiceEndpoint(f"{parts.scheme}://{netloc}{path}", host, private)
 
 
 def parse_version(text: str) -> Version:
-    """``"3.7"``, ``"2.19.1"`` or ``"3.0.0-SNAPSHOT"`` -> ``(major, minor)``, 2.12 or later."""
-    match = re.fullmatch(r"(\d+)\.(\d+)(?:\.\d+)?(?:[-+][\w.-]*)?", text.strip())
+    """``"3.7"`` -> ``(3, 7)``; ``"2.19.1"`` or ``"3.0.0-SNAPSHOT"`` -> ``(major, minor,
+    patch)``; 2.12 or later."""
+    match = re.fullmatch(r"(\d+)\.(\d+)(?:\.(\d+))?(?:[-+][\w.-]*)?", text.strip())
     if match is None:
         raise ValueError(f"expected an OpenSearch version like 2.19 or 3.7, got {text!r}")
-    version = int(match[1]), int(match[2])
+    major, minor, patch = match.groups()
+    version: Version = (
+        (int(major), int(minor)) if patch is None else (int(major), int(minor), int(patch))
+    )
     if version < FIRST_SUPPORTED:
         raise ValueError(
             f"OpenSearch {text.strip()} has no rerank processor or Cohere rerank functions; "
@@ -176,10 +248,11 @@ def trusted_endpoint_regex(endpoint: ServiceEndpoint) -> str:
 def cluster_settings(endpoint: ServiceEndpoint, *, opensearch_version: Version) -> dict[str, Any]:
     """``PUT /_cluster/settings``: let ML Commons call the service.
 
-    A private address needs ``connector.private_ip_enabled`` (2.15+; older versions cannot
-    call one at all, so this raises :class:`ValueError`). From 3.7 the same pattern also goes
-    to ``trusted_connector_private_endpoints_regex``, so that only the service's private
-    address is allowed rather than all of them. Remote models run on the nodes of
+    A private address (:meth:`ServiceEndpoint.is_private` for this version) needs
+    ``connector.private_ip_enabled`` (2.15+; older versions cannot call one at all, so this
+    raises :class:`ValueError`). From 3.7 the same pattern also goes to
+    ``trusted_connector_private_endpoints_regex``, so that only the service's private address
+    is allowed rather than all of them. Remote models run on the nodes of
     ``task_dispatcher.eligible_node_role.remote_model`` (data and ML nodes by default), so no
     node-placement setting is changed.
 
@@ -188,7 +261,7 @@ def cluster_settings(endpoint: ServiceEndpoint, *, opensearch_version: Version) 
     """
     regex = trusted_endpoint_regex(endpoint)
     settings: dict[str, Any] = {"plugins.ml_commons.trusted_connector_endpoints_regex": [regex]}
-    if endpoint.private:
+    if endpoint.is_private(opensearch_version):
         if opensearch_version < PRIVATE_IP_SINCE:
             raise ValueError(
                 f"OpenSearch before {_text(PRIVATE_IP_SINCE)} never calls a private address: "

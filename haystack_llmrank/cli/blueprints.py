@@ -49,7 +49,10 @@ def register(parser: argparse.ArgumentParser) -> None:
         action="store_const",
         const=True,
         default=None,
-        help="the host resolves to a private address (default: decide from the URL)",
+        help=(
+            "the host resolves to a private address (default: decide from the URL as the "
+            "version's ML Commons does)"
+        ),
     )
     network.add_argument(
         "--public-network", dest="private", action="store_const", const=False, help="it does not"

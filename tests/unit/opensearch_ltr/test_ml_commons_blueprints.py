@@ -15,6 +15,8 @@ from opensearch_ltr.ml_commons_blueprints import (
     API_KEY_PLACEHOLDER,
     MODEL_ID_PLACEHOLDER,
     BlueprintRequest,
+    ServiceEndpoint,
+    Version,
     blueprint_requests,
     client_config,
     cluster_settings,
@@ -28,18 +30,24 @@ from opensearch_ltr.ml_commons_blueprints import (
     trusted_endpoint_regex,
 )
 
-V = (3, 7)
+V: Version = (3, 7)
 """An OpenSearch version for the tests that do not depend on it."""
 
 
+@pytest.mark.parametrize("version", [(3, 2, 0), V], ids=["3.2.0", "3.7"])
 @pytest.mark.parametrize(
     ("host", "private"),
     [
         ("10.1.2.3", True),
+        ("172.16.0.1", True),
         ("172.31.0.1", True),
+        ("172.10.0.1", False),
+        ("172.32.0.1", False),
         ("192.168.0.9", True),
         ("127.0.0.2", True),
-        ("169.254.10.1", True),  # ML Commons 3.3+ (2.19.4+); before, --public-network
+        ("177.0.0.2", False),
+        ("254.38.0.1", False),
+        ("254.9.0.1", False),
         ("[::1]", True),
         ("[fec0::1]", True),  # site-local: Java's only private IPv6 range
         ("[::ffff:10.0.0.5]", True),  # an IPv4-mapped address is judged as IPv4
@@ -52,8 +60,104 @@ V = (3, 7)
         ("rerank.internal", False),
     ],
 )
-def test_addresses_are_private_as_ml_commons_counts_them(host: str, private: bool) -> None:
-    assert parse_service_url(f"http://{host}:8080").private is private
+def test_addresses_are_private_as_ml_commons_counts_them(
+    host: str, private: bool, version: Version
+) -> None:
+    """Addresses both ML Commons rules agree on."""
+    assert parse_service_url(f"http://{host}:8080").is_private(version) is private
+
+
+DIFFERING = [
+    ("12.1.2.3", True, False),  # 12 read as octal is 10
+    ("[::ffff:12.1.2.3]", True, False),  # an IPv4-mapped address is judged as IPv4
+    ("177.0.0.1", True, False),  # 177 read as octal is 127, then only .0.0.1
+    ("254.10.0.1", True, False),  # 254 read as octal is 172, 10 read as hex is 16
+    ("254.28.0.1", True, False),  # 28 is within 16..32 (not octal: read as decimal)
+    ("254.37.0.1", True, False),  # 37 read as octal is 31
+    ("254.40.0.1", True, False),  # 40 read as octal is 32
+    ("192.250.0.1", True, False),  # 250 read as octal is 168
+    ("169.254.10.1", False, True),  # link-local: the legacy rule never counts it
+    ("[::ffff:169.254.10.1]", False, True),
+]
+"""Addresses the ML Commons rules disagree on: private by the legacy rule (2.12 to 3.2 but
+2.19.4+), private by the modern one (3.3+ and 2.19.4+)."""
+LEGACY_VERSIONS = ["2.15", "2.16.0", "2.19.0", "2.19.3", "3.0.0", "3.2", "3.2.1"]
+"""Versions from 2.15 (private addresses allowed) judged by the legacy rule."""
+
+
+def allows_private(url: str, version: str, private: bool | None = None) -> bool:
+    """Whether the blueprints for ``version`` allow ML Commons to call a private ``url``."""
+    body = blueprint_requests(url, private=private, opensearch_version=version)[0].body
+    assert body is not None
+    return "plugins.ml_commons.connector.private_ip_enabled" in body["persistent"]
+
+
+@pytest.mark.parametrize("version", LEGACY_VERSIONS)
+@pytest.mark.parametrize(("host", "legacy", "modern"), DIFFERING)
+def test_legacy_versions_count_private_addresses_by_the_legacy_rule(
+    host: str, legacy: bool, modern: bool, version: str
+) -> None:
+    assert allows_private(f"http://{host}:8080", version) is legacy
+
+
+@pytest.mark.parametrize("version", ["2.12", "2.13.0", "2.14", "2.14.1"])
+@pytest.mark.parametrize(("host", "legacy", "modern"), DIFFERING)
+def test_before_2_15_the_legacy_rule_decides_what_is_refused(
+    host: str, legacy: bool, modern: bool, version: str
+) -> None:
+    url = f"http://{host}:8080"
+    if legacy:
+        with pytest.raises(ValueError, match="never calls a private"):
+            blueprint_requests(url, opensearch_version=version)
+    else:
+        assert not allows_private(url, version)
+
+
+@pytest.mark.parametrize(("host", "legacy", "modern"), DIFFERING)
+def test_the_rule_changes_at_2_19_4_and_3_3(host: str, legacy: bool, modern: bool) -> None:
+    versions = ["2.19.3", "2.19.4", "2.19.6", "3.2.1", "3.3", "3.3.2", "3.8.0"]
+    expected = [legacy, modern, modern, legacy, modern, modern, modern]
+    assert [allows_private(f"http://{host}:8080", v) for v in versions] == expected
+
+
+@pytest.mark.parametrize(("host", "legacy", "modern"), DIFFERING)
+def test_2_19_without_a_patch_counts_private_what_either_rule_does(
+    host: str, legacy: bool, modern: bool
+) -> None:
+    """Allowing private addresses for one ML Commons counts public is harmless; the reverse
+    gets the connector refused."""
+    url = f"http://{host}:8080"
+    assert (allows_private(url, "2.19.3"), allows_private(url, "2.19.4")) == (legacy, modern)
+    assert allows_private(url, "2.19")
+
+
+def legacy_private_prefixes(third: int, fourth: int) -> set[tuple[int, int]]:
+    """The ``(first, second)`` bytes the legacy rule counts private, ``third.fourth`` after."""
+    prefixes = {(first, second) for first in (10, 12, 127) for second in range(256)}
+    prefixes |= {(172, second) for second in range(16, 32)}
+    prefixes |= {(192, 168), (192, 250)}
+    prefixes |= {(254, second) for second in [*range(10, 38), 40]}
+    if (third, fourth) == (0, 1):
+        prefixes.add((177, 0))
+    return prefixes
+
+
+@pytest.mark.parametrize("version", [(2, 12), (2, 19, 3), (3, 2)], ids=["2.12", "2.19.3", "3.2"])
+@pytest.mark.parametrize(("third", "fourth"), [(0, 1), (2, 3)])
+def test_the_legacy_rule_over_every_first_and_second_byte(
+    third: int, fourth: int, version: Version
+) -> None:
+    hosts = {
+        (first, second): f"{first}.{second}.{third}.{fourth}"
+        for first in range(256)
+        for second in range(256)
+    }
+    private = {
+        prefix
+        for prefix, host in hosts.items()
+        if ServiceEndpoint(f"http://{host}", host).is_private(version)
+    }
+    assert private == legacy_private_prefixes(third, fourth)
 
 
 @pytest.mark.parametrize(
@@ -75,7 +179,7 @@ def test_addresses_are_private_as_ml_commons_counts_them(host: str, private: boo
 )
 def test_service_urls_are_normalised(url: str, base: str, private: bool) -> None:
     endpoint = parse_service_url(url)
-    assert (endpoint.base_url, endpoint.private) == (base, private)
+    assert (endpoint.base_url, endpoint.is_private(V)) == (base, private)
     assert endpoint.rerank_url == base + "/v1/rerank"
 
 
@@ -99,8 +203,12 @@ def test_bad_service_urls_are_refused(url: str, needle: str) -> None:
 
 
 def test_privacy_can_be_forced() -> None:
-    assert parse_service_url("http://reranker.internal:8080", private=True).private
-    assert not parse_service_url("http://127.0.0.1:8080", private=False).private
+    assert parse_service_url("http://reranker.internal:8080", private=True).is_private(V)
+    assert not parse_service_url("http://127.0.0.1:8080", private=False).is_private(V)
+    for host, legacy, modern in DIFFERING:
+        url = f"http://{host}:8080"
+        for version, counted in (("3.2", legacy), ("3.3", modern)):
+            assert allows_private(url, version, private=not counted) is not counted
 
 
 def test_trusted_regex_matches_only_the_service() -> None:
@@ -192,14 +300,14 @@ SETTINGS_SINCE = {
 @pytest.mark.parametrize("url", ["https://rerank.example.com", "http://10.0.0.5:8080"])
 def test_every_version_gets_only_settings_it_knows(version: tuple[int, int], url: str) -> None:
     endpoint = parse_service_url(url)
-    if endpoint.private and version < (2, 15):
+    if endpoint.is_private(version) and version < (2, 15):
         with pytest.raises(ValueError, match="never calls a private"):
             cluster_settings(endpoint, opensearch_version=version)
         return
     settings = cluster_settings(endpoint, opensearch_version=version)["persistent"]
     assert all(version >= SETTINGS_SINCE[name] for name in settings)
     expected = {name for name, since in SETTINGS_SINCE.items() if version >= since}
-    if not endpoint.private:
+    if not endpoint.is_private(version):
         expected = {"plugins.ml_commons.trusted_connector_endpoints_regex"}
     assert set(settings) == expected
 
@@ -320,11 +428,12 @@ def test_bad_options_are_refused(call: Any, needle: str) -> None:
         call()
 
 
-def test_versions() -> None:
-    assert parse_version("2.12.0") == (2, 12)
+def test_versions_keep_the_patch_where_given() -> None:
+    assert parse_version("2.12.0") == (2, 12, 0)
     assert parse_version("2.19") == (2, 19)
-    assert parse_version(" 3.7.1 ") == (3, 7)
-    assert parse_version("3.0.0-SNAPSHOT") == (3, 0)
+    assert parse_version(" 3.7.1 ") == (3, 7, 1)
+    assert parse_version("3.0.0-SNAPSHOT") == (3, 0, 0)
+    assert parse_version("2.19.4+build.1") == (2, 19, 4)
 
 
 def test_requests_come_in_order_with_placeholders() -> None:
@@ -414,6 +523,27 @@ def test_cli_prints_the_settings_of_the_version_asked(capsys: pytest.CaptureFixt
     assert "only_run_on_ml_node" not in json.dumps(settings)
     with pytest.raises(ValueError, match="never calls a private"):
         run_cli(["--service-url", "http://192.168.1.9:8080", "--opensearch-version", "2.14"])
+
+
+def test_cli_counts_private_addresses_as_the_version_asked(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def settings(*argv: str) -> dict[str, Any]:
+        assert run_cli(["--json", *argv]) == 0
+        printed: dict[str, Any] = json.loads(capsys.readouterr().out)[0]["body"]["persistent"]
+        return printed
+
+    flag = "plugins.ml_commons.connector.private_ip_enabled"
+    legacy_only = ["--service-url", "http://12.1.2.3:8080", "--opensearch-version"]
+    assert flag in settings(*legacy_only, "3.2")
+    assert flag not in settings(*legacy_only, "3.3")
+    assert flag not in settings(*legacy_only, "3.2", "--public-network")
+    with pytest.raises(ValueError, match="never calls a private"):
+        run_cli([*legacy_only, "2.14"])
+    modern_only = ["--service-url", "http://169.254.10.1:8080", "--opensearch-version"]
+    assert flag not in settings(*modern_only, "2.14")
+    assert flag in settings(*modern_only, "2.19.4")
+    assert flag in settings(*modern_only, "3.2", "--private-network")
 
 
 def test_cli_refuses_a_bad_url() -> None:
