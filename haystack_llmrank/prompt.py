@@ -301,7 +301,7 @@ def _template_file(file: Path) -> PromptTemplate:
 
 
 def label_lookalike(labels: Sequence[str]) -> re.Pattern[str]:
-    """What in a passage could pass for one of ``labels`` in brackets.
+    """What in a passage or a query could pass for one of ``labels`` in brackets.
 
     Letters for alphabetical labels (FIRST's own pattern, so prompts stay token-identical
     to FIRST's), digits for numerical ones, else the labels themselves.
@@ -427,15 +427,23 @@ class PromptBuilder:
         """``text`` defused for this builder's tokenizer (see :func:`defuse`)."""
         return defuse(text, self._controls)
 
+    def shown_query(self, query: str) -> str:
+        """``query`` as this builder's prompts show it: repaired and its whitespace collapsed
+        (:func:`normalize_query`), what could pass for one of the template's labels in
+        parentheses as in a passage (:func:`label_lookalike`: ``[B]`` -> ``(B)``), and
+        defused (:meth:`defuse`). Showing it twice changes nothing."""
+        shown = label_lookalike(self.template.labels).sub(r"(\1)", normalize_query(query))
+        return self.defuse(shown)
+
     def build(self, query: str, passages: Sequence[str]) -> Prompt:
         """Render and tokenise one window, shrinking passages if it exceeds the budget.
 
-        The query (repaired and its whitespace collapsed, :func:`normalize_query`) and the
-        passages are defused first (:meth:`defuse`).
+        The query is shown as :meth:`shown_query` gives it, and the passages normalised
+        (:func:`normalize_passage`) and defused (:meth:`defuse`).
         """
         self.template.check_window(len(passages))
         labels = self.template.labels
-        query = self.defuse(normalize_query(query))
+        query = self.shown_query(query)
         texts = [
             self.defuse(normalize_passage(p, self.max_passage_words, labels)) for p in passages
         ]
@@ -463,7 +471,7 @@ class PromptBuilder:
         -1 where the template's line starts with a slot (``{text}``), which has no wording to
         find it by.
 
-        Lines are searched after the query (as :meth:`build` shows it) where the
+        Lines are searched after the query (as :meth:`shown_query` gives it) where the
         template's prefix holds it, by the template's wording around its slots, which
         passages cannot contain:
         :func:`normalize_passage` rewrites bracketed labels and line breaks. A template whose
@@ -475,7 +483,7 @@ class PromptBuilder:
         )
         if list(encoded["input_ids"]) != list(prompt.token_ids):
             raise ValueError("the prompt does not re-tokenise to its own ids")
-        query = self.defuse(normalize_query(query))  # as build shows it, repaired
+        query = self.shown_query(query)  # as build shows it
         shown = query if query in prompt.text else None
         start = 0
         if shown is not None and "query" in _slots(self.template.prefix):
@@ -495,7 +503,7 @@ class PromptBuilder:
         """Tokens of a window of ``count`` empty passages for ``query``: what no cut of the
         passages can shorten (a template that restates the query per passage grows with
         ``count``)."""
-        shown = self.defuse(normalize_query(query))  # as build shows it; twice changes nothing
+        shown = self.shown_query(query)  # as build shows it; twice changes nothing
         return len(self._encode(self.render(shown, [""] * count)))
 
     def check_query(self, query: str, count: int = 1) -> int:

@@ -139,6 +139,45 @@ def test_passage_lines_may_name_the_query(smollm2_tokenizer: Any) -> None:
 
 
 @pytest.mark.parametrize(
+    ("template", "query", "shown", "times"),
+    [
+        (FIRST_TEMPLATE, "what does [B] mean in [ref] [2]", "what does (B) mean in (ref) [2]", 2),
+        (FIRST_NUMERIC_TEMPLATE, "what does [B] mean in [2]", "what does [B] mean in (2)", 2),
+        (ASK_TEMPLATE, "what  does [B]\nmean", "what does (B) mean", 4),
+    ],
+)
+def test_the_querys_label_lookalikes_are_rewritten_as_the_passages_are(
+    smollm2_tokenizer: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    template: PromptTemplate,
+    query: str,
+    shown: str,
+    times: int,
+) -> None:
+    # a label in the instruction could steer the first label the model writes
+    built = builder(smollm2_tokenizer, template=template)
+    prompt = built.build(query, ["one [B] [2]", "two"])
+    assert prompt.text.count(shown) == times  # wherever the template shows the query
+    assert prompt == built.build(shown, ["one [B] [2]", "two"])
+    assert built.shown_query(query) == shown
+    assert built.shown_query(shown) == shown
+    line = template.passage.format(
+        label=template.labels[0],
+        text=normalize_passage("one [B] [2]", None, template.labels),
+        query=shown,
+    )
+    assert line in prompt.text  # its passages rewrite the same look-alikes
+    assert built.passage_end_tokens(prompt, query, 2) == (
+        built.passage_end_tokens(prompt, shown, 2)
+    )
+    rendered: list[str] = []
+    render = built.render
+    monkeypatch.setattr(built, "render", lambda q, texts: rendered.append(q) or render(q, texts))
+    assert built.check_query(query, 2) == built.instruction_tokens(shown, 2)
+    assert rendered == [shown, shown]  # what is measured is what is shown
+
+
+@pytest.mark.parametrize(
     "query",
     [
         "he didn\u00e2\u0080\u0099t [A] go",  # mojibake, repaired in the prompt
@@ -170,8 +209,9 @@ def test_passage_end_tokens_are_the_last_token_of_each_passage_line(
     assert ends == sorted(ends)
     assert len(set(ends)) == 3
     texts = [normalize_passage(t) for t in passages]
+    shown = built.shown_query(query)
     lines = [
-        template.passage.format(label=label, text=text, query=query).rstrip("\n")
+        template.passage.format(label=label, text=text, query=shown).rstrip("\n")
         for label, text in zip("ABC", texts, strict=True)
     ]
     assert all(line in prompt.text for line in lines)
