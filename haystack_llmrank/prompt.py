@@ -48,6 +48,11 @@ _INSTRUCTION = (
 _FIRST_LETTERS = re.compile(r"\[([A-z]+)\]")
 """FIRST's own rewrite of bracketed letters (its ``[A-z]`` range included)."""
 _DIGITS = re.compile(r"\[(\d+)\]")
+_MARKUP = re.compile(r"<[^\s<>]+>|\[[^\s\[\]]+\]")
+"""An added token that reads as markup: a tag (``<think>``, ``</tool_call>``, ``<|fim_pad|>``)
+or a bracketed word (``[INST]``), with no whitespace. Tokenisation splits every added token
+out of text, special or not, and a chat model reads these as structure; an added HTML tag
+(``<table>``) is caught too. Plain added words (``cardiomyopathy``) are not markup."""
 _SYSTEM_JOINER = "\n "
 
 
@@ -166,9 +171,9 @@ def check_passage_words(words: PassageWords) -> None:
 
 def defuse(text: str, controls: re.Pattern[str] | None) -> str:
     """``text`` with each match of ``controls`` (:func:`control_strings`: a tokenizer's
-    special-token strings, ``<|im_end|>``...) broken by a space after its first character,
-    so that text from a query or a passage is tokenised as text and cannot end a turn or
-    open one."""
+    special-token strings, ``<|im_end|>``..., and markup such as ``<think>``) broken by a
+    space after its first character, so that text from a query or a passage is tokenised as
+    text and cannot end a turn, open one or open a reasoning block."""
     if controls is None:
         return text
     while (found := controls.search(text)) is not None:
@@ -178,15 +183,25 @@ def defuse(text: str, controls: re.Pattern[str] | None) -> str:
 
 
 def control_strings(tokenizer: Any) -> re.Pattern[str] | None:
-    """A pattern of ``tokenizer``'s special-token strings (longest first), which its
-    tokenisation turns into one control token wherever they appear in text."""
+    """A pattern (longest first) of the strings that ``tokenizer``'s tokenisation turns into
+    one control token wherever they appear in text: its special tokens, and its other added
+    tokens that read as markup (:data:`_MARKUP`), such as Qwen3's ``<think>`` and
+    ``<tool_call>``. Other added tokens, such as a domain word, stay text."""
     strings = set(getattr(tokenizer, "all_special_tokens", ()))
     decoder = getattr(tokenizer, "added_tokens_decoder", {})
-    strings.update(token.content for token in decoder.values() if getattr(token, "special", False))
+    strings.update(token.content for token in decoder.values() if _is_control(token))
     strings = {s for s in strings if isinstance(s, str) and len(s) > 1}
     if not strings:
         return None
     return re.compile("|".join(map(re.escape, sorted(strings, key=len, reverse=True))))
+
+
+def _is_control(token: Any) -> bool:
+    """Whether an added token is special or reads as markup (:data:`_MARKUP`)."""
+    content = getattr(token, "content", None)
+    return bool(getattr(token, "special", False)) or (
+        isinstance(content, str) and _MARKUP.fullmatch(content) is not None
+    )
 
 
 def resolve_passage_words(words: PassageWords, template: PromptTemplate) -> int | None:
