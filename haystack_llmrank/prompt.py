@@ -48,6 +48,11 @@ _INSTRUCTION = (
 _FIRST_LETTERS = re.compile(r"\[([A-z]+)\]")
 """FIRST's own rewrite of bracketed letters (its ``[A-z]`` range included)."""
 _DIGITS = re.compile(r"\[(\d+)\]")
+_MARKUP = re.compile(r"<[^\s<>]+>|\[[^\s\[\]]+\]")
+"""An added token that reads as markup: a tag (``<think>``, ``</tool_call>``, ``<|fim_pad|>``)
+or a bracketed word (``[INST]``), with no whitespace. Tokenisation splits every added token
+out of text, special or not, and a chat model reads these as structure; an added HTML tag
+(``<table>``) is caught too. Plain added words (``cardiomyopathy``) are not markup."""
 _SYSTEM_JOINER = "\n "
 
 
@@ -166,9 +171,9 @@ def check_passage_words(words: PassageWords) -> None:
 
 def defuse(text: str, controls: re.Pattern[str] | None) -> str:
     """``text`` with each match of ``controls`` (:func:`control_strings`: a tokenizer's
-    special-token strings, ``<|im_end|>``...) broken by a space after its first character,
-    so that text from a query or a passage is tokenised as text and cannot end a turn or
-    open one."""
+    special-token strings, ``<|im_end|>``..., and markup such as ``<think>``) broken by a
+    space after its first character, so that text from a query or a passage is tokenised as
+    text and cannot end a turn, open one or open a reasoning block."""
     if controls is None:
         return text
     while (found := controls.search(text)) is not None:
@@ -178,15 +183,25 @@ def defuse(text: str, controls: re.Pattern[str] | None) -> str:
 
 
 def control_strings(tokenizer: Any) -> re.Pattern[str] | None:
-    """A pattern of ``tokenizer``'s special-token strings (longest first), which its
-    tokenisation turns into one control token wherever they appear in text."""
+    """A pattern (longest first) of the strings that ``tokenizer``'s tokenisation turns into
+    one control token wherever they appear in text: its special tokens, and its other added
+    tokens that read as markup (:data:`_MARKUP`), such as Qwen3's ``<think>`` and
+    ``<tool_call>``. Other added tokens, such as a domain word, stay text."""
     strings = set(getattr(tokenizer, "all_special_tokens", ()))
     decoder = getattr(tokenizer, "added_tokens_decoder", {})
-    strings.update(token.content for token in decoder.values() if getattr(token, "special", False))
+    strings.update(token.content for token in decoder.values() if _is_control(token))
     strings = {s for s in strings if isinstance(s, str) and len(s) > 1}
     if not strings:
         return None
     return re.compile("|".join(map(re.escape, sorted(strings, key=len, reverse=True))))
+
+
+def _is_control(token: Any) -> bool:
+    """Whether an added token is special or reads as markup (:data:`_MARKUP`)."""
+    content = getattr(token, "content", None)
+    return bool(getattr(token, "special", False)) or (
+        isinstance(content, str) and _MARKUP.fullmatch(content) is not None
+    )
 
 
 def resolve_passage_words(words: PassageWords, template: PromptTemplate) -> int | None:
@@ -301,7 +316,7 @@ def _template_file(file: Path) -> PromptTemplate:
 
 
 def label_lookalike(labels: Sequence[str]) -> re.Pattern[str]:
-    """What in a passage could pass for one of ``labels`` in brackets.
+    """What in a passage or a query could pass for one of ``labels`` in brackets.
 
     Letters for alphabetical labels (FIRST's own pattern, so prompts stay token-identical
     to FIRST's), digits for numerical ones, else the labels themselves.
@@ -427,15 +442,23 @@ class PromptBuilder:
         """``text`` defused for this builder's tokenizer (see :func:`defuse`)."""
         return defuse(text, self._controls)
 
+    def shown_query(self, query: str) -> str:
+        """``query`` as this builder's prompts show it: repaired and its whitespace collapsed
+        (:func:`normalize_query`), what could pass for one of the template's labels in
+        parentheses as in a passage (:func:`label_lookalike`: ``[B]`` -> ``(B)``), and
+        defused (:meth:`defuse`). Showing it twice changes nothing."""
+        shown = label_lookalike(self.template.labels).sub(r"(\1)", normalize_query(query))
+        return self.defuse(shown)
+
     def build(self, query: str, passages: Sequence[str]) -> Prompt:
         """Render and tokenise one window, shrinking passages if it exceeds the budget.
 
-        The query (repaired and its whitespace collapsed, :func:`normalize_query`) and the
-        passages are defused first (:meth:`defuse`).
+        The query is shown as :meth:`shown_query` gives it, and the passages normalised
+        (:func:`normalize_passage`) and defused (:meth:`defuse`).
         """
         self.template.check_window(len(passages))
         labels = self.template.labels
-        query = self.defuse(normalize_query(query))
+        query = self.shown_query(query)
         texts = [
             self.defuse(normalize_passage(p, self.max_passage_words, labels)) for p in passages
         ]
@@ -463,7 +486,7 @@ class PromptBuilder:
         -1 where the template's line starts with a slot (``{text}``), which has no wording to
         find it by.
 
-        Lines are searched after the query (as :meth:`build` shows it) where the
+        Lines are searched after the query (as :meth:`shown_query` gives it) where the
         template's prefix holds it, by the template's wording around its slots, which
         passages cannot contain:
         :func:`normalize_passage` rewrites bracketed labels and line breaks. A template whose
@@ -475,7 +498,7 @@ class PromptBuilder:
         )
         if list(encoded["input_ids"]) != list(prompt.token_ids):
             raise ValueError("the prompt does not re-tokenise to its own ids")
-        query = self.defuse(normalize_query(query))  # as build shows it, repaired
+        query = self.shown_query(query)  # as build shows it
         shown = query if query in prompt.text else None
         start = 0
         if shown is not None and "query" in _slots(self.template.prefix):
@@ -495,7 +518,7 @@ class PromptBuilder:
         """Tokens of a window of ``count`` empty passages for ``query``: what no cut of the
         passages can shorten (a template that restates the query per passage grows with
         ``count``)."""
-        shown = self.defuse(normalize_query(query))  # as build shows it; twice changes nothing
+        shown = self.shown_query(query)  # as build shows it; twice changes nothing
         return len(self._encode(self.render(shown, [""] * count)))
 
     def check_query(self, query: str, count: int = 1) -> int:

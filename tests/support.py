@@ -64,6 +64,39 @@ def tiny_scaled_model(kind: str) -> Any:
     return model
 
 
+def tiny_composite_model(kind: str, softcap: float = 10.0) -> Any:
+    """A random text-only ``kind`` (``Gemma3``, ``Gemma4``) composite model, loaded as
+    ``AutoModelForCausalLM`` loads it, whose text config records ``softcap`` as its
+    ``final_logit_softcapping`` (Gemma 4's forward applies it; Gemma 3's does not)."""
+    import transformers
+
+    text: dict[str, Any] = {
+        "vocab_size": 64,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 8,
+        "sliding_window": 16,
+        "pad_token_id": 0,
+        "tie_word_embeddings": False,
+        "final_logit_softcapping": softcap,
+    }
+    if kind == "Gemma4":
+        parts: dict[str, Any] = {"vision_config": None, "audio_config": None}
+        text.update(vocab_size_per_layer_input=64, hidden_size_per_layer_input=8)
+    else:
+        vision = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1}
+        parts = {"vision_config": {**vision, "num_attention_heads": 2, "image_size": 16}}
+    config = getattr(transformers, f"{kind}Config")(text_config=text, **parts)
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(50)
+    return model
+
+
 def import_example(name: str) -> Any:
     """The module ``examples/<name>.py``, imported by name."""
     import importlib

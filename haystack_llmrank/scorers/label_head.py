@@ -14,28 +14,40 @@ import torch
 from haystack_llmrank.labels import LabelIds
 
 
+def text_config(config: Any) -> Any:
+    """The config of ``config``'s text decoder: its ``text_config`` for a composite model
+    (Gemma 3n, Gemma 4: the decoder's fields live there), else ``config`` itself."""
+    get = getattr(config, "get_text_config", None)
+    return get(decoder=True) if callable(get) else config
+
+
 def logit_scales(config: Any) -> dict[str, float]:
     """The factors by which the forward of ``config``'s model multiplies its LM head's
-    output (before any softcap), keyed by the config field each comes from; factors of 1
-    are left out.
+    output (before any softcap), keyed by the field of its :func:`text_config` each comes
+    from; factors of 1 are left out.
 
     Cohere multiplies by ``logit_scale``, Falcon-H1 by ``lm_head_multiplier`` and
     HyperCLOVAX by ``logits_scaling``; Granite and MiniCPM3 divide by ``logits_scaling``.
     MPT records a ``logit_scale`` that its forward does not apply.
     """
-    kind = getattr(config, "model_type", None)
-    scaling = _number(config, "logits_scaling")
+    text = text_config(config)
+    kind = getattr(text, "model_type", None)
+    scaling = _number(text, "logits_scaling")
     factors = {
-        "logit_scale": 1.0 if kind == "mpt" else _number(config, "logit_scale"),
-        "lm_head_multiplier": _number(config, "lm_head_multiplier"),
+        "logit_scale": 1.0 if kind == "mpt" else _number(text, "logit_scale"),
+        "lm_head_multiplier": _number(text, "lm_head_multiplier"),
         "logits_scaling": scaling if kind == "hyperclovax" else 1.0 / scaling,
     }
     return {name: factor for name, factor in factors.items() if factor != 1.0}
 
 
 def final_softcap(config: Any) -> float | None:
-    """The ``final_logit_softcapping`` the forward of ``config``'s model applies, if any."""
-    softcap = getattr(config, "final_logit_softcapping", None)
+    """The ``final_logit_softcapping`` the forward of ``config``'s model applies, if any,
+    read from its :func:`text_config`. Gemma 3's composite model does not apply the one its
+    text config may record."""
+    if getattr(config, "model_type", None) == "gemma3":
+        return None
+    softcap = getattr(text_config(config), "final_logit_softcapping", None)
     return float(softcap) if softcap else None
 
 

@@ -189,14 +189,15 @@ def plain_output_head(lm: Any) -> Any:
     scale (:func:`~haystack_llmrank.scorers.label_head.logit_scales`) applied inside the
     model's forward would be skipped.
     """
-    from haystack_llmrank.scorers.label_head import final_softcap, logit_scales
+    from haystack_llmrank.scorers.label_head import final_softcap, logit_scales, text_config
 
     config = lm.config
     rescaled = list(logit_scales(config))
     if final_softcap(config) is not None:
         rescaled.append("final_logit_softcapping")
     if rescaled:
-        applied = ", ".join(f"{name}={getattr(config, name)}" for name in rescaled)
+        recorded = text_config(config)
+        applied = ", ".join(f"{name}={getattr(recorded, name)}" for name in rescaled)
         raise ValueError(
             f"training reads logits from the output head directly, and this model's "
             f"forward also applies {applied}; it is not supported"

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from support import make_tiny_llama, tiny_scaled_model
+from support import make_tiny_llama, tiny_composite_model, tiny_scaled_model
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
@@ -22,7 +22,7 @@ from haystack_llmrank.backends import (
 from haystack_llmrank.errors import ModelResolutionError, NonFiniteLogitsError
 from haystack_llmrank.labels import ALPHABETIC_LABELS, LabelIds, resolve_label_ids
 from haystack_llmrank.models import ModelSource
-from haystack_llmrank.scorers.label_head import LabelLogitsModel, logit_scales
+from haystack_llmrank.scorers.label_head import LabelLogitsModel, final_softcap, logit_scales
 from haystack_llmrank.scorers.padding import pad_inputs, pad_right
 from haystack_llmrank.scorers.torch_scorer import TorchLabelScorer
 
@@ -113,7 +113,22 @@ def test_label_logits_carry_the_models_own_logit_scale(kind: str) -> None:
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["Gemma3", "Gemma4"])
+def test_a_composite_models_label_logits_follow_its_own_forward(kind: str) -> None:
+    # both text configs record a softcap of 10, which only Gemma 4's forward applies
+    model = tiny_composite_model(kind)
+    labels = LabelIds(("A", "B", "C"), ((10, 20), (11,), (12, 30)))
+    ids = [5, 6, 7, 8, 9]
+    expected = full_vocab_label_logits(model, ids, labels.ids)
+    assert np.abs(expected).max() > 5, "the test needs logits that a softcap of 10 bends"
+    got = TorchLabelScorer(model, labels, pad_token_id=0).score([ids])[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    assert final_softcap(model.config) == (10.0 if kind == "Gemma4" else None)
+
+
 def test_logit_scales_follow_each_models_forward() -> None:
+    import transformers
+
     def config(model_type: str, **fields: Any) -> SimpleNamespace:
         return SimpleNamespace(model_type=model_type, **fields)
 
@@ -124,6 +139,9 @@ def test_logit_scales_follow_each_models_forward() -> None:
     assert logit_scales(config("mpt", logit_scale="inv_sqrt_d_model")) == {}
     assert logit_scales(config("granite", logits_scaling=1.0)) == {}
     assert logit_scales(config("llama")) == {}
+    # a composite model's scale is its text model's (Aya Vision multiplies by it)
+    aya = transformers.AyaVisionConfig(text_config={"model_type": "cohere2", "logit_scale": 0.5})
+    assert logit_scales(aya) == {"logit_scale": 0.5}
 
 
 def test_pad_right_and_empty_prompts() -> None:

@@ -144,10 +144,15 @@ def test_starting_from_an_adapter_takes_its_scaling_and_targets_as_they_were_sav
     [
         ("GraniteConfig", {"logits_scaling": 8.0}, "logits_scaling=8.0"),
         ("CohereConfig", {"logit_scale": 0.25}, "logit_scale=0.25"),
+        (  # a composite model whose forward caps logits by its text config's softcap
+            "Gemma4Config",
+            {"text_config": {"final_logit_softcapping": 30.0}},
+            "final_logit_softcapping=30.0",
+        ),
     ],
 )
 def test_training_refuses_a_model_that_scales_its_logits(
-    kind: str, fields: dict[str, float], applied: str
+    kind: str, fields: dict[str, Any], applied: str
 ) -> None:
     import transformers
 
