@@ -442,10 +442,19 @@ def _write_cache(model: Any, tokenizer: Any, target: Path) -> None:
             shutil.rmtree(staging, ignore_errors=True)
 
 
+def text_config(config: Any) -> Any:
+    """The config of ``config``'s text decoder: its ``text_config`` for a composite model
+    (Gemma 3n, Gemma 4: the decoder's fields live there), else ``config`` itself."""
+    get = getattr(config, "get_text_config", None)
+    return get(decoder=True) if callable(get) else config
+
+
 def context_length(model_config: Any, tokenizer: Any) -> int:
-    """The longest prompt the model takes: its position limit, else the tokenizer's."""
+    """The longest prompt the model takes: its (text decoder's, :func:`text_config`)
+    position limit, else the tokenizer's."""
+    decoder = text_config(model_config)
     for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        value = getattr(model_config, name, None)
+        value = getattr(decoder, name, None)
         if isinstance(value, int) and value > 0:
             return value
     limit = getattr(tokenizer, "model_max_length", None)

@@ -17,6 +17,7 @@ from haystack_llmrank.models import (
     load_causal_lm,
     load_tokenizer,
     resolve_model,
+    text_config,
 )
 
 
@@ -146,7 +147,7 @@ def attention_width(model: Any) -> int | None:
 
     None when the config does not name the layer count and query heads.
     """
-    config = getattr(model, "config", None)
+    config = text_config(getattr(model, "config", None))
     layers = getattr(config, "num_hidden_layers", None)
     heads = getattr(config, "num_attention_heads", None)
     if not isinstance(layers, int) or not isinstance(heads, int) or heads <= 0:

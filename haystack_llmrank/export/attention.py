@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from haystack_llmrank.models import text_config
+
 FUSED_ATTENTION = "llmrank_fused_gqa"
 """The name the fused attention function is registered under in transformers."""
 _UNSUPPORTED_ARGUMENTS = ("sliding_window", "softcap", "s_aux", "position_bias")
@@ -196,7 +198,7 @@ def fused_attention_in(model: Any) -> Iterator[FusedCalls]:
 
 def check_all_layers_fused(model: Any, calls: FusedCalls) -> None:
     """Raise :class:`AttentionFusionError` unless one forward fused every layer of ``model``."""
-    layers = getattr(model.config, "num_hidden_layers", None)
+    layers = getattr(text_config(model.config), "num_hidden_layers", None)
     if calls.count == 0 or (isinstance(layers, int) and calls.count != layers):
         raise AttentionFusionError(
             f"{calls.count} of {layers if isinstance(layers, int) else '?'} attention layers "

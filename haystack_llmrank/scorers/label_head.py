@@ -12,13 +12,7 @@ from typing import Any
 import torch
 
 from haystack_llmrank.labels import LabelIds
-
-
-def text_config(config: Any) -> Any:
-    """The config of ``config``'s text decoder: its ``text_config`` for a composite model
-    (Gemma 3n, Gemma 4: the decoder's fields live there), else ``config`` itself."""
-    get = getattr(config, "get_text_config", None)
-    return get(decoder=True) if callable(get) else config
+from haystack_llmrank.models import text_config
 
 
 def logit_scales(config: Any) -> dict[str, float]:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from haystack_llmrank.model_templates import write_template
+from haystack_llmrank.models import text_config
 from haystack_llmrank.prompt import PromptTemplate
 
 LORA_TARGETS: tuple[str, ...] = (
@@ -170,7 +171,7 @@ def _top_layers(model: Any, top: int | None) -> list[int] | None:
     """Indices of the last ``top`` decoder layers of ``model`` (``None``: all of them)."""
     if top is None:
         return None
-    total = int(model.config.num_hidden_layers)
+    total = int(text_config(model.config).num_hidden_layers)
     if top > total:
         raise ValueError(f"LoRA top_layers is {top}, but the model has {total} layers")
     return list(range(total - top, total))
@@ -189,7 +190,7 @@ def plain_output_head(lm: Any) -> Any:
     scale (:func:`~haystack_llmrank.scorers.label_head.logit_scales`) applied inside the
     model's forward would be skipped.
     """
-    from haystack_llmrank.scorers.label_head import final_softcap, logit_scales, text_config
+    from haystack_llmrank.scorers.label_head import final_softcap, logit_scales
 
     config = lm.config
     rescaled = list(logit_scales(config))

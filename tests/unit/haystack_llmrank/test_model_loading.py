@@ -7,6 +7,7 @@ import logging
 import os
 import stat
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -202,3 +203,27 @@ def test_from_pretrained_checks_its_options_before_loading(
         Reranker.from_pretrained(str(tiny_model_dir), batchsize=3)
     with pytest.raises(TypeError, match="sets model_name itself"):
         Reranker.from_pretrained(str(tiny_model_dir), model_name="x")
+
+
+def test_a_composite_models_decoder_facts_are_read_from_its_text_config() -> None:
+    import transformers
+
+    from haystack_llmrank.bench.model_loading import attention_width
+    from haystack_llmrank.export.attention import (
+        AttentionFusionError,
+        FusedCalls,
+        check_all_layers_fused,
+    )
+    from haystack_llmrank.training.adapters import _top_layers
+
+    text = {"num_hidden_layers": 3, "max_position_embeddings": 777, "num_attention_heads": 4}
+    config = transformers.Gemma3Config(text_config={**text, "head_dim": 8})
+    model = SimpleNamespace(config=config)
+    assert models.context_length(config, SimpleNamespace(model_max_length=64)) == 777
+    assert _top_layers(model, 2) == [1, 2]
+    with pytest.raises(ValueError, match="the model has 3 layers"):
+        _top_layers(model, 4)
+    assert attention_width(model) == 3 * 4 * 8
+    with pytest.raises(AttentionFusionError, match="2 of 3 attention layers"):
+        check_all_layers_fused(model, FusedCalls(count=2))
+    check_all_layers_fused(model, FusedCalls(count=3))
