@@ -70,6 +70,24 @@ def test_an_adapter_is_merged_into_the_base_as_saved_then_cast_once(
         assert torch.equal(weight, merged[name].to(torch.bfloat16)), name
 
 
+def test_an_adapter_of_a_bfloat16_base_loads_in_float32_as_trained(
+    smollm2_tokenizer: Any, tmp_path: Path
+) -> None:
+    base_dir = tmp_path / "bf16-base"
+    make_tiny_llama(len(smollm2_tokenizer)).to(torch.bfloat16).save_pretrained(base_dir)
+    smollm2_tokenizer.save_pretrained(base_dir)
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    trained = save_adapter(base, tmp_path / "adapter", base=base_dir)  # trains in float32
+    loaded = load_causal_lm(resolve_model(str(tmp_path / "adapter")), dtype=torch.float32)
+    with torch.no_grad():
+        expected, merged = trained(IDS).logits, loaded(IDS).logits
+    torch.testing.assert_close(merged, expected, rtol=1e-4, atol=1e-4)  # bfloat16: 0.36 off
+    low = load_causal_lm(resolve_model(str(tmp_path / "adapter")), dtype=torch.bfloat16)
+    assert {weight.dtype for weight in low.state_dict().values()} == {torch.bfloat16}
+
+
 def test_an_adapter_is_refused_by_a_base_with_fewer_layers(
     smollm2_tokenizer: Any, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
