@@ -10,7 +10,7 @@ import numbers
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from haystack import Document, component, default_from_dict, default_to_dict
@@ -428,10 +428,12 @@ class _Plan:
 
 
 def _copy(document: Document, score: float | None) -> Document:
-    """``document`` with ``score``, its ``meta`` (deeply) and ``embedding`` copied: editing
-    what a run returns must not change what it was given."""
-    embedding = copy.copy(document.embedding)  # a list, or a caller's numpy array, as it is
-    return replace(document, score=score, meta=copy.deepcopy(document.meta), embedding=embedding)
+    """``document`` with ``score`` and a deep copy of every other field (``meta``,
+    ``embedding``, ``sparse_embedding``, ``blob``... any its dataclass has): editing what a run
+    returns must not change what it was given."""
+    given = {f.name: getattr(document, f.name) for f in fields(document) if f.init}
+    del given["score"]
+    return replace(document, score=score, **copy.deepcopy(given))
 
 
 def check_threshold(threshold: float | None) -> float | None:

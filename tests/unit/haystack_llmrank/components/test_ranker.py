@@ -7,6 +7,8 @@ import copy
 import itertools
 import json
 import threading
+from collections.abc import Iterator
+from dataclasses import fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 from unittest.mock import Mock
@@ -15,6 +17,7 @@ import numpy as np
 import pytest
 from haystack import Document, Pipeline
 from haystack.core.errors import DeserializationError
+from haystack.dataclasses import ByteStream, SparseEmbedding
 from haystack.utils import ComponentDevice
 
 from haystack_llmrank import FirstListwiseRanker
@@ -572,20 +575,58 @@ def test_documents_that_are_not_a_list_of_documents_are_refused(
             ranker.run(query=QUERY, documents=documents)  # type: ignore[arg-type]
 
 
-def test_what_a_run_returns_shares_no_meta_or_embedding_with_its_input(
+def mutable_parts(value: Any) -> Iterator[Any]:
+    """``value`` and what it holds (a dataclass's fields too), where they can change in place."""
+    if isinstance(value, str | bytes | int | float | complex | type(None)):
+        return
+    if not isinstance(value, tuple | frozenset):
+        yield value
+    if is_dataclass(value) and not isinstance(value, type):
+        parts: Any = [getattr(value, f.name) for f in fields(value)]
+    elif isinstance(value, dict):
+        parts = [*value, *value.values()]
+    elif isinstance(value, list | tuple | set | frozenset):
+        parts = value
+    else:
+        parts = []
+    for part in parts:
+        yield from mutable_parts(part)
+
+
+def test_what_a_run_returns_shares_nothing_mutable_with_its_input(
     ranker: FirstListwiseRanker,
 ) -> None:
     given = [
-        Document(id=f"d{i}", content=f"animal {i}", meta={"n": [i]}, embedding=[float(i)])
+        Document(
+            id=f"d{i}",
+            content=f"animal {i}",
+            meta={"n": [i]},
+            score=float(i),
+            embedding=[float(i)],
+            sparse_embedding=SparseEmbedding(indices=[i, 7], values=[0.5, 0.25]),
+            blob=ByteStream(data=b"x", meta={"k": ["v"]}, mime_type="text/plain"),
+        )
         for i in range(3)
     ]
+    before = copy.deepcopy(given)
+    assert all(getattr(d, f.name) is not None for d in given for f in fields(d)), (
+        "set every field, so that each is checked"
+    )
     for query in (QUERY, ""):  # ranked, and returned unranked
-        for out in ranker.run(query=query, documents=given)["documents"]:
-            out.meta["n"].append(-1)  # nested values too
-            assert out.embedding is not None
-            out.embedding.append(9.0)
-    assert [d.meta for d in given] == [{"n": [0]}, {"n": [1]}, {"n": [2]}]
-    assert [d.embedding for d in given] == [[0.0], [1.0], [2.0]]
+        out = ranker.run(query=query, documents=given)["documents"]
+        for o, d in zip(sorted(out, key=lambda o: o.id), given, strict=True):
+            assert replace(o, score=d.score) == d, "equal but for the score, id included"
+            assert not {id(p) for p in mutable_parts(o)} & {id(p) for p in mutable_parts(d)}
+            o.meta["n"].append(-1)  # nested values too
+            assert o.embedding is not None
+            assert o.sparse_embedding is not None
+            assert o.blob is not None
+            o.embedding.append(9.0)
+            o.sparse_embedding.indices.append(9)
+            o.sparse_embedding.values[0] = 99.0
+            o.blob.meta["k"].append("changed")
+            o.blob.meta["new"] = "x"
+    assert given == before
 
 
 def test_run_async_works_in_a_forked_child(ranker: FirstListwiseRanker) -> None:
