@@ -6,6 +6,7 @@ import asyncio
 import copy
 import itertools
 import json
+import pickle
 import threading
 from collections.abc import Iterator
 from dataclasses import fields, is_dataclass, replace
@@ -16,6 +17,7 @@ from unittest.mock import Mock
 import numpy as np
 import pytest
 from haystack import Document, Pipeline
+from haystack.components.joiners import DocumentJoiner
 from haystack.core.errors import DeserializationError
 from haystack.dataclasses import ByteStream, SparseEmbedding
 from haystack.utils import ComponentDevice
@@ -627,6 +629,80 @@ def test_what_a_run_returns_shares_nothing_mutable_with_its_input(
             o.blob.meta["k"].append("changed")
             o.blob.meta["new"] = "x"
     assert given == before
+
+
+def rank_twice(ranker: FirstListwiseRanker) -> list[dict[str, list[Document]]]:
+    """What ``ranker`` returns from ``run`` and ``run_async`` for the same call."""
+    call = {"query": QUERY, "documents": docs(12), "top_k": 5}
+    return [ranker.run(**call), asyncio.run(ranker.run_async(**call))]
+
+
+def deep_copy(value: Any) -> Any:
+    return copy.deepcopy(value)
+
+
+def unpickled(value: Any) -> Any:
+    return pickle.loads(pickle.dumps(value))
+
+
+@pytest.mark.parametrize("clone", [deep_copy, unpickled])
+@pytest.mark.parametrize("warm", [False, True])
+def test_a_copied_or_unpickled_ranker_is_cold_and_ranks_alike(
+    clone: Any, warm: bool, tiny_model_dir: Path
+) -> None:
+    original = FirstListwiseRanker(
+        model=str(tiny_model_dir), device="cpu", meta_fields_to_embed=["title"]
+    )
+    if warm:
+        original.warm_up()
+        asyncio.run(original.warm_up_async())  # its worker thread exists too
+    engine = original._reranker
+    copied = clone(original)
+    assert type(copied) is FirstListwiseRanker
+    assert copied.to_dict() == original.to_dict()
+    assert copied.meta_fields_to_embed is not original.meta_fields_to_embed
+    assert copied._reranker is None, "cold: warm_up loads its own model"
+    assert (copied._worker_pool, copied._worker_pid) == (None, 0)
+    locks = ("_lock", "_warm_lock", "_pool_lock")
+    assert all(getattr(copied, n) is not getattr(original, n) for n in locks)
+    assert original._reranker is engine, "the original keeps its model"
+    expected = rank_twice(original)
+    copied.warm_up()
+    assert copied._reranker is not None
+    assert copied._reranker is not engine
+    assert rank_twice(copied) == expected
+    copied.close()  # closes its own model, not the original's
+    assert rank_twice(original) == expected
+    original.close()
+    assert rank_twice(copied) == expected, "a closed copy loads its model again"
+
+
+@pytest.mark.parametrize("clone", [deep_copy, unpickled])
+def test_a_pipeline_holding_a_ranker_copies_and_pickles(
+    clone: Any, ranker: FirstListwiseRanker, tiny_model_dir: Path
+) -> None:
+    pipeline = Pipeline()
+    pipeline.add_component("joiner", DocumentJoiner(sort_by_score=False))
+    ranking = FirstListwiseRanker(model=str(tiny_model_dir), device="cpu", top_k=4)
+    pipeline.add_component("ranker", ranking)
+    pipeline.connect("joiner.documents", "ranker.documents")
+    inputs = {"joiner": {"documents": docs(9)}, "ranker": {"query": QUERY}}
+    expected = {"ranker": ranker.run(query=QUERY, documents=docs(9), top_k=4)}
+    cold = clone(pipeline)
+    pipeline.warm_up()
+    warm = clone(pipeline)
+    for copied in (cold, warm):
+        component = copied.get_component("ranker")
+        assert type(component) is FirstListwiseRanker
+        assert component.__haystack_added_to_pipeline__ is copied
+        assert component._reranker is None
+        assert copied.to_dict() == pipeline.to_dict()
+        copied.warm_up()
+        assert copied.run(inputs) == expected
+        copied.close()
+    assert ranking._reranker is not None, "the original keeps its model"
+    assert pipeline.run(inputs) == expected
+    pipeline.close()
 
 
 def test_run_async_works_in_a_forked_child(ranker: FirstListwiseRanker) -> None:
