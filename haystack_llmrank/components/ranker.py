@@ -10,7 +10,7 @@ import numbers
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from haystack import Document, component, default_from_dict, default_to_dict
@@ -34,6 +34,9 @@ from haystack_llmrank.reranker import Reranker, check_options, resolve_strategy
 from haystack_llmrank.strategies import check_strategy_options, check_top_k
 
 logger = logging.getLogger(__name__)
+
+_RUNTIME = ("_reranker", "_lock", "_warm_lock", "_worker_pool", "_worker_pid", "_pool_lock")
+"""What :meth:`FirstListwiseRanker._start_cold` sets: a copy or a pickle leaves it out."""
 
 
 def deduplicate(documents: list[Document]) -> list[Document]:
@@ -73,6 +76,10 @@ class FirstListwiseRanker:
     sort by score or a threshold keeps the engine's order. An empty query ranks nothing: the
     deduplicated Documents come back as copies in input order with ``score=None``, so
     ``top_k`` applies and a ``score_threshold`` drops them all.
+
+    A copy (by ``copy.deepcopy`` or ``pickle``, of the ranker or of a Pipeline holding it) is
+    cold: the same init parameters, its own locks and no model; :meth:`warm_up` or its first
+    run loads its own. A loaded model is neither copied nor shared.
     """
 
     def __init__(
@@ -219,6 +226,10 @@ class FirstListwiseRanker:
         self.both_orders = both_orders
         self.fusion_k = _plain_int(fusion_k)
         self.order_invariant = order_invariant
+        self._start_cold()
+
+    def _start_cold(self) -> None:
+        """No model, new locks and no worker thread yet (the attributes in ``_RUNTIME``)."""
         self._reranker: Reranker | None = None
         self._lock = threading.Lock()
         self._warm_lock = threading.Lock()
@@ -226,6 +237,17 @@ class FirstListwiseRanker:
         self._worker_pool: ThreadPoolExecutor | None = None
         self._worker_pid = 0
         self._pool_lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The attributes that ``copy.deepcopy`` and ``pickle`` carry over: the init parameters
+        and Haystack's sockets, not the model, the locks or the worker thread."""
+        return {name: value for name, value in vars(self).items() if name not in _RUNTIME}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`__getstate__`'s attributes, cold: a model shared by two rankers would
+        rank under two locks, and one's :meth:`close` would end the other's rankings."""
+        vars(self).update(state)
+        self._start_cold()
 
     @property
     def _worker(self) -> ThreadPoolExecutor:
@@ -428,10 +450,12 @@ class _Plan:
 
 
 def _copy(document: Document, score: float | None) -> Document:
-    """``document`` with ``score``, its ``meta`` (deeply) and ``embedding`` copied: editing
-    what a run returns must not change what it was given."""
-    embedding = copy.copy(document.embedding)  # a list, or a caller's numpy array, as it is
-    return replace(document, score=score, meta=copy.deepcopy(document.meta), embedding=embedding)
+    """``document`` with ``score`` and a deep copy of every other field (``meta``,
+    ``embedding``, ``sparse_embedding``, ``blob``... any its dataclass has): editing what a run
+    returns must not change what it was given."""
+    given = {f.name: getattr(document, f.name) for f in fields(document) if f.init}
+    del given["score"]
+    return replace(document, score=score, **copy.deepcopy(given))
 
 
 def check_threshold(threshold: float | None) -> float | None:

@@ -6,7 +6,10 @@ import asyncio
 import copy
 import itertools
 import json
+import pickle
 import threading
+from collections.abc import Iterator
+from dataclasses import fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 from unittest.mock import Mock
@@ -14,7 +17,9 @@ from unittest.mock import Mock
 import numpy as np
 import pytest
 from haystack import Document, Pipeline
+from haystack.components.joiners import DocumentJoiner
 from haystack.core.errors import DeserializationError
+from haystack.dataclasses import ByteStream, SparseEmbedding
 from haystack.utils import ComponentDevice
 
 from haystack_llmrank import FirstListwiseRanker
@@ -572,20 +577,132 @@ def test_documents_that_are_not_a_list_of_documents_are_refused(
             ranker.run(query=QUERY, documents=documents)  # type: ignore[arg-type]
 
 
-def test_what_a_run_returns_shares_no_meta_or_embedding_with_its_input(
+def mutable_parts(value: Any) -> Iterator[Any]:
+    """``value`` and what it holds (a dataclass's fields too), where they can change in place."""
+    if isinstance(value, str | bytes | int | float | complex | type(None)):
+        return
+    if not isinstance(value, tuple | frozenset):
+        yield value
+    if is_dataclass(value) and not isinstance(value, type):
+        parts: Any = [getattr(value, f.name) for f in fields(value)]
+    elif isinstance(value, dict):
+        parts = [*value, *value.values()]
+    elif isinstance(value, list | tuple | set | frozenset):
+        parts = value
+    else:
+        parts = []
+    for part in parts:
+        yield from mutable_parts(part)
+
+
+def test_what_a_run_returns_shares_nothing_mutable_with_its_input(
     ranker: FirstListwiseRanker,
 ) -> None:
     given = [
-        Document(id=f"d{i}", content=f"animal {i}", meta={"n": [i]}, embedding=[float(i)])
+        Document(
+            id=f"d{i}",
+            content=f"animal {i}",
+            meta={"n": [i]},
+            score=float(i),
+            embedding=[float(i)],
+            sparse_embedding=SparseEmbedding(indices=[i, 7], values=[0.5, 0.25]),
+            blob=ByteStream(data=b"x", meta={"k": ["v"]}, mime_type="text/plain"),
+        )
         for i in range(3)
     ]
+    before = copy.deepcopy(given)
+    assert all(getattr(d, f.name) is not None for d in given for f in fields(d)), (
+        "set every field, so that each is checked"
+    )
     for query in (QUERY, ""):  # ranked, and returned unranked
-        for out in ranker.run(query=query, documents=given)["documents"]:
-            out.meta["n"].append(-1)  # nested values too
-            assert out.embedding is not None
-            out.embedding.append(9.0)
-    assert [d.meta for d in given] == [{"n": [0]}, {"n": [1]}, {"n": [2]}]
-    assert [d.embedding for d in given] == [[0.0], [1.0], [2.0]]
+        out = ranker.run(query=query, documents=given)["documents"]
+        for o, d in zip(sorted(out, key=lambda o: o.id), given, strict=True):
+            assert replace(o, score=d.score) == d, "equal but for the score, id included"
+            assert not {id(p) for p in mutable_parts(o)} & {id(p) for p in mutable_parts(d)}
+            o.meta["n"].append(-1)  # nested values too
+            assert o.embedding is not None
+            assert o.sparse_embedding is not None
+            assert o.blob is not None
+            o.embedding.append(9.0)
+            o.sparse_embedding.indices.append(9)
+            o.sparse_embedding.values[0] = 99.0
+            o.blob.meta["k"].append("changed")
+            o.blob.meta["new"] = "x"
+    assert given == before
+
+
+def rank_twice(ranker: FirstListwiseRanker) -> list[dict[str, list[Document]]]:
+    """What ``ranker`` returns from ``run`` and ``run_async`` for the same call."""
+    call = {"query": QUERY, "documents": docs(12), "top_k": 5}
+    return [ranker.run(**call), asyncio.run(ranker.run_async(**call))]
+
+
+def deep_copy(value: Any) -> Any:
+    return copy.deepcopy(value)
+
+
+def unpickled(value: Any) -> Any:
+    return pickle.loads(pickle.dumps(value))
+
+
+@pytest.mark.parametrize("clone", [deep_copy, unpickled])
+@pytest.mark.parametrize("warm", [False, True])
+def test_a_copied_or_unpickled_ranker_is_cold_and_ranks_alike(
+    clone: Any, warm: bool, tiny_model_dir: Path
+) -> None:
+    original = FirstListwiseRanker(
+        model=str(tiny_model_dir), device="cpu", meta_fields_to_embed=["title"]
+    )
+    if warm:
+        original.warm_up()
+        asyncio.run(original.warm_up_async())  # its worker thread exists too
+    engine = original._reranker
+    copied = clone(original)
+    assert type(copied) is FirstListwiseRanker
+    assert copied.to_dict() == original.to_dict()
+    assert copied.meta_fields_to_embed is not original.meta_fields_to_embed
+    assert copied._reranker is None, "cold: warm_up loads its own model"
+    assert (copied._worker_pool, copied._worker_pid) == (None, 0)
+    locks = ("_lock", "_warm_lock", "_pool_lock")
+    assert all(getattr(copied, n) is not getattr(original, n) for n in locks)
+    assert original._reranker is engine, "the original keeps its model"
+    expected = rank_twice(original)
+    copied.warm_up()
+    assert copied._reranker is not None
+    assert copied._reranker is not engine
+    assert rank_twice(copied) == expected
+    copied.close()  # closes its own model, not the original's
+    assert rank_twice(original) == expected
+    original.close()
+    assert rank_twice(copied) == expected, "a closed copy loads its model again"
+
+
+@pytest.mark.parametrize("clone", [deep_copy, unpickled])
+def test_a_pipeline_holding_a_ranker_copies_and_pickles(
+    clone: Any, ranker: FirstListwiseRanker, tiny_model_dir: Path
+) -> None:
+    pipeline = Pipeline()
+    pipeline.add_component("joiner", DocumentJoiner(sort_by_score=False))
+    ranking = FirstListwiseRanker(model=str(tiny_model_dir), device="cpu", top_k=4)
+    pipeline.add_component("ranker", ranking)
+    pipeline.connect("joiner.documents", "ranker.documents")
+    inputs = {"joiner": {"documents": docs(9)}, "ranker": {"query": QUERY}}
+    expected = {"ranker": ranker.run(query=QUERY, documents=docs(9), top_k=4)}
+    cold = clone(pipeline)
+    pipeline.warm_up()
+    warm = clone(pipeline)
+    for copied in (cold, warm):
+        component = copied.get_component("ranker")
+        assert type(component) is FirstListwiseRanker
+        assert component.__haystack_added_to_pipeline__ is copied
+        assert component._reranker is None
+        assert copied.to_dict() == pipeline.to_dict()
+        copied.warm_up()
+        assert copied.run(inputs) == expected
+        copied.close()
+    assert ranking._reranker is not None, "the original keeps its model"
+    assert pipeline.run(inputs) == expected
+    pipeline.close()
 
 
 def test_run_async_works_in_a_forked_child(ranker: FirstListwiseRanker) -> None:
