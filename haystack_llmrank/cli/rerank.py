@@ -32,7 +32,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Rerank each query's candidates with a FIRST listwise reranker and write a TREC run "
         "(qid Q0 docid rank score tag). The score column is the ranking's score rounded to "
-        "4 decimals and lowered where needed so it strictly decreases down each query."
+        "4 decimals and lowered where needed so it strictly decreases down each query as "
+        "trec_eval reads it (as a 32-bit float)."
     )
     parser.add_argument(
         "input", type=Path, help="candidates JSONL or rank_llm retrieve-results JSON"

@@ -404,6 +404,26 @@ def test_eval_of_a_run(
     assert saved["relevance_level"] == 2
 
 
+def test_eval_ranks_scores_as_trec_eval_reads_them(
+    llmrank: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    qrels = tmp_path / "qrels.txt"
+    qrels.write_text("q1 0 a 2\nq1 0 b 0\n")
+    metrics = ["--metrics", "p@1", "ndcg@1", "mrr@1", "mrr@10"]
+    # impact scores tied in the thousands: the list order, with "a" first, is what counts
+    listed = [{"docid": d, "score": 3000.0, "text": d} for d in "ab"]
+    tied = tmp_path / "tied.jsonl"
+    tied.write_text(json.dumps({"qid": "q1", "query": "impact", "candidates": listed}) + "\n")
+    assert llmrank(["eval", "--candidates", str(tied), str(qrels), *metrics]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split() == ["mean", *["1.0000"] * 4]
+    # one 32-bit float, so a tie that trec_eval gives to "b": every metric says so
+    run = tmp_path / "run.txt"
+    run.write_text("q1 Q0 a 1 0.50000001 t\nq1 Q0 b 2 0.5 t\n")
+    assert llmrank(["eval", str(run), str(qrels), *metrics]) == 0
+    row = capsys.readouterr().out.splitlines()[1].split()
+    assert row == ["mean", "0.0000", "0.0000", "0.0000", "0.5000"]
+
+
 def test_eval_of_a_candidates_file(
     llmrank: Any, candidates: Path, qrels: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
