@@ -206,37 +206,58 @@ def _query_text(value: Any, where: str) -> str:
     return _text(value, "the query text", where)
 
 
-def _candidate(item: Any, position: int, where: str) -> Candidate:
-    """One candidate: ``text`` (or another of :data:`TEXT_FIELDS`) directly or under ``doc``.
+def _looked_up(
+    places: Sequence[tuple[str, dict[str, Any]]], fields: Sequence[str], what: str, where: str
+) -> Any:
+    """The value of the first of ``fields`` each of ``places`` (a label, an object) has: one
+    where they agree, ``None`` where none has one; :class:`DataFormatError` naming both
+    where two differ."""
+    found: list[tuple[str, Any]] = []
+    for label, place in places:
+        name = next((f for f in fields if f in place), None)
+        if name is not None:
+            found.append((f"{name!r} {label}", place[name]))
+    if any(value != found[0][1] for _, value in found[1:]):
+        named = " and ".join(name for name, _ in found)
+        raise DataFormatError(f"{where}: two different {what}s, {named}; give one")
+    return found[0][1] if found else None
 
-    A non-empty ``title`` is prepended as ``"Title: {title} Content: {text}"`` (rank_llm's
-    convention). A ``score``, if present, must be a finite number, and a ``rank`` the 1-based
-    list position.
+
+def _candidate(item: Any, position: int, where: str) -> Candidate:
+    """One candidate: ``text`` (or another of :data:`TEXT_FIELDS`) on it or under ``doc``.
+
+    Each of the text and ``title`` is looked up under ``doc`` and on the candidate: found in
+    both, the two must be equal. A non-empty ``title`` is prepended as
+    ``"Title: {title} Content: {text}"`` (rank_llm's convention). A ``score``, if present,
+    must be a finite number, and a ``rank`` the 1-based list position.
     """
     where = f"{where} candidate {position}"
     if not isinstance(item, dict):
         raise DataFormatError(f"{where}: expected an object, got {type(item).__name__}")
     docid = _identifier(item.get("docid"), "docid", where)
-    source = item.get("doc", item)
-    if not isinstance(source, dict):
-        raise DataFormatError(f"{where} ({docid}): 'doc' must be an object")
-    field = next((f for f in TEXT_FIELDS if f in source), None)
-    if field is None or not isinstance(source[field], str):
+    where = f"{where} ({docid})"
+    doc = item.get("doc", {})
+    if not isinstance(doc, dict):
+        raise DataFormatError(f"{where}: 'doc' must be an object")
+    places = [("under 'doc'", doc), ("on the candidate", item)]
+    text = _looked_up(places, TEXT_FIELDS, "text", where)
+    if not isinstance(text, str):
         raise DataFormatError(
-            f"{where} ({docid}): no text; expected a string in one of {TEXT_FIELDS}"
+            f"{where}: no text; expected a string in one of {TEXT_FIELDS}, on the candidate "
+            "or under its 'doc'"
         )
-    text = _text(source[field], "the text", f"{where} ({docid})")
-    title = source.get("title")
+    text = _text(text, "the text", where)
+    title = _looked_up(places, ("title",), "title", where)
     if title:
-        text = f"Title: {_text(str(title), 'the title', f'{where} ({docid})')} Content: {text}"
+        text = f"Title: {_text(str(title), 'the title', where)} Content: {text}"
     score = item.get("score")
     if score is not None and (isinstance(score, bool) or not isinstance(score, int | float)):
-        raise DataFormatError(f"{where} ({docid}): score must be a number, got {score!r}")
-    value = None if score is None else _finite_score(score, f"{where} ({docid})")
+        raise DataFormatError(f"{where}: score must be a number, got {score!r}")
+    value = None if score is None else _finite_score(score, where)
     rank = item.get("rank")
     if rank is not None and (isinstance(rank, bool) or rank != position + 1):
         raise DataFormatError(
-            f"{where} ({docid}): rank {rank!r} does not match its list position {position + 1}"
+            f"{where}: rank {rank!r} does not match its list position {position + 1}"
         )
     return Candidate(docid, text, value)
 

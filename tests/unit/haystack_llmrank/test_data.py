@@ -97,6 +97,45 @@ def test_reads_rankllm_json_list_with_text_field_variants(tmp_path: Path) -> Non
     assert [c.score for c in query.candidates] == [5.0, 4.0, 3.0, 2.0]
 
 
+def test_text_and_title_are_found_on_the_candidate_or_under_its_doc(tmp_path: Path) -> None:
+    candidates = [
+        {"docid": 1, "doc": {"title": "T"}, "text": "top-level text"},
+        {"docid": 2, "title": "T", "doc": {"contents": "c"}},
+        {"docid": 3, "doc": {"contents": "same", "title": "T"}, "text": "same", "title": "T"},
+        {"docid": 4, "doc": {}, "segment": "s"},
+    ]
+    record = {"qid": 7, "query": "q", "candidates": candidates}
+    (query,) = read_queries(write_jsonl(tmp_path / "c.jsonl", [record]))
+    assert query.texts == [
+        "Title: T Content: top-level text",
+        "Title: T Content: c",
+        "Title: T Content: same",
+        "s",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("candidate", "message"),
+    [
+        (
+            {"doc": {"contents": "c"}, "text": "t"},
+            r"two different texts, 'contents' under 'doc' and 'text' on the candidate; give one",
+        ),
+        (
+            {"doc": {"text": "t", "title": "A"}, "title": "B"},
+            r"two different titles, 'title' under 'doc' and 'title' on the candidate",
+        ),
+        ({"doc": {"title": "T"}}, r"no text; expected a string in one of .* under its 'doc'"),
+    ],
+)
+def test_two_different_texts_of_a_candidate_are_refused(
+    tmp_path: Path, candidate: dict[str, Any], message: str
+) -> None:
+    record = {"qid": "q", "query": "x", "candidates": [{"docid": "d", **candidate}]}
+    with pytest.raises(DataFormatError, match=rf"c\.jsonl:1 candidate 0 \(d\): {message}"):
+        read_queries(write_jsonl(tmp_path / "c.jsonl", [record]))
+
+
 def test_reads_rankllm_records_one_a_line(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "r.jsonl", [rankllm_record("a"), rankllm_record("b")])
     assert [q.qid for q in read_queries(path, "rankllm")] == ["a", "b"]
