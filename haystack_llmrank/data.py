@@ -15,7 +15,7 @@ import re
 import struct
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -63,11 +63,13 @@ class Candidate:
 
 @dataclass(frozen=True)
 class QueryCandidates:
-    """A query and its first-stage candidates, in first-stage order."""
+    """A query and its first-stage candidates, in first-stage order; ``where`` names the
+    record it was read from, for messages (empty when it was not read from a file)."""
 
     qid: str
     query: str
     candidates: tuple[Candidate, ...]
+    where: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
         counts = Counter(c.docid for c in self.candidates)
@@ -325,7 +327,7 @@ def read_queries(path: str | Path, format: str = "auto") -> list[QueryCandidates
         except DataFormatError as exc:
             raise DataFormatError(f"{exc}; expected the {format} format{detected}") from None
         try:
-            query = QueryCandidates(*fields)
+            query = QueryCandidates(*fields, where=where)
         except DataFormatError as exc:
             raise DataFormatError(f"{where}: {exc}") from None
         if query.qid in where_of:
@@ -460,10 +462,10 @@ def _rows(path: Path, columns: int, layout: str) -> Iterator[tuple[str, list[str
             raise DataFormatError(
                 f"{path}:{number}: expected {columns} columns ({layout}), got {len(fields)}"
             )
-        for field in fields:
-            problem = unwritable(field)
+        for word in fields:
+            problem = unwritable(word)
             if problem is not None:
-                raise DataFormatError(f"{path}:{number}: {field!r} {problem}")
+                raise DataFormatError(f"{path}:{number}: {word!r} {problem}")
         yield f"{path}:{number}", fields
 
 

@@ -6,8 +6,9 @@ import argparse
 import json
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from haystack_llmrank.cli.options import (
     add_model_options,
@@ -24,7 +25,11 @@ from haystack_llmrank.data import (
     run_from_rankings,
     write_run,
 )
+from haystack_llmrank.errors import PromptTooLongError, listed
 from haystack_llmrank.ranking import Ranking
+
+if TYPE_CHECKING:
+    from haystack_llmrank.reranker import Reranker
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -136,6 +141,24 @@ def _check_outputs(source: Path, output: Path, save_json: Path | None) -> None:
             raise ValueError(f"--save-json names the candidates file {source}; give another path")
 
 
+def _check_prompts(reranker: Reranker, queries: Sequence[QueryCandidates]) -> None:
+    """Refuse, before any scoring, the queries too long for any prompt (every window of one
+    would fail), naming each and its record."""
+    over: list[tuple[QueryCandidates, PromptTooLongError]] = []
+    for query in queries:
+        try:
+            reranker.check_request(query.query, query.texts)
+        except PromptTooLongError as exc:
+            over.append((query, exc))
+    if over:
+        named = listed([f"{query.qid} ({query.where})" for query, _ in over], 10)
+        first, problem = over[0]
+        raise PromptTooLongError(
+            f"{plural(len(over), 'query', 'queries')} too long for any prompt, so none was "
+            f"reranked: {named}; {first.qid}: {problem} (--max-prompt-tokens)"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     """Rerank, write the run (and optionally the rankings as JSON), print a summary."""
     from tqdm import tqdm
@@ -152,6 +175,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     reranker = load_reranker(args)
     loaded = time.perf_counter()
+    _check_prompts(reranker, queries)
     requests = [(query.query, query.texts) for query in queries]
     most = reranker.count_windows([len(texts) for _, texts in requests], args.rank_depth)
     with tqdm(total=most, unit="window", desc="rerank") as bar:

@@ -297,6 +297,17 @@ def test_repeated_qid_names_both_records(tmp_path: Path) -> None:
         read_queries(path)
 
 
+def test_each_query_names_the_record_it_was_read_from(tmp_path: Path) -> None:
+    path = tmp_path / "c.jsonl"
+    path.write_text(f"{json.dumps(candidates_record('a'))}\n\n{json.dumps(candidates_record('b'))}")
+    assert [query.where for query in read_queries(path)] == [f"{path}:1", f"{path}:3"]
+    items = tmp_path / "r.json"
+    items.write_text(json.dumps([rankllm_record("a"), rankllm_record("b")]))
+    assert [query.where for query in read_queries(items)] == [f"{items} item 0", f"{items} item 1"]
+    first = read_queries(path)[0]
+    assert first == QueryCandidates(first.qid, first.query, first.candidates)  # not compared
+
+
 def test_auto_format_holds_for_the_whole_file(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "mixed.jsonl", [candidates_record(), rankllm_record("q2")])
     with pytest.raises(

@@ -335,6 +335,36 @@ def test_rerank_refuses_to_write_an_empty_run(
     assert not output.exists()
 
 
+def test_a_query_too_long_for_any_prompt_is_named_before_any_scoring(
+    llmrank: Any,
+    candidates: Path,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    lines = candidates.read_text().splitlines()
+    long = {
+        "qid": "argument-42",
+        "query": "why " * 300,
+        "candidates": [{"docid": "d", "text": "t"}],
+    }
+    candidates.write_text("\n".join([lines[0], json.dumps(long), lines[1]]) + "\n")
+
+    def scored(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a window was scored")
+
+    monkeypatch.setattr(Reranker, "score_prompts", scored)
+    output = tmp_path / "run.txt"
+    args = rerank_args(candidates, output, tiny_model_dir, "--max-prompt-tokens", "256")
+    assert llmrank(args) == 2
+    error = capsys.readouterr().err
+    named = f"argument-42 ({candidates}:2); argument-42: the instruction and query alone take"
+    assert f"1 query too long for any prompt, so none was reranked: {named}" in error
+    assert "over the budget of 256" in error
+    assert not output.exists()
+
+
 def test_a_query_without_candidates_is_missing_from_either_run(
     llmrank: Any,
     candidates: Path,
