@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,7 +15,7 @@ from haystack_llmrank.cli.options import (
     plural,
     positive_int,
 )
-from haystack_llmrank.cli.staged_files import staged_outputs
+from haystack_llmrank.cli.staged_files import check_output, staged_outputs
 from haystack_llmrank.data import (
     FORMATS,
     QueryCandidates,
@@ -43,7 +42,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "input", type=Path, help="candidates JSONL or rank_llm retrieve-results JSON"
     )
-    parser.add_argument("--output", "-o", type=Path, required=True, help="TREC run file to write")
+    parser.add_argument(
+        "--output", "-o", type=Path, required=True, help="TREC run file to write (a regular file)"
+    )
     parser.add_argument(
         "--format", choices=FORMATS, default="auto", help="input format (default auto)"
     )
@@ -115,26 +116,14 @@ def rankings_json(queries: list[QueryCandidates], rankings: list[Ranking]) -> li
     ]
 
 
-def _check_writable(path: Path) -> None:
-    """Raise ``OSError`` unless a file can be written at ``path``, new or replaced."""
-    if path.is_dir():
-        raise IsADirectoryError(f"cannot write {path}: it is a folder")
-    if not path.parent.is_dir():
-        raise OSError(f"cannot write {path}: folder {path.parent} does not exist")
-    if not os.access(path.parent, os.W_OK | os.X_OK):
-        raise PermissionError(f"cannot write {path}: folder {path.parent} is not writable")
-    if path.exists() and not os.access(path, os.W_OK):
-        raise PermissionError(f"cannot write {path}: it is read-only")
-
-
 def _check_outputs(source: Path, output: Path, save_json: Path | None) -> None:
     """Refuse outputs that could not be written, or would replace the candidates file
     ``source`` or each other, before anything runs."""
-    _check_writable(output)
+    check_output(output)
     if output.resolve() == source.resolve():
         raise ValueError(f"--output names the candidates file {source}; give another path")
     if save_json is not None:
-        _check_writable(save_json)
+        check_output(save_json)
         if save_json.resolve() == output.resolve():
             raise ValueError(f"--save-json names the --output file {output}; give another path")
         if save_json.resolve() == source.resolve():

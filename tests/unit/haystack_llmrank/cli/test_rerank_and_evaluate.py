@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from collections.abc import Callable
 from itertools import pairwise
 from pathlib import Path
@@ -269,7 +270,7 @@ def test_rerank_fails_on_bad_input_before_loading_the_model(
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--output", "no/run.txt"], "folder no does not exist"),
+        (["--output", "no/run.txt"], "/no does not exist"),
         (["--output", "run.txt", "--tag", "my run"], "the run tag in a TREC file must be one word"),
         (["--output", "."], "cannot write .: it is a folder"),
         (["--output", "run.txt", "--save-json", "."], "cannot write .: it is a folder"),
@@ -292,6 +293,50 @@ def test_rerank_checks_output_settings_before_loading_the_model(
     assert llmrank(["rerank", str(candidates), "--model", "no/such", *extra]) == 2
     assert message in capsys.readouterr().err
     assert candidates.read_bytes() == given
+
+
+@pytest.mark.parametrize("special", ["fifo", "/dev/null", "pipe"])
+def test_rerank_refuses_a_special_output_file_before_loading_the_model(
+    llmrank: Any,
+    candidates: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    request: pytest.FixtureRequest,
+    special: str,
+) -> None:
+    if special == "fifo":
+        output = tmp_path / "out.fifo"
+        os.mkfifo(output)
+        kind = "a pipe or FIFO"
+    elif special == "pipe":  # what /dev/stdout is when the output is piped
+        ends = os.pipe()
+        request.addfinalizer(lambda: [os.close(end) for end in ends])
+        output = Path(f"/proc/self/fd/{ends[1]}")
+        kind = "a pipe or FIFO"
+    else:
+        output = Path(special)
+        kind = "a character device"
+    for option in (["-o"], ["-o", str(tmp_path / "run.txt"), "--save-json"]):
+        assert llmrank(["rerank", str(candidates), "--model", "no/such", *option, str(output)]) == 2
+        assert f"cannot write {output}: it is {kind}" in capsys.readouterr().err
+    assert special != "fifo" or output.is_fifo()
+
+
+def test_rerank_checks_the_folder_an_output_symlink_leads_to(
+    llmrank: Any,
+    candidates: Path,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    dangling = tmp_path / "link.run"
+    dangling.symlink_to(tmp_path / "missing" / "out.run")
+    assert llmrank(["rerank", str(candidates), "--model", "no/such", "-o", str(dangling)]) == 2
+    assert f"folder {tmp_path / 'missing'} does not exist" in capsys.readouterr().err
+    (tmp_path / "missing").mkdir()
+    assert llmrank(rerank_args(candidates, dangling, tiny_model_dir)) == 0
+    assert dangling.is_symlink()
+    assert len((tmp_path / "missing" / "out.run").read_text().splitlines()) == 11
 
 
 def test_eval_json_must_not_replace_an_input(
