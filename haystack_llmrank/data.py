@@ -1,8 +1,9 @@
 """Evaluation files: query candidates (JSONL or rank_llm JSON), TREC runs and qrels.
 
 A run is ``{qid: {docid: score}}`` with each query's documents in rank order. trec_eval
-ranks a run by score (descending) and breaks ties by docid, so every run written here has
-scores that strictly decrease down each query's list (see :func:`strictly_decreasing`).
+ranks a run by score, read as a 32-bit float (:func:`trec_float`), and breaks ties by docid,
+so every run written here has scores that strictly decrease down each query's list as
+trec_eval reads them (see :func:`strictly_decreasing`).
 """
 
 from __future__ import annotations
@@ -11,12 +12,15 @@ import json
 import logging
 import math
 import re
+import struct
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from haystack_llmrank.blank_passages import is_blank
 from haystack_llmrank.errors import LlmRankError
@@ -36,6 +40,9 @@ _NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
 """Numbers as trec_eval reads them: ASCII digits (no ``1_0``, no other scripts' digits)."""
 GRADE_RANGE = (-(2**31), 2**31 - 1)
 """The grades (and relevance levels) trec_eval holds: a 32-bit C long."""
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+"""The largest magnitude of a run score trec_eval holds (a 32-bit C float), about 3.4e38."""
+_FLOAT32 = struct.Struct("f")
 
 Run = dict[str, dict[str, float]]
 Qrels = dict[str, dict[str, int]]
@@ -56,11 +63,13 @@ class Candidate:
 
 @dataclass(frozen=True)
 class QueryCandidates:
-    """A query and its first-stage candidates, in first-stage order."""
+    """A query and its first-stage candidates, in first-stage order; ``where`` names the
+    record it was read from, for messages (empty when it was not read from a file)."""
 
     qid: str
     query: str
     candidates: tuple[Candidate, ...]
+    where: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
         counts = Counter(c.docid for c in self.candidates)
@@ -199,37 +208,58 @@ def _query_text(value: Any, where: str) -> str:
     return _text(value, "the query text", where)
 
 
-def _candidate(item: Any, position: int, where: str) -> Candidate:
-    """One candidate: ``text`` (or another of :data:`TEXT_FIELDS`) directly or under ``doc``.
+def _looked_up(
+    places: Sequence[tuple[str, dict[str, Any]]], fields: Sequence[str], what: str, where: str
+) -> Any:
+    """The value of the first of ``fields`` each of ``places`` (a label, an object) has: one
+    where they agree, ``None`` where none has one; :class:`DataFormatError` naming both
+    where two differ."""
+    found: list[tuple[str, Any]] = []
+    for label, place in places:
+        name = next((f for f in fields if f in place), None)
+        if name is not None:
+            found.append((f"{name!r} {label}", place[name]))
+    if any(value != found[0][1] for _, value in found[1:]):
+        named = " and ".join(name for name, _ in found)
+        raise DataFormatError(f"{where}: two different {what}s, {named}; give one")
+    return found[0][1] if found else None
 
-    A non-empty ``title`` is prepended as ``"Title: {title} Content: {text}"`` (rank_llm's
-    convention). A ``score``, if present, must be a finite number, and a ``rank`` the 1-based
-    list position.
+
+def _candidate(item: Any, position: int, where: str) -> Candidate:
+    """One candidate: ``text`` (or another of :data:`TEXT_FIELDS`) on it or under ``doc``.
+
+    Each of the text and ``title`` is looked up under ``doc`` and on the candidate: found in
+    both, the two must be equal. A non-empty ``title`` is prepended as
+    ``"Title: {title} Content: {text}"`` (rank_llm's convention). A ``score``, if present,
+    must be a finite number, and a ``rank`` the 1-based list position.
     """
     where = f"{where} candidate {position}"
     if not isinstance(item, dict):
         raise DataFormatError(f"{where}: expected an object, got {type(item).__name__}")
     docid = _identifier(item.get("docid"), "docid", where)
-    source = item.get("doc", item)
-    if not isinstance(source, dict):
-        raise DataFormatError(f"{where} ({docid}): 'doc' must be an object")
-    field = next((f for f in TEXT_FIELDS if f in source), None)
-    if field is None or not isinstance(source[field], str):
+    where = f"{where} ({docid})"
+    doc = item.get("doc", {})
+    if not isinstance(doc, dict):
+        raise DataFormatError(f"{where}: 'doc' must be an object")
+    places = [("under 'doc'", doc), ("on the candidate", item)]
+    text = _looked_up(places, TEXT_FIELDS, "text", where)
+    if not isinstance(text, str):
         raise DataFormatError(
-            f"{where} ({docid}): no text; expected a string in one of {TEXT_FIELDS}"
+            f"{where}: no text; expected a string in one of {TEXT_FIELDS}, on the candidate "
+            "or under its 'doc'"
         )
-    text = _text(source[field], "the text", f"{where} ({docid})")
-    title = source.get("title")
+    text = _text(text, "the text", where)
+    title = _looked_up(places, ("title",), "title", where)
     if title:
-        text = f"Title: {_text(str(title), 'the title', f'{where} ({docid})')} Content: {text}"
+        text = f"Title: {_text(str(title), 'the title', where)} Content: {text}"
     score = item.get("score")
     if score is not None and (isinstance(score, bool) or not isinstance(score, int | float)):
-        raise DataFormatError(f"{where} ({docid}): score must be a number, got {score!r}")
-    value = None if score is None else _finite_score(score, f"{where} ({docid})")
+        raise DataFormatError(f"{where}: score must be a number, got {score!r}")
+    value = None if score is None else _finite_score(score, where)
     rank = item.get("rank")
     if rank is not None and (isinstance(rank, bool) or rank != position + 1):
         raise DataFormatError(
-            f"{where} ({docid}): rank {rank!r} does not match its list position {position + 1}"
+            f"{where}: rank {rank!r} does not match its list position {position + 1}"
         )
     return Candidate(docid, text, value)
 
@@ -297,7 +327,7 @@ def read_queries(path: str | Path, format: str = "auto") -> list[QueryCandidates
         except DataFormatError as exc:
             raise DataFormatError(f"{exc}; expected the {format} format{detected}") from None
         try:
-            query = QueryCandidates(*fields)
+            query = QueryCandidates(*fields, where=where)
         except DataFormatError as exc:
             raise DataFormatError(f"{where}: {exc}") from None
         if query.qid in where_of:
@@ -311,28 +341,53 @@ def read_queries(path: str | Path, format: str = "auto") -> list[QueryCandidates
     return queries
 
 
+def trec_float(score: float) -> float:
+    """``score`` as trec_eval holds a run score: rounded to a 32-bit C float, and infinite
+    beyond its range (:data:`FLOAT32_MAX`)."""
+    try:
+        held: float = _FLOAT32.unpack(_FLOAT32.pack(score))[0]
+    except OverflowError:  # where the platform's packing refuses what C rounds to infinity
+        return math.copysign(math.inf, score)
+    return held
+
+
 def strictly_decreasing(scores: Sequence[float]) -> list[float]:
     """Scores rounded to :data:`RUN_DECIMALS` decimals (as :func:`write_run` writes them), each
-    lowered where needed to one unit below the one above.
+    lowered where needed to stay below the one above as trec_eval reads them
+    (:func:`trec_float`).
 
-    The result strictly decreases, so trec_eval keeps the given order, and it equals the
-    rounded input wherever that already strictly decreases. A score that is not finite, or
-    too large for a float to hold it to those decimals, raises ``ValueError``.
+    A score is lowered to one unit (0.0001) below the score above it or, where that still
+    reads as the same 32-bit float (from about 1024 in magnitude up), to the largest number
+    of those decimals below the next 32-bit float down. The result strictly decreases as
+    trec_eval reads it, so trec_eval keeps the given order, and it equals the rounded input
+    wherever that already strictly decreases so. A score that is not finite or is beyond
+    :data:`FLOAT32_MAX` in magnitude, or one that would have to go below ``-FLOAT32_MAX``,
+    raises ``ValueError``.
     """
-    decimals = RUN_DECIMALS
-    unit = 10**decimals
-    largest = 2.0 ** (53 - math.ceil(math.log2(unit)))  # below it floats are < 1 unit apart
+    unit = 10**RUN_DECIMALS
     units: list[int] = []
+    above = math.inf  # the score above, as trec_eval reads it
     for score in scores:
         if not math.isfinite(score):
             raise ValueError(f"cannot write a non-finite score ({score}) to a run")
-        if abs(score) >= largest:
+        if math.isinf(trec_float(score)):
             raise ValueError(
-                f"the score {score:g} is too large for a run: scores keep {decimals} decimals "
-                f"only below {largest:.4g} in magnitude"
+                f"the score {score:g} is too large for a run: trec_eval reads scores as "
+                f"32-bit floats, at most {FLOAT32_MAX:.4g} in magnitude"
             )
         value = round(score * unit)
-        units.append(value if not units else min(value, units[-1] - 1))
+        if units:
+            value = min(value, units[-1] - 1)
+        if trec_float(value / unit) >= above:
+            if above == -FLOAT32_MAX:
+                raise ValueError(
+                    f"the scores cannot decrease below {-FLOAT32_MAX:.4g}, the lowest 32-bit "
+                    "float, which trec_eval reads them as"
+                )
+            below = float(np.nextafter(np.float32(above), np.float32(-math.inf)))
+            value = math.floor(below * unit)  # exact: a float32 times 10**4 fits a double
+        units.append(value)
+        above = trec_float(value / unit)
     return [u / unit for u in units]
 
 
@@ -371,8 +426,8 @@ def check_word(value: str, what: str) -> None:
 def write_run(path: str | Path, run: Mapping[str, Mapping[str, float]], tag: str) -> None:
     """Write ``qid Q0 docid rank score tag`` lines, documents in the run's order.
 
-    Each query's scores must strictly decrease (use :func:`strictly_decreasing`), else
-    trec_eval would reorder them.
+    Each query's scores must strictly decrease as written and as trec_eval reads them (use
+    :func:`strictly_decreasing`), else trec_eval would reorder them.
     """
     check_word(tag, "the run tag")
     lines: list[str] = []
@@ -381,13 +436,17 @@ def write_run(path: str | Path, run: Mapping[str, Mapping[str, float]], tag: str
         for docid in docs:
             check_word(docid, f"query {qid}: a docid")
         written = [f"{score:.{RUN_DECIMALS}f}" for score in docs.values()]
-        values = [float(text) for text in written]
-        if not all(map(math.isfinite, values)):
-            raise ValueError(f"query {qid}: run scores must be finite numbers")
-        if any(a <= b for a, b in pairwise(values)):
+        held = [trec_float(float(text)) for text in written]
+        if not all(map(math.isfinite, held)):
+            raise ValueError(
+                f"query {qid}: run scores must be finite numbers that trec_eval holds, at most "
+                f"{FLOAT32_MAX:.4g} in magnitude"
+            )
+        if any(a <= b for a, b in pairwise(held)):
             raise ValueError(
                 f"query {qid}: run scores must strictly decrease down the list as written, "
-                f"to {RUN_DECIMALS} decimals (see strictly_decreasing)"
+                f"to {RUN_DECIMALS} decimals, and as trec_eval reads them, as 32-bit floats "
+                "(see strictly_decreasing)"
             )
         for rank, (docid, text) in enumerate(zip(docs, written, strict=True), start=1):
             lines.append(f"{qid} Q0 {docid} {rank} {text} {tag}\n")
@@ -403,10 +462,10 @@ def _rows(path: Path, columns: int, layout: str) -> Iterator[tuple[str, list[str
             raise DataFormatError(
                 f"{path}:{number}: expected {columns} columns ({layout}), got {len(fields)}"
             )
-        for field in fields:
-            problem = unwritable(field)
+        for word in fields:
+            problem = unwritable(word)
             if problem is not None:
-                raise DataFormatError(f"{path}:{number}: {field!r} {problem}")
+                raise DataFormatError(f"{path}:{number}: {word!r} {problem}")
         yield f"{path}:{number}", fields
 
 

@@ -4,7 +4,8 @@ Metrics are named ``family@k``: ``ndcg@k`` (trec_eval's ``ndcg_cut``: graded, li
 ``map@k`` (``map_cut``), ``recall@k``, ``p@k`` (``P``) and ``mrr@k`` (``recip_rank`` of the run
 cut to its top ``k``). The binary metrics (map, recall, p, mrr) count a document as relevant
 when its grade is at least ``relevance_level`` (2 by default, as TREC Deep Learning does).
-Documents are ranked as trec_eval ranks them: by score, ties by docid, both descending.
+Documents are ranked as trec_eval ranks them: by score read as a 32-bit float, ties by docid,
+both descending (:func:`trec_order`).
 pytrec_eval (the ``eval`` extra) is imported only when metrics are computed.
 """
 
@@ -15,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from haystack_llmrank.data import GRADE_RANGE, Qrels, finite_float
+from haystack_llmrank.data import GRADE_RANGE, Qrels, finite_float, trec_float
 from haystack_llmrank.errors import listed
 
 logger = logging.getLogger(__name__)
@@ -112,8 +113,10 @@ class Evaluation:
 
 
 def trec_order(docs: Mapping[str, float]) -> list[str]:
-    """Docids in trec_eval's order: score descending, ties by docid descending."""
-    return [docid for docid, _ in sorted(docs.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)]
+    """Docids in trec_eval's order: score descending as a 32-bit float (:func:`trec_float`:
+    scores that round to the same one tie), ties by docid descending (as C's ``strcmp`` orders
+    UTF-8, which is Python's order of strings)."""
+    return sorted(docs, key=lambda docid: (trec_float(docs[docid]), docid), reverse=True)
 
 
 def require_pytrec_eval() -> Any:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 from haystack_llmrank.bench.config import (
@@ -218,12 +217,12 @@ def handle(args: argparse.Namespace) -> int:
     from haystack_llmrank.bench.report import build_report
     from haystack_llmrank.bench.runner import RowResult, prepare, run
     from haystack_llmrank.bench.table import plan_text, results_table, row_line, sweep_table
-    from haystack_llmrank.cli.staged_files import staged_outputs
+    from haystack_llmrank.cli.staged_files import check_output, staged_outputs
     from haystack_llmrank.evaluation import require_pytrec_eval
 
     require_pytrec_eval()  # nDCG@10 of every row: fail before hours of timing, not after
     config = config_from_args(args)  # checks every setting before any folder is made
-    _check_output(args.json)  # likewise
+    check_output(args.json, new_folders=True)  # likewise
     plan = prepare(config)
     replaced = args.json.exists()
     if replaced:
@@ -236,7 +235,7 @@ def handle(args: argparse.Namespace) -> int:
         print(row_line(result), flush=True)
         finished.append(result)
         so_far = build_report(plan, finished, command=args.command_line)
-        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.resolve().parent.mkdir(parents=True, exist_ok=True)
         with staged_outputs(args.json) as (staged,):
             staged.write_text(json.dumps(so_far.to_dict(), indent=2) + "\n", encoding="utf-8")
 
@@ -253,16 +252,3 @@ def handle(args: argparse.Namespace) -> int:
         print(sweep)
     print(f"saved {args.json}" + (" (replaced the earlier file)" if replaced else ""))
     return 1 if report.failed else 0
-
-
-def _check_output(path: Path) -> None:
-    """Raise ``ValueError`` where the JSON could not be written to ``path``; makes no folder."""
-    if path.is_dir():
-        raise ValueError(f"--json {path} is a folder, not a file")
-    existing = next(folder for folder in (path.parent, *path.parent.parents) if folder.exists())
-    if not existing.is_dir():
-        raise ValueError(f"--json {path}: {existing} is not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK) or (
-        path.exists() and not os.access(path, os.W_OK)
-    ):
-        raise ValueError(f"--json {path} cannot be written")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from haystack_llmrank.cli.options import (
     add_model_options,
@@ -15,7 +15,7 @@ from haystack_llmrank.cli.options import (
     plural,
     positive_int,
 )
-from haystack_llmrank.cli.staged_files import staged_outputs
+from haystack_llmrank.cli.staged_files import check_output, staged_outputs
 from haystack_llmrank.data import (
     FORMATS,
     QueryCandidates,
@@ -24,7 +24,11 @@ from haystack_llmrank.data import (
     run_from_rankings,
     write_run,
 )
+from haystack_llmrank.errors import PromptTooLongError, listed
 from haystack_llmrank.ranking import Ranking
+
+if TYPE_CHECKING:
+    from haystack_llmrank.reranker import Reranker
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -32,12 +36,15 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Rerank each query's candidates with a FIRST listwise reranker and write a TREC run "
         "(qid Q0 docid rank score tag). The score column is the ranking's score rounded to "
-        "4 decimals and lowered where needed so it strictly decreases down each query."
+        "4 decimals and lowered where needed so it strictly decreases down each query as "
+        "trec_eval reads it (as a 32-bit float)."
     )
     parser.add_argument(
         "input", type=Path, help="candidates JSONL or rank_llm retrieve-results JSON"
     )
-    parser.add_argument("--output", "-o", type=Path, required=True, help="TREC run file to write")
+    parser.add_argument(
+        "--output", "-o", type=Path, required=True, help="TREC run file to write (a regular file)"
+    )
     parser.add_argument(
         "--format", choices=FORMATS, default="auto", help="input format (default auto)"
     )
@@ -109,30 +116,36 @@ def rankings_json(queries: list[QueryCandidates], rankings: list[Ranking]) -> li
     ]
 
 
-def _check_writable(path: Path) -> None:
-    """Raise ``OSError`` unless a file can be written at ``path``, new or replaced."""
-    if path.is_dir():
-        raise IsADirectoryError(f"cannot write {path}: it is a folder")
-    if not path.parent.is_dir():
-        raise OSError(f"cannot write {path}: folder {path.parent} does not exist")
-    if not os.access(path.parent, os.W_OK | os.X_OK):
-        raise PermissionError(f"cannot write {path}: folder {path.parent} is not writable")
-    if path.exists() and not os.access(path, os.W_OK):
-        raise PermissionError(f"cannot write {path}: it is read-only")
-
-
 def _check_outputs(source: Path, output: Path, save_json: Path | None) -> None:
     """Refuse outputs that could not be written, or would replace the candidates file
     ``source`` or each other, before anything runs."""
-    _check_writable(output)
+    check_output(output)
     if output.resolve() == source.resolve():
         raise ValueError(f"--output names the candidates file {source}; give another path")
     if save_json is not None:
-        _check_writable(save_json)
+        check_output(save_json)
         if save_json.resolve() == output.resolve():
             raise ValueError(f"--save-json names the --output file {output}; give another path")
         if save_json.resolve() == source.resolve():
             raise ValueError(f"--save-json names the candidates file {source}; give another path")
+
+
+def _check_prompts(reranker: Reranker, queries: Sequence[QueryCandidates]) -> None:
+    """Refuse, before any scoring, the queries too long for any prompt (every window of one
+    would fail), naming each and its record."""
+    over: list[tuple[QueryCandidates, PromptTooLongError]] = []
+    for query in queries:
+        try:
+            reranker.check_request(query.query, query.texts)
+        except PromptTooLongError as exc:
+            over.append((query, exc))
+    if over:
+        named = listed([f"{query.qid} ({query.where})" for query, _ in over], 10)
+        first, problem = over[0]
+        raise PromptTooLongError(
+            f"{plural(len(over), 'query', 'queries')} too long for any prompt, so none was "
+            f"reranked: {named}; {first.qid}: {problem} (--max-prompt-tokens)"
+        )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -151,6 +164,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     reranker = load_reranker(args)
     loaded = time.perf_counter()
+    _check_prompts(reranker, queries)
     requests = [(query.query, query.texts) for query in queries]
     most = reranker.count_windows([len(texts) for _, texts in requests], args.rank_depth)
     with tqdm(total=most, unit="window", desc="rerank") as bar:

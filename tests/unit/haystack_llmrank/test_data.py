@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from haystack_llmrank.data import (
+    FLOAT32_MAX,
     Candidate,
     DataFormatError,
     QueryCandidates,
@@ -21,6 +22,7 @@ from haystack_llmrank.data import (
     read_run,
     run_from_rankings,
     strictly_decreasing,
+    trec_float,
     write_run,
 )
 from haystack_llmrank.ranking import Ranking
@@ -93,6 +95,45 @@ def test_reads_rankllm_json_list_with_text_field_variants(tmp_path: Path) -> Non
     assert query.qid == "19335"
     assert query.texts == ["c", "t", "Title: Fleas Content: s", "b"]
     assert [c.score for c in query.candidates] == [5.0, 4.0, 3.0, 2.0]
+
+
+def test_text_and_title_are_found_on_the_candidate_or_under_its_doc(tmp_path: Path) -> None:
+    candidates = [
+        {"docid": 1, "doc": {"title": "T"}, "text": "top-level text"},
+        {"docid": 2, "title": "T", "doc": {"contents": "c"}},
+        {"docid": 3, "doc": {"contents": "same", "title": "T"}, "text": "same", "title": "T"},
+        {"docid": 4, "doc": {}, "segment": "s"},
+    ]
+    record = {"qid": 7, "query": "q", "candidates": candidates}
+    (query,) = read_queries(write_jsonl(tmp_path / "c.jsonl", [record]))
+    assert query.texts == [
+        "Title: T Content: top-level text",
+        "Title: T Content: c",
+        "Title: T Content: same",
+        "s",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("candidate", "message"),
+    [
+        (
+            {"doc": {"contents": "c"}, "text": "t"},
+            r"two different texts, 'contents' under 'doc' and 'text' on the candidate; give one",
+        ),
+        (
+            {"doc": {"text": "t", "title": "A"}, "title": "B"},
+            r"two different titles, 'title' under 'doc' and 'title' on the candidate",
+        ),
+        ({"doc": {"title": "T"}}, r"no text; expected a string in one of .* under its 'doc'"),
+    ],
+)
+def test_two_different_texts_of_a_candidate_are_refused(
+    tmp_path: Path, candidate: dict[str, Any], message: str
+) -> None:
+    record = {"qid": "q", "query": "x", "candidates": [{"docid": "d", **candidate}]}
+    with pytest.raises(DataFormatError, match=rf"c\.jsonl:1 candidate 0 \(d\): {message}"):
+        read_queries(write_jsonl(tmp_path / "c.jsonl", [record]))
 
 
 def test_reads_rankllm_records_one_a_line(tmp_path: Path) -> None:
@@ -256,6 +297,17 @@ def test_repeated_qid_names_both_records(tmp_path: Path) -> None:
         read_queries(path)
 
 
+def test_each_query_names_the_record_it_was_read_from(tmp_path: Path) -> None:
+    path = tmp_path / "c.jsonl"
+    path.write_text(f"{json.dumps(candidates_record('a'))}\n\n{json.dumps(candidates_record('b'))}")
+    assert [query.where for query in read_queries(path)] == [f"{path}:1", f"{path}:3"]
+    items = tmp_path / "r.json"
+    items.write_text(json.dumps([rankllm_record("a"), rankllm_record("b")]))
+    assert [query.where for query in read_queries(items)] == [f"{items} item 0", f"{items} item 1"]
+    first = read_queries(path)[0]
+    assert first == QueryCandidates(first.qid, first.query, first.candidates)  # not compared
+
+
 def test_auto_format_holds_for_the_whole_file(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "mixed.jsonl", [candidates_record(), rankllm_record("q2")])
     with pytest.raises(
@@ -308,16 +360,37 @@ def test_strictly_decreasing_breaks_ties_in_order() -> None:
         strictly_decreasing([1.0, float("nan")])
 
 
-@pytest.mark.parametrize("score", [1e305, -1e305, 2.0**39])
-def test_strictly_decreasing_refuses_scores_too_large_for_four_decimals(score: float) -> None:
-    below = 2.0**39 - 2.0**-14  # the largest float allowed: floats 2**-14 apart, under 1e-4
-    tied = strictly_decreasing([below, below, below])
-    assert len({f"{value:.4f}" for value in tied}) == 3
-    with pytest.raises(ValueError, match=r"too large for a run: scores keep 4 decimals only "):
+def as_trec_eval_reads(scores: list[float]) -> list[float]:
+    """``scores`` as :func:`write_run` writes them and trec_eval reads them back."""
+    return [trec_float(float(f"{score:.4f}")) for score in scores]
+
+
+@pytest.mark.parametrize("score", [1023.0, 1024.0, 3000.0, -3000.0, 1e8, 2.0**39, 3e38])
+def test_strictly_decreasing_separates_ties_as_trec_eval_reads_them(score: float) -> None:
+    # from 1024 up, scores 0.0001 apart can be one 32-bit float, and trec_eval reads those
+    tied = strictly_decreasing([score] * 4)
+    assert all(a > b for a, b in pairwise(as_trec_eval_reads(tied)))
+    assert tied[0] == round(score, 4)
+    assert all(value <= score for value in tied)
+
+
+def test_strictly_decreasing_lowers_only_as_far_as_a_32_bit_float_needs() -> None:
+    assert strictly_decreasing([3000.0, 3000.0]) == [3000.0, 2999.9997]  # float32 step 2.4e-4
+    assert strictly_decreasing([1000.0, 1000.0]) == [1000.0, 999.9999]
+    assert strictly_decreasing([3000.0, 2999.9999]) == [3000.0, 2999.9997]
+    assert strictly_decreasing([3000.0, 2990.0]) == [3000.0, 2990.0]
+
+
+@pytest.mark.parametrize("score", [1e39, -1e39, 3.5e38, 1e305])
+def test_strictly_decreasing_refuses_scores_beyond_32_bit_floats(score: float) -> None:
+    assert trec_float(FLOAT32_MAX) == FLOAT32_MAX
+    with pytest.raises(ValueError, match=r"too large for a run: trec_eval reads scores as 32-bit"):
         strictly_decreasing([1.0, score])
     huge = QueryCandidates("q7", "x", (Candidate("a", "t", score),))
     with pytest.raises(DataFormatError, match=r"^query q7: the score .* is too large"):
         first_stage_run([huge])
+    with pytest.raises(ValueError, match=r"cannot decrease below -3\.403e\+38"):
+        strictly_decreasing([-FLOAT32_MAX, -FLOAT32_MAX])
 
 
 @given(st.lists(st.floats(min_value=-1e6, max_value=1e6), max_size=50))
@@ -327,6 +400,13 @@ def test_strictly_decreasing_properties(scores: list[float]) -> None:
     assert all(a > b for a, b in pairwise(out))
     assert all(o <= s + 0.5e-4 + 1e-9 for o, s in zip(out, scores, strict=True))
     assert all(f"{o:.4f}" != f"{p:.4f}" for o, p in pairwise(out))
+    assert all(a > b for a, b in pairwise(as_trec_eval_reads(out)))
+
+
+@given(st.lists(st.floats(min_value=-1e38, max_value=1e38), max_size=20))
+def test_strictly_decreasing_holds_in_32_bit_floats_at_any_magnitude(scores: list[float]) -> None:
+    out = strictly_decreasing(scores)
+    assert all(a > b for a, b in pairwise(as_trec_eval_reads(out)))
 
 
 def test_run_round_trip(tmp_path: Path) -> None:
@@ -349,8 +429,13 @@ def test_write_run_refuses_ties_and_spaces(tmp_path: Path) -> None:
     # apart, but one score once written to 4 decimals: trec_eval would reorder them
     with pytest.raises(ValueError, match=r"query q: run scores must strictly decrease .* written"):
         write_run(tmp_path / "r", {"q": {"a": 1.00002, "b": 1.00001}}, "t")
+    # apart as written, but one 32-bit float as trec_eval reads them
+    with pytest.raises(ValueError, match=r"query q: .* as trec_eval reads them, as 32-bit"):
+        write_run(tmp_path / "r", {"q": {"a": 3000.0, "b": 2999.9999}}, "t")
     with pytest.raises(ValueError, match="query q: run scores must be finite"):
         write_run(tmp_path / "r", {"q": {"a": float("nan"), "b": float("nan")}}, "t")
+    with pytest.raises(ValueError, match=r"query q: run scores must be finite .* at most 3\.403e"):
+        write_run(tmp_path / "r", {"q": {"a": 1e39}}, "t")
     with pytest.raises(ValueError, match=r"query q: a docid 'x\\x00a' holds a control character"):
         write_run(tmp_path / "r", {"q": {"x\x00a": 1.0}}, "t")
     with pytest.raises(ValueError, match=r"a qid 'q\\ud800' holds a lone surrogate"):

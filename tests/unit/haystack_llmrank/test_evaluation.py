@@ -7,11 +7,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import pytrec_eval
+from hypothesis import given
+from hypothesis import strategies as st
 
 from haystack_llmrank.data import (
     Candidate,
     Qrels,
     QueryCandidates,
+    first_stage_run,
     read_run,
     run_from_rankings,
     write_run,
@@ -95,6 +99,45 @@ def test_mrr_cut_follows_trec_order() -> None:
     assert trec_order(run["q"]) == ["b", "a", "c"]
     result = evaluate(run, qrels, ["mrr@1", "mrr@2"]).per_query["q"]
     assert result == {"mrr@1": 0.0, "mrr@2": 0.5}
+
+
+def pytrec_eval_order(docs: dict[str, float]) -> list[str]:
+    """The docids of ``docs`` in the order trec_eval itself ranks them: the docid judged
+    alone relevant at each reciprocal rank."""
+    ranks: dict[int, str] = {}
+    for docid in docs:
+        evaluator = pytrec_eval.RelevanceEvaluator({"q": {docid: 1}}, {"recip_rank"})
+        ranks[round(1 / evaluator.evaluate({"q": docs})["q"]["recip_rank"])] = docid
+    return [ranks[rank] for rank in sorted(ranks)]
+
+
+def test_mrr_cut_ranks_scores_as_32_bit_floats_as_trec_eval_does() -> None:
+    # 0.50000001 and 0.5 are one 32-bit float: a tie, which trec_eval gives to "b"
+    run = {"q": {"a": 0.50000001, "b": 0.5}}
+    assert trec_order(run["q"]) == pytrec_eval_order(run["q"]) == ["b", "a"]
+    result = evaluate(run, {"q": {"a": 2, "b": 0}}, ["p@1", "ndcg@1", "mrr@1", "mrr@10"])
+    assert result.mean == {"p@1": 0.0, "ndcg@1": 0.0, "mrr@1": 0.0, "mrr@10": 0.5}
+
+
+SCORES = st.sampled_from(
+    [3000.0, 2999.9999, 2999.9997, 0.50000001, 0.5, 0.0, -0.0, 1e-46, 3.5e38, 1e39, -1e39]
+)
+DOCIDS = st.text(alphabet="aAbB9\u00e9\u00ff\u4e00\U0001f600", min_size=1, max_size=3)
+
+
+@given(st.dictionaries(DOCIDS, SCORES, min_size=1, max_size=6))
+def test_trec_order_is_trec_evals_order(docs: dict[str, float]) -> None:
+    assert trec_order(docs) == pytrec_eval_order(docs)
+
+
+@pytest.mark.parametrize("score", [1.0, 1023.0, 1024.0, 3000.0, -3000.0, 1e6, 2.0**39, 3e38])
+def test_first_stage_ties_keep_the_list_order_at_any_magnitude(score: float) -> None:
+    # impact-score retrievers tie often, in the thousands; 0.0001 apart is one float32 there
+    listed = tuple(Candidate(docid, "t", score) for docid in "abcde")
+    run = first_stage_run([QueryCandidates("q", "x", listed)])
+    assert pytrec_eval_order(run["q"]) == trec_order(run["q"]) == list("abcde")
+    result = evaluate(run, {"q": {"a": 2}}, ["p@1", "mrr@1", "mrr@10"])
+    assert result.mean == {"p@1": 1.0, "mrr@1": 1.0, "mrr@10": 1.0}
 
 
 def test_written_runs_keep_tied_rankings_in_order(tmp_path: Path) -> None:

@@ -678,11 +678,39 @@ def test_an_unwritable_json_path_fails_before_any_row(
     args = ("--data-dir", str(bench_data), "--rows", "oracle", *ORACLE_SLICE, "--no-progress")
     code, printed = llmrank_bench(*args, "--json", str(tmp_path))
     assert (code, printed) == (2, "")
-    assert "is a folder, not a file" in capsys.readouterr().err
+    assert f"cannot write {tmp_path}: it is a folder" in capsys.readouterr().err
     (tmp_path / "file").write_text("")
     code, printed = llmrank_bench(*args, "--json", str(tmp_path / "file" / "bench.json"))
     assert (code, printed) == (2, "")
-    assert "file" in capsys.readouterr().err
+    assert f"{tmp_path / 'file'} is not a folder" in capsys.readouterr().err
+
+
+def test_a_special_json_path_is_refused_before_any_row(
+    bench_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the staged file would replace a FIFO, whose reader then never gets the JSON
+    args = ("--data-dir", str(bench_data), "--rows", "oracle", *ORACLE_SLICE, "--no-progress")
+    fifo = tmp_path / "bench.fifo"
+    os.mkfifo(fifo)
+    code, printed = llmrank_bench(*args, "--json", str(fifo))
+    assert (code, printed) == (2, "")
+    assert f"cannot write {fifo}: it is a pipe or FIFO, not a regular file" in (
+        capsys.readouterr().err
+    )
+    assert fifo.is_fifo()
+
+
+def test_the_json_goes_where_its_symlink_leads_making_folders_there(
+    bench_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bench_runner, "measure_throughput", lambda device, dtype: FAST_MATMUL)
+    link = tmp_path / "bench.json"
+    link.symlink_to(tmp_path / "new" / "deep" / "bench.json")
+    args = ("--data-dir", str(bench_data), "--rows", "oracle", *ORACLE_SLICE)
+    code, _, report = bench_json(link, *args)
+    assert code == 0
+    assert link.is_symlink()
+    assert report["complete"] is True
 
 
 def test_unknown_rows_are_a_command_line_error(

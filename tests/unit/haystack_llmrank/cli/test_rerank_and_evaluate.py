@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from collections.abc import Callable
 from itertools import pairwise
 from pathlib import Path
@@ -269,7 +270,7 @@ def test_rerank_fails_on_bad_input_before_loading_the_model(
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--output", "no/run.txt"], "folder no does not exist"),
+        (["--output", "no/run.txt"], "/no does not exist"),
         (["--output", "run.txt", "--tag", "my run"], "the run tag in a TREC file must be one word"),
         (["--output", "."], "cannot write .: it is a folder"),
         (["--output", "run.txt", "--save-json", "."], "cannot write .: it is a folder"),
@@ -292,6 +293,50 @@ def test_rerank_checks_output_settings_before_loading_the_model(
     assert llmrank(["rerank", str(candidates), "--model", "no/such", *extra]) == 2
     assert message in capsys.readouterr().err
     assert candidates.read_bytes() == given
+
+
+@pytest.mark.parametrize("special", ["fifo", "/dev/null", "pipe"])
+def test_rerank_refuses_a_special_output_file_before_loading_the_model(
+    llmrank: Any,
+    candidates: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    request: pytest.FixtureRequest,
+    special: str,
+) -> None:
+    if special == "fifo":
+        output = tmp_path / "out.fifo"
+        os.mkfifo(output)
+        kind = "a pipe or FIFO"
+    elif special == "pipe":  # what /dev/stdout is when the output is piped
+        ends = os.pipe()
+        request.addfinalizer(lambda: [os.close(end) for end in ends])
+        output = Path(f"/proc/self/fd/{ends[1]}")
+        kind = "a pipe or FIFO"
+    else:
+        output = Path(special)
+        kind = "a character device"
+    for option in (["-o"], ["-o", str(tmp_path / "run.txt"), "--save-json"]):
+        assert llmrank(["rerank", str(candidates), "--model", "no/such", *option, str(output)]) == 2
+        assert f"cannot write {output}: it is {kind}" in capsys.readouterr().err
+    assert special != "fifo" or output.is_fifo()
+
+
+def test_rerank_checks_the_folder_an_output_symlink_leads_to(
+    llmrank: Any,
+    candidates: Path,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    dangling = tmp_path / "link.run"
+    dangling.symlink_to(tmp_path / "missing" / "out.run")
+    assert llmrank(["rerank", str(candidates), "--model", "no/such", "-o", str(dangling)]) == 2
+    assert f"folder {tmp_path / 'missing'} does not exist" in capsys.readouterr().err
+    (tmp_path / "missing").mkdir()
+    assert llmrank(rerank_args(candidates, dangling, tiny_model_dir)) == 0
+    assert dangling.is_symlink()
+    assert len((tmp_path / "missing" / "out.run").read_text().splitlines()) == 11
 
 
 def test_eval_json_must_not_replace_an_input(
@@ -332,6 +377,36 @@ def test_rerank_refuses_to_write_an_empty_run(
     output = tmp_path / "run.txt"
     assert llmrank(["rerank", str(none), "-o", str(output), "--model", "no/such"]) == 2
     assert f"no query of {none} has candidates: the run would be empty" in capsys.readouterr().err
+    assert not output.exists()
+
+
+def test_a_query_too_long_for_any_prompt_is_named_before_any_scoring(
+    llmrank: Any,
+    candidates: Path,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    lines = candidates.read_text().splitlines()
+    long = {
+        "qid": "argument-42",
+        "query": "why " * 300,
+        "candidates": [{"docid": "d", "text": "t"}],
+    }
+    candidates.write_text("\n".join([lines[0], json.dumps(long), lines[1]]) + "\n")
+
+    def scored(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a window was scored")
+
+    monkeypatch.setattr(Reranker, "score_prompts", scored)
+    output = tmp_path / "run.txt"
+    args = rerank_args(candidates, output, tiny_model_dir, "--max-prompt-tokens", "256")
+    assert llmrank(args) == 2
+    error = capsys.readouterr().err
+    named = f"argument-42 ({candidates}:2); argument-42: the instruction and query alone take"
+    assert f"1 query too long for any prompt, so none was reranked: {named}" in error
+    assert "over the budget of 256" in error
     assert not output.exists()
 
 
@@ -402,6 +477,26 @@ def test_eval_of_a_run(
         "q2": {"mrr@1": 1.0, "mrr@10": 1.0},
     }
     assert saved["relevance_level"] == 2
+
+
+def test_eval_ranks_scores_as_trec_eval_reads_them(
+    llmrank: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    qrels = tmp_path / "qrels.txt"
+    qrels.write_text("q1 0 a 2\nq1 0 b 0\n")
+    metrics = ["--metrics", "p@1", "ndcg@1", "mrr@1", "mrr@10"]
+    # impact scores tied in the thousands: the list order, with "a" first, is what counts
+    listed = [{"docid": d, "score": 3000.0, "text": d} for d in "ab"]
+    tied = tmp_path / "tied.jsonl"
+    tied.write_text(json.dumps({"qid": "q1", "query": "impact", "candidates": listed}) + "\n")
+    assert llmrank(["eval", "--candidates", str(tied), str(qrels), *metrics]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split() == ["mean", *["1.0000"] * 4]
+    # one 32-bit float, so a tie that trec_eval gives to "b": every metric says so
+    run = tmp_path / "run.txt"
+    run.write_text("q1 Q0 a 1 0.50000001 t\nq1 Q0 b 2 0.5 t\n")
+    assert llmrank(["eval", str(run), str(qrels), *metrics]) == 0
+    row = capsys.readouterr().out.splitlines()[1].split()
+    assert row == ["mean", "0.0000", "0.0000", "0.0000", "0.5000"]
 
 
 def test_eval_of_a_candidates_file(
