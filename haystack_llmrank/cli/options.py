@@ -17,15 +17,26 @@ from haystack_llmrank.prompt import (
 from haystack_llmrank.strategies import DEFAULT_STEP, DEFAULT_WINDOW_SIZE, STRATEGIES
 
 
-def positive_int(text: str) -> int:
-    """An argparse type for integers of at least 1."""
+def _int_from(text: str, least: int, expected: str) -> int:
+    """``text`` as an integer of at least ``least``, else an argparse error saying
+    ``expected``."""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    if value < least:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """An argparse type for integers of at least 1."""
+    return _int_from(text, 1, "a positive integer")
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse type for integers of at least 0."""
+    return _int_from(text, 0, "an integer of at least 0")
 
 
 def passage_words(text: str) -> PassageWords:

@@ -13,12 +13,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from haystack_llmrank.cli.options import positive_float, positive_int, template_option
+from haystack_llmrank.cli.options import (
+    non_negative_int,
+    positive_float,
+    positive_int,
+    template_option,
+)
 from haystack_llmrank.errors import listed
 
 logger = logging.getLogger(__name__)
 
 _SPLIT = "split.json"
+VALIDATION_FRACTION = 0.3
+"""The share of queries held out when no ``--split`` is given."""
+SPLIT_SEED = 0
+"""The seed of the drawn query split."""
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -78,12 +87,18 @@ def register(parser: argparse.ArgumentParser) -> None:
             "windows per forward pass, padded to the longest (speed and memory only)",
         ),
         ("--learning-rate", positive_float, config.learning_rate, "peak learning rate"),
-        ("--warmup-steps", int, config.warmup_steps, "linear warm-up updates"),
+        (
+            "--warmup-steps",
+            non_negative_int,
+            config.warmup_steps,
+            "linear warm-up updates, fewer than --steps",
+        ),
         (
             "--min-lr-ratio",
             float,
             config.min_lr_ratio,
-            "where the cosine decay ends, as a share of the peak rate; 1 keeps it constant",
+            "where the cosine decay ends, as a share of the peak rate: the last update's rate; "
+            "1 keeps it constant",
         ),
         ("--max-grad-norm", positive_float, config.max_grad_norm, "gradient clipping norm"),
         ("--ranknet-weight", float, config.ranknet_weight, "lambda on RankNet; FIRST used 10"),
@@ -102,7 +117,7 @@ def register(parser: argparse.ArgumentParser) -> None:
             "FIRST's (needs --passage-vote): trains the readout while keeping a pointwise "
             "warm start's relevance",
         ),
-        ("--seed", int, config.seed, "seed of sampling and init"),
+        ("--seed", non_negative_int, config.seed, "seed of sampling and init"),
     )
     run.add_argument(
         "--objective",
@@ -160,12 +175,17 @@ def register(parser: argparse.ArgumentParser) -> None:
         ("--min-window", positive_int, sampling.min_size, "smallest window"),
         ("--max-window", positive_int, sampling.max_size, "largest window"),
         ("--pool", positive_int, sampling.pool, "sample from the top N candidates"),
-        (
-            "--max-passage-words",
-            positive_int,
-            config.max_passage_words,
-            "words per passage (recorded in the saved template: rankers read it at this length)",
-        ),
+    )
+    windows.add_argument(
+        "--max-passage-words",
+        type=positive_int,
+        default=None,
+        help="words per passage, recorded in the saved template: rankers read it at this "
+        "length (default: the length a --template file records, else "
+        f"{config.max_passage_words})",
+    )
+    _numbers(
+        windows,
         ("--max-prompt-tokens", positive_int, config.max_prompt_tokens, "prompt budget"),
         (
             "--contiguous",
@@ -210,21 +230,25 @@ def register(parser: argparse.ArgumentParser) -> None:
         type=Path,
         default=None,
         help="start from the weights of a saved LoRA adapter of the same rank and targets "
-        "(e.g. one trained on another task) instead of a fresh initialisation",
+        "(e.g. one trained on another task) instead of a fresh initialisation; held-out "
+        "queries that the split it records beside it trained on are refused",
     )
     lora.add_argument(
         "--merge", action="store_true", help="also write merged full weights to OUTPUT/merged"
     )
     held = parser.add_argument_group("validation")
-    _numbers(
-        held,
-        (
-            "--validation-fraction",
-            float,
-            0.3,
-            "share of queries held out (by query) for validation; 0 turns it off",
-        ),
-        ("--split-seed", int, 0, "seed of the query split"),
+    held.add_argument(
+        "--validation-fraction",
+        type=float,
+        default=None,
+        help="share of queries held out (by query) for validation; 0 turns it off (default "
+        f"{VALIDATION_FRACTION}; not with --split)",
+    )
+    held.add_argument(
+        "--split-seed",
+        type=non_negative_int,
+        default=None,
+        help=f"seed of the query split (default {SPLIT_SEED}; not with --split)",
     )
     held.add_argument(
         "--split",
@@ -324,6 +348,9 @@ def read_split(file: Path, qids: list[str]) -> tuple[list[str], list[str]]:
 
 
 def _config(args: argparse.Namespace) -> Any:
+    """The run's settings; passages as long as ``--max-passage-words``, else as the
+    ``--template`` file records, else :class:`TrainConfig`'s default."""
+    from haystack_llmrank.prompt import get_template
     from haystack_llmrank.training import LoraSettings, TrainConfig, WindowSampling
 
     lora = None
@@ -369,7 +396,11 @@ def _config(args: argparse.Namespace) -> Any:
         passage_vote=args.passage_vote,
         pointwise_weight=args.pointwise_weight,
         seed=args.seed,
-        max_passage_words=args.max_passage_words,
+        max_passage_words=(
+            args.max_passage_words
+            or get_template(args.template).max_passage_words
+            or TrainConfig.max_passage_words
+        ),
         max_prompt_tokens=args.max_prompt_tokens,
         eval_every=args.eval_every,
         checkpoint_every=args.checkpoint_every,
@@ -409,12 +440,32 @@ def run_train(args: argparse.Namespace) -> int:
             f"none of the {len(qrels)} queries of {args.qrels} is among the queries of "
             f"{args.input}: check that their qids agree (e.g. 'Q1' against '1')"
         )
+    seed = None  # a given --split records none
     if args.split is not None:
+        drawn = [
+            option
+            for option, value in (
+                ("--validation-fraction", args.validation_fraction),
+                ("--split-seed", args.split_seed),
+            )
+            if value is not None
+        ]
+        if drawn:
+            raise ValueError(
+                f"{' and '.join(drawn)} would draw a split, and --split gives one: leave "
+                f"{'them' if len(drawn) > 1 else 'it'} out"
+            )
         train_ids, held_ids = read_split(args.split, qids)
     else:
-        train_ids, held_ids = split_queries(qids, args.validation_fraction, args.split_seed)
+        seed = SPLIT_SEED if args.split_seed is None else args.split_seed
+        fraction = args.validation_fraction
+        fraction = VALIDATION_FRACTION if fraction is None else fraction
+        train_ids, held_ids = split_queries(qids, fraction, seed)
     if held_ids and qrels is None:
-        raise ValueError("validation needs --qrels; pass --validation-fraction 0 to skip it")
+        raise ValueError(
+            "validation needs --qrels; skip it with --validation-fraction 0, or a --split "
+            "that holds out no query"
+        )
     unjudged = [q for q in held_ids if qrels is not None and not qrels.get(q)]
     if unjudged:
         raise ValueError(
@@ -431,11 +482,13 @@ def run_train(args: argparse.Namespace) -> int:
         require_pytrec_eval()
         assert qrels is not None
         validation = Validation([by_id[q] for q in held_ids], qrels)
+        validation.check_depth(config.validation_depth)
+    starts = [Path(args.model), *([args.init_adapter] if args.init_adapter else [])]
+    _refuse_held_out_queries_trained_on(starts, held_ids)
     split_file = args.output / _SPLIT
-    seed = None if args.split is not None else args.split_seed
     split = {"train": train_ids, "validation": held_ids, "seed": seed}
     if args.resume:
-        _check_resumed_split(split_file, split)
+        _check_resumed_split(args.output, split)
     else:
         _check_fresh_output(args.output)
 
@@ -463,6 +516,8 @@ def run_train(args: argparse.Namespace) -> int:
                 shown["pointwise"] = f"{report.pointwise:.3f}"
             if report.validation is not None:
                 shown["val_ndcg@10"] = f"{report.validation:.4f}"
+            if report.stop_validation is not None:
+                shown["stop_val_ndcg@10"] = f"{report.stop_validation:.4f}"
             bar.set_postfix(shown)
             bar.update(1)
 
@@ -498,14 +553,52 @@ def _check_fresh_output(output: Path, *, resuming: bool = False) -> None:
         )
 
 
-def _check_resumed_split(split_file: Path, split: dict[str, Any]) -> None:
-    """Refuse to resume with other train or validation queries than ``split_file`` records
-    (its seed may differ: a given --split records none)."""
-    if not split_file.is_file():
+def _recorded_split(model: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The query split of the run that trained the model in folder ``model``, and the file
+    that records it: ``model/split.json`` (a run's output), or for a checkpoint's ``model/``,
+    its checkpoint's record, else its run's ``split.json``; ``None`` where none is found."""
+    files = [model / _SPLIT]
+    if model.name == "model":
+        files += [model.parent / "trainer.json", model.parent.parent / _SPLIT]
+    for file in files:
+        if file.is_file():
+            recorded = json.loads(file.read_text("utf-8"))
+            split = recorded.get("split") if file.name == "trainer.json" else recorded
+            if split is not None:
+                return file, split
+    return None
+
+
+def _refuse_held_out_queries_trained_on(starts: list[Path], held: list[str]) -> None:
+    """Refuse held-out qids that a folder this run starts from (``--model``,
+    ``--init-adapter``) records it was trained on: validation would score memorised queries."""
+    for folder in starts:
+        found = _recorded_split(folder) if folder.is_dir() else None
+        if found is None:
+            continue
+        file, split = found
+        seen = sorted(set(held) & set(split.get("train", ())))
+        if seen:
+            raise ValueError(
+                f"{file} records that {folder}, which this run starts from, was trained on "
+                f"{len(seen)} of this run's held-out queries: {listed(seen, 5)}; validation "
+                "would score queries it learned: hold out what that run held out (--split "
+                "with its split.json), or start from other weights"
+            )
+
+
+def _check_resumed_split(output: Path, split: dict[str, Any]) -> None:
+    """Refuse to resume with other train or validation queries than ``output``'s checkpoint
+    records or, where it records none, ``output/split.json`` (the seed may differ: a given
+    --split records none)."""
+    from haystack_llmrank.training.trainer import CHECKPOINT
+
+    found = _recorded_split(output / CHECKPOINT / "model")
+    if found is None:
         return
-    saved = json.loads(split_file.read_text("utf-8"))
+    file, saved = found
     if any(saved.get(side) != split[side] for side in ("train", "validation")):
-        raise ValueError(f"{split_file} holds another query split; resume with the same one")
+        raise ValueError(f"{file} holds another query split; resume with the same one")
 
 
 def summary(record: dict[str, Any], resumed_at: int, seconds: float, output: Path) -> str:

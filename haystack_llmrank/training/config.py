@@ -57,7 +57,11 @@ class TrainConfig:
     ``grad_accumulation`` windows, so this changes speed and memory, not the result."""
     learning_rate: float = 3e-4
     warmup_steps: int = 10
+    """Updates of linear warm-up, fewer than ``steps``: the k-th runs at ``k / (warmup_steps
+    + 1)`` of ``learning_rate``, the next one at ``learning_rate``."""
     min_lr_ratio: float = 0.1
+    """The share of ``learning_rate`` that the cosine decay after warm-up ends at: the rate
+    of update ``steps``, the last (of a decay over at least two updates)."""
     ranknet_weight: float = 10.0
     ranknet_reduction: RanknetReduction = "sum"
     """Reduction of the weighted RankNet over a window's pairs, for the label RankNet and
@@ -105,8 +109,13 @@ class TrainConfig:
             raise ValueError(
                 f"stop_after must be in [1, steps={self.steps}], got {self.stop_after}"
             )
-        if self.warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not 0 <= self.warmup_steps < self.steps:
+            raise ValueError(
+                f"warmup_steps (--warmup-steps) must be in [0, steps={self.steps}), got "
+                f"{self.warmup_steps}: the rate reaches learning_rate only after warm-up"
+            )
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0 (--seed), got {self.seed}")
         rates = {
             "learning_rate": self.learning_rate,
             "max_grad_norm": self.max_grad_norm,

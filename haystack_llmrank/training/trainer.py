@@ -76,6 +76,10 @@ class StepReport:
     passage_ranknet: float = 0.0
     pointwise: float = 0.0
     validation: float | None = None
+    stop_validation: float | None = None
+    """The validation of a run that stopped here (``stop_after``, ``max_minutes``) off the
+    ``eval_every`` schedule: recorded, but never the best model, so that the resumed run
+    keeps the model an uninterrupted one would."""
 
     @property
     def windows_per_second(self) -> float:
@@ -99,13 +103,35 @@ class Validation:
                 "0 at every validation: drop them or give their candidates"
             )
 
+    def check_depth(self, depth: int) -> None:
+        """Refuse held-out queries whose qrels grade none of their first ``depth`` candidates
+        above 0: validation reranks only those, so such a query would score 0 every time."""
+        unscorable = [
+            q.qid
+            for q in self.queries
+            if not any(
+                self.qrels.get(q.qid, {}).get(c.docid, 0) > 0 for c in q.top(depth).candidates
+            )
+        ]
+        if unscorable:
+            raise ValueError(
+                f"held-out queries whose qrels grade none of their first {depth} candidates "
+                f"above 0: {listed(unscorable, 5)}; they would score 0 at every validation: "
+                "check that the qrels' docids are the candidates' (e.g. 'D123' against '123'), "
+                "raise validation_depth (--validation-depth), or train on them instead (--split)"
+            )
+
 
 def _schedule(config: TrainConfig) -> Callable[[int], float]:
+    """The factor on ``learning_rate`` of update ``step + 1``: a linear warm-up, the peak
+    at update ``warmup_steps + 1``, then a cosine decay to ``min_lr_ratio`` at update
+    ``steps``, the last (a single update after warm-up runs at the peak)."""
+
     def factor(step: int) -> float:
         if step < config.warmup_steps:
             return (step + 1) / (config.warmup_steps + 1)
-        span = max(1, config.steps - config.warmup_steps)
-        progress = min(1.0, (step - config.warmup_steps) / span)
+        span = config.steps - 1 - config.warmup_steps  # from the peak to the last update
+        progress = min(1.0, (step - config.warmup_steps) / span) if span > 0 else 0.0
         cosine = 0.5 * (1 + math.cos(math.pi * progress))
         return config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine
 
@@ -181,6 +207,7 @@ class FirstTrainer:
         self.model = make_trainable(
             model, config.lora, gradient_checkpointing=config.gradient_checkpointing
         )
+        self._warn_of_other_lengths_and_templates()
         self.encoder = WindowEncoder(
             tokenizer,
             PromptBuilder(
@@ -206,7 +233,34 @@ class FirstTrainer:
         self.best_step = 0
         self.skipped_updates = 0
         self.history: list[dict[str, Any]] = []
+        self.split: dict[str, list[str]] | None = None
+        """The qids :meth:`fit` trains and validates on (``train``, ``validation``), which
+        checkpoints record."""
         logger.info("training %d parameters", trainable_parameters(self.model))
+
+    def _warn_of_other_lengths_and_templates(self) -> None:
+        """Warn where ``template`` records another passage length than this run trains at,
+        or the adapter it starts from (``init_from``) was trained with another template:
+        the saved template records this run's."""
+        recorded = self.template.max_passage_words
+        if recorded is not None and recorded != self.config.max_passage_words:
+            logger.warning(
+                "template %r records max_passage_words=%d; this run trains at %d, which the "
+                "saved template records",
+                self.template.name,
+                recorded,
+                self.config.max_passage_words,
+            )
+        init = None if self.config.lora is None else self.config.lora.init_from
+        other = None if init is None else self._other_template(init)
+        if other is not None:
+            logger.warning(
+                "the adapter this run starts from, %s, was trained with %s; this run trains "
+                "it on with its own (as expected after a pointwise warm start, which trains "
+                "no template)",
+                init,
+                other,
+            )
 
     def _check_context(self, tokenizer: Any) -> None:
         """Refuse a prompt budget that, with the target ranking after it, exceeds the
@@ -237,14 +291,22 @@ class FirstTrainer:
         ``config.max_minutes`` of updates have passed; return the record.
 
         With ``validation``, nDCG@10 of reranking each held-out query's top
-        ``validation_depth`` candidates is measured every ``eval_every`` updates and at the
-        end, and the best model is what the output folder holds. Without it, the last one.
-        A new best after update 0 is checkpointed before the output folder takes it, so that
-        :meth:`resume` always finds the best model that its record names.
+        ``validation_depth`` candidates is measured at update 0, every ``eval_every`` updates
+        and at update ``steps``, and the best of those is what the output folder holds.
+        Without it, the last update. A stop off that schedule (``stop_after``,
+        ``max_minutes``) validates too, as ``stop_validation``, which never becomes the best:
+        a stopped and resumed run keeps what an uninterrupted one would. A new best after
+        update 0 is checkpointed before the output folder takes it, so that :meth:`resume`
+        always finds the best model that its record names.
         """
         if not train:
             raise ValueError("no training queries")
+        self.split = {
+            "train": sorted(q.qid for q in train),
+            "validation": [] if validation is None else sorted(q.qid for q in validation.queries),
+        }
         if validation is not None:
+            validation.check_depth(self.config.validation_depth)
             seen = sorted({q.qid for q in train} & {q.qid for q in validation.queries})
             if seen:
                 logger.warning(
@@ -267,16 +329,24 @@ class FirstTrainer:
         while not last and self.step < self.config.last_step:
             report = self._update(train, caps)
             self.step += 1
-            entry = asdict(report)
             out_of_time = time.monotonic() - started >= budget
             if out_of_time and self.step < self.config.last_step:
                 logger.info("max_minutes reached: ending this run at update %d", self.step)
             last = self.step == self.config.last_step or out_of_time
+            scheduled = self.step % self.config.eval_every == 0 or self.step == self.config.steps
             improved = False
-            if validation is not None and (self.step % self.config.eval_every == 0 or last):
+            if validation is not None and (scheduled or last):
                 score = self.validate(validation)
-                report = StepReport(**{**entry, "validation": score})
-                improved = self._improves(score)
+                if scheduled:
+                    report = replace(report, validation=score)
+                    improved = self._improves(score)
+                else:
+                    report = replace(report, stop_validation=score)
+                    logger.info(
+                        "update %d is a stop off the eval_every schedule: its validation is "
+                        "recorded (stop_validation), not compared for the best model",
+                        self.step,
+                    )
             self.history.append(asdict(report))
             if improved or self.step % self.config.checkpoint_every == 0 or last:
                 self.save_checkpoint()
@@ -286,6 +356,15 @@ class FirstTrainer:
                 on_step(report)
         if validation is None:
             self._save_model(self.output_dir)
+        elif self.best is not None and self.best_step == 0 and self.step > 0:
+            logger.warning(
+                "no scheduled validation after update 0 scored above its nDCG@10 of %.4f: %s "
+                "holds the starting model, unchanged by training; the last update (%d) is in %s",
+                self.best,
+                self.output_dir,
+                self.step,
+                self.output_dir / CHECKPOINT / "model",
+            )
         record = self.record()
         self._write_record(record)
         if self.config.objective == "pointwise":
@@ -592,6 +671,15 @@ class FirstTrainer:
             template=self.saved_template,
         )
 
+    def _other_template(self, model: str) -> str | None:
+        """How the template recorded with ``model`` differs from :attr:`saved_template`;
+        ``None`` where it records none or the same."""
+        recorded = recorded_template(model)
+        if recorded is None or recorded == self.saved_template:
+            return None
+        differences = _differences(recorded, self.saved_template)
+        return f"template {recorded.name!r}, and this run's differs: {differences}"
+
     def _write_record(self, record: dict[str, Any]) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         (self.output_dir / RECORD).write_text(json.dumps(record, indent=1) + "\n", "utf-8")
@@ -624,6 +712,7 @@ class FirstTrainer:
             "history": self.history,
             "config": self.config.to_dict(),
             "base_model": self.base_model,
+            "split": self.split,
         }
         (staging / "trainer.json").write_text(json.dumps(meta) + "\n", "utf-8")
         self._save_model(staging / "model")
@@ -664,12 +753,11 @@ class FirstTrainer:
         A checkpoint from before a setting was recorded was trained with its default (the
         base model: unknown, so accepted).
         """
-        trained_with = recorded_template(str(folder / "model"))
-        if trained_with is not None and trained_with != self.saved_template:
+        other = self._other_template(str(folder / "model"))
+        if other is not None:
             raise ValueError(
-                f"{folder} was trained with template {trained_with.name!r}, and this run's "
-                f"differs: {_differences(trained_with, self.saved_template)}; resume with the "
-                "same template and max_passage_words"
+                f"{folder} was trained with {other}; resume with the same template and "
+                "max_passage_words"
             )
         saved_lora = meta["config"].get("lora")
         if (saved_lora is None) != (self.config.lora is None):
@@ -689,7 +777,10 @@ class FirstTrainer:
             given = json.loads(json.dumps(asdict(self.config.lora)))
             defaults = json.loads(json.dumps(asdict(LoraSettings())))
             for name in _LORA_SHAPE:
-                fixed[f"LoRA {name}"] = (saved_lora.get(name, defaults[name]), given[name])
+                there, here = saved_lora.get(name, defaults[name]), given[name]
+                if name == "target_modules":  # a set: their order shapes nothing
+                    there, here = sorted(there), sorted(here)
+                fixed[f"LoRA {name}"] = (there, here)
         for name, (there, here) in fixed.items():
             if there != here:
                 raise ValueError(

@@ -357,7 +357,7 @@ def test_the_train_command_line_runs_the_pointwise_objective_and_stops_early(
         "--output", str(tmp_path / "run"), "--objective", "pointwise", "--passage-vote", " yes",
         "--steps", "3", "--stop-after", "1", "--grad-accumulation", "1", "--min-window", "3",
         "--max-window", "5", "--validation-passage-words", "4", "--validation-fraction", "0.5",
-        "--min-lr-ratio", "1", "--max-grad-norm", "3",
+        "--min-lr-ratio", "1", "--max-grad-norm", "3", "--warmup-steps", "0",
     ]  # fmt: skip
     assert main(args) == 0
     record = json.loads((tmp_path / "run" / "training.json").read_text())

@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import zipfile
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -1025,12 +1026,47 @@ def test_a_checkpoint_keeps_the_random_state_of_the_models_gpu_only(
 
 
 def test_the_schedule_warms_up_linearly_then_decays_by_a_cosine_to_the_floor() -> None:
-    factor = _schedule(small_config(steps=9, warmup_steps=1, min_lr_ratio=0.1))
-    assert factor(0) == pytest.approx(0.5)  # (0 + 1) / (1 + 1)
-    assert factor(1) == pytest.approx(1.0)
-    assert factor(5) == pytest.approx(0.1 + 0.9 * 0.5)  # half way through the 8 decay steps
-    assert factor(9) == pytest.approx(0.1)
+    factor = _schedule(small_config(steps=10, warmup_steps=1, min_lr_ratio=0.1))
+    assert factor(0) == pytest.approx(0.5)  # update 1: (0 + 1) / (1 + 1)
+    assert factor(1) == pytest.approx(1.0)  # update 2: the peak
+    assert factor(5) == pytest.approx(0.1 + 0.9 * 0.5)  # update 6: half way to update 10
+    assert factor(9) == pytest.approx(0.1)  # update 10, the last: the floor
     assert factor(20) == pytest.approx(0.1)
+    single = _schedule(small_config(steps=2, warmup_steps=1, min_lr_ratio=0.1))
+    assert [single(0), single(1)] == pytest.approx([0.5, 1.0])  # one update after warm-up
+
+
+def test_the_last_update_runs_at_the_floor_rate(smollm2_tokenizer: Any, tmp_path: Path) -> None:
+    trainer = toy_trainer(
+        smollm2_tokenizer, tmp_path, steps=4, warmup_steps=1, min_lr_ratio=0.1, learning_rate=0.01
+    )
+    history = trainer.fit(training_queries([toy_query()], qrels=TOY_QRELS))["history"]
+    rates = [h["learning_rate"] for h in history]
+    assert rates == pytest.approx([0.005, 0.01, 0.0055, 0.001])  # warm-up, peak, cosine, floor
+
+
+def test_warm_up_as_long_as_the_run_and_negative_seeds_are_refused(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from haystack_llmrank.cli import build_parser
+    from haystack_llmrank.cli.train import _config
+
+    for warmup in (3, 4, -1):
+        with pytest.raises(ValueError, match=r"warmup_steps \(--warmup-steps\) must be in \[0, "):
+            small_config(steps=3, warmup_steps=warmup)
+    assert small_config(steps=3, warmup_steps=2).warmup_steps == 2
+    with pytest.raises(ValueError, match=r"seed must be >= 0 \(--seed\), got -1"):
+        small_config(seed=-1)
+    parser = build_parser("train")
+    base = ["train", "c.jsonl", "--qrels", "q.txt", "-o", "out"]
+    with pytest.raises(ValueError, match=r"steps=5\), got 10: the rate reaches learning_rate"):
+        _config(parser.parse_args([*base, "--steps", "5"]))  # the default warm-up, 10
+    for option in ("--seed", "--split-seed", "--warmup-steps"):
+        with pytest.raises(SystemExit):
+            parser.parse_args([*base, option, "-1"])
+        assert f"argument {option}: expected an integer of at least 0, got -1" in (
+            capsys.readouterr().err
+        )
 
 
 def test_resume_applies_a_changed_learning_rate_and_schedule(
@@ -1140,6 +1176,40 @@ def test_resume_finishes_saving_a_best_model_that_a_crash_cut_short(
     output = adapter_weights(tmp_path / "run")
     checkpointed = adapter_weights(tmp_path / "run" / "checkpoint" / "model")
     assert all(torch.equal(output[name], checkpointed[name]) for name in checkpointed)
+
+
+def test_a_stopped_and_resumed_run_keeps_the_model_an_uninterrupted_run_keeps(
+    smollm2_tokenizer: Any, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the validation at the stop scores best of all, where an uninterrupted run validates not
+    queries, held = scripted_validation(monkeypatch, {0: 0.1, 3: 0.2, 5: 0.9, 6: 0.3})
+
+    def run(output: Path, **changes: Any) -> dict[str, Any]:
+        trainer = FirstTrainer(
+            load_causal_lm(resolve_model(str(tiny_model_dir))),
+            smollm2_tokenizer,
+            small_config(steps=6, eval_every=3, checkpoint_every=3, **changes),
+            base_model="x",
+            output_dir=output,
+        )
+        trainer.resume()
+        return trainer.fit(queries, held)
+
+    straight = run(tmp_path / "straight")
+    stopped = run(tmp_path / "stopped", stop_after=5)
+    resumed = run(tmp_path / "stopped")
+    assert straight["best_step"] == resumed["best_step"] == 6
+    assert resumed["best_validation_ndcg@10"] == 0.3
+    adapter = "adapter_model.safetensors"
+    assert (tmp_path / "straight" / adapter).read_bytes() == (
+        tmp_path / "stopped" / adapter
+    ).read_bytes()
+    # the stop's score is recorded as such, and never was the best
+    assert stopped["best_step"] == 3
+    assert stopped["history"][-1]["stop_validation"] == 0.9
+    assert stopped["history"][-1]["validation"] is None
+    validated = [h["step"] for h in resumed["history"] if h.get("validation") is not None]
+    assert validated == [0, 3, 6]
 
 
 def test_an_update_with_a_non_finite_loss_is_skipped_and_the_weights_stay_finite(
@@ -1290,11 +1360,13 @@ def test_resume_refuses_another_base_model_or_lora_shape(
         ),
     ):
         resumed(Path("/elsewhere"))
+    # the same modules in another order: the same adapter, as --init-adapter finds too
+    assert resumed(lora=replace(lora, target_modules=lora.target_modules[::-1]))
     for changed, message in (
         ({"alpha": 16}, "LoRA alpha 8, not 16"),  # same shapes: it would load, scaled 2x
         ({"rank": 8}, "LoRA rank 4, not 8"),
         ({"top_layers": 1}, "LoRA top_layers None, not 1"),
-        ({"target_modules": ("q_proj", "v_proj")}, "LoRA target_modules \\['q_proj', "),
+        ({"target_modules": ("q_proj", "v_proj")}, "LoRA target_modules \\['down_proj', "),
     ):
         with pytest.raises(
             ValueError, match=f"{re.escape(str(folder))} was trained with {message}"
@@ -1318,6 +1390,87 @@ def test_held_out_queries_without_candidates_are_refused() -> None:
     empty = QueryCandidates("q0", "fleas", ())
     with pytest.raises(ValueError, match="held-out queries without candidates: q0; they would"):
         Validation([toy_query(), empty], TOY_QRELS)
+
+
+def test_held_out_queries_that_can_never_score_are_refused(
+    smollm2_tokenizer: Any, tmp_path: Path
+) -> None:
+    from haystack_llmrank.training import Validation
+
+    qrels = {
+        **TOY_QRELS,
+        "q2": {"D1": 3, "D3": 2},  # docids that are not the candidates'
+        "q3": {"d1": 0, "d2": 0},  # judged, none relevant
+        "q4": {"d5": 1},  # relevant only at rank 6
+    }
+    queries = [toy_query(qid) for qid in ("q1", "q2", "q3", "q4")]
+    with pytest.raises(
+        ValueError,
+        match="qrels grade none of their first 20 candidates above 0: q2, q3; they would score "
+        "0 at every validation",
+    ):
+        Validation(queries, qrels).check_depth(20)
+    held = Validation([toy_query(), toy_query("q4")], qrels)
+    held.check_depth(20)
+    with pytest.raises(ValueError, match="first 5 candidates above 0: q4;"):
+        held.check_depth(5)
+    trainer = toy_trainer(smollm2_tokenizer, tmp_path, steps=1, validation_depth=5)
+    with pytest.raises(ValueError, match="first 5 candidates above 0: q4;"):
+        trainer.fit(training_queries([toy_query()], qrels=TOY_QRELS), held)
+    assert trainer.step == 0
+
+
+def test_cli_refuses_held_out_queries_that_can_never_score(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from haystack_llmrank.cli import main
+
+    candidates, qrels = write_toy_files(tmp_path)
+    qrels.write_text(qrels.read_text().replace("q0 0 q0d", "q0 0 D-q0d"))
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": ["q1", "q2"], "validation": ["q0", "q3"]}))
+    args = validated_train_args(candidates, qrels, tmp_path / "run", tiny_model_dir, steps=1)
+    assert main([*args[:-2], "--split", str(split)]) == 2  # args[:-2]: no --validation-fraction
+    assert "held-out queries whose qrels grade none of their first 20 candidates above 0: q0;" in (
+        capsys.readouterr().err
+    )
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_run_whose_best_model_is_the_starting_one_says_so(
+    smollm2_tokenizer: Any,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    queries, held = scripted_validation(monkeypatch, {0: 0.5})
+    trainer = FirstTrainer(
+        load_causal_lm(resolve_model(str(tiny_model_dir))),
+        smollm2_tokenizer,
+        small_config(steps=2, eval_every=1),
+        base_model="x",
+        output_dir=tmp_path,
+    )
+    with caplog.at_level(logging.WARNING, logger="haystack_llmrank.training.trainer"):
+        assert trainer.fit(queries, held)["best_step"] == 0
+    assert (
+        f"no scheduled validation after update 0 scored above its nDCG@10 of 0.5000: {tmp_path} "
+        f"holds the starting model, unchanged by training; the last update (2) is in "
+        f"{tmp_path / 'checkpoint' / 'model'}" in caplog.text
+    )
+    caplog.clear()
+    queries, held = scripted_validation(monkeypatch, {0: 0.5, 2: 0.6})
+    again = FirstTrainer(
+        load_causal_lm(resolve_model(str(tiny_model_dir))),
+        smollm2_tokenizer,
+        small_config(steps=2, eval_every=1),
+        base_model="x",
+        output_dir=tmp_path / "better",
+    )
+    with caplog.at_level(logging.WARNING, logger="haystack_llmrank.training.trainer"):
+        assert again.fit(queries, held)["best_step"] == 2
+    assert "starting model" not in caplog.text
 
 
 @pytest.mark.slow
@@ -1368,7 +1521,7 @@ def validated_train_args(
     return [
         "train", str(candidates), "--qrels", str(qrels), "--output", str(output),
         "--model", str(model), "--steps", str(steps), "--grad-accumulation", "1",
-        "--min-window", "3", "--max-window", "6", "--eval-every", "1",
+        "--min-window", "3", "--max-window", "6", "--eval-every", "1", "--warmup-steps", "0",
         "--validation-fraction", "0.5",
     ]  # fmt: skip
 
@@ -1383,7 +1536,7 @@ def test_cli_trains_on_a_given_split_and_checks_it(
     args = [
         "train", str(candidates), "--qrels", str(qrels), "--model", str(tiny_model_dir),
         "--steps", "1", "--grad-accumulation", "1", "--min-window", "3", "--max-window", "6",
-        "--split", str(split),
+        "--warmup-steps", "0", "--split", str(split),
     ]  # fmt: skip
     split.write_text(json.dumps({"train": ["q2", "q0"], "validation": ["q3"]}))
     with caplog.at_level("WARNING", logger="haystack_llmrank.cli.train"):
@@ -1429,7 +1582,7 @@ def test_cli_records_a_local_base_by_absolute_path_and_refuses_unjudged_held_out
     args = [
         "train", candidates.name, "--qrels", qrels.name, "--steps", "1",
         "--model", os.path.relpath(tiny_model_dir, tmp_path), "--grad-accumulation", "1",
-        "--min-window", "3", "--max-window", "6",
+        "--min-window", "3", "--max-window", "6", "--warmup-steps", "0",
     ]  # fmt: skip
     split = tmp_path / "split.json"
     split.write_text(json.dumps({"train": ["q0", "q1", "q2"], "validation": []}))
@@ -1594,11 +1747,12 @@ def test_cli_resumes_with_a_given_split_of_the_same_queries(
     assert drawn["seed"] == 0
     given = tmp_path / "split.json"  # the same queries; a given split records no seed
     given.write_text(json.dumps({"train": drawn["train"], "validation": drawn["validation"]}))
-    assert main([*args, "--resume", "--split", str(given)]) == 0
+    resumed = [*args[:-2], "--resume", "--split", str(given)]  # without --validation-fraction
+    assert main(resumed) == 0
     assert "trained 1 updates (2 in all)" in capsys.readouterr().out
     swapped = {"train": drawn["validation"], "validation": drawn["train"]}
     given.write_text(json.dumps(swapped))
-    assert main([*args, "--resume", "--split", str(given)]) == 2
+    assert main(resumed) == 2
     assert "holds another query split; resume with the same one" in capsys.readouterr().err
 
 
@@ -1613,6 +1767,98 @@ def test_a_split_that_lists_a_qid_twice_is_refused(tmp_path: Path) -> None:
     split.write_text(json.dumps({"train": ["q1"], "validation": ["q0", "q3", "q0"]}))
     with pytest.raises(ValueError, match=r"qids listed twice in 'validation': q0$"):
         read_split(split, qids)
+
+
+def test_cli_refuses_the_options_of_a_drawn_split_with_a_given_one(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from haystack_llmrank.cli import main
+
+    candidates, qrels = write_toy_files(tmp_path)
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": ["q0", "q1", "q2"], "validation": ["q3"]}))
+    output = tmp_path / "run"
+    args = validated_train_args(candidates, qrels, output, tiny_model_dir, steps=1)[:-2]
+    for given, error in (
+        (["--validation-fraction", "0"], "--validation-fraction would draw a split, and --split "),
+        (["--split-seed", "7"], "--split-seed would draw a split, and --split gives one: leave it"),
+        (
+            ["--split-seed", "0", "--validation-fraction", "0.3"],
+            "--validation-fraction and --split-seed would draw a split, and --split gives one: "
+            "leave them out",
+        ),
+    ):
+        assert main([*args, "--split", str(split), *given]) == 2
+        assert error in capsys.readouterr().err
+    assert not output.exists()
+
+
+def two_splits_and_a_first_stage(
+    model: Path, tmp_path: Path
+) -> tuple[Callable[..., int], Path, Path, Path]:
+    """``train(output, split, *options, steps=1)``, which runs ``llmrank train`` on the toy
+    files; two splits, ``first`` and one that holds out two of its training queries; and
+    the output of a run trained on ``first``."""
+    from haystack_llmrank.cli import main
+
+    candidates, qrels = write_toy_files(tmp_path)
+    first, other = tmp_path / "first.json", tmp_path / "other.json"
+    first.write_text(json.dumps({"train": ["q0", "q1", "q2"], "validation": ["q3"]}))
+    other.write_text(json.dumps({"train": ["q2", "q3"], "validation": ["q0", "q1"]}))
+
+    def train(output: str, split: Path, *more: str, steps: int = 1) -> int:
+        args = validated_train_args(candidates, qrels, tmp_path / output, model, steps=steps)
+        return main([*args[:-2], "--split", str(split), *more])  # without --validation-fraction
+
+    assert train("stage1", first) == 0
+    return train, first, other, tmp_path / "stage1"
+
+
+def test_cli_refuses_to_validate_on_queries_the_starting_weights_were_trained_on(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    train, first, other, stage1 = two_splits_and_a_first_stage(tiny_model_dir, tmp_path)
+    checkpoint = stage1 / "checkpoint"
+    capsys.readouterr()
+    for start, file in (
+        (stage1, stage1 / "split.json"),
+        (checkpoint / "model", checkpoint / "trainer.json"),
+    ):
+        assert train("stage2", other, "--init-adapter", str(start)) == 2
+        assert (
+            f"{file} records that {start}, which this run starts "
+            "from, was trained on 2 of this run's held-out queries: q0, q1; validation would "
+            "score queries it learned" in capsys.readouterr().err
+        )
+    # a checkpoint from before checkpoints recorded their split: its run's split.json
+    meta = json.loads((checkpoint / "trainer.json").read_text())
+    del meta["split"]
+    (checkpoint / "trainer.json").write_text(json.dumps(meta))
+    assert train("stage2", other, "--init-adapter", str(checkpoint / "model")) == 2
+    assert f"{stage1 / 'split.json'} records that {checkpoint / 'model'}" in (
+        capsys.readouterr().err
+    )
+    # the multi-stage recipes: every stage on the same split
+    assert train("stage2", first, "--init-adapter", str(checkpoint / "model")) == 0
+    # full weights trained on the first split, as the base model
+    assert train("full", first, "--full") == 0
+    assert train("stage2-full", other, "--model", str(tmp_path / "full")) == 2
+    assert f"{tmp_path / 'full' / 'split.json'} records that {tmp_path / 'full'}" in (
+        capsys.readouterr().err
+    )
+
+
+def test_a_copied_checkpoint_resumes_only_on_the_split_it_records(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    train, first, other, stage1 = two_splits_and_a_first_stage(tiny_model_dir, tmp_path)
+    copy = tmp_path / "copy" / "checkpoint"
+    shutil.copytree(stage1 / "checkpoint", copy)  # without the run's split.json
+    capsys.readouterr()
+    assert train("copy", other, "--resume", steps=2) == 2
+    assert f"{copy / 'trainer.json'} holds another query split" in capsys.readouterr().err
+    assert train("copy", first, "--resume", steps=2) == 0
+    assert "trained 1 updates (2 in all)" in capsys.readouterr().out
 
 
 def test_the_closing_line_shows_a_best_validation_of_zero() -> None:
@@ -1754,6 +2000,66 @@ def test_train_and_export_take_a_template_file_and_refuse_a_bad_one(
     with pytest.raises(SystemExit):
         build_parser("train").parse_args([*base, "fist-echo"])
     assert "unknown prompt template 'fist-echo'" in capsys.readouterr().err
+
+
+def test_a_template_file_sets_the_passage_length_and_other_ones_are_named(
+    smollm2_tokenizer: Any,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import haystack_llmrank
+    from haystack_llmrank.cli import build_parser
+    from haystack_llmrank.cli.train import _config
+
+    shipped = Path(haystack_llmrank.__file__).parent / "default_adapter" / "llmrank_template.json"
+    parser = build_parser("train")
+    base = ["train", "c.jsonl", "--qrels", "q.txt", "-o", "out"]
+
+    def words(*given: str) -> int:
+        return int(_config(parser.parse_args([*base, *given])).max_passage_words)
+
+    assert words("--template", str(shipped)) == 48  # the length it records
+    assert words("--template", str(shipped), "--max-passage-words", "30") == 30
+    assert words() == words("--template", "first-judge") == 64  # none recorded
+    with caplog.at_level(logging.WARNING, logger="haystack_llmrank.training.trainer"):
+        FirstTrainer(
+            make_tiny_llama(len(smollm2_tokenizer), seed=4),
+            smollm2_tokenizer,
+            small_config(max_passage_words=30),
+            base_model="x",
+            output_dir=tmp_path / "short",
+            template=replace(FIRST_TEMPLATE, max_passage_words=48),
+        )
+    assert (
+        "template 'first' records max_passage_words=48; this run trains at 30, which the "
+        "saved template records" in caplog.text
+    )
+    echo = tmp_path / "echo"
+    train_adapter(smollm2_tokenizer, tiny_model_dir, echo, steps=1, template=FIRST_ECHO_TEMPLATE)
+
+    def started_from_echo(template: PromptTemplate, **changes: Any) -> str:
+        caplog.clear()
+        lora = LoraSettings(rank=4, alpha=8, dropout=0.0, init_from=str(echo))
+        with caplog.at_level(logging.WARNING, logger="haystack_llmrank.training.trainer"):
+            FirstTrainer(
+                load_causal_lm(resolve_model(str(tiny_model_dir))),
+                smollm2_tokenizer,
+                small_config(lora=lora, **changes),
+                base_model="x",
+                output_dir=tmp_path / "next",
+                template=template,
+            )
+        return caplog.text
+
+    assert (
+        f"the adapter this run starts from, {echo}, was trained with template 'first-echo', "
+        "and this run's differs: name 'first-echo' there, 'first' here; passage"
+    ) in started_from_echo(FIRST_TEMPLATE)
+    assert "differs: max_passage_words 64 there, 48 here; this run trains it on" in (
+        started_from_echo(FIRST_ECHO_TEMPLATE, max_passage_words=48)
+    )
+    assert started_from_echo(FIRST_ECHO_TEMPLATE) == ""
 
 
 def test_training_from_an_adapter_names_its_base_and_init_adapter(
