@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -11,7 +12,7 @@ import shutil
 import socket
 import tempfile
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -351,6 +352,15 @@ def load_causal_lm(
     return model.to(device).eval()
 
 
+@contextlib.contextmanager
+def peft_wrapping() -> Iterator[None]:
+    """A block that wraps a model with peft, without the FutureWarning peft's question
+    (``is_gradient_checkpointing``, deprecated in transformers 5) shows every user."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "`is_gradient_checkpointing`", FutureWarning)
+        yield
+
+
 def _merge_adapter(model: Any, source: ModelSource) -> Any:
     """Apply the peft adapter of ``source`` to ``model`` (its base) and fold it into the
     weights, so scoring runs a plain model.
@@ -366,8 +376,7 @@ def _merge_adapter(model: Any, source: ModelSource) -> Any:
     try:
         config = PeftConfig.from_pretrained(folder)
         config.inference_mode = True
-        with warnings.catch_warnings():  # peft asks transformers 5 a deprecated question
-            warnings.filterwarnings("ignore", "`is_gradient_checkpointing`", FutureWarning)
+        with peft_wrapping():
             wrapped = PeftModel(model, config)
         load_adapter_weights(wrapped, load_peft_weights(folder, device="cpu"))
     except (OSError, ValueError, KeyError, RuntimeError) as exc:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from haystack_llmrank.model_templates import write_template
-from haystack_llmrank.models import text_config
+from haystack_llmrank.models import peft_wrapping, text_config
 from haystack_llmrank.prompt import PromptTemplate
 
 LORA_TARGETS: tuple[str, ...] = (
@@ -97,7 +97,8 @@ def _with_lora(model: Any, lora: LoraSettings) -> Any:
         layers_to_transform=_top_layers(model, lora.top_layers),
         task_type="CAUSAL_LM",
     )
-    wrapped = get_peft_model(model, config)
+    with peft_wrapping():
+        wrapped = get_peft_model(model, config)
     if lora.init_from is not None:
         _load_adapter_weights(wrapped, config, Path(lora.init_from))
     return wrapped

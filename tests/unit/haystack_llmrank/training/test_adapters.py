@@ -215,3 +215,16 @@ def test_saving_one_kind_of_weights_removes_the_other_kind(
     save_adapter(make_tiny_llama(len(smollm2_tokenizer)), tmp_path, base=tiny_model_dir)
     assert not list(tmp_path.glob("model*.safetensors*"))
     assert not (tmp_path / "config.json").exists()
+
+
+def test_wrapping_with_peft_shows_users_no_deprecation_warning(
+    smollm2_tokenizer: Any, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    import warnings
+
+    model = make_tiny_llama(len(smollm2_tokenizer))
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        save_adapter(model, tmp_path / "adapter", base=tiny_model_dir)
+        load_causal_lm(resolve_model(str(tmp_path / "adapter")))
+    assert not [w for w in shown if issubclass(w.category, FutureWarning)]
