@@ -33,6 +33,7 @@ from haystack_llmrank.scorers.onnx_metadata import (
     export_hashes,
     is_export,
 )
+from haystack_llmrank.scorers.onnx_scorer import check_onnxruntime
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +145,7 @@ def _require_export_tools(precision: Precision, exporter: Exporter) -> None:
             f"exporting needs {missing}; pip install 'llmrank[onnx,export]' (or "
             "'llmrank[gpu,export]' on a CUDA machine)"
         )
+    check_onnxruntime()
 
 
 def _float32() -> Any:
