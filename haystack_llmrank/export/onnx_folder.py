@@ -19,6 +19,7 @@ from haystack_llmrank.models import (
     load_causal_lm,
     load_tokenizer,
     resolve_model,
+    weights_fingerprint,
 )
 from haystack_llmrank.scorers.onnx_metadata import (
     EXPORTERS,
@@ -124,6 +125,7 @@ def export_onnx(
             files=export_hashes(staging),
             exporter=_versions(exporter),
             attention=attention_kind,
+            source_weights=weights_fingerprint(source),
         ).write(staging)
         staging.chmod(0o755)
         if target.exists():
