@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.util
 import json
 import logging
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from haystack_llmrank.errors import ModelResolutionError
-from haystack_llmrank.scorers.onnx_metadata import METADATA_FILE, is_export
+from haystack_llmrank.scorers.onnx_metadata import METADATA_FILE, file_sha256, is_export
 
 logger = logging.getLogger(__name__)
 
@@ -189,11 +188,7 @@ def content_digest(file: Path) -> str:
         index = {}
     if isinstance(index, dict) and isinstance(index.get(seen), str):
         return str(index[seen])
-    digest = hashlib.sha256()
-    with file.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 23), b""):
-            digest.update(chunk)
-    value = digest.hexdigest()
+    value = file_sha256(file)
     index = index if isinstance(index, dict) else {}
     index[seen] = value
     try:
@@ -204,6 +199,58 @@ def content_digest(file: Path) -> str:
     except OSError as exc:
         logger.debug("could not update the cache index %s: %s", index_path, exc)
     return value
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+"""Suffixes of the weight files :func:`weights_fingerprint` records."""
+
+
+def weights_fingerprint(source: ModelSource) -> dict[str, str]:
+    """What identifies the weights ``source`` loads, by file: ``adapter/NAME`` and ``base/NAME``.
+
+    The adapter's ``adapter_config.json`` and weight files (:data:`WEIGHT_SUFFIXES`) by
+    SHA-256; a GGUF base by its content digest (:func:`content_digest`, remembered per path,
+    size and mtime); the ``config.json`` and weight files of a base folder, or of a hub id's
+    snapshot in the local Hugging Face cache, by size and modification time (hashing GiB of
+    weights on every check would take minutes). A hub id not in that cache has no base
+    entries.
+    """
+    found: dict[str, str] = {}
+    if source.adapter is not None:
+        for file in _weight_files(Path(source.adapter), ADAPTER_CONFIG):
+            found[f"adapter/{file.name}"] = f"sha256:{file_sha256(file)}"
+    if source.gguf_file is not None:
+        file = Path(source.location) / source.gguf_file
+        found[f"base/{file.name}"] = f"sha256:{content_digest(file)}"
+        return found
+    for file in _weight_files(_local_folder(source.location), "config.json"):
+        stat = file.stat()
+        found[f"base/{file.name}"] = f"size:{stat.st_size} mtime_ns:{stat.st_mtime_ns}"
+    return found
+
+
+def _weight_files(folder: Path | None, config: str) -> list[Path]:
+    """``folder``'s file ``config`` and its weight files, by name; none for no folder."""
+    if folder is None or not folder.is_dir():
+        return []
+    return sorted(
+        path
+        for path in folder.iterdir()
+        if path.is_file() and (path.name == config or path.suffix.lower() in WEIGHT_SUFFIXES)
+    )
+
+
+def _local_folder(location: str) -> Path | None:
+    """``location`` when it is a folder, else its snapshot in the Hugging Face cache, if any."""
+    if Path(location).is_dir():
+        return Path(location)
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(location, "config.json")
+    except ValueError:  # not a hub id
+        return None
+    return Path(cached).parent if isinstance(cached, str) else None
 
 
 def _gguf_cache_dir(source: ModelSource) -> Path | None:

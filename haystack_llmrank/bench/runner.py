@@ -53,7 +53,7 @@ from haystack_llmrank.blank_passages import is_blank
 from haystack_llmrank.data import Qrels, QueryCandidates, read_qrels, read_queries
 from haystack_llmrank.export import export_onnx, is_export, read_metadata
 from haystack_llmrank.model_templates import model_template
-from haystack_llmrank.models import context_length, resolve_model
+from haystack_llmrank.models import context_length, resolve_model, weights_fingerprint
 from haystack_llmrank.prompt import FIRST_TEMPLATE, Prompt, PromptTemplate
 from haystack_llmrank.reranker import template_sizes
 from haystack_llmrank.scorers.base import device_max_batch_tokens
@@ -430,9 +430,14 @@ def check_reusable(
     folder: Path, model: str, precision: Precision, template: PromptTemplate
 ) -> None:
     """Raise ``ValueError`` unless the export in ``folder`` is of ``model`` (the source its
-    metadata records: the same name, or the same folder) at ``precision``, for ``template``."""
+    metadata records: the same name, or the same folder) and of the weights it holds now
+    (:func:`~haystack_llmrank.models.weights_fingerprint`) at ``precision``, for ``template``.
+
+    An export that records no weights (written before llmrank recorded them) is refused too.
+    """
     metadata = read_metadata(folder, verify_hashes=False)
-    source = resolve_model(model).name
+    resolved = resolve_model(model)
+    source = resolved.name
     recorded = PromptTemplate.from_dict(metadata.template)
     if not _same_model(metadata.source_model, source):
         mismatch = f"of {metadata.source_model!r}, not of --model {source!r}"
@@ -442,11 +447,30 @@ def check_reusable(
         mismatch = f"for template {recorded.name!r}, not {template.name!r}"
     elif recorded != template:
         mismatch = f"for another version of template {template.name!r}"
+    elif not metadata.source_weights:
+        mismatch = (
+            "from an older llmrank, which did not record the weights it was made from, so "
+            "whether --model still holds them cannot be checked"
+        )
+    elif changed := _changed_weights(metadata.source_weights, weights_fingerprint(resolved)):
+        mismatch = f"of other weights than --model {source!r} holds now ({changed})"
     else:
         return
     raise ValueError(
-        f"the ONNX export in {folder} is {mismatch}; delete it, or choose another --export-dir"
+        f"the ONNX export in {folder} is {mismatch}; delete it (the bench then exports "
+        "again), or choose another --export-dir"
     )
+
+
+def _changed_weights(recorded: dict[str, str], current: dict[str, str]) -> str:
+    """The files whose fingerprints differ, each as ``NAME changed``, ``gone`` or ``new``;
+    empty when none do."""
+    changes = {
+        name: "new" if name not in recorded else "gone" if name not in current else "changed"
+        for name in sorted(recorded.keys() | current.keys())
+        if recorded.get(name) != current.get(name)
+    }
+    return ", ".join(f"{name} {change}" for name, change in changes.items())
 
 
 def _same_model(recorded: str, source: str) -> bool:
@@ -477,7 +501,8 @@ def export_onnx_row(
     model: str, precision: Precision, root: Path, template: PromptTemplate
 ) -> tuple[Path, float | None]:
     """Export ``model`` for ``template`` to ``root/onnx-<precision>``, or reuse the export
-    already there when it was made from ``model`` for ``template`` (else ``ValueError``).
+    already there when it was made from ``model``'s current weights for ``template`` (else
+    ``ValueError``, see :func:`check_reusable`).
 
     Returns the folder to load and the export's seconds (``None`` when reused). Missing
     export tools make the row unavailable.

@@ -19,6 +19,7 @@ from haystack_llmrank.models import (
     load_causal_lm,
     load_tokenizer,
     resolve_model,
+    weights_fingerprint,
 )
 from haystack_llmrank.scorers.onnx_metadata import (
     EXPORTERS,
@@ -33,6 +34,7 @@ from haystack_llmrank.scorers.onnx_metadata import (
     export_hashes,
     is_export,
 )
+from haystack_llmrank.scorers.onnx_scorer import check_onnxruntime
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +125,7 @@ def export_onnx(
             files=export_hashes(staging),
             exporter=_versions(exporter),
             attention=attention_kind,
+            source_weights=weights_fingerprint(source),
         ).write(staging)
         staging.chmod(0o755)
         if target.exists():
@@ -144,6 +147,7 @@ def _require_export_tools(precision: Precision, exporter: Exporter) -> None:
             f"exporting needs {missing}; pip install 'llmrank[onnx,export]' (or "
             "'llmrank[gpu,export]' on a CUDA machine)"
         )
+    check_onnxruntime()
 
 
 def _float32() -> Any:

@@ -243,10 +243,40 @@ def to_fp16(source: Path) -> Any:
     converted = convert_float_to_float16(
         model, keep_io_types=True, disable_shape_infer=True, node_block_list=fp32
     )
+    merged = merge_duplicate_nodes(converted)
     bypassed = _bypass_fp16_round_trips(converted, fp32)
     sort_topologically(converted)
-    logger.info("fp16: %d nodes kept in float32, %d round trips bypassed", len(fp32), bypassed)
+    logger.info(
+        "fp16: %d nodes kept in float32, %d round trips bypassed, %d duplicate casts merged",
+        len(fp32),
+        bypassed,
+        merged,
+    )
     return converted
+
+
+def merge_duplicate_nodes(model: Any) -> int:
+    """Keep one of each set of identical nodes (same name, operator, inputs, outputs and
+    attributes), and one ``value_info`` per tensor name. Returns how many nodes were dropped.
+
+    onnxruntime's float16 converter before 1.32 (seen in 1.27 to 1.31) writes one ``Cast`` to
+    float32 for each float32 consumer of a float16 tensor, all with the same name and output;
+    ONNX Runtime refuses a graph with two producers of one tensor. 1.32 writes one shared cast.
+    """
+    graph = model.graph
+    seen: set[bytes] = set()
+    nodes = []
+    for node in graph.node:
+        key = node.SerializeToString(deterministic=True)
+        if key not in seen:
+            seen.add(key)
+            nodes.append(node)
+    dropped = len(graph.node) - len(nodes)
+    if dropped:
+        _replace(graph.node, nodes)
+        infos = {info.name: info for info in graph.value_info}
+        _replace(graph.value_info, list(infos.values()))
+    return dropped
 
 
 @contextlib.contextmanager

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -13,11 +14,18 @@ from haystack_llmrank.checks import is_whole
 from haystack_llmrank.errors import ModelResolutionError
 from haystack_llmrank.labels import LabelIds
 
+logger = logging.getLogger(__name__)
+
 METADATA_FILE = "llmrank.json"
 GRAPH_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
 FORMAT = "llmrank-onnx"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""The newest format this llmrank writes and reads; it reads every version from 1 on.
+
+A field that a reader may ignore is added without raising it: readers of the same version
+ignore fields they do not know, with a warning. It is raised when a reader must understand a
+new field: version 2 added ``source_weights``, which reuse must compare."""
 INPUT_NAMES = ("input_ids", "attention_mask")
 POSITIONS_NAME = "positions"
 """The third input of a vote export: int64 ``[batch, P]`` token positions to read at."""
@@ -46,7 +54,9 @@ class ExportMetadata:
     :meth:`PromptTemplate.to_dict` of the template whose labels the graph scores;
     ``exporter`` records the exporting method and library versions;
     ``attention`` is ``fused`` (one ONNX Runtime node per layer) or ``plain`` (exports
-    written before the field existed have plain attention).
+    written before the field existed have plain attention); ``source_weights`` is
+    :func:`~haystack_llmrank.models.weights_fingerprint` of the exported model (empty in
+    format 1).
     """
 
     label_ids: LabelIds
@@ -60,6 +70,7 @@ class ExportMetadata:
     files: dict[str, str]
     exporter: dict[str, str] = field(default_factory=dict)
     attention: str = "plain"
+    source_weights: dict[str, str] = field(default_factory=dict)
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
 
@@ -88,6 +99,7 @@ class ExportMetadata:
                 ("template", isinstance(self.template, dict)),
                 ("exporter", isinstance(self.exporter, dict)),
                 ("files", _str_map(self.files)),
+                ("source_weights", _str_map(self.source_weights)),
                 ("context_length", is_whole(self.context_length, 1)),
                 ("opset", is_whole(self.opset, 1)),
                 ("pad_token_id", is_whole(self.pad_token_id, 0)),
@@ -153,8 +165,10 @@ def read_metadata(folder: str | Path, *, verify_hashes: bool = True) -> ExportMe
     """Read and check the metadata of an export folder.
 
     Raises :class:`ModelResolutionError` if ``folder`` is not an export, has no or
-    unreadable metadata, is of another format version, or (with ``verify_hashes``) its
-    graph files, or the tokenizer files it recorded, do not match the recorded hashes.
+    unreadable metadata, is of a format version newer than :data:`FORMAT_VERSION` (written
+    by a newer llmrank), or (with ``verify_hashes``) its graph files, or the tokenizer files
+    it recorded, do not match the recorded hashes. Fields this version does not know are
+    ignored, with a warning.
     """
     path = Path(folder).expanduser()
     meta_path = path / METADATA_FILE
@@ -173,18 +187,41 @@ def read_metadata(folder: str | Path, *, verify_hashes: bool = True) -> ExportMe
         raise ModelResolutionError(f"cannot read {meta_path}: {exc}") from exc
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ModelResolutionError(f"{meta_path} is not {FORMAT} metadata")
-    if data.get("format_version") != FORMAT_VERSION:
+    version = data.get("format_version")
+    if not is_whole(version, 1):
         raise ModelResolutionError(
-            f"{path} is export format version {data.get('format_version')!r}; this llmrank "
-            f"reads version {FORMAT_VERSION}; export the model again with this version"
+            f"{meta_path} is incomplete or malformed: format_version={version!r}"
+        )
+    if int(version) > FORMAT_VERSION:
+        raise ModelResolutionError(
+            f"{path} was exported by a newer llmrank{_writer(data)} (format {version}, this "
+            f"llmrank reads up to {FORMAT_VERSION}): upgrade llmrank, or export the model "
+            "again with this one"
+        )
+    known = {item.name for item in fields(ExportMetadata)}
+    unknown = sorted(data.keys() - known)
+    if unknown:
+        logger.warning(
+            "%s holds fields this llmrank does not know, ignored: %s (written by a newer "
+            "llmrank%s)",
+            meta_path,
+            unknown,
+            _writer(data),
         )
     try:
-        metadata = ExportMetadata.from_dict(data)
+        metadata = ExportMetadata.from_dict({k: v for k, v in data.items() if k in known})
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelResolutionError(f"{meta_path} is incomplete or malformed: {exc}") from exc
     if verify_hashes:
         _check_hashes(path, metadata.files)
     return metadata
+
+
+def _writer(data: dict[str, Any]) -> str:
+    """``" X"`` where the metadata records that llmrank X wrote it, else ``""``."""
+    exporter = data.get("exporter")
+    version = exporter.get("llmrank") if isinstance(exporter, dict) else None
+    return f" {version}" if isinstance(version, str) else ""
 
 
 def _check_hashes(folder: Path, recorded: dict[str, str]) -> None:

@@ -28,6 +28,10 @@ from haystack_llmrank.scorers.padding import pad_inputs
 
 logger = logging.getLogger(__name__)
 
+MIN_ONNXRUNTIME = "1.28"
+"""The oldest onnxruntime that exports, loads and scores every precision: fp16 graphs fail
+to load on 1.23 to 1.27 (its SimplifiedLayerNormFusion), int8 graphs fail to score on 1.22
+and to export before 1.24. The extras ``onnx`` and ``gpu`` require it."""
 CPU_PROVIDER = "CPUExecutionProvider"
 CUDA_PROVIDER = "CUDAExecutionProvider"
 _GPU_HINT = "install onnxruntime-gpu (pip install 'llmrank[gpu]') on a machine with a CUDA GPU"
@@ -84,6 +88,26 @@ def parse_device(device: str) -> Placement:
     if kind == "cuda" and (not index or index.isdigit()):
         return Placement("cuda", int(index or 0))
     raise ValueError(f"unknown device {device!r}; use 'cpu', 'cuda' or 'cuda:N'")
+
+
+def check_onnxruntime() -> None:
+    """Raise ``ImportError`` when the installed onnxruntime is older than
+    :data:`MIN_ONNXRUNTIME`, naming both versions (pip may keep an older one installed)."""
+    import onnxruntime as ort
+    from packaging.version import InvalidVersion, Version
+
+    installed = str(ort.__version__)
+    try:
+        old = Version(installed).release < Version(MIN_ONNXRUNTIME).release
+    except InvalidVersion:
+        logger.warning("cannot read the onnxruntime version %r; assuming it is recent", installed)
+        return
+    if old:
+        raise ImportError(
+            f"onnxruntime {installed} is installed, and llmrank needs {MIN_ONNXRUNTIME} or "
+            f"later for ONNX exports; pip install -U 'onnxruntime>={MIN_ONNXRUNTIME}' (or "
+            f"'onnxruntime-gpu>={MIN_ONNXRUNTIME}' where CUDA is used)"
+        )
 
 
 def onnxruntime_wheels() -> list[str]:
@@ -152,7 +176,7 @@ def cuda_obstacles(precision: str, attention: str) -> list[str]:
 
     ONNX Runtime's CUDA ``GroupQueryAttention`` takes fp16 and bf16 only: such nodes fall
     back to the CPU, with device copies in every layer. (Its CUDA ``MatMulNBits`` takes the
-    int8 export's 8-bit weights from 1.22 on, the version this package requires.)
+    int8 export's 8-bit weights, from 1.22 on.)
     """
     problems = []
     if attention == "fused" and precision != "fp16":
@@ -277,6 +301,8 @@ class OnnxLabelScorer:
     (:func:`cuda_obstacles`) is refused on an explicit CUDA device (or, with
     ``on_missing_gpu="warn"``, and always with ``device=None``, runs on the CPU with a
     warning). Without it nothing is checked, which is logged as a warning.
+
+    An onnxruntime older than :data:`MIN_ONNXRUNTIME` raises ``ImportError``.
     """
 
     def __init__(
@@ -293,6 +319,7 @@ class OnnxLabelScorer:
     ) -> None:
         import onnxruntime as ort
 
+        check_onnxruntime()
         available = ort.get_available_providers()
         asks_cuda = device is None or parse_device(device).device_type == "cuda"
         wheels = onnxruntime_wheels() if asks_cuda and CUDA_PROVIDER not in available else ()

@@ -50,7 +50,7 @@ from haystack_llmrank.data import read_qrels, read_queries
 from haystack_llmrank.errors import WindowTooLargeError
 from haystack_llmrank.labels import ALPHABETIC_LABELS, resolve_label_ids
 from haystack_llmrank.model_templates import write_template
-from haystack_llmrank.models import resolve_model
+from haystack_llmrank.models import resolve_model, weights_fingerprint
 from haystack_llmrank.prompt import (
     FIRST_ECHO_TEMPLATE,
     FIRST_NUMERIC_TEMPLATE,
@@ -322,8 +322,18 @@ def test_an_export_of_another_model_or_template_is_refused_not_reused(
 
     def record(source: Path, template: PromptTemplate = FIRST_TEMPLATE) -> None:
         labels = resolve_label_ids(smollm2_tokenizer, template.labels)
+        weights = weights_fingerprint(resolve_model(str(source)))
         ExportMetadata(
-            labels, template.to_dict(), "fp32", str(source), 4096, 0, 17, True, {}
+            labels,
+            template.to_dict(),
+            "fp32",
+            str(source),
+            4096,
+            0,
+            17,
+            True,
+            {},
+            source_weights=weights,
         ).write(folder)
 
     record(tiny_model_dir)

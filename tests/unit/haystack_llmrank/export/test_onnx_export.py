@@ -38,12 +38,18 @@ from haystack_llmrank.export.precision import (
 )
 from haystack_llmrank.export.verify import check_graph
 from haystack_llmrank.labels import ALPHABETIC_LABELS, LabelIds, resolve_label_ids
+from haystack_llmrank.models import resolve_model, weights_fingerprint
 from haystack_llmrank.prompt import FIRST_TEMPLATE
 from haystack_llmrank.reranker import Reranker
 from haystack_llmrank.scorers.base import LabelScorer
 from haystack_llmrank.scorers.label_head import LabelLogitsModel
 from haystack_llmrank.scorers.onnx_loading import load_export
-from haystack_llmrank.scorers.onnx_metadata import METADATA_FILE, Exporter, file_sha256
+from haystack_llmrank.scorers.onnx_metadata import (
+    FORMAT_VERSION,
+    METADATA_FILE,
+    Exporter,
+    file_sha256,
+)
 from haystack_llmrank.scorers.onnx_scorer import (
     CPU_PROVIDER,
     CUDA_PROVIDER,
@@ -122,7 +128,7 @@ def test_export_folder_is_self_contained(
     assert {"model.onnx", METADATA_FILE, "tokenizer.json", "tokenizer_config.json"} <= names
     assert not any(name.startswith(".") for name in names)
     meta = read_metadata(fp32_dir)
-    assert meta.format_version == 1
+    assert meta.format_version == FORMAT_VERSION
     assert meta.label_ids == resolve_label_ids(smollm2_tokenizer, ALPHABETIC_LABELS)
     assert meta.template == FIRST_TEMPLATE.to_dict()
     assert (meta.precision, meta.context_length, meta.opset) == ("fp32", 4096, 18)
@@ -132,6 +138,8 @@ def test_export_folder_is_self_contained(
     assert meta.files == {name: file_sha256(fp32_dir / name) for name in recorded}
     assert {"method", "torch", "transformers", "onnx", "onnxruntime"} <= set(meta.exporter)
     assert meta.attention == "fused"
+    assert meta.source_weights == weights_fingerprint(resolve_model(str(tiny_model_dir)))
+    assert set(meta.source_weights) == {"base/config.json", "base/model.safetensors"}
     tokenizer = load_export(fp32_dir, device="cpu").tokenizer
     assert tokenizer.chat_template == smollm2_tokenizer.chat_template
 
@@ -247,9 +255,9 @@ def test_metadata_without_attention_reads_as_plain(fp32_copy: Path) -> None:
     assert read_metadata(fp32_copy).attention == "plain"
 
 
-def test_refuses_other_format_version(fp32_copy: Path) -> None:
-    rewrite_metadata(fp32_copy, format_version=2)
-    with pytest.raises(ModelResolutionError, match="format version 2"):
+def test_refuses_a_newer_format_version(fp32_copy: Path) -> None:
+    rewrite_metadata(fp32_copy, format_version=FORMAT_VERSION + 1)
+    with pytest.raises(ModelResolutionError, match="exported by a newer llmrank"):
         load_export(fp32_copy, device="cpu")
 
 
