@@ -8,7 +8,10 @@
 # prepare needs the inverse-cloze sets runs/ict20-<split> of examples/inverse_cloze.py
 # (--per-query 20) for every split of SPLITS (default: seed0 fold1 fold2, the splits of
 # examples/results/split-<split>.json) and the MiniLM run runs/dl19-minilm.run of
-# examples/teacher_run.py; it packs them into .whl/train-data.tgz.
+# examples/teacher_run.py; it packs them into .whl/train-data.tgz. SPLITS may add "all"
+# (split-all.json: every DL19 query trains, none is held out): its runs train beside the
+# folds' and are packed like theirs, but not evaluated, so that the model to ship can be
+# trained on all the judged queries in the same GPU time as the folds that measure its recipe.
 #
 # The recipes, each from SmolLM2-135M-Instruct with LoRA r=16 in bfloat16:
 #   vote:  POINTWISE_MINUTES (default 3) of the pointwise objective (one prompt a passage,
@@ -90,9 +93,16 @@ train_split() {
         >"$WORK/logs/$split-first.log" 2>&1 &
 }
 
+held_out() {
+    # Whether split $1 holds queries out (split-all.json holds none).
+    "$PYTHON" -c 'import json, sys; sys.exit(not json.load(open(sys.argv[1]))["validation"])' \
+        "examples/results/split-$1.json"
+}
+
 evaluate_split() {
     # Scores split $1's models on its held-out queries, side by side.
     local split="$1" records="$WORK/records"
+    held_out "$split" || return 0
     local common=(
         --split "examples/results/split-$split.json" --candidates "$DATA/dl19/candidates.jsonl"
         --qrels "$DATA/dl19/qrels.txt" --teacher "$DATA/runs/dl19-minilm.run"
