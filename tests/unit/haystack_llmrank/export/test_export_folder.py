@@ -7,12 +7,15 @@ import hashlib
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support import PROJECT_ROOT
 
 from haystack_llmrank.export import export_onnx, onnx_folder, read_metadata, verify
 from haystack_llmrank.staged_files import STAGING_PREFIX
@@ -205,3 +208,39 @@ def test_staging_left_by_an_ended_process_is_removed_and_a_running_ones_refused(
         finally:
             running.kill()
     assert live.is_dir()
+
+
+EXPORT_SCRIPT = """
+import sys
+from haystack_llmrank.cli import main
+sys.exit(main(["export", sys.argv[1], sys.argv[2], "--no-optimize"]))
+"""
+
+
+@pytest.mark.slow
+def test_sigterm_during_an_export_leaves_nothing_behind(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """``timeout``, ``docker stop`` and Kubernetes send SIGTERM, which skipped all cleanup."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-c", EXPORT_SCRIPT, str(tiny_model_dir), str(tmp_path / "out")],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not any(p.name.startswith(".") for p in tmp_path.rglob("*")):
+            assert process.poll() is None, process.communicate()[1]
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=120) == 128 + signal.SIGTERM
+    finally:
+        process.kill()
+        process.wait()
+    assert list(tmp_path.rglob("*")) == []
