@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata
 import importlib.util
 import logging
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from haystack_llmrank.errors import listed
+from haystack_llmrank.errors import ExportError, listed
 from haystack_llmrank.labels import LabelIds, readout_label_ids
 from haystack_llmrank.model_templates import TemplateChoice, model_template
 from haystack_llmrank.models import (
@@ -251,25 +253,56 @@ def _build_graph(
     with tempfile.TemporaryDirectory(dir=folder, prefix=".scratch-") as scratch:
         raw = Path(scratch) / "raw"
         raw.mkdir()
-        export_graph(
-            module,
-            raw / GRAPH_FILE,
-            pad_id=pad_id,
-            opset=opset,
-            exporter=exporter,
-            attention=kind,
-            positions=positions,
-        )
+        with _step("exporting the graph"):
+            export_graph(
+                module,
+                raw / GRAPH_FILE,
+                pad_id=pad_id,
+                opset=opset,
+                exporter=exporter,
+                attention=kind,
+                positions=positions,
+            )
         graph = raw / GRAPH_FILE
         if optimize:
             optimized = Path(scratch) / "optimized"
             optimized.mkdir()
-            optimize_graph(graph, optimized / GRAPH_FILE)
+            with _step("optimising the graph"):
+                optimize_graph(graph, optimized / GRAPH_FILE)
             graph = optimized / GRAPH_FILE
-        save_graph(convert_precision(graph, precision), folder)
+        with _step(f"converting the graph to {precision} and saving it"):
+            save_graph(convert_precision(graph, precision), folder)
     exact = precision == "fp32"
-    check_graph(module, folder / GRAPH_FILE, pad_id=pad_id, exact=exact, positions=positions)
+    with _step("checking the graph on ONNX Runtime"):
+        check_graph(module, folder / GRAPH_FILE, pad_id=pad_id, exact=exact, positions=positions)
     return kind
+
+
+@contextlib.contextmanager
+def _step(doing: str) -> Iterator[None]:
+    """Raise :class:`ExportError` for an error of onnx's or ONNX Runtime's own while
+    ``doing``, so that it reads as the export's failure, with the original as its cause."""
+    try:
+        yield
+    except _tool_errors() as exc:
+        raise ExportError(f"export failed while {doing}: {type(exc).__name__}: {exc}") from exc
+
+
+def _tool_errors() -> tuple[type[Exception], ...]:
+    """The error types of onnx's and ONNX Runtime's native code (``Fail``,
+    ``RuntimeException``, ``ValidationError``...), which derive from ``Exception`` alone."""
+    from onnx.checker import ValidationError
+    from onnx.shape_inference import InferenceError
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    runtime = [
+        kind
+        for kind in vars(state).values()
+        if isinstance(kind, type)
+        and issubclass(kind, Exception)
+        and kind.__module__ == state.__name__
+    ]
+    return (*runtime, ValidationError, InferenceError)
 
 
 def _versions(exporter: Exporter) -> dict[str, str]:

@@ -1,5 +1,5 @@
 """Where an export writes: only its own files in OUT_DIR, never beside it, whole or not at all;
-what interrupted exports leave."""
+what interrupted exports leave; onnx and ONNX Runtime failures as export errors."""
 
 from __future__ import annotations
 
@@ -15,9 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 from support import PROJECT_ROOT
 
-from haystack_llmrank.export import export_onnx, onnx_folder, read_metadata, verify
+from haystack_llmrank.cli import main
+from haystack_llmrank.errors import ExportError
+from haystack_llmrank.export import export_onnx, onnx_folder, precision, read_metadata, verify
 from haystack_llmrank.staged_files import STAGING_PREFIX
 
 
@@ -244,3 +247,41 @@ def test_sigterm_during_an_export_leaves_nothing_behind(
         process.kill()
         process.wait()
     assert list(tmp_path.rglob("*")) == []
+
+
+# --- onnx and ONNX Runtime failures ---------------------------------------------------------
+
+
+def test_onnx_runtime_failures_are_reported_as_export_errors(
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A full disk while optimising gave a raw ``Fail`` traceback."""
+    message = "[ONNXRuntimeError] : 1 : FAIL : Failed to write external initializers to file"
+
+    def full_disk(*args: Any, **kwargs: Any) -> None:
+        raise ort_state.Fail(message)
+
+    monkeypatch.setattr(precision, "optimize_graph", full_disk)
+    assert main(["export", str(tiny_model_dir), str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"llmrank export: error: export failed while optimising the graph: Fail: {message}"
+    )
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ExportError) as failed:
+        export_onnx(str(tiny_model_dir), tmp_path / "out")
+    assert isinstance(failed.value.__cause__, ort_state.Fail)
+
+
+def test_other_errors_are_not_wrapped(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def bug(*args: Any, **kwargs: Any) -> None:
+        raise TypeError("a bug")
+
+    monkeypatch.setattr(precision, "optimize_graph", bug)
+    with pytest.raises(TypeError, match="a bug"):
+        main(["export", str(tiny_model_dir), str(tmp_path / "out")])
+    assert list(tmp_path.iterdir()) == []
