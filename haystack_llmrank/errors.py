@@ -38,3 +38,8 @@ class NonFiniteLogitsError(LlmRankError, ValueError):
 
 class ClosedError(LlmRankError, RuntimeError):
     """A scorer or reranker was used after its ``close()`` released the model."""
+
+
+class ExportError(LlmRankError, RuntimeError):
+    """ONNX or ONNX Runtime failed while an export wrote or checked its graph (a full disk,
+    say); the message names the step, and the original error is the cause."""

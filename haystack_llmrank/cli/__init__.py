@@ -10,8 +10,12 @@ import argparse
 import importlib
 import logging
 import shlex
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
+from types import FrameType
+from typing import Any
 
 #: Subcommand name -> (module under ``haystack_llmrank.cli``, one-line help).
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -48,8 +52,38 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived (what ``timeout``, ``docker stop`` and Kubernetes send): raised in the
+    main thread, a ``KeyboardInterrupt`` as SIGINT's is, so that cleanup code runs."""
+
+
+_Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers
+
+
+def _raise_on_sigterm() -> _Handler | None:
+    """Make SIGTERM raise :class:`Terminated` (and a second one end the process at once, as
+    by default); return the handler replaced, or None where none was: outside the main
+    thread, where SIGTERM is ignored, or where its handler was not set from Python."""
+    previous = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    if previous is None or previous == signal.SIG_IGN:
+        return None
+
+    def terminate(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise Terminated
+
+    signal.signal(signal.SIGTERM, terminate)
+    return previous
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``llmrank`` script."""
+    """Entry point of the ``llmrank`` script.
+
+    SIGTERM ends every subcommand but ``serve`` (which handles it itself) as Ctrl-C does,
+    running its cleanup, with status 143; the handler before is restored on return.
+    """
     argv = sys.argv[1:] if argv is None else list(argv)
     # The first word that is not an option names the subcommand (global options take no value).
     command = next((word for word in argv if not word.startswith("-")), "")
@@ -59,11 +93,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.WARNING - 10 * min(args.verbose, 2),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    previous = None if args.command == "serve" else _raise_on_sigterm()  # serve has its own
     try:
         return int(args.handler(args) or 0)
+    except Terminated:
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         return 130
     except (ValueError, OSError, RuntimeError) as exc:
         logging.getLogger("llmrank").debug("command failed", exc_info=True)
         print(f"llmrank {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)

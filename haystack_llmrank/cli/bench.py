@@ -217,8 +217,8 @@ def handle(args: argparse.Namespace) -> int:
     from haystack_llmrank.bench.report import build_report
     from haystack_llmrank.bench.runner import RowResult, prepare, run
     from haystack_llmrank.bench.table import plan_text, results_table, row_line, sweep_table
-    from haystack_llmrank.cli.staged_files import check_output, staged_outputs
     from haystack_llmrank.evaluation import require_pytrec_eval
+    from haystack_llmrank.staged_files import check_output, staged_outputs
 
     require_pytrec_eval()  # nDCG@10 of every row: fail before hours of timing, not after
     config = config_from_args(args)  # checks every setting before any folder is made

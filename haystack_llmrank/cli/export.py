@@ -20,7 +20,11 @@ def register(parser: argparse.ArgumentParser) -> None:
         "the tokenizer and llmrank.json. Load it with --backend onnx --model OUT_DIR."
     )
     parser.add_argument("model", help="'default', a HF id or folder, or a .gguf file")
-    parser.add_argument("out_dir", type=Path, help="folder to write (must be new or empty)")
+    parser.add_argument(
+        "out_dir",
+        type=Path,
+        help="folder to write: new, empty, or (with --overwrite) holding an earlier export only",
+    )
     parser.add_argument(
         "--precision",
         choices=PRECISIONS,
@@ -73,7 +77,10 @@ def register(parser: argparse.ArgumentParser) -> None:
         ),
     )
     parser.add_argument(
-        "--overwrite", action="store_true", help="replace an existing export in OUT_DIR"
+        "--overwrite",
+        action="store_true",
+        help="replace an existing export in OUT_DIR (a folder that also holds anything else "
+        "is refused)",
     )
     parser.set_defaults(handler=run)
 

@@ -15,7 +15,6 @@ from haystack_llmrank.cli.options import (
     plural,
     positive_int,
 )
-from haystack_llmrank.cli.staged_files import check_output, staged_outputs
 from haystack_llmrank.data import (
     FORMATS,
     QueryCandidates,
@@ -26,6 +25,7 @@ from haystack_llmrank.data import (
 )
 from haystack_llmrank.errors import PromptTooLongError, listed
 from haystack_llmrank.ranking import Ranking
+from haystack_llmrank.staged_files import check_output, staged_outputs
 
 if TYPE_CHECKING:
     from haystack_llmrank.reranker import Reranker

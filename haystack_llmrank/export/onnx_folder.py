@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata
 import importlib.util
 import logging
-import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from haystack_llmrank.errors import ExportError, listed
 from haystack_llmrank.labels import LabelIds, readout_label_ids
 from haystack_llmrank.model_templates import TemplateChoice, model_template
 from haystack_llmrank.models import (
@@ -22,9 +24,12 @@ from haystack_llmrank.models import (
     weights_fingerprint,
 )
 from haystack_llmrank.scorers.onnx_metadata import (
+    DATA_FILE,
     EXPORTERS,
     GRAPH_FILE,
+    METADATA_FILE,
     PRECISIONS,
+    TOKENIZER_FILES,
     AttentionChoice,
     AttentionKind,
     Exporter,
@@ -35,6 +40,7 @@ from haystack_llmrank.scorers.onnx_metadata import (
     is_export,
 )
 from haystack_llmrank.scorers.onnx_scorer import check_onnxruntime
+from haystack_llmrank.staged_files import check_output_folder, clear_stale_staging, staged_folder
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +50,24 @@ OPSETS: dict[Exporter, tuple[int, int]] = {"torchscript": (14, 20), "dynamo": (1
 14 (``scaled_dot_product_attention``), torch's TorchScript exporter supports up to 20, its
 dynamo exporter writes 18 for anything lower, and ONNX Runtime cannot run the dynamo
 graph's opset-23 ``RotaryEmbedding``."""
+
+EXPORT_FILES = frozenset(
+    {
+        METADATA_FILE,
+        GRAPH_FILE,
+        DATA_FILE,
+        *TOKENIZER_FILES,
+        # what other tokenizers and older transformers versions save as well
+        "special_tokens_map.json",
+        "added_tokens.json",
+        "chat_template.json",
+        "tokenizer.model",
+        "vocab.json",
+        "merges.txt",
+        "vocab.txt",
+    }
+)
+"""The names an export's files may have: overwriting replaces a folder that holds only these."""
 
 
 def export_onnx(
@@ -75,8 +99,15 @@ def export_onnx(
     (:data:`OPSETS`). ``attention`` is ``auto`` (one fused ONNX Runtime node per layer
     where the model and exporter allow it, else plain operators), ``fused`` (raise where
     not possible) or ``plain``; see
-    :mod:`haystack_llmrank.export.attention`. An existing export is replaced only
-    with ``overwrite``; any other non-empty folder is refused. Returns the folder.
+    :mod:`haystack_llmrank.export.attention`.
+
+    ``out_dir`` is new or an empty folder; an earlier export in it is replaced only with
+    ``overwrite``, and only where the folder holds nothing but an export's files
+    (:data:`EXPORT_FILES`): any other entry is refused, named, before the model loads, as is
+    a folder that cannot be written. The files are written into a private folder inside
+    ``out_dir`` and moved into place at the end, ``llmrank.json`` last, with
+    :func:`~haystack_llmrank.staged_files.staged_folder`; ``out_dir`` itself is never renamed
+    or removed. Returns the folder.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose one of {PRECISIONS}")
@@ -87,7 +118,8 @@ def export_onnx(
     _require_export_tools(precision, exporter)
     chosen = model_template(template, model, vote=vote)
     target = Path(out_dir).expanduser().resolve()
-    _check_target(target, overwrite=overwrite)
+    check_output_folder(target)
+    replaced = _check_target(target, overwrite=overwrite)
     source = resolve_model(model)
     check_available(source)
     tokenizer = load_tokenizer(source)
@@ -95,9 +127,7 @@ def export_onnx(
         raise ValueError(f"{source.name} has no chat template; FIRST prompts are chat prompts")
     label_ids = readout_label_ids(tokenizer, chosen.labels, chosen.vote)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.partial-"))
-    try:
+    with staged_folder(target, replaces=replaced, last=METADATA_FILE) as staging:
         lm = load_causal_lm(source, device="cpu", dtype=_float32(), tokenizer=tokenizer)
         context = context_length(lm.config, tokenizer)
         attention_kind = _build_graph(
@@ -127,12 +157,6 @@ def export_onnx(
             attention=attention_kind,
             source_weights=weights_fingerprint(source),
         ).write(staging)
-        staging.chmod(0o755)
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     logger.info("exported %s (%s) to %s", source.name, precision, target)
     return target
 
@@ -156,13 +180,22 @@ def _float32() -> Any:
     return torch.float32
 
 
-def _check_target(target: Path, *, overwrite: bool) -> None:
+def _check_target(target: Path, *, overwrite: bool) -> list[str]:
+    """The entries of the folder ``target`` that the export replaces: none where it is
+    missing or empty, the earlier export's files with ``overwrite``; ``FileExistsError`` for
+    any other folder, or one that another export is writing into. Removes what interrupted
+    exports left (:func:`~haystack_llmrank.staged_files.clear_stale_staging`) first."""
     if not target.exists():
-        return
-    if not target.is_dir():
-        raise FileExistsError(f"{target} exists and is not a folder")
-    if not any(target.iterdir()):
-        return
+        return []
+    running = clear_stale_staging(target)
+    if running:
+        raise FileExistsError(
+            f"{target} is being written by another export ({running[0].name}); wait for it to "
+            f"end, or remove {running[0]} if no export runs"
+        )
+    entries = sorted(path.name for path in target.iterdir())
+    if not entries:
+        return []
     if not is_export(target):
         raise FileExistsError(
             f"{target} is not empty and not an ONNX export; choose another folder"
@@ -172,6 +205,15 @@ def _check_target(target: Path, *, overwrite: bool) -> None:
             f"{target} already holds an export; pass overwrite=True "
             "(llmrank export --overwrite) to replace it"
         )
+    foreign = [name for name in entries if name not in EXPORT_FILES or (target / name).is_dir()]
+    if foreign:
+        raise FileExistsError(
+            f"{target} holds an export and {len(foreign)} other entries ("
+            f"{listed(foreign, 10)}); overwriting replaces a folder that holds nothing but an "
+            "export, so that nothing else is lost: move them away, or export into a new "
+            "folder and copy the files over"
+        )
+    return entries
 
 
 def check_opset(opset: int, exporter: Exporter) -> None:
@@ -199,6 +241,9 @@ def _build_graph(
 ) -> AttentionKind:
     """Export, optimise, convert and save the graph into ``folder``, checking it runs.
 
+    The graphs before conversion are kept in a scratch folder inside ``folder``, removed
+    before this returns.
+
     ``positions``: the graph reads label logits at given positions (a vote template).
     Returns the attention the graph got.
     """
@@ -209,28 +254,59 @@ def _build_graph(
 
     module = LabelLogitsModel(lm, label_ids)
     kind = choose_attention(module, attention, pad_id=pad_id, exporter=exporter)
-    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=".onnx-scratch-") as scratch:
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".scratch-") as scratch:
         raw = Path(scratch) / "raw"
         raw.mkdir()
-        export_graph(
-            module,
-            raw / GRAPH_FILE,
-            pad_id=pad_id,
-            opset=opset,
-            exporter=exporter,
-            attention=kind,
-            positions=positions,
-        )
+        with _step("exporting the graph"):
+            export_graph(
+                module,
+                raw / GRAPH_FILE,
+                pad_id=pad_id,
+                opset=opset,
+                exporter=exporter,
+                attention=kind,
+                positions=positions,
+            )
         graph = raw / GRAPH_FILE
         if optimize:
             optimized = Path(scratch) / "optimized"
             optimized.mkdir()
-            optimize_graph(graph, optimized / GRAPH_FILE)
+            with _step("optimising the graph"):
+                optimize_graph(graph, optimized / GRAPH_FILE)
             graph = optimized / GRAPH_FILE
-        save_graph(convert_precision(graph, precision), folder)
+        with _step(f"converting the graph to {precision} and saving it"):
+            save_graph(convert_precision(graph, precision), folder)
     exact = precision == "fp32"
-    check_graph(module, folder / GRAPH_FILE, pad_id=pad_id, exact=exact, positions=positions)
+    with _step("checking the graph on ONNX Runtime"):
+        check_graph(module, folder / GRAPH_FILE, pad_id=pad_id, exact=exact, positions=positions)
     return kind
+
+
+@contextlib.contextmanager
+def _step(doing: str) -> Iterator[None]:
+    """Raise :class:`ExportError` for an error of onnx's or ONNX Runtime's own while
+    ``doing``, so that it reads as the export's failure, with the original as its cause."""
+    try:
+        yield
+    except _tool_errors() as exc:
+        raise ExportError(f"export failed while {doing}: {type(exc).__name__}: {exc}") from exc
+
+
+def _tool_errors() -> tuple[type[Exception], ...]:
+    """The error types of onnx's and ONNX Runtime's native code (``Fail``,
+    ``RuntimeException``, ``ValidationError``...), which derive from ``Exception`` alone."""
+    from onnx.checker import ValidationError
+    from onnx.shape_inference import InferenceError
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    runtime = [
+        kind
+        for kind in vars(state).values()
+        if isinstance(kind, type)
+        and issubclass(kind, Exception)
+        and kind.__module__ == state.__name__
+    ]
+    return (*runtime, ValidationError, InferenceError)
 
 
 def _versions(exporter: Exporter) -> dict[str, str]:
