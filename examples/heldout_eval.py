@@ -38,7 +38,7 @@ import torch
 from tqdm import tqdm
 
 from haystack_llmrank.bench.report import environment
-from haystack_llmrank.cli.options import passage_words
+from haystack_llmrank.cli.options import add_passage_words_option
 from haystack_llmrank.data import (
     Qrels,
     QueryCandidates,
@@ -52,7 +52,6 @@ from haystack_llmrank.data import (
 from haystack_llmrank.errors import listed
 from haystack_llmrank.evaluation import evaluate
 from haystack_llmrank.fusion import fuse_with_input_order
-from haystack_llmrank.prompt import AUTO_PASSAGE_WORDS
 from haystack_llmrank.reranker import Reranker
 from haystack_llmrank.scorers.torch_scorer import TorchLabelScorer
 from haystack_llmrank.strategies import STRATEGIES
@@ -167,12 +166,7 @@ def main() -> None:
         "--step", type=int, default=None, help="sliding window's step (default: half the window)"
     )
     parser.add_argument("--vote", default=None, help="rank by this token's votes (e.g. ' yes')")
-    parser.add_argument(
-        "--max-passage-words",
-        type=passage_words,
-        default=AUTO_PASSAGE_WORDS,
-        help="words kept per passage: a number, all, or auto (the model's recorded length)",
-    )
+    add_passage_words_option(parser)
     parser.add_argument(
         "--fusion-k", type=int, nargs="*", default=[], help="also score RRF with the BM25 order"
     )
