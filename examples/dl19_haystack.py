@@ -19,6 +19,7 @@ from haystack import Document, Pipeline
 from tqdm import tqdm
 
 from haystack_llmrank import FirstListwiseRanker
+from haystack_llmrank.cli.options import add_passage_words_option
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "trec-dl19"
 
@@ -41,6 +42,7 @@ def main() -> None:
         action="store_true",
         help="rank in an order fixed by the passages' texts (FirstListwiseRanker option)",
     )
+    add_passage_words_option(parser)
     args = parser.parse_args()
 
     with (args.data / "candidates.jsonl").open(encoding="utf-8") as handle:
@@ -50,7 +52,10 @@ def main() -> None:
     pipeline.add_component(
         "ranker",
         FirstListwiseRanker(
-            model=args.model, backend=args.backend, order_invariant=args.order_invariant
+            model=args.model,
+            backend=args.backend,
+            order_invariant=args.order_invariant,
+            max_passage_words=args.max_passage_words,
         ),
     )
     pipeline.warm_up()

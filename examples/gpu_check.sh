@@ -44,10 +44,12 @@ prepare() {
         requirements+=("onnxruntime-gpu==${ORT_GPU_VERSION:-1.31.1}")
     fi
     download="$(mktemp -d)"
+    # explicit returns: gpu_folds.sh calls this with set -e off
     "$PYTHON" -m pip download --quiet --no-deps --only-binary=:all: \
         --python-version "$version" --implementation cp --platform manylinux_2_28_x86_64 \
         --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
-        --platform manylinux2014_x86_64 --platform any -d "$download" "${requirements[@]}"
+        --platform manylinux2014_x86_64 --platform any -d "$download" "${requirements[@]}" ||
+        { echo "pip download failed: no wheels prepared" >&2; rm -rf "$download"; return 1; }
     rm -rf "$PARTS" && mkdir -p "$PARTS"
     : >"$MANIFEST"
     local wheel name count
@@ -70,15 +72,16 @@ prepare() {
 join_wheels() {
     # Joins every complete wheel into $1; returns 3 after listing any missing part, 4 on a
     # checksum mismatch.
-    local target="$1" sha name count missing=0 i part
+    local target="$1" sha name count missing=0 incomplete i part
     [[ -f "$MANIFEST" ]] || { echo "no $MANIFEST: run 'bash $0 prepare' first" >&2; return 3; }
     mkdir -p "$target"
     while read -r sha name count; do
+        incomplete=0  # this wheel's; $missing is any wheel's
         for ((i = 0; i < count; i++)); do
             part="$(printf '%s/%s.part-%02d' "$PARTS" "$name" "$i")"
-            [[ -f "$part" ]] || { echo "missing $part" >&2; missing=1; }
+            [[ -f "$part" ]] || { echo "missing $part" >&2; incomplete=1; missing=1; }
         done
-        ((missing)) && continue
+        ((incomplete)) && continue
         cat "$PARTS/$name".part-* >"$target/$name"
         # explicit returns: a caller's `|| return` switches set -e off in here
         echo "$sha  $target/$name" | sha256sum --check --quiet - ||

@@ -20,6 +20,11 @@ own), with ``--window-size`` passages a window (and ``--step`` for the sliding w
 rank fusion (:func:`~haystack_llmrank.fusion.fuse_with_input_order`), from the same
 forward passes; the reversed and shuffled orders are not the first stage's, so they are
 not fused.
+
+The report records the model as resolved (``resolved_model``: its weights by SHA-256, see
+:func:`resolved_model`) and the settings it read with (strategy, window, vote, passage
+words, depth, dtype, order_invariant, both_orders), which ``fold_summary.py`` compares
+before it pools records.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ import torch
 from tqdm import tqdm
 
 from haystack_llmrank.bench.report import environment
-from haystack_llmrank.cli.options import passage_words
+from haystack_llmrank.cli.options import add_passage_words_option
 from haystack_llmrank.data import (
     Qrels,
     QueryCandidates,
@@ -52,8 +57,9 @@ from haystack_llmrank.data import (
 from haystack_llmrank.errors import listed
 from haystack_llmrank.evaluation import evaluate
 from haystack_llmrank.fusion import fuse_with_input_order
-from haystack_llmrank.prompt import AUTO_PASSAGE_WORDS
+from haystack_llmrank.models import resolve_model, weights_fingerprint
 from haystack_llmrank.reranker import Reranker
+from haystack_llmrank.scorers.onnx_metadata import read_metadata
 from haystack_llmrank.scorers.torch_scorer import TorchLabelScorer
 from haystack_llmrank.strategies import STRATEGIES
 
@@ -131,6 +137,27 @@ def used_dtype(reranker: Reranker) -> str | None:
     )
 
 
+def resolved_model(model: str, backend: str) -> dict[str, Any]:
+    """What ``model`` names, to tell records of different models apart whatever alias or
+    path named them: on torch the resolved source and, by file, the SHA-256 of an adapter's
+    config and weights and what identifies its base
+    (:func:`~haystack_llmrank.models.weights_fingerprint`); on ONNX the export folder and
+    the SHA-256 of its files and of the weights it was exported from."""
+    if backend == "onnx":
+        metadata = read_metadata(model, verify_hashes=False)  # loading verified them
+        return {
+            "export": str(Path(model).expanduser().resolve()),
+            "files": metadata.files,
+            "source_weights": metadata.source_weights,
+        }
+    source = resolve_model(model)
+    return {
+        "source": source.name,
+        "adapter": source.adapter,
+        "weights": weights_fingerprint(source),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="default")
@@ -167,12 +194,7 @@ def main() -> None:
         "--step", type=int, default=None, help="sliding window's step (default: half the window)"
     )
     parser.add_argument("--vote", default=None, help="rank by this token's votes (e.g. ' yes')")
-    parser.add_argument(
-        "--max-passage-words",
-        type=passage_words,
-        default=AUTO_PASSAGE_WORDS,
-        help="words kept per passage: a number, all, or auto (the model's recorded length)",
-    )
+    add_passage_words_option(parser)
     parser.add_argument(
         "--fusion-k", type=int, nargs="*", default=[], help="also score RRF with the BM25 order"
     )
@@ -208,7 +230,9 @@ def main() -> None:
         step=args.step,
         max_passage_words=args.max_passage_words,
     )
+    report["resolved_model"] = resolved_model(args.model, args.backend)
     report["dtype"] = used_dtype(reranker)
+    report["depth"] = args.depth
     report["max_passage_words"] = reranker.prompts.max_passage_words
     report["strategy"] = reranker.strategy.name
     report["window_size"] = reranker.strategy.window_size

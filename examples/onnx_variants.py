@@ -36,11 +36,18 @@ import numpy as np
 from haystack_llmrank.backends import load_scorer
 from haystack_llmrank.bench.config import default_data_dir
 from haystack_llmrank.bench.report import environment
+from haystack_llmrank.cli.options import add_passage_words_option
 from haystack_llmrank.data import read_queries
 from haystack_llmrank.export import export_onnx, is_export
 from haystack_llmrank.export.precision import label_head_nodes
 from haystack_llmrank.model_templates import model_template
-from haystack_llmrank.prompt import Prompt, PromptBuilder, PromptTemplate
+from haystack_llmrank.prompt import (
+    PassageWords,
+    Prompt,
+    PromptBuilder,
+    PromptTemplate,
+    resolve_passage_words,
+)
 from haystack_llmrank.scorers.onnx_loading import load_export
 from haystack_llmrank.scorers.onnx_metadata import (
     GRAPH_FILE,
@@ -71,10 +78,10 @@ def kendall_tau(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def window_prompts(
-    tokenizer: Any, template: PromptTemplate, data: Path, count: int
+    tokenizer: Any, template: PromptTemplate, data: Path, count: int, words: PassageWords
 ) -> list[Prompt]:
-    """``count`` prompts in ``template``, three windows per query."""
-    builder = PromptBuilder(tokenizer, template, max_prompt_tokens=8192)
+    """``count`` prompts in ``template``, three windows per query, ``words`` words a passage."""
+    builder = PromptBuilder(tokenizer, template, max_prompt_tokens=8192, max_passage_words=words)
     prompts: list[Prompt] = []
     for query in read_queries(data / "candidates.jsonl"):
         texts = [c.text for c in query.candidates]
@@ -163,6 +170,7 @@ def main() -> None:
     parser.add_argument(
         "--profile", action="store_true", help="profile the longest window per variant"
     )
+    add_passage_words_option(parser)
     args = parser.parse_args()
     names = [name.strip() for name in args.variants.split(",") if name.strip()]
     unknown = sorted(set(names) - {*VARIANTS, DYNAMIC})
@@ -174,7 +182,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     template = model_template(None, args.model)  # the one the model was trained with
     reference = load_scorer(args.model, device="cpu", labels=template.labels, vote=template.vote)
-    prompts = window_prompts(reference.tokenizer, template, args.data, args.windows)
+    prompts = window_prompts(
+        reference.tokenizer, template, args.data, args.windows, args.max_passage_words
+    )
     expected, torch_seconds = score_each(reference.scorer, prompts)
     order = np.argsort(-expected, axis=1, kind="stable")
     lengths = [len(p.token_ids) for p in prompts]
@@ -188,6 +198,7 @@ def main() -> None:
         "model": args.model,
         "template": template.name,
         "vote": template.vote,
+        "max_passage_words": resolve_passage_words(args.max_passage_words, template),
         "windows": len(prompts),
         "tokens": lengths,
         "torch_seconds_per_window": torch_seconds,

@@ -87,6 +87,18 @@ def template_option(text: str) -> str:
     return text
 
 
+def add_passage_words_option(group: Any) -> None:
+    """``--max-passage-words`` (:func:`passage_words`) on an argparse parser or group."""
+    group.add_argument(
+        "--max-passage-words",
+        type=passage_words,
+        default=AUTO_PASSAGE_WORDS,
+        help="words kept per passage before prompting: a number, all, or auto, as many as "
+        f"the model was trained on (recorded in its folder), else {DEFAULT_MAX_PASSAGE_WORDS} "
+        "(default %(default)s)",
+    )
+
+
 def add_model_options(group: Any, *, batch_size: int) -> None:
     """Add ``--model``, ``--backend``, ``--device``, ``--dtype``, strategy, window and batch
     options."""
@@ -159,14 +171,7 @@ def add_model_options(group: Any, *, batch_size: int) -> None:
         help="prompt template: a name or a .json file of one (default: the one the model "
         "was trained or exported with, else first)",
     )
-    group.add_argument(
-        "--max-passage-words",
-        type=passage_words,
-        default=AUTO_PASSAGE_WORDS,
-        help="words kept per passage before prompting: a number, all, or auto, as many as "
-        f"the model was trained on (recorded in its folder), else {DEFAULT_MAX_PASSAGE_WORDS} "
-        "(default %(default)s)",
-    )
+    add_passage_words_option(group)
     group.add_argument(
         "--both-orders",
         action="store_true",

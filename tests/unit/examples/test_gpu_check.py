@@ -59,3 +59,19 @@ def test_sourced_from_elsewhere_it_works_from_the_repo_root(tmp_path: Path) -> N
     repo = repo_with_a_wheel(tmp_path, b"hello\n")
     assert run(repo, "pwd", cwd=tmp_path).stdout.strip() == str(repo)
     assert run(repo, "pwd", cwd=repo / "examples").stdout.strip() == str(repo)
+
+
+def test_a_wheel_with_a_missing_part_does_not_hold_back_the_complete_ones(tmp_path: Path) -> None:
+    repo = repo_with_a_wheel(tmp_path, b"hello\n")  # a.whl: complete, one part
+    parts = repo / ".whl" / "parts"
+    (parts / "b.whl.part-00").write_bytes(b"half")  # b.whl: its second part has not come
+    (parts / "c.whl.part-00").write_bytes(b"whole\n")  # c.whl: complete, after b.whl
+    manifest = repo / ".whl" / "MANIFEST"
+    digest = hashlib.sha256(b"half and half").hexdigest()
+    whole = hashlib.sha256(b"whole\n").hexdigest()
+    manifest.write_text(manifest.read_text() + f"{digest} b.whl 2\n{whole} c.whl 1\n")
+    done = run(repo, "join_wheels joined; echo rc=$?")
+    assert "rc=3" in done.stdout
+    assert "missing .whl/parts/b.whl.part-01" in done.stderr
+    assert sorted(p.name for p in (repo / "joined").iterdir()) == ["a.whl", "c.whl"]
+    assert (repo / "joined" / "c.whl").read_bytes() == b"whole\n"

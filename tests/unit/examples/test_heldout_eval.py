@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,32 @@ def test_the_report_records_the_dtype_the_model_ran_in(
     heldout.main()
     written = json.loads(report.read_text())
     assert written["dtype"] == "bfloat16"
+    assert (written["depth"], written["max_passage_words"]) == (100, 300)
+    assert written["resolved_model"]["adapter"] is None
+    assert "base/config.json" in written["resolved_model"]["weights"]
     assert written["queries"] == ["q0", "q2"]
     assert written["command"].startswith("python heldout_eval.py --model")
     assert set(written["environment"]["cpu"]) == {"model", "extensions"}
+
+
+def test_an_adapter_is_recorded_by_its_folder_and_the_sha256_of_its_weights(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    heldout = import_example("heldout_eval")
+
+    def adapter(name: str, weights: bytes) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        config = {"base_model_name_or_path": str(tiny_model_dir)}
+        (folder / "adapter_config.json").write_text(json.dumps(config))
+        (folder / "adapter_model.safetensors").write_bytes(weights)
+        return folder
+
+    one = heldout.resolved_model(str(adapter("one", b"weights")), "torch")
+    assert one["adapter"] == str(tmp_path / "one")
+    digest = f"sha256:{hashlib.sha256(b'weights').hexdigest()}"
+    assert one["weights"]["adapter/adapter_model.safetensors"] == digest
+    copy = heldout.resolved_model(str(adapter("copy", b"weights")), "torch")
+    assert copy["weights"] == one["weights"]  # the same model under another name
+    other = heldout.resolved_model(str(adapter("other", b"other weights")), "torch")
+    assert other["weights"] != one["weights"]
