@@ -39,7 +39,7 @@ from haystack_llmrank.scorers.onnx_metadata import (
     export_hashes,
     is_export,
 )
-from haystack_llmrank.scorers.onnx_scorer import check_onnxruntime
+from haystack_llmrank.scorers.onnx_scorer import check_onnxruntime, onnxruntime_errors
 from haystack_llmrank.staged_files import check_output_folder, clear_stale_staging, staged_folder
 
 logger = logging.getLogger(__name__)
@@ -293,20 +293,12 @@ def _step(doing: str) -> Iterator[None]:
 
 
 def _tool_errors() -> tuple[type[Exception], ...]:
-    """The error types of onnx's and ONNX Runtime's native code (``Fail``,
-    ``RuntimeException``, ``ValidationError``...), which derive from ``Exception`` alone."""
+    """The error types of onnx's and ONNX Runtime's native code (:func:`onnxruntime_errors`,
+    ``ValidationError``...), which derive from ``Exception`` alone."""
     from onnx.checker import ValidationError
     from onnx.shape_inference import InferenceError
-    from onnxruntime.capi import onnxruntime_pybind11_state as state
 
-    runtime = [
-        kind
-        for kind in vars(state).values()
-        if isinstance(kind, type)
-        and issubclass(kind, Exception)
-        and kind.__module__ == state.__name__
-    ]
-    return (*runtime, ValidationError, InferenceError)
+    return (*onnxruntime_errors(), ValidationError, InferenceError)
 
 
 def _versions(exporter: Exporter) -> dict[str, str]:

@@ -17,7 +17,7 @@ from haystack_llmrank.scorers.onnx_metadata import (
     check_labels,
     read_metadata,
 )
-from haystack_llmrank.scorers.onnx_scorer import OnnxLabelScorer
+from haystack_llmrank.scorers.onnx_scorer import OnnxLabelScorer, onnxruntime_errors
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ def load_export(
             inter_op_num_threads=inter_op_num_threads,
             metadata=metadata,
         )
-    except _onnxruntime_errors() as exc:
+    except onnxruntime_errors() as exc:
         older = runtime_older_than_export(metadata)
         if older is None:
             raise
@@ -107,14 +107,6 @@ def runtime_older_than_export(metadata: ExportMetadata) -> tuple[str, str] | Non
     except InvalidVersion:
         return None
     return running, exporting
-
-
-def _onnxruntime_errors() -> tuple[type[Exception], ...]:
-    """The exceptions ONNX Runtime raises when it cannot create a session from a graph."""
-    from onnxruntime.capi import onnxruntime_pybind11_state as state
-
-    names = ("Fail", "InvalidArgument", "InvalidGraph", "InvalidProtobuf", "NotImplemented")
-    return tuple(getattr(state, name) for name in names if hasattr(state, name))
 
 
 def _check_tokenizer(folder: Path, tokenizer: Any, metadata: ExportMetadata) -> None:

@@ -90,6 +90,20 @@ def parse_device(device: str) -> Placement:
     raise ValueError(f"unknown device {device!r}; use 'cpu', 'cuda' or 'cuda:N'")
 
 
+def onnxruntime_errors() -> tuple[type[Exception], ...]:
+    """The error types of ONNX Runtime's native code (``Fail``, ``InvalidGraph``,
+    ``RuntimeException``...), which derive from ``Exception`` alone."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    return tuple(
+        kind
+        for kind in vars(state).values()
+        if isinstance(kind, type)
+        and issubclass(kind, Exception)
+        and kind.__module__ == state.__name__
+    )
+
+
 def check_onnxruntime() -> None:
     """Raise ``ImportError`` when the installed onnxruntime is older than
     :data:`MIN_ONNXRUNTIME`, naming both versions (pip may keep an older one installed)."""
