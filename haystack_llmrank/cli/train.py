@@ -557,13 +557,15 @@ def _recorded_split(model: Path) -> tuple[Path, dict[str, Any]] | None:
     """The query split of the run that trained the model in folder ``model``, and the file
     that records it: ``model/split.json`` (a run's output), or for a checkpoint's ``model/``,
     its checkpoint's record, else its run's ``split.json``; ``None`` where none is found."""
+    from haystack_llmrank.training.trainer import CHECKPOINT_STATE
+
     files = [model / _SPLIT]
     if model.name == "model":
-        files += [model.parent / "trainer.json", model.parent.parent / _SPLIT]
+        files += [model.parent / CHECKPOINT_STATE, model.parent.parent / _SPLIT]
     for file in files:
         if file.is_file():
             recorded = json.loads(file.read_text("utf-8"))
-            split = recorded.get("split") if file.name == "trainer.json" else recorded
+            split = recorded.get("split") if file.name == CHECKPOINT_STATE else recorded
             if split is not None:
                 return file, split
     return None

@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint"
 """Sub-folder of the output folder that holds the latest resumable state."""
+CHECKPOINT_STATE = "trainer.json"
+"""File in the checkpoint with the trainer's state: step, history, settings and split."""
 _RUN_LENGTH = ("stop_after", "max_minutes")
 """Settings that may change between a run and its resumption without a warning."""
 _LORA_SHAPE = ("rank", "alpha", "target_modules", "top_layers")
@@ -714,7 +716,7 @@ class FirstTrainer:
             "base_model": self.base_model,
             "split": self.split,
         }
-        (staging / "trainer.json").write_text(json.dumps(meta) + "\n", "utf-8")
+        (staging / CHECKPOINT_STATE).write_text(json.dumps(meta) + "\n", "utf-8")
         self._save_model(staging / "model")
         if target.exists():
             old = self.output_dir / f".{CHECKPOINT}-old"  # resume() puts it back if need be
@@ -796,12 +798,12 @@ class FirstTrainer:
         """
         folder = self.output_dir / CHECKPOINT
         old = self.output_dir / f".{CHECKPOINT}-old"
-        if not folder.exists() and (old / "trainer.json").is_file():
+        if not folder.exists() and (old / CHECKPOINT_STATE).is_file():
             logger.warning("%s: restoring the checkpoint a stopped save moved aside", old)
             old.rename(folder)
-        if not (folder / "trainer.json").is_file():
+        if not (folder / CHECKPOINT_STATE).is_file():
             return False
-        meta = json.loads((folder / "trainer.json").read_text("utf-8"))
+        meta = json.loads((folder / CHECKPOINT_STATE).read_text("utf-8"))
         self._refuse_changes(folder, meta)
         # checkpoints from before the setting were trained with the default
         saved = {"ranknet_reduction": TrainConfig.ranknet_reduction, **meta["config"]}
