@@ -17,7 +17,7 @@ from haystack_llmrank.arrangement import (
 )
 from haystack_llmrank.blank_passages import is_blank, split_blank, with_blank_passages
 from haystack_llmrank.checks import check_positive
-from haystack_llmrank.errors import ClosedError
+from haystack_llmrank.errors import ClosedError, PromptTooLongError
 from haystack_llmrank.fusion import check_fusion_k, fuse_with_input_order
 from haystack_llmrank.gpu_policy import OnMissingGpu
 from haystack_llmrank.model_templates import TemplateChoice, model_template
@@ -460,10 +460,16 @@ class Reranker:
         """Raise, without scoring, what :meth:`rerank_many` would raise for this request
         whatever the others: ``TypeError`` or ``ValueError`` for a wrong one, and
         :class:`~haystack_llmrank.errors.PromptTooLongError` where the query takes the whole
-        prompt budget even with one empty passage, as every window of it would."""
+        prompt budget beside its widest window's labels (of empty passages), as that window
+        would."""
         _, listed = _checked_request(query, passages)
-        if not all(is_blank(passage) for passage in listed):  # blank ones get no window
-            self.prompts.check_query(query)
+        self._check_query(query, sum(not is_blank(passage) for passage in listed))
+
+    def _check_query(self, query: str, shown: int) -> None:
+        """Raise where ``query`` is too long for the widest window of ``shown`` passages
+        (blank ones get no window, so none at all for 0)."""
+        if shown:
+            self.prompts.check_query(query, min(shown, self.strategy.window_size))
 
     def rerank(self, query: str, passages: Iterable[str], *, top_k: int | None = None) -> Ranking:
         """Rank ``passages`` for ``query``; with ``top_k``, only the first ``top_k`` matter."""
@@ -496,6 +502,11 @@ class Reranker:
             (query, [passages[i] for i in kept])
             for (query, passages), (kept, _) in zip(given, splits, strict=True)
         ]
+        for position, (query, passages) in enumerate(texted):
+            try:
+                self._check_query(query, len(passages))
+            except PromptTooLongError as exc:
+                raise PromptTooLongError(f"request {position}: {exc}") from exc
         arrangements = [
             content_order(query, passages) if self.order_invariant else None
             for query, passages in texted

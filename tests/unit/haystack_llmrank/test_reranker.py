@@ -630,3 +630,27 @@ def test_check_request_refuses_what_every_window_would(tiny_reranker: Reranker) 
     assert list(short.rerank(long_query, ["", " "]).order) == [0, 1]
     with pytest.raises(ValueError, match="query is empty"):
         short.check_request(" ", ["a"])
+
+
+def test_check_request_counts_the_widest_window(tiny_reranker: Reranker) -> None:
+    """A query that fits beside one passage but not beside a full window's labels is
+    refused up front, since every window of 20 would fail."""
+    prompts = tiny_reranker.prompts
+    query = "cats " * 100
+    one, twenty = prompts.instruction_tokens(query, 1), prompts.instruction_tokens(query, 20)
+    assert one < twenty
+    short = tiny_reranker.replace(max_prompt_tokens=(one + twenty) // 2)
+    short.check_request(query, ["a"])  # one passage: one window of one, which fits
+    with pytest.raises(PromptTooLongError, match="instruction and query alone"):
+        short.check_request(query, [f"passage {i}" for i in range(30)])
+
+
+def test_rerank_many_refuses_a_long_query_before_scoring(tiny_reranker: Reranker) -> None:
+    """No window is scored when one request's query is too long for every prompt; the
+    error names the request."""
+    short = tiny_reranker.replace(max_prompt_tokens=400)
+    windows: list[int] = []
+    requests = [("cats", ["a", "b"]), ("dogs", ["c"]), ("cats " * 300, ["d", "e"])]
+    with pytest.raises(PromptTooLongError, match="request 2: the instruction and query alone"):
+        short.rerank_many(requests, on_window=windows.append)
+    assert windows == []
