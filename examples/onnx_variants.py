@@ -36,6 +36,7 @@ import numpy as np
 from haystack_llmrank.backends import load_scorer
 from haystack_llmrank.bench.config import default_data_dir
 from haystack_llmrank.bench.report import environment
+from haystack_llmrank.bench.runner import check_reusable
 from haystack_llmrank.cli.options import add_passage_words_option
 from haystack_llmrank.data import read_queries
 from haystack_llmrank.export import export_onnx, is_export
@@ -111,6 +112,18 @@ def dynamic_int8(fp32: Path, folder: Path) -> None:
     )
     metadata = read_metadata(fp32)
     dataclasses.replace(metadata, precision=DYNAMIC, files=graph_hashes(folder)).write(folder)
+
+
+def exported(model: str, root: Path, name: str, template: PromptTemplate) -> Path:
+    """The export of variant ``name`` of ``model`` in ``root/name``: the one there when it
+    was made from ``model``'s current weights as the variant asks (else ``ValueError``),
+    or a new one."""
+    folder = root / name
+    variant = VARIANTS[name]
+    if not is_export(folder):
+        return export_onnx(model, folder, template=template, **variant)
+    check_reusable(folder, model, variant["precision"], template, attention=variant["attention"])
+    return folder
 
 
 def score_one(scorer: Any, prompt: Prompt) -> np.ndarray:
@@ -211,12 +224,11 @@ def main() -> None:
     for name in names:
         folder = args.export_dir / name
         if name == DYNAMIC and not is_export(folder):
-            fp32 = args.export_dir / "fp32-fused"
-            if not is_export(fp32):
-                export_onnx(args.model, fp32, **VARIANTS["fp32-fused"])
-            dynamic_int8(fp32, folder)
-        elif not is_export(folder):
-            export_onnx(args.model, folder, **VARIANTS[name])
+            dynamic_int8(exported(args.model, args.export_dir, "fp32-fused", template), folder)
+        elif name == DYNAMIC:
+            check_reusable(folder, args.model, DYNAMIC, template, attention="fused")
+        else:
+            exported(args.model, args.export_dir, name, template)
         scorer = load_export(folder, device="cpu", intra_op_num_threads=args.threads).scorer
         got, seconds = score_each(scorer, prompts)
         same = int((np.argsort(-got, axis=1, kind="stable") == order).all(axis=1).sum())

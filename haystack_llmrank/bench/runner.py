@@ -427,11 +427,17 @@ def export_folder(root: Path, precision: Precision) -> Path:
 
 
 def check_reusable(
-    folder: Path, model: str, precision: Precision, template: PromptTemplate
+    folder: Path,
+    model: str,
+    precision: str,
+    template: PromptTemplate,
+    *,
+    attention: str | None = None,
 ) -> None:
     """Raise ``ValueError`` unless the export in ``folder`` is of ``model`` (the source its
     metadata records: the same name, or the same folder) and of the weights it holds now
-    (:func:`~haystack_llmrank.models.weights_fingerprint`) at ``precision``, for ``template``.
+    (:func:`~haystack_llmrank.models.weights_fingerprint`) at ``precision``, for ``template``
+    and, where given, with ``attention`` (``fused`` or ``plain``).
 
     An export that records no weights (written before llmrank recorded them) is refused too.
     """
@@ -447,6 +453,8 @@ def check_reusable(
         mismatch = f"for template {recorded.name!r}, not {template.name!r}"
     elif recorded != template:
         mismatch = f"for another version of template {template.name!r}"
+    elif attention is not None and metadata.attention != attention:
+        mismatch = f"with {metadata.attention} attention, not {attention}"
     elif not metadata.source_weights:
         mismatch = (
             "from an older llmrank, which did not record the weights it was made from, so "
@@ -457,7 +465,7 @@ def check_reusable(
     else:
         return
     raise ValueError(
-        f"the ONNX export in {folder} is {mismatch}; delete it (the bench then exports "
+        f"the ONNX export in {folder} is {mismatch}; delete it (it is then exported "
         "again), or choose another --export-dir"
     )
 

@@ -39,7 +39,7 @@ def adapter(tiny_model_dir: Path, tmp_path: Path) -> Path:
 
 
 def refusal(folder: Path, why: str) -> str:
-    return re.escape(f"the ONNX export in {folder} is {why}; delete it (the bench then exports")
+    return re.escape(f"the ONNX export in {folder} is {why}; delete it (it is then exported")
 
 
 def test_an_export_of_weights_changed_since_is_refused_not_reused(
