@@ -190,6 +190,7 @@ async def expect_continue(request: web.Request) -> web.StreamResponse | None:
     try:
         check_api_key(request)
         _check_declared_size(request, request.app[CONFIG].max_body_bytes)
+        _check_content_type(request)
         _check_encoding(request)
         expect = request.headers.get("Expect", "")
         if expect.lower() != "100-continue":
@@ -216,7 +217,25 @@ def _check_encoding(request: web.Request) -> None:
         )
 
 
+def _check_content_type(request: web.Request) -> None:
+    """Raise 415 for a body declared other than JSON (``application/json`` or a ``+json``
+    type); none declared reads as JSON. A browser sends a page's cross-site ``text/plain``
+    or form posts without asking first, so those must not queue work."""
+    if "Content-Type" not in request.headers:
+        return
+    kind = request.content_type.lower()
+    if kind != "application/json" and not (
+        kind.startswith("application/") and kind.endswith("+json")
+    ):
+        raise RequestError(
+            415,
+            "unsupported_media_type",
+            f"Content-Type {kind[:60]!r} is not JSON; send Content-Type: application/json",
+        )
+
+
 async def _read_body(request: web.Request, limit: int) -> bytes:
+    _check_content_type(request)
     _check_encoding(request)
     _check_declared_size(request, limit)
     try:

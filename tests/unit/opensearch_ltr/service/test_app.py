@@ -39,6 +39,7 @@ from opensearch_ltr.service.batcher import (
 
 KEY = "secret-key-1"
 AUTH = {"Authorization": f"Bearer {KEY}"}
+JSON_AUTH = {**AUTH, "Content-Type": "application/json"}
 DOCS: list[str | dict[str, str]] = [
     "The Eiffel Tower is in Paris.",
     {"text": "Berlin is the capital of Germany."},
@@ -337,7 +338,7 @@ def test_key_helpers() -> None:
 
 async def test_malformed_json_is_400_and_wrong_shape_is_422() -> None:
     async with serving(FakeEngine()) as client:
-        async with client.post("/v1/rerank", data=b'{"query": ', headers=AUTH) as response:
+        async with client.post("/v1/rerank", data=b'{"query": ', headers=JSON_AUTH) as response:
             assert_error(response.status, await response.json(), 400, "malformed_json")
         status, body = await post(client, {"query": "q", "documents": [1]})
         assert_error(status, body, 422, "invalid_request")
@@ -353,7 +354,7 @@ async def test_size_limits_are_413() -> None:
             yield b"y" * 400
             yield b'"]}'
 
-        async with client.post("/v1/rerank", data=chunks(), headers=AUTH) as response:
+        async with client.post("/v1/rerank", data=chunks(), headers=JSON_AUTH) as response:
             assert_error(response.status, await response.json(), 413, "too_large")
         status, body = await post(client, {"query": "q", "documents": ["a", "b", "c"]})
         assert_error(status, body, 413, "too_large")
@@ -409,15 +410,36 @@ async def test_an_unknown_content_encoding_is_415() -> None:
     payload = json.dumps({"query": "q", "documents": ["a"]}).encode()
     async with serving(FakeEngine()) as client:
         for encoding in ("foo", "gzip, gzip"):
-            headers = {**AUTH, "Content-Encoding": encoding}
+            headers = {**JSON_AUTH, "Content-Encoding": encoding}
             async with client.post("/v1/rerank", data=payload, headers=headers) as response:
                 body = await response.json()
             assert_error(response.status, body, 415, "unsupported_media_type")
         for encoding in ("identity", "GZIP", ""):  # an empty one is plain
             data = gzip.compress(payload) if encoding == "GZIP" else payload
-            headers = {**AUTH, "Content-Encoding": encoding}
+            headers = {**JSON_AUTH, "Content-Encoding": encoding}
             async with client.post("/v1/rerank", data=data, headers=headers) as response:
                 assert response.status == 200
+
+
+async def test_a_body_declared_other_than_json_is_415() -> None:
+    """A text/plain or form body, which a browser posts cross-site without asking first,
+    was ranked (200)."""
+    payload = json.dumps({"query": "q", "documents": ["a"]}).encode()
+    refused = ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; b=x"]
+    async with serving(FakeEngine()) as client:
+        for kind in refused:
+            headers = {**AUTH, "Content-Type": kind}
+            async with client.post("/v1/rerank", data=payload, headers=headers) as response:
+                body = await response.json()
+            assert_error(response.status, body, 415, "unsupported_media_type")
+            assert "send Content-Type: application/json" in body["error"]["message"]
+        for kind in ["application/json; charset=utf-8", "Application/JSON", "application/x+json"]:
+            headers = {**AUTH, "Content-Type": kind}
+            async with client.post("/v1/rerank", data=payload, headers=headers) as response:
+                assert response.status == 200
+    async with running_service(FakeEngine()) as (url, _, _, _):  # none declared: JSON
+        auth = b"Authorization: Bearer " + KEY.encode() + b"\r\n"
+        assert json_answer(await raw_exchange(url, request_bytes(auth, payload)))[0] == 200
 
 
 async def test_a_query_too_long_for_any_prompt_is_refused_outside_its_batch(
