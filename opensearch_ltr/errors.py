@@ -9,6 +9,17 @@ from __future__ import annotations
 
 from haystack_llmrank.errors import LlmRankError, listed
 
+HitKey = tuple[str, str, str | None]
+"""A hit's identity across responses: ``(_index, _id, _routing)``, ``_routing`` ``None`` for a
+hit without one. OpenSearch keeps ``_id`` unique per shard only: under custom routing, two
+documents of one index can share it."""
+
+
+def hit_label(key: HitKey) -> str:
+    """How errors name a hit: ``index/id``, followed by its routing when it has one."""
+    index, doc_id, routing = key
+    return f"{index}/{doc_id}" if routing is None else f"{index}/{doc_id} (routing {routing})"
+
 
 class RescoreError(LlmRankError):
     """Base class of every error the OpenSearch adapter raises on purpose."""
@@ -41,8 +52,8 @@ class RerankError(RescoreError):
 class MissingTextError(RerankError):
     """Hits in the window have none of the text fields (with ``missing_text="raise"``)."""
 
-    def __init__(self, hits: list[tuple[str, str]], fields: list[str]) -> None:
-        shown = listed([f"{index}/{doc_id}" for index, doc_id in hits], 5)
+    def __init__(self, hits: list[HitKey], fields: list[str]) -> None:
+        shown = listed([hit_label(key) for key in hits], 5)
         super().__init__(
             f"{len(hits)} hits have none of the fields {fields} in _source: {shown} "
             "(is _source filtered? missing_text='empty' ranks them on their title or nothing)"

@@ -19,18 +19,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from opensearch_ltr.errors import RescoreRequestError
+from opensearch_ltr.errors import HitKey, RescoreRequestError, hit_label
 from opensearch_ltr.explanation import EngineVerdict, rescored_explanation
 from opensearch_ltr.rescore import RescoredHit, RescoreSpec, as_printed
 
-HitKey = tuple[str, str]
 HIT_FIELDS = ("_index", "_id", "_score")
 """What rescoring reads from every first-pass hit, besides the passage's ``_source`` fields."""
 
 
 def hit_key(hit: Mapping[str, Any]) -> HitKey:
-    """A hit's identity across responses: ``(_index, _id)``."""
-    return (str(hit.get("_index")), str(hit.get("_id")))
+    """A hit's identity across responses: ``(_index, _id, _routing)`` (see :data:`HitKey`)."""
+    routing = hit.get("_routing")
+    return (str(hit.get("_index")), str(hit.get("_id")), None if routing is None else str(routing))
 
 
 def hits_of(response: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -41,8 +41,9 @@ def hits_of(response: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def check_hits(hits: Sequence[Mapping[str, Any]]) -> None:
-    """Refuse first-pass hits without the :data:`HIT_FIELDS` rescoring reads: ``_index`` and
-    ``_id`` strings, and a numeric ``_score``."""
+    """Refuse first-pass hits without the :data:`HIT_FIELDS` rescoring reads (``_index`` and
+    ``_id`` strings, and a numeric ``_score``), and two hits with one :func:`hit_key`."""
+    seen: set[HitKey] = set()
     for hit in hits:
         score = hit.get("_score")
         numeric = isinstance(score, int | float) and not isinstance(score, bool)
@@ -51,12 +52,18 @@ def check_hits(hits: Sequence[Mapping[str, Any]]) -> None:
             for name in HIT_FIELDS
             if not (numeric if name == "_score" else isinstance(hit.get(name), str))
         ]
+        key = hit_key(hit)
         if lacks:
-            index, doc_id = hit_key(hit)
             raise RescoreRequestError(
-                f"first-pass hit {index}/{doc_id} has no {', '.join(lacks)}; rescoring needs "
+                f"first-pass hit {hit_label(key)} has no {', '.join(lacks)}; rescoring needs "
                 "_index, _id and a numeric _score on every hit (does a filter_path drop them?)"
             )
+        if key in seen:
+            raise RescoreRequestError(
+                f"first-pass hit {hit_label(key)} is there twice; rescoring tells hits apart by "
+                "_index, _id and _routing (does a filter_path drop _routing?)"
+            )
+        seen.add(key)
 
 
 @dataclass(frozen=True)
@@ -94,11 +101,16 @@ class LlmrankInfo:
             "model": self.model,
             "fail_open": self.fail_open,
             "reason": self.reason,
-            "missing_text": [
-                {"_index": index, "_id": doc_id} for index, doc_id in self.missing_text
-            ],
+            "missing_text": [_reference(key) for key in self.missing_text],
             "took_ms": self.took_ms,
         }
+
+
+def _reference(key: HitKey) -> dict[str, str]:
+    """A hit's ``_index`` and ``_id``, and its ``_routing`` when it has one."""
+    index, doc_id, routing = key
+    reference = {"_index": index, "_id": doc_id}
+    return reference if routing is None else {**reference, "_routing": routing}
 
 
 def annotate(

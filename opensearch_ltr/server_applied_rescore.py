@@ -1,12 +1,12 @@
 """The one search that makes the cluster combine the engine's scores itself.
 
 The engine's values ride in a ``rescore`` clause: a ``bool`` query whose ``should`` clauses are
-``constant_score`` filters on each window hit's ``_id`` (grouped under an ``_index`` filter),
-boosted by the hit's value. A window hit matches exactly one clause and scores its value;
-every other hit does not match and scores ``first * query_weight``, exactly as hits past the
-window do. With the spec and values of :func:`opensearch_ltr.rescore.break_ties` (no ties
-that a cluster would order by shard and document), the cluster's result equals
-:func:`opensearch_ltr.rescore.rescore`.
+``constant_score`` filters on each window hit's ``_id``, and on its ``_routing`` when it has one
+(grouped under an ``_index`` filter), boosted by the hit's value. A window hit matches exactly
+one clause and scores its value; every other hit does not match and scores
+``first * query_weight``, exactly as hits past the window do. With the spec and values of
+:func:`opensearch_ltr.rescore.break_ties` (no ties that a cluster would order by shard and
+document), the cluster's result equals :func:`opensearch_ltr.rescore.rescore`.
 
 Per-shard window: OpenSearch rescores the top ``window_size`` hits *of each shard*. The clause
 uses ``window_size + from + size`` so that every shard's window holds all of its hits among the
@@ -30,8 +30,10 @@ MAX_CLAUSE_COUNT = 1024
 
 
 def clause_count(hits: Sequence[Mapping[str, Any]]) -> int:
-    """Boolean clauses :func:`window_query` needs for ``hits``: one per hit, one per index."""
-    return len(hits) + len({hit["_index"] for hit in hits})
+    """Boolean clauses :func:`window_query` needs for ``hits``: one per hit, one more per hit
+    with a ``_routing``, one per index."""
+    routed = sum(hit.get("_routing") is not None for hit in hits)
+    return len(hits) + routed + len({hit["_index"] for hit in hits})
 
 
 def check_clause_count(clauses: int, max_clause_count: int) -> None:
@@ -44,19 +46,19 @@ def check_clause_count(clauses: int, max_clause_count: int) -> None:
 
 
 def window_query(hits: Sequence[Mapping[str, Any]], values: Sequence[float]) -> dict[str, Any]:
-    """A query that scores each hit (``_index``, ``_id``) with its value and matches no other."""
+    """A query that scores each hit with its value: it matches the hit's ``_index``, ``_id``
+    and, when the hit has one, ``_routing`` (OpenSearch keeps ``_id`` unique per shard only)."""
     if len(hits) != len(values):
         raise ValueError(f"{len(hits)} hits but {len(values)} values")
     if not all(math.isfinite(v) and v >= 0 for v in values):
         raise RescoreRequestError("a rescore query can only carry finite, non-negative scores")
     groups: dict[str, list[dict[str, Any]]] = {}
     for hit, value in zip(hits, values, strict=True):
-        clause = {
-            "constant_score": {
-                "filter": {"ids": {"values": [hit["_id"]]}},
-                "boost": to_float32(value),
-            }
-        }
+        match: dict[str, Any] = {"ids": {"values": [hit["_id"]]}}
+        routing = hit.get("_routing")
+        if routing is not None:
+            match = {"bool": {"filter": [match, {"term": {"_routing": routing}}]}}
+        clause = {"constant_score": {"filter": match, "boost": to_float32(value)}}
         groups.setdefault(hit["_index"], []).append(clause)
     per_index = [
         {
@@ -83,11 +85,11 @@ def server_rescore_body(
 ) -> dict[str, Any]:
     """A copy of ``body`` for page ``[from_, from_ + size)`` with the engine's rescore appended.
 
-    ``window_hits`` are the first-pass top ``spec.window_size`` hits (with ``_index`` and
-    ``_id``) and ``values`` their non-negative rescore values; pass ``spec`` and ``values``
-    through :func:`opensearch_ltr.rescore.break_ties` for the cluster to order hits exactly as
-    :func:`opensearch_ltr.rescore.rescore`. A ``rescore`` already in the body runs first, as it
-    did in the first pass.
+    ``window_hits`` are the first-pass top ``spec.window_size`` hits (with ``_index``, ``_id``
+    and any ``_routing``) and ``values`` their non-negative rescore values; pass ``spec`` and
+    ``values`` through :func:`opensearch_ltr.rescore.break_ties` for the cluster to order hits
+    exactly as :func:`opensearch_ltr.rescore.rescore`. A ``rescore`` already in the body runs
+    first, as it did in the first pass.
     """
     check_page(from_, size)
     check_clause_count(clause_count(window_hits), max_clause_count)

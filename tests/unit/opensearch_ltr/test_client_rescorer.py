@@ -27,7 +27,6 @@ from opensearch_ltr.errors import (
     SearchFailedError,
 )
 from opensearch_ltr.rescore import RescoreSpec, rescore
-from opensearch_ltr.response import hit_key
 
 BODY = {"query": {"match": {"text": "cats"}}, "aggs": {"n": {"value_count": {"field": "x"}}}}
 TEXTS = ["cats purr", "a long passage about dogs", "cats", "birds sing", "fish swim", "cows moo"]
@@ -422,7 +421,7 @@ def test_missing_text_raises_flags_or_fails_open() -> None:
     texts = [TEXTS[0], None, TEXTS[2], None]
     with pytest.raises(MissingTextError, match="docs/d1") as caught:
         rescorer(ScriptedClient(make_hits(texts))).search("docs", BODY)
-    assert caught.value.hits == [("docs", "d1")]
+    assert caught.value.hits == [("docs", "d1", None)]
 
     engine = ShortestFirst()
     response = rescorer(ScriptedClient(make_hits(texts)), engine, missing_text="empty").search(
@@ -553,7 +552,9 @@ class ShardedCluster(ScriptedClient):
             for group in groups
             for clause in (should["constant_score"] for should in group["should"])
         }
-        matched = [boosts.get(hit_key(hit)) for _, _, hit in scored[: spec.window_size]]
+        matched = [
+            boosts.get((hit["_index"], hit["_id"])) for _, _, hit in scored[: spec.window_size]
+        ]
         rescored = [
             (spec.combine(score, matched[rank] if rank < len(matched) else None), doc, hit)
             for rank, (score, doc, hit) in enumerate(scored)
