@@ -77,20 +77,28 @@ CAPITALS = [
     ]
 ]  # fmt: skip
 PASTA = "Cook the pasta in plenty of salted boiling water for ten minutes, then drain it."
+TWENTY_FIVE = [PASTA, *CAPITALS[:12], "Berlin is in Germany.", *CAPITALS[12:]]
 
 
 @pytest.mark.parametrize("reverse", [False, True], ids=["pasta-first", "pasta-last"])
-def test_an_unrelated_passage_given_first_of_25_does_not_lead(
+def test_an_unrelated_passage_of_25_comes_last_whether_given_first_or_last(
     default_ranker: FirstListwiseRanker, reverse: bool
 ) -> None:
-    # the untrained base ranks the pasta passage first when it is given first
-    texts = [PASTA, *CAPITALS[:12], "Berlin is in Germany.", *CAPITALS[12:]]
-    documents = [Document(content=text) for text in (texts[::-1] if reverse else texts)]
+    texts = TWENTY_FIVE[::-1] if reverse else TWENTY_FIVE
+    documents = [Document(content=text) for text in texts]
     ranked = default_ranker.run(query="where is berlin", documents=documents)["documents"]
     order = [d.content for d in ranked]
     assert len(order) == 25
     assert order[0] == "Berlin is in Germany."
-    assert order.index(PASTA) >= 12  # in the bottom half
+    assert order[-1] == PASTA
+
+
+def test_the_untrained_base_puts_the_unrelated_passage_given_first_first(
+    smollm2_reranker: Reranker,
+) -> None:
+    # the contrast the README draws: the base follows the order it is given
+    ranking = smollm2_reranker.rerank("where is berlin", TWENTY_FIVE)
+    assert TWENTY_FIVE[ranking.order[0]] == PASTA
 
 
 def test_order_invariant_ranks_25_documents_alike_in_any_order(
