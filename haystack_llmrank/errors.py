@@ -17,7 +17,9 @@ class LlmRankError(Exception):
 
 class PromptTooLongError(LlmRankError, ValueError):
     """A prompt cannot be held to its token budget: the instruction, the query and the answer
-    prefix alone exceed it (or, in training, a pointwise prompt of one passage does)."""
+    prefix leave too little of it for the passages (fewer than
+    :data:`~haystack_llmrank.prompt.MIN_PASSAGE_TOKENS` each, or none at all), or, in
+    training, a pointwise prompt of one passage exceeds it."""
 
 
 class WindowTooLargeError(LlmRankError, ValueError):

@@ -1,7 +1,8 @@
 """FIRST prompts: templates as data, passage normalisation, and a token budget.
 
 The budget shrinks passages only: the instruction, the query and the template's answer
-prefix (``[``) are never cut.
+prefix (``[``) are never cut, and a window whose budget leaves its passages fewer than
+:data:`MIN_PASSAGE_TOKENS` tokens each is refused.
 """
 
 from __future__ import annotations
@@ -30,6 +31,17 @@ DEFAULT_MAX_PASSAGE_WORDS = 300
 AUTO_PASSAGE_WORDS: Final = "auto"
 """``max_passage_words`` that keeps the template's recorded training length, else
 :data:`DEFAULT_MAX_PASSAGE_WORDS`."""
+
+MIN_PASSAGE_TOKENS: Final = 16
+"""The fewest tokens the prompt budget must leave each passage that it shortens; a window
+with less room is refused (:class:`~haystack_llmrank.errors.PromptTooLongError`).
+
+A passage cut to a few tokens shows the model next to nothing, and its verdict on a window
+of such passages reads their positions, not their content, as it would for blank passages
+(see :mod:`haystack_llmrank.blank_passages`). 16 tokens is about a dozen words: a title or
+a short sentence, about the least that a judgement of relevance can rest on. It is small beside any
+real budget (a window of 20 needs 320 tokens more than its instruction and query), so it
+only refuses budgets set too tight. Passages naturally shorter are shown whole."""
 
 PassageWords = int | Literal["auto"] | None
 """Words kept per passage: a positive number, ``"auto"`` (see :data:`AUTO_PASSAGE_WORDS`),
@@ -451,7 +463,9 @@ class PromptBuilder:
         return self.defuse(shown)
 
     def build(self, query: str, passages: Sequence[str]) -> Prompt:
-        """Render and tokenise one window, shrinking passages if it exceeds the budget.
+        """Render and tokenise one window, shrinking passages if it exceeds the budget;
+        :class:`~haystack_llmrank.errors.PromptTooLongError` where that leaves a passage it
+        cuts fewer than :data:`MIN_PASSAGE_TOKENS` tokens.
 
         The query is shown as :meth:`shown_query` gives it, and the passages normalised
         (:func:`normalize_passage`) and defused (:meth:`defuse`).
@@ -523,23 +537,50 @@ class PromptBuilder:
 
     def check_query(self, query: str, count: int = 1) -> int:
         """The :meth:`instruction_tokens` of ``query`` and ``count`` passages; raises
-        :class:`~haystack_llmrank.errors.PromptTooLongError` where they exceed the budget,
-        which no cut of the passages can fix (nor fewer passages, if ``count`` is 1)."""
+        :class:`~haystack_llmrank.errors.PromptTooLongError` where the budget leaves fewer
+        than :data:`MIN_PASSAGE_TOKENS` tokens for each passage beside them (as
+        :meth:`build` would for passages long enough to be cut), whatever the passages."""
         bare = self.instruction_tokens(query, count)
-        if bare > self.max_prompt_tokens:
-            raise PromptTooLongError(
-                f"the instruction and query alone take {bare} tokens, over the budget of "
-                f"{self.max_prompt_tokens}; shorten the query or raise max_prompt_tokens"
-            )
+        self._check_room(bare, count, max(self.max_prompt_tokens - bare, 0) // count)
         return bare
 
+    def least_budget(self, query: str, count: int) -> int:
+        """The smallest ``max_prompt_tokens`` that :meth:`check_query` passes for ``query``
+        and ``count`` passages: their :meth:`instruction_tokens` and
+        :data:`MIN_PASSAGE_TOKENS` per passage."""
+        return self.instruction_tokens(query, count) + count * MIN_PASSAGE_TOKENS
+
+    def _check_room(self, bare: int, count: int, left: int) -> None:
+        """:class:`~haystack_llmrank.errors.PromptTooLongError` where ``left``, the tokens
+        the budget leaves each of ``count`` passages beside the ``bare`` tokens of the
+        instruction and query, is under :data:`MIN_PASSAGE_TOKENS`."""
+        if left >= MIN_PASSAGE_TOKENS:
+            return
+        budget = self.max_prompt_tokens
+        if bare > budget:
+            problem = (
+                f"the instruction and query alone take {bare} tokens for a window of {count} "
+                f"passages, over the budget of {budget}"
+            )
+        else:
+            problem = (
+                f"the budget of {budget} tokens leaves {left} tokens per passage to a window "
+                f"of {count} passages beside the {bare} tokens of the instruction and query, "
+                f"under the {MIN_PASSAGE_TOKENS} a passage needs to be judged by its content"
+            )
+        narrower = " or rank in narrower windows" if count > 1 else ""
+        raise PromptTooLongError(f"{problem}; raise max_prompt_tokens, shorten the query{narrower}")
+
     def _fit(self, query: str, texts: list[str], full_length: int) -> Prompt:
-        budget = self.max_prompt_tokens - self.check_query(query, len(texts))
+        bare = self.instruction_tokens(query, len(texts))
         encoded = [
             self._tokenizer(t, add_special_tokens=False, return_offsets_mapping=True) for t in texts
         ]
         offsets = [list(e["offset_mapping"]) for e in encoded]
-        cap = _water_level([len(o) for o in offsets], budget)
+        lengths = [len(o) for o in offsets]
+        cap = _water_level(lengths, max(self.max_prompt_tokens - bare, 0))
+        if cap < max(lengths, default=0):  # a passage within the cap is not cut, however short
+            self._check_room(bare, len(texts), cap)
         while True:
             cut = [
                 t if len(o) <= cap else t[: o[cap - 1][1]].rstrip() if cap else ""

@@ -14,17 +14,21 @@ _LOWEST_SCORE = np.float32(-(2.0**127))
 
 @dataclass(frozen=True)
 class Cost:
-    """What a ranking took: forward passes, sequential steps and prompt tokens.
+    """What a ranking took: forward passes, sequential steps and prompt tokens, and how many
+    passages the prompt budget cut.
 
     ``windows`` counts the windows judged (one forward pass each, two when the reranker scores
     both orders); ``steps`` counts the rounds of windows that had to wait for an earlier round
     (windows of one step can run in one batch); ``tokens`` sums the tokens of every prompt
-    scored.
+    scored. ``truncated_passages`` counts, over every prompt scored, the passages shortened to
+    fit ``max_prompt_tokens`` (a passage cut in two prompts counts twice; the
+    ``max_passage_words`` cut, a setting, is not counted).
     """
 
     windows: int = 0
     steps: int = 0
     tokens: int = 0
+    truncated_passages: int = 0
 
 
 @dataclass(frozen=True)

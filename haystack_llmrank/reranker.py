@@ -459,15 +459,16 @@ class Reranker:
     def check_request(self, query: str, passages: Sequence[str]) -> None:
         """Raise, without scoring, what :meth:`rerank_many` would raise for this request
         whatever the others: ``TypeError`` or ``ValueError`` for a wrong one, and
-        :class:`~haystack_llmrank.errors.PromptTooLongError` where the query takes the whole
-        prompt budget beside its widest window's labels (of empty passages), as that window
-        would."""
+        :class:`~haystack_llmrank.errors.PromptTooLongError` where the prompt budget, beside
+        the query and its widest window's labels, leaves fewer than
+        :data:`~haystack_llmrank.prompt.MIN_PASSAGE_TOKENS` tokens per passage (see
+        :meth:`PromptBuilder.check_query`)."""
         _, listed = _checked_request(query, passages)
         self._check_query(query, sum(not is_blank(passage) for passage in listed))
 
     def _check_query(self, query: str, shown: int) -> None:
-        """Raise where ``query`` is too long for the widest window of ``shown`` passages
-        (blank ones get no window, so none at all for 0)."""
+        """Raise where the budget leaves too little room beside ``query`` for the widest
+        window of ``shown`` passages (blank ones get no window, so none at all for 0)."""
         if shown:
             self.prompts.check_query(query, min(shown, self.strategy.window_size))
 
@@ -521,6 +522,7 @@ class Reranker:
             for (_, passages), depth in zip(laid_out, depths, strict=True)
         ]
         tokens = [0] * len(runs)
+        truncated = [0] * len(runs)
 
         orders = 2 if self.both_orders else 1
 
@@ -531,6 +533,7 @@ class Reranker:
                 for arranged in (members, members[::-1])[:orders]:
                     prompt = self.prompts.build(query, [passages[i] for i in arranged])
                     tokens[position] += len(prompt.token_ids)
+                    truncated[position] += prompt.truncated_passages
                     prompts.append(prompt)
             logits = self.score_prompts(prompts)
             if orders == 1:
@@ -544,9 +547,12 @@ class Reranker:
             ]
 
         run_windows(runs, score, batch_size=self.batch_size, on_window=on_window)
+        results = [
+            run.result(count, cut) for run, count, cut in zip(runs, tokens, truncated, strict=True)
+        ]
         rankings = [
-            run.result(count) if order is None else in_input_indices(run.result(count), order)
-            for run, count, order in zip(runs, tokens, arrangements, strict=True)
+            result if order is None else in_input_indices(result, order)
+            for result, order in zip(results, arrangements, strict=True)
         ]
         if self.fusion_k is not None:  # by input index, blank passages counted
             rankings = [

@@ -500,8 +500,9 @@ class QueryRun:
         self._steps += 1
         self._advance(verdicts)
 
-    def result(self, tokens: int = 0) -> Ranking:
-        """The final ranking (call once :attr:`done`); ``tokens`` goes into its cost."""
+    def result(self, tokens: int = 0, truncated_passages: int = 0) -> Ranking:
+        """The final ranking (call once :attr:`done`); ``tokens`` and ``truncated_passages``
+        (what its prompts took and cut) go into its cost."""
         if self._outcome is None:
             raise RuntimeError("windows are still pending")
         order, unranked = self._outcome
@@ -509,7 +510,10 @@ class QueryRun:
         if any(math.isnan(v) for v in logits):
             raise RuntimeError("the strategy left passages that no window judged")
         return Ranking.from_logits(
-            order, logits, unranked=unranked, cost=Cost(self._windows, self._steps, tokens)
+            order,
+            logits,
+            unranked=unranked,
+            cost=Cost(self._windows, self._steps, tokens, truncated_passages),
         )
 
 

@@ -11,6 +11,7 @@ from haystack_llmrank.gpu_policy import ON_MISSING_GPU
 from haystack_llmrank.prompt import (
     AUTO_PASSAGE_WORDS,
     DEFAULT_MAX_PASSAGE_WORDS,
+    MIN_PASSAGE_TOKENS,
     PassageWords,
     get_template,
 )
@@ -161,8 +162,9 @@ def add_model_options(group: Any, *, batch_size: int) -> None:
         "--max-prompt-tokens",
         type=positive_int,
         default=None,
-        help="token budget of one prompt; longer passages are shortened (default: the "
-        "model's context)",
+        help="token budget of one prompt; longer passages are shortened, to no fewer than "
+        f"{MIN_PASSAGE_TOKENS} tokens each, else the query is refused (default: the model's "
+        "context)",
     )
     group.add_argument(
         "--template",

@@ -140,7 +140,10 @@ class FirstListwiseRanker:
             template's labels; ``None``: the template's readout.
         :param max_passage_words: words kept per passage before prompting: ``"auto"``, as
             many as the model was trained on (recorded in its folder), else 300; ``None``: all.
-        :param max_prompt_tokens: token budget of one prompt (``None``: the model's context).
+        :param max_prompt_tokens: token budget of one prompt (``None``: the model's context);
+            passages are cut to fit it, to no fewer than
+            :data:`~haystack_llmrank.prompt.MIN_PASSAGE_TOKENS` tokens each, else the query is
+            refused (:class:`~haystack_llmrank.errors.PromptTooLongError`).
         :param batch_size: windows per scorer call (a query's step is never split, so a
             call may hold more); forward passes are bounded by ``max_batch_tokens``.
         :param max_batch_tokens: padded tokens per forward pass (``None``: the scorer's

@@ -20,7 +20,12 @@ from haystack_llmrank.data import Qrels, QueryCandidates
 from haystack_llmrank.errors import PromptTooLongError, listed
 from haystack_llmrank.labels import readout_label_ids, resolve_label_ids
 from haystack_llmrank.model_templates import recorded_template
-from haystack_llmrank.prompt import FIRST_TEMPLATE, PromptBuilder, PromptTemplate
+from haystack_llmrank.prompt import (
+    FIRST_TEMPLATE,
+    MIN_PASSAGE_TOKENS,
+    PromptBuilder,
+    PromptTemplate,
+)
 from haystack_llmrank.training.adapters import (
     LoraSettings,
     causal_lm,
@@ -381,11 +386,14 @@ class FirstTrainer:
         return record
 
     def _window_caps(self, train: Sequence[TrainingQuery]) -> dict[str, int]:
-        """The largest window of each query whose prompt, with every passage empty, exceeds
-        ``max_prompt_tokens`` at the sampler's largest size (a template that restates the
-        query per passage, a long query): such queries are drawn in windows only as large
-        as fit, with a warning. A query that cannot fit ``min_size`` passages is refused
-        before any update, rather than stopping the run at the update that first draws it.
+        """The largest window of each query whose prompt does not fit ``max_prompt_tokens`` at
+        the sampler's largest size, counting the instruction and query and
+        :data:`~haystack_llmrank.prompt.MIN_PASSAGE_TOKENS` per passage, the least the prompt
+        builder cuts one to (:meth:`~haystack_llmrank.prompt.PromptBuilder.least_budget`; a
+        template that restates the query per passage, a long query): such queries are drawn
+        in windows only as large as fit, with a warning. A query that cannot fit ``min_size``
+        passages is refused before any update, rather than stopping the run at the update
+        that first draws it.
         """
         if self.config.objective != "first":
             return {}
@@ -393,11 +401,11 @@ class FirstTrainer:
         limit = self.config.max_prompt_tokens
         caps: dict[str, int] = {}
         refused: list[str] = []
-        tokens = self.encoder.prompts.instruction_tokens
+        least = self.encoder.prompts.least_budget
         for query in train:
             smallest, largest = sampling.size_range(query)
             count = largest
-            while count >= smallest and tokens(query.query, count) > limit:
+            while count >= smallest and least(query.query, count) > limit:
                 count -= 1
             if count < smallest:
                 refused.append(query.qid)
@@ -406,9 +414,9 @@ class FirstTrainer:
         if refused:
             raise ValueError(
                 f"{len(refused)} training queries do not fit max_prompt_tokens={limit} in "
-                f"windows of min_size={sampling.min_size} even with every passage empty: "
-                f"{listed(refused, 10)}; shorten or leave out those queries, lower min_size "
-                "(--min-window) or raise max_prompt_tokens (--max-prompt-tokens)"
+                f"windows of min_size={sampling.min_size} with {MIN_PASSAGE_TOKENS} tokens "
+                f"per passage: {listed(refused, 10)}; shorten or leave out those queries, lower "
+                "min_size (--min-window) or raise max_prompt_tokens (--max-prompt-tokens)"
             )
         if caps:
             logger.warning(

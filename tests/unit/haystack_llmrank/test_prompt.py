@@ -22,6 +22,7 @@ from haystack_llmrank.prompt import (
     FIRST_JUDGE_TEMPLATE,
     FIRST_NUMERIC_TEMPLATE,
     FIRST_TEMPLATE,
+    MIN_PASSAGE_TOKENS,
     TEMPLATES,
     PromptBuilder,
     PromptTemplate,
@@ -251,18 +252,26 @@ def test_passage_line_tokens_span_each_passage_line(
     ]
 
 
+VOTE_TAIL = (
+    " Their eggs drop from the host into carpets and bedding, where the larvae hatch and feed "
+    "on debris."
+)
+"""What lengthens passages for a budget to cut (see :data:`SHIPPED_VOTE_POSITIONS`)."""
+
 SHIPPED_VOTE_POSITIONS = [
     ("first", 4096, (85, 90, 95, 107)),
-    ("first", 190, (77, 82, 87, 96)),
+    ("first", 220, (92, 97, 102, 126)),
     ("first-numeric", 4096, (85, 90, 95, 107)),
     ("first-echo", 4096, (88, 96, 104, 119)),
-    ("first-echo", 200, (79, 87, 95, 106)),
+    ("first-echo", 230, (94, 102, 110, 136)),
     ("examples/templates/first-judge.json", 4096, (114, 148, 182, 223)),
-    ("examples/templates/first-judge.json", 300, (103, 137, 171, 206)),
+    ("examples/templates/first-judge.json", 330, (118, 152, 186, 236)),
     ("haystack_llmrank/default_adapter/llmrank_template.json", 4096, (114, 148, 182, 223)),
 ]
 """Where the shipped templates read a vote, pinned: a model trained on them learned to vote
-there. The smaller budgets shorten passages. The query's line break is a space in the
+there. The smaller budgets shorten the first and the last passage, made longer for them so
+that the budget leaves each at least :data:`MIN_PASSAGE_TOKENS` (pinned before that floor,
+which changed nothing above it). The query's line break is a space in the
 prompt (:func:`normalize_query`); before queries were normalised it was a line break, one
 token more on every line that restates the query (no DL19 query holds one)."""
 
@@ -276,7 +285,13 @@ def test_shipped_templates_read_votes_where_they_always_have(
         smollm2_tokenizer, budget, template=template.with_vote(" yes"), max_passage_words=None
     )
     query = "what is [A] or a flea\nreally"
-    passages = ["Fleas; live on [B] cats.\nand dogs", "x", "", "Adult fleas live two months [C]"]
+    tail = VOTE_TAIL if budget < 4096 else ""
+    passages = [
+        f"Fleas; live on [B] cats.\nand dogs{tail}",
+        "x",
+        "",
+        f"Adult fleas live two months [C]{tail}",
+    ]
     prompt = built.build(query, passages)
     assert prompt.score_positions == positions
     assert prompt.truncated_passages == (budget < 4096) * 2
@@ -490,7 +505,16 @@ def test_budget_shrinks_passages_never_the_suffix(
     base = builder(smollm2_tokenizer)
     bare = len(base.build(query, [""] * len(passages)).token_ids)
     budget = bare + budget_slack
-    prompt = builder(smollm2_tokenizer, budget=budget).build(query, passages)
+    try:
+        prompt = builder(smollm2_tokenizer, budget=budget).build(query, passages)
+    except PromptTooLongError as exc:  # too little room for the passages it would cut
+        refused = str(exc)
+    else:
+        refused = ""
+    if refused:
+        assert budget_slack < MIN_PASSAGE_TOKENS * len(passages), refused
+        assert f"the budget of {budget} tokens leaves" in refused
+        return
     assert len(prompt.token_ids) <= budget
     assert prompt.text.endswith(SUFFIX_TAIL)
     assert f"Search Query: {query}.\nRank the {len(passages)} passages above" in prompt.text
@@ -508,6 +532,67 @@ def test_budget_shrinks_passages_never_the_suffix(
 def test_query_too_long_for_budget_raises(smollm2_tokenizer: Any) -> None:
     with pytest.raises(PromptTooLongError, match="instruction and query alone"):
         builder(smollm2_tokenizer, budget=50).build("cats " * 100, ["a", "b"])
+
+
+LONG_PASSAGES = [
+    f"passage {i}: " + "fleas live on cats and dogs for months " * 8 for i in range(20)
+]
+"""20 passages of about 70 tokens each, which a tight budget cuts."""
+
+
+def test_a_budget_with_no_room_for_the_passages_is_refused(smollm2_tokenizer: Any) -> None:
+    """A budget at the instruction and query of a window would empty every passage, leaving
+    the model only their positions to judge: refused, naming the numbers and the remedy."""
+    query = "how long do fleas live"
+    bare = builder(smollm2_tokenizer).instruction_tokens(query, 20)
+    tight = builder(smollm2_tokenizer, budget=bare)
+    message = (
+        f"the budget of {bare} tokens leaves 0 tokens per passage to a window of 20 passages "
+        f"beside the {bare} tokens of the instruction and query, under the {MIN_PASSAGE_TOKENS} "
+        "a passage needs to be judged by its content; raise max_prompt_tokens, shorten the "
+        "query or rank in narrower windows"
+    )
+    with pytest.raises(PromptTooLongError) as built:
+        tight.build(query, LONG_PASSAGES)
+    assert str(built.value) == message
+    with pytest.raises(PromptTooLongError) as checked:
+        tight.check_query(query, 20)
+    assert str(checked.value) == message
+    below = builder(smollm2_tokenizer, budget=bare + 20 * MIN_PASSAGE_TOKENS - 1)
+    with pytest.raises(PromptTooLongError, match="leaves 15 tokens per passage"):
+        below.build(query, LONG_PASSAGES)
+    with pytest.raises(PromptTooLongError, match="leaves 15 tokens per passage"):
+        below.check_query(query, 20)
+
+
+def test_a_budget_with_room_for_the_floor_cuts_passages_to_it(smollm2_tokenizer: Any) -> None:
+    query = "how long do fleas live"
+    assert MIN_PASSAGE_TOKENS == 16
+    least = builder(smollm2_tokenizer).least_budget(query, 20)
+    assert least == builder(smollm2_tokenizer).instruction_tokens(query, 20) + 20 * 16
+    built = builder(smollm2_tokenizer, budget=least)
+    assert built.check_query(query, 20) == least - 20 * 16
+    prompt = built.build(query, LONG_PASSAGES)
+    assert len(prompt.token_ids) <= least
+    assert prompt.truncated_passages == 20
+    for label, passage in zip(FIRST_TEMPLATE.labels, LONG_PASSAGES, strict=False):
+        line = prompt.text.split(f"[{label}] ", 1)[1].split("\n", 1)[0]
+        assert passage.startswith(line)
+        assert len(smollm2_tokenizer(line, add_special_tokens=False)["input_ids"]) >= 16
+
+
+def test_the_floor_is_on_the_budgets_room_not_on_short_passages(smollm2_tokenizer: Any) -> None:
+    """Passages shorter than the floor are shown whole, and the room they leave goes to the
+    passage that is cut: the floor refuses only a cut below it."""
+    query = "how long do fleas live"
+    short = ["fleas", "cats", "dogs", "a flea"]
+    bare = builder(smollm2_tokenizer).instruction_tokens(query, 5)
+    room = 2 * MIN_PASSAGE_TOKENS  # under 5 x the floor, above the floor for one long passage
+    prompt = builder(smollm2_tokenizer, budget=bare + room).build(query, [*short, LONG_PASSAGES[0]])
+    assert prompt.truncated_passages == 1
+    assert all(f"] {text}\n" in prompt.text for text in short)
+    with pytest.raises(PromptTooLongError, match="tokens per passage to a window of 5"):
+        builder(smollm2_tokenizer, budget=bare + room).check_query(query, 5)  # blind to lengths
 
 
 @pytest.mark.parametrize("bad", [0, -3])

@@ -15,8 +15,10 @@ import torch
 
 from haystack_llmrank.errors import ClosedError, PromptTooLongError, WindowTooLargeError
 from haystack_llmrank.prompt import (
+    FIRST_JUDGE_TEMPLATE,
     FIRST_NUMERIC_TEMPLATE,
     FIRST_TEMPLATE,
+    Prompt,
     PromptBuilder,
     PromptTemplate,
 )
@@ -654,3 +656,92 @@ def test_rerank_many_refuses_a_long_query_before_scoring(tiny_reranker: Reranker
     with pytest.raises(PromptTooLongError, match="request 2: the instruction and query alone"):
         short.rerank_many(requests, on_window=windows.append)
     assert windows == []
+
+
+def long_passages(n: int) -> list[str]:
+    """``n`` passages of about 90 tokens each, which a tight budget cuts."""
+    return [f"{text}, " + "as the old notes on it say at some length " * 10 for text in passages(n)]
+
+
+@pytest.mark.parametrize("readout", ["labels", "vote"])
+def test_a_budget_with_no_room_for_the_passages_is_refused_before_scoring(
+    smollm2_tokenizer: Any,
+    tiny_scorer: Any,
+    vote_scorer: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    readout: str,
+) -> None:
+    """A budget at the instruction and query of a window of 20 would empty every passage and
+    rank 20 blanks by their positions alone: refused before any window is scored, as
+    check_request refuses it, with the numbers and the remedy."""
+    if readout == "labels":
+        reranker = Reranker(smollm2_tokenizer, tiny_scorer, max_prompt_tokens=4096)
+    else:
+        judge = FIRST_JUDGE_TEMPLATE.with_vote(" yes")
+        reranker = Reranker(smollm2_tokenizer, vote_scorer, max_prompt_tokens=4096, template=judge)
+    query = "where is paris"
+    bare = reranker.prompts.instruction_tokens(query, 20)
+    tight = reranker.replace(max_prompt_tokens=bare)
+
+    def scored(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a window was scored")
+
+    monkeypatch.setattr(Reranker, "score_prompts", scored)
+    refusal = (
+        f"the budget of {bare} tokens leaves 0 tokens per passage to a window of 20 passages "
+        f"beside the {bare} tokens of the instruction and query, under the 16 a passage needs "
+        "to be judged by its content; raise max_prompt_tokens, shorten the query or rank in "
+        "narrower windows"
+    )
+    for texts in (long_passages(20), long_passages(30)[10:]):  # two sets ranked alike before
+        with pytest.raises(PromptTooLongError) as checked:
+            tight.check_request(query, texts)
+        assert str(checked.value) == refusal
+        with pytest.raises(PromptTooLongError) as ranked:
+            tight.rerank(query, texts)
+        assert str(ranked.value) == f"request 0: {refusal}"
+    one_short = tight.replace(max_prompt_tokens=tight.prompts.least_budget(query, 20) - 1)
+    with pytest.raises(PromptTooLongError, match="leaves 15 tokens per passage"):
+        one_short.check_request(query, long_passages(20))
+    with pytest.raises(PromptTooLongError, match=r"request 1: the budget .* leaves 15 tokens"):
+        one_short.rerank_many([("bees", ["a", "b"]), (query, long_passages(20))])
+
+
+def test_a_budget_with_room_for_the_floor_ranks_cut_passages(tiny_reranker: Reranker) -> None:
+    query = "where is paris"
+    least = tiny_reranker.prompts.least_budget(query, 20)
+    fitted = tiny_reranker.replace(max_prompt_tokens=least)
+    texts = long_passages(30)
+    fitted.check_request(query, texts)
+    ranking = fitted.rerank(query, texts)
+    assert sorted(ranking.order) == list(range(30))
+    assert ranking.depth == 30
+    assert ranking.cost.truncated_passages == 40  # both windows of 20 cut every passage
+
+
+def test_cost_counts_the_passages_the_budget_cut_per_query(
+    tiny_reranker: Reranker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each ranking's cost counts the passages its prompts showed cut to the budget (both
+    orders' prompts, through fusion and blank passages); the word cut is a setting, not
+    counted."""
+    query = "where is paris"
+    texts = [*long_passages(25), " "]
+    least = tiny_reranker.prompts.least_budget(query, 20)
+    assert tiny_reranker.rerank(query, texts).cost.truncated_passages == 0
+    words = tiny_reranker.replace(max_prompt_tokens=least, max_passage_words=5)
+    assert words.rerank(query, texts).cost.truncated_passages == 0
+    tight = tiny_reranker.replace(max_prompt_tokens=least, both_orders=True, fusion_k=60)
+    built: list[Prompt] = []
+    build = tight.prompts.build
+
+    def recorded(query: str, texts: Any) -> Prompt:
+        built.append(build(query, texts))
+        return built[-1]
+
+    monkeypatch.setattr(tight.prompts, "build", recorded)
+    cut, short = tight.rerank_many([(query, texts), ("bees", passages(5))])
+    assert cut.blank == 1
+    # windows of 20 and 15 passages, each in both orders, every passage cut
+    assert cut.cost.truncated_passages == sum(p.truncated_passages for p in built) == 70
+    assert short.cost.truncated_passages == 0

@@ -2082,17 +2082,18 @@ def test_training_from_an_adapter_names_its_base_and_init_adapter(
 def long_query_setup(
     tokenizer: Any, tmp_path: Path, window_limit: int
 ) -> tuple[Any, list[TrainingQuery], int]:
-    """A trainer whose budget fits ``window_limit`` but not 6 empty passages of a long
-    query, in a template that restates the query per passage, and its training queries."""
+    """A trainer whose budget fits ``window_limit`` but not 6 passages of a long query (at
+    the prompt builder's floor of tokens per passage), in a template that restates the query
+    per passage, and its training queries."""
     judge = PromptTemplate.from_dict(
         {**FIRST_TEMPLATE.to_dict(), "name": "judge", "passage": "[{label}] {query}: {text}\n"}
     )
     long_query = QueryCandidates("long", " ".join(["flea"] * 60), toy_query().candidates)
     queries = training_queries([toy_query(), long_query], qrels={**TOY_QRELS, "long": {"d1": 1}})
     builder = PromptBuilder(tokenizer, judge, max_prompt_tokens=4096)
-    limit = builder.instruction_tokens(long_query.query, window_limit)
-    assert builder.instruction_tokens(long_query.query, window_limit + 1) > limit
-    assert builder.instruction_tokens(toy_query().query, 6) < limit
+    limit = builder.least_budget(long_query.query, window_limit)
+    assert builder.least_budget(long_query.query, window_limit + 1) > limit
+    assert builder.least_budget(toy_query().query, 6) < limit
     model = make_tiny_llama(len(tokenizer), seed=4)
     config = small_config(steps=6, eval_every=100, max_prompt_tokens=limit)
     trainer = FirstTrainer(

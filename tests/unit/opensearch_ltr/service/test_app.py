@@ -468,6 +468,22 @@ async def test_a_query_too_long_for_any_prompt_is_refused_outside_its_batch(
     assert [r["index"] for r in results[3][1]["results"]] == list(expected.order)
 
 
+async def test_a_budget_with_no_room_for_the_documents_is_refused_before_scoring(
+    tiny_reranker: Reranker,
+) -> None:
+    """A budget that holds the query and the labels but no text of the documents would rank
+    them by position alone: 422, and no engine call."""
+    query = "where is paris"
+    bare = tiny_reranker.prompts.instruction_tokens(query, len(DOCS))
+    engine = RecordingEngine(tiny_reranker.replace(max_prompt_tokens=bare))
+    async with serving(engine) as client:
+        engine.calls.clear()
+        status, body = await post(client, {"query": query, "documents": DOCS})
+    assert_error(status, body, 422, "invalid_request")
+    assert f"leaves 0 tokens per passage to a window of {len(DOCS)}" in body["error"]["message"]
+    assert engine.calls == []
+
+
 class UncheckedEngine:
     """An engine with ``rerank_many`` alone, as :class:`RerankEngine` asks."""
 
