@@ -539,7 +539,10 @@ class PromptBuilder:
         """The :meth:`instruction_tokens` of ``query`` and ``count`` passages; raises
         :class:`~haystack_llmrank.errors.PromptTooLongError` where the budget leaves fewer
         than :data:`MIN_PASSAGE_TOKENS` tokens for each passage beside them (as
-        :meth:`build` would for passages long enough to be cut), whatever the passages."""
+        :meth:`build` would for passages long enough to be cut), whatever the passages;
+        ``count`` must be at least 1."""
+        if count < 1:
+            raise ValueError(f"count must be at least 1, got {count}")
         bare = self.instruction_tokens(query, count)
         self._check_room(bare, count, max(self.max_prompt_tokens - bare, 0) // count)
         return bare

@@ -661,3 +661,9 @@ def test_added_markup_tokens_in_the_query_or_a_passage_stay_text(smollm2_tokeniz
     assert "Search Query: q < |fim_pad|>." in prompt.text
     assert word_id in prompt.token_ids  # a plain added word is text, not markup
     assert prompts.defuse("a [ref] and <b>bold</b>") == "a [ref] and <b>bold</b>"
+
+
+def test_check_query_needs_a_passage(smollm2_tokenizer: Any) -> None:
+    builder = PromptBuilder(smollm2_tokenizer, max_prompt_tokens=4096)
+    with pytest.raises(ValueError, match="count must be at least 1, got 0"):
+        builder.check_query("cats", 0)
