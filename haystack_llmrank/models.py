@@ -10,9 +10,10 @@ import os
 import shutil
 import socket
 import tempfile
+import threading
 import warnings
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +42,20 @@ class ModelSource:
     location: str
     gguf_file: str | None = None
     adapter: str | None = None
+    hub_id: str | None = None
+    """The Hugging Face id whose cached snapshot ``location`` is (see
+    :func:`loadable_source`); it names the model."""
+
+    @property
+    def base_name(self) -> str:
+        """A readable name of the base model, without the adapter."""
+        base = self.hub_id or self.location
+        return f"{base}/{self.gguf_file}" if self.gguf_file else base
 
     @property
     def name(self) -> str:
         """A readable name for logs and metadata."""
-        base = f"{self.location}/{self.gguf_file}" if self.gguf_file else self.location
-        return f"{base}+{self.adapter}" if self.adapter else base
+        return f"{self.base_name}+{self.adapter}" if self.adapter else self.base_name
 
 
 def embedded_base() -> ModelSource:
@@ -268,7 +277,8 @@ def _gguf_cache_dir(source: ModelSource) -> Path | None:
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether a TCP connection to the Hugging Face endpoint opens within ``timeout`` seconds;
+    """Whether a TCP connection to the Hugging Face endpoint opens within ``timeout`` seconds,
+    the name lookup included (a resolver that gets no answer waits far longer on its own);
     behind a proxy (``HTTPS_PROXY`` and the like, which the hub client uses), assumed so."""
     import urllib.request
     from urllib.parse import urlsplit
@@ -277,12 +287,48 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
     proxies = urllib.request.getproxies()
     if endpoint.scheme in proxies or "all" in proxies:
         return True
-    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    address = (endpoint.hostname or "", endpoint.port or (80 if endpoint.scheme == "http" else 443))
+    opened: list[bool] = []
+
+    def connect() -> None:
+        try:
+            with socket.create_connection(address, timeout=timeout):
+                opened.append(True)
+        except OSError:
+            pass
+
+    # a daemon thread: one stuck in the name lookup is left behind, and holds no exit up
+    probe = threading.Thread(target=connect, name="llmrank-hub-probe", daemon=True)
+    probe.start()
+    probe.join(timeout)
+    return bool(opened)
+
+
+def _offline_variable() -> str | None:
+    """The first of ``HF_HUB_OFFLINE`` and ``TRANSFORMERS_OFFLINE`` that is set true, if any."""
+    return next((name for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE") if _set(name)), None)
+
+
+def _named(source: ModelSource) -> str:
+    """How messages name ``source``'s location: as the base model of its adapter, if any."""
+    named = f"{source.location!r}"
+    if source.adapter is None:
+        return named
+    return f"the base model {named} of the adapter in {source.adapter}"
+
+
+def _cached_file(source: ModelSource) -> Path | None:
+    """The Hugging Face cache's copy of the file that ``source`` (a hub id) loads first, its
+    GGUF file or ``config.json``, if there is one."""
+    from huggingface_hub import try_to_load_from_cache
+
     try:
-        with socket.create_connection((endpoint.hostname or "", port), timeout=timeout):
-            return True
-    except OSError:
-        return False
+        cached = try_to_load_from_cache(source.location, source.gguf_file or "config.json")
+    except ValueError as exc:  # not a valid hub id either
+        raise ModelResolutionError(
+            f"{_named(source)} is neither a local folder or file nor a Hugging Face id: {exc}"
+        ) from exc
+    return Path(cached) if isinstance(cached, str) else None
 
 
 def check_available(source: ModelSource) -> None:
@@ -297,25 +343,35 @@ def check_available(source: ModelSource) -> None:
         if location.is_dir() and source.gguf_file is None:
             check_model_folder(location)
         return
-    from huggingface_hub import try_to_load_from_cache
-
-    named = f"{source.location!r}"
-    if source.adapter is not None:
-        named = f"the base model {named} of the adapter in {source.adapter}"
-    try:
-        cached = try_to_load_from_cache(source.location, source.gguf_file or "config.json")
-    except ValueError as exc:  # not a valid hub id either
-        raise ModelResolutionError(
-            f"{named} is neither a local folder or file nor a Hugging Face id: {exc}"
-        ) from exc
-    if isinstance(cached, str):
+    if _cached_file(source) is not None:
         return
-    where = f"{named} is not a local folder or file and not in the Hugging Face cache"
-    offline = [name for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE") if _set(name)]
+    where = f"{_named(source)} is not a local folder or file and not in the Hugging Face cache"
+    offline = _offline_variable()
     if offline:
-        raise ModelResolutionError(f"{where}, and {offline[0]} is set")
+        raise ModelResolutionError(f"{where}, and {offline} is set")
     if not _hub_reachable():
         raise ModelResolutionError(f"{where}, and the Hugging Face hub cannot be reached")
+
+
+def loadable_source(source: ModelSource) -> ModelSource:
+    """``source`` once :func:`check_available` passed it, as it loads without hub retries.
+
+    A hub id in the Hugging Face cache, where neither offline variable is set and the hub
+    cannot be reached, becomes its cached snapshot folder (named by the id), with a warning:
+    given the id, transformers would retry the hub for minutes.
+    """
+    check_available(source)
+    if Path(source.location).exists() or _offline_variable():
+        return source
+    cached = _cached_file(source)
+    if cached is None or _hub_reachable():
+        return source
+    logger.warning(
+        "the Hugging Face hub cannot be reached; loading %s from its cached snapshot %s",
+        source.location,
+        cached.parent,
+    )
+    return replace(source, location=str(cached.parent), hub_id=source.location)
 
 
 def check_model_folder(folder: Path) -> None:
@@ -427,7 +483,7 @@ def _merge_adapter(model: Any, source: ModelSource) -> Any:
             wrapped = PeftModel(model, config)
         load_adapter_weights(wrapped, load_peft_weights(folder, device="cpu"))
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        base = ModelSource(source.location, source.gguf_file).name
+        base = source.base_name
         raise ModelResolutionError(
             f"cannot apply the adapter in {folder} (its recorded base model: "
             f"{recorded_base(Path(folder))!r}) to {base}: {exc}"

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import shutil
+import socket
 import stat
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -125,6 +129,81 @@ def test_behind_a_proxy_the_hub_is_not_called_unreachable(monkeypatch: pytest.Mo
     monkeypatch.delenv("ALL_PROXY")
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
     assert models._hub_reachable()
+
+
+def test_the_hub_probe_gives_up_on_a_name_lookup_that_hangs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def slow_lookup(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(2)  # a resolver that gets no answer; the connection opens in the end
+        return contextlib.nullcontext()
+
+    monkeypatch.setattr(models.socket, "create_connection", slow_lookup)
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    started = time.monotonic()
+    assert not models._hub_reachable(timeout=0.2)
+    assert time.monotonic() - started < 1
+
+
+@pytest.fixture
+def hub_cache(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A Hugging Face cache holding the tiny model as the hub id ``fake/tiny``, with the hub
+    allowed (no offline variable) but unreachable; returns the snapshot folder."""
+    import huggingface_hub.constants
+
+    repo = tmp_path / "hub" / "models--fake--tiny"
+    snapshot = repo / "snapshots" / ("b" * 40)
+    shutil.copytree(tiny_model_dir, snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("b" * 40)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(models, "_hub_reachable", lambda: False)
+    return snapshot
+
+
+def test_a_cached_hub_id_loads_from_its_snapshot_while_the_hub_cannot_be_reached(
+    hub_cache: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    lookups: list[Any] = []
+
+    def no_network(*args: Any, **kwargs: Any) -> Any:
+        lookups.append(args[:2])
+        raise AssertionError(f"a network lookup of {args[:2]}")  # not retried, unlike OSError
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    with caplog.at_level(logging.WARNING, logger="haystack_llmrank.models"):
+        reranker = Reranker.from_pretrained("fake/tiny", device="cpu")
+    assert lookups == []
+    assert reranker.model_name == "fake/tiny"
+    assert (
+        caplog.text.count(
+            f"cannot be reached; loading fake/tiny from its cached snapshot {hub_cache}"
+        )
+        == 1
+    )
+
+
+def test_an_adapters_cached_hub_base_loads_from_its_snapshot_only_while_unreachable(
+    hub_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(
+        json.dumps({"base_model_name_or_path": "fake/tiny"})
+    )
+    source = resolve_model(str(adapter))
+    loaded = models.loadable_source(source)
+    assert loaded == ModelSource(str(hub_cache), None, str(adapter.resolve()), "fake/tiny")
+    assert loaded.name == source.name == f"fake/tiny+{adapter.resolve()}"
+    monkeypatch.setattr(models, "_hub_reachable", lambda: True)
+    assert models.loadable_source(source) == source
+    monkeypatch.setattr(models, "_hub_reachable", lambda: False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # transformers reads the cache, asking no hub
+    assert models.loadable_source(source) == source
 
 
 @pytest.mark.parametrize("name", ["HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"])
