@@ -493,15 +493,19 @@ def _merge_adapter(model: Any, source: ModelSource) -> Any:
 
 def _from_cache(cached: Path | None, load: Callable[[Path], Any]) -> Any:
     """``load(cached)`` where the cache folder ``cached`` holds a copy this process can read;
-    ``None`` where it holds none, or one that fails to load, which is then removed (where this
-    process may) so that the file's fresh copy replaces it."""
+    ``None`` where it holds none, or a damaged one (a file missing, cut short or unparsable),
+    which is then removed (where this process may) so that the file's fresh copy replaces it.
+
+    Other errors propagate and leave the copy, which other processes share, in place: torch
+    reports memory it cannot allocate as a ``RuntimeError``.
+    """
     if cached is None or not os.path.isfile(cached / "config.json"):  # unreadable: none
         return None
+    from safetensors import SafetensorError
+
     try:
         return load(cached)
-    except MemoryError:
-        raise
-    except Exception as exc:  # a damaged copy: read the GGUF file again
+    except (OSError, ValueError, SafetensorError) as exc:  # damaged: read the GGUF file again
         logger.warning(
             "the cached copy in %s cannot be loaded (%s); loading the GGUF file again", cached, exc
         )

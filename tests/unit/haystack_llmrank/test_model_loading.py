@@ -100,6 +100,31 @@ def test_a_damaged_cached_copy_is_dropped_and_the_file_read_again(
     assert not target.exists()
 
 
+def test_running_out_of_memory_leaves_the_shared_cached_copy_in_place(
+    tiny_model: Any,
+    smollm2_tokenizer: Any,
+    cache_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import transformers
+
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"not really a GGUF file")
+    source = resolve_model(str(gguf))
+    target = models._gguf_cache_dir(source)
+    assert target is not None
+    models._write_cache(tiny_model, smollm2_tokenizer, target)
+
+    def out_of_memory(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory")  # what torch raises
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", out_of_memory)
+    with pytest.raises(RuntimeError, match="can't allocate memory"):
+        load_causal_lm(source)
+    assert (target / "model.safetensors").is_file()
+
+
 @pytest.mark.parametrize(("value", "cached"), [("0", True), ("", True), ("1", False)])
 def test_llmrank_no_cache_turns_the_cache_off_only_when_true(
     tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch, value: str, cached: bool
