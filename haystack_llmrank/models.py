@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from haystack_llmrank.errors import ModelResolutionError
+from haystack_llmrank.errors import ModelResolutionError, listed
 from haystack_llmrank.scorers.onnx_metadata import METADATA_FILE, file_sha256, is_export
 
 logger = logging.getLogger(__name__)
@@ -416,7 +416,8 @@ def load_causal_lm(
 
     A local GGUF file is dequantised once and cached as safetensors (with its tokenizer)
     under :func:`_cache_root`; ``LLMRANK_NO_CACHE=1`` turns the cache off. A cached copy that
-    cannot be loaded is replaced from the file.
+    cannot be loaded is replaced from the file. A checkpoint that lacks weights of the model, or
+    holds some of another shape, is refused (see :func:`_causal_lm`).
 
     With an adapter, the base loads in float32 where ``dtype`` is float32 (as training ran
     it: merged into a bfloat16 checkpoint as stored, the adapter's delta would be rounded
@@ -425,23 +426,22 @@ def load_causal_lm(
     bfloat16 would round each weight twice.
     """
     import torch
-    from transformers import AutoModelForCausalLM
 
     kwargs: dict[str, Any] = {"dtype": dtype} if dtype is not None else {}
     base_kwargs = kwargs
     if source.adapter is not None:
         base_kwargs = {"dtype": torch.float32 if dtype == torch.float32 else "auto"}
     cached = _gguf_cache_dir(source) if source.gguf_file else None
-    model = _from_cache(
-        cached, lambda folder: AutoModelForCausalLM.from_pretrained(folder, **base_kwargs)
-    )
+    model = _from_cache(cached, lambda folder: _causal_lm(folder, str(folder), **base_kwargs))
     if model is None:
         # the cache holds the float32 dequantisation, whatever dtype this load asks for
         load_kwargs = {"dtype": torch.float32} if cached is not None else base_kwargs
         try:
-            model = AutoModelForCausalLM.from_pretrained(
-                source.location, gguf_file=source.gguf_file, **load_kwargs
+            model = _causal_lm(
+                source.location, source.base_name, gguf_file=source.gguf_file, **load_kwargs
             )
+        except ModelResolutionError:
+            raise
         except (OSError, ValueError) as exc:
             raise ModelResolutionError(
                 f"cannot load a causal LM from {source.name}: {exc}"
@@ -453,6 +453,38 @@ def load_causal_lm(
     if dtype is not None:
         model = model.to(dtype)
     return model.to(device).eval()
+
+
+def _causal_lm(location: str | Path, named: str, **kwargs: Any) -> Any:
+    """``AutoModelForCausalLM.from_pretrained(location, **kwargs)``, refused where the
+    checkpoint (``named`` in the message) lacks weights of the model or holds some of another
+    shape: transformers would initialise those at random (weights tied to others, such as an
+    output layer tied to the embeddings, do not count as missing)."""
+    from transformers import AutoModelForCausalLM
+
+    loaded: Any = AutoModelForCausalLM.from_pretrained(  # annotated as returning the model
+        location, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
+    )
+    model, info = loaded
+    missing = sorted(info.get("missing_keys") or ())
+    # transformers 5 records (name, saved shape, model shape), transformers 4 the name
+    reshaped = sorted(
+        key if isinstance(key, str) else key[0] for key in info.get("mismatched_keys") or ()
+    )
+    problems = [
+        f"{len(keys)} {what} ({listed(keys, 3)})"
+        for what, keys in (
+            ("weights of the model missing", missing),
+            ("weights of another shape than its config gives", reshaped),
+        )
+        if keys
+    ]
+    if problems:
+        raise ModelResolutionError(
+            f"cannot load a causal LM from {named}: {'; '.join(problems)}; transformers "
+            "would initialise these at random"
+        )
+    return model
 
 
 @contextlib.contextmanager

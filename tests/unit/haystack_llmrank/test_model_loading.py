@@ -263,6 +263,56 @@ def test_an_adapter_whose_base_is_missing_is_named(tmp_path: Path) -> None:
         resolve_model(str(adapter))
 
 
+def test_a_checkpoint_missing_weights_is_refused_not_filled_at_random(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "cut"
+    shutil.copytree(tiny_model_dir, folder)
+    weights = load_file(folder / "model.safetensors")
+    del weights["lm_head.weight"], weights["model.layers.1.mlp.down_proj.weight"]
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(
+        ModelResolutionError,
+        match=rf"^cannot load a causal LM from {folder}: .*2 weights of the model missing "
+        r"\(lm_head\.weight, model\.layers\.1\.mlp\.down_proj\.weight\)",
+    ):
+        load_causal_lm(ModelSource(str(folder)))
+
+
+def test_a_config_that_does_not_fit_its_weights_is_refused_naming_the_model(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "wider"
+    shutil.copytree(tiny_model_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "hidden_size": 128}))
+    with pytest.raises(
+        ModelResolutionError,
+        match=rf"^cannot load a causal LM from {folder}: .* weights of another shape than its "
+        r"config gives \(lm_head\.weight, ",
+    ):
+        load_causal_lm(ModelSource(str(folder)))
+
+
+def test_an_output_layer_tied_to_the_embeddings_is_not_missing(tmp_path: Path) -> None:
+    import transformers
+
+    config = transformers.LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+    )
+    transformers.LlamaForCausalLM(config).save_pretrained(tmp_path)  # no lm_head.weight saved
+    model = load_causal_lm(ModelSource(str(tmp_path)))
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+
+
 @pytest.mark.parametrize("dtype", ["int8", "bool", "complex64", "float8_e4m3fn"])
 def test_dtypes_that_cannot_hold_weights_are_refused_up_front(dtype: str) -> None:
     with pytest.raises(ValueError, match=f"dtype '{dtype}' cannot hold a model's weights"):
