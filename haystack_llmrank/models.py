@@ -403,10 +403,9 @@ def load_tokenizer(source: ModelSource) -> Any:
     tokenizer = _from_cache(cached, AutoTokenizer.from_pretrained)
     if tokenizer is not None:
         return tokenizer
-    try:
-        return AutoTokenizer.from_pretrained(source.location, gguf_file=source.gguf_file)
-    except (OSError, ValueError) as exc:
-        raise ModelResolutionError(f"cannot load a tokenizer from {source.name}: {exc}") from exc
+    with _load_errors(source, "a tokenizer"):
+        tokenizer = AutoTokenizer.from_pretrained(source.location, gguf_file=source.gguf_file)
+    return tokenizer
 
 
 def load_causal_lm(
@@ -436,16 +435,10 @@ def load_causal_lm(
     if model is None:
         # the cache holds the float32 dequantisation, whatever dtype this load asks for
         load_kwargs = {"dtype": torch.float32} if cached is not None else base_kwargs
-        try:
+        with _load_errors(source, "a causal LM"):
             model = _causal_lm(
                 source.location, source.base_name, gguf_file=source.gguf_file, **load_kwargs
             )
-        except ModelResolutionError:
-            raise
-        except (OSError, ValueError) as exc:
-            raise ModelResolutionError(
-                f"cannot load a causal LM from {source.name}: {exc}"
-            ) from exc
         if cached is not None:
             _write_cache(model, tokenizer or load_tokenizer(source), cached)
     if source.adapter is not None:
@@ -453,6 +446,28 @@ def load_causal_lm(
     if dtype is not None:
         model = model.to(dtype)
     return model.to(device).eval()
+
+
+@contextlib.contextmanager
+def _load_errors(source: ModelSource, what: str) -> Iterator[None]:
+    """A block that loads ``what`` (``"a tokenizer"``, ``"a causal LM"``) from ``source``,
+    whose ``OSError`` or ``ValueError`` raises :class:`ModelResolutionError` naming it; for a
+    GGUF file any error but ``MemoryError`` does, naming the file: transformers' reader fails
+    on a truncated one in its own ways (``struct.error``, say)."""
+    try:
+        yield
+    except (MemoryError, ModelResolutionError):
+        raise
+    except Exception as exc:
+        if source.gguf_file is not None:
+            file = Path(source.location) / source.gguf_file
+            raise ModelResolutionError(
+                f"cannot load {what} from the GGUF file {file} (truncated or not a GGUF file?): "
+                f"{exc}"
+            ) from exc
+        if not isinstance(exc, (OSError, ValueError)):
+            raise
+        raise ModelResolutionError(f"cannot load {what} from {source.name}: {exc}") from exc
 
 
 def _causal_lm(location: str | Path, named: str, **kwargs: Any) -> Any:

@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import stat
@@ -24,6 +25,7 @@ from haystack_llmrank.models import (
     ModelSource,
     check_available,
     load_causal_lm,
+    load_tokenizer,
     resolve_model,
 )
 from haystack_llmrank.reranker import Reranker
@@ -123,6 +125,27 @@ def test_running_out_of_memory_leaves_the_shared_cached_copy_in_place(
     with pytest.raises(RuntimeError, match="can't allocate memory"):
         load_causal_lm(source)
     assert (target / "model.safetensors").is_file()
+
+
+def test_a_truncated_gguf_file_is_named_with_a_hint_in_the_api_and_the_cli(
+    tmp_path: Path, cache_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import haystack_llmrank.cli as cli
+
+    gguf = tmp_path / "cut.gguf"
+    gguf.write_bytes(b"GGUF\x03\x00\x00\x00")  # the header stops after its version
+    source = resolve_model(str(gguf))
+    hint = re.escape(f"the GGUF file {gguf.resolve()} (truncated or not a GGUF file?): ")
+    with pytest.raises(ModelResolutionError, match=f"^cannot load a tokenizer from {hint}"):
+        load_tokenizer(source)
+    with pytest.raises(ModelResolutionError, match=f"^cannot load a causal LM from {hint}"):
+        load_causal_lm(source)
+    query = {"qid": "q1", "query": "fleas", "candidates": [{"docid": "d1", "text": "fleas"}]}
+    candidates = tmp_path / "candidates.jsonl"
+    candidates.write_text(json.dumps(query) + "\n")
+    argv = ["rerank", str(candidates), "-o", str(tmp_path / "run"), "--model", str(gguf)]
+    assert cli.main(argv) == 2
+    assert "(truncated or not a GGUF file?)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("value", "cached"), [("0", True), ("", True), ("1", False)])
