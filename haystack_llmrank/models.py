@@ -395,14 +395,37 @@ def check_model_folder(folder: Path) -> None:
     )
 
 
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "tekken.json",
+    "vocab.json",
+    "vocab.txt",
+    "spiece.model",
+)
+"""Files of a tokenizer, one of which a model folder holds for :func:`load_tokenizer`."""
+
+
 def load_tokenizer(source: ModelSource) -> Any:
-    """Load the tokenizer of ``source`` (from the GGUF cache when there is one)."""
+    """Load the tokenizer of ``source`` (from the GGUF cache when there is one); a folder
+    that holds none of :data:`TOKENIZER_FILES` is refused, saying so."""
     from transformers import AutoTokenizer
 
     cached = _gguf_cache_dir(source) if source.gguf_file else None
     tokenizer = _from_cache(cached, AutoTokenizer.from_pretrained)
     if tokenizer is not None:
         return tokenizer
+    folder = Path(source.location)
+    if (
+        source.gguf_file is None
+        and folder.is_dir()  # not a hub id
+        and not any((folder / name).is_file() for name in TOKENIZER_FILES)
+    ):
+        raise ModelResolutionError(
+            f"{folder} holds no tokenizer: none of {', '.join(TOKENIZER_FILES)}; save one there "
+            "with tokenizer.save_pretrained()"
+        )
     with _load_errors(source, "a tokenizer"):
         tokenizer = AutoTokenizer.from_pretrained(source.location, gguf_file=source.gguf_file)
     return tokenizer

@@ -336,6 +336,18 @@ def test_an_output_layer_tied_to_the_embeddings_is_not_missing(tmp_path: Path) -
     assert model.lm_head.weight is model.model.embed_tokens.weight
 
 
+def test_a_folder_without_tokenizer_files_says_so(tiny_model_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "weights-only"  # what model.save_pretrained() alone writes
+    shutil.copytree(tiny_model_dir, folder)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (folder / name).unlink()
+    with pytest.raises(
+        ModelResolutionError,
+        match=rf"^{folder} holds no tokenizer: none of tokenizer\.json, tokenizer_config\.json, ",
+    ):
+        Reranker.from_pretrained(str(folder), device="cpu")
+
+
 @pytest.mark.parametrize("dtype", ["int8", "bool", "complex64", "float8_e4m3fn"])
 def test_dtypes_that_cannot_hold_weights_are_refused_up_front(dtype: str) -> None:
     with pytest.raises(ValueError, match=f"dtype '{dtype}' cannot hold a model's weights"):
