@@ -14,10 +14,10 @@ from haystack_llmrank.labels import readout_label_ids
 from haystack_llmrank.models import (
     DEFAULT_MODEL,
     ModelSource,
-    check_available,
     context_length,
     load_causal_lm,
     load_tokenizer,
+    loadable_source,
     resolve_model,
 )
 from haystack_llmrank.scorers.base import LabelScorer
@@ -147,12 +147,11 @@ def source_device_and_dtype(
     dtype: str | None,
     on_missing_gpu: OnMissingGpu = "raise",
 ) -> tuple[str, Any]:
-    """Where and in what dtype to load ``source``, after :func:`check_available` passed.
+    """Where and in what dtype to load ``source`` (one that :func:`loadable_source` returned).
 
     :func:`resolve_torch_device`, then :func:`resolve_torch_dtype` with the checkpoint's own
     dtype on CUDA (read only there, and only when ``dtype`` is not given).
     """
-    check_available(source)
     resolved = resolve_torch_device(device, on_missing_gpu)
     on_cuda = resolved.startswith("cuda")
     checkpoint = checkpoint_dtype(source) if dtype is None and on_cuda else None
@@ -231,7 +230,7 @@ def load_scorer(
         )
     from haystack_llmrank.scorers.torch_scorer import TorchLabelScorer
 
-    source = resolve_model(model)
+    source = loadable_source(resolve_model(model))
     torch_device, torch_dtype = source_device_and_dtype(source, device, dtype, on_missing_gpu)
     tokenizer = load_tokenizer(source)
     lm = load_causal_lm(source, device=torch_device, dtype=torch_dtype, tokenizer=tokenizer)

@@ -10,13 +10,14 @@ import os
 import shutil
 import socket
 import tempfile
+import threading
 import warnings
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from haystack_llmrank.errors import ModelResolutionError
+from haystack_llmrank.errors import ModelResolutionError, listed
 from haystack_llmrank.scorers.onnx_metadata import METADATA_FILE, file_sha256, is_export
 
 logger = logging.getLogger(__name__)
@@ -41,12 +42,20 @@ class ModelSource:
     location: str
     gguf_file: str | None = None
     adapter: str | None = None
+    hub_id: str | None = None
+    """The Hugging Face id whose cached snapshot ``location`` is (see
+    :func:`loadable_source`); it names the model."""
+
+    @property
+    def base_name(self) -> str:
+        """A readable name of the base model, without the adapter."""
+        base = self.hub_id or self.location
+        return f"{base}/{self.gguf_file}" if self.gguf_file else base
 
     @property
     def name(self) -> str:
         """A readable name for logs and metadata."""
-        base = f"{self.location}/{self.gguf_file}" if self.gguf_file else self.location
-        return f"{base}+{self.adapter}" if self.adapter else base
+        return f"{self.base_name}+{self.adapter}" if self.adapter else self.base_name
 
 
 def embedded_base() -> ModelSource:
@@ -268,7 +277,8 @@ def _gguf_cache_dir(source: ModelSource) -> Path | None:
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether a TCP connection to the Hugging Face endpoint opens within ``timeout`` seconds;
+    """Whether a TCP connection to the Hugging Face endpoint opens within ``timeout`` seconds,
+    the name lookup included (a resolver that gets no answer waits far longer on its own);
     behind a proxy (``HTTPS_PROXY`` and the like, which the hub client uses), assumed so."""
     import urllib.request
     from urllib.parse import urlsplit
@@ -277,12 +287,48 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
     proxies = urllib.request.getproxies()
     if endpoint.scheme in proxies or "all" in proxies:
         return True
-    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    address = (endpoint.hostname or "", endpoint.port or (80 if endpoint.scheme == "http" else 443))
+    opened: list[bool] = []
+
+    def connect() -> None:
+        try:
+            with socket.create_connection(address, timeout=timeout):
+                opened.append(True)
+        except OSError:
+            pass
+
+    # a daemon thread: one stuck in the name lookup is left behind, and holds no exit up
+    probe = threading.Thread(target=connect, name="llmrank-hub-probe", daemon=True)
+    probe.start()
+    probe.join(timeout)
+    return bool(opened)
+
+
+def _offline_variable() -> str | None:
+    """The first of ``HF_HUB_OFFLINE`` and ``TRANSFORMERS_OFFLINE`` that is set true, if any."""
+    return next((name for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE") if _set(name)), None)
+
+
+def _named(source: ModelSource) -> str:
+    """How messages name ``source``'s location: as the base model of its adapter, if any."""
+    named = f"{source.location!r}"
+    if source.adapter is None:
+        return named
+    return f"the base model {named} of the adapter in {source.adapter}"
+
+
+def _cached_file(source: ModelSource) -> Path | None:
+    """The Hugging Face cache's copy of the file that ``source`` (a hub id) loads first, its
+    GGUF file or ``config.json``, if there is one."""
+    from huggingface_hub import try_to_load_from_cache
+
     try:
-        with socket.create_connection((endpoint.hostname or "", port), timeout=timeout):
-            return True
-    except OSError:
-        return False
+        cached = try_to_load_from_cache(source.location, source.gguf_file or "config.json")
+    except ValueError as exc:  # not a valid hub id either
+        raise ModelResolutionError(
+            f"{_named(source)} is neither a local folder or file nor a Hugging Face id: {exc}"
+        ) from exc
+    return Path(cached) if isinstance(cached, str) else None
 
 
 def check_available(source: ModelSource) -> None:
@@ -297,25 +343,35 @@ def check_available(source: ModelSource) -> None:
         if location.is_dir() and source.gguf_file is None:
             check_model_folder(location)
         return
-    from huggingface_hub import try_to_load_from_cache
-
-    named = f"{source.location!r}"
-    if source.adapter is not None:
-        named = f"the base model {named} of the adapter in {source.adapter}"
-    try:
-        cached = try_to_load_from_cache(source.location, source.gguf_file or "config.json")
-    except ValueError as exc:  # not a valid hub id either
-        raise ModelResolutionError(
-            f"{named} is neither a local folder or file nor a Hugging Face id: {exc}"
-        ) from exc
-    if isinstance(cached, str):
+    if _cached_file(source) is not None:
         return
-    where = f"{named} is not a local folder or file and not in the Hugging Face cache"
-    offline = [name for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE") if _set(name)]
+    where = f"{_named(source)} is not a local folder or file and not in the Hugging Face cache"
+    offline = _offline_variable()
     if offline:
-        raise ModelResolutionError(f"{where}, and {offline[0]} is set")
+        raise ModelResolutionError(f"{where}, and {offline} is set")
     if not _hub_reachable():
         raise ModelResolutionError(f"{where}, and the Hugging Face hub cannot be reached")
+
+
+def loadable_source(source: ModelSource) -> ModelSource:
+    """``source`` once :func:`check_available` passed it, as it loads without hub retries.
+
+    A hub id in the Hugging Face cache, where neither offline variable is set and the hub
+    cannot be reached, becomes its cached snapshot folder (named by the id), with a warning:
+    given the id, transformers would retry the hub for minutes.
+    """
+    check_available(source)
+    if Path(source.location).exists() or _offline_variable():
+        return source
+    cached = _cached_file(source)
+    if cached is None or _hub_reachable():
+        return source
+    logger.warning(
+        "the Hugging Face hub cannot be reached; loading %s from its cached snapshot %s",
+        source.location,
+        cached.parent,
+    )
+    return replace(source, location=str(cached.parent), hub_id=source.location)
 
 
 def check_model_folder(folder: Path) -> None:
@@ -339,18 +395,40 @@ def check_model_folder(folder: Path) -> None:
     )
 
 
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "tekken.json",
+    "vocab.json",
+    "vocab.txt",
+    "spiece.model",
+)
+"""Files of a tokenizer, one of which a model folder holds for :func:`load_tokenizer`."""
+
+
 def load_tokenizer(source: ModelSource) -> Any:
-    """Load the tokenizer of ``source`` (from the GGUF cache when there is one)."""
+    """Load the tokenizer of ``source`` (from the GGUF cache when there is one); a folder
+    that holds none of :data:`TOKENIZER_FILES` is refused, saying so."""
     from transformers import AutoTokenizer
 
     cached = _gguf_cache_dir(source) if source.gguf_file else None
     tokenizer = _from_cache(cached, AutoTokenizer.from_pretrained)
     if tokenizer is not None:
         return tokenizer
-    try:
-        return AutoTokenizer.from_pretrained(source.location, gguf_file=source.gguf_file)
-    except (OSError, ValueError) as exc:
-        raise ModelResolutionError(f"cannot load a tokenizer from {source.name}: {exc}") from exc
+    folder = Path(source.location)
+    if (
+        source.gguf_file is None
+        and folder.is_dir()  # not a hub id
+        and not any((folder / name).is_file() for name in TOKENIZER_FILES)
+    ):
+        raise ModelResolutionError(
+            f"{folder} holds no tokenizer: none of {', '.join(TOKENIZER_FILES)}; save one there "
+            "with tokenizer.save_pretrained()"
+        )
+    with _load_errors(source, "a tokenizer"):
+        tokenizer = AutoTokenizer.from_pretrained(source.location, gguf_file=source.gguf_file)
+    return tokenizer
 
 
 def load_causal_lm(
@@ -360,7 +438,8 @@ def load_causal_lm(
 
     A local GGUF file is dequantised once and cached as safetensors (with its tokenizer)
     under :func:`_cache_root`; ``LLMRANK_NO_CACHE=1`` turns the cache off. A cached copy that
-    cannot be loaded is replaced from the file.
+    cannot be loaded is replaced from the file. A checkpoint that lacks weights of the model, or
+    holds some of another shape, is refused (see :func:`_causal_lm`).
 
     With an adapter, the base loads in float32 where ``dtype`` is float32 (as training ran
     it: merged into a bfloat16 checkpoint as stored, the adapter's delta would be rounded
@@ -369,27 +448,20 @@ def load_causal_lm(
     bfloat16 would round each weight twice.
     """
     import torch
-    from transformers import AutoModelForCausalLM
 
     kwargs: dict[str, Any] = {"dtype": dtype} if dtype is not None else {}
     base_kwargs = kwargs
     if source.adapter is not None:
         base_kwargs = {"dtype": torch.float32 if dtype == torch.float32 else "auto"}
     cached = _gguf_cache_dir(source) if source.gguf_file else None
-    model = _from_cache(
-        cached, lambda folder: AutoModelForCausalLM.from_pretrained(folder, **base_kwargs)
-    )
+    model = _from_cache(cached, lambda folder: _causal_lm(folder, str(folder), **base_kwargs))
     if model is None:
         # the cache holds the float32 dequantisation, whatever dtype this load asks for
         load_kwargs = {"dtype": torch.float32} if cached is not None else base_kwargs
-        try:
-            model = AutoModelForCausalLM.from_pretrained(
-                source.location, gguf_file=source.gguf_file, **load_kwargs
+        with _load_errors(source, "a causal LM"):
+            model = _causal_lm(
+                source.location, source.base_name, gguf_file=source.gguf_file, **load_kwargs
             )
-        except (OSError, ValueError) as exc:
-            raise ModelResolutionError(
-                f"cannot load a causal LM from {source.name}: {exc}"
-            ) from exc
         if cached is not None:
             _write_cache(model, tokenizer or load_tokenizer(source), cached)
     if source.adapter is not None:
@@ -397,6 +469,60 @@ def load_causal_lm(
     if dtype is not None:
         model = model.to(dtype)
     return model.to(device).eval()
+
+
+@contextlib.contextmanager
+def _load_errors(source: ModelSource, what: str) -> Iterator[None]:
+    """A block that loads ``what`` (``"a tokenizer"``, ``"a causal LM"``) from ``source``,
+    whose ``OSError`` or ``ValueError`` raises :class:`ModelResolutionError` naming it; for a
+    GGUF file any error but ``MemoryError`` does, naming the file: transformers' reader fails
+    on a truncated one in its own ways (``struct.error``, say)."""
+    try:
+        yield
+    except (MemoryError, ModelResolutionError):
+        raise
+    except Exception as exc:
+        if source.gguf_file is not None:
+            file = Path(source.location) / source.gguf_file
+            raise ModelResolutionError(
+                f"cannot load {what} from the GGUF file {file} (truncated or not a GGUF file?): "
+                f"{exc}"
+            ) from exc
+        if not isinstance(exc, (OSError, ValueError)):
+            raise
+        raise ModelResolutionError(f"cannot load {what} from {source.name}: {exc}") from exc
+
+
+def _causal_lm(location: str | Path, named: str, **kwargs: Any) -> Any:
+    """``AutoModelForCausalLM.from_pretrained(location, **kwargs)``, refused where the
+    checkpoint (``named`` in the message) lacks weights of the model or holds some of another
+    shape: transformers would initialise those at random (weights tied to others, such as an
+    output layer tied to the embeddings, do not count as missing)."""
+    from transformers import AutoModelForCausalLM
+
+    loaded: Any = AutoModelForCausalLM.from_pretrained(  # annotated as returning the model
+        location, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
+    )
+    model, info = loaded
+    missing = sorted(info.get("missing_keys") or ())
+    # transformers 5 records (name, saved shape, model shape), transformers 4 the name
+    reshaped = sorted(
+        key if isinstance(key, str) else key[0] for key in info.get("mismatched_keys") or ()
+    )
+    problems = [
+        f"{len(keys)} {what} ({listed(keys, 3)})"
+        for what, keys in (
+            ("weights of the model missing", missing),
+            ("weights of another shape than its config gives", reshaped),
+        )
+        if keys
+    ]
+    if problems:
+        raise ModelResolutionError(
+            f"cannot load a causal LM from {named}: {'; '.join(problems)}; transformers "
+            "would initialise these at random"
+        )
+    return model
 
 
 @contextlib.contextmanager
@@ -427,7 +553,7 @@ def _merge_adapter(model: Any, source: ModelSource) -> Any:
             wrapped = PeftModel(model, config)
         load_adapter_weights(wrapped, load_peft_weights(folder, device="cpu"))
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        base = ModelSource(source.location, source.gguf_file).name
+        base = source.base_name
         raise ModelResolutionError(
             f"cannot apply the adapter in {folder} (its recorded base model: "
             f"{recorded_base(Path(folder))!r}) to {base}: {exc}"
@@ -437,15 +563,19 @@ def _merge_adapter(model: Any, source: ModelSource) -> Any:
 
 def _from_cache(cached: Path | None, load: Callable[[Path], Any]) -> Any:
     """``load(cached)`` where the cache folder ``cached`` holds a copy this process can read;
-    ``None`` where it holds none, or one that fails to load, which is then removed (where this
-    process may) so that the file's fresh copy replaces it."""
+    ``None`` where it holds none, or a damaged one (a file missing, cut short or unparsable),
+    which is then removed (where this process may) so that the file's fresh copy replaces it.
+
+    Other errors propagate and leave the copy, which other processes share, in place: torch
+    reports memory it cannot allocate as a ``RuntimeError``.
+    """
     if cached is None or not os.path.isfile(cached / "config.json"):  # unreadable: none
         return None
+    from safetensors import SafetensorError
+
     try:
         return load(cached)
-    except MemoryError:
-        raise
-    except Exception as exc:  # a damaged copy: read the GGUF file again
+    except (OSError, ValueError, SafetensorError) as exc:  # damaged: read the GGUF file again
         logger.warning(
             "the cached copy in %s cannot be loaded (%s); loading the GGUF file again", cached, exc
         )

@@ -619,7 +619,12 @@ def summary(record: dict[str, Any], resumed_at: int, seconds: float, output: Pat
 
 def _trainer(args: argparse.Namespace, config: Any) -> Any:
     from haystack_llmrank.backends import source_device_and_dtype
-    from haystack_llmrank.models import load_causal_lm, load_tokenizer, resolve_model
+    from haystack_llmrank.models import (
+        load_causal_lm,
+        load_tokenizer,
+        loadable_source,
+        resolve_model,
+    )
     from haystack_llmrank.training import FirstTrainer
 
     if args.threads is not None:
@@ -634,6 +639,7 @@ def _trainer(args: argparse.Namespace, config: Any) -> Any:
             f"(--model {base['base_model_name_or_path']}) with --init-adapter {source.adapter} "
             "to start from its weights"
         )
+    source = loadable_source(source)
     device, dtype = source_device_and_dtype(source, args.device, args.dtype)
     tokenizer = load_tokenizer(source)
     model = load_causal_lm(source, device=device, dtype=dtype, tokenizer=tokenizer)

@@ -16,10 +16,10 @@ from haystack_llmrank.errors import ExportError, listed
 from haystack_llmrank.labels import LabelIds, readout_label_ids
 from haystack_llmrank.model_templates import TemplateChoice, model_template
 from haystack_llmrank.models import (
-    check_available,
     context_length,
     load_causal_lm,
     load_tokenizer,
+    loadable_source,
     resolve_model,
     weights_fingerprint,
 )
@@ -120,8 +120,7 @@ def export_onnx(
     target = Path(out_dir).expanduser().resolve()
     check_output_folder(target)
     replaced = _check_target(target, overwrite=overwrite)
-    source = resolve_model(model)
-    check_available(source)
+    source = loadable_source(resolve_model(model))
     tokenizer = load_tokenizer(source)
     if getattr(tokenizer, "chat_template", None) is None:
         raise ValueError(f"{source.name} has no chat template; FIRST prompts are chat prompts")

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import re
+import shutil
+import socket
 import stat
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -20,6 +25,7 @@ from haystack_llmrank.models import (
     ModelSource,
     check_available,
     load_causal_lm,
+    load_tokenizer,
     resolve_model,
 )
 from haystack_llmrank.reranker import Reranker
@@ -96,6 +102,52 @@ def test_a_damaged_cached_copy_is_dropped_and_the_file_read_again(
     assert not target.exists()
 
 
+def test_running_out_of_memory_leaves_the_shared_cached_copy_in_place(
+    tiny_model: Any,
+    smollm2_tokenizer: Any,
+    cache_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import transformers
+
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"not really a GGUF file")
+    source = resolve_model(str(gguf))
+    target = models._gguf_cache_dir(source)
+    assert target is not None
+    models._write_cache(tiny_model, smollm2_tokenizer, target)
+
+    def out_of_memory(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory")  # what torch raises
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", out_of_memory)
+    with pytest.raises(RuntimeError, match="can't allocate memory"):
+        load_causal_lm(source)
+    assert (target / "model.safetensors").is_file()
+
+
+def test_a_truncated_gguf_file_is_named_with_a_hint_in_the_api_and_the_cli(
+    tmp_path: Path, cache_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import haystack_llmrank.cli as cli
+
+    gguf = tmp_path / "cut.gguf"
+    gguf.write_bytes(b"GGUF\x03\x00\x00\x00")  # the header stops after its version
+    source = resolve_model(str(gguf))
+    hint = re.escape(f"the GGUF file {gguf.resolve()} (truncated or not a GGUF file?): ")
+    with pytest.raises(ModelResolutionError, match=f"^cannot load a tokenizer from {hint}"):
+        load_tokenizer(source)
+    with pytest.raises(ModelResolutionError, match=f"^cannot load a causal LM from {hint}"):
+        load_causal_lm(source)
+    query = {"qid": "q1", "query": "fleas", "candidates": [{"docid": "d1", "text": "fleas"}]}
+    candidates = tmp_path / "candidates.jsonl"
+    candidates.write_text(json.dumps(query) + "\n")
+    argv = ["rerank", str(candidates), "-o", str(tmp_path / "run"), "--model", str(gguf)]
+    assert cli.main(argv) == 2
+    assert "(truncated or not a GGUF file?)" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(("value", "cached"), [("0", True), ("", True), ("1", False)])
 def test_llmrank_no_cache_turns_the_cache_off_only_when_true(
     tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch, value: str, cached: bool
@@ -125,6 +177,81 @@ def test_behind_a_proxy_the_hub_is_not_called_unreachable(monkeypatch: pytest.Mo
     monkeypatch.delenv("ALL_PROXY")
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
     assert models._hub_reachable()
+
+
+def test_the_hub_probe_gives_up_on_a_name_lookup_that_hangs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def slow_lookup(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(2)  # a resolver that gets no answer; the connection opens in the end
+        return contextlib.nullcontext()
+
+    monkeypatch.setattr(models.socket, "create_connection", slow_lookup)
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    started = time.monotonic()
+    assert not models._hub_reachable(timeout=0.2)
+    assert time.monotonic() - started < 1
+
+
+@pytest.fixture
+def hub_cache(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A Hugging Face cache holding the tiny model as the hub id ``fake/tiny``, with the hub
+    allowed (no offline variable) but unreachable; returns the snapshot folder."""
+    import huggingface_hub.constants
+
+    repo = tmp_path / "hub" / "models--fake--tiny"
+    snapshot = repo / "snapshots" / ("b" * 40)
+    shutil.copytree(tiny_model_dir, snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("b" * 40)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(models, "_hub_reachable", lambda: False)
+    return snapshot
+
+
+def test_a_cached_hub_id_loads_from_its_snapshot_while_the_hub_cannot_be_reached(
+    hub_cache: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    lookups: list[Any] = []
+
+    def no_network(*args: Any, **kwargs: Any) -> Any:
+        lookups.append(args[:2])
+        raise AssertionError(f"a network lookup of {args[:2]}")  # not retried, unlike OSError
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    with caplog.at_level(logging.WARNING, logger="haystack_llmrank.models"):
+        reranker = Reranker.from_pretrained("fake/tiny", device="cpu")
+    assert lookups == []
+    assert reranker.model_name == "fake/tiny"
+    assert (
+        caplog.text.count(
+            f"cannot be reached; loading fake/tiny from its cached snapshot {hub_cache}"
+        )
+        == 1
+    )
+
+
+def test_an_adapters_cached_hub_base_loads_from_its_snapshot_only_while_unreachable(
+    hub_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(
+        json.dumps({"base_model_name_or_path": "fake/tiny"})
+    )
+    source = resolve_model(str(adapter))
+    loaded = models.loadable_source(source)
+    assert loaded == ModelSource(str(hub_cache), None, str(adapter.resolve()), "fake/tiny")
+    assert loaded.name == source.name == f"fake/tiny+{adapter.resolve()}"
+    monkeypatch.setattr(models, "_hub_reachable", lambda: True)
+    assert models.loadable_source(source) == source
+    monkeypatch.setattr(models, "_hub_reachable", lambda: False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # transformers reads the cache, asking no hub
+    assert models.loadable_source(source) == source
 
 
 @pytest.mark.parametrize("name", ["HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"])
@@ -157,6 +284,68 @@ def test_an_adapter_whose_base_is_missing_is_named(tmp_path: Path) -> None:
     )
     with pytest.raises(ModelResolutionError, match=f"the adapter in {adapter} names the base"):
         resolve_model(str(adapter))
+
+
+def test_a_checkpoint_missing_weights_is_refused_not_filled_at_random(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "cut"
+    shutil.copytree(tiny_model_dir, folder)
+    weights = load_file(folder / "model.safetensors")
+    del weights["lm_head.weight"], weights["model.layers.1.mlp.down_proj.weight"]
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(
+        ModelResolutionError,
+        match=rf"^cannot load a causal LM from {folder}: .*2 weights of the model missing "
+        r"\(lm_head\.weight, model\.layers\.1\.mlp\.down_proj\.weight\)",
+    ):
+        load_causal_lm(ModelSource(str(folder)))
+
+
+def test_a_config_that_does_not_fit_its_weights_is_refused_naming_the_model(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "wider"
+    shutil.copytree(tiny_model_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "hidden_size": 128}))
+    with pytest.raises(
+        ModelResolutionError,
+        match=rf"^cannot load a causal LM from {folder}: .* weights of another shape than its "
+        r"config gives \(lm_head\.weight, ",
+    ):
+        load_causal_lm(ModelSource(str(folder)))
+
+
+def test_an_output_layer_tied_to_the_embeddings_is_not_missing(tmp_path: Path) -> None:
+    import transformers
+
+    config = transformers.LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+    )
+    transformers.LlamaForCausalLM(config).save_pretrained(tmp_path)  # no lm_head.weight saved
+    model = load_causal_lm(ModelSource(str(tmp_path)))
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+
+
+def test_a_folder_without_tokenizer_files_says_so(tiny_model_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "weights-only"  # what model.save_pretrained() alone writes
+    shutil.copytree(tiny_model_dir, folder)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (folder / name).unlink()
+    with pytest.raises(
+        ModelResolutionError,
+        match=rf"^{folder} holds no tokenizer: none of tokenizer\.json, tokenizer_config\.json, ",
+    ):
+        Reranker.from_pretrained(str(folder), device="cpu")
 
 
 @pytest.mark.parametrize("dtype", ["int8", "bool", "complex64", "float8_e4m3fn"])

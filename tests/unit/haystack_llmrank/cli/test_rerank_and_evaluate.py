@@ -758,7 +758,9 @@ def test_gguf_cache_holds_float32_whatever_dtype_the_load_asks_for(
 
     def dequantise(location: str, **kwargs: Any) -> Any:
         asked.append(kwargs.get("dtype"))
-        return make_tiny_llama(len(smollm2_tokenizer)).to(kwargs.get("dtype", torch.float32))
+        model = make_tiny_llama(len(smollm2_tokenizer)).to(kwargs.get("dtype", torch.float32))
+        loaded = {"missing_keys": set(), "mismatched_keys": set()}
+        return (model, loaded) if kwargs.get("output_loading_info") else model
 
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", dequantise)
     source = models.ModelSource(str(tmp_path), "m.gguf")
