@@ -192,7 +192,8 @@ def main() -> None:
     qrels = read_qrels(args.qrels)
     source = resolve_model(args.model)
     tokenizer = load_tokenizer(source)
-    model = load_causal_lm(source, tokenizer=tokenizer)
+    # float32, as llmrank ranks on the CPU: an adapter merged into a bfloat16 base unrounded
+    model = load_causal_lm(source, dtype=torch.float32, tokenizer=tokenizer)
     depth = model.config.num_hidden_layers + 1  # hidden states: the embeddings, then each layer
     layers = range(args.layer_step, depth, args.layer_step)
     if not layers:

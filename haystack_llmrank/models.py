@@ -362,11 +362,11 @@ def load_causal_lm(
     under :func:`_cache_root`; ``LLMRANK_NO_CACHE=1`` turns the cache off. A cached copy that
     cannot be loaded is replaced from the file.
 
-    With an adapter, the base loads in float32 where ``dtype`` is float32 (as training ran
-    it: merged into a bfloat16 checkpoint as stored, the adapter's delta would be rounded
-    to bfloat16), else as its checkpoint holds it (a GGUF file: as its float32 cache); the
-    adapter is merged, and the result is cast once to ``dtype``: a base first cast to
-    bfloat16 would round each weight twice.
+    With an adapter, the base loads in ``dtype`` where that is float32 or wider (float32 is
+    how training ran it: merged into a bfloat16 checkpoint as stored, the adapter's delta
+    would be rounded to bfloat16), else as its checkpoint holds it (a GGUF file: as its
+    float32 cache); the adapter is merged, and the result is cast once to ``dtype``: a base
+    first cast to bfloat16 would round each weight twice.
     """
     import torch
     from transformers import AutoModelForCausalLM
@@ -374,7 +374,8 @@ def load_causal_lm(
     kwargs: dict[str, Any] = {"dtype": dtype} if dtype is not None else {}
     base_kwargs = kwargs
     if source.adapter is not None:
-        base_kwargs = {"dtype": torch.float32 if dtype == torch.float32 else "auto"}
+        wide = dtype is not None and dtype.itemsize >= 4
+        base_kwargs = {"dtype": dtype if wide else "auto"}
     cached = _gguf_cache_dir(source) if source.gguf_file else None
     model = _from_cache(
         cached, lambda folder: AutoModelForCausalLM.from_pretrained(folder, **base_kwargs)
