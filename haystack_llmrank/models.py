@@ -71,16 +71,15 @@ def resolve_model(model: str | os.PathLike[str] | None = None) -> ModelSource:
     same way, plus the adapter. Anything else is a Hugging Face id or folder; an empty
     reference, or a path to nothing, is refused.
     """
-    if model is None or model == DEFAULT_MODEL:
-        return adapted(DEFAULT_ADAPTER)
-    model = os.fspath(model)  # a pathlib.Path works as well
+    adapter = adapter_folder(model)
+    if adapter is not None:
+        return adapted(adapter)
+    model = os.fspath(model or "")  # a pathlib.Path works as well (None: the default)
     if model.strip() == "":
         raise ModelResolutionError("empty model reference")
     if model == EMBEDDED_BASE:
         return embedded_base()
     path = Path(model).expanduser()
-    if (path / ADAPTER_CONFIG).is_file():
-        return adapted(path)
     if path.suffix.lower() == ".gguf":
         if not path.is_file():
             raise ModelResolutionError(f"GGUF file not found: {path}")
@@ -94,6 +93,19 @@ def resolve_model(model: str | os.PathLike[str] | None = None) -> ModelSource:
     if _is_path(model):
         raise ModelResolutionError(f"no model folder at {path}: it does not exist")
     return ModelSource(model)
+
+
+def adapter_folder(model: str | os.PathLike[str] | None) -> Path | None:
+    """The adapter folder ``model`` names, found without resolving its base:
+    :data:`DEFAULT_ADAPTER` for ``None`` or ``"default"``, a folder with
+    ``adapter_config.json``; ``None`` for any other reference."""
+    if model is None or model == DEFAULT_MODEL:
+        return DEFAULT_ADAPTER
+    model = os.fspath(model)
+    if model == EMBEDDED_BASE or model.strip() == "":
+        return None
+    path = Path(model).expanduser()
+    return path if (path / ADAPTER_CONFIG).is_file() else None
 
 
 def _is_path(model: str) -> bool:
