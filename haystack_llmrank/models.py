@@ -115,10 +115,11 @@ def _is_path(model: str) -> bool:
 
 
 def adapted(folder: Path) -> ModelSource:
-    """The base model an adapter folder names, with the adapter attached."""
+    """The base model an adapter folder names (see :func:`_base_reference`), with the
+    adapter attached."""
     base = recorded_base(folder)
     try:
-        source = resolve_model(base)
+        source = resolve_model(_base_reference(folder, base))
     except ModelResolutionError as exc:
         raise ModelResolutionError(
             f"the adapter in {folder} names the base model {base!r}, which cannot be used: {exc}"
@@ -126,6 +127,30 @@ def adapted(folder: Path) -> ModelSource:
     if source.adapter is not None:
         raise ModelResolutionError(f"{folder}: its base {base!r} is itself an adapter")
     return ModelSource(source.location, source.gguf_file, str(folder.resolve()))
+
+
+def _base_reference(folder: Path, base: str) -> str:
+    """The reference to resolve for the base ``base`` that the adapter in ``folder`` records.
+
+    The embedded base's name and an absolute path as recorded. A relative path is read from
+    the adapter's folder, never from the working directory: found there, by its absolute
+    path; not found there, refused where it can only be a path or the working directory
+    holds it (which base the adapter was trained on is then unknown), else taken as a
+    Hugging Face id.
+    """
+    path = Path(base).expanduser()
+    if base == EMBEDDED_BASE or path.is_absolute():
+        return base
+    beside = folder.resolve() / path
+    if beside.exists():
+        return str(beside.resolve())
+    if _is_path(base) or path.exists():
+        raise ModelResolutionError(
+            f"a relative base path is read from the adapter's folder, not the working "
+            f"directory, and {beside} does not exist; record the base by absolute path in "
+            f"{folder / ADAPTER_CONFIG}"
+        )
+    return base
 
 
 def recorded_base(folder: Path) -> str:

@@ -644,22 +644,10 @@ def _trainer(args: argparse.Namespace, config: Any) -> Any:
         model,
         tokenizer,
         config,
-        base_model=_recorded_base(args.model),
+        base_model=args.model,
         output_dir=args.output,
         template=_template(args),
     )
-
-
-def _recorded_base(model: str) -> str:
-    """How the output names its base: the embedded base's name (which
-    :func:`~haystack_llmrank.models.resolve_model` reads before any folder of that name) and
-    hub ids as given, a local base by absolute path (so the output loads from anywhere)."""
-    from haystack_llmrank.models import EMBEDDED_BASE
-
-    local = Path(model).expanduser()
-    if model == EMBEDDED_BASE or not local.exists():
-        return model
-    return str(local.resolve())
 
 
 def _template(args: argparse.Namespace) -> Any:

@@ -159,6 +159,28 @@ def test_an_adapter_whose_base_is_missing_is_named(tmp_path: Path) -> None:
         resolve_model(str(adapter))
 
 
+def test_a_relative_adapter_base_is_read_from_the_adapter_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    adapter, base, cwd = tmp_path / "run" / "adapter", tmp_path / "run" / "base", tmp_path / "cwd"
+    for folder in (adapter, base, tmp_path / "base", cwd / "tiny"):
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text("{}")
+
+    def recording(base_model: str) -> str:
+        (adapter / "adapter_config.json").write_text(
+            json.dumps({"base_model_name_or_path": base_model})
+        )
+        return str(adapter)
+
+    monkeypatch.chdir(cwd)  # from which ../base and tiny are other folders
+    assert resolve_model(recording("../base")).location == str(base.resolve())
+    for unknown in ("tiny", "./tiny", "../cwd/tiny"):  # not beside the adapter
+        with pytest.raises(ModelResolutionError, match="read from the adapter's folder, not the"):
+            resolve_model(recording(unknown))
+    assert resolve_model(recording("org/model")).location == "org/model"  # a hub id
+
+
 @pytest.mark.parametrize("dtype", ["int8", "bool", "complex64", "float8_e4m3fn"])
 def test_dtypes_that_cannot_hold_weights_are_refused_up_front(dtype: str) -> None:
     with pytest.raises(ValueError, match=f"dtype '{dtype}' cannot hold a model's weights"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from types import SimpleNamespace
@@ -40,6 +41,18 @@ def save_adapter(model: Any, folder: Path, *, base: Path, **lora: Any) -> Any:
                 parameter.normal_(generator=torch.Generator().manual_seed(len(name)))
     save_trained(wrapped, None, folder, base_model=str(base), template=FIRST_TEMPLATE)
     return wrapped.eval()
+
+
+def test_an_adapter_records_a_local_base_by_absolute_path(
+    smollm2_tokenizer: Any, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tiny_model_dir.parent)
+    relative = Path(tiny_model_dir.name)  # as FirstTrainer(base_model=...) may be given it
+    save_adapter(make_tiny_llama(len(smollm2_tokenizer)), tmp_path / "adapter", base=relative)
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(tiny_model_dir.resolve())
+    monkeypatch.chdir(tmp_path)  # so it loads onto that base from anywhere
+    assert resolve_model(str(tmp_path / "adapter")).location == str(tiny_model_dir.resolve())
 
 
 def test_an_adapter_of_the_top_layers_loads_as_trained(
