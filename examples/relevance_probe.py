@@ -37,7 +37,13 @@ from tqdm import tqdm
 from haystack_llmrank.data import Qrels, QueryCandidates, read_qrels, read_queries
 from haystack_llmrank.evaluation import evaluate
 from haystack_llmrank.model_templates import model_template
-from haystack_llmrank.models import context_length, load_causal_lm, load_tokenizer, resolve_model
+from haystack_llmrank.models import (
+    context_length,
+    load_causal_lm,
+    load_tokenizer,
+    loadable_source,
+    resolve_model,
+)
 from haystack_llmrank.prompt import PromptBuilder
 
 WINDOW = 20
@@ -190,9 +196,10 @@ def main() -> None:
         q.qid: q.top(args.depth) for q in read_queries(args.candidates) if q.qid in {*train, *held}
     }
     qrels = read_qrels(args.qrels)
-    source = resolve_model(args.model)
+    source = loadable_source(resolve_model(args.model))
     tokenizer = load_tokenizer(source)
-    model = load_causal_lm(source, tokenizer=tokenizer)
+    # float32, as llmrank ranks on the CPU: an adapter merged into a bfloat16 base unrounded
+    model = load_causal_lm(source, dtype=torch.float32, tokenizer=tokenizer)
     depth = model.config.num_hidden_layers + 1  # hidden states: the embeddings, then each layer
     layers = range(args.layer_step, depth, args.layer_step)
     if not layers:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from haystack_llmrank.checks import check_positive
+from haystack_llmrank.devices import Device, parse_device
 from haystack_llmrank.errors import ModelResolutionError
 from haystack_llmrank.gpu_policy import OnMissingGpu, check_on_missing_gpu, fall_back_to_cpu
 from haystack_llmrank.labels import readout_label_ids
@@ -39,7 +40,8 @@ class LoadedScorer:
 
 
 def resolve_torch_device(device: str | None, on_missing_gpu: OnMissingGpu = "raise") -> str:
-    """``device``, or CUDA when torch sees it and ``None`` was given, else the CPU.
+    """``device`` by its name (see :func:`~haystack_llmrank.devices.parse_device`), or CUDA
+    when torch sees it and ``None`` was given, else the CPU.
 
     A CUDA device that torch cannot see raises, or with ``on_missing_gpu="warn"`` logs a
     warning and resolves to the CPU.
@@ -48,7 +50,7 @@ def resolve_torch_device(device: str | None, on_missing_gpu: OnMissingGpu = "rai
 
     if device is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
-    parsed = _parse_device(device)
+    parsed = parse_device(device, "torch")
     if parsed.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0 or (parsed.index is not None and parsed.index >= count):
@@ -56,36 +58,26 @@ def resolve_torch_device(device: str | None, on_missing_gpu: OnMissingGpu = "rai
             message = f"device {device!r} was asked for but torch sees {seen}"
             fall_back_to_cpu(message, on_missing_gpu, _TORCH_GPU_HINT)
             return "cpu"
-    _check_device_type(device, parsed)
-    return device
+    _check_mps(device, parsed)
+    return parsed.name
 
 
-def _parse_device(device: str) -> Any:
-    """``device`` as a ``torch.device``; ``ValueError`` naming it where torch cannot parse it."""
+def _check_mps(device: str, parsed: Device) -> None:
+    """``ValueError`` for an MPS device this torch does not have."""
     import torch
 
-    try:
-        return torch.device(device)
-    except RuntimeError as exc:
-        raise ValueError(f"unknown torch device {device!r}: {exc}") from None
-
-
-def _check_device_type(device: str, parsed: Any) -> None:
-    """``ValueError`` for a device the torch backend does not run on, or an MPS device this
-    torch does not have."""
-    import torch
-
-    if parsed.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"device {device!r}: the torch backend runs on cpu, cuda or mps only")
     if parsed.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"device {device!r} was asked for but this torch has no MPS device")
 
 
-def check_torch_placement(device: str | None, dtype: str | None) -> None:
-    """``ValueError`` for a ``device`` that torch cannot parse or a ``dtype`` it does not
-    have, with no model loaded."""
+def check_placement(backend: str, device: str | None, dtype: str | None) -> None:
+    """``ValueError`` for a ``device`` that ``backend`` does not run on (see
+    :func:`~haystack_llmrank.devices.parse_device`; for torch, also an MPS device this
+    torch does not have) or a torch ``dtype`` it does not have, with no model loaded."""
     if device is not None:
-        _check_device_type(device, _parse_device(device))
+        parsed = parse_device(device, backend)
+        if backend == "torch":
+            _check_mps(device, parsed)
     if dtype is not None:
         named_torch_dtype(dtype)
 
@@ -219,6 +211,7 @@ def load_scorer(
     """
     check_backend(backend, threads, dtype)
     check_on_missing_gpu(on_missing_gpu)
+    check_placement(backend, device, dtype)
     if backend == "onnx":
         return _load_onnx(
             model,

@@ -8,6 +8,7 @@ and FIRST's otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from dataclasses import replace
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from haystack_llmrank.errors import ModelResolutionError
-from haystack_llmrank.models import DEFAULT_MODEL, resolve_model
+from haystack_llmrank.models import DEFAULT_MODEL, adapter_folder, resolve_model
 from haystack_llmrank.prompt import FIRST_TEMPLATE, PromptTemplate, get_template
 from haystack_llmrank.scorers.onnx_metadata import METADATA_FILE
 
@@ -45,17 +46,16 @@ def _read(file: Path, key: str | None = None) -> PromptTemplate | None:
 def recorded_template(model: str | None) -> PromptTemplate | None:
     """The template recorded with ``model``, or ``None`` where it records none.
 
-    Read from a trained folder (or the adapter a folder or the default resolves to) and from
-    an ONNX export folder. Hub ids and GGUF files record none; neither does a reference
-    that cannot be resolved (loading it reports why).
+    Read from the adapter folder ``model`` names (the default's too), whether or not its
+    base can be resolved, then from the folder ``model`` resolves to: a trained folder, an
+    adapter's base, an ONNX export folder. Hub ids and GGUF files record none; neither does
+    another reference that cannot be resolved (loading it reports why).
     """
-    try:
-        source = resolve_model(model)
-    except ModelResolutionError:
-        return None
-    folders = [Path(f) for f in (source.adapter, source.location) if f is not None]
+    folders = [adapter_folder(model)]
+    with contextlib.suppress(ModelResolutionError):
+        folders.append(Path(resolve_model(model).location))
     for folder in folders:
-        if not folder.is_dir():
+        if folder is None or not folder.is_dir():
             continue
         found = _read(folder / TEMPLATE_FILE) or _read(folder / METADATA_FILE, "template")
         if found is not None:

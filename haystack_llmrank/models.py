@@ -80,16 +80,15 @@ def resolve_model(model: str | os.PathLike[str] | None = None) -> ModelSource:
     same way, plus the adapter. Anything else is a Hugging Face id or folder; an empty
     reference, or a path to nothing, is refused.
     """
-    if model is None or model == DEFAULT_MODEL:
-        return adapted(DEFAULT_ADAPTER)
-    model = os.fspath(model)  # a pathlib.Path works as well
+    adapter = adapter_folder(model)
+    if adapter is not None:
+        return adapted(adapter)
+    model = os.fspath(model or "")  # a pathlib.Path works as well (None: the default)
     if model.strip() == "":
         raise ModelResolutionError("empty model reference")
     if model == EMBEDDED_BASE:
         return embedded_base()
     path = Path(model).expanduser()
-    if (path / ADAPTER_CONFIG).is_file():
-        return adapted(path)
     if path.suffix.lower() == ".gguf":
         if not path.is_file():
             raise ModelResolutionError(f"GGUF file not found: {path}")
@@ -105,6 +104,19 @@ def resolve_model(model: str | os.PathLike[str] | None = None) -> ModelSource:
     return ModelSource(model)
 
 
+def adapter_folder(model: str | os.PathLike[str] | None) -> Path | None:
+    """The adapter folder ``model`` names, found without resolving its base:
+    :data:`DEFAULT_ADAPTER` for ``None`` or ``"default"``, a folder with
+    ``adapter_config.json``; ``None`` for any other reference."""
+    if model is None or model == DEFAULT_MODEL:
+        return DEFAULT_ADAPTER
+    model = os.fspath(model)
+    if model == EMBEDDED_BASE or model.strip() == "":
+        return None
+    path = Path(model).expanduser()
+    return path if (path / ADAPTER_CONFIG).is_file() else None
+
+
 def _is_path(model: str) -> bool:
     """Whether ``model`` can only be a path: no Hugging Face id (``name`` or ``org/name``)
     starts with ``/``, ``.`` or ``~``, holds a backslash or has two slashes."""
@@ -112,10 +124,11 @@ def _is_path(model: str) -> bool:
 
 
 def adapted(folder: Path) -> ModelSource:
-    """The base model an adapter folder names, with the adapter attached."""
+    """The base model an adapter folder names (see :func:`_base_reference`), with the
+    adapter attached."""
     base = recorded_base(folder)
     try:
-        source = resolve_model(base)
+        source = resolve_model(_base_reference(folder, base))
     except ModelResolutionError as exc:
         raise ModelResolutionError(
             f"the adapter in {folder} names the base model {base!r}, which cannot be used: {exc}"
@@ -123,6 +136,30 @@ def adapted(folder: Path) -> ModelSource:
     if source.adapter is not None:
         raise ModelResolutionError(f"{folder}: its base {base!r} is itself an adapter")
     return ModelSource(source.location, source.gguf_file, str(folder.resolve()))
+
+
+def _base_reference(folder: Path, base: str) -> str:
+    """The reference to resolve for the base ``base`` that the adapter in ``folder`` records.
+
+    The embedded base's name and an absolute path as recorded. A relative path is read from
+    the adapter's folder, never from the working directory: found there, by its absolute
+    path; not found there, refused where it can only be a path or the working directory
+    holds it (which base the adapter was trained on is then unknown), else taken as a
+    Hugging Face id.
+    """
+    path = Path(base).expanduser()
+    if base == EMBEDDED_BASE or path.is_absolute():
+        return base
+    beside = folder.resolve() / path
+    if beside.exists():
+        return str(beside.resolve())
+    if _is_path(base) or path.exists():
+        raise ModelResolutionError(
+            f"a relative base path is read from the adapter's folder, not the working "
+            f"directory, and {beside} does not exist; record the base by absolute path in "
+            f"{folder / ADAPTER_CONFIG}"
+        )
+    return base
 
 
 def recorded_base(folder: Path) -> str:
@@ -441,18 +478,19 @@ def load_causal_lm(
     cannot be loaded is replaced from the file. A checkpoint that lacks weights of the model, or
     holds some of another shape, is refused (see :func:`_causal_lm`).
 
-    With an adapter, the base loads in float32 where ``dtype`` is float32 (as training ran
-    it: merged into a bfloat16 checkpoint as stored, the adapter's delta would be rounded
-    to bfloat16), else as its checkpoint holds it (a GGUF file: as its float32 cache); the
-    adapter is merged, and the result is cast once to ``dtype``: a base first cast to
-    bfloat16 would round each weight twice.
+    With an adapter, the base loads in ``dtype`` where that is float32 or wider (float32 is
+    how training ran it: merged into a bfloat16 checkpoint as stored, the adapter's delta
+    would be rounded to bfloat16), else as its checkpoint holds it (a GGUF file: as its
+    float32 cache); the adapter is merged, and the result is cast once to ``dtype``: a base
+    first cast to bfloat16 would round each weight twice.
     """
     import torch
 
     kwargs: dict[str, Any] = {"dtype": dtype} if dtype is not None else {}
     base_kwargs = kwargs
     if source.adapter is not None:
-        base_kwargs = {"dtype": torch.float32 if dtype == torch.float32 else "auto"}
+        wide = dtype is not None and dtype.itemsize >= 4
+        base_kwargs = {"dtype": dtype if wide else "auto"}
     cached = _gguf_cache_dir(source) if source.gguf_file else None
     model = _from_cache(cached, lambda folder: _causal_lm(folder, str(folder), **base_kwargs))
     if model is None:

@@ -313,10 +313,12 @@ class Reranker:
     ) -> Reranker:
         """Load a reranker for ``model`` (see :func:`haystack_llmrank.models.resolve_model`).
 
-        ``backend`` is ``"torch"`` or ``"onnx"``; ``device`` is ``"cpu"``, ``"cuda"`` or
-        ``None`` (CUDA when available); ``dtype`` is a torch dtype name or ``None`` (float32
-        on the CPU; on CUDA the checkpoint's recorded dtype, float32 when it records none,
-        as for GGUF files, and float32 for bfloat16 below compute capability 8.0).
+        ``backend`` is ``"torch"`` or ``"onnx"``; ``device`` is ``"cpu"``, ``"cuda"``,
+        ``"cuda:N"``, ``"mps"`` (torch only; checked before loading, see
+        :func:`~haystack_llmrank.devices.parse_device`) or ``None`` (CUDA when available);
+        ``dtype`` is a torch dtype name or ``None`` (float32 on the CPU; on CUDA the
+        checkpoint's recorded dtype, float32 when it records none, as for GGUF files, and
+        float32 for bfloat16 below compute capability 8.0).
         ``threads`` is ONNX Runtime's intra-op thread count (onnx backend only).
         ``on_missing_gpu`` is ``"raise"`` (default) or ``"warn"`` (log and run on the CPU) for
         a CUDA device that cannot be used. ``template`` is a template name, dict or object, or

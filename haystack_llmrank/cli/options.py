@@ -222,10 +222,10 @@ def check_model_options(args: argparse.Namespace) -> None:
     A window wider than the labels of the template (``--template``, else the one recorded
     with the model, else FIRST's), a step wider than the window, ``--order-invariant`` with
     a strategy other than ``disjoint`` (as the template's readout resolves it), a dtype
-    with the onnx backend, an unknown torch device or dtype, or a model that is neither
-    local nor reachable fails here in well under a second.
+    with the onnx backend, a device the backend does not run on, an unknown dtype, or a
+    model that is neither local nor reachable fails here in well under a second.
     """
-    from haystack_llmrank.backends import check_backend, check_torch_placement
+    from haystack_llmrank.backends import check_backend, check_placement
     from haystack_llmrank.fusion import check_fusion_k
     from haystack_llmrank.model_templates import model_template
     from haystack_llmrank.models import check_available, resolve_model
@@ -248,8 +248,8 @@ def check_model_options(args: argparse.Namespace) -> None:
     check_fusion_k(args.fusion_k)
     # --threads also sets torch's process-wide threads (load_reranker), which the API leaves
     check_backend(args.backend, args.threads if args.backend == "onnx" else None, args.dtype)
+    check_placement(args.backend, args.device, args.dtype)
     if args.backend == "torch":
-        check_torch_placement(args.device, args.dtype)
         check_available(resolve_model(args.model))
 
 

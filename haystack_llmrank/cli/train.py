@@ -234,7 +234,10 @@ def register(parser: argparse.ArgumentParser) -> None:
         "queries that the split it records beside it trained on are refused",
     )
     lora.add_argument(
-        "--merge", action="store_true", help="also write merged full weights to OUTPUT/merged"
+        "--merge",
+        action="store_true",
+        help="also write the adapter merged into its base to OUTPUT/merged, as float32 "
+        "weights, which score as the adapter folder does in float32 (on the CPU)",
     )
     held = parser.add_argument_group("validation")
     held.add_argument(
@@ -647,22 +650,10 @@ def _trainer(args: argparse.Namespace, config: Any) -> Any:
         model,
         tokenizer,
         config,
-        base_model=_recorded_base(args.model),
+        base_model=args.model,
         output_dir=args.output,
         template=_template(args),
     )
-
-
-def _recorded_base(model: str) -> str:
-    """How the output names its base: the embedded base's name (which
-    :func:`~haystack_llmrank.models.resolve_model` reads before any folder of that name) and
-    hub ids as given, a local base by absolute path (so the output loads from anywhere)."""
-    from haystack_llmrank.models import EMBEDDED_BASE
-
-    local = Path(model).expanduser()
-    if model == EMBEDDED_BASE or not local.exists():
-        return model
-    return str(local.resolve())
 
 
 def _template(args: argparse.Namespace) -> Any:
@@ -679,12 +670,22 @@ def _template(args: argparse.Namespace) -> Any:
 
 
 def _write_merged(output: Path) -> None:
-    from haystack_llmrank.model_templates import recorded_template, write_template
-    from haystack_llmrank.models import load_causal_lm, load_tokenizer, resolve_model
+    """Write ``output``'s adapter merged into its base to ``output/merged``, in float32:
+    merged as llmrank merges the adapter folder on the CPU, so it scores the same there
+    (the base's bfloat16, say, would round the adapter's delta)."""
+    import torch
 
-    source = resolve_model(str(output))
+    from haystack_llmrank.model_templates import recorded_template, write_template
+    from haystack_llmrank.models import (
+        load_causal_lm,
+        load_tokenizer,
+        loadable_source,
+        resolve_model,
+    )
+
+    source = loadable_source(resolve_model(str(output)))
     tokenizer = load_tokenizer(source)
-    model = load_causal_lm(source, tokenizer=tokenizer)
+    model = load_causal_lm(source, dtype=torch.float32, tokenizer=tokenizer)
     model.save_pretrained(output / "merged")
     tokenizer.save_pretrained(output / "merged")
     template = recorded_template(str(output))

@@ -17,7 +17,7 @@ from haystack import Document, component, default_from_dict, default_to_dict
 from haystack.utils import ComponentDevice
 
 from haystack_llmrank.arrangement import check_order_invariant
-from haystack_llmrank.backends import check_backend, check_torch_placement
+from haystack_llmrank.backends import check_backend, check_placement
 from haystack_llmrank.blank_passages import is_blank, with_blank_passages
 from haystack_llmrank.gpu_policy import OnMissingGpu, check_on_missing_gpu
 from haystack_llmrank.models import DEFAULT_MODEL
@@ -203,8 +203,7 @@ class FirstListwiseRanker:
         self.backend = backend
         self.device = _device_name(device)
         self.dtype = _dtype_name(dtype)
-        if backend == "torch":  # as the CLI checks them: fail here, not at warm_up
-            check_torch_placement(self.device, self.dtype)
+        check_placement(backend, self.device, self.dtype)  # as the CLI does: here, not at warm_up
         # numbers as plain ints and floats (numpy's too), which to_dict and YAML can write
         self.top_k = check_top_k(top_k)
         self.score_threshold = check_threshold(score_threshold)

@@ -14,6 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from haystack_llmrank.checks import check_positive
+from haystack_llmrank.devices import parse_device
 from haystack_llmrank.errors import ClosedError
 from haystack_llmrank.gpu_policy import OnMissingGpu, check_on_missing_gpu, fall_back_to_cpu
 from haystack_llmrank.labels import LabelIds
@@ -80,14 +81,10 @@ class Placement:
         return [(CUDA_PROVIDER, {"device_id": self.device_id, "use_tf32": 0}), CPU_PROVIDER]
 
 
-def parse_device(device: str) -> Placement:
-    """``"cpu"``, ``"cuda"`` or ``"cuda:N"`` as a :class:`Placement`."""
-    kind, _, index = device.strip().lower().partition(":")
-    if kind == "cpu" and not index:
-        return Placement("cpu")
-    if kind == "cuda" and (not index or index.isdigit()):
-        return Placement("cuda", int(index or 0))
-    raise ValueError(f"unknown device {device!r}; use 'cpu', 'cuda' or 'cuda:N'")
+def device_placement(device: str) -> Placement:
+    """``device`` (see :func:`~haystack_llmrank.devices.parse_device`) as a :class:`Placement`."""
+    parsed = parse_device(device, "onnx")
+    return Placement("cuda", parsed.index or 0) if parsed.type == "cuda" else Placement("cpu")
 
 
 def onnxruntime_errors() -> tuple[type[Exception], ...]:
@@ -174,7 +171,7 @@ def choose_placement(
             message = f"device=None found no {CUDA_PROVIDER} (available: {list(available)})"
             return _missing_gpu(message, "warn", wheels)
         return Placement("cpu")
-    placement = parse_device(device)
+    placement = device_placement(device)
     if placement.device_type == "cuda" and CUDA_PROVIDER not in available:
         return _missing_gpu(
             f"device {device!r} was asked for but onnxruntime offers no {CUDA_PROVIDER} "
@@ -305,7 +302,8 @@ class OnnxLabelScorer:
     prompt's last token). Inputs are copied to the session's device once and the output
     is allocated there (IOBinding); only the label logits come back.
 
-    ``device`` is ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``None`` (CUDA when onnxruntime
+    ``device`` is ``"cpu"``, ``"cuda"``, ``"cuda:N"`` (see
+    :func:`~haystack_llmrank.devices.parse_device`) or ``None`` (CUDA when onnxruntime
     offers it). A CUDA device that cannot be used raises, or with ``on_missing_gpu="warn"``
     logs a warning and runs on the CPU; with ``device=None`` it always warns.
     ``intra_op_num_threads``/``inter_op_num_threads`` default to ONNX Runtime's choice.
@@ -335,7 +333,7 @@ class OnnxLabelScorer:
 
         check_onnxruntime()
         available = ort.get_available_providers()
-        asks_cuda = device is None or parse_device(device).device_type == "cuda"
+        asks_cuda = device is None or device_placement(device).device_type == "cuda"
         wheels = onnxruntime_wheels() if asks_cuda and CUDA_PROVIDER not in available else ()
         wanted = choose_placement(device, available, on_missing_gpu, wheels)
         policy: OnMissingGpu = on_missing_gpu if device is not None else "warn"

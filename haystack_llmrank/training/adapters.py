@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from haystack_llmrank.model_templates import write_template
-from haystack_llmrank.models import peft_wrapping, text_config
+from haystack_llmrank.models import EMBEDDED_BASE, peft_wrapping, text_config
 from haystack_llmrank.prompt import PromptTemplate
 
 LORA_TARGETS: tuple[str, ...] = (
@@ -221,16 +221,27 @@ _FULL_WEIGHTS = ("config.json", "generation_config.json", "model*.safetensors*")
 """What a folder of full weights holds that an adapter folder does not (shards, index)."""
 
 
+def recordable_base(model: str) -> str:
+    """How an adapter records its base model ``model``: the embedded base's name (which
+    :func:`~haystack_llmrank.models.resolve_model` reads before any folder of that name) and
+    hub ids as given, a local base by absolute path (so the adapter loads from anywhere)."""
+    local = Path(model).expanduser()
+    if model == EMBEDDED_BASE or not local.exists():
+        return model
+    return str(local.resolve())
+
+
 def save_trained(
     model: Any, tokenizer: Any, folder: Path, *, base_model: str, template: PromptTemplate
 ) -> None:
     """Save an adapter folder that names ``base_model``, or full weights with the tokenizer,
     and the prompt ``template`` the model was trained with (``llmrank_template.json``).
 
-    An adapter's ``adapter_config.json`` records ``base_model`` as given (an llmrank model
-    reference such as ``smollm2-135m-instruct`` or a Hugging Face id), so that loading the
-    folder resolves its base the same way every other model is resolved. The weights of the
-    other kind that the folder held are removed, so that it loads what was saved.
+    An adapter's ``adapter_config.json`` records ``base_model`` as an llmrank model
+    reference (``smollm2-135m-instruct``, a Hugging Face id, a local base by absolute path:
+    :func:`recordable_base`), so that loading the folder resolves its base the same way
+    every other model is resolved, from any working directory. The weights of the other
+    kind that the folder held are removed, so that it loads what was saved.
     """
     folder.mkdir(parents=True, exist_ok=True)
     write_template(folder, template)
@@ -242,7 +253,7 @@ def save_trained(
         model.save_pretrained(folder)
         config_path = folder / "adapter_config.json"
         config = json.loads(config_path.read_text(encoding="utf-8"))
-        config["base_model_name_or_path"] = base_model
+        config["base_model_name_or_path"] = recordable_base(base_model)
         config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     else:
         model.save_pretrained(folder)

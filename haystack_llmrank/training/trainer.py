@@ -30,6 +30,7 @@ from haystack_llmrank.training.adapters import (
     LoraSettings,
     causal_lm,
     make_trainable,
+    recordable_base,
     save_trained,
     trainable_parameters,
 )
@@ -167,6 +168,9 @@ class FirstTrainer:
     An update whose loss or gradient norm is not finite is skipped with a warning, the
     weights left as they were (``skipped_updates`` counts them). A float16 model trains its
     float32 adapters with a dynamic loss scale, from :data:`FLOAT16_LOSS_SCALE`.
+
+    ``base_model`` is the model reference the saved adapter and the record name, a local
+    base by absolute path (:func:`~haystack_llmrank.training.adapters.recordable_base`).
     """
 
     def __init__(
@@ -182,7 +186,7 @@ class FirstTrainer:
         self.config = config
         self.tokenizer = tokenizer
         self.template = template
-        self.base_model = base_model
+        self.base_model = recordable_base(base_model)  # as the saved adapter names it
         self.output_dir = Path(output_dir)
         self.label_ids = resolve_label_ids(tokenizer, template.labels)
         self.label_ids.check_window(config.sampling.max_size)

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import haystack_llmrank.models as models
-from haystack_llmrank.backends import check_torch_placement, resolve_torch_device
+from haystack_llmrank.backends import check_placement, resolve_torch_device
 from haystack_llmrank.errors import ModelResolutionError
 from haystack_llmrank.models import (
     ModelSource,
@@ -348,10 +348,32 @@ def test_a_folder_without_tokenizer_files_says_so(tiny_model_dir: Path, tmp_path
         Reranker.from_pretrained(str(folder), device="cpu")
 
 
+def test_a_relative_adapter_base_is_read_from_the_adapter_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    adapter, base, cwd = tmp_path / "run" / "adapter", tmp_path / "run" / "base", tmp_path / "cwd"
+    for folder in (adapter, base, tmp_path / "base", cwd / "tiny"):
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text("{}")
+
+    def recording(base_model: str) -> str:
+        (adapter / "adapter_config.json").write_text(
+            json.dumps({"base_model_name_or_path": base_model})
+        )
+        return str(adapter)
+
+    monkeypatch.chdir(cwd)  # from which ../base and tiny are other folders
+    assert resolve_model(recording("../base")).location == str(base.resolve())
+    for unknown in ("tiny", "./tiny", "../cwd/tiny"):  # not beside the adapter
+        with pytest.raises(ModelResolutionError, match="read from the adapter's folder, not the"):
+            resolve_model(recording(unknown))
+    assert resolve_model(recording("org/model")).location == "org/model"  # a hub id
+
+
 @pytest.mark.parametrize("dtype", ["int8", "bool", "complex64", "float8_e4m3fn"])
 def test_dtypes_that_cannot_hold_weights_are_refused_up_front(dtype: str) -> None:
     with pytest.raises(ValueError, match=f"dtype '{dtype}' cannot hold a model's weights"):
-        check_torch_placement("cpu", dtype)
+        check_placement("torch", "cpu", dtype)
 
 
 def test_float16_on_the_cpu_warns(tiny_model_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -367,16 +389,25 @@ def test_float16_on_the_cpu_warns(tiny_model_dir: Path, caplog: pytest.LogCaptur
 
 def test_devices_torch_cannot_use_here_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError, match="runs on cpu, cuda or mps only"):
-        check_torch_placement("meta", None)
+        check_placement("torch", "meta", None)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     with pytest.raises(ValueError, match="this torch has no MPS device"):
-        check_torch_placement("mps", None)
+        check_placement("torch", "mps", None)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert resolve_torch_device("cuda:0") == "cuda:0"
     with pytest.raises(RuntimeError, match=r"'cuda:1' was asked for but torch sees 1 CUDA"):
         resolve_torch_device("cuda:1")
     assert resolve_torch_device("cuda:1", "warn") == "cpu"
+
+
+def test_torch_takes_devices_by_the_shared_grammar_in_their_plain_names(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    for given, name in (("CPU", "cpu"), ("cpu:0", "cpu"), (" CUDA:1 ", "cuda:1"), ("Cuda", "cuda")):
+        assert resolve_torch_device(given) == name
 
 
 def test_from_pretrained_checks_its_options_before_loading(

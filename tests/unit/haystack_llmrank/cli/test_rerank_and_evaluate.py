@@ -698,8 +698,11 @@ def test_template_budgets_and_placement_reach_the_engine_or_fail_before_it(
         load_reranker(model_args("--template", "first-numeric", "--window-size", "10"))
     with pytest.raises(ValueError, match="unknown torch dtype 'float17'"):
         load_reranker(model_args("--dtype", "float17"))
-    with pytest.raises(ValueError, match="unknown torch device 'gpu'"):
+    with pytest.raises(ValueError, match="unknown device 'gpu': the torch backend runs on"):
         load_reranker(model_args("--device", "gpu"))
+    for device in ("mps", "garbage"):  # the onnx backend's device too, before any load
+        with pytest.raises(ValueError, match="the onnx backend runs on cpu or cuda only"):
+            load_reranker(model_args("--backend", "onnx", "--device", device))
     assert len(calls) == 1
     for bad in (("--template", "nosuch"), ("--max-prompt-tokens", "0")):
         with pytest.raises(SystemExit):

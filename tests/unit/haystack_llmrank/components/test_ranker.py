@@ -7,6 +7,7 @@ import copy
 import itertools
 import json
 import pickle
+import re
 import threading
 from collections.abc import Iterator
 from dataclasses import fields, is_dataclass, replace
@@ -541,7 +542,7 @@ def test_options_wrong_for_any_model_fail_at_init() -> None:
         ({"max_batch_tokens": 0}, "max_batch_tokens must be a positive integer or None"),
         ({"max_prompt_tokens": -5}, "max_prompt_tokens must be a positive integer or None"),
         ({"window_size": 2.5}, "window_size must be a positive integer or None"),
-        ({"device": "gpu"}, "unknown torch device 'gpu'"),
+        ({"device": "gpu"}, "unknown device 'gpu': the torch backend runs on"),
         ({"dtype": "float17"}, "float17"),
     ]
     for options, message in bad:
@@ -549,6 +550,19 @@ def test_options_wrong_for_any_model_fail_at_init() -> None:
             FirstListwiseRanker(**options)
     with pytest.raises(ValueError, match="on_missing_gpu must be one of"):
         FirstListwiseRanker(on_missing_gpu="ignore")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_both_backends_check_the_device_at_init_in_one_grammar(backend: str) -> None:
+    for device in ("cpu", "CPU", "cpu:0", "cuda", "CUDA:1", " cuda:0 "):
+        FirstListwiseRanker(backend=backend, device=device)  # used as given, at warm_up
+    for device in ("garbage", "gpu", "meta", "cpu:1", "cuda:x", "cuda:-1", ""):
+        refused = f"unknown device {device!r}: the {backend} backend runs on cpu"
+        with pytest.raises(ValueError, match=re.escape(refused)):
+            FirstListwiseRanker(backend=backend, device=device)
+    if backend == "onnx":
+        with pytest.raises(ValueError, match="the onnx backend runs on cpu or cuda only"):
+            FirstListwiseRanker(backend=backend, device="mps")
 
 
 def test_types_yaml_would_get_wrong_are_refused_or_kept_as_names(tiny_model_dir: Path) -> None:

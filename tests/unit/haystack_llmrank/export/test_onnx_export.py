@@ -58,9 +58,9 @@ from haystack_llmrank.scorers.onnx_scorer import (
     choose_placement,
     confirm_placement,
     cuda_obstacles,
+    device_placement,
     node_placement,
     onnxruntime_wheels,
-    parse_device,
     report_node_placement,
     wheel_collision,
 )
@@ -851,13 +851,13 @@ def test_fp16_conversion_of_a_graph_over_2_gib(tmp_path: Path) -> None:
 # --- providers and threads ------------------------------------------------------------------
 
 
-def test_parse_device() -> None:
-    assert parse_device("cpu") == Placement("cpu")
-    assert parse_device("cuda") == Placement("cuda", 0)
-    assert parse_device("CUDA:2") == Placement("cuda", 2)
-    for bad in ("gpu", "cuda:x", "cpu:1", ""):
+def test_device_placement() -> None:
+    assert device_placement("cpu") == device_placement("CPU:0") == Placement("cpu")
+    assert device_placement("cuda") == Placement("cuda", 0)
+    assert device_placement("CUDA:2") == Placement("cuda", 2)
+    for bad in ("gpu", "cuda:x", "cpu:1", "", "mps"):
         with pytest.raises(ValueError, match="unknown device"):
-            parse_device(bad)
+            device_placement(bad)
 
 
 def test_choose_placement() -> None:

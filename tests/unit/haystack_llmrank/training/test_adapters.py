@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from types import SimpleNamespace
@@ -42,6 +43,18 @@ def save_adapter(model: Any, folder: Path, *, base: Path, **lora: Any) -> Any:
     return wrapped.eval()
 
 
+def test_an_adapter_records_a_local_base_by_absolute_path(
+    smollm2_tokenizer: Any, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tiny_model_dir.parent)
+    relative = Path(tiny_model_dir.name)  # as FirstTrainer(base_model=...) may be given it
+    save_adapter(make_tiny_llama(len(smollm2_tokenizer)), tmp_path / "adapter", base=relative)
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(tiny_model_dir.resolve())
+    monkeypatch.chdir(tmp_path)  # so it loads onto that base from anywhere
+    assert resolve_model(str(tmp_path / "adapter")).location == str(tiny_model_dir.resolve())
+
+
 def test_an_adapter_of_the_top_layers_loads_as_trained(
     smollm2_tokenizer: Any, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
@@ -70,22 +83,52 @@ def test_an_adapter_is_merged_into_the_base_as_saved_then_cast_once(
         assert torch.equal(weight, merged[name].to(torch.bfloat16)), name
 
 
-def test_an_adapter_of_a_bfloat16_base_loads_in_float32_as_trained(
-    smollm2_tokenizer: Any, tmp_path: Path
-) -> None:
+@pytest.fixture
+def bf16_adapter(smollm2_tokenizer: Any, tmp_path: Path) -> tuple[Any, Path]:
+    """A model trained with a LoRA adapter in float32 over a bfloat16 checkpoint, and the
+    folder the adapter is saved in."""
     base_dir = tmp_path / "bf16-base"
     make_tiny_llama(len(smollm2_tokenizer)).to(torch.bfloat16).save_pretrained(base_dir)
     smollm2_tokenizer.save_pretrained(base_dir)
     from transformers import AutoModelForCausalLM
 
     base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    trained = save_adapter(base, tmp_path / "adapter", base=base_dir)  # trains in float32
-    loaded = load_causal_lm(resolve_model(str(tmp_path / "adapter")), dtype=torch.float32)
+    return save_adapter(base, tmp_path / "adapter", base=base_dir), tmp_path / "adapter"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_an_adapter_of_a_bfloat16_base_merges_at_float32_or_wider_as_trained(
+    bf16_adapter: tuple[Any, Path], dtype: torch.dtype
+) -> None:
+    trained, folder = bf16_adapter
+    loaded = load_causal_lm(resolve_model(str(folder)), dtype=dtype)
+    assert {weight.dtype for weight in loaded.state_dict().values()} == {dtype}
     with torch.no_grad():
-        expected, merged = trained(IDS).logits, loaded(IDS).logits
+        expected, merged = trained(IDS).logits, loaded(IDS).logits.float()
     torch.testing.assert_close(merged, expected, rtol=1e-4, atol=1e-4)  # bfloat16: 0.36 off
-    low = load_causal_lm(resolve_model(str(tmp_path / "adapter")), dtype=torch.bfloat16)
+
+
+def test_an_adapter_of_a_bfloat16_base_loads_in_bfloat16_as_asked(
+    bf16_adapter: tuple[Any, Path],
+) -> None:
+    low = load_causal_lm(resolve_model(str(bf16_adapter[1])), dtype=torch.bfloat16)
     assert {weight.dtype for weight in low.state_dict().values()} == {torch.bfloat16}
+
+
+def test_merge_writes_float32_weights_that_score_as_the_adapter_folder(
+    bf16_adapter: tuple[Any, Path],
+) -> None:
+    from haystack_llmrank.backends import checkpoint_dtype
+    from haystack_llmrank.cli.train import _write_merged
+
+    folder = bf16_adapter[1]
+    _write_merged(folder)
+    merged = resolve_model(str(folder / "merged"))
+    assert checkpoint_dtype(merged) == torch.float32
+    with torch.no_grad():  # loaded as llmrank loads them on the CPU
+        expected = load_causal_lm(resolve_model(str(folder)), dtype=torch.float32)(IDS).logits
+        found = load_causal_lm(merged, dtype=torch.float32)(IDS).logits
+    torch.testing.assert_close(found, expected, rtol=1e-5, atol=1e-5)  # bfloat16: 0.36 off
 
 
 def test_an_adapter_is_refused_by_a_base_with_fewer_layers(

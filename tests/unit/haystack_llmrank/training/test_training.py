@@ -1554,18 +1554,24 @@ def test_cli_trains_on_a_given_split_and_checks_it(
 
 
 def test_the_recorded_base_is_what_the_name_resolves_to(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    smollm2_tokenizer: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from haystack_llmrank.cli.train import _recorded_base
+    from haystack_llmrank.training.adapters import recordable_base
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "smollm2-135m-instruct").mkdir()  # a folder named as the embedded base
     (tmp_path / "mine").mkdir()
     monkeypatch.setenv("HOME", str(tmp_path))
-    assert _recorded_base("smollm2-135m-instruct") == "smollm2-135m-instruct"
-    assert _recorded_base("mine") == str(tmp_path / "mine")
-    assert _recorded_base("~/mine") == str(tmp_path / "mine")
-    assert _recorded_base("org/model") == "org/model"
+    assert recordable_base("smollm2-135m-instruct") == "smollm2-135m-instruct"
+    assert recordable_base("mine") == str(tmp_path / "mine")
+    assert recordable_base("~/mine") == str(tmp_path / "mine")
+    assert recordable_base("org/model") == "org/model"
+    # from Python as from the command line: the record names what the adapter names
+    model = make_tiny_llama(len(smollm2_tokenizer))
+    trainer = FirstTrainer(
+        model, smollm2_tokenizer, small_config(), base_model="mine", output_dir="run"
+    )
+    assert trainer.record()["base_model"] == str(tmp_path / "mine")
 
 
 def test_cli_records_a_local_base_by_absolute_path_and_refuses_unjudged_held_out_queries(
