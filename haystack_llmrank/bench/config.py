@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from haystack_llmrank.devices import parse_device
 from haystack_llmrank.scorers.onnx_metadata import PRECISIONS, Precision
 from haystack_llmrank.strategies import (
     STRATEGIES,
@@ -218,8 +219,12 @@ class BenchConfig:
             and not self.export_dir.is_dir()
         ):
             raise ValueError(f"export_dir {self.export_dir} is not a folder")
-        if self.device is not None and self.device != "cpu" and not self.device.startswith("cuda"):
-            raise ValueError(f"device must be cpu or cuda[:N], got {self.device!r}")
+        if self.device is not None:  # both backends' rows run on it: what onnx takes
+            try:
+                device = parse_device(self.device, "onnx").name
+            except ValueError:
+                raise ValueError(f"device must be cpu or cuda[:N], got {self.device!r}") from None
+            object.__setattr__(self, "device", device)
         self._check_used()
 
     def _check_used(self) -> None:

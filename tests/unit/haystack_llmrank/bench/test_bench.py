@@ -495,6 +495,11 @@ def test_cached_prompts_match_the_engine_and_are_built_once(smollm2_tokenizer: A
     assert folded.build("bank", passages).token_ids == tuple(i % 1000 for i in engine.token_ids)
 
 
+def test_a_device_is_read_in_the_backends_grammar() -> None:
+    assert BenchConfig(device="CUDA:1").device == "cuda:1"
+    assert BenchConfig(device=" cpu:0 ").device == "cpu"
+
+
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
@@ -505,6 +510,8 @@ def test_cached_prompts_match_the_engine_and_are_built_once(smollm2_tokenizer: A
         ({"queries": 0}, "queries must be at least 1"),
         ({"synthetic": "llama-70b"}, "unknown synthetic"),
         ({"device": "tpu"}, "cpu or cuda"),
+        ({"device": "cudafoo"}, "cpu or cuda"),
+        ({"device": "mps"}, "cpu or cuda"),
         ({"sweep_batch_sizes": (4, 0)}, "batch sizes"),
         ({"strategies": ("sliding", "bubble")}, "unknown strategies"),
         ({"strategies": ()}, "no strategies"),
