@@ -112,12 +112,14 @@ def resolve_strategy(
 def check_readout_window(template: PromptTemplate, window_size: int) -> None:
     """:class:`~haystack_llmrank.errors.WindowTooLargeError` if windows of ``window_size``
     passages need more than ``template``'s labels; ``ValueError`` if its labels are read
-    (not a vote) and a window holds one passage, which orders nothing."""
+    (not a vote) and a window holds one passage, which orders nothing (a vote judges one
+    alone, in the ``disjoint`` strategy's windows: the others need two)."""
     template.check_window(window_size)
     if template.vote is None and window_size < 2:
         raise ValueError(
             f"template {template.name!r} is read by its labels, which order a window: one "
-            "passage a window orders nothing; give it two labels or more, or a vote"
+            "passage a window orders nothing; give it two labels or more, or a vote and the "
+            "'disjoint' strategy"
         )
 
 

@@ -113,7 +113,8 @@ def _check_integer(name: str, value: int) -> None:
 def _check_window_size(window_size: int, least: int) -> None:
     _check_integer("window_size", window_size)
     if window_size < least:
-        raise ValueError(f"window_size must be at least {least}, got {window_size}")
+        why = " (one passage a window orders nothing)" if window_size == 1 else ""
+        raise ValueError(f"window_size must be at least {least}, got {window_size}{why}")
 
 
 @dataclass(frozen=True, init=False)
@@ -124,9 +125,10 @@ class SlidingWindow:
     ``window_size`` positions; each next one starts ``step`` higher; the last one starts at 0.
     A list no longer than the window is ranked in one window. Every window waits for the one
     before it; ``top_k`` changes nothing. A judge that gives each passage one fixed logit gets
-    the top ``window_size - step`` positions exactly right. ``step`` defaults to
-    :func:`default_step`; it must be below ``window_size`` (windows that do not overlap
-    leave every passage in its block: that is :class:`Disjoint`'s job).
+    the top ``window_size - step`` positions exactly right. ``window_size`` is at least 2
+    (one passage a window orders nothing). ``step`` defaults to :func:`default_step`; it must
+    be below ``window_size`` (windows that do not overlap leave every passage in its block:
+    that is :class:`Disjoint`'s job).
     """
 
     name: ClassVar[str] = "sliding"
@@ -134,10 +136,10 @@ class SlidingWindow:
     step: int
 
     def __init__(self, window_size: int = DEFAULT_WINDOW_SIZE, step: int | None = None) -> None:
-        _check_window_size(window_size, 1)
+        _check_window_size(window_size, 2)
         step = default_step(window_size) if step is None else step
         _check_integer("step", step)
-        most = max(1, window_size - 1)
+        most = window_size - 1
         if not 1 <= step <= most:
             raise ValueError(
                 f"step must be between 1 and {most} for window_size ({window_size}), got {step}"

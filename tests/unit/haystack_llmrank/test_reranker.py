@@ -416,13 +416,21 @@ def test_a_label_readout_refuses_one_passage_windows_however_given(
 ) -> None:
     message = "one passage a window orders nothing"
     with pytest.raises(ValueError, match=message):
-        Reranker(
-            smollm2_tokenizer, tiny_scorer, max_prompt_tokens=4096, strategy=SlidingWindow(1, 1)
-        )
+        Reranker(smollm2_tokenizer, tiny_scorer, max_prompt_tokens=4096, strategy=Disjoint(1))
     with pytest.raises(ValueError, match=message):
         Reranker.from_pretrained(str(tiny_model_dir), strategy=Disjoint(1))
     with pytest.raises(ValueError, match=message):
         Reranker.from_pretrained(str(tiny_model_dir), strategy="sliding", window_size=1)
+
+
+def test_a_vote_judges_one_passage_a_window_in_disjoint_windows_only(tiny_model_dir: Path) -> None:
+    # a sliding window of one would leave the input order, called ranked
+    with pytest.raises(ValueError, match=r"at least 2, got 1 \(one passage a window orders"):
+        Reranker.from_pretrained(
+            str(tiny_model_dir), strategy="sliding", window_size=1, vote=" yes"
+        )
+    one = Reranker.from_pretrained(str(tiny_model_dir), window_size=1, vote=" yes")
+    assert one.strategy == Disjoint(1)
 
 
 def test_options_wrong_for_any_model_fail_before_it_loads(
