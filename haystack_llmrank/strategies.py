@@ -298,11 +298,13 @@ class Tournament:
 
     A round deals the list into the fewest windows of at most ``window_size`` passages, like
     cards (the first passage to the first window, the second to the second...), so that each
-    window gets its share of the first-stage top. All are scored in one step, and the top
-    ``window_size // windows`` (at least 1, at most ``top_k``) of each go on, in first-stage
-    order, until they fit in one window, which is ranked last. For 100 candidates and windows
-    of 20: 5 windows of 20, then one over their 20 winners. A judge that gives each passage
-    one fixed logit gets as many first positions exactly right as each window lets go on.
+    window gets its share of the first-stage top. All are scored in one step, and the best of
+    each go on, in first-stage order, until they fit in one window, which is ranked last.
+    The windows share its seats out evenly, one more from some where that does not divide
+    (at least 1 from each, at most ``top_k``): with windows of 20, 100 candidates send on 4
+    from each of 5 windows, 60 candidates 7, 6 and 7. A judge that gives each passage one
+    fixed logit gets as many first positions exactly right as the fewest any window lets go
+    on.
 
     The order is the final window, then all the others in first-stage order (unranked).
     With ``top_k``, rounds go on over the others until ``top_k`` positions are ranked.
@@ -319,10 +321,26 @@ class Tournament:
     def __post_init__(self) -> None:
         _check_window_size(self.window_size, 2)
 
-    def _keep(self, windows: int, top_k: int | None) -> int:
-        """The winners kept from each of a round's ``windows`` windows."""
-        keep = self.window_size // windows
-        return max(1, keep if top_k is None else min(keep, top_k))
+    def _keeps(self, sizes: Sequence[int], top_k: int | None) -> list[int]:
+        """How many go on from each window that :func:`deal` made, given their ``sizes``:
+        ``window_size`` shared out between them, at least 1 each, at most the window's size
+        and ``top_k``.
+
+        Where the share is uneven, one more goes on from some windows, each with its mirror
+        (the window that reversed input deals the same passages), so that reversed input
+        sends on the same passages. An odd remainder needs a window that is its own mirror;
+        without one, one seat of the next window stays empty."""
+        count = len(sizes)
+        share, extra = divmod(self.window_size, count)
+        mirror = [(sum(sizes) - 1 - i) % count for i in range(count)]
+        alone = [i for i in range(count) if mirror[i] == i]
+        more = set(alone[: extra % 2])
+        for i in range(count):
+            pair = {i, mirror[i]}
+            if len(pair) == 2 and not pair & more and len(more) + 2 <= extra:
+                more |= pair
+        most = self.window_size if top_k is None else top_k
+        return [max(1, min(share + (i in more), size, most)) for i, size in enumerate(sizes)]
 
     def plan(self, n: int, top_k: int | None = None) -> Plan:
         """Rounds of a tournament (see the class docstring)."""
@@ -332,10 +350,10 @@ class Tournament:
         pool, out = items, []
         while len(pool) > self.window_size:
             groups = deal(pool, self.window_size)
-            keep = self._keep(len(groups), top_k)
+            keeps = self._keeps([len(group) for group in groups], top_k)
             verdicts = yield groups
             winners: list[int] = []
-            for group, values in zip(groups, verdicts, strict=True):
+            for group, values, keep in zip(groups, verdicts, keeps, strict=True):
                 ranked = rank_members(group, values)
                 winners += ranked[:keep]
                 out += ranked[keep:]
@@ -349,10 +367,9 @@ class Tournament:
         def play(size: int) -> tuple[int, int]:
             windows = 1
             while size > self.window_size:
-                groups = deal(range(size), self.window_size)
-                keep = self._keep(len(groups), top_k)
-                windows += len(groups)
-                size = sum(min(keep, len(group)) for group in groups)
+                sizes = [len(group) for group in deal(range(size), self.window_size)]
+                windows += len(sizes)
+                size = sum(self._keeps(sizes, top_k))
             return windows, size
 
         return _count_rounds(n, top_k, play)

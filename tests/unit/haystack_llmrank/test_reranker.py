@@ -488,25 +488,29 @@ def test_both_orders_ranks_a_window_alike_whichever_way_it_comes(
     ), "the tiny model should depend on order, or this test shows nothing"
 
 
-@pytest.mark.parametrize("both_orders", [True, False])
+@pytest.mark.parametrize(
+    ("n", "window", "both_orders"), [(18, 4, True), (18, 4, False), (12, 5, True)]
+)
 def test_tournament_with_both_orders_ranks_reversed_input_alike(
-    smollm2_tokenizer: Any, tiny_scorer: Any, both_orders: bool
+    smollm2_tokenizer: Any, tiny_scorer: Any, n: int, window: int, both_orders: bool
 ) -> None:
     # 18 passages deal into 5 windows, their 5 winners into 2, then a final window of 4;
     # reversed, every window holds the same passages in reverse, so with both orders the
-    # winners and the final window are the same.
+    # winners and the final window are the same. 12 deal into 3 windows of 4, which send on
+    # 2, 1 and 2: the first and the last hold the same passages reversed.
     reranker = Reranker(
         smollm2_tokenizer,
         tiny_scorer,
         max_prompt_tokens=4096,
-        strategy=Tournament(4),
+        strategy=Tournament(window),
         both_orders=both_orders,
     )
-    texts = passages(18)
+    texts = passages(n)
     given = reranker.rerank("whales and bees", texts)
     backwards = reranker.rerank("whales and bees", texts[::-1])
-    head = [texts[i] for i in given.order[:4]]
-    head_backwards = [texts[::-1][i] for i in backwards.order[:4]]
+    assert given.depth == backwards.depth == window
+    head = [texts[i] for i in given.order[:window]]
+    head_backwards = [texts[::-1][i] for i in backwards.order[:window]]
     assert (head == head_backwards) is both_orders
 
 
