@@ -216,17 +216,21 @@ class TopDownPartition:
     2. every other passage is judged against the pivot, in windows of the pivot followed by
        up to ``window_size - 1`` passages, all in one step; a passage ranked above the pivot
        becomes a candidate (a tie keeps the pivot first);
-    3. if step 2 found candidates, one window ranks the candidates: those of step 1 in their
-       order, then the others by how far their logit rose above the pivot's in their window.
-       Candidates that do not fit follow the window in that order.
+    3. if step 2 found candidates, one window ranks the candidates, as many as fit: those
+       of step 1 in their order, then the others by how far their logit rose above the
+       pivot's in their window.
 
     The round's order is the candidates, the pivot, then what was left behind in first-stage
-    order (unranked). The pivot rank is ``pivot_rank``, by default half the window rounded up
-    (10 of 20, as in the paper); with ``top_k`` it is ``top_k``, at most half the window, and
-    rounds go on over what was left behind until ``top_k`` positions are ranked. As the pivot
-    rank is at most half the window, a judge that gives each passage one fixed logit gets the
-    first pivot-rank positions exactly right. A list no longer than the window is ranked in
-    one window.
+    order (unranked). Where the candidates do not fit one window, a riser left out may beat
+    those of step 1 but none of the risers in it: the round ranks only the window's first
+    ``window_size + 1 - pivot rank`` positions (as many as it holds risers) and leaves all
+    else in first-stage order. (The paper partitions the candidates again instead, which
+    takes more steps.) The pivot rank is ``pivot_rank``, by default half the window rounded
+    up (10 of 20, as in the paper); with ``top_k`` it is ``top_k``, at most half the window,
+    and rounds go on over what the round left until ``top_k`` positions are ranked. A round
+    ranks at least the pivot rank's positions, and a judge that gives each passage one fixed
+    logit gets every ranked position exactly right. A list no longer than the window is
+    ranked in one window.
     """
 
     name: ClassVar[str] = "tdpart"
@@ -274,11 +278,16 @@ class TopDownPartition:
                 else:
                     behind.append(item)
         candidates = above + [item for _, item in sorted(risers, key=lambda r: (-r[0], r[1]))]
-        if risers and len(candidates) > 1:  # one riser alone above the pivot is first
-            window = candidates[:width]
-            (values,) = yield [window]
-            candidates = rank_members(window, values) + candidates[width:]
-        return [*candidates, pivot], sorted(behind)
+        if not risers or len(candidates) == 1:  # none rose, or one alone: it is first
+            return [*candidates, pivot], sorted(behind)
+        window = candidates[:width]
+        (values,) = yield [window]
+        ranked = rank_members(window, values)
+        if len(candidates) <= width:
+            return [*ranked, pivot], sorted(behind)
+        # a riser left out may beat those of step 1, none of the window's risers
+        known = width - len(above)
+        return ranked[:known], sorted([*ranked[known:], *candidates[width:], pivot, *behind])
 
     def max_windows(self, n: int, top_k: int | None = None) -> int:
         """Rounds of 1 + ``ceil((size - window_size) / (window_size - 1))`` + 1 windows."""

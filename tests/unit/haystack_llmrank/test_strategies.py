@@ -302,14 +302,36 @@ distinct_values = st.integers(min_value=0, max_value=600).flatmap(
     window=st.integers(min_value=2, max_value=26),
     data=st.data(),
 )
-def test_tdpart_gets_its_top_exactly_right(
+def test_tdpart_gets_every_position_it_ranks_exactly_right(
     values: list[float], window: int, data: st.DataObject
 ) -> None:
     half = (window + 1) // 2
-    top_k = data.draw(st.none() | st.integers(min_value=1, max_value=half))
-    ranking = drive(TopDownPartition(window), values, top_k)
-    exact = min(top_k or half, len(values))
-    assert list(ranking.order[:exact]) == truth(values)[:exact]
+    pivot_rank = data.draw(st.none() | st.integers(min_value=1, max_value=half))
+    top_k = data.draw(st.none() | st.integers(min_value=1, max_value=len(values) + 3))
+    ranking = drive(TopDownPartition(window, pivot_rank), values, top_k)
+    assert ranking.depth >= min(top_k or pivot_rank or half, len(values))
+    assert list(ranking.order[: ranking.depth]) == truth(values)[: ranking.depth]
+
+
+@pytest.mark.parametrize("window", [2, 3, 4, 7, 10, 20])
+def test_tdpart_ranks_every_size_right_to_any_depth(window: int) -> None:
+    half = (window + 1) // 2
+    for n in range(131):
+        values = [float((i * 7919) % 1009) for i in range(n)]  # distinct, in no order
+        for top_k in {None, 1, half, half + 1, window, n + 3}:
+            ranking = drive(TopDownPartition(window), values, top_k)
+            assert list(ranking.order[: ranking.depth]) == truth(values)[: ranking.depth]
+
+
+def test_tdpart_ranks_no_step_1_candidate_that_a_riser_left_out_beats() -> None:
+    # the top 20 (50..31) put 9 above the pivot (41); all 80 below rise (120..199), more
+    # than the last window holds with the 9: its first 11 are ranked, and a second round
+    # over the rest ranks 11 more
+    values = [50.0 - i for i in range(20)] + [100.0 + i for i in range(20, 100)]
+    ranking = drive(TopDownPartition(20), values, top_k=20)
+    assert list(ranking.order[: ranking.depth]) == list(range(99, 77, -1))
+    assert ranking.cost == Cost(windows=7 + 6, steps=6)
+    assert ranking.cost.windows <= TopDownPartition(20).max_windows(100, 20)
 
 
 @settings(max_examples=150, deadline=None)
@@ -388,12 +410,22 @@ def test_tdpart_over_100_takes_at_most_3_steps() -> None:
     pivot = seen[0][9]
     assert all(w[0] == pivot for w in seen[1:])
 
-    rising = drive(TopDownPartition(), [float(i) for i in range(100)])
+    seen.clear()
+    rising = drive(TopDownPartition(), [float(i) for i in range(100)], windows=seen)
     assert rising.cost == Cost(windows=7, steps=3)
-    assert rising.depth == 9 + 80 + 1, "9 above the pivot, 80 risers and the pivot itself"
-    # the last window holds the 9 and the 11 risers that rose most: 99..89 come first
+    # all 80 rose: the last window holds the 9 above the pivot and the 11 that rose most
+    # (99..89); a riser left out beats the 9, so only the first 11 positions are ranked
+    assert sorted(seen[-1]) == [*range(11, 20), *range(89, 100)]
     assert list(rising.order[:11]) == list(range(99, 88, -1))
-    assert list(rising.order[-10:]) == list(range(10)), "left behind in first-stage order"
+    assert rising.depth == 11
+    assert list(rising.order[11:]) == list(range(89)), "the rest in first-stage order"
+
+    # 10 of the 80 rise above the pivot (91): with the 9 above it they fit the last window
+    values = [100.0 - i for i in range(20)] + [95.0 * (i % 8 == 0) for i in range(20, 100)]
+    fitting = drive(TopDownPartition(), values)
+    assert fitting.cost == Cost(windows=7, steps=3)
+    assert fitting.depth == 9 + 10 + 1, "the candidates and the pivot"
+    assert list(fitting.order[:20]) == truth(values)[:20]
 
 
 def test_tdpart_leaves_the_passages_below_the_pivot_in_first_stage_order() -> None:
