@@ -181,6 +181,28 @@ def test_progress_callback_counts_windows(tiny_reranker: Reranker) -> None:
     assert sum(seen) == tiny_reranker.count_windows([45, 3]) == 5
 
 
+@pytest.mark.parametrize(
+    ("strategy", "n", "top_k"),
+    [
+        (Tournament(20), 61, 20),  # 60 took 8 windows, 61 at most 5, before the last window filled
+        (Tournament(5), 7, 5),  # 6 take 4 windows, 7 at most 3
+    ],
+)
+def test_counted_windows_bound_requests_with_blank_passages(
+    tiny_reranker: Reranker, strategy: Tournament, n: int, top_k: int
+) -> None:
+    # a blank passage gets no window, and a strategy may take more windows for fewer passages
+    reranker = tiny_reranker.replace(strategy=strategy)
+    texts = passages(n)
+    texts[-1] = " "
+    seen: list[int] = []
+    (ranking,) = reranker.rerank_many([("q", texts)], top_k=top_k, on_window=seen.append)
+    assert ranking.blank == 1
+    assert sum(seen) == strategy.max_windows(n - 1, top_k) <= reranker.count_windows([n], top_k)
+    for size in range(n + 1):
+        assert reranker.count_windows([size, n], top_k) >= 2 * strategy.max_windows(size, top_k)
+
+
 def test_passages_from_an_iterator_are_read_once_and_all_ranked(tiny_reranker: Reranker) -> None:
     texts = passages(25)
     expected = tiny_reranker.rerank("q", texts)
