@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 from collections.abc import Callable, Iterable, Mapping, Sequence, Set
+from itertools import accumulate
 from typing import Any, Self
 
 import numpy as np
@@ -112,12 +113,14 @@ def resolve_strategy(
 def check_readout_window(template: PromptTemplate, window_size: int) -> None:
     """:class:`~haystack_llmrank.errors.WindowTooLargeError` if windows of ``window_size``
     passages need more than ``template``'s labels; ``ValueError`` if its labels are read
-    (not a vote) and a window holds one passage, which orders nothing."""
+    (not a vote) and a window holds one passage, which orders nothing (a vote judges one
+    alone, in the ``disjoint`` strategy's windows: the others need two)."""
     template.check_window(window_size)
     if template.vote is None and window_size < 2:
         raise ValueError(
             f"template {template.name!r} is read by its labels, which order a window: one "
-            "passage a window orders nothing; give it two labels or more, or a vote"
+            "passage a window orders nothing; give it two labels or more, or a vote and the "
+            "'disjoint' strategy"
         )
 
 
@@ -455,8 +458,12 @@ class Reranker:
 
     def count_windows(self, sizes: Sequence[int], top_k: int | None = None) -> int:
         """The most windows ranking lists of these sizes can take (each is one forward pass,
-        two with ``both_orders``)."""
-        return sum(self.strategy.max_windows(n, top_k) for n in sizes)
+        two with ``both_orders``), blank passages included: as those get no window, each
+        list counts the most of any list no longer (a strategy can take more windows for
+        fewer passages)."""
+        windows = (self.strategy.max_windows(n, top_k) for n in range(max(sizes, default=0) + 1))
+        most = list(accumulate(windows, max))
+        return sum(most[n] for n in sizes)
 
     def check_request(self, query: str, passages: Sequence[str]) -> None:
         """Raise, without scoring, what :meth:`rerank_many` would raise for this request

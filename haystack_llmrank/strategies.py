@@ -113,7 +113,8 @@ def _check_integer(name: str, value: int) -> None:
 def _check_window_size(window_size: int, least: int) -> None:
     _check_integer("window_size", window_size)
     if window_size < least:
-        raise ValueError(f"window_size must be at least {least}, got {window_size}")
+        why = " (one passage a window orders nothing)" if window_size == 1 else ""
+        raise ValueError(f"window_size must be at least {least}, got {window_size}{why}")
 
 
 @dataclass(frozen=True, init=False)
@@ -124,9 +125,10 @@ class SlidingWindow:
     ``window_size`` positions; each next one starts ``step`` higher; the last one starts at 0.
     A list no longer than the window is ranked in one window. Every window waits for the one
     before it; ``top_k`` changes nothing. A judge that gives each passage one fixed logit gets
-    the top ``window_size - step`` positions exactly right. ``step`` defaults to
-    :func:`default_step`; it must be below ``window_size`` (windows that do not overlap
-    leave every passage in its block: that is :class:`Disjoint`'s job).
+    the top ``window_size - step`` positions exactly right. ``window_size`` is at least 2
+    (one passage a window orders nothing). ``step`` defaults to :func:`default_step`; it must
+    be below ``window_size`` (windows that do not overlap leave every passage in its block:
+    that is :class:`Disjoint`'s job).
     """
 
     name: ClassVar[str] = "sliding"
@@ -134,10 +136,10 @@ class SlidingWindow:
     step: int
 
     def __init__(self, window_size: int = DEFAULT_WINDOW_SIZE, step: int | None = None) -> None:
-        _check_window_size(window_size, 1)
+        _check_window_size(window_size, 2)
         step = default_step(window_size) if step is None else step
         _check_integer("step", step)
-        most = max(1, window_size - 1)
+        most = window_size - 1
         if not 1 <= step <= most:
             raise ValueError(
                 f"step must be between 1 and {most} for window_size ({window_size}), got {step}"
@@ -214,17 +216,21 @@ class TopDownPartition:
     2. every other passage is judged against the pivot, in windows of the pivot followed by
        up to ``window_size - 1`` passages, all in one step; a passage ranked above the pivot
        becomes a candidate (a tie keeps the pivot first);
-    3. if step 2 found candidates, one window ranks the candidates: those of step 1 in their
-       order, then the others by how far their logit rose above the pivot's in their window.
-       Candidates that do not fit follow the window in that order.
+    3. if step 2 found candidates, one window ranks the candidates, as many as fit: those
+       of step 1 in their order, then the others by how far their logit rose above the
+       pivot's in their window.
 
     The round's order is the candidates, the pivot, then what was left behind in first-stage
-    order (unranked). The pivot rank is ``pivot_rank``, by default half the window rounded up
-    (10 of 20, as in the paper); with ``top_k`` it is ``top_k``, at most half the window, and
-    rounds go on over what was left behind until ``top_k`` positions are ranked. As the pivot
-    rank is at most half the window, a judge that gives each passage one fixed logit gets the
-    first pivot-rank positions exactly right. A list no longer than the window is ranked in
-    one window.
+    order (unranked). Where the candidates do not fit one window, a riser left out may beat
+    those of step 1 but none of the risers in it: the round ranks only the window's first
+    ``window_size + 1 - pivot rank`` positions (as many as it holds risers) and leaves all
+    else in first-stage order. (The paper partitions the candidates again instead, which
+    takes more steps.) The pivot rank is ``pivot_rank``, by default half the window rounded
+    up (10 of 20, as in the paper); with ``top_k`` it is ``top_k``, at most half the window,
+    and rounds go on over what the round left until ``top_k`` positions are ranked. A round
+    ranks at least the pivot rank's positions, and a judge that gives each passage one fixed
+    logit gets every ranked position exactly right. A list no longer than the window is
+    ranked in one window.
     """
 
     name: ClassVar[str] = "tdpart"
@@ -272,11 +278,16 @@ class TopDownPartition:
                 else:
                     behind.append(item)
         candidates = above + [item for _, item in sorted(risers, key=lambda r: (-r[0], r[1]))]
-        if risers and len(candidates) > 1:  # one riser alone above the pivot is first
-            window = candidates[:width]
-            (values,) = yield [window]
-            candidates = rank_members(window, values) + candidates[width:]
-        return [*candidates, pivot], sorted(behind)
+        if not risers or len(candidates) == 1:  # none rose, or one alone: it is first
+            return [*candidates, pivot], sorted(behind)
+        window = candidates[:width]
+        (values,) = yield [window]
+        ranked = rank_members(window, values)
+        if len(candidates) <= width:
+            return [*ranked, pivot], sorted(behind)
+        # a riser left out may beat those of step 1, none of the window's risers
+        known = width - len(above)
+        return ranked[:known], sorted([*ranked[known:], *candidates[width:], pivot, *behind])
 
     def max_windows(self, n: int, top_k: int | None = None) -> int:
         """Rounds of 1 + ``ceil((size - window_size) / (window_size - 1))`` + 1 windows."""
@@ -296,11 +307,13 @@ class Tournament:
 
     A round deals the list into the fewest windows of at most ``window_size`` passages, like
     cards (the first passage to the first window, the second to the second...), so that each
-    window gets its share of the first-stage top. All are scored in one step, and the top
-    ``window_size // windows`` (at least 1, at most ``top_k``) of each go on, in first-stage
-    order, until they fit in one window, which is ranked last. For 100 candidates and windows
-    of 20: 5 windows of 20, then one over their 20 winners. A judge that gives each passage
-    one fixed logit gets as many first positions exactly right as each window lets go on.
+    window gets its share of the first-stage top. All are scored in one step, and the best of
+    each go on, in first-stage order, until they fit in one window, which is ranked last.
+    The windows share its seats out evenly, one more from some where that does not divide
+    (at least 1 from each, at most ``top_k``): with windows of 20, 100 candidates send on 4
+    from each of 5 windows, 60 candidates 7, 6 and 7. A judge that gives each passage one
+    fixed logit gets as many first positions exactly right as the fewest any window lets go
+    on.
 
     The order is the final window, then all the others in first-stage order (unranked).
     With ``top_k``, rounds go on over the others until ``top_k`` positions are ranked.
@@ -317,10 +330,26 @@ class Tournament:
     def __post_init__(self) -> None:
         _check_window_size(self.window_size, 2)
 
-    def _keep(self, windows: int, top_k: int | None) -> int:
-        """The winners kept from each of a round's ``windows`` windows."""
-        keep = self.window_size // windows
-        return max(1, keep if top_k is None else min(keep, top_k))
+    def _keeps(self, sizes: Sequence[int], top_k: int | None) -> list[int]:
+        """How many go on from each window that :func:`deal` made, given their ``sizes``:
+        ``window_size`` shared out between them, at least 1 each, at most the window's size
+        and ``top_k``.
+
+        Where the share is uneven, one more goes on from some windows, each with its mirror
+        (the window that reversed input deals the same passages), so that reversed input
+        sends on the same passages. An odd remainder needs a window that is its own mirror;
+        without one, one seat of the next window stays empty."""
+        count = len(sizes)
+        share, extra = divmod(self.window_size, count)
+        mirror = [(sum(sizes) - 1 - i) % count for i in range(count)]
+        alone = [i for i in range(count) if mirror[i] == i]
+        more = set(alone[: extra % 2])
+        for i in range(count):
+            pair = {i, mirror[i]}
+            if len(pair) == 2 and not pair & more and len(more) + 2 <= extra:
+                more |= pair
+        most = self.window_size if top_k is None else top_k
+        return [max(1, min(share + (i in more), size, most)) for i, size in enumerate(sizes)]
 
     def plan(self, n: int, top_k: int | None = None) -> Plan:
         """Rounds of a tournament (see the class docstring)."""
@@ -330,10 +359,10 @@ class Tournament:
         pool, out = items, []
         while len(pool) > self.window_size:
             groups = deal(pool, self.window_size)
-            keep = self._keep(len(groups), top_k)
+            keeps = self._keeps([len(group) for group in groups], top_k)
             verdicts = yield groups
             winners: list[int] = []
-            for group, values in zip(groups, verdicts, strict=True):
+            for group, values, keep in zip(groups, verdicts, keeps, strict=True):
                 ranked = rank_members(group, values)
                 winners += ranked[:keep]
                 out += ranked[keep:]
@@ -347,10 +376,9 @@ class Tournament:
         def play(size: int) -> tuple[int, int]:
             windows = 1
             while size > self.window_size:
-                groups = deal(range(size), self.window_size)
-                keep = self._keep(len(groups), top_k)
-                windows += len(groups)
-                size = sum(min(keep, len(group)) for group in groups)
+                sizes = [len(group) for group in deal(range(size), self.window_size)]
+                windows += len(sizes)
+                size = sum(self._keeps(sizes, top_k))
             return windows, size
 
         return _count_rounds(n, top_k, play)

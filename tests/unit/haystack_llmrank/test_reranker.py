@@ -183,6 +183,28 @@ def test_progress_callback_counts_windows(tiny_reranker: Reranker) -> None:
     assert sum(seen) == tiny_reranker.count_windows([45, 3]) == 5
 
 
+@pytest.mark.parametrize(
+    ("strategy", "n", "top_k"),
+    [
+        (Tournament(20), 61, 20),  # 60 took 8 windows, 61 at most 5, before the last window filled
+        (Tournament(5), 7, 5),  # 6 take 4 windows, 7 at most 3
+    ],
+)
+def test_counted_windows_bound_requests_with_blank_passages(
+    tiny_reranker: Reranker, strategy: Tournament, n: int, top_k: int
+) -> None:
+    # a blank passage gets no window, and a strategy may take more windows for fewer passages
+    reranker = tiny_reranker.replace(strategy=strategy)
+    texts = passages(n)
+    texts[-1] = " "
+    seen: list[int] = []
+    (ranking,) = reranker.rerank_many([("q", texts)], top_k=top_k, on_window=seen.append)
+    assert ranking.blank == 1
+    assert sum(seen) == strategy.max_windows(n - 1, top_k) <= reranker.count_windows([n], top_k)
+    for size in range(n + 1):
+        assert reranker.count_windows([size, n], top_k) >= 2 * strategy.max_windows(size, top_k)
+
+
 def test_passages_from_an_iterator_are_read_once_and_all_ranked(tiny_reranker: Reranker) -> None:
     texts = passages(25)
     expected = tiny_reranker.rerank("q", texts)
@@ -418,13 +440,21 @@ def test_a_label_readout_refuses_one_passage_windows_however_given(
 ) -> None:
     message = "one passage a window orders nothing"
     with pytest.raises(ValueError, match=message):
-        Reranker(
-            smollm2_tokenizer, tiny_scorer, max_prompt_tokens=4096, strategy=SlidingWindow(1, 1)
-        )
+        Reranker(smollm2_tokenizer, tiny_scorer, max_prompt_tokens=4096, strategy=Disjoint(1))
     with pytest.raises(ValueError, match=message):
         Reranker.from_pretrained(str(tiny_model_dir), strategy=Disjoint(1))
     with pytest.raises(ValueError, match=message):
         Reranker.from_pretrained(str(tiny_model_dir), strategy="sliding", window_size=1)
+
+
+def test_a_vote_judges_one_passage_a_window_in_disjoint_windows_only(tiny_model_dir: Path) -> None:
+    # a sliding window of one would leave the input order, called ranked
+    with pytest.raises(ValueError, match=r"at least 2, got 1 \(one passage a window orders"):
+        Reranker.from_pretrained(
+            str(tiny_model_dir), strategy="sliding", window_size=1, vote=" yes"
+        )
+    one = Reranker.from_pretrained(str(tiny_model_dir), window_size=1, vote=" yes")
+    assert one.strategy == Disjoint(1)
 
 
 def test_options_wrong_for_any_model_fail_before_it_loads(
@@ -482,25 +512,29 @@ def test_both_orders_ranks_a_window_alike_whichever_way_it_comes(
     ), "the tiny model should depend on order, or this test shows nothing"
 
 
-@pytest.mark.parametrize("both_orders", [True, False])
+@pytest.mark.parametrize(
+    ("n", "window", "both_orders"), [(18, 4, True), (18, 4, False), (12, 5, True)]
+)
 def test_tournament_with_both_orders_ranks_reversed_input_alike(
-    smollm2_tokenizer: Any, tiny_scorer: Any, both_orders: bool
+    smollm2_tokenizer: Any, tiny_scorer: Any, n: int, window: int, both_orders: bool
 ) -> None:
     # 18 passages deal into 5 windows, their 5 winners into 2, then a final window of 4;
     # reversed, every window holds the same passages in reverse, so with both orders the
-    # winners and the final window are the same.
+    # winners and the final window are the same. 12 deal into 3 windows of 4, which send on
+    # 2, 1 and 2: the first and the last hold the same passages reversed.
     reranker = Reranker(
         smollm2_tokenizer,
         tiny_scorer,
         max_prompt_tokens=4096,
-        strategy=Tournament(4),
+        strategy=Tournament(window),
         both_orders=both_orders,
     )
-    texts = passages(18)
+    texts = passages(n)
     given = reranker.rerank("whales and bees", texts)
     backwards = reranker.rerank("whales and bees", texts[::-1])
-    head = [texts[i] for i in given.order[:4]]
-    head_backwards = [texts[::-1][i] for i in backwards.order[:4]]
+    assert given.depth == backwards.depth == window
+    head = [texts[i] for i in given.order[:window]]
+    head_backwards = [texts[::-1][i] for i in backwards.order[:window]]
     assert (head == head_backwards) is both_orders
 
 

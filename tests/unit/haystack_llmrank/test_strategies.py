@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -57,10 +58,22 @@ def test_plans_for_other_sizes(n: int, plan: list[tuple[int, int]]) -> None:
     assert SlidingWindow().windows(n) == plan
 
 
-@pytest.mark.parametrize(("size", "step"), [(0, 1), (5, 0), (5, 6), (5, 5), (2, 2)])
-def test_bad_window_settings(size: int, step: int) -> None:
+@pytest.mark.parametrize(
+    ("size", "step"), [(0, 1), (1, 1), (1, None), (5, 0), (5, 6), (5, 5), (2, 2)]
+)
+def test_bad_window_settings(size: int, step: int | None) -> None:
     with pytest.raises(ValueError, match=r"window_size|step"):
         SlidingWindow(size, step)
+
+
+def test_a_sliding_window_of_one_passage_is_refused() -> None:
+    # it would leave every passage where it is and call the list ranked
+    message = r"window_size must be at least 2, got 1 \(one passage a window orders nothing\)"
+    with pytest.raises(ValueError, match=message):
+        make_strategy("sliding", window_size=1)
+    with pytest.raises(ValueError, match=message):
+        TopDownPartition(1)
+    assert Disjoint(1).window_size == 1, "a vote judges one passage alone"
 
 
 @pytest.mark.parametrize(
@@ -97,7 +110,7 @@ def test_no_name_is_the_readouts_own_strategy() -> None:
     assert readout_strategy(" yes") == "disjoint"
     assert make_strategy(None, window_size=8, step=3) == SlidingWindow(8, 3)
     # the step a window takes when none is given is the same however the strategy is made
-    for size in (1, 2, 8, 12, 20):
+    for size in (2, 3, 8, 12, 20):
         assert make_strategy("sliding", window_size=size) == SlidingWindow(size)
         assert SlidingWindow(size).step == default_step(size)
     assert make_strategy(None, window_size=8, step=3, vote=" yes") == Disjoint(8)
@@ -170,8 +183,8 @@ def truth(values: Sequence[float]) -> list[int]:
     return sorted(range(len(values)), key=lambda i: -values[i])
 
 
-window_settings = st.integers(min_value=1, max_value=26).flatmap(
-    lambda w: st.tuples(st.just(w), st.integers(min_value=1, max_value=max(1, w - 1)))
+window_settings = st.integers(min_value=2, max_value=26).flatmap(
+    lambda w: st.tuples(st.just(w), st.integers(min_value=1, max_value=w - 1))
 )
 
 
@@ -186,14 +199,14 @@ def test_sliding_matches_the_reference(values: list[float], window: tuple[int, i
     assert list(ranking.order) == reference_rank(values, size, step)
     assert ranking.unranked == 0
     assert list(ranking.logits) == [values[i] for i in ranking.order]
-    if values and size > 1:
+    if values:
         assert values[ranking.order[0]] == max(values)
 
 
-def any_strategy(min_window: int = 2) -> st.SearchStrategy[Strategy]:
-    sizes = st.integers(min_value=min_window, max_value=26)
+def any_strategy() -> st.SearchStrategy[Strategy]:
+    sizes = st.integers(min_value=2, max_value=26)
     return st.one_of(
-        window_settings.filter(lambda w: w[0] >= min_window).map(lambda w: SlidingWindow(*w)),
+        window_settings.map(lambda w: SlidingWindow(*w)),
         sizes.map(TopDownPartition),
         sizes.map(Tournament),
         sizes.map(Disjoint),
@@ -234,7 +247,18 @@ def test_every_strategy_returns_a_permutation(
     top_k=st.none() | st.integers(min_value=1, max_value=40),
 )
 def test_a_list_of_ties_keeps_its_order(n: int, strategy: Strategy, top_k: int | None) -> None:
-    assert list(drive(strategy, [1.0] * n, top_k).order) == list(range(n))
+    ranking = drive(strategy, [1.0] * n, top_k)
+    if not isinstance(strategy, Tournament):
+        assert list(ranking.order) == list(range(n))
+        return
+    # some windows send on one more than others (the same ones from either end of the list),
+    # so a passage may go on where an earlier one stays behind; but each round's last window
+    # and what is left keep input order: at most one step down a round
+    ranked, rest = ranking.order[: ranking.depth], ranking.order[ranking.depth :]
+    assert list(rest) == sorted(rest)
+    if top_k is None:
+        assert list(ranked) == sorted(ranked)
+    assert sum(a > b for a, b in pairwise(ranking.order)) <= ranking.cost.steps
 
 
 def tied_pairs_in_order(order: Sequence[int], values: Sequence[float]) -> bool:
@@ -278,14 +302,36 @@ distinct_values = st.integers(min_value=0, max_value=600).flatmap(
     window=st.integers(min_value=2, max_value=26),
     data=st.data(),
 )
-def test_tdpart_gets_its_top_exactly_right(
+def test_tdpart_gets_every_position_it_ranks_exactly_right(
     values: list[float], window: int, data: st.DataObject
 ) -> None:
     half = (window + 1) // 2
-    top_k = data.draw(st.none() | st.integers(min_value=1, max_value=half))
-    ranking = drive(TopDownPartition(window), values, top_k)
-    exact = min(top_k or half, len(values))
-    assert list(ranking.order[:exact]) == truth(values)[:exact]
+    pivot_rank = data.draw(st.none() | st.integers(min_value=1, max_value=half))
+    top_k = data.draw(st.none() | st.integers(min_value=1, max_value=len(values) + 3))
+    ranking = drive(TopDownPartition(window, pivot_rank), values, top_k)
+    assert ranking.depth >= min(top_k or pivot_rank or half, len(values))
+    assert list(ranking.order[: ranking.depth]) == truth(values)[: ranking.depth]
+
+
+@pytest.mark.parametrize("window", [2, 3, 4, 7, 10, 20])
+def test_tdpart_ranks_every_size_right_to_any_depth(window: int) -> None:
+    half = (window + 1) // 2
+    for n in range(131):
+        values = [float((i * 7919) % 1009) for i in range(n)]  # distinct, in no order
+        for top_k in {None, 1, half, half + 1, window, n + 3}:
+            ranking = drive(TopDownPartition(window), values, top_k)
+            assert list(ranking.order[: ranking.depth]) == truth(values)[: ranking.depth]
+
+
+def test_tdpart_ranks_no_step_1_candidate_that_a_riser_left_out_beats() -> None:
+    # the top 20 (50..31) put 9 above the pivot (41); all 80 below rise (120..199), more
+    # than the last window holds with the 9: its first 11 are ranked, and a second round
+    # over the rest ranks 11 more
+    values = [50.0 - i for i in range(20)] + [100.0 + i for i in range(20, 100)]
+    ranking = drive(TopDownPartition(20), values, top_k=20)
+    assert list(ranking.order[: ranking.depth]) == list(range(99, 77, -1))
+    assert ranking.cost == Cost(windows=7 + 6, steps=6)
+    assert ranking.cost.windows <= TopDownPartition(20).max_windows(100, 20)
 
 
 @settings(max_examples=150, deadline=None)
@@ -299,6 +345,34 @@ def test_a_tournament_gets_as_many_right_as_go_on(values: list[float], window: i
     ranking = drive(Tournament(window), values)
     assert list(ranking.order[:kept]) == truth(values)[:kept]
     assert ranking.cost.steps == (0 if n == 0 else 1 if n <= window else 2)
+
+
+def test_a_tournament_fills_its_last_window_in_one_round() -> None:
+    # 60 passages deal into 3 windows of 20; 7, 6 and 7 go on (not 6 each), so 20 positions
+    # are ranked without a second round
+    seen: list[list[int]] = []
+    ranking = drive(Tournament(), [float(i) for i in range(60)], top_k=20, windows=seen)
+    assert ranking.cost == Cost(windows=4, steps=2)
+    assert ranking.depth == 20
+    assert [sum(i % 3 == group for i in seen[-1]) for group in range(3)] == [7, 6, 7]
+    assert Tournament().max_windows(60, 20) == 4
+
+
+@pytest.mark.parametrize("window", range(2, 27))
+def test_a_tournament_sends_on_a_full_window_and_the_same_passages_reversed(window: int) -> None:
+    tournament = Tournament(window)
+    for n in range(window + 1, min(window * window, 130) + 1):
+        values = [float((i * 7919) % 1009) for i in range(n)]  # distinct, in no order
+        seen: list[list[int]] = []
+        backwards: list[list[int]] = []
+        ranking = drive(tournament, values, windows=seen)
+        drive(tournament, values[::-1], windows=backwards)
+        # full, or one seat short where an odd window's seats cannot be shared out alike
+        # from both ends
+        assert window - ranking.depth <= window % 2
+        as_given = [sorted(n - 1 - i for i in w) for w in backwards]
+        assert sorted(as_given) == sorted(map(sorted, seen)), "the same windows reversed"
+        assert ranking.cost.windows == tournament.max_windows(n)
 
 
 @settings(max_examples=150, deadline=None)
@@ -336,12 +410,22 @@ def test_tdpart_over_100_takes_at_most_3_steps() -> None:
     pivot = seen[0][9]
     assert all(w[0] == pivot for w in seen[1:])
 
-    rising = drive(TopDownPartition(), [float(i) for i in range(100)])
+    seen.clear()
+    rising = drive(TopDownPartition(), [float(i) for i in range(100)], windows=seen)
     assert rising.cost == Cost(windows=7, steps=3)
-    assert rising.depth == 9 + 80 + 1, "9 above the pivot, 80 risers and the pivot itself"
-    # the last window holds the 9 and the 11 risers that rose most: 99..89 come first
+    # all 80 rose: the last window holds the 9 above the pivot and the 11 that rose most
+    # (99..89); a riser left out beats the 9, so only the first 11 positions are ranked
+    assert sorted(seen[-1]) == [*range(11, 20), *range(89, 100)]
     assert list(rising.order[:11]) == list(range(99, 88, -1))
-    assert list(rising.order[-10:]) == list(range(10)), "left behind in first-stage order"
+    assert rising.depth == 11
+    assert list(rising.order[11:]) == list(range(89)), "the rest in first-stage order"
+
+    # 10 of the 80 rise above the pivot (91): with the 9 above it they fit the last window
+    values = [100.0 - i for i in range(20)] + [95.0 * (i % 8 == 0) for i in range(20, 100)]
+    fitting = drive(TopDownPartition(), values)
+    assert fitting.cost == Cost(windows=7, steps=3)
+    assert fitting.depth == 9 + 10 + 1, "the candidates and the pivot"
+    assert list(fitting.order[:20]) == truth(values)[:20]
 
 
 def test_tdpart_leaves_the_passages_below_the_pivot_in_first_stage_order() -> None:

@@ -499,6 +499,8 @@ def test_bad_window_rejected_at_init() -> None:
     with pytest.raises(ValueError, match="one passage a window orders nothing"):
         FirstListwiseRanker(template="first", window_size=1)
     assert FirstListwiseRanker(template="first", vote=" yes", window_size=1).window_size == 1
+    with pytest.raises(ValueError, match="window_size must be at least 2, got 1"):
+        FirstListwiseRanker(template="first", vote=" yes", strategy="sliding", window_size=1)
     with pytest.raises(ValueError, match="order_invariant needs the 'disjoint' strategy"):
         FirstListwiseRanker(template="first", order_invariant=True)  # resolves to sliding
     assert FirstListwiseRanker(template="first", vote=" yes", order_invariant=True).vote
