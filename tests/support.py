@@ -16,8 +16,9 @@ SMOLLM2_TOKENIZER_DIR = Path(__file__).parent / "data" / "smollm2-tokenizer"
 """The SmolLM2-135M-Instruct tokenizer files, so that unit tests need no GGUF."""
 
 
-def make_tiny_llama(vocab_size: int, *, seed: int = 0, layers: int = 2) -> Any:
-    """A small random Llama with the given vocabulary, in eval mode."""
+def make_tiny_llama(vocab_size: int, *, seed: int = 0, layers: int = 2, tied: bool = False) -> Any:
+    """A small random Llama with the given vocabulary, in eval mode; with ``tied``, its
+    output layer is its input embeddings."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
@@ -28,7 +29,7 @@ def make_tiny_llama(vocab_size: int, *, seed: int = 0, layers: int = 2) -> Any:
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=4096,
-        tie_word_embeddings=False,
+        tie_word_embeddings=tied,
         pad_token_id=2,
         bos_token_id=1,
         eos_token_id=2,
@@ -155,3 +156,17 @@ def lora_gradients(trainer: Any) -> dict[str, Any]:
     grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
     trainer.optimizer.zero_grad(set_to_none=True)
     return grads
+
+
+def body_rescore_spec(rescorer: dict[str, Any]) -> Any:
+    """The :class:`~opensearch_ltr.rescore.RescoreSpec` one ``rescore`` entry of a search
+    body carries."""
+    from opensearch_ltr.rescore import RescoreSpec
+
+    query = rescorer["query"]
+    return RescoreSpec(
+        rescorer["window_size"],
+        query["query_weight"],
+        query["rescore_query_weight"],
+        query["score_mode"],
+    )

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import torch
+from support import make_tiny_llama
 
 import haystack_llmrank.models as models
 from haystack_llmrank.backends import check_placement, resolve_torch_device
@@ -77,19 +78,24 @@ def test_the_cache_is_readable_as_the_umask_allows(
     assert stat.S_IMODE((target / "model.safetensors").stat().st_mode) == 0o644
 
 
-def test_a_damaged_cached_copy_is_dropped_and_the_file_read_again(
-    tiny_model: Any,
-    smollm2_tokenizer: Any,
-    cache_dir: Path,
-    tmp_path: Path,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
+@pytest.fixture
+def cached_gguf(
+    tiny_model: Any, smollm2_tokenizer: Any, cache_dir: Path, tmp_path: Path
+) -> tuple[ModelSource, Path]:
+    """A file that is no GGUF file, and a cached copy of the tiny model under its key."""
     gguf = tmp_path / "m.gguf"
     gguf.write_bytes(b"not really a GGUF file")
     source = resolve_model(str(gguf))
     target = models._gguf_cache_dir(source)
     assert target is not None
     models._write_cache(tiny_model, smollm2_tokenizer, target)
+    return source, target
+
+
+def test_a_damaged_cached_copy_is_dropped_and_the_file_read_again(
+    cached_gguf: tuple[ModelSource, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    source, target = cached_gguf
     weights = target / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])  # cut short
     # the file itself is no model either: reading it again fails, naming it
@@ -103,20 +109,11 @@ def test_a_damaged_cached_copy_is_dropped_and_the_file_read_again(
 
 
 def test_running_out_of_memory_leaves_the_shared_cached_copy_in_place(
-    tiny_model: Any,
-    smollm2_tokenizer: Any,
-    cache_dir: Path,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    cached_gguf: tuple[ModelSource, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import transformers
 
-    gguf = tmp_path / "m.gguf"
-    gguf.write_bytes(b"not really a GGUF file")
-    source = resolve_model(str(gguf))
-    target = models._gguf_cache_dir(source)
-    assert target is not None
-    models._write_cache(tiny_model, smollm2_tokenizer, target)
+    source, target = cached_gguf
 
     def out_of_memory(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("DefaultCPUAllocator: can't allocate memory")  # what torch raises
@@ -320,18 +317,7 @@ def test_a_config_that_does_not_fit_its_weights_is_refused_naming_the_model(
 
 
 def test_an_output_layer_tied_to_the_embeddings_is_not_missing(tmp_path: Path) -> None:
-    import transformers
-
-    config = transformers.LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=True,
-    )
-    transformers.LlamaForCausalLM(config).save_pretrained(tmp_path)  # no lm_head.weight saved
+    make_tiny_llama(64, layers=1, tied=True).save_pretrained(tmp_path)  # no lm_head.weight
     model = load_causal_lm(ModelSource(str(tmp_path)))
     assert model.lm_head.weight is model.model.embed_tokens.weight
 

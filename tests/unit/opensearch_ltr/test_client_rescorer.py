@@ -15,6 +15,7 @@ import pytest
 from opensearchpy.exceptions import ConnectionError as OsConnectionError
 from opensearchpy.exceptions import ConnectionTimeout, NotFoundError
 from opensearchpy.exceptions import RequestError as OsRequestError
+from support import body_rescore_spec
 
 from haystack_llmrank.errors import PromptTooLongError
 from haystack_llmrank.ranking import Ranking
@@ -536,13 +537,7 @@ class ShardedCluster(ScriptedClient):
     def _rescore(
         scored: list[tuple[float, int, dict[str, Any]]], rescorer_: dict[str, Any]
     ) -> list[tuple[float, int, dict[str, Any]]]:
-        query = rescorer_["query"]
-        spec = RescoreSpec(
-            rescorer_["window_size"],
-            query["query_weight"],
-            query["rescore_query_weight"],
-            query["score_mode"],
-        )
+        query, spec = rescorer_["query"], body_rescore_spec(rescorer_)
         top = query["rescore_query"]["bool"]
         groups = [top] if "filter" in top else [group["bool"] for group in top["should"]]
         boosts = {

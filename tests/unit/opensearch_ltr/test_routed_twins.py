@@ -8,11 +8,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+from support import body_rescore_spec
 
 from haystack_llmrank.ranking import Ranking
 from opensearch_ltr import LlmRescorer
 from opensearch_ltr.errors import MissingTextError, RescoreRequestError
-from opensearch_ltr.rescore import RescoreSpec, as_printed
+from opensearch_ltr.rescore import as_printed
 from opensearch_ltr.server_applied_rescore import clause_count, window_query
 
 BODY = {"query": {"match": {"text": "cats"}}}
@@ -61,13 +62,7 @@ class OneShard:
         body = kwargs["body"]
         ranked = [(float(doc["_score"]), i, doc) for i, doc in enumerate(self.hits)]
         for rescorer in body.get("rescore", []):
-            query = rescorer["query"]
-            spec = RescoreSpec(
-                rescorer["window_size"],
-                query["query_weight"],
-                query["rescore_query_weight"],
-                query["score_mode"],
-            )
+            query, spec = rescorer["query"], body_rescore_spec(rescorer)
             assert len(ranked) <= spec.window_size
             combined = [
                 (spec.combine(score, matched(query["rescore_query"], doc)), i, doc)
