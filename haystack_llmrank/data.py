@@ -39,7 +39,7 @@ _INTEGER = re.compile(r"[+-]?[0-9]+")
 _NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
 """Numbers as trec_eval reads them: ASCII digits (no ``1_0``, no other scripts' digits)."""
 GRADE_RANGE = (-(2**31), 2**31 - 1)
-"""The grades (and relevance levels) trec_eval holds: a 32-bit C long."""
+"""The grades trec_eval holds: a 32-bit C long (relevance levels: from 1 to its top)."""
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 """The largest magnitude of a run score trec_eval holds (a 32-bit C float), about 3.4e38."""
 _FLOAT32 = struct.Struct("f")

@@ -3,7 +3,8 @@
 Metrics are named ``family@k``: ``ndcg@k`` (trec_eval's ``ndcg_cut``: graded, linear gain),
 ``map@k`` (``map_cut``), ``recall@k``, ``p@k`` (``P``) and ``mrr@k`` (``recip_rank`` of the run
 cut to its top ``k``). The binary metrics (map, recall, p, mrr) count a document as relevant
-when its grade is at least ``relevance_level`` (2 by default, as TREC Deep Learning does).
+when its grade is at least ``relevance_level``: 2 by default, as TREC Deep Learning does, and
+never below 1, which pytrec_eval does not take.
 Documents are ranked as trec_eval ranks them: by score read as a 32-bit float, ties by docid,
 both descending (:func:`trec_order`).
 pytrec_eval (the ``eval`` extra) is imported only when metrics are computed.
@@ -149,11 +150,14 @@ def _float_scores(qid: str, docs: Mapping[str, float]) -> dict[str, float]:
 
 
 def _check_level(level: int) -> None:
-    """``ValueError`` unless ``level`` is an integer trec_eval holds."""
-    low, high = GRADE_RANGE
-    if isinstance(level, bool) or not isinstance(level, int) or not low <= level <= high:
+    """``ValueError`` unless ``level`` is an integer from 1 to the highest grade trec_eval
+    holds: trec_eval's ``-l`` takes lower ones, but pytrec_eval refuses 0 and gives every
+    binary metric 0 for a negative level."""
+    high = GRADE_RANGE[1]
+    if isinstance(level, bool) or not isinstance(level, int) or not 1 <= level <= high:
         raise ValueError(
-            f"the relevance level must be an integer from {low} to {high}, got {level!r}"
+            f"the relevance level must be an integer from 1 to {high} (pytrec_eval takes no "
+            f"lower one), got {level!r}"
         )
 
 

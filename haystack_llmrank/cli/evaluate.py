@@ -47,10 +47,11 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--relevance-level",
-        type=int,
+        type=positive_int,
         default=RELEVANCE_LEVEL,
-        help=f"lowest grade counted relevant by binary metrics (default {RELEVANCE_LEVEL}, as "
-        "TREC Deep Learning)",
+        help=f"lowest grade counted relevant by binary metrics, at least 1: pytrec_eval takes "
+        f"no lower level, though trec_eval's -l does (default {RELEVANCE_LEVEL}, as TREC Deep "
+        "Learning)",
     )
     parser.add_argument(
         "--missing-as-zero",

@@ -92,6 +92,15 @@ def test_relevance_level_changes_binary_metrics_only() -> None:
     assert loose["recall@3"] == pytest.approx(2 / 4)
 
 
+@pytest.mark.parametrize("level", [0, -1, -(2**31)])
+def test_relevance_levels_below_1_are_refused(level: int) -> None:
+    """pytrec_eval raises a TypeError at level 0 and scores every binary metric 0 below it,
+    where trec_eval would count every judged document relevant."""
+    with pytest.raises(ValueError, match=rf"relevance level must be an integer from 1 .*{level}$"):
+        evaluate(RUN, QRELS, relevance_level=level)
+    assert evaluate(RUN, QRELS, ["recall@100"], relevance_level=1).mean["recall@100"] == 0.75
+
+
 def test_mrr_cut_follows_trec_order() -> None:
     qrels: Qrels = {"q": {"a": 2}}
     # Tied scores: trec_eval puts the larger docid first, so "a" is ranked second.

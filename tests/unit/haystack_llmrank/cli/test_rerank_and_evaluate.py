@@ -582,6 +582,28 @@ def test_eval_errors(
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("level", ["0", "-1"])
+def test_eval_refuses_relevance_levels_below_1(
+    llmrank: Any, qrels: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], level: str
+) -> None:
+    """Level 0 was a pytrec_eval traceback, and a negative level scored every binary metric 0."""
+    run = tmp_path / "run.txt"
+    run.write_text("q1 Q0 q1-0 1 1.0 t\n")
+    with pytest.raises(SystemExit) as exit_info:
+        llmrank(["eval", str(run), str(qrels), "--relevance-level", level])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert f"argument --relevance-level: expected a positive integer, got {level}" in error
+
+
+def test_eval_help_gives_the_relevance_level_rule(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["eval", "--help"])
+    text = " ".join(capsys.readouterr().out.partition("options:")[2].split())
+    level = text[text.index("--relevance-level") : text.index("--missing-as-zero")]
+    assert "at least 1: pytrec_eval takes no lower level, though trec_eval's -l does" in level
+
+
 ModelArgs = Callable[..., argparse.Namespace]
 
 
