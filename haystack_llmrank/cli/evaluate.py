@@ -9,6 +9,7 @@ from pathlib import Path
 from haystack_llmrank.cli.options import plural, positive_int
 from haystack_llmrank.data import FORMATS, first_stage_run, read_qrels, read_queries, read_run
 from haystack_llmrank.evaluation import DEFAULT_METRICS, RELEVANCE_LEVEL, Evaluation, evaluate
+from haystack_llmrank.staged_files import check_output, staged_outputs
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -59,7 +60,9 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="count judged queries absent from the run as 0 (like trec_eval -c)",
     )
     parser.add_argument("--per-query", action="store_true", help="print one row per query too")
-    parser.add_argument("--json", type=Path, default=None, help="write all results as JSON")
+    parser.add_argument(
+        "--json", type=Path, default=None, help="write all results as JSON (a regular file)"
+    )
     parser.set_defaults(handler=run)
 
 
@@ -97,14 +100,16 @@ def format_table(result: Evaluation, *, per_query: bool) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Read the run (or candidates) and qrels, evaluate, print the table."""
+    """Read the run (or candidates) and qrels, evaluate, write ``--json``, print the table."""
     expected = 1 if args.candidates is not None else 2
     if len(args.files) != expected:
         raise ValueError("give RUN QRELS, or --candidates FILE QRELS")
-    if args.json is not None and any(
-        args.json.resolve() == Path(f).resolve() for f in (*args.files, args.candidates) if f
-    ):
-        raise ValueError(f"--json names an input file, {args.json}; give another path")
+    if args.json is not None:
+        check_output(args.json)
+        if any(
+            args.json.resolve() == Path(f).resolve() for f in (*args.files, args.candidates) if f
+        ):
+            raise ValueError(f"--json names an input file, {args.json}; give another path")
     candidate_options = (args.queries, args.top_k_candidates, args.format != "auto")
     if args.candidates is None and any(candidate_options):
         raise ValueError("--format, --queries and --top-k-candidates apply to --candidates only")
@@ -127,7 +132,8 @@ def run(args: argparse.Namespace) -> int:
         relevance_level=args.relevance_level,
         missing_as_zero=args.missing_as_zero,
     )
-    print(format_table(result, per_query=args.per_query))
     if args.json is not None:
-        args.json.write_text(json.dumps(result.to_dict(), indent=1) + "\n", encoding="utf-8")
+        with staged_outputs(args.json) as (staged,):
+            staged.write_text(json.dumps(result.to_dict(), indent=1) + "\n", encoding="utf-8")
+    print(format_table(result, per_query=args.per_query))
     return 0

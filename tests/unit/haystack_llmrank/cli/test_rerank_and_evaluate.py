@@ -604,6 +604,60 @@ def test_eval_help_gives_the_relevance_level_rule(capsys: pytest.CaptureFixture[
     assert "at least 1: pytrec_eval takes no lower level, though trec_eval's -l does" in level
 
 
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [
+        ("", "cannot write {json}: it is a folder"),
+        ("absent/metrics.json", "cannot write {json}: folder {tmp}/absent does not exist"),
+    ],
+)
+def test_eval_checks_json_before_evaluating(
+    llmrank: Any,
+    qrels: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    where: str,
+    message: str,
+) -> None:
+    """The table was printed before --json failed, with exit 2."""
+    run = tmp_path / "run.txt"
+    run.write_text("q1 Q0 q1-0 1 1.0 t\n")
+    json_path = tmp_path / where
+    assert llmrank(["eval", str(run), str(qrels), "--json", str(json_path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert message.format(json=json_path, tmp=tmp_path) in captured.err
+
+
+def test_eval_writes_json_whole_or_not_at_all(
+    llmrank: Any,
+    qrels: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A write that fails part way leaves the earlier file, no partial one, and no table."""
+    run = tmp_path / "run.txt"
+    run.write_text("q1 Q0 q1-0 1 1.0 t\n")
+    out = tmp_path / "metrics.json"
+    out.write_text("earlier metrics\n")
+
+    def full_disk(path: Path, *args: Any, **kwargs: Any) -> int:
+        path.write_bytes(b'{"metr')
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    assert llmrank(["eval", str(run), str(qrels), "--json", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert (captured.out, "No space left on device" in captured.err) == ("", True)
+    assert out.read_bytes() == b"earlier metrics\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", "qrels.txt", "run.txt"]
+    monkeypatch.undo()
+    assert llmrank(["eval", str(run), str(qrels), "--json", str(out)]) == 0
+    assert capsys.readouterr().out.startswith("qid")
+    assert json.loads(out.read_text())["queries"] == 1
+
+
 ModelArgs = Callable[..., argparse.Namespace]
 
 
