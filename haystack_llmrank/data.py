@@ -52,6 +52,10 @@ class DataFormatError(LlmRankError, ValueError):
     """An input file does not have the expected format; the message names the record."""
 
 
+class JsonLineError(DataFormatError):
+    """A line of a TREC run or qrels file looks like JSON, as a candidates file's do."""
+
+
 @dataclass(frozen=True)
 class Candidate:
     """One first-stage hit: its id, its text and its first-stage score (if the file has one)."""
@@ -202,6 +206,15 @@ def _text(value: str, what: str, where: str) -> str:
     return value
 
 
+def _field(record: dict[str, Any], name: str, where: str, *, under: str = "") -> Any:
+    """``record[name]``; :class:`DataFormatError` naming the field (and the object ``under``
+    which it belongs, if any) and ``where`` if the record lacks it."""
+    if name not in record:
+        place = f" under {under!r}" if under else ""
+        raise DataFormatError(f"{where}: no {name!r} field{place}")
+    return record[name]
+
+
 def _query_text(value: Any, where: str) -> str:
     if not isinstance(value, str) or is_blank(value):
         raise DataFormatError(f"{where}: the query text must be a non-empty string, got {value!r}")
@@ -236,7 +249,7 @@ def _candidate(item: Any, position: int, where: str) -> Candidate:
     where = f"{where} candidate {position}"
     if not isinstance(item, dict):
         raise DataFormatError(f"{where}: expected an object, got {type(item).__name__}")
-    docid = _identifier(item.get("docid"), "docid", where)
+    docid = _identifier(_field(item, "docid", where), "docid", where)
     where = f"{where} ({docid})"
     doc = item.get("doc", {})
     if not isinstance(doc, dict):
@@ -277,9 +290,9 @@ def _candidate_list(value: Any, where: str) -> tuple[Candidate, ...]:
 def _from_candidates_record(record: dict[str, Any], where: str) -> QueryFields:
     """``{"qid", "query", "candidates": [{"docid", "rank", "score", "text"}, ...]}``."""
     return (
-        _identifier(record.get("qid"), "qid", where),
-        _query_text(record.get("query"), where),
-        _candidate_list(record.get("candidates"), where),
+        _identifier(_field(record, "qid", where), "qid", where),
+        _query_text(_field(record, "query", where), where),
+        _candidate_list(_field(record, "candidates", where), where),
     )
 
 
@@ -289,9 +302,9 @@ def _from_rankllm_record(record: dict[str, Any], where: str) -> QueryFields:
     if not isinstance(query, dict):
         raise DataFormatError(f"{where}: 'query' must be an object with 'text' and 'qid'")
     return (
-        _identifier(query.get("qid"), "qid", where),
-        _query_text(query.get("text"), where),
-        _candidate_list(record.get("candidates"), where),
+        _identifier(_field(query, "qid", where, under="query"), "qid", where),
+        _query_text(_field(query, "text", where, under="query"), where),
+        _candidate_list(_field(record, "candidates", where), where),
     )
 
 
@@ -459,9 +472,12 @@ def _rows(path: Path, columns: int, layout: str) -> Iterator[tuple[str, list[str
         if not fields:
             continue
         if len(fields) != columns:
-            raise DataFormatError(
-                f"{path}:{number}: expected {columns} columns ({layout}), got {len(fields)}"
-            )
+            mismatch = f"{path}:{number}: expected {columns} columns ({layout}), got {len(fields)}"
+            if fields[0].startswith(("{", "[")):
+                raise JsonLineError(
+                    f"{mismatch}; the line looks like JSON, as in a candidates file"
+                )
+            raise DataFormatError(mismatch)
         for word in fields:
             problem = unwritable(word)
             if problem is not None:

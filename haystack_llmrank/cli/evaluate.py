@@ -7,7 +7,15 @@ import json
 from pathlib import Path
 
 from haystack_llmrank.cli.options import plural, positive_int
-from haystack_llmrank.data import FORMATS, first_stage_run, read_qrels, read_queries, read_run
+from haystack_llmrank.data import (
+    FORMATS,
+    DataFormatError,
+    JsonLineError,
+    first_stage_run,
+    read_qrels,
+    read_queries,
+    read_run,
+)
 from haystack_llmrank.evaluation import DEFAULT_METRICS, RELEVANCE_LEVEL, Evaluation, evaluate
 from haystack_llmrank.staged_files import check_output, staged_outputs
 
@@ -123,7 +131,12 @@ def run(args: argparse.Namespace) -> int:
             queries = [query.top(args.top_k_candidates) for query in queries]
         ranked = first_stage_run(queries)
     else:
-        ranked = read_run(args.files[0])
+        try:
+            ranked = read_run(args.files[0])
+        except JsonLineError as exc:
+            raise DataFormatError(
+                f"{exc}; to evaluate a candidates file's order, give it with --candidates"
+            ) from None
     metrics = [name for item in args.metrics for name in item.split(",") if name]
     result = evaluate(
         ranked,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from haystack_llmrank.data import (
     FLOAT32_MAX,
     Candidate,
     DataFormatError,
+    JsonLineError,
     QueryCandidates,
     first_stage_run,
     read_qrels,
@@ -178,15 +180,20 @@ def _bad(record: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("path", "value", "message"),
     [
-        ("qid", ..., r":1: qid must be a string without spaces or an integer"),
+        ("qid", ..., r"c\.jsonl:1: no 'qid' field; expected the candidates format"),
+        ("qid", None, r":1: qid must be a string without spaces or an integer, got None"),
         ("qid", True, r"qid must be a string without spaces or an integer, got True"),
         ("qid", "q 1", r"qid must be a string without spaces or an integer, got 'q 1'"),
         ("candidates.0.docid", "", r"candidate 0: docid must be"),
+        ("query", ..., r"c\.jsonl:1: no 'query' field; expected the candidates format"),
+        ("query", None, r"c\.jsonl:1: the query text must be a non-empty string, got None"),
         ("query", "  ", r"the query text must be a non-empty string"),
         ("query", "\ufeff ", r"the query text must be a non-empty string"),
+        ("candidates", ..., r"c\.jsonl:1: no 'candidates' field"),
         ("candidates", {"d": 1}, r"'candidates' must be a list"),
         ("candidates.1", "d1", r"candidate 1: expected an object, got str"),
-        ("candidates.1.docid", ..., r"candidate 1: docid must be"),
+        ("candidates.1.docid", ..., r"c\.jsonl:1 candidate 1: no 'docid' field"),
+        ("candidates.1.docid", None, r"candidate 1: docid must be"),
         ("candidates.1.text", ..., r"candidate 1 \(d1\): no text"),
         ("candidates.1.text", 3, r"candidate 1 \(d1\): no text"),
         ("candidates.1.score", "high", r"candidate 1 \(d1\): score must be a number"),
@@ -212,8 +219,11 @@ def test_malformed_candidates_name_the_record(
     ("path", "value", "message"),
     [
         ("query", "plain text", r"'query' must be an object"),
-        ("query.text", ..., r"the query text must be a non-empty string"),
-        ("query.qid", ..., r"qid must be"),
+        ("query.text", ..., r"no 'text' field under 'query'"),
+        ("query.text", None, r"the query text must be a non-empty string"),
+        ("query.qid", ..., r"no 'qid' field under 'query'"),
+        ("query.qid", None, r"qid must be"),
+        ("candidates", ..., r"no 'candidates' field"),
         ("candidates.0.doc", "text", r"candidate 0 \(d0\): 'doc' must be an object"),
         ("candidates.0.doc", {"title": "t"}, r"candidate 0 \(d0\): no text"),
     ],
@@ -312,7 +322,7 @@ def test_auto_format_holds_for_the_whole_file(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "mixed.jsonl", [candidates_record(), rankllm_record("q2")])
     with pytest.raises(
         DataFormatError,
-        match=r"mixed\.jsonl:2: qid must be .*; "
+        match=r"mixed\.jsonl:2: no 'qid' field; "
         r"expected the candidates format \(detected from the first record\)$",
     ):
         read_queries(path)
@@ -471,6 +481,23 @@ def test_malformed_runs(tmp_path: Path, text: str, message: str) -> None:
     path.write_text(text)
     with pytest.raises(DataFormatError, match=message):
         read_run(path)
+
+
+@pytest.mark.parametrize(("reader", "columns"), [(read_run, 6), (read_qrels, 4)])
+def test_a_json_line_in_a_trec_file_is_named_as_json(
+    tmp_path: Path, reader: Callable[[Path], Any], columns: int
+) -> None:
+    path = write_jsonl(tmp_path / "c.jsonl", [candidates_record()])
+    with pytest.raises(
+        JsonLineError,
+        match=rf"c\.jsonl:1: expected {columns} columns .*; the line looks like JSON, as in a "
+        "candidates file$",
+    ):
+        reader(path)
+    path.write_text("q Q0 d 1 1.0\n")
+    with pytest.raises(DataFormatError, match=r"got 5$") as raised:
+        reader(path)
+    assert not isinstance(raised.value, JsonLineError)
 
 
 def test_reads_qrels(tmp_path: Path) -> None:

@@ -658,6 +658,18 @@ def test_eval_writes_json_whole_or_not_at_all(
     assert json.loads(out.read_text())["queries"] == 1
 
 
+def test_eval_of_a_candidates_file_as_the_run_points_to_candidates(
+    llmrank: Any, candidates: Path, qrels: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert llmrank(["eval", str(candidates), str(qrels)]) == 2
+    error = capsys.readouterr().err
+    assert f"{candidates}:1: expected 6 columns (qid Q0 docid rank score tag), got " in error
+    assert error.rstrip().endswith(
+        "the line looks like JSON, as in a candidates file; to evaluate a candidates file's "
+        "order, give it with --candidates"
+    )
+
+
 ModelArgs = Callable[..., argparse.Namespace]
 
 
