@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from haystack_llmrank.cli.options import positive_int, template_option
+from haystack_llmrank.cli.options import plural, positive_int, template_option
 from haystack_llmrank.export.onnx_folder import DEFAULT_OPSET, OPSETS
 from haystack_llmrank.scorers.onnx_metadata import ATTENTION_CHOICES, EXPORTERS, PRECISIONS
 
@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"exported {metadata.source_model} ({metadata.precision}, {metadata.attention} "
         f"attention, template "
-        f"{metadata.template['name']!r}, {len(metadata.label_ids)} labels) to {folder} "
+        f"{metadata.template['name']!r}, {plural(len(metadata.label_ids), 'label')}) to {folder} "
         f"in {time.perf_counter() - started:.1f} s ({size / 2**20:.0f} MiB)"
     )
     print(f"load it with --backend onnx --model {folder}")

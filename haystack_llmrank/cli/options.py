@@ -117,7 +117,12 @@ def add_model_options(group: Any, *, batch_size: int) -> None:
         default="torch",
         help="torch (default; any model) or onnx (an `llmrank export` folder)",
     )
-    group.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if any)")
+    group.add_argument(
+        "--device",
+        default=None,
+        help="cpu, cuda, cuda:N (a CUDA device by index) or mps (torch only), in any case "
+        "(default: cuda if any)",
+    )
     group.add_argument(
         "--dtype", default=None, help="float32, float16, bfloat16 (default: by device)"
     )

@@ -670,6 +670,17 @@ def test_eval_of_a_candidates_file_as_the_run_points_to_candidates(
     )
 
 
+@pytest.mark.parametrize("command", ["rerank", "serve"])
+def test_device_help_names_every_device_accepted(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        cli.main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.partition("options:")[2].split())
+    device = text[text.index("--device DEVICE") : text.index("--dtype DTYPE")]
+    assert "cpu, cuda, cuda:N (a CUDA device by index) or mps (torch only), in any case" in device
+
+
 ModelArgs = Callable[..., argparse.Namespace]
 
 

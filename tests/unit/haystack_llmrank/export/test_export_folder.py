@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -285,3 +286,27 @@ def test_other_errors_are_not_wrapped(
     with pytest.raises(TypeError, match="a bug"):
         main(["export", str(tiny_model_dir), str(tmp_path / "out")])
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("label_ids", "counted"), [([42], "1 label"), ([7, 8], "2 labels")])
+def test_cli_export_counts_the_labels_in_words(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    label_ids: list[int],
+    counted: str,
+) -> None:
+    """A vote export scores one label: its line said "1 labels"."""
+    out = tmp_path / "out"
+    out.mkdir()
+    metadata = SimpleNamespace(
+        source_model="m",
+        precision="fp32",
+        attention="plain",
+        template={"name": "first-judge"},
+        label_ids=label_ids,
+    )
+    monkeypatch.setattr("haystack_llmrank.export.export_onnx", lambda *a, **kw: out)
+    monkeypatch.setattr("haystack_llmrank.export.read_metadata", lambda *a, **kw: metadata)
+    assert main(["export", "m", str(out)]) == 0
+    assert f"template 'first-judge', {counted}) to {out} in" in capsys.readouterr().out
