@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from haystack_llmrank.model_templates import write_template
-from haystack_llmrank.models import EMBEDDED_BASE, peft_wrapping, text_config
+from haystack_llmrank.models import EMBEDDED_BASE, peft_wrapping, text_config, umask_modes
 from haystack_llmrank.prompt import PromptTemplate
 
 LORA_TARGETS: tuple[str, ...] = (
@@ -241,7 +241,9 @@ def save_trained(
     reference (``smollm2-135m-instruct``, a Hugging Face id, a local base by absolute path:
     :func:`recordable_base`), so that loading the folder resolves its base the same way
     every other model is resolved, from any working directory. The weights of the other
-    kind that the folder held are removed, so that it loads what was saved.
+    kind that the folder held are removed, so that it loads what was saved; the weights
+    saved take the modes the umask allows (safetensors writes them owner-only), so that
+    other users can load the folder.
     """
     folder.mkdir(parents=True, exist_ok=True)
     write_template(folder, template)
@@ -249,12 +251,13 @@ def save_trained(
     for pattern in _FULL_WEIGHTS if adapter else _ADAPTER_WEIGHTS:
         for stale in folder.glob(pattern):
             stale.unlink()
+    model.save_pretrained(folder)
     if adapter:
-        model.save_pretrained(folder)
+        base = recordable_base(base_model)
         config_path = folder / "adapter_config.json"
         config = json.loads(config_path.read_text(encoding="utf-8"))
-        config["base_model_name_or_path"] = recordable_base(base_model)
+        config["base_model_name_or_path"] = base
         config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     else:
-        model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
+    umask_modes(folder.glob("*.safetensors"))
