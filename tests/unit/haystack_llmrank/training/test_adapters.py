@@ -288,6 +288,22 @@ def test_saved_weights_take_the_modes_the_umask_allows(
         assert stat.S_IMODE(weights.stat().st_mode) == 0o644
 
 
+def test_the_model_card_names_the_base_that_adapter_config_records(
+    smollm2_tokenizer: Any, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from huggingface_hub import ModelCard
+
+    model = make_tiny_llama(len(smollm2_tokenizer))
+    model.config._name_or_path = "/root/.cache/llmrank/gguf/SmolLM2-135M-Instruct.Q4_1-x"
+    save_adapter(model, tmp_path, base=tiny_model_dir)
+    recorded = json.loads((tmp_path / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert recorded == str(tiny_model_dir)
+    card = ModelCard.load(tmp_path / "README.md")
+    assert card.data.base_model == recorded
+    assert f"base_model:adapter:{recorded}" in card.data.tags
+    assert "/root/.cache" not in card.content
+
+
 def test_wrapping_with_peft_shows_users_no_deprecation_warning(
     smollm2_tokenizer: Any, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
