@@ -128,17 +128,18 @@ def _lines(text: str) -> list[str]:
     return _LINE_END.split(text)
 
 
-class _RepeatedKeyError(ValueError):
+class RepeatedKeyError(ValueError):
     """An object of the JSON names one key twice."""
 
 
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """An object's pairs as a dict; :class:`_RepeatedKeyError` where a key repeats, which
-    ``json`` would resolve silently by keeping the last value."""
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object's pairs as a dict; :class:`RepeatedKeyError` where a key repeats, which
+    ``json`` would resolve silently by keeping the last value (``object_pairs_hook`` of
+    ``json.loads``)."""
     counts = Counter(key for key, _ in pairs)
     repeated = sorted(key for key, count in counts.items() if count > 1)
     if repeated:
-        raise _RepeatedKeyError(f"an object repeats the key {repeated[0]!r}")
+        raise RepeatedKeyError(f"an object repeats the key {repeated[0]!r}")
     return dict(pairs)
 
 
@@ -146,8 +147,8 @@ def _json(text: str, where: str) -> Any:
     """``text`` parsed; :class:`DataFormatError` naming ``where`` if it is not valid JSON or
     an object repeats a key."""
     try:
-        return json.loads(text, object_pairs_hook=_unique_keys)
-    except _RepeatedKeyError as exc:
+        return json.loads(text, object_pairs_hook=unique_keys)
+    except RepeatedKeyError as exc:
         raise DataFormatError(f"{where}: {exc}") from None
     except json.JSONDecodeError as exc:
         raise DataFormatError(f"{where}: invalid JSON: {exc}") from exc

@@ -51,20 +51,29 @@ def recorded_template(model: str | None) -> PromptTemplate | None:
     adapter's base, an ONNX export folder. Hub ids and GGUF files record none; neither does
     another reference that cannot be resolved (loading it reports why).
     """
+    found = _recorded(model)
+    return None if found is None else found[0]
+
+
+def _recorded(model: str | None) -> tuple[PromptTemplate, bool] | None:
+    """:func:`recorded_template`'s template, and whether an ONNX export's metadata records it."""
     folders = [adapter_folder(model)]
     with contextlib.suppress(ModelResolutionError):
         folders.append(Path(resolve_model(model).location))
     for folder in folders:
         if folder is None or not folder.is_dir():
             continue
-        found = _read(folder / TEMPLATE_FILE) or _read(folder / METADATA_FILE, "template")
-        if found is not None:
-            return found
+        trained = _read(folder / TEMPLATE_FILE)
+        if trained is not None:
+            return trained, False
+        exported = _read(folder / METADATA_FILE, "template")
+        if exported is not None:
+            return exported, True
     return None
 
 
 def model_template(
-    template: TemplateChoice, model: str | None, *, vote: str | None = None
+    template: TemplateChoice, model: str | None, *, vote: str | None = None, flags: bool = False
 ) -> PromptTemplate:
     """``template`` when given, else the one recorded with ``model``, else FIRST's; read by
     ``vote`` where given (see :meth:`~haystack_llmrank.prompt.PromptTemplate.with_vote`).
@@ -72,23 +81,57 @@ def model_template(
     A given template (or vote) that differs from the recorded one is used, with a warning:
     the model was trained on other prompts or another readout. A given template that
     records no passage length takes the recorded one's
-    (:attr:`~haystack_llmrank.prompt.PromptTemplate.max_passage_words`).
+    (:attr:`~haystack_llmrank.prompt.PromptTemplate.max_passage_words`). An ONNX export's
+    graph scores its template's readout only (its labels, or its vote): another readout is
+    refused with :class:`ModelResolutionError`, before anything is logged, in a message
+    that names the command line's ``--template`` and ``--vote`` with ``flags``, else the
+    keywords.
     """
-    recorded = recorded_template(model)
+    found = _recorded(model)
+    recorded, exported = (None, False) if found is None else found
     chosen = (recorded or FIRST_TEMPLATE) if template is None else get_template(template)
     if vote is not None:
         chosen = chosen.with_vote(vote)
     if recorded is not None and chosen.max_passage_words is None:
         chosen = replace(chosen, max_passage_words=recorded.max_passage_words)
-    if recorded is not None and recorded != chosen:
-        readouts = recorded.vote != chosen.vote
-        logger.warning(
-            "%s was trained with template %s; ranking with %s as asked",
-            DEFAULT_MODEL if model is None else model,
-            _described(recorded, readouts),
-            _described(chosen, readouts),
-        )
+    if recorded is None or recorded == chosen:
+        return chosen
+    name = DEFAULT_MODEL if model is None else model
+    if exported and _readout(recorded) != _readout(chosen):
+        given = [
+            key for key, value in (("template", template), ("vote", vote)) if value is not None
+        ]
+        raise _other_readout(name, recorded, chosen, given, flags)
+    readouts = recorded.vote != chosen.vote
+    logger.warning(
+        "%s was trained with template %s; ranking with %s as asked",
+        name,
+        _described(recorded, readouts),
+        _described(chosen, readouts),
+    )
     return chosen
+
+
+def _other_readout(
+    export: str, recorded: PromptTemplate, chosen: PromptTemplate, given: list[str], flags: bool
+) -> ModelResolutionError:
+    """The refusal of ``chosen``'s readout for ``export``, recorded with ``recorded``, whose
+    fix is to unset the options ``given`` (named as flags with ``flags``)."""
+    if flags:
+        unset = "drop " + " and ".join(f"--{key}" for key in given)
+    else:
+        unset = "load it with " + " and ".join(f"{key}=None" for key in given)
+    return ModelResolutionError(
+        f"{export} is an ONNX export for template {_described(recorded, True)}, and its graph "
+        f"scores that readout only, not the requested {_described(chosen, True)}; {unset} to "
+        "rank with the template it records, or export the model again with the template you "
+        "want"
+    )
+
+
+def _readout(template: PromptTemplate) -> tuple[str, ...]:
+    """What a scorer reads for ``template``: its vote, or its labels."""
+    return template.labels if template.vote is None else (template.vote,)
 
 
 def _described(template: PromptTemplate, readout: bool) -> str:

@@ -12,7 +12,7 @@ import socket
 import tempfile
 import threading
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -634,12 +634,12 @@ def _umask() -> int:
     return mask
 
 
-def _share(folder: Path) -> None:
-    """Give ``folder`` and what it holds the modes the umask allows (``mkdtemp`` makes it
-    private, and safetensors writes its file owner-only), so a cache directory shared by
-    several users serves all of them."""
+def umask_modes(paths: Iterable[Path]) -> None:
+    """Give ``paths`` (files and folders) the modes the umask allows, as files and folders
+    that are created plainly take, so that other users can read them: ``mkdtemp`` makes a
+    folder private, and safetensors writes its files owner-only."""
     mask = _umask()
-    for path in (folder, *folder.rglob("*")):
+    for path in paths:
         path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
 
 
@@ -657,7 +657,7 @@ def _write_cache(model: Any, tokenizer: Any, target: Path) -> None:
         type(model.config).from_dict(config).save_pretrained(staging)
         save_model(model, str(staging / "model.safetensors"), metadata={"format": "pt"})
         tokenizer.save_pretrained(staging)
-        _share(staging)
+        umask_modes([staging, *staging.rglob("*")])  # a cache shared by several users
         staging.rename(target)
         logger.info("cached the dequantised GGUF model in %s", target)
     except Exception as exc:  # safetensors reports a full disk as its own error type

@@ -226,9 +226,10 @@ def check_model_options(args: argparse.Namespace) -> None:
 
     A window wider than the labels of the template (``--template``, else the one recorded
     with the model, else FIRST's), a step wider than the window, ``--order-invariant`` with
-    a strategy other than ``disjoint`` (as the template's readout resolves it), a dtype
-    with the onnx backend, a device the backend does not run on, an unknown dtype, or a
-    model that is neither local nor reachable fails here in well under a second.
+    a strategy other than ``disjoint`` (as the template's readout resolves it), a template
+    (or ``--vote``) whose readout an ONNX export does not score, a dtype with the onnx
+    backend, a device the backend does not run on, an unknown dtype, or a model that is
+    neither local nor reachable fails here in well under a second.
     """
     from haystack_llmrank.backends import check_backend, check_placement
     from haystack_llmrank.fusion import check_fusion_k
@@ -236,7 +237,7 @@ def check_model_options(args: argparse.Namespace) -> None:
     from haystack_llmrank.models import check_available, resolve_model
     from haystack_llmrank.reranker import resolve_strategy
 
-    template = model_template(args.template, args.model, vote=args.vote)
+    template = model_template(args.template, args.model, vote=args.vote, flags=True)
     labels = len(template.labels)
     if args.window_size is not None and args.window_size > labels:
         raise ValueError(

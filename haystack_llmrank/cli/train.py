@@ -681,12 +681,14 @@ def _write_merged(output: Path) -> None:
         load_tokenizer,
         loadable_source,
         resolve_model,
+        umask_modes,
     )
 
     source = loadable_source(resolve_model(str(output)))
     tokenizer = load_tokenizer(source)
     model = load_causal_lm(source, dtype=torch.float32, tokenizer=tokenizer)
     model.save_pretrained(output / "merged")
+    umask_modes((output / "merged").glob("*.safetensors"))  # safetensors: owner-only
     tokenizer.save_pretrained(output / "merged")
     template = recorded_template(str(output))
     if template is not None:

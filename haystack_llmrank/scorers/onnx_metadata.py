@@ -254,13 +254,11 @@ def check_labels(metadata: ExportMetadata, labels: Sequence[str]) -> None:
     vote = metadata.template.get("vote")
     if vote is None:
         reads = f"scores the labels {list(exported)} of template {name!r}, without a vote"
-        advice = "template=None (the template it records) and no vote"
     else:
         reads = f"reads template {name!r} by the vote {vote!r}"
-        advice = f"template=None (the template it records) or vote={vote!r}"
     raise ModelResolutionError(
-        f"this export {reads}, not the requested {list(labels)}; load it with {advice}, "
-        "or export again with the template you want"
+        f"this export {reads}, not the requested {list(labels)}; load it with labels=None "
+        "(what it records), or export again with the template you want"
     )
 
 

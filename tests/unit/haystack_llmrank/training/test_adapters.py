@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -258,6 +260,48 @@ def test_saving_one_kind_of_weights_removes_the_other_kind(
     save_adapter(make_tiny_llama(len(smollm2_tokenizer)), tmp_path, base=tiny_model_dir)
     assert not list(tmp_path.glob("model*.safetensors*"))
     assert not (tmp_path / "config.json").exists()
+
+
+def test_saved_weights_take_the_modes_the_umask_allows(
+    smollm2_tokenizer: Any, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from haystack_llmrank.cli.train import _write_merged
+
+    old = os.umask(0o022)
+    try:
+        save_adapter(
+            make_tiny_llama(len(smollm2_tokenizer)), tmp_path / "lora", base=tiny_model_dir
+        )
+        _write_merged(tmp_path / "lora")
+        full = make_tiny_llama(len(smollm2_tokenizer))
+        save_trained(
+            full, smollm2_tokenizer, tmp_path / "full", base_model="x", template=FIRST_TEMPLATE
+        )
+    finally:
+        os.umask(old)
+    # safetensors alone would write them 0600: other users could not load the folder
+    for weights in (
+        tmp_path / "lora" / "adapter_model.safetensors",
+        tmp_path / "lora" / "merged" / "model.safetensors",
+        tmp_path / "full" / "model.safetensors",
+    ):
+        assert stat.S_IMODE(weights.stat().st_mode) == 0o644
+
+
+def test_the_model_card_names_the_base_that_adapter_config_records(
+    smollm2_tokenizer: Any, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from huggingface_hub import ModelCard
+
+    model = make_tiny_llama(len(smollm2_tokenizer))
+    model.config._name_or_path = "/root/.cache/llmrank/gguf/SmolLM2-135M-Instruct.Q4_1-x"
+    save_adapter(model, tmp_path, base=tiny_model_dir)
+    recorded = json.loads((tmp_path / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert recorded == str(tiny_model_dir)
+    card = ModelCard.load(tmp_path / "README.md")
+    assert card.data.base_model == recorded
+    assert f"base_model:adapter:{recorded}" in card.data.tags
+    assert "/root/.cache" not in card.content
 
 
 def test_wrapping_with_peft_shows_users_no_deprecation_warning(

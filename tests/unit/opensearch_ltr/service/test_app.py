@@ -340,6 +340,9 @@ async def test_malformed_json_is_400_and_wrong_shape_is_422() -> None:
     async with serving(FakeEngine()) as client:
         async with client.post("/v1/rerank", data=b'{"query": ', headers=JSON_AUTH) as response:
             assert_error(response.status, await response.json(), 400, "malformed_json")
+        repeated = b'{"query": "x", "query": "capital of France", "documents": ["a"]}'
+        async with client.post("/v1/rerank", data=repeated, headers=JSON_AUTH) as response:
+            assert_error(response.status, await response.json(), 400, "malformed_json")
         status, body = await post(client, {"query": "q", "documents": [1]})
         assert_error(status, body, 422, "invalid_request")
 

@@ -65,6 +65,20 @@ def test_malformed_json_is_400(body: bytes) -> None:
 
 
 @pytest.mark.parametrize(
+    ("body", "key"),
+    [
+        (b'{"query": "x", "query": "capital of France", "documents": ["a"]}', "query"),
+        (b'{"query": "q", "documents": [{"text": "a", "text": "b"}]}', "text"),
+    ],
+)
+def test_a_repeated_key_is_400_and_named(body: bytes, key: str) -> None:
+    # json keeps the last value; a gateway that reads the first would see another request
+    error = refusal(body)
+    assert (error.status, error.kind) == (400, "malformed_json")
+    assert error.message == f"the body's JSON is ambiguous: an object repeats the key {key!r}"
+
+
+@pytest.mark.parametrize(
     ("payload", "field"),
     [
         (["q", ["a"]], "object"),
