@@ -73,13 +73,19 @@ def _recorded(model: str | None) -> tuple[PromptTemplate, bool] | None:
 
 
 def model_template(
-    template: TemplateChoice, model: str | None, *, vote: str | None = None, flags: bool = False
+    template: TemplateChoice,
+    model: str | None,
+    *,
+    vote: str | None = None,
+    flags: bool = False,
+    warn: bool = True,
 ) -> PromptTemplate:
     """``template`` when given, else the one recorded with ``model``, else FIRST's; read by
     ``vote`` where given (see :meth:`~haystack_llmrank.prompt.PromptTemplate.with_vote`).
 
-    A given template (or vote) that differs from the recorded one is used, with a warning:
-    the model was trained on other prompts or another readout. A given template that
+    A given template (or vote) that differs from the recorded one is used, with a warning
+    (unless ``warn`` is false: a check before the load that warns): the model was trained
+    on other prompts or another readout. A given template that
     records no passage length takes the recorded one's
     (:attr:`~haystack_llmrank.prompt.PromptTemplate.max_passage_words`). An ONNX export's
     graph scores its template's readout only (its labels, or its vote): another readout is
@@ -102,6 +108,8 @@ def model_template(
             key for key, value in (("template", template), ("vote", vote)) if value is not None
         ]
         raise _other_readout(name, recorded, chosen, given, flags)
+    if not warn:
+        return chosen
     readouts = recorded.vote != chosen.vote
     logger.warning(
         "%s was trained with template %s; ranking with %s as asked",

@@ -237,7 +237,8 @@ def check_model_options(args: argparse.Namespace) -> None:
     from haystack_llmrank.models import check_available, resolve_model
     from haystack_llmrank.reranker import resolve_strategy
 
-    template = model_template(args.template, args.model, vote=args.vote, flags=True)
+    # the load warns of a template other than the model's: once, not here too
+    template = model_template(args.template, args.model, vote=args.vote, flags=True, warn=False)
     labels = len(template.labels)
     if args.window_size is not None and args.window_size > labels:
         raise ValueError(

@@ -91,6 +91,22 @@ def test_the_warning_names_the_readout_where_the_votes_differ(
     assert caplog.text.count("default was trained with template 'first-judge'") == 1
 
 
+def test_the_command_line_warns_of_another_template_once(
+    echo_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The pre-check and the load each warned, so the warning showed twice."""
+    from haystack_llmrank.cli import main
+
+    candidates = tmp_path / "candidates.jsonl"
+    candidates.write_text(
+        '{"qid": "1", "query": "q", "candidates": [{"docid": "a", "text": "x"}]}\n'
+    )
+    command = ["rerank", str(candidates), "-o", str(tmp_path / "run.txt")]
+    with caplog.at_level(logging.WARNING, logger="haystack_llmrank.model_templates"):
+        assert main([*command, "--model", str(echo_model_dir), "--template", "first"]) == 0
+    assert caplog.text.count("trained with template 'first-echo'") == 1
+
+
 def test_a_recorded_passage_length_is_read_and_kept_by_a_named_template(
     echo_model_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
