@@ -58,6 +58,9 @@ class Terminated(KeyboardInterrupt):
 
 
 _Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers
+_sigterm = threading.Event()
+"""Set when SIGTERM arrived during a command: whatever error ends it then (a library may
+raise its own in place of :class:`Terminated`), it ends as terminated."""
 
 
 def _raise_on_sigterm() -> _Handler | None:
@@ -72,6 +75,7 @@ def _raise_on_sigterm() -> _Handler | None:
 
     def terminate(signum: int, frame: FrameType | None) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        _sigterm.set()
         raise Terminated
 
     signal.signal(signal.SIGTERM, terminate)
@@ -93,6 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.WARNING - 10 * min(args.verbose, 2),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    _sigterm.clear()
     previous = None if args.command == "serve" else _raise_on_sigterm()  # serve has its own
     try:
         return int(args.handler(args) or 0)
@@ -102,6 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except (ValueError, OSError, RuntimeError) as exc:
         logging.getLogger("llmrank").debug("command failed", exc_info=True)
+        if _sigterm.is_set():  # the interruption, as a library reraised it
+            return 128 + signal.SIGTERM
         print(f"llmrank {args.command}: error: {exc}", file=sys.stderr)
         return 2
     finally:

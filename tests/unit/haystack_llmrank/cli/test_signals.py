@@ -66,6 +66,32 @@ def test_serve_keeps_its_own_handling_and_others_get_theirs_only_while_they_run(
     assert signal.getsignal(signal.SIGTERM) is record
 
 
+def test_sigterm_ends_the_command_with_143_whatever_error_a_library_raised_for_it(
+    recording: None,
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A library that turns the interruption into its own error ended the command with an
+    error and status 2."""
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(10)
+        except KeyboardInterrupt as exc:
+            raise RuntimeError("interrupted") from exc
+        raise AssertionError("SIGTERM did not end the command")
+
+    monkeypatch.setattr(onnx_folder, "load_causal_lm", wrapped)
+    assert main(["export", str(tiny_model_dir), str(tmp_path / "out")]) == 128 + signal.SIGTERM
+    assert "error" not in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+    # the next command's errors are its own again
+    assert main(["export", str(tmp_path / "no-model"), str(tmp_path / "out")]) == 2
+
+
 def test_a_command_run_outside_the_main_thread_leaves_sigterm_alone(
     recording: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -243,7 +243,7 @@ def test_sigterm_during_an_export_leaves_nothing_behind(
             assert time.monotonic() < deadline
             time.sleep(0.02)
         process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=120) == 128 + signal.SIGTERM
+        assert process.wait(timeout=120) == 128 + signal.SIGTERM, process.communicate()[1]
     finally:
         process.kill()
         process.wait()
