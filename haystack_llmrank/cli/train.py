@@ -675,21 +675,19 @@ def _write_merged(output: Path) -> None:
     (the base's bfloat16, say, would round the adapter's delta)."""
     import torch
 
-    from haystack_llmrank.model_templates import recorded_template, write_template
+    from haystack_llmrank.model_templates import recorded_template
     from haystack_llmrank.models import (
         load_causal_lm,
         load_tokenizer,
         loadable_source,
         resolve_model,
-        umask_modes,
     )
+    from haystack_llmrank.training.adapters import save_trained
 
     source = loadable_source(resolve_model(str(output)))
     tokenizer = load_tokenizer(source)
     model = load_causal_lm(source, dtype=torch.float32, tokenizer=tokenizer)
-    model.save_pretrained(output / "merged")
-    umask_modes((output / "merged").glob("*.safetensors"))  # safetensors: owner-only
-    tokenizer.save_pretrained(output / "merged")
     template = recorded_template(str(output))
-    if template is not None:
-        write_template(output / "merged", template)
+    if template is None:  # save_trained wrote it beside the adapter
+        raise ValueError(f"{output} records no prompt template, so it is no llmrank train output")
+    save_trained(model, tokenizer, output / "merged", base_model=str(output), template=template)
