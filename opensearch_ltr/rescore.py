@@ -325,9 +325,17 @@ def _from_ordinal(ordinal: int) -> float:
 
 def _raise_zeros(values: Sequence[float], floor: np.float32, weight: np.float32) -> list[float]:
     """``values`` with each 0 raised to the least float32 whose term ``value * weight`` is at
-    least ``floor``."""
+    least ``floor``; :class:`RescoreRequestError` where that is beyond float32's range."""
+    if 0 not in values:
+        return list(values)
     with np.errstate(over="ignore", under="ignore"):
         least = np.float32(floor / weight)
         while least * weight < floor:
             least = np.nextafter(least, np.float32(np.inf))
+    if not np.isfinite(least):
+        raise RescoreRequestError(
+            f"rescore_query_weight {float(weight):g} is too small for score_mode avg: a window "
+            f"value of 0 would need a value beyond float32's range to stay above the hits past "
+            "the window; raise it, or set query_weight > 0"
+        )
     return [float(least) if value == 0 else value for value in values]

@@ -421,6 +421,7 @@ def test_a_cluster_orders_a_pure_rerank_as_rescore_does(
 
 @given(searches())
 @example(([0.0, 0.0, 0.0], [None, 1.0, 1.0], RescoreSpec(3, 0.0, 1.401298464324817e-45, "total")))
+@example(([1.0], [None], RescoreSpec(1, 0.0, 2.7465449900766415e-43, "avg")))
 @example(([1.0, 1.0, 0.0], [None, None], RescoreSpec(2, 1.0, 1.0, "multiply")))
 @example(([1.0, 1.0, 1.0], [1.0, 1.0], RescoreSpec(2, 1.0, 1.0, "multiply")))
 @settings(max_examples=300, deadline=None)
@@ -432,11 +433,18 @@ def test_break_ties_keeps_the_order_and_leaves_no_tie_a_cluster_would_break(
     weight = np.float32(spec.rescore_query_weight)
     try:
         tied_spec, tied_values = break_ties(spec, first, values)
-    except RescoreRequestError:
+    except RescoreRequestError as exc:
         # Refused only where query_weight 0 would need 2**-k below 2**-100: first-pass
-        # scores over 2**60 times the smallest positive term.
+        # scores over 2**60 times the smallest positive term; or, under avg with no positive
+        # term, where raising a value of 0 to the highest first-pass score leaves float32.
         terms = [np.float32(v) * weight for v in values]
         assert np.float32(spec.query_weight) == 0
+        if "too small for score_mode avg" in str(exc):
+            assert spec.score_mode == "avg"
+            assert 0 in values
+            assert not any(terms)
+            assert max(first) / float(weight) > float(np.finfo(np.float32).max) / 2
+            return
         assert max(first) > 2.0**60 * min(float(t) for t in terms if t > 0)
         return
     assert all(tied >= 0 for tied in tied_values)
