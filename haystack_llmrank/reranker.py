@@ -275,9 +275,13 @@ class Reranker:
         self.model_name = model_name
         self.both_orders = both_orders
         self.order_invariant = order_invariant
-        # whether the strategy's step was chosen (a strategy object's is, a name's is not),
-        # which replace() keeps for a new window, where a default step follows the window
-        self._step_given = strategy is not None and not isinstance(strategy, str)
+        # the sliding step that was chosen (a strategy object's is, a name's is not), which
+        # replace() keeps for a new window or strategy; None: a default step follows the window
+        self._step: int | None = (
+            None
+            if strategy is None or isinstance(strategy, str)
+            else getattr(strategy, "step", None)
+        )
         self._closed = False
 
     def close(self) -> None:
@@ -376,9 +380,8 @@ class Reranker:
             model_name=loaded.model_name,
             **kwargs,
         )
-        # a strategy object's step was chosen (as the constructor records); a named one's
-        # only where ``step`` was given
-        reranker._step_given = not named or step is not None
+        if named:  # a named strategy's step was chosen only where ``step`` was given
+            reranker._step = step
         return reranker
 
     def replace(self, **changes: Any) -> Reranker:
@@ -390,8 +393,10 @@ class Reranker:
         ``step``; ``window_size`` or ``step`` alone rebuild the current strategy. What is not
         given stays as it is: a strategy named without a ``window_size`` keeps the current
         window (unless the template changes), a rebuilt one its other settings, and a
-        ``step`` that was chosen (or came with a strategy object) is kept, while a default
-        one (half the window) follows a new window.
+        ``step`` that was chosen (or came with a strategy object) is kept, through strategies
+        without one too, until the strategy is reset (``None``, or named for a new template);
+        a default step (half the window) follows a new window. A ``step`` given to a
+        strategy without one is refused.
         """
         sizes: dict[str, Any] = {k: changes.pop(k) for k in ("window_size", "step") if k in changes}
         parts: dict[str, Any] = {
@@ -419,15 +424,20 @@ class Reranker:
         named = strategy is None or isinstance(strategy, str)
         if sizes and not named and "strategy" in changes:
             raise ValueError("window_size and step apply to a strategy given by name or None")
+        # a strategy named anew for a new template, or None, starts from its defaults
+        reset = named and (strategy is None or "template" in changes)
+        if "step" in sizes:
+            step = sizes["step"]
+        elif not named and "strategy" in changes:
+            step = getattr(strategy, "step", self._step)
+        else:
+            step = None if reset else self._step
         if named:
-            if strategy is not None and "template" not in changes:
-                kept = self._kept_sizes(sizes.get("window_size"))
-                if strategy != SlidingWindow.name:
-                    kept.pop("step", None)  # the new strategy has no step to keep
-                sizes = {**kept, **sizes}
+            if not reset:
+                sizes = {**self._kept_sizes(strategy, sizes.get("window_size"), step), **sizes}
             parts["strategy"] = template_strategy(parts["template"], strategy, **sizes)
         elif sizes:  # the current strategy, rebuilt: what is not given stays as it is
-            sizes = {**self._kept_sizes(sizes.get("window_size")), **sizes}
+            sizes = {**self._kept_sizes(strategy.name, sizes.get("window_size"), step), **sizes}
             fresh = template_strategy(parts["template"], strategy.name, **sizes)
             own = dataclasses.fields(strategy) if dataclasses.is_dataclass(strategy) else ()
             kept = {
@@ -441,18 +451,14 @@ class Reranker:
             parts["prompts"] = None
         tokenizer, scorer = parts.pop("tokenizer"), parts.pop("scorer")
         replaced = Reranker(tokenizer, scorer, **parts)
-        if named or sizes:
-            replaced._step_given = "step" in sizes
-        elif "strategy" not in changes:
-            replaced._step_given = self._step_given
+        replaced._step = step
         return replaced
 
-    def _kept_sizes(self, window_size: int | None) -> dict[str, int]:
-        """The current strategy's sizes that a rebuild to ``window_size`` (``None``: the
-        current one) keeps: the window, and a step that was chosen."""
+    def _kept_sizes(self, name: str, window_size: int | None, step: int | None) -> dict[str, int]:
+        """The sizes a rebuild to strategy ``name`` with ``window_size`` (``None``: the
+        current one) keeps: the current window, and ``step`` if chosen and ``name`` slides."""
         kept = {} if window_size is not None else {"window_size": self.strategy.window_size}
-        step = getattr(self.strategy, "step", None)
-        if step is not None and self._step_given:
+        if step is not None and name == SlidingWindow.name:
             kept["step"] = step
         return kept
 

@@ -423,6 +423,30 @@ def test_replace_takes_names_as_from_pretrained_does(tiny_reranker: Reranker) ->
         tiny_reranker.replace(order_invariant=True)
 
 
+def test_a_chosen_step_survives_strategies_without_one(
+    tiny_model_dir: Path, tiny_reranker: Reranker
+) -> None:
+    chosen = tiny_reranker.replace(step=4)
+    loaded = Reranker.from_pretrained(str(tiny_model_dir), strategy="sliding", step=4)
+    for base in (chosen, loaded, tiny_reranker.replace(strategy=SlidingWindow(20, 4))):
+        for stepless in ("disjoint", "tdpart", "tournament", Tournament(20)):
+            away = base.replace(strategy=stepless)
+            assert away.replace(strategy="sliding").strategy == SlidingWindow(20, 4)
+            # through other changes and a new window too
+            assert away.replace(batch_size=2).replace(strategy="sliding").strategy == (
+                SlidingWindow(20, 4)
+            )
+            assert away.replace(window_size=10).replace(strategy="sliding").strategy.step == 4
+            with pytest.raises(ValueError, match="step applies to the sliding window only"):
+                away.replace(step=5)
+        # a reset forgets it, as it does the window
+        reset = base.replace(strategy="disjoint").replace(strategy=None)
+        assert reset.replace(strategy="sliding").strategy == SlidingWindow(20, 10)
+    # a default step still follows the window after a stepless strategy
+    away = tiny_reranker.replace(strategy="tdpart", window_size=8)
+    assert away.replace(strategy="sliding").strategy == SlidingWindow(8, 4)
+
+
 def test_a_strategy_objects_step_is_kept_however_the_reranker_was_made(
     tiny_model_dir: Path, smollm2_tokenizer: Any, tiny_scorer: Any
 ) -> None:
