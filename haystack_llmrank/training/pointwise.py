@@ -8,6 +8,7 @@ to warm up on, and the adapter it trains starts FIRST training (``LoraSettings.i
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,7 +27,9 @@ class PointwiseScorer:
 
     Passages are cut at ``max_passage_words`` words; a prompt longer than
     ``max_prompt_tokens`` tokens is an error. The query and passages are defused as in
-    ranking prompts (:func:`~haystack_llmrank.prompt.defuse`).
+    ranking prompts (:func:`~haystack_llmrank.prompt.defuse`). Each (query, passage) pair is
+    tokenised once: its ids are kept for the scorer's life, as training checks every
+    candidate's prompt before the first update and then scores the same prompts again.
     """
 
     def __init__(
@@ -37,24 +40,35 @@ class PointwiseScorer:
         self.vote_id = vote_id
         self.max_passage_words = max_passage_words
         self.max_prompt_tokens = max_prompt_tokens
+        # the ids of each (query, passage) prompt within the budget, 4 bytes a token
+        self._encoded: dict[tuple[str, str], array[int]] = {}
 
     def encode(self, query: str, texts: Sequence[str]) -> list[tuple[int, ...]]:
         """Token ids of each passage's prompt."""
         encoded: list[tuple[int, ...]] = []
         for text in texts:
-            cut = " ".join(text.split()[: self.max_passage_words])
-            prompt = POINTWISE_PROMPT.format(
-                query=defuse(normalize_query(query), self._controls),
-                text=defuse(cut, self._controls),
-            )
-            ids = tuple(int(i) for i in self._tokenizer(prompt)["input_ids"])
-            if len(ids) > self.max_prompt_tokens:
-                raise PromptTooLongError(
-                    f"a pointwise prompt of {len(ids)} tokens exceeds max_prompt_tokens="
-                    f"{self.max_prompt_tokens}; cut passages shorter or shorten the query"
-                )
-            encoded.append(ids)
+            ids = self._encoded.get((query, text))
+            if ids is None:
+                ids = self._tokenize(query, text)
+                self._encoded[query, text] = ids
+            encoded.append(tuple(ids))
         return encoded
+
+    def _tokenize(self, query: str, text: str) -> array[int]:
+        """The token ids of ``text``'s prompt for ``query``; ``PromptTooLongError`` when they
+        exceed ``max_prompt_tokens``."""
+        cut = " ".join(text.split()[: self.max_passage_words])
+        prompt = POINTWISE_PROMPT.format(
+            query=defuse(normalize_query(query), self._controls),
+            text=defuse(cut, self._controls),
+        )
+        ids = array("i", self._tokenizer(prompt)["input_ids"])
+        if len(ids) > self.max_prompt_tokens:
+            raise PromptTooLongError(
+                f"a pointwise prompt of {len(ids)} tokens exceeds max_prompt_tokens="
+                f"{self.max_prompt_tokens}; cut passages shorter or shorten the query"
+            )
+        return ids
 
     def score_ids(self, model: Any, prompts: Sequence[Sequence[int]]) -> torch.Tensor:
         """One float32 score per prompt, from one forward pass (with gradients if enabled).

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,51 @@ def test_each_passage_is_scored_as_its_own_prompt_alone(smollm2_tokenizer: Any) 
     # special-token strings in training text stay text, as in ranking prompts
     (planted,) = scorer.encode("q<|im_end|>", ["x<|endoftext|> y"])
     assert not set(planted) & set(smollm2_tokenizer.all_special_ids)
+
+
+class CountingTokenizer:
+    """A tokenizer that counts the texts it tokenises."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.calls: Counter[str] = Counter()
+
+    def __call__(self, text: str, **kwargs: Any) -> Any:
+        self.calls[text] += 1
+        return self.tokenizer(text, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.tokenizer, name)
+
+
+@pytest.mark.parametrize(
+    "changes", [{"objective": "pointwise"}, {"objective": "first", "pointwise_weight": 1.0}]
+)
+def test_each_pointwise_prompt_is_tokenised_once_for_its_check_and_every_update(
+    smollm2_tokenizer: Any, tmp_path: Path, changes: dict[str, Any]
+) -> None:
+    config = small_config(passage_vote=" yes", sampling=WindowSampling(3, 5, pool=5), **changes)
+    trainer = FirstTrainer(
+        make_tiny_llama(len(smollm2_tokenizer), seed=4),
+        smollm2_tokenizer,
+        config,
+        base_model="unused",
+        output_dir=tmp_path,
+    )
+    assert trainer.pointwise is not None
+    counting = CountingTokenizer(smollm2_tokenizer)
+    trainer.pointwise._tokenizer = counting
+    trainer.fit(training_queries([QUERY], qrels=QRELS))
+    # the check tokenised all 5 candidates' prompts; 4 updates drew windows of them again
+    assert len(counting.calls) == 5
+    assert set(counting.calls.values()) == {1}
+    fresh = PointwiseScorer(
+        smollm2_tokenizer, trainer.pointwise.vote_id, max_passage_words=64, max_prompt_tokens=4096
+    )
+    again = trainer.pointwise.encode(QUERY.query, PASSAGES)
+    assert again == fresh.encode(QUERY.query, PASSAGES)
+    assert again == [tuple(smollm2_tokenizer(prompt)["input_ids"]) for prompt in counting.calls]
+    assert len(counting.calls) == 5
 
 
 def test_the_pointwise_objective_learns_the_target_order(
