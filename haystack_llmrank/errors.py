@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 
 def listed(items: Sequence[str], shown: int) -> str:
@@ -19,7 +19,16 @@ class PromptTooLongError(LlmRankError, ValueError):
     """A prompt cannot be held to its token budget: the instruction, the query and the answer
     prefix leave too little of it for the passages (fewer than
     :data:`~haystack_llmrank.prompt.MIN_PASSAGE_TOKENS` each, or none at all), or, in
-    training, a pointwise prompt of one passage exceeds it."""
+    training, a pointwise prompt of one passage exceeds it.
+
+    ``requests`` maps the position of each request refused for it to that request's own
+    problem, in order, where
+    :meth:`~haystack_llmrank.reranker.Reranker.rerank_many` refuses a batch; it is empty
+    elsewhere."""
+
+    def __init__(self, message: str, *, requests: Mapping[int, str] | None = None) -> None:
+        super().__init__(message)
+        self.requests: dict[int, str] = dict(requests or {})
 
 
 class WindowTooLargeError(LlmRankError, ValueError):

@@ -18,7 +18,7 @@ from haystack_llmrank.arrangement import (
 )
 from haystack_llmrank.blank_passages import is_blank, split_blank, with_blank_passages
 from haystack_llmrank.checks import check_positive
-from haystack_llmrank.errors import ClosedError, PromptTooLongError
+from haystack_llmrank.errors import ClosedError, PromptTooLongError, listed
 from haystack_llmrank.fusion import check_fusion_k, fuse_with_input_order
 from haystack_llmrank.gpu_policy import OnMissingGpu
 from haystack_llmrank.model_templates import TemplateChoice, model_template
@@ -487,6 +487,24 @@ class Reranker:
         if shown:
             self.prompts.check_query(query, min(shown, self.strategy.window_size))
 
+    def _check_queries(self, requests: Sequence[tuple[str, Sequence[str]]]) -> None:
+        """:class:`~haystack_llmrank.errors.PromptTooLongError` naming every request whose
+        query leaves too little room for its passages (see :meth:`_check_query`), with
+        their positions and problems in ``requests``, chained from the first's error."""
+        over: dict[int, str] = {}
+        first: PromptTooLongError | None = None
+        for position, (query, passages) in enumerate(requests):
+            try:
+                self._check_query(query, len(passages))
+            except PromptTooLongError as exc:
+                over[position] = str(exc)
+                first = first or exc
+        if over:
+            (position, problem), *others = over.items()
+            also = [str(other) for other, _ in others]
+            so = f" (so are requests {listed(also, 10)})" if also else ""
+            raise PromptTooLongError(f"request {position}: {problem}{so}", requests=over) from first
+
     def rerank(self, query: str, passages: Iterable[str], *, top_k: int | None = None) -> Ranking:
         """Rank ``passages`` for ``query``; with ``top_k``, only the first ``top_k`` matter."""
         return self.rerank_many([(query, passages)], top_k=top_k)[0]
@@ -508,7 +526,9 @@ class Reranker:
         request's passages, may be any iterable in a definite order (a set or a mapping is
         refused); each is read once. Blank passages
         (:func:`~haystack_llmrank.blank_passages.is_blank`) are shown to no window: they come
-        last, in input order (:attr:`Ranking.blank`).
+        last, in input order (:attr:`Ranking.blank`). Requests whose query is too long for
+        any prompt (see :meth:`check_request`) refuse the batch before any scoring, with a
+        :class:`~haystack_llmrank.errors.PromptTooLongError` that names every one of them.
         """
         if self._closed:
             raise ClosedError("this Reranker was closed; load the model again to rank")
@@ -518,11 +538,7 @@ class Reranker:
             (query, [passages[i] for i in kept])
             for (query, passages), (kept, _) in zip(given, splits, strict=True)
         ]
-        for position, (query, passages) in enumerate(texted):
-            try:
-                self._check_query(query, len(passages))
-            except PromptTooLongError as exc:
-                raise PromptTooLongError(f"request {position}: {exc}") from exc
+        self._check_queries(texted)
         arrangements = [
             content_order(query, passages) if self.order_invariant else None
             for query, passages in texted

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from haystack_llmrank.cli.options import (
     add_model_options,
@@ -26,9 +26,6 @@ from haystack_llmrank.data import (
 from haystack_llmrank.errors import PromptTooLongError, listed
 from haystack_llmrank.ranking import Ranking
 from haystack_llmrank.staged_files import check_output, staged_outputs
-
-if TYPE_CHECKING:
-    from haystack_llmrank.reranker import Reranker
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -131,22 +128,16 @@ def _check_outputs(source: Path, output: Path, save_json: Path | None) -> None:
             raise ValueError(f"--save-json names the candidates file {source}; give another path")
 
 
-def _check_prompts(reranker: Reranker, queries: Sequence[QueryCandidates]) -> None:
-    """Refuse, before any scoring, the queries too long for any prompt (every window of one
-    would fail), naming each and its record."""
-    over: list[tuple[QueryCandidates, PromptTooLongError]] = []
-    for query in queries:
-        try:
-            reranker.check_request(query.query, query.texts)
-        except PromptTooLongError as exc:
-            over.append((query, exc))
-    if over:
-        named = listed([f"{query.qid} ({query.where})" for query, _ in over], 10)
-        first, problem = over[0]
-        raise PromptTooLongError(
-            f"{plural(len(over), 'query', 'queries')} too long for any prompt, so none was "
-            f"reranked: {named}; {first.qid}: {problem} (--max-prompt-tokens)"
-        )
+def _too_long(queries: Sequence[QueryCandidates], refused: Mapping[int, str]) -> PromptTooLongError:
+    """The refusal of the ``refused`` requests (by position in ``queries``, each with its
+    problem), naming each query and its record."""
+    over = [(queries[position], problem) for position, problem in refused.items()]
+    named = listed([f"{query.qid} ({query.where})" for query, _ in over], 10)
+    first, problem = over[0]
+    return PromptTooLongError(
+        f"{plural(len(over), 'query', 'queries')} too long for any prompt, so none was "
+        f"reranked: {named}; {first.qid}: {problem} (--max-prompt-tokens)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -165,11 +156,15 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     reranker = load_reranker(args)
     loaded = time.perf_counter()
-    _check_prompts(reranker, queries)
     requests = [(query.query, query.texts) for query in queries]
     most = reranker.count_windows([len(texts) for _, texts in requests], args.rank_depth)
     with tqdm(total=most, unit="window", desc="rerank") as bar:
-        rankings = reranker.rerank_many(requests, top_k=args.rank_depth, on_window=bar.update)
+        try:
+            rankings = reranker.rerank_many(requests, top_k=args.rank_depth, on_window=bar.update)
+        except PromptTooLongError as exc:
+            if not exc.requests:  # a prompt of a window, not a query refused up front
+                raise
+            raise _too_long(queries, exc.requests) from exc
     seconds = time.perf_counter() - loaded
     windows = sum(ranking.cost.windows for ranking in rankings)
     outputs = [args.output] if args.save_json is None else [args.output, args.save_json]

@@ -716,6 +716,28 @@ def test_rerank_many_refuses_a_long_query_before_scoring(tiny_reranker: Reranker
     assert windows == []
 
 
+def test_rerank_many_names_every_long_query_with_its_problem(tiny_reranker: Reranker) -> None:
+    short = tiny_reranker.replace(max_prompt_tokens=400)
+    longer = "cats " * 400
+    requests = [("cats " * 300, ["a", "b"]), ("dogs", ["c"]), (longer, ["d"]), ("x", [])]
+    with pytest.raises(PromptTooLongError) as refused:
+        short.rerank_many(requests)
+    error = refused.value
+    assert list(error.requests) == [0, 2]
+    for position, problem in error.requests.items():
+        query, texts = requests[position]
+        with pytest.raises(PromptTooLongError) as alone:
+            short.check_request(query, texts)
+        assert problem == str(alone.value)
+    assert str(error) == f"request 0: {error.requests[0]} (so are requests 2)"
+    assert isinstance(error.__cause__, PromptTooLongError)
+    assert str(error.__cause__) == error.requests[0]
+    with pytest.raises(PromptTooLongError) as one:
+        short.rerank_many(requests[1:])
+    assert str(one.value) == f"request 1: {error.requests[2]}"
+    assert list(one.value.requests) == [1]
+
+
 def long_passages(n: int) -> list[str]:
     """``n`` passages of about 90 tokens each, which a tight budget cuts."""
     return [f"{text}, " + "as the old notes on it say at some length " * 10 for text in passages(n)]

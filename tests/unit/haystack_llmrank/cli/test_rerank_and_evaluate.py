@@ -408,6 +408,33 @@ def test_a_query_too_long_for_any_prompt_is_named_before_any_scoring(
     assert f"1 query too long for any prompt, so none was reranked: {named}" in error
     assert "over the budget of 256" in error
     assert not output.exists()
+    # every long query is named by its record, each query checked once
+    longer = {**long, "qid": "argument-43", "query": "how " * 300}
+    candidates.write_text(
+        "\n".join([lines[0], json.dumps(long), lines[1], json.dumps(longer)]) + "\n"
+    )
+    checked: list[str] = []
+    check = Reranker._check_query
+
+    def counted(self: Reranker, query: str, shown: int) -> None:
+        checked.append(query)
+        check(self, query, shown)
+
+    monkeypatch.setattr(Reranker, "_check_query", counted)
+    assert llmrank(args) == 2
+    error = capsys.readouterr().err
+    named = f"argument-42 ({candidates}:2), argument-43 ({candidates}:4); argument-42: the"
+    assert f"2 queries too long for any prompt, so none was reranked: {named}" in error
+    queries = [json.loads(lines[0])["query"], long["query"], json.loads(lines[1])["query"]]
+    assert checked == [*queries, longer["query"]]
+    assert not output.exists()
+    # and a run whose queries all fit checks each once too
+    candidates.write_text("\n".join(lines) + "\n")
+    checked.clear()
+    monkeypatch.undo()
+    monkeypatch.setattr(Reranker, "_check_query", counted)
+    assert llmrank([*args[:-1], "4096"]) == 0
+    assert checked == [json.loads(line)["query"] for line in lines]
 
 
 def test_a_query_without_candidates_is_missing_from_either_run(
