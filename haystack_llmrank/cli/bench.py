@@ -14,7 +14,7 @@ from haystack_llmrank.bench.config import (
     BenchConfig,
     default_data_dir,
 )
-from haystack_llmrank.cli.options import positive_int
+from haystack_llmrank.cli.options import device_help, positive_int
 from haystack_llmrank.scorers.base import DEFAULT_MAX_BATCH_TOKENS
 from haystack_llmrank.strategies import DEFAULT_WINDOW_SIZE, STRATEGIES
 
@@ -117,8 +117,8 @@ def register(parser: argparse.ArgumentParser) -> None:
         default=0,
         help="seed of the oracle's noise and of synthetic weights (default: 0)",
     )
-    parser.add_argument(
-        "--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)"
+    parser.add_argument(  # the onnx rows run on it too: what the onnx backend takes
+        "--device", default=None, help=device_help("cuda if any", "onnx")
     )
     parser.add_argument(
         "--dtype",

@@ -7,6 +7,7 @@ from typing import Any
 
 from haystack_llmrank.backends import BACKENDS
 from haystack_llmrank.data import finite_float
+from haystack_llmrank.devices import BACKEND_DEVICES
 from haystack_llmrank.gpu_policy import ON_MISSING_GPU
 from haystack_llmrank.prompt import (
     AUTO_PASSAGE_WORDS,
@@ -100,6 +101,23 @@ def add_passage_words_option(group: Any) -> None:
     )
 
 
+def device_help(default: str, backend: str | None = None) -> str:
+    """The ``--device`` help: the names :func:`~haystack_llmrank.devices.parse_device` takes
+    for ``backend`` (``None``: for the one ``--backend`` picks, those that only some
+    backends run on marked so), then ``default``."""
+    runs = BACKEND_DEVICES if backend is None else {backend: BACKEND_DEVICES[backend]}
+    names: list[str] = []
+    for kind in dict.fromkeys(kind for kinds in runs.values() for kind in kinds):
+        spelled: list[str] = (
+            ["cuda", "cuda:N (a CUDA device by index)"] if kind == "cuda" else [kind]
+        )
+        on = [name for name, kinds in runs.items() if kind in kinds]
+        if len(on) < len(runs):
+            spelled[-1] += f" ({' and '.join(on)} only)"
+        names += spelled
+    return f"{', '.join(names[:-1])} or {names[-1]}, in any case (default: {default})"
+
+
 def add_model_options(group: Any, *, batch_size: int) -> None:
     """Add ``--model``, ``--backend``, ``--device``, ``--dtype``, strategy, window and batch
     options."""
@@ -120,8 +138,7 @@ def add_model_options(group: Any, *, batch_size: int) -> None:
     group.add_argument(
         "--device",
         default=None,
-        help="cpu, cuda, cuda:N (a CUDA device by index) or mps (torch only), in any case "
-        "(default: cuda if any)",
+        help=device_help("cuda if any"),
     )
     group.add_argument(
         "--dtype", default=None, help="float32, float16, bfloat16 (default: by device)"

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from haystack_llmrank.cli.options import (
+    device_help,
     non_negative_int,
     positive_float,
     positive_int,
@@ -67,7 +68,7 @@ def register(parser: argparse.ArgumentParser) -> None:
         "the query and asks whether it is relevant: the default model's, with --passage-vote "
         "' yes'); or a .json file of a template's fields (default %(default)s)",
     )
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--device", default="cpu", help=device_help("cpu", "torch"))
     parser.add_argument(
         "--dtype",
         default=None,
@@ -427,12 +428,14 @@ def run_train(args: argparse.Namespace) -> int:
     """Validate everything, load the model, train with a progress bar, report where it went."""
     from tqdm import tqdm
 
+    from haystack_llmrank.backends import check_placement
     from haystack_llmrank.data import read_qrels, read_queries, read_run
     from haystack_llmrank.evaluation import require_pytrec_eval
     from haystack_llmrank.training import training_queries
 
     if args.qrels is None and args.teacher is None:
         raise ValueError("give --qrels, --teacher, or both")
+    check_placement("torch", args.device, args.dtype)
     config = _config(args)
     queries = read_queries(args.input, args.format)
     qrels = read_qrels(args.qrels) if args.qrels else None

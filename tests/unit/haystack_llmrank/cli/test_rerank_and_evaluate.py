@@ -697,15 +697,46 @@ def test_eval_of_a_candidates_file_as_the_run_points_to_candidates(
     )
 
 
-@pytest.mark.parametrize("command", ["rerank", "serve"])
+ANY_BACKEND = "cpu, cuda, cuda:N (a CUDA device by index) or mps (torch only), in any case"
+
+
+@pytest.mark.parametrize(
+    ("command", "help_text"),
+    [
+        ("rerank", f"{ANY_BACKEND} (default: cuda if any)"),
+        ("serve", f"{ANY_BACKEND} (default: cuda if any)"),
+        # its onnx rows run on the device too, so no mps
+        (
+            "bench",
+            "cpu, cuda or cuda:N (a CUDA device by index), in any case (default: cuda if any)",
+        ),
+        ("train", "cpu, cuda, cuda:N (a CUDA device by index) or mps, in any case (default: cpu)"),
+    ],
+)
 def test_device_help_names_every_device_accepted(
-    command: str, capsys: pytest.CaptureFixture[str]
+    command: str, help_text: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SystemExit):
         cli.main([command, "--help"])
     text = " ".join(capsys.readouterr().out.partition("options:")[2].split())
     device = text[text.index("--device DEVICE") : text.index("--dtype DTYPE")]
-    assert "cpu, cuda, cuda:N (a CUDA device by index) or mps (torch only), in any case" in device
+    assert device == f"--device DEVICE {help_text} "
+    needed = {"rerank": ["in.jsonl", "-o", "run.txt"], "train": ["in.jsonl", "-o", "out"]}
+    parsed = cli.build_parser(command).parse_args([command, *needed.get(command, [])])
+    assert parsed.device == ("cpu" if command == "train" else None)  # each keeps its default
+
+
+def test_train_refuses_a_device_before_reading_its_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    absent = tmp_path / "absent.jsonl"
+    base = ["train", str(absent), "--qrels", str(absent), "-o", str(tmp_path / "out")]
+    for device in ("gpu", "cuda:x", "cpu:1"):
+        assert cli.main([*base, "--device", device]) == 2
+        error = capsys.readouterr().err
+        assert f"unknown device {device!r}: the torch backend runs on cpu, cuda or mps" in error
+    assert cli.main([*base, "--device", "CPU"]) == 2  # a device it takes: on to the input
+    assert "absent.jsonl" in capsys.readouterr().err
 
 
 ModelArgs = Callable[..., argparse.Namespace]
