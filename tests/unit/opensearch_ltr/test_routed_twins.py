@@ -104,50 +104,13 @@ def keyed(response: dict[str, Any], *fields: str) -> list[tuple[Any, ...]]:
     ]
 
 
-def test_a_twin_past_the_window_gets_no_value_of_the_window_hit() -> None:
-    # The window of 3 holds dup under routing a; its twin under routing b is past it. The
-    # engine ranks y ("cats"), dup/a, x; past the window, hits keep first-pass order.
+@pytest.mark.parametrize("routing", ["a", None])
+def test_a_twin_past_the_window_gets_no_value_of_the_window_hit(routing: str | None) -> None:
+    # The window of 3 holds dup, under routing a or without one; its twin under routing b is
+    # past it. The engine ranks y ("cats"), dup, x; past the window, hits keep first-pass
+    # order. Matched by _index and _id alone, the twin would take dup's value.
     hits = [
-        hit("dup", 6.0, "cats purr", routing="a"),
-        hit("x", 5.0, "a long passage about dogs"),
-        hit("y", 4.0, "cats"),
-        hit("dup", 3.0, "birds sing", routing="b"),
-        hit("z", 2.0, "fish swim"),
-    ]
-    cluster = OneShard(hits)
-    stage = LlmRescorer(cluster, ShortestFirst(), window_size=3)
-    client = stage.search("docs", BODY, size=5)
-    server = stage.search("docs", BODY, size=5, apply="server")
-    expected = [
-        ("y", None, {"final": 0, "first_pass": 2, "engine": 0}, 4.0),
-        ("dup", "a", {"final": 1, "first_pass": 0, "engine": 1}, 6.0),
-        ("x", None, {"final": 2, "first_pass": 1, "engine": 2}, 5.0),
-        ("dup", "b", {"final": 3, "first_pass": 3, "engine": None}, 3.0),
-        ("z", None, {"final": 4, "first_pass": 4, "engine": None}, 2.0),
-    ]
-    for response in (client, server):
-        assert keyed(response, "_rank", "_first_pass_score") == expected
-    assert keyed(server, "_score") == keyed(client, "_score")
-    # The routed window hit's clause matches its routing too; the other window hits' are plain
-    # ids, in a group of their own that excludes routed documents.
-    rescore_query = cluster.calls[-1]["body"]["rescore"][0]["query"]["rescore_query"]
-    routed, unrouted = (group["bool"] for group in rescore_query["bool"]["should"])
-    assert [clause["constant_score"]["filter"] for clause in routed["should"]] == [
-        {"bool": {"filter": [{"ids": {"values": ["dup"]}}, {"term": {"_routing": "a"}}]}}
-    ]
-    assert "must_not" not in routed
-    assert [clause["constant_score"]["filter"] for clause in unrouted["should"]] == [
-        {"ids": {"values": ["x"]}},
-        {"ids": {"values": ["y"]}},
-    ]
-    assert unrouted["must_not"] == [{"exists": {"field": "_routing"}}]
-
-
-def test_a_routed_twin_gets_no_value_of_an_unrouted_window_hit() -> None:
-    # The window of 3 holds dup without routing; its twin under routing b is past it. Matched
-    # by _index and _id alone, the twin would take dup's engine value and jump the window.
-    hits = [
-        hit("dup", 6.0, "cats purr"),
+        hit("dup", 6.0, "cats purr", routing),
         hit("x", 5.0, "a long passage about dogs"),
         hit("y", 4.0, "cats"),
         hit("dup", 3.0, "birds sing", routing="b"),
@@ -158,7 +121,7 @@ def test_a_routed_twin_gets_no_value_of_an_unrouted_window_hit() -> None:
     server = stage.search("docs", BODY, size=5, apply="server")
     expected = [
         ("y", None, {"final": 0, "first_pass": 2, "engine": 0}, 4.0),
-        ("dup", None, {"final": 1, "first_pass": 0, "engine": 1}, 6.0),
+        ("dup", routing, {"final": 1, "first_pass": 0, "engine": 1}, 6.0),
         ("x", None, {"final": 2, "first_pass": 1, "engine": 2}, 5.0),
         ("dup", "b", {"final": 3, "first_pass": 3, "engine": None}, 3.0),
         ("z", None, {"final": 4, "first_pass": 4, "engine": None}, 2.0),
