@@ -269,7 +269,7 @@ def weights_fingerprint(source: ModelSource) -> dict[str, str]:
         file = Path(source.location) / source.gguf_file
         found[f"base/{file.name}"] = f"sha256:{content_digest(file)}"
         return found
-    for file in _weight_files(_local_folder(source.location), "config.json"):
+    for file in _weight_files(_local_folder(source), "config.json"):
         stat = file.stat()
         found[f"base/{file.name}"] = f"size:{stat.st_size} mtime_ns:{stat.st_mtime_ns}"
     return found
@@ -286,17 +286,16 @@ def _weight_files(folder: Path | None, config: str) -> list[Path]:
     )
 
 
-def _local_folder(location: str) -> Path | None:
-    """``location`` when it is a folder, else its snapshot in the Hugging Face cache, if any."""
-    if Path(location).is_dir():
-        return Path(location)
-    from huggingface_hub import try_to_load_from_cache
-
+def _local_folder(source: ModelSource) -> Path | None:
+    """``source.location`` when it is a folder, else the snapshot in the Hugging Face cache
+    that holds the file it loads first (see :func:`_cached_file`), if any."""
+    if Path(source.location).is_dir():
+        return Path(source.location)
     try:
-        cached = try_to_load_from_cache(location, "config.json")
-    except ValueError:  # not a hub id
+        cached = _cached_file(source)
+    except ModelResolutionError:  # not a hub id
         return None
-    return Path(cached).parent if isinstance(cached, str) else None
+    return None if cached is None else cached.parent
 
 
 def _gguf_cache_dir(source: ModelSource) -> Path | None:
@@ -375,19 +374,27 @@ def check_available(source: ModelSource) -> None:
     :func:`check_model_folder`) and a hub id already in the Hugging Face cache. Otherwise
     the hub must be allowed (``HF_HUB_OFFLINE`` unset) and reachable.
     """
+    _checked_cached_file(source)
+
+
+def _checked_cached_file(source: ModelSource) -> Path | None:
+    """:func:`check_available`, then the cache's copy from :func:`_cached_file` of a hub id
+    that is in the cache; ``None`` for anything else."""
     location = Path(source.location)
     if location.exists():
         if location.is_dir() and source.gguf_file is None:
             check_model_folder(location)
-        return
-    if _cached_file(source) is not None:
-        return
+        return None
+    cached = _cached_file(source)
+    if cached is not None:
+        return cached
     where = f"{_named(source)} is not a local folder or file and not in the Hugging Face cache"
     offline = _offline_variable()
     if offline:
         raise ModelResolutionError(f"{where}, and {offline} is set")
     if not _hub_reachable():
         raise ModelResolutionError(f"{where}, and the Hugging Face hub cannot be reached")
+    return None
 
 
 def loadable_source(source: ModelSource) -> ModelSource:
@@ -397,11 +404,8 @@ def loadable_source(source: ModelSource) -> ModelSource:
     cannot be reached, becomes its cached snapshot folder (named by the id), with a warning:
     given the id, transformers would retry the hub for minutes.
     """
-    check_available(source)
-    if Path(source.location).exists() or _offline_variable():
-        return source
-    cached = _cached_file(source)
-    if cached is None or _hub_reachable():
+    cached = _checked_cached_file(source)
+    if cached is None or _offline_variable() or _hub_reachable():
         return source
     logger.warning(
         "the Hugging Face hub cannot be reached; loading %s from its cached snapshot %s",

@@ -83,6 +83,7 @@ from opensearch_ltr.server_applied_rescore import (
     MAX_CLAUSE_COUNT,
     check_clause_count,
     clause_count,
+    fewest_clauses,
     server_rescore_body,
 )
 from opensearch_ltr.transforms import (
@@ -289,7 +290,7 @@ class _RescorerBase:
                     f"score_transform {self.score_transform!r} can be negative; server-applied "
                     f"rescoring needs one of {NON_NEGATIVE_TRANSFORMS}"
                 )
-            check_clause_count(self.spec.window_size + 1, self.max_clause_count)
+            check_clause_count(fewest_clauses(self.spec.window_size), self.max_clause_count)
         start, count = resolve_page(body, from_, size)
         fetch = fetch_size(self.spec.window_size, start, count)
         check_fetch(fetch, self.max_result_window)

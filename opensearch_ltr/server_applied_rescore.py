@@ -1,8 +1,9 @@
 """The one search that makes the cluster combine the engine's scores itself.
 
 The engine's values ride in a ``rescore`` clause: a ``bool`` query whose ``should`` clauses are
-``constant_score`` filters on each window hit's ``_id``, and on its ``_routing`` when it has one
-(grouped under an ``_index`` filter), boosted by the hit's value. A window hit matches exactly
+``constant_score`` filters on each window hit's ``_id``, and on its ``_routing`` when it has one,
+boosted by the hit's value. They are grouped under an ``_index`` filter, hits without routing
+apart, under a filter that excludes routed documents. A window hit matches exactly
 one clause and scores its value; every other hit does not match and scores
 ``first * query_weight``, exactly as hits past the window do. With the spec and values of
 :func:`opensearch_ltr.rescore.break_ties` (no ties that a cluster would order by shard and
@@ -29,11 +30,23 @@ MAX_CLAUSE_COUNT = 1024
 """Default of OpenSearch's ``indices.query.bool.max_clause_count``."""
 
 
+def _groups(hits: Sequence[Mapping[str, Any]]) -> list[tuple[str, bool]]:
+    """The ``(_index, routed)`` groups of :func:`window_query` for ``hits``, in order."""
+    return list(dict.fromkeys((hit["_index"], hit.get("_routing") is not None) for hit in hits))
+
+
 def clause_count(hits: Sequence[Mapping[str, Any]]) -> int:
     """Boolean clauses :func:`window_query` needs for ``hits``: one per hit, one more per hit
-    with a ``_routing``, one per index."""
+    with a ``_routing``, one per group, one more per group of hits without routing."""
     routed = sum(hit.get("_routing") is not None for hit in hits)
-    return len(hits) + routed + len({hit["_index"] for hit in hits})
+    groups = _groups(hits)
+    return len(hits) + routed + len(groups) + sum(not routed for _, routed in groups)
+
+
+def fewest_clauses(window_size: int) -> int:
+    """The fewest clauses :func:`window_query` needs for ``window_size`` hits: those of hits of
+    one index, none routed."""
+    return clause_count([{"_index": "", "_id": ""}] * window_size)
 
 
 def check_clause_count(clauses: int, max_clause_count: int) -> None:
@@ -47,30 +60,33 @@ def check_clause_count(clauses: int, max_clause_count: int) -> None:
 
 def window_query(hits: Sequence[Mapping[str, Any]], values: Sequence[float]) -> dict[str, Any]:
     """A query that scores each hit with its value: it matches the hit's ``_index``, ``_id``
-    and, when the hit has one, ``_routing`` (OpenSearch keeps ``_id`` unique per shard only)."""
+    and routing, its ``_routing`` when it has one and none when it has none (OpenSearch keeps
+    ``_id`` unique per shard only)."""
     if len(hits) != len(values):
         raise ValueError(f"{len(hits)} hits but {len(values)} values")
     if not all(math.isfinite(v) and v >= 0 for v in values):
         raise RescoreRequestError("a rescore query can only carry finite, non-negative scores")
-    groups: dict[str, list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, bool], list[dict[str, Any]]] = {key: [] for key in _groups(hits)}
     for hit, value in zip(hits, values, strict=True):
         match: dict[str, Any] = {"ids": {"values": [hit["_id"]]}}
         routing = hit.get("_routing")
         if routing is not None:
             match = {"bool": {"filter": [match, {"term": {"_routing": routing}}]}}
         clause = {"constant_score": {"filter": match, "boost": to_float32(value)}}
-        groups.setdefault(hit["_index"], []).append(clause)
-    per_index = [
+        groups[hit["_index"], routing is not None].append(clause)
+    per_group = [
         {
             "bool": {
                 "filter": [{"term": {"_index": index}}],
+                # exists reads _field_names: the documents indexed with a routing
+                **({} if routed else {"must_not": [{"exists": {"field": "_routing"}}]}),
                 "should": clauses,
                 "minimum_should_match": 1,
             }
         }
-        for index, clauses in groups.items()
+        for (index, routed), clauses in groups.items()
     ]
-    return per_index[0] if len(per_index) == 1 else {"bool": {"should": per_index}}
+    return per_group[0] if len(per_group) == 1 else {"bool": {"should": per_group}}
 
 
 def server_rescore_body(

@@ -251,6 +251,30 @@ def test_an_adapters_cached_hub_base_loads_from_its_snapshot_only_while_unreacha
     assert models.loadable_source(source) == source
 
 
+def test_a_cached_hub_id_is_looked_up_in_the_cache_once(
+    hub_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub
+
+    lookups: list[tuple[str, str]] = []
+    lookup = huggingface_hub.try_to_load_from_cache
+
+    def counted(repo_id: str, filename: str, **kwargs: Any) -> Any:
+        lookups.append((repo_id, filename))
+        return lookup(repo_id, filename, **kwargs)
+
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", counted)
+    assert models.loadable_source(ModelSource("fake/tiny")).location == str(hub_cache)
+    assert lookups == [("fake/tiny", "config.json")]
+
+
+def test_a_cached_hub_ids_fingerprint_is_its_snapshots(hub_cache: Path) -> None:
+    by_id = models.weights_fingerprint(ModelSource("fake/tiny"))
+    assert by_id == models.weights_fingerprint(ModelSource(str(hub_cache)))
+    assert "base/config.json" in by_id
+    assert models.weights_fingerprint(ModelSource("foo bar")) == {}
+
+
 @pytest.mark.parametrize("name", ["HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"])
 def test_either_offline_variable_refuses_a_hub_id_not_cached(
     monkeypatch: pytest.MonkeyPatch, name: str

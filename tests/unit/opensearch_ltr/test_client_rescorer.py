@@ -363,18 +363,18 @@ def test_a_filter_path_that_keeps_what_rescoring_reads() -> None:
 def test_server_applied_limits_are_checked_before_the_engine() -> None:
     client, engine = ScriptedClient(make_hits()), ShortestFirst()
     for on_error in ("raise", "fail_open"):
-        # A window of 3 hits in one index needs 4 clauses.
+        # A window of 3 hits of one index needs 5 clauses.
         stage = rescorer(client, engine, max_clause_count=3, on_error=on_error)
-        with pytest.raises(RescoreRequestError, match="needs 4 clauses"):
+        with pytest.raises(RescoreRequestError, match="needs 5 clauses"):
             stage.search("docs", BODY, apply="server")
     assert client.calls == []
     assert rescorer(client, engine, max_clause_count=3).search("docs", BODY)["hits"]["hits"]
-    # Each index adds a clause: known once the first pass is back, still before the engine.
+    # Each index adds two clauses: known once the first pass is back, still before the engine.
     hits = make_hits()
     hits[1]["_index"] = "other"
     client, engine = ScriptedClient(hits), ShortestFirst()
-    with pytest.raises(RescoreRequestError, match="needs 5 clauses"):
-        rescorer(client, engine, max_clause_count=4).search("docs", BODY, apply="server")
+    with pytest.raises(RescoreRequestError, match="needs 7 clauses"):
+        rescorer(client, engine, max_clause_count=6).search("docs", BODY, apply="server")
     assert len(client.calls) == 1
     assert engine.calls == []
 

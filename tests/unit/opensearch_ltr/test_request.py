@@ -26,6 +26,7 @@ from opensearch_ltr.rescore import RescoreSpec
 from opensearch_ltr.server_applied_rescore import (
     check_clause_count,
     clause_count,
+    fewest_clauses,
     server_rescore_body,
     window_query,
 )
@@ -329,6 +330,7 @@ def test_window_query_scores_each_hit_by_index_and_id() -> None:
     assert one == {
         "bool": {
             "filter": [{"term": {"_index": "a"}}],
+            "must_not": [{"exists": {"field": "_routing"}}],
             "should": [
                 {"constant_score": {"filter": {"ids": {"values": ["1"]}}, "boost": 1.0}},
                 {
@@ -379,10 +381,12 @@ def test_server_rescore_body_appends_to_the_users_rescore() -> None:
     assert len(plain["rescore"]) == 1
 
 
-def test_clause_count_is_one_per_hit_and_one_per_index() -> None:
-    assert clause_count(HITS) == 3 + 2
-    assert clause_count(HITS[:2]) == 2 + 1
+def test_clause_count_is_one_per_hit_and_two_per_index_without_routing() -> None:
+    assert clause_count(HITS) == 3 + 2 * 2
+    assert clause_count(HITS[:2]) == 2 + 2
     assert clause_count([]) == 0
+    assert fewest_clauses(2) == clause_count(HITS[:2])
+    assert fewest_clauses(2) < clause_count([{**hit, "_routing": "r"} for hit in HITS[:2]])
     check_clause_count(5, 5)
     with pytest.raises(RescoreRequestError, match=r"needs 6 clauses, more than .*\[5\]"):
         check_clause_count(6, 5)
@@ -390,6 +394,6 @@ def test_clause_count_is_one_per_hit_and_one_per_index() -> None:
 
 def test_server_rescore_body_respects_max_clause_count() -> None:
     spec = RescoreSpec(window_size=3)
-    server_rescore_body({}, HITS, [1.0, 1.0, 1.0], spec, from_=0, size=1, max_clause_count=5)
+    server_rescore_body({}, HITS, [1.0, 1.0, 1.0], spec, from_=0, size=1, max_clause_count=7)
     with pytest.raises(RescoreRequestError, match="max_clause_count"):
-        server_rescore_body({}, HITS, [1.0, 1.0, 1.0], spec, from_=0, size=1, max_clause_count=4)
+        server_rescore_body({}, HITS, [1.0, 1.0, 1.0], spec, from_=0, size=1, max_clause_count=6)
