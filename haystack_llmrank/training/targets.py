@@ -2,7 +2,8 @@
 
 A window's target ranking comes from graded relevance judgements; ties are broken by a
 teacher's score, then by first-stage order. Windows vary in size and in input order, so
-that a model cannot learn to copy the position it is given.
+that a model cannot learn to copy the position it is given. Blank passages are left out, as
+the rankers leave them out of their windows.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from haystack_llmrank.blank_passages import is_blank, split_blank
 from haystack_llmrank.data import QueryCandidates
 from haystack_llmrank.errors import listed
 
@@ -28,7 +30,9 @@ class TrainingQuery:
     """A query with its candidates in first-stage order, their grades and teacher scores.
 
     ``grades[i]`` is the judged grade of candidate ``i`` (unjudged candidates take the grade
-    given to :func:`training_queries`); ``teacher[i]`` is a teacher's score or ``nan``.
+    given to :func:`training_queries`); ``teacher[i]`` is a teacher's score or ``nan``. A
+    blank text (:func:`~haystack_llmrank.blank_passages.is_blank`) is refused: rankers show
+    none to a window.
     """
 
     qid: str
@@ -41,6 +45,13 @@ class TrainingQuery:
         n = len(self.texts)
         if len(self.grades) != n or len(self.teacher) != n:
             raise ValueError(f"query {self.qid}: texts, grades and teacher differ in length")
+        blank = [str(i) for i, text in enumerate(self.texts) if is_blank(text)]
+        if blank:
+            raise ValueError(
+                f"query {self.qid}: the texts at {listed(blank, 5)} are blank; rankers show "
+                "no blank passage to a window, so none is trained on (training_queries "
+                "leaves them out)"
+            )
 
     def target_order(self, members: Sequence[int]) -> list[int]:
         """``members`` (candidate indices) best first: grade, then teacher score, then rank.
@@ -107,6 +118,11 @@ def training_queries(
     teacher run, that name no candidate at all are refused too. Judged documents that are
     not among their query's candidates (judged, not retrieved), and queries whose teacher
     scores name none of their candidates, are logged.
+
+    Blank candidates (:func:`~haystack_llmrank.blank_passages.is_blank`) are left out, as
+    rankers leave them out of their windows and rank them last; their count, and those
+    judged relevant, are logged. The rules above then apply to the candidates with text: a
+    query needs 2 of them.
     """
     if qrels is None and teacher is None:
         raise ValueError("training needs qrels, teacher scores, or both")
@@ -115,7 +131,8 @@ def training_queries(
     tied: list[str] = []
     untaught: list[str] = []
     unjudged: list[str] = []
-    judged_count = absent = taught = 0
+    blank_relevant: list[str] = []
+    judged_count = absent = taught = blank_count = blank_queries = 0
     for query in queries:
         judged = (qrels or {}).get(query.qid, {})
         scored = (teacher or {}).get(query.qid, {})
@@ -124,11 +141,22 @@ def training_queries(
                 f"query {query.qid} has neither judgements nor teacher scores; "
                 "drop it from the candidates or supply them"
             )
-        if len(query.candidates) < 2:
-            raise ValueError(f"query {query.qid}: at least 2 candidates are needed to train")
-        docids = {c.docid for c in query.candidates}
         judged_count += len(judged)
-        absent += len(judged.keys() - docids)
+        absent += len(judged.keys() - {c.docid for c in query.candidates})
+        kept, blank = split_blank([c.text for c in query.candidates])
+        if len(kept) < 2:
+            left_out = f" ({len(blank)} blank ones are left out)" if blank else ""
+            raise ValueError(
+                f"query {query.qid}: at least 2 candidates with text are needed to train{left_out}"
+            )
+        blank_count += len(blank)
+        blank_queries += bool(blank)
+        for i in blank:
+            docid = query.candidates[i].docid
+            if judged.get(docid, unjudged_grade) > 0:
+                blank_relevant.append(f"{query.qid}/{docid}")
+        candidates = [query.candidates[i] for i in kept]
+        docids = {c.docid for c in candidates}
         matched = not docids.isdisjoint(scored)
         taught += matched
         if scored and not matched:
@@ -138,9 +166,9 @@ def training_queries(
         training = TrainingQuery(
             query.qid,
             query.query,
-            tuple(c.text for c in query.candidates),
-            tuple(int(judged.get(c.docid, unjudged_grade)) for c in query.candidates),
-            tuple(float(scored.get(c.docid, float("nan"))) for c in query.candidates),
+            tuple(c.text for c in candidates),
+            tuple(int(judged.get(c.docid, unjudged_grade)) for c in candidates),
+            tuple(float(scored.get(c.docid, float("nan"))) for c in candidates),
         )
         if docids.isdisjoint(judged) and not matched:
             unmatched.append(query.qid)
@@ -171,6 +199,14 @@ def training_queries(
             "queries whose candidates are all of one grade, with no teacher score to tell "
             f"them apart, so that their targets would be first-stage order: {listed(tied, 5)}; "
             "judge a relevant candidate of each, give teacher scores, or drop these queries"
+        )
+    if blank_count:
+        logger.warning(
+            "%d blank candidates (empty or whitespace) of %d queries are left out of training, "
+            "as rankers leave them out of their windows and rank them last%s",
+            blank_count,
+            blank_queries,
+            f"; judged relevant among them: {listed(blank_relevant, 5)}" if blank_relevant else "",
         )
     if absent:
         logger.warning(

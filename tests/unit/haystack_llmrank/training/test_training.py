@@ -177,6 +177,42 @@ def test_a_teacher_run_that_names_no_candidate_is_refused_or_logged(
     )
 
 
+def test_blank_candidates_are_left_out_of_training_as_rankers_leave_them_out(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    blanked = {1: "", 2: "  \n ", 4: "&nbsp;"}  # what a prompt shows as nothing
+    texts = [blanked.get(i, text) for i, text in enumerate(TEXTS)]
+    query = QueryCandidates(
+        "q1", "flea life", tuple(Candidate(f"d{i}", t) for i, t in enumerate(texts))
+    )
+    teacher = {"q1": {"d4": 0.9, "d5": 0.5}}
+    with caplog.at_level(logging.WARNING, logger="haystack_llmrank.training.targets"):
+        joined, _ = training_queries(
+            [query, toy_query("q2")], qrels={**TOY_QRELS, "q2": TOY_QRELS["q1"]}, teacher=teacher
+        )
+    # the judged grade-3 (d1) and grade-0 (d2) blanks are gone, and the teacher's d4
+    assert joined.texts == (TEXTS[0], TEXTS[3], TEXTS[5])
+    assert joined.grades == (1, 2, 2)
+    assert joined.teacher[2] == 0.5
+    assert math.isnan(joined.teacher[0])
+    assert caplog.text.count("blank candidates") == 1
+    assert (
+        "3 blank candidates (empty or whitespace) of 1 queries are left out of training, as "
+        "rankers leave them out of their windows and rank them last; judged relevant among "
+        "them: q1/d1" in caplog.text
+    )
+    sampling = WindowSampling(min_size=2, max_size=3, pool=3)
+    rng = np.random.default_rng(0)
+    for window in (sampling.sample(joined, rng) for _ in range(50)):
+        assert all(text.strip() for text in window.passages)
+    # as a small query is: refused, named, with fewer than 2 candidates with text
+    two_blank = QueryCandidates("q3", "q", (Candidate("a", "text"), Candidate("b", " ")))
+    with pytest.raises(ValueError, match=r"q3: at least 2 candidates with text .*\(1 blank"):
+        training_queries([two_blank], qrels={"q3": {"a": 1}})
+    with pytest.raises(ValueError, match="q: the texts at 1 are blank"):
+        TrainingQuery("q", "q", ("a", "\t"), (1, 0), (math.nan, math.nan))
+
+
 def test_queries_the_qrels_do_not_judge_are_named_when_a_teacher_trains_them(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -1551,6 +1587,39 @@ def test_cli_trains_on_a_given_split_and_checks_it(
     ):
         split.write_text(json.dumps(bad))
         assert main([*args, "--output", str(tmp_path / "bad")]) == 2
+
+
+def test_cli_trains_on_the_candidates_with_text_and_counts_the_blank_ones_once(
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from haystack_llmrank.cli import main
+
+    candidates, qrels = write_toy_files(tmp_path)
+    lines = candidates.read_text().splitlines()
+    record = json.loads(lines[0])
+    record["candidates"][1]["text"] = ""  # q0d1, judged 3
+    record["candidates"][4]["text"] = "   "
+    candidates.write_text("\n".join([json.dumps(record), *lines[1:]]) + "\n")
+    drawn: list[TrainingWindow] = []
+    sample = WindowSampling.sample
+
+    def recorded(self: WindowSampling, *args: Any) -> TrainingWindow:
+        drawn.append(sample(self, *args))
+        return drawn[-1]
+
+    monkeypatch.setattr(WindowSampling, "sample", recorded)
+    args = validated_train_args(candidates, qrels, tmp_path / "run", tiny_model_dir, steps=6)
+    with caplog.at_level(logging.WARNING, logger="haystack_llmrank.training.targets"):
+        assert main([*args, "--validation-fraction", "0"]) == 0
+    assert len(drawn) == 6
+    assert {"q0"} < {w.qid for w in drawn}
+    assert all(text.strip() for window in drawn for text in window.passages)
+    assert caplog.text.count("blank candidates") == 1  # once a run, not once a window
+    assert "2 blank candidates (empty or whitespace) of 1 queries" in caplog.text
+    assert "judged relevant among them: q0/q0d1" in caplog.text
 
 
 def test_the_recorded_base_is_what_the_name_resolves_to(
