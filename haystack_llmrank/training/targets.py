@@ -117,7 +117,9 @@ def training_queries(
     teacher score to break the tie): its target would be first-stage order. Qrels, or a
     teacher run, that name no candidate at all are refused too. Judged documents that are
     not among their query's candidates (judged, not retrieved), and queries whose teacher
-    scores name none of their candidates, are logged.
+    scores name none of their candidates (or that the teacher run lacks), are logged, as
+    are queries of which it scores some candidates but not all: within a grade, an unscored
+    candidate follows every scored one (:meth:`TrainingQuery.target_order`).
 
     Blank candidates (:func:`~haystack_llmrank.blank_passages.is_blank`) are left out, as
     rankers leave them out of their windows and rank them last; their count, and those
@@ -130,9 +132,10 @@ def training_queries(
     unmatched: list[str] = []
     tied: list[str] = []
     untaught: list[str] = []
+    partly_taught: list[str] = []
     unjudged: list[str] = []
     blank_relevant: list[str] = []
-    judged_count = absent = taught = blank_count = blank_queries = 0
+    judged_count = absent = taught = blank_count = blank_queries = unscored = 0
     for query in queries:
         judged = (qrels or {}).get(query.qid, {})
         scored = (teacher or {}).get(query.qid, {})
@@ -159,8 +162,12 @@ def training_queries(
         docids = {c.docid for c in candidates}
         matched = not docids.isdisjoint(scored)
         taught += matched
-        if scored and not matched:
+        if teacher is not None and not matched:
             untaught.append(query.qid)
+        missed = len(docids - scored.keys())
+        if matched and missed:
+            unscored += missed
+            partly_taught.append(f"{query.qid} ({missed} of {len(docids)})")
         if qrels is not None and not judged:
             unjudged.append(query.qid)
         training = TrainingQuery(
@@ -229,6 +236,15 @@ def training_queries(
             "ties fall back to first-stage order: %s",
             len(untaught),
             listed(untaught, 5),
+        )
+    if partly_taught:
+        logger.warning(
+            "the teacher run leaves %d candidates of %d queries unscored; within a grade, "
+            "each follows every candidate it scored (in first-stage order among the "
+            "unscored): %s",
+            unscored,
+            len(partly_taught),
+            listed(partly_taught, 5),
         )
     return joined
 

@@ -213,11 +213,40 @@ def test_blank_candidates_are_left_out_of_training_as_rankers_leave_them_out(
         TrainingQuery("q", "q", ("a", "\t"), (1, 0), (math.nan, math.nan))
 
 
+def test_a_teacher_run_that_leaves_candidates_unscored_is_counted_and_puts_them_last(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    three = [toy_query(), toy_query("q2"), toy_query("q3")]
+    qrels = {q.qid: {"d5": 2} for q in three}
+    full = {f"d{i}": 0.1 * i for i in range(len(TEXTS))}
+    # q1's first-stage top two are missing, as from a run over another candidate set
+    partial = {"q1": {"d2": 0.1, "d3": 0.9, "d4": 0.5, "d5": 0.0}, "q2": full}
+    with caplog.at_level(logging.WARNING, logger="haystack_llmrank.training.targets"):
+        first, _, _ = training_queries(three, qrels=qrels, teacher=partial)
+    assert (
+        "the teacher run leaves 2 candidates of 1 queries unscored; within a grade, each "
+        "follows every candidate it scored (in first-stage order among the unscored): "
+        "q1 (2 of 6)" in caplog.text
+    )
+    # q3, which the run lacks, is named as a query whose teacher scores name none
+    assert "name none of their candidates, so that their ties fall back to first-stage " in (
+        caplog.text
+    )
+    assert "order: q3\n" in caplog.text
+    # the README's rule: grade first; within it the scored by score, then the unscored in
+    # first-stage order
+    assert first.target_order(range(len(TEXTS))) == [5, 3, 4, 2, 0, 1]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="haystack_llmrank.training.targets"):
+        training_queries(three, qrels=qrels, teacher={q.qid: full for q in three})
+    assert caplog.text == ""
+
+
 def test_queries_the_qrels_do_not_judge_are_named_when_a_teacher_trains_them(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     two = [toy_query(), toy_query("q2")]
-    teacher = {q.qid: {"d4": 0.7, "d2": 0.1} for q in two}
+    teacher = {q.qid: {f"d{i}": 0.1 * i for i in range(len(TEXTS))} for q in two}
     with caplog.at_level(logging.WARNING, logger="haystack_llmrank.training.targets"):
         joined = training_queries(two, qrels={"Q1": TOY_QRELS["q1"]}, teacher=teacher)
     assert [q.grades for q in joined] == [(0,) * 6] * 2  # "Q1" is not "q1"
