@@ -9,7 +9,7 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -245,7 +245,8 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--validation-fraction",
         type=float,
         default=None,
-        help="share of queries held out (by query) for validation; 0 turns it off (default "
+        help="share of the queries with qrels held out (by query) for validation, drawn "
+        "among them only; queries without qrels always train; 0 turns it off (default "
         f"{VALIDATION_FRACTION}; not with --split)",
     )
     held.add_argument(
@@ -305,19 +306,26 @@ def parse_orders(text: str) -> dict[str, float]:
     return weights
 
 
-def split_queries(qids: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """``(train, validation)`` qids: a seeded shuffle, the last ``fraction`` held out."""
+def split_queries(
+    qids: list[str], fraction: float, seed: int, judged: Collection[str] | None = None
+) -> tuple[list[str], list[str]]:
+    """``(train, validation)`` qids: a seeded shuffle of the ``judged`` qids (all where
+    ``None``), in input order, the last ``fraction`` of them held out; every other qid
+    trains. Where every qid is judged, the draw is the one over all of them."""
     import numpy as np
 
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"--validation-fraction must be in [0, 1), got {fraction}")
-    order = [qids[i] for i in np.random.default_rng(seed).permutation(len(qids))]
+    drawn = qids if judged is None else [q for q in qids if q in judged]
+    order = [drawn[i] for i in np.random.default_rng(seed).permutation(len(drawn))]
     held = round(len(order) * fraction)
+    which = "queries" if judged is None else "queries with qrels"
     if fraction > 0 and held == 0:
-        raise ValueError(f"{len(qids)} queries are too few to hold out {fraction:.0%}")
+        raise ValueError(f"{len(drawn)} {which} are too few to hold out {fraction:.0%}")
     if held >= len(order):
-        raise ValueError("no training query would be left")
-    return sorted(order[: len(order) - held]), sorted(order[len(order) - held :])
+        raise ValueError(f"none of the {len(drawn)} {which} would be left to train on")
+    validation = set(order[len(order) - held :])
+    return sorted(q for q in qids if q not in validation), sorted(validation)
 
 
 def read_split(file: Path, qids: list[str]) -> tuple[list[str], list[str]]:
@@ -466,7 +474,8 @@ def run_train(args: argparse.Namespace) -> int:
         seed = SPLIT_SEED if args.split_seed is None else args.split_seed
         fraction = args.validation_fraction
         fraction = VALIDATION_FRACTION if fraction is None else fraction
-        train_ids, held_ids = split_queries(qids, fraction, seed)
+        judged = None if qrels is None else {q for q, graded in qrels.items() if graded}
+        train_ids, held_ids = split_queries(qids, fraction, seed, judged)
     if held_ids and qrels is None:
         raise ValueError(
             "validation needs --qrels; skip it with --validation-fraction 0, or a --split "

@@ -1838,6 +1838,49 @@ def test_cli_refuses_qrels_that_judge_none_of_the_input_queries(
     )
 
 
+def test_a_drawn_split_holds_out_only_queries_with_qrels() -> None:
+    from haystack_llmrank.cli.train import split_queries
+
+    qids = [f"q{i}" for i in range(8)]
+    # every query judged: the draw over all of them, as recorded splits were drawn
+    assert split_queries(qids, 0.3, 0, set(qids)) == (
+        ["q0", "q2", "q3", "q4", "q5", "q6"],
+        ["q1", "q7"],
+    )
+    for seed in range(10):
+        assert split_queries(qids, 0.3, seed, set(qids)) == split_queries(qids, 0.3, seed)
+    judged = {"q0", "q1", "q2", "q3", "q4"}
+    for seed in range(20):
+        train, validation = split_queries(qids, 0.3, seed, judged)
+        assert len(validation) == 2  # 30% of the 5 judged queries
+        assert set(validation) <= judged
+        assert sorted(train + validation) == qids
+    with pytest.raises(ValueError, match="1 queries with qrels are too few to hold out 30%"):
+        split_queries(qids, 0.3, 0, {"q0"})
+    with pytest.raises(ValueError, match="none of the 2 queries with qrels would be left to"):
+        split_queries(qids, 0.9, 0, {"q0", "q1"})
+
+
+def test_cli_draws_held_out_queries_among_those_with_qrels(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from haystack_llmrank.cli import main
+
+    candidates, qrels = write_toy_files(tmp_path, queries=8)
+    unjudged = ("q5", "q6", "q7")  # the default seed's draw over all 8 holds out q1 and q7
+    kept = [line for line in qrels.read_text().splitlines() if not line.startswith(unjudged)]
+    qrels.write_text("\n".join(kept) + "\n")
+    teacher = tmp_path / "teacher.run"
+    teacher.write_text(
+        "".join(f"q{q} Q0 q{q}d{i} {i + 1} {9.0 - i} t\n" for q in range(8) for i in range(6))
+    )
+    args = validated_train_args(candidates, qrels, tmp_path / "run", tiny_model_dir, steps=1)
+    assert main([*args[:-2], "--teacher", str(teacher)]) == 0  # the default fraction and seed
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert split["validation"] == ["q0", "q1"]
+    assert set(unjudged) <= set(split["train"])
+
+
 def test_cli_resumes_with_a_given_split_of_the_same_queries(
     tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
