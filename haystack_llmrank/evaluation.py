@@ -161,7 +161,7 @@ def _check_level(level: int) -> None:
         )
 
 
-def _int_grades(qid: str, judged: Mapping[str, int]) -> dict[str, int]:
+def int_grades(qid: str, judged: Mapping[str, int]) -> dict[str, int]:
     """``judged`` with Python int grades (numpy's, or whole floats, fail in pytrec_eval);
     ``ValueError`` naming a grade that is not a whole number trec_eval holds."""
     grades: dict[str, int] = {}
@@ -198,7 +198,7 @@ def evaluate(
     """
     parsed = parse_metrics(metrics)
     _check_level(relevance_level)
-    qrels = {qid: _int_grades(qid, judged) for qid, judged in qrels.items() if judged}
+    qrels = {qid: int_grades(qid, judged) for qid, judged in qrels.items() if judged}
     ranked_qids = [qid for qid, docs in run.items() if docs]
     missing = tuple(sorted(set(qrels).difference(ranked_qids)))
     unjudged = tuple(sorted(set(ranked_qids) - set(qrels)))

@@ -18,6 +18,7 @@ import numpy as np
 from haystack_llmrank.blank_passages import is_blank, split_blank
 from haystack_llmrank.data import QueryCandidates
 from haystack_llmrank.errors import listed
+from haystack_llmrank.evaluation import int_grades
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +112,9 @@ def training_queries(
 ) -> list[TrainingQuery]:
     """Join candidates with qrels and/or teacher scores.
 
-    At least one of ``qrels`` and ``teacher`` is needed. A query with no judgement and no
+    At least one of ``qrels`` and ``teacher`` is needed. Grades are whole numbers, as in
+    TREC qrels (numpy's, or whole floats, too); a fractional one is refused, named by query
+    and docid: real-valued scores belong in ``teacher``. A query with no judgement and no
     teacher score is an error, not a silent skip; so is one whose judgements and teacher
     scores name none of its candidates, or tell none of them apart (all one grade, no
     teacher score to break the tie): its target would be first-stage order. Qrels, or a
@@ -137,7 +140,13 @@ def training_queries(
     blank_relevant: list[str] = []
     judged_count = absent = taught = blank_count = blank_queries = unscored = 0
     for query in queries:
-        judged = (qrels or {}).get(query.qid, {})
+        try:
+            judged = int_grades(query.qid, (qrels or {}).get(query.qid, {}))
+        except ValueError as exc:
+            raise ValueError(
+                f"{exc}; qrels grades are whole numbers, as in TREC qrels: give real-valued "
+                "scores as teacher scores"
+            ) from exc
         scored = (teacher or {}).get(query.qid, {})
         if not judged and not scored:
             raise ValueError(
@@ -174,7 +183,7 @@ def training_queries(
             query.qid,
             query.query,
             tuple(c.text for c in candidates),
-            tuple(int(judged.get(c.docid, unjudged_grade)) for c in candidates),
+            tuple(judged.get(c.docid, unjudged_grade) for c in candidates),
             tuple(float(scored.get(c.docid, float("nan"))) for c in candidates),
         )
         if docids.isdisjoint(judged) and not matched:

@@ -107,6 +107,23 @@ def test_training_queries_joins_qrels_and_teacher() -> None:
     assert all(math.isnan(t) for i, t in enumerate(joined.teacher) if i != 4)
 
 
+def test_fractional_grades_are_refused_and_whole_ones_of_any_type_kept() -> None:
+    fractional = {"q1": {"d0": 0.9, "d1": 0.2, "d2": 1.7, "d3": 2.4}}
+    with pytest.raises(
+        ValueError, match=r"query q1: the grade of d0 is not an integer: 0.9; qrels grades"
+    ):
+        training_queries([toy_query()], qrels=fractional)
+    with pytest.raises(ValueError, match="the grade of d1 is not an integer: True"):
+        training_queries([toy_query()], qrels={"q1": {"d0": 2, "d1": True}})
+    whole = {"q1": {"d1": np.int64(3), "d3": 2.0, "d5": 2, "d0": 1, "d2": 0}}
+    [joined] = training_queries([toy_query()], qrels=whole)
+    assert joined.grades == (1, 3, 0, 2, 0, 2)
+    assert all(type(grade) is int for grade in joined.grades)
+    # the scores are kept, unrounded, as teacher scores
+    [taught] = training_queries([toy_query()], teacher={"q1": fractional["q1"]})
+    assert taught.target_order(range(4)) == [3, 2, 0, 1]
+
+
 def test_training_queries_refuses_what_it_cannot_label() -> None:
     with pytest.raises(ValueError, match="qrels, teacher"):
         training_queries([toy_query()])
