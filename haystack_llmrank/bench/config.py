@@ -248,6 +248,11 @@ class BenchConfig:
                 )
 
     @property
+    def data_files(self) -> tuple[Path, Path]:
+        """The candidates (``candidates.jsonl``) and qrels (``qrels.txt``) in :attr:`data_dir`."""
+        return self.data_dir / "candidates.jsonl", self.data_dir / "qrels.txt"
+
+    @property
     def window(self) -> int:
         """:attr:`window_size` once :func:`~haystack_llmrank.bench.runner.prepare` has sized
         it for the model's template (``None`` there: 20, or the template's labels where

@@ -181,7 +181,7 @@ class RowResult:
 
 def read_data(config: BenchConfig) -> tuple[list[QueryCandidates], Qrels]:
     """All queries of ``candidates.jsonl`` and the judgements of ``qrels.txt`` in the data dir."""
-    candidates, qrels = config.data_dir / "candidates.jsonl", config.data_dir / "qrels.txt"
+    candidates, qrels = config.data_files
     for path in (candidates, qrels):
         if not path.is_file():
             raise FileNotFoundError(

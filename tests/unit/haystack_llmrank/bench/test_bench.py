@@ -717,6 +717,26 @@ def test_a_special_json_path_is_refused_before_any_row(
     assert fifo.is_fifo()
 
 
+@pytest.mark.parametrize(
+    ("name", "what"), [("candidates.jsonl", "the candidates file"), ("qrels.txt", "the qrels file")]
+)
+def test_a_json_path_naming_the_benchs_data_is_refused_before_any_row(
+    bench_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, what: str
+) -> None:
+    # the report would replace the judgements (or candidates) that every later run reads
+    data = tmp_path / "data"
+    shutil.copytree(bench_data, data)
+    given = (data / name).read_bytes()
+    link = tmp_path / "bench.json"
+    link.symlink_to(data / name)
+    args = ("--data-dir", str(data), "--rows", "oracle", *ORACLE_SLICE, "--no-progress")
+    for output in (data / name, tmp_path / "data" / ".." / "data" / name, link):
+        code, printed = llmrank_bench(*args, "--json", str(output))
+        assert (code, printed) == (2, "")
+        assert f"--json names {what} {data / name}; give another path" in capsys.readouterr().err
+        assert (data / name).read_bytes() == given
+
+
 def test_the_json_goes_where_its_symlink_leads_making_folders_there(
     bench_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
