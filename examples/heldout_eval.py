@@ -43,7 +43,7 @@ import torch
 from tqdm import tqdm
 
 from haystack_llmrank.bench.report import environment
-from haystack_llmrank.cli.options import add_passage_words_option
+from haystack_llmrank.cli.options import add_passage_words_option, positive_int
 from haystack_llmrank.data import (
     Qrels,
     QueryCandidates,
@@ -169,9 +169,9 @@ def main() -> None:
     parser.add_argument("--qrels", type=Path, default=DL19 / "qrels.txt")
     parser.add_argument("--teacher", type=Path, default=None, help="a baseline run to score")
     parser.add_argument("--orders", nargs="+", choices=ORDERS, default=list(ORDERS))
-    parser.add_argument("--depth", type=int, default=100, help="rerank the top N")
+    parser.add_argument("--depth", type=positive_int, default=100, help="rerank the top N")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--threads", type=positive_int, default=None)
     parser.add_argument(
         "--dtype", default=None, help="torch dtype (default float32; on CUDA the checkpoint's)"
     )
@@ -188,10 +188,16 @@ def main() -> None:
         "--strategy", choices=STRATEGIES, default=None, help="default: the readout's own"
     )
     parser.add_argument(
-        "--window-size", type=int, default=None, help="default: 20, or the template's labels"
+        "--window-size",
+        type=positive_int,
+        default=None,
+        help="default: 20, or the template's labels",
     )
     parser.add_argument(
-        "--step", type=int, default=None, help="sliding window's step (default: half the window)"
+        "--step",
+        type=positive_int,
+        default=None,
+        help="sliding window's step (default: half the window)",
     )
     parser.add_argument("--vote", default=None, help="rank by this token's votes (e.g. ' yes')")
     add_passage_words_option(parser)
