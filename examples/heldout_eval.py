@@ -228,6 +228,7 @@ def main() -> None:
         backend=args.backend,
         device=args.device,
         dtype=args.dtype,
+        threads=args.threads if args.backend == "onnx" else None,  # torch's: set above
         both_orders=args.both_orders,
         order_invariant=args.order_invariant,
         vote=args.vote,

@@ -86,6 +86,32 @@ def test_the_report_records_the_dtype_the_model_ran_in(
     assert set(written["environment"]["cpu"]) == {"model", "extensions"}
 
 
+@pytest.mark.parametrize(("backend", "onnx_threads"), [("onnx", 3), ("torch", None)])
+def test_threads_reach_onnx_runtime_with_the_onnx_backend(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: str, onnx_threads: int | None
+) -> None:
+    # torch's threads are process-wide (set from --threads); ONNX Runtime's are the session's
+    heldout = import_example("heldout_eval")
+    files = write_inputs(tmp_path, ["q0"], ["q0"])
+    loaded: dict[str, Any] = {}
+
+    def from_pretrained(model: str, **options: Any) -> Any:
+        loaded.update(options)
+        raise InterruptedError("loaded")
+
+    monkeypatch.setattr(heldout.Reranker, "from_pretrained", from_pretrained)
+    monkeypatch.setattr(torch, "set_num_threads", lambda threads: None)
+    argv = [
+        "heldout_eval.py", "--model", "export", "--backend", backend, "--threads", "3",
+        "--split", str(files["split"]), "--candidates", str(files["candidates"]),
+        "--qrels", str(files["qrels"]), "--json", str(tmp_path / "report.json"),
+    ]  # fmt: skip
+    monkeypatch.setattr("sys.argv", argv)
+    with pytest.raises(InterruptedError):
+        heldout.main()
+    assert (loaded["backend"], loaded.get("threads")) == (backend, onnx_threads)
+
+
 def test_an_adapter_is_recorded_by_its_folder_and_the_sha256_of_its_weights(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
