@@ -673,6 +673,24 @@ def test_oracle_rows_alone_load_no_model(
     ]
 
 
+@pytest.mark.parametrize(("asked", "note"), [("40", " (--top-k 40: no query has more)"), ("8", "")])
+def test_the_record_says_how_deep_the_queries_were_ranked(
+    bench_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, asked: str, note: str
+) -> None:
+    # the data holds 15 candidates a query: a deeper --top-k ranks those 15
+    monkeypatch.setattr(bench_runner, "measure_throughput", lambda device, dtype: FAST_MATMUL)
+    args = ("--data-dir", str(bench_data), "--rows", "oracle", "--queries", "all")
+    code, printed, report = bench_json(
+        tmp_path / "bench.json", *args, "--window-size", "4", "--top-k", asked
+    )
+    ranked = min(int(asked), 15)
+    assert code == 0
+    assert (report["config"]["top_k"], report["data"]["top_k"]) == (int(asked), ranked)
+    plan, *_, footer = printed.splitlines()[:-1]
+    assert f"3 of 3 queries, top {ranked}{note}, window 4 step 2:" in plan
+    assert footer.startswith(f"3 of 3 queries, top {ranked}{note}, ")
+
+
 def test_the_load_time_is_read_once_the_device_has_finished(
     bench_data: Path, tied_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
