@@ -68,12 +68,14 @@ ORDERS = ("bm25", "reversed", "shuffled")
 
 
 def arrange(query: QueryCandidates, order: str, seed: int) -> QueryCandidates:
-    """``query`` with its candidates in ``order``."""
+    """``query`` with its candidates in ``order``; ``shuffled`` draws from ``seed`` and the
+    whole qid (its UTF-8 bytes as a little-endian integer, so a qid of at most 8 bytes gets
+    the order that the recorded results were shuffled in)."""
     candidates = list(query.candidates)
     if order == "reversed":
         candidates.reverse()
     elif order == "shuffled":
-        rng = np.random.default_rng([seed, int.from_bytes(query.qid.encode()[:8], "little")])
+        rng = np.random.default_rng([seed, int.from_bytes(query.qid.encode(), "little")])
         candidates = [candidates[i] for i in rng.permutation(len(candidates))]
     return QueryCandidates(query.qid, query.query, tuple(candidates))
 
