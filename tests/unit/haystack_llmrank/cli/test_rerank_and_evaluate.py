@@ -339,6 +339,14 @@ def test_rerank_checks_the_folder_an_output_symlink_leads_to(
     assert len((tmp_path / "missing" / "out.run").read_text().splitlines()) == 11
 
 
+def test_eval_refuses_a_cutoff_pytrec_eval_cannot_hold(
+    llmrank: Any, candidates: Path, qrels: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    metric = "ndcg@9223372036854775808"  # 2^63: pytrec_eval reports it under another key
+    assert llmrank(["eval", "--candidates", str(candidates), str(qrels), "--metrics", metric]) == 2
+    assert f"metric {metric!r}: k must be at most 2147483647" in capsys.readouterr().err
+
+
 def test_eval_json_must_not_replace_an_input(
     llmrank: Any, candidates: Path, qrels: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
