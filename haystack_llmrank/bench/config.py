@@ -209,6 +209,8 @@ class BenchConfig:
         check_strategy_options(SLIDING, window_size=self.window_size, step=self.step)
         if any(size < 1 for size in self.sweep_batch_sizes):
             raise ValueError(f"batch sizes must be at least 1, got {list(self.sweep_batch_sizes)}")
+        if len(set(self.sweep_batch_sizes)) != len(self.sweep_batch_sizes):
+            raise ValueError(f"batch sizes given more than once: {list(self.sweep_batch_sizes)}")
         if self.warmup < 0:
             raise ValueError(f"warmup must not be negative, got {self.warmup}")
         if self.seed < 0:

@@ -26,7 +26,10 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 def _sizes(text: str) -> tuple[int, ...]:
-    return tuple(positive_int(size) for size in _names(text))
+    sizes = [size.strip() for size in text.split(",")]
+    if not all(sizes):
+        raise argparse.ArgumentTypeError(f"expected batch sizes like 1,4,16, got {text!r}")
+    return tuple(positive_int(size) for size in sizes)
 
 
 def _noise_levels(text: str) -> tuple[float, ...]:

@@ -513,6 +513,7 @@ def test_a_device_is_read_in_the_backends_grammar() -> None:
         ({"device": "cudafoo"}, "cpu or cuda"),
         ({"device": "mps"}, "cpu or cuda"),
         ({"sweep_batch_sizes": (4, 0)}, "batch sizes"),
+        ({"sweep_batch_sizes": (4, 1, 4)}, r"batch sizes given more than once: \[4, 1, 4\]"),
         ({"strategies": ("sliding", "bubble")}, "unknown strategies"),
         ({"strategies": ()}, "no strategies"),
         ({"oracle_noise": (0.5, 0.5)}, "more than once"),
@@ -790,6 +791,31 @@ def test_malformed_numbers_are_refused_by_the_parser(option: list[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         llmrank_bench(*option)
     assert exit_info.value.code == 2
+
+
+@pytest.mark.parametrize("sizes", [",", "", "1,,4", "4, "])
+def test_a_batch_size_list_with_an_empty_item_is_refused_by_the_parser(
+    sizes: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # "," was read as no sweep at all, and "1,,4" as 1,4
+    with pytest.raises(SystemExit) as exit_info:
+        llmrank_bench("--rows", "torch", "--batch-sizes", sizes)
+    assert exit_info.value.code == 2
+    expected = f"argument --batch-sizes: expected batch sizes like 1,4,16, got {sizes!r}"
+    assert expected in capsys.readouterr().err
+
+
+def test_a_batch_size_given_twice_is_refused_before_any_row(
+    bench_data: Path, tied_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # it was timed twice over
+    args = ("--data-dir", str(bench_data), "--model", str(tied_model_dir), "--rows", "torch")
+    options = ("--device", "cpu", "--in-process", "--no-progress", *SLICE)
+    output = tmp_path / "bench.json"
+    code, printed = llmrank_bench(*args, *options, "--batch-sizes", "1, 1", "--json", str(output))
+    assert (code, printed) == (2, "")
+    assert not output.exists()
+    assert "batch sizes given more than once: [1, 1]" in capsys.readouterr().err
 
 
 def test_more_queries_than_the_data_holds_is_an_error(bench_data: Path) -> None:
