@@ -19,7 +19,7 @@ from haystack import Document, Pipeline
 from tqdm import tqdm
 
 from haystack_llmrank import FirstListwiseRanker
-from haystack_llmrank.cli.options import add_passage_words_option
+from haystack_llmrank.cli.options import add_passage_words_option, positive_int
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "trec-dl19"
 
@@ -31,8 +31,12 @@ def main() -> None:
     )
     parser.add_argument("--model", default="default")
     parser.add_argument("--backend", default="torch", choices=["torch", "onnx"])
-    parser.add_argument("--queries", type=int, default=None, help="only the first N queries")
-    parser.add_argument("--candidates", type=int, default=100, help="top-k BM25 candidates")
+    parser.add_argument(
+        "--queries", type=positive_int, default=None, help="only the first N queries"
+    )
+    parser.add_argument(
+        "--candidates", type=positive_int, default=100, help="top-k BM25 candidates"
+    )
     parser.add_argument("--output", type=Path, required=True, help="TREC run file to write")
     parser.add_argument(
         "--timings", type=Path, default=None, help="JSON file for per-query seconds"

@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from haystack_llmrank.cli.options import positive_int
+
 BASELINE = "first_stage"
 TIE = 1e-9
 """Per-query differences at most this large count as ties."""
@@ -114,14 +116,17 @@ def warn(message: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("records", nargs="+", type=Path, help="heldout_eval.py JSON files")
-    parser.add_argument("--resamples", type=int, default=10000)
+    parser.add_argument("--resamples", type=positive_int, default=10000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, required=True)
     parser.add_argument(
         "--allow-mixed", action="store_true", help="pool records read with different settings"
     )
     parser.add_argument(
-        "--expect-queries", type=int, default=None, help="refuse a pool of other than N queries"
+        "--expect-queries",
+        type=positive_int,
+        default=None,
+        help="refuse a pool of other than N queries",
     )
     args = parser.parse_args()
 

@@ -24,6 +24,7 @@ from haystack_integrations.components.retrievers.opensearch import OpenSearchBM2
 from haystack_integrations.document_stores.opensearch import OpenSearchDocumentStore
 
 from haystack_llmrank import FirstListwiseRanker
+from haystack_llmrank.cli.options import positive_int
 
 BM25_MAPPINGS: dict[str, Any] = {
     "properties": {"content": {"type": "text"}},
@@ -95,8 +96,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model", default="default", help="'default' = the trained SmolLM2")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if any)")
     parser.add_argument("--query", default="What is the capital of France?")
-    parser.add_argument("--retrieve-k", type=int, default=20)
-    parser.add_argument("--top-k", type=int, default=5)
+    parser.add_argument("--retrieve-k", type=positive_int, default=20)
+    parser.add_argument("--top-k", type=positive_int, default=5)
     args = parser.parse_args(argv)
     with ExitStack() as stack:
         url = args.opensearch_url

@@ -43,7 +43,7 @@ import torch
 from tqdm import tqdm
 
 from haystack_llmrank.bench.report import environment
-from haystack_llmrank.cli.options import add_passage_words_option
+from haystack_llmrank.cli.options import add_passage_words_option, positive_int
 from haystack_llmrank.data import (
     Qrels,
     QueryCandidates,
@@ -68,12 +68,14 @@ ORDERS = ("bm25", "reversed", "shuffled")
 
 
 def arrange(query: QueryCandidates, order: str, seed: int) -> QueryCandidates:
-    """``query`` with its candidates in ``order``."""
+    """``query`` with its candidates in ``order``; ``shuffled`` draws from ``seed`` and the
+    whole qid (its UTF-8 bytes as a little-endian integer, so a qid of at most 8 bytes gets
+    the order that the recorded results were shuffled in)."""
     candidates = list(query.candidates)
     if order == "reversed":
         candidates.reverse()
     elif order == "shuffled":
-        rng = np.random.default_rng([seed, int.from_bytes(query.qid.encode()[:8], "little")])
+        rng = np.random.default_rng([seed, int.from_bytes(query.qid.encode(), "little")])
         candidates = [candidates[i] for i in rng.permutation(len(candidates))]
     return QueryCandidates(query.qid, query.query, tuple(candidates))
 
@@ -169,9 +171,9 @@ def main() -> None:
     parser.add_argument("--qrels", type=Path, default=DL19 / "qrels.txt")
     parser.add_argument("--teacher", type=Path, default=None, help="a baseline run to score")
     parser.add_argument("--orders", nargs="+", choices=ORDERS, default=list(ORDERS))
-    parser.add_argument("--depth", type=int, default=100, help="rerank the top N")
+    parser.add_argument("--depth", type=positive_int, default=100, help="rerank the top N")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--threads", type=positive_int, default=None)
     parser.add_argument(
         "--dtype", default=None, help="torch dtype (default float32; on CUDA the checkpoint's)"
     )
@@ -188,10 +190,16 @@ def main() -> None:
         "--strategy", choices=STRATEGIES, default=None, help="default: the readout's own"
     )
     parser.add_argument(
-        "--window-size", type=int, default=None, help="default: 20, or the template's labels"
+        "--window-size",
+        type=positive_int,
+        default=None,
+        help="default: 20, or the template's labels",
     )
     parser.add_argument(
-        "--step", type=int, default=None, help="sliding window's step (default: half the window)"
+        "--step",
+        type=positive_int,
+        default=None,
+        help="sliding window's step (default: half the window)",
     )
     parser.add_argument("--vote", default=None, help="rank by this token's votes (e.g. ' yes')")
     add_passage_words_option(parser)
@@ -222,6 +230,7 @@ def main() -> None:
         backend=args.backend,
         device=args.device,
         dtype=args.dtype,
+        threads=args.threads if args.backend == "onnx" else None,  # torch's: set above
         both_orders=args.both_orders,
         order_invariant=args.order_invariant,
         vote=args.vote,

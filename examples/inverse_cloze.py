@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 from teacher_run import cosine_scores, encode, minilm_folder
 
+from haystack_llmrank.cli.options import positive_int
 from haystack_llmrank.data import (
     QueryCandidates,
     read_qrels,
@@ -70,8 +71,12 @@ def main() -> None:
     parser.add_argument("--teacher", type=Path, required=True, help="TREC run of the real queries")
     parser.add_argument("--split", type=Path, required=True, help="split.json of the real queries")
     parser.add_argument("--output", type=Path, required=True)
-    parser.add_argument("--per-query", type=int, default=2, help="pseudo-queries per query")
-    parser.add_argument("--depth", type=int, default=20, help="candidates per pseudo-query")
+    parser.add_argument(
+        "--per-query", type=positive_int, default=2, help="pseudo-queries per query"
+    )
+    parser.add_argument(
+        "--depth", type=positive_int, default=20, help="candidates per pseudo-query"
+    )
     parser.add_argument("--drop", type=float, default=0.5, help="share with the sentence removed")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(

@@ -37,7 +37,7 @@ from haystack_llmrank.backends import load_scorer
 from haystack_llmrank.bench.config import default_data_dir
 from haystack_llmrank.bench.report import environment
 from haystack_llmrank.bench.runner import check_reusable
-from haystack_llmrank.cli.options import add_passage_words_option
+from haystack_llmrank.cli.options import add_passage_words_option, positive_int
 from haystack_llmrank.data import read_queries
 from haystack_llmrank.export import export_onnx, is_export
 from haystack_llmrank.export.precision import label_head_nodes
@@ -171,8 +171,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="default", help="'default', a HF folder or a .gguf")
     parser.add_argument("--data", type=Path, default=default_data_dir())
-    parser.add_argument("--windows", type=int, default=6)
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads (torch and ONNX)")
+    parser.add_argument("--windows", type=positive_int, default=6)
+    parser.add_argument(
+        "--threads", type=positive_int, default=2, help="CPU threads (torch and ONNX)"
+    )
     parser.add_argument("--export-dir", type=Path, required=True, help="exports are kept here")
     parser.add_argument("--json", type=Path, default=None, help="also save the results here")
     parser.add_argument(

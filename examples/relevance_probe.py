@@ -34,6 +34,7 @@ from heldout_eval import DL19, baselines
 from teacher_run import embed, minilm_folder
 from tqdm import tqdm
 
+from haystack_llmrank.cli.options import positive_int
 from haystack_llmrank.data import Qrels, QueryCandidates, read_qrels, read_queries
 from haystack_llmrank.evaluation import evaluate
 from haystack_llmrank.model_templates import model_template
@@ -174,15 +175,15 @@ def main() -> None:
     parser.add_argument("--candidates", type=Path, default=DL19 / "candidates.jsonl")
     parser.add_argument("--qrels", type=Path, default=DL19 / "qrels.txt")
     parser.add_argument("--teacher", type=Path, default=None, help="a baseline run to score")
-    parser.add_argument("--depth", type=int, default=100, help="candidates per query")
-    parser.add_argument("--max-passage-words", type=int, default=64)
-    parser.add_argument("--layer-step", type=int, default=2, help="probe every Nth layer")
+    parser.add_argument("--depth", type=positive_int, default=100, help="candidates per query")
+    parser.add_argument("--max-passage-words", type=positive_int, default=64)
+    parser.add_argument("--layer-step", type=positive_int, default=2, help="probe every Nth layer")
     parser.add_argument("--alphas", type=float, nargs="+", default=[10, 100, 1000, 10000])
     parser.add_argument("--folds", type=int, default=5, help="cross-validation folds")
     parser.add_argument(
         "--control-minilm", action="store_true", help="also read out MiniLM's features"
     )
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--threads", type=positive_int, default=None)
     parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args()
     if args.threads:

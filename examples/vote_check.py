@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 
+from haystack_llmrank.cli.options import positive_int
 from haystack_llmrank.data import Qrels, read_qrels, read_queries
 from haystack_llmrank.evaluation import evaluate
 from haystack_llmrank.labels import LabelIds, resolve_label_ids
@@ -133,13 +134,13 @@ def main() -> None:
     parser.add_argument("--qrels", type=Path, required=True)
     parser.add_argument("--split", type=Path, required=True, help="its validation qids")
     parser.add_argument("--vote", default=" yes", help="the vote token")
-    parser.add_argument("--depth", type=int, default=20)
-    parser.add_argument("--words", type=int, default=48, help="words per passage")
+    parser.add_argument("--depth", type=positive_int, default=20)
+    parser.add_argument("--words", type=positive_int, default=48, help="words per passage")
     parser.add_argument("--dtype", default="bfloat16")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=positive_int, default=2)
     parser.add_argument(
         "--vote-windows",
-        type=int,
+        type=positive_int,
         nargs="*",
         default=[],
         metavar="N",

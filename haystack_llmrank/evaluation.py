@@ -33,6 +33,9 @@ _MEASURES = {
     "p": "P",
     "mrr": "recip_rank",
 }
+MAX_CUTOFF = 2**31 - 1
+"""The largest ``k`` of ``family@k``: pytrec_eval reads a cutoff into a C long (32 bits on
+some platforms) and reports one that overflows it under another measure's key."""
 
 
 @dataclass(frozen=True)
@@ -44,13 +47,15 @@ class Metric:
 
     @classmethod
     def parse(cls, name: str) -> Metric:
-        """Parse ``family@k``."""
+        """Parse ``family@k``, ``k`` from 1 to :data:`MAX_CUTOFF`."""
         family, at, cutoff = name.strip().lower().partition("@")
-        if family not in _MEASURES or not at or not cutoff.isdigit() or int(cutoff) < 1:
+        if family not in _MEASURES or not at or not cutoff.isdecimal() or int(cutoff) < 1:
             raise ValueError(
                 f"unknown metric {name!r}; use family@k with family in {sorted(_MEASURES)} "
                 "and k a positive integer, e.g. ndcg@10"
             )
+        if int(cutoff) > MAX_CUTOFF:
+            raise ValueError(f"metric {name!r}: k must be at most {MAX_CUTOFF}")
         return cls(family, int(cutoff))
 
     @property

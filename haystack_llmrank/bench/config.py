@@ -209,6 +209,8 @@ class BenchConfig:
         check_strategy_options(SLIDING, window_size=self.window_size, step=self.step)
         if any(size < 1 for size in self.sweep_batch_sizes):
             raise ValueError(f"batch sizes must be at least 1, got {list(self.sweep_batch_sizes)}")
+        if len(set(self.sweep_batch_sizes)) != len(self.sweep_batch_sizes):
+            raise ValueError(f"batch sizes given more than once: {list(self.sweep_batch_sizes)}")
         if self.warmup < 0:
             raise ValueError(f"warmup must not be negative, got {self.warmup}")
         if self.seed < 0:
@@ -246,6 +248,11 @@ class BenchConfig:
                     f"only the rows {', '.join(users)} use {', '.join(unused)}; "
                     f"none of them is chosen (rows: {', '.join(chosen)})"
                 )
+
+    @property
+    def data_files(self) -> tuple[Path, Path]:
+        """The candidates (``candidates.jsonl``) and qrels (``qrels.txt``) in :attr:`data_dir`."""
+        return self.data_dir / "candidates.jsonl", self.data_dir / "qrels.txt"
 
     @property
     def window(self) -> int:

@@ -347,7 +347,7 @@ def build_report(
             "queries": len(plan.queries),
             "total_queries": plan.total_queries,
             "qids": [q.qid for q in plan.queries],
-            "top_k": config.top_k,
+            "top_k": plan.depth,
             "windows": plan.windows,
             "windows_strategy": config.readout_strategy,
             "max_prompt_tokens": plan.max_prompt_tokens,

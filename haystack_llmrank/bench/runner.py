@@ -148,6 +148,12 @@ class Plan:
             result[variant.name] = c.load_seconds + (scored + self.config.warmup) * per_window
         return result
 
+    @property
+    def depth(self) -> int:
+        """The most candidates a query ranks: ``config.top_k``, or fewer where no chosen
+        query holds that many."""
+        return max((len(q.candidates) for q in self.queries), default=0)
+
     def windows_of(self, strategy: str) -> int:
         """The most windows ``strategy`` takes over all queries."""
         config = self.config
@@ -181,7 +187,7 @@ class RowResult:
 
 def read_data(config: BenchConfig) -> tuple[list[QueryCandidates], Qrels]:
     """All queries of ``candidates.jsonl`` and the judgements of ``qrels.txt`` in the data dir."""
-    candidates, qrels = config.data_dir / "candidates.jsonl", config.data_dir / "qrels.txt"
+    candidates, qrels = config.data_files
     for path in (candidates, qrels):
         if not path.is_file():
             raise FileNotFoundError(

@@ -62,6 +62,12 @@ def _render(rows: Sequence[Sequence[str]]) -> list[str]:
     ]
 
 
+def _depth(ranked: int, asked: int) -> str:
+    """``top K``, the most candidates a query ranked, with the ``--top-k`` asked where that
+    was more."""
+    return f"top {ranked}" + (f" (--top-k {asked}: no query has more)" if ranked < asked else "")
+
+
 def results_table(report: BenchReport) -> str:
     """One line per row; rows that did not run show their status and reason."""
     ran = [row for row in report.rows if row.status == "ok"]
@@ -74,7 +80,8 @@ def results_table(report: BenchReport) -> str:
     data = report.data
     bm25 = report.bm25_ndcg_at_10
     lines.append(
-        f"{data['queries']} of {data['total_queries']} queries, top {data['top_k']}, "
+        f"{data['queries']} of {data['total_queries']} queries, "
+        f"{_depth(data['top_k'], report.config['top_k'])}, "
         f"{data['windows']} {data['windows_strategy']} windows; BM25 nDCG@10 "
         + ("-" if bm25 is None else f"{bm25:.4f}")
         + f"; matmul {report.floor['matmul_tflops']:.3g} TFLOP/s ({report.floor['dtype']})"
@@ -111,7 +118,7 @@ def plan_text(plan: Plan) -> str:
     lines = [
         f"model {model} on "
         f"{config.device} ({config.dtype}); {len(plan.queries)} of {plan.total_queries} queries, "
-        f"top {config.top_k}, window {config.window} step {config.sliding_step}: "
+        f"{_depth(plan.depth, config.top_k)}, window {config.window} step {config.sliding_step}: "
         f"{plan.windows} {config.readout_strategy} windows; "
         f"strategies {', '.join(config.ranking_strategies)}"
     ]

@@ -14,7 +14,7 @@ from haystack_llmrank.bench.config import (
     BenchConfig,
     default_data_dir,
 )
-from haystack_llmrank.cli.options import device_help, positive_int
+from haystack_llmrank.cli.options import check_not_input, device_help, positive_int
 from haystack_llmrank.scorers.base import DEFAULT_MAX_BATCH_TOKENS
 from haystack_llmrank.strategies import DEFAULT_WINDOW_SIZE, STRATEGIES
 
@@ -26,7 +26,10 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 def _sizes(text: str) -> tuple[int, ...]:
-    return tuple(positive_int(size) for size in _names(text))
+    sizes = [size.strip() for size in text.split(",")]
+    if not all(sizes):
+        raise argparse.ArgumentTypeError(f"expected batch sizes like 1,4,16, got {text!r}")
+    return tuple(positive_int(size) for size in sizes)
 
 
 def _noise_levels(text: str) -> tuple[float, ...]:
@@ -223,6 +226,10 @@ def handle(args: argparse.Namespace) -> int:
     require_pytrec_eval()  # nDCG@10 of every row: fail before hours of timing, not after
     config = config_from_args(args)  # checks every setting before any folder is made
     check_output(args.json, new_folders=True)  # likewise
+    candidates, qrels = config.data_files
+    check_not_input(
+        "--json", args.json, [("the candidates file", candidates), ("the qrels file", qrels)]
+    )
     plan = prepare(config)
     replaced = args.json.exists()
     if replaced:

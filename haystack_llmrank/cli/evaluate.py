@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from haystack_llmrank.cli.options import plural, positive_int
+from haystack_llmrank.cli.options import check_not_input, plural, positive_int
 from haystack_llmrank.data import (
     FORMATS,
     DataFormatError,
@@ -114,10 +114,12 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("give RUN QRELS, or --candidates FILE QRELS")
     if args.json is not None:
         check_output(args.json)
-        if any(
-            args.json.resolve() == Path(f).resolve() for f in (*args.files, args.candidates) if f
-        ):
-            raise ValueError(f"--json names an input file, {args.json}; give another path")
+        order = (
+            ("the run", args.files[0])
+            if args.candidates is None
+            else ("the candidates file", args.candidates)
+        )
+        check_not_input("--json", args.json, [order, ("the qrels file", args.files[-1])])
     candidate_options = (args.queries, args.top_k_candidates, args.format != "auto")
     if args.candidates is None and any(candidate_options):
         raise ValueError("--format, --queries and --top-k-candidates apply to --candidates only")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from haystack_llmrank.backends import BACKENDS
@@ -275,6 +277,16 @@ def check_model_options(args: argparse.Namespace) -> None:
     check_placement(args.backend, args.device, args.dtype)
     if args.backend == "torch":
         check_available(resolve_model(args.model))
+
+
+def check_not_input(option: str, output: Path, inputs: Iterable[tuple[str, Path]]) -> None:
+    """Raise ``ValueError`` where ``output``, the path ``option`` gives, resolves to one of
+    ``inputs`` (what each is, e.g. ``"the qrels file"``, and its path): writing it would
+    replace that input."""
+    written = output.resolve()
+    for what, path in inputs:
+        if written == path.resolve():
+            raise ValueError(f"{option} names {what} {path}; give another path")
 
 
 def plural(count: int, singular: str, plural_form: str | None = None) -> str:

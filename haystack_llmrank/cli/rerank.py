@@ -11,6 +11,7 @@ from typing import Any
 
 from haystack_llmrank.cli.options import (
     add_model_options,
+    check_not_input,
     load_reranker,
     plural,
     positive_int,
@@ -118,14 +119,11 @@ def _check_outputs(source: Path, output: Path, save_json: Path | None) -> None:
     """Refuse outputs that could not be written, or would replace the candidates file
     ``source`` or each other, before anything runs."""
     check_output(output)
-    if output.resolve() == source.resolve():
-        raise ValueError(f"--output names the candidates file {source}; give another path")
+    candidates = ("the candidates file", source)
+    check_not_input("--output", output, [candidates])
     if save_json is not None:
         check_output(save_json)
-        if save_json.resolve() == output.resolve():
-            raise ValueError(f"--save-json names the --output file {output}; give another path")
-        if save_json.resolve() == source.resolve():
-            raise ValueError(f"--save-json names the candidates file {source}; give another path")
+        check_not_input("--save-json", save_json, [("the --output file", output), candidates])
 
 
 def _too_long(queries: Sequence[QueryCandidates], refused: Mapping[int, str]) -> PromptTooLongError:

@@ -11,6 +11,8 @@ import pytest
 import torch
 from support import import_example
 
+from haystack_llmrank.data import Candidate, QueryCandidates
+
 TEXTS = ("Fleas live on cats.", "Roman roads.", "Adult fleas live months.")
 
 
@@ -86,6 +88,32 @@ def test_the_report_records_the_dtype_the_model_ran_in(
     assert set(written["environment"]["cpu"]) == {"model", "extensions"}
 
 
+@pytest.mark.parametrize(("backend", "onnx_threads"), [("onnx", 3), ("torch", None)])
+def test_threads_reach_onnx_runtime_with_the_onnx_backend(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: str, onnx_threads: int | None
+) -> None:
+    # torch's threads are process-wide (set from --threads); ONNX Runtime's are the session's
+    heldout = import_example("heldout_eval")
+    files = write_inputs(tmp_path, ["q0"], ["q0"])
+    loaded: dict[str, Any] = {}
+
+    def from_pretrained(model: str, **options: Any) -> Any:
+        loaded.update(options)
+        raise InterruptedError("loaded")
+
+    monkeypatch.setattr(heldout.Reranker, "from_pretrained", from_pretrained)
+    monkeypatch.setattr(torch, "set_num_threads", lambda threads: None)
+    argv = [
+        "heldout_eval.py", "--model", "export", "--backend", backend, "--threads", "3",
+        "--split", str(files["split"]), "--candidates", str(files["candidates"]),
+        "--qrels", str(files["qrels"]), "--json", str(tmp_path / "report.json"),
+    ]  # fmt: skip
+    monkeypatch.setattr("sys.argv", argv)
+    with pytest.raises(InterruptedError):
+        heldout.main()
+    assert (loaded["backend"], loaded.get("threads")) == (backend, onnx_threads)
+
+
 def test_an_adapter_is_recorded_by_its_folder_and_the_sha256_of_its_weights(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
@@ -107,3 +135,22 @@ def test_an_adapter_is_recorded_by_its_folder_and_the_sha256_of_its_weights(
     assert copy["weights"] == one["weights"]  # the same model under another name
     other = heldout.resolved_model(str(adapter("other", b"other weights")), "torch")
     assert other["weights"] != one["weights"]
+
+
+def shuffled(qid: str, seed: int = 0) -> list[int]:
+    """The candidate order ``arrange`` shuffles 12 candidates of ``qid`` into."""
+    heldout = import_example("heldout_eval")
+    query = QueryCandidates(qid, "flea life", tuple(Candidate(f"d{i}", "t") for i in range(12)))
+    return [int(c.docid[1:]) for c in heldout.arrange(query, "shuffled", seed).candidates]
+
+
+def test_qids_that_share_their_first_8_bytes_are_shuffled_apart() -> None:
+    assert shuffled("ict-104861-0") != shuffled("ict-104861-1")
+    assert shuffled("ict-104861-0") != shuffled("ict-104861-0", seed=1)
+
+
+def test_qids_of_at_most_8_bytes_keep_the_recorded_shuffles() -> None:
+    # the orders examples/results/ were shuffled in (DL19 qids have at most 7 bytes)
+    assert shuffled("1037798") == [2, 1, 4, 8, 10, 6, 7, 3, 0, 11, 9, 5]
+    assert shuffled("87452", seed=1) == [5, 0, 10, 7, 9, 3, 11, 2, 4, 6, 1, 8]
+    assert shuffled("ict-1048") == [11, 0, 1, 8, 3, 2, 6, 7, 4, 5, 10, 9]

@@ -52,10 +52,21 @@ def test_metric_names() -> None:
     assert [m.name for m in parse_metrics(DEFAULT_METRICS)] == list(DEFAULT_METRICS)
 
 
-@pytest.mark.parametrize("name", ["ndcg", "ndcg@", "ndcg@0", "ndcg@x", "bleu@4", "mrr@-1"])
+@pytest.mark.parametrize(
+    "name", ["ndcg", "ndcg@", "ndcg@0", "ndcg@x", "bleu@4", "mrr@-1", "ndcg@\u00b2"]
+)
 def test_bad_metric_names(name: str) -> None:
     with pytest.raises(ValueError, match=f"unknown metric {name!r}"):
         Metric.parse(name)
+
+
+@pytest.mark.parametrize("name", ["ndcg@2147483648", "p@9223372036854775808", "mrr@10" + "0" * 20])
+def test_a_cutoff_past_a_32_bit_long_is_refused(name: str) -> None:
+    # pytrec_eval reports an overflowing cutoff under another key: a KeyError, not a metric
+    with pytest.raises(ValueError, match=f"metric {name!r}: k must be at most 2147483647$"):
+        Metric.parse(name)
+    largest = evaluate(RUN, QRELS, ["ndcg@2147483647", "ndcg@100"]).mean
+    assert largest["ndcg@2147483647"] == largest["ndcg@100"]
 
 
 def test_repeated_or_no_metrics() -> None:

@@ -513,6 +513,7 @@ def test_a_device_is_read_in_the_backends_grammar() -> None:
         ({"device": "cudafoo"}, "cpu or cuda"),
         ({"device": "mps"}, "cpu or cuda"),
         ({"sweep_batch_sizes": (4, 0)}, "batch sizes"),
+        ({"sweep_batch_sizes": (4, 1, 4)}, r"batch sizes given more than once: \[4, 1, 4\]"),
         ({"strategies": ("sliding", "bubble")}, "unknown strategies"),
         ({"strategies": ()}, "no strategies"),
         ({"oracle_noise": (0.5, 0.5)}, "more than once"),
@@ -673,6 +674,24 @@ def test_oracle_rows_alone_load_no_model(
     ]
 
 
+@pytest.mark.parametrize(("asked", "note"), [("40", " (--top-k 40: no query has more)"), ("8", "")])
+def test_the_record_says_how_deep_the_queries_were_ranked(
+    bench_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, asked: str, note: str
+) -> None:
+    # the data holds 15 candidates a query: a deeper --top-k ranks those 15
+    monkeypatch.setattr(bench_runner, "measure_throughput", lambda device, dtype: FAST_MATMUL)
+    args = ("--data-dir", str(bench_data), "--rows", "oracle", "--queries", "all")
+    code, printed, report = bench_json(
+        tmp_path / "bench.json", *args, "--window-size", "4", "--top-k", asked
+    )
+    ranked = min(int(asked), 15)
+    assert code == 0
+    assert (report["config"]["top_k"], report["data"]["top_k"]) == (int(asked), ranked)
+    plan, *_, footer = printed.splitlines()[:-1]
+    assert f"3 of 3 queries, top {ranked}{note}, window 4 step 2:" in plan
+    assert footer.startswith(f"3 of 3 queries, top {ranked}{note}, ")
+
+
 def test_the_load_time_is_read_once_the_device_has_finished(
     bench_data: Path, tied_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -717,6 +736,26 @@ def test_a_special_json_path_is_refused_before_any_row(
     assert fifo.is_fifo()
 
 
+@pytest.mark.parametrize(
+    ("name", "what"), [("candidates.jsonl", "the candidates file"), ("qrels.txt", "the qrels file")]
+)
+def test_a_json_path_naming_the_benchs_data_is_refused_before_any_row(
+    bench_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, what: str
+) -> None:
+    # the report would replace the judgements (or candidates) that every later run reads
+    data = tmp_path / "data"
+    shutil.copytree(bench_data, data)
+    given = (data / name).read_bytes()
+    link = tmp_path / "bench.json"
+    link.symlink_to(data / name)
+    args = ("--data-dir", str(data), "--rows", "oracle", *ORACLE_SLICE, "--no-progress")
+    for output in (data / name, tmp_path / "data" / ".." / "data" / name, link):
+        code, printed = llmrank_bench(*args, "--json", str(output))
+        assert (code, printed) == (2, "")
+        assert f"--json names {what} {data / name}; give another path" in capsys.readouterr().err
+        assert (data / name).read_bytes() == given
+
+
 def test_the_json_goes_where_its_symlink_leads_making_folders_there(
     bench_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -752,6 +791,31 @@ def test_malformed_numbers_are_refused_by_the_parser(option: list[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         llmrank_bench(*option)
     assert exit_info.value.code == 2
+
+
+@pytest.mark.parametrize("sizes", [",", "", "1,,4", "4, "])
+def test_a_batch_size_list_with_an_empty_item_is_refused_by_the_parser(
+    sizes: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # "," was read as no sweep at all, and "1,,4" as 1,4
+    with pytest.raises(SystemExit) as exit_info:
+        llmrank_bench("--rows", "torch", "--batch-sizes", sizes)
+    assert exit_info.value.code == 2
+    expected = f"argument --batch-sizes: expected batch sizes like 1,4,16, got {sizes!r}"
+    assert expected in capsys.readouterr().err
+
+
+def test_a_batch_size_given_twice_is_refused_before_any_row(
+    bench_data: Path, tied_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # it was timed twice over
+    args = ("--data-dir", str(bench_data), "--model", str(tied_model_dir), "--rows", "torch")
+    options = ("--device", "cpu", "--in-process", "--no-progress", *SLICE)
+    output = tmp_path / "bench.json"
+    code, printed = llmrank_bench(*args, *options, "--batch-sizes", "1, 1", "--json", str(output))
+    assert (code, printed) == (2, "")
+    assert not output.exists()
+    assert "batch sizes given more than once: [1, 1]" in capsys.readouterr().err
 
 
 def test_more_queries_than_the_data_holds_is_an_error(bench_data: Path) -> None:

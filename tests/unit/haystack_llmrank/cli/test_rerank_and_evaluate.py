@@ -339,13 +339,25 @@ def test_rerank_checks_the_folder_an_output_symlink_leads_to(
     assert len((tmp_path / "missing" / "out.run").read_text().splitlines()) == 11
 
 
+def test_eval_refuses_a_cutoff_pytrec_eval_cannot_hold(
+    llmrank: Any, candidates: Path, qrels: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    metric = "ndcg@9223372036854775808"  # 2^63: pytrec_eval reports it under another key
+    assert llmrank(["eval", "--candidates", str(candidates), str(qrels), "--metrics", metric]) == 2
+    assert f"metric {metric!r}: k must be at most 2147483647" in capsys.readouterr().err
+
+
 def test_eval_json_must_not_replace_an_input(
     llmrank: Any, candidates: Path, qrels: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    given = qrels.read_bytes()
-    assert llmrank(["eval", "--candidates", str(candidates), str(qrels), "--json", str(qrels)]) == 2
-    assert "--json names an input file" in capsys.readouterr().err
-    assert qrels.read_bytes() == given
+    given = qrels.read_bytes(), candidates.read_bytes()
+    for output, what in [(qrels, "the qrels file"), (candidates, "the candidates file")]:
+        code = llmrank(["eval", "--candidates", str(candidates), str(qrels), "--json", str(output)])
+        assert code == 2
+        assert f"--json names {what} {output}; give another path" in capsys.readouterr().err
+    assert llmrank(["eval", str(candidates), str(qrels), "--json", str(candidates)]) == 2
+    assert f"--json names the run {candidates}; give" in capsys.readouterr().err
+    assert (qrels.read_bytes(), candidates.read_bytes()) == given
 
 
 def test_rerank_writes_its_outputs_all_or_none(
