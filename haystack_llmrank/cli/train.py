@@ -7,6 +7,7 @@ import argparse
 import json
 import logging
 import math
+import shutil
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -561,7 +562,8 @@ def _check_fresh_output(output: Path, *, resuming: bool = False) -> None:
 
 def _recorded_split(model: Path) -> tuple[Path, dict[str, Any]] | None:
     """The query split of the run that trained the model in folder ``model``, and the file
-    that records it: ``model/split.json`` (a run's output), or for a checkpoint's ``model/``,
+    that records it: ``model/split.json`` (a run's output, its ``merged/``, the default
+    adapter), or for a checkpoint's ``model/``,
     its checkpoint's record, else its run's ``split.json``; ``None`` where none is found."""
     from haystack_llmrank.training.trainer import CHECKPOINT_STATE
 
@@ -675,7 +677,8 @@ def _template(args: argparse.Namespace) -> Any:
 def _write_merged(output: Path) -> None:
     """Write ``output``'s adapter merged into its base to ``output/merged``, in float32:
     merged as llmrank merges the adapter folder on the CPU, so it scores the same there
-    (the base's bfloat16, say, would round the adapter's delta)."""
+    (the base's bfloat16, say, would round the adapter's delta); with ``output``'s
+    ``split.json``, so that a run starting from ``merged/`` is held to its split too."""
     import torch
 
     from haystack_llmrank.model_templates import recorded_template
@@ -693,4 +696,7 @@ def _write_merged(output: Path) -> None:
     template = recorded_template(str(output))
     if template is None:  # save_trained wrote it beside the adapter
         raise ValueError(f"{output} records no prompt template, so it is no llmrank train output")
-    save_trained(model, tokenizer, output / "merged", base_model=str(output), template=template)
+    merged = output / "merged"
+    save_trained(model, tokenizer, merged, base_model=str(output), template=template)
+    if (output / _SPLIT).is_file():  # run_train wrote it before training
+        shutil.copyfile(output / _SPLIT, merged / _SPLIT)

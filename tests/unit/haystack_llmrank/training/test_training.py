@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from support import fit_toy, lora_gradients, make_tiny_llama, small_config
+from support import PROJECT_ROOT, fit_toy, lora_gradients, make_tiny_llama, small_config
 
 from haystack_llmrank.data import Candidate, QueryCandidates
 from haystack_llmrank.labels import ALPHABETIC_LABELS, resolve_label_ids
@@ -1851,6 +1851,33 @@ def test_cli_refuses_to_validate_on_queries_the_starting_weights_were_trained_on
     assert train("stage2-full", other, "--model", str(tmp_path / "full")) == 2
     assert f"{tmp_path / 'full' / 'split.json'} records that {tmp_path / 'full'}" in (
         capsys.readouterr().err
+    )
+    # merged weights carry their run's split
+    assert train("merged", first, "--merge") == 0
+    merged = tmp_path / "merged" / "merged"
+    assert train("stage2-merged", other, "--model", str(merged)) == 2
+    assert f"{merged / 'split.json'} records that {merged}" in capsys.readouterr().err
+
+
+def test_cli_refuses_to_validate_on_queries_the_default_adapter_was_trained_on(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from haystack_llmrank.cli import main
+    from haystack_llmrank.models import DEFAULT_ADAPTER
+
+    candidates, qrels = write_toy_files(tmp_path)
+    recorded = PROJECT_ROOT / "examples" / "results" / "split-seed0.json"  # the adapter's
+    trained_on = json.loads(recorded.read_text())["train"][:2]
+    for file in (candidates, qrels):  # q0 and q1 take qids the default adapter trained on
+        file.write_text(file.read_text().replace("q0", trained_on[0]).replace("q1", trained_on[1]))
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": ["q2", "q3"], "validation": trained_on}))
+    args = validated_train_args(candidates, qrels, tmp_path / "run", tiny_model_dir, steps=1)
+    assert main([*args[:-2], "--split", str(split), "--init-adapter", str(DEFAULT_ADAPTER)]) == 2
+    assert (
+        f"{DEFAULT_ADAPTER / 'split.json'} records that {DEFAULT_ADAPTER}, which this run starts "
+        f"from, was trained on 2 of this run's held-out queries: {', '.join(sorted(trained_on))}"
+        in capsys.readouterr().err
     )
 
 
