@@ -251,8 +251,9 @@ class FirstTrainer:
 
     def _warn_of_other_lengths_and_templates(self) -> None:
         """Warn where ``template`` records another passage length than this run trains at,
-        or the adapter it starts from (``init_from``) was trained with another template:
-        the saved template records this run's."""
+        or the model (``base_model``, a trained folder say) or adapter (``init_from``) it
+        starts from was trained with another template: the saved template records this
+        run's."""
         recorded = self.template.max_passage_words
         if recorded is not None and recorded != self.config.max_passage_words:
             logger.warning(
@@ -263,15 +264,18 @@ class FirstTrainer:
                 self.config.max_passage_words,
             )
         init = None if self.config.lora is None else self.config.lora.init_from
-        other = None if init is None else self._other_template(init)
-        if other is not None:
-            logger.warning(
-                "the adapter this run starts from, %s, was trained with %s; this run trains "
-                "it on with its own (as expected after a pointwise warm start, which trains "
-                "no template)",
-                init,
-                other,
-            )
+        starts = {"model": self.base_model, "adapter": init}
+        for kind, start in starts.items():
+            other = None if start is None else self._other_template(start)
+            if other is not None:
+                logger.warning(
+                    "the %s this run starts from, %s, was trained with %s; this run trains "
+                    "it on with its own (as expected after a pointwise warm start, which "
+                    "trains no template)",
+                    kind,
+                    start,
+                    other,
+                )
 
     def _check_context(self, tokenizer: Any) -> None:
         """Refuse a prompt budget that, with the target ranking after it, exceeds the

@@ -2095,6 +2095,40 @@ def test_a_template_file_sets_the_passage_length_and_other_ones_are_named(
     assert started_from_echo(FIRST_ECHO_TEMPLATE) == ""
 
 
+def test_training_on_from_a_model_folder_names_another_recorded_template(
+    smollm2_tokenizer: Any,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from haystack_llmrank.cli import main
+    from haystack_llmrank.model_templates import write_template
+
+    candidates, qrels = write_toy_files(tmp_path)
+    echo = tmp_path / "echo"  # full weights, or merged/, trained with first-echo
+    shutil.copytree(tiny_model_dir, echo)
+    trained_with = replace(FIRST_ECHO_TEMPLATE, max_passage_words=TrainConfig().max_passage_words)
+    write_template(echo, trained_with)
+    args = validated_train_args(candidates, qrels, tmp_path / "on", echo, steps=1)
+    with caplog.at_level(logging.WARNING, logger="haystack_llmrank.training.trainer"):
+        assert main([*args, "--full", "--validation-fraction", "0"]) == 0
+    assert (
+        f"the model this run starts from, {echo}, was trained with template 'first-echo', "
+        "and this run's differs: name 'first-echo' there, 'first' here; passage"
+    ) in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="haystack_llmrank.training.trainer"):
+        FirstTrainer(
+            load_causal_lm(resolve_model(str(echo))),
+            smollm2_tokenizer,
+            small_config(),
+            base_model=str(echo),
+            output_dir=tmp_path / "same",
+            template=FIRST_ECHO_TEMPLATE,
+        )
+    assert "starts from" not in caplog.text
+
+
 def test_training_from_an_adapter_names_its_base_and_init_adapter(
     tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
