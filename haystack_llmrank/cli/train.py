@@ -496,6 +496,7 @@ def run_train(args: argparse.Namespace) -> int:
     split = {"train": train_ids, "validation": held_ids, "seed": seed}
     if args.resume:
         _check_resumed_split(args.output, split)
+        _check_updates_left(args.output, config)
     else:
         _check_fresh_output(args.output)
 
@@ -609,6 +610,21 @@ def _check_resumed_split(output: Path, split: dict[str, Any]) -> None:
     file, saved = found
     if any(saved.get(side) != split[side] for side in ("train", "validation")):
         raise ValueError(f"{file} holds another query split; resume with the same one")
+
+
+def _check_updates_left(output: Path, config: Any) -> None:
+    """Refuse, before the model loads, to resume ``output``'s checkpoint with a run that
+    ends at or before the update it reached."""
+    from haystack_llmrank.training.trainer import (
+        CHECKPOINT,
+        CHECKPOINT_STATE,
+        refuse_no_updates_left,
+    )
+
+    state = output / CHECKPOINT / CHECKPOINT_STATE
+    if state.is_file():
+        step = int(json.loads(state.read_text("utf-8"))["step"])
+        refuse_no_updates_left(config, step, state.parent)
 
 
 def summary(record: dict[str, Any], resumed_at: int, seconds: float, output: Path) -> str:

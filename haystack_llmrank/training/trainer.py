@@ -146,6 +146,21 @@ def _schedule(config: TrainConfig) -> Callable[[int], float]:
     return factor
 
 
+def refuse_no_updates_left(config: TrainConfig, step: int, checkpoint: Path) -> None:
+    """Refuse to go on from ``checkpoint``, at update ``step``, with a run that ends
+    (``config.last_step``) at or before it: it would train nothing."""
+    if config.last_step > step:
+        return
+    ends = "steps" if config.stop_after is None else "stop_after"
+    more = [f"steps above {step} (--steps)"] if config.steps <= step else []
+    if config.stop_after is not None:
+        more.append(f"a stop_after above {step} (--stop-after), or none")
+    raise ValueError(
+        f"{checkpoint} is at update {step}, and this run ends at update {config.last_step} "
+        f"({ends}={config.last_step}): it would train nothing; give {' and '.join(more)}"
+    )
+
+
 class FirstTrainer:
     """Fine-tunes a causal LM for FIRST reranking.
 
@@ -312,10 +327,12 @@ class FirstTrainer:
         ``max_minutes``) validates too, as ``stop_validation``, which never becomes the best:
         a stopped and resumed run keeps what an uninterrupted one would. A new best after
         update 0 is checkpointed before the output folder takes it, so that :meth:`resume`
-        always finds the best model that its record names.
+        always finds the best model that its record names. A run that would end at or
+        before :attr:`step` (that of a resumed checkpoint) is refused.
         """
         if not train:
             raise ValueError("no training queries")
+        refuse_no_updates_left(self.config, self.step, self.output_dir / CHECKPOINT)
         self.split = {
             "train": sorted(q.qid for q in train),
             "validation": [] if validation is None else sorted(q.qid for q in validation.queries),

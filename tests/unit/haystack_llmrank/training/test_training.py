@@ -1659,6 +1659,52 @@ def test_cli_resumes_with_the_same_ranknet_reduction_and_counts_this_runs_update
     assert "trained 2 updates (3 in all) in " in capsys.readouterr().out
 
 
+def test_resume_refuses_a_run_that_ends_at_or_before_the_checkpoint(
+    smollm2_tokenizer: Any,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import haystack_llmrank.cli.train as train_cli
+    from haystack_llmrank.cli import main
+
+    candidates, qrels = write_toy_files(tmp_path)
+    output = tmp_path / "run"
+    args = validated_train_args(candidates, qrels, output, tiny_model_dir, steps=4)
+    assert main([*args, "--stop-after", "2"]) == 0
+    record = (output / "training.json").read_text()
+    capsys.readouterr()
+
+    def loads_no_model(*args: Any) -> Any:
+        raise AssertionError("the model loaded")
+
+    monkeypatch.setattr(train_cli, "_trainer", loads_no_model)
+    checkpoint = output / "checkpoint"
+    for changes, refusal in (
+        (["--stop-after", "1"], "ends at update 1 (stop_after=1): it would train nothing; give "
+         "a stop_after above 2 (--stop-after), or none"),
+        (["--stop-after", "2"], "ends at update 2 (stop_after=2)"),
+        (["--steps", "2"], "ends at update 2 (steps=2): it would train nothing; give steps "
+         "above 2 (--steps)"),
+    ):  # fmt: skip
+        assert main([*args, *changes, "--resume"]) == 2
+        assert f"{checkpoint} is at update 2, and this run {refusal}" in capsys.readouterr().err
+    assert (output / "training.json").read_text() == record
+    # from Python, fit refuses it
+    trainer = FirstTrainer(
+        load_causal_lm(resolve_model(str(tiny_model_dir))),
+        smollm2_tokenizer,
+        small_config(steps=2),
+        base_model=str(tiny_model_dir),
+        output_dir=tmp_path / "python",
+    )
+    queries = training_queries([toy_query()], qrels=TOY_QRELS)
+    trainer.fit(queries)
+    with pytest.raises(ValueError, match="is at update 2, and this run ends at update 2"):
+        trainer.fit(queries)
+
+
 def test_cli_refuses_an_earlier_runs_output_without_resume(
     tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
