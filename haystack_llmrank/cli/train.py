@@ -151,7 +151,9 @@ def register(parser: argparse.ArgumentParser) -> None:
         type=positive_float,
         default=None,
         metavar="M",
-        help="end at the first update after M minutes of updates, checkpointed; --resume goes on",
+        help="end at the first update that finishes M minutes or more after this run's first "
+        "update began (wall time: the validations and checkpoints between count; loading and "
+        "update 0's validation do not), checkpointed; --resume goes on",
     )
     run.add_argument(
         "--passage-vote",

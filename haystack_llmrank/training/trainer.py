@@ -317,8 +317,9 @@ class FirstTrainer:
         *,
         on_step: Callable[[StepReport], None] | None = None,
     ) -> dict[str, Any]:
-        """Train to update ``config.last_step`` (continuing from :attr:`step`), or until
-        ``config.max_minutes`` of updates have passed; return the record.
+        """Train to update ``config.last_step`` (continuing from :attr:`step`), or to the
+        first update that finishes ``config.max_minutes`` or more after this call's first
+        update began (validations and checkpoints included); return the record.
 
         With ``validation``, nDCG@10 of reranking each held-out query's top
         ``validation_depth`` candidates is measured at update 0, every ``eval_every`` updates

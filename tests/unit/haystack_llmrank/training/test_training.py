@@ -8,6 +8,7 @@ import math
 import os
 import re
 import shutil
+import time
 import zipfile
 from collections.abc import Callable
 from dataclasses import replace
@@ -1105,6 +1106,17 @@ def scripted_validation(
     return training_queries([toy_query()], qrels=TOY_QRELS), Validation([toy_query()], TOY_QRELS)
 
 
+def slow_validation(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+    """Make every validation take ``seconds`` longer."""
+    validate = FirstTrainer.validate
+
+    def slow(self: FirstTrainer, validation: Any) -> float:
+        time.sleep(seconds)
+        return validate(self, validation)
+
+    monkeypatch.setattr(FirstTrainer, "validate", slow)
+
+
 def adapter_weights(folder: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
@@ -1435,6 +1447,36 @@ def test_cli_refuses_held_out_queries_that_can_never_score(
         capsys.readouterr().err
     )
     assert not (tmp_path / "run").exists()
+
+
+def test_max_minutes_counts_the_validations_between_updates(
+    smollm2_tokenizer: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from haystack_llmrank.cli import main
+
+    queries, held = scripted_validation(monkeypatch, {})
+    slow_validation(monkeypatch, 1.0)
+    trainer = toy_trainer(
+        smollm2_tokenizer,
+        tmp_path,
+        steps=20,
+        eval_every=1,
+        checkpoint_every=100,
+        max_minutes=0.5 / 60,
+    )
+    # updates of a tiny model take far less than 0.5 s: the second one starts after a
+    # validation of 1 s, which counts (update 0's does not)
+    assert trainer.fit(queries, held)["steps"] <= 2
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert (
+        "M minutes or more after this run's first update began (wall time: the validations "
+        "and checkpoints between count; loading and update 0's validation do not)" in text
+    )
 
 
 def test_a_run_whose_best_model_is_the_starting_one_says_so(
