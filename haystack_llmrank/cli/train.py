@@ -631,12 +631,13 @@ def _check_updates_left(output: Path, config: Any) -> None:
 
 def summary(record: dict[str, Any], resumed_at: int, seconds: float, output: Path) -> str:
     """The closing line: the updates this run trained (and in all, after a resume), the best
-    validation, where the model is."""
+    validation and the dtype it ran in, where the model is."""
     trained = record["steps"] - resumed_at
     total = f" ({record['steps']} in all)" if resumed_at else ""
     best = record["best_validation_ndcg@10"]
     shown = (
-        f"best validation nDCG@10 {best:.4f} at update {record['best_step']}; "
+        f"best validation nDCG@10 {best:.4f} in {record['validation_dtype']} at update "
+        f"{record['best_step']}; "
         if best is not None
         else ""
     )

@@ -627,8 +627,18 @@ class FirstTrainer:
             self.model.train()
         judged = {q.qid: validation.qrels[q.qid] for q in queries if q.qid in validation.qrels}
         score = evaluate(run, judged, ["ndcg@10"]).mean["ndcg@10"]
-        logger.info("step %d: validation nDCG@10 %.4f", self.step, score)
+        logger.info(
+            "step %d: validation nDCG@10 %.4f in %s", self.step, score, self.validation_dtype
+        )
         return float(score)
+
+    @property
+    def validation_dtype(self) -> str:
+        """The dtype :meth:`validate` computes in: the model's as it trains (its output
+        head's, e.g. ``bfloat16``). A ranker that loads the output in another (float32, the
+        CPU's default) scores it slightly differently."""
+        head = causal_lm(self.model).get_output_embeddings()
+        return str(head.weight.dtype).removeprefix("torch.")
 
     def _listwise_rankings(self, queries: Sequence[QueryCandidates]) -> list[Any]:
         from haystack_llmrank.models import context_length
@@ -678,7 +688,8 @@ class FirstTrainer:
         return True
 
     def record(self) -> dict[str, Any]:
-        """Settings, base model, template, history and best validation score."""
+        """Settings, base model, template, history, and best validation score with the
+        dtype validation ran in."""
         return {
             "base_model": self.base_model,
             "template": self.template.name,
@@ -686,6 +697,7 @@ class FirstTrainer:
             "steps": self.step,
             "best_validation_ndcg@10": self.best,
             "best_step": self.best_step,
+            "validation_dtype": None if self.best is None else self.validation_dtype,
             "skipped_updates": self.skipped_updates,
             "trainable_parameters": trainable_parameters(self.model),
             "history": self.history,

@@ -908,6 +908,30 @@ def test_validation_and_the_saved_template_use_the_training_passage_length(
     assert again.resume()  # the recorded length is not another template
 
 
+def test_the_record_names_the_dtype_validation_ran_in(
+    smollm2_tokenizer: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from haystack_llmrank.training import Validation
+
+    queries = training_queries([toy_query()], qrels=TOY_QRELS)
+    held = Validation([toy_query("q2")], {"q2": TOY_QRELS["q1"]})
+    for dtype, name in ((torch.bfloat16, "bfloat16"), (torch.float32, "float32")):
+        trainer = FirstTrainer(
+            make_tiny_llama(len(smollm2_tokenizer), seed=4).to(dtype),
+            smollm2_tokenizer,
+            small_config(steps=1),
+            base_model="x",
+            output_dir=tmp_path / name,
+        )
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="haystack_llmrank.training.trainer"):
+            record = trainer.fit(queries, held)
+        assert record["validation_dtype"] == name
+        assert re.search(rf"step 1: validation nDCG@10 [0-9.]+ in {name}", caplog.text)
+    unvalidated = toy_trainer(smollm2_tokenizer, tmp_path / "none", steps=1).fit(queries)
+    assert unvalidated["validation_dtype"] is None
+
+
 class StopTrainingError(Exception):
     pass
 
@@ -1985,9 +2009,15 @@ def test_a_copied_checkpoint_resumes_only_on_the_split_it_records(
 def test_the_closing_line_shows_a_best_validation_of_zero() -> None:
     from haystack_llmrank.cli.train import summary
 
-    record = {"steps": 4, "best_validation_ndcg@10": 0.0, "best_step": 0}
+    record = {
+        "steps": 4,
+        "best_validation_ndcg@10": 0.0,
+        "best_step": 0,
+        "validation_dtype": "bfloat16",
+    }
     assert summary(record, 0, 12.3, Path("out")) == (
-        "trained 4 updates in 12 s; best validation nDCG@10 0.0000 at update 0; model in out"
+        "trained 4 updates in 12 s; best validation nDCG@10 0.0000 in bfloat16 at update 0; "
+        "model in out"
     )
     unvalidated = {**record, "best_validation_ndcg@10": None}
     assert summary(unvalidated, 3, 2.0, Path("out")) == (
