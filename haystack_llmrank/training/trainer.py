@@ -390,10 +390,18 @@ class FirstTrainer:
         if validation is None:
             self._save_model(self.output_dir)
         elif self.best is not None and self.best_step == 0 and self.step > 0:
+            validated = any(h["step"] > 0 and h.get("validation") is not None for h in self.history)
+            why = (
+                f"no scheduled validation after update 0 scored above its nDCG@10 of "
+                f"{self.best:.4f}"
+                if validated
+                else f"no scheduled validation (every eval_every={self.config.eval_every} "
+                f"updates, and at update steps={self.config.steps}) has run after update 0"
+            )
             logger.warning(
-                "no scheduled validation after update 0 scored above its nDCG@10 of %.4f: %s "
-                "holds the starting model, unchanged by training; the last update (%d) is in %s",
-                self.best,
+                "%s: %s holds the starting model, unchanged by training; the last update (%d) "
+                "is in %s",
+                why,
                 self.output_dir,
                 self.step,
                 self.output_dir / CHECKPOINT / "model",

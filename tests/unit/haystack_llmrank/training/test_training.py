@@ -1537,6 +1537,21 @@ def test_a_run_whose_best_model_is_the_starting_one_says_so(
     with caplog.at_level(logging.WARNING, logger="haystack_llmrank.training.trainer"):
         assert again.fit(queries, held)["best_step"] == 2
     assert "starting model" not in caplog.text
+    caplog.clear()
+    stopped = FirstTrainer(  # stopped before its first scheduled validation
+        load_causal_lm(resolve_model(str(tiny_model_dir))),
+        smollm2_tokenizer,
+        small_config(steps=4, eval_every=2, stop_after=1),
+        base_model="x",
+        output_dir=tmp_path / "stopped",
+    )
+    with caplog.at_level(logging.WARNING, logger="haystack_llmrank.training.trainer"):
+        assert stopped.fit(queries, held)["best_step"] == 0
+    assert "scored above" not in caplog.text
+    assert (
+        "no scheduled validation (every eval_every=2 updates, and at update steps=4) has run "
+        f"after update 0: {tmp_path / 'stopped'} holds the starting model" in caplog.text
+    )
 
 
 @pytest.mark.slow
