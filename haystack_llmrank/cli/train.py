@@ -4,13 +4,14 @@ queries and/or teacher scores."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -513,6 +514,20 @@ def run_train(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     with tqdm(total=config.last_step, initial=trainer.step, unit="update", desc="train") as bar:
 
+        @contextlib.contextmanager
+        def validating(step: int) -> Iterator[None]:
+            """Show a validation on the bar, and leave its time out of the bar's time and
+            rate (as tqdm's unpause does), which then count updates alone."""
+            bar.set_description(f"validating update {step}")
+            started = time.perf_counter()
+            try:
+                yield
+            finally:
+                spent = time.perf_counter() - started
+                bar.start_t += spent
+                bar.last_print_t += spent
+                bar.set_description("train")
+
         def show(report: Any) -> None:
             shown = {
                 "loss": f"{report.loss:.3f}",
@@ -531,7 +546,7 @@ def run_train(args: argparse.Namespace) -> int:
             bar.set_postfix(shown)
             bar.update(1)
 
-        record = trainer.fit(train, validation, on_step=show)
+        record = trainer.fit(train, validation, on_step=show, validating=validating)
     if args.merge:
         _write_merged(args.output)
     print(summary(record, resumed_at, time.perf_counter() - started, args.output))

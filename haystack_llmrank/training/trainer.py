@@ -9,6 +9,7 @@ import reprlib
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -316,6 +317,7 @@ class FirstTrainer:
         validation: Validation | None = None,
         *,
         on_step: Callable[[StepReport], None] | None = None,
+        validating: Callable[[int], AbstractContextManager[object]] | None = None,
     ) -> dict[str, Any]:
         """Train to update ``config.last_step`` (continuing from :attr:`step`), or to the
         first update that finishes ``config.max_minutes`` or more after this call's first
@@ -330,6 +332,9 @@ class FirstTrainer:
         update 0 is checkpointed before the output folder takes it, so that :meth:`resume`
         always finds the best model that its record names. A run that would end at or
         before :attr:`step` (that of a resumed checkpoint) is refused.
+
+        ``on_step`` is called with each update's report; each validation runs inside the
+        context ``validating(step)`` returns (a progress bar's status, say).
         """
         if not train:
             raise ValueError("no training queries")
@@ -352,7 +357,7 @@ class FirstTrainer:
         caps = self._window_caps(train)
         self._check_pointwise_prompts(train)
         if validation is not None and self.step == 0 and self.best is None:
-            score = self.validate(validation)
+            score = self._validate_in(validation, validating)
             self._improves(score)  # the first score is the best so far
             self.history.append({"step": 0, "validation": score})
             self._save_model(self.output_dir)
@@ -369,7 +374,7 @@ class FirstTrainer:
             scheduled = self.step % self.config.eval_every == 0 or self.step == self.config.steps
             improved = False
             if validation is not None and (scheduled or last):
-                score = self.validate(validation)
+                score = self._validate_in(validation, validating)
                 if scheduled:
                     report = replace(report, validation=score)
                     improved = self._improves(score)
@@ -612,6 +617,15 @@ class FirstTrainer:
             summed += loss.item()
             tokens += sum(len(p) for p in prompts)
         return summed / len(windows), tokens
+
+    def _validate_in(
+        self,
+        validation: Validation,
+        validating: Callable[[int], AbstractContextManager[object]] | None,
+    ) -> float:
+        """:meth:`validate`, inside the context ``validating(step)`` where it is given."""
+        with nullcontext() if validating is None else validating(self.step):
+            return self.validate(validation)
 
     def validate(self, validation: Validation) -> float:
         """Mean nDCG@10 of reranking each held-out query's top ``validation_depth`` candidates.

@@ -1722,6 +1722,27 @@ def test_cli_trains_validates_and_writes_adapter_and_merged_weights(
     np.testing.assert_allclose(adapter, scores(last / "merged"), atol=1e-4)
 
 
+def test_cli_progress_bar_shows_validations_and_leaves_them_out_of_the_rate(
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from haystack_llmrank.cli import main
+
+    slow_validation(monkeypatch, 3.0)
+    candidates, qrels = write_toy_files(tmp_path)
+    args = validated_train_args(candidates, qrels, tmp_path / "run", tiny_model_dir, steps=1)
+    assert main(args) == 0
+    bar = capsys.readouterr().err
+    assert "validating update 0: " in bar
+    assert "validating update 1: " in bar
+    # the rate shown last: with the 2 validations of 3 s, 6 s/update or more; a tiny
+    # model's update and its saves take far less than 3 s, even on a busy machine
+    value, unit = re.findall(r"([0-9.]+)(s/update|update/s)", bar)[-1]
+    assert (float(value) if unit == "s/update" else 1 / float(value)) < 3.0
+
+
 def test_cli_resumes_with_the_same_ranknet_reduction_and_counts_this_runs_updates(
     tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
