@@ -4,12 +4,14 @@ queries and/or teacher scores."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
+import shutil
 import time
 from collections import Counter
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -150,7 +152,9 @@ def register(parser: argparse.ArgumentParser) -> None:
         type=positive_float,
         default=None,
         metavar="M",
-        help="end at the first update after M minutes of updates, checkpointed; --resume goes on",
+        help="end at the first update that finishes M minutes or more after this run's first "
+        "update began (wall time: the validations and checkpoints between count; loading and "
+        "update 0's validation do not), checkpointed; --resume goes on",
     )
     run.add_argument(
         "--passage-vote",
@@ -504,6 +508,7 @@ def run_train(args: argparse.Namespace) -> int:
     split = {"train": train_ids, "validation": held_ids, "seed": seed}
     if args.resume:
         _check_resumed_split(args.output, split)
+        _check_updates_left(args.output, config)
     else:
         _check_fresh_output(args.output)
 
@@ -517,6 +522,20 @@ def run_train(args: argparse.Namespace) -> int:
     resumed_at = trainer.step
     started = time.perf_counter()
     with tqdm(total=config.last_step, initial=trainer.step, unit="update", desc="train") as bar:
+
+        @contextlib.contextmanager
+        def validating(step: int) -> Iterator[None]:
+            """Show a validation on the bar, and leave its time out of the bar's time and
+            rate (as tqdm's unpause does), which then count updates alone."""
+            bar.set_description(f"validating update {step}")
+            started = time.perf_counter()
+            try:
+                yield
+            finally:
+                spent = time.perf_counter() - started
+                bar.start_t += spent
+                bar.last_print_t += spent
+                bar.set_description("train")
 
         def show(report: Any) -> None:
             shown = {
@@ -536,7 +555,7 @@ def run_train(args: argparse.Namespace) -> int:
             bar.set_postfix(shown)
             bar.update(1)
 
-        record = trainer.fit(train, validation, on_step=show)
+        record = trainer.fit(train, validation, on_step=show, validating=validating)
     if args.merge:
         _write_merged(args.output)
     print(summary(record, resumed_at, time.perf_counter() - started, args.output))
@@ -570,7 +589,8 @@ def _check_fresh_output(output: Path, *, resuming: bool = False) -> None:
 
 def _recorded_split(model: Path) -> tuple[Path, dict[str, Any]] | None:
     """The query split of the run that trained the model in folder ``model``, and the file
-    that records it: ``model/split.json`` (a run's output), or for a checkpoint's ``model/``,
+    that records it: ``model/split.json`` (a run's output, its ``merged/``, the default
+    adapter), or for a checkpoint's ``model/``,
     its checkpoint's record, else its run's ``split.json``; ``None`` where none is found."""
     from haystack_llmrank.training.trainer import CHECKPOINT_STATE
 
@@ -618,14 +638,30 @@ def _check_resumed_split(output: Path, split: dict[str, Any]) -> None:
         raise ValueError(f"{file} holds another query split; resume with the same one")
 
 
+def _check_updates_left(output: Path, config: Any) -> None:
+    """Refuse, before the model loads, to resume ``output``'s checkpoint with a run that
+    ends at or before the update it reached."""
+    from haystack_llmrank.training.trainer import (
+        CHECKPOINT,
+        CHECKPOINT_STATE,
+        refuse_no_updates_left,
+    )
+
+    state = output / CHECKPOINT / CHECKPOINT_STATE
+    if state.is_file():
+        step = int(json.loads(state.read_text("utf-8"))["step"])
+        refuse_no_updates_left(config, step, state.parent)
+
+
 def summary(record: dict[str, Any], resumed_at: int, seconds: float, output: Path) -> str:
     """The closing line: the updates this run trained (and in all, after a resume), the best
-    validation, where the model is."""
+    validation and the dtype it ran in, where the model is."""
     trained = record["steps"] - resumed_at
     total = f" ({record['steps']} in all)" if resumed_at else ""
     best = record["best_validation_ndcg@10"]
     shown = (
-        f"best validation nDCG@10 {best:.4f} at update {record['best_step']}; "
+        f"best validation nDCG@10 {best:.4f} in {record['validation_dtype']} at update "
+        f"{record['best_step']}; "
         if best is not None
         else ""
     )
@@ -684,7 +720,8 @@ def _template(args: argparse.Namespace) -> Any:
 def _write_merged(output: Path) -> None:
     """Write ``output``'s adapter merged into its base to ``output/merged``, in float32:
     merged as llmrank merges the adapter folder on the CPU, so it scores the same there
-    (the base's bfloat16, say, would round the adapter's delta)."""
+    (the base's bfloat16, say, would round the adapter's delta); with ``output``'s
+    ``split.json``, so that a run starting from ``merged/`` is held to its split too."""
     import torch
 
     from haystack_llmrank.model_templates import recorded_template
@@ -702,4 +739,7 @@ def _write_merged(output: Path) -> None:
     template = recorded_template(str(output))
     if template is None:  # save_trained wrote it beside the adapter
         raise ValueError(f"{output} records no prompt template, so it is no llmrank train output")
-    save_trained(model, tokenizer, output / "merged", base_model=str(output), template=template)
+    merged = output / "merged"
+    save_trained(model, tokenizer, merged, base_model=str(output), template=template)
+    if (output / _SPLIT).is_file():  # run_train wrote it before training
+        shutil.copyfile(output / _SPLIT, merged / _SPLIT)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -251,7 +253,8 @@ def save_trained(
     for pattern in _FULL_WEIGHTS if adapter else _ADAPTER_WEIGHTS:
         for stale in folder.glob(pattern):
             stale.unlink()
-    model.save_pretrained(folder)
+    with _no_transformers_progress_bars():
+        model.save_pretrained(folder)
     if adapter:
         base = recordable_base(base_model)
         config_path = folder / "adapter_config.json"
@@ -262,6 +265,21 @@ def save_trained(
     else:
         tokenizer.save_pretrained(folder)
     umask_modes(folder.glob("*.safetensors"))
+
+
+@contextlib.contextmanager
+def _no_transformers_progress_bars() -> Iterator[None]:
+    """Hide transformers' progress bars (``Writing model shards``, which would print inside
+    ``llmrank train``'s own) while in the block, then restore the setting as it was."""
+    from transformers.utils import logging as transformers_logging
+
+    # the flag alone: disable_progress_bar() would also reset huggingface_hub's settings
+    active = transformers_logging._tqdm_active
+    transformers_logging._tqdm_active = False
+    try:
+        yield
+    finally:
+        transformers_logging._tqdm_active = active
 
 
 _ADAPTER_TAG = "base_model:adapter:"

@@ -48,8 +48,10 @@ class TrainConfig:
     """End this run after this update of the ``steps``-long schedule (checkpointed, so that
     ``resume`` with a later ``stop_after``, or none, goes on)."""
     max_minutes: float | None = None
-    """End this run at the first update that finishes after this many minutes of updates,
-    validated and checkpointed as a last update is (``resume`` goes on): a time budget."""
+    """End this run at the first update that finishes this many minutes or more after the
+    run's first update began, validated and checkpointed as a last update is (``resume``
+    goes on): a time budget of wall time, the validations and checkpoints between updates
+    included (loading and update 0's validation not)."""
     objective: str = "first"
     grad_accumulation: int = 4
     batch_windows: int = 1

@@ -9,6 +9,7 @@ import reprlib
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -146,6 +147,21 @@ def _schedule(config: TrainConfig) -> Callable[[int], float]:
     return factor
 
 
+def refuse_no_updates_left(config: TrainConfig, step: int, checkpoint: Path) -> None:
+    """Refuse to go on from ``checkpoint``, at update ``step``, with a run that ends
+    (``config.last_step``) at or before it: it would train nothing."""
+    if config.last_step > step:
+        return
+    ends = "steps" if config.stop_after is None else "stop_after"
+    more = [f"steps above {step} (--steps)"] if config.steps <= step else []
+    if config.stop_after is not None:
+        more.append(f"a stop_after above {step} (--stop-after), or none")
+    raise ValueError(
+        f"{checkpoint} is at update {step}, and this run ends at update {config.last_step} "
+        f"({ends}={config.last_step}): it would train nothing; give {' and '.join(more)}"
+    )
+
+
 class FirstTrainer:
     """Fine-tunes a causal LM for FIRST reranking.
 
@@ -251,8 +267,9 @@ class FirstTrainer:
 
     def _warn_of_other_lengths_and_templates(self) -> None:
         """Warn where ``template`` records another passage length than this run trains at,
-        or the adapter it starts from (``init_from``) was trained with another template:
-        the saved template records this run's."""
+        or the model (``base_model``, a trained folder say) or adapter (``init_from``) it
+        starts from was trained with another template: the saved template records this
+        run's."""
         recorded = self.template.max_passage_words
         if recorded is not None and recorded != self.config.max_passage_words:
             logger.warning(
@@ -263,15 +280,18 @@ class FirstTrainer:
                 self.config.max_passage_words,
             )
         init = None if self.config.lora is None else self.config.lora.init_from
-        other = None if init is None else self._other_template(init)
-        if other is not None:
-            logger.warning(
-                "the adapter this run starts from, %s, was trained with %s; this run trains "
-                "it on with its own (as expected after a pointwise warm start, which trains "
-                "no template)",
-                init,
-                other,
-            )
+        starts = {"model": self.base_model, "adapter": init}
+        for kind, start in starts.items():
+            other = None if start is None else self._other_template(start)
+            if other is not None:
+                logger.warning(
+                    "the %s this run starts from, %s, was trained with %s; this run trains "
+                    "it on with its own (as expected after a pointwise warm start, which "
+                    "trains no template)",
+                    kind,
+                    start,
+                    other,
+                )
 
     def _check_context(self, tokenizer: Any) -> None:
         """Refuse a prompt budget that, with the target ranking after it, exceeds the
@@ -297,9 +317,11 @@ class FirstTrainer:
         validation: Validation | None = None,
         *,
         on_step: Callable[[StepReport], None] | None = None,
+        validating: Callable[[int], AbstractContextManager[object]] | None = None,
     ) -> dict[str, Any]:
-        """Train to update ``config.last_step`` (continuing from :attr:`step`), or until
-        ``config.max_minutes`` of updates have passed; return the record.
+        """Train to update ``config.last_step`` (continuing from :attr:`step`), or to the
+        first update that finishes ``config.max_minutes`` or more after this call's first
+        update began (validations and checkpoints included); return the record.
 
         With ``validation``, nDCG@10 of reranking each held-out query's top
         ``validation_depth`` candidates is measured at update 0, every ``eval_every`` updates
@@ -308,10 +330,15 @@ class FirstTrainer:
         ``max_minutes``) validates too, as ``stop_validation``, which never becomes the best:
         a stopped and resumed run keeps what an uninterrupted one would. A new best after
         update 0 is checkpointed before the output folder takes it, so that :meth:`resume`
-        always finds the best model that its record names.
+        always finds the best model that its record names. A run that would end at or
+        before :attr:`step` (that of a resumed checkpoint) is refused.
+
+        ``on_step`` is called with each update's report; each validation runs inside the
+        context ``validating(step)`` returns (a progress bar's status, say).
         """
         if not train:
             raise ValueError("no training queries")
+        refuse_no_updates_left(self.config, self.step, self.output_dir / CHECKPOINT)
         self.split = {
             "train": sorted(q.qid for q in train),
             "validation": [] if validation is None else sorted(q.qid for q in validation.queries),
@@ -330,7 +357,7 @@ class FirstTrainer:
         caps = self._window_caps(train)
         self._check_pointwise_prompts(train)
         if validation is not None and self.step == 0 and self.best is None:
-            score = self.validate(validation)
+            score = self._validate_in(validation, validating)
             self._improves(score)  # the first score is the best so far
             self.history.append({"step": 0, "validation": score})
             self._save_model(self.output_dir)
@@ -347,7 +374,7 @@ class FirstTrainer:
             scheduled = self.step % self.config.eval_every == 0 or self.step == self.config.steps
             improved = False
             if validation is not None and (scheduled or last):
-                score = self.validate(validation)
+                score = self._validate_in(validation, validating)
                 if scheduled:
                     report = replace(report, validation=score)
                     improved = self._improves(score)
@@ -368,10 +395,18 @@ class FirstTrainer:
         if validation is None:
             self._save_model(self.output_dir)
         elif self.best is not None and self.best_step == 0 and self.step > 0:
+            validated = any(h["step"] > 0 and h.get("validation") is not None for h in self.history)
+            why = (
+                f"no scheduled validation after update 0 scored above its nDCG@10 of "
+                f"{self.best:.4f}"
+                if validated
+                else f"no scheduled validation (every eval_every={self.config.eval_every} "
+                f"updates, and at update steps={self.config.steps}) has run after update 0"
+            )
             logger.warning(
-                "no scheduled validation after update 0 scored above its nDCG@10 of %.4f: %s "
-                "holds the starting model, unchanged by training; the last update (%d) is in %s",
-                self.best,
+                "%s: %s holds the starting model, unchanged by training; the last update (%d) "
+                "is in %s",
+                why,
                 self.output_dir,
                 self.step,
                 self.output_dir / CHECKPOINT / "model",
@@ -583,6 +618,15 @@ class FirstTrainer:
             tokens += sum(len(p) for p in prompts)
         return summed / len(windows), tokens
 
+    def _validate_in(
+        self,
+        validation: Validation,
+        validating: Callable[[int], AbstractContextManager[object]] | None,
+    ) -> float:
+        """:meth:`validate`, inside the context ``validating(step)`` where it is given."""
+        with nullcontext() if validating is None else validating(self.step):
+            return self.validate(validation)
+
     def validate(self, validation: Validation) -> float:
         """Mean nDCG@10 of reranking each held-out query's top ``validation_depth`` candidates.
 
@@ -605,8 +649,18 @@ class FirstTrainer:
             self.model.train()
         judged = {q.qid: validation.qrels[q.qid] for q in queries if q.qid in validation.qrels}
         score = evaluate(run, judged, ["ndcg@10"]).mean["ndcg@10"]
-        logger.info("step %d: validation nDCG@10 %.4f", self.step, score)
+        logger.info(
+            "step %d: validation nDCG@10 %.4f in %s", self.step, score, self.validation_dtype
+        )
         return float(score)
+
+    @property
+    def validation_dtype(self) -> str:
+        """The dtype :meth:`validate` computes in: the model's as it trains (its output
+        head's, e.g. ``bfloat16``). A ranker that loads the output in another (float32, the
+        CPU's default) scores it slightly differently."""
+        head = causal_lm(self.model).get_output_embeddings()
+        return str(head.weight.dtype).removeprefix("torch.")
 
     def _listwise_rankings(self, queries: Sequence[QueryCandidates]) -> list[Any]:
         from haystack_llmrank.models import context_length
@@ -656,7 +710,8 @@ class FirstTrainer:
         return True
 
     def record(self) -> dict[str, Any]:
-        """Settings, base model, template, history and best validation score."""
+        """Settings, base model, template, history, and best validation score with the
+        dtype validation ran in."""
         return {
             "base_model": self.base_model,
             "template": self.template.name,
@@ -664,6 +719,7 @@ class FirstTrainer:
             "steps": self.step,
             "best_validation_ndcg@10": self.best,
             "best_step": self.best_step,
+            "validation_dtype": None if self.best is None else self.validation_dtype,
             "skipped_updates": self.skipped_updates,
             "trainable_parameters": trainable_parameters(self.model),
             "history": self.history,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from safetensors import safe_open
+from support import PROJECT_ROOT
 
 import haystack_llmrank.models as models
 from haystack_llmrank.errors import ModelResolutionError
@@ -119,6 +120,13 @@ def test_the_packaged_adapter_names_the_untrained_base_and_fits_the_budget() -> 
     layers = {int(name.split(".layers.")[1].split(".")[0]) for name in names}
     assert layers == set(range(30))
     assert all("lora_A" in name or "lora_B" in name for name in names)
+
+
+def test_the_packaged_adapter_records_the_split_it_was_trained_on() -> None:
+    # the held-out guard of llmrank train reads it; the adapter trained on split-seed0's
+    # training queries (and pseudo-queries written from them)
+    recorded = PROJECT_ROOT / "examples" / "results" / "split-seed0.json"
+    assert (DEFAULT_ADAPTER / "split.json").read_bytes() == recorded.read_bytes()
 
 
 def test_the_default_ranks_with_the_template_it_was_trained_with(embedded: ModelSource) -> None:

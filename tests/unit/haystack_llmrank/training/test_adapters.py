@@ -262,6 +262,23 @@ def test_saving_one_kind_of_weights_removes_the_other_kind(
     assert not (tmp_path / "config.json").exists()
 
 
+def test_saving_full_weights_prints_no_transformers_progress_bar(
+    smollm2_tokenizer: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from transformers.utils import logging as transformers_logging
+
+    full = make_tiny_llama(len(smollm2_tokenizer))
+    for enabled in (True, False):
+        was = transformers_logging.is_progress_bar_enabled()
+        try:
+            transformers_logging._tqdm_active = enabled
+            save_trained(full, smollm2_tokenizer, tmp_path, base_model="x", template=FIRST_TEMPLATE)
+            assert transformers_logging.is_progress_bar_enabled() == enabled  # as it was
+        finally:
+            transformers_logging._tqdm_active = was
+    assert "Writing model shards" not in capsys.readouterr().err
+
+
 def test_saved_weights_take_the_modes_the_umask_allows(
     smollm2_tokenizer: Any, tiny_model_dir: Path, tmp_path: Path
 ) -> None:

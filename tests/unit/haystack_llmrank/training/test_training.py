@@ -8,6 +8,7 @@ import math
 import os
 import re
 import shutil
+import time
 import zipfile
 from collections.abc import Callable
 from dataclasses import replace
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from support import fit_toy, lora_gradients, make_tiny_llama, small_config
+from support import PROJECT_ROOT, fit_toy, lora_gradients, make_tiny_llama, small_config
 
 from haystack_llmrank.data import Candidate, QueryCandidates
 from haystack_llmrank.labels import ALPHABETIC_LABELS, resolve_label_ids
@@ -989,6 +990,30 @@ def test_validation_and_the_saved_template_use_the_training_passage_length(
     assert again.resume()  # the recorded length is not another template
 
 
+def test_the_record_names_the_dtype_validation_ran_in(
+    smollm2_tokenizer: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from haystack_llmrank.training import Validation
+
+    queries = training_queries([toy_query()], qrels=TOY_QRELS)
+    held = Validation([toy_query("q2")], {"q2": TOY_QRELS["q1"]})
+    for dtype, name in ((torch.bfloat16, "bfloat16"), (torch.float32, "float32")):
+        trainer = FirstTrainer(
+            make_tiny_llama(len(smollm2_tokenizer), seed=4).to(dtype),
+            smollm2_tokenizer,
+            small_config(steps=1),
+            base_model="x",
+            output_dir=tmp_path / name,
+        )
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="haystack_llmrank.training.trainer"):
+            record = trainer.fit(queries, held)
+        assert record["validation_dtype"] == name
+        assert re.search(rf"step 1: validation nDCG@10 [0-9.]+ in {name}", caplog.text)
+    unvalidated = toy_trainer(smollm2_tokenizer, tmp_path / "none", steps=1).fit(queries)
+    assert unvalidated["validation_dtype"] is None
+
+
 class StopTrainingError(Exception):
     pass
 
@@ -1185,6 +1210,17 @@ def scripted_validation(
 
     monkeypatch.setattr(FirstTrainer, "validate", scripted)
     return training_queries([toy_query()], qrels=TOY_QRELS), Validation([toy_query()], TOY_QRELS)
+
+
+def slow_validation(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+    """Make every validation take ``seconds`` longer."""
+    validate = FirstTrainer.validate
+
+    def slow(self: FirstTrainer, validation: Any) -> float:
+        time.sleep(seconds)
+        return validate(self, validation)
+
+    monkeypatch.setattr(FirstTrainer, "validate", slow)
 
 
 def adapter_weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -1519,6 +1555,36 @@ def test_cli_refuses_held_out_queries_that_can_never_score(
     assert not (tmp_path / "run").exists()
 
 
+def test_max_minutes_counts_the_validations_between_updates(
+    smollm2_tokenizer: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from haystack_llmrank.cli import main
+
+    queries, held = scripted_validation(monkeypatch, {})
+    slow_validation(monkeypatch, 1.0)
+    trainer = toy_trainer(
+        smollm2_tokenizer,
+        tmp_path,
+        steps=20,
+        eval_every=1,
+        checkpoint_every=100,
+        max_minutes=0.5 / 60,
+    )
+    # updates of a tiny model take far less than 0.5 s: the second one starts after a
+    # validation of 1 s, which counts (update 0's does not)
+    assert trainer.fit(queries, held)["steps"] <= 2
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert (
+        "M minutes or more after this run's first update began (wall time: the validations "
+        "and checkpoints between count; loading and update 0's validation do not)" in text
+    )
+
+
 def test_a_run_whose_best_model_is_the_starting_one_says_so(
     smollm2_tokenizer: Any,
     tiny_model_dir: Path,
@@ -1553,6 +1619,21 @@ def test_a_run_whose_best_model_is_the_starting_one_says_so(
     with caplog.at_level(logging.WARNING, logger="haystack_llmrank.training.trainer"):
         assert again.fit(queries, held)["best_step"] == 2
     assert "starting model" not in caplog.text
+    caplog.clear()
+    stopped = FirstTrainer(  # stopped before its first scheduled validation
+        load_causal_lm(resolve_model(str(tiny_model_dir))),
+        smollm2_tokenizer,
+        small_config(steps=4, eval_every=2, stop_after=1),
+        base_model="x",
+        output_dir=tmp_path / "stopped",
+    )
+    with caplog.at_level(logging.WARNING, logger="haystack_llmrank.training.trainer"):
+        assert stopped.fit(queries, held)["best_step"] == 0
+    assert "scored above" not in caplog.text
+    assert (
+        "no scheduled validation (every eval_every=2 updates, and at update steps=4) has run "
+        f"after update 0: {tmp_path / 'stopped'} holds the starting model" in caplog.text
+    )
 
 
 @pytest.mark.slow
@@ -1756,6 +1837,27 @@ def test_cli_trains_validates_and_writes_adapter_and_merged_weights(
     np.testing.assert_allclose(adapter, scores(last / "merged"), atol=1e-4)
 
 
+def test_cli_progress_bar_shows_validations_and_leaves_them_out_of_the_rate(
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from haystack_llmrank.cli import main
+
+    slow_validation(monkeypatch, 3.0)
+    candidates, qrels = write_toy_files(tmp_path)
+    args = validated_train_args(candidates, qrels, tmp_path / "run", tiny_model_dir, steps=1)
+    assert main(args) == 0
+    bar = capsys.readouterr().err
+    assert "validating update 0: " in bar
+    assert "validating update 1: " in bar
+    # the rate shown last: with the 2 validations of 3 s, 6 s/update or more; a tiny
+    # model's update and its saves take far less than 3 s, even on a busy machine
+    value, unit = re.findall(r"([0-9.]+)(s/update|update/s)", bar)[-1]
+    assert (float(value) if unit == "s/update" else 1 / float(value)) < 3.0
+
+
 def test_cli_resumes_with_the_same_ranknet_reduction_and_counts_this_runs_updates(
     tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -1772,6 +1874,52 @@ def test_cli_resumes_with_the_same_ranknet_reduction_and_counts_this_runs_update
     assert "ranknet_reduction 'mean', not 'sum'" in capsys.readouterr().err
     assert main([*args, "--ranknet-reduction", "mean", "--resume"]) == 0
     assert "trained 2 updates (3 in all) in " in capsys.readouterr().out
+
+
+def test_resume_refuses_a_run_that_ends_at_or_before_the_checkpoint(
+    smollm2_tokenizer: Any,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import haystack_llmrank.cli.train as train_cli
+    from haystack_llmrank.cli import main
+
+    candidates, qrels = write_toy_files(tmp_path)
+    output = tmp_path / "run"
+    args = validated_train_args(candidates, qrels, output, tiny_model_dir, steps=4)
+    assert main([*args, "--stop-after", "2"]) == 0
+    record = (output / "training.json").read_text()
+    capsys.readouterr()
+
+    def loads_no_model(*args: Any) -> Any:
+        raise AssertionError("the model loaded")
+
+    monkeypatch.setattr(train_cli, "_trainer", loads_no_model)
+    checkpoint = output / "checkpoint"
+    for changes, refusal in (
+        (["--stop-after", "1"], "ends at update 1 (stop_after=1): it would train nothing; give "
+         "a stop_after above 2 (--stop-after), or none"),
+        (["--stop-after", "2"], "ends at update 2 (stop_after=2)"),
+        (["--steps", "2"], "ends at update 2 (steps=2): it would train nothing; give steps "
+         "above 2 (--steps)"),
+    ):  # fmt: skip
+        assert main([*args, *changes, "--resume"]) == 2
+        assert f"{checkpoint} is at update 2, and this run {refusal}" in capsys.readouterr().err
+    assert (output / "training.json").read_text() == record
+    # from Python, fit refuses it
+    trainer = FirstTrainer(
+        load_causal_lm(resolve_model(str(tiny_model_dir))),
+        smollm2_tokenizer,
+        small_config(steps=2),
+        base_model=str(tiny_model_dir),
+        output_dir=tmp_path / "python",
+    )
+    queries = training_queries([toy_query()], qrels=TOY_QRELS)
+    trainer.fit(queries)
+    with pytest.raises(ValueError, match="is at update 2, and this run ends at update 2"):
+        trainer.fit(queries)
 
 
 def test_cli_refuses_an_earlier_runs_output_without_resume(
@@ -2010,6 +2158,33 @@ def test_cli_refuses_to_validate_on_queries_the_starting_weights_were_trained_on
     assert f"{tmp_path / 'full' / 'split.json'} records that {tmp_path / 'full'}" in (
         capsys.readouterr().err
     )
+    # merged weights carry their run's split
+    assert train("merged", first, "--merge") == 0
+    merged = tmp_path / "merged" / "merged"
+    assert train("stage2-merged", other, "--model", str(merged)) == 2
+    assert f"{merged / 'split.json'} records that {merged}" in capsys.readouterr().err
+
+
+def test_cli_refuses_to_validate_on_queries_the_default_adapter_was_trained_on(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from haystack_llmrank.cli import main
+    from haystack_llmrank.models import DEFAULT_ADAPTER
+
+    candidates, qrels = write_toy_files(tmp_path)
+    recorded = PROJECT_ROOT / "examples" / "results" / "split-seed0.json"  # the adapter's
+    trained_on = json.loads(recorded.read_text())["train"][:2]
+    for file in (candidates, qrels):  # q0 and q1 take qids the default adapter trained on
+        file.write_text(file.read_text().replace("q0", trained_on[0]).replace("q1", trained_on[1]))
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": ["q2", "q3"], "validation": trained_on}))
+    args = validated_train_args(candidates, qrels, tmp_path / "run", tiny_model_dir, steps=1)
+    assert main([*args[:-2], "--split", str(split), "--init-adapter", str(DEFAULT_ADAPTER)]) == 2
+    assert (
+        f"{DEFAULT_ADAPTER / 'split.json'} records that {DEFAULT_ADAPTER}, which this run starts "
+        f"from, was trained on 2 of this run's held-out queries: {', '.join(sorted(trained_on))}"
+        in capsys.readouterr().err
+    )
 
 
 def test_a_copied_checkpoint_resumes_only_on_the_split_it_records(
@@ -2028,9 +2203,15 @@ def test_a_copied_checkpoint_resumes_only_on_the_split_it_records(
 def test_the_closing_line_shows_a_best_validation_of_zero() -> None:
     from haystack_llmrank.cli.train import summary
 
-    record = {"steps": 4, "best_validation_ndcg@10": 0.0, "best_step": 0}
+    record = {
+        "steps": 4,
+        "best_validation_ndcg@10": 0.0,
+        "best_step": 0,
+        "validation_dtype": "bfloat16",
+    }
     assert summary(record, 0, 12.3, Path("out")) == (
-        "trained 4 updates in 12 s; best validation nDCG@10 0.0000 at update 0; model in out"
+        "trained 4 updates in 12 s; best validation nDCG@10 0.0000 in bfloat16 at update 0; "
+        "model in out"
     )
     unvalidated = {**record, "best_validation_ndcg@10": None}
     assert summary(unvalidated, 3, 2.0, Path("out")) == (
@@ -2224,6 +2405,40 @@ def test_a_template_file_sets_the_passage_length_and_other_ones_are_named(
         started_from_echo(FIRST_ECHO_TEMPLATE, max_passage_words=48)
     )
     assert started_from_echo(FIRST_ECHO_TEMPLATE) == ""
+
+
+def test_training_on_from_a_model_folder_names_another_recorded_template(
+    smollm2_tokenizer: Any,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from haystack_llmrank.cli import main
+    from haystack_llmrank.model_templates import write_template
+
+    candidates, qrels = write_toy_files(tmp_path)
+    echo = tmp_path / "echo"  # full weights, or merged/, trained with first-echo
+    shutil.copytree(tiny_model_dir, echo)
+    trained_with = replace(FIRST_ECHO_TEMPLATE, max_passage_words=TrainConfig().max_passage_words)
+    write_template(echo, trained_with)
+    args = validated_train_args(candidates, qrels, tmp_path / "on", echo, steps=1)
+    with caplog.at_level(logging.WARNING, logger="haystack_llmrank.training.trainer"):
+        assert main([*args, "--full", "--validation-fraction", "0"]) == 0
+    assert (
+        f"the model this run starts from, {echo}, was trained with template 'first-echo', "
+        "and this run's differs: name 'first-echo' there, 'first' here; passage"
+    ) in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="haystack_llmrank.training.trainer"):
+        FirstTrainer(
+            load_causal_lm(resolve_model(str(echo))),
+            smollm2_tokenizer,
+            small_config(),
+            base_model=str(echo),
+            output_dir=tmp_path / "same",
+            template=FIRST_ECHO_TEMPLATE,
+        )
+    assert "starts from" not in caplog.text
 
 
 def test_training_from_an_adapter_names_its_base_and_init_adapter(
