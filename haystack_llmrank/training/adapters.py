@@ -273,8 +273,12 @@ def _no_transformers_progress_bars() -> Iterator[None]:
     ``llmrank train``'s own) while in the block, then restore the setting as it was."""
     from transformers.utils import logging as transformers_logging
 
-    # the flag alone: disable_progress_bar() would also reset huggingface_hub's settings
-    active = transformers_logging._tqdm_active
+    # the flag alone: disable_progress_bar() would also reset huggingface_hub's settings;
+    # a transformers without it shows its bars rather than failing the save
+    active = getattr(transformers_logging, "_tqdm_active", None)
+    if active is None:
+        yield
+        return
     transformers_logging._tqdm_active = False
     try:
         yield
