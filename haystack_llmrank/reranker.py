@@ -520,11 +520,12 @@ class Reranker:
 
         ``top_k`` (one value, or one per request) tells the strategy that only the first
         ``top_k`` positions of a ranking matter; it may then leave more positions in
-        first-stage order (:attr:`Ranking.unranked`). ``on_window`` is called with the
-        number of windows each scorer call finished. A query's ranking does not depend on
-        the others, up to the float rounding of padded batches. ``requests``, and each
-        request's passages, may be any iterable in a definite order (a set or a mapping is
-        refused); each is read once. Blank passages
+        first-stage order (:attr:`Ranking.unranked`). ``on_window`` is called after each
+        forward pass with the number of windows it finished (0 when it scored only one of a
+        window's two orders), so it may stop the ranking between passes by raising. A
+        query's ranking does not depend on the others, up to the float rounding of padded
+        batches. ``requests``, and each request's passages, may be any iterable in a
+        definite order (a set or a mapping is refused); each is read once. Blank passages
         (:func:`~haystack_llmrank.blank_passages.is_blank`) are shown to no window: they come
         last, in input order (:attr:`Ranking.blank`). Requests whose query is too long for
         any prompt (see :meth:`check_request`) refuse the batch before any scoring, with a
@@ -566,7 +567,10 @@ class Reranker:
                     tokens[position] += len(prompt.token_ids)
                     truncated[position] += prompt.truncated_passages
                     prompts.append(prompt)
-            logits = self.score_prompts(prompts)
+            progress = (
+                None if on_window is None else _window_progress(len(windows), orders, on_window)
+            )
+            logits = self.score_prompts(prompts, on_pass=progress)
             if orders == 1:
                 return logits
             combine = (
@@ -577,7 +581,7 @@ class Reranker:
                 for k, (_, members) in enumerate(windows)
             ]
 
-        run_windows(runs, score, batch_size=self.batch_size, on_window=on_window)
+        run_windows(runs, score, batch_size=self.batch_size)
         results = [
             run.result(count, cut) for run, count, cut in zip(runs, tokens, truncated, strict=True)
         ]
@@ -595,20 +599,30 @@ class Reranker:
             for ranking, (kept, blank) in zip(rankings, splits, strict=True)
         ]
 
-    def score_prompts(self, prompts: Sequence[Prompt]) -> list[npt.NDArray[np.float32]]:
+    def score_prompts(
+        self,
+        prompts: Sequence[Prompt],
+        *,
+        on_pass: Callable[[Sequence[int]], None] | None = None,
+    ) -> list[npt.NDArray[np.float32]]:
         """Each prompt's scores, one per passage in prompt order (label logits, or vote
-        logits at the line ends), scored in length buckets within the token budget."""
+        logits at the line ends), scored in length buckets within the token budget, one
+        forward pass each; ``on_pass`` gets the positions in ``prompts`` of each pass."""
         scored: dict[int, npt.NDArray[np.float32]] = {}
         lengths = [len(p.token_ids) for p in prompts]
         for group in length_buckets(lengths, self.max_batch_tokens):
             ids = [prompts[i].token_ids for i in group]
             if self.prompts.template.vote is None:
                 scored.update(zip(group, self.scorer.score(ids), strict=True))
-                continue
-            assert isinstance(self.scorer, PositionScorer)  # checked in __init__
-            at = [prompts[i].score_positions for i in group]
-            votes = self.scorer.score_at(ids, at)[:, :, 0]
-            scored.update((i, row[: len(a)]) for i, row, a in zip(group, votes, at, strict=True))
+            else:
+                assert isinstance(self.scorer, PositionScorer)  # checked in __init__
+                at = [prompts[i].score_positions for i in group]
+                votes = self.scorer.score_at(ids, at)[:, :, 0]
+                scored.update(
+                    (i, row[: len(a)]) for i, row, a in zip(group, votes, at, strict=True)
+                )
+            if on_pass is not None:
+                on_pass(group)
         return [scored[i] for i in range(len(prompts))]
 
 
@@ -628,6 +642,21 @@ def both_orders_votes(
     """The mean vote of each of a window's ``size`` members (in the given order) from its
     votes as given and as reversed."""
     return ((given[:size] + reversed_[:size][::-1]) / 2).astype(np.float32)
+
+
+def _window_progress(
+    windows: int, orders: int, on_window: Callable[[int], None]
+) -> Callable[[Sequence[int]], None]:
+    """An ``on_pass`` for the prompts of ``windows`` windows, ``orders`` in a row each, that
+    tells ``on_window`` how many windows each pass finished."""
+    unscored = [orders] * windows
+
+    def finished(group: Sequence[int]) -> None:
+        for i in group:
+            unscored[i // orders] -= 1
+        on_window(len({i // orders for i in group if not unscored[i // orders]}))
+
+    return finished
 
 
 def _log_softmax(logits: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:

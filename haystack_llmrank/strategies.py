@@ -550,7 +550,6 @@ def run_windows(
     score: WindowScorer,
     *,
     batch_size: int,
-    on_window: Callable[[int], None] | None = None,
 ) -> None:
     """Advance every run to completion, scoring the steps of several runs in one call.
 
@@ -559,7 +558,7 @@ def run_windows(
     step is never split, so one run alone may exceed ``batch_size``. ``score`` gets each
     window as (position of its run in ``runs``, members) and returns their label logits.
     A run with more steps goes back to the end of the queue, so a query's next step is
-    scheduled as soon as its previous one is done. ``on_window`` gets the windows of each call.
+    scheduled as soon as its previous one is done.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -581,5 +580,3 @@ def run_windows(
             offset += count
             if not run.done:
                 queue.append((position, run))
-        if on_window is not None:
-            on_window(size)

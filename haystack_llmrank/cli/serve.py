@@ -44,8 +44,8 @@ def register(parser: argparse.ArgumentParser) -> None:
         "GET /health (liveness), GET /ready (a request would be taken). One worker thread "
         "owns the model and ranks requests that wait together in one batch. SIGINT/SIGTERM "
         "stop accepting connections and let in-flight requests finish for the grace period; "
-        "work still running then stops at the engine's next window. A second signal stops at "
-        "once."
+        "work still running then stops after the engine's running forward pass. A second "
+        "signal stops at once."
     )
     model = parser.add_argument_group("model")
     add_model_options(model, batch_size=8)

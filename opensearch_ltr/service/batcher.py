@@ -10,7 +10,7 @@ purpose.
 
 A request whose future is cancelled (as ``asyncio.wrap_future`` does when the awaiting task
 is cancelled: a timeout, a client that left, shutdown) is abandoned: the worker drops it
-before it starts, and stops a batch between two windows once every request in it is
+before it starts, and stops a batch between two forward passes once every request in it is
 abandoned. A batch that still holds a wanted request runs to its end.
 """
 
@@ -45,7 +45,8 @@ class RerankEngine(Protocol):
         on_window: Callable[[int], None] | None = None,
     ) -> list[Ranking]:
         """Rank many queries' passages in one call; only each request's first ``top_k``
-        positions need ranking; ``on_window`` runs after each step. Requests may hold blank
+        positions need ranking; ``on_window`` runs after each forward pass (it may raise to stop
+        the call) with the windows that pass finished. Requests may hold blank
         documents, or only blank ones: the service passes every document on, and the
         engine puts blank ones last (:mod:`haystack_llmrank.blank_passages`).
 
@@ -69,7 +70,7 @@ class WorkerState(enum.StrEnum):
     SATURATED = "saturated"
     """``max_pending_requests`` wanted requests are already waiting."""
     STALLED = "stalled"
-    """The current batch has finished no window for longer than ``stall_after_s``."""
+    """The current batch has finished no forward pass for longer than ``stall_after_s``."""
     FAILED = "failed"
     """The engine failed to load."""
     STOPPED = "stopped"
@@ -77,7 +78,7 @@ class WorkerState(enum.StrEnum):
 
 
 class _BatchAbandonedError(Exception):
-    """Raised between windows to stop a batch whose requests are all abandoned."""
+    """Raised between forward passes to stop a batch whose requests are all abandoned."""
 
 
 @dataclass
@@ -108,7 +109,7 @@ class RerankBatcher:
     ``factory`` builds the engine on the worker thread. :attr:`loaded` resolves once the
     engine answered a warm-up request (or holds the error that stopped it). :attr:`state`
     says whether a new request would be taken. The worker is not a daemon thread: the
-    process waits for it to finish its current window, never killing it inside the model.
+    process waits for it to finish its current forward pass, never killing it inside the model.
     """
 
     def __init__(
@@ -132,7 +133,7 @@ class RerankBatcher:
         self._closed = False
         self._close_called = False
         self._progress_at: float | None = None
-        """When the running batch started or last finished a window; ``None`` when idle."""
+        """When the running batch started or last finished a forward pass; ``None`` when idle."""
         self._parked = False
         """Whether the worker waits for work (under ``_changed``), so a close ends it at once."""
         self._thread = threading.Thread(target=self._work, name="llmrank-engine")
@@ -198,7 +199,7 @@ class RerankBatcher:
             WorkerState.LOADING: "the model is not loaded yet",
             WorkerState.SATURATED: f"{self._max_pending} requests are already waiting",
             WorkerState.STALLED: (
-                f"the engine has finished no window for over {self._stall_after_s:g} s"
+                f"the engine has finished no forward pass for over {self._stall_after_s:g} s"
             ),
             WorkerState.FAILED: "the model failed to load",
             WorkerState.STOPPED: (
@@ -307,7 +308,7 @@ class RerankBatcher:
         """Rank ``jobs`` in one engine call and answer them; ``False`` if the call failed
         for several jobs, which are left unanswered (a lone job gets the error)."""
 
-        def between_windows(count: int) -> None:
+        def between_passes(count: int) -> None:
             self._progress_at = time.monotonic()
             if not any(job.wanted for job in jobs):
                 raise _BatchAbandonedError
@@ -317,12 +318,14 @@ class RerankBatcher:
             rankings = engine.rerank_many(
                 [(job.query, job.passages) for job in jobs],
                 top_k=[job.top_k for job in jobs],
-                on_window=between_windows,
+                on_window=between_passes,
             )
             if len(rankings) != len(jobs):
                 raise RuntimeError(f"the engine answered {len(rankings)} of {len(jobs)} requests")
         except _BatchAbandonedError:
-            logger.info("stopped a batch of %d abandoned requests between windows", len(jobs))
+            logger.info(
+                "stopped a batch of %d abandoned requests between forward passes", len(jobs)
+            )
             return True
         except Exception as exc:
             if len(jobs) > 1:

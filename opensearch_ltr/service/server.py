@@ -239,8 +239,9 @@ async def run_service(
 
     Shutdown stops accepting connections, answers new requests on open ones 503 (``/ready``:
     ``draining``), lets in-flight rerank requests finish for up to the config's
-    ``shutdown_grace_s``, then cancels them (their work stops at the engine's next window)
-    and stops the worker. A client that disconnects cancels its request the same way.
+    ``shutdown_grace_s``, then cancels them (their work stops after the engine's running
+    forward pass) and stops the worker. A client that disconnects cancels its request the
+    same way.
     ``on_listening`` receives the bound ``http://host:port`` URLs (useful with ``port=0``).
     Raises :class:`OSError` if ``host:port`` cannot be bound, before the app starts (so before
     the model loads), and :class:`RuntimeError` if the model fails to load.

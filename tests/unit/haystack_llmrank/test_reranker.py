@@ -183,6 +183,41 @@ def test_progress_callback_counts_windows(tiny_reranker: Reranker) -> None:
     assert sum(seen) == tiny_reranker.count_windows([45, 3]) == 5
 
 
+@pytest.mark.parametrize("both_orders", [False, True])
+def test_progress_is_reported_after_each_forward_pass(
+    smollm2_tokenizer: Any, tiny_scorer: Any, both_orders: bool
+) -> None:
+    """A step's windows were reported only once all its forward passes ran, so a caller
+    could neither see nor stop a long step between them."""
+    passes: list[int] = []
+    score = tiny_scorer.score
+
+    def counting(prompts: Any) -> Any:
+        passes.append(len(prompts))
+        return score(prompts)
+
+    one_a_pass = Mock(
+        wraps=tiny_scorer,
+        label_ids=tiny_scorer.label_ids,
+        score=counting,
+        preferred_max_batch_tokens=1,
+    )
+    reranker = Reranker(
+        smollm2_tokenizer,
+        one_a_pass,
+        max_prompt_tokens=4096,
+        strategy=Tournament(5),
+        both_orders=both_orders,
+    )
+    seen: list[tuple[int, int]] = []
+    (ranking,) = reranker.rerank_many(
+        [("q", passages(12))], on_window=lambda count: seen.append((len(passes), count))
+    )
+    assert [at for at, _ in seen] == list(range(1, len(passes) + 1))
+    assert sum(count for _, count in seen) == ranking.cost.windows > ranking.cost.steps
+    assert ranking == reranker.rerank("q", passages(12))
+
+
 @pytest.mark.parametrize(
     ("strategy", "n", "top_k"),
     [

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -26,9 +27,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from haystack_llmrank.errors import NonFiniteLogitsError, PromptTooLongError
+from haystack_llmrank.labels import ALPHABETIC_LABELS, LabelIds, resolve_label_ids
 from haystack_llmrank.ranking import Ranking
 from haystack_llmrank.reranker import Reranker
+from haystack_llmrank.strategies import Tournament
 from opensearch_ltr.service import ServiceConfig, create_app, run_service
+from opensearch_ltr.service import batcher as batcher_module
 from opensearch_ltr.service.app import BATCHER, key_matches, presented_key
 from opensearch_ltr.service.batcher import (
     RerankBatcher,
@@ -819,6 +823,7 @@ asyncio.run(main())
 STOP_WHILE_LOADING_SCRIPT = """
 import asyncio, logging, time
 from opensearch_ltr.service import ServiceConfig, create_app, run_service
+from opensearch_ltr.service import batcher as batcher_module
 
 logging.basicConfig(level=logging.WARNING)
 
@@ -938,6 +943,90 @@ def test_the_batcher_drops_abandoned_work_before_it_starts_and_between_windows()
         assert first.result(5) is not None
     finally:
         assert batcher.close(10)
+
+
+class GatedScorer:
+    """Label logits by position, one forward pass per call; while :attr:`gated`, each pass
+    releases :attr:`entered` and waits for :attr:`go`."""
+
+    def __init__(self, label_ids: LabelIds) -> None:
+        self.label_ids = label_ids
+        self.passes = 0
+        self.gated = False
+        self.entered = threading.Semaphore(0)
+        self.go = threading.Semaphore(0)
+
+    def score(self, prompts: Sequence[Sequence[int]]) -> np.ndarray:
+        self.passes += 1
+        if self.gated:
+            self.entered.release()
+            if not self.go.acquire(timeout=10):
+                raise RuntimeError("the test never let the pass end")
+        row = -np.arange(len(self.label_ids.labels), dtype=np.float32)
+        return np.tile(row, (len(prompts), 1))
+
+
+def gated_engine(tokenizer: Any) -> tuple[GatedScorer, Reranker]:
+    """A real engine over a :class:`GatedScorer`, one window a pass; 100 documents take five
+    passes in their first step."""
+    scorer = GatedScorer(resolve_label_ids(tokenizer, ALPHABETIC_LABELS))
+    engine = Reranker(
+        tokenizer, scorer, max_prompt_tokens=4096, strategy=Tournament(), max_batch_tokens=1
+    )
+    return scorer, engine
+
+
+HUNDRED = [f"document {i}" for i in range(100)]
+
+
+def test_an_abandoned_request_stops_after_the_running_forward_pass(
+    smollm2_tokenizer: Any,
+) -> None:
+    """The engine checked for abandoned work only between steps: a request cancelled in the
+    first of its step's five forward passes still ran all five."""
+    scorer, engine = gated_engine(smollm2_tokenizer)
+    batcher = RerankBatcher(lambda: engine)
+    batcher.start()
+    try:
+        assert batcher.loaded.result(10) is None
+        scorer.passes = 0
+        scorer.gated = True
+        future = batcher.submit("q", HUNDRED)
+        assert scorer.entered.acquire(timeout=10)
+        assert future.cancel()
+        scorer.gated = False
+        scorer.go.release()
+    finally:
+        assert batcher.close(10)
+    assert scorer.passes == 1
+
+
+def test_the_stall_clock_restarts_at_each_forward_pass(
+    smollm2_tokenizer: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Progress was marked only between steps, so a step of passes each well within the
+    stall time read ``stalled`` from its second pass on."""
+    now = [0.0]
+    clock = SimpleNamespace(monotonic=lambda: now[0], perf_counter=time.perf_counter)
+    monkeypatch.setattr(batcher_module, "time", clock)
+    scorer, engine = gated_engine(smollm2_tokenizer)
+    batcher = RerankBatcher(lambda: engine, stall_after_s=10)
+    batcher.start()
+    try:
+        assert batcher.loaded.result(10) is None
+        scorer.gated = True
+        future = batcher.submit("q", HUNDRED)
+        states = []
+        for last in [False] * 4 + [True]:
+            assert scorer.entered.acquire(timeout=10)
+            now[0] += 6  # each pass takes 6 s of the 10 s stall time
+            states.append(batcher.state)
+            scorer.gated = not last
+            scorer.go.release()
+        assert len(future.result(10).order) == 100
+    finally:
+        assert batcher.close(10)
+    assert states == [WorkerState.READY] * 5
 
 
 async def test_a_client_that_leaves_cancels_its_work(caplog: pytest.LogCaptureFixture) -> None:
