@@ -292,10 +292,10 @@ async def run_service(
 
 async def _drain(state: ServiceState, grace_s: float) -> None:
     """Refuse new rerank requests, wait up to ``grace_s`` for those in flight, cancel the rest."""
-    state.draining = True
+    left = state.drain(grace_s)
     if not state.in_flight:
         return
-    _, late = await asyncio.wait(set(state.in_flight), timeout=grace_s)
+    _, late = await asyncio.wait(set(state.in_flight), timeout=left)
     for task in late:
         task.cancel()
     if late:
