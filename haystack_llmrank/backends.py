@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from haystack_llmrank.checks import check_positive
@@ -237,6 +238,26 @@ def load_scorer(
     )
 
 
+def check_export(model: str | None) -> None:
+    """Raise :class:`ModelResolutionError` unless ``model`` is an export folder with its
+    metadata and files, as the onnx backend loads (their hashes are checked at the load)."""
+    from haystack_llmrank.scorers.onnx_metadata import check_files_present, read_metadata
+
+    folder = _export_folder(model)
+    check_files_present(Path(folder).expanduser(), read_metadata(folder, verify_hashes=False).files)
+
+
+def _export_folder(model: str | None) -> str:
+    """``model``, refused where it names no export folder (none, or the default model)."""
+    from haystack_llmrank.scorers.onnx_metadata import EXPORT_HINT
+
+    if model is None or model == DEFAULT_MODEL:
+        raise ModelResolutionError(
+            f"the onnx backend loads an export folder by path; {EXPORT_HINT}"
+        )
+    return model
+
+
 def _load_onnx(
     model: str | None,
     *,
@@ -247,16 +268,10 @@ def _load_onnx(
     on_missing_gpu: OnMissingGpu,
 ) -> LoadedScorer:
     """An export folder (see :func:`haystack_llmrank.export.export_onnx`) on ONNX Runtime."""
-    from haystack_llmrank.scorers.onnx_metadata import EXPORT_HINT
-
-    if model is None or model == DEFAULT_MODEL:
-        raise ModelResolutionError(
-            f"the onnx backend loads an export folder by path; {EXPORT_HINT}"
-        )
     from haystack_llmrank.scorers.onnx_loading import load_export
 
     loaded = load_export(
-        model,
+        _export_folder(model),
         labels=labels if vote is None else (vote,),
         device=device,
         on_missing_gpu=on_missing_gpu,

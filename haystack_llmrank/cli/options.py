@@ -247,10 +247,11 @@ def check_model_options(args: argparse.Namespace) -> None:
     with the model, else FIRST's), a step wider than the window, ``--order-invariant`` with
     a strategy other than ``disjoint`` (as the template's readout resolves it), a template
     (or ``--vote``) whose readout an ONNX export does not score, a dtype with the onnx
-    backend, a device the backend does not run on, an unknown dtype, or a model that is
-    neither local nor reachable fails here in well under a second.
+    backend, a device the backend does not run on, an unknown dtype, a model that is
+    neither local nor reachable, or (onnx) a folder that is no complete export fails here in
+    well under a second.
     """
-    from haystack_llmrank.backends import check_backend, check_placement
+    from haystack_llmrank.backends import check_backend, check_export, check_placement
     from haystack_llmrank.fusion import check_fusion_k
     from haystack_llmrank.model_templates import model_template
     from haystack_llmrank.models import check_available, resolve_model
@@ -277,6 +278,8 @@ def check_model_options(args: argparse.Namespace) -> None:
     check_placement(args.backend, args.device, args.dtype)
     if args.backend == "torch":
         check_available(resolve_model(args.model))
+    else:
+        check_export(args.model)
 
 
 def check_not_input(option: str, output: Path, inputs: Iterable[tuple[str, Path]]) -> None:

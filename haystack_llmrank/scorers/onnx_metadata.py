@@ -224,10 +224,16 @@ def _writer(data: dict[str, Any]) -> str:
     return f" {version}" if isinstance(version, str) else ""
 
 
-def _check_hashes(folder: Path, recorded: dict[str, str]) -> None:
+def check_files_present(folder: Path, recorded: dict[str, str]) -> None:
+    """Raise :class:`ModelResolutionError` where ``folder`` lacks its graph or a file whose
+    hash the export ``recorded``."""
     missing = [name for name in sorted({GRAPH_FILE, *recorded}) if not (folder / name).is_file()]
     if missing:
         raise ModelResolutionError(f"{folder} lacks {missing}; {EXPORT_HINT}")
+
+
+def _check_hashes(folder: Path, recorded: dict[str, str]) -> None:
+    check_files_present(folder, recorded)
     # the graph's files always; tokenizer files where the export recorded them (exports
     # written before they were recorded hold graph hashes only)
     actual = {

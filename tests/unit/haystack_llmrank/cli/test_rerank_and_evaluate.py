@@ -15,9 +15,10 @@ import torch
 from support import make_tiny_llama
 
 import haystack_llmrank.cli as cli
-from haystack_llmrank import models
+from haystack_llmrank import backends, models
 from haystack_llmrank.cli.options import add_model_options, load_reranker
 from haystack_llmrank.data import DataFormatError, read_qrels, read_queries, read_run
+from haystack_llmrank.errors import ModelResolutionError
 from haystack_llmrank.model_templates import write_template
 from haystack_llmrank.prompt import FIRST_NUMERIC_TEMPLATE
 from haystack_llmrank.reranker import Reranker
@@ -775,6 +776,7 @@ def test_threads_and_gpu_policy_reach_the_backend(
 ) -> None:
     calls: list[dict[str, Any]] = []
     monkeypatch.setattr(Reranker, "from_pretrained", lambda *a, **kw: calls.append(kw))
+    monkeypatch.setattr(backends, "check_export", lambda model: None)  # no export here
     torch_threads: list[int] = []
     monkeypatch.setattr(torch, "set_num_threads", torch_threads.append)
     load_reranker(model_args("--backend", "onnx", "--threads", "3", "--on-missing-gpu", "warn"))
@@ -785,6 +787,18 @@ def test_threads_and_gpu_policy_reach_the_backend(
     assert torch_threads == [2]
     with pytest.raises(SystemExit):
         model_args("--on-missing-gpu", "ignore")
+
+
+def test_an_onnx_model_that_is_no_export_is_refused_before_loading(
+    monkeypatch: pytest.MonkeyPatch, model_args: ModelArgs
+) -> None:
+    """The onnx backend's folder was first read by the load (for ``serve``, on its worker,
+    after the port was bound)."""
+    loads: list[Any] = []
+    monkeypatch.setattr(Reranker, "from_pretrained", lambda *a, **kw: loads.append(a))
+    with pytest.raises(ModelResolutionError, match=r"holds no llmrank\.json"):
+        load_reranker(model_args("--backend", "onnx"))
+    assert loads == []
 
 
 def test_the_strategy_and_both_orders_reach_the_engine(

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from haystack_llmrank.cli import serve
+from haystack_llmrank.errors import ModelResolutionError
+from haystack_llmrank.scorers.onnx_metadata import METADATA_FILE
 from opensearch_ltr.service import ServiceConfig
 
 
@@ -116,6 +119,29 @@ def test_run_checks_the_model_options_before_serving(monkeypatch: pytest.MonkeyP
         serve.run(parse("--no-auth", "--template", "first", "--order-invariant"))
     with pytest.raises(ValueError, match="dtype does not apply to the onnx backend"):
         serve.run(parse("--no-auth", "--backend", "onnx", "--dtype", "float16"))
+    assert served == []
+
+
+def test_an_onnx_model_that_is_no_export_is_refused_before_serving(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The onnx backend's folder was first read by the worker, after the port was bound."""
+    import opensearch_ltr.service as service
+
+    served: list[Any] = []
+
+    async def fake_run_service(app: Any, **kwargs: Any) -> None:
+        served.append(app)
+
+    monkeypatch.setattr(service, "run_service", fake_run_service)
+    missing = tmp_path / "no export"
+    with pytest.raises(ModelResolutionError, match=f"{missing} is not a folder"):
+        serve.run(parse("--no-auth", "--backend", "onnx", "--model", str(missing)))
+    with pytest.raises(ModelResolutionError, match="loads an export folder by path"):
+        serve.run(parse("--no-auth", "--backend", "onnx"))  # the default model
+    missing.mkdir()
+    with pytest.raises(ModelResolutionError, match=f"holds no {METADATA_FILE}"):
+        serve.run(parse("--no-auth", "--backend", "onnx", "--model", str(missing)))
     assert served == []
 
 

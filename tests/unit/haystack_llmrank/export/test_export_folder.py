@@ -19,6 +19,7 @@ import pytest
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 from support import PROJECT_ROOT
 
+from haystack_llmrank.backends import check_export
 from haystack_llmrank.cli import main
 from haystack_llmrank.errors import ExportError
 from haystack_llmrank.export import export_onnx, onnx_folder, precision, read_metadata, verify
@@ -58,6 +59,21 @@ def earlier(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> P
 @pytest.fixture
 def copy(earlier: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(earlier, tmp_path / "parent" / "out"))
+
+
+def test_serve_refuses_an_export_without_its_graph_in_one_line_before_serving(
+    copy: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It bound the port, then logged the worker's traceback of the failed load."""
+    import opensearch_ltr.service as service
+
+    monkeypatch.setattr(service, "run_service", refuse_to_load)
+    check_export(str(copy))  # whole: passes
+    (copy / "model.onnx").unlink()
+    assert main(["serve", "--no-auth", "--backend", "onnx", "--model", str(copy)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1
+    assert f"{copy} lacks ['model.onnx']" in error
 
 
 # --- overwriting replaces the export's own files, and only a folder of nothing else --------
