@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import time
 from pathlib import Path
 
@@ -113,5 +114,5 @@ def run(args: argparse.Namespace) -> int:
         f"{metadata.template['name']!r}, {plural(len(metadata.label_ids), 'label')}) to {folder} "
         f"in {time.perf_counter() - started:.1f} s ({size / 2**20:.0f} MiB)"
     )
-    print(f"load it with --backend onnx --model {folder}")
+    print(f"load it with --backend onnx --model {shlex.quote(str(folder))}")
     return 0

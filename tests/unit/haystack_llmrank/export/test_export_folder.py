@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -304,16 +305,8 @@ def test_other_errors_are_not_wrapped(
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize(("label_ids", "counted"), [([42], "1 label"), ([7, 8], "2 labels")])
-def test_cli_export_counts_the_labels_in_words(
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-    label_ids: list[int],
-    counted: str,
-) -> None:
-    """A vote export scores one label: its line said "1 labels"."""
-    out = tmp_path / "out"
+def fake_export(monkeypatch: pytest.MonkeyPatch, out: Path, label_ids: list[int]) -> None:
+    """Make ``llmrank export`` write nothing and report an export of ``label_ids`` in ``out``."""
     out.mkdir()
     metadata = SimpleNamespace(
         source_model="m",
@@ -324,5 +317,29 @@ def test_cli_export_counts_the_labels_in_words(
     )
     monkeypatch.setattr("haystack_llmrank.export.export_onnx", lambda *a, **kw: out)
     monkeypatch.setattr("haystack_llmrank.export.read_metadata", lambda *a, **kw: metadata)
+
+
+@pytest.mark.parametrize(("label_ids", "counted"), [([42], "1 label"), ([7, 8], "2 labels")])
+def test_cli_export_counts_the_labels_in_words(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    label_ids: list[int],
+    counted: str,
+) -> None:
+    """A vote export scores one label: its line said "1 labels"."""
+    out = tmp_path / "out"
+    fake_export(monkeypatch, out, label_ids)
     assert main(["export", "m", str(out)]) == 0
     assert f"template 'first-judge', {counted}) to {out} in" in capsys.readouterr().out
+
+
+def test_cli_export_hint_is_a_shell_word_for_a_folder_with_a_space(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Pasted, the hint split such a folder in two: "unrecognized arguments"."""
+    out = tmp_path / "my export"
+    fake_export(monkeypatch, out, [42])
+    assert main(["export", "m", str(out)]) == 0
+    hint = capsys.readouterr().out.splitlines()[-1]
+    assert shlex.split(hint)[-2:] == ["--model", str(out)]
