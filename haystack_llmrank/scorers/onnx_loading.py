@@ -45,9 +45,9 @@ def load_export(
     export, is of another format version, whose graph does not match its recorded hash
     (checked unless ``verify_hashes`` is false), whose tokenizer does not give the recorded
     labels (or vote) the ids the graph scores, or, when ``labels`` are given, that scores
-    other labels; also a graph that this onnxruntime cannot load when it is older than the
-    one that exported it, naming both versions. The other arguments, and the metadata, go
-    to :class:`OnnxLabelScorer`.
+    other labels; also a graph that this onnxruntime cannot load, naming both versions when
+    it is older than the one that exported it. The other arguments, and the metadata, go to
+    :class:`OnnxLabelScorer`.
     """
     path = Path(folder).expanduser()
     metadata = read_metadata(path, verify_hashes=verify_hashes)
@@ -73,7 +73,9 @@ def load_export(
     except onnxruntime_errors() as exc:
         older = runtime_older_than_export(metadata)
         if older is None:
-            raise
+            raise ModelResolutionError(
+                f"onnxruntime cannot load {path / GRAPH_FILE} ({exc}); export the model again"
+            ) from exc
         running, exporting = older
         raise ModelResolutionError(
             f"{path} was exported with onnxruntime {exporting}, and this onnxruntime "
