@@ -184,7 +184,8 @@ class Reranker:
     the windows that go to the scorer together, drawn from the steps of several queries
     (one query's step is never split, so it may exceed the cap); each forward pass holds at
     most ``max_batch_tokens`` padded tokens (``None``: the scorer's preference, one prompt
-    per call for torch on a CPU and ``DEFAULT_MAX_BATCH_TOKENS`` elsewhere).
+    per call on a CPU except with an int8 ONNX graph, ``DEFAULT_MAX_BATCH_TOKENS``
+    elsewhere).
     Passages keep ``max_passage_words`` words: ``"auto"`` (the default) keeps as many as
     the model was trained on, recorded in its template, else 300; ``None`` keeps all.
     ``prompts`` replaces the :class:`PromptBuilder` made from ``template``,

@@ -179,8 +179,8 @@ def add_model_options(group: Any, *, batch_size: int) -> None:
         "--max-batch-tokens",
         type=positive_int,
         default=None,
-        help="padded tokens per forward pass (default: one window a pass for torch on a CPU, "
-        "else 16384)",
+        help="padded tokens per forward pass (default: one window a pass on a CPU, except with "
+        "an int8 ONNX graph; else 16384)",
     )
     group.add_argument(
         "--max-prompt-tokens",

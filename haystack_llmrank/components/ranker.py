@@ -147,7 +147,8 @@ class FirstListwiseRanker:
         :param batch_size: windows per scorer call (a query's step is never split, so a
             call may hold more); forward passes are bounded by ``max_batch_tokens``.
         :param max_batch_tokens: padded tokens per forward pass (``None``: the scorer's
-            choice, one window per pass for torch on a CPU, 16384 elsewhere).
+            choice, one window per pass on a CPU except with an int8 ONNX graph, 16384
+            elsewhere).
         :param meta_fields_to_embed: meta fields prepended to the content (a list of names;
             a value that is ``None`` or blank is left out).
         :param embedding_separator: joins the embedded meta fields and the content.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -41,7 +42,7 @@ from haystack_llmrank.labels import ALPHABETIC_LABELS, LabelIds, resolve_label_i
 from haystack_llmrank.models import resolve_model, weights_fingerprint
 from haystack_llmrank.prompt import FIRST_TEMPLATE
 from haystack_llmrank.reranker import Reranker
-from haystack_llmrank.scorers.base import LabelScorer
+from haystack_llmrank.scorers.base import DEFAULT_MAX_BATCH_TOKENS, LabelScorer
 from haystack_llmrank.scorers.label_head import LabelLogitsModel
 from haystack_llmrank.scorers.onnx_loading import load_export
 from haystack_llmrank.scorers.onnx_metadata import (
@@ -198,6 +199,18 @@ def test_scorer_satisfies_protocol_and_rejects_empty_prompts(
         fp32_scorer.score([[1, 2], []])
     with pytest.raises(ValueError, match="no prompts"):
         fp32_scorer.score([])
+
+
+def test_a_cpu_session_scores_one_prompt_a_call_unless_its_graph_is_int8(fp32_dir: Path) -> None:
+    """A padded batch cost an fp32 graph time on a CPU, and saved an int8 one some."""
+    loaded = load_export(fp32_dir, device="cpu")
+    assert loaded.scorer.preferred_max_batch_tokens == 1
+    assert Reranker.from_pretrained(fp32_dir, backend="onnx", device="cpu").max_batch_tokens == 1
+    int8 = dataclasses.replace(read_metadata(fp32_dir), precision="int8")
+    scorer = OnnxLabelScorer(
+        fp32_dir / "model.onnx", loaded.scorer.label_ids, device="cpu", metadata=int8
+    )
+    assert scorer.preferred_max_batch_tokens == DEFAULT_MAX_BATCH_TOKENS
 
 
 def test_close_lets_go_of_the_session(fp32_dir: Path) -> None:
