@@ -409,9 +409,10 @@ class OnnxLabelScorer:
         """One prompt per call on a CPU, except for an int8 graph; else
         :data:`~haystack_llmrank.scorers.base.DEFAULT_MAX_BATCH_TOKENS`.
 
-        On a 2-core CPU, 8 DL19 windows of the default's fp32 export took 26.3-27.6 s as one
-        batch and 23.5-23.9 s one by one (2 threads), where an int8 export ranked 2 queries'
-        tdpart steps in 58.9 s a query batched and 63.4 s one by one (1 thread).
+        On a 2-core CPU the default's fp32 export ranked 2 DL19 queries in 16.9 s a query
+        with each query's 5 windows as one batch and in 14.8 s one by one (2 threads), where
+        an int8 export ranked 2 queries' tdpart steps in 58.9 s a query batched and 63.4 s one
+        by one (1 thread).
         """
         if self._placement.device_type == "cpu" and self._precision != "int8":
             return 1
