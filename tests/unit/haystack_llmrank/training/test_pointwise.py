@@ -58,6 +58,17 @@ def pointwise_config(**changes: Any) -> TrainConfig:
     return config
 
 
+def tiny_trainer(tokenizer: Any, config: TrainConfig, output: Path) -> FirstTrainer:
+    """A trainer of a tiny random model over ``tokenizer``, writing to ``output``."""
+    return FirstTrainer(
+        make_tiny_llama(len(tokenizer), seed=4),
+        tokenizer,
+        config,
+        base_model="unused",
+        output_dir=output,
+    )
+
+
 def test_pairwise_ranknet_matches_a_hand_computed_value() -> None:
     scores = torch.tensor([0.5, -1.0, 2.0])
     target = (2, 0, 1)  # position 2 best, then 0, then 1
@@ -120,13 +131,7 @@ def test_each_pointwise_prompt_is_tokenised_once_for_its_check_and_every_update(
     smollm2_tokenizer: Any, tmp_path: Path, changes: dict[str, Any]
 ) -> None:
     config = small_config(passage_vote=" yes", sampling=WindowSampling(3, 5, pool=5), **changes)
-    trainer = FirstTrainer(
-        make_tiny_llama(len(smollm2_tokenizer), seed=4),
-        smollm2_tokenizer,
-        config,
-        base_model="unused",
-        output_dir=tmp_path,
-    )
+    trainer = tiny_trainer(smollm2_tokenizer, config, tmp_path)
     assert trainer.pointwise is not None
     counting = CountingTokenizer(smollm2_tokenizer)
     trainer.pointwise._tokenizer = counting
@@ -212,13 +217,7 @@ def test_a_pointwise_run_validates_by_its_scores_and_starts_first_training(
 
 def mixed_trainer(tokenizer: Any, output: Path, weight: float, **changes: Any) -> FirstTrainer:
     config = small_config(pointwise_weight=weight, passage_vote=" yes", **changes)
-    return FirstTrainer(
-        make_tiny_llama(len(tokenizer), seed=4),
-        tokenizer,
-        config,
-        base_model="unused",
-        output_dir=output,
-    )
+    return tiny_trainer(tokenizer, config, output)
 
 
 def test_the_pointwise_weight_adds_the_pointwise_loss_to_firsts(
@@ -430,13 +429,7 @@ def test_a_pointwise_prompt_over_the_budget_is_refused_before_any_update(
     )
     longest = max(len(ids) for ids in scorer.encode(QUERY.query, PASSAGES))
     config = pointwise_config(max_prompt_tokens=longest, sampling=WindowSampling(3, 5, pool=5))
-    trainer = FirstTrainer(
-        make_tiny_llama(len(smollm2_tokenizer), seed=4),
-        smollm2_tokenizer,
-        config,
-        base_model="unused",
-        output_dir=tmp_path,
-    )
+    trainer = tiny_trainer(smollm2_tokenizer, config, tmp_path)
     with pytest.raises(
         ValueError,
         match=rf"1 training queries have a pointwise prompt .* "
