@@ -24,7 +24,7 @@ from haystack_integrations.components.retrievers.opensearch import OpenSearchBM2
 from haystack_integrations.document_stores.opensearch import OpenSearchDocumentStore
 
 from haystack_llmrank import FirstListwiseRanker
-from haystack_llmrank.cli.options import positive_int
+from haystack_llmrank.cli.options import device_help, positive_int
 
 BM25_MAPPINGS: dict[str, Any] = {
     "properties": {"content": {"type": "text"}},
@@ -94,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--index", default="llmrank-demo")
     parser.add_argument("--model", default="default", help="'default' = the trained SmolLM2")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if any)")
+    parser.add_argument("--device", default=None, help=device_help("cuda if any", "torch"))
     parser.add_argument("--query", default="What is the capital of France?")
     parser.add_argument("--retrieve-k", type=positive_int, default=20)
     parser.add_argument("--top-k", type=positive_int, default=5)

@@ -43,7 +43,7 @@ import torch
 from tqdm import tqdm
 
 from haystack_llmrank.bench.report import environment
-from haystack_llmrank.cli.options import add_passage_words_option, positive_int
+from haystack_llmrank.cli.options import add_passage_words_option, device_help, positive_int
 from haystack_llmrank.data import (
     Qrels,
     QueryCandidates,
@@ -172,7 +172,7 @@ def main() -> None:
     parser.add_argument("--teacher", type=Path, default=None, help="a baseline run to score")
     parser.add_argument("--orders", nargs="+", choices=ORDERS, default=list(ORDERS))
     parser.add_argument("--depth", type=positive_int, default=100, help="rerank the top N")
-    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--device", default="cpu", help=device_help("cpu"))
     parser.add_argument("--threads", type=positive_int, default=None)
     parser.add_argument(
         "--dtype", default=None, help="torch dtype (default float32; on CUDA the checkpoint's)"

@@ -37,7 +37,7 @@ from heldout_eval import DL19, ORDERS, arrange, heldout_queries, ndcg10
 from tqdm import tqdm
 
 from haystack_llmrank.bench.report import environment
-from haystack_llmrank.cli.options import positive_int
+from haystack_llmrank.cli.options import device_help, positive_int
 from haystack_llmrank.data import Qrels, QueryCandidates, Run, read_qrels
 from haystack_llmrank.reranker import Reranker
 from haystack_llmrank.strategies import deal
@@ -136,7 +136,7 @@ def main() -> None:
     parser.add_argument("--candidates", type=Path, default=DL19 / "candidates.jsonl")
     parser.add_argument("--qrels", type=Path, default=DL19 / "qrels.txt")
     parser.add_argument("--depth", type=positive_int, default=100, help="rank the top N")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help=device_help("cpu", "torch"))
     parser.add_argument("--threads", type=positive_int, default=None)
     parser.add_argument("--seed", type=int, default=0, help="of the shuffled orders")
     parser.add_argument("--json", type=Path, required=True)
