@@ -528,11 +528,11 @@ def run_train(args: argparse.Namespace) -> int:
             """Show a validation on the bar, and leave its time out of the bar's time and
             rate (as tqdm's unpause does), which then count updates alone."""
             bar.set_description(f"validating update {step}")
-            started = time.perf_counter()
+            began = time.perf_counter()  # not the run's ``started``, which the summary reads
             try:
                 yield
             finally:
-                spent = time.perf_counter() - started
+                spent = time.perf_counter() - began
                 bar.start_t += spent
                 bar.last_print_t += spent
                 bar.set_description("train")
