@@ -15,7 +15,6 @@ import asyncio
 import hashlib
 import hmac
 import logging
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -57,16 +56,6 @@ class ServiceState:
 
     draining: bool = False
     in_flight: set[asyncio.Task[Any]] = field(default_factory=set)
-    grace_ends: float | None = None
-    """When shutdown's grace period ends (:func:`time.monotonic`); ``None`` before shutdown."""
-
-    def drain(self, grace_s: float) -> float:
-        """Refuse new rerank requests; return the seconds left of the grace period, which
-        the first call starts, ``grace_s`` long."""
-        self.draining = True
-        if self.grace_ends is None:
-            self.grace_ends = time.monotonic() + grace_s
-        return max(0.0, self.grace_ends - time.monotonic())
 
 
 BATCHER = web.AppKey("batcher", RerankBatcher)
@@ -320,11 +309,12 @@ def create_app(factory: Callable[[], RerankEngine], config: ServiceConfig) -> we
         batcher.start()
 
     async def start_draining(app: web.Application) -> None:
-        app[STATE].drain(config.shutdown_grace_s)
+        app[STATE].draining = True
 
     async def stop_worker(app: web.Application) -> None:
-        left = app[STATE].drain(config.shutdown_grace_s)  # what waiting for requests left
-        stopped = await asyncio.get_running_loop().run_in_executor(None, batcher.close, left)
+        stopped = await asyncio.get_running_loop().run_in_executor(
+            None, batcher.close, config.shutdown_grace_s
+        )
         if not stopped:
             logger.warning(
                 "the engine is still loading or in a forward pass; exit waits for it to end"

@@ -292,10 +292,10 @@ async def run_service(
 
 async def _drain(state: ServiceState, grace_s: float) -> None:
     """Refuse new rerank requests, wait up to ``grace_s`` for those in flight, cancel the rest."""
-    left = state.drain(grace_s)
+    state.draining = True
     if not state.in_flight:
         return
-    _, late = await asyncio.wait(set(state.in_flight), timeout=left)
+    _, late = await asyncio.wait(set(state.in_flight), timeout=grace_s)
     for task in late:
         task.cancel()
     if late:

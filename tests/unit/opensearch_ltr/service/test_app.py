@@ -32,16 +32,14 @@ from haystack_llmrank.ranking import Ranking
 from haystack_llmrank.reranker import Reranker
 from haystack_llmrank.strategies import Tournament
 from opensearch_ltr.service import ServiceConfig, create_app, run_service
-from opensearch_ltr.service import app as app_module
 from opensearch_ltr.service import batcher as batcher_module
-from opensearch_ltr.service.app import BATCHER, STATE, key_matches, presented_key
+from opensearch_ltr.service.app import BATCHER, key_matches, presented_key
 from opensearch_ltr.service.batcher import (
     RerankBatcher,
     RerankEngine,
     ServiceUnavailableError,
     WorkerState,
 )
-from opensearch_ltr.service.server import _drain
 
 KEY = "secret-key-1"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -826,7 +824,6 @@ STOP_WHILE_LOADING_SCRIPT = """
 import asyncio, logging, time
 from opensearch_ltr.service import ServiceConfig, create_app, run_service
 from opensearch_ltr.service import batcher as batcher_module
-from opensearch_ltr.service.server import _drain
 
 logging.basicConfig(level=logging.WARNING)
 
@@ -1324,25 +1321,6 @@ async def test_shutdown_past_the_grace_period_stops_the_engine_at_its_next_windo
         assert windows < 200
         with pytest.raises(aiohttp.ClientError):
             await in_flight
-
-
-@pytest.mark.parametrize(("spent_s", "left_s"), [(25.0, 5.0), (40.0, 0.0)])
-async def test_shutdown_waits_for_the_worker_only_what_is_left_of_the_grace_period(
-    monkeypatch: pytest.MonkeyPatch, spent_s: float, left_s: float
-) -> None:
-    """Stopping the worker waited a whole grace period again after the in-flight requests
-    had used theirs."""
-    now = [100.0]
-    monkeypatch.setattr(app_module, "time", SimpleNamespace(monotonic=lambda: now[0]))
-    app = create_app(FakeEngine, ServiceConfig(api_keys=(), shutdown_grace_s=30))
-    waited: list[float | None] = []
-    monkeypatch.setattr(app[BATCHER], "close", lambda timeout=None: waited.append(timeout))
-    await _drain(app[STATE], 30)
-    now[0] += spent_s  # as if waiting for in-flight requests
-    app.freeze()
-    await app.shutdown()
-    await app.cleanup()
-    assert waited == [left_s]
 
 
 @pytest.mark.parametrize("name", ["timeout_s", "header_timeout_s", "shutdown_grace_s"])
