@@ -2307,7 +2307,19 @@ def test_the_train_command_line_sets_window_orders_and_their_weights(
     assert top == LoraSettings(top_layers=8)
     with pytest.raises(ValueError, match="--lora-top-layers: LoRA options, which --full"):
         _config(parser.parse_args([*base, "--full", "--lora-top-layers", "8"]))
-    for option in (["--lora-rank", "8"], ["--lora-alpha", "8"], ["--lora-targets", "q_proj"]):
+    assert _config(parser.parse_args([*base, "--lora-dropout", "0"])).lora == LoraSettings(
+        dropout=0.0
+    )
+    with pytest.raises(ValueError, match=r"LoRA dropout must be in \[0, 1\), got 1.0"):
+        _config(parser.parse_args([*base, "--lora-dropout", "1"]))
+    with pytest.raises(SystemExit):
+        parser.parse_args([*base, "--lora-dropout", "-0.1"])
+    for option in (
+        ["--lora-rank", "8"],
+        ["--lora-alpha", "8"],
+        ["--lora-dropout", "0"],
+        ["--lora-targets", "q_proj"],
+    ):
         with pytest.raises(ValueError, match=f"{option[0]}: LoRA options, which --full"):
             _config(parser.parse_args([*base, "--full", *option]))
     assert _config(parser.parse_args([*base, "--full"])).lora is None
