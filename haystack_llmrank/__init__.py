@@ -58,7 +58,15 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name == "FirstListwiseRanker":
-        from haystack_llmrank.components.ranker import FirstListwiseRanker
-
+        try:
+            from haystack_llmrank.components.ranker import FirstListwiseRanker
+        except ModuleNotFoundError as exc:
+            if (exc.name or "").partition(".")[0] != "haystack":
+                raise
+            raise ModuleNotFoundError(
+                f"{exc}; FirstListwiseRanker needs the haystack extra: "
+                "pip install 'llmrank[haystack]'",
+                name=exc.name,
+            ) from exc
         return FirstListwiseRanker
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -7,6 +7,7 @@ ranking, the same whatever order the passages arrive in.
 from __future__ import annotations
 
 import hashlib
+from collections import deque
 from collections.abc import Sequence
 
 from haystack_llmrank.ranking import Ranking
@@ -40,17 +41,25 @@ def content_order(query: str, passages: Sequence[str]) -> list[int]:
     return sorted(range(len(passages)), key=lambda i: digests[i])
 
 
-def in_input_indices(ranking: Ranking, order: Sequence[int]) -> Ranking:
-    """``ranking`` of the passages taken in ``order`` (``order[j]`` is the input index of
+def in_input_indices(ranking: Ranking, order: Sequence[int], passages: Sequence[str]) -> Ranking:
+    """``ranking`` of ``passages`` taken in ``order`` (``order[j]`` is the input index of
     its ``j``-th passage), with its positions mapped back to input indices.
+
+    Copies of one text sit on different window lines, so their scores can differ; the
+    better-ranked copy is then given the earlier input index, so that identical passages
+    keep their input order in the ranking too, and the ranked texts and their scores are
+    the same whatever order the passages came in.
 
     Only a ranking that left no position unranked can be mapped: an unranked tail keeps
     the order it was ranked in, which would not be the input order.
     """
     if ranking.unranked:
         raise ValueError("a ranking with unranked positions keeps its arrangement's order")
+    copies: dict[str, deque[int]] = {}
+    for index in sorted(order):
+        copies.setdefault(passages[index], deque()).append(index)
     return Ranking(
-        tuple(order[j] for j in ranking.order),
+        tuple(copies[passages[order[j]]].popleft() for j in ranking.order),
         ranking.scores,
         ranking.logits,
         0,

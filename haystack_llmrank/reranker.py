@@ -208,7 +208,8 @@ class Reranker:
     ``order_invariant`` ranks each query's passages in an order fixed by their texts
     (:func:`~haystack_llmrank.arrangement.content_order`) instead of the order given, so
     the windows, and the ranking, are the same whatever order the passages arrive in; only
-    ``fusion_k`` still reads the input order. Equal scores then keep that content order.
+    ``fusion_k`` still reads the input order. Equal scores then keep that content order;
+    identical passages keep their input order among themselves.
     It needs the ``disjoint`` strategy, which judges every passage once and ranks them all
     by their own scores: the other strategies take the input order as the first stage's.
 
@@ -587,8 +588,8 @@ class Reranker:
             run.result(count, cut) for run, count, cut in zip(runs, tokens, truncated, strict=True)
         ]
         rankings = [
-            result if order is None else in_input_indices(result, order)
-            for result, order in zip(results, arrangements, strict=True)
+            result if order is None else in_input_indices(result, order, passages)
+            for result, order, (_, passages) in zip(results, arrangements, texted, strict=True)
         ]
         if self.fusion_k is not None:  # by input index, blank passages counted
             rankings = [

@@ -68,8 +68,9 @@ class FirstListwiseRanker:
 
     Output Documents are copies with ``score`` set to the engine's score (see
     :class:`haystack_llmrank.ranking.Ranking`): non-increasing down the list. Documents with the
-    same id are deduplicated first (the highest-scored copy is kept). Documents with no text
-    (no content and no embedded meta, or only what a prompt shows as nothing: see
+    same id are deduplicated first (the copy with the highest input ``score`` is kept).
+    Documents with no text (no content and no embedded meta, or only what a prompt shows as
+    nothing: see
     :func:`~haystack_llmrank.blank_passages.is_blank`) cannot be judged: they follow the
     ranked ones in input order with ``score=None``. Scores strictly decrease down the ranked
     Documents (ties from the engine's capping are set apart by one float32 step), so a later

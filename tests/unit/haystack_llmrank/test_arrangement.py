@@ -53,12 +53,24 @@ def test_identical_passages_keep_their_input_order() -> None:
 
 def test_a_ranking_is_mapped_back_to_input_indices() -> None:
     ranked = Ranking.from_logits([1, 2, 0], [3.0, 2.0, 1.0])
-    mapped = in_input_indices(ranked, [2, 0, 1])
+    mapped = in_input_indices(ranked, [2, 0, 1], ["a", "b", "c"])
     assert mapped.order == (0, 1, 2)
     assert mapped.scores == ranked.scores
     assert mapped.logits == ranked.logits
     with pytest.raises(ValueError, match="unranked"):
-        in_input_indices(Ranking.from_logits([0, 1, 2], [3.0, 2.0, 1.0], unranked=2), [2, 0, 1])
+        in_input_indices(
+            Ranking.from_logits([0, 1, 2], [3.0, 2.0, 1.0], unranked=2), [2, 0, 1], ["a", "b", "c"]
+        )
+
+
+def test_the_better_ranked_copy_of_a_text_takes_the_earlier_input_index() -> None:
+    texts = ["a", "b", "a", "c", "a"]
+    order = [3, 0, 2, 4, 1]  # the copies of "a" on lines 1, 2 and 3
+    ranked = Ranking.from_logits([3, 0, 1, 4, 2], [5.0, 4.0, 3.0, 2.0, 1.0])
+    mapped = in_input_indices(ranked, order, texts)
+    assert mapped.order == (0, 3, 2, 1, 4)
+    assert [texts[i] for i in mapped.order] == ["a", "c", "a", "b", "a"]
+    assert mapped.scores == ranked.scores
 
 
 def test_order_invariant_ranks_any_order_of_the_input_alike(
@@ -84,9 +96,28 @@ def test_order_invariant_ranks_the_content_order_and_maps_it_back(
     given = make(vote_scorer, smollm2_tokenizer)
     arranged = given.rerank(QUERY, [TEXTS[i] for i in order])
     invariant = make(vote_scorer, smollm2_tokenizer, order_invariant=True)
-    assert invariant.rerank(QUERY, TEXTS) == in_input_indices(arranged, order)
+    assert invariant.rerank(QUERY, TEXTS) == in_input_indices(arranged, order, TEXTS)
     fused = invariant.replace(fusion_k=60).rerank(QUERY, TEXTS)
-    assert fused == fuse_with_input_order(in_input_indices(arranged, order), 60)
+    assert fused == fuse_with_input_order(in_input_indices(arranged, order, TEXTS), 60)
+
+
+def test_order_invariant_ranks_identical_passages_in_their_input_order(
+    vote_scorer: TorchLabelScorer, smollm2_tokenizer: Any
+) -> None:
+    texts = [TEXTS[1], TEXTS[0], TEXTS[1], TEXTS[2], TEXTS[1], TEXTS[3]]
+    reranker = make(vote_scorer, smollm2_tokenizer, order_invariant=True)
+    given = reranker.rerank(QUERY, texts)
+    copies = [i for i in given.order if texts[i] == TEXTS[1]]
+    assert copies == [0, 2, 4]
+    ranks = [given.order.index(i) for i in copies]
+    assert len({given.scores[r] for r in ranks}) > 1, "copies on other lines should score apart"
+    for other in (texts[::-1], random.Random(2).sample(texts, len(texts))):
+        ranked = reranker.rerank(QUERY, other)
+        assert [other[i] for i in ranked.order] == [texts[i] for i in given.order]
+        assert ranked.scores == given.scores
+        assert [i for i in ranked.order if other[i] == TEXTS[1]] == [
+            i for i, text in enumerate(other) if text == TEXTS[1]
+        ]
 
 
 def test_order_invariant_needs_the_disjoint_strategy(

@@ -8,6 +8,7 @@ import itertools
 import json
 import pickle
 import re
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import fields, is_dataclass, replace
@@ -826,3 +827,16 @@ def test_saved_type_string_loads_with_the_readme_allowlist(
     ranker = loaded.get_component("ranker")
     assert type(ranker) is FirstListwiseRanker
     assert (ranker.model, ranker.top_k) == ("castorini/first_mistral", 4)
+
+
+def test_the_component_without_haystack_names_the_extra_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import haystack_llmrank
+
+    monkeypatch.setitem(sys.modules, "haystack", None)
+    for module in ("haystack_llmrank.components", "haystack_llmrank.components.ranker"):
+        monkeypatch.delitem(sys.modules, module)
+    with pytest.raises(ModuleNotFoundError, match=r"pip install 'llmrank\[haystack\]'") as info:
+        _ = haystack_llmrank.FirstListwiseRanker
+    assert info.value.name == "haystack"
