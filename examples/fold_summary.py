@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from haystack_llmrank.cli.options import positive_int
+from haystack_llmrank.cli.options import existing_file, positive_int
 
 BASELINE = "first_stage"
 TIE = 1e-9
@@ -115,7 +115,7 @@ def warn(message: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("records", nargs="+", type=Path, help="heldout_eval.py JSON files")
+    parser.add_argument("records", nargs="+", type=existing_file, help="heldout_eval.py JSON files")
     parser.add_argument("--resamples", type=positive_int, default=10000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, required=True)

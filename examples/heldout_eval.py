@@ -43,7 +43,12 @@ import torch
 from tqdm import tqdm
 
 from haystack_llmrank.bench.report import environment
-from haystack_llmrank.cli.options import add_passage_words_option, device_help, positive_int
+from haystack_llmrank.cli.options import (
+    add_passage_words_option,
+    device_help,
+    existing_file,
+    positive_int,
+)
 from haystack_llmrank.data import (
     Qrels,
     QueryCandidates,
@@ -166,10 +171,17 @@ def main() -> None:
     parser.add_argument(
         "--backend", default="torch", choices=["torch", "onnx"], help="onnx: an export folder"
     )
-    parser.add_argument("--split", type=Path, required=True, help="split.json of llmrank train")
-    parser.add_argument("--candidates", type=Path, default=DL19 / "candidates.jsonl")
-    parser.add_argument("--qrels", type=Path, default=DL19 / "qrels.txt")
-    parser.add_argument("--teacher", type=Path, default=None, help="a baseline run to score")
+    parser.add_argument(
+        "--split", type=existing_file, required=True, help="split.json of llmrank train"
+    )
+    parser.add_argument("--candidates", type=existing_file, default=str(DL19 / "candidates.jsonl"))
+    parser.add_argument("--qrels", type=existing_file, default=str(DL19 / "qrels.txt"))
+    parser.add_argument(
+        "--teacher",
+        type=existing_file,
+        default=None,
+        help="a baseline run to score (made by examples/teacher_run.py)",
+    )
     parser.add_argument("--orders", nargs="+", choices=ORDERS, default=list(ORDERS))
     parser.add_argument("--depth", type=positive_int, default=100, help="rerank the top N")
     parser.add_argument("--device", default="cpu", help=device_help("cpu"))

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from teacher_run import cosine_scores, encode, minilm_folder
 
-from haystack_llmrank.cli.options import positive_int
+from haystack_llmrank.cli.options import existing_file, positive_int
 from haystack_llmrank.data import (
     QueryCandidates,
     read_qrels,
@@ -66,10 +66,14 @@ def judgements(pseudo: QueryCandidates, source: str, copies: str) -> dict[str, i
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("candidates", type=Path)
-    parser.add_argument("--qrels", type=Path, required=True)
-    parser.add_argument("--teacher", type=Path, required=True, help="TREC run of the real queries")
-    parser.add_argument("--split", type=Path, required=True, help="split.json of the real queries")
+    parser.add_argument("candidates", type=existing_file)
+    parser.add_argument("--qrels", type=existing_file, required=True)
+    parser.add_argument(
+        "--teacher", type=existing_file, required=True, help="TREC run of the real queries"
+    )
+    parser.add_argument(
+        "--split", type=existing_file, required=True, help="split.json of the real queries"
+    )
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument(
         "--per-query", type=positive_int, default=2, help="pseudo-queries per query"

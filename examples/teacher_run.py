@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from haystack_llmrank.cli.options import existing_file
 from haystack_llmrank.data import QueryCandidates, read_queries, strictly_decreasing, write_run
 
 
@@ -55,7 +56,7 @@ def cosine_scores(query: QueryCandidates, vectors: Any) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("candidates", type=Path)
+    parser.add_argument("candidates", type=existing_file)
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--model", default=None, help="sentence-transformers folder or id")
     parser.add_argument("--tag", default="minilm")

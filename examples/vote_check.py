@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from haystack_llmrank.cli.options import positive_int
+from haystack_llmrank.cli.options import existing_file, positive_int
 from haystack_llmrank.data import Qrels, read_qrels, read_queries
 from haystack_llmrank.evaluation import evaluate
 from haystack_llmrank.labels import LabelIds, resolve_label_ids
@@ -130,9 +130,9 @@ ISOLATED = (
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model", help="a trained folder (its template is used)")
-    parser.add_argument("candidates", type=Path)
-    parser.add_argument("--qrels", type=Path, required=True)
-    parser.add_argument("--split", type=Path, required=True, help="its validation qids")
+    parser.add_argument("candidates", type=existing_file)
+    parser.add_argument("--qrels", type=existing_file, required=True)
+    parser.add_argument("--split", type=existing_file, required=True, help="its validation qids")
     parser.add_argument("--vote", default=" yes", help="the vote token")
     parser.add_argument("--depth", type=positive_int, default=20)
     parser.add_argument("--words", type=positive_int, default=48, help="words per passage")

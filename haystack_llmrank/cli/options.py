@@ -82,6 +82,13 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def existing_file(text: str) -> Path:
+    """An argparse type for the path of a file that exists."""
+    if not Path(text).is_file():
+        raise argparse.ArgumentTypeError(f"no such file: {text!r}")
+    return Path(text)
+
+
 def template_option(text: str) -> str:
     """An argparse type for a template name or a ``.json`` file of one, checked on parsing."""
     try:
