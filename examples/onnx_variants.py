@@ -126,6 +126,23 @@ def exported(model: str, root: Path, name: str, template: PromptTemplate) -> Pat
     return folder
 
 
+def check_variants(model: str, root: Path, names: list[str], template: PromptTemplate) -> None:
+    """Raise ``ValueError`` where an export already in ``root`` for one of the variants
+    ``names`` (for ``int8-dynamic`` without one, the ``fp32-fused`` export it is made from)
+    is not that variant of ``model``'s current weights, as :func:`exported` would later."""
+    for name in names:
+        folder = root / name
+        if name == DYNAMIC and is_export(folder):
+            check_reusable(folder, model, DYNAMIC, template, attention="fused")
+            continue
+        source = "fp32-fused" if name == DYNAMIC else name
+        if is_export(root / source):
+            variant = VARIANTS[source]
+            check_reusable(
+                root / source, model, variant["precision"], template, attention=variant["attention"]
+            )
+
+
 def score_one(scorer: Any, prompt: Prompt) -> np.ndarray:
     """The window's label logits, or its votes where the prompt records vote positions."""
     if prompt.score_positions:
@@ -191,11 +208,15 @@ def main() -> None:
     unknown = sorted(set(names) - {*VARIANTS, DYNAMIC})
     if unknown or not names:
         parser.error(f"--variants: unknown {', '.join(unknown) or '(none given)'}")
+    template = model_template(None, args.model)  # the one the model was trained with
+    try:
+        check_variants(args.model, args.export_dir, names, template)  # before any timing
+    except ValueError as exc:
+        parser.error(str(exc))
 
     import torch
 
     torch.set_num_threads(args.threads)
-    template = model_template(None, args.model)  # the one the model was trained with
     reference = load_scorer(args.model, device="cpu", labels=template.labels, vote=template.vote)
     prompts = window_prompts(
         reference.tokenizer, template, args.data, args.windows, args.max_passage_words

@@ -257,10 +257,15 @@ def _prefill_and_decode_seconds(
 ) -> tuple[float, float]:
     """Seconds of a prompt's forward pass (last logits only) and of one greedy decoding step.
 
-    The prompt runs twice (the first is a warm-up); then :data:`DECODE_PROBE_TOKENS` steps
-    run on its cache.
+    The prompt runs twice (the first is a warm-up); then, on its cache, one untimed step (the
+    decoding path's warm-up: a first step can cost far more than later ones) and
+    :data:`DECODE_PROBE_TOKENS` timed steps.
     """
     import torch
+
+    def step(output: Any) -> Any:
+        token = output.logits[:, -1:].argmax(dim=-1)
+        return model(token, past_key_values=output.past_key_values, use_cache=True)
 
     input_ids = torch.tensor([list(token_ids)], device=model.device)
     with torch.inference_mode():
@@ -268,10 +273,10 @@ def _prefill_and_decode_seconds(
         start = clock(device)
         output = model(input_ids, use_cache=True, logits_to_keep=1)
         prefill = clock(device) - start
+        output = step(output)
         start = clock(device)
         for _ in range(DECODE_PROBE_TOKENS):
-            token = output.logits[:, -1:].argmax(dim=-1)
-            output = model(token, past_key_values=output.past_key_values, use_cache=True)
+            output = step(output)
         decode = (clock(device) - start) / DECODE_PROBE_TOKENS
     return prefill, decode
 

@@ -18,7 +18,13 @@ from haystack_llmrank.prompt import (
     PassageWords,
     get_template,
 )
-from haystack_llmrank.strategies import DEFAULT_STEP, DEFAULT_WINDOW_SIZE, STRATEGIES
+from haystack_llmrank.strategies import (
+    DEFAULT_STEP,
+    DEFAULT_WINDOW_SIZE,
+    STRATEGIES,
+    TopDownPartition,
+    Tournament,
+)
 
 
 def _int_from(text: str, least: int, expected: str) -> int:
@@ -150,7 +156,7 @@ def add_model_options(group: Any, *, batch_size: int) -> None:
         help=device_help("cuda if any"),
     )
     group.add_argument(
-        "--dtype", default=None, help="float32, float16, bfloat16 (default: by device)"
+        "--dtype", default=None, help="float32, float16, bfloat16, float64 (default: by device)"
     )
     group.add_argument(
         "--strategy",
@@ -252,11 +258,11 @@ def check_model_options(args: argparse.Namespace) -> None:
 
     A window wider than the labels of the template (``--template``, else the one recorded
     with the model, else FIRST's), a step wider than the window, ``--order-invariant`` with
-    a strategy other than ``disjoint`` (as the template's readout resolves it), a template
-    (or ``--vote``) whose readout an ONNX export does not score, a dtype with the onnx
-    backend, a device the backend does not run on, an unknown dtype, a model that is
-    neither local nor reachable, or (onnx) a folder that is no complete export fails here in
-    well under a second.
+    a strategy other than ``disjoint`` (as the template's readout resolves it), rerank's
+    ``--rank-depth`` with a strategy that plays no rounds, a template (or ``--vote``) whose
+    readout an ONNX export does not score, a dtype with the onnx backend, a device the
+    backend does not run on, an unknown dtype, a model that is neither local nor reachable,
+    or (onnx) a folder that is no complete export fails here in well under a second.
     """
     from haystack_llmrank.backends import check_backend, check_export, check_placement
     from haystack_llmrank.fusion import check_fusion_k
@@ -272,13 +278,14 @@ def check_model_options(args: argparse.Namespace) -> None:
             f"--window-size {args.window_size} is over the {labels} labels of the model's "
             f"prompt template {template.name!r}"
         )
-    resolve_strategy(
+    strategy = resolve_strategy(
         template,
         args.strategy,
         window_size=args.window_size,
         step=args.step,
         order_invariant=args.order_invariant,
     )
+    check_rank_depth_applies(getattr(args, "rank_depth", None), strategy.name)
     check_fusion_k(args.fusion_k)
     # --threads also sets torch's process-wide threads (load_reranker), which the API leaves
     check_backend(args.backend, args.threads if args.backend == "onnx" else None, args.dtype)
@@ -287,6 +294,16 @@ def check_model_options(args: argparse.Namespace) -> None:
         check_available(resolve_model(args.model))
     else:
         check_export(args.model)
+
+
+def check_rank_depth_applies(rank_depth: int | None, strategy: str) -> None:
+    """``ValueError`` for a ``--rank-depth`` given with ``strategy`` where it plays no rounds
+    (only tdpart and tournament do), as it would be ignored."""
+    if rank_depth is not None and strategy not in (TopDownPartition.name, Tournament.name):
+        raise ValueError(
+            "--rank-depth applies to the tdpart and tournament strategies only; strategy "
+            f"{strategy!r} ranks every position"
+        )
 
 
 def check_not_input(option: str, output: Path, inputs: Iterable[tuple[str, Path]]) -> None:

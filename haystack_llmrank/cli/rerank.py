@@ -61,7 +61,8 @@ def register(parser: argparse.ArgumentParser) -> None:
         "rounds until K are ranked and keep the rest in first-stage order. Unset, they play "
         "one round, which ranks tdpart's pivot and the passages above it (at least half the "
         "window; where they do not fit one window, only its first passages that no passage "
-        "left out can beat) and tournament's last window. sliding and disjoint always rank all",
+        "left out can beat) and tournament's last window. sliding and disjoint always rank all, "
+        "and refuse it",
     )
     add_model_options(parser, batch_size=1)
     parser.add_argument(

@@ -209,12 +209,17 @@ def _check_encoding(request: web.Request) -> None:
     unknown one as plain); an empty one is plain."""
     encoding = request.headers.get("Content-Encoding", "").strip().lower() or "identity"
     if encoding not in CONTENT_ENCODINGS:
-        raise RequestError(
-            415,
-            "unsupported_media_type",
-            f"Content-Encoding {encoding[:40]!r} is not supported; use "
-            + ", ".join(CONTENT_ENCODINGS),
-        )
+        raise unsupported_encoding(encoding)
+
+
+def unsupported_encoding(encoding: str) -> RequestError:
+    """The 415 refusal of a request body in ``encoding``, one not in
+    :data:`CONTENT_ENCODINGS`."""
+    return RequestError(
+        415,
+        "unsupported_media_type",
+        f"Content-Encoding {encoding[:40]!r} is not supported; use " + ", ".join(CONTENT_ENCODINGS),
+    )
 
 
 def _check_content_type(request: web.Request) -> None:

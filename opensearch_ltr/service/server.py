@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import signal
 import socket
 from collections.abc import Callable
@@ -19,7 +20,15 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError
 
-from opensearch_ltr.service.app import BATCHER, CONFIG, RETRY_AFTER_S, STATE, ServiceState
+from opensearch_ltr.service.app import (
+    BATCHER,
+    CONFIG,
+    CONTENT_ENCODINGS,
+    RETRY_AFTER_S,
+    STATE,
+    ServiceState,
+    unsupported_encoding,
+)
 from opensearch_ltr.service.protocol import dumps, error_body
 
 logger = logging.getLogger(__name__)
@@ -40,6 +49,21 @@ def _refusal_bytes() -> bytes:
         "Connection: close\r\n\r\n"
     )
     return head.encode() + body
+
+
+def _undecodable_coding(exc: BaseException | None) -> str | None:
+    """The coding of a request that aiohttp's parser refused as one it knows but cannot
+    decode here (``br`` or ``zstd`` without their modules), if ``exc`` is that refusal and
+    the coding is not in :data:`CONTENT_ENCODINGS`; else None.
+
+    aiohttp names the coding in parentheses: "Can not decode content-encoding: brotli (br)".
+    """
+    if not isinstance(exc, ContentEncodingError):
+        return None
+    found = re.search(r"\(([a-z0-9-]+)\)", str(exc.message))
+    if found is None or found[1] in CONTENT_ENCODINGS:
+        return None
+    return found[1]
 
 
 class _Connection(web.RequestHandler):
@@ -102,11 +126,17 @@ class _Connection(web.RequestHandler):
         if status >= 500:
             return super().handle_error(request, status, exc, message)
         self.log_exception("malformed request", exc_info=exc)
-        if isinstance(exc, ContentEncodingError):
+        coding = _undecodable_coding(exc)
+        if coding is not None:
+            refusal = unsupported_encoding(coding)
+            body, status = refusal.body(), refusal.status
+        elif isinstance(exc, ContentEncodingError):
             text = "the Content-Encoding is not supported or does not match the body"
+            body = error_body("bad_request", text)
         else:
             text = "malformed HTTP request: " + (message or "").strip().split("\n")[0]
-        response = web.json_response(error_body("bad_request", text), status=status, dumps=dumps)
+            body = error_body("bad_request", text)
+        response = web.json_response(body, status=status, dumps=dumps)
         response.force_close()
         return response
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import re
 import shutil
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support import import_example
@@ -31,3 +33,33 @@ def test_an_export_is_reused_only_as_the_variant_of_the_same_model(
     shutil.copytree(folder, root / "fp32-fused")  # plain attention under the fused name
     with pytest.raises(ValueError, match="with plain attention, not fused; delete it"):
         variants.exported(str(tiny_model_dir), root, "fp32-fused", FIRST_TEMPLATE)
+
+
+def test_a_mismatched_variant_is_refused_before_any_timing(
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """It was refused with a traceback, and only after the torch pass was timed."""
+    variants = import_example("onnx_variants")
+    root = tmp_path / "exports"
+    template = variants.model_template(None, str(tiny_model_dir))
+    plain = variants.exported(str(tiny_model_dir), root, "fp32-plain", template)
+    shutil.copytree(plain, root / "fp32-fused")  # plain attention under the fused name
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the torch pass ran before the variants were checked")
+
+    monkeypatch.setattr(variants, "load_scorer", timed)
+    base = ["--model", str(tiny_model_dir), "--data", str(tmp_path), "--export-dir", str(root)]
+    for chosen in ("fp32-plain,fp32-fused", "int8-dynamic"):  # the latter is made from fused
+        monkeypatch.setattr(sys, "argv", ["onnx_variants.py", *base, "--variants", chosen])
+        with pytest.raises(SystemExit) as exit_info:
+            variants.main()
+        assert exit_info.value.code == 2
+        error = capsys.readouterr().err
+        assert error.splitlines()[-1].endswith(
+            f"error: the ONNX export in {root / 'fp32-fused'} is with plain attention, not "
+            "fused; delete it (it is then exported again), or choose another --export-dir"
+        )

@@ -488,6 +488,45 @@ def test_rank_depth_help_says_what_unset_means(capsys: pytest.CaptureFixture[str
     assert "default: all" not in rank_depth
 
 
+@pytest.mark.parametrize(
+    ("strategy", "extra"),
+    [
+        ("sliding", ()),
+        ("sliding", ("--strategy", "sliding")),
+        ("disjoint", ("--strategy", "disjoint")),
+    ],
+)
+def test_rank_depth_is_refused_for_a_strategy_that_ranks_every_position(
+    llmrank: Any,
+    candidates: Path,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    strategy: str,
+    extra: tuple[str, ...],
+) -> None:
+    """It was silently ignored there (rc 0), where a --step a strategy lacks is refused."""
+    output = tmp_path / "run.txt"
+    step = strategy == "sliding"
+    args = rerank_args(candidates, output, tiny_model_dir, *extra, "--rank-depth", "2", step=step)
+    assert llmrank(args) == 2
+    assert (
+        "--rank-depth applies to the tdpart and tournament strategies only; strategy "
+        f"{strategy!r} ranks every position"
+    ) in capsys.readouterr().err
+    assert not output.exists()
+
+
+@pytest.mark.parametrize("command", ["rerank", "serve"])
+def test_dtype_help_names_float64(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """float64 is accepted, but the help named only float32, float16 and bfloat16."""
+    with pytest.raises(SystemExit):
+        cli.main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.partition("options:")[2].split())
+    dtype = text[text.index("--dtype DTYPE") : text.index("--strategy")]
+    assert dtype == "--dtype DTYPE float32, float16, bfloat16, float64 (default: by device) "
+
+
 @pytest.mark.parametrize("value", ["0", "-3", "many"])
 def test_rerank_rejects_non_positive_counts(
     llmrank: Any, candidates: Path, tmp_path: Path, value: str
