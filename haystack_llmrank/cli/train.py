@@ -223,7 +223,7 @@ def register(parser: argparse.ArgumentParser) -> None:
             non_negative_float,
             lora_defaults.dropout,
             "dropout on the adapters' inputs, below 1; 0 skips drawing its masks, which "
-            "take about a fifth to a third of a CPU update",
+            "take a quarter to a third of a CPU update",
         ),
     )
     lora.add_argument(
@@ -291,9 +291,11 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def _numbers(group: Any, *options: tuple[str, Callable[[str], Any], Any, str]) -> None:
-    """Add options that take one parsed value, each help ending with its default."""
+    """Add options that take one parsed value, each help ending with its default (where it
+    has one: an unset default's meaning is the help's to say)."""
     for flag, kind, default, text in options:
-        group.add_argument(flag, type=kind, default=default, help=f"{text} (%(default)s)")
+        shown = text if default is None else f"{text} (%(default)s)"
+        group.add_argument(flag, type=kind, default=default, help=shown)
 
 
 def format_orders(orders: tuple[str, ...], weights: tuple[float, ...]) -> str:

@@ -874,8 +874,11 @@ class FirstTrainer:
         meta = json.loads((folder / CHECKPOINT_STATE).read_text("utf-8"))
         self._refuse_changes(folder, meta)
         # checkpoints from before the setting were trained with the default
-        saved = {"ranknet_reduction": TrainConfig.ranknet_reduction, **meta["config"]}
-        current = json.loads(json.dumps(self.config.to_dict()))  # tuples as the JSON's lists
+        saved = _unordered_targets(
+            {"ranknet_reduction": TrainConfig.ranknet_reduction, **meta["config"]}
+        )
+        # tuples as the JSON's lists
+        current = _unordered_targets(json.loads(json.dumps(self.config.to_dict())))
         changed = sorted(
             k for k, v in current.items() if saved.get(k) != v and k not in _RUN_LENGTH
         )
@@ -927,3 +930,11 @@ def _differences(there: PromptTemplate, here: PromptTemplate) -> str:
         for f in fields(PromptTemplate)
         if getattr(there, f.name) != getattr(here, f.name)
     )
+
+
+def _unordered_targets(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` (as JSON) with its LoRA target modules sorted: their order shapes nothing."""
+    lora = config.get("lora")
+    if not isinstance(lora, dict) or "target_modules" not in lora:
+        return config
+    return {**config, "lora": {**lora, "target_modules": sorted(lora["target_modules"])}}

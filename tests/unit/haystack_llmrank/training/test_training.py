@@ -1455,7 +1455,7 @@ def test_resume_refuses_another_template_and_names_what_differs(
 
 
 def test_resume_refuses_another_base_model_or_lora_shape(
-    smollm2_tokenizer: Any, tiny_model_dir: Path, tmp_path: Path
+    smollm2_tokenizer: Any, tiny_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     lora = LoraSettings(rank=4, alpha=8, dropout=0.0)
     train_adapter(smollm2_tokenizer, tiny_model_dir, tmp_path / "run", steps=2, lora=lora)
@@ -1478,8 +1478,11 @@ def test_resume_refuses_another_base_model_or_lora_shape(
         ),
     ):
         resumed(Path("/elsewhere"))
-    # the same modules in another order: the same adapter, as --init-adapter finds too
-    assert resumed(lora=replace(lora, target_modules=lora.target_modules[::-1]))
+    # the same modules in another order: the same adapter, as --init-adapter finds too, and
+    # no changed setting to warn of
+    with caplog.at_level(logging.WARNING, logger="haystack_llmrank.training.trainer"):
+        assert resumed(lora=replace(lora, target_modules=lora.target_modules[::-1]))
+    assert "changed settings" not in caplog.text
     for changed, message in (
         ({"alpha": 16}, "LoRA alpha 8, not 16"),  # same shapes: it would load, scaled 2x
         ({"rank": 8}, "LoRA rank 4, not 8"),
