@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import logging
 import math
+import re
 import shutil
 import time
 from collections import Counter
@@ -374,6 +376,59 @@ def read_split(file: Path, qids: list[str]) -> tuple[list[str], list[str]]:
 
 
 def _config(args: argparse.Namespace) -> Any:
+    """The run's settings, checked against ``--template``'s vote before the model loads; a
+    refusal names the options (:func:`flag_names`), where the library names its fields."""
+    from haystack_llmrank.training.trainer import check_template_vote
+
+    try:
+        config = _settings(args)
+        check_template_vote(_template(args), config)
+    except ValueError as exc:
+        raise ValueError(flag_names(str(exc))) from exc
+    return config
+
+
+_FIELD_OPTIONS = {
+    "min_size": "min_window",
+    "max_size": "max_window",
+    "order_weights": "orders",
+    "dropout": "lora_dropout",
+    "top_layers": "lora_top_layers",
+    "target_modules": "lora_targets",
+    "init_from": "init_adapter",
+}
+"""Settings fields whose option's ``dest`` has another name: field -> dest."""
+
+
+@functools.cache
+def _options() -> dict[str, str]:
+    """Each ``train`` option's ``dest`` (and each field of :data:`_FIELD_OPTIONS`) -> its
+    long option string, read off the parser itself."""
+    parser = argparse.ArgumentParser()
+    register(parser)
+    options = {
+        action.dest: max(action.option_strings, key=len)
+        for action in parser._actions
+        if action.option_strings and action.dest != "help"
+    }
+    return options | {field: options[dest] for field, dest in _FIELD_OPTIONS.items()}
+
+
+def flag_names(message: str) -> str:
+    """``message`` with each whole identifier that names a setting with a ``train`` option
+    (``pool``, ``max_size``, ``passage_vote=' yes'``) written as that option (``--pool``,
+    ``--max-window``, ``--passage-vote=' yes'``); a parenthesised option after it, or one the
+    message names elsewhere, is dropped (``warmup_steps (--warmup-steps)``)."""
+    options = _options()
+    names = "|".join(sorted(map(re.escape, options), key=len, reverse=True))
+    shown = re.sub(rf"(?<![\w.'\"-])({names})(?![\w'\"-])", lambda m: options[m.group(1)], message)
+    for hint in set(re.findall(r" \((--[\w-]+)\)", shown)):
+        if len(re.findall(rf"{re.escape(hint)}(?![\w-])", shown)) > 1:
+            shown = shown.replace(f" ({hint})", "")
+    return shown
+
+
+def _settings(args: argparse.Namespace) -> Any:
     """The run's settings; passages as long as ``--max-passage-words``, else as the
     ``--template`` file records, else :class:`TrainConfig`'s default."""
     from haystack_llmrank.prompt import get_template

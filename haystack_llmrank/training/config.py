@@ -158,7 +158,7 @@ class TrainConfig:
 
     def _check_pointwise(self) -> None:
         if self.passage_vote is None:
-            raise ValueError("the pointwise objective scores passages by passage_vote; set it")
+            raise ValueError("objective 'pointwise' scores passages by passage_vote; set it")
         refused = {
             "passage_ranknet_weight": self.passage_ranknet_weight > 0,
             "pointwise_weight": self.pointwise_weight > 0,
@@ -167,18 +167,21 @@ class TrainConfig:
         }
         for name, given in refused.items():
             if given:
-                raise ValueError(f"{name} applies to FIRST windows, not to the pointwise objective")
+                raise ValueError(f"{name} applies to FIRST windows, not to objective 'pointwise'")
         # each passage is scored alone and the pairwise RankNet is the whole loss
         unused = {
             "ranknet_weight": self.ranknet_weight != TrainConfig.ranknet_weight,
             "ranknet_reduction": self.ranknet_reduction != TrainConfig.ranknet_reduction,
-            "the input order": (self.sampling.orders, self.sampling.order_weights)
+            "the input order (orders, with their weights)": (
+                self.sampling.orders,
+                self.sampling.order_weights,
+            )
             != (WindowSampling.orders, WindowSampling.order_weights),
         }
         for name, changed in unused.items():
             if changed:
                 raise ValueError(
-                    f"{name} has no effect with the pointwise objective, which scores each "
+                    f"{name} has no effect with objective 'pointwise', which scores each "
                     "passage in a prompt of its own with one loss; leave it at its default"
                 )
 

@@ -162,6 +162,26 @@ def refuse_no_updates_left(config: TrainConfig, step: int, checkpoint: Path) -> 
     )
 
 
+def check_template_vote(template: PromptTemplate, config: TrainConfig) -> None:
+    """Refuse a ``template`` that ranks by a vote other than ``config.passage_vote``: the token
+    trained must be the token read. The message names every setting still missing, so that one
+    try tells all (a vote is used only with a positive weight on a loss that reads it)."""
+    if template.vote is None or template.vote == config.passage_vote:
+        return
+    other = "" if config.passage_vote is None else f", not {config.passage_vote!r}"
+    weight = (
+        ", with a positive passage_ranknet_weight or pointwise_weight"
+        if config.objective == "first"
+        and config.passage_ranknet_weight <= 0
+        and config.pointwise_weight <= 0
+        else ""
+    )
+    raise ValueError(
+        f"template {template.name!r} ranks by the vote {template.vote!r}; train that token: "
+        f"passage_vote={template.vote!r}{other}{weight}"
+    )
+
+
 class FirstTrainer:
     """Fine-tunes a causal LM for FIRST reranking.
 
@@ -206,11 +226,7 @@ class FirstTrainer:
         self.output_dir = Path(output_dir)
         self.label_ids = resolve_label_ids(tokenizer, template.labels)
         self.label_ids.check_window(config.sampling.max_size)
-        if template.vote is not None and template.vote != config.passage_vote:
-            raise ValueError(
-                f"template {template.name!r} ranks by the vote {template.vote!r}; train that "
-                f"token: passage_vote={template.vote!r}, not {config.passage_vote!r}"
-            )
+        check_template_vote(template, config)
         self.vote_id = vote_token_id(tokenizer, config.passage_vote)
         if (
             config.passage_ranknet_weight > 0

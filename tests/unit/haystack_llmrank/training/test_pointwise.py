@@ -315,10 +315,10 @@ def test_mixed_settings_are_checked(changes: dict[str, Any], message: str) -> No
             "mirrored sampling applies to FIRST windows",
         ),
         ({"batch_windows": 2}, "batch_windows > 1 applies to FIRST windows"),
-        ({"ranknet_weight": 30.0}, "ranknet_weight has no effect with the pointwise"),
+        ({"ranknet_weight": 30.0}, "ranknet_weight has no effect with objective 'pointwise'"),
         (
             {"sampling": WindowSampling(orders=("shuffled",), order_weights=(1.0,))},
-            "the input order has no effect",
+            r"the input order \(orders, with their weights\) has no effect",
         ),
         ({"objective": "listwise"}, "objective must be one of"),
         ({"stop_after": 5}, r"stop_after must be in \[1, steps=4\]"),
@@ -416,7 +416,7 @@ def test_the_train_command_line_runs_the_pointwise_objective_and_stops_early(
     assert (config["min_lr_ratio"], config["max_grad_norm"]) == (1.0, 3.0)
     assert [h["step"] for h in record["history"]] == [0, 1]
     assert main([*args, "--batch-windows", "2"]) == 2
-    assert "batch_windows > 1 applies to FIRST windows" in capsys.readouterr().err
+    assert "--batch-windows > 1 applies to FIRST windows" in capsys.readouterr().err
 
 
 def test_a_pointwise_prompt_over_the_budget_is_refused_before_any_update(

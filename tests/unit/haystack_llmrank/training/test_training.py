@@ -426,7 +426,9 @@ def test_the_mean_ranknet_divides_by_the_pairs_as_first_code_does() -> None:
     assert chance_ranknet(1, "mean") == 0.0
     with pytest.raises(ValueError, match="ranknet_reduction must be one of"):
         small_config(ranknet_reduction="max")
-    with pytest.raises(ValueError, match="ranknet_reduction has no effect with the pointwise"):
+    with pytest.raises(
+        ValueError, match="ranknet_reduction has no effect with objective 'pointwise'"
+    ):
         small_config(objective="pointwise", passage_vote=" yes", ranknet_reduction="mean")
 
 
@@ -1166,7 +1168,7 @@ def test_warm_up_as_long_as_the_run_and_negative_seeds_are_refused(
         small_config(seed=-1)
     parser = build_parser("train")
     base = ["train", "c.jsonl", "--qrels", "q.txt", "-o", "out"]
-    with pytest.raises(ValueError, match=r"steps=5\), got 10: the rate reaches learning_rate"):
+    with pytest.raises(ValueError, match=r"--steps=5\), got 10: the rate reaches --learning-rate"):
         _config(parser.parse_args([*base, "--steps", "5"]))  # the default warm-up, 10
     for option in ("--seed", "--split-seed", "--warmup-steps"):
         with pytest.raises(SystemExit):
@@ -2270,6 +2272,72 @@ def test_every_public_training_name_resolves() -> None:
         _ = training.Trainer  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize(
+    ("options", "cli", "library"),
+    [
+        (
+            ["--pool", "3", "--max-window", "4"],
+            "--pool (3) is smaller than --max-window (4): windows are drawn from the first "
+            "--pool candidates and could never be that large; raise --pool or lower --max-window",
+            "pool (3) is smaller than max_size (4)",
+        ),
+        (
+            ["--mirrored", "--grad-accumulation", "3"],
+            "--mirrored windows come in pairs: --grad-accumulation must be even, got 3",
+            "grad_accumulation must be even",
+        ),
+        (
+            ["--objective", "pointwise"],
+            "--objective 'pointwise' scores passages by --passage-vote; set it",
+            "objective 'pointwise' scores passages by passage_vote",
+        ),
+        (
+            ["--objective", "pointwise", "--passage-vote", " yes", "--orders", "shuffled:1"],
+            "the input order (--orders, with their weights) has no effect with --objective "
+            "'pointwise'",
+            "the input order (orders, with their weights) has no effect",
+        ),
+        (
+            ["--passage-vote", " yes"],
+            "--passage-vote is used only with a positive --passage-ranknet-weight or "
+            "--pointwise-weight",
+            "passage_vote is used only with a positive passage_ranknet_weight or pointwise_weight",
+        ),
+        (
+            ["--warmup-steps", "4", "--steps", "4"],
+            "--warmup-steps must be in [0, --steps=4), got 4: the rate reaches --learning-rate",
+            "warmup_steps (--warmup-steps) must be in [0, steps=4)",
+        ),
+        (
+            [
+                "--template",
+                str(PROJECT_ROOT / "haystack_llmrank/default_adapter/llmrank_template.json"),
+            ],
+            "--template 'first-judge' ranks by the vote ' yes'; train that token: "
+            "--passage-vote=' yes', with a positive --passage-ranknet-weight or "
+            "--pointwise-weight",
+            "template 'first-judge' ranks by the vote ' yes'; train that token: "
+            "passage_vote=' yes', with a positive passage_ranknet_weight or pointwise_weight",
+        ),
+    ],
+)
+def test_train_command_line_refusals_name_its_options_and_the_api_its_fields(
+    options: list[str], cli: str, library: str
+) -> None:
+    """From ``llmrank train`` a refused setting is named by its option (and a template's vote
+    asks for all it needs at once, before the model loads); from Python, by its field."""
+    from haystack_llmrank.cli import build_parser
+    from haystack_llmrank.cli.train import _config, _settings, _template
+    from haystack_llmrank.training.trainer import check_template_vote
+
+    parser = build_parser("train")
+    args = parser.parse_args(["train", "c.jsonl", "--qrels", "q.txt", "-o", "out", *options])
+    with pytest.raises(ValueError, match=re.escape(cli)):
+        _config(args)
+    with pytest.raises(ValueError, match=re.escape(library)):
+        check_template_vote(_template(args), _settings(args))
+
+
 def test_the_train_command_line_sets_window_orders_and_their_weights(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -2313,7 +2381,7 @@ def test_the_train_command_line_sets_window_orders_and_their_weights(
     assert _config(parser.parse_args([*base, "--lora-dropout", "0"])).lora == LoraSettings(
         dropout=0.0
     )
-    with pytest.raises(ValueError, match=r"LoRA dropout must be in \[0, 1\), got 1.0"):
+    with pytest.raises(ValueError, match=r"LoRA --lora-dropout must be in \[0, 1\), got 1.0"):
         _config(parser.parse_args([*base, "--lora-dropout", "1"]))
     with pytest.raises(SystemExit):
         parser.parse_args([*base, "--lora-dropout", "-0.1"])
@@ -2379,8 +2447,9 @@ def test_a_template_file_sets_the_passage_length_and_other_ones_are_named(
     def words(*given: str) -> int:
         return int(_config(parser.parse_args([*base, *given])).max_passage_words)
 
-    assert words("--template", str(shipped)) == 48  # the length it records
-    assert words("--template", str(shipped), "--max-passage-words", "30") == 30
+    vote = ["--passage-vote", " yes", "--passage-ranknet-weight", "1"]  # as it ranks
+    assert words("--template", str(shipped), *vote) == 48  # the length it records
+    assert words("--template", str(shipped), *vote, "--max-passage-words", "30") == 30
     assert words() == words("--template", "first-judge") == 64  # none recorded
     with caplog.at_level(logging.WARNING, logger="haystack_llmrank.training.trainer"):
         FirstTrainer(
