@@ -860,13 +860,11 @@ class FirstTrainer:
             ),
         }
         if saved_lora is not None and self.config.lora is not None:
-            given = json.loads(json.dumps(asdict(self.config.lora)))
-            defaults = json.loads(json.dumps(asdict(LoraSettings())))
+            given = _unordered_targets(json.loads(json.dumps(asdict(self.config.lora))))
+            defaults = _unordered_targets(json.loads(json.dumps(asdict(LoraSettings()))))
+            saved = _unordered_targets(saved_lora)
             for name in _LORA_SHAPE:
-                there, here = saved_lora.get(name, defaults[name]), given[name]
-                if name == "target_modules":  # a set: their order shapes nothing
-                    there, here = sorted(there), sorted(here)
-                fixed[f"LoRA {name}"] = (there, here)
+                fixed[f"LoRA {name}"] = (saved.get(name, defaults[name]), given[name])
         for name, (there, here) in fixed.items():
             if there != here:
                 raise ValueError(
@@ -890,11 +888,11 @@ class FirstTrainer:
         meta = json.loads((folder / CHECKPOINT_STATE).read_text("utf-8"))
         self._refuse_changes(folder, meta)
         # checkpoints from before the setting were trained with the default
-        saved = _unordered_targets(
-            {"ranknet_reduction": TrainConfig.ranknet_reduction, **meta["config"]}
-        )
-        # tuples as the JSON's lists
-        current = _unordered_targets(json.loads(json.dumps(self.config.to_dict())))
+        saved = {"ranknet_reduction": TrainConfig.ranknet_reduction, **meta["config"]}
+        current = json.loads(json.dumps(self.config.to_dict()))  # tuples as the JSON's lists
+        for config in (saved, current):
+            if isinstance(config.get("lora"), dict):
+                config["lora"] = _unordered_targets(config["lora"])
         changed = sorted(
             k for k, v in current.items() if saved.get(k) != v and k not in _RUN_LENGTH
         )
@@ -948,9 +946,9 @@ def _differences(there: PromptTemplate, here: PromptTemplate) -> str:
     )
 
 
-def _unordered_targets(config: dict[str, Any]) -> dict[str, Any]:
-    """``config`` (as JSON) with its LoRA target modules sorted: their order shapes nothing."""
-    lora = config.get("lora")
-    if not isinstance(lora, dict) or "target_modules" not in lora:
-        return config
-    return {**config, "lora": {**lora, "target_modules": sorted(lora["target_modules"])}}
+def _unordered_targets(lora: Mapping[str, Any]) -> dict[str, Any]:
+    """LoRA settings (as JSON) with their target modules sorted: a set, whose order shapes
+    nothing."""
+    if "target_modules" not in lora:
+        return dict(lora)
+    return {**lora, "target_modules": sorted(lora["target_modules"])}
