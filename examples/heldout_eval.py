@@ -94,6 +94,23 @@ def ndcg10(run: Run, qrels: Qrels, report: dict[str, Any], key: str) -> None:
     }
 
 
+def add_data_options(parser: argparse.ArgumentParser, *, teacher: bool) -> None:
+    """``--split`` (required), ``--candidates`` and ``--qrels`` (DL19's by default), and with
+    ``teacher`` a ``--teacher`` run: files that must exist."""
+    parser.add_argument(
+        "--split", type=existing_file, required=True, help="split.json of llmrank train"
+    )
+    parser.add_argument("--candidates", type=existing_file, default=str(DL19 / "candidates.jsonl"))
+    parser.add_argument("--qrels", type=existing_file, default=str(DL19 / "qrels.txt"))
+    if teacher:
+        parser.add_argument(
+            "--teacher",
+            type=existing_file,
+            default=None,
+            help="a baseline run to score (made by examples/teacher_run.py)",
+        )
+
+
 def heldout_queries(
     candidates: Path, split: Path, depth: int, side: str = "validation"
 ) -> list[QueryCandidates]:
@@ -171,17 +188,7 @@ def main() -> None:
     parser.add_argument(
         "--backend", default="torch", choices=["torch", "onnx"], help="onnx: an export folder"
     )
-    parser.add_argument(
-        "--split", type=existing_file, required=True, help="split.json of llmrank train"
-    )
-    parser.add_argument("--candidates", type=existing_file, default=str(DL19 / "candidates.jsonl"))
-    parser.add_argument("--qrels", type=existing_file, default=str(DL19 / "qrels.txt"))
-    parser.add_argument(
-        "--teacher",
-        type=existing_file,
-        default=None,
-        help="a baseline run to score (made by examples/teacher_run.py)",
-    )
+    add_data_options(parser, teacher=True)
     parser.add_argument("--orders", nargs="+", choices=ORDERS, default=list(ORDERS))
     parser.add_argument("--depth", type=positive_int, default=100, help="rerank the top N")
     parser.add_argument("--device", default="cpu", help=device_help("cpu"))

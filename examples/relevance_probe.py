@@ -30,11 +30,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import torch
-from heldout_eval import DL19, baselines
+from heldout_eval import add_data_options, baselines
 from teacher_run import embed, minilm_folder
 from tqdm import tqdm
 
-from haystack_llmrank.cli.options import existing_file, positive_int
+from haystack_llmrank.cli.options import positive_int
 from haystack_llmrank.data import Qrels, QueryCandidates, read_qrels, read_queries
 from haystack_llmrank.evaluation import evaluate
 from haystack_llmrank.model_templates import model_template
@@ -171,17 +171,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--template", default="first-echo")
-    parser.add_argument(
-        "--split", type=existing_file, required=True, help="split.json of llmrank train"
-    )
-    parser.add_argument("--candidates", type=existing_file, default=str(DL19 / "candidates.jsonl"))
-    parser.add_argument("--qrels", type=existing_file, default=str(DL19 / "qrels.txt"))
-    parser.add_argument(
-        "--teacher",
-        type=existing_file,
-        default=None,
-        help="a baseline run to score (made by examples/teacher_run.py)",
-    )
+    add_data_options(parser, teacher=True)
     parser.add_argument("--depth", type=positive_int, default=100, help="candidates per query")
     parser.add_argument("--max-passage-words", type=positive_int, default=64)
     parser.add_argument("--layer-step", type=positive_int, default=2, help="probe every Nth layer")

@@ -33,11 +33,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from heldout_eval import DL19, ORDERS, arrange, heldout_queries, ndcg10
+from heldout_eval import ORDERS, add_data_options, arrange, heldout_queries, ndcg10
 from tqdm import tqdm
 
 from haystack_llmrank.bench.report import environment
-from haystack_llmrank.cli.options import device_help, existing_file, positive_int
+from haystack_llmrank.cli.options import device_help, positive_int
 from haystack_llmrank.data import Qrels, QueryCandidates, Run, read_qrels
 from haystack_llmrank.reranker import Reranker
 from haystack_llmrank.strategies import deal
@@ -132,11 +132,7 @@ def held_out_figures(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="default")
-    parser.add_argument(
-        "--split", type=existing_file, required=True, help="split.json of llmrank train"
-    )
-    parser.add_argument("--candidates", type=existing_file, default=str(DL19 / "candidates.jsonl"))
-    parser.add_argument("--qrels", type=existing_file, default=str(DL19 / "qrels.txt"))
+    add_data_options(parser, teacher=False)
     parser.add_argument("--depth", type=positive_int, default=100, help="rank the top N")
     parser.add_argument("--device", default="cpu", help=device_help("cpu", "torch"))
     parser.add_argument("--threads", type=positive_int, default=None)

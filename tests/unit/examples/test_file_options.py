@@ -98,9 +98,9 @@ def test_a_missing_default_input_file_is_refused_too(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    # the defaults are under the DL19 folder, absent where the shared data is not fetched
-    module = import_example(script)
-    monkeypatch.setattr(module, "DL19", tmp_path / "dl19")
+    # the defaults are under heldout_eval's DL19 folder (add_data_options, shared by all
+    # three), absent where the shared data is not fetched
+    monkeypatch.setattr(import_example("heldout_eval"), "DL19", tmp_path / "dl19")
     given = tmp_path / "given"
     given.write_text("")
     other = "--qrels" if option == "--candidates" else "--candidates"
