@@ -82,8 +82,7 @@ def preferred_max_batch_tokens(scorer: LabelScorer) -> int:
 
     A scorer may say so with a ``preferred_max_batch_tokens`` attribute (the torch scorer
     asks for one prompt per call on a CPU, and so does the ONNX scorer unless its graph is
-    int8);
-    otherwise :data:`DEFAULT_MAX_BATCH_TOKENS`.
+    int8); otherwise :data:`DEFAULT_MAX_BATCH_TOKENS`.
     """
     preferred = getattr(scorer, "preferred_max_batch_tokens", None)
     return preferred if isinstance(preferred, int) and preferred > 0 else DEFAULT_MAX_BATCH_TOKENS
