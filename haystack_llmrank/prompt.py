@@ -293,9 +293,28 @@ passage is relevant, as a pointwise prompt would, so that a vote (``" yes"``) at
 end judges that passage (the default model's template: ``llmrank train --template
 first-judge --passage-vote ' yes'``)."""
 
+JUDGE_TEMPLATE = PromptTemplate(
+    name="judge",
+    prefix="",
+    passage=FIRST_JUDGE_TEMPLATE.passage,
+    suffix="",
+    labels=ALPHABETIC_LABELS[:1],
+)
+"""One passage a window, in ``first-judge``'s passage line and nothing else: a model trained
+with ``llmrank train --objective pointwise --template judge --passage-vote ' yes'
+--rank-by-vote`` judges each passage alone by its vote, in the prompt it was trained on.
+With no instruction around the line, a window is about a third of the tokens that
+``first-judge`` takes for one passage."""
+
 TEMPLATES: dict[str, PromptTemplate] = {
     t.name: t
-    for t in (FIRST_TEMPLATE, FIRST_NUMERIC_TEMPLATE, FIRST_ECHO_TEMPLATE, FIRST_JUDGE_TEMPLATE)
+    for t in (
+        FIRST_TEMPLATE,
+        FIRST_NUMERIC_TEMPLATE,
+        FIRST_ECHO_TEMPLATE,
+        FIRST_JUDGE_TEMPLATE,
+        JUDGE_TEMPLATE,
+    )
 }
 
 

@@ -258,6 +258,12 @@ class Reranker:
                 f"{type(scorer).__name__} cannot score (it reads the last token only)"
             )
         check_readout_window(template, self.strategy.window_size)
+        if both_orders and self.strategy.window_size == 1:
+            raise ValueError(
+                "both_orders reads each window reversed too, and a window of one passage "
+                "reads the same both ways: it would double the forward passes and change "
+                "nothing; leave it out"
+            )
         if prompts is not None and prompts.template != template:
             raise ValueError("the prompt builder's template is not the reranker's template")
         self.tokenizer = tokenizer

@@ -38,7 +38,7 @@ def register(parser: argparse.ArgumentParser) -> None:
         type=template_option,
         default=None,
         help="prompt template whose labels the graph scores and that loading it uses: first "
-        "([A]..), first-numeric ([1]..), first-echo, first-judge, or a .json file of a "
+        "([A]..), first-numeric ([1]..), first-echo, first-judge, judge, or a .json file of a "
         "template's fields "
         "(default: the one MODEL was trained with, else first)",
     )

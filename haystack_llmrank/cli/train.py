@@ -71,7 +71,9 @@ def register(parser: argparse.ArgumentParser) -> None:
         "first ([A] text); first-echo ([A] text [A]: the label also after its passage, easier "
         "for small models to learn); first-numeric; first-judge (each passage line restates "
         "the query and asks whether it is relevant: the default model's, with --passage-vote "
-        "' yes'); or a .json file of a template's fields (default %(default)s)",
+        "' yes'); judge (that line alone, one passage a window: with --objective pointwise "
+        "and --rank-by-vote, the saved model ranks as it trained); or a .json file of a "
+        "template's fields (default %(default)s)",
     )
     parser.add_argument("--device", default="cpu", help=device_help("cpu", "torch"))
     parser.add_argument(
@@ -131,8 +133,9 @@ def register(parser: argparse.ArgumentParser) -> None:
         default=config.objective,
         help="first: FIRST's loss on listwise windows; pointwise: score each passage of a "
         "window in a prompt of its own by --passage-vote's logit after a relevance question, "
-        "trained with a pairwise RankNet, as a warm start for FIRST training (--init-adapter) "
-        "(default %(default)s)",
+        "trained with a pairwise RankNet, as a warm start for FIRST training (--init-adapter), "
+        "or, with --rank-by-vote and a one-passage template (judge), in that template's "
+        "window, as the saved model then ranks (default %(default)s)",
     )
     run.add_argument(
         "--ranknet-reduction",

@@ -39,7 +39,7 @@ from haystack_llmrank.training.config import TrainConfig
 from haystack_llmrank.training.encoding import WindowEncoder
 from haystack_llmrank.training.listwise import batch_losses, vote_token_id
 from haystack_llmrank.training.losses import chance_ranknet, pairwise_ranknet, ranknet_scale
-from haystack_llmrank.training.pointwise import PointwiseScorer
+from haystack_llmrank.training.pointwise import PointwiseScorer, check_one_passage_template
 from haystack_llmrank.training.targets import TrainingQuery, TrainingWindow
 
 logger = logging.getLogger(__name__)
@@ -165,7 +165,11 @@ def refuse_no_updates_left(config: TrainConfig, step: int, checkpoint: Path) -> 
 def check_template_vote(template: PromptTemplate, config: TrainConfig) -> None:
     """Refuse a ``template`` that ranks by a vote other than ``config.passage_vote``: the token
     trained must be the token read. The message names every setting still missing, so that one
-    try tells all (a vote is used only with a positive weight on a loss that reads it)."""
+    try tells all (a vote is used only with a positive weight on a loss that reads it). With
+    the pointwise objective, a template with a vote must rank one passage a window
+    (:func:`~haystack_llmrank.training.pointwise.check_one_passage_template`)."""
+    if template.vote is not None and config.objective == "pointwise":
+        check_one_passage_template(template)
     if template.vote is None or template.vote == config.passage_vote:
         return
     other = "" if config.passage_vote is None else f", not {config.passage_vote!r}"
@@ -195,11 +199,16 @@ class FirstTrainer:
 
     With ``config.objective == "pointwise"``, each drawn window's passages are instead
     scored one per prompt (:class:`PointwiseScorer`) and trained with a pairwise RankNet,
-    and validation ranks held-out candidates by those scores. With FIRST's objective and a
-    ``pointwise_weight``, that pairwise RankNet over each window's passages is added to
-    FIRST's loss, and validation ranks by the FIRST readout, or by the votes where
-    ``template`` has a ``vote`` (which must be ``passage_vote``: the token trained is the
-    token read, and the saved template records it).
+    and validation ranks held-out candidates by those scores. A ``template`` with a ``vote``
+    must then be one to rank in windows of one passage (``judge``), whose windows are the
+    prompts: the saved model ranks as it trained. Without one, each passage is judged in
+    :data:`~haystack_llmrank.training.pointwise.POINTWISE_PROMPT`, a warm start for FIRST
+    training.
+
+    With FIRST's objective and a ``pointwise_weight``, that pairwise RankNet over each
+    window's passages is added to FIRST's loss, and validation ranks by the FIRST readout,
+    or by the votes where ``template`` has a ``vote`` (which must be ``passage_vote``: the
+    token trained is the token read, and the saved template records it).
 
     An update whose loss or gradient norm is not finite is skipped with a warning, the
     weights left as they were (``skipped_updates`` counts them). A float16 model trains its
@@ -225,7 +234,8 @@ class FirstTrainer:
         self.base_model = recordable_base(base_model)  # as the saved adapter names it
         self.output_dir = Path(output_dir)
         self.label_ids = resolve_label_ids(tokenizer, template.labels)
-        self.label_ids.check_window(config.sampling.max_size)
+        if config.objective == "first":  # pointwise windows are groups of one-passage prompts
+            self.label_ids.check_window(config.sampling.max_size)
         check_template_vote(template, config)
         self.vote_id = vote_token_id(tokenizer, config.passage_vote)
         if (
@@ -245,6 +255,7 @@ class FirstTrainer:
                 self.vote_id,
                 max_passage_words=config.max_passage_words,
                 max_prompt_tokens=config.max_prompt_tokens,
+                template=self._pointwise_template(),
             )
         torch.manual_seed(config.seed)
         self.model = make_trainable(
@@ -280,6 +291,14 @@ class FirstTrainer:
         """The qids :meth:`fit` trains and validates on (``train``, ``validation``), which
         checkpoints record."""
         logger.info("training %d parameters", trainable_parameters(self.model))
+
+    def _pointwise_template(self) -> PromptTemplate | None:
+        """The template whose one-passage windows the pointwise objective trains: the run's,
+        where it ranks by a vote (so that the saved model ranks as it was trained); else
+        ``None``, :data:`~haystack_llmrank.training.pointwise.POINTWISE_PROMPT` (a warm start)."""
+        if self.config.objective != "pointwise" or self.template.vote is None:
+            return None
+        return self.template
 
     def _warn_of_other_lengths_and_templates(self) -> None:
         """Warn where ``template`` records another passage length than this run trains at,
@@ -429,7 +448,7 @@ class FirstTrainer:
             )
         record = self.record()
         self._write_record(record)
-        if self.config.objective == "pointwise":
+        if self.config.objective == "pointwise" and self._pointwise_template() is None:
             logger.warning(
                 "%s holds a pointwise warm start: start FIRST training from it "
                 "(LoraSettings.init_from, --init-adapter). Loaded as a ranker it ranks by its "
@@ -631,7 +650,7 @@ class FirstTrainer:
             loss = pairwise_ranknet(self.pointwise.score_ids(self.model, prompts), window.target)
             self._backward(weight * loss / len(windows))
             summed += loss.item()
-            tokens += sum(len(p) for p in prompts)
+            tokens += sum(len(p.ids) for p in prompts)
         return summed / len(windows), tokens
 
     def _validate_in(
@@ -705,6 +724,7 @@ class FirstTrainer:
             self.pointwise.vote_id,
             max_passage_words=self.config.validation_words,
             max_prompt_tokens=context_length(causal_lm(self.model).config, self.tokenizer),
+            template=self.pointwise.template,
         )
         return {
             q.qid: dict(

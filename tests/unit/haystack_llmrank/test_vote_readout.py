@@ -10,7 +10,7 @@ import torch
 
 from haystack_llmrank.errors import LabelResolutionError
 from haystack_llmrank.labels import vote_label_ids
-from haystack_llmrank.prompt import FIRST_TEMPLATE, PromptBuilder, PromptTemplate
+from haystack_llmrank.prompt import FIRST_TEMPLATE, JUDGE_TEMPLATE, PromptBuilder, PromptTemplate
 from haystack_llmrank.reranker import Reranker
 from haystack_llmrank.scorers.torch_scorer import TorchLabelScorer
 from haystack_llmrank.strategies import Disjoint, SlidingWindow, Tournament
@@ -107,6 +107,28 @@ def test_both_orders_average_each_passages_two_votes(
     ranking = reranker.rerank(QUERY, PASSAGES)
     assert list(ranking.order) == sorted(range(4), key=lambda i: -mean[i])
     np.testing.assert_allclose(ranking.logits, mean[list(ranking.order)], rtol=1e-5, atol=1e-5)
+
+
+def test_a_window_of_one_passage_ranks_each_alone_and_refuses_both_orders(
+    vote_scorer: TorchLabelScorer, smollm2_tokenizer: Any
+) -> None:
+    judge = JUDGE_TEMPLATE.with_vote(" yes")
+    reranker = Reranker(smollm2_tokenizer, vote_scorer, max_prompt_tokens=4096, template=judge)
+    assert reranker.strategy == Disjoint(1)
+    alone = []
+    for passage in PASSAGES:
+        prompt = reranker.prompts.build(QUERY, [passage])
+        alone.append(vote_scorer.score_at([prompt.token_ids], [prompt.score_positions])[0, 0, 0])
+    ranking = reranker.rerank(QUERY, PASSAGES)
+    assert list(ranking.order) == sorted(range(4), key=lambda i: -alone[i])
+    assert reranker.rerank(QUERY, PASSAGES[::-1]).order == tuple(3 - i for i in ranking.order)
+    with pytest.raises(ValueError, match="a window of one passage reads the same both ways"):
+        Reranker(
+            smollm2_tokenizer, vote_scorer, max_prompt_tokens=4096, template=judge, both_orders=True
+        )
+    voted = Reranker(smollm2_tokenizer, vote_scorer, max_prompt_tokens=4096, template=VOTED)
+    with pytest.raises(ValueError, match="reads the same both ways"):
+        voted.replace(window_size=1, both_orders=True)
 
 
 def test_from_pretrained_reads_the_chosen_template_by_a_vote(tiny_model_dir: Any) -> None:

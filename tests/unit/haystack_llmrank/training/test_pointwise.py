@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,15 @@ from support import fit_toy, lora_gradients, make_tiny_llama, small_config
 
 from haystack_llmrank.data import Candidate, QueryCandidates, run_from_rankings
 from haystack_llmrank.evaluation import evaluate
+from haystack_llmrank.model_templates import recorded_template
 from haystack_llmrank.models import load_causal_lm, resolve_model
+from haystack_llmrank.prompt import (
+    FIRST_JUDGE_TEMPLATE,
+    JUDGE_TEMPLATE,
+    PromptBuilder,
+    PromptTemplate,
+)
+from haystack_llmrank.reranker import Reranker
 from haystack_llmrank.training import (
     FirstTrainer,
     LoraSettings,
@@ -88,11 +97,11 @@ def test_each_passage_is_scored_as_its_own_prompt_alone(smollm2_tokenizer: Any) 
     )
     prompts = scorer.encode(QUERY.query, PASSAGES[:3])
     cut = POINTWISE_PROMPT.format(query=QUERY.query, text="The flea life cycle")
-    assert prompts[1] == tuple(smollm2_tokenizer(cut)["input_ids"])
-    assert len({len(p) for p in prompts}) > 1  # so the shorter ones are padded
+    assert prompts[1] == (tuple(smollm2_tokenizer(cut)["input_ids"]), len(prompts[1].ids) - 1)
+    assert len({len(p.ids) for p in prompts}) > 1  # so the shorter ones are padded
     batched = scorer.score_ids(model, prompts)
     for prompt, score in zip(prompts, batched, strict=True):
-        logits = model(input_ids=torch.tensor([prompt])).logits[0, -1]
+        logits = model(input_ids=torch.tensor([prompt.ids])).logits[0, -1]
         assert score.item() == pytest.approx(logits[scorer.vote_id].item(), rel=1e-6)
     assert scorer.scores(model, QUERY.query, PASSAGES[:3], batch_size=2) == pytest.approx(
         batched.tolist(), rel=1e-6
@@ -106,7 +115,7 @@ def test_each_passage_is_scored_as_its_own_prompt_alone(smollm2_tokenizer: Any) 
         scorer.score_ids(model, [])
     # special-token strings in training text stay text, as in ranking prompts
     (planted,) = scorer.encode("q<|im_end|>", ["x<|endoftext|> y"])
-    assert not set(planted) & set(smollm2_tokenizer.all_special_ids)
+    assert not set(planted.ids) & set(smollm2_tokenizer.all_special_ids)
 
 
 class CountingTokenizer:
@@ -144,7 +153,9 @@ def test_each_pointwise_prompt_is_tokenised_once_for_its_check_and_every_update(
     )
     again = trainer.pointwise.encode(QUERY.query, PASSAGES)
     assert again == fresh.encode(QUERY.query, PASSAGES)
-    assert again == [tuple(smollm2_tokenizer(prompt)["input_ids"]) for prompt in counting.calls]
+    assert [p.ids for p in again] == [
+        tuple(smollm2_tokenizer(prompt)["input_ids"]) for prompt in counting.calls
+    ]
     assert len(counting.calls) == 5
 
 
@@ -387,7 +398,10 @@ def test_max_minutes_ends_a_run_at_the_first_update_past_it_and_resume_goes_on(
 
 
 def test_the_train_command_line_runs_the_pointwise_objective_and_stops_early(
-    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     from haystack_llmrank.cli import main
 
@@ -417,6 +431,23 @@ def test_the_train_command_line_runs_the_pointwise_objective_and_stops_early(
     assert [h["step"] for h in record["history"]] == [0, 1]
     assert main([*args, "--batch-windows", "2"]) == 2
     assert "--batch-windows > 1 applies to FIRST windows" in capsys.readouterr().err
+    # a template that ranks by the vote in windows of one passage saves a ranker of that form
+    judged = [*args, "--rank-by-vote", "--output", str(tmp_path / "judge")]
+    with caplog.at_level("WARNING", logger="haystack_llmrank.training.trainer"):
+        assert main([*judged, "--template", "judge"]) == 0
+    assert "pointwise warm start" not in caplog.text.split("/judge holds", 1)[-1]
+    assert recorded_template(str(tmp_path / "judge")) == replace(
+        JUDGE_TEMPLATE.with_vote(" yes"), max_passage_words=TrainConfig().max_passage_words
+    )
+    # one of more passages is refused before the model loads
+    wide = [*judged, "--template", "first-judge", "--model", str(tmp_path / "none")]
+    capsys.readouterr()
+    assert main(wide) == 2
+    assert (
+        "pointwise prompts from --template 'first-judge' need one that ranks by a vote in "
+        "windows of one passage (one label, such as 'judge'); it has 20 labels"
+        in capsys.readouterr().err
+    )
 
 
 def test_a_pointwise_prompt_over_the_budget_is_refused_before_any_update(
@@ -427,7 +458,7 @@ def test_a_pointwise_prompt_over_the_budget_is_refused_before_any_update(
     scorer = PointwiseScorer(
         smollm2_tokenizer, yes_id(smollm2_tokenizer), max_passage_words=64, max_prompt_tokens=4096
     )
-    longest = max(len(ids) for ids in scorer.encode(QUERY.query, PASSAGES))
+    longest = max(len(p.ids) for p in scorer.encode(QUERY.query, PASSAGES))
     config = pointwise_config(max_prompt_tokens=longest, sampling=WindowSampling(3, 5, pool=5))
     trainer = tiny_trainer(smollm2_tokenizer, config, tmp_path)
     with pytest.raises(
@@ -438,3 +469,95 @@ def test_a_pointwise_prompt_over_the_budget_is_refused_before_any_update(
         trainer.fit(queries)
     assert trainer.step == 0
     trainer.fit(queries[:1])  # the short query alone trains
+
+
+def test_a_one_passage_template_is_scored_where_its_ranker_reads_it(
+    smollm2_tokenizer: Any, tiny_model: Any, vote_scorer: Any
+) -> None:
+    template = JUDGE_TEMPLATE.with_vote(" yes")
+    scorer = PointwiseScorer(
+        smollm2_tokenizer,
+        yes_id(smollm2_tokenizer),
+        max_passage_words=6,
+        max_prompt_tokens=4096,
+        template=template,
+    )
+    assert scorer.template == template
+    built = PromptBuilder(smollm2_tokenizer, template, max_prompt_tokens=4096, max_passage_words=6)
+    prompts = scorer.encode(QUERY.query, PASSAGES)
+    for prompt, text in zip(prompts, PASSAGES, strict=True):
+        window = built.build(QUERY.query, [text])
+        assert prompt == (window.token_ids, window.score_positions[0])
+        assert prompt.position < len(prompt.ids) - 1  # the vote is not read at the end
+    ranker = Reranker(
+        smollm2_tokenizer,
+        vote_scorer,
+        max_prompt_tokens=4096,
+        template=template,
+        max_passage_words=6,
+    )
+    assert ranker.strategy.window_size == 1
+    ranking = ranker.rerank(QUERY.query, list(PASSAGES))
+    with torch.no_grad():
+        expected = scorer.scores(tiny_model, QUERY.query, PASSAGES, batch_size=2)
+    assert ranking.order == tuple(int(i) for i in np.argsort(expected, kind="stable")[::-1])
+    assert sorted(ranking.scores, reverse=True) == pytest.approx(
+        sorted(expected, reverse=True), rel=1e-5
+    )
+
+
+@pytest.mark.parametrize(
+    ("template", "message"),
+    [
+        (
+            FIRST_JUDGE_TEMPLATE.with_vote(" yes"),
+            "template 'first-judge' need one that ranks by a vote in windows of one "
+            "passage .* it has 20 labels and vote ' yes'",
+        ),
+        (JUDGE_TEMPLATE, "it has 1 labels and vote None"),
+    ],
+)
+def test_pointwise_prompts_need_a_one_passage_vote_template(
+    smollm2_tokenizer: Any, template: PromptTemplate, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        PointwiseScorer(
+            smollm2_tokenizer, 1, max_passage_words=6, max_prompt_tokens=4096, template=template
+        )
+
+
+def test_a_pointwise_run_on_the_judge_template_saves_a_ranker_that_ranks_as_it_trained(
+    smollm2_tokenizer: Any,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    model = load_causal_lm(resolve_model(str(tiny_model_dir)))
+    output = tmp_path / "judge"
+    trainer = FirstTrainer(
+        model,
+        smollm2_tokenizer,
+        pointwise_config(max_passage_words=6),
+        base_model=str(tiny_model_dir),
+        output_dir=output,
+        template=JUDGE_TEMPLATE.with_vote(" yes"),
+    )
+    assert trainer.pointwise is not None
+    assert trainer.pointwise.template is not None
+    with caplog.at_level("WARNING", logger="haystack_llmrank.training.trainer"):
+        record = trainer.fit(training_queries([QUERY], qrels=QRELS), Validation([QUERY], QRELS))
+    assert "pointwise warm start" not in caplog.text
+    # the saved model ranks one passage a window by the vote it trained
+    ranker = Reranker.from_pretrained(str(output / "checkpoint" / "model"), device="cpu")
+    assert ranker.prompts.template == replace(JUDGE_TEMPLATE.with_vote(" yes"), max_passage_words=6)
+    assert ranker.strategy.window_size == 1
+    ranking = ranker.rerank(QUERY.query, list(PASSAGES))
+    trainer.model.eval()
+    with torch.no_grad():
+        trained = trainer.pointwise.scores(trainer.model, QUERY.query, PASSAGES)
+    by_rank = [trained[i] for i in ranking.order]
+    assert by_rank == sorted(trained, reverse=True)
+    assert list(ranking.scores) == pytest.approx(by_rank, rel=1e-4)
+    validated = [h["validation"] for h in record["history"] if h.get("validation") is not None]
+    run = run_from_rankings([QUERY], [ranking])
+    assert validated[-1] == pytest.approx(evaluate(run, QRELS, ["ndcg@10"]).mean["ndcg@10"])
