@@ -284,13 +284,13 @@ FIRST_JUDGE_TEMPLATE = _first_template(
     "first-judge",
     "alphabetical",
     "[B] > [A]",
-    ALPHABETIC_LABELS[:20],  # as the default model was trained
+    ALPHABETIC_LABELS[:20],  # as the first-judge default model was trained
     "[{label}] Query: {query}\nPassage: {text}\nIs the passage relevant to the query? "
     "[{label}] Answer:\n",
 )
 """FIRST's wording with each passage line restating the query and asking whether the
 passage is relevant, as a pointwise prompt would, so that a vote (``" yes"``) at the line's
-end judges that passage (the default model's template: ``llmrank train --template
+end judges that passage (the previous default model's template: ``llmrank train --template
 first-judge --passage-vote ' yes'``)."""
 
 JUDGE_TEMPLATE = PromptTemplate(
@@ -300,9 +300,10 @@ JUDGE_TEMPLATE = PromptTemplate(
     suffix="",
     labels=ALPHABETIC_LABELS[:1],
 )
-"""One passage a window, in ``first-judge``'s passage line and nothing else: a model trained
-with ``llmrank train --objective pointwise --template judge --passage-vote ' yes'
---rank-by-vote`` judges each passage alone by its vote, in the prompt it was trained on.
+"""One passage a window, in ``first-judge``'s passage line and nothing else (the default
+model's template): a model trained with ``llmrank train --objective pointwise --template
+judge --passage-vote ' yes' --rank-by-vote`` judges each passage alone by its vote, in the
+prompt it was trained on.
 With no instruction around the line, a window is about a third of the tokens that
 ``first-judge`` takes for one passage."""
 

@@ -70,10 +70,10 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="prompt template to train with, recorded in OUTPUT so that loading uses it: "
         "first ([A] text); first-echo ([A] text [A]: the label also after its passage, easier "
         "for small models to learn); first-numeric; first-judge (each passage line restates "
-        "the query and asks whether it is relevant: the default model's, with --passage-vote "
-        "' yes'); judge (that line alone, one passage a window: with --objective pointwise "
-        "and --rank-by-vote, the saved model ranks as it trained); or a .json file of a "
-        "template's fields (default %(default)s)",
+        "the query and asks whether it is relevant: the previous default model's, with "
+        "--passage-vote ' yes'); judge (that line alone, one passage a window, the default "
+        "model's: with --objective pointwise and --rank-by-vote, the saved model ranks as it "
+        "trained); or a .json file of a template's fields (default %(default)s)",
     )
     parser.add_argument("--device", default="cpu", help=device_help("cpu", "torch"))
     parser.add_argument(

@@ -37,10 +37,10 @@ def test_the_default_loads_the_packaged_adapter_and_its_template(
     assert reranker is not None
     assert reranker.model_name is not None
     assert reranker.model_name.endswith(f"+{DEFAULT_ADAPTER.resolve()}")
-    assert reranker.prompts.template.name == "first-judge"
-    # read by its votes, which compare across windows: one step of disjoint windows
+    assert reranker.prompts.template.name == "judge"
+    # each passage judged alone by its vote, in a window of its own: one step
     assert reranker.prompts.template.vote == " yes"
-    assert reranker.strategy == Disjoint()
+    assert reranker.strategy == Disjoint(1)
 
 
 @pytest.mark.parametrize("order", [PASSAGES, PASSAGES[::-1]], ids=["paris-first", "berlin-first"])
@@ -53,15 +53,18 @@ def test_the_readme_example_puts_berlin_first_in_either_order(
     assert ranked[0].score > ranked[1].score
 
 
-def test_both_orders_gives_the_same_scores_whichever_way_the_documents_come(
+def test_each_passage_is_judged_alone_so_its_score_ignores_the_input_order(
     default_ranker: FirstListwiseRanker,
 ) -> None:
-    both = engine(default_ranker, both_orders=True)
-    given = both.rerank("where is berlin", PASSAGES)
-    backwards = both.rerank("where is berlin", PASSAGES[::-1])
-    assert [PASSAGES[i] for i in given.order] == ["Berlin is in Germany.", "Paris is in France."]
-    assert [PASSAGES[::-1][i] for i in backwards.order] == [PASSAGES[i] for i in given.order]
-    assert given.scores == backwards.scores  # each the mean of a passage's two votes
+    reranker = engine(default_ranker)
+    texts = [*PASSAGES, "Pasta cooks in water."]
+    given = reranker.rerank("where is berlin", texts)
+    backwards = reranker.rerank("where is berlin", texts[::-1])
+    assert texts[given.order[0]] == "Berlin is in Germany."
+    assert [texts[::-1][i] for i in backwards.order] == [texts[i] for i in given.order]
+    assert given.scores == backwards.scores
+    with pytest.raises(ValueError, match="a window of one passage reads the same both ways"):
+        engine(default_ranker, both_orders=True)
 
 
 CAPITALS = [

