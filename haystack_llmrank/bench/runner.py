@@ -365,6 +365,13 @@ def prepare(config: BenchConfig) -> Plan:
     template = bench_template(config)
     given_step = config.step
     window_size, step = template_sizes(template, config.window_size, config.step)
+    if window_size < 2:
+        raise ValueError(
+            f"llmrank bench times windows of two passages or more, and {config.model!r} ranks "
+            f"with template {template.name!r}, one passage a window; bench a listwise model "
+            "(--model smollm2-135m-instruct), or time this one with examples/dl19_haystack.py "
+            "--timings"
+        )
     config = replace(
         config,
         device=device,

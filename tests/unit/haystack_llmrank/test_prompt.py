@@ -22,6 +22,7 @@ from haystack_llmrank.prompt import (
     FIRST_JUDGE_TEMPLATE,
     FIRST_NUMERIC_TEMPLATE,
     FIRST_TEMPLATE,
+    JUDGE_TEMPLATE,
     MIN_PASSAGE_TOKENS,
     TEMPLATES,
     PromptBuilder,
@@ -117,14 +118,15 @@ def test_echo_template_repeats_each_label_after_its_passage(smollm2_tokenizer: A
     assert text.replace(" [A]\n", "\n").replace(" [B]\n", "\n") == first  # wording unchanged
 
 
-def test_first_judge_is_the_default_models_template_and_the_examples_file() -> None:
+def test_judge_is_the_default_models_template_and_first_judge_the_examples_file() -> None:
     assert get_template("first-judge") is FIRST_JUDGE_TEMPLATE
     assert get_template(str(PROJECT_ROOT / "examples/templates/first-judge.json")) == (
         FIRST_JUDGE_TEMPLATE
     )
     recorded = PROJECT_ROOT / "haystack_llmrank/default_adapter/llmrank_template.json"
     default = get_template(json.loads(recorded.read_text()))
-    assert replace(default, vote=None, max_passage_words=None) == FIRST_JUDGE_TEMPLATE
+    assert replace(default, vote=None, max_passage_words=None) == JUDGE_TEMPLATE
+    assert JUDGE_TEMPLATE.passage == FIRST_JUDGE_TEMPLATE.passage
 
 
 ASK_TEMPLATE = replace(
@@ -266,7 +268,8 @@ SHIPPED_VOTE_POSITIONS = [
     ("first-echo", 230, (94, 102, 110, 136)),
     ("examples/templates/first-judge.json", 4096, (114, 148, 182, 223)),
     ("examples/templates/first-judge.json", 330, (118, 152, 186, 236)),
-    ("haystack_llmrank/default_adapter/llmrank_template.json", 4096, (114, 148, 182, 223)),
+    ("judge", 4096, (73, 62, 69)),  # one passage a window: the blank one gets none
+    ("haystack_llmrank/default_adapter/llmrank_template.json", 4096, (73, 62, 69)),
 ]
 """Where the shipped templates read a vote, pinned: a model trained on them learned to vote
 there. The smaller budgets shorten the first and the last passage, made longer for them so
@@ -292,6 +295,12 @@ def test_shipped_templates_read_votes_where_they_always_have(
         "",
         f"Adult fleas live two months [C]{tail}",
     ]
+    if len(template.labels) == 1:
+        alone = [built.build(query, [p]) for p in passages if p]
+        assert tuple(p for prompt in alone for p in prompt.score_positions) == positions
+        for prompt, position in zip(alone, positions, strict=True):
+            assert built.passage_end_tokens(prompt, query, 1) == [position]
+        return
     prompt = built.build(query, passages)
     assert prompt.score_positions == positions
     assert prompt.truncated_passages == (budget < 4096) * 2

@@ -676,11 +676,25 @@ def test_oracle_rows_alone_load_no_model(
 
 @pytest.mark.parametrize(("asked", "note"), [("40", " (--top-k 40: no query has more)"), ("8", "")])
 def test_the_record_says_how_deep_the_queries_were_ranked(
-    bench_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, asked: str, note: str
+    bench_data: Path,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    asked: str,
+    note: str,
 ) -> None:
     # the data holds 15 candidates a query: a deeper --top-k ranks those 15
     monkeypatch.setattr(bench_runner, "measure_throughput", lambda device, dtype: FAST_MATMUL)
-    args = ("--data-dir", str(bench_data), "--rows", "oracle", "--queries", "all")
+    args = (
+        "--data-dir",
+        str(bench_data),
+        "--model",
+        str(tiny_model_dir),
+        "--rows",
+        "oracle",
+        "--queries",
+        "all",
+    )
     code, printed, report = bench_json(
         tmp_path / "bench.json", *args, "--window-size", "4", "--top-k", asked
     )
@@ -782,12 +796,20 @@ def test_a_json_path_naming_the_benchs_data_is_refused_before_any_row(
 
 
 def test_the_json_goes_where_its_symlink_leads_making_folders_there(
-    bench_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    bench_data: Path, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(bench_runner, "measure_throughput", lambda device, dtype: FAST_MATMUL)
     link = tmp_path / "bench.json"
     link.symlink_to(tmp_path / "new" / "deep" / "bench.json")
-    args = ("--data-dir", str(bench_data), "--rows", "oracle", *ORACLE_SLICE)
+    args = (
+        "--data-dir",
+        str(bench_data),
+        "--model",
+        str(tiny_model_dir),
+        "--rows",
+        "oracle",
+        *ORACLE_SLICE,
+    )
     code, _, report = bench_json(link, *args)
     assert code == 0
     assert link.is_symlink()
@@ -1060,11 +1082,19 @@ def test_a_refused_command_leaves_no_json_folder_behind(
 
 
 def test_the_json_replaces_an_earlier_one_whole_and_says_so(
-    bench_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    bench_data: Path, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(bench_runner, "measure_throughput", lambda device, dtype: FAST_MATMUL)
     output = tmp_path / "runs" / "bench.json"
-    args = ("--data-dir", str(bench_data), "--rows", "oracle", *ORACLE_SLICE)
+    args = (
+        "--data-dir",
+        str(bench_data),
+        "--model",
+        str(tiny_model_dir),
+        "--rows",
+        "oracle",
+        *ORACLE_SLICE,
+    )
     code, printed, first = bench_json(output, *args, "--queries", "1")
     assert code == 0
     assert "exists:" not in printed
@@ -1090,7 +1120,7 @@ def test_the_json_replaces_an_earlier_one_whole_and_says_so(
 
 
 def test_an_interrupted_run_keeps_the_rows_it_finished(
-    bench_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    bench_data: Path, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(bench_runner, "measure_throughput", lambda device, dtype: FAST_MATMUL)
     run_one = bench_runner._run_one
@@ -1104,7 +1134,15 @@ def test_an_interrupted_run_keeps_the_rows_it_finished(
 
     monkeypatch.setattr(bench_runner, "_run_one", stopped_at_the_third)
     output = tmp_path / "bench.json"
-    args = ("--data-dir", str(bench_data), "--rows", "oracle", *ORACLE_SLICE)
+    args = (
+        "--data-dir",
+        str(bench_data),
+        "--model",
+        str(tiny_model_dir),
+        "--rows",
+        "oracle",
+        *ORACLE_SLICE,
+    )
     code, printed = llmrank_bench(
         *args, "--oracle-noise", "0,0.5,1", "--device", "cpu", "--json", str(output)
     )
@@ -1121,8 +1159,18 @@ def test_an_interrupted_run_keeps_the_rows_it_finished(
     assert (whole["complete"], whole["planned_rows"], len(whole["rows"])) == (True, 3, 3)
 
 
-def test_the_record_names_its_command_and_cpu(bench_data: Path, tmp_path: Path) -> None:
-    args = ("--data-dir", str(bench_data), "--rows", "oracle", *ORACLE_SLICE)
+def test_the_record_names_its_command_and_cpu(
+    bench_data: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    args = (
+        "--data-dir",
+        str(bench_data),
+        "--model",
+        str(tiny_model_dir),
+        "--rows",
+        "oracle",
+        *ORACLE_SLICE,
+    )
     code, _, report = bench_json(tmp_path / "bench.json", *args)
     assert code == 0
     assert report["command"] == shlex.join(
@@ -1219,3 +1267,15 @@ def test_recording_keeps_the_scorers_batching(tiny_scorer: Any) -> None:
     from haystack_llmrank.bench.rows import RecordingScorer
 
     assert RecordingScorer(tiny_scorer).preferred_max_batch_tokens == 1  # torch on the CPU
+
+
+def test_a_model_that_ranks_one_passage_a_window_is_refused_naming_what_times_it(
+    bench_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the default judges each passage alone; every row of the bench times wider windows
+    code, printed = llmrank_bench("--data-dir", str(bench_data), "--rows", "oracle")
+    assert (code, printed) == (2, "")
+    assert (
+        "llmrank bench times windows of two passages or more, and 'default' ranks with "
+        "template 'judge', one passage a window; bench a listwise model"
+    ) in capsys.readouterr().err

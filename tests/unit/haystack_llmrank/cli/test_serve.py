@@ -112,8 +112,8 @@ def test_run_checks_the_model_options_before_serving(monkeypatch: pytest.MonkeyP
         served.append(app)
 
     monkeypatch.setattr(service, "run_service", fake_run_service)
-    with pytest.raises(ValueError, match="--window-size 30 is over the 20 labels"):
-        serve.run(parse("--no-auth", "--window-size", "30"))
+    with pytest.raises(ValueError, match="--window-size 2 is over the 1 labels"):
+        serve.run(parse("--no-auth", "--window-size", "2"))
     # FIRST's template is read by its labels in sliding windows, which order_invariant refuses
     with pytest.raises(ValueError, match="order_invariant needs the 'disjoint' strategy"):
         serve.run(parse("--no-auth", "--template", "first", "--order-invariant"))

@@ -2313,10 +2313,10 @@ def test_every_public_training_name_resolves() -> None:
                 "--template",
                 str(PROJECT_ROOT / "haystack_llmrank/default_adapter/llmrank_template.json"),
             ],
-            "--template 'first-judge' ranks by the vote ' yes'; train that token: "
+            "--template 'judge' ranks by the vote ' yes'; train that token: "
             "--passage-vote=' yes', with a positive --passage-ranknet-weight or "
             "--pointwise-weight",
-            "template 'first-judge' ranks by the vote ' yes'; train that token: "
+            "template 'judge' ranks by the vote ' yes'; train that token: "
             "passage_vote=' yes', with a positive passage_ranknet_weight or pointwise_weight",
         ),
     ],
