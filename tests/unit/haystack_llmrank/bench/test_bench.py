@@ -544,6 +544,11 @@ FAST_MATMUL = Throughput(1.0, 2048, "float32")
 """A matmul rate for runs that measure no floor (the oracle's), to skip timing products."""
 
 
+def oracle_args(data: Path, model: Path, *rest: str) -> tuple[str, ...]:
+    """``llmrank bench`` arguments for the oracle rows of ``model`` over ``data``."""
+    return ("--data-dir", str(data), "--model", str(model), "--rows", "oracle", *rest)
+
+
 @pytest.fixture(scope="module")
 def strategy_run(
     bench_data: Path, tied_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
@@ -685,16 +690,7 @@ def test_the_record_says_how_deep_the_queries_were_ranked(
 ) -> None:
     # the data holds 15 candidates a query: a deeper --top-k ranks those 15
     monkeypatch.setattr(bench_runner, "measure_throughput", lambda device, dtype: FAST_MATMUL)
-    args = (
-        "--data-dir",
-        str(bench_data),
-        "--model",
-        str(tiny_model_dir),
-        "--rows",
-        "oracle",
-        "--queries",
-        "all",
-    )
+    args = oracle_args(bench_data, tiny_model_dir, "--queries", "all")
     code, printed, report = bench_json(
         tmp_path / "bench.json", *args, "--window-size", "4", "--top-k", asked
     )
@@ -801,15 +797,7 @@ def test_the_json_goes_where_its_symlink_leads_making_folders_there(
     monkeypatch.setattr(bench_runner, "measure_throughput", lambda device, dtype: FAST_MATMUL)
     link = tmp_path / "bench.json"
     link.symlink_to(tmp_path / "new" / "deep" / "bench.json")
-    args = (
-        "--data-dir",
-        str(bench_data),
-        "--model",
-        str(tiny_model_dir),
-        "--rows",
-        "oracle",
-        *ORACLE_SLICE,
-    )
+    args = oracle_args(bench_data, tiny_model_dir, *ORACLE_SLICE)
     code, _, report = bench_json(link, *args)
     assert code == 0
     assert link.is_symlink()
@@ -1086,15 +1074,7 @@ def test_the_json_replaces_an_earlier_one_whole_and_says_so(
 ) -> None:
     monkeypatch.setattr(bench_runner, "measure_throughput", lambda device, dtype: FAST_MATMUL)
     output = tmp_path / "runs" / "bench.json"
-    args = (
-        "--data-dir",
-        str(bench_data),
-        "--model",
-        str(tiny_model_dir),
-        "--rows",
-        "oracle",
-        *ORACLE_SLICE,
-    )
+    args = oracle_args(bench_data, tiny_model_dir, *ORACLE_SLICE)
     code, printed, first = bench_json(output, *args, "--queries", "1")
     assert code == 0
     assert "exists:" not in printed
@@ -1134,15 +1114,7 @@ def test_an_interrupted_run_keeps_the_rows_it_finished(
 
     monkeypatch.setattr(bench_runner, "_run_one", stopped_at_the_third)
     output = tmp_path / "bench.json"
-    args = (
-        "--data-dir",
-        str(bench_data),
-        "--model",
-        str(tiny_model_dir),
-        "--rows",
-        "oracle",
-        *ORACLE_SLICE,
-    )
+    args = oracle_args(bench_data, tiny_model_dir, *ORACLE_SLICE)
     code, printed = llmrank_bench(
         *args, "--oracle-noise", "0,0.5,1", "--device", "cpu", "--json", str(output)
     )
@@ -1162,15 +1134,7 @@ def test_an_interrupted_run_keeps_the_rows_it_finished(
 def test_the_record_names_its_command_and_cpu(
     bench_data: Path, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    args = (
-        "--data-dir",
-        str(bench_data),
-        "--model",
-        str(tiny_model_dir),
-        "--rows",
-        "oracle",
-        *ORACLE_SLICE,
-    )
+    args = oracle_args(bench_data, tiny_model_dir, *ORACLE_SLICE)
     code, _, report = bench_json(tmp_path / "bench.json", *args)
     assert code == 0
     assert report["command"] == shlex.join(
