@@ -96,10 +96,11 @@ def resolve_strategy(
     window_size: int | None = None,
     step: int | None = None,
     order_invariant: bool = False,
+    both_orders: bool = False,
 ) -> Strategy:
     """The strategy ``strategy`` names (see :func:`template_strategy`), or the one given,
-    checked against ``template`` and ``order_invariant`` before any model loads.
-    ``window_size`` and ``step`` apply to a strategy given by name or ``None`` only."""
+    checked against ``template``, ``order_invariant`` and ``both_orders`` before any model
+    loads. ``window_size`` and ``step`` apply to a strategy given by name or ``None`` only."""
     if strategy is None or isinstance(strategy, str):
         strategy = template_strategy(template, strategy, window_size=window_size, step=step)
     elif window_size is not None or step is not None:
@@ -107,7 +108,19 @@ def resolve_strategy(
     else:
         check_readout_window(template, strategy.window_size)
     check_order_invariant(order_invariant, strategy.name)
+    check_both_orders(both_orders, strategy.window_size)
     return strategy
+
+
+def check_both_orders(both_orders: bool, window_size: int) -> None:
+    """``ValueError`` for ``both_orders`` with windows of one passage, which read the same
+    both ways: it would double the forward passes and change nothing."""
+    if both_orders and window_size == 1:
+        raise ValueError(
+            "both_orders reads each window reversed too, and a window of one passage "
+            "reads the same both ways: it would double the forward passes and change "
+            "nothing; leave it out"
+        )
 
 
 def check_readout_window(template: PromptTemplate, window_size: int) -> None:
@@ -239,13 +252,10 @@ class Reranker:
             max_batch_tokens=max_batch_tokens,
             fusion_k=fusion_k,
         )
-        self.strategy: Strategy = (
-            template_strategy(template, strategy)
-            if strategy is None or isinstance(strategy, str)
-            else strategy
+        self.strategy = resolve_strategy(
+            template, strategy, order_invariant=order_invariant, both_orders=both_orders
         )
         self.fusion_k = check_fusion_k(fusion_k)
-        check_order_invariant(order_invariant, self.strategy.name)
         read = template.labels if template.vote is None else (template.vote,)
         if scorer.label_ids.labels[: len(read)] != read:
             raise ValueError(
@@ -256,13 +266,6 @@ class Reranker:
             raise ValueError(
                 f"template {template.name!r} reads a vote at each passage line's end, which "
                 f"{type(scorer).__name__} cannot score (it reads the last token only)"
-            )
-        check_readout_window(template, self.strategy.window_size)
-        if both_orders and self.strategy.window_size == 1:
-            raise ValueError(
-                "both_orders reads each window reversed too, and a window of one passage "
-                "reads the same both ways: it would double the forward passes and change "
-                "nothing; leave it out"
             )
         if prompts is not None and prompts.template != template:
             raise ValueError("the prompt builder's template is not the reranker's template")
@@ -366,6 +369,7 @@ class Reranker:
             window_size=window_size,
             step=step,
             order_invariant=kwargs.get("order_invariant", False),
+            both_orders=kwargs.get("both_orders", False),
         )
         loaded = load_scorer(
             model,

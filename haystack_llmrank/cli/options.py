@@ -258,7 +258,8 @@ def check_model_options(args: argparse.Namespace) -> None:
 
     A window wider than the labels of the template (``--template``, else the one recorded
     with the model, else FIRST's), a step wider than the window, ``--order-invariant`` with
-    a strategy other than ``disjoint`` (as the template's readout resolves it), rerank's
+    a strategy other than ``disjoint`` (as the template's readout resolves it),
+    ``--both-orders`` with windows of one passage, rerank's
     ``--rank-depth`` with a strategy that plays no rounds, a template (or ``--vote``) whose
     readout an ONNX export does not score, a dtype with the onnx backend, a device the
     backend does not run on, an unknown dtype, a model that is neither local nor reachable,
@@ -284,6 +285,7 @@ def check_model_options(args: argparse.Namespace) -> None:
         window_size=args.window_size,
         step=args.step,
         order_invariant=args.order_invariant,
+        both_orders=args.both_orders,
     )
     check_rank_depth_applies(getattr(args, "rank_depth", None), strategy.name)
     check_fusion_k(args.fusion_k)

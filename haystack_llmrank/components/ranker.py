@@ -159,7 +159,9 @@ class FirstListwiseRanker:
             CUDA ``device`` cannot be used.
         :param both_orders: score every window as given and reversed (twice the forward
             passes), so that a window and its reverse get the same verdict; scores are then
-            mean label log-probabilities.
+            mean label log-probabilities. Refused for windows of one passage (a vote's
+            disjoint windows, the default model's), which read the same both ways: at init
+            where ``template`` is given, else at :meth:`warm_up`.
         :param fusion_k: fuse the model's order with the input order (the retriever's, best
             first) by reciprocal rank fusion with this constant (60 is the usual one);
             scores are then the fused ones. ``None``: the model's order alone.
@@ -168,6 +170,9 @@ class FirstListwiseRanker:
             (the ``"disjoint"`` strategy only, the default model's).
         """
         # what is wrong whatever the model fails here, before warm_up loads one
+        for name, flag in (("both_orders", both_orders), ("order_invariant", order_invariant)):
+            if not isinstance(flag, bool):  # a YAML "false" is a string, and truthy
+                raise TypeError(f"{name} must be true or false, got {flag!r}")
         check_vote(vote)
         if template is None:
             check_strategy_options(strategy, window_size=window_size, step=step)
@@ -180,6 +185,7 @@ class FirstListwiseRanker:
                 window_size=window_size,
                 step=step,
                 order_invariant=order_invariant,
+                both_orders=both_orders,
             )
         check_backend(backend, threads, dtype)
         check_on_missing_gpu(on_missing_gpu)
@@ -195,9 +201,6 @@ class FirstListwiseRanker:
                 f"meta_fields_to_embed must be a list of field names, not one string: "
                 f"[{meta_fields_to_embed!r}]"
             )
-        for name, flag in (("both_orders", both_orders), ("order_invariant", order_invariant)):
-            if not isinstance(flag, bool):  # a YAML "false" is a string, and truthy
-                raise TypeError(f"{name} must be true or false, got {flag!r}")
         if not isinstance(embedding_separator, str):
             raise TypeError(f"embedding_separator must be a string, got {embedding_separator!r}")
         # kept as a string, which to_dict and YAML can write

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from haystack_llmrank import backends
 from haystack_llmrank.errors import LabelResolutionError
 from haystack_llmrank.labels import vote_label_ids
 from haystack_llmrank.prompt import FIRST_TEMPLATE, JUDGE_TEMPLATE, PromptBuilder, PromptTemplate
@@ -129,6 +130,19 @@ def test_a_window_of_one_passage_ranks_each_alone_and_refuses_both_orders(
     voted = Reranker(smollm2_tokenizer, vote_scorer, max_prompt_tokens=4096, template=VOTED)
     with pytest.raises(ValueError, match="reads the same both ways"):
         voted.replace(window_size=1, both_orders=True)
+
+
+def test_from_pretrained_refuses_both_orders_for_one_passage_windows_before_loading(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def never(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(backends, "load_scorer", never)
+    with pytest.raises(ValueError, match="a window of one passage reads the same both ways"):
+        Reranker.from_pretrained(both_orders=True)  # the default judges one passage a window
+    with pytest.raises(ValueError, match="a window of one passage reads the same both ways"):
+        Reranker.from_pretrained(template=VOTED, window_size=1, both_orders=True)
 
 
 def test_from_pretrained_reads_the_chosen_template_by_a_vote(tiny_model_dir: Any) -> None:

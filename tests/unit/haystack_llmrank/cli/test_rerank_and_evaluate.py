@@ -222,6 +222,8 @@ def test_argument_errors_come_before_any_model_load(
     assert "--window-size 2 is over the 1 labels of the model's prompt template 'judge'" in (
         capsys.readouterr().err
     )
+    assert llmrank([*base, "--both-orders"]) == 2  # the default judges one passage a window
+    assert "a window of one passage reads the same both ways" in capsys.readouterr().err
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert llmrank([*base, "--model", "nosuchmodel"]) == 2
     assert "'nosuchmodel' is not a local folder" in capsys.readouterr().err

@@ -505,6 +505,9 @@ def test_bad_window_rejected_at_init() -> None:
     with pytest.raises(ValueError, match="order_invariant needs the 'disjoint' strategy"):
         FirstListwiseRanker(template="first", order_invariant=True)  # resolves to sliding
     assert FirstListwiseRanker(template="first", vote=" yes", order_invariant=True).vote
+    with pytest.raises(ValueError, match="a window of one passage reads the same both ways"):
+        FirstListwiseRanker(template="judge", vote=" yes", both_orders=True)
+    assert FirstListwiseRanker(template="first", vote=" yes", both_orders=True).both_orders
 
 
 def test_strategy_is_serialised_and_top_k_reaches_it(tiny_model_dir: Path) -> None:
