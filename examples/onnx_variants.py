@@ -4,16 +4,18 @@
 
 Exports the model four ways (fp32 with fused attention, fp32 with plain attention, int8 with
 fused attention, and, for measurement only, the fused fp32 graph with dynamic int8 activations;
-``--variants`` picks some), scores the same prompts (in the template the
-model was trained with, else FIRST's) one at a time with each, and prints, per
+``--variants`` picks some), scores the same windows (in the template the
+model was trained with, else FIRST's) one call a window with each, and prints, per
 variant: seconds per window, the largest label-logit difference from the torch scorer,
 Kendall's tau of the window's labels against torch, and how many windows are ordered exactly
 as torch orders them. A template with a vote is read by its votes: the vote's logit at each
 passage line's end stands in for the label logits. Windows are the bottom, middle and top
 windows (positions 80, 40 and 0 of the BM25 top-100) of the first queries, as the sliding
-window scores them first.
+window scores them first: 20 passages, or as many as the template has labels. A template of
+one passage a window (``judge``) scores each of the 20 in a prompt of its own, the 20 prompts
+in one batch, and its window's figures are over those 20 votes.
 
-With ``--profile``, each variant also scores the longest window once under ONNX Runtime's
+With ``--profile``, each variant also scores the longest prompt once under ONNX Runtime's
 profiler, and the seconds its kernels spent per operator type are printed and saved.
 """
 
@@ -70,6 +72,10 @@ DYNAMIC = "int8-dynamic"
 WINDOW_STARTS = (80, 40, 0)
 WINDOW = 20
 
+Window = list[Prompt]
+"""The prompts that score one window's passages: one, or one a passage for a template of one
+passage a window."""
+
 
 def kendall_tau(a: np.ndarray, b: np.ndarray) -> float:
     """Kendall's tau-a of two score vectors (ties count as discordant)."""
@@ -80,19 +86,24 @@ def kendall_tau(a: np.ndarray, b: np.ndarray) -> float:
 
 def window_prompts(
     tokenizer: Any, template: PromptTemplate, data: Path, count: int, words: PassageWords
-) -> list[Prompt]:
-    """``count`` prompts in ``template``, three windows per query, ``words`` words a passage."""
+) -> list[Window]:
+    """``count`` windows in ``template``, three per query, ``words`` words a passage: each of
+    :data:`WINDOW` passages (or the template's labels where fewer) in one prompt, or in one
+    prompt each where the template holds one passage."""
     builder = PromptBuilder(tokenizer, template, max_prompt_tokens=8192, max_passage_words=words)
-    prompts: list[Prompt] = []
+    size = min(WINDOW, len(template.labels))  # passages a prompt
+    span = WINDOW if size == 1 else size  # passages a window
+    windows: list[Window] = []
     for query in read_queries(data / "candidates.jsonl"):
         texts = [c.text for c in query.candidates]
         for start in WINDOW_STARTS:
-            passages = texts[start : start + WINDOW]
-            if len(passages) == WINDOW and len(prompts) < count:
-                prompts.append(builder.build(query.query, passages))
-        if len(prompts) == count:
+            passages = texts[start : start + span]
+            if len(passages) == span and len(windows) < count:
+                chunks = [passages[i : i + size] for i in range(0, span, size)]
+                windows.append([builder.build(query.query, chunk) for chunk in chunks])
+        if len(windows) == count:
             break
-    return prompts
+    return windows
 
 
 def dynamic_int8(fp32: Path, folder: Path) -> None:
@@ -143,21 +154,25 @@ def check_variants(model: str, root: Path, names: list[str], template: PromptTem
             )
 
 
-def score_one(scorer: Any, prompt: Prompt) -> np.ndarray:
-    """The window's label logits, or its votes where the prompt records vote positions."""
-    if prompt.score_positions:
-        return np.asarray(scorer.score_at([prompt.token_ids], [prompt.score_positions])[0, :, 0])
-    return np.asarray(scorer.score([prompt.token_ids])[0][:WINDOW])
+def score_one(scorer: Any, window: Window) -> np.ndarray:
+    """The window's label logits, or its votes where its prompts record vote positions (one
+    call: a batch of its prompts)."""
+    ids = [prompt.token_ids for prompt in window]
+    if window[0].score_positions:
+        at = [prompt.score_positions for prompt in window]
+        votes = scorer.score_at(ids, at)[:, :, 0]
+        return np.concatenate([row[: len(p)] for row, p in zip(votes, at, strict=True)])
+    return np.asarray(scorer.score(ids)[0][:WINDOW])  # a label readout's one prompt
 
 
-def score_each(scorer: Any, prompts: list[Prompt]) -> tuple[np.ndarray, float]:
-    """Label logits (or votes) of each prompt (batch 1) and the mean seconds per prompt."""
-    score_one(scorer, prompts[0])  # warm-up
+def score_each(scorer: Any, windows: list[Window]) -> tuple[np.ndarray, float]:
+    """Label logits (or votes) of each window (one call each) and the mean seconds a window."""
+    score_one(scorer, windows[0])  # warm-up
     logits: list[np.ndarray] = []
     seconds: list[float] = []
-    for prompt in prompts:
+    for window in windows:
         start = time.perf_counter()
-        logits.append(score_one(scorer, prompt))
+        logits.append(score_one(scorer, window))
         seconds.append(time.perf_counter() - start)
     return np.array(logits), float(np.mean(seconds))
 
@@ -200,7 +215,7 @@ def main() -> None:
         help=f"comma-separated, of {', '.join([*VARIANTS, DYNAMIC])} (default: all)",
     )
     parser.add_argument(
-        "--profile", action="store_true", help="profile the longest window per variant"
+        "--profile", action="store_true", help="profile the longest prompt per variant"
     )
     add_passage_words_option(parser)
     args = parser.parse_args()
@@ -218,14 +233,16 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     reference = load_scorer(args.model, device="cpu", labels=template.labels, vote=template.vote)
-    prompts = window_prompts(
+    windows = window_prompts(
         reference.tokenizer, template, args.data, args.windows, args.max_passage_words
     )
-    expected, torch_seconds = score_each(reference.scorer, prompts)
+    expected, torch_seconds = score_each(reference.scorer, windows)
     order = np.argsort(-expected, axis=1, kind="stable")
-    lengths = [len(p.token_ids) for p in prompts]
+    lengths = [sum(len(p.token_ids) for p in window) for window in windows]
+    per_window = len(windows[0])
     print(
-        f"{len(prompts)} windows of {min(lengths)}-{max(lengths)} tokens, batch 1, "
+        f"{len(windows)} windows of {min(lengths)}-{max(lengths)} tokens "
+        f"({per_window} prompt{'s' if per_window > 1 else ''} each), one call a window, "
         f"{args.threads} threads; torch: {torch_seconds:.2f} s/window"
     )
     results: dict[str, Any] = {
@@ -235,7 +252,8 @@ def main() -> None:
         "template": template.name,
         "vote": template.vote,
         "max_passage_words": resolve_passage_words(args.max_passage_words, template),
-        "windows": len(prompts),
+        "windows": len(windows),
+        "prompts_per_window": per_window,
         "tokens": lengths,
         "torch_seconds_per_window": torch_seconds,
         "variants": {},
@@ -253,7 +271,7 @@ def main() -> None:
         else:
             exported(args.model, args.export_dir, name, template)
         scorer = load_export(folder, device="cpu", intra_op_num_threads=args.threads).scorer
-        got, seconds = score_each(scorer, prompts)
+        got, seconds = score_each(scorer, windows)
         same = int((np.argsort(-got, axis=1, kind="stable") == order).all(axis=1).sum())
         row: dict[str, Any] = {
             "seconds_per_window": seconds,
@@ -266,10 +284,10 @@ def main() -> None:
         results["variants"][name] = row
         print(
             f"{name:12s} {seconds:9.2f} {seconds / torch_seconds:8.2f}x "
-            f"{row['max_abs_diff']:9.2g} {row['kendall_tau']:6.3f} {same:>6d}/{len(prompts)}"
+            f"{row['max_abs_diff']:9.2g} {row['kendall_tau']:6.3f} {same:>6d}/{len(windows)}"
         )
         if args.profile:
-            longest = max(prompts, key=lambda p: len(p.token_ids))
+            longest = max((p for w in windows for p in w), key=lambda p: len(p.token_ids))
             ops = operator_seconds(folder / GRAPH_FILE, longest, args.threads)
             row["profile"] = {"tokens": len(longest.token_ids), "operator_seconds": ops}
             total = sum(ops.values())

@@ -14,7 +14,7 @@ import pytest
 
 from haystack_llmrank.export import read_metadata
 from haystack_llmrank.model_templates import TEMPLATE_FILE
-from haystack_llmrank.prompt import FIRST_TEMPLATE
+from haystack_llmrank.prompt import FIRST_TEMPLATE, JUDGE_TEMPLATE
 
 pytestmark = pytest.mark.integration
 
@@ -92,3 +92,30 @@ def test_a_vote_template_is_compared_by_its_votes(
     # 20 votes a window, one per passage line, as torch reads them
     assert (row["max_abs_diff"] < 1e-3, row["kendall_tau"], row["same_order"]) == (True, 1.0, 2)
     assert "GroupQueryAttention" in row["profile"]["operator_seconds"]
+
+
+def test_a_one_passage_template_is_compared_over_a_window_of_its_prompts(
+    tiny_model_dir: Path, dl19_dir: Path, tmp_path: Path
+) -> None:
+    """It built windows of 20 in a template of one label and failed (the default's)."""
+    judged = tmp_path / "judged"
+    shutil.copytree(tiny_model_dir, judged)
+    template = JUDGE_TEMPLATE.with_vote(" yes").to_dict()
+    (judged / TEMPLATE_FILE).write_text(json.dumps(template), encoding="utf-8")
+    exports, output = tmp_path / "exports", tmp_path / "variants.json"
+    command = [sys.executable, str(EXAMPLE), "--model", str(judged), "--data", str(dl19_dir)]
+    command += ["--windows", "2", "--threads", "1", "--variants", "fp32-fused", "--profile"]
+    command += ["--export-dir", str(exports), "--json", str(output)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr
+
+    results = json.loads(output.read_text(encoding="utf-8"))
+    assert (results["template"], results["windows"], results["prompts_per_window"]) == (
+        "judge",
+        2,
+        20,
+    )
+    row = results["variants"]["fp32-fused"]
+    # 20 votes a window, one per passage's own prompt, ordered as torch orders them
+    assert (row["max_abs_diff"] < 1e-3, row["kendall_tau"], row["same_order"]) == (True, 1.0, 2)
+    assert row["profile"]["tokens"] < min(results["tokens"]) / 10  # one passage's prompt
