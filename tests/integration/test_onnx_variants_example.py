@@ -8,13 +8,14 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import onnx
 import pytest
 
 from haystack_llmrank.export import read_metadata
 from haystack_llmrank.model_templates import TEMPLATE_FILE
-from haystack_llmrank.prompt import FIRST_TEMPLATE, JUDGE_TEMPLATE
+from haystack_llmrank.prompt import FIRST_TEMPLATE, JUDGE_TEMPLATE, PromptTemplate
 
 pytestmark = pytest.mark.integration
 
@@ -71,23 +72,30 @@ def test_variants_are_exported_as_named_and_fp32_matches_torch(
     assert "fp32-plain" in done.stdout
 
 
-def test_a_vote_template_is_compared_by_its_votes(
-    tiny_model_dir: Path, dl19_dir: Path, tmp_path: Path
-) -> None:
-    voted = tmp_path / "voted"
-    shutil.copytree(tiny_model_dir, voted)
-    template = FIRST_TEMPLATE.with_vote(" yes").to_dict()
-    (voted / TEMPLATE_FILE).write_text(json.dumps(template), encoding="utf-8")
+def compare_fp32_with_template(
+    tiny_model_dir: Path, dl19_dir: Path, tmp_path: Path, template: PromptTemplate
+) -> tuple[dict[str, Any], Path]:
+    """The example's results for the tiny model recorded with ``template`` (2 windows, the
+    fused fp32 export, profiled), and its export folder."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    (model / TEMPLATE_FILE).write_text(json.dumps(template.to_dict()), encoding="utf-8")
     exports, output = tmp_path / "exports", tmp_path / "variants.json"
-    command = [sys.executable, str(EXAMPLE), "--model", str(voted), "--data", str(dl19_dir)]
+    command = [sys.executable, str(EXAMPLE), "--model", str(model), "--data", str(dl19_dir)]
     command += ["--windows", "2", "--threads", "1", "--variants", "fp32-fused", "--profile"]
     command += ["--export-dir", str(exports), "--json", str(output)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr
+    return json.loads(output.read_text(encoding="utf-8")), exports / "fp32-fused"
 
-    results = json.loads(output.read_text(encoding="utf-8"))
+
+def test_a_vote_template_is_compared_by_its_votes(
+    tiny_model_dir: Path, dl19_dir: Path, tmp_path: Path
+) -> None:
+    voted = FIRST_TEMPLATE.with_vote(" yes")
+    results, export = compare_fp32_with_template(tiny_model_dir, dl19_dir, tmp_path, voted)
     assert results["vote"] == " yes"
-    assert read_metadata(exports / "fp32-fused").reads_positions  # the graph reads votes
+    assert read_metadata(export).reads_positions  # the graph reads votes
     row = results["variants"]["fp32-fused"]
     # 20 votes a window, one per passage line, as torch reads them
     assert (row["max_abs_diff"] < 1e-3, row["kendall_tau"], row["same_order"]) == (True, 1.0, 2)
@@ -98,18 +106,8 @@ def test_a_one_passage_template_is_compared_over_a_window_of_its_prompts(
     tiny_model_dir: Path, dl19_dir: Path, tmp_path: Path
 ) -> None:
     """It built windows of 20 in a template of one label and failed (the default's)."""
-    judged = tmp_path / "judged"
-    shutil.copytree(tiny_model_dir, judged)
-    template = JUDGE_TEMPLATE.with_vote(" yes").to_dict()
-    (judged / TEMPLATE_FILE).write_text(json.dumps(template), encoding="utf-8")
-    exports, output = tmp_path / "exports", tmp_path / "variants.json"
-    command = [sys.executable, str(EXAMPLE), "--model", str(judged), "--data", str(dl19_dir)]
-    command += ["--windows", "2", "--threads", "1", "--variants", "fp32-fused", "--profile"]
-    command += ["--export-dir", str(exports), "--json", str(output)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
-    assert done.returncode == 0, done.stderr
-
-    results = json.loads(output.read_text(encoding="utf-8"))
+    judged = JUDGE_TEMPLATE.with_vote(" yes")
+    results, _ = compare_fp32_with_template(tiny_model_dir, dl19_dir, tmp_path, judged)
     assert (results["template"], results["windows"], results["prompts_per_window"]) == (
         "judge",
         2,
