@@ -206,7 +206,8 @@ class BenchConfig:
                 raise ValueError(f"{name} must be at least 1, got {value}")
         for strategy in self.ranking_strategies:
             check_strategy_options(strategy, window_size=self.window_size, step=None)
-        check_strategy_options(SLIDING, window_size=self.window_size, step=self.step)
+        if self.slides:  # a one-passage window of a vote slides nowhere
+            check_strategy_options(SLIDING, window_size=self.window_size, step=self.step)
         if any(size < 1 for size in self.sweep_batch_sizes):
             raise ValueError(f"batch sizes must be at least 1, got {list(self.sweep_batch_sizes)}")
         if len(set(self.sweep_batch_sizes)) != len(self.sweep_batch_sizes):
@@ -305,6 +306,11 @@ class BenchConfig:
             else:
                 lines += [Variant(row, s) for s in strategies]
         return tuple(lines)
+
+    @property
+    def slides(self) -> bool:
+        """True when a line ranks with the sliding window (``generate`` always does)."""
+        return any(variant.strategy == SLIDING for variant in self.variants)
 
     @property
     def needs_model(self) -> bool:

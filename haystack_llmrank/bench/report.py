@@ -33,10 +33,11 @@ bfloat16 AVX512-BF16 or AMX), recorded with every run."""
 
 @dataclass(frozen=True)
 class Agreement:
-    """How often a row ordered a window exactly as ``plain`` did.
+    """How often a row ordered a window, and a query, exactly as ``plain`` did.
 
-    Only windows both rows saw with the same passages are compared (once two rows order a
-    window differently, their later windows of that query hold different passages).
+    Only windows of two passages or more that both rows saw with the same passages are
+    compared (once two rows order a window differently, their later windows of that query
+    hold different passages; a window of one passage orders nothing).
     """
 
     windows_shared: int
@@ -175,7 +176,11 @@ def ndcg_at_10(queries: Sequence[QueryCandidates], orders: Orders, qrels: Qrels)
 
 def agreement(reference: RowOutcome, other: RowOutcome) -> Agreement:
     """Compare ``other``'s window orderings and final orders with ``reference``'s."""
-    shared = reference.window_orders.keys() & other.window_orders.keys()
+    shared = {
+        key
+        for key in reference.window_orders.keys() & other.window_orders.keys()
+        if len(key[1]) > 1
+    }
     agreeing = sum(reference.window_orders[k] == other.window_orders[k] for k in shared)
     queries = reference.orders.keys() & other.orders.keys()
     identical = sum(reference.orders[q] == other.orders[q] for q in queries)

@@ -481,14 +481,16 @@ def _load(job: RowJob) -> LoopRow | VoteLoopRow | EngineRow:
 
 
 def first_window(
-    queries: Sequence[QueryCandidates], strategy: SlidingWindow
+    queries: Sequence[QueryCandidates], strategy: Strategy
 ) -> tuple[str, list[str]] | None:
-    """The query and passages of the first window run, or None when there is none."""
+    """The query and passages of the first window ``strategy`` runs, or None when there is
+    none."""
     for query in queries:
-        plan = strategy.windows(len(query.candidates))
-        if plan:
-            start, end = plan[0]
-            return query.query, query.texts[start:end]
+        try:
+            groups = next(strategy.plan(len(query.candidates)))
+        except StopIteration:  # ranked without a window
+            continue
+        return query.query, [query.texts[i] for i in groups[0]]
     return None
 
 
@@ -506,7 +508,7 @@ def run_row(job: RowJob, *, fresh_process: bool = False) -> RowOutcome:
     row = _load(job)
     load_seconds = clock(device) - start  # a model built on CUDA has queued kernels
     builder = row.builder
-    warm = first_window(job.queries, _strategy(config))
+    warm = first_window(job.queries, job_strategy(job))
     if warm is not None and config.warmup:
         prompt = builder.build(*warm)
         for _ in range(config.warmup):

@@ -58,7 +58,7 @@ from haystack_llmrank.prompt import FIRST_TEMPLATE, Prompt, PromptTemplate
 from haystack_llmrank.reranker import template_sizes
 from haystack_llmrank.scorers.base import device_max_batch_tokens
 from haystack_llmrank.scorers.onnx_metadata import Precision
-from haystack_llmrank.strategies import SlidingWindow, check_step_applies, make_strategy
+from haystack_llmrank.strategies import check_step_applies, make_strategy
 
 logger = logging.getLogger(__name__)
 
@@ -308,7 +308,10 @@ def calibrate(
         max_prompt_tokens=max_prompt_tokens,
         vocab_size=loaded.vocab_size,
     )
-    warm = first_window(queries, SlidingWindow(config.window, config.sliding_step))
+    readout = make_strategy(
+        config.readout_strategy, window_size=config.window, step=config.sliding_step
+    )
+    warm = first_window(queries, readout)
     if warm is None:
         return None, max_prompt_tokens, builder.cache
     prompt = builder.build(*warm)
@@ -359,24 +362,35 @@ def prompt_budget(config: BenchConfig) -> int:
     return context_length(model_config, load_bench_tokenizer(config.model, config.synthetic))
 
 
+def model_rows(
+    config: BenchConfig, device: str, window_size: int, template: PromptTemplate
+) -> tuple[str, ...]:
+    """The rows to run: those given, else ``device``'s defaults. ``generate`` decodes the
+    order of a window's labels, so with one passage a window it is left out of the
+    defaults, and refused when given."""
+    rows = config.rows or default_rows(device)
+    if window_size > 1 or GENERATE not in rows:
+        return rows
+    if config.rows is not None:
+        raise ValueError(
+            f"the generate row decodes the order of a window's passages, and "
+            f"{config.model!r} ranks with template {template.name!r}, one passage a window; "
+            "choose other rows"
+        )
+    return tuple(row for row in rows if row != GENERATE)
+
+
 def prepare(config: BenchConfig) -> Plan:
     """Resolve the settings, read the data, time one window and the device's matmul rate."""
     device, dtype = resolve_device(config.device, config.dtype, config.model, config.synthetic)
     template = bench_template(config)
     given_step = config.step
     window_size, step = template_sizes(template, config.window_size, config.step)
-    if window_size < 2:
-        raise ValueError(
-            f"llmrank bench times windows of two passages or more, and {config.model!r} ranks "
-            f"with template {template.name!r}, one passage a window; bench a listwise model "
-            "(--model smollm2-135m-instruct), or time this one with examples/dl19_haystack.py "
-            "--timings"
-        )
     config = replace(
         config,
         device=device,
         dtype=dtype,
-        rows=config.rows or default_rows(device),
+        rows=model_rows(config, device, window_size, template),
         vote=template.vote,
         window_size=window_size,
         step=step,

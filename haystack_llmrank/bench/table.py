@@ -23,11 +23,18 @@ def _times(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
 
-def _agreement(row: RowSummary) -> str:
+def _windows_agreeing(row: RowSummary) -> str:
+    agreement = row.agreement_with_plain
+    if agreement is None or not agreement.windows_shared:
+        return "-"
+    return f"{agreement.windows_agreeing}/{agreement.windows_shared}"
+
+
+def _queries_identical(row: RowSummary) -> str:
     agreement = row.agreement_with_plain
     if agreement is None:
         return "-"
-    return f"{agreement.windows_agreeing}/{agreement.windows_shared}"
+    return f"{agreement.queries_identical}/{agreement.queries}"
 
 
 _COLUMNS: tuple[tuple[str, Callable[[RowSummary], str]], ...] = (
@@ -43,7 +50,8 @@ _COLUMNS: tuple[tuple[str, Callable[[RowSummary], str]], ...] = (
     ("peak RSS MiB", lambda r: _mib(r.peak_rss_mb)),
     ("peak CUDA MiB", lambda r: _mib(r.peak_cuda_mb)),
     ("nDCG@10", lambda r: "-" if r.ndcg_at_10 is None else f"{r.ndcg_at_10:.4f}"),
-    ("windows = plain", _agreement),
+    ("windows = plain", _windows_agreeing),
+    ("queries = plain", _queries_identical),
     ("vs plain", lambda r: _times(r.speedup_vs_plain)),
     ("vs generate", lambda r: _times(r.speedup_vs_generate)),
 )
@@ -115,10 +123,11 @@ def plan_text(plan: Plan) -> str:
     """What will run and the expected time of each row, from the calibration window."""
     config, calibration = plan.config, plan.calibration
     model = config.model if config.synthetic is None else f"synthetic {config.synthetic}"
+    step = f" step {config.sliding_step}" if config.slides else ""
     lines = [
         f"model {model} on "
         f"{config.device} ({config.dtype}); {len(plan.queries)} of {plan.total_queries} queries, "
-        f"{_depth(plan.depth, config.top_k)}, window {config.window} step {config.sliding_step}: "
+        f"{_depth(plan.depth, config.top_k)}, window {config.window}{step}: "
         f"{plan.windows} {config.readout_strategy} windows; "
         f"strategies {', '.join(config.ranking_strategies)}"
     ]

@@ -35,11 +35,12 @@ from haystack_llmrank.bench.model_loading import attention_width, resolve_device
 from haystack_llmrank.bench.oracle import qrels_judge
 from haystack_llmrank.bench.plain import answer_text, deal_and_sort, parse_permutation, slide
 from haystack_llmrank.bench.prompts import CachedPromptBuilder
-from haystack_llmrank.bench.report import cpu_description, environment
+from haystack_llmrank.bench.report import Agreement, agreement, cpu_description, environment
 from haystack_llmrank.bench.runner import (
     Plan,
     Throughput,
     export_onnx_row,
+    model_rows,
     prepare,
     read_data,
     run,
@@ -55,6 +56,7 @@ from haystack_llmrank.prompt import (
     FIRST_ECHO_TEMPLATE,
     FIRST_NUMERIC_TEMPLATE,
     FIRST_TEMPLATE,
+    JUDGE_TEMPLATE,
     PromptBuilder,
     PromptTemplate,
 )
@@ -1233,13 +1235,57 @@ def test_recording_keeps_the_scorers_batching(tiny_scorer: Any) -> None:
     assert RecordingScorer(tiny_scorer).preferred_max_batch_tokens == 1  # torch on the CPU
 
 
-def test_a_model_that_ranks_one_passage_a_window_is_refused_naming_what_times_it(
-    bench_data: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.slow
+def test_a_model_that_judges_one_passage_a_window_is_benched_by_its_votes(
+    bench_data: Path, tied_model_dir: Path, tmp_path: Path
 ) -> None:
-    # the default judges each passage alone; every row of the bench times wider windows
-    code, printed = llmrank_bench("--data-dir", str(bench_data), "--rows", "oracle")
-    assert (code, printed) == (2, "")
-    assert (
-        "llmrank bench times windows of two passages or more, and 'default' ranks with "
-        "template 'judge', one passage a window; bench a listwise model"
-    ) in capsys.readouterr().err
+    model = tmp_path / "judge-model"
+    shutil.copytree(tied_model_dir, model)
+    write_template(model, JUDGE_TEMPLATE.with_vote(" yes"))
+    config = plain_and_torch(bench_data, model, isolate=False, window_size=None, step=None)
+    with pytest.raises(ValueError, match="the generate row decodes the order of a window's"):
+        prepare(dataclasses.replace(config, rows=("plain", "generate")))
+    plan = prepare(dataclasses.replace(config, rows=("oracle", "plain", "torch")))
+    assert (plan.config.window_size, plan.config.strategies) == (1, ("disjoint",))
+    assert plan.windows == 6  # a window a passage
+    results = run(plan)
+    assert [r.status for r in results] == ["ok"] * 3
+    query = read_queries(bench_data / "candidates.jsonl")[0].top(6)
+    expected = Reranker.from_pretrained(str(model), device="cpu").rerank(query.query, query.texts)
+    plain, torch_row = (r.outcome for r in results[1:])
+    assert plain is not None
+    assert torch_row is not None
+    for outcome in (plain, torch_row):
+        assert outcome.orders[query.qid] == expected.order
+        assert (outcome.windows, outcome.steps[query.qid]) == (6, 1)
+    # a one-passage window orders nothing: only the queries' orders are compared
+    assert agreement(plain, torch_row) == Agreement(0, 0, 1, 1)
+
+
+def test_the_default_rows_of_a_one_passage_model_leave_generate_out(bench_data: Path) -> None:
+    given = BenchConfig(data_dir=bench_data, rows=("plain", "torch"))
+    assert model_rows(given, "cpu", 1, JUDGE_TEMPLATE) == ("plain", "torch")
+    defaults = BenchConfig(data_dir=bench_data)
+    assert model_rows(defaults, "cpu", 1, JUDGE_TEMPLATE) == DEFAULT_ROWS[:-1]
+    assert DEFAULT_ROWS[-1] == "generate"
+    assert model_rows(defaults, "cpu", 20, FIRST_TEMPLATE) == DEFAULT_ROWS
+
+
+def test_the_default_model_is_benched_one_passage_a_window(
+    bench_data: Path, tmp_path: Path
+) -> None:
+    code, printed, report = bench_json(
+        tmp_path / "bench.json",
+        "--data-dir",
+        str(bench_data),
+        "--rows",
+        "oracle",
+        "--queries",
+        "2",
+        "--top-k",
+        "5",
+    )
+    assert code == 0
+    assert "window 1: 10 disjoint windows" in printed  # the default's judge template
+    (row,) = report["rows"]
+    assert (row["row"], row["strategy"], row["windows_per_query"]) == ("oracle", "disjoint", 5)
