@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import platform
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,7 +106,8 @@ def resolve_torch_dtype(device: str, dtype: str | None, checkpoint: Any = None) 
     The default is float32 on the CPU. On CUDA it is ``checkpoint``, the checkpoint's own
     dtype (float32 when unknown), except that bfloat16 becomes float32 on a device without
     native bfloat16 (compute capability below 8.0): bfloat16-trained weights overflow in
-    float16.
+    float16. A named float16 on the CPU, or bfloat16 on a CPU without native bfloat16
+    (:func:`cpu_has_native_bf16`), is kept, with a warning that it runs slowly.
     """
     import torch
 
@@ -114,6 +116,12 @@ def resolve_torch_dtype(device: str, dtype: str | None, checkpoint: Any = None) 
         if resolved == torch.float16 and device.startswith("cpu"):
             logger.warning(
                 "float16 on %s: most CPUs compute it far slower than float32 or bfloat16", device
+            )
+        elif resolved == torch.bfloat16 and device.startswith("cpu") and not cpu_has_native_bf16():
+            logger.warning(
+                "bfloat16 on %s: this CPU has neither AVX512-BF16 nor AMX, so it computes "
+                "bfloat16 far slower than float32; use float32",
+                device,
             )
         return resolved
     if not device.startswith("cuda") or not isinstance(checkpoint, torch.dtype):
@@ -125,6 +133,21 @@ def resolve_torch_dtype(device: str, dtype: str | None, checkpoint: Any = None) 
 
 
 _MODEL_DTYPES = frozenset(("float32", "bfloat16", "float16", "float64"))
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively: an x86 CPU with AVX512-BF16 or AMX.
+
+    Other architectures count as native: torch reports those features for x86 only.
+    """
+    import torch
+
+    if platform.machine().lower() not in _X86_MACHINES:
+        return True
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+_X86_MACHINES = frozenset(("x86_64", "amd64", "i386", "i686"))
 
 
 def cuda_has_native_bf16(device: str | None) -> bool:

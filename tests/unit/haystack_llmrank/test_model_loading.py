@@ -397,6 +397,22 @@ def test_float16_on_the_cpu_warns(tiny_model_dir: Path, caplog: pytest.LogCaptur
     assert "float16 on cpu: most CPUs compute it far slower" in caplog.text
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_bfloat16_on_a_cpu_without_native_bfloat16_warns(
+    native: bool, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import torch
+
+    from haystack_llmrank import backends
+
+    monkeypatch.setattr(backends, "cpu_has_native_bf16", lambda: native)
+    with caplog.at_level(logging.WARNING, logger="haystack_llmrank.backends"):
+        assert backends.resolve_torch_dtype("cpu", "bfloat16") == torch.bfloat16
+        assert backends.resolve_torch_dtype("cpu", "float32") == torch.float32
+    warned = "this CPU has neither AVX512-BF16 nor AMX" in caplog.text
+    assert warned is not native
+
+
 def test_devices_torch_cannot_use_here_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError, match="runs on cpu, cuda or mps only"):
         check_placement("torch", "meta", None)
