@@ -29,6 +29,7 @@ import haystack_llmrank.bench.rows as bench_rows
 import haystack_llmrank.bench.runner as bench_runner
 import haystack_llmrank.cli as cli
 import haystack_llmrank.cli.bench as bench_cli
+from haystack_llmrank.bench import measure
 from haystack_llmrank.bench.config import CUDA_DEFAULT_ROWS, DEFAULT_ROWS, BenchConfig
 from haystack_llmrank.bench.measure import peak_rss_mb
 from haystack_llmrank.bench.model_loading import attention_width, resolve_device
@@ -217,6 +218,33 @@ def test_rows_that_ran_have_typed_fields(bench_run: tuple[int, str, dict[str, An
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    ("product_seconds", "budget", "products"),
+    [(1.0, None, 1 + 5), (1.0, 2.5, 1 + 2), (3.0, 2.5, 1)],
+)
+def test_matmul_timings_stop_at_the_budget(
+    product_seconds: float,
+    budget: float | None,
+    products: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each product advances a fake clock by ``product_seconds``: timings stop once the
+    budget has passed since the warm-up began, and a warm-up past it is the one timing."""
+    now = [0.0]
+    done: list[int] = []
+
+    def product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        now[0] += product_seconds
+        done.append(1)
+        return a
+
+    monkeypatch.setattr(torch, "matmul", product)
+    monkeypatch.setattr(measure, "clock", lambda device: now[0])
+    rate = measure.matmul_tflops("cpu", "float32", 4, repeats=5, budget_seconds=budget)
+    assert len(done) == products
+    assert rate == pytest.approx(2 * 4**3 / product_seconds / 1e12)
+
+
 def test_floor_counts_weights_and_causal_attention(
     bench_run: tuple[int, str, dict[str, Any]],
 ) -> None:
