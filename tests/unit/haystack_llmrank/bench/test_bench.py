@@ -217,7 +217,6 @@ def test_rows_that_ran_have_typed_fields(bench_run: tuple[int, str, dict[str, An
     assert report["floor"]["body_parameters"] > 0
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     ("product_seconds", "budget", "products"),
     [(1.0, None, 1 + 5), (1.0, 2.5, 1 + 2), (3.0, 2.5, 1)],
@@ -245,6 +244,7 @@ def test_matmul_timings_stop_at_the_budget(
     assert rate == pytest.approx(2 * 4**3 / product_seconds / 1e12)
 
 
+@pytest.mark.slow
 def test_floor_counts_weights_and_causal_attention(
     bench_run: tuple[int, str, dict[str, Any]],
 ) -> None:
