@@ -16,10 +16,11 @@ window scored as given and reversed. ``--order-invariant`` ranks with
 texts, whatever order they come in, so the BM25, reversed and shuffled figures are the
 same. ``--strategy`` picks how windows cover the candidates (by default the readout's
 own), with ``--window-size`` passages a window (and ``--step`` for the sliding window).
-``--fusion-k K`` also scores the BM25-order ranking fused with that order by reciprocal
-rank fusion (:func:`~haystack_llmrank.fusion.fuse_with_input_order`), from the same
-forward passes; the reversed and shuffled orders are not the first stage's, so they are
-not fused.
+``--fusion-k K`` also scores each order's ranking fused by reciprocal rank fusion
+(:func:`~haystack_llmrank.fusion.fuse_with_first_stage`), from the same forward passes,
+with the first stage's ranking read from the candidates' BM25 scores, as a reranker
+given ``first_stage_scores`` reads it: in every order the scores travel with the passages,
+so each order is fused with BM25's ranking.
 
 The report records the model as resolved (``resolved_model``: its weights by SHA-256, see
 :func:`resolved_model`) and the settings it read with (strategy, window, vote, passage
@@ -61,7 +62,7 @@ from haystack_llmrank.data import (
 )
 from haystack_llmrank.errors import listed
 from haystack_llmrank.evaluation import evaluate
-from haystack_llmrank.fusion import fuse_with_input_order
+from haystack_llmrank.fusion import first_stage_ranks, fuse_with_first_stage
 from haystack_llmrank.models import resolve_model, weights_fingerprint
 from haystack_llmrank.reranker import Reranker
 from haystack_llmrank.scorers.onnx_metadata import read_metadata
@@ -83,6 +84,16 @@ def arrange(query: QueryCandidates, order: str, seed: int) -> QueryCandidates:
         rng = np.random.default_rng([seed, int.from_bytes(query.qid.encode(), "little")])
         candidates = [candidates[i] for i in rng.permutation(len(candidates))]
     return QueryCandidates(query.qid, query.query, tuple(candidates))
+
+
+def bm25_scores(query: QueryCandidates) -> list[float]:
+    """The first stage's score of every candidate of ``query``, in its current order."""
+    scores = [candidate.score for candidate in query.candidates]
+    if None in scores:
+        raise SystemExit(
+            f"--fusion-k needs a score on every candidate; query {query.qid} lacks one"
+        )
+    return [score for score in scores if score is not None]
 
 
 def ndcg10(run: Run, qrels: Qrels, report: dict[str, Any], key: str) -> None:
@@ -223,7 +234,7 @@ def main() -> None:
     parser.add_argument("--vote", default=None, help="rank by this token's votes (e.g. ' yes')")
     add_passage_words_option(parser)
     parser.add_argument(
-        "--fusion-k", type=int, nargs="*", default=[], help="also score RRF with the BM25 order"
+        "--fusion-k", type=int, nargs="*", default=[], help="also score RRF with BM25's scores"
     )
     parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args()
@@ -276,8 +287,12 @@ def main() -> None:
             )
         seconds = (time.perf_counter() - started) / len(queries)
         ndcg10(run_from_rankings(arranged, rankings), qrels, report, f"reranked_{order}")
-        for k in args.fusion_k if order == "bm25" else ():
-            fused = [fuse_with_input_order(ranking, k) for ranking in rankings]
+        first_stage = [first_stage_ranks(bm25_scores(q)) for q in arranged] if args.fusion_k else []
+        for k in args.fusion_k:
+            fused = [
+                fuse_with_first_stage(ranking, k, positions=ranks)
+                for ranking, ranks in zip(rankings, first_stage, strict=True)
+            ]
             ndcg10(run_from_rankings(arranged, fused), qrels, report, f"fused_{order}_k{k}")
         report[f"{order}_seconds_per_query"] = seconds
         args.json.write_text(json.dumps(report, indent=1) + "\n")

@@ -19,7 +19,15 @@ from haystack_llmrank.arrangement import (
 from haystack_llmrank.blank_passages import is_blank, split_blank, with_blank_passages
 from haystack_llmrank.checks import check_positive
 from haystack_llmrank.errors import ClosedError, PromptTooLongError, listed
-from haystack_llmrank.fusion import check_fusion_k, fuse_with_input_order
+from haystack_llmrank.fusion import (
+    AUTO_FUSION,
+    FusionChoice,
+    check_fusion_choice,
+    check_fusion_k,
+    first_stage_ranks,
+    first_stage_scores,
+    fuse_with_first_stage,
+)
 from haystack_llmrank.gpu_policy import OnMissingGpu
 from haystack_llmrank.model_templates import TemplateChoice, model_template
 from haystack_llmrank.prompt import (
@@ -142,14 +150,14 @@ def check_options(
     max_prompt_tokens: int | None = None,
     batch_size: int = 1,
     max_batch_tokens: int | None = None,
-    fusion_k: int | None = None,
+    fusion_k: FusionChoice = None,
 ) -> None:
     """``ValueError`` for :class:`Reranker` options that are wrong whatever the model, so
     that :meth:`Reranker.from_pretrained` and the adapters refuse them before loading one."""
     check_positive("max_prompt_tokens", max_prompt_tokens)
     check_positive("batch_size", batch_size, optional=False)
     check_positive("max_batch_tokens", max_batch_tokens)
-    check_fusion_k(fusion_k)
+    check_fusion_choice(fusion_k)
 
 
 def length_buckets(lengths: Sequence[int], max_batch_tokens: int) -> list[list[int]]:
@@ -212,17 +220,19 @@ class Reranker:
     log-probabilities, not raw logits. With a vote readout, where each passage's vote is a
     logit of its own (not a share of the window), the mean of its two votes.
 
-    ``fusion_k`` fuses each final ranking with the input order, taken as the first stage's,
-    by reciprocal rank fusion with that constant (60 is the usual one; see
-    :func:`~haystack_llmrank.fusion.fuse_with_input_order`): scores are then the fused ones.
-    It is for input in first-stage order, best first; ``None`` (the default) ranks by the
-    model alone.
+    ``fusion_k`` fuses each final ranking with the first stage's by reciprocal rank fusion
+    with that constant (60 is the usual one; see
+    :func:`~haystack_llmrank.fusion.fuse_with_first_stage`): scores are then the fused ones.
+    The first stage's ranking is the order of the request's ``first_stage_scores`` where
+    they are given (so any input order fuses alike), else the input order, taken as best
+    first; with ``fusion_needs_scores`` a request without scores is ranked by the model
+    alone. ``None`` (the default) ranks by the model alone.
 
     ``order_invariant`` ranks each query's passages in an order fixed by their texts
     (:func:`~haystack_llmrank.arrangement.content_order`) instead of the order given, so
     the windows, and the ranking, are the same whatever order the passages arrive in; only
-    ``fusion_k`` still reads the input order. Equal scores then keep that content order;
-    identical passages keep their input order among themselves.
+    ``fusion_k`` without first-stage scores still reads the input order. Equal scores then
+    keep that content order; identical passages keep their input order among themselves.
     It needs the ``disjoint`` strategy, which judges every passage once and ranks them all
     by their own scores: the other strategies take the input order as the first stage's.
 
@@ -245,6 +255,7 @@ class Reranker:
         both_orders: bool = False,
         fusion_k: int | None = None,
         order_invariant: bool = False,
+        fusion_needs_scores: bool = False,
     ) -> None:
         check_options(
             max_prompt_tokens=max_prompt_tokens,
@@ -256,6 +267,7 @@ class Reranker:
             template, strategy, order_invariant=order_invariant, both_orders=both_orders
         )
         self.fusion_k = check_fusion_k(fusion_k)
+        self.fusion_needs_scores = bool(fusion_needs_scores)
         read = template.labels if template.vote is None else (template.vote,)
         if scorer.label_ids.labels[: len(read)] != read:
             raise ValueError(
@@ -349,17 +361,24 @@ class Reranker:
         ``window_size`` and ``step`` (``None``: see :func:`template_strategy`); ``None`` is
         the readout's own, chosen once the template is known. A window wider than the
         template's labels fails before the model loads. Other keyword arguments go to
-        :class:`Reranker`.
+        :class:`Reranker`, but ``fusion_k`` may also be ``"auto"`` (the default): the
+        model's own constant (:func:`~haystack_llmrank.models.recommended_fusion_k`: 60 for
+        the default model, none for the others), used only where first-stage scores come
+        with the passages (``fusion_needs_scores``).
         """
         from haystack_llmrank.backends import load_scorer
+        from haystack_llmrank.models import recommended_fusion_k
 
         _check_constructor_options(kwargs)
+        if check_fusion_choice(kwargs.get("fusion_k", AUTO_FUSION)) == AUTO_FUSION:
+            kwargs["fusion_k"] = recommended_fusion_k(model)
+            kwargs.setdefault("fusion_needs_scores", True)
         check_passage_words(kwargs.get("max_passage_words", AUTO_PASSAGE_WORDS))
         check_options(
             max_prompt_tokens=max_prompt_tokens,
             batch_size=kwargs.get("batch_size", 1),
             max_batch_tokens=kwargs.get("max_batch_tokens"),
-            fusion_k=kwargs.get("fusion_k"),
+            fusion_k=kwargs["fusion_k"],
         )
         chosen = model_template(template, model, vote=vote)
         named = strategy is None or isinstance(strategy, str)
@@ -425,6 +444,7 @@ class Reranker:
             "both_orders": self.both_orders,
             "fusion_k": self.fusion_k,
             "order_invariant": self.order_invariant,
+            "fusion_needs_scores": self.fusion_needs_scores,
         }
         unknown = set(changes) - set(parts)
         if unknown:
@@ -517,9 +537,19 @@ class Reranker:
             so = f" (so are requests {listed(also, 10)})" if also else ""
             raise PromptTooLongError(f"request {position}: {problem}{so}", requests=over) from first
 
-    def rerank(self, query: str, passages: Iterable[str], *, top_k: int | None = None) -> Ranking:
-        """Rank ``passages`` for ``query``; with ``top_k``, only the first ``top_k`` matter."""
-        return self.rerank_many([(query, passages)], top_k=top_k)[0]
+    def rerank(
+        self,
+        query: str,
+        passages: Iterable[str],
+        *,
+        top_k: int | None = None,
+        first_stage_scores: Iterable[float] | None = None,
+    ) -> Ranking:
+        """Rank ``passages`` for ``query``; with ``top_k``, only the first ``top_k`` matter.
+        ``first_stage_scores`` (one per passage) are the first stage's, which ``fusion_k``
+        fuses with (see :meth:`rerank_many`)."""
+        scores = None if first_stage_scores is None else [first_stage_scores]
+        return self.rerank_many([(query, passages)], top_k=top_k, first_stage_scores=scores)[0]
 
     def rerank_many(
         self,
@@ -527,6 +557,7 @@ class Reranker:
         *,
         top_k: int | Sequence[int | None] | None = None,
         on_window: Callable[[int], None] | None = None,
+        first_stage_scores: Sequence[Iterable[float] | None] | None = None,
     ) -> list[Ranking]:
         """Rank many queries' passages, batching windows of different queries together.
 
@@ -542,10 +573,15 @@ class Reranker:
         last, in input order (:attr:`Ranking.blank`). Requests whose query is too long for
         any prompt (see :meth:`check_request`) refuse the batch before any scoring, with a
         :class:`~haystack_llmrank.errors.PromptTooLongError` that names every one of them.
+        ``first_stage_scores`` (one entry per request: ``None``, or one finite score per
+        passage, blank ones included) give the first stage's ranking that ``fusion_k`` fuses
+        with, highest first, equal scores in input order; without them it is the input order,
+        or none with ``fusion_needs_scores``. Only fusion reads them.
         """
         if self._closed:
             raise ClosedError("this Reranker was closed; load the model again to rank")
         given = [_checked_request(query, passages) for query, passages in requests]
+        first_ranks = _first_stage_ranks(first_stage_scores, [len(p) for _, p in given])
         splits = [split_blank(passages) for _, passages in given]
         texted = [
             (query, [passages[i] for i in kept])
@@ -601,15 +637,25 @@ class Reranker:
             result if order is None else in_input_indices(result, order, passages)
             for result, order, (_, passages) in zip(results, arrangements, texted, strict=True)
         ]
-        if self.fusion_k is not None:  # by input index, blank passages counted
+        if self.fusion_k is not None:  # first-stage ranks count blank passages
             rankings = [
-                fuse_with_input_order(ranking, self.fusion_k, positions=kept)
-                for ranking, (kept, _) in zip(rankings, splits, strict=True)
+                self._fused(ranking, kept, ranks)
+                for ranking, (kept, _), ranks in zip(rankings, splits, first_ranks, strict=True)
             ]
         return [
             with_blank_passages(ranking, kept, blank)
             for ranking, (kept, blank) in zip(rankings, splits, strict=True)
         ]
+
+    def _fused(self, ranking: Ranking, kept: Sequence[int], ranks: list[int] | None) -> Ranking:
+        """``ranking`` (of the passages at input indices ``kept``) fused with the first stage:
+        ``ranks`` (every input passage's first-stage rank) where given, else the input order
+        unless fusion needs scores."""
+        assert self.fusion_k is not None
+        if ranks is None and self.fusion_needs_scores:
+            return ranking
+        positions = list(kept) if ranks is None else [ranks[i] for i in kept]
+        return fuse_with_first_stage(ranking, self.fusion_k, positions=positions)
 
     def score_prompts(
         self,
@@ -684,6 +730,24 @@ def _per_request(top_k: int | Sequence[int | None] | None, count: int) -> list[i
     if len(depths) != count:
         raise ValueError(f"top_k has {len(depths)} values for {count} requests")
     return depths
+
+
+def _first_stage_ranks(
+    scores: Sequence[Iterable[float] | None] | None, counts: Sequence[int]
+) -> list[list[int] | None]:
+    """Each request's first-stage ranks from its ``scores`` (``None`` where it has none);
+    ``ValueError`` for a wrong number of entries or of scores, or a score that is not a
+    finite number."""
+    if scores is None:
+        return [None] * len(counts)
+    if isinstance(scores, str) or not isinstance(scores, Sequence):
+        raise TypeError("first_stage_scores must be a sequence, one entry per request")
+    if len(scores) != len(counts):
+        raise ValueError(f"first_stage_scores has {len(scores)} entries for {len(counts)} requests")
+    return [
+        None if given is None else first_stage_ranks(first_stage_scores(given, count))
+        for given, count in zip(scores, counts, strict=True)
+    ]
 
 
 def _checked_request(query: str, passages: Iterable[str]) -> tuple[str, list[str]]:

@@ -10,6 +10,7 @@ from typing import Any
 from haystack_llmrank.backends import BACKENDS
 from haystack_llmrank.data import finite_float
 from haystack_llmrank.devices import BACKEND_DEVICES
+from haystack_llmrank.fusion import AUTO_FUSION, FusionChoice
 from haystack_llmrank.gpu_policy import ON_MISSING_GPU
 from haystack_llmrank.prompt import (
     AUTO_PASSAGE_WORDS,
@@ -61,6 +62,21 @@ def passage_words(text: str) -> PassageWords:
     except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(
             f"expected a positive integer, {AUTO_PASSAGE_WORDS} or all, got {text!r}"
+        ) from None
+
+
+def fusion_choice(text: str) -> FusionChoice:
+    """An argparse type for ``--fusion-k``: an integer (checked later, with the other model
+    options), ``auto`` or ``none`` (``None``)."""
+    if text == AUTO_FUSION:
+        return AUTO_FUSION
+    if text == "none":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an integer, {AUTO_FUSION} or none, got {text!r}"
         ) from None
 
 
@@ -233,11 +249,15 @@ def add_model_options(group: Any, *, batch_size: int) -> None:
     )
     group.add_argument(
         "--fusion-k",
-        type=int,
-        default=None,
+        type=fusion_choice,
+        default=AUTO_FUSION,
         metavar="K",
-        help="fuse the model's order with the input (first-stage) order by reciprocal rank "
-        "fusion with constant K (60 is usual); scores are then the fused ones",
+        help="fuse the model's order with the first stage's by reciprocal rank fusion with "
+        "constant K (60 is usual); scores are then the fused ones. The first stage's order "
+        "is that of its scores where every passage of a query has one (rerank: the "
+        "candidates' scores; serve: requests carry none), else the input order. auto "
+        "(default): the model's own K (60 for the default model, none for others), only "
+        "where scores are given; none: the model alone",
     )
     group.add_argument(
         "--threads",
@@ -266,7 +286,7 @@ def check_model_options(args: argparse.Namespace) -> None:
     or (onnx) a folder that is no complete export fails here in well under a second.
     """
     from haystack_llmrank.backends import check_backend, check_export, check_placement
-    from haystack_llmrank.fusion import check_fusion_k
+    from haystack_llmrank.fusion import check_fusion_choice
     from haystack_llmrank.model_templates import model_template
     from haystack_llmrank.models import check_available, resolve_model
     from haystack_llmrank.reranker import resolve_strategy
@@ -288,7 +308,7 @@ def check_model_options(args: argparse.Namespace) -> None:
         both_orders=args.both_orders,
     )
     check_rank_depth_applies(getattr(args, "rank_depth", None), strategy.name)
-    check_fusion_k(args.fusion_k)
+    check_fusion_choice(args.fusion_k)
     # --threads also sets torch's process-wide threads (load_reranker), which the API leaves
     check_backend(args.backend, args.threads if args.backend == "onnx" else None, args.dtype)
     check_placement(args.backend, args.device, args.dtype)

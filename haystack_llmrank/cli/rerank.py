@@ -7,7 +7,7 @@ import json
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from haystack_llmrank.cli.options import (
     add_model_options,
@@ -27,6 +27,9 @@ from haystack_llmrank.data import (
 from haystack_llmrank.errors import PromptTooLongError, listed
 from haystack_llmrank.ranking import Ranking
 from haystack_llmrank.staged_files import check_output, staged_outputs
+
+if TYPE_CHECKING:
+    from haystack_llmrank.reranker import Reranker
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -139,6 +142,12 @@ def _too_long(queries: Sequence[QueryCandidates], refused: Mapping[int, str]) ->
     )
 
 
+def first_stage_scores(query: QueryCandidates) -> list[float] | None:
+    """The query's candidate scores, for fusion, where every candidate has one."""
+    scores = [candidate.score for candidate in query.candidates]
+    return None if None in scores else [s for s in scores if s is not None]
+
+
 def run(args: argparse.Namespace) -> int:
     """Rerank, write the run (and optionally the rankings as JSON), print a summary."""
     from tqdm import tqdm
@@ -156,10 +165,16 @@ def run(args: argparse.Namespace) -> int:
     reranker = load_reranker(args)
     loaded = time.perf_counter()
     requests = [(query.query, query.texts) for query in queries]
+    scores = [first_stage_scores(query) for query in queries]
     most = reranker.count_windows([len(texts) for _, texts in requests], args.rank_depth)
     with tqdm(total=most, unit="window", desc="rerank") as bar:
         try:
-            rankings = reranker.rerank_many(requests, top_k=args.rank_depth, on_window=bar.update)
+            rankings = reranker.rerank_many(
+                requests,
+                top_k=args.rank_depth,
+                on_window=bar.update,
+                first_stage_scores=scores,
+            )
         except PromptTooLongError as exc:
             if not exc.requests:  # a prompt of a window, not a query refused up front
                 raise
@@ -180,4 +195,18 @@ def run(args: argparse.Namespace) -> int:
         f"{seconds:.1f} s, {seconds / len(queries):.2f} s/query "
         f"(model load {loaded - started:.1f} s); run written to {args.output}"
     )
+    if reranker.fusion_k is not None:
+        print(_fusion_summary(reranker, scores))
     return 0
+
+
+def _fusion_summary(reranker: Reranker, scores: list[list[float] | None]) -> str:
+    """Which queries' rankings were fused with the first stage's, and by what."""
+    scored = sum(given is not None for given in scores)
+    rest = len(scores) - scored
+    others = "by candidate order" if not reranker.fusion_needs_scores else "not fused (no scores)"
+    tail = f", {plural(rest, 'query', 'queries')} {others}" if rest else ""
+    return (
+        f"fused with the first stage by reciprocal rank fusion (K={reranker.fusion_k}): "
+        f"{plural(scored, 'query', 'queries')} by candidate scores{tail}"
+    )

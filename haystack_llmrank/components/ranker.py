@@ -19,6 +19,7 @@ from haystack.utils import ComponentDevice
 from haystack_llmrank.arrangement import check_order_invariant
 from haystack_llmrank.backends import check_backend, check_placement
 from haystack_llmrank.blank_passages import is_blank, with_blank_passages
+from haystack_llmrank.fusion import AUTO_FUSION, FusionChoice
 from haystack_llmrank.gpu_policy import OnMissingGpu, check_on_missing_gpu
 from haystack_llmrank.models import DEFAULT_MODEL
 from haystack_llmrank.prompt import (
@@ -78,6 +79,10 @@ class FirstListwiseRanker:
     deduplicated Documents come back as copies in input order with ``score=None``, so
     ``top_k`` applies and a ``score_threshold`` drops them all.
 
+    With ``fusion_k`` (``"auto"``, the default, fuses for the default model), the input
+    Documents' scores, higher is better, are the first stage's ranking the model's is fused
+    with, whatever order the Documents come in; that needs a score on every Document.
+
     A copy (by ``copy.deepcopy`` or ``pickle``, of the ranker or of a Pipeline holding it) is
     cold: the same init parameters, its own locks and no model; :meth:`warm_up` or its first
     run loads its own. A loaded model is neither copied nor shared.
@@ -106,7 +111,7 @@ class FirstListwiseRanker:
         threads: int | None = None,
         on_missing_gpu: OnMissingGpu = "raise",
         both_orders: bool = False,
-        fusion_k: int | None = None,
+        fusion_k: FusionChoice = AUTO_FUSION,
         order_invariant: bool = False,
     ) -> None:
         """Configure the ranker; the model is loaded by :meth:`warm_up`.
@@ -162,9 +167,12 @@ class FirstListwiseRanker:
             mean label log-probabilities. Refused for windows of one passage (a vote's
             disjoint windows, the default model's), which read the same both ways: at init
             where ``template`` is given, else at :meth:`warm_up`.
-        :param fusion_k: fuse the model's order with the input order (the retriever's, best
-            first) by reciprocal rank fusion with this constant (60 is the usual one);
-            scores are then the fused ones. ``None``: the model's order alone.
+        :param fusion_k: fuse the model's order with the first stage's by reciprocal rank
+            fusion with this constant (60 is the usual one); scores are then the fused
+            ones. The first stage's order is that of the Documents' scores where every one
+            has a score, else the input order. ``"auto"``: the model's own constant (60 for
+            the default model, none for others), and only where every Document has a
+            score. ``None``: the model's order alone.
         :param order_invariant: rank the Documents in an order fixed by their texts instead
             of the order they come in, so that any order of the same Documents ranks alike
             (the ``"disjoint"`` strategy only, the default model's).
@@ -378,9 +386,24 @@ class FirstListwiseRanker:
                 "%d document(s) have no text to rank; they follow the ranked ones unscored",
                 blank,
             )
-        return _Plan(unique, texts, limit, threshold)
+        scores = [d.score for d in unique]
+        missing = scores.count(None)
+        if missing and missing < len(scores) and self.fusion_k is not None:
+            logger.warning(
+                "%d of %d document(s) have no score, so fusion_k reads no first-stage scores",
+                missing,
+                len(scores),
+            )
+        first_stage = None if missing else [float(s) for s in scores if s is not None]
+        return _Plan(unique, texts, first_stage, limit, threshold)
 
-    def _rank(self, query: str, texts: list[str], top_k: int | None) -> Ranking:
+    def _rank(
+        self,
+        query: str,
+        texts: list[str],
+        top_k: int | None,
+        first_stage: list[float] | None = None,
+    ) -> Ranking:
         """Load the model if it is not, and rank, in one hold of the lock: a :meth:`close`
         falls before or after a whole ranking, never inside one. Texts that are all blank
         need no model: they keep their order (:func:`with_blank_passages`)."""
@@ -390,7 +413,7 @@ class FirstListwiseRanker:
             self.warm_up()
             reranker = self._reranker
             assert reranker is not None  # warm_up loaded it, and close waits for the lock
-            return reranker.rerank(query, texts, top_k=top_k)
+            return reranker.rerank(query, texts, top_k=top_k, first_stage_scores=first_stage)
 
     @component.output_types(documents=list[Document])
     def run(
@@ -411,7 +434,8 @@ class FirstListwiseRanker:
         plan = self._plan(query, documents, top_k, score_threshold)
         if isinstance(plan, list):
             return {"documents": plan}
-        return {"documents": plan.finish(self._rank(query, plan.texts, plan.top_k))}
+        ranking = self._rank(query, plan.texts, plan.top_k, plan.first_stage)
+        return {"documents": plan.finish(ranking)}
 
     @component.output_types(documents=list[Document])
     async def run_async(
@@ -428,18 +452,20 @@ class FirstListwiseRanker:
             return {"documents": plan}
         loop = asyncio.get_running_loop()
         ranking = await loop.run_in_executor(
-            self._worker, self._rank, query, plan.texts, plan.top_k
+            self._worker, self._rank, query, plan.texts, plan.top_k, plan.first_stage
         )
         return {"documents": plan.finish(ranking)}
 
 
 @dataclass(frozen=True)
 class _Plan:
-    """A call's deduplicated Documents and their texts (blank ones included: the engine puts
-    them last), with the call's ``top_k`` and score threshold."""
+    """A call's deduplicated Documents, their texts (blank ones included: the engine puts
+    them last) and their scores where every one has a score, with the call's ``top_k`` and
+    score threshold."""
 
     documents: list[Document]
     texts: list[str]
+    first_stage: list[float] | None
     top_k: int | None
     threshold: float | None
 

@@ -67,6 +67,32 @@ def test_each_passage_is_judged_alone_so_its_score_ignores_the_input_order(
         engine(default_ranker, both_orders=True)
 
 
+def test_the_default_fuses_with_a_retrievers_scores_in_any_input_order(
+    default_ranker: FirstListwiseRanker,
+) -> None:
+    reranker = engine(default_ranker)
+    assert (reranker.fusion_k, reranker.fusion_needs_scores) == (60, True)
+    texts = ["Pasta cooks in water.", *PASSAGES]
+    scores = {
+        "Pasta cooks in water.": 9.0,
+        "Paris is in France.": 2.0,
+        "Berlin is in Germany.": 5.0,
+    }
+    alone = reranker.rerank("where is berlin", texts)
+    results = []
+    for order in (texts, texts[::-1]):
+        documents = [Document(content=text, score=scores[text]) for text in order]
+        ranked = default_ranker.run(query="where is berlin", documents=documents)["documents"]
+        results.append([(d.content, d.score) for d in ranked])
+    assert results[0] == results[1], "the scores, not the input order, are the first stage"
+    fused = reranker.rerank(
+        "where is berlin", texts, first_stage_scores=[scores[text] for text in texts]
+    )
+    assert [text for text, _ in results[0]] == [texts[i] for i in fused.order]
+    assert fused.scores != alone.scores
+    assert max(fused.scores) <= 2 / 61
+
+
 CAPITALS = [
     f"{city} is in {country}."
     for city, country in [

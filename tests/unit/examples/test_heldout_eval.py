@@ -154,3 +154,17 @@ def test_qids_of_at_most_8_bytes_keep_the_recorded_shuffles() -> None:
     assert shuffled("1037798") == [2, 1, 4, 8, 10, 6, 7, 3, 0, 11, 9, 5]
     assert shuffled("87452", seed=1) == [5, 0, 10, 7, 9, 3, 11, 2, 4, 6, 1, 8]
     assert shuffled("ict-1048") == [11, 0, 1, 8, 3, 2, 6, 7, 4, 5, 10, 9]
+
+
+def test_fusion_reads_bm25_scores_in_every_order(tmp_path: Path) -> None:
+    heldout = import_example("heldout_eval")
+    files = write_inputs(tmp_path, ["q0"], ["q0"])
+    [query] = heldout.heldout_queries(files["candidates"], files["split"], 100)
+    for order in ("bm25", "reversed", "shuffled"):
+        arranged = heldout.arrange(query, order, 0)
+        scores = heldout.bm25_scores(arranged)
+        assert scores == [c.score for c in arranged.candidates]
+    assert heldout.bm25_scores(heldout.arrange(query, "reversed", 0)) == [1.0, 2.0, 3.0]
+    unscored = QueryCandidates("q9", "flea life", (Candidate("d0", "Fleas."),))
+    with pytest.raises(SystemExit, match="query q9 lacks one"):
+        heldout.bm25_scores(unscored)

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from haystack_llmrank.arrangement import content_order, in_input_indices
-from haystack_llmrank.fusion import fuse_with_input_order
+from haystack_llmrank.fusion import fuse_with_first_stage
 from haystack_llmrank.prompt import FIRST_TEMPLATE
 from haystack_llmrank.ranking import Ranking
 from haystack_llmrank.reranker import Reranker
@@ -98,7 +98,7 @@ def test_order_invariant_ranks_the_content_order_and_maps_it_back(
     invariant = make(vote_scorer, smollm2_tokenizer, order_invariant=True)
     assert invariant.rerank(QUERY, TEXTS) == in_input_indices(arranged, order, TEXTS)
     fused = invariant.replace(fusion_k=60).rerank(QUERY, TEXTS)
-    assert fused == fuse_with_input_order(in_input_indices(arranged, order, TEXTS), 60)
+    assert fused == fuse_with_first_stage(in_input_indices(arranged, order, TEXTS), 60)
 
 
 def test_order_invariant_ranks_identical_passages_in_their_input_order(

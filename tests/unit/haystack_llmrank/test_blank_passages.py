@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from haystack_llmrank.blank_passages import is_blank, split_blank, with_blank_passages
-from haystack_llmrank.fusion import fuse_with_input_order
+from haystack_llmrank.fusion import fuse_with_first_stage
 from haystack_llmrank.prompt import normalize_passage
 from haystack_llmrank.ranking import Cost, Ranking
 from haystack_llmrank.reranker import Reranker
@@ -183,7 +183,7 @@ def test_fusing_a_finished_ranking_keeps_its_blank_passages_last(
     engines = _engines(smollm2_tokenizer, tiny_scorer)
     given = ["", *TEXTS, " "]
     finished = engines["sliding"].rerank("whales and bees", given)
-    fused = fuse_with_input_order(finished, 60)
+    fused = fuse_with_first_stage(finished, 60)
     assert fused == engines["fusion"].rerank("whales and bees", given)
     assert fused.order[-2:] == (0, len(given) - 1)
     assert (fused.unranked, fused.blank) == (2, 2)

@@ -112,6 +112,47 @@ def test_rerank_writes_the_engine_ranking(
     assert " s/query " in summary
 
 
+def test_fusion_reads_the_candidates_scores_where_every_one_has_a_score(
+    llmrank: Any, tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    scores = [3.0, 9.0, 1.0, 7.0, 5.0]
+    records = [
+        {
+            "qid": "q1",
+            "query": "what do fleas eat",
+            "candidates": [
+                {"docid": f"a{i}", "score": score, "text": f"fleas eat {i}"}
+                for i, score in enumerate(scores)
+            ],
+        },
+        {
+            "qid": "q2",
+            "query": "capital of peru",
+            "candidates": [{"docid": f"b{i}", "text": f"peru {i}"} for i in range(4)],
+        },
+    ]
+    source, output = tmp_path / "mixed.jsonl", tmp_path / "run.txt"
+    source.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    assert llmrank(rerank_args(source, output, tiny_model_dir, "--fusion-k", "60")) == 0
+    engine = Reranker.from_pretrained(
+        str(tiny_model_dir), device="cpu", strategy=SlidingWindow(3, 2), fusion_k=60
+    )
+    q1, q2 = read_queries(source)
+    expected = [
+        engine.rerank(q1.query, q1.texts, first_stage_scores=scores),
+        engine.rerank(q2.query, q2.texts),
+    ]
+    assert expected[0] != engine.rerank(q1.query, q1.texts), "not the candidates' order"
+    lines = [line.split() for line in output.read_text().splitlines()]
+    for query, ranking in zip((q1, q2), expected, strict=True):
+        rows = [line[2] for line in lines if line[0] == query.qid]
+        assert rows == [query.candidates[i].docid for i in ranking.order]
+    summary = capsys.readouterr().out
+    assert "(K=60): 1 query by candidate scores, 1 query by candidate order" in summary
+    assert llmrank(rerank_args(source, output, tiny_model_dir)) == 0
+    assert "fused" not in capsys.readouterr().out, "auto: this model recommends no fusion"
+
+
 def test_saved_json_says_what_placed_each_position(
     llmrank: Any, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
@@ -854,7 +895,7 @@ def test_the_strategy_and_both_orders_reach_the_engine(
     assert calls[-1]["both_orders"] is True
     load_reranker(model_args("--strategy", "tdpart", "--window-size", "8"))
     assert (calls[-1]["strategy"], calls[-1]["window_size"]) == ("tdpart", 8)
-    assert calls[-1]["fusion_k"] is None
+    assert calls[-1]["fusion_k"] == "auto"
     assert calls[-1]["vote"] is None
     load_reranker(model_args("--strategy", "disjoint", "--fusion-k", "60", "--vote", " yes"))
     assert (calls[-1]["strategy"], calls[-1]["fusion_k"]) == ("disjoint", 60)
@@ -869,8 +910,12 @@ def test_the_strategy_and_both_orders_reach_the_engine(
         load_reranker(model_args("--order-invariant"))
     with pytest.raises(ValueError, match="visible token"):
         load_reranker(model_args("--vote", " "))
+    load_reranker(model_args("--fusion-k", "none"))
+    assert calls[-1]["fusion_k"] is None
     with pytest.raises(ValueError, match="fusion_k"):
         load_reranker(model_args("--fusion-k", "-1"))
+    with pytest.raises(SystemExit):
+        model_args("--fusion-k", "sixty")
     with pytest.raises(SystemExit):
         model_args("--strategy", "bubble")
     with pytest.raises(ValueError, match="step must be between"):

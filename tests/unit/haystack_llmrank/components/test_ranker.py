@@ -129,6 +129,53 @@ def test_fusion_counts_text_less_documents_in_the_input_order(tiny_model_dir: Pa
     assert (out[-1].id, out[-1].score) == ("x", None)
 
 
+def test_fusion_reads_the_documents_scores_in_any_input_order(tiny_model_dir: Path) -> None:
+    fused = FirstListwiseRanker(
+        model=str(tiny_model_dir),
+        device="cpu",
+        fusion_k=60,
+        strategy="disjoint",
+        order_invariant=True,
+    )
+    inputs = docs(7)  # scored 0..6: the first stage put the last one first
+    out = fused.run(query=QUERY, documents=inputs)["documents"]
+    engine = fused._reranker
+    assert engine is not None
+    texts = [d.content or "" for d in inputs]
+    expected = engine.rerank(QUERY, texts, first_stage_scores=[d.score or 0.0 for d in inputs])
+    assert [d.id for d in out] == [inputs[i].id for i in expected.order]
+    assert expected != engine.rerank(QUERY, texts), "not fused with the input order"
+    for order in (inputs[::-1], [inputs[i] for i in (3, 0, 6, 1, 5, 2, 4)]):
+        again = fused.run(query=QUERY, documents=order)["documents"]
+        assert [(d.id, d.score) for d in again] == [(d.id, d.score) for d in out]
+
+
+def test_fusion_without_every_score_reads_the_input_order(
+    tiny_model_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    fused = FirstListwiseRanker(model=str(tiny_model_dir), device="cpu", fusion_k=60)
+    inputs = [*docs(5), Document(id="n", content="a passage with no score")]
+    out = fused.run(query=QUERY, documents=inputs)["documents"]
+    assert "1 of 6 document(s) have no score" in caplog.text
+    engine = fused._reranker
+    assert engine is not None
+    expected = engine.rerank(QUERY, [d.content or "" for d in inputs])
+    assert [d.id for d in out] == [inputs[i].id for i in expected.order]
+
+
+def test_auto_fusion_leaves_a_model_that_recommends_none_alone(
+    ranker: FirstListwiseRanker,
+) -> None:
+    assert ranker.fusion_k == "auto"
+    engine = ranker._reranker
+    assert engine is not None
+    assert engine.fusion_k is None
+    inputs = docs(6)
+    out = ranker.run(query=QUERY, documents=inputs)["documents"]
+    expected = engine.rerank(QUERY, [d.content or "" for d in inputs])
+    assert [d.id for d in out] == [inputs[i].id for i in expected.order]
+
+
 def test_documents_all_without_text_need_no_model() -> None:
     ranker = FirstListwiseRanker(model="no/such-model")
     inputs = [Document(id="x", content=None), Document(id="y", content="   ")]
@@ -186,7 +233,9 @@ def test_meta_fields_are_embedded(ranker: FirstListwiseRanker) -> None:
         Document(id="b", content="other", meta={}),
     ]
     out = embedding.run(query=QUERY, documents=documents)["documents"]
-    engine.rerank.assert_called_once_with(QUERY, ["T | body", "other"], top_k=None)
+    engine.rerank.assert_called_once_with(
+        QUERY, ["T | body", "other"], top_k=None, first_stage_scores=None
+    )
     assert sorted((d.content, d.meta.get("title")) for d in out) == [
         ("body", "T"),
         ("other", None),
@@ -207,7 +256,9 @@ def test_concurrent_run_async_calls_leave_the_default_executor_free(
     threads: set[str] = set()
 
     class Held:
-        def rerank(self, query: str, texts: list[str], top_k: int | None = None) -> Ranking:
+        def rerank(
+            self, query: str, texts: list[str], top_k: int | None = None, **_: object
+        ) -> Ranking:
             threads.add(threading.current_thread().name)
             release.wait(10)
             return Ranking.from_logits(list(range(len(texts))), [0.0] * len(texts))
@@ -409,7 +460,7 @@ def test_to_dict_of_the_defaults() -> None:
             "threads": None,
             "on_missing_gpu": "raise",
             "both_orders": False,
-            "fusion_k": None,
+            "fusion_k": "auto",
             "order_invariant": False,
         },
     }
