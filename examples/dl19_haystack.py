@@ -4,7 +4,8 @@
     llmrank eval runs/dl19-smollm2.run ../shared/data/trec-dl19/qrels.txt
 
 Every query goes through a one-component Haystack pipeline (FirstListwiseRanker) exactly as
-a user's pipeline would run it; seconds per query are measured around ``Pipeline.run``.
+a user's pipeline would run it, the Documents carrying their BM25 scores as a retriever's
+do; seconds per query are measured around ``Pipeline.run``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from haystack import Document, Pipeline
 from tqdm import tqdm
 
 from haystack_llmrank import FirstListwiseRanker
-from haystack_llmrank.cli.options import add_passage_words_option, positive_int
+from haystack_llmrank.cli.options import add_passage_words_option, fusion_choice, positive_int
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "trec-dl19"
 
@@ -46,6 +47,13 @@ def main() -> None:
         action="store_true",
         help="rank in an order fixed by the passages' texts (FirstListwiseRanker option)",
     )
+    parser.add_argument(
+        "--fusion-k",
+        type=fusion_choice,
+        default="auto",
+        help="FirstListwiseRanker's fusion_k: auto (default; the default model fuses with "
+        "the Documents' BM25 scores), none (the model alone) or an integer",
+    )
     add_passage_words_option(parser)
     args = parser.parse_args()
 
@@ -60,6 +68,7 @@ def main() -> None:
             backend=args.backend,
             order_invariant=args.order_invariant,
             max_passage_words=args.max_passage_words,
+            fusion_k=args.fusion_k,
         ),
     )
     pipeline.warm_up()

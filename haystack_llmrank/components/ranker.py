@@ -386,33 +386,26 @@ class FirstListwiseRanker:
                 "%d document(s) have no text to rank; they follow the ranked ones unscored",
                 blank,
             )
-        scores = [d.score for d in unique]
-        missing = scores.count(None)
-        if missing and missing < len(scores) and self.fusion_k is not None:
-            logger.warning(
-                "%d of %d document(s) have no score, so fusion_k reads no first-stage scores",
-                missing,
-                len(scores),
-            )
-        first_stage = None if missing else [float(s) for s in scores if s is not None]
-        return _Plan(unique, texts, first_stage, limit, threshold)
+        return _Plan(unique, texts, [d.score for d in unique], limit, threshold)
 
     def _rank(
         self,
         query: str,
         texts: list[str],
         top_k: int | None,
-        first_stage: list[float] | None = None,
+        scores: list[float | None],
     ) -> Ranking:
         """Load the model if it is not, and rank, in one hold of the lock: a :meth:`close`
         falls before or after a whole ranking, never inside one. Texts that are all blank
-        need no model: they keep their order (:func:`with_blank_passages`)."""
+        need no model: they keep their order (:func:`with_blank_passages`). ``scores`` (the
+        Documents') are read only by a model that fuses."""
         if all(map(is_blank, texts)):
             return with_blank_passages(Ranking((), (), ()), [], range(len(texts)))
         with self._lock:
             self.warm_up()
             reranker = self._reranker
             assert reranker is not None  # warm_up loaded it, and close waits for the lock
+            first_stage = _first_stage(scores) if reranker.fusion_k is not None else None
             return reranker.rerank(query, texts, top_k=top_k, first_stage_scores=first_stage)
 
     @component.output_types(documents=list[Document])
@@ -434,7 +427,7 @@ class FirstListwiseRanker:
         plan = self._plan(query, documents, top_k, score_threshold)
         if isinstance(plan, list):
             return {"documents": plan}
-        ranking = self._rank(query, plan.texts, plan.top_k, plan.first_stage)
+        ranking = self._rank(query, plan.texts, plan.top_k, plan.scores)
         return {"documents": plan.finish(ranking)}
 
     @component.output_types(documents=list[Document])
@@ -452,7 +445,7 @@ class FirstListwiseRanker:
             return {"documents": plan}
         loop = asyncio.get_running_loop()
         ranking = await loop.run_in_executor(
-            self._worker, self._rank, query, plan.texts, plan.top_k, plan.first_stage
+            self._worker, self._rank, query, plan.texts, plan.top_k, plan.scores
         )
         return {"documents": plan.finish(ranking)}
 
@@ -460,12 +453,11 @@ class FirstListwiseRanker:
 @dataclass(frozen=True)
 class _Plan:
     """A call's deduplicated Documents, their texts (blank ones included: the engine puts
-    them last) and their scores where every one has a score, with the call's ``top_k`` and
-    score threshold."""
+    them last) and input scores, with the call's ``top_k`` and score threshold."""
 
     documents: list[Document]
     texts: list[str]
-    first_stage: list[float] | None
+    scores: list[float | None]
     top_k: int | None
     threshold: float | None
 
@@ -480,6 +472,19 @@ class _Plan:
             )
         ]
         return _limit(ranked, self.top_k, self.threshold)
+
+
+def _first_stage(scores: list[float | None]) -> list[float] | None:
+    """The Documents' scores as the first stage's, where every one has a score; ``None``,
+    with a warning where only some have one."""
+    missing = scores.count(None)
+    if missing and missing < len(scores):
+        logger.warning(
+            "%d of %d document(s) have no score, so fusion_k reads no first-stage scores",
+            missing,
+            len(scores),
+        )
+    return None if missing else [float(s) for s in scores if s is not None]
 
 
 def _copy(document: Document, score: float | None) -> Document:

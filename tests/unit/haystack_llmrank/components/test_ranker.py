@@ -6,6 +6,7 @@ import asyncio
 import copy
 import itertools
 import json
+import math
 import pickle
 import re
 import sys
@@ -170,10 +171,10 @@ def test_auto_fusion_leaves_a_model_that_recommends_none_alone(
     engine = ranker._reranker
     assert engine is not None
     assert engine.fusion_k is None
-    inputs = docs(6)
+    inputs = [*docs(5), Document(id="nan", content="a passage scored nan", score=math.nan)]
     out = ranker.run(query=QUERY, documents=inputs)["documents"]
     expected = engine.rerank(QUERY, [d.content or "" for d in inputs])
-    assert [d.id for d in out] == [inputs[i].id for i in expected.order]
+    assert [d.id for d in out] == [inputs[i].id for i in expected.order], "scores unread"
 
 
 def test_documents_all_without_text_need_no_model() -> None:
@@ -227,6 +228,7 @@ def test_meta_fields_are_embedded(ranker: FirstListwiseRanker) -> None:
     with pytest.raises(TypeError, match=r"not one string: \['title'\]"):
         FirstListwiseRanker(meta_fields_to_embed="title")  # type: ignore[arg-type]
     engine = Mock(spec=Reranker, wraps=ranker._reranker)
+    engine.fusion_k = None  # an instance attribute, which the spec does not list
     embedding._reranker = engine
     documents = [
         Document(id="a", content="body", meta={"title": "T"}),
@@ -256,6 +258,8 @@ def test_concurrent_run_async_calls_leave_the_default_executor_free(
     threads: set[str] = set()
 
     class Held:
+        fusion_k = None
+
         def rerank(
             self, query: str, texts: list[str], top_k: int | None = None, **_: object
         ) -> Ranking:
