@@ -12,8 +12,8 @@ from haystack_llmrank.ranking import Ranking
 
 AUTO_FUSION: Literal["auto"] = "auto"
 """``fusion_k`` that fuses as the model recommends
-(:func:`~haystack_llmrank.models.recommended_fusion_k`), and only
-where first-stage scores come with the passages."""
+(:func:`~haystack_llmrank.models.recommended_fusion_k`), and only where first-stage scores
+come with the passages."""
 
 FusionChoice = int | Literal["auto"] | None
 
@@ -66,8 +66,8 @@ def fuse_with_first_stage(
     The first-stage rank of the passage at index ``i`` of ``ranking`` is ``positions[i]``
     (the input index where ``None``: the input order taken as the first stage's, best
     first). A passage of first-stage rank ``f`` that the model ranked ``r`` (both from 0)
-    scores ``1 / (fusion_k + 1 + r) + 1 / (fusion_k + 1 + f)``; passages are ordered by that score,
-    equal scores in the model's order. Those scores become :attr:`Ranking.scores`, the
+    scores ``1 / (fusion_k + 1 + r) + 1 / (fusion_k + 1 + f)``; passages are ordered by
+    that score, equal scores in the model's order. Those scores become :attr:`Ranking.scores`, the
     model's logits stay in :attr:`Ranking.logits`, and every position counts as ranked
     (``unranked`` is 0) except the blank passages (:attr:`Ranking.blank`), which no window
     showed: they stay last, at the lowest fused score. The cost is unchanged: fusion takes
