@@ -1068,3 +1068,14 @@ def test_gguf_cache_is_keyed_by_content(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setattr(transformers, "__version__", "5.0.0" if major == "4" else "4.56.2")
     other = models._gguf_cache_dir(models.ModelSource(str(tmp_path / "venv1"), "m.gguf"))
     assert other not in (None, folders[0])
+
+
+def test_the_fusion_summary_says_which_queries_went_unfused(tiny_reranker: Reranker) -> None:
+    from haystack_llmrank.cli.rerank import _fusion_summary
+
+    auto = tiny_reranker.replace(fusion_k=60, fusion_needs_scores=True)
+    assert _fusion_summary(auto, [[2.0, 1.0], None, None]) == (
+        "fused with the first stage by reciprocal rank fusion (K=60): 1 query by candidate "
+        "scores, 2 queries not fused (no scores)"
+    )
+    assert _fusion_summary(auto, [[2.0, 1.0]]).endswith("1 query by candidate scores")
