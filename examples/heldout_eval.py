@@ -62,7 +62,7 @@ from haystack_llmrank.data import (
 )
 from haystack_llmrank.errors import listed
 from haystack_llmrank.evaluation import evaluate
-from haystack_llmrank.fusion import first_stage_ranks, fuse_with_first_stage
+from haystack_llmrank.fusion import complete_scores, first_stage_ranks, fuse_with_first_stage
 from haystack_llmrank.models import resolve_model, weights_fingerprint
 from haystack_llmrank.reranker import Reranker
 from haystack_llmrank.scorers.onnx_metadata import read_metadata
@@ -88,12 +88,12 @@ def arrange(query: QueryCandidates, order: str, seed: int) -> QueryCandidates:
 
 def bm25_scores(query: QueryCandidates) -> list[float]:
     """The first stage's score of every candidate of ``query``, in its current order."""
-    scores = [candidate.score for candidate in query.candidates]
-    if None in scores:
+    scores = complete_scores(candidate.score for candidate in query.candidates)
+    if scores is None:
         raise SystemExit(
             f"--fusion-k needs a score on every candidate; query {query.qid} lacks one"
         )
-    return [score for score in scores if score is not None]
+    return scores
 
 
 def ndcg10(run: Run, qrels: Qrels, report: dict[str, Any], key: str) -> None:

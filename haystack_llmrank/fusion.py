@@ -43,6 +43,13 @@ def first_stage_scores(scores: Iterable[object], count: int) -> list[float]:
     return [float(score) for score in given]  # type: ignore[arg-type]
 
 
+def complete_scores(scores: Iterable[float | None]) -> list[float] | None:
+    """``scores`` where every passage has one, else ``None``: a first stage that scored only
+    some passages gives no ranking of them all."""
+    given = list(scores)
+    return None if None in given else [score for score in given if score is not None]
+
+
 def first_stage_ranks(scores: Sequence[float]) -> list[int]:
     """Each passage's first-stage rank (from 0) by ``scores``, highest first, equal scores
     in input order."""

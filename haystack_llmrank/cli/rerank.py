@@ -25,6 +25,7 @@ from haystack_llmrank.data import (
     write_run,
 )
 from haystack_llmrank.errors import PromptTooLongError, listed
+from haystack_llmrank.fusion import complete_scores
 from haystack_llmrank.ranking import Ranking
 from haystack_llmrank.staged_files import check_output, staged_outputs
 
@@ -142,12 +143,6 @@ def _too_long(queries: Sequence[QueryCandidates], refused: Mapping[int, str]) ->
     )
 
 
-def first_stage_scores(query: QueryCandidates) -> list[float] | None:
-    """The query's candidate scores, for fusion, where every candidate has one."""
-    scores = [candidate.score for candidate in query.candidates]
-    return None if None in scores else [s for s in scores if s is not None]
-
-
 def run(args: argparse.Namespace) -> int:
     """Rerank, write the run (and optionally the rankings as JSON), print a summary."""
     from tqdm import tqdm
@@ -165,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
     reranker = load_reranker(args)
     loaded = time.perf_counter()
     requests = [(query.query, query.texts) for query in queries]
-    scores = [first_stage_scores(query) for query in queries]
+    scores = [complete_scores(c.score for c in query.candidates) for query in queries]
     most = reranker.count_windows([len(texts) for _, texts in requests], args.rank_depth)
     with tqdm(total=most, unit="window", desc="rerank") as bar:
         try:

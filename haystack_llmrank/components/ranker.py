@@ -19,7 +19,7 @@ from haystack.utils import ComponentDevice
 from haystack_llmrank.arrangement import check_order_invariant
 from haystack_llmrank.backends import check_backend, check_placement
 from haystack_llmrank.blank_passages import is_blank, with_blank_passages
-from haystack_llmrank.fusion import AUTO_FUSION, FusionChoice
+from haystack_llmrank.fusion import AUTO_FUSION, FusionChoice, complete_scores
 from haystack_llmrank.gpu_policy import OnMissingGpu, check_on_missing_gpu
 from haystack_llmrank.models import DEFAULT_MODEL
 from haystack_llmrank.prompt import (
@@ -477,14 +477,15 @@ class _Plan:
 def _first_stage(scores: list[float | None]) -> list[float] | None:
     """The Documents' scores as the first stage's, where every one has a score; ``None``,
     with a warning where only some have one."""
+    complete = complete_scores(scores)
     missing = scores.count(None)
-    if missing and missing < len(scores):
+    if complete is None and missing < len(scores):
         logger.warning(
             "%d of %d document(s) have no score, so fusion_k reads no first-stage scores",
             missing,
             len(scores),
         )
-    return None if missing else [float(s) for s in scores if s is not None]
+    return complete
 
 
 def _copy(document: Document, score: float | None) -> Document:

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from haystack_llmrank.fusion import (
     check_fusion_choice,
     check_fusion_k,
+    complete_scores,
     first_stage_ranks,
     first_stage_scores,
     fuse_with_first_stage,
@@ -76,6 +77,12 @@ def test_the_reranker_fuses_its_rankings(tiny_reranker: Reranker) -> None:
     assert fused == fuse_with_first_stage(plain, 60)
     with pytest.raises(ValueError, match="fusion_k"):
         tiny_reranker.replace(fusion_k=-5)
+
+
+def test_scores_count_only_where_every_passage_has_one() -> None:
+    assert complete_scores([2.0, 0.0, -1.5]) == [2.0, 0.0, -1.5]
+    assert complete_scores(iter([2.0, None])) is None
+    assert complete_scores([]) == []
 
 
 def test_first_stage_ranks_follow_the_scores_ties_in_input_order() -> None:
