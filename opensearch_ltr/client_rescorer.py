@@ -5,7 +5,8 @@ driven by :class:`LlmRescorer` (``OpenSearch``) or :class:`AsyncLlmRescorer`
 (``AsyncOpenSearch``, the engine in a worker thread):
 
 1. first pass: the user's body with ``from: 0`` and ``size: window_size + from + size``;
-2. the engine ranks the passages of the top ``window_size`` hits;
+2. the engine ranks the passages of the top ``window_size`` hits, given their first-pass
+   scores (an engine that fuses, as the default model does, fuses its ranking with theirs);
 3. ``apply="client"``: the scores are combined here (:mod:`opensearch_ltr.rescore`);
    ``apply="server"``: one more search carries them in a ``rescore`` clause and the cluster
    combines them (:mod:`opensearch_ltr.server_applied_rescore`). Both combine the spec and values of
@@ -103,8 +104,17 @@ Apply = Literal["client", "server"]
 class PassageReranker(Protocol):
     """What the rescorer needs from the engine (:class:`haystack_llmrank.Reranker`)."""
 
-    def rerank(self, query: str, passages: Sequence[str], *, top_k: int | None = None) -> Ranking:
-        """Rank ``passages`` for ``query``; only the first ``top_k`` positions matter."""
+    def rerank(
+        self,
+        query: str,
+        passages: Sequence[str],
+        *,
+        top_k: int | None = None,
+        first_stage_scores: Sequence[float] | None = None,
+    ) -> Ranking:
+        """Rank ``passages`` for ``query``; only the first ``top_k`` positions matter.
+        ``first_stage_scores`` are the hits' first-pass scores, for an engine that fuses its
+        ranking with the first stage's."""
         ...
 
 
@@ -325,11 +335,14 @@ class _RescorerBase:
         if info.missing_text and self.missing_text == "raise":
             raise MissingTextError(info.missing_text, list(self.fields.text_fields))
         passages = [self.fields.passage(h) for h in hits]
+        first_pass = [float(h["_score"]) for h in hits]
         started = time.perf_counter()
         try:
             with self._lock:
                 # The whole window: every page reruns it and must get the same order.
-                ranking = self.reranker.rerank(search.query_text or "", passages)
+                ranking = self.reranker.rerank(
+                    search.query_text or "", passages, first_stage_scores=first_pass
+                )
         except PromptTooLongError as error:  # the request's own query: no page can show it
             raise RescoreRequestError(f"the query cannot be ranked: {error}") from error
         except Exception as error:

@@ -3,7 +3,8 @@
 The engine's scores are logits, FIRST label logits or a template's votes (see
 :class:`haystack_llmrank.ranking.Ranking`): capped so they never increase down the ranking,
 comparable within one window (votes across windows too) but only a heuristic across
-queries, and of any sign. What is combined with the first-pass score:
+queries, and of any sign; an engine that fuses with the first pass gives its fused values
+(positive) instead. What is combined with the first-pass score:
 
 - ``"rank"`` (default): ``(n - r) / n`` for the passage ranked ``r`` of ``n``; in ``(0, 1]``,
   strictly decreasing, so the engine's order is kept exactly (capped logits can tie).

@@ -37,14 +37,15 @@ class RecordingEngine:
         self.model_name = engine.model_name
         self.before = before
         self.calls: list[tuple[str, list[str], Ranking]] = []
-        self._memory: dict[tuple[str, tuple[str, ...]], Ranking] = {}
+        self._memory: dict[tuple[str, tuple[str, ...], tuple[float, ...] | None], Ranking] = {}
 
-    def rerank(self, query: str, passages: Sequence[str], *, top_k: int | None = None) -> Ranking:
+    def rerank(self, query: str, passages: Sequence[str], **kwargs: Any) -> Ranking:
         if self.before is not None:
             self.before()
-        key = (query, tuple(passages))
+        scores = kwargs.get("first_stage_scores")
+        key = (query, tuple(passages), None if scores is None else tuple(scores))
         if key not in self._memory:
-            self._memory[key] = self.engine.rerank(query, passages, top_k=top_k)
+            self._memory[key] = self.engine.rerank(query, passages, **kwargs)
         self.calls.append((query, list(passages), self._memory[key]))
         return self._memory[key]
 

@@ -18,7 +18,10 @@ from opensearchpy.exceptions import RequestError as OsRequestError
 from support import body_rescore_spec
 
 from haystack_llmrank.errors import PromptTooLongError
+from haystack_llmrank.fusion import fuse_with_first_stage
 from haystack_llmrank.ranking import Ranking
+from haystack_llmrank.reranker import Reranker
+from haystack_llmrank.scorers.torch_scorer import TorchLabelScorer
 from opensearch_ltr import AsyncLlmRescorer, LlmRescorer
 from opensearch_ltr.errors import (
     MissingTextError,
@@ -104,10 +107,13 @@ class ShortestFirst:
         self.step = 2 if tied else 1
         self.calls: list[tuple[str, list[str]]] = []
         self.top_ks: list[int | None] = []
+        self.first_pass: list[list[float] | None] = []
 
-    def rerank(self, query: str, passages: Sequence[str], *, top_k: int | None = None) -> Ranking:
+    def rerank(self, query: str, passages: Sequence[str], **kwargs: Any) -> Ranking:
         self.calls.append((query, list(passages)))
-        self.top_ks.append(top_k)
+        self.top_ks.append(kwargs.get("top_k"))
+        scores = kwargs.get("first_stage_scores")
+        self.first_pass.append(None if scores is None else list(scores))
         if self.error is not None:
             raise self.error
         order = sorted(range(len(passages)), key=lambda i: (len(passages[i]), i))
@@ -195,6 +201,27 @@ def test_the_engine_ranks_the_whole_window_whatever_the_page() -> None:
     for start, size in [(0, 6), (2, 2), (3, 4)]:
         stage.search("docs", BODY, from_=start, size=size)
     assert engine.top_ks == [None, None, None]
+
+
+def test_the_engine_gets_the_window_hits_first_pass_scores() -> None:
+    engine = ShortestFirst()
+    LlmRescorer(ScriptedClient(make_hits()), engine, window_size=4).search("docs", BODY, size=6)
+    assert engine.first_pass == [[6.0, 5.0, 4.0, 3.0]]
+
+
+def test_an_engine_that_fuses_ranks_the_window_fused_with_the_first_pass(
+    smollm2_tokenizer: Any, tiny_scorer: TorchLabelScorer
+) -> None:
+    alone = Reranker(smollm2_tokenizer, tiny_scorer, max_prompt_tokens=4096)
+    fusing = Reranker(
+        smollm2_tokenizer, tiny_scorer, max_prompt_tokens=4096, fusion_k=0, fusion_needs_scores=True
+    )
+    model = alone.rerank("cats", TEXTS)
+    fused = fuse_with_first_stage(model, 0)  # the hits come in first-pass order
+    assert fused.order != model.order, "the fixture must tell fused from alone"
+    stage = LlmRescorer(ScriptedClient(make_hits()), fusing, window_size=6)
+    page = ids(stage.search("docs", BODY, size=6))
+    assert page == [f"d{i}" for i in fused.order]
 
 
 def test_arguments_reach_the_client_and_users_preference_wins() -> None:

@@ -90,7 +90,7 @@ class ShortestFirst:
     def __init__(self) -> None:
         self.calls: list[list[str]] = []
 
-    def rerank(self, query: str, passages: Sequence[str], *, top_k: int | None = None) -> Ranking:
+    def rerank(self, query: str, passages: Sequence[str], **kwargs: Any) -> Ranking:
         self.calls.append(list(passages))
         order = sorted(range(len(passages)), key=lambda i: (len(passages[i]), i))
         return Ranking.from_logits(order, [10.0 - r for r in range(len(order))])
