@@ -20,7 +20,10 @@ own), with ``--window-size`` passages a window (and ``--step`` for the sliding w
 (:func:`~haystack_llmrank.fusion.fuse_with_first_stage`), from the same forward passes,
 with the first stage's ranking read from the candidates' BM25 scores, as a reranker
 given ``first_stage_scores`` reads it: in every order the scores travel with the passages,
-so each order is fused with BM25's ranking.
+so each order is fused with BM25's ranking. ``--interpolate W`` scores instead, for a readout
+that scores each passage on its own (a vote in disjoint windows), ``W`` times the model's
+z-scored logits plus ``1 - W`` times BM25's z-scored scores, per query: score fusion, to
+compare with rank fusion on the same forward passes.
 
 The report records the model as resolved (``resolved_model``: its weights by SHA-256, see
 :func:`resolved_model`) and the settings it read with (strategy, window, vote, passage
@@ -64,6 +67,7 @@ from haystack_llmrank.errors import listed
 from haystack_llmrank.evaluation import evaluate
 from haystack_llmrank.fusion import complete_scores, first_stage_ranks, fuse_with_first_stage
 from haystack_llmrank.models import resolve_model, weights_fingerprint
+from haystack_llmrank.ranking import Ranking
 from haystack_llmrank.reranker import Reranker
 from haystack_llmrank.scorers.onnx_metadata import read_metadata
 from haystack_llmrank.scorers.torch_scorer import TorchLabelScorer
@@ -94,6 +98,36 @@ def bm25_scores(query: QueryCandidates) -> list[float]:
             f"--fusion-k needs a score on every candidate; query {query.qid} lacks one"
         )
     return scores
+
+
+def unit_weight(text: str) -> float:
+    """``text`` as a number from 0 to 1 (argparse type)."""
+    try:
+        weight = float(text)
+    except ValueError:
+        weight = float("nan")
+    if not 0 <= weight <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}")
+    return weight
+
+
+def zscored(values: Sequence[float]) -> np.ndarray:
+    """``values`` less their mean, over their standard deviation (all 0 where they are equal)."""
+    array = np.asarray(values, dtype=float)
+    spread = array.std()
+    return (array - array.mean()) / spread if spread > 0 else np.zeros_like(array)
+
+
+def interpolated(query: QueryCandidates, ranking: Ranking, weight: float) -> dict[str, float]:
+    """Each candidate's ``weight`` x its z-scored logit + ``1 - weight`` x its z-scored BM25
+    score, by docid; ``ranking`` must have a logit for every candidate (no blank passage)."""
+    if ranking.blank:
+        raise SystemExit(f"--interpolate: query {query.qid} has passages no window showed")
+    logits = [0.0] * len(ranking)
+    for index, logit in zip(ranking.order, ranking.logits, strict=True):
+        logits[index] = logit
+    fused = weight * zscored(logits) + (1 - weight) * zscored(bm25_scores(query))
+    return {c.docid: float(v) for c, v in zip(query.candidates, fused, strict=True)}
 
 
 def ndcg10(run: Run, qrels: Qrels, report: dict[str, Any], key: str) -> None:
@@ -236,6 +270,15 @@ def main() -> None:
     parser.add_argument(
         "--fusion-k", type=int, nargs="*", default=[], help="also score RRF with BM25's scores"
     )
+    parser.add_argument(
+        "--interpolate",
+        type=unit_weight,
+        nargs="*",
+        default=[],
+        metavar="W",
+        help="also score W x the model's z-scored logits + (1 - W) x BM25's z-scored scores "
+        "(a readout that scores each passage on its own: a vote in disjoint windows)",
+    )
     parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args()
     if args.threads:
@@ -252,6 +295,7 @@ def main() -> None:
         "device": args.device,
         "both_orders": args.both_orders,
         "fusion_k": args.fusion_k,
+        "interpolate": args.interpolate,
         "queries": sorted(held),
     }
     baselines(queries, qrels, args.teacher, report)
@@ -269,6 +313,9 @@ def main() -> None:
         step=args.step,
         max_passage_words=args.max_passage_words,
     )
+    comparable = reranker.strategy.name == "disjoint" and reranker.prompts.template.vote
+    if args.interpolate and not comparable:
+        raise SystemExit("--interpolate needs a vote read in disjoint windows: logits that compare")
     report["resolved_model"] = resolved_model(args.model, args.backend)
     report["dtype"] = used_dtype(reranker)
     report["depth"] = args.depth
@@ -294,6 +341,12 @@ def main() -> None:
                 for ranking, ranks in zip(rankings, first_stage, strict=True)
             ]
             ndcg10(run_from_rankings(arranged, fused), qrels, report, f"fused_{order}_k{k}")
+        for weight in args.interpolate:
+            run = {
+                q.qid: interpolated(q, ranking, weight)
+                for q, ranking in zip(arranged, rankings, strict=True)
+            }
+            ndcg10(run, qrels, report, f"interpolated_{order}_w{weight:g}")
         report[f"{order}_seconds_per_query"] = seconds
         args.json.write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report, indent=1))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 from pathlib import Path
@@ -12,6 +13,7 @@ import torch
 from support import import_example
 
 from haystack_llmrank.data import Candidate, QueryCandidates
+from haystack_llmrank.ranking import Ranking
 
 TEXTS = ("Fleas live on cats.", "Roman roads.", "Adult fleas live months.")
 
@@ -168,3 +170,30 @@ def test_fusion_reads_bm25_scores_in_every_order(tmp_path: Path) -> None:
     unscored = QueryCandidates("q9", "flea life", (Candidate("d0", "Fleas."),))
     with pytest.raises(SystemExit, match="query q9 lacks one"):
         heldout.bm25_scores(unscored)
+
+
+def test_interpolation_weighs_z_scored_logits_against_z_scored_bm25(tmp_path: Path) -> None:
+    heldout = import_example("heldout_eval")
+    files = write_inputs(tmp_path, ["q0"], ["q0"])
+    [query] = heldout.heldout_queries(files["candidates"], files["split"], 100)
+    # BM25 3, 2, 1 z-score to sqrt(1.5), 0, -sqrt(1.5); the logits (0, 3, 6 by candidate) reversed
+    ranking = Ranking((2, 1, 0), (6.0, 3.0, 0.0), (6.0, 3.0, 0.0))
+    z = 1.5**0.5
+    assert heldout.interpolated(query, ranking, 1.0) == pytest.approx({"d0": -z, "d1": 0, "d2": z})
+    assert heldout.interpolated(query, ranking, 0.0) == pytest.approx({"d0": z, "d1": 0, "d2": -z})
+    mixed = heldout.interpolated(query, ranking, 0.75)
+    assert mixed == pytest.approx({"d0": -z / 2, "d1": 0, "d2": z / 2})
+    assert list(heldout.zscored([4.0, 4.0])) == [0.0, 0.0]
+
+
+def test_interpolation_refuses_blank_passages_and_weights_outside_0_to_1(tmp_path: Path) -> None:
+    heldout = import_example("heldout_eval")
+    files = write_inputs(tmp_path, ["q0"], ["q0"])
+    [query] = heldout.heldout_queries(files["candidates"], files["split"], 100)
+    blank = Ranking((1, 0, 2), (1.0, 0.0, 0.0), (1.0, 0.0, 0.0), unranked=1, blank=1)
+    with pytest.raises(SystemExit, match="query q0 has passages no window showed"):
+        heldout.interpolated(query, blank, 0.5)
+    assert heldout.unit_weight("0.3") == 0.3
+    for text in ("1.5", "-0.1", "nan", "half"):
+        with pytest.raises(argparse.ArgumentTypeError, match="from 0 to 1"):
+            heldout.unit_weight(text)
