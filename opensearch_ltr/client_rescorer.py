@@ -328,14 +328,18 @@ class _RescorerBase:
         )
 
     def _rerank(
-        self, search: _Search, hits: list[dict[str, Any]], info: LlmrankInfo
+        self,
+        search: _Search,
+        hits: list[dict[str, Any]],
+        first_pass: list[float],
+        info: LlmrankInfo,
     ) -> EngineWindow:
-        """Rank the window's passages with the engine (raises :class:`RerankError`)."""
+        """Rank the window's passages with the engine, given their first-pass scores (raises
+        :class:`RerankError`)."""
         info.missing_text = [hit_key(h) for h in hits if not self.fields.texts(h)]
         if info.missing_text and self.missing_text == "raise":
             raise MissingTextError(info.missing_text, list(self.fields.text_fields))
         passages = [self.fields.passage(h) for h in hits]
-        first_pass = [float(h["_score"]) for h in hits]
         started = time.perf_counter()
         try:
             with self._lock:
@@ -387,7 +391,9 @@ class _RescorerBase:
         if search.apply == "server":
             check_clause_count(clause_count(window_hits), self.max_clause_count)
         try:
-            window: EngineWindow = yield _Compute(lambda: self._rerank(search, window_hits, info))
+            window: EngineWindow = yield _Compute(
+                lambda: self._rerank(search, window_hits, scores[: len(window_hits)], info)
+            )
         except RerankError as error:
             return self._fail_open(error, search, first, took + info.took_ms, info)
         took += info.took_ms
