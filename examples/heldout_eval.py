@@ -123,10 +123,10 @@ def interpolated(query: QueryCandidates, ranking: Ranking, weight: float) -> dic
     score, by docid; ``ranking`` must have a logit for every candidate (no blank passage)."""
     if ranking.blank:
         raise SystemExit(f"--interpolate: query {query.qid} has passages no window showed")
-    logits = [0.0] * len(ranking)
-    for index, logit in zip(ranking.order, ranking.logits, strict=True):
-        logits[index] = logit
-    fused = weight * zscored(logits) + (1 - weight) * zscored(bm25_scores(query))
+    logit = ranking.logit_of()
+    fused = weight * zscored([logit[i] for i in range(len(ranking))]) + (1 - weight) * zscored(
+        bm25_scores(query)
+    )
     return {c.docid: float(v) for c, v in zip(query.candidates, fused, strict=True)}
 
 

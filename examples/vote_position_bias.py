@@ -70,7 +70,7 @@ def cast_votes(reranker: Reranker, queries: Sequence[QueryCandidates]) -> list[V
         rankings = reranker.rerank_many([(q.query, q.texts) for q in queries], on_window=bar.update)
     votes: list[Vote] = []
     for query, ranking in zip(queries, rankings, strict=True):
-        logit = dict(zip(ranking.order, ranking.logits, strict=True))
+        logit = ranking.logit_of()
         for i, (window, position) in enumerate(window_positions(len(query.candidates), size)):
             votes.append(Vote(query.qid, query.candidates[i].docid, window, position, logit[i]))
     return votes

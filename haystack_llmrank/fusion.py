@@ -87,7 +87,7 @@ def fuse_with_first_stage(
     fused = {
         item: 1.0 / (k + 1 + rank) + 1.0 / (k + 1 + first[item]) for rank, item in enumerate(judged)
     }
-    logit = dict(zip(ranking.order, ranking.logits, strict=True))
+    logit = ranking.logit_of()
     order = [*sorted(judged, key=lambda item: -fused[item]), *blank]
     scores = [fused[item] for item in order[: len(judged)]]
     lowest = scores[-1] if scores else 0.0

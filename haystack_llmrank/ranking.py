@@ -109,6 +109,10 @@ class Ranking:
         """Map each input index to its score."""
         return dict(zip(self.order, self.scores, strict=True))
 
+    def logit_of(self) -> dict[int, float]:
+        """Map each input index to its raw logit."""
+        return dict(zip(self.order, self.logits, strict=True))
+
     def distinct_scores(self) -> list[float]:
         """:attr:`scores` made strictly decreasing in float32, for consumers that sort by score.
 

@@ -507,6 +507,7 @@ def test_scores_are_capped_to_stay_monotone() -> None:
     assert ranking.scores == (5.0, 5.0, 1.0)
     assert ranking.logits == (5.0, 7.0, 1.0)
     assert ranking.score_of() == {2: 5.0, 0: 5.0, 1: 1.0}
+    assert ranking.logit_of() == {2: 5.0, 0: 7.0, 1: 1.0}
 
 
 def test_ranking_rejects_broken_results() -> None:
